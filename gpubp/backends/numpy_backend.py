@@ -1,0 +1,229 @@
+"""The numpy backend: the reference implementation of every operation.
+
+Written to be read against SPEC.md and to be fast on a CPU: GEMMs go to
+numpy's BLAS with `out=`, elementwise work is done in place, and the few
+temporaries a step needs are kept between calls (`_scratch`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
+from .base import Backend
+
+
+def _sigmoid(z, out):
+    """Stable logistic: 1/(1+e^-z) for z >= 0, e^z/(1+e^z) for z < 0. `out` may be `z`."""
+    t = np.abs(z)
+    np.negative(t, out=t)
+    np.exp(t, out=t)                       # t = e^-|z| in (0, 1]
+    num = np.where(z >= 0, 1.0, t).astype(z.dtype, copy=False)
+    t += 1.0
+    np.divide(num, t, out=out)
+    return out
+
+
+def _gelu_inner(z):
+    """tanh(c (z + k z^3)) for the tanh approximation of GELU."""
+    u = z * z
+    u *= GELU_K
+    u += 1.0
+    u *= z
+    u *= GELU_C
+    return np.tanh(u, out=u)
+
+
+def activation_forward(name: str, z, out):
+    """`out = g(z)`; `out` may be the same array as `z`."""
+    if name == "identity":
+        if out is not z:
+            np.copyto(out, z)
+    elif name == "relu":
+        np.maximum(z, 0, out=out)
+    elif name == "leaky_relu":
+        np.maximum(z, z * LEAKY_SLOPE, out=out)
+    elif name == "sigmoid":
+        _sigmoid(z, out)
+    elif name == "tanh":
+        np.tanh(z, out=out)
+    elif name == "gelu":
+        t = _gelu_inner(z)
+        t += 1.0
+        t *= 0.5
+        np.multiply(z, t, out=out)
+    elif name == "silu":
+        s = _sigmoid(z, np.empty_like(z))
+        np.multiply(z, s, out=out)
+    else:  # names are validated before they get here
+        raise ValueError(f"unknown activation {name!r}")
+    return out
+
+
+def activation_backward_inplace(name: str, delta, a, z=None):
+    """`delta *= g'(.)`, from the activation's output `a` or, for gelu/silu, `z`."""
+    if name == "identity":
+        return delta
+    if name == "relu":
+        np.multiply(delta, a > 0, out=delta)
+    elif name == "leaky_relu":
+        np.multiply(delta, np.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype, copy=False), out=delta)
+    elif name == "sigmoid":
+        d = 1.0 - a
+        d *= a
+        delta *= d
+    elif name == "tanh":
+        d = a * a
+        np.subtract(1.0, d, out=d)
+        delta *= d
+    elif name == "gelu":
+        # d/dz 0.5 z (1 + t) = 0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 k z^2)
+        t = _gelu_inner(z)
+        dt = 1.0 - t * t
+        dt *= 0.5 * GELU_C
+        dt *= z
+        dt *= 1.0 + (3.0 * GELU_K) * (z * z)
+        t += 1.0
+        t *= 0.5
+        t += dt
+        delta *= t
+    elif name == "silu":
+        # d/dz z s(z) = s (1 + z (1 - s))
+        s = _sigmoid(z, np.empty_like(z))
+        d = 1.0 - s
+        d *= z
+        d += 1.0
+        d *= s
+        delta *= d
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return delta
+
+
+class NumpyBackend(Backend):
+    """Host arrays, numpy's BLAS; the reference for every other backend."""
+
+    name = "numpy"
+    xp = np
+
+    def __init__(self):
+        self._scratch: dict = {}
+
+    def _tmp(self, like):
+        """A reusable temporary with the shape and dtype of `like`."""
+        key = (like.shape, like.dtype.str)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty_like(like)
+        return buf
+
+    # ----------------------------------------------------------- arrays
+    def asarray(self, x, dtype):
+        if hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False):
+            raise TypeError("got an array on a CUDA device; the numpy backend takes host arrays "
+                            "(use backend='cuda', or copy it to the host first)")
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.array(a, copy=True)
+
+    def describe(self):
+        return f"numpy {np.__version__} on the CPU"
+
+    # ----------------------------------------------------------- forward
+    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None):
+        Z = A_out if Z_out is None else Z_out
+        np.matmul(A_prev, W.T, out=Z)
+        Z += b
+        activation_forward(activation, Z, A_out)
+
+    # ----------------------------------------------------------- loss
+    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None):
+        B, n = A_L.shape
+        if loss in ("mse", "half_sse"):
+            diff = np.subtract(A_L, Y, out=delta_out if delta_out is not None else self._tmp(A_L))
+            sq = np.einsum("ij,ij->", diff, diff)
+            loss_out[0] = sq / (B * n) if loss == "mse" else sq / (2 * B)
+            if delta_out is not None:
+                diff *= (2.0 / (B * n)) if loss == "mse" else (1.0 / B)
+                activation_backward_inplace(activation, delta_out, A_L, Z_L)
+        elif loss == "cross_entropy":
+            sh = np.subtract(A_L, A_L.max(axis=1, keepdims=True), out=self._tmp(A_L))  # z - max
+            p = np.exp(sh, out=delta_out if delta_out is not None else np.empty_like(sh))
+            s = p.sum(axis=1, keepdims=True)
+            logs = np.log(s)
+            if Y.ndim == 1:
+                rows = np.arange(B)
+                loss_out[0] = (logs[:, 0] - sh[rows, Y]).sum() / B
+            else:
+                # -sum_j y_j (sh_j - log s) = log s - sum_j y_j sh_j  (rows of Y sum to 1)
+                loss_out[0] = (logs[:, 0] - np.einsum("ij,ij->i", Y, sh)).sum() / B
+            if delta_out is not None:
+                p /= s
+                if Y.ndim == 1:
+                    p[rows, Y] -= 1.0
+                else:
+                    p -= Y
+                p *= 1.0 / B
+        elif loss == "binary_cross_entropy":
+            z = A_L
+            # max(z, 0) - z y + log(1 + e^-|z|)
+            t = np.abs(z)
+            np.negative(t, out=t)
+            np.exp(t, out=t)
+            np.log1p(t, out=t)
+            t += np.maximum(z, 0)
+            t -= z * Y
+            loss_out[0] = t.sum() / (B * n)
+            if delta_out is not None:
+                _sigmoid(z, delta_out)
+                delta_out -= Y
+                delta_out *= 1.0 / (B * n)
+        else:
+            raise ValueError(f"unknown loss {loss!r}")
+
+    # ----------------------------------------------------------- backward
+    def dense_backward(self, delta, A_prev, W, dW_out, db_out,
+                       delta_prev_out=None, prev_activation=None, Z_prev=None):
+        np.matmul(delta.T, A_prev, out=dW_out)
+        np.sum(delta, axis=0, out=db_out)
+        if delta_prev_out is not None:
+            np.matmul(delta, W, out=delta_prev_out)
+            activation_backward_inplace(prev_activation, delta_prev_out, A_prev, Z_prev)
+
+    # ----------------------------------------------------------- updates
+    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0):
+        g = grads
+        if weight_decay:
+            g = np.multiply(params, weight_decay, out=self._tmp(params))
+            g += grads
+        if momentum:
+            velocity *= momentum
+            velocity += g
+            g = velocity
+        step = np.multiply(g, lr, out=self._tmp(params))   # g may be this buffer: in place
+        params -= step
+
+    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+        g = grads
+        if weight_decay and decoupled:
+            params *= 1.0 - lr * weight_decay
+        elif weight_decay:
+            g = params * weight_decay
+            g += grads
+        # m = m + (1 - b1)(g - m)  (PyTorch's lerp), v = b2 v + (1 - b2) g^2
+        t = np.subtract(g, m, out=self._tmp(params))
+        t *= 1.0 - beta1
+        m += t
+        v *= beta2
+        np.multiply(g, g, out=t)
+        t *= 1.0 - beta2
+        v += t
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = np.sqrt(1.0 - beta2 ** step)
+        np.sqrt(v, out=t)
+        t /= bc2_sqrt
+        t += eps
+        np.divide(m, t, out=t)
+        t *= lr / bc1
+        params -= t

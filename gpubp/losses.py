@@ -1,0 +1,69 @@
+"""Loss names (SPEC.md) and the checks and conversions of targets.
+
+The loss value and its gradient are computed by the backends
+(`Backend.loss_and_delta`); this module turns what a user passes as targets
+into what a backend expects, with clear errors for anything else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: every loss
+LOSSES = ("mse", "half_sse", "cross_entropy", "binary_cross_entropy")
+
+#: losses whose output layer gives logits (the output activation must be identity)
+LOGIT_LOSSES = frozenset({"cross_entropy", "binary_cross_entropy"})
+
+#: losses of classifiers (accuracy is reported for them)
+CLASSIFICATION_LOSSES = LOGIT_LOSSES
+
+
+def check_loss(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"loss must be a string naming a loss, got {type(name).__name__}")
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return name
+
+
+def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype) -> np.ndarray:
+    """Check targets `Y` for `batch` samples of a network with `n_out` outputs.
+
+    Returns a host array: `(batch,)` int32 class indices for `cross_entropy`
+    given labels, else `(batch, n_out)` of `dtype`.  Raises ValueError or
+    TypeError naming the problem.
+    """
+    Y = np.asarray(Y)
+    if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
+        raise TypeError(f"Y must be numeric, got dtype {Y.dtype}")
+    if loss == "cross_entropy" and Y.ndim == 1 and (np.issubdtype(Y.dtype, np.integer) or Y.dtype == bool):
+        if Y.shape[0] != batch:
+            raise ValueError(f"Y has {Y.shape[0]} labels but X has {batch} samples")
+        if batch and (Y.min() < 0 or Y.max() >= n_out):
+            raise ValueError(
+                f"class labels in Y must lie in [0, {n_out}) for a network with {n_out} outputs; "
+                f"got labels from {int(Y.min())} to {int(Y.max())}")
+        return Y.astype(np.int32)
+    if Y.ndim == 1 and n_out == 1:
+        Y = Y.reshape(-1, 1)
+    elif Y.ndim == 1 and batch == 1 and Y.shape[0] == n_out:
+        Y = Y.reshape(1, -1)
+    if Y.ndim != 2 or Y.shape != (batch, n_out):
+        hint = " (cross_entropy also takes (B,) integer class labels)" if loss == "cross_entropy" else ""
+        raise ValueError(f"Y has shape {Y.shape}; expected ({batch}, {n_out}) for X with {batch} "
+                         f"samples and a network with {n_out} outputs{hint}")
+    Y = Y.astype(dtype, copy=False)
+    if not np.all(np.isfinite(Y)):
+        raise ValueError("Y contains NaN or infinity")
+    if loss == "binary_cross_entropy" and Y.size and (Y.min() < 0 or Y.max() > 1):
+        raise ValueError(f"binary_cross_entropy targets must lie in [0, 1]; got values from "
+                         f"{float(Y.min())} to {float(Y.max())}")
+    if loss == "cross_entropy" and Y.size:
+        if Y.min() < 0:
+            raise ValueError("cross_entropy probability targets must be non-negative")
+        sums = Y.sum(axis=1, dtype=np.float64)
+        if np.max(np.abs(sums - 1.0)) > 1e-3:
+            raise ValueError("cross_entropy probability targets must sum to 1 per row (one-hot or "
+                             f"distributions); row sums range from {sums.min():.6g} to {sums.max():.6g}")
+    return np.ascontiguousarray(Y)

@@ -1,0 +1,1 @@
+"""The CUDA C++ sources of gpubp (installed as package data `gpubp.kernels`)."""

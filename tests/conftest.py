@@ -1,0 +1,40 @@
+"""Shared fixtures and helpers of the test suite."""
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.activations import ACTIVATIONS
+from gpubp.losses import LOGIT_LOSSES, LOSSES
+
+
+def rel_err(out, ref) -> float:
+    """||out - ref|| / ||ref|| (NaN never passes a `<` check)."""
+    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    den = np.linalg.norm(ref)
+    return float(np.linalg.norm(out - ref) / (den if den > 0 else 1.0))
+
+
+def random_targets(rng, loss, B, n_out, dtype=np.float64, labels=True):
+    """Valid random targets of every kind a loss takes."""
+    if loss == "cross_entropy":
+        if labels:
+            return rng.integers(0, n_out, size=B)
+        p = rng.random((B, n_out)) + 0.1
+        return (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+    if loss == "binary_cross_entropy":
+        return rng.random((B, n_out)).astype(dtype)
+    return rng.standard_normal((B, n_out)).astype(dtype)
+
+
+def output_activation_for(loss, act):
+    return "identity" if loss in LOGIT_LOSSES else act
+
+
+@pytest.fixture
+def rng(request):
+    # a fresh seed per test, printed on failure through the test id
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2 ** 32))
+
+
+__all__ = ["rel_err", "random_targets", "output_activation_for", "ACTIVATIONS", "LOSSES", "gpubp"]

@@ -1,0 +1,121 @@
+"""Every bad input gets a clear error that names what is wrong."""
+
+import numpy as np
+import pytest
+
+import gpubp
+
+
+@pytest.fixture
+def net():
+    return gpubp.MLP([4, 6, 3], loss="cross_entropy", backend="numpy", seed=0)
+
+
+@pytest.mark.parametrize("kwargs,exc,words", [
+    (dict(layer_sizes=[4]), ValueError, "at least two"),
+    (dict(layer_sizes=[]), ValueError, "at least two"),
+    (dict(layer_sizes=[4, 0, 3]), ValueError, "at least 1"),
+    (dict(layer_sizes=[4, -2, 3]), ValueError, "at least 1"),
+    (dict(layer_sizes=[4, 2.5, 3]), TypeError, "integers"),
+    (dict(layer_sizes="43"), TypeError, "sequence"),
+    (dict(layer_sizes=[4, 3], activation="softplus"), ValueError, "softplus"),
+    (dict(layer_sizes=[4, 5, 3], activation=["relu", "tanh"]), ValueError, "one name per hidden layer"),
+    (dict(layer_sizes=[4, 3], output_activation="swish"), ValueError, "swish"),
+    (dict(layer_sizes=[4, 3], loss="hinge"), ValueError, "hinge"),
+    (dict(layer_sizes=[4, 3], loss="cross_entropy", output_activation="sigmoid"), ValueError, "logits"),
+    (dict(layer_sizes=[4, 3], dtype="float16"), ValueError, "float16"),
+    (dict(layer_sizes=[4, 3], dtype="int32"), ValueError, "float32 or float64"),
+    (dict(layer_sizes=[4, 3], backend="tpu"), ValueError, "tpu"),
+])
+def test_constructor_errors(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        gpubp.MLP(backend=kwargs.pop("backend", "numpy"), **kwargs)
+
+
+def test_shape_mismatches(net):
+    X, y = np.ones((5, 4)), np.zeros(5, dtype=int)
+    with pytest.raises(ValueError, match=r"\(5, 3\).*\(B, 4\)"):
+        net.loss_and_grads(np.ones((5, 3)), y)
+    with pytest.raises(ValueError, match="4 labels but X has 5"):
+        net.loss_and_grads(X, y[:4])
+    with pytest.raises(ValueError, match=r"shape \(5, 2\).*\(5, 3\)"):
+        net.loss_and_grads(X, np.ones((5, 2)))
+    with pytest.raises(ValueError, match="no samples"):
+        net.forward(np.ones((0, 4)))
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
+        net.forward(np.ones((2, 2, 4)))
+
+
+def test_labels_out_of_range(net):
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"\[0, 3\).*from 0 to 3"):
+        net.train_step(X, np.array([0, 1, 3]), gpubp.optim.SGD(0.1))
+    with pytest.raises(ValueError, match="from -1"):
+        net.train_step(X, np.array([0, -1, 2]), gpubp.optim.SGD(0.1))
+
+
+def test_bad_probability_targets(net):
+    with pytest.raises(ValueError, match="sum to 1"):
+        net.loss_and_grads(np.ones((2, 4)), np.full((2, 3), 0.5))
+    bce = gpubp.MLP([2, 2], loss="binary_cross_entropy", backend="numpy")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bce.loss_and_grads(np.ones((2, 2)), np.full((2, 2), 2.0))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf(net, bad):
+    X = np.ones((3, 4))
+    X[1, 2] = bad
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        net.predict(X)
+    reg = gpubp.MLP([4, 2], backend="numpy")
+    Y = np.ones((3, 2))
+    Y[0, 0] = bad
+    with pytest.raises(ValueError, match="Y contains NaN or infinity"):
+        reg.loss_and_grads(np.ones((3, 4)), Y)
+
+
+def test_non_numeric_input(net):
+    with pytest.raises(TypeError, match="numeric"):
+        net.forward(np.array([["a", "b", "c", "d"]]))
+
+
+@pytest.mark.parametrize("lr", [0, -0.1, float("nan"), float("inf")])
+def test_bad_learning_rate(lr):
+    for make in (gpubp.optim.SGD, gpubp.optim.Adam, gpubp.optim.AdamW):
+        with pytest.raises(ValueError, match="positive finite"):
+            make(lr)
+    with pytest.raises(TypeError, match="number"):
+        gpubp.optim.SGD("0.1")
+
+
+def test_unknown_optimizer_name(net):
+    with pytest.raises(ValueError, match="rmsprop"):
+        net.train_step(np.ones((2, 4)), np.array([0, 1]), "rmsprop")
+
+
+def test_divergence_names_the_step():
+    rng = np.random.default_rng(0)
+    net = gpubp.MLP([3, 16, 1], activation="relu", backend="numpy", seed=0)
+    X = rng.standard_normal((64, 3)) * 100
+    Y = rng.standard_normal((64, 1)) * 100
+    with pytest.raises(FloatingPointError, match=r"at step \d+ .*lower learning rate"):
+        net.fit(X, Y, epochs=50, batch_size=8, optimizer=gpubp.optim.SGD(10.0), progress=False)
+
+
+def test_optimizer_is_one_per_network():
+    opt = gpubp.optim.Adam()
+    a = gpubp.MLP([2, 3], backend="numpy")
+    b = gpubp.MLP([2, 5], backend="numpy")
+    a.train_step(np.ones((1, 2)), np.ones((1, 3)), opt)
+    with pytest.raises(ValueError, match="another network"):
+        b.train_step(np.ones((1, 2)), np.ones((1, 5)), opt)
+
+
+def test_fit_arguments():
+    net = gpubp.MLP([2, 2], backend="numpy")
+    for kw in (dict(epochs=0), dict(batch_size=0), dict(epochs=1.5)):
+        with pytest.raises(ValueError, match="positive integer"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
+    with pytest.raises(TypeError, match="validation"):
+        net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))

@@ -1,0 +1,80 @@
+"""The training loop: it learns, it is reproducible, and dtypes agree."""
+
+import numpy as np
+import pytest
+
+import gpubp
+from conftest import rel_err
+
+
+def blobs(rng, n=300, d=6, k=3):
+    centers = rng.standard_normal((k, d)) * 3
+    y = rng.integers(0, k, n)
+    return centers[y] + rng.standard_normal((n, d)), y
+
+
+def test_fit_learns_a_separable_problem(rng):
+    X, y = blobs(rng)
+    net = gpubp.MLP([6, 16, 3], loss="cross_entropy", backend="numpy", seed=1)
+    hist = net.fit(X, y, epochs=15, batch_size=32, optimizer=gpubp.optim.Adam(0.01), progress=False,
+                   validation=(X[:50], y[:50]))
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert hist["accuracy"][-1] > 0.95 and hist["val_accuracy"][-1] > 0.9
+    assert len(hist["val_loss"]) == 15
+    assert (net.predict(X) == y).mean() == pytest.approx(hist["accuracy"][-1])
+    p = net.predict_proba(X)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_same_seed_same_bits(rng):
+    X, y = blobs(rng)
+    runs = []
+    for _ in range(2):
+        net = gpubp.MLP([6, 9, 3], activation="silu", loss="cross_entropy", backend="numpy", seed=42)
+        net.fit(X, y, epochs=2, batch_size=17, optimizer="adam", progress=False)
+        runs.append(net.get_params())
+    for (W, b), (W2, b2) in zip(*runs):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    other = gpubp.MLP([6, 9, 3], backend="numpy", seed=43).get_params()
+    assert not np.array_equal(other[0][0], gpubp.MLP([6, 9, 3], backend="numpy", seed=42).get_params()[0][0])
+
+
+def test_init_is_pytorch_linear_uniform():
+    net = gpubp.MLP([400, 300, 2], backend="numpy", dtype="float64", seed=0)
+    (W1, b1), (W2, b2) = net.get_params()
+    bound = 1 / np.sqrt(400)
+    assert np.abs(W1).max() <= bound and np.abs(W1).max() > 0.99 * bound
+    assert np.abs(b1).max() <= bound
+    assert W1.std() == pytest.approx(bound / np.sqrt(3), rel=0.02)
+    assert np.abs(W2).max() <= 1 / np.sqrt(300)
+
+
+def test_float32_follows_float64(rng):
+    X, y = blobs(rng, n=64)
+    nets = {dt: gpubp.MLP([6, 11, 3], activation="tanh", loss="cross_entropy", backend="numpy", dtype=dt,
+                          seed=5) for dt in ("float32", "float64")}
+    for dt, net in nets.items():
+        opt = gpubp.optim.SGD(0.1, momentum=0.9)
+        for i in range(5):
+            net.train_step(X[i * 12:(i + 1) * 12], y[i * 12:(i + 1) * 12], opt)
+    for (W, _), (W64, _) in zip(nets["float32"].get_params(), nets["float64"].get_params()):
+        assert W.dtype == np.float32 and rel_err(W, W64) < 1e-5
+
+
+def test_single_sample_and_regression_targets(rng):
+    net = gpubp.MLP([3, 4, 1], activation="leaky_relu", backend="numpy", dtype="float64", seed=0)
+    loss, grads = net.loss_and_grads(rng.standard_normal(3), np.array([0.7]))
+    assert np.isfinite(loss) and grads[0][0].shape == (4, 3) and grads[1][1].shape == (1,)
+    out = net.predict(rng.standard_normal((5, 3)))
+    assert out.shape == (5, 1)
+    with pytest.raises(ValueError, match="cross-entropy"):
+        net.predict_proba(rng.standard_normal((5, 3)))
+
+
+def test_set_params_checks_shapes():
+    net = gpubp.MLP([3, 4, 2], backend="numpy")
+    params = net.get_params()
+    with pytest.raises(ValueError, match="layer 2"):
+        net.set_params([params[0], (params[1][0].T, params[1][1])])
+    with pytest.raises(ValueError, match="2 \\(W, b\\) pairs"):
+        net.set_params(params[:1])
