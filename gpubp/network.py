@@ -283,6 +283,42 @@ class MLP:
                                      f"diverged: try a lower learning rate than {opt.lr}")
         return loss
 
+    def capture_train_step(self, X, Y, optimizer, check_inputs=True):
+        """Train on `(X, Y)` and return a function that trains on further batches of that shape.
+
+        The returned `step(X, Y)` copies the batch into fixed buffers and
+        replays the recorded step: on the CUDA backend that is one CUDA graph
+        launch for the whole forward, backward and update, with no launch
+        overhead per kernel and no host synchronisation; it returns the
+        batch's loss as a 1-element backend array (read it with
+        `float(loss[0])` when needed).  Each batch must have the first one's
+        shape; with `check_inputs=False` the NaN checks (a synchronisation
+        each) are skipped.  The optimizer's learning rate is recorded too:
+        capture again after changing it.
+        """
+        opt = self._bind(optimizer)
+        Xs = self._inputs(X).copy()
+        Ys = self._targets(Y, Xs.shape[0]).copy()
+        loss_out = self.backend.zeros((1,), self.dtype)
+        self._step(Xs, Ys, opt, loss_out)        # a real first step; leaves every buffer allocated
+        replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out))
+
+        def step(X, Y):
+            if check_inputs:
+                Xd, Yd = self._inputs(X), self._targets(Y, Xs.shape[0])
+            else:
+                Xd, Yd = self.backend.asarray(X, self.dtype), self.backend.asarray(Y, Ys.dtype)
+            if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
+                raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
+                                 f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
+            Xs[...] = Xd
+            Ys[...] = Yd
+            replay()
+            return loss_out
+
+        step.first_loss = loss_out.copy()
+        return step
+
     def evaluate(self, X, Y) -> dict:
         """Mean loss (and accuracy for the classification losses) over `X`, `Y`."""
         X = self._inputs(X)

@@ -38,14 +38,26 @@ class Optimizer:
 
     def __init__(self, lr):
         self.lr = _check_lr(lr)
-        self.t = 0            # steps taken
         self.state: dict = {}
         self._params = None   # the flat parameter buffer the state was made for
+        self._backend = None
+        self._t = np.zeros(1, dtype=np.int32)   # steps taken; a backend array once bound
+
+    @property
+    def t(self) -> int:
+        """Steps taken (kept on the backend, so a captured CUDA graph can count them)."""
+        return int(self._backend.to_numpy(self._t)[0]) if self._backend is not None else int(self._t[0])
+
+    @t.setter
+    def t(self, value: int):
+        host = np.array([value], dtype=np.int32)
+        self._t = self._backend.asarray(host, np.int32) if self._backend is not None else host
 
     def bind(self, backend, params):
         """Allocate (once) the state buffers for `params`, a flat backend array."""
         if self._params is None:
-            self._params = params
+            self._params, self._backend = params, backend
+            self._t = backend.asarray(self._t, np.int32)
             self.state = {n: backend.zeros(params.shape, params.dtype) for n in self.state_names}
         elif self._params is not params:
             raise ValueError("this optimizer holds the state of another network; make one optimizer "
@@ -53,7 +65,7 @@ class Optimizer:
 
     def step(self, backend, params, grads):
         self.bind(backend, params)
-        self.t += 1
+        self._t += 1          # in place, on the backend: no host round trip
         self._update(backend, params, grads)
 
     def _update(self, backend, params, grads):
@@ -104,7 +116,7 @@ class Adam(Optimizer):
 
     def _update(self, backend, params, grads):
         backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr,
-                            self.betas[0], self.betas[1], self.eps, self.weight_decay, self.t,
+                            self.betas[0], self.betas[1], self.eps, self.weight_decay, self._t,
                             self.decoupled)
 
     def hyper(self):

@@ -78,3 +78,18 @@ def test_set_params_checks_shapes():
         net.set_params([params[0], (params[1][0].T, params[1][1])])
     with pytest.raises(ValueError, match="2 \\(W, b\\) pairs"):
         net.set_params(params[:1])
+
+
+def test_captured_step_equals_plain_steps(rng):
+    X, y = blobs(rng, n=40)
+    a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=7)
+    b = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=7)
+    oa, ob = gpubp.optim.Adam(0.01), gpubp.optim.Adam(0.01)
+    losses_a = [a.train_step(X[i:i + 10], y[i:i + 10], oa) for i in range(0, 40, 10)]
+    step = b.capture_train_step(X[:10], y[:10], ob)
+    losses_b = [float(step.first_loss[0])] + [float(step(X[i:i + 10], y[i:i + 10])[0]) for i in (10, 20, 30)]
+    assert losses_a == losses_b and ob.t == 4
+    for (W, _), (W2, _) in zip(a.get_params(), b.get_params()):
+        assert np.array_equal(W, W2)
+    with pytest.raises(ValueError, match="shaped like the first"):
+        step(X[:7], y[:7])

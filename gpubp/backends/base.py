@@ -54,6 +54,14 @@ class Backend(ABC):
         """One line naming the backend and the device it runs on."""
         return self.name
 
+    def capture(self, fn):
+        """A callable that repeats the work of `fn()` (which must allocate nothing).
+
+        On the host this is `fn` itself; the CUDA backend records `fn`'s
+        launches into a CUDA graph once and replays the graph on each call.
+        """
+        return fn
+
     # ----------------------------------------------------------- forward
     @abstractmethod
     def dense_forward(self, A_prev, W, b, activation: str, A_out, Z_out=None) -> None:
@@ -105,10 +113,12 @@ class Backend(ABC):
 
     @abstractmethod
     def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float,
-                    eps: float, weight_decay: float, step: int, decoupled: bool) -> None:
+                    eps: float, weight_decay: float, step, decoupled: bool) -> None:
         """PyTorch's Adam (decoupled=False) or AdamW (decoupled=True), in place.
 
-        `step` counts from 1.  Adam adds `weight_decay * params` to the
+        `step` is a 1-element int32 backend array holding the step number
+        (from 1), read by the update itself so that a captured CUDA graph
+        counts steps on its own.  Adam adds `weight_decay * params` to the
         gradient; AdamW multiplies params by `1 - lr * weight_decay` first.
         `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
         `params -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.

@@ -219,8 +219,9 @@ class NumpyBackend(Backend):
         np.multiply(g, g, out=t)
         t *= 1.0 - beta2
         v += t
-        bc1 = 1.0 - beta1 ** step
-        bc2_sqrt = np.sqrt(1.0 - beta2 ** step)
+        n = int(step[0])
+        bc1 = 1.0 - beta1 ** n
+        bc2_sqrt = np.sqrt(1.0 - beta2 ** n)
         np.sqrt(v, out=t)
         t /= bc2_sqrt
         t += eps
