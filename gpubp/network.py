@@ -305,7 +305,8 @@ class MLP:
 
         def step(X, Y):
             if check_inputs:
-                Xd, Yd = self._inputs(X), self._targets(Y, Xs.shape[0])
+                Xd = self._inputs(X)
+                Yd = self._targets(Y, Xd.shape[0])
             else:
                 Xd, Yd = self.backend.asarray(X, self.dtype), self.backend.asarray(Y, Ys.dtype)
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
