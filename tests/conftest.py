@@ -32,9 +32,11 @@ def output_activation_for(loss, act):
 
 
 @pytest.fixture
-def rng(request):
-    # a fresh seed per test, printed on failure through the test id
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2 ** 32))
+def rng():
+    """A generator with a fresh seed each run; the seed is printed, so a failure can be replayed."""
+    seed = int(np.random.SeedSequence().entropy % (2 ** 63))
+    print(f"rng seed: {seed}")
+    return np.random.default_rng(seed)
 
 
 __all__ = ["rel_err", "random_targets", "output_activation_for", "ACTIVATIONS", "LOSSES", "gpubp"]

@@ -1,0 +1,8 @@
+"""`python -m gpubp ...` runs the `gpubp` command line (see `gpubp.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

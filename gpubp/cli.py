@@ -1,0 +1,657 @@
+"""The `gpubp` command line: train, explain, gradcheck, info (and compile-check, bench).
+
+    gpubp train                       # a small MLP on scikit-learn's handwritten digits
+    gpubp train --dataset moons --hidden 32,32 --epochs 50 --plot curves.png
+    gpubp explain                     # one traced backprop step of seed 002's 2-2-1 example
+    gpubp explain --example classic   # the classic 2-2-2 worked example, to the published digits
+    gpubp gradcheck --all-activations # analytic gradients against finite differences
+    gpubp info                        # versions, backends, GPU
+
+`main(argv)` returns the exit status; the console script `gpubp` is
+`gpubp.cli:main`, and `python -m gpubp` runs the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .activations import ACTIVATIONS
+from .losses import LOGIT_LOSSES, LOSSES
+
+#: subcommands whose module parses its own arguments: name -> (module, help); imported when used
+EXTERNAL = {
+    "compile-check": ("gpubp.compile_check", "compile the CUDA kernels and check them against numpy"),
+    "bench": ("gpubp.bench", "time training steps against the device's measured ceilings"),
+}
+
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported as a usage error, without a traceback."""
+
+
+# ---------------------------------------------------------------- argument types
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return v
+
+
+def _fraction(text, allow_zero=False):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0) and v < 1):
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in {'[0' if allow_zero else '(0'}, 1), got {text!r}")
+    return v
+
+
+def _momentum(text):
+    v = _nonneg_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"momentum must lie in [0, 1), got {text!r}")
+    return v
+
+
+def _sizes(text):
+    parts = [p for p in str(text).replace(" ", ",").split(",") if p]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected sizes as comma-separated positive integers (e.g. 64,128,10), got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integer sizes, got {text!r}")
+    return sizes
+
+
+def _activations(text):
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [n for n in names if n not in ACTIVATIONS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown activation {', '.join(map(repr, bad)) or repr(text)}; choose from {', '.join(ACTIVATIONS)} "
+            "(or a comma-separated list, one per hidden layer)")
+    return names
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
+    return v
+
+
+def _hidden_activation(names, n_hidden):
+    """One name for every hidden layer, or the list; checked against the number of hidden layers."""
+    if len(names) == 1:
+        return names[0]
+    if len(names) != n_hidden:
+        raise UsageError(f"--activation lists {len(names)} activations but the network has {n_hidden} "
+                         "hidden layers (give one name, or one per hidden layer)")
+    return list(names)
+
+
+def _check_writable(path, what):
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {path!r} is a directory; give a file name")
+    if not p.parent.exists():
+        raise UsageError(f"{what} {path!r}: the directory {str(p.parent)!r} does not exist")
+    return p
+
+
+def _make_backend(name):
+    from .backends import get_backend
+
+    try:
+        return get_backend(name)
+    except Exception as e:   # CuPy missing, no device, driver too old: say so, no traceback
+        raise UsageError(f"backend {name!r} is not usable here: {e}") from None
+
+
+# ---------------------------------------------------------------- train
+def _add_train(sub):
+    from .data import DATASETS
+
+    p = sub.add_parser(
+        "train", help="train an MLP on a small data set (default: handwritten digits)",
+        description="Train a dense network by backprop on a small classification data set, "
+                    "printing loss and held-out accuracy per epoch and the final test accuracy. "
+                    "With no options: a 64-128-10 ReLU network with softmax cross-entropy and Adam "
+                    "on scikit-learn's 8x8 handwritten digits (no download).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="digits", help="the data set")
+    g.add_argument("--test-size", type=_fraction, default=0.2, help="fraction held out for the final test")
+    g.add_argument("--val-size", type=lambda t: _fraction(t, True), default=0.1,
+                   help="fraction held out for per-epoch validation (0: report the test set per epoch)")
+    g.add_argument("--n-samples", type=_positive_int, default=None,
+                   help="samples to generate for moons and xor (default 1000)")
+    g.add_argument("--noise", type=_nonneg_float, default=None,
+                   help="noise of the generated data sets (moons 0.2, xor 0 by default)")
+    g.add_argument("--no-standardize", dest="standardize", action="store_false",
+                   help="keep the raw features (default: standardise with training statistics)")
+    g = p.add_argument_group("network")
+    sz = g.add_mutually_exclusive_group()
+    sz.add_argument("--layers", type=_sizes, default=None, metavar="N0,N1,...,NL",
+                    help="every layer size, inputs and outputs included; they must match the data")
+    sz.add_argument("--hidden", type=_sizes, default=None, metavar="H1,...",
+                    help="hidden layer sizes only; inputs and outputs are taken from the data "
+                         "(default 128)")
+    g.add_argument("--activation", type=_activations, default=["relu"], metavar="NAME[,NAME...]",
+                   help=f"hidden activation, or one per hidden layer: {', '.join(ACTIVATIONS)}")
+    g.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
+                   help="output activation (identity for the cross-entropy losses, which take logits)")
+    g.add_argument("--loss", choices=LOSSES, default="cross_entropy", help="loss")
+    g = p.add_argument_group("training")
+    g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam", help="optimizer")
+    g.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"learning rate (default {DEFAULT_LR['adam']:g} for adam/adamw, {DEFAULT_LR['sgd']:g} for sgd)")
+    g.add_argument("--momentum", type=_momentum, default=0.0, help="momentum of sgd")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None,
+                   help="weight decay (default 0; adamw 0.01)")
+    g.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set")
+    g.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
+    g.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto", help="backend")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="dtype")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
+    g = p.add_argument_group("output")
+    g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
+    g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def _resolve_layers(args, ds):
+    from .data import output_sizes
+
+    outs = output_sizes(args.loss, ds.n_classes)
+    if args.layers is not None:
+        sizes = list(args.layers)
+        if len(sizes) < 2:
+            raise UsageError("--layers needs at least the input and output sizes "
+                             f"(e.g. {ds.n_features},128,{outs[0]}); use --hidden to give hidden sizes only")
+        if sizes[0] != ds.n_features:
+            raise UsageError(f"--layers starts with {sizes[0]} inputs but {ds.name} has {ds.n_features} "
+                             f"features; use {ds.n_features},... or give only --hidden sizes")
+        if sizes[-1] not in outs:
+            want = " or ".join(map(str, outs))
+            raise UsageError(f"--layers ends with {sizes[-1]} outputs but {ds.name} ({ds.n_classes} classes) "
+                             f"with loss {args.loss} needs {want}; or give only --hidden sizes")
+        return sizes
+    hidden = list(args.hidden) if args.hidden is not None else [128]
+    return [ds.n_features, *hidden, outs[0]]
+
+
+def _make_optimizer(args):
+    from . import optim
+
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.momentum and args.optimizer != "sgd":
+        raise UsageError(f"--momentum applies to --optimizer sgd, not {args.optimizer} "
+                         "(Adam's moments are its betas)")
+    kw = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
+    if args.optimizer == "sgd":
+        return optim.SGD(lr, momentum=args.momentum, **kw)
+    return optim.make_optimizer(args.optimizer, lr, **kw)
+
+
+def _say(msg, bar):
+    if bar is not None:
+        bar.write(msg, file=sys.stdout)
+    else:
+        print(msg, flush=True)
+
+
+def cmd_train(args) -> int:
+    from .data import accuracy, load_dataset, targets_for
+    from .network import MLP
+
+    try:
+        ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
+                          standardize_features=args.standardize, n_samples=args.n_samples, noise=args.noise)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sizes = _resolve_layers(args, ds)
+    if args.loss in LOGIT_LOSSES and args.output_activation != "identity":
+        raise UsageError(f"--loss {args.loss} takes logits (the softmax/sigmoid is fused into it): "
+                         f"--output-activation must be identity, not {args.output_activation}")
+    activation = _hidden_activation(args.activation, len(sizes) - 2)
+    opt = _make_optimizer(args)
+    if args.save:
+        _check_writable(args.save, "--save")
+    if args.plot:
+        _check_writable(args.plot, "--plot")
+    backend = _make_backend(args.backend)
+    try:
+        net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
+                  backend=backend, dtype=args.dtype, seed=args.seed)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+    n_out = sizes[-1]
+    Y_train = targets_for(ds.y_train, args.loss, n_out, np.float64)
+    held = "validation" if len(ds.y_val) else "test"
+    X_held, y_held = (ds.X_val, ds.y_val) if len(ds.y_val) else (ds.X_test, ds.y_test)
+    Y_held = targets_for(y_held, args.loss, n_out, np.float64)
+    print(f"data: {ds.summary()}")
+    print(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
+          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}")
+    print(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
+          f"backend {net.backend.describe()}")
+
+    bar = None
+    if args.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=args.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    width = len(str(args.epochs))
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(1, args.epochs + 1):
+            te = time.perf_counter()
+            h = net.fit(ds.X_train, Y_train, epochs=1, batch_size=args.batch_size, optimizer=opt,
+                        shuffle=True, progress=False)
+            history["loss"].append(h["loss"][-1])
+            history["accuracy"].append(accuracy(net, ds.X_train, ds.y_train))
+            history["val_loss"].append(net.evaluate(X_held, Y_held)["loss"])
+            history["val_accuracy"].append(accuracy(net, X_held, y_held))
+            dt = time.perf_counter() - te
+            _say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
+                 f"acc {history['accuracy'][-1]:.4f}  {held} loss {history['val_loss'][-1]:.4f}  "
+                 f"{held} acc {history['val_accuracy'][-1]:.4f}  ({dt:.2f} s)", bar)
+            if bar is not None:
+                bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", acc=f"{history['val_accuracy'][-1]:.4f}")
+                bar.update(1)
+    except FloatingPointError as e:
+        if bar is not None:
+            bar.close()
+        print(f"gpubp train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print("gpubp train: interrupted", file=sys.stderr)
+        return 130
+    if bar is not None:
+        bar.close()
+    total = time.perf_counter() - t0
+    Y_test = targets_for(ds.y_test, args.loss, n_out, np.float64)
+    test_loss = net.evaluate(ds.X_test, Y_test)["loss"]
+    test_acc = accuracy(net, ds.X_test, ds.y_test)
+    n_test = len(ds.y_test)
+    print(f"trained {args.epochs} epochs in {total:.1f} s")
+    print(f"test loss {test_loss:.4f}")
+    print(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
+    if args.save:
+        net.save(args.save)
+        print(f"saved checkpoint to {args.save} (inputs were standardised with the training mean and std)")
+    if args.plot:
+        from .plotting import plot_history
+
+        plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
+        print(f"saved curves to {args.plot}")
+    return 0
+
+
+# ---------------------------------------------------------------- explain
+def _add_explain(sub):
+    from .explain import EXAMPLES
+
+    p = sub.add_parser(
+        "explain", help="trace one backprop step: every z, a, delta, dW, db and the update",
+        description="Trace one forward pass, backward pass and plain SGD update in float64 with the numpy "
+                    "backend's own operations. By default seed 002's example: a 2-2-1 network, input "
+                    "0.5,0.8, target 1, sigmoid everywhere, mse, learning rate 0.1, weights from --seed. "
+                    "'--example classic' is the classic 2-2-2 worked example (half_sse, lr 0.5). "
+                    "Numbers may be separated by commas or spaces, samples by ';' "
+                    "(write a first negative number as --input=-0.5,0.3).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--example", choices=tuple(EXAMPLES), default=None,
+                     help="a named example (seed002 is the default)")
+    src.add_argument("--weights", metavar="FILE.json", default=None,
+                     help='explicit weights: {"layers": [{"W": [[...]], "b": [...]}, ...]}, optionally with '
+                          '"input", "target", "activation", "output_activation", "loss", "lr"')
+    p.add_argument("--layers", type=_sizes, default=None, metavar="N0,...,NL", help="layer sizes")
+    p.add_argument("--input", nargs="+", default=None, metavar="X", help="the input sample(s)")
+    p.add_argument("--target", nargs="+", default=None, metavar="Y",
+                   help="the target(s); a class index for cross_entropy")
+    p.add_argument("--activation", type=_activations, default=None, metavar="NAME[,NAME...]",
+                   help="hidden activation(s) (default sigmoid)")
+    p.add_argument("--output-activation", choices=ACTIVATIONS, default=None,
+                   help="output activation (default: the hidden one for mse/half_sse, identity for the "
+                        "cross-entropy losses)")
+    p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights when no file gives them")
+    p.add_argument("--json", action="store_true", help="print the trace as JSON")
+    p.add_argument("--digits", type=_positive_int, default=10, help="significant digits of the text")
+    p.set_defaults(func=cmd_explain)
+    return p
+
+
+def cmd_explain(args) -> int:
+    from . import explain
+
+    weights, is_text, wname = args.weights, False, None
+    if args.example is not None and explain.EXAMPLES[args.example] is not None:
+        weights, is_text = explain._example_text(args.example), True
+        wname = f"example {args.example!r} (gpubp/examples/{explain.EXAMPLES[args.example]})"
+    elif weights is not None:
+        wname = f"file {weights}"
+    act = args.activation
+    if act is not None and len(act) == 1:
+        act = act[0]
+    try:
+        prob = explain.make_problem(layer_sizes=args.layers, input=args.input, target=args.target,
+                                    activation=act, output_activation=args.output_activation, loss=args.loss,
+                                    lr=args.lr, seed=args.seed, weights=weights, weights_is_text=is_text,
+                                    weights_name=wname)
+        trace = explain.trace_step(**prob.trace_args())
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    trace["weights_from"] = prob.weights_from
+    trace["description"] = prob.description
+    if prob.expected:
+        trace["expected"] = prob.expected
+    if args.json:
+        print(json.dumps(trace, indent=2))
+    else:
+        title = prob.description or "one backprop step"
+        print(explain.format_trace(trace, args.digits, title=f"{title}\nweights: {prob.weights_from}"))
+    return 0
+
+
+# ---------------------------------------------------------------- gradcheck
+def _add_gradcheck(sub):
+    p = sub.add_parser(
+        "gradcheck", help="compare analytic gradients with central finite differences",
+        description="Compare the backend's analytic gradients (MLP.loss_and_grads) with central finite "
+                    "differences and print the relative error of each layer's dW and db "
+                    "(||analytic - numeric|| / max(||analytic||, ||numeric||), or the worst entry with "
+                    "--kind max). Exits with status 1 when an error exceeds --threshold.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--layers", type=_sizes, default=[4, 6, 5, 3], metavar="N0,...,NL", help="layer sizes")
+    p.add_argument("--activation", type=_activations, default=["tanh"], metavar="NAME[,NAME...]",
+                   help="hidden activation(s)")
+    p.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
+                   help="output activation (forced to identity for the cross-entropy losses)")
+    p.add_argument("--loss", choices=LOSSES, default="mse", help="loss")
+    p.add_argument("--all-activations", action="store_true", help="check every hidden activation in turn")
+    p.add_argument("--all-losses", action="store_true", help="check every loss in turn")
+    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto", help="backend")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="dtype (finite differences need float64; float32 only with a larger --eps and "
+                        "--threshold)")
+    p.add_argument("--batch", type=_positive_int, default=5, help="samples in the random batch")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights and the batch")
+    p.add_argument("--eps", type=_positive_float, default=1e-5, help="finite-difference step")
+    p.add_argument("--threshold", type=_positive_float, default=1e-6, help="largest acceptable error")
+    p.add_argument("--kind", choices=("norm", "max"), default="norm",
+                   help="per-layer norm-wise relative error, or the worst single entry")
+    p.set_defaults(func=cmd_gradcheck)
+    return p
+
+
+def cmd_gradcheck(args) -> int:
+    from .gradcheck import check, max_abs_errors, random_problem
+    from .network import MLP
+
+    sizes = args.layers
+    if len(sizes) < 2:
+        raise UsageError("--layers needs at least the input and output sizes")
+    n_params = sum(o * i + o for i, o in zip(sizes[:-1], sizes[1:]))
+    if n_params > 20000:
+        raise UsageError(f"the network has {n_params} parameters; finite differences take two passes per "
+                         "parameter: use a smaller one (at most 20000)")
+    acts_list = [[a] for a in ACTIVATIONS] if args.all_activations else [args.activation]
+    loss_list = list(LOSSES) if args.all_losses else [args.loss]
+    backend = _make_backend(args.backend)
+    print(f"gradcheck: layers {sizes}, backend {backend.describe()}, {args.dtype}, batch {args.batch}, "
+          f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
+    worst, failures, runs = 0.0, [], 0
+    for loss in loss_list:
+        for act in acts_list:
+            out_act = "identity" if loss in LOGIT_LOSSES else args.output_activation
+            activation = _hidden_activation(act, len(sizes) - 2)
+            try:
+                net = MLP(sizes, activation=activation, output_activation=out_act, loss=loss, backend=backend,
+                          dtype=args.dtype, seed=args.seed)
+            except (ValueError, TypeError) as e:
+                raise UsageError(str(e)) from None
+            X, Y = random_problem(net, args.batch, args.seed)
+            value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+            absd = max_abs_errors(an, nu)
+            runs += 1
+            name = ",".join(act)
+            print(f"\n{name} (output {out_act}), loss {loss} = {value:.6g}")
+            print(f"  {'layer':>5}  {'shape':>9}  {'rel err W':>10}  {'rel err b':>10}  {'max|diff|':>10}")
+            for l, ((ew, eb), (dw, db)) in enumerate(zip(errs, absd), start=1):
+                flag = "" if max(ew, eb) <= args.threshold else "  FAIL"
+                shape = f"{sizes[l]}x{sizes[l - 1]}"
+                print(f"  {l:>5}  {shape:>9}  {ew:>10.2e}  {eb:>10.2e}  {max(dw, db):>10.2e}{flag}")
+                worst = max(worst, ew, eb)
+            case_worst = max(max(e) for e in errs)
+            if not case_worst <= args.threshold:
+                failures.append(f"{name}/{loss} ({case_worst:.2e})")
+    print()
+    if failures:
+        print(f"worst relative error {worst:.3e} > threshold {args.threshold:g}: FAILED in "
+              f"{len(failures)} of {runs}: {', '.join(failures)}")
+        return 1
+    print(f"worst relative error {worst:.3e} <= threshold {args.threshold:g}: OK ({runs} "
+          f"configuration{'s' if runs > 1 else ''})")
+    return 0
+
+
+# ---------------------------------------------------------------- info
+def _add_info(sub):
+    p = sub.add_parser("info", help="versions, backends and the GPU",
+                       description="Print the versions of gpubp, Python, numpy, CuPy and PyTorch (when "
+                                   "installed), the backends available, and the GPU if there is one.")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(func=cmd_info)
+    return p
+
+
+def _dist_version(*names):
+    from importlib import metadata
+
+    for n in names:
+        try:
+            return metadata.version(n)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _gpu_info() -> tuple[list[dict], str]:
+    """GPUs as seen by CuPy (or nvidia-smi when CuPy is absent), and a note on how they were found."""
+    note = ""
+    try:
+        import cupy
+
+        rt = cupy.cuda.runtime
+        n = rt.getDeviceCount()
+        drv = rt.driverGetVersion()
+        rtv = rt.runtimeGetVersion()
+        gpus = []
+        for i in range(n):
+            pr = rt.getDeviceProperties(i)
+            name = pr.get("name", b"?")
+            gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else str(name),
+                         "memory_gib": round(pr.get("totalGlobalMem", 0) / 2**30, 2),
+                         "compute_capability": f"{pr.get('major', '?')}.{pr.get('minor', '?')}",
+                         "multiprocessors": pr.get("multiProcessorCount"),
+                         "driver": f"CUDA {drv // 1000}.{drv % 1000 // 10}",
+                         "runtime": f"CUDA {rtv // 1000}.{rtv % 1000 // 10}"})
+        return gpus, "via CuPy"
+    except ImportError:
+        note = "CuPy is not installed"
+    except Exception as e:   # CuPy without a driver or device
+        note = f"CuPy sees no GPU ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            r = subprocess.run([smi, "--query-gpu=name,memory.total,compute_cap,driver_version",
+                                "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+            gpus = []
+            for i, row in enumerate(r.stdout.strip().splitlines()):
+                f = [x.strip() for x in row.split(",")]
+                if len(f) == 4:
+                    mem = float(f[1]) / 1024 if f[1].replace(".", "").isdigit() else None
+                    gpus.append({"index": i, "name": f[0], "memory_gib": mem and round(mem, 2),
+                                 "compute_capability": f[2], "driver": f[3]})
+            if gpus:
+                return gpus, f"{note}; found by nvidia-smi"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return [], note
+
+
+def cmd_info(args) -> int:
+    import gpubp
+
+    from .backends import available_backends
+
+    vers = {"gpubp": getattr(gpubp, "__version__", "?"),
+            "python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
+            "numpy": np.__version__}
+    cupy_v = _dist_version("cupy", "cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy-rocm-5-0")
+    if cupy_v is None:
+        try:
+            import cupy
+
+            cupy_v = cupy.__version__
+        except Exception:
+            pass
+    vers["cupy"] = cupy_v or "not installed"
+    vers["torch"] = _dist_version("torch") or "not installed"
+    for extra in ("scikit-learn", "tqdm", "matplotlib"):
+        vers[extra] = _dist_version(extra) or "not installed"
+    try:
+        backends = available_backends()
+    except Exception as e:
+        backends = ["numpy"]
+        print(f"gpubp info: checking the CUDA backend failed: {e}", file=sys.stderr)
+    gpus, note = _gpu_info()
+    info = {"versions": vers, "platform": platform.platform(), "backends": backends, "gpus": gpus}
+    if note:
+        info["gpu_note"] = note
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for k, v in vers.items():
+        print(f"{k:>13}: {v}")
+    print(f"{'platform':>13}: {info['platform']}")
+    print(f"{'backends':>13}: {', '.join(backends)}" + ("" if "cuda" in backends else "  (cuda: no usable GPU)"))
+    if gpus:
+        for g in gpus:
+            extra = f", {g['multiprocessors']} SMs" if g.get("multiprocessors") else ""
+            rt = f", runtime {g['runtime']}" if g.get("runtime") else ""
+            print(f"{'gpu ' + str(g['index']):>13}: {g['name']}, {g['memory_gib']} GiB, compute capability "
+                  f"{g['compute_capability']}{extra}, driver {g['driver']}{rt}")
+    else:
+        print(f"{'gpu':>13}: none found" + (f" ({note})" if note else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- external subcommands and main
+def run_external(name, argv) -> int:
+    """Run the subcommand `name` from its module's `main(argv)`, imported only now."""
+    modname, _ = EXTERNAL[name]
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name == modname:
+            print(f"gpubp {name}: not available in this installation (the module {modname} is missing)",
+                  file=sys.stderr)
+            return 2
+        raise
+    entry = getattr(mod, "main", None)
+    if entry is None:
+        print(f"gpubp {name}: {modname} has no main(argv)", file=sys.stderr)
+        return 2
+    rc = entry(list(argv))
+    return 0 if rc is None else int(rc)
+
+
+def build_parser():
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="gpubp", description="Dense neural networks trained by backprop, "
+                                "on numpy or on fused CUDA kernels.")
+    p.add_argument("--version", action="version", version=f"gpubp {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    subs = {"train": _add_train(sub), "explain": _add_explain(sub), "gradcheck": _add_gradcheck(sub),
+            "info": _add_info(sub)}
+    for name, (_, helptext) in EXTERNAL.items():   # parsed by their own modules; listed for --help
+        sub.add_parser(name, help=helptext, add_help=False)
+    return p, subs
+
+
+def main(argv=None) -> int:
+    """Run the command line `argv` (default `sys.argv[1:]`); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTERNAL:
+        return run_external(argv[0], argv[1:])
+    parser, subs = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        subs[args.command].error(str(e))   # prints usage and the message, exits with status 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Small classification data sets for examples and the command line.
+
+Every data set is built offline: scikit-learn ships digits, iris,
+breast_cancer and wine inside its package, `moons` comes from
+`sklearn.datasets.make_moons`, and `xor` is generated here.  `load_dataset`
+splits a data set into stratified train / validation / test parts with a
+seed and standardises the features with the training part's statistics only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: every data set `load_dataset` knows
+DATASETS = ("digits", "iris", "breast_cancer", "wine", "moons", "xor")
+
+#: samples generated for the synthetic data sets when not told otherwise
+SYNTHETIC_SAMPLES = 1000
+
+
+def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0, seed=None):
+    """The XOR problem: points uniform in `[-1, 1]^2`, class 1 where exactly one coordinate is positive.
+
+    `noise` is the standard deviation of Gaussian noise added to the points
+    after their labels are fixed.  Returns `(X (n, 2) float64, y (n,) int64)`.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 4:
+        raise ValueError(f"n_samples must be an integer of at least 4, got {n_samples!r}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1.0, 1.0, size=(int(n_samples), 2))
+    y = ((X[:, 0] > 0) != (X[:, 1] > 0)).astype(np.int64)
+    if noise:
+        X = X + rng.normal(0.0, noise, size=X.shape)
+    return X, y
+
+
+def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
+    """The whole data set `name` as `(X float64, y int64, description)`, before any split."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name in ("moons", "xor"):
+        n = SYNTHETIC_SAMPLES if n_samples is None else n_samples
+        if name == "moons":
+            from sklearn.datasets import make_moons
+
+            nz = 0.2 if noise is None else noise
+            X, y = make_moons(n_samples=n, noise=nz, random_state=seed)
+            desc = f"two interleaving half circles (sklearn make_moons, noise {nz})"
+        else:
+            nz = 0.0 if noise is None else noise
+            X, y = make_xor(n, nz, seed)
+            desc = f"XOR of the signs of two uniform coordinates (noise {nz})"
+        return np.asarray(X, np.float64), np.asarray(y, np.int64), desc
+    if n_samples is not None or noise is not None:
+        raise ValueError(f"n_samples and noise apply to the generated data sets (moons, xor), not {name!r}")
+    from sklearn import datasets as skd
+
+    loader = {"digits": skd.load_digits, "iris": skd.load_iris,
+              "breast_cancer": skd.load_breast_cancer, "wine": skd.load_wine}[name]
+    bunch = loader()
+    desc = {"digits": "8x8 images of handwritten digits (scikit-learn's copy of the UCI set)",
+            "iris": "Fisher's iris measurements", "breast_cancer": "Wisconsin diagnostic breast cancer",
+            "wine": "UCI wine recognition"}[name]
+    return np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.int64), desc
+
+
+def standardize(X_train, *others, eps: float = 1e-12):
+    """Scale features to zero mean and unit variance using `X_train`'s statistics only.
+
+    Constant features (standard deviation below `eps`) are centred and left
+    unscaled.  Returns `(mean, std, X_train_scaled, *others_scaled)`.
+    """
+    X_train = np.asarray(X_train, np.float64)
+    mean = X_train.mean(axis=0)
+    std = X_train.std(axis=0)
+    std = np.where(std < eps, 1.0, std)
+    out = [(np.asarray(X, np.float64) - mean) / std for X in (X_train, *others)]
+    return (mean, std, *out)
+
+
+@dataclass
+class Dataset:
+    """A split data set; `y_*` are integer class labels `0 .. n_classes - 1`."""
+
+    name: str
+    description: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    #: the training part's feature mean and standard deviation (None if not standardised)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X_train.shape[1])
+
+    def summary(self) -> str:
+        return (f"{self.name}: {self.description}; {self.n_features} features, {self.n_classes} classes; "
+                f"{len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} test")
+
+
+def _fraction(name, v, allow_zero):
+    if not np.isfinite(v) or v < 0 or v >= 1 or (v == 0 and not allow_zero):
+        rng = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"{name} must be a fraction in {rng}, got {v!r}")
+    return float(v)
+
+
+def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=0,
+                 standardize_features: bool = True, n_samples=None, noise=None) -> Dataset:
+    """Load `name`, split it stratified (test, then validation from the rest) and standardise.
+
+    `test_size` is the fraction of all samples held out for testing,
+    `val_size` the fraction of all samples held out for validation (0: none).
+    The split and the generated data sets are reproducible from `seed`.
+    """
+    from sklearn.model_selection import train_test_split
+
+    test_size = _fraction("test_size", test_size, False)
+    val_size = _fraction("val_size", val_size, True)
+    if test_size + val_size >= 0.9:
+        raise ValueError(f"test_size + val_size must leave at least 10% for training, got "
+                         f"{test_size} + {val_size}")
+    X, y, desc = raw_dataset(name, seed, n_samples, noise)
+    n_classes = int(y.max()) + 1
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+    if val_size:
+        X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=val_size / (1 - test_size),
+                                                  random_state=seed, stratify=y_tr)
+    else:
+        X_va, y_va = X[:0], y[:0]
+    mean = std = None
+    if standardize_features:
+        mean, std, X_tr, X_va, X_te = standardize(X_tr, X_va, X_te)
+    return Dataset(name, desc, X_tr, y_tr, X_va, y_va, X_te, y_te, n_classes, mean, std,
+                   {"seed": seed, "test_size": test_size, "val_size": val_size})
+
+
+def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
+    """Integer labels `(B,)` as one-hot rows `(B, n_classes)`."""
+    y = np.asarray(y)
+    if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= n_classes)):
+        raise ValueError(f"labels must be a 1-D array of integers in [0, {n_classes})")
+    out = np.zeros((y.shape[0], n_classes), dtype=dtype)
+    out[np.arange(y.shape[0]), y] = 1
+    return out
+
+
+def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
+    """The output-layer sizes that fit `n_classes` classes under `loss`, preferred first.
+
+    cross_entropy: one logit per class.  binary_cross_entropy: one logit for
+    two classes, else one per class (one-vs-rest on one-hot targets).  The
+    squared errors: one output per class on one-hot targets, or one output
+    with 0/1 targets for two classes.
+    """
+    if loss == "cross_entropy":
+        return (n_classes,)
+    if loss == "binary_cross_entropy":
+        return (1,) if n_classes == 2 else (n_classes,)
+    return (n_classes, 1) if n_classes == 2 else (n_classes,)
+
+
+def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
+    """Labels `y` as the targets of a network with `n_out` outputs trained with `loss`.
+
+    cross_entropy keeps the integer labels; one output gets `(B, 1)` 0/1
+    targets; several outputs one-hot rows.
+    """
+    y = np.asarray(y)
+    if loss == "cross_entropy":
+        return y.astype(np.int64)
+    if n_out == 1:
+        return y.reshape(-1, 1).astype(dtype)
+    return one_hot(y, n_out, dtype)
+
+
+def labels_from_outputs(out, loss: str) -> np.ndarray:
+    """Class labels from a network's raw outputs (logits, or the squared-error outputs)."""
+    out = np.asarray(out)
+    if out.ndim == 1:
+        out = out.reshape(-1, 1)
+    if out.shape[1] == 1:
+        threshold = 0.0 if loss == "binary_cross_entropy" else 0.5
+        return (out[:, 0] > threshold).astype(np.int64)
+    return out.argmax(axis=1)
+
+
+def accuracy(net, X, y) -> float:
+    """Fraction of `X` whose predicted class (see `labels_from_outputs`) equals `y`."""
+    out = net.forward(X)
+    out = net.backend.to_numpy(out)
+    return float(np.mean(labels_from_outputs(out, net.loss) == np.asarray(y)))
+
+
+__all__ = ["DATASETS", "Dataset", "load_dataset", "raw_dataset", "make_xor", "standardize", "one_hot",
+           "output_sizes", "targets_for", "labels_from_outputs", "accuracy"]

@@ -1,0 +1,1 @@
+"""Example problems for `gpubp explain` (JSON files read with importlib.resources)."""

@@ -1,0 +1,144 @@
+"""Gradient checks: a network's analytic gradients against central finite differences.
+
+    fd = finite_difference_grads(net, X, Y)          # [(dW, db)] by (L(p+e) - L(p-e)) / 2e
+    loss, an = net.loss_and_grads(X, Y)
+    errs = relative_errors(an, fd)                   # [(W error, b error)] per layer
+
+Finite differences are only meaningful in float64: build the network with
+`dtype="float64"` (the numbers are computed in the network's own dtype and
+backend, so a float64 network on the CUDA backend checks the CUDA kernels).
+The error of a central difference is rounding, about `1e-16 |L| / eps`, plus
+truncation, about `eps^2 |L'''|`: with `eps = 1e-6` rounding dominates and the
+per-layer relative errors of small networks stay below about 1e-6; `eps = 1e-5`
+(what `gpubp gradcheck` uses) balances the two and gives about 1e-7 or better.
+A ReLU kink within `eps` of a pre-activation spoils any finite difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _loss(net, X, Y) -> float:
+    return float(net.loss_and_grads(X, Y)[0])
+
+
+def finite_difference_grads(net, X, Y, eps: float = 1e-6):
+    """Central differences `(L(p + eps) - L(p - eps)) / (2 eps)` for every parameter of `net`.
+
+    Returns `[(dW, db), ...]` like `net.loss_and_grads`, as float64 numpy
+    arrays.  The network's parameters are restored afterwards.
+    """
+    if not (eps > 0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    original = net.get_params()
+    work = [(np.array(W, np.float64), np.array(b, np.float64)) for W, b in original]
+    grads = [(np.zeros_like(W), np.zeros_like(b)) for W, b in work]
+    try:
+        for l, (W, b) in enumerate(work):
+            for arr, g in ((W, grads[l][0]), (b, grads[l][1])):
+                flat, gflat = arr.reshape(-1), g.reshape(-1)
+                for i in range(flat.size):
+                    keep = flat[i]
+                    flat[i] = keep + eps
+                    net.set_params(work)
+                    up = _loss(net, X, Y)
+                    flat[i] = keep - eps
+                    net.set_params(work)
+                    down = _loss(net, X, Y)
+                    flat[i] = keep
+                    gflat[i] = (up - down) / (2 * eps)
+    finally:
+        net.set_params(original)
+    return grads
+
+
+def _host(a) -> np.ndarray:
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):   # a CuPy array
+        a = a.get()
+    return np.asarray(a, np.float64)
+
+
+def gradient_scale(*grad_lists) -> float:
+    """The largest absolute gradient entry over every layer of every list given."""
+    m = 0.0
+    for grads in grad_lists:
+        for dW, db in grads:
+            for a in (dW, db):
+                a = _host(a)
+                if a.size:
+                    m = max(m, float(np.max(np.abs(a))))
+    return m
+
+
+def relative_errors(analytic, numeric, kind: str = "norm", floor: float | None = None):
+    """Per layer `(relative error of dW, relative error of db)`.
+
+    `kind="norm"` (the default): `||a - n|| / max(||a||, ||n||)` over the
+    layer's whole `dW` (or `db`), the usual gradient-check measure: it is not
+    thrown off by single entries that are zero up to rounding (dead ReLUs,
+    saturated units), where any finite difference is all rounding noise.
+
+    `kind="max"`: the worst entry, `max_i |a_i - n_i| / max(|a_i|, |n_i|, floor)`;
+    `floor` defaults to `1e-6` times the largest gradient entry of the whole
+    network (at least 1e-12).  Stricter, and noisier for tiny entries.
+
+    Both are 0 where both gradients are exactly zero, and inf where either
+    holds NaN or infinity.
+    """
+    if kind not in ("norm", "max"):
+        raise ValueError(f"kind must be 'norm' or 'max', got {kind!r}")
+    analytic, numeric = list(analytic), list(numeric)
+    if len(analytic) != len(numeric):
+        raise ValueError(f"the gradient lists have {len(analytic)} and {len(numeric)} layers")
+    if kind == "max" and floor is None:
+        floor = max(1e-6 * gradient_scale(analytic, numeric), 1e-12)
+    out = []
+    for l, ((aW, ab), (nW, nb)) in enumerate(zip(analytic, numeric), start=1):
+        pair = []
+        for a, n, what in ((aW, nW, "dW"), (ab, nb, "db")):
+            a, n = _host(a), _host(n)
+            if a.shape != n.shape:
+                raise ValueError(f"layer {l} {what}: shapes {a.shape} and {n.shape} differ")
+            if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n))):
+                pair.append(float("inf"))
+            elif kind == "norm":
+                den = max(float(np.linalg.norm(a)), float(np.linalg.norm(n)))
+                pair.append(float(np.linalg.norm(a - n)) / den if den > 0 else 0.0)
+            elif a.size == 0:
+                pair.append(0.0)
+            else:
+                den = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
+                pair.append(float(np.max(np.abs(a - n) / den)))
+        out.append(tuple(pair))
+    return out
+
+
+def max_abs_errors(analytic, numeric):
+    """Per layer `(max |dW_a - dW_n|, max |db_a - db_n|)`."""
+    return [tuple(float(np.max(np.abs(_host(a) - _host(n)), initial=0.0)) for a, n in ((aW, nW), (ab, nb)))
+            for (aW, ab), (nW, nb) in zip(analytic, numeric)]
+
+
+def random_problem(net, batch: int = 5, seed=0):
+    """A random input batch and fitting targets for `net`'s loss (for checks and demos)."""
+    rng = np.random.default_rng(seed)
+    n_in, n_out = net.sizes[0], net.sizes[-1]
+    X = rng.normal(size=(batch, n_in))
+    if net.loss == "cross_entropy":
+        Y = rng.integers(0, n_out, size=batch)
+    elif net.loss == "binary_cross_entropy":
+        Y = rng.uniform(0.0, 1.0, size=(batch, n_out))
+    else:
+        Y = rng.normal(size=(batch, n_out))
+    return X, Y
+
+
+def check(net, X, Y, eps: float = 1e-6, kind: str = "norm"):
+    """`(loss, relative_errors(analytic, numeric, kind), analytic, numeric)` for `net` on `X`, `Y`."""
+    loss, analytic = net.loss_and_grads(X, Y)
+    numeric = finite_difference_grads(net, X, Y, eps)
+    return loss, relative_errors(analytic, numeric, kind), analytic, numeric
+
+
+__all__ = ["finite_difference_grads", "relative_errors", "max_abs_errors", "gradient_scale", "random_problem", "check"]

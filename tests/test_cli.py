@@ -1,0 +1,338 @@
+"""The `gpubp` command line, run in-process through `gpubp.cli.main` (and once as `python -m gpubp`)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_W2 = ("0.35891648", "0.408666186", "0.511301270", "0.561370121")
+PUBLISHED_W1 = ("0.149780716", "0.19956143", "0.24975114", "0.29950229")
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def usage_error(capsys, *argv):
+    """Run a command that must fail as a usage error: status 2, a message, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert e.value.code == 2, (argv, out, err)
+    assert "error:" in err and "Traceback" not in err + out, err
+    return err
+
+
+def agrees(value, published: str) -> bool:
+    decimals = len(published.split(".")[1])
+    return round(float(value), decimals) == round(float(published), decimals)
+
+
+# ---------------------------------------------------------------- train
+def test_train_iris_prints_epochs_and_final_accuracy(capsys):
+    rc, out, err = run(capsys, "train", "--epochs", "2", "--dataset", "iris", "--backend", "numpy")
+    assert rc == 0
+    lines = [l for l in out.splitlines() if l.startswith("epoch")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2") and lines[1].startswith("epoch 2/2")
+    for l in lines:
+        assert re.search(r"loss \d+\.\d+ .*validation acc (0|1)\.\d+", l), l
+    m = re.search(r"^test accuracy (\d\.\d+) \((\d+)/30\)$", out, re.M)
+    assert m and 0 <= float(m.group(1)) <= 1 and int(m.group(2)) == round(float(m.group(1)) * 30)
+    assert "iris" in out and "[4, 128, 3]" in out
+
+
+def test_train_default_reaches_95_percent_on_digits(capsys):
+    # exactly `gpubp train`: the digits, 64-128-10 relu, cross_entropy, adam, 30 epochs
+    rc, out, _ = run(capsys, "train", "--no-progress")
+    assert rc == 0
+    assert "digits" in out and "[64, 128, 10]" in out and "epoch 30/30" in out
+    acc = float(re.search(r"^test accuracy (\d\.\d+)", out, re.M).group(1))
+    assert acc >= 0.95, out
+
+
+def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
+    ck, png = tmp_path / "net.npz", tmp_path / "curves.png"
+    rc, out, _ = run(capsys, "train", "--dataset", "moons", "--hidden", "16,16", "--activation", "tanh,relu",
+                     "--epochs", "3", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
+                     "--dtype", "float64", "--seed", "4", "--save", str(ck), "--plot", str(png), "--no-progress",
+                     "--backend", "numpy")
+    assert rc == 0 and "[2, 16, 16, 2]" in out and "momentum=0.9" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    net = gpubp.MLP.load(ck, backend="numpy")
+    assert list(net.sizes) == [2, 16, 16, 2] and net.dtype == np.float64
+    assert list(net.activations) == ["tanh", "relu", "identity"] and net.optimizer.t > 0
+    # the checkpoint reproduces the printed test accuracy
+    from gpubp.data import accuracy, load_dataset
+
+    ds = load_dataset("moons", val_size=0.1, seed=4)
+    acc = float(re.search(r"^test accuracy (\d\.\d+)", out, re.M).group(1))
+    assert accuracy(net, ds.X_test, ds.y_test) == pytest.approx(acc, abs=5e-5)
+
+
+def test_train_other_losses_and_inferred_sizes(capsys):
+    rc, out, _ = run(capsys, "train", "--dataset", "breast_cancer", "--loss", "binary_cross_entropy",
+                     "--hidden", "8", "--epochs", "2", "--optimizer", "adamw", "--no-progress", "--val-size", "0",
+                     "--backend", "numpy")
+    assert rc == 0 and "[30, 8, 1]" in out and "test acc" in out   # no validation: the test set per epoch
+    rc, out, _ = run(capsys, "train", "--dataset", "xor", "--layers", "2,8,1", "--loss", "mse",
+                     "--output-activation", "sigmoid", "--epochs", "2", "--no-progress", "--backend", "numpy")
+    assert rc == 0 and "[2, 8, 1]" in out and re.search(r"^test accuracy", out, re.M)
+
+
+def test_train_shows_a_progress_bar(capsys):
+    rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy")
+    assert rc == 0 and "epoch/s" in err and "0/2" in err    # tqdm writes to stderr
+    assert "epoch 2/2" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--layers", "10,128,10"], "64 features"),
+    (["--layers", "64,128,3"], "needs 10"),
+    (["--layers", "64"], "at least the input and output"),
+    (["--layers", "64,x,10"], "comma-separated positive integers"),
+    (["--hidden", "0"], "positive integer"),
+    (["--layers", "64,10", "--hidden", "8"], "not allowed with"),
+    (["--epochs", "0"], "positive integer"),
+    (["--batch-size", "two"], "positive integer"),
+    (["--lr", "-1"], "positive number"),
+    (["--lr", "nan"], "positive number"),
+    (["--activation", "swish"], "unknown activation 'swish'"),
+    (["--hidden", "8,8", "--activation", "relu,tanh,gelu"], "2 hidden layers"),
+    (["--loss", "hinge"], "invalid choice"),
+    (["--output-activation", "sigmoid"], "must be identity"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--momentum", "0.9"], "applies to --optimizer sgd"),
+    (["--momentum", "1.5", "--optimizer", "sgd"], "momentum must lie in"),
+    (["--dtype", "float16"], "invalid choice"),
+    (["--backend", "tpu"], "invalid choice"),
+    (["--test-size", "1.5"], "fraction"),
+    (["--seed", "-3"], "seed"),
+    (["--save", "/nonexistent-dir/x.npz"], "does not exist"),
+    (["--noise", "0.1"], "n_samples and noise apply"),
+    (["--frobnicate"], "unrecognized arguments"),
+])
+def test_train_bad_options_are_usage_errors(capsys, argv, message):
+    err = usage_error(capsys, "train", *argv)
+    assert message in err
+
+
+def test_train_divergence_exits_1_with_advice(capsys):
+    with np.errstate(all="ignore"):
+        rc, out, err = run(capsys, "train", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "2", "--no-progress",
+                           "--backend", "numpy")
+    assert rc == 1 and "lower learning rate" in err and "Traceback" not in err
+
+
+def test_unusable_cuda_backend_is_a_usage_error(capsys, monkeypatch):
+    import gpubp.backends as backends
+
+    def refuse(name="auto"):
+        if name == "cuda":
+            raise RuntimeError("CuPy is not installed")
+        return backends.NumpyBackend()
+
+    monkeypatch.setattr(backends, "get_backend", refuse)
+    err = usage_error(capsys, "train", "--backend", "cuda", "--epochs", "1")
+    assert "backend 'cuda' is not usable here: CuPy is not installed" in err
+
+
+# ---------------------------------------------------------------- explain
+TRACE_KEYS = {"layer_sizes", "activations", "loss_name", "lr", "optimizer", "dtype", "backend", "batch", "input",
+              "target", "forward", "output", "loss", "backward", "updated", "loss_after", "weights_from"}
+
+
+def _check_trace_shapes(t):
+    sizes, L = t["layer_sizes"], len(t["layer_sizes"]) - 1
+    assert [f["layer"] for f in t["forward"]] == list(range(1, L + 1))
+    assert [b["layer"] for b in t["backward"]] == list(range(L, 0, -1))
+    for f in t["forward"]:
+        l = f["layer"]
+        assert set(f) >= {"W", "b", "z", "a", "activation"}
+        assert np.shape(f["W"]) == (sizes[l], sizes[l - 1]) and len(f["z"]) == len(f["a"]) == sizes[l]
+    for b in t["backward"]:
+        l = b["layer"]
+        assert set(b) >= {"delta", "dW", "db"} and np.shape(b["dW"]) == (sizes[l], sizes[l - 1])
+    for u in t["updated"]:
+        assert set(u) >= {"W", "b"}
+
+
+def test_explain_default_is_seed_002_example(capsys):
+    rc, out, _ = run(capsys, "explain", "--json")
+    assert rc == 0
+    t = json.loads(out)
+    assert TRACE_KEYS <= set(t)
+    assert t["layer_sizes"] == [2, 2, 1] and t["activations"] == ["sigmoid", "sigmoid"]
+    assert t["loss_name"] == "mse" and t["lr"] == 0.1 and t["input"] == [0.5, 0.8] and t["target"] == [1.0]
+    _check_trace_shapes(t)
+    # weights from --seed are the network's own initialisation
+    params = gpubp.MLP([2, 2, 1], activation="sigmoid", output_activation="sigmoid", loss="mse",
+                       backend="numpy", dtype="float64", seed=0).get_params()
+    assert np.array_equal(t["forward"][0]["W"], params[0][0]) and np.array_equal(t["forward"][1]["b"], params[1][1])
+    # mse on one output: loss (a - 1)^2, and the step lowers it
+    a = t["output"][0]
+    assert t["loss"] == pytest.approx((a - 1) ** 2, rel=1e-14) and t["loss_after"] < t["loss"]
+    rc, out2, _ = run(capsys, "explain", "--json", "--seed", "5")
+    assert json.loads(out2)["forward"][0]["W"] != t["forward"][0]["W"]
+
+
+def test_explain_text_shows_every_step(capsys):
+    rc, out, _ = run(capsys, "explain")
+    assert rc == 0
+    for s in ("seed 002", "Forward", "z1 =", "a1 =", "a2 =", "Loss (mse", "Backward", "delta2 =", "delta1 =",
+              "dW1 =", "db2 =", "Update: W -= 0.1 dW", "Loss after the step"):
+        assert s in out, s
+
+
+def test_explain_classic_reproduces_the_published_numbers(capsys):
+    rc, out, _ = run(capsys, "explain", "--example", "classic", "--json")
+    assert rc == 0
+    t = json.loads(out)
+    assert TRACE_KEYS <= set(t)
+    _check_trace_shapes(t)
+    assert t["loss_name"] == "half_sse" and t["lr"] == 0.5 and t["activations"] == ["sigmoid", "sigmoid"]
+    assert agrees(t["loss"], "0.298371109")
+    W2, W1 = np.ravel(t["updated"][1]["W"]), np.ravel(t["updated"][0]["W"])
+    assert all(agrees(v, p) for v, p in zip(W2, PUBLISHED_W2)), W2
+    assert all(agrees(v, p) for v, p in zip(W1, PUBLISHED_W1)), W1
+    rc, text, _ = run(capsys, "explain", "--example", "classic")
+    assert "0.2983711088" in text and "0.3589164797" in text and "0.1497807161" in text
+
+
+def test_explain_weights_file_and_overrides(capsys, tmp_path):
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.15, 0.20], [0.25, 0.30]], "b": [0.35, 0.35]},
+                                         {"W": [[0.40, 0.45], [0.50, 0.55]], "b": [0.60, 0.60]}]}))
+    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--input", "0.05", "0.10", "--target", "0.01,0.99",
+                     "--activation", "sigmoid", "--loss", "half_sse", "--lr", "0.5", "--json")
+    assert rc == 0
+    t = json.loads(out)
+    assert agrees(t["loss"], "0.298371109") and agrees(t["updated"][1]["W"][0][0], PUBLISHED_W2[0])
+    # a batch of two samples, cross_entropy with a class label, relu: any network works
+    rc, out, _ = run(capsys, "explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;-1,0,1", "--target", "2;0",
+                     "--loss", "cross_entropy", "--activation", "relu", "--json")
+    t = json.loads(out)
+    assert rc == 0 and t["batch"] == 2 and t["activations"] == ["relu", "identity"] and t["target"] == [2, 0]
+    assert np.shape(t["forward"][1]["z"]) == (2, 3) and np.shape(t["backward"][0]["delta"]) == (2, 3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input", "1,2,3"], "network takes 2"),
+    (["--weights", "/nonexistent.json"], "cannot read the weights file"),
+    (["--example", "classic", "--layers", "2,3,2"], "does not match the weights"),
+    (["--example", "nope"], "invalid choice"),
+    (["--example", "classic", "--weights", "x.json"], "not allowed with"),
+    (["--layers", "3,2,1"], "network takes 3"),
+    (["--loss", "cross_entropy", "--output-activation", "sigmoid"], "must be 'identity'"),
+    (["--input", "a,b"], "must be numbers"),
+    (["--lr", "0"], "positive number"),
+])
+def test_explain_bad_options_are_usage_errors(capsys, argv, message):
+    assert message in usage_error(capsys, "explain", *argv)
+
+
+def test_explain_bad_weights_file(capsys, tmp_path):
+    wf = tmp_path / "bad.json"
+    wf.write_text('{"layers": [{"W": [[1, 2]], "b": [0]}, {"W": [[1, 2]], "b": [0]}]}')
+    assert "takes 2 inputs but layer 1 has 1 outputs" in usage_error(capsys, "explain", "--weights", str(wf))
+    wf.write_text("{not json")
+    assert "not valid JSON" in usage_error(capsys, "explain", "--weights", str(wf))
+
+
+# ---------------------------------------------------------------- gradcheck
+def test_gradcheck_passes_in_float64(capsys):
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--all-activations")
+    assert rc == 0
+    m = re.search(r"worst relative error (\S+) <= threshold 1e-06: OK \(7 configurations\)", out)
+    assert m and float(m.group(1)) < 1e-6
+    rows = re.findall(r"^\s+(\d)\s+\d+x\d+\s+(\S+)\s+(\S+)\s+\S+$", out, re.M)
+    assert len(rows) == 7 * 3 and all(float(w) < 1e-6 and float(b) < 1e-6 for _, w, b in rows)
+
+
+def test_gradcheck_fails_above_the_threshold(capsys):
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--all-losses", "--threshold", "1e-14")
+    assert rc == 1 and "FAILED in 4 of 4" in out
+
+
+def test_gradcheck_detects_a_broken_gradient(capsys, monkeypatch):
+    orig = gpubp.MLP.loss_and_grads
+
+    def broken(self, X, Y):
+        loss, grads = orig(self, X, Y)
+        grads[0][0][0, 0] *= 1.001
+        return loss, grads
+
+    monkeypatch.setattr(gpubp.MLP, "loss_and_grads", broken)
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy")
+    assert rc == 1 and "FAIL" in out
+
+
+def test_gradcheck_bad_options(capsys):
+    assert "at least the input and output" in usage_error(capsys, "gradcheck", "--layers", "5")
+    assert "smaller one" in usage_error(capsys, "gradcheck", "--layers", "200,200")
+    assert "invalid choice" in usage_error(capsys, "gradcheck", "--kind", "mean")
+
+
+# ---------------------------------------------------------------- info, dispatch, python -m
+def test_info_names_versions_and_backends(capsys):
+    rc, out, _ = run(capsys, "info")
+    assert rc == 0
+    assert re.search(rf"numpy: {re.escape(np.__version__)}", out)
+    assert re.search(rf"gpubp: {re.escape(gpubp.__version__)}", out) and "python:" in out
+    assert re.search(r"backends: numpy", out) and "cupy:" in out and "torch:" in out and "gpu" in out
+    rc, out, _ = run(capsys, "info", "--json")
+    d = json.loads(out)
+    assert d["versions"]["numpy"] == np.__version__ and "numpy" in d["backends"] and isinstance(d["gpus"], list)
+
+
+def test_info_without_cupy(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)       # import cupy raises ImportError
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    rc, out, _ = run(capsys, "info")
+    assert rc == 0 and "none found (CuPy is not installed)" in out
+
+
+def test_external_subcommands_dispatch(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("gpubp_fake_bench")
+    fake.main = lambda argv: seen.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "gpubp_fake_bench", fake)
+    monkeypatch.setitem(cli.EXTERNAL, "bench", ("gpubp_fake_bench", "fake"))
+    assert cli.main(["bench", "--quick", "-n", "3"]) == 3 and seen == [["--quick", "-n", "3"]]
+    monkeypatch.setitem(cli.EXTERNAL, "compile-check", ("gpubp_module_that_is_missing", "x"))
+    assert cli.main(["compile-check"]) == 2
+    assert "not available in this installation" in capsys.readouterr().err
+
+
+def test_top_level_help_and_errors(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    for name in ("train", "explain", "gradcheck", "info", "compile-check", "bench"):
+        assert name in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and gpubp.__version__ in capsys.readouterr().out
+    assert "invalid choice" in usage_error(capsys, "frobnicate")
+
+
+def test_python_dash_m_gpubp():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "gpubp", "explain", "--example", "classic", "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    assert agrees(json.loads(r.stdout)["loss"], "0.298371109")
+    r = subprocess.run([sys.executable, "-m", "gpubp", "train", "--epochs", "0"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=env)
+    assert r.returncode == 2 and "positive integer" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,92 @@
+"""gpubp.data: the data sets, the stratified split, standardisation, targets."""
+
+import numpy as np
+import pytest
+
+from gpubp import data
+
+SHAPES = {"digits": (64, 10), "iris": (4, 3), "breast_cancer": (30, 2), "wine": (13, 3), "moons": (2, 2),
+          "xor": (2, 2)}
+
+
+@pytest.mark.parametrize("name", data.DATASETS)
+def test_every_dataset_loads_and_splits(name):
+    ds = data.load_dataset(name, test_size=0.2, val_size=0.1, seed=3)
+    n_features, n_classes = SHAPES[name]
+    assert ds.n_features == n_features and ds.n_classes == n_classes
+    n = len(ds.y_train) + len(ds.y_val) + len(ds.y_test)
+    assert abs(len(ds.y_test) - 0.2 * n) <= 1 and abs(len(ds.y_val) - 0.1 * n) <= 1
+    for X, y in ((ds.X_train, ds.y_train), (ds.X_val, ds.y_val), (ds.X_test, ds.y_test)):
+        assert X.shape == (len(y), n_features) and X.dtype == np.float64 and np.all(np.isfinite(X))
+        assert y.dtype == np.int64 and set(np.unique(y)) <= set(range(n_classes))
+    # stratified: every part has every class in about the whole set's proportion
+    whole = np.bincount(np.concatenate([ds.y_train, ds.y_val, ds.y_test]), minlength=n_classes) / n
+    for y in (ds.y_train, ds.y_test):
+        part = np.bincount(y, minlength=n_classes) / len(y)
+        assert np.max(np.abs(part - whole)) < 0.05, (name, part, whole)
+
+
+def test_split_is_reproducible_and_seeded():
+    a = data.load_dataset("wine", seed=1)
+    b = data.load_dataset("wine", seed=1)
+    c = data.load_dataset("wine", seed=2)
+    assert np.array_equal(a.X_train, b.X_train) and np.array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.X_train, c.X_train)
+    m1 = data.load_dataset("moons", seed=5)
+    m2 = data.load_dataset("moons", seed=6)
+    assert not np.array_equal(m1.X_train, m2.X_train)
+
+
+def test_standardisation_uses_training_statistics_only():
+    raw = data.load_dataset("breast_cancer", seed=0, standardize_features=False)
+    ds = data.load_dataset("breast_cancer", seed=0)
+    assert np.allclose(ds.X_train.mean(axis=0), 0, atol=1e-12)
+    assert np.allclose(ds.X_train.std(axis=0), 1, atol=1e-12)
+    # the test part is scaled with the training mean and std, not its own
+    assert np.allclose(ds.mean, raw.X_train.mean(axis=0)) and np.allclose(ds.std, raw.X_train.std(axis=0))
+    assert np.allclose(ds.X_test, (raw.X_test - ds.mean) / ds.std)
+    assert not np.allclose(ds.X_test.mean(axis=0), 0, atol=1e-3)
+
+
+def test_constant_features_do_not_divide_by_zero():
+    X = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
+    mean, std, Xs, Xt = data.standardize(X, np.array([[2.0, 6.0]]))
+    assert std[1] == 1.0 and np.all(np.isfinite(Xs)) and Xs[:, 1].tolist() == [0, 0, 0]
+    assert Xt.tolist() == [[0.0, 1.0]]
+    # digits has constant pixels: they stay finite
+    assert np.all(np.isfinite(data.load_dataset("digits").X_train))
+
+
+def test_xor_labels():
+    X, y = data.make_xor(500, seed=0)
+    assert X.shape == (500, 2) and np.all(np.abs(X) <= 1)
+    assert np.array_equal(y, (np.sign(X[:, 0]) != np.sign(X[:, 1])).astype(np.int64))
+    assert 0.4 < y.mean() < 0.6
+    Xn, yn = data.make_xor(500, noise=0.1, seed=0)
+    assert np.array_equal(yn, y) and not np.array_equal(Xn, X)
+
+
+def test_targets_and_output_sizes():
+    y = np.array([0, 2, 1])
+    assert data.one_hot(y, 3).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+    assert data.targets_for(y, "cross_entropy", 3).tolist() == [0, 2, 1]
+    assert data.targets_for(y, "mse", 3).shape == (3, 3)
+    assert data.targets_for(np.array([0, 1]), "binary_cross_entropy", 1).tolist() == [[0.0], [1.0]]
+    assert data.output_sizes("cross_entropy", 2) == (2,)
+    assert data.output_sizes("binary_cross_entropy", 2) == (1,)
+    assert data.output_sizes("binary_cross_entropy", 3) == (3,)
+    assert data.output_sizes("mse", 2) == (2, 1)
+    assert data.labels_from_outputs(np.array([[0.2, 0.9], [3.0, -1.0]]), "mse").tolist() == [1, 0]
+    assert data.labels_from_outputs(np.array([[-0.1], [0.1]]), "binary_cross_entropy").tolist() == [0, 1]
+    assert data.labels_from_outputs(np.array([[0.4], [0.6]]), "mse").tolist() == [0, 1]
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        data.load_dataset("mnist")
+    with pytest.raises(ValueError, match="test_size"):
+        data.load_dataset("iris", test_size=1.5)
+    with pytest.raises(ValueError, match="n_samples and noise apply"):
+        data.load_dataset("iris", noise=0.1)
+    with pytest.raises(ValueError, match="labels"):
+        data.one_hot([0, 3], 3)

@@ -1,0 +1,122 @@
+"""gpubp.gradcheck, and the explain trace against the network's own gradients."""
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.activations import ACTIVATIONS
+from gpubp.explain import load_example, trace_step
+from gpubp.gradcheck import check, finite_difference_grads, max_abs_errors, random_problem, relative_errors
+from gpubp.losses import LOGIT_LOSSES, LOSSES
+
+
+def _net(act, loss, sizes=(4, 6, 5, 3), seed=0, out=None):
+    out = "identity" if loss in LOGIT_LOSSES else (out or "identity")
+    return gpubp.MLP(list(sizes), activation=act, output_activation=out, loss=loss, backend="numpy",
+                     dtype="float64", seed=seed)
+
+
+def test_finite_differences_of_a_known_function():
+    # one linear layer, half_sse on one sample: dL/dW = (W x + b - y) x^T, dL/db = W x + b - y
+    net = gpubp.MLP([3, 2], activation="relu", output_activation="identity", loss="half_sse",
+                    backend="numpy", dtype="float64", seed=0)
+    W = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
+    b = np.array([0.1, -0.2])
+    net.set_params([(W, b)])
+    x, y = np.array([[1.0, 2.0, -1.0]]), np.array([[0.3, -0.4]])
+    r = W @ x[0] + b - y[0]
+    (dW, db), = finite_difference_grads(net, x, y)
+    assert np.allclose(dW, np.outer(r, x[0]), atol=1e-8) and np.allclose(db, r, atol=1e-8)
+    # the parameters are restored
+    W2, b2 = net.get_params()[0]
+    assert np.array_equal(W2, W) and np.array_equal(b2, b)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_analytic_gradients_match_finite_differences(act, loss):
+    net = _net(act, loss, seed=1, out="sigmoid" if loss == "mse" else "identity")
+    X, Y = random_problem(net, batch=4, seed=1)
+    _, errs, an, nu = check(net, X, Y, eps=1e-5)
+    worst = max(max(e) for e in errs)
+    assert worst < 1e-6, (act, loss, errs)
+    # with the default eps too (rounding-limited, still well inside the bound)
+    assert max(max(e) for e in relative_errors(an, finite_difference_grads(net, X, Y))) < 1e-6
+
+
+def test_relative_errors_catch_a_wrong_gradient():
+    net = _net("tanh", "mse")
+    X, Y = random_problem(net, 5, 0)
+    _, an = net.loss_and_grads(X, Y)
+    nu = finite_difference_grads(net, X, Y, 1e-5)
+    assert max(max(e) for e in relative_errors(an, nu)) < 1e-6
+    bad = [(dW.copy(), db.copy()) for dW, db in an]
+    bad[1][0][2, 3] *= 1.01                      # one entry 1% off
+    errs = relative_errors(bad, nu)
+    assert errs[1][0] > 1e-4 and errs[0][0] < 1e-6 and errs[1][1] < 1e-6
+    assert relative_errors(bad, nu, kind="max")[1][0] > 5e-3
+    bad[0][1][0] = np.nan
+    assert relative_errors(bad, nu)[0][1] == float("inf")
+    assert max_abs_errors(an, an) == [(0.0, 0.0)] * 3
+
+
+def test_relative_errors_of_zero_gradients_and_bad_input():
+    z = [(np.zeros((2, 2)), np.zeros(2))]
+    assert relative_errors(z, z) == [(0.0, 0.0)]
+    assert relative_errors(z, z, kind="max") == [(0.0, 0.0)]
+    with pytest.raises(ValueError, match="layers"):
+        relative_errors(z, z + z)
+    with pytest.raises(ValueError, match="shapes"):
+        relative_errors(z, [(np.zeros((2, 3)), np.zeros(2))])
+    with pytest.raises(ValueError, match="kind"):
+        relative_errors(z, z, kind="l1")
+
+
+def test_cross_entropy_gradcheck_with_one_hot_targets():
+    net = _net("gelu", "cross_entropy")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 4))
+    Y = np.eye(3)[rng.integers(0, 3, 6)]
+    _, errs, _, _ = check(net, X, Y, eps=1e-5)
+    assert max(max(e) for e in errs) < 1e-6
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_explain_trace_equals_the_network(loss):
+    """The explain trace (backend ops called one by one) gives the network's loss and gradients."""
+    acts = ["tanh", "silu", "identity" if loss in LOGIT_LOSSES else "sigmoid"]
+    net = gpubp.MLP([3, 4, 5, 2], activation=acts[:2], output_activation=acts[2], loss=loss, backend="numpy",
+                    dtype="float64", seed=7)
+    X, Y = random_problem(net, 3, 7)
+    value, grads = net.loss_and_grads(X, Y)
+    t = trace_step(net.get_params(), X, Y, acts, loss, 0.25)
+    assert t["loss"] == pytest.approx(value, rel=1e-14, abs=1e-15)
+    for bw in t["backward"]:
+        dW, db = grads[bw["layer"] - 1]
+        np.testing.assert_allclose(bw["dW"], dW, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(bw["db"], db, rtol=1e-12, atol=1e-15)
+    # the update is plain SGD, and it lowers the loss for a small step
+    for up, (W, b), (dW, db) in zip(t["updated"], net.get_params(), grads):
+        np.testing.assert_allclose(up["W"], W - 0.25 * dW, rtol=1e-15, atol=1e-15)
+        np.testing.assert_allclose(up["b"], b - 0.25 * db, rtol=1e-15, atol=1e-15)
+
+
+PUBLISHED_W2 = ("0.35891648", "0.408666186", "0.511301270", "0.561370121")
+PUBLISHED_W1 = ("0.149780716", "0.19956143", "0.24975114", "0.29950229")
+
+
+def agrees_to_published_digits(value, published: str) -> bool:
+    decimals = len(published.split(".")[1])
+    return round(float(value), decimals) == round(float(published), decimals)
+
+
+def test_classic_example_published_numbers():
+    p = load_example("classic")
+    t = trace_step(**p.trace_args())
+    assert agrees_to_published_digits(t["loss"], "0.298371109")
+    W1, W2 = np.ravel(t["updated"][0]["W"]), np.ravel(t["updated"][1]["W"])
+    assert all(agrees_to_published_digits(v, s) for v, s in zip(W2, PUBLISHED_W2)), W2
+    assert all(agrees_to_published_digits(v, s) for v, s in zip(W1, PUBLISHED_W1)), W1
+    # and not by luck: the weights before the step do not
+    assert not agrees_to_published_digits(t["forward"][1]["W"][0][0], PUBLISHED_W2[0])
+    assert t["loss_after"] < t["loss"]
