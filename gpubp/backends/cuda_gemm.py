@@ -1,0 +1,273 @@
+"""Launchers of the GEMM kernels of `kernels/gemm.cu` (the fused dense layer).
+
+    gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None)
+        Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given.
+    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out)
+        delta_prev_out = (delta @ W) * g'(.), g = the previous layer's activation,
+        g' taken from A_prev, or from Z_prev for gelu/silu.
+    gemm_bwd_weight(delta, A_prev, dW_out, db_out)
+        dW_out = delta.T @ A_prev, db_out = delta.sum(0); deterministic split over
+        the batch (no atomics), partials in a cached workspace.
+
+Arguments are C-contiguous CuPy arrays of one dtype (float32 or float64).
+Launches go on the current stream.  In steady state nothing is allocated: the
+split-K workspace is cached per (device, splits, N, K, dtype), so a CUDA graph
+can be captured once every shape has been run once outside the capture.
+
+Tile configurations (see gemm.cu): the template int SUB gives a
+(32 SUB) x (32 SUB) block tile, 256 threads, BK = 8.  float: SUB 4 (128 x 128)
+for large problems, SUB 2 (64 x 64) for small ones; double: SUB 2 and SUB 1.
+
+CuPy is imported inside functions only, so this module imports without a GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cuda_source import ModuleSpec, load
+
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: (large, small) SUB per dtype
+_SUBS = {"float": (4, 2), "double": (2, 1)}
+_N_ACT = 7
+THREADS = 256
+BK = 8
+
+
+def _fwd_name(ct: str, act: int, sub: int) -> str:
+    return f"gemm_fwd<{ct}, {act}, {sub}>"
+
+
+def _bwd_data_name(ct: str, act: int, sub: int) -> str:
+    return f"gemm_bwd_data<{ct}, {act}, {sub}>"
+
+
+def _bwd_weight_name(ct: str, sub: int) -> str:
+    return f"gemm_bwd_weight<{ct}, {sub}>"
+
+
+def _reduce_name(ct: str) -> str:
+    return f"gemm_splitk_reduce<{ct}>"
+
+
+def _all_names() -> tuple[str, ...]:
+    names = []
+    for ct, subs in _SUBS.items():
+        for sub in subs:
+            names += [_fwd_name(ct, a, sub) for a in range(_N_ACT)]
+            names += [_bwd_data_name(ct, a, sub) for a in range(_N_ACT)]
+            names.append(_bwd_weight_name(ct, sub))
+        names.append(_reduce_name(ct))
+    return tuple(names)
+
+
+SPECS = (ModuleSpec(name="gemm", files=("activations.cuh", "gemm.cu"),
+                    name_expressions=_all_names()),)
+
+_funcs: dict = {}
+_n_sms: dict = {}
+_workspaces: dict = {}
+
+
+def _device_id() -> int:
+    import cupy
+    return cupy.cuda.runtime.getDevice()
+
+
+def _fn(name: str):
+    dev = _device_id()
+    key = (dev, name)
+    f = _funcs.get(key)
+    if f is None:
+        f = _funcs[key] = load(SPECS[0]).get_function(name)
+    return f
+
+
+def _sm_count() -> int:
+    dev = _device_id()
+    n = _n_sms.get(dev)
+    if n is None:
+        import cupy
+        n = _n_sms[dev] = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
+    return n
+
+
+def _ctype(*arrays) -> str:
+    dt = arrays[0].dtype
+    ct = _CTYPES.get(dt)
+    if ct is None:
+        raise TypeError(f"gemm kernels take float32 or float64 arrays, got {dt}")
+    for a in arrays:
+        if a.dtype != dt:
+            raise TypeError(f"mixed dtypes: {a.dtype} and {dt}")
+        if not a.flags.c_contiguous:
+            raise ValueError("gemm kernels need C-contiguous arrays")
+    return ct
+
+
+def _aligned(a, sub: int) -> bool:
+    return a.data.ptr % (sub * a.itemsize) == 0
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tiles(P: int, Q: int, sub: int) -> int:
+    bm = 32 * sub
+    return _cdiv(P, bm) * _cdiv(Q, bm)
+
+
+#: tests set this to "large" or "small" to force a tile configuration
+FORCE_TILE: str | None = None
+
+
+def _forced(ct: str):
+    if FORCE_TILE is None:
+        return None
+    return _SUBS[ct][0 if FORCE_TILE == "large" else 1]
+
+
+def _pick_sub(ct: str, P: int, Q: int) -> int:
+    """The large tile when both output dimensions fill it and there are enough
+    tiles for every SM; else the small one."""
+    forced = _forced(ct)
+    if forced is not None:
+        return forced
+    big, small = _SUBS[ct]
+    bm = 32 * big
+    if P >= bm and Q >= bm and _tiles(P, Q, big) >= _sm_count():
+        return big
+    return small
+
+
+def _check_act(act_code) -> int:
+    act = int(act_code)
+    if not 0 <= act < _N_ACT:
+        raise ValueError(f"activation code {act_code} out of range 0..{_N_ACT - 1}")
+    return act
+
+
+# ----------------------------------------------------------------- forward
+def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None) -> None:
+    """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given."""
+    act = _check_act(act_code)
+    arrays = (A_prev, W, b, A_out) + ((Z_out,) if Z_out is not None else ())
+    ct = _ctype(*arrays)
+    M, K = A_prev.shape
+    N = W.shape[0]
+    assert W.shape == (N, K) and b.shape == (N,) and A_out.shape == (M, N), "gemm_fwd shapes"
+    assert Z_out is None or Z_out.shape == (M, N), "gemm_fwd: Z_out shape"
+    if M == 0 or N == 0:
+        return
+    sub = _pick_sub(ct, M, N)
+    vec_a = K % sub == 0 and _aligned(A_prev, sub) and _aligned(W, sub)
+    outs = (A_out,) if Z_out is None else (A_out, Z_out)
+    vec_out = N % sub == 0 and all(_aligned(o, sub) for o in outs)
+    z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
+    _fn(_fwd_name(ct, act, sub))(
+        (_tiles(M, N, sub), 1, 1), (THREADS, 1, 1),
+        (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
+         np.int32(Z_out is not None), np.int32(vec_a), np.int32(vec_out)))
+
+
+# ----------------------------------------------------------------- backward, data
+def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> None:
+    """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu).
+
+    `A_prev` may be None for identity or gelu/silu; `Z_prev` is needed only for gelu/silu.
+    """
+    act = _check_act(act_code)
+    needs_z = act in (5, 6)
+    needs_a = not needs_z and act != 0
+    g_src = Z_prev if needs_z else (A_prev if needs_a else None)
+    if (needs_z or needs_a) and g_src is None:
+        raise ValueError("gemm_bwd_data: " + ("Z_prev" if needs_z else "A_prev") + " is needed")
+    arrays = (delta, W, delta_prev_out) + ((g_src,) if g_src is not None else ())
+    ct = _ctype(*arrays)
+    M, N = delta.shape
+    K = W.shape[1]
+    assert W.shape == (N, K) and delta_prev_out.shape == (M, K), "gemm_bwd_data shapes"
+    assert g_src is None or g_src.shape == (M, K), "gemm_bwd_data: A_prev/Z_prev shape"
+    if M == 0 or K == 0:
+        return
+    sub = _pick_sub(ct, M, K)
+    vec_d = N % sub == 0 and _aligned(delta, sub)
+    vec_w = K % sub == 0 and _aligned(W, sub)
+    if g_src is None:
+        g_src = delta_prev_out   # never read
+    vec_out = K % sub == 0 and _aligned(delta_prev_out, sub) and _aligned(g_src, sub)
+    _fn(_bwd_data_name(ct, act, sub))(
+        (_tiles(M, K, sub), 1, 1), (THREADS, 1, 1),
+        (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
+         np.int32(vec_d), np.int32(vec_w), np.int32(vec_out)))
+
+
+# ----------------------------------------------------------------- backward, weights
+#: fewest batch rows one split sums (keeps the partial writes and the reduce small)
+MIN_ROWS_PER_SPLIT = 256
+MAX_SPLITS = 256
+
+
+def _splits(M: int, tiles: int) -> tuple[int, int]:
+    """(S, rows_per_split): enough blocks for about two per SM, each split
+    >= MIN_ROWS_PER_SPLIT rows, rows_per_split a multiple of BK, no empty split."""
+    target = 2 * _sm_count()
+    S = 1
+    if tiles < target:
+        S = min(_cdiv(target, tiles), max(1, M // MIN_ROWS_PER_SPLIT), MAX_SPLITS)
+    if S <= 1:
+        return 1, M
+    rows = _cdiv(_cdiv(M, S), BK) * BK
+    S = _cdiv(M, rows)
+    return S, rows
+
+
+def _workspace(S: int, N: int, K: int, ct: str, dtype):
+    """Cached per-split partials: S blocks of [N*K dW][N db], each padded to a multiple of 4."""
+    import cupy
+    stride = _cdiv(N * K + N, 4) * 4
+    key = (_device_id(), S, N, K, ct)
+    ws = _workspaces.get(key)
+    if ws is None:
+        ws = _workspaces[key] = cupy.empty(S * stride, dtype=dtype)
+    return ws, stride
+
+
+def gemm_bwd_weight(delta, A_prev, dW_out, db_out) -> None:
+    """`dW_out = delta.T @ A_prev`, `db_out = delta.sum(0)`; bitwise reproducible."""
+    ct = _ctype(delta, A_prev, dW_out, db_out)
+    M, N = delta.shape
+    K = A_prev.shape[1]
+    assert A_prev.shape == (M, K) and dW_out.shape == (N, K) and db_out.shape == (N,), \
+        "gemm_bwd_weight shapes"
+    if N == 0:
+        return
+    # the split over M fills the GPU, so the large tile whenever N and K fill it
+    sub = _forced(ct)
+    if sub is None:
+        big, small = _SUBS[ct]
+        sub = big if (N >= 32 * big and K >= 32 * big) else small
+    tiles = _tiles(N, K, sub)
+    S, rows = _splits(M, tiles)
+    vec_d = N % sub == 0 and _aligned(delta, sub)
+    vec_a = K % sub == 0 and _aligned(A_prev, sub)
+    fn = _fn(_bwd_weight_name(ct, sub))
+    if S == 1:
+        vec_out = K % sub == 0 and _aligned(dW_out, sub)
+        fn((tiles, 1, 1), (THREADS, 1, 1),
+           (delta, A_prev, dW_out, db_out, np.int32(M), np.int32(N), np.int32(K),
+            np.int32(max(M, 1)), np.int64(0), np.int32(vec_d), np.int32(vec_a), np.int32(vec_out)))
+        return
+    ws, stride = _workspace(S, N, K, ct, delta.dtype)
+    NK = N * K
+    vec_out = K % sub == 0   # ws is allocation-aligned and stride % 4 == 0
+    fn((tiles, 1, S), (THREADS, 1, 1),
+       (delta, A_prev, ws, ws[NK:], np.int32(M), np.int32(N), np.int32(K),
+        np.int32(rows), np.int64(stride), np.int32(vec_d), np.int32(vec_a), np.int32(vec_out)))
+    total = NK + N
+    blocks = min(_cdiv(total, 256), 8 * _sm_count())
+    _fn(_reduce_name(ct))(
+        (blocks, 1, 1), (256, 1, 1),
+        (ws, dW_out, db_out, np.int32(S), np.int64(stride), np.int64(NK), np.int32(N)))
