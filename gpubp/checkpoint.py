@@ -33,7 +33,7 @@ def _meta_digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def save(net, path) -> None:
+def save(net, path, metadata=None) -> None:
     arrays = {"params": net.backend.to_numpy(net._params)}
     opt = net.optimizer
     opt_meta = None
@@ -43,12 +43,26 @@ def save(net, path) -> None:
         opt_meta = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
     meta = {"format": FORMAT, "version": VERSION, "config": net.config(), "optimizer": opt_meta,
             "shapes": [[o, i] for _, o, i, _ in net.layout.segments],
+            "metadata": _plain(metadata if metadata is not None else net.metadata),
             "sha256": {k: _digest(v) for k, v in arrays.items()}}
     meta["meta_sha256"] = _meta_digest(meta)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = Path(path)
     with open(path, "wb") as f:   # a file object keeps numpy from appending ".npz"
         np.savez(f, **arrays)
+
+
+def _plain(metadata):
+    """`metadata` as JSON-ready data (numpy arrays become lists), or a TypeError."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata, default=lambda o: o.tolist() if hasattr(o, "tolist") else
+                                     (_ for _ in ()).throw(TypeError(f"{type(o).__name__} is not JSON data"))))
+    except TypeError as e:
+        raise TypeError(f"metadata must hold JSON data (numbers, strings, lists, dicts, arrays): {e}") from None
 
 
 def _fail(path, why):
@@ -99,6 +113,7 @@ def load(path, backend="auto"):
         _fail(path, f"parameters of shape {params.shape} and dtype {params.dtype} do not fit the network "
                     f"{cfg['layer_sizes']} in {net.dtype} ({net.layout.total} values)")
     net._params[...] = net.backend.asarray(params, net.dtype)
+    net.metadata = meta.get("metadata") or {}
     om = meta.get("optimizer")
     if om is not None:
         cls = OPTIMIZERS.get(om.get("name"))

@@ -103,6 +103,8 @@ class MLP:
         self._loss_buf = self.backend.zeros((1,), self.dtype)
         self._workspaces: OrderedDict = OrderedDict()
         self.optimizer: Optimizer | None = None
+        #: free-form JSON data saved with the network (e.g. input standardisation)
+        self.metadata: dict = {}
         self._rng = np.random.default_rng(seed)
         self._init_params()
 
@@ -427,11 +429,12 @@ class MLP:
         return stop
 
     # ------------------------------------------------------------ files
-    def save(self, path):
-        """Write configuration, parameters and optimizer state to one `.npz` file (no pickle)."""
+    def save(self, path, metadata=None):
+        """Write configuration, parameters, optimizer state and `metadata` (JSON data, default
+        `self.metadata`) to one `.npz` file that loads without pickle."""
         from .checkpoint import save
 
-        save(self, path)
+        save(self, path, metadata)
 
     @classmethod
     def load(cls, path, backend="auto"):

@@ -91,3 +91,11 @@ def test_mismatched_parameters_are_refused(tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(ValueError, match=r"layer shapes \[\[7, 5\], \[3, 7\]\].*do not fit"):
         gpubp.MLP.load(bad)
+
+
+def test_metadata_round_trip(tmp_path):
+    net = gpubp.MLP([3, 2], backend="numpy")
+    net.save(tmp_path / "m.npz", metadata={"mean": np.arange(3.0), "name": "x"})
+    assert gpubp.MLP.load(tmp_path / "m.npz").metadata == {"mean": [0.0, 1.0, 2.0], "name": "x"}
+    with pytest.raises(TypeError, match="JSON"):
+        net.save(tmp_path / "n.npz", metadata={"f": object()})
