@@ -206,22 +206,14 @@ class MLP:
     def _forward(self, X) -> _Workspace:
         ws = self._workspace(X.shape[0])
         ws.A[0] = X
-        for l in range(1, self.n_layers + 1):
-            W, b = self._Wb[l - 1]
-            self.backend.dense_forward(ws.A[l - 1], W, b, self.activations[l - 1], ws.A[l], ws.Z[l])
+        self.backend.network_forward(self._Wb, self.activations, ws.A, ws.Z)
         return ws
 
     def _backward(self, ws, Y, loss_out):
-        be, L = self.backend, self.n_layers
-        be.loss_and_delta(ws.A[L], ws.Z[L], Y, self.loss, self.activations[-1], loss_out, ws.delta[L])
-        for l in range(L, 0, -1):
-            W, _ = self._Wb[l - 1]
-            dW, db = self._dWb[l - 1]
-            if l > 1:
-                be.dense_backward(ws.delta[l], ws.A[l - 1], W, dW, db, ws.delta[l - 1],
-                                  self.activations[l - 2], ws.Z[l - 1])
-            else:
-                be.dense_backward(ws.delta[l], ws.A[0], W, dW, db)
+        L = self.n_layers
+        self.backend.loss_and_delta(ws.A[L], ws.Z[L], Y, self.loss, self.activations[-1], loss_out,
+                                    ws.delta[L])
+        self.backend.network_backward(self._Wb, self.activations, ws.A, ws.Z, ws.delta, self._dWb)
 
     def _step(self, X, Y, optimizer: Optimizer, loss_out):
         """One training step on checked backend arrays; no host synchronisation."""

@@ -99,6 +99,32 @@ class Backend(ABC):
         where it needs Z.  Deterministic: two calls give equal bits.
         """
 
+    # ----------------------------------------------------------- whole network
+    def network_forward(self, layers, activations, A, Z) -> None:
+        """Forward through every layer: `A[0]` is the input; fills `A[1..L]` and the `Z[l]` not None.
+
+        `layers` is `[(W, b), ...]`, `activations` one name per layer.  This
+        default calls `dense_forward` per layer; a backend may fuse runs of
+        layers (the CUDA backend keeps narrow layers' tiles on chip).
+        """
+        for l, ((W, b), g) in enumerate(zip(layers, activations), start=1):
+            self.dense_forward(A[l - 1], W, b, g, A[l], Z[l])
+
+    def network_backward(self, layers, activations, A, Z, delta, grads) -> None:
+        """Backward through every layer from `delta[L]` (already set by `loss_and_delta`).
+
+        Fills `grads[l-1] = (dW, db)` for every layer and uses `delta[1..L-1]`
+        as room for the intermediate deltas (a fused backend may leave them
+        unwritten).  This default calls `dense_backward` per layer.
+        """
+        for l in range(len(layers), 0, -1):
+            W, _ = layers[l - 1]
+            dW, db = grads[l - 1]
+            if l > 1:
+                self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
+            else:
+                self.dense_backward(delta[l], A[0], W, dW, db)
+
     # ----------------------------------------------------------- updates
     @abstractmethod
     def sgd_update(self, params, grads, velocity, lr: float, momentum: float,
