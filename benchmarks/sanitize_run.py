@@ -1,0 +1,32 @@
+"""A short training run touching every kernel, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_run.py
+"""
+
+import numpy as np
+
+import gpubp
+
+rng = np.random.default_rng(0)
+for dtype in ("float32", "float64"):
+    for loss in gpubp.LOSSES:
+        for act in gpubp.ACTIVATIONS:
+            sizes = [13, 129, 31, 5]
+            out_act = "identity" if loss in ("cross_entropy", "binary_cross_entropy") else act
+            net = gpubp.MLP(sizes, activation=act, output_activation=out_act, loss=loss, backend="cuda",
+                            dtype=dtype, seed=1)
+            B = 67
+            X = rng.standard_normal((B, sizes[0]))
+            Y = (rng.integers(0, 5, B) if loss == "cross_entropy" else
+                 rng.random((B, 5)) if loss == "binary_cross_entropy" else rng.standard_normal((B, 5)))
+            opt = gpubp.optim.AdamW(1e-3) if act != "tanh" else gpubp.optim.SGD(0.01, momentum=0.9)
+            for _ in range(2):
+                net.train_step(X, Y, opt)
+# large-batch split of the weight gradient and the large GEMM tile
+net = gpubp.MLP([256, 256, 130, 10], loss="cross_entropy", backend="cuda", seed=0)
+X = rng.standard_normal((5000, 256)).astype(np.float32)
+y = rng.integers(0, 10, 5000)
+step = net.capture_train_step(X, y, gpubp.optim.Adam())
+for _ in range(2):
+    loss = step(X, y)
+print("sanitize run done, loss", float(loss[0]))

@@ -1,0 +1,196 @@
+"""The CUDA backend: CuPy device arrays and gpubp's own kernels.
+
+Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
+the loss and the optimizer updates to `cuda_kernels` (kernels/elementwise.cu).
+Every method launches on CuPy's current stream, allocates nothing once each
+shape has been seen (the loss scratch is cached per device), and never waits
+for the device, so a whole training step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import ACT_CODES
+from . import cuda_gemm, cuda_kernels
+from .base import Backend
+
+_INSTALL_HINT = "install gpubp[cuda12] or gpubp[cuda13] (CuPy for your CUDA version)"
+
+# DLPack device types that live in device memory (kDLCUDA, kDLCUDAManaged)
+_DLPACK_CUDA = (2, 13)
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA install
+        raise RuntimeError(f"the cuda backend needs CuPy, which did not import ({e}); {_INSTALL_HINT}") from e
+    return cupy
+
+
+class CudaBackend(Backend):
+    """Device arrays on the current CUDA device; see the module docstring."""
+
+    name = "cuda"
+
+    def __init__(self):
+        cupy = _import_cupy()
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # no driver, driver too old, ...
+            raise RuntimeError(f"the cuda backend found no usable CUDA GPU ({e}); "
+                               "check the NVIDIA driver, or use backend='numpy'") from e
+        if n < 1:
+            raise RuntimeError("the cuda backend found no CUDA GPU; use backend='numpy'")
+        self.xp = cupy
+        self._cupy = cupy
+        self._partials: dict[int, object] = {}   # device id -> float64 scratch of the loss
+
+    # ----------------------------------------------------------- helpers
+    def _device_id(self) -> int:
+        return self._cupy.cuda.runtime.getDevice()
+
+    def _oom(self, e, shape, dtype):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return MemoryError(f"out of GPU memory allocating an array of shape {tuple(shape)} and dtype "
+                           f"{np.dtype(dtype).name} ({nbytes:,} bytes) on device {self._device_id()}: {e}")
+
+    def _partials_buf(self):
+        dev = self._device_id()
+        buf = self._partials.get(dev)
+        if buf is None:
+            buf = self._partials[dev] = self.empty((cuda_kernels.MAX_PARTIALS,), np.float64)
+        return buf
+
+    def _same_device(self, arr, what="array"):
+        cur = self._device_id()
+        if arr.device.id != cur:
+            raise ValueError(f"the {what} is on CUDA device {arr.device.id} but the current device is "
+                             f"{cur}; move it (or select that device with cupy.cuda.Device({arr.device.id}))")
+
+    # ----------------------------------------------------------- arrays
+    def _alloc(self, make, shape, dtype):
+        try:
+            return make(shape, dtype=dtype)
+        except self._cupy.cuda.memory.OutOfMemoryError as e:
+            raise self._oom(e, shape if isinstance(shape, tuple) else (shape,), dtype) from e
+
+    def empty(self, shape, dtype):
+        return self._alloc(self._cupy.empty, shape, dtype)
+
+    def zeros(self, shape, dtype):
+        return self._alloc(self._cupy.zeros, shape, dtype)
+
+    def asarray(self, x, dtype):
+        cupy = self._cupy
+        dtype = np.dtype(dtype)
+        if isinstance(x, np.ndarray):
+            return self._from_host(x, dtype)
+        if not isinstance(x, cupy.ndarray):
+            dev = self._wrap_device_object(x)
+            if dev is None:        # a host object (list, scalar, CPU tensor): one copy to the device
+                return self._from_host(np.asarray(x), dtype)
+            x = dev
+        self._same_device(x)
+        if x.dtype == dtype and x.flags.c_contiguous:
+            return x
+        return self._alloc(lambda shape, dtype: cupy.ascontiguousarray(x, dtype=dtype), x.shape, dtype)
+
+    def _from_host(self, h: np.ndarray, dtype):
+        h = np.ascontiguousarray(h, dtype=dtype)
+        return self._alloc(lambda shape, dtype: self._cupy.asarray(h), h.shape, dtype)
+
+    def _wrap_device_object(self, x):
+        """A CuPy view of a device object (no copy), or None when `x` lives on the host."""
+        cupy = self._cupy
+        if hasattr(x, "__dlpack_device__"):
+            try:
+                dev_type, dev_id = x.__dlpack_device__()
+            except Exception:
+                dev_type, dev_id = None, None
+            if dev_type is not None and int(dev_type) in _DLPACK_CUDA:
+                cur = self._device_id()
+                if int(dev_id) != cur:
+                    raise ValueError(f"the array is on CUDA device {int(dev_id)} but the current device "
+                                     f"is {cur}; move it (or select that device first)")
+                try:
+                    return cupy.from_dlpack(x)
+                except Exception as e:
+                    raise TypeError(f"could not take the {type(x).__name__} through DLPack ({e}); "
+                                    "for a PyTorch tensor that requires grad, pass tensor.detach()") from e
+            if dev_type is not None:
+                return None            # a host DLPack object (CPU tensor)
+        try:
+            has_cai = hasattr(x, "__cuda_array_interface__")
+        except Exception:
+            has_cai = True
+        if has_cai:
+            try:
+                return cupy.asarray(x)
+            except Exception as e:
+                raise TypeError(f"could not take the {type(x).__name__} through "
+                                f"__cuda_array_interface__ ({e})") from e
+        return None
+
+    def to_numpy(self, a):
+        if isinstance(a, np.ndarray):
+            return np.array(a, copy=True)
+        return self._cupy.asnumpy(a)
+
+    def synchronize(self):
+        self._cupy.cuda.get_current_stream().synchronize()
+
+    def describe(self):
+        cupy = self._cupy
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        cc = dev.compute_capability
+        free, total = dev.mem_info
+        return (f"cuda: {name} (device {dev.id}, compute capability {cc[:-1]}.{cc[-1]}, "
+                f"{total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free), CuPy {cupy.__version__}")
+
+    # ----------------------------------------------------------- forward
+    def capture(self, fn):
+        """Record `fn()`'s launches into a CUDA graph; the returned callable replays it.
+
+        Capture runs on a side stream (the legacy default stream cannot be
+        captured); replays go to the current stream, ordered after whatever
+        was queued there (the copies of a new batch into the captured inputs).
+        `fn` must have run once before, so that every kernel is compiled and
+        every scratch buffer exists: capture fails on any allocation or sync.
+        """
+        cupy = self._cupy
+        cupy.cuda.get_current_stream().synchronize()
+        side = cupy.cuda.Stream(non_blocking=True)
+        with side:
+            side.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = side.end_capture()
+        return lambda: graph.launch(cupy.cuda.get_current_stream())
+
+    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None):
+        cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out)
+
+    # ----------------------------------------------------------- loss
+    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None):
+        cuda_kernels.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out,
+                                    self._partials_buf())
+
+    # ----------------------------------------------------------- backward
+    def dense_backward(self, delta, A_prev, W, dW_out, db_out,
+                       delta_prev_out=None, prev_activation=None, Z_prev=None):
+        cuda_gemm.gemm_bwd_weight(delta, A_prev, dW_out, db_out)
+        if delta_prev_out is not None:
+            cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out)
+
+    # ----------------------------------------------------------- updates
+    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0):
+        cuda_kernels.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
+
+    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+        cuda_kernels.adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)

@@ -1,0 +1,141 @@
+"""Whole networks on the CUDA backend against the numpy reference (skipped without CUDA)."""
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.backends import cuda_available
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA device")]
+
+ACTS = gpubp.ACTIVATIONS
+OPTS = {
+    "sgd": lambda: gpubp.optim.SGD(0.05),
+    "momentum": lambda: gpubp.optim.SGD(0.05, momentum=0.9, weight_decay=0.01),
+    "adam": lambda: gpubp.optim.Adam(3e-3, weight_decay=0.01),
+    "adamw": lambda: gpubp.optim.AdamW(3e-3),
+}
+
+
+def rel_err(out, ref):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def targets(rng, loss, B, n):
+    if loss == "cross_entropy":
+        return rng.integers(0, n, B)
+    if loss == "binary_cross_entropy":
+        return rng.random((B, n))
+    return rng.standard_normal((B, n))
+
+
+def pair(sizes, act, loss, dtype, seed):
+    out_act = "identity" if loss in ("cross_entropy", "binary_cross_entropy") else act
+    return [gpubp.MLP(sizes, activation=act, output_activation=out_act, loss=loss, backend=be,
+                      dtype=dtype, seed=seed) for be in ("numpy", "cuda")]
+
+
+@pytest.mark.parametrize("loss", gpubp.LOSSES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("B", [1, 17, 1000])
+def test_loss_and_grads_match_numpy_float64(act, loss, B):
+    rng = np.random.default_rng()
+    sizes = [13, 127, 3, 29] if B != 1000 else [64, 129, 17, 5]
+    ref, gpu = pair(sizes, act, loss, "float64", int(rng.integers(1 << 30)))
+    X, Y = rng.standard_normal((B, sizes[0])), targets(rng, loss, B, sizes[-1])
+    l_ref, g_ref = ref.loss_and_grads(X, Y)
+    l_gpu, g_gpu = gpu.loss_and_grads(X, Y)
+    assert l_gpu == pytest.approx(l_ref, rel=1e-11)
+    for (dW, db), (rW, rb) in zip(g_gpu, g_ref):
+        assert rel_err(dW, rW) < 1e-11 and rel_err(db, rb) < 1e-11
+
+
+@pytest.mark.parametrize("loss", gpubp.LOSSES)
+@pytest.mark.parametrize("act", ACTS)
+def test_float32_gradients_against_float64(act, loss):
+    rng = np.random.default_rng()
+    sizes, B = [31, 257, 129, 7], 4097
+    seed = int(rng.integers(1 << 30))
+    gpu = pair(sizes, act, loss, "float32", seed)[1]
+    ref = pair(sizes, act, loss, "float64", seed)[0]
+    ref.set_params(gpu.get_params())
+    X, Y = rng.standard_normal((B, sizes[0])).astype(np.float32), targets(rng, loss, B, sizes[-1])
+    l_gpu, g_gpu = gpu.loss_and_grads(X, Y)
+    l_ref, g_ref = ref.loss_and_grads(X.astype(np.float64), Y)
+    assert l_gpu == pytest.approx(l_ref, rel=1e-5)
+    for (dW, db), (rW, rb) in zip(g_gpu, g_ref):
+        assert rel_err(dW, rW) < 1e-4 and rel_err(db, rb) < 1e-4
+
+
+@pytest.mark.parametrize("opt", list(OPTS))
+@pytest.mark.parametrize("B", [3, 127, 129])
+def test_training_runs_match_numpy(opt, B):
+    rng = np.random.default_rng()
+    sizes = [17, 64, 33, 4]
+    ref, gpu = pair(sizes, "tanh", "cross_entropy", "float64", int(rng.integers(1 << 30)))
+    X, y = rng.standard_normal((B * 4, sizes[0])), rng.integers(0, 4, B * 4)
+    h_ref = ref.fit(X, y, epochs=3, batch_size=B, optimizer=OPTS[opt](), shuffle=False, progress=False)
+    h_gpu = gpu.fit(X, y, epochs=3, batch_size=B, optimizer=OPTS[opt](), shuffle=False, progress=False)
+    np.testing.assert_allclose(h_gpu["loss"], h_ref["loss"], rtol=1e-10)
+    for (W, b), (rW, rb) in zip(gpu.get_params(), ref.get_params()):
+        assert rel_err(W, rW) < 1e-10 and rel_err(b, rb) < 1e-10
+
+
+def test_default_mode_is_bitwise_reproducible():
+    rng = np.random.default_rng()
+    X, y = rng.standard_normal((20000, 32)).astype(np.float32), rng.integers(0, 10, 20000)
+    runs = []
+    for _ in range(2):
+        net = gpubp.MLP([32, 128, 64, 10], loss="cross_entropy", backend="cuda", seed=11)
+        net.fit(X, y, epochs=2, batch_size=4096, optimizer="adam", shuffle=False, progress=False)
+        runs.append(net.get_params())
+    for (W, b), (W2, b2) in zip(*runs):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+
+
+def test_captured_graph_step_equals_plain_steps():
+    rng = np.random.default_rng()
+    X, y = rng.standard_normal((4 * 256, 20)).astype(np.float32), rng.integers(0, 5, 4 * 256)
+    a = gpubp.MLP([20, 96, 5], activation="gelu", loss="cross_entropy", backend="cuda", seed=3)
+    b = gpubp.MLP([20, 96, 5], activation="gelu", loss="cross_entropy", backend="cuda", seed=3)
+    oa, ob = gpubp.optim.Adam(1e-2), gpubp.optim.Adam(1e-2)
+    la = [a.train_step(X[i:i + 256], y[i:i + 256], oa) for i in range(0, 1024, 256)]
+    step = b.capture_train_step(X[:256], y[:256], ob)
+    lb = [float(step.first_loss[0])] + [float(step(X[i:i + 256], y[i:i + 256])[0]) for i in (256, 512, 768)]
+    assert ob.t == 4
+    np.testing.assert_array_equal(la, lb)
+    for (W, _), (W2, _) in zip(a.get_params(), b.get_params()):
+        assert np.array_equal(W, W2)
+
+
+def test_device_inputs_without_copy():
+    import cupy
+
+    rng = np.random.default_rng()
+    net = gpubp.MLP([8, 16, 3], loss="cross_entropy", backend="cuda", seed=0)
+    X = rng.standard_normal((50, 8)).astype(np.float32)
+    ref = net.predict_proba(X)
+    np.testing.assert_allclose(net.predict_proba(cupy.asarray(X)), ref, rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    np.testing.assert_allclose(net.predict_proba(torch.from_numpy(X).cuda()), ref, rtol=1e-6)
+    Xd = cupy.asarray(X)
+    assert net.backend.asarray(Xd, np.float32) is Xd or \
+        net.backend.asarray(Xd, np.float32).data.ptr == Xd.data.ptr
+
+
+def test_device_nan_is_refused():
+    import cupy
+
+    net = gpubp.MLP([4, 3], backend="cuda")
+    X = cupy.ones((2, 4), dtype=cupy.float32)
+    X[1, 1] = cupy.nan
+    with pytest.raises(ValueError, match="NaN"):
+        net.forward(X)
+
+
+def test_auto_picks_cuda():
+    assert gpubp.MLP([2, 2], backend="auto").backend.name == "cuda"
