@@ -913,6 +913,11 @@ def guarded(suite, rows_fn, *args):
         free_device_memory()
 
 
+def picked(only, sizes) -> bool:
+    """Whether `--only TEXT` keeps the step rows of network `sizes`."""
+    return only is None or only in net_name(sizes)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="gpubp bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
@@ -930,6 +935,9 @@ def parse_args(argv):
     p.add_argument("--row-seconds", type=float, default=None, help="timed seconds per row")
     p.add_argument("--reps", type=int, default=None, help="most repetitions per row")
     p.add_argument("--suite-seconds", type=float, default=None, help="overall time budget")
+    p.add_argument("--only", default=None, metavar="TEXT",
+                   help="only the step rows whose network name contains TEXT (e.g. 'narrow w64'); "
+                        "kernel rows only when TEXT is 'kernel'")
     return p.parse_args(argv)
 
 
@@ -971,20 +979,24 @@ def main(argv=None) -> int:
         has_torch_cuda = has_torch and torch_cuda()
         if not has_torch_cuda:
             meta["notes"].append("PyTorch with CUDA is not importable here: no PyTorch GPU rows.")
-        kshapes = kernel_shapes(a.mode)
-        guarded(suite, kernel_rows, *kshapes[0])      # the forward-GEMM goal first
+        kshapes = kernel_shapes(a.mode) if a.only in (None, "kernel") else []
+        if kshapes:
+            guarded(suite, kernel_rows, *kshapes[0])      # the forward-GEMM goal first
         peers = [p for p in GPU_PEERS if has_torch_cuda or not p.startswith("torch")]
         for sizes, b in gpu_step_shapes(a.mode):
-            guarded(suite, gpu_step_rows, sizes, b, peers)
+            if picked(a.only, sizes):
+                guarded(suite, gpu_step_rows, sizes, b, peers)
         for s in kshapes[1:]:
             guarded(suite, kernel_rows, *s)
         if cfg["compile"] and has_torch_cuda:        # last: compiling takes long, and only left-over time
             for goal in (GOAL_WIDE, GOAL_NARROW):
-                guarded(suite, gpu_step_rows, goal["sizes"], goal["batch"], ["torch-compile"])
+                if picked(a.only, goal["sizes"]):
+                    guarded(suite, gpu_step_rows, goal["sizes"], goal["batch"], ["torch-compile"])
     if not a.no_cpu:
         suite.ceilings["cpu"] = measure_ceilings_cpu(suite)
         for sizes, b in cpu_step_shapes(a.mode, has_gpu):
-            guarded(suite, cpu_step_rows, sizes, b, has_torch)
+            if picked(a.only, sizes):
+                guarded(suite, cpu_step_rows, sizes, b, has_torch)
 
     add_ratios(suite.rows)
     res = dict(meta=meta, config=cfg, ceilings=suite.ceilings, rows=suite.rows,

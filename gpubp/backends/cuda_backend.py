@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES
-from . import cuda_gemm, cuda_kernels
+from . import cuda_fused, cuda_gemm, cuda_kernels
 from .base import Backend
 
 _INSTALL_HINT = "install gpubp[cuda12] or gpubp[cuda13] (CuPy for your CUDA version)"
@@ -33,6 +33,9 @@ class CudaBackend(Backend):
     """Device arrays on the current CUDA device; see the module docstring."""
 
     name = "cuda"
+    #: the fewest batch rows and consecutive narrow layers for which a run is fused
+    FUSE_MIN_BATCH = 1024
+    FUSE_MIN_LAYERS = 2
 
     def __init__(self):
         cupy = _import_cupy()
@@ -46,6 +49,8 @@ class CudaBackend(Backend):
         self.xp = cupy
         self._cupy = cupy
         self._partials: dict[int, object] = {}   # device id -> float64 scratch of the loss
+        #: fuse runs of narrow layers into whole-network kernels (see `_segments`)
+        self.fuse = True
 
     # ----------------------------------------------------------- helpers
     def _device_id(self) -> int:
@@ -187,6 +192,63 @@ class CudaBackend(Backend):
         cuda_gemm.gemm_bwd_weight(delta, A_prev, dW_out, db_out)
         if delta_prev_out is not None:
             cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out)
+
+    # ----------------------------------------------------------- whole network
+    def _segments(self, layers, A):
+        """Split layers 1..L into runs `(first, last, fused)` (1-based, inclusive).
+
+        A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
+        when `self.fuse` is on, the dtype is float32, the batch has at least
+        `FUSE_MIN_BATCH` rows, and at least `FUSE_MIN_LAYERS` consecutive
+        layers have every width <= `cuda_fused.MAX_WIDTH`; other layers go
+        through the per-layer fused GEMMs.
+        """
+        L = len(layers)
+        ok = [self.fuse and A[0].dtype == np.float32 and A[0].shape[0] >= self.FUSE_MIN_BATCH and
+              cuda_fused.eligible(layers[l][0].shape) for l in range(L)]
+        segs, l = [], 0
+        while l < L:
+            e = l
+            while e + 1 < L and ok[e + 1] == ok[l]:
+                e += 1
+            fused = ok[l] and e - l + 1 >= self.FUSE_MIN_LAYERS
+            if fused:
+                segs.append((l + 1, e + 1, True))
+            else:
+                segs.extend((k + 1, k + 1, False) for k in range(l, e + 1))
+            l = e + 1
+        return segs
+
+    def network_forward(self, layers, activations, A, Z):
+        for first, last, fused in self._segments(layers, A):
+            if not fused:
+                W, b = layers[first - 1]
+                self.dense_forward(A[first - 1], W, b, activations[first - 1], A[first], Z[first])
+                continue
+            run = range(first - 1, last)     # 0-based layer indices of the run
+            cuda_fused.fused_forward(A[first - 1], [layers[i][0] for i in run], [layers[i][1] for i in run],
+                                     [ACT_CODES[activations[i]] for i in run], [A[i + 1] for i in run],
+                                     [Z[i + 1] for i in run])
+
+    def network_backward(self, layers, activations, A, Z, delta, grads):
+        for first, last, fused in reversed(self._segments(layers, A)):
+            if not fused:
+                l = first
+                W, _ = layers[l - 1]
+                dW, db = grads[l - 1]
+                if l > 1:
+                    self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
+                else:
+                    self.dense_backward(delta[l], A[0], W, dW, db)
+                continue
+            run = range(first - 1, last)
+            cuda_fused.fused_backward(
+                delta[last], [layers[i][0] for i in run], [ACT_CODES[activations[i]] for i in run],
+                A[first - 1], [A[i + 1] for i in run], [Z[i + 1] for i in run],
+                [grads[i][0] for i in run], [grads[i][1] for i in run],
+                delta_in_out=delta[first - 1] if first > 1 else None,
+                act_code_in=ACT_CODES[activations[first - 2]] if first > 1 else None,
+                Z_in=Z[first - 1] if first > 1 else None)
 
     # ----------------------------------------------------------- updates
     def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0):

@@ -1,0 +1,373 @@
+"""Launchers of `kernels/fused_mlp.cu`: whole-network fusion of a run of narrow layers.
+
+A *run* is consecutive dense layers 0..L-1 of widths n_0 -> n_1 -> ... -> n_L,
+every n_l <= 128 (`eligible`).  One thread block keeps a tile of batch rows on
+chip across all layers of the run, so the activations between layers are not
+re-read from HBM in the forward pass, and the deltas inside the run never touch
+HBM in the backward pass.  float32 only, FFMA accumulation (no TF32).
+
+    eligible(widths) -> bool
+        True when every width (n_0 .. n_L) is <= 128.
+    fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs)
+        for l: Z_l = A_{l-1} @ Ws[l].T + bs[l], A_outs[l] = g_l(Z_l) (A_{-1} = A_in),
+        Z_outs[l] = Z_l where Z_outs[l] is not None.
+    fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
+                   delta_in_out=None, act_code_in=None, Z_in=None)
+        delta_{L-1} = delta_last (dLoss/dZ of the last layer); for l = L-1 .. 0:
+        dWs[l] = delta_l.T @ A_{l-1}, dbs[l] = delta_l.sum(0),
+        delta_{l-1} = (delta_l @ Ws[l]) * g'_{l-1}, g_{l-1} = act_codes[l-1] taken from
+        A_outs[l-1] (or Z_outs[l-1] for gelu/silu); delta_in_out (when given) gets
+        (delta_0 @ Ws[0]) * g'(act_code_in) from A_in (or Z_in for gelu/silu).
+        Deterministic (bitwise equal on repeated calls on one device): a persistent
+        grid accumulates per-block partials in a cached workspace, reduced in block order.
+
+Arrays: C-contiguous CuPy float32 arrays; A_in (B, n_0), Ws[l] (n_{l+1}, n_l),
+bs[l] (n_{l+1},), A_outs[l] / Z_outs[l] / dWs... as their layers.  Launches go on
+the current stream.  In steady state nothing is allocated and nothing is copied
+from the host: the per-layer parameter table (pointers, widths, codes) is built
+once per distinct set of arrays and cached on the device, the workspace is cached
+per (device, grid, layers, WMAX), so a CUDA graph can be captured once every call
+has been made once outside the capture.
+
+Configurations (template <BM, WMAX> of fused_mlp.cu; 256 threads per block):
+    WMAX 64  (every width <= 64):  forward BM 128, backward BM 128
+    WMAX 128 (some width > 64):    forward BM 64,  backward BM 64
+Dynamic shared memory: forward (BM + WMAX)(WMAX + 4) 4 B, backward
+(2 BM + WMAX)(WMAX + 4) 4 B + 1 KB; the largest, 136,192 B, fits sm_80's 163 KB
+and sm_90's 227 KB opt-in.
+
+CuPy is imported inside functions only, so this module imports without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .cuda_source import ModuleSpec, load
+
+THREADS = 256
+MAX_WIDTH = 128
+_N_ACT = 7
+_NEEDS_Z = (5, 6)    # gelu, silu
+_FIELDS = 16
+# table field indices (kernels/fused_mlp.cu, FM_*)
+_W, _B, _AOUT, _ZOUT, _X, _ZX, _NIN, _NOUT, _ACT, _ACTX, _VEC, _DW, _DB = range(13)
+_VEC_W, _VEC_X, _VEC_AOUT, _VEC_ZX = 1, 2, 4, 8
+
+#: (forward BM, backward BM) per WMAX
+CONFIGS = {64: (128, 128), 128: (64, 64)}
+
+
+def _fwd_name(bm: int, wmax: int) -> str:
+    return f"fused_mlp_fwd<{bm}, {wmax}>"
+
+
+def _bwd_name(bm: int, wmax: int) -> str:
+    return f"fused_mlp_bwd<{bm}, {wmax}>"
+
+
+def _reduce_name(wmax: int) -> str:
+    return f"fused_mlp_reduce<{wmax}>"
+
+
+def _all_names() -> tuple[str, ...]:
+    names = []
+    for wmax, (bm_f, bm_b) in CONFIGS.items():
+        names += [_fwd_name(bm_f, wmax), _bwd_name(bm_b, wmax), _reduce_name(wmax)]
+    return tuple(names)
+
+
+SPECS = (ModuleSpec(name="fused_mlp", files=("activations.cuh", "fused_mlp.cu"),
+                    name_expressions=_all_names()),)
+
+
+def fwd_smem_bytes(wmax: int, bm: int | None = None) -> int:
+    bm = CONFIGS[wmax][0] if bm is None else bm
+    return (bm + wmax) * (wmax + 4) * 4
+
+
+def bwd_smem_bytes(wmax: int, bm: int | None = None) -> int:
+    bm = CONFIGS[wmax][1] if bm is None else bm
+    return (2 * bm + wmax) * (wmax + 4) * 4 + THREADS * 4
+
+
+# ------------------------------------------------------------------ eligibility
+def eligible(widths) -> bool:
+    """True when every width of the run (input width included) is between 1 and 128."""
+    widths = [int(w) for w in widths]
+    return len(widths) >= 1 and all(1 <= w <= MAX_WIDTH for w in widths)
+
+
+def _wmax(widths) -> int:
+    return 64 if max(widths) <= 64 else 128
+
+
+# ------------------------------------------------------------------ device helpers
+_funcs: dict = {}
+_dev_attrs: dict = {}
+_tables: "OrderedDict[tuple, object]" = OrderedDict()
+_TABLE_CACHE = 64
+_workspaces: dict = {}
+_grids: dict = {}
+
+#: blocks per SM of the persistent backward grid; None: as many as fit (occupancy).
+#: The grid (and so the bits of dW) depends only on this, the device and the build.
+BWD_BLOCKS_PER_SM: int | None = None
+
+
+def _device_id() -> int:
+    import cupy
+    return cupy.cuda.runtime.getDevice()
+
+
+def _attrs() -> dict:
+    dev = _device_id()
+    a = _dev_attrs.get(dev)
+    if a is None:
+        import cupy
+        a = _dev_attrs[dev] = dict(cupy.cuda.Device(dev).attributes)
+    return a
+
+
+def _fn(name: str, smem: int):
+    dev = _device_id()
+    key = (dev, name)
+    f = _funcs.get(key)
+    if f is None:
+        optin = int(_attrs().get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+        if smem > optin:
+            raise RuntimeError(f"{name} needs {smem} bytes of shared memory; this device allows {optin}")
+        f = load(SPECS[0]).get_function(name)
+        if smem > 48 * 1024:
+            f.max_dynamic_shared_size_bytes = smem
+        _funcs[key] = f
+    return f
+
+
+def _blocks_per_sm(f, smem: int) -> int:
+    """Resident blocks per SM of kernel `f` with `smem` dynamic bytes (smem, registers, threads)."""
+    a = _attrs()
+    smem_sm = int(a.get("MaxSharedMemoryPerMultiprocessor", 0)) or (100 * 1024)
+    regs_sm = int(a.get("MaxRegistersPerMultiprocessor", 65536))
+    thr_sm = int(a.get("MaxThreadsPerMultiProcessor", 2048))
+    static = int(getattr(f, "shared_size_bytes", 0) or 0)
+    by_smem = smem_sm // (smem + static + 1024)          # 1 KB reserved per block (sm_80+)
+    regs = int(getattr(f, "num_regs", 0) or 0)
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256        # allocation granularity: 256 per warp
+    by_regs = regs_sm // (per_warp * (THREADS // 32))
+    by_thr = thr_sm // THREADS
+    return max(1, min(by_smem, by_regs, by_thr))
+
+
+def _check(arrays, what: str) -> None:
+    for a in arrays:
+        if a.dtype != np.float32:
+            raise TypeError(f"{what}: the fused kernels take float32 arrays, got {a.dtype}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what}: the fused kernels need C-contiguous arrays")
+
+
+def _aligned(a) -> bool:
+    return a.data.ptr % 16 == 0
+
+
+def _check_act(code) -> int:
+    c = int(code)
+    if not 0 <= c < _N_ACT:
+        raise ValueError(f"activation code {code} out of range 0..{_N_ACT - 1}")
+    return c
+
+
+def _table(rows: np.ndarray):
+    """The device copy of the (L, 16) int64 parameter table, cached by content."""
+    import cupy
+    key = (_device_id(), rows.shape[0], rows.tobytes())
+    t = _tables.get(key)
+    if t is None:
+        t = cupy.asarray(rows)
+        _tables[key] = t
+        if len(_tables) > _TABLE_CACHE:
+            _tables.popitem(last=False)
+    else:
+        _tables.move_to_end(key)
+    return t
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _widths(A_in, Ws) -> list[int]:
+    widths = [int(A_in.shape[1])]
+    for l, W in enumerate(Ws):
+        if W.ndim != 2 or W.shape[1] != widths[-1]:
+            raise ValueError(f"fused run: Ws[{l}] has shape {W.shape}, expected (n_out, {widths[-1]})")
+        widths.append(int(W.shape[0]))
+    if not eligible(widths):
+        raise ValueError(f"fused run: widths {widths} are not all in 1..{MAX_WIDTH}")
+    return widths
+
+
+# ------------------------------------------------------------------ forward
+def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs) -> None:
+    """Forward of a run of narrow layers; writes every A_outs[l] and the given Z_outs[l]."""
+    L = len(Ws)
+    if L == 0:
+        return
+    if not (len(bs) == len(act_codes) == len(A_outs) == len(Z_outs) == L):
+        raise ValueError("fused_forward: Ws, bs, act_codes, A_outs, Z_outs must have one entry per layer")
+    widths = _widths(A_in, Ws)
+    B = int(A_in.shape[0])
+    arrays = [A_in, *Ws, *bs, *A_outs] + [z for z in Z_outs if z is not None]
+    _check(arrays, "fused_forward")
+    for l in range(L):
+        n_in, n_out = widths[l], widths[l + 1]
+        if bs[l].shape != (n_out,) or A_outs[l].shape != (B, n_out):
+            raise ValueError(f"fused_forward: layer {l}: bias {bs[l].shape} / A_out {A_outs[l].shape} "
+                             f"do not match ({B}, {n_out})")
+        if Z_outs[l] is not None and Z_outs[l].shape != (B, n_out):
+            raise ValueError(f"fused_forward: layer {l}: Z_out {Z_outs[l].shape} is not ({B}, {n_out})")
+    if B == 0:
+        return
+    wmax = _wmax(widths)
+    bm = CONFIGS[wmax][0]
+    rows = np.zeros((L, _FIELDS), dtype=np.int64)
+    for l in range(L):
+        n_in, n_out = widths[l], widths[l + 1]
+        W, A_out, Z_out = Ws[l], A_outs[l], Z_outs[l]
+        X = A_in if l == 0 else A_outs[l - 1]
+        vec = 0
+        if n_in % 4 == 0 and _aligned(W):
+            vec |= _VEC_W
+        if n_in % 4 == 0 and _aligned(X):
+            vec |= _VEC_X
+        if n_out % 4 == 0 and _aligned(A_out):
+            vec |= _VEC_AOUT
+        r = rows[l]
+        r[_W], r[_B], r[_AOUT] = W.data.ptr, bs[l].data.ptr, A_out.data.ptr
+        r[_ZOUT] = Z_out.data.ptr if Z_out is not None else 0
+        r[_X] = X.data.ptr
+        r[_NIN], r[_NOUT], r[_ACT], r[_VEC] = n_in, n_out, _check_act(act_codes[l]), vec
+    table = _table(rows)
+    smem = fwd_smem_bytes(wmax, bm)
+    f = _fn(_fwd_name(bm, wmax), smem)
+    f((_cdiv(B, bm), 1, 1), (THREADS, 1, 1), (table, np.int32(L), np.int32(B)), shared_mem=smem)
+
+
+# ------------------------------------------------------------------ backward
+def _workspace(G: int, L: int, wmax: int):
+    import cupy
+    stride = L * (wmax * wmax + wmax)
+    key = (_device_id(), G, L, wmax)
+    ws = _workspaces.get(key)
+    if ws is None:
+        ws = _workspaces[key] = cupy.empty(G * stride, dtype=np.float32)
+    return ws, stride
+
+
+def bwd_grid(wmax: int, n_tiles: int) -> int:
+    """Blocks of the persistent backward grid for `n_tiles` row tiles."""
+    bm = CONFIGS[wmax][1]
+    smem = bwd_smem_bytes(wmax, bm)
+    key = (_device_id(), wmax, BWD_BLOCKS_PER_SM)
+    per_sm = _grids.get(key)
+    if per_sm is None:
+        f = _fn(_bwd_name(bm, wmax), smem)
+        per_sm = BWD_BLOCKS_PER_SM or _blocks_per_sm(f, smem)
+        _grids[key] = per_sm
+    n_sm = int(_attrs().get("MultiProcessorCount", 1))
+    return max(1, min(n_tiles, per_sm * n_sm))
+
+
+def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
+                   delta_in_out=None, act_code_in=None, Z_in=None) -> None:
+    """Backward of a run of narrow layers: every dWs[l], dbs[l], and delta_in_out when given."""
+    L = len(Ws)
+    if L == 0:
+        return
+    if not (len(act_codes) == len(A_outs) == len(Z_outs) == len(dWs) == len(dbs) == L):
+        raise ValueError("fused_backward: Ws, act_codes, A_outs, Z_outs, dWs, dbs need one entry per layer")
+    widths = _widths(A_in, Ws)
+    B = int(A_in.shape[0])
+    if delta_last.shape != (B, widths[-1]):
+        raise ValueError(f"fused_backward: delta_last {delta_last.shape} is not ({B}, {widths[-1]})")
+    codes = [_check_act(c) for c in act_codes]
+    # the Z each layer's g' needs: layer l (l >= 1) takes g'_{l-1} from A_outs[l-1] or Z_outs[l-1]
+    for l in range(1, L):
+        if codes[l - 1] in _NEEDS_Z and Z_outs[l - 1] is None:
+            raise ValueError(f"fused_backward: Z_outs[{l - 1}] is needed (activation code {codes[l - 1]})")
+    want_din = delta_in_out is not None
+    code_in = 0
+    if want_din:
+        if act_code_in is None:
+            raise ValueError("fused_backward: act_code_in is needed with delta_in_out")
+        code_in = _check_act(act_code_in)
+        if code_in in _NEEDS_Z and Z_in is None:
+            raise ValueError("fused_backward: Z_in is needed for gelu/silu act_code_in")
+        if delta_in_out.shape != (B, widths[0]):
+            raise ValueError(f"fused_backward: delta_in_out {delta_in_out.shape} is not ({B}, {widths[0]})")
+        if Z_in is not None and Z_in.shape != (B, widths[0]):
+            raise ValueError(f"fused_backward: Z_in {Z_in.shape} is not ({B}, {widths[0]})")
+    arrays = [delta_last, A_in, *Ws, *A_outs, *dWs, *dbs]
+    arrays += [z for z in Z_outs if z is not None]
+    if want_din:
+        arrays.append(delta_in_out)
+        if Z_in is not None and code_in in _NEEDS_Z:
+            arrays.append(Z_in)
+    _check(arrays, "fused_backward")
+    for l in range(L):
+        n_in, n_out = widths[l], widths[l + 1]
+        if A_outs[l].shape != (B, n_out) or dWs[l].shape != (n_out, n_in) or dbs[l].shape != (n_out,):
+            raise ValueError(f"fused_backward: layer {l}: A_out {A_outs[l].shape}, dW {dWs[l].shape}, "
+                             f"db {dbs[l].shape} do not match widths {n_in} -> {n_out}, batch {B}")
+        if Z_outs[l] is not None and Z_outs[l].shape != (B, n_out):
+            raise ValueError(f"fused_backward: layer {l}: Z_out {Z_outs[l].shape} is not ({B}, {n_out})")
+    if B == 0:
+        for l in range(L):
+            dWs[l].fill(0)
+            dbs[l].fill(0)
+        return
+
+    wmax = _wmax(widths)
+    bm = CONFIGS[wmax][1]
+    rows = np.zeros((L, _FIELDS), dtype=np.int64)
+    for l in range(L):
+        n_in, n_out = widths[l], widths[l + 1]
+        X = A_in if l == 0 else A_outs[l - 1]
+        if l == 0:
+            actx = code_in if want_din else 0
+            Zx = Z_in if (want_din and code_in in _NEEDS_Z) else None
+        else:
+            actx = codes[l - 1]
+            Zx = Z_outs[l - 1] if codes[l - 1] in _NEEDS_Z else None
+        vec = 0
+        if n_in % 4 == 0 and _aligned(Ws[l]):
+            vec |= _VEC_W
+        if n_in % 4 == 0 and _aligned(X):
+            vec |= _VEC_X
+        if Zx is not None and n_in % 4 == 0 and _aligned(Zx):
+            vec |= _VEC_ZX
+        r = rows[l]
+        r[_W], r[_X] = Ws[l].data.ptr, X.data.ptr
+        r[_ZX] = Zx.data.ptr if Zx is not None else 0
+        r[_NIN], r[_NOUT], r[_ACTX], r[_VEC] = n_in, n_out, actx, vec
+        r[_DW], r[_DB] = dWs[l].data.ptr, dbs[l].data.ptr
+    table = _table(rows)
+
+    n_tiles = _cdiv(B, bm)
+    G = bwd_grid(wmax, n_tiles)
+    ws, stride = _workspace(G, L, wmax)
+    smem = bwd_smem_bytes(wmax, bm)
+    f = _fn(_bwd_name(bm, wmax), smem)
+    vec_dl = widths[-1] % 4 == 0 and _aligned(delta_last)
+    din = delta_in_out if want_din else delta_last    # never written when want_din == 0
+    vec_din = want_din and widths[0] % 4 == 0 and _aligned(delta_in_out)
+    f((G, 1, 1), (THREADS, 1, 1),
+      (table, np.int32(L), np.int32(B), delta_last, np.int32(vec_dl),
+       din, np.int32(want_din), np.int32(vec_din),
+       ws, np.int64(stride), np.int32(n_tiles)), shared_mem=smem)
+    max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(L))
+    _fn(_reduce_name(wmax), 0)(
+        (_cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))
