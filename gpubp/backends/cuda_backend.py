@@ -36,6 +36,9 @@ class CudaBackend(Backend):
     #: the fewest batch rows and consecutive narrow layers for which a run is fused
     FUSE_MIN_BATCH = 1024
     FUSE_MIN_LAYERS = 2
+    #: the widest layer fused: on an H100 the width-128 run kernels (64-row tiles, one backward
+    #: block per SM) were slower than the per-layer GEMMs (benchmarks/results/h100-2026-11-22)
+    FUSE_MAX_WIDTH = 64
 
     def __init__(self):
         cupy = _import_cupy()
@@ -200,12 +203,13 @@ class CudaBackend(Backend):
         A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
         when `self.fuse` is on, the dtype is float32, the batch has at least
         `FUSE_MIN_BATCH` rows, and at least `FUSE_MIN_LAYERS` consecutive
-        layers have every width <= `cuda_fused.MAX_WIDTH`; other layers go
+        layers have every width <= `FUSE_MAX_WIDTH`; other layers go
         through the per-layer fused GEMMs.
         """
         L = len(layers)
         ok = [self.fuse and A[0].dtype == np.float32 and A[0].shape[0] >= self.FUSE_MIN_BATCH and
-              cuda_fused.eligible(layers[l][0].shape) for l in range(L)]
+              cuda_fused.eligible(layers[l][0].shape) and max(layers[l][0].shape) <= self.FUSE_MAX_WIDTH
+              for l in range(L)]
         segs, l = [], 0
         while l < L:
             e = l
