@@ -118,12 +118,16 @@ class Backend(ABC):
         unwritten).  This default calls `dense_backward` per layer.
         """
         for l in range(len(layers), 0, -1):
-            W, _ = layers[l - 1]
-            dW, db = grads[l - 1]
-            if l > 1:
-                self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
-            else:
-                self.dense_backward(delta[l], A[0], W, dW, db)
+            self.layer_backward(l, layers, activations, A, Z, delta, grads)
+
+    def layer_backward(self, l, layers, activations, A, Z, delta, grads) -> None:
+        """`dense_backward` of layer `l` (1-based) of a network, as `network_backward` lays it out."""
+        W, _ = layers[l - 1]
+        dW, db = grads[l - 1]
+        if l > 1:
+            self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
+        else:
+            self.dense_backward(delta[l], A[0], W, dW, db)
 
     # ----------------------------------------------------------- updates
     @abstractmethod

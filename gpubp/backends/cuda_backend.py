@@ -237,13 +237,7 @@ class CudaBackend(Backend):
     def network_backward(self, layers, activations, A, Z, delta, grads):
         for first, last, fused in reversed(self._segments(layers, A)):
             if not fused:
-                l = first
-                W, _ = layers[l - 1]
-                dW, db = grads[l - 1]
-                if l > 1:
-                    self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
-                else:
-                    self.dense_backward(delta[l], A[0], W, dW, db)
+                self.layer_backward(first, layers, activations, A, Z, delta, grads)
                 continue
             run = range(first - 1, last)
             cuda_fused.fused_backward(
