@@ -446,3 +446,372 @@ gemm_splitk_reduce(const T* __restrict__ ws, T* dW, T* db, int S, long long spli
         else db[e - NK] = s;
     }
 }
+
+// ############################################################# v2: large fp32 tile, cp.async pipeline
+// A second large-tile configuration for float only (double keeps v1).  Same three kernels, same
+// epilogues, same masking (any M, N, K >= 1; out-of-range loads are zero-filled, out-of-range
+// outputs never stored), same 1-D swizzled grid and batch split, no atomics.
+//
+// Launch shape (gemm2_fwd, gemm2_bwd_data, gemm2_bwd_weight):
+//   block (256, 1, 1) = 8 warps; block tile 128 x 128; k-tile BK (template: 8 or 16);
+//   STAGES-deep ring of shared-memory k-tiles filled with cp.async (template, >= 2);
+//   DYNAMIC shared memory GEMM2_SMEM_BYTES(BK, STAGES) = 2 * STAGES * BK * 132 * 4 bytes
+//   (BK 8, 4 stages: 33,792 B; BK 16, 3 stages: 50,688 B, above the 48 KB default, so the
+//   launcher raises the function's max_dynamic_shared_size_bytes);
+//   grid as v1: (tiles_p * tiles_q, 1, splits).
+//   __launch_bounds__(256, GEMM2_MIN_BLOCKS(BK)): 2 blocks/SM (<= 128 registers) for BK 8,
+//   1 block/SM for BK 16.  Instantiated (cuda_gemm.V2_CONFIGS): "v2" = BK 8, 4 stages;
+//   "v2w" = BK 16, 3 stages.
+//
+// Warp / thread mapping (each thread owns 8 x 8 outputs = 64 fp32 accumulators):
+//   warp w = tid / 32:  wm = w / 2 (0..3) -> rows,  wn = w % 2 (0..1) -> columns;
+//   warp tile = 32 rows x 64 cols at (wm * 32, wn * 64) of the block tile (4 x 2 warps).
+//   lane:  lr = lane / 8 (0..3),  lc = lane % 8 (0..7)  (4 x 8 lanes).
+//   thread fragment = 2 x 2 sub-blocks of 4 x 4:
+//     rows  wm*32 + h*16 + lr*4 + i    (h in 0..1, i in 0..3)
+//     cols  wn*64 + g*32 + lc*4 + j    (g in 0..1, j in 0..3)
+//   Per k a thread reads 4 float4 from shared memory (X at h = 0, 1; Y at g = 0, 1).  Across a
+//   warp an X read touches 4 distinct float4 (64 contiguous bytes, each broadcast to 8 lanes)
+//   and a Y read 8 distinct float4 (128 contiguous bytes): one wavefront each, conflict-free.
+//   Epilogue stores: per (h, i, g) a warp writes 4 rows x 8 contiguous float4 (128 B a row).
+//
+// Shared layout, per operand and stage: s[k][p] = X(p0 + p, r0 + k), k < BK, p < 128, row
+// length GEMM2_LDS = 132 floats (k-major as v1; the 4-float pad keeps float4 alignment and makes
+// the transposing 4-byte copies below conflict-free).
+// Global -> shared (cp.async on sm_80+; a plain load + shared store below sm_80):
+//   PC operand (p contiguous): 16-byte cp.async.cg, BK * 32 per tile, BK / 8 per thread:
+//     thread t copies row k = t / 32 + 8 c, p = 4 (t % 32) .. + 3; a warp writes 512 contiguous
+//     bytes.  Needs ld % 4 == 0 and a 16-byte aligned base (the launcher uses v1 otherwise);
+//     then P == ld (true of every PC operand here) makes a float4 wholly in or out of range.
+//   RC operand (r contiguous, needs a transpose): 4-byte cp.async.ca, 128 * BK per tile,
+//     BK / 2 per thread: k = lane % 8 + 8 c, p = lane / 8 + 4 w + 32 d (c < BK / 8, d < 4): a
+//     warp reads 4 rows x 32 contiguous bytes and writes banks (4 k + p) mod 32, all distinct.
+//     4-byte copies need no alignment: any leading dimension, any offset.
+//   Out-of-range elements are copied with src-size 0 (zero fill; the source is not read).
+// Pipeline: the prologue issues k-tiles 0 .. STAGES-2, one commit group each.  Iteration t
+//   waits for tile t (cp.async.wait_group STAGES-2), __syncthreads (tile t visible to all; every
+//   thread is done with tile t-1), issues tile t+STAGES-1 into the stage tile t-1 used, commits
+//   (an empty group when there is nothing left, so the group count stays exact), then
+//   multiplies tile t.  One barrier per k-tile; no staging registers.
+// Bias gradient (gemm2_bwd_weight, only the blocks of tile column 0 that write db): each thread
+//   adds, per k-tile, BK / 2 shared values of X column tid % 128 (k half tid / 128); the two
+//   halves are added in a fixed order at the end: bitwise reproducible.
+
+#define GEMM2_THREADS 256
+#define GEMM2_BM 128
+#define GEMM2_LDS (GEMM2_BM + 4)
+#define GEMM2_SMEM_BYTES(BK, STAGES) (2 * (STAGES) * (BK) * GEMM2_LDS * 4)
+// Blocks per SM asked of ptxas: BK 8 fits 128 registers with no spills (2 blocks/SM); BK 16
+// needs about 160 for the RC copies' addresses (ptxas spilled at 128), so 1 block/SM (8 warps).
+#define GEMM2_MIN_BLOCKS(BK) ((BK) <= 8 ? 2 : 1)
+
+__device__ __forceinline__ void gemm2_cp16(float* dst, const float* src, bool in) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = in ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(n) : "memory");
+#else
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (in) v = *reinterpret_cast<const float4*>(src);
+    *reinterpret_cast<float4*>(dst) = v;
+#endif
+}
+
+__device__ __forceinline__ void gemm2_cp4(float* dst, const float* src, bool in) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = in ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(d), "l"(src), "r"(n) : "memory");
+#else
+    *dst = in ? *src : 0.f;
+#endif
+}
+
+__device__ __forceinline__ void gemm2_commit() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void gemm2_wait() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+#endif
+}
+
+// Issue the copies of one BK x 128 k-tile of operand X (tile origin p0, r0) into stage s.
+template <int BK, bool PC>
+__device__ __forceinline__ void gemm2_load_tile(float* s, const float* __restrict__ X, int ld, int P,
+                                                int p0, int r0, int r_end, int tid) {
+    static_assert(BK % 8 == 0, "BK must be a multiple of 8");
+    if (PC) {
+        const int p = 4 * (tid & 31);
+        const bool pin = p0 + p < P;
+#pragma unroll
+        for (int c = 0; c < BK / 8; ++c) {
+            const int k = (tid >> 5) + 8 * c;
+            const bool in = pin && r0 + k < r_end;
+            const float* src = in ? X + (long long)(r0 + k) * ld + (p0 + p) : X;
+            gemm2_cp16(s + k * GEMM2_LDS + p, src, in);
+        }
+    } else {
+        const int lane = tid & 31, w = tid >> 5;
+#pragma unroll
+        for (int d = 0; d < 4; ++d) {
+            const int p = (lane >> 3) + 4 * w + 32 * d;
+            const bool pin = p0 + p < P;
+            const float* row = X + (long long)(p0 + p) * ld + r0;
+#pragma unroll
+            for (int c = 0; c < BK / 8; ++c) {
+                const int k = (lane & 7) + 8 * c;
+                const bool in = pin && r0 + k < r_end;
+                gemm2_cp4(s + k * GEMM2_LDS + p, in ? row + k : X, in);
+            }
+        }
+    }
+}
+
+// acc[h*4 + i][g*4 + j] = sum_{r in [r_begin, r_end)} X(p0 + xo + h*16 + i, r) * Y(q0 + yo + g*32 + j, r)
+// with xo = wm*32 + lr*4, yo = wn*64 + lc*4 (the mapping above).  With sumx (block-uniform),
+// xsum = sum over r of X(p0 + tid % 128, r) for the k half tid / 128 of every k-tile.
+// Ends with all copies complete and a barrier (when ntiles > 0): the caller may reuse smem.
+template <int BK, int STAGES, bool XPC, bool YPC>
+__device__ __forceinline__ void gemm2_core(
+        const float* __restrict__ X, int ldx, int PX,
+        const float* __restrict__ Y, int ldy, int PY,
+        int p0, int q0, int r_begin, int r_end, float* smem, int tid, int xo, int yo,
+        float (&acc)[8][8], bool sumx, float& xsum) {
+    static_assert(STAGES >= 2, "at least two stages");
+    const int TILE = BK * GEMM2_LDS;
+    float* sX = smem;
+    float* sY = smem + STAGES * TILE;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+    xsum = 0.f;
+    const int ntiles = r_end > r_begin ? (r_end - r_begin + BK - 1) / BK : 0;
+    if (ntiles == 0) return;   // uniform over the block
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ntiles) {
+            const int r0 = r_begin + s * BK;
+            gemm2_load_tile<BK, XPC>(sX + s * TILE, X, ldx, PX, p0, r0, r_end, tid);
+            gemm2_load_tile<BK, YPC>(sY + s * TILE, Y, ldy, PY, q0, r0, r_end, tid);
+        }
+        gemm2_commit();
+    }
+
+    const int sc = tid & (GEMM2_BM - 1), sk = (tid >> 7) * (BK / 2);   // column-sum slot
+    int stage = 0, wstage = STAGES - 1;
+    for (int t = 0; t < ntiles; ++t) {
+        gemm2_wait<STAGES - 2>();   // this thread's copies of tile t have landed
+        __syncthreads();            // everyone's have; everyone is done with tile t-1 (stage wstage)
+        const int tn = t + STAGES - 1;
+        if (tn < ntiles) {
+            const int r0 = r_begin + tn * BK;
+            gemm2_load_tile<BK, XPC>(sX + wstage * TILE, X, ldx, PX, p0, r0, r_end, tid);
+            gemm2_load_tile<BK, YPC>(sY + wstage * TILE, Y, ldy, PY, q0, r0, r_end, tid);
+        }
+        gemm2_commit();
+
+        const float* xs = sX + stage * TILE;
+        const float* ys = sY + stage * TILE;
+        if (sumx) {
+#pragma unroll
+            for (int k = 0; k < BK / 2; ++k) xsum += xs[(sk + k) * GEMM2_LDS + sc];
+        }
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float a[8], b[8];
+            vld<4>(a,     xs + k * GEMM2_LDS + xo);
+            vld<4>(a + 4, xs + k * GEMM2_LDS + xo + 16);
+            vld<4>(b,     ys + k * GEMM2_LDS + yo);
+            vld<4>(b + 4, ys + k * GEMM2_LDS + yo + 32);
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        stage = stage + 1 == STAGES ? 0 : stage + 1;
+        wstage = wstage + 1 == STAGES ? 0 : wstage + 1;
+    }
+    gemm2_wait<0>();   // only empty groups can be pending; keep the count exact anyway
+    __syncthreads();
+}
+
+// Row / column offsets of this thread's fragment inside the 128 x 128 tile (h = 0, g = 0).
+__device__ __forceinline__ void gemm2_thread_offsets(int tid, int& xo, int& yo) {
+    const int w = tid >> 5, lane = tid & 31;
+    xo = (w >> 1) * 32 + (lane >> 3) * 4;
+    yo = (w & 1) * 64 + (lane & 7) * 4;
+}
+
+// ============================================================= v2.1 forward
+// As gemm_fwd: Zout = A(M x K) @ W(N x K)^T + bias(N); Aout = g_ACT(Z); Zout iff write_z.
+// Both operands RC (4-byte copies): no alignment needed on A, W.
+// vec_out: N % 4 == 0 and Aout, Zout 16-byte aligned.
+template <int ACT, int BK, int STAGES>
+__global__ void __launch_bounds__(GEMM2_THREADS, GEMM2_MIN_BLOCKS(BK))
+gemm2_fwd(const float* __restrict__ A, const float* __restrict__ W, const float* __restrict__ bias,
+          float* Aout, float* Zout, int M, int N, int K, int write_z, int vec_out) {
+    extern __shared__ __align__(16) float gemm2_dsmem[];
+    const int tid = threadIdx.x;
+    int xo, yo, tp, tq;
+    gemm2_thread_offsets(tid, xo, yo);
+    gemm_tile_coords((M + GEMM2_BM - 1) / GEMM2_BM, (N + GEMM2_BM - 1) / GEMM2_BM, tp, tq);
+    const int p0 = tp * GEMM2_BM, q0 = tq * GEMM2_BM;
+
+    float acc[8][8], unused;
+    gemm2_core<BK, STAGES, false, false>(A, K, M, W, K, N, p0, q0, 0, K, gemm2_dsmem, tid, xo, yo,
+                                         acc, false, unused);
+
+    float bv[8];
+#pragma unroll
+    for (int g = 0; g < 2; ++g)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = q0 + yo + g * 32 + j;
+            bv[g * 4 + j] = q < N ? bias[q] : 0.f;
+        }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int p = p0 + xo + h * 16 + i;
+            if (p >= M) continue;
+            const long long row = (long long)p * N;
+#pragma unroll
+            for (int g = 0; g < 2; ++g) {
+                const int q = q0 + yo + g * 32;
+                float z[4], a[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    z[j] = acc[h * 4 + i][g * 4 + j] + bv[g * 4 + j];
+                    a[j] = act_forward<ACT, float>(z[j]);
+                }
+                if (vec_out) {
+                    if (q < N) {
+                        vst<4>(Aout + row + q, a);
+                        if (write_z) vst<4>(Zout + row + q, z);
+                    }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (q + j < N) {
+                            Aout[row + q + j] = a[j];
+                            if (write_z) Zout[row + q + j] = z[j];
+                        }
+                }
+            }
+        }
+}
+
+// ============================================================= v2.2 backward, data
+// As gemm_bwd_data: out(M x K) = (D(M x N) @ W(N x K)) * g_ACT'(.), g' from Aprev or Zprev.
+// D is RC (4-byte copies, any alignment); W is PC: needs K % 4 == 0 and W 16-byte aligned.
+// vec_out: K % 4 == 0 and out, Aprev, Zprev 16-byte aligned.
+template <int ACT, int BK, int STAGES>
+__global__ void __launch_bounds__(GEMM2_THREADS, GEMM2_MIN_BLOCKS(BK))
+gemm2_bwd_data(const float* __restrict__ D, const float* __restrict__ W, const float* __restrict__ Aprev,
+               const float* __restrict__ Zprev, float* out, int M, int N, int K, int vec_out) {
+    extern __shared__ __align__(16) float gemm2_dsmem[];
+    const int tid = threadIdx.x;
+    int xo, yo, tp, tq;
+    gemm2_thread_offsets(tid, xo, yo);
+    gemm_tile_coords((M + GEMM2_BM - 1) / GEMM2_BM, (K + GEMM2_BM - 1) / GEMM2_BM, tp, tq);
+    const int p0 = tp * GEMM2_BM, q0 = tq * GEMM2_BM;
+
+    float acc[8][8], unused;
+    gemm2_core<BK, STAGES, false, true>(D, N, M, W, K, K, p0, q0, 0, N, gemm2_dsmem, tid, xo, yo,
+                                        acc, false, unused);
+
+    const bool need_z = act_needs_z<ACT>::value;
+    const bool need_a = !need_z && ACT != ACT_IDENTITY;
+    const float* G = need_z ? Zprev : Aprev;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int p = p0 + xo + h * 16 + i;
+            if (p >= M) continue;
+            const long long row = (long long)p * K;
+#pragma unroll
+            for (int g = 0; g < 2; ++g) {
+                const int q = q0 + yo + g * 32;
+                float src[4], d[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) src[j] = 0.f;
+                if (vec_out) {
+                    if (q < K) {
+                        if (need_z || need_a) vld<4>(src, G + row + q);
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+                            d[j] = acc[h * 4 + i][g * 4 + j] * act_grad<ACT, float>(src[j], src[j]);
+                        vst<4>(out + row + q, d);
+                    }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (q + j < K) {
+                            const float s = (need_z || need_a) ? G[row + q + j] : 0.f;
+                            out[row + q + j] = acc[h * 4 + i][g * 4 + j] * act_grad<ACT, float>(s, s);
+                        }
+                }
+            }
+        }
+}
+
+// ============================================================= v2.3 backward, weights
+// As gemm_bwd_weight: dW(N x K) = D(M x N)^T @ A(M x K), db(N) = column sums of D; grid.z =
+// splits of the batch, same workspace layout and arguments (less vec_d / vec_a: both operands
+// are PC and must be vector-aligned, N % 4 == 0 and K % 4 == 0; the launcher uses v1 otherwise).
+// vec_out: K % 4 == 0 and dW_base 16-byte aligned (split_stride % 4 == 0).
+template <int BK, int STAGES>
+__global__ void __launch_bounds__(GEMM2_THREADS, GEMM2_MIN_BLOCKS(BK))
+gemm2_bwd_weight(const float* __restrict__ D, const float* __restrict__ A, float* dW_base, float* db_base,
+                 int M, int N, int K, int rows_per_split, long long split_stride, int vec_out) {
+    extern __shared__ __align__(16) float gemm2_dsmem[];
+    const int tid = threadIdx.x;
+    int xo, yo, tp, tq;
+    gemm2_thread_offsets(tid, xo, yo);
+    gemm_tile_coords((N + GEMM2_BM - 1) / GEMM2_BM, (K + GEMM2_BM - 1) / GEMM2_BM, tp, tq);
+    const int p0 = tp * GEMM2_BM, q0 = tq * GEMM2_BM;
+    const int r_begin = blockIdx.z * rows_per_split;
+    const int r_end = min(M, r_begin + rows_per_split);
+    float* dW = dW_base + (long long)blockIdx.z * split_stride;
+    float* db = db_base + (long long)blockIdx.z * split_stride;
+
+    float acc[8][8], dpart;
+    gemm2_core<BK, STAGES, true, true>(D, N, N, A, K, K, p0, q0, r_begin, r_end, gemm2_dsmem, tid,
+                                       xo, yo, acc, tq == 0, dpart);
+
+    if (tq == 0) {   // uniform per block: db of rows p0 .. p0+127, two k halves added in order
+        // the core ended with a barrier (or never touched shared memory): it is free
+        gemm2_dsmem[tid] = dpart;
+        __syncthreads();
+        if (tid < GEMM2_BM && p0 + tid < N) db[p0 + tid] = gemm2_dsmem[tid] + gemm2_dsmem[GEMM2_BM + tid];
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int p = p0 + xo + h * 16 + i;
+            if (p >= N) continue;
+            const long long row = (long long)p * K;
+#pragma unroll
+            for (int g = 0; g < 2; ++g) {
+                const int q = q0 + yo + g * 32;
+                if (vec_out) {
+                    if (q < K) vst<4>(dW + row + q, &acc[h * 4 + i][g * 4]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (q + j < K) dW[row + q + j] = acc[h * 4 + i][g * 4 + j];
+                }
+            }
+        }
+}

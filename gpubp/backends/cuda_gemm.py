@@ -18,6 +18,14 @@ Tile configurations (see gemm.cu): the template int SUB gives a
 (32 SUB) x (32 SUB) block tile, 256 threads, BK = 8.  float: SUB 4 (128 x 128)
 for large problems, SUB 2 (64 x 64) for small ones; double: SUB 2 and SUB 1.
 
+float32 has a second large-tile family, "v2" (gemm2_* in gemm.cu): 128 x 128 tile,
+cp.async multi-stage shared-memory pipeline (sm_80+), warp-tiled 8 x 8 per thread,
+template BK and STAGES (`V2_CONFIGS`).  `LARGE_TILE` picks which family serves the
+large float32 tile ("v1", the default, or a `V2_CONFIGS` key); v2 is used only where
+its p-contiguous operands are 16-byte aligned with leading dimensions % 4 == 0
+(bwd_data: W; bwd_weight: delta and A_prev; fwd has none) and the device is
+sm_80+; otherwise the v1 large tile runs.  Double always uses v1.
+
 CuPy is imported inside functions only, so this module imports without a GPU.
 """
 
@@ -51,6 +59,30 @@ def _reduce_name(ct: str) -> str:
     return f"gemm_splitk_reduce<{ct}>"
 
 
+#: v2 large float32 tiles: name -> (BK, STAGES); all are compiled (see gemm.cu's v2 comment)
+V2_CONFIGS = {"v2": (8, 4), "v2w": (16, 3)}
+#: which family serves the large float32 tile: "v1" (default) or a V2_CONFIGS key
+LARGE_TILE = "v1"
+V2_BM = 128
+
+
+def _v2_smem(bk: int, stages: int) -> int:
+    """Dynamic shared memory of a v2 kernel (GEMM2_SMEM_BYTES)."""
+    return 2 * stages * bk * (V2_BM + 4) * 4
+
+
+def _fwd2_name(act: int, cfg) -> str:
+    return f"gemm2_fwd<{act}, {cfg[0]}, {cfg[1]}>"
+
+
+def _bwd_data2_name(act: int, cfg) -> str:
+    return f"gemm2_bwd_data<{act}, {cfg[0]}, {cfg[1]}>"
+
+
+def _bwd_weight2_name(cfg) -> str:
+    return f"gemm2_bwd_weight<{cfg[0]}, {cfg[1]}>"
+
+
 def _all_names() -> tuple[str, ...]:
     names = []
     for ct, subs in _SUBS.items():
@@ -59,6 +91,10 @@ def _all_names() -> tuple[str, ...]:
             names += [_bwd_data_name(ct, a, sub) for a in range(_N_ACT)]
             names.append(_bwd_weight_name(ct, sub))
         names.append(_reduce_name(ct))
+    for cfg in V2_CONFIGS.values():
+        names += [_fwd2_name(a, cfg) for a in range(_N_ACT)]
+        names += [_bwd_data2_name(a, cfg) for a in range(_N_ACT)]
+        names.append(_bwd_weight2_name(cfg))
     return tuple(names)
 
 
@@ -67,7 +103,11 @@ SPECS = (ModuleSpec(name="gemm", files=("activations.cuh", "gemm.cu"),
 
 _funcs: dict = {}
 _n_sms: dict = {}
+_ccs: dict = {}
+_smem_raised: set = set()
 _workspaces: dict = {}
+#: name of the last GEMM kernel launched (tests check which configuration ran)
+_last_kernel: str | None = None
 
 
 def _device_id() -> int:
@@ -91,6 +131,28 @@ def _sm_count() -> int:
         import cupy
         n = _n_sms[dev] = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
     return n
+
+
+def _compute_capability() -> int:
+    dev = _device_id()
+    cc = _ccs.get(dev)
+    if cc is None:
+        import cupy
+        cc = _ccs[dev] = int(cupy.cuda.Device(dev).compute_capability)
+    return cc
+
+
+def _launch(name: str, grid, args, smem: int = 0) -> None:
+    """Launch kernel `name` with 256 threads a block and `smem` bytes of dynamic shared memory."""
+    global _last_kernel
+    f = _fn(name)
+    if smem > 48 * 1024:
+        key = (_device_id(), name)
+        if key not in _smem_raised:
+            f.max_dynamic_shared_size_bytes = smem
+            _smem_raised.add(key)
+    _last_kernel = name
+    f(grid, (THREADS, 1, 1), args, shared_mem=smem)
 
 
 def _ctype(*arrays) -> str:
@@ -119,14 +181,32 @@ def _tiles(P: int, Q: int, sub: int) -> int:
     return _cdiv(P, bm) * _cdiv(Q, bm)
 
 
-#: tests set this to "large" or "small" to force a tile configuration
+#: tests set this to "large" (v1) or "small", or a V2_CONFIGS key ("v2": the large tile,
+#: served by that v2 configuration where eligible, else v1), to force a tile configuration
 FORCE_TILE: str | None = None
 
 
 def _forced(ct: str):
     if FORCE_TILE is None:
         return None
-    return _SUBS[ct][0 if FORCE_TILE == "large" else 1]
+    return _SUBS[ct][1 if FORCE_TILE == "small" else 0]
+
+
+def _v2_cfg(ct: str, sub: int, *aligned_pc: bool):
+    """(BK, STAGES) of the v2 kernel to run instead of v1's large tile, or None.
+
+    `sub` is the SUB picked for v1; `aligned_pc` the vector eligibility of each
+    p-contiguous operand (16-byte copies need it)."""
+    if ct != "float" or sub != _SUBS[ct][0] or not all(aligned_pc):
+        return None
+    if FORCE_TILE is not None:
+        name = FORCE_TILE
+    else:
+        name = LARGE_TILE
+    cfg = V2_CONFIGS.get(name)
+    if cfg is None or _compute_capability() < 80:
+        return None
+    return cfg
 
 
 def _pick_sub(ct: str, P: int, Q: int) -> int:
@@ -166,10 +246,15 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None) -> None:
     outs = (A_out,) if Z_out is None else (A_out, Z_out)
     vec_out = N % sub == 0 and all(_aligned(o, sub) for o in outs)
     z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
-    _fn(_fwd_name(ct, act, sub))(
-        (_tiles(M, N, sub), 1, 1), (THREADS, 1, 1),
-        (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
-         np.int32(Z_out is not None), np.int32(vec_a), np.int32(vec_out)))
+    cfg = _v2_cfg(ct, sub)   # both operands r-contiguous: 4-byte copies, any alignment
+    if cfg is not None:
+        _launch(_fwd2_name(act, cfg), (_tiles(M, N, 4), 1, 1),
+                (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
+                 np.int32(Z_out is not None), np.int32(vec_out)), _v2_smem(*cfg))
+        return
+    _launch(_fwd_name(ct, act, sub), (_tiles(M, N, sub), 1, 1),
+            (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
+             np.int32(Z_out is not None), np.int32(vec_a), np.int32(vec_out)))
 
 
 # ----------------------------------------------------------------- backward, data
@@ -198,10 +283,15 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> No
     if g_src is None:
         g_src = delta_prev_out   # never read
     vec_out = K % sub == 0 and _aligned(delta_prev_out, sub) and _aligned(g_src, sub)
-    _fn(_bwd_data_name(ct, act, sub))(
-        (_tiles(M, K, sub), 1, 1), (THREADS, 1, 1),
-        (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
-         np.int32(vec_d), np.int32(vec_w), np.int32(vec_out)))
+    cfg = _v2_cfg(ct, sub, vec_w)   # W is p-contiguous: 16-byte copies
+    if cfg is not None:
+        _launch(_bwd_data2_name(act, cfg), (_tiles(M, K, 4), 1, 1),
+                (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
+                 np.int32(vec_out)), _v2_smem(*cfg))
+        return
+    _launch(_bwd_data_name(ct, act, sub), (_tiles(M, K, sub), 1, 1),
+            (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
+             np.int32(vec_d), np.int32(vec_w), np.int32(vec_out)))
 
 
 # ----------------------------------------------------------------- backward, weights
@@ -249,23 +339,32 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out) -> None:
     if sub is None:
         big, small = _SUBS[ct]
         sub = big if (N >= 32 * big and K >= 32 * big) else small
-    tiles = _tiles(N, K, sub)
+    tiles = _tiles(N, K, sub)   # v2's 128 x 128 tile is v1's float large tile (SUB 4)
     S, rows = _splits(M, tiles)
     vec_d = N % sub == 0 and _aligned(delta, sub)
     vec_a = K % sub == 0 and _aligned(A_prev, sub)
-    fn = _fn(_bwd_weight_name(ct, sub))
+    cfg = _v2_cfg(ct, sub, vec_d, vec_a)   # both operands p-contiguous: 16-byte copies
+    if cfg is not None:
+        name, smem = _bwd_weight2_name(cfg), _v2_smem(*cfg)
+
+        def launch(grid, dW, db, rows_per_split, stride, vec_out):
+            _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
+                                 np.int32(rows_per_split), np.int64(stride), np.int32(vec_out)), smem)
+    else:
+        name, smem = _bwd_weight_name(ct, sub), 0
+
+        def launch(grid, dW, db, rows_per_split, stride, vec_out):
+            _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
+                                 np.int32(rows_per_split), np.int64(stride), np.int32(vec_d),
+                                 np.int32(vec_a), np.int32(vec_out)))
     if S == 1:
         vec_out = K % sub == 0 and _aligned(dW_out, sub)
-        fn((tiles, 1, 1), (THREADS, 1, 1),
-           (delta, A_prev, dW_out, db_out, np.int32(M), np.int32(N), np.int32(K),
-            np.int32(max(M, 1)), np.int64(0), np.int32(vec_d), np.int32(vec_a), np.int32(vec_out)))
+        launch((tiles, 1, 1), dW_out, db_out, max(M, 1), 0, vec_out)
         return
     ws, stride = _workspace(S, N, K, ct, delta.dtype)
     NK = N * K
     vec_out = K % sub == 0   # ws is allocation-aligned and stride % 4 == 0
-    fn((tiles, 1, S), (THREADS, 1, 1),
-       (delta, A_prev, ws, ws[NK:], np.int32(M), np.int32(N), np.int32(K),
-        np.int32(rows), np.int64(stride), np.int32(vec_d), np.int32(vec_a), np.int32(vec_out)))
+    launch((tiles, 1, S), ws, ws[NK:], rows, stride, vec_out)
     total = NK + N
     blocks = min(_cdiv(total, 256), 8 * _sm_count())
     _fn(_reduce_name(ct))(

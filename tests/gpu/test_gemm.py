@@ -4,6 +4,9 @@ Awkward sizes (1, primes, tile +- 1), every activation, both dtypes, vector and
 scalar load paths (aligned and misaligned views), outputs poisoned with NaN
 before each call so that every element must be written, bitwise
 reproducibility of the split-K weight gradient, and one 4096^3 shape.
+Every correctness case runs under each tile configuration: v1 "large" and "small",
+and the float32 v2 large tiles ("v2", "v2w": cp.async pipeline; double, and float
+operands v2 cannot take, fall back to v1's large tile, see cuda_gemm._v2_cfg).
 """
 
 import itertools
@@ -56,7 +59,10 @@ def _seed(text):
     return zlib.crc32(text.encode())
 
 
-@pytest.fixture(params=["large", "small"])
+TILES = ["large", "small"] + list(cuda_gemm.V2_CONFIGS)
+
+
+@pytest.fixture(params=TILES)
 def tile(request, monkeypatch):
     """Run under each tile configuration, whatever the size would pick."""
     monkeypatch.setattr(cuda_gemm, "FORCE_TILE", request.param)
@@ -177,8 +183,10 @@ def test_offset_views(offset, dt, tile):
 
 
 # ---------------------------------------------------------------- reproducibility
+@pytest.mark.parametrize("force", [None] + list(cuda_gemm.V2_CONFIGS))
 @pytest.mark.parametrize("N,K", [(33, 64), (300, 200)])
-def test_bwd_weight_bitwise_reproducible(N, K):
+def test_bwd_weight_bitwise_reproducible(N, K, force, monkeypatch):
+    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", force)
     M = (1 << 20) + 7
     rs = cupy.random.RandomState(1234)
     delta = rs.standard_normal((M, N), dtype=np.float32)
@@ -197,8 +205,43 @@ def test_bwd_weight_bitwise_reproducible(N, K):
     assert rel_err(cupy.asnumpy(outs[0][1]), cupy.asnumpy(ref_db)) < 1e-5
 
 
+# ---------------------------------------------------------------- v2 is what runs
+@pytest.mark.parametrize("cfg", list(cuda_gemm.V2_CONFIGS))
+def test_v2_selected(cfg, monkeypatch):
+    """Under FORCE_TILE = a v2 key, aligned float32 operands run the gemm2_* kernels (not a
+    silent fallback to v1), and misaligned p-contiguous operands fall back to v1."""
+    if cuda_gemm._compute_capability() < 80:
+        pytest.skip("v2 needs sm_80+")
+    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", cfg)
+    bk, st = cuda_gemm.V2_CONFIGS[cfg]
+    rng = np.random.default_rng(5)
+    M, N, K = 300, 132, 68
+    A, W, b = _rand(rng, (M, K), np.float32), _rand(rng, (N, K), np.float32), _rand(rng, (N,), np.float32)
+    out = _poison((M, N), np.float32)
+    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["relu"], out)
+    assert cuda_gemm._last_kernel == f"gemm2_fwd<{ACT_CODES['relu']}, {bk}, {st}>"
+    delta = _rand(rng, (M, N), np.float32)
+    dprev = _poison((M, K), np.float32)
+    cuda_gemm.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev)
+    assert cuda_gemm._last_kernel.startswith("gemm2_bwd_data<")
+    dW, db = _poison((N, K), np.float32), _poison((N,), np.float32)
+    cuda_gemm.gemm_bwd_weight(delta, A, dW, db)
+    assert cuda_gemm._last_kernel == f"gemm2_bwd_weight<{bk}, {st}>"
+    d64 = cupy.asnumpy(delta).astype(np.float64)
+    _check(dW, d64.T @ cupy.asnumpy(A).astype(np.float64), np.float32, "dW")
+    _check(db, d64.sum(0), np.float32, "db")
+    # K % 4 != 0: W (bwd_data) and A (bwd_weight) cannot take 16-byte copies -> v1
+    A3, W3 = _rand(rng, (M, 67), np.float32), _rand(rng, (N, 67), np.float32)
+    cuda_gemm.gemm_bwd_data(delta, W3, None, None, ACT_CODES["identity"], _poison((M, 67), np.float32))
+    assert cuda_gemm._last_kernel.startswith("gemm_bwd_data<float")
+    cuda_gemm.gemm_bwd_weight(delta, A3, _poison((N, 67), np.float32), _poison((N,), np.float32))
+    assert cuda_gemm._last_kernel.startswith("gemm_bwd_weight<float")
+
+
 # ---------------------------------------------------------------- one large shape
-def test_large_4096_float32():
+@pytest.mark.parametrize("force", ["large"] + list(cuda_gemm.V2_CONFIGS))
+def test_large_4096_float32(force, monkeypatch):
+    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", force)
     n = 4096
     rs = cupy.random.RandomState(7)
     A = rs.standard_normal((n, n), dtype=np.float32)
@@ -245,7 +288,7 @@ def test_large_4096_float32():
     t_bd = timeit(lambda: cuda_gemm.gemm_bwd_data(A, W, None, None, 0, out))
     t_bw = timeit(lambda: cuda_gemm.gemm_bwd_weight(A, W, dW, db))
     tf = 2 * n ** 3 / 1e9
-    print(f"\n4096^3 float32: cuBLAS {t_cublas:.3f} ms ({tf / t_cublas:.1f} TFLOP/s); "
+    print(f"\n[{force}] 4096^3 float32: cuBLAS {t_cublas:.3f} ms ({tf / t_cublas:.1f} TFLOP/s); "
           f"fwd {t_fwd:.3f} ms ({t_cublas / t_fwd:.0%}), bwd_data {t_bd:.3f} ms "
           f"({t_cublas / t_bd:.0%}), bwd_weight {t_bw:.3f} ms ({t_cublas / t_bw:.0%} of cuBLAS)")
 
@@ -256,3 +299,8 @@ def test_specs_cover_every_instantiation():
         for sub, act in itertools.product(subs, range(len(ACTIVATIONS))):
             assert f"gemm_fwd<{ct}, {act}, {sub}>" in names
             assert f"gemm_bwd_data<{ct}, {act}, {sub}>" in names
+    for bk, st in cuda_gemm.V2_CONFIGS.values():
+        assert f"gemm2_bwd_weight<{bk}, {st}>" in names
+        for act in range(len(ACTIVATIONS)):
+            assert f"gemm2_fwd<{act}, {bk}, {st}>" in names
+            assert f"gemm2_bwd_data<{act}, {bk}, {st}>" in names
