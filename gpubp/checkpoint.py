@@ -101,7 +101,8 @@ def load(path, backend="auto"):
     cfg = meta["config"]
     try:
         net = MLP(cfg["layer_sizes"], activation=cfg["activation"], output_activation=cfg["output_activation"],
-                  loss=cfg["loss"], backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"))
+                  loss=cfg["loss"], backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"),
+                  precision=cfg.get("precision", "float32"))
     except (KeyError, TypeError, ValueError) as e:
         _fail(path, f"its configuration is invalid ({e})")
     shapes = [[o, i] for _, o, i, _ in net.layout.segments]

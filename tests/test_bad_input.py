@@ -26,6 +26,8 @@ def net():
     (dict(layer_sizes=[4, 3], dtype="float16"), ValueError, "float16"),
     (dict(layer_sizes=[4, 3], dtype="int32"), ValueError, "float32 or float64"),
     (dict(layer_sizes=[4, 3], backend="tpu"), ValueError, "tpu"),
+    (dict(layer_sizes=[4, 3], precision="fp8"), ValueError, "precision"),
+    (dict(layer_sizes=[4, 3], precision="tf32", dtype="float64"), ValueError, "needs dtype float32"),
 ])
 def test_constructor_errors(kwargs, exc, words):
     with pytest.raises(exc, match=words):

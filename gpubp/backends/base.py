@@ -100,22 +100,26 @@ class Backend(ABC):
         """
 
     # ----------------------------------------------------------- whole network
-    def network_forward(self, layers, activations, A, Z) -> None:
+    def network_forward(self, layers, activations, A, Z, precision="float32") -> None:
         """Forward through every layer: `A[0]` is the input; fills `A[1..L]` and the `Z[l]` not None.
 
         `layers` is `[(W, b), ...]`, `activations` one name per layer.  This
         default calls `dense_forward` per layer; a backend may fuse runs of
         layers (the CUDA backend keeps narrow layers' tiles on chip).
+        `precision="tf32"` lets a backend multiply float32 matrices on TF32
+        tensor cores (10-bit mantissa products, float32 sums); a backend
+        without them computes in full float32, as this default does.
         """
         for l, ((W, b), g) in enumerate(zip(layers, activations), start=1):
             self.dense_forward(A[l - 1], W, b, g, A[l], Z[l])
 
-    def network_backward(self, layers, activations, A, Z, delta, grads) -> None:
+    def network_backward(self, layers, activations, A, Z, delta, grads, precision="float32") -> None:
         """Backward through every layer from `delta[L]` (already set by `loss_and_delta`).
 
         Fills `grads[l-1] = (dW, db)` for every layer and uses `delta[1..L-1]`
         as room for the intermediate deltas (a fused backend may leave them
-        unwritten).  This default calls `dense_backward` per layer.
+        unwritten).  This default calls `dense_backward` per layer.  `precision`
+        as for `network_forward`.
         """
         for l in range(len(layers), 0, -1):
             self.layer_backward(l, layers, activations, A, Z, delta, grads)
