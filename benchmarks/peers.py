@@ -58,12 +58,12 @@ class GpubpStep:
     `graph=True` the CUDA graph of `MLP.capture_train_step` (copy the batch in, replay)."""
 
     def __init__(self, backend, sizes, params, batch=None, optimizer="adam", lr=1e-3, graph=False,
-                 first_batch=None):
+                 first_batch=None, precision="float32"):
         from gpubp.network import MLP
         from gpubp.optim import SGD, Adam
 
         self.net = MLP(list(sizes), activation="relu", output_activation="identity",
-                       loss="cross_entropy", backend=backend, dtype="float32", seed=0)
+                       loss="cross_entropy", backend=backend, dtype="float32", seed=0, precision=precision)
         self.net.set_params(params)
         self.opt = Adam(lr, betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"]) \
             if optimizer == "adam" else SGD(lr)

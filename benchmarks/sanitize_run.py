@@ -6,6 +6,7 @@
 import numpy as np
 
 import gpubp
+from gpubp.backends import cuda_gemm
 
 rng = np.random.default_rng(0)
 for dtype in ("float32", "float64"):
@@ -22,11 +23,20 @@ for dtype in ("float32", "float64"):
             opt = gpubp.optim.AdamW(1e-3) if act != "tanh" else gpubp.optim.SGD(0.01, momentum=0.9)
             for _ in range(2):
                 net.train_step(X, Y, opt)
-# large-batch split of the weight gradient and the large GEMM tile
-net = gpubp.MLP([256, 256, 130, 10], loss="cross_entropy", backend="cuda", seed=0)
-X = rng.standard_normal((5000, 256)).astype(np.float32)
-y = rng.integers(0, 10, 5000)
-step = net.capture_train_step(X, y, gpubp.optim.Adam())
-for _ in range(2):
+# fused narrow runs (float32 and TF32 kernels, both widths), awkward batch and widths
+for precision, sizes in (("float32", [70, 64, 33, 64, 5]), ("tf32", [70, 64, 33, 64, 5]),
+                         ("tf32", [20, 128, 97, 128, 3])):
+    net = gpubp.MLP(sizes, activation="gelu", loss="cross_entropy", backend="cuda", seed=2, precision=precision)
+    X, y = rng.standard_normal((1100, sizes[0])), rng.integers(0, sizes[-1], 1100)
+    for _ in range(2):
+        net.train_step(X, y, gpubp.optim.Adam())
+# the large GEMM tiles (v1 and v2) and the batch split of the weight gradient, in a captured graph
+for tile in ("large", "v2"):   # v1 and v2 large tiles
+    cuda_gemm.FORCE_TILE = tile
+    net = gpubp.MLP([256, 256, 130, 10], loss="cross_entropy", backend="cuda", seed=0)
+    X = rng.standard_normal((5000, 256)).astype(np.float32)
+    y = rng.integers(0, 10, 5000)
+    step = net.capture_train_step(X, y, gpubp.optim.Adam())
     loss = step(X, y)
+cuda_gemm.FORCE_TILE = None
 print("sanitize run done, loss", float(loss[0]))

@@ -491,7 +491,8 @@ def host_params(sizes):
     return _PARAMS[key]
 
 
-GPU_PEERS = ("gpubp-cuda", "gpubp-cuda-graph", "cupy-unfused", "torch-eager", "torch-eager-tf32")
+GPU_PEERS = ("gpubp-cuda", "gpubp-cuda-graph", "gpubp-cuda-tf32", "cupy-unfused", "torch-eager",
+             "torch-eager-tf32")
 
 
 def gpu_step_rows(suite, sizes, batch, peers):
@@ -540,7 +541,8 @@ def gpu_step_rows(suite, sizes, batch, peers):
                 inputs, clock = inputs_for(False), CupyClock()
                 if peer.startswith("gpubp"):
                     step = P.GpubpStep("cuda", sizes, params, batch, opt, lr, graph=peer.endswith("graph"),
-                                       first_batch=inputs[0])
+                                       first_batch=inputs[0],
+                                       precision="tf32" if peer.endswith("tf32") else "float32")
                 else:
                     step = P.UnfusedStep(cupy, sizes, params, batch, opt, lr)
             t = timed(step, inputs, clock, cfg)
@@ -729,6 +731,15 @@ def check_goals(rows, ceil_gpu):
         goals.append(g)
     for g in goals:
         g["result"] = "NOT MEASURED" if "passed" not in g else ("PASS" if g["passed"] else "MISS")
+    sizes, b = GOAL_NARROW["sizes"], GOAL_NARROW["batch"]     # TF32, beside the float32 goal
+    tf = _find(rows, kind="step", device="cuda", peer="gpubp-cuda-tf32", sizes=sizes, batch=b)
+    t32 = _find(rows, kind="step", device="cuda", peer="torch-eager", sizes=sizes, batch=b)
+    ttf = _find(rows, kind="step", device="cuda", peer="torch-eager-tf32", sizes=sizes, batch=b)
+    if tf and t32 and ttf:
+        goals.append(dict(goal=f"(information) {net_name(sizes)} step, batch {b}, gpubp precision='tf32'",
+                          result="INFO", measured=f"{t32['median_ms'] / tf['median_ms']:.2f}x PyTorch eager "
+                          f"float32, {ttf['median_ms'] / tf['median_ms']:.2f}x PyTorch eager TF32 "
+                          f"({tf['median_ms']:.3f} ms)", margin=""))
     return goals
 
 

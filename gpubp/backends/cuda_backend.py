@@ -36,9 +36,10 @@ class CudaBackend(Backend):
     #: the fewest batch rows and consecutive narrow layers for which a run is fused
     FUSE_MIN_BATCH = 1024
     FUSE_MIN_LAYERS = 2
-    #: the widest layer fused: on an H100 the width-128 run kernels (64-row tiles, one backward
-    #: block per SM) were slower than the per-layer GEMMs (benchmarks/results/h100-2026-11-22)
-    FUSE_MAX_WIDTH = 64
+    #: the widest layer fused, per precision: on an H100 the float32 width-128 run kernels (64-row
+    #: tiles, one backward block per SM) were slower than the per-layer GEMMs
+    #: (benchmarks/results/h100-2026-11-22)
+    FUSE_MAX_WIDTH = {"float32": 64, "tf32": 128}
 
     def __init__(self):
         cupy = _import_cupy()
@@ -197,18 +198,18 @@ class CudaBackend(Backend):
             cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out)
 
     # ----------------------------------------------------------- whole network
-    def _segments(self, layers, A):
+    def _segments(self, layers, A, precision="float32"):
         """Split layers 1..L into runs `(first, last, fused)` (1-based, inclusive).
 
         A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
         when `self.fuse` is on, the dtype is float32, the batch has at least
         `FUSE_MIN_BATCH` rows, and at least `FUSE_MIN_LAYERS` consecutive
-        layers have every width <= `FUSE_MAX_WIDTH`; other layers go
+        layers have every width <= `FUSE_MAX_WIDTH[precision]`; other layers go
         through the per-layer fused GEMMs.
         """
         L = len(layers)
         ok = [self.fuse and A[0].dtype == np.float32 and A[0].shape[0] >= self.FUSE_MIN_BATCH and
-              cuda_fused.eligible(layers[l][0].shape) and max(layers[l][0].shape) <= self.FUSE_MAX_WIDTH
+              cuda_fused.eligible(layers[l][0].shape) and max(layers[l][0].shape) <= self.FUSE_MAX_WIDTH[precision]
               for l in range(L)]
         segs, l = [], 0
         while l < L:
@@ -223,8 +224,8 @@ class CudaBackend(Backend):
             l = e + 1
         return segs
 
-    def network_forward(self, layers, activations, A, Z):
-        for first, last, fused in self._segments(layers, A):
+    def network_forward(self, layers, activations, A, Z, precision="float32"):
+        for first, last, fused in self._segments(layers, A, precision):
             if not fused:
                 W, b = layers[first - 1]
                 self.dense_forward(A[first - 1], W, b, activations[first - 1], A[first], Z[first])
@@ -232,10 +233,10 @@ class CudaBackend(Backend):
             run = range(first - 1, last)     # 0-based layer indices of the run
             cuda_fused.fused_forward(A[first - 1], [layers[i][0] for i in run], [layers[i][1] for i in run],
                                      [ACT_CODES[activations[i]] for i in run], [A[i + 1] for i in run],
-                                     [Z[i + 1] for i in run])
+                                     [Z[i + 1] for i in run], precision=precision)
 
-    def network_backward(self, layers, activations, A, Z, delta, grads):
-        for first, last, fused in reversed(self._segments(layers, A)):
+    def network_backward(self, layers, activations, A, Z, delta, grads, precision="float32"):
+        for first, last, fused in reversed(self._segments(layers, A, precision)):
             if not fused:
                 self.layer_backward(first, layers, activations, A, Z, delta, grads)
                 continue
@@ -246,7 +247,7 @@ class CudaBackend(Backend):
                 [grads[i][0] for i in run], [grads[i][1] for i in run],
                 delta_in_out=delta[first - 1] if first > 1 else None,
                 act_code_in=ACT_CODES[activations[first - 2]] if first > 1 else None,
-                Z_in=Z[first - 1] if first > 1 else None)
+                Z_in=Z[first - 1] if first > 1 else None, precision=precision)
 
     # ----------------------------------------------------------- updates
     def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0):

@@ -4,15 +4,19 @@ A *run* is consecutive dense layers 0..L-1 of widths n_0 -> n_1 -> ... -> n_L,
 every n_l <= 128 (`eligible`).  One thread block keeps a tile of batch rows on
 chip across all layers of the run, so the activations between layers are not
 re-read from HBM in the forward pass, and the deltas inside the run never touch
-HBM in the backward pass.  float32 only, FFMA accumulation (no TF32).
+HBM in the backward pass.  float32 arrays; two precisions of the matrix work:
+precision="float32" (default): FFMA accumulation (kernels/fused_mlp.cu);
+precision="tf32": tensor cores, mma.sync m16n8k8 with operands rounded to TF32
+(10-bit mantissa) and fp32 accumulation (kernels/fused_mlp_tf32.cu): about
+1e-3 relative error instead of ~1e-6, much faster on sm_80+.
 
     eligible(widths) -> bool
         True when every width (n_0 .. n_L) is <= 128.
-    fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs)
+    fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision="float32")
         for l: Z_l = A_{l-1} @ Ws[l].T + bs[l], A_outs[l] = g_l(Z_l) (A_{-1} = A_in),
         Z_outs[l] = Z_l where Z_outs[l] is not None.
     fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
-                   delta_in_out=None, act_code_in=None, Z_in=None)
+                   delta_in_out=None, act_code_in=None, Z_in=None, precision="float32")
         delta_{L-1} = delta_last (dLoss/dZ of the last layer); for l = L-1 .. 0:
         dWs[l] = delta_l.T @ A_{l-1}, dbs[l] = delta_l.sum(0),
         delta_{l-1} = (delta_l @ Ws[l]) * g'_{l-1}, g_{l-1} = act_codes[l-1] taken from
@@ -29,12 +33,15 @@ once per distinct set of arrays and cached on the device, the workspace is cache
 per (device, grid, layers, WMAX), so a CUDA graph can be captured once every call
 has been made once outside the capture.
 
-Configurations (template <BM, WMAX> of fused_mlp.cu; 256 threads per block):
+Configurations (template <BM, WMAX> of fused_mlp.cu / fused_mlp_tf32.cu; 256
+threads per block), the same for both precisions:
     WMAX 64  (every width <= 64):  forward BM 128, backward BM 128
     WMAX 128 (some width > 64):    forward BM 64,  backward BM 64
-Dynamic shared memory: forward (BM + WMAX)(WMAX + 4) 4 B, backward
-(2 BM + WMAX)(WMAX + 4) 4 B + 1 KB; the largest, 136,192 B, fits sm_80's 163 KB
-and sm_90's 227 KB opt-in.
+Dynamic shared memory, float32: forward (BM + WMAX)(WMAX + 4) 4 B, backward
+(2 BM + WMAX)(WMAX + 4) 4 B + 1 KB; tf32 (unpadded, XOR-swizzled tiles): forward
+(BM + WMAX) WMAX 4 B, backward (2 BM + WMAX) WMAX 4 B + 1 KB.  The largest,
+136,192 B, fits sm_80's 163 KB and sm_90's 227 KB opt-in.  The tf32 kernels use
+mma.sync, so they need compute capability 8.0 or newer.
 
 CuPy is imported inside functions only, so this module imports without a GPU.
 """
@@ -56,16 +63,26 @@ _FIELDS = 16
 _W, _B, _AOUT, _ZOUT, _X, _ZX, _NIN, _NOUT, _ACT, _ACTX, _VEC, _DW, _DB = range(13)
 _VEC_W, _VEC_X, _VEC_AOUT, _VEC_ZX = 1, 2, 4, 8
 
-#: (forward BM, backward BM) per WMAX
+#: (forward BM, backward BM) per WMAX (both precisions; the tf32 kernels require
+#: BM = 256 / (WMAX / 32), their 32 x 32 warp tiles)
 CONFIGS = {64: (128, 128), 128: (64, 64)}
+#: precision -> kernel name suffix
+PRECISIONS = {"float32": "", "tf32": "_tf32"}
 
 
-def _fwd_name(bm: int, wmax: int) -> str:
-    return f"fused_mlp_fwd<{bm}, {wmax}>"
+def _suffix(precision: str) -> str:
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}") from None
 
 
-def _bwd_name(bm: int, wmax: int) -> str:
-    return f"fused_mlp_bwd<{bm}, {wmax}>"
+def _fwd_name(bm: int, wmax: int, precision: str = "float32") -> str:
+    return f"fused_mlp_fwd{_suffix(precision)}<{bm}, {wmax}>"
+
+
+def _bwd_name(bm: int, wmax: int, precision: str = "float32") -> str:
+    return f"fused_mlp_bwd{_suffix(precision)}<{bm}, {wmax}>"
 
 
 def _reduce_name(wmax: int) -> str:
@@ -75,22 +92,29 @@ def _reduce_name(wmax: int) -> str:
 def _all_names() -> tuple[str, ...]:
     names = []
     for wmax, (bm_f, bm_b) in CONFIGS.items():
-        names += [_fwd_name(bm_f, wmax), _bwd_name(bm_b, wmax), _reduce_name(wmax)]
+        for prec in PRECISIONS:
+            names += [_fwd_name(bm_f, wmax, prec), _bwd_name(bm_b, wmax, prec)]
+        names.append(_reduce_name(wmax))
     return tuple(names)
 
 
-SPECS = (ModuleSpec(name="fused_mlp", files=("activations.cuh", "fused_mlp.cu"),
+SPECS = (ModuleSpec(name="fused_mlp", files=("activations.cuh", "fused_mlp.cu", "fused_mlp_tf32.cu"),
                     name_expressions=_all_names()),)
 
 
-def fwd_smem_bytes(wmax: int, bm: int | None = None) -> int:
+def _pitch(wmax: int, precision: str) -> int:
+    """Floats per shared tile row: padded by 4 (float32), XOR-swizzled and unpadded (tf32)."""
+    return wmax + 4 if _suffix(precision) == "" else wmax
+
+
+def fwd_smem_bytes(wmax: int, bm: int | None = None, precision: str = "float32") -> int:
     bm = CONFIGS[wmax][0] if bm is None else bm
-    return (bm + wmax) * (wmax + 4) * 4
+    return (bm + wmax) * _pitch(wmax, precision) * 4
 
 
-def bwd_smem_bytes(wmax: int, bm: int | None = None) -> int:
+def bwd_smem_bytes(wmax: int, bm: int | None = None, precision: str = "float32") -> int:
     bm = CONFIGS[wmax][1] if bm is None else bm
-    return (2 * bm + wmax) * (wmax + 4) * 4 + THREADS * 4
+    return (2 * bm + wmax) * _pitch(wmax, precision) * 4 + THREADS * 4
 
 
 # ------------------------------------------------------------------ eligibility
@@ -211,8 +235,16 @@ def _widths(A_in, Ws) -> list[int]:
 
 
 # ------------------------------------------------------------------ forward
-def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs) -> None:
-    """Forward of a run of narrow layers; writes every A_outs[l] and the given Z_outs[l]."""
+def _check_arch(precision: str) -> None:
+    if _suffix(precision) and int(_attrs().get("ComputeCapabilityMajor", 8)) < 8:
+        raise RuntimeError("precision='tf32' needs a GPU of compute capability 8.0 or newer (mma.sync tf32)")
+
+
+def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "float32") -> None:
+    """Forward of a run of narrow layers; writes every A_outs[l] and the given Z_outs[l].
+
+    precision: "float32" (FFMA) or "tf32" (tensor cores, TF32 operands, fp32 accumulation)."""
+    _suffix(precision)
     L = len(Ws)
     if L == 0:
         return
@@ -231,6 +263,7 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs) -> None:
             raise ValueError(f"fused_forward: layer {l}: Z_out {Z_outs[l].shape} is not ({B}, {n_out})")
     if B == 0:
         return
+    _check_arch(precision)
     wmax = _wmax(widths)
     bm = CONFIGS[wmax][0]
     rows = np.zeros((L, _FIELDS), dtype=np.int64)
@@ -251,8 +284,8 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs) -> None:
         r[_X] = X.data.ptr
         r[_NIN], r[_NOUT], r[_ACT], r[_VEC] = n_in, n_out, _check_act(act_codes[l]), vec
     table = _table(rows)
-    smem = fwd_smem_bytes(wmax, bm)
-    f = _fn(_fwd_name(bm, wmax), smem)
+    smem = fwd_smem_bytes(wmax, bm, precision)
+    f = _fn(_fwd_name(bm, wmax, precision), smem)
     f((_cdiv(B, bm), 1, 1), (THREADS, 1, 1), (table, np.int32(L), np.int32(B)), shared_mem=smem)
 
 
@@ -267,14 +300,14 @@ def _workspace(G: int, L: int, wmax: int):
     return ws, stride
 
 
-def bwd_grid(wmax: int, n_tiles: int) -> int:
+def bwd_grid(wmax: int, n_tiles: int, precision: str = "float32") -> int:
     """Blocks of the persistent backward grid for `n_tiles` row tiles."""
     bm = CONFIGS[wmax][1]
-    smem = bwd_smem_bytes(wmax, bm)
-    key = (_device_id(), wmax, BWD_BLOCKS_PER_SM)
+    smem = bwd_smem_bytes(wmax, bm, precision)
+    key = (_device_id(), wmax, BWD_BLOCKS_PER_SM, precision)
     per_sm = _grids.get(key)
     if per_sm is None:
-        f = _fn(_bwd_name(bm, wmax), smem)
+        f = _fn(_bwd_name(bm, wmax, precision), smem)
         per_sm = BWD_BLOCKS_PER_SM or _blocks_per_sm(f, smem)
         _grids[key] = per_sm
     n_sm = int(_attrs().get("MultiProcessorCount", 1))
@@ -282,8 +315,12 @@ def bwd_grid(wmax: int, n_tiles: int) -> int:
 
 
 def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
-                   delta_in_out=None, act_code_in=None, Z_in=None) -> None:
-    """Backward of a run of narrow layers: every dWs[l], dbs[l], and delta_in_out when given."""
+                   delta_in_out=None, act_code_in=None, Z_in=None, precision: str = "float32") -> None:
+    """Backward of a run of narrow layers: every dWs[l], dbs[l], and delta_in_out when given.
+
+    precision: "float32" (FFMA) or "tf32" (tensor cores for delta @ W and delta^T @ X,
+    TF32 operands, fp32 accumulation; db is an fp32 sum either way)."""
+    _suffix(precision)
     L = len(Ws)
     if L == 0:
         return
@@ -330,6 +367,7 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
             dbs[l].fill(0)
         return
 
+    _check_arch(precision)
     wmax = _wmax(widths)
     bm = CONFIGS[wmax][1]
     rows = np.zeros((L, _FIELDS), dtype=np.int64)
@@ -357,10 +395,10 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
     table = _table(rows)
 
     n_tiles = _cdiv(B, bm)
-    G = bwd_grid(wmax, n_tiles)
+    G = bwd_grid(wmax, n_tiles, precision)
     ws, stride = _workspace(G, L, wmax)
-    smem = bwd_smem_bytes(wmax, bm)
-    f = _fn(_bwd_name(bm, wmax), smem)
+    smem = bwd_smem_bytes(wmax, bm, precision)
+    f = _fn(_bwd_name(bm, wmax, precision), smem)
     vec_dl = widths[-1] % 4 == 0 and _aligned(delta_last)
     din = delta_in_out if want_din else delta_last    # never written when want_din == 0
     vec_din = want_din and widths[0] % 4 == 0 and _aligned(delta_in_out)

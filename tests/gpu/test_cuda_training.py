@@ -168,3 +168,22 @@ def test_fused_narrow_runs_match_float64(sizes, act, B):
     for (dW, db), (lW, lb), (aW, ab) in zip(g_gpu, g_layer, g_again):
         assert rel_err(dW, lW) < 1e-5 and rel_err(db, lb) < 1e-5
         assert np.array_equal(dW, aW) and np.array_equal(db, ab)
+
+
+@pytest.mark.parametrize("sizes", [[64] * 9 + [10], [33, 128, 100, 128, 7], [300, 64, 64, 3]],
+                         ids=["w64x8", "w128", "wide-input"])
+def test_tf32_networks_against_float64(sizes):
+    rng = np.random.default_rng()
+    B = 5000
+    gpu = gpubp.MLP(sizes, activation="silu", loss="cross_entropy", backend="cuda", precision="tf32",
+                    seed=int(rng.integers(1 << 30)))
+    ref = gpubp.MLP(sizes, activation="silu", loss="cross_entropy", backend="numpy", dtype="float64")
+    ref.set_params(gpu.get_params())
+    X, y = rng.standard_normal((B, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], B)
+    l_gpu, g_gpu = gpu.loss_and_grads(X, y)
+    l_ref, g_ref = ref.loss_and_grads(X.astype(np.float64), y)
+    assert l_gpu == pytest.approx(l_ref, rel=5e-3)
+    for (dW, db), (rW, rb) in zip(g_gpu, g_ref):
+        assert rel_err(dW, rW) < 5e-3 and rel_err(db, rb) < 5e-3
+    hist = gpu.fit(X, y, epochs=2, batch_size=2500, optimizer="adam", progress=False)
+    assert np.all(np.isfinite(hist["loss"]))
