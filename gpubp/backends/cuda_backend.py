@@ -36,10 +36,10 @@ class CudaBackend(Backend):
     #: the fewest batch rows and consecutive narrow layers for which a run is fused
     FUSE_MIN_BATCH = 1024
     FUSE_MIN_LAYERS = 2
-    #: the widest layer fused, per precision: on an H100 the float32 width-128 run kernels (64-row
-    #: tiles, one backward block per SM) were slower than the per-layer GEMMs
-    #: (benchmarks/results/h100-2026-11-22)
-    FUSE_MAX_WIDTH = {"float32": 64, "tf32": 128}
+    #: the widest layer fused, per precision: on an H100 the width-128 run kernels (64-row tiles,
+    #: one backward block per SM) were slower than the per-layer GEMMs in float32 and in TF32
+    #: (benchmarks/results/h100-2026-11-22); they stay available through `cuda_fused`
+    FUSE_MAX_WIDTH = {"float32": 64, "tf32": 64}
 
     def __init__(self):
         cupy = _import_cupy()

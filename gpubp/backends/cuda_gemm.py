@@ -21,7 +21,7 @@ for large problems, SUB 2 (64 x 64) for small ones; double: SUB 2 and SUB 1.
 float32 has a second large-tile family, "v2" (gemm2_* in gemm.cu): 128 x 128 tile,
 cp.async multi-stage shared-memory pipeline (sm_80+), warp-tiled 8 x 8 per thread,
 template BK and STAGES (`V2_CONFIGS`).  `LARGE_TILE` picks which family serves the
-large float32 tile ("v1", the default, or a `V2_CONFIGS` key); v2 is used only where
+large float32 tile of each kernel ("v1" or a `V2_CONFIGS` key); v2 is used only where
 its p-contiguous operands are 16-byte aligned with leading dimensions % 4 == 0
 (bwd_data: W; bwd_weight: delta and A_prev; fwd has none) and the device is
 sm_80+; otherwise the v1 large tile runs.  Double always uses v1.
@@ -61,8 +61,10 @@ def _reduce_name(ct: str) -> str:
 
 #: v2 large float32 tiles: name -> (BK, STAGES); all are compiled (see gemm.cu's v2 comment)
 V2_CONFIGS = {"v2": (8, 4), "v2w": (16, 3)}
-#: which family serves the large float32 tile: "v1" (default) or a V2_CONFIGS key
-LARGE_TILE = "v1"
+#: which family serves the large float32 tile of each kernel: "v1" or a V2_CONFIGS key.
+#: Measured on an H100 (benchmarks/results/h100-2026-11-22/gemm_tiles.log): v1 is fastest for
+#: fwd and bwd_data (80% / 79% of cuBLAS at 8192x4096x4096), v2w for bwd_weight (84% vs 80%).
+LARGE_TILE = {"fwd": "v1", "bwd_data": "v1", "bwd_weight": "v2w"}
 V2_BM = 128
 
 
@@ -192,7 +194,7 @@ def _forced(ct: str):
     return _SUBS[ct][1 if FORCE_TILE == "small" else 0]
 
 
-def _v2_cfg(ct: str, sub: int, *aligned_pc: bool):
+def _v2_cfg(kind: str, ct: str, sub: int, *aligned_pc: bool):
     """(BK, STAGES) of the v2 kernel to run instead of v1's large tile, or None.
 
     `sub` is the SUB picked for v1; `aligned_pc` the vector eligibility of each
@@ -202,7 +204,7 @@ def _v2_cfg(ct: str, sub: int, *aligned_pc: bool):
     if FORCE_TILE is not None:
         name = FORCE_TILE
     else:
-        name = LARGE_TILE
+        name = LARGE_TILE[kind]
     cfg = V2_CONFIGS.get(name)
     if cfg is None or _compute_capability() < 80:
         return None
@@ -246,7 +248,7 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None) -> None:
     outs = (A_out,) if Z_out is None else (A_out, Z_out)
     vec_out = N % sub == 0 and all(_aligned(o, sub) for o in outs)
     z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
-    cfg = _v2_cfg(ct, sub)   # both operands r-contiguous: 4-byte copies, any alignment
+    cfg = _v2_cfg("fwd", ct, sub)   # both operands r-contiguous: 4-byte copies, any alignment
     if cfg is not None:
         _launch(_fwd2_name(act, cfg), (_tiles(M, N, 4), 1, 1),
                 (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
@@ -283,7 +285,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> No
     if g_src is None:
         g_src = delta_prev_out   # never read
     vec_out = K % sub == 0 and _aligned(delta_prev_out, sub) and _aligned(g_src, sub)
-    cfg = _v2_cfg(ct, sub, vec_w)   # W is p-contiguous: 16-byte copies
+    cfg = _v2_cfg("bwd_data", ct, sub, vec_w)   # W is p-contiguous: 16-byte copies
     if cfg is not None:
         _launch(_bwd_data2_name(act, cfg), (_tiles(M, K, 4), 1, 1),
                 (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
@@ -343,7 +345,7 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out) -> None:
     S, rows = _splits(M, tiles)
     vec_d = N % sub == 0 and _aligned(delta, sub)
     vec_a = K % sub == 0 and _aligned(A_prev, sub)
-    cfg = _v2_cfg(ct, sub, vec_d, vec_a)   # both operands p-contiguous: 16-byte copies
+    cfg = _v2_cfg("bwd_weight", ct, sub, vec_d, vec_a)   # both operands p-contiguous: 16-byte copies
     if cfg is not None:
         name, smem = _bwd_weight2_name(cfg), _v2_smem(*cfg)
 
