@@ -1,7 +1,9 @@
 """A short training run touching every kernel, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_run.py
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_run.py [--large-only]
 """
+
+import sys
 
 import numpy as np
 
@@ -9,7 +11,8 @@ import gpubp
 from gpubp.backends import cuda_gemm
 
 rng = np.random.default_rng(0)
-for dtype in ("float32", "float64"):
+ONLY_LARGE = "--large-only" in sys.argv   # just the fused-run and large-tile kernels (racecheck is slow)
+for dtype in () if ONLY_LARGE else ("float32", "float64"):
     for loss in gpubp.LOSSES:
         for act in gpubp.ACTIVATIONS:
             sizes = [13, 129, 31, 5]
