@@ -23,13 +23,9 @@ import numpy as np
 import pytest
 
 cupy = pytest.importorskip("cupy")
-try:
-    _N_DEV = cupy.cuda.runtime.getDeviceCount()
-except Exception:  # no driver / no device
-    _N_DEV = 0
+from gpubp.backends import cuda_available  # noqa: E402
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(_N_DEV == 0, reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
 
 from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_fused, cuda_gemm  # noqa: E402
