@@ -264,29 +264,7 @@ def test_large_4096_float32(force, monkeypatch):
     assert bool(cupy.isfinite(dW).all()) and e < 1e-5, f"dW rel err {e:.3g}"
     e = float(cupy.linalg.norm(db.astype(np.float64) - A64.sum(0)) / cupy.linalg.norm(A64.sum(0)))
     assert e < 1e-5, f"db rel err {e:.3g}"
-
-    # speed against cuBLAS SGEMM (printed, not asserted: run with -s to see it)
-    def timeit(f, reps=10):
-        f()
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        times = []
-        for _ in range(reps):
-            start.record()
-            f()
-            stop.record()
-            stop.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, stop))
-        return float(np.median(times))
-
-    C = cupy.empty((n, n), np.float32)
-    t_cublas = timeit(lambda: cupy.matmul(A, W.T, out=C))
-    t_fwd = timeit(lambda: cuda_gemm.gemm_fwd(A, W, b, 0, out))
-    t_bd = timeit(lambda: cuda_gemm.gemm_bwd_data(A, W, None, None, 0, out))
-    t_bw = timeit(lambda: cuda_gemm.gemm_bwd_weight(A, W, dW, db))
-    tf = 2 * n ** 3 / 1e9
-    print(f"\n[{force}] 4096^3 float32: cuBLAS {t_cublas:.3f} ms ({tf / t_cublas:.1f} TFLOP/s); "
-          f"fwd {t_fwd:.3f} ms ({t_cublas / t_fwd:.0%}), bwd_data {t_bd:.3f} ms "
-          f"({t_cublas / t_bd:.0%}), bwd_weight {t_bw:.3f} ms ({t_cublas / t_bw:.0%} of cuBLAS)")
+    # speed is measured by benchmarks/gemm_tiles.py and `gpubp bench`, not here
 
 
 def test_specs_cover_every_instantiation():
