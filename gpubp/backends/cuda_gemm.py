@@ -62,7 +62,7 @@ def _reduce_name(ct: str) -> str:
 #: v2 large float32 tiles: name -> (BK, STAGES); all are compiled (see gemm.cu's v2 comment)
 V2_CONFIGS = {"v2": (8, 4), "v2w": (16, 3)}
 #: which family serves the large float32 tile of each kernel: "v1" or a V2_CONFIGS key.
-#: Measured on an H100 (benchmarks/results/h100-2026-11-22/gemm_tiles.log): v1 is fastest for
+#: Measured on an H100 (benchmarks/results/h100-2026-11-22/tf32-v2-run/gemm_tiles.log): v1 is fastest for
 #: fwd and bwd_data (80% / 79% of cuBLAS at 8192x4096x4096), v2w for bwd_weight (84% vs 80%).
 LARGE_TILE = {"fwd": "v1", "bwd_data": "v1", "bwd_weight": "v2w"}
 V2_BM = 128
