@@ -1,6 +1,5 @@
 """Backend selection, on any machine."""
 
-import numpy as np
 import pytest
 
 import gpubp

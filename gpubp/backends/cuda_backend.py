@@ -13,6 +13,7 @@ import numpy as np
 
 from ..activations import ACT_CODES
 from . import cuda_fused, cuda_gemm, cuda_kernels
+from .cuda_device import device_id
 from .base import Backend
 
 _INSTALL_HINT = "install gpubp[cuda12] or gpubp[cuda13] (CuPy for your CUDA version)"
@@ -57,23 +58,20 @@ class CudaBackend(Backend):
         self.fuse = True
 
     # ----------------------------------------------------------- helpers
-    def _device_id(self) -> int:
-        return self._cupy.cuda.runtime.getDevice()
-
     def _oom(self, e, shape, dtype):
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         return MemoryError(f"out of GPU memory allocating an array of shape {tuple(shape)} and dtype "
-                           f"{np.dtype(dtype).name} ({nbytes:,} bytes) on device {self._device_id()}: {e}")
+                           f"{np.dtype(dtype).name} ({nbytes:,} bytes) on device {device_id()}: {e}")
 
     def _partials_buf(self):
-        dev = self._device_id()
+        dev = device_id()
         buf = self._partials.get(dev)
         if buf is None:
             buf = self._partials[dev] = self.empty((cuda_kernels.MAX_PARTIALS,), np.float64)
         return buf
 
     def _same_device(self, arr, what="array"):
-        cur = self._device_id()
+        cur = device_id()
         if arr.device.id != cur:
             raise ValueError(f"the {what} is on CUDA device {arr.device.id} but the current device is "
                              f"{cur}; move it (or select that device with cupy.cuda.Device({arr.device.id}))")
@@ -119,7 +117,7 @@ class CudaBackend(Backend):
             except Exception:
                 dev_type, dev_id = None, None
             if dev_type is not None and int(dev_type) in _DLPACK_CUDA:
-                cur = self._device_id()
+                cur = device_id()
                 if int(dev_id) != cur:
                     raise ValueError(f"the array is on CUDA device {int(dev_id)} but the current device "
                                      f"is {cur}; move it (or select that device first)")

@@ -52,11 +52,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .cuda_source import ModuleSpec, load
+from ..activations import ACTIVATIONS
+from .cuda_device import attributes, cdiv, check_act, device_id, function
+from .cuda_source import ModuleSpec
 
 THREADS = 256
 MAX_WIDTH = 128
-_N_ACT = 7
+_N_ACT = len(ACTIVATIONS)
 _NEEDS_Z = (5, 6)    # gelu, silu
 _FIELDS = 16
 # table field indices (kernels/fused_mlp.cu, FM_*)
@@ -129,8 +131,6 @@ def _wmax(widths) -> int:
 
 
 # ------------------------------------------------------------------ device helpers
-_funcs: dict = {}
-_dev_attrs: dict = {}
 _tables: "OrderedDict[tuple, object]" = OrderedDict()
 _TABLE_CACHE = 64
 _workspaces: dict = {}
@@ -141,38 +141,9 @@ _grids: dict = {}
 BWD_BLOCKS_PER_SM: int | None = None
 
 
-def _device_id() -> int:
-    import cupy
-    return cupy.cuda.runtime.getDevice()
-
-
-def _attrs() -> dict:
-    dev = _device_id()
-    a = _dev_attrs.get(dev)
-    if a is None:
-        import cupy
-        a = _dev_attrs[dev] = dict(cupy.cuda.Device(dev).attributes)
-    return a
-
-
-def _fn(name: str, smem: int):
-    dev = _device_id()
-    key = (dev, name)
-    f = _funcs.get(key)
-    if f is None:
-        optin = int(_attrs().get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
-        if smem > optin:
-            raise RuntimeError(f"{name} needs {smem} bytes of shared memory; this device allows {optin}")
-        f = load(SPECS[0]).get_function(name)
-        if smem > 48 * 1024:
-            f.max_dynamic_shared_size_bytes = smem
-        _funcs[key] = f
-    return f
-
-
 def _blocks_per_sm(f, smem: int) -> int:
     """Resident blocks per SM of kernel `f` with `smem` dynamic bytes (smem, registers, threads)."""
-    a = _attrs()
+    a = attributes()
     smem_sm = int(a.get("MaxSharedMemoryPerMultiprocessor", 0)) or (100 * 1024)
     regs_sm = int(a.get("MaxRegistersPerMultiprocessor", 65536))
     thr_sm = int(a.get("MaxThreadsPerMultiProcessor", 2048))
@@ -197,17 +168,10 @@ def _aligned(a) -> bool:
     return a.data.ptr % 16 == 0
 
 
-def _check_act(code) -> int:
-    c = int(code)
-    if not 0 <= c < _N_ACT:
-        raise ValueError(f"activation code {code} out of range 0..{_N_ACT - 1}")
-    return c
-
-
 def _table(rows: np.ndarray):
     """The device copy of the (L, 16) int64 parameter table, cached by content."""
     import cupy
-    key = (_device_id(), rows.shape[0], rows.tobytes())
+    key = (device_id(), rows.shape[0], rows.tobytes())
     t = _tables.get(key)
     if t is None:
         t = cupy.asarray(rows)
@@ -217,10 +181,6 @@ def _table(rows: np.ndarray):
     else:
         _tables.move_to_end(key)
     return t
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _widths(A_in, Ws) -> list[int]:
@@ -236,7 +196,7 @@ def _widths(A_in, Ws) -> list[int]:
 
 # ------------------------------------------------------------------ forward
 def _check_arch(precision: str) -> None:
-    if _suffix(precision) and int(_attrs().get("ComputeCapabilityMajor", 8)) < 8:
+    if _suffix(precision) and int(attributes().get("ComputeCapabilityMajor", 8)) < 8:
         raise RuntimeError("precision='tf32' needs a GPU of compute capability 8.0 or newer (mma.sync tf32)")
 
 
@@ -282,18 +242,18 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "flo
         r[_W], r[_B], r[_AOUT] = W.data.ptr, bs[l].data.ptr, A_out.data.ptr
         r[_ZOUT] = Z_out.data.ptr if Z_out is not None else 0
         r[_X] = X.data.ptr
-        r[_NIN], r[_NOUT], r[_ACT], r[_VEC] = n_in, n_out, _check_act(act_codes[l]), vec
+        r[_NIN], r[_NOUT], r[_ACT], r[_VEC] = n_in, n_out, check_act(act_codes[l]), vec
     table = _table(rows)
     smem = fwd_smem_bytes(wmax, bm, precision)
-    f = _fn(_fwd_name(bm, wmax, precision), smem)
-    f((_cdiv(B, bm), 1, 1), (THREADS, 1, 1), (table, np.int32(L), np.int32(B)), shared_mem=smem)
+    f = function(SPECS[0], _fwd_name(bm, wmax, precision), smem)
+    f((cdiv(B, bm), 1, 1), (THREADS, 1, 1), (table, np.int32(L), np.int32(B)), shared_mem=smem)
 
 
 # ------------------------------------------------------------------ backward
 def _workspace(G: int, L: int, wmax: int):
     import cupy
     stride = L * (wmax * wmax + wmax)
-    key = (_device_id(), G, L, wmax)
+    key = (device_id(), G, L, wmax)
     ws = _workspaces.get(key)
     if ws is None:
         ws = _workspaces[key] = cupy.empty(G * stride, dtype=np.float32)
@@ -304,13 +264,13 @@ def bwd_grid(wmax: int, n_tiles: int, precision: str = "float32") -> int:
     """Blocks of the persistent backward grid for `n_tiles` row tiles."""
     bm = CONFIGS[wmax][1]
     smem = bwd_smem_bytes(wmax, bm, precision)
-    key = (_device_id(), wmax, BWD_BLOCKS_PER_SM, precision)
+    key = (device_id(), wmax, BWD_BLOCKS_PER_SM, precision)
     per_sm = _grids.get(key)
     if per_sm is None:
-        f = _fn(_bwd_name(bm, wmax, precision), smem)
+        f = function(SPECS[0], _bwd_name(bm, wmax, precision), smem)
         per_sm = BWD_BLOCKS_PER_SM or _blocks_per_sm(f, smem)
         _grids[key] = per_sm
-    n_sm = int(_attrs().get("MultiProcessorCount", 1))
+    n_sm = int(attributes().get("MultiProcessorCount", 1))
     return max(1, min(n_tiles, per_sm * n_sm))
 
 
@@ -330,7 +290,7 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
     B = int(A_in.shape[0])
     if delta_last.shape != (B, widths[-1]):
         raise ValueError(f"fused_backward: delta_last {delta_last.shape} is not ({B}, {widths[-1]})")
-    codes = [_check_act(c) for c in act_codes]
+    codes = [check_act(c) for c in act_codes]
     # the Z each layer's g' needs: layer l (l >= 1) takes g'_{l-1} from A_outs[l-1] or Z_outs[l-1]
     for l in range(1, L):
         if codes[l - 1] in _NEEDS_Z and Z_outs[l - 1] is None:
@@ -340,7 +300,7 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
     if want_din:
         if act_code_in is None:
             raise ValueError("fused_backward: act_code_in is needed with delta_in_out")
-        code_in = _check_act(act_code_in)
+        code_in = check_act(act_code_in)
         if code_in in _NEEDS_Z and Z_in is None:
             raise ValueError("fused_backward: Z_in is needed for gelu/silu act_code_in")
         if delta_in_out.shape != (B, widths[0]):
@@ -394,11 +354,11 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
         r[_DW], r[_DB] = dWs[l].data.ptr, dbs[l].data.ptr
     table = _table(rows)
 
-    n_tiles = _cdiv(B, bm)
+    n_tiles = cdiv(B, bm)
     G = bwd_grid(wmax, n_tiles, precision)
     ws, stride = _workspace(G, L, wmax)
     smem = bwd_smem_bytes(wmax, bm, precision)
-    f = _fn(_bwd_name(bm, wmax, precision), smem)
+    f = function(SPECS[0], _bwd_name(bm, wmax, precision), smem)
     vec_dl = widths[-1] % 4 == 0 and _aligned(delta_last)
     din = delta_in_out if want_din else delta_last    # never written when want_din == 0
     vec_din = want_din and widths[0] % 4 == 0 and _aligned(delta_in_out)
@@ -407,5 +367,5 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
        din, np.int32(want_din), np.int32(vec_din),
        ws, np.int64(stride), np.int32(n_tiles)), shared_mem=smem)
     max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(L))
-    _fn(_reduce_name(wmax), 0)(
-        (_cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))
+    function(SPECS[0], _reduce_name(wmax), 0)(
+        (cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cuda_source import ModuleSpec, load
+from ..activations import ACTIVATIONS
+from .cuda_device import cdiv, check_act, compute_capability, device_id, function, sm_count
+from .cuda_source import ModuleSpec
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: (large, small) SUB per dtype
 _SUBS = {"float": (4, 2), "double": (2, 1)}
-_N_ACT = 7
+_N_ACT = len(ACTIVATIONS)
 THREADS = 256
 BK = 8
 
@@ -103,56 +105,15 @@ def _all_names() -> tuple[str, ...]:
 SPECS = (ModuleSpec(name="gemm", files=("activations.cuh", "gemm.cu"),
                     name_expressions=_all_names()),)
 
-_funcs: dict = {}
-_n_sms: dict = {}
-_ccs: dict = {}
-_smem_raised: set = set()
 _workspaces: dict = {}
 #: name of the last GEMM kernel launched (tests check which configuration ran)
 _last_kernel: str | None = None
 
 
-def _device_id() -> int:
-    import cupy
-    return cupy.cuda.runtime.getDevice()
-
-
-def _fn(name: str):
-    dev = _device_id()
-    key = (dev, name)
-    f = _funcs.get(key)
-    if f is None:
-        f = _funcs[key] = load(SPECS[0]).get_function(name)
-    return f
-
-
-def _sm_count() -> int:
-    dev = _device_id()
-    n = _n_sms.get(dev)
-    if n is None:
-        import cupy
-        n = _n_sms[dev] = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
-    return n
-
-
-def _compute_capability() -> int:
-    dev = _device_id()
-    cc = _ccs.get(dev)
-    if cc is None:
-        import cupy
-        cc = _ccs[dev] = int(cupy.cuda.Device(dev).compute_capability)
-    return cc
-
-
 def _launch(name: str, grid, args, smem: int = 0) -> None:
     """Launch kernel `name` with 256 threads a block and `smem` bytes of dynamic shared memory."""
     global _last_kernel
-    f = _fn(name)
-    if smem > 48 * 1024:
-        key = (_device_id(), name)
-        if key not in _smem_raised:
-            f.max_dynamic_shared_size_bytes = smem
-            _smem_raised.add(key)
+    f = function(SPECS[0], name, smem)
     _last_kernel = name
     f(grid, (THREADS, 1, 1), args, shared_mem=smem)
 
@@ -174,13 +135,9 @@ def _aligned(a, sub: int) -> bool:
     return a.data.ptr % (sub * a.itemsize) == 0
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _tiles(P: int, Q: int, sub: int) -> int:
     bm = 32 * sub
-    return _cdiv(P, bm) * _cdiv(Q, bm)
+    return cdiv(P, bm) * cdiv(Q, bm)
 
 
 #: tests set this to "large" (v1) or "small", or a V2_CONFIGS key ("v2": the large tile,
@@ -206,7 +163,7 @@ def _v2_cfg(kind: str, ct: str, sub: int, *aligned_pc: bool):
     else:
         name = LARGE_TILE[kind]
     cfg = V2_CONFIGS.get(name)
-    if cfg is None or _compute_capability() < 80:
+    if cfg is None or compute_capability() < 80:
         return None
     return cfg
 
@@ -219,22 +176,15 @@ def _pick_sub(ct: str, P: int, Q: int) -> int:
         return forced
     big, small = _SUBS[ct]
     bm = 32 * big
-    if P >= bm and Q >= bm and _tiles(P, Q, big) >= _sm_count():
+    if P >= bm and Q >= bm and _tiles(P, Q, big) >= sm_count():
         return big
     return small
-
-
-def _check_act(act_code) -> int:
-    act = int(act_code)
-    if not 0 <= act < _N_ACT:
-        raise ValueError(f"activation code {act_code} out of range 0..{_N_ACT - 1}")
-    return act
 
 
 # ----------------------------------------------------------------- forward
 def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None) -> None:
     """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given."""
-    act = _check_act(act_code)
+    act = check_act(act_code)
     arrays = (A_prev, W, b, A_out) + ((Z_out,) if Z_out is not None else ())
     ct = _ctype(*arrays)
     M, K = A_prev.shape
@@ -265,7 +215,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> No
 
     `A_prev` may be None for identity or gelu/silu; `Z_prev` is needed only for gelu/silu.
     """
-    act = _check_act(act_code)
+    act = check_act(act_code)
     needs_z = act in (5, 6)
     needs_a = not needs_z and act != 0
     g_src = Z_prev if needs_z else (A_prev if needs_a else None)
@@ -305,22 +255,22 @@ MAX_SPLITS = 256
 def _splits(M: int, tiles: int) -> tuple[int, int]:
     """(S, rows_per_split): enough blocks for about two per SM, each split
     >= MIN_ROWS_PER_SPLIT rows, rows_per_split a multiple of BK, no empty split."""
-    target = 2 * _sm_count()
+    target = 2 * sm_count()
     S = 1
     if tiles < target:
-        S = min(_cdiv(target, tiles), max(1, M // MIN_ROWS_PER_SPLIT), MAX_SPLITS)
+        S = min(cdiv(target, tiles), max(1, M // MIN_ROWS_PER_SPLIT), MAX_SPLITS)
     if S <= 1:
         return 1, M
-    rows = _cdiv(_cdiv(M, S), BK) * BK
-    S = _cdiv(M, rows)
+    rows = cdiv(cdiv(M, S), BK) * BK
+    S = cdiv(M, rows)
     return S, rows
 
 
 def _workspace(S: int, N: int, K: int, ct: str, dtype):
     """Cached per-split partials: S blocks of [N*K dW][N db], each padded to a multiple of 4."""
     import cupy
-    stride = _cdiv(N * K + N, 4) * 4
-    key = (_device_id(), S, N, K, ct)
+    stride = cdiv(N * K + N, 4) * 4
+    key = (device_id(), S, N, K, ct)
     ws = _workspaces.get(key)
     if ws is None:
         ws = _workspaces[key] = cupy.empty(S * stride, dtype=dtype)
@@ -368,7 +318,7 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out) -> None:
     vec_out = K % sub == 0   # ws is allocation-aligned and stride % 4 == 0
     launch((tiles, 1, S), ws, ws[NK:], rows, stride, vec_out)
     total = NK + N
-    blocks = min(_cdiv(total, 256), 8 * _sm_count())
-    _fn(_reduce_name(ct))(
+    blocks = min(cdiv(total, 256), 8 * sm_count())
+    function(SPECS[0], _reduce_name(ct))(
         (blocks, 1, 1), (256, 1, 1),
         (ws, dW_out, db_out, np.int32(S), np.int64(stride), np.int64(NK), np.int32(N)))

@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES, NEEDS_Z
-from .cuda_source import ModuleSpec, load
+from .cuda_device import function
+from .cuda_source import ModuleSpec
 
 #: block size of every kernel in elementwise.cu (EW_THREADS there)
 THREADS = 256
@@ -60,17 +61,8 @@ def _names() -> tuple[str, ...]:
 SPECS = (ModuleSpec(name="elementwise", files=("activations.cuh", "elementwise.cu"),
                     name_expressions=_names()),)
 
-_functions: dict = {}
-
-
 def _fn(name: str):
-    import cupy
-
-    key = (cupy.cuda.runtime.getDevice(), name)
-    f = _functions.get(key)
-    if f is None:
-        f = _functions[key] = load(SPECS[0]).get_function(name)
-    return f
+    return function(SPECS[0], name)
 
 
 def _ctype(a) -> str:

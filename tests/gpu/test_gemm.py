@@ -21,7 +21,7 @@ from gpubp.backends import cuda_available  # noqa: E402
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
 
 from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
-from gpubp.backends import cuda_gemm  # noqa: E402
+from gpubp.backends import cuda_device, cuda_gemm  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -206,7 +206,7 @@ def test_bwd_weight_bitwise_reproducible(N, K, force, monkeypatch):
 def test_v2_selected(cfg, monkeypatch):
     """Under FORCE_TILE = a v2 key, aligned float32 operands run the gemm2_* kernels (not a
     silent fallback to v1), and misaligned p-contiguous operands fall back to v1."""
-    if cuda_gemm._compute_capability() < 80:
+    if cuda_device.compute_capability() < 80:
         pytest.skip("v2 needs sm_80+")
     monkeypatch.setattr(cuda_gemm, "FORCE_TILE", cfg)
     bk, st = cuda_gemm.V2_CONFIGS[cfg]
