@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from .activations import ACTIVATIONS
+from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
+from .network import DTYPES
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
-    "compile-check": ("gpubp.compile_check", "compile the CUDA kernels and check them against numpy"),
+    "compile-check": ("gpubp.compile_check", "compile every CUDA kernel with NVRTC (no GPU) and report registers, spills and shared memory"),
     "bench": ("gpubp.bench", "time training steps against the device's measured ceilings"),
 }
 
@@ -193,8 +195,8 @@ def _add_train(sub):
                    help="weight decay (default 0; adamw 0.01)")
     g.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set")
     g.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
-    g.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto", help="backend")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="dtype")
+    g.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
     g = p.add_argument_group("output")
     g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
@@ -427,8 +429,8 @@ def _add_gradcheck(sub):
     p.add_argument("--loss", choices=LOSSES, default="mse", help="loss")
     p.add_argument("--all-activations", action="store_true", help="check every hidden activation in turn")
     p.add_argument("--all-losses", action="store_true", help="check every loss in turn")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto", help="backend")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float64",
                    help="dtype (finite differences need float64; float32 only with a larger --eps and "
                         "--threshold)")
     p.add_argument("--batch", type=_positive_int, default=5, help="samples in the random batch")

@@ -256,7 +256,8 @@ class MLP:
             e = np.exp(z - z.max(axis=1, keepdims=True))
             p = e / e.sum(axis=1, keepdims=True)
         else:
-            p = np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+            e = np.exp(-np.abs(z))                      # stable: e in (0, 1]
+            p = np.where(z >= 0, 1.0, e) / (1.0 + e)
         return p.astype(self.dtype)
 
     def loss_and_grads(self, X, Y):
