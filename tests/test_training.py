@@ -93,3 +93,13 @@ def test_captured_step_equals_plain_steps(rng):
         assert np.array_equal(W, W2)
     with pytest.raises(ValueError, match="shaped like the first"):
         step(X[:7], y[:7])
+
+
+def test_predict_proba_of_binary_cross_entropy_is_a_stable_sigmoid(rng):
+    net = gpubp.MLP([3, 2], loss="binary_cross_entropy", backend="numpy", dtype="float64", seed=0)
+    X = rng.standard_normal((50, 3)) * 400            # logits far past exp's range
+    z = net.forward(X)
+    p = net.predict_proba(X)
+    assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+    np.testing.assert_allclose(p, 0.5 * (1 + np.tanh(z / 2)), rtol=1e-12, atol=1e-300)
+    np.testing.assert_array_equal(net.predict(X), (z > 0).astype(int))
