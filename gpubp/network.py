@@ -353,12 +353,17 @@ class MLP:
         """The step plan for batches of `B` rows (kept; the least recently used beyond MAX_PLANS go)."""
         plan = self._plans.get(B)
         if plan is None:
-            plan = self.backend.make_plan(self.sizes, self.activations, B, self.dtype, self.precision)
+            plan = self._new_plan(B)
             self._plans[B] = plan
             while len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(B)
+        return plan
+
+    def _new_plan(self, B):
+        plan = self.backend.make_plan(self.sizes, self.activations, B, self.dtype, self.precision)
+        self.backend.prepare(plan, self.loss)   # the CUDA backend compiles the step's kernels here
         return plan
 
     def _forward(self, X, plan=None):
@@ -500,7 +505,7 @@ class MLP:
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
         opt = self._bind(opt)
-        plan = self.backend.make_plan(self.sizes, self.activations, Xs.shape[0], self.dtype, self.precision)
+        plan = self._new_plan(Xs.shape[0])
         loss_out = self.backend.zeros((1,), self.dtype)
         self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))

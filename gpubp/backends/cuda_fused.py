@@ -361,3 +361,12 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
     max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(L))
     function(SPECS[0], _reduce_name(wmax), 0)(
         (cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))
+
+
+# ------------------------------------------------------------------ what a run launches
+def kernel_names(widths, precision: str = "float32") -> set[str]:
+    """The kernels of a fused run of layers of these widths (input width first)."""
+    _suffix(precision)
+    wmax = _wmax(widths)
+    bm_f, bm_b = CONFIGS[wmax]
+    return {_fwd_name(bm_f, wmax, precision), _bwd_name(bm_b, wmax, precision), _reduce_name(wmax)}

@@ -197,3 +197,18 @@ def adam_update(params, grads, m, v, lr: float, beta1: float, beta2: float, eps:
                                  (params, grads, m, v, np.int64(n), step, np.float64(lr), np.float64(beta1),
                                   np.float64(beta2), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
                                   T(weight_decay), T(1.0 - lr * weight_decay), np.int32(mode), vec))
+
+
+# ------------------------------------------------------------------ what a step launches
+def kernel_names(dtype, loss: str, act_code: int, n_out: int) -> set[str]:
+    """The loss kernels a step may launch (cross-entropy: both the label and the probability
+    variant) and both optimizer updates, for arrays of `dtype`."""
+    ctype = _CTYPES[np.dtype(dtype)]
+    if loss == "cross_entropy":
+        block_row = n_out > CE_WARP_MAX_WIDTH
+        names = {_ce_name(ctype, True, block_row), _ce_name(ctype, False, block_row)}
+    elif loss == "binary_cross_entropy":
+        names = {_pointwise_name(ctype, _LOSS_CODES[loss], ACT_CODES["identity"])}
+    else:
+        names = {_pointwise_name(ctype, _LOSS_CODES[loss], act_code)}
+    return names | {f"loss_finalize<{ctype}>", f"sgd_update<{ctype}>", f"adam_update<{ctype}>"}
