@@ -379,3 +379,16 @@ def test_checkpoint_module_does_not_import_the_network():
     src = (Path(gpubp.__file__).parent / "checkpoint.py").read_text()
     imports = [l for l in src.splitlines() if l.lstrip().startswith(("import ", "from "))]
     assert imports and not any("network" in l or l.lstrip().startswith("from .") for l in imports)
+
+
+def test_version_1_files_without_generator_state_still_load(tmp_path):
+    net, path, X, y = trained(tmp_path, gpubp.optim.SGD(0.1, momentum=0.9))
+    arrays, meta = read_all(path)
+    meta["version"] = 1
+    del meta["rng"]
+    old = write_consistent(tmp_path / "v1.npz", arrays, meta)
+    back = gpubp.MLP.load(old, backend="numpy")
+    assert same_params(back, net) and back.optimizer.t == net.optimizer.t
+    meta["version"] = 3
+    with pytest.raises(ValueError, match="format version 3"):
+        gpubp.MLP.load(write_consistent(tmp_path / "v3.npz", arrays, meta), backend="numpy")
