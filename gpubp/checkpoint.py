@@ -149,7 +149,8 @@ class Checkpoint:
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError,
+                NotImplementedError) as e:
             self.fail(f"the file cannot be read as a checkpoint archive ({e})")
         try:
             self._members = {}
@@ -157,6 +158,8 @@ class Checkpoint:
                 name = info.filename
                 if not name.endswith(".npy"):
                     self.fail(f"it holds {name!r}, which is not a numpy array")
+                if name[:-4] in self._members:
+                    self.fail(f"it holds {name!r} twice")
                 self._check_member_size(info)
                 self._members[name[:-4]] = info
             if "meta" not in self._members:
@@ -206,7 +209,8 @@ class Checkpoint:
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
                 offset = f.tell()
-        except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as e:
+        except (ValueError, TypeError, OSError, EOFError, SyntaxError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile) as e:
             self.fail(f"array {name!r} has no readable header ({e})")
         if dtype.hasobject or dtype.name not in ARRAY_DTYPES:
             self.fail(f"array {name!r} has dtype {dtype}; a checkpoint holds only {', '.join(ARRAY_DTYPES)}")
@@ -222,7 +226,8 @@ class Checkpoint:
         try:
             with self._zip.open(self._members[name]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile) as e:
             self.fail(f"array {name!r} cannot be read ({e}; the file is damaged)")
 
     def _read_meta(self) -> dict:

@@ -392,3 +392,23 @@ def test_version_1_files_without_generator_state_still_load(tmp_path):
     meta["version"] = 3
     with pytest.raises(ValueError, match="format version 3"):
         gpubp.MLP.load(write_consistent(tmp_path / "v3.npz", arrays, meta), backend="numpy")
+
+
+def test_random_damage_gives_a_value_error_or_the_same_network(tmp_path):
+    net, path, _, _ = trained(tmp_path, gpubp.optim.Adam(0.01))
+    data = path.read_bytes()
+    rng = np.random.default_rng(2024)
+    bad = tmp_path / "damaged.npz"
+    for trial in range(150):
+        b = bytearray(data)
+        if trial % 3 == 0:
+            b = b[: rng.integers(0, len(b))]
+        else:
+            for _ in range(rng.integers(1, 4)):
+                b[rng.integers(0, len(b))] = rng.integers(0, 256)
+        bad.write_bytes(bytes(b))
+        try:
+            back = gpubp.MLP.load(bad, backend="numpy")
+        except ValueError:
+            continue
+        assert same_params(back, net) and back.optimizer.t == net.optimizer.t   # damage outside the data
