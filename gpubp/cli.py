@@ -716,8 +716,10 @@ def main(argv=None) -> int:
     stops quietly with status 0: the rest of the output is discarded.
     """
     try:
-        rc = _main(argv)
-        sys.stdout.flush()         # a closed pipe shows here, not at interpreter exit
+        try:
+            rc = _main(argv)
+        finally:                   # also after --help and usage errors (SystemExit)
+            sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
         return rc
     except BrokenPipeError:
         _discard_stdout()
