@@ -412,3 +412,15 @@ def test_random_damage_gives_a_value_error_or_the_same_network(tmp_path):
         except ValueError:
             continue
         assert same_params(back, net) and back.optimizer.t == net.optimizer.t   # damage outside the data
+
+
+def test_no_array_data_is_read_before_the_configuration_is_checked(tmp_path, monkeypatch):
+    arrays, meta = _adam_file(tmp_path)
+    meta["config"]["loss"] = "hinge"
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    read = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, *a, **k: (read.append(1), real(f, *a, **k))[1])
+    with pytest.raises(ValueError, match="config.loss"):
+        gpubp.MLP.load(bad, backend="numpy")
+    assert len(read) == 1                       # the metadata only
