@@ -671,8 +671,11 @@ class MLP:
         meta = {"config": dict(self.config(), seed=_seed_for_file(self.seed)),
                 "shapes": [[o, i] for _, o, i, _ in self.layout.segments],
                 "optimizer": None, "rng": _rng_state_for_file(self._rng),
+                "standardization": self.standardization is not None, "target_ndim": self.target_ndim,
                 "metadata": checkpoint.json_data(metadata if metadata is not None else self.metadata)}
         arrays = {"params": self.backend.to_numpy(self._params)}
+        if self.standardization is not None:
+            arrays["input_mean"], arrays["input_std"] = self.standardization
         opt = self.optimizer
         if opt is not None:
             for name, buf in opt.state.items():
@@ -695,17 +698,20 @@ class MLP:
         be = get_backend(backend)        # the caller's argument: checked first, blamed as such
         with checkpoint.Checkpoint(path) as ck:
             spec = _checkpoint_spec(ck)   # configuration and array headers only: nothing large is read
-            arrays = {name: ck.array(name, shape, spec["dtype"]) for name, shape in spec["arrays"].items()}
+            arrays = {name: ck.array(name, shape, dtype) for name, (shape, dtype) in spec["arrays"].items()}
             _check_checkpoint_values(ck, spec, arrays)
             cfg = spec["config"]
             try:
                 net = cls(cfg["layer_sizes"], activation=cfg["activation"],
                           output_activation=cfg["output_activation"], loss=cfg["loss"], backend=be,
-                          dtype=cfg["dtype"], seed=cfg["seed"], precision=cfg["precision"])
+                          dtype=cfg["dtype"], seed=cfg["seed"], precision=cfg["precision"], init=cfg["init"])
+                if "input_mean" in arrays:
+                    net.set_standardization(arrays["input_mean"], arrays["input_std"])
             except (TypeError, ValueError) as e:
                 ck.fail(f"its configuration is refused: {e}")
         net._params[...] = be.asarray(arrays["params"], net.dtype)
         net.metadata = spec["metadata"]
+        net.target_ndim = spec["target_ndim"]
         if spec["rng"] is not None:
             net._rng = spec["rng"]
         opt = spec["optimizer"]
@@ -799,6 +805,9 @@ def _checkpoint_spec(ck) -> dict:
         bad("config.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "tf32" and dtype != np.float32:
         bad("config.precision", f"'tf32' needs dtype float32, got {dtype.name}")
+    init = ck.field(c, "init", str, "config") if "init" in c else "torch"
+    if init not in INITS:
+        bad("config.init", f"must be one of {', '.join(INITS)}, got {init!r}")
     seed = c.get("seed")
     if seed is not None:
         try:
@@ -810,7 +819,13 @@ def _checkpoint_spec(ck) -> dict:
     if "shapes" in meta and meta["shapes"] != shapes:
         bad("shapes", f"layer shapes {meta['shapes']} (n_out, n_in) do not fit the network {list(sizes)} "
                       f"of its configuration ({shapes})")
-    arrays = {"params": (layout.total,)}
+    arrays = {"params": ((layout.total,), dtype)}
+    standardized = ck.field(meta, "standardization", bool) if "standardization" in meta else False
+    if standardized:
+        arrays.update(input_mean=((sizes[0],), np.float64), input_std=((sizes[0],), np.float64))
+    target_ndim = ck.field(meta, "target_ndim", (int, type(None))) if "target_ndim" in meta else None
+    if target_ndim not in (None, 1, 2):
+        bad("target_ndim", f"must be null, 1 or 2, got {target_ndim}")
 
     om = ck.field(meta, "optimizer", (dict, type(None)))
     opt, t = None, 0
@@ -831,13 +846,13 @@ def _checkpoint_spec(ck) -> dict:
         state = ck.field(om, "state", list, "optimizer")
         if sorted(state) != sorted(opt.state_names):
             bad("optimizer.state", f"{state} does not fit {opt!r}, which keeps {sorted(opt.state_names)}")
-        arrays.update({f"opt.{n}": (layout.total,) for n in opt.state_names})
+        arrays.update({f"opt.{n}": ((layout.total,), dtype) for n in opt.state_names})
 
     extra = sorted(set(ck.headers) - set(arrays) - {"meta"})
     if extra:
         ck.fail(f"it holds arrays {extra} that its configuration does not use")
-    for name, shape in arrays.items():
-        ck.check_array(name, shape, dtype)
+    for name, (shape, dt) in arrays.items():
+        ck.check_array(name, shape, dt)
 
     rng = None
     version = meta["version"]
@@ -854,13 +869,14 @@ def _checkpoint_spec(ck) -> dict:
             bad("rng", f"not a valid {kind} state ({type(e).__name__}: {e})")
     metadata = ck.field(meta, "metadata", dict)
     return {"config": {"layer_sizes": list(sizes), "activation": hidden, "output_activation": out_act,
-                       "loss": loss, "dtype": dtype.name, "seed": seed, "precision": precision},
-            "dtype": dtype, "layout": layout, "arrays": arrays, "optimizer": opt, "t": t, "rng": rng,
-            "metadata": metadata}
+                       "loss": loss, "dtype": dtype.name, "seed": seed, "precision": precision, "init": init},
+            "layout": layout, "arrays": arrays, "optimizer": opt, "t": t, "rng": rng,
+            "target_ndim": target_ndim, "metadata": metadata}
 
 
 def _check_checkpoint_values(ck, spec, arrays) -> None:
-    """Parameters and optimizer state: finite, zero in the layout's padding, second moments >= 0."""
+    """Every array finite; parameters and optimizer state zero in the layout's padding, second
+    moments >= 0; the input standardisation's deviations > 0."""
     layout = spec["layout"]
     padding = np.ones(layout.total, dtype=bool)
     for w, o, i, b in layout.segments:
@@ -869,6 +885,10 @@ def _check_checkpoint_values(ck, spec, arrays) -> None:
     for name, a in arrays.items():
         if not np.isfinite(a).all():
             ck.fail(f"array {name!r} holds NaN or infinite values")
+        if name == "input_std" and (a <= 0).any():
+            ck.fail("array 'input_std' holds a standard deviation <= 0")
+        if name.startswith("input_"):
+            continue
         if a[padding].any():
             ck.fail(f"array {name!r} is not zero in the padding between layers")
         if name.split(".", 1)[-1] in _NONNEGATIVE_STATE and name.startswith("opt.") and (a < 0).any():

@@ -176,9 +176,9 @@ def test_fit_save_load_fit_equals_one_uninterrupted_fit(tmp_path, make_opt):
         return gpubp.MLP([4, 8, 3], activation="tanh", loss="cross_entropy", backend="numpy", seed=11)
 
     whole = fresh()
-    whole.fit(X, y, epochs=4, batch_size=8, optimizer=make_opt(), shuffle=True, progress=False)
+    whole.fit(X, y, epochs=4, batch_size=8, optimizer=make_opt(), shuffle=True, progress=False, standardize=True)
     first = fresh()
-    first.fit(X, y, epochs=2, batch_size=8, optimizer=make_opt(), shuffle=True, progress=False)
+    first.fit(X, y, epochs=2, batch_size=8, optimizer=make_opt(), shuffle=True, progress=False, standardize=True)
     first.save(tmp_path / "half.npz")
     resumed = gpubp.MLP.load(tmp_path / "half.npz", backend="numpy")
     resumed.fit(X, y, epochs=2, batch_size=8, optimizer=resumed.optimizer, shuffle=True, progress=False)
@@ -424,3 +424,43 @@ def test_no_array_data_is_read_before_the_configuration_is_checked(tmp_path, mon
     with pytest.raises(ValueError, match="config.loss"):
         gpubp.MLP.load(bad, backend="numpy")
     assert len(read) == 1                       # the metadata only
+
+
+def test_standardization_target_shape_and_init_come_back(tmp_path):
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((30, 3)) * 5 + 2, rng.standard_normal(30)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2, init="xavier")
+    net.fit(X, y, epochs=1, batch_size=10, optimizer="sgd", progress=False, standardize=True)
+    net.save(tmp_path / "s.npz")
+    back = gpubp.MLP.load(tmp_path / "s.npz", backend="numpy")
+    assert back.config() == net.config() and back.init == "xavier"
+    assert back.target_ndim == net.target_ndim == 1
+    for a, b in zip(back.standardization, net.standardization):
+        assert np.array_equal(a, b)
+    assert np.array_equal(back.predict(X), net.predict(X)) and back.predict(X).shape == (30,)
+
+
+STANDARDIZED_MALFORMED = [
+    ("bad-init", lambda a, m: m["config"].__setitem__("init", "orthogonal"), "config.init"),
+    ("standardization-type", lambda a, m: m.__setitem__("standardization", "yes"), "'standardization'"),
+    ("no-mean", lambda a, m: _pop(a, "input_mean"), "'input_mean'"),
+    ("mean-shape", lambda a, m: a.__setitem__("input_mean", a["input_mean"][:2]), "'input_mean'.*shape"),
+    ("std-zero", lambda a, m: a["input_std"].__setitem__(1, 0.0), "'input_std'.*<= 0"),
+    ("mean-nan", lambda a, m: a["input_mean"].__setitem__(0, np.nan), "'input_mean'.*NaN"),
+    ("target-ndim", lambda a, m: m.__setitem__("target_ndim", 3), "'target_ndim'"),
+    ("target-ndim-type", lambda a, m: m.__setitem__("target_ndim", "1"), "'target_ndim'"),
+]
+
+
+@pytest.mark.parametrize("spoil, field", [m[1:] for m in STANDARDIZED_MALFORMED],
+                         ids=[m[0] for m in STANDARDIZED_MALFORMED])
+def test_malformed_standardization_fields_are_named(tmp_path, spoil, field):
+    rng = np.random.default_rng(8)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2)
+    net.fit(rng.standard_normal((20, 3)), rng.standard_normal(20), epochs=1, batch_size=10, optimizer="sgd",
+            progress=False, standardize=True)
+    net.save(tmp_path / "s.npz")
+    arrays, meta = read_all(tmp_path / "s.npz")
+    spoil(arrays, meta)
+    with pytest.raises(ValueError, match=field):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
