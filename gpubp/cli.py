@@ -134,13 +134,53 @@ def _hidden_activation(names, n_hidden):
     return list(names)
 
 
-def _check_writable(path, what):
+def output_path_problem(path) -> str | None:
+    """Why the file `path` cannot be written (None when it can): checked before any work is done.
+
+    Its folder must be an existing directory we may write into, and the path
+    itself not a directory nor an existing file we may not write.
+    """
+    import os
+
     p = Path(path)
+    parent = p.parent
+    if str(path) == "" or p.name in ("", ".", ".."):
+        return "is not a file name"
     if p.is_dir():
-        raise UsageError(f"{what} {path!r} is a directory; give a file name")
-    if not p.parent.exists():
-        raise UsageError(f"{what} {path!r}: the directory {str(p.parent)!r} does not exist")
-    return p
+        return "is a directory; give a file name"
+    if not parent.exists():
+        return f"the directory {str(parent)!r} does not exist"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the directory {str(parent)!r} is not writable"
+    if p.exists() and not os.access(p, os.W_OK):
+        return "exists and is not writable"
+    return None
+
+
+def output_dir_problem(path) -> str | None:
+    """Why the folder `path` cannot receive files (None when it can, or can be created)."""
+    import os
+
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            return "exists and is not a directory"
+        return None if os.access(p, os.W_OK | os.X_OK) else "is not writable"
+    q = p.absolute().parent           # the nearest existing ancestor must let us create the rest
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        return f"{str(q)!r} is not a directory"
+    return None if os.access(q, os.W_OK | os.X_OK) else f"the directory {str(q)!r} is not writable"
+
+
+def _check_writable(path, what):
+    why = output_path_problem(path)
+    if why is not None:
+        raise UsageError(f"{what} {str(path)!r}: {why}")
+    return Path(path)
 
 
 def _make_backend(name):
@@ -332,13 +372,21 @@ def cmd_train(args) -> int:
         meta = {"dataset": ds.name}
         if ds.mean is not None:
             meta.update(input_mean=ds.mean, input_std=ds.std)
-        net.save(args.save, metadata=meta)
+        try:
+            net.save(args.save, metadata=meta)
+        except OSError as e:          # e.g. the disk filled up: the previous file is intact
+            print(f"gpubp train: could not write the checkpoint {args.save}: {e}", file=sys.stderr)
+            return 1
         print(f"saved checkpoint to {args.save} (its metadata holds the data set and the input "
               f"standardisation: input_mean, input_std)")
     if args.plot:
         from .plotting import plot_history
 
-        plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
+        try:
+            plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
+        except OSError as e:
+            print(f"gpubp train: could not write the plot {args.plot}: {e}", file=sys.stderr)
+            return 1
         print(f"saved curves to {args.plot}")
     return 0
 
@@ -374,10 +422,28 @@ def _add_explain(sub):
     p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the weights when no file gives them")
-    p.add_argument("--json", action="store_true", help="print the trace as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the trace as strict JSON (a value that overflowed is written as the string "
+                        '"NaN", "Infinity" or "-Infinity")')
     p.add_argument("--digits", type=_positive_int, default=10, help="significant digits of the text")
     p.set_defaults(func=cmd_explain)
     return p
+
+
+#: how `--json` outputs write the values JSON has no number for
+NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float replaced by a string ("NaN", "Infinity", "-Infinity"),
+    so that `json.dumps(..., allow_nan=False)` writes strict JSON any parser reads."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return NON_FINITE_JSON[repr(obj)]
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def cmd_explain(args) -> int:
@@ -405,7 +471,7 @@ def cmd_explain(args) -> int:
     if prob.expected:
         trace["expected"] = prob.expected
     if args.json:
-        print(json.dumps(trace, indent=2))
+        print(json.dumps(strict_json(trace), indent=2, allow_nan=False))
     else:
         title = prob.description or "one backprop step"
         print(explain.format_trace(trace, args.digits, title=f"{title}\nweights: {prob.weights_from}"))
@@ -644,7 +710,38 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    """Run the command line `argv` (default `sys.argv[1:]`); returns the exit status."""
+    """Run the command line `argv` (default `sys.argv[1:]`); returns the exit status.
+
+    When the reader of the output goes away (`gpubp ... | head`), the command
+    stops quietly with status 0: the rest of the output is discarded.
+    """
+    try:
+        try:
+            rc = _main(argv)
+        finally:                   # also after --help and usage errors (SystemExit)
+            sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        _discard_stdout()
+        return 0
+
+
+def _discard_stdout():
+    """Point stdout at the null device, so that Python's final flush cannot fail again."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # not a real file (e.g. captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTERNAL:
         return run_external(argv[0], argv[1:])

@@ -14,6 +14,7 @@ enough to read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -240,6 +241,10 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     d["layer_sizes"] = sizes
+    if "lr" in d:                      # a rate the file gives is used as it is, never replaced
+        lr = d["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f'{where}: "lr" must be a positive finite number, got {lr!r}')
     return d
 
 
@@ -329,7 +334,8 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     y = parse_vector(y, "the target")
     if x.shape[-1] != sizes[0]:
         raise ValueError(f"the input has {x.shape[-1]} values per sample; the network takes {sizes[0]}")
-    lr_v = float(pick("lr", lr) or 0.1)
+    lr_v = pick("lr", lr)
+    lr_v = 0.1 if lr_v is None else float(lr_v)
 
     if weights is not None:
         params, weights_from = wf["params"], weights_name or f"file {weights}"
