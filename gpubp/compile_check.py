@@ -24,7 +24,7 @@ from .backends import cuda_source
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
 #: the launcher modules whose `SPECS` `all_specs()` gathers
-_LAUNCHER_MODULES = ("cuda_gemm", "cuda_kernels", "cuda_fused")
+_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)

@@ -105,7 +105,7 @@ def test_a_missing_launcher_module_is_reported(monkeypatch):
         raise ImportError("no module named gpubp.backends.cuda_missing")
 
     monkeypatch.setattr(cc, "all_specs", broken)
-    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_kernels"))
+    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_elementwise"))
     rows = cc.compile_check(("sm_90",))
     errors = [r for r in rows if r["error"]]
     assert len(errors) == 1 and "cuda_missing" in errors[0]["error"]

@@ -1,7 +1,7 @@
 """The CUDA backend: CuPy device arrays and gpubp's own kernels.
 
 Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
-the loss and the optimizer updates to `cuda_kernels` (kernels/elementwise.cu).
+the loss and the optimizer updates to `cuda_elementwise` (kernels/elementwise.cu).
 Every method launches on CuPy's current stream and never waits for the device.
 Temporaries (loss partials, split-K and fused-run workspaces, pointer tables)
 live in the caller's `Scratch` (a step plan's), so with a plan a step allocates
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES
-from . import cuda_fused, cuda_gemm, cuda_kernels
+from . import cuda_fused, cuda_gemm, cuda_elementwise
 from .cuda_device import device_id, load_kernels
 from .base import Backend
 from .plan import scratch_buffer
@@ -191,9 +191,9 @@ class CudaBackend(Backend):
 
     # ----------------------------------------------------------- loss
     def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
-        partials = scratch_buffer(scratch, "loss_partials", shape=(cuda_kernels.MAX_PARTIALS,),
+        partials = scratch_buffer(scratch, "loss_partials", shape=(cuda_elementwise.MAX_PARTIALS,),
                                   dtype=np.float64, xp=self._cupy)
-        cuda_kernels.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials)
+        cuda_elementwise.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials)
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
@@ -233,7 +233,7 @@ class CudaBackend(Backend):
     def prepare(self, plan, loss):
         """Compile, in one go, the kernels a step of `plan` launches (forward, loss, backward,
         updates), so the first step does not stop at each new kernel."""
-        wanted = {cuda_gemm.SPECS[0]: set(), cuda_fused.SPECS[0]: set(), cuda_kernels.SPECS[0]: set()}
+        wanted = {cuda_gemm.SPECS[0]: set(), cuda_fused.SPECS[0]: set(), cuda_elementwise.SPECS[0]: set()}
         sizes, acts, dt = plan.sizes, plan.activations, plan.dtype
         for first, last, fused in self._segments(sizes, plan.batch, dt, plan.precision):
             if fused:
@@ -243,7 +243,7 @@ class CudaBackend(Backend):
             prev = ACT_CODES[acts[l - 2]] if l > 1 else (ACT_CODES["identity"] if plan.input_grad else None)
             wanted[cuda_gemm.SPECS[0]] |= cuda_gemm.kernel_names(dt, plan.batch, sizes[l], sizes[l - 1],
                                                                   ACT_CODES[acts[l - 1]], prev, self.tile)
-        wanted[cuda_kernels.SPECS[0]] |= cuda_kernels.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
+        wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
         load_kernels(wanted)
 
     def network_forward(self, plan, layers):
@@ -283,8 +283,8 @@ class CudaBackend(Backend):
 
     # ----------------------------------------------------------- updates
     def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):
-        cuda_kernels.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
+        cuda_elementwise.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
 
     def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
                     scratch=None):
-        cuda_kernels.adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
+        cuda_elementwise.adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)

@@ -1,6 +1,6 @@
 """The current CUDA device: its id, its attributes, and the kernels loaded on it.
 
-One place for what every kernel launcher (`cuda_gemm`, `cuda_kernels`,
+One place for what every kernel launcher (`cuda_gemm`, `cuda_elementwise`,
 `cuda_fused`) and the CUDA backend ask of the device, each read once per device
 and kept: device attributes and compiled kernels are read-only once made, so
 every network and thread can share them.
@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 
-from ..activations import ACTIVATIONS
 from .cuda_source import NVRTC_OPTIONS, ModuleSpec
 
 #: the default dynamic shared-memory limit of a block; more needs an opt-in per kernel
@@ -115,15 +114,3 @@ def function(spec: ModuleSpec, name: str, smem: int = 0):
         entry[0].max_dynamic_shared_size_bytes = smem
         entry[1] = smem
     return entry[0]
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def check_act(code) -> int:
-    """`code` as an int, if it is an activation code (gpubp.activations.ACT_CODES)."""
-    c = int(code)
-    if not 0 <= c < len(ACTIVATIONS):
-        raise ValueError(f"activation code {code} out of range 0..{len(ACTIVATIONS) - 1}")
-    return c

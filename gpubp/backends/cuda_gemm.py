@@ -40,11 +40,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACTIVATIONS
-from .cuda_device import cdiv, check_act, compute_capability, function, sm_count
+from .cuda_device import compute_capability, function, sm_count
+from .cuda_launch import aligned, cdiv, check_act, check_arrays, ctype
 from .cuda_source import ModuleSpec
 from .kernel_constants import GEMM2_BM, GEMM_BK, GEMM_PAD, GEMM_THREADS
 
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: (large, small) SUB per dtype
 _SUBS = {"float": (4, 2), "double": (2, 1)}
 _N_ACT = len(ACTIVATIONS)
@@ -105,20 +105,15 @@ def _launch(name: str, grid, args, smem: int = 0) -> str:
 
 
 def _ctype(*arrays) -> str:
-    dt = arrays[0].dtype
-    ct = _CTYPES.get(dt)
-    if ct is None:
-        raise TypeError(f"gemm kernels take float32 or float64 arrays, got {dt}")
-    for a in arrays:
-        if a.dtype != dt:
-            raise TypeError(f"mixed dtypes: {a.dtype} and {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError("gemm kernels need C-contiguous arrays")
+    """The C type of the arrays, which must share one dtype and be C-contiguous."""
+    ct = ctype(arrays[0].dtype, "gemm kernels")
+    check_arrays(arrays[0].dtype, *arrays, what="gemm kernels")
     return ct
 
 
 def _aligned(a, sub: int) -> bool:
-    return a.data.ptr % (sub * a.itemsize) == 0
+    """Aligned for a vector of `sub` elements."""
+    return aligned(a, sub * a.itemsize)
 
 
 def _tiles(P: int, Q: int, sub: int) -> int:
@@ -307,9 +302,7 @@ def kernel_names(dtype, M: int, N: int, K: int, act_code: int, prev_act_code=Non
     batch is split) and, when `prev_act_code` is given, its input gradient through that g'.
     Operands are assumed 16-byte aligned where the shapes allow (as plan buffers and parameter
     views are); a launch that finds otherwise compiles its kernel when it first runs."""
-    ct = _CTYPES.get(np.dtype(dtype))
-    if ct is None:
-        raise TypeError(f"gemm kernels take float32 or float64 arrays, got {np.dtype(dtype)}")
+    ct = ctype(dtype, "gemm kernels")
     names = {_fwd_name(ct, check_act(act_code), _pick_sub(ct, M, N, tile))}
     if prev_act_code is not None:
         names.add(_bwd_data_name(ct, check_act(prev_act_code), _pick_sub(ct, M, K, tile)))
