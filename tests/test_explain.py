@@ -384,3 +384,39 @@ def test_no_example_names_a_document_outside_the_package():
     for name in explain.EXAMPLES:
         text = explain._example_text(name).lower()
         assert "seed" not in text and "../" not in text and "spec.md" not in text, name
+
+
+# ---------------------------------------------------------------- docs/explain.md's momentum claim
+def test_momentum_equals_the_texts_form_at_a_constant_rate_only():
+    from gpubp.backends import get_backend
+    from gpubp.optim import SGD
+
+    rng = np.random.default_rng(4)
+    grads = [rng.normal(size=5) for _ in range(6)]
+
+    def gpubp_steps(rates):
+        be, w, opt = get_backend("numpy"), np.zeros(5), SGD(rates[0], momentum=0.9)
+        out = []
+        for g, lr in zip(grads, rates):
+            opt.lr = lr
+            opt.step(be, w, g.copy())
+            out.append(w.copy())
+        return out
+
+    def texts_steps(rates):                        # dw_t = -eps g_t + alpha dw_{t-1}
+        w, dw, out = np.zeros(5), np.zeros(5), []
+        for g, eps in zip(grads, rates):
+            dw = -eps * g + 0.9 * dw
+            w = w + dw
+            out.append(w.copy())
+        return out
+
+    constant = [0.1] * 6
+    for a, b in zip(gpubp_steps(constant), texts_steps(constant)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    cut = [0.1] * 3 + [0.01] * 3
+    a, b = gpubp_steps(cut), texts_steps(cut)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-13)
+    assert not np.allclose(a[3], b[3], rtol=1e-6)
+    # gpubp: dw_t = -eta_t g_t + mu (eta_t / eta_{t-1}) dw_{t-1}
+    np.testing.assert_allclose(a[3] - a[2], -0.01 * grads[3] + 0.9 * (0.01 / 0.1) * (a[2] - a[1]), rtol=1e-12)
