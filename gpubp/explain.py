@@ -135,29 +135,26 @@ def check_params(params, layer_sizes=None):
 
 # ---------------------------------------------------------------- the network's own step
 def _network_step(net, X, Y, lr):
-    """One training step of `net` (plain SGD at `lr`), keeping copies of what the step plan held.
+    """One training step of `net` (plain SGD at `lr`), keeping copies of what its step plan held.
 
-    This is the one place that knows the network's step internals: the plan
-    returned by `net._forward`, the backward pass, the loss buffer, the
-    gradient views `net._dWb` and the optimizer step.
+    This is the one place that knows the network's step internals: `net._step`
+    (forward, loss and delta, backward, optimizer step: the step `fit` runs)
+    returns the plan it used, whose `A`, `Z`, `delta` and `loss` are the
+    step's, and `net._dWb` holds the step's gradients.
     """
     from .optim import SGD
 
     X = net._inputs(X)
     Y = net._targets(Y, X.shape[0])
-    plan = net._forward(X)
-    A = [np.array(a, dtype=np.float64, copy=True) for a in plan.A]
-    Z = [None if z is None else np.array(z, dtype=np.float64, copy=True) for z in plan.Z]
-    net._backward(plan, Y, net._loss_buf)
-    loss = float(net._loss_buf[0])
-    delta = [None if d is None else np.array(d, dtype=np.float64, copy=True) for d in plan.delta]
-    grads = [(np.array(dW, copy=True), np.array(db, copy=True)) for dW, db in net._dWb]
-    opt = net._bind(SGD(lr))
-    opt.step(net.backend, net._params, net._grads)
-    updated = net.get_params()
-    loss_after, _ = net.loss_and_grads(X, Y)
-    return {"A": A, "Z": Z, "delta": delta, "grads": grads, "loss": loss, "updated": updated,
-            "loss_after": float(loss_after)}
+    opt = net._bind(net._resolve_optimizer(SGD(lr)))
+    plan = net._step(X, Y, opt)
+    copy = lambda a: None if a is None else np.array(a, dtype=np.float64, copy=True)  # noqa: E731
+    out = {"A": [copy(a) for a in plan.A], "Z": [copy(z) for z in plan.Z], "delta": [copy(d) for d in plan.delta],
+           "loss": float(plan.loss[0]),
+           "grads": [(np.array(dW, copy=True), np.array(db, copy=True)) for dW, db in net._dWb],
+           "updated": net.get_params()}
+    out["loss_after"] = float(net.loss_and_grads(X, Y)[0])
+    return out
 
 
 def activation_derivative(name, a, z):

@@ -8,10 +8,10 @@ array's own device and only the scalar comes back).
 
 At the last step of each epoch `fit(..., grad_norms=True)` is meant to call
 
-    stats = layer_stats(W_before, W_after, dW, delta)   # lists of per-layer floats
+    stats = layer_stats(W_before, W_after, dW, delta)   # one dict per layer
     record(history, stats)                              # append to history[key] for each key
-    for w in flow_warnings(stats["grad_norms"]):        # vanishing / exploding, naming the layer
-        warnings.warn(str(w), GradientFlowWarning)      # e.g. once per (w.layer, w.kind)
+    for w in flow_warnings(stats):                      # vanishing / exploding, naming the layer
+        warnings.warn(w, GradientFlowWarning)           # a FlowWarning is its message (a str)
 
 which gives these history keys, each a list with one entry per epoch, each
 entry a list with one float per layer (layer 1 first):
@@ -30,33 +30,33 @@ entry a list with one float per layer (layer 1 first):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 #: a layer whose ||dW|| is below this fraction of the output layer's has a vanishing gradient
 VANISHING = 1e-6
 #: a layer whose ||dW|| is above this multiple of the output layer's has an exploding gradient
 EXPLODING = 1e3
 
-#: the keys `layer_stats` returns and `record` appends to a history
+#: the history keys `record` appends to, and the per-layer key of `layer_stats` each one takes
 HISTORY_KEYS = ("grad_norms", "delta_norms", "update_ratios")
+STAT_KEYS = {"grad_norms": "grad_norm", "delta_norms": "delta_norm", "update_ratios": "update_ratio"}
 
 
 class GradientFlowWarning(UserWarning):
     """A layer's gradient vanishes or explodes relative to the output layer's."""
 
 
-@dataclass(frozen=True)
-class FlowWarning:
-    """One finding of `flow_warnings`: `layer` (1-based), `kind` ("vanishing" or "exploding"),
-    `ratio` (the layer's ||dW|| over the output layer's) and the full `message`."""
+class FlowWarning(str):
+    """One finding of `flow_warnings`: the message itself (a `str`), with `layer` (1-based), `kind`
+    ("vanishing" or "exploding") and `ratio` (the layer's ||dW|| over the output layer's)."""
 
-    layer: int
-    kind: str
-    ratio: float
-    message: str
+    def __new__(cls, layer: int, kind: str, ratio: float, message: str):
+        self = super().__new__(cls, message)
+        self.layer, self.kind, self.ratio = layer, kind, ratio
+        return self
 
-    def __str__(self):
-        return self.message
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
 def norm(a) -> float:
@@ -69,7 +69,7 @@ def norm(a) -> float:
     return m * math.sqrt(float((s * s).sum()))
 
 
-def _check_layers(name, arrays, n=None):
+def _check_layers(name, arrays, n=None, allow_none=False):
     if isinstance(arrays, (str, bytes)) or not hasattr(arrays, "__len__"):
         raise TypeError(f"{name} must be a list with one array per layer, got {type(arrays).__name__}")
     arrays = list(arrays)
@@ -78,6 +78,8 @@ def _check_layers(name, arrays, n=None):
     if n is not None and len(arrays) != n:
         raise ValueError(f"{name} has {len(arrays)} layers, W_before has {n}")
     for l, a in enumerate(arrays, start=1):
+        if a is None and allow_none:
+            continue
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{name}[{l - 1}] (layer {l}) must be an array, got {type(a).__name__}")
         if getattr(a.dtype, "kind", "f") not in "fiu":
@@ -85,39 +87,42 @@ def _check_layers(name, arrays, n=None):
     return arrays
 
 
-def layer_stats(W_before, W_after, dW, delta) -> dict:
+def layer_stats(W_before, W_after, dW, delta) -> list:
     """Per-layer gradient norms and update ratios of one training step.
 
     `W_before`, `W_after`, `dW`: one `(n_out, n_in)` array per layer (the
     weights before and after the step, and the step's weight gradient);
-    `delta`: one `(batch, n_out)` array per layer, dLoss/dz.  Returns
-    ``{"grad_norms": [...], "delta_norms": [...], "update_ratios": [...]}``,
-    each a list of floats, layer 1 first.
+    `delta`: one `(batch, n_out)` array per layer, dLoss/dz (None for a layer
+    whose delta was not kept: its `delta_norm` is then None).  Returns one
+    dict per layer, layer 1 first: ``{"layer": l, "grad_norm": ||dW||,
+    "delta_norm": ||delta||, "update_ratio": ||W_after - W_before|| / ||W_before||}``.
     """
     W_before = _check_layers("W_before", W_before)
     L = len(W_before)
     W_after = _check_layers("W_after", W_after, L)
     dW = _check_layers("dW", dW, L)
-    delta = _check_layers("delta", delta, L)
+    delta = _check_layers("delta", delta, L, allow_none=True)
     for l in range(L):
         if tuple(W_after[l].shape) != tuple(W_before[l].shape) or tuple(dW[l].shape) != tuple(W_before[l].shape):
             raise ValueError(f"layer {l + 1}: W_before {tuple(W_before[l].shape)}, W_after "
                              f"{tuple(W_after[l].shape)} and dW {tuple(dW[l].shape)} must have one shape")
-        if delta[l].ndim < 1 or delta[l].shape[-1] != W_before[l].shape[0]:
+        if delta[l] is not None and (delta[l].ndim < 1 or delta[l].shape[-1] != W_before[l].shape[0]):
             raise ValueError(f"layer {l + 1}: delta has shape {tuple(delta[l].shape)}; expected (batch, "
                              f"{W_before[l].shape[0]}) for W of shape {tuple(W_before[l].shape)}")
-    ratios = []
-    for Wb, Wa in zip(W_before, W_after):
-        nb, nd = norm(Wb), norm(Wa - Wb)
-        ratios.append(nd / nb if nb > 0 else (0.0 if nd == 0 else math.inf))
-    return {"grad_norms": [norm(g) for g in dW], "delta_norms": [norm(d) for d in delta],
-            "update_ratios": ratios}
+    stats = []
+    for l in range(L):
+        nb, nd = norm(W_before[l]), norm(W_after[l] - W_before[l])
+        stats.append({"layer": l + 1, "grad_norm": norm(dW[l]),
+                      "delta_norm": None if delta[l] is None else norm(delta[l]),
+                      "update_ratio": nd / nb if nb > 0 else (0.0 if nd == 0 else math.inf)})
+    return stats
 
 
-def record(history: dict, stats: dict) -> dict:
-    """Append one epoch's `layer_stats` to `history` (a list per key of `HISTORY_KEYS`); returns it."""
+def record(history: dict, stats: list) -> dict:
+    """Append one epoch's `layer_stats` to `history`: to each key of `HISTORY_KEYS` a list with one
+    value per layer.  Returns `history`."""
     for key in HISTORY_KEYS:
-        history.setdefault(key, []).append(list(stats[key]))
+        history.setdefault(key, []).append([s[STAT_KEYS[key]] for s in stats])
     return history
 
 
@@ -130,13 +135,14 @@ _EXPLODING_REMEDIES = ("a lower learning rate, another initialisation with small
 
 def flow_warnings(grad_norms, vanishing: float = VANISHING, exploding: float = EXPLODING) -> list:
     """`FlowWarning`s for the layers whose ||dW|| falls below `vanishing` times the output layer's
-    or grows past `exploding` times it; `grad_norms` is one float per layer, the output layer
-    last (an entry of ``history["grad_norms"]``).  A non-finite norm is reported as exploding.
-    Nothing is reported when the output layer's gradient is exactly zero (nothing to compare with).
+    or grows past `exploding` times it.  `grad_norms` is one float per layer, the output layer
+    last (an entry of ``history["grad_norms"]``), or what `layer_stats` returns.  A non-finite
+    norm is reported as exploding.  Nothing is reported when the output layer's gradient is
+    exactly zero (nothing to compare with).
     """
     if isinstance(grad_norms, (str, bytes)) or not hasattr(grad_norms, "__len__"):
         raise TypeError(f"grad_norms must be a list of per-layer floats, got {type(grad_norms).__name__}")
-    g = [float(v) for v in grad_norms]
+    g = [float(v["grad_norm"] if isinstance(v, dict) else v) for v in grad_norms]
     if not g:
         raise ValueError("grad_norms holds no layers")
     if not (0 < vanishing < 1 < exploding):
@@ -170,4 +176,4 @@ def flow_warnings(grad_norms, vanishing: float = VANISHING, exploding: float = E
 
 
 __all__ = ["layer_stats", "record", "flow_warnings", "norm", "FlowWarning", "GradientFlowWarning",
-           "VANISHING", "EXPLODING", "HISTORY_KEYS"]
+           "VANISHING", "EXPLODING", "HISTORY_KEYS", "STAT_KEYS"]

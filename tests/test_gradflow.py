@@ -21,8 +21,9 @@ def random_layers(rng, sizes, batch=4, scale=1.0):
 def test_layer_stats_are_the_norms_numpy_computes():
     rng = np.random.default_rng(0)
     Wb, Wa, dW, delta = random_layers(rng, [5, 7, 3, 2])
-    s = gradflow.layer_stats(Wb, Wa, dW, delta)
-    assert set(s) == set(gradflow.HISTORY_KEYS)
+    stats = gradflow.layer_stats(Wb, Wa, dW, delta)
+    assert [st["layer"] for st in stats] == [1, 2, 3]
+    s = {k: [st[key] for st in stats] for k, key in gradflow.STAT_KEYS.items()}
     np.testing.assert_allclose(s["grad_norms"], [np.linalg.norm(g) for g in dW], rtol=1e-14)
     np.testing.assert_allclose(s["delta_norms"], [np.linalg.norm(d) for d in delta], rtol=1e-14)
     np.testing.assert_allclose(s["update_ratios"],
@@ -31,6 +32,9 @@ def test_layer_stats_are_the_norms_numpy_computes():
     np.testing.assert_allclose(s["update_ratios"],
                                [0.1 * np.linalg.norm(g) / np.linalg.norm(W) for g, W in zip(dW, Wb)], rtol=1e-12)
     assert all(isinstance(v, float) for k in s for v in s[k])
+    # a layer whose delta was not kept
+    stats = gradflow.layer_stats(Wb, Wa, dW, [None, delta[1], delta[2]])
+    assert stats[0]["delta_norm"] is None and stats[1]["delta_norm"] == pytest.approx(np.linalg.norm(delta[1]))
 
 
 def test_norm_does_not_overflow_and_handles_zeros():
@@ -40,7 +44,7 @@ def test_norm_does_not_overflow_and_handles_zeros():
     assert gradflow.norm(np.zeros((2, 2))) == 0.0
     assert math.isnan(gradflow.norm(np.array([1.0, np.nan])))
     s = gradflow.layer_stats([np.zeros((2, 2))], [np.ones((2, 2))], [np.ones((2, 2))], [np.ones((1, 2))])
-    assert s["update_ratios"] == [math.inf]
+    assert s[0]["update_ratio"] == math.inf
 
 
 def test_layer_stats_rejects_mismatched_layers():
@@ -74,6 +78,7 @@ def test_warnings_name_the_vanishing_layers_of_a_deep_sigmoid_network():
     expected = [l for l, v in enumerate(g[:-1], start=1) if v < 1e-6 * g[-1]]
     assert expected and expected[0] == 1                       # the first layers starve
     assert [w.layer for w in found] == expected and all(w.kind == "vanishing" for w in found)
+    assert isinstance(found[0], str) and found[0] == found[0].message          # warnings.warn takes it as is
     for w in found:
         assert w.message.startswith(f"layer {w.layer}: ") and "relu" in w.message and "initialisation" in w.message
         assert w.ratio == pytest.approx(g[w.layer - 1] / g[-1])
@@ -99,6 +104,8 @@ def test_exploding_and_non_finite_gradients():
     assert gradflow.flow_warnings([1e-3, 1.0], vanishing=1e-2)[0].kind == "vanishing"
     with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
         gradflow.flow_warnings([1.0, 1.0], vanishing=2.0)
+    # what layer_stats returns works as well
+    assert [w.layer for w in gradflow.flow_warnings([{"grad_norm": 1e-9}, {"grad_norm": 1.0}])] == [1]
     with pytest.raises(TypeError, match="list of per-layer floats"):
         gradflow.flow_warnings(3.0)
 
