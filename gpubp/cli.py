@@ -2,7 +2,7 @@
 
     gpubp train                       # a small MLP on scikit-learn's handwritten digits
     gpubp train --dataset moons --hidden 32,32 --epochs 50 --plot curves.png
-    gpubp explain                     # one traced backprop step of seed 002's 2-2-1 example
+    gpubp explain                     # one traced backprop step of the 2-2-1 sigmoid example
     gpubp explain --example classic   # the classic 2-2-2 worked example, to the published digits
     gpubp gradcheck --all-activations # analytic gradients against finite differences
     gpubp info                        # versions, backends, GPU
@@ -393,20 +393,24 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------- explain
 def _add_explain(sub):
-    from .explain import EXAMPLES
+    from .explain import DEFAULT_EXAMPLE, EXAMPLES
 
     p = sub.add_parser(
-        "explain", help="trace one backprop step: every z, a, delta, dW, db and the update",
-        description="Trace one forward pass, backward pass and plain SGD update in float64 with the numpy "
-                    "backend's own operations. By default seed 002's example: a 2-2-1 network, input "
-                    "0.5,0.8, target 1, sigmoid everywhere, mse, learning rate 0.1, weights from --seed. "
-                    "'--example classic' is the classic 2-2-2 worked example (half_sse, lr 0.5). "
-                    "Numbers may be separated by commas or spaces, samples by ';' "
-                    "(write a first negative number as --input=-0.5,0.3).",
+        "explain", help="trace one backprop step: every z, a, dL/da, g'(z), delta, dW, db and the update",
+        description="Run one training step of a gpubp.MLP (numpy backend, float64, plain SGD) and print every "
+                    "intermediate it computed: per layer z and a, then dL/da, g'(z), delta, dW, db and W^T delta, "
+                    "then the updated weights and the loss after the step. By default the 2-2-1 example "
+                    f"('{DEFAULT_EXAMPLE}'): input 0.5,0.8, target 1, sigmoid everywhere, mse, learning rate "
+                    "0.1, with the interactive visualiser's initial weights. Options override the example's "
+                    "values (--activation changes the hidden layers only); with other --layers or a --seed the "
+                    "weights are MLP(seed=...)'s initialisation. Numbers may be separated by commas or spaces, "
+                    "samples by ';' (write a first negative number as --input=-0.5,0.3).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--example", choices=tuple(EXAMPLES), default=None,
-                     help="a named example (seed002 is the default)")
+                     help=f"a named example ({DEFAULT_EXAMPLE} when nothing else is given; "
+                          "sigmoid-2-2-1-lr0.5 is the same at learning rate 0.5; classic is the 2-2-2 "
+                          "half_sse worked example)")
     src.add_argument("--weights", metavar="FILE.json", default=None,
                      help='explicit weights: {"layers": [{"W": [[...]], "b": [...]}, ...]}, optionally with '
                           '"input", "target", "activation", "output_activation", "loss", "lr"')
@@ -417,42 +421,34 @@ def _add_explain(sub):
     p.add_argument("--activation", type=_activations, default=None, metavar="NAME[,NAME...]",
                    help="hidden activation(s) (default sigmoid)")
     p.add_argument("--output-activation", choices=ACTIVATIONS, default=None,
-                   help="output activation (default: the hidden one for mse/half_sse, identity for the "
-                        "cross-entropy losses)")
+                   help="output activation (default: identity for the cross-entropy losses, else the "
+                        "example's, else the hidden one)")
     p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights when no file gives them")
-    p.add_argument("--json", action="store_true",
-                   help="print the trace as strict JSON (a value that overflowed is written as the string "
-                        '"NaN", "Infinity" or "-Infinity")')
-    p.add_argument("--digits", type=_positive_int, default=10, help="significant digits of the text")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="initialise the weights as MLP(seed=SEED) does instead of taking the example's")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the trace as strict JSON")
+    out.add_argument("--step", action="store_true",
+                     help="print one stage at a time (forward layer by layer, loss, backward layer by "
+                          "layer, update), waiting for Enter between stages when the input is a terminal")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw the network with its values (nodes: z and a; edges: W and dW) to a PNG")
+    p.add_argument("--digits", type=_positive_int, default=None,
+                   help="round the text's numbers to this many significant digits (default: every digit)")
     p.set_defaults(func=cmd_explain)
     return p
-
-
-#: how `--json` outputs write the values JSON has no number for
-NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-
-def strict_json(obj):
-    """`obj` with every non-finite float replaced by a string ("NaN", "Infinity", "-Infinity"),
-    so that `json.dumps(..., allow_nan=False)` writes strict JSON any parser reads."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return NON_FINITE_JSON[repr(obj)]
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
 
 
 def cmd_explain(args) -> int:
     from . import explain
 
+    if args.plot:
+        _check_writable(args.plot, "--plot")
     weights, is_text, wname = args.weights, False, None
-    if args.example is not None and explain.EXAMPLES[args.example] is not None:
+    if args.example is not None:
         weights, is_text = explain._example_text(args.example), True
-        wname = f"example {args.example!r} (gpubp/examples/{explain.EXAMPLES[args.example]})"
+        wname = f"example {args.example!r} ({explain.example_path(args.example)})"
     elif weights is not None:
         wname = f"file {weights}"
     act = args.activation
@@ -470,11 +466,21 @@ def cmd_explain(args) -> int:
     trace["description"] = prob.description
     if prob.expected:
         trace["expected"] = prob.expected
+    if args.plot:
+        from .plotting import plot_trace
+
+        try:
+            plot_trace(trace, args.plot)
+        except OSError as e:
+            raise UsageError(f"cannot write the plot {args.plot}: {e.strerror or e}") from None
     if args.json:
-        print(json.dumps(strict_json(trace), indent=2, allow_nan=False))
+        print(explain.trace_json(trace))
+    elif args.step:
+        explain.print_stages(trace, args.digits, interactive=sys.stdin.isatty())
     else:
-        title = prob.description or "one backprop step"
-        print(explain.format_trace(trace, args.digits, title=f"{title}\nweights: {prob.weights_from}"))
+        print(explain.format_trace(trace, args.digits), end="")
+    if args.plot and not args.json:
+        print(f"network drawn to {args.plot}")
     return 0
 
 

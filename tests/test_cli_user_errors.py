@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubp import cli
+from gpubp import cli, explain
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -105,8 +105,8 @@ def test_explain_json_is_strict_for_overflowing_values(capsys, tmp_path):
 
 def test_strict_json_replaces_only_non_finite_floats():
     obj = {"a": [1.5, float("nan"), float("inf"), -float("inf"), 2], "b": ("x", None, True)}
-    assert cli.strict_json(obj) == {"a": [1.5, "NaN", "Infinity", "-Infinity", 2], "b": ["x", None, True]}
-    json.dumps(cli.strict_json(obj), allow_nan=False)
+    assert explain.strict_json(obj) == {"a": [1.5, "NaN", "Infinity", "-Infinity", 2], "b": ["x", None, True]}
+    json.dumps(explain.strict_json(obj), allow_nan=False)
 
 
 # ---------------------------------------------------------------- bench arguments
