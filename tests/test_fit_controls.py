@@ -233,7 +233,7 @@ def test_grad_norms_are_recorded_and_vanishing_gradients_warned_once():
     assert all(len(e) == 11 for e in hist["grad_norms"])
     # the last entry is the last step's gradient, which the network still holds
     dW = [np.linalg.norm(net.backend.to_numpy(W)) for W, _ in net._dWb]
-    np.testing.assert_allclose(hist["grad_norms"][-1], dW, rtol=1e-12)
+    np.testing.assert_allclose(hist["grad_norms"][-1], dW, rtol=1e-5)   # float32 sums
     flow = [w for w in caught if issubclass(w.category, GradientFlowWarning)]
     layers = [str(w.message).split(":")[0] for w in flow]
     assert layers and "layer 1" in layers and len(layers) == len(set(layers))    # once per layer and kind
