@@ -2,7 +2,7 @@
 
     gpubp train                       # a small MLP on scikit-learn's handwritten digits
     gpubp train --dataset moons --hidden 32,32 --epochs 50 --plot curves.png
-    gpubp explain                     # one traced backprop step of seed 002's 2-2-1 example
+    gpubp explain                     # one traced backprop step of the 2-2-1 sigmoid example
     gpubp explain --example classic   # the classic 2-2-2 worked example, to the published digits
     gpubp gradcheck --all-activations # analytic gradients against finite differences
     gpubp info                        # versions, backends, GPU
@@ -350,7 +350,7 @@ def _add_explain(sub):
     p = sub.add_parser(
         "explain", help="trace one backprop step: every z, a, delta, dW, db and the update",
         description="Trace one forward pass, backward pass and plain SGD update in float64 with the numpy "
-                    "backend's own operations. By default seed 002's example: a 2-2-1 network, input "
+                    "backend's own operations. By default a 2-2-1 network, input "
                     "0.5,0.8, target 1, sigmoid everywhere, mse, learning rate 0.1, weights from --seed. "
                     "'--example classic' is the classic 2-2-2 worked example (half_sse, lr 0.5). "
                     "Numbers may be separated by commas or spaces, samples by ';' "
@@ -358,7 +358,7 @@ def _add_explain(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--example", choices=tuple(EXAMPLES), default=None,
-                     help="a named example (seed002 is the default)")
+                     help="a named example (sigmoid_2_2_1 is the default)")
     src.add_argument("--weights", metavar="FILE.json", default=None,
                      help='explicit weights: {"layers": [{"W": [[...]], "b": [...]}, ...]}, optionally with '
                           '"input", "target", "activation", "output_activation", "loss", "lr"')

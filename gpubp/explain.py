@@ -6,7 +6,7 @@ shows exactly what the library computes, step by step, for any network small
 enough to read.
 
     from gpubp.explain import trace_step, format_trace, load_example
-    problem = load_example("classic")            # the 2-2-2 worked example of SPEC.md
+    problem = load_example("classic")            # the 2-2-2 worked example of docs/spec.md
     t = trace_step(**problem.trace_args())
     print(format_trace(t))
 """
@@ -24,12 +24,12 @@ from . import activations as acts
 from . import losses
 
 #: the named examples `gpubp explain --example NAME` knows, and their files in gpubp/examples
-EXAMPLES = {"seed002": None, "classic": "classic_2_2_2.json"}
+EXAMPLES = {"sigmoid_2_2_1": None, "classic": "classic_2_2_2.json"}
 
-#: seed 002's default example (weights come from a seed)
-SEED002 = {"layer_sizes": [2, 2, 1], "input": [0.5, 0.8], "target": [1.0], "activation": "sigmoid",
+#: the default example: a 2-2-1 sigmoid network on one sample (weights come from a seed)
+SIGMOID_2_2_1 = {"layer_sizes": [2, 2, 1], "input": [0.5, 0.8], "target": [1.0], "activation": "sigmoid",
            "output_activation": "sigmoid", "loss": "mse", "lr": 0.1,
-           "description": "seed 002's default example: 2-2-1, sigmoid everywhere, mse, learning rate 0.1"}
+           "description": "the default example: 2-2-1, sigmoid everywhere, mse, learning rate 0.1"}
 
 
 @dataclass
@@ -244,7 +244,7 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
 
 
 def load_example(name: str) -> Problem:
-    """The named example: "seed002" (weights from seed 0) or "classic" (the 2-2-2 worked example)."""
+    """The named example: "sigmoid_2_2_1" (weights from seed 0) or "classic" (the 2-2-2 worked example)."""
     if name not in EXAMPLES:
         raise ValueError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
     if EXAMPLES[name] is None:
@@ -280,7 +280,7 @@ def parse_vector(value, what="value"):
 def make_problem(layer_sizes=None, input=None, target=None, activation=None, output_activation=None,
                  loss=None, lr=None, seed=0, weights=None, weights_is_text=False, weights_name=None) -> Problem:
     """Resolve a traced step from options: an explicit value wins, then the weights file's, then
-    seed 002's default example.
+    the default 2-2-1 sigmoid example.
 
     `activation` is a name or a list (one per hidden layer).  The output
     activation defaults to the hidden one for the squared-error losses
@@ -289,7 +289,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     wf = {}
     if weights is not None:
         wf = read_weights_file(weights, is_text=weights_is_text)
-    base = {} if weights is not None else SEED002
+    base = {} if weights is not None else SIGMOID_2_2_1
     pick = lambda key, given: given if given is not None else wf.get(key, base.get(key))  # noqa: E731
 
     sizes = list(layer_sizes) if layer_sizes is not None else None
@@ -298,7 +298,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
             raise ValueError(f"--layers {sizes} does not match the weights, which give {wf['layer_sizes']}")
         sizes = wf["layer_sizes"]
     elif sizes is None:
-        sizes = list(SEED002["layer_sizes"])
+        sizes = list(SIGMOID_2_2_1["layer_sizes"])
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise ValueError(f"layer sizes must be at least two positive integers, got {sizes}")
     L = len(sizes) - 1
@@ -324,7 +324,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     y = pick("target", target)
     if x is None or y is None:
         raise ValueError("give the input and the target (--input, --target) for a network other than "
-                         "seed 002's default")
+                         "the default 2-2-1 example")
     x = parse_vector(x, "the input")
     y = parse_vector(y, "the target")
     if x.shape[-1] != sizes[0]:
@@ -336,7 +336,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     else:
         params, weights_from = None, f"MLP(seed={seed}) initialisation (uniform in ±1/sqrt(fan_in))"
     desc = wf.get("description", "") if weights is not None else (
-        SEED002["description"] if (layer_sizes, input, target, activation, output_activation, loss, lr)
+        SIGMOID_2_2_1["description"] if (layer_sizes, input, target, activation, output_activation, loss, lr)
         == (None,) * 7 else "")
     return Problem(list(sizes), x, y, hidden + [out_act], loss_name, lr_v, params, seed, desc, weights_from,
                    wf.get("expected", {}))
@@ -411,4 +411,4 @@ def format_trace(t: dict, digits: int = 10, title: str = "") -> str:
 
 
 __all__ = ["trace_step", "format_trace", "make_problem", "load_example", "read_weights_file", "parse_vector",
-           "seeded_params", "check_params", "Problem", "EXAMPLES", "SEED002", "TRACE_FIELDS"]
+           "seeded_params", "check_params", "Problem", "EXAMPLES", "SIGMOID_2_2_1", "TRACE_FIELDS"]

@@ -191,7 +191,7 @@ def test_explain_default_is_seed_002_example(capsys):
 def test_explain_text_shows_every_step(capsys):
     rc, out, _ = run(capsys, "explain")
     assert rc == 0
-    for s in ("seed 002", "Forward", "z1 =", "a1 =", "a2 =", "Loss (mse", "Backward", "delta2 =", "delta1 =",
+    for s in ("the default example: 2-2-1", "Forward", "z1 =", "a1 =", "a2 =", "Loss (mse", "Backward", "delta2 =", "delta1 =",
               "dW1 =", "db2 =", "Update: W -= 0.1 dW", "Loss after the step"):
         assert s in out, s
 

@@ -1,4 +1,4 @@
-"""Published answers of SPEC.md, to their published digits."""
+"""Published answers (docs/spec.md, "Known answers"), to their published digits."""
 
 import numpy as np
 import pytest
