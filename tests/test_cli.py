@@ -169,7 +169,7 @@ def _check_trace_shapes(t):
         assert set(u) >= {"W", "b"}
 
 
-def test_explain_default_is_seed_002_example(capsys):
+def test_explain_default_is_the_sigmoid_2_2_1_example(capsys):
     rc, out, _ = run(capsys, "explain", "--json")
     assert rc == 0
     t = json.loads(out)
