@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .peers import GPU_PEERS
+from .peers import CPU_PEERS, GPU_PEERS
 
 
 def _fmt(x, nd=3):
@@ -97,7 +97,7 @@ def summary_table(rows):
     """Markdown lines: one row per (device, network, batch), one column per peer, plus the
     speed-up of gpubp's faster path over PyTorch (eager, TF32 off)."""
     steps = [r for r in rows if r["kind"] == "step"]
-    peers = [p for p in (*GPU_PEERS, "torch-compile", "gpubp-numpy", "torch-cpu", "sklearn")
+    peers = [p for p in (*GPU_PEERS, "torch-compile", *CPU_PEERS)
              if any(r["peer"] == p for r in steps)]
     if not steps:
         return []

@@ -224,7 +224,7 @@ def cpu_step_rows(suite, sizes, batch, has_torch):
                 optimizer=opt, flops=flops, min_bytes=nbytes)
     params = suite.host_params(sizes)
     batches = P.random_batches(np, sizes[0], sizes[-1], batch, 4, seed=batch)
-    peers = ["gpubp-numpy"] + (["torch-cpu"] if has_torch else []) + ["sklearn"]
+    peers = [p for p in P.CPU_PEERS if has_torch or not p.startswith("torch")]
     if importlib.util.find_spec("sklearn") is None:
         peers.remove("sklearn")
         suite.rows.append(dict(base, peer="sklearn", skipped="scikit-learn is not installed"))
