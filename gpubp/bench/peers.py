@@ -75,7 +75,7 @@ class GpubpStep:
         self.net.set_params(params)
         self.opt = Adam(lr, betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"]) \
             if optimizer == "adam" else SGD(lr)
-        self.net._bind(self.opt)
+        self.net._bind(self.net._resolve_optimizer(self.opt))   # as train_step binds it
         self.loss = self.net.backend.zeros((1,), np.float32)
         self._replay = None
         if graph:
