@@ -32,7 +32,7 @@ from .network import DTYPES, INITS
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
     "compile-check": ("gpubp.compile_check", "compile every CUDA kernel with NVRTC (no GPU) and report registers, spills and shared memory"),
-    "bench": ("gpubp.bench", "time training steps against the device's measured ceilings"),
+    "bench": ("gpubp.bench.cli", "time training steps against the device's measured ceilings"),
 }
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")

@@ -1,4 +1,4 @@
-"""Loss names (SPEC.md) and the checks and conversions of targets.
+"""Loss names (docs/spec.md, "Losses") and the checks and conversions of targets.
 
 The loss value and its gradient are computed by the backends
 (`Backend.loss_and_delta`); this module turns what a user passes as targets
