@@ -1,0 +1,412 @@
+"""The CUDA backend's launch contract, on the CPU: every kernel launch gpubp makes passes the
+arguments, grid, block and shared memory its CUDA source declares.
+
+A fake `cupy` (tests/support/fake_cupy.py, backed by numpy) parses the kernels'
+signatures from the very source gpubp compiles, checks each launch against them,
+records it, and counts device allocations; its kernels compute nothing (every
+array starts zeroed).  So these tests say nothing about the numbers (the GPU
+tests under tests/gpu do), only that the launchers call the kernels they mean
+to, correctly, on every path: per-layer GEMMs (every tile), fused narrow runs
+(float32 and TF32), split-K, losses, optimizers, plans with dLoss/dX, captured
+steps; and that a step with a warm plan allocates nothing (what CUDA-graph
+capture needs).  Skipped where a real CuPy with a GPU is present.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+import gpubp
+from conftest import output_activation_for, random_targets
+from gpubp.activations import ACT_CODES, ACTIVATIONS
+from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_kernels, cuda_source
+from gpubp.losses import LOSSES
+from gpubp.optim import SGD, Adam, AdamW
+from support.fake_cupy import CaptureError, FakeCupy, LaunchError, parse_kernels
+
+
+def _real_gpu() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(_real_gpu(), reason="a real GPU is present: tests/gpu checks the backend there")
+
+#: pointers the launchers pass as placeholders, which the kernel never reads (-> when, by template args)
+UNREAD_POINTERS = {
+    # without class labels the targets are dense (Yp); `labels` gets a placeholder
+    ("ce_loss_delta", "labels"): lambda t: t["LABELS"] == "false",
+}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A fake `cupy` in sys.modules, and gpubp's per-device caches emptied (both undone after)."""
+    fake = FakeCupy(unread_pointers=UNREAD_POINTERS)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda_device, "_attributes", {})
+    monkeypatch.setattr(cuda_device, "_ccs", {})
+    monkeypatch.setattr(cuda_device, "_functions", {})
+    monkeypatch.setattr(cuda_fused, "_grids", {})
+    monkeypatch.setattr(gpubp.backends, "_instances", {})
+    cuda_source.load.cache_clear()
+    yield fake
+    cuda_source.load.cache_clear()
+
+
+def cuda(**kw):
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    return CudaBackend(**kw)
+
+
+def data(sizes, loss, B, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, sizes[0])), random_targets(rng, loss, B, sizes[-1])
+
+
+def net_for(be, sizes, act="relu", loss="mse", dtype="float32", precision="float32"):
+    return gpubp.MLP(sizes, activation=act, output_activation=output_activation_for(loss, act), loss=loss,
+                     backend=be, dtype=dtype, seed=0, precision=precision)
+
+
+def warm_step(net, X, Y, opt):
+    """Device copies of a batch, a plan, and one step run on them (so everything is allocated)."""
+    Xd, Yd = net._inputs(X), net._targets(Y, X.shape[0])
+    opt = net._bind(net._resolve_optimizer(opt))
+    plan = net._plan(Xd.shape[0])
+    net._step(Xd, Yd, opt, plan=plan)
+    return Xd, Yd, opt, plan
+
+
+def assert_no_allocation(fake, net, Xd, Yd, opt, plan):
+    fake.reset()
+    net._step(Xd, Yd, opt, plan=plan)
+    assert fake.launches, "the step launched nothing"
+    assert fake.allocations == 0, f"a warm step allocated: {fake.allocation_sites}"
+
+
+# ------------------------------------------------------------------ the fake's own checks
+def test_every_name_expression_names_a_kernel_of_its_source(fake):
+    """Each module's instantiations map onto a parsed kernel with the right template arity."""
+    for spec in cuda_source.all_specs():
+        mod = fake.RawModule(code=spec.source(), options=cuda_source.NVRTC_OPTIONS,
+                             name_expressions=list(spec.name_expressions))
+        for expr in spec.name_expressions:
+            assert mod.get_function(expr).signature.params
+    sigs = parse_kernels(cuda_gemm.SPECS[0].source())
+    assert [t for t, _ in sigs["gemm_fwd"].params] == ["T*"] * 5 + ["int"] * 6
+    assert sigs["gemm_fwd"].template == [("typename", "T"), ("int", "ACT"), ("int", "SUB")]
+    assert sigs["gemm_bwd_weight"].params[8] == ("long long", "split_stride")
+    assert sigs["gemm_fwd"].max_threads == 256
+    fsigs = parse_kernels(cuda_fused.SPECS[0].source())
+    assert fsigs["fused_mlp_bwd"].params[0] == ("long long*", "table")
+    assert fsigs["fused_mlp_bwd"].max_threads == 256
+
+
+def _fwd_args(fake, M=8, N=4, K=3, dtype=np.float32):
+    A, W, b = fake.zeros((M, K), dtype), fake.zeros((N, K), dtype), fake.zeros((N,), dtype)
+    Ao, Zo = fake.zeros((M, N), dtype), fake.zeros((M, N), dtype)
+    return [A, W, b, Ao, Zo] + [np.int32(v) for v in (M, N, K, 1, 0, 0)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda f, a: a[:-1], "10 arguments for 11"),
+    (lambda f, a: a[:5] + [np.int64(8)] + a[6:], "expected numpy.int32, got int64"),
+    (lambda f, a: a[:5] + [8] + a[6:], "expected numpy.int32, got int"),
+    (lambda f, a: [f.zeros((8, 3), np.float64)] + a[1:], "expected a float32 array, got float64"),
+    (lambda f, a: [np.zeros((8, 3), np.float32)] + a[1:], "expected a device array"),
+    (lambda f, a: [f.zeros((3, 8), np.float32).T] + a[1:], "not C-contiguous"),
+])
+def test_the_contract_refuses_wrong_arguments(fake, bad, message):
+    f = fake.RawModule(code=cuda_gemm.SPECS[0].source(),
+                       name_expressions=list(cuda_gemm.SPECS[0].name_expressions)).get_function(
+        "gemm_fwd<float, 3, 2>")
+    f((1, 1, 1), (256, 1, 1), tuple(_fwd_args(fake)))     # the right arguments pass
+    with pytest.raises(LaunchError, match=message):
+        f((1, 1, 1), (256, 1, 1), tuple(bad(fake, _fwd_args(fake))))
+
+
+def test_the_contract_refuses_bad_launch_shapes_and_names(fake):
+    spec = cuda_gemm.SPECS[0]
+    mod = fake.RawModule(code=spec.source(), name_expressions=list(spec.name_expressions))
+    with pytest.raises(LaunchError, match="name_expressions"):
+        mod.get_function("gemm_fwd<float, 3, 3>")
+    f = mod.get_function("gemm2_fwd<3, 8, 4>")
+    args = tuple(_fwd_args(fake)[:5] + [np.int32(v) for v in (8, 4, 3, 1, 0)])
+    with pytest.raises(LaunchError, match="__launch_bounds__ allows 256"):
+        f((1, 1, 1), (512, 1, 1), args)
+    with pytest.raises(LaunchError, match="at most 1024"):
+        f((1, 1, 1), (64, 32, 1), args)
+    with pytest.raises(LaunchError, match="grid"):
+        f((0, 1, 1), (256, 1, 1), args)
+    with pytest.raises(LaunchError, match="grid"):
+        f((1, 70000, 1), (256, 1, 1), args)
+    smem = cuda_gemm._v2_smem(8, 4)
+    with pytest.raises(LaunchError, match="max_dynamic_shared_size_bytes is 49152"):
+        f((1, 1, 1), (256, 1, 1), args, shared_mem=smem + 48 * 1024)
+    with pytest.raises(LaunchError, match="device allows"):
+        f.max_dynamic_shared_size_bytes = 228 * 1024
+    f.max_dynamic_shared_size_bytes = 100 * 1024
+    f((1, 1, 1), (256, 1, 1), args, shared_mem=100 * 1024)
+    assert len(fake.launched("gemm2_fwd")) == 1
+
+
+def test_capture_refuses_allocation_and_synchronisation(fake):
+    s = fake.cuda.Stream(non_blocking=True)
+    a = fake.zeros((4,), np.float32)
+    with s:
+        s.begin_capture()
+        a += 1                             # recorded, not run
+        with pytest.raises(CaptureError):
+            a + 1                          # allocates
+        with pytest.raises(CaptureError):
+            fake.asnumpy(a)                # reads back
+        g = s.end_capture()
+    assert a.tolist() == [0, 0, 0, 0]
+    g.launch(s)
+    g.launch(s)
+    assert a.tolist() == [2, 2, 2, 2]
+    with pytest.raises(TypeError, match="host numpy array"):
+        a + np.ones(4, np.float32)
+
+
+# ------------------------------------------------------------------ every activation and loss, both dtypes
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_activation_and_loss_on_the_per_layer_path(fake, dtype, loss):
+    be = cuda()
+    for act in ACTIVATIONS:
+        sizes = (5, 7, 3)
+        net = net_for(be, sizes, act, loss, dtype)
+        X, Y = data(sizes, loss, 10)
+        fake.reset()
+        loss_value, grads = net.loss_and_grads(X, Y)
+        assert loss_value == 0.0 and [g.shape for g, _ in grads] == [(7, 5), (3, 7)]
+        ct = "float" if dtype == "float32" else "double"
+        names = {l.name for l in fake.launches}
+        small = cuda_gemm._SUBS[ct][1]
+        assert {f"gemm_fwd<{ct}, {ACT_CODES[act]}, {small}>", f"gemm_bwd_data<{ct}, {ACT_CODES[act]}, {small}>",
+                f"gemm_bwd_weight<{ct}, {small}>"} <= names, names
+        assert f"loss_finalize<{ct}>" in names
+        if loss == "cross_entropy":
+            assert f"ce_loss_delta<{ct}, true, false>" in names
+        net.train_step(X, Y, "adam", lr=1e-3)
+        net.evaluate(X, Y)
+        net.predict(X)
+        if loss == "cross_entropy":        # one-hot targets: the dense cross-entropy kernel
+            net.loss_and_grads(X, np.eye(3)[Y])
+            assert f"ce_loss_delta<{ct}, false, false>" in {l.name for l in fake.launches}
+
+
+def test_wide_cross_entropy_takes_the_block_per_row_kernel(fake):
+    net = net_for(cuda(), (4, 1100), "relu", "cross_entropy")
+    X, Y = data((4, 1100), "cross_entropy", 3)
+    net.loss_and_grads(X, Y)
+    assert "ce_loss_delta<float, true, true>" in {l.name for l in fake.launches}
+
+
+# ------------------------------------------------------------------ fused narrow runs
+FUSED_SIZES = (32, 64, 48, 16)     # every width <= 64, three layers
+
+
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+def test_fused_runs_for_every_activation(fake, precision):
+    be = cuda()
+    sfx = "" if precision == "float32" else "_tf32"
+    for act in ACTIVATIONS:
+        net = net_for(be, FUSED_SIZES, act, "mse", precision=precision)
+        X, Y = data(FUSED_SIZES, "mse", 1024)
+        fake.reset()
+        net.loss_and_grads(X, Y)
+        names = [l.name for l in fake.launches]
+        assert names == [f"fused_mlp_fwd{sfx}<128, 64>", f"loss_pointwise<float, 0, {ACT_CODES[act]}>",
+                         "loss_finalize<float>", f"fused_mlp_bwd{sfx}<128, 64>", "fused_mlp_reduce<64>"], names
+        fwd, bwd = fake.launches[0], fake.launches[3]
+        assert fwd.shared_mem == cuda_fused.fwd_smem_bytes(64, 128, precision) > 0
+        assert bwd.shared_mem == cuda_fused.bwd_smem_bytes(64, 128, precision) > 48 * 1024
+        assert bwd.arg("want_din") == 0
+        Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
+        assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+
+
+def test_a_fused_run_next_to_wide_layers(fake):
+    """Layer 1 is too wide to fuse; layers 2..3 form a run, whose backward also writes delta[1]."""
+    sizes = (200, 64, 64, 10)
+    net = net_for(cuda(), sizes, "silu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 1024)
+    fake.reset()
+    net.loss_and_grads(X, Y)
+    names = [l.kernel for l in fake.launches]
+    assert names[:2] == ["gemm_fwd", "fused_mlp_fwd"], names
+    assert names[names.index("fused_mlp_reduce") + 1] == "gemm_bwd_weight", names
+    plan = net._plans[1024]
+    bwd = fake.launched("fused_mlp_bwd")[0]
+    assert bwd.arg("want_din") == 1 and bwd.arg("delta_in") is plan.delta[1]
+    assert not any(l.kernel == "gemm_bwd_data" for l in fake.launches)     # no layer below layer 1
+
+
+def test_small_batches_and_fuse_false_take_the_per_layer_path(fake):
+    X, Y = data(FUSED_SIZES, "mse", 1024)
+    for be, B in ((cuda(fuse=False), 1024), (cuda(), 1023)):
+        net = net_for(be, FUSED_SIZES)
+        fake.reset()
+        net.loss_and_grads(X[:B], Y[:B])
+        kernels = fake.kernel_names()
+        assert "fused_mlp_fwd" not in kernels and {"gemm_fwd", "gemm_bwd_data"} <= kernels
+
+
+# ------------------------------------------------------------------ GEMM tiles and split-K
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tile", cuda_gemm.TILES + (None,))
+def test_every_gemm_tile(fake, tile, dtype):
+    sizes = (128, 256, 128)                  # aligned, every dimension fills the large tile
+    net = net_for(cuda(tile=tile), sizes, "gelu", "mse", dtype)
+    X, Y = data(sizes, "mse", 512)
+    fake.reset()
+    net.loss_and_grads(X, Y)
+    names = {l.name for l in fake.launches}
+    ct = "float" if dtype == "float32" else "double"
+    big, small = cuda_gemm._SUBS[ct]
+    v2 = cuda_gemm.V2_CONFIGS.get(tile) if dtype == "float32" else None
+    if tile is None:              # chosen by size: dW (256 x 128) fills the large tile
+        want = (f"gemm2_bwd_weight<{', '.join(map(str, cuda_gemm.V2_CONFIGS[cuda_gemm.LARGE_TILE['bwd_weight']]))}>"
+                if dtype == "float32" else f"gemm_bwd_weight<{ct}, {big}>")
+        assert want in names, names
+    elif v2 is not None:          # a v2 tile serves every kernel of aligned float32 operands
+        bk, st = v2
+        assert {f"gemm2_fwd<5, {bk}, {st}>", f"gemm2_bwd_data<5, {bk}, {st}>",
+                f"gemm2_bwd_weight<{bk}, {st}>"} <= names, names
+        assert not any(n.startswith("gemm_fwd") or n.startswith("gemm_bwd") for n in names), names
+        for l in fake.launches:
+            if l.kernel.startswith("gemm2"):
+                assert l.shared_mem == cuda_gemm._v2_smem(bk, st)
+    else:                         # v1: "small", "large", and the v2 names in float64
+        sub = small if tile == "small" else big
+        assert {f"gemm_fwd<{ct}, 5, {sub}>", f"gemm_bwd_data<{ct}, 5, {sub}>",
+                f"gemm_bwd_weight<{ct}, {sub}>"} <= names, names
+    Xd, Yd, opt, plan = warm_step(net, X, Y, Adam(1e-3))
+    assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+
+
+def test_split_k_workspace_comes_from_the_plan(fake):
+    """A narrow layer on a tall batch splits the dW sum over the batch: partials, then a reduce."""
+    sizes = (32, 32, 8)
+    net = net_for(cuda(fuse=False), sizes, "tanh", "half_sse")
+    X, Y = data(sizes, "half_sse", 4096)
+    Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
+    fake.reset()
+    net._step(Xd, Yd, opt, plan=plan)
+    split = [l for l in fake.launched("gemm_bwd_weight") if l.grid[2] > 1]
+    assert split and len(fake.launched("gemm_splitk_reduce")) == len(split)
+    assert fake.allocations == 0, fake.allocation_sites
+    ws = split[0].arg("dW_base")
+    assert any(ws is b for b in plan.scratch._bufs.values())
+
+
+# ------------------------------------------------------------------ plans with dLoss/dX
+@pytest.mark.parametrize("sizes, fused", [((32, 64, 16), True), ((200, 64, 16), False)])
+def test_input_gradient_plan(fake, sizes, fused):
+    be = cuda()
+    net = net_for(be, sizes, "gelu", "mse")
+    X, Y = data(sizes, "mse", 1024)
+    plan = be.make_plan(net.sizes, net.activations, 1024, net.dtype, input_grad=True)
+    plan.bind_input(net._inputs(X))
+    Yd = net._targets(Y, 1024)
+    done = []
+    for _ in range(2):
+        fake.reset()
+        be.network_forward(plan, net._Wb)
+        be.network_loss(plan, Yd, net.loss)
+        be.network_backward(plan, net._Wb, net._dWb, after_layer=done.append)
+    assert fake.allocations == 0, fake.allocation_sites
+    assert done == [2, 1, 2, 1]
+    if fused:
+        bwd = fake.launched("fused_mlp_bwd")[0]
+        assert bwd.arg("delta_in") is plan.delta[0] and bwd.arg("want_din") == 1
+    else:
+        outs = [l.arg("out") for l in fake.launched("gemm_bwd_data")]
+        assert any(o is plan.delta[0] for o in outs)
+        first = [l for l in fake.launched("gemm_bwd_data") if l.arg("out") is plan.delta[0]][0]
+        assert first.name == "gemm_bwd_data<float, 0, 2>"      # the input has no activation
+
+
+# ------------------------------------------------------------------ optimizers, fit, capture
+OPTIMIZERS = [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9, weight_decay=1e-4),
+              lambda: Adam(1e-3), lambda: Adam(1e-3, weight_decay=1e-2), lambda: AdamW(1e-3)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+def test_optimizers(fake, make_opt, dtype):
+    opt = make_opt()
+    net = net_for(cuda(), (6, 9, 2), "leaky_relu", "mse", dtype)
+    X, Y = data((6, 9, 2), "mse", 17)
+    fake.reset()
+    net.train_step(X, Y, opt)
+    ct = "float" if dtype == "float32" else "double"
+    if isinstance(opt, SGD):
+        (u,) = fake.launched(f"sgd_update<{ct}>")
+        assert u.arg("flags") == (1 if opt.weight_decay else 0) | (2 if opt.momentum else 0)
+        assert u.arg("buf") is (opt.state["velocity"] if opt.momentum else net._params)
+    else:
+        (u,) = fake.launched(f"adam_update<{ct}>")
+        mode = 0 if not opt.weight_decay else (2 if isinstance(opt, AdamW) else 1)
+        assert u.arg("mode") == mode and u.arg("step") is opt._t
+    assert u.arg("p") is net._params and u.arg("g") is net._grads
+    Xd, Yd, opt, plan = warm_step(net, X, Y, opt)
+    assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+
+
+@pytest.mark.parametrize("sizes, B, dtype, precision", [
+    ((32, 64, 48, 16), 1024, "float32", "float32"),
+    ((32, 64, 48, 16), 1024, "float32", "tf32"),
+    ((20, 30, 4), 50, "float64", "float32"),
+])
+def test_fit_evaluate_predict(fake, sizes, B, dtype, precision):
+    net = net_for(cuda(), sizes, "relu", "binary_cross_entropy", dtype, precision)
+    X, Y = data(sizes, "binary_cross_entropy", 2 * B)
+    hist = net.fit(X, Y, epochs=2, batch_size=B, optimizer="adamw", lr=1e-3, progress=False,
+                   validation=(X[:B], Y[:B]))
+    assert hist["loss"] == [0.0, 0.0] and len(hist["val_loss"]) == 2
+    assert net.optimizer.t == 4
+    assert net.evaluate(X, Y)["loss"] == 0.0
+    assert net.predict(X).shape == Y.shape
+    if precision == "tf32":
+        assert "fused_mlp_bwd_tf32" in fake.kernel_names()
+
+
+@pytest.mark.parametrize("sizes, B, dtype, loss", [
+    ((32, 64, 48, 16), 1024, "float32", "cross_entropy"),     # fused
+    ((40, 130, 7), 300, "float32", "mse"),                     # per-layer, split-K
+    ((9, 13, 3), 33, "float64", "cross_entropy"),
+])
+def test_captured_step_replays_its_launches(fake, sizes, B, dtype, loss):
+    net = net_for(cuda(), sizes, "silu", loss, dtype)
+    X, Y = data(sizes, loss, B)
+    opt = Adam(1e-3)
+    step = net.capture_train_step(X, Y, opt)       # capture fails on any allocation or sync in the step
+    captured = [l.name for l in fake.launches if l.captured]
+    assert captured and opt.t == 1                 # the capture ran nothing
+    fake.reset()
+    for _ in range(3):
+        step(X, Y)
+    replayed = [l.name for l in fake.launched(replay=True)]
+    assert replayed == captured * 3
+    assert opt.t == 4                              # the recorded in-place step count ran per replay
+    assert not fake.launched(replay=False)
+
+
+def test_train_step_allocates_only_the_batch_copies(fake):
+    """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
+    net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
+    X, Y = data((12, 40, 5), "cross_entropy", 64)
+    net.train_step(X, Y, "adam", lr=1e-3)
+    fake.reset()
+    net.train_step(X, Y, "adam")
+    assert fake.allocations == 2, fake.allocation_sites
+    assert all("_raw_inputs" in s or "_targets" in s for s in fake.allocation_sites), fake.allocation_sites
