@@ -20,7 +20,8 @@ import pytest
 import gpubp
 from conftest import output_activation_for, random_targets
 from gpubp.activations import ACT_CODES, ACTIVATIONS
-from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_kernels, cuda_source
+from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_source
+from gpubp.compile_check import all_specs
 from gpubp.losses import LOSSES
 from gpubp.optim import SGD, Adam, AdamW
 from support.fake_cupy import CaptureError, FakeCupy, LaunchError, parse_kernels
@@ -53,9 +54,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(cuda_device, "_functions", {})
     monkeypatch.setattr(cuda_fused, "_grids", {})
     monkeypatch.setattr(gpubp.backends, "_instances", {})
-    cuda_source.load.cache_clear()
-    yield fake
-    cuda_source.load.cache_clear()
+    return fake
 
 
 def cuda(**kw):
@@ -83,6 +82,18 @@ def warm_step(net, X, Y, opt):
     return Xd, Yd, opt, plan
 
 
+def assert_prepared(fake, net, X, Y, opt="adam"):
+    """A training step on a new plan launches only kernels that `prepare` compiled with the plan."""
+    net._plans.clear()
+    fake.reset()
+    Xd, Yd = net._inputs(X), net._targets(Y, X.shape[0])
+    plan = net._plan(Xd.shape[0])
+    before = list(fake.compiled)
+    net._step(Xd, Yd, net._bind(net._resolve_optimizer(opt)), plan=plan)
+    late = fake.compiled[len(before):]
+    assert not late, f"kernels compiled mid-step, not by prepare: {late}"
+
+
 def assert_no_allocation(fake, net, Xd, Yd, opt, plan):
     fake.reset()
     net._step(Xd, Yd, opt, plan=plan)
@@ -93,7 +104,7 @@ def assert_no_allocation(fake, net, Xd, Yd, opt, plan):
 # ------------------------------------------------------------------ the fake's own checks
 def test_every_name_expression_names_a_kernel_of_its_source(fake):
     """Each module's instantiations map onto a parsed kernel with the right template arity."""
-    for spec in cuda_source.all_specs():
+    for spec in all_specs():
         mod = fake.RawModule(code=spec.source(), options=cuda_source.NVRTC_OPTIONS,
                              name_expressions=list(spec.name_expressions))
         for expr in spec.name_expressions:
@@ -136,8 +147,10 @@ def test_the_contract_refuses_bad_launch_shapes_and_names(fake):
     mod = fake.RawModule(code=spec.source(), name_expressions=list(spec.name_expressions))
     with pytest.raises(LaunchError, match="name_expressions"):
         mod.get_function("gemm_fwd<float, 3, 3>")
-    f = mod.get_function("gemm2_fwd<3, 8, 4>")
-    args = tuple(_fwd_args(fake)[:5] + [np.int32(v) for v in (8, 4, 3, 1, 0)])
+    f = mod.get_function("gemm_bwd_weight_pipelined<16, 3>")
+    d, a = fake.zeros((8, 4), np.float32), fake.zeros((8, 3), np.float32)
+    dW, db = fake.zeros((4, 3), np.float32), fake.zeros((4,), np.float32)
+    args = (d, a, dW, db, np.int32(8), np.int32(4), np.int32(3), np.int32(8), np.int64(0), np.int32(0))
     with pytest.raises(LaunchError, match="__launch_bounds__ allows 256"):
         f((1, 1, 1), (512, 1, 1), args)
     with pytest.raises(LaunchError, match="at most 1024"):
@@ -146,14 +159,15 @@ def test_the_contract_refuses_bad_launch_shapes_and_names(fake):
         f((0, 1, 1), (256, 1, 1), args)
     with pytest.raises(LaunchError, match="grid"):
         f((1, 70000, 1), (256, 1, 1), args)
-    smem = cuda_gemm._v2_smem(8, 4)
+    smem = cuda_gemm._pipelined_smem()
+    assert smem > 48 * 1024
     with pytest.raises(LaunchError, match="max_dynamic_shared_size_bytes is 49152"):
-        f((1, 1, 1), (256, 1, 1), args, shared_mem=smem + 48 * 1024)
+        f((1, 1, 1), (256, 1, 1), args, shared_mem=smem)
     with pytest.raises(LaunchError, match="device allows"):
         f.max_dynamic_shared_size_bytes = 228 * 1024
-    f.max_dynamic_shared_size_bytes = 100 * 1024
-    f((1, 1, 1), (256, 1, 1), args, shared_mem=100 * 1024)
-    assert len(fake.launched("gemm2_fwd")) == 1
+    f.max_dynamic_shared_size_bytes = smem
+    f((1, 1, 1), (256, 1, 1), args, shared_mem=smem)
+    assert len(fake.launched("gemm_bwd_weight_pipelined")) == 1
 
 
 def test_capture_refuses_allocation_and_synchronisation(fake):
@@ -198,6 +212,7 @@ def test_every_activation_and_loss_on_the_per_layer_path(fake, dtype, loss):
         net.train_step(X, Y, "adam", lr=1e-3)
         net.evaluate(X, Y)
         net.predict(X)
+        assert_prepared(fake, net, X, Y)
         if loss == "cross_entropy":        # one-hot targets: the dense cross-entropy kernel
             net.loss_and_grads(X, np.eye(3)[Y])
             assert f"ce_loss_delta<{ct}, false, false>" in {l.name for l in fake.launches}
@@ -230,6 +245,7 @@ def test_fused_runs_for_every_activation(fake, precision):
         assert fwd.shared_mem == cuda_fused.fwd_smem_bytes(64, 128, precision) > 0
         assert bwd.shared_mem == cuda_fused.bwd_smem_bytes(64, 128, precision) > 48 * 1024
         assert bwd.arg("want_din") == 0
+        assert_prepared(fake, net, X, Y, "sgd")
         Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
         assert_no_allocation(fake, net, Xd, Yd, opt, plan)
 
@@ -248,6 +264,7 @@ def test_a_fused_run_next_to_wide_layers(fake):
     bwd = fake.launched("fused_mlp_bwd")[0]
     assert bwd.arg("want_din") == 1 and bwd.arg("delta_in") is plan.delta[1]
     assert not any(l.kernel == "gemm_bwd_data" for l in fake.launches)     # no layer below layer 1
+    assert_prepared(fake, net, X, Y)
 
 
 def test_small_batches_and_fuse_false_take_the_per_layer_path(fake):
@@ -272,23 +289,20 @@ def test_every_gemm_tile(fake, tile, dtype):
     names = {l.name for l in fake.launches}
     ct = "float" if dtype == "float32" else "double"
     big, small = cuda_gemm._SUBS[ct]
-    v2 = cuda_gemm.V2_CONFIGS.get(tile) if dtype == "float32" else None
-    if tile is None:              # chosen by size: dW (256 x 128) fills the large tile
-        want = (f"gemm2_bwd_weight<{', '.join(map(str, cuda_gemm.V2_CONFIGS[cuda_gemm.LARGE_TILE['bwd_weight']]))}>"
-                if dtype == "float32" else f"gemm_bwd_weight<{ct}, {big}>")
-        assert want in names, names
-    elif v2 is not None:          # a v2 tile serves every kernel of aligned float32 operands
-        bk, st = v2
-        assert {f"gemm2_fwd<5, {bk}, {st}>", f"gemm2_bwd_data<5, {bk}, {st}>",
-                f"gemm2_bwd_weight<{bk}, {st}>"} <= names, names
-        assert not any(n.startswith("gemm_fwd") or n.startswith("gemm_bwd") for n in names), names
-        for l in fake.launches:
-            if l.kernel.startswith("gemm2"):
-                assert l.shared_mem == cuda_gemm._v2_smem(bk, st)
-    else:                         # v1: "small", "large", and the v2 names in float64
-        sub = small if tile == "small" else big
-        assert {f"gemm_fwd<{ct}, 5, {sub}>", f"gemm_bwd_data<{ct}, 5, {sub}>",
-                f"gemm_bwd_weight<{ct}, {sub}>"} <= names, names
+    sub = small if tile == "small" else big
+    if tile is None:              # chosen by size: the batch (512 x 256) is too small for the large tile
+        assert {f"gemm_fwd<{ct}, 5, {small}>", f"gemm_bwd_data<{ct}, 5, {small}>"} <= names, names
+    else:
+        assert {f"gemm_fwd<{ct}, 5, {sub}>", f"gemm_bwd_data<{ct}, 5, {sub}>"} <= names, names
+    # dW (256 x 128 and 128 x 256) fills the large tile: the pipelined kernel serves aligned float32
+    if dtype == "float32" and tile in (None, "pipelined"):
+        assert "gemm_bwd_weight_pipelined<16, 3>" in names and not any(
+            n.startswith("gemm_bwd_weight<") for n in names), names
+        for l in fake.launched("gemm_bwd_weight_pipelined"):
+            assert l.shared_mem == cuda_gemm._pipelined_smem() > 48 * 1024
+    else:
+        assert f"gemm_bwd_weight<{ct}, {sub}>" in names and "gemm_bwd_weight_pipelined<16, 3>" not in names
+    assert_prepared(fake, net, X, Y)
     Xd, Yd, opt, plan = warm_step(net, X, Y, Adam(1e-3))
     assert_no_allocation(fake, net, Xd, Yd, opt, plan)
 
@@ -298,6 +312,7 @@ def test_split_k_workspace_comes_from_the_plan(fake):
     sizes = (32, 32, 8)
     net = net_for(cuda(fuse=False), sizes, "tanh", "half_sse")
     X, Y = data(sizes, "half_sse", 4096)
+    assert_prepared(fake, net, X, Y, "sgd")
     Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
     fake.reset()
     net._step(Xd, Yd, opt, plan=plan)
@@ -317,6 +332,8 @@ def test_input_gradient_plan(fake, sizes, fused):
     plan = be.make_plan(net.sizes, net.activations, 1024, net.dtype, input_grad=True)
     plan.bind_input(net._inputs(X))
     Yd = net._targets(Y, 1024)
+    be.prepare(plan, net.loss)
+    prepared = list(fake.compiled)
     done = []
     for _ in range(2):
         fake.reset()
@@ -324,6 +341,7 @@ def test_input_gradient_plan(fake, sizes, fused):
         be.network_loss(plan, Yd, net.loss)
         be.network_backward(plan, net._Wb, net._dWb, after_layer=done.append)
     assert fake.allocations == 0, fake.allocation_sites
+    assert fake.compiled == prepared, f"compiled mid-step: {fake.compiled[len(prepared):]}"
     assert done == [2, 1, 2, 1]
     if fused:
         bwd = fake.launched("fused_mlp_bwd")[0]
@@ -358,6 +376,7 @@ def test_optimizers(fake, make_opt, dtype):
         mode = 0 if not opt.weight_decay else (2 if isinstance(opt, AdamW) else 1)
         assert u.arg("mode") == mode and u.arg("step") is opt._t
     assert u.arg("p") is net._params and u.arg("g") is net._grads
+    assert_prepared(fake, net, X, Y, make_opt())
     Xd, Yd, opt, plan = warm_step(net, X, Y, opt)
     assert_no_allocation(fake, net, Xd, Yd, opt, plan)
 

@@ -19,6 +19,8 @@ device memory of one H100-like device (sm_90, 132 SMs).  What it checks:
   kernel's `max_dynamic_shared_size_bytes` (48 KB unless raised) and the
   device's opt-in limit.  A violation raises `LaunchError`.  Kernels write
   nothing (arrays start zeroed).  Every launch is recorded in `fake.launches`.
+- Compilation: the name expressions of every `RawModule` made are listed in
+  `fake.compiled` (a module is compiled when it is made).
 - Memory: every new device buffer (factory functions, copies, results of
   array operations; not views) counts in `fake.allocations`.
 - Streams and graphs: between `stream.begin_capture()` and `end_capture()`
@@ -223,7 +225,8 @@ class FakeCupy(types.ModuleType):
         self.launches: list[Launch] = []
         self.allocations = 0
         self.allocated_bytes = 0
-        self.allocation_sites: list[str] = []   # where each counted allocation was made (gpubp's frame)
+        self.allocation_sites: list[str] = []   # where each counted allocation was made (gpubp's frames)
+        self.compiled: list[str] = []           # name expressions of every RawModule made, in order
         self.unread_pointers = dict(unread_pointers or {})
         self.attributes = dict(H100_ATTRIBUTES, **(attributes or {}))
         self._capturing = []          # streams capturing now
@@ -480,6 +483,7 @@ class RawModule:
         self.kernels = parse_kernels(code)
         for expr in self.name_expressions or ():
             self._resolve(expr)       # every instantiation names a kernel with matching template arity
+        fake.compiled.extend(self.name_expressions or self.kernels)
 
     def _resolve(self, expr):
         kernel, args = split_name_expression(expr)
