@@ -44,10 +44,9 @@ UNREAD_POINTERS = {
 }
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    """A fake `cupy` in sys.modules, and gpubp's per-device caches emptied (both undone after)."""
-    fake = FakeCupy(unread_pointers=UNREAD_POINTERS)
+def install_fake(monkeypatch, **kw):
+    """A fake `cupy` in sys.modules, and gpubp's per-device caches emptied (both undone after the test)."""
+    fake = FakeCupy(unread_pointers=UNREAD_POINTERS, **kw)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(cuda_device, "_attributes", {})
     monkeypatch.setattr(cuda_device, "_ccs", {})
@@ -55,6 +54,12 @@ def fake(monkeypatch):
     monkeypatch.setattr(cuda_fused, "_grids", {})
     monkeypatch.setattr(gpubp.backends, "_instances", {})
     return fake
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A fake H100 (sm_90)."""
+    return install_fake(monkeypatch)
 
 
 def cuda(**kw):
@@ -429,3 +434,44 @@ def test_train_step_allocates_only_the_batch_copies(fake):
     net.train_step(X, Y, "adam")
     assert fake.allocations == 2, fake.allocation_sites
     assert all("_raw_inputs" in s or "_targets" in s for s in fake.allocation_sites), fake.allocation_sites
+
+
+# ------------------------------------------------------------------ other devices
+#: (name, attributes that differ from the H100's, fused float32 fits, TF32 kernels run)
+DEVICES = [
+    ("A100", dict(MultiProcessorCount=108, MaxSharedMemoryPerBlockOptin=163 * 1024,
+                  MaxSharedMemoryPerMultiprocessor=164 * 1024, ComputeCapabilityMajor=8), True, True),
+    ("A10", dict(MultiProcessorCount=72, MaxSharedMemoryPerBlockOptin=99 * 1024,
+                 MaxSharedMemoryPerMultiprocessor=100 * 1024, MaxThreadsPerMultiProcessor=1536,
+                 ComputeCapabilityMajor=8, ComputeCapabilityMinor=6), True, True),
+    ("V100", dict(MultiProcessorCount=80, MaxSharedMemoryPerBlockOptin=96 * 1024,
+                  MaxSharedMemoryPerMultiprocessor=96 * 1024, ComputeCapabilityMajor=7), True, False),
+    ("T4", dict(MultiProcessorCount=40, MaxSharedMemoryPerBlockOptin=64 * 1024,
+                MaxSharedMemoryPerMultiprocessor=64 * 1024, MaxThreadsPerMultiProcessor=1024,
+                ComputeCapabilityMajor=7, ComputeCapabilityMinor=5), False, False),
+    ("P100", dict(MultiProcessorCount=56, MaxSharedMemoryPerBlockOptin=48 * 1024,
+                  MaxSharedMemoryPerMultiprocessor=64 * 1024, ComputeCapabilityMajor=6), False, False),
+]
+
+
+@pytest.mark.parametrize("name, attributes, fused_fits, has_tf32", DEVICES, ids=[d[0] for d in DEVICES])
+@pytest.mark.parametrize("precision", ["float32"])
+def test_narrow_layers_on_other_devices(monkeypatch, name, attributes, fused_fits, has_tf32, precision):
+    """The fused runs where the device has their shared memory (and TF32 kernels where it has
+    tensor cores for them: elsewhere precision='tf32' computes in float32, as documented);
+    per-layer GEMMs otherwise, never a refused launch."""
+    fake = install_fake(monkeypatch, attributes=attributes, name=name)
+    be = cuda()
+    assert name in be.describe()
+    net = net_for(be, FUSED_SIZES, "relu", "mse", precision=precision)
+    X, Y = data(FUSED_SIZES, "mse", 1024)
+    net.train_step(X, Y, "adam", lr=1e-3)
+    kernels = fake.kernel_names()
+    if fused_fits:
+        want = "fused_mlp_bwd_tf32" if precision == "tf32" and has_tf32 else "fused_mlp_bwd"
+        assert want in kernels and "gemm_fwd" not in kernels, kernels
+    else:
+        assert {"gemm_fwd", "gemm_bwd_data"} <= kernels and not any(k.startswith("fused") for k in kernels)
+    if "pipelined" in " ".join(kernels):
+        assert attributes["ComputeCapabilityMajor"] >= 8
+    assert_prepared(fake, net, X, Y)

@@ -210,12 +210,14 @@ class CudaBackend(Backend):
         A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
         when `self.fuse` is on, the dtype is float32, the batch has at least
         `FUSE_MIN_BATCH` rows, and at least `FUSE_MIN_LAYERS` consecutive
-        layers have every width <= `FUSE_MAX_WIDTH[precision]`; other layers go
-        through the per-layer fused GEMMs.
+        layers have every width <= `FUSE_MAX_WIDTH[precision]` and fit the device
+        (`cuda_fused.fits_device`: the shared memory of the fused kernels); other
+        layers go through the per-layer fused GEMMs.
         """
         L = len(sizes) - 1
         ok = [self.fuse and np.dtype(dtype) == np.float32 and batch >= self.FUSE_MIN_BATCH and
               cuda_fused.eligible(sizes[l:l + 2]) and max(sizes[l:l + 2]) <= self.FUSE_MAX_WIDTH[precision]
+              and cuda_fused.fits_device(sizes[l:l + 2], precision)
               for l in range(L)]
         segs, l = [], 0
         while l < L:

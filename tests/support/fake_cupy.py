@@ -213,14 +213,16 @@ class Launch:
 class FakeCupy(types.ModuleType):
     """A `cupy` module backed by numpy; see the module docstring.
 
-    `unread_pointers` maps `(kernel, parameter)` to a predicate of the launch's
+    `attributes` replaces some of the H100's (`H100_ATTRIBUTES`) to stand for another
+    device, called `name`.  `unread_pointers` maps `(kernel, parameter)` to a predicate of the launch's
     template arguments (a dict) that is true when the kernel never dereferences
     that pointer: such a pointer may be any device array (launchers pass a
     placeholder there).
     """
 
-    def __init__(self, unread_pointers=None, attributes=None):
+    def __init__(self, unread_pointers=None, attributes=None, name="NVIDIA H100 80GB HBM3"):
         super().__init__("cupy")
+        self.device_name = f"{name} (fake)"
         self.__version__ = "13.0.0+fake"
         self.launches: list[Launch] = []
         self.allocations = 0
@@ -725,7 +727,7 @@ def _make_cuda(fake):
     def getDeviceProperties(i):
         Device(i)
         a = fake.attributes
-        return {"name": b"NVIDIA H100 80GB HBM3 (fake)", "totalGlobalMem": MEM_TOTAL,
+        return {"name": fake.device_name.encode(), "totalGlobalMem": MEM_TOTAL,
                 "multiProcessorCount": a["MultiProcessorCount"], "major": a["ComputeCapabilityMajor"],
                 "minor": a["ComputeCapabilityMinor"], "sharedMemPerBlockOptin": a["MaxSharedMemoryPerBlockOptin"],
                 "sharedMemPerMultiprocessor": a["MaxSharedMemoryPerMultiprocessor"],
