@@ -455,7 +455,7 @@ DEVICES = [
 
 
 @pytest.mark.parametrize("name, attributes, fused_fits, has_tf32", DEVICES, ids=[d[0] for d in DEVICES])
-@pytest.mark.parametrize("precision", ["float32"])
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
 def test_narrow_layers_on_other_devices(monkeypatch, name, attributes, fused_fits, has_tf32, precision):
     """The fused runs where the device has their shared memory (and TF32 kernels where it has
     tensor cores for them: elsewhere precision='tf32' computes in float32, as documented);
