@@ -215,8 +215,14 @@ def test_every_activation_and_loss_on_the_per_layer_path(fake, dtype, loss):
         if loss == "cross_entropy":
             assert f"ce_loss_delta<{ct}, true, false>" in names
         net.train_step(X, Y, "adam", lr=1e-3)
-        net.evaluate(X, Y)
-        net.predict(X)
+        hist = net.fit(X, Y, epochs=2, batch_size=5, optimizer="sgd", lr=0.1, progress=False)
+        assert hist["loss"] == [0.0, 0.0] and net.optimizer.t == 4
+        assert net.evaluate(X, Y)["loss"] == 0.0
+        assert net.predict(X).shape[0] == 10
+        step = net.capture_train_step(X, Y, "sgd")
+        fake.reset()
+        step(X, Y)
+        assert fake.launches and all(l.replay for l in fake.launches)
         assert_prepared(fake, net, X, Y)
         if loss == "cross_entropy":        # one-hot targets: the dense cross-entropy kernel
             net.loss_and_grads(X, np.eye(3)[Y])
@@ -253,6 +259,11 @@ def test_fused_runs_for_every_activation(fake, precision):
         assert_prepared(fake, net, X, Y, "sgd")
         Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
         assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+        step = net.capture_train_step(X, Y, Adam(1e-3))
+        fake.reset()
+        step(X, Y)
+        assert [l.kernel for l in fake.launches] == ["fused_mlp_fwd" + sfx, "loss_pointwise", "loss_finalize",
+                                                      "fused_mlp_bwd" + sfx, "fused_mlp_reduce", "adam_update"]
 
 
 def test_a_fused_run_next_to_wide_layers(fake):
