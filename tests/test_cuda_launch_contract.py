@@ -21,6 +21,7 @@ import gpubp
 from conftest import output_activation_for, random_targets
 from gpubp.activations import ACT_CODES, ACTIVATIONS
 from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_source
+from gpubp.backends.kernel_constants import FM_FIELDS
 from gpubp.compile_check import all_specs
 from gpubp.losses import LOSSES
 from gpubp.optim import SGD, Adam, AdamW
@@ -46,7 +47,7 @@ UNREAD_POINTERS = {
 
 def install_fake(monkeypatch, **kw):
     """A fake `cupy` in sys.modules, and gpubp's per-device caches emptied (both undone after the test)."""
-    fake = FakeCupy(unread_pointers=UNREAD_POINTERS, **kw)
+    fake = FakeCupy(unread_pointers=UNREAD_POINTERS, extents=EXTENTS, **kw)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(cuda_device, "_attributes", {})
     monkeypatch.setattr(cuda_device, "_ccs", {})
@@ -54,6 +55,63 @@ def install_fake(monkeypatch, **kw):
     monkeypatch.setattr(cuda_fused, "_grids", {})
     monkeypatch.setattr(gpubp.backends, "_instances", {})
     return fake
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _gemm_tiles(P, Q, bm, grid):
+    assert grid[0] == _cdiv(P, bm) * _cdiv(Q, bm), f"grid {grid} for a {P} x {Q} output in {bm} x {bm} tiles"
+
+
+def _bwd_weight(p, t, grid, bm):
+    _gemm_tiles(p.N, p.K, bm, grid)
+    S = grid[2]
+    assert p.rows_per_split * S >= p.M, f"{S} splits of {p.rows_per_split} rows miss some of {p.M}"
+    assert S == 1 or p.split_stride >= p.N * p.K + p.N, "split partials overlap"
+    return {"D": p.M * p.N, "A": p.M * p.K, "dW_base": (S - 1) * p.split_stride + p.N * p.K,
+            "db_base": (S - 1) * p.split_stride + p.N}
+
+
+_NEEDS_Z = (ACT_CODES["gelu"], ACT_CODES["silu"])
+
+#: kernel -> the elements each pointer argument must hold, from the launch's sizes (and checks of the grid)
+EXTENTS = {
+    "gemm_fwd": lambda p, t, g: (_gemm_tiles(p.M, p.N, 32 * t["SUB"], g) or
+                                 {"A": p.M * p.K, "W": p.N * p.K, "bias": p.N, "Aout": p.M * p.N,
+                                  "Zout": p.M * p.N if p.write_z else 0}),
+    "gemm_bwd_data": lambda p, t, g: (_gemm_tiles(p.M, p.K, 32 * t["SUB"], g) or
+                                      {"D": p.M * p.N, "W": p.N * p.K, "out": p.M * p.K,
+                                       "Aprev": p.M * p.K if t["ACT"] not in (0,) + _NEEDS_Z else 0,
+                                       "Zprev": p.M * p.K if t["ACT"] in _NEEDS_Z else 0}),
+    "gemm_bwd_weight": lambda p, t, g: _bwd_weight(p, t, g, 32 * t["SUB"]),
+    "gemm_bwd_weight_pipelined": lambda p, t, g: _bwd_weight(p, t, g, 128),
+    "gemm_splitk_reduce": lambda p, t, g: {"ws": (p.S - 1) * p.split_stride + p.NK + p.N, "dW": p.NK, "db": p.N},
+    "loss_pointwise": lambda p, t, g: {"A": p.total, "Y": p.total, "Z": p.total if t["ACT"] in _NEEDS_Z else 0,
+                                       "delta": p.total if p.write_delta else 0, "partials": g[0]},
+    "ce_loss_delta": lambda p, t, g: {"Zl": p.B * p.n, "Yp": 0 if t["LABELS"] == "true" else p.B * p.n,
+                                      "labels": p.B if t["LABELS"] == "true" else 0,
+                                      "delta": p.B * p.n if p.write_delta else 0, "partials": g[0]},
+    "loss_finalize": lambda p, t, g: {"partials": p.count, "out": 1},
+    "sgd_update": lambda p, t, g: {"p": p.n, "g": p.n, "buf": p.n},
+    "adam_update": lambda p, t, g: {"p": p.n, "g": p.n, "m": p.n, "v": p.n, "step": 1},
+    "fused_mlp_fwd": lambda p, t, g: (_tiles_of_rows(p.B, t["BM"], g) or {"table": p.L * FM_FIELDS}),
+    "fused_mlp_fwd_tf32": lambda p, t, g: (_tiles_of_rows(p.B, t["BM"], g) or {"table": p.L * FM_FIELDS}),
+    "fused_mlp_bwd": lambda p, t, g: _fused_bwd(p, t, g),
+    "fused_mlp_bwd_tf32": lambda p, t, g: _fused_bwd(p, t, g),
+    "fused_mlp_reduce": lambda p, t, g: {"table": g[1] * FM_FIELDS, "ws": p.G * p.ws_stride},
+}
+
+
+def _tiles_of_rows(B, bm, grid):
+    assert grid[0] == _cdiv(B, bm), f"grid {grid} for {B} rows in tiles of {bm}"
+
+
+def _fused_bwd(p, t, grid):
+    assert p.n_tiles == _cdiv(p.B, t["BM"]), f"{p.n_tiles} row tiles for {p.B} rows of {t['BM']}"
+    assert grid[0] <= p.n_tiles, "more blocks than row tiles"
+    return {"table": p.L * FM_FIELDS, "ws": grid[0] * p.ws_stride}
 
 
 @pytest.fixture

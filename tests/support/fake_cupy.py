@@ -217,10 +217,14 @@ class FakeCupy(types.ModuleType):
     device, called `name`.  `unread_pointers` maps `(kernel, parameter)` to a predicate of the launch's
     template arguments (a dict) that is true when the kernel never dereferences
     that pointer: such a pointer may be any device array (launchers pass a
-    placeholder there).
+    placeholder there).  `extents` maps a kernel to `rule(p, t, grid)`, given the
+    launch's arguments by parameter name (`p`, scalars as Python numbers), its
+    template arguments (`t`) and grid: it returns `{parameter: least number of
+    elements}` the kernel may touch (each pointer argument must hold that many),
+    and may assert more (e.g. that the grid covers the output).
     """
 
-    def __init__(self, unread_pointers=None, attributes=None, name="NVIDIA H100 80GB HBM3"):
+    def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3"):
         super().__init__("cupy")
         self.device_name = f"{name} (fake)"
         self.__version__ = "13.0.0+fake"
@@ -230,6 +234,7 @@ class FakeCupy(types.ModuleType):
         self.allocation_sites: list[str] = []   # where each counted allocation was made (gpubp's frames)
         self.compiled: list[str] = []           # name expressions of every RawModule made, in order
         self.unread_pointers = dict(unread_pointers or {})
+        self.extents = dict(extents or {})
         self.attributes = dict(H100_ATTRIBUTES, **(attributes or {}))
         self._capturing = []          # streams capturing now
         self._stream_stack = []
@@ -412,6 +417,9 @@ class FakeCupy(types.ModuleType):
         for k, (arg, (ctype, pname)) in enumerate(zip(args, sig.params)):
             self._check_arg(where, k, pname, _substitute(ctype, targs), arg,
                             unread=self._unread(sig.name, pname, targs))
+        rule = self.extents.get(sig.name)
+        if rule is not None:
+            self._check_extents(where, rule, sig, targs, args, tuple(int(g) for g in grid) + (1,) * (3 - len(grid)))
         stream = stream if stream is not None else self.current_stream()
         launch = Launch(fn.name, sig.name, tuple(int(g) for g in grid), tuple(int(b) for b in block), args,
                         int(shared_mem), stream, signature=sig)
@@ -421,6 +429,18 @@ class FakeCupy(types.ModuleType):
             launch.captured = True
             stream._graph_ops.append(launch)
         self.launches.append(launch)
+
+    def _check_extents(self, where, rule, sig, targs, args, grid):
+        p = types.SimpleNamespace(**{n: a.item() if isinstance(a, np.generic) else a
+                                     for a, (_, n) in zip(args, sig.params)})
+        try:
+            need = rule(p, targs, grid)
+        except AssertionError as e:
+            raise LaunchError(f"{where}: {e}") from None
+        for pname, n in need.items():
+            arr = getattr(p, pname)
+            if arr.size < n:
+                raise LaunchError(f"{where}: {pname} holds {arr.size} elements, the launch reaches {n}")
 
     def _unread(self, kernel, pname, targs) -> bool:
         rule = self.unread_pointers.get((kernel, pname))
