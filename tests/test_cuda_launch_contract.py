@@ -21,7 +21,7 @@ import gpubp
 from conftest import output_activation_for, random_targets
 from gpubp.activations import ACT_CODES, ACTIVATIONS
 from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_source
-from gpubp.backends.kernel_constants import FM_FIELDS
+from gpubp.backends.kernel_constants import FM, FM_FIELDS, FM_VEC
 from gpubp.compile_check import all_specs
 from gpubp.losses import LOSSES
 from gpubp.optim import SGD, Adam, AdamW
@@ -78,40 +78,83 @@ _NEEDS_Z = (ACT_CODES["gelu"], ACT_CODES["silu"])
 
 #: kernel -> the elements each pointer argument must hold, from the launch's sizes (and checks of the grid)
 EXTENTS = {
-    "gemm_fwd": lambda p, t, g: (_gemm_tiles(p.M, p.N, 32 * t["SUB"], g) or
+    "gemm_fwd": lambda p, t, g, fake: (_gemm_tiles(p.M, p.N, 32 * t["SUB"], g) or
                                  {"A": p.M * p.K, "W": p.N * p.K, "bias": p.N, "Aout": p.M * p.N,
                                   "Zout": p.M * p.N if p.write_z else 0}),
-    "gemm_bwd_data": lambda p, t, g: (_gemm_tiles(p.M, p.K, 32 * t["SUB"], g) or
+    "gemm_bwd_data": lambda p, t, g, fake: (_gemm_tiles(p.M, p.K, 32 * t["SUB"], g) or
                                       {"D": p.M * p.N, "W": p.N * p.K, "out": p.M * p.K,
                                        "Aprev": p.M * p.K if t["ACT"] not in (0,) + _NEEDS_Z else 0,
                                        "Zprev": p.M * p.K if t["ACT"] in _NEEDS_Z else 0}),
-    "gemm_bwd_weight": lambda p, t, g: _bwd_weight(p, t, g, 32 * t["SUB"]),
-    "gemm_bwd_weight_pipelined": lambda p, t, g: _bwd_weight(p, t, g, 128),
-    "gemm_splitk_reduce": lambda p, t, g: {"ws": (p.S - 1) * p.split_stride + p.NK + p.N, "dW": p.NK, "db": p.N},
-    "loss_pointwise": lambda p, t, g: {"A": p.total, "Y": p.total, "Z": p.total if t["ACT"] in _NEEDS_Z else 0,
+    "gemm_bwd_weight": lambda p, t, g, fake: _bwd_weight(p, t, g, 32 * t["SUB"]),
+    "gemm_bwd_weight_pipelined": lambda p, t, g, fake: _bwd_weight(p, t, g, 128),
+    "gemm_splitk_reduce": lambda p, t, g, fake: {"ws": (p.S - 1) * p.split_stride + p.NK + p.N, "dW": p.NK, "db": p.N},
+    "loss_pointwise": lambda p, t, g, fake: {"A": p.total, "Y": p.total, "Z": p.total if t["ACT"] in _NEEDS_Z else 0,
                                        "delta": p.total if p.write_delta else 0, "partials": g[0]},
-    "ce_loss_delta": lambda p, t, g: {"Zl": p.B * p.n, "Yp": 0 if t["LABELS"] == "true" else p.B * p.n,
+    "ce_loss_delta": lambda p, t, g, fake: {"Zl": p.B * p.n, "Yp": 0 if t["LABELS"] == "true" else p.B * p.n,
                                       "labels": p.B if t["LABELS"] == "true" else 0,
                                       "delta": p.B * p.n if p.write_delta else 0, "partials": g[0]},
-    "loss_finalize": lambda p, t, g: {"partials": p.count, "out": 1},
-    "sgd_update": lambda p, t, g: {"p": p.n, "g": p.n, "buf": p.n},
-    "adam_update": lambda p, t, g: {"p": p.n, "g": p.n, "m": p.n, "v": p.n, "step": 1},
-    "fused_mlp_fwd": lambda p, t, g: (_tiles_of_rows(p.B, t["BM"], g) or {"table": p.L * FM_FIELDS}),
-    "fused_mlp_fwd_tf32": lambda p, t, g: (_tiles_of_rows(p.B, t["BM"], g) or {"table": p.L * FM_FIELDS}),
-    "fused_mlp_bwd": lambda p, t, g: _fused_bwd(p, t, g),
-    "fused_mlp_bwd_tf32": lambda p, t, g: _fused_bwd(p, t, g),
-    "fused_mlp_reduce": lambda p, t, g: {"table": g[1] * FM_FIELDS, "ws": p.G * p.ws_stride},
+    "loss_finalize": lambda p, t, g, fake: {"partials": p.count, "out": 1},
+    "sgd_update": lambda p, t, g, fake: {"p": p.n, "g": p.n, "buf": p.n},
+    "adam_update": lambda p, t, g, fake: {"p": p.n, "g": p.n, "m": p.n, "v": p.n, "step": 1},
+    "fused_mlp_fwd": lambda p, t, g, fake: _fused_fwd(p, t, g, fake),
+    "fused_mlp_fwd_tf32": lambda p, t, g, fake: _fused_fwd(p, t, g, fake),
+    "fused_mlp_bwd": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
+    "fused_mlp_bwd_tf32": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
+    "fused_mlp_reduce": lambda p, t, g, fake: (_fused_table(p.table, g[1], None, "reduce", t, fake) and
+                                               {"ws": p.G * p.ws_stride}),
 }
+
+
+def _fused_table(table, L, B, kind, t, fake):
+    """Follow every pointer of a fused run's parameter table (FM_* fields, kernels/fused_mlp.cu) to
+    the live float32 device array that must hold what the kernel reads or writes there."""
+    assert table.size >= L * FM_FIELDS, f"a table of {table.size} entries for {L} layers"
+    rows = np.asarray(table.view(np.ndarray)).reshape(-1, FM_FIELDS)[:L]
+    widths = []
+    for l, r in enumerate(rows):
+        f = {name: int(r[i]) for name, i in FM.items()}
+        n_in, n_out = f["NIN"], f["NOUT"]
+        assert 1 <= n_in <= t["WMAX"] and 1 <= n_out <= t["WMAX"], f"layer {l}: widths {n_in} -> {n_out}"
+        assert l == 0 or n_in == widths[-1], f"layer {l} takes {n_in} inputs after {widths[-1]} outputs"
+        widths.append(n_out)
+        if kind == "fwd":
+            need = {"W": n_out * n_in, "B": n_out, "AOUT": B * n_out, "X": B * n_in,
+                    "ZOUT": B * n_out if f["ZOUT"] else 0}
+        elif kind == "bwd":
+            assert kind != "bwd" or f["ACTX"] not in _NEEDS_Z or f["ZX"], f"layer {l}: g' needs Z, ZX is 0"
+            need = {"W": n_out * n_in, "X": B * n_in, "ZX": B * n_in if f["ACTX"] in _NEEDS_Z else 0}
+        else:
+            need = {"DW": n_out * n_in, "DB": n_out}
+        for field, n in need.items():
+            if n:
+                a = fake.memory_at(f[field], 4 * n)
+                assert a is not None and a.dtype == np.float32, \
+                    f"layer {l}: {field} = {f[field]:#x} is not {n} floats of a live float32 device array"
+        for bit, field, n in (("W", "W", n_in), ("X", "X", n_in), ("AOUT", "AOUT", n_out), ("ZX", "ZX", n_in)):
+            if f["VEC"] & FM_VEC[bit]:
+                assert n % 4 == 0 and f[field] % 16 == 0, f"layer {l}: FM_VEC_{bit} set for an unaligned {field}"
+    return widths
+
+
+def _fused_fwd(p, t, grid, fake):
+    _tiles_of_rows(p.B, t["BM"], grid)
+    _fused_table(p.table, p.L, p.B, "fwd", t, fake)
+    return {}
+
 
 
 def _tiles_of_rows(B, bm, grid):
     assert grid[0] == _cdiv(B, bm), f"grid {grid} for {B} rows in tiles of {bm}"
 
 
-def _fused_bwd(p, t, grid):
+def _fused_bwd(p, t, grid, fake):
     assert p.n_tiles == _cdiv(p.B, t["BM"]), f"{p.n_tiles} row tiles for {p.B} rows of {t['BM']}"
     assert grid[0] <= p.n_tiles, "more blocks than row tiles"
-    return {"table": p.L * FM_FIELDS, "ws": grid[0] * p.ws_stride}
+    widths = _fused_table(p.table, p.L, p.B, "bwd", t, fake)
+    n_in = int(np.asarray(p.table.view(np.ndarray)).reshape(-1, FM_FIELDS)[0, FM["NIN"]])
+    assert p.ws_stride >= p.L * (t["WMAX"] ** 2 + t["WMAX"]), "workspace stride below a block's partials"
+    return {"ws": grid[0] * p.ws_stride, "delta_last": p.B * widths[-1],
+            "delta_in": p.B * n_in if p.want_din else 0}
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ import os
 import re
 import sys
 import types
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -219,7 +220,8 @@ class FakeCupy(types.ModuleType):
     that pointer: such a pointer may be any device array (launchers pass a
     placeholder there).  `extents` maps a kernel to `rule(p, t, grid)`, given the
     launch's arguments by parameter name (`p`, scalars as Python numbers), its
-    template arguments (`t`) and grid: it returns `{parameter: least number of
+    template arguments (`t`), grid and this module (for `memory_at`, to follow
+    pointers held in device memory): it returns `{parameter: least number of
     elements}` the kernel may touch (each pointer argument must hold that many),
     and may assert more (e.g. that the grid covers the output).
     """
@@ -233,6 +235,7 @@ class FakeCupy(types.ModuleType):
         self.allocated_bytes = 0
         self.allocation_sites: list[str] = []   # where each counted allocation was made (gpubp's frames)
         self.compiled: list[str] = []           # name expressions of every RawModule made, in order
+        self._live: dict = {}                   # start address -> weakref to the device array owning it
         self.unread_pointers = dict(unread_pointers or {})
         self.extents = dict(extents or {})
         self.attributes = dict(H100_ATTRIBUTES, **(attributes or {}))
@@ -276,6 +279,18 @@ class FakeCupy(types.ModuleType):
         self.allocations += 1
         self.allocated_bytes += int(arr.nbytes)
         self.allocation_sites.append(_caller())
+        self._live[arr.__array_interface__["data"][0]] = weakref.ref(arr)
+
+    def memory_at(self, ptr: int, nbytes: int):
+        """The live device array whose memory holds bytes [ptr, ptr + nbytes), or None."""
+        found = None
+        for start, ref in list(self._live.items()):
+            a = ref()
+            if a is None:
+                del self._live[start]
+            elif start <= ptr and ptr + nbytes <= start + a.nbytes:
+                found = a
+        return found
 
     def _no_sync(self, what):
         if self._capturing:
@@ -434,7 +449,7 @@ class FakeCupy(types.ModuleType):
         p = types.SimpleNamespace(**{n: a.item() if isinstance(a, np.generic) else a
                                      for a, (_, n) in zip(args, sig.params)})
         try:
-            need = rule(p, targs, grid)
+            need = rule(p, targs, grid, self)
         except AssertionError as e:
             raise LaunchError(f"{where}: {e}") from None
         for pname, n in need.items():
