@@ -587,3 +587,32 @@ def test_narrow_layers_on_other_devices(monkeypatch, name, attributes, fused_fit
     if "pipelined" in " ".join(kernels):
         assert attributes["ComputeCapabilityMajor"] >= 8
     assert_prepared(fake, net, X, Y)
+
+
+# ------------------------------------------------------------------ the fused launchers on their own
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+@pytest.mark.parametrize("with_scratch", [True, False])
+def test_fused_launchers_at_width_128(fake, precision, with_scratch):
+    """The width-128 run kernels (kept for benchmarks; the backend fuses widths <= 64 only)."""
+    from gpubp.backends.plan import Scratch
+
+    be = cuda()
+    scratch = Scratch(be) if with_scratch else None
+    widths, B, codes = (100, 128, 70), 300, [ACT_CODES["gelu"], ACT_CODES["tanh"]]
+    A_in, Z_in = fake.zeros((B, 100), np.float32), fake.zeros((B, 100), np.float32)
+    Ws = [fake.zeros((widths[l + 1], widths[l]), np.float32) for l in range(2)]
+    bs = [fake.zeros((widths[l + 1],), np.float32) for l in range(2)]
+    A = [fake.zeros((B, n), np.float32) for n in widths[1:]]
+    Z = [fake.zeros((B, 128), np.float32), None]
+    dWs, dbs = [fake.zeros_like(W) for W in Ws], [fake.zeros_like(b) for b in bs]
+    delta_last, delta_in = fake.zeros((B, 70), np.float32), fake.zeros((B, 100), np.float32)
+    for _ in range(2):
+        fake.reset()
+        cuda_fused.fused_forward(A_in, Ws, bs, codes, A, Z, precision=precision, scratch=scratch)
+        cuda_fused.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, delta_in_out=delta_in,
+                                  act_code_in=ACT_CODES["silu"], Z_in=Z_in, precision=precision, scratch=scratch)
+    sfx = "" if precision == "float32" else "_tf32"
+    assert [l.name for l in fake.launches] == [f"fused_mlp_fwd{sfx}<64, 128>", f"fused_mlp_bwd{sfx}<64, 128>",
+                                               "fused_mlp_reduce<128>"]
+    assert fake.launches[1].shared_mem == cuda_fused.bwd_smem_bytes(128, precision=precision) > 100 * 1024
+    assert (fake.allocations == 0) == with_scratch, fake.allocation_sites
