@@ -27,7 +27,7 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
-from .network import DTYPES
+from .network import DTYPES, INITS
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
@@ -213,7 +213,8 @@ def _add_train(sub):
     g.add_argument("--noise", type=_nonneg_float, default=None,
                    help="noise of the generated data sets (moons 0.2, xor 0 by default)")
     g.add_argument("--no-standardize", dest="standardize", action="store_false",
-                   help="keep the raw features (default: standardise with training statistics)")
+                   help="keep the raw features (default: the network standardises its inputs with the "
+                        "training set's statistics, and a saved checkpoint keeps them)")
     g = p.add_argument_group("network")
     sz = g.add_mutually_exclusive_group()
     sz.add_argument("--layers", type=_sizes, default=None, metavar="N0,N1,...,NL",
@@ -237,10 +238,16 @@ def _add_train(sub):
     g.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
     g.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype")
+    g.add_argument("--init", choices=INITS, default="torch",
+                   help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
     g = p.add_argument_group("output")
     g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
-    g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG")
+    g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG "
+                   "(with --grad-norms also PATH's name + '-grad-norms.png')")
+    g.add_argument("--grad-norms", action="store_true",
+                   help="record each layer's ||dW||, ||delta|| and update-to-weight ratio per epoch, print them, "
+                        "and warn of vanishing or exploding gradients")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p
@@ -287,13 +294,68 @@ def _say(msg, bar):
         print(msg, flush=True)
 
 
+def _grad_norms_path(plot) -> Path:
+    p = Path(plot)
+    return p.with_name(p.stem + "-grad-norms" + (p.suffix or ".png"))
+
+
+class _EpochReport:
+    """fit's callback behind `gpubp train`: one line per epoch (and a bar on a terminal)."""
+
+    def __init__(self, ds, Y_held, X_held, y_held, held, epochs, progress):
+        from .data import accuracy
+
+        self.accuracy = accuracy
+        self.ds, self.X_held, self.Y_held, self.y_held, self.held = ds, X_held, Y_held, y_held, held
+        self.epochs, self.width = epochs, len(str(epochs))
+        self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.t = time.perf_counter()
+
+    def on_epoch_end(self, net, epoch, logs):
+        h = self.history
+        h["loss"].append(logs["loss"][-1])
+        h["accuracy"].append(self.accuracy(net, self.ds.X_train, self.ds.y_train))
+        h["val_loss"].append(net.evaluate(self.X_held, self.Y_held)["loss"])
+        h["val_accuracy"].append(self.accuracy(net, self.X_held, self.y_held))
+        for key in ("grad_norms", "delta_norms", "update_ratios"):
+            if key in logs:
+                h[key] = logs[key]
+        now = time.perf_counter()
+        line = (f"epoch {epoch:>{self.width}}/{self.epochs}  train loss {h['loss'][-1]:.4f}  "
+                f"train acc {h['accuracy'][-1]:.4f}  {self.held} loss {h['val_loss'][-1]:.4f}  "
+                f"{self.held} acc {h['val_accuracy'][-1]:.4f}  ({now - self.t:.2f} s)")
+        if "grad_norms" in logs:
+            line += "  ||dW|| " + " ".join(f"{g:.2e}" for g in logs["grad_norms"][-1])
+        self.t = now
+        _say(line, self.bar)
+        if self.bar is not None:
+            self.bar.set_postfix({"train loss": f"{h['loss'][-1]:.4f}", f"{self.held} acc": f"{h['val_accuracy'][-1]:.4f}"})
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def cmd_train(args) -> int:
     from .data import accuracy, load_dataset, targets_for
     from .network import MLP
 
+    if args.save:
+        _check_writable(args.save, "--save")
+    if args.plot:
+        _check_writable(args.plot, "--plot")
+        if args.grad_norms:
+            _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
-                          standardize_features=args.standardize, n_samples=args.n_samples, noise=args.noise)
+                          standardize_features=False, n_samples=args.n_samples, noise=args.noise)
     except ValueError as e:
         raise UsageError(str(e)) from None
     sizes = _resolve_layers(args, ds)
@@ -302,15 +364,11 @@ def cmd_train(args) -> int:
                          f"--output-activation must be identity, not {args.output_activation}")
     activation = _hidden_activation(args.activation, len(sizes) - 2)
     opt = _make_optimizer(args)
-    if args.save:
-        _check_writable(args.save, "--save")
-    if args.plot:
-        _check_writable(args.plot, "--plot")
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
-                  backend=backend, dtype=args.dtype, seed=args.seed)
-    except (ValueError, TypeError) as e:
+                  backend=backend, dtype=args.dtype, seed=args.seed, init=args.init)
+    except (ValueError, TypeError, MemoryError) as e:
         raise UsageError(str(e)) from None
 
     n_out = sizes[-1]
@@ -320,46 +378,26 @@ def cmd_train(args) -> int:
     Y_held = targets_for(y_held, args.loss, n_out, np.float64)
     print(f"data: {ds.summary()}")
     print(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
-          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}")
+          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
+          f"init {args.init}" + (", inputs standardised by the network" if args.standardize else ""))
     print(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
           f"backend {net.backend.describe()}")
 
-    bar = None
-    if args.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=args.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    width = len(str(args.epochs))
+    report = _EpochReport(ds, Y_held, X_held, y_held, held, args.epochs, args.progress)
     t0 = time.perf_counter()
     try:
-        for epoch in range(1, args.epochs + 1):
-            te = time.perf_counter()
-            h = net.fit(ds.X_train, Y_train, epochs=1, batch_size=args.batch_size, optimizer=opt,
-                        shuffle=True, progress=False)
-            history["loss"].append(h["loss"][-1])
-            history["accuracy"].append(accuracy(net, ds.X_train, ds.y_train))
-            history["val_loss"].append(net.evaluate(X_held, Y_held)["loss"])
-            history["val_accuracy"].append(accuracy(net, X_held, y_held))
-            dt = time.perf_counter() - te
-            _say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
-                 f"acc {history['accuracy'][-1]:.4f}  {held} loss {history['val_loss'][-1]:.4f}  "
-                 f"{held} acc {history['val_accuracy'][-1]:.4f}  ({dt:.2f} s)", bar)
-            if bar is not None:
-                bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", acc=f"{history['val_accuracy'][-1]:.4f}")
-                bar.update(1)
+        net.fit(ds.X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+                shuffle=True, standardize=args.standardize, callbacks=[report], verbose=0,
+                grad_norms=args.grad_norms)
     except FloatingPointError as e:
-        if bar is not None:
-            bar.close()
         print(f"gpubp train: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
         print("gpubp train: interrupted", file=sys.stderr)
         return 130
-    if bar is not None:
-        bar.close()
+    finally:
+        report.close()
+    history = report.history
     total = time.perf_counter() - t0
     Y_test = targets_for(ds.y_test, args.loss, n_out, np.float64)
     test_loss = net.evaluate(ds.X_test, Y_test)["loss"]
@@ -369,25 +407,25 @@ def cmd_train(args) -> int:
     print(f"test loss {test_loss:.4f}")
     print(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
     if args.save:
-        meta = {"dataset": ds.name}
-        if ds.mean is not None:
-            meta.update(input_mean=ds.mean, input_std=ds.std)
         try:
-            net.save(args.save, metadata=meta)
+            net.save(args.save, metadata={"dataset": ds.name})
         except OSError as e:          # e.g. the disk filled up: the previous file is intact
             print(f"gpubp train: could not write the checkpoint {args.save}: {e}", file=sys.stderr)
             return 1
-        print(f"saved checkpoint to {args.save} (its metadata holds the data set and the input "
-              f"standardisation: input_mean, input_std)")
+        print(f"saved checkpoint to {args.save}" + (" (the network keeps its input standardisation: "
+                                                      "predict on raw features)" if args.standardize else ""))
     if args.plot:
-        from .plotting import plot_history
+        from .plotting import plot_grad_norms, plot_history
 
         try:
             plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
+            if args.grad_norms:
+                plot_grad_norms(history, _grad_norms_path(args.plot), title=f"{ds.name}: {sizes}, init {args.init}")
         except OSError as e:
             print(f"gpubp train: could not write the plot {args.plot}: {e}", file=sys.stderr)
             return 1
-        print(f"saved curves to {args.plot}")
+        print(f"saved curves to {args.plot}" +
+              (f" and gradient norms to {_grad_norms_path(args.plot)}" if args.grad_norms else ""))
     return 0
 
 

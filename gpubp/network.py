@@ -635,7 +635,7 @@ class MLP:
             Xr = self._raw_inputs(Xh)
             Xn = self.backend.to_numpy(Xr).astype(np.float64)
             std = Xn.std(axis=0)
-            self.set_standardization(Xn.mean(axis=0), np.where(std > 0, std, 1.0))
+            self.set_standardization(Xn.mean(axis=0), np.where(std < 1e-12, 1.0, std))   # constant: centred only
         try:
             Xd = self._inputs(Xh)
             Yd = self._targets(Yh, Xd.shape[0])

@@ -71,10 +71,14 @@ def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
     net = gpubp.MLP.load(ck, backend="numpy")
     assert list(net.sizes) == [2, 16, 16, 2] and net.dtype == np.float64
     assert list(net.activations) == ["tanh", "relu", "identity"] and net.optimizer.t > 0
-    # the checkpoint reproduces the printed test accuracy
+    # the checkpoint reproduces the printed test accuracy on the raw features: it carries its
+    # input standardisation (training-set statistics), so nobody applies it by hand
     from gpubp.data import accuracy, load_dataset
 
-    ds = load_dataset("moons", val_size=0.1, seed=4)
+    ds = load_dataset("moons", val_size=0.1, seed=4, standardize_features=False)
+    std = load_dataset("moons", val_size=0.1, seed=4)
+    np.testing.assert_allclose(net.standardization[0], std.mean)
+    np.testing.assert_allclose(net.standardization[1], std.std)
     acc = float(re.search(r"^test accuracy (\d\.\d+)", out, re.M).group(1))
     assert accuracy(net, ds.X_test, ds.y_test) == pytest.approx(acc, abs=5e-5)
 
@@ -235,3 +239,12 @@ def test_python_dash_m_gpubp():
     r = subprocess.run([sys.executable, "-m", "gpubp", "train", "--epochs", "0"], capture_output=True, text=True,
                        timeout=120, cwd=ROOT, env=env)
     assert r.returncode == 2 and "positive integer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_grad_norms_and_init(capsys, tmp_path):
+    png = tmp_path / "c.png"
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--hidden", "16,16,16,16,16,16", "--activation",
+                     "sigmoid", "--epochs", "2", "--grad-norms", "--init", "xavier", "--plot", str(png),
+                     "--no-progress", "--backend", "numpy")
+    assert rc == 0 and "init xavier" in out and "||dW||" in out
+    assert (tmp_path / "c-grad-norms.png").read_bytes()[:4] == b"\x89PNG"
