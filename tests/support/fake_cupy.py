@@ -1,9 +1,10 @@
 """A CPU stand-in for the part of CuPy gpubp uses, checking every kernel launch against the CUDA source.
 
 `FakeCupy()` is a module object to install as `sys.modules["cupy"]` (the
-`fake_cupy` fixture of tests/test_cuda_launch_contract.py does that and undoes
-it).  Arrays are numpy arrays of a subclass, `fake.ndarray`, standing for
-device memory of one H100-like device (sm_90, 132 SMs).  What it checks:
+`fake` fixture of tests/test_cuda_launch_contract.py does that and undoes it).
+Arrays are numpy arrays of a subclass, `fake.ndarray`, standing for device
+memory of one H100-like device (sm_90, 132 SMs; `attributes=` makes it
+another).  What it checks:
 
 - Kernels (`RawModule(...).get_function(name)`): the signature of every
   `__global__` kernel is parsed from the module's source, templates included
@@ -17,7 +18,9 @@ device memory of one H100-like device (sm_90, 132 SMs).  What it checks:
   positive ints within CUDA's limits (block threads <= 1024 and <= the
   kernel's `__launch_bounds__`), and dynamic shared memory within the
   kernel's `max_dynamic_shared_size_bytes` (48 KB unless raised) and the
-  device's opt-in limit.  A violation raises `LaunchError`.  Kernels write
+  device's opt-in limit; per-kernel `extents` rules (given by the test) say how
+  many elements each pointer must hold for the launch's sizes, and may follow
+  pointers kept in device memory (`memory_at`).  A violation raises `LaunchError`.  Kernels write
   nothing (arrays start zeroed).  Every launch is recorded in `fake.launches`.
 - Compilation: the name expressions of every `RawModule` made are listed in
   `fake.compiled` (a module is compiled when it is made).
@@ -34,7 +37,8 @@ device memory of one H100-like device (sm_90, 132 SMs).  What it checks:
 
 Known gaps: a device array *is* a numpy array here, so code that tests
 `isinstance(x, numpy.ndarray)` or calls `numpy.asarray(x)` on it takes its
-host path without complaint (CuPy would refuse the implicit conversion);
+host path without complaint (CuPy would refuse the implicit conversion), and
+gpubp's `CudaBackend.asarray` copies a device array it would pass through;
 what kernels compute is not simulated.
 """
 
