@@ -82,7 +82,7 @@ def _backward_pass(backend: Backend, spec: "_Spec", layers, fwd: _Pass, delta_L,
 
 # --------------------------------------------------------------------------- output activation
 def activation_grad_xp(xp, name: str, delta, a, z=None):
-    """`delta *= g'(.)` with array-module `xp` (numpy or CuPy) elementwise math.
+    """`delta *= g'(.)` with array-module `xp` (numpy or CuPy) elementwise math (arrays only, no scalars in `where`).
 
     The same formulas as `gpubp.backends.numpy_backend.activation_backward_inplace`:
     from the activation's output `a`, or for gelu/silu its input `z`.
@@ -92,7 +92,7 @@ def activation_grad_xp(xp, name: str, delta, a, z=None):
     if name == "relu":
         delta *= (a > 0).astype(delta.dtype)
     elif name == "leaky_relu":
-        delta *= xp.where(a > 0, 1.0, LEAKY_SLOPE).astype(delta.dtype)
+        delta[...] = xp.where(a > 0, delta, delta * LEAKY_SLOPE)
     elif name == "sigmoid":
         delta *= a * (1.0 - a)
     elif name == "tanh":
@@ -102,7 +102,7 @@ def activation_grad_xp(xp, name: str, delta, a, z=None):
         delta *= 0.5 * (1.0 + t) + 0.5 * GELU_C * z * (1.0 - t * t) * (1.0 + 3.0 * GELU_K * z * z)
     elif name == "silu":
         e = xp.exp(-xp.abs(z))                      # e^-|z| in (0, 1]: no overflow
-        s = xp.where(z >= 0, 1.0, e) / (1.0 + e)
+        s = xp.where(z >= 0, xp.ones_like(e), e) / (1.0 + e)
         delta *= s * (1.0 + z * (1.0 - s))
     else:
         raise ValueError(f"unknown activation {name!r}")
