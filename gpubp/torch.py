@@ -109,6 +109,11 @@ def activation_grad_xp(xp, name: str, delta, a, z=None):
     return delta
 
 
+def _reads_output(activation: str) -> bool:
+    """True when the derivative of `activation` is taken from its output A (not from Z, not constant)."""
+    return activation != "identity" and activation not in NEEDS_Z
+
+
 # --------------------------------------------------------------------------- devices
 class _HostBridge:
     """CPU tensors <-> numpy arrays, sharing memory."""
@@ -211,7 +216,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         if ctx.empty:                       # no samples: nothing for the backend to do
             out = x.new_empty((0, spec.sizes[-1]))
             if keep:
-                ctx.save_for_backward(x, out, *params)
+                ctx.save_for_backward(x, *params)
             return out
         with bridge.context():
             layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
@@ -224,10 +229,13 @@ class _FusedMLPFunction(torch.autograd.Function):
             # Everything backward reads goes through save_for_backward: PyTorch checks that none
             # was modified in place, frees it after backward (unless retain_graph) and refuses a
             # second backward through a freed graph.  A/Z are zero-copy tensor views of fwd's arrays.
+            # The output is saved only where its activation's derivative reads it, so that, as after
+            # nn.Linear, an identity (or gelu/silu) output may be changed in place.
             ctx.bridge, ctx.backend = bridge, backend
             hidden_A = [bridge.tensor(a) for a in fwd.A[1:L]]
             Zs = [bridge.tensor(z) for z in fwd.Z[1:] if z is not None]
-            ctx.save_for_backward(x, out, *params, *hidden_A, *Zs)
+            out_saved = [out] if _reads_output(spec.activations[-1]) else []
+            ctx.save_for_backward(x, *params, *hidden_A, *Zs, *out_saved)
         return out
 
     @staticmethod
@@ -236,19 +244,23 @@ class _FusedMLPFunction(torch.autograd.Function):
         spec = ctx.spec
         L = len(spec.sizes) - 1
         saved = ctx.saved_tensors           # raises if any was modified in place or already freed
-        x, out, params = saved[0], saved[1], saved[2:2 + 2 * L]
+        x, params, rest = saved[0], saved[1:1 + 2 * L], saved[1 + 2 * L:]
         need_x, need_p = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
         if ctx.empty:                        # no samples: zero parameter gradients
             return (None, None, torch.zeros_like(x) if need_x else None,
                     *(torch.zeros_like(p) if n else None for p, n in zip(params, need_p)))
         bridge, backend = ctx.bridge, ctx.backend
-        hidden_A = saved[2 + 2 * L:2 + 2 * L + (L - 1)]
-        Zs = iter(saved[2 + 2 * L + (L - 1):])
+        n_z = sum(g in NEEDS_Z for g in spec.activations)
+        hidden_A, Zs, out_saved = rest[:L - 1], iter(rest[L - 1:L - 1 + n_z]), rest[L - 1 + n_z:]
         with bridge.context():
-            A = [bridge.view(x)] + [bridge.view(a) for a in hidden_A] + [bridge.view(out)]
+            # A[L] is read only by the output activation's g' (below); where it was not saved, the
+            # backend gets a NaN-filled stand-in of its shape, so that a backend reading it would show
+            A_L = out_saved[0] if out_saved else torch.full(grad_out.shape, float("nan"), dtype=x.dtype,
+                                                            device=x.device)
+            A = [bridge.view(x)] + [bridge.view(a) for a in hidden_A] + [bridge.view(A_L)]
             Z = [None] + [bridge.view(next(Zs)) if g in NEEDS_Z else None for g in spec.activations]
             layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
-            delta_t = torch.empty_like(out)
+            delta_t = torch.empty(grad_out.shape, dtype=x.dtype, device=x.device)
             delta_t.copy_(grad_out)          # grad_out may be broadcast or shared: work on a copy
             delta_L = bridge.view(delta_t)
             bridge.activation_grad(spec.activations[-1], delta_L, A[L], Z[L])

@@ -238,6 +238,16 @@ def test_in_place_changes_before_backward_are_refused():
         y.sum().backward()
 
 
+def test_identity_output_may_be_changed_in_place_as_after_nn_linear():
+    net = FusedMLP([3, 6, 4], activation="tanh", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for m in (net, seq):
+        nn.functional.relu(m(x), inplace=True).pow(2).sum().backward()
+    for a, b in zip(net.parameters(), seq.parameters()):
+        assert_close(a.grad, b.grad, 1e-12, "gradient")
+
+
 def test_double_backward_is_refused():
     net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
