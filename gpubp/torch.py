@@ -46,38 +46,42 @@ _TORCH_DTYPES = (torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------- backend passes
-# The two functions below are the only code that knows the backend's whole-network interface.
+# The three functions below are the only code that calls the backend's whole-network interface.
 
-@dataclass
-class _Pass:
-    """The backend arrays of one forward pass that its backward reads.
+def _forward_pass(backend: Backend, spec: "_Spec", layers, X, input_grad: bool):
+    """Run the network on backend array `X` in a fresh step plan (one per forward call) and return it.
 
-    `A[0]` is the input, `A[l]` layer l's output, `Z[l]` its pre-activation
-    (None where the activation's derivative does not need it).
+    A plan of its own per call keeps each forward's activations apart: a second forward before
+    the first one's backward cannot overwrite them.
     """
-
-    A: list
-    Z: list
-
-
-def _forward_pass(backend: Backend, spec: "_Spec", layers, X) -> _Pass:
-    """Run the network on backend array `X` into fresh buffers (one set per call)."""
-    B, dt = X.shape[0], X.dtype
-    A = [X] + [backend.empty((B, n), dt) for n in spec.sizes[1:]]
-    Z = [None] + [backend.empty((B, n), dt) if g in NEEDS_Z else None
-                  for n, g in zip(spec.sizes[1:], spec.activations)]
-    backend.network_forward(layers, spec.activations, A, Z, spec.precision)
-    return _Pass(A, Z)
+    plan = backend.make_plan(spec.sizes, spec.activations, X.shape[0], X.dtype, precision=spec.precision,
+                             input_grad=input_grad)
+    plan.bind_input(X)
+    backend.network_forward(plan, layers)
+    return plan
 
 
-def _backward_pass(backend: Backend, spec: "_Spec", layers, fwd: _Pass, delta_L, grads, dX) -> None:
-    """From `delta_L` (dLoss/dZ_L, may be overwritten) fill `grads = [(dW, db), ...]`, and `dX` when given."""
-    B, dt = delta_L.shape[0], delta_L.dtype
-    L = len(layers)
-    delta = [None] + [backend.empty((B, n), dt) for n in spec.sizes[1:L]] + [delta_L]
-    backend.network_backward(layers, spec.activations, fwd.A, fwd.Z, delta, grads, spec.precision)
-    if dX is not None:
-        backend.xp.matmul(delta[1], layers[0][0], out=dX)
+def _backward_pass(backend: Backend, plan, layers, grads) -> None:
+    """From `plan.delta[L]` (dLoss/dZ_L) fill `grads = [(dW, db), ...]`, and `plan.delta[0]` with input_grad."""
+    backend.network_backward(plan, layers, grads)
+
+
+def _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, input_grad):
+    """A fresh plan holding a forward's saved state (for a second backward through a retained graph).
+
+    Its A[1..L-1] and Z are the saved tensors' arrays (no copies); its own A[L] is not read by the
+    backward (which starts from delta[L]).
+    """
+    plan = backend.make_plan(spec.sizes, spec.activations, x.shape[0], bridge.view(x).dtype,
+                             precision=spec.precision, input_grad=input_grad)
+    plan.bind_input(bridge.view(x))
+    for l, a in enumerate(hidden_A, start=1):
+        plan.A[l] = bridge.view(a)
+    Zs = iter(Zs)
+    for l, g in enumerate(spec.activations, start=1):
+        if g in NEEDS_Z:
+            plan.Z[l] = bridge.view(next(Zs))
+    return plan
 
 
 # --------------------------------------------------------------------------- output activation
@@ -220,20 +224,24 @@ class _FusedMLPFunction(torch.autograd.Function):
             return out
         with bridge.context():
             layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
-            fwd = _forward_pass(backend, spec, layers, bridge.view(x))
-            out_a = fwd.A[L]
+            plan = _forward_pass(backend, spec, layers, bridge.view(x),
+                                 input_grad=keep and ctx.needs_input_grad[2])
+            out_a = plan.A[L]
             if not keep and getattr(out_a, "base", None) is not None:
                 out_a = out_a.copy()        # hand out only the output, not a larger buffer it views
             out = bridge.tensor(out_a)
-        if keep:
-            # Everything backward reads goes through save_for_backward: PyTorch checks that none
-            # was modified in place, frees it after backward (unless retain_graph) and refuses a
-            # second backward through a freed graph.  A/Z are zero-copy tensor views of fwd's arrays.
-            # The output is saved only where its activation's derivative reads it, so that, as after
-            # nn.Linear, an identity (or gelu/silu) output may be changed in place.
-            ctx.bridge, ctx.backend = bridge, backend
-            hidden_A = [bridge.tensor(a) for a in fwd.A[1:L]]
-            Zs = [bridge.tensor(z) for z in fwd.Z[1:] if z is not None]
+            if not keep:
+                return out                  # the plan goes: nothing but the output is kept
+            # Backward uses the plan (its activations and its deltas) and drops it.  The
+            # activations are also saved for backward as zero-copy tensor views: PyTorch then
+            # checks that nothing backward reads was modified in place, and a second backward
+            # through a retained graph (retain_graph=True) rebuilds a plan around them; without
+            # retain_graph PyTorch frees them after the backward.  The output is saved only where
+            # its activation's derivative reads it, so that, as after nn.Linear, an identity (or
+            # gelu/silu) output may be changed in place.
+            ctx.plan, ctx.bridge, ctx.backend = plan, bridge, backend
+            hidden_A = [bridge.tensor(a) for a in plan.A[1:L]]
+            Zs = [bridge.tensor(z) for z in plan.Z[1:] if z is not None]
             out_saved = [out] if _reads_output(spec.activations[-1]) else []
             ctx.save_for_backward(x, *params, *hidden_A, *Zs, *out_saved)
         return out
@@ -251,24 +259,21 @@ class _FusedMLPFunction(torch.autograd.Function):
                     *(torch.zeros_like(p) if n else None for p, n in zip(params, need_p)))
         bridge, backend = ctx.bridge, ctx.backend
         n_z = sum(g in NEEDS_Z for g in spec.activations)
-        hidden_A, Zs, out_saved = rest[:L - 1], iter(rest[L - 1:L - 1 + n_z]), rest[L - 1 + n_z:]
+        hidden_A, Zs, out_saved = rest[:L - 1], rest[L - 1:L - 1 + n_z], rest[L - 1 + n_z:]
         with bridge.context():
-            # A[L] is read only by the output activation's g' (below); where it was not saved, the
-            # backend gets a NaN-filled stand-in of its shape, so that a backend reading it would show
-            A_L = out_saved[0] if out_saved else torch.full(grad_out.shape, float("nan"), dtype=x.dtype,
-                                                            device=x.device)
-            A = [bridge.view(x)] + [bridge.view(a) for a in hidden_A] + [bridge.view(A_L)]
-            Z = [None] + [bridge.view(next(Zs)) if g in NEEDS_Z else None for g in spec.activations]
+            plan, ctx.plan = ctx.plan, None
+            if plan is None:                 # a second backward through a retained graph
+                plan = _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, need_x)
             layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
-            delta_t = torch.empty(grad_out.shape, dtype=x.dtype, device=x.device)
-            delta_t.copy_(grad_out)          # grad_out may be broadcast or shared: work on a copy
-            delta_L = bridge.view(delta_t)
-            bridge.activation_grad(spec.activations[-1], delta_L, A[L], Z[L])
+            delta_L = plan.delta[L]
+            bridge.tensor(delta_L).copy_(grad_out)     # grad_out may be broadcast or shared: a copy
+            A_L = bridge.view(out_saved[0]) if out_saved else None     # read only by g' where it needs A
+            Z_L = plan.Z[L]
+            bridge.activation_grad(spec.activations[-1], delta_L, A_L, Z_L)
             grads_t = [torch.empty_like(p) for p in params]
             grads = [(bridge.view(grads_t[2 * i]), bridge.view(grads_t[2 * i + 1])) for i in range(L)]
-            dX_t = torch.empty_like(x) if need_x else None
-            _backward_pass(backend, spec, layers, _Pass(A, Z), delta_L, grads,
-                           bridge.view(dX_t) if need_x else None)
+            _backward_pass(backend, plan, layers, grads)
+            dX_t = bridge.tensor(plan.delta[0]) if need_x else None
         return (None, None, dX_t, *(g if n else None for g, n in zip(grads_t, need_p)))
 
 
