@@ -367,10 +367,12 @@ class FusedMLP(nn.Module):
       `to_sequential()` built on the CPU.
 
     Values are not checked for NaN (they propagate, as through `nn.Linear`).
-    A forward that records a graph keeps its activations (as tensors saved for
-    backward, freed by the backward unless `retain_graph=True`); under
-    `torch.no_grad` nothing but the output is kept.  Double backward is not
-    supported.
+    Each forward runs in a step plan of its own (so forwards never share
+    buffers).  One that records a graph keeps its plan (activations and room
+    for the deltas) until its backward, which frees it (with
+    `retain_graph=True` the activations stay for a further backward); under
+    `torch.no_grad`, or when nothing requires grad, only the output is kept.
+    Double backward is not supported.
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", precision="float32",

@@ -437,12 +437,12 @@ def test_torch_compile_graph_break_aot_eager():
 
 
 def test_torch_compile_inductor():
-    try:
-        _compile_and_compare("inductor")
-    except Exception as e:                          # building needs a working C++ compiler
-        if "AssertionError" in type(e).__name__ or isinstance(e, AssertionError):
-            raise
+    try:                                            # inductor builds C++: skip where it cannot
+        torch._dynamo.reset()
+        torch.compile(lambda t: t * 2 + 1, backend="inductor")(torch.ones(3))
+    except Exception as e:
         pytest.skip(f"torch.compile's inductor cannot build on this machine: {type(e).__name__}: {e}")
+    _compile_and_compare("inductor")
 
 
 # ------------------------------------------------------------------ DistributedDataParallel
