@@ -199,13 +199,14 @@ def test_no_grad_keeps_no_activations(monkeypatch):
 def test_backward_frees_the_activations_and_retain_graph_works(monkeypatch):
     refs = _spy_on_passes(monkeypatch)
     net = FusedMLP([4, 8, 2], activation="sigmoid", output_activation="tanh", seed=0, dtype=torch.float64)
-    x = torch.randn(6, 4, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     y = net(x)
     assert refs[-1]() is not None, "the graph must keep what backward needs"
     y.sum().backward(retain_graph=True)
-    g1 = net.weight_1.grad.clone()
+    g1, gx1 = net.weight_1.grad.clone(), x.grad.clone()
     y.sum().backward()                          # second backward through the retained graph
     assert torch.allclose(net.weight_1.grad, 2 * g1, rtol=1e-14, atol=0)
+    assert torch.allclose(x.grad, 2 * gx1, rtol=1e-14, atol=0)
     assert refs[-1]() is None, "backward without retain_graph must free the activations"
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         y.sum().backward()
