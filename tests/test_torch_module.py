@@ -198,7 +198,7 @@ def test_no_grad_keeps_no_activations(monkeypatch):
 
 def test_backward_frees_the_activations_and_retain_graph_works(monkeypatch):
     refs = _spy_on_passes(monkeypatch)
-    net = FusedMLP([4, 8, 2], activation="sigmoid", output_activation="tanh", seed=0, dtype=torch.float64)
+    net = FusedMLP([4, 8, 2], activation="gelu", output_activation="tanh", seed=0, dtype=torch.float64)
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     y = net(x)
     assert refs[-1]() is not None, "the graph must keep what backward needs"
