@@ -218,17 +218,33 @@ class MLP:
         self.backend.network_forward(self._Wb, self.activations, ws.A, ws.Z, self.precision)
         return ws
 
-    def _backward(self, ws, Y, loss_out):
+    def _backward(self, ws, Y, loss_out, after_layer=None):
         L = self.n_layers
         self.backend.loss_and_delta(ws.A[L], ws.Z[L], Y, self.loss, self.activations[-1], loss_out,
                                     ws.delta[L])
-        self.backend.network_backward(self._Wb, self.activations, ws.A, ws.Z, ws.delta, self._dWb,
-                                      self.precision)
+        if after_layer is None:
+            self.backend.network_backward(self._Wb, self.activations, ws.A, ws.Z, ws.delta, self._dWb,
+                                          self.precision)
+            return
+        for l in range(L, 0, -1):
+            self.backend.layer_backward(l, self._Wb, self.activations, ws.A, ws.Z, ws.delta, self._dWb)
+            after_layer(l)
 
-    def _step(self, X, Y, optimizer: Optimizer, loss_out):
-        """One training step on checked backend arrays; no host synchronisation."""
-        ws = self._forward(X)
-        self._backward(ws, Y, loss_out)
+    def _step(self, X, Y, optimizer: Optimizer, loss_out, dp=None):
+        """One training step on checked backend arrays; no host synchronisation.
+
+        `dp` (a `gpubp.distributed.DataParallel`) sums the gradients across ranks before the update.
+        """
+        if dp is None:
+            ws = self._forward(X)
+            self._backward(ws, Y, loss_out)
+        elif X.shape[0] == 0:
+            loss_out[...] = 0
+            dp.empty_step()
+        else:
+            ws = self._forward(X)
+            self._backward(ws, Y, loss_out, dp.after_layer)
+            dp.finish()
         optimizer.step(self.backend, self._params, self._grads)
 
     # ------------------------------------------------------------ public passes
@@ -352,7 +368,7 @@ class MLP:
 
     # ------------------------------------------------------------ training loop
     def fit(self, X, Y, epochs=10, batch_size=32, optimizer="adam", validation=None, shuffle=True,
-            progress=True, lr=None):
+            progress=True, lr=None, comm=None, sharded=False):
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
         `optimizer` is an Optimizer or a name ("sgd", "adam", "adamw", with
@@ -360,7 +376,23 @@ class MLP:
         epoch.  The history holds per-epoch lists: `loss` (mean training loss
         over the epoch's steps), `accuracy` for classification losses
         (measured after the epoch), and `val_loss` / `val_accuracy`.
+
+        `comm` (from `gpubp.distributed.init()`) trains data-parallel over
+        its ranks: every rank passes the same `X`, `Y` and takes its share of
+        each batch, or with `sharded=True` its own rows (see
+        `gpubp.distributed.DataParallel`); the result equals one process
+        training on the same batches, and only rank 0 shows progress.
         """
+        if comm is None:
+            if sharded:
+                raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
+            return self._fit(X, Y, epochs, batch_size, optimizer, validation, shuffle, progress, lr)
+        with comm.guard():      # a rank that raises ends the whole job instead of leaving the others waiting
+            return self._fit(X, Y, epochs, batch_size, optimizer, validation, shuffle, progress, lr,
+                             comm, sharded)
+
+    def _fit(self, X, Y, epochs, batch_size, optimizer, validation, shuffle, progress, lr,
+             comm=None, sharded=False):
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -374,6 +406,14 @@ class MLP:
             Yv = self._targets(validation[1], Xv.shape[0])
         B = Xd.shape[0]
         n_batches = -(-B // batch_size)
+        dp = None
+        if comm is not None:
+            from .distributed import DataParallel
+
+            dp = DataParallel(comm, self, opt, sharded)
+            n_batches = dp.setup(Xd, Yd, epochs, batch_size, shuffle, validation is not None)
+            progress = progress and dp.is_root
+        evaluate = self.evaluate if dp is None else dp.evaluate
         classify = self.loss in losses.CLASSIFICATION_LOSSES
         hist = {"loss": []}
         if classify:
@@ -390,26 +430,29 @@ class MLP:
             bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
         try:
             for epoch in range(1, epochs + 1):
-                if shuffle:
-                    perm = self.backend.asarray(self._rng.permutation(B), np.int64)
+                order = self._rng.permutation(B) if dp is None and shuffle else \
+                    dp.epoch_order(shuffle) if dp is not None else None
+                if order is not None:
+                    perm = self.backend.asarray(order, np.int64)
                     Xe, Ye = xp.take(Xd, perm, axis=0), xp.take(Yd, perm, axis=0)
                 else:
                     Xe, Ye = Xd, Yd
                 checked = 0
+                rows = np.zeros(n_batches)
                 for i in range(n_batches):
-                    s = slice(i * batch_size, (i + 1) * batch_size)
-                    self._step(Xe[s], Ye[s], opt, step_losses[i:i + 1])
+                    s = slice(i * batch_size, (i + 1) * batch_size) if dp is None else dp.batch(i)
+                    rows[i] = s.stop - s.start if dp is not None else min(batch_size, B - i * batch_size)
+                    self._step(Xe[s], Ye[s], opt, step_losses[i:i + 1], dp)
                     if (i + 1) % 64 == 0 or i + 1 == n_batches:   # read losses without a sync per step
                         checked = self._check_losses(step_losses, checked, i + 1, opt, epoch, n_batches)
                     if bar is not None:
                         bar.update(1)
-                sizes = np.full(n_batches, batch_size, dtype=np.float64)
-                sizes[-1] = B - (n_batches - 1) * batch_size
-                hist["loss"].append(float(self.backend.to_numpy(step_losses) @ sizes / B))
+                loss_sum = self.backend.to_numpy(step_losses) @ rows
+                hist["loss"].append(float(loss_sum / B) if dp is None else dp.epoch_loss(loss_sum))
                 if classify:
-                    hist["accuracy"].append(self.evaluate(Xd, Yd)["accuracy"])
+                    hist["accuracy"].append(evaluate(Xd, Yd)["accuracy"])
                 if validation is not None:
-                    ev = self.evaluate(Xv, Yv)
+                    ev = evaluate(Xv, Yv)
                     hist["val_loss"].append(ev["loss"])
                     if classify:
                         hist["val_accuracy"].append(ev["accuracy"])
