@@ -159,11 +159,16 @@ class Communicator:
     `rank`, `size`, `is_root` (rank 0), `local_rank` / `local_size` (within
     one machine), `device` (the GPU this rank uses, or None), `transport`
     ("mpi", "mpi-host-staging" or "nccl").  Every collective waits at most
-    `timeout` seconds and watches for another rank's failure.
+    `timeout` seconds and watches for another rank's failure.  `overlap` and
+    `bucket_bytes` say how `fit` sums gradients (`GradientBuckets`).
     """
 
-    def __init__(self, mpi_comm=None, backend="numpy", timeout=DEFAULT_TIMEOUT, grace=None):
+    def __init__(self, mpi_comm=None, backend="numpy", timeout=DEFAULT_TIMEOUT, grace=None,
+                 overlap=True, bucket_bytes=DEFAULT_BUCKET_BYTES):
         MPI = _mpi()
+        #: how `fit` sums gradients: buckets of about `bucket_bytes`, started as layers finish (`overlap`)
+        self.overlap = bool(overlap)
+        self.bucket_bytes = int(bucket_bytes)
         self.MPI = MPI
         self.mpi = (mpi_comm if mpi_comm is not None else MPI.COMM_WORLD).Dup()
         self._notices = self.mpi.Dup()     # failure notices and their answers, apart from the collectives
@@ -325,14 +330,14 @@ class Communicator:
         everyone = self.allgather_json(obj, f"the check of the {name}")
         if all(o == everyone[0] for o in everyone):
             return
+        ref = _flatten(everyone[0])
         lines = []
         for r, o in enumerate(everyone):
             if o != everyone[0]:
-                keys = sorted(k for k in set(o) | set(everyone[0]) if o.get(k) != everyone[0].get(k)) \
-                    if isinstance(o, dict) and isinstance(everyone[0], dict) else ["(value)"]
-                lines.append(f"rank {r} differs from rank 0 in " + ", ".join(
-                    f"{k}: {_short(o.get(k) if isinstance(o, dict) else o)} != "
-                    f"{_short(everyone[0].get(k) if isinstance(o, dict) else everyone[0])}" for k in keys))
+                mine = _flatten(o)
+                keys = sorted(k for k in set(mine) | set(ref) if mine.get(k) != ref.get(k))
+                lines.append(f"rank {r} has " + ", ".join(
+                    f"{k} = {_short(mine.get(k))} where rank 0 has {_short(ref.get(k))}" for k in keys))
         raise ConfigMismatch(f"the ranks' {name} differ, so they cannot train together: " + "; ".join(lines))
 
     # -------------------------------------------------------------- faults
@@ -409,12 +414,23 @@ class _Guard:
         self.comm.fail(exc)      # does not return
 
 
+def _flatten(obj, prefix="") -> dict:
+    """Nested dicts as one dict of dotted keys."""
+    if not isinstance(obj, dict):
+        return {prefix or "(value)": obj}
+    out = {}
+    for k, v in obj.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _short(v, n=80) -> str:
     s = json.dumps(v)
     return s if len(s) <= n else s[:n - 3] + "..."
 
 
-def init(backend="auto", timeout=DEFAULT_TIMEOUT, grace=None, abort_on_uncaught=True) -> Communicator:
+def init(backend="auto", timeout=DEFAULT_TIMEOUT, grace=None, abort_on_uncaught=True, overlap=True,
+         bucket_bytes=DEFAULT_BUCKET_BYTES) -> Communicator:
     """The world communicator for data-parallel training; call it once per process, before making the network.
 
     On the CUDA backend (`backend="cuda"`, or "auto" where a GPU is visible)
@@ -427,7 +443,7 @@ def init(backend="auto", timeout=DEFAULT_TIMEOUT, grace=None, abort_on_uncaught=
     if name == "auto":
         from .backends import cuda_available
         name = "cuda" if cuda_available() else "numpy"
-    comm = Communicator(backend=name, timeout=timeout, grace=grace)
+    comm = Communicator(backend=name, timeout=timeout, grace=grace, overlap=overlap, bucket_bytes=bucket_bytes)
     if abort_on_uncaught and comm.size > 1:
         previous = sys.excepthook
 
@@ -546,13 +562,12 @@ class DataParallel:
     the ranks' i-th local batches.
     """
 
-    def __init__(self, comm: Communicator, net, optimizer, sharded=False, overlap=True,
-                 bucket_bytes=DEFAULT_BUCKET_BYTES):
+    def __init__(self, comm: Communicator, net, optimizer, sharded=False):
         self.comm = comm
         self.net = net
         self.optimizer = optimizer
         self.sharded = bool(sharded)
-        self.buckets = GradientBuckets(comm, net.layout, net._grads, overlap, bucket_bytes)
+        self.buckets = GradientBuckets(comm, net.layout, net._grads, comm.overlap, comm.bucket_bytes)
         self.n_local = self.n_global = self.n_steps = self.batch_size = 0
 
     @property

@@ -103,3 +103,60 @@ def test_equals_single_process(n, tmp_path, references):
         worst[name] = e
     print(f"{n} ranks, relative difference from one process: " +
           ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
+def test_a_rank_that_raises_ends_the_job_with_a_clear_error():
+    r = run_mpi(3, "dp_fault.py", "raise", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 1 of 3 failed: RuntimeError: an injected failure on rank 1" in out, out
+    for k in (0, 2):   # every other rank says which rank failed and why
+        assert f"rank {k} of 3: stopping, because rank 1 failed: RuntimeError: an injected failure" in out, out
+    assert "trained" not in r.stdout
+
+
+def test_a_rank_that_hangs_ends_the_job_after_the_timeout():
+    r = run_mpi(2, "dp_fault.py", "hang", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 0 waited 2 s for the other ranks in the gradient all-reduce of step 3" in out, out
+    assert "rank 0 of 2: ending the job on all 2 ranks" in out, out
+
+
+def test_an_uncaught_exception_outside_fit_ends_the_job():
+    r = run_mpi(2, "dp_fault.py", "uncaught", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "RuntimeError: a failure outside fit on rank 1" in out, out
+    assert "rank 1 of 2 ended with an uncaught RuntimeError; ending the job" in out, out
+
+
+def test_different_networks_are_refused_on_every_rank():
+    r = run_mpi(3, "dp_fault.py", "mismatch", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(3):
+        assert (f"rank {k}: refused: the ranks' network configurations and training settings differ" in r.stdout), out
+    assert "rank 1 has network.layer_sizes = [4, 9, 2] where rank 0 has [4, 8, 2]" in r.stdout, out
+    assert "trained" not in r.stdout
+
+
+def test_buckets_cover_the_gradient_buffer_in_backward_order():
+    from gpubp.params import ParamLayout
+
+    layout = ParamLayout((5, 7, 6, 3))
+    grads = np.zeros(layout.total)
+
+    class Comm:
+        def start_allreduce(self, view):
+            return distributed._Done()
+
+        def wait(self, pending, what):
+            pass
+
+    for nbytes, n_buckets in ((1, 3), (8 * layout.total, 1)):
+        b = distributed.GradientBuckets(Comm(), layout, grads, bucket_bytes=nbytes)
+        assert len(b.buckets) == n_buckets
+        assert b.buckets[0][2] == layout.total and b.buckets[-1][1] == 0
+        assert all(b.buckets[i][1] == b.buckets[i + 1][2] for i in range(n_buckets - 1))
+        assert [lo for lo, _, _ in b.buckets] == ([3, 2, 1] if n_buckets == 3 else [1])

@@ -24,9 +24,14 @@ def data():
 
 def cases():
     """name -> fit settings; batch sizes that 2 and 3 do not divide, a batch of 1 (ranks with no rows),
-    the whole set in one batch, SGD with momentum and Adam, and sharded data."""
+    the whole set in one batch, SGD with momentum and Adam, sharded data, one bucket per layer
+    and no overlap."""
     return {
         "b5_adam": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True),
+        "b5_adam_bucket_per_layer": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
+                                         bucket_bytes=8),
+        "b5_adam_no_overlap": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
+                                   overlap=False),
         "b1_sgd": dict(batch_size=1, optimizer=("sgd", dict(lr=0.05, momentum=0.9)), epochs=1, shuffle=True),
         "b23_adamw": dict(batch_size=23, optimizer=("adamw", dict(lr=0.05)), epochs=4, shuffle=False),
         "b4_sgd_val": dict(batch_size=4, optimizer=("sgd", dict(lr=0.1)), epochs=2, shuffle=True, validation=True),
@@ -67,6 +72,8 @@ def main(out):
     for name, c in cases().items():
         net = make_net()
         opt = make_opt(c["optimizer"])
+        comm.overlap = c.get("overlap", True)
+        comm.bucket_bytes = c.get("bucket_bytes", distributed.DEFAULT_BUCKET_BYTES)
         Xr, Yr = X, Y
         if c.get("sharded"):
             rows = shard_rows(N, comm.size, comm.rank)
