@@ -202,6 +202,11 @@ def _add_train(sub):
     g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
     g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g = p.add_argument_group("several processes")
+    g.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the ranks of `mpiexec -n N` (or srun): each rank takes its "
+                        "share of every batch, gradients are summed over MPI (NCCL between GPUs); only rank 0 "
+                        "prints and writes files (needs mpi4py: pip install 'gpubp[distributed]')")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -266,6 +271,13 @@ def cmd_train(args) -> int:
         _check_writable(args.save, "--save")
     if args.plot:
         _check_writable(args.plot, "--plot")
+    comm = None
+    if args.distributed:
+        from . import distributed
+
+        comm = distributed.init(backend=args.backend)   # picks this rank's GPU before the backend starts
+    root = comm is None or comm.is_root
+    say = print if root else (lambda *a, **k: None)   # only rank 0 prints
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
@@ -278,14 +290,16 @@ def cmd_train(args) -> int:
     held = "validation" if len(ds.y_val) else "test"
     X_held, y_held = (ds.X_val, ds.y_val) if len(ds.y_val) else (ds.X_test, ds.y_test)
     Y_held = targets_for(y_held, args.loss, n_out, np.float64)
-    print(f"data: {ds.summary()}")
-    print(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
-          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}")
-    print(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
-          f"backend {net.backend.describe()}")
+    say(f"data: {ds.summary()}")
+    say(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
+        f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}")
+    say(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
+        f"backend {net.backend.describe()}")
+    if comm is not None:
+        say(f"distributed: {comm.size} ranks, gradients summed over {comm.transport}")
 
     bar = None
-    if args.progress:
+    if args.progress and root:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=args.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
@@ -296,15 +310,16 @@ def cmd_train(args) -> int:
         for epoch in range(1, args.epochs + 1):
             te = time.perf_counter()
             h = net.fit(ds.X_train, Y_train, epochs=1, batch_size=args.batch_size, optimizer=opt,
-                        shuffle=True, progress=False)
+                        shuffle=True, progress=False, comm=comm)
             history["loss"].append(h["loss"][-1])
             history["accuracy"].append(accuracy(net, ds.X_train, ds.y_train))
             history["val_loss"].append(net.evaluate(X_held, Y_held)["loss"])
             history["val_accuracy"].append(accuracy(net, X_held, y_held))
             dt = time.perf_counter() - te
-            _say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
-                 f"acc {history['accuracy'][-1]:.4f}  {held} loss {history['val_loss'][-1]:.4f}  "
-                 f"{held} acc {history['val_accuracy'][-1]:.4f}  ({dt:.2f} s)", bar)
+            if root:
+                _say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
+                     f"acc {history['accuracy'][-1]:.4f}  {held} loss {history['val_loss'][-1]:.4f}  "
+                     f"{held} acc {history['val_accuracy'][-1]:.4f}  ({dt:.2f} s)", bar)
             if bar is not None:
                 bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", acc=f"{history['val_accuracy'][-1]:.4f}")
                 bar.update(1)
@@ -325,21 +340,21 @@ def cmd_train(args) -> int:
     test_loss = net.evaluate(ds.X_test, Y_test)["loss"]
     test_acc = accuracy(net, ds.X_test, ds.y_test)
     n_test = len(ds.y_test)
-    print(f"trained {args.epochs} epochs in {total:.1f} s")
-    print(f"test loss {test_loss:.4f}")
-    print(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
-    if args.save:
+    say(f"trained {args.epochs} epochs in {total:.1f} s")
+    say(f"test loss {test_loss:.4f}")
+    say(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
+    if args.save and root:
         meta = {"dataset": ds.name}
         if ds.mean is not None:
             meta.update(input_mean=ds.mean, input_std=ds.std)
         net.save(args.save, metadata=meta)
-        print(f"saved checkpoint to {args.save} (its metadata holds the data set and the input "
-              f"standardisation: input_mean, input_std)")
-    if args.plot:
+        say(f"saved checkpoint to {args.save} (its metadata holds the data set and the input "
+            f"standardisation: input_mean, input_std)")
+    if args.plot and root:
         from .plotting import plot_history
 
         plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
-        print(f"saved curves to {args.plot}")
+        say(f"saved curves to {args.plot}")
     return 0
 
 

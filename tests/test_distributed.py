@@ -160,3 +160,16 @@ def test_buckets_cover_the_gradient_buffer_in_backward_order():
         assert b.buckets[0][2] == layout.total and b.buckets[-1][1] == 0
         assert all(b.buckets[i][1] == b.buckets[i + 1][2] for i in range(n_buckets - 1))
         assert [lo for lo, _, _ in b.buckets] == ([3, 2, 1] if n_buckets == 3 else [1])
+
+
+def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
+    ckpt = tmp_path / "net.npz"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = distributed.mpiexec_command(2, MPIEXEC) + [
+        sys.executable, "-m", "gpubp", "train", "--distributed", "--epochs", "1", "--hidden", "16",
+        "--backend", "numpy", "--no-progress", "--save", str(ckpt)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("distributed: 2 ranks, gradients summed over mpi") == 1, r.stdout
+    assert r.stdout.count("test accuracy") == 1, r.stdout
+    assert ckpt.exists()
