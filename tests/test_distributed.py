@@ -166,7 +166,7 @@ def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     ckpt = tmp_path / "net.npz"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = distributed.mpiexec_command(2, MPIEXEC) + [
-        sys.executable, "-m", "gpubp", "train", "--distributed", "--epochs", "1", "--hidden", "16",
+        sys.executable, "-m", "gpubp", "train", "--distributed", "--epochs", "1", "--hidden", "16", "--dataset", "moons", "--n-samples", "200",
         "--backend", "numpy", "--no-progress", "--save", str(ckpt)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
