@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install
 TIMEOUT = 60
 
 
-def run_mpi(n, script, *args, timeout=TIMEOUT):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def run_mpi(n, script, *args, timeout=TIMEOUT, **env_extra):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
     cmd = distributed.mpiexec_command(n, MPIEXEC) + [sys.executable, os.path.join(SCRIPTS, script), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -39,21 +39,21 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def single_process(c):
+def single_process(c, backend="numpy"):
     """One process training with plain `fit` on the same data and settings."""
     X, Y, Xv, Yv = dp_train.data()
-    net = dp_train.make_net()
+    net = dp_train.make_net(backend)
     opt = dp_train.make_opt(c["optimizer"])
     hist = net.fit(X, Y, epochs=c["epochs"], batch_size=c["batch_size"], optimizer=opt,
                    shuffle=c["shuffle"], progress=False, validation=(Xv, Yv) if c.get("validation") else None)
-    return net._params.copy(), hist
+    return net.backend.to_numpy(net._params), hist
 
 
-def sharded_reference(c, size):
+def sharded_reference(c, size, backend="numpy"):
     """One process training on the concatenations of the ranks' local batches (the ranks' row
     orders rebuilt from the shared generator)."""
     X, Y, _, _ = dp_train.data()
-    net = dp_train.make_net()
+    net = dp_train.make_net(backend)
     opt = dp_train.make_opt(c["optimizer"])
     shards = [dp_train.shard_rows(dp_train.N, size, r) for r in range(size)]
     lbs = [share(c["batch_size"], size, r)[1] - share(c["batch_size"], size, r)[0] for r in range(size)]
@@ -70,7 +70,7 @@ def sharded_reference(c, size):
             rows = np.concatenate([o[i * lb:(i + 1) * lb] for o, lb in zip(orders, lbs)])
             total += net.train_step(X[rows], Y[rows], opt) * len(rows)
         losses.append(total / dp_train.N)
-    return net._params.copy(), {"loss": losses}
+    return net.backend.to_numpy(net._params), {"loss": losses}
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +82,33 @@ def references():
     return out
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_equals_single_process(n, tmp_path, references):
-    prefix = str(tmp_path / "res")
-    r = run_mpi(n, "dp_train.py", prefix)
-    assert r.returncode == 0, r.stdout + r.stderr
+def check_against_one_process(n, prefix, references, backend="numpy"):
+    """Every rank's result equals one process's to 1e-12 relative; returns the worst difference per case."""
     ranks = [np.load(f"{prefix}.{k}.npz") for k in range(n)]
+    initial = dp_train.make_net()._params
     worst = {}
     for name, c in dp_train.cases().items():
-        params, hist = references[name] if name in references else sharded_reference(c, n)
+        params, hist = references[name] if name in references else sharded_reference(c, n, backend)
         got = ranks[0]
         for k in range(1, n):      # every rank ends with the same bits
             np.testing.assert_array_equal(ranks[k][name + ".params"], got[name + ".params"], err_msg=name)
         e = rel(got[name + ".params"], params)
         assert e <= 1e-12, f"{name} on {n} ranks: parameters differ from one process by {e:.3g}"
-        assert rel(got[name + ".params"], dp_train.make_net()._params) > 1e-3, f"{name}: nothing trained"
+        assert rel(got[name + ".params"], initial) > 1e-3, f"{name}: training did not move the parameters"
         for key, ref in hist.items():
             eh = rel(got[f"{name}.hist.{key}"], ref)
             assert eh <= 1e-12, f"{name} on {n} ranks: history {key} differs by {eh:.3g}"
         worst[name] = e
+    return worst, str(ranks[0]["transport"])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_equals_single_process(n, tmp_path, references):
+    prefix = str(tmp_path / "res")
+    r = run_mpi(n, "dp_train.py", prefix)
+    assert r.returncode == 0, r.stdout + r.stderr
+    worst, transport = check_against_one_process(n, prefix, references)
+    assert transport == "mpi"
     print(f"{n} ranks, relative difference from one process: " +
           ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 

@@ -1,7 +1,7 @@
 """Run under mpiexec by tests/test_distributed.py: data-parallel training cases, each rank's result to a file.
 
-Usage: dp_train.py OUT_PREFIX; writes OUT_PREFIX.<rank>.npz with, per case,
-the flat parameters and the loss history.  The cases (and the data) are
+Usage: dp_train.py OUT_PREFIX [BACKEND]; writes OUT_PREFIX.<rank>.npz with,
+per case, the flat parameters and the loss history, and the transport used.  The cases (and the data) are
 shared with the test through `cases()`, which computes nothing on MPI.
 """
 
@@ -41,10 +41,10 @@ def cases():
     }
 
 
-def make_net():
+def make_net(backend="numpy"):
     from gpubp.network import MLP
 
-    return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend="numpy")
+    return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend=backend)
 
 
 def make_opt(spec):
@@ -63,14 +63,14 @@ def shard_rows(n, size, rank):
     return np.arange(a, b)
 
 
-def main(out):
+def main(out, backend="numpy"):
     from gpubp import distributed
 
-    comm = distributed.init(backend="numpy", timeout=60)
+    comm = distributed.init(backend=backend, timeout=60)
     X, Y, Xv, Yv = data()
     result = {}
     for name, c in cases().items():
-        net = make_net()
+        net = make_net(backend)
         opt = make_opt(c["optimizer"])
         comm.overlap = c.get("overlap", True)
         comm.bucket_bytes = c.get("bucket_bytes", distributed.DEFAULT_BUCKET_BYTES)
@@ -81,11 +81,12 @@ def main(out):
         hist = net.fit(Xr, Yr, epochs=c["epochs"], batch_size=c["batch_size"], optimizer=opt,
                        shuffle=c["shuffle"], progress=False, comm=comm, sharded=c.get("sharded", False),
                        validation=(Xv, Yv) if c.get("validation") else None)
-        result[name + ".params"] = net._params.copy()
+        result[name + ".params"] = net.backend.to_numpy(net._params)
         for k, v in hist.items():
             result[f"{name}.hist.{k}"] = np.array(v)
+    result["transport"] = np.array(comm.transport)
     np.savez(f"{out}.{comm.rank}.npz", **result)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
