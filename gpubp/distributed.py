@@ -213,7 +213,9 @@ class Communicator:
         except ImportError:
             have_nccl = False
         flag = np.array([1 if (own and have_nccl) else 0], dtype=np.int32)
-        self.wait([self._start(self.MPI, "Iallreduce", flag, self.MPI.MIN)], "the choice of transport")
+        self.wait([self._iallreduce(flag, self.MPI.MIN)], "the choice of transport")
+        if self.size == 1:
+            return                             # nothing to send: no NCCL communicator needed
         if not flag[0]:
             self.transport = "mpi-host-staging"
             return
@@ -239,9 +241,8 @@ class Communicator:
         return _NCCLPending(self._nccl_stream.record())
 
     # -------------------------------------------------------------- starting and waiting
-    def _start(self, MPI, name, buf, *args):
-        return _MPIPending(getattr(self.mpi, name)(MPI.IN_PLACE, buf, *args) if name == "Iallreduce"
-                           else getattr(self.mpi, name)(buf, *args))
+    def _iallreduce(self, host_buf, op):
+        return _MPIPending(self.mpi.Iallreduce(self.MPI.IN_PLACE, host_buf, op))
 
     def start_allreduce(self, buf):
         """Start summing the contiguous buffer `buf` (host or device) across ranks, in place."""
@@ -252,7 +253,7 @@ class Communicator:
                 return self._nccl_op(buf, "allreduce")
             host = buf.get()
             return _StagedPending(buf, host, self.mpi.Iallreduce(self.MPI.IN_PLACE, host, self.MPI.SUM))
-        return self._start(self.MPI, "Iallreduce", buf, self.MPI.SUM)
+        return self._iallreduce(buf, self.MPI.SUM)
 
     def wait(self, pending, what="a collective"):
         """Wait until every operation in `pending` is done, then finish them (copies back, stream order).
@@ -359,6 +360,11 @@ class Communicator:
         """
         MPI = self.MPI
         head = f"gpubp.distributed: rank {self.rank} of {self.size}"
+        if self._nccl is not None:
+            try:
+                self._nccl.abort()             # frees peers blocked in an NCCL collective
+            except Exception:
+                pass
         if isinstance(exc, RankFailed):
             print(f"{head}: stopping, because rank {exc.rank} failed: {exc.message}", file=sys.stderr,
                   flush=True)

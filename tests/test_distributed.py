@@ -181,3 +181,10 @@ def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     assert r.stdout.count("distributed: 2 ranks, gradients summed over mpi") == 1, r.stdout
     assert r.stdout.count("test accuracy") == 1, r.stdout
     assert ckpt.exists()
+
+
+def test_different_data_without_sharding_is_refused():
+    r = run_mpi(2, "dp_fault.py", "data", timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for k in range(2):
+        assert f"rank {k}: refused" in r.stdout and "rank 1 has data.X = " in r.stdout, r.stdout + r.stderr

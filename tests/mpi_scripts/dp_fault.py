@@ -4,6 +4,7 @@ Usage: dp_fault.py MODE, MODE one of
   raise     rank 1 raises at its third training step;
   hang      rank 1 stops answering at its third step (the others time out after 2 s);
   mismatch  rank 1 builds a different network (refused on every rank before training);
+  data      rank 1 passes other data with sharded=False (refused on every rank);
   uncaught  rank 1 raises outside fit, in the script itself.
 """
 
@@ -21,6 +22,8 @@ def main(mode):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 4))
     Y = rng.standard_normal((40, 2))
+    if mode == "data" and comm.rank == 1:
+        X[17, 2] += 1.0
     hidden = 9 if (mode == "mismatch" and comm.rank == 1) else 8
     net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
     if mode == "uncaught" and comm.rank == 1:
