@@ -51,14 +51,25 @@ def worker(args):
     rng = np.random.default_rng(0)
     X = be.asarray(rng.standard_normal((args.batch, sizes[0])), net.dtype)
     Y = be.asarray(rng.integers(0, sizes[-1], args.batch).astype(np.int32), np.int32)
-    opt = net._bind("sgd", 1e-4)
+    opt = net._bind(net._resolve_optimizer("sgd", 1e-4))
     loss = be.zeros((1,), net.dtype)
+
+    def step(X, Y, dp=None):
+        """One training step as `fit` runs it: forward, loss, backward (summing as layers finish), update."""
+        plan = net._plan(X.shape[0])
+        net._forward(X, plan)
+        net._loss_delta(plan, Y, loss)
+        be.network_backward(plan, net._Wb, net._dWb, None if dp is None else dp.after_layer)
+        if dp is not None:
+            dp.finish()
+        opt.step(be, net._params, net._grads)
     comm.bucket_bytes = int(args.bucket_mib * (1 << 20))
     variants = {"compute only": None}
     for name, overlap in (("all-reduce after backward", False), ("overlapped buckets", True)):
         comm.overlap = overlap
         variants[name] = distributed.DataParallel(comm, net, opt)
-        variants[name].setup(X, Y, 1, args.batch, False)
+        variants[name].setup(X, Y, None, 1, args.batch, False)
+        variants[name].begin_epoch()
     times = {name: [] for name in variants}
     for i in range(args.steps + 2):          # the variants take turns, so drifts in load hit all alike
         for name, dp in variants.items():
@@ -66,10 +77,10 @@ def worker(args):
             t0 = time.perf_counter()
             if dp is None:
                 a, b = distributed.share(args.batch, comm.size, comm.rank)
-                net._step(X[a:b], Y[a:b], opt, loss)
+                step(X[a:b], Y[a:b])
             else:
                 s = dp.batch(0)
-                net._step(X[s], Y[s], opt, loss, dp)
+                step(X[s], Y[s], dp)
             be.synchronize()
             if i >= 2:
                 times[name].append(time.perf_counter() - t0)

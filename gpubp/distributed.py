@@ -95,11 +95,12 @@ def _is_device(a) -> bool:
 
 
 def _nccl_dtype(nccl, dtype):
-    table = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+    table = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
+             np.dtype(np.int32): nccl.NCCL_INT32}
     try:
         return table[np.dtype(dtype)]
     except KeyError:
-        raise TypeError(f"NCCL transport takes float32 or float64 buffers, got {dtype}") from None
+        raise TypeError(f"NCCL transport takes float32, float64 or int32 buffers, got {dtype}") from None
 
 
 # ------------------------------------------------------------------ pending operations
@@ -399,7 +400,9 @@ class Communicator:
     def guard(self):
         """A context manager: an exception inside it on any rank ends the job (`fail`).
 
-        `EveryRankError` (e.g. `ConfigMismatch`) passes through: every rank raises it together.
+        `EveryRankError` (e.g. `ConfigMismatch`) and exceptions marked by
+        `DataParallel.on_every_rank` (divergence, decided on the reduced losses)
+        pass through: every rank raises them together.
         """
         return _Guard(self)
 
@@ -415,7 +418,8 @@ class _Guard:
         return self.comm
 
     def __exit__(self, tp, exc, tb):
-        if exc is None or isinstance(exc, EveryRankError) or self.comm.size == 1:
+        if exc is None or isinstance(exc, EveryRankError) or getattr(exc, "gpubp_every_rank", False) or \
+                self.comm.size == 1:
             return False
         self.comm.fail(exc)      # does not return
 
@@ -544,19 +548,22 @@ def _fingerprint(backend, X, n_rows=64) -> str:
     import hashlib
 
     idx = np.unique(np.linspace(0, X.shape[0] - 1, num=min(n_rows, X.shape[0])).astype(np.int64))
-    rows = backend.to_numpy(X[backend.asarray(idx, np.int64)] if _is_device(X) else X[idx])
+    rows = backend.to_numpy(X[backend.asarray(idx, np.int64)]) if _is_device(X) else np.asarray(X)[idx]
     h = hashlib.sha256(repr((tuple(X.shape), str(X.dtype))).encode())
     h.update(np.ascontiguousarray(rows).tobytes())
     return h.hexdigest()[:16]
 
 
 class DataParallel:
-    """The hook `MLP.fit(..., comm=comm)` calls: which rows this rank trains on, and the gradient sum.
+    """The hook the fit loop calls on several ranks: which rows this rank trains on, and the sums.
 
-    Made by `fit` with the bound optimizer; `setup` checks and broadcasts
-    once per `fit`, `epoch_order` gives the epoch's row order, `batch(i)`
-    this rank's rows of step i (and prepares the buckets), `after_layer` and
-    `finish` sum the gradients, `epoch_loss` and `evaluate` reduce metrics.
+    Made by `MLP.fit(..., comm=comm)` with the bound optimizer.  `setup` checks
+    and broadcasts once per `fit`; `epoch_order` gives the epoch's row order and
+    `begin_epoch` the batches' weights; `batch(i)` is this rank's rows of step i
+    (it prepares the gradient sum), `skip(i)` says that this rank has nothing
+    to compute in step i (`empty_step` then joins the sum with zeros);
+    `after_layer` and `finish` sum the gradients; `global_losses`,
+    `epoch_loss` and `evaluate` reduce losses and metrics over the ranks.
 
     Without `sharded`, every rank holds the same `N` rows and takes its
     contiguous share of each global batch of `batch_size` rows (the same
@@ -565,7 +572,8 @@ class DataParallel:
     `batch_size` rows (`share(batch_size, size, r)`); an epoch has as many
     steps as the rank that needs most, ranks that run out join the last
     steps with empty batches, and global batch i is the concatenation of
-    the ranks' i-th local batches.
+    the ranks' i-th local batches.  A batch's gradient is the mean over the
+    global batch, weighted by the sample weights when there are some.
     """
 
     def __init__(self, comm: Communicator, net, optimizer, sharded=False):
@@ -575,31 +583,37 @@ class DataParallel:
         self.sharded = bool(sharded)
         self.buckets = GradientBuckets(comm, net.layout, net._grads, comm.overlap, comm.bucket_bytes)
         self.n_local = self.n_global = self.n_steps = self.batch_size = 0
+        self.weights = None
+        self.local_w = self.global_w = None
 
     @property
     def is_root(self) -> bool:
         return self.comm.is_root
 
     # -------------------------------------------------------------- once per fit
-    def setup(self, X, Y, epochs, batch_size, shuffle, validation=False) -> int:
+    def setup(self, X, Y, weights, epochs, batch_size, shuffle, validation=False) -> int:
         """Check that every rank trains alike, broadcast rank 0's state; returns the steps per epoch."""
         net, opt, comm = self.net, self.optimizer, self.comm
+        be = net.backend
         self.n_local = int(X.shape[0])
         self.batch_size = int(batch_size)
-        plan = {"network": net.config(), "backend": net.backend.name,
+        self.weights = weights
+        plan = {"network": net.config(), "backend": be.name,
                 "optimizer": {"name": opt.name, **opt.hyper()},
                 "fit": {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
-                        "sharded": self.sharded, "validation": bool(validation)}}
+                        "sharded": self.sharded, "validation": bool(validation),
+                        "sample_weights": weights is not None},
+                "standardization": None if net.standardization is None else
+                _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
         plan["network"].pop("seed", None)      # rank 0's parameters and generator are broadcast
         if not self.sharded:
-            plan["data"] = {"rows": self.n_local, "X": _fingerprint(net.backend, X),
-                            "Y": _fingerprint(net.backend, Y)}
+            plan["data"] = {"rows": self.n_local, "X": _fingerprint(be, X), "Y": _fingerprint(be, Y)}
+            if weights is not None:
+                plan["data"]["weights"] = _fingerprint(be, weights)
         comm.check_same("network configurations and training settings", plan)
-        comm.broadcast(net._params, 0, "the broadcast of the parameters")
-        for name in sorted(opt.state):
-            comm.broadcast(opt.state[name], 0, f"the broadcast of the optimizer's {name}")
-        t = comm.broadcast_json(opt.t, 0, "the broadcast of the optimizer's step count")
-        opt.t = t
+        for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
+            comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
+                           "the broadcast of the optimizer state")
         rng = net._rng.bit_generator
         rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
         if self.sharded:
@@ -607,13 +621,12 @@ class DataParallel:
             self.local_batch = b - a
             if self.local_batch == 0:
                 raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
-                                 f"({batch_size}) must be at least the number of ranks ({comm.size})")
+                                     f"({batch_size}) must be at least the number of ranks ({comm.size})")
             n_locals = [int(n) for n in comm.allgather_json(self.n_local, "the count of rows")]
-            self._local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
-                                   for r in range(comm.size)]
-            self._n_locals = n_locals
+            local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
+                             for r in range(comm.size)]
             self.n_global = sum(n_locals)
-            self.n_steps = max(-(-n // lb) for n, lb in zip(n_locals, self._local_batches))
+            self.n_steps = max(-(-n // lb) for n, lb in zip(n_locals, local_batches))
         else:
             self.n_global = self.n_local
             self.n_steps = -(-self.n_global // self.batch_size)
@@ -630,26 +643,51 @@ class DataParallel:
         seed = int(rng.integers(2**63))                  # the same draw on every rank
         return np.random.default_rng([seed, self.comm.rank]).permutation(self.n_local)
 
+    def _rows(self, i):
+        if self.sharded:
+            return min(i * self.local_batch, self.n_local), min((i + 1) * self.local_batch, self.n_local)
+        g0 = i * self.batch_size
+        a, b = share(min(self.batch_size, self.n_global - g0), self.comm.size, self.comm.rank)
+        return g0 + a, g0 + b
+
+    def begin_epoch(self, weights=None):
+        """Each step's weight (its rows, or the sum of its sample weights) here and over all ranks.
+
+        `weights` is the epoch's (shuffled) sample weights on the backend, or
+        None.  One reduction per epoch."""
+        rows = [self._rows(i) for i in range(self.n_steps)]
+        if weights is None:
+            local = np.array([b - a for a, b in rows], dtype=np.float64)
+        else:
+            w = self.net.backend.to_numpy(weights).astype(np.float64)
+            local = np.array([w[a:b].sum() for a, b in rows], dtype=np.float64)
+        self.local_w = local
+        self.global_w = self.comm.sum_values(local, "the reduction of the batch weights")
+
     def batch(self, i) -> slice:
         """This rank's rows of step `i` (a slice of the epoch's order); prepares the gradient sum."""
-        comm = self.comm
-        if self.sharded:
-            lo, hi = min(i * self.local_batch, self.n_local), min((i + 1) * self.local_batch, self.n_local)
-            global_rows = sum(max(0, min(lb, n - i * lb)) for n, lb in zip(self._n_locals, self._local_batches))
-        else:
-            g0 = i * self.batch_size
-            global_rows = min(self.batch_size, self.n_global - g0)
-            a, b = share(global_rows, comm.size, comm.rank)
-            lo, hi = g0 + a, g0 + b
-        self.local_rows, self.global_rows = hi - lo, global_rows
-        self.buckets.begin(self.local_rows / global_rows)
-        return slice(lo, hi)
+        a, b = self._rows(i)
+        g = self.global_w[i]
+        self.buckets.begin(self.local_w[i] / g if g > 0 else 0.0)
+        return slice(a, b)
+
+    def skip(self, i) -> bool:
+        """True when this rank has nothing to compute in step i (no rows, or rows of weight 0)."""
+        return not self.local_w[i] > 0
 
     def after_layer(self, l):
         self.buckets.after_layer(l)
 
-    def empty_step(self):
-        """The step of a rank with no rows in this global batch: a zero gradient joins the sum."""
+    @staticmethod
+    def on_every_rank(exc):
+        """Mark `exc` as raised by every rank together (a decision on reduced values): it then
+        leaves `fit` as it is instead of ending the job."""
+        exc.gpubp_every_rank = True
+        return exc
+
+    def empty_step(self, loss_out):
+        """The step of a rank with nothing to compute: a zero gradient joins the sum (call `batch` first)."""
+        loss_out[...] = 0
         self.net._grads[...] = 0
         self.buckets.finish()
 
@@ -657,27 +695,65 @@ class DataParallel:
         """Wait for the gradient sum (call before the optimizer's update)."""
         self.buckets.finish()
 
-    # -------------------------------------------------------------- metrics
-    def epoch_loss(self, local_sum) -> float:
-        """The epoch's mean training loss from each rank's sum of (batch loss x rows)."""
-        return float(self.comm.sum_values([local_sum], "the reduction of the training loss")[0]) / self.n_global
+    # -------------------------------------------------------------- losses and metrics
+    def global_losses(self, local_losses, start) -> np.ndarray:
+        """The global batches' losses of steps `start, start+1, ...` from this rank's (one reduction).
 
-    def evaluate(self, X, Y) -> dict:
-        """`net.evaluate` over all ranks' rows: this rank's share (or shard), reduced."""
+        NaN where any rank's loss is not finite, or where a global batch weighs nothing."""
+        idx = slice(start, start + len(local_losses))
+        vals = np.asarray(local_losses, dtype=np.float64) * self.local_w[idx]
+        vals[self.local_w[idx] == 0] = 0.0
+        tot = self.comm.sum_values(vals, "the reduction of the training losses")
+        g = self.global_w[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(g > 0, tot / np.where(g > 0, g, 1.0), np.nan)
+
+    def epoch_loss(self, local_losses) -> float:
+        """The epoch's mean training loss (weighted like the batches) from this rank's step losses."""
+        vals = np.asarray(local_losses, dtype=np.float64) * self.local_w
+        vals[self.local_w == 0] = 0.0
+        tot = self.comm.sum_values([vals.sum()], "the reduction of the training loss")[0]
+        return float(tot / self.global_w.sum())
+
+    def evaluate(self, X, Y, _checked=True) -> dict:
+        """`net.evaluate` over all ranks' rows (checked backend arrays): this rank's share (or shard), reduced."""
         n = int(X.shape[0])
-        if self.sharded:
-            a, b = 0, n
-        else:
-            a, b = share(n, self.comm.size, self.comm.rank)
+        a, b = (0, n) if self.sharded else share(n, self.comm.size, self.comm.rank)
         vals = [0.0, 0.0, float(b - a)]
         if b > a:
-            ev = self.net.evaluate(X[a:b], Y[a:b])
+            ev = self.net.evaluate(X[a:b], Y[a:b], _checked=True)
             vals = [ev["loss"] * (b - a), ev.get("accuracy", 0.0) * (b - a), float(b - a)]
         tot = self.comm.sum_values(vals, "the reduction of the metrics")
         out = {"loss": float(tot[0] / tot[2])}
         if self.net.loss in CLASSIFICATION_LOSSES:
             out["accuracy"] = float(tot[1] / tot[2])
         return out
+
+
+def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False):
+    """Refuse the `fit` options that data-parallel training does not support (the same on every rank)."""
+    if grad_norms:
+        raise ValueError("grad_norms=True is not supported with comm (data-parallel training)")
+    if sharded and isinstance(class_weight, str):
+        raise ValueError(f"class_weight={class_weight!r} with sharded=True would count each rank's classes "
+                         "alone: pass a dict of class weights computed over all the data")
+    if sharded and standardize:
+        raise ValueError("standardize=True with sharded=True would use each rank's own statistics: compute "
+                         "the mean and standard deviation over all the data and call set_standardization")
+
+
+def guard_fit(fit):
+    """Decorator of `MLP.fit`: with `comm=`, an exception on any rank ends the whole job (`Communicator.guard`)."""
+    import functools
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, comm=None, **kwargs):
+        if comm is None or comm.size == 1:
+            return fit(self, *args, comm=comm, **kwargs)
+        with comm.guard():
+            return fit(self, *args, comm=comm, **kwargs)
+
+    return wrapper
 
 
 def find_mpiexec() -> str | None:

@@ -35,42 +35,57 @@ def run_mpi(n, script, *args, timeout=TIMEOUT, **env_extra):
 
 
 def rel(a, b):
+    """||a - b|| / ||b||, scaled first so that huge values (the diverged case) do not overflow."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+    s = max(float(np.max(np.abs(b))), 1e-300)
+    return float(np.linalg.norm((a - b) / s) / max(np.linalg.norm(b / s), 1e-300))
+
+
+def run_case(net, opt, fit):
+    """`(params, history)` after `fit(net, opt)`, or `(params, {"error": message})` when it diverged."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            hist = fit(net, opt)
+    except FloatingPointError as e:
+        hist = {"error": str(e)}
+    return net.backend.to_numpy(net._params), hist
 
 
 def single_process(c, backend="numpy"):
     """One process training with plain `fit` on the same data and settings."""
-    X, Y, Xv, Yv = dp_train.data()
-    net = dp_train.make_net(backend)
-    opt = dp_train.make_opt(c["optimizer"])
-    hist = net.fit(X, Y, epochs=c["epochs"], batch_size=c["batch_size"], optimizer=opt,
-                   shuffle=c["shuffle"], progress=False, validation=(Xv, Yv) if c.get("validation") else None)
-    return net.backend.to_numpy(net._params), hist
+    X, Y, W = dp_train.case_data(c)
+    return run_case(dp_train.make_net(backend, c), dp_train.make_opt(c["optimizer"]),
+                    lambda net, opt: net.fit(X, Y, optimizer=opt, sample_weight=W, **dp_train.fit_kwargs(c)))
 
 
 def sharded_reference(c, size, backend="numpy"):
-    """One process training on the concatenations of the ranks' local batches (the ranks' row
-    orders rebuilt from the shared generator)."""
-    X, Y, _, _ = dp_train.data()
-    net = dp_train.make_net(backend)
-    opt = dp_train.make_opt(c["optimizer"])
+    """One process training on the concatenations of the ranks' local batches, one `fit` call per
+    batch (the ranks' row orders rebuilt from the shared generator)."""
+    X, Y, W = dp_train.case_data(c)
     shards = [dp_train.shard_rows(dp_train.N, size, r) for r in range(size)]
     lbs = [share(c["batch_size"], size, r)[1] - share(c["batch_size"], size, r)[0] for r in range(size)]
     n_steps = max(-(-len(s) // lb) for s, lb in zip(shards, lbs))
-    losses = []
-    for _ in range(c["epochs"]):
-        if c["shuffle"]:
-            seed = int(net._rng.integers(2**63))
-            orders = [s[np.random.default_rng([seed, r]).permutation(len(s))] for r, s in enumerate(shards)]
-        else:
-            orders = shards
-        total = 0.0
-        for i in range(n_steps):
-            rows = np.concatenate([o[i * lb:(i + 1) * lb] for o, lb in zip(orders, lbs)])
-            total += net.train_step(X[rows], Y[rows], opt) * len(rows)
-        losses.append(total / dp_train.N)
-    return net.backend.to_numpy(net._params), {"loss": losses}
+
+    def fit(net, opt):
+        losses = []
+        for _ in range(c["epochs"]):
+            if c["shuffle"]:
+                seed = int(net._rng.integers(2**63))
+                orders = [s[np.random.default_rng([seed, r]).permutation(len(s))] for r, s in enumerate(shards)]
+            else:
+                orders = shards
+            total = weight = 0.0
+            for i in range(n_steps):
+                rows = np.concatenate([o[i * lb:(i + 1) * lb] for o, lb in zip(orders, lbs)])
+                w = None if W is None else W[rows]
+                loss = net.fit(X[rows], Y[rows], epochs=1, batch_size=len(rows), optimizer=opt, shuffle=False,
+                               progress=False, sample_weight=w)["loss"][0]
+                bw = len(rows) if w is None else w.sum()
+                total, weight = total + loss * bw, weight + bw
+            losses.append(total / weight)
+        return {"loss": losses}
+
+    return run_case(dp_train.make_net(backend, c), dp_train.make_opt(c["optimizer"]), fit)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +100,6 @@ def references():
 def check_against_one_process(n, prefix, references, backend="numpy"):
     """Every rank's result equals one process's to 1e-12 relative; returns the worst difference per case."""
     ranks = [np.load(f"{prefix}.{k}.npz") for k in range(n)]
-    initial = dp_train.make_net()._params
     worst = {}
     for name, c in dp_train.cases().items():
         params, hist = references[name] if name in references else sharded_reference(c, n, backend)
@@ -94,10 +108,17 @@ def check_against_one_process(n, prefix, references, backend="numpy"):
             np.testing.assert_array_equal(ranks[k][name + ".params"], got[name + ".params"], err_msg=name)
         e = rel(got[name + ".params"], params)
         assert e <= 1e-12, f"{name} on {n} ranks: parameters differ from one process by {e:.3g}"
+        initial = dp_train.make_net("numpy", c)._params
         assert rel(got[name + ".params"], initial) > 1e-3, f"{name}: training did not move the parameters"
-        for key, ref in hist.items():
-            eh = rel(got[f"{name}.hist.{key}"], ref)
-            assert eh <= 1e-12, f"{name} on {n} ranks: history {key} differs by {eh:.3g}"
+        if "error" in hist:        # diverged: the same message (step, loss) on every rank and in one process
+            assert c.get("diverge"), hist["error"]
+            for k in range(n):
+                assert str(ranks[k][name + ".error"]) == hist["error"]
+        else:
+            assert not c.get("diverge"), f"{name} was meant to diverge"
+            for key, ref in hist.items():
+                eh = rel(got[f"{name}.hist.{key}"], ref)
+                assert eh <= 1e-12, f"{name} on {n} ranks: history {key} differs by {eh:.3g}"
         worst[name] = e
     return worst, str(ranks[0]["transport"])
 

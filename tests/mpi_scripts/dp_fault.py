@@ -29,17 +29,17 @@ def main(mode):
     if mode == "uncaught" and comm.rank == 1:
         raise RuntimeError("a failure outside fit on rank 1")
     if comm.rank == 1 and mode in ("raise", "hang"):
-        step, calls = net._step, []
+        forward, calls = net._forward, []
 
-        def bad_step(*a, **k):
+        def bad_forward(*a, **k):      # the forward pass of each training step
             calls.append(1)
             if len(calls) == 3:
                 if mode == "raise":
                     raise RuntimeError("an injected failure on rank 1")
                 time.sleep(600)
-            return step(*a, **k)
+            return forward(*a, **k)
 
-        net._step = bad_step
+        net._forward = bad_forward
     try:
         net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm)
     except distributed.ConfigMismatch as e:
