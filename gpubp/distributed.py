@@ -13,11 +13,13 @@ Semantics (`MLP.fit(..., comm=comm)`):
   trains the same network in the same way (refused with `ConfigMismatch` on
   every rank otherwise).
 - Each step's global batch is cut into contiguous shares, one per rank (uneven
-  shares allowed, a share may be empty).  Each rank's gradient, a mean over
-  its share, is scaled by `share / global batch` and the flat buffers are
-  summed across ranks: that is the mean over the global batch, the gradient a
-  single process computes, up to rounding.  Every rank then runs the same
-  optimizer update.
+  shares allowed, a share may be empty); with `sharded=True` it is the
+  concatenation of the ranks' local batches (`DataParallel`).  Each rank's
+  gradient, a mean over its share, is scaled by the share's part of the
+  global batch's rows (or sample weight) and the flat buffers are summed
+  across ranks: that is the mean over the global batch, the gradient a single
+  process computes, up to rounding.  Every rank then runs the same optimizer
+  update.
 - The sum is bucketed: a bucket (a run of whole layers, from the output
   layer down) is all-reduced, without blocking, as soon as the backward pass
   has finished its layers, while the earlier layers are still computing
@@ -393,8 +395,8 @@ class Communicator:
                         answered.add(status.Get_source())
                         break
                 else:
+                    MPI.Request.Testall(reqs)       # moves the notices along
                     time.sleep(1e-3)
-            del reqs
         self.mpi.Abort(1)
 
     def guard(self):

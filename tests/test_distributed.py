@@ -209,3 +209,24 @@ def test_different_data_without_sharding_is_refused():
     assert r.returncode != 0, r.stdout + r.stderr
     for k in range(2):
         assert f"rank {k}: refused" in r.stdout and "rank 1 has data.X = " in r.stdout, r.stdout + r.stderr
+
+
+class _OneRank:
+    """Stands in for a communicator where only the argument checks are reached."""
+    size, rank, is_root = 1, 0, True
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sharded=True), "sharded=True needs comm"),
+    (dict(comm=_OneRank(), grad_norms=True), "grad_norms=True is not supported with comm"),
+    (dict(comm=_OneRank(), sharded=True, class_weight="balanced"), "class_weight='balanced' with sharded"),
+    (dict(comm=_OneRank(), sharded=True, standardize=True), "standardize=True with sharded=True"),
+])
+def test_unsupported_fit_options_are_refused_before_anything_changes(kwargs, match):
+    X, Y, _, _, _ = dp_train.data()
+    net = dp_train.make_net()
+    before = net._params.copy()
+    with pytest.raises(ValueError, match=match):
+        net.fit(X, Y, epochs=1, progress=False, **kwargs)
+    np.testing.assert_array_equal(net._params, before)
+    assert net.optimizer is None
