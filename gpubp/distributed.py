@@ -733,14 +733,15 @@ class DataParallel:
 
 
 def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False):
-    """Refuse the `fit` options that data-parallel training does not support (the same on every rank)."""
+    """Refuse the `fit` options that data-parallel training does not support (`EveryRankError`, a
+    ValueError: every rank refuses them alike)."""
     if grad_norms:
-        raise ValueError("grad_norms=True is not supported with comm (data-parallel training)")
+        raise EveryRankError("grad_norms=True is not supported with comm (data-parallel training)")
     if sharded and isinstance(class_weight, str):
-        raise ValueError(f"class_weight={class_weight!r} with sharded=True would count each rank's classes "
+        raise EveryRankError(f"class_weight={class_weight!r} with sharded=True would count each rank's classes "
                          "alone: pass a dict of class weights computed over all the data")
     if sharded and standardize:
-        raise ValueError("standardize=True with sharded=True would use each rank's own statistics: compute "
+        raise EveryRankError("standardize=True with sharded=True would use each rank's own statistics: compute "
                          "the mean and standard deviation over all the data and call set_standardization")
 
 
