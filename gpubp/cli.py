@@ -311,7 +311,6 @@ class _EpochReport:
         from .data import accuracy
 
         self.show = show            # False on the ranks other than 0 of a distributed run
-
         self.accuracy = accuracy
         self.ds, self.X_held, self.Y_held, self.y_held, self.held = ds, X_held, Y_held, y_held, held
         self.epochs, self.width = epochs, len(str(epochs))
