@@ -194,14 +194,21 @@ def test_buckets_cover_the_gradient_buffer_in_backward_order():
 def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     ckpt = tmp_path / "net.npz"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = distributed.mpiexec_command(2, MPIEXEC) + [
-        sys.executable, "-m", "gpubp", "train", "--distributed", "--epochs", "1", "--hidden", "16", "--dataset", "moons", "--n-samples", "200",
-        "--backend", "numpy", "--no-progress", "--save", str(ckpt)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    train = [sys.executable, "-m", "gpubp", "train", "--epochs", "2", "--hidden", "16", "--dataset", "moons",
+             "--n-samples", "200", "--backend", "numpy", "--dtype", "float64", "--no-progress"]
+    r = subprocess.run(distributed.mpiexec_command(2, MPIEXEC) + train + ["--distributed", "--save", str(ckpt)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("distributed: 2 ranks, gradients summed over mpi") == 1, r.stdout
     assert r.stdout.count("test accuracy") == 1, r.stdout
     assert ckpt.exists()
+    one = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stdout + one.stderr
+
+    def figures(out):      # the epoch lines without their times, and the test results
+        return [line.split("  (")[0] for line in out.splitlines() if line.startswith(("epoch", "test"))]
+
+    assert figures(r.stdout) == figures(one.stdout) and len(figures(one.stdout)) == 4, (r.stdout, one.stdout)
 
 
 def test_different_data_without_sharding_is_refused():
