@@ -23,6 +23,7 @@ import numpy as np
 from . import activations as acts
 from . import losses
 from .backends import get_backend
+from .distributed import DataParallel, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
 from .training import FitLoop, Reporter
@@ -563,9 +564,11 @@ class MLP:
         return float(((logits > 0) == (Y > 0.5)).mean(axis=1).sum())
 
     # ------------------------------------------------------------ training loop
+    @guard_fit   # with comm=: an exception on one rank ends the whole job instead of leaving the others waiting
     def fit(self, X, Y, epochs=10, batch_size=32, optimizer="adam", validation=None, shuffle=True,
             progress="auto", lr=None, *, callbacks=None, validation_split=None, sample_weight=None,
-            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False):
+            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False,
+            comm=None, sharded=False):
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
@@ -591,6 +594,12 @@ class MLP:
           update-to-weight ratio of the epoch's last step (`history["grad_norms"]`,
           `"delta_norms"`, `"update_ratios"`) and warns of vanishing or exploding
           gradients.
+        - `comm` (from `gpubp.distributed.init()`, under `mpiexec`) trains data-parallel
+          over its ranks: every rank passes the same `X`, `Y` and takes its share of each
+          batch, or with `sharded=True` rows of its own (see
+          `gpubp.distributed.DataParallel`).  The result equals one process training on the
+          same global batches; losses and metrics are reduced over the ranks and only rank 0
+          reports progress.
 
         The history holds per-epoch lists: `loss` (the mean training loss over the
         epoch's steps), `accuracy` for classification losses (measured after the
@@ -607,6 +616,10 @@ class MLP:
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable step -> learning rate")
+        if comm is None and sharded:
+            raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
+        if comm is not None:
+            check_fit_options(comm, sharded, grad_norms, class_weight, standardize)
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not any(hasattr(cb, h) for h in ("on_train_begin", "on_epoch_end", "on_train_end")):
@@ -652,9 +665,13 @@ class MLP:
         self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
         opt = self._bind(opt, lr)
         self.stop_training = False
+        dist = None
+        if comm is not None:
+            dist = DataParallel(comm, self, opt, sharded)
+            progress = progress if comm.is_root else False
         loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
                        (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
-                       grad_norms)
+                       grad_norms, dist=dist)
         return loop.run(epochs)
 
     # ------------------------------------------------------------ snapshots
