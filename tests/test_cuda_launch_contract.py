@@ -548,6 +548,20 @@ def test_train_step_allocates_only_the_batch_copies(fake):
     assert all("_raw_inputs" in s or "_targets" in s for s in fake.allocation_sites), fake.allocation_sites
 
 
+def test_fused_steps_upload_their_pointer_tables_once(fake):
+    """A fused run's table holds its input's address; layer 1's input is copied into a buffer
+    the plan keeps, so new batches (new addresses) need no new table (an upload and a sync)."""
+    sizes = (16, 64, 64, 10)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 2048)
+    net.fit(X, Y, epochs=1, batch_size=1024, progress=False)       # warm: plan, tables, copies
+    assert any(l.name.startswith("fused_mlp_fwd") for l in fake.launched())
+    fake.reset()
+    net.fit(X, Y, epochs=3, batch_size=1024, progress=False)
+    tables = [s for s in fake.allocation_sites if "_table" in s]
+    assert not tables, tables
+
+
 # ------------------------------------------------------------------ other devices
 #: (name, attributes that differ from the H100's, fused float32 fits, TF32 kernels run)
 DEVICES = [

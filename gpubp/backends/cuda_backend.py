@@ -254,6 +254,32 @@ class CudaBackend(Backend):
         wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
         load_kernels(wanted)
 
+    def _run_input(self, plan, first):
+        """The input array of a fused run starting at layer `first`.
+
+        A fused run's pointer table holds its input's address; inside the network that is a
+        plan buffer, but a run from layer 1 would see each new batch's address, and every new
+        table costs an upload from the host (a synchronisation).  So layer 1's input is copied
+        (on the device, in stream order) into a buffer the plan keeps, and the table stays the
+        same.  The forward copies every time (a captured graph replays the copy); the backward
+        copies only when the buffer does not hold a copy of this same input array already."""
+        if first > 1:
+            return plan.A[first - 1]
+        buf = plan.scratch.get("fused_input", plan.A[0].shape, plan.A[0].dtype)
+        src = plan.A[0]
+        if buf.data.ptr != src.data.ptr:
+            buf[...] = src
+        return buf
+
+    def _run_input_again(self, plan, first):
+        """`_run_input` for the backward of the same step: the forward's copy, when it made one of
+        this input array (same address), else a fresh copy."""
+        if first > 1:
+            return plan.A[first - 1]
+        if plan.scratch.notes.get("fused_input_of") == plan.A[0].data.ptr:
+            return plan.scratch.get("fused_input", plan.A[0].shape, plan.A[0].dtype)
+        return self._run_input(plan, first)
+
     def network_forward(self, plan, layers):
         A, Z, acts, precision = plan.A, plan.Z, plan.activations, self._precision(plan.precision)
         for first, last, fused in self._segments(plan.sizes, plan.batch, plan.dtype, precision):
@@ -262,7 +288,10 @@ class CudaBackend(Backend):
                 self.dense_forward(A[first - 1], W, b, acts[first - 1], A[first], Z[first], scratch=plan.scratch)
                 continue
             run = range(first - 1, last)     # 0-based layer indices of the run
-            cuda_fused.fused_forward(A[first - 1], [layers[i][0] for i in run], [layers[i][1] for i in run],
+            if first == 1:
+                plan.scratch.notes["fused_input_of"] = plan.A[0].data.ptr
+            cuda_fused.fused_forward(self._run_input(plan, first),
+                                     [layers[i][0] for i in run], [layers[i][1] for i in run],
                                      [ACT_CODES[acts[i]] for i in run], [A[i + 1] for i in run],
                                      [Z[i + 1] for i in run], precision=precision, scratch=plan.scratch)
 
@@ -281,7 +310,8 @@ class CudaBackend(Backend):
                     din, act_in, z_in = None, None, None
                 cuda_fused.fused_backward(
                     delta[last], [layers[i][0] for i in run], [ACT_CODES[acts[i]] for i in run],
-                    A[first - 1], [A[i + 1] for i in run], [Z[i + 1] for i in run],
+                    self._run_input_again(plan, first),    # what the forward read
+                    [A[i + 1] for i in run], [Z[i + 1] for i in run],
                     [grads[i][0] for i in run], [grads[i][1] for i in run],
                     delta_in_out=din, act_code_in=act_in, Z_in=z_in, precision=precision,
                     scratch=plan.scratch)
