@@ -27,7 +27,8 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
-from .network import DTYPES, INITS
+from .checks import DTYPES
+from .network import INITS
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {

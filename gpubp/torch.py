@@ -38,6 +38,7 @@ from .activations import GELU_C, GELU_K, LEAKY_SLOPE, NEEDS_Z, check_activation
 from .backends import get_backend
 from .backends.base import Backend
 from .backends.numpy_backend import activation_backward_inplace
+from .checks import check_sizes
 
 #: the precisions a FusedMLP computes in (as gpubp.MLP's `precision`)
 PRECISIONS = ("float32", "tf32")
@@ -325,20 +326,6 @@ def _activation_name(module: nn.Module, index: int) -> str:
                      f"nn.GELU(approximate='tanh'), nn.SiLU, nn.Identity")
 
 
-def _check_sizes(layer_sizes) -> tuple:
-    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
-        raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")
-    sizes = list(layer_sizes)
-    if len(sizes) < 2:
-        raise ValueError(f"layer_sizes needs at least two sizes (inputs and outputs), got {sizes}")
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
-            raise TypeError(f"layer_sizes must hold integers, got {s!r} in {sizes}")
-        if s < 1:
-            raise ValueError(f"every layer size must be at least 1, got {sizes}")
-    return tuple(int(s) for s in sizes)
-
-
 # --------------------------------------------------------------------------- the module
 class FusedMLP(nn.Module):
     """A dense network `layer_sizes[0] -> ... -> layer_sizes[-1]` run by gpubp, as an `nn.Module`.
@@ -378,7 +365,7 @@ class FusedMLP(nn.Module):
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", precision="float32",
                  seed=None, backend="auto", *, dtype=None, device=None):
         super().__init__()
-        sizes = _check_sizes(layer_sizes)
+        sizes = check_sizes(layer_sizes)
         n_hidden = len(sizes) - 2
         if isinstance(activation, (list, tuple)):
             if len(activation) != n_hidden:
