@@ -77,7 +77,7 @@ class FitLoop:
     """One call of `MLP.fit` on checked backend arrays, with the optimizer already bound."""
 
     def __init__(self, net, opt, X, Y, weights, batch_size, shuffle, lr_schedule, validation, callbacks,
-                 reporter, grad_norms=False, step_hook=None, dist=None):
+                 reporter, grad_norms=False, dist=None):
         self.net, self.opt = net, opt
         self.X, self.Y = X, Y
         self.weights = None if weights is None else net.backend.asarray(weights, net.dtype)
@@ -87,8 +87,6 @@ class FitLoop:
         self.callbacks = callbacks
         self.reporter = reporter
         self.grad_norms = grad_norms
-        #: called as `step_hook(plan)` after each step's backward, before the update (distributed training)
-        self.step_hook = step_hook
         #: a `gpubp.distributed.DataParallel` when training over several ranks: it picks this rank's rows
         #: of each batch and sums gradients, losses and metrics over the ranks
         self.dist = dist
@@ -126,8 +124,6 @@ class FitLoop:
             net.backend.network_backward(plan, net._Wb, net._dWb, after_layer)
         if self.dist is not None:
             self.dist.finish()
-        if self.step_hook is not None:
-            self.step_hook(plan)
         opt.step(net.backend, net._params, net._grads)
         return plan
 
