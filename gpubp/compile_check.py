@@ -24,7 +24,7 @@ from .backends import cuda_source
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
 #: the launcher modules `cuda_source.all_specs()` gathers, imported one by one when it fails
-_LAUNCHER_MODULES = ("cuda_gemm", "cuda_kernels")
+_LAUNCHER_MODULES = ("cuda_gemm", "cuda_kernels", "cuda_fused", "cuda_gemm_tc")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)

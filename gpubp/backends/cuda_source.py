@@ -53,6 +53,7 @@ def load(spec: ModuleSpec):
 
 def all_specs() -> list[ModuleSpec]:
     """Every kernel module gpubp builds (for the compile check)."""
-    from . import cuda_fused, cuda_gemm, cuda_kernels
+    from . import cuda_fused, cuda_gemm, cuda_gemm_tc, cuda_kernels
 
-    return list(cuda_gemm.SPECS) + list(cuda_kernels.SPECS) + list(cuda_fused.SPECS)
+    return (list(cuda_gemm.SPECS) + list(cuda_kernels.SPECS) + list(cuda_fused.SPECS)
+            + list(cuda_gemm_tc.SPECS))
