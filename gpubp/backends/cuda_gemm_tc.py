@@ -81,8 +81,22 @@ def _all_names() -> tuple[str, ...]:
     return tuple(names)
 
 
+#: the tensor-core instruction each mode's mma.sync compiles to (SASS opcode prefix)
+SASS_OPCODES = {"tf32": "HMMA.1688.F32.TF32", "3xtf32": "HMMA.1688.F32.TF32", "bf16": "HMMA.16816.F32.BF16"}
+
+
+def _sass_expect(names) -> tuple[tuple[str, str], ...]:
+    """Every GEMM kernel must hold its mode's HMMA (the compile check reads the SASS)."""
+    by_code = {code: SASS_OPCODES[p] for p, code in PREC_CODES.items()}
+    out = []
+    for n in names:
+        if n.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<", "gemm_tc_bwd_weight<")):
+            out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
+    return tuple(out)
+
+
 SPECS = (ModuleSpec(name="gemm_tc", files=("activations.cuh", "gemm_tc.cu"),
-                    name_expressions=_all_names()),)
+                    name_expressions=_all_names(), sass_expect=_sass_expect(_all_names())),)
 
 
 def _launch(name: str, grid, args, smem: int = 0) -> None:
