@@ -18,7 +18,11 @@ Rounding (bit-exact with the kernels' conversions):
     round to nearest, ties to EVEN, as float32 with the low 16 bits zero
     (`bf16_bits` gives the 16-bit patterns).  Same inf/NaN/overflow rules.
   - `split_3xtf32(x)`: (hi, lo) with hi = to_tf32(x), lo = to_tf32(x - hi);
-    x - hi is exact in float32, and |x - hi - lo| <= 2^-22 |x|.
+    x - hi is exact in float32, and |x - hi - lo| <= 2^-22 |x|.  As in the kernel,
+    an infinite x gives lo = NaN (inf - inf), and a finite x that rounds to inf
+    (|x| above the largest TF32 value) gives lo = -+inf: 3xTF32 GEMMs of such inputs
+    are NaN.  (The kernels compute x - hi with -ftz=true: where it is subnormal it
+    becomes 0 there, not here.)
 
 Products (`matmul(a, b, precision)`, a (M, K) @ b (K, N), float32 in and out):
   - "float32": numpy's float32 matmul (BLAS order; the float32 reference).
@@ -118,7 +122,7 @@ def split_3xtf32(x) -> tuple[np.ndarray, np.ndarray]:
     x = _as_f32(x, "x")
     hi = to_tf32(x)
     with np.errstate(invalid="ignore", over="ignore"):
-        rest = np.where(np.isfinite(hi), x - hi, np.float32(0)).astype(np.float32)
+        rest = (x - hi).astype(np.float32)   # IEEE, as the kernel: inf - inf is NaN
     return hi, to_tf32(rest)
 
 

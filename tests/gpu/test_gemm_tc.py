@@ -39,7 +39,9 @@ def _needs_sm80():
 
 MODES = tuple(tc.PREC_CODES)
 #: kernel vs emulation, max |diff| / max(|A| |B|): float32 summation-order noise only
-EMUL_TOL = 2e-6
+EMUL_TOL = 3e-6
+#: the same after the input gradient's epilogue (g' in float32 transcendentals)
+EMUL_TOL_GPRIME = 5e-6
 SIZES = (1, 3, 17, 127, 129, 1000, 4097)
 INNER = (1, 3, 17, 127, 129, 1000)
 
@@ -96,10 +98,10 @@ def _scaled_err(out, ref, scale):
     return e / s if s > 0 else e
 
 
-def _check_gemm(out, emul, exact, scale, mode, what):
+def _check_gemm(out, emul, exact, scale, mode, what, emul_tol=EMUL_TOL):
     e_emul = _scaled_err(out, emul, scale)
     e_exact = _scaled_err(out, exact, scale)
-    assert e_emul <= EMUL_TOL, f"{what} {mode}: {e_emul:.3g} from the emulation"
+    assert e_emul <= emul_tol, f"{what} {mode}: {e_emul:.3g} from the emulation"
     assert e_exact <= P.TOLERANCE[mode], f"{what} {mode}: {e_exact:.3g} from float64"
 
 
@@ -144,7 +146,8 @@ def test_bwd_data(case, mode):
     gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
     scale = (np.abs(d.astype(np.float64)) @ np.abs(w.astype(np.float64))) * np.abs(gprime)
     _check_gemm(_written(out, "delta_prev"), P.matmul(d, w, mode).astype(np.float64) * gprime,
-                (d.astype(np.float64) @ w.astype(np.float64)) * gprime, scale, mode, "bwd_data")
+                (d.astype(np.float64) @ w.astype(np.float64)) * gprime, scale, mode, "bwd_data",
+                EMUL_TOL_GPRIME)
 
 
 # ---------------------------------------------------------------- backward, weights
@@ -303,5 +306,6 @@ def test_kernel_rounding_matches_the_emulation_bit_for_bit():
     _same_bits(hi, ehi)
     # x - hi runs with -ftz=true in the kernel: subnormal differences flush to zero there
     with np.errstate(invalid="ignore", over="ignore"):
-        normal = np.abs(x - np.where(np.isfinite(ehi), ehi, 0)) >= np.finfo(np.float32).tiny
+        rest = x - ehi
+        normal = ~((np.abs(rest) < np.finfo(np.float32).tiny) & (rest != 0))   # NaN, inf, 0 kept
     _same_bits(lo[normal], elo[normal])
