@@ -61,14 +61,15 @@
 #define TC_3XTF32 1
 #define TC_BF16 2
 
-#define TC_THREADS 256
+// TC_THREADS (256), TC_BM (128) and TC_BK (16) come from the generated header
+// (gpubp/backends/kernel_constants.py), shared with the launcher.
+static_assert(TC_THREADS == 256 && TC_BM == 128 && TC_BK == 16,
+              "the copy slots, warp tiling and column sums below assume 256 threads, 128 x 128 x 16 tiles");
 // Blocks per SM asked of ptxas: the forward and input-gradient kernels fit 128 registers
 // (2 blocks of 8 warps per SM, 2 x 60-72 KB of shared memory); the weight gradient keeps
 // its column sums and needs about 130-160 registers: 1 block per SM.
 #define TC_MIN_BLOCKS_FWD 2
 #define TC_MIN_BLOCKS_WGRAD 1
-#define TC_BM 128
-#define TC_BK 16
 // RC pitch, PC pitch per mode (see the header) and the floats of one operand's stage tile:
 // tf32 / 3xtf32 max(128 * 20, 16 * 136) = 2560, bf16 max(128 * 24, 16 * 132) = 3072.
 template <int PREC> struct tc_pitch {

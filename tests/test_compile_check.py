@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings and nvidia-cuda-nvrtc")
 
 from gpubp import compile_check as cc  # noqa: E402
-from gpubp.backends import cuda_source  # noqa: E402
 from gpubp.backends.cuda_source import ModuleSpec  # noqa: E402
 
 ARCHS = ("sm_80", "sm_90")
@@ -32,7 +31,7 @@ TC_ACTS = (5,)
 def _ci_specs():
     """all_specs(), with the tensor-core module cut to the TC_ACTS epilogues."""
     out = []
-    for spec in cuda_source.all_specs():
+    for spec in cc.all_specs():
         if spec.name == "gemm_tc":
             keep = tuple(n for n in spec.name_expressions
                          if not n.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<"))
@@ -131,8 +130,8 @@ def test_a_missing_launcher_module_is_reported(monkeypatch):
     def broken():
         raise ImportError("no module named gpubp.backends.cuda_missing")
 
-    monkeypatch.setattr(cuda_source, "all_specs", broken)
-    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_kernels"))
+    monkeypatch.setattr(cc, "all_specs", broken)
+    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_elementwise"))
     rows = cc.compile_check(("sm_90",))
     errors = [r for r in rows if r["error"]]
     assert len(errors) == 1 and "cuda_missing" in errors[0]["error"]
@@ -142,11 +141,11 @@ def test_a_missing_launcher_module_is_reported(monkeypatch):
 def test_main_prints_the_table_and_fails_on_a_problem(monkeypatch, capsys):
     spec = ModuleSpec(name="elementwise", files=("activations.cuh", "elementwise.cu"),
                       name_expressions=("loss_finalize<float>",))
-    monkeypatch.setattr(cuda_source, "all_specs", lambda: [spec])
+    monkeypatch.setattr(cc, "all_specs", lambda: [spec])
     assert cc.main(["--arch", "sm_90"]) == 0
     out = capsys.readouterr().out
     assert "loss_finalize<float>" in out and "regs" in out and "sm_90" in out
-    monkeypatch.setattr(cuda_source, "all_specs", lambda: [spec, _Spec("__global__ void k() { x; }")])
+    monkeypatch.setattr(cc, "all_specs", lambda: [spec, _Spec("__global__ void k() { x; }")])
     assert cc.main(["--arch", "sm_90"]) == 1
 
 

@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import ACTIVATIONS, NEEDS_Z, ACT_CODES
-from .cuda_device import cdiv, check_act, compute_capability, function, sm_count
+from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
+from .cuda_device import compute_capability, function, sm_count
+from .cuda_launch import aligned as _aligned
+from .cuda_launch import cdiv, check_act, grid_1d
 from .cuda_source import ModuleSpec
+from .kernel_constants import TC_BK as BK
+from .kernel_constants import TC_BM as BM
+from .kernel_constants import TC_THREADS as THREADS
 
 #: the modes with kernels here, and their PREC template value
 PREC_CODES = {"tf32": 0, "3xtf32": 1, "bf16": 2}
-THREADS = 256
-BM = 128
-BK = 16
 STAGES = 3
 _N_ACT = len(ACTIVATIONS)
 _NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
@@ -128,10 +130,6 @@ def _check_arrays(**arrays) -> None:
 def _shape(name: str, a, want) -> None:
     if tuple(a.shape) != tuple(want):
         raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(want)}")
-
-
-def _aligned(a, nbytes: int) -> bool:
-    return a.data.ptr % nbytes == 0
 
 
 def _tiles(P: int, Q: int) -> int:
@@ -257,7 +255,7 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "tf32", scra
     _launch(name, (tiles, 1, S), (delta, A_prev, ws, ws[NK:], np.int32(M), np.int32(N), np.int32(K),
                                   np.int32(rows), np.int64(stride), np.int32(vec_d), np.int32(vec_a),
                                   np.int32(vec_out)), smem)
-    blocks = min(cdiv(NK + N, THREADS), 8 * sm_count())
+    blocks = grid_1d(NK + N, THREADS, 8 * sm_count())
     _launch(REDUCE_NAME, (blocks, 1, 1), (ws, dW_out, db_out, np.int32(S), np.int64(stride),
                                           np.int64(NK), np.int32(N)))
 
@@ -271,5 +269,5 @@ def round_like_kernels(x, precision: str):
     _check_arrays(x=x)
     n = x.size
     out = cupy.empty((2 if precision == "3xtf32" else 1) * n, dtype=np.float32)
-    _launch(round_name(precision), (max(1, min(cdiv(n, THREADS), 1024)), 1, 1), (x, out, np.int64(n)))
+    _launch(round_name(precision), (grid_1d(n, THREADS, 1024), 1, 1), (x, out, np.int64(n)))
     return out.reshape(2, n) if precision == "3xtf32" else out
