@@ -14,8 +14,11 @@ import cupy
 import numpy as np
 
 from gpubp.activations import ACT_CODES
+from gpubp.backends import cuda_device
 from gpubp.backends import cuda_gemm_tc as tc
 
+# every kernel in one program: the same CuPy cache entry as the GPU tests' compile
+cuda_device.load_kernels({tc.SPECS[0]: tc.SPECS[0].name_expressions})
 rs = cupy.random.RandomState(0)
 
 

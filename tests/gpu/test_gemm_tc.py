@@ -37,6 +37,14 @@ def _needs_sm80():
         pytest.skip("tensor-core GEMMs need sm_80+")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compile_all_at_once():
+    """One NVRTC program for every kernel of the module (then CuPy's disk cache), rather
+    than one per kernel as each test first asks for it."""
+    if cuda_device.compute_capability() >= 80:
+        cuda_device.load_kernels({tc.SPECS[0]: tc.SPECS[0].name_expressions})
+
+
 MODES = tuple(tc.PREC_CODES)
 #: kernel vs emulation, max |diff| / max(|A| |B|): float32 summation-order noise only
 EMUL_TOL = 3e-6
