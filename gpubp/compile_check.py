@@ -7,8 +7,15 @@ per kernel and architecture: registers, spill stores and loads, stack frame
 and static shared memory, as ptxas printed them into the program log.  No
 driver and no device are needed, so it runs in CI on a CPU.
 
+Modules whose `ModuleSpec.sass_expect` names a matrix instruction per kernel
+(e.g. `HMMA.1688.F32.TF32` for `mma.sync` m16n8k8 TF32) also have their cubin
+disassembled with `cuobjdump --dump-sass` (PyPI's nvidia-cuda-cuobjdump and
+nvidia-cuda-nvdisasm, no GPU needed): each such row gets `sass_op` and
+`sass_count` (how many instructions of the cubin's function hold that opcode),
+and a kernel with none, or a missing cuobjdump, is a problem.
+
 `main(argv)` prints the table and returns 1 on a compile error, a missing
-kernel or any spill (the CLI's `gpubp compile-check`).
+kernel, any spill or a failed SASS check (the CLI's `gpubp compile-check`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from .backends import cuda_source
@@ -24,7 +34,7 @@ from .backends import cuda_source
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
 #: the launcher modules whose `SPECS` `all_specs()` gathers
-_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused")
+_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_tc")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)
@@ -37,6 +47,12 @@ _RE_PROPS = re.compile(r"Function properties for (\S+)")
 _RE_STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _RE_REGS = re.compile(r"Used (\d+) registers")
 _RE_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+_MISSING_CUOBJDUMP = ("the SASS check needs cuobjdump and nvdisasm: "
+                      "pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm (or gpubp[compile])")
+
+_RE_SASS_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 
 
 class NvrtcMissing(RuntimeError):
@@ -119,9 +135,63 @@ def _gather_specs() -> tuple[list, list[dict]]:
     return specs, errors
 
 
+def find_cuobjdump() -> str | None:
+    """Path of a cuobjdump with an nvdisasm beside it or on PATH: PATH first, then the
+    `nvidia/*/bin` folders of the PyPI wheels."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia
+        roots = list(nvidia.__path__)
+    except ImportError:
+        return None
+    for root in roots:
+        for sub in sorted(os.listdir(root)):
+            cand = os.path.join(root, sub, "bin", "cuobjdump")
+            if os.path.isfile(cand) and os.access(cand, os.X_OK):
+                return cand
+    return None
+
+
+def parse_sass(text: str, opcodes) -> dict[str, dict[str, int]]:
+    """Per function (mangled name) of a `cuobjdump --dump-sass` listing, how many
+    instruction lines contain each of `opcodes` (substrings such as "HMMA.1688.F32.TF32")."""
+    out: dict[str, dict[str, int]] = {}
+    current = None
+    for line in text.splitlines():
+        m = _RE_SASS_FUNCTION.match(line)
+        if m:
+            current = out.setdefault(m.group(1), {op: 0 for op in opcodes})
+            continue
+        if current is not None and "/*" in line and ";" in line:
+            for op in opcodes:
+                if op in line:
+                    current[op] += 1
+    return out
+
+
+def dump_sass(cubin: bytes, cuobjdump: str | None = None) -> str:
+    """`cuobjdump --dump-sass` of a cubin; raises RuntimeError when it cannot run."""
+    tool = cuobjdump or find_cuobjdump()
+    if tool is None:
+        raise RuntimeError(_MISSING_CUOBJDUMP)
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(tool) + os.pathsep + env.get("PATH", "")   # nvdisasm beside it
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "module.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        res = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed ({res.returncode}): {res.stderr.strip()[:2000]}")
+    return res.stdout
+
+
 def _row(module, arch, kernel, **kw) -> dict:
     row = dict(module=module, arch=arch, kernel=kernel, mangled=None, registers=None,
-               spill_stores=None, spill_loads=None, stack_frame=None, smem=None, error=None)
+               spill_stores=None, spill_loads=None, stack_frame=None, smem=None, error=None,
+               sass_op=None, sass_count=None)
     row.update(kw)
     return row
 
@@ -159,8 +229,21 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
         for ne in spec.name_expressions:
             lowered[_check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, ne.encode()),
                            f"nvrtcGetLoweredName({ne})").decode()] = ne
+        expect = dict(getattr(spec, "sass_expect", ()) or ())
+        cubin = None
+        if expect:
+            n = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+            cubin = b" " * n
+            _check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+    sass, sass_error = {}, None
+    if expect:
+        try:
+            sass = parse_sass(dump_sass(cubin), sorted(set(expect.values())))
+        except RuntimeError as e:
+            sass_error = str(e)
 
     kernels = parse_ptxas_log(log)
     rows = []
@@ -174,6 +257,14 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
         if mangled not in kernels:
             rows.append(_row(spec.name, arch, ne, mangled=mangled,
                              error="no ptxas report for this kernel (not a __global__ function?)"))
+    for r in rows:
+        op = expect.get(r["kernel"])
+        if op is not None and not r["error"]:
+            r["sass_op"] = op
+            if sass_error:
+                r["error"] = f"SASS not checked: {sass_error}"
+            else:
+                r["sass_count"] = sass.get(r["mangled"], {}).get(op, 0)
     rows.sort(key=lambda r: r["kernel"] or "")
     return rows
 
@@ -203,7 +294,8 @@ def compile_check(archs=DEFAULT_ARCHS, specs=None) -> list[dict]:
 
 
 def problems(rows) -> list[str]:
-    """What makes the check fail: compile errors, spills, more than 255 registers."""
+    """What makes the check fail: compile errors, spills, more than 255 registers, a kernel
+    whose SASS lacks the matrix instruction its module expects."""
     out = []
     for r in rows:
         where = f"{r['module']} {r['arch'] or ''} {r['kernel'] or ''}".strip()
@@ -213,18 +305,22 @@ def problems(rows) -> list[str]:
             out.append(f"{where}: spills ({r['spill_stores']} bytes stored, {r['spill_loads']} loaded)")
         elif r["registers"] is None or r["registers"] > 255:
             out.append(f"{where}: registers {r['registers']}")
+        elif r.get("sass_op") and not r.get("sass_count"):
+            out.append(f"{where}: no {r['sass_op']} instruction in its SASS")
     return out
 
 
 def format_table(rows) -> str:
     ok = [r for r in rows if not r["error"]]
-    head = ("module", "arch", "kernel", "regs", "stack", "spill st", "spill ld", "smem")
+    head = ("module", "arch", "kernel", "regs", "stack", "spill st", "spill ld", "smem", "sass")
     body = [(r["module"], r["arch"], r["kernel"], str(r["registers"]), str(r["stack_frame"]),
-             str(r["spill_stores"]), str(r["spill_loads"]), str(r["smem"])) for r in ok]
+             str(r["spill_stores"]), str(r["spill_loads"]), str(r["smem"]),
+             f"{r['sass_count']} {r['sass_op']}" if r.get("sass_op") else "-") for r in ok]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
 
     def line(cells):
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.ljust(w) if i < 3 or i == 8 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
@@ -252,7 +348,9 @@ def main(argv=None) -> int:
         for p in bad:
             print(f"  {p}", file=sys.stderr)
         return 1
-    print(f"\n{n_ok} kernel builds, no errors, no spills")
+    n_sass = sum(1 for r in rows if r.get("sass_count"))
+    print(f"\n{n_ok} kernel builds, no errors, no spills; {n_sass} with their matrix instructions "
+          f"checked in SASS")
     return 0
 
 

@@ -1,5 +1,13 @@
 """`gpubp compile-check` on a CPU: every kernel builds with NVRTC for sm_80 and sm_90,
-with no spills and at most 255 registers, and the ptxas log parser reads known text."""
+with no spills and at most 255 registers, the tensor-core kernels hold their HMMA
+instructions in SASS, and the ptxas log and SASS parsers read known text.
+
+To stay fast, the tensor-core module is built here with one of its seven activation
+epilogues (gelu: the longest, and it reads Z): the other six differ only in the
+epilogue's arithmetic, which gemm.cu's kernels build in full; `gpubp compile-check`
+builds all of them."""
+
+from dataclasses import replace
 
 import pytest
 
@@ -16,9 +24,27 @@ except cc.NvrtcMissing as e:  # bindings present, libnvrtc missing
     pytest.skip(str(e), allow_module_level=True)
 
 
+#: activation codes whose gemm_tc epilogues the fast check builds (gelu)
+TC_ACTS = (5,)
+
+
+def _ci_specs():
+    """all_specs(), with the tensor-core module cut to the TC_ACTS epilogues."""
+    out = []
+    for spec in cc.all_specs():
+        if spec.name == "gemm_tc":
+            keep = tuple(n for n in spec.name_expressions
+                         if not n.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<"))
+                         or int(n.split(",")[1]) in TC_ACTS)
+            spec = replace(spec, name_expressions=keep,
+                           sass_expect=tuple(e for e in spec.sass_expect if e[0] in keep))
+        out.append(spec)
+    return out
+
+
 @pytest.fixture(scope="module")
 def rows():
-    return cc.compile_check(ARCHS)
+    return cc.compile_check(ARCHS, specs=_ci_specs())
 
 
 def test_no_compile_errors_spills_or_register_overflow(rows):
@@ -31,8 +57,8 @@ def test_no_compile_errors_spills_or_register_overflow(rows):
 
 def test_every_name_expression_of_every_module_is_built_for_every_arch(rows):
     built = {(r["module"], r["arch"], r["kernel"]) for r in rows if not r["error"]}
-    specs = cc.all_specs()
-    assert {s.name for s in specs} >= {"gemm", "elementwise"}
+    specs = _ci_specs()
+    assert {s.name for s in specs} >= {"gemm", "elementwise", "gemm_tc"}
     for spec in specs:
         assert spec.name_expressions, spec.name
         for arch in ARCHS:
@@ -121,3 +147,85 @@ def test_main_prints_the_table_and_fails_on_a_problem(monkeypatch, capsys):
     assert "loss_finalize<float>" in out and "regs" in out and "sm_90" in out
     monkeypatch.setattr(cc, "all_specs", lambda: [spec, _Spec("__global__ void k() { x; }")])
     assert cc.main(["--arch", "sm_90"]) == 1
+
+
+# ---------------------------------------------------------------- tensor-core kernels, SASS
+def test_tensor_core_module_lists_every_mode_and_activation():
+    from gpubp.activations import ACTIVATIONS
+    from gpubp.backends import cuda_gemm_tc as tc
+
+    (spec,) = tc.SPECS
+    names = set(spec.name_expressions)
+    for prec in tc.PREC_CODES:
+        for act in range(len(ACTIVATIONS)):
+            assert tc.fwd_name(prec, act) in names and tc.bwd_data_name(prec, act) in names
+        assert tc.bwd_weight_name(prec) in names
+    expect = dict(spec.sass_expect)
+    assert len(expect) == 3 * (2 * len(ACTIVATIONS) + 1)
+    assert expect[tc.fwd_name("bf16", 3)] == "HMMA.16816.F32.BF16"
+    assert expect[tc.bwd_weight_name("3xtf32")] == "HMMA.1688.F32.TF32"
+
+
+def test_tensor_core_kernels_hold_their_hmma_in_sass(rows):
+    from gpubp.backends import cuda_gemm_tc as tc
+
+    tc_rows = [r for r in rows if r["module"] == "gemm_tc" and r["sass_op"]]
+    # fwd + bwd_data per kept activation, and bwd_weight: per mode and arch
+    assert len(tc_rows) == len(ARCHS) * len(tc.PREC_CODES) * (2 * len(TC_ACTS) + 1)
+    per_k_tile = {"tf32": 32, "3xtf32": 96, "bf16": 16}   # 16 mma per k step, BK 16
+    for r in tc_rows:
+        prec = {v: k for k, v in tc.PREC_CODES.items()}[int(r["kernel"].split("<")[1].split(",")[0].rstrip(">"))]
+        assert r["sass_op"] == tc.SASS_OPCODES[prec], r
+        assert r["sass_count"] == per_k_tile[prec], r   # the k-tile loop body once, fully unrolled
+
+
+KNOWN_SASS = """\
+\tcode for sm_90
+\t\tFunction : _Z1kPf
+\t.headerflags\t@"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                  /* 0x00000a00ff017b82 */
+        /*0100*/                   HMMA.1688.F32.TF32 R4, R8, R12, R4 ;    /* 0x0000000c0804723c */
+        /*0110*/                   HMMA.1688.F32.TF32 R16, R8, R14, R16 ;  /* 0x0000000e0810723c */
+        /*0120*/                   EXIT ;                                  /* 0x000000000000794d */
+\t\tFunction : _Z1gPf
+        /*0000*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;   /* 0x0000000c0804723c */
+"""
+
+
+def test_sass_parser_counts_opcodes_per_function():
+    got = cc.parse_sass(KNOWN_SASS, ["HMMA.1688.F32.TF32", "HMMA.16816.F32.BF16"])
+    assert got == {"_Z1kPf": {"HMMA.1688.F32.TF32": 2, "HMMA.16816.F32.BF16": 0},
+                   "_Z1gPf": {"HMMA.1688.F32.TF32": 0, "HMMA.16816.F32.BF16": 1}}
+
+
+_PLAIN = "__global__ void plain(float* p) { p[threadIdx.x] *= 2.f; }"
+_MMA = """__global__ void mma(float* p) {
+    float d0 = p[0], d1 = p[1], d2 = p[2], d3 = p[3];
+    unsigned a = threadIdx.x, b = threadIdx.y;
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%4,%4,%4}, "
+                 "{%5,%5}, {%0,%1,%2,%3};" : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3) : "r"(a), "r"(b));
+    p[threadIdx.x] = d0 + d1 + d2 + d3;
+}"""
+
+
+def _sass_spec(src, kernel, op="HMMA.1688.F32.TF32"):
+    spec = _Spec(src, [kernel])
+    spec.sass_expect = ((kernel, op),)
+    return spec
+
+
+def test_a_kernel_without_its_matrix_instruction_fails_the_check():
+    good = cc.compile_check(("sm_80",), specs=[_sass_spec(_MMA + _PLAIN, "mma")])
+    (row,) = [r for r in good if r["kernel"] == "mma"]
+    assert row["sass_count"] == 1 and cc.problems(good) == []
+    bad = cc.compile_check(("sm_80",), specs=[_sass_spec(_MMA + _PLAIN, "plain")])
+    (row,) = [r for r in bad if r["kernel"] == "plain"]
+    assert row["sass_count"] == 0
+    assert cc.problems(bad) == ["fake sm_80 plain: no HMMA.1688.F32.TF32 instruction in its SASS"]
+
+
+def test_a_missing_cuobjdump_is_a_problem_not_a_pass(monkeypatch):
+    monkeypatch.setattr(cc, "find_cuobjdump", lambda: None)
+    rows = cc.compile_check(("sm_80",), specs=[_sass_spec(_MMA, "mma")])
+    assert rows[0]["error"] and "cuobjdump" in rows[0]["error"]
+    assert cc.problems(rows)

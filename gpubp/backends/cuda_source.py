@@ -36,6 +36,9 @@ class ModuleSpec:
     name: str
     files: tuple[str, ...]
     name_expressions: tuple[str, ...] = field(default_factory=tuple)
+    #: (name expression, SASS opcode) pairs: the compile check disassembles the cubin and
+    #: fails unless each of these kernels holds that instruction (e.g. "HMMA.1688.F32.TF32")
+    sass_expect: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def source(self) -> str:
         from .kernel_constants import header

@@ -26,6 +26,11 @@ GEMM_BK = 8
 GEMM2_BM = 128
 GEMM_PAD = 4
 
+#: the tensor-core GEMMs (gemm_tc.cu): block size, block tile rows = columns, k-tile depth
+TC_THREADS = 256
+TC_BM = 128
+TC_BK = 16
+
 #: block size of the fused narrow-run kernels (fused_mlp*.cu)
 FM_NT = 256
 #: long longs per layer in a fused run's parameter table, and the index of each field
@@ -46,7 +51,8 @@ def header() -> str:
               f"#define LOSS_BCE {LOSS_CODES['binary_cross_entropy']}"]
     lines += [f"#define EW_THREADS {EW_THREADS}", f"#define MAX_PARTIALS {MAX_PARTIALS}",
               f"#define GEMM_THREADS {GEMM_THREADS}", f"#define GEMM_BK {GEMM_BK}", f"#define GEMM_PAD {GEMM_PAD}",
-              f"#define GEMM2_BM {GEMM2_BM}", f"#define FM_NT {FM_NT}", f"#define FM_FIELDS {FM_FIELDS}"]
+              f"#define GEMM2_BM {GEMM2_BM}", f"#define FM_NT {FM_NT}", f"#define FM_FIELDS {FM_FIELDS}",
+              f"#define TC_THREADS {TC_THREADS}", f"#define TC_BM {TC_BM}", f"#define TC_BK {TC_BK}"]
     lines += [f"#define FM_{name} {i}" for name, i in FM.items()]
     lines += [f"#define FM_VEC_{name} {bit}" for name, bit in FM_VEC.items()]
     return "\n".join(lines) + "\n"

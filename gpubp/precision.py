@@ -1,0 +1,193 @@
+"""Numpy emulation of the tensor-core precision modes (pure numpy, no GPU).
+
+The modes ("float32", "tf32", "bf16", "3xtf32") differ in how GEMM operands
+are rounded before they are multiplied; storage and accumulation stay float32.
+This module rounds float32 arrays exactly as the kernels of `kernels/gemm_tc.cu`
+do, and multiplies matrices the way each mode's tensor-core GEMM does, so CPU
+tests pin the semantics and the GPU tests compare the kernels with it.
+
+Rounding (bit-exact with the kernels' conversions):
+  - `to_tf32(x)`: what PTX `cvt.rna.tf32.f32` gives: 10 explicit mantissa bits,
+    round to nearest with ties AWAY from zero (".rna"), returned as float32
+    whose low 13 bits are zero.  Overflow past the largest TF32 value rounds to
+    +-inf; inf passes through; NaN stays NaN (its payload is not kept).
+    Subnormals are rounded like normal numbers (no flush here; note that the
+    kernels are compiled with -ftz=true, which affects float32 arithmetic such as
+    `x - hi`, not this conversion).
+  - `to_bf16(x)`: what PTX `cvt.rn.bf16x2.f32` gives: 7 explicit mantissa bits,
+    round to nearest, ties to EVEN, as float32 with the low 16 bits zero
+    (`bf16_bits` gives the 16-bit patterns).  Same inf/NaN/overflow rules.
+  - `split_3xtf32(x)`: (hi, lo) with hi = to_tf32(x), lo = to_tf32(x - hi);
+    x - hi is exact in float32, and |x - hi - lo| <= 2^-22 |x|.  As in the kernel,
+    an infinite x gives lo = NaN (inf - inf), and a finite x that rounds to inf
+    (|x| above the largest TF32 value) gives lo = -+inf: 3xTF32 GEMMs of such inputs
+    are NaN.  (The kernels compute x - hi with -ftz=true: where it is subnormal it
+    becomes 0 there, not here.)
+
+Products (`matmul(a, b, precision)`, a (M, K) @ b (K, N), float32 in and out):
+  - "float32": numpy's float32 matmul (BLAS order; the float32 reference).
+  - "tf32" / "bf16": operands rounded as above.  A product of two TF32 values
+    (11-bit significands) or two bf16 values (8-bit) is exact in float32, so the
+    products carry no error.  The reduction follows the kernels' order: K is cut
+    into consecutive steps of the mma's k (8 for tf32, 16 for bf16); each step's
+    products are summed exactly (float64: at most 16 exact products) and rounded
+    once to float32, and the steps are added to a float32 accumulator in
+    increasing k.  The tensor core's internal adder is not IEEE (its rounding of
+    the in-step sum is unspecified), so the kernels agree with this to within a
+    few float32 ulps of the step sums, not bitwise.
+  - "3xtf32": hi/lo split of both operands; each k step adds, in this order,
+    lo_a hi_b, then hi_a lo_b, then hi_a hi_b (small terms first, as the
+    kernel issues its three mma's), each step sum rounded to float32 and added
+    to the float32 accumulator.  lo_a lo_b is dropped.
+
+Error of a GEMM against float64 is measured by `relative_error`:
+max_ij |C - C64|_ij / max_ij (|A| |B|)_ij, the normwise form of the classical
+bound |C - C64| <= gamma |A| |B|.  The tolerances the tests hold each mode to are
+`TOLERANCE` (derivation: u = 2^-11 for tf32 and 2^-8 for bf16; one product of two
+rounded operands is off by at most 2u + u^2; float32 accumulation adds about
+(K / k) 2^-24 in the worst case and far less for random data).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: every precision mode, the default first
+PRECISIONS = ("float32", "tf32", "bf16", "3xtf32")
+
+#: the k of each mode's mma instruction (the length of one exactly-summed step)
+MMA_K = {"tf32": 8, "3xtf32": 8, "bf16": 16}
+
+#: largest `relative_error` allowed against float64 for K up to a few thousand
+TOLERANCE = {"float32": 1e-6, "tf32": 1.5e-3, "bf16": 1e-2, "3xtf32": 5e-6}
+
+_TF32_DROP = 13      # low mantissa bits cleared by TF32
+_BF16_DROP = 16
+
+
+def check_precision(precision, what: str = "precision") -> str:
+    """Return `precision` if it names a mode, else raise a ValueError naming the choices."""
+    if not isinstance(precision, str):
+        raise TypeError(f"{what} must be a string, one of {', '.join(PRECISIONS)}; "
+                        f"got {type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown {what} {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _as_f32(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype != np.float32:
+        raise TypeError(f"{name} must be a float32 array, got {a.dtype}")
+    return a
+
+
+def _round_bits(x: np.ndarray, drop: int, ties_even: bool) -> np.ndarray:
+    """Round float32 `x` to (23 - drop) mantissa bits; NaN stays NaN."""
+    bits = np.ascontiguousarray(x).view(np.uint32).astype(np.uint64)   # no wrap on the add
+    half = np.uint64(1 << (drop - 1))
+    if ties_even:
+        # add half - 1, plus 1 when the kept lsb is odd: ties go to the even neighbour
+        bits = bits + (half - np.uint64(1)) + ((bits >> np.uint64(drop)) & np.uint64(1))
+    else:
+        bits = bits + half          # magnitude + half ulp, truncated: ties away from zero
+    mask = np.uint64((0xFFFFFFFF >> drop) << drop)
+    out = (bits & mask).astype(np.uint32).view(np.float32).reshape(x.shape)
+    # a carry out of the largest finite value lands on the exponent field: that is inf, as
+    # IEEE rounding gives; inf itself only gains low bits that the mask clears.  NaN: keep.
+    nan = np.isnan(x)
+    if nan.any():
+        out = out.copy()
+        out[nan] = np.float32(np.nan)
+    return out
+
+
+def to_tf32(x) -> np.ndarray:
+    """float32 `x` rounded to TF32 as `cvt.rna.tf32.f32` does (ties away from zero)."""
+    return _round_bits(_as_f32(x, "x"), _TF32_DROP, ties_even=False)
+
+
+def to_bf16(x) -> np.ndarray:
+    """float32 `x` rounded to bfloat16 (ties to even), as float32 with the low 16 bits zero."""
+    return _round_bits(_as_f32(x, "x"), _BF16_DROP, ties_even=True)
+
+
+def bf16_bits(x) -> np.ndarray:
+    """The uint16 bit patterns of `to_bf16(x)`."""
+    return (to_bf16(x).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+
+
+def split_3xtf32(x) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo): hi = to_tf32(x), lo = to_tf32(x - hi) (x - hi is exact in float32)."""
+    x = _as_f32(x, "x")
+    hi = to_tf32(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rest = (x - hi).astype(np.float32)   # IEEE, as the kernel: inf - inf is NaN
+    return hi, to_tf32(rest)
+
+
+def round_operand(x, precision: str) -> np.ndarray:
+    """`x` as the tensor cores see it in mode `precision` ("3xtf32": the hi part)."""
+    check_precision(precision)
+    x = _as_f32(x, "x")
+    if precision == "tf32" or precision == "3xtf32":
+        return to_tf32(x)
+    if precision == "bf16":
+        return to_bf16(x)
+    return x
+
+
+def _stepped_sum(terms, M: int, N: int, K: int, step: int) -> np.ndarray:
+    """sum_k of the products a_k b_k, step by step: each step (k in [s, s + step)) summed
+    exactly in float64 and rounded to float32, steps added in float32 in increasing k.
+    `terms` is a list of (a, b) float32 pairs whose products are all exact; each pair is
+    one mma: its step sum is rounded and added on its own, in list order."""
+    acc = np.zeros((M, N), np.float32)
+    nsteps = -(-K // step)
+    # several steps at a time through one float64 einsum, capped at ~64 MB of partials
+    group = max(1, min(nsteps, (64 << 20) // max(1, 8 * M * N * len(terms))))
+    for g0 in range(0, nsteps, group):
+        g1 = min(nsteps, g0 + group)
+        k0, k1 = g0 * step, min(K, g1 * step)
+        parts = []
+        for a, b in terms:
+            pa = np.zeros((M, (g1 - g0) * step), np.float64)
+            pb = np.zeros(((g1 - g0) * step, N), np.float64)
+            pa[:, :k1 - k0] = a[:, k0:k1]
+            pb[:k1 - k0] = b[k0:k1]
+            pa = pa.reshape(M, g1 - g0, step)
+            pb = pb.reshape(g1 - g0, step, N)
+            parts.append(np.einsum("msk,skn->smn", pa, pb).astype(np.float32))
+        for s in range(g1 - g0):
+            for p in parts:
+                acc += p[s]
+    return acc
+
+
+def matmul(a, b, precision: str = "float32") -> np.ndarray:
+    """`a @ b` (float32, (M, K) @ (K, N)) as mode `precision`'s tensor-core GEMM computes it
+    (see the module docstring for the rounding and the order of the sums)."""
+    check_precision(precision)
+    a = _as_f32(a, "a")
+    b = _as_f32(b, "b")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul shapes: a {a.shape} and b {b.shape} are not (M, K) and (K, N)")
+    M, K = a.shape
+    N = b.shape[1]
+    if precision == "float32":
+        return a @ b
+    step = MMA_K[precision]
+    if precision == "3xtf32":
+        ah, al = split_3xtf32(a)
+        bh, bl = split_3xtf32(b)
+        return _stepped_sum([(al, bh), (ah, bl), (ah, bh)], M, N, K, step)
+    return _stepped_sum([(round_operand(a, precision), round_operand(b, precision))], M, N, K, step)
+
+
+def relative_error(c, a, b) -> float:
+    """max |c - a @ b| / max (|a| @ |b|), with a @ b and |a| @ |b| in float64."""
+    a64 = np.asarray(a, np.float64)
+    b64 = np.asarray(b, np.float64)
+    scale = float((np.abs(a64) @ np.abs(b64)).max(initial=0.0))
+    err = float(np.abs(np.asarray(c, np.float64) - a64 @ b64).max(initial=0.0))
+    return err / scale if scale > 0 else err

@@ -1,0 +1,177 @@
+"""The numpy emulation of the precision modes: rounding bit patterns and GEMM error bounds."""
+
+import numpy as np
+import pytest
+
+from gpubp import precision as P
+
+
+def f32(bits):
+    return np.array(bits, np.uint32).view(np.float32)
+
+
+def bits(x):
+    return np.asarray(x, np.float32).view(np.uint32)
+
+
+# ---------------------------------------------------------------- TF32 (cvt.rna: ties away)
+@pytest.mark.parametrize("src, want", [
+    (0x3F800000, 0x3F800000),   # 1.0 exact
+    (0x3F800FFF, 0x3F800000),   # below the half ulp: down
+    (0x3F801000, 0x3F802000),   # exact tie, even kept lsb: away (up), not to even
+    (0x3F803000, 0x3F804000),   # exact tie, odd kept lsb: away (up)
+    (0xBF801000, 0xBF802000),   # negative tie: away from zero (more negative)
+    (0x3F801001, 0x3F802000),   # above the tie: up
+    (0x3FFFF000, 0x40000000),   # carry into the exponent: 1.99987.. -> 2.0
+    (0x00000001, 0x00000000),   # smallest subnormal: rounds to zero
+    (0x00001000, 0x00002000),   # subnormal tie: away
+    (0x007FFFFF, 0x00800000),   # largest subnormal: up to the smallest normal
+    (0x7F7FE000, 0x7F7FE000),   # largest TF32 value: exact
+    (0x7F7FFFFF, 0x7F800000),   # largest float32: past the largest TF32, rounds to inf
+    (0xFF7FFFFF, 0xFF800000),   # ... and -inf
+    (0x7F800000, 0x7F800000),   # inf passes
+    (0xFF800000, 0xFF800000),   # -inf passes
+    (0x80000000, 0x80000000),   # -0 keeps its sign
+])
+def test_tf32_bit_patterns(src, want):
+    assert bits(P.to_tf32(f32([src])))[0] == want
+
+
+@pytest.mark.parametrize("nan", [0x7FC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF])
+def test_nan_stays_nan(nan):
+    # 0x7F800001 would become inf if its payload bits were merely cleared
+    assert np.isnan(P.to_tf32(f32([nan])))[0]
+    assert np.isnan(P.to_bf16(f32([nan])))[0]
+
+
+def test_tf32_keeps_10_mantissa_bits_and_is_idempotent():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(10000).astype(np.float32) * np.float32(1e3)
+    t = P.to_tf32(x)
+    assert np.all(bits(t) & 0x1FFF == 0)
+    assert np.array_equal(P.to_tf32(t), t)
+    assert np.all(np.abs(t - x) <= np.abs(x) * 2.0 ** -11)
+
+
+# ---------------------------------------------------------------- bf16 (ties to even)
+@pytest.mark.parametrize("src, want", [
+    (0x3F800000, 0x3F80),
+    (0x3F807FFF, 0x3F80),       # below the tie: down
+    (0x3F808000, 0x3F80),       # tie, even lsb: stays (to even)
+    (0x3F818000, 0x3F82),       # tie, odd lsb: up to even
+    (0xBF818000, 0xBF82),       # negative tie to even
+    (0x3F808001, 0x3F81),       # above the tie: up
+    (0x3FFF8000, 0x4000),       # carry into the exponent
+    (0x00008000, 0x0000),       # subnormal tie, even: down
+    (0x00018000, 0x0002),       # subnormal tie, odd: up
+    (0x7F7F0000, 0x7F7F),       # largest bf16: exact
+    (0x7F7FFFFF, 0x7F80),       # largest float32: inf
+    (0x7F7F7FFF, 0x7F7F),       # just below the tie at the top: stays finite
+    (0x7F800000, 0x7F80),
+    (0xFF800000, 0xFF80),
+    (0x80000000, 0x8000),
+])
+def test_bf16_bit_patterns(src, want):
+    x = f32([src])
+    assert P.bf16_bits(x)[0] == want
+    assert bits(P.to_bf16(x))[0] == want << 16
+
+
+def test_bf16_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(5000).astype(np.float32),
+                        rng.integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    x = x[np.isfinite(x)]
+    want = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    assert np.array_equal(bits(P.to_bf16(x)), bits(want))
+
+
+# ---------------------------------------------------------------- 3xTF32 split
+def test_split_3xtf32():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(10000) * 10.0 ** rng.uniform(-20, 20, 10000)).astype(np.float32)
+    hi, lo = P.split_3xtf32(x)
+    assert np.array_equal(hi, P.to_tf32(x))
+    assert np.all(bits(lo) & 0x1FFF == 0)
+    assert np.array_equal(lo, P.to_tf32(x - hi))
+    err = np.abs(x.astype(np.float64) - hi.astype(np.float64) - lo.astype(np.float64))
+    assert np.all(err <= np.abs(x.astype(np.float64)) * 2.0 ** -22)
+    # IEEE like the kernel: inf - inf is NaN; the largest float32 rounds to inf, remainder -inf
+    hi, lo = P.split_3xtf32(f32([0x7F800000, 0xFF800000, 0x7F7FFFFF]))
+    assert np.array_equal(hi, [np.inf, -np.inf, np.inf])
+    assert np.isnan(lo[:2]).all() and lo[2] == -np.inf
+
+
+# ---------------------------------------------------------------- GEMM emulation
+SHAPES = [(1, 1, 1), (3, 17, 1), (17, 3, 127), (127, 129, 3), (129, 127, 17), (1, 129, 1000),
+          (17, 3, 4097)]
+
+
+def _operands(M, K, N, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((M, K)).astype(np.float32),
+            rng.standard_normal((K, N)).astype(np.float32))
+
+
+@pytest.mark.parametrize("prec", P.PRECISIONS)
+@pytest.mark.parametrize("M, N, K", SHAPES)
+def test_matmul_error_against_float64_within_the_stated_tolerance(prec, M, N, K):
+    a, b = _operands(M, K, N)
+    c = P.matmul(a, b, prec)
+    assert c.dtype == np.float32 and c.shape == (M, N)
+    assert P.relative_error(c, a, b) <= P.TOLERANCE[prec]
+
+
+def test_tolerances_separate_the_modes():
+    """The modes really differ by their rounding, and plain TF32 fails the 3xTF32 tolerance:
+    the error tests can fail."""
+    a, b = _operands(64, 512, 64, seed=3)
+    err = {p: P.relative_error(P.matmul(a, b, p), a, b) for p in P.PRECISIONS}
+    assert err["bf16"] > 4 * err["tf32"]
+    assert err["tf32"] > P.TOLERANCE["3xtf32"]
+    assert err["tf32"] > 50 * err["3xtf32"]
+    assert err["3xtf32"] < 10 * err["float32"] + 1e-7
+
+
+def test_tf32_matmul_is_exact_products_summed_per_step():
+    a, b = _operands(5, 24, 4, seed=4)
+    c = P.matmul(a, b, "tf32")
+    ra, rb = P.to_tf32(a).astype(np.float64), P.to_tf32(b).astype(np.float64)
+    want = np.zeros((5, 4), np.float32)
+    for s in range(0, 24, 8):
+        want += (ra[:, s:s + 8] @ rb[s:s + 8]).astype(np.float32)
+    assert np.array_equal(c, want)
+    # bf16: steps of 16 (the m16n8k16 k)
+    ra, rb = P.to_bf16(a).astype(np.float64), P.to_bf16(b).astype(np.float64)
+    want = (ra[:, :16] @ rb[:16]).astype(np.float32) + (ra[:, 16:] @ rb[16:]).astype(np.float32)
+    assert np.array_equal(P.matmul(a, b, "bf16"), want)
+
+
+def test_3xtf32_uses_hi_and_lo():
+    a, b = _operands(8, 64, 8, seed=5)
+    hi_only = P.matmul(P.to_tf32(a), P.to_tf32(b), "tf32")
+    assert not np.array_equal(P.matmul(a, b, "3xtf32"), hi_only)
+
+
+def test_matches_torch_tf32_within_tolerance():
+    torch = pytest.importorskip("torch")
+    a, b = _operands(33, 70, 21, seed=6)
+    ours = P.matmul(a, b, "bf16")
+    theirs = (torch.from_numpy(a).bfloat16().float() @ torch.from_numpy(b).bfloat16().float()).numpy()
+    # same rounded operands, only the float32 summation order differs
+    assert np.abs(ours - theirs).max() <= 1e-5 * (np.abs(a) @ np.abs(b)).max()
+
+
+def test_bad_input():
+    a, b = _operands(3, 4, 5)
+    with pytest.raises(ValueError, match="precision"):
+        P.matmul(a, b, "fp16")
+    with pytest.raises(TypeError, match="precision"):
+        P.check_precision(None)
+    with pytest.raises(TypeError, match="a must be a float32"):
+        P.matmul(a.astype(np.float64), b, "tf32")
+    with pytest.raises(ValueError, match="shapes"):
+        P.matmul(a, a, "tf32")
+    with pytest.raises(TypeError, match="x must be a float32"):
+        P.to_tf32(np.arange(3))
