@@ -31,7 +31,7 @@ TC_THREADS = 256
 TC_BM = 128
 TC_BK = 16
 
-#: block size of the fused narrow-run kernels (fused_mlp*.cu)
+#: block size of the fused narrow-run kernels (fused_mlp*.cu, fused_mlp_family.cu)
 FM_NT = 256
 #: long longs per layer in a fused run's parameter table, and the index of each field
 FM_FIELDS = 16
@@ -39,6 +39,9 @@ FM_FIELD_NAMES = ("W", "B", "AOUT", "ZOUT", "X", "ZX", "NIN", "NOUT", "ACT", "AC
 FM = {name: i for i, name in enumerate(FM_FIELD_NAMES)}
 #: bit flags of the FM_VEC field: the 16-byte paths a layer may take
 FM_VEC = {"W": 1, "X": 2, "AOUT": 4, "ZX": 8}
+#: math policies of the fused-MLP kernel family (fused_mlp_family.cu): precision -> template code
+FF_POLICIES = {"float32": 0, "tf32": 1, "bf16": 2}
+FF_POLICY_MACROS = {"float32": "FF_POL_F32", "tf32": "FF_POL_TF32", "bf16": "FF_POL_BF16"}
 
 
 def header() -> str:
@@ -55,4 +58,5 @@ def header() -> str:
               f"#define TC_THREADS {TC_THREADS}", f"#define TC_BM {TC_BM}", f"#define TC_BK {TC_BK}"]
     lines += [f"#define FM_{name} {i}" for name, i in FM.items()]
     lines += [f"#define FM_VEC_{name} {bit}" for name, bit in FM_VEC.items()]
+    lines += [f"#define {FF_POLICY_MACROS[p]} {c}" for p, c in FF_POLICIES.items()]
     return "\n".join(lines) + "\n"
