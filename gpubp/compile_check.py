@@ -12,7 +12,9 @@ Modules whose `ModuleSpec.sass_expect` names a matrix instruction per kernel
 disassembled with `cuobjdump --dump-sass` (PyPI's nvidia-cuda-cuobjdump and
 nvidia-cuda-nvdisasm, no GPU needed): each such row gets `sass_op` and
 `sass_count` (how many instructions of the cubin's function hold that opcode),
-and a kernel with none, or a missing cuobjdump, is a problem.
+and a kernel with none, or a missing cuobjdump, is a problem.  Every such row also gets
+`sass_hmma`, its count of tensor-core (HMMA) instructions: a kernel expected to hold
+`FFMA` (a float32 policy) must hold no HMMA at all.
 
 `main(argv)` prints the table and returns 1 on a compile error, a missing
 kernel, any spill or a failed SASS check (the CLI's `gpubp compile-check`).
@@ -34,7 +36,7 @@ from .backends import cuda_source
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
 #: the launcher modules whose `SPECS` `all_specs()` gathers
-_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_tc")
+_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_tc", "cuda_fused_family")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)
@@ -53,6 +55,8 @@ _MISSING_CUOBJDUMP = ("the SASS check needs cuobjdump and nvdisasm: "
                       "pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm (or gpubp[compile])")
 
 _RE_SASS_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
+#: the substring of every tensor-core MMA instruction in SASS (HMMA.1688..., HMMA.16816...)
+_HMMA = "HMMA"
 
 
 class NvrtcMissing(RuntimeError):
@@ -191,7 +195,7 @@ def dump_sass(cubin: bytes, cuobjdump: str | None = None) -> str:
 def _row(module, arch, kernel, **kw) -> dict:
     row = dict(module=module, arch=arch, kernel=kernel, mangled=None, registers=None,
                spill_stores=None, spill_loads=None, stack_frame=None, smem=None, error=None,
-               sass_op=None, sass_count=None)
+               sass_op=None, sass_count=None, sass_hmma=None)
     row.update(kw)
     return row
 
@@ -241,7 +245,7 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
     sass, sass_error = {}, None
     if expect:
         try:
-            sass = parse_sass(dump_sass(cubin), sorted(set(expect.values())))
+            sass = parse_sass(dump_sass(cubin), sorted(set(expect.values()) | {_HMMA}))
         except RuntimeError as e:
             sass_error = str(e)
 
@@ -264,7 +268,9 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
             if sass_error:
                 r["error"] = f"SASS not checked: {sass_error}"
             else:
-                r["sass_count"] = sass.get(r["mangled"], {}).get(op, 0)
+                counts = sass.get(r["mangled"], {})
+                r["sass_count"] = counts.get(op, 0)
+                r["sass_hmma"] = counts.get(_HMMA, 0)
     rows.sort(key=lambda r: r["kernel"] or "")
     return rows
 
@@ -295,7 +301,7 @@ def compile_check(archs=DEFAULT_ARCHS, specs=None) -> list[dict]:
 
 def problems(rows) -> list[str]:
     """What makes the check fail: compile errors, spills, more than 255 registers, a kernel
-    whose SASS lacks the matrix instruction its module expects."""
+    whose SASS lacks the matrix instruction its module expects, an FFMA-only kernel with HMMA."""
     out = []
     for r in rows:
         where = f"{r['module']} {r['arch'] or ''} {r['kernel'] or ''}".strip()
@@ -307,6 +313,8 @@ def problems(rows) -> list[str]:
             out.append(f"{where}: registers {r['registers']}")
         elif r.get("sass_op") and not r.get("sass_count"):
             out.append(f"{where}: no {r['sass_op']} instruction in its SASS")
+        elif r.get("sass_op") == "FFMA" and r.get("sass_hmma"):
+            out.append(f"{where}: {r['sass_hmma']} HMMA instructions in a float32 (FFMA-only) kernel")
     return out
 
 

@@ -191,3 +191,64 @@ def relative_error(c, a, b) -> float:
     scale = float((np.abs(a64) @ np.abs(b64)).max(initial=0.0))
     err = float(np.abs(np.asarray(c, np.float64) - a64 @ b64).max(initial=0.0))
     return err / scale if scale > 0 else err
+
+
+def fused_reference(X, layers, activations, delta_last, precision: str = "float32",
+                    act_in: str | None = None, Z_in=None) -> dict:
+    """What the fused-MLP kernel family (`kernels/fused_mlp_family.cu`) computes for one run of
+    layers in `precision` ("float32", "tf32" or "bf16"), emulated in numpy.
+
+    X (B, n_0), layers [(W (n_out, n_in), b (n_out,)), ...], `activations` one name per layer,
+    delta_last (B, n_L) = dLoss/dZ of the last layer; all float32.  The products are
+    `matmul(.., precision)` (operands rounded as the tensor cores see them, float32
+    accumulation); everything else is float32 as in the kernels: bias add, activations, g',
+    db (a float32 column sum of the unrounded deltas), the deltas passed between layers.
+    With `act_in` (and `Z_in` for gelu/silu) the delta entering the run, dLoss/dX * g'_in, is
+    returned too.  Returns {"A": [...], "Z": [...], "dW": [...], "db": [...], "delta_in": ... or None}.
+
+    The kernels sum the batch in tiles and blocks (a different float32 order), so they agree
+    with this to float32 rounding of the sums, not bitwise."""
+    from .activations import check_activation
+    from .backends.numpy_backend import activation_backward_inplace, activation_forward
+
+    check_precision(precision)
+    if precision == "3xtf32":
+        raise ValueError("the fused kernel family has no 3xtf32 policy; choose float32, tf32 or bf16")
+    X = _as_f32(X, "X")
+    delta_last = _as_f32(delta_last, "delta_last")
+    if len(activations) != len(layers):
+        raise ValueError(f"{len(activations)} activations for {len(layers)} layers")
+    acts = [check_activation(a) for a in activations]
+    As, Zs = [], []
+    a = X
+    for l, (W, b) in enumerate(layers):
+        W, b = _as_f32(W, f"layers[{l}] W"), _as_f32(b, f"layers[{l}] b")
+        if W.ndim != 2 or W.shape[1] != a.shape[1] or b.shape != (W.shape[0],):
+            raise ValueError(f"layers[{l}]: W {W.shape} and b {b.shape} do not follow width {a.shape[1]}")
+        z = (matmul(a, np.ascontiguousarray(W.T), precision) + b).astype(np.float32)
+        a = activation_forward(acts[l], z, np.empty_like(z))
+        As.append(a)
+        Zs.append(z)
+    if delta_last.shape != As[-1].shape:
+        raise ValueError(f"delta_last {delta_last.shape} is not {As[-1].shape}")
+    L = len(layers)
+    dWs, dbs = [None] * L, [None] * L
+    d = delta_last
+    delta_in = None
+    for i in range(L - 1, -1, -1):
+        W = layers[i][0]
+        Xi = X if i == 0 else As[i - 1]
+        dWs[i] = matmul(np.ascontiguousarray(d.T), Xi, precision)
+        dbs[i] = d.sum(0, dtype=np.float32)
+        if i == 0 and act_in is None:
+            break
+        dn = matmul(d, W, precision)
+        if i > 0:
+            activation_backward_inplace(acts[i - 1], dn, Xi, Zs[i - 1])
+        else:
+            name = check_activation(act_in)
+            zi = None if Z_in is None else _as_f32(Z_in, "Z_in")
+            activation_backward_inplace(name, dn, Xi, zi)
+            delta_in = dn
+        d = dn
+    return {"A": As, "Z": Zs, "dW": dWs, "db": dbs, "delta_in": delta_in}

@@ -461,8 +461,10 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
                 for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
         if (POL == FF_POL_TF32) {
-            // A[n][m] = sD[m][n] (rows m0 + t, + 4; columns n = nw + 16 i + g, + 8); B[m][k] = sA[m][k]
-#pragma unroll 2
+            // A[n][m] = sD[m][n] (rows m0 + t, + 4; columns n = nw + 16 i + g, + 8); B[m][k] = sA[m][k].
+            // Unrolled by 2 at WMAX 64; at WMAX 128 (64 accumulators and 64 prefetched partials a
+            // thread) rolled, within 255 registers.
+#pragma unroll (WMAX <= 64 ? 2 : 1)
             for (int m0 = 0; m0 < R; m0 += 8) {
                 unsigned a[2][4], b[NJ][2];
 #pragma unroll
@@ -486,8 +488,8 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
                         ff_mma_tf32(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
             }
         } else {
-            // bf16 pairs along m: rows m0 + 2t, + 1 (and + 8, + 9)
-#pragma unroll 2
+            // bf16 pairs along m: rows m0 + 2t, + 1 (and + 8, + 9); unrolled as the tf32 loop
+#pragma unroll (WMAX <= 64 ? 2 : 1)
             for (int m0 = 0; m0 < R; m0 += 16) {
                 unsigned a[2][4], b[NJ][2];
                 const int r = m0 + 2 * t;

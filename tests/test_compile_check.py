@@ -5,7 +5,9 @@ instructions in SASS, and the ptxas log and SASS parsers read known text.
 To stay fast, the tensor-core module is built here with one of its seven activation
 epilogues (gelu: the longest, and it reads Z): the other six differ only in the
 epilogue's arithmetic, which gemm.cu's kernels build in full; `gpubp compile-check`
-builds all of them."""
+builds all of them.  The fused-MLP kernel family (fused_mlp_family.cu) is built with one
+instantiation per math policy (FFMA forward under its 128-register cap, the TF32 backward
+at width 128, the tightest for registers, and the BF16 backward at width 64)."""
 
 from dataclasses import replace
 
@@ -27,6 +29,9 @@ except cc.NvrtcMissing as e:  # bindings present, libnvrtc missing
 #: activation codes whose gemm_tc epilogues the fast check builds (gelu)
 TC_ACTS = (5,)
 
+#: the fused-family kernels the fast check builds: one per policy (float32, tf32, bf16)
+FAMILY_KEEP = ("fused_family_fwd<0, 128, 64>", "fused_family_bwd<1, 64, 128>", "fused_family_bwd<2, 128, 64>")
+
 
 def _ci_specs():
     """all_specs(), with the tensor-core module cut to the TC_ACTS epilogues."""
@@ -38,6 +43,10 @@ def _ci_specs():
                          or int(n.split(",")[1]) in TC_ACTS)
             spec = replace(spec, name_expressions=keep,
                            sass_expect=tuple(e for e in spec.sass_expect if e[0] in keep))
+        elif spec.name == "fused_mlp_family":
+            assert set(FAMILY_KEEP) <= set(spec.name_expressions)
+            spec = replace(spec, name_expressions=FAMILY_KEEP,
+                           sass_expect=tuple(e for e in spec.sass_expect if e[0] in FAMILY_KEEP))
         out.append(spec)
     return out
 
@@ -58,7 +67,7 @@ def test_no_compile_errors_spills_or_register_overflow(rows):
 def test_every_name_expression_of_every_module_is_built_for_every_arch(rows):
     built = {(r["module"], r["arch"], r["kernel"]) for r in rows if not r["error"]}
     specs = _ci_specs()
-    assert {s.name for s in specs} >= {"gemm", "elementwise", "gemm_tc"}
+    assert {s.name for s in specs} >= {"gemm", "elementwise", "gemm_tc", "fused_mlp", "fused_mlp_family"}
     for spec in specs:
         assert spec.name_expressions, spec.name
         for arch in ARCHS:
@@ -229,3 +238,45 @@ def test_a_missing_cuobjdump_is_a_problem_not_a_pass(monkeypatch):
     rows = cc.compile_check(("sm_80",), specs=[_sass_spec(_MMA, "mma")])
     assert rows[0]["error"] and "cuobjdump" in rows[0]["error"]
     assert cc.problems(rows)
+
+
+# ---------------------------------------------------------------- the fused-MLP kernel family
+def test_fused_family_module_lists_every_policy_and_width():
+    from gpubp.backends import cuda_fused_family as ff
+
+    (spec,) = ff.SPECS
+    expect = dict(spec.sass_expect)
+    for wmax, (bm_f, bm_b) in ff.CONFIGS.items():
+        for prec, op in (("float32", "FFMA"), ("tf32", "HMMA.1688.F32.TF32"), ("bf16", "HMMA.16816.F32.BF16")):
+            assert expect[ff.fwd_name(bm_f, wmax, prec)] == op
+            assert expect[ff.bwd_name(bm_b, wmax, prec)] == op
+        assert ff.reduce_name(wmax) in spec.name_expressions
+    assert len(spec.name_expressions) == 2 * (2 * 3 + 1) and len(expect) == 12
+
+
+def test_fused_family_kernels_hold_their_instructions(rows):
+    fam = [r for r in rows if r["module"] == "fused_mlp_family" and r["sass_op"]]
+    assert sorted({r["kernel"] for r in fam}) == sorted(FAMILY_KEEP)
+    assert len(fam) == len(ARCHS) * len(FAMILY_KEEP)
+    for r in fam:
+        pol = int(r["kernel"].split("<")[1].split(",")[0])
+        assert r["sass_op"] == ("FFMA", "HMMA.1688.F32.TF32", "HMMA.16816.F32.BF16")[pol], r
+        assert r["sass_count"] > 0, r
+        if pol == 0:
+            assert r["sass_hmma"] == 0, r       # the float32 policy is FFMA only
+        else:
+            assert r["sass_hmma"] == r["sass_count"], r   # one kind of MMA per policy
+
+
+_MMA_AND_FMA = _MMA.replace("p[threadIdx.x] = d0 + d1 + d2 + d3;", "p[threadIdx.x] = d0 * d1 + d2 * d3;")
+
+
+def test_an_ffma_only_kernel_with_hmma_fails_the_check():
+    assert _MMA_AND_FMA != _MMA
+    rows = cc.compile_check(("sm_80",), specs=[_sass_spec(_MMA_AND_FMA, "mma", op="FFMA")])
+    (row,) = rows
+    assert row["sass_count"] > 0 and row["sass_hmma"] == 1
+    assert cc.problems(rows) == ["fake sm_80 mma: 1 HMMA instructions in a float32 (FFMA-only) kernel"]
+    fine = cc.compile_check(("sm_80",), specs=[_sass_spec(_PLAIN.replace("*= 2.f", "= p[threadIdx.x] * p[1] + 1.f"),
+                                                          "plain", op="FFMA")])
+    assert fine[0]["sass_count"] > 0 and fine[0]["sass_hmma"] == 0 and cc.problems(fine) == []

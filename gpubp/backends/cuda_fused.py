@@ -196,14 +196,14 @@ def _check_arch(precision: str) -> None:
         raise RuntimeError("precision='tf32' needs a GPU of compute capability 8.0 or newer (mma.sync tf32)")
 
 
-def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "float32", scratch=None) -> None:
-    """Forward of a run of narrow layers; writes every A_outs[l] and the given Z_outs[l].
+def forward_rows(A_in, Ws, bs, act_codes, A_outs, Z_outs):
+    """Check a fused forward's arrays and build its (L, FM_FIELDS) parameter table.
 
-    precision: "float32" (FFMA) or "tf32" (tensor cores, TF32 operands, fp32 accumulation)."""
-    _suffix(precision)
+    Returns (widths, B, rows); rows is None when there is nothing to launch (no layer or B == 0).
+    Shared by every kernel family with this table layout (cuda_fused_family too)."""
     L = len(Ws)
     if L == 0:
-        return
+        return [], 0, None
     if not (len(bs) == len(act_codes) == len(A_outs) == len(Z_outs) == L):
         raise ValueError("fused_forward: Ws, bs, act_codes, A_outs, Z_outs must have one entry per layer")
     widths = _widths(A_in, Ws)
@@ -218,10 +218,7 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "flo
         if Z_outs[l] is not None and Z_outs[l].shape != (B, n_out):
             raise ValueError(f"fused_forward: layer {l}: Z_out {Z_outs[l].shape} is not ({B}, {n_out})")
     if B == 0:
-        return
-    _check_arch(precision)
-    wmax = _wmax(widths)
-    bm = CONFIGS[wmax][0]
+        return widths, B, None
     rows = np.zeros((L, _FIELDS), dtype=np.int64)
     for l in range(L):
         n_in, n_out = widths[l], widths[l + 1]
@@ -239,6 +236,21 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "flo
         r[_ZOUT] = Z_out.data.ptr if Z_out is not None else 0
         r[_X] = X.data.ptr
         r[_NIN], r[_NOUT], r[_ACT], r[_VEC] = n_in, n_out, check_act(act_codes[l]), vec
+    return widths, B, rows
+
+
+def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "float32", scratch=None) -> None:
+    """Forward of a run of narrow layers; writes every A_outs[l] and the given Z_outs[l].
+
+    precision: "float32" (FFMA) or "tf32" (tensor cores, TF32 operands, fp32 accumulation)."""
+    _suffix(precision)
+    widths, B, rows = forward_rows(A_in, Ws, bs, act_codes, A_outs, Z_outs)
+    if rows is None:
+        return
+    _check_arch(precision)
+    L = len(Ws)
+    wmax = _wmax(widths)
+    bm = CONFIGS[wmax][0]
     table = _table(rows, scratch, "fwd")
     smem = fwd_smem_bytes(wmax, bm, precision)
     f = function(SPECS[0], _fwd_name(bm, wmax, precision), smem)
@@ -269,17 +281,16 @@ def bwd_grid(wmax: int, n_tiles: int, precision: str = "float32") -> int:
     return max(1, min(n_tiles, per_sm * n_sm))
 
 
-def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
-                   delta_in_out=None, act_code_in=None, Z_in=None, precision: str = "float32",
-                   scratch=None) -> None:
-    """Backward of a run of narrow layers: every dWs[l], dbs[l], and delta_in_out when given.
+def backward_rows(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
+                  delta_in_out=None, act_code_in=None, Z_in=None):
+    """Check a fused backward's arrays and build its (L, FM_FIELDS) parameter table.
 
-    precision: "float32" (FFMA) or "tf32" (tensor cores for delta @ W and delta^T @ X,
-    TF32 operands, fp32 accumulation; db is an fp32 sum either way)."""
-    _suffix(precision)
+    Returns (widths, B, rows); rows is None when there is nothing to launch (no layer, or
+    B == 0: then every dW and db has been zeroed).  Shared by every kernel family with this
+    table layout (cuda_fused_family too)."""
     L = len(Ws)
     if L == 0:
-        return
+        return [], 0, None
     if not (len(act_codes) == len(A_outs) == len(Z_outs) == len(dWs) == len(dbs) == L):
         raise ValueError("fused_backward: Ws, act_codes, A_outs, Z_outs, dWs, dbs need one entry per layer")
     widths = _widths(A_in, Ws)
@@ -321,11 +332,7 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
         for l in range(L):
             dWs[l].fill(0)
             dbs[l].fill(0)
-        return
-
-    _check_arch(precision)
-    wmax = _wmax(widths)
-    bm = CONFIGS[wmax][1]
+        return widths, B, None
     rows = np.zeros((L, _FIELDS), dtype=np.int64)
     for l in range(L):
         n_in, n_out = widths[l], widths[l + 1]
@@ -348,6 +355,26 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
         r[_ZX] = Zx.data.ptr if Zx is not None else 0
         r[_NIN], r[_NOUT], r[_ACTX], r[_VEC] = n_in, n_out, actx, vec
         r[_DW], r[_DB] = dWs[l].data.ptr, dbs[l].data.ptr
+    return widths, B, rows
+
+
+def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
+                   delta_in_out=None, act_code_in=None, Z_in=None, precision: str = "float32",
+                   scratch=None) -> None:
+    """Backward of a run of narrow layers: every dWs[l], dbs[l], and delta_in_out when given.
+
+    precision: "float32" (FFMA) or "tf32" (tensor cores for delta @ W and delta^T @ X,
+    TF32 operands, fp32 accumulation; db is an fp32 sum either way)."""
+    _suffix(precision)
+    widths, B, rows = backward_rows(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
+                                    delta_in_out, act_code_in, Z_in)
+    if rows is None:
+        return
+    _check_arch(precision)
+    L = len(Ws)
+    want_din = delta_in_out is not None
+    wmax = _wmax(widths)
+    bm = CONFIGS[wmax][1]
     table = _table(rows, scratch, "bwd")
 
     n_tiles = cdiv(B, bm)
