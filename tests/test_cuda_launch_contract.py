@@ -7,7 +7,7 @@ records it, and counts device allocations; its kernels compute nothing (every
 array starts zeroed).  So these tests say nothing about the numbers (the GPU
 tests under tests/gpu do), only that the launchers call the kernels they mean
 to, correctly, on every path: per-layer GEMMs (every tile), fused narrow runs
-(float32 and TF32), split-K, losses, optimizers, plans with dLoss/dX, captured
+(float32 and TF32; and the fused kernel family, every policy, called directly), split-K, losses, optimizers, plans with dLoss/dX, captured
 steps; and that a step with a warm plan allocates nothing (what CUDA-graph
 capture needs).  Skipped where a real CuPy with a GPU is present.
 """
@@ -20,7 +20,7 @@ import pytest
 import gpubp
 from conftest import output_activation_for, random_targets
 from gpubp.activations import ACT_CODES, ACTIVATIONS
-from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_source
+from gpubp.backends import cuda_device, cuda_fused, cuda_fused_family, cuda_gemm, cuda_source
 from gpubp.backends.kernel_constants import FM, FM_FIELDS, FM_VEC
 from gpubp.compile_check import all_specs
 from gpubp.losses import LOSSES
@@ -53,6 +53,7 @@ def install_fake(monkeypatch, **kw):
     monkeypatch.setattr(cuda_device, "_ccs", {})
     monkeypatch.setattr(cuda_device, "_functions", {})
     monkeypatch.setattr(cuda_fused, "_grids", {})
+    monkeypatch.setattr(cuda_fused_family, "_grids", {})
     monkeypatch.setattr(gpubp.backends, "_instances", {})
     return fake
 
@@ -102,6 +103,11 @@ EXTENTS = {
     "fused_mlp_bwd_tf32": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
     "fused_mlp_reduce": lambda p, t, g, fake: (_fused_table(p.table, g[1], None, "reduce", t, fake) and
                                                {"ws": p.G * p.ws_stride}),
+    # the fused kernel family (kernels/fused_mlp_family.cu): the same table and arguments
+    "fused_family_fwd": lambda p, t, g, fake: _fused_fwd(p, t, g, fake),
+    "fused_family_bwd": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
+    "fused_family_reduce": lambda p, t, g, fake: (_fused_table(p.table, g[1], None, "reduce", t, fake) and
+                                                  {"ws": p.G * p.ws_stride}),
 }
 
 
@@ -630,3 +636,137 @@ def test_fused_launchers_at_width_128(fake, precision, with_scratch):
                                                "fused_mlp_reduce<128>"]
     assert fake.launches[1].shared_mem == cuda_fused.bwd_smem_bytes(128, precision=precision) > 100 * 1024
     assert (fake.allocations == 0) == with_scratch, fake.allocation_sites
+
+
+# ------------------------------------------------------------------ the fused kernel family, called directly
+FAMILY_POLICIES = {"float32": 0, "tf32": 1, "bf16": 2}
+
+
+def _family_arrays(fake, widths, B, codes, with_z_in=True):
+    L = len(widths) - 1
+    A_in = fake.zeros((B, widths[0]), np.float32)
+    Z_in = fake.zeros((B, widths[0]), np.float32) if with_z_in else None
+    Ws = [fake.zeros((widths[l + 1], widths[l]), np.float32) for l in range(L)]
+    bs = [fake.zeros((widths[l + 1],), np.float32) for l in range(L)]
+    A = [fake.zeros((B, n), np.float32) for n in widths[1:]]
+    Z = [fake.zeros((B, widths[l + 1]), np.float32) if codes[l] in _NEEDS_Z else None for l in range(L)]
+    dWs, dbs = [fake.zeros_like(W) for W in Ws], [fake.zeros_like(b) for b in bs]
+    delta_last = fake.zeros((B, widths[-1]), np.float32)
+    return A_in, Z_in, Ws, bs, A, Z, dWs, dbs, delta_last
+
+
+@pytest.mark.parametrize("precision", list(FAMILY_POLICIES))
+@pytest.mark.parametrize("widths, B", [((100, 128, 70), 300), ((32, 64, 48, 16), 1027), ((3, 5), 1),
+                                       ((64,) * 9, 4096)])
+@pytest.mark.parametrize("with_scratch", [True, False])
+def test_fused_family_launchers(fake, precision, widths, B, with_scratch):
+    """Every policy at both widths: the kernels named by policy and tile, the shared memory the
+    kernels declare (past 48 KB, so opted in), every table pointer a live array of the right size,
+    and with a scratch no allocation on a repeated call."""
+    from gpubp.backends.plan import Scratch
+
+    be = cuda()
+    scratch = Scratch(be) if with_scratch else None
+    L = len(widths) - 1
+    codes = [ACT_CODES[ACTIVATIONS[(l + 5) % len(ACTIVATIONS)]] for l in range(L)]   # gelu, silu, ...
+    A_in, Z_in, Ws, bs, A, Z, dWs, dbs, delta_last = _family_arrays(fake, widths, B, codes)
+    delta_in = fake.zeros((B, widths[0]), np.float32)
+    for _ in range(2):
+        fake.reset()
+        cuda_fused_family.fused_forward(A_in, Ws, bs, codes, A, Z, precision=precision, scratch=scratch)
+        cuda_fused_family.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, delta_in_out=delta_in,
+                                         act_code_in=ACT_CODES["silu"], Z_in=Z_in, precision=precision,
+                                         scratch=scratch)
+    wmax = 64 if max(widths) <= 64 else 128
+    bm = 128 if wmax == 64 else 64
+    pol = FAMILY_POLICIES[precision]
+    assert [l.name for l in fake.launches] == [f"fused_family_fwd<{pol}, {bm}, {wmax}>",
+                                               f"fused_family_bwd<{pol}, {bm}, {wmax}>",
+                                               f"fused_family_reduce<{wmax}>"]
+    fwd, bwd, red = fake.launches
+    assert fwd.grid == (_cdiv(B, bm), 1, 1) and fwd.block == (256, 1, 1)
+    assert fwd.shared_mem == cuda_fused_family.fwd_smem_bytes(wmax) == (bm + 2 * wmax) * wmax * 4
+    nbuf = 2 if wmax == 64 else 1
+    assert bwd.shared_mem == cuda_fused_family.bwd_smem_bytes(wmax) == (bm + nbuf * (bm + wmax)) * wmax * 4 + 2048
+    assert bwd.shared_mem > 48 * 1024 and bwd.arg("want_din") == 1 and bwd.arg("delta_in") is delta_in
+    assert bwd.grid[0] == min(_cdiv(B, bm), 132 * 1)    # one 130 KB block per H100 SM
+    assert red.grid[1] == L and red.arg("G") == bwd.grid[0]
+    assert (fake.allocations == 0) == with_scratch, fake.allocation_sites
+
+
+def test_fused_family_without_delta_in_passes_a_placeholder_it_never_writes(fake):
+    widths, B, codes = (20, 64, 10), 129, [ACT_CODES["relu"], ACT_CODES["identity"]]
+    A_in, _, Ws, bs, A, Z, dWs, dbs, delta_last = _family_arrays(fake, widths, B, codes, with_z_in=False)
+    cuda_fused_family.fused_forward(A_in, Ws, bs, codes, A, Z, precision="bf16")
+    cuda_fused_family.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, precision="bf16")
+    bwd = fake.launched("fused_family_bwd")[0]
+    assert bwd.arg("want_din") == 0 and bwd.arg("vec_din") == 0 and bwd.arg("delta_in") is delta_last
+    assert bwd.name == "fused_family_bwd<2, 128, 64>"
+
+
+def test_fused_family_bad_input_launches_nothing(fake):
+    widths, B, codes = (8, 16), 10, [ACT_CODES["tanh"]]
+    A_in, _, Ws, bs, A, Z, dWs, dbs, delta_last = _family_arrays(fake, widths, B, codes, with_z_in=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cuda_fused_family.fused_forward(A_in, Ws, bs, codes, A, Z, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cuda_fused_family.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, precision="3xtf32")
+    with pytest.raises(ValueError, match="widths"):
+        wide = [fake.zeros((130, 8), np.float32)]
+        cuda_fused_family.fused_forward(A_in, wide, [fake.zeros((130,), np.float32)], codes,
+                                        [fake.zeros((B, 130), np.float32)], [None])
+    with pytest.raises(TypeError, match="float32"):
+        cuda_fused_family.fused_forward(A_in.astype(np.float64), Ws, bs, codes, A, Z, precision="tf32")
+    with pytest.raises(ValueError, match="delta_last"):
+        cuda_fused_family.fused_backward(fake.zeros((B, 3), np.float32), Ws, codes, A_in, A, Z, dWs, dbs)
+    assert fake.launches == []
+    # an empty batch: gradients are zero, nothing is launched
+    e_in, _, eWs, ebs, eA, eZ, edW, edb, edl = _family_arrays(fake, widths, 0, codes, with_z_in=False)
+    for a in edW + edb:
+        a.fill(7)
+    cuda_fused_family.fused_forward(e_in, eWs, ebs, codes, eA, eZ, precision="bf16")
+    cuda_fused_family.fused_backward(edl, eWs, codes, e_in, eA, eZ, edW, edb, precision="bf16")
+    assert fake.launches == [] and all((a.view(np.ndarray) == 0).all() for a in edW + edb)
+
+
+@pytest.mark.parametrize("name, attributes, fused_fits, has_tf32", DEVICES, ids=[d[0] for d in DEVICES])
+def test_fused_family_fits_only_sm80_with_its_shared_memory(monkeypatch, name, attributes, fused_fits, has_tf32):
+    """sm_80+ (cp.async, mma.sync) with 130 KB (width 64) / 160 KB (width 128) of shared memory:
+    the A100 and H100 hold both widths; the A10 (99 KB) neither; older GPUs none."""
+    install_fake(monkeypatch, attributes=attributes, name=name)
+    for widths in ((32, 64, 16), (32, 128, 16)):
+        want = name == "A100"
+        for precision in FAMILY_POLICIES:
+            assert cuda_fused_family.fits_device(widths, precision) == want, (name, widths, precision)
+
+
+def test_fused_family_fits_the_h100(fake):
+    for precision in FAMILY_POLICIES:
+        assert cuda_fused_family.fits_device((32, 128, 16), precision)
+        assert cuda_fused_family.kernel_names((32, 128, 16), precision) == {
+            f"fused_family_fwd<{FAMILY_POLICIES[precision]}, 64, 128>",
+            f"fused_family_bwd<{FAMILY_POLICIES[precision]}, 64, 128>", "fused_family_reduce<128>"}
+
+
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+def test_the_backend_can_switch_to_the_family_with_one_line(monkeypatch, precision):
+    """The family has cuda_fused's interface: with the backend's `cuda_fused` replaced by it (the
+    one-line switch, done here by monkeypatching), a training step runs the family's kernels, all
+    compiled by the plan's prepare, and a warm step allocates nothing."""
+    from gpubp.backends import cuda_backend
+
+    fake = install_fake(monkeypatch)
+    monkeypatch.setattr(cuda_backend, "cuda_fused", cuda_fused_family)
+    be = cuda()
+    net = net_for(be, FUSED_SIZES, "gelu", "mse", precision=precision)
+    X, Y = data(FUSED_SIZES, "mse", 1024 + 3)
+    net.train_step(X, Y, "adam", lr=1e-3)
+    pol = FAMILY_POLICIES[precision]
+    names = [l.name for l in fake.launches]
+    assert f"fused_family_fwd<{pol}, 128, 64>" in names and f"fused_family_bwd<{pol}, 128, 64>" in names
+    assert not any(n.startswith("fused_mlp") or n.startswith("gemm_") for n in names), names
+    assert_prepared(fake, net, X, Y)
+    Xd, Yd, opt, plan = warm_step(net, X, Y, "adam")
+    fake.reset()
+    net._step(Xd, Yd, opt, plan=plan)
+    assert fake.allocations == 0, fake.allocation_sites
