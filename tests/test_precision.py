@@ -175,3 +175,102 @@ def test_bad_input():
         P.matmul(a, a, "tf32")
     with pytest.raises(TypeError, match="x must be a float32"):
         P.to_tf32(np.arange(3))
+
+
+# ---------------------------------------------------------------- the fused kernel family's emulation
+def _torch_run(X, layers, acts, delta_last, act_in, Z_in):
+    """dLoss/d(everything) in float64 with PyTorch autograd, for loss = sum(Z_L * delta_last)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    fns = {"identity": lambda z: z, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": F.relu,
+           "leaky_relu": lambda z: F.leaky_relu(z, 0.01), "gelu": lambda z: F.gelu(z, approximate="tanh"),
+           "silu": F.silu}
+    zin = torch.tensor(Z_in, dtype=torch.float64, requires_grad=True)
+    a = fns[act_in](zin)
+    Ws = [torch.tensor(W, dtype=torch.float64, requires_grad=True) for W, _ in layers]
+    bs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for _, b in layers]
+    As = []
+    for W, b, act in zip(Ws, bs, acts):
+        z = a @ W.T + b
+        a = fns[act](z)
+        As.append(a)
+    (z * torch.tensor(delta_last, dtype=torch.float64)).sum().backward()
+    return ([x.detach().numpy() for x in As], [W.grad.numpy() for W in Ws], [b.grad.numpy() for b in bs],
+            zin.grad.numpy())
+
+
+def _family_case(seed, widths=(7, 33, 16, 5), B=77, acts=("gelu", "tanh", "identity"), act_in="silu"):
+    rng = np.random.default_rng(seed)
+    Z_in = rng.standard_normal((B, widths[0])).astype(np.float32)
+    torch = pytest.importorskip("torch")
+    X = torch.nn.functional.silu(torch.tensor(Z_in)).numpy() if act_in == "silu" else Z_in
+    layers = [((rng.standard_normal((widths[i + 1], widths[i])) / np.sqrt(widths[i])).astype(np.float32),
+               (0.5 * rng.standard_normal(widths[i + 1])).astype(np.float32)) for i in range(len(widths) - 1)]
+    delta = rng.standard_normal((B, widths[-1])).astype(np.float32)
+    return X.astype(np.float32), layers, list(acts), delta, act_in, Z_in
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("prec, tol", [("float32", 1e-5), ("tf32", 5e-3), ("bf16", 4e-2)])
+def test_fused_reference_against_torch_float64(prec, tol):
+    X, layers, acts, delta, act_in, Z_in = _family_case(1)
+    r = P.fused_reference(X, layers, acts, delta, prec, act_in=act_in, Z_in=Z_in)
+    As, dWs, dbs, din = _torch_run(X, layers, acts, delta, act_in, Z_in)
+    errs = [_rel(r["A"][i], As[i]) for i in range(3)] + [_rel(r["dW"][i], dWs[i]) for i in range(3)]
+    errs += [_rel(r["db"][i], dbs[i]) for i in range(3)] + [_rel(r["delta_in"], din)]
+    assert max(errs) < tol, errs
+    if prec != "float32":   # it really rounds: far from the float32 result
+        f = P.fused_reference(X, layers, acts, delta, "float32", act_in=act_in, Z_in=Z_in)
+        assert _rel(r["dW"][0], f["dW"][0]) > 20 * 1e-6
+    for key in ("A", "Z", "dW", "db"):
+        assert all(x.dtype == np.float32 for x in r[key])
+
+
+def test_fused_reference_is_exact_on_bf16_values():
+    """Small integers and halves are bf16 values and their sums exact in float32: every policy
+    gives the float64 answer bit for bit (identity activations), so the emulation rounds the
+    operands of the products and nothing else."""
+    rng = np.random.default_rng(3)
+    X = rng.integers(-4, 5, (40, 6)).astype(np.float32)
+    layers = [(rng.integers(-3, 4, (9, 6)).astype(np.float32) / 2, rng.integers(-3, 4, 9).astype(np.float32)),
+              (rng.integers(-3, 4, (4, 9)).astype(np.float32) / 2, rng.integers(-3, 4, 4).astype(np.float32))]
+    delta = rng.integers(-2, 3, (40, 4)).astype(np.float32)
+    W0, b0 = (x.astype(np.float64) for x in layers[0])
+    W1, b1 = (x.astype(np.float64) for x in layers[1])
+    A0 = X @ W0.T + b0
+    d0 = delta @ W1
+    for prec in ("float32", "tf32", "bf16"):
+        r = P.fused_reference(X, layers, ["identity", "identity"], delta, prec, act_in="identity")
+        assert np.array_equal(r["A"][1], A0 @ W1.T + b1)
+        assert np.array_equal(r["dW"][1], delta.T.astype(np.float64) @ A0)
+        assert np.array_equal(r["dW"][0], d0.T @ X)
+        assert np.array_equal(r["db"][0], d0.sum(0)) and np.array_equal(r["delta_in"], d0 @ W0)
+
+
+def test_fused_reference_rounds_products_only():
+    """bf16: the forward product is the emulated bf16 GEMM of the float32 input; the bias add and
+    the activation are float32 on its result."""
+    X, layers, acts, delta, _, _ = _family_case(2, acts=("tanh", "relu", "sigmoid"))
+    r = P.fused_reference(X, layers, acts, delta, "bf16")
+    W0, b0 = layers[0]
+    z0 = P.matmul(X, np.ascontiguousarray(W0.T), "bf16") + b0
+    assert np.array_equal(r["Z"][0], z0) and np.array_equal(r["A"][0], np.tanh(z0))
+    assert r["delta_in"] is None
+    assert np.array_equal(r["db"][2], delta.sum(0, dtype=np.float32))
+
+
+def test_fused_reference_bad_input():
+    X, layers, acts, delta, _, _ = _family_case(0)
+    with pytest.raises(ValueError, match="3xtf32"):
+        P.fused_reference(X, layers, acts, delta, "3xtf32")
+    with pytest.raises(ValueError, match="activations"):
+        P.fused_reference(X, layers, acts[:2], delta, "bf16")
+    with pytest.raises(ValueError, match="delta_last"):
+        P.fused_reference(X, layers, acts, delta[:, :2], "bf16")
+    with pytest.raises(ValueError, match=r"layers\[1\]"):
+        P.fused_reference(X, [layers[0], layers[0]], acts[:2], delta, "bf16")
+    with pytest.raises(TypeError, match="float32"):
+        P.fused_reference(X.astype(np.float64), layers, acts, delta, "bf16")
