@@ -719,6 +719,9 @@ def test_fused_family_bad_input_launches_nothing(fake):
         cuda_fused_family.fused_forward(A_in.astype(np.float64), Ws, bs, codes, A, Z, precision="tf32")
     with pytest.raises(ValueError, match="delta_last"):
         cuda_fused_family.fused_backward(fake.zeros((B, 3), np.float32), Ws, codes, A_in, A, Z, dWs, dbs)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="grid_blocks"):
+            cuda_fused_family.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, grid_blocks=bad)
     assert fake.launches == []
     # an empty batch: gradients are zero, nothing is launched
     e_in, _, eWs, ebs, eA, eZ, edW, edb, edl = _family_arrays(fake, widths, 0, codes, with_z_in=False)
@@ -770,3 +773,13 @@ def test_the_backend_can_switch_to_the_family_with_one_line(monkeypatch, precisi
     fake.reset()
     net._step(Xd, Yd, opt, plan=plan)
     assert fake.allocations == 0, fake.allocation_sites
+
+
+@pytest.mark.parametrize("grid_blocks, want", [(2, 2), (1, 1), (10 ** 6, 9)])
+def test_fused_family_grid_blocks_sets_the_persistent_grid(fake, grid_blocks, want):
+    widths, B, codes = (30, 64, 8), 128 * 8 + 1, [ACT_CODES["relu"], ACT_CODES["identity"]]
+    A_in, _, Ws, bs, A, Z, dWs, dbs, delta_last = _family_arrays(fake, widths, B, codes, with_z_in=False)
+    cuda_fused_family.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, precision="tf32",
+                                     grid_blocks=grid_blocks)
+    bwd, red = fake.launches
+    assert bwd.grid == (want, 1, 1) and bwd.arg("n_tiles") == 9 and red.arg("G") == want

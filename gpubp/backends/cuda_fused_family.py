@@ -185,11 +185,17 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "flo
 
 def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
                    delta_in_out=None, act_code_in=None, Z_in=None, precision: str = "float32",
-                   scratch=None) -> None:
+                   scratch=None, grid_blocks: int | None = None) -> None:
     """Backward of a run of narrow layers (as `cuda_fused.fused_backward`): every dWs[l],
     dbs[l], and delta_in_out when given, in `precision`.  Deterministic: bitwise equal on
-    repeated calls on one device."""
+    repeated calls on one device with one grid.
+
+    grid_blocks: the persistent grid's size (default `bwd_grid`: as many blocks as the device
+    holds at once); smaller grids give each block more row tiles (tests and sanitizer runs)."""
     _policy(precision)
+    if grid_blocks is not None and (isinstance(grid_blocks, bool) or int(grid_blocks) != grid_blocks
+                                    or grid_blocks < 1):
+        raise ValueError(f"grid_blocks must be a positive int, got {grid_blocks!r}")
     widths, B, rows = cuda_fused.backward_rows(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
                                                delta_in_out, act_code_in, Z_in)
     if rows is None:
@@ -201,7 +207,7 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
     bm = CONFIGS[wmax][1]
     table = _table(rows, scratch, "bwd")
     n_tiles = cdiv(B, bm)
-    G = bwd_grid(wmax, n_tiles, precision)
+    G = bwd_grid(wmax, n_tiles, precision) if grid_blocks is None else min(n_tiles, int(grid_blocks))
     ws, stride = _workspace(G, L, wmax, scratch)
     smem = bwd_smem_bytes(wmax, bm, precision)
     f = function(SPECS[0], bwd_name(bm, wmax, precision), smem)
