@@ -44,6 +44,16 @@ def _sm80():
         pytest.skip("the fused kernel family needs compute capability 8.0+")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    """Every kernel of the family and of cuda_fused, each module in one NVRTC program."""
+    if int(cupy.cuda.Device().compute_capability) >= 80:
+        from gpubp.backends import cuda_device
+
+        cuda_device.load_kernels({ff.SPECS[0]: ff.SPECS[0].name_expressions,
+                                  cuda_fused.SPECS[0]: cuda_fused.SPECS[0].name_expressions})
+
+
 def rel_err(out, ref):
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))

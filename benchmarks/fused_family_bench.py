@@ -1,0 +1,156 @@
+"""Timings of the fused-MLP kernel family against the GPU-verified fused kernels and PyTorch.
+
+    python3 benchmarks/fused_family_bench.py --out DIR [--batch 262144] [--reps 20]
+
+Networks: w64x8 (eight 64 -> 64 layers) and w128x8 (eight 128 -> 128 layers), relu hidden
+layers and an identity last layer, at batch 2^18 (default).  One timed "step" is the run's
+forward and backward (dLoss/dZ of the last layer given; dW and db of every layer; no dLoss/dX,
+no loss, no optimizer), the same work for every entry:
+    family-{float32,tf32,bf16}   cuda_fused_family.fused_forward + fused_backward
+    fused-{float32,tf32}         cuda_fused (the default path's kernels)
+    torch-eager, torch-eager-tf32, torch-autocast-bf16   nn.Sequential forward + backward(delta)
+CUDA events around each repetition after 3 warm-ups, median of `reps`.  Writes
+fused_family_bench.json and fused_family_bench.md into DIR, with TFLOP/s (6 B sum n_in n_out)
+and each entry's ratio to the torch entry of its precision.
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+import cupy
+import numpy as np
+
+from gpubp.activations import ACT_CODES
+from gpubp.backends import cuda_device, cuda_fused
+from gpubp.backends import cuda_fused_family as ff
+
+NETS = {"w64x8": [64] * 9, "w128x8": [128] * 9}
+TORCH_PEER = {"float32": "torch-eager", "tf32": "torch-eager-tf32", "bf16": "torch-autocast-bf16"}
+
+
+def _time(fn, reps, events):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, stop = events()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start_stop_ms(start, stop))
+    return statistics.median(times)
+
+
+def start_stop_ms(start, stop):
+    try:
+        return cupy.cuda.get_elapsed_time(start, stop)
+    except AttributeError:      # torch events
+        return start.elapsed_time(stop)
+
+
+def _gpubp_step(module, widths, B, precision):
+    rs = cupy.random.RandomState(0)
+    L = len(widths) - 1
+    Ws = [rs.standard_normal((widths[i + 1], widths[i]), dtype=np.float32) * np.float32(widths[i] ** -0.5)
+          for i in range(L)]
+    bs = [rs.standard_normal((widths[i + 1],), dtype=np.float32) for i in range(L)]
+    A_in = rs.standard_normal((B, widths[0]), dtype=np.float32)
+    codes = [ACT_CODES["relu"]] * (L - 1) + [ACT_CODES["identity"]]
+    A = [cupy.empty((B, w), np.float32) for w in widths[1:]]
+    Z = [None] * L
+    dWs = [cupy.empty_like(W) for W in Ws]
+    dbs = [cupy.empty_like(b) for b in bs]
+    delta = rs.standard_normal((B, widths[-1]), dtype=np.float32)
+
+    def step():
+        module.fused_forward(A_in, Ws, bs, codes, A, Z, precision=precision)
+        module.fused_backward(delta, Ws, codes, A_in, A, Z, dWs, dbs, precision=precision)
+    return step
+
+
+def _torch_step(widths, B, precision):
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).cuda()
+    X = torch.randn(B, widths[0], device="cuda")
+    delta = torch.randn(B, widths[-1], device="cuda")
+
+    def step():
+        for p in model.parameters():
+            p.grad = None
+        if precision == "bf16":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(X)
+        else:
+            out = model(X)
+        out.backward(delta.to(out.dtype))
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=1 << 18)
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    cuda_device.load_kernels({ff.SPECS[0]: ff.SPECS[0].name_expressions,
+                              cuda_fused.SPECS[0]: cuda_fused.SPECS[0].name_expressions})
+    cupy_events = lambda: (cupy.cuda.Event(), cupy.cuda.Event())   # noqa: E731
+    rows = []
+    for net, widths in NETS.items():
+        flops = 6.0 * args.batch * sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
+        entries = [(f"family-{p}", p, lambda p=p: _gpubp_step(ff, widths, args.batch, p)) for p in ff.PRECISIONS]
+        entries += [(f"fused-{p}", p, lambda p=p: _gpubp_step(cuda_fused, widths, args.batch, p))
+                    for p in ("float32", "tf32")]
+        try:
+            import torch
+
+            def torch_events():
+                return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            entries += [(TORCH_PEER[p], p, lambda p=p: _torch_step(widths, args.batch, p)) for p in TORCH_PEER]
+        except ImportError:
+            torch_events = None
+        for name, prec, make in entries:
+            try:
+                step = make()
+                ms = _time(step, args.reps, torch_events if name.startswith("torch") else cupy_events)
+                rows.append(dict(net=net, entry=name, precision=prec, batch=args.batch, ms=ms,
+                                 tflops=flops / ms / 1e9))
+            except Exception as e:   # record and go on: one failing entry must not hide the others
+                rows.append(dict(net=net, entry=name, precision=prec, batch=args.batch, error=f"{type(e).__name__}: {e}"))
+            cupy.get_default_memory_pool().free_all_blocks()
+            print(rows[-1], flush=True)
+    by = {(r["net"], r["entry"]): r.get("ms") for r in rows}
+    for r in rows:
+        peer = by.get((r["net"], TORCH_PEER[r["precision"]]))
+        if r.get("ms") and peer:
+            r["x_torch_peer"] = peer / r["ms"]
+        old = by.get((r["net"], f"fused-{r['precision']}"))
+        if r.get("ms") and old and r["entry"].startswith("family"):
+            r["x_fused"] = old / r["ms"]
+    with open(os.path.join(args.out, "fused_family_bench.json"), "w") as f:
+        json.dump(dict(device=cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), rows=rows), f, indent=1)
+    lines = ["| net | entry | ms | TFLOP/s | x torch peer | x cuda_fused |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['net']} | {r['entry']} | error: {r['error'][:80]} | | | |")
+        else:
+            lines.append(f"| {r['net']} | {r['entry']} | {r['ms']:.3f} | {r['tflops']:.1f} | "
+                         f"{r.get('x_torch_peer', float('nan')):.2f} | {r.get('x_fused', float('nan')):.2f} |")
+    with open(os.path.join(args.out, "fused_family_bench.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
