@@ -29,6 +29,7 @@ from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
 from .checks import DTYPES
 from .network import INITS
+from .precision import PRECISIONS
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
@@ -239,6 +240,10 @@ def _add_train(sub):
     g.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
     g.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="how the matrix products are computed: float32 (default), tf32, bf16 or 3xtf32 "
+                        "(float32 networks; the numpy backend emulates each; the cuda backend runs tf32 "
+                        "and refuses bf16 and 3xtf32 for now)")
     g.add_argument("--init", choices=INITS, default="torch",
                    help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
@@ -384,7 +389,7 @@ def cmd_train(args) -> int:
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
-                  backend=backend, dtype=args.dtype, seed=args.seed, init=args.init)
+                  backend=backend, dtype=args.dtype, seed=args.seed, init=args.init, precision=args.precision)
     except (ValueError, TypeError, MemoryError) as e:
         raise UsageError(str(e)) from None
 
@@ -396,7 +401,8 @@ def cmd_train(args) -> int:
     say(f"data: {ds.summary()}")
     say(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
         f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
-        f"init {args.init}" + (", inputs standardised by the network" if args.standardize else ""))
+        + (f"precision {args.precision}, " if args.precision != "float32" else "") + f"init {args.init}"
+        + (", inputs standardised by the network" if args.standardize else ""))
     say(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
         f"backend {net.backend.describe()}")
     if comm is not None:

@@ -23,13 +23,14 @@ import numpy as np
 from . import activations as acts
 from . import losses
 from .backends import get_backend
-from .checks import check_dtype, check_positive_int, check_seed, check_sizes, finite_after_cast, host_array
+from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
+                     host_array)
 from .distributed import DataParallel, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
+from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
 from .training import FitLoop, Reporter
 
-PRECISIONS = ("float32", "tf32")
 #: weight initialisations (`MLP(init=...)`)
 INITS = ("torch", "xavier", "kaiming")
 
@@ -57,10 +58,19 @@ class MLP:
     weights' start: "torch" (PyTorch's `nn.Linear`: W and b uniform in
     `±1/sqrt(fan_in)`), "xavier" (Glorot uniform, `±sqrt(6/(fan_in+fan_out))`,
     b = 0) or "kaiming" (He normal, std `sqrt(2/fan_in)`, b = 0), reproducibly
-    from `seed` (None or a non-negative integer).  `precision="tf32"` (float32
-    only) lets the CUDA backend multiply on TF32 tensor cores where it has such
-    kernels (the fused narrow-layer runs): faster, with relative errors near
-    1e-3 instead of 1e-6; the numpy backend always computes in full precision.
+    from `seed` (None or a non-negative integer).
+
+    `precision` chooses how the matrix products of a step are computed
+    (docs/spec.md, "Precision modes"; `gpubp.precision` emulates each):
+    "float32" (default, full float32), "tf32" (operands rounded to TF32, float32
+    sums), "bf16" (operands rounded to bfloat16, float32 sums) or "3xtf32"
+    (each operand split into two TF32 parts, three products: near-float32
+    accuracy); every mode but "float32" needs dtype float32.  The numpy backend
+    emulates each mode's rounding exactly as defined there.  The CUDA backend
+    runs "tf32" on TF32 tensor cores in its fused narrow-layer runs (its
+    per-layer GEMMs stay float32), and refuses "bf16" and "3xtf32" unless it was
+    made with `CudaBackend(tensor_core_gemms=True)` (kernels not yet verified on
+    a GPU).
 
     The constructor refuses, before allocating, a network whose parameters,
     gradients, optimizer state and one step's buffers would not fit in the
@@ -85,16 +95,13 @@ class MLP:
                              f"output_activation must be 'identity', got {out_act!r}")
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
         self.dtype = check_dtype(dtype)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision == "tf32" and self.dtype != np.float32:
-            raise ValueError(f"precision='tf32' needs dtype float32, got {self.dtype.name}")
+        self.precision = check_precision(precision, self.dtype)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-        self.precision = precision
         self.init = init
         self.seed = check_seed(seed)
         self.backend = get_backend(backend)
+        self.backend.check_precision(self.precision)   # a mode the backend cannot run is refused here
         self.layout = ParamLayout(self.sizes)
         self.backend.check_memory(self.memory_estimate(), f"the network {list(self.sizes)} in {self.dtype.name} "
                                   f"(parameters, gradients, optimizer state and a batch of {_ESTIMATE_BATCH})")
@@ -757,10 +764,10 @@ def _checkpoint_spec(ck) -> dict:
     except ValueError as e:
         bad("config.dtype", e)
     precision = ck.field(c, "precision", str, "config") if "precision" in c else "float32"
-    if precision not in PRECISIONS:
-        bad("config.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "tf32" and dtype != np.float32:
-        bad("config.precision", f"'tf32' needs dtype float32, got {dtype.name}")
+    try:
+        check_precision(precision, dtype)
+    except ValueError as e:
+        bad("config.precision", e)
     init = ck.field(c, "init", str, "config") if "init" in c else "torch"
     if init not in INITS:
         bad("config.init", f"must be one of {', '.join(INITS)}, got {init!r}")
