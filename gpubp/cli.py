@@ -29,6 +29,7 @@ from .activations import ACTIVATIONS
 from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
 from .network import DTYPES
+from .optional import MissingExtraError, require
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
@@ -267,6 +268,7 @@ def cmd_train(args) -> int:
         _check_writable(args.save, "--save")
     if args.plot:
         _check_writable(args.plot, "--plot")
+        require("matplotlib", "plot", "--plot")   # before training, not after it
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
@@ -768,6 +770,9 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except UsageError as e:
         subs[args.command].error(str(e))   # prints usage and the message, exits with status 2
+    except MissingExtraError as e:         # an optional dependency is not installed: say which extra
+        print(f"gpubp {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

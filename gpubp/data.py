@@ -1,6 +1,7 @@
 """Small classification data sets for examples and the command line.
 
-Every data set is built offline: scikit-learn ships digits, iris,
+Every data set is built offline (scikit-learn is needed, `gpubp[sklearn]`,
+except for `xor`): scikit-learn ships digits, iris,
 breast_cancer and wine inside its package, `moons` comes from
 `sklearn.datasets.make_moons`, and `xor` is generated here.  `load_dataset`
 splits a data set into stratified train / validation / test parts with a
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .optional import require
 
 #: every data set `load_dataset` knows
 DATASETS = ("digits", "iris", "breast_cancer", "wine", "moons", "xor")
@@ -45,7 +48,8 @@ def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
     if name in ("moons", "xor"):
         n = SYNTHETIC_SAMPLES if n_samples is None else n_samples
         if name == "moons":
-            from sklearn.datasets import make_moons
+            make_moons = require("sklearn.datasets", "sklearn", "the moons data set",
+                                 "scikit-learn").make_moons
 
             nz = 0.2 if noise is None else noise
             X, y = make_moons(n_samples=n, noise=nz, random_state=seed)
@@ -57,7 +61,7 @@ def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
         return np.asarray(X, np.float64), np.asarray(y, np.int64), desc
     if n_samples is not None or noise is not None:
         raise ValueError(f"n_samples and noise apply to the generated data sets (moons, xor), not {name!r}")
-    from sklearn import datasets as skd
+    skd = require("sklearn.datasets", "sklearn", f"the bundled data set {name!r}", "scikit-learn")
 
     loader = {"digits": skd.load_digits, "iris": skd.load_iris,
               "breast_cancer": skd.load_breast_cancer, "wine": skd.load_wine}[name]
@@ -124,7 +128,8 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
     `val_size` the fraction of all samples held out for validation (0: none).
     The split and the generated data sets are reproducible from `seed`.
     """
-    from sklearn.model_selection import train_test_split
+    train_test_split = require("sklearn.model_selection", "sklearn", "splitting the data sets",
+                               "scikit-learn").train_test_split
 
     test_size = _fraction("test_size", test_size, False)
     val_size = _fraction("val_size", val_size, True)

@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from .optional import MissingExtraError
+
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
@@ -74,12 +76,10 @@ try:
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
-except ImportError as e:   # pragma: no cover - exercised only without scikit-learn
-    raise ImportError(
-        "gpubp.sklearn needs scikit-learn 1.6 or newer: install it with "
-        "pip install \"gpubp[sklearn]\"") from e
-
-from scipy.special import expit, softmax
+    from scipy.special import expit, softmax
+except ImportError as e:   # exercised only without scikit-learn
+    raise MissingExtraError(
+        f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
 from .network import DTYPES, PRECISIONS, MLP
 from .optim import SGD, Adam, Optimizer
