@@ -286,7 +286,8 @@ class _BaseMLP(BaseEstimator):
                            shuffle=bool(self.shuffle), progress=False, **fit_kw)
             self.n_iter_ += 1
             self.t_ += n
-            sq = sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in net.get_params())
+            # the L2 penalty of scikit-learn's reported loss, with the weights at the end of the epoch
+            sq = sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in net.get_params()) if self.alpha else 0.0
             self.loss_ = float(hist["loss"][-1]) * r + 0.5 * self.alpha * sq * n_batches / (n * w_mean)
             self.loss_curve_.append(self.loss_)
             if self.verbose:
