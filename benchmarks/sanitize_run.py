@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 import gpubp
-from gpubp.backends import cuda_gemm
+from gpubp.backends.cuda_backend import CudaBackend
 
 rng = np.random.default_rng(0)
 ONLY_LARGE = "--large-only" in sys.argv   # just the fused-run and large-tile kernels (racecheck is slow)
@@ -35,11 +35,9 @@ for precision, sizes in (("float32", [70, 64, 33, 64, 5]), ("tf32", [70, 64, 33,
         net.train_step(X, y, gpubp.optim.Adam())
 # the large GEMM tiles (v1 and v2) and the batch split of the weight gradient, in a captured graph
 for tile in ("large", "v2"):   # v1 and v2 large tiles
-    cuda_gemm.FORCE_TILE = tile
-    net = gpubp.MLP([256, 256, 130, 10], loss="cross_entropy", backend="cuda", seed=0)
+    net = gpubp.MLP([256, 256, 130, 10], loss="cross_entropy", backend=CudaBackend(tile=tile), seed=0)
     X = rng.standard_normal((5000, 256)).astype(np.float32)
     y = rng.integers(0, 10, 5000)
     step = net.capture_train_step(X, y, gpubp.optim.Adam())
     loss = step(X, y)
-cuda_gemm.FORCE_TILE = None
 print("sanitize run done, loss", float(loss[0]))

@@ -27,22 +27,28 @@ def check_loss(name) -> str:
     return name
 
 
-def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype) -> np.ndarray:
+def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y") -> np.ndarray:
     """Check targets `Y` for `batch` samples of a network with `n_out` outputs.
 
     Returns a host array: `(batch,)` int32 class indices for `cross_entropy`
     given labels, else `(batch, n_out)` of `dtype`.  Raises ValueError or
-    TypeError naming the problem.
+    TypeError naming the problem (and the argument, `name`).  Values are checked
+    after the conversion to `dtype`, so one that overflows it is refused.
     """
-    Y = np.asarray(Y)
+    try:
+        Y = np.asarray(Y)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
+    if Y.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({Y.dtype}); gpubp takes real numbers only")
     if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
-        raise TypeError(f"Y must be numeric, got dtype {Y.dtype}")
+        raise TypeError(f"{name} must be numeric, got dtype {Y.dtype}")
     if loss == "cross_entropy" and Y.ndim == 1 and (np.issubdtype(Y.dtype, np.integer) or Y.dtype == bool):
         if Y.shape[0] != batch:
-            raise ValueError(f"Y has {Y.shape[0]} labels but X has {batch} samples")
+            raise ValueError(f"{name} has {Y.shape[0]} labels but X has {batch} samples")
         if batch and (Y.min() < 0 or Y.max() >= n_out):
             raise ValueError(
-                f"class labels in Y must lie in [0, {n_out}) for a network with {n_out} outputs; "
+                f"class labels in {name} must lie in [0, {n_out}) for a network with {n_out} outputs; "
                 f"got labels from {int(Y.min())} to {int(Y.max())}")
         return Y.astype(np.int32)
     if Y.ndim == 1 and n_out == 1:
@@ -51,19 +57,22 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype) -> np.ndarray:
         Y = Y.reshape(1, -1)
     if Y.ndim != 2 or Y.shape != (batch, n_out):
         hint = " (cross_entropy also takes (B,) integer class labels)" if loss == "cross_entropy" else ""
-        raise ValueError(f"Y has shape {Y.shape}; expected ({batch}, {n_out}) for X with {batch} "
+        raise ValueError(f"{name} has shape {Y.shape}; expected ({batch}, {n_out}) for X with {batch} "
                          f"samples and a network with {n_out} outputs{hint}")
-    Y = Y.astype(dtype, copy=False)
+    finite_before = bool(np.all(np.isfinite(Y)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        Y = Y.astype(dtype, copy=False)
     if not np.all(np.isfinite(Y)):
-        raise ValueError("Y contains NaN or infinity")
+        raise ValueError(f"{name} contains NaN or infinity" if not finite_before else
+                         f"{name} overflows {np.dtype(dtype).name} (values beyond its range)")
     if loss == "binary_cross_entropy" and Y.size and (Y.min() < 0 or Y.max() > 1):
-        raise ValueError(f"binary_cross_entropy targets must lie in [0, 1]; got values from "
+        raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1]; got values from "
                          f"{float(Y.min())} to {float(Y.max())}")
     if loss == "cross_entropy" and Y.size:
         if Y.min() < 0:
-            raise ValueError("cross_entropy probability targets must be non-negative")
+            raise ValueError(f"{name}: cross_entropy probability targets must be non-negative")
         sums = Y.sum(axis=1, dtype=np.float64)
         if np.max(np.abs(sums - 1.0)) > 1e-3:
-            raise ValueError("cross_entropy probability targets must sum to 1 per row (one-hot or "
+            raise ValueError(f"{name}: cross_entropy probability targets must sum to 1 per row (one-hot or "
                              f"distributions); row sums range from {sums.min():.6g} to {sums.max():.6g}")
     return np.ascontiguousarray(Y)

@@ -1,12 +1,20 @@
 """The multilayer perceptron: parameters, forward, backward, training loop.
 
-The network holds its parameters in one flat buffer (`gpubp.params`), keeps
-per-batch-size workspaces for the forward and backward passes, and calls only
-the backend interface (`gpubp.backends.base.Backend`).
+The network holds its parameters in one flat buffer (`gpubp.params`), owns a
+step plan per batch shape (`gpubp.backends.plan.StepPlan`: activations,
+pre-activations, deltas, the loss and every backend temporary of a step), and
+calls only the backend interface (`gpubp.backends.base.Backend`).
+
+Every public method checks all of its arguments before it changes anything: a
+call refused with `ValueError` / `TypeError` leaves the parameters, the
+optimizer and its state as they were.  A training run whose loss stops being
+finite raises `FloatingPointError` with the parameters and optimizer state of
+the last step whose loss was finite.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 
@@ -17,12 +25,21 @@ from . import losses
 from .backends import get_backend
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
+from .training import FitLoop, Reporter
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 PRECISIONS = ("float32", "tf32")
+#: weight initialisations (`MLP(init=...)`)
+INITS = ("torch", "xavier", "kaiming")
 
-#: rows per forward pass in evaluate/predict (bounds workspace memory)
+#: rows per forward pass in evaluate/predict (bounds plan memory)
 EVAL_CHUNK = 65536
+#: step plans a network keeps (least recently used go first; a captured step keeps its own)
+MAX_PLANS = 4
+#: the batch size the constructor's memory estimate assumes
+_ESTIMATE_BATCH = 32
+
+log = logging.getLogger("gpubp")
 
 
 def _check_dtype(dtype):
@@ -49,21 +66,50 @@ def _check_sizes(layer_sizes):
     return tuple(int(s) for s in sizes)
 
 
+def _check_seed(seed):
+    """None or a non-negative integer (any size): what numpy's generators take and JSON can hold."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be None or a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be None or a non-negative integer, got {seed}")
+    return int(seed)
+
+
+def _check_positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
 def _is_device_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False) or \
         type(x).__module__.startswith("cupy")
 
 
-class _Workspace:
-    """Activations, pre-activations and deltas for one batch size."""
+def host_array(x, name: str) -> np.ndarray:
+    """`x` as a numpy array of real numbers, with errors naming `name` for ragged, complex or
+    non-numeric input."""
+    try:
+        h = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
+    if h.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({h.dtype}); gpubp takes real numbers only")
+    if h.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {h.dtype}")
+    return h
 
-    def __init__(self, net, B):
-        be, dt = net.backend, net.dtype
-        self.B = B
-        self.A = [None] + [be.empty((B, n), dt) for n in net.sizes[1:]]
-        self.Z = [None] + [be.empty((B, n), dt) if g in acts.NEEDS_Z else None
-                           for n, g in zip(net.sizes[1:], net.activations)]
-        self.delta = [None] + [be.empty((B, n), dt) for n in net.sizes[1:]]
+
+def _finite_after_cast(h: np.ndarray, dtype, name: str) -> np.ndarray:
+    """`h` cast to `dtype`, refused if anything is NaN or infinite there (overflow included)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.ascontiguousarray(h, dtype=dtype)
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        bad = "overflows " + np.dtype(dtype).name if np.all(np.isfinite(h)) else "contains NaN or infinity"
+        raise ValueError(f"{name} {bad}" + (" (values beyond its range)" if bad.startswith("over") else ""))
+    return a
 
 
 class MLP:
@@ -71,16 +117,22 @@ class MLP:
 
     `activation` is the hidden layers' activation (or a list, one per hidden
     layer); `output_activation` the last layer's (identity for the logit
-    losses `cross_entropy` and `binary_cross_entropy`).  Weights start as
-    PyTorch's `nn.Linear` does: uniform in `±1/sqrt(fan_in)`, reproducibly from
-    `seed`.  `precision="tf32"` (float32 only) lets the CUDA backend multiply
-    on TF32 tensor cores where it has such kernels (the fused narrow-layer
-    runs): faster, with relative errors near 1e-3 instead of 1e-6; the numpy
-    backend always computes in full precision.
+    losses `cross_entropy` and `binary_cross_entropy`).  `init` chooses the
+    weights' start: "torch" (PyTorch's `nn.Linear`: W and b uniform in
+    `±1/sqrt(fan_in)`), "xavier" (Glorot uniform, `±sqrt(6/(fan_in+fan_out))`,
+    b = 0) or "kaiming" (He normal, std `sqrt(2/fan_in)`, b = 0), reproducibly
+    from `seed` (None or a non-negative integer).  `precision="tf32"` (float32
+    only) lets the CUDA backend multiply on TF32 tensor cores where it has such
+    kernels (the fused narrow-layer runs): faster, with relative errors near
+    1e-3 instead of 1e-6; the numpy backend always computes in full precision.
+
+    The constructor refuses, before allocating, a network whose parameters,
+    gradients, optimizer state and one step's buffers would not fit in the
+    backend's free memory (a `MemoryError` giving the size in bytes).
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", loss="mse",
-                 backend="auto", dtype="float32", seed=None, precision="float32"):
+                 backend="auto", dtype="float32", seed=None, precision="float32", init="torch"):
         self.sizes = _check_sizes(layer_sizes)
         n_hidden = len(self.sizes) - 2
         if isinstance(activation, (list, tuple)):
@@ -101,20 +153,31 @@ class MLP:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == "tf32" and self.dtype != np.float32:
             raise ValueError(f"precision='tf32' needs dtype float32, got {self.dtype.name}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.precision = precision
-        self.seed = seed
+        self.init = init
+        self.seed = _check_seed(seed)
         self.backend = get_backend(backend)
         self.layout = ParamLayout(self.sizes)
+        self.backend.check_memory(self.memory_estimate(), f"the network {list(self.sizes)} in {self.dtype.name} "
+                                  f"(parameters, gradients, optimizer state and a batch of {_ESTIMATE_BATCH})")
         self._params = self.backend.zeros((self.layout.total,), self.dtype)
         self._grads = self.backend.zeros((self.layout.total,), self.dtype)
         self._Wb = self.layout.views(self._params)
         self._dWb = self.layout.views(self._grads)
-        self._loss_buf = self.backend.zeros((1,), self.dtype)
-        self._workspaces: OrderedDict = OrderedDict()
+        self._plans: OrderedDict = OrderedDict()
         self.optimizer: Optimizer | None = None
-        #: free-form JSON data saved with the network (e.g. input standardisation)
+        #: free-form JSON data saved with the network
         self.metadata: dict = {}
-        self._rng = np.random.default_rng(seed)
+        #: input standardisation `(mean, std)` applied to every input, or None (`set_standardization`)
+        self.standardization: tuple[np.ndarray, np.ndarray] | None = None
+        self._std_dev = None        # the same on the backend
+        #: the number of dimensions of the targets at fit (1: `predict` returns `(N,)`), or None
+        self.target_ndim: int | None = None
+        #: set by a callback to end `fit` after the current epoch
+        self.stop_training = False
+        self._rng = np.random.default_rng(self.seed)
         self._init_params()
 
     # ------------------------------------------------------------ basics
@@ -134,14 +197,29 @@ class MLP:
         """What `__init__` needs to rebuild this network (JSON-serialisable)."""
         return {"layer_sizes": list(self.sizes), "activation": list(self.activations[:-1]),
                 "output_activation": self.activations[-1], "loss": self.loss,
-                "dtype": self.dtype.name, "seed": self.seed, "precision": self.precision}
+                "dtype": self.dtype.name, "seed": self.seed, "precision": self.precision,
+                "init": self.init}
+
+    def memory_estimate(self, batch: int = _ESTIMATE_BATCH) -> int:
+        """Bytes of parameters, gradients, two optimizer state buffers and one step plan of `batch` rows."""
+        from .backends.plan import StepPlan
+
+        flat = 4 * self.layout.total * self.dtype.itemsize
+        return flat + StepPlan.nbytes_estimate(self.sizes, self.activations, batch, self.dtype)
 
     def _init_params(self):
         host = np.zeros(self.layout.total, dtype=np.float64)
         for W, b in self.layout.views(host):
-            bound = 1.0 / math.sqrt(W.shape[1])
-            W[...] = self._rng.uniform(-bound, bound, size=W.shape)
-            b[...] = self._rng.uniform(-bound, bound, size=b.shape)
+            n_out, n_in = W.shape
+            if self.init == "torch":
+                bound = 1.0 / math.sqrt(n_in)
+                W[...] = self._rng.uniform(-bound, bound, size=W.shape)
+                b[...] = self._rng.uniform(-bound, bound, size=b.shape)
+            elif self.init == "xavier":
+                bound = math.sqrt(6.0 / (n_in + n_out))
+                W[...] = self._rng.uniform(-bound, bound, size=W.shape)
+            else:  # kaiming (He) normal, for relu-family layers
+                W[...] = self._rng.normal(0.0, math.sqrt(2.0 / n_in), size=W.shape)
         self._params[...] = self.backend.asarray(host, self.dtype)
 
     def get_params(self):
@@ -150,26 +228,61 @@ class MLP:
         return [(W.copy(), b.copy()) for W, b in self.layout.views(host)]
 
     def set_params(self, params):
-        """Set every layer's `(W, b)` from a list like `get_params()` returns."""
-        params = list(params)
+        """Set every layer's `(W, b)` from a list like `get_params()` returns (all checked first)."""
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError("set_params needs a list of (W, b) pairs") from None
         if len(params) != self.n_layers:
             raise ValueError(f"set_params needs {self.n_layers} (W, b) pairs, got {len(params)}")
         host = np.zeros(self.layout.total, dtype=self.dtype)
-        for l, ((W, b), (Wn, bn)) in enumerate(zip(self.layout.views(host), params), start=1):
-            Wn, bn = np.asarray(Wn), np.asarray(bn)
+        for l, ((W, b), pair) in enumerate(zip(self.layout.views(host), params), start=1):
+            try:
+                Wn, bn = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"set_params: layer {l} must be a (W, b) pair") from None
+            Wn, bn = host_array(Wn, f"layer {l} W"), host_array(bn, f"layer {l} b")
             if Wn.shape != W.shape or bn.shape != b.shape:
                 raise ValueError(f"layer {l}: expected W {W.shape} and b {b.shape}, got W {Wn.shape} "
                                  f"and b {bn.shape}")
-            if not (np.all(np.isfinite(Wn)) and np.all(np.isfinite(bn))):
-                raise ValueError(f"layer {l}: parameters contain NaN or infinity")
-            W[...], b[...] = Wn, bn
+            W[...] = _finite_after_cast(Wn, self.dtype, f"layer {l} W")
+            b[...] = _finite_after_cast(bn, self.dtype, f"layer {l} b")
         self._params[...] = self.backend.asarray(host, self.dtype)
+
+    def set_standardization(self, mean, std):
+        """Standardise every input as `(X - mean) / std` from now on (None, None: stop).
+
+        `fit(..., standardize=True)` sets it from the training data; it is saved
+        with the network and applied by `forward`, `predict`, `predict_proba`,
+        `evaluate` and training alike."""
+        if mean is None and std is None:
+            self.standardization, self._std_dev = None, None
+            return
+        n0 = self.sizes[0]
+        m = _finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean")
+        s = _finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std")
+        if m.shape != (n0,) or s.shape != (n0,):
+            raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
+        if np.any(s <= 0):
+            raise ValueError("std must be positive (a constant feature: use std 1)")
+        self.standardization = (m, s)
+        self._std_dev = (self.backend.asarray(m.reshape(1, -1), self.dtype),
+                         self.backend.asarray((1.0 / s).reshape(1, -1), self.dtype))
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):
-        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks."""
+        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised)."""
+        a = self._raw_inputs(X, name)
+        if self._std_dev is not None:
+            mean, inv = self._std_dev
+            a = (a - mean) * inv
+        return a
+
+    def _raw_inputs(self, X, name="X"):
         n0 = self.sizes[0]
         if _is_device_array(X):
+            if "complex" in str(getattr(X, "dtype", "")):
+                raise TypeError(f"{name} is complex ({X.dtype}); gpubp takes real numbers only")
             a = self.backend.asarray(X, self.dtype)
             if a.ndim == 1 and a.shape[0] == n0:
                 a = a.reshape(1, n0)
@@ -177,59 +290,93 @@ class MLP:
                 raise ValueError(f"{name} has shape {tuple(a.shape)}; expected (B, {n0}) for a network "
                                  f"with {n0} inputs")
             if not bool(self.backend.xp.isfinite(a).all()):
-                raise ValueError(f"{name} contains NaN or infinity")
+                raise ValueError(f"{name} contains NaN or infinity (or values beyond {self.dtype.name}'s range)")
         else:
-            h = np.asarray(X)
-            if h.dtype.kind not in "biuf":
-                raise TypeError(f"{name} must be a real numeric array, got dtype {h.dtype}")
+            h = host_array(X, name)
             if h.ndim == 1 and h.shape[0] == n0:
                 h = h.reshape(1, n0)
             if h.ndim != 2 or h.shape[1] != n0:
                 raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with "
                                  f"{n0} inputs")
-            if h.dtype.kind == "f" and not np.all(np.isfinite(h)):
-                raise ValueError(f"{name} contains NaN or infinity")
-            a = self.backend.asarray(h, self.dtype)
+            a = self.backend.asarray(_finite_after_cast(h, self.dtype, name), self.dtype)
         if a.shape[0] == 0:
             raise ValueError(f"{name} holds no samples")
         return a
 
-    def _targets(self, Y, B):
+    def _targets(self, Y, B, name="Y"):
         """Targets checked against a batch of `B` samples, as a backend array."""
         if _is_device_array(Y):
             Y = self.backend.to_numpy(self.backend.xp.asarray(Y))  # checked on the host
-        h = losses.prepare_targets(Y, self.loss, B, self.sizes[-1], self.dtype)
+        h = losses.prepare_targets(host_array(Y, name), self.loss, B, self.sizes[-1], self.dtype, name)
         return self.backend.asarray(h, h.dtype)
 
-    def _workspace(self, B) -> _Workspace:
-        ws = self._workspaces.get(B)
-        if ws is None:
-            ws = self._workspaces[B] = _Workspace(self, B)
-            while len(self._workspaces) > 3:
-                self._workspaces.popitem(last=False)
+    def _sample_weights(self, w, B, Y=None, class_weight=None):
+        """Per-sample weights (host float64, shape (B,)) from `sample_weight` and `class_weight`, or None."""
+        out = None
+        if w is not None:
+            h = host_array(w, "sample_weight").astype(np.float64)
+            if h.shape != (B,):
+                raise ValueError(f"sample_weight has shape {h.shape}; expected ({B},), one weight per sample")
+            if not np.all(np.isfinite(h)) or np.any(h < 0):
+                raise ValueError("sample_weight must hold finite, non-negative numbers")
+            out = h
+        if class_weight is not None:
+            if self.loss != "cross_entropy":
+                raise ValueError("class_weight applies to cross_entropy networks (classes are labels)")
+            labels = self.backend.to_numpy(Y)
+            labels = labels if labels.ndim == 1 else labels.argmax(axis=1)
+            n = self.sizes[-1]
+            if isinstance(class_weight, str):
+                if class_weight != "balanced":
+                    raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+                counts = np.bincount(labels, minlength=n).astype(np.float64)
+                cw = np.where(counts > 0, B / (n * np.maximum(counts, 1)), 0.0)
+            elif isinstance(class_weight, dict):
+                cw = np.ones(n)
+                for k, v in class_weight.items():
+                    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
+                        raise ValueError(f"class_weight keys must be class indices in [0, {n}), got {k!r}")
+                    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or \
+                            not math.isfinite(v) or v < 0:
+                        raise ValueError(f"class_weight[{k}] must be a finite non-negative number, got {v!r}")
+                    cw[int(k)] = float(v)
+            else:
+                raise TypeError("class_weight must be a dict {class: weight} or 'balanced'")
+            cls_w = cw[labels]
+            out = cls_w if out is None else out * cls_w
+        if out is not None and not np.any(out > 0):
+            raise ValueError("the sample weights are all zero")
+        return out
+
+    # ------------------------------------------------------------ plans and passes
+    def _plan(self, B):
+        """The step plan for batches of `B` rows (kept; the least recently used beyond MAX_PLANS go)."""
+        plan = self._plans.get(B)
+        if plan is None:
+            plan = self.backend.make_plan(self.sizes, self.activations, B, self.dtype, self.precision)
+            self._plans[B] = plan
+            while len(self._plans) > MAX_PLANS:
+                self._plans.popitem(last=False)
         else:
-            self._workspaces.move_to_end(B)
-        return ws
+            self._plans.move_to_end(B)
+        return plan
 
-    # ------------------------------------------------------------ passes
-    def _forward(self, X) -> _Workspace:
-        ws = self._workspace(X.shape[0])
-        ws.A[0] = X
-        self.backend.network_forward(self._Wb, self.activations, ws.A, ws.Z, self.precision)
-        return ws
+    def _forward(self, X, plan=None):
+        """Forward of the checked backend array `X`; returns the plan holding A, Z (and room for deltas)."""
+        plan = (plan or self._plan(X.shape[0])).bind_input(X)
+        self.backend.network_forward(plan, self._Wb)
+        return plan
 
-    def _backward(self, ws, Y, loss_out):
-        L = self.n_layers
-        self.backend.loss_and_delta(ws.A[L], ws.Z[L], Y, self.loss, self.activations[-1], loss_out,
-                                    ws.delta[L])
-        self.backend.network_backward(self._Wb, self.activations, ws.A, ws.Z, ws.delta, self._dWb,
-                                      self.precision)
+    def _loss_delta(self, plan, Y, loss_out=None, weights=None, want_delta=True):
+        self.backend.network_loss(plan, Y, self.loss, want_delta=want_delta, loss_out=loss_out, weights=weights)
 
-    def _step(self, X, Y, optimizer: Optimizer, loss_out):
-        """One training step on checked backend arrays; no host synchronisation."""
-        ws = self._forward(X)
-        self._backward(ws, Y, loss_out)
+    def _step(self, X, Y, optimizer: Optimizer, loss_out=None, weights=None, plan=None):
+        """One training step on checked backend arrays (and a bound optimizer); no host synchronisation."""
+        plan = self._forward(X, plan)
+        self._loss_delta(plan, Y, loss_out, weights)
+        self.backend.network_backward(plan, self._Wb, self._dWb)
         optimizer.step(self.backend, self._params, self._grads)
+        return plan
 
     # ------------------------------------------------------------ public passes
     def forward(self, X):
@@ -239,12 +386,15 @@ class MLP:
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
 
     def predict(self, X) -> np.ndarray:
-        """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs."""
+        """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
+        (shaped `(N,)` when the network was trained on `(N,)` targets)."""
         out = self.backend.to_numpy(self.forward(X))
         if self.loss == "cross_entropy":
             return out.argmax(axis=1)
         if self.loss == "binary_cross_entropy":
-            return (out > 0).astype(np.int64)
+            out = (out > 0).astype(np.int64)
+        if self.target_ndim == 1 and out.shape[1] == 1:
+            return out[:, 0]
         return out
 
     def predict_proba(self, X) -> np.ndarray:
@@ -264,28 +414,70 @@ class MLP:
         """`(loss, [(dW, db), ...])` for the batch, without changing the parameters."""
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        ws = self._forward(X)
-        self._backward(ws, Y, self._loss_buf)
-        loss = float(self.backend.to_numpy(self._loss_buf)[0])
+        plan = self._forward(X)
+        self._loss_delta(plan, Y)
+        self.backend.network_backward(plan, self._Wb, self._dWb)
+        loss = float(self.backend.to_numpy(plan.loss)[0])
         host = self.backend.to_numpy(self._grads)
         return loss, [(dW.copy(), db.copy()) for dW, db in self.layout.views(host)]
 
-    def _bind(self, optimizer, lr=None) -> Optimizer:
+    # ------------------------------------------------------------ optimizers
+    def _resolve_optimizer(self, optimizer, lr=None) -> Optimizer:
+        """The optimizer a call will use, checked, without binding it (nothing changes here).
+
+        An Optimizer instance is used as it is (`lr`, if given, must equal its
+        rate: a conflict is refused).  A name reuses the network's current
+        optimizer when it has that name, so its state carries on (`lr`, if given,
+        becomes its rate once the call's checks have passed); otherwise a new
+        optimizer of that name is made."""
+        if lr is not None:
+            from .optim import _check_lr
+
+            lr = _check_lr(lr)
+        if isinstance(optimizer, Optimizer):
+            if lr is not None and lr != optimizer.lr:
+                raise ValueError(f"lr={lr} conflicts with the optimizer's own rate {optimizer.lr}: set "
+                                 "optimizer.lr, or pass the optimizer by name")
+            optimizer.check_bindable(self._params)
+            return optimizer
+        if isinstance(optimizer, str) and self.optimizer is not None and \
+                optimizer.lower() == self.optimizer.name:
+            return self.optimizer
         opt = make_optimizer(optimizer, lr)
+        opt.check_bindable(self._params)
+        return opt
+
+    def _bind(self, opt: Optimizer, lr=None) -> Optimizer:
+        """Bind `opt` (from `_resolve_optimizer`) once every check of the call has passed."""
         opt.bind(self.backend, self._params)
+        if lr is not None:
+            opt.lr = lr
         self.optimizer = opt
         return opt
 
-    def train_step(self, X, Y, optimizer) -> float:
-        """Forward, backward and update on one batch; returns the batch's loss before the update."""
-        opt = self._bind(optimizer)
+    def _diverged(self, value, step, lr, where=""):
+        return FloatingPointError(
+            f"the loss became {value} at step {step}{where} with learning rate {lr:g}: training diverged; "
+            f"the parameters and optimizer state are those after step {step - 1}, the last with a finite "
+            f"loss. Try a lower learning rate than {lr:g}")
+
+    # ------------------------------------------------------------ training
+    def train_step(self, X, Y, optimizer, lr=None) -> float:
+        """Forward, backward and update on one batch; returns the batch's loss before the update.
+
+        If that loss is not finite the update is not made (FloatingPointError):
+        the parameters and optimizer state stay those of the last finite step."""
+        opt = self._resolve_optimizer(optimizer, lr)
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        self._step(X, Y, opt, self._loss_buf)
-        loss = float(self.backend.to_numpy(self._loss_buf)[0])
+        opt = self._bind(opt, lr)
+        plan = self._forward(X)
+        self._loss_delta(plan, Y)
+        loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss} at step {opt.t}; the parameters have "
-                                     f"diverged: try a lower learning rate than {opt.lr}")
+            raise self._diverged(loss, opt.t + 1, opt.lr)
+        self.backend.network_backward(plan, self._Wb, self._dWb)
+        opt.step(self.backend, self._params, self._grads)
         return loss
 
     def capture_train_step(self, X, Y, optimizer, check_inputs=True):
@@ -297,48 +489,63 @@ class MLP:
         overhead per kernel and no host synchronisation; it returns the
         batch's loss as a 1-element backend array (read it with
         `float(loss[0])` when needed).  Each batch must have the first one's
-        shape; with `check_inputs=False` the NaN checks (a synchronisation
-        each) are skipped.  The optimizer's learning rate is recorded too:
-        capture again after changing it.
+        shape.  With `check_inputs=False` the NaN scans (a synchronisation
+        each) are skipped; class labels are still range-checked (on the
+        device), so an out-of-range label never reaches a kernel.  The step
+        owns its buffers (its own step plan), which stay valid whatever else the
+        network runs in between.  The optimizer's learning rate is recorded
+        too: capture again after changing it.
         """
-        opt = self._bind(optimizer)
+        opt = self._resolve_optimizer(optimizer)
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
+        opt = self._bind(opt)
+        plan = self.backend.make_plan(self.sizes, self.activations, Xs.shape[0], self.dtype, self.precision)
         loss_out = self.backend.zeros((1,), self.dtype)
-        self._step(Xs, Ys, opt, loss_out)        # a real first step; leaves every buffer allocated
-        replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out))
+        self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
+        replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
+        labels = self.loss == "cross_entropy" and Ys.ndim == 1
+        n_out = self.sizes[-1]
 
         def step(X, Y):
             if check_inputs:
                 Xd = self._inputs(X)
                 Yd = self._targets(Y, Xd.shape[0])
             else:
-                Xd, Yd = self.backend.asarray(X, self.dtype), self.backend.asarray(Y, Ys.dtype)
+                Xd = self.backend.asarray(X, self.dtype)
+                if self._std_dev is not None:
+                    Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
+                Yd = self.backend.asarray(Y, Ys.dtype)
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
                 raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
+            if labels and not check_inputs and bool(((Yd < 0) | (Yd >= n_out)).any()):
+                raise ValueError(f"class labels in Y must lie in [0, {n_out})")
             Xs[...] = Xd
             Ys[...] = Yd
             replay()
             return loss_out
 
+        step.plan = plan               # the buffers the recorded step uses, kept alive with it
         step.first_loss = loss_out.copy()
         return step
 
-    def evaluate(self, X, Y) -> dict:
+    def evaluate(self, X, Y, _checked=False) -> dict:
         """Mean loss (and accuracy for the classification losses) over `X`, `Y`."""
-        X = self._inputs(X)
-        Yd = self._targets(Y, X.shape[0])
+        if _checked:       # backend arrays that `fit` has already checked (and standardised)
+            Yd = Y
+        else:
+            X = self._inputs(X)
+            Yd = self._targets(Y, X.shape[0])
         B = X.shape[0]
         total, correct = 0.0, 0.0
         for i in range(0, B, EVAL_CHUNK):
             Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
-            ws = self._forward(Xc)
-            self.backend.loss_and_delta(ws.A[-1], ws.Z[-1], Yc, self.loss, self.activations[-1],
-                                        self._loss_buf, None)
-            total += float(self.backend.to_numpy(self._loss_buf)[0]) * Xc.shape[0]
+            plan = self._forward(Xc)
+            self._loss_delta(plan, Yc, want_delta=False)
+            total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]
             if self.loss in losses.CLASSIFICATION_LOSSES:
-                correct += self._n_correct(self.backend.to_numpy(ws.A[-1]), self.backend.to_numpy(Yc))
+                correct += self._n_correct(self.backend.to_numpy(plan.A[-1]), self.backend.to_numpy(Yc))
         out = {"loss": total / B}
         if self.loss in losses.CLASSIFICATION_LOSSES:
             out["accuracy"] = correct / B
@@ -352,84 +559,103 @@ class MLP:
 
     # ------------------------------------------------------------ training loop
     def fit(self, X, Y, epochs=10, batch_size=32, optimizer="adam", validation=None, shuffle=True,
-            progress=True, lr=None):
+            progress="auto", lr=None, *, callbacks=None, validation_split=None, sample_weight=None,
+            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False):
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
-        `optimizer` is an Optimizer or a name ("sgd", "adam", "adamw", with
-        `lr`); `validation` an `(X_val, Y_val)` pair evaluated after each
-        epoch.  The history holds per-epoch lists: `loss` (mean training loss
-        over the epoch's steps), `accuracy` for classification losses
-        (measured after the epoch), and `val_loss` / `val_accuracy`.
-        """
-        for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        opt = self._bind(optimizer, lr)
-        Xd = self._inputs(X)
-        Yd = self._targets(Y, Xd.shape[0])
-        if validation is not None:
-            if not isinstance(validation, (tuple, list)) or len(validation) != 2:
-                raise TypeError("validation must be an (X_val, Y_val) pair")
-            Xv = self._inputs(validation[0], "X_val")
-            Yv = self._targets(validation[1], Xv.shape[0])
-        B = Xd.shape[0]
-        n_batches = -(-B // batch_size)
-        classify = self.loss in losses.CLASSIFICATION_LOSSES
-        hist = {"loss": []}
-        if classify:
-            hist["accuracy"] = []
-        if validation is not None:
-            hist["val_loss"] = []
-            if classify:
-                hist["val_accuracy"] = []
-        xp = self.backend.xp
-        step_losses = self.backend.zeros((n_batches,), self.dtype)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
-        try:
-            for epoch in range(1, epochs + 1):
-                if shuffle:
-                    perm = self.backend.asarray(self._rng.permutation(B), np.int64)
-                    Xe, Ye = xp.take(Xd, perm, axis=0), xp.take(Yd, perm, axis=0)
-                else:
-                    Xe, Ye = Xd, Yd
-                checked = 0
-                for i in range(n_batches):
-                    s = slice(i * batch_size, (i + 1) * batch_size)
-                    self._step(Xe[s], Ye[s], opt, step_losses[i:i + 1])
-                    if (i + 1) % 64 == 0 or i + 1 == n_batches:   # read losses without a sync per step
-                        checked = self._check_losses(step_losses, checked, i + 1, opt, epoch, n_batches)
-                    if bar is not None:
-                        bar.update(1)
-                sizes = np.full(n_batches, batch_size, dtype=np.float64)
-                sizes[-1] = B - (n_batches - 1) * batch_size
-                hist["loss"].append(float(self.backend.to_numpy(step_losses) @ sizes / B))
-                if classify:
-                    hist["accuracy"].append(self.evaluate(Xd, Yd)["accuracy"])
-                if validation is not None:
-                    ev = self.evaluate(Xv, Yv)
-                    hist["val_loss"].append(ev["loss"])
-                    if classify:
-                        hist["val_accuracy"].append(ev["accuracy"])
-                if bar is not None:
-                    bar.set_postfix({k: f"{v[-1]:.4g}" for k, v in hist.items()}, refresh=True)
-        finally:
-            if bar is not None:
-                bar.close()
-        return hist
+        - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
+          a name reuses the network's current optimizer of that name (its state
+          carries on).  `lr` with an Optimizer instance must equal its rate.
+        - `validation`: an `(X_val, Y_val)` pair evaluated after each epoch, or
+          `validation_split`: the fraction of `X`, `Y` (its last rows, before any
+          shuffling) held out for that.
+        - `sample_weight` (one non-negative weight per sample) and `class_weight`
+          (`{class: weight}` or "balanced", cross_entropy only): each batch's loss is
+          the weighted mean `sum w_i l_i / sum w_i` of its samples' losses.
+        - `standardize=True`: set the network's input standardisation from `X`'s
+          mean and standard deviation (see `set_standardization`) before training.
+        - `lr_schedule`: a callable `step -> learning rate` (steps counted from 1
+          over this call), e.g. `gpubp.schedules.cosine(...)`.
+        - `callbacks`: objects with any of `on_train_begin(net, logs)`,
+          `on_epoch_end(net, epoch, logs)` and `on_train_end(net, logs)`; one sets
+          `net.stop_training = True` to stop after the epoch (see
+          `gpubp.callbacks.EarlyStopping`).
+        - `progress="auto"` draws a bar on a terminal and writes one line per epoch
+          otherwise; True always draws a bar; False (or `verbose=0`) is silent.
+        - `grad_norms=True` records per epoch and layer `||dW||`, `||delta||` and the
+          update-to-weight ratio of the epoch's last step (`history["grad_norms"]`,
+          `"delta_norms"`, `"update_ratios"`) and warns of vanishing or exploding
+          gradients.
 
-    def _check_losses(self, step_losses, start, stop, opt, epoch, n_batches):
-        vals = self.backend.to_numpy(step_losses[start:stop])
-        bad = np.flatnonzero(~np.isfinite(vals))
-        if bad.size:
-            i = start + int(bad[0])
-            step = (epoch - 1) * n_batches + i + 1
-            raise FloatingPointError(
-                f"the loss became {vals[bad[0]]} at step {step} (epoch {epoch}, batch {i + 1}); training "
-                f"diverged: try a lower learning rate than {opt.lr}")
-        return stop
+        The history holds per-epoch lists: `loss` (the mean training loss over the
+        epoch's steps), `accuracy` for classification losses (measured after the
+        epoch), and `val_loss` / `val_accuracy`.  Every argument is checked before
+        anything changes.  If the loss stops being finite, FloatingPointError is
+        raised with the parameters and optimizer state of the last step whose loss
+        was finite.
+        """
+        epochs = _check_positive_int("epochs", epochs)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        if progress not in ("auto", True, False):
+            raise ValueError(f"progress must be 'auto', True or False, got {progress!r}")
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError("lr_schedule must be a callable step -> learning rate")
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not any(hasattr(cb, h) for h in ("on_train_begin", "on_epoch_end", "on_train_end")):
+                raise TypeError(f"callback {cb!r} has none of on_train_begin, on_epoch_end, on_train_end")
+        opt = self._resolve_optimizer(optimizer, lr)
+        if validation is not None and validation_split is not None:
+            raise ValueError("give validation or validation_split, not both")
+        Xh = X if _is_device_array(X) else host_array(X, "X")
+        n_all = int(Xh.shape[0]) if getattr(Xh, "ndim", 0) >= 1 else 0
+        Yh = Y
+        if validation_split is not None:
+            if isinstance(validation_split, bool) or not isinstance(validation_split, (float, int)) or \
+                    not 0 < validation_split < 1:
+                raise ValueError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
+            n_val = int(math.floor(n_all * validation_split))
+            if n_val < 1 or n_val >= n_all:
+                raise ValueError(f"validation_split={validation_split} of {n_all} samples leaves no "
+                                 "validation or no training samples")
+            Yh = Y if _is_device_array(Y) else host_array(Y, "Y")
+            validation = (Xh[n_all - n_val:], Yh[n_all - n_val:])
+            Xh, Yh = Xh[:n_all - n_val], Yh[:n_all - n_val]
+            if sample_weight is not None:
+                sample_weight = host_array(sample_weight, "sample_weight")[:n_all - n_val]
+        saved_std = self.standardization
+        if standardize:
+            Xr = self._raw_inputs(Xh)
+            Xn = self.backend.to_numpy(Xr).astype(np.float64)
+            std = Xn.std(axis=0)
+            self.set_standardization(Xn.mean(axis=0), np.where(std > 0, std, 1.0))
+        try:
+            Xd = self._inputs(Xh)
+            Yd = self._targets(Yh, Xd.shape[0])
+            if validation is not None:
+                if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+                    raise TypeError("validation must be an (X_val, Y_val) pair")
+                Xv = self._inputs(validation[0], "X_val")
+                Yv = self._targets(validation[1], Xv.shape[0], "Y_val")
+            weights = self._sample_weights(sample_weight, Xd.shape[0], Yd, class_weight)
+        except Exception:
+            if standardize:   # a refused call changes nothing
+                self.set_standardization(*(saved_std or (None, None)))
+            raise
+        Yndim = getattr(Yh, "ndim", None) if hasattr(Yh, "ndim") else np.asarray(Yh).ndim
+        self.target_ndim = 1 if (Yndim == 1 and self.sizes[-1] == 1) else (self.target_ndim or 2)
+        opt = self._bind(opt, lr)
+        self.stop_training = False
+        loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
+                       (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
+                       grad_norms)
+        return loop.run(epochs)
+
+    # ------------------------------------------------------------ snapshots
+    def _state_buffers(self, opt) -> list:
+        return [self._params] + (opt.buffers() if opt is not None else [])
 
     # ------------------------------------------------------------ files
     def save(self, path, metadata=None):

@@ -30,17 +30,54 @@ def _check_range(name, x, lo, hi, lo_open=False, hi_open=True) -> float:
     return x
 
 
+def _hyper(name, check):
+    """A hyper-parameter checked on every assignment (`opt.lr = -5` raises, `opt` unchanged)."""
+    attr = "_" + name
+
+    def get(self):
+        return getattr(self, attr)
+
+    def set(self, value):
+        setattr(self, attr, check(value))
+
+    return property(get, set, doc=f"{name}, validated when assigned")
+
+
+def _nonneg(name):
+    return lambda x: _check_range(name, x, 0.0, math.inf)
+
+
+def _check_betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of numbers, got {betas!r}")
+    return (_check_range("betas[0]", betas[0], 0.0, 1.0), _check_range("betas[1]", betas[1], 0.0, 1.0))
+
+
+def _check_eps(eps):
+    # eps > 0: with eps = 0 a parameter whose gradient has always been 0 (and the flat
+    # buffer's zero padding) would get 0 / 0
+    return _check_range("eps", eps, 0.0, math.inf, lo_open=True)
+
+
 class Optimizer:
-    """Base class: `bind` allocates state for a network, `step` updates it."""
+    """Base class: `bind` allocates state for a network, `step` updates it.
+
+    Hyper-parameters are checked when the optimizer is made and whenever one is
+    assigned.  The state (`state` buffers and the step count `t`) lives on the
+    backend of the network the optimizer is bound to; an optimizer serves one
+    network.
+    """
 
     name = "?"
     state_names: tuple[str, ...] = ()
+    lr = _hyper("lr", _check_lr)
 
     def __init__(self, lr):
-        self.lr = _check_lr(lr)
+        self.lr = lr
         self.state: dict = {}
         self._params = None   # the flat parameter buffer the state was made for
         self._backend = None
+        self._scratch = None  # temporaries of the update (the numpy backend's)
         self._t = np.zeros(1, dtype=np.int32)   # steps taken; a backend array once bound
 
     @property
@@ -50,18 +87,30 @@ class Optimizer:
 
     @t.setter
     def t(self, value: int):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**31:
+            raise ValueError(f"the step count t must be an integer in [0, 2**31), got {value!r}")
         host = np.array([value], dtype=np.int32)
-        self._t = self._backend.asarray(host, np.int32) if self._backend is not None else host
+        if self._backend is not None:
+            self._t[...] = self._backend.asarray(host, np.int32)
+        else:
+            self._t = host
+
+    def check_bindable(self, params) -> None:
+        """Raise unless `bind(backend, params)` would succeed (it changes nothing)."""
+        if self._params is not None and self._params is not params:
+            raise ValueError("this optimizer holds the state of another network; make one optimizer "
+                             "per network")
 
     def bind(self, backend, params):
         """Allocate (once) the state buffers for `params`, a flat backend array."""
+        self.check_bindable(params)
         if self._params is None:
-            self._params, self._backend = params, backend
-            self._t = backend.asarray(self._t, np.int32)
-            self.state = {n: backend.zeros(params.shape, params.dtype) for n in self.state_names}
-        elif self._params is not params:
-            raise ValueError("this optimizer holds the state of another network; make one optimizer "
-                             "per network")
+            from .backends.plan import Scratch
+
+            state = {n: backend.zeros(params.shape, params.dtype) for n in self.state_names}
+            t = backend.asarray(self._t, np.int32)
+            self._params, self._backend, self._t, self.state = params, backend, t, state
+            self._scratch = Scratch(backend)
 
     def step(self, backend, params, grads):
         self.bind(backend, params)
@@ -70,6 +119,11 @@ class Optimizer:
 
     def _update(self, backend, params, grads):
         raise NotImplementedError
+
+    # ------------------------------------------------------------ snapshots
+    def buffers(self) -> list:
+        """The step count and every state buffer, in a fixed order (for snapshots)."""
+        return [self._t] + [self.state[n] for n in sorted(self.state)]
 
     def hyper(self) -> dict:
         """Hyper-parameters, JSON-serialisable (for checkpoints)."""
@@ -84,40 +138,60 @@ class SGD(Optimizer):
     """`torch.optim.SGD(lr, momentum, weight_decay)` with dampening 0, not Nesterov."""
 
     name = "sgd"
+    weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
     def __init__(self, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(lr)
-        self.momentum = _check_range("momentum", momentum, 0.0, 1.0)
-        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
-        self.state_names = ("velocity",) if self.momentum else ()
+        self._momentum = _check_range("momentum", momentum, 0.0, 1.0)
+        self.weight_decay = weight_decay
+        self.state_names = ("velocity",) if self._momentum else ()
+
+    @property
+    def momentum(self) -> float:
+        """Momentum, validated when assigned; it can change between 0 and non-zero only before
+        the optimizer is bound (the velocity buffer exists only with momentum)."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value):
+        m = _check_range("momentum", value, 0.0, 1.0)
+        if self._params is not None and bool(m) != bool(self._momentum):
+            raise ValueError("momentum cannot be switched on or off once the optimizer has state; "
+                             "make a new optimizer")
+        self._momentum = m
+        self.state_names = ("velocity",) if m else ()
 
     def _update(self, backend, params, grads):
         backend.sgd_update(params, grads, self.state.get("velocity"), self.lr, self.momentum,
-                           self.weight_decay)
+                           self.weight_decay, scratch=self._scratch)
 
     def hyper(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
 
 class Adam(Optimizer):
-    """`torch.optim.Adam(lr, betas, eps, weight_decay)` (L2 penalty added to the gradient)."""
+    """`torch.optim.Adam(lr, betas, eps, weight_decay)` (L2 penalty added to the gradient).
+
+    `eps` must be positive (PyTorch accepts 0, which turns a parameter whose gradient
+    has always been 0 into 0/0 = NaN)."""
 
     name = "adam"
     state_names = ("m", "v")
     decoupled = False
+    betas = _hyper("betas", _check_betas)
+    eps = _hyper("eps", _check_eps)
+    weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(lr)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of numbers, got {betas!r}")
-        self.betas = (_check_range("betas[0]", betas[0], 0.0, 1.0), _check_range("betas[1]", betas[1], 0.0, 1.0))
-        self.eps = _check_range("eps", eps, 0.0, math.inf)
-        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
 
     def _update(self, backend, params, grads):
         backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr,
                             self.betas[0], self.betas[1], self.eps, self.weight_decay, self._t,
-                            self.decoupled)
+                            self.decoupled, scratch=self._scratch)
 
     def hyper(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}

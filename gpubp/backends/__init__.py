@@ -6,15 +6,21 @@ usable ones.  See `base.Backend` for the interface.
 
 from __future__ import annotations
 
-import sys
+import logging
+import threading
 
 from .base import Backend
 from .numpy_backend import NumpyBackend
 
 BACKENDS = ("auto", "numpy", "cuda")
 
+log = logging.getLogger("gpubp")
+
+# The default backend instances.  A backend holds only read-only things (compiled
+# kernels, device attributes), so one instance serves every network and thread;
+# the lock makes sure each is built once even when threads ask at the same time.
 _instances: dict[str, Backend] = {}
-_auto_said = False
+_lock = threading.Lock()
 
 
 def cuda_available() -> bool:
@@ -32,23 +38,25 @@ def available_backends() -> list[str]:
 
 def get_backend(name="auto") -> Backend:
     """The backend called `name` (an instance is returned as it is)."""
-    global _auto_said
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "auto":
+    auto = name == "auto"
+    if auto:
         name = "cuda" if cuda_available() else "numpy"
-        if not _auto_said:
-            _auto_said = True
-            print(f"gpubp: backend='auto' chose {name}", file=sys.stderr)
-    if name not in _instances:
-        if name == "numpy":
-            _instances[name] = NumpyBackend()
-        else:
-            from .cuda_backend import CudaBackend  # imports cupy; raises a clear error without a GPU
-            _instances[name] = CudaBackend()
-    return _instances[name]
+    with _lock:
+        be = _instances.get(name)
+        if be is None:
+            if name == "numpy":
+                be = NumpyBackend()
+            else:
+                from .cuda_backend import CudaBackend  # imports cupy; raises a clear error without a GPU
+                be = CudaBackend()
+            _instances[name] = be
+            if auto:
+                log.info("backend='auto' chose %s", be.describe())
+    return be
 
 
 __all__ = ["Backend", "NumpyBackend", "get_backend", "available_backends", "cuda_available", "BACKENDS"]

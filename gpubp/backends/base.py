@@ -5,8 +5,12 @@ CUDA) and how the fused operations of SPEC.md are computed.  The network code
 (`gpubp.network`) calls only the methods below and never asks which backend it
 has.  Every array argument is an array of the backend's own kind (`xp.ndarray`),
 C-contiguous, of the network's dtype; outputs are written in place into arrays
-the caller allocated, so a training step allocates nothing and can be captured
-in a CUDA graph.
+the caller allocated.  Temporaries live in a `Scratch` the caller owns (the
+`scratch=` argument: a step plan's, an optimizer's); without one an operation
+allocates its temporaries afresh.  A backend instance holds only read-only
+things (compiled kernels, device attributes), so networks in different threads
+can share it, and a step with a plan allocates nothing once it has run, so it
+can be captured in a CUDA graph.
 
 Conventions (SPEC.md):
 - `A_prev` is `(B, n_in)`, `W` is `(n_out, n_in)`, `b` is `(n_out,)`,
@@ -64,7 +68,7 @@ class Backend(ABC):
 
     # ----------------------------------------------------------- forward
     @abstractmethod
-    def dense_forward(self, A_prev, W, b, activation: str, A_out, Z_out=None) -> None:
+    def dense_forward(self, A_prev, W, b, activation: str, A_out, Z_out=None, scratch=None) -> None:
         """`Z = A_prev @ W.T + b`, `A_out = g(Z)`; `Z_out` is written when given.
 
         `Z_out` is given exactly when the activation's derivative needs `Z`
@@ -74,7 +78,7 @@ class Backend(ABC):
     # ----------------------------------------------------------- loss
     @abstractmethod
     def loss_and_delta(self, A_L, Z_L, Y, loss: str, activation: str,
-                       loss_out, delta_out=None) -> None:
+                       loss_out, delta_out=None, scratch=None) -> None:
         """Loss value of the batch into `loss_out[0]`, and `delta[L]` into `delta_out`.
 
         `A_L` is the output layer's activation, `Z_L` its pre-activation (or
@@ -89,7 +93,7 @@ class Backend(ABC):
     @abstractmethod
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
                        delta_prev_out=None, prev_activation: str | None = None,
-                       Z_prev=None) -> None:
+                       Z_prev=None, scratch=None) -> None:
         """The fused backward of one dense layer.
 
         `dW_out = delta.T @ A_prev`, `db_out = delta.sum(0)`, and when
@@ -100,43 +104,113 @@ class Backend(ABC):
         """
 
     # ----------------------------------------------------------- whole network
-    def network_forward(self, layers, activations, A, Z, precision="float32") -> None:
-        """Forward through every layer: `A[0]` is the input; fills `A[1..L]` and the `Z[l]` not None.
+    def make_plan(self, sizes, activations, batch, dtype, precision="float32", input_grad=False):
+        """A `StepPlan` owning every buffer of a step of `batch` rows (see `gpubp.backends.plan`)."""
+        from .plan import StepPlan
 
-        `layers` is `[(W, b), ...]`, `activations` one name per layer.  This
-        default calls `dense_forward` per layer; a backend may fuse runs of
-        layers (the CUDA backend keeps narrow layers' tiles on chip).
-        `precision="tf32"` lets a backend multiply float32 matrices on TF32
-        tensor cores (10-bit mantissa products, float32 sums); a backend
-        without them computes in full float32, as this default does.
+        return StepPlan(self, sizes, activations, batch, dtype, precision, input_grad)
+
+    def network_forward(self, plan, layers) -> None:
+        """Forward through every layer: `plan.A[0]` is the input; fills `plan.A[1..L]` and `plan.Z`.
+
+        `layers` is `[(W, b), ...]`.  This default calls `dense_forward` per
+        layer; a backend may fuse runs of layers (the CUDA backend keeps narrow
+        layers' tiles on chip).  `plan.precision="tf32"` lets a backend multiply
+        float32 matrices on TF32 tensor cores (10-bit mantissa products, float32
+        sums); a backend without them computes in full float32, as this default does.
         """
-        for l, ((W, b), g) in enumerate(zip(layers, activations), start=1):
-            self.dense_forward(A[l - 1], W, b, g, A[l], Z[l])
+        for l, ((W, b), g) in enumerate(zip(layers, plan.activations), start=1):
+            self.dense_forward(plan.A[l - 1], W, b, g, plan.A[l], plan.Z[l], scratch=plan.scratch)
 
-    def network_backward(self, layers, activations, A, Z, delta, grads, precision="float32") -> None:
-        """Backward through every layer from `delta[L]` (already set by `loss_and_delta`).
+    def network_loss(self, plan, Y, loss: str, want_delta: bool = True, loss_out=None, weights=None) -> None:
+        """The loss of the batch into `loss_out[0]` (default `plan.loss`) and, with `want_delta`,
+        dLoss/dZ_L into `plan.delta[L]`.
 
-        Fills `grads[l-1] = (dW, db)` for every layer and uses `delta[1..L-1]`
-        as room for the intermediate deltas (a fused backend may leave them
-        unwritten).  This default calls `dense_backward` per layer.  `precision`
-        as for `network_forward`.
+        `weights` (a `(B,)` backend array of non-negative sample weights) makes the
+        loss the weighted mean `sum_i w_i l_i / sum_i w_i` of the samples' losses
+        `l_i`; since a sample's loss depends only on its own row, its delta row is
+        the unweighted one scaled by `B w_i / sum w`.  This default computes the
+        weighted value with array operations (`weighted_loss`), off the fused path.
+        """
+        L = plan.n_layers
+        loss_out = plan.loss if loss_out is None else loss_out
+        delta = plan.delta[L] if want_delta else None
+        self.loss_and_delta(plan.A[L], plan.Z[L], Y, loss, plan.activations[-1], loss_out, delta,
+                            scratch=plan.scratch)
+        if weights is not None:
+            xp = self.xp
+            total = weights.sum()
+            scale = xp.where(total > 0, plan.batch / xp.where(total > 0, total, 1), 0).astype(weights.dtype)
+            w = weights * scale                       # sums to B (or all zero)
+            loss_out[0] = (self.sample_losses(plan.A[L], Y, loss) * w).sum() / plan.batch
+            if delta is not None:
+                delta *= w[:, None]
+
+    def sample_losses(self, A_L, Y, loss: str):
+        """Each sample's loss `(B,)` (the batch loss is their mean), with array operations."""
+        xp = self.xp
+        B, n = A_L.shape
+        if loss in ("mse", "half_sse"):
+            d = A_L - Y
+            sq = (d * d).sum(axis=1)
+            return sq / n if loss == "mse" else sq / 2
+        if loss == "cross_entropy":
+            m = A_L.max(axis=1, keepdims=True)
+            sh = A_L - m
+            lse = xp.log(xp.exp(sh).sum(axis=1))
+            if Y.ndim == 1:
+                return lse - xp.take_along_axis(sh, Y.astype(xp.int64)[:, None], axis=1)[:, 0]
+            return lse - (Y * sh).sum(axis=1)
+        if loss == "binary_cross_entropy":
+            z = A_L
+            return (xp.maximum(z, 0) - z * Y + xp.log1p(xp.exp(-xp.abs(z)))).sum(axis=1) / n
+        raise ValueError(f"unknown loss {loss!r}")
+
+    def network_backward(self, plan, layers, grads, after_layer=None) -> None:
+        """Backward through every layer from `plan.delta[L]` (dLoss/dZ_L).
+
+        Fills `grads[l-1] = (dW, db)` for every layer, `plan.delta[0]` (dLoss/dX)
+        when the plan has `input_grad`, and uses `plan.delta[1..L-1]` as room for
+        the intermediate deltas (a fused backend may leave them unwritten).
+        `after_layer(l)` (1-based) is called as soon as layer l's dW and db are
+        queued (so an all-reduce of them can start while earlier layers are still
+        being computed).  This default calls `dense_backward` per layer.
         """
         for l in range(len(layers), 0, -1):
-            self.layer_backward(l, layers, activations, A, Z, delta, grads)
+            self.layer_backward(plan, l, layers, grads)
+            if after_layer is not None:
+                after_layer(l)
 
-    def layer_backward(self, l, layers, activations, A, Z, delta, grads) -> None:
-        """`dense_backward` of layer `l` (1-based) of a network, as `network_backward` lays it out."""
+    def layer_backward(self, plan, l, layers, grads) -> None:
+        """`dense_backward` of layer `l` (1-based) of a plan, with the delta below it when needed."""
         W, _ = layers[l - 1]
         dW, db = grads[l - 1]
+        A, Z, delta = plan.A, plan.Z, plan.delta
         if l > 1:
-            self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
+            self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], plan.activations[l - 2],
+                                Z[l - 1], scratch=plan.scratch)
+        elif plan.input_grad:
+            # dLoss/dX = delta_1 W_1: the input has no activation (identity's g' is 1)
+            self.dense_backward(delta[1], A[0], W, dW, db, delta[0], "identity", None, scratch=plan.scratch)
         else:
-            self.dense_backward(delta[l], A[0], W, dW, db)
+            self.dense_backward(delta[1], A[0], W, dW, db, scratch=plan.scratch)
+
+    # ----------------------------------------------------------- memory
+    def free_memory(self) -> int | None:
+        """Bytes this backend can still allocate (None when unknown)."""
+        return None
+
+    def check_memory(self, nbytes: int, what: str) -> None:
+        """Refuse, before allocating, `nbytes` that do not fit in the free memory."""
+        free = self.free_memory()
+        if free is not None and nbytes > free:
+            raise MemoryError(f"{what} need {nbytes:,} bytes, but only {free:,} bytes of "
+                              f"{self.name} memory are free")
 
     # ----------------------------------------------------------- updates
     @abstractmethod
     def sgd_update(self, params, grads, velocity, lr: float, momentum: float,
-                   weight_decay: float = 0.0) -> None:
+                   weight_decay: float = 0.0, scratch=None) -> None:
         """PyTorch's SGD (dampening 0, not Nesterov) over flat buffers, in place.
 
         `g = grads + weight_decay * params`; with momentum
@@ -147,7 +221,7 @@ class Backend(ABC):
 
     @abstractmethod
     def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float,
-                    eps: float, weight_decay: float, step, decoupled: bool) -> None:
+                    eps: float, weight_decay: float, step, decoupled: bool, scratch=None) -> None:
         """PyTorch's Adam (decoupled=False) or AdamW (decoupled=True), in place.
 
         `step` is a 1-element int32 backend array holding the step number

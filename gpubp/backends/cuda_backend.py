@@ -2,9 +2,13 @@
 
 Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
 the loss and the optimizer updates to `cuda_kernels` (kernels/elementwise.cu).
-Every method launches on CuPy's current stream, allocates nothing once each
-shape has been seen (the loss scratch is cached per device), and never waits
-for the device, so a whole training step can be captured in a CUDA graph.
+Every method launches on CuPy's current stream and never waits for the device.
+Temporaries (loss partials, split-K and fused-run workspaces, pointer tables)
+live in the caller's `Scratch` (a step plan's), so with a plan a step allocates
+nothing once each shape has been seen and can be captured in a CUDA graph.  The
+backend itself holds only read-only things (its settings, the device's
+attributes, the compiled kernels), so networks in several threads, each on its
+own CuPy stream, can share it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from ..activations import ACT_CODES
 from . import cuda_fused, cuda_gemm, cuda_kernels
 from .cuda_device import device_id
 from .base import Backend
+from .plan import scratch_buffer
 
 _INSTALL_HINT = "install gpubp[cuda12] or gpubp[cuda13] (CuPy for your CUDA version)"
 
@@ -42,7 +47,9 @@ class CudaBackend(Backend):
     #: (benchmarks/results/h100-2026-11-22); they stay available through `cuda_fused`
     FUSE_MAX_WIDTH = {"float32": 64, "tf32": 64}
 
-    def __init__(self):
+    def __init__(self, fuse: bool = True, tile: str | None = None):
+        """`fuse=False` runs every layer through the per-layer GEMMs; `tile` forces one GEMM
+        tile configuration (`cuda_gemm.TILES`; tests and tile benchmarks use it)."""
         cupy = _import_cupy()
         try:
             n = cupy.cuda.runtime.getDeviceCount()
@@ -51,11 +58,13 @@ class CudaBackend(Backend):
                                "check the NVIDIA driver, or use backend='numpy'") from e
         if n < 1:
             raise RuntimeError("the cuda backend found no CUDA GPU; use backend='numpy'")
+        if tile is not None and tile not in cuda_gemm.TILES:
+            raise ValueError(f"tile must be one of {cuda_gemm.TILES} or None, got {tile!r}")
         self.xp = cupy
         self._cupy = cupy
-        self._partials: dict[int, object] = {}   # device id -> float64 scratch of the loss
         #: fuse runs of narrow layers into whole-network kernels (see `_segments`)
-        self.fuse = True
+        self.fuse = bool(fuse)
+        self.tile = tile
 
     # ----------------------------------------------------------- helpers
     def _oom(self, e, shape, dtype):
@@ -63,12 +72,6 @@ class CudaBackend(Backend):
         return MemoryError(f"out of GPU memory allocating an array of shape {tuple(shape)} and dtype "
                            f"{np.dtype(dtype).name} ({nbytes:,} bytes) on device {device_id()}: {e}")
 
-    def _partials_buf(self):
-        dev = device_id()
-        buf = self._partials.get(dev)
-        if buf is None:
-            buf = self._partials[dev] = self.empty((cuda_kernels.MAX_PARTIALS,), np.float64)
-        return buf
 
     def _same_device(self, arr, what="array"):
         cur = device_id()
@@ -145,6 +148,9 @@ class CudaBackend(Backend):
             return np.array(a, copy=True)
         return self._cupy.asnumpy(a)
 
+    def free_memory(self):
+        return int(self._cupy.cuda.Device().mem_info[0]) + int(self._cupy.get_default_memory_pool().free_bytes())
+
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()
 
@@ -180,20 +186,22 @@ class CudaBackend(Backend):
                 graph = side.end_capture()
         return lambda: graph.launch(cupy.cuda.get_current_stream())
 
-    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None):
-        cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out)
+    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None, scratch=None):
+        cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, tile=self.tile)
 
     # ----------------------------------------------------------- loss
-    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None):
-        cuda_kernels.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out,
-                                    self._partials_buf())
+    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
+        partials = scratch_buffer(scratch, "loss_partials", shape=(cuda_kernels.MAX_PARTIALS,),
+                                  dtype=np.float64, xp=self._cupy)
+        cuda_kernels.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials)
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
-                       delta_prev_out=None, prev_activation=None, Z_prev=None):
-        cuda_gemm.gemm_bwd_weight(delta, A_prev, dW_out, db_out)
+                       delta_prev_out=None, prev_activation=None, Z_prev=None, scratch=None):
+        cuda_gemm.gemm_bwd_weight(delta, A_prev, dW_out, db_out, scratch=scratch, tile=self.tile)
         if delta_prev_out is not None:
-            cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out)
+            cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
+                                    tile=self.tile)
 
     # ----------------------------------------------------------- whole network
     def _segments(self, layers, A, precision="float32"):
@@ -222,34 +230,45 @@ class CudaBackend(Backend):
             l = e + 1
         return segs
 
-    def network_forward(self, layers, activations, A, Z, precision="float32"):
-        for first, last, fused in self._segments(layers, A, precision):
+    def network_forward(self, plan, layers):
+        A, Z, acts = plan.A, plan.Z, plan.activations
+        for first, last, fused in self._segments(layers, A, plan.precision):
             if not fused:
                 W, b = layers[first - 1]
-                self.dense_forward(A[first - 1], W, b, activations[first - 1], A[first], Z[first])
+                self.dense_forward(A[first - 1], W, b, acts[first - 1], A[first], Z[first], scratch=plan.scratch)
                 continue
             run = range(first - 1, last)     # 0-based layer indices of the run
             cuda_fused.fused_forward(A[first - 1], [layers[i][0] for i in run], [layers[i][1] for i in run],
-                                     [ACT_CODES[activations[i]] for i in run], [A[i + 1] for i in run],
-                                     [Z[i + 1] for i in run], precision=precision)
+                                     [ACT_CODES[acts[i]] for i in run], [A[i + 1] for i in run],
+                                     [Z[i + 1] for i in run], precision=plan.precision, scratch=plan.scratch)
 
-    def network_backward(self, layers, activations, A, Z, delta, grads, precision="float32"):
-        for first, last, fused in reversed(self._segments(layers, A, precision)):
+    def network_backward(self, plan, layers, grads, after_layer=None):
+        A, Z, delta, acts = plan.A, plan.Z, plan.delta, plan.activations
+        for first, last, fused in reversed(self._segments(layers, A, plan.precision)):
             if not fused:
-                self.layer_backward(first, layers, activations, A, Z, delta, grads)
-                continue
-            run = range(first - 1, last)
-            cuda_fused.fused_backward(
-                delta[last], [layers[i][0] for i in run], [ACT_CODES[activations[i]] for i in run],
-                A[first - 1], [A[i + 1] for i in run], [Z[i + 1] for i in run],
-                [grads[i][0] for i in run], [grads[i][1] for i in run],
-                delta_in_out=delta[first - 1] if first > 1 else None,
-                act_code_in=ACT_CODES[activations[first - 2]] if first > 1 else None,
-                Z_in=Z[first - 1] if first > 1 else None, precision=precision)
+                self.layer_backward(plan, first, layers, grads)
+            else:
+                run = range(first - 1, last)
+                if first > 1:      # the delta below the run, through the previous layer's g'
+                    din, act_in, z_in = delta[first - 1], ACT_CODES[acts[first - 2]], Z[first - 1]
+                elif plan.input_grad:   # dLoss/dX: the input has no activation
+                    din, act_in, z_in = delta[0], ACT_CODES["identity"], None
+                else:
+                    din, act_in, z_in = None, None, None
+                cuda_fused.fused_backward(
+                    delta[last], [layers[i][0] for i in run], [ACT_CODES[acts[i]] for i in run],
+                    A[first - 1], [A[i + 1] for i in run], [Z[i + 1] for i in run],
+                    [grads[i][0] for i in run], [grads[i][1] for i in run],
+                    delta_in_out=din, act_code_in=act_in, Z_in=z_in, precision=plan.precision,
+                    scratch=plan.scratch)
+            if after_layer is not None:
+                for l in range(last, first - 1, -1):
+                    after_layer(l)
 
     # ----------------------------------------------------------- updates
-    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0):
+    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):
         cuda_kernels.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
 
-    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                    scratch=None):
         cuda_kernels.adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)

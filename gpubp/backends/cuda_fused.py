@@ -27,11 +27,12 @@ precision="tf32": tensor cores, mma.sync m16n8k8 with operands rounded to TF32
 
 Arrays: C-contiguous CuPy float32 arrays; A_in (B, n_0), Ws[l] (n_{l+1}, n_l),
 bs[l] (n_{l+1},), A_outs[l] / Z_outs[l] / dWs... as their layers.  Launches go on
-the current stream.  In steady state nothing is allocated and nothing is copied
-from the host: the per-layer parameter table (pointers, widths, codes) is built
-once per distinct set of arrays and cached on the device, the workspace is cached
-per (device, grid, layers, WMAX), so a CUDA graph can be captured once every call
-has been made once outside the capture.
+the current stream.  With the caller's `Scratch` (a step plan's), in steady state
+nothing is allocated and nothing is copied from the host: the per-layer parameter
+table (pointers, widths, codes) is uploaded once per distinct set of arrays and kept
+in the scratch, the backward workspace too, so a CUDA graph can be captured once
+every call has been made once outside the capture.  Without a scratch each call
+uploads its table and allocates its workspace.  This module keeps no buffers.
 
 Configurations (template <BM, WMAX> of fused_mlp.cu / fused_mlp_tf32.cu; 256
 threads per block), the same for both precisions:
@@ -47,8 +48,6 @@ CuPy is imported inside functions only, so this module imports without a GPU.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 
@@ -131,9 +130,8 @@ def _wmax(widths) -> int:
 
 
 # ------------------------------------------------------------------ device helpers
-_tables: "OrderedDict[tuple, object]" = OrderedDict()
-_TABLE_CACHE = 64
-_workspaces: dict = {}
+#: resident blocks per SM of each backward kernel, per device: derived from the device's
+#: attributes and the compiled kernel, so read-only once computed
 _grids: dict = {}
 
 #: blocks per SM of the persistent backward grid; None: as many as fit (occupancy).
@@ -168,19 +166,12 @@ def _aligned(a) -> bool:
     return a.data.ptr % 16 == 0
 
 
-def _table(rows: np.ndarray):
-    """The device copy of the (L, 16) int64 parameter table, cached by content."""
+def _table(rows: np.ndarray, scratch, kind: str):
+    """The device copy of the (L, 16) int64 parameter table, kept in `scratch` by content."""
     import cupy
-    key = (device_id(), rows.shape[0], rows.tobytes())
-    t = _tables.get(key)
-    if t is None:
-        t = cupy.asarray(rows)
-        _tables[key] = t
-        if len(_tables) > _TABLE_CACHE:
-            _tables.popitem(last=False)
-    else:
-        _tables.move_to_end(key)
-    return t
+    if scratch is None:
+        return cupy.asarray(rows)
+    return scratch.memo(("fused_table", kind, rows.shape[0]), rows.tobytes(), lambda: cupy.asarray(rows))
 
 
 def _widths(A_in, Ws) -> list[int]:
@@ -200,7 +191,7 @@ def _check_arch(precision: str) -> None:
         raise RuntimeError("precision='tf32' needs a GPU of compute capability 8.0 or newer (mma.sync tf32)")
 
 
-def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "float32") -> None:
+def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "float32", scratch=None) -> None:
     """Forward of a run of narrow layers; writes every A_outs[l] and the given Z_outs[l].
 
     precision: "float32" (FFMA) or "tf32" (tensor cores, TF32 operands, fp32 accumulation)."""
@@ -243,21 +234,20 @@ def fused_forward(A_in, Ws, bs, act_codes, A_outs, Z_outs, precision: str = "flo
         r[_ZOUT] = Z_out.data.ptr if Z_out is not None else 0
         r[_X] = X.data.ptr
         r[_NIN], r[_NOUT], r[_ACT], r[_VEC] = n_in, n_out, check_act(act_codes[l]), vec
-    table = _table(rows)
+    table = _table(rows, scratch, "fwd")
     smem = fwd_smem_bytes(wmax, bm, precision)
     f = function(SPECS[0], _fwd_name(bm, wmax, precision), smem)
     f((cdiv(B, bm), 1, 1), (THREADS, 1, 1), (table, np.int32(L), np.int32(B)), shared_mem=smem)
 
 
 # ------------------------------------------------------------------ backward
-def _workspace(G: int, L: int, wmax: int):
+def _workspace(G: int, L: int, wmax: int, scratch):
+    """Per-block dW/db partials of the persistent backward grid (reduced in block order)."""
     import cupy
     stride = L * (wmax * wmax + wmax)
-    key = (device_id(), G, L, wmax)
-    ws = _workspaces.get(key)
-    if ws is None:
-        ws = _workspaces[key] = cupy.empty(G * stride, dtype=np.float32)
-    return ws, stride
+    if scratch is None:
+        return cupy.empty(G * stride, dtype=np.float32), stride
+    return scratch.get(("fused_bwd", G, L, wmax), (G * stride,), np.float32), stride
 
 
 def bwd_grid(wmax: int, n_tiles: int, precision: str = "float32") -> int:
@@ -275,7 +265,8 @@ def bwd_grid(wmax: int, n_tiles: int, precision: str = "float32") -> int:
 
 
 def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
-                   delta_in_out=None, act_code_in=None, Z_in=None, precision: str = "float32") -> None:
+                   delta_in_out=None, act_code_in=None, Z_in=None, precision: str = "float32",
+                   scratch=None) -> None:
     """Backward of a run of narrow layers: every dWs[l], dbs[l], and delta_in_out when given.
 
     precision: "float32" (FFMA) or "tf32" (tensor cores for delta @ W and delta^T @ X,
@@ -352,11 +343,11 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
         r[_ZX] = Zx.data.ptr if Zx is not None else 0
         r[_NIN], r[_NOUT], r[_ACTX], r[_VEC] = n_in, n_out, actx, vec
         r[_DW], r[_DB] = dWs[l].data.ptr, dbs[l].data.ptr
-    table = _table(rows)
+    table = _table(rows, scratch, "bwd")
 
     n_tiles = cdiv(B, bm)
     G = bwd_grid(wmax, n_tiles, precision)
-    ws, stride = _workspace(G, L, wmax)
+    ws, stride = _workspace(G, L, wmax, scratch)
     smem = bwd_smem_bytes(wmax, bm, precision)
     f = function(SPECS[0], _bwd_name(bm, wmax, precision), smem)
     vec_dl = widths[-1] % 4 == 0 and _aligned(delta_last)

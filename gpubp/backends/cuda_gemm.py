@@ -10,9 +10,11 @@
         the batch (no atomics), partials in a cached workspace.
 
 Arguments are C-contiguous CuPy arrays of one dtype (float32 or float64).
-Launches go on the current stream.  In steady state nothing is allocated: the
-split-K workspace is cached per (device, splits, N, K, dtype), so a CUDA graph
-can be captured once every shape has been run once outside the capture.
+Launches go on the current stream.  Each launcher returns the name of the
+kernel it ran.  The split-K workspace of `gemm_bwd_weight` comes from the
+caller's `Scratch` (a step plan's), keyed by (splits, N, K, dtype), so in steady
+state nothing is allocated and a CUDA graph can be captured once every shape
+has been run once outside the capture; this module keeps no buffers.
 
 Tile configurations (see gemm.cu): the template int SUB gives a
 (32 SUB) x (32 SUB) block tile, 256 threads, BK = 8.  float: SUB 4 (128 x 128)
@@ -34,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACTIVATIONS
-from .cuda_device import cdiv, check_act, compute_capability, device_id, function, sm_count
+from .cuda_device import cdiv, check_act, compute_capability, function, sm_count
 from .cuda_source import ModuleSpec
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -105,17 +107,11 @@ def _all_names() -> tuple[str, ...]:
 SPECS = (ModuleSpec(name="gemm", files=("activations.cuh", "gemm.cu"),
                     name_expressions=_all_names()),)
 
-_workspaces: dict = {}
-#: name of the last GEMM kernel launched (tests check which configuration ran)
-_last_kernel: str | None = None
 
-
-def _launch(name: str, grid, args, smem: int = 0) -> None:
+def _launch(name: str, grid, args, smem: int = 0) -> str:
     """Launch kernel `name` with 256 threads a block and `smem` bytes of dynamic shared memory."""
-    global _last_kernel
-    f = function(SPECS[0], name, smem)
-    _last_kernel = name
-    f(grid, (THREADS, 1, 1), args, shared_mem=smem)
+    function(SPECS[0], name, smem)(grid, (THREADS, 1, 1), args, shared_mem=smem)
+    return name
 
 
 def _ctype(*arrays) -> str:
@@ -140,26 +136,28 @@ def _tiles(P: int, Q: int, sub: int) -> int:
     return cdiv(P, bm) * cdiv(Q, bm)
 
 
-#: tests set this to "large" (v1) or "small", or a V2_CONFIGS key ("v2": the large tile,
-#: served by that v2 configuration where eligible, else v1), to force a tile configuration
-FORCE_TILE: str | None = None
+#: the tile configurations a caller may force (`tile=`): "large" (v1) or "small", or a
+#: V2_CONFIGS key (the large tile, served by that v2 configuration where eligible, else v1)
+TILES = ("large", "small") + tuple(V2_CONFIGS)
 
 
-def _forced(ct: str):
-    if FORCE_TILE is None:
+def _forced(ct: str, tile):
+    if tile is None:
         return None
-    return _SUBS[ct][1 if FORCE_TILE == "small" else 0]
+    if tile not in TILES:
+        raise ValueError(f"tile must be one of {TILES} or None, got {tile!r}")
+    return _SUBS[ct][1 if tile == "small" else 0]
 
 
-def _v2_cfg(kind: str, ct: str, sub: int, *aligned_pc: bool):
+def _v2_cfg(kind: str, ct: str, sub: int, tile, *aligned_pc: bool):
     """(BK, STAGES) of the v2 kernel to run instead of v1's large tile, or None.
 
     `sub` is the SUB picked for v1; `aligned_pc` the vector eligibility of each
     p-contiguous operand (16-byte copies need it)."""
     if ct != "float" or sub != _SUBS[ct][0] or not all(aligned_pc):
         return None
-    if FORCE_TILE is not None:
-        name = FORCE_TILE
+    if tile is not None:
+        name = tile
     else:
         name = LARGE_TILE[kind]
     cfg = V2_CONFIGS.get(name)
@@ -168,10 +166,10 @@ def _v2_cfg(kind: str, ct: str, sub: int, *aligned_pc: bool):
     return cfg
 
 
-def _pick_sub(ct: str, P: int, Q: int) -> int:
+def _pick_sub(ct: str, P: int, Q: int, tile=None) -> int:
     """The large tile when both output dimensions fill it and there are enough
-    tiles for every SM; else the small one."""
-    forced = _forced(ct)
+    tiles for every SM; else the small one (or the configuration `tile` forces)."""
+    forced = _forced(ct, tile)
     if forced is not None:
         return forced
     big, small = _SUBS[ct]
@@ -182,7 +180,7 @@ def _pick_sub(ct: str, P: int, Q: int) -> int:
 
 
 # ----------------------------------------------------------------- forward
-def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None) -> None:
+def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, tile=None) -> str | None:
     """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given."""
     act = check_act(act_code)
     arrays = (A_prev, W, b, A_out) + ((Z_out,) if Z_out is not None else ())
@@ -192,25 +190,24 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None) -> None:
     assert W.shape == (N, K) and b.shape == (N,) and A_out.shape == (M, N), "gemm_fwd shapes"
     assert Z_out is None or Z_out.shape == (M, N), "gemm_fwd: Z_out shape"
     if M == 0 or N == 0:
-        return
-    sub = _pick_sub(ct, M, N)
+        return None
+    sub = _pick_sub(ct, M, N, tile)
     vec_a = K % sub == 0 and _aligned(A_prev, sub) and _aligned(W, sub)
     outs = (A_out,) if Z_out is None else (A_out, Z_out)
     vec_out = N % sub == 0 and all(_aligned(o, sub) for o in outs)
     z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
-    cfg = _v2_cfg("fwd", ct, sub)   # both operands r-contiguous: 4-byte copies, any alignment
+    cfg = _v2_cfg("fwd", ct, sub, tile)   # both operands r-contiguous: 4-byte copies, any alignment
     if cfg is not None:
-        _launch(_fwd2_name(act, cfg), (_tiles(M, N, 4), 1, 1),
-                (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
-                 np.int32(Z_out is not None), np.int32(vec_out)), _v2_smem(*cfg))
-        return
-    _launch(_fwd_name(ct, act, sub), (_tiles(M, N, sub), 1, 1),
+        return _launch(_fwd2_name(act, cfg), (_tiles(M, N, 4), 1, 1),
+                       (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
+                        np.int32(Z_out is not None), np.int32(vec_out)), _v2_smem(*cfg))
+    return _launch(_fwd_name(ct, act, sub), (_tiles(M, N, sub), 1, 1),
             (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
              np.int32(Z_out is not None), np.int32(vec_a), np.int32(vec_out)))
 
 
 # ----------------------------------------------------------------- backward, data
-def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> None:
+def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, tile=None) -> str | None:
     """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu).
 
     `A_prev` may be None for identity or gelu/silu; `Z_prev` is needed only for gelu/silu.
@@ -228,20 +225,19 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> No
     assert W.shape == (N, K) and delta_prev_out.shape == (M, K), "gemm_bwd_data shapes"
     assert g_src is None or g_src.shape == (M, K), "gemm_bwd_data: A_prev/Z_prev shape"
     if M == 0 or K == 0:
-        return
-    sub = _pick_sub(ct, M, K)
+        return None
+    sub = _pick_sub(ct, M, K, tile)
     vec_d = N % sub == 0 and _aligned(delta, sub)
     vec_w = K % sub == 0 and _aligned(W, sub)
     if g_src is None:
         g_src = delta_prev_out   # never read
     vec_out = K % sub == 0 and _aligned(delta_prev_out, sub) and _aligned(g_src, sub)
-    cfg = _v2_cfg("bwd_data", ct, sub, vec_w)   # W is p-contiguous: 16-byte copies
+    cfg = _v2_cfg("bwd_data", ct, sub, tile, vec_w)   # W is p-contiguous: 16-byte copies
     if cfg is not None:
-        _launch(_bwd_data2_name(act, cfg), (_tiles(M, K, 4), 1, 1),
-                (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
-                 np.int32(vec_out)), _v2_smem(*cfg))
-        return
-    _launch(_bwd_data_name(ct, act, sub), (_tiles(M, K, sub), 1, 1),
+        return _launch(_bwd_data2_name(act, cfg), (_tiles(M, K, 4), 1, 1),
+                       (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
+                        np.int32(vec_out)), _v2_smem(*cfg))
+    return _launch(_bwd_data_name(ct, act, sub), (_tiles(M, K, sub), 1, 1),
             (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
              np.int32(vec_d), np.int32(vec_w), np.int32(vec_out)))
 
@@ -266,28 +262,29 @@ def _splits(M: int, tiles: int) -> tuple[int, int]:
     return S, rows
 
 
-def _workspace(S: int, N: int, K: int, ct: str, dtype):
-    """Cached per-split partials: S blocks of [N*K dW][N db], each padded to a multiple of 4."""
+def _workspace(S: int, N: int, K: int, dtype, scratch):
+    """Per-split partials: S blocks of [N*K dW][N db], each padded to a multiple of 4; from
+    the caller's scratch (kept for the next call), or fresh when there is none."""
     import cupy
     stride = cdiv(N * K + N, 4) * 4
-    key = (device_id(), S, N, K, ct)
-    ws = _workspaces.get(key)
-    if ws is None:
-        ws = _workspaces[key] = cupy.empty(S * stride, dtype=dtype)
-    return ws, stride
+    if scratch is None:
+        return cupy.empty(S * stride, dtype=dtype), stride
+    return scratch.get(("gemm_splitk", S, N, K), (S * stride,), dtype), stride
 
 
-def gemm_bwd_weight(delta, A_prev, dW_out, db_out) -> None:
-    """`dW_out = delta.T @ A_prev`, `db_out = delta.sum(0)`; bitwise reproducible."""
+def gemm_bwd_weight(delta, A_prev, dW_out, db_out, scratch=None, tile=None) -> str | None:
+    """`dW_out = delta.T @ A_prev`, `db_out = delta.sum(0)`; bitwise reproducible.
+
+    `scratch` (a `gpubp.backends.plan.Scratch`) holds the split-K workspace between calls."""
     ct = _ctype(delta, A_prev, dW_out, db_out)
     M, N = delta.shape
     K = A_prev.shape[1]
     assert A_prev.shape == (M, K) and dW_out.shape == (N, K) and db_out.shape == (N,), \
         "gemm_bwd_weight shapes"
     if N == 0:
-        return
+        return None
     # the split over M fills the GPU, so the large tile whenever N and K fill it
-    sub = _forced(ct)
+    sub = _forced(ct, tile)
     if sub is None:
         big, small = _SUBS[ct]
         sub = big if (N >= 32 * big and K >= 32 * big) else small
@@ -295,30 +292,30 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out) -> None:
     S, rows = _splits(M, tiles)
     vec_d = N % sub == 0 and _aligned(delta, sub)
     vec_a = K % sub == 0 and _aligned(A_prev, sub)
-    cfg = _v2_cfg("bwd_weight", ct, sub, vec_d, vec_a)   # both operands p-contiguous: 16-byte copies
+    cfg = _v2_cfg("bwd_weight", ct, sub, tile, vec_d, vec_a)   # both operands p-contiguous: 16-byte copies
     if cfg is not None:
         name, smem = _bwd_weight2_name(cfg), _v2_smem(*cfg)
 
         def launch(grid, dW, db, rows_per_split, stride, vec_out):
-            _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
-                                 np.int32(rows_per_split), np.int64(stride), np.int32(vec_out)), smem)
+            return _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
+                                        np.int32(rows_per_split), np.int64(stride), np.int32(vec_out)), smem)
     else:
         name, smem = _bwd_weight_name(ct, sub), 0
 
         def launch(grid, dW, db, rows_per_split, stride, vec_out):
-            _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
-                                 np.int32(rows_per_split), np.int64(stride), np.int32(vec_d),
-                                 np.int32(vec_a), np.int32(vec_out)))
+            return _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
+                                        np.int32(rows_per_split), np.int64(stride), np.int32(vec_d),
+                                        np.int32(vec_a), np.int32(vec_out)))
     if S == 1:
         vec_out = K % sub == 0 and _aligned(dW_out, sub)
-        launch((tiles, 1, 1), dW_out, db_out, max(M, 1), 0, vec_out)
-        return
-    ws, stride = _workspace(S, N, K, ct, delta.dtype)
+        return launch((tiles, 1, 1), dW_out, db_out, max(M, 1), 0, vec_out)
+    ws, stride = _workspace(S, N, K, delta.dtype, scratch)
     NK = N * K
     vec_out = K % sub == 0   # ws is allocation-aligned and stride % 4 == 0
-    launch((tiles, 1, S), ws, ws[NK:], rows, stride, vec_out)
+    ran = launch((tiles, 1, S), ws, ws[NK:], rows, stride, vec_out)
     total = NK + N
     blocks = min(cdiv(total, 256), 8 * sm_count())
     function(SPECS[0], _reduce_name(ct))(
         (blocks, 1, 1), (256, 1, 1),
         (ws, dW_out, db_out, np.int32(S), np.int64(stride), np.int64(NK), np.int32(N)))
+    return ran

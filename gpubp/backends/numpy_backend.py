@@ -2,7 +2,8 @@
 
 Written to be read against SPEC.md and to be fast on a CPU: GEMMs go to
 numpy's BLAS with `out=`, elementwise work is done in place, and the few
-temporaries a step needs are kept between calls (`_scratch`).
+temporaries a step needs live in the caller's `Scratch` (a step plan's or an
+optimizer's), never in the backend, which holds no state at all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
 from .base import Backend
+from .plan import scratch_buffer
 
 
 def _sigmoid(z, out):
@@ -106,17 +108,6 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
-    def __init__(self):
-        self._scratch: dict = {}
-
-    def _tmp(self, like):
-        """A reusable temporary with the shape and dtype of `like`."""
-        key = (like.shape, like.dtype.str)
-        buf = self._scratch.get(key)
-        if buf is None:
-            buf = self._scratch[key] = np.empty_like(like)
-        return buf
-
     # ----------------------------------------------------------- arrays
     def asarray(self, x, dtype):
         if hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False):
@@ -130,25 +121,42 @@ class NumpyBackend(Backend):
     def describe(self):
         return f"numpy {np.__version__} on the CPU"
 
+    def free_memory(self):
+        """Available host memory (MemAvailable on Linux), or None where it cannot be read."""
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            import os
+
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
     # ----------------------------------------------------------- forward
-    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None):
+    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None, scratch=None):
         Z = A_out if Z_out is None else Z_out
         np.matmul(A_prev, W.T, out=Z)
         Z += b
         activation_forward(activation, Z, A_out)
 
     # ----------------------------------------------------------- loss
-    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None):
+    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
         B, n = A_L.shape
         if loss in ("mse", "half_sse"):
-            diff = np.subtract(A_L, Y, out=delta_out if delta_out is not None else self._tmp(A_L))
+            diff = np.subtract(A_L, Y, out=delta_out if delta_out is not None else
+                               scratch_buffer(scratch, "loss_diff", A_L))
             sq = np.einsum("ij,ij->", diff, diff)
             loss_out[0] = sq / (B * n) if loss == "mse" else sq / (2 * B)
             if delta_out is not None:
                 diff *= (2.0 / (B * n)) if loss == "mse" else (1.0 / B)
                 activation_backward_inplace(activation, delta_out, A_L, Z_L)
         elif loss == "cross_entropy":
-            sh = np.subtract(A_L, A_L.max(axis=1, keepdims=True), out=self._tmp(A_L))  # z - max
+            sh = np.subtract(A_L, A_L.max(axis=1, keepdims=True), out=scratch_buffer(scratch, "loss_shift", A_L))  # z - max
             p = np.exp(sh, out=delta_out if delta_out is not None else np.empty_like(sh))
             s = p.sum(axis=1, keepdims=True)
             logs = np.log(s)
@@ -184,7 +192,7 @@ class NumpyBackend(Backend):
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
-                       delta_prev_out=None, prev_activation=None, Z_prev=None):
+                       delta_prev_out=None, prev_activation=None, Z_prev=None, scratch=None):
         np.matmul(delta.T, A_prev, out=dW_out)
         np.sum(delta, axis=0, out=db_out)
         if delta_prev_out is not None:
@@ -192,27 +200,28 @@ class NumpyBackend(Backend):
             activation_backward_inplace(prev_activation, delta_prev_out, A_prev, Z_prev)
 
     # ----------------------------------------------------------- updates
-    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0):
+    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):
         g = grads
         if weight_decay:
-            g = np.multiply(params, weight_decay, out=self._tmp(params))
+            g = np.multiply(params, weight_decay, out=scratch_buffer(scratch, "sgd_decay", params))
             g += grads
         if momentum:
             velocity *= momentum
             velocity += g
             g = velocity
-        step = np.multiply(g, lr, out=self._tmp(params))   # g may be this buffer: in place
+        step = np.multiply(g, lr, out=scratch_buffer(scratch, "sgd_step", params))
         params -= step
 
-    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                    scratch=None):
         g = grads
         if weight_decay and decoupled:
             params *= 1.0 - lr * weight_decay
         elif weight_decay:
-            g = params * weight_decay
+            g = np.multiply(params, weight_decay, out=scratch_buffer(scratch, "adam_decay", params))
             g += grads
         # m = m + (1 - b1)(g - m)  (PyTorch's lerp), v = b2 v + (1 - b2) g^2
-        t = np.subtract(g, m, out=self._tmp(params))
+        t = np.subtract(g, m, out=scratch_buffer(scratch, "adam_t", params))
         t *= 1.0 - beta1
         m += t
         v *= beta2

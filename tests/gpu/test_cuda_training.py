@@ -42,17 +42,19 @@ def float64_backward_of(gpu, X, Y):
     from gpubp.backends import get_backend
     from gpubp.losses import prepare_targets
 
-    be, ws = get_backend("numpy"), gpu._workspaces[X.shape[0]]
-    A = [X.astype(np.float64)] + [gpu.backend.to_numpy(a).astype(np.float64) for a in ws.A[1:]]
-    Z = [None] + [None if z is None else gpu.backend.to_numpy(z).astype(np.float64) for z in ws.Z[1:]]
+    be, gp = get_backend("numpy"), gpu._plans[X.shape[0]]
+    plan = be.make_plan(gpu.sizes, gpu.activations, X.shape[0], np.float64)
+    plan.bind_input(np.ascontiguousarray(X, dtype=np.float64))
+    for l in range(1, len(gpu.sizes)):
+        plan.A[l][...] = gpu.backend.to_numpy(gp.A[l])
+        if plan.Z[l] is not None:
+            plan.Z[l][...] = gpu.backend.to_numpy(gp.Z[l])
     layers = [(W.astype(np.float64), b.astype(np.float64)) for W, b in gpu.get_params()]
-    delta = [None] + [np.empty_like(a) for a in A[1:]]
     grads = [(np.empty_like(W), np.empty_like(b)) for W, b in layers]
-    loss = np.zeros(1)
     Yh = prepare_targets(Y, gpu.loss, X.shape[0], gpu.sizes[-1], np.float64)
-    be.loss_and_delta(A[-1], Z[-1], Yh, gpu.loss, gpu.activations[-1], loss, delta[-1])
-    be.network_backward(layers, gpu.activations, A, Z, delta, grads)
-    return float(loss[0]), grads
+    be.network_loss(plan, Yh, gpu.loss)
+    be.network_backward(plan, layers, grads)
+    return float(plan.loss[0]), grads
 
 
 def pair(sizes, act, loss, dtype, seed):
@@ -186,11 +188,11 @@ def test_fused_narrow_runs_match_float64(sizes, act, B):
     for (dW, db), (rW, rb) in zip(g_gpu, g_ref):
         assert rel_err(dW, rW) < 1e-5 and rel_err(db, rb) < 1e-5
     # the fused path and the per-layer path agree, and each is bitwise repeatable
-    gpu.backend.fuse = False
-    try:
-        _, g_layer = gpu.loss_and_grads(X, y)
-    finally:
-        gpu.backend.fuse = True
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    per_layer = gpubp.MLP(sizes, activation=act, loss="cross_entropy", backend=CudaBackend(fuse=False))
+    per_layer.set_params(gpu.get_params())
+    _, g_layer = per_layer.loss_and_grads(X, y)
     _, g_again = gpu.loss_and_grads(X, y)
     for (dW, db), (lW, lb), (aW, ab) in zip(g_gpu, g_layer, g_again):
         assert rel_err(dW, lW) < 1e-5 and rel_err(db, lb) < 1e-5
@@ -214,3 +216,56 @@ def test_tf32_networks_against_float64(sizes):
         assert rel_err(dW, rW) < 5e-3 and rel_err(db, rb) < 5e-3
     hist = gpu.fit(X, y, epochs=2, batch_size=2500, optimizer="adam", progress=False)
     assert np.all(np.isfinite(hist["loss"]))
+
+
+def test_captured_step_survives_other_batch_sizes_bitwise():
+    """capture_train_step, then evaluate/predict at five other batch sizes (new plans, evicting old
+    ones), then more replays: the parameters equal plain steps bitwise."""
+    rng = np.random.default_rng(21)
+    sizes = [40, 96, 64, 10]
+    X = rng.standard_normal((4 * 512, sizes[0])).astype(np.float32)
+    y = rng.integers(0, 10, len(X))
+    a = gpubp.MLP(sizes, loss="cross_entropy", backend="cuda", seed=3)
+    b = gpubp.MLP(sizes, loss="cross_entropy", backend="cuda", seed=3)
+    step = a.capture_train_step(X[:512], y[:512], gpubp.optim.Adam(1e-3))
+    b.train_step(X[:512], y[:512], gpubp.optim.Adam(1e-3))
+    for n in (1, 7, 300, 1000, 1999):
+        a.evaluate(X[:n], y[:n])
+        a.predict(X[-n:])
+    for i in range(1, 4):
+        step(X[i * 512:(i + 1) * 512], y[i * 512:(i + 1) * 512])
+        b.train_step(X[i * 512:(i + 1) * 512], y[i * 512:(i + 1) * 512], "adam")
+    for (Wa, ba), (Wb, bb) in zip(a.get_params(), b.get_params()):
+        assert np.array_equal(Wa, Wb) and np.array_equal(ba, bb)
+
+
+def test_two_threads_on_their_own_streams_equal_sequential():
+    """Two networks trained in two threads through the shared cuda backend, each thread on its own
+    CuPy stream, end bitwise where sequential training ends."""
+    import threading
+
+    import cupy
+
+    rng = np.random.default_rng(22)
+    data = [(rng.standard_normal((3000, 32)).astype(np.float32), rng.integers(0, 5, 3000)) for _ in range(2)]
+    sizes = [32, 64, 64, 5]
+
+    def train(net, X, y):
+        with cupy.cuda.Stream(non_blocking=True) as s:
+            net.fit(X, y, epochs=3, batch_size=256, optimizer="adam", progress=False)
+            s.synchronize()
+
+    seq = []
+    for k, (X, y) in enumerate(data):
+        net = gpubp.MLP(sizes, loss="cross_entropy", backend="cuda", seed=k)
+        train(net, X, y)
+        seq.append(net.get_params())
+    nets = [gpubp.MLP(sizes, loss="cross_entropy", backend="cuda", seed=k) for k in range(2)]
+    threads = [threading.Thread(target=train, args=(n, X, y)) for n, (X, y) in zip(nets, data)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for net, ref in zip(nets, seq):
+        for (W, b), (rW, rb) in zip(net.get_params(), ref):
+            assert np.array_equal(W, rW) and np.array_equal(b, rb)

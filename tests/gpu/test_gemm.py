@@ -59,9 +59,8 @@ TILES = ["large", "small"] + list(cuda_gemm.V2_CONFIGS)
 
 
 @pytest.fixture(params=TILES)
-def tile(request, monkeypatch):
-    """Run under each tile configuration, whatever the size would pick."""
-    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", request.param)
+def tile(request):
+    """Run under each tile configuration, whatever the size would pick (passed as `tile=`)."""
     return request.param
 
 
@@ -90,7 +89,7 @@ def test_fwd(case, tile):
     b = _rand(rng, (N,), dt, 0.5)
     A_out = _poison((M, N), dt)
     Z_out = _poison((M, N), dt) if act in NEEDS_Z else None
-    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out)
+    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out, tile=tile)
     Z = cupy.asnumpy(A).astype(np.float64) @ cupy.asnumpy(W).astype(np.float64).T \
         + cupy.asnumpy(b).astype(np.float64)
     _check(A_out, activation_forward(act, Z, np.empty_like(Z)), dt, "A_out")
@@ -111,7 +110,7 @@ def test_bwd_data(case, tile):
     A_prev = cupy.asarray(Ap.astype(dt))
     out = _poison((M, K), dt)
     cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None,
-                            ACT_CODES[act], out)
+                            ACT_CODES[act], out, tile=tile)
     ref = cupy.asnumpy(delta).astype(np.float64) @ cupy.asnumpy(W).astype(np.float64)
     activation_backward_inplace(act, ref, cupy.asnumpy(A_prev).astype(np.float64),
                                 cupy.asnumpy(Z_prev).astype(np.float64))
@@ -132,7 +131,7 @@ def test_bwd_weight(case, tile):
     A = _rand(rng, (M, K), dt)
     dW = _poison((N, K), dt)
     db = _poison((N,), dt)
-    cuda_gemm.gemm_bwd_weight(delta, A, dW, db)
+    cuda_gemm.gemm_bwd_weight(delta, A, dW, db, tile=tile)
     d64, a64 = cupy.asnumpy(delta).astype(np.float64), cupy.asnumpy(A).astype(np.float64)
     _check(dW, d64.T @ a64, dt, "dW")
     _check(db, d64.sum(0), dt, "db")
@@ -157,7 +156,7 @@ def test_offset_views(offset, dt, tile):
 
     A, W, b = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
     A_out, Z_out = view((M, N), poison=True), view((M, N), poison=True)
-    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out)
+    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out, tile=tile)
     Z = cupy.asnumpy(A).astype(np.float64) @ cupy.asnumpy(W).astype(np.float64).T + cupy.asnumpy(b)
     _check(Z_out, Z, dt, "Z_out")
     _check(A_out, activation_forward("gelu", Z, np.empty_like(Z)), dt, "A_out")
@@ -166,13 +165,13 @@ def test_offset_views(offset, dt, tile):
     dprev = view((M, K), poison=True)
     A_prev = view((M, K))
     A_prev[...] = cupy.tanh(A_prev)
-    cuda_gemm.gemm_bwd_data(delta, W, A_prev, None, ACT_CODES["tanh"], dprev)
+    cuda_gemm.gemm_bwd_data(delta, W, A_prev, None, ACT_CODES["tanh"], dprev, tile=tile)
     ref = cupy.asnumpy(delta).astype(np.float64) @ cupy.asnumpy(W).astype(np.float64)
     activation_backward_inplace("tanh", ref, cupy.asnumpy(A_prev).astype(np.float64))
     _check(dprev, ref, dt, "delta_prev")
 
     dW, db = view((N, K), poison=True), view((N,), poison=True)
-    cuda_gemm.gemm_bwd_weight(delta, A_prev, dW, db)
+    cuda_gemm.gemm_bwd_weight(delta, A_prev, dW, db, tile=tile)
     d64 = cupy.asnumpy(delta).astype(np.float64)
     _check(dW, d64.T @ cupy.asnumpy(A_prev).astype(np.float64), dt, "dW")
     _check(db, d64.sum(0), dt, "db")
@@ -181,8 +180,7 @@ def test_offset_views(offset, dt, tile):
 # ---------------------------------------------------------------- reproducibility
 @pytest.mark.parametrize("force", [None] + list(cuda_gemm.V2_CONFIGS))
 @pytest.mark.parametrize("N,K", [(33, 64), (300, 200)])
-def test_bwd_weight_bitwise_reproducible(N, K, force, monkeypatch):
-    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", force)
+def test_bwd_weight_bitwise_reproducible(N, K, force):
     M = (1 << 20) + 7
     rs = cupy.random.RandomState(1234)
     delta = rs.standard_normal((M, N), dtype=np.float32)
@@ -191,7 +189,7 @@ def test_bwd_weight_bitwise_reproducible(N, K, force, monkeypatch):
     for _ in range(2):
         dW = _poison((N, K), np.float32)
         db = _poison((N,), np.float32)
-        cuda_gemm.gemm_bwd_weight(delta, A, dW, db)
+        cuda_gemm.gemm_bwd_weight(delta, A, dW, db, tile=force)
         outs.append((dW, db))
     for x, y in zip(*outs):
         assert bool((x.view(cupy.int32) == y.view(cupy.int32)).all()), "two runs differ in bits"
@@ -203,41 +201,41 @@ def test_bwd_weight_bitwise_reproducible(N, K, force, monkeypatch):
 
 # ---------------------------------------------------------------- v2 is what runs
 @pytest.mark.parametrize("cfg", list(cuda_gemm.V2_CONFIGS))
-def test_v2_selected(cfg, monkeypatch):
-    """Under FORCE_TILE = a v2 key, aligned float32 operands run the gemm2_* kernels (not a
+def test_v2_selected(cfg):
+    """Under tile= a v2 key, aligned float32 operands run the gemm2_* kernels (not a
     silent fallback to v1), and misaligned p-contiguous operands fall back to v1."""
     if cuda_device.compute_capability() < 80:
         pytest.skip("v2 needs sm_80+")
-    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", cfg)
     bk, st = cuda_gemm.V2_CONFIGS[cfg]
     rng = np.random.default_rng(5)
     M, N, K = 300, 132, 68
     A, W, b = _rand(rng, (M, K), np.float32), _rand(rng, (N, K), np.float32), _rand(rng, (N,), np.float32)
     out = _poison((M, N), np.float32)
-    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["relu"], out)
-    assert cuda_gemm._last_kernel == f"gemm2_fwd<{ACT_CODES['relu']}, {bk}, {st}>"
+    ran = cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["relu"], out, tile=cfg)
+    assert ran == f"gemm2_fwd<{ACT_CODES['relu']}, {bk}, {st}>"
     delta = _rand(rng, (M, N), np.float32)
     dprev = _poison((M, K), np.float32)
-    cuda_gemm.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev)
-    assert cuda_gemm._last_kernel.startswith("gemm2_bwd_data<")
+    ran = cuda_gemm.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev, tile=cfg)
+    assert ran.startswith("gemm2_bwd_data<")
     dW, db = _poison((N, K), np.float32), _poison((N,), np.float32)
-    cuda_gemm.gemm_bwd_weight(delta, A, dW, db)
-    assert cuda_gemm._last_kernel == f"gemm2_bwd_weight<{bk}, {st}>"
+    ran = cuda_gemm.gemm_bwd_weight(delta, A, dW, db, tile=cfg)
+    assert ran == f"gemm2_bwd_weight<{bk}, {st}>"
     d64 = cupy.asnumpy(delta).astype(np.float64)
     _check(dW, d64.T @ cupy.asnumpy(A).astype(np.float64), np.float32, "dW")
     _check(db, d64.sum(0), np.float32, "db")
     # K % 4 != 0: W (bwd_data) and A (bwd_weight) cannot take 16-byte copies -> v1
     A3, W3 = _rand(rng, (M, 67), np.float32), _rand(rng, (N, 67), np.float32)
-    cuda_gemm.gemm_bwd_data(delta, W3, None, None, ACT_CODES["identity"], _poison((M, 67), np.float32))
-    assert cuda_gemm._last_kernel.startswith("gemm_bwd_data<float")
-    cuda_gemm.gemm_bwd_weight(delta, A3, _poison((N, 67), np.float32), _poison((N,), np.float32))
-    assert cuda_gemm._last_kernel.startswith("gemm_bwd_weight<float")
+    ran = cuda_gemm.gemm_bwd_data(delta, W3, None, None, ACT_CODES["identity"], _poison((M, 67), np.float32),
+                                  tile=cfg)
+    assert ran.startswith("gemm_bwd_data<float")
+    ran = cuda_gemm.gemm_bwd_weight(delta, A3, _poison((N, 67), np.float32), _poison((N,), np.float32),
+                                    tile=cfg)
+    assert ran.startswith("gemm_bwd_weight<float")
 
 
 # ---------------------------------------------------------------- one large shape
 @pytest.mark.parametrize("force", ["large"] + list(cuda_gemm.V2_CONFIGS))
-def test_large_4096_float32(force, monkeypatch):
-    monkeypatch.setattr(cuda_gemm, "FORCE_TILE", force)
+def test_large_4096_float32(force):
     n = 4096
     rs = cupy.random.RandomState(7)
     A = rs.standard_normal((n, n), dtype=np.float32)
@@ -246,19 +244,19 @@ def test_large_4096_float32(force, monkeypatch):
     A64, W64 = A.astype(np.float64), W.astype(np.float64)
 
     out = _poison((n, n), np.float32)
-    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["identity"], out)
+    cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["identity"], out, tile=force)
     ref = A64 @ W64.T + b.astype(np.float64)
     e = float(cupy.linalg.norm(out.astype(np.float64) - ref) / cupy.linalg.norm(ref))
     assert bool(cupy.isfinite(out).all()) and e < 1e-5, f"fwd rel err {e:.3g}"
 
     out = _poison((n, n), np.float32)
-    cuda_gemm.gemm_bwd_data(A, W, None, None, ACT_CODES["identity"], out)
+    cuda_gemm.gemm_bwd_data(A, W, None, None, ACT_CODES["identity"], out, tile=force)
     ref = A64 @ W64
     e = float(cupy.linalg.norm(out.astype(np.float64) - ref) / cupy.linalg.norm(ref))
     assert bool(cupy.isfinite(out).all()) and e < 1e-5, f"bwd_data rel err {e:.3g}"
 
     dW, db = _poison((n, n), np.float32), _poison((n,), np.float32)
-    cuda_gemm.gemm_bwd_weight(A, W, dW, db)
+    cuda_gemm.gemm_bwd_weight(A, W, dW, db, tile=force)
     ref = A64.T @ W64
     e = float(cupy.linalg.norm(dW.astype(np.float64) - ref) / cupy.linalg.norm(ref))
     assert bool(cupy.isfinite(dW).all()) and e < 1e-5, f"dW rel err {e:.3g}"

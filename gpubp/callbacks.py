@@ -1,0 +1,81 @@
+"""Callbacks of `MLP.fit`: objects told when training begins, after each epoch, and when it ends.
+
+A callback has any of `on_train_begin(net, logs)`, `on_epoch_end(net, epoch,
+logs)` (epoch counted from 1; `logs` is the history so far, one list per
+figure) and `on_train_end(net, logs)`.  Setting `net.stop_training = True`
+ends `fit` after the current epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class EarlyStopping:
+    """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights.
+
+    `monitor` is a history key ("val_loss" by default, or "loss", "val_accuracy",
+    ...); `mode` "min", "max" or "auto" (max for accuracies, else min); an epoch
+    improves when it beats the best by more than `min_delta`.  With
+    `restore_best=True` the parameters of the best epoch are put back when
+    training stops (the optimizer state stays that of the last step).
+    After `fit`, `stopped_epoch` is the epoch it stopped at (0: it did not stop)
+    and `best_epoch` the best one.
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto", restore_best=True):
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must name a history key, got {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or \
+                not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+        self.restore_best = bool(restore_best)
+
+    def on_train_begin(self, net, logs):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.stopped_epoch = 0
+        self.wait = 0
+        self._best_params = None
+
+    def _improved(self, value) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, net, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record "
+                             f"(it records {', '.join(sorted(logs))}; val_* needs validation data)")
+        value = logs[self.monitor][-1]
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                self._best_params = net.get_params()
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            net.stop_training = True
+
+    def on_train_end(self, net, logs):
+        if self.restore_best and self._best_params is not None and self.best_epoch != len(logs["loss"]):
+            net.set_params(self._best_params)
+
+
+class LambdaCallback:
+    """A callback from plain functions: `LambdaCallback(on_epoch_end=lambda net, epoch, logs: ...)`."""
+
+    def __init__(self, on_train_begin=None, on_epoch_end=None, on_train_end=None):
+        for name, fn in (("on_train_begin", on_train_begin), ("on_epoch_end", on_epoch_end),
+                         ("on_train_end", on_train_end)):
+            if fn is not None:
+                if not callable(fn):
+                    raise TypeError(f"{name} must be callable")
+                setattr(self, name, fn)

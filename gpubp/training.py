@@ -1,0 +1,242 @@
+"""The loop behind `MLP.fit`: epochs of shuffled batches, loss checks, rollback, history, callbacks.
+
+`FitLoop` owns one call's state (the shuffled epoch, the step losses on the
+backend, the snapshot used to roll back a diverged run) so that `MLP.fit`
+itself only checks its arguments.  Losses are read from the backend every
+`CHECK_EVERY` steps (one synchronisation each); before each such window the
+parameters and optimizer state are copied (on the backend) into a snapshot, so
+that when a loss in the window is not finite the run is restored to the
+snapshot and the window's good steps are replayed: the steps are deterministic,
+so the result is exactly the state after the last step whose loss was finite.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import losses
+from .backends.base import Backend
+
+#: steps between two reads of the loss values (each read is a host synchronisation)
+CHECK_EVERY = 64
+
+
+class Reporter:
+    """What `fit` shows while it trains: a bar on a terminal, one line per epoch elsewhere, or nothing."""
+
+    def __init__(self, progress="auto", verbose=1, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        if verbose == 0 or progress is False:
+            self.mode = "silent"
+        elif progress is True:
+            self.mode = "bar"
+        else:
+            isatty = getattr(self.stream, "isatty", None)
+            self.mode = "bar" if (isatty is not None and isatty()) else "lines"
+        self.bar = None
+        self.epochs = 0
+
+    def begin(self, epochs, steps_per_epoch):
+        self.epochs = epochs
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs * steps_per_epoch, unit="step", leave=True, dynamic_ncols=True,
+                            file=self.stream)
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch(self, epoch, hist):
+        figures = {_label(k): v[-1] for k, v in hist.items() if k in _LABELS and v}
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in figures.items()}, refresh=True)
+        elif self.mode == "lines":
+            width = len(str(self.epochs))
+            text = "  ".join(f"{k} {v:.4g}" for k, v in figures.items())
+            print(f"epoch {epoch:>{width}}/{self.epochs}  {text}", file=self.stream, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+#: history keys shown while training, with the label that says what they measure
+_LABELS = {"loss": "train loss", "accuracy": "train acc", "val_loss": "val loss", "val_accuracy": "val acc"}
+
+
+def _label(key):
+    return _LABELS[key]
+
+
+class FitLoop:
+    """One call of `MLP.fit` on checked backend arrays, with the optimizer already bound."""
+
+    def __init__(self, net, opt, X, Y, weights, batch_size, shuffle, lr_schedule, validation, callbacks,
+                 reporter, grad_norms=False, step_hook=None):
+        self.net, self.opt = net, opt
+        self.X, self.Y = X, Y
+        self.weights = None if weights is None else net.backend.asarray(weights, net.dtype)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.lr_schedule = lr_schedule
+        self.validation = validation
+        self.callbacks = callbacks
+        self.reporter = reporter
+        self.grad_norms = grad_norms
+        #: called as `step_hook(plan)` after each step's backward, before the update (distributed training)
+        self.step_hook = step_hook
+        B = X.shape[0]
+        self.n_batches = -(-B // batch_size)
+        self.steps_done = 0   # steps of this call, for the learning-rate schedule
+
+    # ---------------------------------------------------------------- one step
+    def _batch(self, i):
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        w = None if self.We is None else self.We[s]
+        return self.Xe[s], self.Ye[s], w
+
+    def _run_step(self, i, step_losses, every_delta=False):
+        """Step `i` of the current epoch (the same batch and rate every time it is run).
+
+        `every_delta` runs the backward layer by layer (the interface's default), so
+        that every intermediate delta is written even where a backend fuses layers."""
+        net, opt = self.net, self.opt
+        if self.lr_schedule is not None:
+            opt.lr = self.lr_schedule(self.epoch_start + i + 1)
+        X, Y, w = self._batch(i)
+        plan = net._plan(X.shape[0])
+        net._forward(X, plan)
+        net._loss_delta(plan, Y, step_losses[i:i + 1], w)
+        if every_delta:
+            Backend.network_backward(net.backend, plan, net._Wb, net._dWb)
+        else:
+            net.backend.network_backward(plan, net._Wb, net._dWb)
+        if self.step_hook is not None:
+            self.step_hook(plan)
+        opt.step(net.backend, net._params, net._grads)
+        return plan
+
+    # ---------------------------------------------------------------- snapshots
+    def _take(self, snap):
+        for dst, src in zip(snap, self.net._state_buffers(self.opt)):
+            dst[...] = src
+
+    def _restore(self, snap):
+        for dst, src in zip(self.net._state_buffers(self.opt), snap):
+            dst[...] = src
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, epochs):
+        net, be, opt = self.net, self.net.backend, self.opt
+        B = self.X.shape[0]
+        classify = net.loss in losses.CLASSIFICATION_LOSSES
+        hist = {"loss": []}
+        if classify:
+            hist["accuracy"] = []
+        if self.validation is not None:
+            hist["val_loss"] = []
+            if classify:
+                hist["val_accuracy"] = []
+        if self.grad_norms:
+            hist.update(grad_norms=[], delta_norms=[], update_ratios=[])
+        step_losses = be.zeros((self.n_batches,), net.dtype)
+        snap = [b.copy() for b in net._state_buffers(opt)]
+        sizes = np.full(self.n_batches, self.batch_size, dtype=np.float64)
+        sizes[-1] = B - (self.n_batches - 1) * self.batch_size
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(net, hist)
+        self.reporter.begin(epochs, self.n_batches)
+        try:
+            for epoch in range(1, epochs + 1):
+                self._shuffle()
+                self.epoch_start = self.steps_done
+                self._epoch(epoch, step_losses, snap, hist)
+                self.steps_done += self.n_batches
+                batch_w = sizes if self.We is None else self._batch_weights()
+                hist["loss"].append(float(be.to_numpy(step_losses).astype(np.float64) @ batch_w / batch_w.sum()))
+                if classify:
+                    hist["accuracy"].append(net.evaluate(self.X, self.Y, _checked=True)["accuracy"])
+                if self.validation is not None:
+                    ev = net.evaluate(*self.validation, _checked=True)
+                    hist["val_loss"].append(ev["loss"])
+                    if classify:
+                        hist["val_accuracy"].append(ev["accuracy"])
+                self.reporter.epoch(epoch, hist)
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        cb.on_epoch_end(net, epoch, hist)
+                if net.stop_training:
+                    break
+        finally:
+            self.reporter.close()
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end(net, hist)
+        return hist
+
+    def _shuffle(self):
+        net, be = self.net, self.net.backend
+        xp = be.xp
+        if self.shuffle:
+            perm = be.asarray(net._rng.permutation(self.X.shape[0]), np.int64)
+            self.Xe, self.Ye = xp.take(self.X, perm, axis=0), xp.take(self.Y, perm, axis=0)
+            self.We = None if self.weights is None else xp.take(self.weights, perm, axis=0)
+        else:
+            self.Xe, self.Ye, self.We = self.X, self.Y, self.weights
+
+    def _batch_weights(self):
+        w = self.net.backend.to_numpy(self.We).astype(np.float64)
+        return np.add.reduceat(w, np.arange(0, w.size, self.batch_size))
+
+    def _epoch(self, epoch, step_losses, snap, hist):
+        be = self.net.backend
+        checked = 0
+        self._take(snap)
+        last = self.n_batches - 1
+        for i in range(self.n_batches):
+            if self.grad_norms and i == last:
+                before = be.to_numpy(self.net._params)
+            plan = self._run_step(i, step_losses, every_delta=self.grad_norms and i == last)
+            if (i + 1) % CHECK_EVERY == 0 or i == last:
+                vals = be.to_numpy(step_losses[checked:i + 1])
+                bad = np.flatnonzero(~np.isfinite(vals))
+                if bad.size:
+                    k = checked + int(bad[0])
+                    lr = self.opt.lr
+                    self._restore(snap)
+                    for j in range(checked, k):      # replay the window's good steps
+                        self._run_step(j, step_losses)
+                    raise self.net._diverged(vals[bad[0]], self.opt.t + 1, lr,
+                                             f" (epoch {epoch}, batch {k + 1})")
+                checked = i + 1
+                if i != last:
+                    self._take(snap)
+            self.reporter.step()
+        if self.grad_norms:
+            self._record_flow(before, plan, hist)
+
+    def _record_flow(self, before, plan, hist):
+        from .gradflow import flow_warnings, layer_stats
+
+        net = self.net
+        be = net.backend
+        after = be.to_numpy(net._params)
+        grads = be.to_numpy(net._grads)
+        views = net.layout.views
+        W0 = [W for W, _ in views(before)]
+        W1 = [W for W, _ in views(after)]
+        dW = [W for W, _ in views(grads)]
+        deltas = [be.to_numpy(d) if d is not None else None for d in plan.delta[1:]]
+        stats = layer_stats(W0, W1, dW, deltas)
+        hist["grad_norms"].append([s["grad_norm"] for s in stats])
+        hist["delta_norms"].append([s["delta_norm"] for s in stats])
+        hist["update_ratios"].append([s["update_ratio"] for s in stats])
+        import warnings
+
+        for msg in flow_warnings(stats):
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)

@@ -1,0 +1,313 @@
+"""Ownership and all-or-nothing behaviour: threads, plans, divergence, refused calls, checked inputs."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.backends import get_backend
+from gpubp.network import MAX_PLANS
+
+
+def _data(seed, n=300, d=8, k=4):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.integers(0, k, n)
+
+
+def _net(seed=0, **kw):
+    kw.setdefault("loss", "cross_entropy")
+    return gpubp.MLP([8, 32, 16, 4], backend="numpy", seed=seed, **kw)
+
+
+def _flat(net):
+    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in net.get_params()])
+
+
+def _state(opt):
+    return {k: opt._backend.to_numpy(v) for k, v in opt.state.items()}, opt.t
+
+
+# ---------------------------------------------------------------- threads share a backend
+def test_two_threads_on_the_shared_backend_equal_sequential_training():
+    """Two networks trained at once in two threads (one default numpy backend) end bitwise where
+    training them one after the other ends."""
+    jobs = [(_data(1), 1, "adam"), (_data(2, n=257), 2, gpubp.optim.SGD(0.05, momentum=0.9))]
+
+    def train(net, data, opt):
+        net.fit(*data, epochs=4, batch_size=16, optimizer=opt, progress=False)
+
+    seq = []
+    for data, seed, opt in jobs:
+        net = _net(seed)
+        train(net, data, opt if isinstance(opt, str) else gpubp.optim.SGD(0.05, momentum=0.9))
+        seq.append(_flat(net))
+    nets = [_net(seed) for _, seed, _ in jobs]
+    assert nets[0].backend is nets[1].backend is get_backend("numpy")
+    threads = [threading.Thread(target=train, args=(net, data, opt if isinstance(opt, str) else
+                                                     gpubp.optim.SGD(0.05, momentum=0.9)))
+               for net, (data, _, opt) in zip(nets, jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for net, ref in zip(nets, seq):
+        assert np.array_equal(_flat(net), ref)
+
+
+def test_numpy_backend_holds_no_buffers():
+    be = get_backend("numpy")
+    net = _net()
+    net.fit(*_data(0), epochs=1, batch_size=32, progress=False)
+    assert not any(isinstance(v, (dict, list, np.ndarray)) and v is not None and len(v)
+                   for v in vars(be).values())
+
+
+# ---------------------------------------------------------------- plans
+def test_plans_are_bounded_and_reused():
+    net = _net()
+    X, y = _data(3, n=100)
+    for n in range(5, 5 + 3 * MAX_PLANS):
+        net.evaluate(X[:n], y[:n])
+    assert len(net._plans) <= MAX_PLANS
+    p = net._plan(64)
+    assert net._plan(64) is p
+
+
+def test_captured_step_keeps_its_plan_through_other_batch_sizes():
+    """A captured step owns its buffers: evaluations at many other batch sizes in between leave its
+    replays equal to plain steps, bitwise."""
+    X, y = _data(4, n=64)
+    a, b = _net(5), _net(5)
+    step = a.capture_train_step(X[:32], y[:32], gpubp.optim.Adam(1e-2))
+    b.train_step(X[:32], y[:32], gpubp.optim.Adam(1e-2))
+    for i in range(1, 3 * MAX_PLANS):
+        a.evaluate(X[:i * 3 + 1], y[:i * 3 + 1])
+        a.predict(X[:i + 7])
+        step(X[32:], y[32:])
+        b.train_step(X[32:], y[32:], "adam")
+    assert np.array_equal(_flat(a), _flat(b))
+    assert a.optimizer.t == b.optimizer.t == 3 * MAX_PLANS - 1 + 1
+
+
+def test_captured_step_checks_labels_without_nan_scans():
+    X, y = _data(6, n=32)
+    net = _net()
+    step = net.capture_train_step(X, y, gpubp.optim.SGD(0.1), check_inputs=False)
+    before = _flat(net)
+    bad = y.copy()
+    bad[3] = 4
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        step(X, bad)
+    bad[3] = -1
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        step(X, bad)
+    assert np.array_equal(_flat(net), before)
+
+
+# ---------------------------------------------------------------- divergence
+def _diverging(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((256, 8)) * 10
+    Y = rng.standard_normal((256, 4)) * 10
+    return X, Y
+
+
+@pytest.mark.parametrize("make_opt", [lambda: gpubp.optim.SGD(5.0), lambda: gpubp.optim.SGD(2.0, momentum=0.9)])
+def test_fit_divergence_restores_the_last_finite_step(make_opt):
+    X, Y = _diverging()
+    net = gpubp.MLP([8, 64, 4], activation="relu", loss="mse", backend="numpy", seed=0)
+    opt = make_opt()
+    with pytest.raises(FloatingPointError, match=r"step (\d+).*learning rate") as info:
+        net.fit(X, Y, epochs=50, batch_size=8, optimizer=opt, shuffle=False, progress=False)
+    failed = int(__import__("re").search(r"step (\d+)", str(info.value)).group(1))
+    assert opt.t == failed - 1 >= 1
+    params = _flat(net)
+    assert np.all(np.isfinite(params))
+    # the same number of plain steps on the same batches gives the same bits
+    ref = gpubp.MLP([8, 64, 4], activation="relu", loss="mse", backend="numpy", seed=0)
+    ropt = make_opt()
+    nb = 256 // 8
+    for s in range(opt.t):
+        i = s % nb
+        ref.train_step(X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8], ropt)
+    assert np.array_equal(_flat(ref), params)
+    for k, v in _state(opt)[0].items():
+        assert np.array_equal(v, _state(ropt)[0][k])
+
+
+def test_train_step_divergence_changes_nothing():
+    net = gpubp.MLP([2, 3, 1], loss="mse", backend="numpy", seed=0)
+    opt = gpubp.optim.Adam(0.1)
+    net.train_step(np.ones((4, 2)), np.ones((4, 1)), opt)
+    before, t = _flat(net), opt.t
+    W = net.get_params()
+    W[0] = (W[0][0] * 1e30, W[0][1])
+    net.set_params(W)
+    huge = _flat(net)
+    with pytest.raises(FloatingPointError, match="step 2"):
+        net.train_step(np.full((4, 2), 1e30), np.ones((4, 1)), opt)
+    assert opt.t == t and np.array_equal(_flat(net), huge)
+    assert not np.array_equal(before, huge)
+
+
+# ---------------------------------------------------------------- refused calls change nothing
+@pytest.mark.parametrize("bad", [
+    dict(Y=np.full(300, 9)),                                       # label out of range
+    dict(validation=(np.ones((3, 8)), np.array([0, 1, 7]))),        # bad validation labels
+    dict(validation=(np.ones((3, 7)), np.array([0, 1, 2]))),        # bad validation shape
+    dict(sample_weight=-np.ones(300)),
+    dict(sample_weight=np.ones(299)),
+    dict(class_weight={9: 1.0}),
+    dict(callbacks=[object()]),
+    dict(epochs=0),
+    dict(lr=-1.0),
+    dict(optimizer=gpubp.optim.SGD(0.1), lr=0.5),                   # conflicting rates
+    dict(standardize=True, Y=np.full(300, 9)),
+])
+def test_refused_fit_changes_nothing(bad):
+    X, y = _data(7)
+    net = _net()
+    opt = gpubp.optim.Adam(1e-2)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, progress=False)
+    before, state = _flat(net), _state(opt)
+    kw = dict(epochs=1, batch_size=64, optimizer="adam", progress=False)
+    Xb, yb = bad.pop("X", X), bad.pop("Y", y)
+    kw.update(bad)
+    with pytest.raises((ValueError, TypeError)):
+        net.fit(Xb, yb, **kw)
+    assert net.optimizer is opt and np.array_equal(_flat(net), before)
+    after = _state(opt)
+    assert after[1] == state[1] and all(np.array_equal(after[0][k], v) for k, v in state[0].items())
+    assert net.standardization is None
+
+
+def test_refused_train_step_binds_no_new_optimizer():
+    net = _net()
+    opt = gpubp.optim.SGD(0.1)
+    net.train_step(*_data(8, n=16), opt)
+    with pytest.raises(ValueError):
+        net.train_step(np.ones((4, 8)), np.array([0, 1, 2, 9]), gpubp.optim.Adam())
+    assert net.optimizer is opt
+
+
+def test_train_step_by_name_keeps_one_optimizer():
+    net = _net()
+    X, y = _data(9, n=16)
+    for _ in range(3):
+        net.train_step(X, y, "adam")
+    opt = net.optimizer
+    assert opt.name == "adam" and opt.t == 3
+    net.train_step(X, y, "adam")
+    assert net.optimizer is opt and opt.t == 4
+    net.fit(X, y, epochs=1, batch_size=16, optimizer="adam", lr=0.5, progress=False)
+    assert net.optimizer is opt and opt.lr == 0.5 and opt.t == 5
+
+
+def test_an_optimizer_serves_one_network():
+    opt = gpubp.optim.SGD(0.1)
+    a, b = _net(), _net(1)
+    X, y = _data(10, n=16)
+    a.train_step(X, y, opt)
+    before = _flat(b)
+    with pytest.raises(ValueError, match="another network"):
+        b.fit(X, y, epochs=1, optimizer=opt, progress=False)
+    assert b.optimizer is None and np.array_equal(_flat(b), before)
+
+
+@pytest.mark.parametrize("attr,value", [("lr", -5), ("lr", 0), ("lr", float("nan")), ("eps", 0.0),
+                                        ("betas", (0.9, 1.0)), ("weight_decay", -1), ("lr", "fast")])
+def test_hyper_parameters_checked_when_assigned(attr, value):
+    opt = gpubp.optim.Adam(1e-3)
+    old = getattr(opt, attr)
+    with pytest.raises((ValueError, TypeError)):
+        setattr(opt, attr, value)
+    assert getattr(opt, attr) == old
+
+
+def test_sgd_momentum_checked_when_assigned():
+    opt = gpubp.optim.SGD(0.1, momentum=0.5)
+    with pytest.raises(ValueError):
+        opt.momentum = 1.5
+    assert opt.momentum == 0.5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gpubp.optim.Adam(1e-2, eps=1e-30), lambda: gpubp.optim.Adam(1e-2, weight_decay=0.5),
+    lambda: gpubp.optim.AdamW(1e-2, betas=(0.0, 0.0)), lambda: gpubp.optim.SGD(0.1, momentum=0.99, weight_decay=3)])
+def test_accepted_hyper_parameters_keep_padding_zero(make):
+    net = gpubp.MLP([3, 5, 2], loss="mse", backend="numpy", seed=0)   # segments padded to 32
+    rng = np.random.default_rng(0)
+    opt = make()
+    net.fit(rng.standard_normal((40, 3)), rng.standard_normal((40, 2)), epochs=3, batch_size=8,
+            optimizer=opt, progress=False)
+    mask = np.ones(net.layout.total, bool)
+    for w, o, i, b in net.layout.segments:
+        mask[w:w + o * i] = False
+        mask[b:b + o] = False
+    assert mask.any()
+    for buf in [net._params, net._grads, *opt.state.values()]:
+        assert np.all(buf[mask] == 0)
+
+
+# ---------------------------------------------------------------- inputs checked after conversion
+def test_overflowing_values_are_refused_naming_the_argument():
+    net = _net()
+    X, y = _data(11, n=8)
+    Xo = X.copy()
+    Xo[2, 3] = 1e39
+    with pytest.raises(ValueError, match=r"X overflows float32"):
+        net.forward(Xo)
+    reg = gpubp.MLP([8, 4, 2], loss="mse", backend="numpy", seed=0)
+    Yo = np.zeros((8, 2))
+    Yo[1, 1] = -1e39
+    with pytest.raises(ValueError, match=r"Y overflows float32"):
+        reg.train_step(X, Yo, "sgd")
+    with pytest.raises(ValueError, match=r"X_val overflows"):
+        net.fit(X, y, epochs=1, validation=(Xo, y), progress=False)
+    params = net.get_params()
+    params[1] = (params[1][0].astype(np.float64) * 0 + 1e39, params[1][1])
+    with pytest.raises(ValueError, match=r"layer 2 W overflows"):
+        net.set_params(params)
+
+
+def test_complex_and_ragged_inputs_are_refused():
+    net = _net()
+    X, y = _data(12, n=8)
+    with pytest.raises(TypeError, match="X is complex"):
+        net.forward(X + 1j)
+    reg = gpubp.MLP([8, 1], loss="mse", backend="numpy", seed=0)
+    with pytest.raises(TypeError, match="Y is complex"):
+        reg.train_step(X, np.ones(8) + 0j, "sgd")
+    with pytest.raises(TypeError, match="complex"):
+        net.set_params([(W + 0j, b) for W, b in net.get_params()])
+    with pytest.raises(ValueError, match="X is not a rectangular"):
+        net.forward([[1.0] * 8, [1.0] * 7])
+    with pytest.raises(ValueError, match="Y is not a rectangular"):
+        reg.train_step(X[:2], [[1.0], [1.0, 2.0]], "sgd")
+
+
+@pytest.mark.parametrize("seed,exc", [(-1, ValueError), (1.5, TypeError), ("7", TypeError), (True, TypeError)])
+def test_invalid_seeds_are_refused(seed, exc):
+    with pytest.raises(exc, match="seed"):
+        gpubp.MLP([2, 2], backend="numpy", seed=seed)
+
+
+def test_big_seeds_are_accepted():
+    net = gpubp.MLP([2, 2], backend="numpy", seed=2**80 + 3)
+    assert net.config()["seed"] == 2**80 + 3
+
+
+# ---------------------------------------------------------------- memory
+def test_a_network_too_large_is_refused_before_allocating():
+    t = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"[\d,]+ bytes"):
+        gpubp.MLP([10**6, 10**6, 10], backend="numpy")
+    assert time.perf_counter() - t < 1.0
+
+
+def test_a_batch_too_large_is_refused_before_allocating():
+    net = gpubp.MLP([4096, 4096, 10], backend="numpy", seed=0)
+    with pytest.raises(MemoryError, match="bytes"):
+        net._plan(10**9)
