@@ -332,12 +332,12 @@ def cmd_train(args) -> int:
     print(f"test loss {test_loss:.4f}")
     print(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
     if args.save:
-        meta = {"dataset": ds.name}
         if ds.mean is not None:
-            meta.update(input_mean=ds.mean, input_std=ds.std)
-        net.save(args.save, metadata=meta)
-        print(f"saved checkpoint to {args.save} (its metadata holds the data set and the input "
-              f"standardisation: input_mean, input_std)")
+            # trained on standardised features: the saved network standardises raw inputs itself
+            net.set_standardization(ds.mean, ds.std)
+        net.save(args.save, metadata={"dataset": ds.name})
+        print(f"saved checkpoint to {args.save}" + (" (it applies the training set's standardisation to raw "
+              "inputs)" if ds.mean is not None else ""))
     if args.plot:
         from .plotting import plot_history
 

@@ -92,3 +92,18 @@ def test_predict_user_errors(capsys, tmp_path, classifier):
     assert "not a usable gpubp checkpoint" in usage_error(capsys, "predict", tmp_path / "junk.npz",
                                                           tmp_path / "x.npy", "--backend", "numpy")
     assert not (tmp_path / "o.txt").exists()
+
+
+def test_train_save_then_predict_raw_digits(capsys, tmp_path):
+    """`gpubp train --save` stores the standardisation: raw samples predict as well as the printed accuracy."""
+    from gpubp.data import load_dataset
+
+    ckpt = tmp_path / "digits.npz"
+    rc, out, _ = run(capsys, "train", "--epochs", "5", "--no-progress", "--backend", "numpy", "--save", ckpt)
+    assert rc == 0
+    ds = load_dataset("digits", val_size=0.1, seed=0, standardize_features=False)
+    np.save(tmp_path / "raw.npy", ds.X_test)
+    rc, pred, _ = run(capsys, "predict", ckpt, tmp_path / "raw.npy", "--backend", "numpy")
+    acc = float(np.mean(np.array(pred.split(), dtype=int) == ds.y_test))
+    printed = float(out.split("test accuracy ")[1].split()[0])
+    assert acc == pytest.approx(printed, abs=5e-5) and acc > 0.9
