@@ -644,8 +644,7 @@ class MLP:
             if standardize:   # a refused call changes nothing
                 self.set_standardization(*(saved_std or (None, None)))
             raise
-        Yndim = getattr(Yh, "ndim", None) if hasattr(Yh, "ndim") else np.asarray(Yh).ndim
-        self.target_ndim = 1 if (Yndim == 1 and self.sizes[-1] == 1) else (self.target_ndim or 2)
+        self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
         opt = self._bind(opt, lr)
         self.stop_training = False
         loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,

@@ -1,22 +1,11 @@
 // activations.cuh: the activations of SPEC.md and their derivatives, for every
 // kernel's epilogue.  Prepended to each kernel source by gpubp/backends/cuda_source.py.
 //
-// The codes are the positions in gpubp.activations.ACTIVATIONS.
+// The codes ACT_* (the positions in gpubp.activations.ACTIVATIONS), LEAKY_SLOPE,
+// GELU_C and GELU_K come from the generated header (gpubp/backends/kernel_constants.py).
 // act_forward<ACT>(z) = g(z); act_grad<ACT>(a, z) = g'(z), taken from the
 // output a = g(z) except for GELU and SiLU, which need z (act_needs_z).
 #pragma once
-
-#define ACT_IDENTITY   0
-#define ACT_SIGMOID    1
-#define ACT_TANH       2
-#define ACT_RELU       3
-#define ACT_LEAKY_RELU 4
-#define ACT_GELU       5
-#define ACT_SILU       6
-
-#define LEAKY_SLOPE 0.01
-#define GELU_C 0.7978845608028654   // sqrt(2/pi)
-#define GELU_K 0.044715
 
 template <int ACT> struct act_needs_z { static constexpr bool value = (ACT == ACT_GELU || ACT == ACT_SILU); };
 

@@ -10,13 +10,9 @@
 // every loss kernel depends on the problem shape only (never on the device), so
 // the value is bitwise reproducible from run to run.
 
-#define LOSS_MSE       0
-#define LOSS_HALF_SSE  1
-#define LOSS_BCE       3
-
-#define EW_THREADS     256      // block size of every kernel in this file
+// LOSS_* codes, EW_THREADS (block size of every kernel in this file) and MAX_PARTIALS
+// (grid cap of the loss kernels = length of partials) come from the generated header.
 #define EW_WARPS       (EW_THREADS / 32)
-#define MAX_PARTIALS   1024     // grid cap of the loss kernels = length of partials
 // Every kernel is __launch_bounds__(EW_THREADS, 4): at most 64 registers, at least
 // 4 blocks (32 warps) per SM.  Without the minimum, ptxas picked a tighter budget on
 // its own and spilled the cross-entropy kernel (see gpubp compile-check).

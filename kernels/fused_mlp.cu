@@ -46,27 +46,22 @@
 // (built and cached by the launcher); see the FM_* field indices below.
 // Offsets that can pass 2^31 (row * width) are computed in long long.
 
-#define FM_NT 256
-#define FM_FIELDS 16
-// table fields (one row of FM_FIELDS long longs per layer of the run)
-#define FM_W     0   // const float* W (n_out x n_in)
-#define FM_B     1   // const float* bias (n_out)                       forward
-#define FM_AOUT  2   // float* A_out (B x n_out)                          forward
-#define FM_ZOUT  3   // float* Z_out (B x n_out) or 0                     forward
-#define FM_X     4   // const float* the layer's input activation (B x n_in): forward layer 0, backward all
-#define FM_ZX    5   // const float* Z of that input (gelu/silu) or 0     backward
-#define FM_NIN   6
-#define FM_NOUT  7
-#define FM_ACT   8   // the layer's activation code                     forward
-#define FM_ACTX  9   // activation code of the layer's input (g' of the delta leaving the layer)  backward
-#define FM_VEC   10  // bit flags FM_VEC_* (16-byte paths allowed)
-#define FM_DW    11  // float* dW (n_out x n_in)                           reduce
-#define FM_DB    12  // float* db (n_out)                                  reduce
-
-#define FM_VEC_W    1   // n_in % 4 == 0 and W 16-byte aligned
-#define FM_VEC_X    2   // n_in % 4 == 0 and X 16-byte aligned
-#define FM_VEC_AOUT 4   // n_out % 4 == 0 and A_out 16-byte aligned
-#define FM_VEC_ZX   8   // n_in % 4 == 0 and Zx 16-byte aligned
+// FM_NT (threads per block), FM_FIELDS and the field indices come from the generated
+// header (gpubp/backends/kernel_constants.py).  Table fields, one row per layer of the run:
+//   FM_W     const float* W (n_out x n_in)
+//   FM_B     const float* bias (n_out)                                  forward
+//   FM_AOUT  float* A_out (B x n_out)                                     forward
+//   FM_ZOUT  float* Z_out (B x n_out) or 0                                forward
+//   FM_X     const float* the layer's input activation (B x n_in): forward layer 0, backward all
+//   FM_ZX    const float* Z of that input (gelu/silu) or 0                backward
+//   FM_NIN, FM_NOUT  the layer's widths
+//   FM_ACT   the layer's activation code                                forward
+//   FM_ACTX  activation code of the layer's input (g' of the delta leaving the layer)  backward
+//   FM_VEC   bit flags FM_VEC_* (16-byte paths allowed): FM_VEC_W (n_in % 4 == 0, W aligned),
+//            FM_VEC_X (n_in % 4 == 0, X aligned), FM_VEC_AOUT (n_out % 4 == 0, A_out aligned),
+//            FM_VEC_ZX (n_in % 4 == 0, Zx aligned)
+//   FM_DW    float* dW (n_out x n_in)                                      reduce
+//   FM_DB    float* db (n_out)                                             reduce
 
 // ------------------------------------------------------------- small helpers
 __device__ __forceinline__ int fm_round4(int x) { return (x + 3) & ~3; }

@@ -41,9 +41,7 @@
 // No atomics anywhere: every output is written by exactly one thread, in a fixed
 // order, so results are bitwise reproducible.
 
-#define GEMM_BK 8
-#define GEMM_THREADS 256
-#define GEMM_PAD 4
+// GEMM_BK (8), GEMM_THREADS (256) and GEMM_PAD (4) come from the generated header.
 // __launch_bounds__(256, 2): at most 128 registers, so two blocks share an SM (ptxas checked: no spills).
 
 // ------------------------------------------------------------- vector types
@@ -497,8 +495,7 @@ gemm_splitk_reduce(const T* __restrict__ ws, T* dW, T* db, int S, long long spli
 //   adds, per k-tile, BK / 2 shared values of X column tid % 128 (k half tid / 128); the two
 //   halves are added in a fixed order at the end: bitwise reproducible.
 
-#define GEMM2_THREADS 256
-#define GEMM2_BM 128
+#define GEMM2_THREADS GEMM_THREADS   // GEMM2_BM (128) comes from the generated header
 #define GEMM2_LDS (GEMM2_BM + 4)
 #define GEMM2_SMEM_BYTES(BK, STAGES) (2 * (STAGES) * (BK) * GEMM2_LDS * 4)
 // Blocks per SM asked of ptxas: BK 8 fits 128 registers with no spills (2 blocks/SM); BK 16

@@ -51,18 +51,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import ACTIVATIONS
+from ..activations import ACT_CODES, ACTIVATIONS
 from .cuda_device import attributes, cdiv, check_act, device_id, function
 from .cuda_source import ModuleSpec
+from .kernel_constants import FM, FM_FIELD_NAMES, FM_FIELDS, FM_NT, FM_VEC
 
-THREADS = 256
+THREADS = FM_NT
 MAX_WIDTH = 128
 _N_ACT = len(ACTIVATIONS)
-_NEEDS_Z = (5, 6)    # gelu, silu
-_FIELDS = 16
-# table field indices (kernels/fused_mlp.cu, FM_*)
-_W, _B, _AOUT, _ZOUT, _X, _ZX, _NIN, _NOUT, _ACT, _ACTX, _VEC, _DW, _DB = range(13)
-_VEC_W, _VEC_X, _VEC_AOUT, _VEC_ZX = 1, 2, 4, 8
+_NEEDS_Z = (ACT_CODES["gelu"], ACT_CODES["silu"])
+_FIELDS = FM_FIELDS
+# table field indices and FM_VEC bits, shared with the kernels through kernel_constants
+_W, _B, _AOUT, _ZOUT, _X, _ZX, _NIN, _NOUT, _ACT, _ACTX, _VEC, _DW, _DB = (FM[n] for n in FM_FIELD_NAMES)
+_VEC_W, _VEC_X, _VEC_AOUT, _VEC_ZX = FM_VEC["W"], FM_VEC["X"], FM_VEC["AOUT"], FM_VEC["ZX"]
 
 #: (forward BM, backward BM) per WMAX (both precisions; the tf32 kernels require
 #: BM = 256 / (WMAX / 32), their 32 x 32 warp tiles)

@@ -38,13 +38,14 @@ import numpy as np
 from ..activations import ACTIVATIONS
 from .cuda_device import cdiv, check_act, compute_capability, function, sm_count
 from .cuda_source import ModuleSpec
+from .kernel_constants import GEMM2_BM, GEMM_BK, GEMM_PAD, GEMM_THREADS
 
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: (large, small) SUB per dtype
 _SUBS = {"float": (4, 2), "double": (2, 1)}
 _N_ACT = len(ACTIVATIONS)
-THREADS = 256
-BK = 8
+THREADS = GEMM_THREADS
+BK = GEMM_BK
 
 
 def _fwd_name(ct: str, act: int, sub: int) -> str:
@@ -69,12 +70,12 @@ V2_CONFIGS = {"v2": (8, 4), "v2w": (16, 3)}
 #: Measured on an H100 (benchmarks/results/h100-2026-11-22/tf32-v2-run/gemm_tiles.log): v1 is fastest for
 #: fwd and bwd_data (80% / 79% of cuBLAS at 8192x4096x4096), v2w for bwd_weight (84% vs 80%).
 LARGE_TILE = {"fwd": "v1", "bwd_data": "v1", "bwd_weight": "v2w"}
-V2_BM = 128
+V2_BM = GEMM2_BM
 
 
 def _v2_smem(bk: int, stages: int) -> int:
     """Dynamic shared memory of a v2 kernel (GEMM2_SMEM_BYTES)."""
-    return 2 * stages * bk * (V2_BM + 4) * 4
+    return 2 * stages * bk * (V2_BM + GEMM_PAD) * 4
 
 
 def _fwd2_name(act: int, cfg) -> str:

@@ -22,16 +22,16 @@ import numpy as np
 from ..activations import ACT_CODES, NEEDS_Z
 from .cuda_device import function
 from .cuda_source import ModuleSpec
+from .kernel_constants import EW_THREADS, LOSS_CODES, MAX_PARTIALS
 
-#: block size of every kernel in elementwise.cu (EW_THREADS there)
-THREADS = 256
-#: grid cap of the loss kernels, so the length of the `partials` scratch (MAX_PARTIALS there)
-MAX_PARTIALS = 1024
+#: block size of every kernel in elementwise.cu, and the length of the `partials` scratch
+#: (the loss kernels' grid cap); shared with the kernels through kernel_constants
+THREADS = EW_THREADS
 #: rows wider than this get a block per row in cross_entropy, narrower ones a warp
 CE_WARP_MAX_WIDTH = 1024
 
 _NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
-_LOSS_CODES = {"mse": 0, "half_sse": 1, "binary_cross_entropy": 3}
+_LOSS_CODES = LOSS_CODES
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _NP_SCALAR = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 

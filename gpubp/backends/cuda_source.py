@@ -1,7 +1,8 @@
 """Where the CUDA sources are, and how a kernel module is built from them.
 
 A `ModuleSpec` names the `.cu`/`.cuh` files of one module (concatenated in
-order into a single source string, so CuPy's cache key covers every line:
+order into a single source string after the generated header of shared
+constants, `kernel_constants.header()`, so CuPy's cache key covers every line:
 headers are never pulled in with `-I`) and the template instantiations to
 compile (`name_expressions`).  `load(spec)` compiles it with CuPy once per
 process; `compile_check` compiles the same source with NVRTC and no GPU.
@@ -35,7 +36,9 @@ class ModuleSpec:
     name_expressions: tuple[str, ...] = field(default_factory=tuple)
 
     def source(self) -> str:
-        parts = []
+        from .kernel_constants import header
+
+        parts = [header()]
         for f in self.files:
             text = (kernels_dir() / f).read_text()
             parts.append(f"// ---- {f}\n" + text.replace("#pragma once", ""))

@@ -1,0 +1,217 @@
+"""fit's controls: callbacks, early stopping, schedules, weights, standardisation, validation split,
+initialisation and output."""
+
+import io
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.callbacks import EarlyStopping, LambdaCallback
+from gpubp.schedules import cosine, step_decay
+from gpubp.training import Reporter
+
+
+def _data(seed=0, n=200, d=6, k=3):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    return X, y
+
+
+def _flat(net):
+    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in net.get_params()])
+
+
+def test_callbacks_are_called_in_order_and_can_stop():
+    calls = []
+
+    def on_epoch_end(net, epoch, logs):
+        calls.append(("epoch", epoch, len(logs["loss"])))
+        if epoch == 3:
+            net.stop_training = True
+
+    cb = LambdaCallback(on_train_begin=lambda net, logs: calls.append(("begin",)),
+                        on_epoch_end=on_epoch_end,
+                        on_train_end=lambda net, logs: calls.append(("end", len(logs["loss"]))))
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    hist = net.fit(*_data(), epochs=10, batch_size=50, callbacks=[cb], progress=False)
+    assert calls == [("begin",), ("epoch", 1, 1), ("epoch", 2, 2), ("epoch", 3, 3), ("end", 3)]
+    assert len(hist["loss"]) == 3
+
+
+def test_early_stopping_restores_the_best_epoch():
+    X, y = _data(1, n=120)
+    Xv, yv = _data(2, n=60)
+    es = EarlyStopping(monitor="val_loss", patience=2, restore_best=True)
+    snaps = []
+    net = gpubp.MLP([6, 64, 3], loss="cross_entropy", backend="numpy", seed=0)
+    # a high rate makes validation loss rise after a few epochs
+    hist = net.fit(X, y, epochs=60, batch_size=8, optimizer=gpubp.optim.Adam(0.05), validation=(Xv, yv),
+                   callbacks=[es, LambdaCallback(on_epoch_end=lambda n, e, l: snaps.append(_flat(n)))],
+                   progress=False)
+    assert es.stopped_epoch == len(hist["loss"]) < 60
+    best = int(np.argmin(hist["val_loss"])) + 1
+    assert es.best_epoch == best and es.stopped_epoch == best + 2 + 1
+    assert np.array_equal(_flat(net), snaps[best - 1])
+
+
+def test_early_stopping_checks_its_monitor():
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match="val_loss"):
+        net.fit(*_data(), epochs=2, callbacks=[EarlyStopping()], progress=False)
+    with pytest.raises(ValueError):
+        EarlyStopping(patience=-1)
+
+
+def test_lr_schedule_sets_the_rate_of_every_step():
+    X, y = _data(3, n=64)
+    sched = step_decay(0.1, step_size=3, gamma=0.5)
+    a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    b = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    opt_a, opt_b = gpubp.optim.SGD(1.0), gpubp.optim.SGD(1.0)
+    a.fit(X, y, epochs=2, batch_size=16, optimizer=opt_a, shuffle=False, lr_schedule=sched, progress=False)
+    for s in range(1, 9):
+        opt_b.lr = sched(s)
+        i = (s - 1) % 4
+        b.train_step(X[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16], opt_b)
+    assert np.array_equal(_flat(a), _flat(b))
+    assert opt_a.lr == sched(8)
+
+
+def test_schedules():
+    c = cosine(0.1, 100, warmup_steps=10)
+    assert c(5) == pytest.approx(0.05) and c(11) == pytest.approx(0.1)
+    assert all(c(s) > 0 for s in range(1, 200)) and c(150) == c(100) < 0.001
+    with pytest.raises(ValueError):
+        cosine(0.1, 10, warmup_steps=10)
+    with pytest.raises(ValueError):
+        step_decay(-1, 3)
+
+
+def test_sample_weight_equals_duplicated_samples():
+    """Integer weights on a full batch equal repeating each sample that many times."""
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((12, 6)), rng.integers(0, 3, 12)
+    w = rng.integers(1, 4, 12)
+    a = gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    ha = a.fit(X, y, epochs=1, batch_size=12, optimizer=gpubp.optim.SGD(0.5), shuffle=False,
+               sample_weight=w, progress=False)
+    Xr, yr = np.repeat(X, w, axis=0), np.repeat(y, w)
+    hb = b.fit(Xr, yr, epochs=1, batch_size=len(yr), optimizer=gpubp.optim.SGD(0.5), shuffle=False,
+               progress=False)
+    assert ha["loss"][0] == pytest.approx(hb["loss"][0], rel=1e-12)
+    assert np.allclose(_flat(a), _flat(b), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "binary_cross_entropy"])
+def test_sample_weight_other_losses(loss):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((10, 4))
+    Y = rng.random((10, 2))
+    w = rng.integers(1, 3, 10)
+    nets = [gpubp.MLP([4, 2], loss=loss, backend="numpy", dtype="float64", seed=0) for _ in range(2)]
+    nets[0].fit(X, Y, epochs=1, batch_size=10, optimizer=gpubp.optim.SGD(0.3), shuffle=False,
+                sample_weight=w, progress=False)
+    nets[1].fit(np.repeat(X, w, 0), np.repeat(Y, w, 0), epochs=1, batch_size=int(w.sum()),
+                optimizer=gpubp.optim.SGD(0.3), shuffle=False, progress=False)
+    assert np.allclose(_flat(nets[0]), _flat(nets[1]), rtol=1e-12, atol=1e-14)
+
+
+def test_class_weight_balanced_and_dict():
+    X, y = _data(6)
+    a = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    cw = {0: 2.0, 1: 0.5, 2: 1.0}
+    a.fit(X, y, epochs=2, batch_size=32, class_weight=cw, progress=False, shuffle=False)
+    b.fit(X, y, epochs=2, batch_size=32, sample_weight=np.array([cw[c] for c in y]), progress=False,
+          shuffle=False)
+    assert np.array_equal(_flat(a), _flat(b))
+    counts = np.bincount(y, minlength=3)
+    c = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    c.fit(X, y, epochs=2, batch_size=32, class_weight="balanced", progress=False, shuffle=False)
+    d = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    d.fit(X, y, epochs=2, batch_size=32, sample_weight=(len(y) / (3 * counts))[y], progress=False, shuffle=False)
+    assert np.array_equal(_flat(c), _flat(d))
+    with pytest.raises(ValueError, match="cross_entropy"):
+        gpubp.MLP([6, 1], loss="mse", backend="numpy").fit(X, y.astype(float), class_weight="balanced",
+                                                          progress=False)
+
+
+def test_standardize_is_part_of_the_network(tmp_path):
+    X, y = _data(7)
+    X = X * [1, 10, 100, 0.1, 5, 1] + [3, -2, 50, 0, 1, 1]
+    mean, std = X.mean(0), X.std(0)
+    a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    a.fit(X, y, epochs=3, batch_size=20, standardize=True, progress=False)
+    b = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    b.fit((X - mean) / std, y, epochs=3, batch_size=20, progress=False)
+    assert np.allclose(_flat(a), _flat(b), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(a.predict(X), b.predict((X - mean) / std))
+    assert np.allclose(a.predict_proba(X), b.predict_proba((X - mean) / std), atol=1e-6)
+    assert a.evaluate(X, y)["loss"] == pytest.approx(b.evaluate((X - mean) / std, y)["loss"], rel=1e-5)
+    np.testing.assert_allclose(a.standardization[0], mean)
+    with pytest.raises(ValueError, match="std must be positive"):
+        a.set_standardization(mean, np.zeros(6))
+
+
+def test_validation_split_holds_out_the_last_rows():
+    X, y = _data(8, n=100)
+    a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    b = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    ha = a.fit(X, y, epochs=2, batch_size=16, validation_split=0.25, progress=False)
+    hb = b.fit(X[:75], y[:75], epochs=2, batch_size=16, validation=(X[75:], y[75:]), progress=False)
+    assert ha == hb
+    with pytest.raises(ValueError, match="validation_split"):
+        a.fit(X, y, validation_split=1.5, progress=False)
+
+
+def test_predict_keeps_the_target_shape():
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((30, 3))
+    net = gpubp.MLP([3, 4, 1], loss="mse", backend="numpy", seed=0)
+    net.fit(X, X[:, 0], epochs=1, progress=False)
+    assert net.predict(X).shape == (30,)
+    net.fit(X, X[:, :1], epochs=1, progress=False)
+    assert net.predict(X).shape == (30, 1)
+
+
+@pytest.mark.parametrize("init", ["torch", "xavier", "kaiming"])
+def test_initialisations(init):
+    net = gpubp.MLP([400, 300, 10], backend="numpy", dtype="float64", seed=1, init=init)
+    (W1, b1), (W2, b2) = net.get_params()
+    if init == "torch":
+        assert np.abs(W1).max() <= 1 / 20 and np.abs(b1).max() <= 1 / 20 and abs(W1.std() - 1 / 20 / 3**0.5) < 1e-3
+    elif init == "xavier":
+        bound = (6 / 700) ** 0.5
+        assert np.abs(W1).max() <= bound and abs(W1.std() - bound / 3**0.5) < 2e-3 and not b1.any()
+    else:
+        assert abs(W1.std() - (2 / 400) ** 0.5) < 2e-3 and abs(W1.mean()) < 1e-3 and not b2.any()
+    again = gpubp.MLP([400, 300, 10], backend="numpy", dtype="float64", seed=1, init=init)
+    assert np.array_equal(_flat(net), _flat(again))
+    with pytest.raises(ValueError, match="init"):
+        gpubp.MLP([2, 2], backend="numpy", init="orthogonal")
+
+
+def test_reporter_lines_when_not_a_terminal():
+    out = io.StringIO()
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    X, y = _data(10)
+    loop_reporter = Reporter("auto", 1, stream=out)
+    assert loop_reporter.mode == "lines"
+    loop_reporter.begin(2, 3)
+    loop_reporter.epoch(1, {"loss": [0.5], "accuracy": [0.7], "val_loss": [0.6], "val_accuracy": [0.65]})
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\r" not in text
+    assert "train loss 0.5" in text and "val loss 0.6" in text and "val acc 0.65" in text
+    assert Reporter("auto", 0, stream=out).mode == "silent"
+    assert Reporter(False, 1, stream=out).mode == "silent"
+    net.fit(X, y, epochs=2, verbose=0)
+
+
+def test_fit_writes_one_line_per_epoch_to_a_log(capsys):
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(*_data(11), epochs=3, batch_size=20)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 3 and "\r" not in err and "epoch 3/3" in err
