@@ -214,6 +214,7 @@ class _BaseMLP(BaseEstimator):
         self.net_ = net
         self._optimizer = None
         self._shuffle_seeded = False
+        self._best_params = None
         self.n_iter_ = 0
         self.t_ = 0
         self.n_outputs_ = n_out
