@@ -3,8 +3,8 @@
     python benchmarks/gemm_tiles.py [--reps 20] [--warmup 5]
 
 For each shape (batch M x n_out N x n_in K: 4096^3 and 8192x4096x4096) and each of the
-three fused kernels, times v1 (the verified large tile), every v2 configuration of
-`cuda_gemm.V2_CONFIGS`, cupy.matmul alone (cuBLAS SGEMM, CUPY_TF32=0) and cupy.matmul
+three fused kernels, times v1 (the verified large tile), the "pipelined" tile
+(`cuda_gemm.PIPELINED`, weight gradient only; the others run v1 under it), cupy.matmul alone (cuBLAS SGEMM, CUPY_TF32=0) and cupy.matmul
 plus the same epilogue unfused.  CUDA events around each call, median of --reps after
 --warmup calls, random normal inputs; every gpubp output is checked against a float64
 product (relative error column).  Prints one table; "% cuBLAS" = cupy.matmul time /
@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
     print(f"# {name}, cc {dev.compute_capability}, CUPY_TF32={os.environ.get('CUPY_TF32')}, "
           f"median of {args.reps} after {args.warmup} warm-up; v2 configs (BK, STAGES): "
-          f"{cuda_gemm.V2_CONFIGS}")
-    tiles = ["large"] + list(cuda_gemm.V2_CONFIGS)   # "large" = v1
+          f"pipelined (BK, STAGES) {cuda_gemm.PIPELINED}")
+    tiles = ["large", "pipelined"]   # "large" = v1 everywhere
     rows = []
     rs = cupy.random.RandomState(2026)
     for M, N, K in SHAPES:

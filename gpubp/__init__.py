@@ -5,6 +5,7 @@
     history = net.fit(X, y, epochs=20, batch_size=32, optimizer=gpubp.optim.Adam(1e-3))
 """
 
+from . import log as _log  # noqa: F401  (sets up the "gpubp" logger's default output)
 from . import optim
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend

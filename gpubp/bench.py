@@ -930,6 +930,10 @@ def picked(only, sizes) -> bool:
 
 
 def parse_args(argv):
+    from gpubp.cli import _positive_float as positive_float
+    from gpubp.cli import _positive_int as positive_int
+    from gpubp.cli import output_dir_problem
+
     p = argparse.ArgumentParser(prog="gpubp bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md, bench.png")
     g = p.add_mutually_exclusive_group()
@@ -942,14 +946,18 @@ def parse_args(argv):
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 Adam, 1e-2 SGD)")
-    p.add_argument("--row-seconds", type=float, default=None, help="timed seconds per row")
-    p.add_argument("--reps", type=int, default=None, help="most repetitions per row")
-    p.add_argument("--suite-seconds", type=float, default=None, help="overall time budget")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-3 Adam, 1e-2 SGD)")
+    p.add_argument("--row-seconds", type=positive_float, default=None, help="timed seconds per row")
+    p.add_argument("--reps", type=positive_int, default=None, help="most repetitions per row")
+    p.add_argument("--suite-seconds", type=positive_float, default=None, help="overall time budget")
     p.add_argument("--only", default=None, metavar="TEXT",
                    help="only the step rows whose network name contains TEXT (e.g. 'narrow w64'); "
                         "kernel rows only when TEXT is 'kernel'")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    why = output_dir_problem(a.out)        # before any measuring, so no result is lost to a bad path
+    if why is not None:
+        p.error(f"--out {a.out!r}: {why}")
+    return a
 
 
 def main(argv=None) -> int:

@@ -1,27 +1,50 @@
-"""Checkpoints: one `.npz` file with configuration, parameters and optimizer state.
+"""The checkpoint file format: named arrays and JSON metadata in one `.npz` archive.
 
-The file is a numpy zip archive read with `allow_pickle=False`, so loading it
-never runs code.  It holds:
-- `meta`: UTF-8 JSON (as uint8) with the format name and version, the network
-  configuration, the optimizer's name, hyper-parameters and step count, and a
-  SHA-256 of every array;
-- `params`: the flat parameter buffer (see `gpubp.params`);
-- `opt.<name>`: each optimizer state buffer, same layout.
-A file that is damaged, of another format, or inconsistent with itself is
-refused with a ValueError saying what is wrong.
+This module knows the container only, not what a network puts in it
+(`MLP.save` and `MLP.load` build on it).  A checkpoint is a numpy zip archive,
+read with `allow_pickle=False`, so loading it never runs code.  It holds:
+- `meta`: UTF-8 JSON (as a 1-D uint8 array) with the format name and version,
+  the writer's fields, a SHA-256 of every other array (`sha256`) and of the
+  metadata itself (`meta_sha256`);
+- any number of named 1-D or n-D arrays of plain numeric dtypes.
+
+`write` replaces the file atomically: the archive is written to a temporary
+file in the same folder, flushed and fsynced, then moved over the target with
+`os.replace`; if anything fails, the previous file is left as it was and the
+temporary file is removed.
+
+`Checkpoint(path)` opens a file and reads only what is small: the metadata
+and each array's header (shape and dtype, from the `.npy` header inside the
+zip), so a reader can check everything against its expectations before any
+array data is read (a 2 KB file that claims terabytes is refused without
+allocating).  `array(name, shape, dtype)` then reads one array, after
+checking its header and the member's size against the archive, and verifies
+its checksum.  Every problem is a `ValueError` that says what is wrong;
+`field` helps readers name the metadata field at fault.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 FORMAT = "gpubp-checkpoint"
-VERSION = 1
+#: the version `write` writes; `READ_VERSIONS` are the versions `Checkpoint` reads
+VERSION = 2
+READ_VERSIONS = (1, 2)
+
+#: largest metadata member read (bytes)
+MAX_META_BYTES = 64 * 2 ** 20
+#: dtypes an array in a checkpoint may have
+ARRAY_DTYPES = ("float32", "float64", "int32", "int64", "uint8")
+#: deflate expands at most about 1032 times; a member claiming more is damaged or hostile
+_MAX_DEFLATE_RATIO = 1100
 
 
 def _digest(a: np.ndarray) -> str:
@@ -33,105 +56,269 @@ def _meta_digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def save(net, path, metadata=None) -> None:
-    arrays = {"params": net.backend.to_numpy(net._params)}
-    opt = net.optimizer
-    opt_meta = None
-    if opt is not None:
-        for name, buf in opt.state.items():
-            arrays[f"opt.{name}"] = net.backend.to_numpy(buf)
-        opt_meta = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
-    meta = {"format": FORMAT, "version": VERSION, "config": net.config(), "optimizer": opt_meta,
-            "shapes": [[o, i] for _, o, i, _ in net.layout.segments],
-            "metadata": _plain(metadata if metadata is not None else net.metadata),
-            "sha256": {k: _digest(v) for k, v in arrays.items()}}
-    meta["meta_sha256"] = _meta_digest(meta)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint (a ValueError)."""
+
+
+# ---------------------------------------------------------------- writing
+def _write_archive(f, arrays: dict) -> None:
+    """The archive itself: `np.savez` into the open binary file `f`."""
+    np.savez(f, **arrays)
+
+
+def write(path, arrays: dict, meta: dict) -> None:
+    """Write `arrays` (name -> numpy array) and `meta` (JSON data) to `path`, atomically.
+
+    `meta` must not use the keys `format`, `version`, `sha256` or
+    `meta_sha256`, which are added here.  Raises TypeError for metadata that
+    is not strict JSON data (NaN and infinity are not) and the OSError of a
+    failed write, after which the file at `path` is unchanged.
+    """
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if k == "meta" or not k or "/" in k:
+            raise ValueError(f"an array cannot be named {k!r}")
+        if v.dtype.name not in ARRAY_DTYPES:
+            raise TypeError(f"array {k!r} has dtype {v.dtype}; a checkpoint holds {', '.join(ARRAY_DTYPES)}")
+    reserved = {"format", "version", "sha256", "meta_sha256"} & set(meta)
+    if reserved:
+        raise ValueError(f"metadata keys {sorted(reserved)} are set by the format")
+    full = {"format": FORMAT, "version": VERSION, **meta, "sha256": {k: _digest(v) for k, v in arrays.items()}}
+    try:
+        full["meta_sha256"] = _meta_digest(full)
+        text = json.dumps(full, allow_nan=False)
+    except ValueError as e:   # NaN or infinity
+        raise TypeError(f"checkpoint metadata must be strict JSON data: {e}") from None
+    arrays["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
+
     path = Path(path)
-    with open(path, "wb") as f:   # a file object keeps numpy from appending ".npz"
-        np.savez(f, **arrays)
-
-
-def _plain(metadata):
-    """`metadata` as JSON-ready data (numpy arrays become lists), or a TypeError."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        return json.loads(json.dumps(metadata, default=lambda o: o.tolist() if hasattr(o, "tolist") else
-                                     (_ for _ in ()).throw(TypeError(f"{type(o).__name__} is not JSON data"))))
-    except TypeError as e:
-        raise TypeError(f"metadata must hold JSON data (numbers, strings, lists, dicts, arrays): {e}") from None
-
-
-def _fail(path, why):
-    raise ValueError(f"{path}: not a usable gpubp checkpoint: {why}")
-
-
-def load(path, backend="auto"):
-    from .network import MLP
-    from .optim import OPTIMIZERS
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
+        with open(tmp, "xb") as f:   # a file object keeps numpy from appending ".npz"
+            _write_archive(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        _fail(path, f"the file cannot be read as a checkpoint archive ({e})")
-    if "meta" not in arrays or "params" not in arrays:
-        _fail(path, "it has no 'meta' or no 'params' entry")
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the platform allows (POSIX); best effort elsewhere."""
     try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        _fail(path, f"its metadata is not valid JSON ({e})")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        _fail(path, "its metadata does not name the gpubp checkpoint format")
-    if meta.get("version") != VERSION:
-        _fail(path, f"format version {meta.get('version')!r}; this gpubp reads version {VERSION}")
-    if meta.get("meta_sha256") != _meta_digest(meta):
-        _fail(path, "its metadata does not match its checksum (the file is damaged)")
-    sums = meta.get("sha256", {})
-    if set(sums) != set(arrays):
-        _fail(path, f"it lists arrays {sorted(sums)} but holds {sorted(arrays)}")
-    for k, a in arrays.items():
-        if _digest(a) != sums[k]:
-            _fail(path, f"array {k!r} does not match its checksum (the file is damaged)")
-    cfg = meta["config"]
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
-        net = MLP(cfg["layer_sizes"], activation=cfg["activation"], output_activation=cfg["output_activation"],
-                  loss=cfg["loss"], backend=backend, dtype=cfg["dtype"], seed=cfg.get("seed"),
-                  precision=cfg.get("precision", "float32"))
-    except (KeyError, TypeError, ValueError) as e:
-        _fail(path, f"its configuration is invalid ({e})")
-    shapes = [[o, i] for _, o, i, _ in net.layout.segments]
-    if meta.get("shapes") != shapes:
-        _fail(path, f"its parameters have layer shapes {meta.get('shapes')} (n_out, n_in), which do not fit "
-                    f"the network {cfg['layer_sizes']} of its configuration ({shapes})")
-    params = arrays["params"]
-    if params.shape != (net.layout.total,) or params.dtype != net.dtype:
-        _fail(path, f"parameters of shape {params.shape} and dtype {params.dtype} do not fit the network "
-                    f"{cfg['layer_sizes']} in {net.dtype} ({net.layout.total} values)")
-    net._params[...] = net.backend.asarray(params, net.dtype)
-    net.metadata = meta.get("metadata") or {}
-    om = meta.get("optimizer")
-    if om is not None:
-        cls = OPTIMIZERS.get(om.get("name"))
-        if cls is None:
-            _fail(path, f"unknown optimizer {om.get('name')!r}")
-        hyper = dict(om["hyper"])
-        if "betas" in hyper:
-            hyper["betas"] = tuple(hyper["betas"])
-        opt = cls(**hyper)
-        opt.bind(net.backend, net._params)
-        if sorted(opt.state) != sorted(om["state"]):
-            _fail(path, f"optimizer state {om['state']} does not fit {cls.__name__}")
-        for name, buf in opt.state.items():
-            a = arrays.get(f"opt.{name}")
-            if a is None or a.shape != params.shape or a.dtype != params.dtype:
-                _fail(path, f"optimizer state {name!r} is missing or of the wrong shape")
-            buf[...] = net.backend.asarray(a, net.dtype)
-        opt.t = int(om["t"])
-        net.optimizer = opt
-    return net
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- reading
+def _what_it_is(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single numpy array (.npy), not a checkpoint archive (.npz)"
+    return "it is not a zip archive"
+
+
+class Checkpoint:
+    """An open checkpoint: `meta` (checked JSON) and `headers` (name -> (shape, dtype)), no array data.
+
+    Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._zip = None
+        with open(path, "rb") as f:   # FileNotFoundError and other OSErrors propagate as they are
+            head = f.read(8)
+            f.seek(0, os.SEEK_END)
+            self.size = f.tell()
+        if not head.startswith(b"PK"):
+            self.fail(_what_it_is(head))
+        try:
+            self._zip = zipfile.ZipFile(path)
+            infos = self._zip.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError,
+                NotImplementedError) as e:
+            self.fail(f"the file cannot be read as a checkpoint archive ({e})")
+        try:
+            self._members = {}
+            for info in infos:
+                name = info.filename
+                if not name.endswith(".npy"):
+                    self.fail(f"it holds {name!r}, which is not a numpy array")
+                if name[:-4] in self._members:
+                    self.fail(f"it holds {name!r} twice")
+                self._check_member_size(info)
+                self._members[name[:-4]] = info
+            if "meta" not in self._members:
+                self.fail("it has no 'meta' entry (it is not a gpubp checkpoint)")
+            self.headers = {k: self._header(k) for k in self._members}
+            self.meta = self._read_meta()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------ helpers
+    def fail(self, why):
+        raise CheckpointError(f"{self.path}: not a usable gpubp checkpoint: {why}")
+
+    def close(self):
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_member_size(self, info):
+        if info.compress_type == zipfile.ZIP_STORED:
+            ok = info.compress_size == info.file_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            ok = info.file_size <= _MAX_DEFLATE_RATIO * info.compress_size + 1024
+        else:
+            self.fail(f"member {info.filename!r} uses an unsupported compression ({info.compress_type})")
+        if not ok or info.header_offset + info.compress_size > self.size:
+            self.fail(f"member {info.filename!r} claims {info.file_size} bytes that the file "
+                      f"({self.size} bytes) cannot hold (the file is damaged)")
+
+    def _header(self, name):
+        """`(shape, dtype)` of member `name` from its .npy header, checked against the member's size."""
+        info = self._members[name]
+        try:
+            with self._zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                offset = f.tell()
+        except (ValueError, TypeError, OSError, EOFError, SyntaxError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile) as e:
+            self.fail(f"array {name!r} has no readable header ({e})")
+        if dtype.hasobject or dtype.name not in ARRAY_DTYPES:
+            self.fail(f"array {name!r} has dtype {dtype}; a checkpoint holds only {', '.join(ARRAY_DTYPES)}")
+        if fortran and len(shape) > 1:
+            self.fail(f"array {name!r} is stored in Fortran order; checkpoints store C order")
+        need = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need != info.file_size:
+            self.fail(f"array {name!r} claims shape {shape} of {dtype} ({need - offset} bytes) but its "
+                      f"member holds {info.file_size - offset} bytes (the file is damaged)")
+        return tuple(int(s) for s in shape), dtype
+
+    def _read_raw(self, name) -> np.ndarray:
+        try:
+            with self._zip.open(self._members[name]) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile) as e:
+            self.fail(f"array {name!r} cannot be read ({e}; the file is damaged)")
+
+    def _read_meta(self) -> dict:
+        shape, dtype = self.headers["meta"]
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
+            self.fail(f"its 'meta' entry is not a JSON text (uint8 of shape {shape} and dtype {dtype})")
+
+        def no_constant(c):
+            raise ValueError(f"{c} is not JSON data")
+        try:
+            meta = json.loads(self._read_raw("meta").tobytes().decode(), parse_constant=no_constant)
+        except (UnicodeDecodeError, ValueError) as e:
+            self.fail(f"its metadata is not valid JSON ({e})")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            self.fail("its metadata does not name the gpubp checkpoint format")
+        if meta.get("version") not in READ_VERSIONS:
+            self.fail(f"format version {meta.get('version')!r}; this gpubp reads versions "
+                      f"{', '.join(map(str, READ_VERSIONS))}")
+        if meta.get("meta_sha256") != _meta_digest(meta):
+            self.fail("its metadata does not match its checksum (the file is damaged)")
+        sums = meta.get("sha256")
+        arrays = sorted(k for k in self._members if k != "meta")
+        if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+            self.fail("its metadata field 'sha256' must map array names to checksums")
+        if sorted(sums) != arrays:
+            self.fail(f"it lists arrays {sorted(sums)} but holds {arrays}")
+        return meta
+
+    # ------------------------------------------------ what readers use
+    def field(self, obj, key, types, where=None):
+        """`obj[key]` when it is present and of one of `types`; else a ValueError naming the field.
+
+        `where` is the dotted path of `obj` in the metadata (e.g. "config").
+        `bool` is not accepted as an `int`.
+        """
+        name = f"{where}.{key}" if where else key
+        if not isinstance(obj, dict) or key not in obj:
+            self.fail(f"its metadata has no field {name!r}")
+        v = obj[key]
+        if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            self.fail(f"field {name!r} must be {_type_names(types)}, got {v!r}")
+        if not isinstance(v, types):
+            self.fail(f"field {name!r} must be {_type_names(types)}, got {_short(v)}")
+        return v
+
+    def check_array(self, name, shape, dtype):
+        """Check array `name`'s header (before reading it): present, of `shape` and `dtype`."""
+        if name not in self.headers or name == "meta":
+            self.fail(f"it has no array {name!r}")
+        got_shape, got_dtype = self.headers[name]
+        want = np.dtype(dtype)
+        if got_shape != tuple(shape) or got_dtype != want:
+            self.fail(f"array {name!r} has shape {got_shape} and dtype {got_dtype}; the configuration needs "
+                      f"shape {tuple(shape)} and dtype {want}")
+
+    def array(self, name, shape, dtype) -> np.ndarray:
+        """Array `name`, after `check_array`, read without pickle and verified against its checksum."""
+        self.check_array(name, shape, dtype)
+        a = self._read_raw(name)
+        if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+            self.fail(f"array {name!r} does not hold what its header says (the file is damaged)")
+        if _digest(a) != self.meta["sha256"][name]:
+            self.fail(f"array {name!r} does not match its checksum (the file is damaged)")
+        return a
+
+
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
+             bool: "true or false", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def json_data(obj):
+    """`obj` (a dict) as plain JSON data, numpy arrays and scalars as lists and numbers; else a TypeError."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise TypeError(f"metadata must be a dict, got {type(obj).__name__}")
+
+    def plain(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON data")
+    try:
+        return json.loads(json.dumps(obj, default=plain, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"metadata must hold JSON data (numbers, strings, lists, dicts, arrays; no NaN or "
+                        f"infinity): {e}") from None

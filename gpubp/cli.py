@@ -3,7 +3,7 @@
     gpubp train                       # a small MLP on scikit-learn's handwritten digits
     gpubp train --dataset moons --hidden 32,32 --epochs 50 --plot curves.png
     gpubp train --save net.npz && gpubp predict net.npz samples.csv --proba
-    gpubp explain                     # one traced backprop step of seed 002's 2-2-1 example
+    gpubp explain                     # one traced backprop step of the 2-2-1 sigmoid example
     gpubp explain --example classic   # the classic 2-2-2 worked example, to the published digits
     gpubp gradcheck --all-activations # analytic gradients against finite differences
     gpubp info                        # versions, backends, GPU
@@ -28,7 +28,7 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
-from .network import DTYPES
+from .network import DTYPES, INITS
 from .optional import MissingExtraError, require
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
@@ -136,13 +136,53 @@ def _hidden_activation(names, n_hidden):
     return list(names)
 
 
-def _check_writable(path, what):
+def output_path_problem(path) -> str | None:
+    """Why the file `path` cannot be written (None when it can): checked before any work is done.
+
+    Its folder must be an existing directory we may write into, and the path
+    itself not a directory nor an existing file we may not write.
+    """
+    import os
+
     p = Path(path)
+    parent = p.parent
+    if str(path) == "" or p.name in ("", ".", ".."):
+        return "is not a file name"
     if p.is_dir():
-        raise UsageError(f"{what} {path!r} is a directory; give a file name")
-    if not p.parent.exists():
-        raise UsageError(f"{what} {path!r}: the directory {str(p.parent)!r} does not exist")
-    return p
+        return "is a directory; give a file name"
+    if not parent.exists():
+        return f"the directory {str(parent)!r} does not exist"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the directory {str(parent)!r} is not writable"
+    if p.exists() and not os.access(p, os.W_OK):
+        return "exists and is not writable"
+    return None
+
+
+def output_dir_problem(path) -> str | None:
+    """Why the folder `path` cannot receive files (None when it can, or can be created)."""
+    import os
+
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            return "exists and is not a directory"
+        return None if os.access(p, os.W_OK | os.X_OK) else "is not writable"
+    q = p.absolute().parent           # the nearest existing ancestor must let us create the rest
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        return f"{str(q)!r} is not a directory"
+    return None if os.access(q, os.W_OK | os.X_OK) else f"the directory {str(q)!r} is not writable"
+
+
+def _check_writable(path, what):
+    why = output_path_problem(path)
+    if why is not None:
+        raise UsageError(f"{what} {str(path)!r}: {why}")
+    return Path(path)
 
 
 def _make_backend(name):
@@ -175,7 +215,8 @@ def _add_train(sub):
     g.add_argument("--noise", type=_nonneg_float, default=None,
                    help="noise of the generated data sets (moons 0.2, xor 0 by default)")
     g.add_argument("--no-standardize", dest="standardize", action="store_false",
-                   help="keep the raw features (default: standardise with training statistics)")
+                   help="keep the raw features (default: the network standardises its inputs with the "
+                        "training set's statistics, and a saved checkpoint keeps them)")
     g = p.add_argument_group("network")
     sz = g.add_mutually_exclusive_group()
     sz.add_argument("--layers", type=_sizes, default=None, metavar="N0,N1,...,NL",
@@ -199,10 +240,16 @@ def _add_train(sub):
     g.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
     g.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype")
+    g.add_argument("--init", choices=INITS, default="torch",
+                   help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
     g = p.add_argument_group("output")
     g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
-    g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG")
+    g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG "
+                   "(with --grad-norms also PATH's name + '-grad-norms.png')")
+    g.add_argument("--grad-norms", action="store_true",
+                   help="record each layer's ||dW||, ||delta|| and update-to-weight ratio per epoch, print them, "
+                        "and warn of vanishing or exploding gradients")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
     return p
@@ -249,13 +296,69 @@ def _say(msg, bar):
         print(msg, flush=True)
 
 
+def _grad_norms_path(plot) -> Path:
+    p = Path(plot)
+    return p.with_name(p.stem + "-grad-norms" + (p.suffix or ".png"))
+
+
+class _EpochReport:
+    """fit's callback behind `gpubp train`: one line per epoch (and a bar on a terminal)."""
+
+    def __init__(self, ds, Y_held, X_held, y_held, held, epochs, progress):
+        from .data import accuracy
+
+        self.accuracy = accuracy
+        self.ds, self.X_held, self.Y_held, self.y_held, self.held = ds, X_held, Y_held, y_held, held
+        self.epochs, self.width = epochs, len(str(epochs))
+        self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.t = time.perf_counter()
+
+    def on_epoch_end(self, net, epoch, logs):
+        h = self.history
+        h["loss"].append(logs["loss"][-1])
+        h["accuracy"].append(self.accuracy(net, self.ds.X_train, self.ds.y_train))
+        h["val_loss"].append(net.evaluate(self.X_held, self.Y_held)["loss"])
+        h["val_accuracy"].append(self.accuracy(net, self.X_held, self.y_held))
+        for key in ("grad_norms", "delta_norms", "update_ratios"):
+            if key in logs:
+                h[key] = logs[key]
+        now = time.perf_counter()
+        line = (f"epoch {epoch:>{self.width}}/{self.epochs}  train loss {h['loss'][-1]:.4f}  "
+                f"train acc {h['accuracy'][-1]:.4f}  {self.held} loss {h['val_loss'][-1]:.4f}  "
+                f"{self.held} acc {h['val_accuracy'][-1]:.4f}  ({now - self.t:.2f} s)")
+        if "grad_norms" in logs:
+            line += "  ||dW|| " + " ".join(f"{g:.2e}" for g in logs["grad_norms"][-1])
+        self.t = now
+        _say(line, self.bar)
+        if self.bar is not None:
+            self.bar.set_postfix({"train loss": f"{h['loss'][-1]:.4f}", f"{self.held} acc": f"{h['val_accuracy'][-1]:.4f}"})
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def cmd_train(args) -> int:
     from .data import accuracy, load_dataset, targets_for
     from .network import MLP
 
+    if args.save:
+        _check_writable(args.save, "--save")
+    if args.plot:
+        _check_writable(args.plot, "--plot")
+        if args.grad_norms:
+            _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
+        require("matplotlib", "plot", "--plot")   # before training, not after it
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
-                          standardize_features=args.standardize, n_samples=args.n_samples, noise=args.noise)
+                          standardize_features=False, n_samples=args.n_samples, noise=args.noise)
     except ValueError as e:
         raise UsageError(str(e)) from None
     sizes = _resolve_layers(args, ds)
@@ -264,16 +367,11 @@ def cmd_train(args) -> int:
                          f"--output-activation must be identity, not {args.output_activation}")
     activation = _hidden_activation(args.activation, len(sizes) - 2)
     opt = _make_optimizer(args)
-    if args.save:
-        _check_writable(args.save, "--save")
-    if args.plot:
-        _check_writable(args.plot, "--plot")
-        require("matplotlib", "plot", "--plot")   # before training, not after it
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
-                  backend=backend, dtype=args.dtype, seed=args.seed)
-    except (ValueError, TypeError) as e:
+                  backend=backend, dtype=args.dtype, seed=args.seed, init=args.init)
+    except (ValueError, TypeError, MemoryError) as e:
         raise UsageError(str(e)) from None
 
     n_out = sizes[-1]
@@ -283,46 +381,26 @@ def cmd_train(args) -> int:
     Y_held = targets_for(y_held, args.loss, n_out, np.float64)
     print(f"data: {ds.summary()}")
     print(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
-          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}")
+          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
+          f"init {args.init}" + (", inputs standardised by the network" if args.standardize else ""))
     print(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
           f"backend {net.backend.describe()}")
 
-    bar = None
-    if args.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=args.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    width = len(str(args.epochs))
+    report = _EpochReport(ds, Y_held, X_held, y_held, held, args.epochs, args.progress)
     t0 = time.perf_counter()
     try:
-        for epoch in range(1, args.epochs + 1):
-            te = time.perf_counter()
-            h = net.fit(ds.X_train, Y_train, epochs=1, batch_size=args.batch_size, optimizer=opt,
-                        shuffle=True, progress=False)
-            history["loss"].append(h["loss"][-1])
-            history["accuracy"].append(accuracy(net, ds.X_train, ds.y_train))
-            history["val_loss"].append(net.evaluate(X_held, Y_held)["loss"])
-            history["val_accuracy"].append(accuracy(net, X_held, y_held))
-            dt = time.perf_counter() - te
-            _say(f"epoch {epoch:>{width}}/{args.epochs}  loss {history['loss'][-1]:.4f}  "
-                 f"acc {history['accuracy'][-1]:.4f}  {held} loss {history['val_loss'][-1]:.4f}  "
-                 f"{held} acc {history['val_accuracy'][-1]:.4f}  ({dt:.2f} s)", bar)
-            if bar is not None:
-                bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", acc=f"{history['val_accuracy'][-1]:.4f}")
-                bar.update(1)
+        net.fit(ds.X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+                shuffle=True, standardize=args.standardize, callbacks=[report], verbose=0,
+                grad_norms=args.grad_norms)
     except FloatingPointError as e:
-        if bar is not None:
-            bar.close()
         print(f"gpubp train: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
         print("gpubp train: interrupted", file=sys.stderr)
         return 130
-    if bar is not None:
-        bar.close()
+    finally:
+        report.close()
+    history = report.history
     total = time.perf_counter() - t0
     Y_test = targets_for(ds.y_test, args.loss, n_out, np.float64)
     test_loss = net.evaluate(ds.X_test, Y_test)["loss"]
@@ -332,17 +410,25 @@ def cmd_train(args) -> int:
     print(f"test loss {test_loss:.4f}")
     print(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
     if args.save:
-        if ds.mean is not None:
-            # trained on standardised features: the saved network standardises raw inputs itself
-            net.set_standardization(ds.mean, ds.std)
-        net.save(args.save, metadata={"dataset": ds.name})
-        print(f"saved checkpoint to {args.save}" + (" (it applies the training set's standardisation to raw "
-              "inputs)" if ds.mean is not None else ""))
+        try:
+            net.save(args.save, metadata={"dataset": ds.name})
+        except OSError as e:          # e.g. the disk filled up: the previous file is intact
+            print(f"gpubp train: could not write the checkpoint {args.save}: {e}", file=sys.stderr)
+            return 1
+        print(f"saved checkpoint to {args.save}" + (" (the network keeps its input standardisation: "
+                                                      "predict on raw features)" if args.standardize else ""))
     if args.plot:
-        from .plotting import plot_history
+        from .plotting import plot_grad_norms, plot_history
 
-        plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
-        print(f"saved curves to {args.plot}")
+        try:
+            plot_history(history, args.plot, title=f"{ds.name}: {sizes} {args.loss}, {opt!r}")
+            if args.grad_norms:
+                plot_grad_norms(history, _grad_norms_path(args.plot), title=f"{ds.name}: {sizes}, init {args.init}")
+        except OSError as e:
+            print(f"gpubp train: could not write the plot {args.plot}: {e}", file=sys.stderr)
+            return 1
+        print(f"saved curves to {args.plot}" +
+              (f" and gradient norms to {_grad_norms_path(args.plot)}" if args.grad_norms else ""))
     return 0
 
 
@@ -458,20 +544,24 @@ def cmd_predict(args) -> int:
 
 # ---------------------------------------------------------------- explain
 def _add_explain(sub):
-    from .explain import EXAMPLES
+    from .explain import DEFAULT_EXAMPLE, EXAMPLES
 
     p = sub.add_parser(
-        "explain", help="trace one backprop step: every z, a, delta, dW, db and the update",
-        description="Trace one forward pass, backward pass and plain SGD update in float64 with the numpy "
-                    "backend's own operations. By default seed 002's example: a 2-2-1 network, input "
-                    "0.5,0.8, target 1, sigmoid everywhere, mse, learning rate 0.1, weights from --seed. "
-                    "'--example classic' is the classic 2-2-2 worked example (half_sse, lr 0.5). "
-                    "Numbers may be separated by commas or spaces, samples by ';' "
-                    "(write a first negative number as --input=-0.5,0.3).",
+        "explain", help="trace one backprop step: every z, a, dL/da, g'(z), delta, dW, db and the update",
+        description="Run one training step of a gpubp.MLP (numpy backend, float64, plain SGD) and print every "
+                    "intermediate it computed: per layer z and a, then dL/da, g'(z), delta, dW, db and W^T delta, "
+                    "then the updated weights and the loss after the step. By default the 2-2-1 example "
+                    f"('{DEFAULT_EXAMPLE}'): input 0.5,0.8, target 1, sigmoid everywhere, mse, learning rate "
+                    "0.1, with the interactive visualiser's initial weights. Options override the example's "
+                    "values (--activation changes the hidden layers only); with other --layers or a --seed the "
+                    "weights are MLP(seed=...)'s initialisation. Numbers may be separated by commas or spaces, "
+                    "samples by ';' (write a first negative number as --input=-0.5,0.3).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--example", choices=tuple(EXAMPLES), default=None,
-                     help="a named example (seed002 is the default)")
+                     help=f"a named example ({DEFAULT_EXAMPLE} when nothing else is given; "
+                          "sigmoid-2-2-1-lr0.5 is the same at learning rate 0.5; classic is the 2-2-2 "
+                          "half_sse worked example)")
     src.add_argument("--weights", metavar="FILE.json", default=None,
                      help='explicit weights: {"layers": [{"W": [[...]], "b": [...]}, ...]}, optionally with '
                           '"input", "target", "activation", "output_activation", "loss", "lr"')
@@ -482,13 +572,21 @@ def _add_explain(sub):
     p.add_argument("--activation", type=_activations, default=None, metavar="NAME[,NAME...]",
                    help="hidden activation(s) (default sigmoid)")
     p.add_argument("--output-activation", choices=ACTIVATIONS, default=None,
-                   help="output activation (default: the hidden one for mse/half_sse, identity for the "
-                        "cross-entropy losses)")
+                   help="output activation (default: identity for the cross-entropy losses, else the "
+                        "example's, else the hidden one)")
     p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights when no file gives them")
-    p.add_argument("--json", action="store_true", help="print the trace as JSON")
-    p.add_argument("--digits", type=_positive_int, default=10, help="significant digits of the text")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="initialise the weights as MLP(seed=SEED) does instead of taking the example's")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the trace as strict JSON")
+    out.add_argument("--step", action="store_true",
+                     help="print one stage at a time (forward layer by layer, loss, backward layer by "
+                          "layer, update), waiting for Enter between stages when the input is a terminal")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw the network with its values (nodes: z and a; edges: W and dW) to a PNG")
+    p.add_argument("--digits", type=_positive_int, default=None,
+                   help="round the text's numbers to this many significant digits (default: every digit)")
     p.set_defaults(func=cmd_explain)
     return p
 
@@ -496,10 +594,12 @@ def _add_explain(sub):
 def cmd_explain(args) -> int:
     from . import explain
 
+    if args.plot:
+        _check_writable(args.plot, "--plot")
     weights, is_text, wname = args.weights, False, None
-    if args.example is not None and explain.EXAMPLES[args.example] is not None:
+    if args.example is not None:
         weights, is_text = explain._example_text(args.example), True
-        wname = f"example {args.example!r} (gpubp/examples/{explain.EXAMPLES[args.example]})"
+        wname = f"example {args.example!r} ({explain.example_path(args.example)})"
     elif weights is not None:
         wname = f"file {weights}"
     act = args.activation
@@ -517,11 +617,21 @@ def cmd_explain(args) -> int:
     trace["description"] = prob.description
     if prob.expected:
         trace["expected"] = prob.expected
+    if args.plot:
+        from .plotting import plot_trace
+
+        try:
+            plot_trace(trace, args.plot)
+        except OSError as e:
+            raise UsageError(f"cannot write the plot {args.plot}: {e.strerror or e}") from None
     if args.json:
-        print(json.dumps(trace, indent=2))
+        print(explain.trace_json(trace))
+    elif args.step:
+        explain.print_stages(trace, args.digits, interactive=sys.stdin.isatty())
     else:
-        title = prob.description or "one backprop step"
-        print(explain.format_trace(trace, args.digits, title=f"{title}\nweights: {prob.weights_from}"))
+        print(explain.format_trace(trace, args.digits), end="")
+    if args.plot and not args.json:
+        print(f"network drawn to {args.plot}")
     return 0
 
 
@@ -757,7 +867,38 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    """Run the command line `argv` (default `sys.argv[1:]`); returns the exit status."""
+    """Run the command line `argv` (default `sys.argv[1:]`); returns the exit status.
+
+    When the reader of the output goes away (`gpubp ... | head`), the command
+    stops quietly with status 0: the rest of the output is discarded.
+    """
+    try:
+        try:
+            rc = _main(argv)
+        finally:                   # also after --help and usage errors (SystemExit)
+            sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        _discard_stdout()
+        return 0
+
+
+def _discard_stdout():
+    """Point stdout at the null device, so that Python's final flush cannot fail again."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # not a real file (e.g. captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTERNAL:
         return run_external(argv[0], argv[1:])

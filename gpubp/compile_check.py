@@ -1,6 +1,6 @@
 """Compile every CUDA kernel module with NVRTC, without a GPU, and report ptxas's resource use.
 
-`compile_check()` builds each `ModuleSpec` of `cuda_source.all_specs()` from the
+`compile_check()` builds each `ModuleSpec` of `all_specs()` from the
 same single source string and options CuPy uses (plus `-Xptxas -v`) through
 `cuda.bindings.nvrtc`, for each architecture asked for, and returns one row
 per kernel and architecture: registers, spill stores and loads, stack frame
@@ -23,8 +23,8 @@ from .backends import cuda_source
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
-#: the launcher modules `cuda_source.all_specs()` gathers, imported one by one when it fails
-_LAUNCHER_MODULES = ("cuda_gemm", "cuda_kernels")
+#: the launcher modules whose `SPECS` `all_specs()` gathers
+_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)
@@ -94,10 +94,17 @@ def nvrtc_version() -> str:
     return f"{major}.{minor}"
 
 
+def all_specs() -> list:
+    """Every kernel module gpubp builds: the `SPECS` of each launcher module."""
+    import importlib
+
+    return [s for mod in _LAUNCHER_MODULES for s in importlib.import_module(f"gpubp.backends.{mod}").SPECS]
+
+
 def _gather_specs() -> tuple[list, list[dict]]:
     """The ModuleSpecs to build, and an error row for each launcher module that would not import."""
     try:
-        return list(cuda_source.all_specs()), []
+        return list(all_specs()), []
     except Exception:
         pass
     import importlib

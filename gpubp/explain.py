@@ -1,12 +1,24 @@
-"""One backpropagation step, traced: every z, a, delta, dW, db and the updated parameters.
+"""One backpropagation step of a real `MLP`, traced: every z, a, dL/da, g'(z), delta, dW, db and the update.
 
-The trace is computed in float64 by the numpy backend's own operations
-(`dense_forward`, `loss_and_delta`, `dense_backward`, `sgd_update`), so it
-shows exactly what the library computes, step by step, for any network small
-enough to read.
+`trace_step` builds an `MLP` (numpy backend, float64), gives it the weights,
+runs the network's own forward pass, loss, backward pass and a plain SGD step,
+and reads every intermediate from the step plan the network used (`.A`, `.Z`,
+`.delta`) and from its gradient views (`net._dWb`).  Nothing of the training
+loop is written again here; the few quantities the network never forms on its
+own are derived from what it did form, with gpubp's own functions:
+
+- `z` where the plan keeps none (activations whose derivative needs only `a`):
+  `W a_prev + b`, the layer's affine map;
+- `g'(z)`: the backend's `activation_backward_inplace` applied to ones;
+- `dL/da` of the output layer: the loss's derivative (`mse`: 2 (a - y) / (B n),
+  `half_sse`: (a - y) / B; for the logit losses the output is `z` itself and
+  `dL/da` is the network's delta);
+- `W^T delta` (= dL/da of the layer below, dL/dx for layer 1): `delta W`.
+
+The tests check that delta = dL/da * g'(z) holds for the network's deltas.
 
     from gpubp.explain import trace_step, format_trace, load_example
-    problem = load_example("classic")            # the 2-2-2 worked example of SPEC.md
+    problem = load_example("sigmoid-2-2-1")   # the default of `gpubp explain`
     t = trace_step(**problem.trace_args())
     print(format_trace(t))
 """
@@ -14,6 +26,7 @@ enough to read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,12 +37,21 @@ from . import activations as acts
 from . import losses
 
 #: the named examples `gpubp explain --example NAME` knows, and their files in gpubp/examples
-EXAMPLES = {"seed002": None, "classic": "classic_2_2_2.json"}
+EXAMPLES = {
+    "sigmoid-2-2-1": "sigmoid_2_2_1.json",
+    "sigmoid-2-2-1-lr0.5": "sigmoid_2_2_1_lr0.5.json",
+    "classic": "classic_2_2_2.json",
+}
 
-#: seed 002's default example (weights come from a seed)
-SEED002 = {"layer_sizes": [2, 2, 1], "input": [0.5, 0.8], "target": [1.0], "activation": "sigmoid",
-           "output_activation": "sigmoid", "loss": "mse", "lr": 0.1,
-           "description": "seed 002's default example: 2-2-1, sigmoid everywhere, mse, learning rate 0.1"}
+#: the example `gpubp explain` runs when no weights, layers or seed are given
+DEFAULT_EXAMPLE = "sigmoid-2-2-1"
+
+#: the top-level keys of a trace
+TRACE_FIELDS = ("layer_sizes", "activations", "loss_name", "lr", "optimizer", "dtype", "backend", "batch",
+                "input", "target", "forward", "output", "loss", "backward", "updated", "loss_after")
+
+#: the keys of each entry of a trace's "backward" list (layers L down to 1)
+BACKWARD_FIELDS = ("layer", "dL_da", "g_prime", "delta", "dW", "db", "W_T_delta")
 
 
 @dataclass
@@ -55,13 +77,16 @@ class Problem:
                 "loss": self.loss, "lr": self.lr}
 
 
-def seeded_params(layer_sizes, activations, loss, seed):
-    """The float64 weights `gpubp.MLP(..., seed=seed)` starts from."""
+def _make_net(layer_sizes, activations, loss, seed=0):
     from .network import MLP
 
-    net = MLP(list(layer_sizes), activation=list(activations[:-1]), output_activation=activations[-1],
-              loss=loss, backend="numpy", dtype="float64", seed=seed)
-    return net.get_params()
+    return MLP(list(layer_sizes), activation=list(activations[:-1]), output_activation=activations[-1],
+               loss=loss, backend="numpy", dtype="float64", seed=seed)
+
+
+def seeded_params(layer_sizes, activations, loss, seed):
+    """The float64 weights `gpubp.MLP(..., seed=seed)` starts from."""
+    return _make_net(layer_sizes, activations, loss, seed).get_params()
 
 
 def _as_2d(x, n, what):
@@ -76,7 +101,7 @@ def _as_2d(x, n, what):
 
 
 def _targets(Y, loss, B, n_out):
-    """Targets as the backend expects them; a lone integer is a class label for cross_entropy."""
+    """Targets as the network expects them; a lone integer is a class label for cross_entropy."""
     Y = np.asarray(Y)
     if loss == "cross_entropy" and n_out > 1 and Y.size == B and (Y.ndim <= 1 or Y.shape == (B, 1)) and \
             np.all(Y == np.round(Y)):
@@ -108,18 +133,61 @@ def check_params(params, layer_sizes=None):
     return out, sizes
 
 
+# ---------------------------------------------------------------- the network's own step
+def _network_step(net, X, Y, lr):
+    """One training step of `net` (plain SGD at `lr`), keeping copies of what its step plan held.
+
+    This is the one place that knows the network's step internals: `net._step`
+    (forward, loss and delta, backward, optimizer step: the step `fit` runs)
+    returns the plan it used, whose `A`, `Z`, `delta` and `loss` are the
+    step's, and `net._dWb` holds the step's gradients.
+    """
+    from .optim import SGD
+
+    X = net._inputs(X)
+    Y = net._targets(Y, X.shape[0])
+    opt = net._bind(net._resolve_optimizer(SGD(lr)))
+    plan = net._step(X, Y, opt)
+    copy = lambda a: None if a is None else np.array(a, dtype=np.float64, copy=True)  # noqa: E731
+    out = {"A": [copy(a) for a in plan.A], "Z": [copy(z) for z in plan.Z], "delta": [copy(d) for d in plan.delta],
+           "loss": float(plan.loss[0]),
+           "grads": [(np.array(dW, copy=True), np.array(db, copy=True)) for dW, db in net._dWb],
+           "updated": net.get_params()}
+    out["loss_after"] = float(net.loss_and_grads(X, Y)[0])
+    return out
+
+
+def activation_derivative(name, a, z):
+    """g'(z) of activation `name` at the layer's output `a` (and `z`), by the numpy backend's own rule."""
+    from .backends.numpy_backend import activation_backward_inplace
+
+    return activation_backward_inplace(name, np.ones_like(a), a, z)
+
+
+def output_loss_gradient(loss, a, y, delta_out):
+    """dL/da of the output layer for a batch: `a` (B, n), `y` the prepared targets.
+
+    For the logit losses the output activation is the identity, so dL/da is
+    dL/dz, which is the network's own `delta_out`.
+    """
+    B, n = a.shape
+    if loss == "mse":
+        return 2.0 * (a - y) / (B * n)
+    if loss == "half_sse":
+        return (a - y) / B
+    return np.array(delta_out, copy=True)
+
+
 def trace_step(params, X, Y, activations, loss, lr):
-    """One forward pass, backward pass and plain SGD update, in float64, with every intermediate.
+    """One forward pass, backward pass and plain SGD update of an `MLP`, in float64, with every intermediate.
 
     `params` is `[(W, b), ...]` with `W` of shape `(n_out, n_in)`;
     `activations` names each layer's activation (the last is the output's);
     `X` is one sample (1-D) or a batch; `Y` its targets (class labels or
-    rows for cross_entropy).  Returns a JSON-serialisable dict: see
-    `TRACE_FIELDS`.  Vectors of a single sample are 1-D lists.
+    rows for cross_entropy).  Returns a JSON-serialisable dict with the keys
+    `TRACE_FIELDS`; each "backward" entry has `BACKWARD_FIELDS`.  Vectors of a
+    single sample are 1-D lists.
     """
-    from .backends import get_backend
-
-    be = get_backend("numpy")
     params, sizes = check_params(params)
     L = len(params)
     activations = list(activations)
@@ -131,54 +199,42 @@ def trace_step(params, X, Y, activations, loss, lr):
     if loss in losses.LOGIT_LOSSES and activations[-1] != "identity":
         raise ValueError(f"loss {loss!r} works on logits: output_activation must be 'identity', "
                          f"got {activations[-1]!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)) or \
+            not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"the learning rate must be a positive number, got {lr!r}")
     lr = float(lr)
-    if not (np.isfinite(lr) and lr > 0):
-        raise ValueError(f"the learning rate must be a positive number, got {lr}")
     single = np.asarray(X).ndim == 1
     A0 = _as_2d(X, sizes[0], "the input")
     B = A0.shape[0]
     Yb = _targets(Y, loss, B, sizes[-1])
 
-    def fwd(ps):
-        A, Z = [A0], [None]
-        for l in range(L):
-            W, b = ps[l]
-            a = np.empty((B, W.shape[0]))
-            z = np.empty((B, W.shape[0]))
-            be.dense_forward(A[-1], W, b, activations[l], a, z)
-            A.append(a)
-            Z.append(z)
-        return A, Z
-
-    A, Z = fwd(params)
-    loss_buf = np.zeros(1)
-    delta = [None] * (L + 1)
-    delta[L] = np.empty((B, sizes[-1]))
-    be.loss_and_delta(A[L], Z[L], Yb, loss, activations[-1], loss_buf, delta[L])
-    loss_before = float(loss_buf[0])
-    grads = [None] * L
-    for l in range(L, 0, -1):
-        W, _ = params[l - 1]
-        dW, db = np.empty_like(W), np.empty(W.shape[0])
-        if l > 1:
-            delta[l - 1] = np.empty((B, sizes[l - 1]))
-            be.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], activations[l - 2], Z[l - 1])
-        else:
-            be.dense_backward(delta[l], A[0], W, dW, db)
-        grads[l - 1] = (dW, db)
-    new = []
-    for (W, b), (dW, db) in zip(params, grads):
-        W2, b2 = W.copy(), b.copy()
-        be.sgd_update(W2, dW, None, lr, 0.0)
-        be.sgd_update(b2, db, None, lr, 0.0)
-        new.append((W2, b2))
-    A2, Z2 = fwd(new)
-    be.loss_and_delta(A2[L], Z2[L], Yb, loss, activations[-1], loss_buf, None)
-    loss_after = float(loss_buf[0])
+    net = _make_net(sizes, activations, loss)
+    net.set_params(params)
+    s = _network_step(net, A0, Yb, lr)
+    A, delta = s["A"], s["delta"]
+    Z = [None] + [s["Z"][l] if s["Z"][l] is not None else A[l - 1] @ params[l - 1][0].T + params[l - 1][1]
+                  for l in range(1, L + 1)]
 
     def vec(a):
         a = np.asarray(a)
         return (a[0] if single and a.ndim == 2 else a).tolist()
+
+    backward = []
+    for l in range(L, 0, -1):
+        W = params[l - 1][0]
+        if l == L:
+            dL_da = output_loss_gradient(loss, A[L], Yb, delta[L])
+        else:
+            dL_da = delta[l + 1] @ params[l][0]
+        backward.append({
+            "layer": l,
+            "dL_da": vec(dL_da),
+            "g_prime": vec(activation_derivative(activations[l - 1], A[l], Z[l])),
+            "delta": vec(delta[l]),
+            "dW": s["grads"][l - 1][0].tolist(),
+            "db": s["grads"][l - 1][1].tolist(),
+            "W_T_delta": vec(delta[l] @ W),
+        })
 
     return {
         "layer_sizes": sizes,
@@ -191,26 +247,46 @@ def trace_step(params, X, Y, activations, loss, lr):
         "batch": B,
         "input": vec(A0),
         "target": vec(Yb) if Yb.ndim == 2 else (Yb.tolist() if not single else int(Yb[0])),
-        "forward": [{"layer": l, "W": params[l - 1][0].tolist(), "b": params[l - 1][1].tolist(),
-                     "z": vec(Z[l]), "a": vec(A[l]), "activation": activations[l - 1]} for l in range(1, L + 1)],
+        "forward": [{"layer": l, "activation": activations[l - 1], "W": params[l - 1][0].tolist(),
+                     "b": params[l - 1][1].tolist(), "z": vec(Z[l]), "a": vec(A[l])} for l in range(1, L + 1)],
         "output": vec(A[L]),
-        "loss": loss_before,
-        "backward": [{"layer": l, "delta": vec(delta[l]), "dW": grads[l - 1][0].tolist(),
-                      "db": grads[l - 1][1].tolist()} for l in range(L, 0, -1)],
-        "updated": [{"layer": l, "W": new[l - 1][0].tolist(), "b": new[l - 1][1].tolist()}
+        "loss": s["loss"],
+        "backward": backward,
+        "updated": [{"layer": l, "W": s["updated"][l - 1][0].tolist(), "b": s["updated"][l - 1][1].tolist()}
                     for l in range(1, L + 1)],
-        "loss_after": loss_after,
+        "loss_after": s["loss_after"],
     }
 
 
-#: the top-level keys of a trace
-TRACE_FIELDS = ("layer_sizes", "activations", "loss_name", "lr", "optimizer", "dtype", "backend", "batch",
-                "input", "target", "forward", "output", "loss", "backward", "updated", "loss_after")
+#: how strict JSON writes the non-finite numbers a diverging step can give
+NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float replaced by a string ("NaN", "Infinity", "-Infinity"),
+    so that `json.dumps(..., allow_nan=False)` writes strict JSON (RFC 8259) any parser reads."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return NON_FINITE_JSON[repr(obj)]
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def trace_json(t: dict, indent: int | None = 2) -> str:
+    """The trace as strict JSON: a non-finite number is written as "NaN", "Infinity" or "-Infinity"."""
+    return json.dumps(strict_json(t), indent=indent, allow_nan=False)
 
 
 # ---------------------------------------------------------------- problems from files and options
 def _example_text(name: str) -> str:
     return resources.files("gpubp").joinpath("examples", EXAMPLES[name]).read_text(encoding="utf-8")
+
+
+def example_path(name: str) -> str:
+    """Where the named example lives inside the package (for messages)."""
+    return f"gpubp/examples/{EXAMPLES[name]}"
 
 
 def read_weights_file(path_or_text, *, is_text=False) -> dict:
@@ -240,16 +316,19 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     d["layer_sizes"] = sizes
+    if "lr" in d:                      # a rate the file gives is used as it is, never replaced
+        lr = d["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f'{where}: "lr" must be a positive finite number, got {lr!r}')
     return d
 
 
 def load_example(name: str) -> Problem:
-    """The named example: "seed002" (weights from seed 0) or "classic" (the 2-2-2 worked example)."""
+    """The named example (see `EXAMPLES`), as a `Problem`."""
     if name not in EXAMPLES:
         raise ValueError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
-    if EXAMPLES[name] is None:
-        return make_problem()
-    return make_problem(weights=_example_text(name), weights_is_text=True, weights_name=f"example {name!r}")
+    return make_problem(weights=_example_text(name), weights_is_text=True,
+                        weights_name=f"example {name!r} ({example_path(name)})")
 
 
 def _parse_vector_text(text, what):
@@ -278,18 +357,25 @@ def parse_vector(value, what="value"):
 
 
 def make_problem(layer_sizes=None, input=None, target=None, activation=None, output_activation=None,
-                 loss=None, lr=None, seed=0, weights=None, weights_is_text=False, weights_name=None) -> Problem:
-    """Resolve a traced step from options: an explicit value wins, then the weights file's, then
-    seed 002's default example.
+                 loss=None, lr=None, seed=None, weights=None, weights_is_text=False, weights_name=None) -> Problem:
+    """Resolve a traced step from options: an explicit value wins, then the weights file's, then the
+    default example's (`DEFAULT_EXAMPLE`).
 
-    `activation` is a name or a list (one per hidden layer).  The output
-    activation defaults to the hidden one for the squared-error losses
-    ("sigmoid everywhere") and to identity for the logit losses.
+    With no weights file, the default example's weights are used unless
+    `layer_sizes` differ from its sizes or a `seed` is given; then the weights
+    are those `MLP(..., seed=seed)` starts from.  `activation` is a name or a
+    list (one per hidden layer).  The output activation is, in order: the one
+    given, identity for the logit losses, the weights file's, the hidden one
+    when all hidden layers share it, identity.
     """
-    wf = {}
-    if weights is not None:
-        wf = read_weights_file(weights, is_text=weights_is_text)
-    base = {} if weights is not None else SEED002
+    default = read_weights_file(_example_text(DEFAULT_EXAMPLE), is_text=True)
+    explicit = (layer_sizes, input, target, activation, output_activation, loss, lr, seed)
+    if weights is None and seed is None and (layer_sizes is None or list(layer_sizes) == default["layer_sizes"]):
+        weights, weights_is_text = _example_text(DEFAULT_EXAMPLE), True
+        weights_name = f"example {DEFAULT_EXAMPLE!r} ({example_path(DEFAULT_EXAMPLE)})"
+    wf = read_weights_file(weights, is_text=weights_is_text) if weights is not None else {}
+    # without weights, the default example still gives the input, target, activations, loss and lr
+    base = {} if weights is not None else {k: v for k, v in default.items() if k not in ("layers", "params")}
     pick = lambda key, given: given if given is not None else wf.get(key, base.get(key))  # noqa: E731
 
     sizes = list(layer_sizes) if layer_sizes is not None else None
@@ -298,7 +384,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
             raise ValueError(f"--layers {sizes} does not match the weights, which give {wf['layer_sizes']}")
         sizes = wf["layer_sizes"]
     elif sizes is None:
-        sizes = list(SEED002["layer_sizes"])
+        sizes = list(default["layer_sizes"])
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise ValueError(f"layer sizes must be at least two positive integers, got {sizes}")
     L = len(sizes) - 1
@@ -312,103 +398,192 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
         raise ValueError(f"{L - 1} hidden layers need 1 or {L - 1} activations, got {len(hidden)}")
     for a in hidden:
         acts.check_activation(a)
-    out_act = output_activation if output_activation is not None else wf.get("output_activation")
-    if out_act is None:
-        if loss_name in losses.LOGIT_LOSSES:
-            out_act = "identity"
-        else:
-            out_act = hidden[-1] if hidden and len(set(hidden)) == 1 else "identity"
+    if output_activation is not None:
+        out_act = output_activation
+    elif loss_name in losses.LOGIT_LOSSES:
+        out_act = "identity"
+    elif wf.get("output_activation") is not None:
+        out_act = wf["output_activation"]
+    else:
+        out_act = hidden[-1] if hidden and len(set(hidden)) == 1 else "identity"
     acts.check_activation(out_act, "output_activation")
 
     x = pick("input", input)
     y = pick("target", target)
     if x is None or y is None:
-        raise ValueError("give the input and the target (--input, --target) for a network other than "
-                         "seed 002's default")
+        raise ValueError("give the input and the target (--input, --target) for these weights")
     x = parse_vector(x, "the input")
     y = parse_vector(y, "the target")
     if x.shape[-1] != sizes[0]:
         raise ValueError(f"the input has {x.shape[-1]} values per sample; the network takes {sizes[0]}")
-    lr_v = float(pick("lr", lr) or 0.1)
+    lr_v = pick("lr", lr)
+    lr_v = 0.1 if lr_v is None else float(lr_v)
 
     if weights is not None:
         params, weights_from = wf["params"], weights_name or f"file {weights}"
     else:
+        seed = 0 if seed is None else seed
         params, weights_from = None, f"MLP(seed={seed}) initialisation (uniform in ±1/sqrt(fan_in))"
-    desc = wf.get("description", "") if weights is not None else (
-        SEED002["description"] if (layer_sizes, input, target, activation, output_activation, loss, lr)
-        == (None,) * 7 else "")
+    overridden = any(v is not None for v in explicit)
+    desc = wf.get("description", "") if weights is not None else ""
+    if overridden and desc:
+        desc = "changed from " + desc
     return Problem(list(sizes), x, y, hidden + [out_act], loss_name, lr_v, params, seed, desc, weights_from,
-                   wf.get("expected", {}))
+                   {} if overridden else wf.get("expected", {}))
 
 
 # ---------------------------------------------------------------- text
+def _number(v, digits):
+    v = float(v)
+    return repr(v) if digits is None else f"{v:.{digits}g}"
+
+
 def _fmt(x, digits):
     a = np.asarray(x, dtype=np.float64)
-    return np.array2string(a, precision=digits, floatmode="maxprec", suppress_small=False,
-                           separator=", ", max_line_width=100,
-                           formatter={"float_kind": lambda v: f"{v:.{digits}g}"})
+    if a.ndim == 0:
+        return _number(a, digits)
+    return np.array2string(a, separator=", ", max_line_width=110,
+                           formatter={"float_kind": lambda v: _number(v, digits)})
 
 
-_DERIV = {"identity": "1", "sigmoid": "a (1 - a)", "tanh": "1 - a^2", "relu": "[a > 0]",
-          "leaky_relu": "(1 if a > 0 else 0.01)", "gelu": "gelu'(z)", "silu": "silu'(z)"}
-_LOSS_TEXT = {"mse": "mean over all outputs of (a - y)^2",
-              "half_sse": "mean over samples of 1/2 sum_j (a_j - y_j)^2",
-              "cross_entropy": "softmax cross-entropy of the logits",
-              "binary_cross_entropy": "sigmoid binary cross-entropy of the logits"}
-_DELTA_TEXT = {"mse": "2 (a - y) / (B n) * g'", "half_sse": "(a - y) / B * g'",
-               "cross_entropy": "(softmax(z) - y) / B", "binary_cross_entropy": "(sigmoid(z) - y) / (B n)"}
+#: g'(z) of each activation, as a formula
+DERIVATIVE_TEXT = {"identity": "1", "sigmoid": "a (1 - a)", "tanh": "1 - a^2", "relu": "[z > 0]",
+                   "leaky_relu": "(1 if z > 0 else 0.01)", "gelu": "gelu'(z) (tanh form)",
+                   "silu": "s(z) (1 + z (1 - s(z)))"}
+#: each loss, as a formula
+LOSS_TEXT = {"mse": "mean over all B n outputs of (a - y)^2",
+             "half_sse": "mean over the B samples of 1/2 sum_j (a_j - y_j)^2",
+             "cross_entropy": "softmax cross-entropy of the logits, mean over the batch",
+             "binary_cross_entropy": "sigmoid binary cross-entropy of the logits, mean over all outputs"}
+#: dL/da of the output layer, as a formula
+LOSS_GRADIENT_TEXT = {"mse": "2 (a - y) / (B n)", "half_sse": "(a - y) / B",
+                      "cross_entropy": "(softmax(z) - y) / B",
+                      "binary_cross_entropy": "(sigmoid(z) - y) / (B n)"}
 
 
-def format_trace(t: dict, digits: int = 10, title: str = "") -> str:
-    """The trace as text, numbers to `digits` significant digits."""
-    out = []
-
-    def line(prefix, x):
-        # continuation rows of a matrix line up under its first row
-        out.append(prefix + _fmt(x, digits).replace("\n", "\n" + " " * len(prefix)))
-
+def trace_stages(t: dict, digits: int | None = None) -> list:
+    """The trace as `(header, text)` stages: the problem, forward layer by layer, the loss, backward
+    layer by layer (output first), the update, and (when the trace holds an example's published
+    numbers) the comparison with them.  `digits` None prints every number in full (shortest
+    round-trip form); an integer rounds to that many significant digits."""
+    stages = []
     L = len(t["forward"])
-    if title:
-        out.append(title)
-    out.append(f"network {t['layer_sizes']}, activations {', '.join(t['activations'][:-1]) or '-'} "
-               f"(hidden) / {t['activations'][-1]} (output), loss {t['loss_name']}, plain SGD, "
-               f"learning rate {t['lr']:g}; float64 on the numpy backend, batch of {t['batch']}")
-    line("input  x = ", t["input"])
-    line("target y = ", t["target"])
-    out.append("")
-    out.append("Forward: z = W a_prev + b, a = g(z)")
+
+    def block(lines_and_values):
+        out = []
+        for prefix, x in lines_and_values:
+            if x is None:
+                out.append(prefix)
+            else:
+                # continuation rows of a matrix line up under its first row
+                out.append(prefix + _fmt(x, digits).replace("\n", "\n" + " " * len(prefix)))
+        return "\n".join(out)
+
+    lead = [f"network {t['layer_sizes']}, activations {', '.join(t['activations'][:-1]) or '-'} (hidden) / "
+            f"{t['activations'][-1]} (output), loss {t['loss_name']}, plain SGD at learning rate {t['lr']:g}; "
+            f"one step of gpubp.MLP in float64 on the numpy backend, batch of {t['batch']}"]
+    if t.get("description"):
+        lead.insert(0, t["description"])
+    if t.get("weights_from"):
+        lead.append(f"weights: {t['weights_from']}")
+    stages.append(("Problem", "\n".join(lead) + "\n" + block([("input  x = ", t["input"]),
+                                                              ("target y = ", t["target"])])))
     for fw in t["forward"]:
         l = fw["layer"]
-        out.append(f"  layer {l} ({fw['activation']})")
-        line(f"    W{l} = ", fw["W"])
-        line(f"    b{l} = ", fw["b"])
-        line(f"    z{l} = ", fw["z"])
-        line(f"    a{l} = ", fw["a"])
-    out.append(f"Loss ({t['loss_name']}: {_LOSS_TEXT[t['loss_name']]}) = {t['loss']:.{digits}g}")
-    out.append("")
-    out.append("Backward: delta = dLoss/dz, dW = delta a_prev^T, db = delta (summed over the batch)")
+        prev = "x" if l == 1 else f"a{l - 1}"
+        stages.append((f"Forward, layer {l} ({fw['activation']}): z{l} = W{l} {prev} + b{l}, a{l} = g(z{l})",
+                       block([(f"W{l} = ", fw["W"]), (f"b{l} = ", fw["b"]), (f"z{l} = ", fw["z"]),
+                              (f"a{l} = ", fw["a"])])))
+    stages.append((f"Loss ({t['loss_name']}: {LOSS_TEXT[t['loss_name']]})",
+                   block([(f"output a{L} = ", t["output"]), ("loss = ", t["loss"])])))
     for bw in t["backward"]:
         l = bw["layer"]
+        act = t["activations"][l - 1]
+        prev = "x" if l == 1 else f"a{l - 1}"
         if l == L:
-            how = _DELTA_TEXT[t["loss_name"]]
-            if t["loss_name"] in ("mse", "half_sse"):
-                how = how.replace("g'", f"g'(z{l}), g' = {_DERIV[t['activations'][-1]]}")
+            src = f"dL/da{l} = {LOSS_GRADIENT_TEXT[t['loss_name']]} = "
+            if t["loss_name"] in losses.LOGIT_LOSSES:
+                src = f"dL/da{l} = dL/dz{l} (the output is the logits z{l}) = {LOSS_GRADIENT_TEXT[t['loss_name']]} = "
         else:
-            how = f"(W{l + 1}^T delta{l + 1}) * g'(z{l}), g' = {_DERIV[t['activations'][l - 1]]}"
-        out.append(f"  layer {l}: delta{l} = {how}")
-        line(f"    delta{l} = ", bw["delta"])
-        line(f"    dW{l} = ", bw["dW"])
-        line(f"    db{l} = ", bw["db"])
-    out.append("")
-    out.append(f"Update: W -= {t['lr']:g} dW, b -= {t['lr']:g} db")
+            src = f"dL/da{l} = W{l + 1}^T delta{l + 1} = "
+        passes = "dL/dx (the input's gradient; no weights below)" if l == 1 else f"dL/da{l - 1}"
+        stages.append((f"Backward, layer {l} ({act}): delta{l} = dL/dz{l} = dL/da{l} * g'(z{l})",
+                       block([(src, bw["dL_da"]),
+                              (f"g'(z{l}) = {DERIVATIVE_TEXT[act]} = ", bw["g_prime"]),
+                              (f"delta{l} = dL/da{l} * g'(z{l}) = ", bw["delta"]),
+                              (f"dW{l} = delta{l} {prev}^T = ", bw["dW"]),
+                              (f"db{l} = delta{l}{' summed over the batch' if t['batch'] > 1 else ''} = ", bw["db"]),
+                              (f"W{l}^T delta{l} = {passes} = ", bw["W_T_delta"])])))
+    lr = f"{t['lr']:g}"
+    rows = []
     for up in t["updated"]:
         l = up["layer"]
-        line(f"  layer {l}: W{l} = ", up["W"])
-        line(f"           b{l} = ", up["b"])
-    out.append(f"Loss after the step = {t['loss_after']:.{digits}g} (before {t['loss']:.{digits}g})")
-    return "\n".join(out)
+        rows += [(f"W{l} <- W{l} - {lr} dW{l} = ", up["W"]), (f"b{l} <- b{l} - {lr} db{l} = ", up["b"])]
+    rows.append(("loss after the step = ", t["loss_after"]))
+    rows.append(("loss before the step = ", t["loss"]))
+    stages.append((f"Update (plain SGD): W <- W - {lr} dW, b <- b - {lr} db", block(rows)))
+    exp = t.get("expected") or {}
+    if exp:
+        stages.append(("Against the example's published numbers", _compare_expected(t, exp)))
+    return stages
 
 
-__all__ = ["trace_step", "format_trace", "make_problem", "load_example", "read_weights_file", "parse_vector",
-           "seeded_params", "check_params", "Problem", "EXAMPLES", "SEED002", "TRACE_FIELDS"]
+def _compare_expected(t, exp) -> str:
+    got = {"loss": t["loss"], "output": t["output"], "loss_after": t["loss_after"],
+           "W_after": [u["W"] for u in t["updated"]], "b_after": [u["b"] for u in t["updated"]]}
+    out = []
+    for key, want in exp.items():
+        if key not in got:
+            continue
+        have = got[key]
+        try:
+            diff = max(abs(float(a) - float(b)) for a, b in zip(_flat(have), _flat(want)))
+        except (TypeError, ValueError):
+            continue
+        out.append(f"{key}: published {_fmt(want, None)}; largest difference {diff:.1e}")
+    return "\n".join(out) or "(nothing comparable)"
+
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _flat(v)
+    else:
+        yield x
+
+
+def format_trace(t: dict, digits: int | None = None, title: str = "") -> str:
+    """The trace as text: every stage of `trace_stages` under its header."""
+    out = [title] if title else []
+    for header, text in trace_stages(t, digits):
+        out.append(f"== {header}")
+        out.append(text)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def print_stages(t: dict, digits: int | None = None, interactive: bool = False, write=print,
+                 wait=input) -> int:
+    """Print the trace one stage at a time.  `interactive`: wait for Enter (`wait`) between stages,
+    stop at "q" or end of input.  Returns the number of stages printed."""
+    stages = trace_stages(t, digits)
+    for i, (header, text) in enumerate(stages, start=1):
+        write(f"== stage {i}/{len(stages)}: {header}")
+        write(text)
+        if interactive and i < len(stages):
+            try:
+                answer = wait("-- Enter: next stage, q: quit -- ")
+            except (EOFError, KeyboardInterrupt):
+                write("")
+                return i
+            if answer.strip().lower().startswith("q"):
+                return i
+        else:
+            write("")
+    return len(stages)
+
+
+__all__ = ["trace_step", "trace_json", "trace_stages", "format_trace", "print_stages", "make_problem",
+           "load_example", "example_path", "read_weights_file", "parse_vector", "seeded_params", "check_params",
+           "activation_derivative", "output_loss_gradient", "Problem", "EXAMPLES", "DEFAULT_EXAMPLE",
+           "TRACE_FIELDS", "BACKWARD_FIELDS"]

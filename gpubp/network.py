@@ -353,12 +353,17 @@ class MLP:
         """The step plan for batches of `B` rows (kept; the least recently used beyond MAX_PLANS go)."""
         plan = self._plans.get(B)
         if plan is None:
-            plan = self.backend.make_plan(self.sizes, self.activations, B, self.dtype, self.precision)
+            plan = self._new_plan(B)
             self._plans[B] = plan
             while len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(B)
+        return plan
+
+    def _new_plan(self, B):
+        plan = self.backend.make_plan(self.sizes, self.activations, B, self.dtype, self.precision)
+        self.backend.prepare(plan, self.loss)   # the CUDA backend compiles the step's kernels here
         return plan
 
     def _forward(self, X, plan=None):
@@ -500,7 +505,7 @@ class MLP:
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
         opt = self._bind(opt)
-        plan = self.backend.make_plan(self.sizes, self.activations, Xs.shape[0], self.dtype, self.precision)
+        plan = self._new_plan(Xs.shape[0])
         loss_out = self.backend.zeros((1,), self.dtype)
         self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
@@ -630,7 +635,7 @@ class MLP:
             Xr = self._raw_inputs(Xh)
             Xn = self.backend.to_numpy(Xr).astype(np.float64)
             std = Xn.std(axis=0)
-            self.set_standardization(Xn.mean(axis=0), np.where(std > 0, std, 1.0))
+            self.set_standardization(Xn.mean(axis=0), np.where(std < 1e-12, 1.0, std))   # constant: centred only
         try:
             Xd = self._inputs(Xh)
             Yd = self._targets(Yh, Xd.shape[0])
@@ -658,15 +663,242 @@ class MLP:
 
     # ------------------------------------------------------------ files
     def save(self, path, metadata=None):
-        """Write configuration, parameters, optimizer state and `metadata` (JSON data, default
-        `self.metadata`) to one `.npz` file that loads without pickle."""
-        from .checkpoint import save
+        """Write configuration, parameters, optimizer state, the shuffling generator's state and
+        `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
-        save(self, path, metadata)
+        The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
+        the previous file as it was.  `load` then resumes exactly: training on from the loaded
+        network gives bitwise what training on from this one would.
+        """
+        from . import checkpoint
+
+        meta = {"config": dict(self.config(), seed=_seed_for_file(self.seed)),
+                "shapes": [[o, i] for _, o, i, _ in self.layout.segments],
+                "optimizer": None, "rng": _rng_state_for_file(self._rng),
+                "standardization": self.standardization is not None, "target_ndim": self.target_ndim,
+                "metadata": checkpoint.json_data(metadata if metadata is not None else self.metadata)}
+        arrays = {"params": self.backend.to_numpy(self._params)}
+        if self.standardization is not None:
+            arrays["input_mean"], arrays["input_std"] = self.standardization
+        opt = self.optimizer
+        if opt is not None:
+            for name, buf in opt.state.items():
+                arrays[f"opt.{name}"] = self.backend.to_numpy(buf)
+            meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
+        checkpoint.write(path, arrays, meta)
 
     @classmethod
     def load(cls, path, backend="auto"):
-        """A network from a file written by `save`; its optimizer comes back as `net.optimizer`."""
-        from .checkpoint import load
+        """A network from a file written by `save`; its optimizer comes back as `net.optimizer`.
 
-        return load(path, backend)
+        The whole file is checked before a network is built: the configuration, every array's
+        shape and dtype (from the archive's headers, before any data is read), the checksums,
+        finite parameters and a possible optimizer state (a step count >= 0, second moments
+        >= 0).  A file that fails a check raises a ValueError naming the field or array at
+        fault; a bad `backend` is the argument's error (ValueError naming `backend`).
+        """
+        from . import checkpoint
+
+        be = get_backend(backend)        # the caller's argument: checked first, blamed as such
+        with checkpoint.Checkpoint(path) as ck:
+            spec = _checkpoint_spec(ck)   # configuration and array headers only: nothing large is read
+            arrays = {name: ck.array(name, shape, dtype) for name, (shape, dtype) in spec["arrays"].items()}
+            _check_checkpoint_values(ck, spec, arrays)
+            cfg = spec["config"]
+            try:
+                net = cls(cfg["layer_sizes"], activation=cfg["activation"],
+                          output_activation=cfg["output_activation"], loss=cfg["loss"], backend=be,
+                          dtype=cfg["dtype"], seed=cfg["seed"], precision=cfg["precision"], init=cfg["init"])
+                if "input_mean" in arrays:
+                    net.set_standardization(arrays["input_mean"], arrays["input_std"])
+            except (TypeError, ValueError) as e:
+                ck.fail(f"its configuration is refused: {e}")
+        net._params[...] = be.asarray(arrays["params"], net.dtype)
+        net.metadata = spec["metadata"]
+        net.target_ndim = spec["target_ndim"]
+        if spec["rng"] is not None:
+            net._rng = spec["rng"]
+        opt = spec["optimizer"]
+        if opt is not None:
+            opt.bind(be, net._params)
+            for name in opt.state:
+                opt.state[name][...] = be.asarray(arrays[f"opt.{name}"], net.dtype)
+            opt.t = spec["t"]
+            net.optimizer = opt
+        return net
+
+
+# ---------------------------------------------------------------- checkpoint fields (MLP.save / MLP.load)
+#: optimizer state buffers that hold second moments (never negative)
+_NONNEGATIVE_STATE = ("v",)
+#: bit generators whose state a checkpoint can hold (the shuffling generator is numpy's default, PCG64)
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64")
+
+
+def _seed_for_file(seed):
+    """The constructor's seed as JSON data: None, a non-negative integer, or a list of them."""
+    def ok(s):
+        return isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 0
+    if seed is None:
+        return None
+    if ok(seed):
+        return int(seed)
+    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) and all(ok(s) for s in seed):
+        return [int(s) for s in seed]
+    raise ValueError(f"this network's seed {seed!r} cannot be saved: a checkpoint holds None, a "
+                     "non-negative integer or a list of them")
+
+
+def _rng_state_for_file(rng):
+    """The generator's `bit_generator.state` as JSON data (Python ints of any size, lists)."""
+    def plain(o):
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple, np.ndarray)):
+            return [plain(v) for v in o]
+        if isinstance(o, (np.integer, int)) and not isinstance(o, bool):
+            return int(o)
+        if isinstance(o, str):
+            return o
+        raise TypeError(f"the shuffling generator's state holds {type(o).__name__}, which is not JSON data")
+    return plain(rng.bit_generator.state)
+
+
+def _checkpoint_spec(ck) -> dict:
+    """Everything the checkpoint's metadata says, checked, and the arrays it must hold (name -> shape).
+
+    Reads no array data: shapes and dtypes are checked against the archive's headers.
+    """
+    meta = ck.meta
+    c = ck.field(meta, "config", dict)
+
+    def bad(field, why):
+        ck.fail(f"field {field!r}: {why}")
+
+    try:
+        sizes = _check_sizes(ck.field(c, "layer_sizes", list, "config"))
+    except (TypeError, ValueError) as e:
+        bad("config.layer_sizes", e)
+    n_hidden = len(sizes) - 2
+    act = ck.field(c, "activation", (str, list), "config")
+    hidden = [act] * n_hidden if isinstance(act, str) else list(act)
+    if len(hidden) != n_hidden:
+        bad("config.activation", f"one name per hidden layer: expected {n_hidden}, got {len(hidden)}")
+    if not all(isinstance(a, str) for a in hidden):
+        bad("config.activation", f"must be a name or a list of names, got {_short_repr(act)}")
+    try:
+        hidden = [acts.check_activation(a) for a in hidden]
+    except ValueError as e:
+        bad("config.activation", e)
+    try:
+        out_act = acts.check_activation(ck.field(c, "output_activation", str, "config"), "output_activation")
+    except ValueError as e:
+        bad("config.output_activation", e)
+    try:
+        loss = losses.check_loss(ck.field(c, "loss", str, "config"))
+    except ValueError as e:
+        bad("config.loss", e)
+    if loss in losses.LOGIT_LOSSES and out_act != "identity":
+        bad("config.output_activation", f"loss {loss!r} needs 'identity', got {out_act!r}")
+    try:
+        dtype = _check_dtype(ck.field(c, "dtype", str, "config"))
+    except ValueError as e:
+        bad("config.dtype", e)
+    precision = ck.field(c, "precision", str, "config") if "precision" in c else "float32"
+    if precision not in PRECISIONS:
+        bad("config.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and dtype != np.float32:
+        bad("config.precision", f"'tf32' needs dtype float32, got {dtype.name}")
+    init = ck.field(c, "init", str, "config") if "init" in c else "torch"
+    if init not in INITS:
+        bad("config.init", f"must be one of {', '.join(INITS)}, got {init!r}")
+    seed = c.get("seed")
+    if seed is not None:
+        try:
+            seed = _seed_for_file(seed)
+        except ValueError:
+            bad("config.seed", f"must be null, a non-negative integer or a list of them, got {seed!r}")
+    layout = ParamLayout(sizes)
+    shapes = [[o, i] for _, o, i, _ in layout.segments]
+    if "shapes" in meta and meta["shapes"] != shapes:
+        bad("shapes", f"layer shapes {meta['shapes']} (n_out, n_in) do not fit the network {list(sizes)} "
+                      f"of its configuration ({shapes})")
+    arrays = {"params": ((layout.total,), dtype)}
+    standardized = ck.field(meta, "standardization", bool) if "standardization" in meta else False
+    if standardized:
+        arrays.update(input_mean=((sizes[0],), np.float64), input_std=((sizes[0],), np.float64))
+    target_ndim = ck.field(meta, "target_ndim", (int, type(None))) if "target_ndim" in meta else None
+    if target_ndim not in (None, 1, 2):
+        bad("target_ndim", f"must be null, 1 or 2, got {target_ndim}")
+
+    om = ck.field(meta, "optimizer", (dict, type(None)))
+    opt, t = None, 0
+    if om is not None:
+        from .optim import OPTIMIZERS
+
+        name = ck.field(om, "name", str, "optimizer")
+        if name not in OPTIMIZERS:
+            bad("optimizer.name", f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+        hyper = ck.field(om, "hyper", dict, "optimizer")
+        try:
+            opt = OPTIMIZERS[name](**hyper)
+        except (TypeError, ValueError) as e:
+            bad("optimizer.hyper", e)
+        t = ck.field(om, "t", int, "optimizer")
+        if not 0 <= t < 2 ** 31:
+            bad("optimizer.t", f"the step count must lie in [0, 2**31), got {t}")
+        state = ck.field(om, "state", list, "optimizer")
+        if sorted(state) != sorted(opt.state_names):
+            bad("optimizer.state", f"{state} does not fit {opt!r}, which keeps {sorted(opt.state_names)}")
+        arrays.update({f"opt.{n}": ((layout.total,), dtype) for n in opt.state_names})
+
+    extra = sorted(set(ck.headers) - set(arrays) - {"meta"})
+    if extra:
+        ck.fail(f"it holds arrays {extra} that its configuration does not use")
+    for name, (shape, dt) in arrays.items():
+        ck.check_array(name, shape, dt)
+
+    rng = None
+    version = meta["version"]
+    if version >= 2 or "rng" in meta:
+        st = ck.field(meta, "rng", dict)
+        kind = st.get("bit_generator")
+        if kind not in _BIT_GENERATORS:
+            bad("rng.bit_generator", f"must be one of {', '.join(_BIT_GENERATORS)}, got {_short_repr(kind)}")
+        try:
+            bitgen = getattr(np.random, kind)()
+            bitgen.state = st
+            rng = np.random.Generator(bitgen)
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            bad("rng", f"not a valid {kind} state ({type(e).__name__}: {e})")
+    metadata = ck.field(meta, "metadata", dict)
+    return {"config": {"layer_sizes": list(sizes), "activation": hidden, "output_activation": out_act,
+                       "loss": loss, "dtype": dtype.name, "seed": seed, "precision": precision, "init": init},
+            "layout": layout, "arrays": arrays, "optimizer": opt, "t": t, "rng": rng,
+            "target_ndim": target_ndim, "metadata": metadata}
+
+
+def _check_checkpoint_values(ck, spec, arrays) -> None:
+    """Every array finite; parameters and optimizer state zero in the layout's padding, second
+    moments >= 0; the input standardisation's deviations > 0."""
+    layout = spec["layout"]
+    padding = np.ones(layout.total, dtype=bool)
+    for w, o, i, b in layout.segments:
+        padding[w:w + o * i] = False
+        padding[b:b + o] = False
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():
+            ck.fail(f"array {name!r} holds NaN or infinite values")
+        if name == "input_std" and (a <= 0).any():
+            ck.fail("array 'input_std' holds a standard deviation <= 0")
+        if name.startswith("input_"):
+            continue
+        if a[padding].any():
+            ck.fail(f"array {name!r} is not zero in the padding between layers")
+        if name.split(".", 1)[-1] in _NONNEGATIVE_STATE and name.startswith("opt.") and (a < 0).any():
+            ck.fail(f"array {name!r} holds negative second moments")
+
+
+def _short_repr(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."

@@ -1,4 +1,5 @@
-"""Training curves as a PNG, drawn with matplotlib's Agg canvas (no display needed).
+"""Training curves, gradient norms and a traced step's network as PNGs, drawn with matplotlib's Agg
+canvas (no display needed).
 
 The figure is made with `matplotlib.figure.Figure` and `FigureCanvasAgg`
 directly, so importing or calling this module never changes the user's
@@ -63,4 +64,126 @@ def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) 
     return path
 
 
-__all__ = ["plot_history"]
+def _new_figure(size):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+#: the history keys `plot_grad_norms` draws, with their axis labels
+GRAD_NORM_KEYS = (("grad_norms", "||dW||"), ("delta_norms", "||delta||"), ("update_ratios", "||W' - W|| / ||W||"))
+
+
+def plot_grad_norms(history: dict, path, title: str | None = None, dpi: int = 120) -> Path:
+    """Draw each layer's gradient norms per epoch on a log scale to `path`.
+
+    `history` holds per-epoch lists of per-layer values under any of
+    `grad_norms`, `delta_norms`, `update_ratios` (see `gpubp.gradflow`); one
+    panel per key present, one line per layer.  Returns the path written.
+    """
+    keys = [(k, label) for k, label in GRAD_NORM_KEYS if history.get(k)]
+    if not keys:
+        raise ValueError("the history holds no gradient norms to plot (grad_norms, delta_norms or update_ratios)")
+    fig = _new_figure((4.8 * len(keys), 4))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, keys):
+        rows = [list(r) for r in history[key]]
+        n_layers = max(len(r) for r in rows)
+        epochs = list(range(1, len(rows) + 1))
+        for l in range(n_layers):
+            ys = [r[l] if l < len(r) and r[l] is not None and r[l] > 0 else float("nan") for r in rows]
+            ax.plot(epochs, ys, marker=".", label=f"layer {l + 1}" + (" (output)" if l == n_layers - 1 else ""))
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per layer")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def _short(v) -> str:
+    return "nan" if v is None else f"{float(v):.4g}"
+
+
+def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) -> Path:
+    """Draw the network of a traced step (`gpubp.explain.trace_step`) with its values to `path`.
+
+    Nodes show z and a (the first sample's, for a batch) and the bias b;
+    input nodes their value.  Edges are drawn with a width that grows with
+    |W| (blue positive, red negative) and labelled with W and dW, unless
+    the network has more than `max_labelled_edges` edges.  Returns the path
+    written.
+    """
+    from matplotlib.patches import Circle
+
+    sizes = trace["layer_sizes"]
+    L = len(sizes) - 1
+    first = lambda v: v[0] if trace["batch"] > 1 else v  # noqa: E731  (the first sample of a batch)
+    fwd = {f["layer"]: f for f in trace["forward"]}
+    bwd = {b["layer"]: b for b in trace["backward"]}
+    n_edges = sum(sizes[l] * sizes[l - 1] for l in range(1, L + 1))
+    label_edges = n_edges <= max_labelled_edges
+    tallest = max(sizes)
+    gap = 2.6                                   # between layers, in units of the node spacing
+    inch = 1.3
+    fig = _new_figure((inch * (gap * L + 1.6), inch * (tallest + 1.6)))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.9))
+    ax.set_xlim(-0.8, gap * L + 0.8)
+    ax.set_ylim(-0.5 * tallest - 0.3, 0.5 * tallest + 0.5)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+    def pos(layer, i):
+        return gap * layer, (sizes[layer] - 1) / 2 - i
+
+    wmax = max((abs(w) for f in trace["forward"] for row in f["W"] for w in row), default=1.0) or 1.0
+    for l in range(1, L + 1):
+        W, dW = fwd[l]["W"], bwd[l]["dW"]
+        for j in range(sizes[l]):
+            for i in range(sizes[l - 1]):
+                (x0, y0), (x1, y1) = pos(l - 1, i), pos(l, j)
+                w = W[j][i]
+                ax.plot([x0, x1], [y0, y1], color="tab:blue" if w >= 0 else "tab:red",
+                        lw=0.6 + 3.0 * abs(w) / wmax, alpha=0.55, zorder=1)
+                if label_edges:
+                    t = 0.72                   # near the node the edge feeds: its inputs fan out there
+                    xm, ym = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                    ax.text(xm, ym, f"W={_short(w)}\ndW={_short(dW[j][i])}", fontsize=7, ha="center",
+                            va="center", zorder=3,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="0.8", alpha=0.9))
+    for l in range(L + 1):
+        for i in range(sizes[l]):
+            x, y = pos(l, i)
+            ax.add_patch(Circle((x, y), 0.36, fc="0.92" if l == 0 else "#fff6d5", ec="0.3", zorder=2))
+            if l == 0:
+                text = f"x{i + 1}\n{_short(first(trace['input'])[i])}"
+            else:
+                f = fwd[l]
+                text = (f"z={_short(first(f['z'])[i])}\na={_short(first(f['a'])[i])}\nb={_short(f['b'][i])}")
+            ax.text(x, y, text, fontsize=7, ha="center", va="center", zorder=4)
+    for l in range(L + 1):
+        name = "input" if l == 0 else (f"layer {l} ({trace['activations'][l - 1]})" if l < L
+                                      else f"output ({trace['activations'][-1]})")
+        ax.text(gap * l, 0.5 * tallest + 0.1, name, ha="center", va="bottom", fontsize=9)
+    head = (f"{sizes}, loss {trace['loss_name']} {_short(trace['loss'])} -> {_short(trace['loss_after'])} "
+            f"after one SGD step at lr {trace['lr']:g}")
+    if trace["batch"] > 1:
+        head += f"; z and a of sample 1 of {trace['batch']}, dW summed over the batch"
+    if not label_edges:
+        head += f"; {n_edges} edges: W and dW not labelled"
+    fig.suptitle(head, fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+__all__ = ["plot_history", "plot_grad_norms", "plot_trace", "GRAD_NORM_KEYS"]

@@ -92,6 +92,7 @@ class FitLoop:
         B = X.shape[0]
         self.n_batches = -(-B // batch_size)
         self.steps_done = 0   # steps of this call, for the learning-rate schedule
+        self.flow_warned: set = set()   # (layer, kind) of the gradient-flow warnings already given
 
     # ---------------------------------------------------------------- one step
     def _batch(self, i):
@@ -221,7 +222,7 @@ class FitLoop:
             self._record_flow(before, plan, hist)
 
     def _record_flow(self, before, plan, hist):
-        from .gradflow import flow_warnings, layer_stats
+        from .gradflow import GradientFlowWarning, flow_warnings, layer_stats
 
         net = self.net
         be = net.backend
@@ -238,5 +239,7 @@ class FitLoop:
         hist["update_ratios"].append([s["update_ratio"] for s in stats])
         import warnings
 
-        for msg in flow_warnings(stats):
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        for msg in flow_warnings(stats):      # each finding once per fit call
+            if (msg.layer, msg.kind) not in self.flow_warned:
+                self.flow_warned.add((msg.layer, msg.kind))
+                warnings.warn(str(msg), GradientFlowWarning, stacklevel=4)

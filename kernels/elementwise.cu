@@ -2,7 +2,7 @@
 // of SPEC.md.  activations.cuh is prepended by gpubp/backends/cuda_source.py.
 //
 // Every kernel is templated on T = float or double, indexes with 64-bit
-// integers, and is instantiated by name in gpubp/backends/cuda_kernels.py.
+// integers, and is instantiated by name in gpubp/backends/cuda_elementwise.py.
 //
 // Loss value: each block writes the double sum of its share to partials[blockIdx.x]
 // (a fixed-order tree inside the block, no atomics); loss_finalize then sums the

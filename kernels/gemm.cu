@@ -445,21 +445,23 @@ gemm_splitk_reduce(const T* __restrict__ ws, T* dW, T* db, int S, long long spli
     }
 }
 
-// ############################################################# v2: large fp32 tile, cp.async pipeline
-// A second large-tile configuration for float only (double keeps v1).  Same three kernels, same
-// epilogues, same masking (any M, N, K >= 1; out-of-range loads are zero-filled, out-of-range
-// outputs never stored), same 1-D swizzled grid and batch split, no atomics.
+// ############################################################# pipelined: large fp32 tile, cp.async
+// A second large-tile design for float only (double keeps v1), serving the weight gradient:
+// gemm_bwd_weight_pipelined, with the same epilogue (db), masking (any M, N, K >= 1;
+// out-of-range loads are zero-filled, out-of-range outputs never stored), 1-D swizzled grid and
+// batch split as gemm_bwd_weight, no atomics.  Measured on an H100 it beat v1's large tile for
+// the weight gradient (84% against 80% of cuBLAS) and lost to it for the forward and
+// input-gradient GEMMs, whose pipelined variants were removed (benchmarks/results/h100-2026-11-22).
 //
-// Launch shape (gemm2_fwd, gemm2_bwd_data, gemm2_bwd_weight):
-//   block (256, 1, 1) = 8 warps; block tile 128 x 128; k-tile BK (template: 8 or 16);
-//   STAGES-deep ring of shared-memory k-tiles filled with cp.async (template, >= 2);
+// Launch shape:
+//   block (256, 1, 1) = 8 warps; block tile 128 x 128; k-tile BK (template, 16 as instantiated);
+//   STAGES-deep ring of shared-memory k-tiles filled with cp.async (template, 3 as instantiated);
 //   DYNAMIC shared memory GEMM2_SMEM_BYTES(BK, STAGES) = 2 * STAGES * BK * 132 * 4 bytes
-//   (BK 8, 4 stages: 33,792 B; BK 16, 3 stages: 50,688 B, above the 48 KB default, so the
-//   launcher raises the function's max_dynamic_shared_size_bytes);
+//   (BK 16, 3 stages: 50,688 B, above the 48 KB default, so the launcher raises the
+//   function's max_dynamic_shared_size_bytes);
 //   grid as v1: (tiles_p * tiles_q, 1, splits).
-//   __launch_bounds__(256, GEMM2_MIN_BLOCKS(BK)): 2 blocks/SM (<= 128 registers) for BK 8,
-//   1 block/SM for BK 16.  Instantiated (cuda_gemm.V2_CONFIGS): "v2" = BK 8, 4 stages;
-//   "v2w" = BK 16, 3 stages.
+//   __launch_bounds__(256, GEMM2_MIN_BLOCKS(BK)): 1 block/SM for BK 16 (2 for BK 8, <= 128
+//   registers).  Instantiated as cuda_gemm.PIPELINED = (BK 16, 3 stages).
 //
 // Warp / thread mapping (each thread owns 8 x 8 outputs = 64 fp32 accumulators):
 //   warp w = tid / 32:  wm = w / 2 (0..3) -> rows,  wn = w % 2 (0..1) -> columns;
@@ -491,7 +493,7 @@ gemm_splitk_reduce(const T* __restrict__ ws, T* dW, T* db, int S, long long spli
 //   thread is done with tile t-1), issues tile t+STAGES-1 into the stage tile t-1 used, commits
 //   (an empty group when there is nothing left, so the group count stays exact), then
 //   multiplies tile t.  One barrier per k-tile; no staging registers.
-// Bias gradient (gemm2_bwd_weight, only the blocks of tile column 0 that write db): each thread
+// Bias gradient (gemm_bwd_weight_pipelined, only the blocks of tile column 0 that write db): each thread
 //   adds, per k-tile, BK / 2 shared values of X column tid % 128 (k half tid / 128); the two
 //   halves are added in a fixed order at the end: bitwise reproducible.
 
@@ -646,129 +648,14 @@ __device__ __forceinline__ void gemm2_thread_offsets(int tid, int& xo, int& yo) 
     yo = (w & 1) * 64 + (lane & 7) * 4;
 }
 
-// ============================================================= v2.1 forward
-// As gemm_fwd: Zout = A(M x K) @ W(N x K)^T + bias(N); Aout = g_ACT(Z); Zout iff write_z.
-// Both operands RC (4-byte copies): no alignment needed on A, W.
-// vec_out: N % 4 == 0 and Aout, Zout 16-byte aligned.
-template <int ACT, int BK, int STAGES>
-__global__ void __launch_bounds__(GEMM2_THREADS, GEMM2_MIN_BLOCKS(BK))
-gemm2_fwd(const float* __restrict__ A, const float* __restrict__ W, const float* __restrict__ bias,
-          float* Aout, float* Zout, int M, int N, int K, int write_z, int vec_out) {
-    extern __shared__ __align__(16) float gemm2_dsmem[];
-    const int tid = threadIdx.x;
-    int xo, yo, tp, tq;
-    gemm2_thread_offsets(tid, xo, yo);
-    gemm_tile_coords((M + GEMM2_BM - 1) / GEMM2_BM, (N + GEMM2_BM - 1) / GEMM2_BM, tp, tq);
-    const int p0 = tp * GEMM2_BM, q0 = tq * GEMM2_BM;
-
-    float acc[8][8], unused;
-    gemm2_core<BK, STAGES, false, false>(A, K, M, W, K, N, p0, q0, 0, K, gemm2_dsmem, tid, xo, yo,
-                                         acc, false, unused);
-
-    float bv[8];
-#pragma unroll
-    for (int g = 0; g < 2; ++g)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = q0 + yo + g * 32 + j;
-            bv[g * 4 + j] = q < N ? bias[q] : 0.f;
-        }
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int p = p0 + xo + h * 16 + i;
-            if (p >= M) continue;
-            const long long row = (long long)p * N;
-#pragma unroll
-            for (int g = 0; g < 2; ++g) {
-                const int q = q0 + yo + g * 32;
-                float z[4], a[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    z[j] = acc[h * 4 + i][g * 4 + j] + bv[g * 4 + j];
-                    a[j] = act_forward<ACT, float>(z[j]);
-                }
-                if (vec_out) {
-                    if (q < N) {
-                        vst<4>(Aout + row + q, a);
-                        if (write_z) vst<4>(Zout + row + q, z);
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if (q + j < N) {
-                            Aout[row + q + j] = a[j];
-                            if (write_z) Zout[row + q + j] = z[j];
-                        }
-                }
-            }
-        }
-}
-
-// ============================================================= v2.2 backward, data
-// As gemm_bwd_data: out(M x K) = (D(M x N) @ W(N x K)) * g_ACT'(.), g' from Aprev or Zprev.
-// D is RC (4-byte copies, any alignment); W is PC: needs K % 4 == 0 and W 16-byte aligned.
-// vec_out: K % 4 == 0 and out, Aprev, Zprev 16-byte aligned.
-template <int ACT, int BK, int STAGES>
-__global__ void __launch_bounds__(GEMM2_THREADS, GEMM2_MIN_BLOCKS(BK))
-gemm2_bwd_data(const float* __restrict__ D, const float* __restrict__ W, const float* __restrict__ Aprev,
-               const float* __restrict__ Zprev, float* out, int M, int N, int K, int vec_out) {
-    extern __shared__ __align__(16) float gemm2_dsmem[];
-    const int tid = threadIdx.x;
-    int xo, yo, tp, tq;
-    gemm2_thread_offsets(tid, xo, yo);
-    gemm_tile_coords((M + GEMM2_BM - 1) / GEMM2_BM, (K + GEMM2_BM - 1) / GEMM2_BM, tp, tq);
-    const int p0 = tp * GEMM2_BM, q0 = tq * GEMM2_BM;
-
-    float acc[8][8], unused;
-    gemm2_core<BK, STAGES, false, true>(D, N, M, W, K, K, p0, q0, 0, N, gemm2_dsmem, tid, xo, yo,
-                                        acc, false, unused);
-
-    const bool need_z = act_needs_z<ACT>::value;
-    const bool need_a = !need_z && ACT != ACT_IDENTITY;
-    const float* G = need_z ? Zprev : Aprev;
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int p = p0 + xo + h * 16 + i;
-            if (p >= M) continue;
-            const long long row = (long long)p * K;
-#pragma unroll
-            for (int g = 0; g < 2; ++g) {
-                const int q = q0 + yo + g * 32;
-                float src[4], d[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) src[j] = 0.f;
-                if (vec_out) {
-                    if (q < K) {
-                        if (need_z || need_a) vld<4>(src, G + row + q);
-#pragma unroll
-                        for (int j = 0; j < 4; ++j)
-                            d[j] = acc[h * 4 + i][g * 4 + j] * act_grad<ACT, float>(src[j], src[j]);
-                        vst<4>(out + row + q, d);
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if (q + j < K) {
-                            const float s = (need_z || need_a) ? G[row + q + j] : 0.f;
-                            out[row + q + j] = acc[h * 4 + i][g * 4 + j] * act_grad<ACT, float>(s, s);
-                        }
-                }
-            }
-        }
-}
-
-// ============================================================= v2.3 backward, weights
+// ============================================================= pipelined backward, weights
 // As gemm_bwd_weight: dW(N x K) = D(M x N)^T @ A(M x K), db(N) = column sums of D; grid.z =
 // splits of the batch, same workspace layout and arguments (less vec_d / vec_a: both operands
 // are PC and must be vector-aligned, N % 4 == 0 and K % 4 == 0; the launcher uses v1 otherwise).
 // vec_out: K % 4 == 0 and dW_base 16-byte aligned (split_stride % 4 == 0).
 template <int BK, int STAGES>
 __global__ void __launch_bounds__(GEMM2_THREADS, GEMM2_MIN_BLOCKS(BK))
-gemm2_bwd_weight(const float* __restrict__ D, const float* __restrict__ A, float* dW_base, float* db_base,
+gemm_bwd_weight_pipelined(const float* __restrict__ D, const float* __restrict__ A, float* dW_base, float* db_base,
                  int M, int N, int K, int rows_per_split, long long split_stride, int vec_out) {
     extern __shared__ __align__(16) float gemm2_dsmem[];
     const int tid = threadIdx.x;

@@ -3,6 +3,7 @@
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,367 @@ def test_metadata_round_trip(tmp_path):
     assert gpubp.MLP.load(tmp_path / "m.npz").metadata == {"mean": [0.0, 1.0, 2.0], "name": "x"}
     with pytest.raises(TypeError, match="JSON"):
         net.save(tmp_path / "n.npz", metadata={"f": object()})
+
+
+# ----------------------------------------------------------------- helpers: rewrite a checkpoint consistently
+def read_all(path):
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads(arrays.pop("meta").tobytes())
+
+
+def write_consistent(path, arrays, meta):
+    """A checkpoint whose checksums all agree with its (possibly wrong) content."""
+    from gpubp.checkpoint import _digest
+
+    meta = dict(meta, sha256={k: _digest(v) for k, v in arrays.items()})
+    meta["meta_sha256"] = _meta_digest(meta)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    return path
+
+
+def same_params(a, b):
+    return all(np.array_equal(p, q) for (W, c), (W2, c2) in zip(a.get_params(), b.get_params())
+               for p, q in ((W, W2), (c, c2)))
+
+
+# ----------------------------------------------------------------- atomic save
+def test_a_failed_save_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    net, path, X, y = trained(tmp_path, gpubp.optim.Adam(0.01))
+    before = path.read_bytes()
+    real_savez = np.savez
+
+    def disk_full(f, **arrays):           # writes half an archive, then the disk is full
+        buf = io.BytesIO()
+        real_savez(buf, **arrays)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    other = gpubp.MLP([5, 7, 3], activation=["gelu"], loss="cross_entropy", backend="numpy",
+                      dtype="float64", seed=99)
+    with pytest.raises(OSError, match="No space left"):
+        other.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
+    assert same_params(gpubp.MLP.load(path, backend="numpy"), net)
+
+
+def test_save_writes_a_synced_temporary_then_replaces(tmp_path, monkeypatch):
+    import os
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    calls = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", str(a), str(b))),
+                                                     real_replace(a, b))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync",)), real_fsync(fd))[1])
+    net.save(tmp_path / "m.npz")
+    kinds = [c[0] for c in calls]
+    assert "fsync" in kinds and "replace" in kinds and kinds.index("fsync") < kinds.index("replace")
+    _, src, dst = next(c for c in calls if c[0] == "replace")
+    assert dst == str(tmp_path / "m.npz") and src != dst and str(tmp_path) == str(Path(src).parent)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+# ----------------------------------------------------------------- exact resume
+@pytest.mark.parametrize("make_opt", [lambda: gpubp.optim.Adam(0.01), lambda: gpubp.optim.SGD(0.05, momentum=0.9)],
+                         ids=["adam", "sgd-momentum"])
+def test_fit_save_load_fit_equals_one_uninterrupted_fit(tmp_path, make_opt):
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((45, 4)), rng.integers(0, 3, 45)
+
+    def fresh():
+        return gpubp.MLP([4, 8, 3], activation="tanh", loss="cross_entropy", backend="numpy", seed=11)
+
+    whole = fresh()
+    whole.fit(X, y, epochs=4, batch_size=8, optimizer=make_opt(), shuffle=True, progress=False, standardize=True)
+    first = fresh()
+    first.fit(X, y, epochs=2, batch_size=8, optimizer=make_opt(), shuffle=True, progress=False, standardize=True)
+    first.save(tmp_path / "half.npz")
+    resumed = gpubp.MLP.load(tmp_path / "half.npz", backend="numpy")
+    resumed.fit(X, y, epochs=2, batch_size=8, optimizer=resumed.optimizer, shuffle=True, progress=False)
+    assert resumed.optimizer.t == whole.optimizer.t
+    assert same_params(resumed, whole)
+    for k in resumed.optimizer.state:
+        assert np.array_equal(resumed.optimizer.state[k], whole.optimizer.state[k])
+
+
+@pytest.mark.parametrize("seed", [None, 0, 123, 2 ** 64 + 5, 2 ** 70, np.int64(7), np.uint64(2 ** 64 - 1)],
+                         ids=lambda s: repr(s))
+def test_every_constructor_seed_can_be_saved_and_loaded(tmp_path, seed):
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=seed)
+    net.save(tmp_path / "s.npz")
+    back = gpubp.MLP.load(tmp_path / "s.npz", backend="numpy")
+    assert back.seed == (None if seed is None else int(seed))
+    assert same_params(back, net)
+    assert back._rng.bit_generator.state == net._rng.bit_generator.state
+
+
+# ----------------------------------------------------------------- validate before allocating
+def test_a_small_file_claiming_a_huge_network_is_refused_at_once(tmp_path):
+    import time
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    net.save(tmp_path / "small.npz")
+    arrays, meta = read_all(tmp_path / "small.npz")
+    meta["config"]["layer_sizes"] = [10 ** 6, 10 ** 6]
+    meta["shapes"] = [[10 ** 6, 10 ** 6]]
+    bad = write_consistent(tmp_path / "huge.npz", arrays, meta)
+    assert bad.stat().st_size < 4096
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="params"):
+        gpubp.MLP.load(bad, backend="numpy")
+    assert time.perf_counter() - t0 < 1.0
+
+    # the array's header agrees with the claim, but the data is not there
+    total = gpubp.params.ParamLayout((10 ** 6, 10 ** 6)).total
+    hdr = io.BytesIO()
+    np.lib.format.write_array_header_1_0(hdr, {"descr": "<f4", "fortran_order": False, "shape": (total,)})
+    meta["sha256"] = {"params": "0" * 64}
+    meta["meta_sha256"] = _meta_digest(meta)
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as z:
+        z.writestr("params.npy", hdr.getvalue())
+        mb = io.BytesIO()
+        np.save(mb, np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        z.writestr("meta.npy", mb.getvalue())
+    assert liar.stat().st_size < 4096
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="params.*damaged"):
+        gpubp.MLP.load(liar, backend="numpy")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def _adam_file(tmp_path):
+    net, path, X, y = trained(tmp_path, gpubp.optim.Adam(0.01))
+    return read_all(path)
+
+
+def test_non_finite_parameters_are_refused(tmp_path):
+    for value in (np.nan, np.inf, -np.inf):
+        arrays, meta = _adam_file(tmp_path)
+        arrays["params"][3] = value
+        bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+        with pytest.raises(ValueError, match="'params'.*NaN or infinite"):
+            gpubp.MLP.load(bad, backend="numpy")
+
+
+@pytest.mark.parametrize("spoil, field", [
+    (lambda a, m: m["optimizer"].__setitem__("t", -1), "optimizer.t"),
+    (lambda a, m: m["optimizer"].__setitem__("t", 2 ** 40), "optimizer.t"),
+    (lambda a, m: a["opt.v"].__setitem__(2, -1e-3), "'opt.v'.*negative"),
+    (lambda a, m: a["opt.v"].__setitem__(2, np.nan), "'opt.v'.*NaN"),
+    (lambda a, m: a["opt.m"].__setitem__(0, np.inf), "'opt.m'.*NaN or infinite"),
+], ids=["negative-step", "step-overflow", "negative-v", "nan-v", "inf-m"])
+def test_impossible_optimizer_state_is_refused(tmp_path, spoil, field):
+    arrays, meta = _adam_file(tmp_path)
+    spoil(arrays, meta)
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=field):
+        gpubp.MLP.load(bad, backend="numpy")
+
+
+def _pop(d, k):
+    d.pop(k)
+
+
+MALFORMED = [
+    ("no-config", lambda a, m: _pop(m, "config"), "'config'"),
+    ("config-not-object", lambda a, m: m.__setitem__("config", [1, 2]), "'config'"),
+    ("no-layer-sizes", lambda a, m: _pop(m["config"], "layer_sizes"), "config.layer_sizes"),
+    ("layer-sizes-text", lambda a, m: m["config"].__setitem__("layer_sizes", "5,7,3"), "config.layer_sizes"),
+    ("layer-sizes-floats", lambda a, m: m["config"].__setitem__("layer_sizes", [5.0, 7, 3]), "config.layer_sizes"),
+    ("layer-sizes-zero", lambda a, m: m["config"].__setitem__("layer_sizes", [5, 0, 3]), "config.layer_sizes"),
+    ("layer-sizes-one", lambda a, m: m["config"].__setitem__("layer_sizes", [5]), "config.layer_sizes"),
+    ("layer-sizes-bool", lambda a, m: m["config"].__setitem__("layer_sizes", [5, True, 3]), "config.layer_sizes"),
+    ("no-activation", lambda a, m: _pop(m["config"], "activation"), "config.activation"),
+    ("bad-activation", lambda a, m: m["config"].__setitem__("activation", ["swish2"]), "config.activation"),
+    ("activation-number", lambda a, m: m["config"].__setitem__("activation", [3]), "config.activation"),
+    ("activation-count", lambda a, m: m["config"].__setitem__("activation", ["relu", "relu"]), "config.activation"),
+    ("bad-output-activation", lambda a, m: m["config"].__setitem__("output_activation", "soft"),
+     "config.output_activation"),
+    ("output-activation-type", lambda a, m: m["config"].__setitem__("output_activation", None),
+     "config.output_activation"),
+    ("logit-loss-needs-identity", lambda a, m: m["config"].__setitem__("output_activation", "sigmoid"),
+     "config.output_activation"),
+    ("bad-loss", lambda a, m: m["config"].__setitem__("loss", "hinge"), "config.loss"),
+    ("bad-dtype", lambda a, m: m["config"].__setitem__("dtype", "float16"), "config.dtype"),
+    ("dtype-type", lambda a, m: m["config"].__setitem__("dtype", 64), "config.dtype"),
+    ("bad-precision", lambda a, m: m["config"].__setitem__("precision", "bf16"), "config.precision"),
+    ("tf32-in-float64", lambda a, m: m["config"].__setitem__("precision", "tf32"), "config.precision"),
+    ("negative-seed", lambda a, m: m["config"].__setitem__("seed", -3), "config.seed"),
+    ("seed-text", lambda a, m: m["config"].__setitem__("seed", "abc"), "config.seed"),
+    ("no-optimizer-name", lambda a, m: _pop(m["optimizer"], "name"), "optimizer.name"),
+    ("unknown-optimizer", lambda a, m: m["optimizer"].__setitem__("name", "rmsprop"), "optimizer.name"),
+    ("bad-hyper", lambda a, m: m["optimizer"]["hyper"].__setitem__("lr", -1.0), "optimizer.hyper"),
+    ("unknown-hyper", lambda a, m: m["optimizer"]["hyper"].__setitem__("gamma", 2), "optimizer.hyper"),
+    ("hyper-type", lambda a, m: m["optimizer"].__setitem__("hyper", "fast"), "optimizer.hyper"),
+    ("step-text", lambda a, m: m["optimizer"].__setitem__("t", "3"), "optimizer.t"),
+    ("step-float", lambda a, m: m["optimizer"].__setitem__("t", 3.5), "optimizer.t"),
+    ("state-names", lambda a, m: m["optimizer"].__setitem__("state", ["m"]), "optimizer.state"),
+    ("no-rng", lambda a, m: _pop(m, "rng"), "'rng'"),
+    ("rng-kind", lambda a, m: m["rng"].__setitem__("bit_generator", "Mystery"), "rng.bit_generator"),
+    ("rng-state", lambda a, m: m["rng"].__setitem__("state", {"state": "x"}), "rng"),
+    ("metadata-type", lambda a, m: m.__setitem__("metadata", [1]), "'metadata'"),
+    ("shapes", lambda a, m: m.__setitem__("shapes", [[1, 1], [1, 1]]), "'shapes'"),
+    ("params-dtype", lambda a, m: a.__setitem__("params", a["params"].astype(np.float32)), "'params'.*dtype"),
+    ("params-big-endian", lambda a, m: a.__setitem__("params", a["params"].astype(">f8")), "'params'.*dtype"),
+    ("params-shape", lambda a, m: a.__setitem__("params", a["params"][:-1]), "'params'.*shape"),
+    ("params-2d", lambda a, m: a.__setitem__("params", a["params"].reshape(1, -1)), "'params'.*shape"),
+    ("state-shape", lambda a, m: a.__setitem__("opt.m", a["opt.m"][:10]), "'opt.m'.*shape"),
+    ("no-params", lambda a, m: _pop(a, "params"), "'params'"),
+    ("no-state", lambda a, m: _pop(a, "opt.v"), "'opt.v'"),
+    ("extra-array", lambda a, m: a.__setitem__("extra", np.zeros(3)), "'extra'"),
+    ("complex-array", lambda a, m: a.__setitem__("params", a["params"].astype("complex128")), "'params'.*dtype"),
+    ("padding", lambda a, m: a["params"].__setitem__(-1, 1.0), "'params'.*padding"),
+]
+
+
+@pytest.mark.parametrize("spoil, field", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_every_malformed_field_is_a_value_error_naming_it(tmp_path, spoil, field):
+    arrays, meta = _adam_file(tmp_path)
+    spoil(arrays, meta)
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=field):
+        gpubp.MLP.load(bad, backend="numpy")
+
+
+def test_a_bad_backend_argument_is_blamed_on_the_argument(tmp_path):
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    for backend in ("tpu", 3, None):
+        with pytest.raises(ValueError, match="backend") as e:
+            gpubp.MLP.load(path, backend=backend)
+        assert "checkpoint" not in str(e.value) and str(path) not in str(e.value)
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "empty"),
+    (b"layer_sizes = [5, 7, 3]\n", "not a zip archive"),
+    (bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)), "not a zip archive"),
+    (b"PK\x03\x04" + b"\0" * 200, "cannot be read"),
+], ids=["empty", "text", "random-bytes", "broken-zip"])
+def test_non_checkpoint_files_are_refused_clearly(tmp_path, content, why):
+    p = tmp_path / "thing.npz"
+    p.write_bytes(content)
+    with pytest.raises(ValueError, match=f"not a usable gpubp checkpoint: .*{why}"):
+        gpubp.MLP.load(p, backend="numpy")
+
+
+def test_a_npy_file_is_refused_clearly(tmp_path):
+    net = gpubp.MLP([3, 2], backend="numpy")
+    p = tmp_path / "params.npy"
+    np.save(p, net.get_params()[0][0])
+    with pytest.raises(ValueError, match=r"single numpy array \(\.npy\)"):
+        gpubp.MLP.load(p, backend="numpy")
+    # an archive with a pickled member is refused, and no code runs
+    q = tmp_path / "pickled.npz"
+    np.savez(q, meta=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="dtype object"):
+        gpubp.MLP.load(q, backend="numpy")
+
+
+def test_checkpoint_json_is_strict(tmp_path):
+    net = gpubp.MLP([3, 2], backend="numpy")
+    with pytest.raises(TypeError, match="JSON"):
+        net.save(tmp_path / "n.npz", metadata={"scale": float("nan")})
+    assert not (tmp_path / "n.npz").exists()
+    net.save(tmp_path / "ok.npz", metadata={"scale": 1.0})
+    arrays, meta = read_all(tmp_path / "ok.npz")
+    meta["metadata"] = {"scale": float("inf")}
+    bad = write_consistent(tmp_path / "inf.npz", arrays, meta)  # json.dumps writes Infinity
+    with pytest.raises(ValueError, match="not valid JSON"):
+        gpubp.MLP.load(bad, backend="numpy")
+
+
+def test_checkpoint_module_does_not_import_the_network():
+    src = (Path(gpubp.__file__).parent / "checkpoint.py").read_text()
+    imports = [l for l in src.splitlines() if l.lstrip().startswith(("import ", "from "))]
+    assert imports and not any("network" in l or l.lstrip().startswith("from .") for l in imports)
+
+
+def test_version_1_files_without_generator_state_still_load(tmp_path):
+    net, path, X, y = trained(tmp_path, gpubp.optim.SGD(0.1, momentum=0.9))
+    arrays, meta = read_all(path)
+    meta["version"] = 1
+    del meta["rng"]
+    old = write_consistent(tmp_path / "v1.npz", arrays, meta)
+    back = gpubp.MLP.load(old, backend="numpy")
+    assert same_params(back, net) and back.optimizer.t == net.optimizer.t
+    meta["version"] = 3
+    with pytest.raises(ValueError, match="format version 3"):
+        gpubp.MLP.load(write_consistent(tmp_path / "v3.npz", arrays, meta), backend="numpy")
+
+
+def test_random_damage_gives_a_value_error_or_the_same_network(tmp_path):
+    net, path, _, _ = trained(tmp_path, gpubp.optim.Adam(0.01))
+    data = path.read_bytes()
+    rng = np.random.default_rng(2024)
+    bad = tmp_path / "damaged.npz"
+    for trial in range(150):
+        b = bytearray(data)
+        if trial % 3 == 0:
+            b = b[: rng.integers(0, len(b))]
+        else:
+            for _ in range(rng.integers(1, 4)):
+                b[rng.integers(0, len(b))] = rng.integers(0, 256)
+        bad.write_bytes(bytes(b))
+        try:
+            back = gpubp.MLP.load(bad, backend="numpy")
+        except ValueError:
+            continue
+        assert same_params(back, net) and back.optimizer.t == net.optimizer.t   # damage outside the data
+
+
+def test_no_array_data_is_read_before_the_configuration_is_checked(tmp_path, monkeypatch):
+    arrays, meta = _adam_file(tmp_path)
+    meta["config"]["loss"] = "hinge"
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    read = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, *a, **k: (read.append(1), real(f, *a, **k))[1])
+    with pytest.raises(ValueError, match="config.loss"):
+        gpubp.MLP.load(bad, backend="numpy")
+    assert len(read) == 1                       # the metadata only
+
+
+def test_standardization_target_shape_and_init_come_back(tmp_path):
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((30, 3)) * 5 + 2, rng.standard_normal(30)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2, init="xavier")
+    net.fit(X, y, epochs=1, batch_size=10, optimizer="sgd", progress=False, standardize=True)
+    net.save(tmp_path / "s.npz")
+    back = gpubp.MLP.load(tmp_path / "s.npz", backend="numpy")
+    assert back.config() == net.config() and back.init == "xavier"
+    assert back.target_ndim == net.target_ndim == 1
+    for a, b in zip(back.standardization, net.standardization):
+        assert np.array_equal(a, b)
+    assert np.array_equal(back.predict(X), net.predict(X)) and back.predict(X).shape == (30,)
+
+
+STANDARDIZED_MALFORMED = [
+    ("bad-init", lambda a, m: m["config"].__setitem__("init", "orthogonal"), "config.init"),
+    ("standardization-type", lambda a, m: m.__setitem__("standardization", "yes"), "'standardization'"),
+    ("no-mean", lambda a, m: _pop(a, "input_mean"), "'input_mean'"),
+    ("mean-shape", lambda a, m: a.__setitem__("input_mean", a["input_mean"][:2]), "'input_mean'.*shape"),
+    ("std-zero", lambda a, m: a["input_std"].__setitem__(1, 0.0), "'input_std'.*<= 0"),
+    ("mean-nan", lambda a, m: a["input_mean"].__setitem__(0, np.nan), "'input_mean'.*NaN"),
+    ("target-ndim", lambda a, m: m.__setitem__("target_ndim", 3), "'target_ndim'"),
+    ("target-ndim-type", lambda a, m: m.__setitem__("target_ndim", "1"), "'target_ndim'"),
+]
+
+
+@pytest.mark.parametrize("spoil, field", [m[1:] for m in STANDARDIZED_MALFORMED],
+                         ids=[m[0] for m in STANDARDIZED_MALFORMED])
+def test_malformed_standardization_fields_are_named(tmp_path, spoil, field):
+    rng = np.random.default_rng(8)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2)
+    net.fit(rng.standard_normal((20, 3)), rng.standard_normal(20), epochs=1, batch_size=10, optimizer="sgd",
+            progress=False, standardize=True)
+    net.save(tmp_path / "s.npz")
+    arrays, meta = read_all(tmp_path / "s.npz")
+    spoil(arrays, meta)
+    with pytest.raises(ValueError, match=field):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")

@@ -15,8 +15,6 @@ import gpubp
 from gpubp import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED_W2 = ("0.35891648", "0.408666186", "0.511301270", "0.561370121")
-PUBLISHED_W1 = ("0.149780716", "0.19956143", "0.24975114", "0.29950229")
 
 
 def run(capsys, *argv):
@@ -73,10 +71,14 @@ def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
     net = gpubp.MLP.load(ck, backend="numpy")
     assert list(net.sizes) == [2, 16, 16, 2] and net.dtype == np.float64
     assert list(net.activations) == ["tanh", "relu", "identity"] and net.optimizer.t > 0
-    # the checkpoint reproduces the printed test accuracy on the raw features (it standardises them itself)
+    # the checkpoint reproduces the printed test accuracy on the raw features: it carries its
+    # input standardisation (training-set statistics), so nobody applies it by hand
     from gpubp.data import accuracy, load_dataset
 
     ds = load_dataset("moons", val_size=0.1, seed=4, standardize_features=False)
+    std = load_dataset("moons", val_size=0.1, seed=4)
+    np.testing.assert_allclose(net.standardization[0], std.mean)
+    np.testing.assert_allclose(net.standardization[1], std.std)
     acc = float(re.search(r"^test accuracy (\d\.\d+)", out, re.M).group(1))
     assert accuracy(net, ds.X_test, ds.y_test) == pytest.approx(acc, abs=5e-5)
 
@@ -149,106 +151,7 @@ def test_unusable_cuda_backend_is_a_usage_error(capsys, monkeypatch):
     assert "backend 'cuda' is not usable here: CuPy is not installed" in err
 
 
-# ---------------------------------------------------------------- explain
-TRACE_KEYS = {"layer_sizes", "activations", "loss_name", "lr", "optimizer", "dtype", "backend", "batch", "input",
-              "target", "forward", "output", "loss", "backward", "updated", "loss_after", "weights_from"}
-
-
-def _check_trace_shapes(t):
-    sizes, L = t["layer_sizes"], len(t["layer_sizes"]) - 1
-    assert [f["layer"] for f in t["forward"]] == list(range(1, L + 1))
-    assert [b["layer"] for b in t["backward"]] == list(range(L, 0, -1))
-    for f in t["forward"]:
-        l = f["layer"]
-        assert set(f) >= {"W", "b", "z", "a", "activation"}
-        assert np.shape(f["W"]) == (sizes[l], sizes[l - 1]) and len(f["z"]) == len(f["a"]) == sizes[l]
-    for b in t["backward"]:
-        l = b["layer"]
-        assert set(b) >= {"delta", "dW", "db"} and np.shape(b["dW"]) == (sizes[l], sizes[l - 1])
-    for u in t["updated"]:
-        assert set(u) >= {"W", "b"}
-
-
-def test_explain_default_is_seed_002_example(capsys):
-    rc, out, _ = run(capsys, "explain", "--json")
-    assert rc == 0
-    t = json.loads(out)
-    assert TRACE_KEYS <= set(t)
-    assert t["layer_sizes"] == [2, 2, 1] and t["activations"] == ["sigmoid", "sigmoid"]
-    assert t["loss_name"] == "mse" and t["lr"] == 0.1 and t["input"] == [0.5, 0.8] and t["target"] == [1.0]
-    _check_trace_shapes(t)
-    # weights from --seed are the network's own initialisation
-    params = gpubp.MLP([2, 2, 1], activation="sigmoid", output_activation="sigmoid", loss="mse",
-                       backend="numpy", dtype="float64", seed=0).get_params()
-    assert np.array_equal(t["forward"][0]["W"], params[0][0]) and np.array_equal(t["forward"][1]["b"], params[1][1])
-    # mse on one output: loss (a - 1)^2, and the step lowers it
-    a = t["output"][0]
-    assert t["loss"] == pytest.approx((a - 1) ** 2, rel=1e-14) and t["loss_after"] < t["loss"]
-    rc, out2, _ = run(capsys, "explain", "--json", "--seed", "5")
-    assert json.loads(out2)["forward"][0]["W"] != t["forward"][0]["W"]
-
-
-def test_explain_text_shows_every_step(capsys):
-    rc, out, _ = run(capsys, "explain")
-    assert rc == 0
-    for s in ("seed 002", "Forward", "z1 =", "a1 =", "a2 =", "Loss (mse", "Backward", "delta2 =", "delta1 =",
-              "dW1 =", "db2 =", "Update: W -= 0.1 dW", "Loss after the step"):
-        assert s in out, s
-
-
-def test_explain_classic_reproduces_the_published_numbers(capsys):
-    rc, out, _ = run(capsys, "explain", "--example", "classic", "--json")
-    assert rc == 0
-    t = json.loads(out)
-    assert TRACE_KEYS <= set(t)
-    _check_trace_shapes(t)
-    assert t["loss_name"] == "half_sse" and t["lr"] == 0.5 and t["activations"] == ["sigmoid", "sigmoid"]
-    assert agrees(t["loss"], "0.298371109")
-    W2, W1 = np.ravel(t["updated"][1]["W"]), np.ravel(t["updated"][0]["W"])
-    assert all(agrees(v, p) for v, p in zip(W2, PUBLISHED_W2)), W2
-    assert all(agrees(v, p) for v, p in zip(W1, PUBLISHED_W1)), W1
-    rc, text, _ = run(capsys, "explain", "--example", "classic")
-    assert "0.2983711088" in text and "0.3589164797" in text and "0.1497807161" in text
-
-
-def test_explain_weights_file_and_overrides(capsys, tmp_path):
-    wf = tmp_path / "w.json"
-    wf.write_text(json.dumps({"layers": [{"W": [[0.15, 0.20], [0.25, 0.30]], "b": [0.35, 0.35]},
-                                         {"W": [[0.40, 0.45], [0.50, 0.55]], "b": [0.60, 0.60]}]}))
-    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--input", "0.05", "0.10", "--target", "0.01,0.99",
-                     "--activation", "sigmoid", "--loss", "half_sse", "--lr", "0.5", "--json")
-    assert rc == 0
-    t = json.loads(out)
-    assert agrees(t["loss"], "0.298371109") and agrees(t["updated"][1]["W"][0][0], PUBLISHED_W2[0])
-    # a batch of two samples, cross_entropy with a class label, relu: any network works
-    rc, out, _ = run(capsys, "explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;-1,0,1", "--target", "2;0",
-                     "--loss", "cross_entropy", "--activation", "relu", "--json")
-    t = json.loads(out)
-    assert rc == 0 and t["batch"] == 2 and t["activations"] == ["relu", "identity"] and t["target"] == [2, 0]
-    assert np.shape(t["forward"][1]["z"]) == (2, 3) and np.shape(t["backward"][0]["delta"]) == (2, 3)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--input", "1,2,3"], "network takes 2"),
-    (["--weights", "/nonexistent.json"], "cannot read the weights file"),
-    (["--example", "classic", "--layers", "2,3,2"], "does not match the weights"),
-    (["--example", "nope"], "invalid choice"),
-    (["--example", "classic", "--weights", "x.json"], "not allowed with"),
-    (["--layers", "3,2,1"], "network takes 3"),
-    (["--loss", "cross_entropy", "--output-activation", "sigmoid"], "must be 'identity'"),
-    (["--input", "a,b"], "must be numbers"),
-    (["--lr", "0"], "positive number"),
-])
-def test_explain_bad_options_are_usage_errors(capsys, argv, message):
-    assert message in usage_error(capsys, "explain", *argv)
-
-
-def test_explain_bad_weights_file(capsys, tmp_path):
-    wf = tmp_path / "bad.json"
-    wf.write_text('{"layers": [{"W": [[1, 2]], "b": [0]}, {"W": [[1, 2]], "b": [0]}]}')
-    assert "takes 2 inputs but layer 1 has 1 outputs" in usage_error(capsys, "explain", "--weights", str(wf))
-    wf.write_text("{not json")
-    assert "not valid JSON" in usage_error(capsys, "explain", "--weights", str(wf))
+# ---------------------------------------------------------------- explain: tests/test_explain.py
 
 
 # ---------------------------------------------------------------- gradcheck
@@ -336,3 +239,12 @@ def test_python_dash_m_gpubp():
     r = subprocess.run([sys.executable, "-m", "gpubp", "train", "--epochs", "0"], capture_output=True, text=True,
                        timeout=120, cwd=ROOT, env=env)
     assert r.returncode == 2 and "positive integer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_grad_norms_and_init(capsys, tmp_path):
+    png = tmp_path / "c.png"
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--hidden", "16,16,16,16,16,16", "--activation",
+                     "sigmoid", "--epochs", "2", "--grad-norms", "--init", "xavier", "--plot", str(png),
+                     "--no-progress", "--backend", "numpy")
+    assert rc == 0 and "init xavier" in out and "||dW||" in out
+    assert (tmp_path / "c-grad-norms.png").read_bytes()[:4] == b"\x89PNG"

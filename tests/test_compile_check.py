@@ -6,7 +6,6 @@ import pytest
 pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings and nvidia-cuda-nvrtc")
 
 from gpubp import compile_check as cc  # noqa: E402
-from gpubp.backends import cuda_source  # noqa: E402
 from gpubp.backends.cuda_source import ModuleSpec  # noqa: E402
 
 ARCHS = ("sm_80", "sm_90")
@@ -32,7 +31,7 @@ def test_no_compile_errors_spills_or_register_overflow(rows):
 
 def test_every_name_expression_of_every_module_is_built_for_every_arch(rows):
     built = {(r["module"], r["arch"], r["kernel"]) for r in rows if not r["error"]}
-    specs = cuda_source.all_specs()
+    specs = cc.all_specs()
     assert {s.name for s in specs} >= {"gemm", "elementwise"}
     for spec in specs:
         assert spec.name_expressions, spec.name
@@ -105,8 +104,8 @@ def test_a_missing_launcher_module_is_reported(monkeypatch):
     def broken():
         raise ImportError("no module named gpubp.backends.cuda_missing")
 
-    monkeypatch.setattr(cuda_source, "all_specs", broken)
-    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_kernels"))
+    monkeypatch.setattr(cc, "all_specs", broken)
+    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_elementwise"))
     rows = cc.compile_check(("sm_90",))
     errors = [r for r in rows if r["error"]]
     assert len(errors) == 1 and "cuda_missing" in errors[0]["error"]
@@ -116,9 +115,9 @@ def test_a_missing_launcher_module_is_reported(monkeypatch):
 def test_main_prints_the_table_and_fails_on_a_problem(monkeypatch, capsys):
     spec = ModuleSpec(name="elementwise", files=("activations.cuh", "elementwise.cu"),
                       name_expressions=("loss_finalize<float>",))
-    monkeypatch.setattr(cuda_source, "all_specs", lambda: [spec])
+    monkeypatch.setattr(cc, "all_specs", lambda: [spec])
     assert cc.main(["--arch", "sm_90"]) == 0
     out = capsys.readouterr().out
     assert "loss_finalize<float>" in out and "regs" in out and "sm_90" in out
-    monkeypatch.setattr(cuda_source, "all_specs", lambda: [spec, _Spec("__global__ void k() { x; }")])
+    monkeypatch.setattr(cc, "all_specs", lambda: [spec, _Spec("__global__ void k() { x; }")])
     assert cc.main(["--arch", "sm_90"]) == 1

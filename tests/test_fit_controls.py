@@ -215,3 +215,32 @@ def test_fit_writes_one_line_per_epoch_to_a_log(capsys):
     net.fit(*_data(11), epochs=3, batch_size=20)
     err = capsys.readouterr().err
     assert err.count("\n") == 3 and "\r" not in err and "epoch 3/3" in err
+
+
+def test_grad_norms_are_recorded_and_vanishing_gradients_warned_once():
+    import warnings
+
+    from gpubp.gradflow import GradientFlowWarning
+
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((256, 8))
+    y = (X[:, 0] > 0).astype(int)
+    net = gpubp.MLP([8] + [16] * 10 + [2], activation="sigmoid", loss="cross_entropy", backend="numpy", seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = net.fit(X, y, epochs=3, batch_size=64, grad_norms=True, verbose=0)
+    assert len(hist["grad_norms"]) == len(hist["delta_norms"]) == len(hist["update_ratios"]) == 3
+    assert all(len(e) == 11 for e in hist["grad_norms"])
+    # the last entry is the last step's gradient, which the network still holds
+    dW = [np.linalg.norm(net.backend.to_numpy(W)) for W, _ in net._dWb]
+    np.testing.assert_allclose(hist["grad_norms"][-1], dW, rtol=1e-5)   # float32 sums
+    flow = [w for w in caught if issubclass(w.category, GradientFlowWarning)]
+    layers = [str(w.message).split(":")[0] for w in flow]
+    assert layers and "layer 1" in layers and len(layers) == len(set(layers))    # once per layer and kind
+    # relu and He initialisation: no warning
+    net = gpubp.MLP([8] + [16] * 10 + [2], activation="relu", loss="cross_entropy", backend="numpy", seed=0,
+                    init="kaiming")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(X, y, epochs=2, batch_size=64, grad_norms=True, verbose=0)
+    assert not [w for w in caught if issubclass(w.category, GradientFlowWarning)]

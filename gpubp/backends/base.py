@@ -110,6 +110,10 @@ class Backend(ABC):
 
         return StepPlan(self, sizes, activations, batch, dtype, precision, input_grad)
 
+    def prepare(self, plan, loss: str) -> None:
+        """Get ready to run steps of `plan` with `loss` (the CUDA backend compiles the kernels they
+        will launch, all at once); nothing to do on the host."""
+
     def network_forward(self, plan, layers) -> None:
         """Forward through every layer: `plan.A[0]` is the input; fills `plan.A[1..L]` and `plan.Z`.
 

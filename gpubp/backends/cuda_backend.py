@@ -1,7 +1,7 @@
 """The CUDA backend: CuPy device arrays and gpubp's own kernels.
 
 Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
-the loss and the optimizer updates to `cuda_kernels` (kernels/elementwise.cu).
+the loss and the optimizer updates to `cuda_elementwise` (kernels/elementwise.cu).
 Every method launches on CuPy's current stream and never waits for the device.
 Temporaries (loss partials, split-K and fused-run workspaces, pointer tables)
 live in the caller's `Scratch` (a step plan's), so with a plan a step allocates
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES
-from . import cuda_fused, cuda_gemm, cuda_kernels
-from .cuda_device import device_id
+from . import cuda_fused, cuda_gemm, cuda_elementwise
+from .cuda_device import device_id, load_kernels
 from .base import Backend
 from .plan import scratch_buffer
 
@@ -191,9 +191,9 @@ class CudaBackend(Backend):
 
     # ----------------------------------------------------------- loss
     def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
-        partials = scratch_buffer(scratch, "loss_partials", shape=(cuda_kernels.MAX_PARTIALS,),
+        partials = scratch_buffer(scratch, "loss_partials", shape=(cuda_elementwise.MAX_PARTIALS,),
                                   dtype=np.float64, xp=self._cupy)
-        cuda_kernels.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials)
+        cuda_elementwise.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials)
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
@@ -204,8 +204,8 @@ class CudaBackend(Backend):
                                     tile=self.tile)
 
     # ----------------------------------------------------------- whole network
-    def _segments(self, layers, A, precision="float32"):
-        """Split layers 1..L into runs `(first, last, fused)` (1-based, inclusive).
+    def _segments(self, sizes, batch, dtype, precision="float32"):
+        """Split layers 1..L of a network of `sizes` into runs `(first, last, fused)` (1-based, inclusive).
 
         A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
         when `self.fuse` is on, the dtype is float32, the batch has at least
@@ -213,9 +213,9 @@ class CudaBackend(Backend):
         layers have every width <= `FUSE_MAX_WIDTH[precision]`; other layers go
         through the per-layer fused GEMMs.
         """
-        L = len(layers)
-        ok = [self.fuse and A[0].dtype == np.float32 and A[0].shape[0] >= self.FUSE_MIN_BATCH and
-              cuda_fused.eligible(layers[l][0].shape) and max(layers[l][0].shape) <= self.FUSE_MAX_WIDTH[precision]
+        L = len(sizes) - 1
+        ok = [self.fuse and np.dtype(dtype) == np.float32 and batch >= self.FUSE_MIN_BATCH and
+              cuda_fused.eligible(sizes[l:l + 2]) and max(sizes[l:l + 2]) <= self.FUSE_MAX_WIDTH[precision]
               for l in range(L)]
         segs, l = [], 0
         while l < L:
@@ -230,9 +230,25 @@ class CudaBackend(Backend):
             l = e + 1
         return segs
 
+    def prepare(self, plan, loss):
+        """Compile, in one go, the kernels a step of `plan` launches (forward, loss, backward,
+        updates), so the first step does not stop at each new kernel."""
+        wanted = {cuda_gemm.SPECS[0]: set(), cuda_fused.SPECS[0]: set(), cuda_elementwise.SPECS[0]: set()}
+        sizes, acts, dt = plan.sizes, plan.activations, plan.dtype
+        for first, last, fused in self._segments(sizes, plan.batch, dt, plan.precision):
+            if fused:
+                wanted[cuda_fused.SPECS[0]] |= cuda_fused.kernel_names(sizes[first - 1:last + 1], plan.precision)
+                continue
+            l = first
+            prev = ACT_CODES[acts[l - 2]] if l > 1 else (ACT_CODES["identity"] if plan.input_grad else None)
+            wanted[cuda_gemm.SPECS[0]] |= cuda_gemm.kernel_names(dt, plan.batch, sizes[l], sizes[l - 1],
+                                                                  ACT_CODES[acts[l - 1]], prev, self.tile)
+        wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
+        load_kernels(wanted)
+
     def network_forward(self, plan, layers):
         A, Z, acts = plan.A, plan.Z, plan.activations
-        for first, last, fused in self._segments(layers, A, plan.precision):
+        for first, last, fused in self._segments(plan.sizes, plan.batch, plan.dtype, plan.precision):
             if not fused:
                 W, b = layers[first - 1]
                 self.dense_forward(A[first - 1], W, b, acts[first - 1], A[first], Z[first], scratch=plan.scratch)
@@ -244,7 +260,7 @@ class CudaBackend(Backend):
 
     def network_backward(self, plan, layers, grads, after_layer=None):
         A, Z, delta, acts = plan.A, plan.Z, plan.delta, plan.activations
-        for first, last, fused in reversed(self._segments(layers, A, plan.precision)):
+        for first, last, fused in reversed(self._segments(plan.sizes, plan.batch, plan.dtype, plan.precision)):
             if not fused:
                 self.layer_backward(plan, first, layers, grads)
             else:
@@ -267,8 +283,8 @@ class CudaBackend(Backend):
 
     # ----------------------------------------------------------- updates
     def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):
-        cuda_kernels.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
+        cuda_elementwise.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
 
     def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
                     scratch=None):
-        cuda_kernels.adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
+        cuda_elementwise.adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)

@@ -52,7 +52,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES, ACTIVATIONS
-from .cuda_device import attributes, cdiv, check_act, device_id, function
+from .cuda_device import attributes, device_id, function
+from .cuda_launch import aligned as _aligned
+from .cuda_launch import cdiv, check_act, check_arrays
 from .cuda_source import ModuleSpec
 from .kernel_constants import FM, FM_FIELD_NAMES, FM_FIELDS, FM_NT, FM_VEC
 
@@ -156,15 +158,7 @@ def _blocks_per_sm(f, smem: int) -> int:
 
 
 def _check(arrays, what: str) -> None:
-    for a in arrays:
-        if a.dtype != np.float32:
-            raise TypeError(f"{what}: the fused kernels take float32 arrays, got {a.dtype}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{what}: the fused kernels need C-contiguous arrays")
-
-
-def _aligned(a) -> bool:
-    return a.data.ptr % 16 == 0
+    check_arrays(np.float32, *arrays, what=f"{what} (fused kernels)")
 
 
 def _table(rows: np.ndarray, scratch, kind: str):
@@ -361,3 +355,12 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
     max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(L))
     function(SPECS[0], _reduce_name(wmax), 0)(
         (cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))
+
+
+# ------------------------------------------------------------------ what a run launches
+def kernel_names(widths, precision: str = "float32") -> set[str]:
+    """The kernels of a fused run of layers of these widths (input width first)."""
+    _suffix(precision)
+    wmax = _wmax(widths)
+    bm_f, bm_b = CONFIGS[wmax]
+    return {_fwd_name(bm_f, wmax, precision), _bwd_name(bm_b, wmax, precision), _reduce_name(wmax)}

@@ -20,13 +20,17 @@ Tile configurations (see gemm.cu): the template int SUB gives a
 (32 SUB) x (32 SUB) block tile, 256 threads, BK = 8.  float: SUB 4 (128 x 128)
 for large problems, SUB 2 (64 x 64) for small ones; double: SUB 2 and SUB 1.
 
-float32 has a second large-tile family, "v2" (gemm2_* in gemm.cu): 128 x 128 tile,
-cp.async multi-stage shared-memory pipeline (sm_80+), warp-tiled 8 x 8 per thread,
-template BK and STAGES (`V2_CONFIGS`).  `LARGE_TILE` picks which family serves the
-large float32 tile of each kernel ("v1" or a `V2_CONFIGS` key); v2 is used only where
-its p-contiguous operands are 16-byte aligned with leading dimensions % 4 == 0
-(bwd_data: W; bwd_weight: delta and A_prev; fwd has none) and the device is
-sm_80+; otherwise the v1 large tile runs.  Double always uses v1.
+The float32 weight gradient has a second large tile, "pipelined"
+(`gemm_bwd_weight_pipelined` in gemm.cu): 128 x 128, a 3-stage cp.async pipeline
+with BK 16 (sm_80+), warp-tiled 8 x 8 per thread (`PIPELINED`).  It serves the
+large float32 weight gradient wherever delta and A_prev are 16-byte aligned with
+leading dimensions % 4 == 0 and the device is sm_80+; otherwise v1's large tile
+runs.  Measured on an H100 it beat v1 there (84% against 80% of cuBLAS) and lost
+to v1 for the forward and input-gradient GEMMs, whose pipelined variants left the
+library.  Double always uses v1.
+
+`kernel_names(...)` lists the kernels a dense layer of given shapes may launch, so
+the backend can compile just those, together, before a step first runs.
 
 CuPy is imported inside functions only, so this module imports without a GPU.
 """
@@ -36,11 +40,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACTIVATIONS
-from .cuda_device import cdiv, check_act, compute_capability, function, sm_count
+from .cuda_device import compute_capability, function, sm_count
+from .cuda_launch import aligned, cdiv, check_act, check_arrays, ctype
 from .cuda_source import ModuleSpec
 from .kernel_constants import GEMM2_BM, GEMM_BK, GEMM_PAD, GEMM_THREADS
 
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 #: (large, small) SUB per dtype
 _SUBS = {"float": (4, 2), "double": (2, 1)}
 _N_ACT = len(ACTIVATIONS)
@@ -64,30 +68,18 @@ def _reduce_name(ct: str) -> str:
     return f"gemm_splitk_reduce<{ct}>"
 
 
-#: v2 large float32 tiles: name -> (BK, STAGES); all are compiled (see gemm.cu's v2 comment)
-V2_CONFIGS = {"v2": (8, 4), "v2w": (16, 3)}
-#: which family serves the large float32 tile of each kernel: "v1" or a V2_CONFIGS key.
-#: Measured on an H100 (benchmarks/results/h100-2026-11-22/tf32-v2-run/gemm_tiles.log): v1 is fastest for
-#: fwd and bwd_data (80% / 79% of cuBLAS at 8192x4096x4096), v2w for bwd_weight (84% vs 80%).
-LARGE_TILE = {"fwd": "v1", "bwd_data": "v1", "bwd_weight": "v2w"}
-V2_BM = GEMM2_BM
+#: (BK, STAGES) of the pipelined float32 weight-gradient tile.  Measured on an H100
+#: (benchmarks/results/h100-2026-11-22/tf32-v2-run/gemm_tiles.log, where it is called "v2w").
+PIPELINED = (16, 3)
 
 
-def _v2_smem(bk: int, stages: int) -> int:
-    """Dynamic shared memory of a v2 kernel (GEMM2_SMEM_BYTES)."""
-    return 2 * stages * bk * (V2_BM + GEMM_PAD) * 4
+def _pipelined_smem(bk: int = PIPELINED[0], stages: int = PIPELINED[1]) -> int:
+    """Dynamic shared memory of the pipelined kernel (GEMM2_SMEM_BYTES in gemm.cu)."""
+    return 2 * stages * bk * (GEMM2_BM + GEMM_PAD) * 4
 
 
-def _fwd2_name(act: int, cfg) -> str:
-    return f"gemm2_fwd<{act}, {cfg[0]}, {cfg[1]}>"
-
-
-def _bwd_data2_name(act: int, cfg) -> str:
-    return f"gemm2_bwd_data<{act}, {cfg[0]}, {cfg[1]}>"
-
-
-def _bwd_weight2_name(cfg) -> str:
-    return f"gemm2_bwd_weight<{cfg[0]}, {cfg[1]}>"
+def _bwd_weight_pipelined_name(cfg=PIPELINED) -> str:
+    return f"gemm_bwd_weight_pipelined<{cfg[0]}, {cfg[1]}>"
 
 
 def _all_names() -> tuple[str, ...]:
@@ -98,10 +90,7 @@ def _all_names() -> tuple[str, ...]:
             names += [_bwd_data_name(ct, a, sub) for a in range(_N_ACT)]
             names.append(_bwd_weight_name(ct, sub))
         names.append(_reduce_name(ct))
-    for cfg in V2_CONFIGS.values():
-        names += [_fwd2_name(a, cfg) for a in range(_N_ACT)]
-        names += [_bwd_data2_name(a, cfg) for a in range(_N_ACT)]
-        names.append(_bwd_weight2_name(cfg))
+    names.append(_bwd_weight_pipelined_name())
     return tuple(names)
 
 
@@ -116,20 +105,15 @@ def _launch(name: str, grid, args, smem: int = 0) -> str:
 
 
 def _ctype(*arrays) -> str:
-    dt = arrays[0].dtype
-    ct = _CTYPES.get(dt)
-    if ct is None:
-        raise TypeError(f"gemm kernels take float32 or float64 arrays, got {dt}")
-    for a in arrays:
-        if a.dtype != dt:
-            raise TypeError(f"mixed dtypes: {a.dtype} and {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError("gemm kernels need C-contiguous arrays")
+    """The C type of the arrays, which must share one dtype and be C-contiguous."""
+    ct = ctype(arrays[0].dtype, "gemm kernels")
+    check_arrays(arrays[0].dtype, *arrays, what="gemm kernels")
     return ct
 
 
 def _aligned(a, sub: int) -> bool:
-    return a.data.ptr % (sub * a.itemsize) == 0
+    """Aligned for a vector of `sub` elements."""
+    return aligned(a, sub * a.itemsize)
 
 
 def _tiles(P: int, Q: int, sub: int) -> int:
@@ -137,9 +121,9 @@ def _tiles(P: int, Q: int, sub: int) -> int:
     return cdiv(P, bm) * cdiv(Q, bm)
 
 
-#: the tile configurations a caller may force (`tile=`): "large" (v1) or "small", or a
-#: V2_CONFIGS key (the large tile, served by that v2 configuration where eligible, else v1)
-TILES = ("large", "small") + tuple(V2_CONFIGS)
+#: the tile configurations a caller may force (`tile=`): "large" (v1's large tile everywhere),
+#: "small", or "pipelined" (the large tile, with the pipelined weight gradient where eligible)
+TILES = ("large", "small", "pipelined")
 
 
 def _forced(ct: str, tile):
@@ -150,21 +134,16 @@ def _forced(ct: str, tile):
     return _SUBS[ct][1 if tile == "small" else 0]
 
 
-def _v2_cfg(kind: str, ct: str, sub: int, tile, *aligned_pc: bool):
-    """(BK, STAGES) of the v2 kernel to run instead of v1's large tile, or None.
+def _use_pipelined(ct: str, sub: int, tile, aligned_d: bool, aligned_a: bool) -> bool:
+    """Whether the pipelined tile replaces v1's large tile for a weight gradient.
 
-    `sub` is the SUB picked for v1; `aligned_pc` the vector eligibility of each
-    p-contiguous operand (16-byte copies need it)."""
-    if ct != "float" or sub != _SUBS[ct][0] or not all(aligned_pc):
-        return None
-    if tile is not None:
-        name = tile
-    else:
-        name = LARGE_TILE[kind]
-    cfg = V2_CONFIGS.get(name)
-    if cfg is None or compute_capability() < 80:
-        return None
-    return cfg
+    `sub` is the SUB picked for v1; `aligned_*` the 16-byte eligibility of delta and A_prev
+    (both are p-contiguous there: the cp.async copies are 16 bytes)."""
+    if ct != "float" or sub != _SUBS[ct][0] or not (aligned_d and aligned_a):
+        return False
+    if tile not in (None, "pipelined"):
+        return False
+    return compute_capability() >= 80
 
 
 def _pick_sub(ct: str, P: int, Q: int, tile=None) -> int:
@@ -197,11 +176,6 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, tile=None) -> str |
     outs = (A_out,) if Z_out is None else (A_out, Z_out)
     vec_out = N % sub == 0 and all(_aligned(o, sub) for o in outs)
     z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
-    cfg = _v2_cfg("fwd", ct, sub, tile)   # both operands r-contiguous: 4-byte copies, any alignment
-    if cfg is not None:
-        return _launch(_fwd2_name(act, cfg), (_tiles(M, N, 4), 1, 1),
-                       (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
-                        np.int32(Z_out is not None), np.int32(vec_out)), _v2_smem(*cfg))
     return _launch(_fwd_name(ct, act, sub), (_tiles(M, N, sub), 1, 1),
             (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
              np.int32(Z_out is not None), np.int32(vec_a), np.int32(vec_out)))
@@ -233,17 +207,21 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, tile=
     if g_src is None:
         g_src = delta_prev_out   # never read
     vec_out = K % sub == 0 and _aligned(delta_prev_out, sub) and _aligned(g_src, sub)
-    cfg = _v2_cfg("bwd_data", ct, sub, tile, vec_w)   # W is p-contiguous: 16-byte copies
-    if cfg is not None:
-        return _launch(_bwd_data2_name(act, cfg), (_tiles(M, K, 4), 1, 1),
-                       (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
-                        np.int32(vec_out)), _v2_smem(*cfg))
     return _launch(_bwd_data_name(ct, act, sub), (_tiles(M, K, sub), 1, 1),
             (delta, W, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K),
              np.int32(vec_d), np.int32(vec_w), np.int32(vec_out)))
 
 
 # ----------------------------------------------------------------- backward, weights
+def _bwd_weight_sub(ct: str, N: int, K: int, tile=None) -> int:
+    """The split over M fills the GPU, so the large tile whenever N and K fill it."""
+    sub = _forced(ct, tile)
+    if sub is None:
+        big, small = _SUBS[ct]
+        sub = big if (N >= 32 * big and K >= 32 * big) else small
+    return sub
+
+
 #: fewest batch rows one split sums (keeps the partial writes and the reduce small)
 MIN_ROWS_PER_SPLIT = 256
 MAX_SPLITS = 256
@@ -284,18 +262,13 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, scratch=None, tile=None) -> s
         "gemm_bwd_weight shapes"
     if N == 0:
         return None
-    # the split over M fills the GPU, so the large tile whenever N and K fill it
-    sub = _forced(ct, tile)
-    if sub is None:
-        big, small = _SUBS[ct]
-        sub = big if (N >= 32 * big and K >= 32 * big) else small
-    tiles = _tiles(N, K, sub)   # v2's 128 x 128 tile is v1's float large tile (SUB 4)
+    sub = _bwd_weight_sub(ct, N, K, tile)
+    tiles = _tiles(N, K, sub)   # the pipelined 128 x 128 tile is v1's float large tile (SUB 4)
     S, rows = _splits(M, tiles)
     vec_d = N % sub == 0 and _aligned(delta, sub)
     vec_a = K % sub == 0 and _aligned(A_prev, sub)
-    cfg = _v2_cfg("bwd_weight", ct, sub, tile, vec_d, vec_a)   # both operands p-contiguous: 16-byte copies
-    if cfg is not None:
-        name, smem = _bwd_weight2_name(cfg), _v2_smem(*cfg)
+    if _use_pipelined(ct, sub, tile, vec_d, vec_a):
+        name, smem = _bwd_weight_pipelined_name(), _pipelined_smem()
 
         def launch(grid, dW, db, rows_per_split, stride, vec_out):
             return _launch(name, grid, (delta, A_prev, dW, db, np.int32(M), np.int32(N), np.int32(K),
@@ -320,3 +293,24 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, scratch=None, tile=None) -> s
         (blocks, 1, 1), (256, 1, 1),
         (ws, dW_out, db_out, np.int32(S), np.int64(stride), np.int64(NK), np.int32(N)))
     return ran
+
+
+# ----------------------------------------------------------------- what a layer launches
+def kernel_names(dtype, M: int, N: int, K: int, act_code: int, prev_act_code=None, tile=None) -> set[str]:
+    """The kernels a dense layer may launch for a batch of M rows, N outputs and K inputs: its
+    forward (activation `act_code`), its weight gradient (with the split-K reduction when the
+    batch is split) and, when `prev_act_code` is given, its input gradient through that g'.
+    Operands are assumed 16-byte aligned where the shapes allow (as plan buffers and parameter
+    views are); a launch that finds otherwise compiles its kernel when it first runs."""
+    ct = ctype(dtype, "gemm kernels")
+    names = {_fwd_name(ct, check_act(act_code), _pick_sub(ct, M, N, tile))}
+    if prev_act_code is not None:
+        names.add(_bwd_data_name(ct, check_act(prev_act_code), _pick_sub(ct, M, K, tile)))
+    sub = _bwd_weight_sub(ct, N, K, tile)
+    if _use_pipelined(ct, sub, tile, N % sub == 0, K % sub == 0):
+        names.add(_bwd_weight_pipelined_name())
+    else:
+        names.add(_bwd_weight_name(ct, sub))
+    if _splits(M, _tiles(N, K, sub))[0] > 1:
+        names.add(_reduce_name(ct))
+    return names

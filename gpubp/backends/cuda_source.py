@@ -3,9 +3,11 @@
 A `ModuleSpec` names the `.cu`/`.cuh` files of one module (concatenated in
 order into a single source string after the generated header of shared
 constants, `kernel_constants.header()`, so CuPy's cache key covers every line:
-headers are never pulled in with `-I`) and the template instantiations to
-compile (`name_expressions`).  `load(spec)` compiles it with CuPy once per
-process; `compile_check` compiles the same source with NVRTC and no GPU.
+headers are never pulled in with `-I`) and every template instantiation the
+launchers may ask for (`name_expressions`).  `cuda_device.load_functions`
+compiles just the ones a network needs, with CuPy; `gpubp.compile_check`
+compiles all of them with NVRTC and no GPU.  This module knows nothing of the
+launchers (each launcher module holds its own `SPECS`).
 
 This module imports no CuPy at import time.
 """
@@ -40,22 +42,11 @@ class ModuleSpec:
 
         parts = [header()]
         for f in self.files:
-            text = (kernels_dir() / f).read_text()
+            text = _text(str(kernels_dir() / f))
             parts.append(f"// ---- {f}\n" + text.replace("#pragma once", ""))
         return "\n".join(parts)
 
 
 @lru_cache(maxsize=None)
-def load(spec: ModuleSpec):
-    """The compiled `cupy.RawModule` of `spec` (compiled once, then from CuPy's cache)."""
-    import cupy
-
-    return cupy.RawModule(code=spec.source(), options=NVRTC_OPTIONS,
-                          name_expressions=list(spec.name_expressions))
-
-
-def all_specs() -> list[ModuleSpec]:
-    """Every kernel module gpubp builds (for the compile check)."""
-    from . import cuda_fused, cuda_gemm, cuda_kernels
-
-    return list(cuda_gemm.SPECS) + list(cuda_kernels.SPECS) + list(cuda_fused.SPECS)
+def _text(path: str) -> str:
+    return Path(path).read_text()

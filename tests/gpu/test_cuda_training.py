@@ -177,7 +177,7 @@ def test_fused_narrow_runs_match_float64(sizes, act, B):
     """Networks whose narrow layers are fused across layers (float32, batch >= FUSE_MIN_BATCH)."""
     rng = np.random.default_rng()
     gpu = gpubp.MLP(sizes, activation=act, loss="cross_entropy", backend="cuda", seed=int(rng.integers(1 << 30)))
-    assert any(fused for _, _, fused in gpu.backend._segments(gpu._Wb, [gpu.backend.empty((B, sizes[0]), np.float32)]))
+    assert any(fused for _, _, fused in gpu.backend._segments(gpu.sizes, B, np.float32))
     ref = gpubp.MLP(sizes, activation=act, loss="cross_entropy", backend="numpy", dtype="float64")
     ref.set_params(gpu.get_params())
     X, y = rng.standard_normal((B, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], B)

@@ -4,9 +4,10 @@ Awkward sizes (1, primes, tile +- 1), every activation, both dtypes, vector and
 scalar load paths (aligned and misaligned views), outputs poisoned with NaN
 before each call so that every element must be written, bitwise
 reproducibility of the split-K weight gradient, and one 4096^3 shape.
-Every correctness case runs under each tile configuration: v1 "large" and "small",
-and the float32 v2 large tiles ("v2", "v2w": cp.async pipeline; double, and float
-operands v2 cannot take, fall back to v1's large tile, see cuda_gemm._v2_cfg).
+Every correctness case runs under each tile configuration (cuda_gemm.TILES): v1
+"large" and "small", and "pipelined" (the large tile, with the cp.async-pipelined
+float32 weight gradient where its operands allow; double and misaligned float
+operands fall back to v1's large tile, see cuda_gemm._use_pipelined).
 """
 
 import itertools
@@ -55,7 +56,7 @@ def _seed(text):
     return zlib.crc32(text.encode())
 
 
-TILES = ["large", "small"] + list(cuda_gemm.V2_CONFIGS)
+TILES = list(cuda_gemm.TILES)
 
 
 @pytest.fixture(params=TILES)
@@ -178,7 +179,7 @@ def test_offset_views(offset, dt, tile):
 
 
 # ---------------------------------------------------------------- reproducibility
-@pytest.mark.parametrize("force", [None] + list(cuda_gemm.V2_CONFIGS))
+@pytest.mark.parametrize("force", [None, "large", "pipelined"])
 @pytest.mark.parametrize("N,K", [(33, 64), (300, 200)])
 def test_bwd_weight_bitwise_reproducible(N, K, force):
     M = (1 << 20) + 7
@@ -199,42 +200,44 @@ def test_bwd_weight_bitwise_reproducible(N, K, force):
     assert rel_err(cupy.asnumpy(outs[0][1]), cupy.asnumpy(ref_db)) < 1e-5
 
 
-# ---------------------------------------------------------------- v2 is what runs
-@pytest.mark.parametrize("cfg", list(cuda_gemm.V2_CONFIGS))
-def test_v2_selected(cfg):
-    """Under tile= a v2 key, aligned float32 operands run the gemm2_* kernels (not a
-    silent fallback to v1), and misaligned p-contiguous operands fall back to v1."""
+# ---------------------------------------------------------------- the pipelined tile is what runs
+def test_pipelined_selected():
+    """Aligned float32 operands run the pipelined weight gradient by default (not a silent fallback
+    to v1); the forward and input gradient run v1's large tile; misaligned operands fall back."""
     if cuda_device.compute_capability() < 80:
-        pytest.skip("v2 needs sm_80+")
-    bk, st = cuda_gemm.V2_CONFIGS[cfg]
+        pytest.skip("the pipelined tile needs sm_80+")
+    bk, st = cuda_gemm.PIPELINED
     rng = np.random.default_rng(5)
     M, N, K = 300, 132, 68
     A, W, b = _rand(rng, (M, K), np.float32), _rand(rng, (N, K), np.float32), _rand(rng, (N,), np.float32)
     out = _poison((M, N), np.float32)
-    ran = cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["relu"], out, tile=cfg)
-    assert ran == f"gemm2_fwd<{ACT_CODES['relu']}, {bk}, {st}>"
+    ran = cuda_gemm.gemm_fwd(A, W, b, ACT_CODES["relu"], out, tile="pipelined")
+    assert ran == f"gemm_fwd<float, {ACT_CODES['relu']}, 4>"
     delta = _rand(rng, (M, N), np.float32)
     dprev = _poison((M, K), np.float32)
-    ran = cuda_gemm.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev, tile=cfg)
-    assert ran.startswith("gemm2_bwd_data<")
+    ran = cuda_gemm.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev, tile="pipelined")
+    assert ran.startswith("gemm_bwd_data<float")
     dW, db = _poison((N, K), np.float32), _poison((N,), np.float32)
-    ran = cuda_gemm.gemm_bwd_weight(delta, A, dW, db, tile=cfg)
-    assert ran == f"gemm2_bwd_weight<{bk}, {st}>"
+    ran = cuda_gemm.gemm_bwd_weight(delta, A, dW, db, tile="pipelined")
+    assert ran == f"gemm_bwd_weight_pipelined<{bk}, {st}>"
     d64 = cupy.asnumpy(delta).astype(np.float64)
     _check(dW, d64.T @ cupy.asnumpy(A).astype(np.float64), np.float32, "dW")
     _check(db, d64.sum(0), np.float32, "db")
-    # K % 4 != 0: W (bwd_data) and A (bwd_weight) cannot take 16-byte copies -> v1
-    A3, W3 = _rand(rng, (M, 67), np.float32), _rand(rng, (N, 67), np.float32)
-    ran = cuda_gemm.gemm_bwd_data(delta, W3, None, None, ACT_CODES["identity"], _poison((M, 67), np.float32),
-                                  tile=cfg)
-    assert ran.startswith("gemm_bwd_data<float")
+    # K % 4 != 0: A cannot take 16-byte copies -> v1
+    A3 = _rand(rng, (M, 67), np.float32)
     ran = cuda_gemm.gemm_bwd_weight(delta, A3, _poison((N, 67), np.float32), _poison((N,), np.float32),
-                                    tile=cfg)
+                                    tile="pipelined")
     assert ran.startswith("gemm_bwd_weight<float")
+    # large enough for the large tile without forcing: the default picks the pipelined tile
+    M, N, K = 4096, 256, 256
+    delta, A = _rand(rng, (M, N), np.float32), _rand(rng, (M, K), np.float32)
+    ran = cuda_gemm.gemm_bwd_weight(delta, A, _poison((N, K), np.float32), _poison((N,), np.float32))
+    assert ran == f"gemm_bwd_weight_pipelined<{bk}, {st}>"
+    assert ran in cuda_gemm.kernel_names(np.float32, M, N, K, ACT_CODES["relu"])
 
 
 # ---------------------------------------------------------------- one large shape
-@pytest.mark.parametrize("force", ["large"] + list(cuda_gemm.V2_CONFIGS))
+@pytest.mark.parametrize("force", ["large", "pipelined"])
 def test_large_4096_float32(force):
     n = 4096
     rs = cupy.random.RandomState(7)
@@ -271,8 +274,5 @@ def test_specs_cover_every_instantiation():
         for sub, act in itertools.product(subs, range(len(ACTIVATIONS))):
             assert f"gemm_fwd<{ct}, {act}, {sub}>" in names
             assert f"gemm_bwd_data<{ct}, {act}, {sub}>" in names
-    for bk, st in cuda_gemm.V2_CONFIGS.values():
-        assert f"gemm2_bwd_weight<{bk}, {st}>" in names
-        for act in range(len(ACTIVATIONS)):
-            assert f"gemm2_fwd<{act}, {bk}, {st}>" in names
-            assert f"gemm2_bwd_data<{act}, {bk}, {st}>" in names
+    bk, st = cuda_gemm.PIPELINED
+    assert f"gemm_bwd_weight_pipelined<{bk}, {st}>" in names

@@ -1,4 +1,5 @@
-"""Launchers of kernels/elementwise.cu: the fused loss + delta[L] and the optimizer updates.
+"""Launchers of the elementwise kernels (kernels/elementwise.cu): the fused loss + delta[L] and the
+optimizer updates.
 
 Every launcher takes CuPy arrays (C-contiguous, the network's dtype), writes its
 outputs in place, allocates nothing, never synchronises with the host, and
@@ -21,6 +22,9 @@ import numpy as np
 
 from ..activations import ACT_CODES, NEEDS_Z
 from .cuda_device import function
+from .cuda_launch import SCALARS as _NP_SCALAR
+from .cuda_launch import aligned, check_arrays, grid_1d
+from .cuda_launch import ctype as _c_type_of
 from .cuda_source import ModuleSpec
 from .kernel_constants import EW_THREADS, LOSS_CODES, MAX_PARTIALS
 
@@ -32,8 +36,6 @@ CE_WARP_MAX_WIDTH = 1024
 
 _NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 _LOSS_CODES = LOSS_CODES
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_NP_SCALAR = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 
 
 def _pointwise_name(ctype: str, loss_code: int, act_code: int) -> str:
@@ -66,25 +68,16 @@ def _fn(name: str):
 
 
 def _ctype(a) -> str:
-    try:
-        return _CTYPES[a.dtype]
-    except KeyError:
-        raise TypeError(f"gpubp's CUDA kernels take float32 or float64 arrays, got {a.dtype}") from None
+    return _c_type_of(a.dtype)
 
 
 def _check(dtype, *arrays):
     """Raw kernels ignore strides and dtypes: refuse what they would misread."""
-    for a in arrays:
-        if a is None:
-            continue
-        if a.dtype != dtype:
-            raise TypeError(f"expected an array of {dtype}, got {a.dtype}")
-        if not a.flags.c_contiguous:
-            raise ValueError("gpubp's CUDA kernels need C-contiguous arrays")
+    check_arrays(dtype, *arrays)
 
 
 def _grid(work_items: int, cap: int) -> int:
-    return max(1, min(cap, -(-work_items // THREADS)))
+    return grid_1d(work_items, THREADS, cap)
 
 
 # ------------------------------------------------------------------ losses
@@ -147,7 +140,7 @@ def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, p
 
 # ------------------------------------------------------------------ updates
 def _aligned(*arrays) -> bool:
-    return all(a.data.ptr % 16 == 0 for a in arrays)
+    return all(aligned(a) for a in arrays)
 
 
 def _update_grid(n: int, dtype) -> int:
@@ -197,3 +190,18 @@ def adam_update(params, grads, m, v, lr: float, beta1: float, beta2: float, eps:
                                  (params, grads, m, v, np.int64(n), step, np.float64(lr), np.float64(beta1),
                                   np.float64(beta2), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
                                   T(weight_decay), T(1.0 - lr * weight_decay), np.int32(mode), vec))
+
+
+# ------------------------------------------------------------------ what a step launches
+def kernel_names(dtype, loss: str, act_code: int, n_out: int) -> set[str]:
+    """The loss kernels a step may launch (cross-entropy: both the label and the probability
+    variant) and both optimizer updates, for arrays of `dtype`."""
+    ctype = _c_type_of(dtype)
+    if loss == "cross_entropy":
+        block_row = n_out > CE_WARP_MAX_WIDTH
+        names = {_ce_name(ctype, True, block_row), _ce_name(ctype, False, block_row)}
+    elif loss == "binary_cross_entropy":
+        names = {_pointwise_name(ctype, _LOSS_CODES[loss], ACT_CODES["identity"])}
+    else:
+        names = {_pointwise_name(ctype, _LOSS_CODES[loss], act_code)}
+    return names | {f"loss_finalize<{ctype}>", f"sgd_update<{ctype}>", f"adam_update<{ctype}>"}

@@ -1,0 +1,61 @@
+"""What every kernel launcher needs: C types of dtypes, argument checks, alignment, grid sizes.
+
+Raw kernels read raw pointers: they ignore dtypes and strides, so each launcher
+checks its arrays here before a launch (`check_arrays`), passes scalars as
+numpy scalars of exactly the kernel parameter's type (`SCALARS`; CuPy would pass
+a Python int as `long long` and a Python float as `double`, unchecked), and takes
+a 16-byte vector path only where `aligned` says so.  No CuPy import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import ACTIVATIONS
+
+#: the C type of each dtype the templated kernels are instantiated for
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: the numpy scalar type that passes a value as a kernel's `T` parameter
+SCALARS = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+
+
+def ctype(dtype, what: str = "gpubp's CUDA kernels") -> str:
+    """"float" or "double" for `dtype`, or a TypeError naming `what` takes only those."""
+    ct = CTYPES.get(np.dtype(dtype))
+    if ct is None:
+        raise TypeError(f"{what} take float32 or float64 arrays, got {np.dtype(dtype)}")
+    return ct
+
+
+def check_arrays(dtype, *arrays, what: str = "gpubp's CUDA kernels") -> None:
+    """Every array (None skipped) is of `dtype` and C-contiguous, or a TypeError / ValueError."""
+    dtype = np.dtype(dtype)
+    for a in arrays:
+        if a is None:
+            continue
+        if a.dtype != dtype:
+            raise TypeError(f"{what}: expected arrays of {dtype}, got {a.dtype}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what} need C-contiguous arrays")
+
+
+def aligned(a, nbytes: int = 16) -> bool:
+    """True when array `a` starts on an `nbytes` boundary (vector loads need it)."""
+    return a.data.ptr % nbytes == 0
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def grid_1d(work_items: int, per_block: int, cap: int) -> int:
+    """Blocks of a grid-stride kernel: enough for `work_items` at `per_block` each, at most `cap`."""
+    return max(1, min(cap, cdiv(work_items, per_block)))
+
+
+def check_act(code) -> int:
+    """`code` as an int, if it is an activation code (gpubp.activations.ACT_CODES)."""
+    c = int(code)
+    if not 0 <= c < len(ACTIVATIONS):
+        raise ValueError(f"activation code {code} out of range 0..{len(ACTIVATIONS) - 1}")
+    return c

@@ -1,0 +1,155 @@
+"""The command line never shows a traceback for a user error: bad output paths, closed pipes,
+non-finite numbers in JSON, bad bench arguments, bad learning rates in weights files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpubp import cli, explain
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def usage_error(capsys, *argv):
+    """Run a command that must fail as a usage error: status 2, a message, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert e.value.code == 2, (argv, out, err)
+    assert "error:" in err and "Traceback" not in err + out, err
+    return out, err
+
+
+def strict_loads(text):
+    def refuse(c):
+        raise ValueError(f"not strict JSON: {c}")
+    return json.loads(text, parse_constant=refuse)
+
+
+# ---------------------------------------------------------------- output paths, before any training
+@pytest.mark.parametrize("option, make, message", [
+    ("--save", lambda d: d / "a-file.txt" / "net.npz", "is not a directory"),
+    ("--plot", lambda d: d / "a-file.txt" / "curves.png", "is not a directory"),
+    ("--save", lambda d: d, "is a directory"),
+    ("--plot", lambda d: d, "is a directory"),
+    ("--save", lambda d: d / "missing" / "net.npz", "does not exist"),
+    ("--plot", lambda d: d / "missing" / "curves.png", "does not exist"),
+], ids=["save-under-file", "plot-under-file", "save-dir", "plot-dir", "save-missing-dir", "plot-missing-dir"])
+def test_train_output_paths_are_checked_before_training(capsys, tmp_path, option, make, message):
+    (tmp_path / "a-file.txt").write_text("x")
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress",
+                           "--backend", "numpy", option, str(make(tmp_path)))
+    assert message in err and option in err
+    assert "epoch" not in out                    # refused before training
+
+
+def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access          # root may write anywhere: make this folder read-only to os.access
+
+    def access(path, mode, *a, **k):
+        if Path(path) == ro and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+    monkeypatch.setattr(os, "access", access)
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress",
+                           "--backend", "numpy", "--save", str(ro / "net.npz"))
+    assert "not writable" in err and "epoch" not in out
+
+
+def test_output_path_problem_accepts_new_and_existing_files(tmp_path):
+    assert cli.output_path_problem(tmp_path / "new.npz") is None
+    (tmp_path / "old.npz").write_bytes(b"")
+    assert cli.output_path_problem(tmp_path / "old.npz") is None
+    assert cli.output_dir_problem(tmp_path / "a" / "b") is None       # created when needed
+    assert "not a directory" in cli.output_dir_problem(tmp_path / "old.npz")
+
+
+# ---------------------------------------------------------------- a closed pipe
+def test_output_into_a_closed_pipe_ends_quietly():
+    n = 100                                      # about a megabyte of JSON: more than a pipe holds
+    argv = [sys.executable, "-m", "gpubp", "explain", "--layers", f"{n},{n},1",
+            "--input", ",".join(["0.5"] * n), "--target", "1", "--json"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+    first = p.stdout.readline()
+    p.stdout.close()                             # what `| head -1` does
+    err = p.stderr.read().decode()
+    rc = p.wait(timeout=120)
+    assert first.strip() == b"{"
+    assert rc == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
+
+
+# ---------------------------------------------------------------- strict JSON
+def test_explain_json_is_strict_for_overflowing_values(capsys, tmp_path):
+    wf = tmp_path / "big.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[1e200, 1e200], [1e200, 1e200]], "b": [0, 0]},
+                                         {"W": [[1e200, 1e200]], "b": [0]}],
+                              "input": [0.5, 0.8], "target": [1], "activation": "relu",
+                              "output_activation": "identity", "loss": "mse"}))
+    with pytest.warns(RuntimeWarning):
+        rc = cli.main(["explain", "--weights", str(wf), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    t = strict_loads(out)
+    assert t["loss"] == "Infinity"
+    assert t["forward"][1]["z"] == ["Infinity"]
+    assert t["updated"][1]["W"] == [["-Infinity", "-Infinity"]]
+
+
+def test_strict_json_replaces_only_non_finite_floats():
+    obj = {"a": [1.5, float("nan"), float("inf"), -float("inf"), 2], "b": ("x", None, True)}
+    assert explain.strict_json(obj) == {"a": [1.5, "NaN", "Infinity", "-Infinity", 2], "b": ["x", None, True]}
+    json.dumps(explain.strict_json(obj), allow_nan=False)
+
+
+# ---------------------------------------------------------------- bench arguments
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-0.1"], "--lr: expected a positive number"),
+    (["--lr", "0"], "--lr: expected a positive number"),
+    (["--lr", "inf"], "--lr: expected a positive number"),
+    (["--reps", "-3"], "--reps: expected a positive integer"),
+    (["--reps", "0"], "--reps: expected a positive integer"),
+    (["--reps", "2.5"], "--reps: expected a positive integer"),
+    (["--row-seconds", "-1"], "--row-seconds: expected a positive number"),
+    (["--row-seconds", "nan"], "--row-seconds: expected a positive number"),
+    (["--suite-seconds", "-5"], "--suite-seconds: expected a positive number"),
+    (["--suite-seconds", "0"], "--suite-seconds: expected a positive number"),
+])
+def test_bench_arguments_are_validated(capsys, tmp_path, argv, message):
+    _, err = usage_error(capsys, "bench", "--tiny", "--out", str(tmp_path / "out"), *argv)
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_out_must_be_a_usable_folder(capsys, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    for out in (f, f / "sub"):
+        _, err = usage_error(capsys, "bench", "--tiny", "--out", str(out))
+        assert "--out" in err and "not a directory" in err
+
+
+# ---------------------------------------------------------------- learning rate of a weights file
+@pytest.mark.parametrize("lr", [0, 0.0, -0.5, "0.1", True, 1e999, None],
+                         ids=["zero", "zero-float", "negative", "text", "bool", "infinite", "null"])
+def test_explain_weights_file_lr_is_refused_not_replaced(capsys, tmp_path, lr):
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.1, 0.2]], "b": [0.0]}], "input": [0.5, 0.8], "target": [1],
+                              "lr": lr}))
+    _, err = usage_error(capsys, "explain", "--weights", str(wf))
+    assert '"lr" must be a positive finite number' in err
+
+
+def test_explain_weights_file_lr_is_used(capsys, tmp_path):
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.1, 0.2]], "b": [0.0]}], "input": [0.5, 0.8], "target": [1],
+                              "lr": 0.25}))
+    assert cli.main(["explain", "--weights", str(wf), "--json"]) == 0
+    assert strict_loads(capsys.readouterr().out)["lr"] == 0.25

@@ -1,0 +1,422 @@
+"""`gpubp explain`: one traced step of a real MLP, to the published numbers of its examples."""
+
+import io
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from gpubp import cli, explain
+
+# the 2-2-1 example's initial weights, input, target, and the output and loss published with them
+W1 = [[-0.7043063085678544, 1.0375733570462549], [-0.25599680372820793, 0.08681539438901478]]
+B1 = [0.01, 0.01]
+W2 = [[-1.2451748644854759, -0.9366147282565256]]
+B2 = [0.01]
+X, Y = [0.5, 0.8], [1.0]
+PUBLISHED_OUTPUT = 0.22820603151345778
+PUBLISHED_LOSS = 0.5956659297922058
+# the classic 2-2-2 worked example's published numbers
+CLASSIC_LOSS = "0.298371109"
+CLASSIC_W2 = ("0.35891648", "0.408666186", "0.511301270", "0.561370121")
+CLASSIC_W1 = ("0.149780716", "0.19956143", "0.24975114", "0.29950229")
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def usage_error(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert e.value.code == 2, (argv, out, err)
+    assert "error:" in err and "Traceback" not in err + out, err
+    return err
+
+
+def strict_json(text):
+    def refuse(name):
+        raise AssertionError(f"not strict JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def agrees(value, published: str) -> bool:
+    decimals = len(published.split(".")[1])
+    return round(float(value), decimals) == round(float(published), decimals)
+
+
+def page_step(lr):
+    """The 2-2-1 example's step as the visualiser computes it, written out in plain float64 numpy:
+    mse = (1/k) sum (a - y)^2, output delta = (2/k)(a - y) f'(z), hidden delta = f'(z) (W^T delta),
+    dW = delta a_prev^T, db = delta, w -= lr dW, b -= lr db."""
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    dsig = lambda z: sig(z) * (1.0 - sig(z))  # noqa: E731
+    W = [np.array(W1), np.array(W2)]
+    b = [np.array(B1), np.array(B2)]
+    x, y = np.array(X), np.array(Y)
+    z1 = W[0] @ x + b[0]
+    a1 = sig(z1)
+    z2 = W[1] @ a1 + b[1]
+    a2 = sig(z2)
+    k = a2.size
+    loss = np.sum((a2 - y) ** 2) / k
+    dL_da2 = 2.0 / k * (a2 - y)
+    d2 = dL_da2 * dsig(z2)
+    dL_da1 = W[1].T @ d2
+    d1 = dL_da1 * dsig(z1)
+    dW2, dW1 = np.outer(d2, a1), np.outer(d1, x)
+    nW = [W[0] - lr * dW1, W[1] - lr * dW2]
+    nb = [b[0] - lr * d1, b[1] - lr * d2]
+    a2_after = sig(nW[1] @ sig(nW[0] @ x + nb[0]) + nb[1])
+    return {"z1": z1, "a1": a1, "z2": z2, "a2": a2, "loss": loss, "dL_da2": dL_da2, "g2": dsig(z2),
+            "delta2": d2, "dL_da1": dL_da1, "g1": dsig(z1), "delta1": d1, "dW2": dW2, "dW1": dW1,
+            "db2": d2, "db1": d1, "dx": W[0].T @ d1, "W1_after": nW[0], "b1_after": nb[0],
+            "W2_after": nW[1], "b2_after": nb[1], "loss_after": np.sum((a2_after - y) ** 2) / k}
+
+
+def close(got, want):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------- the 2-2-1 example and its lr 0.5 variant
+@pytest.mark.parametrize("argv, lr", [((), 0.1), (("--example", "sigmoid-2-2-1"), 0.1),
+                                      (("--example", "sigmoid-2-2-1-lr0.5"), 0.5),
+                                      (("--lr", "0.5"), 0.5)])
+def test_the_2_2_1_example_matches_the_page_to_the_last_digits(capsys, argv, lr):
+    rc, out, _ = run(capsys, "explain", "--json", *argv)
+    assert rc == 0
+    t = strict_json(out)
+    assert t["layer_sizes"] == [2, 2, 1] and t["activations"] == ["sigmoid", "sigmoid"]
+    assert t["loss_name"] == "mse" and t["lr"] == lr and t["input"] == X and t["target"] == Y
+    assert t["forward"][0]["W"] == W1 and t["forward"][0]["b"] == B1
+    assert t["forward"][1]["W"] == W2 and t["forward"][1]["b"] == B2
+    # the two numbers the page prints, to ~1e-12 (in fact to the last bit)
+    assert t["output"][0] == pytest.approx(PUBLISHED_OUTPUT, rel=1e-12, abs=0)
+    assert t["loss"] == pytest.approx(PUBLISHED_LOSS, rel=1e-12, abs=0)
+    # everything else against the page's formulas, computed here independently of gpubp
+    p = page_step(lr)
+    f1, f2 = t["forward"]
+    close(f1["z"], p["z1"]); close(f1["a"], p["a1"]); close(f2["z"], p["z2"]); close(f2["a"], p["a2"])
+    close(t["loss"], p["loss"])
+    b2, b1 = t["backward"]
+    assert (b2["layer"], b1["layer"]) == (2, 1)
+    for key, l, bw in (("2", 2, b2), ("1", 1, b1)):
+        close(bw["dL_da"], p["dL_da" + key])
+        close(bw["g_prime"], p["g" + key])
+        close(bw["delta"], p["delta" + key])
+        close(bw["dW"], p["dW" + key])
+        close(bw["db"], p["db" + key])
+    close(b2["W_T_delta"], p["dL_da1"])
+    close(b1["W_T_delta"], p["dx"])
+    u1, u2 = t["updated"]
+    close(u1["W"], p["W1_after"]); close(u1["b"], p["b1_after"])
+    close(u2["W"], p["W2_after"]); close(u2["b"], p["b2_after"])
+    close(t["loss_after"], p["loss_after"])
+    assert t["loss_after"] < t["loss"]
+
+
+def test_the_lr_0_5_example_has_the_same_gradients_and_a_five_times_longer_step(capsys):
+    t1 = strict_json(run(capsys, "explain", "--json")[1])
+    t5 = strict_json(run(capsys, "explain", "--json", "--example", "sigmoid-2-2-1-lr0.5")[1])
+    for a, b in zip(t1["backward"], t5["backward"]):
+        assert a["dW"] == b["dW"] and a["db"] == b["db"]
+    for l, (u1, u5) in enumerate(zip(t1["updated"], t5["updated"])):
+        W0 = np.array(t1["forward"][l]["W"])
+        close(np.array(u5["W"]) - W0, 5 * (np.array(u1["W"]) - W0))
+    assert t5["loss_after"] < t1["loss_after"] < t1["loss"]     # the longer step helps here
+    assert "higher learning rate" in t5["description"]
+
+
+def test_the_text_prints_the_page_numbers_in_full(capsys):
+    rc, out, _ = run(capsys, "explain")
+    assert rc == 0
+    assert f"a2 = [{PUBLISHED_OUTPUT!r}]" in out and f"loss = {PUBLISHED_LOSS!r}" in out
+    p = page_step(0.1)
+    for s in ("== Forward, layer 1 (sigmoid)", "== Forward, layer 2 (sigmoid)", "== Loss (mse",
+              "== Backward, layer 2 (sigmoid)", "== Backward, layer 1 (sigmoid)", "== Update (plain SGD)",
+              "dL/da2 = 2 (a - y) / (B n) = ", "g'(z2) = a (1 - a) = ", "dL/da1 = W2^T delta2 = ",
+              "delta1 = dL/da1 * g'(z1) = ", "dW1 = delta1 x^T = ", "db2 = delta2 = ",
+              f"b2 <- b2 - 0.1 db2 = [{float(p['b2_after'][0])!r}]", "loss after the step = ",
+              "published 0.5956659297922058; largest difference 0.0e+00", "sigmoid_2_2_1.json"):
+        assert s in out, s
+    assert out.index("Forward, layer 2") < out.index("== Loss") < out.index("Backward, layer 2") \
+        < out.index("Backward, layer 1") < out.index("== Update")
+    rc, short, _ = run(capsys, "explain", "--digits", "4")
+    assert "a2 = [0.2282]" in short and "loss = 0.5957" in short
+
+
+def test_mse_is_the_loss_that_reproduces_the_page():
+    # half_sse halves the loss and the gradients: it would not reproduce the page
+    prob = explain.load_example("sigmoid-2-2-1")
+    args = prob.trace_args()
+    t_mse = explain.trace_step(**args)
+    t_half = explain.trace_step(**{**args, "loss": "half_sse"})
+    assert t_mse["loss"] == pytest.approx(PUBLISHED_LOSS, rel=1e-15)
+    assert t_half["loss"] == pytest.approx(PUBLISHED_LOSS / 2, rel=1e-15)
+    close(t_half["backward"][0]["delta"], np.array(t_mse["backward"][0]["delta"]) / 2)
+
+
+def test_the_gradients_agree_with_torch_autograd():
+    torch = pytest.importorskip("torch")
+    t = explain.trace_step(**explain.load_example("sigmoid-2-2-1").trace_args())
+    Ws = [torch.tensor(W, dtype=torch.float64, requires_grad=True) for W in (W1, W2)]
+    bs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in (B1, B2)]
+    a = torch.tensor(X, dtype=torch.float64)
+    for W, b in zip(Ws, bs):
+        a = torch.sigmoid(W @ a + b)
+    loss = torch.nn.functional.mse_loss(a, torch.tensor(Y, dtype=torch.float64))
+    loss.backward()
+    assert t["loss"] == pytest.approx(loss.item(), rel=1e-14)
+    for bw in t["backward"]:
+        l = bw["layer"] - 1
+        close(bw["dW"], Ws[l].grad.numpy())
+        close(bw["db"], bs[l].grad.numpy())
+
+
+# ---------------------------------------------------------------- any network: the trace is the MLP's step
+@pytest.mark.parametrize("activation", ["tanh", "relu", "leaky_relu", "gelu", "silu", "identity"])
+def test_every_intermediate_is_consistent_with_the_networks_step(activation):
+    rng = np.random.default_rng(3)
+    sizes = [3, 4, 5, 2]
+    params = [(rng.normal(size=(n, m)), rng.normal(size=n)) for m, n in zip(sizes[:-1], sizes[1:])]
+    X = rng.normal(size=(2, 3))
+    Y = rng.normal(size=(2, 2))
+    t = explain.trace_step(params, X, Y, [activation, activation, "tanh"], "mse", 0.05)
+    # the network's own loss and gradients
+    import gpubp
+    net = gpubp.MLP(sizes, activation=activation, output_activation="tanh", loss="mse", backend="numpy",
+                    dtype="float64")
+    net.set_params(params)
+    loss, grads = net.loss_and_grads(X, Y)
+    assert t["loss"] == loss
+    A = [X] + [np.array(f["a"]) for f in t["forward"]]
+    bw = {b["layer"]: b for b in t["backward"]}
+    for l in range(1, 4):
+        b = bw[l]
+        assert np.array_equal(b["dW"], grads[l - 1][0]) and np.array_equal(b["db"], grads[l - 1][1])
+        close(np.multiply(b["dL_da"], b["g_prime"]), b["delta"])                  # delta = dL/da * g'(z)
+        close(np.array(b["delta"]).T @ A[l - 1], b["dW"])                         # dW = delta a_prev^T
+        close(np.sum(b["delta"], axis=0), b["db"])
+        close(np.array(b["delta"]) @ params[l - 1][0], b["W_T_delta"])
+        if l > 1:
+            assert b["W_T_delta"] == bw[l - 1]["dL_da"]
+        W, bias = params[l - 1]
+        close(t["updated"][l - 1]["W"], W - 0.05 * grads[l - 1][0])
+        close(t["updated"][l - 1]["b"], bias - 0.05 * grads[l - 1][1])
+        close(t["forward"][l - 1]["z"], A[l - 1] @ W.T + bias)
+    # g'(z) against a central difference of the activation
+    z = np.array(t["forward"][0]["z"])
+    h = 1e-6
+    g = lambda v: explain_activation(activation, v)  # noqa: E731
+    close_fd = (g(z + h) - g(z - h)) / (2 * h)
+    np.testing.assert_allclose(bw[1]["g_prime"], close_fd, rtol=1e-6, atol=1e-8)
+    net.set_params(t["updated"] and [(np.array(u["W"]), np.array(u["b"])) for u in t["updated"]])
+    assert t["loss_after"] == pytest.approx(net.loss_and_grads(X, Y)[0], rel=1e-15)
+
+
+def explain_activation(name, z):
+    from gpubp.backends.numpy_backend import activation_forward
+    return activation_forward(name, np.array(z, dtype=np.float64), np.empty_like(z, dtype=np.float64))
+
+
+def test_classic_example_reproduces_the_published_numbers(capsys):
+    rc, out, _ = run(capsys, "explain", "--example", "classic", "--json")
+    assert rc == 0
+    t = strict_json(out)
+    assert t["loss_name"] == "half_sse" and t["lr"] == 0.5 and t["activations"] == ["sigmoid", "sigmoid"]
+    assert agrees(t["loss"], CLASSIC_LOSS)
+    W2u, W1u = np.ravel(t["updated"][1]["W"]), np.ravel(t["updated"][0]["W"])
+    assert all(agrees(v, p) for v, p in zip(W2u, CLASSIC_W2)), W2u
+    assert all(agrees(v, p) for v, p in zip(W1u, CLASSIC_W1)), W1u
+    rc, text, _ = run(capsys, "explain", "--example", "classic", "--digits", "10")
+    assert "0.2983711088" in text and "0.3589164797" in text and "0.1497807161" in text
+    assert "dL/da2 = (a - y) / B = " in text
+
+
+def test_json_is_strict_and_complete(capsys):
+    rc, out, _ = run(capsys, "explain", "--json")
+    t = strict_json(out)
+    assert set(explain.TRACE_FIELDS) <= set(t)
+    assert {"weights_from", "description", "expected"} <= set(t)
+    assert t["expected"] == {"output": [PUBLISHED_OUTPUT], "loss": PUBLISHED_LOSS}
+    for b in t["backward"]:
+        assert set(b) == set(explain.BACKWARD_FIELDS)
+    # a non-finite number (a diverging step) becomes a string, never a bare NaN or Infinity
+    text = explain.trace_json({"loss": float("inf"), "a": [1.0, float("nan")], "n": 3})
+    assert strict_json(text) == {"loss": "Infinity", "a": [1.0, "NaN"], "n": 3}
+
+
+def test_overriding_the_example_drops_its_published_numbers(capsys):
+    t = strict_json(run(capsys, "explain", "--json", "--activation", "tanh")[1])
+    assert t["activations"] == ["tanh", "sigmoid"] and "expected" not in t
+    assert t["forward"][0]["W"] == W1 and t["description"].startswith("changed from")
+    # a seed or other layers: the weights are MLP(seed=...)'s initialisation
+    import gpubp
+    params = gpubp.MLP([2, 2, 1], activation="sigmoid", output_activation="sigmoid", loss="mse",
+                       backend="numpy", dtype="float64", seed=5).get_params()
+    t = strict_json(run(capsys, "explain", "--json", "--seed", "5")[1])
+    assert np.array_equal(t["forward"][0]["W"], params[0][0]) and "seed=5" in t["weights_from"]
+
+
+# ---------------------------------------------------------------- --step and --plot
+STAGES = ["Problem", "Forward, layer 1", "Forward, layer 2", "Loss", "Backward, layer 2", "Backward, layer 1",
+          "Update", "Against the example's published numbers"]
+
+
+def stage_headers(out):
+    # (a prompt answered from a file leaves no newline: a header may follow it on its line)
+    return re.findall(r"== stage \d+/\d+: (.*)", out)
+
+
+def test_step_prints_every_stage_with_headers_when_input_is_not_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    rc, out, _ = run(capsys, "explain", "--step")
+    assert rc == 0
+    headers = stage_headers(out)
+    assert len(headers) == len(STAGES) and all(h.startswith(s) for h, s in zip(headers, STAGES)), headers
+    assert all(f"== stage {i}/{len(STAGES)}: " in out for i in range(1, len(STAGES) + 1))
+    assert "Enter" not in out
+    assert f"a2 = [{PUBLISHED_OUTPUT!r}]" in out
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_step_waits_for_enter_between_stages_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", FakeTerminal("\n" * 20))
+    rc, out, _ = run(capsys, "explain", "--step")
+    assert rc == 0 and out.count("Enter: next stage") == len(STAGES) - 1
+    # each prompt comes after a stage's numbers and before the next header
+    assert out.index("target y = ") < out.index("Enter: next stage") < out.index("== stage 2/")
+    monkeypatch.setattr("sys.stdin", FakeTerminal("\n\nq\n"))
+    rc, out, _ = run(capsys, "explain", "--step")
+    assert rc == 0 and stage_headers(out)[-1].startswith("Forward, layer 2") and "Backward" not in out
+    monkeypatch.setattr("sys.stdin", FakeTerminal("\n"))          # input ends: stop quietly
+    rc, out, _ = run(capsys, "explain", "--step")
+    assert rc == 0 and len(stage_headers(out)) == 2
+
+
+def test_print_stages_calls_wait_between_stages_only():
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    printed, prompts = [], []
+    n = explain.print_stages(t, interactive=True, write=printed.append, wait=lambda p: prompts.append(p) or "")
+    assert n == 7 and len(prompts) == 6          # no published numbers in a bare trace: 7 stages
+
+
+def test_plot_writes_a_png_of_the_network(capsys, tmp_path):
+    path = tmp_path / "net.png"
+    rc, out, _ = run(capsys, "explain", "--plot", str(path))
+    assert rc == 0 and f"network drawn to {path}" in out
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    import matplotlib.image
+    img = matplotlib.image.imread(str(path))
+    assert img.shape[0] > 300 and img.shape[1] > 600
+    # a batch, more edges than are labelled, cross_entropy: still drawn
+    path2 = tmp_path / "big.png"
+    rc, _, _ = run(capsys, "explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;-1,0,1", "--target", "2;0",
+                   "--loss", "cross_entropy", "--activation", "relu", "--plot", str(path2), "--json")
+    assert rc == 0 and path2.read_bytes()[:4] == b"\x89PNG"
+    assert "does not exist" in usage_error(capsys, "explain", "--plot", str(tmp_path / "no" / "x.png"))
+
+
+# ---------------------------------------------------------------- options and errors
+def test_weights_file_and_overrides(capsys, tmp_path):
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.15, 0.20], [0.25, 0.30]], "b": [0.35, 0.35]},
+                                         {"W": [[0.40, 0.45], [0.50, 0.55]], "b": [0.60, 0.60]}]}))
+    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--input", "0.05", "0.10", "--target", "0.01,0.99",
+                     "--activation", "sigmoid", "--loss", "half_sse", "--lr", "0.5", "--json")
+    assert rc == 0
+    t = strict_json(out)
+    assert agrees(t["loss"], CLASSIC_LOSS) and agrees(t["updated"][1]["W"][0][0], CLASSIC_W2[0])
+    rc, out, _ = run(capsys, "explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;-1,0,1", "--target", "2;0",
+                     "--loss", "cross_entropy", "--activation", "relu", "--json")
+    t = strict_json(out)
+    assert rc == 0 and t["batch"] == 2 and t["activations"] == ["relu", "identity"] and t["target"] == [2, 0]
+    assert np.shape(t["forward"][1]["z"]) == (2, 3) and np.shape(t["backward"][0]["delta"]) == (2, 3)
+    # logits: dL/da of the output is its delta
+    assert t["backward"][0]["dL_da"] == t["backward"][0]["delta"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input", "1,2,3"], "network takes 2"),
+    (["--weights", "/nonexistent.json"], "cannot read the weights file"),
+    (["--example", "classic", "--layers", "2,3,2"], "does not match the weights"),
+    (["--example", "nope"], "invalid choice"),
+    (["--example", "classic", "--weights", "x.json"], "not allowed with"),
+    (["--layers", "3,2,1"], "network takes 3"),
+    (["--loss", "cross_entropy", "--output-activation", "sigmoid"], "must be 'identity'"),
+    (["--input", "a,b"], "must be numbers"),
+    (["--lr", "0"], "positive number"),
+    (["--json", "--step"], "not allowed with"),
+])
+def test_bad_options_are_usage_errors(capsys, argv, message):
+    assert message in usage_error(capsys, "explain", *argv)
+
+
+def test_bad_weights_file(capsys, tmp_path):
+    wf = tmp_path / "bad.json"
+    wf.write_text('{"layers": [{"W": [[1, 2]], "b": [0]}, {"W": [[1, 2]], "b": [0]}]}')
+    assert "takes 2 inputs but layer 1 has 1 outputs" in usage_error(capsys, "explain", "--weights", str(wf))
+    wf.write_text("{not json")
+    assert "not valid JSON" in usage_error(capsys, "explain", "--weights", str(wf))
+
+
+def test_trace_step_rejects_bad_arguments():
+    params = explain.load_example("classic").params
+    with pytest.raises(ValueError, match="learning rate"):
+        explain.trace_step(params, [0.05, 0.1], [0.01, 0.99], ["sigmoid", "sigmoid"], "half_sse", math.nan)
+    with pytest.raises(ValueError, match="2 layers need 2 activations"):
+        explain.trace_step(params, [0.05, 0.1], [0.01, 0.99], ["sigmoid"], "half_sse", 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        explain.trace_step(params, [0.05, math.nan], [0.01, 0.99], ["sigmoid", "sigmoid"], "half_sse", 0.5)
+
+
+def test_no_example_names_a_document_outside_the_package():
+    for name in explain.EXAMPLES:
+        text = explain._example_text(name).lower()
+        assert "seed" not in text and "../" not in text and "spec.md" not in text, name
+
+
+# ---------------------------------------------------------------- docs/explain.md's momentum claim
+def test_momentum_equals_the_texts_form_at_a_constant_rate_only():
+    from gpubp.backends import get_backend
+    from gpubp.optim import SGD
+
+    rng = np.random.default_rng(4)
+    grads = [rng.normal(size=5) for _ in range(6)]
+
+    def gpubp_steps(rates):
+        be, w, opt = get_backend("numpy"), np.zeros(5), SGD(rates[0], momentum=0.9)
+        out = []
+        for g, lr in zip(grads, rates):
+            opt.lr = lr
+            opt.step(be, w, g.copy())
+            out.append(w.copy())
+        return out
+
+    def texts_steps(rates):                        # dw_t = -eps g_t + alpha dw_{t-1}
+        w, dw, out = np.zeros(5), np.zeros(5), []
+        for g, eps in zip(grads, rates):
+            dw = -eps * g + 0.9 * dw
+            w = w + dw
+            out.append(w.copy())
+        return out
+
+    constant = [0.1] * 6
+    for a, b in zip(gpubp_steps(constant), texts_steps(constant)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    cut = [0.1] * 3 + [0.01] * 3
+    a, b = gpubp_steps(cut), texts_steps(cut)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-13)
+    assert not np.allclose(a[3], b[3], rtol=1e-6)
+    # gpubp: dw_t = -eta_t g_t + mu (eta_t / eta_{t-1}) dw_{t-1}
+    np.testing.assert_allclose(a[3] - a[2], -0.01 * grads[3] + 0.9 * (0.01 / 0.1) * (a[2] - a[1]), rtol=1e-12)

@@ -1,0 +1,123 @@
+"""Gradient flow: per-layer norms and update ratios, and the vanishing / exploding warnings."""
+
+import math
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp import gradflow
+from gpubp.plotting import plot_grad_norms
+
+
+def random_layers(rng, sizes, batch=4, scale=1.0):
+    Wb = [rng.normal(size=(n, m)) * scale for m, n in zip(sizes[:-1], sizes[1:])]
+    dW = [rng.normal(size=W.shape) for W in Wb]
+    Wa = [W - 0.1 * g for W, g in zip(Wb, dW)]
+    delta = [rng.normal(size=(batch, W.shape[0])) for W in Wb]
+    return Wb, Wa, dW, delta
+
+
+def test_layer_stats_are_the_norms_numpy_computes():
+    rng = np.random.default_rng(0)
+    Wb, Wa, dW, delta = random_layers(rng, [5, 7, 3, 2])
+    stats = gradflow.layer_stats(Wb, Wa, dW, delta)
+    assert [st["layer"] for st in stats] == [1, 2, 3]
+    s = {k: [st[key] for st in stats] for k, key in gradflow.STAT_KEYS.items()}
+    np.testing.assert_allclose(s["grad_norms"], [np.linalg.norm(g) for g in dW], rtol=1e-14)
+    np.testing.assert_allclose(s["delta_norms"], [np.linalg.norm(d) for d in delta], rtol=1e-14)
+    np.testing.assert_allclose(s["update_ratios"],
+                               [np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(Wa, Wb)], rtol=1e-14)
+    # plain SGD: the update ratio is lr ||dW|| / ||W||
+    np.testing.assert_allclose(s["update_ratios"],
+                               [0.1 * np.linalg.norm(g) / np.linalg.norm(W) for g, W in zip(dW, Wb)], rtol=1e-12)
+    assert all(isinstance(v, float) for k in s for v in s[k])
+    # a layer whose delta was not kept
+    stats = gradflow.layer_stats(Wb, Wa, dW, [None, delta[1], delta[2]])
+    assert stats[0]["delta_norm"] is None and stats[1]["delta_norm"] == pytest.approx(np.linalg.norm(delta[1]))
+
+
+def test_norm_does_not_overflow_and_handles_zeros():
+    big = np.full((3, 3), 1e200)
+    assert gradflow.norm(big) == pytest.approx(3e200, rel=1e-14)
+    assert gradflow.norm(np.full(4, 1e30, dtype=np.float32)) == pytest.approx(2e30, rel=1e-6)
+    assert gradflow.norm(np.zeros((2, 2))) == 0.0
+    assert math.isnan(gradflow.norm(np.array([1.0, np.nan])))
+    s = gradflow.layer_stats([np.zeros((2, 2))], [np.ones((2, 2))], [np.ones((2, 2))], [np.ones((1, 2))])
+    assert s[0]["update_ratio"] == math.inf
+
+
+def test_layer_stats_rejects_mismatched_layers():
+    rng = np.random.default_rng(1)
+    Wb, Wa, dW, delta = random_layers(rng, [3, 4, 2])
+    with pytest.raises(ValueError, match="dW has 1 layers, W_before has 2"):
+        gradflow.layer_stats(Wb, Wa, dW[:1], delta)
+    with pytest.raises(ValueError, match="layer 2: W_before"):
+        gradflow.layer_stats(Wb, [Wa[0], Wa[1].T], dW, delta)
+    with pytest.raises(ValueError, match=r"layer 1: delta has shape \(4, 3\)"):
+        gradflow.layer_stats(Wb, Wa, dW, [np.zeros((4, 3)), delta[1]])
+    with pytest.raises(TypeError, match=r"dW\[0\] \(layer 1\) must be an array"):
+        gradflow.layer_stats(Wb, Wa, [[1.0]] + dW[1:], delta)
+    with pytest.raises(ValueError, match="holds no layers"):
+        gradflow.layer_stats([], [], [], [])
+
+
+def grad_norms_of(net, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(32, net.sizes[0]))
+    Y = rng.normal(size=(32, net.sizes[-1]))
+    _, grads = net.loss_and_grads(X, Y)
+    return [float(np.linalg.norm(dW)) for dW, _ in grads]
+
+
+def test_warnings_name_the_vanishing_layers_of_a_deep_sigmoid_network():
+    net = gpubp.MLP([8] + [16] * 10 + [1], activation="sigmoid", loss="mse", backend="numpy", dtype="float64",
+                    seed=0)
+    g = grad_norms_of(net)
+    found = gradflow.flow_warnings(g)
+    expected = [l for l, v in enumerate(g[:-1], start=1) if v < 1e-6 * g[-1]]
+    assert expected and expected[0] == 1                       # the first layers starve
+    assert [w.layer for w in found] == expected and all(w.kind == "vanishing" for w in found)
+    assert isinstance(found[0], str) and found[0] == found[0].message          # warnings.warn takes it as is
+    for w in found:
+        assert w.message.startswith(f"layer {w.layer}: ") and "relu" in w.message and "initialisation" in w.message
+        assert w.ratio == pytest.approx(g[w.layer - 1] / g[-1])
+
+
+@pytest.mark.parametrize("activation, depth", [("tanh", 4), ("relu", 4), ("relu", 10), ("sigmoid", 3)])
+def test_no_warning_for_a_healthy_network(activation, depth):
+    net = gpubp.MLP([8] + [16] * depth + [1], activation=activation, loss="mse", backend="numpy",
+                    dtype="float64", seed=0)
+    assert gradflow.flow_warnings(grad_norms_of(net)) == []
+
+
+def test_exploding_and_non_finite_gradients():
+    found = gradflow.flow_warnings([5e3, 2.0, 1.0])
+    assert [(w.layer, w.kind) for w in found] == [(1, "exploding")]
+    assert "lower learning rate" in found[0].message and found[0].ratio == 5e3
+    found = gradflow.flow_warnings([math.inf, 1.0])
+    assert [(w.layer, w.kind) for w in found] == [(1, "exploding")]
+    found = gradflow.flow_warnings([1.0, math.nan])
+    assert [(w.layer, w.kind) for w in found] == [(2, "exploding")] and "diverged" in str(found[0])
+    assert gradflow.flow_warnings([1e-9, 0.0]) == []           # nothing to compare with
+    # the thresholds are parameters
+    assert gradflow.flow_warnings([1e-3, 1.0], vanishing=1e-2)[0].kind == "vanishing"
+    with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
+        gradflow.flow_warnings([1.0, 1.0], vanishing=2.0)
+    # what layer_stats returns works as well
+    assert [w.layer for w in gradflow.flow_warnings([{"grad_norm": 1e-9}, {"grad_norm": 1.0}])] == [1]
+    with pytest.raises(TypeError, match="list of per-layer floats"):
+        gradflow.flow_warnings(3.0)
+
+
+def test_record_and_plot_grad_norms(tmp_path):
+    rng = np.random.default_rng(2)
+    history = {"loss": [1.0, 0.5]}
+    for _ in range(2):
+        gradflow.record(history, gradflow.layer_stats(*random_layers(rng, [4, 3, 2])))
+    assert [len(history[k]) for k in gradflow.HISTORY_KEYS] == [2, 2, 2]
+    assert all(len(row) == 2 for k in gradflow.HISTORY_KEYS for row in history[k])
+    path = plot_grad_norms(history, tmp_path / "g.png", title="gradient flow")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no gradient norms"):
+        plot_grad_norms({"loss": [1.0]}, tmp_path / "none.png")
