@@ -23,7 +23,8 @@ DATASETS = ("digits", "iris", "breast_cancer", "wine", "moons", "xor")
 SYNTHETIC_SAMPLES = 1000
 
 
-def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0, seed=None):
+def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0,
+             seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The XOR problem: points uniform in `[-1, 1]^2`, class 1 where exactly one coordinate is positive.
 
     `noise` is the standard deviation of Gaussian noise added to the points
@@ -41,7 +42,8 @@ def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0, seed=None):
     return X, y
 
 
-def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
+def raw_dataset(name: str, seed: int | None = 0, n_samples: int | None = None,
+                noise: float | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The whole data set `name` as `(X float64, y int64, description)`, before any split."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
@@ -72,7 +74,7 @@ def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
     return np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.int64), desc
 
 
-def standardize(X_train, *others, eps: float = 1e-12):
+def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
     """Scale features to zero mean and unit variance using `X_train`'s statistics only.
 
     Constant features (standard deviation below `eps`) are centred and left
