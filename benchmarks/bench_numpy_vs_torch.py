@@ -1,4 +1,4 @@
-"""Issue 2: a training step of gpubp's numpy backend against PyTorch on the CPU.
+"""A training step of gpubp's numpy backend against PyTorch on the CPU.
 
     python benchmarks/bench_numpy_vs_torch.py [--sizes 784,512,512,10] [--batch 512]
         [--steps 50] [--rounds 5] [--threads N] [--profile]

@@ -5,27 +5,23 @@
 One training step (forward, softmax cross-entropy, backward, update) per
 call, on random batches rotated between calls: gpubp's numpy backend
 (`MLP._step`, and `MLP.train_step` as a user calls it), PyTorch CPU and
-scikit-learn's MLPClassifier, with equal BLAS/OpenMP threads.  Issue 2's goal
-(numpy within 1.5x of PyTorch CPU on [784, 512, 512, 10], batch 512, SGD) is
+scikit-learn's MLPClassifier, with equal BLAS/OpenMP threads.  The steps are
+the peers of `gpubp bench` (`gpubp.bench.peers`).  The CPU goal (the numpy
+backend within 1.5x of PyTorch CPU on [784, 512, 512, 10], batch 512, SGD) is
 printed by `benchmarks/bench_numpy_vs_torch.py`; here the numbers go to
 pytest-benchmark's tables and `--benchmark-json`.
 """
 
 import itertools
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import peers  # noqa: E402  (benchmarks/peers.py)
+from gpubp.bench import peers
 
 SHAPES = {
-    "issue2-784-512-512-10-b512-sgd": ([784, 512, 512, 10], 512, "sgd", 1e-2),
+    "mnist-sized-784-512-512-10-b512-sgd": ([784, 512, 512, 10], 512, "sgd", 1e-2),
     "default-64-128-10-b32-adam": ([64, 128, 10], 32, "adam", 1e-3),
     "default-64-128-10-b2048-adam": ([64, 128, 10], 2048, "adam", 1e-3),
 }

@@ -1,11 +1,11 @@
-"""Activation names (SPEC.md) and what each derivative needs.
+"""Activation names (docs/spec.md, "Activations") and what each derivative needs.
 
 The math lives in the backends; this module is the single list of names.
 """
 
 from __future__ import annotations
 
-#: every activation, in SPEC.md's order
+#: every activation, in the order of docs/spec.md's table (the index is the CUDA code)
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu")
 
 #: activations whose derivative needs the pre-activation Z (the others use A)

@@ -28,13 +28,14 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
-from .network import DTYPES, INITS
+from .checks import DTYPES
+from .network import INITS
 from .optional import MissingExtraError, require
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
     "compile-check": ("gpubp.compile_check", "compile every CUDA kernel with NVRTC (no GPU) and report registers, spills and shared memory"),
-    "bench": ("gpubp.bench", "time training steps against the device's measured ceilings"),
+    "bench": ("gpubp.bench.cli", "time training steps against the device's measured ceilings"),
 }
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
@@ -251,6 +252,11 @@ def _add_train(sub):
                    help="record each layer's ||dW||, ||delta|| and update-to-weight ratio per epoch, print them, "
                         "and warn of vanishing or exploding gradients")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g = p.add_argument_group("several processes")
+    g.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the ranks of `mpiexec -n N` (or srun): each rank takes its "
+                        "share of every batch, gradients are summed over MPI (NCCL between GPUs); only rank 0 "
+                        "prints and writes files (needs mpi4py: pip install 'gpubp[distributed]')")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -304,9 +310,10 @@ def _grad_norms_path(plot) -> Path:
 class _EpochReport:
     """fit's callback behind `gpubp train`: one line per epoch (and a bar on a terminal)."""
 
-    def __init__(self, ds, Y_held, X_held, y_held, held, epochs, progress):
+    def __init__(self, ds, Y_held, X_held, y_held, held, epochs, progress, show=True):
         from .data import accuracy
 
+        self.show = show            # False on the ranks other than 0 of a distributed run
         self.accuracy = accuracy
         self.ds, self.X_held, self.Y_held, self.y_held, self.held = ds, X_held, Y_held, y_held, held
         self.epochs, self.width = epochs, len(str(epochs))
@@ -334,7 +341,8 @@ class _EpochReport:
         if "grad_norms" in logs:
             line += "  ||dW|| " + " ".join(f"{g:.2e}" for g in logs["grad_norms"][-1])
         self.t = now
-        _say(line, self.bar)
+        if self.show:
+            _say(line, self.bar)
         if self.bar is not None:
             self.bar.set_postfix({"train loss": f"{h['loss'][-1]:.4f}", f"{self.held} acc": f"{h['val_accuracy'][-1]:.4f}"})
             self.bar.update(1)
@@ -367,6 +375,15 @@ def cmd_train(args) -> int:
                          f"--output-activation must be identity, not {args.output_activation}")
     activation = _hidden_activation(args.activation, len(sizes) - 2)
     opt = _make_optimizer(args)
+    comm = None
+    if args.distributed:
+        if args.grad_norms:
+            raise UsageError("--grad-norms is not supported with --distributed")
+        from . import distributed
+
+        comm = distributed.init(backend=args.backend)   # picks this rank's GPU before the backend starts
+    root = comm is None or comm.is_root
+    say = print if root else (lambda *a, **k: None)   # only rank 0 prints
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
@@ -379,19 +396,21 @@ def cmd_train(args) -> int:
     held = "validation" if len(ds.y_val) else "test"
     X_held, y_held = (ds.X_val, ds.y_val) if len(ds.y_val) else (ds.X_test, ds.y_test)
     Y_held = targets_for(y_held, args.loss, n_out, np.float64)
-    print(f"data: {ds.summary()}")
-    print(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
-          f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
-          f"init {args.init}" + (", inputs standardised by the network" if args.standardize else ""))
-    print(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
-          f"backend {net.backend.describe()}")
+    say(f"data: {ds.summary()}")
+    say(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
+        f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
+        f"init {args.init}" + (", inputs standardised by the network" if args.standardize else ""))
+    say(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
+        f"backend {net.backend.describe()}")
+    if comm is not None:
+        say(f"distributed: {comm.size} ranks, gradients summed over {comm.transport}")
 
-    report = _EpochReport(ds, Y_held, X_held, y_held, held, args.epochs, args.progress)
+    report = _EpochReport(ds, Y_held, X_held, y_held, held, args.epochs, args.progress and root, show=root)
     t0 = time.perf_counter()
     try:
         net.fit(ds.X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                 shuffle=True, standardize=args.standardize, callbacks=[report], verbose=0,
-                grad_norms=args.grad_norms)
+                grad_norms=args.grad_norms, comm=comm)
     except FloatingPointError as e:
         print(f"gpubp train: {e}", file=sys.stderr)
         return 1
@@ -406,10 +425,10 @@ def cmd_train(args) -> int:
     test_loss = net.evaluate(ds.X_test, Y_test)["loss"]
     test_acc = accuracy(net, ds.X_test, ds.y_test)
     n_test = len(ds.y_test)
-    print(f"trained {args.epochs} epochs in {total:.1f} s")
-    print(f"test loss {test_loss:.4f}")
-    print(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
-    if args.save:
+    say(f"trained {args.epochs} epochs in {total:.1f} s")
+    say(f"test loss {test_loss:.4f}")
+    say(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
+    if args.save and root:
         try:
             net.save(args.save, metadata={"dataset": ds.name})
         except OSError as e:          # e.g. the disk filled up: the previous file is intact
@@ -417,7 +436,7 @@ def cmd_train(args) -> int:
             return 1
         print(f"saved checkpoint to {args.save}" + (" (the network keeps its input standardisation: "
                                                       "predict on raw features)" if args.standardize else ""))
-    if args.plot:
+    if args.plot and root:
         from .plotting import plot_grad_norms, plot_history
 
         try:

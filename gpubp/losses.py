@@ -1,4 +1,4 @@
-"""Loss names (SPEC.md) and the checks and conversions of targets.
+"""Loss names (docs/spec.md, "Losses") and the checks and conversions of targets.
 
 The loss value and its gradient are computed by the backends
 (`Backend.loss_and_delta`); this module turns what a user passes as targets
@@ -8,6 +8,8 @@ into what a backend expects, with clear errors for anything else.
 from __future__ import annotations
 
 import numpy as np
+
+from .checks import host_array
 
 #: every loss
 LOSSES = ("mse", "half_sse", "cross_entropy", "binary_cross_entropy")
@@ -35,14 +37,7 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y"
     TypeError naming the problem (and the argument, `name`).  Values are checked
     after the conversion to `dtype`, so one that overflows it is refused.
     """
-    try:
-        Y = np.asarray(Y)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
-    if Y.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({Y.dtype}); gpubp takes real numbers only")
-    if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
-        raise TypeError(f"{name} must be numeric, got dtype {Y.dtype}")
+    Y = host_array(Y, name)
     if loss == "cross_entropy" and Y.ndim == 1 and (np.issubdtype(Y.dtype, np.integer) or Y.dtype == bool):
         if Y.shape[0] != batch:
             raise ValueError(f"{name} has {Y.shape[0]} labels but X has {batch} samples")

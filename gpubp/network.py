@@ -23,11 +23,12 @@ import numpy as np
 from . import activations as acts
 from . import losses
 from .backends import get_backend
+from .checks import check_dtype, check_positive_int, check_seed, check_sizes, finite_after_cast, host_array
+from .distributed import DataParallel, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
 from .training import FitLoop, Reporter
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
 PRECISIONS = ("float32", "tf32")
 #: weight initialisations (`MLP(init=...)`)
 INITS = ("torch", "xavier", "kaiming")
@@ -42,74 +43,9 @@ _ESTIMATE_BATCH = 32
 log = logging.getLogger("gpubp")
 
 
-def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dt
-
-
-def _check_sizes(layer_sizes):
-    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
-        raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")
-    sizes = list(layer_sizes)
-    if len(sizes) < 2:
-        raise ValueError(f"layer_sizes needs at least two sizes (inputs and outputs), got {sizes}")
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
-            raise TypeError(f"layer_sizes must hold integers, got {s!r} in {sizes}")
-        if s < 1:
-            raise ValueError(f"every layer size must be at least 1, got {sizes}")
-    return tuple(int(s) for s in sizes)
-
-
-def _check_seed(seed):
-    """None or a non-negative integer (any size): what numpy's generators take and JSON can hold."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be None or a non-negative integer, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be None or a non-negative integer, got {seed}")
-    return int(seed)
-
-
-def _check_positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _is_device_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False) or \
         type(x).__module__.startswith("cupy")
-
-
-def host_array(x, name: str) -> np.ndarray:
-    """`x` as a numpy array of real numbers, with errors naming `name` for ragged, complex or
-    non-numeric input."""
-    try:
-        h = np.asarray(x)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
-    if h.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({h.dtype}); gpubp takes real numbers only")
-    if h.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {h.dtype}")
-    return h
-
-
-def _finite_after_cast(h: np.ndarray, dtype, name: str) -> np.ndarray:
-    """`h` cast to `dtype`, refused if anything is NaN or infinite there (overflow included)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        a = np.ascontiguousarray(h, dtype=dtype)
-    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        bad = "overflows " + np.dtype(dtype).name if np.all(np.isfinite(h)) else "contains NaN or infinity"
-        raise ValueError(f"{name} {bad}" + (" (values beyond its range)" if bad.startswith("over") else ""))
-    return a
 
 
 class MLP:
@@ -133,7 +69,7 @@ class MLP:
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", loss="mse",
                  backend="auto", dtype="float32", seed=None, precision="float32", init="torch"):
-        self.sizes = _check_sizes(layer_sizes)
+        self.sizes = check_sizes(layer_sizes)
         n_hidden = len(self.sizes) - 2
         if isinstance(activation, (list, tuple)):
             if len(activation) != n_hidden:
@@ -148,7 +84,7 @@ class MLP:
             raise ValueError(f"loss {self.loss!r} works on logits (softmax/sigmoid are fused into it): "
                              f"output_activation must be 'identity', got {out_act!r}")
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == "tf32" and self.dtype != np.float32:
@@ -157,7 +93,7 @@ class MLP:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.precision = precision
         self.init = init
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
         self.backend = get_backend(backend)
         self.layout = ParamLayout(self.sizes)
         self.backend.check_memory(self.memory_estimate(), f"the network {list(self.sizes)} in {self.dtype.name} "
@@ -245,8 +181,8 @@ class MLP:
             if Wn.shape != W.shape or bn.shape != b.shape:
                 raise ValueError(f"layer {l}: expected W {W.shape} and b {b.shape}, got W {Wn.shape} "
                                  f"and b {bn.shape}")
-            W[...] = _finite_after_cast(Wn, self.dtype, f"layer {l} W")
-            b[...] = _finite_after_cast(bn, self.dtype, f"layer {l} b")
+            W[...] = finite_after_cast(Wn, self.dtype, f"layer {l} W")
+            b[...] = finite_after_cast(bn, self.dtype, f"layer {l} b")
         self._params[...] = self.backend.asarray(host, self.dtype)
 
     def set_standardization(self, mean, std):
@@ -259,8 +195,8 @@ class MLP:
             self.standardization, self._std_dev = None, None
             return
         n0 = self.sizes[0]
-        m = _finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean")
-        s = _finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std")
+        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean")
+        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std")
         if m.shape != (n0,) or s.shape != (n0,):
             raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
         if np.any(s <= 0):
@@ -298,7 +234,7 @@ class MLP:
             if h.ndim != 2 or h.shape[1] != n0:
                 raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with "
                                  f"{n0} inputs")
-            a = self.backend.asarray(_finite_after_cast(h, self.dtype, name), self.dtype)
+            a = self.backend.asarray(finite_after_cast(h, self.dtype, name), self.dtype)
         if a.shape[0] == 0:
             raise ValueError(f"{name} holds no samples")
         return a
@@ -563,9 +499,11 @@ class MLP:
         return float(((logits > 0) == (Y > 0.5)).mean(axis=1).sum())
 
     # ------------------------------------------------------------ training loop
+    @guard_fit   # with comm=: an exception on one rank ends the whole job instead of leaving the others waiting
     def fit(self, X, Y, epochs=10, batch_size=32, optimizer="adam", validation=None, shuffle=True,
             progress="auto", lr=None, *, callbacks=None, validation_split=None, sample_weight=None,
-            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False):
+            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False,
+            comm=None, sharded=False):
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
@@ -591,6 +529,12 @@ class MLP:
           update-to-weight ratio of the epoch's last step (`history["grad_norms"]`,
           `"delta_norms"`, `"update_ratios"`) and warns of vanishing or exploding
           gradients.
+        - `comm` (from `gpubp.distributed.init()`, under `mpiexec`) trains data-parallel
+          over its ranks: every rank passes the same `X`, `Y` and takes its share of each
+          batch, or with `sharded=True` rows of its own (see
+          `gpubp.distributed.DataParallel`).  The result equals one process training on the
+          same global batches; losses and metrics are reduced over the ranks and only rank 0
+          reports progress.
 
         The history holds per-epoch lists: `loss` (the mean training loss over the
         epoch's steps), `accuracy` for classification losses (measured after the
@@ -599,14 +543,18 @@ class MLP:
         raised with the parameters and optimizer state of the last step whose loss
         was finite.
         """
-        epochs = _check_positive_int("epochs", epochs)
-        batch_size = _check_positive_int("batch_size", batch_size)
+        epochs = check_positive_int("epochs", epochs)
+        batch_size = check_positive_int("batch_size", batch_size)
         if progress not in ("auto", True, False):
             raise ValueError(f"progress must be 'auto', True or False, got {progress!r}")
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable step -> learning rate")
+        if comm is None and sharded:
+            raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
+        if comm is not None:
+            check_fit_options(comm, sharded, grad_norms, class_weight, standardize)
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not any(hasattr(cb, h) for h in ("on_train_begin", "on_epoch_end", "on_train_end")):
@@ -652,9 +600,13 @@ class MLP:
         self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
         opt = self._bind(opt, lr)
         self.stop_training = False
+        dist = None
+        if comm is not None:
+            dist = DataParallel(comm, self, opt, sharded)
+            progress = progress if comm.is_root else False
         loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
                        (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
-                       grad_norms)
+                       grad_norms, dist=dist)
         return loop.run(epochs)
 
     # ------------------------------------------------------------ snapshots
@@ -776,7 +728,7 @@ def _checkpoint_spec(ck) -> dict:
         ck.fail(f"field {field!r}: {why}")
 
     try:
-        sizes = _check_sizes(ck.field(c, "layer_sizes", list, "config"))
+        sizes = check_sizes(ck.field(c, "layer_sizes", list, "config"))
     except (TypeError, ValueError) as e:
         bad("config.layer_sizes", e)
     n_hidden = len(sizes) - 2
@@ -801,7 +753,7 @@ def _checkpoint_spec(ck) -> dict:
     if loss in losses.LOGIT_LOSSES and out_act != "identity":
         bad("config.output_activation", f"loss {loss!r} needs 'identity', got {out_act!r}")
     try:
-        dtype = _check_dtype(ck.field(c, "dtype", str, "config"))
+        dtype = check_dtype(ck.field(c, "dtype", str, "config"))
     except ValueError as e:
         bad("config.dtype", e)
     precision = ck.field(c, "precision", str, "config") if "precision" in c else "float32"

@@ -56,16 +56,22 @@ def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) 
         ax.set_title("accuracy")
         ax.grid(True, alpha=0.3)
         ax.legend()
+    return _save(fig, path, dpi, title)
+
+
+def _save(fig, path, dpi, title=None, tight=True) -> Path:
+    """Title `fig` (when a title is given), lay out its panels (`tight`), and write it as a PNG."""
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi, format="png")
     return path
 
 
 def _new_figure(size):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plot", "plotting").FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size)
@@ -102,12 +108,7 @@ def plot_grad_norms(history: dict, path, title: str | None = None, dpi: int = 12
         ax.set_title(f"{label} per layer")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return _save(fig, path, dpi, title)
 
 
 def _short(v) -> str:
@@ -181,9 +182,7 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) 
     if not label_edges:
         head += f"; {n_edges} edges: W and dW not labelled"
     fig.suptitle(head, fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return _save(fig, path, dpi, tight=False)
 
 
 __all__ = ["plot_history", "plot_grad_norms", "plot_trace", "GRAD_NORM_KEYS"]

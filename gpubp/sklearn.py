@@ -81,7 +81,8 @@ except ImportError as e:   # exercised only without scikit-learn
     raise MissingExtraError(
         f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
-from .network import DTYPES, PRECISIONS, MLP
+from .checks import DTYPES
+from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
 
 #: scikit-learn's activation names and gpubp's own, as gpubp names

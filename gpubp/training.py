@@ -77,7 +77,7 @@ class FitLoop:
     """One call of `MLP.fit` on checked backend arrays, with the optimizer already bound."""
 
     def __init__(self, net, opt, X, Y, weights, batch_size, shuffle, lr_schedule, validation, callbacks,
-                 reporter, grad_norms=False, step_hook=None):
+                 reporter, grad_norms=False, dist=None):
         self.net, self.opt = net, opt
         self.X, self.Y = X, Y
         self.weights = None if weights is None else net.backend.asarray(weights, net.dtype)
@@ -87,8 +87,9 @@ class FitLoop:
         self.callbacks = callbacks
         self.reporter = reporter
         self.grad_norms = grad_norms
-        #: called as `step_hook(plan)` after each step's backward, before the update (distributed training)
-        self.step_hook = step_hook
+        #: a `gpubp.distributed.DataParallel` when training over several ranks: it picks this rank's rows
+        #: of each batch and sums gradients, losses and metrics over the ranks
+        self.dist = dist
         B = X.shape[0]
         self.n_batches = -(-B // batch_size)
         self.steps_done = 0   # steps of this call, for the learning-rate schedule
@@ -96,7 +97,7 @@ class FitLoop:
 
     # ---------------------------------------------------------------- one step
     def _batch(self, i):
-        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size) if self.dist is None else self.dist.batch(i)
         w = None if self.We is None else self.We[s]
         return self.Xe[s], self.Ye[s], w
 
@@ -109,15 +110,20 @@ class FitLoop:
         if self.lr_schedule is not None:
             opt.lr = self.lr_schedule(self.epoch_start + i + 1)
         X, Y, w = self._batch(i)
+        if self.dist is not None and self.dist.skip(i):   # no rows of this batch here: zeros join the sum
+            self.dist.empty_step(step_losses[i:i + 1])
+            opt.step(net.backend, net._params, net._grads)
+            return None
+        after_layer = None if self.dist is None else self.dist.after_layer
         plan = net._plan(X.shape[0])
         net._forward(X, plan)
         net._loss_delta(plan, Y, step_losses[i:i + 1], w)
         if every_delta:
-            Backend.network_backward(net.backend, plan, net._Wb, net._dWb)
+            Backend.network_backward(net.backend, plan, net._Wb, net._dWb, after_layer)
         else:
-            net.backend.network_backward(plan, net._Wb, net._dWb)
-        if self.step_hook is not None:
-            self.step_hook(plan)
+            net.backend.network_backward(plan, net._Wb, net._dWb, after_layer)
+        if self.dist is not None:
+            self.dist.finish()
         opt.step(net.backend, net._params, net._grads)
         return plan
 
@@ -144,6 +150,10 @@ class FitLoop:
                 hist["val_accuracy"] = []
         if self.grad_norms:
             hist.update(grad_norms=[], delta_norms=[], update_ratios=[])
+        if self.dist is not None:
+            self.n_batches = self.dist.setup(self.X, self.Y, self.weights, epochs, self.batch_size, self.shuffle,
+                                             self.validation is not None)
+        evaluate = net.evaluate if self.dist is None else self.dist.evaluate
         step_losses = be.zeros((self.n_batches,), net.dtype)
         snap = [b.copy() for b in net._state_buffers(opt)]
         sizes = np.full(self.n_batches, self.batch_size, dtype=np.float64)
@@ -158,12 +168,15 @@ class FitLoop:
                 self.epoch_start = self.steps_done
                 self._epoch(epoch, step_losses, snap, hist)
                 self.steps_done += self.n_batches
-                batch_w = sizes if self.We is None else self._batch_weights()
-                hist["loss"].append(float(be.to_numpy(step_losses).astype(np.float64) @ batch_w / batch_w.sum()))
+                if self.dist is not None:
+                    hist["loss"].append(self.dist.epoch_loss(be.to_numpy(step_losses)))
+                else:
+                    batch_w = sizes if self.We is None else self._batch_weights()
+                    hist["loss"].append(float(be.to_numpy(step_losses).astype(np.float64) @ batch_w / batch_w.sum()))
                 if classify:
-                    hist["accuracy"].append(net.evaluate(self.X, self.Y, _checked=True)["accuracy"])
+                    hist["accuracy"].append(evaluate(self.X, self.Y, _checked=True)["accuracy"])
                 if self.validation is not None:
-                    ev = net.evaluate(*self.validation, _checked=True)
+                    ev = evaluate(*self.validation, _checked=True)
                     hist["val_loss"].append(ev["loss"])
                     if classify:
                         hist["val_accuracy"].append(ev["accuracy"])
@@ -183,12 +196,16 @@ class FitLoop:
     def _shuffle(self):
         net, be = self.net, self.net.backend
         xp = be.xp
-        if self.shuffle:
-            perm = be.asarray(net._rng.permutation(self.X.shape[0]), np.int64)
+        order = self.dist.epoch_order(self.shuffle) if self.dist is not None else \
+            net._rng.permutation(self.X.shape[0]) if self.shuffle else None
+        if order is not None:
+            perm = be.asarray(order, np.int64)
             self.Xe, self.Ye = xp.take(self.X, perm, axis=0), xp.take(self.Y, perm, axis=0)
             self.We = None if self.weights is None else xp.take(self.weights, perm, axis=0)
         else:
             self.Xe, self.Ye, self.We = self.X, self.Y, self.weights
+        if self.dist is not None:
+            self.dist.begin_epoch(self.We)
 
     def _batch_weights(self):
         w = self.net.backend.to_numpy(self.We).astype(np.float64)
@@ -205,6 +222,8 @@ class FitLoop:
             plan = self._run_step(i, step_losses, every_delta=self.grad_norms and i == last)
             if (i + 1) % CHECK_EVERY == 0 or i == last:
                 vals = be.to_numpy(step_losses[checked:i + 1])
+                if self.dist is not None:   # every rank decides on the global batches' losses
+                    vals = self.dist.global_losses(vals, checked)
                 bad = np.flatnonzero(~np.isfinite(vals))
                 if bad.size:
                     k = checked + int(bad[0])
@@ -212,8 +231,8 @@ class FitLoop:
                     self._restore(snap)
                     for j in range(checked, k):      # replay the window's good steps
                         self._run_step(j, step_losses)
-                    raise self.net._diverged(vals[bad[0]], self.opt.t + 1, lr,
-                                             f" (epoch {epoch}, batch {k + 1})")
+                    err = self.net._diverged(vals[bad[0]], self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
+                    raise err if self.dist is None else self.dist.on_every_rank(err)
                 checked = i + 1
                 if i != last:
                     self._take(snap)

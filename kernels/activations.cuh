@@ -1,4 +1,4 @@
-// activations.cuh: the activations of SPEC.md and their derivatives, for every
+// activations.cuh: the activations of docs/spec.md and their derivatives, for every
 // kernel's epilogue.  Prepended to each kernel source by gpubp/backends/cuda_source.py.
 //
 // The codes ACT_* (the positions in gpubp.activations.ACTIVATIONS), LEAKY_SLOPE,

@@ -1,5 +1,5 @@
 // elementwise.cu: the fused loss value + delta[L] kernels and the optimizer updates
-// of SPEC.md.  activations.cuh is prepended by gpubp/backends/cuda_source.py.
+// of docs/spec.md.  activations.cuh is prepended by gpubp/backends/cuda_source.py.
 //
 // Every kernel is templated on T = float or double, indexes with 64-bit
 // integers, and is instantiated by name in gpubp/backends/cuda_elementwise.py.

@@ -12,25 +12,15 @@ import numpy as np
 import pytest
 
 import gpubp
+from support.cli import run, usage_error
+
 from gpubp import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(capsys, *argv):
-    rc = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
-def usage_error(capsys, *argv):
-    """Run a command that must fail as a usage error: status 2, a message, no traceback."""
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert e.value.code == 2, (argv, out, err)
-    assert "error:" in err and "Traceback" not in err + out, err
-    return err
 
 
 def agrees(value, published: str) -> bool:

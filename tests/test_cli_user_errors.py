@@ -9,26 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from support.cli import strict_json as strict_loads
+from support.cli import usage_error
+
 from gpubp import cli, explain
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def usage_error(capsys, *argv):
-    """Run a command that must fail as a usage error: status 2, a message, no traceback."""
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert e.value.code == 2, (argv, out, err)
-    assert "error:" in err and "Traceback" not in err + out, err
-    return out, err
 
 
-def strict_loads(text):
-    def refuse(c):
-        raise ValueError(f"not strict JSON: {c}")
-    return json.loads(text, parse_constant=refuse)
 
 
 # ---------------------------------------------------------------- output paths, before any training
@@ -43,7 +34,7 @@ def strict_loads(text):
 def test_train_output_paths_are_checked_before_training(capsys, tmp_path, option, make, message):
     (tmp_path / "a-file.txt").write_text("x")
     out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress",
-                           "--backend", "numpy", option, str(make(tmp_path)))
+                           "--backend", "numpy", option, str(make(tmp_path)), with_stdout=True)
     assert message in err and option in err
     assert "epoch" not in out                    # refused before training
 
@@ -59,7 +50,7 @@ def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch
         return real_access(path, mode, *a, **k)
     monkeypatch.setattr(os, "access", access)
     out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress",
-                           "--backend", "numpy", "--save", str(ro / "net.npz"))
+                           "--backend", "numpy", "--save", str(ro / "net.npz"), with_stdout=True)
     assert "not writable" in err and "epoch" not in out
 
 
@@ -123,7 +114,7 @@ def test_strict_json_replaces_only_non_finite_floats():
     (["--suite-seconds", "0"], "--suite-seconds: expected a positive number"),
 ])
 def test_bench_arguments_are_validated(capsys, tmp_path, argv, message):
-    _, err = usage_error(capsys, "bench", "--tiny", "--out", str(tmp_path / "out"), *argv)
+    err = usage_error(capsys, "bench", "--tiny", "--out", str(tmp_path / "out"), *argv)
     assert message in err
     assert not (tmp_path / "out").exists()
 
@@ -132,7 +123,7 @@ def test_bench_out_must_be_a_usable_folder(capsys, tmp_path):
     f = tmp_path / "a-file"
     f.write_text("x")
     for out in (f, f / "sub"):
-        _, err = usage_error(capsys, "bench", "--tiny", "--out", str(out))
+        err = usage_error(capsys, "bench", "--tiny", "--out", str(out))
         assert "--out" in err and "not a directory" in err
 
 
@@ -143,7 +134,7 @@ def test_explain_weights_file_lr_is_refused_not_replaced(capsys, tmp_path, lr):
     wf = tmp_path / "w.json"
     wf.write_text(json.dumps({"layers": [{"W": [[0.1, 0.2]], "b": [0.0]}], "input": [0.5, 0.8], "target": [1],
                               "lr": lr}))
-    _, err = usage_error(capsys, "explain", "--weights", str(wf))
+    err = usage_error(capsys, "explain", "--weights", str(wf))
     assert '"lr" must be a positive finite number' in err
 
 

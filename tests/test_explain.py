@@ -8,7 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from gpubp import cli, explain
+from support.cli import run, strict_json, usage_error
+
+from gpubp import explain
 
 # the 2-2-1 example's initial weights, input, target, and the output and loss published with them
 W1 = [[-0.7043063085678544, 1.0375733570462549], [-0.25599680372820793, 0.08681539438901478]]
@@ -24,25 +26,10 @@ CLASSIC_W2 = ("0.35891648", "0.408666186", "0.511301270", "0.561370121")
 CLASSIC_W1 = ("0.149780716", "0.19956143", "0.24975114", "0.29950229")
 
 
-def run(capsys, *argv):
-    rc = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
-def usage_error(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert e.value.code == 2, (argv, out, err)
-    assert "error:" in err and "Traceback" not in err + out, err
-    return err
 
 
-def strict_json(text):
-    def refuse(name):
-        raise AssertionError(f"not strict JSON: {name}")
-    return json.loads(text, parse_constant=refuse)
 
 
 def agrees(value, published: str) -> bool:

@@ -1,4 +1,4 @@
-"""Published answers of SPEC.md, to their published digits."""
+"""Published answers (docs/spec.md, "Known answers"), to their published digits."""
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ def test_classic_2_2_2_worked_example(dtype, tol):
     np.testing.assert_allclose(W1.ravel(), [0.149780716, 0.19956143, 0.24975114, 0.29950229], atol=tol + 5e-9)
 
 
-def test_seed_002_default_example_by_hand():
+def test_sigmoid_2_2_1_example_by_hand():
     """[2, 2, 1], input [0.5, 0.8], target [1], sigmoid, mse, lr 0.1: one step equals the equations."""
     net = gpubp.MLP([2, 2, 1], activation="sigmoid", output_activation="sigmoid", loss="mse",
                     backend="numpy", dtype="float64", seed=2)

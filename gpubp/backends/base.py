@@ -1,7 +1,7 @@
 """The backend interface: the array operations one training step needs.
 
 A backend owns where arrays live (host memory for numpy, device memory for
-CUDA) and how the fused operations of SPEC.md are computed.  The network code
+CUDA) and how the fused operations of docs/spec.md are computed.  The network code
 (`gpubp.network`) calls only the methods below and never asks which backend it
 has.  Every array argument is an array of the backend's own kind (`xp.ndarray`),
 C-contiguous, of the network's dtype; outputs are written in place into arrays
@@ -12,7 +12,7 @@ things (compiled kernels, device attributes), so networks in different threads
 can share it, and a step with a plan allocates nothing once it has run, so it
 can be captured in a CUDA graph.
 
-Conventions (SPEC.md):
+Conventions (docs/spec.md):
 - `A_prev` is `(B, n_in)`, `W` is `(n_out, n_in)`, `b` is `(n_out,)`,
   `Z`, `A`, `delta` are `(B, n_out)`.
 - Activation and loss names are those of `gpubp.activations` and

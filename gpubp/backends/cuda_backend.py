@@ -17,7 +17,7 @@ import numpy as np
 
 from ..activations import ACT_CODES
 from . import cuda_fused, cuda_gemm, cuda_elementwise
-from .cuda_device import device_id, load_kernels
+from .cuda_device import compute_capability, device_id, load_kernels
 from .base import Backend
 from .plan import scratch_buffer
 
@@ -204,18 +204,26 @@ class CudaBackend(Backend):
                                     tile=self.tile)
 
     # ----------------------------------------------------------- whole network
+    @staticmethod
+    def _precision(precision):
+        """`precision` as this device runs it: "tf32" needs the TF32 tensor-core kernels (compute
+        capability 8.0+); elsewhere a tf32 plan computes in float32, as `Backend` documents."""
+        return "float32" if precision == "tf32" and compute_capability() < 80 else precision
+
     def _segments(self, sizes, batch, dtype, precision="float32"):
         """Split layers 1..L of a network of `sizes` into runs `(first, last, fused)` (1-based, inclusive).
 
         A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
         when `self.fuse` is on, the dtype is float32, the batch has at least
         `FUSE_MIN_BATCH` rows, and at least `FUSE_MIN_LAYERS` consecutive
-        layers have every width <= `FUSE_MAX_WIDTH[precision]`; other layers go
-        through the per-layer fused GEMMs.
+        layers have every width <= `FUSE_MAX_WIDTH[precision]` and fit the device
+        (`cuda_fused.fits_device`: the shared memory of the fused kernels); other
+        layers go through the per-layer fused GEMMs.
         """
         L = len(sizes) - 1
         ok = [self.fuse and np.dtype(dtype) == np.float32 and batch >= self.FUSE_MIN_BATCH and
               cuda_fused.eligible(sizes[l:l + 2]) and max(sizes[l:l + 2]) <= self.FUSE_MAX_WIDTH[precision]
+              and cuda_fused.fits_device(sizes[l:l + 2], precision)
               for l in range(L)]
         segs, l = [], 0
         while l < L:
@@ -234,10 +242,10 @@ class CudaBackend(Backend):
         """Compile, in one go, the kernels a step of `plan` launches (forward, loss, backward,
         updates), so the first step does not stop at each new kernel."""
         wanted = {cuda_gemm.SPECS[0]: set(), cuda_fused.SPECS[0]: set(), cuda_elementwise.SPECS[0]: set()}
-        sizes, acts, dt = plan.sizes, plan.activations, plan.dtype
-        for first, last, fused in self._segments(sizes, plan.batch, dt, plan.precision):
+        sizes, acts, dt, precision = plan.sizes, plan.activations, plan.dtype, self._precision(plan.precision)
+        for first, last, fused in self._segments(sizes, plan.batch, dt, precision):
             if fused:
-                wanted[cuda_fused.SPECS[0]] |= cuda_fused.kernel_names(sizes[first - 1:last + 1], plan.precision)
+                wanted[cuda_fused.SPECS[0]] |= cuda_fused.kernel_names(sizes[first - 1:last + 1], precision)
                 continue
             l = first
             prev = ACT_CODES[acts[l - 2]] if l > 1 else (ACT_CODES["identity"] if plan.input_grad else None)
@@ -246,21 +254,50 @@ class CudaBackend(Backend):
         wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
         load_kernels(wanted)
 
+    def _run_input(self, plan, first):
+        """The input array of a fused run starting at layer `first`.
+
+        A fused run's pointer table holds its input's address; inside the network that is a
+        plan buffer, but a run from layer 1 would see each new batch's address, and every new
+        table costs an upload from the host (a synchronisation).  So layer 1's input is copied
+        (on the device, in stream order) into a buffer the plan keeps, and the table stays the
+        same.  The forward copies every time (a captured graph replays the copy); the backward
+        copies only when the buffer does not hold a copy of this same input array already."""
+        if first > 1:
+            return plan.A[first - 1]
+        buf = plan.scratch.get("fused_input", plan.A[0].shape, plan.A[0].dtype)
+        src = plan.A[0]
+        if buf.data.ptr != src.data.ptr:
+            buf[...] = src
+        return buf
+
+    def _run_input_again(self, plan, first):
+        """`_run_input` for the backward of the same step: the forward's copy, when it made one of
+        this input array (same address), else a fresh copy."""
+        if first > 1:
+            return plan.A[first - 1]
+        if plan.scratch.notes.get("fused_input_of") == plan.A[0].data.ptr:
+            return plan.scratch.get("fused_input", plan.A[0].shape, plan.A[0].dtype)
+        return self._run_input(plan, first)
+
     def network_forward(self, plan, layers):
-        A, Z, acts = plan.A, plan.Z, plan.activations
-        for first, last, fused in self._segments(plan.sizes, plan.batch, plan.dtype, plan.precision):
+        A, Z, acts, precision = plan.A, plan.Z, plan.activations, self._precision(plan.precision)
+        for first, last, fused in self._segments(plan.sizes, plan.batch, plan.dtype, precision):
             if not fused:
                 W, b = layers[first - 1]
                 self.dense_forward(A[first - 1], W, b, acts[first - 1], A[first], Z[first], scratch=plan.scratch)
                 continue
             run = range(first - 1, last)     # 0-based layer indices of the run
-            cuda_fused.fused_forward(A[first - 1], [layers[i][0] for i in run], [layers[i][1] for i in run],
+            if first == 1:
+                plan.scratch.notes["fused_input_of"] = plan.A[0].data.ptr
+            cuda_fused.fused_forward(self._run_input(plan, first),
+                                     [layers[i][0] for i in run], [layers[i][1] for i in run],
                                      [ACT_CODES[acts[i]] for i in run], [A[i + 1] for i in run],
-                                     [Z[i + 1] for i in run], precision=plan.precision, scratch=plan.scratch)
+                                     [Z[i + 1] for i in run], precision=precision, scratch=plan.scratch)
 
     def network_backward(self, plan, layers, grads, after_layer=None):
-        A, Z, delta, acts = plan.A, plan.Z, plan.delta, plan.activations
-        for first, last, fused in reversed(self._segments(plan.sizes, plan.batch, plan.dtype, plan.precision)):
+        A, Z, delta, acts, precision = plan.A, plan.Z, plan.delta, plan.activations, self._precision(plan.precision)
+        for first, last, fused in reversed(self._segments(plan.sizes, plan.batch, plan.dtype, precision)):
             if not fused:
                 self.layer_backward(plan, first, layers, grads)
             else:
@@ -273,9 +310,10 @@ class CudaBackend(Backend):
                     din, act_in, z_in = None, None, None
                 cuda_fused.fused_backward(
                     delta[last], [layers[i][0] for i in run], [ACT_CODES[acts[i]] for i in run],
-                    A[first - 1], [A[i + 1] for i in run], [Z[i + 1] for i in run],
+                    self._run_input_again(plan, first),    # what the forward read
+                    [A[i + 1] for i in run], [Z[i + 1] for i in run],
                     [grads[i][0] for i in run], [grads[i][1] for i in run],
-                    delta_in_out=din, act_code_in=act_in, Z_in=z_in, precision=plan.precision,
+                    delta_in_out=din, act_code_in=act_in, Z_in=z_in, precision=precision,
                     scratch=plan.scratch)
             if after_layer is not None:
                 for l in range(last, first - 1, -1):

@@ -52,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES, ACTIVATIONS
-from .cuda_device import attributes, device_id, function
+from .cuda_device import DEFAULT_SMEM, attributes, device_id, function
 from .cuda_launch import aligned as _aligned
 from .cuda_launch import cdiv, check_act, check_arrays
 from .cuda_source import ModuleSpec
@@ -130,6 +130,16 @@ def eligible(widths) -> bool:
 
 def _wmax(widths) -> int:
     return 64 if max(widths) <= 64 else 128
+
+
+def fits_device(widths, precision: str = "float32") -> bool:
+    """True when the current device can run a fused run of these widths: the forward and backward
+    kernels' dynamic shared memory within its per-block opt-in limit (sm_75's 64 KB holds neither
+    backward kernel; sm_70's 96 KB holds WMAX 64)."""
+    a = attributes()
+    wmax = _wmax(widths)
+    optin = int(a.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM))
+    return max(fwd_smem_bytes(wmax, precision=precision), bwd_smem_bytes(wmax, precision=precision)) <= optin
 
 
 # ------------------------------------------------------------------ device helpers

@@ -22,7 +22,7 @@ MAX_PARTIALS = 1024
 #: block size of the GEMM kernels (gemm.cu, both tile families) and their v1 k-step
 GEMM_THREADS = 256
 GEMM_BK = 8
-#: the v2 large tile's rows (GEMM2_BM); its shared-memory rows are padded by GEMM_PAD floats
+#: the pipelined large tile's rows (GEMM2_BM); its shared-memory rows are padded by GEMM_PAD floats
 GEMM2_BM = 128
 GEMM_PAD = 4
 

@@ -1,6 +1,6 @@
 """The numpy backend: the reference implementation of every operation.
 
-Written to be read against SPEC.md and to be fast on a CPU: GEMMs go to
+Written to be read against docs/spec.md and to be fast on a CPU: GEMMs go to
 numpy's BLAS with `out=`, elementwise work is done in place, and the few
 temporaries a step needs live in the caller's `Scratch` (a step plan's or an
 optimizer's), never in the backend, which holds no state at all.

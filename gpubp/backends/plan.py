@@ -36,6 +36,8 @@ class Scratch:
         self._backend = backend
         self._bufs: dict = {}
         self._memo: dict = {}
+        #: small facts a backend keeps about the buffers between its calls (e.g. what a copy holds)
+        self.notes: dict = {}
 
     def get(self, key, shape, dtype):
         shape = tuple(int(s) for s in shape)

@@ -17,8 +17,10 @@ parameters (`init_params`) so that their results can be compared.
   CPU or CUDA; TF32 is set by the caller.
 - `SklearnStep`: scikit-learn's MLPClassifier, one `partial_fit` of one batch.
 
-This file is loaded by path (`gpubp.bench.load_peers`), so it imports nothing
-heavy at import time.
+gpubp's own step is built from `MLP`'s methods only (`MLP._step` for one
+queued step, `MLP.capture_train_step` for the graph); this module holds no
+copy of gpubp's training loop.  Nothing heavy (CuPy, PyTorch, scikit-learn) is
+imported until a peer is built.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ import numpy as np
 
 F32 = np.float32
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-8)
+
+#: the peers of a GPU step row, in the order they are timed
+GPU_PEERS = ("gpubp-cuda", "gpubp-cuda-graph", "gpubp-cuda-tf32", "cupy-unfused", "torch-eager",
+             "torch-eager-tf32")
+#: the peers of a CPU step row
+CPU_PEERS = ("gpubp-numpy", "torch-cpu", "sklearn")
 
 
 # ----------------------------------------------------------------- data
@@ -59,15 +67,15 @@ class GpubpStep:
 
     def __init__(self, backend, sizes, params, batch=None, optimizer="adam", lr=1e-3, graph=False,
                  first_batch=None, precision="float32"):
-        from gpubp.network import MLP
-        from gpubp.optim import SGD, Adam
+        from ..network import MLP
+        from ..optim import SGD, Adam
 
         self.net = MLP(list(sizes), activation="relu", output_activation="identity",
                        loss="cross_entropy", backend=backend, dtype="float32", seed=0, precision=precision)
         self.net.set_params(params)
         self.opt = Adam(lr, betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"]) \
             if optimizer == "adam" else SGD(lr)
-        self.net._bind(self.opt)
+        self.net._bind(self.net._resolve_optimizer(self.opt))   # as train_step binds it
         self.loss = self.net.backend.zeros((1,), np.float32)
         self._replay = None
         if graph:

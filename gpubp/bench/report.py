@@ -1,0 +1,176 @@
+"""The outputs of a run: bench.md (tables and goals), bench.png (speed-ups) and the console summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .peers import CPU_PEERS, GPU_PEERS
+
+
+def _fmt(x, nd=3):
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.{nd}g}" if abs(x) < 1e4 else f"{x:.3e}"
+    return str(x)
+
+
+def _pct(x):
+    return "" if x is None else f"{x:.0%}"
+
+
+def write_markdown(res, path):
+    m, L = res["meta"], []
+    L.append("# gpubp bench\n")
+    L.append(f"Mode `{res['config']['mode']}`, optimizer {res['config']['optimizer']} "
+             f"(lr {res['config']['lr']}), step = forward, softmax cross-entropy, backward, update; "
+             f"float32 throughout. Suite wall time {res['wall_s']:.0f} s.\n")
+    v = m["versions"]
+    L.append(f"- CPU: {v['cpu']} x{v['cpu_count']}, BLAS threads {v['blas_threads']}, torch threads "
+             f"{m.get('torch_threads')}; numpy {v['numpy']}, torch {v['torch']}, scikit-learn {v['sklearn']}, "
+             f"Python {v['python']}")
+    if m.get("gpu"):
+        g = m["gpu"]
+        L.append(f"- GPU: {g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GiB, {g['sms']} SMs, "
+                 f"L2 {g['l2_bytes'] / 2 ** 20:.0f} MiB); driver {g['driver']}, CUDA runtime {g['cuda_runtime']}, "
+                 f"CuPy {v['cupy']} (CUPY_TF32={g['cupy_tf32']}), torch CUDA {g.get('torch_cuda')}")
+    else:
+        L.append(f"- **No CUDA GPU: the GPU rows need CUDA** ({m.get('no_gpu_reason')}). Only the CPU rows "
+                 f"were measured.")
+    for note in m.get("notes", []):
+        L.append(f"- {note}")
+    bad = [r for r in res["rows"] if r["kind"] == "shape"]
+    for r in bad:
+        L.append(f"- error in {r['what']}: {r['error']}")
+    L.append("")
+    L.append("## Ceilings (measured in this run)\n")
+    L.append("| device | what | median ms | rate |\n|---|---|---|---|")
+    for r in res["rows"]:
+        if r["kind"] == "ceiling":
+            rate = (f"{r['gbs']:.1f} GB/s" if "gbs" in r else f"{r['tflops']:.2f} TFLOP/s" if "tflops" in r
+                    else r.get("skipped") or r.get("error", ""))
+            L.append(f"| {r['device']} | {r.get('what', r['ceiling'])} | {_fmt(r.get('median_ms'))} | {rate} |")
+    L.append("")
+    if res["goals"] and m.get("gpu"):
+        L.append("## Goals\n")
+        L.append("| goal | measured | result | margin |\n|---|---|---|---|")
+        for g in res["goals"]:
+            L.append(f"| {g['goal']} | {g.get('measured', '')} | **{g['result']}** | {g.get('margin', '')} |")
+        L.append("")
+    summary = summary_table(res["rows"])
+    if summary:
+        L.append("## Summary: median step time (ms) per peer\n")
+        L += summary
+        L.append("")
+    head = ("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % SGEMM | GB/s | % copy | "
+            "peer time / gpubp time |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for dev, title in (("cuda", "Training steps on the GPU"), ("cpu", "Training steps on the CPU")):
+        rows = [r for r in res["rows"] if r["kind"] == "step" and r["device"] == dev]
+        if not rows:
+            continue
+        L.append(f"## {title}\n")
+        ref = "gpubp-cuda" if dev == "cuda" else "gpubp-numpy"
+        L.append(f"FLOPs = 6 B sum n_(l-1) n_l; fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
+                 f"Last column: this peer's time over {ref}'s (> 1: gpubp faster)"
+                 + ("; in brackets over gpubp-cuda's where that shape ran on the GPU." if dev == "cpu" else ".")
+                 + "\n")
+        L.append(head)
+        for r in rows:
+            L.append(_row_md(r, r["network"], r["batch"]))
+        L.append("")
+    rows = [r for r in res["rows"] if r["kind"] == "kernel"]
+    if rows:
+        L.append("## Fused kernels alone (gpubp.backends.cuda_gemm) vs their unfused pairs\n")
+        L.append("fwd: GEMM+bias+ReLU vs cupy.matmul + add + maximum; bwd_data: GEMM with g' epilogue vs "
+                 "cupy.matmul + multiply; bwd_weight: dW GEMM with db vs cupy.matmul + sum. "
+                 "Shape is batch x n_out x n_in.\n")
+        L.append(head.replace("| network | batch |", "| kernel | shape |"))
+        for r in rows:
+            L.append(_row_md(r, r["kernel"], f"{r['batch']}x{r['n_out']}x{r['n_in']}"))
+        L.append("")
+    L.append("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times after warm-up, rotating among "
+             "several random input sets; `skipped`/`error` rows say why. Full figures: bench.json.\n")
+    Path(path).write_text("\n".join(L))
+
+
+def summary_table(rows):
+    """Markdown lines: one row per (device, network, batch), one column per peer, plus the
+    speed-up of gpubp's faster path over PyTorch (eager, TF32 off)."""
+    steps = [r for r in rows if r["kind"] == "step"]
+    peers = [p for p in (*GPU_PEERS, "torch-compile", *CPU_PEERS)
+             if any(r["peer"] == p for r in steps)]
+    if not steps:
+        return []
+    out = ["| device | network | batch | " + " | ".join(peers) + " | gpubp speed-up over torch |",
+           "|---" * (len(peers) + 4) + "|"]
+    keys = []
+    for r in steps:
+        k = (r["device"], r["network"], r["batch"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        t = {r["peer"]: r.get("median_ms") for r in steps if (r["device"], r["network"], r["batch"]) == k}
+        mine = [t.get(p) for p in ("gpubp-cuda", "gpubp-cuda-graph", "gpubp-numpy") if t.get(p)]
+        ref = t.get("torch-eager") or t.get("torch-cpu")
+        sp = f"{ref / min(mine):.2f}x" if mine and ref else ""
+        out.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(_fmt(t.get(p), 4) if t.get(p) else
+                                                               ("-" if p in t else "") for p in peers)
+                   + f" | {sp} |")
+    return out
+
+
+def _row_md(r, what, shape):
+    if "median_ms" not in r:
+        why = r.get("skipped") or r.get("error", "")
+        return f"| {what} | {shape} | {r['peer']} | {why.replace('|', '/')[:160]} | | | | | | | |"
+    ratio = _fmt(r.get("speedup_gpubp"))
+    if r.get("speedup_gpubp_cuda") is not None:
+        ratio += f" [{_fmt(r['speedup_gpubp_cuda'])}]"
+    peer = r["peer"] + (f" (rel. err {r['rel_err_vs_unfused']:.1e})" if "rel_err_vs_unfused" in r else "")
+    return (f"| {what} | {shape} | {peer} | {_fmt(r['median_ms'], 4)} | {_fmt(r['p25_ms'])}-{_fmt(r['p75_ms'])} "
+            f"| {r['reps']} | {_fmt(r.get('tflops'))} | {_pct(r.get('frac_gemm'))} | {_fmt(r.get('gbs'))} "
+            f"| {_pct(r.get('frac_copy'))} | {ratio} |")
+
+
+def write_plot(res, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    gpu = any(r["kind"] == "step" and r["device"] == "cuda" and "median_ms" in r for r in res["rows"])
+    dev, peer, ref = ("cuda", "torch-eager", "gpubp-cuda") if gpu else ("cpu", "torch-cpu", "gpubp-numpy")
+    lines = {}
+    for r in res["rows"]:
+        if r["kind"] == "step" and r["device"] == dev and r["peer"] == peer and r.get("speedup_gpubp"):
+            lines.setdefault(r["network"], []).append((r["batch"], r["speedup_gpubp"]))
+    fig = Figure(figsize=(8, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, pts in sorted(lines.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.axhline(1.0, color="gray", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter("{x:g}x")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(f"speed-up: {peer} time / {ref} time")
+    title = f"gpubp ({ref}) vs {peer}, {res['config']['optimizer']} step"
+    if res["meta"].get("gpu"):
+        title += f", {res['meta']['gpu']['name']}"
+    else:
+        title += " (no CUDA GPU: CPU rows only)"
+    ax.set_title(title, fontsize=10)
+    if lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no rows measured", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def jsonable(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+

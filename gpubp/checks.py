@@ -1,0 +1,76 @@
+"""Checks of what users pass in, shared by the network, its checkpoints and the PyTorch module.
+
+Each check either returns the value in the form gpubp uses or raises a
+`ValueError` / `TypeError` that names the argument; none changes anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def check_sizes(layer_sizes):
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+        raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")
+    sizes = list(layer_sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs at least two sizes (inputs and outputs), got {sizes}")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"layer_sizes must hold integers, got {s!r} in {sizes}")
+        if s < 1:
+            raise ValueError(f"every layer size must be at least 1, got {sizes}")
+    return tuple(int(s) for s in sizes)
+
+
+def check_seed(seed):
+    """None or a non-negative integer (any size): what numpy's generators take and JSON can hold."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be None or a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be None or a non-negative integer, got {seed}")
+    return int(seed)
+
+
+def check_positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def host_array(x, name: str) -> np.ndarray:
+    """`x` as a numpy array of real numbers, with errors naming `name` for ragged, complex or
+    non-numeric input."""
+    try:
+        h = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
+    if h.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({h.dtype}); gpubp takes real numbers only")
+    if h.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {h.dtype}")
+    return h
+
+
+def finite_after_cast(h: np.ndarray, dtype, name: str) -> np.ndarray:
+    """`h` cast to `dtype`, refused if anything is NaN or infinite there (overflow included)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.ascontiguousarray(h, dtype=dtype)
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        bad = "overflows " + np.dtype(dtype).name if np.all(np.isfinite(h)) else "contains NaN or infinity"
+        raise ValueError(f"{name} {bad}" + (" (values beyond its range)" if bad.startswith("over") else ""))
+    return a

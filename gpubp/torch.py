@@ -1,0 +1,514 @@
+"""gpubp's fused MLP as a PyTorch module: `gpubp.torch.FusedMLP`.
+
+    import torch
+    from gpubp.torch import FusedMLP
+
+    mlp = FusedMLP([64, 128, 128, 10], activation="relu", seed=0)
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
+    loss = torch.nn.functional.cross_entropy(mlp(x), y)
+    loss.backward()
+    opt.step()
+
+The forward and backward passes run on gpubp's backends through a
+`torch.autograd.Function`: CPU tensors on the numpy backend, CUDA tensors on
+the cuda backend (gpubp's kernels, on PyTorch's current stream).  Tensors go
+to the backend without copies: a CPU tensor shares its memory with a numpy
+array (`Tensor.numpy()`, `torch.from_numpy`), a CUDA tensor with a CuPy array
+through DLPack.  The parameters are ordinary `nn.Parameter`s laid out as
+`nn.Linear`'s (`weight_l` of shape `(out, in)`, `bias_l` of shape `(out,)`,
+l = 1..L), so torch optimizers, `state_dict`, `torch.save`,
+`DistributedDataParallel` and `torch.compile` (as a graph break) work on it.
+
+This module needs PyTorch (`pip install "gpubp[torch]"`); `import gpubp`
+does not import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .activations import GELU_C, GELU_K, LEAKY_SLOPE, NEEDS_Z, check_activation
+from .backends import get_backend
+from .backends.base import Backend
+from .backends.numpy_backend import activation_backward_inplace
+from .checks import check_sizes
+
+#: the precisions a FusedMLP computes in (as gpubp.MLP's `precision`)
+PRECISIONS = ("float32", "tf32")
+
+_TORCH_DTYPES = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- backend passes
+# The three functions below are the only code that calls the backend's whole-network interface.
+
+def _forward_pass(backend: Backend, spec: "_Spec", layers, X, input_grad: bool):
+    """Run the network on backend array `X` in a fresh step plan (one per forward call) and return it.
+
+    A plan of its own per call keeps each forward's activations apart: a second forward before
+    the first one's backward cannot overwrite them.
+    """
+    plan = backend.make_plan(spec.sizes, spec.activations, X.shape[0], X.dtype, precision=spec.precision,
+                             input_grad=input_grad)
+    plan.bind_input(X)
+    backend.network_forward(plan, layers)
+    return plan
+
+
+def _backward_pass(backend: Backend, plan, layers, grads) -> None:
+    """From `plan.delta[L]` (dLoss/dZ_L) fill `grads = [(dW, db), ...]`, and `plan.delta[0]` with input_grad."""
+    backend.network_backward(plan, layers, grads)
+
+
+def _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, input_grad):
+    """A fresh plan holding a forward's saved state (for a second backward through a retained graph).
+
+    Its A[1..L-1] and Z are the saved tensors' arrays (no copies); its own A[L] is not read by the
+    backward (which starts from delta[L]).
+    """
+    plan = backend.make_plan(spec.sizes, spec.activations, x.shape[0], bridge.view(x).dtype,
+                             precision=spec.precision, input_grad=input_grad)
+    plan.bind_input(bridge.view(x))
+    for l, a in enumerate(hidden_A, start=1):
+        plan.A[l] = bridge.view(a)
+    Zs = iter(Zs)
+    for l, g in enumerate(spec.activations, start=1):
+        if g in NEEDS_Z:
+            plan.Z[l] = bridge.view(next(Zs))
+    return plan
+
+
+# --------------------------------------------------------------------------- output activation
+def activation_grad_xp(xp, name: str, delta, a, z=None):
+    """`delta *= g'(.)` with array-module `xp` (numpy or CuPy) elementwise math (arrays only, no scalars in `where`).
+
+    The same formulas as `gpubp.backends.numpy_backend.activation_backward_inplace`:
+    from the activation's output `a`, or for gelu/silu its input `z`.
+    """
+    if name == "identity":
+        return delta
+    if name == "relu":
+        delta *= (a > 0).astype(delta.dtype)
+    elif name == "leaky_relu":
+        delta[...] = xp.where(a > 0, delta, delta * LEAKY_SLOPE)
+    elif name == "sigmoid":
+        delta *= a * (1.0 - a)
+    elif name == "tanh":
+        delta *= 1.0 - a * a
+    elif name == "gelu":
+        t = xp.tanh(GELU_C * (z + GELU_K * z * z * z))
+        delta *= 0.5 * (1.0 + t) + 0.5 * GELU_C * z * (1.0 - t * t) * (1.0 + 3.0 * GELU_K * z * z)
+    elif name == "silu":
+        e = xp.exp(-xp.abs(z))                      # e^-|z| in (0, 1]: no overflow
+        s = xp.where(z >= 0, xp.ones_like(e), e) / (1.0 + e)
+        delta *= s * (1.0 + z * (1.0 - s))
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return delta
+
+
+def _reads_output(activation: str) -> bool:
+    """True when the derivative of `activation` is taken from its output A (not from Z, not constant)."""
+    return activation != "identity" and activation not in NEEDS_Z
+
+
+# --------------------------------------------------------------------------- devices
+class _HostBridge:
+    """CPU tensors <-> numpy arrays, sharing memory."""
+
+    backend_name = "numpy"
+
+    def __init__(self, device):
+        self.device = device
+
+    @staticmethod
+    def view(t: torch.Tensor):
+        return t.detach().numpy()
+
+    @staticmethod
+    def tensor(a) -> torch.Tensor:
+        return torch.from_numpy(a)
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def activation_grad(name, delta, a, z):
+        activation_backward_inplace(name, delta, a, z)
+
+
+class _CudaBridge:
+    """CUDA tensors <-> CuPy arrays through DLPack, on the tensor's device and PyTorch's current stream."""
+
+    backend_name = "cuda"
+
+    def __init__(self, device):
+        try:
+            import cupy
+        except Exception as e:
+            raise RuntimeError(f"FusedMLP on CUDA tensors runs gpubp's cuda backend, which needs CuPy; it did "
+                               f"not import ({e}). Install gpubp[cuda12] or gpubp[cuda13]") from e
+        self._cupy = cupy
+        self.device = device
+
+    def view(self, t: torch.Tensor):
+        return self._cupy.from_dlpack(t.detach())
+
+    @staticmethod
+    def tensor(a) -> torch.Tensor:
+        return torch.from_dlpack(a)
+
+    def context(self):
+        cupy = self._cupy
+        idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        stack = contextlib.ExitStack()
+        stack.enter_context(cupy.cuda.Device(idx))
+        stream = torch.cuda.current_stream(idx)
+        stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, idx))
+        return stack
+
+    def activation_grad(self, name, delta, a, z):
+        activation_grad_xp(self._cupy, name, delta, a, z)
+
+
+def _bridge_for(device: torch.device):
+    if device.type == "cpu":
+        return _HostBridge(device)
+    if device.type == "cuda":
+        return _CudaBridge(device)
+    raise ValueError(f"FusedMLP runs on CPU tensors (numpy backend) and CUDA tensors (cuda backend); "
+                     f"got a tensor on {device}")
+
+
+# --------------------------------------------------------------------------- the autograd function
+@dataclass(frozen=True)
+class _Spec:
+    """What the autograd function needs to know about the network (read-only)."""
+
+    sizes: tuple
+    activations: tuple
+    precision: str
+    backend: object          # "auto", "numpy", "cuda" or a Backend instance
+
+    def backend_for(self, bridge) -> Backend:
+        be = self.backend
+        if be == "auto":
+            return get_backend(bridge.backend_name)
+        be = get_backend(be)
+        if be.name != bridge.backend_name:
+            raise ValueError(f"this FusedMLP was built with backend={be.name!r}, which cannot take tensors on "
+                             f"{bridge.device}; use backend='auto' or move the input and the module to "
+                             f"{'the CPU' if be.name == 'numpy' else 'a CUDA device'}")
+        return be
+
+
+class _FusedMLPFunction(torch.autograd.Function):
+    """y = MLP(x) on gpubp's backend; inputs: spec, keep, x (B, n_0), W1, b1, ..., WL, bL."""
+
+    @staticmethod
+    def forward(ctx, spec: _Spec, keep: bool, x, *params):
+        bridge = _bridge_for(x.device)
+        backend = spec.backend_for(bridge)
+        L = len(spec.sizes) - 1
+        ctx.spec, ctx.empty = spec, x.shape[0] == 0
+        if ctx.empty:                       # no samples: nothing for the backend to do
+            out = x.new_empty((0, spec.sizes[-1]))
+            if keep:
+                ctx.save_for_backward(x, *params)
+            return out
+        with bridge.context():
+            layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
+            plan = _forward_pass(backend, spec, layers, bridge.view(x),
+                                 input_grad=keep and ctx.needs_input_grad[2])
+            out_a = plan.A[L]
+            if not keep and getattr(out_a, "base", None) is not None:
+                out_a = out_a.copy()        # hand out only the output, not a larger buffer it views
+            out = bridge.tensor(out_a)
+            if not keep:
+                return out                  # the plan goes: nothing but the output is kept
+            # Backward uses the plan (its activations and its deltas) and drops it.  The
+            # activations are also saved for backward as zero-copy tensor views: PyTorch then
+            # checks that nothing backward reads was modified in place, and a second backward
+            # through a retained graph (retain_graph=True) rebuilds a plan around them; without
+            # retain_graph PyTorch frees them after the backward.  The output is saved only where
+            # its activation's derivative reads it, so that, as after nn.Linear, an identity (or
+            # gelu/silu) output may be changed in place.
+            ctx.plan, ctx.bridge, ctx.backend = plan, bridge, backend
+            hidden_A = [bridge.tensor(a) for a in plan.A[1:L]]
+            Zs = [bridge.tensor(z) for z in plan.Z[1:] if z is not None]
+            out_saved = [out] if _reads_output(spec.activations[-1]) else []
+            ctx.save_for_backward(x, *params, *hidden_A, *Zs, *out_saved)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        spec = ctx.spec
+        L = len(spec.sizes) - 1
+        saved = ctx.saved_tensors           # raises if any was modified in place or already freed
+        x, params, rest = saved[0], saved[1:1 + 2 * L], saved[1 + 2 * L:]
+        need_x, need_p = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
+        if ctx.empty:                        # no samples: zero parameter gradients
+            return (None, None, torch.zeros_like(x) if need_x else None,
+                    *(torch.zeros_like(p) if n else None for p, n in zip(params, need_p)))
+        bridge, backend = ctx.bridge, ctx.backend
+        n_z = sum(g in NEEDS_Z for g in spec.activations)
+        hidden_A, Zs, out_saved = rest[:L - 1], rest[L - 1:L - 1 + n_z], rest[L - 1 + n_z:]
+        with bridge.context():
+            plan, ctx.plan = ctx.plan, None
+            if plan is None:                 # a second backward through a retained graph
+                plan = _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, need_x)
+            layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
+            delta_L = plan.delta[L]
+            bridge.tensor(delta_L).copy_(grad_out)     # grad_out may be broadcast or shared: a copy
+            A_L = bridge.view(out_saved[0]) if out_saved else None     # read only by g' where it needs A
+            Z_L = plan.Z[L]
+            bridge.activation_grad(spec.activations[-1], delta_L, A_L, Z_L)
+            grads_t = [torch.empty_like(p) for p in params]
+            grads = [(bridge.view(grads_t[2 * i]), bridge.view(grads_t[2 * i + 1])) for i in range(L)]
+            _backward_pass(backend, plan, layers, grads)
+            dX_t = bridge.tensor(plan.delta[0]) if need_x else None
+        return (None, None, dX_t, *(g if n else None for g, n in zip(grads_t, need_p)))
+
+
+@torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break")
+def _fused_apply(spec: _Spec, x, params):
+    keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    return _FusedMLPFunction.apply(spec, keep, x, *params)
+
+
+# --------------------------------------------------------------------------- activation modules
+def _activation_module(name: str):
+    """The torch module computing gpubp activation `name` (None for identity)."""
+    return {
+        "identity": lambda: None,
+        "relu": nn.ReLU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
+        "gelu": lambda: nn.GELU(approximate="tanh"),
+        "silu": nn.SiLU,
+    }[name]()
+
+
+def _activation_name(module: nn.Module, index: int) -> str:
+    """The gpubp activation that torch module `module` computes, or a ValueError saying why none does."""
+    where = f"module {index} ({module!r})"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.Sigmoid):
+        return "sigmoid"
+    if isinstance(module, nn.Tanh):
+        return "tanh"
+    if isinstance(module, nn.SiLU):
+        return "silu"
+    if isinstance(module, nn.Identity):
+        return "identity"
+    if isinstance(module, nn.LeakyReLU):
+        if module.negative_slope != LEAKY_SLOPE:
+            raise ValueError(f"{where}: gpubp's leaky_relu has negative_slope {LEAKY_SLOPE}, got "
+                             f"{module.negative_slope}")
+        return "leaky_relu"
+    if isinstance(module, nn.GELU):
+        if module.approximate != "tanh":
+            raise ValueError(f"{where}: gpubp's gelu is the tanh approximation; use "
+                             f"nn.GELU(approximate='tanh') (the exact erf GELU is not supported)")
+        return "gelu"
+    raise ValueError(f"{where} is not supported: FusedMLP takes nn.Linear layers, each followed by at most "
+                     f"one of nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU({LEAKY_SLOPE}), "
+                     f"nn.GELU(approximate='tanh'), nn.SiLU, nn.Identity")
+
+
+# --------------------------------------------------------------------------- the module
+class FusedMLP(nn.Module):
+    """A dense network `layer_sizes[0] -> ... -> layer_sizes[-1]` run by gpubp, as an `nn.Module`.
+
+    Equal to `nn.Sequential(nn.Linear, act, ..., nn.Linear, output act)` (see
+    `to_sequential`), computed by gpubp's backend: the numpy backend for CPU
+    tensors, the cuda backend (CuPy) for CUDA tensors.
+
+    - `activation`: the hidden layers' activation (one name, or a list with one
+      per hidden layer); `output_activation` the last layer's.  Names as in
+      `gpubp.ACTIVATIONS`; `gelu` is the tanh approximation, `leaky_relu` has
+      slope 0.01.
+    - `precision="tf32"` lets the cuda backend multiply float32 on TF32 tensor
+      cores in its fused narrow-layer kernels (as `gpubp.MLP`).
+    - `dtype` (float32 or float64; default torch's default dtype) and `device`
+      of the parameters, as `nn.Linear`'s.  The input must have the
+      parameters' dtype and device; its last dimension is `layer_sizes[0]`
+      and any leading dimensions are kept, as for `nn.Linear`.
+    - `backend`: "auto" (by the input's device), "numpy", "cuda", or a
+      `gpubp.backends.Backend` instance.
+    - Parameters `weight_1, bias_1, ..., weight_L, bias_L` in `nn.Linear`'s
+      layout and initialisation (uniform in ±1/sqrt(fan_in), weight then bias,
+      layer by layer), drawn on the CPU from torch's global generator, or from
+      a generator seeded with `seed` when given, then moved to `device`: the
+      same numbers as `torch.manual_seed(seed)` and then the `nn.Linear`s of
+      `to_sequential()` built on the CPU.
+
+    Values are not checked for NaN (they propagate, as through `nn.Linear`).
+    Each forward runs in a step plan of its own (so forwards never share
+    buffers).  One that records a graph keeps its plan (activations and room
+    for the deltas) until its backward, which frees it (with
+    `retain_graph=True` the activations stay for a further backward); under
+    `torch.no_grad`, or when nothing requires grad, only the output is kept.
+    Double backward is not supported.
+    """
+
+    def __init__(self, layer_sizes, activation="relu", output_activation="identity", precision="float32",
+                 seed=None, backend="auto", *, dtype=None, device=None):
+        super().__init__()
+        sizes = check_sizes(layer_sizes)
+        n_hidden = len(sizes) - 2
+        if isinstance(activation, (list, tuple)):
+            if len(activation) != n_hidden:
+                raise ValueError(f"activation lists one name per hidden layer: expected {n_hidden}, "
+                                 f"got {len(activation)} ({list(activation)})")
+            hidden = [check_activation(a) for a in activation]
+        else:
+            hidden = [check_activation(activation)] * n_hidden
+        out_act = check_activation(output_activation, "output_activation")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if not isinstance(backend, Backend) and backend not in ("auto", "numpy", "cuda"):
+            raise ValueError(f"backend must be 'auto', 'numpy', 'cuda' or a gpubp Backend, got {backend!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in _TORCH_DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if precision == "tf32" and dtype != torch.float32:
+            raise ValueError(f"precision='tf32' needs dtype torch.float32, got {dtype}")
+        self.layer_sizes = sizes
+        self.activations = tuple(hidden + [out_act])
+        self.precision = precision
+        self.seed = seed
+        self.backend = backend
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+            bound = 1.0 / math.sqrt(n_in)
+            W = torch.empty((n_out, n_in), dtype=dtype).uniform_(-bound, bound, generator=gen)
+            b = torch.empty((n_out,), dtype=dtype).uniform_(-bound, bound, generator=gen)
+            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(device)))
+            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(device)))
+
+    # ------------------------------------------------------------ basics
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_sizes) - 1
+
+    def layers(self) -> list:
+        """`[(weight_1, bias_1), ..., (weight_L, bias_L)]`, the parameters themselves."""
+        return [(getattr(self, f"weight_{l}"), getattr(self, f"bias_{l}")) for l in range(1, self.n_layers + 1)]
+
+    def extra_repr(self) -> str:
+        p = self.weight_1
+        return (f"layer_sizes={list(self.layer_sizes)}, activations={list(self.activations)}, "
+                f"precision={self.precision!r}, backend={getattr(self.backend, 'name', self.backend)!r}, "
+                f"dtype={p.dtype}, device={p.device}")
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"FusedMLP takes a torch.Tensor, got {type(x).__name__}")
+        params = [t for Wb in self.layers() for t in Wb]
+        p = params[0]
+        for name, q in zip(("weight", "bias") * self.n_layers, params):
+            if q.dtype != p.dtype or q.device != p.device:
+                raise ValueError(f"FusedMLP's parameters must share one dtype and device; weight_1 is "
+                                 f"{p.dtype} on {p.device}, a {name} is {q.dtype} on {q.device}")
+        if p.dtype not in _TORCH_DTYPES:
+            raise ValueError(f"FusedMLP computes in torch.float32 or torch.float64; its parameters are {p.dtype}")
+        if x.dtype != p.dtype:
+            raise ValueError(f"input x has dtype {x.dtype} but FusedMLP's parameters are {p.dtype}; convert "
+                             f"with x.to({p.dtype}) or the module with .to({x.dtype})")
+        if x.device != p.device:
+            raise ValueError(f"input x is on {x.device} but FusedMLP's parameters are on {p.device}; move "
+                             f"one of them")
+        if self.precision == "tf32" and p.dtype != torch.float32:
+            raise ValueError(f"precision='tf32' needs float32 parameters, got {p.dtype}")
+        n0 = self.layer_sizes[0]
+        if x.ndim < 1 or x.shape[-1] != n0:
+            raise ValueError(f"input x has shape {tuple(x.shape)}; FusedMLP expects (..., {n0})")
+        lead = x.shape[:-1]
+        spec = _Spec(self.layer_sizes, self.activations, self.precision, self.backend)
+        y = _fused_apply(spec, x.reshape(-1, n0).contiguous(), [q.contiguous() for q in params])
+        return y.reshape(*lead, self.layer_sizes[-1])
+
+    # ------------------------------------------------------------ nn.Sequential
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, precision: str = "float32", backend="auto") -> "FusedMLP":
+        """A FusedMLP computing what `seq` computes, with copies of its parameters (dtype and device kept).
+
+        `seq` holds `nn.Linear` layers (with bias), each followed by at most one
+        supported activation module (`nn.ReLU`, `nn.Sigmoid`, `nn.Tanh`,
+        `nn.LeakyReLU` with slope 0.01, `nn.GELU(approximate="tanh")`,
+        `nn.SiLU`); a Linear followed directly by a Linear, or by
+        `nn.Identity`, has the identity activation.  Anything else raises a
+        ValueError naming the module.
+        """
+        if not isinstance(seq, nn.Sequential):
+            raise TypeError(f"from_sequential takes an nn.Sequential, got {type(seq).__name__}")
+        linears, acts = [], []
+        for i, m in enumerate(seq):
+            if isinstance(m, nn.Linear):
+                if m.bias is None:
+                    raise ValueError(f"module {i} ({m!r}) has no bias; FusedMLP's layers all have one")
+                if linears and m.in_features != linears[-1].out_features:
+                    raise ValueError(f"module {i} ({m!r}) takes {m.in_features} inputs but the layer before "
+                                     f"gives {linears[-1].out_features}")
+                linears.append(m)
+                acts.append(None)
+                continue
+            name = _activation_name(m, i)
+            if not linears:
+                raise ValueError(f"module {i} ({m!r}) comes before any nn.Linear; FusedMLP starts with a layer")
+            if name == "identity":
+                continue
+            if acts[-1] is not None:
+                raise ValueError(f"module {i} ({m!r}) follows another activation; FusedMLP applies one "
+                                 f"activation per layer")
+            acts[-1] = name
+        if not linears:
+            raise ValueError("from_sequential needs at least one nn.Linear")
+        acts = [a or "identity" for a in acts]
+        W0 = linears[0].weight
+        for i, lin in enumerate(linears):
+            if lin.weight.dtype != W0.dtype or lin.weight.device != W0.device or \
+                    lin.bias.dtype != W0.dtype or lin.bias.device != W0.device:
+                raise ValueError(f"the nn.Linear layers must share one dtype and device; layer 1 is {W0.dtype} "
+                                 f"on {W0.device}, layer {i + 1} has {lin.weight.dtype}/{lin.bias.dtype} on "
+                                 f"{lin.weight.device}")
+        sizes = [linears[0].in_features] + [lin.out_features for lin in linears]
+        net = cls(sizes, activation=acts[:-1], output_activation=acts[-1], precision=precision, seed=0,
+                  backend=backend, dtype=W0.dtype, device=W0.device)
+        with torch.no_grad():
+            for (W, b), lin in zip(net.layers(), linears):
+                W.copy_(lin.weight)
+                b.copy_(lin.bias)
+        net.seed = None
+        return net
+
+    def to_sequential(self) -> nn.Sequential:
+        """An `nn.Sequential` of `nn.Linear` and activation modules computing the same, with copies of the parameters."""
+        mods = []
+        for (W, b), g in zip(self.layers(), self.activations):
+            lin = nn.Linear(W.shape[1], W.shape[0], dtype=W.dtype, device=W.device)
+            with torch.no_grad():
+                lin.weight.copy_(W)
+                lin.bias.copy_(b)
+            mods.append(lin)
+            act = _activation_module(g)
+            if act is not None:
+                mods.append(act)
+        return nn.Sequential(*mods)
+
+
+__all__ = ["FusedMLP", "PRECISIONS", "activation_grad_xp"]

@@ -1,0 +1,52 @@
+"""Run under mpiexec by tests/test_distributed.py: one rank misbehaves during data-parallel training.
+
+Usage: dp_fault.py MODE, MODE one of
+  raise     rank 1 raises at its third training step;
+  hang      rank 1 stops answering at its third step (the others time out after 2 s);
+  mismatch  rank 1 builds a different network (refused on every rank before training);
+  data      rank 1 passes other data with sharded=False (refused on every rank);
+  uncaught  rank 1 raises outside fit, in the script itself.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+
+def main(mode):
+    from gpubp import distributed
+    from gpubp.network import MLP
+
+    comm = distributed.init(backend="numpy", timeout=2.0, grace=2.0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4))
+    Y = rng.standard_normal((40, 2))
+    if mode == "data" and comm.rank == 1:
+        X[17, 2] += 1.0
+    hidden = 9 if (mode == "mismatch" and comm.rank == 1) else 8
+    net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+    if mode == "uncaught" and comm.rank == 1:
+        raise RuntimeError("a failure outside fit on rank 1")
+    if comm.rank == 1 and mode in ("raise", "hang"):
+        forward, calls = net._forward, []
+
+        def bad_forward(*a, **k):      # the forward pass of each training step
+            calls.append(1)
+            if len(calls) == 3:
+                if mode == "raise":
+                    raise RuntimeError("an injected failure on rank 1")
+                time.sleep(600)
+            return forward(*a, **k)
+
+        net._forward = bad_forward
+    try:
+        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm)
+    except distributed.ConfigMismatch as e:
+        print(f"rank {comm.rank}: refused: {e}", flush=True)
+        sys.exit(3)
+    print(f"rank {comm.rank}: trained", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

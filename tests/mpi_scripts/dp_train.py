@@ -1,0 +1,120 @@
+"""Run under mpiexec by tests/test_distributed.py: data-parallel training cases, each rank's result to a file.
+
+Usage: dp_train.py OUT_PREFIX [BACKEND]; writes OUT_PREFIX.<rank>.npz with,
+per case, the flat parameters, the history (or the divergence message) and
+the transport used.  The cases and the data are shared with the test, which
+trains one process on the same global batches.
+"""
+
+import sys
+
+import numpy as np
+
+N, N_VAL = 23, 7
+SIZES = [5, 7, 6, 3]
+
+
+def data():
+    rng = np.random.default_rng(123)
+    X = rng.standard_normal((N, SIZES[0]))
+    Y = rng.integers(0, SIZES[-1], N)
+    Xv = rng.standard_normal((N_VAL, SIZES[0]))
+    Yv = rng.integers(0, SIZES[-1], N_VAL)
+    W = rng.random(N)
+    W[2:6] = 0.0          # in the first batch of 6 rows, one rank's share weighs nothing
+    return X, Y, Xv, Yv, W
+
+
+def cases():
+    """name -> fit settings: batch sizes that 2 and 3 do not divide, a batch of 1 (ranks with no rows),
+    the whole set in one batch, SGD with momentum, Adam and AdamW, validation sets, sample weights,
+    sharded data, one bucket per layer, no overlap, and a run that diverges (rolled back alike)."""
+    return {
+        "b5_adam": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True),
+        "b5_adam_bucket_per_layer": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
+                                         bucket_bytes=8),
+        "b5_adam_no_overlap": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
+                                   overlap=False),
+        "b1_sgd": dict(batch_size=1, optimizer=("sgd", dict(lr=0.05, momentum=0.9)), epochs=1, shuffle=True),
+        "b23_adamw": dict(batch_size=23, optimizer=("adamw", dict(lr=0.05)), epochs=4, shuffle=False),
+        "b4_sgd_val": dict(batch_size=4, optimizer=("sgd", dict(lr=0.1)), epochs=2, shuffle=True, validation=True),
+        "b6_weights_split": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=False,
+                                 weights=True, validation_split=0.25),
+        "sharded_b6": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True, sharded=True),
+        "sharded_b7_noshuffle": dict(batch_size=7, optimizer=("sgd", dict(lr=0.1)), epochs=2, shuffle=False,
+                                     sharded=True),
+        "sharded_b6_weights": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.5)), epochs=2,
+                                   shuffle=True, sharded=True, weights=True),
+        "diverge_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=0.5)), epochs=3, shuffle=True, diverge=True),
+    }
+
+
+def make_net(backend="numpy", c=None):
+    from gpubp.network import MLP
+
+    if c is not None and c.get("diverge"):
+        return MLP(SIZES, activation="relu", loss="mse", dtype="float64", seed=1, backend=backend)
+    return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend=backend)
+
+
+def make_opt(spec):
+    from gpubp.optim import make_optimizer
+
+    name, kw = spec
+    return make_optimizer(name, kw.get("lr"), **{k: v for k, v in kw.items() if k != "lr"})
+
+
+def case_data(c):
+    """`(X, Y, W)` of a case (targets that make the `diverge` case overflow)."""
+    X, Y, _, _, W = data()
+    if c.get("diverge"):
+        Y = np.eye(SIZES[-1])[Y] * 1e10
+    return X, Y, (W if c.get("weights") else None)
+
+
+def fit_kwargs(c):
+    _, _, Xv, Yv, _ = data()
+    kw = dict(epochs=c["epochs"], batch_size=c["batch_size"], shuffle=c["shuffle"], progress=False)
+    if c.get("validation"):
+        kw["validation"] = (Xv, Yv)
+    if c.get("validation_split"):
+        kw["validation_split"] = c["validation_split"]
+    return kw
+
+
+def shard_rows(n, size, rank):
+    """The rows of an `n`-row set that rank `rank` of `size` holds in the sharded cases (uneven shards)."""
+    from gpubp.distributed import share
+
+    a, b = share(n, size, rank)
+    return np.arange(a, b)
+
+
+def main(out, backend="numpy"):
+    from gpubp import distributed
+
+    comm = distributed.init(backend=backend, timeout=60)
+    result = {}
+    for name, c in cases().items():
+        net = make_net(backend, c)
+        opt = make_opt(c["optimizer"])
+        comm.overlap = c.get("overlap", True)
+        comm.bucket_bytes = c.get("bucket_bytes", distributed.DEFAULT_BUCKET_BYTES)
+        X, Y, W = case_data(c)
+        if c.get("sharded"):
+            rows = shard_rows(N, comm.size, comm.rank)
+            X, Y, W = X[rows], Y[rows], (None if W is None else W[rows])
+        try:
+            hist = net.fit(X, Y, optimizer=opt, sample_weight=W, comm=comm, sharded=c.get("sharded", False),
+                           **fit_kwargs(c))
+            for k, v in hist.items():
+                result[f"{name}.hist.{k}"] = np.array(v)
+        except FloatingPointError as e:
+            result[f"{name}.error"] = np.array(str(e))
+        result[name + ".params"] = net.backend.to_numpy(net._params)
+    result["transport"] = np.array(comm.transport)
+    np.savez(f"{out}.{comm.rank}.npz", **result)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

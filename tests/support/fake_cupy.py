@@ -1,0 +1,788 @@
+"""A CPU stand-in for the part of CuPy gpubp uses, checking every kernel launch against the CUDA source.
+
+`FakeCupy()` is a module object to install as `sys.modules["cupy"]` (the
+`fake` fixture of tests/test_cuda_launch_contract.py does that and undoes it).
+Arrays are numpy arrays of a subclass, `fake.ndarray`, standing for device
+memory of one H100-like device (sm_90, 132 SMs; `attributes=` makes it
+another).  What it checks:
+
+- Kernels (`RawModule(...).get_function(name)`): the signature of every
+  `__global__` kernel is parsed from the module's source, templates included
+  (`name`'s template arguments are mapped onto the template parameters, so `T`
+  becomes float or double).  A launch `f(grid, block, args, shared_mem=...)`
+  must name one of the module's `name_expressions`, pass as many arguments as
+  the kernel has parameters, each of exactly its C type (a pointer: a
+  C-contiguous device array of the pointee's dtype; `int`: numpy.int32;
+  `long long`/`int64_t`/`size_t`: numpy.int64; `float`: numpy.float32;
+  `double`: numpy.float64; `bool`: numpy.bool_), a grid and block of 1 to 3
+  positive ints within CUDA's limits (block threads <= 1024 and <= the
+  kernel's `__launch_bounds__`), and dynamic shared memory within the
+  kernel's `max_dynamic_shared_size_bytes` (48 KB unless raised) and the
+  device's opt-in limit; per-kernel `extents` rules (given by the test) say how
+  many elements each pointer must hold for the launch's sizes, and may follow
+  pointers kept in device memory (`memory_at`).  A violation raises `LaunchError`.  Kernels write
+  nothing (arrays start zeroed).  Every launch is recorded in `fake.launches`.
+- Compilation: the name expressions of every `RawModule` made are listed in
+  `fake.compiled` (a module is compiled when it is made).
+- Memory: every new device buffer (factory functions, copies, results of
+  array operations; not views) counts in `fake.allocations`.
+- Streams and graphs: between `stream.begin_capture()` and `end_capture()`
+  launches are recorded into the graph (not run), in-place array operations
+  too, and an allocation, a host synchronisation, a device-to-host copy or a
+  launch on another stream raises `CaptureError`, as it would break a real
+  capture.  `graph.launch(stream)` replays the recorded launches (recorded
+  again, with `replay=True`) and in-place operations.
+- Mixing a host numpy array into a device array operation raises TypeError, as
+  CuPy does.
+
+Known gaps: a device array *is* a numpy array here, so code that tests
+`isinstance(x, numpy.ndarray)` or calls `numpy.asarray(x)` on it takes its
+host path without complaint (CuPy would refuse the implicit conversion), and
+gpubp's `CudaBackend.asarray` copies a device array it would pass through;
+what kernels compute is not simulated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import types
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: device attributes of an H100 SXM (sm_90), as CuPy's `Device.attributes` names them
+H100_ATTRIBUTES = {
+    "MultiProcessorCount": 132,
+    "MaxSharedMemoryPerBlock": 48 * 1024,
+    "MaxSharedMemoryPerBlockOptin": 227 * 1024,
+    "MaxSharedMemoryPerMultiprocessor": 228 * 1024,
+    "MaxRegistersPerMultiprocessor": 65536,
+    "MaxRegistersPerBlock": 65536,
+    "MaxThreadsPerMultiProcessor": 2048,
+    "MaxThreadsPerBlock": 1024,
+    "MaxBlockDimX": 1024, "MaxBlockDimY": 1024, "MaxBlockDimZ": 64,
+    "MaxGridDimX": 2**31 - 1, "MaxGridDimY": 65535, "MaxGridDimZ": 65535,
+    "WarpSize": 32,
+    "ComputeCapabilityMajor": 9,
+    "ComputeCapabilityMinor": 0,
+}
+DEFAULT_DYNAMIC_SMEM = 48 * 1024
+MEM_TOTAL = 80 * 2**30
+
+#: C scalar types -> the numpy scalar type a launch must pass
+SCALAR_TYPES = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64, "int64_t": np.int64,
+                "long long int": np.int64, "size_t": np.uint64, "unsigned long long": np.uint64,
+                "float": np.float32, "double": np.float64, "bool": np.bool_}
+#: C pointee types -> the dtype of the device array a launch must pass
+POINTEE_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
+                  "int64_t": np.int64, "unsigned int": np.uint32, "bool": np.bool_,
+                  "unsigned char": np.uint8, "char": np.int8}
+
+
+class LaunchError(AssertionError):
+    """A kernel launch that breaks the kernel's contract (arguments, grid, shared memory)."""
+
+
+class CaptureError(RuntimeError):
+    """Something that would make a real CUDA stream capture fail."""
+
+
+# ---------------------------------------------------------------------------- CUDA source parsing
+@dataclass
+class KernelSignature:
+    """A `__global__` kernel: template parameters [(kind, name)], parameters [(C type, name)]."""
+
+    name: str
+    template: list = field(default_factory=list)
+    params: list = field(default_factory=list)
+    max_threads: int | None = None      # __launch_bounds__'s first argument, when a constant
+    min_blocks: str | None = None
+
+
+def _strip_comments(src: str) -> str:
+    src = re.sub(r"/\*.*?\*/", " ", src, flags=re.S)
+    return re.sub(r"//[^\n]*", "", src)
+
+
+def _balanced(src: str, i: int) -> int:
+    """The index just past the parenthesis closing the one at `src[i]`."""
+    assert src[i] == "("
+    depth = 0
+    for j in range(i, len(src)):
+        depth += {"(": 1, ")": -1}.get(src[j], 0)
+        if depth == 0:
+            return j + 1
+    raise ValueError("unbalanced parentheses in CUDA source")
+
+
+def _split_top(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += {"(": 1, "<": 1, ")": -1, ">": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+def parse_kernels(source: str) -> dict[str, KernelSignature]:
+    """Every `__global__` kernel of `source`, by name."""
+    src = _strip_comments(source)
+    macros = {m.group(1): m.group(2)
+              for m in re.finditer(r"^\s*#define\s+(\w+)\s+\(?(\w+)\)?\s*$", src, flags=re.M)}
+
+    def constant(token):
+        for _ in range(8):              # follow aliases: #define A B, #define B 256
+            if token.isdigit():
+                return int(token)
+            token = macros.get(token, "")
+        return None
+
+    kernels = {}
+    for m in re.finditer(r"\b__global__\b", src):
+        head = src[:m.start()].rstrip()
+        tm = re.search(r"template\s*<([^<>]*)>$", head)
+        template = []
+        if tm:
+            for p in _split_top(tm.group(1)):
+                kind, pname = p.rsplit(None, 1)
+                template.append(("typename" if kind in ("typename", "class") else kind, pname))
+        i = m.end()
+        rest = src[i:]
+        vm = re.match(r"\s*void\s*", rest)
+        assert vm, f"__global__ without void at {src[i:i + 60]!r}"
+        i += vm.end()
+        max_threads = min_blocks = None
+        if src.startswith("__launch_bounds__", i):
+            j = src.index("(", i)
+            end = _balanced(src, j)
+            bounds = _split_top(src[j + 1:end - 1])
+            first = bounds[0].strip()
+            max_threads = constant(first)
+            min_blocks = bounds[1] if len(bounds) > 1 else None
+            i = end
+        nm = re.match(r"\s*(\w+)\s*", src[i:])
+        name = nm.group(1)
+        i += nm.end()
+        end = _balanced(src, i)
+        params = []
+        for p in _split_top(src[i + 1:end - 1]):
+            p = re.sub(r"\b(__restrict__|__restrict|const|volatile)\b", " ", p)
+            pm = re.match(r"\s*(.*?)\s*(\**)\s*(\w+)\s*$", p)
+            ctype = " ".join(pm.group(1).split()) + pm.group(2)
+            params.append((ctype, pm.group(3)))
+        kernels[name] = KernelSignature(name, template, params, max_threads, min_blocks)
+    return kernels
+
+
+def split_name_expression(expr: str) -> tuple[str, list[str]]:
+    """`"gemm_fwd<float, 3, 4>"` -> `("gemm_fwd", ["float", "3", "4"])`."""
+    m = re.fullmatch(r"\s*(\w+)\s*(?:<(.*)>)?\s*", expr)
+    if not m:
+        raise LaunchError(f"cannot read the kernel name expression {expr!r}")
+    return m.group(1), _split_top(m.group(2)) if m.group(2) is not None else []
+
+
+def _normalise(expr: str) -> str:
+    return re.sub(r"\s+", "", expr)
+
+
+# ---------------------------------------------------------------------------- the fake module
+@dataclass
+class Launch:
+    """One recorded kernel launch."""
+
+    name: str                 # the name expression, e.g. "gemm_fwd<float, 3, 4>"
+    kernel: str               # the kernel, e.g. "gemm_fwd"
+    grid: tuple
+    block: tuple
+    args: tuple
+    shared_mem: int
+    stream: object
+    replay: bool = False      # run by a graph replay
+    captured: bool = False    # recorded into a graph being captured (not run then)
+
+    def arg(self, pname: str):
+        return self.args[[p for _, p in self.signature.params].index(pname)]
+
+    signature: KernelSignature | None = None
+
+
+class FakeCupy(types.ModuleType):
+    """A `cupy` module backed by numpy; see the module docstring.
+
+    `attributes` replaces some of the H100's (`H100_ATTRIBUTES`) to stand for another
+    device, called `name`.  `unread_pointers` maps `(kernel, parameter)` to a predicate of the launch's
+    template arguments (a dict) that is true when the kernel never dereferences
+    that pointer: such a pointer may be any device array (launchers pass a
+    placeholder there).  `extents` maps a kernel to `rule(p, t, grid)`, given the
+    launch's arguments by parameter name (`p`, scalars as Python numbers), its
+    template arguments (`t`), grid and this module (for `memory_at`, to follow
+    pointers held in device memory): it returns `{parameter: least number of
+    elements}` the kernel may touch (each pointer argument must hold that many),
+    and may assert more (e.g. that the grid covers the output).
+    """
+
+    def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3"):
+        super().__init__("cupy")
+        self.device_name = f"{name} (fake)"
+        self.__version__ = "13.0.0+fake"
+        self.launches: list[Launch] = []
+        self.allocations = 0
+        self.allocated_bytes = 0
+        self.allocation_sites: list[str] = []   # where each counted allocation was made (gpubp's frames)
+        self.compiled: list[str] = []           # name expressions of every RawModule made, in order
+        self._live: dict = {}                   # start address -> weakref to the device array owning it
+        self.unread_pointers = dict(unread_pointers or {})
+        self.extents = dict(extents or {})
+        self.attributes = dict(H100_ATTRIBUTES, **(attributes or {}))
+        self._capturing = []          # streams capturing now
+        self._stream_stack = []
+        self.ndarray = _make_ndarray_class(self)
+        self.cuda = _make_cuda(self)
+        for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
+                     "bool_", "dtype", "newaxis"):
+            setattr(self, name, getattr(np, name))
+        for name in ("isfinite", "isnan", "log", "exp", "log1p", "abs", "maximum", "minimum", "sqrt", "tanh",
+                     "negative", "add", "subtract", "multiply", "divide"):
+            setattr(self, name, self._device_ufunc(getattr(np, name)))
+        for name in ("take", "take_along_axis", "concatenate", "stack", "where", "sum", "argmax",
+                     "empty_like", "zeros_like", "copy"):
+            setattr(self, name, self._device_function(getattr(np, name)))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def reset(self):
+        """Forget the recorded launches and allocation counts."""
+        self.launches.clear()
+        self.allocations = 0
+        self.allocated_bytes = 0
+        self.allocation_sites.clear()
+
+    def launched(self, kernel=None, replay=None) -> list[Launch]:
+        """The recorded launches (of `kernel`, by kernel name or name expression; replays or not)."""
+        out = self.launches
+        if kernel is not None:
+            out = [l for l in out if kernel in (l.kernel, l.name)]
+        if replay is not None:
+            out = [l for l in out if l.replay == replay]
+        return out
+
+    def kernel_names(self) -> set[str]:
+        return {l.kernel for l in self.launches}
+
+    def _on_alloc(self, arr):
+        if self._capturing:
+            raise CaptureError(f"device allocation of {arr.shape} {arr.dtype} during a CUDA graph capture")
+        self.allocations += 1
+        self.allocated_bytes += int(arr.nbytes)
+        self.allocation_sites.append(_caller())
+        self._live[arr.__array_interface__["data"][0]] = weakref.ref(arr)
+
+    def memory_at(self, ptr: int, nbytes: int):
+        """The live device array whose memory holds bytes [ptr, ptr + nbytes), or None."""
+        found = None
+        for start, ref in list(self._live.items()):
+            a = ref()
+            if a is None:
+                del self._live[start]
+            elif start <= ptr and ptr + nbytes <= start + a.nbytes:
+                found = a
+        return found
+
+    def _no_sync(self, what):
+        if self._capturing:
+            raise CaptureError(f"{what} during a CUDA graph capture")
+
+    def current_stream(self):
+        return self._stream_stack[-1] if self._stream_stack else self.cuda.Stream.null
+
+    # ------------------------------------------------------------------ arrays
+    def _check_device_args(self, args, what):
+        for a in args:
+            if isinstance(a, (list, tuple)):
+                self._check_device_args(a, what)
+            elif isinstance(a, np.ndarray) and not isinstance(a, self.ndarray):
+                raise TypeError(f"cupy.{what}: unsupported type {type(a)} (a host numpy array)")
+
+    def _to_device(self, host: np.ndarray):
+        """A new device array holding a copy of `host`."""
+        out = self.ndarray(host.shape, host.dtype)
+        out.view(np.ndarray)[...] = host
+        return out
+
+    def _wrap(self, result):
+        if isinstance(result, self.ndarray) and result.flags.owndata:
+            return result
+        if isinstance(result, np.ndarray):
+            return self._to_device(np.asarray(result))
+        if isinstance(result, tuple):
+            return tuple(self._wrap(r) for r in result)
+        return result
+
+    def _device_function(self, fn):
+        def call(*args, **kwargs):
+            self._check_device_args(args, fn.__name__)
+            self._no_sync(f"cupy.{fn.__name__}")
+            plain = [a.view(np.ndarray) if isinstance(a, self.ndarray) else
+                     [x.view(np.ndarray) if isinstance(x, self.ndarray) else x for x in a]
+                     if isinstance(a, (list, tuple)) else a for a in args]
+            return self._wrap(fn(*plain, **kwargs))
+
+        call.__name__ = fn.__name__
+        return call
+
+    def _device_ufunc(self, uf):
+        def call(*args, **kwargs):
+            self._check_device_args(args, uf.__name__)
+            if not any(isinstance(a, self.ndarray) for a in args):
+                raise TypeError(f"cupy.{uf.__name__}: no device array among the arguments")
+            return uf(*args, **kwargs)
+
+        call.__name__ = uf.__name__
+        return call
+
+    def _new(self, shape, dtype, fill=0):
+        out = self.ndarray(shape, np.dtype(dtype) if dtype is not None else np.float64)
+        out.view(np.ndarray).fill(fill)
+        return out
+
+    def empty(self, shape, dtype=float, order="C"):
+        return self._new(shape, dtype)   # zeroed, so unwritten outputs read 0, never garbage
+
+    def zeros(self, shape, dtype=float, order="C"):
+        return self._new(shape, dtype)
+
+    def ones(self, shape, dtype=float):
+        return self._new(shape, dtype, 1)
+
+    def full(self, shape, fill_value, dtype=None):
+        return self._new(shape, dtype if dtype is not None else np.asarray(fill_value).dtype, fill_value)
+
+    def arange(self, *args, dtype=None):
+        return self._to_device(np.arange(*args, dtype=dtype))
+
+    def asarray(self, a, dtype=None, order=None):
+        if isinstance(a, self.ndarray) and (dtype is None or np.dtype(dtype) == a.dtype):
+            return a
+        self._no_sync("a host-to-device copy")
+        if isinstance(a, self.ndarray):
+            return a.astype(dtype)
+        if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack_device__") and \
+                getattr(a, "__dlpack_device__")()[0] in (2, 13):
+            raise TypeError(f"the fake cupy takes no foreign device objects ({type(a).__name__})")
+        return self._to_device(np.asarray(a, dtype=dtype))
+
+    array = asarray
+
+    def ascontiguousarray(self, a, dtype=None):
+        if isinstance(a, self.ndarray) and a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+            return a
+        if not isinstance(a, self.ndarray):
+            raise TypeError("cupy.ascontiguousarray takes a device array")
+        return self._to_device(np.ascontiguousarray(a.view(np.ndarray), dtype=dtype))
+
+    def asnumpy(self, a, stream=None):
+        self._no_sync("a device-to-host copy (cupy.asnumpy)")
+        if isinstance(a, self.ndarray):
+            return np.array(a.view(np.ndarray), copy=True)
+        return np.asarray(a)
+
+    def from_dlpack(self, x):
+        return self._to_device(np.from_dlpack(x))
+
+    def get_default_memory_pool(self):
+        fake = self
+        return types.SimpleNamespace(free_bytes=lambda: 0, used_bytes=lambda: fake.allocated_bytes,
+                                     total_bytes=lambda: fake.allocated_bytes, free_all_blocks=lambda: None)
+
+    def get_default_pinned_memory_pool(self):
+        return types.SimpleNamespace(free_all_blocks=lambda: None, n_free_blocks=lambda: 0)
+
+    # ------------------------------------------------------------------ kernels
+    def RawModule(self, code=None, *, options=(), name_expressions=None, backend="nvrtc", **kwargs):
+        if kwargs:
+            raise TypeError(f"the fake RawModule takes no {sorted(kwargs)}")
+        return RawModule(self, code, options, name_expressions)
+
+    def _launch(self, fn, grid, block, args, shared_mem=0, stream=None):
+        sig, targs = fn.signature, fn.template_args
+        where = fn.name
+        _check_dims(grid, "grid", where, (2**31 - 1, 65535, 65535))
+        _check_dims(block, "block", where, (1024, 1024, 64))
+        threads = int(np.prod([int(b) for b in block]))
+        if threads > 1024:
+            raise LaunchError(f"{where}: {threads} threads a block (at most 1024)")
+        if sig.max_threads is not None and threads > sig.max_threads:
+            raise LaunchError(f"{where}: {threads} threads a block, __launch_bounds__ allows {sig.max_threads}")
+        if not isinstance(shared_mem, (int, np.integer)) or isinstance(shared_mem, bool) or shared_mem < 0:
+            raise LaunchError(f"{where}: shared_mem must be a non-negative int, got {shared_mem!r}")
+        if shared_mem > fn.max_dynamic_shared_size_bytes:
+            raise LaunchError(f"{where}: {shared_mem} bytes of dynamic shared memory, but the kernel's "
+                              f"max_dynamic_shared_size_bytes is {fn.max_dynamic_shared_size_bytes}")
+        if shared_mem > self.attributes["MaxSharedMemoryPerBlockOptin"]:
+            raise LaunchError(f"{where}: {shared_mem} bytes of dynamic shared memory exceed the device's opt-in")
+        if not isinstance(args, tuple):
+            raise LaunchError(f"{where}: args must be a tuple, got {type(args).__name__}")
+        if len(args) != len(sig.params):
+            raise LaunchError(f"{where}: {len(args)} arguments for {len(sig.params)} parameters "
+                              f"({', '.join(f'{t} {n}' for t, n in sig.params)})")
+        for k, (arg, (ctype, pname)) in enumerate(zip(args, sig.params)):
+            self._check_arg(where, k, pname, _substitute(ctype, targs), arg,
+                            unread=self._unread(sig.name, pname, targs))
+        rule = self.extents.get(sig.name)
+        if rule is not None:
+            self._check_extents(where, rule, sig, targs, args, tuple(int(g) for g in grid) + (1,) * (3 - len(grid)))
+        stream = stream if stream is not None else self.current_stream()
+        launch = Launch(fn.name, sig.name, tuple(int(g) for g in grid), tuple(int(b) for b in block), args,
+                        int(shared_mem), stream, signature=sig)
+        if self._capturing:
+            if stream not in self._capturing:
+                raise CaptureError(f"{where} launched on a stream that is not capturing, during a capture")
+            launch.captured = True
+            stream._graph_ops.append(launch)
+        self.launches.append(launch)
+
+    def _check_extents(self, where, rule, sig, targs, args, grid):
+        p = types.SimpleNamespace(**{n: a.item() if isinstance(a, np.generic) else a
+                                     for a, (_, n) in zip(args, sig.params)})
+        try:
+            need = rule(p, targs, grid, self)
+        except AssertionError as e:
+            raise LaunchError(f"{where}: {e}") from None
+        for pname, n in need.items():
+            arr = getattr(p, pname)
+            if arr.size < n:
+                raise LaunchError(f"{where}: {pname} holds {arr.size} elements, the launch reaches {n}")
+
+    def _unread(self, kernel, pname, targs) -> bool:
+        rule = self.unread_pointers.get((kernel, pname))
+        return bool(rule and rule(targs))
+
+    def _check_arg(self, where, k, pname, ctype, arg, unread=False):
+        what = f"{where}: argument {k} ({ctype} {pname})"
+        if ctype.endswith("*"):
+            pointee = ctype[:-1].strip()
+            want = POINTEE_DTYPES.get(pointee)
+            if want is None:
+                raise LaunchError(f"{what}: the fake knows no pointee type {pointee!r}")
+            if not isinstance(arg, self.ndarray):
+                raise LaunchError(f"{what}: expected a device array, got {type(arg).__name__}")
+            if arg.dtype != np.dtype(want) and not unread:
+                raise LaunchError(f"{what}: expected a {np.dtype(want).name} array, got {arg.dtype}")
+            if not arg.flags.c_contiguous:
+                raise LaunchError(f"{what}: the array is not C-contiguous (a raw pointer ignores strides)")
+            return
+        want = SCALAR_TYPES.get(ctype)
+        if want is None:
+            raise LaunchError(f"{what}: the fake knows no scalar type {ctype!r}")
+        if type(arg) is not want:
+            raise LaunchError(f"{what}: expected numpy.{want.__name__}, got {type(arg).__name__} {arg!r}")
+
+
+def _caller() -> str:
+    """The innermost four gpubp frames on the stack (`file:line function < ...`), or the caller."""
+    frame, sites, first = sys._getframe(2), [], None
+    while frame is not None and len(sites) < 4:
+        path = frame.f_code.co_filename.replace(os.sep, "/")
+        where = f"{os.path.basename(path)}:{frame.f_lineno} {frame.f_code.co_name}"
+        if "/gpubp/" in path and "/tests/" not in path and frame.f_code.co_name != "<lambda>":
+            sites.append(where)
+        elif first is None and not path.endswith("fake_cupy.py"):
+            first = where
+        frame = frame.f_back
+    return " < ".join(sites) or first or "?"
+
+
+def _check_dims(dims, what, where, limits):
+    if not isinstance(dims, tuple) or not 1 <= len(dims) <= 3:
+        raise LaunchError(f"{where}: {what} must be a tuple of 1 to 3 ints, got {dims!r}")
+    for d, lim in zip(dims, limits):
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= int(d) <= lim:
+            raise LaunchError(f"{where}: {what} {dims!r} has {d!r}, not an int in 1..{lim}")
+
+
+def _substitute(ctype: str, targs: dict) -> str:
+    """`T*` with T = float -> `float*`."""
+    base, stars = ctype.rstrip("*"), ctype[len(ctype.rstrip("*")):]
+    return str(targs.get(base, base)) + stars
+
+
+class RawModule:
+    def __init__(self, fake, code, options, name_expressions):
+        if not isinstance(code, str):
+            raise TypeError("the fake RawModule needs the source as code=")
+        self._fake = fake
+        self.code, self.options = code, tuple(options)
+        self.name_expressions = None if name_expressions is None else list(name_expressions)
+        self.kernels = parse_kernels(code)
+        for expr in self.name_expressions or ():
+            self._resolve(expr)       # every instantiation names a kernel with matching template arity
+        fake.compiled.extend(self.name_expressions or self.kernels)
+
+    def _resolve(self, expr):
+        kernel, args = split_name_expression(expr)
+        sig = self.kernels.get(kernel)
+        if sig is None:
+            raise LaunchError(f"{expr}: no __global__ kernel {kernel!r} in the module")
+        if len(args) != len(sig.template):
+            raise LaunchError(f"{expr}: {len(args)} template arguments for {len(sig.template)} parameters")
+        targs = {}
+        for a, (kind, pname) in zip(args, sig.template):
+            if kind == "typename" and a not in POINTEE_DTYPES:
+                raise LaunchError(f"{expr}: template type {pname} = {a!r} is not a known type")
+            if kind == "int" and not re.fullmatch(r"-?\d+", a):
+                raise LaunchError(f"{expr}: template int {pname} = {a!r}")
+            if kind == "bool" and a not in ("true", "false"):
+                raise LaunchError(f"{expr}: template bool {pname} = {a!r}")
+            targs[pname] = int(a) if kind == "int" else a
+        return sig, targs
+
+    def get_function(self, name):
+        if self.name_expressions is not None:
+            if _normalise(name) not in {_normalise(e) for e in self.name_expressions}:
+                raise LaunchError(f"{name!r} is not among the module's name_expressions")
+            sig, targs = self._resolve(name)
+        else:
+            sig, targs = self.kernels.get(name), {}
+            if sig is None or sig.template:
+                raise LaunchError(f"{name!r} is not a non-template kernel of the module")
+        return Function(self._fake, name, sig, targs)
+
+
+class Function:
+    """A fake `cupy.RawKernel`: checks and records launches, computes nothing."""
+
+    def __init__(self, fake, name, signature, template_args):
+        self._fake = fake
+        self.name, self.signature, self.template_args = name, signature, template_args
+        self._max_dyn = DEFAULT_DYNAMIC_SMEM
+        self.shared_size_bytes = 0
+        threads = signature.max_threads or 1024
+        min_blocks = signature.min_blocks
+        blocks = int(min_blocks) if min_blocks is not None and min_blocks.strip().isdigit() else 1
+        self.num_regs = min(255, 65536 // (threads * blocks))
+        self.max_threads_per_block = threads
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._max_dyn
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        optin = self._fake.attributes["MaxSharedMemoryPerBlockOptin"]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= optin:
+            raise LaunchError(f"{self.name}: max_dynamic_shared_size_bytes = {value!r} (the device allows {optin})")
+        self._max_dyn = int(value)
+
+    def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        self._fake._launch(self, grid, block, args, shared_mem, stream)
+
+
+# ---------------------------------------------------------------------------- device arrays
+def _make_ndarray_class(fake):
+    """The device array type of one fake module (its allocations count in that module)."""
+
+    class MemoryPointer:
+        __slots__ = ("ptr",)
+
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    class ndarray(np.ndarray):
+        def __array_finalize__(self, obj):
+            if self.flags.owndata:
+                fake._on_alloc(self)
+            else:   # a view: its memory belongs to a device array (never to a host array)
+                owner = self.base
+                while isinstance(owner, np.ndarray) and not owner.flags.owndata:
+                    owner = owner.base
+                if not isinstance(owner, ndarray):
+                    fake._on_alloc(self)
+
+        @property
+        def data(self):
+            return MemoryPointer(self.__array_interface__["data"][0])
+
+        @property
+        def device(self):
+            return fake.cuda.Device(0)
+
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": self.shape, "typestr": self.dtype.str, "version": 3, "strides": None
+                    if self.flags.c_contiguous else self.strides, "data": (self.data.ptr, False)}
+
+        def get(self, stream=None):
+            return fake.asnumpy(self)
+
+        def __setitem__(self, key, value):
+            if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
+                fake._no_sync("a host-to-device copy")
+            elif fake._capturing:
+                stream = fake._capturing[0]
+                stream._graph_ops.append(("setitem", self, key, value))
+                return
+            np.ndarray.__setitem__(self.view(np.ndarray), key,
+                                   value.view(np.ndarray) if isinstance(value, ndarray) else value)
+
+        def fill(self, value):
+            self[...] = value
+
+        def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+            fake._check_device_args(inputs, ufunc.__name__)
+            if fake._capturing:
+                if method != "__call__" or out is None or not all(isinstance(o, ndarray) for o in out):
+                    raise CaptureError(f"{ufunc.__name__}.{method} allocates or reads back during a capture")
+                fake._capturing[0]._graph_ops.append(("ufunc", ufunc, inputs, out, kwargs))
+                return out[0] if len(out) == 1 else out
+            plain = [x.view(np.ndarray) if isinstance(x, ndarray) else x for x in inputs]
+            if out is not None:
+                getattr(ufunc, method)(*plain, out=tuple(o.view(np.ndarray) if isinstance(o, ndarray) else o
+                                                         for o in out), **kwargs)
+                return out[0] if len(out) == 1 else out
+            return fake._wrap(getattr(ufunc, method)(*plain, **kwargs))
+
+        def __repr__(self):
+            return "fake_cupy." + np.ndarray.__repr__(self.view(np.ndarray))
+
+    ndarray.__module__ = "cupy"
+    ndarray.__qualname__ = "ndarray"
+    return ndarray
+
+
+def _replay_op(op):
+    if isinstance(op, tuple) and op[0] == "ufunc":
+        _, ufunc, inputs, out, kwargs = op
+        ufunc(*inputs, out=out, **kwargs)
+    elif isinstance(op, tuple) and op[0] == "setitem":
+        _, arr, key, value = op
+        arr[key] = value
+
+
+# ---------------------------------------------------------------------------- cupy.cuda
+def _make_cuda(fake):
+    cuda = types.ModuleType("cupy.cuda")
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    class Graph:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def launch(self, stream=None):
+            fake._no_sync("a graph launch") if fake._capturing else None
+            for op in self.ops:
+                if isinstance(op, Launch):
+                    fake.launches.append(Launch(op.name, op.kernel, op.grid, op.block, op.args, op.shared_mem,
+                                                stream, replay=True, signature=op.signature))
+                else:
+                    _replay_op(op)
+
+        def upload(self, stream=None):
+            pass
+
+    class Stream:
+        null = None
+
+        def __init__(self, null=False, non_blocking=False, ptds=False):
+            self.is_null = null
+            self._graph_ops = None
+
+        def __enter__(self):
+            fake._stream_stack.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            fake._stream_stack.pop()
+
+        def use(self):
+            fake._stream_stack[:] = [self]
+            return self
+
+        def synchronize(self):
+            fake._no_sync("a stream synchronisation")
+
+        @property
+        def is_capturing(self):
+            return self._graph_ops is not None
+
+        def begin_capture(self, mode=None):
+            if self.is_null:
+                raise CaptureError("the legacy default stream cannot be captured")
+            if self._graph_ops is not None:
+                raise CaptureError("this stream is capturing already")
+            self._graph_ops = []
+            fake._capturing.append(self)
+
+        def end_capture(self):
+            if self._graph_ops is None:
+                raise CaptureError("end_capture without begin_capture")
+            ops, self._graph_ops = self._graph_ops, None
+            fake._capturing.remove(self)
+            return Graph(ops)
+
+    Stream.null = Stream(null=True)
+
+    class Device:
+        def __init__(self, device=None):
+            self.id = 0 if device is None else int(device)
+            if self.id != 0:
+                raise CUDARuntimeError(f"cudaErrorInvalidDevice: device {self.id} (the fake has one)")
+
+        attributes = property(lambda self: dict(fake.attributes))
+        compute_capability = property(lambda self: f"{fake.attributes['ComputeCapabilityMajor']}"
+                                                   f"{fake.attributes['ComputeCapabilityMinor']}")
+        mem_info = property(lambda self: (MEM_TOTAL - fake.allocated_bytes, MEM_TOTAL))
+
+        def use(self):
+            pass
+
+        def synchronize(self):
+            fake._no_sync("a device synchronisation")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def __eq__(self, other):
+            return isinstance(other, Device) and other.id == self.id
+
+        def __hash__(self):
+            return hash(self.id)
+
+    def getDeviceProperties(i):
+        Device(i)
+        a = fake.attributes
+        return {"name": fake.device_name.encode(), "totalGlobalMem": MEM_TOTAL,
+                "multiProcessorCount": a["MultiProcessorCount"], "major": a["ComputeCapabilityMajor"],
+                "minor": a["ComputeCapabilityMinor"], "sharedMemPerBlockOptin": a["MaxSharedMemoryPerBlockOptin"],
+                "sharedMemPerMultiprocessor": a["MaxSharedMemoryPerMultiprocessor"],
+                "regsPerMultiprocessor": a["MaxRegistersPerMultiprocessor"],
+                "maxThreadsPerMultiProcessor": a["MaxThreadsPerMultiProcessor"], "clockRate": 1980000,
+                "memoryClockRate": 2619000, "memoryBusWidth": 5120}
+
+    def deviceSynchronize():
+        fake._no_sync("a device synchronisation")
+
+    cuda.runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1, getDevice=lambda: 0, getDeviceProperties=getDeviceProperties,
+        memGetInfo=lambda: Device().mem_info, deviceSynchronize=deviceSynchronize,
+        CUDARuntimeError=CUDARuntimeError, runtimeGetVersion=lambda: 12040, driverGetVersion=lambda: 12040)
+    cuda.memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
+    cuda.Device, cuda.Stream, cuda.Graph = Device, Stream, Graph
+    cuda.get_current_stream = fake.current_stream
+    cuda.is_available = lambda: True
+    return cuda

@@ -1,0 +1,632 @@
+"""The CUDA backend's launch contract, on the CPU: every kernel launch gpubp makes passes the
+arguments, grid, block and shared memory its CUDA source declares.
+
+A fake `cupy` (tests/support/fake_cupy.py, backed by numpy) parses the kernels'
+signatures from the very source gpubp compiles, checks each launch against them,
+records it, and counts device allocations; its kernels compute nothing (every
+array starts zeroed).  So these tests say nothing about the numbers (the GPU
+tests under tests/gpu do), only that the launchers call the kernels they mean
+to, correctly, on every path: per-layer GEMMs (every tile), fused narrow runs
+(float32 and TF32), split-K, losses, optimizers, plans with dLoss/dX, captured
+steps; and that a step with a warm plan allocates nothing (what CUDA-graph
+capture needs).  Skipped where a real CuPy with a GPU is present.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+import gpubp
+from conftest import output_activation_for, random_targets
+from gpubp.activations import ACT_CODES, ACTIVATIONS
+from gpubp.backends import cuda_device, cuda_fused, cuda_gemm, cuda_source
+from gpubp.backends.kernel_constants import FM, FM_FIELDS, FM_VEC
+from gpubp.compile_check import all_specs
+from gpubp.losses import LOSSES
+from gpubp.optim import SGD, Adam, AdamW
+from support.fake_cupy import CaptureError, FakeCupy, LaunchError, parse_kernels
+
+
+def _real_gpu() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(_real_gpu(), reason="a real GPU is present: tests/gpu checks the backend there")
+
+#: pointers the launchers pass as placeholders, which the kernel never reads (-> when, by template args)
+UNREAD_POINTERS = {
+    # without class labels the targets are dense (Yp); `labels` gets a placeholder
+    ("ce_loss_delta", "labels"): lambda t: t["LABELS"] == "false",
+}
+
+
+def install_fake(monkeypatch, **kw):
+    """A fake `cupy` in sys.modules, and gpubp's per-device caches emptied (both undone after the test)."""
+    fake = FakeCupy(unread_pointers=UNREAD_POINTERS, extents=EXTENTS, **kw)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda_device, "_attributes", {})
+    monkeypatch.setattr(cuda_device, "_ccs", {})
+    monkeypatch.setattr(cuda_device, "_functions", {})
+    monkeypatch.setattr(cuda_fused, "_grids", {})
+    monkeypatch.setattr(gpubp.backends, "_instances", {})
+    return fake
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _gemm_tiles(P, Q, bm, grid):
+    assert grid[0] == _cdiv(P, bm) * _cdiv(Q, bm), f"grid {grid} for a {P} x {Q} output in {bm} x {bm} tiles"
+
+
+def _bwd_weight(p, t, grid, bm):
+    _gemm_tiles(p.N, p.K, bm, grid)
+    S = grid[2]
+    assert p.rows_per_split * S >= p.M, f"{S} splits of {p.rows_per_split} rows miss some of {p.M}"
+    assert S == 1 or p.split_stride >= p.N * p.K + p.N, "split partials overlap"
+    return {"D": p.M * p.N, "A": p.M * p.K, "dW_base": (S - 1) * p.split_stride + p.N * p.K,
+            "db_base": (S - 1) * p.split_stride + p.N}
+
+
+_NEEDS_Z = (ACT_CODES["gelu"], ACT_CODES["silu"])
+
+#: kernel -> the elements each pointer argument must hold, from the launch's sizes (and checks of the grid)
+EXTENTS = {
+    "gemm_fwd": lambda p, t, g, fake: (_gemm_tiles(p.M, p.N, 32 * t["SUB"], g) or
+                                 {"A": p.M * p.K, "W": p.N * p.K, "bias": p.N, "Aout": p.M * p.N,
+                                  "Zout": p.M * p.N if p.write_z else 0}),
+    "gemm_bwd_data": lambda p, t, g, fake: (_gemm_tiles(p.M, p.K, 32 * t["SUB"], g) or
+                                      {"D": p.M * p.N, "W": p.N * p.K, "out": p.M * p.K,
+                                       "Aprev": p.M * p.K if t["ACT"] not in (0,) + _NEEDS_Z else 0,
+                                       "Zprev": p.M * p.K if t["ACT"] in _NEEDS_Z else 0}),
+    "gemm_bwd_weight": lambda p, t, g, fake: _bwd_weight(p, t, g, 32 * t["SUB"]),
+    "gemm_bwd_weight_pipelined": lambda p, t, g, fake: _bwd_weight(p, t, g, 128),
+    "gemm_splitk_reduce": lambda p, t, g, fake: {"ws": (p.S - 1) * p.split_stride + p.NK + p.N, "dW": p.NK, "db": p.N},
+    "loss_pointwise": lambda p, t, g, fake: {"A": p.total, "Y": p.total, "Z": p.total if t["ACT"] in _NEEDS_Z else 0,
+                                       "delta": p.total if p.write_delta else 0, "partials": g[0]},
+    "ce_loss_delta": lambda p, t, g, fake: {"Zl": p.B * p.n, "Yp": 0 if t["LABELS"] == "true" else p.B * p.n,
+                                      "labels": p.B if t["LABELS"] == "true" else 0,
+                                      "delta": p.B * p.n if p.write_delta else 0, "partials": g[0]},
+    "loss_finalize": lambda p, t, g, fake: {"partials": p.count, "out": 1},
+    "sgd_update": lambda p, t, g, fake: {"p": p.n, "g": p.n, "buf": p.n},
+    "adam_update": lambda p, t, g, fake: {"p": p.n, "g": p.n, "m": p.n, "v": p.n, "step": 1},
+    "fused_mlp_fwd": lambda p, t, g, fake: _fused_fwd(p, t, g, fake),
+    "fused_mlp_fwd_tf32": lambda p, t, g, fake: _fused_fwd(p, t, g, fake),
+    "fused_mlp_bwd": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
+    "fused_mlp_bwd_tf32": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
+    "fused_mlp_reduce": lambda p, t, g, fake: (_fused_table(p.table, g[1], None, "reduce", t, fake) and
+                                               {"ws": p.G * p.ws_stride}),
+}
+
+
+def _fused_table(table, L, B, kind, t, fake):
+    """Follow every pointer of a fused run's parameter table (FM_* fields, kernels/fused_mlp.cu) to
+    the live float32 device array that must hold what the kernel reads or writes there."""
+    assert table.size >= L * FM_FIELDS, f"a table of {table.size} entries for {L} layers"
+    rows = np.asarray(table.view(np.ndarray)).reshape(-1, FM_FIELDS)[:L]
+    widths = []
+    for l, r in enumerate(rows):
+        f = {name: int(r[i]) for name, i in FM.items()}
+        n_in, n_out = f["NIN"], f["NOUT"]
+        assert 1 <= n_in <= t["WMAX"] and 1 <= n_out <= t["WMAX"], f"layer {l}: widths {n_in} -> {n_out}"
+        assert l == 0 or n_in == widths[-1], f"layer {l} takes {n_in} inputs after {widths[-1]} outputs"
+        widths.append(n_out)
+        if kind == "fwd":
+            need = {"W": n_out * n_in, "B": n_out, "AOUT": B * n_out, "X": B * n_in,
+                    "ZOUT": B * n_out if f["ZOUT"] else 0}
+        elif kind == "bwd":
+            assert kind != "bwd" or f["ACTX"] not in _NEEDS_Z or f["ZX"], f"layer {l}: g' needs Z, ZX is 0"
+            need = {"W": n_out * n_in, "X": B * n_in, "ZX": B * n_in if f["ACTX"] in _NEEDS_Z else 0}
+        else:
+            need = {"DW": n_out * n_in, "DB": n_out}
+        for field, n in need.items():
+            if n:
+                a = fake.memory_at(f[field], 4 * n)
+                assert a is not None and a.dtype == np.float32, \
+                    f"layer {l}: {field} = {f[field]:#x} is not {n} floats of a live float32 device array"
+        for bit, field, n in (("W", "W", n_in), ("X", "X", n_in), ("AOUT", "AOUT", n_out), ("ZX", "ZX", n_in)):
+            if f["VEC"] & FM_VEC[bit]:
+                assert n % 4 == 0 and f[field] % 16 == 0, f"layer {l}: FM_VEC_{bit} set for an unaligned {field}"
+    return widths
+
+
+def _fused_fwd(p, t, grid, fake):
+    _tiles_of_rows(p.B, t["BM"], grid)
+    _fused_table(p.table, p.L, p.B, "fwd", t, fake)
+    return {}
+
+
+
+def _tiles_of_rows(B, bm, grid):
+    assert grid[0] == _cdiv(B, bm), f"grid {grid} for {B} rows in tiles of {bm}"
+
+
+def _fused_bwd(p, t, grid, fake):
+    assert p.n_tiles == _cdiv(p.B, t["BM"]), f"{p.n_tiles} row tiles for {p.B} rows of {t['BM']}"
+    assert grid[0] <= p.n_tiles, "more blocks than row tiles"
+    widths = _fused_table(p.table, p.L, p.B, "bwd", t, fake)
+    n_in = int(np.asarray(p.table.view(np.ndarray)).reshape(-1, FM_FIELDS)[0, FM["NIN"]])
+    assert p.ws_stride >= p.L * (t["WMAX"] ** 2 + t["WMAX"]), "workspace stride below a block's partials"
+    return {"ws": grid[0] * p.ws_stride, "delta_last": p.B * widths[-1],
+            "delta_in": p.B * n_in if p.want_din else 0}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A fake H100 (sm_90)."""
+    return install_fake(monkeypatch)
+
+
+def cuda(**kw):
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    return CudaBackend(**kw)
+
+
+def data(sizes, loss, B, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, sizes[0])), random_targets(rng, loss, B, sizes[-1])
+
+
+def net_for(be, sizes, act="relu", loss="mse", dtype="float32", precision="float32"):
+    return gpubp.MLP(sizes, activation=act, output_activation=output_activation_for(loss, act), loss=loss,
+                     backend=be, dtype=dtype, seed=0, precision=precision)
+
+
+def warm_step(net, X, Y, opt):
+    """Device copies of a batch, a plan, and one step run on them (so everything is allocated)."""
+    Xd, Yd = net._inputs(X), net._targets(Y, X.shape[0])
+    opt = net._bind(net._resolve_optimizer(opt))
+    plan = net._plan(Xd.shape[0])
+    net._step(Xd, Yd, opt, plan=plan)
+    return Xd, Yd, opt, plan
+
+
+def assert_prepared(fake, net, X, Y, opt="adam"):
+    """A training step on a new plan launches only kernels that `prepare` compiled with the plan."""
+    net._plans.clear()
+    fake.reset()
+    Xd, Yd = net._inputs(X), net._targets(Y, X.shape[0])
+    plan = net._plan(Xd.shape[0])
+    before = list(fake.compiled)
+    net._step(Xd, Yd, net._bind(net._resolve_optimizer(opt)), plan=plan)
+    late = fake.compiled[len(before):]
+    assert not late, f"kernels compiled mid-step, not by prepare: {late}"
+
+
+def assert_no_allocation(fake, net, Xd, Yd, opt, plan):
+    fake.reset()
+    net._step(Xd, Yd, opt, plan=plan)
+    assert fake.launches, "the step launched nothing"
+    assert fake.allocations == 0, f"a warm step allocated: {fake.allocation_sites}"
+
+
+# ------------------------------------------------------------------ the fake's own checks
+def test_every_name_expression_names_a_kernel_of_its_source(fake):
+    """Each module's instantiations map onto a parsed kernel with the right template arity."""
+    for spec in all_specs():
+        mod = fake.RawModule(code=spec.source(), options=cuda_source.NVRTC_OPTIONS,
+                             name_expressions=list(spec.name_expressions))
+        for expr in spec.name_expressions:
+            assert mod.get_function(expr).signature.params
+    sigs = parse_kernels(cuda_gemm.SPECS[0].source())
+    assert [t for t, _ in sigs["gemm_fwd"].params] == ["T*"] * 5 + ["int"] * 6
+    assert sigs["gemm_fwd"].template == [("typename", "T"), ("int", "ACT"), ("int", "SUB")]
+    assert sigs["gemm_bwd_weight"].params[8] == ("long long", "split_stride")
+    assert sigs["gemm_fwd"].max_threads == 256
+    fsigs = parse_kernels(cuda_fused.SPECS[0].source())
+    assert fsigs["fused_mlp_bwd"].params[0] == ("long long*", "table")
+    assert fsigs["fused_mlp_bwd"].max_threads == 256
+
+
+def _fwd_args(fake, M=8, N=4, K=3, dtype=np.float32):
+    A, W, b = fake.zeros((M, K), dtype), fake.zeros((N, K), dtype), fake.zeros((N,), dtype)
+    Ao, Zo = fake.zeros((M, N), dtype), fake.zeros((M, N), dtype)
+    return [A, W, b, Ao, Zo] + [np.int32(v) for v in (M, N, K, 1, 0, 0)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda f, a: a[:-1], "10 arguments for 11"),
+    (lambda f, a: a[:5] + [np.int64(8)] + a[6:], "expected numpy.int32, got int64"),
+    (lambda f, a: a[:5] + [8] + a[6:], "expected numpy.int32, got int"),
+    (lambda f, a: [f.zeros((8, 3), np.float64)] + a[1:], "expected a float32 array, got float64"),
+    (lambda f, a: [np.zeros((8, 3), np.float32)] + a[1:], "expected a device array"),
+    (lambda f, a: [f.zeros((3, 8), np.float32).T] + a[1:], "not C-contiguous"),
+])
+def test_the_contract_refuses_wrong_arguments(fake, bad, message):
+    f = fake.RawModule(code=cuda_gemm.SPECS[0].source(),
+                       name_expressions=list(cuda_gemm.SPECS[0].name_expressions)).get_function(
+        "gemm_fwd<float, 3, 2>")
+    f((1, 1, 1), (256, 1, 1), tuple(_fwd_args(fake)))     # the right arguments pass
+    with pytest.raises(LaunchError, match=message):
+        f((1, 1, 1), (256, 1, 1), tuple(bad(fake, _fwd_args(fake))))
+
+
+def test_the_contract_refuses_bad_launch_shapes_and_names(fake):
+    spec = cuda_gemm.SPECS[0]
+    mod = fake.RawModule(code=spec.source(), name_expressions=list(spec.name_expressions))
+    with pytest.raises(LaunchError, match="name_expressions"):
+        mod.get_function("gemm_fwd<float, 3, 3>")
+    f = mod.get_function("gemm_bwd_weight_pipelined<16, 3>")
+    d, a = fake.zeros((8, 4), np.float32), fake.zeros((8, 3), np.float32)
+    dW, db = fake.zeros((4, 3), np.float32), fake.zeros((4,), np.float32)
+    args = (d, a, dW, db, np.int32(8), np.int32(4), np.int32(3), np.int32(8), np.int64(0), np.int32(0))
+    with pytest.raises(LaunchError, match="__launch_bounds__ allows 256"):
+        f((1, 1, 1), (512, 1, 1), args)
+    with pytest.raises(LaunchError, match="at most 1024"):
+        f((1, 1, 1), (64, 32, 1), args)
+    with pytest.raises(LaunchError, match="grid"):
+        f((0, 1, 1), (256, 1, 1), args)
+    with pytest.raises(LaunchError, match="grid"):
+        f((1, 70000, 1), (256, 1, 1), args)
+    smem = cuda_gemm._pipelined_smem()
+    assert smem > 48 * 1024
+    with pytest.raises(LaunchError, match="max_dynamic_shared_size_bytes is 49152"):
+        f((1, 1, 1), (256, 1, 1), args, shared_mem=smem)
+    with pytest.raises(LaunchError, match="device allows"):
+        f.max_dynamic_shared_size_bytes = 228 * 1024
+    f.max_dynamic_shared_size_bytes = smem
+    f((1, 1, 1), (256, 1, 1), args, shared_mem=smem)
+    assert len(fake.launched("gemm_bwd_weight_pipelined")) == 1
+
+
+def test_capture_refuses_allocation_and_synchronisation(fake):
+    s = fake.cuda.Stream(non_blocking=True)
+    a = fake.zeros((4,), np.float32)
+    with s:
+        s.begin_capture()
+        a += 1                             # recorded, not run
+        with pytest.raises(CaptureError):
+            a + 1                          # allocates
+        with pytest.raises(CaptureError):
+            fake.asnumpy(a)                # reads back
+        g = s.end_capture()
+    assert a.tolist() == [0, 0, 0, 0]
+    g.launch(s)
+    g.launch(s)
+    assert a.tolist() == [2, 2, 2, 2]
+    with pytest.raises(TypeError, match="host numpy array"):
+        a + np.ones(4, np.float32)
+
+
+# ------------------------------------------------------------------ every activation and loss, both dtypes
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_activation_and_loss_on_the_per_layer_path(fake, dtype, loss):
+    be = cuda()
+    for act in ACTIVATIONS:
+        sizes = (5, 7, 3)
+        net = net_for(be, sizes, act, loss, dtype)
+        X, Y = data(sizes, loss, 10)
+        fake.reset()
+        loss_value, grads = net.loss_and_grads(X, Y)
+        assert loss_value == 0.0 and [g.shape for g, _ in grads] == [(7, 5), (3, 7)]
+        ct = "float" if dtype == "float32" else "double"
+        names = {l.name for l in fake.launches}
+        small = cuda_gemm._SUBS[ct][1]
+        assert {f"gemm_fwd<{ct}, {ACT_CODES[act]}, {small}>", f"gemm_bwd_data<{ct}, {ACT_CODES[act]}, {small}>",
+                f"gemm_bwd_weight<{ct}, {small}>"} <= names, names
+        assert f"loss_finalize<{ct}>" in names
+        if loss == "cross_entropy":
+            assert f"ce_loss_delta<{ct}, true, false>" in names
+        net.train_step(X, Y, "adam", lr=1e-3)
+        hist = net.fit(X, Y, epochs=2, batch_size=5, optimizer="sgd", lr=0.1, progress=False)
+        assert hist["loss"] == [0.0, 0.0] and net.optimizer.t == 4
+        assert net.evaluate(X, Y)["loss"] == 0.0
+        assert net.predict(X).shape[0] == 10
+        step = net.capture_train_step(X, Y, "sgd")
+        fake.reset()
+        step(X, Y)
+        assert fake.launches and all(l.replay for l in fake.launches)
+        assert_prepared(fake, net, X, Y)
+        if loss == "cross_entropy":        # one-hot targets: the dense cross-entropy kernel
+            net.loss_and_grads(X, np.eye(3)[Y])
+            assert f"ce_loss_delta<{ct}, false, false>" in {l.name for l in fake.launches}
+
+
+def test_wide_cross_entropy_takes_the_block_per_row_kernel(fake):
+    net = net_for(cuda(), (4, 1100), "relu", "cross_entropy")
+    X, Y = data((4, 1100), "cross_entropy", 3)
+    net.loss_and_grads(X, Y)
+    assert "ce_loss_delta<float, true, true>" in {l.name for l in fake.launches}
+
+
+# ------------------------------------------------------------------ fused narrow runs
+FUSED_SIZES = (32, 64, 48, 16)     # every width <= 64, three layers
+
+
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+def test_fused_runs_for_every_activation(fake, precision):
+    be = cuda()
+    sfx = "" if precision == "float32" else "_tf32"
+    for act in ACTIVATIONS:
+        net = net_for(be, FUSED_SIZES, act, "mse", precision=precision)
+        X, Y = data(FUSED_SIZES, "mse", 1024)
+        fake.reset()
+        net.loss_and_grads(X, Y)
+        names = [l.name for l in fake.launches]
+        assert names == [f"fused_mlp_fwd{sfx}<128, 64>", f"loss_pointwise<float, 0, {ACT_CODES[act]}>",
+                         "loss_finalize<float>", f"fused_mlp_bwd{sfx}<128, 64>", "fused_mlp_reduce<64>"], names
+        fwd, bwd = fake.launches[0], fake.launches[3]
+        assert fwd.shared_mem == cuda_fused.fwd_smem_bytes(64, 128, precision) > 0
+        assert bwd.shared_mem == cuda_fused.bwd_smem_bytes(64, 128, precision) > 48 * 1024
+        assert bwd.arg("want_din") == 0
+        assert_prepared(fake, net, X, Y, "sgd")
+        Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
+        assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+        step = net.capture_train_step(X, Y, Adam(1e-3))
+        fake.reset()
+        step(X, Y)
+        assert [l.kernel for l in fake.launches] == ["fused_mlp_fwd" + sfx, "loss_pointwise", "loss_finalize",
+                                                      "fused_mlp_bwd" + sfx, "fused_mlp_reduce", "adam_update"]
+
+
+def test_a_fused_run_next_to_wide_layers(fake):
+    """Layer 1 is too wide to fuse; layers 2..3 form a run, whose backward also writes delta[1]."""
+    sizes = (200, 64, 64, 10)
+    net = net_for(cuda(), sizes, "silu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 1024)
+    fake.reset()
+    net.loss_and_grads(X, Y)
+    names = [l.kernel for l in fake.launches]
+    assert names[:2] == ["gemm_fwd", "fused_mlp_fwd"], names
+    assert names[names.index("fused_mlp_reduce") + 1] == "gemm_bwd_weight", names
+    plan = net._plans[1024]
+    bwd = fake.launched("fused_mlp_bwd")[0]
+    assert bwd.arg("want_din") == 1 and bwd.arg("delta_in") is plan.delta[1]
+    assert not any(l.kernel == "gemm_bwd_data" for l in fake.launches)     # no layer below layer 1
+    assert_prepared(fake, net, X, Y)
+
+
+def test_small_batches_and_fuse_false_take_the_per_layer_path(fake):
+    X, Y = data(FUSED_SIZES, "mse", 1024)
+    for be, B in ((cuda(fuse=False), 1024), (cuda(), 1023)):
+        net = net_for(be, FUSED_SIZES)
+        fake.reset()
+        net.loss_and_grads(X[:B], Y[:B])
+        kernels = fake.kernel_names()
+        assert "fused_mlp_fwd" not in kernels and {"gemm_fwd", "gemm_bwd_data"} <= kernels
+
+
+# ------------------------------------------------------------------ GEMM tiles and split-K
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tile", cuda_gemm.TILES + (None,))
+def test_every_gemm_tile(fake, tile, dtype):
+    sizes = (128, 256, 128)                  # aligned, every dimension fills the large tile
+    net = net_for(cuda(tile=tile), sizes, "gelu", "mse", dtype)
+    X, Y = data(sizes, "mse", 512)
+    fake.reset()
+    net.loss_and_grads(X, Y)
+    names = {l.name for l in fake.launches}
+    ct = "float" if dtype == "float32" else "double"
+    big, small = cuda_gemm._SUBS[ct]
+    sub = small if tile == "small" else big
+    if tile is None:              # chosen by size: the batch (512 x 256) is too small for the large tile
+        assert {f"gemm_fwd<{ct}, 5, {small}>", f"gemm_bwd_data<{ct}, 5, {small}>"} <= names, names
+    else:
+        assert {f"gemm_fwd<{ct}, 5, {sub}>", f"gemm_bwd_data<{ct}, 5, {sub}>"} <= names, names
+    # dW (256 x 128 and 128 x 256) fills the large tile: the pipelined kernel serves aligned float32
+    if dtype == "float32" and tile in (None, "pipelined"):
+        assert "gemm_bwd_weight_pipelined<16, 3>" in names and not any(
+            n.startswith("gemm_bwd_weight<") for n in names), names
+        for l in fake.launched("gemm_bwd_weight_pipelined"):
+            assert l.shared_mem == cuda_gemm._pipelined_smem() > 48 * 1024
+    else:
+        assert f"gemm_bwd_weight<{ct}, {sub}>" in names and "gemm_bwd_weight_pipelined<16, 3>" not in names
+    assert_prepared(fake, net, X, Y)
+    Xd, Yd, opt, plan = warm_step(net, X, Y, Adam(1e-3))
+    assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+
+
+def test_split_k_workspace_comes_from_the_plan(fake):
+    """A narrow layer on a tall batch splits the dW sum over the batch: partials, then a reduce."""
+    sizes = (32, 32, 8)
+    net = net_for(cuda(fuse=False), sizes, "tanh", "half_sse")
+    X, Y = data(sizes, "half_sse", 4096)
+    assert_prepared(fake, net, X, Y, "sgd")
+    Xd, Yd, opt, plan = warm_step(net, X, Y, "sgd")
+    fake.reset()
+    net._step(Xd, Yd, opt, plan=plan)
+    split = [l for l in fake.launched("gemm_bwd_weight") if l.grid[2] > 1]
+    assert split and len(fake.launched("gemm_splitk_reduce")) == len(split)
+    assert fake.allocations == 0, fake.allocation_sites
+    ws = split[0].arg("dW_base")
+    assert any(ws is b for b in plan.scratch._bufs.values())
+
+
+# ------------------------------------------------------------------ plans with dLoss/dX
+@pytest.mark.parametrize("sizes, fused", [((32, 64, 16), True), ((200, 64, 16), False)])
+def test_input_gradient_plan(fake, sizes, fused):
+    be = cuda()
+    net = net_for(be, sizes, "gelu", "mse")
+    X, Y = data(sizes, "mse", 1024)
+    plan = be.make_plan(net.sizes, net.activations, 1024, net.dtype, input_grad=True)
+    plan.bind_input(net._inputs(X))
+    Yd = net._targets(Y, 1024)
+    be.prepare(plan, net.loss)
+    prepared = list(fake.compiled)
+    done = []
+    for _ in range(2):
+        fake.reset()
+        be.network_forward(plan, net._Wb)
+        be.network_loss(plan, Yd, net.loss)
+        be.network_backward(plan, net._Wb, net._dWb, after_layer=done.append)
+    assert fake.allocations == 0, fake.allocation_sites
+    assert fake.compiled == prepared, f"compiled mid-step: {fake.compiled[len(prepared):]}"
+    assert done == [2, 1, 2, 1]
+    if fused:
+        bwd = fake.launched("fused_mlp_bwd")[0]
+        assert bwd.arg("delta_in") is plan.delta[0] and bwd.arg("want_din") == 1
+    else:
+        outs = [l.arg("out") for l in fake.launched("gemm_bwd_data")]
+        assert any(o is plan.delta[0] for o in outs)
+        first = [l for l in fake.launched("gemm_bwd_data") if l.arg("out") is plan.delta[0]][0]
+        assert first.name == "gemm_bwd_data<float, 0, 2>"      # the input has no activation
+
+
+# ------------------------------------------------------------------ optimizers, fit, capture
+OPTIMIZERS = [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9, weight_decay=1e-4),
+              lambda: Adam(1e-3), lambda: Adam(1e-3, weight_decay=1e-2), lambda: AdamW(1e-3)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+def test_optimizers(fake, make_opt, dtype):
+    opt = make_opt()
+    net = net_for(cuda(), (6, 9, 2), "leaky_relu", "mse", dtype)
+    X, Y = data((6, 9, 2), "mse", 17)
+    fake.reset()
+    net.train_step(X, Y, opt)
+    ct = "float" if dtype == "float32" else "double"
+    if isinstance(opt, SGD):
+        (u,) = fake.launched(f"sgd_update<{ct}>")
+        assert u.arg("flags") == (1 if opt.weight_decay else 0) | (2 if opt.momentum else 0)
+        assert u.arg("buf") is (opt.state["velocity"] if opt.momentum else net._params)
+    else:
+        (u,) = fake.launched(f"adam_update<{ct}>")
+        mode = 0 if not opt.weight_decay else (2 if isinstance(opt, AdamW) else 1)
+        assert u.arg("mode") == mode and u.arg("step") is opt._t
+    assert u.arg("p") is net._params and u.arg("g") is net._grads
+    assert_prepared(fake, net, X, Y, make_opt())
+    Xd, Yd, opt, plan = warm_step(net, X, Y, opt)
+    assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+
+
+@pytest.mark.parametrize("sizes, B, dtype, precision", [
+    ((32, 64, 48, 16), 1024, "float32", "float32"),
+    ((32, 64, 48, 16), 1024, "float32", "tf32"),
+    ((20, 30, 4), 50, "float64", "float32"),
+])
+def test_fit_evaluate_predict(fake, sizes, B, dtype, precision):
+    net = net_for(cuda(), sizes, "relu", "binary_cross_entropy", dtype, precision)
+    X, Y = data(sizes, "binary_cross_entropy", 2 * B)
+    hist = net.fit(X, Y, epochs=2, batch_size=B, optimizer="adamw", lr=1e-3, progress=False,
+                   validation=(X[:B], Y[:B]))
+    assert hist["loss"] == [0.0, 0.0] and len(hist["val_loss"]) == 2
+    assert net.optimizer.t == 4
+    assert net.evaluate(X, Y)["loss"] == 0.0
+    assert net.predict(X).shape == Y.shape
+    if precision == "tf32":
+        assert "fused_mlp_bwd_tf32" in fake.kernel_names()
+
+
+@pytest.mark.parametrize("sizes, B, dtype, loss", [
+    ((32, 64, 48, 16), 1024, "float32", "cross_entropy"),     # fused
+    ((40, 130, 7), 300, "float32", "mse"),                     # per-layer, split-K
+    ((9, 13, 3), 33, "float64", "cross_entropy"),
+])
+def test_captured_step_replays_its_launches(fake, sizes, B, dtype, loss):
+    net = net_for(cuda(), sizes, "silu", loss, dtype)
+    X, Y = data(sizes, loss, B)
+    opt = Adam(1e-3)
+    step = net.capture_train_step(X, Y, opt)       # capture fails on any allocation or sync in the step
+    captured = [l.name for l in fake.launches if l.captured]
+    assert captured and opt.t == 1                 # the capture ran nothing
+    fake.reset()
+    for _ in range(3):
+        step(X, Y)
+    replayed = [l.name for l in fake.launched(replay=True)]
+    assert replayed == captured * 3
+    assert opt.t == 4                              # the recorded in-place step count ran per replay
+    assert not fake.launched(replay=False)
+
+
+def test_train_step_allocates_only_the_batch_copies(fake):
+    """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
+    net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
+    X, Y = data((12, 40, 5), "cross_entropy", 64)
+    net.train_step(X, Y, "adam", lr=1e-3)
+    fake.reset()
+    net.train_step(X, Y, "adam")
+    assert fake.allocations == 2, fake.allocation_sites
+    assert all("_raw_inputs" in s or "_targets" in s for s in fake.allocation_sites), fake.allocation_sites
+
+
+def test_fused_steps_upload_their_pointer_tables_once(fake):
+    """A fused run's table holds its input's address; layer 1's input is copied into a buffer
+    the plan keeps, so new batches (new addresses) need no new table (an upload and a sync)."""
+    sizes = (16, 64, 64, 10)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 2048)
+    net.fit(X, Y, epochs=1, batch_size=1024, progress=False)       # warm: plan, tables, copies
+    assert any(l.name.startswith("fused_mlp_fwd") for l in fake.launched())
+    fake.reset()
+    net.fit(X, Y, epochs=3, batch_size=1024, progress=False)
+    tables = [s for s in fake.allocation_sites if "_table" in s]
+    assert not tables, tables
+
+
+# ------------------------------------------------------------------ other devices
+#: (name, attributes that differ from the H100's, fused float32 fits, TF32 kernels run)
+DEVICES = [
+    ("A100", dict(MultiProcessorCount=108, MaxSharedMemoryPerBlockOptin=163 * 1024,
+                  MaxSharedMemoryPerMultiprocessor=164 * 1024, ComputeCapabilityMajor=8), True, True),
+    ("A10", dict(MultiProcessorCount=72, MaxSharedMemoryPerBlockOptin=99 * 1024,
+                 MaxSharedMemoryPerMultiprocessor=100 * 1024, MaxThreadsPerMultiProcessor=1536,
+                 ComputeCapabilityMajor=8, ComputeCapabilityMinor=6), True, True),
+    ("V100", dict(MultiProcessorCount=80, MaxSharedMemoryPerBlockOptin=96 * 1024,
+                  MaxSharedMemoryPerMultiprocessor=96 * 1024, ComputeCapabilityMajor=7), True, False),
+    ("T4", dict(MultiProcessorCount=40, MaxSharedMemoryPerBlockOptin=64 * 1024,
+                MaxSharedMemoryPerMultiprocessor=64 * 1024, MaxThreadsPerMultiProcessor=1024,
+                ComputeCapabilityMajor=7, ComputeCapabilityMinor=5), False, False),
+    ("P100", dict(MultiProcessorCount=56, MaxSharedMemoryPerBlockOptin=48 * 1024,
+                  MaxSharedMemoryPerMultiprocessor=64 * 1024, ComputeCapabilityMajor=6), False, False),
+]
+
+
+@pytest.mark.parametrize("name, attributes, fused_fits, has_tf32", DEVICES, ids=[d[0] for d in DEVICES])
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+def test_narrow_layers_on_other_devices(monkeypatch, name, attributes, fused_fits, has_tf32, precision):
+    """The fused runs where the device has their shared memory (and TF32 kernels where it has
+    tensor cores for them: elsewhere precision='tf32' computes in float32, as documented);
+    per-layer GEMMs otherwise, never a refused launch."""
+    fake = install_fake(monkeypatch, attributes=attributes, name=name)
+    be = cuda()
+    assert name in be.describe()
+    net = net_for(be, FUSED_SIZES, "relu", "mse", precision=precision)
+    X, Y = data(FUSED_SIZES, "mse", 1024)
+    net.train_step(X, Y, "adam", lr=1e-3)
+    kernels = fake.kernel_names()
+    if fused_fits:
+        want = "fused_mlp_bwd_tf32" if precision == "tf32" and has_tf32 else "fused_mlp_bwd"
+        assert want in kernels and "gemm_fwd" not in kernels, kernels
+    else:
+        assert {"gemm_fwd", "gemm_bwd_data"} <= kernels and not any(k.startswith("fused") for k in kernels)
+    if "pipelined" in " ".join(kernels):
+        assert attributes["ComputeCapabilityMajor"] >= 8
+    assert_prepared(fake, net, X, Y)
+
+
+# ------------------------------------------------------------------ the fused launchers on their own
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+@pytest.mark.parametrize("with_scratch", [True, False])
+def test_fused_launchers_at_width_128(fake, precision, with_scratch):
+    """The width-128 run kernels (kept for benchmarks; the backend fuses widths <= 64 only)."""
+    from gpubp.backends.plan import Scratch
+
+    be = cuda()
+    scratch = Scratch(be) if with_scratch else None
+    widths, B, codes = (100, 128, 70), 300, [ACT_CODES["gelu"], ACT_CODES["tanh"]]
+    A_in, Z_in = fake.zeros((B, 100), np.float32), fake.zeros((B, 100), np.float32)
+    Ws = [fake.zeros((widths[l + 1], widths[l]), np.float32) for l in range(2)]
+    bs = [fake.zeros((widths[l + 1],), np.float32) for l in range(2)]
+    A = [fake.zeros((B, n), np.float32) for n in widths[1:]]
+    Z = [fake.zeros((B, 128), np.float32), None]
+    dWs, dbs = [fake.zeros_like(W) for W in Ws], [fake.zeros_like(b) for b in bs]
+    delta_last, delta_in = fake.zeros((B, 70), np.float32), fake.zeros((B, 100), np.float32)
+    for _ in range(2):
+        fake.reset()
+        cuda_fused.fused_forward(A_in, Ws, bs, codes, A, Z, precision=precision, scratch=scratch)
+        cuda_fused.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, delta_in_out=delta_in,
+                                  act_code_in=ACT_CODES["silu"], Z_in=Z_in, precision=precision, scratch=scratch)
+    sfx = "" if precision == "float32" else "_tf32"
+    assert [l.name for l in fake.launches] == [f"fused_mlp_fwd{sfx}<64, 128>", f"fused_mlp_bwd{sfx}<64, 128>",
+                                               "fused_mlp_reduce<128>"]
+    assert fake.launches[1].shared_mem == cuda_fused.bwd_smem_bytes(128, precision=precision) > 100 * 1024
+    assert (fake.allocations == 0) == with_scratch, fake.allocation_sites

@@ -1,0 +1,239 @@
+"""Data-parallel training under `mpiexec -n 1/2/3` equals one process on the same global batches.
+
+Each test launches small scripts (tests/mpi_scripts) under the mpiexec of
+this environment with a timeout; they skip only where mpi4py or mpiexec is
+absent (CI installs both through the `distributed` extra).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+
+from gpubp import distributed  # noqa: E402
+from gpubp.distributed import share  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "tests", "mpi_scripts")
+sys.path.insert(0, SCRIPTS)
+import dp_train  # noqa: E402
+
+MPIEXEC = distributed.find_mpiexec()
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'gpubp[distributed]')")
+
+TIMEOUT = 60
+
+
+def run_mpi(n, script, *args, timeout=TIMEOUT, **env_extra):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
+    cmd = distributed.mpiexec_command(n, MPIEXEC) + [sys.executable, os.path.join(SCRIPTS, script), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def rel(a, b):
+    """||a - b|| / ||b||, scaled first so that huge values (the diverged case) do not overflow."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    s = max(float(np.max(np.abs(b))), 1e-300)
+    return float(np.linalg.norm((a - b) / s) / max(np.linalg.norm(b / s), 1e-300))
+
+
+def run_case(net, opt, fit):
+    """`(params, history)` after `fit(net, opt)`, or `(params, {"error": message})` when it diverged."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            hist = fit(net, opt)
+    except FloatingPointError as e:
+        hist = {"error": str(e)}
+    return net.backend.to_numpy(net._params), hist
+
+
+def single_process(c, backend="numpy"):
+    """One process training with plain `fit` on the same data and settings."""
+    X, Y, W = dp_train.case_data(c)
+    return run_case(dp_train.make_net(backend, c), dp_train.make_opt(c["optimizer"]),
+                    lambda net, opt: net.fit(X, Y, optimizer=opt, sample_weight=W, **dp_train.fit_kwargs(c)))
+
+
+def sharded_reference(c, size, backend="numpy"):
+    """One process training on the concatenations of the ranks' local batches, one `fit` call per
+    batch (the ranks' row orders rebuilt from the shared generator)."""
+    X, Y, W = dp_train.case_data(c)
+    shards = [dp_train.shard_rows(dp_train.N, size, r) for r in range(size)]
+    lbs = [share(c["batch_size"], size, r)[1] - share(c["batch_size"], size, r)[0] for r in range(size)]
+    n_steps = max(-(-len(s) // lb) for s, lb in zip(shards, lbs))
+
+    def fit(net, opt):
+        losses = []
+        for _ in range(c["epochs"]):
+            if c["shuffle"]:
+                seed = int(net._rng.integers(2**63))
+                orders = [s[np.random.default_rng([seed, r]).permutation(len(s))] for r, s in enumerate(shards)]
+            else:
+                orders = shards
+            total = weight = 0.0
+            for i in range(n_steps):
+                rows = np.concatenate([o[i * lb:(i + 1) * lb] for o, lb in zip(orders, lbs)])
+                w = None if W is None else W[rows]
+                loss = net.fit(X[rows], Y[rows], epochs=1, batch_size=len(rows), optimizer=opt, shuffle=False,
+                               progress=False, sample_weight=w)["loss"][0]
+                bw = len(rows) if w is None else w.sum()
+                total, weight = total + loss * bw, weight + bw
+            losses.append(total / weight)
+        return {"loss": losses}
+
+    return run_case(dp_train.make_net(backend, c), dp_train.make_opt(c["optimizer"]), fit)
+
+
+@pytest.fixture(scope="module")
+def references():
+    out = {}
+    for name, c in dp_train.cases().items():
+        if not c.get("sharded"):
+            out[name] = single_process(c)
+    return out
+
+
+def check_against_one_process(n, prefix, references, backend="numpy"):
+    """Every rank's result equals one process's to 1e-12 relative; returns the worst difference per case."""
+    ranks = [np.load(f"{prefix}.{k}.npz") for k in range(n)]
+    worst = {}
+    for name, c in dp_train.cases().items():
+        params, hist = references[name] if name in references else sharded_reference(c, n, backend)
+        got = ranks[0]
+        for k in range(1, n):      # every rank ends with the same bits
+            np.testing.assert_array_equal(ranks[k][name + ".params"], got[name + ".params"], err_msg=name)
+        e = rel(got[name + ".params"], params)
+        assert e <= 1e-12, f"{name} on {n} ranks: parameters differ from one process by {e:.3g}"
+        initial = dp_train.make_net("numpy", c)._params
+        assert rel(got[name + ".params"], initial) > 1e-3, f"{name}: training did not move the parameters"
+        if "error" in hist:        # diverged: the same message (step, loss) on every rank and in one process
+            assert c.get("diverge"), hist["error"]
+            for k in range(n):
+                assert str(ranks[k][name + ".error"]) == hist["error"]
+        else:
+            assert not c.get("diverge"), f"{name} was meant to diverge"
+            for key, ref in hist.items():
+                eh = rel(got[f"{name}.hist.{key}"], ref)
+                assert eh <= 1e-12, f"{name} on {n} ranks: history {key} differs by {eh:.3g}"
+        worst[name] = e
+    return worst, str(ranks[0]["transport"])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_equals_single_process(n, tmp_path, references):
+    prefix = str(tmp_path / "res")
+    r = run_mpi(n, "dp_train.py", prefix)
+    assert r.returncode == 0, r.stdout + r.stderr
+    worst, transport = check_against_one_process(n, prefix, references)
+    assert transport == "mpi"
+    print(f"{n} ranks, relative difference from one process: " +
+          ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
+def test_a_rank_that_raises_ends_the_job_with_a_clear_error():
+    r = run_mpi(3, "dp_fault.py", "raise", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 1 of 3 failed: RuntimeError: an injected failure on rank 1" in out, out
+    for k in (0, 2):   # every other rank says which rank failed and why
+        assert f"rank {k} of 3: stopping, because rank 1 failed: RuntimeError: an injected failure" in out, out
+    assert "trained" not in r.stdout
+
+
+def test_a_rank_that_hangs_ends_the_job_after_the_timeout():
+    r = run_mpi(2, "dp_fault.py", "hang", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 0 waited 2 s for the other ranks in the gradient all-reduce of step 3" in out, out
+    assert "rank 0 of 2: ending the job on all 2 ranks" in out, out
+
+
+def test_an_uncaught_exception_outside_fit_ends_the_job():
+    r = run_mpi(2, "dp_fault.py", "uncaught", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "RuntimeError: a failure outside fit on rank 1" in out, out
+    assert "rank 1 of 2 ended with an uncaught RuntimeError; ending the job" in out, out
+
+
+def test_different_networks_are_refused_on_every_rank():
+    r = run_mpi(3, "dp_fault.py", "mismatch", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(3):
+        assert (f"rank {k}: refused: the ranks' network configurations and training settings differ" in r.stdout), out
+    assert "rank 1 has network.layer_sizes = [4, 9, 2] where rank 0 has [4, 8, 2]" in r.stdout, out
+    assert "trained" not in r.stdout
+
+
+def test_buckets_cover_the_gradient_buffer_in_backward_order():
+    from gpubp.params import ParamLayout
+
+    layout = ParamLayout((5, 7, 6, 3))
+    grads = np.zeros(layout.total)
+
+    class Comm:
+        def start_allreduce(self, view):
+            return distributed._Done()
+
+        def wait(self, pending, what):
+            pass
+
+    for nbytes, n_buckets in ((1, 3), (8 * layout.total, 1)):
+        b = distributed.GradientBuckets(Comm(), layout, grads, bucket_bytes=nbytes)
+        assert len(b.buckets) == n_buckets
+        assert b.buckets[0][2] == layout.total and b.buckets[-1][1] == 0
+        assert all(b.buckets[i][1] == b.buckets[i + 1][2] for i in range(n_buckets - 1))
+        assert [lo for lo, _, _ in b.buckets] == ([3, 2, 1] if n_buckets == 3 else [1])
+
+
+def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
+    ckpt = tmp_path / "net.npz"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    train = [sys.executable, "-m", "gpubp", "train", "--epochs", "2", "--hidden", "16", "--dataset", "moons",
+             "--n-samples", "200", "--backend", "numpy", "--dtype", "float64", "--no-progress"]
+    r = subprocess.run(distributed.mpiexec_command(2, MPIEXEC) + train + ["--distributed", "--save", str(ckpt)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("distributed: 2 ranks, gradients summed over mpi") == 1, r.stdout
+    assert r.stdout.count("test accuracy") == 1, r.stdout
+    assert ckpt.exists()
+    one = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stdout + one.stderr
+
+    def figures(out):      # the epoch lines without their times, and the test results
+        return [line.split("  (")[0] for line in out.splitlines() if line.startswith(("epoch", "test"))]
+
+    assert figures(r.stdout) == figures(one.stdout) and len(figures(one.stdout)) == 4, (r.stdout, one.stdout)
+
+
+def test_different_data_without_sharding_is_refused():
+    r = run_mpi(2, "dp_fault.py", "data", timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for k in range(2):
+        assert f"rank {k}: refused" in r.stdout and "rank 1 has data.X = " in r.stdout, r.stdout + r.stderr
+
+
+class _OneRank:
+    """Stands in for a communicator where only the argument checks are reached."""
+    size, rank, is_root = 1, 0, True
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sharded=True), "sharded=True needs comm"),
+    (dict(comm=_OneRank(), grad_norms=True), "grad_norms=True is not supported with comm"),
+    (dict(comm=_OneRank(), sharded=True, class_weight="balanced"), "class_weight='balanced' with sharded"),
+    (dict(comm=_OneRank(), sharded=True, standardize=True), "standardize=True with sharded=True"),
+])
+def test_unsupported_fit_options_are_refused_before_anything_changes(kwargs, match):
+    X, Y, _, _, _ = dp_train.data()
+    net = dp_train.make_net()
+    before = net._params.copy()
+    with pytest.raises(ValueError, match=match):
+        net.fit(X, Y, epochs=1, progress=False, **kwargs)
+    np.testing.assert_array_equal(net._params, before)
+    assert net.optimizer is None

@@ -1,0 +1,529 @@
+"""gpubp.torch.FusedMLP: gradients, training, serialisation, compile and DDP equal PyTorch's own modules."""
+
+import datetime
+import io
+import socket
+import subprocess
+import sys
+import time
+import weakref
+
+import numpy as np
+import pytest
+from conftest import ACTIVATIONS, rel_err
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+nn = torch.nn
+
+import gpubp.torch as gtorch  # noqa: E402
+from gpubp.backends import NumpyBackend  # noqa: E402
+from gpubp.backends.numpy_backend import activation_backward_inplace  # noqa: E402
+from gpubp.torch import FusedMLP  # noqa: E402
+
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def grads_of(module, x, weights):
+    """Output, d(sum(out * weights))/dx and d/dparams, by autograd through `module`."""
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x)
+    (out * weights).sum().backward()
+    return out.detach(), x.grad, [p.grad for p in module.parameters()]
+
+
+def assert_close(out, ref, tol, what):
+    err = rel_err(out.detach().double().numpy(), ref.detach().double().numpy())
+    assert err < tol, f"{what}: relative error {err:.3g} >= {tol}"
+
+
+# ------------------------------------------------------------------ import and construction
+def test_import_gpubp_does_not_import_torch():
+    code = "import sys, gpubp; assert 'torch' not in sys.modules, 'import gpubp imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_init_equals_nn_linear_from_the_same_seed():
+    torch.manual_seed(123)
+    ref = [nn.Linear(4, 6), nn.Linear(6, 3)]
+    net = FusedMLP([4, 6, 3], seed=123)
+    torch.manual_seed(123)                      # seed=None: torch's global generator, as nn.Linear
+    net2 = FusedMLP([4, 6, 3])
+    for (W, b), lin in zip(net.layers(), ref):
+        assert torch.equal(W, lin.weight) and torch.equal(b, lin.bias)
+    for p, q in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(p, q)
+    assert not torch.equal(FusedMLP([4, 6, 3], seed=124).weight_1, net.weight_1)
+
+
+def test_parameters_in_linear_layout_and_order():
+    net = FusedMLP([5, 7, 2], dtype=torch.float64)
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["weight_1", "bias_1", "weight_2", "bias_2"]
+    assert [tuple(p.shape) for p in net.parameters()] == [(7, 5), (7,), (2, 7), (2,)]
+    assert all(isinstance(p, nn.Parameter) and p.dtype == torch.float64 for p in net.parameters())
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(layer_sizes=[3]), ValueError, "at least two"),
+    (dict(layer_sizes=[3, 0, 2]), ValueError, "at least 1"),
+    (dict(layer_sizes="32"), TypeError, "layer_sizes"),
+    (dict(layer_sizes=[3, 4, 2], activation="softplus"), ValueError, "unknown activation"),
+    (dict(layer_sizes=[3, 4, 2], activation=["relu", "tanh"]), ValueError, "one name per hidden layer"),
+    (dict(layer_sizes=[3, 2], output_activation="soft"), ValueError, "output_activation"),
+    (dict(layer_sizes=[3, 2], precision="half"), ValueError, "precision"),
+    (dict(layer_sizes=[3, 2], precision="tf32", dtype=torch.float64), ValueError, "tf32"),
+    (dict(layer_sizes=[3, 2], dtype=torch.float16), ValueError, "dtype"),
+    (dict(layer_sizes=[3, 2], backend="tpu"), ValueError, "backend"),
+    (dict(layer_sizes=[3, 2], seed=1.5), TypeError, "seed"),
+])
+def test_bad_construction_is_refused(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        FusedMLP(**kwargs)
+
+
+# ------------------------------------------------------------------ gradients against autograd
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_gradients_equal_autograd_through_sequential(act, dtype):
+    g = torch.Generator().manual_seed(7)
+    net = FusedMLP([5, 8, 6, 3], activation=act, output_activation=act, seed=1, dtype=dtype)
+    seq = net.to_sequential()
+    x = torch.randn(9, 5, generator=g, dtype=dtype) * 2
+    w = torch.randn(9, 3, generator=g, dtype=dtype)
+    out, dx, dp = grads_of(net, x, w)
+    ref_out, ref_dx, ref_dp = grads_of(seq, x, w)
+    tol = TOL[dtype]
+    assert_close(out, ref_out, tol, "output")
+    assert_close(dx, ref_dx, tol, "dLoss/dx")
+    names = [n for n, _ in net.named_parameters()]
+    assert len(dp) == len(ref_dp) == 6
+    for name, a, b in zip(names, dp, ref_dp):
+        assert a.dtype == dtype and a.shape == b.shape
+        assert_close(a, b, tol, f"dLoss/d{name}")
+
+
+def test_mixed_activations_and_leading_dimensions():
+    net = FusedMLP([4, 6, 5, 2], activation=["gelu", "leaky_relu"], output_activation="sigmoid", seed=3,
+                   dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    w = torch.randn(2, 3, 2, dtype=torch.float64)
+    out, dx, dp = grads_of(net, x, w)
+    ref_out, ref_dx, ref_dp = grads_of(seq, x, w)
+    assert out.shape == (2, 3, 2) and dx.shape == (2, 3, 4)
+    assert_close(out, ref_out, 1e-12, "output")
+    assert_close(dx, ref_dx, 1e-12, "dx")
+    for a, b in zip(dp, ref_dp):
+        assert_close(a, b, 1e-12, "parameter gradient")
+    one = net(x[0, 0])                       # a single sample without a batch dimension
+    assert one.shape == (2,) and torch.allclose(one, ref_out[0, 0], rtol=1e-12, atol=0)
+
+
+def test_gradients_flow_through_a_larger_model():
+    torch.manual_seed(0)
+    before, after = nn.Linear(3, 6).double(), nn.Linear(4, 2).double()
+    fused = FusedMLP([6, 10, 4], activation="tanh", output_activation="silu", seed=5, dtype=torch.float64)
+    model = nn.Sequential(before, fused, nn.ReLU(), after)
+    ref = nn.Sequential(before, fused.to_sequential(), nn.ReLU(), after)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    losses, grads = [], []
+    for m in (model, ref):
+        m.zero_grad()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in m.parameters()])
+    assert abs(losses[0] - losses[1]) < 1e-12 * abs(losses[1])
+    assert len(grads[0]) == len(grads[1]) == 8
+    for a, b in zip(*grads):
+        assert a is not None and a.abs().sum() > 0
+        assert_close(a, b, 1e-12, "gradient")
+
+
+def test_only_what_requires_grad_gets_a_gradient():
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    net.weight_1.requires_grad_(False)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    net(x).sum().backward()
+    assert net.weight_1.grad is None and net.bias_1.grad is not None and x.grad is not None
+    x2 = torch.randn(5, 3, dtype=torch.float64)            # input without grad: parameters only
+    net.zero_grad()
+    net(x2).sum().backward()
+    assert net.weight_2.grad is not None
+
+
+def test_activation_grad_formulas_equal_the_numpy_backend():
+    """The elementwise formulas the cuda path uses for the output activation, run with numpy."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((7, 5)) * 4
+    z[0, :3] = [0.0, 40.0, -40.0]
+    from gpubp.backends.numpy_backend import activation_forward
+    for act in ACTIVATIONS:
+        a = activation_forward(act, z, np.empty_like(z))
+        d = rng.standard_normal(z.shape)
+        ref = activation_backward_inplace(act, d.copy(), a, z)
+        out = gtorch.activation_grad_xp(np, act, d.copy(), a, z)
+        assert rel_err(out, ref) < 1e-14, act
+
+
+# ------------------------------------------------------------------ graph state
+def _spy_on_passes(monkeypatch):
+    """Weak references to the hidden activation arrays of every forward pass."""
+    refs = []
+    real = gtorch._forward_pass
+
+    def spy(*args, **kwargs):
+        fwd = real(*args, **kwargs)
+        refs.append(weakref.ref(fwd.A[1]))
+        return fwd
+
+    monkeypatch.setattr(gtorch, "_forward_pass", spy)
+    return refs
+
+
+def test_no_grad_keeps_no_activations(monkeypatch):
+    refs = _spy_on_passes(monkeypatch)
+    net = FusedMLP([4, 8, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        y = net(x)
+    assert not y.requires_grad and y.grad_fn is None
+    assert refs[-1]() is None, "a no_grad forward kept its hidden activations"
+    assert torch.allclose(y, net.to_sequential()(x), rtol=1e-12, atol=0)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), y, rtol=0, atol=0)
+
+
+def test_backward_frees_the_activations_and_retain_graph_works(monkeypatch):
+    refs = _spy_on_passes(monkeypatch)
+    net = FusedMLP([4, 8, 2], activation="gelu", output_activation="tanh", seed=0, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    assert refs[-1]() is not None, "the graph must keep what backward needs"
+    y.sum().backward(retain_graph=True)
+    g1, gx1 = net.weight_1.grad.clone(), x.grad.clone()
+    y.sum().backward()                          # second backward through the retained graph
+    assert torch.allclose(net.weight_1.grad, 2 * g1, rtol=1e-14, atol=0)
+    assert torch.allclose(x.grad, 2 * gx1, rtol=1e-14, atol=0)
+    assert refs[-1]() is None, "backward without retain_graph must free the activations"
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+
+
+def test_second_forward_before_backward_keeps_the_first():
+    net = FusedMLP([4, 8, 5, 3], activation="gelu", output_activation="sigmoid", seed=2, dtype=torch.float64)
+    seq = net.to_sequential()
+    x1, x2 = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    for m in (net, seq):
+        m.zero_grad()
+        y1 = m(x1)
+        y2 = m(x2)                               # same batch shape, before y1's backward
+        (y1.pow(2).sum() + 3 * y2.sum()).backward()
+    for a, b in zip(net.parameters(), seq.parameters()):
+        assert_close(a.grad, b.grad, 1e-12, "gradient")
+
+
+def test_in_place_changes_before_backward_are_refused():
+    net = FusedMLP([3, 4, 2], output_activation="sigmoid", seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = net(x)
+    y.mul_(2)                                   # backward reads the output: refused, not wrong
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    y = net(x)
+    with torch.no_grad():
+        net.weight_2.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_identity_output_may_be_changed_in_place_as_after_nn_linear():
+    net = FusedMLP([3, 6, 4], activation="tanh", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for m in (net, seq):
+        nn.functional.relu(m(x), inplace=True).pow(2).sum().backward()
+    for a, b in zip(net.parameters(), seq.parameters()):
+        assert_close(a.grad, b.grad, 1e-12, "gradient")
+
+
+def test_double_backward_is_refused():
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
+def test_empty_batch():
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    assert y.shape == (0, 2)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3) and torch.equal(net.weight_1.grad, torch.zeros(4, 3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_inputs_are_refused_clearly():
+    net = FusedMLP([3, 4, 2], seed=0)            # float32
+    with pytest.raises(ValueError, match="dtype torch.float64.*float32"):
+        net(torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"shape \(2, 5\).*\(\.\.\., 3\)"):
+        net(torch.zeros(2, 5))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        net(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        net.half()(torch.zeros(2, 3, dtype=torch.float16))
+    net = FusedMLP([3, 4, 2], seed=0, backend="cuda")
+    with pytest.raises((ValueError, RuntimeError), match="cuda"):
+        net(torch.zeros(2, 3))
+
+
+def test_a_backend_instance_is_used():
+    be = NumpyBackend()
+    calls = []
+    real = be.network_forward
+    be.network_forward = lambda *a, **k: (calls.append(1), real(*a, **k))
+    net = FusedMLP([3, 4, 2], seed=0, backend=be)
+    net(torch.zeros(2, 3))
+    assert calls == [1]
+
+
+# ------------------------------------------------------------------ nn.Sequential
+@pytest.mark.parametrize("module, name", [
+    (nn.ReLU(), "relu"), (nn.Sigmoid(), "sigmoid"), (nn.Tanh(), "tanh"), (nn.LeakyReLU(), "leaky_relu"),
+    (nn.GELU(approximate="tanh"), "gelu"), (nn.SiLU(), "silu"), (nn.Identity(), "identity"),
+])
+def test_from_sequential_each_activation(module, name):
+    torch.manual_seed(1)
+    seq = nn.Sequential(nn.Linear(3, 5), module, nn.Linear(5, 4), module, nn.Linear(4, 2)).double()
+    net = FusedMLP.from_sequential(seq)
+    assert net.activations == (name, name, "identity") and net.layer_sizes == (3, 5, 4, 2)
+    assert net.weight_1.dtype == torch.float64
+    x = torch.randn(7, 3, dtype=torch.float64)
+    w = torch.randn(7, 2, dtype=torch.float64)
+    out, dx, dp = grads_of(net, x, w)
+    ref_out, ref_dx, ref_dp = grads_of(seq, x, w)
+    assert_close(out, ref_out, 1e-12, "output")
+    assert_close(dx, ref_dx, 1e-12, "dx")
+    for a, b in zip(dp, ref_dp):
+        assert_close(a, b, 1e-12, "gradient")
+    with torch.no_grad():                        # a copy: the Sequential's parameters are its own
+        net.weight_1.zero_()
+    assert seq[0].weight.abs().sum() > 0
+
+
+def test_sequential_round_trip():
+    net = FusedMLP([4, 6, 5, 3], activation=["silu", "identity"], output_activation="tanh", seed=4)
+    seq = net.to_sequential()
+    assert [type(m).__name__ for m in seq] == ["Linear", "SiLU", "Linear", "Linear", "Tanh"]
+    back = FusedMLP.from_sequential(seq)
+    assert back.activations == net.activations and back.layer_sizes == net.layer_sizes
+    for p, q in zip(net.parameters(), back.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+
+
+@pytest.mark.parametrize("seq, match", [
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2)), "Dropout"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), "approximate='tanh'"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 2)), "negative_slope"),
+    (lambda: nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2)), "no bias"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Tanh(), nn.Linear(4, 2)), "follows another"),
+    (lambda: nn.Sequential(nn.ReLU(), nn.Linear(3, 4)), "before any nn.Linear"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), "takes 5 inputs"),
+    (lambda: nn.Sequential(nn.Tanh()), "before any"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.Softplus()), "Softplus"),
+])
+def test_from_sequential_refuses_what_it_cannot_fuse(seq, match):
+    with pytest.raises(ValueError, match=match):
+        FusedMLP.from_sequential(seq())
+
+
+# ------------------------------------------------------------------ training
+def test_sgd_trajectory_equals_sequential():
+    net = FusedMLP([4, 16, 8, 3], activation="tanh", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 12, 4, generator=g, dtype=torch.float64)
+    Y = torch.randint(0, 3, (5, 12), generator=g)
+    curves = []
+    for m in (net, seq):
+        opt = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9)
+        losses = []
+        for x, y in zip(X, Y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(losses)
+    assert rel_err(curves[0], curves[1]) < 1e-12
+    for p, q in zip(net.parameters(), seq.parameters()):
+        assert_close(p, q, 1e-12, "parameters after training")
+
+
+def test_adam_trains_it():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(64, 2, generator=g)
+    y = (X[:, 0] * X[:, 1] > 0).long()             # XOR of the signs: needs the hidden layer
+    net = FusedMLP([2, 16, 2], activation="relu", seed=1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(X), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+# ------------------------------------------------------------------ serialisation
+def test_state_dict_round_trip_and_torch_save(tmp_path):
+    net = FusedMLP([3, 5, 2], activation="gelu", seed=0)
+    x = torch.randn(4, 3)
+    other = FusedMLP([3, 5, 2], activation="gelu", seed=1)
+    assert not torch.equal(other(x), net(x))
+    other.load_state_dict(net.state_dict())
+    assert torch.equal(other(x), net(x))
+    path = tmp_path / "fused.pt"
+    torch.save(net.state_dict(), path)
+    third = FusedMLP([3, 5, 2], activation="gelu", seed=2)
+    third.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(third(x), net(x))
+    buf = io.BytesIO()                              # the whole module
+    torch.save(net, buf)
+    buf.seek(0)
+    whole = torch.load(buf, weights_only=False)
+    assert isinstance(whole, FusedMLP) and torch.equal(whole(x), net(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        FusedMLP([3, 6, 2]).load_state_dict(net.state_dict())
+
+
+def test_dtype_conversion_of_the_module():
+    net = FusedMLP([3, 5, 2], seed=0).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert net(x).dtype == torch.float64
+    assert torch.allclose(net(x), net.to_sequential()(x), rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------ torch.compile
+def _compile_and_compare(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), FusedMLP([6, 8, 4], activation="silu", seed=0), nn.Tanh())
+    x = torch.randn(5, 3)
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, backend=backend)
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    for p, g in zip(model.parameters(), ref_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_graph_break_aot_eager():
+    _compile_and_compare("aot_eager")
+    model = nn.Sequential(nn.Linear(3, 6), FusedMLP([6, 8, 4], seed=0), nn.Tanh())
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.randn(5, 3))
+    assert explained.graph_break_count == 1 and explained.graph_count == 2
+    assert "gpubp" in str(explained.break_reasons[0].reason)
+
+
+def test_torch_compile_inductor():
+    try:                                            # inductor builds C++: skip where it cannot
+        torch._dynamo.reset()
+        torch.compile(lambda t: t * 2 + 1, backend="inductor")(torch.ones(3))
+    except Exception as e:
+        pytest.skip(f"torch.compile's inductor cannot build on this machine: {type(e).__name__}: {e}")
+    _compile_and_compare("inductor")
+
+
+# ------------------------------------------------------------------ DistributedDataParallel
+#: the bound on the two-process DDP test (a fresh interpreter importing torch takes seconds, more on a busy machine)
+DDP_TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, X, Y, state, out_dir):
+    """One DDP rank: its half of the batch, one backward; writes its gradients and a progress log."""
+    import os
+    import time
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    t0 = time.monotonic()
+    with open(f"{out_dir}/rank{rank}.log", "a", buffering=1) as log:
+        def say(what):
+            log.write(f"{time.monotonic() - t0:.1f}s {what}\n")
+
+        say("started")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=DDP_TIMEOUT_S))
+        say("joined the group")
+        try:
+            net = FusedMLP([4, 8, 3], activation="tanh", dtype=torch.float64)
+            net.load_state_dict(state)
+            model = DDP(net)
+            n = X.shape[0] // world
+            x, y = X[rank * n:(rank + 1) * n], Y[rank * n:(rank + 1) * n]
+            nn.functional.cross_entropy(model(x), y).backward()
+            say("backward done")
+            torch.save([p.grad for p in net.parameters()], f"{out_dir}/grads{rank}.tmp")
+            os.replace(f"{out_dir}/grads{rank}.tmp", f"{out_dir}/grads{rank}.pt")   # appears whole
+        finally:
+            dist.destroy_process_group()
+        say("done")
+
+
+def test_distributed_data_parallel_gloo_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    net = FusedMLP([4, 8, 3], activation="tanh", seed=0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    Y = torch.randint(0, 3, (10,), generator=g)
+    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), X, Y, net.state_dict(), str(tmp_path)),
+                             nprocs=2, join=False, start_method="spawn")
+    # Wait for both ranks' results (not for the processes' exit, which a busy machine can hold up
+    # long after the work is done), failing at once with the traceback of a rank that raised.
+    results = [tmp_path / f"grads{r}.pt" for r in range(2)]
+    deadline = time.monotonic() + DDP_TIMEOUT_S
+    try:
+        while not all(f.exists() for f in results):
+            if any(p.exitcode not in (None, 0) for p in ctx.processes):
+                ctx.join()                                  # raises with the failed rank's traceback
+            if time.monotonic() > deadline:
+                logs = {r: (tmp_path / f"rank{r}.log").read_text() if (tmp_path / f"rank{r}.log").exists()
+                        else "(not started)" for r in range(2)}
+                pytest.fail(f"the DDP workers gave no result in {DDP_TIMEOUT_S} s; their progress: {logs}")
+            time.sleep(0.1)
+        for p in ctx.processes:
+            p.join(timeout=10)
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    nn.functional.cross_entropy(net(X), Y).backward()           # one process, the whole batch
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads{rank}.pt", weights_only=True)
+        assert len(grads) == 4
+        for name, (gd, p) in zip(("weight_1", "bias_1", "weight_2", "bias_2"), zip(grads, net.parameters())):
+            assert_close(gd, p.grad, 1e-12, f"rank {rank} {name}")
