@@ -251,7 +251,8 @@ def _add_train(sub):
     g.add_argument("--grad-norms", action="store_true",
                    help="record each layer's ||dW||, ||delta|| and update-to-weight ratio per epoch, print them, "
                         "and warn of vanishing or exploding gradients")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is one only when stderr is a terminal)")
     g = p.add_argument_group("several processes")
     g.add_argument("--distributed", action="store_true",
                    help="train data-parallel over the ranks of `mpiexec -n N` (or srun): each rank takes its "
@@ -319,7 +320,7 @@ class _EpochReport:
         self.epochs, self.width = epochs, len(str(epochs))
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         self.bar = None
-        if progress:
+        if progress and sys.stderr.isatty():    # a bar on a terminal only: no frames in a log file
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -238,3 +238,10 @@ def test_train_grad_norms_and_init(capsys, tmp_path):
                      "--no-progress", "--backend", "numpy")
     assert rc == 0 and "init xavier" in out and "||dW||" in out
     assert (tmp_path / "c-grad-norms.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_draws_no_bar_into_a_log(capsys):
+    """stderr is not a terminal here (captured): one line per epoch on stdout, no bar frames."""
+    rc, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--backend", "numpy")
+    assert rc == 0 and "\r" not in out + err
+    assert len([l for l in out.splitlines() if l.startswith("epoch ")]) == 3
