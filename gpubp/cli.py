@@ -892,15 +892,24 @@ def main(argv=None) -> int:
     When the reader of the output goes away (`gpubp ... | head`), the command
     stops quietly with status 0: the rest of the output is discarded.
     """
+    import warnings
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = _format_warning    # "gpubp: Category: message", not a source location
     try:
         try:
             rc = _main(argv)
         finally:                   # also after --help and usage errors (SystemExit)
+            warnings.formatwarning = shown
             sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
         return rc
     except BrokenPipeError:
         _discard_stdout()
         return 0
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    return f"gpubp: {category.__name__}: {message}\n"
 
 
 def _discard_stdout():
