@@ -83,7 +83,8 @@ def test_train_other_losses_and_inferred_sizes(capsys):
     assert rc == 0 and "[2, 8, 1]" in out and re.search(r"^test accuracy", out, re.M)
 
 
-def test_train_shows_a_progress_bar(capsys):
+def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy")
     assert rc == 0 and "epoch/s" in err and "0/2" in err    # tqdm writes to stderr
     assert "epoch 2/2" in out
