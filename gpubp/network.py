@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import activations as acts
 from . import losses
-from .backends import get_backend
+from .backends import Backend, get_backend
 from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
                      host_array)
 from .distributed import DataParallel, check_fit_options, guard_fit
@@ -165,12 +169,12 @@ class MLP:
                 W[...] = self._rng.normal(0.0, math.sqrt(2.0 / n_in), size=W.shape)
         self._params[...] = self.backend.asarray(host, self.dtype)
 
-    def get_params(self):
+    def get_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per layer `(W, b)` as numpy copies; `W` has shape `(n_out, n_in)`."""
         host = self.backend.to_numpy(self._params)
         return [(W.copy(), b.copy()) for W, b in self.layout.views(host)]
 
-    def set_params(self, params):
+    def set_params(self, params: Sequence[tuple[ArrayLike, ArrayLike]]) -> None:
         """Set every layer's `(W, b)` from a list like `get_params()` returns (all checked first)."""
         try:
             params = list(params)
@@ -192,7 +196,7 @@ class MLP:
             b[...] = finite_after_cast(bn, self.dtype, f"layer {l} b")
         self._params[...] = self.backend.asarray(host, self.dtype)
 
-    def set_standardization(self, mean, std):
+    def set_standardization(self, mean: ArrayLike | None, std: ArrayLike | None) -> None:
         """Standardise every input as `(X - mean) / std` from now on (None, None: stop).
 
         `fit(..., standardize=True)` sets it from the training data; it is saved
@@ -327,13 +331,13 @@ class MLP:
         return plan
 
     # ------------------------------------------------------------ public passes
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> Any:
         """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
         X = self._inputs(X)
         outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
         (shaped `(N,)` when the network was trained on `(N,)` targets)."""
         out = self.backend.to_numpy(self.forward(X))
@@ -345,7 +349,7 @@ class MLP:
             return out[:, 0]
         return out
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities: softmax for `cross_entropy`, sigmoid for `binary_cross_entropy`."""
         if self.loss not in losses.LOGIT_LOSSES:
             raise ValueError(f"predict_proba needs a cross-entropy loss; this network's loss is {self.loss!r}")
@@ -358,7 +362,7 @@ class MLP:
             p = np.where(z >= 0, 1.0, e) / (1.0 + e)
         return p.astype(self.dtype)
 
-    def loss_and_grads(self, X, Y):
+    def loss_and_grads(self, X: ArrayLike, Y: ArrayLike) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
         """`(loss, [(dW, db), ...])` for the batch, without changing the parameters."""
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -410,7 +414,7 @@ class MLP:
             f"loss. Try a lower learning rate than {lr:g}")
 
     # ------------------------------------------------------------ training
-    def train_step(self, X, Y, optimizer, lr=None) -> float:
+    def train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str, lr: float | None = None) -> float:
         """Forward, backward and update on one batch; returns the batch's loss before the update.
 
         If that loss is not finite the update is not made (FloatingPointError):
@@ -428,7 +432,8 @@ class MLP:
         opt.step(self.backend, self._params, self._grads)
         return loss
 
-    def capture_train_step(self, X, Y, optimizer, check_inputs=True):
+    def capture_train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str,
+                           check_inputs: bool = True) -> Callable[[ArrayLike, ArrayLike], Any]:
         """Train on `(X, Y)` and return a function that trains on further batches of that shape.
 
         The returned `step(X, Y)` copies the batch into fixed buffers and
@@ -478,7 +483,7 @@ class MLP:
         step.first_loss = loss_out.copy()
         return step
 
-    def evaluate(self, X, Y, _checked=False) -> dict:
+    def evaluate(self, X: ArrayLike, Y: ArrayLike, _checked: bool = False) -> dict[str, float]:
         """Mean loss (and accuracy for the classification losses) over `X`, `Y`."""
         if _checked:       # backend arrays that `fit` has already checked (and standardised)
             Yd = Y
@@ -507,10 +512,13 @@ class MLP:
 
     # ------------------------------------------------------------ training loop
     @guard_fit   # with comm=: an exception on one rank ends the whole job instead of leaving the others waiting
-    def fit(self, X, Y, epochs=10, batch_size=32, optimizer="adam", validation=None, shuffle=True,
-            progress="auto", lr=None, *, callbacks=None, validation_split=None, sample_weight=None,
-            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False,
-            comm=None, sharded=False):
+    def fit(self, X: ArrayLike, Y: ArrayLike, epochs: int = 10, batch_size: int = 32,
+            optimizer: Optimizer | str = "adam", validation: tuple[ArrayLike, ArrayLike] | None = None,
+            shuffle: bool = True, progress: bool | str = "auto", lr: float | None = None, *,
+            callbacks: Sequence[Any] | None = None, validation_split: float | None = None,
+            sample_weight: ArrayLike | None = None, class_weight: dict | str | None = None,
+            standardize: bool = False, lr_schedule: Callable[[int], float] | None = None, verbose: int = 1,
+            grad_norms: bool = False, comm: Any = None, sharded: bool = False) -> dict[str, list]:
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
@@ -621,7 +629,7 @@ class MLP:
         return [self._params] + (opt.buffers() if opt is not None else [])
 
     # ------------------------------------------------------------ files
-    def save(self, path, metadata=None):
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
         """Write configuration, parameters, optimizer state, the shuffling generator's state and
         `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
@@ -647,7 +655,7 @@ class MLP:
         checkpoint.write(path, arrays, meta)
 
     @classmethod
-    def load(cls, path, backend="auto"):
+    def load(cls, path: str | os.PathLike, backend: str | Backend = "auto") -> MLP:
         """A network from a file written by `save`; its optimizer comes back as `net.optimizer`.
 
         The whole file is checked before a network is built: the configuration, every array's
