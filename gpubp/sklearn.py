@@ -52,7 +52,7 @@ How the hyper-parameters map onto gpubp:
   multi-output regression are supported.
 
 Extra arguments: `backend` ("auto", "numpy", "cuda"), `dtype` ("float32",
-"float64") and `precision` ("float32", "tf32"), as in `gpubp.MLP`.
+"float64") and `precision` ("float32", "tf32", "bf16", "3xtf32"), as in `gpubp.MLP`.
 Importing this module needs scikit-learn (`pip install "gpubp[sklearn]"`).
 """
 
