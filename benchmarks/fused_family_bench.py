@@ -2,8 +2,9 @@
 
     python3 benchmarks/fused_family_bench.py --out DIR [--batch 262144] [--reps 20]
 
-Networks: w64x8 (eight 64 -> 64 layers) and w128x8 (eight 128 -> 128 layers), relu hidden
-layers and an identity last layer, at batch 2^18 (default).  One timed "step" is the run's
+Networks: w64x8 (eight 64 -> 64 layers) and w128x8 (eight 128 -> 128 layers) at batch 2^18
+(`--batch`), and w64x5-2^20 (64 inputs, five hidden layers of 64, 64 outputs: six layers) at
+batch 2^20 (reported in samples per second too); relu hidden layers, an identity last layer.  One timed "step" is the run's
 forward and backward (dLoss/dZ of the last layer given; dW and db of every layer; no dLoss/dX,
 no loss, no optimizer), the same work for every entry:
     family-{float32,tf32,bf16}   cuda_fused_family.fused_forward + fused_backward
@@ -26,7 +27,8 @@ from gpubp.activations import ACT_CODES
 from gpubp.backends import cuda_device, cuda_fused
 from gpubp.backends import cuda_fused_family as ff
 
-NETS = {"w64x8": [64] * 9, "w128x8": [128] * 9}
+#: name -> (widths, batch or None for --batch)
+NETS = {"w64x8": ([64] * 9, None), "w128x8": ([128] * 9, None), "w64x5-2^20": ([64] * 7, 1 << 20)}
 TORCH_PEER = {"float32": "torch-eager", "tf32": "torch-eager-tf32", "bf16": "torch-autocast-bf16"}
 
 
@@ -107,27 +109,28 @@ def main(argv=None):
                               cuda_fused.SPECS[0]: cuda_fused.SPECS[0].name_expressions})
     cupy_events = lambda: (cupy.cuda.Event(), cupy.cuda.Event())   # noqa: E731
     rows = []
-    for net, widths in NETS.items():
-        flops = 6.0 * args.batch * sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
-        entries = [(f"family-{p}", p, lambda p=p: _gpubp_step(ff, widths, args.batch, p)) for p in ff.PRECISIONS]
-        entries += [(f"fused-{p}", p, lambda p=p: _gpubp_step(cuda_fused, widths, args.batch, p))
+    for net, (widths, batch) in NETS.items():
+        batch = batch or args.batch
+        flops = 6.0 * batch * sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
+        entries = [(f"family-{p}", p, lambda p=p: _gpubp_step(ff, widths, batch, p)) for p in ff.PRECISIONS]
+        entries += [(f"fused-{p}", p, lambda p=p: _gpubp_step(cuda_fused, widths, batch, p))
                     for p in ("float32", "tf32")]
         try:
             import torch
 
             def torch_events():
                 return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            entries += [(TORCH_PEER[p], p, lambda p=p: _torch_step(widths, args.batch, p)) for p in TORCH_PEER]
+            entries += [(TORCH_PEER[p], p, lambda p=p: _torch_step(widths, batch, p)) for p in TORCH_PEER]
         except ImportError:
             torch_events = None
         for name, prec, make in entries:
             try:
                 step = make()
                 ms = _time(step, args.reps, torch_events if name.startswith("torch") else cupy_events)
-                rows.append(dict(net=net, entry=name, precision=prec, batch=args.batch, ms=ms,
-                                 tflops=flops / ms / 1e9))
+                rows.append(dict(net=net, entry=name, precision=prec, batch=batch, ms=ms,
+                                 tflops=flops / ms / 1e9, samples_per_s=batch / ms * 1e3))
             except Exception as e:   # record and go on: one failing entry must not hide the others
-                rows.append(dict(net=net, entry=name, precision=prec, batch=args.batch, error=f"{type(e).__name__}: {e}"))
+                rows.append(dict(net=net, entry=name, precision=prec, batch=batch, error=f"{type(e).__name__}: {e}"))
             cupy.get_default_memory_pool().free_all_blocks()
             print(rows[-1], flush=True)
     by = {(r["net"], r["entry"]): r.get("ms") for r in rows}
@@ -140,12 +143,12 @@ def main(argv=None):
             r["x_fused"] = old / r["ms"]
     with open(os.path.join(args.out, "fused_family_bench.json"), "w") as f:
         json.dump(dict(device=cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), rows=rows), f, indent=1)
-    lines = ["| net | entry | ms | TFLOP/s | x torch peer | x cuda_fused |", "|---|---|---|---|---|---|"]
+    lines = ["| net | entry | ms | TFLOP/s | samples/s | x torch peer | x cuda_fused |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['net']} | {r['entry']} | error: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['net']} | {r['entry']} | error: {r['error'][:80]} | | | | |")
         else:
-            lines.append(f"| {r['net']} | {r['entry']} | {r['ms']:.3f} | {r['tflops']:.1f} | "
+            lines.append(f"| {r['net']} | {r['entry']} | {r['ms']:.3f} | {r['tflops']:.1f} | {r['samples_per_s']:.3g} | "
                          f"{r.get('x_torch_peer', float('nan')):.2f} | {r.get('x_fused', float('nan')):.2f} |")
     with open(os.path.join(args.out, "fused_family_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -11,7 +11,7 @@
 #                            exact integers, poison, misaligned views, bits, small grids)
 #   memcheck.log             compute-sanitizer memcheck over benchmarks/fused_family_sanitize.py
 #   racecheck.log            compute-sanitizer racecheck over the same
-#   fused_family_bench.{log,json,md}  w64x8 and w128x8 at batch 2^18: the family (float32, tf32, bf16)
+#   fused_family_bench.{log,json,md}  w64x8, w128x8 at batch 2^18 and w64x5 at 2^20: the family (float32, tf32, bf16)
 #                            against cuda_fused (float32, tf32) and torch (eager, eager tf32, autocast bf16)
 #   compile_check.log        gpubp compile-check (NVRTC build, spills, FFMA / HMMA in SASS)
 #   summary.txt              exit status and seconds of each step

@@ -206,8 +206,9 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
     With `act_in` (and `Z_in` for gelu/silu) the delta entering the run, dLoss/dX * g'_in, is
     returned too.  Returns {"A": [...], "Z": [...], "dW": [...], "db": [...], "delta_in": ... or None}.
 
-    The kernels sum the batch in tiles and blocks (a different float32 order), so they agree
-    with this to float32 rounding of the sums, not bitwise."""
+    This is, bit for bit, the numpy backend's layer ops chained in the same precision (the
+    spec's semantics of each mode).  The kernels sum the batch in tiles and blocks (a different
+    float32 order), so they agree with this to float32 rounding of the sums, not bitwise."""
     from .activations import check_activation
     from .backends.numpy_backend import activation_backward_inplace, activation_forward
 

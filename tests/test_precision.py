@@ -274,3 +274,33 @@ def test_fused_reference_bad_input():
         P.fused_reference(X, [layers[0], layers[0]], acts[:2], delta, "bf16")
     with pytest.raises(TypeError, match="float32"):
         P.fused_reference(X.astype(np.float64), layers, acts, delta, "bf16")
+
+
+@pytest.mark.parametrize("prec", ["float32", "tf32", "bf16"])
+def test_fused_reference_is_the_numpy_backends_layer_ops(prec):
+    """The emulation of a fused run is, bit for bit, the numpy backend's layer ops chained in the
+    same precision: the fused family's policies have the spec's semantics of each mode."""
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    be = NumpyBackend()
+    X, layers, acts, delta, act_in, Z_in = _family_case(5, acts=("gelu", "sigmoid", "leaky_relu"))
+    r = P.fused_reference(X, layers, acts, delta, prec, act_in=act_in, Z_in=Z_in)
+    a, As, Zs = X, [], []
+    for (W, b), act in zip(layers, acts):
+        A_out, Z_out = np.empty((X.shape[0], W.shape[0]), np.float32), np.empty((X.shape[0], W.shape[0]), np.float32)
+        be.dense_forward(a, W, b, act, A_out, Z_out, precision=prec)
+        As.append(A_out)
+        Zs.append(Z_out)
+        a = A_out
+    d = delta
+    for i in range(len(layers) - 1, -1, -1):
+        W = layers[i][0]
+        dW, db = np.empty_like(W), np.empty(W.shape[0], np.float32)
+        dp = np.empty((X.shape[0], W.shape[1]), np.float32)
+        prev_act, Zp = (acts[i - 1], Zs[i - 1]) if i > 0 else (act_in, Z_in)
+        be.dense_backward(d, X if i == 0 else As[i - 1], W, dW, db, dp, prev_act, Zp, precision=prec)
+        assert np.array_equal(r["dW"][i], dW) and np.array_equal(r["db"][i], db), i
+        d = dp
+    for i in range(len(layers)):
+        assert np.array_equal(r["A"][i], As[i]) and np.array_equal(r["Z"][i], Zs[i])
+    assert np.array_equal(r["delta_in"], d)
