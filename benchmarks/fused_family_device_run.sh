@@ -47,12 +47,12 @@ step() {   # step NAME LIMIT_SECONDS LOG COMMAND...
 
 for s in "${STEPS[@]}"; do
     case "$s" in
-        tests)     step tests 270 gpu_tests.log $PY -m pytest tests/gpu/test_fused_family.py -m gpu -q -ra --maxfail=10 --durations=10 -p no:cacheprovider ;;
-        memcheck)  if [ -n "$SAN" ]; then step memcheck 75 memcheck.log "$SAN" --tool memcheck --leak-check no --error-exitcode 1 $PY benchmarks/fused_family_sanitize.py
+        tests)     step tests 280 gpu_tests.log $PY -m pytest tests/gpu/test_fused_family.py -m gpu -q -ra --maxfail=10 --durations=10 -p no:cacheprovider ;;
+        memcheck)  if [ -n "$SAN" ]; then step memcheck 70 memcheck.log "$SAN" --tool memcheck --leak-check no --error-exitcode 1 $PY benchmarks/fused_family_sanitize.py
                    else echo "memcheck skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"; failed=1; fi ;;
         racecheck) if [ -n "$SAN" ]; then step racecheck 120 racecheck.log "$SAN" --tool racecheck --racecheck-report all --error-exitcode 1 $PY benchmarks/fused_family_sanitize.py
                    else echo "racecheck skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"; failed=1; fi ;;
-        bench)     step bench 110 fused_family_bench.log $PY benchmarks/fused_family_bench.py --out "$OUT" ;;
+        bench)     step bench 100 fused_family_bench.log $PY benchmarks/fused_family_bench.py --out "$OUT" ;;
         compile)   step compile 180 compile_check.log $PY -m gpubp compile-check ;;
         *)         echo "unknown step $s (tests memcheck racecheck bench compile)" | tee -a "$OUT/summary.txt"; failed=1 ;;
     esac
