@@ -736,11 +736,19 @@ def test_fused_family_bad_input_launches_nothing(fake):
 def test_fused_family_fits_only_sm80_with_its_shared_memory(monkeypatch, name, attributes, fused_fits, has_tf32):
     """sm_80+ (cp.async, mma.sync) with 130 KB (width 64) / 160 KB (width 128) of shared memory:
     the A100 and H100 hold both widths; the A10 (99 KB) neither; older GPUs none."""
-    install_fake(monkeypatch, attributes=attributes, name=name)
+    fake = install_fake(monkeypatch, attributes=attributes, name=name)
     for widths in ((32, 64, 16), (32, 128, 16)):
         want = name == "A100"
         for precision in FAMILY_POLICIES:
             assert cuda_fused_family.fits_device(widths, precision) == want, (name, widths, precision)
+    if attributes["ComputeCapabilityMajor"] < 8:   # a direct call is refused, naming the need
+        codes = [ACT_CODES["relu"]]
+        A_in, _, Ws, bs, A, Z, dWs, dbs, delta_last = _family_arrays(fake, (8, 16), 5, codes, with_z_in=False)
+        with pytest.raises(RuntimeError, match="compute capability 8.0"):
+            cuda_fused_family.fused_forward(A_in, Ws, bs, codes, A, Z)
+        with pytest.raises(RuntimeError, match="compute capability 8.0"):
+            cuda_fused_family.fused_backward(delta_last, Ws, codes, A_in, A, Z, dWs, dbs, precision="bf16")
+        assert fake.launches == []
 
 
 def test_fused_family_fits_the_h100(fake):
