@@ -370,8 +370,8 @@ __device__ __forceinline__ void ff_gemm_rows(const float* sA, const float* sW, i
 //   wsl[n * WMAX + k] (+)= sum_{m < R} sD[m][n] sA[m][k]
 // over the whole padded WMAX x WMAX (unmasked float2 / float4 workspace accesses; the padded
 // entries are never read by the reduce).  first: write, not read-modify-write; otherwise the
-// old partial is fetched before the loop and added after it (partial + this tile's sum: a
-// fixed order).  R: the tile's rows rounded up to ff_policy<POL>::K (rows past the batch are
+// old partial is added after the loop (partial + this tile's sum: a fixed order), fetched
+// before the loop at WMAX 64 (latency hidden) and after it at WMAX 128 (register budget).  R: the tile's rows rounded up to ff_policy<POL>::K (rows past the batch are
 // zero in both tiles).
 //   mma policies: warp tile 32 (n) x KW (k), WMAX / 32 warps down n; per thread
 //     acc[2][KW / 8][4] in the C-fragment layout.
@@ -385,8 +385,9 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
         constexpr int H = WMAX / 64, T = 4 * H;
         const int ty = (warp >> 1) * 4 + (lane >> 3);
         const int tx = (warp & 1) * 8 + (lane & 7);
+        constexpr bool PREFETCH = WMAX <= 64;   // as in the mma path below
         float4 prev[T][H];
-        if (!first) {
+        if (PREFETCH && !first) {
 #pragma unroll
             for (int r = 0; r < T; ++r)
 #pragma unroll
@@ -424,14 +425,16 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
         for (int r = 0; r < T; ++r)
 #pragma unroll
             for (int hk = 0; hk < H; ++hk) {
+                float4* dst = reinterpret_cast<float4*>(wsl + (4 * ty + 64 * (r / 4) + (r % 4)) * WMAX + 4 * tx + 64 * hk);
                 float4 v = make_float4(acc[r][4 * hk], acc[r][4 * hk + 1], acc[r][4 * hk + 2], acc[r][4 * hk + 3]);
                 if (!first) {
-                    v.x = prev[r][hk].x + v.x;
-                    v.y = prev[r][hk].y + v.y;
-                    v.z = prev[r][hk].z + v.z;
-                    v.w = prev[r][hk].w + v.w;
+                    const float4 o = PREFETCH ? prev[r][hk] : *dst;
+                    v.x = o.x + v.x;
+                    v.y = o.y + v.y;
+                    v.z = o.z + v.z;
+                    v.w = o.w + v.w;
                 }
-                *reinterpret_cast<float4*>(wsl + (4 * ty + 64 * (r / 4) + (r % 4)) * WMAX + 4 * tx + 64 * hk) = v;
+                *dst = v;
             }
     } else {
         constexpr int WNW = WMAX / 32;        // warps down n
@@ -441,8 +444,12 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
         static_assert(WNW * WKW == FF_WARPS && KW % 8 == 0, "dW warp tiling");
         const int nw = 32 * (warp % WNW);
         const int kw = KW * (warp / WNW);
+        // The old partial: fetched before the loop (its latency hidden by the MMAs) at WMAX 64; at
+        // WMAX 128 (64 more registers a thread) read after the loop, keeping the kernel well under
+        // 255 registers.  The sum is partial + this tile's sum either way.
+        constexpr bool PREFETCH = WMAX <= 64;
         float2 prev[2][NJ][2];
-        if (!first) {
+        if (PREFETCH && !first) {
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -462,9 +469,7 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
 
         if (POL == FF_POL_TF32) {
             // A[n][m] = sD[m][n] (rows m0 + t, + 4; columns n = nw + 16 i + g, + 8); B[m][k] = sA[m][k].
-            // Unrolled by 2 at WMAX 64; at WMAX 128 (64 accumulators and 64 prefetched partials a
-            // thread) rolled, within 255 registers.
-#pragma unroll (WMAX <= 64 ? 2 : 1)
+#pragma unroll 2
             for (int m0 = 0; m0 < R; m0 += 8) {
                 unsigned a[2][4], b[NJ][2];
 #pragma unroll
@@ -488,8 +493,8 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
                         ff_mma_tf32(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
             }
         } else {
-            // bf16 pairs along m: rows m0 + 2t, + 1 (and + 8, + 9); unrolled as the tf32 loop
-#pragma unroll (WMAX <= 64 ? 2 : 1)
+            // bf16 pairs along m: rows m0 + 2t, + 1 (and + 8, + 9)
+#pragma unroll 2
             for (int m0 = 0; m0 < R; m0 += 16) {
                 unsigned a[2][4], b[NJ][2];
                 const int r = m0 + 2 * t;
@@ -520,12 +525,14 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
             for (int j = 0; j < NJ; ++j)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
+                    float2* dst = reinterpret_cast<float2*>(wsl + (nw + 16 * i + 8 * h + g) * WMAX + kw + 8 * j + 2 * t);
                     float2 v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
                     if (!first) {
-                        v.x = prev[i][j][h].x + v.x;
-                        v.y = prev[i][j][h].y + v.y;
+                        const float2 o = PREFETCH ? prev[i][j][h] : *dst;
+                        v.x = o.x + v.x;
+                        v.y = o.y + v.y;
                     }
-                    *reinterpret_cast<float2*>(wsl + (nw + 16 * i + 8 * h + g) * WMAX + kw + 8 * j + 2 * t) = v;
+                    *dst = v;
                 }
     }
 }
