@@ -31,7 +31,7 @@
 //   X RC: p = wm*64 + i*4 + rg                read: float4 along k at one p   (4 rows, 4 groups)
 //   Y PC: q = wn*64 + (j/4)*32 + cg*4 + j%4   read: float4 along q at one k   (8 cg -> 128 B)
 //   Y RC: q = wn*64 + j*8 + cg                read: float4 along k at one q   (8 rows, 8 groups)
-// Per k-tile of BK = 16 a thread issues 96 LDS.128 (64 of X, 32 of Y) for 2048 FFMA.
+// Per k-tile of BK = 16 each thread runs 96 LDS.128 (64 of X, 32 of Y) for 2048 FFMA.
 //
 // Pipeline: GEMM3_STAGES = 3 stages of 16-byte cp.async.cg copies (4 per operand per thread
 // per k-tile).  The prologue issues k-tiles 0 and 1 (one commit group each); iteration t waits
