@@ -21,6 +21,17 @@ def check_dtype(dtype):
     return dt
 
 
+def check_precision(precision, dtype):
+    """A precision mode's name (`gpubp.precision.PRECISIONS`) checked against the network's `dtype`:
+    every mode but "float32" rounds float32 operands, so it needs dtype float32."""
+    from .precision import check_precision as check_name
+
+    check_name(precision)
+    if precision != "float32" and np.dtype(dtype) != np.float32:
+        raise ValueError(f"precision={precision!r} needs dtype float32, got {np.dtype(dtype).name}")
+    return precision
+
+
 def check_sizes(layer_sizes):
     if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
         raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")

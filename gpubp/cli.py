@@ -1,7 +1,8 @@
-"""The `gpubp` command line: train, explain, gradcheck, info (and compile-check, bench).
+"""The `gpubp` command line: train, predict, explain, gradcheck, info (and compile-check, bench).
 
     gpubp train                       # a small MLP on scikit-learn's handwritten digits
     gpubp train --dataset moons --hidden 32,32 --epochs 50 --plot curves.png
+    gpubp train --save net.npz && gpubp predict net.npz samples.csv --proba
     gpubp explain                     # one traced backprop step of the 2-2-1 sigmoid example
     gpubp explain --example classic   # the classic 2-2-2 worked example, to the published digits
     gpubp gradcheck --all-activations # analytic gradients against finite differences
@@ -29,6 +30,8 @@ from .backends import BACKENDS
 from .losses import LOGIT_LOSSES, LOSSES
 from .checks import DTYPES
 from .network import INITS
+from .optional import MissingExtraError, require
+from .precision import PRECISIONS
 
 #: subcommands whose module parses its own arguments: name -> (module, help); imported when used
 EXTERNAL = {
@@ -239,6 +242,10 @@ def _add_train(sub):
     g.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
     g.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="how the matrix products are computed: float32 (default), tf32, bf16 or 3xtf32 "
+                        "(float32 networks; the numpy backend emulates each; the cuda backend runs tf32 "
+                        "and refuses bf16 and 3xtf32 for now)")
     g.add_argument("--init", choices=INITS, default="torch",
                    help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
@@ -249,7 +256,8 @@ def _add_train(sub):
     g.add_argument("--grad-norms", action="store_true",
                    help="record each layer's ||dW||, ||delta|| and update-to-weight ratio per epoch, print them, "
                         "and warn of vanishing or exploding gradients")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is one only when stderr is a terminal)")
     g = p.add_argument_group("several processes")
     g.add_argument("--distributed", action="store_true",
                    help="train data-parallel over the ranks of `mpiexec -n N` (or srun): each rank takes its "
@@ -317,7 +325,7 @@ class _EpochReport:
         self.epochs, self.width = epochs, len(str(epochs))
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         self.bar = None
-        if progress:
+        if progress and sys.stderr.isatty():    # a bar on a terminal only: no frames in a log file
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True, leave=False)
@@ -361,6 +369,7 @@ def cmd_train(args) -> int:
         _check_writable(args.plot, "--plot")
         if args.grad_norms:
             _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
+        require("matplotlib", "plot", "--plot")   # before training, not after it
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)
@@ -384,7 +393,7 @@ def cmd_train(args) -> int:
     backend = _make_backend(args.backend)
     try:
         net = MLP(sizes, activation=activation, output_activation=args.output_activation, loss=args.loss,
-                  backend=backend, dtype=args.dtype, seed=args.seed, init=args.init)
+                  backend=backend, dtype=args.dtype, seed=args.seed, init=args.init, precision=args.precision)
     except (ValueError, TypeError, MemoryError) as e:
         raise UsageError(str(e)) from None
 
@@ -396,7 +405,8 @@ def cmd_train(args) -> int:
     say(f"data: {ds.summary()}")
     say(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
         f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
-        f"init {args.init}" + (", inputs standardised by the network" if args.standardize else ""))
+        + (f"precision {args.precision}, " if args.precision != "float32" else "") + f"init {args.init}"
+        + (", inputs standardised by the network" if args.standardize else ""))
     say(f"training: {opt!r}, {args.epochs} epochs of batch {args.batch_size}, seed {args.seed}; "
         f"backend {net.backend.describe()}")
     if comm is not None:
@@ -445,6 +455,116 @@ def cmd_train(args) -> int:
             return 1
         print(f"saved curves to {args.plot}" +
               (f" and gradient norms to {_grad_norms_path(args.plot)}" if args.grad_norms else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+#: file suffixes `gpubp predict` reads and writes
+DATA_SUFFIXES = (".npy", ".csv")
+
+
+def _add_predict(sub):
+    p = sub.add_parser(
+        "predict", help="predict with a saved checkpoint on data from a .npy or .csv file",
+        description="Load a checkpoint written by `gpubp train --save` (or MLP.save) and predict on DATA, "
+                    "a .npy array or a .csv file of numbers (one sample per row, comma-separated, an optional "
+                    "header line). The network applies the input standardisation it was trained with. "
+                    "Prints one prediction per line, or writes them to --out (.npy or .csv by suffix).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
+    p.add_argument("data", metavar="DATA", help="the samples: a .npy or .csv file, shape (N, n_inputs)")
+    p.add_argument("--proba", action="store_true",
+                   help="class probabilities instead of labels (networks trained with a cross-entropy loss)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write the predictions to FILE (.npy or .csv) instead of printing them")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
+    p.set_defaults(func=cmd_predict)
+    return p
+
+
+def _check_readable(path, what):
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} {path!r} does not exist")
+    if not p.is_file():
+        raise UsageError(f"{what} {path!r} is not a file")
+    return p
+
+
+def _suffix(path, what):
+    suf = Path(path).suffix.lower()
+    if suf not in DATA_SUFFIXES:
+        raise UsageError(f"{what} {path!r} must end in {' or '.join(DATA_SUFFIXES)} (got {suf or 'no suffix'!r})")
+    return suf
+
+
+def _read_data(path) -> np.ndarray:
+    """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong."""
+    if _suffix(path, "DATA") == ".npy":
+        try:
+            X = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+        if X.ndim == 1:
+            X = X.reshape(1, -1)   # one sample
+    else:
+        X = None
+        for skip in (0, 1):        # a header line of names is skipped
+            try:
+                X = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip, dtype=np.float64)
+                break
+            except ValueError as e:
+                err = e
+        if X is None:
+            raise UsageError(f"DATA {path!r} is not a CSV file of numbers ({err})")
+    if X.dtype.kind not in "biuf" or X.ndim != 2:
+        raise UsageError(f"DATA {path!r} must hold a 2-D numeric array (samples x inputs); got "
+                         f"shape {X.shape} of {X.dtype}")
+    if X.shape[0] == 0:
+        raise UsageError(f"DATA {path!r} holds no samples")
+    return X
+
+
+def _format_rows(P) -> list[str]:
+    P = np.asarray(P)
+    fmt = (lambda v: str(int(v))) if P.dtype.kind in "biu" else (lambda v: f"{float(v):.9g}")
+    if P.ndim == 1:
+        return [fmt(v) for v in P]
+    return [",".join(fmt(v) for v in row) for row in P]
+
+
+def cmd_predict(args) -> int:
+    from .network import MLP
+
+    _check_readable(args.checkpoint, "CHECKPOINT")
+    _check_readable(args.data, "DATA")
+    _suffix(args.data, "DATA")
+    out_suffix = None
+    if args.out is not None:
+        out_suffix = _suffix(args.out, "--out")
+        _check_writable(args.out, "--out")
+    backend = _make_backend(args.backend)
+    X = _read_data(args.data)
+    try:
+        net = MLP.load(args.checkpoint, backend=backend)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if X.shape[1] != net.sizes[0]:
+        raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
+                         f"inputs")
+    try:
+        P = net.predict_proba(X) if args.proba else net.predict(X)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    if args.out is None:
+        sys.stdout.write("\n".join(_format_rows(P)) + "\n")
+    elif out_suffix == ".npy":
+        np.save(args.out, P)
+    else:
+        fmt = "%d" if np.asarray(P).dtype.kind in "biu" else "%.9g"
+        np.savetxt(args.out, np.asarray(P), fmt=fmt, delimiter=",")
+    if args.out is not None:
+        print(f"wrote {len(P)} predictions to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -765,8 +885,8 @@ def build_parser():
                                 "on numpy or on fused CUDA kernels.")
     p.add_argument("--version", action="version", version=f"gpubp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    subs = {"train": _add_train(sub), "explain": _add_explain(sub), "gradcheck": _add_gradcheck(sub),
-            "info": _add_info(sub)}
+    subs = {"train": _add_train(sub), "predict": _add_predict(sub), "explain": _add_explain(sub),
+            "gradcheck": _add_gradcheck(sub), "info": _add_info(sub)}
     for name, (_, helptext) in EXTERNAL.items():   # parsed by their own modules; listed for --help
         sub.add_parser(name, help=helptext, add_help=False)
     return p, subs
@@ -778,15 +898,24 @@ def main(argv=None) -> int:
     When the reader of the output goes away (`gpubp ... | head`), the command
     stops quietly with status 0: the rest of the output is discarded.
     """
+    import warnings
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = _format_warning    # "gpubp: Category: message", not a source location
     try:
         try:
             rc = _main(argv)
         finally:                   # also after --help and usage errors (SystemExit)
+            warnings.formatwarning = shown
             sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
         return rc
     except BrokenPipeError:
         _discard_stdout()
         return 0
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    return f"gpubp: {category.__name__}: {message}\n"
 
 
 def _discard_stdout():
@@ -817,6 +946,9 @@ def _main(argv) -> int:
         return int(args.func(args) or 0)
     except UsageError as e:
         subs[args.command].error(str(e))   # prints usage and the message, exits with status 2
+    except MissingExtraError as e:         # an optional dependency is not installed: say which extra
+        print(f"gpubp {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Small classification data sets for examples and the command line.
 
-Every data set is built offline: scikit-learn ships digits, iris,
+Every data set is built offline (scikit-learn is needed, `gpubp[sklearn]`,
+except for `xor`): scikit-learn ships digits, iris,
 breast_cancer and wine inside its package, `moons` comes from
 `sklearn.datasets.make_moons`, and `xor` is generated here.  `load_dataset`
 splits a data set into stratified train / validation / test parts with a
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .optional import require
+
 #: every data set `load_dataset` knows
 DATASETS = ("digits", "iris", "breast_cancer", "wine", "moons", "xor")
 
@@ -20,7 +23,8 @@ DATASETS = ("digits", "iris", "breast_cancer", "wine", "moons", "xor")
 SYNTHETIC_SAMPLES = 1000
 
 
-def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0, seed=None):
+def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0,
+             seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The XOR problem: points uniform in `[-1, 1]^2`, class 1 where exactly one coordinate is positive.
 
     `noise` is the standard deviation of Gaussian noise added to the points
@@ -38,14 +42,16 @@ def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0, seed=None):
     return X, y
 
 
-def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
+def raw_dataset(name: str, seed: int | None = 0, n_samples: int | None = None,
+                noise: float | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The whole data set `name` as `(X float64, y int64, description)`, before any split."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if name in ("moons", "xor"):
         n = SYNTHETIC_SAMPLES if n_samples is None else n_samples
         if name == "moons":
-            from sklearn.datasets import make_moons
+            make_moons = require("sklearn.datasets", "sklearn", "the moons data set",
+                                 "scikit-learn").make_moons
 
             nz = 0.2 if noise is None else noise
             X, y = make_moons(n_samples=n, noise=nz, random_state=seed)
@@ -57,7 +63,7 @@ def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
         return np.asarray(X, np.float64), np.asarray(y, np.int64), desc
     if n_samples is not None or noise is not None:
         raise ValueError(f"n_samples and noise apply to the generated data sets (moons, xor), not {name!r}")
-    from sklearn import datasets as skd
+    skd = require("sklearn.datasets", "sklearn", f"the bundled data set {name!r}", "scikit-learn")
 
     loader = {"digits": skd.load_digits, "iris": skd.load_iris,
               "breast_cancer": skd.load_breast_cancer, "wine": skd.load_wine}[name]
@@ -68,7 +74,7 @@ def raw_dataset(name: str, seed=0, n_samples=None, noise=None):
     return np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.int64), desc
 
 
-def standardize(X_train, *others, eps: float = 1e-12):
+def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
     """Scale features to zero mean and unit variance using `X_train`'s statistics only.
 
     Constant features (standard deviation below `eps`) are centred and left
@@ -124,7 +130,8 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
     `val_size` the fraction of all samples held out for validation (0: none).
     The split and the generated data sets are reproducible from `seed`.
     """
-    from sklearn.model_selection import train_test_split
+    train_test_split = require("sklearn.model_selection", "sklearn", "splitting the data sets",
+                               "scikit-learn").train_test_split
 
     test_size = _fraction("test_size", test_size, False)
     val_size = _fraction("val_size", val_size, True)

@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import activations as acts
 from . import losses
-from .backends import get_backend
-from .checks import check_dtype, check_positive_int, check_seed, check_sizes, finite_after_cast, host_array
+from .backends import Backend, get_backend
+from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
+                     host_array)
 from .distributed import DataParallel, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
+from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
 from .training import FitLoop, Reporter
 
-PRECISIONS = ("float32", "tf32")
 #: weight initialisations (`MLP(init=...)`)
 INITS = ("torch", "xavier", "kaiming")
 
@@ -57,10 +62,19 @@ class MLP:
     weights' start: "torch" (PyTorch's `nn.Linear`: W and b uniform in
     `±1/sqrt(fan_in)`), "xavier" (Glorot uniform, `±sqrt(6/(fan_in+fan_out))`,
     b = 0) or "kaiming" (He normal, std `sqrt(2/fan_in)`, b = 0), reproducibly
-    from `seed` (None or a non-negative integer).  `precision="tf32"` (float32
-    only) lets the CUDA backend multiply on TF32 tensor cores where it has such
-    kernels (the fused narrow-layer runs): faster, with relative errors near
-    1e-3 instead of 1e-6; the numpy backend always computes in full precision.
+    from `seed` (None or a non-negative integer).
+
+    `precision` chooses how the matrix products of a step are computed
+    (docs/spec.md, "Precision modes"; `gpubp.precision` emulates each):
+    "float32" (default, full float32), "tf32" (operands rounded to TF32, float32
+    sums), "bf16" (operands rounded to bfloat16, float32 sums) or "3xtf32"
+    (each operand split into two TF32 parts, three products: near-float32
+    accuracy); every mode but "float32" needs dtype float32.  The numpy backend
+    emulates each mode's rounding exactly as defined there.  The CUDA backend
+    runs "tf32" on TF32 tensor cores in its fused narrow-layer runs (its
+    per-layer GEMMs stay float32), and refuses "bf16" and "3xtf32" unless it was
+    made with `CudaBackend(tensor_core_gemms=True)` (kernels not yet verified on
+    a GPU).
 
     The constructor refuses, before allocating, a network whose parameters,
     gradients, optimizer state and one step's buffers would not fit in the
@@ -85,16 +99,13 @@ class MLP:
                              f"output_activation must be 'identity', got {out_act!r}")
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
         self.dtype = check_dtype(dtype)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision == "tf32" and self.dtype != np.float32:
-            raise ValueError(f"precision='tf32' needs dtype float32, got {self.dtype.name}")
+        self.precision = check_precision(precision, self.dtype)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-        self.precision = precision
         self.init = init
         self.seed = check_seed(seed)
         self.backend = get_backend(backend)
+        self.backend.check_precision(self.precision)   # a mode the backend cannot run is refused here
         self.layout = ParamLayout(self.sizes)
         self.backend.check_memory(self.memory_estimate(), f"the network {list(self.sizes)} in {self.dtype.name} "
                                   f"(parameters, gradients, optimizer state and a batch of {_ESTIMATE_BATCH})")
@@ -158,12 +169,12 @@ class MLP:
                 W[...] = self._rng.normal(0.0, math.sqrt(2.0 / n_in), size=W.shape)
         self._params[...] = self.backend.asarray(host, self.dtype)
 
-    def get_params(self):
+    def get_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per layer `(W, b)` as numpy copies; `W` has shape `(n_out, n_in)`."""
         host = self.backend.to_numpy(self._params)
         return [(W.copy(), b.copy()) for W, b in self.layout.views(host)]
 
-    def set_params(self, params):
+    def set_params(self, params: Sequence[tuple[ArrayLike, ArrayLike]]) -> None:
         """Set every layer's `(W, b)` from a list like `get_params()` returns (all checked first)."""
         try:
             params = list(params)
@@ -185,7 +196,7 @@ class MLP:
             b[...] = finite_after_cast(bn, self.dtype, f"layer {l} b")
         self._params[...] = self.backend.asarray(host, self.dtype)
 
-    def set_standardization(self, mean, std):
+    def set_standardization(self, mean: ArrayLike | None, std: ArrayLike | None) -> None:
         """Standardise every input as `(X - mean) / std` from now on (None, None: stop).
 
         `fit(..., standardize=True)` sets it from the training data; it is saved
@@ -320,13 +331,13 @@ class MLP:
         return plan
 
     # ------------------------------------------------------------ public passes
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> Any:
         """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
         X = self._inputs(X)
         outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
         (shaped `(N,)` when the network was trained on `(N,)` targets)."""
         out = self.backend.to_numpy(self.forward(X))
@@ -338,7 +349,7 @@ class MLP:
             return out[:, 0]
         return out
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities: softmax for `cross_entropy`, sigmoid for `binary_cross_entropy`."""
         if self.loss not in losses.LOGIT_LOSSES:
             raise ValueError(f"predict_proba needs a cross-entropy loss; this network's loss is {self.loss!r}")
@@ -351,7 +362,7 @@ class MLP:
             p = np.where(z >= 0, 1.0, e) / (1.0 + e)
         return p.astype(self.dtype)
 
-    def loss_and_grads(self, X, Y):
+    def loss_and_grads(self, X: ArrayLike, Y: ArrayLike) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
         """`(loss, [(dW, db), ...])` for the batch, without changing the parameters."""
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -403,7 +414,7 @@ class MLP:
             f"loss. Try a lower learning rate than {lr:g}")
 
     # ------------------------------------------------------------ training
-    def train_step(self, X, Y, optimizer, lr=None) -> float:
+    def train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str, lr: float | None = None) -> float:
         """Forward, backward and update on one batch; returns the batch's loss before the update.
 
         If that loss is not finite the update is not made (FloatingPointError):
@@ -421,7 +432,8 @@ class MLP:
         opt.step(self.backend, self._params, self._grads)
         return loss
 
-    def capture_train_step(self, X, Y, optimizer, check_inputs=True):
+    def capture_train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str,
+                           check_inputs: bool = True) -> Callable[[ArrayLike, ArrayLike], Any]:
         """Train on `(X, Y)` and return a function that trains on further batches of that shape.
 
         The returned `step(X, Y)` copies the batch into fixed buffers and
@@ -471,7 +483,7 @@ class MLP:
         step.first_loss = loss_out.copy()
         return step
 
-    def evaluate(self, X, Y, _checked=False) -> dict:
+    def evaluate(self, X: ArrayLike, Y: ArrayLike, _checked: bool = False) -> dict[str, float]:
         """Mean loss (and accuracy for the classification losses) over `X`, `Y`."""
         if _checked:       # backend arrays that `fit` has already checked (and standardised)
             Yd = Y
@@ -500,10 +512,13 @@ class MLP:
 
     # ------------------------------------------------------------ training loop
     @guard_fit   # with comm=: an exception on one rank ends the whole job instead of leaving the others waiting
-    def fit(self, X, Y, epochs=10, batch_size=32, optimizer="adam", validation=None, shuffle=True,
-            progress="auto", lr=None, *, callbacks=None, validation_split=None, sample_weight=None,
-            class_weight=None, standardize=False, lr_schedule=None, verbose=1, grad_norms=False,
-            comm=None, sharded=False):
+    def fit(self, X: ArrayLike, Y: ArrayLike, epochs: int = 10, batch_size: int = 32,
+            optimizer: Optimizer | str = "adam", validation: tuple[ArrayLike, ArrayLike] | None = None,
+            shuffle: bool = True, progress: bool | str = "auto", lr: float | None = None, *,
+            callbacks: Sequence[Any] | None = None, validation_split: float | None = None,
+            sample_weight: ArrayLike | None = None, class_weight: dict | str | None = None,
+            standardize: bool = False, lr_schedule: Callable[[int], float] | None = None, verbose: int = 1,
+            grad_norms: bool = False, comm: Any = None, sharded: bool = False) -> dict[str, list]:
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
@@ -614,7 +629,7 @@ class MLP:
         return [self._params] + (opt.buffers() if opt is not None else [])
 
     # ------------------------------------------------------------ files
-    def save(self, path, metadata=None):
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
         """Write configuration, parameters, optimizer state, the shuffling generator's state and
         `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
@@ -640,7 +655,7 @@ class MLP:
         checkpoint.write(path, arrays, meta)
 
     @classmethod
-    def load(cls, path, backend="auto"):
+    def load(cls, path: str | os.PathLike, backend: str | Backend = "auto") -> MLP:
         """A network from a file written by `save`; its optimizer comes back as `net.optimizer`.
 
         The whole file is checked before a network is built: the configuration, every array's
@@ -757,10 +772,10 @@ def _checkpoint_spec(ck) -> dict:
     except ValueError as e:
         bad("config.dtype", e)
     precision = ck.field(c, "precision", str, "config") if "precision" in c else "float32"
-    if precision not in PRECISIONS:
-        bad("config.precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "tf32" and dtype != np.float32:
-        bad("config.precision", f"'tf32' needs dtype float32, got {dtype.name}")
+    try:
+        check_precision(precision, dtype)
+    except ValueError as e:
+        bad("config.precision", e)
     init = ck.field(c, "init", str, "config") if "init" in c else "torch"
     if init not in INITS:
         bad("config.init", f"must be one of {', '.join(INITS)}, got {init!r}")

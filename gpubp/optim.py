@@ -72,7 +72,7 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
     lr = _hyper("lr", _check_lr)
 
-    def __init__(self, lr):
+    def __init__(self, lr: float):
         self.lr = lr
         self.state: dict = {}
         self._params = None   # the flat parameter buffer the state was made for
@@ -140,7 +140,7 @@ class SGD(Optimizer):
     name = "sgd"
     weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
-    def __init__(self, lr, momentum=0.0, weight_decay=0.0):
+    def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(lr)
         self._momentum = _check_range("momentum", momentum, 0.0, 1.0)
         self.weight_decay = weight_decay
@@ -182,7 +182,8 @@ class Adam(Optimizer):
     eps = _hyper("eps", _check_eps)
     weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
         super().__init__(lr)
         self.betas = betas
         self.eps = eps
@@ -203,14 +204,15 @@ class AdamW(Adam):
     name = "adamw"
     decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
         super().__init__(lr, betas, eps, weight_decay)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def make_optimizer(spec, lr=None, **kwargs) -> Optimizer:
+def make_optimizer(spec: Optimizer | str, lr: float | None = None, **kwargs) -> Optimizer:
     """An optimizer from an instance (returned as is) or a name ("sgd", "adam", "adamw")."""
     if isinstance(spec, Optimizer):
         return spec

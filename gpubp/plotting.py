@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .optional import require
+
 
 def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) -> Path:
     """Write the loss (left) and accuracy (right, when recorded) curves of `history` to `path`.
@@ -18,7 +20,7 @@ def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) 
     `loss`, and optionally `accuracy`, `val_loss`, `val_accuracy`.  Returns the
     path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plot", "plotting").FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if not history.get("loss"):
@@ -69,7 +71,7 @@ def _save(fig, path, dpi, title=None, tight=True) -> Path:
 
 
 def _new_figure(size):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plot", "plotting").FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size)

@@ -339,7 +339,8 @@ class FusedMLP(nn.Module):
       `gpubp.ACTIVATIONS`; `gelu` is the tanh approximation, `leaky_relu` has
       slope 0.01.
     - `precision="tf32"` lets the cuda backend multiply float32 on TF32 tensor
-      cores in its fused narrow-layer kernels (as `gpubp.MLP`).
+      cores in its fused narrow-layer kernels, and makes the numpy backend
+      emulate TF32's rounding in every product (as `gpubp.MLP`).
     - `dtype` (float32 or float64; default torch's default dtype) and `device`
       of the parameters, as `nn.Linear`'s.  The input must have the
       parameters' dtype and device; its last dimension is `layer_sizes[0]`

@@ -23,6 +23,17 @@ from .backends.base import Backend
 CHECK_EVERY = 64
 
 
+def _caller_level() -> int:
+    """The `stacklevel` of a warning raised here that points at the first frame outside gpubp."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class Reporter:
     """What `fit` shows while it trains: a bar on a terminal, one line per epoch elsewhere, or nothing."""
 
@@ -261,4 +272,4 @@ class FitLoop:
         for msg in flow_warnings(stats):      # each finding once per fit call
             if (msg.layer, msg.kind) not in self.flow_warned:
                 self.flow_warned.add((msg.layer, msg.kind))
-                warnings.warn(str(msg), GradientFlowWarning, stacklevel=4)
+                warnings.warn(str(msg), GradientFlowWarning, stacklevel=_caller_level())

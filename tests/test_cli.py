@@ -83,7 +83,8 @@ def test_train_other_losses_and_inferred_sizes(capsys):
     assert rc == 0 and "[2, 8, 1]" in out and re.search(r"^test accuracy", out, re.M)
 
 
-def test_train_shows_a_progress_bar(capsys):
+def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy")
     assert rc == 0 and "epoch/s" in err and "0/2" in err    # tqdm writes to stderr
     assert "epoch 2/2" in out
@@ -238,3 +239,10 @@ def test_train_grad_norms_and_init(capsys, tmp_path):
                      "--no-progress", "--backend", "numpy")
     assert rc == 0 and "init xavier" in out and "||dW||" in out
     assert (tmp_path / "c-grad-norms.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_draws_no_bar_into_a_log(capsys):
+    """stderr is not a terminal here (captured): one line per epoch on stdout, no bar frames."""
+    rc, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--backend", "numpy")
+    assert rc == 0 and "\r" not in out + err
+    assert len([l for l in out.splitlines() if l.startswith("epoch ")]) == 3

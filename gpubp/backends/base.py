@@ -103,11 +103,32 @@ class Backend(ABC):
         where it needs Z.  Deterministic: two calls give equal bits.
         """
 
+    # ----------------------------------------------------------- precision modes
+    #: the precision modes (`gpubp.precision.PRECISIONS`) this backend runs; a backend without
+    #: TF32 kernels computes "tf32" in float32, as `network_forward` documents
+    precisions: tuple = ("float32", "tf32")
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse, with a ValueError naming the mode and this backend, a precision mode it cannot run."""
+        if precision not in self.precisions:
+            raise ValueError(f"precision={precision!r} is not available on the {self.name} backend "
+                             f"(it runs {', '.join(self.precisions)})")
+
+    def layer_options(self, plan) -> dict:
+        """Keyword arguments the default passes (`network_forward`, `layer_backward`) add to
+        `dense_forward` / `dense_backward` for `plan` (a backend whose layer ops take
+        `precision=` returns it here); none by default, so those calls stay as they are."""
+        return {}
+
     # ----------------------------------------------------------- whole network
     def make_plan(self, sizes, activations, batch, dtype, precision="float32", input_grad=False):
-        """A `StepPlan` owning every buffer of a step of `batch` rows (see `gpubp.backends.plan`)."""
+        """A `StepPlan` owning every buffer of a step of `batch` rows (see `gpubp.backends.plan`);
+        `precision` must be a mode this backend runs (`check_precision`) and fit `dtype`."""
+        from ..checks import check_precision
         from .plan import StepPlan
 
+        check_precision(precision, dtype)
+        self.check_precision(precision)
         return StepPlan(self, sizes, activations, batch, dtype, precision, input_grad)
 
     def prepare(self, plan, loss: str) -> None:
@@ -119,12 +140,16 @@ class Backend(ABC):
 
         `layers` is `[(W, b), ...]`.  This default calls `dense_forward` per
         layer; a backend may fuse runs of layers (the CUDA backend keeps narrow
-        layers' tiles on chip).  `plan.precision="tf32"` lets a backend multiply
-        float32 matrices on TF32 tensor cores (10-bit mantissa products, float32
-        sums); a backend without them computes in full float32, as this default does.
+        layers' tiles on chip).  `plan.precision` says how the products are
+        computed (docs/spec.md, "Precision modes"): "tf32" lets a backend multiply
+        float32 matrices on TF32 tensor cores (10-bit mantissa operands, float32
+        sums); a backend without them computes in full float32.  A backend whose
+        layer ops emulate or run the modes gets the plan's precision through
+        `layer_options`.
         """
+        opts = self.layer_options(plan)
         for l, ((W, b), g) in enumerate(zip(layers, plan.activations), start=1):
-            self.dense_forward(plan.A[l - 1], W, b, g, plan.A[l], plan.Z[l], scratch=plan.scratch)
+            self.dense_forward(plan.A[l - 1], W, b, g, plan.A[l], plan.Z[l], scratch=plan.scratch, **opts)
 
     def network_loss(self, plan, Y, loss: str, want_delta: bool = True, loss_out=None, weights=None) -> None:
         """The loss of the batch into `loss_out[0]` (default `plan.loss`) and, with `want_delta`,
@@ -190,14 +215,16 @@ class Backend(ABC):
         W, _ = layers[l - 1]
         dW, db = grads[l - 1]
         A, Z, delta = plan.A, plan.Z, plan.delta
+        opts = self.layer_options(plan)
         if l > 1:
             self.dense_backward(delta[l], A[l - 1], W, dW, db, delta[l - 1], plan.activations[l - 2],
-                                Z[l - 1], scratch=plan.scratch)
+                                Z[l - 1], scratch=plan.scratch, **opts)
         elif plan.input_grad:
             # dLoss/dX = delta_1 W_1: the input has no activation (identity's g' is 1)
-            self.dense_backward(delta[1], A[0], W, dW, db, delta[0], "identity", None, scratch=plan.scratch)
+            self.dense_backward(delta[1], A[0], W, dW, db, delta[0], "identity", None, scratch=plan.scratch,
+                                **opts)
         else:
-            self.dense_backward(delta[1], A[0], W, dW, db, scratch=plan.scratch)
+            self.dense_backward(delta[1], A[0], W, dW, db, scratch=plan.scratch, **opts)
 
     # ----------------------------------------------------------- memory
     def free_memory(self) -> int | None:

@@ -1,7 +1,11 @@
 """The CUDA backend: CuPy device arrays and gpubp's own kernels.
 
 Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
-the loss and the optimizer updates to `cuda_elementwise` (kernels/elementwise.cu).
+runs of narrow layers to `cuda_fused` (float32, and TF32 for precision "tf32"),
+with `tensor_core_gemms=True` (an opt-in, not yet verified on a GPU) the
+per-layer GEMMs of "tf32", "bf16" and "3xtf32" plans to `cuda_gemm_tc`
+(kernels/gemm_tc.cu); the loss and the optimizer updates go to
+`cuda_elementwise` (kernels/elementwise.cu).
 Every method launches on CuPy's current stream and never waits for the device.
 Temporaries (loss partials, split-K and fused-run workspaces, pointer tables)
 live in the caller's `Scratch` (a step plan's), so with a plan a step allocates
@@ -16,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES
-from . import cuda_fused, cuda_gemm, cuda_elementwise
+from ..precision import PRECISIONS
+from . import cuda_fused, cuda_gemm, cuda_gemm_tc, cuda_elementwise
 from .cuda_device import compute_capability, device_id, load_kernels
 from .base import Backend
 from .plan import scratch_buffer
@@ -47,9 +52,19 @@ class CudaBackend(Backend):
     #: (benchmarks/results/h100-2026-11-22); they stay available through `cuda_fused`
     FUSE_MAX_WIDTH = {"float32": 64, "tf32": 64}
 
-    def __init__(self, fuse: bool = True, tile: str | None = None):
+    #: modes that run only on the tensor-core GEMMs of `cuda_gemm_tc` (kernels/gemm_tc.cu)
+    TENSOR_CORE_ONLY = ("bf16", "3xtf32")
+
+    def __init__(self, fuse: bool = True, tile: str | None = None, tensor_core_gemms: bool = False):
         """`fuse=False` runs every layer through the per-layer GEMMs; `tile` forces one GEMM
-        tile configuration (`cuda_gemm.TILES`; tests and tile benchmarks use it)."""
+        tile configuration (`cuda_gemm.TILES`; tests and tile benchmarks use it).
+
+        `tensor_core_gemms=True` (off by default) runs the per-layer GEMMs of "tf32", "bf16"
+        and "3xtf32" plans on the tensor-core GEMMs of `cuda_gemm_tc` (kernels/gemm_tc.cu,
+        compute capability 8.0+), which compute what `gpubp.precision` emulates.  Those
+        kernels have not yet been verified on a GPU: until they have, this is an explicit
+        opt-in, and without it "bf16" and "3xtf32" are refused (`check_precision`) rather
+        than run in float32."""
         cupy = _import_cupy()
         try:
             n = cupy.cuda.runtime.getDeviceCount()
@@ -65,6 +80,8 @@ class CudaBackend(Backend):
         #: fuse runs of narrow layers into whole-network kernels (see `_segments`)
         self.fuse = bool(fuse)
         self.tile = tile
+        #: per-layer GEMMs of tf32 / bf16 / 3xtf32 plans on kernels/gemm_tc.cu (unverified: opt-in)
+        self.tensor_core_gemms = bool(tensor_core_gemms)
 
     # ----------------------------------------------------------- helpers
     def _oom(self, e, shape, dtype):
@@ -186,8 +203,12 @@ class CudaBackend(Backend):
                 graph = side.end_capture()
         return lambda: graph.launch(cupy.cuda.get_current_stream())
 
-    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None, scratch=None):
-        cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, tile=self.tile)
+    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None, scratch=None, precision="float32"):
+        if precision == "float32":
+            cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, tile=self.tile)
+            return
+        self._check_tensor_core_gemms(precision)
+        cuda_gemm_tc.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, precision=precision)
 
     # ----------------------------------------------------------- loss
     def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
@@ -197,11 +218,53 @@ class CudaBackend(Backend):
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
-                       delta_prev_out=None, prev_activation=None, Z_prev=None, scratch=None):
-        cuda_gemm.gemm_bwd_weight(delta, A_prev, dW_out, db_out, scratch=scratch, tile=self.tile)
+                       delta_prev_out=None, prev_activation=None, Z_prev=None, scratch=None,
+                       precision="float32"):
+        if precision == "float32":
+            cuda_gemm.gemm_bwd_weight(delta, A_prev, dW_out, db_out, scratch=scratch, tile=self.tile)
+            if delta_prev_out is not None:
+                cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
+                                        tile=self.tile)
+            return
+        self._check_tensor_core_gemms(precision)
+        M, N = delta.shape
+        n_ws = cuda_gemm_tc.bwd_weight_scratch_size(M, N, A_prev.shape[1])
+        ws = None if scratch is None or n_ws == 0 else \
+            scratch.get("tc_splitk", (n_ws,), np.float32)   # without a scratch: one split (correct, slower)
+        cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
         if delta_prev_out is not None:
-            cuda_gemm.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
-                                    tile=self.tile)
+            cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
+                                       precision=precision)
+
+    # ----------------------------------------------------------- precision modes
+    @property
+    def precisions(self):
+        """The modes this backend runs: "float32" and "tf32", and with `tensor_core_gemms` all."""
+        return PRECISIONS if self.tensor_core_gemms else ("float32", "tf32")
+
+    def check_precision(self, precision):
+        """Refuse "bf16" and "3xtf32" without `tensor_core_gemms` (they are never run in float32
+        instead), and on a device below compute capability 8.0 (no such tensor cores)."""
+        if precision in self.TENSOR_CORE_ONLY:
+            self._check_tensor_core_gemms(precision)
+        super().check_precision(precision)
+
+    def _check_tensor_core_gemms(self, precision):
+        if not self.tensor_core_gemms:
+            raise ValueError(
+                f"precision={precision!r} is not yet available on the cuda backend: its tensor-core GEMMs "
+                "(kernels/gemm_tc.cu) have not been verified on a GPU yet. Use backend='numpy', which "
+                "emulates the mode, or opt in to the unverified kernels with "
+                "gpubp.backends.cuda_backend.CudaBackend(tensor_core_gemms=True)")
+        if compute_capability() < 80:
+            raise ValueError(f"precision={precision!r} needs tensor cores of compute capability 8.0 or "
+                             f"newer on the cuda backend; this device is {compute_capability() / 10:.1f}")
+
+    def layer_options(self, plan):
+        """With `tensor_core_gemms`, the per-layer GEMMs get the plan's precision (as this device
+        runs it, `_precision`); without, nothing: they run in float32, as for "float32" plans."""
+        precision = self._precision(plan.precision)
+        return {"precision": precision} if self.tensor_core_gemms and precision != "float32" else {}
 
     # ----------------------------------------------------------- whole network
     @staticmethod
@@ -214,14 +277,16 @@ class CudaBackend(Backend):
         """Split layers 1..L of a network of `sizes` into runs `(first, last, fused)` (1-based, inclusive).
 
         A run is fused (`cuda_fused`: row tiles stay on chip across its layers)
-        when `self.fuse` is on, the dtype is float32, the batch has at least
+        when `self.fuse` is on, the precision has fused kernels ("float32", "tf32"), the
+        dtype is float32, the batch has at least
         `FUSE_MIN_BATCH` rows, and at least `FUSE_MIN_LAYERS` consecutive
         layers have every width <= `FUSE_MAX_WIDTH[precision]` and fit the device
         (`cuda_fused.fits_device`: the shared memory of the fused kernels); other
         layers go through the per-layer fused GEMMs.
         """
         L = len(sizes) - 1
-        ok = [self.fuse and np.dtype(dtype) == np.float32 and batch >= self.FUSE_MIN_BATCH and
+        ok = [self.fuse and precision in self.FUSE_MAX_WIDTH and np.dtype(dtype) == np.float32 and
+              batch >= self.FUSE_MIN_BATCH and
               cuda_fused.eligible(sizes[l:l + 2]) and max(sizes[l:l + 2]) <= self.FUSE_MAX_WIDTH[precision]
               and cuda_fused.fits_device(sizes[l:l + 2], precision)
               for l in range(L)]
@@ -241,14 +306,23 @@ class CudaBackend(Backend):
     def prepare(self, plan, loss):
         """Compile, in one go, the kernels a step of `plan` launches (forward, loss, backward,
         updates), so the first step does not stop at each new kernel."""
-        wanted = {cuda_gemm.SPECS[0]: set(), cuda_fused.SPECS[0]: set(), cuda_elementwise.SPECS[0]: set()}
+        wanted = {cuda_gemm.SPECS[0]: set(), cuda_fused.SPECS[0]: set(), cuda_elementwise.SPECS[0]: set(),
+                  cuda_gemm_tc.SPECS[0]: set()}
         sizes, acts, dt, precision = plan.sizes, plan.activations, plan.dtype, self._precision(plan.precision)
+        tc = self.layer_options(plan).get("precision")     # per-layer tensor-core GEMMs, or None
         for first, last, fused in self._segments(sizes, plan.batch, dt, precision):
             if fused:
                 wanted[cuda_fused.SPECS[0]] |= cuda_fused.kernel_names(sizes[first - 1:last + 1], precision)
                 continue
             l = first
             prev = ACT_CODES[acts[l - 2]] if l > 1 else (ACT_CODES["identity"] if plan.input_grad else None)
+            if tc is not None:
+                names = {cuda_gemm_tc.fwd_name(tc, ACT_CODES[acts[l - 1]]), cuda_gemm_tc.bwd_weight_name(tc),
+                         cuda_gemm_tc.REDUCE_NAME}
+                if prev is not None:
+                    names.add(cuda_gemm_tc.bwd_data_name(tc, prev))
+                wanted[cuda_gemm_tc.SPECS[0]] |= names
+                continue
             wanted[cuda_gemm.SPECS[0]] |= cuda_gemm.kernel_names(dt, plan.batch, sizes[l], sizes[l - 1],
                                                                   ACT_CODES[acts[l - 1]], prev, self.tile)
         wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
@@ -282,10 +356,12 @@ class CudaBackend(Backend):
 
     def network_forward(self, plan, layers):
         A, Z, acts, precision = plan.A, plan.Z, plan.activations, self._precision(plan.precision)
+        opts = self.layer_options(plan)
         for first, last, fused in self._segments(plan.sizes, plan.batch, plan.dtype, precision):
             if not fused:
                 W, b = layers[first - 1]
-                self.dense_forward(A[first - 1], W, b, acts[first - 1], A[first], Z[first], scratch=plan.scratch)
+                self.dense_forward(A[first - 1], W, b, acts[first - 1], A[first], Z[first], scratch=plan.scratch,
+                                   **opts)
                 continue
             run = range(first - 1, last)     # 0-based layer indices of the run
             if first == 1:

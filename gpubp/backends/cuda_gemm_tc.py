@@ -18,8 +18,9 @@ functions (`cuda_device.function`): the split-K workspace is the caller's
 elements, owned by whoever runs the step, e.g. a StepPlan); with scratch=None the
 weight gradient runs as one split (correct, slower when N x K has few tiles).
 
-Needs compute capability 8.0+.  Not used by any backend's default path yet: the
-backend opts in once these kernels have passed their GPU tests.
+Needs compute capability 8.0+.  Not used by any backend's default path yet: only
+`CudaBackend(tensor_core_gemms=True)`, an explicit opt-in, runs its per-layer GEMMs
+here, until these kernels have passed their GPU tests.
 
 Tiles (gemm_tc.cu): 128 x 128 block tile, BK 16, 256 threads, `STAGES`-deep
 cp.async pipeline; dynamic shared memory `smem_bytes(precision)`.

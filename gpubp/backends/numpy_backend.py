@@ -4,6 +4,15 @@ Written to be read against docs/spec.md and to be fast on a CPU: GEMMs go to
 numpy's BLAS with `out=`, elementwise work is done in place, and the few
 temporaries a step needs live in the caller's `Scratch` (a step plan's or an
 optimizer's), never in the backend, which holds no state at all.
+
+Precision modes: the layer ops take `precision=` ("float32" by default, the
+BLAS path above, unchanged).  In "tf32", "bf16" and "3xtf32" each of a layer's
+three products (forward `A_prev W^T`, input gradient `delta W`, weight gradient
+`delta^T A_prev`) is computed by `gpubp.precision.matmul`, which rounds the
+operands and orders the float32 sums as that mode's tensor-core GEMM does; the
+epilogues stay float32 (bias and activation after the product, `db` the float32
+sum of the unrounded delta, g' on the float32 product).  Plans pass their
+precision through `layer_options`.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
+from ..precision import PRECISIONS
+from ..precision import matmul as emulated_matmul
 from .base import Backend
 from .plan import scratch_buffer
 
@@ -107,6 +118,8 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     xp = np
+    #: every mode: "float32" on BLAS, the others emulated (`gpubp.precision`)
+    precisions = PRECISIONS
 
     # ----------------------------------------------------------- arrays
     def asarray(self, x, dtype):
@@ -137,10 +150,17 @@ class NumpyBackend(Backend):
         except (ValueError, OSError, AttributeError):
             return None
 
+    def layer_options(self, plan):
+        """The plan's precision for the layer ops (nothing for "float32": the calls stay as they are)."""
+        return {} if plan.precision == "float32" else {"precision": plan.precision}
+
     # ----------------------------------------------------------- forward
-    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None, scratch=None):
+    def dense_forward(self, A_prev, W, b, activation, A_out, Z_out=None, scratch=None, precision="float32"):
         Z = A_out if Z_out is None else Z_out
-        np.matmul(A_prev, W.T, out=Z)
+        if precision == "float32":
+            np.matmul(A_prev, W.T, out=Z)
+        else:
+            Z[...] = emulated_matmul(A_prev, W.T, precision)
         Z += b
         activation_forward(activation, Z, A_out)
 
@@ -192,11 +212,18 @@ class NumpyBackend(Backend):
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
-                       delta_prev_out=None, prev_activation=None, Z_prev=None, scratch=None):
-        np.matmul(delta.T, A_prev, out=dW_out)
+                       delta_prev_out=None, prev_activation=None, Z_prev=None, scratch=None,
+                       precision="float32"):
+        if precision == "float32":
+            np.matmul(delta.T, A_prev, out=dW_out)
+        else:
+            dW_out[...] = emulated_matmul(delta.T, A_prev, precision)
         np.sum(delta, axis=0, out=db_out)
         if delta_prev_out is not None:
-            np.matmul(delta, W, out=delta_prev_out)
+            if precision == "float32":
+                np.matmul(delta, W, out=delta_prev_out)
+            else:
+                delta_prev_out[...] = emulated_matmul(delta, W, precision)
             activation_backward_inplace(prev_activation, delta_prev_out, A_prev, Z_prev)
 
     # ----------------------------------------------------------- updates

@@ -1,0 +1,572 @@
+"""scikit-learn estimators on gpubp networks: `MLPClassifier` and `MLPRegressor`.
+
+    from gpubp.sklearn import MLPClassifier
+    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=50, random_state=0).fit(X, y)
+    clf.predict(X_test); clf.predict_proba(X_test); clf.score(X_test, y_test)
+
+Both follow `sklearn.neural_network.MLPClassifier` / `MLPRegressor`: the
+same constructor arguments where they mean the same thing, the same loss
+(softmax cross-entropy for several classes, logistic loss for two classes and
+for multilabel indicator targets, half squared error for regression), the same
+Glorot-uniform initialisation (drawn from `random_state` in the same order),
+the same stopping rules (`tol` / `n_iter_no_change` on the training loss, or on
+the validation score with `early_stopping`) and the same fitted attributes
+(`classes_`, `n_iter_`, `loss_`, `loss_curve_`, `best_loss_`,
+`validation_scores_`, `best_validation_score_`, `t_`, `n_features_in_`,
+`n_outputs_`, `n_layers_`, `out_activation_`, `coefs_`, `intercepts_`).  The
+network itself is `net_`, a `gpubp.MLP` (save it with `net_.save(path)`).
+
+How the hyper-parameters map onto gpubp:
+- `alpha`: scikit-learn adds `alpha / 2 * ||W||^2 / n_batch` to each batch's
+  loss, i.e. `alpha * W / n_batch` to the weight gradient.  gpubp gives the
+  optimizer `weight_decay = alpha / batch_size` (an L2 term added to the
+  gradient, as PyTorch's optimizers do; with `sample_weight`, divided by
+  the mean weight, as scikit-learn divides by the batch's weight sum).  Two differences: the decay also
+  applies to the biases (scikit-learn's penalty covers the weights only), and
+  a last, smaller batch gets `alpha / batch_size` rather than
+  `alpha / len(batch)`.  `loss_curve_` includes the penalty as scikit-learn's
+  does.
+- Where gpubp's loss is a multiple `c` of scikit-learn's (multilabel: gpubp
+  averages the logistic loss over the outputs, scikit-learn sums it, so
+  `c = 1 / n_outputs`), the gradient is `c` times scikit-learn's; the
+  optimizer is adjusted so that the updates are the same: Adam's `eps` is
+  multiplied by `c`, SGD's learning rate divided by `c`, and the weight decay
+  multiplied by `c`.
+- `solver="adam"`: `gpubp.optim.Adam(learning_rate_init, (beta_1, beta_2),
+  epsilon)`.  PyTorch's Adam (used here) adds `eps` to `sqrt(v_hat)`,
+  scikit-learn's to `sqrt(v)`: `eps` differs by `sqrt(1 - beta_2^t)`, which
+  matters only while `v` is of order `eps^2`.
+- `solver="sgd"`: `gpubp.optim.SGD(learning_rate_init, momentum)` with a
+  constant learning rate and classical momentum, the same updates as
+  scikit-learn's `learning_rate="constant", nesterovs_momentum=False`.
+  Nesterov momentum and the `invscaling` / `adaptive` schedules are not
+  offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
+- `sample_weight`: weights are scaled to mean 1 over the training set (which
+  leaves scikit-learn's weighted loss unchanged) and passed to
+  `gpubp.MLP.fit`, which weights each sample's loss in its batch.
+- The sample order of each epoch comes from the network's own generator
+  (seeded from `random_state`), so runs are reproducible but do not visit the
+  samples in scikit-learn's order.
+- Sparse inputs are refused (gpubp works on dense arrays); so are
+  multiclass-multioutput targets.  Multilabel indicator targets and
+  multi-output regression are supported.
+
+Extra arguments: `backend` ("auto", "numpy", "cuda"), `dtype` ("float32",
+"float64") and `precision` ("float32", "tf32", "bf16", "3xtf32"), as in `gpubp.MLP`.
+Importing this module needs scikit-learn (`pip install "gpubp[sklearn]"`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .optional import MissingExtraError
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelEncoder
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+    from scipy.special import expit, softmax
+except ImportError as e:   # exercised only without scikit-learn
+    raise MissingExtraError(
+        f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
+
+from .checks import DTYPES
+from .network import MLP, PRECISIONS
+from .optim import SGD, Adam, Optimizer
+
+#: scikit-learn's activation names and gpubp's own, as gpubp names
+ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh",
+                    "relu": "relu", "leaky_relu": "leaky_relu", "gelu": "gelu", "silu": "silu"}
+SOLVERS = ("adam", "sgd")
+BACKEND_NAMES = ("auto", "numpy", "cuda")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+class _BaseMLP(BaseEstimator):
+    """What the classifier and the regressor share: checks, the training loop, pickling."""
+
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, solver: str = "adam",
+                 alpha: float = 0.0001, batch_size: int | str = "auto", learning_rate_init: float = 0.001,
+                 max_iter: int = 200, shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 backend: str = "auto", dtype: str = "float32", precision: str = "float32"):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.backend = backend
+        self.dtype = dtype
+        self.precision = precision
+
+    # ------------------------------------------------------------ checks
+    def _hidden_sizes(self) -> list[int]:
+        h = self.hidden_layer_sizes
+        sizes = [h] if not hasattr(h, "__iter__") or isinstance(h, str) else list(h)
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+                raise ValueError(f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}")
+        return [int(s) for s in sizes]
+
+    def _check_params(self) -> None:
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not supported: gpubp trains by mini-batch steps; use "
+                             "solver='adam' or 'sgd'")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {self.solver!r}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))}, "
+                             f"got {self.activation!r}")
+        self._hidden_sizes()
+        checks = [("alpha", self.alpha, 0.0, math.inf, True), ("learning_rate_init", self.learning_rate_init, 0.0,
+                  math.inf, False), ("tol", self.tol, 0.0, math.inf, True),
+                  ("momentum", self.momentum, 0.0, 1.0, True), ("beta_1", self.beta_1, 0.0, 1.0, True),
+                  ("beta_2", self.beta_2, 0.0, 1.0, True), ("epsilon", self.epsilon, 0.0, math.inf, False)]
+        for name, v, lo, hi, lo_closed in checks:
+            ok = _is_number(v) and math.isfinite(v) and (v >= lo if lo_closed else v > lo) and \
+                (v <= hi if name == "momentum" else v < hi)
+            if not ok:
+                raise ValueError(f"{name} must be a number in {'[' if lo_closed else '('}{lo}, {hi}"
+                                 f"{']' if name == 'momentum' else ')'}, got {v!r}")
+        if self.solver == "sgd" and self.momentum >= 1:
+            raise ValueError(f"momentum must be below 1 for solver='sgd', got {self.momentum!r}")
+        for name, v in (("max_iter", self.max_iter), ("n_iter_no_change", self.n_iter_no_change)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        bs = self.batch_size
+        if not (bs == "auto" if isinstance(bs, str) else
+                (isinstance(bs, numbers.Integral) and not isinstance(bs, bool) and bs >= 1)):
+            raise ValueError(f"batch_size must be 'auto' or a positive integer, got {bs!r}")
+        vf = self.validation_fraction
+        if not (_is_number(vf) and 0 < vf < 1):
+            raise ValueError(f"validation_fraction must be a number in (0, 1), got {vf!r}")
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
+
+    @staticmethod
+    def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight)
+        if w.ndim == 0:
+            w = np.full(n, float(w))
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
+        w = w.astype(np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},), one weight per sample")
+        if not np.all(np.isfinite(w)):
+            raise ValueError("sample_weight contains NaN or infinity")
+        if np.any(w < 0):
+            raise ValueError("sample_weight must be non-negative")
+        if not w.sum() > 0:
+            raise ValueError("sample_weight sums to zero: at least one sample needs a positive weight")
+        return w
+
+    # ------------------------------------------------------------ the loop
+    def _build(self, n_in: int, n_out: int, loss: str) -> None:
+        """A fresh network with scikit-learn's Glorot-uniform weights, and its optimizer."""
+        act = ACTIVATION_NAMES[self.activation]
+        sizes = [n_in, *self._hidden_sizes(), n_out]
+        net = MLP(sizes, activation=act, output_activation="identity", loss=loss, backend=self.backend,
+                  dtype=self.dtype, seed=0, precision=self.precision)
+        factor = 2.0 if act == "sigmoid" else 6.0
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):   # drawn in scikit-learn's order and layout
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
+            intercept = self._random_state.uniform(-bound, bound, fan_out)
+            params.append((coef.T, intercept))
+        net.set_params(params)
+        self.net_ = net
+        self._optimizer = None
+        self._shuffle_seeded = False
+        self._best_params = None
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = n_out
+        self.n_layers_ = len(sizes)
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _make_optimizer(self, c: float) -> Optimizer:
+        """The optimizer of `solver`, adjusted for a loss `c` times scikit-learn's (weight decay set per fit)."""
+        if self.solver == "adam":
+            return Adam(self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon * c)
+        return SGD(self.learning_rate_init / c, momentum=self.momentum)
+
+    def _fit_loop(self, X, Y, y_orig, sample_weight, incremental: bool) -> None:
+        """Train `net_` on prepared targets `Y`; `y_orig` scores the validation split."""
+        n_total = X.shape[0]
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        if self.early_stopping:
+            stratify = y_orig if (self._is_classifier() and np.ndim(y_orig) == 1) else None
+            parts = [X, Y, y_orig] + ([sample_weight] if sample_weight is not None else [])
+            try:
+                split = train_test_split(*parts, random_state=self._random_state,
+                                         test_size=self.validation_fraction, stratify=stratify)
+            except ValueError as e:
+                raise ValueError(f"early_stopping cannot split off a validation set of "
+                                 f"validation_fraction={self.validation_fraction} from {n_total} samples: {e}") from None
+            X, X_val, Y, _, _, y_val = split[:6]
+            sw_train, sw_val = (split[6], split[7]) if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
+                                 "size of your dataset.")
+        else:
+            sw_train = sample_weight
+        if not self._shuffle_seeded:
+            # the epochs' sample order: drawn after the weights and the validation split, as scikit-learn does
+            self.net_._rng = np.random.default_rng(int(self._random_state.randint(np.iinfo(np.int32).max)))
+            self._shuffle_seeded = True
+        n = X.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; "
+                              f"it is clipped to {n}", UserWarning, stacklevel=3)
+            batch_size = int(min(self.batch_size, n))
+        c, r = self._loss_scales()
+        # scikit-learn divides a batch's penalty gradient by the batch's weight sum
+        w_mean = 1.0 if sw_train is None else float(sw_train.mean())
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer(c)
+        self._optimizer.weight_decay = c * self.alpha / (batch_size * w_mean)
+        fit_kw = {}
+        if sw_train is not None:
+            fit_kw["sample_weight"] = sw_train / w_mean
+        net = self.net_
+        Xd = net.backend.asarray(np.ascontiguousarray(X, dtype=net.dtype), net.dtype)   # one copy to the device
+        n_batches = -(-n // batch_size)
+        n_epochs = 1 if incremental else self.max_iter
+        for _ in range(n_epochs):
+            hist = net.fit(Xd, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
+                           shuffle=bool(self.shuffle), progress=False, **fit_kw)
+            self.n_iter_ += 1
+            self.t_ += n
+            # the L2 penalty of scikit-learn's reported loss, with the weights at the end of the epoch
+            sq = sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in net.get_params()) if self.alpha else 0.0
+            self.loss_ = float(hist["loss"][-1]) * r + 0.5 * self.alpha * sq * n_batches / (n * w_mean)
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+            if self.early_stopping:
+                score = self._score_on(X_val, y_val, sw_val)
+                self.validation_scores_.append(score)
+                if self.verbose:
+                    print(f"Validation score: {score:f}")
+                self._no_improvement_count = (self._no_improvement_count + 1
+                                              if score < self.best_validation_score_ + self.tol else 0)
+                if score > self.best_validation_score_:
+                    self.best_validation_score_ = score
+                    self._best_params = net.get_params()
+            else:
+                self._no_improvement_count = (self._no_improvement_count + 1
+                                              if self.loss_ > self.best_loss_ - self.tol else 0)
+                self.best_loss_ = min(self.best_loss_, self.loss_)
+            if self._no_improvement_count > self.n_iter_no_change:
+                if self.verbose:
+                    what = "Validation score" if self.early_stopping else "Training loss"
+                    print(f"{what} did not improve more than tol={self.tol:f} for "
+                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                break
+            if not incremental and self.n_iter_ == self.max_iter:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        if self.early_stopping and getattr(self, "_best_params", None) is not None:
+            net.set_params(self._best_params)
+
+    # ------------------------------------------------------------ shared outputs
+    def _outputs(self, X) -> np.ndarray:
+        """The network's raw outputs (logits for the classifier) as float64, after the input checks."""
+        check_is_fitted(self, "net_")
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        net = self.net_
+        return net.backend.to_numpy(net.forward(np.ascontiguousarray(X, dtype=net.dtype))).astype(np.float64)
+
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        """Weights per layer in scikit-learn's layout `(n_in, n_out)` (copies)."""
+        check_is_fitted(self, "net_")
+        return [W.T.copy() for W, _ in self.net_.get_params()]
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        """Biases per layer (copies)."""
+        check_is_fitted(self, "net_")
+        return [b.copy() for _, b in self.net_.get_params()]
+
+    # ------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        net = state.pop("net_", None)
+        state.pop("_optimizer", None)
+        if net is not None:
+            opt = self._optimizer
+            state["_net_state"] = {
+                "config": net.config(), "params": net.get_params(), "metadata": net.metadata, "rng": net._rng,
+                "optimizer": None if opt is None else {
+                    "cls": type(opt).__name__, "hyper": opt.hyper(), "t": opt.t,
+                    "state": {k: net.backend.to_numpy(v).copy() for k, v in opt.state.items()}}}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        saved = state.pop("_net_state", None)
+        super().__setstate__(state)
+        self._optimizer = None
+        if saved is None:
+            return
+        cfg = dict(saved["config"])
+        net = MLP(cfg.pop("layer_sizes"), backend=self.backend, **cfg)
+        net.set_params(saved["params"])
+        net.metadata = saved["metadata"]
+        net._rng = saved["rng"]
+        om = saved["optimizer"]
+        if om is not None:
+            hyper = dict(om["hyper"])
+            if "betas" in hyper:
+                hyper["betas"] = tuple(hyper["betas"])
+            opt = {"Adam": Adam, "SGD": SGD}[om["cls"]](**hyper)
+            opt.bind(net.backend, net._params)
+            for k, a in om["state"].items():
+                opt.state[k][...] = net.backend.asarray(a, net.dtype)
+            opt.t = om["t"]
+            net.optimizer = self._optimizer = opt
+        self.net_ = net
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """A multilayer perceptron classifier trained by gpubp, with scikit-learn's `MLPClassifier` interface.
+
+    Any labels (strings, `{1, 2}`, ...) are encoded through `classes_`.  Two
+    classes train one logistic output, more classes a softmax over one output
+    per class, a multilabel indicator matrix one logistic output per label.
+    `predict_proba` returns `(n_samples, n_classes)` (two columns for two
+    classes).  See the module's documentation for how each argument maps
+    onto gpubp.
+    """
+
+    def _is_classifier(self) -> bool:
+        return True
+
+    def _loss_scales(self) -> tuple[float, float]:
+        """(gpubp loss / scikit-learn loss for the gradient, factor from gpubp's loss to the reported loss)."""
+        if self._multilabel:
+            return 1.0 / self.n_outputs_, float(self.n_outputs_)
+        return 1.0, 1.0
+
+    def _prepare_y(self, y, first: bool, classes=None):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        kind = type_of_target(y)
+        if kind == "multiclass-multioutput":
+            raise ValueError("multiclass-multioutput targets are not supported: give one label per sample, or "
+                             "a 0/1 indicator matrix for multilabel classification")
+        if kind == "multilabel-indicator":
+            Y = np.asarray(y, dtype=np.float64)
+            if first:
+                self._multilabel = True
+                self.classes_ = np.arange(Y.shape[1])
+                self._label_encoder = None
+            elif not self._multilabel or Y.shape[1] != self.classes_.shape[0]:
+                raise ValueError(f"y is a multilabel indicator matrix of {Y.shape[1]} labels; this classifier "
+                                 f"was fitted on {'other targets' if not self._multilabel else len(self.classes_)}")
+            return Y, (y != 0).astype(np.int64)
+        y = column_or_1d(y)
+        if first:
+            labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if labels.shape[0] < 2:
+                raise ValueError(f"the classifier needs samples of at least 2 classes; got 1 class "
+                                 f"({labels[0]!r})" if labels.shape[0] else "the classifier needs at least 2 classes")
+            self._multilabel = False
+            self._label_encoder = LabelEncoder().fit(labels)
+            self.classes_ = self._label_encoder.classes_
+        elif self._multilabel:
+            raise ValueError("this classifier was fitted on a multilabel indicator matrix; y is a label vector")
+        unseen = np.setdiff1d(np.unique(y), self.classes_)
+        if unseen.size:
+            raise ValueError(f"y holds labels {unseen.tolist()} that are not in classes_ {self.classes_.tolist()}")
+        enc = self._label_encoder.transform(y)
+        if len(self.classes_) == 2:
+            return enc.astype(np.float64).reshape(-1, 1), y
+        return enc.astype(np.int64), y
+
+    def _fit(self, X, y, sample_weight, incremental: bool, classes=None):
+        self._check_params()
+        first = not (incremental or self.warm_start) or not hasattr(self, "net_")
+        if incremental and not first and classes is not None and not np.array_equal(
+                np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(f"classes={classes!r} is not the same as on the first call to partial_fit "
+                             f"({self.classes_.tolist()})")
+        if incremental and first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit: every label the "
+                             "classifier will see")
+        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True)
+        sw = self._check_sample_weight(sample_weight, X.shape[0])
+        if first:
+            self._random_state = check_random_state(self.random_state)
+        Y, y_orig = self._prepare_y(y, first, classes)
+        if first:
+            if self._multilabel or len(self.classes_) == 2:
+                n_out, loss = (Y.shape[1], "binary_cross_entropy")
+                self.out_activation_ = "logistic"
+            else:
+                n_out, loss = len(self.classes_), "cross_entropy"
+                self.out_activation_ = "softmax"
+            self._build(X.shape[1], n_out, loss)
+        self._fit_loop(X, Y, y_orig, sw, incremental)
+        return self
+
+    def fit(self, X, y, sample_weight=None) -> MLPClassifier:
+        """Fit the network to `X` `(n_samples, n_features)` and labels `y` (or a multilabel indicator matrix)."""
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None) -> MLPClassifier:
+        """One epoch over `(X, y)`, continuing from the current weights and optimizer state.
+
+        `classes` (every label the classifier will see) is required on the first call.
+        """
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, `(n_samples, n_classes)`, columns in the order of `classes_`."""
+        z = self._outputs(X)
+        if self._multilabel:
+            return expit(z)
+        if z.shape[1] == 1:
+            p = expit(z)
+            return np.hstack([1.0 - p, p])
+        return softmax(z, axis=1)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of `predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (an indicator matrix for multilabel targets)."""
+        z = self._outputs(X)
+        if self._multilabel:
+            return (z > 0).astype(np.int64)
+        idx = (z[:, 0] > 0).astype(np.int64) if z.shape[1] == 1 else z.argmax(axis=1)
+        return self.classes_[idx]
+
+    def _score_on(self, X, y, sample_weight) -> float:
+        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """A multilayer perceptron regressor trained by gpubp, with scikit-learn's `MLPRegressor` interface.
+
+    Minimises half the squared error (identity output); `y` may be
+    `(n_samples,)` or `(n_samples, n_targets)`.  `predict` returns
+    `(n_samples,)` for one target, as scikit-learn's does.  See the module's
+    documentation for how each argument maps onto gpubp.
+    """
+
+    def _is_classifier(self) -> bool:
+        return False
+
+    def _loss_scales(self) -> tuple[float, float]:
+        # gpubp's half_sse is 1/2 sum over the outputs, the gradient scikit-learn uses; its reported
+        # loss averages over the outputs
+        return 1.0, 1.0 / self.n_outputs_
+
+    def _fit(self, X, y, sample_weight, incremental: bool):
+        self._check_params()
+        first = not (incremental or self.warm_start) or not hasattr(self, "net_")
+        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
+                             y_numeric=True)
+        sw = self._check_sample_weight(sample_weight, X.shape[0])
+        Y = np.asarray(y, dtype=np.float64)
+        if Y.ndim == 1:
+            Y = Y.reshape(-1, 1)
+        if first:
+            self._random_state = check_random_state(self.random_state)
+            self.out_activation_ = "identity"
+            self._build(X.shape[1], Y.shape[1], "half_sse")
+        elif Y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {Y.shape[1]} targets; this regressor was fitted on {self.n_outputs_}")
+        self._fit_loop(X, Y, y, sw, incremental)
+        return self
+
+    def fit(self, X, y, sample_weight=None) -> MLPRegressor:
+        """Fit the network to `X` `(n_samples, n_features)` and targets `y`."""
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None) -> MLPRegressor:
+        """One epoch over `(X, y)`, continuing from the current weights and optimizer state."""
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def predict(self, X) -> np.ndarray:
+        """Predictions: `(n_samples,)` for one target, else `(n_samples, n_targets)`."""
+        out = self._outputs(X)
+        return out.ravel() if out.shape[1] == 1 else out
+
+    def _score_on(self, X, y, sample_weight) -> float:
+        return float(r2_score(y, self.predict(X), sample_weight=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.regressor_tags.poor_score = False
+        return tags
+
+
+__all__ = ["MLPClassifier", "MLPRegressor", "ACTIVATION_NAMES"]

@@ -1,0 +1,88 @@
+"""Precision modes on the CUDA backend (skipped without CUDA, or below sm_80).
+
+`CudaBackend(tensor_core_gemms=True)` (the opt-in that runs the per-layer GEMMs of tf32,
+bf16 and 3xtf32 plans on kernels/gemm_tc.cu) against the numpy backend, which emulates
+each mode (gpubp.precision): a whole step's outputs and gradients agree within STEP_TOL
+(relative to the largest value compared: the kernels sum in another float32 order, and a
+difference can move an operand across a rounding boundary of the mode in the next layer),
+and are closer to the emulation of their mode than to float32's step (so the mode really
+runs); a few epochs on digits reach float32's test accuracy within half a point.  The
+default backend refuses bf16 and 3xtf32.  (Tolerances set before any GPU run.)
+"""
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy")
+from gpubp.backends import cuda_available  # noqa: E402
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
+
+import gpubp  # noqa: E402
+from gpubp.backends import cuda_device  # noqa: E402
+from gpubp.data import accuracy, load_dataset  # noqa: E402
+
+MODES = ("tf32", "bf16", "3xtf32")
+#: CUDA step vs the numpy emulation of the same mode, relative to the largest value compared
+STEP_TOL = {"tf32": 1e-4, "bf16": 1e-3, "3xtf32": 2e-5}
+
+
+@pytest.fixture(autouse=True)
+def _needs_sm80():
+    if cuda_device.compute_capability() < 80:
+        pytest.skip("tensor-core GEMMs need sm_80+")
+
+
+def _cuda_tc():
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    return CudaBackend(tensor_core_gemms=True)
+
+
+def _close(got, want, tol, what, not_like=None):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got - want).max()) / scale
+    assert err <= tol, f"{what}: {err:.2e} relative to its largest value"
+    if not_like is not None:    # nearer its mode's emulation than float32's numbers, in total
+        assert np.abs(got - want).sum() < np.abs(got - np.asarray(not_like, np.float64)).sum(), what
+
+
+@pytest.mark.parametrize("prec", MODES)
+@pytest.mark.parametrize("sizes, B", [((33, 300, 129, 5), 1000), ((64, 17, 4097, 10), 3)])
+def test_a_step_matches_the_numpy_emulation(prec, sizes, B):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, sizes[0])).astype(np.float32)
+    Y = rng.standard_normal((B, sizes[-1])).astype(np.float32)
+    tol = STEP_TOL[prec]
+    nets = [gpubp.MLP(list(sizes), activation="gelu", backend=be, precision=p, seed=3)
+            for be, p in (("numpy", prec), (_cuda_tc(), prec), ("numpy", "float32"))]
+    (l_ref, g_ref), (l_gpu, g_gpu), (_, g_32) = (n.loss_and_grads(X, Y) for n in nets)
+    far = None if prec == "3xtf32" else nets[2].forward(X)       # 3xtf32 is float32-accurate
+    _close(nets[1].backend.to_numpy(nets[1].forward(X)), nets[0].forward(X), tol, "outputs", far)
+    assert l_gpu == pytest.approx(l_ref, rel=tol)
+    for l, ((dW, db), (rW, rb), (fW, _)) in enumerate(zip(g_gpu, g_ref, g_32), start=1):
+        _close(dW, rW, tol, f"layer {l} dW", None if prec == "3xtf32" else fW)
+        _close(db, rb, tol, f"layer {l} db")
+
+
+def test_default_backend_refuses_bf16_and_3xtf32():
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    for prec in ("bf16", "3xtf32"):
+        with pytest.raises(ValueError, match="not yet available on the cuda backend"):
+            gpubp.MLP([8, 4], backend=CudaBackend(), precision=prec)
+
+
+def test_training_on_digits_in_every_mode():
+    ds = load_dataset("digits", seed=0)
+
+    def train(prec, be):
+        net = gpubp.MLP([64, 64, 10], loss="cross_entropy", backend=be, seed=0, precision=prec)
+        net.fit(ds.X_train, ds.y_train, epochs=5, batch_size=64, optimizer="adam", lr=3e-3, progress=False,
+                verbose=0)
+        return accuracy(net, ds.X_test, ds.y_test)
+
+    acc32 = train("float32", "cuda")
+    for prec in MODES:
+        assert abs(train(prec, _cuda_tc()) - acc32) <= 0.005, prec

@@ -1,0 +1,57 @@
+"""gpubp.sklearn's estimators on the CUDA backend against the numpy backend (skipped without CUDA)."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+from gpubp.backends import cuda_available
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA device")]
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+
+from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+def _fit(est, X, y, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **kw)
+
+
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_cuda_estimator_follows_numpy(Est):
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    target = y if Est is MLPClassifier else (y / 9.0)
+    w = np.where(y % 2 == 0, 2.0, 1.0)
+    kw = dict(hidden_layer_sizes=(32,), max_iter=3, random_state=0, dtype="float64", tol=0)
+    ref = _fit(Est(backend="numpy", **kw), X, target, sample_weight=w)
+    gpu = _fit(Est(backend="cuda", **kw), X, target, sample_weight=w)
+    assert gpu.net_.backend.name == "cuda"
+    for a, b in zip(ref.coefs_, gpu.coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gpu.loss_curve_, ref.loss_curve_, rtol=1e-9)
+    out = gpu.predict_proba(X) if Est is MLPClassifier else gpu.predict(X)
+    assert isinstance(out, np.ndarray)
+    twin = pickle.loads(pickle.dumps(gpu))          # device arrays go through the host
+    assert twin.net_.backend.name == "cuda"
+    np.testing.assert_array_equal(twin.predict(X), gpu.predict(X))
+    gpu.partial_fit(X, target)
+    twin.partial_fit(X, target)
+    np.testing.assert_allclose(twin.coefs_[0], gpu.coefs_[0], rtol=1e-12)
+
+
+def test_cuda_float32_scores_like_numpy():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    kw = dict(hidden_layer_sizes=(64,), max_iter=30, random_state=0)
+    a = _fit(MLPClassifier(backend="numpy", **kw), X, y).score(X, y)
+    b = _fit(MLPClassifier(backend="cuda", **kw), X, y).score(X, y)
+    assert abs(a - b) < 0.01

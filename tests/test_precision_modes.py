@@ -1,0 +1,380 @@
+"""Precision modes of a network (`MLP(precision=...)`): the numpy backend's emulation of each
+mode's products, float32 left exactly as it was, training, checkpoints, the CLI flag, refused
+combinations, and the CUDA backend's choice (bf16 / 3xtf32 refused unless its tensor-core GEMMs
+are opted into), the last on the CPU through the fake `cupy` of tests/support."""
+
+import sys
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp import precision as P
+from gpubp.backends import NumpyBackend, cuda_device, cuda_fused, cuda_gemm_tc
+from gpubp.backends import numpy_backend as nb
+from gpubp.data import accuracy, load_dataset
+from support.cli import run, usage_error
+
+MODES = ("tf32", "bf16", "3xtf32")
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def rel64(c, exact, scale):
+    """max |c - exact| / max scale: the normwise error measure of `gpubp.precision.relative_error`."""
+    return float(np.abs(np.asarray(c, np.float64) - exact).max() / scale.max())
+
+
+# ---------------------------------------------------------------- layer ops, against float64 and the emulation
+#: awkward shapes: K not a multiple of any mma k, a batch of one
+SHAPES = [(37, 45, 19), (1, 130, 7), (64, 17, 33)]
+
+
+@pytest.mark.parametrize("prec", ("float32",) + MODES)
+@pytest.mark.parametrize("M, K, N", SHAPES)
+def test_dense_forward_is_the_emulated_product_then_a_float32_epilogue(prec, M, K, N):
+    rng = np.random.default_rng(M * 1000 + K)
+    A, W, b = rand(rng, M, K), rand(rng, N, K, scale=K ** -0.5), rand(rng, N)
+    be = NumpyBackend()
+    Z, Aout = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+    be.dense_forward(A, W, b, "gelu", Aout, Z, precision=prec)
+    want = P.matmul(A, W.T, prec)
+    want += b                                                # bias in float32 after the product
+    assert np.array_equal(Z, want)                           # bitwise: the same computation
+    assert np.array_equal(Aout, nb.activation_forward("gelu", want, np.empty_like(want)))
+    exact = A.astype(np.float64) @ W.T.astype(np.float64) + b
+    scale = np.abs(A.astype(np.float64)) @ np.abs(W.T.astype(np.float64))
+    assert rel64(Z, exact, scale) <= P.TOLERANCE[prec]
+
+
+@pytest.mark.parametrize("prec", ("float32",) + MODES)
+@pytest.mark.parametrize("M, K, N", SHAPES)
+def test_dense_backward_is_the_emulated_products_and_a_float32_db(prec, M, K, N):
+    rng = np.random.default_rng(M * 7 + N)
+    delta, A_prev, W = rand(rng, M, N), rand(rng, M, K), rand(rng, N, K, scale=K ** -0.5)
+    A_prev = np.tanh(A_prev)                              # a tanh layer's output: g' = 1 - a^2
+    be = NumpyBackend()
+    dW, db, dprev = np.empty((N, K), np.float32), np.empty(N, np.float32), np.empty((M, K), np.float32)
+    be.dense_backward(delta, A_prev, W, dW, db, dprev, "tanh", None, precision=prec)
+    assert np.array_equal(dW, P.matmul(delta.T, A_prev, prec))
+    assert np.array_equal(db, delta.sum(axis=0))          # float32 sum of the unrounded delta
+    want = P.matmul(delta, W, prec)
+    assert np.array_equal(dprev, nb.activation_backward_inplace("tanh", want.copy(), A_prev))
+    d64, a64, w64 = (x.astype(np.float64) for x in (delta, A_prev, W))
+    assert rel64(dW, d64.T @ a64, np.abs(d64.T) @ np.abs(a64)) <= P.TOLERANCE[prec]
+    # the input gradient before g': identity as the previous activation
+    be.dense_backward(delta, A_prev, W, dW, db, dprev, "identity", None, precision=prec)
+    assert rel64(dprev, d64 @ w64, np.abs(d64) @ np.abs(w64)) <= P.TOLERANCE[prec]
+
+
+def test_the_modes_round_differently():
+    """Each mode changes the products (so a test of one cannot pass on another's code path), and
+    the errors against float64 order as the modes promise."""
+    rng = np.random.default_rng(3)
+    A, W, b = rand(rng, 64, 200), rand(rng, 48, 200, scale=200 ** -0.5), np.zeros(48, np.float32)
+    be, out = NumpyBackend(), {}
+    for prec in ("float32",) + MODES:
+        Z = np.empty((64, 48), np.float32)
+        be.dense_forward(A, W, b, "identity", Z, precision=prec)
+        out[prec] = Z
+    exact = A.astype(np.float64) @ W.T.astype(np.float64)
+    scale = np.abs(A.astype(np.float64)) @ np.abs(W.T.astype(np.float64))
+    err = {p: rel64(z, exact, scale) for p, z in out.items()}
+    assert len({z.tobytes() for z in out.values()}) == 4
+    assert err["3xtf32"] < 1e-6 < err["tf32"] < err["bf16"] <= P.TOLERANCE["bf16"]
+    assert err["tf32"] > 1e-5 and err["bf16"] > 1e-4           # really rounded, not float32
+
+
+def test_unknown_precision_in_a_layer_op_is_refused():
+    z = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        NumpyBackend().dense_forward(z, z, np.zeros(2, np.float32), "relu", z.copy(), precision="fp16")
+    with pytest.raises(TypeError, match="float32"):
+        NumpyBackend().dense_forward(z.astype(np.float64), z.astype(np.float64), np.zeros(2), "relu",
+                                     np.zeros((2, 2)), precision="bf16")
+
+
+# ---------------------------------------------------------------- float32 exactly as before
+def _net(prec, sizes=(20, 31, 17, 5), act="relu", loss="mse", **kw):
+    return gpubp.MLP(list(sizes), activation=act, loss=loss, backend="numpy", seed=1, precision=prec, **kw)
+
+
+def test_float32_is_numpys_matmul_and_never_touches_the_emulation(monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("the float32 path called the precision emulation")
+    monkeypatch.setattr(nb, "emulated_matmul", forbidden)
+    rng = np.random.default_rng(0)
+    X, Y = rand(rng, 9, 20), rand(rng, 9, 5)
+    net = _net("float32")
+    out = net.backend.to_numpy(net.forward(X))
+    A = X
+    for (W, b), g in zip(net.get_params(), net.activations):
+        Z = A @ W.T
+        Z += b
+        A = nb.activation_forward(g, Z, Z)
+    assert np.array_equal(out, A)
+    assert net.backend.layer_options(net._plan(9)) == {}
+    net.train_step(X, Y, "adam")           # a whole step, no emulation
+
+
+@pytest.mark.parametrize("prec", MODES)
+def test_a_network_step_runs_every_product_in_its_mode(prec):
+    """Forward, loss delta and backward of a plan in `prec` equal the layer-by-layer composition
+    of the emulated products, bit for bit (so the plan's precision reaches every layer, the
+    input gradient included)."""
+    rng = np.random.default_rng(5)
+    sizes, B = (20, 31, 17, 5), 11
+    X, Y = rand(rng, B, 20), rand(rng, B, 5)
+    net = _net(prec, sizes, act="silu")
+    be, layers = net.backend, net.get_params()
+    plan = be.make_plan(sizes, net.activations, B, np.float32, precision=prec, input_grad=True)
+    plan.bind_input(X)
+    be.network_forward(plan, layers)
+    be.network_loss(plan, Y, "mse")
+    grads = [(np.empty_like(W), np.empty_like(b)) for W, b in layers]
+    be.network_backward(plan, layers, grads)
+
+    A, Zs = [X], [None]
+    for (W, b), g in zip(layers, net.activations):
+        Z = P.matmul(A[-1], W.T, prec) + b
+        Zs.append(Z)
+        A.append(nb.activation_forward(g, Z, np.empty_like(Z)))
+    assert all(np.array_equal(plan.A[l], A[l]) for l in range(1, 4))
+    delta = plan.delta[3].copy()          # the loss op is the same in every mode
+    for l in range(3, 0, -1):
+        W = layers[l - 1][0]
+        assert np.array_equal(grads[l - 1][0], P.matmul(delta.T, A[l - 1], prec)), l
+        assert np.array_equal(grads[l - 1][1], delta.sum(axis=0)), l
+        d = P.matmul(delta, W, prec)
+        if l > 1:
+            d = nb.activation_backward_inplace("silu", d, A[l - 1], Zs[l - 1])
+        delta = d
+    assert np.array_equal(plan.delta[0], delta)
+    # and not float32's numbers
+    net32 = _net("float32", sizes, act="silu")
+    assert not np.array_equal(net32.backend.to_numpy(net32.forward(X)), plan.A[3])
+
+
+# ---------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def _train(ds, prec):
+    net = gpubp.MLP([64, 64, 10], loss="cross_entropy", backend="numpy", seed=0, precision=prec)
+    net.fit(ds.X_train, ds.y_train, epochs=5, batch_size=64, optimizer="adam", lr=3e-3, progress=False,
+            verbose=0)
+    return net, accuracy(net, ds.X_test, ds.y_test)
+
+
+def test_training_on_digits_reaches_float32_accuracy_in_every_mode(digits):
+    ref, acc32 = _train(digits, "float32")
+    assert acc32 > 0.95
+    for prec in MODES:
+        net, acc = _train(digits, prec)
+        assert abs(acc - acc32) <= 0.005, (prec, acc, acc32)     # within half a point
+        # trained on its own products: parameters near float32's, not equal to them
+        p, q = net.backend.to_numpy(net._params), ref.backend.to_numpy(ref._params)
+        assert not np.array_equal(p, q), prec
+        assert np.abs(p - q).max() < 0.1, prec
+
+
+# ---------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("prec", ("float32",) + MODES)
+def test_checkpoint_round_trip_keeps_the_mode(tmp_path, prec):
+    rng = np.random.default_rng(2)
+    X, Y = rand(rng, 16, 20), rand(rng, 16, 5)
+    net = _net(prec)
+    net.train_step(X, Y, "adam")
+    net.save(tmp_path / "n.npz")
+    back = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    assert back.precision == prec and back.config() == net.config()
+    assert np.array_equal(back.backend.to_numpy(back.forward(X)), net.backend.to_numpy(net.forward(X)))
+    assert back.train_step(X, Y, "adam") == net.train_step(X, Y, "adam")
+    assert np.array_equal(back.backend.to_numpy(back._params), net.backend.to_numpy(net._params))
+
+
+# ---------------------------------------------------------------- refused combinations
+@pytest.mark.parametrize("prec", MODES)
+def test_every_mode_but_float32_needs_float32(prec):
+    with pytest.raises(ValueError, match=f"precision='{prec}' needs dtype float32, got float64"):
+        _net(prec, dtype="float64")
+    with pytest.raises(ValueError, match="needs dtype float32"):
+        NumpyBackend().make_plan((3, 2), ("identity",), 4, np.float64, precision=prec)
+
+
+@pytest.mark.parametrize("bad, err", [("fp8", ValueError), ("BF16", ValueError), ("", ValueError),
+                                      (32, TypeError), (None, TypeError)])
+def test_unknown_precision_is_refused(bad, err):
+    with pytest.raises(err, match="precision"):
+        _net(bad)
+    with pytest.raises(err, match="precision"):
+        NumpyBackend().make_plan((3, 2), ("identity",), 4, np.float32, precision=bad)
+
+
+# ---------------------------------------------------------------- the command line
+def test_cli_precision_flag_trains_and_saves_the_mode(capsys, tmp_path):
+    ck = tmp_path / "net.npz"
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "2", "--precision", "bf16",
+                     "--backend", "numpy", "--no-progress", "--save", str(ck))
+    assert rc == 0 and "precision bf16" in out
+    assert gpubp.MLP.load(ck, backend="numpy").precision == "bf16"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "bf16", "--dtype", "float64"], "precision='bf16' needs dtype float32"),
+    (["--precision", "fp16"], "invalid choice"),
+])
+def test_cli_bad_precision_is_a_usage_error(capsys, argv, message):
+    assert message in usage_error(capsys, "train", "--backend", "numpy", *argv)
+
+
+# ---------------------------------------------------------------- the CUDA backend (fake cupy, on the CPU)
+def _real_gpu() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _tc_tiles(P_, Q, grid):
+    assert grid[0] == _cdiv(P_, 128) * _cdiv(Q, 128), f"grid {grid} for a {P_} x {Q} output in 128 x 128 tiles"
+
+
+def _tc_bwd_weight(p, grid):
+    _tc_tiles(p.N, p.K, grid)
+    S = grid[2]
+    assert p.rows_per_split * S >= p.M and (S == 1 or p.split_stride >= p.N * p.K + p.N)
+    return {"D": p.M * p.N, "A": p.M * p.K, "dW_base": (S - 1) * p.split_stride + p.N * p.K,
+            "db_base": (S - 1) * p.split_stride + p.N}
+
+
+#: what each tensor-core kernel may touch (kernels/gemm_tc.cu), checked by the fake on every launch
+TC_EXTENTS = {
+    "gemm_tc_fwd": lambda p, t, g, fake: (_tc_tiles(p.M, p.N, g) or
+                                          {"A": p.M * p.K, "W": p.N * p.K, "bias": p.N, "Aout": p.M * p.N,
+                                           "Zout": p.M * p.N if p.write_z else 0}),
+    "gemm_tc_bwd_data": lambda p, t, g, fake: (_tc_tiles(p.M, p.K, g) or
+                                               {"D": p.M * p.N, "W": p.N * p.K, "out": p.M * p.K,
+                                                "Aprev": p.M * p.K, "Zprev": p.M * p.K}),
+    "gemm_tc_bwd_weight": lambda p, t, g, fake: _tc_bwd_weight(p, g),
+    "gemm_tc_splitk_reduce": lambda p, t, g, fake: {"ws": (p.S - 1) * p.split_stride + p.NK + p.N,
+                                                    "dW": p.NK, "db": p.N},
+}
+
+needs_fake = pytest.mark.skipif(_real_gpu(), reason="a real GPU is present: tests/gpu checks the backend there")
+
+
+def _install_fake(monkeypatch, **kw):
+    from support.fake_cupy import FakeCupy
+
+    fake = FakeCupy(extents=TC_EXTENTS, **kw)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda_device, "_attributes", {})
+    monkeypatch.setattr(cuda_device, "_ccs", {})
+    monkeypatch.setattr(cuda_device, "_functions", {})
+    monkeypatch.setattr(cuda_fused, "_grids", {})
+    monkeypatch.setattr(gpubp.backends, "_instances", {})
+    return fake
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    return _install_fake(monkeypatch)
+
+
+def _cuda(**kw):
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    return CudaBackend(**kw)
+
+
+def _gemm_launches(fake):
+    return [l.name for l in fake.launches if l.kernel.startswith(("gemm_", "fused_mlp"))]
+
+
+@needs_fake
+@pytest.mark.parametrize("prec", ("bf16", "3xtf32"))
+def test_cuda_refuses_bf16_and_3xtf32_unless_opted_in(fake, prec):
+    be = _cuda()
+    assert prec not in be.precisions and "tf32" in be.precisions
+    with pytest.raises(ValueError, match=f"precision='{prec}' is not yet available on the cuda backend.*"
+                                         "tensor_core_gemms=True"):
+        gpubp.MLP([8, 16, 4], backend=be, precision=prec)
+    with pytest.raises(ValueError, match="not yet available on the cuda backend"):
+        be.make_plan((8, 4), ("identity",), 4, np.float32, precision=prec)
+    z = be.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="not yet available on the cuda backend"):
+        be.dense_forward(z, z, be.zeros((4,), np.float32), "relu", z, precision=prec)
+    assert not fake.launches
+
+
+@needs_fake
+def test_cuda_tf32_by_default_keeps_float32_per_layer_gemms(fake):
+    rng = np.random.default_rng(0)
+    net = gpubp.MLP([20, 300, 5], backend=_cuda(), precision="tf32", seed=0)
+    assert net.backend.layer_options(net._plan(64)) == {}
+    net.train_step(rand(rng, 64, 20), rand(rng, 64, 5), "adam")
+    names = _gemm_launches(fake)
+    assert names and not any(n.startswith("gemm_tc") for n in names), names
+
+
+@needs_fake
+@pytest.mark.parametrize("prec", MODES)
+def test_opted_in_cuda_runs_per_layer_gemms_on_tensor_cores(fake, prec):
+    """With tensor_core_gemms=True every per-layer GEMM of the step is a gemm_tc kernel of the
+    mode (forward with Z for gelu, input gradient, split-K weight gradient and its reduction),
+    each launch within its kernel's contract, compiled by `prepare`, and a warm step allocates
+    nothing (so it can be captured)."""
+    rng = np.random.default_rng(1)
+    code = cuda_gemm_tc.PREC_CODES[prec]
+    net = gpubp.MLP([33, 300, 130, 5], activation="gelu", backend=_cuda(tensor_core_gemms=True),
+                    precision=prec, seed=0)
+    X, Y = rand(rng, 1024, 33), rand(rng, 1024, 5)
+    net._plan(1024)                        # made once per batch shape: `prepare` compiles the step's kernels
+    compiled = list(fake.compiled)
+    net.train_step(X, Y, "adam")
+    assert fake.compiled == compiled, "kernels compiled mid-step, not by prepare"
+    names = _gemm_launches(fake)
+    assert names and all(n.startswith("gemm_tc") for n in names), names
+    templated = [n for n in names if n != cuda_gemm_tc.REDUCE_NAME]
+    assert all(n.split("<")[1].split(",")[0].strip() == str(code) for n in templated), names   # the mode's PREC
+    kinds = {n.split("<")[0] for n in names}
+    assert kinds == {"gemm_tc_fwd", "gemm_tc_bwd_data", "gemm_tc_bwd_weight", "gemm_tc_splitk_reduce"}, kinds
+    assert any(l.kernel == "gemm_tc_bwd_weight" and l.grid[2] > 1 for l in fake.launches)   # split-K used
+    Xd, Yd = net._inputs(X), net._targets(Y, 1024)       # a warm step on device arrays
+    net._step(Xd, Yd, net.optimizer, plan=net._plan(1024))
+    fake.reset()
+    net._step(Xd, Yd, net.optimizer, plan=net._plan(1024))
+    assert fake.allocations == 0, fake.allocation_sites
+    assert _gemm_launches(fake) == names
+
+
+@needs_fake
+def test_opted_in_tf32_keeps_the_fused_narrow_runs(fake):
+    rng = np.random.default_rng(2)
+    net = gpubp.MLP([32, 64, 48, 300, 5], backend=_cuda(tensor_core_gemms=True), precision="tf32", seed=0)
+    net.train_step(rand(rng, 1024, 32), rand(rng, 1024, 5), "sgd", lr=0.01)
+    kernels = {l.kernel for l in fake.launches}
+    assert {"fused_mlp_fwd_tf32", "fused_mlp_bwd_tf32", "gemm_tc_fwd", "gemm_tc_bwd_weight"} <= kernels
+    assert not kernels & {"gemm_fwd", "gemm_bwd_data", "gemm_bwd_weight", "gemm_bwd_weight_pipelined"}
+
+
+@needs_fake
+def test_opted_in_modes_need_compute_capability_8(monkeypatch):
+    _install_fake(monkeypatch, attributes=dict(ComputeCapabilityMajor=7, ComputeCapabilityMinor=5,
+                                               MaxSharedMemoryPerBlockOptin=64 * 1024), name="Tesla T4")
+    be = _cuda(tensor_core_gemms=True)
+    with pytest.raises(ValueError, match="compute capability 8.0 or newer.*7.5"):
+        gpubp.MLP([8, 16, 4], backend=be, precision="bf16")
+    # tf32 there computes in float32, as before (no tensor-core GEMMs asked for)
+    net = gpubp.MLP([8, 16, 4], backend=be, precision="tf32")
+    assert be.layer_options(net._plan(4)) == {}

@@ -1,0 +1,336 @@
+"""gpubp.sklearn: scikit-learn's estimator checks, model selection, labels, and parity with its MLPs."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkMLPClassifier  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
+
+from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The tests train tiny networks: one BLAS thread is fastest, and far faster on a loaded machine."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+#: checks of scikit-learn's suite these estimators are expected to fail, with the reason
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "float32 rounding only: the check compares predictions to a relative 1e-7, below float32's "
+        "resolution (6e-8) after 100 epochs of arithmetic; in float64 it passes "
+        "(test_sample_weight_equivalence_check_passes_in_float64)",
+}
+
+
+@parametrize_with_checks(
+    [MLPClassifier(backend="numpy", max_iter=100, random_state=0),
+     MLPRegressor(backend="numpy", max_iter=100, random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_sample_weight_equivalence_check_passes_in_float64(Est):
+    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_sample_weight_equivalence_on_dense_data(
+            Est.__name__, Est(backend="numpy", dtype="float64", max_iter=100, random_state=0))
+
+
+# ---------------------------------------------------------------- data
+def _blobs(n=120, n_features=4, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (n_classes, n_features))
+    y = np.arange(n) % n_classes
+    X = centers[y] + rng.normal(0, 1, (n, n_features))
+    return X, y
+
+
+def _fit_quietly(est, X, y, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **kw)
+
+
+# ---------------------------------------------------------------- labels and shapes
+@pytest.mark.parametrize("labels", [np.array(["cat", "dog", "emu"]), np.array([1, 2, 3]), np.array([-5, 0, 7])])
+def test_any_labels_through_classes_(labels):
+    X, y = _blobs()
+    yl = labels[y]
+    clf = _fit_quietly(MLPClassifier((16,), max_iter=60, learning_rate_init=0.01, random_state=0,
+                                     backend="numpy"), X, yl)
+    assert list(clf.classes_) == sorted(labels.tolist())
+    pred = clf.predict(X)
+    assert pred.dtype == yl.dtype and set(pred) <= set(labels)
+    assert clf.score(X, yl) > 0.9
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], pred)
+
+
+def test_binary_labels_1_2_predict_proba_two_columns():
+    X, y = _blobs(n_classes=2)
+    y12 = y + 1
+    clf = _fit_quietly(MLPClassifier((8,), max_iter=60, learning_rate_init=0.01, random_state=0,
+                                     backend="numpy"), X, y12)
+    np.testing.assert_array_equal(clf.classes_, [1, 2])
+    assert clf.net_.sizes[-1] == 1 and clf.out_activation_ == "logistic"   # one logistic output, as sklearn
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(clf.predict(X), np.where(proba[:, 1] > 0.5, 2, 1))
+    assert clf.score(X, y12) > 0.9
+
+
+def test_multilabel_and_multioutput():
+    X, y = _blobs(n_classes=3)
+    Y = np.stack([y == 0, y != 1, y == 2], axis=1).astype(int)
+    clf = _fit_quietly(MLPClassifier((16,), max_iter=80, learning_rate_init=0.01, random_state=0,
+                                     backend="numpy"), X, Y)
+    assert clf.predict(X).shape == Y.shape and clf.predict_proba(X).shape == Y.shape
+    assert clf.score(X, Y) > 0.9
+    reg = _fit_quietly(MLPRegressor((16,), max_iter=50, random_state=0, backend="numpy"), X,
+                       np.stack([X[:, 0], X[:, 1] - X[:, 2]], axis=1))
+    assert reg.predict(X).shape == (len(X), 2)
+    reg1 = _fit_quietly(MLPRegressor((4,), max_iter=5, random_state=0, backend="numpy"), X, X[:, 0])
+    assert reg1.predict(X).shape == (len(X),)
+
+
+def test_refusals_are_clear():
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="lbfgs"):
+        MLPClassifier(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="activation"):
+        MLPClassifier(activation="softplus").fit(X, y)
+    with pytest.raises(ValueError, match="multiclass-multioutput"):
+        MLPClassifier(backend="numpy").fit(X, np.stack([y, y], axis=1))
+    with pytest.raises(ValueError, match="batch_size"):
+        MLPClassifier(batch_size=0).fit(X, y)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        MLPClassifier(backend="numpy").partial_fit(X, y)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        MLPRegressor(backend="numpy", early_stopping=True).partial_fit(X, y)
+    sp = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        MLPClassifier(backend="numpy").fit(sp.csr_matrix(X), y)
+
+
+def test_activation_names_of_sklearn_and_gpubp():
+    X, y = _blobs()
+    assert _fit_quietly(MLPClassifier((4,), activation="logistic", max_iter=2, random_state=0,
+                                      backend="numpy"), X, y).net_.activations[0] == "sigmoid"
+    assert _fit_quietly(MLPClassifier((4,), activation="gelu", max_iter=2, random_state=0,
+                                      backend="numpy"), X, y).net_.activations[0] == "gelu"
+
+
+# ---------------------------------------------------------------- model selection
+def test_pipeline_clone_cross_val_score_grid_search():
+    X, y = load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=80, learning_rate_init=0.01,
+                                                         random_state=0, backend="numpy"))
+    c = clone(pipe)
+    assert c.get_params()["mlpclassifier__hidden_layer_sizes"] == (16,)
+    assert not hasattr(c[-1], "net_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(pipe, X, y, cv=3)
+        assert scores.shape == (3,) and scores.mean() > 0.85
+        gs = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-1],
+                                 "mlpclassifier__hidden_layer_sizes": [(4,), (16,)]}, cv=2).fit(X, y)
+    assert gs.best_score_ > 0.85
+    assert set(gs.best_params_) == {"mlpclassifier__alpha", "mlpclassifier__hidden_layer_sizes"}
+    assert gs.predict(X).shape == y.shape
+
+
+# ---------------------------------------------------------------- parity with scikit-learn's updates
+def _parity_cases():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5))
+    return X, {"multiclass": (SkMLPClassifier, MLPClassifier, rng.integers(0, 3, 40)),
+               "binary": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, 40)),
+               "multilabel": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, (40, 3))),
+               "regression": (SkMLPRegressor, MLPRegressor, rng.standard_normal((40, 2)))}
+
+
+@pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
+@pytest.mark.parametrize("solver,alpha,tol_w", [("sgd", 0.0, 1e-12), ("sgd", 0.01, 1e-4), ("adam", 0.0, 1e-3)])
+def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):
+    """Same init (Glorot from random_state, drawn as scikit-learn draws it), same loss, same updates.
+
+    Full batches make the sample order irrelevant.  Plain SGD matches to rounding; with alpha the
+    biases are decayed too (scikit-learn penalises weights only); Adam adds eps where PyTorch does.
+    """
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7, 6), activation="tanh", solver=solver, alpha=alpha, batch_size=40,
+              max_iter=5, learning_rate_init=0.05, random_state=3, tol=0, n_iter_no_change=100)
+    extra = {"nesterovs_momentum": False} if solver == "sgd" else {}
+    sk = _fit_quietly(Sk(**kw, **extra), X, y)
+    g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
+    for a, b in zip(sk.coefs_, g.coefs_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=tol_w)
+    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=max(tol_w, 1e-10) * 10)
+    assert g.n_iter_ == sk.n_iter_ == 5 and g.t_ == sk.t_
+
+
+def _split(loader, classify, scale_y=1.0):
+    X, y = loader(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y / scale_y if not classify else y, test_size=0.25,
+                                          random_state=0, stratify=y if classify else None)
+    return Xtr, Xte, ytr, yte
+
+
+#: data set -> (max_iter, seeds, allowed gap of the mean test score); the gaps are about two test
+#: samples for the small sets and what run-to-run variation of scikit-learn's own MLP shows
+SCORE_CASES = {"iris": (load_iris, True, 200, (0, 1, 2), 0.06),
+               "digits": (load_digits, True, 60, (0,), 0.03),
+               "breast_cancer": (load_breast_cancer, True, 100, (0, 1), 0.03),
+               "diabetes": (load_diabetes, False, 200, (0, 1), 0.06)}
+
+
+@pytest.mark.parametrize("name", list(SCORE_CASES))
+def test_scores_like_sklearn(name):
+    loader, classify, max_iter, seeds, gap = SCORE_CASES[name]
+    Xtr, Xte, ytr, yte = _split(loader, classify, scale_y=100.0)
+    ours, theirs = [], []
+    for seed in seeds:
+        kw = dict(hidden_layer_sizes=(64,), max_iter=max_iter, random_state=seed)
+        Sk, G = (SkMLPClassifier, MLPClassifier) if classify else (SkMLPRegressor, MLPRegressor)
+        theirs.append(_fit_quietly(make_pipeline(StandardScaler(), Sk(**kw)), Xtr, ytr).score(Xte, yte))
+        ours.append(_fit_quietly(make_pipeline(StandardScaler(), G(**kw, backend="numpy")), Xtr, ytr)
+                    .score(Xte, yte))
+    print(f"{name}: gpubp {np.mean(ours):.4f}, scikit-learn {np.mean(theirs):.4f}")
+    assert np.mean(ours) >= np.mean(theirs) - gap, (ours, theirs)
+    assert np.mean(ours) > (0.9 if classify else 0.1)
+
+
+# ---------------------------------------------------------------- training loop
+def test_partial_fit_keeps_optimizer_state():
+    """k calls of partial_fit train exactly as fit with max_iter=k (same init, shuffles and Adam moments)."""
+    X, y = _blobs()
+    kw = dict(hidden_layer_sizes=(8,), random_state=0, backend="numpy", dtype="float64", batch_size=16,
+              tol=0, n_iter_no_change=1000)
+    full = _fit_quietly(MLPClassifier(max_iter=4, **kw), X, y)
+    inc = MLPClassifier(**kw)
+    for _ in range(4):
+        inc.partial_fit(X, y, classes=np.unique(y))
+    assert inc.n_iter_ == 4 and len(inc.loss_curve_) == 4 and inc._optimizer.t == 4 * 8
+    for a, b in zip(full.coefs_, inc.coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    # a fresh optimizer (what would happen if state were dropped) trains differently
+    fresh = MLPClassifier(**kw).partial_fit(X, y, classes=np.unique(y))
+    fresh._optimizer = None
+    for _ in range(3):
+        fresh.partial_fit(X, y)
+    assert max(np.abs(a - b).max() for a, b in zip(full.coefs_, fresh.coefs_)) > 1e-4
+    with pytest.raises(ValueError, match="not in classes_"):
+        inc.partial_fit(X, y + 10)
+
+
+def test_tol_stopping_and_loss_attributes():
+    X, y = _blobs()
+    clf = MLPClassifier((8,), max_iter=500, tol=0.5, n_iter_no_change=3, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)   # it stops before max_iter: no warning
+        clf.fit(X, y)
+    assert clf.n_iter_ < 500
+    assert len(clf.loss_curve_) == clf.n_iter_ and clf.best_loss_ == min(clf.loss_curve_)
+    assert clf.validation_scores_ is None and clf.loss_ == clf.loss_curve_[-1]
+    with pytest.warns(ConvergenceWarning):
+        MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy").fit(X, y)
+
+
+def test_early_stopping_restores_the_best_epoch():
+    X, y = _blobs(n=200, seed=1)
+    kw = dict(hidden_layer_sizes=(8,), early_stopping=True, validation_fraction=0.2, n_iter_no_change=3,
+              tol=0.0, random_state=0, backend="numpy", dtype="float64", learning_rate_init=0.05)
+    es = _fit_quietly(MLPClassifier(max_iter=200, **kw), X, y)
+    assert es.best_loss_ is None and len(es.validation_scores_) == es.n_iter_ < 200
+    best = int(np.argmax(es.validation_scores_)) + 1
+    assert es.best_validation_score_ == max(es.validation_scores_)
+    # the same run stopped at the best epoch has the weights the early-stopped one restored
+    at_best = _fit_quietly(MLPClassifier(max_iter=best, **kw), X, y)
+    for a, b in zip(at_best.coefs_, es.coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+def test_warm_start_continues():
+    X, y = _blobs()
+    clf = _fit_quietly(MLPClassifier((8,), max_iter=3, warm_start=True, random_state=0, backend="numpy"), X, y)
+    before = clf.coefs_
+    _fit_quietly(clf, X, y)
+    assert clf.n_iter_ == 6 and len(clf.loss_curve_) == 6
+    assert max(np.abs(a - b).max() for a, b in zip(before, clf.coefs_)) > 0
+
+
+# ---------------------------------------------------------------- sample_weight
+def test_sample_weight_zero_equals_dropping_samples():
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, solver="sgd", alpha=1e-3, random_state=0, backend="numpy",
+              dtype="float64", tol=0, n_iter_no_change=100)
+    keep = np.arange(60) < 40
+    a = _fit_quietly(MLPClassifier(batch_size=60, **kw), X, y, sample_weight=keep.astype(float))
+    b = _fit_quietly(MLPClassifier(batch_size=40, **kw), X[keep], y[keep])
+    for wa, wb in zip(a.coefs_, b.coefs_):
+        np.testing.assert_allclose(wa, wb, rtol=1e-10, atol=1e-12)
+
+
+def test_sample_weight_two_equals_duplicating_samples():
+    X, y = _blobs(n=30)
+    X2, y2 = np.vstack([X, X[:10]]), np.concatenate([y, y[:10]])
+    w = np.ones(30)
+    w[:10] = 2
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, solver="sgd", alpha=0.0, random_state=0, backend="numpy",
+              dtype="float64", tol=0, n_iter_no_change=100)
+    a = _fit_quietly(MLPRegressor(batch_size=30, **kw), X, X[:, 0] * y, sample_weight=w)
+    b = _fit_quietly(MLPRegressor(batch_size=40, **kw), X2, X2[:, 0] * y2)
+    for wa, wb in zip(a.coefs_, b.coefs_):
+        np.testing.assert_allclose(wa, wb, rtol=1e-10, atol=1e-12)
+
+
+def test_sample_weight_changes_the_fit_and_is_checked():
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=3, random_state=0, backend="numpy")
+    a = _fit_quietly(MLPClassifier(**kw), X, y)
+    w = np.where(y == 0, 5.0, 1.0)
+    b = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=w)
+    assert max(np.abs(p - q).max() for p, q in zip(a.coefs_, b.coefs_)) > 1e-4
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPClassifier(**kw).fit(X, y, sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match="non-negative"):
+        MLPClassifier(**kw).fit(X, y, sample_weight=-np.ones(60))
+
+
+# ---------------------------------------------------------------- pickling
+def test_pickle_round_trip_keeps_weights_and_optimizer():
+    X, y = _blobs()
+    kw = dict(hidden_layer_sizes=(8,), random_state=0, backend="numpy", dtype="float64")
+    clf = MLPClassifier(**kw).partial_fit(X, y, classes=np.unique(y))
+    twin = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(twin.predict_proba(X), clf.predict_proba(X))
+    clf.partial_fit(X, y)
+    twin.partial_fit(X, y)   # same optimizer state and shuffling generator: same next epoch
+    np.testing.assert_allclose(twin.predict_proba(X), clf.predict_proba(X), rtol=1e-12)
