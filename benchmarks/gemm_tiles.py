@@ -4,8 +4,10 @@
 
 For each shape (batch M x n_out N x n_in K: 4096^3 and 8192x4096x4096) and each of the
 three fused kernels, times v1 (the verified large tile), the "pipelined" tile
-(`cuda_gemm.PIPELINED`, weight gradient only; the others run v1 under it), cupy.matmul alone (cuBLAS SGEMM, CUPY_TF32=0) and cupy.matmul
-plus the same epilogue unfused.  CUDA events around each call, median of --reps after
+(`cuda_gemm.PIPELINED`, weight gradient only; the others run v1 under it), the third tile
+design "f32" (`gpubp.backends.cuda_gemm_f32`, kernels/gemm_f32.cu: 128 threads, 16 x 8 per
+thread, BK 16, 3-stage cp.async; all three kernels), cupy.matmul alone (cuBLAS SGEMM,
+CUPY_TF32=0) and cupy.matmul plus the same epilogue unfused.  CUDA events around each call, median of --reps after
 --warmup calls, random normal inputs; every gpubp output is checked against a float64
 product (relative error column).  Prints one table; "% cuBLAS" = cupy.matmul time /
 this time (the goal is >= 90% for the fused kernels).
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
 
     import cupy
 
-    from gpubp.backends import cuda_gemm
+    from gpubp.backends import cuda_gemm, cuda_gemm_f32
     from gpubp.backends.cuda_backend import CudaBackend
     from gpubp.backends.plan import Scratch
 
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     print(f"# {name}, cc {dev.compute_capability}, CUPY_TF32={os.environ.get('CUPY_TF32')}, "
           f"median of {args.reps} after {args.warmup} warm-up; v2 configs (BK, STAGES): "
           f"pipelined (BK, STAGES) {cuda_gemm.PIPELINED}")
-    tiles = ["large", "pipelined"]   # "large" = v1 everywhere
+    tiles = ["large", "pipelined", "f32"]   # "large" = v1 everywhere; "f32" = cuda_gemm_f32
     rows = []
     rs = cupy.random.RandomState(2026)
     for M, N, K in SHAPES:
@@ -88,11 +90,15 @@ def main(argv=None) -> int:
         }
         del A64, W64, D64
         scratch = Scratch(CudaBackend())   # the split-K workspace, kept between timed calls
+        f32_scratch = cupy.empty(max(1, cuda_gemm_f32.bwd_weight_scratch_size(M, N, K)), np.float32)
         ours = {
-            "fwd": (lambda tile: cuda_gemm.gemm_fwd(A, W, b, RELU, A_out, tile=tile), (A_out,)),
-            "bwd_data": (lambda tile: cuda_gemm.gemm_bwd_data(D, W, Ap, None, RELU, Dp, tile=tile), (Dp,)),
-            "bwd_weight": (lambda tile: cuda_gemm.gemm_bwd_weight(D, A, dW, db, scratch=scratch, tile=tile),
-                           (dW, db)),
+            "fwd": (lambda tile: cuda_gemm_f32.gemm_fwd(A, W, b, RELU, A_out) if tile == "f32" else
+                    cuda_gemm.gemm_fwd(A, W, b, RELU, A_out, tile=tile), (A_out,)),
+            "bwd_data": (lambda tile: cuda_gemm_f32.gemm_bwd_data(D, W, Ap, None, RELU, Dp) if tile == "f32" else
+                         cuda_gemm.gemm_bwd_data(D, W, Ap, None, RELU, Dp, tile=tile), (Dp,)),
+            "bwd_weight": (lambda tile: cuda_gemm_f32.gemm_bwd_weight(D, A, dW, db, scratch=f32_scratch)
+                           if tile == "f32" else
+                           cuda_gemm.gemm_bwd_weight(D, A, dW, db, scratch=scratch, tile=tile), (dW, db)),
         }
         cublas = {
             "fwd": lambda: cupy.matmul(A, W.T, out=C_mn),
@@ -126,7 +132,7 @@ def main(argv=None) -> int:
                 except Exception as e:   # a failing config must not hide the others
                     rows.append((kern, shape, f"{tile}: {type(e).__name__}: {e}"[:90],
                                  float("nan"), float("nan"), float("nan"), ""))
-        del A, W, b, D, Ap, A_out, Dp, dW, db, C_mn, C_mk, C_nk, refs
+        del A, W, b, D, Ap, A_out, Dp, dW, db, C_mn, C_mk, C_nk, refs, f32_scratch
         cupy.get_default_memory_pool().free_all_blocks()
 
     print("| kernel | shape MxNxK | what | median ms | TFLOP/s | % cuBLAS | rel. err vs fp64 |")

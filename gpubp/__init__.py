@@ -6,7 +6,7 @@
 """
 
 from . import log as _log  # noqa: F401  (sets up the "gpubp" logger's default output)
-from . import optim
+from . import callbacks, optim, schedules
 from .activations import ACTIVATIONS
 from .backends import available_backends, get_backend
 from .losses import LOSSES
@@ -14,4 +14,4 @@ from .network import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "optim", "ACTIVATIONS", "LOSSES", "available_backends", "get_backend", "__version__"]
+__all__ = ["MLP", "optim", "callbacks", "schedules", "ACTIVATIONS", "LOSSES", "available_backends", "get_backend", "__version__"]

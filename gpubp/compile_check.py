@@ -36,7 +36,8 @@ from .backends import cuda_source
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
 #: the launcher modules whose `SPECS` `all_specs()` gathers
-_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_tc", "cuda_fused_family")
+_LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_tc", "cuda_gemm_f32",
+                     "cuda_fused_family")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)

@@ -2,12 +2,12 @@
 with no spills and at most 255 registers, the tensor-core kernels hold their HMMA
 instructions in SASS, and the ptxas log and SASS parsers read known text.
 
-To stay fast, the tensor-core module is built here with one of its seven activation
-epilogues (gelu: the longest, and it reads Z): the other six differ only in the
-epilogue's arithmetic, which gemm.cu's kernels build in full; `gpubp compile-check`
-builds all of them.  The fused-MLP kernel family (fused_mlp_family.cu) is built with one
-instantiation per math policy (FFMA forward under its 128-register cap, the TF32 backward
-at width 128, the tightest for registers, and the BF16 backward at width 64)."""
+To stay fast, the tensor-core module and the third float32 tile (gemm_f32) are built here
+with one of their seven activation epilogues (gelu: the longest, and it reads Z): the other
+six differ only in the epilogue's arithmetic, which gemm.cu's kernels build in full;
+`gpubp compile-check` builds all of them.  The fused-MLP kernel family (fused_mlp_family.cu)
+is built with one instantiation per math policy (FFMA forward under its 128-register cap,
+the TF32 backward at width 128, the tightest for registers, and the BF16 backward at width 64)."""
 
 from dataclasses import replace
 
@@ -26,21 +26,27 @@ except cc.NvrtcMissing as e:  # bindings present, libnvrtc missing
     pytest.skip(str(e), allow_module_level=True)
 
 
-#: activation codes whose gemm_tc epilogues the fast check builds (gelu)
+#: activation codes whose gemm_tc and gemm_f32 epilogues the fast check builds (gelu)
 TC_ACTS = (5,)
 
 #: the fused-family kernels the fast check builds: one per policy (float32, tf32, bf16)
 FAMILY_KEEP = ("fused_family_fwd<0, 128, 64>", "fused_family_bwd<1, 64, 128>", "fused_family_bwd<2, 128, 64>")
 
 
+def _act_of(name: str) -> int:
+    """The activation template argument of "gemm_tc_fwd<0, 5, 3>" or "gemm_f32_fwd<5>"."""
+    args = name[name.index("<") + 1:name.rindex(">")].split(",")
+    return int(args[1] if name.startswith("gemm_tc") else args[0])
+
+
 def _ci_specs():
-    """all_specs(), with the tensor-core module cut to the TC_ACTS epilogues."""
+    """all_specs(), with the tensor-core and gemm_f32 modules cut to the TC_ACTS epilogues."""
+    cut = {"gemm_tc": ("gemm_tc_fwd<", "gemm_tc_bwd_data<"), "gemm_f32": ("gemm_f32_fwd<", "gemm_f32_bwd_data<")}
     out = []
     for spec in cc.all_specs():
-        if spec.name == "gemm_tc":
+        if spec.name in cut:
             keep = tuple(n for n in spec.name_expressions
-                         if not n.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<"))
-                         or int(n.split(",")[1]) in TC_ACTS)
+                         if not n.startswith(cut[spec.name]) or _act_of(n) in TC_ACTS)
             spec = replace(spec, name_expressions=keep,
                            sass_expect=tuple(e for e in spec.sass_expect if e[0] in keep))
         elif spec.name == "fused_mlp_family":
@@ -67,7 +73,8 @@ def test_no_compile_errors_spills_or_register_overflow(rows):
 def test_every_name_expression_of_every_module_is_built_for_every_arch(rows):
     built = {(r["module"], r["arch"], r["kernel"]) for r in rows if not r["error"]}
     specs = _ci_specs()
-    assert {s.name for s in specs} >= {"gemm", "elementwise", "gemm_tc", "fused_mlp", "fused_mlp_family"}
+    assert {s.name for s in specs} >= {"gemm", "elementwise", "gemm_tc", "gemm_f32", "fused_mlp",
+                                      "fused_mlp_family"}
     for spec in specs:
         assert spec.name_expressions, spec.name
         for arch in ARCHS:
@@ -186,6 +193,20 @@ def test_tensor_core_kernels_hold_their_hmma_in_sass(rows):
         prec = {v: k for k, v in tc.PREC_CODES.items()}[int(r["kernel"].split("<")[1].split(",")[0].rstrip(">"))]
         assert r["sass_op"] == tc.SASS_OPCODES[prec], r
         assert r["sass_count"] == per_k_tile[prec], r   # the k-tile loop body once, fully unrolled
+
+
+def test_gemm_f32_kernels_hold_two_unrolled_k_tiles_of_ffma(rows):
+    """gemm_f32's fwd, bwd_data and bwd_weight: FFMA in SASS, at least 2 x 16 x 128 of them (the
+    fast and the general k-loop, each one fully unrolled BK-16 tile of 16 x 8 per thread; the
+    epilogues add a few), with no spills at 255 registers or fewer."""
+    from gpubp.backends import cuda_gemm_f32 as g3
+
+    f32 = [r for r in rows if r["module"] == "gemm_f32" and r["sass_op"]]
+    assert {r["kernel"] for r in f32} == {g3.fwd_name(5), g3.bwd_data_name(5), g3.BWD_WEIGHT_NAME}
+    assert len(f32) == 3 * len(ARCHS)
+    for r in f32:
+        assert r["sass_op"] == "FFMA" and r["sass_count"] >= 2 * g3.BK * 16 * 8, r
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["registers"] <= 255, r
 
 
 KNOWN_SASS = """\

@@ -26,6 +26,13 @@ GEMM_BK = 8
 GEMM2_BM = 128
 GEMM_PAD = 4
 
+#: the third float32 tile design (gemm_f32.cu): block size, block tile rows = columns, k-tile
+#: depth, cp.async pipeline stages
+GEMM3_THREADS = 128
+GEMM3_BM = 128
+GEMM3_BK = 16
+GEMM3_STAGES = 3
+
 #: the tensor-core GEMMs (gemm_tc.cu): block size, block tile rows = columns, k-tile depth
 TC_THREADS = 256
 TC_BM = 128
@@ -55,7 +62,9 @@ def header() -> str:
     lines += [f"#define EW_THREADS {EW_THREADS}", f"#define MAX_PARTIALS {MAX_PARTIALS}",
               f"#define GEMM_THREADS {GEMM_THREADS}", f"#define GEMM_BK {GEMM_BK}", f"#define GEMM_PAD {GEMM_PAD}",
               f"#define GEMM2_BM {GEMM2_BM}", f"#define FM_NT {FM_NT}", f"#define FM_FIELDS {FM_FIELDS}",
-              f"#define TC_THREADS {TC_THREADS}", f"#define TC_BM {TC_BM}", f"#define TC_BK {TC_BK}"]
+              f"#define TC_THREADS {TC_THREADS}", f"#define TC_BM {TC_BM}", f"#define TC_BK {TC_BK}",
+              f"#define GEMM3_THREADS {GEMM3_THREADS}", f"#define GEMM3_BM {GEMM3_BM}",
+              f"#define GEMM3_BK {GEMM3_BK}", f"#define GEMM3_STAGES {GEMM3_STAGES}"]
     lines += [f"#define FM_{name} {i}" for name, i in FM.items()]
     lines += [f"#define FM_VEC_{name} {bit}" for name, bit in FM_VEC.items()]
     lines += [f"#define {FF_POLICY_MACROS[p]} {c}" for p, c in FF_POLICIES.items()]
