@@ -42,15 +42,14 @@ def _time(fn, reps, events):
         fn()
         stop.record()
         stop.synchronize()
-        times.append(start_stop_ms(start, stop))
+        times.append(_elapsed_ms(start, stop))
     return statistics.median(times)
 
 
-def start_stop_ms(start, stop):
-    try:
+def _elapsed_ms(start, stop):
+    if isinstance(start, cupy.cuda.Event):
         return cupy.cuda.get_elapsed_time(start, stop)
-    except AttributeError:      # torch events
-        return start.elapsed_time(stop)
+    return start.elapsed_time(stop)      # torch.cuda.Event
 
 
 def _gpubp_step(module, widths, B, precision):
