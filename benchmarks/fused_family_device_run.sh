@@ -17,45 +17,17 @@
 #   summary.txt              exit status and seconds of each step
 # Each step has its own time limit; a failing step does not stop the next.  Exits 1 if any step failed.
 set -u
-cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results/fused-family-$(date -u +%Y%m%d-%H%M)}"
-mkdir -p "$OUT"
-STEPS=("$@")
+source "$(dirname "$0")/device_steps.sh" fused-family "$@"
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(tests memcheck racecheck bench)
-PY="${PYTHON:-python3}"
-SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
-: > "$OUT/summary.txt"
-failed=0
-
-step() {   # step NAME LIMIT_SECONDS LOG COMMAND...
-    local name=$1 limit=$2 log=$3; shift 3
-    local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$log" 2>&1
-    local rc=$?
-    echo "$name rc=$rc seconds=$((SECONDS - t0)) limit=$limit log=$log" | tee -a "$OUT/summary.txt"
-    [ $rc -ne 0 ] && failed=1
-    return 0
-}
-
-{
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
-    $PY -c "import sys, numpy, cupy; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__, 'cudart', cupy.cuda.runtime.runtimeGetVersion(), 'driver', cupy.cuda.runtime.driverGetVersion())" 2>&1
-    $PY -c "import torch; print('torch', torch.__version__)" 2>&1
-    echo "compute-sanitizer: ${SAN:-not found}"
-    git log -1 --format='commit %H %s' 2>/dev/null
-} > "$OUT/env.txt"
 
 for s in "${STEPS[@]}"; do
     case "$s" in
         tests)     step tests 280 gpu_tests.log $PY -m pytest tests/gpu/test_fused_family.py -m gpu -q -ra --maxfail=10 --durations=10 -p no:cacheprovider ;;
-        memcheck)  if [ -n "$SAN" ]; then step memcheck 70 memcheck.log "$SAN" --tool memcheck --leak-check no --error-exitcode 1 $PY benchmarks/fused_family_sanitize.py
-                   else echo "memcheck skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"; failed=1; fi ;;
-        racecheck) if [ -n "$SAN" ]; then step racecheck 120 racecheck.log "$SAN" --tool racecheck --racecheck-report all --error-exitcode 1 $PY benchmarks/fused_family_sanitize.py
-                   else echo "racecheck skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"; failed=1; fi ;;
+        memcheck)  sanitize memcheck 70 memcheck.log benchmarks/fused_family_sanitize.py ;;
+        racecheck) sanitize racecheck 120 racecheck.log benchmarks/fused_family_sanitize.py ;;
         bench)     step bench 100 fused_family_bench.log $PY benchmarks/fused_family_bench.py --out "$OUT" ;;
         compile)   step compile 180 compile_check.log $PY -m gpubp compile-check ;;
         *)         echo "unknown step $s (tests memcheck racecheck bench compile)" | tee -a "$OUT/summary.txt"; failed=1 ;;
     esac
 done
-echo "results in $OUT"
-exit $failed
+finish

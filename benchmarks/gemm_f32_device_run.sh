@@ -22,34 +22,8 @@
 # Each step has its own time limit (the default steps fit in 10 minutes); a failing step does not
 # stop the next.  The script exits 1 if any step failed.
 set -u
-cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/results/gemm-f32-$(date -u +%Y%m%d-%H%M)}"
-mkdir -p "$OUT"
-STEPS=("$@")
+source "$(dirname "$0")/device_steps.sh" gemm-f32 "$@"
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(tests bench memcheck racecheck ncu)
-PY="${PYTHON:-python3}"
-SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
-NCU="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
-: > "$OUT/summary.txt"
-failed=0
-
-step() {   # step NAME LIMIT_SECONDS LOG COMMAND...
-    local name=$1 limit=$2 log=$3; shift 3
-    local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$log" 2>&1
-    local rc=$?
-    echo "$name rc=$rc seconds=$((SECONDS - t0)) limit=$limit log=$log" | tee -a "$OUT/summary.txt"
-    [ $rc -ne 0 ] && failed=1
-    return 0
-}
-
-{
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
-    $PY -c "import sys, numpy, cupy; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__, 'cudart', cupy.cuda.runtime.runtimeGetVersion(), 'driver', cupy.cuda.runtime.driverGetVersion())" 2>&1
-    echo "compute-sanitizer: ${SAN:-not found}"
-    echo "ncu: ${NCU:-not found} $([ -n "$NCU" ] && "$NCU" --version 2>&1 | tail -1)"
-    git log -1 --format='commit %H %s' 2>/dev/null
-} > "$OUT/env.txt"
 
 # the profile metrics, per kernel (ratios: wavefronts / requests = shared-load wavefronts per request)
 METRICS=l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,smsp__inst_executed_op_shared_ld.sum,\
@@ -68,10 +42,8 @@ for s in "${STEPS[@]}"; do
     case "$s" in
         tests)     step tests 180 gpu_tests.log $PY -m pytest tests/gpu/test_gemm_f32.py -m gpu -q -ra --durations=10 -p no:cacheprovider ;;
         bench)     step bench 100 gemm_tiles.log $PY benchmarks/gemm_tiles.py --reps 20 --warmup 5 ;;
-        memcheck)  if [ -n "$SAN" ]; then step memcheck 75 memcheck.log "$SAN" --tool memcheck --leak-check no --error-exitcode 1 $PY benchmarks/gemm_f32_sanitize.py
-                   else echo "memcheck skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"; failed=1; fi ;;
-        racecheck) if [ -n "$SAN" ]; then step racecheck 90 racecheck.log "$SAN" --tool racecheck --racecheck-report all --error-exitcode 1 $PY benchmarks/gemm_f32_sanitize.py
-                   else echo "racecheck skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"; failed=1; fi ;;
+        memcheck)  sanitize memcheck 75 memcheck.log benchmarks/gemm_f32_sanitize.py ;;
+        racecheck) sanitize racecheck 90 racecheck.log benchmarks/gemm_f32_sanitize.py ;;
         ncu)       if [ -n "$NCU" ]; then
                        step ncu_sections 60 ncu_sections.log "$NCU" "${NCU_SEL[@]}" --section SpeedOfLight --section SchedulerStats \
                            --section WarpStateStats --section MemoryWorkloadAnalysis_Tables --section Occupancy --section LaunchStats \
@@ -83,5 +55,4 @@ for s in "${STEPS[@]}"; do
         *)         echo "unknown step $s (tests bench memcheck racecheck ncu sass)" | tee -a "$OUT/summary.txt"; failed=1 ;;
     esac
 done
-echo "results in $OUT"
-exit $failed
+finish

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..activations import ACTIVATIONS
 from .cuda_device import compute_capability, function, sm_count
-from .cuda_launch import aligned, cdiv, check_act, check_arrays, ctype
+from .cuda_launch import aligned, batch_splits, cdiv, check_act, check_arrays, ctype, split_stride
 from .cuda_source import ModuleSpec
 from .kernel_constants import GEMM2_BM, GEMM_BK, GEMM_PAD, GEMM_THREADS
 
@@ -228,24 +228,15 @@ MAX_SPLITS = 256
 
 
 def _splits(M: int, tiles: int) -> tuple[int, int]:
-    """(S, rows_per_split): enough blocks for about two per SM, each split
-    >= MIN_ROWS_PER_SPLIT rows, rows_per_split a multiple of BK, no empty split."""
-    target = 2 * sm_count()
-    S = 1
-    if tiles < target:
-        S = min(cdiv(target, tiles), max(1, M // MIN_ROWS_PER_SPLIT), MAX_SPLITS)
-    if S <= 1:
-        return 1, M
-    rows = cdiv(cdiv(M, S), BK) * BK
-    S = cdiv(M, rows)
-    return S, rows
+    """(S, rows_per_split) of the split over the batch (`cuda_launch.batch_splits`)."""
+    return batch_splits(M, tiles, sm_count(), BK, MAX_SPLITS, MIN_ROWS_PER_SPLIT)
 
 
 def _workspace(S: int, N: int, K: int, dtype, scratch):
     """Per-split partials: S blocks of [N*K dW][N db], each padded to a multiple of 4; from
     the caller's scratch (kept for the next call), or fresh when there is none."""
     import cupy
-    stride = cdiv(N * K + N, 4) * 4
+    stride = split_stride(N, K)
     if scratch is None:
         return cupy.empty(S * stride, dtype=dtype), stride
     return scratch.get(("gemm_splitk", S, N, K), (S * stride,), dtype), stride

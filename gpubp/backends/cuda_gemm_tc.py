@@ -35,7 +35,7 @@ import numpy as np
 from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
 from .cuda_device import compute_capability, function, sm_count
 from .cuda_launch import aligned as _aligned
-from .cuda_launch import cdiv, check_act, grid_1d
+from .cuda_launch import batch_splits, cdiv, check_act, grid_1d, split_stride
 from .cuda_source import ModuleSpec
 from .kernel_constants import TC_BK as BK
 from .kernel_constants import TC_BM as BM
@@ -198,22 +198,9 @@ MAX_SPLITS = 64
 
 
 def splits(M: int, N: int, K: int, sms: int) -> tuple[int, int]:
-    """(S, rows_per_split) of the weight gradient on a device with `sms` SMs: about two
-    blocks per SM, each split at least MIN_ROWS_PER_SPLIT rows, rows_per_split a
-    multiple of BK, no empty split."""
-    tiles = _tiles(N, K)
-    S = 1
-    if tiles < 2 * sms:
-        S = min(cdiv(2 * sms, tiles), max(1, M // MIN_ROWS_PER_SPLIT), MAX_SPLITS)
-    if S <= 1:
-        return 1, max(M, 1)
-    rows = cdiv(cdiv(M, S), BK) * BK
-    return cdiv(M, rows), rows
-
-
-def split_stride(N: int, K: int) -> int:
-    """Elements of one split's partials [N*K dW][N db], padded to a multiple of 4."""
-    return cdiv(N * K + N, 4) * 4
+    """(S, rows_per_split) of the weight gradient on a device with `sms` SMs
+    (`cuda_launch.batch_splits`)."""
+    return batch_splits(M, _tiles(N, K), sms, BK, MAX_SPLITS, MIN_ROWS_PER_SPLIT)
 
 
 def bwd_weight_scratch_size(M: int, N: int, K: int, sms: int | None = None) -> int:

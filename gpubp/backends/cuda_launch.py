@@ -53,6 +53,26 @@ def grid_1d(work_items: int, per_block: int, cap: int) -> int:
     return max(1, min(cap, cdiv(work_items, per_block)))
 
 
+def batch_splits(M: int, tiles: int, sms: int, bk: int, max_splits: int, min_rows: int = 256) -> tuple[int, int]:
+    """`(S, rows_per_split)` of a weight gradient split over the batch: enough blocks for about
+    two per SM when the output has fewer `tiles` than that, each split at least `min_rows` rows
+    and at most `max_splits` splits, `rows_per_split` a multiple of the k-tile `bk` (every split
+    but the last starts on a whole k-tile), no empty split.  `(1, max(M, 1))`: no split."""
+    S = 1
+    if tiles < 2 * sms:
+        S = min(cdiv(2 * sms, tiles), max(1, M // min_rows), max_splits)
+    if S <= 1:
+        return 1, max(M, 1)
+    rows = cdiv(cdiv(M, S), bk) * bk
+    return cdiv(M, rows), rows
+
+
+def split_stride(N: int, K: int) -> int:
+    """Elements of one split's partials of an (N, K) weight gradient, [N*K dW][N db], padded to a
+    multiple of 4 (so each split starts 16-byte aligned)."""
+    return cdiv(N * K + N, 4) * 4
+
+
 def check_act(code) -> int:
     """`code` as an int, if it is an activation code (gpubp.activations.ACT_CODES)."""
     c = int(code)
