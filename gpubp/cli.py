@@ -343,7 +343,7 @@ class _EpochReport:
         now = time.perf_counter()
         line = (f"epoch {epoch:>{self.width}}/{self.epochs}  train loss {h['loss'][-1]:.4f}  "
                 f"train acc {h['accuracy'][-1]:.4f}  {self.held} loss {h['val_loss'][-1]:.4f}  "
-                f"{self.held} acc {h['val_accuracy'][-1]:.4f}  ({now - self.t:.2f} s)")
+                f"{self.held} acc {h['val_accuracy'][-1]:.4f}  ({now - self.t:.3f} s)")
         if "grad_norms" in logs:
             line += "  ||dW|| " + " ".join(f"{g:.2e}" for g in logs["grad_norms"][-1])
         self.t = now
