@@ -322,11 +322,22 @@ class MLP:
     def _loss_delta(self, plan, Y, loss_out=None, weights=None, want_delta=True):
         self.backend.network_loss(plan, Y, self.loss, want_delta=want_delta, loss_out=loss_out, weights=weights)
 
-    def _step(self, X, Y, optimizer: Optimizer, loss_out=None, weights=None, plan=None):
-        """One training step on checked backend arrays (and a bound optimizer); no host synchronisation."""
+    def _gradients(self, X, Y, loss_out=None, weights=None, plan=None, after_layer=None, every_delta=False):
+        """Forward, loss and backward of one batch of checked backend arrays: the loss in `loss_out`
+        (default the plan's), the gradients in `self._grads`; returns the plan.  `after_layer` as
+        for `Backend.network_backward`; `every_delta` runs the interface's layer-by-layer backward,
+        which writes every intermediate delta even where a backend fuses layers."""
         plan = self._forward(X, plan)
         self._loss_delta(plan, Y, loss_out, weights)
-        self.backend.network_backward(plan, self._Wb, self._dWb)
+        if every_delta:   # the interface's own layer-by-layer backward, not a backend's fused one
+            Backend.network_backward(self.backend, plan, self._Wb, self._dWb, after_layer)
+        else:
+            self.backend.network_backward(plan, self._Wb, self._dWb, after_layer)
+        return plan
+
+    def _step(self, X, Y, optimizer: Optimizer, loss_out=None, weights=None, plan=None):
+        """One training step on checked backend arrays (and a bound optimizer); no host synchronisation."""
+        plan = self._gradients(X, Y, loss_out, weights, plan)
         optimizer.step(self.backend, self._params, self._grads)
         return plan
 
@@ -366,9 +377,7 @@ class MLP:
         """`(loss, [(dW, db), ...])` for the batch, without changing the parameters."""
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        plan = self._forward(X)
-        self._loss_delta(plan, Y)
-        self.backend.network_backward(plan, self._Wb, self._dWb)
+        plan = self._gradients(X, Y)
         loss = float(self.backend.to_numpy(plan.loss)[0])
         host = self.backend.to_numpy(self._grads)
         return loss, [(dW.copy(), db.copy()) for dW, db in self.layout.views(host)]
@@ -423,12 +432,10 @@ class MLP:
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
         opt = self._bind(opt, lr)
-        plan = self._forward(X)
-        self._loss_delta(plan, Y)
+        plan = self._gradients(X, Y)
         loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
             raise self._diverged(loss, opt.t + 1, opt.lr)
-        self.backend.network_backward(plan, self._Wb, self._dWb)
         opt.step(self.backend, self._params, self._grads)
         return loss
 

@@ -17,7 +17,6 @@ import sys
 import numpy as np
 
 from . import losses
-from .backends.base import Backend
 
 #: steps between two reads of the loss values (each read is a host synchronisation)
 CHECK_EVERY = 64
@@ -126,13 +125,7 @@ class FitLoop:
             opt.step(net.backend, net._params, net._grads)
             return None
         after_layer = None if self.dist is None else self.dist.after_layer
-        plan = net._plan(X.shape[0])
-        net._forward(X, plan)
-        net._loss_delta(plan, Y, step_losses[i:i + 1], w)
-        if every_delta:
-            Backend.network_backward(net.backend, plan, net._Wb, net._dWb, after_layer)
-        else:
-            net.backend.network_backward(plan, net._Wb, net._dWb, after_layer)
+        plan = net._gradients(X, Y, step_losses[i:i + 1], w, after_layer=after_layer, every_delta=every_delta)
         if self.dist is not None:
             self.dist.finish()
         opt.step(net.backend, net._params, net._grads)
