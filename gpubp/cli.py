@@ -316,12 +316,12 @@ def _grad_norms_path(plot) -> Path:
 class _EpochReport:
     """fit's callback behind `gpubp train`: one line per epoch (and a bar on a terminal)."""
 
-    def __init__(self, ds, Y_held, X_held, y_held, held, epochs, progress, show=True):
+    def __init__(self, ds, X_held, y_held, held, epochs, progress, show=True):
         from .data import accuracy
 
         self.show = show            # False on the ranks other than 0 of a distributed run
         self.accuracy = accuracy
-        self.ds, self.X_held, self.Y_held, self.y_held, self.held = ds, X_held, Y_held, y_held, held
+        self.ds, self.X_held, self.y_held, self.held = ds, X_held, y_held, held
         self.epochs, self.width = epochs, len(str(epochs))
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         self.bar = None
@@ -333,10 +333,13 @@ class _EpochReport:
 
     def on_epoch_end(self, net, epoch, logs):
         h = self.history
+        # fit measured the loss of the held-out set, and for cross-entropy both accuracies (the
+        # arg-max rule of gpubp.data.accuracy); the squared-error and logistic outputs need its rule
+        ce = net.loss == "cross_entropy"
         h["loss"].append(logs["loss"][-1])
-        h["accuracy"].append(self.accuracy(net, self.ds.X_train, self.ds.y_train))
-        h["val_loss"].append(net.evaluate(self.X_held, self.Y_held)["loss"])
-        h["val_accuracy"].append(self.accuracy(net, self.X_held, self.y_held))
+        h["accuracy"].append(logs["accuracy"][-1] if ce else self.accuracy(net, self.ds.X_train, self.ds.y_train))
+        h["val_loss"].append(logs["val_loss"][-1])
+        h["val_accuracy"].append(logs["val_accuracy"][-1] if ce else self.accuracy(net, self.X_held, self.y_held))
         for key in ("grad_norms", "delta_norms", "update_ratios"):
             if key in logs:
                 h[key] = logs[key]
@@ -412,11 +415,11 @@ def cmd_train(args) -> int:
     if comm is not None:
         say(f"distributed: {comm.size} ranks, gradients summed over {comm.transport}")
 
-    report = _EpochReport(ds, Y_held, X_held, y_held, held, args.epochs, args.progress and root, show=root)
+    report = _EpochReport(ds, X_held, y_held, held, args.epochs, args.progress and root, show=root)
     t0 = time.perf_counter()
     try:
         net.fit(ds.X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
-                shuffle=True, standardize=args.standardize, callbacks=[report], verbose=0,
+                shuffle=True, validation=(X_held, Y_held), standardize=args.standardize, callbacks=[report], verbose=0,
                 grad_norms=args.grad_norms, comm=comm)
     except FloatingPointError as e:
         print(f"gpubp train: {e}", file=sys.stderr)
