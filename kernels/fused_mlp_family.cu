@@ -78,21 +78,11 @@ template <int POL> struct ff_policy {
 
 __device__ __forceinline__ int ff_roundup(int x, int k) { return (x + k - 1) / k * k; }
 
-__device__ __forceinline__ unsigned ff_tf32(float x) {
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-}
-
-// {lo, hi} -> bf16x2 (lo in the low half; cvt puts its first source in the high half).
-__device__ __forceinline__ unsigned ff_bf16x2(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
+// to_tf32, bf16x2, mma_tf32, mma_bf16: kernels/mma.cuh; cp_async16, cp_async4, cp_async_commit,
+// cp_async_wait: kernels/async_copy.cuh.
 
 // x rounded to a bf16 value, as a float32 (low 16 bits zero).
-__device__ __forceinline__ float ff_bf16_round(float x) { return __uint_as_float(ff_bf16x2(0.f, x) & 0xffff0000u); }
+__device__ __forceinline__ float ff_bf16_round(float x) { return __uint_as_float(bf16x2(0.f, x) & 0xffff0000u); }
 
 // Two floats that are already bf16 values -> bf16x2 (the high halves; exact).
 __device__ __forceinline__ unsigned ff_pack_bf16(float lo, float hi) {
@@ -101,42 +91,10 @@ __device__ __forceinline__ unsigned ff_pack_bf16(float lo, float hi) {
 
 template <int POL>
 __device__ __forceinline__ float ff_round(float x) {
-    if (POL == FF_POL_TF32) return __uint_as_float(ff_tf32(x));
+    if (POL == FF_POL_TF32) return __uint_as_float(to_tf32(x));
     if (POL == FF_POL_BF16) return ff_bf16_round(x);
     return x;
 }
-
-__device__ __forceinline__ void ff_mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                            unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ff_mma_bf16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                            unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// ------------------------------------------------------------- cp.async tile copies
-__device__ __forceinline__ void ff_cp16(float* dst, const float* src, bool in) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(in ? 16 : 0) : "memory");
-}
-
-__device__ __forceinline__ void ff_cp4(float* dst, const float* src, bool in) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(d), "l"(src), "r"(in ? 4 : 0) : "memory");
-}
-
-__device__ __forceinline__ void ff_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void ff_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Issue the copy of a ROWS x WMAX tile of the row-major X (ld n, rows row0 .. row0 + rows - 1
 // valid) into the swizzled tile s, zero outside [0, rows) x [0, n).  Slot = one float4 chunk,
@@ -157,12 +115,12 @@ __device__ __forceinline__ void ff_load_tile(float* s, const float* __restrict__
         const float* row = X + (row0 + m) * (long long)n;
         if (vec) {
             const bool in = m < rows && k < n;
-            ff_cp16(dst, in ? row + k : X, in);
+            cp_async16(dst, in ? row + k : X, in);
         } else {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const bool in = m < rows && k + e < n;
-                ff_cp4(dst + e, in ? row + k + e : X, in);
+                cp_async4(dst + e, in ? row + k + e : X, in);
             }
         }
     }
@@ -305,10 +263,10 @@ __device__ __forceinline__ void ff_gemm_rows(const float* sA, const float* sW, i
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int r = m0 + 16 * i + g;
-                a[i][0] = ff_tf32(sA[ff_off<WMAX>(r, k0 + t)]);
-                a[i][1] = ff_tf32(sA[ff_off<WMAX>(r + 8, k0 + t)]);
-                a[i][2] = ff_tf32(sA[ff_off<WMAX>(r, k0 + t + 4)]);
-                a[i][3] = ff_tf32(sA[ff_off<WMAX>(r + 8, k0 + t + 4)]);
+                a[i][0] = to_tf32(sA[ff_off<WMAX>(r, k0 + t)]);
+                a[i][1] = to_tf32(sA[ff_off<WMAX>(r + 8, k0 + t)]);
+                a[i][2] = to_tf32(sA[ff_off<WMAX>(r, k0 + t + 4)]);
+                a[i][3] = to_tf32(sA[ff_off<WMAX>(r + 8, k0 + t + 4)]);
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -324,7 +282,7 @@ __device__ __forceinline__ void ff_gemm_rows(const float* sA, const float* sW, i
             for (int i = 0; i < 2; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    ff_mma_tf32(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+                    mma_tf32(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
         }
     } else {   // FF_POL_BF16
 #pragma unroll (MODE == 0 ? 1 : 2)
@@ -337,10 +295,10 @@ __device__ __forceinline__ void ff_gemm_rows(const float* sA, const float* sW, i
                 const float2 v1 = *reinterpret_cast<const float2*>(sA + ff_off<WMAX>(r + 8, k0 + 2 * t));
                 const float2 v2 = *reinterpret_cast<const float2*>(sA + ff_off<WMAX>(r, k0 + 2 * t + 8));
                 const float2 v3 = *reinterpret_cast<const float2*>(sA + ff_off<WMAX>(r + 8, k0 + 2 * t + 8));
-                a[i][0] = ff_bf16x2(v0.x, v0.y);
-                a[i][1] = ff_bf16x2(v1.x, v1.y);
-                a[i][2] = ff_bf16x2(v2.x, v2.y);
-                a[i][3] = ff_bf16x2(v3.x, v3.y);
+                a[i][0] = bf16x2(v0.x, v0.y);
+                a[i][1] = bf16x2(v1.x, v1.y);
+                a[i][2] = bf16x2(v2.x, v2.y);
+                a[i][3] = bf16x2(v3.x, v3.y);
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -360,7 +318,7 @@ __device__ __forceinline__ void ff_gemm_rows(const float* sA, const float* sW, i
             for (int i = 0; i < 2; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    ff_mma_bf16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+                    mma_bf16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
         }
     }
 }
@@ -475,22 +433,22 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int n = nw + 16 * i + g;
-                    a[i][0] = ff_tf32(sD[ff_off<WMAX>(m0 + t, n)]);
-                    a[i][1] = ff_tf32(sD[ff_off<WMAX>(m0 + t, n + 8)]);
-                    a[i][2] = ff_tf32(sD[ff_off<WMAX>(m0 + t + 4, n)]);
-                    a[i][3] = ff_tf32(sD[ff_off<WMAX>(m0 + t + 4, n + 8)]);
+                    a[i][0] = to_tf32(sD[ff_off<WMAX>(m0 + t, n)]);
+                    a[i][1] = to_tf32(sD[ff_off<WMAX>(m0 + t, n + 8)]);
+                    a[i][2] = to_tf32(sD[ff_off<WMAX>(m0 + t + 4, n)]);
+                    a[i][3] = to_tf32(sD[ff_off<WMAX>(m0 + t + 4, n + 8)]);
                 }
 #pragma unroll
                 for (int j = 0; j < NJ; ++j) {
                     const int k = kw + 8 * j + g;
-                    b[j][0] = ff_tf32(sA[ff_off<WMAX>(m0 + t, k)]);
-                    b[j][1] = ff_tf32(sA[ff_off<WMAX>(m0 + t + 4, k)]);
+                    b[j][0] = to_tf32(sA[ff_off<WMAX>(m0 + t, k)]);
+                    b[j][1] = to_tf32(sA[ff_off<WMAX>(m0 + t + 4, k)]);
                 }
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
 #pragma unroll
                     for (int j = 0; j < NJ; ++j)
-                        ff_mma_tf32(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+                        mma_tf32(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
             }
         } else {
             // bf16 pairs along m: rows m0 + 2t, + 1 (and + 8, + 9)
@@ -501,22 +459,22 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int n = nw + 16 * i + g;
-                    a[i][0] = ff_bf16x2(sD[ff_off<WMAX>(r, n)], sD[ff_off<WMAX>(r + 1, n)]);
-                    a[i][1] = ff_bf16x2(sD[ff_off<WMAX>(r, n + 8)], sD[ff_off<WMAX>(r + 1, n + 8)]);
-                    a[i][2] = ff_bf16x2(sD[ff_off<WMAX>(r + 8, n)], sD[ff_off<WMAX>(r + 9, n)]);
-                    a[i][3] = ff_bf16x2(sD[ff_off<WMAX>(r + 8, n + 8)], sD[ff_off<WMAX>(r + 9, n + 8)]);
+                    a[i][0] = bf16x2(sD[ff_off<WMAX>(r, n)], sD[ff_off<WMAX>(r + 1, n)]);
+                    a[i][1] = bf16x2(sD[ff_off<WMAX>(r, n + 8)], sD[ff_off<WMAX>(r + 1, n + 8)]);
+                    a[i][2] = bf16x2(sD[ff_off<WMAX>(r + 8, n)], sD[ff_off<WMAX>(r + 9, n)]);
+                    a[i][3] = bf16x2(sD[ff_off<WMAX>(r + 8, n + 8)], sD[ff_off<WMAX>(r + 9, n + 8)]);
                 }
 #pragma unroll
                 for (int j = 0; j < NJ; ++j) {
                     const int k = kw + 8 * j + g;
-                    b[j][0] = ff_bf16x2(sA[ff_off<WMAX>(r, k)], sA[ff_off<WMAX>(r + 1, k)]);
-                    b[j][1] = ff_bf16x2(sA[ff_off<WMAX>(r + 8, k)], sA[ff_off<WMAX>(r + 9, k)]);
+                    b[j][0] = bf16x2(sA[ff_off<WMAX>(r, k)], sA[ff_off<WMAX>(r + 1, k)]);
+                    b[j][1] = bf16x2(sA[ff_off<WMAX>(r + 8, k)], sA[ff_off<WMAX>(r + 9, k)]);
                 }
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
 #pragma unroll
                     for (int j = 0; j < NJ; ++j)
-                        ff_mma_bf16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+                        mma_bf16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
             }
         }
 #pragma unroll
@@ -706,7 +664,7 @@ fused_family_fwd(const long long* __restrict__ table, int L, int B) {
                                (vec & FM_VEC_X) != 0, tid);
         ff_load_tile<WMAX, WMAX>(sW0, reinterpret_cast<const float*>(p[FM_W]), 0, (int)p[FM_NOUT], n_in,
                                  (vec & FM_VEC_W) != 0, tid);
-        ff_commit();
+        cp_async_commit();
     }
 
     for (int l = 0; l < L; ++l) {
@@ -714,14 +672,14 @@ fused_family_fwd(const long long* __restrict__ table, int L, int B) {
         const int n_in = (int)p[FM_NIN];
         const int n_out = (int)p[FM_NOUT];
         float* sW = sW0 + (l & 1) * (WMAX * WMAX);
-        ff_wait_all();
+        cp_async_wait<0>();
         ff_round_tile<POL, WMAX, WMAX>(sW, tid);
         __syncthreads();   // sX = X_l, sW = W_l (rounded)
         if (l + 1 < L) {
             const long long* q = p + FM_FIELDS;
             ff_load_tile<WMAX, WMAX>(sW0 + ((l + 1) & 1) * (WMAX * WMAX), reinterpret_cast<const float*>(q[FM_W]),
                                      0, (int)q[FM_NOUT], (int)q[FM_NIN], (q[FM_VEC] & FM_VEC_W) != 0, tid);
-            ff_commit();
+            cp_async_commit();
         }
         if (l > 0) {
             const long long* q = p - FM_FIELDS;
@@ -790,7 +748,7 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
         if (i > 0 || want_din != 0)
             ff_load_tile<WMAX, WMAX>(sW0 + b * (WMAX * WMAX), reinterpret_cast<const float*>(p[FM_W]), 0,
                                      (int)p[FM_NOUT], n_in, (vec & FM_VEC_W) != 0, tid);
-        ff_commit();
+        cp_async_commit();
     };
 
     {
@@ -817,7 +775,7 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
             const bool has_next = i > 0 || more_tiles;
             float* sA = sA0 + buf * (BM * WMAX);
             float* sW = sW0 + buf * (WMAX * WMAX);
-            ff_wait_all();
+            cp_async_wait<0>();
             if (need_delta) ff_round_tile<POL, WMAX, WMAX>(sW, tid);
             __syncthreads();   // sD = delta_i, sA = X_i, sW = W_i (rounded)
             if (NBUF == 2 && has_next) {
@@ -844,7 +802,7 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
             if (i == 0 && more_tiles)   // no one reads or writes sD until the next barrier
                 ff_load_tile<BM, WMAX>(sD, delta_last, next_row0, (int)min((long long)BM, (long long)B - next_row0),
                                        n_last, vec_dl != 0, tid);
-            ff_commit();
+            cp_async_commit();
 
             if (tid < WMAX) {
                 float s = sScr[tid];
@@ -895,7 +853,7 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
         }
         first = false;
     }
-    ff_wait_all();   // nothing is pending past the last tile; keep the groups balanced anyway
+    cp_async_wait<0>();   // nothing is pending past the last tile; keep the groups balanced anyway
 }
 
 // ============================================================= 3. reduce of the partials

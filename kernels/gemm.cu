@@ -76,19 +76,8 @@ __device__ __forceinline__ void vst(T* dst, const T* src) {
 }
 
 // ------------------------------------------------------------- tile mapping
-// Block id -> (tile row tp, tile col tq), grouped 8 tile-rows at a time so that
-// blocks running together share operand tiles in L2.
-__device__ __forceinline__ void gemm_tile_coords(int tiles_p, int tiles_q, int& tp, int& tq) {
-    const int G = 8;
-    const int id = blockIdx.x;
-    const int per_group = G * tiles_q;
-    const int group = id / per_group;
-    const int first = group * G;
-    const int gsize = min(tiles_p - first, G);
-    const int local = id - group * per_group;
-    tp = first + local % gsize;
-    tq = local / gsize;
-}
+// gemm_tile_coords (kernels/async_copy.cuh): block id -> (tile row tp, tile col tq), grouped
+// 8 tile-rows at a time so that blocks running together share operand tiles in L2.
 
 // ------------------------------------------------------------- global -> registers
 // One SUB-vector of the BM x BK tile (tile origin p0, r0) of operand X into v.
@@ -504,40 +493,7 @@ gemm_splitk_reduce(const T* __restrict__ ws, T* dW, T* db, int S, long long spli
 // needs about 160 for the RC copies' addresses (ptxas spilled at 128), so 1 block/SM (8 warps).
 #define GEMM2_MIN_BLOCKS(BK) ((BK) <= 8 ? 2 : 1)
 
-__device__ __forceinline__ void gemm2_cp16(float* dst, const float* src, bool in) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    const int n = in ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(n) : "memory");
-#else
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (in) v = *reinterpret_cast<const float4*>(src);
-    *reinterpret_cast<float4*>(dst) = v;
-#endif
-}
-
-__device__ __forceinline__ void gemm2_cp4(float* dst, const float* src, bool in) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    const int n = in ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(d), "l"(src), "r"(n) : "memory");
-#else
-    *dst = in ? *src : 0.f;
-#endif
-}
-
-__device__ __forceinline__ void gemm2_commit() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void gemm2_wait() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
-#endif
-}
+// cp_async16 / cp_async4 / cp_async_commit / cp_async_wait: kernels/async_copy.cuh.
 
 // Issue the copies of one BK x 128 k-tile of operand X (tile origin p0, r0) into stage s.
 template <int BK, bool PC>
@@ -552,7 +508,7 @@ __device__ __forceinline__ void gemm2_load_tile(float* s, const float* __restric
             const int k = (tid >> 5) + 8 * c;
             const bool in = pin && r0 + k < r_end;
             const float* src = in ? X + (long long)(r0 + k) * ld + (p0 + p) : X;
-            gemm2_cp16(s + k * GEMM2_LDS + p, src, in);
+            cp_async16(s + k * GEMM2_LDS + p, src, in);
         }
     } else {
         const int lane = tid & 31, w = tid >> 5;
@@ -565,7 +521,7 @@ __device__ __forceinline__ void gemm2_load_tile(float* s, const float* __restric
             for (int c = 0; c < BK / 8; ++c) {
                 const int k = (lane & 7) + 8 * c;
                 const bool in = pin && r0 + k < r_end;
-                gemm2_cp4(s + k * GEMM2_LDS + p, in ? row + k : X, in);
+                cp_async4(s + k * GEMM2_LDS + p, in ? row + k : X, in);
             }
         }
     }
@@ -600,13 +556,13 @@ __device__ __forceinline__ void gemm2_core(
             gemm2_load_tile<BK, XPC>(sX + s * TILE, X, ldx, PX, p0, r0, r_end, tid);
             gemm2_load_tile<BK, YPC>(sY + s * TILE, Y, ldy, PY, q0, r0, r_end, tid);
         }
-        gemm2_commit();
+        cp_async_commit();
     }
 
     const int sc = tid & (GEMM2_BM - 1), sk = (tid >> 7) * (BK / 2);   // column-sum slot
     int stage = 0, wstage = STAGES - 1;
     for (int t = 0; t < ntiles; ++t) {
-        gemm2_wait<STAGES - 2>();   // this thread's copies of tile t have landed
+        cp_async_wait<STAGES - 2>();   // this thread's copies of tile t have landed
         __syncthreads();            // everyone's have; everyone is done with tile t-1 (stage wstage)
         const int tn = t + STAGES - 1;
         if (tn < ntiles) {
@@ -614,7 +570,7 @@ __device__ __forceinline__ void gemm2_core(
             gemm2_load_tile<BK, XPC>(sX + wstage * TILE, X, ldx, PX, p0, r0, r_end, tid);
             gemm2_load_tile<BK, YPC>(sY + wstage * TILE, Y, ldy, PY, q0, r0, r_end, tid);
         }
-        gemm2_commit();
+        cp_async_commit();
 
         const float* xs = sX + stage * TILE;
         const float* ys = sY + stage * TILE;
@@ -637,7 +593,7 @@ __device__ __forceinline__ void gemm2_core(
         stage = stage + 1 == STAGES ? 0 : stage + 1;
         wstage = wstage + 1 == STAGES ? 0 : wstage + 1;
     }
-    gemm2_wait<0>();   // only empty groups can be pending; keep the count exact anyway
+    cp_async_wait<0>();   // only empty groups can be pending; keep the count exact anyway
     __syncthreads();
 }
 

@@ -68,47 +68,8 @@ static_assert(GEMM3_THREADS == 128 && GEMM3_BM == 128 && GEMM3_BK == 16,
 static_assert(GEMM3_BK * GEMM3_LDK <= GEMM3_TILE, "PC stage fits the tile");
 
 // ------------------------------------------------------------- cp.async
-__device__ __forceinline__ void gemm3_cp16(unsigned dst, const float* src, bool in) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    const int n = in ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(n) : "memory");
-#else
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (in) v = *reinterpret_cast<const float4*>(src);
-    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" :: "r"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void gemm3_cp16_fast(unsigned dst, const float* src) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(dst), "l"(src) : "memory");
-#else
-    gemm3_cp16(dst, src, true);
-#endif
-}
-
-__device__ __forceinline__ void gemm3_cp4(unsigned dst, const float* src, bool in) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    const int n = in ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(n) : "memory");
-#else
-    const float v = in ? *src : 0.f;
-    asm volatile("st.shared.f32 [%0], %1;\n" :: "r"(dst), "f"(v) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void gemm3_commit() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void gemm3_wait() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
-#endif
-}
+// cp_async16 (to a 32-bit shared address), cp_async16_always, cp_async4, cp_async_commit,
+// cp_async_wait, gemm_tile_coords: kernels/async_copy.cuh.
 
 __device__ __forceinline__ void gemm3_ld4(float* d, const float* s) {
     const float4 v = *reinterpret_cast<const float4*>(s);
@@ -160,7 +121,7 @@ struct Gemm3Operand {
         const long long step = cstep();
         if (fast) {
 #pragma unroll
-            for (int c = 0; c < 4; ++c) gemm3_cp16_fast(d0 + soff(c), src + c * step);
+            for (int c = 0; c < 4; ++c) cp_async16_always(d0 + soff(c), src + c * step);
             return;
         }
         const int k0 = r0 + k_first(tid);
@@ -170,12 +131,12 @@ struct Gemm3Operand {
             const int r = PC ? k0 + 4 * c : k0;
             if (vec) {   // a 16-byte chunk is wholly in or out (ld % 4 == 0, extent == ld)
                 const bool in = p < P && r < r_end;
-                gemm3_cp16(d0 + soff(c), in ? src + c * step : X, in);
+                cp_async16(d0 + soff(c), in ? src + c * step : X, in);
             } else {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const bool in = PC ? (p + e < P && r < r_end) : (p < P && r + e < r_end);
-                    gemm3_cp4(d0 + soff(c) + 4u * e, in ? src + c * step + e : X, in);
+                    cp_async4(d0 + soff(c) + 4u * e, in ? src + c * step + e : X, in);
                 }
             }
         }
@@ -191,19 +152,6 @@ __device__ __forceinline__ int gemm3_x_index(int i, int rg) {
 template <bool PC>
 __device__ __forceinline__ int gemm3_y_index(int j, int cg) {
     return PC ? (j >> 2) * 32 + cg * 4 + (j & 3) : j * 8 + cg;
-}
-
-// Block id -> (tile row tp, tile col tq), 8 tile rows per group (as gemm.cu).
-__device__ __forceinline__ void gemm3_tile_coords(int tiles_p, int tiles_q, int& tp, int& tq) {
-    const int G = 8;
-    const int id = blockIdx.x;
-    const int per_group = G * tiles_q;
-    const int group = id / per_group;
-    const int first = group * G;
-    const int gsize = min(tiles_p - first, G);
-    const int local = id - group * per_group;
-    tp = first + local % gsize;
-    tq = local / gsize;
 }
 
 // ------------------------------------------------------------- one k-tile's products
@@ -299,7 +247,7 @@ __device__ __forceinline__ void gemm3_core(
             ox.load(r0, s * STAGE_BYTES, fast, vecx, PX, r_end, tid);
             oy.load(r0, s * STAGE_BYTES, fast, vecy, PY, r_end, tid);
         }
-        gemm3_commit();
+        cp_async_commit();
     }
 
     int stage = 0, wstage = GEMM3_STAGES - 1, t = 0;
@@ -314,14 +262,14 @@ __device__ __forceinline__ void gemm3_core(
         const long long xt = XPC ? (long long)GEMM3_BK * ldx : GEMM3_BK;
         const long long yt = YPC ? (long long)GEMM3_BK * ldy : GEMM3_BK;
         for (; t < t_fast; ++t) {
-            gemm3_wait<GEMM3_STAGES - 2>();
+            cp_async_wait<GEMM3_STAGES - 2>();
             __syncthreads();
             const unsigned wb = wstage * STAGE_BYTES;
 #pragma unroll
-            for (int c = 0; c < 4; ++c) gemm3_cp16_fast(ox.sdst + wb + ox.soff(c), xsrc + c * xc);
+            for (int c = 0; c < 4; ++c) cp_async16_always(ox.sdst + wb + ox.soff(c), xsrc + c * xc);
 #pragma unroll
-            for (int c = 0; c < 4; ++c) gemm3_cp16_fast(oy.sdst + wb + oy.soff(c), ysrc + c * yc);
-            gemm3_commit();
+            for (int c = 0; c < 4; ++c) cp_async16_always(oy.sdst + wb + oy.soff(c), ysrc + c * yc);
+            cp_async_commit();
             xsrc += xt;
             ysrc += yt;
             const int so = stage * GEMM3_TILE;
@@ -337,7 +285,7 @@ __device__ __forceinline__ void gemm3_core(
     // The general loop: the last STAGES - 1 iterations of an interior block, every iteration
     // of an edge block (or of unaligned operands).
     for (; t < ntiles; ++t) {
-        gemm3_wait<GEMM3_STAGES - 2>();   // this thread's copies of tile t have landed
+        cp_async_wait<GEMM3_STAGES - 2>();   // this thread's copies of tile t have landed
         __syncthreads();                  // everyone's have; everyone is done with tile t-1
         const int tn = t + GEMM3_STAGES - 1;
         if (tn < ntiles) {
@@ -346,7 +294,7 @@ __device__ __forceinline__ void gemm3_core(
             ox.load(r0, wstage * STAGE_BYTES, fast, vecx, PX, r_end, tid);
             oy.load(r0, wstage * STAGE_BYTES, fast, vecy, PY, r_end, tid);
         }
-        gemm3_commit();
+        cp_async_commit();
 
         const int so = stage * GEMM3_TILE;
         if (sumx) {   // X is PC here: column tid of the k-major stage, zero-filled past the edges
@@ -357,7 +305,7 @@ __device__ __forceinline__ void gemm3_core(
         stage = stage + 1 == GEMM3_STAGES ? 0 : stage + 1;
         wstage = wstage + 1 == GEMM3_STAGES ? 0 : wstage + 1;
     }
-    gemm3_wait<0>();   // only empty groups can be pending; keep the count exact anyway
+    cp_async_wait<0>();   // only empty groups can be pending; keep the count exact anyway
     __syncthreads();
 }
 
@@ -373,7 +321,7 @@ gemm_f32_fwd(const float* __restrict__ A, const float* __restrict__ W, const flo
     extern __shared__ __align__(16) float gemm3_smem[];
     const int tid = threadIdx.x;
     int tp, tq;
-    gemm3_tile_coords((M + GEMM3_BM - 1) / GEMM3_BM, (N + GEMM3_BM - 1) / GEMM3_BM, tp, tq);
+    gemm_tile_coords((M + GEMM3_BM - 1) / GEMM3_BM, (N + GEMM3_BM - 1) / GEMM3_BM, tp, tq);
     const int warp = tid >> 5, lane = tid & 31;
     const int pw = tp * GEMM3_BM + (warp >> 1) * 64, qw = tq * GEMM3_BM + (warp & 1) * 64;
     const int rg = lane >> 3, cg = lane & 7;
@@ -419,7 +367,7 @@ gemm_f32_bwd_data(const float* __restrict__ D, const float* __restrict__ W, cons
     extern __shared__ __align__(16) float gemm3_smem[];
     const int tid = threadIdx.x;
     int tp, tq;
-    gemm3_tile_coords((M + GEMM3_BM - 1) / GEMM3_BM, (K + GEMM3_BM - 1) / GEMM3_BM, tp, tq);
+    gemm_tile_coords((M + GEMM3_BM - 1) / GEMM3_BM, (K + GEMM3_BM - 1) / GEMM3_BM, tp, tq);
     const int warp = tid >> 5, lane = tid & 31;
     const int pw = tp * GEMM3_BM + (warp >> 1) * 64, qw = tq * GEMM3_BM + (warp & 1) * 64;
     const int rg = lane >> 3, cg = lane & 7;
@@ -477,7 +425,7 @@ gemm_f32_bwd_weight(const float* __restrict__ D, const float* __restrict__ A, fl
     extern __shared__ __align__(16) float gemm3_smem[];
     const int tid = threadIdx.x;
     int tp, tq;
-    gemm3_tile_coords((N + GEMM3_BM - 1) / GEMM3_BM, (K + GEMM3_BM - 1) / GEMM3_BM, tp, tq);
+    gemm_tile_coords((N + GEMM3_BM - 1) / GEMM3_BM, (K + GEMM3_BM - 1) / GEMM3_BM, tp, tq);
     const int warp = tid >> 5, lane = tid & 31;
     const int p0 = tp * GEMM3_BM;
     const int pw = p0 + (warp >> 1) * 64, qw = tq * GEMM3_BM + (warp & 1) * 64;

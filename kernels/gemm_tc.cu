@@ -78,51 +78,9 @@ template <int PREC> struct tc_pitch {
     static constexpr int TILE = (TC_BM * RC > TC_BK * PC) ? TC_BM * RC : TC_BK * PC;
 };
 
-// ------------------------------------------------------------- conversions and mma
-__device__ __forceinline__ unsigned tc_tf32(float x) {
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-}
-
-// {lo, hi} -> packed bf16x2, lo in the low half (cvt puts its first source in the high half).
-__device__ __forceinline__ unsigned tc_bf16x2(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-__device__ __forceinline__ void tc_mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ void tc_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// ------------------------------------------------------------- cp.async
-__device__ __forceinline__ void tc_cp16(float* dst, const float* src, bool in) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(in ? 16 : 0) : "memory");
-}
-
-__device__ __forceinline__ void tc_cp4(float* dst, const float* src, bool in) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(d), "l"(src), "r"(in ? 4 : 0) : "memory");
-}
-
-__device__ __forceinline__ void tc_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void tc_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
+// ------------------------------------------------------------- conversions, mma, cp.async
+// to_tf32, bf16x2, mma_tf32, mma_bf16: kernels/mma.cuh; cp_async16, cp_async4,
+// cp_async_commit, cp_async_wait, gemm_tile_coords: kernels/async_copy.cuh.
 
 // Issue the copies of the BK-wide k-tile at r0 of operand X (tile origin p0) into s.
 // P: extent in p; r_end: end of the r range; ld: leading dimension.
@@ -139,14 +97,14 @@ __device__ __forceinline__ void tc_load_tile(float* s, const float* __restrict__
         if (vec) {
             const bool in = gp < P && gr < r_end;
             const float* src = in ? X + (PC ? (long long)gr * ld + gp : (long long)gp * ld + gr) : X;
-            tc_cp16(s + so, src, in);
+            cp_async16(s + so, src, in);
         } else {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int ep = PC ? gp + e : gp, er = PC ? gr : gr + e;
                 const bool in = ep < P && er < r_end;
                 const float* src = in ? X + (PC ? (long long)er * ld + ep : (long long)ep * ld + er) : X;
-                tc_cp4(s + so + e, src, in);
+                cp_async4(s + so + e, src, in);
             }
         }
     }
@@ -161,9 +119,9 @@ __device__ __forceinline__ float tc_at(const float* s, int p, int r) {
 // bf16(X(p, r)), bf16(X(p, r + 1)) packed (r even): one 8-byte read from an RC tile.
 template <int PREC, bool PC>
 __device__ __forceinline__ unsigned tc_pair_bf16(const float* s, int p, int r) {
-    if (PC) return tc_bf16x2(tc_at<PREC, PC>(s, p, r), tc_at<PREC, PC>(s, p, r + 1));
+    if (PC) return bf16x2(tc_at<PREC, PC>(s, p, r), tc_at<PREC, PC>(s, p, r + 1));
     const float2 v = *reinterpret_cast<const float2*>(s + p * tc_pitch<PREC>::RC + r);
-    return tc_bf16x2(v.x, v.y);
+    return bf16x2(v.x, v.y);
 }
 
 // Fragment registers of one 16 (p) x k tile at (p, kb) [A role] or of an 8 (p) x k tile
@@ -183,8 +141,8 @@ __device__ __forceinline__ void tc_frag_a(const float* s, int p, int kb, int g, 
                             tc_at<PREC, PC>(s, p + g, kb + t + 4), tc_at<PREC, PC>(s, p + g + 8, kb + t + 4)};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            hi[i] = tc_tf32(x[i]);
-            if (PREC == TC_3XTF32) lo[i] = tc_tf32(x[i] - __uint_as_float(hi[i]));
+            hi[i] = to_tf32(x[i]);
+            if (PREC == TC_3XTF32) lo[i] = to_tf32(x[i] - __uint_as_float(hi[i]));
         }
     }
 }
@@ -201,8 +159,8 @@ __device__ __forceinline__ void tc_frag_b(const float* s, int q, int kb, int g, 
         const float x[2] = {tc_at<PREC, PC>(s, q + g, kb + t), tc_at<PREC, PC>(s, q + g, kb + t + 4)};
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            hi[i] = tc_tf32(x[i]);
-            if (PREC == TC_3XTF32) lo[i] = tc_tf32(x[i] - __uint_as_float(hi[i]));
+            hi[i] = to_tf32(x[i]);
+            if (PREC == TC_3XTF32) lo[i] = to_tf32(x[i] - __uint_as_float(hi[i]));
         }
     }
 }
@@ -243,13 +201,13 @@ __device__ __forceinline__ void tc_core(
             tc_load_tile<PREC, XPC>(sX + s * TILE, X, ldx, PX, p0, r0, r_end, vecx, tid);
             tc_load_tile<PREC, YPC>(sY + s * TILE, Y, ldy, PY, q0, r0, r_end, vecy, tid);
         }
-        tc_commit();
+        cp_async_commit();
     }
 
     const int sc = tid & (TC_BM - 1), sk = (tid >> 7) * (TC_BK / 2);   // column-sum slot
     int stage = 0, wstage = STAGES - 1;
     for (int kt = 0; kt < ntiles; ++kt) {
-        tc_wait<STAGES - 2>();   // this thread's copies of tile kt have landed
+        cp_async_wait<STAGES - 2>();   // this thread's copies of tile kt have landed
         __syncthreads();         // everyone's have; everyone is done with tile kt-1 (stage wstage)
         const int tn = kt + STAGES - 1;
         if (tn < ntiles) {
@@ -257,7 +215,7 @@ __device__ __forceinline__ void tc_core(
             tc_load_tile<PREC, XPC>(sX + wstage * TILE, X, ldx, PX, p0, r0, r_end, vecx, tid);
             tc_load_tile<PREC, YPC>(sY + wstage * TILE, Y, ldy, PY, q0, r0, r_end, vecy, tid);
         }
-        tc_commit();
+        cp_async_commit();
 
         const float* xs = sX + stage * TILE;
         const float* ys = sY + stage * TILE;
@@ -277,13 +235,13 @@ __device__ __forceinline__ void tc_core(
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     if (PREC == TC_BF16) {
-                        tc_mma_bf16(acc[i][j], ah, bh[j]);
+                        mma_bf16(acc[i][j], ah, bh[j]);
                     } else {
                         if (PREC == TC_3XTF32) {
-                            tc_mma_tf32(acc[i][j], al, bh[j]);
-                            tc_mma_tf32(acc[i][j], ah, bl[j]);
+                            mma_tf32(acc[i][j], al, bh[j]);
+                            mma_tf32(acc[i][j], ah, bl[j]);
                         }
-                        tc_mma_tf32(acc[i][j], ah, bh[j]);
+                        mma_tf32(acc[i][j], ah, bh[j]);
                     }
                 }
             }
@@ -291,21 +249,8 @@ __device__ __forceinline__ void tc_core(
         stage = stage + 1 == STAGES ? 0 : stage + 1;
         wstage = wstage + 1 == STAGES ? 0 : wstage + 1;
     }
-    tc_wait<0>();   // only empty groups can be pending; keep the count exact anyway
+    cp_async_wait<0>();   // only empty groups can be pending; keep the count exact anyway
     __syncthreads();
-}
-
-// Block id -> (tile row tp, tile col tq), 8 tile-rows per group (L2 reuse).
-__device__ __forceinline__ void tc_tile_coords(int tiles_p, int tiles_q, int& tp, int& tq) {
-    const int G = 8;
-    const int id = blockIdx.x;
-    const int per_group = G * tiles_q;
-    const int group = id / per_group;
-    const int first = group * G;
-    const int gsize = min(tiles_p - first, G);
-    const int local = id - group * per_group;
-    tp = first + local % gsize;
-    tq = local / gsize;
 }
 
 // The output coordinates of acc[i][j][2h + e]: row p0 + wp + 16 i + g + 8 h, column
@@ -326,7 +271,7 @@ gemm_tc_fwd(const float* __restrict__ A, const float* __restrict__ W, const floa
     extern __shared__ __align__(16) float tc_smem[];
     const int tid = threadIdx.x;
     int tp, tq;
-    tc_tile_coords((M + TC_BM - 1) / TC_BM, (N + TC_BM - 1) / TC_BM, tp, tq);
+    gemm_tile_coords((M + TC_BM - 1) / TC_BM, (N + TC_BM - 1) / TC_BM, tp, tq);
     const int p0 = tp * TC_BM, q0 = tq * TC_BM;
     float acc[4][4][4], unused;
     tc_core<PREC, STAGES, false, false>(A, K, M, vec_in != 0, W, K, N, vec_in != 0,
@@ -372,7 +317,7 @@ gemm_tc_bwd_data(const float* __restrict__ D, const float* __restrict__ W, const
     extern __shared__ __align__(16) float tc_smem[];
     const int tid = threadIdx.x;
     int tp, tq;
-    tc_tile_coords((M + TC_BM - 1) / TC_BM, (K + TC_BM - 1) / TC_BM, tp, tq);
+    gemm_tile_coords((M + TC_BM - 1) / TC_BM, (K + TC_BM - 1) / TC_BM, tp, tq);
     const int p0 = tp * TC_BM, q0 = tq * TC_BM;
     float acc[4][4][4], unused;
     tc_core<PREC, STAGES, false, true>(D, N, M, vec_d != 0, W, K, K, vec_w != 0,
@@ -435,7 +380,7 @@ gemm_tc_bwd_weight(const float* __restrict__ D, const float* __restrict__ A, flo
     extern __shared__ __align__(16) float tc_smem[];
     const int tid = threadIdx.x;
     int tp, tq;
-    tc_tile_coords((N + TC_BM - 1) / TC_BM, (K + TC_BM - 1) / TC_BM, tp, tq);
+    gemm_tile_coords((N + TC_BM - 1) / TC_BM, (K + TC_BM - 1) / TC_BM, tp, tq);
     const int p0 = tp * TC_BM, q0 = tq * TC_BM;
     const int r_begin = blockIdx.z * rows_per_split;
     const int r_end = min(M, r_begin + rows_per_split);
@@ -493,11 +438,11 @@ __global__ void gemm_tc_round(const float* __restrict__ x, float* out, long long
          i += (long long)gridDim.x * blockDim.x) {
         const float v = x[i];
         if (PREC == TC_BF16) {
-            out[i] = __uint_as_float(tc_bf16x2(v, 0.f) << 16);
+            out[i] = __uint_as_float(bf16x2(v, 0.f) << 16);
         } else {
-            const unsigned h = tc_tf32(v);
+            const unsigned h = to_tf32(v);
             out[i] = __uint_as_float(h);
-            if (PREC == TC_3XTF32) out[n + i] = __uint_as_float(tc_tf32(v - __uint_as_float(h)));
+            if (PREC == TC_3XTF32) out[n + i] = __uint_as_float(to_tf32(v - __uint_as_float(h)));
         }
     }
 }

@@ -90,7 +90,7 @@ def _sass_expect() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-SPECS = (ModuleSpec(name="fused_mlp_family", files=("activations.cuh", "fused_mlp_family.cu"),
+SPECS = (ModuleSpec(name="fused_mlp_family", files=("activations.cuh", "async_copy.cuh", "mma.cuh", "fused_mlp_family.cu"),
                     name_expressions=_all_names(), sass_expect=_sass_expect()),)
 
 

@@ -94,7 +94,7 @@ def _all_names() -> tuple[str, ...]:
     return tuple(names)
 
 
-SPECS = (ModuleSpec(name="gemm", files=("activations.cuh", "gemm.cu"),
+SPECS = (ModuleSpec(name="gemm", files=("activations.cuh", "async_copy.cuh", "gemm.cu"),
                     name_expressions=_all_names()),)
 
 

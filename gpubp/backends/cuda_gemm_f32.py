@@ -68,7 +68,7 @@ def _all_names() -> tuple[str, ...]:
 #: the FFMA core must compile to FFMA (the compile check reads each GEMM kernel's SASS)
 SASS_OPCODE = "FFMA"
 
-SPECS = (ModuleSpec(name="gemm_f32", files=("activations.cuh", "gemm_f32.cu"),
+SPECS = (ModuleSpec(name="gemm_f32", files=("activations.cuh", "async_copy.cuh", "gemm_f32.cu"),
                     name_expressions=_all_names(),
                     sass_expect=tuple((n, SASS_OPCODE) for n in _all_names() if n != REDUCE_NAME)),)
 

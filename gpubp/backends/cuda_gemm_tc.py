@@ -98,7 +98,7 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-SPECS = (ModuleSpec(name="gemm_tc", files=("activations.cuh", "gemm_tc.cu"),
+SPECS = (ModuleSpec(name="gemm_tc", files=("activations.cuh", "async_copy.cuh", "mma.cuh", "gemm_tc.cu"),
                     name_expressions=_all_names(), sass_expect=_sass_expect(_all_names())),)
 
 
