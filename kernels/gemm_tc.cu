@@ -54,8 +54,9 @@
 // source not read), so any M, N, K >= 1 works; zeros add nothing to the sums.
 //
 // Offsets that can pass 2^31 are long long.  Grid: 1-D over tiles, grouped 8 tile-rows at a
-// time for L2 reuse (gemm_tc_bwd_weight adds grid.z = splits of the batch).  No atomics: each
-// output is written once by one thread in a fixed order; bitwise reproducible on one device.
+// time for L2 reuse (gemm_tc_bwd_weight adds grid.z = splits of the batch; the split-K partials
+// of section 4 grid.z = slices of the reduction).  No atomics: each output is written once by one
+// thread in a fixed order; bitwise reproducible on one device.
 
 #define TC_TF32 0
 #define TC_3XTF32 1
@@ -65,10 +66,10 @@
 // (gpubp/backends/kernel_constants.py), shared with the launcher.
 static_assert(TC_THREADS == 256 && TC_BM == 128 && TC_BK == 16,
               "the copy slots, warp tiling and column sums below assume 256 threads, 128 x 128 x 16 tiles");
-// Blocks per SM asked of ptxas: the forward and input-gradient kernels fit 128 registers
-// (2 blocks of 8 warps per SM, 2 x 60-72 KB of shared memory); the weight gradient keeps
-// its column sums and needs about 130-160 registers: 1 block per SM.
-#define TC_MIN_BLOCKS_FWD 2
+// Blocks per SM asked of ptxas: the forward and input-gradient kernels (and their split-K
+// partials) fit 128 registers (TC_MIN_BLOCKS_FWD = 2 blocks of 8 warps per SM, 2 x 60-72 KB of
+// shared memory; from the generated header: the launcher's split choice counts on it); the
+// weight gradient keeps its column sums and needs about 130-160 registers: 1 block per SM.
 #define TC_MIN_BLOCKS_WGRAD 1
 // RC pitch, PC pitch per mode (see the header) and the floats of one operand's stage tile:
 // tf32 / 3xtf32 max(128 * 20, 16 * 136) = 2560, bf16 max(128 * 24, 16 * 132) = 3072.
@@ -426,6 +427,140 @@ __global__ void gemm_tc_splitk_reduce(const float* __restrict__ ws, float* dW, f
         for (int z = 1; z < S; ++z) s += ws[(long long)z * split_stride + e];
         if (e < NK) dW[e] = s;
         else db[e - NK] = s;
+    }
+}
+
+// ============================================================= 4. split-K, forward and input gradient
+// When the output has too few 128 x 128 tiles to fill the device (small batches), the forward and
+// input-gradient GEMMs cut their reduction into S contiguous slices (the launcher's choice,
+// cuda_gemm_tc.fwd_splits / bwd_data_splits: a pure function of the shapes and the SM count).
+// Slice z sums r in [z * r_per_split, min(R, (z + 1) * r_per_split)) (r_per_split a multiple of
+// TC_BK; no slice is empty) into ws + z * split_stride: the P x Q row-major float32 partial sums
+// of that slice, every element written by exactly one thread.  A second kernel then adds, for
+// each output element, the S partials in slice order z = 0, 1, ..., S-1 (never in the order the
+// blocks finished), in float32, and applies the layer's epilogue:
+//   gemm_tc_fwd_splitk_epilogue       Z = (((p_0 + p_1) + ...) + p_{S-1}) + bias; Aout = g(Z)
+//   gemm_tc_bwd_data_splitk_epilogue  out = (((p_0 + p_1) + ...) + p_{S-1}) * g'(.)
+// No atomics, no arrival order: bitwise reproducible on one device for a given S (a different
+// S, e.g. another SM count, sums in another order: the same value to float32 rounding).
+//   forward:         X = A (RC, ld K), Y = W (RC, ld K), P = M, Q = N, R = K  (YPC false)
+//   input gradient:  X = D (RC, ld N), Y = W (PC, ld K), P = M, Q = K, R = N  (YPC true)
+// So X is always RC with ld R, and Y has ld R (RC) or Q (PC).
+// Launch: block (256,1,1); grid (ceil(P/128) * ceil(Q/128), 1, S); dynamic smem as gemm_tc_fwd.
+// vec_x: R % 4 == 0, X 16-byte aligned; vec_y: (YPC ? Q : R) % 4 == 0, Y 16-byte aligned (a slice
+// boundary is a multiple of 16, so a 4-float chunk never straddles one); vec_out: Q % 2 == 0, ws
+// 8-byte aligned, split_stride even.
+template <int PREC, bool YPC, int STAGES>
+__global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_FWD)
+gemm_tc_splitk_partial(const float* __restrict__ X, const float* __restrict__ Y, float* ws,
+                       int P, int Q, int R, int r_per_split, long long split_stride,
+                       int vec_x, int vec_y, int vec_out) {
+    extern __shared__ __align__(16) float tc_smem[];
+    const int tid = threadIdx.x;
+    int tp, tq;
+    gemm_tile_coords((P + TC_BM - 1) / TC_BM, (Q + TC_BM - 1) / TC_BM, tp, tq);
+    const int p0 = tp * TC_BM, q0 = tq * TC_BM;
+    const int r_begin = blockIdx.z * r_per_split;
+    const int r_end = min(R, r_begin + r_per_split);
+    float* part = ws + (long long)blockIdx.z * split_stride;
+    float acc[4][4][4], unused;
+    tc_core<PREC, STAGES, false, YPC>(X, R, P, vec_x != 0, Y, YPC ? Q : R, Q, vec_y != 0,
+                                      p0, q0, r_begin, r_end, tc_smem, tid, acc, false, unused);
+    TC_EPILOGUE_COORDS
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int q = wq + 8 * j;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int p = wp + 16 * i + 8 * h;
+                if (p >= P) continue;
+                const long long o = (long long)p * Q + q;
+                if (vec_out) {
+                    if (q < Q) *reinterpret_cast<float2*>(part + o) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                } else {
+                    if (q < Q) part[o] = acc[i][j][2 * h];
+                    if (q + 1 < Q) part[o + 1] = acc[i][j][2 * h + 1];
+                }
+            }
+    }
+}
+
+// The sum of the S partials of element e (or of the 4 elements from e), slice order.
+__device__ __forceinline__ float tc_slices_sum(const float* __restrict__ ws, long long e, int S,
+                                               long long split_stride) {
+    float s = ws[e];
+    for (int z = 1; z < S; ++z) s += ws[(long long)z * split_stride + e];
+    return s;
+}
+
+__device__ __forceinline__ float4 tc_slices_sum4(const float* __restrict__ ws, long long e, int S,
+                                                 long long split_stride) {
+    float4 s = *reinterpret_cast<const float4*>(ws + e);
+    for (int z = 1; z < S; ++z) {
+        const float4 v = *reinterpret_cast<const float4*>(ws + (long long)z * split_stride + e);
+        s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
+    }
+    return s;
+}
+
+// Zout = sum of the S partials (M x N, slice order) + bias; Aout = g_ACT(Z); Zout iff write_z.
+// Launch: block (256,1,1); any 1-D grid (grid-stride loop over elements, or groups of 4 with vec).
+// vec: N % 4 == 0, ws, bias, Aout, Zout 16-byte aligned, split_stride % 4 == 0.
+template <int ACT>
+__global__ void gemm_tc_fwd_splitk_epilogue(const float* __restrict__ ws, const float* __restrict__ bias,
+                                            float* Aout, float* Zout, int M, int N, int S,
+                                            long long split_stride, int write_z, int vec) {
+    const long long total = (long long)M * N;
+    const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    if (vec) {
+        for (long long e = 4 * start; e < total; e += 4 * step) {
+            const float4 s = tc_slices_sum4(ws, e, S, split_stride);
+            const float4 b = *reinterpret_cast<const float4*>(bias + e % N);
+            const float4 z = make_float4(s.x + b.x, s.y + b.y, s.z + b.z, s.w + b.w);
+            *reinterpret_cast<float4*>(Aout + e) =
+                make_float4(act_forward<ACT, float>(z.x), act_forward<ACT, float>(z.y),
+                            act_forward<ACT, float>(z.z), act_forward<ACT, float>(z.w));
+            if (write_z) *reinterpret_cast<float4*>(Zout + e) = z;
+        }
+    } else {
+        for (long long e = start; e < total; e += step) {
+            const float z = tc_slices_sum(ws, e, S, split_stride) + bias[e % N];
+            Aout[e] = act_forward<ACT, float>(z);
+            if (write_z) Zout[e] = z;
+        }
+    }
+}
+
+// out = sum of the S partials (M x K, slice order) * g_ACT'(.), g' from Aprev or, for gelu/silu,
+// Zprev (both M x K); the one not needed is never read (may be any pointer).  n = M * K.
+// Launch: block (256,1,1); any 1-D grid.  vec: K % 4 == 0, ws, out, Aprev, Zprev 16-byte aligned,
+// split_stride % 4 == 0.
+template <int ACT>
+__global__ void gemm_tc_bwd_data_splitk_epilogue(const float* __restrict__ ws, const float* __restrict__ Aprev,
+                                                 const float* __restrict__ Zprev, float* out, long long n, int S,
+                                                 long long split_stride, int vec) {
+    const bool need_z = act_needs_z<ACT>::value;
+    const bool need_g = need_z || ACT != ACT_IDENTITY;
+    const float* G = need_z ? Zprev : Aprev;
+    const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    if (vec) {
+        for (long long e = 4 * start; e < n; e += 4 * step) {
+            const float4 s = tc_slices_sum4(ws, e, S, split_stride);
+            float4 g = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (need_g) g = *reinterpret_cast<const float4*>(G + e);
+            *reinterpret_cast<float4*>(out + e) =
+                make_float4(s.x * act_grad<ACT, float>(g.x, g.x), s.y * act_grad<ACT, float>(g.y, g.y),
+                            s.z * act_grad<ACT, float>(g.z, g.z), s.w * act_grad<ACT, float>(g.w, g.w));
+        }
+    } else {
+        for (long long e = start; e < n; e += step) {
+            const float g = need_g ? G[e] : 0.f;
+            out[e] = tc_slices_sum(ws, e, S, split_stride) * act_grad<ACT, float>(g, g);
+        }
     }
 }
 

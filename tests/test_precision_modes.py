@@ -3,16 +3,15 @@ mode's products, float32 left exactly as it was, training, checkpoints, the CLI 
 combinations, and the CUDA backend's choice (bf16 / 3xtf32 refused unless its tensor-core GEMMs
 are opted into), the last on the CPU through the fake `cupy` of tests/support."""
 
-import sys
-
 import numpy as np
 import pytest
 
 import gpubp
 from gpubp import precision as P
-from gpubp.backends import NumpyBackend, cuda_device, cuda_fused, cuda_gemm_tc
+from gpubp.backends import NumpyBackend, cuda_gemm_tc
 from gpubp.backends import numpy_backend as nb
 from gpubp.data import accuracy, load_dataset
+from support import tc_contract
 from support.cli import run, usage_error
 
 MODES = ("tf32", "bf16", "3xtf32")
@@ -241,49 +240,14 @@ def _real_gpu() -> bool:
         return False
 
 
-def _cdiv(a, b):
-    return -(-a // b)
-
-
-def _tc_tiles(P_, Q, grid):
-    assert grid[0] == _cdiv(P_, 128) * _cdiv(Q, 128), f"grid {grid} for a {P_} x {Q} output in 128 x 128 tiles"
-
-
-def _tc_bwd_weight(p, grid):
-    _tc_tiles(p.N, p.K, grid)
-    S = grid[2]
-    assert p.rows_per_split * S >= p.M and (S == 1 or p.split_stride >= p.N * p.K + p.N)
-    return {"D": p.M * p.N, "A": p.M * p.K, "dW_base": (S - 1) * p.split_stride + p.N * p.K,
-            "db_base": (S - 1) * p.split_stride + p.N}
-
-
 #: what each tensor-core kernel may touch (kernels/gemm_tc.cu), checked by the fake on every launch
-TC_EXTENTS = {
-    "gemm_tc_fwd": lambda p, t, g, fake: (_tc_tiles(p.M, p.N, g) or
-                                          {"A": p.M * p.K, "W": p.N * p.K, "bias": p.N, "Aout": p.M * p.N,
-                                           "Zout": p.M * p.N if p.write_z else 0}),
-    "gemm_tc_bwd_data": lambda p, t, g, fake: (_tc_tiles(p.M, p.K, g) or
-                                               {"D": p.M * p.N, "W": p.N * p.K, "out": p.M * p.K,
-                                                "Aprev": p.M * p.K, "Zprev": p.M * p.K}),
-    "gemm_tc_bwd_weight": lambda p, t, g, fake: _tc_bwd_weight(p, g),
-    "gemm_tc_splitk_reduce": lambda p, t, g, fake: {"ws": (p.S - 1) * p.split_stride + p.NK + p.N,
-                                                    "dW": p.NK, "db": p.N},
-}
+TC_EXTENTS = tc_contract.TC_EXTENTS
 
 needs_fake = pytest.mark.skipif(_real_gpu(), reason="a real GPU is present: tests/gpu checks the backend there")
 
 
 def _install_fake(monkeypatch, **kw):
-    from support.fake_cupy import FakeCupy
-
-    fake = FakeCupy(extents=TC_EXTENTS, **kw)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(cuda_device, "_attributes", {})
-    monkeypatch.setattr(cuda_device, "_ccs", {})
-    monkeypatch.setattr(cuda_device, "_functions", {})
-    monkeypatch.setattr(cuda_fused, "_grids", {})
-    monkeypatch.setattr(gpubp.backends, "_instances", {})
-    return fake
+    return tc_contract.install_fake(monkeypatch, **kw)
 
 
 @pytest.fixture

@@ -208,7 +208,8 @@ class CudaBackend(Backend):
             cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, tile=self.tile)
             return
         self._check_tensor_core_gemms(precision)
-        cuda_gemm_tc.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, precision=precision)
+        ws = self._tc_workspace(scratch, cuda_gemm_tc.fwd_scratch_size(A_prev.shape[0], W.shape[0], W.shape[1]))
+        cuda_gemm_tc.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, precision=precision, scratch=ws)
 
     # ----------------------------------------------------------- loss
     def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
@@ -228,13 +229,20 @@ class CudaBackend(Backend):
             return
         self._check_tensor_core_gemms(precision)
         M, N = delta.shape
-        n_ws = cuda_gemm_tc.bwd_weight_scratch_size(M, N, A_prev.shape[1])
-        ws = None if scratch is None or n_ws == 0 else \
-            scratch.get("tc_splitk", (n_ws,), np.float32)   # without a scratch: one split (correct, slower)
+        K = A_prev.shape[1]
+        ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_weight_scratch_size(M, N, K))
         cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
         if delta_prev_out is not None:
+            ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_data_scratch_size(M, N, K))
             cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
-                                       precision=precision)
+                                       precision=precision, scratch=ws)
+
+    @staticmethod
+    def _tc_workspace(scratch, n):
+        """The tensor-core GEMMs' split workspace of `n` floats from the plan's scratch (one key: the
+        GEMMs of a step run one after another on one stream, so same-sized ones share it), or None
+        (no split wanted, or no scratch: the launchers then run unsplit, correct and slower)."""
+        return None if scratch is None or n == 0 else scratch.get("tc_splitk", (n,), np.float32)
 
     # ----------------------------------------------------------- precision modes
     @property
@@ -317,11 +325,8 @@ class CudaBackend(Backend):
             l = first
             prev = ACT_CODES[acts[l - 2]] if l > 1 else (ACT_CODES["identity"] if plan.input_grad else None)
             if tc is not None:
-                names = {cuda_gemm_tc.fwd_name(tc, ACT_CODES[acts[l - 1]]), cuda_gemm_tc.bwd_weight_name(tc),
-                         cuda_gemm_tc.REDUCE_NAME}
-                if prev is not None:
-                    names.add(cuda_gemm_tc.bwd_data_name(tc, prev))
-                wanted[cuda_gemm_tc.SPECS[0]] |= names
+                wanted[cuda_gemm_tc.SPECS[0]] |= cuda_gemm_tc.kernel_names(
+                    tc, plan.batch, sizes[l], sizes[l - 1], ACT_CODES[acts[l - 1]], prev)
                 continue
             wanted[cuda_gemm.SPECS[0]] |= cuda_gemm.kernel_names(dt, plan.batch, sizes[l], sizes[l - 1],
                                                                   ACT_CODES[acts[l - 1]], prev, self.tile)

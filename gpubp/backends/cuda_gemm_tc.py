@@ -3,9 +3,10 @@
 Same three fused GEMMs and signatures as `cuda_gemm`, plus `precision`
 ("tf32", "3xtf32" or "bf16"; see gpubp/precision.py for what each computes):
 
-    gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None, precision="tf32")
+    gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None, precision="tf32", scratch=None)
         Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given.
-    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32")
+    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32",
+                  scratch=None)
         delta_prev_out = (delta @ W) * g'(.), g' from A_prev, or Z_prev for gelu/silu.
     gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision="tf32", scratch=None)
         dW_out = delta.T @ A_prev, db_out = delta.sum(0) (float32 sums of the unrounded
@@ -13,10 +14,19 @@ Same three fused GEMMs and signatures as `cuda_gemm`, plus `precision`
 
 Arguments are C-contiguous float32 CuPy arrays on the current device; launches go
 on the current stream.  Nothing is cached in module state except the compiled
-functions (`cuda_device.function`): the split-K workspace is the caller's
-`scratch` (a float32 CuPy array of at least `bwd_weight_scratch_size(M, N, K)`
-elements, owned by whoever runs the step, e.g. a StepPlan); with scratch=None the
-weight gradient runs as one split (correct, slower when N x K has few tiles).
+functions (`cuda_device.function`): the split workspaces are the caller's
+`scratch` (a float32 CuPy array of at least `bwd_weight_scratch_size(M, N, K)`,
+`fwd_scratch_size(M, N, K)` or `bwd_data_scratch_size(M, N, K)` elements, owned by
+whoever runs the step, e.g. a StepPlan); with scratch=None each GEMM runs unsplit
+(correct, slower when its output has few tiles).
+
+Split-K of the forward and input-gradient GEMMs (small batches): when the output has
+too few 128 x 128 tiles to fill the device, `fwd_splits` / `bwd_data_splits` (pure
+functions of the shapes and the SM count, `cuda_launch.wave_splits`) cut the reduction
+into S slices; slice z's blocks write float32 partial sums to `scratch`, and an
+epilogue kernel adds the partials of each element in slice order 0..S-1 and applies
+bias + activation (forward) or the g' product (input gradient).  Deterministic: the
+same device and shapes give the same bits every run; S = 1 is the single-kernel path.
 
 Needs compute capability 8.0+.  Not used by any backend's default path yet: only
 `CudaBackend(tensor_core_gemms=True)`, an explicit opt-in, runs its per-layer GEMMs
@@ -35,10 +45,11 @@ import numpy as np
 from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
 from .cuda_device import compute_capability, function, sm_count
 from .cuda_launch import aligned as _aligned
-from .cuda_launch import batch_splits, cdiv, check_act, grid_1d, split_stride
+from .cuda_launch import batch_splits, cdiv, check_act, grid_1d, split_stride, wave_splits
 from .cuda_source import ModuleSpec
 from .kernel_constants import TC_BK as BK
 from .kernel_constants import TC_BM as BM
+from .kernel_constants import TC_MIN_BLOCKS_FWD as BLOCKS_PER_SM
 from .kernel_constants import TC_THREADS as THREADS
 
 #: the modes with kernels here, and their PREC template value
@@ -69,6 +80,20 @@ def bwd_weight_name(precision: str, stages: int = STAGES) -> str:
 REDUCE_NAME = "gemm_tc_splitk_reduce"
 
 
+def partial_name(precision: str, ypc: bool, stages: int = STAGES) -> str:
+    """The split-K partial kernel: ypc False for the forward (W row-major in k), True for the
+    input gradient (W read along its columns)."""
+    return f"gemm_tc_splitk_partial<{PREC_CODES[precision]}, {'true' if ypc else 'false'}, {stages}>"
+
+
+def fwd_epilogue_name(act: int) -> str:
+    return f"gemm_tc_fwd_splitk_epilogue<{act}>"
+
+
+def bwd_data_epilogue_name(act: int) -> str:
+    return f"gemm_tc_bwd_data_splitk_epilogue<{act}>"
+
+
 def round_name(precision: str) -> str:
     return f"gemm_tc_round<{PREC_CODES[precision]}>"
 
@@ -80,7 +105,10 @@ def _all_names() -> tuple[str, ...]:
         names += [bwd_data_name(prec, a) for a in range(_N_ACT)]
         names.append(bwd_weight_name(prec))
         names.append(round_name(prec))
+        names += [partial_name(prec, False), partial_name(prec, True)]
     names.append(REDUCE_NAME)
+    names += [fwd_epilogue_name(a) for a in range(_N_ACT)]
+    names += [bwd_data_epilogue_name(a) for a in range(_N_ACT)]
     return tuple(names)
 
 
@@ -93,7 +121,7 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
     by_code = {code: SASS_OPCODES[p] for p, code in PREC_CODES.items()}
     out = []
     for n in names:
-        if n.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<", "gemm_tc_bwd_weight<")):
+        if n.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<", "gemm_tc_bwd_weight<", "gemm_tc_splitk_partial<")):
             out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
     return tuple(out)
 
@@ -137,12 +165,81 @@ def _tiles(P: int, Q: int) -> int:
     return cdiv(P, BM) * cdiv(Q, BM)
 
 
+# ----------------------------------------------------------------- split-K of fwd and bwd_data
+#: fewest reduction elements (k of the forward, n of the input gradient) one slice sums
+MIN_K_PER_SPLIT = 256
+MAX_K_SPLITS = 16
+
+
+def k_splits(P: int, Q: int, R: int, sms: int) -> tuple[int, int]:
+    """`(S, r_per_split)` of a split-K GEMM with a P x Q output and a reduction of length R on a
+    device with `sms` SMs: `cuda_launch.wave_splits` with `BLOCKS_PER_SM * sms` resident blocks,
+    slices of whole k-tiles, at least `MIN_K_PER_SPLIT` long, at most `MAX_K_SPLITS`.
+    `(1, R)`: the single-kernel path (tiles fill half the device or more, or R is short)."""
+    return wave_splits(_tiles(P, Q), BLOCKS_PER_SM * sms, R, BK, MAX_K_SPLITS, MIN_K_PER_SPLIT)
+
+
+def fwd_splits(M: int, N: int, K: int, sms: int) -> tuple[int, int]:
+    """`(S, k_per_split)` of `gemm_fwd` (output M x N, reduction over K)."""
+    return k_splits(M, N, K, sms)
+
+
+def bwd_data_splits(M: int, N: int, K: int, sms: int) -> tuple[int, int]:
+    """`(S, n_per_split)` of `gemm_bwd_data` (delta M x N, W N x K: output M x K, reduction over N)."""
+    return k_splits(M, K, N, sms)
+
+
+def partial_stride(P: int, Q: int) -> int:
+    """Elements of one slice's P x Q partial sums, padded to a multiple of 4 (16-byte aligned slices)."""
+    return cdiv(P * Q, 4) * 4
+
+
+def fwd_scratch_size(M: int, N: int, K: int, sms: int | None = None) -> int:
+    """Float32 elements of `scratch` that `gemm_fwd` uses for these shapes (0: none)."""
+    S, _ = fwd_splits(M, N, K, sm_count() if sms is None else sms)
+    return 0 if S == 1 else S * partial_stride(M, N)
+
+
+def bwd_data_scratch_size(M: int, N: int, K: int, sms: int | None = None) -> int:
+    """Float32 elements of `scratch` that `gemm_bwd_data` uses for these shapes (0: none)."""
+    S, _ = bwd_data_splits(M, N, K, sm_count() if sms is None else sms)
+    return 0 if S == 1 else S * partial_stride(M, K)
+
+
+def _split_or_not(S: int, per: int, R: int, need: int, scratch, what: str, sizer: str) -> tuple[int, int]:
+    """The split to run: (S, per) when `scratch` holds `need` elements, (1, R) without a scratch;
+    a ValueError (before any launch) for a scratch too short."""
+    if S > 1 and (scratch is None or scratch.size < need):
+        if scratch is not None:
+            raise ValueError(f"scratch holds {scratch.size} elements; {what} needs {need} ({sizer})")
+        return 1, max(R, 1)
+    return S, per
+
+
+def _splitk(name_partial: str, X, Y, ws, P: int, Q: int, R: int, S: int, per: int, ypc: bool, smem: int) -> int:
+    """Launch the S slices' partial sums of a P x Q output into `ws`; returns the slice stride."""
+    stride = partial_stride(P, Q)
+    vec_x = R % 4 == 0 and _aligned(X, 16)
+    vec_y = (Q if ypc else R) % 4 == 0 and _aligned(Y, 16)
+    vec_out = Q % 2 == 0 and _aligned(ws, 8)    # stride % 4 == 0 keeps every slice aligned
+    _launch(name_partial, (_tiles(P, Q), 1, S),
+            (X, Y, ws, np.int32(P), np.int32(Q), np.int32(R), np.int32(per), np.int64(stride),
+             np.int32(vec_x), np.int32(vec_y), np.int32(vec_out)), smem)
+    return stride
+
+
+def _epilogue_blocks(n: int, vec: bool) -> int:
+    return grid_1d(n // 4 if vec else n, THREADS, 8 * sm_count())
+
+
 # ----------------------------------------------------------------- forward
-def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "tf32") -> None:
-    """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given."""
+def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "tf32", scratch=None) -> None:
+    """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given.  With `fwd_splits` > 1 and
+    a `scratch` of `fwd_scratch_size` elements: split-K (partials, then the ordered sum + bias +
+    activation); bitwise reproducible either way."""
     act = check_act(act_code)
     _check_precision(precision)
-    _check_arrays(A_prev=A_prev, W=W, b=b, A_out=A_out, Z_out=Z_out)
+    _check_arrays(A_prev=A_prev, W=W, b=b, A_out=A_out, Z_out=Z_out, scratch=scratch)
     M, K = A_prev.shape
     N = W.shape[0]
     _shape("W", W, (N, K))
@@ -152,18 +249,32 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "t
         _shape("Z_out", Z_out, (M, N))
     if M == 0 or N == 0:
         return
-    vec_in = K % 4 == 0 and _aligned(A_prev, 16) and _aligned(W, 16)
+    S, per = fwd_splits(M, N, K, sm_count())
+    S, per = _split_or_not(S, per, K, S * partial_stride(M, N), scratch, "gemm_fwd", "fwd_scratch_size")
     outs = (A_out,) if Z_out is None else (A_out, Z_out)
-    vec_out = N % 2 == 0 and all(_aligned(o, 8) for o in outs)
     z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
+    if S > 1:
+        ws = scratch.ravel()
+        stride = _splitk(partial_name(precision, False), A_prev, W, ws, M, N, K, S, per, False,
+                         smem_bytes(precision))
+        vec = N % 4 == 0 and all(_aligned(x, 16) for x in (ws, b) + outs)
+        _launch(fwd_epilogue_name(act), (_epilogue_blocks(M * N, vec), 1, 1),
+                (ws, b, A_out, z, np.int32(M), np.int32(N), np.int32(S), np.int64(stride),
+                 np.int32(Z_out is not None), np.int32(vec)))
+        return
+    vec_in = K % 4 == 0 and _aligned(A_prev, 16) and _aligned(W, 16)
+    vec_out = N % 2 == 0 and all(_aligned(o, 8) for o in outs)
     _launch(fwd_name(precision, act), (_tiles(M, N), 1, 1),
             (A_prev, W, b, A_out, z, np.int32(M), np.int32(N), np.int32(K),
              np.int32(Z_out is not None), np.int32(vec_in), np.int32(vec_out)), smem_bytes(precision))
 
 
 # ----------------------------------------------------------------- backward, data
-def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, precision: str = "tf32") -> None:
-    """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu)."""
+def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, precision: str = "tf32",
+                  scratch=None) -> None:
+    """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu).  With
+    `bwd_data_splits` > 1 and a `scratch` of `bwd_data_scratch_size` elements: split-K over N
+    (partials, then the ordered sum times g'); bitwise reproducible either way."""
     act = check_act(act_code)
     _check_precision(precision)
     needs_z = act in _NEEDS_Z_CODES
@@ -171,7 +282,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
     g_src = Z_prev if needs_z else (A_prev if needs_a else None)
     if (needs_z or needs_a) and g_src is None:
         raise ValueError("gemm_bwd_data: " + ("Z_prev" if needs_z else "A_prev") + " is needed")
-    _check_arrays(delta=delta, W=W, delta_prev_out=delta_prev_out,
+    _check_arrays(delta=delta, W=W, delta_prev_out=delta_prev_out, scratch=scratch,
                   **{("Z_prev" if needs_z else "A_prev"): g_src})
     M, N = delta.shape
     K = W.shape[1]
@@ -181,8 +292,18 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
         _shape("Z_prev" if needs_z else "A_prev", g_src, (M, K))
     if M == 0 or K == 0:
         return
+    S, per = bwd_data_splits(M, N, K, sm_count())
+    S, per = _split_or_not(S, per, N, S * partial_stride(M, K), scratch, "gemm_bwd_data", "bwd_data_scratch_size")
     if g_src is None:
         g_src = delta_prev_out   # never read
+    if S > 1:
+        ws = scratch.ravel()
+        stride = _splitk(partial_name(precision, True), delta, W, ws, M, K, N, S, per, True,
+                         smem_bytes(precision))
+        vec = K % 4 == 0 and all(_aligned(x, 16) for x in (ws, delta_prev_out, g_src))
+        _launch(bwd_data_epilogue_name(act), (_epilogue_blocks(M * K, vec), 1, 1),
+                (ws, g_src, g_src, delta_prev_out, np.int64(M * K), np.int32(S), np.int64(stride), np.int32(vec)))
+        return
     vec_d = N % 4 == 0 and _aligned(delta, 16)
     vec_w = K % 4 == 0 and _aligned(W, 16)
     vec_out = K % 2 == 0 and _aligned(delta_prev_out, 8) and _aligned(g_src, 8)
@@ -246,6 +367,28 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "tf32", scra
     blocks = grid_1d(NK + N, THREADS, 8 * sm_count())
     _launch(REDUCE_NAME, (blocks, 1, 1), (ws, dW_out, db_out, np.int32(S), np.int64(stride),
                                           np.int64(NK), np.int32(N)))
+
+
+def kernel_names(precision: str, M: int, N: int, K: int, act: int, prev_act: int | None,
+                 sms: int | None = None) -> set[str]:
+    """The kernels one layer's GEMMs launch with a scratch (`CudaBackend.prepare` compiles them
+    with the plan): the forward (M x N from K inputs, activation `act`), or its split-K partial
+    and epilogue; the weight gradient (and its reduce when split); with `prev_act` (the layer
+    below's activation code) the input gradient through it, or its split-K pair."""
+    sms = sm_count() if sms is None else sms
+    names = {bwd_weight_name(precision)}
+    if splits(M, N, K, sms)[0] > 1:
+        names.add(REDUCE_NAME)
+    if fwd_splits(M, N, K, sms)[0] > 1:
+        names |= {partial_name(precision, False), fwd_epilogue_name(act)}
+    else:
+        names.add(fwd_name(precision, act))
+    if prev_act is not None:
+        if bwd_data_splits(M, N, K, sms)[0] > 1:
+            names |= {partial_name(precision, True), bwd_data_epilogue_name(prev_act)}
+        else:
+            names.add(bwd_data_name(precision, prev_act))
+    return names
 
 
 def round_like_kernels(x, precision: str):

@@ -61,10 +61,28 @@ def batch_splits(M: int, tiles: int, sms: int, bk: int, max_splits: int, min_row
     S = 1
     if tiles < 2 * sms:
         S = min(cdiv(2 * sms, tiles), max(1, M // min_rows), max_splits)
+    return even_slices(M, S, bk)
+
+
+def even_slices(n: int, S: int, step: int) -> tuple[int, int]:
+    """`(S', per_slice)`: `n` cut into at most `S` contiguous slices of `per_slice` elements (a
+    multiple of `step`; the last slice may be shorter), `S' = cdiv(n, per_slice)` so no slice is
+    empty.  `S <= 1` (or n too short for two slices): `(1, max(n, 1))`."""
     if S <= 1:
-        return 1, max(M, 1)
-    rows = cdiv(cdiv(M, S), bk) * bk
-    return cdiv(M, rows), rows
+        return 1, max(n, 1)
+    per = cdiv(cdiv(n, S), step) * step
+    S = cdiv(n, per)
+    return (S, per) if S > 1 else (1, max(n, 1))
+
+
+def wave_splits(tiles: int, slots: int, n: int, step: int, max_splits: int, min_len: int) -> tuple[int, int]:
+    """`(S, per_slice)` of a split-K GEMM whose output has `tiles` blocks' worth of tiles, on a
+    device that holds `slots` blocks at once, over a reduction of length `n`: the most slices that
+    still run in one wave (`S = slots // tiles`), at most `max_splits`, each at least `min_len`
+    long (`n // min_len` slices at most), cut by `even_slices` on whole `step`s.  `(1, n)`: no
+    split, when the tiles alone fill half the slots or more, or the reduction is too short."""
+    S = min(slots // max(tiles, 1), max_splits, n // min_len)
+    return even_slices(n, S, step)
 
 
 def split_stride(N: int, K: int) -> int:

@@ -37,6 +37,9 @@ GEMM3_STAGES = 3
 TC_THREADS = 256
 TC_BM = 128
 TC_BK = 16
+#: blocks per SM the forward and input-gradient kernels (and their split-K partials) are built for
+#: (__launch_bounds__): the split-K choice counts this many resident blocks per SM
+TC_MIN_BLOCKS_FWD = 2
 
 #: block size of the fused narrow-run kernels (fused_mlp*.cu, fused_mlp_family.cu)
 FM_NT = 256
@@ -63,6 +66,7 @@ def header() -> str:
               f"#define GEMM_THREADS {GEMM_THREADS}", f"#define GEMM_BK {GEMM_BK}", f"#define GEMM_PAD {GEMM_PAD}",
               f"#define GEMM2_BM {GEMM2_BM}", f"#define FM_NT {FM_NT}", f"#define FM_FIELDS {FM_FIELDS}",
               f"#define TC_THREADS {TC_THREADS}", f"#define TC_BM {TC_BM}", f"#define TC_BK {TC_BK}",
+              f"#define TC_MIN_BLOCKS_FWD {TC_MIN_BLOCKS_FWD}",
               f"#define GEMM3_THREADS {GEMM3_THREADS}", f"#define GEMM3_BM {GEMM3_BM}",
               f"#define GEMM3_BK {GEMM3_BK}", f"#define GEMM3_STAGES {GEMM3_STAGES}"]
     lines += [f"#define FM_{name} {i}" for name, i in FM.items()]
