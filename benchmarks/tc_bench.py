@@ -13,6 +13,12 @@ layout (A @ W.T, D @ W, D.T @ A):
 and gpubp's own float32 GEMM (cuda_gemm) for reference.  cuBLAS runs without our fused
 epilogues (bias, activation, g', db), so the ratios slightly favour it.  Inputs are rotated
 between two copies so that repeated runs do not all hit L2.
+
+Split-K rows (small batches): the wide network's forward and input-gradient GEMMs at batch 256
+and 1024 (4096 x 4096 hidden layers; the forward of the 10-wide output layer) timed on the
+single-kernel path (no scratch) and with split-K (a scratch of `fwd_scratch_size` /
+`bwd_data_scratch_size`: what a step plan gives), with the slice count S the launcher chose
+(S = 1: no split at that shape, both columns the same path) and cuBLAS at the same precision.
 Writes DIR/tc_bench.json and DIR/tc_bench.md.
 """
 
@@ -33,6 +39,8 @@ from gpubp.backends import cuda_gemm_tc as tc
 
 SHAPES = [("fwd", 8192, 4096, 4096)] + [(k, b, 4096, 4096) for b in (4096, 1024, 256)
                                          for k in ("fwd", "bwd_data", "bwd_weight")]
+#: the split-K rows: (kernel, M, N, K) of the wide network [1024, 4096, 4096, 4096, 10]'s GEMMs
+SPLITK_SHAPES = [(k, b, n, 4096) for b in (256, 1024) for k, n in (("fwd", 4096), ("bwd_data", 4096), ("fwd", 10))]
 
 
 def _time_cupy(fn, reps):
@@ -78,19 +86,20 @@ def _operands(kind, M, N, K):
                 scratch=cupy.empty(max(1, tc.bwd_weight_scratch_size(M, N, K)), np.float32))
 
 
-def _ours(kind, ops, mode):
+def _ours(kind, ops, mode, scratch=None):
+    """One call of our GEMM; `scratch` (forward and input gradient): the split-K workspace."""
     relu = ACT_CODES["relu"]
     if kind == "fwd":
         if mode == "float32":
             return lambda i: cuda_gemm.gemm_fwd(ops["A"][i % 2], ops["W"][i % 2], ops["b"][i % 2], relu, ops["out"])
         return lambda i: tc.gemm_fwd(ops["A"][i % 2], ops["W"][i % 2], ops["b"][i % 2], relu, ops["out"],
-                                     precision=mode)
+                                     precision=mode, scratch=scratch)
     if kind == "bwd_data":
         if mode == "float32":
             return lambda i: cuda_gemm.gemm_bwd_data(ops["D"][i % 2], ops["W"][i % 2], ops["Ap"][i % 2], None,
                                                      relu, ops["out"])
         return lambda i: tc.gemm_bwd_data(ops["D"][i % 2], ops["W"][i % 2], ops["Ap"][i % 2], None, relu,
-                                          ops["out"], precision=mode)
+                                          ops["out"], precision=mode, scratch=scratch)
     if mode == "float32":
         return lambda i: cuda_gemm.gemm_bwd_weight(ops["D"][i % 2], ops["A"][i % 2], ops["dW"], ops["db"])
     return lambda i: tc.gemm_bwd_weight(ops["D"][i % 2], ops["A"][i % 2], ops["dW"], ops["db"], precision=mode,
@@ -133,9 +142,10 @@ def main():
         del ops
         cupy.get_default_memory_pool().free_all_blocks()
         torch.cuda.empty_cache()
+    splitk_rows = _splitk_rows(args.reps)
     dev = cupy.cuda.runtime.getDeviceProperties(cuda_device.device_id())["name"].decode()
     with open(os.path.join(args.out, "tc_bench.json"), "w") as f:
-        json.dump(dict(device=dev, reps=args.reps, rows=rows), f, indent=1)
+        json.dump(dict(device=dev, reps=args.reps, rows=rows, splitk_rows=splitk_rows), f, indent=1)
     lines = [f"# Tensor-core GEMMs vs cuBLAS on {dev} (median of {args.reps}, CUDA events)", "",
              "| kernel | M x N x K | mode | ms | TFLOP/s | cuBLAS | cuBLAS ms | ratio (cuBLAS ms / ours) "
              "| gpubp float32 ms |", "|---|---|---|---|---|---|---|---|---|"]
@@ -143,8 +153,41 @@ def main():
         lines.append(f"| {r['kernel']} | {r['M']}x{r['N']}x{r['K']} | {r['mode']} | {r['ms']:.3f} | "
                      f"{r['tflops']:.1f} | {r['cublas']} | {r['cublas_ms']:.3f} | {r['ratio']:.2f} | "
                      f"{r['gpubp_float32_ms']:.3f} |")
+    lines += ["", f"## Split-K of the forward and input-gradient GEMMs (wide network, {cuda_device.sm_count()} SMs)", "",
+              "| kernel | M x N x K | mode | S | one kernel ms | split-K ms | speed-up | cuBLAS ms "
+              "| ratio (cuBLAS ms / split-K) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in splitk_rows:
+        lines.append(f"| {r['kernel']} | {r['M']}x{r['N']}x{r['K']} | {r['mode']} | {r['S']} | {r['ms_one']:.4f} | "
+                     f"{r['ms_split']:.4f} | {r['ms_one'] / r['ms_split']:.2f} | {r['cublas_ms']:.4f} | "
+                     f"{r['cublas_ms'] / r['ms_split']:.2f} |")
     with open(os.path.join(args.out, "tc_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _splitk_rows(reps):
+    """The split-K rows (SPLITK_SHAPES): each mode with no scratch (one kernel) and with the
+    scratch the launcher asks for (split-K where it chooses S > 1), and cuBLAS."""
+    rows = []
+    sms = cuda_device.sm_count()
+    for kind, M, N, K in SPLITK_SHAPES:
+        ops = _operands(kind, M, N, K)
+        if kind == "fwd":
+            S, size = tc.fwd_splits(M, N, K, sms)[0], tc.fwd_scratch_size(M, N, K)
+        else:
+            S, size = tc.bwd_data_splits(M, N, K, sms)[0], tc.bwd_data_scratch_size(M, N, K)
+        ws = cupy.empty(max(size, 1), np.float32)
+        for mode in ("tf32", "bf16", "3xtf32"):
+            one = _time_cupy(_ours(kind, ops, mode), reps)
+            split = _time_cupy(_ours(kind, ops, mode, scratch=ws), reps)
+            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+            ref = _time_torch(_cublas(kind, ops, mode), reps)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, S=S, ms_one=one, ms_split=split, cublas_ms=ref))
+            print(f"split-K {kind:8s} {M:5d}x{N}x{K} {mode:6s} S={S:2d} one kernel {one:8.4f} ms  split-K "
+                  f"{split:8.4f} ms  x{one / split:5.2f}  cuBLAS {ref:8.4f} ms", flush=True)
+        del ops, ws
+        cupy.get_default_memory_pool().free_all_blocks()
+    return rows
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@
 # runs only when named: it needs no GPU and runs in CI).  Run from the repository root on the GPU machine.
 # Writes under $OUT (default benchmarks/results/tc-<UTC date>):
 #   env.txt            GPU, driver, package versions
-#   gpu_tests.log      pytest tests/gpu/test_gemm_tc.py (emulation, float64, bits, poison)
+#   gpu_tests.log      pytest tests/gpu/test_gemm_tc.py and test_gemm_tc_splitk.py (emulation, float64,
+#                      bits, poison; split-K of the forward and input gradient)
 #   memcheck.log       compute-sanitizer memcheck over benchmarks/tc_sanitize.py
 #   racecheck.log      compute-sanitizer racecheck over the same
-#   tc_bench.{log,json,md}  each GEMM against cuBLAS at the same precision (CUDA events)
+#   tc_bench.{log,json,md}  each GEMM against cuBLAS at the same precision (CUDA events), and the
+#                      small-batch GEMMs with and without split-K
 #   compile_check.log  gpubp compile-check (NVRTC build, spills, HMMA in SASS)
 #   summary.txt        exit status and seconds of each step
 # Each step has its own time limit (the default steps fit in 10 minutes); a failing step does not
@@ -21,7 +23,7 @@ source "$(dirname "$0")/device_steps.sh" tc "$@"
 
 for s in "${STEPS[@]}"; do
     case "$s" in
-        tests)     step tests 240 gpu_tests.log $PY -m pytest tests/gpu/test_gemm_tc.py -m gpu -q -ra --durations=10 -p no:cacheprovider ;;
+        tests)     step tests 260 gpu_tests.log $PY -m pytest tests/gpu/test_gemm_tc.py tests/gpu/test_gemm_tc_splitk.py -m gpu -q -ra --durations=10 -p no:cacheprovider ;;
         memcheck)  sanitize memcheck 90 memcheck.log benchmarks/tc_sanitize.py ;;
         racecheck) sanitize racecheck 120 racecheck.log benchmarks/tc_sanitize.py ;;
         bench)     step bench 120 tc_bench.log $PY benchmarks/tc_bench.py --out "$OUT" ;;

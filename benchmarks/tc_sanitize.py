@@ -4,8 +4,9 @@
     compute-sanitizer --tool racecheck python3 benchmarks/tc_sanitize.py
 
 Each mode (tf32, 3xtf32, bf16) runs the forward (gelu, writing Z; relu without Z), the input
-gradient (gelu from Z, tanh from A), and the weight gradient with one split and with a
-split over the batch into a scratch, on aligned operands (16-byte copies) and on views at an
+gradient (gelu from Z, tanh from A), the weight gradient with one split and with a
+split over the batch into a scratch, the split-K forward (silu with Z, relu without) and input
+gradient (gelu from Z, identity) of a few-tile output with a long reduction, on aligned operands (16-byte copies) and on views at an
 odd element offset (the 4-byte copy path and scalar stores), with masked edges everywhere
 (no dimension a multiple of the 128 x 128 x 16 tile).  Prints "tc sanitize run done".
 """
@@ -52,6 +53,20 @@ for mode in tc.PREC_CODES:
         scratch = cupy.empty(max(size, 1), dtype=np.float32)
         tc.gemm_bwd_weight(d2, a2, empty((33, 70), offset), empty((33,), offset), precision=mode,
                            scratch=scratch if size else None)
+        # few output tiles, a long reduction: split-K forward and input gradient (partials into a
+        # scratch, then the ordered epilogue), every slice but the last whole, the last one short
+        M3, N3, K3 = 130, 36, 1000 + offset
+        A3, W3, b3 = operand((M3, K3), offset), operand((N3, K3), offset), operand((N3,), offset)
+        ws = empty((max(tc.fwd_scratch_size(M3, N3, K3), tc.bwd_data_scratch_size(M3, K3, N3), 1),), offset)
+        assert tc.fwd_scratch_size(M3, N3, K3) > 0 and tc.bwd_data_scratch_size(M3, K3, N3) > 0
+        tc.gemm_fwd(A3, W3, b3, ACT_CODES["silu"], empty((M3, N3), offset), empty((M3, N3), offset),
+                    precision=mode, scratch=ws)
+        tc.gemm_fwd(A3, W3, b3, ACT_CODES["relu"], empty((M3, N3), offset), None, precision=mode, scratch=ws)
+        d3, W3d = operand((M3, K3), offset), operand((K3, N3), offset)
+        tc.gemm_bwd_data(d3, W3d, None, operand((M3, N3), offset), ACT_CODES["gelu"], empty((M3, N3), offset),
+                         precision=mode, scratch=ws)
+        tc.gemm_bwd_data(d3, W3d, None, None, ACT_CODES["identity"], empty((M3, N3), offset),
+                         precision=mode, scratch=ws)
     x = rs.standard_normal(1000, dtype=np.float32)
     tc.round_like_kernels(x, mode)
 cupy.cuda.runtime.deviceSynchronize()

@@ -40,6 +40,14 @@ Products (`matmul(a, b, precision)`, a (M, K) @ b (K, N), float32 in and out):
     kernel issues its three mma's), each step sum rounded to float32 and added
     to the float32 accumulator.  lo_a lo_b is dropped.
 
+Split-K (not emulated): at small batches the CUDA kernels cut the reduction of the forward
+and input-gradient GEMMs into S contiguous slices of whole 16-wide k-tiles
+(`cuda_gemm_tc.fwd_splits` / `bwd_data_splits`, from the shapes and the SM count); each slice
+is summed as above into its own float32 accumulator starting at zero, and the S slice sums are
+added in float32 in slice order 0, 1, ..., S-1 (the weight gradient's batch splits likewise).
+That regroups the float32 additions only: operands and step sums are those above, so the
+kernels stay within the same few-ulp distance of `matmul`, which keeps one accumulator.
+
 Error of a GEMM against float64 is measured by `relative_error`:
 max_ij |C - C64|_ij / max_ij (|A| |B|)_ij, the normwise form of the classical
 bound |C - C64| <= gamma |A| |B|.  The tolerances the tests hold each mode to are

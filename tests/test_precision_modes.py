@@ -323,6 +323,61 @@ def test_opted_in_cuda_runs_per_layer_gemms_on_tensor_cores(fake, prec):
 
 
 @needs_fake
+@pytest.mark.parametrize("prec", MODES)
+def test_opted_in_small_batches_split_k_with_the_plans_scratch(fake, prec):
+    """A small batch through wide layers: the forward and input-gradient GEMMs split K (partials,
+    then the ordered epilogue), their workspace comes from the plan's scratch (shared, one buffer
+    per size), `prepare` compiles exactly what the step launches, a warm step allocates nothing,
+    and the step can be captured into a graph that replays the same launches."""
+    from gpubp.optim import Adam
+
+    rng = np.random.default_rng(3)
+    sizes, B = [600, 1024, 1024, 10], 128
+    net = gpubp.MLP(sizes, activation="silu", backend=_cuda(tensor_core_gemms=True), precision=prec, seed=0)
+    X, Y = rand(rng, B, 600), rand(rng, B, 10)
+    plan = net._plan(B)
+    compiled = set(fake.compiled)
+    net.train_step(X, Y, "sgd", lr=0.01)
+    launched = {l.name for l in fake.launches if l.kernel.startswith("gemm_tc")}
+    assert launched <= compiled, launched - compiled
+    code = cuda_gemm_tc.PREC_CODES[prec]
+    # 1 x 8 output tiles of a 1024-wide layer: 264 // 8 = 33 slices allowed, K / 256 caps them
+    by = {}
+    for l in fake.launches:
+        by.setdefault(l.kernel, []).append(l)
+    parts = by["gemm_tc_splitk_partial"]
+    fwd_parts = [l for l in parts if l.name == f"gemm_tc_splitk_partial<{code}, false, 3>"]
+    data_parts = [l for l in parts if l.name == f"gemm_tc_splitk_partial<{code}, true, 3>"]
+    assert [(l.grid, l.arg("R"), l.arg("r_per_split")) for l in fwd_parts] == [
+        ((8, 1, 2), 600, 304), ((8, 1, 4), 1024, 256), ((1, 1, 4), 1024, 256)]
+    # input gradients: layer 3's sums its 10 outputs (not split), layer 2's sums 1024 (split)
+    assert [(l.grid, l.arg("R")) for l in data_parts] == [((8, 1, 4), 1024)]
+    assert [l.name for l in by["gemm_tc_bwd_data"]] == [f"gemm_tc_bwd_data<{code}, 6, 3>"]
+    assert "gemm_tc_fwd" not in by
+    assert len(by["gemm_tc_fwd_splitk_epilogue"]) == 3 and len(by["gemm_tc_bwd_data_splitk_epilogue"]) == 1
+    ws = [b for (key, _, _), b in plan.scratch._bufs.items() if key == "tc_splitk"]
+    assert sorted(b.size for b in ws) == sorted({2 * B * 1024, 4 * B * 1024, 4 * B * 10}), \
+        [b.size for b in ws]   # same-sized workspaces are one buffer
+    for l in parts:
+        assert any(l.arg("ws").data.ptr == b.data.ptr for b in ws)
+    # warm: nothing allocated; captured: the same launches replayed
+    Xd, Yd = net._inputs(X), net._targets(Y, B)
+    opt = Adam(1e-3)
+    net._step(Xd, Yd, opt, plan=plan)
+    fake.reset()
+    net._step(Xd, Yd, opt, plan=plan)
+    assert fake.allocations == 0, fake.allocation_sites
+    warm = [l.name for l in fake.launches]
+    fake.reset()
+    step = net.capture_train_step(X, Y, opt)
+    captured = [l.name for l in fake.launches if l.captured]
+    assert captured == warm
+    fake.reset()
+    step(X, Y)
+    assert [l.name for l in fake.launches if l.replay] == captured
+
+
+@needs_fake
 def test_opted_in_tf32_keeps_the_fused_narrow_runs(fake):
     rng = np.random.default_rng(2)
     net = gpubp.MLP([32, 64, 48, 300, 5], backend=_cuda(tensor_core_gemms=True), precision="tf32", seed=0)
