@@ -34,14 +34,17 @@ FAMILY_KEEP = ("fused_family_fwd<0, 128, 64>", "fused_family_bwd<1, 64, 128>", "
 
 
 def _act_of(name: str) -> int:
-    """The activation template argument of "gemm_tc_fwd<0, 5, 3>" or "gemm_f32_fwd<5>"."""
+    """The activation template argument of "gemm_tc_fwd<0, 5, 3>", "gemm_f32_fwd<5>" or
+    "gemm_tc_fwd_splitk_epilogue<5>"."""
     args = name[name.index("<") + 1:name.rindex(">")].split(",")
-    return int(args[1] if name.startswith("gemm_tc") else args[0])
+    return int(args[1] if name.startswith(("gemm_tc_fwd<", "gemm_tc_bwd_data<")) else args[0])
 
 
 def _ci_specs():
     """all_specs(), with the tensor-core and gemm_f32 modules cut to the TC_ACTS epilogues."""
-    cut = {"gemm_tc": ("gemm_tc_fwd<", "gemm_tc_bwd_data<"), "gemm_f32": ("gemm_f32_fwd<", "gemm_f32_bwd_data<")}
+    cut = {"gemm_tc": ("gemm_tc_fwd<", "gemm_tc_bwd_data<", "gemm_tc_fwd_splitk_epilogue<",
+                       "gemm_tc_bwd_data_splitk_epilogue<"),
+           "gemm_f32": ("gemm_f32_fwd<", "gemm_f32_bwd_data<")}
     out = []
     for spec in cc.all_specs():
         if spec.name in cut:
@@ -176,8 +179,13 @@ def test_tensor_core_module_lists_every_mode_and_activation():
         for act in range(len(ACTIVATIONS)):
             assert tc.fwd_name(prec, act) in names and tc.bwd_data_name(prec, act) in names
         assert tc.bwd_weight_name(prec) in names
+        assert tc.partial_name(prec, False) in names and tc.partial_name(prec, True) in names
+    for act in range(len(ACTIVATIONS)):
+        assert tc.fwd_epilogue_name(act) in names and tc.bwd_data_epilogue_name(act) in names
     expect = dict(spec.sass_expect)
-    assert len(expect) == 3 * (2 * len(ACTIVATIONS) + 1)
+    # fwd and bwd_data per activation, bwd_weight and the two split-K partials, per mode
+    assert len(expect) == 3 * (2 * len(ACTIVATIONS) + 3)
+    assert expect[tc.partial_name("bf16", True)] == "HMMA.16816.F32.BF16"
     assert expect[tc.fwd_name("bf16", 3)] == "HMMA.16816.F32.BF16"
     assert expect[tc.bwd_weight_name("3xtf32")] == "HMMA.1688.F32.TF32"
 
@@ -186,8 +194,8 @@ def test_tensor_core_kernels_hold_their_hmma_in_sass(rows):
     from gpubp.backends import cuda_gemm_tc as tc
 
     tc_rows = [r for r in rows if r["module"] == "gemm_tc" and r["sass_op"]]
-    # fwd + bwd_data per kept activation, and bwd_weight: per mode and arch
-    assert len(tc_rows) == len(ARCHS) * len(tc.PREC_CODES) * (2 * len(TC_ACTS) + 1)
+    # fwd + bwd_data per kept activation, bwd_weight and the two split-K partials: per mode and arch
+    assert len(tc_rows) == len(ARCHS) * len(tc.PREC_CODES) * (2 * len(TC_ACTS) + 3)
     per_k_tile = {"tf32": 32, "3xtf32": 96, "bf16": 16}   # 16 mma per k step, BK 16
     for r in tc_rows:
         prec = {v: k for k, v in tc.PREC_CODES.items()}[int(r["kernel"].split("<")[1].split(",")[0].rstrip(">"))]
