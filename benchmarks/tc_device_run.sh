@@ -23,7 +23,7 @@ source "$(dirname "$0")/device_steps.sh" tc "$@"
 
 for s in "${STEPS[@]}"; do
     case "$s" in
-        tests)     step tests 260 gpu_tests.log $PY -m pytest tests/gpu/test_gemm_tc.py tests/gpu/test_gemm_tc_splitk.py -m gpu -q -ra --durations=10 -p no:cacheprovider ;;
+        tests)     step tests 240 gpu_tests.log $PY -m pytest tests/gpu/test_gemm_tc.py tests/gpu/test_gemm_tc_splitk.py -m gpu -q -ra --durations=10 -p no:cacheprovider ;;
         memcheck)  sanitize memcheck 90 memcheck.log benchmarks/tc_sanitize.py ;;
         racecheck) sanitize racecheck 120 racecheck.log benchmarks/tc_sanitize.py ;;
         bench)     step bench 120 tc_bench.log $PY benchmarks/tc_bench.py --out "$OUT" ;;
