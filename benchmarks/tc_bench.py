@@ -1,6 +1,6 @@
 """Time each tensor-core GEMM of gemm_tc.cu against cuBLAS at the same precision (GPU only).
 
-    python3 benchmarks/tc_bench.py --out DIR [--reps 20]
+    python3 benchmarks/tc_bench.py --out DIR [--reps 20] [--step-rows]
 
 Shapes (M batch rows, N outputs, K inputs): the forward GEMM + bias + ReLU at 8192 x 4096 x
 4096 (the issue's 75%-of-cuBLAS goal), and the three GEMMs of a 4096-wide layer at batch 4096,
@@ -19,6 +19,10 @@ and 1024 (4096 x 4096 hidden layers; the forward of the 10-wide output layer) ti
 single-kernel path (no scratch) and with split-K (a scratch of `fwd_scratch_size` /
 `bwd_data_scratch_size`: what a step plan gives), with the slice count S the launcher chose
 (S = 1: no split at that shape, both columns the same path) and cuBLAS at the same precision.
+Step rows (with --step-rows only; `tc_device_run.sh steps`): a whole training step (forward, MSE loss, backward, Adam; the captured CUDA graph of
+`MLP.capture_train_step`) of the wide network at batch 256 and 1024 with
+`CudaBackend(tensor_core_gemms=True)` in each mode, with split-K as the launchers choose it and
+with it turned off (`cuda_gemm_tc.MAX_K_SPLITS = 1` while that step is built and captured).
 Writes DIR/tc_bench.json and DIR/tc_bench.md.
 """
 
@@ -120,6 +124,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--step-rows", action="store_true",
+                    help="also time the wide network's training step with and without split-K")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     cuda_device.load_kernels({tc.SPECS[0]: tc.SPECS[0].name_expressions})   # one compile, as the tests
@@ -143,9 +149,11 @@ def main():
         cupy.get_default_memory_pool().free_all_blocks()
         torch.cuda.empty_cache()
     splitk_rows = _splitk_rows(args.reps)
+    step_rows = _step_rows(args.reps) if args.step_rows else []
     dev = cupy.cuda.runtime.getDeviceProperties(cuda_device.device_id())["name"].decode()
     with open(os.path.join(args.out, "tc_bench.json"), "w") as f:
-        json.dump(dict(device=dev, reps=args.reps, rows=rows, splitk_rows=splitk_rows), f, indent=1)
+        json.dump(dict(device=dev, reps=args.reps, rows=rows, splitk_rows=splitk_rows, step_rows=step_rows),
+                  f, indent=1)
     lines = [f"# Tensor-core GEMMs vs cuBLAS on {dev} (median of {args.reps}, CUDA events)", "",
              "| kernel | M x N x K | mode | ms | TFLOP/s | cuBLAS | cuBLAS ms | ratio (cuBLAS ms / ours) "
              "| gpubp float32 ms |", "|---|---|---|---|---|---|---|---|---|"]
@@ -160,8 +168,49 @@ def main():
         lines.append(f"| {r['kernel']} | {r['M']}x{r['N']}x{r['K']} | {r['mode']} | {r['S']} | {r['ms_one']:.4f} | "
                      f"{r['ms_split']:.4f} | {r['ms_one'] / r['ms_split']:.2f} | {r['cublas_ms']:.4f} | "
                      f"{r['cublas_ms'] / r['ms_split']:.2f} |")
+    if step_rows:
+        lines += ["", f"## Training step of {list(WIDE)} (captured graph, Adam, MSE)", "",
+                  "| batch | mode | step ms, split-K | step ms, no split | speed-up |", "|---|---|---|---|---|"]
+    for r in step_rows:
+        lines.append(f"| {r['batch']} | {r['mode']} | {r['ms_split']:.3f} | {r['ms_one']:.3f} | "
+                     f"{r['ms_one'] / r['ms_split']:.2f} |")
     with open(os.path.join(args.out, "tc_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+WIDE = (1024, 4096, 4096, 4096, 10)
+
+
+def _step_rows(reps):
+    """The wide network's captured training step per mode and batch, with and without split-K."""
+    import gpubp
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    rows = []
+    be = CudaBackend(tensor_core_gemms=True)
+    rs = cupy.random.RandomState(11)
+    for mode in ("tf32", "bf16", "3xtf32"):
+        net = gpubp.MLP(list(WIDE), activation="relu", backend=be, precision=mode, seed=0)
+        for batch in (256, 1024):
+            X = rs.standard_normal((batch, WIDE[0]), dtype=np.float32)
+            Y = rs.standard_normal((batch, WIDE[-1]), dtype=np.float32)
+            steps = {}
+            for key in ("split", "one"):
+                saved = tc.MAX_K_SPLITS
+                if key == "one":
+                    tc.MAX_K_SPLITS = 1
+                try:
+                    steps[key] = net.capture_train_step(X, Y, "adam", check_inputs=False)
+                finally:
+                    tc.MAX_K_SPLITS = saved
+            ms = {k: _time_cupy(lambda i, f=f: f(X, Y), reps) for k, f in steps.items()}
+            rows.append(dict(batch=batch, mode=mode, ms_split=ms["split"], ms_one=ms["one"]))
+            print(f"step {list(WIDE)} batch {batch:5d} {mode:6s} split-K {ms['split']:8.3f} ms  no split "
+                  f"{ms['one']:8.3f} ms  x{ms['one'] / ms['split']:5.2f}", flush=True)
+            del steps
+        del net
+        cupy.get_default_memory_pool().free_all_blocks()
+    return rows
 
 
 def _splitk_rows(reps):

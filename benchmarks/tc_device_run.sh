@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU session's one call for the tensor-core GEMMs (kernels/gemm_tc.cu):
 #
-#     bash benchmarks/tc_device_run.sh [tests] [memcheck] [racecheck] [bench] [compile]
+#     bash benchmarks/tc_device_run.sh [tests] [memcheck] [racecheck] [bench] [steps] [compile]
 #
-# (no argument: tests memcheck racecheck bench, in that order, within 10 minutes; compile-check
-# runs only when named: it needs no GPU and runs in CI).  Run from the repository root on the GPU machine.
+# (no argument: tests memcheck racecheck bench, in that order, within 10 minutes; steps and
+# compile-check run only when named: steps times the wide network's training step with and without
+# split-K, compile-check needs no GPU and runs in CI).  Run from the repository root on the GPU machine.
 # Writes under $OUT (default benchmarks/results/tc-<UTC date>):
 #   env.txt            GPU, driver, package versions
 #   gpu_tests.log      pytest tests/gpu/test_gemm_tc.py and test_gemm_tc_splitk.py (emulation, float64,
@@ -13,6 +14,7 @@
 #   racecheck.log      compute-sanitizer racecheck over the same
 #   tc_bench.{log,json,md}  each GEMM against cuBLAS at the same precision (CUDA events), and the
 #                      small-batch GEMMs with and without split-K
+#   steps/tc_bench.{json,md}, tc_steps.log  with `steps`: the bench again with its step rows
 #   compile_check.log  gpubp compile-check (NVRTC build, spills, HMMA in SASS)
 #   summary.txt        exit status and seconds of each step
 # Each step has its own time limit (the default steps fit in 10 minutes); a failing step does not
@@ -27,8 +29,9 @@ for s in "${STEPS[@]}"; do
         memcheck)  sanitize memcheck 90 memcheck.log benchmarks/tc_sanitize.py ;;
         racecheck) sanitize racecheck 120 racecheck.log benchmarks/tc_sanitize.py ;;
         bench)     step bench 120 tc_bench.log $PY benchmarks/tc_bench.py --out "$OUT" ;;
+        steps)     step steps 300 tc_steps.log $PY benchmarks/tc_bench.py --out "$OUT/steps" --step-rows ;;
         compile)   step compile 120 compile_check.log $PY -m gpubp compile-check ;;
-        *)         echo "unknown step $s (tests memcheck racecheck bench compile)" | tee -a "$OUT/summary.txt"; failed=1 ;;
+        *)         echo "unknown step $s (tests memcheck racecheck bench steps compile)" | tee -a "$OUT/summary.txt"; failed=1 ;;
     esac
 done
 finish
