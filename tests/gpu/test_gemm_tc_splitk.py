@@ -11,7 +11,9 @@ awkward sizes (1, 3, 17, 127, 129, 1000, 4097) and every activation:
   - against the single-kernel path (scratch=None): both within 2 EMUL_TOL of each other;
   - outputs and scratch poisoned with NaN before each call (every element written);
   - bitwise reproducible from run to run (fixed slice order, no atomics);
-  - the wide network's layer at batch 256 (4096 x 4096) against float64.
+  - the wide network's layer at batch 256 (4096 x 4096) against float64;
+  - a whole step (outputs, loss, gradients) of a network that splits at batch 128, through
+    `CudaBackend(tensor_core_gemms=True)` and its plan's scratch, against the numpy emulation.
 """
 
 import zlib
@@ -220,3 +222,40 @@ def test_wide_layer_at_batch_256(mode):
         out, dprev = runs[0]
         assert float(cupy.abs(out - ref_f).max()) / scale_f <= P.TOLERANCE[mode]
         assert float(cupy.abs(dprev - ref_d).max()) / scale_d <= P.TOLERANCE[mode]
+
+
+#: CUDA step vs the numpy emulation of the same mode, relative to the largest value compared
+#: (the values of tests/gpu/test_precision_modes_gpu.py)
+STEP_TOL = {"tf32": 1e-4, "bf16": 1e-3, "3xtf32": 2e-5}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_small_batch_step_with_split_k_matches_the_numpy_emulation(mode):
+    """A network whose forward and input-gradient GEMMs split at batch 128 (8 output tiles of the
+    1024-wide layers), through `CudaBackend(tensor_core_gemms=True)` and its plan's scratch: the
+    outputs, loss and gradients against the numpy backend's emulation of the mode."""
+    import gpubp
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    sizes, B = [600, 1024, 1024, 10], 128
+    sms = cuda_device.sm_count()
+    _needs_split(tc.fwd_splits(B, 1024, 1024, sms))
+    _needs_split(tc.bwd_data_splits(B, 1024, 1024, sms))
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, sizes[0])).astype(np.float32)
+    Y = rng.standard_normal((B, sizes[-1])).astype(np.float32)
+    nets = [gpubp.MLP(sizes, activation="silu", backend=be, precision=mode, seed=3)
+            for be in ("numpy", CudaBackend(tensor_core_gemms=True))]
+    (l_ref, g_ref), (l_gpu, g_gpu) = (n.loss_and_grads(X, Y) for n in nets)
+    tol = STEP_TOL[mode]
+
+    def close(got, want, what):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        err = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-30)
+        assert err <= tol, f"{what}: {err:.2e} relative to its largest value"
+
+    close(nets[1].backend.to_numpy(nets[1].forward(X)), nets[0].forward(X), "outputs")
+    assert l_gpu == pytest.approx(l_ref, rel=tol)
+    for l, ((dW, db), (rW, rb)) in enumerate(zip(g_gpu, g_ref), start=1):
+        close(dW, rW, f"layer {l} dW")
+        close(db, rb, f"layer {l} db")

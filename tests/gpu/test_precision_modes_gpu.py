@@ -49,8 +49,7 @@ def _close(got, want, tol, what, not_like=None):
 
 
 @pytest.mark.parametrize("prec", MODES)
-@pytest.mark.parametrize("sizes, B", [((33, 300, 129, 5), 1000), ((64, 17, 4097, 10), 3),
-                                     ((600, 1024, 1024, 10), 128)])   # the last two: split-K forward / input gradient
+@pytest.mark.parametrize("sizes, B", [((33, 300, 129, 5), 1000), ((64, 17, 4097, 10), 3)])
 def test_a_step_matches_the_numpy_emulation(prec, sizes, B):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((B, sizes[0])).astype(np.float32)
