@@ -74,24 +74,37 @@ def cublas_what(peer: str) -> str:
     return what
 
 
-class GemmOperands:
-    """`n_sets` input sets `(A_prev, W, b, D)` (rotated between repetitions so that they do not
-    all sit in L2) and the outputs of the three GEMMs of one layer shape, on the current
-    CUDA device.  A_prev is a ReLU output (its zeros drive g'); W is scaled by 1/sqrt(K)."""
+def random_sets(batch: int, n_out: int, n_in: int, n_sets: int = 2, seed: int | None = None):
+    """`n_sets` random input sets `(A_prev, W, b, D)` of a layer (batch x n_out x n_in) on the
+    current CUDA device: A_prev a ReLU output (its zeros drive g'), W scaled by 1/sqrt(n_in),
+    b and D standard normal."""
+    import cupy
 
-    def __init__(self, batch: int, n_out: int, n_in: int, n_sets: int = 2, seed: int | None = None):
+    M, N, K = batch, n_out, n_in
+    rs = cupy.random.RandomState(M + N + K if seed is None else seed)
+    sets = []
+    for _ in range(n_sets):
+        A = rs.standard_normal((M, K), dtype=np.float32)
+        sets.append((cupy.maximum(A, np.float32(0), out=A),
+                     rs.standard_normal((N, K), dtype=np.float32) / np.float32(math.sqrt(max(K, 1))),
+                     rs.standard_normal(N, dtype=np.float32),
+                     rs.standard_normal((M, N), dtype=np.float32)))
+    return sets
+
+
+class GemmOperands:
+    """Input sets `(A_prev, W, b, D)` of one layer shape (rotated between repetitions so that
+    they do not all sit in L2; `random_sets` makes them) and the outputs of its three GEMMs,
+    on the current CUDA device."""
+
+    def __init__(self, sets):
         import cupy
 
-        self.shape = (batch, n_out, n_in)
-        M, N, K = self.shape
-        rs = cupy.random.RandomState(M + N + K if seed is None else seed)
-        self.sets = []
-        for _ in range(n_sets):
-            A = rs.standard_normal((M, K), dtype=np.float32)
-            self.sets.append((cupy.maximum(A, np.float32(0), out=A),
-                              rs.standard_normal((N, K), dtype=np.float32) / np.float32(math.sqrt(max(K, 1))),
-                              rs.standard_normal(N, dtype=np.float32),
-                              rs.standard_normal((M, N), dtype=np.float32)))
+        A, W = sets[0][0], sets[0][1]
+        M, K = A.shape
+        N = W.shape[0]
+        self.shape = (M, N, K)
+        self.sets = list(sets)
         self.A_out = cupy.empty((M, N), np.float32)
         self.D_prev = cupy.empty((M, K), np.float32)
         self.dW = cupy.empty((N, K), np.float32)
@@ -212,16 +225,17 @@ class CublasGemm:
     `inputs` are the operand sets as that GEMM takes them (CuPy arrays, or torch tensors
     sharing or, for bfloat16, converted from them before timing); `call(A, W, b, D)` runs
     one GEMM into a preallocated output; use the object as a context manager around the
-    timing (it allows TF32 in torch for "cublas-tf32" and restores the setting after);
-    `torch` says whether torch's clock must time it."""
+    timing (it allows TF32 in torch for "cublas-tf32", forbids it otherwise, and restores
+    the setting after); `torch` says whether torch's clock must time it.  SGEMM runs through
+    `cupy.matmul` unless `torch_sgemm` (then `torch.matmul` with TF32 off)."""
 
-    def __init__(self, peer: str, kind: str, ops: GemmOperands):
+    def __init__(self, peer: str, kind: str, ops: GemmOperands, torch_sgemm: bool = False):
         if peer not in CUBLAS:
             raise ValueError(f"unknown cuBLAS peer {peer!r}; choose one of {', '.join(CUBLAS)}")
         self.peer, self.kind = peer, kind
         M, N, K = ops.shape
         out_shape = {"fwd": (M, N), "bwd_data": (M, K), "bwd_weight": (N, K)}[kind]
-        self.torch = peer != "cublas-sgemm"
+        self.torch = peer != "cublas-sgemm" or torch_sgemm
         if not self.torch:
             import cupy
             self.inputs = ops.sets

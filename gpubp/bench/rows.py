@@ -349,7 +349,7 @@ def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False,
         for kind, peer in rows:
             suite.rows.append(dict(base(kind, peer), skipped=f"needs about {1.5 * need / 2 ** 30:.1f} GiB"))
         return
-    ops = G.GemmOperands(batch, n_out, n_in, n_sets=k, seed=batch + n_in)
+    ops = G.GemmOperands(G.random_sets(batch, n_out, n_in, n_sets=k, seed=batch + n_in))
     G.preload(peers)
     for kind, peer in rows:
         def one(kind=kind, peer=peer):
