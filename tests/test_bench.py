@@ -577,3 +577,28 @@ def test_bench_cpu_path_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "Published figures of tiny-cuda-nn: no figure recorded" in md
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "GPU rows need CUDA" in capsys.readouterr().out
+
+
+def test_a_run_stopped_by_sigterm_still_writes_what_it_measured(tmp_path):
+    """A time limit (`timeout` sends SIGTERM) must not lose the rows measured so far."""
+    import os
+    import signal
+    import subprocess
+    root = Path(cli.__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "gpubp", "bench", "--quick", "--cpu-only", "--out", str(tmp_path)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        for line in proc.stdout:                 # wait for the first measured step row
+            if line.lstrip().startswith("step"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert any("stopped early (signal SIGTERM)" in n for n in res["meta"]["notes"])
+    assert any(r["kind"] == "step" and "median_ms" in r for r in res["rows"])
+    assert "stopped early" in (tmp_path / "bench.md").read_text()
+

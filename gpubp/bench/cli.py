@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -177,6 +179,10 @@ def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
         meta["notes"].append("torch.compile rows need PyTorch with CUDA: none were measured.")
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     cfg = dict(MODES[a.mode], mode=a.mode, optimizer=a.optimizer,
@@ -209,17 +215,28 @@ def main(argv=None) -> int:
         meta["no_gpu_reason"] = why
         print(f"No CUDA GPU ({why}): the GPU rows need CUDA; measuring the CPU rows only.", flush=True)
 
-    if has_gpu:
-        suite.ceilings["cuda"] = measure_ceilings_gpu(suite)
-        has_torch_cuda = has_torch and torch_cuda()
-        if not has_torch_cuda:
-            meta["notes"].append("PyTorch with CUDA is not importable here: no PyTorch GPU rows.")
-        run_gpu_rows(suite, a, cfg, has_torch_cuda, meta)
-    cpu_shapes = [(s, b) for s, b in cpu_step_shapes(a.mode, has_gpu) if picked(a.only, "cpu", s, b)]
-    if not a.no_cpu and (cpu_shapes or a.only is None):
-        suite.ceilings["cpu"] = measure_ceilings_cpu(suite)
-        for sizes, b in cpu_shapes:
-            guarded(suite, cpu_step_rows, sizes, b, has_torch)
+    # a run stopped from outside (SIGTERM from a time limit, Ctrl-C) still writes what it measured
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        if has_gpu:
+            suite.ceilings["cuda"] = measure_ceilings_gpu(suite)
+            has_torch_cuda = has_torch and torch_cuda()
+            if not has_torch_cuda:
+                meta["notes"].append("PyTorch with CUDA is not importable here: no PyTorch GPU rows.")
+            run_gpu_rows(suite, a, cfg, has_torch_cuda, meta)
+        cpu_shapes = [(s, b) for s, b in cpu_step_shapes(a.mode, has_gpu) if picked(a.only, "cpu", s, b)]
+        if not a.no_cpu and (cpu_shapes or a.only is None):
+            suite.ceilings["cpu"] = measure_ceilings_cpu(suite)
+            for sizes, b in cpu_shapes:
+                guarded(suite, cpu_step_rows, sizes, b, has_torch)
+    except KeyboardInterrupt as e:
+        why = str(e) or "interrupted (Ctrl-C)"
+        meta["notes"].append(f"The run was stopped early ({why}) after {time.perf_counter() - suite.t0:.0f} s: "
+                             f"the rows after the last one listed were not measured.")
+        print(f"stopped early: {why}; writing what was measured", flush=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
     add_ratios(suite.rows)
     meta["peers"] = {n: dict(asdict(s), backend_options=s.backend_options()) for n, s in GPU_PEER_SPECS.items()}
