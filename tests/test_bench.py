@@ -4,11 +4,12 @@ import ast
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gpubp.bench import cli, cost, gemms, goals, peers, rows, shapes, timing
+from gpubp.bench import cli, cost, fused_runs, gemms, goals, peers, rows, shapes, timing
 
 
 # ----------------------------------------------------------------- cost model (docs/spec.md, "Cost of a step")
@@ -163,6 +164,26 @@ def test_torch_autocast_bf16_peer_computes_the_float32_step_to_bf16_tolerance():
     adam(X, y)
     assert adam.loss_value() == pytest.approx(f32.loss_value(), rel=4 * u)
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("peer", ["torch-eager", "torch-autocast-bf16"])
+def test_torch_run_peers_compute_forward_and_backward_of_the_given_delta(peer):
+    """The fused-run rows' PyTorch peer (here on the CPU): after one call every parameter has a
+    float32 gradient, and dW of the last layer is delta.T @ A_prev (bf16 products under autocast)."""
+    torch = pytest.importorskip("torch")
+    run = fused_runs.torch_run(peer, [8, 16, 16, 4], 32, device="cpu")
+    run()
+    model = run.model
+    lin = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        h = run.X
+        for m in model[:-1]:
+            h = m(h)
+        want = run.delta.T @ h
+    tol = 2e-2 if peer.endswith("bf16") else 1e-5
+    torch.testing.assert_close(lin[-1].weight.grad, want, rtol=tol, atol=tol * float(want.abs().max()))
 
 
 def test_peer_specs_name_each_precision_and_backend_option():
@@ -354,6 +375,14 @@ def fake(monkeypatch):
     from gpubp.backends import cuda_device, cuda_fused, cuda_fused_family
     from support.fake_cupy import FakeCupy
     f = FakeCupy()
+
+    class RandomState:                  # what the bench's inputs need of cupy.random
+        def __init__(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+        def standard_normal(self, shape, dtype=np.float32):
+            return f.asarray(self.rng.standard_normal(shape).astype(dtype))
+    monkeypatch.setattr(f, "random", SimpleNamespace(RandomState=RandomState), raising=False)
     monkeypatch.setitem(sys.modules, "cupy", f)
     for mod, attr in ((cuda_device, "_attributes"), (cuda_device, "_ccs"), (cuda_device, "_functions"),
                       (cuda_fused, "_grids"), (cuda_fused_family, "_grids"), (gpubp.backends, "_instances")):
@@ -381,8 +410,10 @@ def test_every_gemm_variant_launches_its_own_kernel_within_contract(fake, peer):
     their mode's PREC; `preload` compiles them up front, so the timed calls compile nothing."""
     assert set(VARIANT_KERNELS) == set(gemms.GPUBP_VARIANTS)
     M, N, K = 1024, 256, 192
-    sets = [(fake.ones((M, K), np.float32), fake.ones((N, K), np.float32), fake.ones(N, np.float32),
-             fake.ones((M, N), np.float32))]
+    sets = gemms.random_sets(M, N, K, n_sets=2, seed=3)
+    assert [tuple(x.shape) for x in sets[1]] == [(M, K), (N, K), (N,), (M, N)]
+    assert all(isinstance(x, fake.ndarray) and x.dtype == np.float32 for x in sets[0])
+    assert float(sets[0][0].min()) == 0.0 < float(sets[0][0].max())        # A_prev is a ReLU output
     ops = gemms.GemmOperands(sets)
     assert ops.shape == (M, N, K)
     gemms.preload([peer])
@@ -439,6 +470,31 @@ def test_gpubp_step_peers_run_on_the_backend_options_they_record(fake, peer):
         assert fake.launches and all(l.replay for l in fake.launches if l.kernel.startswith("gemm"))
 
 
+@pytest.mark.parametrize("peer", [p for p in fused_runs.RUN_PEERS if not p.startswith("torch")])
+@pytest.mark.parametrize("sizes", [shapes.narrow(64, 8), shapes.narrow(128, 8), shapes.W64x5_OUT64])
+def test_fused_run_peers_launch_their_kernels_and_allocate_nothing_when_warm(fake, peer, sizes):
+    """The fused-run rows' gpubp runs: the family's kernels of the peer's policy (or the default
+    path's fused kernels), forward then backward, within their contract; a warm call allocates
+    nothing (tables and workspaces kept in the run's Scratch)."""
+    from gpubp.backends import cuda_fused_family
+    assert fused_runs.run_fits(peer, sizes) is None
+    run = fused_runs.gpubp_run(peer, sizes, 2048)
+    run()
+    fake.reset()
+    run()
+    kernels = [l.kernel for l in fake.launches]
+    prec = fused_runs.RUN_PEERS[peer][0]
+    if peer.startswith("family-"):
+        assert kernels[:3] == ["fused_family_fwd", "fused_family_bwd", "fused_family_reduce"], kernels
+        pol = str(cuda_fused_family.PRECISIONS[prec])
+        assert all(l.name.split("<")[1].split(",")[0].strip() == pol for l in fake.launches[:2])
+    else:
+        assert kernels[0].startswith("fused_mlp_fwd") and kernels[1].startswith("fused_mlp_bwd"), kernels
+        assert kernels[0].endswith("_tf32") == (prec == "tf32")
+    assert fake.allocations == 0, fake.allocation_sites
+    assert fused_runs.run_fits(peer, [256, 256, 10]) is not None                 # too wide for a fused run
+
+
 def test_kernel_peers_pair_each_gpubp_gemm_with_cublas_at_its_precision():
     assert rows.kernel_peers(["float32"]) == ["gpubp-fused", "cupy-unfused", "cublas-sgemm"]
     assert rows.kernel_peers(["float32"], tiles=True) == [
@@ -457,6 +513,7 @@ def _plan_of(monkeypatch, argv, has_torch_cuda=True):
     """The GPU rows `gpubp bench argv` would run, in order, with the row functions recorded."""
     calls = []
     monkeypatch.setattr(cli, "kernel_rows", lambda suite, *a: calls.append(("kernel",) + a[:3] + (a[3], a[4])))
+    monkeypatch.setattr(cli, "run_rows", lambda suite, sizes, b, t: calls.append(("run", shapes.net_name(sizes), b)))
     monkeypatch.setattr(cli, "gpu_step_rows",
                         lambda suite, sizes, b, ps: calls.append(("step", shapes.net_name(sizes), b, tuple(ps),
                                                                   suite.reserve_s)))
@@ -477,6 +534,10 @@ def test_gpu_rows_run_goals_first_and_compile_last_in_their_reserve(monkeypatch)
     steps = [c for c in calls if c[0] == "step"]
     goal_names = [(shapes.net_name(s), b) for s, b in shapes.goal_step_shapes()]
     assert [(c[1], c[2]) for c in steps[:len(goal_names)]] == goal_names
+    # then the narrow goal networks' fused runs, before any other step
+    runs = [i for i, c in enumerate(calls) if c[0] == "run"]
+    assert [calls[i][1:] for i in runs] == [(shapes.net_name(s), b) for s, b in shapes.run_shapes()]
+    assert runs[0] == 2 + len(goal_names) and runs == list(range(runs[0], runs[0] + len(runs)))
     assert all(c[3] == peers.GPU_PEERS for c in steps if c[3] != peers.COMPILE_PEERS)
     full = shapes.MODES["full"]
     assert all(c[4] == full["compile_reserve_s"] for c in steps if c[3] != peers.COMPILE_PEERS)
@@ -500,10 +561,12 @@ def test_only_and_peers_select_rows(monkeypatch):
     assert any(c[0] == "step" and c[3] == peers.COMPILE_PEERS for c in calls)
     calls, _ = _plan_of(monkeypatch, ["--only", "compile"])
     assert calls and all(c[0] == "step" and c[3] == peers.COMPILE_PEERS for c in calls)
+    calls, _ = _plan_of(monkeypatch, ["--only", "fused"])
+    assert [c[0] for c in calls] == ["run"] * len(shapes.run_shapes())
     calls, _ = _plan_of(monkeypatch, ["--quick", "--only", "wide"])
     assert calls and all(c[0] == "step" and c[1] == "wide 1024-4096x3-10" for c in calls)
     calls, _ = _plan_of(monkeypatch, ["--quick", "--only", "out64"])
-    assert [(c[1], c[2]) for c in calls] == [("narrow w64 x5 out64", 2 ** 20)]
+    assert [c[:3] for c in calls] == [("step", "narrow w64 x5 out64", 2 ** 20), ("run", "narrow w64 x5 out64", 2 ** 20)]
     calls, _ = _plan_of(monkeypatch, ["--quick", "--peers", "gpubp-cuda-bf16,torch-autocast-bf16"])
     assert all(c[3] == ("gpubp-cuda-bf16", "torch-autocast-bf16") for c in calls if c[0] == "step")
     # no PyTorch with CUDA: no torch peers, and a note says torch.compile did not run

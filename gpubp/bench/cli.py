@@ -27,6 +27,12 @@ that fails is recorded as such).  On the CPU: gpubp's numpy backend, PyTorch
 CPU and scikit-learn's MLPClassifier (one `partial_fit` of one batch per
 step), for small shapes.
 
+The narrow goal networks' fused runs alone (`gpubp.bench.fused_runs`:
+forward and backward, no loss or update): the fused-MLP kernel family
+(`cuda_fused_family`, float32 / tf32 / bf16, not on the default path) and the
+default path's fused kernels against PyTorch's forward and backward at each
+precision.
+
 The GEMMs alone (`gpubp.bench.gemms`): gpubp's fused GEMM launchers (the
 default float32 path; at the float32 goals' shape every float32 tile: v1,
 pipelined, gemm_f32; at the tensor-core goals' shape the tensor-core GEMMs in
@@ -65,9 +71,9 @@ from .goals import PUBLISHED, check_goals
 from .peers import COMPILE_PEERS, GPU_PEER_SPECS, GPU_PEERS
 from .report import jsonable, summary_table, write_markdown, write_plot
 from .rows import (Suite, add_ratios, cpu_step_rows, gpu_step_rows, kernel_rows, measure_ceilings_cpu,
-                   measure_ceilings_gpu)
+                   measure_ceilings_gpu, run_rows)
 from .shapes import (MODES, compile_step_shapes, cpu_step_shapes, goal_kernel_shapes, goal_step_shapes,
-                     gpu_step_shapes, kernel_precisions, kernel_shapes, kernel_tiles, net_name)
+                     gpu_step_shapes, kernel_precisions, kernel_shapes, kernel_tiles, net_name, run_shapes)
 
 
 def guarded(suite, rows_fn, *args):
@@ -86,23 +92,25 @@ ONLY_GROUPS = {
     "goals": "the rows the goals judge: their GEMM shapes, their step shapes and the torch.compile rows",
     "kernel": "the GEMM kernel rows only",
     "compile": "the torch.compile step rows only",
+    "fused": "the fused-run rows only (narrow networks' forward and backward alone)",
 }
 
 
 def picked(only, what, sizes=None, batch=None, shape=None) -> bool:
     """Whether `--only ONLY` keeps a group of rows: `what` is "step" (network `sizes` at `batch`),
-    "compile" (the torch.compile rows of that step), "cpu" (a CPU step) or "kernel" (the GEMMs at
-    `shape`, (batch, n_out, n_in)).  Without `--only` everything runs; a group word
-    (`ONLY_GROUPS`) keeps its group; any other text keeps the GPU and CPU steps (and their
-    torch.compile rows) whose network name contains it."""
+    "compile" (the torch.compile rows of that step), "run" (its fused run alone), "cpu" (a CPU
+    step) or "kernel" (the GEMMs at `shape`, (batch, n_out, n_in)).  Without `--only` everything
+    runs; a group word (`ONLY_GROUPS`) keeps its group; any other text keeps the GPU and CPU
+    steps (with their torch.compile and fused-run rows) whose network name contains it."""
     if only is None:
         return True
     if only == "goals":
         if what == "kernel":
             return tuple(shape) in goal_kernel_shapes()
         return what in ("step", "compile") and (list(sizes), batch) in goal_step_shapes()
-    if only in ("kernel", "compile"):
-        return what == only
+    groups = {"kernel": "kernel", "compile": "compile", "fused": "run"}
+    if only in groups:
+        return what == groups[only]
     return what != "kernel" and only in net_name(sizes)
 
 
@@ -150,9 +158,9 @@ def parse_args(argv):
 
 
 def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
-    """The GPU rows, most wanted first: the goals' GEMMs, the goals' steps, the other steps,
-    the other GEMMs, and last the torch.compile rows (in `compile_reserve_s` of the budget
-    kept for them, and what the others left)."""
+    """The GPU rows, most wanted first: the goals' GEMMs, the goals' steps, the narrow goal
+    networks' fused runs alone, the other steps, the other GEMMs, and last the torch.compile
+    rows (in `compile_reserve_s` of the budget kept for them, and what the others left)."""
     wanted = a.peers or list(GPU_PEERS) + list(COMPILE_PEERS)
     usable = [p for p in wanted if has_torch_cuda or GPU_PEER_SPECS[p].library != "torch"]
     peers = [p for p in usable if p in GPU_PEERS]
@@ -166,8 +174,14 @@ def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
     goal_s = [x for x in steps if x in goal_step_shapes()]
     for k in goal_k:
         guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda)
-    for sizes, b in goal_s + [x for x in steps if x not in goal_s]:
+    for sizes, b in goal_s:
         guarded(suite, gpu_step_rows, sizes, b, peers)
+    for sizes, b in run_shapes():
+        if picked(a.only, "run", sizes, b):
+            guarded(suite, run_rows, sizes, b, has_torch_cuda)
+    for sizes, b in steps:
+        if (sizes, b) not in goal_s:
+            guarded(suite, gpu_step_rows, sizes, b, peers)
     for k in kshapes:
         if k not in goal_k:
             guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda)

@@ -103,6 +103,17 @@ def write_markdown(res, path):
         for r in thr:
             L.append(f"| {r['network']} | {r['batch']} | {r['peer']} | {r['samples_per_s']:.3g} |")
         L.append("")
+    rows = [r for r in res["rows"] if r["kind"] == "run"]
+    if rows:
+        L.append("## Fused narrow runs alone (gpubp.bench.fused_runs): forward and backward, no loss or update\n")
+        L.append("family-*: the fused-MLP kernel family (kernels/fused_mlp_family.cu, not on the default path); "
+                 "fused-*: the default path's fused kernels (kernels/fused_mlp.cu, fused_mlp_tf32.cu); torch-*: "
+                 "nn.Sequential forward and backward of the same delta. FLOPs counted as for a step. "
+                 "Last column: over the fastest gpubp run of the row's precision.\n")
+        L.append(head)
+        for r in rows:
+            L.append(_row_md(r, r["network"], r["batch"]))
+        L.append("")
     rows = [r for r in res["rows"] if r["kind"] == "kernel"]
     if rows:
         L.append("## GEMMs alone (gpubp.bench.gemms): gpubp's variants vs cuBLAS at the same precision\n")

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import gemms as G
 from . import peers as P
-from .cost import kernel_flops, kernel_min_bytes, n_params, n_sets, step_flops, step_min_bytes
+from .cost import kernel_flops, kernel_min_bytes, n_params, n_sets, run_min_bytes, step_flops, step_min_bytes
 from .environment import device_free_bytes, free_device_memory, torch_cuda
 from .shapes import net_name
 from .timing import CpuClock, CupyClock, TorchClock, time_reps, timed
@@ -304,6 +304,37 @@ def cpu_step_rows(suite, sizes, batch, has_torch):
         suite.run(dict(base, peer=peer), one)
 
 
+# ----------------------------------------------------------------- fused-run rows
+def run_rows(suite, sizes, batch, has_torch_cuda=True):
+    """A narrow network's whole fused run alone (forward and backward, no loss, no optimizer):
+    the fused-MLP kernel family and the default path's fused kernels against PyTorch's forward
+    and backward at each precision (`gpubp.bench.fused_runs`)."""
+    from . import fused_runs as FR
+    cfg = suite.cfg
+    flops, nbytes = step_flops(sizes, batch), run_min_bytes(sizes, batch)
+    base = dict(kind="run", device="cuda", network=net_name(sizes), sizes=list(sizes), batch=batch, flops=flops,
+                min_bytes=nbytes)
+    for peer, (prec, what) in FR.RUN_PEERS.items():
+        def one(peer=peer, prec=prec):
+            if peer.startswith("torch"):
+                if not has_torch_cuda:
+                    return dict(skipped="needs PyTorch with CUDA")
+                P.set_torch_tf32(prec == "tf32")
+                try:
+                    t = timed(FR.torch_run(peer, sizes, batch), [()], TorchClock(), cfg)
+                finally:
+                    P.set_torch_tf32(False)
+            else:
+                why = FR.run_fits(peer, sizes)
+                if why:
+                    return dict(skipped=why)
+                t = timed(FR.gpubp_run(peer, sizes, batch), [()], CupyClock(), cfg)
+            t["samples_per_s"] = batch / (t["median_ms"] / 1e3)
+            return _rates(t, flops, nbytes, suite.ceilings["cuda"], prec)
+        suite.run(dict(base, peer=peer, precision=prec, what=what), one, gpu=True)
+    free_device_memory()
+
+
 # ----------------------------------------------------------------- kernel rows
 def kernel_peers(precisions, tiles=False):
     """The kernel-row peers of a shape, in the order they are timed: per precision gpubp's
@@ -409,10 +440,12 @@ def _shape_key(r):
 def _same_precision_ratios(rows):
     """Per GPU row with a precision: `speedup_gpubp_same_precision`, its time over the fastest of
     gpubp's rows of that precision on the same shape (`goals.GPUBP_PEERS` for steps,
-    `goals.GPUBP_KERNEL_PEERS` for kernels); per gpubp kernel row `frac_cublas`, the time of
+    `goals.GPUBP_KERNEL_PEERS` for kernels, `fused_runs.GPUBP_RUN_PEERS` for fused runs); per
+    gpubp kernel row `frac_cublas`, the time of
     cuBLAS at its precision (`goals.CUBLAS_PEER`) over its own."""
+    from .fused_runs import GPUBP_RUN_PEERS
     from .goals import CUBLAS_PEER, GPUBP_KERNEL_PEERS, GPUBP_PEERS
-    mine = {"step": GPUBP_PEERS, "kernel": GPUBP_KERNEL_PEERS}
+    mine = {"step": GPUBP_PEERS, "kernel": GPUBP_KERNEL_PEERS, "run": GPUBP_RUN_PEERS}
     best, by_peer = {}, {}
     for r in rows:
         if "median_ms" not in r or r["kind"] not in mine or r["device"] != "cuda":

@@ -67,6 +67,11 @@ def compile_step_shapes():
     return [(WIDE, 4096), (narrow(64, 8), 2 ** 18)]
 
 
+def run_shapes():
+    """`(sizes, batch)` of the fused-run rows: the narrow networks the goals judge."""
+    return [(s, b) for s, b in goal_step_shapes() if len(set(s[:-1])) == 1 and s[0] <= 128]
+
+
 def gpu_step_shapes(mode):
     """`(sizes, batch)` of the GPU step rows: the goals' shapes first, no repeats."""
     if mode == "full":
