@@ -242,6 +242,10 @@ def test_ratios_and_goals_pass_miss_info_and_not_measured():
         _row(peer="torch-compile-tf32", precision="tf32", sizes=W, batch=1024, median_ms=1.0),
         _row(peer="gpubp-cuda-tf32", precision="tf32", sizes=W, batch=1024, median_ms=1.5),
         dict(kind="step", device="cuda", peer="torch-eager-tf32", sizes=W, batch=1024, error="RuntimeError: x"),
+        # a fast but wrong row (its loss NaN) never counts
+        _row(peer="gpubp-cuda-3xtf32", precision="3xtf32", sizes=W, batch=256, median_ms=0.1,
+             check_error="the final loss is nan"),
+        _row(peer="torch-eager", precision="float32", sizes=W, batch=256, median_ms=1.0),
         # narrow w64 x8: the faster float32 path counts
         _row(peer="gpubp-cuda", precision="float32", sizes=N, batch=2 ** 18, median_ms=2.0),
         _row(peer="gpubp-cuda-graph", precision="float32", sizes=N, batch=2 ** 18, median_ms=1.5),
@@ -257,6 +261,7 @@ def test_ratios_and_goals_pass_miss_info_and_not_measured():
         _kernel("gpubp-fused", "fwd", fwd32, 4.0), _kernel("gpubp-gemm-f32", "fwd", fwd32, 3.0),
         _kernel("gpubp-gemm-v1", "fwd", fwd32, 4.1), _kernel("cublas-sgemm", "fwd", fwd32, 2.85),
         _kernel("gpubp-fused", "bwd_data", fwd32, 4.0), _kernel("cublas-sgemm", "bwd_data", fwd32, 2.8),
+        dict(_kernel("gpubp-gemm-f32", "bwd_data", fwd32, 1.0), check_error="relative error 1e+00"),  # wrong
         dict(kind="ceiling", ceiling="sgemm", device="cuda", median_ms=2.0, tflops=50.0),
     ]
     rows.add_ratios(rs)
@@ -280,6 +285,9 @@ def test_ratios_and_goals_pass_miss_info_and_not_measured():
     assert r3["result"] == "MISS" and r3["value"] == pytest.approx(10 / 8) and r3["threshold"] == 1.3
     assert res(wide + "1024", "tf32")["result"] == "NOT MEASURED"                 # its torch peer errored
     assert res(wide + "256", "bf16")["result"] == "NOT MEASURED" and "value" not in res(wide + "256", "bf16")
+    bad = res(wide + "256", "3xtf32")
+    assert bad["result"] == "NOT MEASURED" and bad["failed_checks"] == ["gpubp-cuda-3xtf32: the final loss is nan"]
+    assert "failed their check" in bad["measured"]
     n = res("narrow w64 x8 step, batch 262144", "float32")
     assert n["result"] == "MISS" and n["value"] == pytest.approx(4.0 / 1.5) and "gpubp-cuda-graph" in n["measured"]
     assert res("narrow w64 x8 step, batch 262144", "bf16")["result"] == "PASS"      # 9x >= 8x
@@ -295,7 +303,9 @@ def test_ratios_and_goals_pass_miss_info_and_not_measured():
     assert res(g[("fwd", "bf16", fwd_tc)], "bf16", "fwd")["result"] == "NOT MEASURED"
     f = res(g[("fwd", "float32", fwd32)], "float32", "fwd")
     assert f["value"] == pytest.approx(0.95) and f["result"] == "PASS" and "gpubp-fused" in f["measured"]
-    assert res(g[("bwd_data", "float32", fwd32)], "float32", "bwd_data")["result"] == "MISS"   # 70%
+    bd = res(g[("bwd_data", "float32", fwd32)], "float32", "bwd_data")
+    assert bd["result"] == "MISS" and bd["value"] == pytest.approx(0.7)        # the wrong, faster tile left out
+    assert bd["failed_checks"] == ["gpubp-gemm-f32: relative error 1e+00"]
     assert res(g[("bwd_weight", "float32", fwd32)], "float32", "bwd_weight")["result"] == "NOT MEASURED"
     assert all(x["result"] == "NOT MEASURED" and "passed" not in x for x in goals.check_goals([], {}))
 
@@ -493,6 +503,23 @@ def test_fused_run_peers_launch_their_kernels_and_allocate_nothing_when_warm(fak
         assert kernels[0].endswith("_tf32") == (prec == "tf32")
     assert fake.allocations == 0, fake.allocation_sites
     assert fused_runs.run_fits(peer, [256, 256, 10]) is not None                 # too wide for a fused run
+
+
+def test_gemm_error_limits_pass_each_modes_emulated_gemm_with_room_and_catch_a_wrong_one():
+    """`gemms.REL_ERR_LIMIT`, the error past which a GEMM row does not count: each mode's GEMM as
+    `gpubp.precision` emulates it (K = 4096, as the GEMM goals) is at least 10x inside it, and a
+    GEMM that lost 64 of its 4096 k (one dropped tile step of a 64-deep loop) is outside."""
+    from gpubp import precision
+    rng = np.random.default_rng(0)
+    A = np.maximum(rng.standard_normal((32, 4096)).astype(np.float32), 0)      # a ReLU output
+    Wt = (rng.standard_normal((4096, 64)) / 64).astype(np.float32)
+    ref = A @ Wt
+    for mode in ("tf32", "bf16", "3xtf32"):
+        err = np.linalg.norm(precision.matmul(A, Wt, mode) - ref) / np.linalg.norm(ref)
+        assert 10 * err < gemms.REL_ERR_LIMIT[mode], (mode, err)
+    wrong = A[:, :-64] @ Wt[:-64]                        # 64 of the 4096 k lost (a dropped tile step)
+    assert all(np.linalg.norm(wrong - ref) / np.linalg.norm(ref) > lim for lim in gemms.REL_ERR_LIMIT.values())
+    assert set(gemms.REL_ERR_LIMIT) == set(goals.GPUBP_PEERS)
 
 
 def test_kernel_peers_pair_each_gpubp_gemm_with_cublas_at_its_precision():

@@ -49,6 +49,12 @@ CUBLAS = {
     "cublas-bf16": ("bf16", "torch.matmul of bfloat16 tensors (float32 accumulation)"),
 }
 
+#: the largest ||gpubp - unfused float32|| / ||unfused float32|| (Frobenius, on the first input
+#: set) a GEMM row may show and still count: a few unit roundoffs of its precision times the
+#: growth of a K-long float32 sum of random terms (float32 u 2^-24, tf32 2^-11, bf16 2^-8;
+#: 3xtf32 is float32-accurate); well above what a correct kernel shows, far below a wrong one
+REL_ERR_LIMIT = {"float32": 1e-4, "3xtf32": 1e-4, "tf32": 1e-2, "bf16": 5e-2}
+
 #: the unfused float32 pair of each GEMM: cuBLAS plus the epilogue as separate kernels
 UNFUSED = "cupy-unfused"
 

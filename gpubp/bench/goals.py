@@ -155,10 +155,17 @@ GOALS = (
 
 
 def _find(rows, **kw):
+    """The first measured row with these fields whose result passed its check (a row with a
+    `check_error`, e.g. a non-finite loss or a GEMM far from float32, never counts)."""
     for r in rows:
-        if all(r.get(k) == v for k, v in kw.items()) and "median_ms" in r:
+        if all(r.get(k) == v for k, v in kw.items()) and "median_ms" in r and "check_error" not in r:
             return r
     return None
+
+
+def _failed_checks(rows, peers, **kw):
+    return [f"{r['peer']}: {r['check_error']}" for r in rows
+            if r.get("peer") in peers and "check_error" in r and all(r.get(k) == v for k, v in kw.items())]
 
 
 def _best(rows, peers, **where):
@@ -228,8 +235,17 @@ def judge(goal: Goal, rows, ceilings=None) -> dict:
                     f"{r['peer']} {theirs['median_ms'] / r['median_ms']:.2f}x" for r in others)
             if goal.threshold is not None:
                 out["margin"] = f"{(value / goal.threshold - 1) * 100:+.0f}%"
+    where = (dict(kind="kernel", kernel=goal.kernel, batch=goal.kernel_shape[0], n_out=goal.kernel_shape[1],
+                  n_in=goal.kernel_shape[2]) if goal.kernel_shape else
+             dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch))
+    mine = GPUBP_KERNEL_PEERS if goal.kernel_shape else GPUBP_PEERS
+    failed = _failed_checks(rows, set(mine[goal.precision]) | {goal.peer}, **where)
+    if failed:
+        out["failed_checks"] = failed          # measured but wrong: left out of the comparison
     if value is None:
         out["result"] = "NOT MEASURED"
+        if failed:
+            out["measured"] = "rows failed their check: " + "; ".join(failed)
     else:
         out["value"] = value
         if goal.threshold is None:

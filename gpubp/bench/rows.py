@@ -10,6 +10,7 @@ unfused CuPy pairs.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import time
 
@@ -258,18 +259,19 @@ def gpu_step_rows(suite, sizes, batch, peers):
                 inputs, clock = inputs_for(False), CupyClock()
                 if spec.library == "gpubp":
                     from ..backends.cuda_backend import CudaBackend
-                    options = spec.backend_options()
-                    step = P.GpubpStep(CudaBackend(**options), sizes, params, batch, opt, lr, graph=spec.graph,
-                                       first_batch=inputs[0], precision=spec.precision)
-                    extra["backend_options"] = options
+                    step = P.GpubpStep(CudaBackend(**spec.backend_options()), sizes, params, batch, opt, lr,
+                                       graph=spec.graph, first_batch=inputs[0], precision=spec.precision)
                 else:
                     step = P.UnfusedStep(cupy, sizes, params, batch, opt, lr)
                 t = timed(step, inputs, clock, cfg)
                 t.update(extra, final_loss=step.loss_value())
             t["samples_per_s"] = batch / (t["median_ms"] / 1e3)
+            if not math.isfinite(t["final_loss"]):       # a wrong step never counts for a goal
+                t["check_error"] = f"the final loss is {t['final_loss']}"
             return _rates(t, flops, nbytes, suite.ceilings["cuda"], spec.precision)
-        suite.run(dict(base, peer=peer, precision=spec.precision), one, need_s=90 if spec.compile else 0,
-                  gpu=True)
+        options = {"backend_options": spec.backend_options()} if spec.library == "gpubp" else {}
+        suite.run(dict(base, peer=peer, precision=spec.precision, **options), one,
+                  need_s=90 if spec.compile else 0, gpu=True)
     data.clear()
     free_device_memory()
 
@@ -398,9 +400,12 @@ def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False,
                 return _rates(t, flops, nbytes, suite.ceilings["cuda"], prec)
             fn = G.unfused_gemm(kind, ops) if peer == G.UNFUSED else G.gpubp_gemm(peer, kind, ops)
             t = timed(fn, ops.sets, CupyClock(), cfg)
-            if peer != G.UNFUSED:
+            if peer != G.UNFUSED:                            # a wrong GEMM never counts for a goal
                 try:
-                    t["rel_err_vs_unfused"] = G.rel_err(kind, ops, fn)
+                    err = t["rel_err_vs_unfused"] = G.rel_err(kind, ops, fn)
+                    if not err <= G.REL_ERR_LIMIT[prec]:
+                        t["check_error"] = (f"relative error {err:.2e} against the float32 unfused GEMM, above "
+                                            f"{G.REL_ERR_LIMIT[prec]:.0e} for {prec}")
                 except Exception as e:
                     t["check_error"] = f"{type(e).__name__}: {e}"[:300]
             return _rates(t, flops, nbytes, suite.ceilings["cuda"], prec)
