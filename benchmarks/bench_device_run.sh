@@ -4,7 +4,7 @@
 #     bash benchmarks/bench_device_run.sh [full | quick | goals | sanity]
 #
 # (no argument: full).  Name one suite per call: each fits the 10-minute limit of one command
-# on its own (full: the suite's 420 s budget, the goals' rows first and torch.compile last; quick:
+# on its own (full: the suite's 430 s budget, the goals' rows first and torch.compile last; quick:
 # 200 s, no torch.compile; goals: only the rows the goals judge, in the full mode's budget;
 # sanity: the bench's CPU tests, tests/test_bench.py, in a minute).  Run from the repository root
 # on the GPU machine.  Writes under $OUT (default benchmarks/results/bench-<UTC date>):

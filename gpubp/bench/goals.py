@@ -61,8 +61,8 @@ PUBLISHED = {
                 "(Mueller et al. 2021, real-time neural radiance caching) show training and inference "
                 "throughput of 64- and 128-neuron-wide fully fused MLPs (half precision, tensor cores) on an "
                 "RTX 3090 against TensorFlow 2.5 with XLA, for batches 2^14 to 2^21, as plots only: no "
-                "figure in words or tables was found, so none is recorded here; the paper's text states a "
-                "5-10x speed-up over TensorFlow at its batch sizes. The README's example network is 64 wide "
+                "figure in words or tables was found, so none is recorded here; the figure's caption states "
+                "a 5-10x speed-up over TensorFlow at the paper's batch sizes. The README's example network is 64 wide "
                 "with 5 hidden layers, as measured here (tiny-cuda-nn has no biases and needs batches that "
                 "are multiples of 128)."),
     ),

@@ -20,7 +20,7 @@ from . import gemms as G
 from . import peers as P
 from .cost import kernel_flops, kernel_min_bytes, n_params, n_sets, run_min_bytes, step_flops, step_min_bytes
 from .environment import device_free_bytes, free_device_memory, torch_cuda
-from .shapes import net_name
+from .shapes import COMPILE_NEED_S, net_name
 from .timing import CpuClock, CupyClock, TorchClock, time_reps, timed
 
 
@@ -271,7 +271,7 @@ def gpu_step_rows(suite, sizes, batch, peers):
             return _rates(t, flops, nbytes, suite.ceilings["cuda"], spec.precision)
         options = {"backend_options": spec.backend_options()} if spec.library == "gpubp" else {}
         suite.run(dict(base, peer=peer, precision=spec.precision, **options), one,
-                  need_s=90 if spec.compile else 0, gpu=True)
+                  need_s=COMPILE_NEED_S if spec.compile else 0, gpu=True)
     data.clear()
     free_device_memory()
 
