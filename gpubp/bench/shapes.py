@@ -45,7 +45,7 @@ def net_name(sizes) -> str:
 MODES = {
     "tiny": dict(row_s=0.05, reps=5, warmup=1, warm_s=0.02, suite_s=120, compile_reserve_s=0),
     "quick": dict(row_s=0.35, reps=40, warmup=3, warm_s=0.15, suite_s=200, compile_reserve_s=0),
-    "full": dict(row_s=0.75, reps=100, warmup=5, warm_s=0.25, suite_s=430, compile_reserve_s=170),
+    "full": dict(row_s=0.75, reps=100, warmup=5, warm_s=0.25, suite_s=410, compile_reserve_s=160),
 }
 #: the least budget left for a torch.compile row to start (its first call compiles)
 COMPILE_NEED_S = 60
