@@ -542,10 +542,15 @@ def test_kernel_peers_pair_each_gpubp_gemm_with_cublas_at_its_precision():
 
 # ----------------------------------------------------------------- which rows run, in which order
 def _plan_of(monkeypatch, argv, has_torch_cuda=True):
-    """The GPU rows `gpubp bench argv` would run, in order, with the row functions recorded."""
+    """The GPU rows `gpubp bench argv` would run, in order, with the row functions recorded:
+    ("kernel", B, N, K, precisions, tiles, part), ("run", network, batch, part) and
+    ("step", network, batch, peers, reserve_s)."""
     calls = []
-    monkeypatch.setattr(cli, "kernel_rows", lambda suite, *a: calls.append(("kernel",) + a[:3] + (a[3], a[4])))
-    monkeypatch.setattr(cli, "run_rows", lambda suite, sizes, b, t: calls.append(("run", shapes.net_name(sizes), b)))
+    monkeypatch.setattr(cli, "kernel_rows",
+                        lambda suite, B, N, K, precs, tiles, torch_ok, part: calls.append(
+                            ("kernel", B, N, K, precs, tiles, part)))
+    monkeypatch.setattr(cli, "run_rows", lambda suite, sizes, b, t, part: calls.append(
+        ("run", shapes.net_name(sizes), b, part)))
     monkeypatch.setattr(cli, "gpu_step_rows",
                         lambda suite, sizes, b, ps: calls.append(("step", shapes.net_name(sizes), b, tuple(ps),
                                                                   suite.reserve_s)))
@@ -558,25 +563,39 @@ def _plan_of(monkeypatch, argv, has_torch_cuda=True):
     return calls, meta
 
 
-def test_gpu_rows_run_goals_first_and_compile_last_in_their_reserve(monkeypatch):
+VERIFIED = tuple(p for p in peers.GPU_PEERS if not peers.GPU_PEER_SPECS[p].opt_in)
+OPT_IN = tuple(p for p in peers.GPU_PEERS if peers.GPU_PEER_SPECS[p].opt_in)
+
+
+def test_gpu_rows_run_goals_first_verified_before_opt_in_and_compile_last(monkeypatch):
+    assert OPT_IN == ("gpubp-cuda-tf32", "gpubp-cuda-bf16", "gpubp-cuda-3xtf32")
     calls, _ = _plan_of(monkeypatch, [])
-    kinds = [c[0] for c in calls]
-    assert calls[0][:4] == ("kernel", 8192, 4096, 4096) and calls[0][4] == ["float32", "tf32", "bf16", "3xtf32"]
-    assert calls[1][:4] == ("kernel", 4096, 4096, 4096) and calls[1][5] is True          # every float32 tile
-    steps = [c for c in calls if c[0] == "step"]
-    goal_names = [(shapes.net_name(s), b) for s, b in shapes.goal_step_shapes()]
-    assert [(c[1], c[2]) for c in steps[:len(goal_names)]] == goal_names
+    goal_steps = [(shapes.net_name(s), b) for s, b in shapes.goal_step_shapes()]
+    goal_k = [("kernel", 8192, 4096, 4096, ["float32", "tf32", "bf16", "3xtf32"], False),
+              ("kernel", 4096, 4096, 4096, ["float32"], True)]                       # every float32 tile there
+    n = len(goal_steps)
+    # the goals' GEMMs and steps, verified kernels first, then the opt-in ones
+    assert calls[:2] == [k + ("verified",) for k in goal_k]
+    assert [(c[1], c[2], c[3]) for c in calls[2:2 + n]] == [g + (VERIFIED,) for g in goal_steps]
+    assert calls[2 + n:4 + n] == [k + ("opt-in",) for k in goal_k]
+    assert [(c[1], c[2], c[3]) for c in calls[4 + n:4 + 2 * n]] == [g + (OPT_IN,) for g in goal_steps]
     # then the narrow goal networks' fused runs, before any other step
-    runs = [i for i, c in enumerate(calls) if c[0] == "run"]
-    assert [calls[i][1:] for i in runs] == [(shapes.net_name(s), b) for s, b in shapes.run_shapes()]
-    assert runs[0] == 2 + len(goal_names) and runs == list(range(runs[0], runs[0] + len(runs)))
-    assert all(c[3] == peers.GPU_PEERS for c in steps if c[3] != peers.COMPILE_PEERS)
+    runs = [(shapes.net_name(s), b) for s, b in shapes.run_shapes()]
+    i = 4 + 2 * n
+    assert calls[i:i + 2 * len(runs)] == [("run",) + r + (part,) for part in ("verified", "opt-in") for r in runs]
+    # every other step and GEMM row, and each kernel shape in both parts
+    rest = calls[i + 2 * len(runs):]
     full = shapes.MODES["full"]
-    assert all(c[4] == full["compile_reserve_s"] for c in steps if c[3] != peers.COMPILE_PEERS)
-    comp = [c for c in steps if c[3] == peers.COMPILE_PEERS]
+    comp = [c for c in rest if c[0] == "step" and c[3] == peers.COMPILE_PEERS]
     assert [(c[1], c[2]) for c in comp] == [(shapes.net_name(s), b) for s, b in shapes.compile_step_shapes()]
-    assert all(c[4] == 0 for c in comp) and calls[-len(comp):] == comp                   # last, reserve released
-    assert kinds.count("kernel") == len(shapes.kernel_shapes("full"))
+    assert all(c[4] == 0 for c in comp) and rest[-len(comp):] == comp                     # last, reserve released
+    others = rest[:-len(comp)]
+    first_opt = [c[3] for c in others if c[0] == "step"].index(OPT_IN)
+    assert all(c[3] == VERIFIED for c in others[:first_opt] if c[0] == "step")
+    assert all(c[4] == full["compile_reserve_s"] for c in calls if c[0] == "step" and c[3] != peers.COMPILE_PEERS)
+    kernel_parts = [(c[1:4], c[6]) for c in calls if c[0] == "kernel"]
+    assert sorted(kernel_parts) == sorted((k, part) for k in shapes.kernel_shapes("full")
+                                          for part in ("verified", "opt-in"))
     # quick: no torch.compile and nothing kept back
     calls, _ = _plan_of(monkeypatch, ["--quick"])
     assert not any(c[0] == "step" and c[3] == peers.COMPILE_PEERS for c in calls)
@@ -594,13 +613,15 @@ def test_only_and_peers_select_rows(monkeypatch):
     calls, _ = _plan_of(monkeypatch, ["--only", "compile"])
     assert calls and all(c[0] == "step" and c[3] == peers.COMPILE_PEERS for c in calls)
     calls, _ = _plan_of(monkeypatch, ["--only", "fused"])
-    assert [c[0] for c in calls] == ["run"] * len(shapes.run_shapes())
+    assert [c[0] for c in calls] == ["run"] * 2 * len(shapes.run_shapes())
     calls, _ = _plan_of(monkeypatch, ["--quick", "--only", "wide"])
     assert calls and all(c[0] == "step" and c[1] == "wide 1024-4096x3-10" for c in calls)
     calls, _ = _plan_of(monkeypatch, ["--quick", "--only", "out64"])
-    assert [c[:3] for c in calls] == [("step", "narrow w64 x5 out64", 2 ** 20), ("run", "narrow w64 x5 out64", 2 ** 20)]
+    assert [c[:3] for c in calls] == [("step", "narrow w64 x5 out64", 2 ** 20)] * 2 + \
+        [("run", "narrow w64 x5 out64", 2 ** 20)] * 2
     calls, _ = _plan_of(monkeypatch, ["--quick", "--peers", "gpubp-cuda-bf16,torch-autocast-bf16"])
-    assert all(c[3] == ("gpubp-cuda-bf16", "torch-autocast-bf16") for c in calls if c[0] == "step")
+    steps = [c[3] for c in calls if c[0] == "step"]
+    assert set(steps) == {("torch-autocast-bf16",), ("gpubp-cuda-bf16",)}
     # no PyTorch with CUDA: no torch peers, and a note says torch.compile did not run
     calls, meta = _plan_of(monkeypatch, [], has_torch_cuda=False)
     assert all(not p.startswith("torch") for c in calls if c[0] == "step" for p in c[3])
@@ -609,6 +630,34 @@ def test_only_and_peers_select_rows(monkeypatch):
         cli.parse_args(["--peers", "gpubp-cuda,jax"])
     assert cli.picked("narrow w64", "cpu", shapes.narrow(64, 4), 2 ** 14)
     assert not cli.picked("goals", "cpu", shapes.DEFAULT, 32) and not cli.picked("kernel", "step", shapes.WIDE, 256)
+
+
+def test_a_lost_cuda_context_skips_every_later_gpu_row_and_says_why():
+    """After a GPU row's error leaves the CUDA context unusable (an opt-in kernel that faults),
+    every later GPU row is skipped naming the row that lost it; CPU rows still run; an ordinary
+    error loses nothing."""
+    suite = rows.Suite(dict(suite_s=100.0), verbose=False)
+
+    def fault():
+        raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered")
+
+    def ordinary():
+        raise ValueError("shape mismatch")
+    base = dict(kind="step", device="cuda", network="wide", batch=256)
+    assert suite.run(dict(base, peer="a"), ordinary, gpu=True)["error"].startswith("ValueError")
+    assert suite.device_lost is None
+    assert "median_ms" in suite.run(dict(base, peer="b"), lambda: {"median_ms": 1.0}, gpu=True)
+    r = suite.run(dict(base, peer="gpubp-cuda-bf16"), fault, gpu=True)
+    assert "illegal memory access" in r["error"] and "gpubp-cuda-bf16" in suite.device_lost
+    later = suite.run(dict(base, peer="torch-eager"), lambda: {"median_ms": 1.0}, gpu=True)
+    assert "median_ms" not in later and "CUDA context was lost" in later["skipped"]
+    assert "step wide 256 gpubp-cuda-bf16" in later["skipped"]
+    cpu = suite.run(dict(base, device="cpu", peer="gpubp-numpy"), lambda: {"median_ms": 1.0})
+    assert cpu["median_ms"] == 1.0
+    for msg in ("CUDA error: an illegal memory access was encountered", "CUDA_ERROR_LAUNCH_FAILED: x",
+                "cudaErrorMisalignedAddress: misaligned address", "CUDA error: unspecified launch failure"):
+        assert rows.CONTEXT_LOST.search(msg), msg
+    assert not rows.CONTEXT_LOST.search("cudaErrorMemoryAllocation: out of memory")
 
 
 def test_suite_reserve_skips_rows_and_says_why():
@@ -644,7 +693,10 @@ def test_report_of_a_gpu_run_from_synthetic_rows(tmp_path):
           dict(_row(peer="family-bf16", precision="bf16", network=shapes.net_name(N), sizes=N, batch=2 ** 18,
                     median_ms=0.5), kind="run"),
           _kernel("gpubp-tc-tf32", "fwd", (8192, 4096, 4096), 5.0, "tf32"),
-          _kernel("cublas-tf32", "fwd", (8192, 4096, 4096), 4.0, "tf32")]
+          _kernel("cublas-tf32", "fwd", (8192, 4096, 4096), 4.0, "tf32"),
+          # an opt-in peer of the wide step, timed after the others: listed with its shape
+          _row(peer="gpubp-cuda-tf32", precision="tf32", network="wide", sizes=W, batch=4096, median_ms=4.0,
+               backend_options=opts)]
     rows.add_ratios(rs)
     res = dict(meta=meta, config=dict(mode="quick", optimizer="adam", lr=1e-3), ceilings={}, rows=rs,
                goals=goals.check_goals(rs), wall_s=1.0)
@@ -658,6 +710,8 @@ def test_report_of_a_gpu_run_from_synthetic_rows(tmp_path):
     assert md.count("| **PASS** |") + md.count("| **MISS** |") + md.count("| **INFO** |") \
         + md.count("| **NOT MEASURED** |") == len(goals.GOALS)
     assert "Published figures of tiny-cuda-nn" in md
+    steps_md = md[md.index("## Training steps on the GPU"):]
+    assert steps_md.index("| wide | 4096 | gpubp-cuda-tf32 |") < steps_md.index("| narrow w64 x5 out64 |")
     report.write_plot(res, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 1000
 

@@ -158,12 +158,17 @@ def parse_args(argv):
 
 
 def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
-    """The GPU rows, most wanted first: the goals' GEMMs, the goals' steps, the narrow goal
-    networks' fused runs alone, the other steps, the other GEMMs, and last the torch.compile
-    rows (in `compile_reserve_s` of the budget kept for them, and what the others left)."""
+    """The GPU rows, most wanted first: the goals' GEMMs and steps, the narrow goal networks'
+    fused runs alone, the other steps, the other GEMMs, and last the torch.compile rows (in
+    `compile_reserve_s` of the budget kept for them, and what the others left).  Within each
+    group the rows of verified kernels run before those of opt-in kernels (off every default
+    path, never yet run on a GPU), so that an opt-in kernel that faults, which leaves the CUDA
+    context unusable (`Suite.device_lost`), costs only the rows after it."""
     wanted = a.peers or list(GPU_PEERS) + list(COMPILE_PEERS)
     usable = [p for p in wanted if has_torch_cuda or GPU_PEER_SPECS[p].library != "torch"]
     peers = [p for p in usable if p in GPU_PEERS]
+    split = {"verified": [p for p in peers if not GPU_PEER_SPECS[p].opt_in],
+             "opt-in": [p for p in peers if GPU_PEER_SPECS[p].opt_in]}
     compile_peers = [p for p in usable if p in COMPILE_PEERS] if cfg["compile"] else []
     compile_shapes = [(s, b) for s, b in compile_step_shapes() if picked(a.only, "compile", s, b)]
     if compile_peers and compile_shapes:
@@ -172,25 +177,36 @@ def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
     goal_k = [k for k in kshapes if k in goal_kernel_shapes()]
     steps = [(s, b) for s, b in gpu_step_shapes(a.mode) if picked(a.only, "step", s, b)] if peers else []
     goal_s = [x for x in steps if x in goal_step_shapes()]
-    for k in goal_k:
-        guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda)
-    for sizes, b in goal_s:
-        guarded(suite, gpu_step_rows, sizes, b, peers)
-    for sizes, b in run_shapes():
-        if picked(a.only, "run", sizes, b):
-            guarded(suite, run_rows, sizes, b, has_torch_cuda)
-    for sizes, b in steps:
-        if (sizes, b) not in goal_s:
-            guarded(suite, gpu_step_rows, sizes, b, peers)
-    for k in kshapes:
-        if k not in goal_k:
-            guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda)
+    runs = [(s, b) for s, b in run_shapes() if picked(a.only, "run", s, b)]
+
+    def kernels(shapes_, part):
+        for k in shapes_:
+            guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda, part)
+
+    def step_rows(shapes_, part):
+        if split[part]:
+            for sizes, b in shapes_:
+                guarded(suite, gpu_step_rows, sizes, b, split[part])
+
+    for part in ("verified", "opt-in"):
+        kernels(goal_k, part)
+        step_rows(goal_s, part)
+    for part in ("verified", "opt-in"):
+        for sizes, b in runs:
+            guarded(suite, run_rows, sizes, b, has_torch_cuda, part)
+    for part in ("verified", "opt-in"):
+        step_rows([x for x in steps if x not in goal_s], part)
+    for part in ("verified", "opt-in"):
+        kernels([k for k in kshapes if k not in goal_k], part)
     suite.reserve_s = 0.0
     if compile_peers:
         for sizes, b in compile_shapes:
             guarded(suite, gpu_step_rows, sizes, b, compile_peers)
     elif cfg["compile"] and not has_torch_cuda:
         meta["notes"].append("torch.compile rows need PyTorch with CUDA: none were measured.")
+    if suite.device_lost:
+        meta["notes"].append(f"The CUDA context was lost ({suite.device_lost}); every GPU row after that one "
+                             f"is skipped.")
 
 
 def _stop(signum, frame):

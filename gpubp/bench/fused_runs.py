@@ -33,6 +33,9 @@ RUN_PEERS = {
     "torch-autocast-bf16": ("bf16", "nn.Sequential under torch.autocast bfloat16, forward + backward(delta)"),
 }
 
+#: the run peers whose kernels are off every default path (not yet verified on a GPU)
+OPT_IN_RUN_PEERS = ("family-float32", "family-tf32", "family-bf16")
+
 #: gpubp's run peers that count for each precision (the faster one)
 GPUBP_RUN_PEERS = {"float32": ("family-float32", "fused-float32"), "tf32": ("family-tf32", "fused-tf32"),
                    "bf16": ("family-bf16",)}

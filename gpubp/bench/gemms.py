@@ -42,6 +42,9 @@ GPUBP_VARIANTS = {
     "gpubp-tc-3xtf32": ("3xtf32", "cuda_gemm_tc precision='3xtf32' (kernels/gemm_tc.cu, opt-in)"),
 }
 
+#: the variants whose kernels are off every default path (not yet verified on a GPU)
+OPT_IN_VARIANTS = ("gpubp-gemm-f32", "gpubp-tc-tf32", "gpubp-tc-bf16", "gpubp-tc-3xtf32")
+
 #: cuBLAS at each precision: peer name -> (precision, what it runs)
 CUBLAS = {
     "cublas-sgemm": ("float32", "cupy.matmul float32"),

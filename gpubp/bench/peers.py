@@ -49,6 +49,13 @@ class PeerSpec:
     tensor_core_gemms: bool = False
     compile: bool = False
 
+    @property
+    def opt_in(self) -> bool:
+        """Whether the peer runs gpubp kernels that are off every default path (not yet verified
+        on a GPU): the suite times those after the others, so that a faulting kernel cannot cost
+        the other rows."""
+        return self.tensor_core_gemms
+
     def backend_options(self) -> dict | None:
         """gpubp's `CudaBackend` keyword arguments for this peer (recorded in its rows)."""
         if self.library != "gpubp":

@@ -79,7 +79,7 @@ def write_markdown(res, path):
             "peer time / gpubp time | peer time / gpubp time, same precision |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dev, title in (("cuda", "Training steps on the GPU"), ("cpu", "Training steps on the CPU")):
-        rows = [r for r in res["rows"] if r["kind"] == "step" and r["device"] == dev]
+        rows = _by_shape([r for r in res["rows"] if r["kind"] == "step" and r["device"] == dev])
         if not rows:
             continue
         L.append(f"## {title}\n")
@@ -103,7 +103,7 @@ def write_markdown(res, path):
         for r in thr:
             L.append(f"| {r['network']} | {r['batch']} | {r['peer']} | {r['samples_per_s']:.3g} |")
         L.append("")
-    rows = [r for r in res["rows"] if r["kind"] == "run"]
+    rows = _by_shape([r for r in res["rows"] if r["kind"] == "run"])
     if rows:
         L.append("## Fused narrow runs alone (gpubp.bench.fused_runs): forward and backward, no loss or update\n")
         L.append("family-*: the fused-MLP kernel family (kernels/fused_mlp_family.cu, not on the default path); "
@@ -114,7 +114,7 @@ def write_markdown(res, path):
         for r in rows:
             L.append(_row_md(r, r["network"], r["batch"]))
         L.append("")
-    rows = [r for r in res["rows"] if r["kind"] == "kernel"]
+    rows = _by_shape([r for r in res["rows"] if r["kind"] == "kernel"])
     if rows:
         L.append("## GEMMs alone (gpubp.bench.gemms): gpubp's variants vs cuBLAS at the same precision\n")
         L.append("fwd: GEMM+bias+ReLU (cuBLAS: A @ W.T); bwd_data: GEMM with the g' epilogue (cuBLAS: D @ W); "
@@ -129,6 +129,17 @@ def write_markdown(res, path):
     L.append("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times after warm-up, rotating among "
              "several random input sets; `skipped`/`error` rows say why. Full figures: bench.json.\n")
     Path(path).write_text("\n".join(L))
+
+
+def _by_shape(rows):
+    """`rows` with each shape's rows together, shapes in the order first measured, rows of a
+    shape in their own order (the suite times a shape's verified and opt-in peers apart)."""
+    def key(r):
+        return (r.get("network"), r.get("kernel"), r["batch"], r.get("n_out"), r.get("n_in"))
+    first = {}
+    for i, r in enumerate(rows):
+        first.setdefault(key(r), i)
+    return sorted(rows, key=lambda r: first[key(r)])
 
 
 def summary_table(rows):

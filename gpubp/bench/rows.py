@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -36,6 +37,8 @@ class Suite:
         self._params = {}     # the initial parameters of the last network measured
         #: seconds of the budget kept for rows that run later (the torch.compile rows)
         self.reserve_s = 0.0
+        #: set (to what happened) when a GPU row's error left the CUDA context unusable
+        self.device_lost = None
 
     def host_params(self, sizes):
         """The shared initial `[(W, b), ...]` of network `sizes` (every peer starts from them)."""
@@ -50,8 +53,12 @@ class Suite:
         return self.cfg["suite_s"] - self.reserve_s - (time.perf_counter() - self.t0)
 
     def run(self, base, fn, need_s=0.0, gpu=False):
+        """Run `fn` for one row (`gpu`: a GPU row), unless the budget is spent or the CUDA
+        context was lost by an earlier row; its result, error or reason for skipping is the row."""
         row = dict(base)
-        if self.left_s() <= need_s:
+        if gpu and self.device_lost:
+            row["skipped"] = f"the CUDA context was lost earlier ({self.device_lost})"[:400]
+        elif self.left_s() <= need_s:
             row["skipped"] = "suite time budget spent" + (f" (less {self.reserve_s:.0f} s kept for later rows)"
                                                           if self.reserve_s else "")
         else:
@@ -63,13 +70,29 @@ class Suite:
                     row["skipped"] = f"out of memory: {e}"[:300]
                 else:
                     row["error"] = f"{name}: {e}"[:500]
+                    if gpu and CONTEXT_LOST.search(str(e)):
+                        self.device_lost = f"{_what(row)}: {name}: {e}"[:300]
             finally:
-                if gpu:
+                if gpu and not self.device_lost:
                     free_device_memory()
         self.rows.append(row)
         if self.verbose:
             print(_progress(row), flush=True)
         return row
+
+
+#: CUDA errors after which the process's CUDA context is unusable (sticky): every later GPU row
+#: is skipped, saying so, rather than failing in its own way
+CONTEXT_LOST = re.compile(r"illegal memory access|ILLEGAL_ADDRESS|IllegalAddress|misaligned address|MISALIGNED_ADDRESS|"
+                          r"MisalignedAddress|unspecified launch failure|LAUNCH_FAILED|LaunchFailure|"
+                          r"illegal instruction|ILLEGAL_INSTRUCTION|IllegalInstruction|hardware stack error|"
+                          r"HARDWARE_STACK_ERROR|HardwareStackError|device-side assert|ASSERT_TRIGGERED|"
+                          r"AssertTriggered")
+
+
+def _what(r):
+    return " ".join(str(x) for x in (r.get("kind"), r.get("network") or r.get("kernel") or r.get("ceiling"),
+                                     r.get("batch"), r.get("peer")) if x is not None)
 
 
 def _progress(r):
@@ -208,6 +231,10 @@ def gpu_step_rows(suite, sizes, batch, peers):
     need = 4 * (4 * n_params(sizes) + 3 * batch * sum(sizes[1:]) + k * batch * (sizes[0] + 1))
     base = dict(kind="step", device="cuda", network=net_name(sizes), sizes=list(sizes), batch=batch,
                 optimizer=opt, flops=flops, min_bytes=nbytes)
+    if suite.device_lost:
+        for p in peers:
+            suite.run(dict(base, peer=p, precision=P.GPU_PEER_SPECS[p].precision), lambda: None, gpu=True)
+        return
     free = device_free_bytes()
     if need * 2.2 > free:
         for p in peers:
@@ -215,9 +242,9 @@ def gpu_step_rows(suite, sizes, batch, peers):
                                    skipped=f"needs about {2.2 * need / 2 ** 30:.1f} GiB, "
                                            f"{free / 2 ** 30:.1f} GiB free"))
         return
-    if suite.left_s() <= 0:
+    if suite.left_s() <= 0 or suite.device_lost:
         for p in peers:
-            suite.run(dict(base, peer=p, precision=P.GPU_PEER_SPECS[p].precision), lambda: None)
+            suite.run(dict(base, peer=p, precision=P.GPU_PEER_SPECS[p].precision), lambda: None, gpu=True)
         return
     data = {}            # the shape's input sets, made by the first row that needs them
 
@@ -307,16 +334,25 @@ def cpu_step_rows(suite, sizes, batch, has_torch):
 
 
 # ----------------------------------------------------------------- fused-run rows
-def run_rows(suite, sizes, batch, has_torch_cuda=True):
+def _part(peers, opt_in, part):
+    """`peers` of one part: "verified" (none off the default path), "opt-in", or None (all)."""
+    if part not in (None, "verified", "opt-in"):
+        raise ValueError(f"part must be None, 'verified' or 'opt-in', got {part!r}")
+    return [p for p in peers if part is None or (p in opt_in) == (part == "opt-in")]
+
+
+def run_rows(suite, sizes, batch, has_torch_cuda=True, part=None):
     """A narrow network's whole fused run alone (forward and backward, no loss, no optimizer):
     the fused-MLP kernel family and the default path's fused kernels against PyTorch's forward
-    and backward at each precision (`gpubp.bench.fused_runs`)."""
+    and backward at each precision (`gpubp.bench.fused_runs`); `part` as for `kernel_rows`."""
     from . import fused_runs as FR
     cfg = suite.cfg
     flops, nbytes = step_flops(sizes, batch), run_min_bytes(sizes, batch)
     base = dict(kind="run", device="cuda", network=net_name(sizes), sizes=list(sizes), batch=batch, flops=flops,
                 min_bytes=nbytes)
-    for peer, (prec, what) in FR.RUN_PEERS.items():
+    for peer in _part(FR.RUN_PEERS, FR.OPT_IN_RUN_PEERS, part):
+        prec, what = FR.RUN_PEERS[peer]
+
         def one(peer=peer, prec=prec):
             if peer.startswith("torch"):
                 if not has_torch_cuda:
@@ -354,12 +390,16 @@ def kernel_peers(precisions, tiles=False):
     return list(dict.fromkeys(out))
 
 
-def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False, has_torch_cuda=True):
+def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False, has_torch_cuda=True, part=None):
     """The three GEMMs of a layer (batch x n_out x n_in) alone: gpubp's variants against cuBLAS
-    at the same precision and (float32) the unfused pair; see `gpubp.bench.gemms`."""
+    at the same precision and (float32) the unfused pair; see `gpubp.bench.gemms`.  `part`:
+    "verified" times only the rows of kernels on the default path (and cuBLAS), "opt-in" only
+    gpubp's opt-in variants (`gemms.OPT_IN_VARIANTS`), None all."""
     cfg = suite.cfg
     shape = dict(batch=batch, n_out=n_out, n_in=n_in)
-    peers = kernel_peers(precisions, tiles)
+    peers = _part(kernel_peers(precisions, tiles), G.OPT_IN_VARIANTS, part)
+    if not peers:
+        return
     rows = [(kind, peer) for kind in G.KINDS for peer in peers if G.variant_applies(peer, kind)]
 
     def base(kind, peer):
@@ -373,9 +413,9 @@ def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False,
     k = n_sets(set_bytes, suite.l2_bytes)
     # the sets, the outputs, the split-K workspaces and (bf16) converted copies of the sets
     need = 4 * k * set_bytes + 8 * batch * (n_in + n_out) + 8 * n_out * n_in + 2 * k * set_bytes
-    if suite.left_s() <= 0:
+    if suite.left_s() <= 0 or suite.device_lost:
         for kind, peer in rows:
-            suite.run(base(kind, peer), lambda: None)
+            suite.run(base(kind, peer), lambda: None, gpu=True)
         return
     free = device_free_bytes()
     if need * 1.5 > free:
