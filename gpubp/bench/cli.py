@@ -50,9 +50,12 @@ Timing (`gpubp.bench.timing`): warm-up, then repetitions marked by CUDA events
 median of at most `reps` repetitions or a per-row time budget; inputs are
 random (never zeros) and rotate among several sets so that repeated runs do
 not measure L2.  The suite has an overall time budget (`shapes.MODES`; the
-rows run most wanted first: the goals' GEMMs and steps, then the rest):
+rows run most wanted first: the goals' GEMMs and steps, then the rest; in each
+group the rows of kernels on the default path before those of opt-in kernels):
 rows past it are recorded as skipped, and a failing peer records its error in
-its row without stopping the run.
+its row without stopping the run.  An error that leaves the CUDA context
+unusable (an illegal address, say) skips every later GPU row, naming the row
+that caused it; a run stopped by SIGTERM or Ctrl-C writes what it measured.
 """
 
 from __future__ import annotations
