@@ -203,6 +203,7 @@ def test_peer_specs_name_each_precision_and_backend_option():
     for n in ("gpubp-cuda-tf32", "gpubp-cuda-bf16", "gpubp-cuda-3xtf32"):
         assert S[n].backend_options() == {"fuse": True, "tensor_core_gemms": True}
     assert S["gpubp-cuda"].backend_options() == {"fuse": True, "tensor_core_gemms": False}
+    assert S["gpubp-cuda-tf32-default"].backend_options() == {"fuse": True, "tensor_core_gemms": False}
     assert S["torch-eager"].backend_options() is None
     assert set(peers.COMPILE_PEERS) == {"torch-compile", "torch-compile-tf32", "torch-compile-bf16"}
     assert not set(peers.COMPILE_PEERS) & set(peers.GPU_PEERS)
@@ -455,8 +456,8 @@ def test_every_gemm_variant_launches_its_own_kernel_within_contract(fake, peer):
         gemms.gpubp_gemm("gpubp-gemm-v9", "fwd", ops)
 
 
-@pytest.mark.parametrize("peer", ["gpubp-cuda", "gpubp-cuda-graph", "gpubp-cuda-tf32", "gpubp-cuda-bf16",
-                                  "gpubp-cuda-3xtf32"])
+@pytest.mark.parametrize("peer", ["gpubp-cuda", "gpubp-cuda-graph", "gpubp-cuda-tf32", "gpubp-cuda-tf32-default",
+                                  "gpubp-cuda-bf16", "gpubp-cuda-3xtf32"])
 def test_gpubp_step_peers_run_on_the_backend_options_they_record(fake, peer):
     """A gpubp step peer builds as the step rows build it (`CudaBackend(**backend_options())`):
     the tensor-core peers launch gemm_tc kernels of their mode for the wide layers, the float32

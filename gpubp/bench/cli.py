@@ -15,7 +15,8 @@ gpubp's CUDA backend (`MLP._step`) in float32 (`gpubp-cuda`, and the CUDA
 graph of `MLP.capture_train_step`, `gpubp-cuda-graph`) and with
 precision="tf32", "bf16" and "3xtf32" (`gpubp-cuda-tf32`, `gpubp-cuda-bf16`,
 `gpubp-cuda-3xtf32`, on `CudaBackend(tensor_core_gemms=True)`, the opt-in
-tensor-core GEMMs; each row records its backend options); an unfused CuPy
+tensor-core GEMMs; each row records its backend options; and
+`gpubp-cuda-tf32-default`, precision="tf32" on the default backend); an unfused CuPy
 baseline of the same math (cuBLAS GEMMs through `cupy.matmul`, one
 elementwise kernel per operation and one optimizer kernel per tensor);
 PyTorch eager in float32 with TF32 off (`torch-eager`) and on

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: gpubp's step rows that count for a goal, per precision (the faster one counts)
-GPUBP_PEERS = {"float32": ("gpubp-cuda", "gpubp-cuda-graph"), "tf32": ("gpubp-cuda-tf32",),
+GPUBP_PEERS = {"float32": ("gpubp-cuda", "gpubp-cuda-graph"), "tf32": ("gpubp-cuda-tf32", "gpubp-cuda-tf32-default"),
                "bf16": ("gpubp-cuda-bf16",), "3xtf32": ("gpubp-cuda-3xtf32",)}
 
 #: gpubp's GEMM kernel rows that count for a goal, per precision (the faster one counts)

@@ -68,6 +68,8 @@ GPU_PEER_SPECS = {s.name: s for s in (
     PeerSpec("gpubp-cuda", "gpubp", "float32"),
     PeerSpec("gpubp-cuda-graph", "gpubp", "float32", graph=True),
     PeerSpec("gpubp-cuda-tf32", "gpubp", "tf32", tensor_core_gemms=True),
+    # precision="tf32" on the default backend: TF32 in the fused narrow runs, float32 per-layer GEMMs
+    PeerSpec("gpubp-cuda-tf32-default", "gpubp", "tf32"),
     PeerSpec("gpubp-cuda-bf16", "gpubp", "bf16", tensor_core_gemms=True),
     PeerSpec("gpubp-cuda-3xtf32", "gpubp", "3xtf32", tensor_core_gemms=True),
     PeerSpec("cupy-unfused", "cupy", "float32"),
