@@ -627,6 +627,10 @@ def test_only_and_peers_select_rows(monkeypatch):
     calls, meta = _plan_of(monkeypatch, [], has_torch_cuda=False)
     assert all(not p.startswith("torch") for c in calls if c[0] == "step" for p in c[3])
     assert any("torch.compile" in n for n in meta["notes"])
+    # --no-opt-in: the default path's kernels only, and a note says so
+    calls, meta = _plan_of(monkeypatch, ["--quick", "--no-opt-in"])
+    assert calls and all(c[-1] == "verified" for c in calls if c[0] in ("kernel", "run"))
+    assert all(c[3] == VERIFIED for c in calls if c[0] == "step") and any("--no-opt-in" in n for n in meta["notes"])
     with pytest.raises(SystemExit):
         cli.parse_args(["--peers", "gpubp-cuda,jax"])
     assert cli.picked("narrow w64", "cpu", shapes.narrow(64, 4), 2 ** 14)

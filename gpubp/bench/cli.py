@@ -1,7 +1,7 @@
 """`gpubp bench`: gpubp's training step and fused kernels against their peers.
 
     gpubp bench [--out DIR] [--quick | --tiny] [--cpu-only] [--optimizer adam|sgd]
-                [--only TEXT] [--peers LIST]
+                [--only TEXT] [--peers LIST] [--no-opt-in]
 
 Writes DIR/bench.json (every figure, with device, driver and library
 versions, the peers' settings and the goals), DIR/bench.md (tables and the
@@ -151,6 +151,9 @@ def parse_args(argv):
     p.add_argument("--only", default=None, metavar="TEXT",
                    help="only the step rows whose network name contains TEXT (e.g. 'wide', 'narrow w64', "
                         "'out64'); or a group: " + "; ".join(f"'{k}': {v}" for k, v in ONLY_GROUPS.items()))
+    p.add_argument("--no-opt-in", action="store_true",
+                   help="only kernels on the default path: no opt-in peers (tensor-core GEMMs), GEMM variants "
+                        "(gemm_f32, gemm_tc) or fused-family runs")
     p.add_argument("--peers", type=_peer_list, default=None, metavar="LIST",
                    help="only these GPU step peers, comma-separated (e.g. "
                         "'gpubp-cuda-bf16,torch-autocast-bf16'); default: all")
@@ -192,15 +195,19 @@ def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
             for sizes, b in shapes_:
                 guarded(suite, gpu_step_rows, sizes, b, split[part])
 
-    for part in ("verified", "opt-in"):
+    parts = ("verified",) if a.no_opt_in else ("verified", "opt-in")
+    if a.no_opt_in:
+        meta["notes"].append("--no-opt-in: only kernels on the default path were timed (no opt-in peers, "
+                             "GEMM variants or fused-family runs).")
+    for part in parts:
         kernels(goal_k, part)
         step_rows(goal_s, part)
-    for part in ("verified", "opt-in"):
+    for part in parts:
         for sizes, b in runs:
             guarded(suite, run_rows, sizes, b, has_torch_cuda, part)
-    for part in ("verified", "opt-in"):
+    for part in parts:
         step_rows([x for x in steps if x not in goal_s], part)
-    for part in ("verified", "opt-in"):
+    for part in parts:
         kernels([k for k in kshapes if k not in goal_k], part)
     suite.reserve_s = 0.0
     if compile_peers:
