@@ -12,17 +12,20 @@ layout (A @ W.T, D @ W, D.T @ A):
     3xtf32 -> torch float32 with allow_tf32 = False (cuBLAS SGEMM: the speed 3xTF32 must beat)
 and gpubp's own float32 GEMM (cuda_gemm) for reference.  cuBLAS runs without our fused
 epilogues (bias, activation, g', db), so the ratios slightly favour it.  Inputs are rotated
-between two copies so that repeated runs do not all hit L2.
+between two copies so that repeated runs do not all hit L2.  The operands and the calls (gpubp's
+and cuBLAS's) are those of `gpubp bench`'s kernel rows (`gpubp.bench.gemms`).
 
 Split-K rows (small batches): the wide network's forward and input-gradient GEMMs at batch 256
 and 1024 (4096 x 4096 hidden layers; the forward of the 10-wide output layer) timed on the
-single-kernel path (no scratch) and with split-K (a scratch of `fwd_scratch_size` /
-`bwd_data_scratch_size`: what a step plan gives), with the slice count S the launcher chose
-(S = 1: no split at that shape, both columns the same path) and cuBLAS at the same precision.
-Step rows (with --step-rows only; `tc_device_run.sh steps`): a whole training step (forward, MSE loss, backward, Adam; the captured CUDA graph of
-`MLP.capture_train_step`) of the wide network at batch 256 and 1024 with
-`CudaBackend(tensor_core_gemms=True)` in each mode, with split-K as the launchers choose it and
-with it turned off (`cuda_gemm_tc.MAX_K_SPLITS = 1` while that step is built and captured).
+single-kernel path (no scratch, as the kernel rows above) and with split-K (a scratch of
+`fwd_scratch_size` / `bwd_data_scratch_size`: what a step plan gives), with the slice count S the
+launcher chose (S = 1: no split at that shape, both columns the same path) and cuBLAS at the
+same precision.
+Step rows (with --step-rows only; `tc_device_run.sh steps`): a whole training step (forward, MSE
+loss, backward, Adam; the captured CUDA graph of `MLP.capture_train_step`) of the wide network
+at batch 256 and 1024 with `CudaBackend(tensor_core_gemms=True)` in each mode, with split-K as
+the launchers choose it and with it turned off (`cuda_gemm_tc.MAX_K_SPLITS = 1` while that step
+is built and captured).
 Writes DIR/tc_bench.json and DIR/tc_bench.md.
 """
 
@@ -32,23 +35,30 @@ import argparse
 import json
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # this checkout's gpubp
 
 import cupy
 import numpy as np
 import torch
 
 from gpubp.activations import ACT_CODES
-from gpubp.backends import cuda_device, cuda_gemm
+from gpubp.backends import cuda_device
 from gpubp.backends import cuda_gemm_tc as tc
+from gpubp.bench import gemms
 
 SHAPES = [("fwd", 8192, 4096, 4096)] + [(k, b, 4096, 4096) for b in (4096, 1024, 256)
                                          for k in ("fwd", "bwd_data", "bwd_weight")]
-#: the split-K rows: (kernel, M, N, K) of the wide network [1024, 4096, 4096, 4096, 10]'s GEMMs
+#: cuBLAS at each mode's precision (3xTF32 promises float32 accuracy: SGEMM)
+CUBLAS = {"tf32": "cublas-tf32", "bf16": "cublas-bf16", "3xtf32": "cublas-sgemm"}
+#: the wide network of the step rows, and the split-K rows: (kernel, M, N, K) of its GEMMs
+WIDE = (1024, 4096, 4096, 4096, 10)
 SPLITK_SHAPES = [(k, b, n, 4096) for b in (256, 1024) for k, n in (("fwd", 4096), ("bwd_data", 4096), ("fwd", 10))]
 
 
-def _time_cupy(fn, reps):
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+def _time(fn, reps, events, elapsed):
+    start, stop = events()
     for i in range(3):
         fn(i)
     times = []
@@ -57,67 +67,21 @@ def _time_cupy(fn, reps):
         fn(i)
         stop.record()
         stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
+        times.append(elapsed(start, stop))
     return statistics.median(times)
+
+
+def _time_cupy(fn, reps):
+    return _time(fn, reps, lambda: (cupy.cuda.Event(), cupy.cuda.Event()), cupy.cuda.get_elapsed_time)
 
 
 def _time_torch(fn, reps):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for i in range(3):
-        fn(i)
-    times = []
-    for i in range(reps):
-        start.record()
-        fn(i)
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    return _time(fn, reps, lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)),
+                 lambda a, b: a.elapsed_time(b))
 
 
-def _operands(kind, M, N, K):
-    """Two copies (rotated) of the operands of one GEMM, and its outputs."""
-    rs = cupy.random.RandomState(M + N + K)
-
-    def r(*shape):
-        return [rs.standard_normal(shape, dtype=np.float32) for _ in range(2)]
-
-    if kind == "fwd":
-        return dict(A=r(M, K), W=r(N, K), b=r(N), out=cupy.empty((M, N), np.float32))
-    if kind == "bwd_data":
-        return dict(D=r(M, N), W=r(N, K), Ap=r(M, K), out=cupy.empty((M, K), np.float32))
-    return dict(D=r(M, N), A=r(M, K), dW=cupy.empty((N, K), np.float32), db=cupy.empty(N, np.float32),
-                scratch=cupy.empty(max(1, tc.bwd_weight_scratch_size(M, N, K)), np.float32))
-
-
-def _ours(kind, ops, mode, scratch=None):
-    """One call of our GEMM; `scratch` (forward and input gradient): the split-K workspace."""
-    relu = ACT_CODES["relu"]
-    if kind == "fwd":
-        if mode == "float32":
-            return lambda i: cuda_gemm.gemm_fwd(ops["A"][i % 2], ops["W"][i % 2], ops["b"][i % 2], relu, ops["out"])
-        return lambda i: tc.gemm_fwd(ops["A"][i % 2], ops["W"][i % 2], ops["b"][i % 2], relu, ops["out"],
-                                     precision=mode, scratch=scratch)
-    if kind == "bwd_data":
-        if mode == "float32":
-            return lambda i: cuda_gemm.gemm_bwd_data(ops["D"][i % 2], ops["W"][i % 2], ops["Ap"][i % 2], None,
-                                                     relu, ops["out"])
-        return lambda i: tc.gemm_bwd_data(ops["D"][i % 2], ops["W"][i % 2], ops["Ap"][i % 2], None, relu,
-                                          ops["out"], precision=mode, scratch=scratch)
-    if mode == "float32":
-        return lambda i: cuda_gemm.gemm_bwd_weight(ops["D"][i % 2], ops["A"][i % 2], ops["dW"], ops["db"])
-    return lambda i: tc.gemm_bwd_weight(ops["D"][i % 2], ops["A"][i % 2], ops["dW"], ops["db"], precision=mode,
-                                        scratch=ops["scratch"])
-
-
-def _cublas(kind, ops, mode):
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-    t = {k: [torch.from_dlpack(x).to(dtype) for x in v] for k, v in ops.items() if isinstance(v, list)}
-    if kind == "fwd":
-        return lambda i: t["A"][i % 2] @ t["W"][i % 2].T
-    if kind == "bwd_data":
-        return lambda i: t["D"][i % 2] @ t["W"][i % 2]
-    return lambda i: t["D"][i % 2].T @ t["A"][i % 2]
+def _rotating(fn, sets):
+    return lambda i: fn(*sets[i % len(sets)])
 
 
 def main():
@@ -131,20 +95,22 @@ def main():
     cuda_device.load_kernels({tc.SPECS[0]: tc.SPECS[0].name_expressions})   # one compile, as the tests
     rows = []
     for kind, M, N, K in SHAPES:
-        ops = _operands(kind, M, N, K)
+        ops = gemms.GemmOperands(gemms.random_sets(M, N, K, n_sets=2))
         flop = 2.0 * M * N * K
-        ms32 = _time_cupy(_ours(kind, ops, "float32"), args.reps)
+        ms32 = _time_cupy(_rotating(gemms.gpubp_gemm("gpubp-fused", kind, ops), ops.sets), args.reps)
         for mode in ("tf32", "bf16", "3xtf32"):
-            ms = _time_cupy(_ours(kind, ops, mode), args.reps)
-            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-            ref = _time_torch(_cublas(kind, ops, mode), args.reps)
-            torch.backends.cuda.matmul.allow_tf32 = False
+            ms = _time_cupy(_rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), args.reps)
+            gemm = gemms.CublasGemm(CUBLAS[mode], kind, ops, torch_sgemm=True)   # all through torch
+            with gemm:
+                ref = _time_torch(_rotating(gemm.call, gemm.inputs), args.reps)
+            gemm.release()
             cublas_name = {"tf32": "cuBLAS TF32", "bf16": "cuBLAS BF16", "3xtf32": "cuBLAS SGEMM"}[mode]
             rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, ms=ms, tflops=flop / ms / 1e9,
                              cublas=cublas_name, cublas_ms=ref, cublas_tflops=flop / ref / 1e9,
                              ratio=ref / ms, gpubp_float32_ms=ms32))
             print(f"{kind:10s} {M:5d}x{N}x{K} {mode:6s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s  "
                   f"{cublas_name} {ref:8.3f} ms  ratio {ref / ms:5.2f}  (gpubp float32 {ms32:.3f} ms)", flush=True)
+        ops.release()
         del ops
         cupy.get_default_memory_pool().free_all_blocks()
         torch.cuda.empty_cache()
@@ -171,14 +137,48 @@ def main():
     if step_rows:
         lines += ["", f"## Training step of {list(WIDE)} (captured graph, Adam, MSE)", "",
                   "| batch | mode | step ms, split-K | step ms, no split | speed-up |", "|---|---|---|---|---|"]
-    for r in step_rows:
-        lines.append(f"| {r['batch']} | {r['mode']} | {r['ms_split']:.3f} | {r['ms_one']:.3f} | "
-                     f"{r['ms_one'] / r['ms_split']:.2f} |")
+        for r in step_rows:
+            lines.append(f"| {r['batch']} | {r['mode']} | {r['ms_split']:.3f} | {r['ms_one']:.3f} | "
+                         f"{r['ms_one'] / r['ms_split']:.2f} |")
     with open(os.path.join(args.out, "tc_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-WIDE = (1024, 4096, 4096, 4096, 10)
+def _splitk_call(kind, ops, mode, ws):
+    """`kind` (fwd or bwd_data) as `gemms.gpubp_gemm` calls it, with the split-K workspace `ws`."""
+    relu = ACT_CODES["relu"]
+    if kind == "fwd":
+        return lambda A, W, b, D: tc.gemm_fwd(A, W, b, relu, ops.A_out, precision=mode, scratch=ws)
+    return lambda A, W, b, D: tc.gemm_bwd_data(D, W, A, None, relu, ops.D_prev, precision=mode, scratch=ws)
+
+
+def _splitk_rows(reps):
+    """The split-K rows (SPLITK_SHAPES): each mode with no scratch (one kernel) and with the
+    scratch the launcher asks for (split-K where it chooses S > 1), and cuBLAS."""
+    rows = []
+    sms = cuda_device.sm_count()
+    for kind, M, N, K in SPLITK_SHAPES:
+        ops = gemms.GemmOperands(gemms.random_sets(M, N, K, n_sets=2))
+        if kind == "fwd":
+            S, size = tc.fwd_splits(M, N, K, sms)[0], tc.fwd_scratch_size(M, N, K)
+        else:
+            S, size = tc.bwd_data_splits(M, N, K, sms)[0], tc.bwd_data_scratch_size(M, N, K)
+        ws = cupy.empty(max(size, 1), np.float32)
+        for mode in ("tf32", "bf16", "3xtf32"):
+            one = _time_cupy(_rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), reps)
+            split = _time_cupy(_rotating(_splitk_call(kind, ops, mode, ws), ops.sets), reps)
+            gemm = gemms.CublasGemm(CUBLAS[mode], kind, ops, torch_sgemm=True)
+            with gemm:
+                ref = _time_torch(_rotating(gemm.call, gemm.inputs), reps)
+            gemm.release()
+            rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, S=S, ms_one=one, ms_split=split, cublas_ms=ref))
+            print(f"split-K {kind:8s} {M:5d}x{N}x{K} {mode:6s} S={S:2d} one kernel {one:8.4f} ms  split-K "
+                  f"{split:8.4f} ms  x{one / split:5.2f}  cuBLAS {ref:8.4f} ms", flush=True)
+        ops.release()
+        del ops, ws
+        cupy.get_default_memory_pool().free_all_blocks()
+        torch.cuda.empty_cache()
+    return rows
 
 
 def _step_rows(reps):
@@ -209,32 +209,6 @@ def _step_rows(reps):
                   f"{ms['one']:8.3f} ms  x{ms['one'] / ms['split']:5.2f}", flush=True)
             del steps
         del net
-        cupy.get_default_memory_pool().free_all_blocks()
-    return rows
-
-
-def _splitk_rows(reps):
-    """The split-K rows (SPLITK_SHAPES): each mode with no scratch (one kernel) and with the
-    scratch the launcher asks for (split-K where it chooses S > 1), and cuBLAS."""
-    rows = []
-    sms = cuda_device.sm_count()
-    for kind, M, N, K in SPLITK_SHAPES:
-        ops = _operands(kind, M, N, K)
-        if kind == "fwd":
-            S, size = tc.fwd_splits(M, N, K, sms)[0], tc.fwd_scratch_size(M, N, K)
-        else:
-            S, size = tc.bwd_data_splits(M, N, K, sms)[0], tc.bwd_data_scratch_size(M, N, K)
-        ws = cupy.empty(max(size, 1), np.float32)
-        for mode in ("tf32", "bf16", "3xtf32"):
-            one = _time_cupy(_ours(kind, ops, mode), reps)
-            split = _time_cupy(_ours(kind, ops, mode, scratch=ws), reps)
-            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-            ref = _time_torch(_cublas(kind, ops, mode), reps)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, S=S, ms_one=one, ms_split=split, cublas_ms=ref))
-            print(f"split-K {kind:8s} {M:5d}x{N}x{K} {mode:6s} S={S:2d} one kernel {one:8.4f} ms  split-K "
-                  f"{split:8.4f} ms  x{one / split:5.2f}  cuBLAS {ref:8.4f} ms", flush=True)
-        del ops, ws
         cupy.get_default_memory_pool().free_all_blocks()
     return rows
 

@@ -14,7 +14,7 @@
 #   memcheck.log       compute-sanitizer memcheck over benchmarks/sanitize_run.py (every loss, activation,
 #                      dtype, the fused runs and the large tiles)
 #   racecheck.log      compute-sanitizer racecheck over benchmarks/sanitize_run.py --large-only
-#   bench.{log,json,md} gpubp bench --quick --no-cpu (when named: the default peers and goals)
+#   bench.{log,json,md} gpubp bench --quick --no-cpu --no-opt-in (when named: the default path's peers and goals)
 #   summary.txt        exit status and seconds of each step
 # Each step has its own time limit; a failing step does not stop the next.  Exits 1 if any step failed.
 set -u
@@ -31,7 +31,7 @@ for s in "${STEPS[@]}"; do
         tests)     step tests 240 gpu_tests.log $PY -m pytest "${DEFAULT_PATH_TESTS[@]}" -m gpu -q -ra --maxfail=20 --durations=15 -p no:cacheprovider ;;
         memcheck)  sanitize memcheck 120 memcheck.log benchmarks/sanitize_run.py ;;
         racecheck) sanitize racecheck 90 racecheck.log benchmarks/sanitize_run.py --large-only ;;
-        bench)     step bench 240 bench.log $PY -m gpubp bench --quick --no-cpu --suite-seconds 200 --out "$OUT" ;;
+        bench)     step bench 240 bench.log $PY -m gpubp bench --quick --no-cpu --no-opt-in --suite-seconds 200 --out "$OUT" ;;
         compile)   step compile 180 compile_check.log $PY -m gpubp compile-check ;;
         *)         echo "unknown step $s (tests memcheck racecheck bench compile)" | tee -a "$OUT/summary.txt"; failed=1 ;;
     esac
