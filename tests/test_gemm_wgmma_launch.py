@@ -361,3 +361,69 @@ def test_cubin_path_builds_once_then_reads_the_cache(monkeypatch, tmp_path):
 def test_cuda_device_refuses_cubin_modules(fake):
     with pytest.raises(ValueError, match="cubin_cache"):
         cuda_device.load_kernels({wg.SPECS[0]: ["gemm_wgmma_copy_tf32"]})
+
+
+# ----------------------------------------------------------------- the backend's opt-in
+def _backend(monkeypatch, **kw):
+    import gpubp.backends
+    from gpubp.backends import cuda_fused
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    monkeypatch.setattr(cuda_fused, "_grids", {})
+    monkeypatch.setattr(gpubp.backends, "_instances", {})
+    return CudaBackend(**kw)
+
+
+def _gemm_kernels(fake):
+    return [l.kernel for l in fake.launches if l.kernel.startswith("gemm")]
+
+
+@pytest.mark.parametrize("prec", ["tf32", "bf16"])
+def test_backend_runs_the_forward_gemms_on_hopper_when_asked(monkeypatch, fake, prec):
+    import gpubp
+
+    rng = np.random.default_rng(0)
+    be = _backend(monkeypatch, tensor_core_gemms=True, hopper=True)
+    net = gpubp.MLP([33, 300, 130, 5], activation="gelu", backend=be, precision=prec, seed=0)
+    X = rng.standard_normal((1024, 33)).astype(np.float32)
+    Y = rng.standard_normal((1024, 5)).astype(np.float32)
+    plan = net._plan(1024)                  # prepare builds the cubin with the other modules
+    assert fake.builds == [("gemm_wgmma", "sm_90a")]
+    compiled = list(fake.compiled)
+    net.train_step(X, Y, "adam")
+    assert fake.compiled == compiled, "kernels compiled mid-step, not by prepare"
+    kernels = _gemm_kernels(fake)
+    assert kernels.count("gemm_wgmma_fwd") == 3 and "gemm_tc_fwd" not in kernels
+    assert {"gemm_tc_bwd_data", "gemm_tc_bwd_weight"} <= set(kernels)   # backward stays on mma.sync
+    Xd, Yd = net._inputs(X), net._targets(Y, 1024)
+    net._step(Xd, Yd, net.optimizer, plan=plan)
+    n_maps = len(fake.driver.calls)
+    fake.reset()
+    net._step(Xd, Yd, net.optimizer, plan=plan)
+    assert fake.allocations == 0, fake.allocation_sites
+    assert len(fake.driver.calls) == n_maps, "a warm step encoded tensor maps again"
+
+
+def test_backend_keeps_gemm_tc_without_hopper_or_off_sm90(monkeypatch, tmp_path):
+    import gpubp
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((256, 20)).astype(np.float32)
+    Y = rng.standard_normal((256, 4)).astype(np.float32)
+    for attrs, hopper in (({}, False), ({"ComputeCapabilityMajor": 8}, True)):
+        fake = _install(monkeypatch, tmp_path, attributes=attrs)
+        be = _backend(monkeypatch, tensor_core_gemms=True, hopper=hopper)
+        net = gpubp.MLP([20, 200, 4], backend=be, precision="bf16", seed=0)
+        net.train_step(X, Y, "sgd", lr=0.01)
+        kernels = _gemm_kernels(fake)
+        assert "gemm_tc_fwd" in kernels and "gemm_wgmma_fwd" not in kernels and fake.builds == []
+    # 3xtf32 has no Hopper kernel: gemm_tc even with hopper=True on sm_90
+    fake = _install(monkeypatch, tmp_path)
+    be = _backend(monkeypatch, tensor_core_gemms=True, hopper=True)
+    gpubp.MLP([20, 200, 4], backend=be, precision="3xtf32", seed=0).train_step(X, Y, "sgd", lr=0.01)
+    assert "gemm_tc_fwd" in _gemm_kernels(fake) and "gemm_wgmma_fwd" not in _gemm_kernels(fake)
+
+
+def test_hopper_needs_tensor_core_gemms(monkeypatch, fake):
+    with pytest.raises(ValueError, match="tensor_core_gemms"):
+        _backend(monkeypatch, hopper=True)
