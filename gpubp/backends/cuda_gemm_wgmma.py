@@ -210,7 +210,7 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "t
              bn: int | None = None) -> None:
     """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given."""
     act = check_act(act_code)
-    prec = _check_precision(precision)
+    _check_precision(precision)
     cuda_gemm_tc._check_arrays(A_prev=A_prev, W=W, b=b, A_out=A_out, Z_out=Z_out)
     if A_prev.ndim != 2 or W.ndim != 2:
         raise ValueError(f"A_prev and W must be 2-D, got {A_prev.ndim}-D and {W.ndim}-D")
@@ -228,15 +228,23 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "t
     if K == 0:
         cuda_gemm_tc.gemm_fwd(A_prev, W, b, act, A_out, Z_out, precision=precision)
         return
-    bn = bn or choose_bn(M, N, sm_count())
     a_copy = _copy(A_prev, precision, "A", scratch)
     w_copy = _copy(W, precision, "W", scratch)
+    launch_fwd(a_copy, w_copy, K, b, act, A_out, Z_out, precision, scratch, bn)
+
+
+def launch_fwd(a_copy, w_copy, K: int, b, act: int, A_out, Z_out, precision: str, scratch=None,
+               bn: int | None = None) -> None:
+    """The GEMM kernel alone, on operand copies made by `_copy` (checked arguments; the
+    benchmark times it apart from the copies)."""
+    M, N = a_copy.shape[0], w_copy.shape[0]
+    bn = bn or choose_bn(M, N, sm_count())
     tm_a = _tensor_map(a_copy, M, K, precision, BM, scratch)
     tm_w = _tensor_map(w_copy, N, K, precision, bn, scratch)
     outs = (A_out,) if Z_out is None else (A_out, Z_out)
     vec_out = N % 2 == 0 and all(_aligned(o, 8) for o in outs)
     z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
     grid = (cdiv(M, BM) * cdiv(N, bn), 1, 1)
-    _launch(f"gemm_wgmma_fwd<{prec}, {act}, {bn}>", grid, (THREADS, 1, 1),
+    _launch(fwd_name(precision, act, bn), grid, (THREADS, 1, 1),
             (tm_a, tm_w, b, A_out, z, np.int32(M), np.int32(N), np.int32(K), np.int32(Z_out is not None),
              np.int32(vec_out)), smem_bytes(bn))
