@@ -29,7 +29,7 @@
 // kt % WG_STAGES after waiting for that stage's `empty` barrier (phase parity of its previous
 // use), announcing the stage's bytes on its `full` barrier (arrive.expect_tx).  Warpgroups 1
 // and 2 are consumers (setmaxnreg.inc to 232): consumer c owns output rows [64 c, 64 c + 64)
-// of the tile; per k-tile it waits on `full`, issues 4 k-steps of wgmma m64n128 (k 8 for tf32,
+// of the tile; per k-tile it waits on `full`, runs 4 k-steps of wgmma m64n128 (k 8 for tf32,
 // 16 for bf16; descriptors advance 32 bytes per k-step within the swizzled row) per 128
 // columns of BN, commits, waits until at most this k-tile's group is pending, and releases the
 // previous k-tile's stage (one arrival per consumer warpgroup on its `empty` barrier).
