@@ -12,6 +12,9 @@ between two copies (so that repetitions do not all hit L2):
   - gemm_tc's mma.sync forward of the same mode;
   - cuBLAS through PyTorch: tf32 -> float32 with allow_tf32; bf16 -> bfloat16 operands made
     beforehand (bf16 output).  cuBLAS has no bias or activation epilogue here.
+The input gradient (delta @ W, ReLU's g') of the 4096-wide layer at batch 4096, 1024 and 256:
+`gemm_bwd_data` as called (copies of delta and of W transposed, and the GEMM), gemm_tc's, and
+cuBLAS's delta @ W.
 Ratios are cuBLAS ms / ours.  Writes DIR/wgmma_bench.json and DIR/wgmma_bench.md.
 """
 
@@ -117,9 +120,42 @@ def main():
         del A, W
         cupy.get_default_memory_pool().free_all_blocks()
         torch.cuda.empty_cache()
+    bwd_rows = []
+    cuda_device.load_kernels({tc.SPECS[0]: [tc.bwd_data_name(m, RELU) for m in wg.PREC_CODES]})
+    for M, N, K in SHAPES[1:]:
+        rs = cupy.random.RandomState(M + 7)
+        D = [rs.standard_normal((M, N), dtype=np.float32) for _ in range(2)]
+        W = [rs.standard_normal((N, K), dtype=np.float32) for _ in range(2)]
+        Ap = rs.standard_normal((M, K), dtype=np.float32)
+        out = cupy.empty((M, K), np.float32)
+        flop = 2.0 * M * N * K
+        for mode in wg.PREC_CODES:
+            scratch = Scratch(_Backend())
+            res = dict(M=M, N=N, K=K, mode=mode)
+            res["call_ms"] = _time(lambda i: wg.gemm_bwd_data(D[i % 2], W[i % 2], Ap, None, RELU, out,
+                                                              precision=mode, scratch=scratch),
+                                   args.reps, _cupy_events)
+            res["gemm_tc_ms"] = _time(lambda i: tc.gemm_bwd_data(D[i % 2], W[i % 2], Ap, None, RELU, out,
+                                                                 precision=mode), args.reps, _cupy_events)
+            dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+            tD = [torch.from_dlpack(x).to(dtype) for x in D]
+            tW = [torch.from_dlpack(x).to(dtype) for x in W]
+            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+            res["cublas_ms"] = _time(lambda i: tD[i % 2] @ tW[i % 2], args.reps, _torch_events)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            res.update(call_ratio=res["cublas_ms"] / res["call_ms"], gemm_tc_ratio=res["cublas_ms"] / res["gemm_tc_ms"],
+                       call_tflops=flop / res["call_ms"] / 1e9)
+            bwd_rows.append(res)
+            print(f"bwd_data {M:5d}x{N}x{K} {mode:5s} call {res['call_ms']:.3f} ms ({res['call_tflops']:.0f} "
+                  f"TFLOP/s)  gemm_tc {res['gemm_tc_ms']:.3f}  cuBLAS {res['cublas_ms']:.3f} ms  ratios call "
+                  f"{res['call_ratio']:.2f} gemm_tc {res['gemm_tc_ratio']:.2f}", flush=True)
+            del tD, tW, scratch
+        del D, W
+        cupy.get_default_memory_pool().free_all_blocks()
+        torch.cuda.empty_cache()
     dev = cupy.cuda.runtime.getDeviceProperties(cuda_device.device_id())["name"].decode()
     with open(os.path.join(args.out, "wgmma_bench.json"), "w") as f:
-        json.dump(dict(device=dev, reps=args.reps, rows=rows), f, indent=1)
+        json.dump(dict(device=dev, reps=args.reps, rows=rows, bwd_data_rows=bwd_rows), f, indent=1)
     lines = [f"# Hopper forward GEMM + bias + ReLU vs cuBLAS on {dev} (median of {args.reps}, CUDA events)", "",
              "| M x N x K | mode | call ms | kernel bn128 ms | kernel bn256 ms | gemm_tc ms | cuBLAS ms "
              "| call / cuBLAS | kernel / cuBLAS | gemm_tc / cuBLAS |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -127,6 +163,12 @@ def main():
         lines.append(f"| {r['M']}x{r['N']}x{r['K']} | {r['mode']} | {r['call_ms']:.3f} | {r['kernel_bn128_ms']:.3f} "
                      f"| {r['kernel_bn256_ms']:.3f} | {r['gemm_tc_ms']:.3f} | {r['cublas_ms']:.3f} | "
                      f"{r['call_ratio']:.2f} | {r['kernel_ratio']:.2f} | {r['gemm_tc_ratio']:.2f} |")
+    lines += ["", "Input gradient (delta @ W, ReLU's g'):", "",
+              "| M x N x K | mode | call ms | gemm_tc ms | cuBLAS ms | call / cuBLAS | gemm_tc / cuBLAS |",
+              "|---|---|---|---|---|---|---|"]
+    for r in bwd_rows:
+        lines.append(f"| {r['M']}x{r['N']}x{r['K']} | {r['mode']} | {r['call_ms']:.3f} | {r['gemm_tc_ms']:.3f} | "
+                     f"{r['cublas_ms']:.3f} | {r['call_ratio']:.2f} | {r['gemm_tc_ratio']:.2f} |")
     with open(os.path.join(args.out, "wgmma_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

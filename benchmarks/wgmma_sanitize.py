@@ -4,7 +4,7 @@
     compute-sanitizer --tool racecheck python3 benchmarks/wgmma_sanitize.py
 
 Each mode (tf32, bf16) and block width (128, 256) runs the forward with Z (gelu) and without
-(relu) on shapes with masked edges everywhere (no dimension a multiple of a tile; K below one
+(relu), and the input gradient (gelu from Z, tanh from A; its transposed copy of W), on shapes with masked edges everywhere (no dimension a multiple of a tile; K below one
 k-tile, and K spanning more k-tiles than pipeline stages so every stage is reused), on aligned
 operands and on views at an odd element offset (the operand copies re-align them; the outputs
 take the scalar stores), with and without a plan scratch (memoised tensor maps).  Needs compute
@@ -50,5 +50,10 @@ for mode in wg.PREC_CODES:
                 A_out, Z_out = empty((M, N), offset), empty((M, N), offset)
                 wg.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out, precision=mode, bn=bn)
                 wg.gemm_fwd(A, W, b, ACT_CODES["relu"], A_out, None, precision=mode, bn=bn, scratch=scratch)
+                # the input gradient: delta (M x N) @ W (N x K), g' from Z (gelu) or from A (tanh)
+                delta, dprev = operand((M, N), offset), empty((M, K), offset)
+                wg.gemm_bwd_data(delta, W, None, A, ACT_CODES["gelu"], dprev, precision=mode, bn=bn)
+                wg.gemm_bwd_data(delta, W, A, None, ACT_CODES["tanh"], dprev, precision=mode, bn=bn,
+                                 scratch=scratch)
 cupy.cuda.runtime.deviceSynchronize()
 print("wgmma sanitize run done")

@@ -15,8 +15,9 @@
 // K); the padding is never read (the tensor maps say K).  float32 accumulators; the epilogue
 // (bias, activation) runs in float32 on them.
 //
-// Both operands are K-major (A rows are batch rows, W rows are output features), the layout
-// TF32 wgmma requires: no transpose anywhere.
+// Both operands are K-major, the layout TF32 wgmma requires: in the forward, A rows are batch
+// rows and W rows output features, as stored; in the input gradient, D as stored and the
+// transposed copy of W (K x N), so again no transposed shared-memory operand.
 //
 // Tiles: block tile WG_BM (128) rows x BN (128 or 256) columns; a k-tile is one 128-byte row
 // of each operand: BK = 32 (tf32) or 64 (bf16) elements.  Per stage: A tile 128 x 128 bytes,
@@ -91,16 +92,14 @@ struct wg_layout {
     static constexpr int SMEM = 1024 + WG_STAGES * STAGE_BYTES + 2 * WG_STAGES * 8;
 };
 
-// ============================================================= forward
-// tmA: the (M x K) operand copy, box {BK, 128}; tmW: the (N x K) copy, box {BK, BN}; both
-// 128-byte swizzle, zero fill.  bias, Aout, Zout: float32, as gemm_tc_fwd.
-// Launch: block (384,1,1); grid (ceil(M/128) * ceil(N/BN), 1, 1); dynamic smem wg_layout<BN>::SMEM.
-// vec_out: N % 2 == 0, Aout and Zout 8-byte aligned.
-template <int PREC, int ACT, int BN>
-__global__ void __launch_bounds__(WG_THREADS, 1)
-gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__ TensorMap128 tmW,
-               const float* __restrict__ bias, float* Aout, float* Zout, int M, int N, int K,
-               int write_z, int vec_out) {
+// ============================================================= the pipeline
+// C(P x Q) tile at (p0, q0) = X(P x R) Y(Q x R)^T, X and Y K-major behind tmX (box {BK, 128})
+// and tmY (box {BK, BN}).  Sets up the barriers, splits the warpgroups: the producer issues
+// the loads and returns false; a consumer returns true with its 64 x BN tile in acc, rows
+// [64 c, 64 c + 64) of the block tile, c = threadIdx.x / 128 - 1.
+template <int PREC, int BN>
+__device__ __forceinline__ bool wg_pipeline(const TensorMap128* tmX, const TensorMap128* tmY, int p0, int q0,
+                                            int R, float (&acc)[BN / 128][64]) {
     static_assert(PREC == TC_TF32 || PREC == TC_BF16, "tf32 or bf16");
     static_assert(BN == 128 || BN == 256, "BN is 128 or 256 (one or two m64n128 per k-step)");
     constexpr int NH = BN / 128;                          // m64n128 blocks per consumer
@@ -112,13 +111,9 @@ gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__
     const unsigned bars = base + WG_STAGES * L::STAGE_BYTES;   // full[s] at bars + 8 s, empty[s] after
     auto full = [&](int s) { return bars + 8u * s; };
     auto empty = [&](int s) { return bars + 8u * (WG_STAGES + s); };
-    auto tileA = [&](int s) { return base + s * L::STAGE_BYTES; };
-    auto tileB = [&](int s) { return base + s * L::STAGE_BYTES + L::A_BYTES; };
-
-    int tp, tq;
-    gemm_tile_coords((M + WG_BM - 1) / WG_BM, (N + BN - 1) / BN, tp, tq);
-    const int p0 = tp * WG_BM, q0 = tq * BN;
-    const int ktiles = (K + BK - 1) / BK;
+    auto tileX = [&](int s) { return base + s * L::STAGE_BYTES; };
+    auto tileY = [&](int s) { return base + s * L::STAGE_BYTES + L::A_BYTES; };
+    const int ktiles = (R + BK - 1) / BK;
     const int wg = threadIdx.x / 128;
 
     if (threadIdx.x == 0) {
@@ -138,17 +133,16 @@ gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__
                 const int s = kt % WG_STAGES;
                 if (kt >= WG_STAGES) mbar_wait(empty(s), ((kt / WG_STAGES) - 1) & 1);
                 mbar_arrive_expect_tx(full(s), L::STAGE_BYTES);
-                tma_load_2d(tileA(s), &tmA, full(s), kt * BK, p0);
-                tma_load_2d(tileB(s), &tmW, full(s), kt * BK, q0);
+                tma_load_2d(tileX(s), tmX, full(s), kt * BK, p0);
+                tma_load_2d(tileY(s), tmY, full(s), kt * BK, q0);
             }
         }
-        return;
+        return false;
     }
 
     // -------------------------------------------------------------- consumers
     regs_inc<WG_CONSUMER_REGS>();
-    const int c = wg - 1;                      // rows [64 c, 64 c + 64) of the tile
-    float acc[NH][64];
+    const int c = wg - 1;
 #pragma unroll
     for (int h = 0; h < NH; ++h)
 #pragma unroll
@@ -160,25 +154,48 @@ gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
-            const unsigned long long da = wg_desc_sw128(tileA(s) + c * 64 * WG_ROW_BYTES + ks * 32);
+            const unsigned long long da = wg_desc_sw128(tileX(s) + c * 64 * WG_ROW_BYTES + ks * 32);
 #pragma unroll
             for (int h = 0; h < NH; ++h)
-                wg_mma_64x128<PREC>(acc[h], da, wg_desc_sw128(tileB(s) + h * 128 * WG_ROW_BYTES + ks * 32));
+                wg_mma_64x128<PREC>(acc[h], da, wg_desc_sw128(tileY(s) + h * 128 * WG_ROW_BYTES + ks * 32));
         }
         wg_commit();
         wg_wait<1>();                          // k-tile kt - 1's wgmmas are done reading
         if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(empty((kt - 1) % WG_STAGES));
     }
     wg_wait<0>();
+    return true;
+}
 
-    // -------------------------------------------------------------- epilogue
-    const int t = threadIdx.x % 128, w = t / 32, lane = t % 32, g = lane / 4, u = lane % 4;
-    const int prow = p0 + c * 64 + 16 * w + g;
+// This consumer thread's first output row (add 8 r, r = 0, 1) and column (add 128 h + 8 j + e)
+// of acc[h][4 j + 2 r + e].
+#define WG_EPILOGUE_COORDS                                                                  \
+    const int t = threadIdx.x % 128, w = t / 32, lane = t % 32, g = lane / 4, u = lane % 4; \
+    const int prow = p0 + (threadIdx.x / 128 - 1) * 64 + 16 * w + g, qcol = q0 + 2 * u;
+
+// ============================================================= 1. forward
+// Z = A(M x K) @ W(N x K)^T + bias(N); Aout = g_ACT(Z); Zout written iff write_z.
+// tmA: the (M x K) operand copy, box {BK, 128}; tmW: the (N x K) copy, box {BK, BN}; both
+// 128-byte swizzle, zero fill.  bias, Aout, Zout: float32, as gemm_tc_fwd.
+// Launch: block (384,1,1); grid (ceil(M/128) * ceil(N/BN), 1, 1); dynamic smem wg_layout<BN>::SMEM.
+// vec_out: N % 2 == 0, Aout and Zout 8-byte aligned.
+template <int PREC, int ACT, int BN>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__ TensorMap128 tmW,
+               const float* __restrict__ bias, float* Aout, float* Zout, int M, int N, int K,
+               int write_z, int vec_out) {
+    constexpr int NH = BN / 128;
+    int tp, tq;
+    gemm_tile_coords((M + WG_BM - 1) / WG_BM, (N + BN - 1) / BN, tp, tq);
+    const int p0 = tp * WG_BM, q0 = tq * BN;
+    float acc[NH][64];
+    if (!wg_pipeline<PREC, BN>(&tmA, &tmW, p0, q0, K, acc)) return;
+    WG_EPILOGUE_COORDS
 #pragma unroll
     for (int h = 0; h < NH; ++h)
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
-            const int q = q0 + 128 * h + 8 * j + 2 * u;
+            const int q = qcol + 128 * h + 8 * j;
             const float b0 = q < N ? bias[q] : 0.f, b1 = q + 1 < N ? bias[q + 1] : 0.f;
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
@@ -200,6 +217,63 @@ gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__
         }
 }
 
+// ============================================================= 2. backward, data
+// out(M x K) = (D(M x N) @ W(N x K)) * g_ACT'(.), g' from Aprev (M x K) or, for gelu/silu,
+// Zprev (M x K); the one not needed is never read (may be any pointer).
+// tmD: the (M x N) copy of D, box {BK, 128}; tmWt: the (K x N) transposed copy of W, box
+// {BK, BN} (K-major for the reduction over N: TF32 wgmma has no transposed operands).
+// Launch: block (384,1,1); grid (ceil(M/128) * ceil(K/BN), 1, 1); dynamic smem wg_layout<BN>::SMEM.
+// vec_out: K % 2 == 0, out, Aprev, Zprev 8-byte aligned.
+template <int PREC, int ACT, int BN>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+gemm_wgmma_bwd_data(const __grid_constant__ TensorMap128 tmD, const __grid_constant__ TensorMap128 tmWt,
+                    const float* __restrict__ Aprev, const float* __restrict__ Zprev, float* out,
+                    int M, int N, int K, int vec_out) {
+    constexpr int NH = BN / 128;
+    int tp, tq;
+    gemm_tile_coords((M + WG_BM - 1) / WG_BM, (K + BN - 1) / BN, tp, tq);
+    const int p0 = tp * WG_BM, q0 = tq * BN;
+    float acc[NH][64];
+    if (!wg_pipeline<PREC, BN>(&tmD, &tmWt, p0, q0, N, acc)) return;
+    const bool need_z = act_needs_z<ACT>::value;
+    const bool need_a = !need_z && ACT != ACT_IDENTITY;
+    const float* G = need_z ? Zprev : Aprev;
+    WG_EPILOGUE_COORDS
+#pragma unroll
+    for (int h = 0; h < NH; ++h)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const int q = qcol + 128 * h + 8 * j;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int p = prow + 8 * r;
+                if (p >= M) continue;
+                const long long o = (long long)p * K + q;
+                float s0 = 0.f, s1 = 0.f;
+                if (vec_out) {
+                    if (q < K) {
+                        if (need_z || need_a) {
+                            const float2 v = *reinterpret_cast<const float2*>(G + o);
+                            s0 = v.x; s1 = v.y;
+                        }
+                        *reinterpret_cast<float2*>(out + o) =
+                            make_float2(acc[h][4 * j + 2 * r] * act_grad<ACT, float>(s0, s0),
+                                        acc[h][4 * j + 2 * r + 1] * act_grad<ACT, float>(s1, s1));
+                    }
+                } else {
+                    if (q < K) {
+                        if (need_z || need_a) s0 = G[o];
+                        out[o] = acc[h][4 * j + 2 * r] * act_grad<ACT, float>(s0, s0);
+                    }
+                    if (q + 1 < K) {
+                        if (need_z || need_a) s1 = G[o + 1];
+                        out[o + 1] = acc[h][4 * j + 2 * r + 1] * act_grad<ACT, float>(s1, s1);
+                    }
+                }
+            }
+        }
+}
+
 // ============================================================= operand copies
 // out[r * ld_out + c] = tf32(x[r * cols + c]) (cvt.rna, as float32), r < rows, c < cols;
 // columns cols .. ld_out - 1 are not written.  Launch: block (256,1,1), any 1-D grid.
@@ -215,4 +289,42 @@ __global__ void gemm_wgmma_copy_bf16(const float* __restrict__ x, unsigned short
     for (long long r = blockIdx.x; r < rows; r += gridDim.x)
         for (int c = threadIdx.x; c < cols; c += blockDim.x)
             out[r * ld_out + c] = (unsigned short)(bf16x2(x[r * cols + c], 0.f) & 0xFFFFu);
+}
+
+// Transposed copies: out[c * ld_out + r] = round(x[r * cols + c]) (the (cols x rows) transpose,
+// rows padded to ld_out), through a 32 x 33 shared tile so that reads and writes are coalesced.
+// Launch: block (32, 8, 1); any 2-D grid (tile loops stride by the grid).
+template <int PREC, typename T>
+__device__ __forceinline__ void wg_copy_t(const float* __restrict__ x, T* out, int rows, int cols, int ld_out) {
+    __shared__ float tile[32][33];
+    const int tiles_r = (rows + 31) / 32, tiles_c = (cols + 31) / 32;
+    for (int tr = blockIdx.y; tr < tiles_r; tr += gridDim.y)
+        for (int tcol = blockIdx.x; tcol < tiles_c; tcol += gridDim.x) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = tr * 32 + threadIdx.y + 8 * i, c = tcol * 32 + threadIdx.x;
+                if (r < rows && c < cols) tile[threadIdx.y + 8 * i][threadIdx.x] = x[(long long)r * cols + c];
+            }
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int c = tcol * 32 + threadIdx.y + 8 * i, r = tr * 32 + threadIdx.x;
+                if (r < rows && c < cols) {
+                    const float v = tile[threadIdx.x][threadIdx.y + 8 * i];
+                    if (PREC == TC_BF16) out[(long long)c * ld_out + r] = (T)(bf16x2(v, 0.f) & 0xFFFFu);
+                    else out[(long long)c * ld_out + r] = (T)__uint_as_float(to_tf32(v));
+                }
+            }
+            __syncthreads();
+        }
+}
+
+__global__ void __launch_bounds__(256) gemm_wgmma_copy_t_tf32(const float* __restrict__ x, float* out, int rows,
+                                                              int cols, int ld_out) {
+    wg_copy_t<TC_TF32, float>(x, out, rows, cols, ld_out);
+}
+
+__global__ void __launch_bounds__(256) gemm_wgmma_copy_t_bf16(const float* __restrict__ x, unsigned short* out,
+                                                              int rows, int cols, int ld_out) {
+    wg_copy_t<TC_BF16, unsigned short>(x, out, rows, cols, ld_out);
 }

@@ -33,8 +33,8 @@ TC_ACTS = (5,)
 FAMILY_KEEP = ("fused_family_fwd<0, 128, 64>", "fused_family_bwd<1, 64, 128>", "fused_family_bwd<2, 128, 64>")
 
 #: the Hopper (sm_90a) kernels the fast check builds: each precision once, both block widths
-WGMMA_KEEP = ("gemm_wgmma_fwd<0, 5, 128>", "gemm_wgmma_fwd<2, 5, 256>", "gemm_wgmma_copy_tf32",
-              "gemm_wgmma_copy_bf16")
+WGMMA_KEEP = ("gemm_wgmma_fwd<0, 5, 128>", "gemm_wgmma_fwd<2, 5, 256>", "gemm_wgmma_bwd_data<0, 6, 256>",
+              "gemm_wgmma_copy_tf32", "gemm_wgmma_copy_bf16", "gemm_wgmma_copy_t_tf32", "gemm_wgmma_copy_t_bf16")
 
 
 def _act_of(name: str) -> int:
@@ -329,7 +329,7 @@ def test_hopper_kernels_hold_hgmma_and_tma_loads(rows):
     from gpubp.backends import cuda_gemm_wgmma as wg
 
     fwd = [r for r in rows if r["module"] == "gemm_wgmma" and r["sass_op"]]
-    assert len(fwd) == 2
+    assert len(fwd) == 3
     for r in fwd:
         prec, bn = (int(a) for a in r["kernel"].split("<")[1].rstrip(">").split(",")[::2])
         assert r["sass_op"] == wg.SASS_OPCODES["bf16" if prec == 2 else "tf32"], r

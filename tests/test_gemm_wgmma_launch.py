@@ -70,8 +70,29 @@ def _extents_copy(p, t, grid, fake):
     return {"x": p.rows * p.cols, "out": p.rows * p.ld_out}
 
 
+def _extents_bwd_data(p, t, grid, fake):
+    bn = t["BN"]
+    assert grid == (cdiv(p.M, wg.BM) * cdiv(p.K, bn), 1, 1), f"grid {grid} for {p.M} x {p.K}, BN {bn}"
+    if p.vec_out:
+        assert p.K % 2 == 0
+    need = {"out": p.M * p.K}
+    act = t["ACT"]
+    if act in (ACT_CODES["gelu"], ACT_CODES["silu"]):
+        need["Zprev"] = p.M * p.K
+    elif act != ACT_CODES["identity"]:
+        need["Aprev"] = p.M * p.K
+    return need
+
+
+def _extents_copy_t(p, t, grid, fake):
+    assert p.ld_out >= p.rows and p.ld_out % 8 == 0
+    assert grid[0] * 32 >= min(p.cols, 32 * 65535) and grid[1] * 32 >= min(p.rows, 32 * 65535)
+    return {"x": p.rows * p.cols, "out": p.cols * p.ld_out}
+
+
 EXTENTS = {"gemm_wgmma_fwd": _extents_fwd, "gemm_wgmma_copy_tf32": _extents_copy,
-           "gemm_wgmma_copy_bf16": _extents_copy}
+           "gemm_wgmma_copy_bf16": _extents_copy, "gemm_wgmma_bwd_data": _extents_bwd_data,
+           "gemm_wgmma_copy_t_tf32": _extents_copy_t, "gemm_wgmma_copy_t_bf16": _extents_copy_t}
 
 
 def _install(monkeypatch, tmp_path, **kw):
@@ -122,12 +143,12 @@ def test_module_names_archs_and_sass_checks():
     spec = wg.SPECS[0]
     assert spec.archs == ("sm_90a",)
     names = set(spec.name_expressions)
-    assert len(names) == 2 * len(ACTIVATIONS) * 2 + 2
+    assert len(names) == 2 * (2 * len(ACTIVATIONS) * 2) + 4
     assert "gemm_wgmma_fwd<0, 3, 128>" in names and "gemm_wgmma_fwd<2, 6, 256>" in names
     expect = {}
     for n, op in spec.sass_expect:
         expect.setdefault(n, []).append(op)
-    fwd = [n for n in names if n.startswith("gemm_wgmma_fwd<")]
+    fwd = [n for n in names if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<"))]
     assert set(expect) == set(fwd)
     for n in fwd:
         prec = int(n.split("<")[1].split(",")[0])
@@ -139,6 +160,7 @@ def test_module_names_archs_and_sass_checks():
     fwd_sig = sigs["gemm_wgmma_fwd"]
     assert fwd_sig.max_threads == wg.THREADS == 384
     assert [t for t, _ in fwd_sig.params[:2]] == ["TensorMap128", "TensorMap128"]
+    assert [t for t, _ in sigs["gemm_wgmma_bwd_data"].params[:2]] == ["TensorMap128", "TensorMap128"]
 
 
 def test_shared_memory_fits_an_h100_block():
@@ -214,6 +236,47 @@ def test_bn_256_and_128_both_launch(fake):
         wg.gemm_fwd(A, W, b, ACT_CODES["gelu"], out, precision="bf16", bn=bn)
         assert fake.launches[-1].name.endswith(f", {bn}>")
         assert fake.driver.calls[1]["box"] == [64, bn]
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (3, 17, 5), (127, 129, 33), (129, 4097, 300), (4096, 1024, 4096)])
+@pytest.mark.parametrize("act", ["identity", "relu", "gelu"])
+def test_bwd_data_launches(fake, precision, M, N, K, act):
+    delta, W, out = _arr(fake, (M, N)), _arr(fake, (N, K)), _arr(fake, (M, K))
+    A_prev, Z_prev = _arr(fake, (M, K)), _arr(fake, (M, K))
+    wg.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[act], out, precision=precision)
+    bn = wg.choose_bn(M, K, 132)
+    assert [l.name for l in fake.launches] == [wg.COPY_NAMES[precision], wg.COPY_T_NAMES[precision],
+                                               wg.bwd_data_name(precision, ACT_CODES[act], bn)]
+    cd, ct, f = fake.launches
+    assert cd.arg("x") is delta and (cd.arg("rows"), cd.arg("cols")) == (M, N)
+    assert ct.arg("x") is W and (ct.arg("rows"), ct.arg("cols"), ct.arg("ld_out")) == (N, K, wg.padded_cols(N))
+    assert ct.block == (32, 8, 1)
+    assert f.block == (384, 1, 1) and f.shared_mem == wg.smem_bytes(bn)
+    assert (f.arg("M"), f.arg("N"), f.arg("K")) == (M, N, K) and f.arg("out") is out
+    if act == "gelu":
+        assert f.arg("Zprev") is Z_prev
+    elif act == "relu":
+        assert f.arg("Aprev") is A_prev
+    calls = fake.driver.calls
+    assert len(calls) == 2
+    _check_map(fake, calls[0], M, N, precision, 128)        # delta: reduction over N, K-major
+    _check_map(fake, calls[1], K, N, precision, bn)         # W transposed: K rows of N
+    assert calls[0]["ptr"] == cd.arg("out").__array_interface__["data"][0]
+    assert calls[1]["ptr"] == ct.arg("out").__array_interface__["data"][0]
+
+
+def test_bwd_data_checks_and_fallbacks(fake):
+    delta, W, out = _arr(fake, (4, 3)), _arr(fake, (3, 8)), _arr(fake, (4, 8))
+    with pytest.raises(ValueError, match="Z_prev is needed"):
+        wg.gemm_bwd_data(delta, W, _arr(fake, (4, 8)), None, ACT_CODES["gelu"], out)
+    with pytest.raises(ValueError, match="A_prev has shape"):
+        wg.gemm_bwd_data(delta, W, _arr(fake, (4, 7)), None, ACT_CODES["relu"], out)
+    with pytest.raises(ValueError, match="W has shape"):
+        wg.gemm_bwd_data(delta, _arr(fake, (2, 8)), None, None, 0, out)
+    assert fake.launches == []
+    wg.gemm_bwd_data(_arr(fake, (4, 0)), _arr(fake, (0, 8)), None, None, 0, out, precision="bf16")
+    assert [l.name for l in fake.launches] == [cuda_gemm_tc.bwd_data_name("bf16", 0)]
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -394,7 +457,8 @@ def test_backend_runs_the_forward_gemms_on_hopper_when_asked(monkeypatch, fake, 
     assert fake.compiled == compiled, "kernels compiled mid-step, not by prepare"
     kernels = _gemm_kernels(fake)
     assert kernels.count("gemm_wgmma_fwd") == 3 and "gemm_tc_fwd" not in kernels
-    assert {"gemm_tc_bwd_data", "gemm_tc_bwd_weight"} <= set(kernels)   # backward stays on mma.sync
+    assert kernels.count("gemm_wgmma_bwd_data") == 2 and "gemm_tc_bwd_data" not in kernels
+    assert "gemm_tc_bwd_weight" in kernels              # the weight gradient stays on mma.sync
     Xd, Yd = net._inputs(X), net._targets(Y, 1024)
     net._step(Xd, Yd, net.optimizer, plan=plan)
     n_maps = len(fake.driver.calls)

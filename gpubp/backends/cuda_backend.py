@@ -4,8 +4,8 @@ Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
 runs of narrow layers to `cuda_fused` (float32, and TF32 for precision "tf32"),
 with `tensor_core_gemms=True` (an opt-in, not yet verified on a GPU) the
 per-layer GEMMs of "tf32", "bf16" and "3xtf32" plans to `cuda_gemm_tc`
-(kernels/gemm_tc.cu), and with `hopper=True` as well the "tf32" and "bf16" forward
-GEMMs on compute capability 9.0 to `cuda_gemm_wgmma` (kernels/gemm_wgmma.cu: TMA
+(kernels/gemm_tc.cu), and with `hopper=True` as well the "tf32" and "bf16" forward and
+input-gradient GEMMs on compute capability 9.0 to `cuda_gemm_wgmma` (kernels/gemm_wgmma.cu: TMA
 and wgmma, built for sm_90a); the loss and the optimizer updates go to
 `cuda_elementwise` (kernels/elementwise.cu).
 Every method launches on CuPy's current stream and never waits for the device.
@@ -70,9 +70,10 @@ class CudaBackend(Backend):
         than run in float32.
 
         `hopper=True` (off by default; needs `tensor_core_gemms=True`) runs, on a device of
-        compute capability 9.0 (H100, H200), the forward GEMMs of "tf32" and "bf16" plans on
-        `cuda_gemm_wgmma` (TMA-fed wgmma kernels built for sm_90a, not yet verified on a
-        GPU); the backward GEMMs, "3xtf32" and other devices stay on `cuda_gemm_tc`."""
+        compute capability 9.0 (H100, H200), the forward and input-gradient GEMMs of "tf32"
+        and "bf16" plans on `cuda_gemm_wgmma` (TMA-fed wgmma kernels built for sm_90a, not
+        yet verified on a GPU); the weight gradient, "3xtf32" and other devices stay on
+        `cuda_gemm_tc`."""
         cupy = _import_cupy()
         try:
             n = cupy.cuda.runtime.getDeviceCount()
@@ -93,7 +94,7 @@ class CudaBackend(Backend):
         self.tile = tile
         #: per-layer GEMMs of tf32 / bf16 / 3xtf32 plans on kernels/gemm_tc.cu (unverified: opt-in)
         self.tensor_core_gemms = bool(tensor_core_gemms)
-        #: tf32 / bf16 forward GEMMs on kernels/gemm_wgmma.cu where the device is sm_90 (unverified: opt-in)
+        #: tf32 / bf16 forward and input-gradient GEMMs on kernels/gemm_wgmma.cu on sm_90 (unverified: opt-in)
         self.hopper = bool(hopper)
 
     # ----------------------------------------------------------- helpers
@@ -228,7 +229,8 @@ class CudaBackend(Backend):
         cuda_gemm_tc.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, precision=precision)
 
     def _use_hopper(self, precision) -> bool:
-        """Whether forward GEMMs of `precision` run on the Hopper kernels (`hopper=True`, sm_90)."""
+        """Whether the forward and input-gradient GEMMs of `precision` run on the Hopper kernels
+        (`hopper=True`, sm_90)."""
         return self.hopper and precision in cuda_gemm_wgmma.PREC_CODES and cuda_gemm_wgmma.available()
 
     # ----------------------------------------------------------- loss
@@ -253,7 +255,10 @@ class CudaBackend(Backend):
         ws = None if scratch is None or n_ws == 0 else \
             scratch.get("tc_splitk", (n_ws,), np.float32)   # without a scratch: one split (correct, slower)
         cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
-        if delta_prev_out is not None:
+        if delta_prev_out is not None and self._use_hopper(precision):
+            cuda_gemm_wgmma.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
+                                          precision=precision, scratch=scratch)
+        elif delta_prev_out is not None:
             cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
                                        precision=precision)
 
@@ -344,7 +349,7 @@ class CudaBackend(Backend):
                     hopper_module = True
                 else:
                     names.add(cuda_gemm_tc.fwd_name(tc, ACT_CODES[acts[l - 1]]))
-                if prev is not None:
+                if prev is not None and not self._use_hopper(tc):
                     names.add(cuda_gemm_tc.bwd_data_name(tc, prev))
                 wanted[cuda_gemm_tc.SPECS[0]] |= names
                 continue

@@ -4,6 +4,11 @@
         Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given; the signature and results of
         `cuda_gemm_tc.gemm_fwd` for "tf32" and "bf16" (same rounding of the operands, float32
         accumulation; the sums' order differs, so results agree to rounding, not bitwise).
+    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32", scratch=None, bn=None)
+        delta_prev_out = (delta @ W) * g'(.), as `cuda_gemm_tc.gemm_bwd_data`, on copies of delta
+        and of W transposed (K x N), so that both wgmma operands are K-major.
+The weight gradient stays on `cuda_gemm_tc` (both of its operands are batch-major: TF32 wgmma
+would need two transposed batch-sized copies per step).
 
 How a call runs (all on the current stream):
   1. operand copies: `gemm_wgmma_copy_tf32` / `_bf16` write A_prev and W rounded to the mode
@@ -28,7 +33,7 @@ in `cuda_gemm_tc` (float32, C-contiguous, shapes), plus compute capability 9.0: 
 built for sm_90a only.  The module is built by `cubin_cache` (NVRTC, sm_90a, cached on disk).
 
 Not used by any default path: only `CudaBackend(tensor_core_gemms=True, hopper=True)` runs its
-"tf32" and "bf16" forward GEMMs here (backward GEMMs stay on `cuda_gemm_tc`), until these
+"tf32" and "bf16" forward and input-gradient GEMMs here, until these
 kernels have passed their GPU tests.  CuPy and cuda.bindings.driver are imported inside
 functions only, so this module imports without a GPU.
 """
@@ -39,7 +44,7 @@ import struct
 
 import numpy as np
 
-from ..activations import ACTIVATIONS
+from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
 from . import cubin_cache, cuda_gemm_tc
 from .cuda_device import compute_capability, sm_count
 from .cuda_launch import aligned as _aligned
@@ -59,6 +64,7 @@ ROW_BYTES = 128
 COPY_THREADS = 256
 ARCH = "sm_90a"
 _N_ACT = len(ACTIVATIONS)
+_NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 
 #: numpy type of a CUtensorMap passed by value (128 bytes; CuPy passes a 1-element array's bytes)
 TENSOR_MAP_DTYPE = np.dtype([("opaque", "<u8", (16,))])
@@ -89,12 +95,18 @@ def fwd_name(precision: str, act: int, bn: int = 128) -> str:
     return f"gemm_wgmma_fwd<{PREC_CODES[precision]}, {act}, {bn}>"
 
 
+def bwd_data_name(precision: str, act: int, bn: int = 128) -> str:
+    return f"gemm_wgmma_bwd_data<{PREC_CODES[precision]}, {act}, {bn}>"
+
+
 COPY_NAMES = {"tf32": "gemm_wgmma_copy_tf32", "bf16": "gemm_wgmma_copy_bf16"}
+COPY_T_NAMES = {"tf32": "gemm_wgmma_copy_t_tf32", "bf16": "gemm_wgmma_copy_t_bf16"}
 
 
 def _all_names() -> tuple[str, ...]:
-    names = [fwd_name(p, a, bn) for p in PREC_CODES for a in range(_N_ACT) for bn in BNS]
-    return tuple(names) + tuple(COPY_NAMES.values())
+    names = [f(p, a, bn) for f in (fwd_name, bwd_data_name) for p in PREC_CODES for a in range(_N_ACT)
+             for bn in BNS]
+    return tuple(names) + tuple(COPY_NAMES.values()) + tuple(COPY_T_NAMES.values())
 
 
 #: the SASS each forward kernel must hold: its wgmma (HGMMA) and its TMA loads (UTMALDG)
@@ -105,7 +117,7 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
     by_code = {code: SASS_OPCODES[p] for p, code in PREC_CODES.items()}
     out = []
     for n in names:
-        if n.startswith("gemm_wgmma_fwd<"):
+        if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<")):
             out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
             out.append((n, "UTMALDG"))
     return tuple(out)
@@ -201,6 +213,20 @@ def _copy(x, precision, which, scratch):
     return out
 
 
+def _copy_t(x, precision, which, scratch):
+    """The mode-rounded transpose (cols x rows, rows padded) of the (rows x cols) float32 matrix x."""
+    import cupy
+
+    rows, cols = x.shape
+    shape = (cols, padded_cols(rows))
+    dtype = np.uint16 if precision == "bf16" else np.float32
+    out = cupy.empty(shape, dtype=dtype) if scratch is None else scratch.get(("wgmma_copy_t", which), shape, dtype)
+    grid = (max(1, min(cdiv(cols, 32), 65535)), max(1, min(cdiv(rows, 32), 65535)), 1)
+    _launch(COPY_T_NAMES[precision], grid, (32, 8, 1),
+            (x, out, np.int32(rows), np.int32(cols), np.int32(shape[1])))
+    return out
+
+
 def choose_bn(M: int, N: int, sms: int) -> int:
     """256 columns per block when that still gives every SM a block, else 128."""
     return 256 if N > 128 and cdiv(M, BM) * cdiv(N, 256) >= sms else 128
@@ -248,3 +274,48 @@ def launch_fwd(a_copy, w_copy, K: int, b, act: int, A_out, Z_out, precision: str
     _launch(fwd_name(precision, act, bn), grid, (THREADS, 1, 1),
             (tm_a, tm_w, b, A_out, z, np.int32(M), np.int32(N), np.int32(K), np.int32(Z_out is not None),
              np.int32(vec_out)), smem_bytes(bn))
+
+
+# ----------------------------------------------------------------- backward, data
+def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, precision: str = "tf32",
+                  scratch=None, bn: int | None = None) -> None:
+    """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu): the
+    signature and results of `cuda_gemm_tc.gemm_bwd_data` for "tf32" and "bf16".  Runs on copies
+    of delta (rounded) and of W transposed (rounded, K x N: K-major for the reduction over N);
+    N == 0 runs on `cuda_gemm_tc`."""
+    act = check_act(act_code)
+    _check_precision(precision)
+    needs_z = act in _NEEDS_Z_CODES
+    needs_a = not needs_z and act != ACT_CODES["identity"]
+    g_name = "Z_prev" if needs_z else "A_prev"
+    g_src = Z_prev if needs_z else (A_prev if needs_a else None)
+    if (needs_z or needs_a) and g_src is None:
+        raise ValueError(f"gemm_bwd_data: {g_name} is needed")
+    cuda_gemm_tc._check_arrays(delta=delta, W=W, delta_prev_out=delta_prev_out, **{g_name: g_src})
+    if delta.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"delta and W must be 2-D, got {delta.ndim}-D and {W.ndim}-D")
+    M, N = delta.shape
+    K = W.shape[1]
+    cuda_gemm_tc._shape("W", W, (N, K))
+    cuda_gemm_tc._shape("delta_prev_out", delta_prev_out, (M, K))
+    if g_src is not None:
+        cuda_gemm_tc._shape(g_name, g_src, (M, K))
+    if bn is not None and bn not in BNS:
+        raise ValueError(f"bn must be one of {BNS}, got {bn!r}")
+    if M == 0 or K == 0:
+        return
+    if N == 0:
+        cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, act, delta_prev_out, precision=precision)
+        return
+    if g_src is None:
+        g_src = delta_prev_out   # never read
+    d_copy = _copy(delta, precision, "D", scratch)
+    wt_copy = _copy_t(W, precision, "Wt", scratch)
+    bn = bn or choose_bn(M, K, sm_count())
+    tm_d = _tensor_map(d_copy, M, N, precision, BM, scratch)
+    tm_wt = _tensor_map(wt_copy, K, N, precision, bn, scratch)
+    vec_out = K % 2 == 0 and _aligned(delta_prev_out, 8) and _aligned(g_src, 8)
+    grid = (cdiv(M, BM) * cdiv(K, bn), 1, 1)
+    _launch(bwd_data_name(precision, act, bn), grid, (THREADS, 1, 1),
+            (tm_d, tm_wt, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K), np.int32(vec_out)),
+            smem_bytes(bn))

@@ -8,7 +8,8 @@
 Awkward sizes (1, 3, 17, 127, 129, 1000, 4097), every activation, outputs poisoned with NaN
 (every element must be written, nothing past the edges may be), unaligned operand and output
 views, the operand copies bit for bit against the emulation's rounding, bitwise
-reproducibility, the plan-scratch path (memoised tensor maps) under CUDA-graph capture and
+reproducibility, the input-gradient GEMM (`gemm_bwd_data`, on a transposed copy of W) the same
+way, the plan-scratch path (memoised tensor maps) under CUDA-graph capture and
 replay, and one training step of `CudaBackend(tensor_core_gemms=True, hopper=True)`.
 """
 
@@ -23,11 +24,11 @@ from gpubp.backends import cuda_available  # noqa: E402
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
 
 from gpubp import precision as P  # noqa: E402
-from gpubp.activations import ACT_CODES, ACTIVATIONS  # noqa: E402
+from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cubin_cache, cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends import cuda_gemm_wgmma as wg  # noqa: E402
-from gpubp.backends.numpy_backend import activation_forward  # noqa: E402
+from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
 from gpubp.backends.plan import Scratch  # noqa: E402
 
 
@@ -125,6 +126,61 @@ def test_fwd(case, mode):
         A2 = _poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES[act], A2, None, precision=mode, bn=bn)
         assert bool((A2.view(cupy.int32) == A_out.view(cupy.int32)).all()), "A_out differs without Z_out"
+
+
+# ---------------------------------------------------------------- backward, data
+EMUL_TOL_GPRIME = 5e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_bwd_data(case, mode):
+    M, N, K, act = case
+    rng = np.random.default_rng(zlib.crc32(("d" + _id(case)).encode()))
+    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
+    Zp = rng.standard_normal((M, K)).astype(np.float32)
+    Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
+    Z_prev, A_prev = cupy.asarray(Zp), cupy.asarray(Ap)
+    d, w = _host(delta), _host(W)
+    d64, w64 = d.astype(np.float64), w.astype(np.float64)
+    gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
+    scale = (np.abs(d64) @ np.abs(w64)) * np.abs(gprime)
+    emul = P.matmul(d, w, mode).astype(np.float64) * gprime
+    exact = (d64 @ w64) * gprime
+    for bn in wg.BNS:
+        out = _poison((M, K))
+        wg.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None, ACT_CODES[act], out,
+                         precision=mode, bn=bn)
+        got = _written(out, f"delta_prev bn {bn}")
+        e_emul, e_exact = _scaled_err(got, emul, scale), _scaled_err(got, exact, scale)
+        assert e_emul <= EMUL_TOL_GPRIME, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
+        assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bwd_data_agrees_with_gemm_tc_and_repeats_bitwise(mode):
+    rng = np.random.default_rng(9)
+    M, N, K = 3000, 1000, 513
+    delta, W, Z = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N)), _rand(rng, (M, K))
+    a, b2, ref = _poison((M, K)), _poison((M, K)), _poison((M, K))
+    wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], a, precision=mode)
+    wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], b2, precision=mode)
+    tc.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], ref, precision=mode)
+    assert bool((a.view(cupy.int32) == b2.view(cupy.int32)).all()), "two runs differ in bits"
+    d64, w64 = _host(delta).astype(np.float64), _host(W).astype(np.float64)
+    e = _scaled_err(_written(a, "wgmma"), _written(ref, "gemm_tc"), np.abs(d64) @ np.abs(w64))
+    assert e <= 2 * EMUL_TOL_GPRIME, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
+
+
+def test_transposed_copies_round_like_the_emulation():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((70, 45)).astype(np.float32)
+    xd = cupy.asarray(x)
+    t = _host(wg._copy_t(xd, "tf32", "W", None))
+    assert t.shape == (45, 72)
+    assert np.array_equal(t[:, :70].view(np.uint32), P.to_tf32(x).T.view(np.uint32))
+    h = _host(wg._copy_t(xd, "bf16", "W", None))
+    assert h.dtype == np.uint16 and np.array_equal(h[:, :70], P.bf16_bits(x).T)
 
 
 @pytest.mark.parametrize("mode", MODES)
