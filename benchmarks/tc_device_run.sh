@@ -5,8 +5,8 @@
 #     bash benchmarks/tc_device_run.sh wgmma-tests wgmma-memcheck wgmma-racecheck wgmma-bench
 #
 # (no argument: tests memcheck racecheck bench, in that order, within 10 minutes; compile-check
-# runs only when named: it needs no GPU and runs in CI).  The wgmma-* steps are the Hopper forward
-# GEMM's (kernels/gemm_wgmma.cu, sm_90 only), run only when named; the four of them fit in one
+# runs only when named: it needs no GPU and runs in CI).  The wgmma-* steps are the Hopper
+# GEMMs' (kernels/gemm_wgmma.cu, sm_90 only), run only when named; the four of them fit in one
 # 10-minute call too.  Run from the repository root on the GPU machine.
 # Writes under $OUT (default benchmarks/results/tc-<UTC date>):
 #   env.txt            GPU, driver, package versions

@@ -1,4 +1,4 @@
-"""Launcher of the Hopper forward GEMM of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
+"""Launchers of the Hopper forward and input-gradient GEMMs of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
 
     gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None, precision="tf32", scratch=None, bn=None)
         Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given; the signature and results of
