@@ -7,9 +7,12 @@
 # $OUT/env.txt (GPU, driver, versions, tools, commit) and an empty $OUT/summary.txt, and defines
 #   step NAME LIMIT LOG COMMAND...   run COMMAND under a time limit, its output in $OUT/LOG, one
 #                                    line in summary.txt; a failing step sets failed=1, never stops
-#   sanitize TOOL LIMIT LOG SCRIPT   compute-sanitizer --tool TOOL over `$PY SCRIPT` (memcheck or
+#   sanitize TOOL LIMIT LOG SCRIPT [ARG...]
+#                                    compute-sanitizer --tool TOOL over `$PY SCRIPT ARG...` (memcheck or
 #                                    racecheck), or a failed step when there is no compute-sanitizer
-#   finish                           print where the results are and exit 1 if any step failed
+#   finish                           print where the results are, pack them into $PACK when it is set
+#                                    (a .tgz: the device tool brings back at most 8 files from $OUT, two
+#                                    folders deep), and exit 1 if any step failed
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-benchmarks/results/$1-$(date -u +%Y%m%d-%H%M)}"
 shift
@@ -31,8 +34,8 @@ step() {   # step NAME LIMIT_SECONDS LOG COMMAND...
     return 0
 }
 
-sanitize() {   # sanitize TOOL LIMIT LOG SCRIPT
-    local tool=$1 limit=$2 log=$3 script=$4
+sanitize() {   # sanitize TOOL LIMIT LOG SCRIPT [ARG...]
+    local tool=$1 limit=$2 log=$3 script=$4; shift 4
     if [ -z "$SAN" ]; then
         echo "$tool skipped: no compute-sanitizer" | tee -a "$OUT/summary.txt"
         failed=1
@@ -40,11 +43,14 @@ sanitize() {   # sanitize TOOL LIMIT LOG SCRIPT
     fi
     local extra=(--leak-check no)
     [ "$tool" = racecheck ] && extra=(--racecheck-report all)
-    step "$tool" "$limit" "$log" "$SAN" --tool "$tool" "${extra[@]}" --error-exitcode 1 $PY "$script"
+    step "$tool" "$limit" "$log" "$SAN" --tool "$tool" "${extra[@]}" --error-exitcode 1 $PY "$script" "$@"
 }
 
 finish() {
     echo "results in $OUT"
+    if [ -n "${PACK:-}" ]; then
+        tar czf "$PACK" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed into $PACK" || failed=1
+    fi
     exit $failed
 }
 

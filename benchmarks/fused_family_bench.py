@@ -10,6 +10,8 @@ no loss, no optimizer), the same work for every entry:
     family-{float32,tf32,bf16}   cuda_fused_family.fused_forward + fused_backward
     fused-{float32,tf32}         cuda_fused (the default path's kernels)
     torch-eager, torch-eager-tf32, torch-autocast-bf16   nn.Sequential forward + backward(delta)
+The runs are those of `gpubp bench`'s fused-run rows (`gpubp.bench.fused_runs`; each gpubp run
+keeps its tables and workspaces in a Scratch between calls, as a step plan does).
 CUDA events around each repetition after 3 warm-ups, median of `reps`.  Writes
 fused_family_bench.json and fused_family_bench.md into DIR, with TFLOP/s (6 B sum n_in n_out)
 and each entry's ratio to the torch entry of its precision.
@@ -19,13 +21,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # this checkout's gpubp
 
 import cupy
-import numpy as np
 
-from gpubp.activations import ACT_CODES
 from gpubp.backends import cuda_device, cuda_fused
 from gpubp.backends import cuda_fused_family as ff
+from gpubp.bench import fused_runs
 
 #: name -> (widths, batch or None for --batch)
 NETS = {"w64x8": ([64] * 9, None), "w128x8": ([128] * 9, None), "w64x5-2^20": ([64] * 7, 1 << 20)}
@@ -52,49 +56,12 @@ def _elapsed_ms(start, stop):
     return start.elapsed_time(stop)      # torch.cuda.Event
 
 
-def _gpubp_step(module, widths, B, precision):
-    rs = cupy.random.RandomState(0)
-    L = len(widths) - 1
-    Ws = [rs.standard_normal((widths[i + 1], widths[i]), dtype=np.float32) * np.float32(widths[i] ** -0.5)
-          for i in range(L)]
-    bs = [rs.standard_normal((widths[i + 1],), dtype=np.float32) for i in range(L)]
-    A_in = rs.standard_normal((B, widths[0]), dtype=np.float32)
-    codes = [ACT_CODES["relu"]] * (L - 1) + [ACT_CODES["identity"]]
-    A = [cupy.empty((B, w), np.float32) for w in widths[1:]]
-    Z = [None] * L
-    dWs = [cupy.empty_like(W) for W in Ws]
-    dbs = [cupy.empty_like(b) for b in bs]
-    delta = rs.standard_normal((B, widths[-1]), dtype=np.float32)
-
-    def step():
-        module.fused_forward(A_in, Ws, bs, codes, A, Z, precision=precision)
-        module.fused_backward(delta, Ws, codes, A_in, A, Z, dWs, dbs, precision=precision)
-    return step
-
-
-def _torch_step(widths, B, precision):
+def _torch_run(peer, widths, batch):
     import torch
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    layers = []
-    for i in range(len(widths) - 1):
-        layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
-        if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).cuda()
-    X = torch.randn(B, widths[0], device="cuda")
-    delta = torch.randn(B, widths[-1], device="cuda")
-
-    def step():
-        for p in model.parameters():
-            p.grad = None
-        if precision == "bf16":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(X)
-        else:
-            out = model(X)
-        out.backward(delta.to(out.dtype))
-    return step
+    tf32 = peer == "torch-eager-tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return fused_runs.torch_run(peer, widths, batch)
 
 
 def main(argv=None):
@@ -111,15 +78,16 @@ def main(argv=None):
     for net, (widths, batch) in NETS.items():
         batch = batch or args.batch
         flops = 6.0 * batch * sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
-        entries = [(f"family-{p}", p, lambda p=p: _gpubp_step(ff, widths, batch, p)) for p in ff.PRECISIONS]
-        entries += [(f"fused-{p}", p, lambda p=p: _gpubp_step(cuda_fused, widths, batch, p))
+        entries = [(f"family-{p}", p, lambda p=p: fused_runs.gpubp_run(f"family-{p}", widths, batch))
+                   for p in ff.PRECISIONS]
+        entries += [(f"fused-{p}", p, lambda p=p: fused_runs.gpubp_run(f"fused-{p}", widths, batch))
                     for p in ("float32", "tf32")]
         try:
             import torch
 
             def torch_events():
                 return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            entries += [(TORCH_PEER[p], p, lambda p=p: _torch_step(widths, batch, p)) for p in TORCH_PEER]
+            entries += [(TORCH_PEER[p], p, lambda p=p: _torch_run(TORCH_PEER[p], widths, batch)) for p in TORCH_PEER]
         except ImportError:
             torch_events = None
         for name, prec, make in entries:

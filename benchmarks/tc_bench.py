@@ -12,7 +12,8 @@ layout (A @ W.T, D @ W, D.T @ A):
     3xtf32 -> torch float32 with allow_tf32 = False (cuBLAS SGEMM: the speed 3xTF32 must beat)
 and gpubp's own float32 GEMM (cuda_gemm) for reference.  cuBLAS runs without our fused
 epilogues (bias, activation, g', db), so the ratios slightly favour it.  Inputs are rotated
-between two copies so that repeated runs do not all hit L2.
+between two copies so that repeated runs do not all hit L2.  The operands and the calls (gpubp's
+and cuBLAS's) are those of `gpubp bench`'s kernel rows (`gpubp.bench.gemms`).
 Writes DIR/tc_bench.json and DIR/tc_bench.md.
 """
 
@@ -22,89 +23,48 @@ import argparse
 import json
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # this checkout's gpubp
 
 import cupy
-import numpy as np
 import torch
 
-from gpubp.activations import ACT_CODES
-from gpubp.backends import cuda_device, cuda_gemm
+from gpubp.backends import cuda_device
 from gpubp.backends import cuda_gemm_tc as tc
+from gpubp.bench import gemms
 
 SHAPES = [("fwd", 8192, 4096, 4096)] + [(k, b, 4096, 4096) for b in (4096, 1024, 256)
                                          for k in ("fwd", "bwd_data", "bwd_weight")]
+#: cuBLAS at each mode's precision (3xTF32 promises float32 accuracy: SGEMM)
+CUBLAS = {"tf32": "cublas-tf32", "bf16": "cublas-bf16", "3xtf32": "cublas-sgemm"}
+
+
+def _time(fn, reps, events, elapsed):
+    start, stop = events()
+    for i in range(3):
+        fn(i)
+    times = []
+    for i in range(reps):
+        start.record()
+        fn(i)
+        stop.record()
+        stop.synchronize()
+        times.append(elapsed(start, stop))
+    return statistics.median(times)
 
 
 def _time_cupy(fn, reps):
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    for i in range(3):
-        fn(i)
-    times = []
-    for i in range(reps):
-        start.record()
-        fn(i)
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return statistics.median(times)
+    return _time(fn, reps, lambda: (cupy.cuda.Event(), cupy.cuda.Event()), cupy.cuda.get_elapsed_time)
 
 
 def _time_torch(fn, reps):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for i in range(3):
-        fn(i)
-    times = []
-    for i in range(reps):
-        start.record()
-        fn(i)
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    return _time(fn, reps, lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)),
+                 lambda a, b: a.elapsed_time(b))
 
 
-def _operands(kind, M, N, K):
-    """Two copies (rotated) of the operands of one GEMM, and its outputs."""
-    rs = cupy.random.RandomState(M + N + K)
-
-    def r(*shape):
-        return [rs.standard_normal(shape, dtype=np.float32) for _ in range(2)]
-
-    if kind == "fwd":
-        return dict(A=r(M, K), W=r(N, K), b=r(N), out=cupy.empty((M, N), np.float32))
-    if kind == "bwd_data":
-        return dict(D=r(M, N), W=r(N, K), Ap=r(M, K), out=cupy.empty((M, K), np.float32))
-    return dict(D=r(M, N), A=r(M, K), dW=cupy.empty((N, K), np.float32), db=cupy.empty(N, np.float32),
-                scratch=cupy.empty(max(1, tc.bwd_weight_scratch_size(M, N, K)), np.float32))
-
-
-def _ours(kind, ops, mode):
-    relu = ACT_CODES["relu"]
-    if kind == "fwd":
-        if mode == "float32":
-            return lambda i: cuda_gemm.gemm_fwd(ops["A"][i % 2], ops["W"][i % 2], ops["b"][i % 2], relu, ops["out"])
-        return lambda i: tc.gemm_fwd(ops["A"][i % 2], ops["W"][i % 2], ops["b"][i % 2], relu, ops["out"],
-                                     precision=mode)
-    if kind == "bwd_data":
-        if mode == "float32":
-            return lambda i: cuda_gemm.gemm_bwd_data(ops["D"][i % 2], ops["W"][i % 2], ops["Ap"][i % 2], None,
-                                                     relu, ops["out"])
-        return lambda i: tc.gemm_bwd_data(ops["D"][i % 2], ops["W"][i % 2], ops["Ap"][i % 2], None, relu,
-                                          ops["out"], precision=mode)
-    if mode == "float32":
-        return lambda i: cuda_gemm.gemm_bwd_weight(ops["D"][i % 2], ops["A"][i % 2], ops["dW"], ops["db"])
-    return lambda i: tc.gemm_bwd_weight(ops["D"][i % 2], ops["A"][i % 2], ops["dW"], ops["db"], precision=mode,
-                                        scratch=ops["scratch"])
-
-
-def _cublas(kind, ops, mode):
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-    t = {k: [torch.from_dlpack(x).to(dtype) for x in v] for k, v in ops.items() if isinstance(v, list)}
-    if kind == "fwd":
-        return lambda i: t["A"][i % 2] @ t["W"][i % 2].T
-    if kind == "bwd_data":
-        return lambda i: t["D"][i % 2] @ t["W"][i % 2]
-    return lambda i: t["D"][i % 2].T @ t["A"][i % 2]
+def _rotating(fn, sets):
+    return lambda i: fn(*sets[i % len(sets)])
 
 
 def main():
@@ -116,20 +76,22 @@ def main():
     cuda_device.load_kernels({tc.SPECS[0]: tc.SPECS[0].name_expressions})   # one compile, as the tests
     rows = []
     for kind, M, N, K in SHAPES:
-        ops = _operands(kind, M, N, K)
+        ops = gemms.GemmOperands(gemms.random_sets(M, N, K, n_sets=2))
         flop = 2.0 * M * N * K
-        ms32 = _time_cupy(_ours(kind, ops, "float32"), args.reps)
+        ms32 = _time_cupy(_rotating(gemms.gpubp_gemm("gpubp-fused", kind, ops), ops.sets), args.reps)
         for mode in ("tf32", "bf16", "3xtf32"):
-            ms = _time_cupy(_ours(kind, ops, mode), args.reps)
-            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-            ref = _time_torch(_cublas(kind, ops, mode), args.reps)
-            torch.backends.cuda.matmul.allow_tf32 = False
+            ms = _time_cupy(_rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), args.reps)
+            gemm = gemms.CublasGemm(CUBLAS[mode], kind, ops, torch_sgemm=True)   # all through torch
+            with gemm:
+                ref = _time_torch(_rotating(gemm.call, gemm.inputs), args.reps)
+            gemm.release()
             cublas_name = {"tf32": "cuBLAS TF32", "bf16": "cuBLAS BF16", "3xtf32": "cuBLAS SGEMM"}[mode]
             rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, ms=ms, tflops=flop / ms / 1e9,
                              cublas=cublas_name, cublas_ms=ref, cublas_tflops=flop / ref / 1e9,
                              ratio=ref / ms, gpubp_float32_ms=ms32))
             print(f"{kind:10s} {M:5d}x{N}x{K} {mode:6s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s  "
                   f"{cublas_name} {ref:8.3f} ms  ratio {ref / ms:5.2f}  (gpubp float32 {ms32:.3f} ms)", flush=True)
+        ops.release()
         del ops
         cupy.get_default_memory_pool().free_all_blocks()
         torch.cuda.empty_cache()

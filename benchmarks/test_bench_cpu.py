@@ -4,7 +4,8 @@
 
 One training step (forward, softmax cross-entropy, backward, update) per
 call, on random batches rotated between calls: gpubp's numpy backend
-(`MLP._step`, and `MLP.train_step` as a user calls it), PyTorch CPU and
+(`MLP._step`, and `MLP.train_step` as a user calls it), PyTorch CPU (float32,
+and under autocast to bfloat16 as the torch-autocast-bf16 peer runs) and
 scikit-learn's MLPClassifier, with equal BLAS/OpenMP threads.  The steps are
 the peers of `gpubp bench` (`gpubp.bench.peers`).  The CPU goal (the numpy
 backend within 1.5x of PyTorch CPU on [784, 512, 512, 10], batch 512, SGD) is
@@ -82,6 +83,18 @@ def test_torch_cpu_step(benchmark, shape):
     pytest.importorskip("torch")
     sizes, B, opt, lr, params, batches = _setup(shape)
     step = peers.TorchStep("cpu", sizes, params, B, opt, lr)
+    benchmark.group = shape
+    benchmark(_rotating(step, peers.torch_batches(batches, "cpu")))
+    assert np.isfinite(step.loss_value())
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_torch_cpu_autocast_bf16_step(benchmark, shape):
+    """`gpubp bench`'s torch-autocast-bf16 peer, with autocast on the CPU (bf16 products,
+    float32 master weights); its agreement with the float32 step is tests/test_bench.py's."""
+    pytest.importorskip("torch")
+    sizes, B, opt, lr, params, batches = _setup(shape)
+    step = peers.TorchStep("cpu", sizes, params, B, opt, lr, autocast=True)
     benchmark.group = shape
     benchmark(_rotating(step, peers.torch_batches(batches, "cpu")))
     assert np.isfinite(step.loss_value())

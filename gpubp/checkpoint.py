@@ -92,6 +92,9 @@ def write(path, arrays: dict, meta: dict) -> None:
     arrays["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save to {str(path)!r}: it is a directory; give a file name such as "
+                                f"{str(path / 'net.npz')!r}")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with open(tmp, "xb") as f:   # a file object keeps numpy from appending ".npz"

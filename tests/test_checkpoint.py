@@ -148,6 +148,17 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary(tmp_path, monke
     assert same_params(gpubp.MLP.load(path, backend="numpy"), net)
 
 
+def test_saving_to_a_directory_is_refused_and_writes_nothing(tmp_path):
+    """A directory as the path is refused before anything is written (no temporary beside it)."""
+    target = tmp_path / "models"
+    target.mkdir()
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        net.save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    assert list(target.iterdir()) == []
+
+
 def test_save_writes_a_synced_temporary_then_replaces(tmp_path, monkeypatch):
     import os
 

@@ -28,6 +28,13 @@ def step_min_bytes(sizes, batch, optimizer="adam", itemsize=4, label_bytes=4) ->
     return itemsize * (P * per_param + 2 * batch * sum(sizes[1:]) + batch * sizes[0]) + batch * label_bytes
 
 
+def run_min_bytes(sizes, batch, itemsize=4) -> int:
+    """Fewest bytes of a fused run's forward and backward (no loss, no optimizer, no dLoss/dX):
+    each parameter read once and its gradient written once, each activation `A[1..L]` written
+    once and read once, the input and the given last delta read once."""
+    return itemsize * (2 * n_params(sizes) + 2 * batch * sum(sizes[1:]) + batch * (sizes[0] + sizes[-1]))
+
+
 def kernel_flops(batch, n_out, n_in) -> int:
     return 2 * batch * n_out * n_in
 

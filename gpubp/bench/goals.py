@@ -1,31 +1,72 @@
 """The goals `gpubp bench` judges, as data, and how a goal is judged from the rows.
 
 A goal names what gpubp runs (a training step of a network at a batch size, or
-one fused kernel at a shape), the precision gpubp runs it in, the peer it is
-compared with, the metric and the threshold.  `metric="speedup"` is the
-peer's median time over gpubp's (the faster of gpubp's paths in that
-precision counts); `metric="gemm_fraction"` is gpubp's kernel's TFLOP/s over
-the peer's, a ceiling measured in the same run.  A goal without a threshold
-is reported for information only.
+one fused GEMM at a shape), the precision gpubp runs it in, the peer it is
+compared with, the metric and the threshold.  The metrics:
+
+- `"speedup"`: the peer's median step time over gpubp's (the faster of gpubp's
+  step peers in that precision, `GPUBP_PEERS`, counts);
+- `"gemm_fraction"`: the cuBLAS row's median time over gpubp's kernel row at the
+  same kernel, shape and precision (the faster of gpubp's GEMM variants in that
+  precision, `GPUBP_KERNEL_PEERS`, counts), i.e. gpubp's share of cuBLAS's speed;
+- `"samples_per_s"`: training samples per second of gpubp's step (information,
+  reported beside `PUBLISHED`, what the compared project publishes).
+
+A goal without a threshold is reported for information only (`aim` says what is
+hoped for).  A goal whose rows are missing is "NOT MEASURED", never passed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: gpubp's rows that count for a goal, per precision (the faster one counts)
-GPUBP_PEERS = {"float32": ("gpubp-cuda", "gpubp-cuda-graph"), "tf32": ("gpubp-cuda-tf32",)}
+#: gpubp's step rows that count for a goal, per precision (the faster one counts)
+GPUBP_PEERS = {"float32": ("gpubp-cuda", "gpubp-cuda-graph"), "tf32": ("gpubp-cuda-tf32", "gpubp-cuda-tf32-default"),
+               "bf16": ("gpubp-cuda-bf16",), "3xtf32": ("gpubp-cuda-3xtf32",)}
+
+#: gpubp's GEMM kernel rows that count for a goal, per precision (the faster one counts)
+GPUBP_KERNEL_PEERS = {"float32": ("gpubp-fused", "gpubp-gemm-v1", "gpubp-gemm-pipelined", "gpubp-gemm-f32"),
+                      "tf32": ("gpubp-tc-tf32",), "bf16": ("gpubp-tc-bf16",), "3xtf32": ("gpubp-tc-3xtf32",)}
+
+#: the PyTorch step peer of each precision (3xTF32 promises float32 accuracy: float32 is its peer)
+TORCH_PEER = {"float32": "torch-eager", "tf32": "torch-eager-tf32", "bf16": "torch-autocast-bf16",
+              "3xtf32": "torch-eager"}
+
+#: the cuBLAS GEMM of each precision (3xTF32: SGEMM, the float32-accurate GEMM it must beat)
+CUBLAS_PEER = {"float32": "cublas-sgemm", "tf32": "cublas-tf32", "bf16": "cublas-bf16", "3xtf32": "cublas-sgemm"}
 
 #: what each compared peer is, in words
 PEER_TEXT = {
     "torch-eager": "PyTorch eager float32 (TF32 off)",
     "torch-eager-tf32": "PyTorch eager with TF32",
+    "torch-autocast-bf16": "PyTorch eager under torch.autocast bfloat16 (float32 master weights)",
     "torch-compile": "torch.compile float32",
+    "torch-compile-tf32": "torch.compile with TF32",
+    "torch-compile-bf16": "torch.compile under torch.autocast bfloat16",
     "cupy-unfused": "unfused CuPy (cuBLAS GEMMs, one kernel per elementwise operation)",
-    "cublas-sgemm": "cuBLAS SGEMM at 4096^3 (cupy.matmul float32)",
+    "cublas-sgemm": "cuBLAS SGEMM on the same operands (float32, TF32 off)",
+    "cublas-tf32": "cuBLAS TF32 GEMM on the same operands (torch.matmul with TF32)",
+    "cublas-bf16": "cuBLAS BF16 GEMM on the same operands (torch.matmul of bfloat16 tensors)",
+    "tiny-cuda-nn": "tiny-cuda-nn's published fully fused MLP figures",
 }
 
-METRICS = ("speedup", "gemm_fraction")
+METRICS = ("speedup", "gemm_fraction", "samples_per_s")
+
+#: what other projects publish, as data: figures with their source in words.  A value of
+#: None means no figure was found in words or tables (only what the source says is kept).
+PUBLISHED = {
+    "tiny-cuda-nn": dict(
+        samples_per_s=None,
+        source=("tiny-cuda-nn's README ('Performance') and figure 7 of its fully fused MLP paper "
+                "(Mueller et al. 2021, real-time neural radiance caching) show training and inference "
+                "throughput of 64- and 128-neuron-wide fully fused MLPs (half precision, tensor cores) on an "
+                "RTX 3090 against TensorFlow 2.5 with XLA, for batches 2^14 to 2^21, as plots only: no "
+                "figure in words or tables was found, so none is recorded here; the figure's caption states "
+                "a 5-10x speed-up over TensorFlow at the paper's batch sizes. The README's example network is 64 wide "
+                "with 5 hidden layers, as measured here (tiny-cuda-nn has no biases and needs batches that "
+                "are multiples of 128)."),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -40,9 +81,11 @@ class Goal:
     #: a training step: layer sizes and batch
     sizes: tuple | None = None
     batch: int | None = None
-    #: a fused kernel: "fwd", "bwd_data" or "bwd_weight", and (batch, n_out, n_in)
+    #: a fused GEMM: "fwd", "bwd_data" or "bwd_weight", and (batch, n_out, n_in)
     kernel: str | None = None
     kernel_shape: tuple | None = None
+    #: what an information goal hopes for (reported, never judged)
+    aim: float | None = None
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -53,11 +96,19 @@ class Goal:
             raise ValueError(f"unknown peer {self.peer!r}; choose one of {', '.join(PEER_TEXT)}")
         if (self.sizes is None) == (self.kernel_shape is None):
             raise ValueError("a goal is about either a step (sizes, batch) or a kernel (kernel, kernel_shape)")
+        if (self.metric == "gemm_fraction") != (self.kernel_shape is not None):
+            raise ValueError("metric 'gemm_fraction' is for kernel goals, the others for step goals")
+        if self.metric == "samples_per_s" and self.peer not in PUBLISHED:
+            raise ValueError(f"a samples_per_s goal compares with published figures ({', '.join(PUBLISHED)})")
+        if self.metric == "samples_per_s" and self.threshold is not None:
+            raise ValueError("a samples_per_s goal is information only (threshold None; use aim)")
 
     def describe(self) -> str:
         peer = PEER_TEXT[self.peer]
         if self.threshold is None:
-            return f"(information) {self.name}, gpubp {self.precision}, against {peer}"
+            aim = f" (aim above {self.aim:.3g} samples/s)" if self.aim else ""
+            unit = ", samples/s" if self.metric == "samples_per_s" else ""
+            return f"(information) {self.name}{unit}, gpubp {self.precision}, against {peer}{aim}"
         if self.metric == "gemm_fraction":
             return f"{self.name}, gpubp {self.precision}: at least {self.threshold:.0%} of {peer}"
         if self.threshold == 1.0:
@@ -65,33 +116,70 @@ class Goal:
         return f"{self.name}, gpubp {self.precision}: at least {self.threshold:g}x faster than {peer}"
 
 
-_WIDE = (1024, 4096, 4096, 4096, 10)
-_NARROW_64x8 = (64,) * 9 + (10,)
+WIDE = (1024, 4096, 4096, 4096, 10)
+NARROW_64x8 = (64,) * 9 + (10,)
+NARROW_128x8 = (128,) * 9 + (10,)
+#: tiny-cuda-nn's example network: 64 inputs, five hidden layers of 64, 64 outputs
+W64x5_OUT64 = (64,) * 7
+TC_MODES = ("tf32", "bf16", "3xtf32")
+
+
+def _step(name, sizes, batch, precision, threshold, peer=None):
+    return Goal(name, "speedup", peer or TORCH_PEER[precision], precision, threshold, sizes=sizes, batch=batch)
+
+
+def _gemm(kernel, shape, precision, threshold):
+    what = {"fwd": "forward GEMM+bias+ReLU", "bwd_data": "input-gradient GEMM (with g')",
+            "bwd_weight": "weight-gradient GEMM (with db)"}[kernel]
+    return Goal(f"{what} at {'x'.join(map(str, shape))}", "gemm_fraction", CUBLAS_PEER[precision], precision,
+                threshold, kernel=kernel, kernel_shape=shape)
+
 
 #: the goals, in the order they are reported
 GOALS = (
-    Goal("fused forward GEMM+bias+ReLU at 4096x4096x4096", "gemm_fraction", "cublas-sgemm", "float32", 0.80,
-         kernel="fwd", kernel_shape=(4096, 4096, 4096)),
-    Goal("wide 1024-4096x3-10 step, batch 4096", "speedup", "torch-eager", "float32", 1.0,
-         sizes=_WIDE, batch=4096),
-    Goal("narrow w64 x8 step, batch 262144", "speedup", "torch-eager", "float32", 3.0,
-         sizes=_NARROW_64x8, batch=2 ** 18),
-    Goal("narrow w64 x8 step, batch 262144", "speedup", "torch-eager", "tf32", None,
-         sizes=_NARROW_64x8, batch=2 ** 18),
-    Goal("narrow w64 x8 step, batch 262144", "speedup", "torch-eager-tf32", "tf32", None,
-         sizes=_NARROW_64x8, batch=2 ** 18),
+    # the wide step: the tensor-core modes against PyTorch at the same precision, float32 against eager
+    *(_step("wide 1024-4096x3-10 step, batch 4096", WIDE, 4096, p, t)
+      for p, t in (("float32", 1.0), ("tf32", 1.0), ("bf16", 1.0), ("3xtf32", 1.3))),
+    *(_step(f"wide 1024-4096x3-10 step, batch {b}", WIDE, b, p, 1.0) for b in (1024, 256) for p in TC_MODES),
+    # the GEMMs against cuBLAS at the same precision
+    *(_gemm("fwd", (8192, 4096, 4096), p, 0.75) for p in TC_MODES),
+    *(_gemm(k, (4096, 4096, 4096), "float32", 0.90) for k in ("fwd", "bwd_data", "bwd_weight")),
+    # narrow networks (fused runs)
+    *(_step("narrow w64 x8 step, batch 262144", NARROW_64x8, 2 ** 18, p, t)
+      for p, t in (("float32", 3.0), ("tf32", 5.0), ("bf16", 8.0))),
+    *(_step("narrow w128 x8 step, batch 262144", NARROW_128x8, 2 ** 18, p, 2.0) for p in ("float32", "tf32", "bf16")),
+    # training throughput of tiny-cuda-nn's example network, beside its published figures
+    *(Goal("narrow w64 x5 (64 in, 64 out) step, batch 1048576", "samples_per_s", "tiny-cuda-nn", p, None,
+           sizes=W64x5_OUT64, batch=2 ** 20, aim=1e9 if p == "bf16" else None) for p in ("float32", "tf32", "bf16")),
 )
 
 
 def _find(rows, **kw):
+    """The first measured row with these fields whose result passed its check (a row with a
+    `check_error`, e.g. a non-finite loss or a GEMM far from float32, never counts)."""
     for r in rows:
-        if all(r.get(k) == v for k, v in kw.items()) and "median_ms" in r:
+        if all(r.get(k) == v for k, v in kw.items()) and "median_ms" in r and "check_error" not in r:
             return r
     return None
 
 
-def judge(goal: Goal, rows, ceilings) -> dict:
-    """The goal's result from the measured rows and the GPU's ceilings (`{"gemm_tflops": ...}`).
+def _failed_checks(rows, peers, **kw):
+    return [f"{r['peer']}: {r['check_error']}" for r in rows
+            if r.get("peer") in peers and "check_error" in r and all(r.get(k) == v for k, v in kw.items())]
+
+
+def _best(rows, peers, **where):
+    """gpubp's fastest measured row among `peers` matching `where`, and the others measured."""
+    mine = [r for p in peers if (r := _find(rows, peer=p, **where))]
+    if not mine:
+        return None, []
+    best = min(mine, key=lambda r: r["median_ms"])
+    return best, [r for r in mine if r is not best]
+
+
+def judge(goal: Goal, rows, ceilings=None) -> dict:
+    """The goal's result from the measured rows (`ceilings` is kept for callers; the GEMM
+    goals compare with the cuBLAS rows measured at the goal's own shape).
 
     Returns a dict: `goal` (its description), the goal's fields, `result`
     ("PASS", "MISS", "INFO" or "NOT MEASURED"), and when measured `value`,
@@ -99,33 +187,65 @@ def judge(goal: Goal, rows, ceilings) -> dict:
     """
     out = dict(goal=goal.describe(), name=goal.name, metric=goal.metric, peer=goal.peer,
                precision=goal.precision, threshold=goal.threshold)
+    if goal.sizes is not None:
+        out.update(sizes=list(goal.sizes), batch=goal.batch)
+    else:
+        out.update(kernel=goal.kernel, kernel_shape=list(goal.kernel_shape))
+    if goal.aim is not None:
+        out["aim"] = goal.aim
     value = None
     if goal.metric == "gemm_fraction":
         B, N, K = goal.kernel_shape
-        mine = _find(rows, kind="kernel", kernel=goal.kernel, peer="gpubp-fused", batch=B, n_out=N, n_in=K)
-        ceil = (ceilings or {}).get("gemm_tflops")
-        if mine and ceil and mine.get("tflops"):
-            value = mine["tflops"] / ceil
-            out["measured"] = f"{value:.1%} ({mine['tflops']:.2f} vs {ceil:.2f} TFLOP/s)"
+        where = dict(kind="kernel", kernel=goal.kernel, batch=B, n_out=N, n_in=K)
+        best, others = _best(rows, GPUBP_KERNEL_PEERS[goal.precision], **where)
+        theirs = _find(rows, peer=goal.peer, **where)
+        if best and theirs:
+            value = theirs["median_ms"] / best["median_ms"]
+            out["measured"] = (f"{value:.1%} ({best['peer']} {best['median_ms']:.3f} ms vs {goal.peer} "
+                               f"{theirs['median_ms']:.3f} ms)")
+            if others:
+                out["measured"] += "; " + ", ".join(
+                    f"{r['peer']} {theirs['median_ms'] / r['median_ms']:.1%}" for r in others)
             if goal.threshold is not None:
                 out["margin"] = f"{(value - goal.threshold) * 100:+.1f} points"
+    elif goal.metric == "samples_per_s":
+        where = dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch)
+        best, others = _best(rows, GPUBP_PEERS[goal.precision], **where)
+        pub = PUBLISHED[goal.peer]
+        out["published"] = dict(pub)
+        if best:
+            value = goal.batch / (best["median_ms"] / 1e3)
+            out["measured"] = f"{value:.3g} samples/s ({best['peer']} {best['median_ms']:.3f} ms per step)"
+            if pub["samples_per_s"]:
+                out["measured"] += f"; {goal.peer} publishes {pub['samples_per_s']:.3g} samples/s"
+            else:
+                out["measured"] += f"; {goal.peer} publishes no figure in words (plots only)"
+            if goal.aim:
+                out["margin"] = f"{(value / goal.aim - 1) * 100:+.0f}% of the aim"
     else:
         where = dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch)
-        mine = [r for p in GPUBP_PEERS[goal.precision] if (r := _find(rows, peer=p, **where))]
+        best, others = _best(rows, GPUBP_PEERS[goal.precision], **where)
         theirs = _find(rows, peer=goal.peer, **where)
-        if mine and theirs:
-            best = min(mine, key=lambda r: r["median_ms"])
+        if best and theirs:
             value = theirs["median_ms"] / best["median_ms"]
             out["measured"] = (f"{value:.2f}x ({best['peer']} {best['median_ms']:.3f} ms vs {goal.peer} "
                                f"{theirs['median_ms']:.3f} ms)")
-            others = [r for r in mine if r is not best]
             if others:
                 out["measured"] += "; " + ", ".join(
                     f"{r['peer']} {theirs['median_ms'] / r['median_ms']:.2f}x" for r in others)
             if goal.threshold is not None:
                 out["margin"] = f"{(value / goal.threshold - 1) * 100:+.0f}%"
+    where = (dict(kind="kernel", kernel=goal.kernel, batch=goal.kernel_shape[0], n_out=goal.kernel_shape[1],
+                  n_in=goal.kernel_shape[2]) if goal.kernel_shape else
+             dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch))
+    mine = GPUBP_KERNEL_PEERS if goal.kernel_shape else GPUBP_PEERS
+    failed = _failed_checks(rows, set(mine[goal.precision]) | {goal.peer}, **where)
+    if failed:
+        out["failed_checks"] = failed          # measured but wrong: left out of the comparison
     if value is None:
         out["result"] = "NOT MEASURED"
+        if failed:
+            out["measured"] = "rows failed their check: " + "; ".join(failed)
     else:
         out["value"] = value
         if goal.threshold is None:
@@ -136,6 +256,6 @@ def judge(goal: Goal, rows, ceilings) -> dict:
     return out
 
 
-def check_goals(rows, ceilings, goals=GOALS) -> list[dict]:
+def check_goals(rows, ceilings=None, goals=GOALS) -> list[dict]:
     """`judge` of every goal, in order."""
     return [judge(g, rows, ceilings) for g in goals]

@@ -14,7 +14,9 @@ parameters (`init_params`) so that their results can be compared.
   Hadamard with g', db sum, the optimizer update one tensor at a time).
   `xp` may be numpy, which is how the CPU tests check its math.
 - `TorchStep`: PyTorch eager (optionally `torch.compile` of the model), on
-  CPU or CUDA; TF32 is set by the caller.
+  CPU or CUDA; TF32 is set by the caller; `autocast=True` runs forward and
+  loss under `torch.autocast(device, dtype=torch.bfloat16)` (float32 master
+  weights, gradients and optimizer state, as autocast users train).
 - `SklearnStep`: scikit-learn's MLPClassifier, one `partial_fit` of one batch.
 
 gpubp's own step is built from `MLP`'s methods only (`MLP._step` for one
@@ -25,14 +27,63 @@ imported until a peer is built.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 F32 = np.float32
 ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-8)
 
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """What a GPU step peer runs: its library ("gpubp", "cupy" or "torch"), the
+    precision mode ("float32", "tf32", "bf16", "3xtf32"; `gpubp.precision`) and how:
+    gpubp's CUDA graph, gpubp's `CudaBackend(tensor_core_gemms=True)` opt-in (the
+    per-layer tensor-core GEMMs), or `torch.compile`."""
+
+    name: str
+    library: str
+    precision: str
+    graph: bool = False
+    tensor_core_gemms: bool = False
+    compile: bool = False
+
+    @property
+    def opt_in(self) -> bool:
+        """Whether the peer runs gpubp kernels that are off every default path (not yet verified
+        on a GPU): the suite times those after the others, so that a faulting kernel cannot cost
+        the other rows."""
+        return self.tensor_core_gemms
+
+    def backend_options(self) -> dict | None:
+        """gpubp's `CudaBackend` keyword arguments for this peer (recorded in its rows)."""
+        if self.library != "gpubp":
+            return None
+        return dict(fuse=True, tensor_core_gemms=self.tensor_core_gemms)
+
+
+#: every GPU step peer, by name, in the order they are timed (the compiled ones last)
+GPU_PEER_SPECS = {s.name: s for s in (
+    PeerSpec("gpubp-cuda", "gpubp", "float32"),
+    PeerSpec("gpubp-cuda-graph", "gpubp", "float32", graph=True),
+    PeerSpec("gpubp-cuda-tf32", "gpubp", "tf32", tensor_core_gemms=True),
+    # precision="tf32" on the default backend: TF32 in the fused narrow runs, float32 per-layer GEMMs
+    PeerSpec("gpubp-cuda-tf32-default", "gpubp", "tf32"),
+    PeerSpec("gpubp-cuda-bf16", "gpubp", "bf16", tensor_core_gemms=True),
+    PeerSpec("gpubp-cuda-3xtf32", "gpubp", "3xtf32", tensor_core_gemms=True),
+    PeerSpec("cupy-unfused", "cupy", "float32"),
+    PeerSpec("torch-eager", "torch", "float32"),
+    PeerSpec("torch-eager-tf32", "torch", "tf32"),
+    PeerSpec("torch-autocast-bf16", "torch", "bf16"),
+    PeerSpec("torch-compile", "torch", "float32", compile=True),
+    PeerSpec("torch-compile-tf32", "torch", "tf32", compile=True),
+    PeerSpec("torch-compile-bf16", "torch", "bf16", compile=True),
+)}
 #: the peers of a GPU step row, in the order they are timed
-GPU_PEERS = ("gpubp-cuda", "gpubp-cuda-graph", "gpubp-cuda-tf32", "cupy-unfused", "torch-eager",
-             "torch-eager-tf32")
+GPU_PEERS = tuple(n for n, s in GPU_PEER_SPECS.items() if not s.compile)
+#: the `torch.compile` peers (timed last, on a few shapes: compiling takes long)
+COMPILE_PEERS = tuple(n for n, s in GPU_PEER_SPECS.items() if s.compile)
 #: the peers of a CPU step row
 CPU_PEERS = ("gpubp-numpy", "torch-cpu", "sklearn")
 
@@ -212,10 +263,13 @@ def set_torch_tf32(enabled: bool) -> str:
 class TorchStep:
     """PyTorch eager (or `torch.compile`d model): zero_grad, forward, loss, backward, step."""
 
-    def __init__(self, device, sizes, params, batch=None, optimizer="adam", lr=1e-3, compile=False):
+    def __init__(self, device, sizes, params, batch=None, optimizer="adam", lr=1e-3, compile=False,
+                 autocast=False):
         import torch
 
         self.torch = torch
+        self.device_type = torch.device(device).type
+        self.autocast = bool(autocast)
         layers = []
         for i, (W, b) in enumerate(params):
             lin = torch.nn.Linear(W.shape[1], W.shape[0])
@@ -237,7 +291,11 @@ class TorchStep:
 
     def __call__(self, X, y):
         self.opt.zero_grad(set_to_none=True)
-        self.loss = self.lossf(self.fwd(X), y)
+        if self.autocast:        # forward and loss in bf16 where autocast says so; backward outside
+            with self.torch.autocast(self.device_type, dtype=self.torch.bfloat16):
+                self.loss = self.lossf(self.fwd(X), y)
+        else:
+            self.loss = self.lossf(self.fwd(X), y)
         self.loss.backward()
         self.opt.step()
 

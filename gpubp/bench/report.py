@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .peers import CPU_PEERS, GPU_PEERS
+from .goals import GPUBP_PEERS, TORCH_PEER
+from .peers import COMPILE_PEERS, CPU_PEERS, GPU_PEERS
 
 
 def _fmt(x, nd=3):
@@ -24,7 +25,8 @@ def write_markdown(res, path):
     L.append("# gpubp bench\n")
     L.append(f"Mode `{res['config']['mode']}`, optimizer {res['config']['optimizer']} "
              f"(lr {res['config']['lr']}), step = forward, softmax cross-entropy, backward, update; "
-             f"float32 throughout. Suite wall time {res['wall_s']:.0f} s.\n")
+             f"float32 unless a peer's name gives its precision mode (tf32, bf16, 3xtf32). "
+             f"Suite wall time {res['wall_s']:.0f} s.\n")
     v = m["versions"]
     L.append(f"- CPU: {v['cpu']} x{v['cpu_count']}, BLAS threads {v['blas_threads']}, torch threads "
              f"{m.get('torch_threads')}; numpy {v['numpy']}, torch {v['torch']}, scikit-learn {v['sklearn']}, "
@@ -51,40 +53,76 @@ def write_markdown(res, path):
                     else r.get("skipped") or r.get("error", ""))
             L.append(f"| {r['device']} | {r.get('what', r['ceiling'])} | {_fmt(r.get('median_ms'))} | {rate} |")
     L.append("")
-    if res["goals"] and m.get("gpu"):
+    if res["goals"]:
         L.append("## Goals\n")
+        if not m.get("gpu"):
+            L.append("No CUDA GPU in this run: every goal is NOT MEASURED.\n")
         L.append("| goal | measured | result | margin |\n|---|---|---|---|")
         for g in res["goals"]:
             L.append(f"| {g['goal']} | {g.get('measured', '')} | **{g['result']}** | {g.get('margin', '')} |")
         L.append("")
+        sources = {g["peer"]: g["published"] for g in res["goals"] if g.get("published")}
+        for name, pub in sources.items():
+            fig = f"{pub['samples_per_s']:.3g} samples/s" if pub.get("samples_per_s") else "no figure recorded"
+            L.append(f"Published figures of {name}: {fig}. Source: {pub['source']}\n")
+    opts = sorted({(r["peer"], str(r["backend_options"])) for r in res["rows"] if r.get("backend_options")})
+    if opts:
+        L.append("gpubp's CUDA backend options per peer (`CudaBackend(...)`; `tensor_core_gemms=True` is the "
+                 "opt-in to the tensor-core GEMMs of kernels/gemm_tc.cu): "
+                 + "; ".join(f"`{p}`: {o}" for p, o in opts) + "\n")
     summary = summary_table(res["rows"])
     if summary:
         L.append("## Summary: median step time (ms) per peer\n")
         L += summary
         L.append("")
-    head = ("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % SGEMM | GB/s | % copy | "
-            "peer time / gpubp time |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % cuBLAS GEMM | GB/s | % copy | "
+            "peer time / gpubp time | peer time / gpubp time, same precision |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dev, title in (("cuda", "Training steps on the GPU"), ("cpu", "Training steps on the CPU")):
-        rows = [r for r in res["rows"] if r["kind"] == "step" and r["device"] == dev]
+        rows = _by_shape([r for r in res["rows"] if r["kind"] == "step" and r["device"] == dev])
         if not rows:
             continue
         L.append(f"## {title}\n")
         ref = "gpubp-cuda" if dev == "cuda" else "gpubp-numpy"
         L.append(f"FLOPs = 6 B sum n_(l-1) n_l; fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
-                 f"Last column: this peer's time over {ref}'s (> 1: gpubp faster)"
-                 + ("; in brackets over gpubp-cuda's where that shape ran on the GPU." if dev == "cpu" else ".")
+                 f"% cuBLAS GEMM: of the measured cuBLAS GEMM at 4096^3 in the row's precision. "
+                 f"Next to last column: this peer's time over {ref}'s (> 1: gpubp faster)"
+                 + ("; in brackets over gpubp-cuda's where that shape ran on the GPU." if dev == "cpu" else
+                    "; last column: over the fastest gpubp row of the peer's precision.")
                  + "\n")
         L.append(head)
         for r in rows:
             L.append(_row_md(r, r["network"], r["batch"]))
         L.append("")
-    rows = [r for r in res["rows"] if r["kind"] == "kernel"]
+    thr = [r for r in res["rows"] if r["kind"] == "step" and r["device"] == "cuda" and r.get("samples_per_s")
+           and any(g["metric"] == "samples_per_s" and g.get("sizes") == r["sizes"] and g.get("batch") == r["batch"]
+                   for g in res["goals"])]
+    if thr:
+        L.append("## Training throughput, samples per second\n")
+        L.append("| network | batch | peer | samples/s |\n|---|---|---|---|")
+        for r in thr:
+            L.append(f"| {r['network']} | {r['batch']} | {r['peer']} | {r['samples_per_s']:.3g} |")
+        L.append("")
+    rows = _by_shape([r for r in res["rows"] if r["kind"] == "run"])
     if rows:
-        L.append("## Fused kernels alone (gpubp.backends.cuda_gemm) vs their unfused pairs\n")
-        L.append("fwd: GEMM+bias+ReLU vs cupy.matmul + add + maximum; bwd_data: GEMM with g' epilogue vs "
-                 "cupy.matmul + multiply; bwd_weight: dW GEMM with db vs cupy.matmul + sum. "
-                 "Shape is batch x n_out x n_in.\n")
-        L.append(head.replace("| network | batch |", "| kernel | shape |"))
+        L.append("## Fused narrow runs alone (gpubp.bench.fused_runs): forward and backward, no loss or update\n")
+        L.append("family-*: the fused-MLP kernel family (kernels/fused_mlp_family.cu, not on the default path); "
+                 "fused-*: the default path's fused kernels (kernels/fused_mlp.cu, fused_mlp_tf32.cu); torch-*: "
+                 "nn.Sequential forward and backward of the same delta. FLOPs counted as for a step. "
+                 "Last column: over the fastest gpubp run of the row's precision.\n")
+        L.append(head)
+        for r in rows:
+            L.append(_row_md(r, r["network"], r["batch"]))
+        L.append("")
+    rows = _by_shape([r for r in res["rows"] if r["kind"] == "kernel"])
+    if rows:
+        L.append("## GEMMs alone (gpubp.bench.gemms): gpubp's variants vs cuBLAS at the same precision\n")
+        L.append("fwd: GEMM+bias+ReLU (cuBLAS: A @ W.T); bwd_data: GEMM with the g' epilogue (cuBLAS: D @ W); "
+                 "bwd_weight: dW GEMM with db (cuBLAS: D.T @ A). cupy-unfused: cupy.matmul plus the epilogue as "
+                 "separate kernels. Shape is batch x n_out x n_in. Last column: for gpubp's rows, cuBLAS's time "
+                 "at the row's precision over this row's (its share of cuBLAS's speed).\n")
+        L.append(head.replace("| network | batch |", "| kernel | shape |")
+                 .replace("peer time / gpubp time, same precision", "cuBLAS time / this time"))
         for r in rows:
             L.append(_row_md(r, r["kernel"], f"{r['batch']}x{r['n_out']}x{r['n_in']}"))
         L.append("")
@@ -93,11 +131,23 @@ def write_markdown(res, path):
     Path(path).write_text("\n".join(L))
 
 
+def _by_shape(rows):
+    """`rows` with each shape's rows together, shapes in the order first measured, rows of a
+    shape in their own order (the suite times a shape's verified and opt-in peers apart)."""
+    def key(r):
+        return (r.get("network"), r.get("kernel"), r["batch"], r.get("n_out"), r.get("n_in"))
+    first = {}
+    for i, r in enumerate(rows):
+        first.setdefault(key(r), i)
+    return sorted(rows, key=lambda r: first[key(r)])
+
+
 def summary_table(rows):
     """Markdown lines: one row per (device, network, batch), one column per peer, plus the
-    speed-up of gpubp's faster path over PyTorch (eager, TF32 off)."""
+    speed-up of gpubp's faster path over PyTorch (eager, TF32 off; on the GPU per precision,
+    over the PyTorch peer of that precision)."""
     steps = [r for r in rows if r["kind"] == "step"]
-    peers = [p for p in (*GPU_PEERS, "torch-compile", *CPU_PEERS)
+    peers = [p for p in (*GPU_PEERS, *COMPILE_PEERS, *CPU_PEERS)
              if any(r["peer"] == p for r in steps)]
     if not steps:
         return []
@@ -113,6 +163,13 @@ def summary_table(rows):
         mine = [t.get(p) for p in ("gpubp-cuda", "gpubp-cuda-graph", "gpubp-numpy") if t.get(p)]
         ref = t.get("torch-eager") or t.get("torch-cpu")
         sp = f"{ref / min(mine):.2f}x" if mine and ref else ""
+        if k[0] == "cuda":
+            per = []
+            for prec, gp in GPUBP_PEERS.items():
+                mine, ref = [t[p] for p in gp if t.get(p)], t.get(TORCH_PEER[prec])
+                if mine and ref:
+                    per.append(f"{prec} {ref / min(mine):.2f}x")
+            sp = ", ".join(per)
         out.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(_fmt(t.get(p), 4) if t.get(p) else
                                                                ("-" if p in t else "") for p in peers)
                    + f" | {sp} |")
@@ -122,14 +179,15 @@ def summary_table(rows):
 def _row_md(r, what, shape):
     if "median_ms" not in r:
         why = r.get("skipped") or r.get("error", "")
-        return f"| {what} | {shape} | {r['peer']} | {why.replace('|', '/')[:160]} | | | | | | | |"
+        return f"| {what} | {shape} | {r['peer']} | {why.replace('|', '/')[:160]} | | | | | | | | |"
     ratio = _fmt(r.get("speedup_gpubp"))
     if r.get("speedup_gpubp_cuda") is not None:
         ratio += f" [{_fmt(r['speedup_gpubp_cuda'])}]"
+    last = _pct(r.get("frac_cublas")) if r["kind"] == "kernel" else _fmt(r.get("speedup_gpubp_same_precision"))
     peer = r["peer"] + (f" (rel. err {r['rel_err_vs_unfused']:.1e})" if "rel_err_vs_unfused" in r else "")
     return (f"| {what} | {shape} | {peer} | {_fmt(r['median_ms'], 4)} | {_fmt(r['p25_ms'])}-{_fmt(r['p75_ms'])} "
             f"| {r['reps']} | {_fmt(r.get('tflops'))} | {_pct(r.get('frac_gemm'))} | {_fmt(r.get('gbs'))} "
-            f"| {_pct(r.get('frac_copy'))} | {ratio} |")
+            f"| {_pct(r.get('frac_copy'))} | {ratio} | {last} |")
 
 
 def write_plot(res, path):

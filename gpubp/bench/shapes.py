@@ -14,9 +14,14 @@ MNIST_SIZED = [784, 512, 512, 10]
 NARROW = [(64, 4), (64, 8), (128, 4), (128, 8)]
 
 
-def narrow(width, hidden):
-    """Input `width`, `hidden` hidden layers of `width`, 10 outputs."""
-    return [width] * (hidden + 1) + [10]
+def narrow(width, hidden, n_out=10):
+    """Input `width`, `hidden` hidden layers of `width`, `n_out` outputs."""
+    return [width] * (hidden + 1) + [n_out]
+
+
+#: tiny-cuda-nn's example network (64 inputs, five hidden layers of 64, 64 outputs), its throughput batch
+W64x5_OUT64 = narrow(64, 5, 64)
+THROUGHPUT_BATCH = 2 ** 20
 
 
 def net_name(sizes) -> str:
@@ -26,17 +31,24 @@ def net_name(sizes) -> str:
     if sizes == DEFAULT:
         return "default 64-128-10"
     if len(sizes) > 3 and len(set(sizes[:-1])) == 1:
-        return f"narrow w{sizes[0]} x{len(sizes) - 2}"
+        out = "" if sizes[-1] == 10 else f" out{sizes[-1]}"
+        return f"narrow w{sizes[0]} x{len(sizes) - 2}{out}"
     return "-".join(map(str, sizes))
 
 
 #: per mode: timed seconds and most repetitions per row, warm-up repetitions and
-#: seconds (both must be reached), suite budget (s)
+#: seconds (both must be reached), suite budget (s), and the part of that budget kept
+#: for the `torch.compile` rows (which run last: rows before them stop when only
+#: `compile_reserve_s` is left).  A GPU session's command may run 10 minutes: the
+#: suite's budget leaves room for start-up, kernel compilation before the first row
+#: and one row overrunning its budget.
 MODES = {
-    "tiny": dict(row_s=0.05, reps=5, warmup=1, warm_s=0.02, suite_s=120),
-    "quick": dict(row_s=0.35, reps=40, warmup=3, warm_s=0.15, suite_s=200),
-    "full": dict(row_s=0.75, reps=100, warmup=5, warm_s=0.25, suite_s=400),
+    "tiny": dict(row_s=0.05, reps=5, warmup=1, warm_s=0.02, suite_s=120, compile_reserve_s=0),
+    "quick": dict(row_s=0.35, reps=40, warmup=3, warm_s=0.15, suite_s=200, compile_reserve_s=0),
+    "full": dict(row_s=0.75, reps=100, warmup=5, warm_s=0.25, suite_s=410, compile_reserve_s=160),
 }
+#: the least budget left for a torch.compile row to start (its first call compiles)
+COMPILE_NEED_S = 60
 
 
 def _unique(shapes):
@@ -50,6 +62,16 @@ def _unique(shapes):
 def goal_step_shapes():
     """`(sizes, batch)` of the training steps the goals judge, in the goals' order."""
     return _unique([(list(g.sizes), g.batch) for g in GOALS if g.sizes is not None])
+
+
+def compile_step_shapes():
+    """`(sizes, batch)` the `torch.compile` peers run: the wide and the narrow w64 x8 goal steps."""
+    return [(WIDE, 4096), (narrow(64, 8), 2 ** 18)]
+
+
+def run_shapes():
+    """`(sizes, batch)` of the fused-run rows: the narrow networks the goals judge."""
+    return [(s, b) for s, b in goal_step_shapes() if len(set(s[:-1])) == 1 and s[0] <= 128]
 
 
 def gpu_step_shapes(mode):
@@ -75,9 +97,25 @@ def cpu_step_shapes(mode, gpu):
 
 
 def kernel_shapes(mode):
-    """(batch, n_out, n_in) of the fused-kernel rows: the goals' kernel shapes first."""
-    shapes = _unique([tuple(g.kernel_shape) for g in GOALS if g.kernel_shape is not None])
-    shapes += [(2 ** 18, 64, 64)]
+    """(batch, n_out, n_in) of the GEMM kernel rows: the goals' kernel shapes first."""
+    shapes = goal_kernel_shapes() + [(2 ** 18, 64, 64)]
     if mode == "full":
-        shapes += [(8192, 4096, 4096), (2 ** 16, 128, 128), (2 ** 20, 128, 128)]
+        shapes += [(2 ** 16, 128, 128), (2 ** 20, 128, 128)]
     return _unique(shapes)
+
+
+def goal_kernel_shapes():
+    """(batch, n_out, n_in) of the GEMMs the goals judge, in the goals' order."""
+    return _unique([tuple(g.kernel_shape) for g in GOALS if g.kernel_shape is not None])
+
+
+def kernel_precisions(batch, n_out, n_in):
+    """The precisions whose GEMMs are timed at a kernel shape: float32 everywhere, and the
+    tensor-core modes where a goal judges them."""
+    tc = {g.precision for g in GOALS if g.kernel_shape == (batch, n_out, n_in)}
+    return ["float32"] + [p for p in ("tf32", "bf16", "3xtf32") if p in tc]
+
+
+def kernel_tiles(batch, n_out, n_in):
+    """Whether every float32 GEMM tile is timed at this shape (where a float32 goal judges it)."""
+    return any(g.kernel_shape == (batch, n_out, n_in) and g.precision == "float32" for g in GOALS)
