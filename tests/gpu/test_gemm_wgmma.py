@@ -293,8 +293,8 @@ def test_large(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_training_step_with_the_hopper_forward(mode):
-    """A step of CudaBackend(tensor_core_gemms=True, hopper=True) gives the gradients of the
-    gemm_tc-only backend to the mode's tolerance."""
+    """A step of CudaBackend(tensor_core_gemms=True, hopper=True) (forward and input-gradient GEMMs
+    on wgmma) gives the loss and gradients of the gemm_tc-only backend to the mode's tolerance."""
     import gpubp
     from gpubp.backends.cuda_backend import CudaBackend
 
@@ -309,8 +309,9 @@ def test_training_step_with_the_hopper_forward(mode):
         grads.append((loss, g))
     (l0, g0), (l1, g1) = grads
     l0, l1 = float(l0), float(l1)
-    assert abs(l0 - l1) <= 4 * P.TOLERANCE[mode] * max(1.0, abs(l0))
+    assert abs(l0 - l1) <= P.TOLERANCE[mode] * max(1.0, abs(l0))
     for (dW0, _), (dW1, _) in zip(g0, g1):
         dW0, dW1 = cupy.asnumpy(dW0), cupy.asnumpy(dW1)
         s = max(1e-6, float(np.abs(dW0).max()))
-        assert float(np.abs(dW0 - dW1).max()) / s <= 20 * P.TOLERANCE[mode]
+        # the same rounding, another summation order: far inside the mode's error against float64
+        assert float(np.abs(dW0 - dW1).max()) / s <= P.TOLERANCE[mode]
