@@ -14,7 +14,13 @@ nvidia-cuda-nvdisasm, no GPU needed): each such row gets `sass_op` and
 `sass_count` (how many instructions of the cubin's function hold that opcode),
 and a kernel with none, or a missing cuobjdump, is a problem.  Every such row also gets
 `sass_hmma`, its count of tensor-core (HMMA) instructions: a kernel expected to hold
-`FFMA` (a float32 policy) must hold no HMMA at all.
+`FFMA` (a float32 policy) must hold no HMMA at all.  A kernel may be expected to hold
+several instructions (e.g. `HGMMA.64x128x8.F32.TF32` and the TMA load `UTMALDG`): the
+first is `sass_op` / `sass_count`, the others' counts are in `sass_more`.
+
+A module whose `ModuleSpec.archs` names its own targets (sm_90a for wgmma) is built for
+those instead: for each of its targets whose family (sm_90 for sm_90a) is among the
+architectures asked for, so the default check builds the Hopper module for sm_90a.
 
 `main(argv)` prints the table and returns 1 on a compile error, a missing
 kernel, any spill or a failed SASS check (the CLI's `gpubp compile-check`).
@@ -37,7 +43,7 @@ DEFAULT_ARCHS = ("sm_80", "sm_90")
 
 #: the launcher modules whose `SPECS` `all_specs()` gathers
 _LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_tc", "cuda_gemm_f32",
-                     "cuda_fused_family")
+                     "cuda_fused_family", "cuda_gemm_wgmma")
 
 #: options CuPy adds to every NVRTC compile (cupy/cuda/compiler.py)
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)
@@ -196,7 +202,7 @@ def dump_sass(cubin: bytes, cuobjdump: str | None = None) -> str:
 def _row(module, arch, kernel, **kw) -> dict:
     row = dict(module=module, arch=arch, kernel=kernel, mangled=None, registers=None,
                spill_stores=None, spill_loads=None, stack_frame=None, smem=None, error=None,
-               sass_op=None, sass_count=None, sass_hmma=None)
+               sass_op=None, sass_count=None, sass_hmma=None, sass_more=None)
     row.update(kw)
     return row
 
@@ -234,7 +240,12 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
         for ne in spec.name_expressions:
             lowered[_check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, ne.encode()),
                            f"nvrtcGetLoweredName({ne})").decode()] = ne
-        expect = dict(getattr(spec, "sass_expect", ()) or ())
+        expect, more = {}, {}
+        for kname, op in getattr(spec, "sass_expect", ()) or ():
+            if kname in expect:
+                more.setdefault(kname, []).append(op)
+            else:
+                expect[kname] = op
         cubin = None
         if expect:
             n = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
@@ -246,7 +257,8 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
     sass, sass_error = {}, None
     if expect:
         try:
-            sass = parse_sass(dump_sass(cubin), sorted(set(expect.values()) | {_HMMA}))
+            ops = set(expect.values()) | {op for v in more.values() for op in v} | {_HMMA}
+            sass = parse_sass(dump_sass(cubin), sorted(ops))
         except RuntimeError as e:
             sass_error = str(e)
 
@@ -272,8 +284,20 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
                 counts = sass.get(r["mangled"], {})
                 r["sass_count"] = counts.get(op, 0)
                 r["sass_hmma"] = counts.get(_HMMA, 0)
+                if r["kernel"] in more:
+                    r["sass_more"] = {op: counts.get(op, 0) for op in more[r["kernel"]]}
     rows.sort(key=lambda r: r["kernel"] or "")
     return rows
+
+
+def spec_archs(spec, archs) -> tuple[str, ...]:
+    """The targets `spec` is built for when `archs` are asked: `archs`, or for a module naming its
+    own (`ModuleSpec.archs`, e.g. sm_90a) those of its targets whose family is asked."""
+    own = tuple(getattr(spec, "archs", ()) or ())
+    if not own:
+        return tuple(archs)
+    families = {a.rstrip("a") for a in archs}
+    return tuple(a for a in own if a.rstrip("a") in families)
 
 
 def compile_check(archs=DEFAULT_ARCHS, specs=None) -> list[dict]:
@@ -285,7 +309,7 @@ def compile_check(archs=DEFAULT_ARCHS, specs=None) -> list[dict]:
     errors: list[dict] = []
     if specs is None:
         specs, errors = _gather_specs()
-    jobs = [(spec, arch) for spec in specs for arch in archs]
+    jobs = [(spec, arch) for spec in specs for arch in spec_archs(spec, archs)]
 
     def build(job):
         spec, arch = job
@@ -314,9 +338,19 @@ def problems(rows) -> list[str]:
             out.append(f"{where}: registers {r['registers']}")
         elif r.get("sass_op") and not r.get("sass_count"):
             out.append(f"{where}: no {r['sass_op']} instruction in its SASS")
+        elif any(n == 0 for n in (r.get("sass_more") or {}).values()):
+            missing = [op for op, n in r["sass_more"].items() if n == 0]
+            out.append(f"{where}: no {', '.join(missing)} instruction in its SASS")
         elif r.get("sass_op") == "FFMA" and r.get("sass_hmma"):
             out.append(f"{where}: {r['sass_hmma']} HMMA instructions in a float32 (FFMA-only) kernel")
     return out
+
+
+def _sass_cell(r) -> str:
+    if not r.get("sass_op"):
+        return "-"
+    cells = [f"{r['sass_count']} {r['sass_op']}"] + [f"{n} {op}" for op, n in (r.get("sass_more") or {}).items()]
+    return ", ".join(cells)
 
 
 def format_table(rows) -> str:
@@ -324,7 +358,7 @@ def format_table(rows) -> str:
     head = ("module", "arch", "kernel", "regs", "stack", "spill st", "spill ld", "smem", "sass")
     body = [(r["module"], r["arch"], r["kernel"], str(r["registers"]), str(r["stack_frame"]),
              str(r["spill_stores"]), str(r["spill_loads"]), str(r["smem"]),
-             f"{r['sass_count']} {r['sass_op']}" if r.get("sass_op") else "-") for r in ok]
+             _sass_cell(r)) for r in ok]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
 
     def line(cells):

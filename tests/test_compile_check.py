@@ -32,6 +32,10 @@ TC_ACTS = (5,)
 #: the fused-family kernels the fast check builds: one per policy (float32, tf32, bf16)
 FAMILY_KEEP = ("fused_family_fwd<0, 128, 64>", "fused_family_bwd<1, 64, 128>", "fused_family_bwd<2, 128, 64>")
 
+#: the Hopper (sm_90a) kernels the fast check builds: each precision once, both block widths
+WGMMA_KEEP = ("gemm_wgmma_fwd<0, 5, 128>", "gemm_wgmma_fwd<2, 5, 256>", "gemm_wgmma_bwd_data<0, 6, 256>",
+              "gemm_wgmma_copy_tf32", "gemm_wgmma_copy_bf16", "gemm_wgmma_copy_t_tf32", "gemm_wgmma_copy_t_bf16")
+
 
 def _act_of(name: str) -> int:
     """The activation template argument of "gemm_tc_fwd<0, 5, 3>", "gemm_f32_fwd<5>" or
@@ -52,6 +56,10 @@ def _ci_specs():
                          if not n.startswith(cut[spec.name]) or _act_of(n) in TC_ACTS)
             spec = replace(spec, name_expressions=keep,
                            sass_expect=tuple(e for e in spec.sass_expect if e[0] in keep))
+        elif spec.name == "gemm_wgmma":
+            assert set(WGMMA_KEEP) <= set(spec.name_expressions)
+            spec = replace(spec, name_expressions=WGMMA_KEEP,
+                           sass_expect=tuple(e for e in spec.sass_expect if e[0] in WGMMA_KEEP))
         elif spec.name == "fused_mlp_family":
             assert set(FAMILY_KEEP) <= set(spec.name_expressions)
             spec = replace(spec, name_expressions=FAMILY_KEEP,
@@ -77,10 +85,10 @@ def test_every_name_expression_of_every_module_is_built_for_every_arch(rows):
     built = {(r["module"], r["arch"], r["kernel"]) for r in rows if not r["error"]}
     specs = _ci_specs()
     assert {s.name for s in specs} >= {"gemm", "elementwise", "gemm_tc", "gemm_f32", "fused_mlp",
-                                      "fused_mlp_family"}
+                                      "fused_mlp_family", "gemm_wgmma"}
     for spec in specs:
         assert spec.name_expressions, spec.name
-        for arch in ARCHS:
+        for arch in cc.spec_archs(spec, ARCHS):
             for ne in spec.name_expressions:
                 assert (spec.name, arch, ne) in built
 
@@ -309,3 +317,40 @@ def test_an_ffma_only_kernel_with_hmma_fails_the_check():
     fine = cc.compile_check(("sm_80",), specs=[_sass_spec(_PLAIN.replace("*= 2.f", "= p[threadIdx.x] * p[1] + 1.f"),
                                                           "plain", op="FFMA")])
     assert fine[0]["sass_count"] > 0 and fine[0]["sass_hmma"] == 0 and cc.problems(fine) == []
+
+
+# ---------------------------------------------------------------- the Hopper (sm_90a) module
+def test_hopper_module_is_built_for_sm_90a_only(rows):
+    from gpubp.backends import cuda_gemm_wgmma as wg
+
+    (spec,) = wg.SPECS
+    assert cc.spec_archs(spec, ARCHS) == ("sm_90a",)
+    assert cc.spec_archs(spec, ("sm_80",)) == ()
+    assert cc.spec_archs(spec, ("sm_90a",)) == ("sm_90a",)
+    wg_rows = [r for r in rows if r["module"] == "gemm_wgmma"]
+    assert sorted(r["kernel"] for r in wg_rows) == sorted(WGMMA_KEEP)
+    assert {r["arch"] for r in wg_rows} == {"sm_90a"}
+    assert all(r["arch"] in ARCHS for r in rows if r["module"] != "gemm_wgmma")
+
+
+def test_hopper_kernels_hold_hgmma_and_tma_loads(rows):
+    from gpubp.backends import cuda_gemm_wgmma as wg
+
+    fwd = [r for r in rows if r["module"] == "gemm_wgmma" and r["sass_op"]]
+    assert len(fwd) == 3
+    for r in fwd:
+        prec, bn = (int(a) for a in r["kernel"].split("<")[1].rstrip(">").split(",")[::2])
+        assert r["sass_op"] == wg.SASS_OPCODES["bf16" if prec == 2 else "tf32"], r
+        # the k-tile loop body once: 4 k-steps of one m64n128 wgmma per 128 columns of BN
+        assert r["sass_count"] == 4 * bn // 128, r
+        assert r["sass_more"] == {"UTMALDG": 2}, r     # the A and the W tile of a stage
+        assert r["sass_hmma"] == 0, r                   # no mma.sync fallback inside
+
+
+def test_a_missing_second_instruction_fails_the_check():
+    spec = _sass_spec(_MMA, "mma")
+    spec.sass_expect = (("mma", "HMMA.1688.F32.TF32"), ("mma", "UTMALDG"))
+    rows = cc.compile_check(("sm_80",), specs=[spec])
+    (row,) = rows
+    assert row["sass_count"] == 1 and row["sass_more"] == {"UTMALDG": 0}
+    assert cc.problems(rows) == ["fake sm_80 mma: no UTMALDG instruction in its SASS"]

@@ -90,3 +90,24 @@ def test_device_script_refuses_an_unknown_step(script, tmp_path):
                          timeout=60)
     assert res.returncode == 1
     assert "unknown step no-such-step" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+def test_tc_script_wgmma_steps_run_and_fit_one_call(tmp_path):
+    """The Hopper GEMMs' named steps of tc_device_run.sh (a second call on an H100 or H200): each
+    leaves its line, none fails with stub programs, and their limits fit one GPU call."""
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and timeout")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python-stub", "compute-sanitizer", "ncu"):
+        _stub(bin_dir, name)
+    out = tmp_path / "out"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python-stub"), "OUT": str(out),
+           "HOME": str(tmp_path)}
+    steps = ["wgmma-tests", "wgmma-memcheck", "wgmma-racecheck", "wgmma-bench"]
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "tc_device_run.sh"), *steps], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = (out / "summary.txt").read_text().splitlines()
+    assert len(lines) == 4 and all(" rc=0 " in line for line in lines), lines
+    assert sum(int(m) for line in lines for m in re.findall(r"limit=(\d+)", line)) <= CALL_BUDGET_S

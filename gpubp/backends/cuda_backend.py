@@ -4,7 +4,9 @@ Dense layers go to the fused GEMM kernels of `cuda_gemm` (kernels/gemm.cu),
 runs of narrow layers to `cuda_fused` (float32, and TF32 for precision "tf32"),
 with `tensor_core_gemms=True` (an opt-in, not yet verified on a GPU) the
 per-layer GEMMs of "tf32", "bf16" and "3xtf32" plans to `cuda_gemm_tc`
-(kernels/gemm_tc.cu); the loss and the optimizer updates go to
+(kernels/gemm_tc.cu), and with `hopper=True` as well the "tf32" and "bf16" forward and
+input-gradient GEMMs on compute capability 9.0 to `cuda_gemm_wgmma` (kernels/gemm_wgmma.cu: TMA
+and wgmma, built for sm_90a); the loss and the optimizer updates go to
 `cuda_elementwise` (kernels/elementwise.cu).
 Every method launches on CuPy's current stream and never waits for the device.
 Temporaries (loss partials, split-K and fused-run workspaces, pointer tables)
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..activations import ACT_CODES
 from ..precision import PRECISIONS
-from . import cuda_fused, cuda_gemm, cuda_gemm_tc, cuda_elementwise
+from . import cubin_cache, cuda_fused, cuda_gemm, cuda_gemm_tc, cuda_gemm_wgmma, cuda_elementwise
 from .cuda_device import compute_capability, device_id, load_kernels
 from .base import Backend
 from .plan import scratch_buffer
@@ -55,7 +57,8 @@ class CudaBackend(Backend):
     #: modes that run only on the tensor-core GEMMs of `cuda_gemm_tc` (kernels/gemm_tc.cu)
     TENSOR_CORE_ONLY = ("bf16", "3xtf32")
 
-    def __init__(self, fuse: bool = True, tile: str | None = None, tensor_core_gemms: bool = False):
+    def __init__(self, fuse: bool = True, tile: str | None = None, tensor_core_gemms: bool = False,
+                 hopper: bool = False):
         """`fuse=False` runs every layer through the per-layer GEMMs; `tile` forces one GEMM
         tile configuration (`cuda_gemm.TILES`; tests and tile benchmarks use it).
 
@@ -64,7 +67,13 @@ class CudaBackend(Backend):
         compute capability 8.0+), which compute what `gpubp.precision` emulates.  Those
         kernels have not yet been verified on a GPU: until they have, this is an explicit
         opt-in, and without it "bf16" and "3xtf32" are refused (`check_precision`) rather
-        than run in float32."""
+        than run in float32.
+
+        `hopper=True` (off by default; needs `tensor_core_gemms=True`) runs, on a device of
+        compute capability 9.0 (H100, H200), the forward and input-gradient GEMMs of "tf32"
+        and "bf16" plans on `cuda_gemm_wgmma` (TMA-fed wgmma kernels built for sm_90a, not
+        yet verified on a GPU); the weight gradient, "3xtf32" and other devices stay on
+        `cuda_gemm_tc`."""
         cupy = _import_cupy()
         try:
             n = cupy.cuda.runtime.getDeviceCount()
@@ -73,6 +82,9 @@ class CudaBackend(Backend):
                                "check the NVIDIA driver, or use backend='numpy'") from e
         if n < 1:
             raise RuntimeError("the cuda backend found no CUDA GPU; use backend='numpy'")
+        if hopper and not tensor_core_gemms:
+            raise ValueError("hopper=True needs tensor_core_gemms=True (it replaces some of the "
+                             "tensor-core GEMMs)")
         if tile is not None and tile not in cuda_gemm.TILES:
             raise ValueError(f"tile must be one of {cuda_gemm.TILES} or None, got {tile!r}")
         self.xp = cupy
@@ -82,6 +94,8 @@ class CudaBackend(Backend):
         self.tile = tile
         #: per-layer GEMMs of tf32 / bf16 / 3xtf32 plans on kernels/gemm_tc.cu (unverified: opt-in)
         self.tensor_core_gemms = bool(tensor_core_gemms)
+        #: tf32 / bf16 forward and input-gradient GEMMs on kernels/gemm_wgmma.cu on sm_90 (unverified: opt-in)
+        self.hopper = bool(hopper)
 
     # ----------------------------------------------------------- helpers
     def _oom(self, e, shape, dtype):
@@ -208,8 +222,17 @@ class CudaBackend(Backend):
             cuda_gemm.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, tile=self.tile)
             return
         self._check_tensor_core_gemms(precision)
+        if self._use_hopper(precision):
+            cuda_gemm_wgmma.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, precision=precision,
+                                     scratch=scratch)
+            return
         ws = self._tc_workspace(scratch, cuda_gemm_tc.fwd_scratch_size(A_prev.shape[0], W.shape[0], W.shape[1]))
         cuda_gemm_tc.gemm_fwd(A_prev, W, b, ACT_CODES[activation], A_out, Z_out, precision=precision, scratch=ws)
+
+    def _use_hopper(self, precision) -> bool:
+        """Whether the forward and input-gradient GEMMs of `precision` run on the Hopper kernels
+        (`hopper=True`, sm_90)."""
+        return self.hopper and precision in cuda_gemm_wgmma.PREC_CODES and cuda_gemm_wgmma.available()
 
     # ----------------------------------------------------------- loss
     def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
@@ -232,7 +255,10 @@ class CudaBackend(Backend):
         K = A_prev.shape[1]
         ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_weight_scratch_size(M, N, K))
         cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
-        if delta_prev_out is not None:
+        if delta_prev_out is not None and self._use_hopper(precision):
+            cuda_gemm_wgmma.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
+                                          precision=precision, scratch=scratch)
+        elif delta_prev_out is not None:
             ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_data_scratch_size(M, N, K))
             cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
                                        precision=precision, scratch=ws)
@@ -318,6 +344,7 @@ class CudaBackend(Backend):
                   cuda_gemm_tc.SPECS[0]: set()}
         sizes, acts, dt, precision = plan.sizes, plan.activations, plan.dtype, self._precision(plan.precision)
         tc = self.layer_options(plan).get("precision")     # per-layer tensor-core GEMMs, or None
+        hopper_module = False                               # the sm_90a cubin (all its kernels at once)
         for first, last, fused in self._segments(sizes, plan.batch, dt, precision):
             if fused:
                 wanted[cuda_fused.SPECS[0]] |= cuda_fused.kernel_names(sizes[first - 1:last + 1], precision)
@@ -325,13 +352,18 @@ class CudaBackend(Backend):
             l = first
             prev = ACT_CODES[acts[l - 2]] if l > 1 else (ACT_CODES["identity"] if plan.input_grad else None)
             if tc is not None:
+                hopper = self._use_hopper(tc)     # forward and input gradient on the sm_90a cubin
+                hopper_module |= hopper
                 wanted[cuda_gemm_tc.SPECS[0]] |= cuda_gemm_tc.kernel_names(
-                    tc, plan.batch, sizes[l], sizes[l - 1], ACT_CODES[acts[l - 1]], prev)
+                    tc, plan.batch, sizes[l], sizes[l - 1], ACT_CODES[acts[l - 1]], None if hopper else prev,
+                    forward=not hopper)
                 continue
             wanted[cuda_gemm.SPECS[0]] |= cuda_gemm.kernel_names(dt, plan.batch, sizes[l], sizes[l - 1],
                                                                   ACT_CODES[acts[l - 1]], prev, self.tile)
         wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
         load_kernels(wanted)
+        if hopper_module:
+            cubin_cache.load(cuda_gemm_wgmma.SPECS[0])
 
     def _run_input(self, plan, first):
         """The input array of a fused run starting at layer `first`.

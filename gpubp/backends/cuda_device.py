@@ -78,6 +78,9 @@ def load_kernels(wanted) -> int:
     with _compile_lock:
         todo = {}
         for spec, names in wanted.items():
+            if spec.archs:
+                raise ValueError(f"module {spec.name!r} is built for {', '.join(spec.archs)} by cubin_cache, "
+                                 f"not by CuPy")
             missing = sorted({n for n in names if (dev, spec.name, n) not in _functions})
             unknown = [n for n in missing if n not in spec.name_expressions]
             if unknown:

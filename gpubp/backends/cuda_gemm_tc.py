@@ -370,16 +370,19 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "tf32", scra
 
 
 def kernel_names(precision: str, M: int, N: int, K: int, act: int, prev_act: int | None,
-                 sms: int | None = None) -> set[str]:
+                 sms: int | None = None, forward: bool = True) -> set[str]:
     """The kernels one layer's GEMMs launch with a scratch (`CudaBackend.prepare` compiles them
     with the plan): the forward (M x N from K inputs, activation `act`), or its split-K partial
-    and epilogue; the weight gradient (and its reduce when split); with `prev_act` (the layer
-    below's activation code) the input gradient through it, or its split-K pair."""
+    and epilogue, unless `forward` is false (the Hopper kernels run it); the weight gradient (and
+    its reduce when split); with `prev_act` (the layer below's activation code) the input
+    gradient through it, or its split-K pair."""
     sms = sm_count() if sms is None else sms
     names = {bwd_weight_name(precision)}
     if splits(M, N, K, sms)[0] > 1:
         names.add(REDUCE_NAME)
-    if fwd_splits(M, N, K, sms)[0] > 1:
+    if not forward:
+        pass
+    elif fwd_splits(M, N, K, sms)[0] > 1:
         names |= {partial_name(precision, False), fwd_epilogue_name(act)}
     else:
         names.add(fwd_name(precision, act))

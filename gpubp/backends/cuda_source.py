@@ -5,7 +5,8 @@ order into a single source string after the generated header of shared
 constants, `kernel_constants.header()`, so CuPy's cache key covers every line:
 headers are never pulled in with `-I`) and every template instantiation the
 launchers may ask for (`name_expressions`).  `cuda_device.load_functions`
-compiles just the ones a network needs, with CuPy; `gpubp.compile_check`
+compiles just the ones a network needs, with CuPy (modules that name their own
+`archs`, such as sm_90a, are built by `cubin_cache` instead); `gpubp.compile_check`
 compiles all of them with NVRTC and no GPU.  This module knows nothing of the
 launchers (each launcher module holds its own `SPECS`).
 
@@ -39,6 +40,10 @@ class ModuleSpec:
     #: (name expression, SASS opcode) pairs: the compile check disassembles the cubin and
     #: fails unless each of these kernels holds that instruction (e.g. "HMMA.1688.F32.TF32")
     sass_expect: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: architectures the module is built for, when not the device's own: e.g. ("sm_90a",) for
+    #: wgmma kernels, which CuPy's choice (sm_90) cannot build; such modules are compiled to a
+    #: cubin by `cubin_cache` and built by the compile check only for these targets
+    archs: tuple[str, ...] = field(default_factory=tuple)
 
     def source(self) -> str:
         from .kernel_constants import header

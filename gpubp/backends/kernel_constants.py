@@ -41,6 +41,12 @@ TC_BK = 16
 #: (__launch_bounds__): the split-K choice counts this many resident blocks per SM
 TC_MIN_BLOCKS_FWD = 2
 
+#: the Hopper forward GEMM (gemm_wgmma.cu): block size (one producer and two consumer
+#: warpgroups), block tile rows, TMA/mbarrier pipeline stages
+WG_THREADS = 384
+WG_BM = 128
+WG_STAGES = 4
+
 #: block size of the fused narrow-run kernels (fused_mlp*.cu, fused_mlp_family.cu)
 FM_NT = 256
 #: long longs per layer in a fused run's parameter table, and the index of each field
@@ -68,7 +74,8 @@ def header() -> str:
               f"#define TC_THREADS {TC_THREADS}", f"#define TC_BM {TC_BM}", f"#define TC_BK {TC_BK}",
               f"#define TC_MIN_BLOCKS_FWD {TC_MIN_BLOCKS_FWD}",
               f"#define GEMM3_THREADS {GEMM3_THREADS}", f"#define GEMM3_BM {GEMM3_BM}",
-              f"#define GEMM3_BK {GEMM3_BK}", f"#define GEMM3_STAGES {GEMM3_STAGES}"]
+              f"#define GEMM3_BK {GEMM3_BK}", f"#define GEMM3_STAGES {GEMM3_STAGES}",
+              f"#define WG_THREADS {WG_THREADS}", f"#define WG_BM {WG_BM}", f"#define WG_STAGES {WG_STAGES}"]
     lines += [f"#define FM_{name} {i}" for name, i in FM.items()]
     lines += [f"#define FM_VEC_{name} {bit}" for name, bit in FM_VEC.items()]
     lines += [f"#define {FF_POLICY_MACROS[p]} {c}" for p, c in FF_POLICIES.items()]

@@ -23,7 +23,11 @@ another).  What it checks:
   pointers kept in device memory (`memory_at`).  A violation raises `LaunchError`.  Kernels write
   nothing (arrays start zeroed).  Every launch is recorded in `fake.launches`.
 - Compilation: the name expressions of every `RawModule` made are listed in
-  `fake.compiled` (a module is compiled when it is made).
+  `fake.compiled` (a module is compiled when it is made).  `RawModule(path=cubin)` reads
+  the source and the lowered kernel names from `<base>.cu` and `<base>.json` beside the
+  cubin (as gpubp's cubin cache writes them) and checks launches against that source.
+- Structs passed by value (`const __grid_constant__ TensorMap128 map`, `STRUCT_BYTES`)
+  must be 1-element host numpy arrays of the struct's size.
 - Memory: every new device buffer (factory functions, copies, results of
   array operations; not views) counts in `fake.allocations`.
 - Streams and graphs: between `stream.begin_capture()` and `end_capture()`
@@ -79,7 +83,10 @@ SCALAR_TYPES = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int6
 #: C pointee types -> the dtype of the device array a launch must pass
 POINTEE_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
                   "int64_t": np.int64, "unsigned int": np.uint32, "bool": np.bool_,
-                  "unsigned char": np.uint8, "char": np.int8}
+                  "unsigned char": np.uint8, "char": np.int8, "unsigned short": np.uint16}
+#: structs passed by value (`const __grid_constant__ T p`) -> their size in bytes; a launch passes a
+#: 1-element host numpy array of that itemsize (CuPy passes such an array's bytes by value)
+STRUCT_BYTES = {"TensorMap128": 128}
 
 
 class LaunchError(AssertionError):
@@ -174,7 +181,7 @@ def parse_kernels(source: str) -> dict[str, KernelSignature]:
         end = _balanced(src, i)
         params = []
         for p in _split_top(src[i + 1:end - 1]):
-            p = re.sub(r"\b(__restrict__|__restrict|const|volatile)\b", " ", p)
+            p = re.sub(r"\b(__restrict__|__restrict|const|volatile|__grid_constant__)\b", " ", p)
             pm = re.match(r"\s*(.*?)\s*(\**)\s*(\w+)\s*$", p)
             ctype = " ".join(pm.group(1).split()) + pm.group(2)
             params.append((ctype, pm.group(3)))
@@ -406,9 +413,11 @@ class FakeCupy(types.ModuleType):
         return types.SimpleNamespace(free_all_blocks=lambda: None, n_free_blocks=lambda: 0)
 
     # ------------------------------------------------------------------ kernels
-    def RawModule(self, code=None, *, options=(), name_expressions=None, backend="nvrtc", **kwargs):
+    def RawModule(self, code=None, *, path=None, options=(), name_expressions=None, backend="nvrtc", **kwargs):
         if kwargs:
             raise TypeError(f"the fake RawModule takes no {sorted(kwargs)}")
+        if path is not None:
+            return CubinModule(self, path)
         return RawModule(self, code, options, name_expressions)
 
     def _launch(self, fn, grid, block, args, shared_mem=0, stream=None):
@@ -478,6 +487,14 @@ class FakeCupy(types.ModuleType):
                 raise LaunchError(f"{what}: expected a {np.dtype(want).name} array, got {arg.dtype}")
             if not arg.flags.c_contiguous:
                 raise LaunchError(f"{what}: the array is not C-contiguous (a raw pointer ignores strides)")
+            return
+        if ctype in STRUCT_BYTES:
+            if isinstance(arg, self.ndarray) or not isinstance(arg, np.ndarray):
+                raise LaunchError(f"{what}: expected a 1-element host numpy array holding the struct, "
+                                  f"got {type(arg).__name__}")
+            if arg.size != 1 or arg.dtype.itemsize != STRUCT_BYTES[ctype]:
+                raise LaunchError(f"{what}: expected one {STRUCT_BYTES[ctype]}-byte element, got {arg.size} "
+                                  f"of {arg.dtype.itemsize} bytes")
             return
         want = SCALAR_TYPES.get(ctype)
         if want is None:
@@ -554,6 +571,32 @@ class RawModule:
             if sig is None or sig.template:
                 raise LaunchError(f"{name!r} is not a non-template kernel of the module")
         return Function(self._fake, name, sig, targs)
+
+
+class CubinModule(RawModule):
+    """`cupy.RawModule(path=cubin)`: the fake reads the source built into the cubin from `<base>.cu`
+    and the kernels' lowered names (by name expression) from `<base>.json` beside it (as
+    gpubp.backends.cubin_cache writes them); `get_function` takes a lowered name, as CuPy's does
+    for a cubin."""
+
+    def __init__(self, fake, path):
+        import json
+
+        base = str(path)[:-len(".cubin")] if str(path).endswith(".cubin") else None
+        if base is None or not os.path.isfile(str(path)):
+            raise LaunchError(f"RawModule(path={path!r}): no such cubin")
+        with open(base + ".cu") as f:
+            code = f.read()
+        with open(base + ".json") as f:
+            self.lowered = json.load(f)["lowered"]
+        super().__init__(fake, code, (), list(self.lowered))
+        self.path = str(path)
+
+    def get_function(self, name):
+        by_lowered = {v: k for k, v in self.lowered.items()}
+        if name not in by_lowered:
+            raise LaunchError(f"{name!r} is not a lowered name of a kernel of {self.path}")
+        return super().get_function(by_lowered[name])
 
 
 class Function:

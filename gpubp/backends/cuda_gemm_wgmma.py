@@ -1,0 +1,321 @@
+"""Launchers of the Hopper forward and input-gradient GEMMs of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
+
+    gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None, precision="tf32", scratch=None, bn=None)
+        Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given; the signature and results of
+        `cuda_gemm_tc.gemm_fwd` for "tf32" and "bf16" (same rounding of the operands, float32
+        accumulation; the sums' order differs, so results agree to rounding, not bitwise).
+    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32", scratch=None, bn=None)
+        delta_prev_out = (delta @ W) * g'(.), as `cuda_gemm_tc.gemm_bwd_data`, on copies of delta
+        and of W transposed (K x N), so that both wgmma operands are K-major.
+The weight gradient stays on `cuda_gemm_tc` (both of its operands are batch-major: TF32 wgmma
+would need two transposed batch-sized copies per step).
+
+How a call runs (all on the current stream):
+  1. operand copies: `gemm_wgmma_copy_tf32` / `_bf16` write A_prev and W rounded to the mode
+     (TF32 values as float32, or bfloat16) into row-padded buffers (`padded_cols(K)`: rows of
+     a multiple of 8 elements, so the TMA row stride is a multiple of 16 bytes for any K);
+  2. tensor maps: one `CUtensorMap` per copy (`encode_tiled`, cuda.bindings.driver's
+     `cuTensorMapEncodeTiled`: 2-D, box {128 bytes of k, 128 or BN rows}, 128-byte swizzle,
+     zero fill out of bounds), passed by value as `__grid_constant__` parameters (a 1-element
+     numpy array of 128 bytes, which CuPy passes by value);
+  3. `gemm_wgmma_fwd<PREC, ACT, BN>`: 384 threads, `smem_bytes(bn)` of dynamic shared memory.
+
+The copies cost a read of A_prev and W and a write of half (bf16) or all (tf32) of their bytes
+per call: the price of float32 storage (the kernel cannot round while TMA stages the tiles, and
+TF32 wgmma on unrounded float32 would truncate).  With `scratch` (a `plan.Scratch`) the copies
+are plan buffers and their tensor maps are encoded once and kept in `scratch.memo` (keyed by
+address, shape and box), so a captured CUDA graph replays with no host work; with scratch=None
+each call allocates its copies and encodes its maps.
+
+`bn=None` picks 256 columns per block when that still gives at least one block per SM, else 128.
+K == 0 (no products: Z = b) runs on `cuda_gemm_tc.gemm_fwd`.  Everything else is checked as
+in `cuda_gemm_tc` (float32, C-contiguous, shapes), plus compute capability 9.0: the cubin is
+built for sm_90a only.  The module is built by `cubin_cache` (NVRTC, sm_90a, cached on disk).
+
+Not used by any default path: only `CudaBackend(tensor_core_gemms=True, hopper=True)` runs its
+"tf32" and "bf16" forward and input-gradient GEMMs here, until these
+kernels have passed their GPU tests.  CuPy and cuda.bindings.driver are imported inside
+functions only, so this module imports without a GPU.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
+from . import cubin_cache, cuda_gemm_tc
+from .cuda_device import compute_capability, sm_count
+from .cuda_launch import aligned as _aligned
+from .cuda_launch import cdiv, check_act
+from .cuda_source import ModuleSpec
+from .kernel_constants import WG_BM as BM
+from .kernel_constants import WG_STAGES as STAGES
+from .kernel_constants import WG_THREADS as THREADS
+
+#: the modes with kernels here, and their PREC template value (gemm_tc.cu's codes)
+PREC_CODES = {"tf32": 0, "bf16": 2}
+#: block tile columns the kernel is built for
+BNS = (128, 256)
+#: bytes of one swizzled shared-memory row (a k-tile of either operand)
+ROW_BYTES = 128
+#: block size of the operand-copy kernels
+COPY_THREADS = 256
+ARCH = "sm_90a"
+_N_ACT = len(ACTIVATIONS)
+_NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
+
+#: numpy type of a CUtensorMap passed by value (128 bytes; CuPy passes a 1-element array's bytes)
+TENSOR_MAP_DTYPE = np.dtype([("opaque", "<u8", (16,))])
+assert TENSOR_MAP_DTYPE.itemsize == 128
+
+
+def element_bytes(precision: str) -> int:
+    return 2 if precision == "bf16" else 4
+
+
+def box_k(precision: str) -> int:
+    """Elements of k in one 128-byte row: 32 (tf32) or 64 (bf16)."""
+    return ROW_BYTES // element_bytes(precision)
+
+
+def padded_cols(K: int) -> int:
+    """Row length (elements) of the operand copies: K rounded up to a multiple of 8."""
+    return cdiv(K, 8) * 8
+
+
+def smem_bytes(bn: int) -> int:
+    """Dynamic shared memory of one block: alignment slack, WG_STAGES stages of the A tile
+    (128 rows) and the W tile (bn rows) of 128-byte rows, 2 * WG_STAGES mbarriers."""
+    return 1024 + STAGES * (BM + bn) * ROW_BYTES + 2 * STAGES * 8
+
+
+def fwd_name(precision: str, act: int, bn: int = 128) -> str:
+    return f"gemm_wgmma_fwd<{PREC_CODES[precision]}, {act}, {bn}>"
+
+
+def bwd_data_name(precision: str, act: int, bn: int = 128) -> str:
+    return f"gemm_wgmma_bwd_data<{PREC_CODES[precision]}, {act}, {bn}>"
+
+
+COPY_NAMES = {"tf32": "gemm_wgmma_copy_tf32", "bf16": "gemm_wgmma_copy_bf16"}
+COPY_T_NAMES = {"tf32": "gemm_wgmma_copy_t_tf32", "bf16": "gemm_wgmma_copy_t_bf16"}
+
+
+def _all_names() -> tuple[str, ...]:
+    names = [f(p, a, bn) for f in (fwd_name, bwd_data_name) for p in PREC_CODES for a in range(_N_ACT)
+             for bn in BNS]
+    return tuple(names) + tuple(COPY_NAMES.values()) + tuple(COPY_T_NAMES.values())
+
+
+#: the SASS each forward kernel must hold: its wgmma (HGMMA) and its TMA loads (UTMALDG)
+SASS_OPCODES = {"tf32": "HGMMA.64x128x8.F32.TF32", "bf16": "HGMMA.64x128x16.F32.BF16"}
+
+
+def _sass_expect(names) -> tuple[tuple[str, str], ...]:
+    by_code = {code: SASS_OPCODES[p] for p, code in PREC_CODES.items()}
+    out = []
+    for n in names:
+        if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<")):
+            out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
+            out.append((n, "UTMALDG"))
+    return tuple(out)
+
+
+SPECS = (ModuleSpec(name="gemm_wgmma",
+                    files=("activations.cuh", "async_copy.cuh", "mma.cuh", "hopper.cuh", "gemm_wgmma.cu"),
+                    name_expressions=_all_names(), sass_expect=_sass_expect(_all_names()), archs=(ARCH,)),)
+
+
+def available() -> bool:
+    """Whether the current device can run these kernels (compute capability 9.0)."""
+    return compute_capability() == 90
+
+
+def _check_precision(precision) -> int:
+    if precision not in PREC_CODES:
+        raise ValueError(f"precision must be one of {', '.join(PREC_CODES)} for the Hopper GEMM, "
+                         f"got {precision!r}")
+    if not available():
+        raise RuntimeError(f"the Hopper GEMM (wgmma, built for sm_90a) needs compute capability 9.0; "
+                           f"this device is {compute_capability() / 10:.1f}")
+    return PREC_CODES[precision]
+
+
+# ----------------------------------------------------------------- tensor maps
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError as e:
+        raise RuntimeError("the Hopper GEMM needs cuda-bindings (cuda.bindings.driver) for its TMA "
+                           "tensor maps: pip install cuda-bindings") from e
+    (err,) = driver.cuInit(0)
+    if int(err) != 0:
+        raise RuntimeError(f"cuInit failed: {err}")
+    return driver
+
+
+def encode_tiled(ptr: int, rows: int, cols: int, ld: int, precision: str, box_rows: int,
+                 driver=None) -> np.ndarray:
+    """The tensor map of a row-major (rows x cols) matrix of the mode's element type at device
+    address `ptr` with rows `ld` elements apart: box {box_k(precision), box_rows}, 128-byte
+    swizzle, zeros out of bounds.  Returns a 1-element `TENSOR_MAP_DTYPE` array (the kernel
+    parameter)."""
+    drv = driver or _driver()
+    elem = element_bytes(precision)
+    if ptr % 16 or (ld * elem) % 16:
+        raise ValueError(f"a TMA tensor needs a 16-byte aligned base and row stride (address {ptr:#x}, "
+                         f"row stride {ld * elem} bytes)")
+    T = drv.CUtensorMapDataType
+    dtype = T.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if precision == "bf16" else T.CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+    u64, u32 = drv.cuuint64_t, drv.cuuint32_t
+    err, tmap = drv.cuTensorMapEncodeTiled(
+        dtype, 2, ptr, [u64(cols), u64(rows)], [u64(ld * elem)], [u32(box_k(precision)), u32(box_rows)],
+        [u32(1), u32(1)], drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        drv.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    if int(err) != 0:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed ({err}) for a {rows} x {cols} {precision} "
+                           f"tensor, row stride {ld * elem} bytes, box {box_k(precision)} x {box_rows}")
+    out = np.zeros(1, dtype=TENSOR_MAP_DTYPE)
+    out["opaque"][0] = [int(v) for v in tmap.opaque]
+    return out
+
+
+def _tensor_map(copy, rows, cols, precision, box_rows, scratch):
+    ptr = int(copy.data.ptr)
+    ld = int(copy.shape[1])
+    if scratch is None:
+        return encode_tiled(ptr, rows, cols, ld, precision, box_rows)
+    content = struct.pack("<5q", ptr, rows, cols, ld, box_rows) + precision.encode()
+    return scratch.memo("wgmma_tensor_map", content,
+                        lambda: encode_tiled(ptr, rows, cols, ld, precision, box_rows))
+
+
+# ----------------------------------------------------------------- launches
+def _launch(name, grid, block, args, smem=0):
+    cubin_cache.function(SPECS[0], name, smem)(grid, block, args, shared_mem=smem)
+
+
+def _copy(x, precision, which, scratch):
+    """The mode-rounded, row-padded copy of the (rows x cols) float32 matrix x."""
+    import cupy
+
+    rows, cols = x.shape
+    shape = (rows, padded_cols(cols))
+    dtype = np.uint16 if precision == "bf16" else np.float32
+    out = cupy.empty(shape, dtype=dtype) if scratch is None else scratch.get(("wgmma_copy", which), shape, dtype)
+    blocks = max(1, min(rows, 16 * sm_count()))
+    _launch(COPY_NAMES[precision], (blocks, 1, 1), (COPY_THREADS, 1, 1),
+            (x, out, np.int64(rows), np.int32(cols), np.int32(shape[1])))
+    return out
+
+
+def _copy_t(x, precision, which, scratch):
+    """The mode-rounded transpose (cols x rows, rows padded) of the (rows x cols) float32 matrix x."""
+    import cupy
+
+    rows, cols = x.shape
+    shape = (cols, padded_cols(rows))
+    dtype = np.uint16 if precision == "bf16" else np.float32
+    out = cupy.empty(shape, dtype=dtype) if scratch is None else scratch.get(("wgmma_copy_t", which), shape, dtype)
+    grid = (max(1, min(cdiv(cols, 32), 65535)), max(1, min(cdiv(rows, 32), 65535)), 1)
+    _launch(COPY_T_NAMES[precision], grid, (32, 8, 1),
+            (x, out, np.int32(rows), np.int32(cols), np.int32(shape[1])))
+    return out
+
+
+def choose_bn(M: int, N: int, sms: int) -> int:
+    """256 columns per block when that still gives every SM a block, else 128."""
+    return 256 if N > 128 and cdiv(M, BM) * cdiv(N, 256) >= sms else 128
+
+
+def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "tf32", scratch=None,
+             bn: int | None = None) -> None:
+    """`Z = A_prev @ W.T + b`; `A_out = g(Z)`; `Z_out = Z` when given."""
+    act = check_act(act_code)
+    _check_precision(precision)
+    cuda_gemm_tc._check_arrays(A_prev=A_prev, W=W, b=b, A_out=A_out, Z_out=Z_out)
+    if A_prev.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"A_prev and W must be 2-D, got {A_prev.ndim}-D and {W.ndim}-D")
+    M, K = A_prev.shape
+    N = W.shape[0]
+    cuda_gemm_tc._shape("W", W, (N, K))
+    cuda_gemm_tc._shape("b", b, (N,))
+    cuda_gemm_tc._shape("A_out", A_out, (M, N))
+    if Z_out is not None:
+        cuda_gemm_tc._shape("Z_out", Z_out, (M, N))
+    if bn is not None and bn not in BNS:
+        raise ValueError(f"bn must be one of {BNS}, got {bn!r}")
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        cuda_gemm_tc.gemm_fwd(A_prev, W, b, act, A_out, Z_out, precision=precision)
+        return
+    a_copy = _copy(A_prev, precision, "A", scratch)
+    w_copy = _copy(W, precision, "W", scratch)
+    launch_fwd(a_copy, w_copy, K, b, act, A_out, Z_out, precision, scratch, bn)
+
+
+def launch_fwd(a_copy, w_copy, K: int, b, act: int, A_out, Z_out, precision: str, scratch=None,
+               bn: int | None = None) -> None:
+    """The GEMM kernel alone, on operand copies made by `_copy` (checked arguments; the
+    benchmark times it apart from the copies)."""
+    M, N = a_copy.shape[0], w_copy.shape[0]
+    bn = bn or choose_bn(M, N, sm_count())
+    tm_a = _tensor_map(a_copy, M, K, precision, BM, scratch)
+    tm_w = _tensor_map(w_copy, N, K, precision, bn, scratch)
+    outs = (A_out,) if Z_out is None else (A_out, Z_out)
+    vec_out = N % 2 == 0 and all(_aligned(o, 8) for o in outs)
+    z = Z_out if Z_out is not None else A_out   # never written when write_z == 0
+    grid = (cdiv(M, BM) * cdiv(N, bn), 1, 1)
+    _launch(fwd_name(precision, act, bn), grid, (THREADS, 1, 1),
+            (tm_a, tm_w, b, A_out, z, np.int32(M), np.int32(N), np.int32(K), np.int32(Z_out is not None),
+             np.int32(vec_out)), smem_bytes(bn))
+
+
+# ----------------------------------------------------------------- backward, data
+def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, precision: str = "tf32",
+                  scratch=None, bn: int | None = None) -> None:
+    """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu): the
+    signature and results of `cuda_gemm_tc.gemm_bwd_data` for "tf32" and "bf16".  Runs on copies
+    of delta (rounded) and of W transposed (rounded, K x N: K-major for the reduction over N);
+    N == 0 runs on `cuda_gemm_tc`."""
+    act = check_act(act_code)
+    _check_precision(precision)
+    needs_z = act in _NEEDS_Z_CODES
+    needs_a = not needs_z and act != ACT_CODES["identity"]
+    g_name = "Z_prev" if needs_z else "A_prev"
+    g_src = Z_prev if needs_z else (A_prev if needs_a else None)
+    if (needs_z or needs_a) and g_src is None:
+        raise ValueError(f"gemm_bwd_data: {g_name} is needed")
+    cuda_gemm_tc._check_arrays(delta=delta, W=W, delta_prev_out=delta_prev_out, **{g_name: g_src})
+    if delta.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"delta and W must be 2-D, got {delta.ndim}-D and {W.ndim}-D")
+    M, N = delta.shape
+    K = W.shape[1]
+    cuda_gemm_tc._shape("W", W, (N, K))
+    cuda_gemm_tc._shape("delta_prev_out", delta_prev_out, (M, K))
+    if g_src is not None:
+        cuda_gemm_tc._shape(g_name, g_src, (M, K))
+    if bn is not None and bn not in BNS:
+        raise ValueError(f"bn must be one of {BNS}, got {bn!r}")
+    if M == 0 or K == 0:
+        return
+    if N == 0:
+        cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, act, delta_prev_out, precision=precision)
+        return
+    if g_src is None:
+        g_src = delta_prev_out   # never read
+    d_copy = _copy(delta, precision, "D", scratch)
+    wt_copy = _copy_t(W, precision, "Wt", scratch)
+    bn = bn or choose_bn(M, K, sm_count())
+    tm_d = _tensor_map(d_copy, M, N, precision, BM, scratch)
+    tm_wt = _tensor_map(wt_copy, K, N, precision, bn, scratch)
+    vec_out = K % 2 == 0 and _aligned(delta_prev_out, 8) and _aligned(g_src, 8)
+    grid = (cdiv(M, BM) * cdiv(K, bn), 1, 1)
+    _launch(bwd_data_name(precision, act, bn), grid, (THREADS, 1, 1),
+            (tm_d, tm_wt, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K), np.int32(vec_out)),
+            smem_bytes(bn))

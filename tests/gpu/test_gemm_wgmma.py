@@ -1,0 +1,317 @@
+"""The Hopper forward GEMM of kernels/gemm_wgmma.cu (skipped without CUDA, or off compute capability 9.0).
+
+`cuda_gemm_wgmma.gemm_fwd` (TMA-fed wgmma, "tf32" and "bf16", both block widths) against
+  - gpubp.precision's emulation of the mode (same operand rounding, float32 sums per mma
+    k step): at most EMUL_TOL relative to |A| |B| (summation-order noise only);
+  - float64: at most precision.TOLERANCE[mode];
+  - gemm_tc's mma.sync kernel of the same mode (the same rounding, another order): 2 EMUL_TOL.
+Awkward sizes (1, 3, 17, 127, 129, 1000, 4097), every activation, outputs poisoned with NaN
+(every element must be written, nothing past the edges may be), unaligned operand and output
+views, the operand copies bit for bit against the emulation's rounding, bitwise
+reproducibility, the input-gradient GEMM (`gemm_bwd_data`, on a transposed copy of W) the same
+way, the plan-scratch path (memoised tensor maps) under CUDA-graph capture and
+replay, and one training step of `CudaBackend(tensor_core_gemms=True, hopper=True)`.
+"""
+
+import zlib
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy")
+from gpubp.backends import cuda_available  # noqa: E402
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
+
+from gpubp import precision as P  # noqa: E402
+from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
+from gpubp.backends import cubin_cache, cuda_device  # noqa: E402
+from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
+from gpubp.backends import cuda_gemm_wgmma as wg  # noqa: E402
+from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
+from gpubp.backends.plan import Scratch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _needs_sm90():
+    if cuda_device.compute_capability() != 90:
+        pytest.skip("the wgmma kernels are built for sm_90a (H100, H200)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _build_once():
+    """The cubin (NVRTC, sm_90a) is built once, then read from the disk cache."""
+    if cuda_device.compute_capability() == 90:
+        cubin_cache.load(wg.SPECS[0])
+
+
+MODES = tuple(wg.PREC_CODES)
+EMUL_TOL = 3e-6
+SIZES = (1, 3, 17, 127, 129, 1000, 4097)
+INNER = (1, 3, 17, 127, 129, 1000)
+
+
+def _cases(n):
+    out = []
+    for i in range(n):
+        M = SIZES[i % len(SIZES)]
+        N = INNER[(5 * i + 1) % len(INNER)]
+        K = INNER[(i + 2) % len(INNER)]
+        if M * N * K > 3e8:
+            K = 129
+        out.append((M, N, K, ACTIVATIONS[i % len(ACTIVATIONS)]))
+    out.append((17, 3, 4097, "relu"))        # a long reduction: 129 k-tiles through 4 stages
+    out.append((129, 300, 4097, "gelu"))     # W rows past one BN = 256 tile
+    out.append((1000, 513, 65, "silu"))
+    return out
+
+
+CASES = _cases(21)
+
+
+def _id(c):
+    return "M{}-N{}-K{}-{}".format(*c)
+
+
+def _rand(rng, shape, scale=1.0):
+    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
+
+
+def _poison(shape):
+    return cupy.full(shape, np.nan, dtype=np.float32)
+
+
+def _host(x):
+    return cupy.asnumpy(x)
+
+
+def _written(x, what):
+    h = _host(x)
+    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
+    return h.astype(np.float64)
+
+
+def _scaled_err(out, ref, scale):
+    s = float(np.max(scale, initial=0.0))
+    e = float(np.max(np.abs(out - ref), initial=0.0))
+    return e / s if s > 0 else e
+
+
+def _refs(A, W, mode):
+    a, w = _host(A), _host(W)
+    a64, w64 = a.astype(np.float64), w.astype(np.float64)
+    return P.matmul(a, w.T.copy(), mode).astype(np.float64), a64 @ w64.T, np.abs(a64) @ np.abs(w64).T
+
+
+# ---------------------------------------------------------------- forward
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_fwd(case, mode):
+    """Both block widths (the references are computed once for both)."""
+    M, N, K, act = case
+    rng = np.random.default_rng(zlib.crc32(("w" + _id(case)).encode()))
+    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,), 0.5)
+    emul, exact, scale = _refs(A, W, mode)
+    for bn in wg.BNS:
+        A_out, Z_out = _poison((M, N)), _poison((M, N))
+        wg.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out, precision=mode, bn=bn)
+        Zk = _written(Z_out, f"Z_out bn {bn}")
+        Z = Zk - _host(b).astype(np.float64)
+        e_emul, e_exact = _scaled_err(Z, emul, scale), _scaled_err(Z, exact, scale)
+        assert e_emul <= EMUL_TOL, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
+        assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
+        A_ref = activation_forward(act, Zk, np.empty_like(Zk))
+        e = np.abs(_written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
+        assert e < 1e-5, f"activation epilogue {act} bn {bn}: {e:.3g}"
+        A2 = _poison((M, N))
+        wg.gemm_fwd(A, W, b, ACT_CODES[act], A2, None, precision=mode, bn=bn)
+        assert bool((A2.view(cupy.int32) == A_out.view(cupy.int32)).all()), "A_out differs without Z_out"
+
+
+# ---------------------------------------------------------------- backward, data
+EMUL_TOL_GPRIME = 5e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_bwd_data(case, mode):
+    M, N, K, act = case
+    rng = np.random.default_rng(zlib.crc32(("d" + _id(case)).encode()))
+    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
+    Zp = rng.standard_normal((M, K)).astype(np.float32)
+    Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
+    Z_prev, A_prev = cupy.asarray(Zp), cupy.asarray(Ap)
+    d, w = _host(delta), _host(W)
+    d64, w64 = d.astype(np.float64), w.astype(np.float64)
+    gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
+    scale = (np.abs(d64) @ np.abs(w64)) * np.abs(gprime)
+    emul = P.matmul(d, w, mode).astype(np.float64) * gprime
+    exact = (d64 @ w64) * gprime
+    for bn in wg.BNS:
+        out = _poison((M, K))
+        wg.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None, ACT_CODES[act], out,
+                         precision=mode, bn=bn)
+        got = _written(out, f"delta_prev bn {bn}")
+        e_emul, e_exact = _scaled_err(got, emul, scale), _scaled_err(got, exact, scale)
+        assert e_emul <= EMUL_TOL_GPRIME, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
+        assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bwd_data_agrees_with_gemm_tc_and_repeats_bitwise(mode):
+    rng = np.random.default_rng(9)
+    M, N, K = 3000, 1000, 513
+    delta, W, Z = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N)), _rand(rng, (M, K))
+    a, b2, ref = _poison((M, K)), _poison((M, K)), _poison((M, K))
+    wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], a, precision=mode)
+    wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], b2, precision=mode)
+    tc.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], ref, precision=mode)
+    assert bool((a.view(cupy.int32) == b2.view(cupy.int32)).all()), "two runs differ in bits"
+    d64, w64 = _host(delta).astype(np.float64), _host(W).astype(np.float64)
+    e = _scaled_err(_written(a, "wgmma"), _written(ref, "gemm_tc"), np.abs(d64) @ np.abs(w64))
+    assert e <= 2 * EMUL_TOL_GPRIME, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
+
+
+def test_transposed_copies_round_like_the_emulation():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((70, 45)).astype(np.float32)
+    xd = cupy.asarray(x)
+    t = _host(wg._copy_t(xd, "tf32", "W", None))
+    assert t.shape == (45, 72)
+    assert np.array_equal(t[:, :70].view(np.uint32), P.to_tf32(x).T.view(np.uint32))
+    h = _host(wg._copy_t(xd, "bf16", "W", None))
+    assert h.dtype == np.uint16 and np.array_equal(h[:, :70], P.bf16_bits(x).T)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_agrees_with_gemm_tc(mode):
+    rng = np.random.default_rng(5)
+    M, N, K = 1000, 513, 777
+    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,))
+    z_wg, z_tc = _poison((M, N)), _poison((M, N))
+    wg.gemm_fwd(A, W, b, ACT_CODES["identity"], z_wg, precision=mode)
+    tc.gemm_fwd(A, W, b, ACT_CODES["identity"], z_tc, precision=mode)
+    _, _, scale = _refs(A, W, mode)
+    e = _scaled_err(_written(z_wg, "wgmma"), _written(z_tc, "gemm_tc"), scale)
+    assert e <= 2 * EMUL_TOL, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("offset", [1, 3])
+def test_unaligned_views(mode, offset):
+    """Operands anywhere (the copies re-align them for TMA), outputs at odd offsets (scalar stores)."""
+    rng = np.random.default_rng(offset)
+    M, N, K = 300, 132, 136
+
+    def view(shape, scale=1.0, poison=False):
+        n = int(np.prod(shape))
+        flat = cupy.full(n + 8, np.nan, dtype=np.float32)
+        v = flat[offset:offset + n].reshape(shape)
+        if not poison:
+            v[...] = _rand(rng, shape, scale)
+        return v, flat
+
+    (A, _), (W, _), (b, _) = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
+    (Z_out, zflat), (A_out, _) = view((M, N), poison=True), view((M, N), poison=True)
+    wg.gemm_fwd(A, W, b, ACT_CODES["tanh"], A_out, Z_out, precision=mode)
+    emul, _, scale = _refs(A, W, mode)
+    assert _scaled_err(_written(Z_out, "Z_out") - _host(b), emul, scale) <= EMUL_TOL
+    _written(A_out, "A_out")
+    rest = _host(zflat)
+    assert np.isnan(rest[:offset]).all() and np.isnan(rest[offset + M * N:]).all(), "wrote past the output"
+
+
+def test_operand_copies_round_like_the_emulation():
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.standard_normal(50000).astype(np.float32),
+                        rng.integers(0, 2 ** 32, 50000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    x = x[np.isfinite(x)][:99990].reshape(-1, 30)   # 30 columns: padded rows of 32
+    xd = cupy.asarray(x)
+    t = _host(wg._copy(xd, "tf32", "A", None))
+    assert t.shape == (x.shape[0], 32)
+    assert np.array_equal(t[:, :30].view(np.uint32), P.to_tf32(x).view(np.uint32))
+    h = _host(wg._copy(xd, "bf16", "A", None))
+    assert h.dtype == np.uint16 and np.array_equal(h[:, :30], P.bf16_bits(x))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bitwise_reproducible_and_scratch_gives_the_same_bits(mode):
+    rs = cupy.random.RandomState(1234)
+    M, N, K = 70001, 300, 200
+    A = rs.standard_normal((M, K), dtype=np.float32)
+    W = rs.standard_normal((N, K), dtype=np.float32)
+    b = rs.standard_normal((N,), dtype=np.float32)
+    scratch = Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
+    runs = []
+    for s in (None, scratch, scratch):
+        out = _poison((M, N))
+        wg.gemm_fwd(A, W, b, ACT_CODES["silu"], out, precision=mode, scratch=s)
+        runs.append(out)
+    for y in runs[1:]:
+        assert bool((runs[0].view(cupy.int32) == y.view(cupy.int32)).all()), "runs differ in bits"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_graph_capture_replays_on_new_data(mode):
+    rs = cupy.random.RandomState(3)
+    M, N, K = 2048, 640, 300
+    A = rs.standard_normal((M, K), dtype=np.float32)
+    W = rs.standard_normal((N, K), dtype=np.float32)
+    b = rs.standard_normal((N,), dtype=np.float32)
+    out = _poison((M, N))
+    scratch = Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
+    wg.gemm_fwd(A, W, b, ACT_CODES["relu"], out, precision=mode, scratch=scratch)    # buffers, maps
+    cupy.cuda.get_current_stream().synchronize()
+    stream = cupy.cuda.Stream(non_blocking=True)     # the legacy default stream cannot be captured
+    with stream:
+        stream.begin_capture()
+        wg.gemm_fwd(A, W, b, ACT_CODES["relu"], out, precision=mode, scratch=scratch)
+        graph = stream.end_capture()
+    A[...] = rs.standard_normal((M, K), dtype=np.float32)
+    W *= 0.5
+    out.fill(np.nan)
+    graph.launch(cupy.cuda.get_current_stream())   # after the new data, as the backend replays a step
+    cupy.cuda.get_current_stream().synchronize()
+    ref = _poison((M, N))
+    wg.gemm_fwd(A, W, b, ACT_CODES["relu"], ref, precision=mode)
+    assert bool((out.view(cupy.int32) == ref.view(cupy.int32)).all()), "replay differs from a direct call"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_large(mode):
+    rs = cupy.random.RandomState(7)
+    M, N, K = 4096, 4096, 4096
+    A = rs.standard_normal((M, K), dtype=np.float32)
+    W = rs.standard_normal((N, K), dtype=np.float32)
+    A64, W64 = A.astype(np.float64), W.astype(np.float64)
+    scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
+    out = _poison((M, N))
+    wg.gemm_fwd(A, W, cupy.zeros(N, np.float32), ACT_CODES["identity"], out, precision=mode)
+    e = float(cupy.abs(out - A64 @ W64.T).max()) / scale
+    assert bool(cupy.isfinite(out).all()) and e <= P.TOLERANCE[mode], f"{e:.3g}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_training_step_with_the_hopper_forward(mode):
+    """A step of CudaBackend(tensor_core_gemms=True, hopper=True) (forward and input-gradient GEMMs
+    on wgmma) gives the loss and gradients of the gemm_tc-only backend to the mode's tolerance."""
+    import gpubp
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 96)).astype(np.float32)
+    Y = rng.standard_normal((512, 7)).astype(np.float32)
+    grads = []
+    for hopper in (False, True):
+        net = gpubp.MLP([96, 300, 200, 7], activation="gelu", precision=mode, seed=0,
+                        backend=CudaBackend(tensor_core_gemms=True, hopper=hopper))
+        loss, g = net.loss_and_grads(X, Y)
+        grads.append((loss, g))
+    (l0, g0), (l1, g1) = grads
+    l0, l1 = float(l0), float(l1)
+    assert abs(l0 - l1) <= P.TOLERANCE[mode] * max(1.0, abs(l0))
+    for (dW0, _), (dW1, _) in zip(g0, g1):
+        dW0, dW1 = cupy.asnumpy(dW0), cupy.asnumpy(dW1)
+        s = max(1e-6, float(np.abs(dW0).max()))
+        # the same rounding, another summation order: far inside the mode's error against float64
+        assert float(np.abs(dW0 - dW1).max()) / s <= P.TOLERANCE[mode]

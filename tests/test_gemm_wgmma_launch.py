@@ -1,0 +1,493 @@
+"""CPU-side contract of the Hopper forward GEMM (gpubp.backends.cuda_gemm_wgmma, kernels/gemm_wgmma.cu).
+
+The fake CuPy (tests/support/fake_cupy.py) loads the cubin module from the source and lowered
+names the cubin cache writes beside it, and checks every launch against the kernels' signatures
+(the tensor maps as 128-byte by-value structs); the TMA descriptors are made by a stand-in for
+`cuda.bindings.driver` that records each `cuTensorMapEncodeTiled` call, so the tests check the
+dims, strides, box and swizzle each map describes and that it points into a live device buffer
+large enough for it.  What the kernels compute is checked by tests/gpu/test_gemm_wgmma.py.
+"""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from gpubp.activations import ACT_CODES, ACTIVATIONS
+from gpubp.backends import cubin_cache, cuda_device, cuda_gemm_tc
+from gpubp.backends import cuda_gemm_wgmma as wg
+from gpubp.backends.cuda_source import kernels_dir
+from gpubp.backends.plan import Scratch
+from support.fake_cupy import FakeCupy, LaunchError, parse_kernels
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+# ----------------------------------------------------------------- stand-ins
+class FakeDriver:
+    """The part of cuda.bindings.driver the launcher uses; records every encode."""
+
+    class _Enum:
+        def __init__(self, *names):
+            for n in names:
+                setattr(self, n, n)
+
+    CUtensorMapDataType = _Enum("CU_TENSOR_MAP_DATA_TYPE_FLOAT32", "CU_TENSOR_MAP_DATA_TYPE_BFLOAT16")
+    CUtensorMapInterleave = _Enum("CU_TENSOR_MAP_INTERLEAVE_NONE")
+    CUtensorMapSwizzle = _Enum("CU_TENSOR_MAP_SWIZZLE_128B")
+    CUtensorMapL2promotion = _Enum("CU_TENSOR_MAP_L2_PROMOTION_L2_256B")
+    CUtensorMapFloatOOBfill = _Enum("CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")
+    cuuint64_t = int
+    cuuint32_t = int
+
+    def __init__(self):
+        self.calls = []
+
+    def cuTensorMapEncodeTiled(self, dtype, rank, ptr, dims, strides, box, estrides, interleave, swizzle, l2, oob):
+        call = dict(dtype=dtype, rank=rank, ptr=ptr, dims=list(dims), strides=list(strides), box=list(box),
+                    estrides=list(estrides), interleave=interleave, swizzle=swizzle, l2=l2, oob=oob)
+        self.calls.append(call)
+        return 0, types.SimpleNamespace(opaque=[len(self.calls)] + [ptr % 2**64] + [0] * 14)
+
+
+def _extents_fwd(p, t, grid, fake):
+    bn = t["BN"]
+    assert grid == (cdiv(p.M, wg.BM) * cdiv(p.N, bn), 1, 1), f"grid {grid} for {p.M} x {p.N}, BN {bn}"
+    if p.vec_out:
+        assert p.N % 2 == 0
+    need = {"bias": p.N, "Aout": p.M * p.N}
+    if p.write_z:
+        need["Zout"] = p.M * p.N
+    return need
+
+
+def _extents_copy(p, t, grid, fake):
+    assert p.ld_out >= p.cols and p.ld_out % 8 == 0
+    return {"x": p.rows * p.cols, "out": p.rows * p.ld_out}
+
+
+def _extents_bwd_data(p, t, grid, fake):
+    bn = t["BN"]
+    assert grid == (cdiv(p.M, wg.BM) * cdiv(p.K, bn), 1, 1), f"grid {grid} for {p.M} x {p.K}, BN {bn}"
+    if p.vec_out:
+        assert p.K % 2 == 0
+    need = {"out": p.M * p.K}
+    act = t["ACT"]
+    if act in (ACT_CODES["gelu"], ACT_CODES["silu"]):
+        need["Zprev"] = p.M * p.K
+    elif act != ACT_CODES["identity"]:
+        need["Aprev"] = p.M * p.K
+    return need
+
+
+def _extents_copy_t(p, t, grid, fake):
+    assert p.ld_out >= p.rows and p.ld_out % 8 == 0
+    assert grid[0] * 32 >= min(p.cols, 32 * 65535) and grid[1] * 32 >= min(p.rows, 32 * 65535)
+    return {"x": p.rows * p.cols, "out": p.cols * p.ld_out}
+
+
+EXTENTS = {"gemm_wgmma_fwd": _extents_fwd, "gemm_wgmma_copy_tf32": _extents_copy,
+           "gemm_wgmma_copy_bf16": _extents_copy, "gemm_wgmma_bwd_data": _extents_bwd_data,
+           "gemm_wgmma_copy_t_tf32": _extents_copy_t, "gemm_wgmma_copy_t_bf16": _extents_copy_t}
+
+
+def _install(monkeypatch, tmp_path, **kw):
+    fake = FakeCupy(extents=EXTENTS, **kw)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for mod, attr in ((cuda_device, "_attributes"), (cuda_device, "_ccs"), (cuda_device, "_functions"),
+                      (cubin_cache, "_functions")):
+        monkeypatch.setattr(mod, attr, {})
+    builds = []
+
+    def cubin_path(spec, arch, folder=None):
+        """What cubin_cache writes (source, lowered names), without running NVRTC."""
+        builds.append((spec.name, arch))
+        base = tmp_path / f"{spec.name}-{arch}"
+        (base.with_suffix(".cu")).write_text(spec.source())
+        lowered = {ne: f"_lowered_{i}" for i, ne in enumerate(spec.name_expressions)}
+        (base.with_suffix(".json")).write_text(json.dumps({"lowered": lowered}))
+        (base.with_suffix(".cubin")).write_bytes(b"")
+        return str(base) + ".cubin", lowered
+
+    monkeypatch.setattr(cubin_cache, "cubin_path", cubin_path)
+    driver = FakeDriver()
+    monkeypatch.setattr(wg, "_driver", lambda: driver)
+    fake.driver, fake.builds = driver, builds
+    return fake
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A fake H100 (sm_90, 132 SMs)."""
+    return _install(monkeypatch, tmp_path)
+
+
+def _arr(fake, shape, dtype=np.float32):
+    return fake.zeros(shape, dtype)
+
+
+class _Backend:
+    def __init__(self, fake):
+        self.fake = fake
+
+    def empty(self, shape, dtype):
+        return self.fake.empty(shape, dtype)
+
+
+# ----------------------------------------------------------------- the module
+def test_module_names_archs_and_sass_checks():
+    spec = wg.SPECS[0]
+    assert spec.archs == ("sm_90a",)
+    names = set(spec.name_expressions)
+    assert len(names) == 2 * (2 * len(ACTIVATIONS) * 2) + 4
+    assert "gemm_wgmma_fwd<0, 3, 128>" in names and "gemm_wgmma_fwd<2, 6, 256>" in names
+    expect = {}
+    for n, op in spec.sass_expect:
+        expect.setdefault(n, []).append(op)
+    fwd = [n for n in names if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<"))]
+    assert set(expect) == set(fwd)
+    for n in fwd:
+        prec = int(n.split("<")[1].split(",")[0])
+        assert expect[n] == [("HGMMA.64x128x16.F32.BF16" if prec == 2 else "HGMMA.64x128x8.F32.TF32"), "UTMALDG"]
+    src = spec.source()
+    assert "#define WG_THREADS 384" in src and "#define WG_BM 128" in src and "#define WG_STAGES 4" in src
+    assert "#define WG_STAGES" not in (kernels_dir() / "gemm_wgmma.cu").read_text()
+    sigs = parse_kernels(src)
+    fwd_sig = sigs["gemm_wgmma_fwd"]
+    assert fwd_sig.max_threads == wg.THREADS == 384
+    assert [t for t, _ in fwd_sig.params[:2]] == ["TensorMap128", "TensorMap128"]
+    assert [t for t, _ in sigs["gemm_wgmma_bwd_data"].params[:2]] == ["TensorMap128", "TensorMap128"]
+
+
+def test_shared_memory_fits_an_h100_block():
+    # 1024 alignment slack + 4 stages x (A 128 rows + W bn rows) x 128 bytes + 8 mbarriers
+    assert wg.smem_bytes(128) == 1024 + 4 * 256 * 128 + 64 == 132160
+    assert wg.smem_bytes(256) == 1024 + 4 * 384 * 128 + 64 == 197696
+    assert wg.smem_bytes(256) <= 227 * 1024
+
+
+def test_choose_bn():
+    assert wg.choose_bn(8192, 4096, 132) == 256
+    assert wg.choose_bn(256, 4096, 132) == 128      # 2 x 16 tiles of 256: too few blocks
+    assert wg.choose_bn(8192, 128, 132) == 128
+    assert wg.padded_cols(1) == 8 and wg.padded_cols(8) == 8 and wg.padded_cols(4097) == 4104
+
+
+# ----------------------------------------------------------------- launches
+def _check_map(fake, call, rows, cols, precision, box_rows):
+    elem = 2 if precision == "bf16" else 4
+    ld = wg.padded_cols(cols)
+    assert call["dtype"] == ("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16" if precision == "bf16"
+                             else "CU_TENSOR_MAP_DATA_TYPE_FLOAT32")
+    assert call["rank"] == 2
+    assert call["dims"] == [cols, rows]                 # innermost (k) first
+    assert call["strides"] == [ld * elem] and call["strides"][0] % 16 == 0
+    assert call["box"] == [128 // elem, box_rows]       # one 128-byte swizzled row of k per box row
+    assert call["estrides"] == [1, 1]
+    assert call["swizzle"] == "CU_TENSOR_MAP_SWIZZLE_128B"
+    assert call["interleave"] == "CU_TENSOR_MAP_INTERLEAVE_NONE"
+    assert call["oob"] == "CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE"   # zeros past the edges
+    assert call["ptr"] % 16 == 0
+    buf = fake.memory_at(call["ptr"], rows * ld * elem)
+    assert buf is not None, "the tensor map does not point into a live device buffer large enough"
+    assert buf.dtype == (np.uint16 if precision == "bf16" else np.float32)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (3, 17, 5), (127, 129, 33), (129, 300, 4097), (8192, 4096, 1024)])
+@pytest.mark.parametrize("with_z", [False, True])
+def test_forward_launches(fake, precision, M, N, K, with_z):
+    A, W, b = _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,))
+    out, Z = _arr(fake, (M, N)), (_arr(fake, (M, N)) if with_z else None)
+    wg.gemm_fwd(A, W, b, ACT_CODES["relu"], out, Z, precision=precision)
+    names = [l.name for l in fake.launches]
+    copy = wg.COPY_NAMES[precision]
+    bn = wg.choose_bn(M, N, 132)
+    assert names == [copy, copy, f"gemm_wgmma_fwd<{wg.PREC_CODES[precision]}, {ACT_CODES['relu']}, {bn}>"]
+    ca, cw, f = fake.launches
+    assert ca.arg("x") is A and cw.arg("x") is W
+    assert (ca.arg("rows"), ca.arg("cols"), ca.arg("ld_out")) == (M, K, wg.padded_cols(K))
+    assert (cw.arg("rows"), cw.arg("cols")) == (N, K)
+    assert f.block == (384, 1, 1) and f.shared_mem == wg.smem_bytes(bn)
+    assert (f.arg("M"), f.arg("N"), f.arg("K"), f.arg("write_z")) == (M, N, K, int(with_z))
+    assert f.arg("vec_out") == int(N % 2 == 0)
+    assert f.arg("Aout") is out and (f.arg("Zout") is Z if with_z else True)
+    calls = fake.driver.calls
+    assert len(calls) == 2
+    _check_map(fake, calls[0], M, K, precision, 128)
+    _check_map(fake, calls[1], N, K, precision, bn)
+    assert calls[0]["ptr"] == ca.arg("out").__array_interface__["data"][0]
+    assert calls[1]["ptr"] == cw.arg("out").__array_interface__["data"][0]
+    # the kernel gets the bytes the driver made, in that order
+    assert f.arg("tmA")["opaque"][0][0] == 1 and f.arg("tmW")["opaque"][0][0] == 2
+    assert fake.builds == [("gemm_wgmma", "sm_90a")]
+
+
+def test_bn_256_and_128_both_launch(fake):
+    M, N, K = 300, 600, 70
+    A, W, b, out = _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,)), _arr(fake, (M, N))
+    for bn in (128, 256):
+        fake.reset()
+        fake.driver.calls.clear()
+        wg.gemm_fwd(A, W, b, ACT_CODES["gelu"], out, precision="bf16", bn=bn)
+        assert fake.launches[-1].name.endswith(f", {bn}>")
+        assert fake.driver.calls[1]["box"] == [64, bn]
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (3, 17, 5), (127, 129, 33), (129, 4097, 300), (4096, 1024, 4096)])
+@pytest.mark.parametrize("act", ["identity", "relu", "gelu"])
+def test_bwd_data_launches(fake, precision, M, N, K, act):
+    delta, W, out = _arr(fake, (M, N)), _arr(fake, (N, K)), _arr(fake, (M, K))
+    A_prev, Z_prev = _arr(fake, (M, K)), _arr(fake, (M, K))
+    wg.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[act], out, precision=precision)
+    bn = wg.choose_bn(M, K, 132)
+    assert [l.name for l in fake.launches] == [wg.COPY_NAMES[precision], wg.COPY_T_NAMES[precision],
+                                               wg.bwd_data_name(precision, ACT_CODES[act], bn)]
+    cd, ct, f = fake.launches
+    assert cd.arg("x") is delta and (cd.arg("rows"), cd.arg("cols")) == (M, N)
+    assert ct.arg("x") is W and (ct.arg("rows"), ct.arg("cols"), ct.arg("ld_out")) == (N, K, wg.padded_cols(N))
+    assert ct.block == (32, 8, 1)
+    assert f.block == (384, 1, 1) and f.shared_mem == wg.smem_bytes(bn)
+    assert (f.arg("M"), f.arg("N"), f.arg("K")) == (M, N, K) and f.arg("out") is out
+    if act == "gelu":
+        assert f.arg("Zprev") is Z_prev
+    elif act == "relu":
+        assert f.arg("Aprev") is A_prev
+    calls = fake.driver.calls
+    assert len(calls) == 2
+    _check_map(fake, calls[0], M, N, precision, 128)        # delta: reduction over N, K-major
+    _check_map(fake, calls[1], K, N, precision, bn)         # W transposed: K rows of N
+    assert calls[0]["ptr"] == cd.arg("out").__array_interface__["data"][0]
+    assert calls[1]["ptr"] == ct.arg("out").__array_interface__["data"][0]
+
+
+def test_bwd_data_checks_and_fallbacks(fake):
+    delta, W, out = _arr(fake, (4, 3)), _arr(fake, (3, 8)), _arr(fake, (4, 8))
+    with pytest.raises(ValueError, match="Z_prev is needed"):
+        wg.gemm_bwd_data(delta, W, _arr(fake, (4, 8)), None, ACT_CODES["gelu"], out)
+    with pytest.raises(ValueError, match="A_prev has shape"):
+        wg.gemm_bwd_data(delta, W, _arr(fake, (4, 7)), None, ACT_CODES["relu"], out)
+    with pytest.raises(ValueError, match="W has shape"):
+        wg.gemm_bwd_data(delta, _arr(fake, (2, 8)), None, None, 0, out)
+    assert fake.launches == []
+    wg.gemm_bwd_data(_arr(fake, (4, 0)), _arr(fake, (0, 8)), None, None, 0, out, precision="bf16")
+    assert [l.name for l in fake.launches] == [cuda_gemm_tc.bwd_data_name("bf16", 0)]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_every_activation_has_its_kernel(fake, act):
+    A, W, b, out = _arr(fake, (5, 9)), _arr(fake, (7, 9)), _arr(fake, (7,)), _arr(fake, (5, 7))
+    wg.gemm_fwd(A, W, b, ACT_CODES[act], out, precision="tf32")
+    assert fake.launches[-1].name == f"gemm_wgmma_fwd<0, {ACT_CODES[act]}, 128>"
+
+
+def test_with_scratch_maps_are_encoded_once_and_nothing_is_allocated_again(fake):
+    scratch = Scratch(_Backend(fake))
+    M, N, K = 257, 130, 100
+    A, W, b, out = _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,)), _arr(fake, (M, N))
+    wg.gemm_fwd(A, W, b, 0, out, precision="tf32", scratch=scratch)
+    first = [l.args for l in fake.launches]
+    assert len(fake.driver.calls) == 2
+    fake.reset()
+    wg.gemm_fwd(A, W, b, 0, out, precision="tf32", scratch=scratch)
+    assert fake.allocations == 0                 # copies are the plan's buffers
+    assert len(fake.driver.calls) == 2           # tensor maps memoised
+    again = [l.args for l in fake.launches]
+    assert again[2][0] is first[2][0] and again[2][1] is first[2][1]   # the very same map arrays
+    assert again[0][1] is first[0][1]            # the same copy buffer
+    # another shape gets its own copies and maps
+    A2, out2 = _arr(fake, (64, K)), _arr(fake, (64, N))
+    wg.gemm_fwd(A2, W, b, 0, out2, precision="tf32", scratch=scratch)
+    assert len(fake.driver.calls) == 3           # only the new A copy's map (W's is the same buffer)
+
+
+def test_capture_replays_with_no_host_work(fake):
+    scratch = Scratch(_Backend(fake))
+    M, N, K = 200, 260, 64
+    A, W, b, out = _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,)), _arr(fake, (M, N))
+    wg.gemm_fwd(A, W, b, 0, out, precision="bf16", scratch=scratch)   # warm-up: buffers and maps made
+    stream = fake.cuda.Stream()
+    n_maps = len(fake.driver.calls)
+    with stream:
+        stream.begin_capture()
+        wg.gemm_fwd(A, W, b, 0, out, precision="bf16", scratch=scratch)
+        graph = stream.end_capture()
+    assert len(fake.driver.calls) == n_maps
+    fake.reset()
+    graph.launch(stream)
+    assert [l.kernel for l in fake.launched(replay=True)] == ["gemm_wgmma_copy_bf16", "gemm_wgmma_copy_bf16",
+                                                               "gemm_wgmma_fwd"]
+
+
+# ----------------------------------------------------------------- refusals
+def test_refusals_launch_nothing(fake):
+    A, W, b, out = _arr(fake, (4, 8)), _arr(fake, (3, 8)), _arr(fake, (3,)), _arr(fake, (4, 3))
+    with pytest.raises(ValueError, match="precision"):
+        wg.gemm_fwd(A, W, b, 0, out, precision="3xtf32")
+    with pytest.raises(TypeError, match="A_prev"):
+        wg.gemm_fwd(A.astype(np.float64), W, b, 0, out)
+    with pytest.raises(ValueError, match="W has shape"):
+        wg.gemm_fwd(A, _arr(fake, (3, 9)), b, 0, out)
+    with pytest.raises(ValueError, match="A_out has shape"):
+        wg.gemm_fwd(A, W, b, 0, _arr(fake, (4, 4)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        wg.gemm_fwd(_arr(fake, (8, 4)).T, W, b, 0, out)
+    with pytest.raises(ValueError, match="bn"):
+        wg.gemm_fwd(A, W, b, 0, out, bn=64)
+    assert fake.launches == [] and fake.driver.calls == []
+
+
+def test_refused_below_sm90(monkeypatch, tmp_path):
+    fake = _install(monkeypatch, tmp_path, attributes={"ComputeCapabilityMajor": 8})
+    A, W, b, out = _arr(fake, (4, 8)), _arr(fake, (3, 8)), _arr(fake, (3,)), _arr(fake, (4, 3))
+    assert not wg.available()
+    with pytest.raises(RuntimeError, match="compute capability 9.0"):
+        wg.gemm_fwd(A, W, b, 0, out)
+    assert fake.launches == []
+
+
+def test_k_zero_runs_on_gemm_tc(fake):
+    A, W, b, out = _arr(fake, (4, 0)), _arr(fake, (3, 0)), _arr(fake, (3,)), _arr(fake, (4, 3))
+    wg.gemm_fwd(A, W, b, 0, out, precision="bf16")
+    assert [l.name for l in fake.launches] == [cuda_gemm_tc.fwd_name("bf16", 0)]
+
+
+def test_empty_outputs_launch_nothing(fake):
+    wg.gemm_fwd(_arr(fake, (0, 8)), _arr(fake, (3, 8)), _arr(fake, (3,)), 0, _arr(fake, (0, 3)))
+    assert fake.launches == []
+
+
+def test_encode_refuses_unaligned_tensors():
+    drv = FakeDriver()
+    with pytest.raises(ValueError, match="16-byte"):
+        wg.encode_tiled(0x1004, 4, 8, 8, "tf32", 128, driver=drv)
+    with pytest.raises(ValueError, match="16-byte"):
+        wg.encode_tiled(0x1000, 4, 6, 6, "tf32", 128, driver=drv)    # 24-byte rows
+    m = wg.encode_tiled(0x1000, 4, 6, 8, "bf16", 256, driver=drv)
+    assert m.dtype == wg.TENSOR_MAP_DTYPE and m.size == 1 and m.nbytes == 128
+    assert drv.calls[0]["box"] == [64, 256]
+
+
+def test_fake_refuses_a_wrong_struct_argument(fake):
+    spec = wg.SPECS[0]
+    f = cubin_cache.function(spec, "gemm_wgmma_fwd<0, 0, 128>", wg.smem_bytes(128))
+    tm = np.zeros(1, wg.TENSOR_MAP_DTYPE)
+    args = [tm, tm, _arr(fake, (3,)), _arr(fake, (4, 3)), _arr(fake, (4, 3))] + [np.int32(v) for v in (4, 3, 8, 0, 0)]
+    f((1, 1, 1), (384, 1, 1), tuple(args), shared_mem=wg.smem_bytes(128))
+    bad = list(args)
+    bad[0] = np.zeros(16, np.uint64)                 # 16 elements, not one 128-byte struct
+    with pytest.raises(LaunchError, match="128-byte"):
+        f((1, 1, 1), (384, 1, 1), tuple(bad), shared_mem=wg.smem_bytes(128))
+    with pytest.raises(LaunchError, match="dynamic shared memory"):
+        f((1, 1, 1), (384, 1, 1), tuple(args), shared_mem=wg.smem_bytes(256))
+
+
+# ----------------------------------------------------------------- the cubin cache
+def test_cache_key_covers_source_arch_and_nvrtc():
+    k = cubin_cache.cache_key("src", "sm_90a", "13.5")
+    assert k != cubin_cache.cache_key("src ", "sm_90a", "13.5")
+    assert k != cubin_cache.cache_key("src", "sm_100a", "13.5")
+    assert k != cubin_cache.cache_key("src", "sm_90a", "13.0")
+    assert "--gpu-architecture=sm_90a" in cubin_cache.options("sm_90a")
+
+
+def test_cubin_path_builds_once_then_reads_the_cache(monkeypatch, tmp_path):
+    pytest.importorskip("cuda.bindings.nvrtc")
+    from gpubp.compile_check import NvrtcMissing, _nvrtc
+
+    try:
+        _nvrtc()
+    except NvrtcMissing:
+        pytest.skip("NVRTC is not installed")
+    built = []
+
+    def compile_cubin(spec, arch, nvrtc=None):
+        built.append(arch)
+        return b"CUBIN", {ne: f"low{i}" for i, ne in enumerate(spec.name_expressions)}, ""
+
+    monkeypatch.setattr(cubin_cache, "compile_cubin", compile_cubin)
+    spec = wg.SPECS[0]
+    p1, low1 = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    p2, low2 = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    assert built == ["sm_90a"] and p1 == p2 and low1 == low2
+    assert open(p1, "rb").read() == b"CUBIN"
+    assert open(p1[:-len(".cubin")] + ".cu").read() == spec.source()
+    meta = json.load(open(p1[:-len(".cubin")] + ".json"))
+    assert meta["arch"] == "sm_90a" and set(meta["lowered"]) == set(spec.name_expressions)
+
+
+def test_cuda_device_refuses_cubin_modules(fake):
+    with pytest.raises(ValueError, match="cubin_cache"):
+        cuda_device.load_kernels({wg.SPECS[0]: ["gemm_wgmma_copy_tf32"]})
+
+
+# ----------------------------------------------------------------- the backend's opt-in
+def _backend(monkeypatch, **kw):
+    import gpubp.backends
+    from gpubp.backends import cuda_fused
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    monkeypatch.setattr(cuda_fused, "_grids", {})
+    monkeypatch.setattr(gpubp.backends, "_instances", {})
+    return CudaBackend(**kw)
+
+
+def _gemm_kernels(fake):
+    return [l.kernel for l in fake.launches if l.kernel.startswith("gemm")]
+
+
+@pytest.mark.parametrize("prec", ["tf32", "bf16"])
+def test_backend_runs_the_forward_gemms_on_hopper_when_asked(monkeypatch, fake, prec):
+    import gpubp
+
+    rng = np.random.default_rng(0)
+    be = _backend(monkeypatch, tensor_core_gemms=True, hopper=True)
+    net = gpubp.MLP([33, 300, 130, 5], activation="gelu", backend=be, precision=prec, seed=0)
+    X = rng.standard_normal((1024, 33)).astype(np.float32)
+    Y = rng.standard_normal((1024, 5)).astype(np.float32)
+    plan = net._plan(1024)                  # prepare builds the cubin with the other modules
+    assert fake.builds == [("gemm_wgmma", "sm_90a")]
+    compiled = list(fake.compiled)
+    net.train_step(X, Y, "adam")
+    assert fake.compiled == compiled, "kernels compiled mid-step, not by prepare"
+    kernels = _gemm_kernels(fake)
+    assert kernels.count("gemm_wgmma_fwd") == 3 and "gemm_tc_fwd" not in kernels
+    assert kernels.count("gemm_wgmma_bwd_data") == 2 and "gemm_tc_bwd_data" not in kernels
+    assert "gemm_tc_bwd_weight" in kernels              # the weight gradient stays on mma.sync
+    Xd, Yd = net._inputs(X), net._targets(Y, 1024)
+    net._step(Xd, Yd, net.optimizer, plan=plan)
+    n_maps = len(fake.driver.calls)
+    fake.reset()
+    net._step(Xd, Yd, net.optimizer, plan=plan)
+    assert fake.allocations == 0, fake.allocation_sites
+    assert len(fake.driver.calls) == n_maps, "a warm step encoded tensor maps again"
+
+
+def test_backend_keeps_gemm_tc_without_hopper_or_off_sm90(monkeypatch, tmp_path):
+    import gpubp
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((256, 20)).astype(np.float32)
+    Y = rng.standard_normal((256, 4)).astype(np.float32)
+    for attrs, hopper in (({}, False), ({"ComputeCapabilityMajor": 8}, True)):
+        fake = _install(monkeypatch, tmp_path, attributes=attrs)
+        be = _backend(monkeypatch, tensor_core_gemms=True, hopper=hopper)
+        net = gpubp.MLP([20, 200, 4], backend=be, precision="bf16", seed=0)
+        net.train_step(X, Y, "sgd", lr=0.01)
+        kernels = _gemm_kernels(fake)
+        assert "gemm_tc_fwd" in kernels and "gemm_wgmma_fwd" not in kernels and fake.builds == []
+    # 3xtf32 has no Hopper kernel: gemm_tc even with hopper=True on sm_90
+    fake = _install(monkeypatch, tmp_path)
+    be = _backend(monkeypatch, tensor_core_gemms=True, hopper=True)
+    gpubp.MLP([20, 200, 4], backend=be, precision="3xtf32", seed=0).train_step(X, Y, "sgd", lr=0.01)
+    assert "gemm_tc_fwd" in _gemm_kernels(fake) and "gemm_wgmma_fwd" not in _gemm_kernels(fake)
+
+
+def test_hopper_needs_tensor_core_gemms(monkeypatch, fake):
+    with pytest.raises(ValueError, match="tensor_core_gemms"):
+        _backend(monkeypatch, hopper=True)
