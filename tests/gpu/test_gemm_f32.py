@@ -10,8 +10,6 @@ Error measure: max |out - ref| / max(|A| |B|) (|A| |B| the float64 product of ma
 at most TOL(K) = 3e-7 sqrt(K) + 2e-6 (float32 rounding of a K-term sum).
 """
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -23,7 +21,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="
 from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device, cuda_gemm  # noqa: E402
 from gpubp.backends import cuda_gemm_f32 as g3  # noqa: E402
-from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
+from support.gemm_checks import (SIZES, bwd_data_operands, bwd_data_refs, case_id, check_activation,  # noqa: E402
+                                 fwd_refs, host, offset_view, poison, rand, refs, same_bits, scaled_err, seed,
+                                 written)
 
 
 @pytest.fixture(autouse=True)
@@ -37,9 +37,6 @@ def _compile_all_at_once():
     """One NVRTC program for every kernel of the module (then CuPy's disk cache)."""
     if cuda_device.compute_capability() >= 80:
         cuda_device.load_kernels({g3.SPECS[0]: g3.SPECS[0].name_expressions})
-
-
-SIZES = (1, 3, 17, 127, 129, 1000, 4097)
 
 
 def tol(K: int) -> float:
@@ -69,72 +66,40 @@ def _cases(n):
 CASES = _cases(21)
 
 
-def _id(c):
-    return "M{}-N{}-K{}-{}".format(*c)
-
-
-def _seed(text):
-    return zlib.crc32(text.encode())
-
-
-def _rand(rng, shape, scale=1.0):
-    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
-
-
-def _poison(shape):
-    return cupy.full(shape, np.nan, dtype=np.float32)
-
-
-def _host64(x, what):
-    h = cupy.asnumpy(x)
-    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
-    return h.astype(np.float64)
-
-
-def _err(out, ref, scale):
-    s = float(np.max(scale, initial=0.0))
-    e = float(np.max(np.abs(out - ref), initial=0.0))
-    return e / s if s > 0 else e
-
-
-def _same_bits(x, y):
-    return bool((x.view(cupy.int32) == y.view(cupy.int32)).all())
-
-
 # ---------------------------------------------------------------- forward
-@pytest.mark.parametrize("case", CASES, ids=_id)
+def _fwd_err(Z, A, W, b):
+    """Z against A @ W.T + b in float64, relative to max(|A| |W.T| + |b|)."""
+    _, exact, scale = fwd_refs(A, W)
+    bb = host(b).astype(np.float64)
+    return scaled_err(Z, exact + bb, scale + np.abs(bb))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fwd(case):
     M, N, K, act = case
-    rng = np.random.default_rng(_seed("f" + _id(case)))
-    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,), 0.5)
-    A_out, Z_out = _poison((M, N)), _poison((M, N))
+    rng = np.random.default_rng(seed("f" + case_id(case)))
+    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,), 0.5)
+    A_out, Z_out = poison((M, N)), poison((M, N))
     assert g3.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out) == g3.fwd_name(ACT_CODES[act])
-    a, w, bb = (cupy.asnumpy(x).astype(np.float64) for x in (A, W, b))
-    Z = _host64(Z_out, "Z_out")
-    e = _err(Z, a @ w.T + bb, np.abs(a) @ np.abs(w).T + np.abs(bb))
+    Z = written(Z_out, "Z_out")
+    e = _fwd_err(Z, A, W, b)
     assert e <= tol(K), f"fwd Z: {e:.3g}"
-    A_ref = activation_forward(act, Z, np.empty_like(Z))   # g of the kernel's own Z
-    e = np.abs(_host64(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
-    assert e < 1e-5, f"activation epilogue {act}: {e:.3g}"
-    A2 = _poison((M, N))                                   # without Z_out: the same A_out, bit for bit
+    check_activation(A_out, Z, act)                        # g of the kernel's own Z
+    A2 = poison((M, N))                                    # without Z_out: the same A_out, bit for bit
     g3.gemm_fwd(A, W, b, ACT_CODES[act], A2, None)
-    assert _same_bits(A2, A_out)
+    assert same_bits(A2, A_out)
 
 
 # ---------------------------------------------------------------- backward, data
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_bwd_data(case):
     M, N, K, act = case
-    rng = np.random.default_rng(_seed("d" + _id(case)))
-    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
-    Zp = rng.standard_normal((M, K)).astype(np.float32)
-    Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
-    out = _poison((M, K))
-    g3.gemm_bwd_data(delta, W, cupy.asarray(Ap), cupy.asarray(Zp) if act in NEEDS_Z else None,
-                     ACT_CODES[act], out)
-    d, w = cupy.asnumpy(delta).astype(np.float64), cupy.asnumpy(W).astype(np.float64)
-    gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
-    e = _err(_host64(out, "delta_prev"), (d @ w) * gprime, (np.abs(d) @ np.abs(w)) * np.abs(gprime))
+    rng = np.random.default_rng(seed("d" + case_id(case)))
+    delta, W, A_prev, Z_prev, gprime = bwd_data_operands(rng, act, M, N, K)
+    out = poison((M, K))
+    g3.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None, ACT_CODES[act], out)
+    _, exact, scale = bwd_data_refs(delta, W, gprime)
+    e = scaled_err(written(out, "delta_prev"), exact, scale)
     assert e <= tol(N) + 1e-6, f"bwd_data {act}: {e:.3g}"
 
 
@@ -144,21 +109,29 @@ WCASES = [(M, N, K) for (M, N, K, _) in CASES[:14]] + [
     (16384 + 3, 256, 256), (4096, 256, 384)]
 
 
+def _bwd_weight_errs(dW, db, delta, A):
+    """dW against delta.T @ A and db against delta.sum(0), in float64, each relative to the
+    largest sum of magnitudes."""
+    d = host(delta)
+    _, exact, scale = refs(d.T.copy(), host(A))
+    d64 = d.astype(np.float64)
+    return (scaled_err(written(dW, "dW"), exact, scale),
+            scaled_err(written(db, "db"), d64.sum(0), np.abs(d64).sum(0)))
+
+
 @pytest.mark.parametrize("with_scratch", [True, False])
 @pytest.mark.parametrize("case", WCASES, ids=lambda c: "M{}-N{}-K{}".format(*c))
 def test_bwd_weight(case, with_scratch):
     M, N, K = case
     rng = np.random.default_rng(M * 1000003 + N * 1009 + K)
-    delta, A = _rand(rng, (M, N)), _rand(rng, (M, K))
+    delta, A = rand(rng, (M, N)), rand(rng, (M, K))
     size = g3.bwd_weight_scratch_size(M, N, K)
     scratch = cupy.full(size, np.nan, dtype=np.float32) if (size and with_scratch) else None
-    dW, db = _poison((N, K)), _poison((N,))
+    dW, db = poison((N, K)), poison((N,))
     g3.gemm_bwd_weight(delta, A, dW, db, scratch=scratch)
-    d, a = cupy.asnumpy(delta).astype(np.float64), cupy.asnumpy(A).astype(np.float64)
-    e = _err(_host64(dW, "dW"), d.T @ a, np.abs(d).T @ np.abs(a))
-    assert e <= tol(M), f"dW: {e:.3g}"
-    e = _err(_host64(db, "db"), d.sum(0), np.abs(d).sum(0))
-    assert e <= tol(M), f"db: {e:.3g}"
+    e_dW, e_db = _bwd_weight_errs(dW, db, delta, A)
+    assert e_dW <= tol(M), f"dW: {e_dW:.3g}"
+    assert e_db <= tol(M), f"db: {e_db:.3g}"
 
 
 def test_bwd_weight_scratch_is_used_and_a_short_one_refused():
@@ -168,14 +141,14 @@ def test_bwd_weight_scratch_is_used_and_a_short_one_refused():
     rs = cupy.random.RandomState(3)
     delta = rs.standard_normal((M, N), dtype=np.float32)
     A = rs.standard_normal((M, K), dtype=np.float32)
-    dW, db = _poison((N, K)), _poison((N,))
+    dW, db = poison((N, K)), poison((N,))
     with pytest.raises(ValueError, match="scratch"):
         g3.gemm_bwd_weight(delta, A, dW, db, scratch=cupy.empty(10, np.float32))
     assert bool(cupy.isnan(dW).all()) and bool(cupy.isnan(db).all()), "nothing may change on bad input"
     scratch = cupy.full(size, np.nan, dtype=np.float32)
     g3.gemm_bwd_weight(delta, A, dW, db, scratch=scratch)
     assert bool(cupy.isfinite(scratch[:N * K]).all()), "the splits were not written to scratch"
-    one, db1 = _poison((N, K)), _poison((N,))
+    one, db1 = poison((N, K)), poison((N,))
     g3.gemm_bwd_weight(delta, A, one, db1)   # one split
     ref = delta.astype(np.float64).T @ A.astype(np.float64)
     scale = float((cupy.abs(delta.astype(np.float64)).T @ cupy.abs(A.astype(np.float64))).max())
@@ -192,29 +165,24 @@ def test_offset_views(offset):
     rng = np.random.default_rng(offset)
 
     def view(shape, scale=1.0, poison=False):
-        n = int(np.prod(shape))
-        flat = cupy.full(n + 8, np.nan, dtype=np.float32)
-        v = flat[offset:offset + n].reshape(shape)
-        if not poison:
-            v[...] = _rand(rng, shape, scale)
-        return v
+        return offset_view(rng, offset, shape, scale, poison)
 
     A, W, b = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
     A_out, Z_out = view((M, N), poison=True), view((M, N), poison=True)
     g3.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out)
-    a, w, bb = (cupy.asnumpy(x).astype(np.float64) for x in (A, W, b))
-    assert _err(_host64(Z_out, "Z_out"), a @ w.T + bb, np.abs(a) @ np.abs(w).T + np.abs(bb)) <= tol(K)
-    _host64(A_out, "A_out")
+    assert _fwd_err(written(Z_out, "Z_out"), A, W, b) <= tol(K)
+    written(A_out, "A_out")
 
     delta, dprev = view((M, N)), view((M, K), poison=True)
     g3.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev)
-    d = cupy.asnumpy(delta).astype(np.float64)
-    assert _err(_host64(dprev, "delta_prev"), d @ w, np.abs(d) @ np.abs(w)) <= tol(N)
+    _, exact, scale = refs(host(delta), host(W))
+    assert scaled_err(written(dprev, "delta_prev"), exact, scale) <= tol(N)
 
     dW, db = view((N, K), poison=True), view((N,), poison=True)
     g3.gemm_bwd_weight(delta, A, dW, db)
-    assert _err(_host64(dW, "dW"), d.T @ a, np.abs(d).T @ np.abs(a)) <= tol(M)
-    assert _err(_host64(db, "db"), d.sum(0), np.abs(d).sum(0)) <= tol(M)
+    e_dW, e_db = _bwd_weight_errs(dW, db, delta, A)
+    assert e_dW <= tol(M)
+    assert e_db <= tol(M)
 
 
 # ---------------------------------------------------------------- reproducibility, and v1
@@ -230,15 +198,15 @@ def test_bitwise_reproducible_and_weight_gradient_split_invariant_bits():
     runs = []
     for _ in range(2):
         scratch = cupy.full(size, np.nan, dtype=np.float32)   # a fresh workspace each run
-        A_out, Z_out, dprev = _poison((M, N)), _poison((M, N)), _poison((M, K))
-        dW, db = _poison((N, K)), _poison((N,))
+        A_out, Z_out, dprev = poison((M, N)), poison((M, N)), poison((M, K))
+        dW, db = poison((N, K)), poison((N,))
         g3.gemm_fwd(A, W, b, ACT_CODES["silu"], A_out, Z_out)
         g3.gemm_bwd_data(delta, W, None, A, ACT_CODES["gelu"], dprev)
         g3.gemm_bwd_weight(delta, A, dW, db, scratch=scratch)
         runs.append((A_out, Z_out, dprev, dW, db))
     for x, y in zip(*runs):
         assert bool(cupy.isfinite(x).all())
-        assert _same_bits(x, y), "two runs differ in bits"
+        assert same_bits(x, y), "two runs differ in bits"
 
 
 def test_agrees_with_v1_at_4096():
@@ -249,7 +217,7 @@ def test_agrees_with_v1_at_4096():
     W = rs.standard_normal((n, n), dtype=np.float32)
     A64, W64 = A.astype(np.float64), W.astype(np.float64)
     scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
-    out, v1 = _poison((n, n)), _poison((n, n))
+    out, v1 = poison((n, n)), poison((n, n))
     zero = cupy.zeros(n, np.float32)
     g3.gemm_fwd(A, W, zero, ACT_CODES["identity"], out)
     cuda_gemm.gemm_fwd(A, W, zero, ACT_CODES["identity"], v1, tile="large")

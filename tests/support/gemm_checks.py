@@ -1,0 +1,142 @@
+"""What the GPU tests of the GEMM kernels share (tests/gpu/test_gemm_f32.py, test_gemm_tc.py,
+test_gemm_tc_splitk.py, test_gemm_wgmma.py): random float32 operands on the device, outputs
+poisoned with NaN (so that an element the kernel does not write shows), host copies that must
+be fully written, float64 and emulated references with |A| |B| as the error scale, and bitwise
+comparison.
+
+Imports CuPy: a test module imports it only after `pytest.importorskip("cupy")`.
+"""
+
+import zlib
+
+import cupy
+import numpy as np
+
+from gpubp import precision as P
+from gpubp.activations import ACTIVATIONS
+from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward
+
+#: awkward sizes: 1, below and above a tile edge, long
+SIZES = (1, 3, 17, 127, 129, 1000, 4097)
+#: the inner sizes of `sparse_cases` (4097 only as M, to keep the numpy emulation cheap)
+INNER = (1, 3, 17, 127, 129, 1000)
+
+
+def sparse_cases(n):
+    """n sparse (M, N, K, act) combinations covering every size and activation; the largest
+    products are kept small enough for the numpy emulation."""
+    out = []
+    for i in range(n):
+        M = SIZES[i % len(SIZES)]
+        N = INNER[(5 * i + 1) % len(INNER)]
+        K = INNER[(i + 2) % len(INNER)]
+        if M * N * K > 3e8:
+            K = 129
+        out.append((M, N, K, ACTIVATIONS[i % len(ACTIVATIONS)]))
+    return out
+
+
+def case_id(c):
+    return "M{}-N{}-K{}-{}".format(*c)
+
+
+def seed(text):
+    """A fixed seed per test case (so that a failure replays)."""
+    return zlib.crc32(text.encode())
+
+
+def rand(rng, shape, scale=1.0):
+    """Standard normal float32 times `scale`, on the device."""
+    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
+
+
+def poison(shape):
+    """A float32 device array of NaN."""
+    return cupy.full(shape, np.nan, dtype=np.float32)
+
+
+def host(x):
+    return cupy.asnumpy(x)
+
+
+def written(x, what):
+    """`x` on the host in float64, after checking that every element was written (no NaN left)."""
+    h = host(x)
+    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
+    return h.astype(np.float64)
+
+
+def same_bits(x, y):
+    """Whether two float32 device arrays hold the same bits."""
+    return bool((x.view(cupy.int32) == y.view(cupy.int32)).all())
+
+
+def offset_buffer(rng, offset, shape, scale=1.0, poison=False):
+    """`(view, flat)`: a view of `shape` (or of that many elements) at element `offset` into a flat
+    NaN buffer 8 elements longer; the view holds `rand(rng, shape, scale)` unless `poison`."""
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    n = int(np.prod(shape))
+    flat = cupy.full(n + 8, np.nan, dtype=np.float32)
+    v = flat[offset:offset + n].reshape(shape)
+    if not poison:
+        v[...] = rand(rng, shape, scale)
+    return v, flat
+
+
+def offset_view(rng, offset, shape, scale=1.0, poison=False):
+    """The view of `offset_buffer`."""
+    return offset_buffer(rng, offset, shape, scale, poison)[0]
+
+
+def scaled_err(out, ref, scale):
+    """max |out - ref| / max(scale) (scale: |A| |B|, elementwise, float64)."""
+    s = float(np.max(scale, initial=0.0))
+    e = float(np.max(np.abs(out - ref), initial=0.0))
+    return e / s if s > 0 else e
+
+
+def refs(a, b, mode=None):
+    """`(emul, exact, scale)` of the host float32 product a @ b: the emulation of tensor-core mode
+    `mode` (gpubp.precision.matmul; None without a mode), float64, and |a| @ |b| (float64)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    emul = None if mode is None else P.matmul(a, b, mode).astype(np.float64)
+    return emul, a64 @ b64, np.abs(a64) @ np.abs(b64)
+
+
+def fwd_refs(A, W, mode=None):
+    """`refs` of the forward GEMM A @ W.T (device operands)."""
+    return refs(host(A), host(W).T.copy(), mode)
+
+
+def check_gemm(out, emul, exact, scale, mode, what, emul_tol):
+    """`out` within `emul_tol` of the emulation and within precision.TOLERANCE[mode] of float64,
+    both relative to max(scale)."""
+    e_emul = scaled_err(out, emul, scale)
+    e_exact = scaled_err(out, exact, scale)
+    assert e_emul <= emul_tol, f"{what} {mode}: {e_emul:.3g} from the emulation"
+    assert e_exact <= P.TOLERANCE[mode], f"{what} {mode}: {e_exact:.3g} from float64"
+
+
+def check_activation(A_out, Z, act, where=""):
+    """The forward epilogue: A_out = g(Z) of the kernel's own Z (float64 host), in float32
+    arithmetic (`where` is added to the message)."""
+    A_ref = activation_forward(act, Z, np.empty_like(Z))
+    e = np.abs(written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
+    assert e < 1e-5, f"activation epilogue {act}{where}: {e:.3g}"
+
+
+def bwd_data_operands(rng, act, M, N, K):
+    """`(delta, W, A_prev, Z_prev, gprime)` of an input-gradient GEMM with activation `act`:
+    delta (M x N), W (N x K, scaled by 1/sqrt(N)), the previous layer's A_prev = g(Z_prev)
+    (M x K) on the device, and g'(Z_prev) on the host in float64."""
+    delta, W = rand(rng, (M, N)), rand(rng, (N, K), 1 / np.sqrt(N))
+    Zp = rng.standard_normal((M, K)).astype(np.float32)
+    Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
+    gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
+    return delta, W, cupy.asarray(Ap), cupy.asarray(Zp), gprime
+
+
+def bwd_data_refs(delta, W, gprime, mode=None):
+    """`refs` of the input gradient (delta @ W) * g' (device delta and W)."""
+    emul, exact, scale = refs(host(delta), host(W), mode)
+    return None if emul is None else emul * gprime, exact * gprime, scale * np.abs(gprime)
