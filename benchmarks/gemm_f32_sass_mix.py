@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from gpubp import compile_check as cc  # noqa: E402
 from gpubp.backends import cuda_gemm_f32 as g3  # noqa: E402
-from gpubp.backends import cuda_source  # noqa: E402
+from gpubp.backends import cuda_source, nvrtc_program  # noqa: E402
 
 DEFAULT_KERNELS = (g3.fwd_name(3), g3.bwd_data_name(3), g3.BWD_WEIGHT_NAME)
 _RE_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -34,27 +34,11 @@ _RE_BRA = re.compile(r"\bBRA\b[^;]*?0x([0-9a-f]+)")
 
 def compile_cubin(names, arch: str) -> tuple[bytes, dict[str, str]]:
     """Cubin of the gemm_f32 module with `names` instantiated, and mangled name -> name."""
-    nvrtc = cc._nvrtc()
-    src = g3.SPECS[0].source()
-    err, prog = nvrtc.nvrtcCreateProgram(src.encode(), b"gemm_f32.cu", 0, [], [])
-    try:
-        for n in names:
-            nvrtc.nvrtcAddNameExpression(prog, n.encode())
-        opts = [f"--gpu-architecture={arch}".encode()]
-        opts += [o.encode() for o in cuda_source.NVRTC_OPTIONS + cc._CUPY_EXTRA_OPTIONS]
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            raise RuntimeError(log.decode(errors="replace"))
-        _, size = nvrtc.nvrtcGetCUBINSize(prog)
-        cubin = b" " * size
-        nvrtc.nvrtcGetCUBIN(prog, cubin)
-        lowered = {nvrtc.nvrtcGetLoweredName(prog, n.encode())[1].decode(): n for n in names}
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
-    return cubin, lowered
+    opts = (f"--gpu-architecture={arch}",) + cuda_source.NVRTC_OPTIONS + cc._CUPY_EXTRA_OPTIONS
+    b = nvrtc_program.build(cc._nvrtc(), g3.SPECS[0].source(), "gemm_f32.cu", names, opts)
+    if b.error:
+        raise RuntimeError(b.log)
+    return b.cubin, {mangled: n for n, mangled in b.lowered.items()}
 
 
 def functions(sass: str) -> dict[str, list[tuple[int, str, str]]]:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from .backends import cuda_source
+from .backends import cuda_source, nvrtc_program
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 
@@ -207,13 +207,6 @@ def _row(module, arch, kernel, **kw) -> dict:
     return row
 
 
-def _check(nvrtc, result, what):
-    err = result[0]
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise RuntimeError(f"{what}: {err}")
-    return result[1] if len(result) > 1 else None
-
-
 def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
     """Compile one ModuleSpec for `arch` ("sm_90"); one row per kernel, or one error row."""
     nvrtc = nvrtc or _nvrtc()
@@ -221,38 +214,19 @@ def compile_spec(spec, arch: str, nvrtc=None) -> list[dict]:
         src = spec.source()
     except Exception as e:
         return [_row(spec.name, arch, None, error=f"cannot read the sources: {type(e).__name__}: {e}")]
-    prog = _check(nvrtc, nvrtc.nvrtcCreateProgram(src.encode(), f"{spec.name}.cu".encode(), 0, [], []),
-                  "nvrtcCreateProgram")
-    try:
-        for ne in spec.name_expressions:
-            _check(nvrtc, nvrtc.nvrtcAddNameExpression(prog, ne.encode()), f"nvrtcAddNameExpression({ne})")
-        opts = [f"--gpu-architecture={arch}".encode()]
-        opts += [o.encode() for o in cuda_source.NVRTC_OPTIONS + _CUPY_EXTRA_OPTIONS]
-        opts += [b"-Xptxas", b"-v"]
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        buf = b" " * size
-        _check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
-        log = buf.rstrip(b"\x00 ").decode(errors="replace")
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            return [_row(spec.name, arch, None, error=f"{err.name}:\n{log}")]
-        lowered = {}
-        for ne in spec.name_expressions:
-            lowered[_check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, ne.encode()),
-                           f"nvrtcGetLoweredName({ne})").decode()] = ne
-        expect, more = {}, {}
-        for kname, op in getattr(spec, "sass_expect", ()) or ():
-            if kname in expect:
-                more.setdefault(kname, []).append(op)
-            else:
-                expect[kname] = op
-        cubin = None
-        if expect:
-            n = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-            cubin = b" " * n
-            _check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+    expect, more = {}, {}
+    for kname, op in getattr(spec, "sass_expect", ()) or ():
+        if kname in expect:
+            more.setdefault(kname, []).append(op)
+        else:
+            expect[kname] = op
+    opts = (f"--gpu-architecture={arch}",) + cuda_source.NVRTC_OPTIONS + _CUPY_EXTRA_OPTIONS + ("-Xptxas", "-v")
+    b = nvrtc_program.build(nvrtc, src, f"{spec.name}.cu", spec.name_expressions, opts, cubin=bool(expect))
+    log = b.log
+    if b.error:
+        return [_row(spec.name, arch, None, error=f"{b.error}:\n{log}")]
+    lowered = {mangled: ne for ne, mangled in b.lowered.items()}
+    cubin = b.cubin
 
     sass, sass_error = {}, None
     if expect:

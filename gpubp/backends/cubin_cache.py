@@ -32,8 +32,9 @@ import os
 import tempfile
 import threading
 
-from .cuda_device import DEFAULT_SMEM, attributes, device_id, kernel_cache_dir
+from .cuda_device import DEFAULT_SMEM, device_id, kernel_cache_dir, opt_in_smem
 from .cuda_source import NVRTC_OPTIONS, ModuleSpec
+from .nvrtc_program import build
 
 log = logging.getLogger("gpubp")
 
@@ -58,12 +59,6 @@ def _nvrtc():
     return nvrtc
 
 
-def _check(nvrtc, result, what):
-    if result[0] != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise RuntimeError(f"{what}: {result[0]}")
-    return result[1] if len(result) > 1 else None
-
-
 def options(arch: str) -> tuple[str, ...]:
     return (f"--gpu-architecture={arch}",) + NVRTC_OPTIONS + EXTRA_OPTIONS
 
@@ -79,28 +74,10 @@ def cache_key(source: str, arch: str, nvrtc_version: str) -> str:
 def compile_cubin(spec: ModuleSpec, arch: str, nvrtc=None) -> tuple[bytes, dict[str, str], str]:
     """(cubin, {name expression: lowered name}, NVRTC log) of `spec` built for `arch`."""
     nvrtc = nvrtc or _nvrtc()
-    src = spec.source()
-    prog = _check(nvrtc, nvrtc.nvrtcCreateProgram(src.encode(), f"{spec.name}.cu".encode(), 0, [], []),
-                  "nvrtcCreateProgram")
-    try:
-        for ne in spec.name_expressions:
-            _check(nvrtc, nvrtc.nvrtcAddNameExpression(prog, ne.encode()), f"nvrtcAddNameExpression({ne})")
-        opts = [o.encode() for o in options(arch)]
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        buf = b" " * size
-        _check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
-        text = buf.rstrip(b"\x00 ").decode(errors="replace")
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise RuntimeError(f"NVRTC could not build {spec.name} for {arch} ({err.name}):\n{text}")
-        lowered = {ne: _check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, ne.encode()),
-                              f"nvrtcGetLoweredName({ne})").decode() for ne in spec.name_expressions}
-        n = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        cubin = b" " * n
-        _check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
-    return cubin, lowered, text
+    b = build(nvrtc, spec.source(), f"{spec.name}.cu", spec.name_expressions, options(arch))
+    if b.error:
+        raise RuntimeError(f"NVRTC could not build {spec.name} for {arch} ({b.error}):\n{b.log}")
+    return b.cubin, b.lowered, b.log
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -170,10 +147,4 @@ def function(spec: ModuleSpec, name: str, smem: int = 0):
     if entry is None:
         load(spec)
         entry = _functions[key]
-    if smem > entry[1]:
-        optin = int(attributes().get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM))
-        if smem > optin:
-            raise RuntimeError(f"{name} needs {smem} bytes of shared memory; this device allows {optin}")
-        entry[0].max_dynamic_shared_size_bytes = smem
-        entry[1] = smem
-    return entry[0]
+    return opt_in_smem(entry, name, smem)

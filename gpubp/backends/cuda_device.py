@@ -110,6 +110,13 @@ def function(spec: ModuleSpec, name: str, smem: int = 0):
     if entry is None:
         load_kernels({spec: [name]})
         entry = _functions[key]
+    return opt_in_smem(entry, name, smem)
+
+
+def opt_in_smem(entry, name: str, smem: int):
+    """The function of a loaded kernel's `entry` ([function, dynamic shared memory opted in]),
+    its limit raised to `smem` bytes where that is more than it has (past the 48 KB default,
+    up to what the device allows)."""
     if smem > entry[1]:
         optin = int(attributes().get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM))
         if smem > optin:
