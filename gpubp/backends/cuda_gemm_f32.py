@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
+from ..activations import ACTIVATIONS
 from .cuda_device import compute_capability, function, sm_count
-from .cuda_launch import aligned, batch_splits, cdiv, check_act, grid_1d, split_stride
+from .cuda_launch import aligned, batch_splits, cdiv, check_act, gprime_source, grid_1d, split_stride
 from .cuda_source import ModuleSpec
 from .kernel_constants import GEMM3_BK as BK
 from .kernel_constants import GEMM3_BM as BM
@@ -41,7 +41,6 @@ from .kernel_constants import GEMM3_STAGES as STAGES
 from .kernel_constants import GEMM3_THREADS as THREADS
 
 _N_ACT = len(ACTIVATIONS)
-_NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 #: floats of one operand's pipeline stage (GEMM3_TILE in gemm_f32.cu: 128 rows of BK + 4)
 STAGE_FLOATS = BM * (BK + 4)
 #: dynamic shared memory of every GEMM kernel here (GEMM3_SMEM_BYTES)
@@ -142,12 +141,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out) -> st
 
     `A_prev` may be None for identity or gelu/silu; `Z_prev` is needed only for gelu/silu."""
     act = check_act(act_code)
-    needs_z = act in _NEEDS_Z_CODES
-    needs_a = not needs_z and act != ACT_CODES["identity"]
-    g_name = "Z_prev" if needs_z else "A_prev"
-    g_src = Z_prev if needs_z else (A_prev if needs_a else None)
-    if (needs_z or needs_a) and g_src is None:
-        raise ValueError(f"gemm_bwd_data: {g_name} is needed for activation code {act}")
+    g_name, g_src = gprime_source(act, A_prev, Z_prev)
     _check_arrays(delta=delta, W=W, delta_prev_out=delta_prev_out, **{g_name: g_src})
     if delta.ndim != 2 or W.ndim != 2:
         raise ValueError("delta and W must be 2-D")

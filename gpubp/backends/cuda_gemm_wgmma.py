@@ -44,11 +44,11 @@ import struct
 
 import numpy as np
 
-from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
+from ..activations import ACTIVATIONS
 from . import cubin_cache, cuda_gemm_tc
 from .cuda_device import compute_capability, sm_count
 from .cuda_launch import aligned as _aligned
-from .cuda_launch import cdiv, check_act
+from .cuda_launch import cdiv, check_act, gprime_source
 from .cuda_source import ModuleSpec
 from .kernel_constants import WG_BM as BM
 from .kernel_constants import WG_STAGES as STAGES
@@ -64,7 +64,6 @@ ROW_BYTES = 128
 COPY_THREADS = 256
 ARCH = "sm_90a"
 _N_ACT = len(ACTIVATIONS)
-_NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 
 #: numpy type of a CUtensorMap passed by value (128 bytes; CuPy passes a 1-element array's bytes)
 TENSOR_MAP_DTYPE = np.dtype([("opaque", "<u8", (16,))])
@@ -227,6 +226,11 @@ def _copy_t(x, precision, which, scratch):
     return out
 
 
+def _check_bn(bn) -> None:
+    if bn is not None and bn not in BNS:
+        raise ValueError(f"bn must be one of {BNS}, got {bn!r}")
+
+
 def choose_bn(M: int, N: int, sms: int) -> int:
     """256 columns per block when that still gives every SM a block, else 128."""
     return 256 if N > 128 and cdiv(M, BM) * cdiv(N, 256) >= sms else 128
@@ -247,8 +251,7 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "t
     cuda_gemm_tc._shape("A_out", A_out, (M, N))
     if Z_out is not None:
         cuda_gemm_tc._shape("Z_out", Z_out, (M, N))
-    if bn is not None and bn not in BNS:
-        raise ValueError(f"bn must be one of {BNS}, got {bn!r}")
+    _check_bn(bn)
     if M == 0 or N == 0:
         return
     if K == 0:
@@ -285,12 +288,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
     N == 0 runs on `cuda_gemm_tc`."""
     act = check_act(act_code)
     _check_precision(precision)
-    needs_z = act in _NEEDS_Z_CODES
-    needs_a = not needs_z and act != ACT_CODES["identity"]
-    g_name = "Z_prev" if needs_z else "A_prev"
-    g_src = Z_prev if needs_z else (A_prev if needs_a else None)
-    if (needs_z or needs_a) and g_src is None:
-        raise ValueError(f"gemm_bwd_data: {g_name} is needed")
+    g_name, g_src = gprime_source(act, A_prev, Z_prev)
     cuda_gemm_tc._check_arrays(delta=delta, W=W, delta_prev_out=delta_prev_out, **{g_name: g_src})
     if delta.ndim != 2 or W.ndim != 2:
         raise ValueError(f"delta and W must be 2-D, got {delta.ndim}-D and {W.ndim}-D")
@@ -300,8 +298,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
     cuda_gemm_tc._shape("delta_prev_out", delta_prev_out, (M, K))
     if g_src is not None:
         cuda_gemm_tc._shape(g_name, g_src, (M, K))
-    if bn is not None and bn not in BNS:
-        raise ValueError(f"bn must be one of {BNS}, got {bn!r}")
+    _check_bn(bn)
     if M == 0 or K == 0:
         return
     if N == 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import ACTIVATIONS
+from ..activations import ACT_CODES, ACTIVATIONS, NEEDS_Z
 
 #: the C type of each dtype the templated kernels are instantiated for
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -97,3 +97,20 @@ def check_act(code) -> int:
     if not 0 <= c < len(ACTIVATIONS):
         raise ValueError(f"activation code {code} out of range 0..{len(ACTIVATIONS) - 1}")
     return c
+
+
+#: activation codes whose derivative is computed from the pre-activation Z (gelu, silu)
+NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
+
+
+def gprime_source(act: int, A_prev, Z_prev, what: str = "gemm_bwd_data") -> tuple[str, object]:
+    """`(name, array)` an input-gradient GEMM computes g' from for activation code `act`:
+    ("Z_prev", Z_prev) for gelu and silu, ("A_prev", A_prev) for the others, with the array None
+    for identity (no g'); a ValueError naming the argument when the one needed is None."""
+    needs_z = act in NEEDS_Z_CODES
+    needs_a = not needs_z and act != ACT_CODES["identity"]
+    name = "Z_prev" if needs_z else "A_prev"
+    src = Z_prev if needs_z else (A_prev if needs_a else None)
+    if (needs_z or needs_a) and src is None:
+        raise ValueError(f"{what}: {name} is needed for activation code {act}")
+    return name, src
