@@ -20,7 +20,6 @@ and each entry's ratio to the torch entry of its precision.
 import argparse
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # this checkout's gpubp
@@ -29,31 +28,11 @@ import cupy
 
 from gpubp.backends import cuda_device, cuda_fused
 from gpubp.backends import cuda_fused_family as ff
-from gpubp.bench import fused_runs
+from gpubp.bench import fused_runs, timing
 
 #: name -> (widths, batch or None for --batch)
 NETS = {"w64x8": ([64] * 9, None), "w128x8": ([128] * 9, None), "w64x5-2^20": ([64] * 7, 1 << 20)}
 TORCH_PEER = {"float32": "torch-eager", "tf32": "torch-eager-tf32", "bf16": "torch-autocast-bf16"}
-
-
-def _time(fn, reps, events):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, stop = events()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(_elapsed_ms(start, stop))
-    return statistics.median(times)
-
-
-def _elapsed_ms(start, stop):
-    if isinstance(start, cupy.cuda.Event):
-        return cupy.cuda.get_elapsed_time(start, stop)
-    return start.elapsed_time(stop)      # torch.cuda.Event
 
 
 def _torch_run(peer, widths, batch):
@@ -73,7 +52,6 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     cuda_device.load_kernels({ff.SPECS[0]: ff.SPECS[0].name_expressions,
                               cuda_fused.SPECS[0]: cuda_fused.SPECS[0].name_expressions})
-    cupy_events = lambda: (cupy.cuda.Event(), cupy.cuda.Event())   # noqa: E731
     rows = []
     for net, (widths, batch) in NETS.items():
         batch = batch or args.batch
@@ -83,17 +61,15 @@ def main(argv=None):
         entries += [(f"fused-{p}", p, lambda p=p: fused_runs.gpubp_run(f"fused-{p}", widths, batch))
                     for p in ("float32", "tf32")]
         try:
-            import torch
-
-            def torch_events():
-                return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            import torch  # noqa: F401
             entries += [(TORCH_PEER[p], p, lambda p=p: _torch_run(TORCH_PEER[p], widths, batch)) for p in TORCH_PEER]
         except ImportError:
-            torch_events = None
+            pass
         for name, prec, make in entries:
             try:
                 step = make()
-                ms = _time(step, args.reps, torch_events if name.startswith("torch") else cupy_events)
+                clock = timing.TorchClock() if name.startswith("torch") else timing.CupyClock()
+                ms = timing.event_median_ms(lambda i: step(), args.reps, clock)
                 rows.append(dict(net=net, entry=name, precision=prec, batch=batch, ms=ms,
                                  tflops=flops / ms / 1e9, samples_per_s=batch / ms * 1e3))
             except Exception as e:   # record and go on: one failing entry must not hide the others

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # this checkout's gpubp
@@ -46,7 +45,7 @@ import torch
 from gpubp.activations import ACT_CODES
 from gpubp.backends import cuda_device
 from gpubp.backends import cuda_gemm_tc as tc
-from gpubp.bench import gemms
+from gpubp.bench import gemms, timing
 
 SHAPES = [("fwd", 8192, 4096, 4096)] + [(k, b, 4096, 4096) for b in (4096, 1024, 256)
                                          for k in ("fwd", "bwd_data", "bwd_weight")]
@@ -57,31 +56,8 @@ WIDE = (1024, 4096, 4096, 4096, 10)
 SPLITK_SHAPES = [(k, b, n, 4096) for b in (256, 1024) for k, n in (("fwd", 4096), ("bwd_data", 4096), ("fwd", 10))]
 
 
-def _time(fn, reps, events, elapsed):
-    start, stop = events()
-    for i in range(3):
-        fn(i)
-    times = []
-    for i in range(reps):
-        start.record()
-        fn(i)
-        stop.record()
-        stop.synchronize()
-        times.append(elapsed(start, stop))
-    return statistics.median(times)
-
-
 def _time_cupy(fn, reps):
-    return _time(fn, reps, lambda: (cupy.cuda.Event(), cupy.cuda.Event()), cupy.cuda.get_elapsed_time)
-
-
-def _time_torch(fn, reps):
-    return _time(fn, reps, lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)),
-                 lambda a, b: a.elapsed_time(b))
-
-
-def _rotating(fn, sets):
-    return lambda i: fn(*sets[i % len(sets)])
+    return timing.event_median_ms(fn, reps, timing.CupyClock())
 
 
 def main():
@@ -97,13 +73,10 @@ def main():
     for kind, M, N, K in SHAPES:
         ops = gemms.GemmOperands(gemms.random_sets(M, N, K, n_sets=2))
         flop = 2.0 * M * N * K
-        ms32 = _time_cupy(_rotating(gemms.gpubp_gemm("gpubp-fused", kind, ops), ops.sets), args.reps)
+        ms32 = _time_cupy(gemms.rotating(gemms.gpubp_gemm("gpubp-fused", kind, ops), ops.sets), args.reps)
         for mode in ("tf32", "bf16", "3xtf32"):
-            ms = _time_cupy(_rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), args.reps)
-            gemm = gemms.CublasGemm(CUBLAS[mode], kind, ops, torch_sgemm=True)   # all through torch
-            with gemm:
-                ref = _time_torch(_rotating(gemm.call, gemm.inputs), args.reps)
-            gemm.release()
+            ms = _time_cupy(gemms.rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), args.reps)
+            ref = gemms.time_cublas(CUBLAS[mode], kind, ops, args.reps, torch_sgemm=True)   # all through torch
             cublas_name = {"tf32": "cuBLAS TF32", "bf16": "cuBLAS BF16", "3xtf32": "cuBLAS SGEMM"}[mode]
             rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, ms=ms, tflops=flop / ms / 1e9,
                              cublas=cublas_name, cublas_ms=ref, cublas_tflops=flop / ref / 1e9,
@@ -165,12 +138,9 @@ def _splitk_rows(reps):
             S, size = tc.bwd_data_splits(M, N, K, sms)[0], tc.bwd_data_scratch_size(M, N, K)
         ws = cupy.empty(max(size, 1), np.float32)
         for mode in ("tf32", "bf16", "3xtf32"):
-            one = _time_cupy(_rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), reps)
-            split = _time_cupy(_rotating(_splitk_call(kind, ops, mode, ws), ops.sets), reps)
-            gemm = gemms.CublasGemm(CUBLAS[mode], kind, ops, torch_sgemm=True)
-            with gemm:
-                ref = _time_torch(_rotating(gemm.call, gemm.inputs), reps)
-            gemm.release()
+            one = _time_cupy(gemms.rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", kind, ops), ops.sets), reps)
+            split = _time_cupy(gemms.rotating(_splitk_call(kind, ops, mode, ws), ops.sets), reps)
+            ref = gemms.time_cublas(CUBLAS[mode], kind, ops, reps, torch_sgemm=True)
             rows.append(dict(kernel=kind, M=M, N=N, K=K, mode=mode, S=S, ms_one=one, ms_split=split, cublas_ms=ref))
             print(f"split-K {kind:8s} {M:5d}x{N}x{K} {mode:6s} S={S:2d} one kernel {one:8.4f} ms  split-K "
                   f"{split:8.4f} ms  x{one / split:5.2f}  cuBLAS {ref:8.4f} ms", flush=True)

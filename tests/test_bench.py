@@ -97,6 +97,21 @@ def test_time_reps_bounds_repetitions_and_rotates_inputs():
     assert 3 <= t["reps"] < 10 ** 9                        # the time budget ends the row
 
 
+def test_event_median_ms_warms_up_then_times_each_repetition_alone():
+    import time
+
+    seen = []
+
+    def fn(i):
+        seen.append(i)
+        time.sleep(0.02 if i == 4 else 0.0)   # one slow repetition: the median ignores it
+
+    ms = timing.event_median_ms(fn, 5, timing.CpuClock(), warmup=2)
+    assert seen == [0, 1, 0, 1, 2, 3, 4]       # the warm-up calls, then the indices of the timed ones
+    assert 0 <= ms < 10
+    assert timing.event_median_ms(lambda i: time.sleep(0.01), 3, timing.CpuClock(), warmup=0) >= 10
+
+
 # ----------------------------------------------------------------- the peers' math
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_unfused_baseline_computes_gpubps_step(optimizer):

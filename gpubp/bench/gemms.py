@@ -290,3 +290,22 @@ def rel_err(kind: str, ops: GemmOperands, fn) -> float:
     got = [o.copy() for o in out]
     unfused_gemm(kind, ops)(*ops.sets[0])
     return max(float(cupy.linalg.norm(g - o) / cupy.linalg.norm(o)) for g, o in zip(got, out))
+
+
+def rotating(fn, sets):
+    """`fn(*sets[i % len(sets)])` as a function of the repetition i (`timing.event_median_ms`)."""
+    return lambda i: fn(*sets[i % len(sets)])
+
+
+def time_cublas(peer: str, kind: str, ops: GemmOperands, reps: int, torch_sgemm: bool = False) -> float:
+    """Median ms (`timing.event_median_ms`) of `CublasGemm(peer, kind, ops, torch_sgemm)` on the
+    rotated input sets, timed by the clock of the library that runs it."""
+    from .timing import CupyClock, TorchClock, event_median_ms
+
+    gemm = CublasGemm(peer, kind, ops, torch_sgemm=torch_sgemm)
+    try:
+        with gemm:
+            return event_median_ms(rotating(gemm.call, gemm.inputs), reps,
+                                   TorchClock() if gemm.torch else CupyClock())
+    finally:
+        gemm.release()

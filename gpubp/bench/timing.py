@@ -7,6 +7,7 @@ inside a chunk of timed repetitions.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -109,3 +110,19 @@ def timed(fn, inputs, clock, cfg, warmup=None) -> dict:
     return time_reps(fn, inputs, clock, cfg["warmup"] if warmup is None else warmup, cfg["reps"],
                      cfg["row_s"], cfg["warm_s"])
 
+
+def event_median_ms(fn, reps: int, clock, warmup: int = 3) -> float:
+    """Median of `reps` timings of `fn(i)` after `warmup` calls (i = 0, 1, ...: the repetition,
+    for inputs rotated between repetitions), each timed alone between two marks of `clock` and
+    waited for: the plain loop of the GPU scripts in benchmarks/ (`gpubp bench` uses
+    `time_reps`)."""
+    for i in range(warmup):
+        fn(i)
+    marks = clock.marks(2)
+    times = []
+    for i in range(reps):
+        clock.mark(marks, 0)
+        fn(i)
+        clock.mark(marks, 1)
+        times += clock.elapsed_ms(marks)
+    return statistics.median(times)
