@@ -177,6 +177,21 @@ def _best(rows, peers, **where):
     return best, [r for r in mine if r is not best]
 
 
+def _peer_over_best(rows, peer, mine, where, fmt):
+    """`(value, measured)`: `peer`'s time over the fastest of gpubp's `mine` among the rows matching
+    `where`, and in words (each value written by `fmt`, the other gpubp rows' too); (None, None)
+    when either is missing."""
+    best, others = _best(rows, mine, **where)
+    theirs = _find(rows, peer=peer, **where)
+    if not (best and theirs):
+        return None, None
+    value = theirs["median_ms"] / best["median_ms"]
+    measured = f"{fmt(value)} ({best['peer']} {best['median_ms']:.3f} ms vs {peer} {theirs['median_ms']:.3f} ms)"
+    if others:
+        measured += "; " + ", ".join(f"{r['peer']} {fmt(theirs['median_ms'] / r['median_ms'])}" for r in others)
+    return value, measured
+
+
 def judge(goal: Goal, rows, ceilings=None) -> dict:
     """The goal's result from the measured rows (`ceilings` is kept for callers; the GEMM
     goals compare with the cuBLAS rows measured at the goal's own shape).
@@ -193,24 +208,14 @@ def judge(goal: Goal, rows, ceilings=None) -> dict:
         out.update(kernel=goal.kernel, kernel_shape=list(goal.kernel_shape))
     if goal.aim is not None:
         out["aim"] = goal.aim
-    value = None
-    if goal.metric == "gemm_fraction":
+    if goal.kernel_shape:
         B, N, K = goal.kernel_shape
-        where = dict(kind="kernel", kernel=goal.kernel, batch=B, n_out=N, n_in=K)
-        best, others = _best(rows, GPUBP_KERNEL_PEERS[goal.precision], **where)
-        theirs = _find(rows, peer=goal.peer, **where)
-        if best and theirs:
-            value = theirs["median_ms"] / best["median_ms"]
-            out["measured"] = (f"{value:.1%} ({best['peer']} {best['median_ms']:.3f} ms vs {goal.peer} "
-                               f"{theirs['median_ms']:.3f} ms)")
-            if others:
-                out["measured"] += "; " + ", ".join(
-                    f"{r['peer']} {theirs['median_ms'] / r['median_ms']:.1%}" for r in others)
-            if goal.threshold is not None:
-                out["margin"] = f"{(value - goal.threshold) * 100:+.1f} points"
-    elif goal.metric == "samples_per_s":
-        where = dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch)
-        best, others = _best(rows, GPUBP_PEERS[goal.precision], **where)
+        where, mine = dict(kind="kernel", kernel=goal.kernel, batch=B, n_out=N, n_in=K), GPUBP_KERNEL_PEERS
+    else:
+        where, mine = dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch), GPUBP_PEERS
+    value = None
+    if goal.metric == "samples_per_s":
+        best, _ = _best(rows, mine[goal.precision], **where)
         pub = PUBLISHED[goal.peer]
         out["published"] = dict(pub)
         if best:
@@ -223,22 +228,15 @@ def judge(goal: Goal, rows, ceilings=None) -> dict:
             if goal.aim:
                 out["margin"] = f"{(value / goal.aim - 1) * 100:+.0f}% of the aim"
     else:
-        where = dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch)
-        best, others = _best(rows, GPUBP_PEERS[goal.precision], **where)
-        theirs = _find(rows, peer=goal.peer, **where)
-        if best and theirs:
-            value = theirs["median_ms"] / best["median_ms"]
-            out["measured"] = (f"{value:.2f}x ({best['peer']} {best['median_ms']:.3f} ms vs {goal.peer} "
-                               f"{theirs['median_ms']:.3f} ms)")
-            if others:
-                out["measured"] += "; " + ", ".join(
-                    f"{r['peer']} {theirs['median_ms'] / r['median_ms']:.2f}x" for r in others)
+        # gemm_fraction: the peer's time over gpubp's best as a share; speedup: as a factor
+        share = goal.metric == "gemm_fraction"
+        value, measured = _peer_over_best(rows, goal.peer, mine[goal.precision], where,
+                                          (lambda v: f"{v:.1%}") if share else (lambda v: f"{v:.2f}x"))
+        if value is not None:
+            out["measured"] = measured
             if goal.threshold is not None:
-                out["margin"] = f"{(value / goal.threshold - 1) * 100:+.0f}%"
-    where = (dict(kind="kernel", kernel=goal.kernel, batch=goal.kernel_shape[0], n_out=goal.kernel_shape[1],
-                  n_in=goal.kernel_shape[2]) if goal.kernel_shape else
-             dict(kind="step", device="cuda", sizes=list(goal.sizes), batch=goal.batch))
-    mine = GPUBP_KERNEL_PEERS if goal.kernel_shape else GPUBP_PEERS
+                out["margin"] = (f"{(value - goal.threshold) * 100:+.1f} points" if share else
+                                 f"{(value / goal.threshold - 1) * 100:+.0f}%")
     failed = _failed_checks(rows, set(mine[goal.precision]) | {goal.peer}, **where)
     if failed:
         out["failed_checks"] = failed          # measured but wrong: left out of the comparison

@@ -82,18 +82,14 @@ def write_markdown(res, path):
         rows = _by_shape([r for r in res["rows"] if r["kind"] == "step" and r["device"] == dev])
         if not rows:
             continue
-        L.append(f"## {title}\n")
         ref = "gpubp-cuda" if dev == "cuda" else "gpubp-numpy"
-        L.append(f"FLOPs = 6 B sum n_(l-1) n_l; fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
+        _section(L, title,
+                 f"FLOPs = 6 B sum n_(l-1) n_l; fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
                  f"% cuBLAS GEMM: of the measured cuBLAS GEMM at 4096^3 in the row's precision. "
                  f"Next to last column: this peer's time over {ref}'s (> 1: gpubp faster)"
                  + ("; in brackets over gpubp-cuda's where that shape ran on the GPU." if dev == "cpu" else
-                    "; last column: over the fastest gpubp row of the peer's precision.")
-                 + "\n")
-        L.append(head)
-        for r in rows:
-            L.append(_row_md(r, r["network"], r["batch"]))
-        L.append("")
+                    "; last column: over the fastest gpubp row of the peer's precision."),
+                 head, rows, _network_batch)
     thr = [r for r in res["rows"] if r["kind"] == "step" and r["device"] == "cuda" and r.get("samples_per_s")
            and any(g["metric"] == "samples_per_s" and g.get("sizes") == r["sizes"] and g.get("batch") == r["batch"]
                    for g in res["goals"])]
@@ -105,30 +101,40 @@ def write_markdown(res, path):
         L.append("")
     rows = _by_shape([r for r in res["rows"] if r["kind"] == "run"])
     if rows:
-        L.append("## Fused narrow runs alone (gpubp.bench.fused_runs): forward and backward, no loss or update\n")
-        L.append("family-*: the fused-MLP kernel family (kernels/fused_mlp_family.cu, not on the default path); "
+        _section(L, "Fused narrow runs alone (gpubp.bench.fused_runs): forward and backward, no loss or update",
+                 "family-*: the fused-MLP kernel family (kernels/fused_mlp_family.cu, not on the default path); "
                  "fused-*: the default path's fused kernels (kernels/fused_mlp.cu, fused_mlp_tf32.cu); torch-*: "
                  "nn.Sequential forward and backward of the same delta. FLOPs counted as for a step. "
-                 "Last column: over the fastest gpubp run of the row's precision.\n")
-        L.append(head)
-        for r in rows:
-            L.append(_row_md(r, r["network"], r["batch"]))
-        L.append("")
+                 "Last column: over the fastest gpubp run of the row's precision.",
+                 head, rows, _network_batch)
     rows = _by_shape([r for r in res["rows"] if r["kind"] == "kernel"])
     if rows:
-        L.append("## GEMMs alone (gpubp.bench.gemms): gpubp's variants vs cuBLAS at the same precision\n")
-        L.append("fwd: GEMM+bias+ReLU (cuBLAS: A @ W.T); bwd_data: GEMM with the g' epilogue (cuBLAS: D @ W); "
+        _section(L, "GEMMs alone (gpubp.bench.gemms): gpubp's variants vs cuBLAS at the same precision",
+                 "fwd: GEMM+bias+ReLU (cuBLAS: A @ W.T); bwd_data: GEMM with the g' epilogue (cuBLAS: D @ W); "
                  "bwd_weight: dW GEMM with db (cuBLAS: D.T @ A). cupy-unfused: cupy.matmul plus the epilogue as "
                  "separate kernels. Shape is batch x n_out x n_in. Last column: for gpubp's rows, cuBLAS's time "
-                 "at the row's precision over this row's (its share of cuBLAS's speed).\n")
-        L.append(head.replace("| network | batch |", "| kernel | shape |")
-                 .replace("peer time / gpubp time, same precision", "cuBLAS time / this time"))
-        for r in rows:
-            L.append(_row_md(r, r["kernel"], f"{r['batch']}x{r['n_out']}x{r['n_in']}"))
-        L.append("")
+                 "at the row's precision over this row's (its share of cuBLAS's speed).",
+                 head.replace("| network | batch |", "| kernel | shape |")
+                 .replace("peer time / gpubp time, same precision", "cuBLAS time / this time"),
+                 rows, lambda r: (r["kernel"], f"{r['batch']}x{r['n_out']}x{r['n_in']}"))
     L.append("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times after warm-up, rotating among "
              "several random input sets; `skipped`/`error` rows say why. Full figures: bench.json.\n")
     Path(path).write_text("\n".join(L))
+
+
+def _network_batch(r):
+    return r["network"], r["batch"]
+
+
+def _section(L, title, text, head, rows, first_cells) -> None:
+    """Append to `L` a section `## title`, its `text`, and a table of `rows` (`_row_md`; the first
+    two cells from `first_cells(row)`) under `head`."""
+    L.append(f"## {title}\n")
+    L.append(text + "\n")
+    L.append(head)
+    for r in rows:
+        L.append(_row_md(r, *first_cells(r)))
+    L.append("")
 
 
 def _by_shape(rows):
