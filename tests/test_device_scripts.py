@@ -36,10 +36,28 @@ def test_device_script_parses_and_names_existing_files(script):
 CALL_BUDGET_S = 570
 
 
-def _stub(bin_dir: Path, name: str) -> None:
-    p = bin_dir / name
-    p.write_text("#!/bin/sh\nexit 0\n")
-    p.chmod(0o755)
+def _run_with_stubs(tmp_path, script: Path, *steps) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `script` (with `steps`) with python, compute-sanitizer and ncu replaced by programs that
+    succeed at once; its result and the lines of its summary.txt (none when it wrote none)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python-stub", "compute-sanitizer", "ncu"):
+        p = bin_dir / name
+        p.write_text("#!/bin/sh\nexit 0\n")
+        p.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python-stub"), "OUT": str(out),
+           "HOME": str(tmp_path)}
+    res = subprocess.run(["bash", str(script), *steps], capture_output=True, text=True, env=env, timeout=60)
+    summary = out / "summary.txt"
+    return res, summary.read_text().splitlines() if summary.is_file() else []
+
+
+def _limits_s(lines) -> int:
+    """The sum of the steps' time limits in summary lines (each must name one)."""
+    limits = [int(m) for line in lines for m in re.findall(r"limit=(\d+)", line)]
+    assert len(limits) == len(lines)
+    return sum(limits)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
@@ -49,21 +67,12 @@ def test_device_script_default_steps_run_and_fit_one_call(script, tmp_path):
     script exits 0, and the default steps' time limits add up to less than one GPU call."""
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("needs bash and timeout")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("python-stub", "compute-sanitizer", "ncu"):
-        _stub(bin_dir, name)
-    out = tmp_path / "out"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python-stub"), "OUT": str(out),
-           "HOME": str(tmp_path)}
-    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    res, lines = _run_with_stubs(tmp_path, script)
     assert res.returncode == 0, res.stdout + res.stderr
-    lines = (out / "summary.txt").read_text().splitlines()
     assert lines, "no step ran"
     assert all(" rc=0 " in line for line in lines), lines
-    limits = [int(m) for line in lines for m in re.findall(r"limit=(\d+)", line)]
-    assert len(limits) == len(lines)
-    assert sum(limits) <= CALL_BUDGET_S, f"{script.name}: default steps may take {sum(limits)} s"
+    total = _limits_s(lines)
+    assert total <= CALL_BUDGET_S, f"{script.name}: default steps may take {total} s"
 
 
 def test_device_steps_pack_the_results_when_asked(tmp_path):
@@ -97,17 +106,8 @@ def test_tc_script_wgmma_steps_run_and_fit_one_call(tmp_path):
     leaves its line, none fails with stub programs, and their limits fit one GPU call."""
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("needs bash and timeout")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("python-stub", "compute-sanitizer", "ncu"):
-        _stub(bin_dir, name)
-    out = tmp_path / "out"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python-stub"), "OUT": str(out),
-           "HOME": str(tmp_path)}
     steps = ["wgmma-tests", "wgmma-memcheck", "wgmma-racecheck", "wgmma-bench"]
-    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "tc_device_run.sh"), *steps], capture_output=True,
-                         text=True, env=env, timeout=60)
+    res, lines = _run_with_stubs(tmp_path, ROOT / "benchmarks" / "tc_device_run.sh", *steps)
     assert res.returncode == 0, res.stdout + res.stderr
-    lines = (out / "summary.txt").read_text().splitlines()
     assert len(lines) == 4 and all(" rc=0 " in line for line in lines), lines
-    assert sum(int(m) for line in lines for m in re.findall(r"limit=(\d+)", line)) <= CALL_BUDGET_S
+    assert _limits_s(lines) <= CALL_BUDGET_S

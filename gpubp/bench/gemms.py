@@ -182,29 +182,20 @@ def gpubp_gemm(peer: str, kind: str, ops: GemmOperands):
         raise ValueError(f"{peer} has no {kind} kernel of its own")
     prec = tc_precision(peer)
     if prec is not None:
-        from ..backends import cuda_gemm_tc as tc
-        if kind == "fwd":
-            return lambda A, W, b, D: tc.gemm_fwd(A, W, b, relu, A_out, precision=prec)
-        if kind == "bwd_data":
-            return lambda A, W, b, D: tc.gemm_bwd_data(D, W, A, None, relu, D_prev, precision=prec)
-        ws = ops.scratch(peer)
-        return lambda A, W, b, D: tc.gemm_bwd_weight(D, A, dW, db, precision=prec, scratch=ws)
-    if peer == "gpubp-gemm-f32":
-        from ..backends import cuda_gemm_f32 as f32
-        if kind == "fwd":
-            return lambda A, W, b, D: f32.gemm_fwd(A, W, b, relu, A_out)
-        if kind == "bwd_data":
-            return lambda A, W, b, D: f32.gemm_bwd_data(D, W, A, None, relu, D_prev)
-        ws = ops.scratch(peer)
-        return lambda A, W, b, D: f32.gemm_bwd_weight(D, A, dW, db, scratch=ws)
-    from ..backends import cuda_gemm as g
-    tile = _TILE[peer]
+        from ..backends import cuda_gemm_tc as mod
+        kw = dict(precision=prec)
+    elif peer == "gpubp-gemm-f32":
+        from ..backends import cuda_gemm_f32 as mod
+        kw = {}
+    else:
+        from ..backends import cuda_gemm as mod
+        kw = dict(tile=_TILE[peer])
     if kind == "fwd":
-        return lambda A, W, b, D: g.gemm_fwd(A, W, b, relu, A_out, tile=tile)
+        return lambda A, W, b, D: mod.gemm_fwd(A, W, b, relu, A_out, **kw)
     if kind == "bwd_data":
-        return lambda A, W, b, D: g.gemm_bwd_data(D, W, A, None, relu, D_prev, tile=tile)
+        return lambda A, W, b, D: mod.gemm_bwd_data(D, W, A, None, relu, D_prev, **kw)
     ws = ops.scratch(peer)
-    return lambda A, W, b, D: g.gemm_bwd_weight(D, A, dW, db, scratch=ws, tile=tile)
+    return lambda A, W, b, D: mod.gemm_bwd_weight(D, A, dW, db, scratch=ws, **kw)
 
 
 def unfused_gemm(kind: str, ops: GemmOperands):
