@@ -22,8 +22,8 @@ from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device, cuda_gemm  # noqa: E402
 from gpubp.backends import cuda_gemm_f32 as g3  # noqa: E402
 from support.gemm_checks import (SIZES, bwd_data_operands, bwd_data_refs, case_id, check_activation,  # noqa: E402
-                                 fwd_refs, host, offset_view, poison, rand, refs, same_bits, scaled_err, seed,
-                                 written)
+                                 device_fwd_err, device_operands, fwd_refs, host, offset_view, poison,
+                                 rand, refs, same_bits, scaled_err, seed, written)
 
 
 @pytest.fixture(autouse=True)
@@ -138,9 +138,7 @@ def test_bwd_weight_scratch_is_used_and_a_short_one_refused():
     M, N, K = 65536, 64, 64   # few tiles, many rows: splits
     size = g3.bwd_weight_scratch_size(M, N, K)
     assert size > 0
-    rs = cupy.random.RandomState(3)
-    delta = rs.standard_normal((M, N), dtype=np.float32)
-    A = rs.standard_normal((M, K), dtype=np.float32)
+    delta, A = device_operands(3, (M, N), (M, K))
     dW, db = poison((N, K)), poison((N,))
     with pytest.raises(ValueError, match="scratch"):
         g3.gemm_bwd_weight(delta, A, dW, db, scratch=cupy.empty(10, np.float32))
@@ -187,12 +185,8 @@ def test_offset_views(offset):
 
 # ---------------------------------------------------------------- reproducibility, and v1
 def test_bitwise_reproducible_and_weight_gradient_split_invariant_bits():
-    rs = cupy.random.RandomState(1234)
     M, N, K = 70001, 300, 200
-    A = rs.standard_normal((M, K), dtype=np.float32)
-    W = rs.standard_normal((N, K), dtype=np.float32)
-    b = rs.standard_normal((N,), dtype=np.float32)
-    delta = rs.standard_normal((M, N), dtype=np.float32)
+    A, W, b, delta = device_operands(1234, (M, K), (N, K), (N,), (M, N))
     size = g3.bwd_weight_scratch_size(M, N, K)
     assert size > 0   # the split-K path is what is checked
     runs = []
@@ -212,16 +206,11 @@ def test_bitwise_reproducible_and_weight_gradient_split_invariant_bits():
 def test_agrees_with_v1_at_4096():
     """One large shape (every tile interior, the fast loop) against float64 and gemm.cu's v1."""
     n = 4096
-    rs = cupy.random.RandomState(7)
-    A = rs.standard_normal((n, n), dtype=np.float32)
-    W = rs.standard_normal((n, n), dtype=np.float32)
-    A64, W64 = A.astype(np.float64), W.astype(np.float64)
-    scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
+    A, W = device_operands(7, (n, n), (n, n))
     out, v1 = poison((n, n)), poison((n, n))
     zero = cupy.zeros(n, np.float32)
     g3.gemm_fwd(A, W, zero, ACT_CODES["identity"], out)
     cuda_gemm.gemm_fwd(A, W, zero, ACT_CODES["identity"], v1, tile="large")
-    ref = A64 @ W64.T
-    e, e1 = (float(cupy.abs(x - ref).max()) / scale for x in (out, v1))
+    e, e1 = device_fwd_err(out, A, W), device_fwd_err(v1, A, W)
     assert bool(cupy.isfinite(out).all()) and e <= tol(n), f"fwd {e:.3g}"
     assert e <= 2 * e1 + 1e-7, f"gemm_f32 {e:.3g} against v1 {e1:.3g}"

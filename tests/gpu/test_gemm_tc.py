@@ -26,9 +26,9 @@ from gpubp import precision as P  # noqa: E402
 from gpubp.activations import ACT_CODES, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
-from support.gemm_checks import (bwd_data_operands, bwd_data_refs, case_id, check_activation,  # noqa: E402
-                                 check_gemm, fwd_refs, host, offset_view, poison, rand, refs,
-                                 same_bits, scaled_err, seed, sparse_cases, written)
+from support.gemm_checks import (bwd_data_operands, bwd_data_refs, case_id, check_activation, check_gemm,  # noqa: E402
+                                 device_fwd_err, device_operands, fwd_refs, host, offset_view, poison,
+                                 rand, refs, same_bits, scaled_err, seed, sparse_cases, written)
 
 
 @pytest.fixture(autouse=True)
@@ -113,9 +113,7 @@ def test_bwd_weight(case, mode):
 def test_bwd_weight_uses_the_scratch_and_rejects_a_short_one():
     M, N, K = 65536, 64, 64   # few tiles, many rows: splits
     assert tc.bwd_weight_scratch_size(M, N, K) > 0
-    rs = cupy.random.RandomState(3)
-    delta = rs.standard_normal((M, N), dtype=np.float32)
-    A = rs.standard_normal((M, K), dtype=np.float32)
+    delta, A = device_operands(3, (M, N), (M, K))
     dW, db = poison((N, K)), poison((N,))
     with pytest.raises(ValueError, match="scratch"):
         tc.gemm_bwd_weight(delta, A, dW, db, "tf32", scratch=cupy.empty(10, np.float32))
@@ -164,12 +162,8 @@ def test_offset_views(offset, mode):
 # ---------------------------------------------------------------- reproducibility
 @pytest.mark.parametrize("mode", MODES)
 def test_bitwise_reproducible(mode):
-    rs = cupy.random.RandomState(1234)
     M, N, K = 70001, 300, 200
-    A = rs.standard_normal((M, K), dtype=np.float32)
-    W = rs.standard_normal((N, K), dtype=np.float32)
-    b = rs.standard_normal((N,), dtype=np.float32)
-    delta = rs.standard_normal((M, N), dtype=np.float32)
+    A, W, b, delta = device_operands(1234, (M, K), (N, K), (N,), (M, N))
     scratch = cupy.empty(max(1, tc.bwd_weight_scratch_size(M, N, K)), dtype=np.float32)
     runs = []
     for _ in range(2):
@@ -188,14 +182,10 @@ def test_bitwise_reproducible(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_large_4096(mode):
     n = 4096
-    rs = cupy.random.RandomState(7)
-    A = rs.standard_normal((n, n), dtype=np.float32)
-    W = rs.standard_normal((n, n), dtype=np.float32)
-    A64, W64 = A.astype(np.float64), W.astype(np.float64)
-    scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
+    A, W = device_operands(7, (n, n), (n, n))
     out = poison((n, n))
     tc.gemm_fwd(A, W, cupy.zeros(n, np.float32), ACT_CODES["identity"], out, precision=mode)
-    e = float(cupy.abs(out - A64 @ W64.T).max()) / scale
+    e = device_fwd_err(out, A, W)
     assert bool(cupy.isfinite(out).all()) and e <= P.TOLERANCE[mode], f"fwd {e:.3g}"
 
 

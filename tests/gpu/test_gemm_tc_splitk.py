@@ -29,8 +29,8 @@ from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from support.gemm_checks import (bwd_data_operands, bwd_data_refs, check_activation, check_gemm,  # noqa: E402
-                                 fwd_refs, host, offset_view, poison, rand, refs, same_bits, scaled_err, seed,
-                                 written)
+                                 fwd_refs, host, offset_view, poison, rand, refs, same_bits, scaled_err,
+                                 seed, written)
 
 
 @pytest.fixture(autouse=True)

@@ -28,8 +28,8 @@ from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends import cuda_gemm_wgmma as wg  # noqa: E402
 from gpubp.backends.plan import Scratch  # noqa: E402
 from support.gemm_checks import (bwd_data_operands, bwd_data_refs, case_id, check_activation, check_gemm,  # noqa: E402
-                                 fwd_refs, host, offset_buffer, poison, rand, same_bits, scaled_err, seed,
-                                 sparse_cases, written)
+                                 device_fwd_err, device_operands, fwd_refs, host, offset_buffer, poison,
+                                 rand, same_bits, scaled_err, seed, sparse_cases, written)
 
 
 @pytest.fixture(autouse=True)
@@ -169,11 +169,8 @@ def test_operand_copies_round_like_the_emulation():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bitwise_reproducible_and_scratch_gives_the_same_bits(mode):
-    rs = cupy.random.RandomState(1234)
     M, N, K = 70001, 300, 200
-    A = rs.standard_normal((M, K), dtype=np.float32)
-    W = rs.standard_normal((N, K), dtype=np.float32)
-    b = rs.standard_normal((N,), dtype=np.float32)
+    A, W, b = device_operands(1234, (M, K), (N, K), (N,))
     scratch = _plan_scratch()
     runs = []
     for s in (None, scratch, scratch):
@@ -212,15 +209,11 @@ def test_graph_capture_replays_on_new_data(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_large(mode):
-    rs = cupy.random.RandomState(7)
     M, N, K = 4096, 4096, 4096
-    A = rs.standard_normal((M, K), dtype=np.float32)
-    W = rs.standard_normal((N, K), dtype=np.float32)
-    A64, W64 = A.astype(np.float64), W.astype(np.float64)
-    scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
+    A, W = device_operands(7, (M, K), (N, K))
     out = poison((M, N))
     wg.gemm_fwd(A, W, cupy.zeros(N, np.float32), ACT_CODES["identity"], out, precision=mode)
-    e = float(cupy.abs(out - A64 @ W64.T).max()) / scale
+    e = device_fwd_err(out, A, W)
     assert bool(cupy.isfinite(out).all()) and e <= P.TOLERANCE[mode], f"{e:.3g}"
 
 

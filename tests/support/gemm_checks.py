@@ -71,6 +71,20 @@ def same_bits(x, y):
     return bool((x.view(cupy.int32) == y.view(cupy.int32)).all())
 
 
+def device_operands(seed, *shapes):
+    """Standard normal float32 arrays of `shapes`, drawn on the device in that order from
+    `cupy.random.RandomState(seed)` (for shapes too large for host references)."""
+    rs = cupy.random.RandomState(seed)
+    return [rs.standard_normal(shape, dtype=np.float32) for shape in shapes]
+
+
+def device_fwd_err(out, A, W):
+    """max |out - A @ W.T| / max(|A| |W.T|), in float64 on the device."""
+    A64, W64 = A.astype(np.float64), W.astype(np.float64)
+    scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
+    return float(cupy.abs(out - A64 @ W64.T).max()) / scale
+
+
 def offset_buffer(rng, offset, shape, scale=1.0, poison=False):
     """`(view, flat)`: a view of `shape` (or of that many elements) at element `offset` into a flat
     NaN buffer 8 elements longer; the view holds `rand(rng, shape, scale)` unless `poison`."""
