@@ -1,10 +1,37 @@
 """Numpy emulation of the tensor-core precision modes (pure numpy, no GPU).
 
 The modes ("float32", "tf32", "bf16", "3xtf32") differ in how GEMM operands
-are rounded before they are multiplied; storage and accumulation stay float32.
+are rounded before they are multiplied, and "bf16" also in what a step stores.
 This module rounds float32 arrays exactly as the kernels of `kernels/gemm_tc.cu`
 do, and multiplies matrices the way each mode's tensor-core GEMM does, so CPU
 tests pin the semantics and the GPU tests compare the kernels with it.
+
+Storage (`round_stored`): "float32", "tf32" and "3xtf32" store float32 values.
+"bf16" is mixed precision as autocast users know it: float32 master weights,
+biases, gradients, optimizer state and loss; every stored activation Z and A of
+every layer and every stored delta (dLoss/dZ of every layer, dLoss/dX where a
+step has an input gradient) is rounded to bfloat16 (`to_bf16`) at the moment it
+is written, in float32 buffers (a bf16 value is exact in float32, so 16-bit
+buffers would hold the same numbers).  Precisely, per layer, with acc the
+float32 product of the bf16-rounded operands:
+  - forward: Z = to_bf16(acc + b) (b float32, added before the one rounding);
+    A = to_bf16(g(Z)) computed in float32 from the rounded Z (also where Z is not
+    kept, and for identity, where A = Z);
+  - loss: computed in float32 from the rounded output A_L; delta_L =
+    to_bf16(dLoss/dA_L * g'_L), rounded once, after any sample weighting;
+  - backward: delta_prev = to_bf16((delta W) * g'), rounded once after the g'
+    product (dLoss/dA is never stored); g' is read from the stored, rounded A
+    (relu, leaky_relu, sigmoid, tanh) or Z (gelu, silu); dW = delta^T A_prev and
+    db = the float32 column sum of delta, both from the rounded stored values and
+    kept in float32 (not rounded).
+Where this differs from eager `torch.autocast(dtype=torch.bfloat16)`: autocast
+also casts the bias to bf16 before the add, rounds dW and db to bf16 (its GEMMs
+write bf16 gradients that are then upcast) and stores dLoss/dA in bf16 before
+the separate g' kernel rounds again; gpubp keeps b, dW and db in float32 and
+rounds each delta once, in the fused epilogue.  With bf16-representable biases
+the stored Z, A and deltas of relu networks are autocast's bit for bit up to the
+float32 order of the sums.  A network's outputs (`forward`, `predict`) in "bf16"
+are the rounded A_L, as autocast returns bf16 outputs: what the loss saw.
 
 Rounding (bit-exact with the kernels' conversions):
   - `to_tf32(x)`: what PTX `cvt.rna.tf32.f32` gives: 10 explicit mantissa bits,
@@ -132,6 +159,19 @@ def split_3xtf32(x) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", over="ignore"):
         rest = (x - hi).astype(np.float32)   # IEEE, as the kernel: inf - inf is NaN
     return hi, to_tf32(rest)
+
+
+#: the modes whose stored activations and deltas are rounded when written (see the docstring)
+ROUNDED_STORAGE = ("bf16",)
+
+
+def round_stored(x, precision: str):
+    """`x` (a float32 numpy array) rounded in place to what mode `precision` stores: `to_bf16`
+    in "bf16", unchanged in every other mode.  Returns `x`."""
+    check_precision(precision)
+    if precision in ROUNDED_STORAGE:
+        x[...] = to_bf16(x)
+    return x
 
 
 def round_operand(x, precision: str) -> np.ndarray:
