@@ -251,11 +251,14 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
     `matmul(.., precision)` (operands rounded as the tensor cores see them, float32
     accumulation); everything else is float32 as in the kernels: bias add, activations, g',
     db (a float32 column sum of the unrounded deltas), the deltas passed between layers.
+    In "bf16" this is the family's BF16 policy as it stands, operands rounded only: it does
+    NOT round the stored Z, A and deltas as the "bf16" mode of the layer ops does
+    (`round_stored`); the family is off every path that runs "bf16".
     With `act_in` (and `Z_in` for gelu/silu) the delta entering the run, dLoss/dX * g'_in, is
     returned too.  Returns {"A": [...], "Z": [...], "dW": [...], "db": [...], "delta_in": ... or None}.
 
-    This is, bit for bit, the numpy backend's layer ops chained in the same precision (the
-    spec's semantics of each mode).  The kernels sum the batch in tiles and blocks (a different
+    For "float32" and "tf32" this is, bit for bit, the numpy backend's layer ops chained in the
+    same precision (the spec's semantics of those modes).  The kernels sum the batch in tiles and blocks (a different
     float32 order), so they agree with this to float32 rounding of the sums, not bitwise."""
     from .activations import check_activation
     from .backends.numpy_backend import activation_backward_inplace, activation_forward
