@@ -249,17 +249,19 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
     X (B, n_0), layers [(W (n_out, n_in), b (n_out,)), ...], `activations` one name per layer,
     delta_last (B, n_L) = dLoss/dZ of the last layer; all float32.  The products are
     `matmul(.., precision)` (operands rounded as the tensor cores see them, float32
-    accumulation); everything else is float32 as in the kernels: bias add, activations, g',
-    db (a float32 column sum of the unrounded deltas), the deltas passed between layers.
-    In "bf16" this is the family's BF16 policy as it stands, operands rounded only: it does
-    NOT round the stored Z, A and deltas as the "bf16" mode of the layer ops does
-    (`round_stored`); the family is off every path that runs "bf16".
+    accumulation); the arithmetic of the epilogues is float32 as in the kernels: bias add,
+    activations, g', db (a float32 column sum of the deltas as stored).  What is stored
+    follows `round_stored`: in "bf16" every Z, A, delta passed between layers and delta_in is
+    rounded to bf16 as it is written (X and delta_last are used as given: a bf16 network
+    stores them rounded already).
     With `act_in` (and `Z_in` for gelu/silu) the delta entering the run, dLoss/dX * g'_in, is
     returned too.  Returns {"A": [...], "Z": [...], "dW": [...], "db": [...], "delta_in": ... or None}.
 
-    For "float32" and "tf32" this is, bit for bit, the numpy backend's layer ops chained in the
-    same precision (the spec's semantics of those modes).  The kernels sum the batch in tiles and blocks (a different
-    float32 order), so they agree with this to float32 rounding of the sums, not bitwise."""
+    This is, bit for bit, the numpy backend's layer ops chained in the same precision (the
+    spec's semantics of each mode).  The kernels sum the batch in tiles and blocks (a different
+    float32 order), so they agree with this to float32 rounding of the sums, not bitwise (in
+    "bf16", a stored value whose sum fell on the other side of a rounding boundary is one
+    bf16 ulp away)."""
     from .activations import check_activation
     from .backends.numpy_backend import activation_backward_inplace, activation_forward
 
@@ -277,8 +279,8 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
         W, b = _as_f32(W, f"layers[{l}] W"), _as_f32(b, f"layers[{l}] b")
         if W.ndim != 2 or W.shape[1] != a.shape[1] or b.shape != (W.shape[0],):
             raise ValueError(f"layers[{l}]: W {W.shape} and b {b.shape} do not follow width {a.shape[1]}")
-        z = (matmul(a, np.ascontiguousarray(W.T), precision) + b).astype(np.float32)
-        a = activation_forward(acts[l], z, np.empty_like(z))
+        z = round_stored((matmul(a, np.ascontiguousarray(W.T), precision) + b).astype(np.float32), precision)
+        a = round_stored(activation_forward(acts[l], z, np.empty_like(z)), precision)
         As.append(a)
         Zs.append(z)
     if delta_last.shape != As[-1].shape:
@@ -297,10 +299,11 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
         dn = matmul(d, W, precision)
         if i > 0:
             activation_backward_inplace(acts[i - 1], dn, Xi, Zs[i - 1])
+            round_stored(dn, precision)
         else:
             name = check_activation(act_in)
             zi = None if Z_in is None else _as_f32(Z_in, "Z_in")
             activation_backward_inplace(name, dn, Xi, zi)
-            delta_in = dn
+            delta_in = round_stored(dn, precision)
         d = dn
     return {"A": As, "Z": Zs, "dW": dWs, "db": dbs, "delta_in": delta_in}

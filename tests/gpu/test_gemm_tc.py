@@ -201,7 +201,7 @@ def test_bwd_weight(case, mode):
     _check_gemm(_written(dW, "dW"), P.matmul(d.T.copy(), a, mode).astype(np.float64), d64.T @ a64,
                 scale, mode, "dW")
     e = _scaled_err(_written(db, "db"), d64.sum(0), np.abs(d64).sum(0))
-    assert e < 1e-5, f"db: {e:.3g}"   # float32 sums of the unrounded delta, in any mode
+    assert e < 1e-5, f"db: {e:.3g}"   # float32 sums of the delta as given, in any mode
 
 
 def test_bwd_weight_uses_the_scratch_and_rejects_a_short_one():
