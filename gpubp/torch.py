@@ -271,7 +271,6 @@ class _FusedMLPFunction(torch.autograd.Function):
             A_L = bridge.view(out_saved[0]) if out_saved else None     # read only by g' where it needs A
             Z_L = plan.Z[L]
             bridge.activation_grad(spec.activations[-1], delta_L, A_L, Z_L)
-            backend.round_stored(delta_L, spec.precision)     # "bf16": delta_L as stored
             grads_t = [torch.empty_like(p) for p in params]
             grads = [(bridge.view(grads_t[2 * i]), bridge.view(grads_t[2 * i + 1])) for i in range(L)]
             _backward_pass(backend, plan, layers, grads)
@@ -341,9 +340,7 @@ class FusedMLP(nn.Module):
       slope 0.01.
     - `precision="tf32"` lets the cuda backend multiply float32 on TF32 tensor
       cores in its fused narrow-layer kernels, and makes the numpy backend
-      emulate TF32's rounding in every product (as `gpubp.MLP`); "bf16" and
-      "3xtf32" as in `gpubp.MLP` ("bf16" rounds the stored activations and
-      deltas, the gradient arriving at the output included, to bfloat16).
+      emulate TF32's rounding in every product (as `gpubp.MLP`).
     - `dtype` (float32 or float64; default torch's default dtype) and `device`
       of the parameters, as `nn.Linear`'s.  The input must have the
       parameters' dtype and device; its last dimension is `layer_sizes[0]`

@@ -87,6 +87,31 @@ def test_bf16_outputs_are_the_rounded_activations_the_loss_saw():
     assert np.array_equal(out, plan.A[2])
 
 
+def test_the_interfaces_array_rounding_is_to_bf16():
+    """`Backend.round_stored`'s array-module version (what the CUDA backend runs with CuPy after
+    a weighted loss) equals `to_bf16`, on normal, subnormal,
+    tie, overflowing and special values."""
+    from gpubp.backends.base import Backend
+    from gpubp.backends import NumpyBackend
+
+    rng = np.random.default_rng(6)
+    bits = rng.integers(0, 2 ** 32, 20000, dtype=np.uint64).astype(np.uint32)
+    ties = (rng.integers(0, 2 ** 16, 200, dtype=np.uint64).astype(np.uint32) << 16) | np.uint32(0x8000)
+    special = np.array([0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x00008000, 0x00018000, 0, 0x80000000],
+                       np.uint32)
+    x = np.concatenate([bits, ties, special]).view(np.float32)
+    x = x[~np.isnan(x)]
+    y = x.copy()
+    Backend.round_stored(NumpyBackend(), y, "bf16")
+    assert np.array_equal(y.view(np.uint32), P.to_bf16(x).view(np.uint32))
+    n = np.array([np.nan, 1.0], np.float32)
+    Backend.round_stored(NumpyBackend(), n, "bf16")
+    assert np.isnan(n[0]) and n[1] == 1.0
+    z = x.copy()
+    Backend.round_stored(NumpyBackend(), z, "tf32")           # other modes: untouched
+    assert np.array_equal(z.view(np.uint32), x.view(np.uint32))
+
+
 # ---------------------------------------------------------------- against PyTorch's autocast
 torch_acts = {
     "identity": None, "relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "silu": "SiLU",

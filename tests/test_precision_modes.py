@@ -327,6 +327,9 @@ def test_opted_in_cuda_runs_per_layer_gemms_on_tensor_cores(fake, prec):
     kinds = {n.split("<")[0] for n in names}
     assert kinds == {"gemm_tc_fwd", "gemm_tc_bwd_data", "gemm_tc_bwd_weight", "gemm_tc_splitk_reduce"}, kinds
     assert any(l.kernel == "gemm_tc_bwd_weight" and l.grid[2] > 1 for l in fake.launches)   # split-K used
+    # the loss kernel: bf16 stores delta_L rounded (its BF16 instantiation), the others float32
+    (loss_kernel,) = [l.name for l in fake.launches if l.kernel == "loss_pointwise"]
+    assert loss_kernel.endswith(", true>") == (prec == "bf16"), loss_kernel
     Xd, Yd = net._inputs(X), net._targets(Y, 1024)       # a warm step on device arrays
     net._step(Xd, Yd, net.optimizer, plan=net._plan(1024))
     fake.reset()
