@@ -210,3 +210,27 @@ def test_bf16_step_is_torch_autocast(act):
     assert rel(plan.delta[0], t_dx) <= AUTOCAST_GRAD_TOL
     _, g32 = n32.loss_and_grads(X, Y)
     assert all(rel(dW, tW) > 0.5 for (dW, _), (tW, _) in zip(g32, t_grads))
+
+
+def test_the_loss_kernels_have_float32_only_bf16_instantiations():
+    """The loss kernel's delta-rounding instantiations exist for float only (bf16 is a float32
+    mode), are what `kernel_names(..., bf16=True)` asks `prepare` to compile, and the launcher
+    refuses them for other arrays before any launch."""
+    from gpubp.activations import ACT_CODES
+    from gpubp.backends import cuda_elementwise as ew
+
+    names = set(ew.SPECS[0].name_expressions)
+
+    def targs(n):
+        return [a.strip() for a in n[n.index("<") + 1:-1].split(",")]
+
+    flagged = {n for n in names if n.startswith(("loss_pointwise", "ce_loss_delta")) and len(targs(n)) == 4}
+    assert "loss_pointwise<float, 0, 3, true>" in flagged and "ce_loss_delta<float, true, false, true>" in flagged
+    assert all(targs(n)[0] == "float" and targs(n)[3] == "true" for n in flagged), flagged
+    assert "loss_pointwise<float, 0, 3>" in names                    # the float32-storing one, as it was
+    wanted = ew.kernel_names(np.float32, "cross_entropy", ACT_CODES["identity"], 10, bf16=True)
+    assert {"ce_loss_delta<float, true, false, true>", "ce_loss_delta<float, false, false, true>"} <= wanted
+    assert wanted <= names
+    a = np.zeros((2, 3))
+    with pytest.raises(TypeError, match="float32"):
+        ew.loss_and_delta(a, None, a, "mse", ACT_CODES["identity"], np.zeros(1), a, np.zeros(4096), bf16=True)
