@@ -67,9 +67,12 @@ class MLP:
     `precision` chooses how the matrix products of a step are computed
     (docs/spec.md, "Precision modes"; `gpubp.precision` emulates each):
     "float32" (default, full float32), "tf32" (operands rounded to TF32, float32
-    sums), "bf16" (operands rounded to bfloat16, float32 sums) or "3xtf32"
-    (each operand split into two TF32 parts, three products: near-float32
-    accuracy); every mode but "float32" needs dtype float32.  The numpy backend
+    sums), "bf16" (mixed precision as autocast users know it: operands rounded
+    to bfloat16, float32 sums, every stored activation Z, A and delta rounded to
+    bfloat16 when written; float32 weights, biases, gradients, optimizer state
+    and loss; the outputs of `forward` / `predict` are the rounded ones) or
+    "3xtf32" (each operand split into two TF32 parts, three products:
+    near-float32 accuracy); every mode but "float32" needs dtype float32.  The numpy backend
     emulates each mode's rounding exactly as defined there.  The CUDA backend
     runs "tf32" on TF32 tensor cores in its fused narrow-layer runs (its
     per-layer GEMMs stay float32), and refuses "bf16" and "3xtf32" unless it was

@@ -1,10 +1,37 @@
 """Numpy emulation of the tensor-core precision modes (pure numpy, no GPU).
 
 The modes ("float32", "tf32", "bf16", "3xtf32") differ in how GEMM operands
-are rounded before they are multiplied; storage and accumulation stay float32.
+are rounded before they are multiplied, and "bf16" also in what a step stores.
 This module rounds float32 arrays exactly as the kernels of `kernels/gemm_tc.cu`
 do, and multiplies matrices the way each mode's tensor-core GEMM does, so CPU
 tests pin the semantics and the GPU tests compare the kernels with it.
+
+Storage (`round_stored`): "float32", "tf32" and "3xtf32" store float32 values.
+"bf16" is mixed precision as autocast users know it: float32 master weights,
+biases, gradients, optimizer state and loss; every stored activation Z and A of
+every layer and every stored delta (dLoss/dZ of every layer, dLoss/dX where a
+step has an input gradient) is rounded to bfloat16 (`to_bf16`) at the moment it
+is written, in float32 buffers (a bf16 value is exact in float32, so 16-bit
+buffers would hold the same numbers).  Precisely, per layer, with acc the
+float32 product of the bf16-rounded operands:
+  - forward: Z = to_bf16(acc + b) (b float32, added before the one rounding);
+    A = to_bf16(g(Z)) computed in float32 from the rounded Z (also where Z is not
+    kept, and for identity, where A = Z);
+  - loss: computed in float32 from the rounded output A_L; delta_L =
+    to_bf16(dLoss/dA_L * g'_L), rounded once, after any sample weighting;
+  - backward: delta_prev = to_bf16((delta W) * g'), rounded once after the g'
+    product (dLoss/dA is never stored); g' is read from the stored, rounded A
+    (relu, leaky_relu, sigmoid, tanh) or Z (gelu, silu); dW = delta^T A_prev and
+    db = the float32 column sum of delta, both from the rounded stored values and
+    kept in float32 (not rounded).
+Where this differs from eager `torch.autocast(dtype=torch.bfloat16)`: autocast
+also casts the bias to bf16 before the add, rounds dW and db to bf16 (its GEMMs
+write bf16 gradients that are then upcast) and stores dLoss/dA in bf16 before
+the separate g' kernel rounds again; gpubp keeps b, dW and db in float32 and
+rounds each delta once, in the fused epilogue.  With bf16-representable biases
+the stored Z, A and deltas of relu networks are autocast's bit for bit up to the
+float32 order of the sums.  A network's outputs (`forward`, `predict`) in "bf16"
+are the rounded A_L, as autocast returns bf16 outputs: what the loss saw.
 
 Rounding (bit-exact with the kernels' conversions):
   - `to_tf32(x)`: what PTX `cvt.rna.tf32.f32` gives: 10 explicit mantissa bits,
@@ -134,6 +161,19 @@ def split_3xtf32(x) -> tuple[np.ndarray, np.ndarray]:
     return hi, to_tf32(rest)
 
 
+#: the modes whose stored activations and deltas are rounded when written (see the docstring)
+ROUNDED_STORAGE = ("bf16",)
+
+
+def round_stored(x, precision: str):
+    """`x` (a float32 numpy array) rounded in place to what mode `precision` stores: `to_bf16`
+    in "bf16", unchanged in every other mode.  Returns `x`."""
+    check_precision(precision)
+    if precision in ROUNDED_STORAGE:
+        x[...] = to_bf16(x)
+    return x
+
+
 def round_operand(x, precision: str) -> np.ndarray:
     """`x` as the tensor cores see it in mode `precision` ("3xtf32": the hi part)."""
     check_precision(precision)
@@ -209,14 +249,19 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
     X (B, n_0), layers [(W (n_out, n_in), b (n_out,)), ...], `activations` one name per layer,
     delta_last (B, n_L) = dLoss/dZ of the last layer; all float32.  The products are
     `matmul(.., precision)` (operands rounded as the tensor cores see them, float32
-    accumulation); everything else is float32 as in the kernels: bias add, activations, g',
-    db (a float32 column sum of the unrounded deltas), the deltas passed between layers.
+    accumulation); the arithmetic of the epilogues is float32 as in the kernels: bias add,
+    activations, g', db (a float32 column sum of the deltas as stored).  What is stored
+    follows `round_stored`: in "bf16" every Z, A, delta passed between layers and delta_in is
+    rounded to bf16 as it is written (X and delta_last are used as given: a bf16 network
+    stores them rounded already).
     With `act_in` (and `Z_in` for gelu/silu) the delta entering the run, dLoss/dX * g'_in, is
     returned too.  Returns {"A": [...], "Z": [...], "dW": [...], "db": [...], "delta_in": ... or None}.
 
     This is, bit for bit, the numpy backend's layer ops chained in the same precision (the
     spec's semantics of each mode).  The kernels sum the batch in tiles and blocks (a different
-    float32 order), so they agree with this to float32 rounding of the sums, not bitwise."""
+    float32 order), so they agree with this to float32 rounding of the sums, not bitwise (in
+    "bf16", a stored value whose sum fell on the other side of a rounding boundary is one
+    bf16 ulp away)."""
     from .activations import check_activation
     from .backends.numpy_backend import activation_backward_inplace, activation_forward
 
@@ -234,8 +279,8 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
         W, b = _as_f32(W, f"layers[{l}] W"), _as_f32(b, f"layers[{l}] b")
         if W.ndim != 2 or W.shape[1] != a.shape[1] or b.shape != (W.shape[0],):
             raise ValueError(f"layers[{l}]: W {W.shape} and b {b.shape} do not follow width {a.shape[1]}")
-        z = (matmul(a, np.ascontiguousarray(W.T), precision) + b).astype(np.float32)
-        a = activation_forward(acts[l], z, np.empty_like(z))
+        z = round_stored((matmul(a, np.ascontiguousarray(W.T), precision) + b).astype(np.float32), precision)
+        a = round_stored(activation_forward(acts[l], z, np.empty_like(z)), precision)
         As.append(a)
         Zs.append(z)
     if delta_last.shape != As[-1].shape:
@@ -254,10 +299,11 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
         dn = matmul(d, W, precision)
         if i > 0:
             activation_backward_inplace(acts[i - 1], dn, Xi, Zs[i - 1])
+            round_stored(dn, precision)
         else:
             name = check_activation(act_in)
             zi = None if Z_in is None else _as_f32(Z_in, "Z_in")
             activation_backward_inplace(name, dn, Xi, zi)
-            delta_in = dn
+            delta_in = round_stored(dn, precision)
         d = dn
     return {"A": As, "Z": Zs, "dW": dWs, "db": dbs, "delta_in": delta_in}

@@ -1,5 +1,6 @@
 // elementwise.cu: the fused loss value + delta[L] kernels and the optimizer updates
-// of docs/spec.md.  activations.cuh is prepended by gpubp/backends/cuda_source.py.
+// of docs/spec.md.  activations.cuh and epilogue.cuh are prepended by
+// gpubp/backends/cuda_source.py.
 //
 // Every kernel is templated on T = float or double, indexes with 64-bit
 // integers, and is instantiated by name in gpubp/backends/cuda_elementwise.py.
@@ -73,7 +74,9 @@ __device__ __forceinline__ T block_max(T v, T* sm) {
 // delta (written when write_delta) = (a - y) * grad_scale * g'(.) for mse/half_sse
 // (grad_scale = 2/(B n) or 1/B), = (sigmoid(z) - y) * grad_scale for BCE (1/(B n)).
 // Z is read only when the activation's derivative needs it (gelu, silu).
-template <typename T, int LOSS, int ACT>
+// BF16 (T = float only; the "bf16" precision mode): delta is rounded to bfloat16 as it is stored
+// (epilogue.cuh's round_bf16, once, after g'); the loss stays float32 from the stored A.
+template <typename T, int LOSS, int ACT, bool BF16 = false>
 __global__ void __launch_bounds__(EW_THREADS, 4)
 loss_pointwise(const T* A, const T* Z, const T* Y, T* delta, double* partials,
                long long total, T grad_scale, int write_delta) {
@@ -88,14 +91,14 @@ loss_pointwise(const T* A, const T* Z, const T* Y, T* delta, double* partials,
             acc += (double)l;
             if (write_delta) {
                 const T s = a >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-                delta[i] = (s - y) * grad_scale;
+                delta[i] = epi_stored<BF16>((s - y) * grad_scale);
             }
         } else {
             const T d = a - y;
             acc += (double)d * (double)d;
             if (write_delta) {
                 const T z = act_needs_z<ACT>::value ? Z[i] : a;
-                delta[i] = d * grad_scale * act_grad<ACT, T>(a, z);
+                delta[i] = epi_stored<BF16>(d * grad_scale * act_grad<ACT, T>(a, z));
             }
         }
     }
@@ -113,7 +116,8 @@ loss_pointwise(const T* A, const T* Z, const T* Y, T* delta, double* partials,
 // with m the row max, accumulated in double; partials[blockIdx.x] = the block's sum
 // of its row losses.  delta (when write_delta) = (softmax(z) - y) * inv_B.
 // An out-of-range label gives a NaN loss and no -1 in delta.
-template <typename T, bool LABELS, bool BLOCK_ROW>
+// BF16 (T = float only): delta rounded to bfloat16 as stored, as in loss_pointwise.
+template <typename T, bool LABELS, bool BLOCK_ROW, bool BF16 = false>
 __global__ void __launch_bounds__(EW_THREADS, 4)
 ce_loss_delta(const T* Zl, const T* Yp, const int* labels, T* delta, double* partials,
               long long B, long long n, T inv_B, int write_delta) {
@@ -158,7 +162,7 @@ ce_loss_delta(const T* Zl, const T* Yp, const int* labels, T* delta, double* par
             for (int j = t; j < nn; j += G) {
                 const T p = exp(z[j] - m) / sT;
                 const T y = LABELS ? ((label_ok && j == label) ? T(1) : T(0)) : yrow[j];
-                d[j] = (p - y) * inv_B;
+                d[j] = epi_stored<BF16>((p - y) * inv_B);
             }
         }
     }

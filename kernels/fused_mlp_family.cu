@@ -3,8 +3,8 @@
 //   FF_POL_F32   float32 products, FFMA accumulation
 //   FF_POL_TF32  mma.sync m16n8k8 .tf32, operands rounded with cvt.rna.tf32.f32 (nearest, ties away)
 //   FF_POL_BF16  mma.sync m16n8k16 .bf16, operands rounded to bf16 (nearest, ties to even)
-// float32 accumulation, float32 epilogues (bias, activation, g', db) and float32 global
-// arrays for every policy.  Concatenated after activations.cuh by
+// float32 accumulation, float32 epilogue arithmetic (bias, activation, g', db) and float32
+// global arrays for every policy; the BF16 policy stores bf16 values in them (below).  Concatenated after activations.cuh by
 // gpubp/backends/cuda_source.py; launched by gpubp/backends/cuda_fused_family.py, which
 // keeps the parameter table layout (FM_* fields) and launch contract of
 // gpubp/backends/cuda_fused.py.  Not on any default path until a GPU has verified it.
@@ -28,13 +28,16 @@
 //     epilogues are shared: acc[i][j][2h + q] is output (m0 + 16 i + 8 h + g, c0 + 8 j + 2 t + q)
 //     of the warp's 32 x 32 tile at (m0, c0), lane = 4 g + t.
 //
-// Precision "bf16", what is in bf16: the operands of the products only.  W tiles are
+// Precision "bf16" (the mode's storage semantics, docs/spec.md "Precision modes"): W tiles are
 // rounded to bf16 values once, when staged into shared memory (kept as float32 words whose
-// low 16 bits are zero, packed into bf16x2 fragments with one PRMT); activation and delta
-// tiles stay float32 in shared memory (A_out, g' and db need the float32 values) and are
-// rounded to bf16 (cvt.rn.bf16x2.f32) as their fragments are loaded.  Global memory,
-// accumulators, biases, epilogues and the dW/db partials are float32.  tf32 is the same
-// with TF32 rounding (W pre-rounded in shared memory, activations/deltas at fragment load).
+// low 16 bits are zero, packed into bf16x2 fragments with one PRMT); everything the policy
+// stores is rounded to bf16 values as it is written (ff_stored): Z_out, the next layer's input
+// tile in shared memory (hence A_out, copied from it), the deltas written back to shared memory
+// (which db and dW then sum) and delta_in.  The run's input X and delta_last are read as given
+// (a bf16 network stores them rounded already); fragments are still rounded as they load
+// (cvt.rn.bf16x2.f32: exact on bf16 values).  Float32 buffers, accumulators, biases, epilogue
+// arithmetic and dW/db partials.  tf32 rounds the operands only (W pre-rounded in shared
+// memory, activations/deltas at fragment load) and stores float32, as float32 does.
 //
 // Shared layout: every tile (rows x WMAX floats) is unpadded with an XOR swizzle per row,
 //     element (r, c) at r * WMAX + (c ^ ff_swz(r)),
@@ -88,6 +91,12 @@ __device__ __forceinline__ float ff_bf16_round(float x) { return __uint_as_float
 __device__ __forceinline__ unsigned ff_pack_bf16(float lo, float hi) {
     return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
 }
+
+// What the BF16 policy stores (the "bf16" mode's storage, gpubp.precision.round_stored): every
+// Z, A and delta it writes, to shared or global memory, rounded to a bf16 value; other policies
+// store float32 as computed (no instruction added).
+template <bool BF16>
+__device__ __forceinline__ float ff_stored(float x) { return BF16 ? ff_bf16_round(x) : x; }
 
 template <int POL>
 __device__ __forceinline__ float ff_round(float x) {
@@ -499,7 +508,8 @@ __device__ __forceinline__ void ff_gemm_dw(const float* sD, const float* sA, int
 // Forward, on the warp's 32 x 32 tile: z = acc + b, a = g(z); sX[m][n] = a for n < n_out,
 // else 0 (the next layer's zero padding); Z_out (may be null) gets z for valid (m, n).
 // A_out is copied from sX afterwards (ff_store_tile: coalesced 16-byte stores).
-template <int ACT, int WMAX>
+// BF16: z and a are stored rounded to bf16 (a = g of the rounded z).
+template <int ACT, int WMAX, bool BF16>
 __device__ __forceinline__ void ff_fwd_epilogue(float (&acc)[2][4][4], float* sX, const float* __restrict__ bias,
                                                 float* Zout, long long row0,
                                                 int rows, int n_out, int m0, int c0, int g, int t) {
@@ -521,11 +531,11 @@ __device__ __forceinline__ void ff_fwd_epilogue(float (&acc)[2][4][4], float* sX
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int n = c0 + 8 * j + 2 * t;
-                const float z0 = acc[i][j][2 * h] + bv[j][0];
-                const float z1 = acc[i][j][2 * h + 1] + bv[j][1];
+                const float z0 = ff_stored<BF16>(acc[i][j][2 * h] + bv[j][0]);
+                const float z1 = ff_stored<BF16>(acc[i][j][2 * h + 1] + bv[j][1]);
                 float2 a;
-                a.x = n < n_out ? act_forward<ACT, float>(z0) : 0.f;
-                a.y = n + 1 < n_out ? act_forward<ACT, float>(z1) : 0.f;
+                a.x = n < n_out ? ff_stored<BF16>(act_forward<ACT, float>(z0)) : 0.f;
+                a.y = n + 1 < n_out ? ff_stored<BF16>(act_forward<ACT, float>(z1)) : 0.f;
                 *reinterpret_cast<float2*>(sX + ff_off<WMAX>(m, n)) = a;
                 if (Zout != nullptr && row_ok && n < n_out) {
                     Zout[grow + n] = z0;
@@ -535,12 +545,12 @@ __device__ __forceinline__ void ff_fwd_epilogue(float (&acc)[2][4][4], float* sX
         }
 }
 
-template <int WMAX>
+template <int WMAX, bool BF16>
 __device__ __forceinline__ void ff_fwd_epilogue_any(int act, float (&acc)[2][4][4], float* sX,
                                                     const float* __restrict__ bias, float* Zout,
                                                     long long row0, int rows, int n_out,
                                                     int m0, int c0, int g, int t) {
-#define FF_FWD_EPI(A) ff_fwd_epilogue<A, WMAX>(acc, sX, bias, Zout, row0, rows, n_out, m0, c0, g, t)
+#define FF_FWD_EPI(A) ff_fwd_epilogue<A, WMAX, BF16>(acc, sX, bias, Zout, row0, rows, n_out, m0, c0, g, t)
     switch (act) {
         case ACT_SIGMOID:    FF_FWD_EPI(ACT_SIGMOID); break;
         case ACT_TANH:       FF_FWD_EPI(ACT_TANH); break;
@@ -689,7 +699,7 @@ fused_family_fwd(const long long* __restrict__ table, int L, int B) {
         float acc[2][4][4];
         ff_gemm_rows<POL, WMAX, 0>(sX, sW, ff_roundup(n_in, K), m0, c0, g, t, acc);
         __syncthreads();   // every read of sX for layer l is done
-        ff_fwd_epilogue_any<WMAX>((int)p[FM_ACT], acc, sX, reinterpret_cast<const float*>(p[FM_B]),
+        ff_fwd_epilogue_any<WMAX, POL == FF_POL_BF16>((int)p[FM_ACT], acc, sX, reinterpret_cast<const float*>(p[FM_B]),
                                   reinterpret_cast<float*>(p[FM_ZOUT]), row0, rows, n_out, m0, c0, g, t);
         // the next iteration's barrier orders these sX writes before the next reads
     }
@@ -726,6 +736,7 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
     constexpr int LS = WMAX * WMAX + WMAX;   // workspace floats per layer
     constexpr int G2 = FM_NT / (WMAX / 2);   // row groups of the db partial sums
     constexpr int K = ff_policy<POL>::K;
+    constexpr bool BF16 = POL == FF_POL_BF16;   // the deltas written back stored as bf16 values
     extern __shared__ __align__(16) float ff_smem[];
     float* sD = ff_smem;
     float* sA0 = sD + BM * WMAX;
@@ -822,8 +833,8 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
                         for (int j = 0; j < 4; ++j) {
                             const int k = c0 + 8 * j + 2 * t;
                             float2 v;
-                            v.x = ok && k < n_in ? acc[ii][j][2 * h] : 0.f;
-                            v.y = ok && k + 1 < n_in ? acc[ii][j][2 * h + 1] : 0.f;
+                            v.x = ok && k < n_in ? ff_stored<BF16>(acc[ii][j][2 * h]) : 0.f;
+                            v.y = ok && k + 1 < n_in ? ff_stored<BF16>(acc[ii][j][2 * h + 1]) : 0.f;
                             *reinterpret_cast<float2*>(sD + ff_off<WMAX>(m, k)) = v;
                         }
                     }
@@ -841,10 +852,11 @@ fused_family_bwd(const long long* __restrict__ table, int L, int B,
                             if (k >= n_in) continue;
                             if (vec_din) {
                                 *reinterpret_cast<float2*>(drow + k) =
-                                    make_float2(acc[ii][j][2 * h], acc[ii][j][2 * h + 1]);
+                                    make_float2(ff_stored<BF16>(acc[ii][j][2 * h]),
+                                                ff_stored<BF16>(acc[ii][j][2 * h + 1]));
                             } else {
-                                drow[k] = acc[ii][j][2 * h];
-                                if (k + 1 < n_in) drow[k + 1] = acc[ii][j][2 * h + 1];
+                                drow[k] = ff_stored<BF16>(acc[ii][j][2 * h]);
+                                if (k + 1 < n_in) drow[k + 1] = ff_stored<BF16>(acc[ii][j][2 * h + 1]);
                             }
                         }
                     }

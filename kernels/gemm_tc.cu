@@ -11,10 +11,13 @@
 //             small terms first): float32-level accuracy.
 //   TC_BF16   operands converted float32 -> bf16 (cvt.rn.bf16x2.f32: nearest, ties to
 //             even) as their fragments are loaded from shared memory; mma.sync
-//             m16n8k16 .bf16, float32 accumulators.  Storage stays float32 in this
-//             first version (the bf16-storage layout of the mixed-precision mode is left
-//             for later): a bf16 GEMM with float32 operands in memory.
-// The epilogues (bias, activation, g', db) run in float32 on the float32 accumulators.
+//             m16n8k16 .bf16, float32 accumulators.  Buffers stay float32 (16-bit storage
+//             is left for later); the bf16 mode's semantics of storage are kept exactly:
+//             the forward and input-gradient epilogues (one-kernel and split-K) round the
+//             Z, A and delta they store to bfloat16 (epilogue.cuh), so every operand this
+//             mode reads from memory is already a bf16 value.
+// The epilogues (bias, activation, g', db) run in float32 on the float32 accumulators; their
+// stores are epilogue.cuh's, shared with gemm_wgmma.cu.
 //
 // One core for all three GEMMs,  C[p][q] = sum_{r in [r_begin, r_end)} X(p, r) Y(q, r),
 // with each operand in one of two layouts (as gemm.cu):
@@ -288,18 +291,9 @@ gemm_tc_fwd(const float* __restrict__ A, const float* __restrict__ W, const floa
             for (int h = 0; h < 2; ++h) {
                 const int p = wp + 16 * i + 8 * h;
                 if (p >= M) continue;
-                const long long o = (long long)p * N + q;
-                const float z0 = acc[i][j][2 * h] + b0, z1 = acc[i][j][2 * h + 1] + b1;
-                const float a0 = act_forward<ACT, float>(z0), a1 = act_forward<ACT, float>(z1);
-                if (vec_out) {
-                    if (q < N) {
-                        *reinterpret_cast<float2*>(Aout + o) = make_float2(a0, a1);
-                        if (write_z) *reinterpret_cast<float2*>(Zout + o) = make_float2(z0, z1);
-                    }
-                } else {
-                    if (q < N)     { Aout[o] = a0;     if (write_z) Zout[o] = z0; }
-                    if (q + 1 < N) { Aout[o + 1] = a1; if (write_z) Zout[o + 1] = z1; }
-                }
+                epi_store_fwd_pair<ACT, PREC == TC_BF16>(Aout, Zout, (long long)p * N + q, q, N,
+                                                         acc[i][j][2 * h], acc[i][j][2 * h + 1], b0, b1,
+                                                         write_z, vec_out);
             }
     }
 }
@@ -326,6 +320,7 @@ gemm_tc_bwd_data(const float* __restrict__ D, const float* __restrict__ W, const
     const bool need_z = act_needs_z<ACT>::value;
     const bool need_a = !need_z && ACT != ACT_IDENTITY;
     const float* G = need_z ? Zprev : Aprev;
+    constexpr bool BF16 = PREC == TC_BF16;      // the stored delta rounded to bfloat16 (epilogue.cuh)
     TC_EPILOGUE_COORDS
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -345,17 +340,17 @@ gemm_tc_bwd_data(const float* __restrict__ D, const float* __restrict__ W, const
                             s0 = s.x; s1 = s.y;
                         }
                         *reinterpret_cast<float2*>(out + o) =
-                            make_float2(acc[i][j][2 * h] * act_grad<ACT, float>(s0, s0),
-                                        acc[i][j][2 * h + 1] * act_grad<ACT, float>(s1, s1));
+                            make_float2(epi_stored<BF16>(acc[i][j][2 * h] * act_grad<ACT, float>(s0, s0)),
+                                        epi_stored<BF16>(acc[i][j][2 * h + 1] * act_grad<ACT, float>(s1, s1)));
                     }
                 } else {
                     if (q < K) {
                         if (need_z || need_a) s0 = G[o];
-                        out[o] = acc[i][j][2 * h] * act_grad<ACT, float>(s0, s0);
+                        out[o] = epi_stored<BF16>(acc[i][j][2 * h] * act_grad<ACT, float>(s0, s0));
                     }
                     if (q + 1 < K) {
                         if (need_z || need_a) s1 = G[o + 1];
-                        out[o + 1] = acc[i][j][2 * h + 1] * act_grad<ACT, float>(s1, s1);
+                        out[o + 1] = epi_stored<BF16>(acc[i][j][2 * h + 1] * act_grad<ACT, float>(s1, s1));
                     }
                 }
             }
@@ -363,7 +358,7 @@ gemm_tc_bwd_data(const float* __restrict__ D, const float* __restrict__ W, const
 }
 
 // ============================================================= 3. backward, weights
-// dW(N x K) = D(M x N)^T @ A(M x K); db(N) = column sums of D (float32, from the unrounded
+// dW(N x K) = D(M x N)^T @ A(M x K); db(N) = column sums of D (float32, from the
 // D in shared memory).  Split over the batch: split z sums rows
 // [z * rows_per_split, min(M, (z + 1) * rows_per_split)) (rows_per_split a multiple of 16)
 // into dW_base + z * split_stride and db_base + z * split_stride; with one split these are
@@ -505,10 +500,11 @@ __device__ __forceinline__ float4 tc_slices_sum4(const float* __restrict__ ws, l
     return s;
 }
 
-// Zout = sum of the S partials (M x N, slice order) + bias; Aout = g_ACT(Z); Zout iff write_z.
+// Zout = sum of the S partials (M x N, slice order) + bias; Aout = g_ACT(Z); Zout iff write_z;
+// BF16 (the bf16 mode's instantiations): Z and Aout rounded to bfloat16 as stored (epilogue.cuh).
 // Launch: block (256,1,1); any 1-D grid (grid-stride loop over elements, or groups of 4 with vec).
 // vec: N % 4 == 0, ws, bias, Aout, Zout 16-byte aligned, split_stride % 4 == 0.
-template <int ACT>
+template <int ACT, bool BF16 = false>
 __global__ void gemm_tc_fwd_splitk_epilogue(const float* __restrict__ ws, const float* __restrict__ bias,
                                             float* Aout, float* Zout, int M, int N, int S,
                                             long long split_stride, int write_z, int vec) {
@@ -519,16 +515,17 @@ __global__ void gemm_tc_fwd_splitk_epilogue(const float* __restrict__ ws, const 
         for (long long e = 4 * start; e < total; e += 4 * step) {
             const float4 s = tc_slices_sum4(ws, e, S, split_stride);
             const float4 b = *reinterpret_cast<const float4*>(bias + e % N);
-            const float4 z = make_float4(s.x + b.x, s.y + b.y, s.z + b.z, s.w + b.w);
+            const float4 z = make_float4(epi_stored<BF16>(s.x + b.x), epi_stored<BF16>(s.y + b.y),
+                                         epi_stored<BF16>(s.z + b.z), epi_stored<BF16>(s.w + b.w));
             *reinterpret_cast<float4*>(Aout + e) =
-                make_float4(act_forward<ACT, float>(z.x), act_forward<ACT, float>(z.y),
-                            act_forward<ACT, float>(z.z), act_forward<ACT, float>(z.w));
+                make_float4(epi_stored<BF16>(act_forward<ACT, float>(z.x)), epi_stored<BF16>(act_forward<ACT, float>(z.y)),
+                            epi_stored<BF16>(act_forward<ACT, float>(z.z)), epi_stored<BF16>(act_forward<ACT, float>(z.w)));
             if (write_z) *reinterpret_cast<float4*>(Zout + e) = z;
         }
     } else {
         for (long long e = start; e < total; e += step) {
-            const float z = tc_slices_sum(ws, e, S, split_stride) + bias[e % N];
-            Aout[e] = act_forward<ACT, float>(z);
+            const float z = epi_stored<BF16>(tc_slices_sum(ws, e, S, split_stride) + bias[e % N]);
+            Aout[e] = epi_stored<BF16>(act_forward<ACT, float>(z));
             if (write_z) Zout[e] = z;
         }
     }
@@ -536,9 +533,10 @@ __global__ void gemm_tc_fwd_splitk_epilogue(const float* __restrict__ ws, const 
 
 // out = sum of the S partials (M x K, slice order) * g_ACT'(.), g' from Aprev or, for gelu/silu,
 // Zprev (both M x K); the one not needed is never read (may be any pointer).  n = M * K.
+// BF16 (the bf16 mode's instantiations): out rounded to bfloat16 as stored, once, after g'.
 // Launch: block (256,1,1); any 1-D grid.  vec: K % 4 == 0, ws, out, Aprev, Zprev 16-byte aligned,
 // split_stride % 4 == 0.
-template <int ACT>
+template <int ACT, bool BF16 = false>
 __global__ void gemm_tc_bwd_data_splitk_epilogue(const float* __restrict__ ws, const float* __restrict__ Aprev,
                                                  const float* __restrict__ Zprev, float* out, long long n, int S,
                                                  long long split_stride, int vec) {
@@ -553,13 +551,15 @@ __global__ void gemm_tc_bwd_data_splitk_epilogue(const float* __restrict__ ws, c
             float4 g = make_float4(0.f, 0.f, 0.f, 0.f);
             if (need_g) g = *reinterpret_cast<const float4*>(G + e);
             *reinterpret_cast<float4*>(out + e) =
-                make_float4(s.x * act_grad<ACT, float>(g.x, g.x), s.y * act_grad<ACT, float>(g.y, g.y),
-                            s.z * act_grad<ACT, float>(g.z, g.z), s.w * act_grad<ACT, float>(g.w, g.w));
+                make_float4(epi_stored<BF16>(s.x * act_grad<ACT, float>(g.x, g.x)),
+                            epi_stored<BF16>(s.y * act_grad<ACT, float>(g.y, g.y)),
+                            epi_stored<BF16>(s.z * act_grad<ACT, float>(g.z, g.z)),
+                            epi_stored<BF16>(s.w * act_grad<ACT, float>(g.w, g.w)));
         }
     } else {
         for (long long e = start; e < n; e += step) {
             const float g = need_g ? G[e] : 0.f;
-            out[e] = tc_slices_sum(ws, e, S, split_stride) * act_grad<ACT, float>(g, g);
+            out[e] = epi_stored<BF16>(tc_slices_sum(ws, e, S, split_stride) * act_grad<ACT, float>(g, g));
         }
     }
 }

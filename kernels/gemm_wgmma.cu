@@ -1,6 +1,6 @@
 // gemm_wgmma.cu: the Hopper (sm_90a) forward GEMM of a dense layer with its fused epilogue,
 //     Z = A(M x K) @ W(N x K)^T + bias(N),   Aout = g_ACT(Z),   Zout = Z when write_z,
-// on wgmma tensor cores fed by TMA.  Concatenated after activations.cuh, async_copy.cuh and
+// on wgmma tensor cores fed by TMA.  Concatenated after activations.cuh, epilogue.cuh, async_copy.cuh and
 // hopper.cuh by gpubp/backends/cuda_gemm_wgmma.py, which builds it with NVRTC for sm_90a only
 // (wgmma and setmaxnreg exist only there) and launches it.  The backward GEMMs stay on
 // gemm_tc.cu's mma.sync kernels.
@@ -12,8 +12,10 @@
 //            rounding gpubp/precision.py emulates and gemm_tc.cu uses);
 //   TC_BF16  bfloat16 copies (cvt.rn: nearest, ties to even), half the bytes for TMA.
 // Both copies have rows padded to a multiple of 8 elements (16-byte TMA row strides for any
-// K); the padding is never read (the tensor maps say K).  float32 accumulators; the epilogue
-// (bias, activation) runs in float32 on them.
+// K); the padding is never read (the tensor maps say K).  float32 accumulators; the epilogues
+// (bias, activation; g') run in float32 on them and store through epilogue.cuh (shared with
+// gemm_tc.cu): in TC_BF16 they round the Z, A and delta they store to bfloat16, the bf16 mode's
+// storage (float32 buffers).
 //
 // Both operands are K-major, the layout TF32 wgmma requires: in the forward, A rows are batch
 // rows and W rows output features, as stored; in the input gradient, D as stored and the
@@ -201,18 +203,9 @@ gemm_wgmma_fwd(const __grid_constant__ TensorMap128 tmA, const __grid_constant__
             for (int r = 0; r < 2; ++r) {
                 const int p = prow + 8 * r;
                 if (p >= M) continue;
-                const long long o = (long long)p * N + q;
-                const float z0 = acc[h][4 * j + 2 * r] + b0, z1 = acc[h][4 * j + 2 * r + 1] + b1;
-                const float a0 = act_forward<ACT, float>(z0), a1 = act_forward<ACT, float>(z1);
-                if (vec_out) {
-                    if (q < N) {
-                        *reinterpret_cast<float2*>(Aout + o) = make_float2(a0, a1);
-                        if (write_z) *reinterpret_cast<float2*>(Zout + o) = make_float2(z0, z1);
-                    }
-                } else {
-                    if (q < N)     { Aout[o] = a0;     if (write_z) Zout[o] = z0; }
-                    if (q + 1 < N) { Aout[o + 1] = a1; if (write_z) Zout[o + 1] = z1; }
-                }
+                epi_store_fwd_pair<ACT, PREC == TC_BF16>(Aout, Zout, (long long)p * N + q, q, N,
+                                                         acc[h][4 * j + 2 * r], acc[h][4 * j + 2 * r + 1],
+                                                         b0, b1, write_z, vec_out);
             }
         }
 }
@@ -238,6 +231,7 @@ gemm_wgmma_bwd_data(const __grid_constant__ TensorMap128 tmD, const __grid_const
     const bool need_z = act_needs_z<ACT>::value;
     const bool need_a = !need_z && ACT != ACT_IDENTITY;
     const float* G = need_z ? Zprev : Aprev;
+    constexpr bool BF16 = PREC == TC_BF16;      // the stored delta rounded to bfloat16 (epilogue.cuh)
     WG_EPILOGUE_COORDS
 #pragma unroll
     for (int h = 0; h < NH; ++h)
@@ -257,17 +251,17 @@ gemm_wgmma_bwd_data(const __grid_constant__ TensorMap128 tmD, const __grid_const
                             s0 = v.x; s1 = v.y;
                         }
                         *reinterpret_cast<float2*>(out + o) =
-                            make_float2(acc[h][4 * j + 2 * r] * act_grad<ACT, float>(s0, s0),
-                                        acc[h][4 * j + 2 * r + 1] * act_grad<ACT, float>(s1, s1));
+                            make_float2(epi_stored<BF16>(acc[h][4 * j + 2 * r] * act_grad<ACT, float>(s0, s0)),
+                                        epi_stored<BF16>(acc[h][4 * j + 2 * r + 1] * act_grad<ACT, float>(s1, s1)));
                     }
                 } else {
                     if (q < K) {
                         if (need_z || need_a) s0 = G[o];
-                        out[o] = acc[h][4 * j + 2 * r] * act_grad<ACT, float>(s0, s0);
+                        out[o] = epi_stored<BF16>(acc[h][4 * j + 2 * r] * act_grad<ACT, float>(s0, s0));
                     }
                     if (q + 1 < K) {
                         if (need_z || need_a) s1 = G[o + 1];
-                        out[o + 1] = acc[h][4 * j + 2 * r + 1] * act_grad<ACT, float>(s1, s1);
+                        out[o + 1] = epi_stored<BF16>(acc[h][4 * j + 2 * r + 1] * act_grad<ACT, float>(s1, s1));
                     }
                 }
             }

@@ -189,7 +189,11 @@ def test_tensor_core_module_lists_every_mode_and_activation():
         assert tc.bwd_weight_name(prec) in names
         assert tc.partial_name(prec, False) in names and tc.partial_name(prec, True) in names
     for act in range(len(ACTIVATIONS)):
-        assert tc.fwd_epilogue_name(act) in names and tc.bwd_data_epilogue_name(act) in names
+        for prec in tc.PREC_CODES:
+            assert tc.fwd_epilogue_name(act, prec) in names and tc.bwd_data_epilogue_name(act, prec) in names
+    # the split-K epilogues: one float32-storing instantiation (tf32, 3xtf32) and bf16's rounding one
+    assert tc.fwd_epilogue_name(1, "tf32") == tc.fwd_epilogue_name(1, "3xtf32") == "gemm_tc_fwd_splitk_epilogue<1>"
+    assert tc.bwd_data_epilogue_name(1, "bf16") == "gemm_tc_bwd_data_splitk_epilogue<1, true>"
     expect = dict(spec.sass_expect)
     # fwd and bwd_data per activation, bwd_weight and the two split-K partials, per mode
     assert len(expect) == 3 * (2 * len(ACTIVATIONS) + 3)

@@ -36,11 +36,14 @@ def test_names_and_shared_memory():
     names = set(tc.SPECS[0].name_expressions)
     src = tc.SPECS[0].source()
     # per mode: fwd and bwd_data per activation, bwd_weight, round, two split-K partials;
-    # then the weight gradient's reduce and the split-K epilogues per activation
-    assert len(names) == 3 * (2 * len(ACTIVATIONS) + 4) + 1 + 2 * len(ACTIVATIONS)
+    # then the weight gradient's reduce and the split-K epilogues per activation, float32-storing
+    # and bf16-storing
+    assert len(names) == 3 * (2 * len(ACTIVATIONS) + 4) + 1 + 2 * 2 * len(ACTIVATIONS)
     assert "gemm_tc_fwd<2, 6, 3>" in names and "gemm_tc_bwd_weight<1, 3>" in names
     assert "gemm_tc_splitk_partial<1, true, 3>" in names and "gemm_tc_fwd_splitk_epilogue<6>" in names
     assert "gemm_tc_bwd_data_splitk_epilogue<0>" in names
+    assert "gemm_tc_fwd_splitk_epilogue<6, true>" in names and "gemm_tc_bwd_data_splitk_epilogue<0, true>" in names
+    assert "template <int ACT, bool BF16 = false>\n__global__ void gemm_tc_fwd_splitk_epilogue" in src
     # the split choice counts the resident blocks the kernels' __launch_bounds__ ask for
     assert f"#define TC_MIN_BLOCKS_FWD {tc.BLOCKS_PER_SM}" in src
     assert "__launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_FWD)\ngemm_tc_splitk_partial" in src
@@ -226,3 +229,24 @@ def test_misaligned_scratch_takes_the_scalar_paths(fake):
     tc.gemm_fwd(A, W, b, ACT_CODES["relu"], A_out, precision="tf32", scratch=flat[1:])
     part, epi = fake.launches
     assert part.arg("vec_out") == 0 and epi.arg("vec") == 0 and part.arg("vec_x") == 1
+
+
+def test_bf16_split_k_runs_the_rounding_epilogues(fake):
+    """bf16 stores Z, A and the input gradient rounded: its split-K epilogues are the BF16
+    instantiations, with the same arguments as the float32-storing ones."""
+    from gpubp.activations import ACT_CODES
+
+    M, N, K = 256, 4096, 4096
+    A, W, b, A_out, Z_out, delta, dprev = _arrays(fake, (M, K), (N, K), (N,), (M, N), (M, N), (M, N), (M, K))
+    ws = _scratch(fake, max(tc.fwd_scratch_size(M, N, K), tc.bwd_data_scratch_size(M, N, K)))
+    tc.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out, precision="bf16", scratch=ws)
+    tc.gemm_bwd_data(delta, W, A, None, ACT_CODES["tanh"], dprev, precision="bf16", scratch=ws)
+    names = [l.name for l in fake.launches]
+    assert names == ["gemm_tc_splitk_partial<2, false, 3>", "gemm_tc_fwd_splitk_epilogue<5, true>",
+                     "gemm_tc_splitk_partial<2, true, 3>", "gemm_tc_bwd_data_splitk_epilogue<2, true>"]
+    epi = fake.launches[1]
+    assert epi.arg("Aout") is A_out and epi.arg("Zout") is Z_out and epi.arg("write_z") == 1
+    assert fake.launches[3].arg("Aprev") is A and fake.launches[3].arg("out") is dprev
+    assert tc.kernel_names("bf16", M, N, K, ACT_CODES["gelu"], ACT_CODES["tanh"], sms=132) >= {
+        "gemm_tc_fwd_splitk_epilogue<5, true>", "gemm_tc_bwd_data_splitk_epilogue<2, true>"}
+    assert "gemm_tc_fwd_splitk_epilogue<5>" in tc.kernel_names("tf32", M, N, K, ACT_CODES["gelu"], None, sms=132)

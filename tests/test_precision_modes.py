@@ -21,6 +21,11 @@ def rand(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def stored(x, prec):
+    """What mode `prec` stores of the float32 `x`: bfloat16-rounded in "bf16", `x` otherwise."""
+    return P.to_bf16(x) if prec == "bf16" else x
+
+
 def rel64(c, exact, scale):
     """max |c - exact| / max scale: the normwise error measure of `gpubp.precision.relative_error`."""
     return float(np.abs(np.asarray(c, np.float64) - exact).max() / scale.max())
@@ -33,7 +38,7 @@ SHAPES = [(37, 45, 19), (1, 130, 7), (64, 17, 33)]
 
 @pytest.mark.parametrize("prec", ("float32",) + MODES)
 @pytest.mark.parametrize("M, K, N", SHAPES)
-def test_dense_forward_is_the_emulated_product_then_a_float32_epilogue(prec, M, K, N):
+def test_dense_forward_is_the_emulated_product_then_a_float32_epilogue_stored(prec, M, K, N):
     rng = np.random.default_rng(M * 1000 + K)
     A, W, b = rand(rng, M, K), rand(rng, N, K, scale=K ** -0.5), rand(rng, N)
     be = NumpyBackend()
@@ -41,8 +46,9 @@ def test_dense_forward_is_the_emulated_product_then_a_float32_epilogue(prec, M, 
     be.dense_forward(A, W, b, "gelu", Aout, Z, precision=prec)
     want = P.matmul(A, W.T, prec)
     want += b                                                # bias in float32 after the product
+    want = stored(want, prec)                                # bf16: Z rounded as it is stored
     assert np.array_equal(Z, want)                           # bitwise: the same computation
-    assert np.array_equal(Aout, nb.activation_forward("gelu", want, np.empty_like(want)))
+    assert np.array_equal(Aout, stored(nb.activation_forward("gelu", want, np.empty_like(want)), prec))
     exact = A.astype(np.float64) @ W.T.astype(np.float64) + b
     scale = np.abs(A.astype(np.float64)) @ np.abs(W.T.astype(np.float64))
     assert rel64(Z, exact, scale) <= P.TOLERANCE[prec]
@@ -54,18 +60,20 @@ def test_dense_backward_is_the_emulated_products_and_a_float32_db(prec, M, K, N)
     rng = np.random.default_rng(M * 7 + N)
     delta, A_prev, W = rand(rng, M, N), rand(rng, M, K), rand(rng, N, K, scale=K ** -0.5)
     A_prev = np.tanh(A_prev)                              # a tanh layer's output: g' = 1 - a^2
+    delta, A_prev = stored(delta, prec), stored(A_prev, prec)     # as a step of the mode stores them
     be = NumpyBackend()
     dW, db, dprev = np.empty((N, K), np.float32), np.empty(N, np.float32), np.empty((M, K), np.float32)
     be.dense_backward(delta, A_prev, W, dW, db, dprev, "tanh", None, precision=prec)
     assert np.array_equal(dW, P.matmul(delta.T, A_prev, prec))
-    assert np.array_equal(db, delta.sum(axis=0))          # float32 sum of the unrounded delta
+    assert np.array_equal(db, delta.sum(axis=0))          # float32 sum of the stored delta
     want = P.matmul(delta, W, prec)
-    assert np.array_equal(dprev, nb.activation_backward_inplace("tanh", want.copy(), A_prev))
+    assert np.array_equal(dprev, stored(nb.activation_backward_inplace("tanh", want.copy(), A_prev), prec))
     d64, a64, w64 = (x.astype(np.float64) for x in (delta, A_prev, W))
     assert rel64(dW, d64.T @ a64, np.abs(d64.T) @ np.abs(a64)) <= P.TOLERANCE[prec]
     # the input gradient before g': identity as the previous activation
     be.dense_backward(delta, A_prev, W, dW, db, dprev, "identity", None, precision=prec)
-    assert rel64(dprev, d64 @ w64, np.abs(d64) @ np.abs(w64)) <= P.TOLERANCE[prec]
+    # (bf16: the stored input gradient is rounded once more, by at most 2^-9 relative)
+    assert rel64(dprev, d64 @ w64, np.abs(d64) @ np.abs(w64)) <= P.TOLERANCE[prec] + (2 ** -9 if prec == "bf16" else 0)
 
 
 def test_the_modes_round_differently():
@@ -137,11 +145,16 @@ def test_a_network_step_runs_every_product_in_its_mode(prec):
 
     A, Zs = [X], [None]
     for (W, b), g in zip(layers, net.activations):
-        Z = P.matmul(A[-1], W.T, prec) + b
+        Z = stored(P.matmul(A[-1], W.T, prec) + b, prec)
         Zs.append(Z)
-        A.append(nb.activation_forward(g, Z, np.empty_like(Z)))
+        A.append(stored(nb.activation_forward(g, Z, np.empty_like(Z)), prec))
     assert all(np.array_equal(plan.A[l], A[l]) for l in range(1, 4))
-    delta = plan.delta[3].copy()          # the loss op is the same in every mode
+    assert all(np.array_equal(plan.Z[l], Zs[l]) for l in range(1, 3))     # (identity output: no Z_3)
+    # mse's delta_L = (A_L - Y) 2 / (B n) g'(Z_L), in float32 from the stored A_L and Z_L
+    delta = A[3] - Y
+    delta *= 2.0 / (B * 5)
+    delta = stored(nb.activation_backward_inplace(net.activations[-1], delta, A[3], Zs[3]), prec)
+    assert np.array_equal(plan.delta[3], delta)
     for l in range(3, 0, -1):
         W = layers[l - 1][0]
         assert np.array_equal(grads[l - 1][0], P.matmul(delta.T, A[l - 1], prec)), l
@@ -149,8 +162,8 @@ def test_a_network_step_runs_every_product_in_its_mode(prec):
         d = P.matmul(delta, W, prec)
         if l > 1:
             d = nb.activation_backward_inplace("silu", d, A[l - 1], Zs[l - 1])
-        delta = d
-    assert np.array_equal(plan.delta[0], delta)
+        delta = stored(d, prec)
+        assert np.array_equal(plan.delta[l - 1], delta), l
     # and not float32's numbers
     net32 = _net("float32", sizes, act="silu")
     assert not np.array_equal(net32.backend.to_numpy(net32.forward(X)), plan.A[3])
@@ -314,6 +327,9 @@ def test_opted_in_cuda_runs_per_layer_gemms_on_tensor_cores(fake, prec):
     kinds = {n.split("<")[0] for n in names}
     assert kinds == {"gemm_tc_fwd", "gemm_tc_bwd_data", "gemm_tc_bwd_weight", "gemm_tc_splitk_reduce"}, kinds
     assert any(l.kernel == "gemm_tc_bwd_weight" and l.grid[2] > 1 for l in fake.launches)   # split-K used
+    # the loss kernel: bf16 stores delta_L rounded (its BF16 instantiation), the others float32
+    (loss_kernel,) = [l.name for l in fake.launches if l.kernel == "loss_pointwise"]
+    assert loss_kernel.endswith(", true>") == (prec == "bf16"), loss_kernel
     Xd, Yd = net._inputs(X), net._targets(Y, 1024)       # a warm step on device arrays
     net._step(Xd, Yd, net.optimizer, plan=net._plan(1024))
     fake.reset()

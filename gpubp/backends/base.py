@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..precision import ROUNDED_STORAGE
+
 
 class Backend(ABC):
     """Array operations of a training step; see the module docstring."""
@@ -86,8 +88,23 @@ class Backend(ABC):
         `binary_cross_entropy` the output activation is identity and `A_L` is
         the logits.  `Y` is `(B, n_L)` of the network's dtype, or for
         `cross_entropy` optionally `(B,)` int32 class indices.  With
-        `delta_out=None` only the value is computed.
+        `delta_out=None` only the value is computed.  `precision="bf16"` (passed
+        by `network_loss` for "bf16" plans) rounds `delta_out` to bfloat16 as
+        it is written (docs/spec.md, "Precision modes"); the loss value is
+        float32 from `A_L` as it is.
         """
+
+    def round_stored(self, x, precision: str) -> None:
+        """Round the backend array `x` in place to what mode `precision` stores ("bf16":
+        bfloat16, round to nearest even, as `gpubp.precision.to_bf16`; other modes: unchanged).
+        This default works on the bits with `self.xp` (NaN stays NaN)."""
+        if precision not in ROUNDED_STORAGE:
+            return
+        xp = self.xp
+        bits = x.view(xp.uint32).astype(xp.uint64)       # no wrap on the add
+        bits += xp.uint64(0x7FFF) + ((bits >> xp.uint64(16)) & xp.uint64(1))
+        rounded = (bits & xp.uint64(0xFFFF0000)).astype(xp.uint32).view(xp.float32)
+        x[...] = xp.where(xp.isnan(x), x, rounded)
 
     # ----------------------------------------------------------- backward
     @abstractmethod
@@ -164,8 +181,11 @@ class Backend(ABC):
         L = plan.n_layers
         loss_out = plan.loss if loss_out is None else loss_out
         delta = plan.delta[L] if want_delta else None
+        # "bf16" stores delta_L rounded: by the loss op itself, or after the weighting below
+        rounded = delta is not None and plan.precision in ROUNDED_STORAGE
+        opts = {"precision": plan.precision} if rounded and weights is None else {}
         self.loss_and_delta(plan.A[L], plan.Z[L], Y, loss, plan.activations[-1], loss_out, delta,
-                            scratch=plan.scratch)
+                            scratch=plan.scratch, **opts)
         if weights is not None:
             xp = self.xp
             total = weights.sum()
@@ -174,6 +194,8 @@ class Backend(ABC):
             loss_out[0] = (self.sample_losses(plan.A[L], Y, loss) * w).sum() / plan.batch
             if delta is not None:
                 delta *= w[:, None]
+                if rounded:
+                    self.round_stored(delta, plan.precision)
 
     def sample_losses(self, A_L, Y, loss: str):
         """Each sample's loss `(B,)` (the batch loss is their mean), with array operations."""

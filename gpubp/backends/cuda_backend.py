@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES
-from ..precision import PRECISIONS
+from ..precision import PRECISIONS, ROUNDED_STORAGE
 from . import cubin_cache, cuda_fused, cuda_gemm, cuda_gemm_tc, cuda_gemm_wgmma, cuda_elementwise
 from .cuda_device import compute_capability, device_id, load_kernels
 from .base import Backend
@@ -235,10 +235,12 @@ class CudaBackend(Backend):
         return self.hopper and precision in cuda_gemm_wgmma.PREC_CODES and cuda_gemm_wgmma.available()
 
     # ----------------------------------------------------------- loss
-    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
+    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None,
+                       precision="float32"):
         partials = scratch_buffer(scratch, "loss_partials", shape=(cuda_elementwise.MAX_PARTIALS,),
                                   dtype=np.float64, xp=self._cupy)
-        cuda_elementwise.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials)
+        cuda_elementwise.loss_and_delta(A_L, Z_L, Y, loss, ACT_CODES[activation], loss_out, delta_out, partials,
+                                        bf16=precision in ROUNDED_STORAGE)
 
     # ----------------------------------------------------------- backward
     def dense_backward(self, delta, A_prev, W, dW_out, db_out,
@@ -361,6 +363,9 @@ class CudaBackend(Backend):
             wanted[cuda_gemm.SPECS[0]] |= cuda_gemm.kernel_names(dt, plan.batch, sizes[l], sizes[l - 1],
                                                                   ACT_CODES[acts[l - 1]], prev, self.tile)
         wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]], sizes[-1])
+        if plan.precision in ROUNDED_STORAGE:   # bf16: the delta-rounding loss kernels (weighted steps round after)
+            wanted[cuda_elementwise.SPECS[0]] |= cuda_elementwise.kernel_names(dt, loss, ACT_CODES[acts[-1]],
+                                                                               sizes[-1], bf16=True)
         load_kernels(wanted)
         if hopper_module:
             cubin_cache.load(cuda_gemm_wgmma.SPECS[0])

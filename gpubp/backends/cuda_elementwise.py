@@ -38,29 +38,42 @@ _NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 _LOSS_CODES = LOSS_CODES
 
 
-def _pointwise_name(ctype: str, loss_code: int, act_code: int) -> str:
-    return f"loss_pointwise<{ctype}, {loss_code}, {act_code}>"
+def _flag(bf16: bool) -> str:
+    """The loss kernels' last template argument: ", true" rounds delta to bfloat16 as stored
+    (the "bf16" mode); nothing names the float32-storing instantiation, as it always was."""
+    return ", true" if bf16 else ""
 
 
-def _ce_name(ctype: str, labels: bool, block_row: bool) -> str:
-    return f"ce_loss_delta<{ctype}, {'true' if labels else 'false'}, {'true' if block_row else 'false'}>"
+def _pointwise_name(ctype: str, loss_code: int, act_code: int, bf16: bool = False) -> str:
+    return f"loss_pointwise<{ctype}, {loss_code}, {act_code}{_flag(bf16)}>"
+
+
+def _ce_name(ctype: str, labels: bool, block_row: bool, bf16: bool = False) -> str:
+    return (f"ce_loss_delta<{ctype}, {'true' if labels else 'false'}, {'true' if block_row else 'false'}"
+            f"{_flag(bf16)}>")
+
+
+def _loss_names(ctype: str, bf16: bool) -> list[str]:
+    out = []
+    for loss in ("mse", "half_sse"):
+        for act in ACT_CODES.values():
+            out.append(_pointwise_name(ctype, _LOSS_CODES[loss], act, bf16))
+    out.append(_pointwise_name(ctype, _LOSS_CODES["binary_cross_entropy"], ACT_CODES["identity"], bf16))
+    for labels in (True, False):
+        for block_row in (False, True):
+            out.append(_ce_name(ctype, labels, block_row, bf16))
+    return out
 
 
 def _names() -> tuple[str, ...]:
     out = []
     for ctype in ("float", "double"):
-        for loss in ("mse", "half_sse"):
-            for act in ACT_CODES.values():
-                out.append(_pointwise_name(ctype, _LOSS_CODES[loss], act))
-        out.append(_pointwise_name(ctype, _LOSS_CODES["binary_cross_entropy"], ACT_CODES["identity"]))
-        for labels in (True, False):
-            for block_row in (False, True):
-                out.append(_ce_name(ctype, labels, block_row))
+        out += _loss_names(ctype, False)
         out += [f"loss_finalize<{ctype}>", f"sgd_update<{ctype}>", f"adam_update<{ctype}>"]
-    return tuple(out)
+    return tuple(out + _loss_names("float", True))      # bf16 storage: float32 networks only
 
 
-SPECS = (ModuleSpec(name="elementwise", files=("activations.cuh", "elementwise.cu"),
+SPECS = (ModuleSpec(name="elementwise", files=("activations.cuh", "epilogue.cuh", "elementwise.cu"),
                     name_expressions=_names()),)
 
 def _fn(name: str):
@@ -81,16 +94,20 @@ def _grid(work_items: int, cap: int) -> int:
 
 
 # ------------------------------------------------------------------ losses
-def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, partials) -> None:
+def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, partials,
+                   bf16: bool = False) -> None:
     """The loss of the batch into `loss_out[0]` and, when `delta_out` is given, delta[L].
 
     `A_L` is the output activation (the logits for cross_entropy and
     binary_cross_entropy), `Z_L` the pre-activation or None (read only for
     gelu/silu), `Y` `(B, n)` of the dtype or, for cross_entropy, `(B,)` int32
     class indices.  `partials` is a float64 scratch of `MAX_PARTIALS` elements.
-    Two kernel launches.
+    `bf16` (float32 arrays only: the "bf16" precision mode) rounds delta[L] to
+    bfloat16 as it is stored.  Two kernel launches.
     """
     dtype = A_L.dtype
+    if bf16 and dtype != np.float32:
+        raise TypeError(f"bf16 storage of delta needs float32 arrays, got {dtype}")
     ctype = _ctype(A_L)
     T = _NP_SCALAR[dtype]
     B, n = A_L.shape
@@ -116,7 +133,7 @@ def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, p
         block_row = n > CE_WARP_MAX_WIDTH
         rows_per_block = 1 if block_row else THREADS // 32
         grid = max(1, min(MAX_PARTIALS, -(-B // rows_per_block)))
-        f = _fn(_ce_name(ctype, labels, block_row))
+        f = _fn(_ce_name(ctype, labels, block_row, bf16))
         f((grid,), (THREADS,), (A_L, A_L if labels else Y, Y if labels else A_L, delta, partials,
                                  np.int64(B), np.int64(n), T(1.0 / B), write))
         denom = float(B)
@@ -132,7 +149,7 @@ def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, p
             raise ValueError("this output activation's derivative needs Z_L (the pre-activation)")
         total = B * n
         grid = _grid(total, MAX_PARTIALS)
-        f = _fn(_pointwise_name(ctype, code, act_code))
+        f = _fn(_pointwise_name(ctype, code, act_code, bf16))
         f((grid,), (THREADS,), (A_L, Z_L if Z_L is not None else A_L, Y, delta, partials,
                                  np.int64(total), T(scale), write))
     _fn(f"loss_finalize<{ctype}>")((1,), (THREADS,), (partials, np.int32(grid), np.float64(denom), loss_out))
@@ -193,15 +210,15 @@ def adam_update(params, grads, m, v, lr: float, beta1: float, beta2: float, eps:
 
 
 # ------------------------------------------------------------------ what a step launches
-def kernel_names(dtype, loss: str, act_code: int, n_out: int) -> set[str]:
+def kernel_names(dtype, loss: str, act_code: int, n_out: int, bf16: bool = False) -> set[str]:
     """The loss kernels a step may launch (cross-entropy: both the label and the probability
-    variant) and both optimizer updates, for arrays of `dtype`."""
+    variant; `bf16`: the delta-rounding ones) and both optimizer updates, for arrays of `dtype`."""
     ctype = _c_type_of(dtype)
     if loss == "cross_entropy":
         block_row = n_out > CE_WARP_MAX_WIDTH
-        names = {_ce_name(ctype, True, block_row), _ce_name(ctype, False, block_row)}
+        names = {_ce_name(ctype, True, block_row, bf16), _ce_name(ctype, False, block_row, bf16)}
     elif loss == "binary_cross_entropy":
-        names = {_pointwise_name(ctype, _LOSS_CODES[loss], ACT_CODES["identity"])}
+        names = {_pointwise_name(ctype, _LOSS_CODES[loss], ACT_CODES["identity"], bf16)}
     else:
-        names = {_pointwise_name(ctype, _LOSS_CODES[loss], act_code)}
+        names = {_pointwise_name(ctype, _LOSS_CODES[loss], act_code, bf16)}
     return names | {f"loss_finalize<{ctype}>", f"sgd_update<{ctype}>", f"adam_update<{ctype}>"}

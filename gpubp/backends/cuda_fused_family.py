@@ -14,9 +14,12 @@ Precisions (the policy template argument, `kernel_constants.FF_POLICIES`):
     "tf32"     mma.sync m16n8k8 TF32 (operands rounded to nearest, ties away), sm_80+
     "bf16"     mma.sync m16n8k16 BF16 (operands rounded to nearest even), sm_80+
 All three keep float32 global arrays (weights, biases, activations, Z, deltas, gradients),
-float32 accumulation and float32 epilogues.  In "bf16" what is rounded to bf16 is only what
-the tensor cores multiply: W when it is staged in shared memory, activations and deltas as
-their fragments are loaded (numpy emulation: `gpubp.precision.fused_reference`).
+float32 accumulation and float32 epilogue arithmetic.  In "bf16" the operands the tensor
+cores multiply are rounded to bf16 (W when it is staged in shared memory, activations and
+deltas as their fragments are loaded), and so is everything the policy stores, as the "bf16"
+mode defines (`gpubp.precision.round_stored`): Z_out, A_out and the next layer's input tile,
+the deltas between layers (db and dW sum the rounded ones) and delta_in; the run's input and
+delta_last are read as given (numpy emulation: `gpubp.precision.fused_reference`).
 
 Configurations (template <POL, BM, WMAX>, 256 threads a block, warp tiles 32 x 32):
     WMAX 64  (every width <= 64):  BM 128, forward and backward

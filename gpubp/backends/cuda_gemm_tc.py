@@ -9,8 +9,13 @@ Same three fused GEMMs and signatures as `cuda_gemm`, plus `precision`
                   scratch=None)
         delta_prev_out = (delta @ W) * g'(.), g' from A_prev, or Z_prev for gelu/silu.
     gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision="tf32", scratch=None)
-        dW_out = delta.T @ A_prev, db_out = delta.sum(0) (float32 sums of the unrounded
-        delta); split over the batch into `scratch`, then reduced in split order.
+        dW_out = delta.T @ A_prev, db_out = delta.sum(0) (float32 sums of the delta as
+        stored); split over the batch into `scratch`, then reduced in split order.
+
+In "bf16" the forward and input-gradient epilogues (one-kernel and split-K) store Z,
+A_out and delta_prev_out rounded to bfloat16 (`gpubp.precision.round_stored`: the
+mode's storage, in float32 buffers); the split-K epilogues have a bf16 instantiation
+for it (`fwd_epilogue_name(act, "bf16")`), the other kernels take it from their mode.
 
 Arguments are C-contiguous float32 CuPy arrays on the current device; launches go
 on the current stream.  Nothing is cached in module state except the compiled
@@ -86,12 +91,18 @@ def partial_name(precision: str, ypc: bool, stages: int = STAGES) -> str:
     return f"gemm_tc_splitk_partial<{PREC_CODES[precision]}, {'true' if ypc else 'false'}, {stages}>"
 
 
-def fwd_epilogue_name(act: int) -> str:
-    return f"gemm_tc_fwd_splitk_epilogue<{act}>"
+def _bf16_flag(precision: str) -> str:
+    """The split-K epilogues' template flag: ", true" for bf16 (Z, A and deltas rounded to
+    bfloat16 as stored), nothing otherwise (the float32-storing instantiation, as it always was)."""
+    return ", true" if precision == "bf16" else ""
 
 
-def bwd_data_epilogue_name(act: int) -> str:
-    return f"gemm_tc_bwd_data_splitk_epilogue<{act}>"
+def fwd_epilogue_name(act: int, precision: str = "tf32") -> str:
+    return f"gemm_tc_fwd_splitk_epilogue<{act}{_bf16_flag(precision)}>"
+
+
+def bwd_data_epilogue_name(act: int, precision: str = "tf32") -> str:
+    return f"gemm_tc_bwd_data_splitk_epilogue<{act}{_bf16_flag(precision)}>"
 
 
 def round_name(precision: str) -> str:
@@ -107,8 +118,9 @@ def _all_names() -> tuple[str, ...]:
         names.append(round_name(prec))
         names += [partial_name(prec, False), partial_name(prec, True)]
     names.append(REDUCE_NAME)
-    names += [fwd_epilogue_name(a) for a in range(_N_ACT)]
-    names += [bwd_data_epilogue_name(a) for a in range(_N_ACT)]
+    for prec in ("tf32", "bf16"):           # the float32-storing ones, then bf16's
+        names += [fwd_epilogue_name(a, prec) for a in range(_N_ACT)]
+        names += [bwd_data_epilogue_name(a, prec) for a in range(_N_ACT)]
     return tuple(names)
 
 
@@ -126,7 +138,7 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-SPECS = (ModuleSpec(name="gemm_tc", files=("activations.cuh", "async_copy.cuh", "mma.cuh", "gemm_tc.cu"),
+SPECS = (ModuleSpec(name="gemm_tc", files=("activations.cuh", "epilogue.cuh", "async_copy.cuh", "mma.cuh", "gemm_tc.cu"),
                     name_expressions=_all_names(), sass_expect=_sass_expect(_all_names())),)
 
 
@@ -258,7 +270,7 @@ def gemm_fwd(A_prev, W, b, act_code: int, A_out, Z_out=None, precision: str = "t
         stride = _splitk(partial_name(precision, False), A_prev, W, ws, M, N, K, S, per, False,
                          smem_bytes(precision))
         vec = N % 4 == 0 and all(_aligned(x, 16) for x in (ws, b) + outs)
-        _launch(fwd_epilogue_name(act), (_epilogue_blocks(M * N, vec), 1, 1),
+        _launch(fwd_epilogue_name(act, precision), (_epilogue_blocks(M * N, vec), 1, 1),
                 (ws, b, A_out, z, np.int32(M), np.int32(N), np.int32(S), np.int64(stride),
                  np.int32(Z_out is not None), np.int32(vec)))
         return
@@ -301,7 +313,7 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
         stride = _splitk(partial_name(precision, True), delta, W, ws, M, K, N, S, per, True,
                          smem_bytes(precision))
         vec = K % 4 == 0 and all(_aligned(x, 16) for x in (ws, delta_prev_out, g_src))
-        _launch(bwd_data_epilogue_name(act), (_epilogue_blocks(M * K, vec), 1, 1),
+        _launch(bwd_data_epilogue_name(act, precision), (_epilogue_blocks(M * K, vec), 1, 1),
                 (ws, g_src, g_src, delta_prev_out, np.int64(M * K), np.int32(S), np.int64(stride), np.int32(vec)))
         return
     vec_d = N % 4 == 0 and _aligned(delta, 16)
@@ -383,12 +395,12 @@ def kernel_names(precision: str, M: int, N: int, K: int, act: int, prev_act: int
     if not forward:
         pass
     elif fwd_splits(M, N, K, sms)[0] > 1:
-        names |= {partial_name(precision, False), fwd_epilogue_name(act)}
+        names |= {partial_name(precision, False), fwd_epilogue_name(act, precision)}
     else:
         names.add(fwd_name(precision, act))
     if prev_act is not None:
         if bwd_data_splits(M, N, K, sms)[0] > 1:
-            names |= {partial_name(precision, True), bwd_data_epilogue_name(prev_act)}
+            names |= {partial_name(precision, True), bwd_data_epilogue_name(prev_act, precision)}
         else:
             names.add(bwd_data_name(precision, prev_act))
     return names

@@ -123,7 +123,7 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
 
 
 SPECS = (ModuleSpec(name="gemm_wgmma",
-                    files=("activations.cuh", "async_copy.cuh", "mma.cuh", "hopper.cuh", "gemm_wgmma.cu"),
+                    files=("activations.cuh", "epilogue.cuh", "async_copy.cuh", "mma.cuh", "hopper.cuh", "gemm_wgmma.cu"),
                     name_expressions=_all_names(), sass_expect=_sass_expect(_all_names()), archs=(ARCH,)),)
 
 

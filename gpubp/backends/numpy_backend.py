@@ -10,9 +10,12 @@ BLAS path above, unchanged).  In "tf32", "bf16" and "3xtf32" each of a layer's
 three products (forward `A_prev W^T`, input gradient `delta W`, weight gradient
 `delta^T A_prev`) is computed by `gpubp.precision.matmul`, which rounds the
 operands and orders the float32 sums as that mode's tensor-core GEMM does; the
-epilogues stay float32 (bias and activation after the product, `db` the float32
-sum of the unrounded delta, g' on the float32 product).  Plans pass their
-precision through `layer_options`.
+epilogues compute in float32 (bias and activation after the product, `db` the
+float32 sum of the delta, g' on the float32 product).  "bf16" also rounds what
+it stores (`gpubp.precision.round_stored`): Z after the bias, A after the
+activation (from the rounded Z), the input gradient after g', and, in
+`loss_and_delta(precision="bf16")`, delta_L.  Plans pass their precision
+through `layer_options`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
 from ..precision import PRECISIONS
 from ..precision import matmul as emulated_matmul
+from ..precision import round_stored
 from .base import Backend
 from .plan import scratch_buffer
 
@@ -162,10 +166,24 @@ class NumpyBackend(Backend):
         else:
             Z[...] = emulated_matmul(A_prev, W.T, precision)
         Z += b
+        if precision == "float32":
+            activation_forward(activation, Z, A_out)
+            return
+        round_stored(Z, precision)                   # bf16: Z as stored, read by g and g'
         activation_forward(activation, Z, A_out)
+        round_stored(A_out, precision)
 
     # ----------------------------------------------------------- loss
-    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None):
+    def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None,
+                       precision="float32"):
+        self._loss_and_delta(A_L, Z_L, Y, loss, activation, loss_out, delta_out, scratch)
+        if delta_out is not None and precision != "float32":
+            round_stored(delta_out, precision)       # bf16: delta_L as stored
+
+    def round_stored(self, x, precision):
+        round_stored(x, precision)
+
+    def _loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out, scratch):
         B, n = A_L.shape
         if loss in ("mse", "half_sse"):
             diff = np.subtract(A_L, Y, out=delta_out if delta_out is not None else
@@ -225,6 +243,8 @@ class NumpyBackend(Backend):
             else:
                 delta_prev_out[...] = emulated_matmul(delta, W, precision)
             activation_backward_inplace(prev_activation, delta_prev_out, A_prev, Z_prev)
+            if precision != "float32":
+                round_stored(delta_prev_out, precision)   # bf16: the delta as stored, after g'
 
     # ----------------------------------------------------------- updates
     def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):

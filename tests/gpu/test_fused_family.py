@@ -7,7 +7,7 @@ without CUDA or below compute capability 8.0.
   WMAX 128), every activation on every position, outputs poisoned with NaN before each call;
 - against the GPU-verified fused kernels (cuda_fused) at float32 and tf32;
 - bf16 against its numpy emulation (gpubp.precision), layer by layer from the kernels' own
-  inputs, and every policy EXACT on small integers (exact in bf16 / tf32 and in float32 sums:
+  inputs, with bf16 storage (every stored Z, A and delta a bfloat16 value), and every policy EXACT on small integers (exact in bf16 / tf32 and in float32 sums:
   any fragment, swizzle, masking or prefetch mistake is a wrong value, not noise);
 - the scalar paths (misaligned views), the run without delta_in, bitwise reproducibility of
   the forward and of dW / db / delta_in over two calls, and that the tensor cores ran.
@@ -80,6 +80,23 @@ def _host(out, what):
 def _check(out, ref, what, tol):
     e = rel_err(_host(out, what), ref)
     assert e < tol, f"{what}: relative error {e:.3g}"
+
+
+def _bf16_values(out, what):
+    """The BF16 policy stores bfloat16 values (low 16 bits zero) in its float32 outputs."""
+    host = _host(out, what)
+    assert not (host.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
+    return host
+
+
+def _bf16_close(out, want, what, flips=0.02):
+    """Stored bf16 values equal to the emulation's but where the kernel's float32 sums (another
+    order) fell on the other side of a rounding boundary: at most `flips` of the elements, each
+    within a couple of bf16 ulps of the largest value."""
+    host = _bf16_values(out, what)
+    off = host != want
+    assert off.mean() <= flips, f"{what}: {off.mean():.3%} differ from the emulation"
+    assert np.abs(host - want).max(initial=0.0) <= 2.0 ** -7 * max(float(np.abs(want).max()), 1e-30), what
 
 
 def _check_sum(out, ref, scale, what, tol):
@@ -160,6 +177,10 @@ def _run(widths, B, acts, act_in, seed, precision):
     A_outs, Z_outs = _forward(A_in, Ws, bs, acts, precision)
     As, Zs = _ref_forward(A_in, Ws, bs, acts)
     for i in range(L):
+        if precision == "bf16":     # what the policy stores: bf16 values
+            _bf16_values(A_outs[i], f"A_outs[{i}]")
+            if Z_outs[i] is not None:
+                _bf16_values(Z_outs[i], f"Z_outs[{i}]")
         _check(A_outs[i], As[i], f"A_outs[{i}]", tol)
         if Z_outs[i] is not None:
             _check(Z_outs[i], Zs[i], f"Z_outs[{i}]", tol)
@@ -168,6 +189,8 @@ def _run(widths, B, acts, act_in, seed, precision):
     for i in range(L):
         _check_sum(dWs[i], rdW[i], scale[i][0], f"dWs[{i}]", tol)
         _check_sum(dbs[i], rdb[i], scale[i][1], f"dbs[{i}]", tol)
+    if precision == "bf16":
+        _bf16_values(din, "delta_in")
     _check(din, rdin, "delta_in", tol)
 
 
@@ -231,7 +254,8 @@ def test_family_matches_the_existing_fused_kernels(widths, precision):
 @pytest.mark.parametrize("widths", [[64] * 9, [17, 128, 100, 128, 9], [5, 33, 2]])
 def test_bf16_matches_its_emulation_layer_by_layer(widths):
     """Each bf16 layer against gpubp.precision's bf16 GEMM of the kernel's own input (the same
-    rounded operands, exact products; only the float32 summation order differs)."""
+    rounded operands, exact products; only the float32 summation order differs), with what the
+    policy stores rounded to bf16: Z, A, the deltas between layers (db sums them), delta_in."""
     rng = np.random.default_rng(len(widths) + widths[1])
     B = 3000 + 1
     L = len(widths) - 1
@@ -241,8 +265,12 @@ def test_bf16_matches_its_emulation_layer_by_layer(widths):
     Wh = [cupy.asnumpy(W) for W in Ws]
     a = cupy.asnumpy(A_in)
     for i in range(L):
-        z = P.matmul(a, np.ascontiguousarray(Wh[i].T), "bf16") + cupy.asnumpy(bs[i])
-        _check(A_outs[i], activation_forward(acts[i], z, np.empty_like(z)), f"A_outs[{i}] vs emulation", 1e-5)
+        z = P.to_bf16(P.matmul(a, np.ascontiguousarray(Wh[i].T), "bf16") + cupy.asnumpy(bs[i]))
+        if Z_outs[i] is not None:
+            _bf16_close(Z_outs[i], z, f"Z_outs[{i}] vs emulation")
+            z = cupy.asnumpy(Z_outs[i])             # A from the kernel's own stored Z
+        _bf16_close(A_outs[i], P.to_bf16(activation_forward(acts[i], z, np.empty_like(z))),
+                    f"A_outs[{i}] vs emulation")
         a = cupy.asnumpy(A_outs[i])
     dWs, dbs, din = _backward(delta, Ws, acts, A_in, A_outs, Z_outs, "sigmoid", Z_in, "bf16")
     d = cupy.asnumpy(delta)
@@ -256,7 +284,8 @@ def test_bf16_matches_its_emulation_layer_by_layer(widths):
             activation_backward_inplace(acts[i - 1], dn, X, None if Z_outs[i - 1] is None else cupy.asnumpy(Z_outs[i - 1]))
         else:
             activation_backward_inplace("sigmoid", dn, X, None)
-        d = dn
+        d = P.to_bf16(dn)                           # the delta as the policy stores it
+    _bf16_values(din, "delta_in")
     _check(din, d, "delta_in vs emulation", 2e-3)
 
 

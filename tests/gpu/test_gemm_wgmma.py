@@ -13,6 +13,8 @@ way, the plan-scratch path (memoised tensor maps) under CUDA-graph capture and
 replay, and one training step of `CudaBackend(tensor_core_gemms=True, hopper=True)`.
 """
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -22,14 +24,12 @@ from gpubp.backends import cuda_available  # noqa: E402
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
 
 from gpubp import precision as P  # noqa: E402
-from gpubp.activations import ACT_CODES, NEEDS_Z  # noqa: E402
+from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cubin_cache, cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends import cuda_gemm_wgmma as wg  # noqa: E402
+from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
 from gpubp.backends.plan import Scratch  # noqa: E402
-from support.gemm_checks import (bwd_data_operands, bwd_data_refs, case_id, check_activation, check_gemm,  # noqa: E402
-                                 device_fwd_err, device_operands, fwd_refs, host, offset_buffer, poison,
-                                 rand, same_bits, scaled_err, seed, sparse_cases, written)
 
 
 @pytest.fixture(autouse=True)
@@ -47,33 +47,102 @@ def _build_once():
 
 MODES = tuple(wg.PREC_CODES)
 EMUL_TOL = 3e-6
-#: the sparse cases, a long reduction (129 k-tiles through 4 stages), W rows past one BN = 256 tile
-CASES = sparse_cases(21) + [(17, 3, 4097, "relu"), (129, 300, 4097, "gelu"), (1000, 513, 65, "silu")]
+SIZES = (1, 3, 17, 127, 129, 1000, 4097)
+INNER = (1, 3, 17, 127, 129, 1000)
 
 
-def _plan_scratch():
-    """A plan's `Scratch` over CuPy allocations (what the backend gives the launchers)."""
-    return Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
+def _cases(n):
+    out = []
+    for i in range(n):
+        M = SIZES[i % len(SIZES)]
+        N = INNER[(5 * i + 1) % len(INNER)]
+        K = INNER[(i + 2) % len(INNER)]
+        if M * N * K > 3e8:
+            K = 129
+        out.append((M, N, K, ACTIVATIONS[i % len(ACTIVATIONS)]))
+    out.append((17, 3, 4097, "relu"))        # a long reduction: 129 k-tiles through 4 stages
+    out.append((129, 300, 4097, "gelu"))     # W rows past one BN = 256 tile
+    out.append((1000, 513, 65, "silu"))
+    return out
+
+
+CASES = _cases(21)
+
+
+def _id(c):
+    return "M{}-N{}-K{}-{}".format(*c)
+
+
+def _rand(rng, shape, scale=1.0):
+    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
+
+
+def _poison(shape):
+    return cupy.full(shape, np.nan, dtype=np.float32)
+
+
+def _host(x):
+    return cupy.asnumpy(x)
+
+
+def _written(x, what):
+    h = _host(x)
+    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
+    return h.astype(np.float64)
+
+
+def _scaled_err(out, ref, scale):
+    s = float(np.max(scale, initial=0.0))
+    e = float(np.max(np.abs(out - ref), initial=0.0))
+    return e / s if s > 0 else e
+
+
+def _bf16_stored(got, want, what, flips=0.02):
+    """bf16 storage: every value a bfloat16, equal to `want` (the emulation's rounded value, or
+    another kernel's) but where the float32 sums (another order) fell on the other side of a
+    rounding boundary: then one bfloat16 ulp (2^-8 relative) apart, in at most `flips` of them."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
+    off = got != want
+    assert off.mean() <= flips, f"{what}: {off.mean():.3%} differ"
+    assert np.all(np.abs(got[off] - want[off]) <= 2.0 ** -8 * np.abs(want[off]) + 1e-30), what
+
+
+def _refs(A, W, mode):
+    a, w = _host(A), _host(W)
+    a64, w64 = a.astype(np.float64), w.astype(np.float64)
+    return P.matmul(a, w.T.copy(), mode).astype(np.float64), a64 @ w64.T, np.abs(a64) @ np.abs(w64).T
 
 
 # ---------------------------------------------------------------- forward
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", CASES, ids=_id)
 def test_fwd(case, mode):
     """Both block widths (the references are computed once for both)."""
     M, N, K, act = case
-    rng = np.random.default_rng(seed("w" + case_id(case)))
-    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,), 0.5)
-    emul, exact, scale = fwd_refs(A, W, mode)
+    rng = np.random.default_rng(zlib.crc32(("w" + _id(case)).encode()))
+    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,), 0.5)
+    emul, exact, scale = _refs(A, W, mode)
     for bn in wg.BNS:
-        A_out, Z_out = poison((M, N)), poison((M, N))
+        A_out, Z_out = _poison((M, N)), _poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out, precision=mode, bn=bn)
-        Zk = written(Z_out, f"Z_out bn {bn}")
-        check_gemm(Zk - host(b).astype(np.float64), emul, exact, scale, mode, f"fwd bn {bn}", EMUL_TOL)
-        check_activation(A_out, Zk, act, f" bn {bn}")
-        A2 = poison((M, N))
+        Zk = _written(Z_out, f"Z_out bn {bn}")
+        if mode == "bf16":   # Z and A stored rounded to bfloat16, A from the rounded Z
+            Zk = Zk.astype(np.float32)
+            _bf16_stored(Zk, P.to_bf16(emul.astype(np.float32) + _host(b)), f"Z_out bn {bn}")
+            _bf16_stored(_written(A_out, "A_out"), P.to_bf16(activation_forward(act, Zk, np.empty_like(Zk))),
+                         f"A_out bn {bn}", flips=0.0)
+        else:
+            Z = Zk - _host(b).astype(np.float64)
+            e_emul, e_exact = _scaled_err(Z, emul, scale), _scaled_err(Z, exact, scale)
+            assert e_emul <= EMUL_TOL, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
+            assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
+            A_ref = activation_forward(act, Zk, np.empty_like(Zk))
+            e = np.abs(_written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
+            assert e < 1e-5, f"activation epilogue {act} bn {bn}: {e:.3g}"
+        A2 = _poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES[act], A2, None, precision=mode, bn=bn)
-        assert same_bits(A2, A_out), "A_out differs without Z_out"
+        assert bool((A2.view(cupy.int32) == A_out.view(cupy.int32)).all()), "A_out differs without Z_out"
 
 
 # ---------------------------------------------------------------- backward, data
@@ -81,32 +150,49 @@ EMUL_TOL_GPRIME = 5e-6
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", CASES, ids=_id)
 def test_bwd_data(case, mode):
     M, N, K, act = case
-    rng = np.random.default_rng(seed("d" + case_id(case)))
-    delta, W, A_prev, Z_prev, gprime = bwd_data_operands(rng, act, M, N, K)
-    emul, exact, scale = bwd_data_refs(delta, W, gprime, mode)
+    rng = np.random.default_rng(zlib.crc32(("d" + _id(case)).encode()))
+    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
+    Zp = rng.standard_normal((M, K)).astype(np.float32)
+    Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
+    Z_prev, A_prev = cupy.asarray(Zp), cupy.asarray(Ap)
+    d, w = _host(delta), _host(W)
+    d64, w64 = d.astype(np.float64), w.astype(np.float64)
+    gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
+    scale = (np.abs(d64) @ np.abs(w64)) * np.abs(gprime)
+    emul = P.matmul(d, w, mode).astype(np.float64) * gprime
+    exact = (d64 @ w64) * gprime
     for bn in wg.BNS:
-        out = poison((M, K))
+        out = _poison((M, K))
         wg.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None, ACT_CODES[act], out,
                          precision=mode, bn=bn)
-        check_gemm(written(out, f"delta_prev bn {bn}"), emul, exact, scale, mode, f"bwd_data bn {bn}",
-                   EMUL_TOL_GPRIME)
+        got = _written(out, f"delta_prev bn {bn}")
+        if mode == "bf16":   # the stored delta: (delta W) g' rounded once to bfloat16
+            g32 = activation_backward_inplace(act, np.ones((M, K), np.float32), Ap, Zp)
+            _bf16_stored(got, P.to_bf16(P.matmul(d, w, mode) * g32), f"delta_prev bn {bn}")
+            continue
+        e_emul, e_exact = _scaled_err(got, emul, scale), _scaled_err(got, exact, scale)
+        assert e_emul <= EMUL_TOL_GPRIME, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
+        assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bwd_data_agrees_with_gemm_tc_and_repeats_bitwise(mode):
     rng = np.random.default_rng(9)
     M, N, K = 3000, 1000, 513
-    delta, W, Z = rand(rng, (M, N)), rand(rng, (N, K), 1 / np.sqrt(N)), rand(rng, (M, K))
-    a, b2, ref = poison((M, K)), poison((M, K)), poison((M, K))
+    delta, W, Z = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N)), _rand(rng, (M, K))
+    a, b2, ref = _poison((M, K)), _poison((M, K)), _poison((M, K))
     wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], a, precision=mode)
     wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], b2, precision=mode)
     tc.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], ref, precision=mode)
-    assert same_bits(a, b2), "two runs differ in bits"
-    d64, w64 = host(delta).astype(np.float64), host(W).astype(np.float64)
-    e = scaled_err(written(a, "wgmma"), written(ref, "gemm_tc"), np.abs(d64) @ np.abs(w64))
+    assert bool((a.view(cupy.int32) == b2.view(cupy.int32)).all()), "two runs differ in bits"
+    if mode == "bf16":       # both store bfloat16: equal but for rounding-boundary flips
+        _bf16_stored(_written(a, "wgmma"), _written(ref, "gemm_tc"), f"{mode}: wgmma vs mma.sync")
+        return
+    d64, w64 = _host(delta).astype(np.float64), _host(W).astype(np.float64)
+    e = _scaled_err(_written(a, "wgmma"), _written(ref, "gemm_tc"), np.abs(d64) @ np.abs(w64))
     assert e <= 2 * EMUL_TOL_GPRIME, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
 
 
@@ -114,10 +200,10 @@ def test_transposed_copies_round_like_the_emulation():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((70, 45)).astype(np.float32)
     xd = cupy.asarray(x)
-    t = host(wg._copy_t(xd, "tf32", "W", None))
+    t = _host(wg._copy_t(xd, "tf32", "W", None))
     assert t.shape == (45, 72)
     assert np.array_equal(t[:, :70].view(np.uint32), P.to_tf32(x).T.view(np.uint32))
-    h = host(wg._copy_t(xd, "bf16", "W", None))
+    h = _host(wg._copy_t(xd, "bf16", "W", None))
     assert h.dtype == np.uint16 and np.array_equal(h[:, :70], P.bf16_bits(x).T)
 
 
@@ -125,12 +211,15 @@ def test_transposed_copies_round_like_the_emulation():
 def test_agrees_with_gemm_tc(mode):
     rng = np.random.default_rng(5)
     M, N, K = 1000, 513, 777
-    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,))
-    z_wg, z_tc = poison((M, N)), poison((M, N))
+    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,))
+    z_wg, z_tc = _poison((M, N)), _poison((M, N))
     wg.gemm_fwd(A, W, b, ACT_CODES["identity"], z_wg, precision=mode)
     tc.gemm_fwd(A, W, b, ACT_CODES["identity"], z_tc, precision=mode)
-    _, _, scale = fwd_refs(A, W, mode)
-    e = scaled_err(written(z_wg, "wgmma"), written(z_tc, "gemm_tc"), scale)
+    if mode == "bf16":       # both store bfloat16: equal but for rounding-boundary flips
+        _bf16_stored(_written(z_wg, "wgmma"), _written(z_tc, "gemm_tc"), f"{mode}: wgmma vs mma.sync")
+        return
+    _, _, scale = _refs(A, W, mode)
+    e = _scaled_err(_written(z_wg, "wgmma"), _written(z_tc, "gemm_tc"), scale)
     assert e <= 2 * EMUL_TOL, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
 
 
@@ -142,15 +231,23 @@ def test_unaligned_views(mode, offset):
     M, N, K = 300, 132, 136
 
     def view(shape, scale=1.0, poison=False):
-        return offset_buffer(rng, offset, shape, scale, poison)
+        n = int(np.prod(shape))
+        flat = cupy.full(n + 8, np.nan, dtype=np.float32)
+        v = flat[offset:offset + n].reshape(shape)
+        if not poison:
+            v[...] = _rand(rng, shape, scale)
+        return v, flat
 
     (A, _), (W, _), (b, _) = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
     (Z_out, zflat), (A_out, _) = view((M, N), poison=True), view((M, N), poison=True)
     wg.gemm_fwd(A, W, b, ACT_CODES["tanh"], A_out, Z_out, precision=mode)
-    emul, _, scale = fwd_refs(A, W, mode)
-    assert scaled_err(written(Z_out, "Z_out") - host(b), emul, scale) <= EMUL_TOL
-    written(A_out, "A_out")
-    rest = host(zflat)
+    emul, _, scale = _refs(A, W, mode)
+    if mode == "bf16":
+        _bf16_stored(_written(Z_out, "Z_out"), P.to_bf16(emul.astype(np.float32) + _host(b)), "Z_out")
+    else:
+        assert _scaled_err(_written(Z_out, "Z_out") - _host(b), emul, scale) <= EMUL_TOL
+    _written(A_out, "A_out")
+    rest = _host(zflat)
     assert np.isnan(rest[:offset]).all() and np.isnan(rest[offset + M * N:]).all(), "wrote past the output"
 
 
@@ -160,25 +257,28 @@ def test_operand_copies_round_like_the_emulation():
                         rng.integers(0, 2 ** 32, 50000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
     x = x[np.isfinite(x)][:99990].reshape(-1, 30)   # 30 columns: padded rows of 32
     xd = cupy.asarray(x)
-    t = host(wg._copy(xd, "tf32", "A", None))
+    t = _host(wg._copy(xd, "tf32", "A", None))
     assert t.shape == (x.shape[0], 32)
     assert np.array_equal(t[:, :30].view(np.uint32), P.to_tf32(x).view(np.uint32))
-    h = host(wg._copy(xd, "bf16", "A", None))
+    h = _host(wg._copy(xd, "bf16", "A", None))
     assert h.dtype == np.uint16 and np.array_equal(h[:, :30], P.bf16_bits(x))
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bitwise_reproducible_and_scratch_gives_the_same_bits(mode):
+    rs = cupy.random.RandomState(1234)
     M, N, K = 70001, 300, 200
-    A, W, b = device_operands(1234, (M, K), (N, K), (N,))
-    scratch = _plan_scratch()
+    A = rs.standard_normal((M, K), dtype=np.float32)
+    W = rs.standard_normal((N, K), dtype=np.float32)
+    b = rs.standard_normal((N,), dtype=np.float32)
+    scratch = Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
     runs = []
     for s in (None, scratch, scratch):
-        out = poison((M, N))
+        out = _poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES["silu"], out, precision=mode, scratch=s)
         runs.append(out)
     for y in runs[1:]:
-        assert same_bits(runs[0], y), "runs differ in bits"
+        assert bool((runs[0].view(cupy.int32) == y.view(cupy.int32)).all()), "runs differ in bits"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -188,8 +288,8 @@ def test_graph_capture_replays_on_new_data(mode):
     A = rs.standard_normal((M, K), dtype=np.float32)
     W = rs.standard_normal((N, K), dtype=np.float32)
     b = rs.standard_normal((N,), dtype=np.float32)
-    out = poison((M, N))
-    scratch = _plan_scratch()
+    out = _poison((M, N))
+    scratch = Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
     wg.gemm_fwd(A, W, b, ACT_CODES["relu"], out, precision=mode, scratch=scratch)    # buffers, maps
     cupy.cuda.get_current_stream().synchronize()
     stream = cupy.cuda.Stream(non_blocking=True)     # the legacy default stream cannot be captured
@@ -202,18 +302,22 @@ def test_graph_capture_replays_on_new_data(mode):
     out.fill(np.nan)
     graph.launch(cupy.cuda.get_current_stream())   # after the new data, as the backend replays a step
     cupy.cuda.get_current_stream().synchronize()
-    ref = poison((M, N))
+    ref = _poison((M, N))
     wg.gemm_fwd(A, W, b, ACT_CODES["relu"], ref, precision=mode)
-    assert same_bits(out, ref), "replay differs from a direct call"
+    assert bool((out.view(cupy.int32) == ref.view(cupy.int32)).all()), "replay differs from a direct call"
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_large(mode):
+    rs = cupy.random.RandomState(7)
     M, N, K = 4096, 4096, 4096
-    A, W = device_operands(7, (M, K), (N, K))
-    out = poison((M, N))
+    A = rs.standard_normal((M, K), dtype=np.float32)
+    W = rs.standard_normal((N, K), dtype=np.float32)
+    A64, W64 = A.astype(np.float64), W.astype(np.float64)
+    scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
+    out = _poison((M, N))
     wg.gemm_fwd(A, W, cupy.zeros(N, np.float32), ACT_CODES["identity"], out, precision=mode)
-    e = device_fwd_err(out, A, W)
+    e = float(cupy.abs(out - A64 @ W64.T).max()) / scale
     assert bool(cupy.isfinite(out).all()) and e <= P.TOLERANCE[mode], f"{e:.3g}"
 
 

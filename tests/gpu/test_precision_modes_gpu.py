@@ -24,7 +24,9 @@ from gpubp.data import accuracy, load_dataset  # noqa: E402
 
 MODES = ("tf32", "bf16", "3xtf32")
 #: CUDA step vs the numpy emulation of the same mode, relative to the largest value compared
-STEP_TOL = {"tf32": 1e-4, "bf16": 1e-3, "3xtf32": 2e-5}
+#: bf16 stores Z, A and deltas rounded: where the kernels' float32 sums fall on the other side of
+#: a rounding boundary than the emulation's, a stored value is one bf16 ulp (2^-8) off
+STEP_TOL = {"tf32": 1e-4, "bf16": 8e-3, "3xtf32": 2e-5}
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +61,10 @@ def test_a_step_matches_the_numpy_emulation(prec, sizes, B):
             for be, p in (("numpy", prec), (_cuda_tc(), prec), ("numpy", "float32"))]
     (l_ref, g_ref), (l_gpu, g_gpu), (_, g_32) = (n.loss_and_grads(X, Y) for n in nets)
     far = None if prec == "3xtf32" else nets[2].forward(X)       # 3xtf32 is float32-accurate
-    _close(nets[1].backend.to_numpy(nets[1].forward(X)), nets[0].forward(X), tol, "outputs", far)
+    out = nets[1].backend.to_numpy(nets[1].forward(X))
+    if prec == "bf16":          # the outputs as stored: bfloat16 values
+        assert not (out.view(np.uint32) & np.uint32(0xFFFF)).any()
+    _close(out, nets[0].forward(X), tol, "outputs", far)
     assert l_gpu == pytest.approx(l_ref, rel=tol)
     for l, ((dW, db), (rW, rb), (fW, _)) in enumerate(zip(g_gpu, g_ref, g_32), start=1):
         _close(dW, rW, tol, f"layer {l} dW", None if prec == "3xtf32" else fW)

@@ -107,6 +107,9 @@ class KernelSignature:
     params: list = field(default_factory=list)
     max_threads: int | None = None      # __launch_bounds__'s first argument, when a constant
     min_blocks: str | None = None
+    #: default template arguments, by parameter name (`bool BF16 = false`): a name expression
+    #: may leave the trailing defaulted ones out, as C++ allows
+    template_defaults: dict = field(default_factory=dict)
 
 
 def _strip_comments(src: str) -> str:
@@ -156,11 +159,14 @@ def parse_kernels(source: str) -> dict[str, KernelSignature]:
     for m in re.finditer(r"\b__global__\b", src):
         head = src[:m.start()].rstrip()
         tm = re.search(r"template\s*<([^<>]*)>$", head)
-        template = []
+        template, defaults = [], {}
         if tm:
             for p in _split_top(tm.group(1)):
+                p, _, default = p.partition("=")
                 kind, pname = p.rsplit(None, 1)
                 template.append(("typename" if kind in ("typename", "class") else kind, pname))
+                if default.strip():
+                    defaults[pname] = default.strip()
         i = m.end()
         rest = src[i:]
         vm = re.match(r"\s*void\s*", rest)
@@ -185,7 +191,7 @@ def parse_kernels(source: str) -> dict[str, KernelSignature]:
             pm = re.match(r"\s*(.*?)\s*(\**)\s*(\w+)\s*$", p)
             ctype = " ".join(pm.group(1).split()) + pm.group(2)
             params.append((ctype, pm.group(3)))
-        kernels[name] = KernelSignature(name, template, params, max_threads, min_blocks)
+        kernels[name] = KernelSignature(name, template, params, max_threads, min_blocks, defaults)
     return kernels
 
 
@@ -548,6 +554,11 @@ class RawModule:
         sig = self.kernels.get(kernel)
         if sig is None:
             raise LaunchError(f"{expr}: no __global__ kernel {kernel!r} in the module")
+        args = list(args)
+        for _, pname in sig.template[len(args):]:
+            if pname not in sig.template_defaults:
+                break
+            args.append(sig.template_defaults[pname])       # trailing defaulted parameters
         if len(args) != len(sig.template):
             raise LaunchError(f"{expr}: {len(args)} template arguments for {len(sig.template)} parameters")
         targs = {}
