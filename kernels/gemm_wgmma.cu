@@ -153,6 +153,8 @@ __device__ __forceinline__ bool wg_pipeline(const TensorMap128* tmX, const Tenso
     for (int kt = 0; kt < ktiles; ++kt) {
         const int s = kt % WG_STAGES;
         mbar_wait(full(s), (kt / WG_STAGES) & 1);
+#pragma unroll
+        for (int h = 0; h < NH; ++h) wg_fence_acc(acc[h]);
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
@@ -163,9 +165,13 @@ __device__ __forceinline__ bool wg_pipeline(const TensorMap128* tmX, const Tenso
         }
         wg_commit();
         wg_wait<1>();                          // k-tile kt - 1's wgmmas are done reading
+#pragma unroll
+        for (int h = 0; h < NH; ++h) wg_fence_acc(acc[h]);
         if (kt > 0 && threadIdx.x % 128 == 0) mbar_arrive(empty((kt - 1) % WG_STAGES));
     }
     wg_wait<0>();
+#pragma unroll
+    for (int h = 0; h < NH; ++h) wg_fence_acc(acc[h]);   // the epilogue reads them after the wait
     return true;
 }
 

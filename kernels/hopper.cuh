@@ -73,6 +73,18 @@ __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.s
 template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
 
+// Pins the accumulator registers at this point of the program: wgmma.mma_async writes them
+// asynchronously, which the compiler does not know (wait_group names no registers), so without
+// this it could move ordinary reads or writes of the accumulators across the fence / wait_group
+// (the PTX ISA makes any access between mma_async and the wait_group that retires it undefined).
+// An empty asm that "reads and writes" each register orders them against these asm volatile
+// statements (CUTLASS's warpgroup_fence_operand).  Emits no instruction.
+template <int N>
+__device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+
 // ------------------------------------------------------------------ register budgets
 template <int R>
 __device__ __forceinline__ void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(R)); }
