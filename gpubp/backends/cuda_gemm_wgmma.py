@@ -98,6 +98,14 @@ def bwd_data_name(precision: str, act: int, bn: int = 128) -> str:
     return f"gemm_wgmma_bwd_data<{PREC_CODES[precision]}, {act}, {bn}>"
 
 
+def bwd_weight_name(precision: str, bn: int = 128) -> str:
+    return f"gemm_wgmma_bwd_weight<{PREC_CODES[precision]}, {bn}>"
+
+
+#: the modes whose weight gradient runs here: bf16 only (wgmma reads bf16 operands transposed)
+WGRAD_PRECISIONS = ("bf16",)
+#: the copy of delta fused with the bias gradient's column sums (the weight gradient's)
+COLSUM_NAME = "gemm_wgmma_copy_colsum_bf16"
 COPY_NAMES = {"tf32": "gemm_wgmma_copy_tf32", "bf16": "gemm_wgmma_copy_bf16"}
 COPY_T_NAMES = {"tf32": "gemm_wgmma_copy_t_tf32", "bf16": "gemm_wgmma_copy_t_bf16"}
 
@@ -105,7 +113,8 @@ COPY_T_NAMES = {"tf32": "gemm_wgmma_copy_t_tf32", "bf16": "gemm_wgmma_copy_t_bf1
 def _all_names() -> tuple[str, ...]:
     names = [f(p, a, bn) for f in (fwd_name, bwd_data_name) for p in PREC_CODES for a in range(_N_ACT)
              for bn in BNS]
-    return tuple(names) + tuple(COPY_NAMES.values()) + tuple(COPY_T_NAMES.values())
+    names += [bwd_weight_name(p, bn) for p in WGRAD_PRECISIONS for bn in BNS]
+    return tuple(names) + tuple(COPY_NAMES.values()) + tuple(COPY_T_NAMES.values()) + (COLSUM_NAME,)
 
 
 #: the SASS each forward kernel must hold: its wgmma (HGMMA) and its TMA loads (UTMALDG)
@@ -116,7 +125,7 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
     by_code = {code: SASS_OPCODES[p] for p, code in PREC_CODES.items()}
     out = []
     for n in names:
-        if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<")):
+        if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<", "gemm_wgmma_bwd_weight<")):
             out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
             out.append((n, "UTMALDG"))
     return tuple(out)
