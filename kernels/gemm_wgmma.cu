@@ -2,8 +2,9 @@
 //     Z = A(M x K) @ W(N x K)^T + bias(N),   Aout = g_ACT(Z),   Zout = Z when write_z,
 // on wgmma tensor cores fed by TMA.  Concatenated after activations.cuh, async_copy.cuh and
 // hopper.cuh by gpubp/backends/cuda_gemm_wgmma.py, which builds it with NVRTC for sm_90a only
-// (wgmma and setmaxnreg exist only there) and launches it.  The backward GEMMs stay on
-// gemm_tc.cu's mma.sync kernels.
+// (wgmma and setmaxnreg exist only there) and launches it.  Also the input gradient (section 2)
+// and the bf16 weight gradient (section 3, MN-major operands); the tf32 weight gradient stays on
+// gemm_tc.cu's mma.sync kernel.
 //
 // Precision (template int PREC, the codes of gemm_tc.cu): TC_TF32 or TC_BF16.  The kernel reads
 // operand copies the launcher makes with the conversion kernels at the end of this file:

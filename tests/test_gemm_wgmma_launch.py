@@ -179,7 +179,10 @@ def test_module_names_archs_and_sass_checks():
     assert set(expect) == set(fwd)
     for n in fwd:
         prec = int(n.split("<")[1].split(",")[0])
-        assert expect[n] == [("HGMMA.64x128x16.F32.BF16" if prec == 2 else "HGMMA.64x128x8.F32.TF32"), "UTMALDG"]
+        want = [("HGMMA.64x128x16.F32.BF16" if prec == 2 else "HGMMA.64x128x8.F32.TF32"), "UTMALDG"]
+        if n.startswith("gemm_wgmma_bwd_weight<"):
+            want.append("tnspA.tnspB")       # both operands read transposed (MN-major)
+        assert expect[n] == want
     src = spec.source()
     assert "#define WG_THREADS 384" in src and "#define WG_BM 128" in src and "#define WG_STAGES 4" in src
     assert "#define WG_STAGES" not in (kernels_dir() / "gemm_wgmma.cu").read_text()

@@ -1,4 +1,4 @@
-"""Launchers of the Hopper forward and input-gradient GEMMs of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
+"""Launchers of the Hopper GEMMs of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
 
     gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None, precision="tf32", scratch=None, bn=None)
         Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given; the signature and results of
@@ -7,8 +7,12 @@
     gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32", scratch=None, bn=None)
         delta_prev_out = (delta @ W) * g'(.), as `cuda_gemm_tc.gemm_bwd_data`, on copies of delta
         and of W transposed (K x N), so that both wgmma operands are K-major.
-The weight gradient stays on `cuda_gemm_tc` (both of its operands are batch-major: TF32 wgmma
-would need two transposed batch-sized copies per step).
+    gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision="bf16", scratch=None, bn=None)
+        dW_out = delta.T @ A_prev, db_out = delta.sum(0), as `cuda_gemm_tc.gemm_bwd_weight`, bf16
+        only: both operands are batch-major (MN-major for the reduction over the batch), which bf16
+        wgmma reads transposed; TF32 wgmma cannot, so "tf32" stays on `cuda_gemm_tc`.  db comes
+        from the copy of delta (`gemm_wgmma_copy_colsum_bf16`), the batch is split when the output
+        has few tiles (`wgrad_splits`), and gemm_tc's ordered reduce adds the partials.
 
 How a call runs (all on the current stream):
   1. operand copies: `gemm_wgmma_copy_tf32` / `_bf16` write A_prev and W rounded to the mode
@@ -33,7 +37,7 @@ in `cuda_gemm_tc` (float32, C-contiguous, shapes), plus compute capability 9.0: 
 built for sm_90a only.  The module is built by `cubin_cache` (NVRTC, sm_90a, cached on disk).
 
 Not used by any default path: only `CudaBackend(tensor_core_gemms=True, hopper=True)` runs its
-"tf32" and "bf16" forward and input-gradient GEMMs here, until these
+"tf32" and "bf16" forward and input-gradient GEMMs (and the "bf16" weight gradient) here, until these
 kernels have passed their GPU tests.  CuPy and cuda.bindings.driver are imported inside
 functions only, so this module imports without a GPU.
 """
@@ -119,6 +123,8 @@ def _all_names() -> tuple[str, ...]:
 
 #: the SASS each forward kernel must hold: its wgmma (HGMMA) and its TMA loads (UTMALDG)
 SASS_OPCODES = {"tf32": "HGMMA.64x128x8.F32.TF32", "bf16": "HGMMA.64x128x16.F32.BF16"}
+#: the weight gradient's wgmma reads both shared operands transposed (MN-major)
+WGRAD_SASS_TRANSPOSE = "tnspA.tnspB"
 
 
 def _sass_expect(names) -> tuple[tuple[str, str], ...]:
@@ -128,6 +134,8 @@ def _sass_expect(names) -> tuple[tuple[str, str], ...]:
         if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<", "gemm_wgmma_bwd_weight<")):
             out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
             out.append((n, "UTMALDG"))
+            if n.startswith("gemm_wgmma_bwd_weight<"):
+                out.append((n, WGRAD_SASS_TRANSPOSE))
     return tuple(out)
 
 
