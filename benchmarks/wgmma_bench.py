@@ -1,4 +1,4 @@
-"""Time the Hopper forward GEMM (kernels/gemm_wgmma.cu) against cuBLAS at the same precision (sm_90 only).
+"""Time the Hopper GEMMs (kernels/gemm_wgmma.cu) against cuBLAS at the same precision (sm_90 only).
 
     python3 benchmarks/wgmma_bench.py --out DIR [--reps 20]
 
@@ -17,6 +17,11 @@ that repetitions do not all hit L2):
 The input gradient (delta @ W, ReLU's g') of the 4096-wide layer at batch 4096, 1024 and 256:
 `gemm_bwd_data` as called (copies of delta and of W transposed, and the GEMM), gemm_tc's, and
 cuBLAS's delta @ W.
+The bf16 weight gradient (dW = delta^T A_prev, db = column sums of delta) of the same layer at
+batch 4096, 1024 and 256: `gemm_bwd_weight` as called (delta's copy with db's column sums,
+A_prev's copy, the MN-major wgmma GEMM, the ordered reduce when split), its GEMM kernel alone on
+ready copies (`launch_bwd_weight`, unsplit), gemm_tc's mma.sync weight gradient, and cuBLAS's
+delta^T @ A_prev in bf16 (no db).
 Ratios are cuBLAS ms / ours.  Writes DIR/wgmma_bench.json and DIR/wgmma_bench.md.
 """
 
@@ -123,9 +128,11 @@ def main():
         del ops
         cupy.get_default_memory_pool().free_all_blocks()
         torch.cuda.empty_cache()
+    wgrad_rows = _wgrad_rows(args.reps)
     dev = cupy.cuda.runtime.getDeviceProperties(cuda_device.device_id())["name"].decode()
     with open(os.path.join(args.out, "wgmma_bench.json"), "w") as f:
-        json.dump(dict(device=dev, reps=args.reps, rows=rows, bwd_data_rows=bwd_rows), f, indent=1)
+        json.dump(dict(device=dev, reps=args.reps, rows=rows, bwd_data_rows=bwd_rows, bwd_weight_rows=wgrad_rows),
+                  f, indent=1)
     lines = [f"# Hopper forward GEMM + bias + ReLU vs cuBLAS on {dev} (median of {args.reps}, CUDA events)", "",
              "| M x N x K | mode | call ms | kernel bn128 ms | kernel bn256 ms | gemm_tc ms | cuBLAS ms "
              "| call / cuBLAS | kernel / cuBLAS | gemm_tc / cuBLAS |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -139,8 +146,51 @@ def main():
     for r in bwd_rows:
         lines.append(f"| {r['M']}x{r['N']}x{r['K']} | {r['mode']} | {r['call_ms']:.3f} | {r['gemm_tc_ms']:.3f} | "
                      f"{r['cublas_ms']:.3f} | {r['call_ratio']:.2f} | {r['gemm_tc_ratio']:.2f} |")
+    lines += ["", "Weight gradient, bf16 (delta^T A_prev and db; cuBLAS: delta^T A_prev only):", "",
+              "| M x N x K | call ms | kernel ms | gemm_tc ms | cuBLAS ms | call / cuBLAS | kernel / cuBLAS "
+              "| gemm_tc / cuBLAS |", "|---|---|---|---|---|---|---|---|"]
+    for r in wgrad_rows:
+        lines.append(f"| {r['M']}x{r['N']}x{r['K']} | {r['call_ms']:.3f} | {r['kernel_ms']:.3f} | {r['gemm_tc_ms']:.3f} | "
+                     f"{r['cublas_ms']:.3f} | {r['call_ratio']:.2f} | {r['kernel_ratio']:.2f} | {r['gemm_tc_ratio']:.2f} |")
     with open(os.path.join(args.out, "wgmma_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _wgrad_rows(reps):
+    """The bf16 weight gradient of the 4096-wide layer at batch 4096, 1024 and 256."""
+    mode = "bf16"
+    cuda_device.load_kernels({tc.SPECS[0]: [tc.bwd_weight_name(mode), tc.REDUCE_NAME]})
+    out = []
+    for M, N, K in SHAPES[1:]:
+        ops = gemms.GemmOperands(gemms.random_sets(M, N, K, n_sets=2))
+        flop = 2.0 * M * N * K
+        scratch = Scratch(_Backend())
+        res = dict(M=M, N=N, K=K, mode=mode, plan=wg.wgrad_plan(M, N, K, cuda_device.sm_count()))
+        res["call_ms"] = _time_cupy(gemms.rotating(
+            lambda A, W, b, D: wg.gemm_bwd_weight(D, A, ops.dW, ops.db, precision=mode, scratch=scratch),
+            ops.sets), reps)
+        bn = res["plan"]["bn"]
+        copies = [(wg._copy(D, mode, f"D{j}", scratch), wg._copy(A, mode, f"A{j}", scratch))
+                  for j, (A, W, b, D) in enumerate(ops.sets)]
+        res["kernel_ms"] = _time_cupy(gemms.rotating(
+            lambda d, a: wg.launch_bwd_weight(d, a, M, N, K, ops.dW, 1, M, 0, mode, scratch, bn), copies), reps)
+        res["gemm_tc_ms"] = _time_cupy(gemms.rotating(gemms.gpubp_gemm(f"gpubp-tc-{mode}", "bwd_weight", ops),
+                                                      ops.sets), reps)
+        res["cublas_ms"] = gemms.time_cublas(CUBLAS[mode], "bwd_weight", ops, reps)
+        res.update(call_ratio=res["cublas_ms"] / res["call_ms"], kernel_ratio=res["cublas_ms"] / res["kernel_ms"],
+                   gemm_tc_ratio=res["cublas_ms"] / res["gemm_tc_ms"], call_tflops=flop / res["call_ms"] / 1e9,
+                   kernel_tflops=flop / res["kernel_ms"] / 1e9)
+        out.append(res)
+        print(f"bwd_weight {M:5d}x{N}x{K} {mode} call {res['call_ms']:.3f} ms ({res['call_tflops']:.0f} TFLOP/s)  "
+              f"kernel {res['kernel_ms']:.3f} ms ({res['kernel_tflops']:.0f} TFLOP/s, bn {bn})  gemm_tc "
+              f"{res['gemm_tc_ms']:.3f}  cuBLAS {res['cublas_ms']:.3f} ms  ratios call {res['call_ratio']:.2f} "
+              f"kernel {res['kernel_ratio']:.2f} gemm_tc {res['gemm_tc_ratio']:.2f}", flush=True)
+        del copies, scratch
+        ops.release()
+        del ops
+        cupy.get_default_memory_pool().free_all_blocks()
+        torch.cuda.empty_cache()
+    return out
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Hopper forward GEMM (kernels/gemm_wgmma.cu) at small awkward shapes, for compute-sanitizer.
+"""The Hopper GEMMs (kernels/gemm_wgmma.cu) at small awkward shapes, for compute-sanitizer.
 
     compute-sanitizer --tool memcheck  python3 benchmarks/wgmma_sanitize.py
     compute-sanitizer --tool racecheck python3 benchmarks/wgmma_sanitize.py
@@ -7,7 +7,10 @@ Each mode (tf32, bf16) and block width (128, 256) runs the forward with Z (gelu)
 (relu), and the input gradient (gelu from Z, tanh from A; its transposed copy of W), on shapes with masked edges everywhere (no dimension a multiple of a tile; K below one
 k-tile, and K spanning more k-tiles than pipeline stages so every stage is reused), on aligned
 operands and on views at an odd element offset (the operand copies re-align them; the outputs
-take the scalar stores), with and without a plan scratch (memoised tensor maps).  Needs compute
+take the scalar stores), with and without a plan scratch (memoised tensor maps).  The bf16 weight
+gradient (MN-major tiles; delta's copy with db's column sums) runs on the same shapes (the batch
+M is its reduction: 300 rows are 5 k-tiles, more than the 4 stages) and on 1100 x 40 x 70, which
+splits the batch (partial last k-tile, the workspace and gemm_tc's ordered reduce).  Needs compute
 capability 9.0.  Prints "wgmma sanitize run done".
 """
 
@@ -55,5 +58,11 @@ for mode in wg.PREC_CODES:
                 wg.gemm_bwd_data(delta, W, None, A, ACT_CODES["gelu"], dprev, precision=mode, bn=bn)
                 wg.gemm_bwd_data(delta, W, A, None, ACT_CODES["tanh"], dprev, precision=mode, bn=bn,
                                  scratch=scratch)
+                if mode in wg.WGRAD_PRECISIONS:
+                    for m, n, k in ((M, N, K), (1100, 40, 70)):
+                        d, a = operand((m, n), offset), operand((m, k), offset)
+                        dW, db = empty((n, k), offset), empty((n,), offset)
+                        wg.gemm_bwd_weight(d, a, dW, db, precision=mode, bn=bn)
+                        wg.gemm_bwd_weight(d, a, dW, db, precision=mode, bn=bn, scratch=scratch)
 cupy.cuda.runtime.deviceSynchronize()
 print("wgmma sanitize run done")

@@ -2,8 +2,9 @@
 //     Z = A(M x K) @ W(N x K)^T + bias(N),   Aout = g_ACT(Z),   Zout = Z when write_z,
 // on wgmma tensor cores fed by TMA.  Concatenated after activations.cuh, epilogue.cuh, async_copy.cuh and
 // hopper.cuh by gpubp/backends/cuda_gemm_wgmma.py, which builds it with NVRTC for sm_90a only
-// (wgmma and setmaxnreg exist only there) and launches it.  The backward GEMMs stay on
-// gemm_tc.cu's mma.sync kernels.
+// (wgmma and setmaxnreg exist only there) and launches it.  Also the input gradient (section 2)
+// and the bf16 weight gradient (section 3, MN-major operands); the tf32 weight gradient stays on
+// gemm_tc.cu's mma.sync kernel.
 //
 // Precision (template int PREC, the codes of gemm_tc.cu): TC_TF32 or TC_BF16.  The kernel reads
 // operand copies the launcher makes with the conversion kernels at the end of this file:
@@ -73,10 +74,15 @@ static_assert(WG_THREADS == 384 && WG_BM == 128, "one producer and two consumer 
     "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),       \
     "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
-// d (64 x 128 tile of this warpgroup) += A(64 x k) B(128 x k)^T, both K-major in shared memory.
-template <int PREC>
+// d (64 x 128 tile of this warpgroup) += A(64 x k) B(128 x k)^T, both K-major in shared memory,
+// or with TRANS (bf16 only) both MN-major (imm-trans-a = imm-trans-b = 1: the weight gradient).
+template <int PREC, bool TRANS = false>
 __device__ __forceinline__ void wg_mma_64x128(float (&d)[64], unsigned long long da, unsigned long long db) {
-    if (PREC == TC_BF16) {
+    static_assert(!TRANS || PREC == TC_BF16, "TF32 wgmma reads K-major operands only");
+    if (PREC == TC_BF16 && TRANS) {
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_D64 ", %64, %65, 1, 1, 1, 1, 1;\n"
+                     : WG_D64_OPERANDS(d) : "l"(da), "l"(db));
+    } else if (PREC == TC_BF16) {
         asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_D64 ", %64, %65, 1, 1, 1, 0, 0;\n"
                      : WG_D64_OPERANDS(d) : "l"(da), "l"(db));
     } else {
@@ -95,15 +101,22 @@ struct wg_layout {
 };
 
 // ============================================================= the pipeline
-// C(P x Q) tile at (p0, q0) = X(P x R) Y(Q x R)^T, X and Y K-major behind tmX (box {BK, 128})
-// and tmY (box {BK, BN}).  Sets up the barriers, splits the warpgroups: the producer issues
-// the loads and returns false; a consumer returns true with its 64 x BN tile in acc, rows
-// [64 c, 64 c + 64) of the block tile, c = threadIdx.x / 128 - 1.
-template <int PREC, int BN>
+// C(P x Q) tile at (p0, q0) = X(P x R) Y(Q x R)^T over r in [r0, r0 + R), X and Y K-major behind
+// tmX (box {BK, 128}) and tmY (box {BK, BN}).  Sets up the barriers, splits the warpgroups: the
+// producer issues the loads and returns false; a consumer returns true with its 64 x BN tile in
+// acc, rows [64 c, 64 c + 64) of the block tile, c = threadIdx.x / 128 - 1.
+// MN (bf16 only; the weight gradient): X and Y are MN-major instead, X(p, r) at row r, column p
+// of a row-major (R x P) matrix behind tmX, Y likewise (R x Q) behind tmY, both with box
+// {64, BK}: a stage holds 128 / 64 = 2 chunks of X and BN / 64 of Y, each [BK rows of r][64
+// elements] (8 KB), and the wgmmas read them transposed (wg_desc_mn_sw128, imm-trans 1).  The
+// stage's bytes are those of the K-major layout, so wg_layout<BN> holds either.
+template <int PREC, int BN, bool MN = false>
 __device__ __forceinline__ bool wg_pipeline(const TensorMap128* tmX, const TensorMap128* tmY, int p0, int q0,
-                                            int R, float (&acc)[BN / 128][64]) {
+                                            int R, float (&acc)[BN / 128][64], int r0 = 0) {
     static_assert(PREC == TC_TF32 || PREC == TC_BF16, "tf32 or bf16");
     static_assert(BN == 128 || BN == 256, "BN is 128 or 256 (one or two m64n128 per k-step)");
+    static_assert(!MN || PREC == TC_BF16, "MN-major operands: bf16 only (TF32 wgmma reads K-major)");
+    constexpr unsigned MN_CHUNK = 64 * WG_ROW_BYTES;    // MN: one [64 rows of r][128 bytes] box
     constexpr int NH = BN / 128;                          // m64n128 blocks per consumer
     constexpr int BK = PREC == TC_BF16 ? 64 : 32;         // elements per 128-byte row
     constexpr int KSTEPS = 4;                             // 32 bytes each: k 16 (bf16) or 8 (tf32)
@@ -135,8 +148,17 @@ __device__ __forceinline__ bool wg_pipeline(const TensorMap128* tmX, const Tenso
                 const int s = kt % WG_STAGES;
                 if (kt >= WG_STAGES) mbar_wait(empty(s), ((kt / WG_STAGES) - 1) & 1);
                 mbar_arrive_expect_tx(full(s), L::STAGE_BYTES);
-                tma_load_2d(tileX(s), tmX, full(s), kt * BK, p0);
-                tma_load_2d(tileY(s), tmY, full(s), kt * BK, q0);
+                if (MN) {
+#pragma unroll
+                    for (int j = 0; j < WG_BM / 64; ++j)
+                        tma_load_2d(tileX(s) + j * MN_CHUNK, tmX, full(s), p0 + 64 * j, r0 + kt * BK);
+#pragma unroll
+                    for (int j = 0; j < BN / 64; ++j)
+                        tma_load_2d(tileY(s) + j * MN_CHUNK, tmY, full(s), q0 + 64 * j, r0 + kt * BK);
+                } else {
+                    tma_load_2d(tileX(s), tmX, full(s), r0 + kt * BK, p0);
+                    tma_load_2d(tileY(s), tmY, full(s), r0 + kt * BK, q0);
+                }
             }
         }
         return false;
@@ -158,10 +180,18 @@ __device__ __forceinline__ bool wg_pipeline(const TensorMap128* tmX, const Tenso
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
-            const unsigned long long da = wg_desc_sw128(tileX(s) + c * 64 * WG_ROW_BYTES + ks * 32);
+            if (MN) {   // k-step ks: k-rows [16 ks, 16 ks + 16) = atoms 2 ks, 2 ks + 1 of each chunk
+                const unsigned long long da = wg_desc_mn_sw128(tileX(s) + c * MN_CHUNK + ks * 2048, MN_CHUNK);
 #pragma unroll
-            for (int h = 0; h < NH; ++h)
-                wg_mma_64x128<PREC>(acc[h], da, wg_desc_sw128(tileY(s) + h * 128 * WG_ROW_BYTES + ks * 32));
+                for (int h = 0; h < NH; ++h)
+                    wg_mma_64x128<PREC, MN>(acc[h], da,
+                                            wg_desc_mn_sw128(tileY(s) + 2 * h * MN_CHUNK + ks * 2048, MN_CHUNK));
+            } else {
+                const unsigned long long da = wg_desc_sw128(tileX(s) + c * 64 * WG_ROW_BYTES + ks * 32);
+#pragma unroll
+                for (int h = 0; h < NH; ++h)
+                    wg_mma_64x128<PREC>(acc[h], da, wg_desc_sw128(tileY(s) + h * 128 * WG_ROW_BYTES + ks * 32));
+            }
         }
         wg_commit();
         wg_wait<1>();                          // k-tile kt - 1's wgmmas are done reading
@@ -327,4 +357,94 @@ __global__ void __launch_bounds__(256) gemm_wgmma_copy_t_tf32(const float* __res
 __global__ void __launch_bounds__(256) gemm_wgmma_copy_t_bf16(const float* __restrict__ x, unsigned short* out,
                                                               int rows, int cols, int ld_out) {
     wg_copy_t<TC_BF16, unsigned short>(x, out, rows, cols, ld_out);
+}
+
+// ============================================================= 3. backward, weights (bf16)
+// dW(N x K) = D(M x N)^T @ A(M x K): the reduction runs over the batch, so both operands are
+// read as stored, MN-major (D's rows are batch rows with the N outputs contiguous, A's likewise
+// with the K inputs): the pipeline's MN mode, bf16 only (wgmma transposes bf16 operands in
+// hardware, imm-trans-a = imm-trans-b = 1; TF32 wgmma reads K-major operands only, so "tf32"
+// stays on gemm_tc.cu's mma.sync weight gradient).  The block tile is 128 rows of dW (outputs
+// p) x BN columns (inputs q); a k-tile is 64 batch rows.
+// tmD: the bf16 (M x N) copy of D, box {64, 64}; tmA: the bf16 (M x K) copy of A, box {64, 64};
+// both 128-byte swizzle, zero fill (rows past M and columns past N or K read as zeros).
+// Split over the batch: split z = blockIdx.z sums rows [z * rows_per_split, min(M, (z + 1) *
+// rows_per_split)) (rows_per_split a multiple of 64, so only the last split has a partial
+// k-tile, which TMA zero-fills) into dW_base + z * split_stride: dW itself with one split, else
+// the launcher's workspace that gemm_tc.cu's gemm_tc_splitk_reduce adds in split order.  db
+// (column sums of the float32 D) is not computed here: gemm_wgmma_copy_colsum_bf16 below sums it
+// while it makes D's copy.
+// Launch: block (384,1,1); grid (ceil(N/128) * ceil(K/BN), 1, S); dynamic smem wg_layout<BN>::SMEM.
+// vec_out: K % 2 == 0, dW_base 8-byte aligned and split_stride even.
+template <int PREC, int BN>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+gemm_wgmma_bwd_weight(const __grid_constant__ TensorMap128 tmD, const __grid_constant__ TensorMap128 tmA,
+                      float* dW_base, int M, int N, int K, int rows_per_split, long long split_stride,
+                      int vec_out) {
+    static_assert(PREC == TC_BF16, "the transposed (MN-major) operands need bf16 wgmma");
+    constexpr int NH = BN / 128;
+    int tp, tq;
+    gemm_tile_coords((N + WG_BM - 1) / WG_BM, (K + BN - 1) / BN, tp, tq);
+    const int p0 = tp * WG_BM, q0 = tq * BN;
+    const int r0 = blockIdx.z * rows_per_split;
+    const int R = min(M - r0, rows_per_split);
+    float acc[NH][64];
+    if (!wg_pipeline<PREC, BN, true>(&tmD, &tmA, p0, q0, R, acc, r0)) return;
+    float* dW = dW_base + (long long)blockIdx.z * split_stride;
+    WG_EPILOGUE_COORDS
+#pragma unroll
+    for (int h = 0; h < NH; ++h)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const int q = qcol + 128 * h + 8 * j;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int p = prow + 8 * r;
+                if (p >= N) continue;
+                const long long o = (long long)p * K + q;
+                const float v0 = acc[h][4 * j + 2 * r], v1 = acc[h][4 * j + 2 * r + 1];
+                if (vec_out) {
+                    if (q < K) *reinterpret_cast<float2*>(dW + o) = make_float2(v0, v1);
+                } else {
+                    if (q < K) dW[o] = v0;
+                    if (q + 1 < K) dW[o + 1] = v1;
+                }
+            }
+        }
+}
+
+// The bf16 copy of D for the weight gradient (as gemm_wgmma_copy_bf16: out[r * ld_out + c] =
+// bf16(x[r * cols + c]), columns cols .. ld_out - 1 not written) fused with the bias gradient's
+// column sums of the float32 x, over row slices: slice z = blockIdx.y sums rows
+// [z * rows_per_slice, min(rows, (z + 1) * rows_per_slice)) into colsum[z * slice_stride + c].
+// Fixed order, no atomics: thread (tx, ty) of the 32 x 8 block adds, in float32, rows ty, ty + 8,
+// ty + 16, ... of the slice in increasing order for column c = 32 blockIdx.x + tx, and the 8
+// partials of a column are then added in ty order.  The launcher adds the slices in slice order
+// (gemm_tc_splitk_reduce) or, with one slice, passes db itself as colsum.
+// Launch: block (32, 8, 1); grid (ceil(cols / 32), S, 1), S * rows_per_slice >= rows.
+__global__ void __launch_bounds__(256) gemm_wgmma_copy_colsum_bf16(const float* __restrict__ x,
+                                                                   unsigned short* __restrict__ out,
+                                                                   float* __restrict__ colsum, int rows, int cols,
+                                                                   int ld_out, int rows_per_slice,
+                                                                   long long slice_stride) {
+    __shared__ float part[8][32];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int rb = blockIdx.y * rows_per_slice, re = min(rows, rb + rows_per_slice);
+    float s = 0.f;
+    if (c < cols) {
+#pragma unroll 4
+        for (int r = rb + threadIdx.y; r < re; r += 8) {
+            const float v = x[(long long)r * cols + c];
+            s += v;
+            out[(long long)r * ld_out + c] = (unsigned short)(bf16x2(v, 0.f) & 0xFFFFu);
+        }
+    }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float t = part[0][threadIdx.x];
+#pragma unroll
+        for (int j = 1; j < 8; ++j) t += part[j][threadIdx.x];
+        colsum[(long long)blockIdx.y * slice_stride + c] = t;
+    }
 }

@@ -68,6 +68,18 @@ __device__ __forceinline__ unsigned long long wg_desc_sw128(unsigned saddr) {
            (1ull << 62);
 }
 
+// Shared-memory matrix descriptor of an MN-major (transposed) bf16 tile written by TMA with
+// 128-byte swizzle, one box per 64 elements of M (or N): a chunk is [rows of k][128 bytes of
+// M/N], so 8 k-rows make one 1024-byte swizzle atom.  The canonical layout (PTX ISA "Shared
+// Memory Matrix Layout", CUTLASS's make_gmma_desc<Major::MN>) is, in 16-byte units T,
+// Swizzle<3,4,3> o ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)): the leading byte offset is the step
+// between 64-element chunks along M/N (`chunk_bytes`), the stride byte offset the step between
+// 8-row atoms along k (1024).  `saddr`: the chunk's (1024-aligned) address plus whole atoms of k.
+__device__ __forceinline__ unsigned long long wg_desc_mn_sw128(unsigned saddr, unsigned chunk_bytes) {
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)((chunk_bytes >> 4) & 0x3FFF) << 16) |
+           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>

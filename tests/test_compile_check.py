@@ -34,7 +34,9 @@ FAMILY_KEEP = ("fused_family_fwd<0, 128, 64>", "fused_family_bwd<1, 64, 128>", "
 
 #: the Hopper (sm_90a) kernels the fast check builds: each precision once, both block widths
 WGMMA_KEEP = ("gemm_wgmma_fwd<0, 5, 128>", "gemm_wgmma_fwd<2, 5, 256>", "gemm_wgmma_bwd_data<0, 6, 256>",
-              "gemm_wgmma_copy_tf32", "gemm_wgmma_copy_bf16", "gemm_wgmma_copy_t_tf32", "gemm_wgmma_copy_t_bf16")
+              "gemm_wgmma_bwd_weight<2, 256>",
+              "gemm_wgmma_copy_tf32", "gemm_wgmma_copy_bf16", "gemm_wgmma_copy_t_tf32", "gemm_wgmma_copy_t_bf16",
+              "gemm_wgmma_copy_colsum_bf16")
 
 
 def _act_of(name: str) -> int:
@@ -341,13 +343,18 @@ def test_hopper_kernels_hold_hgmma_and_tma_loads(rows):
     from gpubp.backends import cuda_gemm_wgmma as wg
 
     fwd = [r for r in rows if r["module"] == "gemm_wgmma" and r["sass_op"]]
-    assert len(fwd) == 3
+    assert len(fwd) == 4
     for r in fwd:
-        prec, bn = (int(a) for a in r["kernel"].split("<")[1].rstrip(">").split(",")[::2])
+        args = [int(a) for a in r["kernel"].split("<")[1].rstrip(">").split(",")]
+        prec, bn = args[0], args[-1]
         assert r["sass_op"] == wg.SASS_OPCODES["bf16" if prec == 2 else "tf32"], r
         # the k-tile loop body once: 4 k-steps of one m64n128 wgmma per 128 columns of BN
         assert r["sass_count"] == 4 * bn // 128, r
-        assert r["sass_more"] == {"UTMALDG": 2}, r     # the A and the W tile of a stage
+        if r["kernel"].startswith("gemm_wgmma_bwd_weight<"):
+            # MN-major: a TMA box per 64 columns (2 of delta, bn / 64 of A_prev), every wgmma transposed
+            assert r["sass_more"] == {"UTMALDG": 2 + bn // 64, wg.WGRAD_SASS_TRANSPOSE: 4 * bn // 128}, r
+        else:
+            assert r["sass_more"] == {"UTMALDG": 2}, r     # the A and the W tile of a stage
         assert r["sass_hmma"] == 0, r                   # no mma.sync fallback inside
 
 

@@ -21,6 +21,7 @@ from gpubp.backends import cuda_gemm_wgmma as wg
 from gpubp.backends.cuda_source import kernels_dir
 from gpubp.backends.plan import Scratch
 from support.fake_cupy import FakeCupy, LaunchError, parse_kernels
+from support.tc_contract import TC_EXTENTS
 
 
 def cdiv(a, b):
@@ -90,9 +91,32 @@ def _extents_copy_t(p, t, grid, fake):
     return {"x": p.rows * p.cols, "out": p.cols * p.ld_out}
 
 
+def _extents_bwd_weight(p, t, grid, fake):
+    bn, S = t["BN"], grid[2]
+    assert grid[:2] == (cdiv(p.N, wg.BM) * cdiv(p.K, bn), 1), f"grid {grid} for {p.N} x {p.K}, BN {bn}"
+    assert p.rows_per_split % wg.WGRAD_BK == 0 or S == 1, "a split must start on a whole 64-row k-tile"
+    assert S * p.rows_per_split >= p.M and (S - 1) * p.rows_per_split < p.M, "splits must cover M, none empty"
+    if p.vec_out:
+        assert p.K % 2 == 0 and p.split_stride % 2 == 0
+    if S > 1:
+        assert p.split_stride >= p.N * p.K
+    return {"dW_base": (S - 1) * p.split_stride + p.N * p.K}
+
+
+def _extents_colsum(p, t, grid, fake):
+    assert p.ld_out >= p.cols and p.ld_out % 8 == 0
+    assert grid[0] * 32 >= p.cols and grid[1] * p.rows_per_slice >= p.rows
+    assert (grid[1] - 1) * p.rows_per_slice < max(p.rows, 1), "an empty slice"
+    if grid[1] > 1:
+        assert p.slice_stride >= p.cols
+    return {"x": p.rows * p.cols, "out": p.rows * p.ld_out, "colsum": (grid[1] - 1) * p.slice_stride + p.cols}
+
+
 EXTENTS = {"gemm_wgmma_fwd": _extents_fwd, "gemm_wgmma_copy_tf32": _extents_copy,
            "gemm_wgmma_copy_bf16": _extents_copy, "gemm_wgmma_bwd_data": _extents_bwd_data,
-           "gemm_wgmma_copy_t_tf32": _extents_copy_t, "gemm_wgmma_copy_t_bf16": _extents_copy_t}
+           "gemm_wgmma_copy_t_tf32": _extents_copy_t, "gemm_wgmma_copy_t_bf16": _extents_copy_t,
+           "gemm_wgmma_bwd_weight": _extents_bwd_weight, "gemm_wgmma_copy_colsum_bf16": _extents_colsum,
+           "gemm_tc_splitk_reduce": TC_EXTENTS["gemm_tc_splitk_reduce"]}
 
 
 def _install(monkeypatch, tmp_path, **kw):
@@ -143,16 +167,22 @@ def test_module_names_archs_and_sass_checks():
     spec = wg.SPECS[0]
     assert spec.archs == ("sm_90a",)
     names = set(spec.name_expressions)
-    assert len(names) == 2 * (2 * len(ACTIVATIONS) * 2) + 4
+    # fwd and bwd_data per mode, activation and width; the bf16 weight gradient per width; 5 copies
+    assert len(names) == 2 * (2 * len(ACTIVATIONS) * 2) + 2 + 5
     assert "gemm_wgmma_fwd<0, 3, 128>" in names and "gemm_wgmma_fwd<2, 6, 256>" in names
+    assert {"gemm_wgmma_bwd_weight<2, 128>", "gemm_wgmma_bwd_weight<2, 256>", wg.COLSUM_NAME} <= names
+    assert not any(n.startswith("gemm_wgmma_bwd_weight<0") for n in names)   # no tf32 weight gradient
     expect = {}
     for n, op in spec.sass_expect:
         expect.setdefault(n, []).append(op)
-    fwd = [n for n in names if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<"))]
+    fwd = [n for n in names if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<", "gemm_wgmma_bwd_weight<"))]
     assert set(expect) == set(fwd)
     for n in fwd:
         prec = int(n.split("<")[1].split(",")[0])
-        assert expect[n] == [("HGMMA.64x128x16.F32.BF16" if prec == 2 else "HGMMA.64x128x8.F32.TF32"), "UTMALDG"]
+        want = [("HGMMA.64x128x16.F32.BF16" if prec == 2 else "HGMMA.64x128x8.F32.TF32"), "UTMALDG"]
+        if n.startswith("gemm_wgmma_bwd_weight<"):
+            want.append("tnspA.tnspB")       # both operands read transposed (MN-major)
+        assert expect[n] == want
     src = spec.source()
     assert "#define WG_THREADS 384" in src and "#define WG_BM 128" in src and "#define WG_STAGES 4" in src
     assert "#define WG_STAGES" not in (kernels_dir() / "gemm_wgmma.cu").read_text()
@@ -161,6 +191,8 @@ def test_module_names_archs_and_sass_checks():
     assert fwd_sig.max_threads == wg.THREADS == 384
     assert [t for t, _ in fwd_sig.params[:2]] == ["TensorMap128", "TensorMap128"]
     assert [t for t, _ in sigs["gemm_wgmma_bwd_data"].params[:2]] == ["TensorMap128", "TensorMap128"]
+    assert [t for t, _ in sigs["gemm_wgmma_bwd_weight"].params[:2]] == ["TensorMap128", "TensorMap128"]
+    assert sigs["gemm_wgmma_bwd_weight"].max_threads == 384
 
 
 def test_shared_memory_fits_an_h100_block():
@@ -458,7 +490,10 @@ def test_backend_runs_the_forward_gemms_on_hopper_when_asked(monkeypatch, fake, 
     kernels = _gemm_kernels(fake)
     assert kernels.count("gemm_wgmma_fwd") == 3 and "gemm_tc_fwd" not in kernels
     assert kernels.count("gemm_wgmma_bwd_data") == 2 and "gemm_tc_bwd_data" not in kernels
-    assert "gemm_tc_bwd_weight" in kernels              # the weight gradient stays on mma.sync
+    if prec == "bf16":                                  # the weight gradient on wgmma too
+        assert kernels.count("gemm_wgmma_bwd_weight") == 3 and "gemm_tc_bwd_weight" not in kernels
+    else:                                               # tf32's stays on mma.sync
+        assert kernels.count("gemm_tc_bwd_weight") == 3 and "gemm_wgmma_bwd_weight" not in kernels
     Xd, Yd = net._inputs(X), net._targets(Y, 1024)
     net._step(Xd, Yd, net.optimizer, plan=plan)
     n_maps = len(fake.driver.calls)
@@ -491,3 +526,188 @@ def test_backend_keeps_gemm_tc_without_hopper_or_off_sm90(monkeypatch, tmp_path)
 def test_hopper_needs_tensor_core_gemms(monkeypatch, fake):
     with pytest.raises(ValueError, match="tensor_core_gemms"):
         _backend(monkeypatch, hopper=True)
+
+
+# ----------------------------------------------------------------- backward, weights (bf16)
+def test_wgrad_splits_cover_the_batch_on_whole_k_tiles():
+    for M in (1, 63, 255, 256, 1000, 4097, 70001):
+        for N, K in ((1, 1), (10, 4096), (17, 129), (300, 300), (4096, 1024), (4096, 4096)):
+            for bn in wg.BNS:
+                S, rows = wg.wgrad_splits(M, N, K, 132, bn)
+                tiles = cdiv(N, 128) * cdiv(K, bn)
+                assert S * rows >= M and (S - 1) * rows < M
+                if S > 1:
+                    assert rows % 64 == 0 and rows >= 256 - 63 and S * tiles <= 132
+                    assert tiles < 132 and S <= wg.WGRAD_MAX_SPLITS
+                if tiles >= 132 or M < 512:
+                    assert S == 1
+            Sc, crows = wg.colsum_slices(M, N, 132)
+            assert Sc * crows >= M and (Sc - 1) * crows < M and Sc <= wg.COLSUM_MAX_SLICES
+    assert wg.wgrad_splits(4096, 10, 4096, 132, 128) == (4, 1024)      # 32 tiles: 4 splits of 1024 rows
+    assert wg.wgrad_splits(4096, 4096, 4096, 132, 256) == (1, 4096)    # 512 tiles fill the device
+    assert wg.wgrad_plan(4096, 4096, 4096, 132)["bn"] == 256
+
+
+WGRAD_SHAPES = [(1, 1, 1), (3, 17, 5), (127, 129, 33), (1000, 17, 129), (4097, 300, 127), (256, 10, 4096),
+                (4096, 10, 4096), (4096, 4096, 4096)]
+
+
+@pytest.mark.parametrize("M, N, K", WGRAD_SHAPES)
+def test_bwd_weight_launches(fake, M, N, K):
+    delta, A, dW, db = _arr(fake, (M, N)), _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,))
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16")
+    plan = wg.wgrad_plan(M, N, K, 132)
+    bn, S, Sc = plan["bn"], plan["S"], plan["Sc"]
+    reduce = ["gemm_tc_splitk_reduce"] if S > 1 or Sc > 1 else []
+    assert [l.name for l in fake.launches] == [wg.COLSUM_NAME, wg.COPY_NAMES["bf16"], wg.bwd_weight_name("bf16", bn)] + reduce
+    cs, ca, f = fake.launches[:3]
+    # delta's copy with db's column sums: Sc slices, into db itself when there is one
+    assert cs.arg("x") is delta and cs.block == (32, 8, 1) and cs.grid == (cdiv(N, 32), Sc, 1)
+    assert (cs.arg("rows"), cs.arg("cols"), cs.arg("ld_out")) == (M, N, wg.padded_cols(N))
+    if Sc == 1:
+        assert cs.arg("colsum") is db
+    assert ca.arg("x") is A and (ca.arg("rows"), ca.arg("cols"), ca.arg("ld_out")) == (M, K, wg.padded_cols(K))
+    assert f.block == (384, 1, 1) and f.shared_mem == wg.smem_bytes(bn) and f.grid[2] == S
+    assert (f.arg("M"), f.arg("N"), f.arg("K"), f.arg("rows_per_split")) == (M, N, K, plan["rows"])
+    assert f.arg("vec_out") == int(K % 2 == 0)
+    if S == 1:
+        assert f.arg("dW_base") is dW and f.arg("split_stride") == 0
+    else:
+        ws = f.arg("dW_base")
+        assert ws.size == plan["ws"] and f.arg("split_stride") == cdiv(N * K + N, 4) * 4
+        assert cs.arg("rows_per_slice") == plan["rows"] and cs.arg("slice_stride") == f.arg("split_stride")
+    # both tensor maps MN-major: the batch is the outer dimension, boxes of 64 (128 bytes) x 64 rows
+    calls = fake.driver.calls
+    assert len(calls) == 2
+    for call, rows, cols, copy in ((calls[0], M, N, cs.arg("out")), (calls[1], M, K, ca.arg("out"))):
+        assert call["dtype"] == "CU_TENSOR_MAP_DATA_TYPE_BFLOAT16" and call["rank"] == 2
+        assert call["dims"] == [cols, rows] and call["strides"] == [wg.padded_cols(cols) * 2]
+        assert call["box"] == [64, 64] and call["swizzle"] == "CU_TENSOR_MAP_SWIZZLE_128B"
+        assert call["oob"] == "CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE"
+        assert call["ptr"] == copy.__array_interface__["data"][0]
+        buf = fake.memory_at(call["ptr"], rows * wg.padded_cols(cols) * 2)
+        assert buf is not None and buf.dtype == np.uint16
+    assert f.arg("tmD")["opaque"][0][0] == 1 and f.arg("tmA")["opaque"][0][0] == 2
+    if reduce:
+        r = fake.launches[3]
+        assert r.arg("dW") is dW and r.arg("db") is db
+        if S > 1:   # the splits' dW and db partials together
+            assert (r.arg("S"), r.arg("NK"), r.arg("N")) == (S, N * K, N) and r.arg("ws") is f.arg("dW_base")
+        else:       # the column sums' slices only
+            assert (r.arg("S"), r.arg("NK"), r.arg("N")) == (Sc, 0, N) and r.arg("ws") is cs.arg("colsum")
+            assert r.arg("split_stride") == cs.arg("slice_stride") == cdiv(N, 4) * 4
+
+
+def test_bwd_weight_both_widths_launch(fake):
+    M, N, K = 700, 300, 600
+    delta, A, dW, db = _arr(fake, (M, N)), _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,))
+    for bn in wg.BNS:
+        fake.reset()
+        wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", bn=bn)
+        f = [l for l in fake.launches if l.kernel == "gemm_wgmma_bwd_weight"][0]
+        assert f.name == wg.bwd_weight_name("bf16", bn) and f.grid[0] == 3 * cdiv(K, bn)
+
+
+def test_bwd_weight_refusals_and_edges(fake):
+    delta, A, dW, db = _arr(fake, (8, 3)), _arr(fake, (8, 5)), _arr(fake, (3, 5)), _arr(fake, (3,))
+    with pytest.raises(ValueError, match="tf32 runs on cuda_gemm_tc"):
+        wg.gemm_bwd_weight(delta, A, dW, db, precision="tf32")
+    with pytest.raises(ValueError, match="A_prev has shape"):
+        wg.gemm_bwd_weight(delta, _arr(fake, (7, 5)), dW, db, precision="bf16")
+    with pytest.raises(ValueError, match="dW_out has shape"):
+        wg.gemm_bwd_weight(delta, A, _arr(fake, (5, 3)), db, precision="bf16")
+    with pytest.raises(ValueError, match="db_out has shape"):
+        wg.gemm_bwd_weight(delta, A, dW, _arr(fake, (4,)), precision="bf16")
+    with pytest.raises(TypeError, match="delta"):
+        wg.gemm_bwd_weight(delta.astype(np.float64), A, dW, db, precision="bf16")
+    with pytest.raises(ValueError, match="bn"):
+        wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", bn=64)
+    assert fake.launches == [] and fake.driver.calls == []
+    # K == 0: db only (delta's copy and column sums), no GEMM and no tensor map
+    wg.gemm_bwd_weight(delta, _arr(fake, (8, 0)), _arr(fake, (3, 0)), db, precision="bf16")
+    assert [l.name for l in fake.launches] == [wg.COLSUM_NAME] and fake.driver.calls == []
+    # M == 0: gemm_tc's weight gradient (zeros); N == 0: nothing
+    fake.reset()
+    wg.gemm_bwd_weight(_arr(fake, (0, 3)), _arr(fake, (0, 5)), dW, db, precision="bf16")
+    assert [l.name for l in fake.launches] == [cuda_gemm_tc.bwd_weight_name("bf16")]
+    fake.reset()
+    wg.gemm_bwd_weight(_arr(fake, (8, 0)), A, _arr(fake, (0, 5)), _arr(fake, (0,)), precision="bf16")
+    assert fake.launches == []
+
+
+def test_bwd_weight_refused_below_sm90(monkeypatch, tmp_path):
+    fake = _install(monkeypatch, tmp_path, attributes={"ComputeCapabilityMajor": 8})
+    with pytest.raises(RuntimeError, match="compute capability 9.0"):
+        wg.gemm_bwd_weight(_arr(fake, (4, 3)), _arr(fake, (4, 5)), _arr(fake, (3, 5)), _arr(fake, (3,)),
+                           precision="bf16")
+    assert fake.launches == []
+
+
+@pytest.mark.parametrize("M, N, K", [(1000, 17, 129), (4096, 300, 1000)])
+def test_bwd_weight_with_scratch_allocates_nothing_warm_and_keeps_its_own_copies(fake, M, N, K):
+    scratch = Scratch(_Backend(fake))
+    delta, A, dW, db = _arr(fake, (M, N)), _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,))
+    W, dprev = _arr(fake, (N, K)), _arr(fake, (M, K))
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+    first = list(fake.launches)
+    n_maps = len(fake.driver.calls)
+    # the forward and input gradient of the same shapes use other copy buffers
+    wg.gemm_fwd(A, W, db, 0, delta, precision="bf16", scratch=scratch)
+    wg.gemm_bwd_data(delta, W, None, None, 0, dprev, precision="bf16", scratch=scratch)
+    others = {id(l.arg("out")) for l in fake.launches[len(first):] if l.kernel.startswith("gemm_wgmma_copy")}
+    assert not others & {id(first[0].arg("out")), id(first[1].arg("out"))}, "a copy buffer is shared"
+    n_maps = len(fake.driver.calls)
+    fake.reset()
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+    assert fake.allocations == 0, fake.allocation_sites
+    assert len(fake.driver.calls) == n_maps, "tensor maps encoded again"
+    again = list(fake.launches)
+    assert [l.name for l in again] == [l.name for l in first]
+    def same(x, y):   # the same map array, scalar value, or device memory (views made anew are fine)
+        if x is y:
+            return True
+        if isinstance(x, np.generic):
+            return x == y
+        return (isinstance(x, fake.ndarray) and x.shape == y.shape and
+                x.__array_interface__["data"][0] == y.__array_interface__["data"][0])
+
+    for a, b in zip(again, first):
+        for x, y in zip(a.args, b.args):
+            assert same(x, y), f"{a.name}: another buffer or map"
+
+
+def test_bwd_weight_capture_replays_with_no_host_work(fake):
+    scratch = Scratch(_Backend(fake))
+    M, N, K = 1000, 17, 129        # split: the reduce runs too
+    delta, A, dW, db = _arr(fake, (M, N)), _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,))
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+    n_maps = len(fake.driver.calls)
+    stream = fake.cuda.Stream()
+    with stream:
+        stream.begin_capture()
+        wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+        graph = stream.end_capture()
+    assert len(fake.driver.calls) == n_maps
+    fake.reset()
+    graph.launch(stream)
+    assert [l.kernel for l in fake.launched(replay=True)] == [wg.COLSUM_NAME, "gemm_wgmma_copy_bf16",
+                                                               "gemm_wgmma_bwd_weight", "gemm_tc_splitk_reduce"]
+
+
+@pytest.mark.parametrize("batch", [64, 1024])
+def test_prepare_compiles_what_the_hopper_weight_gradient_launches(monkeypatch, fake, batch):
+    import gpubp
+
+    be = _backend(monkeypatch, tensor_core_gemms=True, hopper=True)
+    net = gpubp.MLP([33, 300, 5], backend=be, precision="bf16", seed=0)
+    net._plan(batch)
+    compiled = list(fake.compiled)
+    tc_names = [n for n in compiled if n.startswith("gemm_tc")]
+    want = set()
+    for N, K in ((300, 33), (5, 300)):
+        want |= wg.gemm_tc_kernel_names("bf16", batch, N, K, 132)
+    assert set(tc_names) == want, "gemm_tc kernels other than the reduce the weight gradient needs"
+    rng = np.random.default_rng(2)
+    net.train_step(rng.standard_normal((batch, 33)).astype(np.float32),
+                   rng.standard_normal((batch, 5)).astype(np.float32), "sgd", lr=0.01)
+    assert fake.compiled == compiled, "kernels compiled mid-step, not by prepare"

@@ -5,8 +5,8 @@ runs of narrow layers to `cuda_fused` (float32, and TF32 for precision "tf32"),
 with `tensor_core_gemms=True` (an opt-in, not yet verified on a GPU) the
 per-layer GEMMs of "tf32", "bf16" and "3xtf32" plans to `cuda_gemm_tc`
 (kernels/gemm_tc.cu), and with `hopper=True` as well the "tf32" and "bf16" forward and
-input-gradient GEMMs on compute capability 9.0 to `cuda_gemm_wgmma` (kernels/gemm_wgmma.cu: TMA
-and wgmma, built for sm_90a); the loss and the optimizer updates go to
+input-gradient GEMMs (and the "bf16" weight gradient) on compute capability 9.0 to
+`cuda_gemm_wgmma` (kernels/gemm_wgmma.cu: TMA and wgmma, built for sm_90a); the loss and the optimizer updates go to
 `cuda_elementwise` (kernels/elementwise.cu).
 Every method launches on CuPy's current stream and never waits for the device.
 Temporaries (loss partials, split-K and fused-run workspaces, pointer tables)
@@ -72,8 +72,8 @@ class CudaBackend(Backend):
         `hopper=True` (off by default; needs `tensor_core_gemms=True`) runs, on a device of
         compute capability 9.0 (H100, H200), the forward and input-gradient GEMMs of "tf32"
         and "bf16" plans on `cuda_gemm_wgmma` (TMA-fed wgmma kernels built for sm_90a, not
-        yet verified on a GPU); the weight gradient, "3xtf32" and other devices stay on
-        `cuda_gemm_tc`."""
+        yet verified on a GPU), and the weight gradient of "bf16" plans too; the weight
+        gradient of "tf32", "3xtf32" and other devices stay on `cuda_gemm_tc`."""
         cupy = _import_cupy()
         try:
             n = cupy.cuda.runtime.getDeviceCount()
@@ -234,6 +234,11 @@ class CudaBackend(Backend):
         (`hopper=True`, sm_90)."""
         return self.hopper and precision in cuda_gemm_wgmma.PREC_CODES and cuda_gemm_wgmma.available()
 
+    def _use_hopper_wgrad(self, precision) -> bool:
+        """Whether the weight gradient of `precision` runs on the Hopper kernels too ("bf16": wgmma
+        reads its batch-major operands transposed; "tf32" stays on `cuda_gemm_tc`)."""
+        return self._use_hopper(precision) and precision in cuda_gemm_wgmma.WGRAD_PRECISIONS
+
     # ----------------------------------------------------------- loss
     def loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out=None, scratch=None,
                        precision="float32"):
@@ -255,8 +260,11 @@ class CudaBackend(Backend):
         self._check_tensor_core_gemms(precision)
         M, N = delta.shape
         K = A_prev.shape[1]
-        ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_weight_scratch_size(M, N, K))
-        cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
+        if self._use_hopper_wgrad(precision):
+            cuda_gemm_wgmma.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=scratch)
+        else:
+            ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_weight_scratch_size(M, N, K))
+            cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
         if delta_prev_out is not None and self._use_hopper(precision):
             cuda_gemm_wgmma.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
                                           precision=precision, scratch=scratch)
@@ -356,6 +364,10 @@ class CudaBackend(Backend):
             if tc is not None:
                 hopper = self._use_hopper(tc)     # forward and input gradient on the sm_90a cubin
                 hopper_module |= hopper
+                if self._use_hopper_wgrad(tc):    # the weight gradient too: gemm_tc's reduce at most
+                    wanted[cuda_gemm_tc.SPECS[0]] |= cuda_gemm_wgmma.gemm_tc_kernel_names(
+                        tc, plan.batch, sizes[l], sizes[l - 1])
+                    continue
                 wanted[cuda_gemm_tc.SPECS[0]] |= cuda_gemm_tc.kernel_names(
                     tc, plan.batch, sizes[l], sizes[l - 1], ACT_CODES[acts[l - 1]], None if hopper else prev,
                     forward=not hopper)

@@ -1,4 +1,4 @@
-"""Launchers of the Hopper forward and input-gradient GEMMs of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
+"""Launchers of the Hopper GEMMs of `kernels/gemm_wgmma.cu` (experimental, sm_90 only).
 
     gemm_fwd(A_prev, W, b, act_code, A_out, Z_out=None, precision="tf32", scratch=None, bn=None)
         Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given; the signature and results of
@@ -7,8 +7,12 @@
     gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32", scratch=None, bn=None)
         delta_prev_out = (delta @ W) * g'(.), as `cuda_gemm_tc.gemm_bwd_data`, on copies of delta
         and of W transposed (K x N), so that both wgmma operands are K-major.
-The weight gradient stays on `cuda_gemm_tc` (both of its operands are batch-major: TF32 wgmma
-would need two transposed batch-sized copies per step).
+    gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision="bf16", scratch=None, bn=None)
+        dW_out = delta.T @ A_prev, db_out = delta.sum(0), as `cuda_gemm_tc.gemm_bwd_weight`, bf16
+        only: both operands are batch-major (MN-major for the reduction over the batch), which bf16
+        wgmma reads transposed; TF32 wgmma cannot, so "tf32" stays on `cuda_gemm_tc`.  db comes
+        from the copy of delta (`gemm_wgmma_copy_colsum_bf16`), the batch is split when the output
+        has few tiles (`wgrad_splits`), and gemm_tc's ordered reduce adds the partials.
 
 How a call runs (all on the current stream):
   1. operand copies: `gemm_wgmma_copy_tf32` / `_bf16` write A_prev and W rounded to the mode
@@ -33,7 +37,7 @@ in `cuda_gemm_tc` (float32, C-contiguous, shapes), plus compute capability 9.0: 
 built for sm_90a only.  The module is built by `cubin_cache` (NVRTC, sm_90a, cached on disk).
 
 Not used by any default path: only `CudaBackend(tensor_core_gemms=True, hopper=True)` runs its
-"tf32" and "bf16" forward and input-gradient GEMMs here, until these
+"tf32" and "bf16" forward and input-gradient GEMMs (and the "bf16" weight gradient) here, until these
 kernels have passed their GPU tests.  CuPy and cuda.bindings.driver are imported inside
 functions only, so this module imports without a GPU.
 """
@@ -48,7 +52,7 @@ from ..activations import ACTIVATIONS
 from . import cubin_cache, cuda_gemm_tc
 from .cuda_device import compute_capability, sm_count
 from .cuda_launch import aligned as _aligned
-from .cuda_launch import cdiv, check_act, gprime_source
+from .cuda_launch import cdiv, check_act, even_slices, gprime_source, grid_1d, split_stride
 from .cuda_source import ModuleSpec
 from .kernel_constants import WG_BM as BM
 from .kernel_constants import WG_STAGES as STAGES
@@ -98,6 +102,14 @@ def bwd_data_name(precision: str, act: int, bn: int = 128) -> str:
     return f"gemm_wgmma_bwd_data<{PREC_CODES[precision]}, {act}, {bn}>"
 
 
+def bwd_weight_name(precision: str, bn: int = 128) -> str:
+    return f"gemm_wgmma_bwd_weight<{PREC_CODES[precision]}, {bn}>"
+
+
+#: the modes whose weight gradient runs here: bf16 only (wgmma reads bf16 operands transposed)
+WGRAD_PRECISIONS = ("bf16",)
+#: the copy of delta fused with the bias gradient's column sums (the weight gradient's)
+COLSUM_NAME = "gemm_wgmma_copy_colsum_bf16"
 COPY_NAMES = {"tf32": "gemm_wgmma_copy_tf32", "bf16": "gemm_wgmma_copy_bf16"}
 COPY_T_NAMES = {"tf32": "gemm_wgmma_copy_t_tf32", "bf16": "gemm_wgmma_copy_t_bf16"}
 
@@ -105,20 +117,25 @@ COPY_T_NAMES = {"tf32": "gemm_wgmma_copy_t_tf32", "bf16": "gemm_wgmma_copy_t_bf1
 def _all_names() -> tuple[str, ...]:
     names = [f(p, a, bn) for f in (fwd_name, bwd_data_name) for p in PREC_CODES for a in range(_N_ACT)
              for bn in BNS]
-    return tuple(names) + tuple(COPY_NAMES.values()) + tuple(COPY_T_NAMES.values())
+    names += [bwd_weight_name(p, bn) for p in WGRAD_PRECISIONS for bn in BNS]
+    return tuple(names) + tuple(COPY_NAMES.values()) + tuple(COPY_T_NAMES.values()) + (COLSUM_NAME,)
 
 
 #: the SASS each forward kernel must hold: its wgmma (HGMMA) and its TMA loads (UTMALDG)
 SASS_OPCODES = {"tf32": "HGMMA.64x128x8.F32.TF32", "bf16": "HGMMA.64x128x16.F32.BF16"}
+#: the weight gradient's wgmma reads both shared operands transposed (MN-major)
+WGRAD_SASS_TRANSPOSE = "tnspA.tnspB"
 
 
 def _sass_expect(names) -> tuple[tuple[str, str], ...]:
     by_code = {code: SASS_OPCODES[p] for p, code in PREC_CODES.items()}
     out = []
     for n in names:
-        if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<")):
+        if n.startswith(("gemm_wgmma_fwd<", "gemm_wgmma_bwd_data<", "gemm_wgmma_bwd_weight<")):
             out.append((n, by_code[int(n[n.index("<") + 1:].split(",")[0])]))
             out.append((n, "UTMALDG"))
+            if n.startswith("gemm_wgmma_bwd_weight<"):
+                out.append((n, WGRAD_SASS_TRANSPOSE))
     return tuple(out)
 
 
@@ -316,3 +333,152 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
     _launch(bwd_data_name(precision, act, bn), grid, (THREADS, 1, 1),
             (tm_d, tm_wt, g_src, g_src, delta_prev_out, np.int32(M), np.int32(N), np.int32(K), np.int32(vec_out)),
             smem_bytes(bn))
+
+
+# ----------------------------------------------------------------- backward, weights (bf16)
+#: batch rows of one k-tile of the weight gradient (its splits cut the batch on whole k-tiles)
+WGRAD_BK = 64
+#: fewest batch rows one split of the weight gradient sums, and the most splits
+WGRAD_MIN_ROWS = 256
+WGRAD_MAX_SPLITS = 64
+#: the column sums' row slices when the GEMM is not split: about COLSUM_BLOCKS_PER_SM blocks of
+#: 32 columns per SM, each slice at least COLSUM_MIN_ROWS rows, at most COLSUM_MAX_SLICES
+COLSUM_BLOCKS_PER_SM = 4
+COLSUM_MIN_ROWS = 32
+COLSUM_MAX_SLICES = 32
+
+
+def wgrad_splits(M: int, N: int, K: int, sms: int, bn: int) -> tuple[int, int]:
+    """`(S, rows_per_split)` of `gemm_bwd_weight`: when the N x K output has fewer block tiles
+    (128 x bn) than SMs (one block per SM: 132 or 197 KB of shared memory), the batch is cut into
+    S <= sms // tiles contiguous splits of whole 64-row k-tiles, each at least WGRAD_MIN_ROWS
+    rows, at most WGRAD_MAX_SPLITS (`cuda_launch.even_slices`; no split empty).  A pure function
+    of the shapes and the SM count, so a device gives the same bits every run."""
+    tiles = cdiv(N, BM) * cdiv(K, bn)
+    S = min(sms // max(tiles, 1), M // WGRAD_MIN_ROWS, WGRAD_MAX_SPLITS) if tiles < sms else 1
+    return even_slices(M, S, WGRAD_BK)
+
+
+def colsum_slices(M: int, N: int, sms: int) -> tuple[int, int]:
+    """`(S, rows_per_slice)` of db's column sums when the weight gradient is not split."""
+    S = min(cdiv(COLSUM_BLOCKS_PER_SM * sms, cdiv(N, 32)), M // COLSUM_MIN_ROWS, COLSUM_MAX_SLICES)
+    return even_slices(M, S, 8)
+
+
+def choose_wgrad_bn(N: int, K: int, sms: int) -> int:
+    """`choose_bn` of the weight gradient's N x K output."""
+    return choose_bn(N, K, sms)
+
+
+def _buf(scratch, key, shape, dtype):
+    import cupy
+
+    return cupy.empty(shape, dtype=dtype) if scratch is None else scratch.get(key, shape, dtype)
+
+
+def wgrad_plan(M: int, N: int, K: int, sms: int, bn: int | None = None) -> dict:
+    """What `gemm_bwd_weight` launches for these shapes: block width `bn`, GEMM splits `S` of
+    `rows` batch rows, column-sum slices `Sc` of `crows` rows, and the float32 workspaces:
+    `ws` (S > 1: S * split_stride(N, K), the dW and db partials of each split, which
+    `gemm_tc_splitk_reduce` adds in split order) or `colsum` (S == 1 and Sc > 1: Sc slices of
+    cdiv(N, 4) * 4 column sums)."""
+    bn = bn or choose_wgrad_bn(N, K, sms)
+    S, rows = wgrad_splits(M, N, K, sms, bn) if K > 0 else (1, max(M, 1))
+    if S > 1:
+        Sc, crows = S, rows
+    else:
+        Sc, crows = colsum_slices(M, N, sms)
+    return dict(bn=bn, S=S, rows=rows, Sc=Sc, crows=crows,
+                ws=S * split_stride(N, K) if S > 1 else 0,
+                colsum=Sc * cdiv(N, 4) * 4 if S == 1 and Sc > 1 else 0)
+
+
+def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "bf16", scratch=None,
+                    bn: int | None = None) -> None:
+    """`dW_out = delta.T @ A_prev`, `db_out = delta.sum(0)` (float32 sums of the unrounded delta):
+    the signature and results of `cuda_gemm_tc.gemm_bwd_weight` for "bf16" (the same operand
+    rounding and float32 accumulation, another summation order), bitwise reproducible.
+
+    1. `gemm_wgmma_copy_colsum_bf16`: delta's bf16 copy (row-padded) and db's column sums over
+       row slices (fixed order);
+    2. `gemm_wgmma_copy_bf16`: A_prev's bf16 copy;
+    3. `gemm_wgmma_bwd_weight<2, bn>`: both copies read MN-major (TMA boxes of 64 x 64, the
+       wgmma transposes them), split over the batch when the output has few tiles
+       (`wgrad_splits`, grid.z = splits), the partials into a workspace;
+    4. `gemm_tc_splitk_reduce` (kernels/gemm_tc.cu): the splits' dW and db partials, or the
+       column sums' slices, added in order.
+    With `scratch` (a plan's `Scratch`) the copies and workspaces are its buffers and the tensor
+    maps are memoised, so a warm step allocates nothing and replays in a graph.  M == 0 runs on
+    `cuda_gemm_tc`.  "tf32" is refused: TF32 wgmma reads K-major operands only, and its weight
+    gradient stays on `cuda_gemm_tc` (see docs/architecture.md)."""
+    if precision not in WGRAD_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(WGRAD_PRECISIONS)} for the Hopper weight "
+                         f"gradient, got {precision!r} (tf32 runs on cuda_gemm_tc.gemm_bwd_weight)")
+    _check_precision(precision)
+    cuda_gemm_tc._check_arrays(delta=delta, A_prev=A_prev, dW_out=dW_out, db_out=db_out)
+    if delta.ndim != 2 or A_prev.ndim != 2:
+        raise ValueError(f"delta and A_prev must be 2-D, got {delta.ndim}-D and {A_prev.ndim}-D")
+    M, N = delta.shape
+    K = A_prev.shape[1]
+    cuda_gemm_tc._shape("A_prev", A_prev, (M, K))
+    cuda_gemm_tc._shape("dW_out", dW_out, (N, K))
+    cuda_gemm_tc._shape("db_out", db_out, (N,))
+    _check_bn(bn)
+    if N == 0:
+        return
+    if M == 0:
+        cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision)
+        return
+    sms = sm_count()
+    plan = wgrad_plan(M, N, K, sms, bn)
+    S, Sc, NK = plan["S"], plan["Sc"], N * K
+    stride = split_stride(N, K)
+    ws = _buf(scratch, ("wgmma_wgrad", "splits"), (plan["ws"],), np.float32) if S > 1 else None
+    if S > 1:
+        colsum, cs_stride = ws[NK:], stride           # db partials beside each split's dW partials
+    elif Sc > 1:
+        cs_stride = cdiv(N, 4) * 4
+        colsum = _buf(scratch, ("wgmma_wgrad", "colsum"), (plan["colsum"],), np.float32)
+    else:
+        colsum, cs_stride = db_out, 0                  # one slice: the sums are db
+    d_copy = _buf(scratch, ("wgmma_copy", "wgrad_D"), (M, padded_cols(N)), np.uint16)
+    _launch(COLSUM_NAME, (cdiv(N, 32), Sc, 1), (32, 8, 1),
+            (delta, d_copy, colsum, np.int32(M), np.int32(N), np.int32(d_copy.shape[1]),
+             np.int32(plan["crows"]), np.int64(cs_stride)))
+    if K > 0:
+        a_copy = _copy(A_prev, precision, "wgrad_A", scratch)
+        launch_bwd_weight(d_copy, a_copy, M, N, K, dW_out if S == 1 else ws, S, plan["rows"], stride,
+                          precision, scratch, plan["bn"])
+    if S > 1:
+        _reduce(ws, dW_out, db_out, S, stride, NK, N, sms)
+    elif Sc > 1:
+        _reduce(colsum, dW_out, db_out, Sc, cs_stride, 0, N, sms)   # NK = 0: db only
+
+
+def launch_bwd_weight(d_copy, a_copy, M: int, N: int, K: int, out, S: int, rows: int, stride: int,
+                      precision: str = "bf16", scratch=None, bn: int = 128) -> None:
+    """The weight-gradient GEMM alone on the bf16 copies (`d_copy` M x >= N, `a_copy` M x >= K):
+    `out` is dW_out (S == 1) or the split workspace (S partials `stride` apart)."""
+    tm_d = _tensor_map(d_copy, M, N, precision, WGRAD_BK, scratch)
+    tm_a = _tensor_map(a_copy, M, K, precision, WGRAD_BK, scratch)
+    vec_out = K % 2 == 0 and _aligned(out, 8)      # stride % 4 == 0 keeps every split aligned
+    grid = (cdiv(N, BM) * cdiv(K, bn), 1, S)
+    _launch(bwd_weight_name(precision, bn), grid, (THREADS, 1, 1),
+            (tm_d, tm_a, out, np.int32(M), np.int32(N), np.int32(K), np.int32(rows),
+             np.int64(stride if S > 1 else 0), np.int32(vec_out)), smem_bytes(bn))
+
+
+def _reduce(ws, dW_out, db_out, S: int, stride: int, NK: int, N: int, sms: int) -> None:
+    """gemm_tc.cu's ordered sum of S partials (`cuda_gemm_tc.REDUCE_NAME`): dW[e] for e < NK,
+    db[e - NK] for NK <= e < NK + N."""
+    blocks = grid_1d(NK + N, cuda_gemm_tc.THREADS, 8 * sms)
+    cuda_gemm_tc._launch(cuda_gemm_tc.REDUCE_NAME, (blocks, 1, 1),
+                         (ws, dW_out, db_out, np.int32(S), np.int64(stride), np.int64(NK), np.int32(N)))
+
+
+def gemm_tc_kernel_names(precision: str, M: int, N: int, K: int, sms: int | None = None) -> set[str]:
+    """The kernels of `cuda_gemm_tc`'s module that `gemm_bwd_weight` launches for these shapes
+    (`CudaBackend.prepare` compiles them with the plan): the ordered reduce when it sums splits
+    or column-sum slices."""
+    plan = wgrad_plan(M, N, K, sm_count() if sms is None else sms)
+    return {cuda_gemm_tc.REDUCE_NAME} if plan["S"] > 1 or plan["Sc"] > 1 else set()

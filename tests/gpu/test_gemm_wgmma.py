@@ -11,6 +11,11 @@ views, the operand copies bit for bit against the emulation's rounding, bitwise
 reproducibility, the input-gradient GEMM (`gemm_bwd_data`, on a transposed copy of W) the same
 way, the plan-scratch path (memoised tensor maps) under CUDA-graph capture and
 replay, and one training step of `CudaBackend(tensor_core_gemms=True, hopper=True)`.
+The bf16 weight gradient (`gemm_bwd_weight`: MN-major operands, db from the copy of delta,
+split over the batch with gemm_tc's ordered reduce) against the emulation and float64 at the
+same cases (M is its reduction), on each of its paths (batch splits, column-sum slices, one
+slice), bitwise reproducible, against gemm_tc's weight gradient, at unaligned views, under
+graph capture, and at 4096^3.
 """
 
 import zlib
@@ -30,6 +35,13 @@ from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends import cuda_gemm_wgmma as wg  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
 from gpubp.backends.plan import Scratch  # noqa: E402
+from support.gemm_checks import (case_id, check_gemm, device_fwd_err, device_operands, host,  # noqa: E402
+                                 offset_buffer, poison, rand, refs, same_bits, scaled_err, seed, written)
+
+
+def _plan_scratch():
+    """A plan's `Scratch` over CuPy allocations (what the backend gives the launchers)."""
+    return Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
 
 
 @pytest.fixture(autouse=True)
@@ -324,7 +336,8 @@ def test_large(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_training_step_with_the_hopper_forward(mode):
     """A step of CudaBackend(tensor_core_gemms=True, hopper=True) (forward and input-gradient GEMMs
-    on wgmma) gives the loss and gradients of the gemm_tc-only backend to the mode's tolerance."""
+    on wgmma, and in bf16 the weight gradient too) gives the loss and gradients of the gemm_tc-only
+    backend to the mode's tolerance."""
     import gpubp
     from gpubp.backends.cuda_backend import CudaBackend
 
@@ -345,3 +358,135 @@ def test_training_step_with_the_hopper_forward(mode):
         s = max(1e-6, float(np.abs(dW0).max()))
         # the same rounding, another summation order: far inside the mode's error against float64
         assert float(np.abs(dW0 - dW1).max()) / s <= P.TOLERANCE[mode]
+
+
+# ---------------------------------------------------------------- backward, weights (bf16)
+#: dW = delta^T A_prev sums the batch (M): the cases' M runs up to 4097 (65 k-tiles of 64 rows)
+DB_TOL = 1e-5
+
+
+def _check_wgrad(delta, A, dW, db, what, emul_tol=EMUL_TOL):
+    """dW against the bf16 emulation and float64, db (float32 sums of the unrounded delta) against
+    float64, both relative to the sums of magnitudes."""
+    d = host(delta)
+    check_gemm(written(dW, f"dW {what}"), *refs(d.T.copy(), host(A), "bf16"), "bf16", f"dW {what}", emul_tol)
+    d64 = d.astype(np.float64)
+    e = scaled_err(written(db, f"db {what}"), d64.sum(0), np.abs(d64).sum(0))
+    assert e < DB_TOL, f"db {what}: {e:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_bwd_weight(case):
+    """Both block widths, without and with a plan scratch (the same path, the plan's buffers)."""
+    M, N, K, _ = case
+    rng = np.random.default_rng(seed("g" + case_id(case)))
+    delta, A = rand(rng, (M, N)), rand(rng, (M, K))
+    d, a = host(delta), host(A)
+    emul, exact, scale = refs(d.T.copy(), a, "bf16")
+    d64 = d.astype(np.float64)
+    for bn in wg.BNS:
+        for scratch in (None, _plan_scratch()):
+            dW, db = poison((N, K)), poison((N,))
+            wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch, bn=bn)
+            check_gemm(written(dW, f"dW bn {bn}"), emul, exact, scale, "bf16", f"dW bn {bn}", EMUL_TOL)
+            e = scaled_err(written(db, "db"), d64.sum(0), np.abs(d64).sum(0))
+            assert e < DB_TOL, f"db bn {bn}: {e:.3g}"
+
+
+@pytest.mark.parametrize("M, N, K, path", [(65536, 64, 64, "splits"), (1000, 17, 129, "splits"),
+                                           (300, 1100, 2000, "colsum slices"), (5, 40, 30, "one slice")])
+def test_bwd_weight_split_and_slice_paths(M, N, K, path):
+    """The batch split (partials in the workspace, gemm_tc's ordered reduce of dW and db), the
+    column sums over several slices with an unsplit GEMM, and one slice (db written directly)."""
+    plan = wg.wgrad_plan(M, N, K, cuda_device.sm_count())
+    taken = "splits" if plan["S"] > 1 else ("colsum slices" if plan["Sc"] > 1 else "one slice")
+    if taken != path:
+        pytest.skip(f"this device's SM count takes the {taken} path for {M} x {N} x {K}")
+    delta, A = device_operands(M + N + K, (M, N), (M, K))
+    dW, db = poison((N, K)), poison((N,))
+    scratch = _plan_scratch()
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+    if M * N * K <= 3e8:
+        _check_wgrad(delta, A, dW, db, path)
+    else:
+        d64, a64 = delta.astype(np.float64), A.astype(np.float64)
+        e = float(cupy.abs(dW - d64.T @ a64).max()) / float((cupy.abs(d64).T @ cupy.abs(a64)).max())
+        assert bool(cupy.isfinite(dW).all()) and e <= P.TOLERANCE["bf16"], f"{path}: {e:.3g}"
+        e = float(cupy.abs(db - d64.sum(0)).max()) / float(cupy.abs(d64).sum(0).max())
+        assert bool(cupy.isfinite(db).all()) and e < DB_TOL, f"db {path}: {e:.3g}"
+    # the copy the GEMM read: delta rounded to bf16 bit for bit as the emulation rounds
+    copy = scratch.get(("wgmma_copy", "wgrad_D"), (M, wg.padded_cols(N)), np.uint16)
+    assert np.array_equal(host(copy)[:, :N], P.bf16_bits(host(delta)))
+
+
+def test_bwd_weight_agrees_with_gemm_tc_and_repeats_bitwise():
+    rng = np.random.default_rng(13)
+    M, N, K = 3000, 513, 1000
+    delta, A = rand(rng, (M, N)), rand(rng, (M, K))
+    scratch = _plan_scratch()
+    runs = []
+    for s in (None, scratch, scratch):
+        dW, db = poison((N, K)), poison((N,))
+        wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=s)
+        runs.append((dW, db))
+    for dW, db in runs[1:]:
+        assert same_bits(dW, runs[0][0]) and same_bits(db, runs[0][1]), "runs differ in bits"
+    ref_dW, ref_db = poison((N, K)), poison((N,))
+    size = tc.bwd_weight_scratch_size(M, N, K)
+    tc.gemm_bwd_weight(delta, A, ref_dW, ref_db, precision="bf16",
+                       scratch=cupy.empty(size, np.float32) if size else None)
+    d64, a64 = host(delta).astype(np.float64), host(A).astype(np.float64)
+    e = scaled_err(written(runs[0][0], "wgmma dW"), written(ref_dW, "gemm_tc dW"), np.abs(d64).T @ np.abs(a64))
+    assert e <= 2 * EMUL_TOL, f"dW: wgmma and mma.sync differ by {e:.3g}"
+    e = scaled_err(written(runs[0][1], "wgmma db"), written(ref_db, "gemm_tc db"), np.abs(d64).sum(0))
+    assert e <= 2 * DB_TOL, f"db: wgmma and mma.sync differ by {e:.3g}"
+
+
+@pytest.mark.parametrize("offset", [1, 3])
+def test_bwd_weight_unaligned_views(offset):
+    """Operands anywhere (the copies re-align them for TMA), dW and db at odd offsets (scalar stores)."""
+    rng = np.random.default_rng(20 + offset)
+    M, N, K = 700, 132, 136
+    (delta, _), (A, _) = offset_buffer(rng, offset, (M, N)), offset_buffer(rng, offset, (M, K))
+    (dW, flat), (db, _) = offset_buffer(rng, offset, (N, K), poison=True), offset_buffer(rng, offset, N, poison=True)
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16")
+    _check_wgrad(delta, A, dW, db, f"offset {offset}")
+    rest = host(flat)
+    assert np.isnan(rest[:offset]).all() and np.isnan(rest[offset + N * K:]).all(), "wrote past dW"
+
+
+def test_bwd_weight_graph_capture_replays_on_new_data():
+    rs = cupy.random.RandomState(4)
+    M, N, K = 2048, 40, 300            # few tiles: the split path and its reduce are captured too
+    delta = rs.standard_normal((M, N), dtype=np.float32)
+    A = rs.standard_normal((M, K), dtype=np.float32)
+    dW, db = poison((N, K)), poison((N,))
+    scratch = _plan_scratch()
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)     # buffers, maps
+    cupy.cuda.get_current_stream().synchronize()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+        graph = stream.end_capture()
+    delta[...] = rs.standard_normal((M, N), dtype=np.float32)
+    A *= 0.5
+    dW.fill(np.nan)
+    db.fill(np.nan)
+    graph.launch(cupy.cuda.get_current_stream())
+    cupy.cuda.get_current_stream().synchronize()
+    ref_dW, ref_db = poison((N, K)), poison((N,))
+    wg.gemm_bwd_weight(delta, A, ref_dW, ref_db, precision="bf16")
+    assert same_bits(dW, ref_dW) and same_bits(db, ref_db), "replay differs from a direct call"
+
+
+def test_bwd_weight_large():
+    M, N, K = 4096, 4096, 4096
+    delta, A = device_operands(8, (M, N), (M, K))
+    dW, db = poison((N, K)), poison((N,))
+    wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16")
+    e = device_fwd_err(dW, delta.T.copy(), A.T.copy())    # dW = delta^T (A^T)^T
+    assert bool(cupy.isfinite(dW).all()) and e <= P.TOLERANCE["bf16"], f"{e:.3g}"
+    d64 = delta.astype(np.float64)
+    e = float(cupy.abs(db - d64.sum(0)).max()) / float(cupy.abs(d64).sum(0).max())
+    assert e < DB_TOL, f"db: {e:.3g}"
