@@ -14,7 +14,6 @@ path), the split-K weight gradient with a caller-owned scratch, bitwise reproduc
 and the kernels' operand conversions bit for bit against the emulation's rounding.
 """
 
-import zlib
 
 import numpy as np
 import pytest
@@ -25,10 +24,12 @@ from gpubp.backends import cuda_available  # noqa: E402
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
 
 from gpubp import precision as P  # noqa: E402
-from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
+from gpubp.activations import ACT_CODES, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
+from support.gemm_checks import (bf16_stored, case_id, host, poison, rand, scaled_err, seed,  # noqa: E402
+                                 sparse_cases, written)
 
 
 @pytest.fixture(autouse=True)
@@ -50,131 +51,69 @@ MODES = tuple(tc.PREC_CODES)
 EMUL_TOL = 3e-6
 #: the same after the input gradient's epilogue (g' in float32 transcendentals)
 EMUL_TOL_GPRIME = 5e-6
-SIZES = (1, 3, 17, 127, 129, 1000, 4097)
-INNER = (1, 3, 17, 127, 129, 1000)
 
 
-def _cases(n):
-    """n sparse (M, N, K, act) combinations covering every size and activation; the
-    largest products are kept small enough for the numpy emulation."""
-    out = []
-    for i in range(n):
-        M = SIZES[i % len(SIZES)]
-        N = INNER[(5 * i + 1) % len(INNER)]
-        K = INNER[(i + 2) % len(INNER)]
-        if M * N * K > 3e8:
-            K = 129
-        out.append((M, N, K, ACTIVATIONS[i % len(ACTIVATIONS)]))
-    out.append((17, 3, 4097, "relu"))        # a long reduction
-    out.append((129, 127, 4097, "gelu"))
-    return out
-
-
-CASES = _cases(21)
-
-
-def _id(c):
-    return "M{}-N{}-K{}-{}".format(*c)
-
-
-def _seed(text):
-    return zlib.crc32(text.encode())
-
-
-def _rand(rng, shape, scale=1.0):
-    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
-
-
-def _poison(shape):
-    return cupy.full(shape, np.nan, dtype=np.float32)
-
-
-def _host(x):
-    return cupy.asnumpy(x)
-
-
-def _written(x, what):
-    h = _host(x)
-    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
-    return h.astype(np.float64)
-
-
-def _scaled_err(out, ref, scale):
-    """max |out - ref| / max(scale) (scale: |A| |B|, elementwise, float64)."""
-    s = float(np.max(scale, initial=0.0))
-    e = float(np.max(np.abs(out - ref), initial=0.0))
-    return e / s if s > 0 else e
-
-
-def _bf16_stored(got, want, what, flips=0.02):
-    """bf16 storage: every value a bfloat16 (low 16 bits zero), equal to the emulation's rounded
-    value but where the float32 sums (another order than the emulation's) fell on the other side
-    of a rounding boundary: then one bfloat16 ulp (2^-8 relative) apart, in at most `flips` of
-    the elements."""
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
-    off = got != want
-    assert off.mean() <= flips, f"{what}: {off.mean():.3%} differ from the emulation"
-    assert np.all(np.abs(got[off] - want[off]) <= 2.0 ** -8 * np.abs(want[off]) + 1e-30), what
+CASES = sparse_cases(21) + [(17, 3, 4097, "relu"),        # long reductions
+                             (129, 127, 4097, "gelu")]
 
 
 def _check_gemm(out, emul, exact, scale, mode, what, emul_tol=EMUL_TOL):
-    e_emul = _scaled_err(out, emul, scale)
-    e_exact = _scaled_err(out, exact, scale)
+    e_emul = scaled_err(out, emul, scale)
+    e_exact = scaled_err(out, exact, scale)
     assert e_emul <= emul_tol, f"{what} {mode}: {e_emul:.3g} from the emulation"
     assert e_exact <= P.TOLERANCE[mode], f"{what} {mode}: {e_exact:.3g} from float64"
 
 
 # ---------------------------------------------------------------- forward
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fwd(case, mode):
     M, N, K, act = case
-    rng = np.random.default_rng(_seed("f" + _id(case)))
-    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,), 0.5)
-    A_out, Z_out = _poison((M, N)), _poison((M, N))
+    rng = np.random.default_rng(seed("f" + case_id(case)))
+    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,), 0.5)
+    A_out, Z_out = poison((M, N)), poison((M, N))
     tc.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out, precision=mode)
-    a, w, bb = _host(A), _host(W), _host(b).astype(np.float64)
+    a, w, bb = host(A), host(W), host(b).astype(np.float64)
     scale = np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
-    Z = _written(Z_out, "Z_out")
+    Z = written(Z_out, "Z_out")
     if mode == "bf16":       # Z and A stored rounded to bfloat16, A from the rounded Z
-        _bf16_stored(Z, P.to_bf16(P.matmul(a, w.T.copy(), mode) + _host(b)), "Z_out")
-        _bf16_stored(_written(A_out, "A_out"), P.to_bf16(activation_forward(act, Z, np.empty_like(Z))), "A_out",
+        bf16_stored(Z, P.to_bf16(P.matmul(a, w.T.copy(), mode) + host(b)), "Z_out")
+        bf16_stored(written(A_out, "A_out"), P.to_bf16(activation_forward(act, Z, np.empty_like(Z))), "A_out",
                      flips=0.0)
     else:
         _check_gemm(Z - bb, P.matmul(a, w.T.copy(), mode).astype(np.float64),
                     a.astype(np.float64) @ w.astype(np.float64).T, scale, mode, "fwd")
         # the epilogue: A_out = g(Z) of the kernel's own Z, in float32 arithmetic
         A_ref = activation_forward(act, Z, np.empty_like(Z))
-        e = np.abs(_written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
+        e = np.abs(written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
         assert e < 1e-5, f"activation epilogue {act}: {e:.3g}"
     # without Z_out the same A_out, bit for bit
-    A2 = _poison((M, N))
+    A2 = poison((M, N))
     tc.gemm_fwd(A, W, b, ACT_CODES[act], A2, None, precision=mode)
     assert bool((A2.view(cupy.int32) == A_out.view(cupy.int32)).all())
 
 
 # ---------------------------------------------------------------- backward, data
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_bwd_data(case, mode):
     M, N, K, act = case
-    rng = np.random.default_rng(_seed("d" + _id(case)))
-    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
+    rng = np.random.default_rng(seed("d" + case_id(case)))
+    delta, W = rand(rng, (M, N)), rand(rng, (N, K), 1 / np.sqrt(N))
     Zp = rng.standard_normal((M, K)).astype(np.float32)
     Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
     Z_prev, A_prev = cupy.asarray(Zp), cupy.asarray(Ap)
-    out = _poison((M, K))
+    out = poison((M, K))
     tc.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None, ACT_CODES[act], out,
                      precision=mode)
-    d, w = _host(delta), _host(W)
+    d, w = host(delta), host(W)
     gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
     scale = (np.abs(d.astype(np.float64)) @ np.abs(w.astype(np.float64))) * np.abs(gprime)
     if mode == "bf16":       # the stored delta: (delta W) g' rounded once to bfloat16
         g32 = activation_backward_inplace(act, np.ones((M, K), np.float32), Ap, Zp)
-        _bf16_stored(_written(out, "delta_prev"), P.to_bf16(P.matmul(d, w, mode) * g32), "delta_prev")
+        bf16_stored(written(out, "delta_prev"), P.to_bf16(P.matmul(d, w, mode) * g32), "delta_prev")
         return
-    _check_gemm(_written(out, "delta_prev"), P.matmul(d, w, mode).astype(np.float64) * gprime,
+    _check_gemm(written(out, "delta_prev"), P.matmul(d, w, mode).astype(np.float64) * gprime,
                 (d.astype(np.float64) @ w.astype(np.float64)) * gprime, scale, mode, "bwd_data",
                 EMUL_TOL_GPRIME)
 
@@ -190,17 +129,17 @@ WCASES = [(M, N, K) for (M, N, K, _) in CASES[:14]] + [
 def test_bwd_weight(case, mode):
     M, N, K = case
     rng = np.random.default_rng(M * 1000003 + N * 1009 + K)
-    delta, A = _rand(rng, (M, N)), _rand(rng, (M, K))
+    delta, A = rand(rng, (M, N)), rand(rng, (M, K))
     size = tc.bwd_weight_scratch_size(M, N, K)
     scratch = cupy.full(max(size, 1), np.nan, dtype=np.float32) if size else None
-    dW, db = _poison((N, K)), _poison((N,))
+    dW, db = poison((N, K)), poison((N,))
     tc.gemm_bwd_weight(delta, A, dW, db, precision=mode, scratch=scratch)
-    d, a = _host(delta), _host(A)
+    d, a = host(delta), host(A)
     d64, a64 = d.astype(np.float64), a.astype(np.float64)
     scale = np.abs(d64).T @ np.abs(a64)
-    _check_gemm(_written(dW, "dW"), P.matmul(d.T.copy(), a, mode).astype(np.float64), d64.T @ a64,
+    _check_gemm(written(dW, "dW"), P.matmul(d.T.copy(), a, mode).astype(np.float64), d64.T @ a64,
                 scale, mode, "dW")
-    e = _scaled_err(_written(db, "db"), d64.sum(0), np.abs(d64).sum(0))
+    e = scaled_err(written(db, "db"), d64.sum(0), np.abs(d64).sum(0))
     assert e < 1e-5, f"db: {e:.3g}"   # float32 sums of the delta as given, in any mode
 
 
@@ -210,18 +149,18 @@ def test_bwd_weight_uses_the_scratch_and_rejects_a_short_one():
     rs = cupy.random.RandomState(3)
     delta = rs.standard_normal((M, N), dtype=np.float32)
     A = rs.standard_normal((M, K), dtype=np.float32)
-    dW, db = _poison((N, K)), _poison((N,))
+    dW, db = poison((N, K)), poison((N,))
     with pytest.raises(ValueError, match="scratch"):
         tc.gemm_bwd_weight(delta, A, dW, db, "tf32", scratch=cupy.empty(10, np.float32))
     assert bool(cupy.isnan(dW).all()), "nothing may change on bad input"
     scratch = cupy.full(tc.bwd_weight_scratch_size(M, N, K), np.nan, dtype=np.float32)
     tc.gemm_bwd_weight(delta, A, dW, db, "tf32", scratch=scratch)
     assert bool(cupy.isfinite(scratch[:N * K]).all()), "the splits were not written to scratch"
-    one = _poison((N, K))
-    tc.gemm_bwd_weight(delta, A, one, _poison((N,)), "tf32", scratch=None)   # one split
+    one = poison((N, K))
+    tc.gemm_bwd_weight(delta, A, one, poison((N,)), "tf32", scratch=None)   # one split
     ref = delta.astype(np.float64).T @ A.astype(np.float64)
     for x in (dW, one):
-        assert P.relative_error(_host(x), _host(delta).T, _host(A)) <= P.TOLERANCE["tf32"]
+        assert P.relative_error(host(x), host(delta).T, host(A)) <= P.TOLERANCE["tf32"]
         assert bool(cupy.isfinite(x).all())
     assert float(cupy.abs(dW - ref).max()) > 0   # not exact: TF32 really rounds
 
@@ -240,31 +179,31 @@ def test_offset_views(offset, mode):
         flat = cupy.full(n + 8, np.nan, dtype=np.float32)
         v = flat[offset:offset + n].reshape(shape)
         if not poison:
-            v[...] = _rand(rng, shape, scale)
+            v[...] = rand(rng, shape, scale)
         return v
 
     A, W, b = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
     A_out, Z_out = view((M, N), poison=True), view((M, N), poison=True)
     tc.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out, precision=mode)
-    a, w = _host(A), _host(W)
+    a, w = host(A), host(W)
     scale = np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
-    _check_gemm(_written(Z_out, "Z_out") - _host(b), P.matmul(a, w.T.copy(), mode).astype(np.float64),
+    _check_gemm(written(Z_out, "Z_out") - host(b), P.matmul(a, w.T.copy(), mode).astype(np.float64),
                 a.astype(np.float64) @ w.astype(np.float64).T, scale, mode, "fwd")
-    _written(A_out, "A_out")
+    written(A_out, "A_out")
 
     delta, dprev = view((M, N)), view((M, K), poison=True)
     tc.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev, precision=mode)
-    d = _host(delta)
-    _check_gemm(_written(dprev, "delta_prev"), P.matmul(d, w, mode).astype(np.float64),
+    d = host(delta)
+    _check_gemm(written(dprev, "delta_prev"), P.matmul(d, w, mode).astype(np.float64),
                 d.astype(np.float64) @ w.astype(np.float64),
                 np.abs(d.astype(np.float64)) @ np.abs(w.astype(np.float64)), mode, "bwd_data")
 
     dW, db = view((N, K), poison=True), view((N,), poison=True)
     tc.gemm_bwd_weight(delta, A, dW, db, precision=mode)
-    _check_gemm(_written(dW, "dW"), P.matmul(d.T.copy(), a, mode).astype(np.float64),
+    _check_gemm(written(dW, "dW"), P.matmul(d.T.copy(), a, mode).astype(np.float64),
                 d.astype(np.float64).T @ a.astype(np.float64),
                 np.abs(d.astype(np.float64)).T @ np.abs(a.astype(np.float64)), mode, "dW")
-    _written(db, "db")
+    written(db, "db")
 
 
 # ---------------------------------------------------------------- reproducibility
@@ -279,8 +218,8 @@ def test_bitwise_reproducible(mode):
     scratch = cupy.empty(max(1, tc.bwd_weight_scratch_size(M, N, K)), dtype=np.float32)
     runs = []
     for _ in range(2):
-        A_out, Z_out, dprev = _poison((M, N)), _poison((M, N)), _poison((M, K))
-        dW, db = _poison((N, K)), _poison((N,))
+        A_out, Z_out, dprev = poison((M, N)), poison((M, N)), poison((M, K))
+        dW, db = poison((N, K)), poison((N,))
         tc.gemm_fwd(A, W, b, ACT_CODES["silu"], A_out, Z_out, precision=mode)
         tc.gemm_bwd_data(delta, W, None, A, ACT_CODES["gelu"], dprev, precision=mode)
         tc.gemm_bwd_weight(delta, A, dW, db, precision=mode, scratch=scratch)
@@ -299,7 +238,7 @@ def test_large_4096(mode):
     W = rs.standard_normal((n, n), dtype=np.float32)
     A64, W64 = A.astype(np.float64), W.astype(np.float64)
     scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
-    out = _poison((n, n))
+    out = poison((n, n))
     tc.gemm_fwd(A, W, cupy.zeros(n, np.float32), ACT_CODES["identity"], out, precision=mode)
     e = float(cupy.abs(out - A64 @ W64.T).max()) / scale
     assert bool(cupy.isfinite(out).all()) and e <= P.TOLERANCE[mode], f"fwd {e:.3g}"
@@ -328,9 +267,9 @@ def _same_bits(got, want):
 def test_kernel_rounding_matches_the_emulation_bit_for_bit():
     x = _values()
     xd = cupy.asarray(x)
-    _same_bits(_host(tc.round_like_kernels(xd, "tf32")), P.to_tf32(x))
-    _same_bits(_host(tc.round_like_kernels(xd, "bf16")), P.to_bf16(x))
-    hi, lo = _host(tc.round_like_kernels(xd, "3xtf32"))
+    _same_bits(host(tc.round_like_kernels(xd, "tf32")), P.to_tf32(x))
+    _same_bits(host(tc.round_like_kernels(xd, "bf16")), P.to_bf16(x))
+    hi, lo = host(tc.round_like_kernels(xd, "3xtf32"))
     ehi, elo = P.split_3xtf32(x)
     _same_bits(hi, ehi)
     # x - hi runs with -ftz=true in the kernel: subnormal differences flush to zero there

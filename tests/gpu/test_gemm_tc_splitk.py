@@ -31,6 +31,7 @@ from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
+from support.gemm_checks import bf16_stored, case_id, host, poison, rand, same_bits, written  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -56,28 +57,6 @@ SHAPES = [(1, 3, 4097), (3, 17, 1000), (17, 129, 4097), (127, 1, 1000), (129, 12
 CASES = [(P_, Q, R, ACTIVATIONS[i % len(ACTIVATIONS)]) for i, (P_, Q, R) in enumerate(SHAPES)]
 
 
-def _id(c):
-    return "P{}-Q{}-R{}-{}".format(*c)
-
-
-def _rand(rng, shape, scale=1.0):
-    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
-
-
-def _poison(shape):
-    return cupy.full(shape, np.nan, dtype=np.float32)
-
-
-def _host(x):
-    return cupy.asnumpy(x)
-
-
-def _written(x, what):
-    h = _host(x)
-    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
-    return h.astype(np.float64)
-
-
 def _err(out, ref, scale):
     return float(np.max(np.abs(out - ref), initial=0.0)) / max(float(np.max(scale, initial=0.0)), 1e-30)
 
@@ -87,98 +66,83 @@ def _needs_split(split):
         pytest.skip(f"no split of this shape on a device of {cuda_device.sm_count()} SMs")
 
 
-def _same_bits(x, y):
-    return bool((x.view(cupy.int32) == y.view(cupy.int32)).all())
-
-
-def _bf16_stored(got, want, what, flips=0.02):
-    """bf16 storage: every value a bfloat16, equal to the emulation's rounded value but where
-    the float32 sums (another order) fell on the other side of a rounding boundary: then one
-    bfloat16 ulp (2^-8 relative) apart, in at most `flips` of the elements."""
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
-    off = got != want
-    assert off.mean() <= flips, f"{what}: {off.mean():.3%} differ from the emulation"
-    assert np.all(np.abs(got[off] - want[off]) <= 2.0 ** -8 * np.abs(want[off]) + 1e-30), what
-
-
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fwd_split_k(case, mode):
     M, N, K, act = case
     _needs_split(tc.fwd_splits(M, N, K, cuda_device.sm_count()))
-    rng = np.random.default_rng(zlib.crc32(("f" + _id(case)).encode()))
-    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,), 0.5)
-    scratch = _poison(tc.fwd_scratch_size(M, N, K))
+    rng = np.random.default_rng(zlib.crc32(("f" + case_id(case)).encode()))
+    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,), 0.5)
+    scratch = poison(tc.fwd_scratch_size(M, N, K))
     outs = []
     for _ in range(2):
-        A_out, Z_out = _poison((M, N)), _poison((M, N))
+        A_out, Z_out = poison((M, N)), poison((M, N))
         scratch[...] = np.nan
         tc.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out, precision=mode, scratch=scratch)
         outs.append((A_out, Z_out))
     assert bool(cupy.isfinite(scratch[:M * N]).all()), "slice 0's partials were not written to the scratch"
     (A_out, Z_out), (A2, Z2) = outs
-    assert _same_bits(A_out, A2) and _same_bits(Z_out, Z2), "two runs differ in bits"
-    a, w, bb = _host(A).astype(np.float64), _host(W).astype(np.float64), _host(b).astype(np.float64)
+    assert same_bits(A_out, A2) and same_bits(Z_out, Z2), "two runs differ in bits"
+    a, w, bb = host(A).astype(np.float64), host(W).astype(np.float64), host(b).astype(np.float64)
     scale = np.abs(a) @ np.abs(w).T
-    Z = _written(Z_out, "Z_out")
-    emul = P.matmul(_host(A), _host(W).T.copy(), mode)
+    Z = written(Z_out, "Z_out")
+    emul = P.matmul(host(A), host(W).T.copy(), mode)
     if mode == "bf16":       # Z and A stored rounded to bfloat16, A from the rounded Z
-        _bf16_stored(Z, P.to_bf16(emul + _host(b)), "Z_out")
-        _bf16_stored(_written(A_out, "A_out"), P.to_bf16(activation_forward(act, Z, np.empty_like(Z))),
+        bf16_stored(Z, P.to_bf16(emul + host(b)), "Z_out")
+        bf16_stored(written(A_out, "A_out"), P.to_bf16(activation_forward(act, Z, np.empty_like(Z))),
                      "A_out", flips=0.0)
     else:
         assert _err(Z - bb, emul.astype(np.float64), scale) <= EMUL_TOL
         assert _err(Z - bb, a @ w.T, scale) <= P.TOLERANCE[mode]
         A_ref = activation_forward(act, Z, np.empty_like(Z))
-        assert np.abs(_written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max()) < 1e-5
+        assert np.abs(written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max()) < 1e-5
     # the single-kernel path: the same sums in another float32 order (bf16: and the same rounding)
-    A1, Z1 = _poison((M, N)), _poison((M, N))
+    A1, Z1 = poison((M, N)), poison((M, N))
     tc.gemm_fwd(A, W, b, ACT_CODES[act], A1, Z1, precision=mode, scratch=None)
     if mode == "bf16":
-        _bf16_stored(_written(Z1, "Z (one kernel)"), Z, "Z one kernel vs split")
+        bf16_stored(written(Z1, "Z (one kernel)"), Z, "Z one kernel vs split")
     else:
-        assert _err(Z, _written(Z1, "Z (one kernel)"), scale) <= 2 * EMUL_TOL
+        assert _err(Z, written(Z1, "Z (one kernel)"), scale) <= 2 * EMUL_TOL
     # without Z_out, the same A_out bit for bit
-    A3 = _poison((M, N))
+    A3 = poison((M, N))
     tc.gemm_fwd(A, W, b, ACT_CODES[act], A3, None, precision=mode, scratch=scratch)
-    assert _same_bits(A3, A_out)
+    assert same_bits(A3, A_out)
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_bwd_data_split_k(case, mode):
     M, K, N, act = case            # output M x K, reduction over N
     _needs_split(tc.bwd_data_splits(M, N, K, cuda_device.sm_count()))
-    rng = np.random.default_rng(zlib.crc32(("d" + _id(case)).encode()))
-    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
+    rng = np.random.default_rng(zlib.crc32(("d" + case_id(case)).encode()))
+    delta, W = rand(rng, (M, N)), rand(rng, (N, K), 1 / np.sqrt(N))
     Zp = rng.standard_normal((M, K)).astype(np.float32)
     Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
     Z_prev, A_prev = cupy.asarray(Zp), cupy.asarray(Ap)
     zarg = Z_prev if act in NEEDS_Z else None
-    scratch = _poison(tc.bwd_data_scratch_size(M, N, K))
+    scratch = poison(tc.bwd_data_scratch_size(M, N, K))
     outs = []
     for _ in range(2):
-        out = _poison((M, K))
+        out = poison((M, K))
         scratch[...] = np.nan
         tc.gemm_bwd_data(delta, W, A_prev, zarg, ACT_CODES[act], out, precision=mode, scratch=scratch)
         outs.append(out)
-    assert _same_bits(*outs), "two runs differ in bits"
-    d, w = _host(delta).astype(np.float64), _host(W).astype(np.float64)
+    assert same_bits(*outs), "two runs differ in bits"
+    d, w = host(delta).astype(np.float64), host(W).astype(np.float64)
     gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
     scale = (np.abs(d) @ np.abs(w)) * np.abs(gprime)
-    got = _written(outs[0], "delta_prev")
-    one = _poison((M, K))
+    got = written(outs[0], "delta_prev")
+    one = poison((M, K))
     tc.gemm_bwd_data(delta, W, A_prev, zarg, ACT_CODES[act], one, precision=mode, scratch=None)
     if mode == "bf16":       # the stored delta: (delta W) g' rounded once to bfloat16
         g32 = activation_backward_inplace(act, np.ones((M, K), np.float32), Ap, Zp)
-        _bf16_stored(got, P.to_bf16(P.matmul(_host(delta), _host(W), mode) * g32), "delta_prev")
-        _bf16_stored(_written(one, "delta_prev (one kernel)"), got, "delta_prev one kernel vs split")
+        bf16_stored(got, P.to_bf16(P.matmul(host(delta), host(W), mode) * g32), "delta_prev")
+        bf16_stored(written(one, "delta_prev (one kernel)"), got, "delta_prev one kernel vs split")
         return
-    emul = P.matmul(_host(delta), _host(W), mode).astype(np.float64) * gprime
+    emul = P.matmul(host(delta), host(W), mode).astype(np.float64) * gprime
     assert _err(got, emul, scale) <= EMUL_TOL_GPRIME
     assert _err(got, (d @ w) * gprime, scale) <= P.TOLERANCE[mode]
-    assert _err(got, _written(one, "delta_prev (one kernel)"), scale) <= 2 * EMUL_TOL_GPRIME
+    assert _err(got, written(one, "delta_prev (one kernel)"), scale) <= 2 * EMUL_TOL_GPRIME
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -195,7 +159,7 @@ def test_split_k_on_misaligned_views(mode, offset):
         flat = cupy.full(n + 8, np.nan, dtype=np.float32)
         v = flat[offset:offset + n].reshape(shape)
         if not poison:
-            v[...] = _rand(rng, shape, scale)
+            v[...] = rand(rng, shape, scale)
         return v
 
     _needs_split(tc.fwd_splits(M, N, K, cuda_device.sm_count()))
@@ -203,25 +167,25 @@ def test_split_k_on_misaligned_views(mode, offset):
     A_out, Z_out = view((M, N), poison=True), view((M, N), poison=True)
     tc.gemm_fwd(A, W, b, ACT_CODES["gelu"], A_out, Z_out, precision=mode,
                 scratch=view(tc.fwd_scratch_size(M, N, K), poison=True))
-    a, w = _host(A), _host(W)
+    a, w = host(A), host(W)
     scale = np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
     if mode == "bf16":       # stored rounded to bfloat16
-        _bf16_stored(_written(Z_out, "Z_out"), P.to_bf16(P.matmul(a, w.T.copy(), mode) + _host(b)), "Z_out")
+        bf16_stored(written(Z_out, "Z_out"), P.to_bf16(P.matmul(a, w.T.copy(), mode) + host(b)), "Z_out")
     else:
-        Z = _written(Z_out, "Z_out") - _host(b)
+        Z = written(Z_out, "Z_out") - host(b)
         assert _err(Z, P.matmul(a, w.T.copy(), mode).astype(np.float64), scale) <= EMUL_TOL
-    _written(A_out, "A_out")
+    written(A_out, "A_out")
     # the input gradient of a 1000-wide layer below a 129-wide one: reduction 129 is too short to
     # split, so take a reduction of 1000 (W 1000 x 132: output 129 x 132)
     delta, W2, dprev = view((M, K)), view((K, N), 1 / np.sqrt(K)), view((M, N), poison=True)
     _needs_split(tc.bwd_data_splits(M, K, N, cuda_device.sm_count()))
     tc.gemm_bwd_data(delta, W2, None, None, ACT_CODES["identity"], dprev, precision=mode,
                      scratch=view(tc.bwd_data_scratch_size(M, K, N), poison=True))
-    dd, w2 = _host(delta), _host(W2)
+    dd, w2 = host(delta), host(W2)
     if mode == "bf16":
-        _bf16_stored(_written(dprev, "delta_prev"), P.to_bf16(P.matmul(dd, w2, mode)), "delta_prev")
+        bf16_stored(written(dprev, "delta_prev"), P.to_bf16(P.matmul(dd, w2, mode)), "delta_prev")
         return
-    assert _err(_written(dprev, "delta_prev"), P.matmul(dd, w2, mode).astype(np.float64),
+    assert _err(written(dprev, "delta_prev"), P.matmul(dd, w2, mode).astype(np.float64),
                 np.abs(dd.astype(np.float64)) @ np.abs(w2.astype(np.float64))) <= EMUL_TOL
 
 
@@ -239,16 +203,16 @@ def test_wide_layer_at_batch_256(mode):
     ref_d = delta.astype(np.float64) @ W.astype(np.float64)
     scale_f = float((cupy.abs(A.astype(np.float64)) @ cupy.abs(W.astype(np.float64)).T).max())
     scale_d = float((cupy.abs(delta.astype(np.float64)) @ cupy.abs(W.astype(np.float64))).max())
-    ws = _poison(max(1, tc.fwd_scratch_size(M, N, K), tc.bwd_data_scratch_size(M, N, K)))
+    ws = poison(max(1, tc.fwd_scratch_size(M, N, K), tc.bwd_data_scratch_size(M, N, K)))
     for scratch in (ws, None):
         runs = []
         for _ in range(2):
-            out, dprev = _poison((M, N)), _poison((M, K))
+            out, dprev = poison((M, N)), poison((M, K))
             tc.gemm_fwd(A, W, b, ACT_CODES["identity"], out, precision=mode, scratch=scratch)
             tc.gemm_bwd_data(delta, W, None, None, ACT_CODES["identity"], dprev, precision=mode, scratch=scratch)
             runs.append((out, dprev))
         for x, y in zip(*runs):
-            assert bool(cupy.isfinite(x).all()) and _same_bits(x, y)
+            assert bool(cupy.isfinite(x).all()) and same_bits(x, y)
         out, dprev = runs[0]
         assert float(cupy.abs(out - ref_f).max()) / scale_f <= P.TOLERANCE[mode]
         assert float(cupy.abs(dprev - ref_d).max()) / scale_d <= P.TOLERANCE[mode]

@@ -29,14 +29,15 @@ from gpubp.backends import cuda_available  # noqa: E402
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
 
 from gpubp import precision as P  # noqa: E402
-from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
+from gpubp.activations import ACT_CODES, NEEDS_Z  # noqa: E402
 from gpubp.backends import cubin_cache, cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends import cuda_gemm_wgmma as wg  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
 from gpubp.backends.plan import Scratch  # noqa: E402
-from support.gemm_checks import (case_id, check_gemm, device_fwd_err, device_operands, host,  # noqa: E402
-                                 offset_buffer, poison, rand, refs, same_bits, scaled_err, seed, written)
+from support.gemm_checks import (bf16_stored, case_id, check_gemm, device_fwd_err, device_operands, host,  # noqa: E402
+                                 offset_buffer, poison, rand, refs, same_bits, scaled_err, seed, sparse_cases,
+                                 written)
 
 
 def _plan_scratch():
@@ -59,100 +60,46 @@ def _build_once():
 
 MODES = tuple(wg.PREC_CODES)
 EMUL_TOL = 3e-6
-SIZES = (1, 3, 17, 127, 129, 1000, 4097)
-INNER = (1, 3, 17, 127, 129, 1000)
 
 
-def _cases(n):
-    out = []
-    for i in range(n):
-        M = SIZES[i % len(SIZES)]
-        N = INNER[(5 * i + 1) % len(INNER)]
-        K = INNER[(i + 2) % len(INNER)]
-        if M * N * K > 3e8:
-            K = 129
-        out.append((M, N, K, ACTIVATIONS[i % len(ACTIVATIONS)]))
-    out.append((17, 3, 4097, "relu"))        # a long reduction: 129 k-tiles through 4 stages
-    out.append((129, 300, 4097, "gelu"))     # W rows past one BN = 256 tile
-    out.append((1000, 513, 65, "silu"))
-    return out
-
-
-CASES = _cases(21)
-
-
-def _id(c):
-    return "M{}-N{}-K{}-{}".format(*c)
-
-
-def _rand(rng, shape, scale=1.0):
-    return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
-
-
-def _poison(shape):
-    return cupy.full(shape, np.nan, dtype=np.float32)
-
-
-def _host(x):
-    return cupy.asnumpy(x)
-
-
-def _written(x, what):
-    h = _host(x)
-    assert np.isfinite(h).all(), f"{what}: {np.count_nonzero(~np.isfinite(h))} elements not written"
-    return h.astype(np.float64)
-
-
-def _scaled_err(out, ref, scale):
-    s = float(np.max(scale, initial=0.0))
-    e = float(np.max(np.abs(out - ref), initial=0.0))
-    return e / s if s > 0 else e
-
-
-def _bf16_stored(got, want, what, flips=0.02):
-    """bf16 storage: every value a bfloat16, equal to `want` (the emulation's rounded value, or
-    another kernel's) but where the float32 sums (another order) fell on the other side of a
-    rounding boundary: then one bfloat16 ulp (2^-8 relative) apart, in at most `flips` of them."""
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
-    off = got != want
-    assert off.mean() <= flips, f"{what}: {off.mean():.3%} differ"
-    assert np.all(np.abs(got[off] - want[off]) <= 2.0 ** -8 * np.abs(want[off]) + 1e-30), what
+CASES = sparse_cases(21) + [(17, 3, 4097, "relu"),      # a long reduction: 129 k-tiles through 4 stages
+                             (129, 300, 4097, "gelu"),    # W rows past one BN = 256 tile
+                             (1000, 513, 65, "silu")]
 
 
 def _refs(A, W, mode):
-    a, w = _host(A), _host(W)
+    a, w = host(A), host(W)
     a64, w64 = a.astype(np.float64), w.astype(np.float64)
     return P.matmul(a, w.T.copy(), mode).astype(np.float64), a64 @ w64.T, np.abs(a64) @ np.abs(w64).T
 
 
 # ---------------------------------------------------------------- forward
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fwd(case, mode):
     """Both block widths (the references are computed once for both)."""
     M, N, K, act = case
-    rng = np.random.default_rng(zlib.crc32(("w" + _id(case)).encode()))
-    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,), 0.5)
+    rng = np.random.default_rng(zlib.crc32(("w" + case_id(case)).encode()))
+    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,), 0.5)
     emul, exact, scale = _refs(A, W, mode)
     for bn in wg.BNS:
-        A_out, Z_out = _poison((M, N)), _poison((M, N))
+        A_out, Z_out = poison((M, N)), poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES[act], A_out, Z_out, precision=mode, bn=bn)
-        Zk = _written(Z_out, f"Z_out bn {bn}")
+        Zk = written(Z_out, f"Z_out bn {bn}")
         if mode == "bf16":   # Z and A stored rounded to bfloat16, A from the rounded Z
             Zk = Zk.astype(np.float32)
-            _bf16_stored(Zk, P.to_bf16(emul.astype(np.float32) + _host(b)), f"Z_out bn {bn}")
-            _bf16_stored(_written(A_out, "A_out"), P.to_bf16(activation_forward(act, Zk, np.empty_like(Zk))),
+            bf16_stored(Zk, P.to_bf16(emul.astype(np.float32) + host(b)), f"Z_out bn {bn}")
+            bf16_stored(written(A_out, "A_out"), P.to_bf16(activation_forward(act, Zk, np.empty_like(Zk))),
                          f"A_out bn {bn}", flips=0.0)
         else:
-            Z = Zk - _host(b).astype(np.float64)
-            e_emul, e_exact = _scaled_err(Z, emul, scale), _scaled_err(Z, exact, scale)
+            Z = Zk - host(b).astype(np.float64)
+            e_emul, e_exact = scaled_err(Z, emul, scale), scaled_err(Z, exact, scale)
             assert e_emul <= EMUL_TOL, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
             assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
             A_ref = activation_forward(act, Zk, np.empty_like(Zk))
-            e = np.abs(_written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
+            e = np.abs(written(A_out, "A_out") - A_ref).max() / max(1.0, np.abs(A_ref).max())
             assert e < 1e-5, f"activation epilogue {act} bn {bn}: {e:.3g}"
-        A2 = _poison((M, N))
+        A2 = poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES[act], A2, None, precision=mode, bn=bn)
         assert bool((A2.view(cupy.int32) == A_out.view(cupy.int32)).all()), "A_out differs without Z_out"
 
@@ -162,30 +109,30 @@ EMUL_TOL_GPRIME = 5e-6
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_bwd_data(case, mode):
     M, N, K, act = case
-    rng = np.random.default_rng(zlib.crc32(("d" + _id(case)).encode()))
-    delta, W = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N))
+    rng = np.random.default_rng(zlib.crc32(("d" + case_id(case)).encode()))
+    delta, W = rand(rng, (M, N)), rand(rng, (N, K), 1 / np.sqrt(N))
     Zp = rng.standard_normal((M, K)).astype(np.float32)
     Ap = activation_forward(act, Zp.astype(np.float64), np.empty((M, K))).astype(np.float32)
     Z_prev, A_prev = cupy.asarray(Zp), cupy.asarray(Ap)
-    d, w = _host(delta), _host(W)
+    d, w = host(delta), host(W)
     d64, w64 = d.astype(np.float64), w.astype(np.float64)
     gprime = activation_backward_inplace(act, np.ones((M, K)), Ap.astype(np.float64), Zp.astype(np.float64))
     scale = (np.abs(d64) @ np.abs(w64)) * np.abs(gprime)
     emul = P.matmul(d, w, mode).astype(np.float64) * gprime
     exact = (d64 @ w64) * gprime
     for bn in wg.BNS:
-        out = _poison((M, K))
+        out = poison((M, K))
         wg.gemm_bwd_data(delta, W, A_prev, Z_prev if act in NEEDS_Z else None, ACT_CODES[act], out,
                          precision=mode, bn=bn)
-        got = _written(out, f"delta_prev bn {bn}")
+        got = written(out, f"delta_prev bn {bn}")
         if mode == "bf16":   # the stored delta: (delta W) g' rounded once to bfloat16
             g32 = activation_backward_inplace(act, np.ones((M, K), np.float32), Ap, Zp)
-            _bf16_stored(got, P.to_bf16(P.matmul(d, w, mode) * g32), f"delta_prev bn {bn}")
+            bf16_stored(got, P.to_bf16(P.matmul(d, w, mode) * g32), f"delta_prev bn {bn}")
             continue
-        e_emul, e_exact = _scaled_err(got, emul, scale), _scaled_err(got, exact, scale)
+        e_emul, e_exact = scaled_err(got, emul, scale), scaled_err(got, exact, scale)
         assert e_emul <= EMUL_TOL_GPRIME, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"
         assert e_exact <= P.TOLERANCE[mode], f"{mode} bn {bn}: {e_exact:.3g} from float64"
 
@@ -194,17 +141,17 @@ def test_bwd_data(case, mode):
 def test_bwd_data_agrees_with_gemm_tc_and_repeats_bitwise(mode):
     rng = np.random.default_rng(9)
     M, N, K = 3000, 1000, 513
-    delta, W, Z = _rand(rng, (M, N)), _rand(rng, (N, K), 1 / np.sqrt(N)), _rand(rng, (M, K))
-    a, b2, ref = _poison((M, K)), _poison((M, K)), _poison((M, K))
+    delta, W, Z = rand(rng, (M, N)), rand(rng, (N, K), 1 / np.sqrt(N)), rand(rng, (M, K))
+    a, b2, ref = poison((M, K)), poison((M, K)), poison((M, K))
     wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], a, precision=mode)
     wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], b2, precision=mode)
     tc.gemm_bwd_data(delta, W, None, Z, ACT_CODES["silu"], ref, precision=mode)
     assert bool((a.view(cupy.int32) == b2.view(cupy.int32)).all()), "two runs differ in bits"
     if mode == "bf16":       # both store bfloat16: equal but for rounding-boundary flips
-        _bf16_stored(_written(a, "wgmma"), _written(ref, "gemm_tc"), f"{mode}: wgmma vs mma.sync")
+        bf16_stored(written(a, "wgmma"), written(ref, "gemm_tc"), f"{mode}: wgmma vs mma.sync")
         return
-    d64, w64 = _host(delta).astype(np.float64), _host(W).astype(np.float64)
-    e = _scaled_err(_written(a, "wgmma"), _written(ref, "gemm_tc"), np.abs(d64) @ np.abs(w64))
+    d64, w64 = host(delta).astype(np.float64), host(W).astype(np.float64)
+    e = scaled_err(written(a, "wgmma"), written(ref, "gemm_tc"), np.abs(d64) @ np.abs(w64))
     assert e <= 2 * EMUL_TOL_GPRIME, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
 
 
@@ -212,10 +159,10 @@ def test_transposed_copies_round_like_the_emulation():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((70, 45)).astype(np.float32)
     xd = cupy.asarray(x)
-    t = _host(wg._copy_t(xd, "tf32", "W", None))
+    t = host(wg._copy_t(xd, "tf32", "W", None))
     assert t.shape == (45, 72)
     assert np.array_equal(t[:, :70].view(np.uint32), P.to_tf32(x).T.view(np.uint32))
-    h = _host(wg._copy_t(xd, "bf16", "W", None))
+    h = host(wg._copy_t(xd, "bf16", "W", None))
     assert h.dtype == np.uint16 and np.array_equal(h[:, :70], P.bf16_bits(x).T)
 
 
@@ -223,15 +170,15 @@ def test_transposed_copies_round_like_the_emulation():
 def test_agrees_with_gemm_tc(mode):
     rng = np.random.default_rng(5)
     M, N, K = 1000, 513, 777
-    A, W, b = _rand(rng, (M, K)), _rand(rng, (N, K), 1 / np.sqrt(K)), _rand(rng, (N,))
-    z_wg, z_tc = _poison((M, N)), _poison((M, N))
+    A, W, b = rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(K)), rand(rng, (N,))
+    z_wg, z_tc = poison((M, N)), poison((M, N))
     wg.gemm_fwd(A, W, b, ACT_CODES["identity"], z_wg, precision=mode)
     tc.gemm_fwd(A, W, b, ACT_CODES["identity"], z_tc, precision=mode)
     if mode == "bf16":       # both store bfloat16: equal but for rounding-boundary flips
-        _bf16_stored(_written(z_wg, "wgmma"), _written(z_tc, "gemm_tc"), f"{mode}: wgmma vs mma.sync")
+        bf16_stored(written(z_wg, "wgmma"), written(z_tc, "gemm_tc"), f"{mode}: wgmma vs mma.sync")
         return
     _, _, scale = _refs(A, W, mode)
-    e = _scaled_err(_written(z_wg, "wgmma"), _written(z_tc, "gemm_tc"), scale)
+    e = scaled_err(written(z_wg, "wgmma"), written(z_tc, "gemm_tc"), scale)
     assert e <= 2 * EMUL_TOL, f"{mode}: wgmma and mma.sync differ by {e:.3g}"
 
 
@@ -247,7 +194,7 @@ def test_unaligned_views(mode, offset):
         flat = cupy.full(n + 8, np.nan, dtype=np.float32)
         v = flat[offset:offset + n].reshape(shape)
         if not poison:
-            v[...] = _rand(rng, shape, scale)
+            v[...] = rand(rng, shape, scale)
         return v, flat
 
     (A, _), (W, _), (b, _) = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
@@ -255,11 +202,11 @@ def test_unaligned_views(mode, offset):
     wg.gemm_fwd(A, W, b, ACT_CODES["tanh"], A_out, Z_out, precision=mode)
     emul, _, scale = _refs(A, W, mode)
     if mode == "bf16":
-        _bf16_stored(_written(Z_out, "Z_out"), P.to_bf16(emul.astype(np.float32) + _host(b)), "Z_out")
+        bf16_stored(written(Z_out, "Z_out"), P.to_bf16(emul.astype(np.float32) + host(b)), "Z_out")
     else:
-        assert _scaled_err(_written(Z_out, "Z_out") - _host(b), emul, scale) <= EMUL_TOL
-    _written(A_out, "A_out")
-    rest = _host(zflat)
+        assert scaled_err(written(Z_out, "Z_out") - host(b), emul, scale) <= EMUL_TOL
+    written(A_out, "A_out")
+    rest = host(zflat)
     assert np.isnan(rest[:offset]).all() and np.isnan(rest[offset + M * N:]).all(), "wrote past the output"
 
 
@@ -269,10 +216,10 @@ def test_operand_copies_round_like_the_emulation():
                         rng.integers(0, 2 ** 32, 50000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
     x = x[np.isfinite(x)][:99990].reshape(-1, 30)   # 30 columns: padded rows of 32
     xd = cupy.asarray(x)
-    t = _host(wg._copy(xd, "tf32", "A", None))
+    t = host(wg._copy(xd, "tf32", "A", None))
     assert t.shape == (x.shape[0], 32)
     assert np.array_equal(t[:, :30].view(np.uint32), P.to_tf32(x).view(np.uint32))
-    h = _host(wg._copy(xd, "bf16", "A", None))
+    h = host(wg._copy(xd, "bf16", "A", None))
     assert h.dtype == np.uint16 and np.array_equal(h[:, :30], P.bf16_bits(x))
 
 
@@ -286,7 +233,7 @@ def test_bitwise_reproducible_and_scratch_gives_the_same_bits(mode):
     scratch = Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
     runs = []
     for s in (None, scratch, scratch):
-        out = _poison((M, N))
+        out = poison((M, N))
         wg.gemm_fwd(A, W, b, ACT_CODES["silu"], out, precision=mode, scratch=s)
         runs.append(out)
     for y in runs[1:]:
@@ -300,7 +247,7 @@ def test_graph_capture_replays_on_new_data(mode):
     A = rs.standard_normal((M, K), dtype=np.float32)
     W = rs.standard_normal((N, K), dtype=np.float32)
     b = rs.standard_normal((N,), dtype=np.float32)
-    out = _poison((M, N))
+    out = poison((M, N))
     scratch = Scratch(type("B", (), {"empty": staticmethod(lambda s, d: cupy.empty(s, d))})())
     wg.gemm_fwd(A, W, b, ACT_CODES["relu"], out, precision=mode, scratch=scratch)    # buffers, maps
     cupy.cuda.get_current_stream().synchronize()
@@ -314,7 +261,7 @@ def test_graph_capture_replays_on_new_data(mode):
     out.fill(np.nan)
     graph.launch(cupy.cuda.get_current_stream())   # after the new data, as the backend replays a step
     cupy.cuda.get_current_stream().synchronize()
-    ref = _poison((M, N))
+    ref = poison((M, N))
     wg.gemm_fwd(A, W, b, ACT_CODES["relu"], ref, precision=mode)
     assert bool((out.view(cupy.int32) == ref.view(cupy.int32)).all()), "replay differs from a direct call"
 
@@ -327,7 +274,7 @@ def test_large(mode):
     W = rs.standard_normal((N, K), dtype=np.float32)
     A64, W64 = A.astype(np.float64), W.astype(np.float64)
     scale = float((cupy.abs(A64) @ cupy.abs(W64).T).max())
-    out = _poison((M, N))
+    out = poison((M, N))
     wg.gemm_fwd(A, W, cupy.zeros(N, np.float32), ACT_CODES["identity"], out, precision=mode)
     e = float(cupy.abs(out - A64 @ W64.T).max()) / scale
     assert bool(cupy.isfinite(out).all()) and e <= P.TOLERANCE[mode], f"{e:.3g}"

@@ -109,6 +109,18 @@ def scaled_err(out, ref, scale):
     return e / s if s > 0 else e
 
 
+def bf16_stored(got, want, what, flips=0.02):
+    """bf16 storage: every value a bfloat16 (low 16 bits zero), equal to the emulation's rounded
+    value but where the float32 sums (another order than the emulation's) fell on the other side
+    of a rounding boundary: then one bfloat16 ulp (2^-8 relative) apart, in at most `flips` of
+    the elements."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
+    off = got != want
+    assert off.mean() <= flips, f"{what}: {off.mean():.3%} differ from the emulation"
+    assert np.all(np.abs(got[off] - want[off]) <= 2.0 ** -8 * np.abs(want[off]) + 1e-30), what
+
+
 def refs(a, b, mode=None):
     """`(emul, exact, scale)` of the host float32 product a @ b: the emulation of tensor-core mode
     `mode` (gpubp.precision.matmul; None without a mode), float64, and |a| @ |b| (float64)."""
