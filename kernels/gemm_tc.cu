@@ -263,6 +263,39 @@ __device__ __forceinline__ void tc_core(
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3; \
     const int wp = p0 + (warp >> 2) * 64 + g, wq = q0 + (warp & 3) * 32 + 2 * t;
 
+// This thread's accumulators of a block tile (rows wp + 16 i + 8 h, columns wq + 8 j, +1) stored
+// into the row-major (P x Q) float32 matrix out, rows p < P and columns q < Q (float2 stores when
+// vec: Q even, out 8-byte aligned).
+__device__ __forceinline__ void tc_store_tile(float* out, const float (&acc)[4][4][4], int wp, int wq, int P, int Q,
+                                              bool vec) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int q = wq + 8 * j;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int p = wp + 16 * i + 8 * h;
+                if (p >= P) continue;
+                const long long o = (long long)p * Q + q;
+                if (vec) {
+                    if (q < Q) *reinterpret_cast<float2*>(out + o) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                } else {
+                    if (q < Q) out[o] = acc[i][j][2 * h];
+                    if (q + 1 < Q) out[o + 1] = acc[i][j][2 * h + 1];
+                }
+            }
+    }
+}
+
+// The sum of the S partials of element e, slice order (split workspaces: slice z at z * split_stride).
+__device__ __forceinline__ float tc_slices_sum(const float* __restrict__ ws, long long e, int S,
+                                               long long split_stride) {
+    float s = ws[e];
+    for (int z = 1; z < S; ++z) s += ws[(long long)z * split_stride + e];
+    return s;
+}
+
 // ============================================================= 1. forward
 // Zout = A(M x K) @ W(N x K)^T + bias(N); Aout = g_ACT(Z); Zout written iff write_z.
 // Launch: block (256,1,1); grid (ceil(M/128) * ceil(N/128), 1, 1); dynamic smem
@@ -391,24 +424,7 @@ gemm_tc_bwd_weight(const float* __restrict__ D, const float* __restrict__ A, flo
         if (tid < TC_BM && p0 + tid < N) db[p0 + tid] = tc_smem[tid] + tc_smem[TC_BM + tid];
     }
     TC_EPILOGUE_COORDS
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int q = wq + 8 * j;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int p = wp + 16 * i + 8 * h;
-                if (p >= N) continue;
-                const long long o = (long long)p * K + q;
-                if (vec_out) {
-                    if (q < K) *reinterpret_cast<float2*>(dW + o) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-                } else {
-                    if (q < K) dW[o] = acc[i][j][2 * h];
-                    if (q + 1 < K) dW[o + 1] = acc[i][j][2 * h + 1];
-                }
-            }
-    }
+    tc_store_tile(dW, acc, wp, wq, N, K, vec_out != 0);
 }
 
 // dW[e] = sum_z ws[z * stride + e] (e < NK), db[e - NK] likewise, z = 0 .. S-1 in order.
@@ -418,8 +434,7 @@ __global__ void gemm_tc_splitk_reduce(const float* __restrict__ ws, float* dW, f
     const long long total = NK + N;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        float s = ws[e];
-        for (int z = 1; z < S; ++z) s += ws[(long long)z * split_stride + e];
+        const float s = tc_slices_sum(ws, e, S, split_stride);
         if (e < NK) dW[e] = s;
         else db[e - NK] = s;
     }
@@ -462,34 +477,10 @@ gemm_tc_splitk_partial(const float* __restrict__ X, const float* __restrict__ Y,
     tc_core<PREC, STAGES, false, YPC>(X, R, P, vec_x != 0, Y, YPC ? Q : R, Q, vec_y != 0,
                                       p0, q0, r_begin, r_end, tc_smem, tid, acc, false, unused);
     TC_EPILOGUE_COORDS
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int q = wq + 8 * j;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int p = wp + 16 * i + 8 * h;
-                if (p >= P) continue;
-                const long long o = (long long)p * Q + q;
-                if (vec_out) {
-                    if (q < Q) *reinterpret_cast<float2*>(part + o) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-                } else {
-                    if (q < Q) part[o] = acc[i][j][2 * h];
-                    if (q + 1 < Q) part[o + 1] = acc[i][j][2 * h + 1];
-                }
-            }
-    }
+    tc_store_tile(part, acc, wp, wq, P, Q, vec_out != 0);
 }
 
-// The sum of the S partials of element e (or of the 4 elements from e), slice order.
-__device__ __forceinline__ float tc_slices_sum(const float* __restrict__ ws, long long e, int S,
-                                               long long split_stride) {
-    float s = ws[e];
-    for (int z = 1; z < S; ++z) s += ws[(long long)z * split_stride + e];
-    return s;
-}
-
+// The sum of the S partials of the 4 elements from e, slice order (tc_slices_sum, 16 bytes wide).
 __device__ __forceinline__ float4 tc_slices_sum4(const float* __restrict__ ws, long long e, int S,
                                                  long long split_stride) {
     float4 s = *reinterpret_cast<const float4*>(ws + e);
