@@ -39,7 +39,8 @@
 // issues tile t+2 into the stage tile t-1 used, commits (an empty group when none is left),
 // then multiplies tile t.  One barrier per k-tile.
 // Shared addresses (copy destinations, per-thread read offsets) are computed once before the
-// main loop; per k-tile only a stage offset changes.
+// fast loop; per k-tile only a stage offset changes.  The general loop recomputes its copy
+// offsets from a fresh read of %tid.x (registers: see Gemm3Operand).
 //
 // Fast path: a k-tile whose whole 128 x BK extent of both operands is in range, with both
 // operands vector-eligible (ld % 4 == 0 and a 16-byte aligned base, the launcher's vec_x /
@@ -81,30 +82,40 @@ __device__ __forceinline__ void gemm3_st4(float* d, const float* s) {
 }
 
 // ------------------------------------------------------------- one operand's copies
-// Everything a thread needs to copy its share of one operand's k-tiles, computed once.
+// Everything a thread needs to copy its share of one operand's k-tiles.
 // Thread t's four 16-byte chunks per k-tile (c = 0..3):
 //   PC: k = t / 32 + 4 c,   p = 4 (t % 32)        (a warp copies one 512-byte row run)
 //   RC: p = t / 4 + 32 c,   k = 4 (t % 4)         (a warp copies 8 rows x 64 bytes)
+// The struct holds only block-uniform values (the operand, its ld, the block's p origin and
+// the stage-0 shared address), which ptxas keeps in uniform registers or reads from the kernel
+// parameters; the thread's own offsets are recomputed from tid where they are used.  The main
+// loop's 128 accumulators and operand fragments leave a handful of registers under the 255 cap:
+// thread-dependent values kept live across it were spilled (ptxas spilled k_first rather than
+// recompute it), so the edge path reads %tid.x afresh (gemm3_tid) instead of keeping them.
 template <bool PC>
 struct Gemm3Operand {
     const float* X;
     int ld;
-    int p_first;       // p of chunk c = 0 (PC: the first of its 4 p; RC: its row)
-    unsigned sdst;     // shared address of chunk c = 0 in stage 0
+    int p0;            // the block's first p
+    unsigned sbase;    // shared address of stage 0
 
-    __device__ __forceinline__ void init(const float* X_, int ld_, int p0, unsigned smem_stage0, int tid) {
-        X = X_; ld = ld_;
-        p_first = PC ? p0 + 4 * (tid & 31) : p0 + (tid >> 2);
-        sdst = smem_stage0 + 4u * (unsigned)(PC ? (tid >> 5) * GEMM3_LDK + 4 * (tid & 31)
-                                                : (tid >> 2) * GEMM3_LDR + 4 * (tid & 3));
+    __device__ __forceinline__ void init(const float* X_, int ld_, int p0_, unsigned smem_stage0) {
+        X = X_; ld = ld_; p0 = p0_; sbase = smem_stage0;
     }
 
+    // p of chunk c = 0 (PC: the first of its 4 p; RC: its row)
+    __device__ __forceinline__ int p_first(int tid) const { return PC ? p0 + 4 * (tid & 31) : p0 + (tid >> 2); }
     // r of chunk c = 0 relative to the k-tile origin
     static __device__ __forceinline__ int k_first(int tid) { return PC ? tid >> 5 : 4 * (tid & 3); }
+    // shared address of chunk c = 0 in stage 0
+    __device__ __forceinline__ unsigned sdst(int tid) const {
+        return sbase + 4u * (unsigned)(PC ? (tid >> 5) * GEMM3_LDK + 4 * (tid & 31)
+                                          : (tid >> 2) * GEMM3_LDR + 4 * (tid & 3));
+    }
     // element offset of chunk c = 0 at k-tile origin r0 (64-bit); chunk c adds c * cstep()
     __device__ __forceinline__ long long off(int r0, int tid) const {
-        return PC ? (long long)(r0 + k_first(tid)) * ld + p_first
-                  : (long long)p_first * ld + (r0 + k_first(tid));
+        return PC ? (long long)(r0 + k_first(tid)) * ld + p_first(tid)
+                  : (long long)p_first(tid) * ld + (r0 + k_first(tid));
     }
     __device__ __forceinline__ long long cstep() const { return PC ? 4LL * ld : 32LL * ld; }
     static __device__ __forceinline__ unsigned soff(int c) {
@@ -116,7 +127,7 @@ struct Gemm3Operand {
     // else vec: each 16-byte chunk tested; else each element tested, 4-byte copies.
     __device__ __forceinline__ void load(int r0, unsigned stage_bytes, bool fast, bool vec,
                                          int P, int r_end, int tid) const {
-        const unsigned d0 = sdst + stage_bytes;
+        const unsigned d0 = sdst(tid) + stage_bytes;
         const float* src = X + off(r0, tid);
         const long long step = cstep();
         if (fast) {
@@ -125,9 +136,10 @@ struct Gemm3Operand {
             return;
         }
         const int k0 = r0 + k_first(tid);
+        const int pf = p_first(tid);
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-            const int p = PC ? p_first : p_first + 32 * c;
+            const int p = PC ? pf : pf + 32 * c;
             const int r = PC ? k0 + 4 * c : k0;
             if (vec) {   // a 16-byte chunk is wholly in or out (ld % 4 == 0, extent == ld)
                 const bool in = p < P && r < r_end;
@@ -142,6 +154,14 @@ struct Gemm3Operand {
         }
     }
 };
+
+// threadIdx.x read afresh (asm volatile: neither hoisted out of a loop nor merged with an
+// earlier read), so that values derived from it are recomputed where used, not kept live.
+__device__ __forceinline__ int gemm3_tid() {
+    int t;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+    return t;
+}
 
 // ------------------------------------------------------------- thread mapping
 // The j-th of the thread's 16 (X) or 8 (Y) indices, relative to the warp tile origin.
@@ -225,8 +245,8 @@ __device__ __forceinline__ void gemm3_core(
     const unsigned Y_BYTES = GEMM3_STAGES * STAGE_BYTES;   // the Y stages follow the X stages
     Gemm3Operand<XPC> ox;
     Gemm3Operand<YPC> oy;
-    ox.init(X, ldx, p0, s_base, tid);
-    oy.init(Y, ldy, q0, s_base + Y_BYTES, tid);
+    ox.init(X, ldx, p0, s_base);
+    oy.init(Y, ldy, q0, s_base + Y_BYTES);
     // interior in p and q, and 16-byte copies allowed: only the k extent is left to test
     const bool inner = vecx && vecy && p0 + GEMM3_BM <= PX && q0 + GEMM3_BM <= PY;
 
@@ -256,6 +276,7 @@ __device__ __forceinline__ void gemm3_core(
         // No tests and no index arithmetic beyond two pointer increments: the global source of
         // chunk 0 of the next tile to fetch, per operand, and fixed chunk / tile steps.
         const int t_fast = (r_end - r_begin) / GEMM3_BK - (GEMM3_STAGES - 1);
+        const unsigned xdst = ox.sdst(tid), ydst = oy.sdst(tid);
         const float* xsrc = X + ox.off(r_begin + (GEMM3_STAGES - 1) * GEMM3_BK, tid);
         const float* ysrc = Y + oy.off(r_begin + (GEMM3_STAGES - 1) * GEMM3_BK, tid);
         const long long xc = ox.cstep(), yc = oy.cstep();
@@ -266,9 +287,9 @@ __device__ __forceinline__ void gemm3_core(
             __syncthreads();
             const unsigned wb = wstage * STAGE_BYTES;
 #pragma unroll
-            for (int c = 0; c < 4; ++c) cp_async16_always(ox.sdst + wb + ox.soff(c), xsrc + c * xc);
+            for (int c = 0; c < 4; ++c) cp_async16_always(xdst + wb + ox.soff(c), xsrc + c * xc);
 #pragma unroll
-            for (int c = 0; c < 4; ++c) cp_async16_always(oy.sdst + wb + oy.soff(c), ysrc + c * yc);
+            for (int c = 0; c < 4; ++c) cp_async16_always(ydst + wb + oy.soff(c), ysrc + c * yc);
             cp_async_commit();
             xsrc += xt;
             ysrc += yt;
@@ -291,8 +312,9 @@ __device__ __forceinline__ void gemm3_core(
         if (tn < ntiles) {
             const int r0 = r_begin + tn * GEMM3_BK;
             const bool fast = inner && r0 + GEMM3_BK <= r_end;
-            ox.load(r0, wstage * STAGE_BYTES, fast, vecx, PX, r_end, tid);
-            oy.load(r0, wstage * STAGE_BYTES, fast, vecy, PY, r_end, tid);
+            const int tid_now = gemm3_tid();
+            ox.load(r0, wstage * STAGE_BYTES, fast, vecx, PX, r_end, tid_now);
+            oy.load(r0, wstage * STAGE_BYTES, fast, vecy, PY, r_end, tid_now);
         }
         cp_async_commit();
 
