@@ -490,10 +490,19 @@ def test_backend_runs_the_forward_gemms_on_hopper_when_asked(monkeypatch, fake, 
     kernels = _gemm_kernels(fake)
     assert kernels.count("gemm_wgmma_fwd") == 3 and "gemm_tc_fwd" not in kernels
     assert kernels.count("gemm_wgmma_bwd_data") == 2 and "gemm_tc_bwd_data" not in kernels
+    copies = kernels.count(wg.COPY_NAMES[prec])
     if prec == "bf16":                                  # the weight gradient on wgmma too
         assert kernels.count("gemm_wgmma_bwd_weight") == 3 and "gemm_tc_bwd_weight" not in kernels
+        # A_prev and W per forward, A_prev per weight gradient; delta is copied once per layer
+        # (with its column sums) and the input gradient reads that copy
+        assert copies == 3 * 2 + 3 and kernels.count(wg.COLSUM_NAME) == 3
+        colsums = fake.launched(wg.COLSUM_NAME)
+        for f in fake.launched("gemm_wgmma_bwd_data"):
+            ptr = f.arg("tmD")["opaque"][0][1]
+            assert ptr in {_ptr(c.arg("out")) for c in colsums}, "the input gradient copied delta again"
     else:                                               # tf32's stays on mma.sync
         assert kernels.count("gemm_tc_bwd_weight") == 3 and "gemm_wgmma_bwd_weight" not in kernels
+        assert copies == 3 * 2 + 2                      # and the input gradient copies delta itself
     Xd, Yd = net._inputs(X), net._targets(Y, 1024)
     net._step(Xd, Yd, net.optimizer, plan=plan)
     n_maps = len(fake.driver.calls)
@@ -641,6 +650,57 @@ def test_bwd_weight_refused_below_sm90(monkeypatch, tmp_path):
         wg.gemm_bwd_weight(_arr(fake, (4, 3)), _arr(fake, (4, 5)), _arr(fake, (3, 5)), _arr(fake, (3,)),
                            precision="bf16")
     assert fake.launches == []
+
+
+def _ptr(x):
+    return x.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (3, 17, 5), (1000, 17, 129), (4097, 300, 127)])
+@pytest.mark.parametrize("with_scratch", [False, True])
+def test_bwd_data_reads_the_copy_of_delta_the_weight_gradient_made(fake, M, N, K, with_scratch):
+    scratch = Scratch(_Backend(fake)) if with_scratch else None
+    delta, A, dW, db = _arr(fake, (M, N)), _arr(fake, (M, K)), _arr(fake, (N, K)), _arr(fake, (N,))
+    W, A_prev, dprev = _arr(fake, (N, K)), _arr(fake, (M, K)), _arr(fake, (M, K))
+    d_copy = wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+    colsum = fake.launched(wg.COLSUM_NAME)[0]
+    assert colsum.arg("x") is delta and _ptr(d_copy) == _ptr(colsum.arg("out"))
+    assert d_copy.shape == wg.copy_shape(M, N) == (M, wg.padded_cols(N)) and d_copy.dtype == np.uint16
+    fake.reset()
+    fake.driver.calls.clear()
+    wg.gemm_bwd_data(delta, W, A_prev, None, ACT_CODES["relu"], dprev, precision="bf16", scratch=scratch,
+                     delta_copy=d_copy)
+    bn = wg.choose_bn(M, K, 132)
+    # no copy of delta: the transposed copy of W, then the GEMM on the weight gradient's copy
+    assert [l.name for l in fake.launches] == [wg.COPY_T_NAMES["bf16"], wg.bwd_data_name("bf16", ACT_CODES["relu"], bn)]
+    assert fake.driver.calls[0]["ptr"] == _ptr(d_copy)
+    _check_map(fake, fake.driver.calls[0], M, N, "bf16", 128)
+    assert fake.launches[1].arg("tmD")["opaque"][0][1] == _ptr(d_copy)
+
+
+def test_a_wrong_delta_copy_is_refused_before_any_launch(fake):
+    M, N, K = 5, 17, 9
+    delta, W, dprev = _arr(fake, (M, N)), _arr(fake, (N, K)), _arr(fake, (M, K))
+    good = _arr(fake, wg.copy_shape(M, N), np.uint16)
+    cases = [
+        (_arr(fake, (M, N), np.uint16), ValueError, "copy"),                       # rows not padded
+        (_arr(fake, (M + 1, wg.padded_cols(N)), np.uint16), ValueError, "copy"),   # another delta's
+        (_arr(fake, wg.copy_shape(M, N), np.float32), ValueError, "uint16"),       # a tf32 copy for bf16
+        (np.zeros(wg.copy_shape(M, N), np.uint16), TypeError, "device"),           # host memory
+        (_arr(fake, (wg.padded_cols(N), M), np.uint16).T, ValueError, "C-contiguous"),
+    ]
+    for bad, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            wg.gemm_bwd_data(delta, W, None, None, 0, dprev, precision="bf16", delta_copy=bad)
+    with pytest.raises(ValueError, match="float32"):   # a tf32 call wants TF32 values (float32)
+        wg.gemm_bwd_data(delta, W, None, None, 0, dprev, precision="tf32", delta_copy=good)
+    assert fake.launches == [] and fake.driver.calls == []
+    assert wg.copy_dtype("tf32") == np.float32 and wg.copy_dtype("bf16") == np.uint16
+
+
+def test_bwd_weight_returns_no_copy_when_it_makes_none(fake):
+    assert wg.gemm_bwd_weight(_arr(fake, (4, 0)), _arr(fake, (4, 3)), _arr(fake, (0, 3)), _arr(fake, (0,))) is None
+    assert wg.gemm_bwd_weight(_arr(fake, (0, 5)), _arr(fake, (0, 3)), _arr(fake, (5, 3)), _arr(fake, (5,))) is None
 
 
 @pytest.mark.parametrize("M, N, K", [(1000, 17, 129), (4096, 300, 1000)])

@@ -260,14 +260,16 @@ class CudaBackend(Backend):
         self._check_tensor_core_gemms(precision)
         M, N = delta.shape
         K = A_prev.shape[1]
+        delta_copy = None   # the Hopper weight gradient's copy of delta, read again by the input gradient
         if self._use_hopper_wgrad(precision):
-            cuda_gemm_wgmma.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=scratch)
+            delta_copy = cuda_gemm_wgmma.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision,
+                                                         scratch=scratch)
         else:
             ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_weight_scratch_size(M, N, K))
             cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision, scratch=ws)
         if delta_prev_out is not None and self._use_hopper(precision):
             cuda_gemm_wgmma.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,
-                                          precision=precision, scratch=scratch)
+                                          precision=precision, scratch=scratch, delta_copy=delta_copy)
         elif delta_prev_out is not None:
             ws = self._tc_workspace(scratch, cuda_gemm_tc.bwd_data_scratch_size(M, N, K))
             cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, ACT_CODES[prev_activation], delta_prev_out,

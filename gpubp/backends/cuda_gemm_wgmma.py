@@ -4,10 +4,12 @@
         Z = A_prev @ W.T + b, A_out = g(Z), Z_out = Z when given; the signature and results of
         `cuda_gemm_tc.gemm_fwd` for "tf32" and "bf16" (same rounding of the operands, float32
         accumulation; the sums' order differs, so results agree to rounding, not bitwise).
-    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32", scratch=None, bn=None)
+    gemm_bwd_data(delta, W, A_prev, Z_prev, act_code, delta_prev_out, precision="tf32", scratch=None, bn=None,
+                  delta_copy=None)
         delta_prev_out = (delta @ W) * g'(.), as `cuda_gemm_tc.gemm_bwd_data`, on copies of delta
-        and of W transposed (K x N), so that both wgmma operands are K-major.
-    gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision="bf16", scratch=None, bn=None)
+        and of W transposed (K x N), so that both wgmma operands are K-major; `delta_copy`: the
+        copy of delta that `gemm_bwd_weight` returned, reused instead of copying delta again.
+    gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision="bf16", scratch=None, bn=None) -> delta's copy
         dW_out = delta.T @ A_prev, db_out = delta.sum(0), as `cuda_gemm_tc.gemm_bwd_weight`, bf16
         only: both operands are batch-major (MN-major for the reduction over the batch), which bf16
         wgmma reads transposed; TF32 wgmma cannot, so "tf32" stays on `cuda_gemm_tc`.  db comes
@@ -220,8 +222,7 @@ def _copy(x, precision, which, scratch):
     import cupy
 
     rows, cols = x.shape
-    shape = (rows, padded_cols(cols))
-    dtype = np.uint16 if precision == "bf16" else np.float32
+    shape, dtype = copy_shape(rows, cols), copy_dtype(precision)
     out = cupy.empty(shape, dtype=dtype) if scratch is None else scratch.get(("wgmma_copy", which), shape, dtype)
     blocks = max(1, min(rows, 16 * sm_count()))
     _launch(COPY_NAMES[precision], (blocks, 1, 1), (COPY_THREADS, 1, 1),
@@ -241,6 +242,28 @@ def _copy_t(x, precision, which, scratch):
     _launch(COPY_T_NAMES[precision], grid, (32, 8, 1),
             (x, out, np.int32(rows), np.int32(cols), np.int32(shape[1])))
     return out
+
+
+def copy_shape(rows: int, cols: int) -> tuple[int, int]:
+    """The shape of the row-padded copy of a (rows x cols) matrix."""
+    return rows, padded_cols(cols)
+
+
+def copy_dtype(precision: str):
+    """The element type of a copy in `precision`: bfloat16 bits (uint16) or TF32 values (float32)."""
+    return np.dtype(np.uint16) if precision == "bf16" else np.dtype(np.float32)
+
+
+def _check_copy(name, copy, rows, cols, precision) -> None:
+    """Refuse an operand copy passed in that is not one `_copy` would have made for these shapes."""
+    shape, dtype = copy_shape(rows, cols), copy_dtype(precision)
+    if not hasattr(copy, "data") or not hasattr(copy.data, "ptr"):
+        raise TypeError(f"{name} must be a CuPy device array, got {type(copy).__name__}")
+    if tuple(copy.shape) != shape or np.dtype(copy.dtype) != dtype:
+        raise ValueError(f"{name} must be a {shape} {dtype} copy for precision {precision!r}, "
+                         f"got {tuple(copy.shape)} {np.dtype(copy.dtype)}")
+    if not copy.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
 
 
 def _check_bn(bn) -> None:
@@ -298,11 +321,18 @@ def launch_fwd(a_copy, w_copy, K: int, b, act: int, A_out, Z_out, precision: str
 
 # ----------------------------------------------------------------- backward, data
 def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, precision: str = "tf32",
-                  scratch=None, bn: int | None = None) -> None:
+                  scratch=None, bn: int | None = None, delta_copy=None) -> None:
     """`delta_prev_out = (delta @ W) * g'(.)`; g' from `A_prev`, or `Z_prev` (gelu, silu): the
     signature and results of `cuda_gemm_tc.gemm_bwd_data` for "tf32" and "bf16".  Runs on copies
     of delta (rounded) and of W transposed (rounded, K x N: K-major for the reduction over N);
-    N == 0 runs on `cuda_gemm_tc`."""
+    N == 0 runs on `cuda_gemm_tc`.
+
+    `delta_copy`, when given, is the rounded, row-padded copy of this `delta` that
+    `gemm_bwd_weight` made and returned in the same backward step (the same rounding: its copy
+    kernel and `gemm_wgmma_copy_bf16` round alike): it is read instead of copying delta again, which
+    saves a read of delta and a write of its copy.  It must be a device array of
+    `copy_shape(M, N)` and `copy_dtype(precision)`, C-contiguous; the caller keeps it unchanged
+    since it was made from delta."""
     act = check_act(act_code)
     _check_precision(precision)
     g_name, g_src = gprime_source(act, A_prev, Z_prev)
@@ -321,9 +351,11 @@ def gemm_bwd_data(delta, W, A_prev, Z_prev, act_code: int, delta_prev_out, preci
     if N == 0:
         cuda_gemm_tc.gemm_bwd_data(delta, W, A_prev, Z_prev, act, delta_prev_out, precision=precision)
         return
+    if delta_copy is not None:
+        _check_copy("delta_copy", delta_copy, M, N, precision)
     if g_src is None:
         g_src = delta_prev_out   # never read
-    d_copy = _copy(delta, precision, "D", scratch)
+    d_copy = delta_copy if delta_copy is not None else _copy(delta, precision, "D", scratch)
     wt_copy = _copy_t(W, precision, "Wt", scratch)
     bn = bn or choose_bn(M, K, sm_count())
     tm_d = _tensor_map(d_copy, M, N, precision, BM, scratch)
@@ -394,7 +426,7 @@ def wgrad_plan(M: int, N: int, K: int, sms: int, bn: int | None = None) -> dict:
 
 
 def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "bf16", scratch=None,
-                    bn: int | None = None) -> None:
+                    bn: int | None = None):
     """`dW_out = delta.T @ A_prev`, `db_out = delta.sum(0)` (float32 sums of the unrounded delta):
     the signature and results of `cuda_gemm_tc.gemm_bwd_weight` for "bf16" (the same operand
     rounding and float32 accumulation, another summation order), bitwise reproducible.
@@ -409,7 +441,11 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "bf16", scra
        column sums' slices, added in order.
     With `scratch` (a plan's `Scratch`) the copies and workspaces are its buffers and the tensor
     maps are memoised, so a warm step allocates nothing and replays in a graph.  M == 0 runs on
-    `cuda_gemm_tc`.  "tf32" is refused: TF32 wgmma reads K-major operands only, and its weight
+    `cuda_gemm_tc`.
+
+    Returns delta's bf16 copy (a `copy_shape(M, N)` uint16 device array; None when N == 0 or
+    M == 0), for `gemm_bwd_data(..., delta_copy=)` of the same step: with `scratch` it is a plan
+    buffer, valid until the next call with that scratch.  "tf32" is refused: TF32 wgmma reads K-major operands only, and its weight
     gradient stays on `cuda_gemm_tc` (see docs/architecture.md)."""
     if precision not in WGRAD_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(WGRAD_PRECISIONS)} for the Hopper weight "
@@ -425,10 +461,10 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "bf16", scra
     cuda_gemm_tc._shape("db_out", db_out, (N,))
     _check_bn(bn)
     if N == 0:
-        return
+        return None
     if M == 0:
         cuda_gemm_tc.gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision=precision)
-        return
+        return None
     sms = sm_count()
     plan = wgrad_plan(M, N, K, sms, bn)
     S, Sc, NK = plan["S"], plan["Sc"], N * K
@@ -441,7 +477,7 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "bf16", scra
         colsum = _buf(scratch, ("wgmma_wgrad", "colsum"), (plan["colsum"],), np.float32)
     else:
         colsum, cs_stride = db_out, 0                  # one slice: the sums are db
-    d_copy = _buf(scratch, ("wgmma_copy", "wgrad_D"), (M, padded_cols(N)), np.uint16)
+    d_copy = _buf(scratch, ("wgmma_copy", "wgrad_D"), copy_shape(M, N), copy_dtype(precision))
     _launch(COLSUM_NAME, (cdiv(N, 32), Sc, 1), (32, 8, 1),
             (delta, d_copy, colsum, np.int32(M), np.int32(N), np.int32(d_copy.shape[1]),
              np.int32(plan["crows"]), np.int64(cs_stride)))
@@ -453,6 +489,7 @@ def gemm_bwd_weight(delta, A_prev, dW_out, db_out, precision: str = "bf16", scra
         _reduce(ws, dW_out, db_out, S, stride, NK, N, sms)
     elif Sc > 1:
         _reduce(colsum, dW_out, db_out, Sc, cs_stride, 0, N, sms)   # NK = 0: db only
+    return d_copy
 
 
 def launch_bwd_weight(d_copy, a_copy, M: int, N: int, K: int, out, S: int, rows: int, stride: int,

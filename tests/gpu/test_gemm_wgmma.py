@@ -389,6 +389,26 @@ def test_bwd_weight_agrees_with_gemm_tc_and_repeats_bitwise():
     assert e <= 2 * DB_TOL, f"db: wgmma and mma.sync differ by {e:.3g}"
 
 
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (127, 17, 129), (1000, 300, 513), (4097, 10, 33)])
+@pytest.mark.parametrize("with_scratch", [False, True])
+def test_bwd_data_on_the_weight_gradients_copy_of_delta_gives_the_same_bits(M, N, K, with_scratch):
+    """The backward step's path (CudaBackend.dense_backward, bf16 on Hopper): the input gradient
+    reads the copy of delta the weight gradient made; the same bits as copying delta itself, and
+    the copy bit for bit the emulation's bfloat16 rounding."""
+    rng = np.random.default_rng(17)
+    delta, A, W, Z = rand(rng, (M, N)), rand(rng, (M, K)), rand(rng, (N, K), 1 / np.sqrt(N)), rand(rng, (M, K))
+    scratch = _plan_scratch() if with_scratch else None
+    dW, db = poison((N, K)), poison((N,))
+    d_copy = wg.gemm_bwd_weight(delta, A, dW, db, precision="bf16", scratch=scratch)
+    assert np.array_equal(host(d_copy)[:, :N], P.bf16_bits(host(delta))), "the copy is not delta in bf16"
+    shared, own = poison((M, K)), poison((M, K))
+    wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["gelu"], shared, precision="bf16", scratch=scratch,
+                     delta_copy=d_copy)
+    wg.gemm_bwd_data(delta, W, None, Z, ACT_CODES["gelu"], own, precision="bf16")
+    written(shared, "on the shared copy"), written(own, "on its own copy")
+    assert same_bits(shared, own), "the shared copy of delta gives other bits"
+
+
 @pytest.mark.parametrize("offset", [1, 3])
 def test_bwd_weight_unaligned_views(offset):
     """Operands anywhere (the copies re-align them for TMA), dW and db at odd offsets (scalar stores)."""
