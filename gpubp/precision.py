@@ -279,7 +279,9 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
         W, b = _as_f32(W, f"layers[{l}] W"), _as_f32(b, f"layers[{l}] b")
         if W.ndim != 2 or W.shape[1] != a.shape[1] or b.shape != (W.shape[0],):
             raise ValueError(f"layers[{l}]: W {W.shape} and b {b.shape} do not follow width {a.shape[1]}")
-        z = round_stored((matmul(a, np.ascontiguousarray(W.T), precision) + b).astype(np.float32), precision)
+        # float32: the numpy backend's very BLAS calls (transposed views, not contiguous copies:
+        # OpenBLAS may sum a copy's product in another order), so the two agree bit for bit
+        z = round_stored((matmul(a, W.T, precision) + b).astype(np.float32), precision)
         a = round_stored(activation_forward(acts[l], z, np.empty_like(z)), precision)
         As.append(a)
         Zs.append(z)
@@ -292,7 +294,7 @@ def fused_reference(X, layers, activations, delta_last, precision: str = "float3
     for i in range(L - 1, -1, -1):
         W = layers[i][0]
         Xi = X if i == 0 else As[i - 1]
-        dWs[i] = matmul(np.ascontiguousarray(d.T), Xi, precision)
+        dWs[i] = matmul(d.T, Xi, precision)
         dbs[i] = d.sum(0, dtype=np.float32)
         if i == 0 and act_in is None:
             break
