@@ -28,7 +28,7 @@ from gpubp.activations import ACT_CODES, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
-from support.gemm_checks import (bf16_stored, case_id, host, poison, rand, scaled_err, seed,  # noqa: E402
+from support.gemm_checks import (bf16_stored, case_id, host, offset_view, poison, rand, scaled_err, seed,  # noqa: E402
                                  sparse_cases, written)
 
 
@@ -175,12 +175,7 @@ def test_offset_views(offset, mode):
     rng = np.random.default_rng(offset)
 
     def view(shape, scale=1.0, poison=False):
-        n = int(np.prod(shape))
-        flat = cupy.full(n + 8, np.nan, dtype=np.float32)
-        v = flat[offset:offset + n].reshape(shape)
-        if not poison:
-            v[...] = rand(rng, shape, scale)
-        return v
+        return offset_view(rng, offset, shape, scale, poison)
 
     A, W, b = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
     A_out, Z_out = view((M, N), poison=True), view((M, N), poison=True)

@@ -31,7 +31,7 @@ from gpubp.activations import ACT_CODES, ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends import cuda_device  # noqa: E402
 from gpubp.backends import cuda_gemm_tc as tc  # noqa: E402
 from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward  # noqa: E402
-from support.gemm_checks import bf16_stored, case_id, host, poison, rand, same_bits, written  # noqa: E402
+from support.gemm_checks import bf16_stored, case_id, host, offset_view, poison, rand, same_bits, written  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -153,14 +153,8 @@ def test_split_k_on_misaligned_views(mode, offset):
     M, N, K = 129, 132, 1000
     rng = np.random.default_rng(offset)
 
-    def view(n_or_shape, scale=1.0, poison=False):
-        shape = n_or_shape if isinstance(n_or_shape, tuple) else (n_or_shape,)
-        n = int(np.prod(shape))
-        flat = cupy.full(n + 8, np.nan, dtype=np.float32)
-        v = flat[offset:offset + n].reshape(shape)
-        if not poison:
-            v[...] = rand(rng, shape, scale)
-        return v
+    def view(shape, scale=1.0, poison=False):
+        return offset_view(rng, offset, shape, scale, poison)
 
     _needs_split(tc.fwd_splits(M, N, K, cuda_device.sm_count()))
     A, W, b = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))

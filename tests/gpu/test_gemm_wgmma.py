@@ -190,12 +190,7 @@ def test_unaligned_views(mode, offset):
     M, N, K = 300, 132, 136
 
     def view(shape, scale=1.0, poison=False):
-        n = int(np.prod(shape))
-        flat = cupy.full(n + 8, np.nan, dtype=np.float32)
-        v = flat[offset:offset + n].reshape(shape)
-        if not poison:
-            v[...] = rand(rng, shape, scale)
-        return v, flat
+        return offset_buffer(rng, offset, shape, scale, poison)
 
     (A, _), (W, _), (b, _) = view((M, K)), view((N, K), 1 / np.sqrt(K)), view((N,))
     (Z_out, zflat), (A_out, _) = view((M, N), poison=True), view((M, N), poison=True)
