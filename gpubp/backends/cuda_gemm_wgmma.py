@@ -235,8 +235,7 @@ def _copy_t(x, precision, which, scratch):
     import cupy
 
     rows, cols = x.shape
-    shape = (cols, padded_cols(rows))
-    dtype = np.uint16 if precision == "bf16" else np.float32
+    shape, dtype = copy_shape(cols, rows), copy_dtype(precision)
     out = cupy.empty(shape, dtype=dtype) if scratch is None else scratch.get(("wgmma_copy_t", which), shape, dtype)
     grid = (max(1, min(cdiv(cols, 32), 65535)), max(1, min(cdiv(rows, 32), 65535)), 1)
     _launch(COPY_T_NAMES[precision], grid, (32, 8, 1),
@@ -256,12 +255,12 @@ def copy_dtype(precision: str):
 
 def _check_copy(name, copy, rows, cols, precision) -> None:
     """Refuse an operand copy passed in that is not one `_copy` would have made for these shapes."""
-    shape, dtype = copy_shape(rows, cols), copy_dtype(precision)
-    if not hasattr(copy, "data") or not hasattr(copy.data, "ptr"):
+    if not hasattr(getattr(copy, "data", None), "ptr"):
         raise TypeError(f"{name} must be a CuPy device array, got {type(copy).__name__}")
-    if tuple(copy.shape) != shape or np.dtype(copy.dtype) != dtype:
-        raise ValueError(f"{name} must be a {shape} {dtype} copy for precision {precision!r}, "
-                         f"got {tuple(copy.shape)} {np.dtype(copy.dtype)}")
+    dtype = copy_dtype(precision)
+    if np.dtype(copy.dtype) != dtype:
+        raise ValueError(f"{name} must hold {dtype} for precision {precision!r}, got {np.dtype(copy.dtype)}")
+    cuda_gemm_tc._shape(name, copy, copy_shape(rows, cols))
     if not copy.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
 
