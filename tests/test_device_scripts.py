@@ -34,21 +34,26 @@ def test_device_script_parses_and_names_existing_files(script):
 #: a GPU call is cut at 10 minutes, start-up and the copy back included: the default steps' own
 #: limits must leave room for those
 CALL_BUDGET_S = 570
+#: the one call of a GPU task (15 minutes of device time in all): every GPU check, ended by a deadline
+SESSION_SCRIPT = ROOT / "benchmarks" / "gpu_session_run.sh"
 
 
-def _run_with_stubs(tmp_path, script: Path, *steps) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Run `script` (with `steps`) with python, compute-sanitizer and ncu replaced by programs that
-    succeed at once; its result and the lines of its summary.txt (none when it wrote none)."""
+def _run_with_stubs(tmp_path, script: Path, *steps, stub="exit 0", env_extra=None,
+                    timeout=60) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `script` (with `steps`) with python, compute-sanitizer and ncu replaced by shell programs
+    whose body is `stub` (by default: succeed at once); its result and the lines of its summary.txt
+    (none when it wrote none)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("python-stub", "compute-sanitizer", "ncu"):
         p = bin_dir / name
-        p.write_text("#!/bin/sh\nexit 0\n")
+        p.write_text(f"#!/bin/sh\n{stub}\n")
         p.chmod(0o755)
     out = tmp_path / "out"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python-stub"), "OUT": str(out),
-           "HOME": str(tmp_path)}
-    res = subprocess.run(["bash", str(script), *steps], capture_output=True, text=True, env=env, timeout=60)
+           "HOME": str(tmp_path), **(env_extra or {})}
+    res = subprocess.run(["bash", str(script), *steps], capture_output=True, text=True, env=env,
+                         timeout=timeout)
     summary = out / "summary.txt"
     return res, summary.read_text().splitlines() if summary.is_file() else []
 
@@ -71,6 +76,13 @@ def test_device_script_default_steps_run_and_fit_one_call(script, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert lines, "no step ran"
     assert all(" rc=0 " in line for line in lines), lines
+    if script.name == SESSION_SCRIPT.name:
+        # steps run side by side and the deadline cuts them: the deadline is what fits the call
+        # (test_session_script_ends_by_its_deadline holds the script to it)
+        session_s = int(re.search(r'SESSION_S="\$\{SESSION_S:-(\d+)\}"', script.read_text())[1])
+        assert session_s <= CALL_BUDGET_S
+        assert all(int(re.search(r"limit=(\d+)", line)[1]) <= session_s for line in lines), lines
+        return
     total = _limits_s(lines)
     assert total <= CALL_BUDGET_S, f"{script.name}: default steps may take {total} s"
 
@@ -111,3 +123,57 @@ def test_tc_script_wgmma_steps_run_and_fit_one_call(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert len(lines) == 4 and all(" rc=0 " in line for line in lines), lines
     assert _limits_s(lines) <= CALL_BUDGET_S
+
+
+def _needs_bash_and_timeout():
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and timeout")
+
+
+def test_session_script_runs_every_gpu_test_file_and_every_sanitize_script(tmp_path):
+    """The session call covers all of tests/gpu (not a hand-kept list that a new file can miss) and
+    runs each tool over every sanitize script, each with its own log."""
+    _needs_bash_and_timeout()
+    text = SESSION_SCRIPT.read_text()
+    assert re.search(r"-m pytest tests/gpu -m gpu", text)
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*sanitize*.py")}
+    named = set(re.findall(r"benchmarks/(\w+\.py)", text))
+    assert scripts and scripts <= named, f"sanitize scripts the session does not run: {scripts - named}"
+    res, lines = _run_with_stubs(tmp_path, SESSION_SCRIPT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for tool in ("memcheck", "racecheck"):
+        logs = sorted(line.split("log=")[1] for line in lines if line.startswith(tool + " "))
+        assert len(logs) == len(scripts) == len(set(logs)), logs
+
+
+def test_session_script_ends_by_its_deadline(tmp_path):
+    """Programs that never finish: the first step is cut to the time left before the deadline and
+    killed there, every later step is recorded as not run, the run exits 1, and the whole script
+    ends within seconds of SESSION_S (a script that ran each step to its own limit would take
+    minutes and hit the subprocess timeout)."""
+    _needs_bash_and_timeout()
+    import time
+    # `python -m pytest ...` and the sanitizers hang; the plugin probes (`python -c ...`) return at once
+    stub = 'case "$*" in *"-m pytest"*|*--tool*) sleep 300;; esac\nexit 0'
+    t0 = time.monotonic()
+    res, lines = _run_with_stubs(tmp_path, SESSION_SCRIPT, stub=stub, timeout=90,
+                                 env_extra={"SESSION_S": "8", "MIN_STEP_S": "3", "RESERVE_S": "1"})
+    took = time.monotonic() - t0
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert took < 20, f"the script ran {took:.0f} s past an 8 s deadline"
+    first = lines[0]
+    assert first.startswith("tests rc=124 ") and "cut_from=240" in first, lines
+    assert int(re.search(r"limit=(\d+)", first)[1]) <= 7
+    assert all(" rc=skipped " in line and "out of time" in line for line in lines[1:]), lines
+    assert {line.split()[0] for line in lines[1:]} == {"memcheck", "racecheck", "bench"}
+
+
+def test_a_failing_background_step_fails_the_run(tmp_path):
+    """Sanitizers run side by side in the background, where a failure cannot set the script's
+    variable: finish reads the summary lines instead, so one failing sanitizer fails the run."""
+    _needs_bash_and_timeout()
+    stub = 'case "$*" in *tc_sanitize*) exit 3;; esac\nexit 0'
+    res, lines = _run_with_stubs(tmp_path, SESSION_SCRIPT, "memcheck", stub=stub)
+    assert res.returncode == 1, res.stdout + res.stderr
+    failing = [line for line in lines if " rc=0 " not in line]
+    assert failing == [l for l in lines if l.startswith("memcheck rc=3 ") and "memcheck_tc.log" in l], lines
