@@ -286,16 +286,29 @@ class MLP:
                 for k, v in class_weight.items():
                     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
                         raise ValueError(f"class_weight keys must be class indices in [0, {n}), got {k!r}")
-                    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or \
-                            not math.isfinite(v) or v < 0:
+                    try:   # a Python int beyond float's range overflows here: refused like inf
+                        fv = None if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                                          np.floating)) else float(v)
+                    except OverflowError:
+                        fv = None
+                    if fv is None or not math.isfinite(fv) or fv < 0:
                         raise ValueError(f"class_weight[{k}] must be a finite non-negative number, got {v!r}")
-                    cw[int(k)] = float(v)
+                    cw[int(k)] = fv
             else:
                 raise TypeError("class_weight must be a dict {class: weight} or 'balanced'")
             cls_w = cw[labels]
-            out = cls_w if out is None else out * cls_w
-        if out is not None and not np.any(out > 0):
-            raise ValueError("the sample weights are all zero")
+            with np.errstate(over="ignore"):     # an overflowing product is refused below
+                out = cls_w if out is None else out * cls_w
+        if out is not None:
+            # training uses the weights in the network's dtype: refuse what overflows it, and
+            # weights that all round to zero there
+            name = "sample_weight" if class_weight is None else \
+                "the sample weights" if w is None else "the sample weights (sample_weight times class_weight)"
+            cast = finite_after_cast(out, self.dtype, name)
+            if not np.any(cast > 0):
+                raise ValueError("the sample weights are all zero" if not np.any(out > 0) else
+                                 f"the sample weights are all zero in {self.dtype.name} (each is below its "
+                                 f"smallest positive number)")
         return out
 
     # ------------------------------------------------------------ plans and passes

@@ -119,6 +119,40 @@ def test_sample_weight_other_losses(loss):
     assert np.allclose(_flat(nets[0]), _flat(nets[1]), rtol=1e-12, atol=1e-14)
 
 
+
+@pytest.mark.parametrize("scale", [2.0 ** 126, 2.0 ** -130], ids=["near-max", "subnormal"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_sample_weights_near_the_ends_of_float32_train_as_their_ratios(scale, loss):
+    """The weighted loss depends only on the weights' ratios: weights near float32's largest number
+    (whose batch sum overflows) or subnormal (B / sum overflows) train exactly as the same ratios
+    near 1, instead of a loss of 0 with no learning or a NaN loss."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((24, 6))
+    Y = rng.integers(0, 3, 24) if loss == "cross_entropy" else rng.standard_normal((24, 3))
+    w = rng.integers(1, 4, 24).astype(np.float64)
+    nets = [gpubp.MLP([6, 5, 3], loss=loss, backend="numpy", seed=0) for _ in range(2)]
+    hists = [net.fit(X, Y, epochs=2, batch_size=12, optimizer=gpubp.optim.SGD(0.3), shuffle=False,
+                     sample_weight=sw, progress=False) for net, sw in zip(nets, (w, w * scale))]
+    assert np.all(np.isfinite(hists[1]["loss"])) and hists[1]["loss"] == hists[0]["loss"]
+    assert np.array_equal(_flat(nets[1]), _flat(nets[0]))
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(sample_weight=np.full(40, 1e39)), "sample_weight overflows float32"),
+    (dict(sample_weight=np.full(40, 1e-46)), "all zero in float32"),
+    (dict(class_weight={0: 1e39}), "the sample weights overflow"),
+    (dict(class_weight={0: 10 ** 400}), r"class_weight\[0\]"),
+    (dict(class_weight={0: 1e200}, sample_weight=np.full(40, 1e200)), "sample_weight times class_weight"),
+])
+def test_weights_beyond_the_networks_dtype_are_refused(kw, words):
+    X, y = _data(12, n=40)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    before = _flat(net)
+    with pytest.raises(ValueError, match=words):
+        net.fit(X, y, epochs=1, batch_size=8, progress=False, **kw)
+    assert np.array_equal(_flat(net), before) and net.optimizer is None
+
+
 def test_class_weight_balanced_and_dict():
     X, y = _data(6)
     a = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
