@@ -601,7 +601,9 @@ class MLP:
         if validation is not None and validation_split is not None:
             raise ValueError("give validation or validation_split, not both")
         Xh = X if _is_device_array(X) else host_array(X, "X")
-        n_all = int(Xh.shape[0]) if getattr(Xh, "ndim", 0) >= 1 else 0
+        ndim = getattr(Xh, "ndim", 0)
+        # a 1-D X of n_0 values is one sample (as everywhere)
+        n_all = 1 if ndim == 1 and Xh.shape[0] == self.sizes[0] else int(Xh.shape[0]) if ndim >= 1 else 0
         Yh = Y
         if validation_split is not None:
             if isinstance(validation_split, bool) or not isinstance(validation_split, (float, int)) or \
@@ -612,10 +614,20 @@ class MLP:
                 raise ValueError(f"validation_split={validation_split} of {n_all} samples leaves no "
                                  "validation or no training samples")
             Yh = Y if _is_device_array(Y) else host_array(Y, "Y")
+            # the split cuts X, Y and sample_weight at the same row: each must have a row per sample
+            # (cut first, a longer one would pass the checks of its training part unnoticed)
+            n_y = int(Yh.shape[0]) if getattr(Yh, "ndim", 0) >= 1 else None
+            if n_y != n_all:
+                raise ValueError(f"Y has {'no rows' if n_y is None else f'{n_y} rows'} but X has {n_all} "
+                                 "samples")
             validation = (Xh[n_all - n_val:], Yh[n_all - n_val:])
             Xh, Yh = Xh[:n_all - n_val], Yh[:n_all - n_val]
             if sample_weight is not None:
-                sample_weight = host_array(sample_weight, "sample_weight")[:n_all - n_val]
+                sw = host_array(sample_weight, "sample_weight")
+                if sw.shape != (n_all,):
+                    raise ValueError(f"sample_weight has shape {sw.shape}; expected ({n_all},), one weight per "
+                                     "sample")
+                sample_weight = sw[:n_all - n_val]
         saved_std = self.standardization
         if standardize:
             Xr = self._raw_inputs(Xh)

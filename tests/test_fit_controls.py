@@ -153,6 +153,22 @@ def test_weights_beyond_the_networks_dtype_are_refused(kw, words):
     assert np.array_equal(_flat(net), before) and net.optimizer is None
 
 
+def test_validation_split_needs_a_row_of_y_and_a_weight_per_sample():
+    """The split cuts X, Y and sample_weight at the same row: a Y or sample_weight with more rows than
+    X is refused, naming it, instead of its extra rows being dropped unnoticed."""
+    X, y = _data(13, n=20)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    before = _flat(net)
+    for kw, words in [(dict(sample_weight=np.ones(25)), r"sample_weight has shape \(25,\); expected \(20,\)"),
+                      (dict(sample_weight=1.0), r"sample_weight has shape \(\); expected \(20,\)"),
+                      (dict(Y=np.concatenate([y, y])), "Y has 40 rows but X has 20 samples"),
+                      (dict(Y=y[:18]), "Y has 18 rows but X has 20 samples"),
+                      (dict(X=X[0], Y=y[:1]), "of 1 samples leaves no validation")]:
+        Xb, yb = kw.pop("X", X), kw.pop("Y", y)
+        with pytest.raises(ValueError, match=words):
+            net.fit(Xb, yb, epochs=1, validation_split=0.25, progress=False, **kw)
+    assert np.array_equal(_flat(net), before) and net.optimizer is None
+
 def test_class_weight_balanced_and_dict():
     X, y = _data(6)
     a = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
