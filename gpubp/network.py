@@ -209,15 +209,24 @@ class MLP:
             self.standardization, self._std_dev = None, None
             return
         n0 = self.sizes[0]
-        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean")
-        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std")
+        # copies: the network's standardisation must not change when the caller's arrays do
+        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean").copy()
+        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std").copy()
         if m.shape != (n0,) or s.shape != (n0,):
             raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
         if np.any(s <= 0):
             raise ValueError("std must be positive (a constant feature: use std 1)")
+        # every input is computed as (X - mean) * (1 / std) in the network's dtype: both must fit it
+        mean_d = finite_after_cast(m.reshape(1, -1), self.dtype, "mean")
+        with np.errstate(over="ignore"):
+            inv = 1.0 / s
+            fits = np.all(np.isfinite(inv.astype(self.dtype)))
+        if not fits:
+            raise ValueError(f"std is too small for a {self.dtype.name} network: 1 / std overflows "
+                             f"{self.dtype.name} (smallest std {float(s.min()):.3g})")
         self.standardization = (m, s)
-        self._std_dev = (self.backend.asarray(m.reshape(1, -1), self.dtype),
-                         self.backend.asarray((1.0 / s).reshape(1, -1), self.dtype))
+        self._std_dev = (self.backend.asarray(mean_d, self.dtype),
+                         self.backend.asarray(inv.reshape(1, -1), self.dtype))
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):

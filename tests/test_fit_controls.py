@@ -206,6 +206,25 @@ def test_standardize_is_part_of_the_network(tmp_path):
         a.set_standardization(mean, np.zeros(6))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype):
+    X = np.random.default_rng(14).standard_normal((5, 3))
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0, dtype=dtype)
+    mean, std = np.zeros(3), np.ones(3)
+    net.set_standardization(mean, std)
+    out = net.forward(X).copy()
+    mean[:], std[:] = 100.0, 7.0            # the caller's arrays change: the network must not
+    assert np.array_equal(net.forward(X), out)
+    assert np.array_equal(net.standardization[0], np.zeros(3)) and np.array_equal(net.standardization[1], np.ones(3))
+    cases = [(np.zeros(3), np.full(3, 0.5 / float(np.finfo(dtype).max)), "1 / std overflows")]
+    if dtype == "float32":                   # a float64 1e39 does not fit a float32 network
+        cases.append((np.full(3, 1e39), np.ones(3), "mean overflows float32"))
+    for m, s, words in cases:
+        with pytest.raises(ValueError, match=words):
+            net.set_standardization(m, s)
+        assert np.array_equal(net.forward(X), out)   # the old standardisation stays
+
+
 def test_validation_split_holds_out_the_last_rows():
     X, y = _data(8, n=100)
     a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
