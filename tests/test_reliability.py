@@ -160,6 +160,7 @@ def test_train_step_divergence_changes_nothing():
     dict(sample_weight=-np.ones(300)),
     dict(sample_weight=np.ones(299)),
     dict(class_weight={9: 1.0}),
+    dict(class_weight={0: 10 ** 400}),                             # beyond float's range
     dict(callbacks=[object()]),
     dict(epochs=0),
     dict(lr=-1.0),
@@ -224,6 +225,28 @@ def test_hyper_parameters_checked_when_assigned(attr, value):
     with pytest.raises((ValueError, TypeError)):
         setattr(opt, attr, value)
     assert getattr(opt, attr) == old
+
+
+HUGE = 10 ** 400   # a Python int beyond float's range: float(HUGE) raises OverflowError
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: gpubp.optim.SGD(HUGE), "learning rate"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=HUGE), "momentum"),
+    (lambda: gpubp.optim.SGD(0.1, weight_decay=HUGE), "weight_decay"),
+    (lambda: gpubp.optim.Adam(eps=HUGE), "eps"),
+    (lambda: gpubp.optim.Adam(betas=(-HUGE, 0.9)), r"betas\[0\]"),
+    (lambda: gpubp.schedules.cosine(HUGE, 10), "lr"),
+    (lambda: gpubp.schedules.step_decay(0.1, 2, gamma=HUGE), "gamma"),
+    (lambda: gpubp.callbacks.EarlyStopping(min_delta=HUGE), "min_delta"),
+])
+def test_numbers_beyond_floats_range_are_value_errors_naming_the_argument(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+    opt = gpubp.optim.Adam(1e-3)
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.lr = HUGE
+    assert opt.lr == 1e-3
 
 
 def test_sgd_momentum_checked_when_assigned():
