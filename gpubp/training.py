@@ -135,10 +135,12 @@ class FitLoop:
     def _take(self, snap):
         for dst, src in zip(snap, self.net._state_buffers(self.opt)):
             dst[...] = src
+        self.snap_lr = self.opt.lr    # a schedule changes the rate within the window
 
     def _restore(self, snap):
         for dst, src in zip(self.net._state_buffers(self.opt), snap):
             dst[...] = src
+        self.opt.lr = self.snap_lr
 
     # ---------------------------------------------------------------- the loop
     def run(self, epochs):
@@ -231,10 +233,11 @@ class FitLoop:
                 bad = np.flatnonzero(~np.isfinite(vals))
                 if bad.size:
                     k = checked + int(bad[0])
-                    lr = self.opt.lr
                     self._restore(snap)
                     for j in range(checked, k):      # replay the window's good steps
                         self._run_step(j, step_losses)
+                    # the rate step k ran with (the optimizer keeps that of the last finite step)
+                    lr = self.opt.lr if self.lr_schedule is None else self.lr_schedule(self.epoch_start + k + 1)
                     err = self.net._diverged(vals[bad[0]], self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
                     raise err if self.dist is None else self.dist.on_every_rank(err)
                 checked = i + 1
