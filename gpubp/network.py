@@ -602,7 +602,13 @@ class MLP:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
         if comm is not None:
             check_fit_options(comm, sharded, grad_norms, class_weight, standardize)
-        callbacks = list(callbacks or [])
+        if callbacks is not None and any(hasattr(callbacks, h) for h in ("on_train_begin", "on_epoch_end",
+                                                                         "on_train_end")):
+            raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")
+        try:
+            callbacks = list(callbacks or [])
+        except TypeError:
+            raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}") from None
         for cb in callbacks:
             if not any(hasattr(cb, h) for h in ("on_train_begin", "on_epoch_end", "on_train_end")):
                 raise TypeError(f"callback {cb!r} has none of on_train_begin, on_epoch_end, on_train_end")

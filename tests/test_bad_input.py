@@ -25,6 +25,7 @@ def net():
     (dict(layer_sizes=[4, 3], loss="cross_entropy", output_activation="sigmoid"), ValueError, "logits"),
     (dict(layer_sizes=[4, 3], dtype="float16"), ValueError, "float16"),
     (dict(layer_sizes=[4, 3], dtype="int32"), ValueError, "float32 or float64"),
+    (dict(layer_sizes=[4, 3], dtype=None), ValueError, "float32 or float64"),   # numpy's None is float64
     (dict(layer_sizes=[4, 3], backend="tpu"), ValueError, "tpu"),
     (dict(layer_sizes=[4, 3], precision="fp8"), ValueError, "precision"),
     (dict(layer_sizes=[4, 3], precision="tf32", dtype="float64"), ValueError, "needs dtype float32"),
@@ -121,3 +122,7 @@ def test_fit_arguments():
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
     with pytest.raises(TypeError, match="validation"):
         net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))
+    for cbs in (gpubp.callbacks.EarlyStopping(), 3):
+        with pytest.raises(TypeError, match="callbacks must be a list"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)
+    assert net.optimizer is None
