@@ -118,7 +118,12 @@ class FitLoop:
         that every intermediate delta is written even where a backend fuses layers."""
         net, opt = self.net, self.opt
         if self.lr_schedule is not None:
-            opt.lr = self.lr_schedule(self.epoch_start + i + 1)
+            step = self.epoch_start + i + 1
+            rate = self.lr_schedule(step)
+            try:
+                opt.lr = rate
+            except (TypeError, ValueError) as e:   # the optimizer keeps its rate; name the culprit
+                raise type(e)(f"lr_schedule({step}) gave {rate!r}, which is not a learning rate: {e}") from None
         X, Y, w = self._batch(i)
         if self.dist is not None and self.dist.skip(i):   # no rows of this batch here: zeros join the sum
             self.dist.empty_step(step_losses[i:i + 1])

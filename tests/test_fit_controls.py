@@ -79,6 +79,17 @@ def test_lr_schedule_sets_the_rate_of_every_step():
     assert opt_a.lr == sched(8)
 
 
+def test_a_schedule_giving_a_bad_rate_is_named_with_its_step():
+    X, y = _data(3, n=64)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"lr_schedule\(5\) gave 0\.0, which is not a learning rate"):
+        net.fit(X, y, epochs=2, batch_size=16, optimizer=gpubp.optim.SGD(0.1),
+                lr_schedule=lambda s: 0.1 if s < 5 else 0.0, progress=False)
+    assert net.optimizer.t == 4 and net.optimizer.lr == 0.1
+    with pytest.raises(TypeError, match=r"lr_schedule\(1\) gave 'fast'"):
+        net.fit(X, y, epochs=1, optimizer="sgd", lr_schedule=lambda s: "fast", progress=False)
+
+
 def test_schedules():
     c = cosine(0.1, 100, warmup_steps=10)
     assert c(5) == pytest.approx(0.05) and c(11) == pytest.approx(0.1)
