@@ -43,8 +43,13 @@ def test_shape_mismatches(net):
         net.loss_and_grads(X, y[:4])
     with pytest.raises(ValueError, match=r"shape \(5, 2\).*\(5, 3\)"):
         net.loss_and_grads(X, np.ones((5, 2)))
-    with pytest.raises(ValueError, match="no samples"):
-        net.forward(np.ones((0, 4)))
+    X0, y0 = np.ones((0, 4)), np.zeros(0, dtype=int)
+    for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.predict_proba(X0),
+                 lambda: net.evaluate(X0, y0), lambda: net.loss_and_grads(X0, y0),
+                 lambda: net.train_step(X0, y0, "sgd"), lambda: net.fit(X0, y0, progress=False)):
+        with pytest.raises(ValueError, match="X holds no samples"):
+            call()
+    assert net.optimizer is None
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
         net.forward(np.ones((2, 2, 4)))
 
