@@ -21,6 +21,10 @@ def _finite(x) -> bool:
 class EarlyStopping:
     """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights.
 
+    Counted as scikit-learn's `n_iter_no_change`: training goes on through `patience` epochs without
+    improvement and stops at the next one that does not improve either (`patience + 1` in a row;
+    `patience=0` stops at the first epoch that does not improve).
+
     `monitor` is a history key ("val_loss" by default, or "loss", "val_accuracy",
     ...); `mode` "min", "max" or "auto" (max for accuracies, else min); an epoch
     improves when it beats the best by more than `min_delta`.  With
