@@ -11,8 +11,19 @@ from __future__ import annotations
 import math
 
 
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:      # a Python int beyond float's range
+        return False
+
+
 class EarlyStopping:
     """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights.
+
+    Counted as scikit-learn's `n_iter_no_change`: training goes on through `patience` epochs without
+    improvement and stops at the next one that does not improve either (`patience + 1` in a row;
+    `patience=0` stops at the first epoch that does not improve).
 
     `monitor` is a history key ("val_loss" by default, or "loss", "val_accuracy",
     ...); `mode` "min", "max" or "auto" (max for accuracies, else min); an epoch
@@ -29,7 +40,7 @@ class EarlyStopping:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or \
-                not math.isfinite(min_delta) or min_delta < 0:
+                not _finite(min_delta) or min_delta < 0:
             raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")

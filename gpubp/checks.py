@@ -12,8 +12,8 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
+    try:   # None is refused: numpy reads it as float64, not as the default float32
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
     if dt is None or dt.name not in DTYPES:

@@ -209,15 +209,24 @@ class MLP:
             self.standardization, self._std_dev = None, None
             return
         n0 = self.sizes[0]
-        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean")
-        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std")
+        # copies: the network's standardisation must not change when the caller's arrays do
+        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean").copy()
+        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std").copy()
         if m.shape != (n0,) or s.shape != (n0,):
             raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
         if np.any(s <= 0):
             raise ValueError("std must be positive (a constant feature: use std 1)")
+        # every input is computed as (X - mean) * (1 / std) in the network's dtype: both must fit it
+        mean_d = finite_after_cast(m.reshape(1, -1), self.dtype, "mean")
+        with np.errstate(over="ignore"):
+            inv = 1.0 / s
+            fits = np.all(np.isfinite(inv.astype(self.dtype)))
+        if not fits:
+            raise ValueError(f"std is too small for a {self.dtype.name} network: 1 / std overflows "
+                             f"{self.dtype.name} (smallest std {float(s.min()):.3g})")
         self.standardization = (m, s)
-        self._std_dev = (self.backend.asarray(m.reshape(1, -1), self.dtype),
-                         self.backend.asarray((1.0 / s).reshape(1, -1), self.dtype))
+        self._std_dev = (self.backend.asarray(mean_d, self.dtype),
+                         self.backend.asarray(inv.reshape(1, -1), self.dtype))
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):
@@ -286,16 +295,29 @@ class MLP:
                 for k, v in class_weight.items():
                     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
                         raise ValueError(f"class_weight keys must be class indices in [0, {n}), got {k!r}")
-                    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or \
-                            not math.isfinite(v) or v < 0:
+                    try:   # a Python int beyond float's range overflows here: refused like inf
+                        fv = None if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                                          np.floating)) else float(v)
+                    except OverflowError:
+                        fv = None
+                    if fv is None or not math.isfinite(fv) or fv < 0:
                         raise ValueError(f"class_weight[{k}] must be a finite non-negative number, got {v!r}")
-                    cw[int(k)] = float(v)
+                    cw[int(k)] = fv
             else:
                 raise TypeError("class_weight must be a dict {class: weight} or 'balanced'")
             cls_w = cw[labels]
-            out = cls_w if out is None else out * cls_w
-        if out is not None and not np.any(out > 0):
-            raise ValueError("the sample weights are all zero")
+            with np.errstate(over="ignore"):     # an overflowing product is refused below
+                out = cls_w if out is None else out * cls_w
+        if out is not None:
+            # training uses the weights in the network's dtype: refuse what overflows it, and
+            # weights that all round to zero there
+            name = "sample_weight" if class_weight is None else \
+                "the sample weights" if w is None else "the sample weights (sample_weight times class_weight)"
+            cast = finite_after_cast(out, self.dtype, name)
+            if not np.any(cast > 0):
+                raise ValueError("the sample weights are all zero" if not np.any(out > 0) else
+                                 f"the sample weights are all zero in {self.dtype.name} (each is below its "
+                                 f"smallest positive number)")
         return out
 
     # ------------------------------------------------------------ plans and passes
@@ -580,7 +602,13 @@ class MLP:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
         if comm is not None:
             check_fit_options(comm, sharded, grad_norms, class_weight, standardize)
-        callbacks = list(callbacks or [])
+        if callbacks is not None and any(hasattr(callbacks, h) for h in ("on_train_begin", "on_epoch_end",
+                                                                         "on_train_end")):
+            raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")
+        try:
+            callbacks = list(callbacks or [])
+        except TypeError:
+            raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}") from None
         for cb in callbacks:
             if not any(hasattr(cb, h) for h in ("on_train_begin", "on_epoch_end", "on_train_end")):
                 raise TypeError(f"callback {cb!r} has none of on_train_begin, on_epoch_end, on_train_end")
@@ -588,7 +616,9 @@ class MLP:
         if validation is not None and validation_split is not None:
             raise ValueError("give validation or validation_split, not both")
         Xh = X if _is_device_array(X) else host_array(X, "X")
-        n_all = int(Xh.shape[0]) if getattr(Xh, "ndim", 0) >= 1 else 0
+        ndim = getattr(Xh, "ndim", 0)
+        # a 1-D X of n_0 values is one sample (as everywhere)
+        n_all = 1 if ndim == 1 and Xh.shape[0] == self.sizes[0] else int(Xh.shape[0]) if ndim >= 1 else 0
         Yh = Y
         if validation_split is not None:
             if isinstance(validation_split, bool) or not isinstance(validation_split, (float, int)) or \
@@ -599,10 +629,20 @@ class MLP:
                 raise ValueError(f"validation_split={validation_split} of {n_all} samples leaves no "
                                  "validation or no training samples")
             Yh = Y if _is_device_array(Y) else host_array(Y, "Y")
+            # the split cuts X, Y and sample_weight at the same row: each must have a row per sample
+            # (cut first, a longer one would pass the checks of its training part unnoticed)
+            n_y = int(Yh.shape[0]) if getattr(Yh, "ndim", 0) >= 1 else None
+            if n_y != n_all:
+                raise ValueError(f"Y has {'no rows' if n_y is None else f'{n_y} rows'} but X has {n_all} "
+                                 "samples")
             validation = (Xh[n_all - n_val:], Yh[n_all - n_val:])
             Xh, Yh = Xh[:n_all - n_val], Yh[:n_all - n_val]
             if sample_weight is not None:
-                sample_weight = host_array(sample_weight, "sample_weight")[:n_all - n_val]
+                sw = host_array(sample_weight, "sample_weight")
+                if sw.shape != (n_all,):
+                    raise ValueError(f"sample_weight has shape {sw.shape}; expected ({n_all},), one weight per "
+                                     "sample")
+                sample_weight = sw[:n_all - n_val]
         saved_std = self.standardization
         if standardize:
             Xr = self._raw_inputs(Xh)

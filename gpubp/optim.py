@@ -15,15 +15,22 @@ import numpy as np
 def _check_lr(lr) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)):
         raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
-    if not math.isfinite(lr) or lr <= 0:
+    try:
+        x = float(lr)
+    except OverflowError:      # a Python int beyond float's range
+        x = math.inf
+    if not math.isfinite(x) or x <= 0:
         raise ValueError(f"learning rate must be a positive finite number, got {lr}")
-    return float(lr)
+    return x
 
 
 def _check_range(name, x, lo, hi, lo_open=False, hi_open=True) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {type(x).__name__}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:      # a Python int beyond float's range
+        x = math.inf if x > 0 else -math.inf
     ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
     if not ok:
         raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {x}")

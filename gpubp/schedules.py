@@ -10,9 +10,16 @@ import math
 
 
 def _positive(name, x):
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not _finite(x) or x <= 0:
         raise ValueError(f"{name} must be a positive number, got {x!r}")
     return float(x)
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:      # a Python int beyond float's range
+        return False
 
 
 def _positive_int(name, x):

@@ -118,7 +118,12 @@ class FitLoop:
         that every intermediate delta is written even where a backend fuses layers."""
         net, opt = self.net, self.opt
         if self.lr_schedule is not None:
-            opt.lr = self.lr_schedule(self.epoch_start + i + 1)
+            step = self.epoch_start + i + 1
+            rate = self.lr_schedule(step)
+            try:
+                opt.lr = rate
+            except (TypeError, ValueError) as e:   # the optimizer keeps its rate; name the culprit
+                raise type(e)(f"lr_schedule({step}) gave {rate!r}, which is not a learning rate: {e}") from None
         X, Y, w = self._batch(i)
         if self.dist is not None and self.dist.skip(i):   # no rows of this batch here: zeros join the sum
             self.dist.empty_step(step_losses[i:i + 1])
@@ -135,10 +140,12 @@ class FitLoop:
     def _take(self, snap):
         for dst, src in zip(snap, self.net._state_buffers(self.opt)):
             dst[...] = src
+        self.snap_lr = self.opt.lr    # a schedule changes the rate within the window
 
     def _restore(self, snap):
         for dst, src in zip(self.net._state_buffers(self.opt), snap):
             dst[...] = src
+        self.opt.lr = self.snap_lr
 
     # ---------------------------------------------------------------- the loop
     def run(self, epochs):
@@ -231,10 +238,11 @@ class FitLoop:
                 bad = np.flatnonzero(~np.isfinite(vals))
                 if bad.size:
                     k = checked + int(bad[0])
-                    lr = self.opt.lr
                     self._restore(snap)
                     for j in range(checked, k):      # replay the window's good steps
                         self._run_step(j, step_losses)
+                    # the rate step k ran with (the optimizer keeps that of the last finite step)
+                    lr = self.opt.lr if self.lr_schedule is None else self.lr_schedule(self.epoch_start + k + 1)
                     err = self.net._diverged(vals[bad[0]], self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
                     raise err if self.dist is None else self.dist.on_every_rank(err)
                 checked = i + 1

@@ -25,6 +25,7 @@ def net():
     (dict(layer_sizes=[4, 3], loss="cross_entropy", output_activation="sigmoid"), ValueError, "logits"),
     (dict(layer_sizes=[4, 3], dtype="float16"), ValueError, "float16"),
     (dict(layer_sizes=[4, 3], dtype="int32"), ValueError, "float32 or float64"),
+    (dict(layer_sizes=[4, 3], dtype=None), ValueError, "float32 or float64"),   # numpy's None is float64
     (dict(layer_sizes=[4, 3], backend="tpu"), ValueError, "tpu"),
     (dict(layer_sizes=[4, 3], precision="fp8"), ValueError, "precision"),
     (dict(layer_sizes=[4, 3], precision="tf32", dtype="float64"), ValueError, "needs dtype float32"),
@@ -42,8 +43,13 @@ def test_shape_mismatches(net):
         net.loss_and_grads(X, y[:4])
     with pytest.raises(ValueError, match=r"shape \(5, 2\).*\(5, 3\)"):
         net.loss_and_grads(X, np.ones((5, 2)))
-    with pytest.raises(ValueError, match="no samples"):
-        net.forward(np.ones((0, 4)))
+    X0, y0 = np.ones((0, 4)), np.zeros(0, dtype=int)
+    for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.predict_proba(X0),
+                 lambda: net.evaluate(X0, y0), lambda: net.loss_and_grads(X0, y0),
+                 lambda: net.train_step(X0, y0, "sgd"), lambda: net.fit(X0, y0, progress=False)):
+        with pytest.raises(ValueError, match="X holds no samples"):
+            call()
+    assert net.optimizer is None
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
         net.forward(np.ones((2, 2, 4)))
 
@@ -121,3 +127,7 @@ def test_fit_arguments():
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
     with pytest.raises(TypeError, match="validation"):
         net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))
+    for cbs in (gpubp.callbacks.EarlyStopping(), 3):
+        with pytest.raises(TypeError, match="callbacks must be a list"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)
+    assert net.optimizer is None

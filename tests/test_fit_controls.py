@@ -79,6 +79,17 @@ def test_lr_schedule_sets_the_rate_of_every_step():
     assert opt_a.lr == sched(8)
 
 
+def test_a_schedule_giving_a_bad_rate_is_named_with_its_step():
+    X, y = _data(3, n=64)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"lr_schedule\(5\) gave 0\.0, which is not a learning rate"):
+        net.fit(X, y, epochs=2, batch_size=16, optimizer=gpubp.optim.SGD(0.1),
+                lr_schedule=lambda s: 0.1 if s < 5 else 0.0, progress=False)
+    assert net.optimizer.t == 4 and net.optimizer.lr == 0.1
+    with pytest.raises(TypeError, match=r"lr_schedule\(1\) gave 'fast'"):
+        net.fit(X, y, epochs=1, optimizer="sgd", lr_schedule=lambda s: "fast", progress=False)
+
+
 def test_schedules():
     c = cosine(0.1, 100, warmup_steps=10)
     assert c(5) == pytest.approx(0.05) and c(11) == pytest.approx(0.1)
@@ -119,6 +130,56 @@ def test_sample_weight_other_losses(loss):
     assert np.allclose(_flat(nets[0]), _flat(nets[1]), rtol=1e-12, atol=1e-14)
 
 
+
+@pytest.mark.parametrize("scale", [2.0 ** 126, 2.0 ** -130], ids=["near-max", "subnormal"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_sample_weights_near_the_ends_of_float32_train_as_their_ratios(scale, loss):
+    """The weighted loss depends only on the weights' ratios: weights near float32's largest number
+    (whose batch sum overflows) or subnormal (B / sum overflows) train exactly as the same ratios
+    near 1, instead of a loss of 0 with no learning or a NaN loss."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((24, 6))
+    Y = rng.integers(0, 3, 24) if loss == "cross_entropy" else rng.standard_normal((24, 3))
+    w = rng.integers(1, 4, 24).astype(np.float64)
+    nets = [gpubp.MLP([6, 5, 3], loss=loss, backend="numpy", seed=0) for _ in range(2)]
+    hists = [net.fit(X, Y, epochs=2, batch_size=12, optimizer=gpubp.optim.SGD(0.3), shuffle=False,
+                     sample_weight=sw, progress=False) for net, sw in zip(nets, (w, w * scale))]
+    assert np.all(np.isfinite(hists[1]["loss"])) and hists[1]["loss"] == hists[0]["loss"]
+    assert np.array_equal(_flat(nets[1]), _flat(nets[0]))
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(sample_weight=np.full(40, 1e39)), "sample_weight overflows float32"),
+    (dict(sample_weight=np.full(40, 1e-46)), "all zero in float32"),
+    (dict(class_weight={0: 1e39}), "the sample weights overflow"),
+    (dict(class_weight={0: 10 ** 400}), r"class_weight\[0\]"),
+    (dict(class_weight={0: 1e200}, sample_weight=np.full(40, 1e200)), "sample_weight times class_weight"),
+])
+def test_weights_beyond_the_networks_dtype_are_refused(kw, words):
+    X, y = _data(12, n=40)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    before = _flat(net)
+    with pytest.raises(ValueError, match=words):
+        net.fit(X, y, epochs=1, batch_size=8, progress=False, **kw)
+    assert np.array_equal(_flat(net), before) and net.optimizer is None
+
+
+def test_validation_split_needs_a_row_of_y_and_a_weight_per_sample():
+    """The split cuts X, Y and sample_weight at the same row: a Y or sample_weight with more rows than
+    X is refused, naming it, instead of its extra rows being dropped unnoticed."""
+    X, y = _data(13, n=20)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    before = _flat(net)
+    for kw, words in [(dict(sample_weight=np.ones(25)), r"sample_weight has shape \(25,\); expected \(20,\)"),
+                      (dict(sample_weight=1.0), r"sample_weight has shape \(\); expected \(20,\)"),
+                      (dict(Y=np.concatenate([y, y])), "Y has 40 rows but X has 20 samples"),
+                      (dict(Y=y[:18]), "Y has 18 rows but X has 20 samples"),
+                      (dict(X=X[0], Y=y[:1]), "of 1 samples leaves no validation")]:
+        Xb, yb = kw.pop("X", X), kw.pop("Y", y)
+        with pytest.raises(ValueError, match=words):
+            net.fit(Xb, yb, epochs=1, validation_split=0.25, progress=False, **kw)
+    assert np.array_equal(_flat(net), before) and net.optimizer is None
+
 def test_class_weight_balanced_and_dict():
     X, y = _data(6)
     a = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
@@ -154,6 +215,25 @@ def test_standardize_is_part_of_the_network(tmp_path):
     np.testing.assert_allclose(a.standardization[0], mean)
     with pytest.raises(ValueError, match="std must be positive"):
         a.set_standardization(mean, np.zeros(6))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype):
+    X = np.random.default_rng(14).standard_normal((5, 3))
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0, dtype=dtype)
+    mean, std = np.zeros(3), np.ones(3)
+    net.set_standardization(mean, std)
+    out = net.forward(X).copy()
+    mean[:], std[:] = 100.0, 7.0            # the caller's arrays change: the network must not
+    assert np.array_equal(net.forward(X), out)
+    assert np.array_equal(net.standardization[0], np.zeros(3)) and np.array_equal(net.standardization[1], np.ones(3))
+    cases = [(np.zeros(3), np.full(3, 0.5 / float(np.finfo(dtype).max)), "1 / std overflows")]
+    if dtype == "float32":                   # a float64 1e39 does not fit a float32 network
+        cases.append((np.full(3, 1e39), np.ones(3), "mean overflows float32"))
+    for m, s, words in cases:
+        with pytest.raises(ValueError, match=words):
+            net.set_standardization(m, s)
+        assert np.array_equal(net.forward(X), out)   # the old standardisation stays
 
 
 def test_validation_split_holds_out_the_last_rows():

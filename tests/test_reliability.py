@@ -137,6 +137,24 @@ def test_fit_divergence_restores_the_last_finite_step(make_opt):
         assert np.array_equal(v, _state(ropt)[0][k])
 
 
+def test_fit_divergence_names_the_rate_of_the_failing_step_under_a_schedule():
+    """With a schedule the error gives the rate the failing step ran with (not that of the last step
+    run in the window), and the optimizer keeps the rate of the last finite step."""
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((800, 8)), rng.standard_normal((800, 4))
+    net = gpubp.MLP([8, 16, 4], activation="relu", loss="mse", backend="numpy", seed=0)
+
+    def sched(step):     # harmless for 63 steps; step 64's update blows the parameters up
+        return 1e-3 if step < 64 else 1e30 * step
+
+    with pytest.raises(FloatingPointError) as info:
+        net.fit(X, Y, epochs=1, batch_size=8, optimizer=gpubp.optim.SGD(0.1), lr_schedule=sched, shuffle=False,
+                progress=False)
+    msg = str(info.value)
+    assert "at step 65 " in msg and f"learning rate {sched(65):g}:" in msg   # step 65: the window's first
+    assert net.optimizer.t == 64 and net.optimizer.lr == sched(64)
+
+
 def test_train_step_divergence_changes_nothing():
     net = gpubp.MLP([2, 3, 1], loss="mse", backend="numpy", seed=0)
     opt = gpubp.optim.Adam(0.1)
@@ -160,6 +178,7 @@ def test_train_step_divergence_changes_nothing():
     dict(sample_weight=-np.ones(300)),
     dict(sample_weight=np.ones(299)),
     dict(class_weight={9: 1.0}),
+    dict(class_weight={0: 10 ** 400}),                             # beyond float's range
     dict(callbacks=[object()]),
     dict(epochs=0),
     dict(lr=-1.0),
@@ -224,6 +243,28 @@ def test_hyper_parameters_checked_when_assigned(attr, value):
     with pytest.raises((ValueError, TypeError)):
         setattr(opt, attr, value)
     assert getattr(opt, attr) == old
+
+
+HUGE = 10 ** 400   # a Python int beyond float's range: float(HUGE) raises OverflowError
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: gpubp.optim.SGD(HUGE), "learning rate"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=HUGE), "momentum"),
+    (lambda: gpubp.optim.SGD(0.1, weight_decay=HUGE), "weight_decay"),
+    (lambda: gpubp.optim.Adam(eps=HUGE), "eps"),
+    (lambda: gpubp.optim.Adam(betas=(-HUGE, 0.9)), r"betas\[0\]"),
+    (lambda: gpubp.schedules.cosine(HUGE, 10), "lr"),
+    (lambda: gpubp.schedules.step_decay(0.1, 2, gamma=HUGE), "gamma"),
+    (lambda: gpubp.callbacks.EarlyStopping(min_delta=HUGE), "min_delta"),
+])
+def test_numbers_beyond_floats_range_are_value_errors_naming_the_argument(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+    opt = gpubp.optim.Adam(1e-3)
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.lr = HUGE
+    assert opt.lr == 1e-3
 
 
 def test_sgd_momentum_checked_when_assigned():

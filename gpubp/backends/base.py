@@ -188,9 +188,14 @@ class Backend(ABC):
                             scratch=plan.scratch, **opts)
         if weights is not None:
             xp = self.xp
-            total = weights.sum()
+            # the weighted mean does not depend on the weights' scale: dividing by the batch's largest
+            # weight first keeps the sum and B / sum finite for weights near the dtype's largest or
+            # smallest numbers (weights of 1 are left as they are)
+            top = weights.max()
+            unit = weights / xp.where(top > 0, top, 1)
+            total = unit.sum()
             scale = xp.where(total > 0, plan.batch / xp.where(total > 0, total, 1), 0).astype(weights.dtype)
-            w = weights * scale                       # sums to B (or all zero)
+            w = unit * scale                          # sums to B (or all zero)
             loss_out[0] = (self.sample_losses(plan.A[L], Y, loss) * w).sum() / plan.batch
             if delta is not None:
                 delta *= w[:, None]
