@@ -33,7 +33,7 @@ from .distributed import DataParallel, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
-from .training import FitLoop, Reporter
+from .training import FitLoop, Reporter, schedule_rate
 
 #: weight initialisations (`MLP(init=...)`)
 INITS = ("torch", "xavier", "kaiming")
@@ -658,6 +658,8 @@ class MLP:
                 Xv = self._inputs(validation[0], "X_val")
                 Yv = self._targets(validation[1], Xv.shape[0], "Y_val")
             weights = self._sample_weights(sample_weight, Xd.shape[0], Yd, class_weight)
+            if lr_schedule is not None:   # the first step's rate, checked before anything is bound
+                schedule_rate(lr_schedule, 1)
         except Exception:
             if standardize:   # a refused call changes nothing
                 self.set_standardization(*(saved_std or (None, None)))

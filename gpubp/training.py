@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from . import losses
+from .optim import _check_lr
 
 #: steps between two reads of the loss values (each read is a host synchronisation)
 CHECK_EVERY = 64
@@ -83,6 +84,16 @@ def _label(key):
     return _LABELS[key]
 
 
+def schedule_rate(lr_schedule, step: int) -> float:
+    """The learning rate `lr_schedule` gives for `step`, checked as `Optimizer.lr` checks a rate;
+    a rate it refuses raises naming the schedule and the step (nothing is assigned here)."""
+    rate = lr_schedule(step)
+    try:
+        return _check_lr(rate)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"lr_schedule({step}) gave {rate!r}, which is not a learning rate: {e}") from None
+
+
 class FitLoop:
     """One call of `MLP.fit` on checked backend arrays, with the optimizer already bound."""
 
@@ -118,12 +129,7 @@ class FitLoop:
         that every intermediate delta is written even where a backend fuses layers."""
         net, opt = self.net, self.opt
         if self.lr_schedule is not None:
-            step = self.epoch_start + i + 1
-            rate = self.lr_schedule(step)
-            try:
-                opt.lr = rate
-            except (TypeError, ValueError) as e:   # the optimizer keeps its rate; name the culprit
-                raise type(e)(f"lr_schedule({step}) gave {rate!r}, which is not a learning rate: {e}") from None
+            opt.lr = schedule_rate(self.lr_schedule, self.epoch_start + i + 1)
         X, Y, w = self._batch(i)
         if self.dist is not None and self.dist.skip(i):   # no rows of this batch here: zeros join the sum
             self.dist.empty_step(step_losses[i:i + 1])

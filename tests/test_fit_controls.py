@@ -90,6 +90,27 @@ def test_a_schedule_giving_a_bad_rate_is_named_with_its_step():
         net.fit(X, y, epochs=1, optimizer="sgd", lr_schedule=lambda s: "fast", progress=False)
 
 
+
+def test_a_schedule_refusing_its_first_rate_changes_nothing():
+    """The first step's rate is checked with the call's other arguments: a schedule whose first
+    rate is refused leaves the parameters, the bound optimizer (and its state) and the
+    standardisation as they were, as every refused call does."""
+    X, y = _data(3, n=64)
+    net = gpubp.MLP([6, 4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    adam = gpubp.optim.Adam(1e-2)
+    net.fit(X, y, epochs=1, optimizer=adam, progress=False)
+    before = _flat(net).copy()
+    state = [b.copy() for b in adam.buffers()]
+    for bad, err in ((lambda s: 0.0, ValueError), (lambda s: float("nan"), ValueError),
+                     (lambda s: None, TypeError)):
+        with pytest.raises(err, match=r"lr_schedule\(1\) gave"):
+            net.fit(X * 3 + 1, y, epochs=2, optimizer=gpubp.optim.SGD(0.1), standardize=True,
+                    lr_schedule=bad, progress=False)
+        assert net.optimizer is adam and adam.lr == 1e-2 and adam.t == 2
+        assert all(np.array_equal(a, b) for a, b in zip(adam.buffers(), state))
+        assert net.standardization is None
+        assert np.array_equal(_flat(net), before)
+
 def test_schedules():
     c = cosine(0.1, 100, warmup_steps=10)
     assert c(5) == pytest.approx(0.05) and c(11) == pytest.approx(0.1)
