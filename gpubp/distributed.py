@@ -710,6 +710,10 @@ class DataParallel:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(g > 0, tot / np.where(g > 0, g, 1.0), np.nan)
 
+    def on_all_ranks(self, ok: bool, what: str) -> bool:
+        """Whether `ok` holds on every rank (one reduction), so that every rank decides alike."""
+        return float(self.comm.sum_values(np.array([0.0 if ok else 1.0]), what)[0]) == 0.0
+
     def epoch_loss(self, local_losses) -> float:
         """The epoch's mean training loss (weighted like the batches) from this rank's step losses."""
         vals = np.asarray(local_losses, dtype=np.float64) * self.local_w

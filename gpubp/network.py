@@ -447,6 +447,12 @@ class MLP:
             f"the parameters and optimizer state are those after step {step - 1}, the last with a finite "
             f"loss. Try a lower learning rate than {lr:g}")
 
+    def _diverged_update(self, step, lr, where=""):
+        return FloatingPointError(
+            f"the update of step {step}{where} with learning rate {lr:g} left parameters or optimizer state "
+            f"that are not finite (its loss was finite): training diverged; the parameters and optimizer "
+            f"state are those before that step. Try a lower learning rate than {lr:g}")
+
     # ------------------------------------------------------------ training
     def train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str, lr: float | None = None) -> float:
         """Forward, backward and update on one batch; returns the batch's loss before the update.
@@ -460,7 +466,11 @@ class MLP:
         plan = self._gradients(X, Y)
         loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
-            raise self._diverged(loss, opt.t + 1, opt.lr)
+            err = self._diverged(loss, opt.t + 1, opt.lr)
+            if not bool(self.backend.xp.isfinite(self._params).all()):   # say so: no step can mend them
+                err = FloatingPointError(f"{err} (the parameters are not finite: the update of step {opt.t} "
+                                         "overflowed them; set_params or load to go on)")
+            raise err
         opt.step(self.backend, self._params, self._grads)
         return loss
 

@@ -148,6 +148,34 @@ class FitLoop:
             dst[...] = src
         self.snap_lr = self.opt.lr    # a schedule changes the rate within the window
 
+    def _state_finite(self) -> bool:
+        """Whether every parameter and optimizer value is finite (on every rank)."""
+        xp = self.net.backend.xp
+        ok = all(bool(xp.isfinite(b).all()) for b in self.net._state_buffers(self.opt))
+        return ok if self.dist is None else self.dist.on_all_ranks(ok, "the check of the training state")
+
+    def _roll_back(self, snap, first, k, loss, epoch, step_losses):
+        """Leave the network as after the last good step of the window that began at step `first`
+        (snapshot `snap`) and raise: step `k` had a non-finite loss `loss` (None: no loss in the
+        window was, but the state was not finite at its end).  The window is replayed from the
+        snapshot step by step; a step whose update leaves a parameter or optimizer value that is
+        not finite is undone and named (its own loss was finite)."""
+        self._restore(snap)
+        for j in range(first, k):      # replay the window's good steps
+            self._take(snap)
+            self._run_step(j, step_losses)
+            if not self._state_finite():
+                lr = self.opt.lr
+                self._restore(snap)
+                err = self.net._diverged_update(self.opt.t + 1, lr, f" (epoch {epoch}, batch {j + 1})")
+                raise err if self.dist is None else self.dist.on_every_rank(err)
+        if loss is None:   # not reached: the replay repeats the steps that left the state non-finite
+            raise RuntimeError("the training state stopped being finite, but replaying the steps did not")
+        # the rate step k ran with (the optimizer keeps that of the last finite step)
+        lr = self.opt.lr if self.lr_schedule is None else self.lr_schedule(self.epoch_start + k + 1)
+        err = self.net._diverged(loss, self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
+        raise err if self.dist is None else self.dist.on_every_rank(err)
+
     def _restore(self, snap):
         for dst, src in zip(self.net._state_buffers(self.opt), snap):
             dst[...] = src
@@ -242,15 +270,10 @@ class FitLoop:
                 if self.dist is not None:   # every rank decides on the global batches' losses
                     vals = self.dist.global_losses(vals, checked)
                 bad = np.flatnonzero(~np.isfinite(vals))
-                if bad.size:
-                    k = checked + int(bad[0])
-                    self._restore(snap)
-                    for j in range(checked, k):      # replay the window's good steps
-                        self._run_step(j, step_losses)
-                    # the rate step k ran with (the optimizer keeps that of the last finite step)
-                    lr = self.opt.lr if self.lr_schedule is None else self.lr_schedule(self.epoch_start + k + 1)
-                    err = self.net._diverged(vals[bad[0]], self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
-                    raise err if self.dist is None else self.dist.on_every_rank(err)
+                # an update can overflow while the loss it followed was finite
+                if bad.size or not self._state_finite():
+                    self._roll_back(snap, checked, checked + int(bad[0]) if bad.size else i + 1,
+                                    vals[bad[0]] if bad.size else None, epoch, step_losses)
                 checked = i + 1
                 if i != last:
                     self._take(snap)

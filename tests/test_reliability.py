@@ -155,6 +155,66 @@ def test_fit_divergence_names_the_rate_of_the_failing_step_under_a_schedule():
     assert net.optimizer.t == 64 and net.optimizer.lr == sched(64)
 
 
+
+def _overflowing(seed=0):
+    """Data whose gradients are large: an update at a rate of 1e37 overflows float32 parameters
+    while the loss of the step that made it is still finite."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((64, 6)) * 100, rng.standard_normal((64, 2)) * 1000
+
+
+def _plain_steps(lrs, X, Y, batch):
+    """A fresh network after one train_step per rate in `lrs` on consecutive batches, and its optimizer."""
+    ref = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    opt = gpubp.optim.SGD(1.0)
+    n_b = len(X) // batch
+    for s, lr in enumerate(lrs):
+        opt.lr = lr
+        i = s % n_b
+        ref.train_step(X[i * batch:(i + 1) * batch], Y[i * batch:(i + 1) * batch], opt)
+    return ref, opt
+
+
+@pytest.mark.parametrize("bad_step", [1, 3, 4, 6], ids=lambda k: f"update{k}")
+def test_fit_undoes_an_update_that_overflows_the_parameters(bad_step):
+    """The update of step `bad_step` overflows the parameters although that step's loss was finite
+    (step 4 is the last of the first epoch's window, where no later loss shows it; step 6 is in the
+    second epoch's window).  fit names that update, and leaves the network, the optimizer's state and
+    its rate as after the step before, bitwise: never non-finite parameters."""
+    X, Y = _overflowing()
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+
+    def sched(step):
+        return 1e-6 if step != bad_step else 1e37
+
+    with pytest.raises(FloatingPointError, match=rf"the update of step {bad_step} \(epoch \d, batch \d\) with "
+                                                 r"learning rate 1e\+37 left parameters"):
+        net.fit(X, Y, epochs=2, batch_size=16, optimizer=gpubp.optim.SGD(1.0), lr_schedule=sched,
+                shuffle=False, progress=False)
+    assert np.all(np.isfinite(_flat(net)))
+    ref, ropt = _plain_steps([1e-6] * (bad_step - 1), X, Y, 16)
+    assert net.optimizer.t == bad_step - 1 == ropt.t
+    assert np.array_equal(_flat(net), _flat(ref))
+    if bad_step > 1:
+        assert net.optimizer.lr == 1e-6
+
+
+def test_train_step_says_when_the_parameters_themselves_overflowed():
+    """train_step reads its loss before its update, so an update that overflows shows at the next
+    step; that step's error says the parameters are no longer finite (no step can mend them)."""
+    X, Y = _overflowing()
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    opt = gpubp.optim.SGD(1e37)
+    assert np.isfinite(net.train_step(X[:16], Y[:16], opt))
+    with pytest.raises(FloatingPointError, match=r"step 2 .*the parameters are not finite: the update of "
+                                                 r"step 1 overflowed them"):
+        net.train_step(X[:16], Y[:16], opt)
+    # a loss that is not finite with finite parameters says nothing of the kind
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    with pytest.raises(FloatingPointError) as info:
+        net.train_step(np.full((4, 6), 1e30), np.ones((4, 2)), "sgd")
+    assert "parameters are not finite" not in str(info.value)
+
 def test_train_step_divergence_changes_nothing():
     net = gpubp.MLP([2, 3, 1], loss="mse", backend="numpy", seed=0)
     opt = gpubp.optim.Adam(0.1)
