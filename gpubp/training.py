@@ -151,7 +151,8 @@ class FitLoop:
     def _state_finite(self) -> bool:
         """Whether every parameter and optimizer value is finite (on every rank)."""
         xp = self.net.backend.xp
-        ok = all(bool(xp.isfinite(b).all()) for b in self.net._state_buffers(self.opt))
+        # one flag per buffer, read together: one synchronisation per check on a device
+        ok = bool(xp.stack([xp.isfinite(b).all() for b in self.net._state_buffers(self.opt)]).all())
         return ok if self.dist is None else self.dist.on_all_ranks(ok, "the check of the training state")
 
     def _roll_back(self, snap, first, k, loss, epoch, step_losses):
