@@ -321,10 +321,16 @@ class _BaseMLP(BaseEstimator):
             net.set_params(self._best_params)
 
     # ------------------------------------------------------------ shared outputs
-    def _outputs(self, X) -> np.ndarray:
-        """The network's raw outputs (logits for the classifier) as float64, after the input checks."""
+    def _outputs(self, X, check_input: bool = True) -> np.ndarray:
+        """The network's raw outputs (logits for the classifier) as float64, after the input checks.
+
+        `check_input=False` is for arrays `fit` validated itself (the early-stopping validation split,
+        a plain array cut from validated input: checking it again would warn that it has no feature
+        names when `fit` was given a DataFrame, as scikit-learn's own MLPs avoid too).
+        """
         check_is_fitted(self, "net_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        if check_input:
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         net = self.net_
         return net.backend.to_numpy(net.forward(np.ascontiguousarray(X, dtype=net.dtype))).astype(np.float64)
 
@@ -496,14 +502,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (an indicator matrix for multilabel targets)."""
-        z = self._outputs(X)
+        return self._predict(X)
+
+    def _predict(self, X, check_input: bool = True) -> np.ndarray:
+        z = self._outputs(X, check_input)
         if self._multilabel:
             return (z > 0).astype(np.int64)
         idx = (z[:, 0] > 0).astype(np.int64) if z.shape[1] == 1 else z.argmax(axis=1)
         return self.classes_[idx]
 
     def _score_on(self, X, y, sample_weight) -> float:
-        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+        return float(accuracy_score(y, self._predict(X, check_input=False), sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -556,11 +565,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X) -> np.ndarray:
         """Predictions: `(n_samples,)` for one target, else `(n_samples, n_targets)`."""
-        out = self._outputs(X)
+        return self._predict(X)
+
+    def _predict(self, X, check_input: bool = True) -> np.ndarray:
+        out = self._outputs(X, check_input)
         return out.ravel() if out.shape[1] == 1 else out
 
     def _score_on(self, X, y, sample_weight) -> float:
-        return float(r2_score(y, self.predict(X), sample_weight=sample_weight))
+        return float(r2_score(y, self._predict(X, check_input=False), sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

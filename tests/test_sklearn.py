@@ -334,3 +334,30 @@ def test_pickle_round_trip_keeps_weights_and_optimizer():
     clf.partial_fit(X, y)
     twin.partial_fit(X, y)   # same optimizer state and shuffling generator: same next epoch
     np.testing.assert_allclose(twin.predict_proba(X), clf.predict_proba(X), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- pandas input
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_dataframe_feature_names_and_no_warning_from_early_stopping(Est):
+    """A DataFrame's columns become feature_names_in_; fit's own validation split is scored quietly.
+
+    scikit-learn's MLPs score the early-stopping split without re-validating it (it is a plain array
+    cut from the validated input); validating it again warned "X does not have valid feature names"
+    once per epoch.
+    """
+    pd = pytest.importorskip("pandas")
+    X, y = _blobs(n=100)
+    df = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    target = y if Est is MLPClassifier else X[:, 0] - X[:, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = Est((8,), max_iter=4, early_stopping=True, random_state=0, backend="numpy").fit(df, target)
+        assert len(est.validation_scores_) == 4
+        np.testing.assert_array_equal(est.feature_names_in_, ["a", "b", "c", "d"])
+        est.predict(df)
+        est.score(df, target)
+    with pytest.warns(UserWarning, match="feature names"):
+        est.predict(X)                       # a plain array after a DataFrame fit still warns, as in sklearn
+    with pytest.raises(ValueError, match="feature names"):
+        est.predict(df[["b", "a", "c", "d"]])
