@@ -243,7 +243,11 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.early_stopping:
-            stratify = y_orig if (self._is_classifier() and np.ndim(y_orig) == 1) else None
+            # stratified for two classes only, as scikit-learn's MLPs do (they stratify where the network has
+            # one output): several classes and multilabel targets get a plain shuffled split, the same
+            # split scikit-learn draws from the same random_state
+            stratify = y_orig if (self._is_classifier() and np.ndim(y_orig) == 1 and len(self.classes_) == 2) \
+                else None
             parts = [X, Y, y_orig] + ([sample_weight] if sample_weight is not None else [])
             try:
                 split = train_test_split(*parts, random_state=self._random_state,

@@ -196,6 +196,35 @@ def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):
     assert g.n_iter_ == sk.n_iter_ == 5 and g.t_ == sk.t_
 
 
+
+@pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
+def test_early_stopping_matches_sklearn(case):
+    """The same validation split (scikit-learn stratifies only for two classes), scores and stopping epoch.
+
+    A stratified split for several classes drew other validation samples than scikit-learn's, so the
+    scores and the epoch it stopped at differed.
+    """
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=32, max_iter=40,
+              learning_rate_init=0.05, random_state=3, tol=1e-3, n_iter_no_change=3, early_stopping=True,
+              validation_fraction=0.2)
+    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y)
+    g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
+    assert g.n_iter_ == sk.n_iter_ < 40
+    np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9, atol=1e-12)
+    for a, b in zip(sk.coefs_, g.coefs_):     # the best epoch's weights, restored by both
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+
+
+def test_early_stopping_on_few_samples_of_several_classes():
+    """20 samples of 3 classes, validation_fraction=0.1: 2 validation samples, as scikit-learn takes them
+    (a stratified split needs one per class and refused)."""
+    X, y = _blobs(n=20)
+    clf = _fit_quietly(MLPClassifier((4,), max_iter=5, early_stopping=True, random_state=0, backend="numpy"),
+                       X, y)
+    assert len(clf.validation_scores_) == clf.n_iter_ and set(clf.classes_) == {0, 1, 2}
+
 def _split(loader, classify, scale_y=1.0):
     X, y = loader(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y / scale_y if not classify else y, test_size=0.25,
