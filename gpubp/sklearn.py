@@ -41,6 +41,11 @@ How the hyper-parameters map onto gpubp:
   scikit-learn's `learning_rate="constant", nesterovs_momentum=False`.
   Nesterov momentum and the `invscaling` / `adaptive` schedules are not
   offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
+- `warm_start=True`: `fit` continues from the fitted weights with a fresh
+  optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
+  state.  `max_iter` and the `ConvergenceWarning` count each call's epochs;
+  `n_iter_`, `t_` and `loss_curve_` count every epoch since the network was
+  built (scikit-learn's `n_iter_` counts the last call's only).
 - `sample_weight`: weights are scaled to mean 1 over the training set (which
   leaves scikit-learn's weighted loss unchanged) and passed to
   `gpubp.MLP.fit`, which weights each sample's loss in its batch.
@@ -277,7 +282,8 @@ class _BaseMLP(BaseEstimator):
         c, r = self._loss_scales()
         # scikit-learn divides a batch's penalty gradient by the batch's weight sum
         w_mean = 1.0 if sw_train is None else float(sw_train.mean())
-        if self._optimizer is None:
+        if self._optimizer is None or not incremental:
+            # fit (warm_start included) starts a fresh optimizer, as scikit-learn's does; partial_fit keeps its state
             self._optimizer = self._make_optimizer(c)
         self._optimizer.weight_decay = c * self.alpha / (batch_size * w_mean)
         fit_kw = {}
@@ -287,7 +293,7 @@ class _BaseMLP(BaseEstimator):
         Xd = net.backend.asarray(np.ascontiguousarray(X, dtype=net.dtype), net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)
         n_epochs = 1 if incremental else self.max_iter
-        for _ in range(n_epochs):
+        for epoch in range(1, n_epochs + 1):
             hist = net.fit(Xd, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
                            shuffle=bool(self.shuffle), progress=False, **fit_kw)
             self.n_iter_ += 1
@@ -318,7 +324,7 @@ class _BaseMLP(BaseEstimator):
                     print(f"{what} did not improve more than tol={self.tol:f} for "
                           f"{self.n_iter_no_change} consecutive epochs. Stopping.")
                 break
-            if not incremental and self.n_iter_ == self.max_iter:
+            if not incremental and epoch == self.max_iter:    # this call's epochs: a warm-started fit warns too
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         if self.early_stopping and getattr(self, "_best_params", None) is not None:

@@ -315,6 +315,31 @@ def test_warm_start_continues():
     assert max(np.abs(a - b).max() for a, b in zip(before, clf.coefs_)) > 0
 
 
+@pytest.mark.parametrize("case", ["multiclass", "regression"])
+def test_warm_start_fits_match_sklearn(case):
+    """Each warm-started fit runs max_iter epochs from the fitted weights with a fresh optimizer and warns
+    when it has not converged, as scikit-learn's; its weights equal scikit-learn's (full-batch SGD with
+    momentum: a kept velocity would differ).  A partial_fit after them keeps the optimizer's state."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
+              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
+    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    for _ in range(3):
+        for est in (sk, g):
+            with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+                est.fit(X, y)
+        for a, b in zip(sk.coefs_, g.coefs_):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+    assert len(g.loss_curve_) == len(sk.loss_curve_) == g.n_iter_ == 9 and g.t_ == sk.t_
+    velocity = g._optimizer.state["velocity"].copy()
+    for est in (sk, g):
+        est.partial_fit(X, y)
+    assert np.abs(g._optimizer.state["velocity"] - velocity).max() > 0
+    for a, b in zip(sk.coefs_, g.coefs_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------- sample_weight
 def test_sample_weight_zero_equals_dropping_samples():
     X, y = _blobs(n=60)
