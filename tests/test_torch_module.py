@@ -269,8 +269,11 @@ def test_empty_batch():
 # ------------------------------------------------------------------ bad input
 def test_bad_inputs_are_refused_clearly():
     net = FusedMLP([3, 4, 2], seed=0)            # float32
-    with pytest.raises(ValueError, match="dtype torch.float64.*float32"):
+    with pytest.raises(ValueError, match=r"dtype torch.float64.*float32.*module with \.to\(torch.float64\)"):
         net(torch.zeros(2, 3, dtype=torch.float64))
+    for dt in (torch.int64, torch.bfloat16):       # the module cannot compute in these: only x is to convert
+        with pytest.raises(ValueError, match=f"dtype {dt}.*x.to\\(torch.float32\\)$"):
+            net(torch.zeros(2, 3, dtype=dt))
     with pytest.raises(ValueError, match=r"shape \(2, 5\).*\(\.\.\., 3\)"):
         net(torch.zeros(2, 5))
     with pytest.raises(TypeError, match="torch.Tensor"):
