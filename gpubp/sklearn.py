@@ -290,7 +290,7 @@ class _BaseMLP(BaseEstimator):
         if sw_train is not None:
             fit_kw["sample_weight"] = sw_train / w_mean
         net = self.net_
-        Xd = net.backend.asarray(np.ascontiguousarray(X, dtype=net.dtype), net.dtype)   # one copy to the device
+        Xd = net.backend.asarray(self._in_net_dtype(X), net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)
         n_epochs = 1 if incremental else self.max_iter
         for epoch in range(1, n_epochs + 1):
@@ -342,7 +342,17 @@ class _BaseMLP(BaseEstimator):
         if check_input:
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         net = self.net_
-        return net.backend.to_numpy(net.forward(np.ascontiguousarray(X, dtype=net.dtype))).astype(np.float64)
+        return net.backend.to_numpy(net.forward(self._in_net_dtype(X))).astype(np.float64)
+
+    def _in_net_dtype(self, X) -> np.ndarray:
+        """`X` (validated: finite) as a contiguous array of the network's dtype, refusing values it cannot hold."""
+        with np.errstate(over="ignore"):                 # refused below with a clearer message
+            Xc = np.ascontiguousarray(X, dtype=self.net_.dtype)
+        if Xc.dtype != X.dtype and Xc.size and not np.isfinite(Xc).all():
+            raise ValueError(f"X holds values beyond the range of {Xc.dtype} (largest magnitude "
+                             f"{float(np.abs(X).max()):.3g}), the network's dtype; scale the input (e.g. "
+                             f"StandardScaler) or use dtype='float64'")
+        return Xc
 
     @property
     def coefs_(self) -> list[np.ndarray]:

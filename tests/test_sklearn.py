@@ -133,6 +133,16 @@ def test_refusals_are_clear():
         MLPClassifier(backend="numpy").partial_fit(X, y)
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
         MLPRegressor(backend="numpy", early_stopping=True).partial_fit(X, y)
+    big = X * 1e39                                      # finite in float64, beyond float32's range
+    with pytest.raises(ValueError, match=r"beyond the range of float32.*e\+39"):
+        MLPClassifier(backend="numpy").fit(big, y)
+    fitted = _fit_quietly(MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy"), X, y)
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        fitted.predict(big)
+    assert _fit_quietly(MLPRegressor((4,), max_iter=2, random_state=0, backend="numpy", dtype="float64"),
+                        big, y).predict(big).shape == y.shape       # float64 holds them
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(np.where(X > 1, np.nan, X))
     sp = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match="[Ss]parse"):
         MLPClassifier(backend="numpy").fit(sp.csr_matrix(X), y)
