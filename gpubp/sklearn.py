@@ -41,6 +41,11 @@ How the hyper-parameters map onto gpubp:
   scikit-learn's `learning_rate="constant", nesterovs_momentum=False`.
   Nesterov momentum and the `invscaling` / `adaptive` schedules are not
   offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
+- `warm_start=True`: `fit` continues from the fitted weights with a fresh
+  optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
+  state.  `max_iter` and the `ConvergenceWarning` count each call's epochs;
+  `n_iter_`, `t_` and `loss_curve_` count every epoch since the network was
+  built (scikit-learn's `n_iter_` counts the last call's only).
 - `sample_weight`: weights are scaled to mean 1 over the training set (which
   leaves scikit-learn's weighted loss unchanged) and passed to
   `gpubp.MLP.fit`, which weights each sample's loss in its batch.
@@ -243,7 +248,11 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.early_stopping:
-            stratify = y_orig if (self._is_classifier() and np.ndim(y_orig) == 1) else None
+            # stratified for two classes only, as scikit-learn's MLPs do (they stratify where the network has
+            # one output): several classes and multilabel targets get a plain shuffled split, the same
+            # split scikit-learn draws from the same random_state
+            stratify = y_orig if (self._is_classifier() and np.ndim(y_orig) == 1 and len(self.classes_) == 2) \
+                else None
             parts = [X, Y, y_orig] + ([sample_weight] if sample_weight is not None else [])
             try:
                 split = train_test_split(*parts, random_state=self._random_state,
@@ -273,17 +282,18 @@ class _BaseMLP(BaseEstimator):
         c, r = self._loss_scales()
         # scikit-learn divides a batch's penalty gradient by the batch's weight sum
         w_mean = 1.0 if sw_train is None else float(sw_train.mean())
-        if self._optimizer is None:
+        if self._optimizer is None or not incremental:
+            # fit (warm_start included) starts a fresh optimizer, as scikit-learn's does; partial_fit keeps its state
             self._optimizer = self._make_optimizer(c)
         self._optimizer.weight_decay = c * self.alpha / (batch_size * w_mean)
         fit_kw = {}
         if sw_train is not None:
             fit_kw["sample_weight"] = sw_train / w_mean
         net = self.net_
-        Xd = net.backend.asarray(np.ascontiguousarray(X, dtype=net.dtype), net.dtype)   # one copy to the device
+        Xd = net.backend.asarray(self._in_net_dtype(X), net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)
         n_epochs = 1 if incremental else self.max_iter
-        for _ in range(n_epochs):
+        for epoch in range(1, n_epochs + 1):
             hist = net.fit(Xd, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
                            shuffle=bool(self.shuffle), progress=False, **fit_kw)
             self.n_iter_ += 1
@@ -314,19 +324,35 @@ class _BaseMLP(BaseEstimator):
                     print(f"{what} did not improve more than tol={self.tol:f} for "
                           f"{self.n_iter_no_change} consecutive epochs. Stopping.")
                 break
-            if not incremental and self.n_iter_ == self.max_iter:
+            if not incremental and epoch == self.max_iter:    # this call's epochs: a warm-started fit warns too
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         if self.early_stopping and getattr(self, "_best_params", None) is not None:
             net.set_params(self._best_params)
 
     # ------------------------------------------------------------ shared outputs
-    def _outputs(self, X) -> np.ndarray:
-        """The network's raw outputs (logits for the classifier) as float64, after the input checks."""
+    def _outputs(self, X, check_input: bool = True) -> np.ndarray:
+        """The network's raw outputs (logits for the classifier) as float64, after the input checks.
+
+        `check_input=False` is for arrays `fit` validated itself (the early-stopping validation split,
+        a plain array cut from validated input: checking it again would warn that it has no feature
+        names when `fit` was given a DataFrame, as scikit-learn's own MLPs avoid too).
+        """
         check_is_fitted(self, "net_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        if check_input:
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         net = self.net_
-        return net.backend.to_numpy(net.forward(np.ascontiguousarray(X, dtype=net.dtype))).astype(np.float64)
+        return net.backend.to_numpy(net.forward(self._in_net_dtype(X))).astype(np.float64)
+
+    def _in_net_dtype(self, X) -> np.ndarray:
+        """`X` (validated: finite) as a contiguous array of the network's dtype, refusing values it cannot hold."""
+        with np.errstate(over="ignore"):                 # refused below with a clearer message
+            Xc = np.ascontiguousarray(X, dtype=self.net_.dtype)
+        if Xc.dtype != X.dtype and Xc.size and not np.isfinite(Xc).all():
+            raise ValueError(f"X holds values beyond the range of {Xc.dtype} (largest magnitude "
+                             f"{float(np.abs(X).max()):.3g}), the network's dtype; scale the input (e.g. "
+                             f"StandardScaler) or use dtype='float64'")
+        return Xc
 
     @property
     def coefs_(self) -> list[np.ndarray]:
@@ -496,14 +522,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (an indicator matrix for multilabel targets)."""
-        z = self._outputs(X)
+        return self._predict(X)
+
+    def _predict(self, X, check_input: bool = True) -> np.ndarray:
+        z = self._outputs(X, check_input)
         if self._multilabel:
             return (z > 0).astype(np.int64)
         idx = (z[:, 0] > 0).astype(np.int64) if z.shape[1] == 1 else z.argmax(axis=1)
         return self.classes_[idx]
 
     def _score_on(self, X, y, sample_weight) -> float:
-        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+        return float(accuracy_score(y, self._predict(X, check_input=False), sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -556,11 +585,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X) -> np.ndarray:
         """Predictions: `(n_samples,)` for one target, else `(n_samples, n_targets)`."""
-        out = self._outputs(X)
+        return self._predict(X)
+
+    def _predict(self, X, check_input: bool = True) -> np.ndarray:
+        out = self._outputs(X, check_input)
         return out.ravel() if out.shape[1] == 1 else out
 
     def _score_on(self, X, y, sample_weight) -> float:
-        return float(r2_score(y, self.predict(X), sample_weight=sample_weight))
+        return float(r2_score(y, self._predict(X, check_input=False), sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

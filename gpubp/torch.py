@@ -428,8 +428,9 @@ class FusedMLP(nn.Module):
         if p.dtype not in _TORCH_DTYPES:
             raise ValueError(f"FusedMLP computes in torch.float32 or torch.float64; its parameters are {p.dtype}")
         if x.dtype != p.dtype:
+            module_too = f" or the module with .to({x.dtype})" if x.dtype in _TORCH_DTYPES else ""
             raise ValueError(f"input x has dtype {x.dtype} but FusedMLP's parameters are {p.dtype}; convert "
-                             f"with x.to({p.dtype}) or the module with .to({x.dtype})")
+                             f"with x.to({p.dtype}){module_too}")
         if x.device != p.device:
             raise ValueError(f"input x is on {x.device} but FusedMLP's parameters are on {p.device}; move "
                              f"one of them")

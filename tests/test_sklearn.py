@@ -133,6 +133,16 @@ def test_refusals_are_clear():
         MLPClassifier(backend="numpy").partial_fit(X, y)
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
         MLPRegressor(backend="numpy", early_stopping=True).partial_fit(X, y)
+    big = X * 1e39                                      # finite in float64, beyond float32's range
+    with pytest.raises(ValueError, match=r"beyond the range of float32.*e\+39"):
+        MLPClassifier(backend="numpy").fit(big, y)
+    fitted = _fit_quietly(MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy"), X, y)
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        fitted.predict(big)
+    assert _fit_quietly(MLPRegressor((4,), max_iter=2, random_state=0, backend="numpy", dtype="float64"),
+                        big, y).predict(big).shape == y.shape       # float64 holds them
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(np.where(X > 1, np.nan, X))
     sp = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match="[Ss]parse"):
         MLPClassifier(backend="numpy").fit(sp.csr_matrix(X), y)
@@ -195,6 +205,35 @@ def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):
     np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=max(tol_w, 1e-10) * 10)
     assert g.n_iter_ == sk.n_iter_ == 5 and g.t_ == sk.t_
 
+
+
+@pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
+def test_early_stopping_matches_sklearn(case):
+    """The same validation split (scikit-learn stratifies only for two classes), scores and stopping epoch.
+
+    A stratified split for several classes drew other validation samples than scikit-learn's, so the
+    scores and the epoch it stopped at differed.
+    """
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=32, max_iter=40,
+              learning_rate_init=0.05, random_state=3, tol=1e-3, n_iter_no_change=3, early_stopping=True,
+              validation_fraction=0.2)
+    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y)
+    g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
+    assert g.n_iter_ == sk.n_iter_ < 40
+    np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9, atol=1e-12)
+    for a, b in zip(sk.coefs_, g.coefs_):     # the best epoch's weights, restored by both
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+
+
+def test_early_stopping_on_few_samples_of_several_classes():
+    """20 samples of 3 classes, validation_fraction=0.1: 2 validation samples, as scikit-learn takes them
+    (a stratified split needs one per class and refused)."""
+    X, y = _blobs(n=20)
+    clf = _fit_quietly(MLPClassifier((4,), max_iter=5, early_stopping=True, random_state=0, backend="numpy"),
+                       X, y)
+    assert len(clf.validation_scores_) == clf.n_iter_ and set(clf.classes_) == {0, 1, 2}
 
 def _split(loader, classify, scale_y=1.0):
     X, y = loader(return_X_y=True)
@@ -286,6 +325,31 @@ def test_warm_start_continues():
     assert max(np.abs(a - b).max() for a, b in zip(before, clf.coefs_)) > 0
 
 
+@pytest.mark.parametrize("case", ["multiclass", "regression"])
+def test_warm_start_fits_match_sklearn(case):
+    """Each warm-started fit runs max_iter epochs from the fitted weights with a fresh optimizer and warns
+    when it has not converged, as scikit-learn's; its weights equal scikit-learn's (full-batch SGD with
+    momentum: a kept velocity would differ).  A partial_fit after them keeps the optimizer's state."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
+              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
+    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    for _ in range(3):
+        for est in (sk, g):
+            with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+                est.fit(X, y)
+        for a, b in zip(sk.coefs_, g.coefs_):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+    assert len(g.loss_curve_) == len(sk.loss_curve_) == g.n_iter_ == 9 and g.t_ == sk.t_
+    velocity = g._optimizer.state["velocity"].copy()
+    for est in (sk, g):
+        est.partial_fit(X, y)
+    assert np.abs(g._optimizer.state["velocity"] - velocity).max() > 0
+    for a, b in zip(sk.coefs_, g.coefs_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------- sample_weight
 def test_sample_weight_zero_equals_dropping_samples():
     X, y = _blobs(n=60)
@@ -334,3 +398,30 @@ def test_pickle_round_trip_keeps_weights_and_optimizer():
     clf.partial_fit(X, y)
     twin.partial_fit(X, y)   # same optimizer state and shuffling generator: same next epoch
     np.testing.assert_allclose(twin.predict_proba(X), clf.predict_proba(X), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- pandas input
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_dataframe_feature_names_and_no_warning_from_early_stopping(Est):
+    """A DataFrame's columns become feature_names_in_; fit's own validation split is scored quietly.
+
+    scikit-learn's MLPs score the early-stopping split without re-validating it (it is a plain array
+    cut from the validated input); validating it again warned "X does not have valid feature names"
+    once per epoch.
+    """
+    pd = pytest.importorskip("pandas")
+    X, y = _blobs(n=100)
+    df = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    target = y if Est is MLPClassifier else X[:, 0] - X[:, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = Est((8,), max_iter=4, early_stopping=True, random_state=0, backend="numpy").fit(df, target)
+        assert len(est.validation_scores_) == 4
+        np.testing.assert_array_equal(est.feature_names_in_, ["a", "b", "c", "d"])
+        est.predict(df)
+        est.score(df, target)
+    with pytest.warns(UserWarning, match="feature names"):
+        est.predict(X)                       # a plain array after a DataFrame fit still warns, as in sklearn
+    with pytest.raises(ValueError, match="feature names"):
+        est.predict(df[["b", "a", "c", "d"]])

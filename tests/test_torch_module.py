@@ -103,6 +103,49 @@ def test_gradients_equal_autograd_through_sequential(act, dtype):
         assert_close(a, b, tol, f"dLoss/d{name}")
 
 
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_gradcheck_float64(act):
+    """torch.autograd.gradcheck (finite differences) with respect to the input and every parameter."""
+    net = FusedMLP([3, 5, 2], activation=act, output_activation=act, seed=1, dtype=torch.float64)
+    names = [n for n, _ in net.named_parameters()]
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+
+    def f(x, *params):
+        return torch.func.functional_call(net, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *net.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 13])
+def test_odd_batches_and_non_contiguous_tensors(batch, dtype):
+    """Batch sizes 1 and a prime; a strided input and a transposed (non-contiguous) weight: the same
+    outputs and gradients as nn.Sequential, and the input's gradient lands in its own strided rows."""
+    g = torch.Generator().manual_seed(batch)
+    net = FusedMLP([4, 7, 3], activation="tanh", output_activation="sigmoid", seed=3, dtype=dtype)
+    with torch.no_grad():
+        net.weight_1.data = net.weight_1.data.t().contiguous().t()
+    assert not net.weight_1.is_contiguous()
+    seq = net.to_sequential()
+    big = torch.randn(2 * batch, 4, generator=g, dtype=dtype)
+    w = torch.randn(batch, 3, generator=g, dtype=dtype)
+    results = []
+    for m in (net, seq):
+        xb = big.clone().requires_grad_(True)
+        x = xb[::2]
+        assert not x.is_contiguous() or batch == 1
+        out = m(x)
+        (out * w).sum().backward()
+        results.append((out.detach(), xb.grad, [p.grad for p in m.parameters()]))
+    (out, gx, gp), (ref, ref_gx, ref_gp) = results
+    tol = TOL[dtype]
+    assert_close(out, ref, tol, "output")
+    assert_close(gx, ref_gx, tol, "dLoss/dx")
+    assert torch.equal(gx[1::2], torch.zeros_like(gx[1::2]))
+    for a, b in zip(gp, ref_gp):
+        assert_close(a, b, tol, "parameter gradient")
+
 def test_mixed_activations_and_leading_dimensions():
     net = FusedMLP([4, 6, 5, 2], activation=["gelu", "leaky_relu"], output_activation="sigmoid", seed=3,
                    dtype=torch.float64)
@@ -269,8 +312,11 @@ def test_empty_batch():
 # ------------------------------------------------------------------ bad input
 def test_bad_inputs_are_refused_clearly():
     net = FusedMLP([3, 4, 2], seed=0)            # float32
-    with pytest.raises(ValueError, match="dtype torch.float64.*float32"):
+    with pytest.raises(ValueError, match=r"dtype torch.float64.*float32.*module with \.to\(torch.float64\)"):
         net(torch.zeros(2, 3, dtype=torch.float64))
+    for dt in (torch.int64, torch.bfloat16):       # the module cannot compute in these: only x is to convert
+        with pytest.raises(ValueError, match=f"dtype {dt}.*x.to\\(torch.float32\\)$"):
+            net(torch.zeros(2, 3, dtype=dt))
     with pytest.raises(ValueError, match=r"shape \(2, 5\).*\(\.\.\., 3\)"):
         net(torch.zeros(2, 5))
     with pytest.raises(TypeError, match="torch.Tensor"):

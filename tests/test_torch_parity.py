@@ -31,10 +31,10 @@ def torch_loss(loss, out, Y):
     return torch.nn.BCEWithLogitsLoss()(out, Y)
 
 
-def torch_model(net):
+def torch_model(net, dtype=torch.float64):
     layers = []
     for W, b in net.get_params():
-        lin = torch.nn.Linear(W.shape[1], W.shape[0], dtype=torch.float64)
+        lin = torch.nn.Linear(W.shape[1], W.shape[0], dtype=dtype)
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(W.astype(np.float64)))
             lin.bias.copy_(torch.from_numpy(b.astype(np.float64)))
@@ -89,6 +89,14 @@ OPTIMIZERS = [
                                                   "adamw", "adamw_wd"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
 def test_optimizer_steps_equal_torch(make, dtype, tol, rng):
+    """gpubp's steps against PyTorch's in float64 (and, for float32, PyTorch's own float32 run's error).
+
+    In float32 a gradient component near zero (|g| of order Adam's eps; rare) is
+    known to a large relative error, and Adam's normalised step amplifies it: PyTorch's own float32
+    run then differs from float64 by more than `tol` too (6e-5 for the replayed seed
+    2961688770058308455, adamw).  gpubp must stay within `tol`, or within 4 times PyTorch's float32
+    error where that is larger.
+    """
     ours, theirs = make
     sizes, B, steps = [5, 17, 3], 9, 6
     net = gpubp.MLP(sizes, activation="tanh", loss="cross_entropy", backend="numpy", dtype=dtype,
@@ -96,14 +104,20 @@ def test_optimizer_steps_equal_torch(make, dtype, tol, rng):
     layers, fwd = torch_model(net)
     params = [p for lin in layers for p in (lin.weight, lin.bias)]
     topt, opt = theirs(params), ours()
+    layers32, fwd32 = torch_model(net, torch.float32)
+    topt32 = theirs([p for lin in layers32 for p in (lin.weight, lin.bias)])
     for _ in range(steps):
         X, Y = rng.standard_normal((B, sizes[0])), rng.integers(0, sizes[-1], B)
         loss = net.train_step(X, Y, opt)
-        topt.zero_grad()
-        tl = torch_loss("cross_entropy", fwd(torch.from_numpy(X)), torch.from_numpy(Y))
-        tl.backward()
-        topt.step()
-        assert loss == pytest.approx(tl.item(), rel=max(tol, 1e-12) * 10)
-    for (W, b), lin in zip(net.get_params(), layers):
-        assert rel_err(W, lin.weight.detach().numpy()) < tol
-        assert rel_err(b, lin.bias.detach().numpy()) < tol
+        for o, f, dt in ((topt, fwd, torch.float64), (topt32, fwd32, torch.float32)):
+            o.zero_grad()
+            tl = torch_loss("cross_entropy", f(torch.from_numpy(X).to(dt)), torch.from_numpy(Y))
+            tl.backward()
+            o.step()
+            if dt == torch.float64:
+                assert loss == pytest.approx(tl.item(), rel=max(tol, 1e-12) * 10)
+    for (W, b), lin, lin32 in zip(net.get_params(), layers, layers32):
+        for ours_p, ref, ref32 in ((W, lin.weight, lin32.weight), (b, lin.bias, lin32.bias)):
+            ref = ref.detach().numpy()
+            bound = tol if dtype == "float64" else max(tol, 4 * rel_err(ref32.detach().double().numpy(), ref))
+            assert rel_err(ours_p, ref) < bound
