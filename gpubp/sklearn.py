@@ -43,9 +43,10 @@ How the hyper-parameters map onto gpubp:
   offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
-  state.  `max_iter` and the `ConvergenceWarning` count each call's epochs;
-  `n_iter_`, `t_` and `loss_curve_` count every epoch since the network was
-  built (scikit-learn's `n_iter_` counts the last call's only).
+  state.  As in scikit-learn, `max_iter`, the `ConvergenceWarning` and
+  `n_iter_` count the last call's epochs (so `n_iter_` is 1 after a
+  `partial_fit`), while `t_` and `loss_curve_` count every epoch since the
+  network was built.
 - `sample_weight`: weights are scaled to mean 1 over the training set (which
   leaves scikit-learn's weighted loss unchanged) and passed to
   `gpubp.MLP.fit`, which weights each sample's loss in its batch.
@@ -293,6 +294,7 @@ class _BaseMLP(BaseEstimator):
         Xd = net.backend.asarray(self._in_net_dtype(X), net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)
         n_epochs = 1 if incremental else self.max_iter
+        self.n_iter_ = 0    # this call's epochs, as scikit-learn counts them
         for epoch in range(1, n_epochs + 1):
             hist = net.fit(Xd, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
                            shuffle=bool(self.shuffle), progress=False, **fit_kw)

@@ -276,7 +276,7 @@ def test_partial_fit_keeps_optimizer_state():
     inc = MLPClassifier(**kw)
     for _ in range(4):
         inc.partial_fit(X, y, classes=np.unique(y))
-    assert inc.n_iter_ == 4 and len(inc.loss_curve_) == 4 and inc._optimizer.t == 4 * 8
+    assert inc.n_iter_ == 1 and len(inc.loss_curve_) == 4 and inc._optimizer.t == 4 * 8
     for a, b in zip(full.coefs_, inc.coefs_):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
     # a fresh optimizer (what would happen if state were dropped) trains differently
@@ -321,7 +321,7 @@ def test_warm_start_continues():
     clf = _fit_quietly(MLPClassifier((8,), max_iter=3, warm_start=True, random_state=0, backend="numpy"), X, y)
     before = clf.coefs_
     _fit_quietly(clf, X, y)
-    assert clf.n_iter_ == 6 and len(clf.loss_curve_) == 6
+    assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 6 and clf.t_ == 6 * len(X)
     assert max(np.abs(a - b).max() for a, b in zip(before, clf.coefs_)) > 0
 
 
@@ -341,10 +341,11 @@ def test_warm_start_fits_match_sklearn(case):
                 est.fit(X, y)
         for a, b in zip(sk.coefs_, g.coefs_):
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
-    assert len(g.loss_curve_) == len(sk.loss_curve_) == g.n_iter_ == 9 and g.t_ == sk.t_
+    assert len(g.loss_curve_) == len(sk.loss_curve_) == 9 and g.n_iter_ == sk.n_iter_ == 3 and g.t_ == sk.t_
     velocity = g._optimizer.state["velocity"].copy()
     for est in (sk, g):
         est.partial_fit(X, y)
+    assert g.n_iter_ == sk.n_iter_ == 1 and len(g.loss_curve_) == len(sk.loss_curve_) == 10 and g.t_ == sk.t_
     assert np.abs(g._optimizer.state["velocity"] - velocity).max() > 0
     for a, b in zip(sk.coefs_, g.coefs_):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
