@@ -470,9 +470,10 @@ def _add_predict(sub):
     p = sub.add_parser(
         "predict", help="predict with a saved checkpoint on data from a .npy or .csv file",
         description="Load a checkpoint written by `gpubp train --save` (or MLP.save) and predict on DATA, "
-                    "a .npy array or a .csv file of numbers (one sample per row, comma-separated, an optional "
-                    "header line). The network applies the input standardisation it was trained with. "
-                    "Prints one prediction per line, or writes them to --out (.npy or .csv by suffix).",
+                    "a .npy array or a .csv file of numbers (one sample per line, comma-separated; a first line "
+                    "that is not all numbers is a header; blank lines and '#' comments are skipped). The network applies the input standardisation it was trained with. "
+                    "Prints one prediction per line, or writes them to --out (.npy or .csv by suffix; the file is "
+                    "replaced only once it is complete).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
     p.add_argument("data", metavar="DATA", help="the samples: a .npy or .csv file, shape (N, n_inputs)")
@@ -501,8 +502,62 @@ def _suffix(path, what):
     return suf
 
 
+def _csv_cells(line):
+    """The comma-separated cells of one CSV line, without a '#' comment (as np.savetxt writes headers)."""
+    return [c.strip() for c in line.split("#", 1)[0].split(",")]
+
+
+def _read_csv(path) -> tuple[np.ndarray, list[int]]:
+    """The numbers of a CSV file, one sample per line, and the line number (from 1) of each sample.
+
+    A first line that is not all numbers is a header. Blank lines and '#' comments are skipped.
+    Every error names the line and the column at fault; no line of numbers is ever skipped.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")     # -sig: a byte-order mark is not a cell
+    except UnicodeDecodeError as e:
+        raise UsageError(f"DATA {path!r} is not a CSV file of numbers (not UTF-8 text: {e.reason} at byte "
+                         f"{e.start})") from None
+    except OSError as e:
+        raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
+    rows, lines, width, first, header = [], [], None, None, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        cells = _csv_cells(line)
+        if cells == [""]:
+            continue                   # blank or comment only
+        try:
+            values = [float(c) for c in cells]
+        except ValueError:
+            if first is None:          # the first line holds names: a header
+                first, header = number, line.strip()
+                continue
+            col = next(i for i, c in enumerate(cells, start=1) if not _is_number(c))
+            raise UsageError(f"DATA {path!r} is not a CSV file of numbers: line {number}, column {col} is "
+                             f"{cells[col - 1]!r}") from None
+        if width is None:
+            width, first = len(values), number
+        elif len(values) != width:
+            raise UsageError(f"DATA {path!r}: line {number} has {len(values)} values but line {first} has "
+                             f"{width}; every sample needs the same number of values")
+        rows.append(values)
+        lines.append(number)
+    if not rows and header is not None:
+        raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
+                         f"({header[:60]!r}), is not comma-separated numbers, so it was taken as a header")
+    return np.array(rows, dtype=np.float64).reshape(len(rows), width or 0), lines
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_data(path) -> np.ndarray:
     """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong."""
+    lines = None
     if _suffix(path, "DATA") == ".npy":
         try:
             X = np.load(path, allow_pickle=False)
@@ -511,21 +566,44 @@ def _read_data(path) -> np.ndarray:
         if X.ndim == 1:
             X = X.reshape(1, -1)   # one sample
     else:
-        X = None
-        for skip in (0, 1):        # a header line of names is skipped
-            try:
-                X = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip, dtype=np.float64)
-                break
-            except ValueError as e:
-                err = e
-        if X is None:
-            raise UsageError(f"DATA {path!r} is not a CSV file of numbers ({err})")
+        X, lines = _read_csv(path)
     if X.dtype.kind not in "biuf" or X.ndim != 2:
         raise UsageError(f"DATA {path!r} must hold a 2-D numeric array (samples x inputs); got "
                          f"shape {X.shape} of {X.dtype}")
     if X.shape[0] == 0:
         raise UsageError(f"DATA {path!r} holds no samples")
+    if X.dtype.kind == "f":
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            where = f"line {lines[i]}" if lines is not None else f"index {i}"
+            raise UsageError(f"DATA {path!r} contains NaN or infinity ({int(bad.sum())} of {X.shape[0]} samples, "
+                             f"the first at {where})")
     return X
+
+
+def _write_predictions(path, P, suffix) -> None:
+    """Write `P` to `path` (.npy or .csv) atomically: a temporary file in the same folder, then renamed over
+    `path`, so a failed write leaves no partial file (and any previous file as it was)."""
+    import os
+    import secrets
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as f:     # a file object: numpy writes to exactly `path`, adding no suffix
+            if suffix == ".npy":
+                np.save(f, P, allow_pickle=False)
+            else:
+                fmt = "%d" if P.dtype.kind in "biu" else "%.9g"
+                np.savetxt(f, P, fmt=fmt, delimiter=",")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _format_rows(P) -> list[str]:
@@ -555,19 +633,23 @@ def cmd_predict(args) -> int:
     if X.shape[1] != net.sizes[0]:
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
                          f"inputs")
+    if args.proba and net.loss not in LOGIT_LOSSES:
+        raise UsageError(f"--proba gives class probabilities of a network trained with a cross-entropy loss; "
+                         f"this one was trained with {net.loss} (predict_proba is not defined): drop --proba")
     try:
         P = net.predict_proba(X) if args.proba else net.predict(X)
     except (ValueError, TypeError) as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"DATA {args.data!r}: {e}") from None
+    P = np.asarray(P)
     if args.out is None:
         sys.stdout.write("\n".join(_format_rows(P)) + "\n")
-    elif out_suffix == ".npy":
-        np.save(args.out, P)
-    else:
-        fmt = "%d" if np.asarray(P).dtype.kind in "biu" else "%.9g"
-        np.savetxt(args.out, np.asarray(P), fmt=fmt, delimiter=",")
-    if args.out is not None:
-        print(f"wrote {len(P)} predictions to {args.out}", file=sys.stderr)
+        return 0
+    try:
+        _write_predictions(args.out, P, out_suffix)
+    except OSError as e:               # e.g. the disk filled up: nothing partial is left
+        print(f"gpubp predict: could not write --out {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(P)} predictions to {args.out}", file=sys.stderr)
     return 0
 
 
