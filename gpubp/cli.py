@@ -118,13 +118,17 @@ def _activations(text):
     return names
 
 
+#: the largest seed: scikit-learn's splits and make_moons take seeds below 2^32
+MAX_SEED = 2**32 - 1
+
+
 def _seed(text):
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {text!r}")
     return v
 
 

@@ -140,12 +140,19 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
                          f"{test_size} + {val_size}")
     X, y, desc = raw_dataset(name, seed, n_samples, noise)
     n_classes = int(y.max()) + 1
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
-    if val_size:
-        X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=val_size / (1 - test_size),
-                                                  random_state=seed, stratify=y_tr)
-    else:
-        X_va, y_va = X[:0], y[:0]
+    try:
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+        if val_size:
+            X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=val_size / (1 - test_size),
+                                                      random_state=seed, stratify=y_tr)
+        else:
+            X_va, y_va = X[:0], y[:0]
+    except ValueError as e:      # too few samples for a stratified split: scikit-learn's words alone name no cause
+        counts = np.bincount(y, minlength=n_classes)
+        raise ValueError(f"{name} has too few samples ({len(y)}; the smallest class has {int(counts.min())}) "
+                         f"for a stratified split with test_size {test_size} and val_size {val_size}: every "
+                         f"class needs samples in each part; use more samples (n_samples) or larger fractions "
+                         f"({e})") from None
     mean = std = None
     if standardize_features:
         mean, std, X_tr, X_va, X_te = standardize(X_tr, X_va, X_te)

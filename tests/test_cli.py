@@ -113,6 +113,8 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--backend", "tpu"], "invalid choice"),
     (["--test-size", "1.5"], "fraction"),
     (["--seed", "-3"], "seed"),
+    (["--seed", "4294967296"], "argument --seed: expected an integer seed from 0 to 4294967295"),
+    (["--dataset", "moons", "--n-samples", "5"], "moons has too few samples (5;"),
     (["--save", "/nonexistent-dir/x.npz"], "does not exist"),
     (["--noise", "0.1"], "n_samples and noise apply"),
     (["--frobnicate"], "unrecognized arguments"),

@@ -90,3 +90,12 @@ def test_bad_arguments_are_clear():
         data.load_dataset("iris", noise=0.1)
     with pytest.raises(ValueError, match="labels"):
         data.one_hot([0, 3], 3)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_too_few_samples_for_a_stratified_split_say_so(n):
+    # scikit-learn's own message ("The test_size = 1 should be greater or equal to the number of classes")
+    # names neither the data set nor what to change
+    with pytest.raises(ValueError, match=rf"moons has too few samples \({n}; the smallest class has \d\) for a "
+                                         r"stratified split with test_size 0.2 and val_size 0.1.*n_samples"):
+        data.load_dataset("moons", test_size=0.2, val_size=0.1, n_samples=n, seed=0)
