@@ -486,6 +486,10 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         lead.insert(0, t["description"])
     if t.get("weights_from"):
         lead.append(f"weights: {t['weights_from']}")
+    if t["batch"] > 1:
+        lead.append(f"each row of x, y, z, a, dL/da, g'(z), delta and W^T delta is one of the {t['batch']} "
+                    "samples (the formulas are written for one sample, z = W x + b); dW and db add up the "
+                    f"samples' terms, and the loss's mean over the batch is already in delta (the 1/B)")
     stages.append(("Problem", "\n".join(lead) + "\n" + block([("input  x = ", t["input"]),
                                                               ("target y = ", t["target"])])))
     for fw in t["forward"]:
@@ -511,7 +515,9 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
                        block([(src, bw["dL_da"]),
                               (f"g'(z{l}) = {DERIVATIVE_TEXT[act]} = ", bw["g_prime"]),
                               (f"delta{l} = dL/da{l} * g'(z{l}) = ", bw["delta"]),
-                              (f"dW{l} = delta{l} {prev}^T = ", bw["dW"]),
+                              (f"dW{l} = delta{l} {prev}^T = " if t["batch"] == 1 else
+                               f"dW{l} = delta{l}^T {prev} (the sum over the batch of each sample's delta{l} "
+                               f"{prev}^T) = ", bw["dW"]),
                               (f"db{l} = delta{l}{' summed over the batch' if t['batch'] > 1 else ''} = ", bw["db"]),
                               (f"W{l}^T delta{l} = {passes} = ", bw["W_T_delta"])])))
     lr = f"{t['lr']:g}"

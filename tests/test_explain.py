@@ -333,6 +333,28 @@ def test_weights_file_and_overrides(capsys, tmp_path):
     assert t["backward"][0]["dL_da"] == t["backward"][0]["delta"]
 
 
+def test_the_text_of_a_batch_writes_dW_with_the_spec_transpose(capsys):
+    """For a batch, delta and a_prev hold one row per sample: dW = delta^T a_prev (docs/spec.md), the sum of
+    the samples' outer products; the text once wrote "delta1 x^T", a (B, B) product, for the (n, m) dW."""
+    argv = ["explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;-1,0,1", "--target", "2;0", "--loss",
+            "cross_entropy", "--activation", "relu"]
+    rc, text, _ = run(capsys, *argv)
+    assert rc == 0
+    assert "dW1 = delta1^T x (the sum over the batch of each sample's delta1 x^T) = " in text
+    assert "dW2 = delta2^T a1 (the sum over the batch of each sample's delta2 a1^T) = " in text
+    assert "dW1 = delta1 x^T" not in text and "dW2 = delta2 a1^T" not in text
+    assert "each row of x, y, z, a, dL/da, g'(z), delta and W^T delta is one of the 2 samples" in text
+    t = strict_json(run(capsys, *argv, "--json")[1])
+    for l, bw in ((2, t["backward"][0]), (1, t["backward"][1])):
+        a_prev = np.array(t["input"] if l == 1 else t["forward"][0]["a"])
+        delta = np.array(bw["delta"])
+        close(bw["dW"], delta.T @ a_prev)
+        close(bw["dW"], sum(np.outer(delta[i], a_prev[i]) for i in range(2)))
+    # one sample: the textbook outer product, and no note on rows
+    rc, text, _ = run(capsys, "explain")
+    assert "dW1 = delta1 x^T = " in text and "dW2 = delta2 a1^T = " in text and "each row" not in text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--input", "1,2,3"], "network takes 2"),
     (["--weights", "/nonexistent.json"], "cannot read the weights file"),
