@@ -794,10 +794,12 @@ def cmd_gradcheck(args) -> int:
                          "parameter: use a smaller one (at most 20000)")
     acts_list = [[a] for a in ACTIVATIONS] if args.all_activations else [args.activation]
     loss_list = list(LOSSES) if args.all_losses else [args.loss]
+    if sizes[-1] == 1 and "cross_entropy" in loss_list:
+        raise UsageError("--loss cross_entropy needs at least 2 outputs (--layers ...,N with N >= 2): the softmax "
+                         "of one logit is always 1, so its loss and gradients are identically zero and the check "
+                         "would pass whatever the code computes")
     backend = _make_backend(args.backend)
-    print(f"gradcheck: layers {sizes}, backend {backend.describe()}, {args.dtype}, batch {args.batch}, "
-          f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
-    worst, failures, runs = 0.0, [], 0
+    configs = []                   # every network is built (and so checked) before anything is printed
     for loss in loss_list:
         for act in acts_list:
             out_act = "identity" if loss in LOGIT_LOSSES else args.output_activation
@@ -807,21 +809,26 @@ def cmd_gradcheck(args) -> int:
                           dtype=args.dtype, seed=args.seed)
             except (ValueError, TypeError) as e:
                 raise UsageError(str(e)) from None
-            X, Y = random_problem(net, args.batch, args.seed)
-            value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
-            absd = max_abs_errors(an, nu)
-            runs += 1
-            name = ",".join(act)
-            print(f"\n{name} (output {out_act}), loss {loss} = {value:.6g}")
-            print(f"  {'layer':>5}  {'shape':>9}  {'rel err W':>10}  {'rel err b':>10}  {'max|diff|':>10}")
-            for l, ((ew, eb), (dw, db)) in enumerate(zip(errs, absd), start=1):
-                flag = "" if max(ew, eb) <= args.threshold else "  FAIL"
-                shape = f"{sizes[l]}x{sizes[l - 1]}"
-                print(f"  {l:>5}  {shape:>9}  {ew:>10.2e}  {eb:>10.2e}  {max(dw, db):>10.2e}{flag}")
-                worst = max(worst, ew, eb)
-            case_worst = max(max(e) for e in errs)
-            if not case_worst <= args.threshold:
-                failures.append(f"{name}/{loss} ({case_worst:.2e})")
+            configs.append((loss, act, out_act, net))
+    print(f"gradcheck: layers {sizes}, backend {backend.describe()}, {args.dtype}, batch {args.batch}, "
+          f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
+    worst, failures, runs = 0.0, [], 0
+    for loss, act, out_act, net in configs:
+        X, Y = random_problem(net, args.batch, args.seed)
+        value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+        absd = max_abs_errors(an, nu)
+        runs += 1
+        name = ",".join(act)
+        print(f"\n{name} (output {out_act}), loss {loss} = {value:.6g}")
+        print(f"  {'layer':>5}  {'shape':>9}  {'rel err W':>10}  {'rel err b':>10}  {'max|diff|':>10}")
+        for l, ((ew, eb), (dw, db)) in enumerate(zip(errs, absd), start=1):
+            flag = "" if max(ew, eb) <= args.threshold else "  FAIL"
+            shape = f"{sizes[l]}x{sizes[l - 1]}"
+            print(f"  {l:>5}  {shape:>9}  {ew:>10.2e}  {eb:>10.2e}  {max(dw, db):>10.2e}{flag}")
+            worst = max(worst, ew, eb)
+        case_worst = max(max(e) for e in errs)
+        if not case_worst <= args.threshold:
+            failures.append(f"{name}/{loss} ({case_worst:.2e})")
     print()
     if failures:
         print(f"worst relative error {worst:.3e} > threshold {args.threshold:g}: FAILED in "

@@ -179,6 +179,19 @@ def test_gradcheck_bad_options(capsys):
     assert "at least the input and output" in usage_error(capsys, "gradcheck", "--layers", "5")
     assert "smaller one" in usage_error(capsys, "gradcheck", "--layers", "200,200")
     assert "invalid choice" in usage_error(capsys, "gradcheck", "--kind", "mean")
+    # refused before anything is printed (the header line used to come first)
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2", "--activation",
+                           "relu,tanh", with_stdout=True)
+    assert "--activation lists 2 activations but the network has 1 hidden layers" in err and out == ""
+
+
+@pytest.mark.parametrize("extra", [["--loss", "cross_entropy"], ["--all-losses"]])
+def test_gradcheck_refuses_a_check_that_cannot_fail(capsys, extra):
+    """cross_entropy on one output: softmax of one logit is 1, every gradient is 0, and "OK" proves nothing
+    (a planted error in dW would pass)."""
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,1", *extra,
+                           with_stdout=True)
+    assert "--loss cross_entropy needs at least 2 outputs" in err and out == ""
 
 
 # ---------------------------------------------------------------- info, dispatch, python -m
