@@ -353,7 +353,11 @@ def parse_vector(value, what="value"):
         return _parse_vector_text(value, what)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return _parse_vector_text(" ".join(value), what)
-    return np.asarray(value, dtype=np.float64)
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):    # text among numbers, rows of different lengths, an object
+        raise ValueError(f"{what} must be a number, a list of numbers or a list of equally long rows of "
+                         f"numbers (one per sample), got {value!r}") from None
 
 
 def make_problem(layer_sizes=None, input=None, target=None, activation=None, output_activation=None,

@@ -377,6 +377,13 @@ def test_bad_weights_file(capsys, tmp_path):
     assert "takes 2 inputs but layer 1 has 1 outputs" in usage_error(capsys, "explain", "--weights", str(wf))
     wf.write_text("{not json")
     assert "not valid JSON" in usage_error(capsys, "explain", "--weights", str(wf))
+    # an input or target that is no array of numbers is named (was numpy's "inhomogeneous shape" message)
+    for key, value, what in (("target", [[1, 2], [3]], "the target"), ("input", [1, "x"], "the input"),
+                             ("input", {"a": 1}, "the input")):
+        d = {"layers": [{"W": [[1, 2]], "b": [0]}], "input": [1, 2], "target": [1], key: value}
+        wf.write_text(json.dumps(d))
+        err = usage_error(capsys, "explain", "--weights", str(wf))
+        assert f"{what} must be a number, a list of numbers or a list of equally long rows" in err, err
 
 
 def test_trace_step_rejects_bad_arguments():
