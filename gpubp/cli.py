@@ -97,7 +97,13 @@ def _momentum(text):
 
 
 def _sizes(text):
-    parts = [p for p in str(text).replace(" ", ",").split(",") if p]
+    import re
+
+    parts = re.split(r"\s*,\s*|\s+", str(text).strip())   # "64,128,10", "64, 128, 10" or "64 128 10"
+    if "" in parts and parts != [""]:       # "64,,10" or "64,128,": a size left out, not silently dropped
+        raise argparse.ArgumentTypeError(f"expected sizes as comma-separated positive integers (e.g. 64,128,10), "
+                                         f"got {text!r}, which leaves a size out")
+    parts = [p for p in parts if p]
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
@@ -109,7 +115,11 @@ def _sizes(text):
 
 
 def _activations(text):
-    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    names = [p.strip() for p in str(text).split(",")]
+    if "" in names and names != [""]:       # "relu,,tanh": a name left out, not silently dropped
+        raise argparse.ArgumentTypeError(f"expected activation names separated by commas, got {text!r}, which "
+                                         f"leaves a name out; choose from {', '.join(ACTIVATIONS)}")
+    names = [n for n in names if n]
     bad = [n for n in names if n not in ACTIVATIONS]
     if not names or bad:
         raise argparse.ArgumentTypeError(

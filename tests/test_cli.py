@@ -73,6 +73,12 @@ def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
     assert accuracy(net, ds.X_test, ds.y_test) == pytest.approx(acc, abs=5e-5)
 
 
+def test_sizes_may_be_separated_by_commas_or_spaces():
+    for text in ("64,128,10", "64, 128, 10", "64 128 10", " 64,128,10 "):
+        assert cli._sizes(text) == [64, 128, 10], text
+    assert cli._activations("relu, tanh") == ["relu", "tanh"]
+
+
 def test_train_other_losses_and_inferred_sizes(capsys):
     rc, out, _ = run(capsys, "train", "--dataset", "breast_cancer", "--loss", "binary_cross_entropy",
                      "--hidden", "8", "--epochs", "2", "--optimizer", "adamw", "--no-progress", "--val-size", "0",
@@ -97,6 +103,11 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--layers", "64"], "at least the input and output"),
     (["--layers", "64,x,10"], "comma-separated positive integers"),
     (["--hidden", "0"], "positive integer"),
+    (["--layers", "64,,10"], "argument --layers: expected sizes as comma-separated positive integers (e.g. "
+                             "64,128,10), got '64,,10', which leaves a size out"),
+    (["--hidden", "32,16,"], "argument --hidden: expected sizes as comma-separated positive integers"),
+    (["--hidden", "8,8", "--activation", "relu,,tanh"], "argument --activation: expected activation names "
+                                                         "separated by commas, got 'relu,,tanh', which leaves"),
     (["--layers", "64,10", "--hidden", "8"], "not allowed with"),
     (["--epochs", "0"], "positive integer"),
     (["--batch-size", "two"], "positive integer"),
