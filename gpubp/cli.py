@@ -702,7 +702,8 @@ def _add_explain(sub):
     p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
     p.add_argument("--seed", type=_seed, default=None,
-                   help="initialise the weights as MLP(seed=SEED) does instead of taking the example's")
+                   help="initialise the weights as MLP(seed=SEED) does instead of taking the example's or "
+                        "the --weights file's (whose other values are kept)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the trace as strict JSON")
     out.add_argument("--step", action="store_true",

@@ -367,7 +367,10 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
 
     With no weights file, the default example's weights are used unless
     `layer_sizes` differ from its sizes or a `seed` is given; then the weights
-    are those `MLP(..., seed=seed)` starts from.  `activation` is a name or a
+    are those `MLP(..., seed=seed)` starts from.  With a weights file (or a
+    named example's text) and a `seed`, the file gives everything but the
+    weights, which are again `MLP(..., seed=seed)`'s (for its layer sizes, or
+    `layer_sizes`).  `activation` is a name or a
     list (one per hidden layer).  The output activation is, in order: the one
     given, identity for the logit losses, the weights file's, the hidden one
     when all hidden layers share it, identity.
@@ -383,7 +386,9 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     pick = lambda key, given: given if given is not None else wf.get(key, base.get(key))  # noqa: E731
 
     sizes = list(layer_sizes) if layer_sizes is not None else None
-    if weights is not None:
+    if weights is not None and seed is not None:     # the file's settings, MLP(seed=...)'s weights
+        sizes = sizes if sizes is not None else wf["layer_sizes"]
+    elif weights is not None:
         if sizes is not None and sizes != wf["layer_sizes"]:
             raise ValueError(f"--layers {sizes} does not match the weights, which give {wf['layer_sizes']}")
         sizes = wf["layer_sizes"]
@@ -423,7 +428,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     lr_v = pick("lr", lr)
     lr_v = 0.1 if lr_v is None else float(lr_v)
 
-    if weights is not None:
+    if weights is not None and seed is None:
         params, weights_from = wf["params"], weights_name or f"file {weights}"
     else:
         seed = 0 if seed is None else seed

@@ -250,6 +250,29 @@ def test_overriding_the_example_drops_its_published_numbers(capsys):
     assert np.array_equal(t["forward"][0]["W"], params[0][0]) and "seed=5" in t["weights_from"]
 
 
+@pytest.mark.parametrize("source", [("--example", "classic"), ("--weights", None)])
+def test_seed_replaces_the_weights_of_an_example_or_file(capsys, tmp_path, source):
+    """`--seed` takes MLP(seed=...)'s weights "instead of the example's": with --example or --weights it
+    was silently ignored (the example's weights were traced, under a "changed from" description)."""
+    import gpubp
+    if source[1] is None:
+        wf = tmp_path / "w.json"
+        wf.write_text(explain._example_text("classic"))
+        source = ("--weights", str(wf))
+    t = strict_json(run(capsys, "explain", *source, "--seed", "5", "--json")[1])
+    params = gpubp.MLP([2, 2, 2], activation="sigmoid", output_activation="sigmoid", loss="half_sse",
+                       backend="numpy", dtype="float64", seed=5).get_params()
+    for f, (W, b) in zip(t["forward"], params):
+        assert np.array_equal(f["W"], W) and np.array_equal(f["b"], b)
+    assert "seed=5" in t["weights_from"] and "expected" not in t
+    # everything else is the example's
+    assert t["loss_name"] == "half_sse" and t["lr"] == 0.5 and t["input"] == [0.05, 0.1]
+    assert t["target"] == [0.01, 0.99] and t["activations"] == ["sigmoid", "sigmoid"]
+    # and the weights no longer fix the sizes
+    t = strict_json(run(capsys, "explain", *source, "--seed", "5", "--layers", "2,3,2", "--json")[1])
+    assert t["layer_sizes"] == [2, 3, 2] and np.shape(t["forward"][0]["W"]) == (3, 2)
+
+
 # ---------------------------------------------------------------- --step and --plot
 STAGES = ["Problem", "Forward, layer 1", "Forward, layer 2", "Loss", "Backward, layer 2", "Backward, layer 1",
           "Update", "Against the example's published numbers"]
