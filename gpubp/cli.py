@@ -722,6 +722,7 @@ def cmd_explain(args) -> int:
 
     if args.plot:
         _check_writable(args.plot, "--plot")
+        require("matplotlib", "plot", "--plot")   # before the step is traced and printed
     weights, is_text, wname = args.weights, False, None
     if args.example is not None:
         weights, is_text = explain._example_text(args.example), True

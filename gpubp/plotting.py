@@ -124,7 +124,7 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) 
     the network has more than `max_labelled_edges` edges.  Returns the path
     written.
     """
-    from matplotlib.patches import Circle
+    Circle = require("matplotlib.patches", "plot", "plotting").Circle   # the extra named, if missing
 
     sizes = trace["layer_sizes"]
     L = len(sizes) - 1

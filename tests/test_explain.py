@@ -337,6 +337,32 @@ def test_plot_writes_a_png_of_the_network(capsys, tmp_path):
     assert "does not exist" in usage_error(capsys, "explain", "--plot", str(tmp_path / "no" / "x.png"))
 
 
+def _without_matplotlib(monkeypatch):
+    import sys
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("matplotlib", "matplotlib.patches", "matplotlib.figure", "matplotlib.backends",
+                 "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)      # import raises ImportError
+
+
+def test_plot_without_matplotlib_names_the_extra(capsys, tmp_path, monkeypatch):
+    """Without matplotlib, `explain --plot` printed the whole trace and then died in a traceback
+    (plot_trace imported matplotlib.patches before checking for the extra)."""
+    from gpubp.optional import MissingExtraError
+    from gpubp.plotting import plot_trace
+
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    _without_matplotlib(monkeypatch)
+    with pytest.raises(MissingExtraError, match=r'gpubp\[plot\]'):
+        plot_trace(t, tmp_path / "net.png")
+    rc, out, err = run(capsys, "explain", "--plot", str(tmp_path / "net.png"))
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert err.strip() == 'gpubp explain: --plot needs matplotlib, which is not installed: pip install "gpubp[plot]"'
+    assert not (tmp_path / "net.png").exists()
+
+
 # ---------------------------------------------------------------- options and errors
 def test_weights_file_and_overrides(capsys, tmp_path):
     wf = tmp_path / "w.json"
