@@ -1,11 +1,13 @@
 """Small classification data sets for examples and the command line.
 
-Every data set is built offline (scikit-learn is needed, `gpubp[sklearn]`,
-except for `xor`): scikit-learn ships digits, iris,
-breast_cancer and wine inside its package, `moons` comes from
-`sklearn.datasets.make_moons`, and `xor` is generated here.  `load_dataset`
-splits a data set into stratified train / validation / test parts with a
-seed and standardises the features with the training part's statistics only.
+Every data set is built offline: scikit-learn (`gpubp[sklearn]`) ships
+digits, iris, breast_cancer and wine inside its package, `moons` comes from
+`sklearn.datasets.make_moons`, and `xor` is generated here (`make_xor` and
+`raw_dataset("xor")` need numpy only).  `load_dataset` splits a data set
+into stratified train / validation / test parts with scikit-learn's
+`train_test_split` (so it needs scikit-learn for every data set, `xor`
+included) and a seed, and standardises the features with the training
+part's statistics only.
 """
 
 from __future__ import annotations
