@@ -485,3 +485,100 @@ def test_momentum_equals_the_texts_form_at_a_constant_rate_only():
     assert not np.allclose(a[3], b[3], rtol=1e-6)
     # gpubp: dw_t = -eta_t g_t + mu (eta_t / eta_{t-1}) dw_{t-1}
     np.testing.assert_allclose(a[3] - a[2], -0.01 * grads[3] + 0.9 * (0.01 / 0.1) * (a[2] - a[1]), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- every printed number against PyTorch autograd
+def _torch_step(torch, params, X, Y, acts, loss):
+    """The forward pass, loss and autograd gradients of the same network, written with torch alone."""
+    F = torch.nn.functional
+    act = {"identity": lambda z: z, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+           "leaky_relu": lambda z: F.leaky_relu(z, 0.01), "gelu": lambda z: F.gelu(z, approximate="tanh"),
+           "silu": F.silu}
+    Ws = [torch.tensor(W, dtype=torch.float64, requires_grad=True) for W, _ in params]
+    bs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for _, b in params]
+    a = torch.tensor(np.atleast_2d(X), dtype=torch.float64)
+    zs, As = [], []
+    for W, b, g in zip(Ws, bs, acts):
+        z = a @ W.T + b
+        a = act[g](z)
+        z.retain_grad()
+        a.retain_grad()
+        zs.append(z)
+        As.append(a)
+    if loss in ("mse", "half_sse", "binary_cross_entropy"):
+        y = torch.tensor(np.reshape(Y, a.shape), dtype=torch.float64)
+    if loss == "mse":
+        L = F.mse_loss(a, y)
+    elif loss == "half_sse":
+        L = ((a - y) ** 2).sum() / (2 * a.shape[0])
+    elif loss == "cross_entropy":
+        L = F.cross_entropy(a, torch.tensor(np.atleast_1d(Y), dtype=torch.long))
+    else:
+        L = F.binary_cross_entropy_with_logits(a, y)
+    L.backward()
+    gprime = []
+    for z, g in zip(zs, acts):
+        zz = z.detach().clone().requires_grad_(True)
+        act[g](zz).sum().backward()
+        gprime.append(zz.grad.numpy())
+    return {"loss": L.item(), "W": Ws, "b": bs, "z": zs, "a": As, "g": gprime}
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "cross_entropy", "binary_cross_entropy"])
+def test_every_number_of_the_trace_against_torch_autograd(loss):
+    """z, a, the loss, dL/da, g'(z), delta, dW, db, W^T delta and the SGD update of every layer, for every
+    activation, on tiny and awkward networks (1 input and 1 output, batch 1, three layers, batches), each
+    against PyTorch autograd on the same float64 numbers (the spec's convention for every loss)."""
+    torch = pytest.importorskip("torch")
+    from gpubp.activations import ACTIVATIONS
+
+    rng = np.random.default_rng(11)
+    lr = 0.3
+    for sizes, B in (([1, 1], 1), ([1, 1, 1], 1), ([3, 4, 2], 1), ([3, 4, 5, 2], 3), ([2, 3, 1], 4)):
+        if loss == "cross_entropy" and sizes[-1] == 1:
+            continue
+        for act in ACTIVATIONS:
+            out = "identity" if loss in ("cross_entropy", "binary_cross_entropy") else act
+            acts = [act] * (len(sizes) - 2) + [out]
+            params = [(rng.normal(size=(n, m)), rng.normal(size=n)) for m, n in zip(sizes[:-1], sizes[1:])]
+            X = rng.normal(size=(B, sizes[0])) if B > 1 else rng.normal(size=sizes[0])
+            shape = (B, sizes[-1]) if B > 1 else (sizes[-1],)
+            if loss == "cross_entropy":
+                Y = rng.integers(0, sizes[-1], size=B) if B > 1 else int(rng.integers(0, sizes[-1]))
+            elif loss == "binary_cross_entropy":
+                Y = rng.uniform(size=shape)
+            else:
+                Y = rng.normal(size=shape)
+            t = explain.trace_step(params, X, Y, acts, loss, lr)
+            r = _torch_step(torch, params, X, Y, acts, loss)
+            case = (sizes, B, act, loss)
+
+            def same(got, want, what):
+                want = np.asarray(want.detach().numpy() if hasattr(want, "detach") else want, dtype=np.float64)
+                got = np.asarray(got, dtype=np.float64)
+                assert got.size == want.size, (what, case)
+                np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-10, atol=1e-13,
+                                           err_msg=f"{what} {case}")
+
+            same(t["loss"], np.float64(r["loss"]), "loss")
+            L = len(params)
+            for f in t["forward"]:
+                l = f["layer"]
+                same(f["z"], r["z"][l - 1], f"z{l}")
+                same(f["a"], r["a"][l - 1], f"a{l}")
+            for bw in t["backward"]:
+                l = bw["layer"]
+                same(bw["delta"], r["z"][l - 1].grad, f"delta{l}")              # dL/dz
+                same(bw["g_prime"], r["g"][l - 1], f"g'(z{l})")
+                same(np.multiply(bw["dL_da"], bw["g_prime"]), r["z"][l - 1].grad, f"dL/da{l} * g'(z{l})")
+                if not (l == L and loss in ("cross_entropy", "binary_cross_entropy")):
+                    same(bw["dL_da"], r["a"][l - 1].grad, f"dL/da{l}")          # the logit losses: dL/dz
+                same(bw["dW"], r["W"][l - 1].grad, f"dW{l}")
+                same(bw["db"], r["b"][l - 1].grad, f"db{l}")
+                same(bw["W_T_delta"], r["z"][l - 1].grad @ r["W"][l - 1], f"W{l}^T delta{l}")
+                if l > 1:
+                    same(bw["W_T_delta"], r["a"][l - 2].grad, f"dL/da{l - 1}")
+            for u in t["updated"]:
+                l = u["layer"]
+                same(u["W"], r["W"][l - 1] - lr * r["W"][l - 1].grad, f"W{l} after")
+                same(u["b"], r["b"][l - 1] - lr * r["b"][l - 1].grad, f"b{l} after")
