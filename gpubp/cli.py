@@ -638,6 +638,10 @@ def cmd_predict(args) -> int:
     if args.out is not None:
         out_suffix = _suffix(args.out, "--out")
         _check_writable(args.out, "--out")
+        for what, path in (("DATA", args.data), ("CHECKPOINT", args.checkpoint)):
+            if Path(args.out).exists() and Path(args.out).samefile(path):
+                raise UsageError(f"--out {args.out!r} is the {what} file: the predictions would replace it; "
+                                 "give another file")
     backend = _make_backend(args.backend)
     X = _read_data(args.data)
     try:

@@ -184,3 +184,16 @@ def test_predict_failed_write_leaves_no_partial_file(capsys, tmp_path, classifie
     assert "Traceback" not in err
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["net.npz", "x.npy", out.name])
+
+
+def test_predict_out_never_replaces_the_data_it_reads(capsys, tmp_path, classifier):
+    """`--out x.csv` on DATA x.csv replaced the samples with the predictions."""
+    net, ckpt, X = classifier
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    before = (tmp_path / "x.csv").read_bytes()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "x.csv")
+    for out in (tmp_path / "x.csv", tmp_path / "sub" / ".." / "x.csv", tmp_path / "link.csv"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        err = usage_error(capsys, "predict", ckpt, tmp_path / "x.csv", "--out", out, "--backend", "numpy")
+        assert "is the DATA file" in err
+    assert (tmp_path / "x.csv").read_bytes() == before
