@@ -387,6 +387,14 @@ def cmd_train(args) -> int:
         if args.grad_norms:
             _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
         require("matplotlib", "plot", "--plot")   # before training, not after it
+    outputs = [(w, Path(f).absolute().resolve()) for w, f in (
+        ("--save", args.save), ("--plot", args.plot),
+        ("--plot (gradient norms)", args.grad_norms and args.plot and _grad_norms_path(args.plot))) if f]
+    for i, (what, path) in enumerate(outputs):
+        for other, path2 in outputs[i + 1:]:
+            if path == path2:
+                raise UsageError(f"{what} and {other} name the same file {str(path)!r}: one would replace the "
+                                 "other; give two files")
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)

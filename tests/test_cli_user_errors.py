@@ -39,6 +39,17 @@ def test_train_output_paths_are_checked_before_training(capsys, tmp_path, option
     assert "epoch" not in out                    # refused before training
 
 
+@pytest.mark.parametrize("save, plot", [("out.png", "out.png"), ("c-grad-norms.png", "c.png"),
+                                        ("net.npz", "./net.npz")])
+def test_train_refuses_two_outputs_in_one_file(capsys, tmp_path, save, plot, monkeypatch):
+    """--save and --plot (or its -grad-norms.png) naming one file: the plot replaced the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend",
+                           "numpy", "--grad-norms", "--save", save, "--plot", plot, with_stdout=True)
+    assert "name the same file" in err and "--save" in err and "epoch" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
