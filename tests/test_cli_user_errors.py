@@ -155,3 +155,24 @@ def test_explain_weights_file_lr_is_used(capsys, tmp_path):
                               "lr": 0.25}))
     assert cli.main(["explain", "--weights", str(wf), "--json"]) == 0
     assert strict_loads(capsys.readouterr().out)["lr"] == 0.25
+
+
+# ---------------------------------------------------------------- a failed plot leaves no partial file
+def test_a_failed_plot_write_leaves_the_previous_file(capsys, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    png = tmp_path / "curves.png"
+    png.write_bytes(b"previous")
+
+    def disk_full(self, f, *a, **k):
+        f.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    rc = cli.main(["train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                   "--plot", str(png)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "could not write the plot" in err and "No space left" in err
+    assert png.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+    err = usage_error(capsys, "explain", "--plot", str(png))
+    assert "cannot write the plot" in err
+    assert png.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
