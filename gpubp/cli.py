@@ -617,7 +617,7 @@ def _write_predictions(path, P, suffix) -> None:
             if suffix == ".npy":
                 np.save(f, P, allow_pickle=False)
             else:
-                fmt = "%d" if P.dtype.kind in "biu" else "%.9g"
+                fmt = "%d" if P.dtype.kind in "biu" else _float_format(P.dtype)
                 np.savetxt(f, P, fmt=fmt, delimiter=",")
         os.replace(tmp, path)
     except BaseException:
@@ -628,9 +628,16 @@ def _write_predictions(path, P, suffix) -> None:
         raise
 
 
+def _float_format(dtype) -> str:
+    """The printf format that writes every value of `dtype` so that it reads back exactly: 9 significant
+    digits for float32, 17 for float64."""
+    return "%.9g" if np.dtype(dtype).itemsize <= 4 else "%.17g"
+
+
 def _format_rows(P) -> list[str]:
     P = np.asarray(P)
-    fmt = (lambda v: str(int(v))) if P.dtype.kind in "biu" else (lambda v: f"{float(v):.9g}")
+    ffmt = _float_format(P.dtype)
+    fmt = (lambda v: str(int(v))) if P.dtype.kind in "biu" else (lambda v: ffmt % float(v))
     if P.ndim == 1:
         return [fmt(v) for v in P]
     return [",".join(fmt(v) for v in row) for row in P]

@@ -197,3 +197,21 @@ def test_predict_out_never_replaces_the_data_it_reads(capsys, tmp_path, classifi
         err = usage_error(capsys, "predict", ckpt, tmp_path / "x.csv", "--out", out, "--backend", "numpy")
         assert "is the DATA file" in err
     assert (tmp_path / "x.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_printed_and_csv_predictions_read_back_exactly(capsys, tmp_path, dtype):
+    """Values are written with enough digits for the network's dtype (float64 ones were cut to 9 digits)."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((20, 3))
+    net = gpubp.MLP([3, 5, 2], loss="mse", backend="numpy", dtype=dtype, seed=0)
+    net.save(tmp_path / "r.npz")
+    np.save(tmp_path / "x.npy", X)
+    want = net.predict(X)
+    rc, out, _ = run(capsys, "predict", tmp_path / "r.npz", tmp_path / "x.npy", "--backend", "numpy")
+    assert rc == 0
+    got = np.array([r.split(",") for r in out.split()], dtype=np.float64).astype(dtype)
+    np.testing.assert_array_equal(got, want)
+    rc, _, _ = run(capsys, "predict", tmp_path / "r.npz", tmp_path / "x.npy", "--out", tmp_path / "p.csv",
+                   "--backend", "numpy")
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "p.csv", delimiter=",").astype(dtype), want)
