@@ -663,6 +663,8 @@ def cmd_predict(args) -> int:
         net = MLP.load(args.checkpoint, backend=backend)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:           # no permission to read it, an I/O error: the file's, not gpubp's
+        raise UsageError(f"CHECKPOINT {args.checkpoint!r} cannot be read: {e.strerror or e}") from None
     if X.shape[1] != net.sizes[0]:
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
                          f"inputs")

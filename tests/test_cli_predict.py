@@ -215,3 +215,17 @@ def test_printed_and_csv_predictions_read_back_exactly(capsys, tmp_path, dtype):
     rc, _, _ = run(capsys, "predict", tmp_path / "r.npz", tmp_path / "x.npy", "--out", tmp_path / "p.csv",
                    "--backend", "numpy")
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "p.csv", delimiter=",").astype(dtype), want)
+
+
+def test_predict_unreadable_checkpoint_is_a_usage_error(capsys, tmp_path, classifier, monkeypatch):
+    """An OSError while reading the checkpoint (no permission, an I/O error) ended in a traceback."""
+    from gpubp import checkpoint
+
+    net, ckpt, X = classifier
+    np.save(tmp_path / "x.npy", X)
+
+    def refuse(self, path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(checkpoint.Checkpoint, "__init__", refuse)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert f"CHECKPOINT {str(ckpt)!r} cannot be read: Permission denied" in err
