@@ -1078,6 +1078,9 @@ def _main(argv) -> int:
     except MissingExtraError as e:         # an optional dependency is not installed: say which extra
         print(f"gpubp {args.command}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:              # Ctrl-C anywhere (train's fit says so itself): no traceback
+        print(f"gpubp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

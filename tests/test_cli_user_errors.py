@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support.cli import strict_json as strict_loads
@@ -176,3 +177,22 @@ def test_a_failed_plot_write_leaves_the_previous_file(capsys, tmp_path, monkeypa
     err = usage_error(capsys, "explain", "--plot", str(png))
     assert "cannot write the plot" in err
     assert png.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+# ---------------------------------------------------------------- Ctrl-C
+def test_interrupt_ends_quietly_with_status_130(capsys, tmp_path, monkeypatch):
+    """Ctrl-C outside train's fit (loading data, a long explain or predict) printed a traceback."""
+    import gpubp
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(explain, "trace_step", interrupted)
+    assert cli.main(["explain"]) == 130
+    out, err = capsys.readouterr()
+    assert err == "gpubp explain: interrupted\n" and out == ""
+    monkeypatch.setattr(gpubp.MLP, "load", interrupted)
+    net = gpubp.MLP([2, 1], backend="numpy")
+    net.save(tmp_path / "n.npz")
+    np.save(tmp_path / "x.npy", np.zeros((1, 2)))
+    assert cli.main(["predict", str(tmp_path / "n.npz"), str(tmp_path / "x.npy"), "--backend", "numpy"]) == 130
+    assert capsys.readouterr().err == "gpubp predict: interrupted\n"
