@@ -775,7 +775,8 @@ def cmd_explain(args) -> int:
     if args.json:
         print(explain.trace_json(trace))
     elif args.step:
-        explain.print_stages(trace, args.digits, interactive=sys.stdin.isatty())
+        interactive = sys.stdin is not None and sys.stdin.isatty()   # None: started with stdin closed
+        explain.print_stages(trace, args.digits, interactive=interactive)
     else:
         print(explain.format_trace(trace, args.digits), end="")
     if args.plot and not args.json:

@@ -294,6 +294,13 @@ def test_step_prints_every_stage_with_headers_when_input_is_not_a_terminal(capsy
     assert f"a2 = [{PUBLISHED_OUTPUT!r}]" in out
 
 
+def test_step_with_stdin_closed_prints_every_stage(capsys, monkeypatch):
+    """`gpubp explain --step <&-`: Python's sys.stdin is None, which ended in an AttributeError."""
+    monkeypatch.setattr("sys.stdin", None)
+    rc, out, _ = run(capsys, "explain", "--step")
+    assert rc == 0 and len(stage_headers(out)) == len(STAGES) and "Enter" not in out
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self):
         return True
