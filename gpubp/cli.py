@@ -542,31 +542,36 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
                          f"{e.start})") from None
     except OSError as e:
         raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
-    rows, lines, width, first, header = [], [], None, None, None
-    for number, line in enumerate(text.splitlines(), start=1):
-        cells = _csv_cells(line)
-        if cells == [""]:
-            continue                   # blank or comment only
-        try:
-            values = [float(c) for c in cells]
-        except ValueError:
-            if first is None:          # the first line holds names: a header
-                first, header = number, line.strip()
-                continue
-            col = next(i for i, c in enumerate(cells, start=1) if not _is_number(c))
-            raise UsageError(f"DATA {path!r} is not a CSV file of numbers: line {number}, column {col} is "
-                             f"{cells[col - 1]!r}") from None
-        if width is None:
-            width, first = len(values), number
-        elif len(values) != width:
-            raise UsageError(f"DATA {path!r}: line {number} has {len(values)} values but line {first} has "
-                             f"{width}; every sample needs the same number of values")
-        rows.append(values)
-        lines.append(number)
-    if not rows and header is not None:
-        raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
-                         f"({header[:60]!r}), is not comma-separated numbers, so it was taken as a header")
-    return np.array(rows, dtype=np.float64).reshape(len(rows), width or 0), lines
+    rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.split("#", 1)[0].strip()]
+    if rows and not all(_is_number(c) for c in _csv_cells(rows[0][1])):
+        first, header = rows.pop(0)    # the first line holds names: a header
+        if not rows:
+            raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
+                             f"({header.strip()[:60]!r}), is not comma-separated numbers, so it was taken as "
+                             "a header")
+    lines = [n for n, _ in rows]
+    if not rows:
+        return np.zeros((0, 0)), lines
+    try:                               # numpy's parser, fast; on an error, find the line and the cell
+        X = np.loadtxt([line for _, line in rows], delimiter=",", comments="#", ndmin=2, dtype=np.float64)
+    except ValueError:
+        X = None
+    if X is None or X.shape[0] != len(rows):
+        width, values = None, []
+        for n, line in rows:
+            cells = _csv_cells(line)
+            bad = [i for i, c in enumerate(cells, start=1) if not _is_number(c)]
+            if bad:
+                raise UsageError(f"DATA {path!r} is not a CSV file of numbers: line {n}, column {bad[0]} is "
+                                 f"{cells[bad[0] - 1]!r}")
+            if width is None:
+                width = len(cells)
+            elif len(cells) != width:
+                raise UsageError(f"DATA {path!r}: line {n} has {len(cells)} values but line {lines[0]} has "
+                                 f"{width}; every sample needs the same number of values")
+            values.append([float(c) for c in cells])
+        X = np.array(values, dtype=np.float64)
+    return X, lines
 
 
 def _is_number(text) -> bool:
