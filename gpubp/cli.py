@@ -19,6 +19,7 @@ import importlib
 import json
 import math
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -97,8 +98,6 @@ def _momentum(text):
 
 
 def _sizes(text):
-    import re
-
     parts = re.split(r"\s*,\s*|\s+", str(text).strip())   # "64,128,10", "64, 128, 10" or "64 128 10"
     if "" in parts and parts != [""]:       # "64,,10" or "64,128,": a size left out, not silently dropped
         raise argparse.ArgumentTypeError(f"expected sizes as comma-separated positive integers (e.g. 64,128,10), "
@@ -493,9 +492,9 @@ def _add_predict(sub):
         "predict", help="predict with a saved checkpoint on data from a .npy or .csv file",
         description="Load a checkpoint written by `gpubp train --save` (or MLP.save) and predict on DATA, "
                     "a .npy array or a .csv file of numbers (one sample per line, comma-separated; a first line "
-                    "that is not all numbers is a header; blank lines and '#' comments are skipped). The network applies the input standardisation it was trained with. "
-                    "Prints one prediction per line, or writes them to --out (.npy or .csv by suffix; the file is "
-                    "replaced only once it is complete).",
+                    "that is not all numbers is a header; blank lines and '#' comments are skipped). The network "
+                    "applies the input standardisation it was trained with. Prints one prediction per line, or "
+                    "writes them to --out (.npy or .csv by suffix; the file is replaced only once it is complete).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
     p.add_argument("data", metavar="DATA", help="the samples: a .npy or .csv file, shape (N, n_inputs)")

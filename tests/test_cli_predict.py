@@ -109,7 +109,8 @@ def test_train_save_then_predict_raw_digits(capsys, tmp_path):
     assert acc == pytest.approx(printed, abs=5e-5) and acc > 0.9
 
 
-# ---------------------------------------------------------------- CSV files: a header is optional, a line of numbers is never dropped
+# ---------------------------------------------------------------- CSV files: a header is optional,
+# a line of numbers is never dropped
 def test_predict_csv_without_header_keeps_every_line(capsys, tmp_path, classifier):
     """A first line of numbers is data even when a later line is bad, or when the file starts with a
     byte-order mark: it was once skipped as a "header" (silently dropping a sample, or blaming the wrong line)."""
