@@ -21,9 +21,15 @@ def test_every_dataset_loads_and_splits(name):
         assert y.dtype == np.int64 and set(np.unique(y)) <= set(range(n_classes))
     # stratified: every part has every class in about the whole set's proportion
     whole = np.bincount(np.concatenate([ds.y_train, ds.y_val, ds.y_test]), minlength=n_classes) / n
-    for y in (ds.y_train, ds.y_test):
+    for y in (ds.y_train, ds.y_val, ds.y_test):
         part = np.bincount(y, minlength=n_classes) / len(y)
         assert np.max(np.abs(part - whole)) < 0.05, (name, part, whole)
+    # the parts are disjoint and together the whole data set
+    X, _, _ = data.raw_dataset(name, seed=3)
+    raw = data.load_dataset(name, test_size=0.2, val_size=0.1, seed=3, standardize_features=False)
+    assert np.array_equal(raw.y_val, ds.y_val) and np.array_equal(raw.y_test, ds.y_test)
+    rows = lambda A: sorted(map(tuple, A))  # noqa: E731
+    assert rows(np.concatenate([raw.X_train, raw.X_val, raw.X_test])) == rows(X)
 
 
 def test_split_is_reproducible_and_seeded():
