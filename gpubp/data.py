@@ -137,6 +137,10 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
 
     test_size = _fraction("test_size", test_size, False)
     val_size = _fraction("val_size", val_size, True)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**32):
+        raise ValueError(f"seed must be None or an integer from 0 to 2**32 - 1 (scikit-learn's split takes no "
+                         f"other), got {seed!r}")
     if test_size + val_size >= 0.9:
         raise ValueError(f"test_size + val_size must leave at least 10% for training, got "
                          f"{test_size} + {val_size}")

@@ -94,6 +94,10 @@ def test_bad_arguments_are_clear():
         data.load_dataset("iris", test_size=1.5)
     with pytest.raises(ValueError, match="n_samples and noise apply"):
         data.load_dataset("iris", noise=0.1)
+    for seed in (-1, 2**32, 1.5, True):      # not blamed on the split's sample counts
+        with pytest.raises(ValueError, match=r"seed must be None or an integer from 0 to 2\*\*32 - 1"):
+            data.load_dataset("iris", seed=seed)
+    assert len(data.load_dataset("iris", seed=2**32 - 1).y_test) == 30
     with pytest.raises(ValueError, match="labels"):
         data.one_hot([0, 3], 3)
 
