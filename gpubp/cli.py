@@ -19,6 +19,7 @@ import importlib
 import json
 import math
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -97,7 +98,11 @@ def _momentum(text):
 
 
 def _sizes(text):
-    parts = [p for p in str(text).replace(" ", ",").split(",") if p]
+    parts = re.split(r"\s*,\s*|\s+", str(text).strip())   # "64,128,10", "64, 128, 10" or "64 128 10"
+    if "" in parts and parts != [""]:       # "64,,10" or "64,128,": a size left out, not silently dropped
+        raise argparse.ArgumentTypeError(f"expected sizes as comma-separated positive integers (e.g. 64,128,10), "
+                                         f"got {text!r}, which leaves a size out")
+    parts = [p for p in parts if p]
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
@@ -109,7 +114,11 @@ def _sizes(text):
 
 
 def _activations(text):
-    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    names = [p.strip() for p in str(text).split(",")]
+    if "" in names and names != [""]:       # "relu,,tanh": a name left out, not silently dropped
+        raise argparse.ArgumentTypeError(f"expected activation names separated by commas, got {text!r}, which "
+                                         f"leaves a name out; choose from {', '.join(ACTIVATIONS)}")
+    names = [n for n in names if n]
     bad = [n for n in names if n not in ACTIVATIONS]
     if not names or bad:
         raise argparse.ArgumentTypeError(
@@ -118,13 +127,17 @@ def _activations(text):
     return names
 
 
+#: the largest seed: scikit-learn's splits and make_moons take seeds below 2^32
+MAX_SEED = 2**32 - 1
+
+
 def _seed(text):
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer seed from 0 to {MAX_SEED}, got {text!r}")
     return v
 
 
@@ -373,6 +386,14 @@ def cmd_train(args) -> int:
         if args.grad_norms:
             _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
         require("matplotlib", "plot", "--plot")   # before training, not after it
+    outputs = [(w, Path(f).absolute().resolve()) for w, f in (
+        ("--save", args.save), ("--plot", args.plot),
+        ("--plot (gradient norms)", args.grad_norms and args.plot and _grad_norms_path(args.plot))) if f]
+    for i, (what, path) in enumerate(outputs):
+        for other, path2 in outputs[i + 1:]:
+            if path == path2:
+                raise UsageError(f"{what} and {other} name the same file {str(path)!r}: one would replace the "
+                                 "other; give two files")
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)
@@ -470,9 +491,10 @@ def _add_predict(sub):
     p = sub.add_parser(
         "predict", help="predict with a saved checkpoint on data from a .npy or .csv file",
         description="Load a checkpoint written by `gpubp train --save` (or MLP.save) and predict on DATA, "
-                    "a .npy array or a .csv file of numbers (one sample per row, comma-separated, an optional "
-                    "header line). The network applies the input standardisation it was trained with. "
-                    "Prints one prediction per line, or writes them to --out (.npy or .csv by suffix).",
+                    "a .npy array or a .csv file of numbers (one sample per line, comma-separated; a first line "
+                    "that is not all numbers is a header; blank lines and '#' comments are skipped). The network "
+                    "applies the input standardisation it was trained with. Prints one prediction per line, or "
+                    "writes them to --out (.npy or .csv by suffix; the file is replaced only once it is complete).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
     p.add_argument("data", metavar="DATA", help="the samples: a .npy or .csv file, shape (N, n_inputs)")
@@ -501,8 +523,67 @@ def _suffix(path, what):
     return suf
 
 
+def _csv_cells(line):
+    """The comma-separated cells of one CSV line, without a '#' comment (as np.savetxt writes headers)."""
+    return [c.strip() for c in line.split("#", 1)[0].split(",")]
+
+
+def _read_csv(path) -> tuple[np.ndarray, list[int]]:
+    """The numbers of a CSV file, one sample per line, and the line number (from 1) of each sample.
+
+    A first line that is not all numbers is a header. Blank lines and '#' comments are skipped.
+    Every error names the line and the column at fault; no line of numbers is ever skipped.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")     # -sig: a byte-order mark is not a cell
+    except UnicodeDecodeError as e:
+        raise UsageError(f"DATA {path!r} is not a CSV file of numbers (not UTF-8 text: {e.reason} at byte "
+                         f"{e.start})") from None
+    except OSError as e:
+        raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
+    rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.split("#", 1)[0].strip()]
+    if rows and not all(_is_number(c) for c in _csv_cells(rows[0][1])):
+        first, header = rows.pop(0)    # the first line holds names: a header
+        if not rows:
+            raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
+                             f"({header.strip()[:60]!r}), is not comma-separated numbers, so it was taken as "
+                             "a header")
+    lines = [n for n, _ in rows]
+    if not rows:
+        return np.zeros((0, 0)), lines
+    try:                               # numpy's parser, fast; on an error, find the line and the cell
+        X = np.loadtxt([line for _, line in rows], delimiter=",", comments="#", ndmin=2, dtype=np.float64)
+    except ValueError:
+        X = None
+    if X is None or X.shape[0] != len(rows):
+        width, values = None, []
+        for n, line in rows:
+            cells = _csv_cells(line)
+            bad = [i for i, c in enumerate(cells, start=1) if not _is_number(c)]
+            if bad:
+                raise UsageError(f"DATA {path!r} is not a CSV file of numbers: line {n}, column {bad[0]} is "
+                                 f"{cells[bad[0] - 1]!r}")
+            if width is None:
+                width = len(cells)
+            elif len(cells) != width:
+                raise UsageError(f"DATA {path!r}: line {n} has {len(cells)} values but line {lines[0]} has "
+                                 f"{width}; every sample needs the same number of values")
+            values.append([float(c) for c in cells])
+        X = np.array(values, dtype=np.float64)
+    return X, lines
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_data(path) -> np.ndarray:
     """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong."""
+    lines = None
     if _suffix(path, "DATA") == ".npy":
         try:
             X = np.load(path, allow_pickle=False)
@@ -511,26 +592,56 @@ def _read_data(path) -> np.ndarray:
         if X.ndim == 1:
             X = X.reshape(1, -1)   # one sample
     else:
-        X = None
-        for skip in (0, 1):        # a header line of names is skipped
-            try:
-                X = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip, dtype=np.float64)
-                break
-            except ValueError as e:
-                err = e
-        if X is None:
-            raise UsageError(f"DATA {path!r} is not a CSV file of numbers ({err})")
+        X, lines = _read_csv(path)
     if X.dtype.kind not in "biuf" or X.ndim != 2:
         raise UsageError(f"DATA {path!r} must hold a 2-D numeric array (samples x inputs); got "
                          f"shape {X.shape} of {X.dtype}")
     if X.shape[0] == 0:
         raise UsageError(f"DATA {path!r} holds no samples")
+    if X.dtype.kind == "f":
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            where = f"line {lines[i]}" if lines is not None else f"index {i}"
+            raise UsageError(f"DATA {path!r} contains NaN or infinity ({int(bad.sum())} of {X.shape[0]} samples, "
+                             f"the first at {where})")
     return X
+
+
+def _write_predictions(path, P, suffix) -> None:
+    """Write `P` to `path` (.npy or .csv) atomically: a temporary file in the same folder, then renamed over
+    `path`, so a failed write leaves no partial file (and any previous file as it was)."""
+    import os
+    import secrets
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as f:     # a file object: numpy writes to exactly `path`, adding no suffix
+            if suffix == ".npy":
+                np.save(f, P, allow_pickle=False)
+            else:
+                fmt = "%d" if P.dtype.kind in "biu" else _float_format(P.dtype)
+                np.savetxt(f, P, fmt=fmt, delimiter=",")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _float_format(dtype) -> str:
+    """The printf format that writes every value of `dtype` so that it reads back exactly: 9 significant
+    digits for float32, 17 for float64."""
+    return "%.9g" if np.dtype(dtype).itemsize <= 4 else "%.17g"
 
 
 def _format_rows(P) -> list[str]:
     P = np.asarray(P)
-    fmt = (lambda v: str(int(v))) if P.dtype.kind in "biu" else (lambda v: f"{float(v):.9g}")
+    ffmt = _float_format(P.dtype)
+    fmt = (lambda v: str(int(v))) if P.dtype.kind in "biu" else (lambda v: ffmt % float(v))
     if P.ndim == 1:
         return [fmt(v) for v in P]
     return [",".join(fmt(v) for v in row) for row in P]
@@ -546,28 +657,38 @@ def cmd_predict(args) -> int:
     if args.out is not None:
         out_suffix = _suffix(args.out, "--out")
         _check_writable(args.out, "--out")
+        for what, path in (("DATA", args.data), ("CHECKPOINT", args.checkpoint)):
+            if Path(args.out).exists() and Path(args.out).samefile(path):
+                raise UsageError(f"--out {args.out!r} is the {what} file: the predictions would replace it; "
+                                 "give another file")
     backend = _make_backend(args.backend)
     X = _read_data(args.data)
     try:
         net = MLP.load(args.checkpoint, backend=backend)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:           # no permission to read it, an I/O error: the file's, not gpubp's
+        raise UsageError(f"CHECKPOINT {args.checkpoint!r} cannot be read: {e.strerror or e}") from None
     if X.shape[1] != net.sizes[0]:
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
                          f"inputs")
+    if args.proba and net.loss not in LOGIT_LOSSES:
+        raise UsageError(f"--proba gives class probabilities of a network trained with a cross-entropy loss; "
+                         f"this one was trained with {net.loss} (predict_proba is not defined): drop --proba")
     try:
         P = net.predict_proba(X) if args.proba else net.predict(X)
     except (ValueError, TypeError) as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"DATA {args.data!r}: {e}") from None
+    P = np.asarray(P)
     if args.out is None:
         sys.stdout.write("\n".join(_format_rows(P)) + "\n")
-    elif out_suffix == ".npy":
-        np.save(args.out, P)
-    else:
-        fmt = "%d" if np.asarray(P).dtype.kind in "biu" else "%.9g"
-        np.savetxt(args.out, np.asarray(P), fmt=fmt, delimiter=",")
-    if args.out is not None:
-        print(f"wrote {len(P)} predictions to {args.out}", file=sys.stderr)
+        return 0
+    try:
+        _write_predictions(args.out, P, out_suffix)
+    except OSError as e:               # e.g. the disk filled up: nothing partial is left
+        print(f"gpubp predict: could not write --out {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(P)} predictions to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -606,7 +727,8 @@ def _add_explain(sub):
     p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
     p.add_argument("--seed", type=_seed, default=None,
-                   help="initialise the weights as MLP(seed=SEED) does instead of taking the example's")
+                   help="initialise the weights as MLP(seed=SEED) does instead of taking the example's or "
+                        "the --weights file's (whose other values are kept)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the trace as strict JSON")
     out.add_argument("--step", action="store_true",
@@ -625,6 +747,7 @@ def cmd_explain(args) -> int:
 
     if args.plot:
         _check_writable(args.plot, "--plot")
+        require("matplotlib", "plot", "--plot")   # before the step is traced and printed
     weights, is_text, wname = args.weights, False, None
     if args.example is not None:
         weights, is_text = explain._example_text(args.example), True
@@ -656,7 +779,8 @@ def cmd_explain(args) -> int:
     if args.json:
         print(explain.trace_json(trace))
     elif args.step:
-        explain.print_stages(trace, args.digits, interactive=sys.stdin.isatty())
+        interactive = sys.stdin is not None and sys.stdin.isatty()   # None: started with stdin closed
+        explain.print_stages(trace, args.digits, interactive=interactive)
     else:
         print(explain.format_trace(trace, args.digits), end="")
     if args.plot and not args.json:
@@ -708,10 +832,12 @@ def cmd_gradcheck(args) -> int:
                          "parameter: use a smaller one (at most 20000)")
     acts_list = [[a] for a in ACTIVATIONS] if args.all_activations else [args.activation]
     loss_list = list(LOSSES) if args.all_losses else [args.loss]
+    if sizes[-1] == 1 and "cross_entropy" in loss_list:
+        raise UsageError("--loss cross_entropy needs at least 2 outputs (--layers ...,N with N >= 2): the softmax "
+                         "of one logit is always 1, so its loss and gradients are identically zero and the check "
+                         "would pass whatever the code computes")
     backend = _make_backend(args.backend)
-    print(f"gradcheck: layers {sizes}, backend {backend.describe()}, {args.dtype}, batch {args.batch}, "
-          f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
-    worst, failures, runs = 0.0, [], 0
+    configs = []                   # every network is built (and so checked) before anything is printed
     for loss in loss_list:
         for act in acts_list:
             out_act = "identity" if loss in LOGIT_LOSSES else args.output_activation
@@ -721,21 +847,26 @@ def cmd_gradcheck(args) -> int:
                           dtype=args.dtype, seed=args.seed)
             except (ValueError, TypeError) as e:
                 raise UsageError(str(e)) from None
-            X, Y = random_problem(net, args.batch, args.seed)
-            value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
-            absd = max_abs_errors(an, nu)
-            runs += 1
-            name = ",".join(act)
-            print(f"\n{name} (output {out_act}), loss {loss} = {value:.6g}")
-            print(f"  {'layer':>5}  {'shape':>9}  {'rel err W':>10}  {'rel err b':>10}  {'max|diff|':>10}")
-            for l, ((ew, eb), (dw, db)) in enumerate(zip(errs, absd), start=1):
-                flag = "" if max(ew, eb) <= args.threshold else "  FAIL"
-                shape = f"{sizes[l]}x{sizes[l - 1]}"
-                print(f"  {l:>5}  {shape:>9}  {ew:>10.2e}  {eb:>10.2e}  {max(dw, db):>10.2e}{flag}")
-                worst = max(worst, ew, eb)
-            case_worst = max(max(e) for e in errs)
-            if not case_worst <= args.threshold:
-                failures.append(f"{name}/{loss} ({case_worst:.2e})")
+            configs.append((loss, act, out_act, net))
+    print(f"gradcheck: layers {sizes}, backend {backend.describe()}, {args.dtype}, batch {args.batch}, "
+          f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
+    worst, failures, runs = 0.0, [], 0
+    for loss, act, out_act, net in configs:
+        X, Y = random_problem(net, args.batch, args.seed)
+        value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+        absd = max_abs_errors(an, nu)
+        runs += 1
+        name = ",".join(act)
+        print(f"\n{name} (output {out_act}), loss {loss} = {value:.6g}")
+        print(f"  {'layer':>5}  {'shape':>9}  {'rel err W':>10}  {'rel err b':>10}  {'max|diff|':>10}")
+        for l, ((ew, eb), (dw, db)) in enumerate(zip(errs, absd), start=1):
+            flag = "" if max(ew, eb) <= args.threshold else "  FAIL"
+            shape = f"{sizes[l]}x{sizes[l - 1]}"
+            print(f"  {l:>5}  {shape:>9}  {ew:>10.2e}  {eb:>10.2e}  {max(dw, db):>10.2e}{flag}")
+            worst = max(worst, ew, eb)
+        case_worst = max(max(e) for e in errs)
+        if not case_worst <= args.threshold:
+            failures.append(f"{name}/{loss} ({case_worst:.2e})")
     print()
     if failures:
         print(f"worst relative error {worst:.3e} > threshold {args.threshold:g}: FAILED in "
@@ -952,6 +1083,9 @@ def _main(argv) -> int:
     except MissingExtraError as e:         # an optional dependency is not installed: say which extra
         print(f"gpubp {args.command}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:              # Ctrl-C anywhere (train's fit says so itself): no traceback
+        print(f"gpubp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Small classification data sets for examples and the command line.
 
-Every data set is built offline (scikit-learn is needed, `gpubp[sklearn]`,
-except for `xor`): scikit-learn ships digits, iris,
-breast_cancer and wine inside its package, `moons` comes from
-`sklearn.datasets.make_moons`, and `xor` is generated here.  `load_dataset`
-splits a data set into stratified train / validation / test parts with a
-seed and standardises the features with the training part's statistics only.
+Every data set is built offline: scikit-learn (`gpubp[sklearn]`) ships
+digits, iris, breast_cancer and wine inside its package, `moons` comes from
+`sklearn.datasets.make_moons`, and `xor` is generated here (`make_xor` and
+`raw_dataset("xor")` need numpy only).  `load_dataset` splits a data set
+into stratified train / validation / test parts with scikit-learn's
+`train_test_split` (so it needs scikit-learn for every data set, `xor`
+included) and a seed, and standardises the features with the training
+part's statistics only.
 """
 
 from __future__ import annotations
@@ -135,17 +137,28 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
 
     test_size = _fraction("test_size", test_size, False)
     val_size = _fraction("val_size", val_size, True)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**32):
+        raise ValueError(f"seed must be None or an integer from 0 to 2**32 - 1 (scikit-learn's split takes no "
+                         f"other), got {seed!r}")
     if test_size + val_size >= 0.9:
         raise ValueError(f"test_size + val_size must leave at least 10% for training, got "
                          f"{test_size} + {val_size}")
     X, y, desc = raw_dataset(name, seed, n_samples, noise)
     n_classes = int(y.max()) + 1
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
-    if val_size:
-        X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=val_size / (1 - test_size),
-                                                  random_state=seed, stratify=y_tr)
-    else:
-        X_va, y_va = X[:0], y[:0]
+    try:
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+        if val_size:
+            X_tr, X_va, y_tr, y_va = train_test_split(X_tr, y_tr, test_size=val_size / (1 - test_size),
+                                                      random_state=seed, stratify=y_tr)
+        else:
+            X_va, y_va = X[:0], y[:0]
+    except ValueError as e:      # too few samples for a stratified split: scikit-learn's words alone name no cause
+        counts = np.bincount(y, minlength=n_classes)
+        raise ValueError(f"{name} has too few samples ({len(y)}; the smallest class has {int(counts.min())}) "
+                         f"for a stratified split with test_size {test_size} and val_size {val_size}: every "
+                         f"class needs samples in each part; use more samples (n_samples) or larger fractions "
+                         f"({e})") from None
     mean = std = None
     if standardize_features:
         mean, std, X_tr, X_va, X_te = standardize(X_tr, X_va, X_te)

@@ -353,7 +353,11 @@ def parse_vector(value, what="value"):
         return _parse_vector_text(value, what)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return _parse_vector_text(" ".join(value), what)
-    return np.asarray(value, dtype=np.float64)
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):    # text among numbers, rows of different lengths, an object
+        raise ValueError(f"{what} must be a number, a list of numbers or a list of equally long rows of "
+                         f"numbers (one per sample), got {value!r}") from None
 
 
 def make_problem(layer_sizes=None, input=None, target=None, activation=None, output_activation=None,
@@ -363,7 +367,10 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
 
     With no weights file, the default example's weights are used unless
     `layer_sizes` differ from its sizes or a `seed` is given; then the weights
-    are those `MLP(..., seed=seed)` starts from.  `activation` is a name or a
+    are those `MLP(..., seed=seed)` starts from.  With a weights file (or a
+    named example's text) and a `seed`, the file gives everything but the
+    weights, which are again `MLP(..., seed=seed)`'s (for its layer sizes, or
+    `layer_sizes`).  `activation` is a name or a
     list (one per hidden layer).  The output activation is, in order: the one
     given, identity for the logit losses, the weights file's, the hidden one
     when all hidden layers share it, identity.
@@ -379,7 +386,9 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     pick = lambda key, given: given if given is not None else wf.get(key, base.get(key))  # noqa: E731
 
     sizes = list(layer_sizes) if layer_sizes is not None else None
-    if weights is not None:
+    if weights is not None and seed is not None:     # the file's settings, MLP(seed=...)'s weights
+        sizes = sizes if sizes is not None else wf["layer_sizes"]
+    elif weights is not None:
         if sizes is not None and sizes != wf["layer_sizes"]:
             raise ValueError(f"--layers {sizes} does not match the weights, which give {wf['layer_sizes']}")
         sizes = wf["layer_sizes"]
@@ -419,7 +428,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     lr_v = pick("lr", lr)
     lr_v = 0.1 if lr_v is None else float(lr_v)
 
-    if weights is not None:
+    if weights is not None and seed is None:
         params, weights_from = wf["params"], weights_name or f"file {weights}"
     else:
         seed = 0 if seed is None else seed
@@ -486,6 +495,10 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         lead.insert(0, t["description"])
     if t.get("weights_from"):
         lead.append(f"weights: {t['weights_from']}")
+    if t["batch"] > 1:
+        lead.append(f"each row of x, y, z, a, dL/da, g'(z), delta and W^T delta is one of the {t['batch']} "
+                    "samples (the formulas are written for one sample, z = W x + b); dW and db add up the "
+                    f"samples' terms, and the loss's mean over the batch is already in delta (the 1/B)")
     stages.append(("Problem", "\n".join(lead) + "\n" + block([("input  x = ", t["input"]),
                                                               ("target y = ", t["target"])])))
     for fw in t["forward"]:
@@ -511,7 +524,9 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
                        block([(src, bw["dL_da"]),
                               (f"g'(z{l}) = {DERIVATIVE_TEXT[act]} = ", bw["g_prime"]),
                               (f"delta{l} = dL/da{l} * g'(z{l}) = ", bw["delta"]),
-                              (f"dW{l} = delta{l} {prev}^T = ", bw["dW"]),
+                              (f"dW{l} = delta{l} {prev}^T = " if t["batch"] == 1 else
+                               f"dW{l} = delta{l}^T {prev} (the sum over the batch of each sample's delta{l} "
+                               f"{prev}^T) = ", bw["dW"]),
                               (f"db{l} = delta{l}{' summed over the batch' if t['batch'] > 1 else ''} = ", bw["db"]),
                               (f"W{l}^T delta{l} = {passes} = ", bw["W_T_delta"])])))
     lr = f"{t['lr']:g}"

@@ -65,8 +65,21 @@ def _save(fig, path, dpi, title=None, tight=True) -> Path:
         fig.suptitle(title)
     if tight:
         fig.tight_layout()
+    import os
+    import secrets
+
     path = Path(path)
-    fig.savefig(path, dpi=dpi, format="png")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:                       # into a temporary file, then renamed: a failed write leaves no partial PNG
+        with open(tmp, "xb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     return path
 
 
@@ -124,7 +137,7 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) 
     the network has more than `max_labelled_edges` edges.  Returns the path
     written.
     """
-    from matplotlib.patches import Circle
+    Circle = require("matplotlib.patches", "plot", "plotting").Circle   # the extra named, if missing
 
     sizes = trace["layer_sizes"]
     L = len(sizes) - 1

@@ -73,6 +73,12 @@ def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
     assert accuracy(net, ds.X_test, ds.y_test) == pytest.approx(acc, abs=5e-5)
 
 
+def test_sizes_may_be_separated_by_commas_or_spaces():
+    for text in ("64,128,10", "64, 128, 10", "64 128 10", " 64,128,10 "):
+        assert cli._sizes(text) == [64, 128, 10], text
+    assert cli._activations("relu, tanh") == ["relu", "tanh"]
+
+
 def test_train_other_losses_and_inferred_sizes(capsys):
     rc, out, _ = run(capsys, "train", "--dataset", "breast_cancer", "--loss", "binary_cross_entropy",
                      "--hidden", "8", "--epochs", "2", "--optimizer", "adamw", "--no-progress", "--val-size", "0",
@@ -97,6 +103,11 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--layers", "64"], "at least the input and output"),
     (["--layers", "64,x,10"], "comma-separated positive integers"),
     (["--hidden", "0"], "positive integer"),
+    (["--layers", "64,,10"], "argument --layers: expected sizes as comma-separated positive integers (e.g. "
+                             "64,128,10), got '64,,10', which leaves a size out"),
+    (["--hidden", "32,16,"], "argument --hidden: expected sizes as comma-separated positive integers"),
+    (["--hidden", "8,8", "--activation", "relu,,tanh"], "argument --activation: expected activation names "
+                                                         "separated by commas, got 'relu,,tanh', which leaves"),
     (["--layers", "64,10", "--hidden", "8"], "not allowed with"),
     (["--epochs", "0"], "positive integer"),
     (["--batch-size", "two"], "positive integer"),
@@ -113,6 +124,8 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--backend", "tpu"], "invalid choice"),
     (["--test-size", "1.5"], "fraction"),
     (["--seed", "-3"], "seed"),
+    (["--seed", "4294967296"], "argument --seed: expected an integer seed from 0 to 4294967295"),
+    (["--dataset", "moons", "--n-samples", "5"], "moons has too few samples (5;"),
     (["--save", "/nonexistent-dir/x.npz"], "does not exist"),
     (["--noise", "0.1"], "n_samples and noise apply"),
     (["--frobnicate"], "unrecognized arguments"),
@@ -177,6 +190,19 @@ def test_gradcheck_bad_options(capsys):
     assert "at least the input and output" in usage_error(capsys, "gradcheck", "--layers", "5")
     assert "smaller one" in usage_error(capsys, "gradcheck", "--layers", "200,200")
     assert "invalid choice" in usage_error(capsys, "gradcheck", "--kind", "mean")
+    # refused before anything is printed (the header line used to come first)
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2", "--activation",
+                           "relu,tanh", with_stdout=True)
+    assert "--activation lists 2 activations but the network has 1 hidden layers" in err and out == ""
+
+
+@pytest.mark.parametrize("extra", [["--loss", "cross_entropy"], ["--all-losses"]])
+def test_gradcheck_refuses_a_check_that_cannot_fail(capsys, extra):
+    """cross_entropy on one output: softmax of one logit is 1, every gradient is 0, and "OK" proves nothing
+    (a planted error in dW would pass)."""
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,1", *extra,
+                           with_stdout=True)
+    assert "--loss cross_entropy needs at least 2 outputs" in err and out == ""
 
 
 # ---------------------------------------------------------------- info, dispatch, python -m
@@ -246,3 +272,17 @@ def test_train_draws_no_bar_into_a_log(capsys):
     rc, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--backend", "numpy")
     assert rc == 0 and "\r" not in out + err
     assert len([l for l in out.splitlines() if l.startswith("epoch ")]) == 3
+
+
+def test_train_same_seed_same_output(capsys, tmp_path):
+    """--seed fixes the split, the weights and the shuffles: two runs print the same numbers (timings aside)
+    and save the same parameters; another seed gives other numbers."""
+    def train(seed, name):
+        rc, out, _ = run(capsys, "train", "--dataset", "wine", "--hidden", "16", "--epochs", "3", "--no-progress",
+                         "--backend", "numpy", "--seed", str(seed), "--save", str(tmp_path / name))
+        assert rc == 0
+        return re.sub(r"\(\d+\.\d+ s\)|in \d+\.\d+ s|saved checkpoint to \S+", "", out)
+    a, b, c = train(3, "a.npz"), train(3, "b.npz"), train(4, "c.npz")
+    assert a == b and a != c
+    pa, pb = (gpubp.MLP.load(tmp_path / n, backend="numpy").get_params() for n in ("a.npz", "b.npz"))
+    assert all(np.array_equal(x, y) for (Wa, ba), (Wb, bb) in zip(pa, pb) for x, y in ((Wa, Wb), (ba, bb)))

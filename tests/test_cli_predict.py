@@ -71,7 +71,7 @@ def test_predict_regression_outputs(capsys, tmp_path):
     np.testing.assert_allclose(np.array([r.split(",") for r in out.split()], dtype=float),
                                net.predict(X), rtol=1e-8)
     err = usage_error(capsys, "predict", tmp_path / "r.npz", tmp_path / "x.csv", "--proba", "--backend", "numpy")
-    assert "predict_proba" in err
+    assert "predict_proba" in err and "drop --proba" in err and "mse" in err
 
 
 def test_predict_user_errors(capsys, tmp_path, classifier):
@@ -107,3 +107,126 @@ def test_train_save_then_predict_raw_digits(capsys, tmp_path):
     acc = float(np.mean(np.array(pred.split(), dtype=int) == ds.y_test))
     printed = float(out.split("test accuracy ")[1].split()[0])
     assert acc == pytest.approx(printed, abs=5e-5) and acc > 0.9
+
+
+# ---------------------------------------------------------------- CSV files: a header is optional,
+# a line of numbers is never dropped
+def test_predict_csv_without_header_keeps_every_line(capsys, tmp_path, classifier):
+    """A first line of numbers is data even when a later line is bad, or when the file starts with a
+    byte-order mark: it was once skipped as a "header" (silently dropping a sample, or blaming the wrong line)."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(f"{v:.17g}" for v in r) for r in X[:5]) + "\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    rc, out, _ = run(capsys, "predict", ckpt, tmp_path / "bom.csv", "--backend", "numpy")
+    assert rc == 0
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:5]))
+    # np.savetxt's own header ("# a,b,c,d") and Windows line ends
+    np.savetxt(tmp_path / "h.csv", X[:5], delimiter=",", header="a,b,c,d")
+    (tmp_path / "crlf.csv").write_bytes(rows.replace("\n", "\r\n").encode())
+    for name in ("h.csv", "crlf.csv"):
+        rc, out2, _ = run(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert rc == 0 and out2 == out, name
+    # a first line of five numbers, then lines of four: refused, naming both lines (was: line 1 dropped)
+    (tmp_path / "wide.csv").write_text("1,2,3,4,5\n" + rows)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "wide.csv", "--backend", "numpy")
+    assert "line 2 has 4 values but line 1 has 5" in err
+    (tmp_path / "short.csv").write_text("1,2,3,4\n1,2,3\n")
+    assert "line 2 has 3 values but line 1 has 4" in usage_error(capsys, "predict", ckpt, tmp_path / "short.csv")
+    # a bad cell is named by its line in the file, also after a header (was "row 0" of what followed)
+    (tmp_path / "bad.csv").write_text("a,b,c,d\n1,2,3,4\n5,6,oops,8\n")
+    assert "line 3, column 3 is 'oops'" in usage_error(capsys, "predict", ckpt, tmp_path / "bad.csv")
+    (tmp_path / "semi.csv").write_text("1;2;3;4\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "semi.csv")
+    assert "holds no samples" in err and "comma-separated" in err and "'1;2;3;4'" in err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_predict_non_finite_data_names_the_file_and_the_sample(capsys, tmp_path, classifier, suffix):
+    net, ckpt, X = classifier
+    Xb = X[:4].copy()
+    Xb[2, 1] = np.nan
+    Xb[3, 0] = np.inf
+    path = tmp_path / f"x{suffix}"
+    if suffix == ".csv":
+        np.savetxt(path, Xb, delimiter=",", header="a,b,c,d", comments="")
+    else:
+        np.save(path, Xb)
+    err = usage_error(capsys, "predict", ckpt, path, "--backend", "numpy")
+    where = "line 4" if suffix == ".csv" else "index 2"
+    assert f"DATA {str(path)!r} contains NaN or infinity (2 of 4 samples, the first at {where})" in err
+
+
+def test_predict_out_writes_exactly_the_named_file(capsys, tmp_path, classifier):
+    """`--out P.NPY` writes P.NPY (numpy's np.save(name) would have written P.NPY.npy while the message
+    said P.NPY); the write is atomic: a failed one leaves the previous file and no temporary file."""
+    net, ckpt, X = classifier
+    np.save(tmp_path / "x.npy", X)
+    for name in ("P.NPY", "P.CSV"):
+        rc, _, err = run(capsys, "predict", ckpt, tmp_path / "x.npy", "--out", tmp_path / name, "--backend", "numpy")
+        assert rc == 0 and f"wrote 50 predictions to {tmp_path / name}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["P.CSV", "P.NPY", "net.npz", "x.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "P.NPY"), net.predict(X))
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "P.CSV", dtype=int), net.predict(X))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_predict_failed_write_leaves_no_partial_file(capsys, tmp_path, classifier, monkeypatch, suffix):
+    net, ckpt, X = classifier
+    np.save(tmp_path / "x.npy", X)
+    out = tmp_path / f"p{suffix}"
+    out.write_bytes(b"previous")
+
+    def disk_full(f, *a, **k):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "save" if suffix == ".npy" else "savetxt", disk_full)
+    rc, _, err = run(capsys, "predict", ckpt, tmp_path / "x.npy", "--out", out, "--backend", "numpy")
+    assert rc == 1 and "could not write --out" in err and "No space left on device" in err
+    assert "Traceback" not in err
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["net.npz", "x.npy", out.name])
+
+
+def test_predict_out_never_replaces_the_data_it_reads(capsys, tmp_path, classifier):
+    """`--out x.csv` on DATA x.csv replaced the samples with the predictions."""
+    net, ckpt, X = classifier
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    before = (tmp_path / "x.csv").read_bytes()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "x.csv")
+    for out in (tmp_path / "x.csv", tmp_path / "sub" / ".." / "x.csv", tmp_path / "link.csv"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        err = usage_error(capsys, "predict", ckpt, tmp_path / "x.csv", "--out", out, "--backend", "numpy")
+        assert "is the DATA file" in err
+    assert (tmp_path / "x.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_printed_and_csv_predictions_read_back_exactly(capsys, tmp_path, dtype):
+    """Values are written with enough digits for the network's dtype (float64 ones were cut to 9 digits)."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((20, 3))
+    net = gpubp.MLP([3, 5, 2], loss="mse", backend="numpy", dtype=dtype, seed=0)
+    net.save(tmp_path / "r.npz")
+    np.save(tmp_path / "x.npy", X)
+    want = net.predict(X)
+    rc, out, _ = run(capsys, "predict", tmp_path / "r.npz", tmp_path / "x.npy", "--backend", "numpy")
+    assert rc == 0
+    got = np.array([r.split(",") for r in out.split()], dtype=np.float64).astype(dtype)
+    np.testing.assert_array_equal(got, want)
+    rc, _, _ = run(capsys, "predict", tmp_path / "r.npz", tmp_path / "x.npy", "--out", tmp_path / "p.csv",
+                   "--backend", "numpy")
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "p.csv", delimiter=",").astype(dtype), want)
+
+
+def test_predict_unreadable_checkpoint_is_a_usage_error(capsys, tmp_path, classifier, monkeypatch):
+    """An OSError while reading the checkpoint (no permission, an I/O error) ended in a traceback."""
+    from gpubp import checkpoint
+
+    net, ckpt, X = classifier
+    np.save(tmp_path / "x.npy", X)
+
+    def refuse(self, path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(checkpoint.Checkpoint, "__init__", refuse)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert f"CHECKPOINT {str(ckpt)!r} cannot be read: Permission denied" in err

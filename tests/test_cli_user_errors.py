@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support.cli import strict_json as strict_loads
@@ -37,6 +38,17 @@ def test_train_output_paths_are_checked_before_training(capsys, tmp_path, option
                            "--backend", "numpy", option, str(make(tmp_path)), with_stdout=True)
     assert message in err and option in err
     assert "epoch" not in out                    # refused before training
+
+
+@pytest.mark.parametrize("save, plot", [("out.png", "out.png"), ("c-grad-norms.png", "c.png"),
+                                        ("net.npz", "./net.npz")])
+def test_train_refuses_two_outputs_in_one_file(capsys, tmp_path, save, plot, monkeypatch):
+    """--save and --plot (or its -grad-norms.png) naming one file: the plot replaced the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend",
+                           "numpy", "--grad-norms", "--save", save, "--plot", plot, with_stdout=True)
+    assert "name the same file" in err and "--save" in err and "epoch" not in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch):
@@ -144,3 +156,43 @@ def test_explain_weights_file_lr_is_used(capsys, tmp_path):
                               "lr": 0.25}))
     assert cli.main(["explain", "--weights", str(wf), "--json"]) == 0
     assert strict_loads(capsys.readouterr().out)["lr"] == 0.25
+
+
+# ---------------------------------------------------------------- a failed plot leaves no partial file
+def test_a_failed_plot_write_leaves_the_previous_file(capsys, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    png = tmp_path / "curves.png"
+    png.write_bytes(b"previous")
+
+    def disk_full(self, f, *a, **k):
+        f.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    rc = cli.main(["train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                   "--plot", str(png)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "could not write the plot" in err and "No space left" in err
+    assert png.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+    err = usage_error(capsys, "explain", "--plot", str(png))
+    assert "cannot write the plot" in err
+    assert png.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+# ---------------------------------------------------------------- Ctrl-C
+def test_interrupt_ends_quietly_with_status_130(capsys, tmp_path, monkeypatch):
+    """Ctrl-C outside train's fit (loading data, a long explain or predict) printed a traceback."""
+    import gpubp
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(explain, "trace_step", interrupted)
+    assert cli.main(["explain"]) == 130
+    out, err = capsys.readouterr()
+    assert err == "gpubp explain: interrupted\n" and out == ""
+    monkeypatch.setattr(gpubp.MLP, "load", interrupted)
+    net = gpubp.MLP([2, 1], backend="numpy")
+    net.save(tmp_path / "n.npz")
+    np.save(tmp_path / "x.npy", np.zeros((1, 2)))
+    assert cli.main(["predict", str(tmp_path / "n.npz"), str(tmp_path / "x.npy"), "--backend", "numpy"]) == 130
+    assert capsys.readouterr().err == "gpubp predict: interrupted\n"

@@ -21,9 +21,15 @@ def test_every_dataset_loads_and_splits(name):
         assert y.dtype == np.int64 and set(np.unique(y)) <= set(range(n_classes))
     # stratified: every part has every class in about the whole set's proportion
     whole = np.bincount(np.concatenate([ds.y_train, ds.y_val, ds.y_test]), minlength=n_classes) / n
-    for y in (ds.y_train, ds.y_test):
+    for y in (ds.y_train, ds.y_val, ds.y_test):
         part = np.bincount(y, minlength=n_classes) / len(y)
         assert np.max(np.abs(part - whole)) < 0.05, (name, part, whole)
+    # the parts are disjoint and together the whole data set
+    X, _, _ = data.raw_dataset(name, seed=3)
+    raw = data.load_dataset(name, test_size=0.2, val_size=0.1, seed=3, standardize_features=False)
+    assert np.array_equal(raw.y_val, ds.y_val) and np.array_equal(raw.y_test, ds.y_test)
+    rows = lambda A: sorted(map(tuple, A))  # noqa: E731
+    assert rows(np.concatenate([raw.X_train, raw.X_val, raw.X_test])) == rows(X)
 
 
 def test_split_is_reproducible_and_seeded():
@@ -88,5 +94,18 @@ def test_bad_arguments_are_clear():
         data.load_dataset("iris", test_size=1.5)
     with pytest.raises(ValueError, match="n_samples and noise apply"):
         data.load_dataset("iris", noise=0.1)
+    for seed in (-1, 2**32, 1.5, True):      # not blamed on the split's sample counts
+        with pytest.raises(ValueError, match=r"seed must be None or an integer from 0 to 2\*\*32 - 1"):
+            data.load_dataset("iris", seed=seed)
+    assert len(data.load_dataset("iris", seed=2**32 - 1).y_test) == 30
     with pytest.raises(ValueError, match="labels"):
         data.one_hot([0, 3], 3)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_too_few_samples_for_a_stratified_split_say_so(n):
+    # scikit-learn's own message ("The test_size = 1 should be greater or equal to the number of classes")
+    # names neither the data set nor what to change
+    with pytest.raises(ValueError, match=rf"moons has too few samples \({n}; the smallest class has \d\) for a "
+                                         r"stratified split with test_size 0.2 and val_size 0.1.*n_samples"):
+        data.load_dataset("moons", test_size=0.2, val_size=0.1, n_samples=n, seed=0)

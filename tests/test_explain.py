@@ -250,6 +250,29 @@ def test_overriding_the_example_drops_its_published_numbers(capsys):
     assert np.array_equal(t["forward"][0]["W"], params[0][0]) and "seed=5" in t["weights_from"]
 
 
+@pytest.mark.parametrize("source", [("--example", "classic"), ("--weights", None)])
+def test_seed_replaces_the_weights_of_an_example_or_file(capsys, tmp_path, source):
+    """`--seed` takes MLP(seed=...)'s weights "instead of the example's": with --example or --weights it
+    was silently ignored (the example's weights were traced, under a "changed from" description)."""
+    import gpubp
+    if source[1] is None:
+        wf = tmp_path / "w.json"
+        wf.write_text(explain._example_text("classic"))
+        source = ("--weights", str(wf))
+    t = strict_json(run(capsys, "explain", *source, "--seed", "5", "--json")[1])
+    params = gpubp.MLP([2, 2, 2], activation="sigmoid", output_activation="sigmoid", loss="half_sse",
+                       backend="numpy", dtype="float64", seed=5).get_params()
+    for f, (W, b) in zip(t["forward"], params):
+        assert np.array_equal(f["W"], W) and np.array_equal(f["b"], b)
+    assert "seed=5" in t["weights_from"] and "expected" not in t
+    # everything else is the example's
+    assert t["loss_name"] == "half_sse" and t["lr"] == 0.5 and t["input"] == [0.05, 0.1]
+    assert t["target"] == [0.01, 0.99] and t["activations"] == ["sigmoid", "sigmoid"]
+    # and the weights no longer fix the sizes
+    t = strict_json(run(capsys, "explain", *source, "--seed", "5", "--layers", "2,3,2", "--json")[1])
+    assert t["layer_sizes"] == [2, 3, 2] and np.shape(t["forward"][0]["W"]) == (3, 2)
+
+
 # ---------------------------------------------------------------- --step and --plot
 STAGES = ["Problem", "Forward, layer 1", "Forward, layer 2", "Loss", "Backward, layer 2", "Backward, layer 1",
           "Update", "Against the example's published numbers"]
@@ -269,6 +292,13 @@ def test_step_prints_every_stage_with_headers_when_input_is_not_a_terminal(capsy
     assert all(f"== stage {i}/{len(STAGES)}: " in out for i in range(1, len(STAGES) + 1))
     assert "Enter" not in out
     assert f"a2 = [{PUBLISHED_OUTPUT!r}]" in out
+
+
+def test_step_with_stdin_closed_prints_every_stage(capsys, monkeypatch):
+    """`gpubp explain --step <&-`: Python's sys.stdin is None, which ended in an AttributeError."""
+    monkeypatch.setattr("sys.stdin", None)
+    rc, out, _ = run(capsys, "explain", "--step")
+    assert rc == 0 and len(stage_headers(out)) == len(STAGES) and "Enter" not in out
 
 
 class FakeTerminal(io.StringIO):
@@ -314,6 +344,32 @@ def test_plot_writes_a_png_of_the_network(capsys, tmp_path):
     assert "does not exist" in usage_error(capsys, "explain", "--plot", str(tmp_path / "no" / "x.png"))
 
 
+def _without_matplotlib(monkeypatch):
+    import sys
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("matplotlib", "matplotlib.patches", "matplotlib.figure", "matplotlib.backends",
+                 "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)      # import raises ImportError
+
+
+def test_plot_without_matplotlib_names_the_extra(capsys, tmp_path, monkeypatch):
+    """Without matplotlib, `explain --plot` printed the whole trace and then died in a traceback
+    (plot_trace imported matplotlib.patches before checking for the extra)."""
+    from gpubp.optional import MissingExtraError
+    from gpubp.plotting import plot_trace
+
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    _without_matplotlib(monkeypatch)
+    with pytest.raises(MissingExtraError, match=r'gpubp\[plot\]'):
+        plot_trace(t, tmp_path / "net.png")
+    rc, out, err = run(capsys, "explain", "--plot", str(tmp_path / "net.png"))
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert err.strip() == 'gpubp explain: --plot needs matplotlib, which is not installed: pip install "gpubp[plot]"'
+    assert not (tmp_path / "net.png").exists()
+
+
 # ---------------------------------------------------------------- options and errors
 def test_weights_file_and_overrides(capsys, tmp_path):
     wf = tmp_path / "w.json"
@@ -331,6 +387,28 @@ def test_weights_file_and_overrides(capsys, tmp_path):
     assert np.shape(t["forward"][1]["z"]) == (2, 3) and np.shape(t["backward"][0]["delta"]) == (2, 3)
     # logits: dL/da of the output is its delta
     assert t["backward"][0]["dL_da"] == t["backward"][0]["delta"]
+
+
+def test_the_text_of_a_batch_writes_dW_with_the_spec_transpose(capsys):
+    """For a batch, delta and a_prev hold one row per sample: dW = delta^T a_prev (docs/spec.md), the sum of
+    the samples' outer products; the text once wrote "delta1 x^T", a (B, B) product, for the (n, m) dW."""
+    argv = ["explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;-1,0,1", "--target", "2;0", "--loss",
+            "cross_entropy", "--activation", "relu"]
+    rc, text, _ = run(capsys, *argv)
+    assert rc == 0
+    assert "dW1 = delta1^T x (the sum over the batch of each sample's delta1 x^T) = " in text
+    assert "dW2 = delta2^T a1 (the sum over the batch of each sample's delta2 a1^T) = " in text
+    assert "dW1 = delta1 x^T" not in text and "dW2 = delta2 a1^T" not in text
+    assert "each row of x, y, z, a, dL/da, g'(z), delta and W^T delta is one of the 2 samples" in text
+    t = strict_json(run(capsys, *argv, "--json")[1])
+    for l, bw in ((2, t["backward"][0]), (1, t["backward"][1])):
+        a_prev = np.array(t["input"] if l == 1 else t["forward"][0]["a"])
+        delta = np.array(bw["delta"])
+        close(bw["dW"], delta.T @ a_prev)
+        close(bw["dW"], sum(np.outer(delta[i], a_prev[i]) for i in range(2)))
+    # one sample: the textbook outer product, and no note on rows
+    rc, text, _ = run(capsys, "explain")
+    assert "dW1 = delta1 x^T = " in text and "dW2 = delta2 a1^T = " in text and "each row" not in text
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -355,6 +433,13 @@ def test_bad_weights_file(capsys, tmp_path):
     assert "takes 2 inputs but layer 1 has 1 outputs" in usage_error(capsys, "explain", "--weights", str(wf))
     wf.write_text("{not json")
     assert "not valid JSON" in usage_error(capsys, "explain", "--weights", str(wf))
+    # an input or target that is no array of numbers is named (was numpy's "inhomogeneous shape" message)
+    for key, value, what in (("target", [[1, 2], [3]], "the target"), ("input", [1, "x"], "the input"),
+                             ("input", {"a": 1}, "the input")):
+        d = {"layers": [{"W": [[1, 2]], "b": [0]}], "input": [1, 2], "target": [1], key: value}
+        wf.write_text(json.dumps(d))
+        err = usage_error(capsys, "explain", "--weights", str(wf))
+        assert f"{what} must be a number, a list of numbers or a list of equally long rows" in err, err
 
 
 def test_trace_step_rejects_bad_arguments():
@@ -407,3 +492,100 @@ def test_momentum_equals_the_texts_form_at_a_constant_rate_only():
     assert not np.allclose(a[3], b[3], rtol=1e-6)
     # gpubp: dw_t = -eta_t g_t + mu (eta_t / eta_{t-1}) dw_{t-1}
     np.testing.assert_allclose(a[3] - a[2], -0.01 * grads[3] + 0.9 * (0.01 / 0.1) * (a[2] - a[1]), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- every printed number against PyTorch autograd
+def _torch_step(torch, params, X, Y, acts, loss):
+    """The forward pass, loss and autograd gradients of the same network, written with torch alone."""
+    F = torch.nn.functional
+    act = {"identity": lambda z: z, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+           "leaky_relu": lambda z: F.leaky_relu(z, 0.01), "gelu": lambda z: F.gelu(z, approximate="tanh"),
+           "silu": F.silu}
+    Ws = [torch.tensor(W, dtype=torch.float64, requires_grad=True) for W, _ in params]
+    bs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for _, b in params]
+    a = torch.tensor(np.atleast_2d(X), dtype=torch.float64)
+    zs, As = [], []
+    for W, b, g in zip(Ws, bs, acts):
+        z = a @ W.T + b
+        a = act[g](z)
+        z.retain_grad()
+        a.retain_grad()
+        zs.append(z)
+        As.append(a)
+    if loss in ("mse", "half_sse", "binary_cross_entropy"):
+        y = torch.tensor(np.reshape(Y, a.shape), dtype=torch.float64)
+    if loss == "mse":
+        L = F.mse_loss(a, y)
+    elif loss == "half_sse":
+        L = ((a - y) ** 2).sum() / (2 * a.shape[0])
+    elif loss == "cross_entropy":
+        L = F.cross_entropy(a, torch.tensor(np.atleast_1d(Y), dtype=torch.long))
+    else:
+        L = F.binary_cross_entropy_with_logits(a, y)
+    L.backward()
+    gprime = []
+    for z, g in zip(zs, acts):
+        zz = z.detach().clone().requires_grad_(True)
+        act[g](zz).sum().backward()
+        gprime.append(zz.grad.numpy())
+    return {"loss": L.item(), "W": Ws, "b": bs, "z": zs, "a": As, "g": gprime}
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "cross_entropy", "binary_cross_entropy"])
+def test_every_number_of_the_trace_against_torch_autograd(loss):
+    """z, a, the loss, dL/da, g'(z), delta, dW, db, W^T delta and the SGD update of every layer, for every
+    activation, on tiny and awkward networks (1 input and 1 output, batch 1, three layers, batches), each
+    against PyTorch autograd on the same float64 numbers (the spec's convention for every loss)."""
+    torch = pytest.importorskip("torch")
+    from gpubp.activations import ACTIVATIONS
+
+    rng = np.random.default_rng(11)
+    lr = 0.3
+    for sizes, B in (([1, 1], 1), ([1, 1, 1], 1), ([3, 4, 2], 1), ([3, 4, 5, 2], 3), ([2, 3, 1], 4)):
+        if loss == "cross_entropy" and sizes[-1] == 1:
+            continue
+        for act in ACTIVATIONS:
+            out = "identity" if loss in ("cross_entropy", "binary_cross_entropy") else act
+            acts = [act] * (len(sizes) - 2) + [out]
+            params = [(rng.normal(size=(n, m)), rng.normal(size=n)) for m, n in zip(sizes[:-1], sizes[1:])]
+            X = rng.normal(size=(B, sizes[0])) if B > 1 else rng.normal(size=sizes[0])
+            shape = (B, sizes[-1]) if B > 1 else (sizes[-1],)
+            if loss == "cross_entropy":
+                Y = rng.integers(0, sizes[-1], size=B) if B > 1 else int(rng.integers(0, sizes[-1]))
+            elif loss == "binary_cross_entropy":
+                Y = rng.uniform(size=shape)
+            else:
+                Y = rng.normal(size=shape)
+            t = explain.trace_step(params, X, Y, acts, loss, lr)
+            r = _torch_step(torch, params, X, Y, acts, loss)
+            case = (sizes, B, act, loss)
+
+            def same(got, want, what):
+                want = np.asarray(want.detach().numpy() if hasattr(want, "detach") else want, dtype=np.float64)
+                got = np.asarray(got, dtype=np.float64)
+                assert got.size == want.size, (what, case)
+                np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-10, atol=1e-13,
+                                           err_msg=f"{what} {case}")
+
+            same(t["loss"], np.float64(r["loss"]), "loss")
+            L = len(params)
+            for f in t["forward"]:
+                l = f["layer"]
+                same(f["z"], r["z"][l - 1], f"z{l}")
+                same(f["a"], r["a"][l - 1], f"a{l}")
+            for bw in t["backward"]:
+                l = bw["layer"]
+                same(bw["delta"], r["z"][l - 1].grad, f"delta{l}")              # dL/dz
+                same(bw["g_prime"], r["g"][l - 1], f"g'(z{l})")
+                same(np.multiply(bw["dL_da"], bw["g_prime"]), r["z"][l - 1].grad, f"dL/da{l} * g'(z{l})")
+                if not (l == L and loss in ("cross_entropy", "binary_cross_entropy")):
+                    same(bw["dL_da"], r["a"][l - 1].grad, f"dL/da{l}")          # the logit losses: dL/dz
+                same(bw["dW"], r["W"][l - 1].grad, f"dW{l}")
+                same(bw["db"], r["b"][l - 1].grad, f"db{l}")
+                same(bw["W_T_delta"], r["z"][l - 1].grad @ r["W"][l - 1], f"W{l}^T delta{l}")
+                if l > 1:
+                    same(bw["W_T_delta"], r["a"][l - 2].grad, f"dL/da{l - 1}")
+            for u in t["updated"]:
+                l = u["layer"]
+                same(u["W"], r["W"][l - 1] - lr * r["W"][l - 1].grad, f"W{l} after")
+                same(u["b"], r["b"][l - 1] - lr * r["b"][l - 1].grad, f"b{l} after")

@@ -121,3 +121,25 @@ def test_record_and_plot_grad_norms(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no gradient norms"):
         plot_grad_norms({"loss": [1.0]}, tmp_path / "none.png")
+
+
+def test_docs_example_warns_with_gradient_flow_warnings():
+    """docs/explain.md's fit example: the warnings it shows are GradientFlowWarnings for layers 1 to 3."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    from gpubp.gradflow import GradientFlowWarning
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "explain.md").read_text()
+    assert "# GradientFlowWarning: layer 1: ||dW|| = 1.88e-09" in doc
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(64, 8)), rng.normal(size=(64, 1))
+    net = gpubp.MLP([8] + [16] * 10 + [1], activation="sigmoid", loss="mse", backend="numpy",
+                    dtype="float64", seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(X, Y, epochs=2, batch_size=32, optimizer="sgd", lr=0.1, grad_norms=True, progress=False)
+    flow = [w for w in caught if issubclass(w.category, GradientFlowWarning)]
+    assert [re.match(r"layer (\d+):", str(w.message)).group(1) for w in flow] == ["1", "2", "3"]
+    assert str(flow[0].message).startswith("layer 1: ||dW|| = 1.88e-09 is 5.97e-09 times the output layer's (0.315)")
