@@ -100,6 +100,11 @@ class MLP:
         if self.loss in losses.LOGIT_LOSSES and out_act != "identity":
             raise ValueError(f"loss {self.loss!r} works on logits (softmax/sigmoid are fused into it): "
                              f"output_activation must be 'identity', got {out_act!r}")
+        if self.loss == "cross_entropy" and self.sizes[-1] < 2:
+            # the softmax of one logit is 1: the loss is 0 and every gradient is 0 whatever the data
+            raise ValueError(f"loss 'cross_entropy' needs at least 2 outputs (a softmax over classes), got "
+                             f"layer_sizes ending in {self.sizes[-1]}: for two classes on one output use "
+                             "loss='binary_cross_entropy'")
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)

@@ -23,6 +23,8 @@ def net():
     (dict(layer_sizes=[4, 3], output_activation="swish"), ValueError, "swish"),
     (dict(layer_sizes=[4, 3], loss="hinge"), ValueError, "hinge"),
     (dict(layer_sizes=[4, 3], loss="cross_entropy", output_activation="sigmoid"), ValueError, "logits"),
+    # a softmax over one logit is 1: loss and gradients would be 0 whatever the data
+    (dict(layer_sizes=[4, 5, 1], loss="cross_entropy"), ValueError, "at least 2 outputs.*binary_cross_entropy"),
     (dict(layer_sizes=[4, 3], dtype="float16"), ValueError, "float16"),
     (dict(layer_sizes=[4, 3], dtype="int32"), ValueError, "float32 or float64"),
     (dict(layer_sizes=[4, 3], dtype=None), ValueError, "float32 or float64"),   # numpy's None is float64
