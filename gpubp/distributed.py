@@ -701,14 +701,15 @@ class DataParallel:
     def global_losses(self, local_losses, start) -> np.ndarray:
         """The global batches' losses of steps `start, start+1, ...` from this rank's (one reduction).
 
-        NaN where any rank's loss is not finite, or where a global batch weighs nothing."""
+        NaN where any rank's loss is not finite; 0 where a global batch weighs nothing (all its
+        sample weights are 0), as one process computes it (its gradient is 0 too)."""
         idx = slice(start, start + len(local_losses))
         vals = np.asarray(local_losses, dtype=np.float64) * self.local_w[idx]
         vals[self.local_w[idx] == 0] = 0.0
         tot = self.comm.sum_values(vals, "the reduction of the training losses")
         g = self.global_w[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(g > 0, tot / np.where(g > 0, g, 1.0), np.nan)
+            return np.where(g > 0, tot / np.where(g > 0, g, 1.0), 0.0)
 
     def on_all_ranks(self, ok: bool, what: str) -> bool:
         """Whether `ok` holds on every rank (one reduction), so that every rank decides alike."""

@@ -112,11 +112,16 @@ def check_against_one_process(n, prefix, references, backend="numpy"):
         assert rel(got[name + ".params"], initial) > 1e-3, f"{name}: training did not move the parameters"
         if "error" in hist:        # diverged: the same message (step, loss) on every rank and in one process
             assert c.get("diverge"), hist["error"]
+            assert ("the update of step" in hist["error"]) == (c["diverge"] == "update"), hist["error"]
             for k in range(n):
                 assert str(ranks[k][name + ".error"]) == hist["error"]
         else:
             assert not c.get("diverge"), f"{name} was meant to diverge"
+            if c.get("early_stop"):    # it stopped early, after as many epochs as one process, on every rank
+                assert len(hist["loss"]) < c["epochs"], name
             for key, ref in hist.items():
+                for k in range(n):
+                    assert len(ranks[k][f"{name}.hist.{key}"]) == len(ref), (name, key, k)
                 eh = rel(got[f"{name}.hist.{key}"], ref)
                 assert eh <= 1e-12, f"{name} on {n} ranks: history {key} differs by {eh:.3g}"
         worst[name] = e
