@@ -715,6 +715,10 @@ class DataParallel:
         """Whether `ok` holds on every rank (one reduction), so that every rank decides alike."""
         return float(self.comm.sum_values(np.array([0.0 if ok else 1.0]), what)[0]) == 0.0
 
+    def any_rank(self, flag: bool, what: str) -> bool:
+        """Whether `flag` holds on any rank (one reduction), so that every rank decides alike."""
+        return not self.on_all_ranks(not flag, what)
+
     def epoch_loss(self, local_losses) -> float:
         """The epoch's mean training loss (weighted like the batches) from this rank's step losses."""
         vals = np.asarray(local_losses, dtype=np.float64) * self.local_w

@@ -230,6 +230,8 @@ class FitLoop:
                 for cb in self.callbacks:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(net, epoch, hist)
+                if self.dist is not None:   # a rank that stops (e.g. a callback on rank 0 alone) stops every rank
+                    net.stop_training = self.dist.any_rank(net.stop_training, f"the decision to stop after epoch {epoch}")
                 if net.stop_training:
                     break
         finally:
@@ -237,6 +239,8 @@ class FitLoop:
         for cb in self.callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(net, hist)
+        if self.dist is not None:   # no rank leaves fit before every rank is through its callbacks
+            self.dist.any_rank(False, "the end of fit")
         return hist
 
     def _shuffle(self):

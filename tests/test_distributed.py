@@ -149,6 +149,19 @@ def test_a_rank_that_raises_ends_the_job_with_a_clear_error():
     assert "trained" not in r.stdout
 
 
+def test_a_rank_that_raises_after_the_last_step_ends_the_job_on_every_rank():
+    # rank 1's on_train_end raises: the other ranks do not leave fit (and go on with the script) but
+    # print which rank failed and why
+    r = run_mpi(3, "dp_fault.py", "train_end", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 1 of 3 failed: RuntimeError: an injected failure at the end of training on rank 1" in out, out
+    for k in (0, 2):
+        assert f"rank {k} of 3: stopping, because rank 1 failed: RuntimeError: an injected failure at the end" \
+            in out, out
+    assert "trained" not in r.stdout, out
+
+
 def test_a_rank_that_hangs_ends_the_job_after_the_timeout():
     r = run_mpi(2, "dp_fault.py", "hang", timeout=30)
     out = r.stdout + r.stderr

@@ -2,6 +2,7 @@
 
 Usage: dp_fault.py MODE, MODE one of
   raise     rank 1 raises at its third training step;
+  train_end rank 1's callback raises in on_train_end, after the last step;
   hang      rank 1 stops answering at its third step (the others time out after 2 s);
   mismatch  rank 1 builds a different network (refused on every rank before training);
   data      rank 1 passes other data with sharded=False (refused on every rank);
@@ -40,8 +41,16 @@ def main(mode):
             return forward(*a, **k)
 
         net._forward = bad_forward
+    callbacks = []
+    if mode == "train_end" and comm.rank == 1:
+        from gpubp.callbacks import LambdaCallback
+
+        def on_train_end(net, logs):
+            raise RuntimeError("an injected failure at the end of training on rank 1")
+
+        callbacks.append(LambdaCallback(on_train_end=on_train_end))
     try:
-        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm)
+        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=callbacks)
     except distributed.ConfigMismatch as e:
         print(f"rank {comm.rank}: refused: {e}", flush=True)
         sys.exit(3)

@@ -29,8 +29,8 @@ def cases():
     """name -> fit settings: batch sizes that 2 and 3 do not divide, a batch of 1 (ranks with no rows),
     the whole set in one batch, SGD with momentum, Adam and AdamW, validation sets, sample weights
     (with a global batch that weighs nothing), sharded data, one bucket per layer, no overlap, a
-    learning-rate schedule, a run whose loss diverges and one whose update overflows the parameters
-    (each rolled back alike)."""
+    learning-rate schedule, early stopping (on every rank, and on rank 0 alone), a run whose loss
+    diverges and one whose update overflows the parameters (each rolled back alike)."""
     return {
         "b5_adam": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True),
         "b5_adam_bucket_per_layer": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
@@ -54,6 +54,11 @@ def cases():
         # the schedule jumps to 1e308 at step 4: that update overflows the parameters after a finite loss
         "overflow_update_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=1e-3, momentum=0.9)), epochs=2,
                                    shuffle=True, diverge="update", schedule="overflow"),
+        "b4_schedule_early_stop": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
+                                       validation=True, schedule="decay", early_stop="every rank"),
+        # a stopping rule on rank 0 alone stops every rank (restore_best=False: it changes nothing else)
+        "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
+                                    validation=True, early_stop="rank 0"),
     }
 
 
