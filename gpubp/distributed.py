@@ -556,6 +556,26 @@ def _fingerprint(backend, X, n_rows=64) -> str:
     return h.hexdigest()[:16]
 
 
+def _schedule_rates(lr_schedule, total_steps, n=16):
+    """`[[step, rate], ...]` of `lr_schedule` at steps 1, 2, 3 and up to `2 n` more spread over
+    `1..total_steps` (linearly and geometrically), for comparing the ranks' schedules; None without one.
+    A step whose call raises or gives no number is noted as such (the training step reports it)."""
+    if lr_schedule is None:
+        return None
+    total = max(int(total_steps), 1)
+    steps = {1, 2, 3, total} | {int(round(x)) for x in np.linspace(1, total, n)} | \
+        {int(round(x)) for x in np.geomspace(1, total, n)}
+    out = []
+    for step in sorted(k for k in steps if 1 <= k <= total):
+        try:
+            rate = lr_schedule(step)
+            rate = float(rate) if math.isfinite(float(rate)) else repr(rate)
+        except Exception as e:     # noqa: BLE001 - compared, and raised again by the step that uses it
+            rate = f"raises {type(e).__name__}"
+        out.append([step, rate])
+    return out
+
+
 class DataParallel:
     """The hook the fit loop calls on several ranks: which rows this rank trains on, and the sums.
 
@@ -593,18 +613,35 @@ class DataParallel:
         return self.comm.is_root
 
     # -------------------------------------------------------------- once per fit
-    def setup(self, X, Y, weights, epochs, batch_size, shuffle, validation=False) -> int:
-        """Check that every rank trains alike, broadcast rank 0's state; returns the steps per epoch."""
+    def setup(self, X, Y, weights, epochs, batch_size, shuffle, validation=None, lr_schedule=None) -> int:
+        """Check that every rank trains alike, broadcast rank 0's state; returns the steps per epoch.
+
+        `validation` is the `(X_val, Y_val)` pair on the backend (or None; a bool says only
+        whether there is one); without `sharded` every rank must hold the same pair, as the same
+        `X`, `Y`.  `lr_schedule` is compared by its rates at a spread of the run's steps."""
         net, opt, comm = self.net, self.optimizer, self.comm
         be = net.backend
         self.n_local = int(X.shape[0])
         self.batch_size = int(batch_size)
         self.weights = weights
+        if self.sharded:
+            # the same collective on every rank whatever its settings: the steps are known before the check
+            n_locals = [int(n) for n in comm.allgather_json(self.n_local, "the count of rows")]
+            local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
+                             for r in range(comm.size)]
+            self.local_batch = local_batches[comm.rank]
+            self.n_global = sum(n_locals)
+            self.n_steps = max(-(-n // max(lb, 1)) for n, lb in zip(n_locals, local_batches))
+        else:
+            self.n_global = self.n_local
+            self.n_steps = -(-self.n_global // self.batch_size)
+        has_validation = validation is not None and validation is not False
         plan = {"network": net.config(), "backend": be.name,
                 "optimizer": {"name": opt.name, **opt.hyper()},
                 "fit": {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
-                        "sharded": self.sharded, "validation": bool(validation),
-                        "sample_weights": weights is not None},
+                        "sharded": self.sharded, "validation": bool(has_validation),
+                        "sample_weights": weights is not None,
+                        "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
         plan["network"].pop("seed", None)      # rank 0's parameters and generator are broadcast
@@ -612,26 +649,18 @@ class DataParallel:
             plan["data"] = {"rows": self.n_local, "X": _fingerprint(be, X), "Y": _fingerprint(be, Y)}
             if weights is not None:
                 plan["data"]["weights"] = _fingerprint(be, weights)
+            if isinstance(validation, (tuple, list)):     # each rank evaluates its share of the pair
+                plan["data"]["validation"] = {"X": _fingerprint(be, validation[0]),
+                                              "Y": _fingerprint(be, validation[1])}
         comm.check_same("network configurations and training settings", plan)
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
         rng = net._rng.bit_generator
         rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
-        if self.sharded:
-            a, b = share(self.batch_size, comm.size, comm.rank)
-            self.local_batch = b - a
-            if self.local_batch == 0:
-                raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
-                                     f"({batch_size}) must be at least the number of ranks ({comm.size})")
-            n_locals = [int(n) for n in comm.allgather_json(self.n_local, "the count of rows")]
-            local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
-                             for r in range(comm.size)]
-            self.n_global = sum(n_locals)
-            self.n_steps = max(-(-n // lb) for n, lb in zip(n_locals, local_batches))
-        else:
-            self.n_global = self.n_local
-            self.n_steps = -(-self.n_global // self.batch_size)
+        if self.sharded and self.local_batch == 0:
+            raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
+                                 f"({batch_size}) must be at least the number of ranks ({comm.size})")
         return self.n_steps
 
     # -------------------------------------------------------------- per epoch and step

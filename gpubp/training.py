@@ -198,7 +198,7 @@ class FitLoop:
             hist.update(grad_norms=[], delta_norms=[], update_ratios=[])
         if self.dist is not None:
             self.n_batches = self.dist.setup(self.X, self.Y, self.weights, epochs, self.batch_size, self.shuffle,
-                                             self.validation is not None)
+                                             self.validation, self.lr_schedule)
         evaluate = net.evaluate if self.dist is None else self.dist.evaluate
         step_losses = be.zeros((self.n_batches,), net.dtype)
         snap = [b.copy() for b in net._state_buffers(opt)]

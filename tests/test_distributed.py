@@ -236,6 +236,28 @@ def test_different_data_without_sharding_is_refused():
         assert f"rank {k}: refused" in r.stdout and "rank 1 has data.X = " in r.stdout, r.stdout + r.stderr
 
 
+def test_different_validation_sets_without_sharding_are_refused():
+    # each rank evaluates its share of the validation set: different sets gave wrong val_loss silently
+    r = run_mpi(2, "dp_fault.py", "validation", timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for k in range(2):
+        assert f"rank {k}: refused" in r.stdout, r.stdout + r.stderr
+    assert "rank 1 has data.validation.X = " in r.stdout and "data.validation.Y = " in r.stdout, r.stdout
+    assert "data.X" not in r.stdout, r.stdout
+    assert "trained" not in r.stdout
+
+
+def test_different_learning_rate_schedules_are_refused():
+    # a schedule on some ranks only (or another one) gave each rank other parameters, silently
+    r = run_mpi(3, "dp_fault.py", "schedule", timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for k in range(3):
+        assert f"rank {k}: refused" in r.stdout, r.stdout + r.stderr
+    assert "rank 1 has fit.lr_schedule = null where rank 0 has [[1, 0.01], [2, 0.005]" in r.stdout, r.stdout
+    assert "rank 2 has fit.lr_schedule = [[1, 0.01], [2, 0.01]" in r.stdout, r.stdout
+    assert "trained" not in r.stdout
+
+
 class _OneRank:
     """Stands in for a communicator where only the argument checks are reached."""
     size, rank, is_root = 1, 0, True

@@ -6,6 +6,8 @@ Usage: dp_fault.py MODE, MODE one of
   hang      rank 1 stops answering at its third step (the others time out after 2 s);
   mismatch  rank 1 builds a different network (refused on every rank before training);
   data      rank 1 passes other data with sharded=False (refused on every rank);
+  validation  rank 1 passes another validation set with sharded=False (refused on every rank);
+  schedule  rank 1 passes no lr_schedule, rank 2 another one (refused on every rank);
   uncaught  rank 1 raises outside fit, in the script itself.
 """
 
@@ -49,8 +51,14 @@ def main(mode):
             raise RuntimeError("an injected failure at the end of training on rank 1")
 
         callbacks.append(LambdaCallback(on_train_end=on_train_end))
+    kw = {}
+    if mode == "validation":
+        kw["validation"] = (X[:10 + (comm.rank == 1)], Y[:10 + (comm.rank == 1)])
+    if mode == "schedule" and comm.rank != 1:
+        kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
     try:
-        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=callbacks)
+        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=callbacks,
+                **kw)
     except distributed.ConfigMismatch as e:
         print(f"rank {comm.rank}: refused: {e}", flush=True)
         sys.exit(3)
