@@ -653,14 +653,14 @@ class DataParallel:
                 plan["data"]["validation"] = {"X": _fingerprint(be, validation[0]),
                                               "Y": _fingerprint(be, validation[1])}
         comm.check_same("network configurations and training settings", plan)
+        if self.sharded and min(local_batches) == 0:   # decided alike on every rank, before anything changes
+            raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
+                                 f"({batch_size}) must be at least the number of ranks ({comm.size})")
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
         rng = net._rng.bit_generator
         rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
-        if self.sharded and self.local_batch == 0:
-            raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
-                                 f"({batch_size}) must be at least the number of ranks ({comm.size})")
         return self.n_steps
 
     # -------------------------------------------------------------- per epoch and step

@@ -183,7 +183,8 @@ def test_different_networks_are_refused_on_every_rank():
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     for k in range(3):
-        assert (f"rank {k}: refused: the ranks' network configurations and training settings differ" in r.stdout), out
+        assert (f"rank {k}: refused (ConfigMismatch, parameters unchanged): the ranks' network configurations and "
+                "training settings differ" in r.stdout), out
     assert "rank 1 has network.layer_sizes = [4, 9, 2] where rank 0 has [4, 8, 2]" in r.stdout, out
     assert "trained" not in r.stdout
 
@@ -256,6 +257,17 @@ def test_different_learning_rate_schedules_are_refused():
     assert "rank 1 has fit.lr_schedule = null where rank 0 has [[1, 0.01], [2, 0.005]" in r.stdout, r.stdout
     assert "rank 2 has fit.lr_schedule = [[1, 0.01], [2, 0.01]" in r.stdout, r.stdout
     assert "trained" not in r.stdout
+
+
+def test_a_sharded_batch_smaller_than_the_ranks_is_refused_on_every_rank():
+    # only the ranks whose share of a batch was empty refused it; the others waited until the timeout
+    r = run_mpi(3, "dp_fault.py", "small_batch", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(3):
+        assert (f"rank {k}: refused (EveryRankError, parameters unchanged): with sharded=True every rank takes a "
+                "share of each batch: batch_size (2) must be at least the number of ranks (3)") in r.stdout, out
+    assert "trained" not in r.stdout and "waited" not in out, out
 
 
 class _OneRank:

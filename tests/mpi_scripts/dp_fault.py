@@ -8,7 +8,9 @@ Usage: dp_fault.py MODE, MODE one of
   data      rank 1 passes other data with sharded=False (refused on every rank);
   validation  rank 1 passes another validation set with sharded=False (refused on every rank);
   schedule  rank 1 passes no lr_schedule, rank 2 another one (refused on every rank);
-  uncaught  rank 1 raises outside fit, in the script itself.
+  uncaught  rank 1 raises outside fit, in the script itself;
+  small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
+            rank, each keeping its own parameters: the networks' seeds differ).
 """
 
 import sys
@@ -28,7 +30,9 @@ def main(mode):
     if mode == "data" and comm.rank == 1:
         X[17, 2] += 1.0
     hidden = 9 if (mode == "mismatch" and comm.rank == 1) else 8
-    net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+    net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=comm.rank if mode == "small_batch" else 0,
+              backend="numpy")
+    before = net._params.copy()
     if mode == "uncaught" and comm.rank == 1:
         raise RuntimeError("a failure outside fit on rank 1")
     if comm.rank == 1 and mode in ("raise", "hang"):
@@ -54,13 +58,16 @@ def main(mode):
     kw = {}
     if mode == "validation":
         kw["validation"] = (X[:10 + (comm.rank == 1)], Y[:10 + (comm.rank == 1)])
+    if mode == "small_batch":
+        kw = dict(sharded=True, batch_size=comm.size - 1)
     if mode == "schedule" and comm.rank != 1:
         kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
     try:
-        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=callbacks,
-                **kw)
-    except distributed.ConfigMismatch as e:
-        print(f"rank {comm.rank}: refused: {e}", flush=True)
+        net.fit(X, Y, **{**dict(epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm,
+                                callbacks=callbacks), **kw})
+    except distributed.EveryRankError as e:      # ConfigMismatch among them
+        same = "unchanged" if np.array_equal(net._params, before) else "changed"
+        print(f"rank {comm.rank}: refused ({type(e).__name__}, parameters {same}): {e}", flush=True)
         sys.exit(3)
     print(f"rank {comm.rank}: trained", flush=True)
 
