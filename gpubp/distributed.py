@@ -656,6 +656,10 @@ class DataParallel:
         if self.sharded and min(local_batches) == 0:   # decided alike on every rank, before anything changes
             raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
                                  f"({batch_size}) must be at least the number of ranks ({comm.size})")
+        if self.sharded and weights is not None and not self.any_rank(
+                bool(be.to_numpy((weights > 0).any())), "the check of the sample weights"):
+            # a rank's own rows may all weigh nothing (one process on all the rows accepts that), not all rows
+            raise EveryRankError(f"the sample weights (in {net.dtype.name}) are all zero on every rank")
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")

@@ -270,6 +270,17 @@ def test_a_sharded_batch_smaller_than_the_ranks_is_refused_on_every_rank():
     assert "trained" not in r.stdout and "waited" not in out, out
 
 
+def test_sharded_sample_weights_that_are_all_zero_on_every_rank_are_refused_on_every_rank():
+    # a rank's own rows may all weigh nothing (the sharded_b6_weightless_shard case trains), not every rank's
+    r = run_mpi(2, "dp_fault.py", "zero_weights", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(2):
+        assert (f"rank {k}: refused (EveryRankError, parameters unchanged): the sample weights (in float64) are all "
+                "zero on every rank") in r.stdout, out
+    assert "trained" not in r.stdout, out
+
+
 class _OneRank:
     """Stands in for a communicator where only the argument checks are reached."""
     size, rank, is_root = 1, 0, True

@@ -9,6 +9,7 @@ Usage: dp_fault.py MODE, MODE one of
   validation  rank 1 passes another validation set with sharded=False (refused on every rank);
   schedule  rank 1 passes no lr_schedule, rank 2 another one (refused on every rank);
   uncaught  rank 1 raises outside fit, in the script itself;
+  zero_weights  sharded=True with sample weights that are all zero on every rank (refused on every rank);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
             rank, each keeping its own parameters: the networks' seeds differ).
 """
@@ -58,6 +59,8 @@ def main(mode):
     kw = {}
     if mode == "validation":
         kw["validation"] = (X[:10 + (comm.rank == 1)], Y[:10 + (comm.rank == 1)])
+    if mode == "zero_weights":    # rank 0's rows weigh nothing: accepted when another rank's do (not here)
+        kw = dict(sharded=True, sample_weight=np.zeros(len(X)))
     if mode == "small_batch":
         kw = dict(sharded=True, batch_size=comm.size - 1)
     if mode == "schedule" and comm.rank != 1:

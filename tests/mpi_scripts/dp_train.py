@@ -28,9 +28,10 @@ def data():
 def cases():
     """name -> fit settings: batch sizes that 2 and 3 do not divide, a batch of 1 (ranks with no rows),
     the whole set in one batch, SGD with momentum, Adam and AdamW, validation sets, sample weights
-    (with a global batch that weighs nothing), sharded data, one bucket per layer, no overlap, a
-    learning-rate schedule, early stopping (on every rank, and on rank 0 alone), a run whose loss
-    diverges and one whose update overflows the parameters (each rolled back alike)."""
+    (with a global batch, and a rank's shard, that weigh nothing), sharded data, one bucket per
+    layer, no overlap, a learning-rate schedule, early stopping (on every rank, and on rank 0
+    alone), a run whose loss diverges and one whose update overflows the parameters (each rolled
+    back alike)."""
     return {
         "b5_adam": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True),
         "b5_adam_bucket_per_layer": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
@@ -47,6 +48,9 @@ def cases():
                                      sharded=True),
         "sharded_b6_weights": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.5)), epochs=2,
                                    shuffle=True, sharded=True, weights=True),
+        # rows 11.. weigh nothing: the last rank's shard (on 2 and 3 ranks) has no weight at all
+        "sharded_b6_weightless_shard": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2,
+                                            shuffle=True, sharded=True, weights="weightless_shard"),
         "diverge_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=0.5)), epochs=3, shuffle=True, diverge="loss"),
         # rows 6..11 weigh nothing: the second global batch of 6 has no weight at all (loss 0, as in one process)
         "b6_weightless_batch": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
@@ -85,6 +89,9 @@ def case_data(c):
     if c.get("weights") == "weightless_batch":
         W = W.copy()
         W[6:12] = 0.0
+    if c.get("weights") == "weightless_shard":
+        W = W.copy()
+        W[11:] = 0.0
     return X, Y, (W if c.get("weights") else None)
 
 
