@@ -793,6 +793,9 @@ def guard_fit(fit):
 
     @functools.wraps(fit)
     def wrapper(self, *args, comm=None, **kwargs):
+        if type(comm).__module__.split(".")[0] == "mpi4py":   # the same on every rank: nothing to end
+            raise TypeError(f"comm must be the communicator of gpubp.distributed.init() (which wraps MPI's), "
+                            f"got mpi4py's {type(comm).__name__}")
         if comm is None or comm.size == 1:
             return fit(self, *args, comm=comm, **kwargs)
         with comm.guard():

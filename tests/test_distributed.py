@@ -281,6 +281,29 @@ def test_sharded_sample_weights_that_are_all_zero_on_every_rank_are_refused_on_e
     assert "trained" not in r.stdout, out
 
 
+def test_an_mpi4py_communicator_is_refused_with_a_clear_error():
+    # MPI.COMM_WORLD ended the job with "AttributeError: 'Intracomm' object has no attribute 'guard'";
+    # run in a process of its own, so that this one does not start MPI
+    code = """if True:
+        import numpy as np, sys
+        from mpi4py import MPI
+        sys.path.insert(0, sys.argv[1])
+        import dp_train
+        X, Y, _, _, _ = dp_train.data()
+        net = dp_train.make_net()
+        before = net._params.copy()
+        try:
+            net.fit(X, Y, epochs=1, progress=False, comm=MPI.COMM_SELF)
+        except TypeError as e:
+            print("refused:", e, np.array_equal(net._params, before), net.optimizer is None)
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code, SCRIPTS], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert ("refused: comm must be the communicator of gpubp.distributed.init() (which wraps MPI's), got "
+            "mpi4py's Intracomm True True") in r.stdout, r.stdout + r.stderr
+
+
 class _OneRank:
     """Stands in for a communicator where only the argument checks are reached."""
     size, rank, is_root = 1, 0, True
