@@ -230,6 +230,18 @@ def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     assert figures(r.stdout) == figures(one.stdout) and len(figures(one.stdout)) == 4, (r.stdout, one.stdout)
 
 
+def test_cli_train_distributed_that_diverges_says_so_once_and_fails():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    train = [sys.executable, "-m", "gpubp", "train", "--epochs", "2", "--hidden", "16", "--dataset", "moons",
+             "--n-samples", "200", "--backend", "numpy", "--dtype", "float64", "--no-progress", "--optimizer", "sgd",
+             "--lr", "1e300", "--distributed"]
+    r = subprocess.run(distributed.mpiexec_command(2, MPIEXEC) + train, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("gpubp train: the ") == 1 and "training diverged" in r.stderr, r.stderr
+    assert "test accuracy" not in r.stdout
+
+
 def test_different_data_without_sharding_is_refused():
     r = run_mpi(2, "dp_fault.py", "data", timeout=30)
     assert r.returncode != 0, r.stdout + r.stderr
