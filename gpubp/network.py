@@ -29,7 +29,7 @@ from . import losses
 from .backends import Backend, get_backend
 from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
                      host_array)
-from .distributed import DataParallel, check_fit_options, guard_fit
+from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
@@ -678,6 +678,7 @@ class MLP:
             if standardize:   # a refused call changes nothing
                 self.set_standardization(*(saved_std or (None, None)))
             raise
+        before = (self.target_ndim, self.optimizer, opt.lr)
         self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
         opt = self._bind(opt, lr)
         self.stop_training = False
@@ -688,7 +689,15 @@ class MLP:
         loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
                        (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
                        grad_norms, dist=dist)
-        return loop.run(epochs)
+        try:
+            return loop.run(epochs)
+        except EveryRankError:
+            # refused by every rank together (ConfigMismatch...) before anything was broadcast or trained:
+            # the call changes nothing, as an argument refused here does not
+            self.target_ndim, self.optimizer, opt.lr = before
+            if standardize:
+                self.set_standardization(*(saved_std or (None, None)))
+            raise
 
     # ------------------------------------------------------------ snapshots
     def _state_buffers(self, opt) -> list:

@@ -183,7 +183,7 @@ def test_different_networks_are_refused_on_every_rank():
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     for k in range(3):
-        assert (f"rank {k}: refused (ConfigMismatch, parameters unchanged): the ranks' network configurations and "
+        assert (f"rank {k}: refused (ConfigMismatch, network unchanged): the ranks' network configurations and "
                 "training settings differ" in r.stdout), out
     assert "rank 1 has network.layer_sizes = [4, 9, 2] where rank 0 has [4, 8, 2]" in r.stdout, out
     assert "trained" not in r.stdout
@@ -277,7 +277,7 @@ def test_a_sharded_batch_smaller_than_the_ranks_is_refused_on_every_rank():
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     for k in range(3):
-        assert (f"rank {k}: refused (EveryRankError, parameters unchanged): with sharded=True every rank takes a "
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): with sharded=True every rank takes a "
                 "share of each batch: batch_size (2) must be at least the number of ranks (3)") in r.stdout, out
     assert "trained" not in r.stdout and "waited" not in out, out
 
@@ -288,7 +288,7 @@ def test_sharded_sample_weights_that_are_all_zero_on_every_rank_are_refused_on_e
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     for k in range(2):
-        assert (f"rank {k}: refused (EveryRankError, parameters unchanged): the sample weights (in float64) are all "
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): the sample weights (in float64) are all "
                 "zero on every rank") in r.stdout, out
     assert "trained" not in r.stdout, out
 

@@ -4,7 +4,8 @@ Usage: dp_fault.py MODE, MODE one of
   raise     rank 1 raises at its third training step;
   train_end rank 1's callback raises in on_train_end, after the last step;
   hang      rank 1 stops answering at its third step (the others time out after 2 s);
-  mismatch  rank 1 builds a different network (refused on every rank before training);
+  mismatch  rank 1 builds a different network (refused on every rank before training, each network
+            as it was: no optimizer, no standardisation);
   data      rank 1 passes other data with sharded=False (refused on every rank);
   validation  rank 1 passes another validation set with sharded=False (refused on every rank);
   schedule  rank 1 passes no lr_schedule, rank 2 another one (refused on every rank);
@@ -57,6 +58,8 @@ def main(mode):
 
         callbacks.append(LambdaCallback(on_train_end=on_train_end))
     kw = {}
+    if mode == "mismatch":     # refused after the statistics are set and the optimizer bound: both undone
+        kw["standardize"] = True
     if mode == "validation":
         kw["validation"] = (X[:10 + (comm.rank == 1)], Y[:10 + (comm.rank == 1)])
     if mode == "zero_weights":    # rank 0's rows weigh nothing: accepted when another rank's do (not here)
@@ -69,8 +72,9 @@ def main(mode):
         net.fit(X, Y, **{**dict(epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm,
                                 callbacks=callbacks), **kw})
     except distributed.EveryRankError as e:      # ConfigMismatch among them
-        same = "unchanged" if np.array_equal(net._params, before) else "changed"
-        print(f"rank {comm.rank}: refused ({type(e).__name__}, parameters {same}): {e}", flush=True)
+        same = np.array_equal(net._params, before) and net.optimizer is None and net.standardization is None
+        print(f"rank {comm.rank}: refused ({type(e).__name__}, network {'unchanged' if same else 'changed'}): {e}",
+              flush=True)
         sys.exit(3)
     print(f"rank {comm.rank}: trained", flush=True)
 
