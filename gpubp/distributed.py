@@ -173,13 +173,13 @@ class Communicator:
         self.overlap = bool(overlap)
         self.bucket_bytes = int(bucket_bytes)
         self.MPI = MPI
-        self.mpi = (mpi_comm if mpi_comm is not None else MPI.COMM_WORLD).Dup()
-        self._notices = self.mpi.Dup()     # failure notices and their answers, apart from the collectives
-        self.rank = self.mpi.Get_rank()
-        self.size = self.mpi.Get_size()
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = float(timeout)
+        self.mpi = self._join(mpi_comm if mpi_comm is not None else MPI.COMM_WORLD)
+        self._notices = self.mpi.Dup()     # failure notices and their answers, apart from the collectives
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
         self.grace = float(min(5.0, self.timeout) if grace is None else grace)
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
@@ -190,6 +190,24 @@ class Communicator:
         self._nccl_stream = None
         if getattr(backend, "name", backend) == "cuda":
             self._setup_cuda()
+
+    def _join(self, base):
+        """A duplicate of `base`, made once every rank has come (`Idup`, waited for with the deadline): a
+        rank that stopped before (say, an exit after importing mpi4py) ends the job instead of leaving
+        the others blocked here for good.  The blocking calls after it find every rank there."""
+        comm, req = base.Idup()
+        deadline = time.monotonic() + self.timeout
+        spins = 0
+        while not req.Test():
+            if time.monotonic() > deadline:
+                print(f"gpubp.distributed: rank {base.Get_rank()} of {base.Get_size()} waited {self.timeout:g} s "
+                      f"for the other ranks in init(); another rank has stopped before it or hangs: ending the "
+                      f"job", file=sys.stderr, flush=True)
+                base.Abort(1)
+            spins += 1
+            if spins > 200:
+                time.sleep(min(1e-3, 2e-6 * (spins - 200)))
+        return comm
 
     @property
     def is_root(self) -> bool:

@@ -10,6 +10,7 @@ Usage: dp_fault.py MODE, MODE one of
   validation  rank 1 passes another validation set with sharded=False (refused on every rank);
   schedule  rank 1 passes no lr_schedule, rank 2 another one (refused on every rank);
   uncaught  rank 1 raises outside fit, in the script itself;
+  exit_before_init  rank 1 starts MPI (imports mpi4py) and exits with status 0 before init();
   zero_weights  sharded=True with sample weights that are all zero on every rank (refused on every rank);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
             rank, each keeping its own parameters: the networks' seeds differ).
@@ -25,6 +26,11 @@ def main(mode):
     from gpubp import distributed
     from gpubp.network import MLP
 
+    if mode == "exit_before_init":
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == 1:
+            sys.exit(0)
     comm = distributed.init(backend="numpy", timeout=2.0, grace=2.0)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 4))
