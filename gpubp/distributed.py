@@ -794,15 +794,23 @@ class DataParallel:
 
 def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False):
     """Refuse the `fit` options that data-parallel training does not support (`EveryRankError`, a
-    ValueError: every rank refuses them alike)."""
+    ValueError).  On several ranks the ranks' refusals are gathered first (one collective), so that
+    every rank refuses alike, naming the ranks at fault, even when only some ranks pass the option."""
+    reason = None
     if grad_norms:
-        raise EveryRankError("grad_norms=True is not supported with comm (data-parallel training)")
-    if sharded and isinstance(class_weight, str):
-        raise EveryRankError(f"class_weight={class_weight!r} with sharded=True would count each rank's classes "
-                         "alone: pass a dict of class weights computed over all the data")
-    if sharded and standardize:
-        raise EveryRankError("standardize=True with sharded=True would use each rank's own statistics: compute "
-                         "the mean and standard deviation over all the data and call set_standardization")
+        reason = "grad_norms=True is not supported with comm (data-parallel training)"
+    elif sharded and isinstance(class_weight, str):
+        reason = (f"class_weight={class_weight!r} with sharded=True would count each rank's classes alone: pass a "
+                  "dict of class weights computed over all the data")
+    elif sharded and standardize:
+        reason = ("standardize=True with sharded=True would use each rank's own statistics: compute the mean and "
+                  "standard deviation over all the data and call set_standardization")
+    reasons = [reason] if getattr(comm, "size", 1) == 1 else comm.allgather_json(reason, "the check of fit's options")
+    if all(r is None for r in reasons):
+        return
+    if all(r == reasons[0] for r in reasons):
+        raise EveryRankError(reasons[0])
+    raise EveryRankError("; ".join(f"rank {k}: {r}" for k, r in enumerate(reasons) if r is not None))
 
 
 def guard_fit(fit):

@@ -290,6 +290,17 @@ def test_a_sharded_batch_smaller_than_the_ranks_is_refused_on_every_rank():
     assert "trained" not in r.stdout and "waited" not in out, out
 
 
+def test_an_option_refused_on_one_rank_only_is_refused_on_every_rank():
+    # rank 0 alone refused grad_norms=True; the others went on and waited until the timeout
+    r = run_mpi(2, "dp_fault.py", "grad_norms", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(2):
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): rank 0: grad_norms=True is not supported "
+                "with comm") in r.stdout, out
+    assert "waited" not in out and "trained" not in r.stdout, out
+
+
 def test_sharded_sample_weights_that_are_all_zero_on_every_rank_are_refused_on_every_rank():
     # a rank's own rows may all weigh nothing (the sharded_b6_weightless_shard case trains), not every rank's
     r = run_mpi(2, "dp_fault.py", "zero_weights", timeout=30)

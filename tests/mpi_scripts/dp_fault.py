@@ -12,6 +12,7 @@ Usage: dp_fault.py MODE, MODE one of
   uncaught  rank 1 raises outside fit, in the script itself;
   exit_before_init  rank 1 starts MPI (imports mpi4py) and exits with status 0 before init();
   zero_weights  sharded=True with sample weights that are all zero on every rank (refused on every rank);
+  grad_norms  rank 0 alone passes grad_norms=True (refused on every rank);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
             rank, each keeping its own parameters: the networks' seeds differ).
 """
@@ -70,6 +71,8 @@ def main(mode):
         kw["validation"] = (X[:10 + (comm.rank == 1)], Y[:10 + (comm.rank == 1)])
     if mode == "zero_weights":    # rank 0's rows weigh nothing: accepted when another rank's do (not here)
         kw = dict(sharded=True, sample_weight=np.zeros(len(X)))
+    if mode == "grad_norms" and comm.rank == 0:
+        kw = dict(grad_norms=True)
     if mode == "small_batch":
         kw = dict(sharded=True, batch_size=comm.size - 1)
     if mode == "schedule" and comm.rank != 1:
