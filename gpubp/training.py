@@ -231,7 +231,8 @@ class FitLoop:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(net, epoch, hist)
                 if self.dist is not None:   # a rank that stops (e.g. a callback on rank 0 alone) stops every rank
-                    net.stop_training = self.dist.any_rank(net.stop_training, f"the decision to stop after epoch {epoch}")
+                    net.stop_training = self.dist.any_rank(net.stop_training,
+                                                           f"the decision to stop after epoch {epoch}")
                 if net.stop_training:
                     break
         finally:

@@ -183,7 +183,8 @@ def test_a_rank_that_exits_before_init_ends_the_job_after_the_timeout():
     r = run_mpi(2, "dp_fault.py", "exit_before_init", timeout=30)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    assert "rank 0 of 2 waited 2 s for the other ranks in init(); another rank has stopped before it or hangs" in out, out
+    assert "rank 0 of 2 waited 2 s for the other ranks in init(); another rank has stopped before it or hangs" \
+        in out, out
 
 
 def test_different_networks_are_refused_on_every_rank():
