@@ -443,7 +443,8 @@ def cmd_train(args) -> int:
                 shuffle=True, validation=(X_held, Y_held), standardize=args.standardize, callbacks=[report], verbose=0,
                 grad_norms=args.grad_norms, comm=comm)
     except FloatingPointError as e:
-        print(f"gpubp train: {e}", file=sys.stderr)
+        if root:     # with --distributed every rank raises the same error (decided on the summed losses)
+            print(f"gpubp train: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("gpubp train: interrupted", file=sys.stderr)

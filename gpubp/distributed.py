@@ -173,13 +173,13 @@ class Communicator:
         self.overlap = bool(overlap)
         self.bucket_bytes = int(bucket_bytes)
         self.MPI = MPI
-        self.mpi = (mpi_comm if mpi_comm is not None else MPI.COMM_WORLD).Dup()
-        self._notices = self.mpi.Dup()     # failure notices and their answers, apart from the collectives
-        self.rank = self.mpi.Get_rank()
-        self.size = self.mpi.Get_size()
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = float(timeout)
+        self.mpi = self._join(mpi_comm if mpi_comm is not None else MPI.COMM_WORLD)
+        self._notices = self.mpi.Dup()     # failure notices and their answers, apart from the collectives
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
         self.grace = float(min(5.0, self.timeout) if grace is None else grace)
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
@@ -190,6 +190,24 @@ class Communicator:
         self._nccl_stream = None
         if getattr(backend, "name", backend) == "cuda":
             self._setup_cuda()
+
+    def _join(self, base):
+        """A duplicate of `base`, made once every rank has come (`Idup`, waited for with the deadline): a
+        rank that stopped before (say, an exit after importing mpi4py) ends the job instead of leaving
+        the others blocked here for good.  The blocking calls after it find every rank there."""
+        comm, req = base.Idup()
+        deadline = time.monotonic() + self.timeout
+        spins = 0
+        while not req.Test():
+            if time.monotonic() > deadline:
+                print(f"gpubp.distributed: rank {base.Get_rank()} of {base.Get_size()} waited {self.timeout:g} s "
+                      f"for the other ranks in init(); another rank has stopped before it or hangs: ending the "
+                      f"job", file=sys.stderr, flush=True)
+                base.Abort(1)
+            spins += 1
+            if spins > 200:
+                time.sleep(min(1e-3, 2e-6 * (spins - 200)))
+        return comm
 
     @property
     def is_root(self) -> bool:
@@ -556,6 +574,26 @@ def _fingerprint(backend, X, n_rows=64) -> str:
     return h.hexdigest()[:16]
 
 
+def _schedule_rates(lr_schedule, total_steps, n=16):
+    """`[[step, rate], ...]` of `lr_schedule` at steps 1, 2, 3 and up to `2 n` more spread over
+    `1..total_steps` (linearly and geometrically), for comparing the ranks' schedules; None without one.
+    A step whose call raises or gives no number is noted as such (the training step reports it)."""
+    if lr_schedule is None:
+        return None
+    total = max(int(total_steps), 1)
+    steps = {1, 2, 3, total} | {int(round(x)) for x in np.linspace(1, total, n)} | \
+        {int(round(x)) for x in np.geomspace(1, total, n)}
+    out = []
+    for step in sorted(k for k in steps if 1 <= k <= total):
+        try:
+            rate = lr_schedule(step)
+            rate = float(rate) if math.isfinite(float(rate)) else repr(rate)
+        except Exception as e:     # noqa: BLE001 - compared, and raised again by the step that uses it
+            rate = f"raises {type(e).__name__}"
+        out.append([step, rate])
+    return out
+
+
 class DataParallel:
     """The hook the fit loop calls on several ranks: which rows this rank trains on, and the sums.
 
@@ -593,18 +631,35 @@ class DataParallel:
         return self.comm.is_root
 
     # -------------------------------------------------------------- once per fit
-    def setup(self, X, Y, weights, epochs, batch_size, shuffle, validation=False) -> int:
-        """Check that every rank trains alike, broadcast rank 0's state; returns the steps per epoch."""
+    def setup(self, X, Y, weights, epochs, batch_size, shuffle, validation=None, lr_schedule=None) -> int:
+        """Check that every rank trains alike, broadcast rank 0's state; returns the steps per epoch.
+
+        `validation` is the `(X_val, Y_val)` pair on the backend (or None; a bool says only
+        whether there is one); without `sharded` every rank must hold the same pair, as the same
+        `X`, `Y`.  `lr_schedule` is compared by its rates at a spread of the run's steps."""
         net, opt, comm = self.net, self.optimizer, self.comm
         be = net.backend
         self.n_local = int(X.shape[0])
         self.batch_size = int(batch_size)
         self.weights = weights
+        if self.sharded:
+            # the same collective on every rank whatever its settings: the steps are known before the check
+            n_locals = [int(n) for n in comm.allgather_json(self.n_local, "the count of rows")]
+            local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
+                             for r in range(comm.size)]
+            self.local_batch = local_batches[comm.rank]
+            self.n_global = sum(n_locals)
+            self.n_steps = max(-(-n // max(lb, 1)) for n, lb in zip(n_locals, local_batches))
+        else:
+            self.n_global = self.n_local
+            self.n_steps = -(-self.n_global // self.batch_size)
+        has_validation = validation is not None and validation is not False
         plan = {"network": net.config(), "backend": be.name,
                 "optimizer": {"name": opt.name, **opt.hyper()},
                 "fit": {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
-                        "sharded": self.sharded, "validation": bool(validation),
-                        "sample_weights": weights is not None},
+                        "sharded": self.sharded, "validation": bool(has_validation),
+                        "sample_weights": weights is not None,
+                        "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
         plan["network"].pop("seed", None)      # rank 0's parameters and generator are broadcast
@@ -612,26 +667,22 @@ class DataParallel:
             plan["data"] = {"rows": self.n_local, "X": _fingerprint(be, X), "Y": _fingerprint(be, Y)}
             if weights is not None:
                 plan["data"]["weights"] = _fingerprint(be, weights)
+            if isinstance(validation, (tuple, list)):     # each rank evaluates its share of the pair
+                plan["data"]["validation"] = {"X": _fingerprint(be, validation[0]),
+                                              "Y": _fingerprint(be, validation[1])}
         comm.check_same("network configurations and training settings", plan)
+        if self.sharded and min(local_batches) == 0:   # decided alike on every rank, before anything changes
+            raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
+                                 f"({batch_size}) must be at least the number of ranks ({comm.size})")
+        if self.sharded and weights is not None and not self.any_rank(
+                bool(be.to_numpy((weights > 0).any())), "the check of the sample weights"):
+            # a rank's own rows may all weigh nothing (one process on all the rows accepts that), not all rows
+            raise EveryRankError(f"the sample weights (in {net.dtype.name}) are all zero on every rank")
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
         rng = net._rng.bit_generator
         rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
-        if self.sharded:
-            a, b = share(self.batch_size, comm.size, comm.rank)
-            self.local_batch = b - a
-            if self.local_batch == 0:
-                raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
-                                     f"({batch_size}) must be at least the number of ranks ({comm.size})")
-            n_locals = [int(n) for n in comm.allgather_json(self.n_local, "the count of rows")]
-            local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
-                             for r in range(comm.size)]
-            self.n_global = sum(n_locals)
-            self.n_steps = max(-(-n // lb) for n, lb in zip(n_locals, local_batches))
-        else:
-            self.n_global = self.n_local
-            self.n_steps = -(-self.n_global // self.batch_size)
         return self.n_steps
 
     # -------------------------------------------------------------- per epoch and step
@@ -701,18 +752,23 @@ class DataParallel:
     def global_losses(self, local_losses, start) -> np.ndarray:
         """The global batches' losses of steps `start, start+1, ...` from this rank's (one reduction).
 
-        NaN where any rank's loss is not finite, or where a global batch weighs nothing."""
+        NaN where any rank's loss is not finite; 0 where a global batch weighs nothing (all its
+        sample weights are 0), as one process computes it (its gradient is 0 too)."""
         idx = slice(start, start + len(local_losses))
         vals = np.asarray(local_losses, dtype=np.float64) * self.local_w[idx]
         vals[self.local_w[idx] == 0] = 0.0
         tot = self.comm.sum_values(vals, "the reduction of the training losses")
         g = self.global_w[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(g > 0, tot / np.where(g > 0, g, 1.0), np.nan)
+            return np.where(g > 0, tot / np.where(g > 0, g, 1.0), 0.0)
 
     def on_all_ranks(self, ok: bool, what: str) -> bool:
         """Whether `ok` holds on every rank (one reduction), so that every rank decides alike."""
         return float(self.comm.sum_values(np.array([0.0 if ok else 1.0]), what)[0]) == 0.0
+
+    def any_rank(self, flag: bool, what: str) -> bool:
+        """Whether `flag` holds on any rank (one reduction), so that every rank decides alike."""
+        return not self.on_all_ranks(not flag, what)
 
     def epoch_loss(self, local_losses) -> float:
         """The epoch's mean training loss (weighted like the batches) from this rank's step losses."""
@@ -738,15 +794,23 @@ class DataParallel:
 
 def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False):
     """Refuse the `fit` options that data-parallel training does not support (`EveryRankError`, a
-    ValueError: every rank refuses them alike)."""
+    ValueError).  On several ranks the ranks' refusals are gathered first (one collective), so that
+    every rank refuses alike, naming the ranks at fault, even when only some ranks pass the option."""
+    reason = None
     if grad_norms:
-        raise EveryRankError("grad_norms=True is not supported with comm (data-parallel training)")
-    if sharded and isinstance(class_weight, str):
-        raise EveryRankError(f"class_weight={class_weight!r} with sharded=True would count each rank's classes "
-                         "alone: pass a dict of class weights computed over all the data")
-    if sharded and standardize:
-        raise EveryRankError("standardize=True with sharded=True would use each rank's own statistics: compute "
-                         "the mean and standard deviation over all the data and call set_standardization")
+        reason = "grad_norms=True is not supported with comm (data-parallel training)"
+    elif sharded and isinstance(class_weight, str):
+        reason = (f"class_weight={class_weight!r} with sharded=True would count each rank's classes alone: pass a "
+                  "dict of class weights computed over all the data")
+    elif sharded and standardize:
+        reason = ("standardize=True with sharded=True would use each rank's own statistics: compute the mean and "
+                  "standard deviation over all the data and call set_standardization")
+    reasons = [reason] if getattr(comm, "size", 1) == 1 else comm.allgather_json(reason, "the check of fit's options")
+    if all(r is None for r in reasons):
+        return
+    if all(r == reasons[0] for r in reasons):
+        raise EveryRankError(reasons[0])
+    raise EveryRankError("; ".join(f"rank {k}: {r}" for k, r in enumerate(reasons) if r is not None))
 
 
 def guard_fit(fit):
@@ -755,6 +819,9 @@ def guard_fit(fit):
 
     @functools.wraps(fit)
     def wrapper(self, *args, comm=None, **kwargs):
+        if type(comm).__module__.split(".")[0] == "mpi4py":   # the same on every rank: nothing to end
+            raise TypeError(f"comm must be the communicator of gpubp.distributed.init() (which wraps MPI's), "
+                            f"got mpi4py's {type(comm).__name__}")
         if comm is None or comm.size == 1:
             return fit(self, *args, comm=comm, **kwargs)
         with comm.guard():

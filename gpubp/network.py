@@ -29,7 +29,7 @@ from . import losses
 from .backends import Backend, get_backend
 from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
                      host_array)
-from .distributed import DataParallel, check_fit_options, guard_fit
+from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
@@ -274,8 +274,11 @@ class MLP:
         h = losses.prepare_targets(host_array(Y, name), self.loss, B, self.sizes[-1], self.dtype, name)
         return self.backend.asarray(h, h.dtype)
 
-    def _sample_weights(self, w, B, Y=None, class_weight=None):
-        """Per-sample weights (host float64, shape (B,)) from `sample_weight` and `class_weight`, or None."""
+    def _sample_weights(self, w, B, Y=None, class_weight=None, some_positive=True):
+        """Per-sample weights (host float64, shape (B,)) from `sample_weight` and `class_weight`, or None.
+
+        `some_positive=False` lets them all be zero (one rank's shard of a sharded fit: the weights
+        of all the ranks' rows together are checked by `DataParallel.setup`)."""
         out = None
         if w is not None:
             h = host_array(w, "sample_weight").astype(np.float64)
@@ -319,7 +322,7 @@ class MLP:
             name = "sample_weight" if class_weight is None else \
                 "the sample weights" if w is None else "the sample weights (sample_weight times class_weight)"
             cast = finite_after_cast(out, self.dtype, name)
-            if not np.any(cast > 0):
+            if some_positive and not np.any(cast > 0):
                 raise ValueError("the sample weights are all zero" if not np.any(out > 0) else
                                  f"the sample weights are all zero in {self.dtype.name} (each is below its "
                                  f"smallest positive number)")
@@ -672,13 +675,15 @@ class MLP:
                     raise TypeError("validation must be an (X_val, Y_val) pair")
                 Xv = self._inputs(validation[0], "X_val")
                 Yv = self._targets(validation[1], Xv.shape[0], "Y_val")
-            weights = self._sample_weights(sample_weight, Xd.shape[0], Yd, class_weight)
+            weights = self._sample_weights(sample_weight, Xd.shape[0], Yd, class_weight,
+                                           some_positive=not (comm is not None and sharded))
             if lr_schedule is not None:   # the first step's rate, checked before anything is bound
                 schedule_rate(lr_schedule, 1)
         except Exception:
             if standardize:   # a refused call changes nothing
                 self.set_standardization(*(saved_std or (None, None)))
             raise
+        before = (self.target_ndim, self.optimizer, opt.lr)
         self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
         opt = self._bind(opt, lr)
         self.stop_training = False
@@ -689,7 +694,15 @@ class MLP:
         loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
                        (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
                        grad_norms, dist=dist)
-        return loop.run(epochs)
+        try:
+            return loop.run(epochs)
+        except EveryRankError:
+            # refused by every rank together (ConfigMismatch...) before anything was broadcast or trained:
+            # the call changes nothing, as an argument refused here does not
+            self.target_ndim, self.optimizer, opt.lr = before
+            if standardize:
+                self.set_standardization(*(saved_std or (None, None)))
+            raise
 
     # ------------------------------------------------------------ snapshots
     def _state_buffers(self, opt) -> list:

@@ -198,7 +198,7 @@ class FitLoop:
             hist.update(grad_norms=[], delta_norms=[], update_ratios=[])
         if self.dist is not None:
             self.n_batches = self.dist.setup(self.X, self.Y, self.weights, epochs, self.batch_size, self.shuffle,
-                                             self.validation is not None)
+                                             self.validation, self.lr_schedule)
         evaluate = net.evaluate if self.dist is None else self.dist.evaluate
         step_losses = be.zeros((self.n_batches,), net.dtype)
         snap = [b.copy() for b in net._state_buffers(opt)]
@@ -230,6 +230,9 @@ class FitLoop:
                 for cb in self.callbacks:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(net, epoch, hist)
+                if self.dist is not None:   # a rank that stops (e.g. a callback on rank 0 alone) stops every rank
+                    net.stop_training = self.dist.any_rank(net.stop_training,
+                                                           f"the decision to stop after epoch {epoch}")
                 if net.stop_training:
                     break
         finally:
@@ -237,6 +240,8 @@ class FitLoop:
         for cb in self.callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(net, hist)
+        if self.dist is not None:   # no rank leaves fit before every rank is through its callbacks
+            self.dist.any_rank(False, "the end of fit")
         return hist
 
     def _shuffle(self):

@@ -112,11 +112,16 @@ def check_against_one_process(n, prefix, references, backend="numpy"):
         assert rel(got[name + ".params"], initial) > 1e-3, f"{name}: training did not move the parameters"
         if "error" in hist:        # diverged: the same message (step, loss) on every rank and in one process
             assert c.get("diverge"), hist["error"]
+            assert ("the update of step" in hist["error"]) == (c["diverge"] == "update"), hist["error"]
             for k in range(n):
                 assert str(ranks[k][name + ".error"]) == hist["error"]
         else:
             assert not c.get("diverge"), f"{name} was meant to diverge"
+            if c.get("early_stop"):    # it stopped early, after as many epochs as one process, on every rank
+                assert len(hist["loss"]) < c["epochs"], name
             for key, ref in hist.items():
+                for k in range(n):
+                    assert len(ranks[k][f"{name}.hist.{key}"]) == len(ref), (name, key, k)
                 eh = rel(got[f"{name}.hist.{key}"], ref)
                 assert eh <= 1e-12, f"{name} on {n} ranks: history {key} differs by {eh:.3g}"
         worst[name] = e
@@ -144,6 +149,19 @@ def test_a_rank_that_raises_ends_the_job_with_a_clear_error():
     assert "trained" not in r.stdout
 
 
+def test_a_rank_that_raises_after_the_last_step_ends_the_job_on_every_rank():
+    # rank 1's on_train_end raises: the other ranks do not leave fit (and go on with the script) but
+    # print which rank failed and why
+    r = run_mpi(3, "dp_fault.py", "train_end", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 1 of 3 failed: RuntimeError: an injected failure at the end of training on rank 1" in out, out
+    for k in (0, 2):
+        assert f"rank {k} of 3: stopping, because rank 1 failed: RuntimeError: an injected failure at the end" \
+            in out, out
+    assert "trained" not in r.stdout, out
+
+
 def test_a_rank_that_hangs_ends_the_job_after_the_timeout():
     r = run_mpi(2, "dp_fault.py", "hang", timeout=30)
     out = r.stdout + r.stderr
@@ -160,12 +178,22 @@ def test_an_uncaught_exception_outside_fit_ends_the_job():
     assert "rank 1 of 2 ended with an uncaught RuntimeError; ending the job" in out, out
 
 
+def test_a_rank_that_exits_before_init_ends_the_job_after_the_timeout():
+    # rank 0 waited in init()'s blocking duplicate of the communicator for good
+    r = run_mpi(2, "dp_fault.py", "exit_before_init", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "rank 0 of 2 waited 2 s for the other ranks in init(); another rank has stopped before it or hangs" \
+        in out, out
+
+
 def test_different_networks_are_refused_on_every_rank():
     r = run_mpi(3, "dp_fault.py", "mismatch", timeout=30)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     for k in range(3):
-        assert (f"rank {k}: refused: the ranks' network configurations and training settings differ" in r.stdout), out
+        assert (f"rank {k}: refused (ConfigMismatch, network unchanged): the ranks' network configurations and "
+                "training settings differ" in r.stdout), out
     assert "rank 1 has network.layer_sizes = [4, 9, 2] where rank 0 has [4, 8, 2]" in r.stdout, out
     assert "trained" not in r.stdout
 
@@ -211,11 +239,101 @@ def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     assert figures(r.stdout) == figures(one.stdout) and len(figures(one.stdout)) == 4, (r.stdout, one.stdout)
 
 
+def test_cli_train_distributed_that_diverges_says_so_once_and_fails():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    train = [sys.executable, "-m", "gpubp", "train", "--epochs", "2", "--hidden", "16", "--dataset", "moons",
+             "--n-samples", "200", "--backend", "numpy", "--dtype", "float64", "--no-progress", "--optimizer", "sgd",
+             "--lr", "1e300", "--distributed"]
+    r = subprocess.run(distributed.mpiexec_command(2, MPIEXEC) + train, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("gpubp train: the ") == 1 and "training diverged" in r.stderr, r.stderr
+    assert "test accuracy" not in r.stdout
+
+
 def test_different_data_without_sharding_is_refused():
     r = run_mpi(2, "dp_fault.py", "data", timeout=30)
     assert r.returncode != 0, r.stdout + r.stderr
     for k in range(2):
         assert f"rank {k}: refused" in r.stdout and "rank 1 has data.X = " in r.stdout, r.stdout + r.stderr
+
+
+def test_different_validation_sets_without_sharding_are_refused():
+    # each rank evaluates its share of the validation set: different sets gave wrong val_loss silently
+    r = run_mpi(2, "dp_fault.py", "validation", timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for k in range(2):
+        assert f"rank {k}: refused" in r.stdout, r.stdout + r.stderr
+    assert "rank 1 has data.validation.X = " in r.stdout and "data.validation.Y = " in r.stdout, r.stdout
+    assert "data.X" not in r.stdout, r.stdout
+    assert "trained" not in r.stdout
+
+
+def test_different_learning_rate_schedules_are_refused():
+    # a schedule on some ranks only (or another one) gave each rank other parameters, silently
+    r = run_mpi(3, "dp_fault.py", "schedule", timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    for k in range(3):
+        assert f"rank {k}: refused" in r.stdout, r.stdout + r.stderr
+    assert "rank 1 has fit.lr_schedule = null where rank 0 has [[1, 0.01], [2, 0.005]" in r.stdout, r.stdout
+    assert "rank 2 has fit.lr_schedule = [[1, 0.01], [2, 0.01]" in r.stdout, r.stdout
+    assert "trained" not in r.stdout
+
+
+def test_a_sharded_batch_smaller_than_the_ranks_is_refused_on_every_rank():
+    # only the ranks whose share of a batch was empty refused it; the others waited until the timeout
+    r = run_mpi(3, "dp_fault.py", "small_batch", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(3):
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): with sharded=True every rank takes a "
+                "share of each batch: batch_size (2) must be at least the number of ranks (3)") in r.stdout, out
+    assert "trained" not in r.stdout and "waited" not in out, out
+
+
+def test_an_option_refused_on_one_rank_only_is_refused_on_every_rank():
+    # rank 0 alone refused grad_norms=True; the others went on and waited until the timeout
+    r = run_mpi(2, "dp_fault.py", "grad_norms", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(2):
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): rank 0: grad_norms=True is not supported "
+                "with comm") in r.stdout, out
+    assert "waited" not in out and "trained" not in r.stdout, out
+
+
+def test_sharded_sample_weights_that_are_all_zero_on_every_rank_are_refused_on_every_rank():
+    # a rank's own rows may all weigh nothing (the sharded_b6_weightless_shard case trains), not every rank's
+    r = run_mpi(2, "dp_fault.py", "zero_weights", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(2):
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): the sample weights (in float64) are all "
+                "zero on every rank") in r.stdout, out
+    assert "trained" not in r.stdout, out
+
+
+def test_an_mpi4py_communicator_is_refused_with_a_clear_error():
+    # MPI.COMM_WORLD ended the job with "AttributeError: 'Intracomm' object has no attribute 'guard'";
+    # run in a process of its own, so that this one does not start MPI
+    code = """if True:
+        import numpy as np, sys
+        from mpi4py import MPI
+        sys.path.insert(0, sys.argv[1])
+        import dp_train
+        X, Y, _, _, _ = dp_train.data()
+        net = dp_train.make_net()
+        before = net._params.copy()
+        try:
+            net.fit(X, Y, epochs=1, progress=False, comm=MPI.COMM_SELF)
+        except TypeError as e:
+            print("refused:", e, np.array_equal(net._params, before), net.optimizer is None)
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code, SCRIPTS], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert ("refused: comm must be the communicator of gpubp.distributed.init() (which wraps MPI's), got "
+            "mpi4py's Intracomm True True") in r.stdout, r.stdout + r.stderr
 
 
 class _OneRank:

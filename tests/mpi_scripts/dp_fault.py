@@ -2,10 +2,19 @@
 
 Usage: dp_fault.py MODE, MODE one of
   raise     rank 1 raises at its third training step;
+  train_end rank 1's callback raises in on_train_end, after the last step;
   hang      rank 1 stops answering at its third step (the others time out after 2 s);
-  mismatch  rank 1 builds a different network (refused on every rank before training);
+  mismatch  rank 1 builds a different network (refused on every rank before training, each network
+            as it was: no optimizer, no standardisation);
   data      rank 1 passes other data with sharded=False (refused on every rank);
-  uncaught  rank 1 raises outside fit, in the script itself.
+  validation  rank 1 passes another validation set with sharded=False (refused on every rank);
+  schedule  rank 1 passes no lr_schedule, rank 2 another one (refused on every rank);
+  uncaught  rank 1 raises outside fit, in the script itself;
+  exit_before_init  rank 1 starts MPI (imports mpi4py) and exits with status 0 before init();
+  zero_weights  sharded=True with sample weights that are all zero on every rank (refused on every rank);
+  grad_norms  rank 0 alone passes grad_norms=True (refused on every rank);
+  small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
+            rank, each keeping its own parameters: the networks' seeds differ).
 """
 
 import sys
@@ -18,6 +27,11 @@ def main(mode):
     from gpubp import distributed
     from gpubp.network import MLP
 
+    if mode == "exit_before_init":
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == 1:
+            sys.exit(0)
     comm = distributed.init(backend="numpy", timeout=2.0, grace=2.0)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 4))
@@ -25,7 +39,9 @@ def main(mode):
     if mode == "data" and comm.rank == 1:
         X[17, 2] += 1.0
     hidden = 9 if (mode == "mismatch" and comm.rank == 1) else 8
-    net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+    net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=comm.rank if mode == "small_batch" else 0,
+              backend="numpy")
+    before = net._params.copy()
     if mode == "uncaught" and comm.rank == 1:
         raise RuntimeError("a failure outside fit on rank 1")
     if comm.rank == 1 and mode in ("raise", "hang"):
@@ -40,10 +56,34 @@ def main(mode):
             return forward(*a, **k)
 
         net._forward = bad_forward
+    callbacks = []
+    if mode == "train_end" and comm.rank == 1:
+        from gpubp.callbacks import LambdaCallback
+
+        def on_train_end(net, logs):
+            raise RuntimeError("an injected failure at the end of training on rank 1")
+
+        callbacks.append(LambdaCallback(on_train_end=on_train_end))
+    kw = {}
+    if mode == "mismatch":     # refused after the statistics are set and the optimizer bound: both undone
+        kw["standardize"] = True
+    if mode == "validation":
+        kw["validation"] = (X[:10 + (comm.rank == 1)], Y[:10 + (comm.rank == 1)])
+    if mode == "zero_weights":    # rank 0's rows weigh nothing: accepted when another rank's do (not here)
+        kw = dict(sharded=True, sample_weight=np.zeros(len(X)))
+    if mode == "grad_norms" and comm.rank == 0:
+        kw = dict(grad_norms=True)
+    if mode == "small_batch":
+        kw = dict(sharded=True, batch_size=comm.size - 1)
+    if mode == "schedule" and comm.rank != 1:
+        kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
     try:
-        net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm)
-    except distributed.ConfigMismatch as e:
-        print(f"rank {comm.rank}: refused: {e}", flush=True)
+        net.fit(X, Y, **{**dict(epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm,
+                                callbacks=callbacks), **kw})
+    except distributed.EveryRankError as e:      # ConfigMismatch among them
+        same = np.array_equal(net._params, before) and net.optimizer is None and net.standardization is None
+        print(f"rank {comm.rank}: refused ({type(e).__name__}, network {'unchanged' if same else 'changed'}): {e}",
+              flush=True)
         sys.exit(3)
     print(f"rank {comm.rank}: trained", flush=True)
 

@@ -27,8 +27,11 @@ def data():
 
 def cases():
     """name -> fit settings: batch sizes that 2 and 3 do not divide, a batch of 1 (ranks with no rows),
-    the whole set in one batch, SGD with momentum, Adam and AdamW, validation sets, sample weights,
-    sharded data, one bucket per layer, no overlap, and a run that diverges (rolled back alike)."""
+    the whole set in one batch, SGD with momentum, Adam and AdamW, validation sets, sample weights
+    (with a global batch, and a rank's shard, that weigh nothing), sharded data, one bucket per
+    layer, no overlap, a learning-rate schedule, early stopping (on every rank, and on rank 0
+    alone), a run whose loss diverges and one whose update overflows the parameters (each rolled
+    back alike)."""
     return {
         "b5_adam": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True),
         "b5_adam_bucket_per_layer": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True,
@@ -45,7 +48,21 @@ def cases():
                                      sharded=True),
         "sharded_b6_weights": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.5)), epochs=2,
                                    shuffle=True, sharded=True, weights=True),
-        "diverge_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=0.5)), epochs=3, shuffle=True, diverge=True),
+        # rows 11.. weigh nothing: the last rank's shard (on 2 and 3 ranks) has no weight at all
+        "sharded_b6_weightless_shard": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2,
+                                            shuffle=True, sharded=True, weights="weightless_shard"),
+        "diverge_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=0.5)), epochs=3, shuffle=True, diverge="loss"),
+        # rows 6..11 weigh nothing: the second global batch of 6 has no weight at all (loss 0, as in one process)
+        "b6_weightless_batch": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
+                                    shuffle=False, weights="weightless_batch"),
+        # the schedule jumps to 1e308 at step 4: that update overflows the parameters after a finite loss
+        "overflow_update_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=1e-3, momentum=0.9)), epochs=2,
+                                   shuffle=True, diverge="update", schedule="overflow"),
+        "b4_schedule_early_stop": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
+                                       validation=True, schedule="decay", early_stop="every rank"),
+        # a stopping rule on rank 0 alone stops every rank (restore_best=False: it changes nothing else)
+        "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
+                                    validation=True, early_stop="rank 0"),
     }
 
 
@@ -65,16 +82,31 @@ def make_opt(spec):
 
 
 def case_data(c):
-    """`(X, Y, W)` of a case (targets that make the `diverge` case overflow)."""
+    """`(X, Y, W)` of a case (targets that make the `diverge` cases overflow)."""
     X, Y, _, _, W = data()
     if c.get("diverge"):
-        Y = np.eye(SIZES[-1])[Y] * 1e10
+        Y = np.eye(SIZES[-1])[Y] * (1e10 if c["diverge"] == "loss" else 100.0)
+    if c.get("weights") == "weightless_batch":
+        W = W.copy()
+        W[6:12] = 0.0
+    if c.get("weights") == "weightless_shard":
+        W = W.copy()
+        W[11:] = 0.0
     return X, Y, (W if c.get("weights") else None)
 
 
-def fit_kwargs(c):
+def fit_kwargs(c, rank=0):
+    """`fit`'s keyword arguments of a case on rank `rank` (one process: rank 0's)."""
+    from gpubp.callbacks import EarlyStopping
+
     _, _, Xv, Yv, _ = data()
     kw = dict(epochs=c["epochs"], batch_size=c["batch_size"], shuffle=c["shuffle"], progress=False)
+    if c.get("schedule") == "overflow":
+        kw["lr_schedule"] = lambda step: 1e-3 if step < 4 else 1e308
+    elif c.get("schedule") == "decay":
+        kw["lr_schedule"] = lambda step: 0.3 / (1.0 + 0.2 * step)
+    if c.get("early_stop") == "every rank" or (c.get("early_stop") == "rank 0" and rank == 0):
+        kw["callbacks"] = [EarlyStopping(patience=0, restore_best=c["early_stop"] == "every rank")]
     if c.get("validation"):
         kw["validation"] = (Xv, Yv)
     if c.get("validation_split"):
@@ -106,7 +138,7 @@ def main(out, backend="numpy"):
             X, Y, W = X[rows], Y[rows], (None if W is None else W[rows])
         try:
             hist = net.fit(X, Y, optimizer=opt, sample_weight=W, comm=comm, sharded=c.get("sharded", False),
-                           **fit_kwargs(c))
+                           **fit_kwargs(c, comm.rank))
             for k, v in hist.items():
                 result[f"{name}.hist.{k}"] = np.array(v)
         except FloatingPointError as e:
