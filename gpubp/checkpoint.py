@@ -28,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 FORMAT = "gpubp-checkpoint"
 #: the version `write` writes; `READ_VERSIONS` are the versions `Checkpoint` reads
@@ -95,34 +96,8 @@ def write(path, arrays: dict, meta: dict) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"cannot save to {str(path)!r}: it is a directory; give a file name such as "
                                 f"{str(path / 'net.npz')!r}")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:   # a file object keeps numpy from appending ".npz"
-            _write_archive(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows (POSIX); best effort elsewhere."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path, durable=True) as f:   # a file object keeps numpy from appending ".npz"
+        _write_archive(f, arrays)
 
 
 # ---------------------------------------------------------------- reading

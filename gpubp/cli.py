@@ -612,25 +612,14 @@ def _read_data(path) -> np.ndarray:
 def _write_predictions(path, P, suffix) -> None:
     """Write `P` to `path` (.npy or .csv) atomically: a temporary file in the same folder, then renamed over
     `path`, so a failed write leaves no partial file (and any previous file as it was)."""
-    import os
-    import secrets
+    from .files import atomic_write
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:     # a file object: numpy writes to exactly `path`, adding no suffix
-            if suffix == ".npy":
-                np.save(f, P, allow_pickle=False)
-            else:
-                fmt = "%d" if P.dtype.kind in "biu" else _float_format(P.dtype)
-                np.savetxt(f, P, fmt=fmt, delimiter=",")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:     # a file object: numpy writes to exactly `path`, adding no suffix
+        if suffix == ".npy":
+            np.save(f, P, allow_pickle=False)
+        else:
+            fmt = "%d" if P.dtype.kind in "biu" else _float_format(P.dtype)
+            np.savetxt(f, P, fmt=fmt, delimiter=",")
 
 
 def _float_format(dtype) -> str:

@@ -65,21 +65,11 @@ def _save(fig, path, dpi, title=None, tight=True) -> Path:
         fig.suptitle(title)
     if tight:
         fig.tight_layout()
-    import os
-    import secrets
+    from .files import atomic_write
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:                       # into a temporary file, then renamed: a failed write leaves no partial PNG
-        with open(tmp, "xb") as f:
-            fig.savefig(f, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:    # a failed write leaves no partial PNG
+        fig.savefig(f, dpi=dpi, format="png")
     return path
 
 

@@ -389,10 +389,18 @@ def test_checkpoint_json_is_strict(tmp_path):
         gpubp.MLP.load(bad, backend="numpy")
 
 
+def _imports(module):
+    src = (Path(gpubp.__file__).parent / f"{module}.py").read_text()
+    return [l.strip() for l in src.splitlines() if l.lstrip().startswith(("import ", "from "))]
+
+
 def test_checkpoint_module_does_not_import_the_network():
-    src = (Path(gpubp.__file__).parent / "checkpoint.py").read_text()
-    imports = [l for l in src.splitlines() if l.lstrip().startswith(("import ", "from "))]
-    assert imports and not any("network" in l or l.lstrip().startswith("from .") for l in imports)
+    """The file format stands alone: of gpubp it imports only the atomic file writer, which imports
+    nothing of gpubp."""
+    imports = _imports("checkpoint")
+    assert imports and not any("network" in l for l in imports)
+    assert [l for l in imports if l.startswith("from .")] == ["from .files import atomic_write"]
+    assert not any(l.startswith("from .") or "gpubp" in l for l in _imports("files"))
 
 
 def test_version_1_files_without_generator_state_still_load(tmp_path):
