@@ -315,3 +315,77 @@ def test_fused_reference_is_the_numpy_backends_layer_ops(prec):
     for i in range(len(layers)):
         assert np.array_equal(r["A"][i], As[i]) and np.array_equal(r["Z"][i], Zs[i])
     assert np.array_equal(r["delta_in"], d)
+
+
+# ---------------------------------------------------------------- the GPU tests' bf16 comparisons
+def _gemm_checks():
+    """tests/support/gemm_checks.py (which the GPU tests share) loaded on the CPU, with a stand-in
+    `cupy` module for its import only (its numpy helpers are what is checked here); not kept in
+    sys.modules, so the GPU tests still import it with the real CuPy."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_gemm_checks_on_cpu",
+                                                  Path(__file__).parent / "support" / "gemm_checks.py")
+    mod = importlib.util.module_from_spec(spec)
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = types.ModuleType("cupy")
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        if saved is None:
+            del sys.modules["cupy"]
+        else:
+            sys.modules["cupy"] = saved
+    return mod
+
+
+def test_bf16_stored_accepts_a_rounding_flip_to_the_neighbouring_bf16_and_nothing_more():
+    """A kernel whose float32 sums land on the other side of a bf16 rounding boundary stores the
+    neighbouring bfloat16, one ulp away: up to 2^-7 relative (2^-8 is half an ulp).  The check
+    held it to 2^-8 relative, which only a value just below a power of two meets: correct bf16
+    kernels failed on their first flip."""
+    gc = _gemm_checks()
+    rng = np.random.default_rng(7)
+    want = P.to_bf16((rng.standard_normal(4000) * 10.0 ** rng.uniform(-30, 30, 4000)).astype(np.float32))
+    want[:4] = [1.0, -1.0, 2.0 ** -126, 0.0]
+    up = P.to_bf16((want.view(np.uint32) + np.uint32(0x10000)).view(np.float32))    # + one ulp in magnitude
+    down = (want.view(np.uint32) - np.uint32(0x10000)).view(np.float32)
+    down[3] = -np.float32(2.0 ** -133)                   # below +0: the negative neighbour
+    for got in (up, down):
+        flipped = want.copy()
+        flipped[::50] = got[::50]                        # 2% of the elements one ulp off
+        gc.bf16_stored(flipped, want, "one-ulp flips")
+        assert np.all(gc.bf16_ulps(flipped, want)[::50] == 1)
+    assert gc.bf16_ulps(np.float32([-0.0]), np.float32([0.0]))[0] == 0
+    two = want.copy()
+    two[10] = (want[10:11].view(np.uint32) + np.uint32(0x20000)).view(np.float32)[0]
+    with pytest.raises(AssertionError, match="more than one bfloat16 ulp"):
+        gc.bf16_stored(two, want, "two ulps")
+    many = want.copy()
+    many[::40] = up[::40]                                # 2.5% > flips
+    with pytest.raises(AssertionError, match="differ from the emulation"):
+        gc.bf16_stored(many, want, "too many")
+    with pytest.raises(AssertionError, match="not bfloat16"):
+        gc.bf16_stored(want + np.float32(2.0 ** -20), want, "float32 values")
+
+
+def test_bf16_activation_is_the_float32_epilogue_from_the_kernels_z():
+    """The A_out reference of the bf16 forward tests: `to_bf16(g(Z))` in float32 from the kernel's Z,
+    which the tests hold as the float64 copy `written` returns (`to_bf16` refuses float64: the
+    reference raised a TypeError for every bf16 case before any comparison)."""
+    gc = _gemm_checks()
+    from gpubp.backends.numpy_backend import activation_forward
+
+    rng = np.random.default_rng(8)
+    Z32 = P.to_bf16(rng.standard_normal((33, 17)).astype(np.float32))
+    for act in ("identity", "relu", "tanh", "gelu", "silu", "sigmoid"):
+        got = gc.bf16_activation(act, Z32.astype(np.float64))
+        assert got.dtype == np.float32
+        assert np.array_equal(got, P.to_bf16(activation_forward(act, Z32, np.empty_like(Z32))))
+    with pytest.raises(TypeError, match="float32"):
+        P.to_bf16(activation_forward("tanh", Z32.astype(np.float64), np.empty(Z32.shape)))
+    with pytest.raises(AssertionError, match="float32 values"):
+        gc.bf16_activation("relu", Z32.astype(np.float64) + 1e-12)
