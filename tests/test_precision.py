@@ -389,3 +389,52 @@ def test_bf16_activation_is_the_float32_epilogue_from_the_kernels_z():
         P.to_bf16(activation_forward("tanh", Z32.astype(np.float64), np.empty(Z32.shape)))
     with pytest.raises(AssertionError, match="float32 values"):
         gc.bf16_activation("relu", Z32.astype(np.float64) + 1e-12)
+
+
+# ---------------------------------------------------------------- 3xTF32: the split's bound, the terms' order
+def test_split_3xtf32_error_bound_down_to_the_subnormals():
+    """|x - hi - lo| <= 2^-22 |x| for |x| >= 2^-115; below, x - hi is subnormal and lo lies on
+    TF32's subnormal grid (2^-136): at most 2^-137 off (the module docstring's statement)."""
+    rng = np.random.default_rng(9)
+    exps = rng.integers(0, 30, 200000, dtype=np.uint64).astype(np.uint32)        # |x| < 2^-97
+    mant = rng.integers(0, 1 << 23, 200000, dtype=np.uint64).astype(np.uint32)
+    x = ((exps << np.uint32(23)) | mant).view(np.float32)
+    x[:1000] *= -1
+    hi, lo = P.split_3xtf32(x)
+    x64 = np.abs(x.astype(np.float64))
+    err = np.abs(x.astype(np.float64) - hi.astype(np.float64) - lo.astype(np.float64))
+    big = x64 >= 2.0 ** -115
+    assert big.any() and (~big).any()
+    assert np.all(err[big] <= x64[big] * 2.0 ** -22)
+    assert np.all(err[~big] <= 2.0 ** -137)
+    assert np.any(err[~big] > x64[~big] * 2.0 ** -22)          # the relative bound does fail there
+
+
+def test_3xtf32_adds_the_three_products_per_step_small_terms_first():
+    """Per k step of 8: lo_a hi_b, then hi_a lo_b, then hi_a hi_b, each step sum rounded to float32
+    and added on its own (the order of the kernel's three mma's); another order gives other bits,
+    so this pins the order the GPU tests compare with."""
+    rng = np.random.default_rng(10)
+    a = (rng.standard_normal((40, 37)) * 10.0 ** rng.uniform(-2, 2, (40, 37))).astype(np.float32)
+    b = rng.standard_normal((37, 30)).astype(np.float32)
+    ah, al = P.split_3xtf32(a)
+    bh, bl = P.split_3xtf32(b)
+
+    def stepped(order):
+        acc = np.zeros((40, 30), np.float32)
+        for s in range(0, 37, 8):
+            for x, y in order:
+                acc += (x[:, s:s + 8].astype(np.float64) @ y[s:s + 8].astype(np.float64)).astype(np.float32)
+        return acc
+
+    c = P.matmul(a, b, "3xtf32")
+    assert np.array_equal(c, stepped([(al, bh), (ah, bl), (ah, bh)]))
+    assert not np.array_equal(c, stepped([(ah, bh), (al, bh), (ah, bl)]))     # large term first
+    # one float32 step sum of all three terms is another computation too
+    fused = np.zeros((40, 30), np.float32)
+    for s in range(0, 37, 8):
+        t = sum(x[:, s:s + 8].astype(np.float64) @ y[s:s + 8].astype(np.float64)
+                for x, y in [(al, bh), (ah, bl), (ah, bh)])
+        fused += t.astype(np.float32)
+    assert not np.array_equal(c, fused)
+    assert P.relative_error(c, a, b) <= P.TOLERANCE["3xtf32"]
