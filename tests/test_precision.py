@@ -87,6 +87,57 @@ def test_bf16_matches_torch():
     assert np.array_equal(bits(P.to_bf16(x)), bits(want))
 
 
+def _near_every_rounding_boundary(drop):
+    """float32 bit patterns: every kept high part (all 2^(32 - drop) of them, both signs, every
+    exponent: subnormals, the largest finite values, inf and NaN included) with the dropped low
+    bits 0, just below half, half (a tie), just above half and all ones."""
+    hi = np.arange(1 << (32 - drop), dtype=np.uint64) << np.uint64(drop)
+    half = 1 << (drop - 1)
+    low = np.array([0, half - 1, half, half + 1, (1 << drop) - 1], np.uint64)
+    return (hi[:, None] | low[None, :]).ravel().astype(np.uint32).view(np.float32)
+
+
+def _rounded_by_arithmetic(x, mbits, ties_even):
+    """`x` rounded to `mbits` explicit mantissa bits in float64 arithmetic (an independent
+    reference for the bit tricks): nearest, ties to even or away from zero; past the largest
+    float32 to inf; subnormals on the float32 subnormal grid scaled by the dropped bits."""
+    with np.errstate(invalid="ignore"):                          # signalling NaNs among x
+        x64 = x.astype(np.float64)
+    fin = np.isfinite(x64) & (x64 != 0)
+    ax = np.where(fin, np.abs(x64), 1.0)
+    _, e = np.frexp(ax)                        # ax = m 2^e, m in [0.5, 1)
+    q = np.ldexp(1.0, np.maximum(e - 1, -126) - mbits)          # the spacing of the result
+    t = ax / q                                  # exact: a power-of-two scaling
+    fl = np.floor(t)
+    frac = t - fl
+    up = (frac > 0.5) | ((frac == 0.5) & ((np.mod(fl, 2) == 1) if ties_even else True))
+    r = (fl + up) * q
+    r = np.where(r > np.finfo(np.float32).max, np.inf, r)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(fin, np.copysign(r, x64), x64).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, drop, mbits, ties_even", [("tf32", 13, 10, False), ("bf16", 16, 7, True)])
+def test_rounding_near_every_boundary_matches_arithmetic_rounding(name, drop, mbits, ties_even):
+    x = _near_every_rounding_boundary(drop)
+    got = P.to_tf32(x) if name == "tf32" else P.to_bf16(x)
+    want = _rounded_by_arithmetic(x, mbits, ties_even)
+    nan = np.isnan(x)
+    assert np.array_equal(np.isnan(got), nan)
+    bad = np.flatnonzero(bits(got)[~nan] != bits(want)[~nan])
+    assert bad.size == 0, [hex(v) for v in bits(x[~nan][bad[:4]])]
+
+
+def test_bf16_near_every_boundary_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = _near_every_rounding_boundary(16)
+    want = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    got = P.to_bf16(x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    fin = ~np.isnan(want)
+    assert np.array_equal(bits(got)[fin], bits(want)[fin])
+
+
 # ---------------------------------------------------------------- 3xTF32 split
 def test_split_3xtf32():
     rng = np.random.default_rng(2)
@@ -154,7 +205,7 @@ def test_3xtf32_uses_hi_and_lo():
     assert not np.array_equal(P.matmul(a, b, "3xtf32"), hi_only)
 
 
-def test_matches_torch_tf32_within_tolerance():
+def test_bf16_matmul_matches_torch_on_the_same_rounded_operands():
     torch = pytest.importorskip("torch")
     a, b = _operands(33, 70, 21, seed=6)
     ours = P.matmul(a, b, "bf16")
