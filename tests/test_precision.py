@@ -489,3 +489,19 @@ def test_3xtf32_adds_the_three_products_per_step_small_terms_first():
         fused += t.astype(np.float32)
     assert not np.array_equal(c, fused)
     assert P.relative_error(c, a, b) <= P.TOLERANCE["3xtf32"]
+
+
+def test_operands_rounding_past_the_largest_value_make_infinite_or_nan_products():
+    """The spec's overflow thresholds: (2 - 2^-11) 2^127 in tf32 (3xtf32: NaN), (2 - 2^-8) 2^127 in
+    bf16; one float32 ulp below them the products stay finite."""
+    for prec, edge in (("tf32", 0x7F7FF000), ("3xtf32", 0x7F7FF000), ("bf16", 0x7F7F8000)):
+        assert f32([edge])[0] == (2 - 2.0 ** (-11 if "tf32" in prec else -8)) * 2.0 ** 127
+        a = f32([[edge, 0], [edge - 1, 0]])
+        b = np.array([[0.25, 1.0], [0.0, 1.0]], np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            c = P.matmul(a, b, prec)
+        assert np.isfinite(c[1]).all(), prec
+        if prec == "3xtf32":
+            assert np.isnan(c[0]).all()
+        else:
+            assert np.array_equal(c[0], [np.inf, np.inf]), (prec, c[0])
