@@ -40,16 +40,23 @@ Rounding (bit-exact with the kernels' conversions):
     +-inf; inf passes through; NaN stays NaN (its payload is not kept).
     Subnormals are rounded like normal numbers (no flush here; note that the
     kernels are compiled with -ftz=true, which affects float32 arithmetic such as
-    `x - hi`, not this conversion).
+    `x - hi`, not this conversion).  (As compiled for sm_80/86 the conversion adds
+    half an ulp to the bits of finite values and clears the low 13 bits of every
+    value, so a NaN whose payload lies only in those bits comes out as +-inf there;
+    no float32 arithmetic makes such a NaN, and this is not modelled.)
   - `to_bf16(x)`: what PTX `cvt.rn.bf16x2.f32` gives: 7 explicit mantissa bits,
     round to nearest, ties to EVEN, as float32 with the low 16 bits zero
     (`bf16_bits` gives the 16-bit patterns).  Same inf/NaN/overflow rules.
   - `split_3xtf32(x)`: (hi, lo) with hi = to_tf32(x), lo = to_tf32(x - hi);
-    x - hi is exact in float32, and |x - hi - lo| <= 2^-22 |x|.  As in the kernel,
-    an infinite x gives lo = NaN (inf - inf), and a finite x that rounds to inf
-    (|x| above the largest TF32 value) gives lo = -+inf: 3xTF32 GEMMs of such inputs
-    are NaN.  (The kernels compute x - hi with -ftz=true: where it is subnormal it
-    becomes 0 there, not here.)
+    x - hi is exact in float32, and |x - hi - lo| <= 2^-22 |x| for |x| >= 2^-115
+    (below, x - hi is subnormal and lo is on TF32's subnormal grid, 2^-136: the
+    error is at most 2^-137).  As in the kernel, an infinite x gives lo = NaN
+    (inf - inf), and a finite x that rounds to inf (|x| from halfway between the
+    largest TF32 value and 2^128 up) gives lo = -+inf: 3xTF32 GEMMs of such inputs are NaN.
+    (The kernels compute x - hi with -ftz=true, subnormal inputs and result
+    flushed to zero, which this does not model: where x - hi is subnormal their
+    lo is 0; where x is subnormal it is 0 - hi, that is 0 if hi is subnormal and
+    -hi if x rounds up to 2^-126, so such an x counts as 0 in lo_a hi_b + hi_a hi_b.)
 
 Products (`matmul(a, b, precision)`, a (M, K) @ b (K, N), float32 in and out):
   - "float32": numpy's float32 matmul (BLAS order; the float32 reference).
@@ -57,11 +64,20 @@ Products (`matmul(a, b, precision)`, a (M, K) @ b (K, N), float32 in and out):
     (11-bit significands) or two bf16 values (8-bit) is exact in float32, so the
     products carry no error.  The reduction follows the kernels' order: K is cut
     into consecutive steps of the mma's k (8 for tf32, 16 for bf16); each step's
-    products are summed exactly (float64: at most 16 exact products) and rounded
-    once to float32, and the steps are added to a float32 accumulator in
-    increasing k.  The tensor core's internal adder is not IEEE (its rounding of
+    products are summed in float64 (at most 16 exact products: exact unless they
+    span more than about 30 binades, where float64 rounds once before float32
+    does) and rounded once to float32, and the steps are added to a float32
+    accumulator in increasing k.  The tensor core's internal adder is not IEEE (its rounding of
     the in-step sum is unspecified), so the kernels agree with this to within a
-    few float32 ulps of the step sums, not bitwise.
+    few float32 ulps of the step sums, not bitwise.  Those differences add up
+    over a reduction, and in one direction where the hardware truncates, as
+    published measurements of V100/A100 tensor cores found (operands aligned to
+    the largest exponent, the sum rounded toward zero): modelling that, with 1 to
+    3 extra alignment bits and blocks of 4 or 8 products, puts a correct 3xtf32
+    GEMM 2e-6 to 7e-6 (relative to max |A| |B|) from this emulation and from
+    float64 at K = 4096 in one accumulator, errors leaning toward zero (about 84%
+    of them), against 7e-7 with no extra bits (the truncations then cancel); tf32
+    and bf16 stay below 2.2e-6.  (A numpy model against this module, not a GPU.)
   - "3xtf32": hi/lo split of both operands; each k step adds, in this order,
     lo_a hi_b, then hi_a lo_b, then hi_a hi_b (small terms first, as the
     kernel issues its three mma's), each step sum rounded to float32 and added

@@ -87,6 +87,57 @@ def test_bf16_matches_torch():
     assert np.array_equal(bits(P.to_bf16(x)), bits(want))
 
 
+def _near_every_rounding_boundary(drop):
+    """float32 bit patterns: every kept high part (all 2^(32 - drop) of them, both signs, every
+    exponent: subnormals, the largest finite values, inf and NaN included) with the dropped low
+    bits 0, just below half, half (a tie), just above half and all ones."""
+    hi = np.arange(1 << (32 - drop), dtype=np.uint64) << np.uint64(drop)
+    half = 1 << (drop - 1)
+    low = np.array([0, half - 1, half, half + 1, (1 << drop) - 1], np.uint64)
+    return (hi[:, None] | low[None, :]).ravel().astype(np.uint32).view(np.float32)
+
+
+def _rounded_by_arithmetic(x, mbits, ties_even):
+    """`x` rounded to `mbits` explicit mantissa bits in float64 arithmetic (an independent
+    reference for the bit tricks): nearest, ties to even or away from zero; past the largest
+    float32 to inf; subnormals on the float32 subnormal grid scaled by the dropped bits."""
+    with np.errstate(invalid="ignore"):                          # signalling NaNs among x
+        x64 = x.astype(np.float64)
+    fin = np.isfinite(x64) & (x64 != 0)
+    ax = np.where(fin, np.abs(x64), 1.0)
+    _, e = np.frexp(ax)                        # ax = m 2^e, m in [0.5, 1)
+    q = np.ldexp(1.0, np.maximum(e - 1, -126) - mbits)          # the spacing of the result
+    t = ax / q                                  # exact: a power-of-two scaling
+    fl = np.floor(t)
+    frac = t - fl
+    up = (frac > 0.5) | ((frac == 0.5) & ((np.mod(fl, 2) == 1) if ties_even else True))
+    r = (fl + up) * q
+    r = np.where(r > np.finfo(np.float32).max, np.inf, r)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(fin, np.copysign(r, x64), x64).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, drop, mbits, ties_even", [("tf32", 13, 10, False), ("bf16", 16, 7, True)])
+def test_rounding_near_every_boundary_matches_arithmetic_rounding(name, drop, mbits, ties_even):
+    x = _near_every_rounding_boundary(drop)
+    got = P.to_tf32(x) if name == "tf32" else P.to_bf16(x)
+    want = _rounded_by_arithmetic(x, mbits, ties_even)
+    nan = np.isnan(x)
+    assert np.array_equal(np.isnan(got), nan)
+    bad = np.flatnonzero(bits(got)[~nan] != bits(want)[~nan])
+    assert bad.size == 0, [hex(v) for v in bits(x[~nan][bad[:4]])]
+
+
+def test_bf16_near_every_boundary_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = _near_every_rounding_boundary(16)
+    want = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    got = P.to_bf16(x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    fin = ~np.isnan(want)
+    assert np.array_equal(bits(got)[fin], bits(want)[fin])
+
+
 # ---------------------------------------------------------------- 3xTF32 split
 def test_split_3xtf32():
     rng = np.random.default_rng(2)
@@ -154,7 +205,7 @@ def test_3xtf32_uses_hi_and_lo():
     assert not np.array_equal(P.matmul(a, b, "3xtf32"), hi_only)
 
 
-def test_matches_torch_tf32_within_tolerance():
+def test_bf16_matmul_matches_torch_on_the_same_rounded_operands():
     torch = pytest.importorskip("torch")
     a, b = _operands(33, 70, 21, seed=6)
     ours = P.matmul(a, b, "bf16")
@@ -315,3 +366,142 @@ def test_fused_reference_is_the_numpy_backends_layer_ops(prec):
     for i in range(len(layers)):
         assert np.array_equal(r["A"][i], As[i]) and np.array_equal(r["Z"][i], Zs[i])
     assert np.array_equal(r["delta_in"], d)
+
+
+# ---------------------------------------------------------------- the GPU tests' bf16 comparisons
+def _gemm_checks():
+    """tests/support/gemm_checks.py (which the GPU tests share) loaded on the CPU, with a stand-in
+    `cupy` module for its import only (its numpy helpers are what is checked here); not kept in
+    sys.modules, so the GPU tests still import it with the real CuPy."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_gemm_checks_on_cpu",
+                                                  Path(__file__).parent / "support" / "gemm_checks.py")
+    mod = importlib.util.module_from_spec(spec)
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = types.ModuleType("cupy")
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        if saved is None:
+            del sys.modules["cupy"]
+        else:
+            sys.modules["cupy"] = saved
+    return mod
+
+
+def test_bf16_stored_accepts_a_rounding_flip_to_the_neighbouring_bf16_and_nothing_more():
+    """A kernel whose float32 sums land on the other side of a bf16 rounding boundary stores the
+    neighbouring bfloat16, one ulp away: up to 2^-7 relative (2^-8 is half an ulp).  The check
+    held it to 2^-8 relative, which only a value just below a power of two meets: correct bf16
+    kernels failed on their first flip."""
+    gc = _gemm_checks()
+    rng = np.random.default_rng(7)
+    want = P.to_bf16((rng.standard_normal(4000) * 10.0 ** rng.uniform(-30, 30, 4000)).astype(np.float32))
+    want[:4] = [1.0, -1.0, 2.0 ** -126, 0.0]
+    up = P.to_bf16((want.view(np.uint32) + np.uint32(0x10000)).view(np.float32))    # + one ulp in magnitude
+    down = (want.view(np.uint32) - np.uint32(0x10000)).view(np.float32)
+    down[3] = -np.float32(2.0 ** -133)                   # below +0: the negative neighbour
+    for got in (up, down):
+        flipped = want.copy()
+        flipped[::50] = got[::50]                        # 2% of the elements one ulp off
+        gc.bf16_stored(flipped, want, "one-ulp flips")
+        assert np.all(gc.bf16_ulps(flipped, want)[::50] == 1)
+    assert gc.bf16_ulps(np.float32([-0.0]), np.float32([0.0]))[0] == 0
+    two = want.copy()
+    two[10] = (want[10:11].view(np.uint32) + np.uint32(0x20000)).view(np.float32)[0]
+    with pytest.raises(AssertionError, match="more than one bfloat16 ulp"):
+        gc.bf16_stored(two, want, "two ulps")
+    many = want.copy()
+    many[::40] = up[::40]                                # 2.5% > flips
+    with pytest.raises(AssertionError, match="differ from the emulation"):
+        gc.bf16_stored(many, want, "too many")
+    with pytest.raises(AssertionError, match="not bfloat16"):
+        gc.bf16_stored(want + np.float32(2.0 ** -20), want, "float32 values")
+
+
+def test_bf16_activation_is_the_float32_epilogue_from_the_kernels_z():
+    """The A_out reference of the bf16 forward tests: `to_bf16(g(Z))` in float32 from the kernel's Z,
+    which the tests hold as the float64 copy `written` returns (`to_bf16` refuses float64: the
+    reference raised a TypeError for every bf16 case before any comparison)."""
+    gc = _gemm_checks()
+    from gpubp.backends.numpy_backend import activation_forward
+
+    rng = np.random.default_rng(8)
+    Z32 = P.to_bf16(rng.standard_normal((33, 17)).astype(np.float32))
+    for act in ("identity", "relu", "tanh", "gelu", "silu", "sigmoid"):
+        got = gc.bf16_activation(act, Z32.astype(np.float64))
+        assert got.dtype == np.float32
+        assert np.array_equal(got, P.to_bf16(activation_forward(act, Z32, np.empty_like(Z32))))
+    with pytest.raises(TypeError, match="float32"):
+        P.to_bf16(activation_forward("tanh", Z32.astype(np.float64), np.empty(Z32.shape)))
+    with pytest.raises(AssertionError, match="float32 values"):
+        gc.bf16_activation("relu", Z32.astype(np.float64) + 1e-12)
+
+
+# ---------------------------------------------------------------- 3xTF32: the split's bound, the terms' order
+def test_split_3xtf32_error_bound_down_to_the_subnormals():
+    """|x - hi - lo| <= 2^-22 |x| for |x| >= 2^-115; below, x - hi is subnormal and lo lies on
+    TF32's subnormal grid (2^-136): at most 2^-137 off (the module docstring's statement)."""
+    rng = np.random.default_rng(9)
+    exps = rng.integers(0, 30, 200000, dtype=np.uint64).astype(np.uint32)        # |x| < 2^-97
+    mant = rng.integers(0, 1 << 23, 200000, dtype=np.uint64).astype(np.uint32)
+    x = ((exps << np.uint32(23)) | mant).view(np.float32)
+    x[:1000] *= -1
+    hi, lo = P.split_3xtf32(x)
+    x64 = np.abs(x.astype(np.float64))
+    err = np.abs(x.astype(np.float64) - hi.astype(np.float64) - lo.astype(np.float64))
+    big = x64 >= 2.0 ** -115
+    assert big.any() and (~big).any()
+    assert np.all(err[big] <= x64[big] * 2.0 ** -22)
+    assert np.all(err[~big] <= 2.0 ** -137)
+    assert np.any(err[~big] > x64[~big] * 2.0 ** -22)          # the relative bound does fail there
+
+
+def test_3xtf32_adds_the_three_products_per_step_small_terms_first():
+    """Per k step of 8: lo_a hi_b, then hi_a lo_b, then hi_a hi_b, each step sum rounded to float32
+    and added on its own (the order of the kernel's three mma's); another order gives other bits,
+    so this pins the order the GPU tests compare with."""
+    rng = np.random.default_rng(10)
+    a = (rng.standard_normal((40, 37)) * 10.0 ** rng.uniform(-2, 2, (40, 37))).astype(np.float32)
+    b = rng.standard_normal((37, 30)).astype(np.float32)
+    ah, al = P.split_3xtf32(a)
+    bh, bl = P.split_3xtf32(b)
+
+    def stepped(order):
+        acc = np.zeros((40, 30), np.float32)
+        for s in range(0, 37, 8):
+            for x, y in order:
+                acc += (x[:, s:s + 8].astype(np.float64) @ y[s:s + 8].astype(np.float64)).astype(np.float32)
+        return acc
+
+    c = P.matmul(a, b, "3xtf32")
+    assert np.array_equal(c, stepped([(al, bh), (ah, bl), (ah, bh)]))
+    assert not np.array_equal(c, stepped([(ah, bh), (al, bh), (ah, bl)]))     # large term first
+    # one float32 step sum of all three terms is another computation too
+    fused = np.zeros((40, 30), np.float32)
+    for s in range(0, 37, 8):
+        t = sum(x[:, s:s + 8].astype(np.float64) @ y[s:s + 8].astype(np.float64)
+                for x, y in [(al, bh), (ah, bl), (ah, bh)])
+        fused += t.astype(np.float32)
+    assert not np.array_equal(c, fused)
+    assert P.relative_error(c, a, b) <= P.TOLERANCE["3xtf32"]
+
+
+def test_operands_rounding_past_the_largest_value_make_infinite_or_nan_products():
+    """The spec's overflow thresholds: (2 - 2^-11) 2^127 in tf32 (3xtf32: NaN), (2 - 2^-8) 2^127 in
+    bf16; one float32 ulp below them the products stay finite."""
+    for prec, edge in (("tf32", 0x7F7FF000), ("3xtf32", 0x7F7FF000), ("bf16", 0x7F7F8000)):
+        assert f32([edge])[0] == (2 - 2.0 ** (-11 if "tf32" in prec else -8)) * 2.0 ** 127
+        a = f32([[edge, 0], [edge - 1, 0]])
+        b = np.array([[0.25, 1.0], [0.0, 1.0]], np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            c = P.matmul(a, b, prec)
+        assert np.isfinite(c[1]).all(), prec
+        if prec == "3xtf32":
+            assert np.isnan(c[0]).all()
+        else:
+            assert np.array_equal(c[0], [np.inf, np.inf]), (prec, c[0])
