@@ -26,7 +26,8 @@ class EarlyStopping:
     `patience=0` stops at the first epoch that does not improve).
 
     `monitor` is a history key ("val_loss" by default, or "loss", "val_accuracy",
-    ...); `mode` "min", "max" or "auto" (max for accuracies, else min); an epoch
+    ...; one the fit does not record is refused before its first step, and the
+    call then changes nothing); `mode` "min", "max" or "auto" (max for accuracies, else min); an epoch
     improves when it beats the best by more than `min_delta`.  With
     `restore_best=True` the parameters of the best epoch are put back when
     training stops (the optimizer state stays that of the last step).
@@ -48,7 +49,14 @@ class EarlyStopping:
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
         self.restore_best = bool(restore_best)
 
+    def _check_monitor(self, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record "
+                             f"(it records {', '.join(sorted(logs))}; val_* needs validation data)")
+
     def on_train_begin(self, net, logs):
+        # `logs` already holds a list for every figure the fit records: refuse before any step
+        self._check_monitor(logs)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
         self.stopped_epoch = 0
@@ -61,9 +69,7 @@ class EarlyStopping:
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, net, epoch, logs):
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record "
-                             f"(it records {', '.join(sorted(logs))}; val_* needs validation data)")
+        self._check_monitor(logs)
         value = logs[self.monitor][-1]
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0

@@ -684,6 +684,7 @@ class MLP:
                 self.set_standardization(*(saved_std or (None, None)))
             raise
         before = (self.target_ndim, self.optimizer, opt.lr)
+        fresh = not opt.is_bound      # bound by this call: unbound again if the call changes nothing
         self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
         opt = self._bind(opt, lr)
         self.stop_training = False
@@ -696,12 +697,16 @@ class MLP:
                        grad_norms, dist=dist)
         try:
             return loop.run(epochs)
-        except EveryRankError:
-            # refused by every rank together (ConfigMismatch...) before anything was broadcast or trained:
-            # the call changes nothing, as an argument refused here does not
-            self.target_ndim, self.optimizer, opt.lr = before
-            if standardize:
-                self.set_standardization(*(saved_std or (None, None)))
+        except Exception as e:
+            # refused by every rank together (ConfigMismatch...) before anything was broadcast or trained,
+            # or by a callback's on_train_begin (EarlyStopping monitoring a figure this fit does not
+            # record) before the first step: the call changes nothing, as an argument refused here does not
+            if isinstance(e, EveryRankError) or not loop.started:
+                self.target_ndim, self.optimizer, opt.lr = before
+                if fresh:
+                    opt.unbind()
+                if standardize:
+                    self.set_standardization(*(saved_std or (None, None)))
             raise
 
     # ------------------------------------------------------------ snapshots

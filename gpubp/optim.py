@@ -119,6 +119,18 @@ class Optimizer:
             self._params, self._backend, self._t, self.state = params, backend, t, state
             self._scratch = Scratch(backend)
 
+    @property
+    def is_bound(self) -> bool:
+        """Whether the optimizer holds state for a network's parameters (`bind`)."""
+        return self._params is not None
+
+    def unbind(self) -> None:
+        """Drop the state made by `bind` (keeping the step count), as if it had never been bound."""
+        if self._params is not None:
+            t = self.t
+            self.state, self._params, self._backend, self._scratch = {}, None, None, None
+            self._t = np.array([t], dtype=np.int32)
+
     def step(self, backend, params, grads):
         self.bind(backend, params)
         self._t += 1          # in place, on the backend: no host round trip

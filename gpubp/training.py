@@ -114,6 +114,9 @@ class FitLoop:
         B = X.shape[0]
         self.n_batches = -(-B // batch_size)
         self.steps_done = 0   # steps of this call, for the learning-rate schedule
+        #: whether training has begun (the callbacks' on_train_begin passed): before that, an exception
+        #: leaves the network as it was and `fit` undoes the call's other changes
+        self.started = False
         self.flow_warned: set = set()   # (layer, kind) of the gradient-flow warnings already given
 
     # ---------------------------------------------------------------- one step
@@ -208,6 +211,7 @@ class FitLoop:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(net, hist)
         self.reporter.begin(epochs, self.n_batches)
+        self.started = True
         try:
             for epoch in range(1, epochs + 1):
                 self._shuffle()

@@ -64,6 +64,33 @@ def test_early_stopping_checks_its_monitor():
         EarlyStopping(patience=-1)
 
 
+def test_early_stopping_refuses_its_monitor_before_any_step():
+    # a monitor the fit does not record is refused before training, and the call changes nothing
+    # (it used to be refused after the first epoch, with that epoch's updates made)
+    X, y = _data()
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=1, optimizer="sgd", lr=0.1, progress=False)
+    before, sgd = _flat(net), net.optimizer
+    t_before = sgd.t
+    seen = []
+    adam = gpubp.optim.Adam(0.01)
+    for cb, opt in ((EarlyStopping(), adam), (EarlyStopping(monitor="val_accuracy"), "sgd")):
+        with pytest.raises(ValueError, match="val_"):
+            net.fit(X, y, epochs=3, optimizer=opt, standardize=True, progress=False,
+                    callbacks=[LambdaCallback(on_epoch_end=lambda n, e, l: seen.append(e)), cb])
+        assert seen == [] and np.array_equal(_flat(net), before)
+        assert net.optimizer is sgd and sgd.t == t_before and net.standardization is None
+    # the refused call did not bind the Adam instance to this network: it still serves another
+    other = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=1)
+    assert adam.t == 0 and not adam.is_bound
+    other.fit(X, y, epochs=1, optimizer=adam, progress=False)
+    assert adam.t == -(-len(X) // 32)
+    # with the figure recorded, the same callback trains
+    hist = net.fit(X, y, epochs=2, validation_split=0.2, callbacks=[EarlyStopping(monitor="val_accuracy")],
+                   progress=False)
+    assert len(hist["val_accuracy"]) == 2
+
+
 def test_lr_schedule_sets_the_rate_of_every_step():
     X, y = _data(3, n=64)
     sched = step_decay(0.1, step_size=3, gamma=0.5)
