@@ -383,7 +383,8 @@ class MLP:
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
-        (shaped `(N,)` when the network was trained on `(N,)` targets)."""
+        (shaped `(N,)` when the network's last training call, `fit`, `train_step` or
+        `capture_train_step`, took `(N,)` targets for its one output)."""
         out = self.backend.to_numpy(self.forward(X))
         if self.loss == "cross_entropy":
             return out.argmax(axis=1)
@@ -469,9 +470,10 @@ class MLP:
         the parameters and optimizer state stay those of the last finite step."""
         opt = self._resolve_optimizer(optimizer, lr)
         X = self._inputs(X)
-        Y = self._targets(Y, X.shape[0])
+        Yd = self._targets(Y, X.shape[0])
+        ndim = _target_ndim(Y)
         opt = self._bind(opt, lr)
-        plan = self._gradients(X, Y)
+        plan = self._gradients(X, Yd)
         loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
             err = self._diverged(loss, opt.t + 1, opt.lr)
@@ -480,6 +482,7 @@ class MLP:
                                          "overflowed them; set_params or load to go on)")
             raise err
         opt.step(self.backend, self._params, self._grads)
+        self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
         return loss
 
     def capture_train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str,
@@ -503,6 +506,7 @@ class MLP:
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
         opt = self._bind(opt)
+        self.target_ndim = _target_ndim(Y)
         plan = self._new_plan(Xs.shape[0])
         loss_out = self.backend.zeros((1,), self.dtype)
         self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
@@ -685,7 +689,7 @@ class MLP:
             raise
         before = (self.target_ndim, self.optimizer, opt.lr)
         fresh = not opt.is_bound      # bound by this call: unbound again if the call changes nothing
-        self.target_ndim = 1 if (getattr(Yh, "ndim", None) == 1 or np.ndim(Yh) == 1) else 2
+        self.target_ndim = _target_ndim(Yh)
         opt = self._bind(opt, lr)
         self.stop_training = False
         dist = None
@@ -778,6 +782,11 @@ class MLP:
             opt.t = spec["t"]
             net.optimizer = opt
         return net
+
+
+def _target_ndim(Y) -> int:
+    """`MLP.target_ndim` for targets `Y` given to a training call: 1 for a vector, else 2."""
+    return 1 if (getattr(Y, "ndim", None) == 1 or np.ndim(Y) == 1) else 2
 
 
 # ---------------------------------------------------------------- checkpoint fields (MLP.save / MLP.load)

@@ -305,6 +305,27 @@ def test_predict_keeps_the_target_shape():
     assert net.predict(X).shape == (30, 1)
 
 
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_predict_keeps_the_target_shape_of_train_step_and_captured_steps(loss):
+    # every training call records the targets' shape, as fit does (train_step used to leave it,
+    # so predict gave (N, 1) after training on (N,) targets)
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((30, 3))
+    y = (X[:, 0] > 0).astype(float)
+    net = gpubp.MLP([3, 4, 1], loss=loss, backend="numpy", seed=0)
+    assert net.predict(X).shape == (30, 1)        # never trained: one column per output
+    net.train_step(X, y, "sgd")
+    assert net.predict(X).shape == (30,)
+    net.train_step(X, y[:, None], "sgd")
+    assert net.predict(X).shape == (30, 1)
+    step = net.capture_train_step(X, y, "sgd")
+    assert net.predict(X).shape == (30,)
+    step(X, y)
+    with pytest.raises(ValueError):               # a refused call leaves the shape as it was
+        net.train_step(X, np.ones((30, 2)), "sgd")
+    assert net.predict(X).shape == (30,)
+
+
 @pytest.mark.parametrize("init", ["torch", "xavier", "kaiming"])
 def test_initialisations(init):
     net = gpubp.MLP([400, 300, 10], backend="numpy", dtype="float64", seed=1, init=init)
