@@ -593,7 +593,8 @@ class MLP:
           `net.stop_training = True` to stop after the epoch (see
           `gpubp.callbacks.EarlyStopping`).
         - `progress="auto"` draws a bar on a terminal and writes one line per epoch
-          otherwise; True always draws a bar; False (or `verbose=0`) is silent.
+          otherwise; True always draws a bar; False (or `verbose=0`) is silent; `verbose=2`
+          writes one line per epoch even on a terminal (as Keras's).
         - `grad_norms=True` records per epoch and layer `||dW||`, `||delta||` and the
           update-to-weight ratio of the epoch's last step (`history["grad_norms"]`,
           `"delta_norms"`, `"update_ratios"`) and warns of vanishing or exploding

@@ -35,7 +35,10 @@ def _caller_level() -> int:
 
 
 class Reporter:
-    """What `fit` shows while it trains: a bar on a terminal, one line per epoch elsewhere, or nothing."""
+    """What `fit` shows while it trains: a bar on a terminal, one line per epoch elsewhere, or nothing.
+
+    `verbose` as Keras's: 0 silent, 1 the bar (or lines where the stream is not a terminal), 2 one
+    line per epoch even on a terminal (`progress=True` still asks for the bar)."""
 
     def __init__(self, progress="auto", verbose=1, stream=None):
         self.stream = stream if stream is not None else sys.stderr
@@ -43,6 +46,8 @@ class Reporter:
             self.mode = "silent"
         elif progress is True:
             self.mode = "bar"
+        elif verbose == 2:
+            self.mode = "lines"
         else:
             isatty = getattr(self.stream, "isatty", None)
             self.mode = "bar" if (isatty is not None and isatty()) else "lines"

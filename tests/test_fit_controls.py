@@ -359,6 +359,17 @@ def test_reporter_lines_when_not_a_terminal():
     net.fit(X, y, epochs=2, verbose=0)
 
 
+def test_verbose_2_writes_one_line_per_epoch_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert Reporter("auto", 1, stream=Terminal()).mode == "bar"
+    assert Reporter("auto", 2, stream=Terminal()).mode == "lines"     # it drew the bar as verbose=1 did
+    assert Reporter(True, 2, stream=Terminal()).mode == "bar"
+    assert Reporter("auto", 2, stream=io.StringIO()).mode == "lines"
+
+
 def test_fit_writes_one_line_per_epoch_to_a_log(capsys):
     net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
     net.fit(*_data(11), epochs=3, batch_size=20)
