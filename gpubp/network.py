@@ -183,7 +183,11 @@ class MLP:
         return [(W.copy(), b.copy()) for W, b in self.layout.views(host)]
 
     def set_params(self, params: Sequence[tuple[ArrayLike, ArrayLike]]) -> None:
-        """Set every layer's `(W, b)` from a list like `get_params()` returns (all checked first)."""
+        """Set every layer's `(W, b)` from a list like `get_params()` returns (all checked first).
+
+        The values are written into the network's parameter buffer: a bound optimizer
+        (`net.optimizer`) keeps its state (moments, velocity, step count), as a PyTorch
+        optimizer does when `load_state_dict` sets its module's parameters."""
         try:
             params = list(params)
         except TypeError:

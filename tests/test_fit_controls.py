@@ -404,3 +404,35 @@ def test_grad_norms_are_recorded_and_vanishing_gradients_warned_once():
         warnings.simplefilter("always")
         net.fit(X, y, epochs=2, batch_size=64, grad_norms=True, verbose=0)
     assert not [w for w in caught if issubclass(w.category, GradientFlowWarning)]
+
+
+def test_set_params_keeps_the_optimizers_state():
+    X, y = _data(13, n=64)
+    a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    for net in (a, b):
+        net.fit(X, y, epochs=2, batch_size=16, optimizer="adam", lr=0.01, progress=False)
+    moments = {k: v.copy() for k, v in a.optimizer.state.items()}
+    a.set_params(a.get_params())     # same values: the state and the next steps are unchanged
+    assert a.optimizer.t == 8 and all(np.array_equal(a.optimizer.state[k], moments[k]) for k in moments)
+    for net in (a, b):
+        net.train_step(X, y, "adam")
+    assert np.array_equal(_flat(a), _flat(b))
+
+
+def test_validation_figures_are_unweighted():
+    X, y = _data(14, n=100)
+    w = np.random.default_rng(14).uniform(0.1, 5.0, 100)
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = net.fit(X, y, epochs=1, batch_size=100, optimizer=gpubp.optim.SGD(1e-300), sample_weight=w,
+                   class_weight="balanced", validation_split=0.3, progress=False)
+    ev = net.evaluate(X[70:], y[70:])
+    assert hist["val_loss"] == [ev["loss"]] and hist["val_accuracy"] == [ev["accuracy"]]
+    assert hist["accuracy"] == [net.evaluate(X[:70], y[:70])["accuracy"]]
+    # the training loss is the weighted one (a rate of 1e-300 leaves the parameters as they were)
+    z = net.forward(X[:70])
+    z = z - z.max(axis=1, keepdims=True)
+    per_row = np.log(np.exp(z).sum(axis=1)) - z[np.arange(70), y[:70]]
+    counts = np.bincount(y[:70], minlength=3)
+    cw = w[:70] * (70 / (3 * counts))[y[:70]]
+    assert abs(hist["loss"][0] - (cw * per_row).sum() / cw.sum()) < 1e-12
