@@ -121,3 +121,40 @@ def test_optimizer_steps_equal_torch(make, dtype, tol, rng):
             ref = ref.detach().numpy()
             bound = tol if dtype == "float64" else max(tol, 4 * rel_err(ref32.detach().double().numpy(), ref))
             assert rel_err(ours_p, ref) < bound
+
+
+def test_fit_with_class_and_sample_weights_equals_torchs_weighted_cross_entropy():
+    # class_weight="balanced" (scikit-learn's compute_class_weight) times sample_weight, each batch
+    # the weighted mean sum w_i l_i / sum w_i (CrossEntropyLoss(weight=...)'s "mean" with per-sample
+    # weights), a short last batch, AdamW: the weights and the history's loss equal a torch loop
+    sk = pytest.importorskip("sklearn.utils.class_weight")
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((70, 5))
+    y = rng.choice(3, 70, p=[0.6, 0.3, 0.1])
+    w = rng.uniform(0.2, 2.0, 70)
+    net = gpubp.MLP([5, 7, 3], activation="gelu", loss="cross_entropy", backend="numpy", dtype="float64", seed=1)
+    layers, forward = torch_model(net)
+    opt = torch.optim.AdamW([p for lin in layers for p in lin.parameters()], 0.01, weight_decay=0.05)
+    hist = net.fit(X, y, epochs=3, batch_size=16, optimizer=gpubp.optim.AdamW(0.01, weight_decay=0.05),
+                   sample_weight=w, class_weight="balanced", shuffle=False, progress=False)
+    cw = torch.from_numpy(sk.compute_class_weight("balanced", classes=np.arange(3), y=y))
+    losses = []
+    for _ in range(3):
+        total = weight = 0.0
+        for s in range(0, 70, 16):
+            xb, yb = torch.from_numpy(X[s:s + 16]), torch.from_numpy(y[s:s + 16])
+            wb = torch.from_numpy(w[s:s + 16])
+            opt.zero_grad()
+            # CrossEntropyLoss(weight=cw) divides by the batch's sum of class weights; with the
+            # sample weights folded in, by the sum of the products
+            per = F.cross_entropy(forward(xb), yb, weight=cw, reduction="none") * wb
+            loss = per.sum() / (cw[yb] * wb).sum()
+            loss.backward()
+            opt.step()
+            total += loss.item() * float((cw[yb] * wb).sum())
+            weight += float((cw[yb] * wb).sum())
+        losses.append(total / weight)
+    assert np.allclose(hist["loss"], losses, rtol=1e-12, atol=0)
+    for (W, b), lin in zip(net.get_params(), layers):
+        assert np.allclose(W, lin.weight.detach().numpy(), rtol=0, atol=1e-12)
+        assert np.allclose(b, lin.bias.detach().numpy(), rtol=0, atol=1e-12)
