@@ -581,7 +581,10 @@ class MLP:
 
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
           a name reuses the network's current optimizer of that name (its state
-          carries on).  `lr` with an Optimizer instance must equal its rate.
+          carries on, and `lr`, when given, becomes its rate; without `lr` it keeps
+          its last rate, also one a schedule set), else makes a new one (rate `lr`,
+          or 0.01 for sgd and 1e-3 for adam and adamw).  `lr` with an Optimizer
+          instance must equal its rate.
         - `validation`: an `(X_val, Y_val)` pair evaluated after each epoch, or
           `validation_split`: the fraction of `X`, `Y` (its last rows, before any
           shuffling) held out for that.
