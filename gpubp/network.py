@@ -586,8 +586,9 @@ class MLP:
           or 0.01 for sgd and 1e-3 for adam and adamw).  `lr` with an Optimizer
           instance must equal its rate.
         - `validation`: an `(X_val, Y_val)` pair evaluated after each epoch, or
-          `validation_split`: the fraction of `X`, `Y` (its last rows, before any
-          shuffling) held out for that.
+          `validation_split`: the fraction of `X`, `Y` (its last
+          `floor(len(X) * validation_split)` rows, before any shuffling) held out
+          for that; `standardize` and `class_weight="balanced"` then use the other rows.
         - `sample_weight` (one non-negative weight per sample) and `class_weight`
           (`{class: weight}` or "balanced", cross_entropy only): each batch's loss is
           the weighted mean `sum w_i l_i / sum w_i` of its samples' losses.

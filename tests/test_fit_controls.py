@@ -436,3 +436,14 @@ def test_validation_figures_are_unweighted():
     counts = np.bincount(y[:70], minlength=3)
     cw = w[:70] * (70 / (3 * counts))[y[:70]]
     assert abs(hist["loss"][0] - (cw * per_row).sum() / cw.sum()) < 1e-12
+
+
+def test_validation_split_rows_and_what_the_training_rows_set():
+    X, y = _data(15, n=10)
+    X = X * 3 + 1
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = net.fit(X, y, epochs=1, batch_size=4, validation_split=0.25, standardize=True, progress=False)
+    # floor(10 * 0.25) = 2 rows held out: the standardisation is the other 8 rows'
+    mean, std = net.standardization
+    assert np.allclose(mean, X[:8].mean(axis=0), rtol=1e-12) and np.allclose(std, X[:8].std(axis=0), rtol=1e-12)
+    assert hist["val_loss"] == [net.evaluate(X[8:], y[8:])["loss"]]
