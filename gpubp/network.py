@@ -496,13 +496,17 @@ class MLP:
         each) are skipped; class labels are still range-checked (on the
         device), so an out-of-range label never reaches a kernel.  The step
         owns its buffers (its own step plan), which stay valid whatever else the
-        network runs in between.  The optimizer's learning rate is recorded
-        too: capture again after changing it.
+        network runs in between.  The optimizer's hyper-parameters (learning
+        rate, momentum, betas, eps, weight decay) are recorded too: once one has
+        changed the step refuses to run (ValueError), on every backend; capture
+        again to train with the new values.  The step trains with the optimizer
+        it was captured with, whatever optimizer later calls give the network.
         """
         opt = self._resolve_optimizer(optimizer)
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
         opt = self._bind(opt)
+        hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
         plan = self._new_plan(Xs.shape[0])
         loss_out = self.backend.zeros((1,), self.dtype)
         self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
@@ -511,6 +515,12 @@ class MLP:
         n_out = self.sizes[-1]
 
         def step(X, Y):
+            now = opt.hyper()
+            if now != hyper:
+                changed = ", ".join(f"{k} {hyper[k]!r} -> {now[k]!r}" for k in hyper if now.get(k) != hyper[k])
+                raise ValueError(f"the optimizer's hyper-parameters changed since this step was captured "
+                                 f"({changed}); a captured step replays the values it recorded: capture again "
+                                 "(net.capture_train_step) to train with the new ones")
             if check_inputs:
                 Xd = self._inputs(X)
                 Yd = self._targets(Y, Xd.shape[0])

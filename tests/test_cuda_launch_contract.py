@@ -543,6 +543,27 @@ def test_captured_step_replays_its_launches(fake, sizes, B, dtype, loss):
     assert not fake.launched(replay=False)
 
 
+def test_captured_step_refuses_a_changed_optimizer(fake):
+    """The graph holds the learning rate it was captured with (the sgd_update launch's argument):
+    after `opt.lr` changes a replay would silently train at the old rate, so the step refuses
+    and launches nothing."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    opt = SGD(0.1, momentum=0.9)
+    step = net.capture_train_step(X, Y, opt, check_inputs=False)
+    lrs = [l.args[4] for l in fake.launched("sgd_update")]           # (p, g, buf, n, lr, ...)
+    assert lrs and all(lr == np.float32(0.1) for lr in lrs)       # the rate recorded into the graph
+    fake.reset()
+    opt.lr = 0.5
+    with pytest.raises(ValueError, match="capture again"):
+        step(X, Y)
+    assert not fake.launched(), "a refused step launched"
+    opt.lr = 0.1
+    step(X, Y)
+    assert fake.launched(replay=True)
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")

@@ -106,6 +106,37 @@ def test_captured_step_checks_labels_without_nan_scans():
     assert np.array_equal(_flat(net), before)
 
 
+@pytest.mark.parametrize("make_opt, change", [
+    (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "lr", 1e-3)),
+    (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "betas", (0.8, 0.99))),
+    (lambda: gpubp.optim.SGD(0.1, momentum=0.9), lambda o: setattr(o, "momentum", 0.5)),
+    (lambda: gpubp.optim.AdamW(1e-2), lambda o: setattr(o, "weight_decay", 0.1)),
+])
+@pytest.mark.parametrize("check_inputs", [True, False])
+def test_captured_step_refuses_to_run_after_its_optimizer_changed(make_opt, change, check_inputs):
+    """A captured CUDA graph holds the optimizer's hyper-parameters as they were at capture; a host
+    replay would read the new ones.  So on every backend a step whose optimizer has changed refuses
+    to run (and changes nothing) rather than train with values the caller no longer set; setting
+    them back, or capturing again, trains."""
+    X, y = _data(7, n=32)
+    net, opt = _net(), make_opt()
+    step = net.capture_train_step(X, y, opt, check_inputs=check_inputs)
+    hyper = opt.hyper()
+    step(X, y)
+    before, t = _flat(net), opt.t
+    change(opt)
+    with pytest.raises(ValueError, match="capture again"):
+        step(X, y)
+    assert np.array_equal(_flat(net), before) and opt.t == t
+    again = net.capture_train_step(X, y, opt, check_inputs=check_inputs)
+    again(X, y)
+    assert opt.t == t + 2
+    for k, v in hyper.items():
+        setattr(opt, k, tuple(v) if isinstance(v, list) else v)
+    step(X, y)
+    assert opt.t == t + 3
+
+
 # ---------------------------------------------------------------- divergence
 def _diverging(seed=0):
     rng = np.random.default_rng(seed)
