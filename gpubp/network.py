@@ -493,8 +493,9 @@ class MLP:
         batch's loss as a 1-element backend array (read it with
         `float(loss[0])` when needed).  Each batch must have the first one's
         shape.  With `check_inputs=False` the NaN scans (a synchronisation
-        each) are skipped; class labels are still range-checked (on the
-        device), so an out-of-range label never reaches a kernel.  The step
+        each) are skipped; class labels are still checked (on the device: integers,
+        in range, before their cast to int32), so an out-of-range label never
+        reaches a kernel.  The step
         owns its buffers (its own step plan), which stay valid whatever else the
         network runs in between.  The optimizer's hyper-parameters (learning
         rate, momentum, betas, eps, weight decay) are recorded too: once one has
@@ -528,12 +529,16 @@ class MLP:
                 Xd = self.backend.asarray(X, self.dtype)
                 if self._std_dev is not None:
                     Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
+                if labels:   # range-checked before the cast to int32, which would wrap or truncate them
+                    Y = self.backend.xp.asarray(Y)
+                    if Y.shape == Ys.shape and Y.dtype.kind not in "iub":
+                        raise ValueError(f"class labels in Y must be integers, got dtype {Y.dtype}")
+                    if Y.shape == Ys.shape and bool(((Y < 0) | (Y >= n_out)).any()):
+                        raise ValueError(f"class labels in Y must lie in [0, {n_out})")
                 Yd = self.backend.asarray(Y, Ys.dtype)
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
                 raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
-            if labels and not check_inputs and bool(((Yd < 0) | (Yd >= n_out)).any()):
-                raise ValueError(f"class labels in Y must lie in [0, {n_out})")
             Xs[...] = Xd
             Ys[...] = Yd
             replay()

@@ -564,6 +564,23 @@ def test_captured_step_refuses_a_changed_optimizer(fake):
     assert fake.launched(replay=True)
 
 
+def test_captured_step_without_checks_range_checks_wide_device_labels(fake):
+    """Without input checks, device int64 labels are range-checked before their cast to the
+    captured int32 buffer (2**32 + 1 would wrap to label 1)."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    step = net.capture_train_step(X, Y, SGD(0.1), check_inputs=False)
+    fake.reset()
+    wide = fake.asarray(Y.astype(np.int64))
+    wide[3] = 2**32 + 1
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        step(X, wide)
+    assert not fake.launched(), "a refused step launched"
+    step(X, fake.asarray(Y.astype(np.int64)))
+    assert fake.launched(replay=True)
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")

@@ -106,6 +106,27 @@ def test_captured_step_checks_labels_without_nan_scans():
     assert np.array_equal(_flat(net), before)
 
 
+@pytest.mark.parametrize("wide, message", [
+    (np.int64(2**32 + 1), r"\[0, 4\)"),     # would wrap to label 1 in the step's int32 buffer
+    (np.int64(-2**32), r"\[0, 4\)"),        # would wrap to label 0
+    (1.5, "integers"),                        # would be truncated to label 1
+])
+def test_captured_step_without_checks_refuses_labels_before_their_cast(wide, message):
+    """check_inputs=False still range-checks class labels: on the values given, not on their int32
+    cast (which would turn an out-of-range int64 label, or a fractional one, into a valid label)."""
+    X, y = _data(6, n=32)
+    net = _net()
+    step = net.capture_train_step(X, y, gpubp.optim.SGD(0.1), check_inputs=False)
+    before = _flat(net)
+    bad = y.astype(np.int64 if isinstance(wide, np.integer) else np.float64)
+    bad[3] = wide
+    with pytest.raises(ValueError, match=message):
+        step(X, bad)
+    assert np.array_equal(_flat(net), before)
+    step(X, y.astype(np.int64))                  # in-range int64 labels are taken as before
+    assert not np.array_equal(_flat(net), before)
+
+
 @pytest.mark.parametrize("make_opt, change", [
     (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "lr", 1e-3)),
     (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "betas", (0.8, 0.99))),
