@@ -49,8 +49,12 @@ log = logging.getLogger("gpubp")
 
 
 def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False) or \
-        type(x).__module__.startswith("cupy")
+    if getattr(x, "is_cuda", False) is True or type(x).__module__.startswith("cupy"):
+        return True
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:   # a device object refusing the interface (a CUDA tensor that requires grad): the
+        return True     # backend says why (Backend.asarray)
 
 
 class MLP:

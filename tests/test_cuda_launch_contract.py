@@ -581,6 +581,51 @@ def test_captured_step_without_checks_range_checks_wide_device_labels(fake):
     assert fake.launched(replay=True)
 
 
+class _CudaTensorLike:
+    """A stand-in for a PyTorch CUDA tensor: `is_cuda`, DLPack on CUDA device `device` (its
+    capsule is a host array's, which the fake cupy's from_dlpack takes), and, as torch does for a
+    tensor that requires grad, `__cuda_array_interface__` and `__dlpack__` raising RuntimeError."""
+
+    is_cuda = True
+
+    def __init__(self, a, device=0, requires_grad=False):
+        self._a, self._device, self._grad = np.ascontiguousarray(a), device, requires_grad
+        self.dtype, self.shape = self._a.dtype, self._a.shape
+
+    def __dlpack_device__(self):
+        return (2, self._device)
+
+    def __dlpack__(self, *args, **kwargs):
+        if self._grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        return self._a.__dlpack__(*args, **kwargs)
+
+    @property
+    def __cuda_array_interface__(self):
+        if self._grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad.")
+        raise AttributeError("the fake cupy takes this object through DLPack only")
+
+
+def test_cuda_tensor_inputs_through_dlpack(fake):
+    """Device objects reach the backend through DLPack: one on the current device trains; one on
+    another device is refused naming both devices; one that requires grad is refused with the
+    backend's TypeError saying to detach it (not torch's RuntimeError from a probe of the input)."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    X32 = X.astype(np.float32)
+    net.train_step(_CudaTensorLike(X32), Y, "adam", lr=1e-3)
+    assert net.optimizer.t == 1
+    with pytest.raises(ValueError, match="CUDA device 1 but the current device is 0"):
+        net.train_step(_CudaTensorLike(X32, device=1), Y, "adam")
+    with pytest.raises(TypeError, match=r"detach\(\)"):
+        net.train_step(_CudaTensorLike(X32, requires_grad=True), Y, "adam")
+    with pytest.raises(TypeError, match=r"detach\(\)"):
+        net.predict(_CudaTensorLike(X32, requires_grad=True))
+    assert net.optimizer.t == 1
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
