@@ -626,6 +626,50 @@ def test_cuda_tensor_inputs_through_dlpack(fake):
     assert net.optimizer.t == 1
 
 
+def test_captured_fused_step_owns_its_plan_through_evictions(fake):
+    """A fused run's pointer table holds its plan's buffer addresses, which nothing else keeps:
+    after evaluations at more batch sizes than MAX_PLANS (plans made and evicted) and a garbage
+    collection, every address the captured step's tables hold is still a live float32 array."""
+    import gc
+
+    from gpubp.network import MAX_PLANS
+
+    net = net_for(cuda(), FUSED_SIZES, "relu", "mse")
+    X, Y = data(FUSED_SIZES, "mse", 1024 + 3 * MAX_PLANS)
+    step = net.capture_train_step(X[:1024], Y[:1024], Adam(1e-3))
+    for k in range(1, 2 * MAX_PLANS + 1):
+        net.evaluate(X[:1024 + k], Y[:1024 + k])          # fused plans of other shapes
+    assert len(net._plans) == MAX_PLANS and 1024 not in net._plans
+    gc.collect()
+    fake.reset()
+    step(X[:1024], Y[:1024])
+    fused = [l for l in fake.launched(replay=True) if l.kernel.startswith("fused_mlp")]
+    assert {l.kernel for l in fused} == {"fused_mlp_fwd", "fused_mlp_bwd", "fused_mlp_reduce"}
+    for l in fused:
+        rows = np.asarray(l.args[0].view(np.ndarray)).reshape(-1, FM_FIELDS)
+        for r in rows:
+            for field in ("W", "X", "AOUT", "DW"):
+                ptr = int(r[FM[field]])
+                if ptr:
+                    a = fake.memory_at(ptr, 4)
+                    assert a is not None and a.dtype == np.float32, f"{l.name}: {field} {ptr:#x} is not live"
+
+
+def test_evaluate_and_predict_run_in_chunks(fake, monkeypatch):
+    """evaluate, predict and forward on CUDA run EVAL_CHUNK rows at a time: no launch covers more rows,
+    no plan is larger."""
+    import gpubp.network
+
+    monkeypatch.setattr(gpubp.network, "EVAL_CHUNK", 40)
+    net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
+    X, Y = data((12, 40, 5), "cross_entropy", 100)
+    fake.reset()
+    net.evaluate(X, Y)
+    assert net.predict(X).shape == (100,) and net.forward(X).shape == (100, 5)
+    rows = [int(l.args[5]) for l in fake.launched("gemm_fwd")]          # (A, W, b, Aout, Z, M, ...)
+    assert sorted(set(rows)) == [20, 40] and sorted(net._plans) == [20, 40]
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
