@@ -474,8 +474,9 @@ class MLP:
         opt = self._resolve_optimizer(optimizer, lr)
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
+        plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
-        plan = self._gradients(X, Y)
+        plan = self._gradients(X, Y, plan=plan)
         loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
             err = self._diverged(loss, opt.t + 1, opt.lr)
@@ -510,10 +511,10 @@ class MLP:
         opt = self._resolve_optimizer(optimizer)
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
+        plan = self._new_plan(Xs.shape[0])       # refused (MemoryError) before the optimizer is bound
+        loss_out = self.backend.zeros((1,), self.dtype)
         opt = self._bind(opt)
         hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
-        plan = self._new_plan(Xs.shape[0])
-        loss_out = self.backend.zeros((1,), self.dtype)
         self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1

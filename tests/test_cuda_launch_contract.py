@@ -655,6 +655,32 @@ def test_captured_fused_step_owns_its_plan_through_evictions(fake):
                     assert a is not None and a.dtype == np.float32, f"{l.name}: {field} {ptr:#x} is not live"
 
 
+def test_memory_refusals_come_before_any_allocation(fake, monkeypatch):
+    """The constructor and a new step plan refuse what does not fit before allocating: a refused
+    network allocates nothing, a refused batch only its own device copies (not the optimizer's
+    state: the call leaves `net.optimizer` as it was)."""
+    be = cuda()
+    monkeypatch.setattr(be, "free_memory", lambda: 100_000)
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"[\d,]+ bytes"):
+        net_for(be, (1000, 1000, 10))
+    assert fake.allocations == 0, fake.allocation_sites
+    net = net_for(be, (12, 40, 5), "relu", "cross_entropy")
+    X, Y = data((12, 40, 5), "cross_entropy", 4096)
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"buffers for a batch of 4096 rows need [\d,]+ bytes"):
+        net.train_step(X, Y, "adam")
+    assert fake.allocations == 2 and all("_raw_inputs" in s or "_targets" in s for s in fake.allocation_sites), \
+        fake.allocation_sites
+    assert net.optimizer is None and 4096 not in net._plans
+    opt = Adam(1e-3)
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"buffers for a batch of 4096 rows"):
+        net.capture_train_step(X, Y, opt)
+    assert net.optimizer is None and opt.state == {}
+    assert not [s for s in fake.allocation_sites if "optim.py" in s or "plan.py" in s], fake.allocation_sites
+
+
 def test_evaluate_and_predict_run_in_chunks(fake, monkeypatch):
     """evaluate, predict and forward on CUDA run EVAL_CHUNK rows at a time: no launch covers more rows,
     no plan is larger."""
