@@ -699,6 +699,8 @@ class MLP:
                                            some_positive=not (comm is not None and sharded))
             if lr_schedule is not None:   # the first step's rate, checked before anything is bound
                 schedule_rate(lr_schedule, 1)
+            if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
+                self._plan(min(batch_size, Xd.shape[0]))
         except Exception:
             if standardize:   # a refused call changes nothing
                 self.set_standardization(*(saved_std or (None, None)))

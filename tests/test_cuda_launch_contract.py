@@ -679,6 +679,11 @@ def test_memory_refusals_come_before_any_allocation(fake, monkeypatch):
         net.capture_train_step(X, Y, opt)
     assert net.optimizer is None and opt.state == {}
     assert not [s for s in fake.allocation_sites if "optim.py" in s or "plan.py" in s], fake.allocation_sites
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"buffers for a batch of 4096 rows"):
+        net.fit(X, Y, epochs=1, batch_size=4096, optimizer=opt, standardize=True, progress=False)
+    assert net.optimizer is None and opt.state == {} and net.standardization is None and net.target_ndim is None
+    assert not [s for s in fake.allocation_sites if "optim.py" in s or "plan.py" in s], fake.allocation_sites
 
 
 def test_evaluate_and_predict_run_in_chunks(fake, monkeypatch):
