@@ -334,13 +334,13 @@ class MLP:
 
     # ------------------------------------------------------------ plans and passes
     def _plan(self, B):
-        """The step plan for batches of `B` rows (kept; the least recently used beyond MAX_PLANS go)."""
+        """The step plan for batches of `B` rows (kept; at MAX_PLANS the least recently used goes first)."""
         plan = self._plans.get(B)
         if plan is None:
+            while len(self._plans) >= MAX_PLANS:   # room first: the new plan's memory check counts what they free
+                self._plans.popitem(last=False)
             plan = self._new_plan(B)
             self._plans[B] = plan
-            while len(self._plans) > MAX_PLANS:
-                self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(B)
         return plan

@@ -686,6 +686,33 @@ def test_memory_refusals_come_before_any_allocation(fake, monkeypatch):
     assert not [s for s in fake.allocation_sites if "optim.py" in s or "plan.py" in s], fake.allocation_sites
 
 
+def test_a_new_plan_counts_the_memory_of_the_plan_it_evicts(fake, monkeypatch):
+    """With MAX_PLANS plans kept, a new batch shape evicts the least recently used plan before its
+    own plan's memory check: a batch that fits once that plan is gone is not refused."""
+    from gpubp.backends.plan import StepPlan
+    from gpubp.network import MAX_PLANS
+
+    be = cuda()
+    sizes = (12, 40, 5)
+    net = net_for(be, sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 1000 + MAX_PLANS)
+    for k in range(MAX_PLANS):
+        net.train_step(X[:1000 + k], Y[:1000 + k], "sgd")
+    assert len(net._plans) == MAX_PLANS
+    fake.reset()                                         # its launch records hold the plans' arrays
+
+    def live():
+        return sum(a.nbytes for a in (r() for r in list(fake._live.values())) if a is not None)
+
+    B = 1000 + MAX_PLANS
+    need = StepPlan.nbytes_estimate(net.sizes, net.activations, B, net.dtype)
+    inputs = B * (sizes[0] + 1) * 4                      # this batch's float32 X and int32 labels
+    cap = live() + inputs + need // 2                    # room for half a plan, until one goes
+    monkeypatch.setattr(be, "free_memory", lambda: cap - live())
+    net.train_step(X[:B], Y[:B], "sgd")
+    assert len(net._plans) == MAX_PLANS and B in net._plans and 1000 not in net._plans
+
+
 def test_evaluate_and_predict_run_in_chunks(fake, monkeypatch):
     """evaluate, predict and forward on CUDA run EVAL_CHUNK rows at a time: no launch covers more rows,
     no plan is larger."""
