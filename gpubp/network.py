@@ -248,6 +248,7 @@ class MLP:
 
     def _raw_inputs(self, X, name="X"):
         n0 = self.sizes[0]
+        self.backend.check_current(self._params, "network")   # kernels read its parameters where they run
         if _is_device_array(X):
             if "complex" in str(getattr(X, "dtype", "")):
                 raise TypeError(f"{name} is complex ({X.dtype}); gpubp takes real numbers only")
@@ -531,6 +532,7 @@ class MLP:
                 Xd = self._inputs(X)
                 Yd = self._targets(Y, Xd.shape[0])
             else:
+                self.backend.check_current(self._params, "network")
                 Xd = self.backend.asarray(X, self.dtype)
                 if self._std_dev is not None:
                     Xd = (Xd - self._std_dev[0]) * self._std_dev[1]

@@ -728,6 +728,27 @@ def test_evaluate_and_predict_run_in_chunks(fake, monkeypatch):
     assert sorted(set(rows)) == [20, 40] and sorted(net._plans) == [20, 40]
 
 
+def test_a_network_used_under_another_current_device_is_refused(fake, monkeypatch):
+    """Kernels launch on the current device and read the network's parameters there: a network
+    made on device 0 and called under device 1 (as the refusal of an input on device 1 suggests:
+    select that device) is refused before anything is copied or launched, by every pass."""
+    from gpubp.backends import cuda_backend
+
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    step = net.capture_train_step(X, Y, SGD(0.1), check_inputs=False)
+    monkeypatch.setattr(cuda_backend, "device_id", lambda: 1)
+    fake.reset()
+    for call in (lambda: net.train_step(X, Y, "sgd"), lambda: net.predict(X), lambda: net.evaluate(X, Y),
+                 lambda: net.fit(X, Y, epochs=1, progress=False), lambda: net.loss_and_grads(X, Y),
+                 lambda: step(X, Y)):
+        with pytest.raises(ValueError, match=r"the network is on CUDA device 0 but the current device is 1; "
+                                             r".*Device\(0\)"):
+            call()
+    assert not fake.launches and fake.allocations == 0, fake.allocation_sites
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
