@@ -49,8 +49,12 @@ log = logging.getLogger("gpubp")
 
 
 def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False) or \
-        type(x).__module__.startswith("cupy")
+    if getattr(x, "is_cuda", False) is True or type(x).__module__.startswith("cupy"):
+        return True
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:   # a device object refusing the interface (a CUDA tensor that requires grad): the
+        return True     # backend says why (Backend.asarray)
 
 
 class MLP:
@@ -248,6 +252,7 @@ class MLP:
 
     def _raw_inputs(self, X, name="X"):
         n0 = self.sizes[0]
+        self.backend.check_current(self._params, "network")   # kernels read its parameters where they run
         if _is_device_array(X):
             if "complex" in str(getattr(X, "dtype", "")):
                 raise TypeError(f"{name} is complex ({X.dtype}); gpubp takes real numbers only")
@@ -334,13 +339,13 @@ class MLP:
 
     # ------------------------------------------------------------ plans and passes
     def _plan(self, B):
-        """The step plan for batches of `B` rows (kept; the least recently used beyond MAX_PLANS go)."""
+        """The step plan for batches of `B` rows (kept; at MAX_PLANS the least recently used goes first)."""
         plan = self._plans.get(B)
         if plan is None:
+            while len(self._plans) >= MAX_PLANS:   # room first: the new plan's memory check counts what they free
+                self._plans.popitem(last=False)
             plan = self._new_plan(B)
             self._plans[B] = plan
-            while len(self._plans) > MAX_PLANS:
-                self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(B)
         return plan
@@ -476,8 +481,9 @@ class MLP:
         X = self._inputs(X)
         Yd = self._targets(Y, X.shape[0])
         ndim = _target_ndim(Y)
+        plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
-        plan = self._gradients(X, Yd)
+        plan = self._gradients(X, Yd, plan=plan)
         loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
             err = self._diverged(loss, opt.t + 1, opt.lr)
@@ -500,38 +506,54 @@ class MLP:
         batch's loss as a 1-element backend array (read it with
         `float(loss[0])` when needed).  Each batch must have the first one's
         shape.  With `check_inputs=False` the NaN scans (a synchronisation
-        each) are skipped; class labels are still range-checked (on the
-        device), so an out-of-range label never reaches a kernel.  The step
+        each) are skipped; class labels are still checked (on the device: integers,
+        in range, before their cast to int32), so an out-of-range label never
+        reaches a kernel.  The step
         owns its buffers (its own step plan), which stay valid whatever else the
-        network runs in between.  The optimizer's learning rate is recorded
-        too: capture again after changing it.
+        network runs in between.  The optimizer's hyper-parameters (learning
+        rate, momentum, betas, eps, weight decay) are recorded too: once one has
+        changed the step refuses to run (ValueError), on every backend; capture
+        again to train with the new values.  The step trains with the optimizer
+        it was captured with, whatever optimizer later calls give the network.
         """
         opt = self._resolve_optimizer(optimizer)
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
+        plan = self._new_plan(Xs.shape[0])       # refused (MemoryError) before the optimizer is bound
+        loss_out = self.backend.zeros((1,), self.dtype)
         opt = self._bind(opt)
         self.target_ndim = _target_ndim(Y)
-        plan = self._new_plan(Xs.shape[0])
-        loss_out = self.backend.zeros((1,), self.dtype)
+        hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
         self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]
 
         def step(X, Y):
+            now = opt.hyper()
+            if now != hyper:
+                changed = ", ".join(f"{k} {hyper[k]!r} -> {now[k]!r}" for k in hyper if now.get(k) != hyper[k])
+                raise ValueError(f"the optimizer's hyper-parameters changed since this step was captured "
+                                 f"({changed}); a captured step replays the values it recorded: capture again "
+                                 "(net.capture_train_step) to train with the new ones")
             if check_inputs:
                 Xd = self._inputs(X)
                 Yd = self._targets(Y, Xd.shape[0])
             else:
+                self.backend.check_current(self._params, "network")
                 Xd = self.backend.asarray(X, self.dtype)
                 if self._std_dev is not None:
                     Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
+                if labels:   # range-checked before the cast to int32, which would wrap or truncate them
+                    Y = self.backend.xp.asarray(Y)
+                    if Y.shape == Ys.shape and Y.dtype.kind not in "iub":
+                        raise ValueError(f"class labels in Y must be integers, got dtype {Y.dtype}")
+                    if Y.shape == Ys.shape and bool(((Y < 0) | (Y >= n_out)).any()):
+                        raise ValueError(f"class labels in Y must lie in [0, {n_out})")
                 Yd = self.backend.asarray(Y, Ys.dtype)
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
                 raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
-            if labels and not check_inputs and bool(((Yd < 0) | (Yd >= n_out)).any()):
-                raise ValueError(f"class labels in Y must lie in [0, {n_out})")
             Xs[...] = Xd
             Ys[...] = Yd
             replay()
@@ -692,6 +714,8 @@ class MLP:
                                            some_positive=not (comm is not None and sharded))
             if lr_schedule is not None:   # the first step's rate, checked before anything is bound
                 schedule_rate(lr_schedule, 1)
+            if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
+                self._plan(min(batch_size, Xd.shape[0]))
         except Exception:
             if standardize:   # a refused call changes nothing
                 self.set_standardization(*(saved_std or (None, None)))

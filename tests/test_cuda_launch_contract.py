@@ -543,6 +543,212 @@ def test_captured_step_replays_its_launches(fake, sizes, B, dtype, loss):
     assert not fake.launched(replay=False)
 
 
+def test_captured_step_refuses_a_changed_optimizer(fake):
+    """The graph holds the learning rate it was captured with (the sgd_update launch's argument):
+    after `opt.lr` changes a replay would silently train at the old rate, so the step refuses
+    and launches nothing."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    opt = SGD(0.1, momentum=0.9)
+    step = net.capture_train_step(X, Y, opt, check_inputs=False)
+    lrs = [l.args[4] for l in fake.launched("sgd_update")]           # (p, g, buf, n, lr, ...)
+    assert lrs and all(lr == np.float32(0.1) for lr in lrs)       # the rate recorded into the graph
+    fake.reset()
+    opt.lr = 0.5
+    with pytest.raises(ValueError, match="capture again"):
+        step(X, Y)
+    assert not fake.launched(), "a refused step launched"
+    opt.lr = 0.1
+    step(X, Y)
+    assert fake.launched(replay=True)
+
+
+def test_captured_step_without_checks_range_checks_wide_device_labels(fake):
+    """Without input checks, device int64 labels are range-checked before their cast to the
+    captured int32 buffer (2**32 + 1 would wrap to label 1)."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    step = net.capture_train_step(X, Y, SGD(0.1), check_inputs=False)
+    fake.reset()
+    wide = fake.asarray(Y.astype(np.int64))
+    wide[3] = 2**32 + 1
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        step(X, wide)
+    assert not fake.launched(), "a refused step launched"
+    step(X, fake.asarray(Y.astype(np.int64)))
+    assert fake.launched(replay=True)
+
+
+class _CudaTensorLike:
+    """A stand-in for a PyTorch CUDA tensor: `is_cuda`, DLPack on CUDA device `device` (its
+    capsule is a host array's, which the fake cupy's from_dlpack takes), and, as torch does for a
+    tensor that requires grad, `__cuda_array_interface__` and `__dlpack__` raising RuntimeError."""
+
+    is_cuda = True
+
+    def __init__(self, a, device=0, requires_grad=False):
+        self._a, self._device, self._grad = np.ascontiguousarray(a), device, requires_grad
+        self.dtype, self.shape = self._a.dtype, self._a.shape
+
+    def __dlpack_device__(self):
+        return (2, self._device)
+
+    def __dlpack__(self, *args, **kwargs):
+        if self._grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        return self._a.__dlpack__(*args, **kwargs)
+
+    @property
+    def __cuda_array_interface__(self):
+        if self._grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad.")
+        raise AttributeError("the fake cupy takes this object through DLPack only")
+
+
+def test_cuda_tensor_inputs_through_dlpack(fake):
+    """Device objects reach the backend through DLPack: one on the current device trains; one on
+    another device is refused naming both devices; one that requires grad is refused with the
+    backend's TypeError saying to detach it (not torch's RuntimeError from a probe of the input)."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    X32 = X.astype(np.float32)
+    net.train_step(_CudaTensorLike(X32), Y, "adam", lr=1e-3)
+    assert net.optimizer.t == 1
+    with pytest.raises(ValueError, match="CUDA device 1 but the current device is 0"):
+        net.train_step(_CudaTensorLike(X32, device=1), Y, "adam")
+    with pytest.raises(TypeError, match=r"detach\(\)"):
+        net.train_step(_CudaTensorLike(X32, requires_grad=True), Y, "adam")
+    with pytest.raises(TypeError, match=r"detach\(\)"):
+        net.predict(_CudaTensorLike(X32, requires_grad=True))
+    assert net.optimizer.t == 1
+
+
+def test_captured_fused_step_owns_its_plan_through_evictions(fake):
+    """A fused run's pointer table holds its plan's buffer addresses, which nothing else keeps:
+    after evaluations at more batch sizes than MAX_PLANS (plans made and evicted) and a garbage
+    collection, every address the captured step's tables hold is still a live float32 array."""
+    import gc
+
+    from gpubp.network import MAX_PLANS
+
+    net = net_for(cuda(), FUSED_SIZES, "relu", "mse")
+    X, Y = data(FUSED_SIZES, "mse", 1024 + 3 * MAX_PLANS)
+    step = net.capture_train_step(X[:1024], Y[:1024], Adam(1e-3))
+    for k in range(1, 2 * MAX_PLANS + 1):
+        net.evaluate(X[:1024 + k], Y[:1024 + k])          # fused plans of other shapes
+    assert len(net._plans) == MAX_PLANS and 1024 not in net._plans
+    gc.collect()
+    fake.reset()
+    step(X[:1024], Y[:1024])
+    fused = [l for l in fake.launched(replay=True) if l.kernel.startswith("fused_mlp")]
+    assert {l.kernel for l in fused} == {"fused_mlp_fwd", "fused_mlp_bwd", "fused_mlp_reduce"}
+    for l in fused:
+        rows = np.asarray(l.args[0].view(np.ndarray)).reshape(-1, FM_FIELDS)
+        for r in rows:
+            for field in ("W", "X", "AOUT", "DW"):
+                ptr = int(r[FM[field]])
+                if ptr:
+                    a = fake.memory_at(ptr, 4)
+                    assert a is not None and a.dtype == np.float32, f"{l.name}: {field} {ptr:#x} is not live"
+
+
+def test_memory_refusals_come_before_any_allocation(fake, monkeypatch):
+    """The constructor and a new step plan refuse what does not fit before allocating: a refused
+    network allocates nothing, a refused batch only its own device copies (not the optimizer's
+    state: the call leaves `net.optimizer` as it was)."""
+    be = cuda()
+    monkeypatch.setattr(be, "free_memory", lambda: 100_000)
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"[\d,]+ bytes"):
+        net_for(be, (1000, 1000, 10))
+    assert fake.allocations == 0, fake.allocation_sites
+    net = net_for(be, (12, 40, 5), "relu", "cross_entropy")
+    X, Y = data((12, 40, 5), "cross_entropy", 4096)
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"buffers for a batch of 4096 rows need [\d,]+ bytes"):
+        net.train_step(X, Y, "adam")
+    assert fake.allocations == 2 and all("_raw_inputs" in s or "_targets" in s for s in fake.allocation_sites), \
+        fake.allocation_sites
+    assert net.optimizer is None and 4096 not in net._plans
+    opt = Adam(1e-3)
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"buffers for a batch of 4096 rows"):
+        net.capture_train_step(X, Y, opt)
+    assert net.optimizer is None and opt.state == {}
+    assert not [s for s in fake.allocation_sites if "optim.py" in s or "plan.py" in s], fake.allocation_sites
+    fake.reset()
+    with pytest.raises(MemoryError, match=r"buffers for a batch of 4096 rows"):
+        net.fit(X, Y, epochs=1, batch_size=4096, optimizer=opt, standardize=True, progress=False)
+    assert net.optimizer is None and opt.state == {} and net.standardization is None and net.target_ndim is None
+    assert not [s for s in fake.allocation_sites if "optim.py" in s or "plan.py" in s], fake.allocation_sites
+
+
+def test_a_new_plan_counts_the_memory_of_the_plan_it_evicts(fake, monkeypatch):
+    """With MAX_PLANS plans kept, a new batch shape evicts the least recently used plan before its
+    own plan's memory check: a batch that fits once that plan is gone is not refused."""
+    from gpubp.backends.plan import StepPlan
+    from gpubp.network import MAX_PLANS
+
+    be = cuda()
+    sizes = (12, 40, 5)
+    net = net_for(be, sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 1000 + MAX_PLANS)
+    for k in range(MAX_PLANS):
+        net.train_step(X[:1000 + k], Y[:1000 + k], "sgd")
+    assert len(net._plans) == MAX_PLANS
+    fake.reset()                                         # its launch records hold the plans' arrays
+
+    def live():
+        return sum(a.nbytes for a in (r() for r in list(fake._live.values())) if a is not None)
+
+    B = 1000 + MAX_PLANS
+    need = StepPlan.nbytes_estimate(net.sizes, net.activations, B, net.dtype)
+    inputs = B * (sizes[0] + 1) * 4                      # this batch's float32 X and int32 labels
+    cap = live() + inputs + need // 2                    # room for half a plan, until one goes
+    monkeypatch.setattr(be, "free_memory", lambda: cap - live())
+    net.train_step(X[:B], Y[:B], "sgd")
+    assert len(net._plans) == MAX_PLANS and B in net._plans and 1000 not in net._plans
+
+
+def test_evaluate_and_predict_run_in_chunks(fake, monkeypatch):
+    """evaluate, predict and forward on CUDA run EVAL_CHUNK rows at a time: no launch covers more rows,
+    no plan is larger."""
+    import gpubp.network
+
+    monkeypatch.setattr(gpubp.network, "EVAL_CHUNK", 40)
+    net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")
+    X, Y = data((12, 40, 5), "cross_entropy", 100)
+    fake.reset()
+    net.evaluate(X, Y)
+    assert net.predict(X).shape == (100,) and net.forward(X).shape == (100, 5)
+    rows = [int(l.args[5]) for l in fake.launched("gemm_fwd")]          # (A, W, b, Aout, Z, M, ...)
+    assert sorted(set(rows)) == [20, 40] and sorted(net._plans) == [20, 40]
+
+
+def test_a_network_used_under_another_current_device_is_refused(fake, monkeypatch):
+    """Kernels launch on the current device and read the network's parameters there: a network
+    made on device 0 and called under device 1 (as the refusal of an input on device 1 suggests:
+    select that device) is refused before anything is copied or launched, by every pass."""
+    from gpubp.backends import cuda_backend
+
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    step = net.capture_train_step(X, Y, SGD(0.1), check_inputs=False)
+    monkeypatch.setattr(cuda_backend, "device_id", lambda: 1)
+    fake.reset()
+    for call in (lambda: net.train_step(X, Y, "sgd"), lambda: net.predict(X), lambda: net.evaluate(X, Y),
+                 lambda: net.fit(X, Y, epochs=1, progress=False), lambda: net.loss_and_grads(X, Y),
+                 lambda: step(X, Y)):
+        with pytest.raises(ValueError, match=r"the network is on CUDA device 0 but the current device is 1; "
+                                             r".*Device\(0\)"):
+            call()
+    assert not fake.launches and fake.allocations == 0, fake.allocation_sites
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")

@@ -106,6 +106,58 @@ def test_captured_step_checks_labels_without_nan_scans():
     assert np.array_equal(_flat(net), before)
 
 
+@pytest.mark.parametrize("wide, message", [
+    (np.int64(2**32 + 1), r"\[0, 4\)"),     # would wrap to label 1 in the step's int32 buffer
+    (np.int64(-2**32), r"\[0, 4\)"),        # would wrap to label 0
+    (1.5, "integers"),                        # would be truncated to label 1
+])
+def test_captured_step_without_checks_refuses_labels_before_their_cast(wide, message):
+    """check_inputs=False still range-checks class labels: on the values given, not on their int32
+    cast (which would turn an out-of-range int64 label, or a fractional one, into a valid label)."""
+    X, y = _data(6, n=32)
+    net = _net()
+    step = net.capture_train_step(X, y, gpubp.optim.SGD(0.1), check_inputs=False)
+    before = _flat(net)
+    bad = y.astype(np.int64 if isinstance(wide, np.integer) else np.float64)
+    bad[3] = wide
+    with pytest.raises(ValueError, match=message):
+        step(X, bad)
+    assert np.array_equal(_flat(net), before)
+    step(X, y.astype(np.int64))                  # in-range int64 labels are taken as before
+    assert not np.array_equal(_flat(net), before)
+
+
+@pytest.mark.parametrize("make_opt, change", [
+    (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "lr", 1e-3)),
+    (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "betas", (0.8, 0.99))),
+    (lambda: gpubp.optim.SGD(0.1, momentum=0.9), lambda o: setattr(o, "momentum", 0.5)),
+    (lambda: gpubp.optim.AdamW(1e-2), lambda o: setattr(o, "weight_decay", 0.1)),
+])
+@pytest.mark.parametrize("check_inputs", [True, False])
+def test_captured_step_refuses_to_run_after_its_optimizer_changed(make_opt, change, check_inputs):
+    """A captured CUDA graph holds the optimizer's hyper-parameters as they were at capture; a host
+    replay would read the new ones.  So on every backend a step whose optimizer has changed refuses
+    to run (and changes nothing) rather than train with values the caller no longer set; setting
+    them back, or capturing again, trains."""
+    X, y = _data(7, n=32)
+    net, opt = _net(), make_opt()
+    step = net.capture_train_step(X, y, opt, check_inputs=check_inputs)
+    hyper = opt.hyper()
+    step(X, y)
+    before, t = _flat(net), opt.t
+    change(opt)
+    with pytest.raises(ValueError, match="capture again"):
+        step(X, y)
+    assert np.array_equal(_flat(net), before) and opt.t == t
+    again = net.capture_train_step(X, y, opt, check_inputs=check_inputs)
+    again(X, y)
+    assert opt.t == t + 2
+    for k, v in hyper.items():
+        setattr(opt, k, tuple(v) if isinstance(v, list) else v)
+    step(X, y)
+    assert opt.t == t + 3
+
+
 # ---------------------------------------------------------------- divergence
 def _diverging(seed=0):
     rng = np.random.default_rng(seed)

@@ -253,6 +253,10 @@ class Backend(ABC):
         else:
             self.dense_backward(delta[1], A[0], W, dW, db, scratch=plan.scratch, **opts)
 
+    def check_current(self, array, what: str) -> None:
+        """Refuse `array` (a backend array) when this backend's kernels cannot reach it from where
+        they launch now (the CUDA backend: an array on another device than the current one)."""
+
     # ----------------------------------------------------------- memory
     def free_memory(self) -> int | None:
         """Bytes this backend can still allocate (None when unknown)."""

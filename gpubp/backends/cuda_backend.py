@@ -110,6 +110,11 @@ class CudaBackend(Backend):
             raise ValueError(f"the {what} is on CUDA device {arr.device.id} but the current device is "
                              f"{cur}; move it (or select that device with cupy.cuda.Device({arr.device.id}))")
 
+    def check_current(self, array, what):
+        """Kernels launch on the current device and read `array` there: refuse one on another device
+        (a network made on device 0 used under `cupy.cuda.Device(1)`)."""
+        self._same_device(array, what)
+
     # ----------------------------------------------------------- arrays
     def _alloc(self, make, shape, dtype):
         try:
