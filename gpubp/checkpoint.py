@@ -5,7 +5,9 @@ This module knows the container only, not what a network puts in it
 read with `allow_pickle=False`, so loading it never runs code.  It holds:
 - `meta`: UTF-8 JSON (as a 1-D uint8 array) with the format name and version,
   the writer's fields, a SHA-256 of every other array (`sha256`) and of the
-  metadata itself (`meta_sha256`);
+  metadata itself (`meta_sha256`).  It is strict JSON: no NaN or infinity
+  (not even an overflowing literal such as `1e999`), no object with a key
+  twice, no nesting deeper than `MAX_META_DEPTH`;
 - any number of named 1-D or n-D arrays of plain numeric dtypes.
 
 `write` replaces the file atomically: the archive is written to a temporary
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -42,6 +45,8 @@ READ_VERSIONS = (1, 2)
 
 #: largest metadata member read (bytes)
 MAX_META_BYTES = 64 * 2 ** 20
+#: deepest nesting of lists and objects in the metadata document (its own top-level object is 1)
+MAX_META_DEPTH = 100
 #: dtypes an array in a checkpoint may have
 ARRAY_DTYPES = ("float32", "float64", "int32", "int64", "uint8")
 #: deflate expands at most about 1032 times; a member claiming more is damaged or hostile
@@ -50,6 +55,49 @@ _MAX_DEFLATE_RATIO = 1100
 
 def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _depth(obj) -> int:
+    """How deeply lists and dicts nest in `obj` (a scalar is 0, `{}` and `[]` are 1), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        elif not isinstance(o, (list, tuple)):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((v, d + 1) for v in o)
+    return deepest
+
+
+def _strict_json(text: str):
+    """`text` parsed as strict JSON: no NaN or infinity (not even an overflowing literal such as 1e999),
+    no object with a key twice (parsers differ on which one wins), no nesting deeper than
+    `MAX_META_DEPTH`.  Raises ValueError saying what is wrong."""
+    def no_constant(c):
+        raise ValueError(f"{c} is not JSON data")
+
+    def finite(s):
+        v = float(s)
+        if not math.isfinite(v):
+            raise ValueError(f"the number {s[:40]} is not finite in double precision")
+        return v
+
+    def unique_keys(pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"an object has the key {dup[:60]!r} twice")
+        return obj
+    try:
+        obj = json.loads(text, parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise ValueError(f"it nests lists or objects deeper than {MAX_META_DEPTH} levels") from None
+    if _depth(obj) > MAX_META_DEPTH:
+        raise ValueError(f"it nests lists or objects deeper than {MAX_META_DEPTH} levels")
+    return obj
 
 
 def _meta_digest(meta: dict) -> str:
@@ -72,8 +120,9 @@ def write(path, arrays: dict, meta: dict) -> None:
 
     `meta` must not use the keys `format`, `version`, `sha256` or
     `meta_sha256`, which are added here.  Raises TypeError for metadata that
-    is not strict JSON data (NaN and infinity are not) and the OSError of a
-    failed write, after which the file at `path` is unchanged.
+    is not strict JSON data (NaN and infinity are not) or nests deeper than
+    `MAX_META_DEPTH`, and the OSError of a failed write, after which the file
+    at `path` is unchanged.
     """
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
@@ -85,6 +134,8 @@ def write(path, arrays: dict, meta: dict) -> None:
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are set by the format")
     full = {"format": FORMAT, "version": VERSION, **meta, "sha256": {k: _digest(v) for k, v in arrays.items()}}
+    if _depth(full) > MAX_META_DEPTH:
+        raise TypeError(f"checkpoint metadata must not nest lists or objects deeper than {MAX_META_DEPTH} levels")
     try:
         full["meta_sha256"] = _meta_digest(full)
         text = json.dumps(full, allow_nan=False)
@@ -212,17 +263,15 @@ class Checkpoint:
         shape, dtype = self.headers["meta"]
         if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
             self.fail(f"its 'meta' entry is not a JSON text (uint8 of shape {shape} and dtype {dtype})")
-
-        def no_constant(c):
-            raise ValueError(f"{c} is not JSON data")
         try:
-            meta = json.loads(self._read_raw("meta").tobytes().decode(), parse_constant=no_constant)
+            meta = _strict_json(self._read_raw("meta").tobytes().decode())
         except (UnicodeDecodeError, ValueError) as e:
             self.fail(f"its metadata is not valid JSON ({e})")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             self.fail("its metadata does not name the gpubp checkpoint format")
-        if meta.get("version") not in READ_VERSIONS:
-            self.fail(f"format version {meta.get('version')!r}; this gpubp reads versions "
+        version = meta.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
+            self.fail(f"format version {_short(version)}; this gpubp reads versions "
                       f"{', '.join(map(str, READ_VERSIONS))}")
         if meta.get("meta_sha256") != _meta_digest(meta):
             self.fail("its metadata does not match its checksum (the file is damaged)")
@@ -297,6 +346,8 @@ def json_data(obj):
         raise TypeError(f"{type(o).__name__} is not JSON data")
     try:
         return json.loads(json.dumps(obj, default=plain, allow_nan=False))
+    except RecursionError:
+        raise TypeError(f"metadata must not nest lists or dicts deeper than {MAX_META_DEPTH} levels") from None
     except (TypeError, ValueError) as e:
         raise TypeError(f"metadata must hold JSON data (numbers, strings, lists, dicts, arrays; no NaN or "
                         f"infinity): {e}") from None

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -486,3 +487,88 @@ def test_malformed_standardization_fields_are_named(tmp_path, spoil, field):
     spoil(arrays, meta)
     with pytest.raises(ValueError, match=field):
         gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+# ----------------------------------------------------------------- strict JSON metadata
+def write_meta_text(path, arrays, body):
+    """A checkpoint whose metadata is the JSON text `body` (an object without `meta_sha256`), followed by
+    the checksum a lenient reader computes of it: only a strict parser can tell the file is wrong."""
+    from gpubp.checkpoint import _digest
+
+    assert body.rstrip().endswith("}")
+    try:
+        digest = _meta_digest(json.loads(body))
+    except RecursionError:          # too deep for Python's parser: no reader gets as far as the checksum
+        digest = "0" * 64
+    text = body.rstrip()[:-1] + f', "meta_sha256": "{digest}"}}'
+    if digest != "0" * 64:
+        assert all(json.loads(text)["sha256"][k] == _digest(v) for k, v in arrays.items())
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, meta=np.frombuffer(text.encode(), dtype=np.uint8))
+    return path
+
+
+def _body(arrays, meta):
+    from gpubp.checkpoint import _digest
+
+    meta = dict(meta, sha256={k: _digest(v) for k, v in arrays.items()})
+    meta.pop("meta_sha256", None)
+    return json.dumps(meta)
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda t: t.replace('"scale": 7.5', '"scale": 1e999'), "1e999 is not finite"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": -1e400'), "-1e400 is not finite"),
+    (lambda t: t.replace('"lr": 0.01', '"lr": 1e999'), "1e999 is not finite"),
+    (lambda t: '{"config": {"layer_sizes": [5, 8, 3]}, ' + t[1:], "key 'config' twice"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": 7.5, "scale": 8.5'), "key 'scale' twice"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": ' + "[" * 150 + "]" * 150), "deeper than 100 levels"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": ' + "[" * 100000 + "]" * 100000), "deeper than 100 levels"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": ' + '{"a": ' * 5000 + "1" + "}" * 5000),
+     "deeper than 100 levels"),
+], ids=["overflow-metadata", "overflow-negative", "overflow-lr", "duplicate-config", "duplicate-metadata-key",
+        "nested-150", "nested-100000-lists", "nested-5000-objects"])
+def test_metadata_that_only_a_lenient_parser_reads_is_refused(tmp_path, edit, why):
+    """A number that overflows to infinity would load as inf (and the network could not be saved
+    again); a duplicated key is read differently by different parsers; deep nesting crashed the
+    reader with a RecursionError: each is a ValueError saying what is wrong."""
+    net, path, _, _ = trained(tmp_path, gpubp.optim.Adam(0.01))
+    net.save(path, metadata={"scale": 7.5})
+    arrays, meta = read_all(path)
+    body = _body(arrays, meta)
+    assert '"scale": 7.5' in body and '"lr": 0.01' in body
+    bad = write_meta_text(tmp_path / "bad.npz", arrays, edit(body))
+    with pytest.raises(ValueError, match=f"not valid JSON.*{why}"):
+        gpubp.MLP.load(bad, backend="numpy")
+    # the same text without the edit loads: the helper writes files a strict reader accepts
+    ok = write_meta_text(tmp_path / "ok.npz", arrays, body)
+    assert gpubp.MLP.load(ok, backend="numpy").metadata == {"scale": 7.5}
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 2.0, "2", None, [2]], ids=repr)
+def test_format_version_must_be_an_integer(tmp_path, version):
+    """`true == 1` and `2.0 == 2` in Python: the version field's type is checked, not just its value."""
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    arrays, meta = read_all(path)
+    meta["version"] = version
+    with pytest.raises(ValueError, match=f"format version {re.escape(repr(version))};"):
+        gpubp.MLP.load(write_consistent(tmp_path / "v.npz", arrays, meta), backend="numpy")
+
+
+def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
+    from gpubp.checkpoint import MAX_META_DEPTH
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+
+    def nested(n):
+        d = 1
+        for _ in range(n):
+            d = [d]
+        return d
+    # the metadata sits two levels down in the file: {"metadata": {"x": ...}}
+    net.save(tmp_path / "ok.npz", metadata={"x": nested(MAX_META_DEPTH - 2)})
+    assert gpubp.MLP.load(tmp_path / "ok.npz", backend="numpy").metadata == {"x": nested(MAX_META_DEPTH - 2)}
+    for n in (MAX_META_DEPTH - 1, 5000):          # 5000 levels crashed json.dumps with a RecursionError
+        with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH} levels"):
+            net.save(tmp_path / "deep.npz", metadata={"x": nested(n)})
+        assert not (tmp_path / "deep.npz").exists()
