@@ -811,6 +811,57 @@ def _rng_state_for_file(rng):
     return plain(rng.bit_generator.state)
 
 
+_U32, _U64, _U128 = 2 ** 32, 2 ** 64, 2 ** 128
+#: each bit generator's `state` as numpy gives it: key -> the integer bound (a value in [0, bound)), a
+#: list `[bound, length]`, or a nested layout
+_RNG_LAYOUTS = {
+    "PCG64": {"state": {"state": _U128, "inc": _U128}, "has_uint32": 2, "uinteger": _U32},
+    "PCG64DXSM": {"state": {"state": _U128, "inc": _U128}, "has_uint32": 2, "uinteger": _U32},
+    # numpy indexes its 4-word buffer with buffer_pos unchecked: a negative one reads outside it
+    "Philox": {"state": {"counter": [_U64, 4], "key": [_U64, 2]}, "buffer": [_U64, 4], "buffer_pos": 5,
+               "has_uint32": 2, "uinteger": _U32},
+    "SFC64": {"state": {"state": [_U64, 4]}, "has_uint32": 2, "uinteger": _U32},
+}
+
+
+def _rng_from_file(ck, st: dict) -> np.random.Generator:
+    """The shuffling generator from its saved `bit_generator.state`, every field checked first.
+
+    numpy's state setters convert what they are given (a float, `true`) and check few ranges (one
+    Philox field indexes memory), so the state must have exactly the generator's fields, each an
+    integer in its range, and read back from the generator as it was written."""
+    kind = st.get("bit_generator")
+    if kind not in _BIT_GENERATORS:
+        ck.fail(f"field 'rng.bit_generator': must be one of {', '.join(_BIT_GENERATORS)}, got "
+                f"{_short_repr(kind)}")
+
+    def check(obj, layout, where):
+        if not isinstance(obj, dict) or set(obj) != set(layout):
+            ck.fail(f"field {where!r}: not a valid {kind} state: expected the fields {sorted(layout)}, got "
+                    f"{_short_repr(sorted(obj) if isinstance(obj, dict) else obj)}")
+        for key, bound in layout.items():
+            v, name = obj[key], f"{where}.{key}"
+            if isinstance(bound, dict):
+                check(v, bound, name)
+                continue
+            bound, n = bound if isinstance(bound, list) else (bound, None)
+            values = v if n is not None and isinstance(v, list) and len(v) == n else [v]
+            if (n is not None and values is not v) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x < bound for x in values):
+                top = f"2**{bound.bit_length() - 1}" if bound >= _U32 else bound
+                want = f"a list of {n} integers in [0, {top})" if n is not None else f"an integer in [0, {top})"
+                ck.fail(f"field {name!r}: not a valid {kind} state: must be {want}, got {_short_repr(v)}")
+    check({k: v for k, v in st.items() if k != "bit_generator"}, _RNG_LAYOUTS[kind], "rng")
+    try:
+        rng = np.random.Generator(getattr(np.random, kind)())
+        rng.bit_generator.state = st
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        ck.fail(f"field 'rng': not a valid {kind} state ({type(e).__name__}: {e})")
+    if _rng_state_for_file(rng) != st:
+        ck.fail(f"field 'rng': not a valid {kind} state (the generator does not take it as it is)")
+    return rng
+
+
 def _checkpoint_spec(ck) -> dict:
     """Everything the checkpoint's metadata says, checked, and the arrays it must hold (name -> shape).
 
@@ -908,16 +959,7 @@ def _checkpoint_spec(ck) -> dict:
     rng = None
     version = meta["version"]
     if version >= 2 or "rng" in meta:
-        st = ck.field(meta, "rng", dict)
-        kind = st.get("bit_generator")
-        if kind not in _BIT_GENERATORS:
-            bad("rng.bit_generator", f"must be one of {', '.join(_BIT_GENERATORS)}, got {_short_repr(kind)}")
-        try:
-            bitgen = getattr(np.random, kind)()
-            bitgen.state = st
-            rng = np.random.Generator(bitgen)
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
-            bad("rng", f"not a valid {kind} state ({type(e).__name__}: {e})")
+        rng = _rng_from_file(ck, ck.field(meta, "rng", dict))
     metadata = ck.field(meta, "metadata", dict)
     return {"config": {"layer_sizes": list(sizes), "activation": hidden, "output_activation": out_act,
                        "loss": loss, "dtype": dtype.name, "seed": seed, "precision": precision, "init": init},

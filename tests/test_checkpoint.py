@@ -572,3 +572,58 @@ def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
         with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH} levels"):
             net.save(tmp_path / "deep.npz", metadata={"x": nested(n)})
         assert not (tmp_path / "deep.npz").exists()
+
+
+# ----------------------------------------------------------------- the shuffling generator's state
+@pytest.mark.parametrize("kind", ["PCG64", "PCG64DXSM", "Philox", "SFC64"])
+def test_every_bit_generator_state_comes_back_whole(tmp_path, kind):
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    net._rng = np.random.Generator(getattr(np.random, kind)(12))
+    net._rng.random(3)
+    net._rng.integers(0, 2 ** 31, dtype=np.uint32)     # a buffered half word (has_uint32) where there is one
+    net.save(tmp_path / "g.npz")
+    back = gpubp.MLP.load(tmp_path / "g.npz", backend="numpy")
+    assert type(back._rng.bit_generator).__name__ == kind
+    from gpubp.network import _rng_state_for_file
+
+    assert _rng_state_for_file(back._rng) == _rng_state_for_file(net._rng)
+    assert np.array_equal(back._rng.permutation(50), net._rng.permutation(50))
+
+
+def _philox_file(tmp_path):
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    net._rng = np.random.Generator(np.random.Philox(5))
+    net.save(tmp_path / "p.npz")
+    return read_all(tmp_path / "p.npz")
+
+
+RNG_MALFORMED = [
+    # numpy takes it and indexes its 4-word buffer with it: the next shuffle read outside memory (a crash)
+    ("philox-buffer-pos-negative", "Philox", lambda r: r.__setitem__("buffer_pos", -10 ** 6), "rng.buffer_pos"),
+    ("philox-buffer-pos-large", "Philox", lambda r: r.__setitem__("buffer_pos", 400), "rng.buffer_pos"),
+    ("philox-counter-short", "Philox", lambda r: r["state"].__setitem__("counter", [1, 2, 3]), "rng.state.counter"),
+    ("philox-key-nested", "Philox", lambda r: r["state"].__setitem__("key", [[1], 2]), "rng.state.key"),
+    ("philox-no-buffer", "Philox", lambda r: _pop(r, "buffer"), "rng"),
+    # numpy converts these without a word: a float or a boolean is not a generator's state
+    ("pcg-state-float", "PCG64", lambda r: r["state"].__setitem__("state", 1.5), "rng.state.state"),
+    ("pcg-state-bool", "PCG64", lambda r: r["state"].__setitem__("state", True), "rng.state.state"),
+    ("pcg-state-negative", "PCG64", lambda r: r["state"].__setitem__("state", -1), "rng.state.state"),
+    ("pcg-inc-huge", "PCG64", lambda r: r["state"].__setitem__("inc", 2 ** 128), "rng.state.inc"),
+    ("pcg-has-uint32", "PCG64", lambda r: r.__setitem__("has_uint32", 5), "rng.has_uint32"),
+    ("pcg-uinteger", "PCG64", lambda r: r.__setitem__("uinteger", 2 ** 32), "rng.uinteger"),
+    ("pcg-extra-field", "PCG64", lambda r: r.__setitem__("extra", 0), "rng"),
+    ("pcg-state-list", "PCG64", lambda r: r.__setitem__("state", [1, 2]), "rng.state"),
+]
+
+
+@pytest.mark.parametrize("kind, spoil, field", [m[1:] for m in RNG_MALFORMED], ids=[m[0] for m in RNG_MALFORMED])
+def test_an_impossible_generator_state_is_refused(tmp_path, kind, spoil, field):
+    if kind == "Philox":
+        arrays, meta = _philox_file(tmp_path)
+    else:
+        arrays, meta = read_all(trained(tmp_path, gpubp.optim.Adam())[1])
+    assert meta["rng"]["bit_generator"] == kind
+    spoil(meta["rng"])
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=f"field '{re.escape(field)}'.*not a valid {kind} state"):
+        gpubp.MLP.load(bad, backend="numpy")
