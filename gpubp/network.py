@@ -898,6 +898,10 @@ def _checkpoint_spec(ck) -> dict:
         bad("config.loss", e)
     if loss in losses.LOGIT_LOSSES and out_act != "identity":
         bad("config.output_activation", f"loss {loss!r} needs 'identity', got {out_act!r}")
+    if loss == "cross_entropy" and sizes[-1] < 2:   # as the constructor (files saved before it refused)
+        bad("config.loss", f"'cross_entropy' needs at least 2 outputs (a softmax over classes), got layer_sizes "
+                           f"ending in {sizes[-1]}: a softmax over one logit is 1, so this network never learned "
+                           "(older gpubp versions allowed it); retrain it with loss='binary_cross_entropy'")
     try:
         dtype = check_dtype(ck.field(c, "dtype", str, "config"))
     except ValueError as e:
@@ -911,11 +915,10 @@ def _checkpoint_spec(ck) -> dict:
     if init not in INITS:
         bad("config.init", f"must be one of {', '.join(INITS)}, got {init!r}")
     seed = c.get("seed")
-    if seed is not None:
-        try:
-            seed = _seed_for_file(seed)
-        except ValueError:
-            bad("config.seed", f"must be null, a non-negative integer or a list of them, got {seed!r}")
+    try:
+        seed = check_seed(seed)
+    except (TypeError, ValueError):
+        bad("config.seed", f"must be null or a non-negative integer, got {_short_repr(seed)}")
     layout = ParamLayout(sizes)
     shapes = [[o, i] for _, o, i, _ in layout.segments]
     if "shapes" in meta and meta["shapes"] != shapes:
@@ -946,7 +949,7 @@ def _checkpoint_spec(ck) -> dict:
         if not 0 <= t < 2 ** 31:
             bad("optimizer.t", f"the step count must lie in [0, 2**31), got {t}")
         state = ck.field(om, "state", list, "optimizer")
-        if sorted(state) != sorted(opt.state_names):
+        if not all(isinstance(n, str) for n in state) or sorted(state) != sorted(opt.state_names):
             bad("optimizer.state", f"{state} does not fit {opt!r}, which keeps {sorted(opt.state_names)}")
         arrays.update({f"opt.{n}": ((layout.total,), dtype) for n in opt.state_names})
 

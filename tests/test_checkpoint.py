@@ -627,3 +627,47 @@ def test_an_impossible_generator_state_is_refused(tmp_path, kind, spoil, field):
     bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
     with pytest.raises(ValueError, match=f"field '{re.escape(field)}'.*not a valid {kind} state"):
         gpubp.MLP.load(bad, backend="numpy")
+
+
+# ----------------------------------------------------------------- fields the constructor refuses
+@pytest.mark.parametrize("state", [[1, "m"], [None, None], [{"m": 1}, "v"], [["m"], "v"]], ids=repr)
+def test_optimizer_state_names_of_other_types_are_named(tmp_path, state):
+    """sorted() of a list mixing types raised a TypeError out of load."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["optimizer"]["state"] = state
+    with pytest.raises(ValueError, match="field 'optimizer.state'"):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+def _refused_before_any_array_is_read(monkeypatch, path, match):
+    read = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, *a, **k: (read.append(1), real(f, *a, **k))[1])
+    with pytest.raises(ValueError, match=match):
+        gpubp.MLP.load(path, backend="numpy")
+    assert len(read) == 1                       # the metadata only
+
+
+@pytest.mark.parametrize("seed", [[1, 2], [0], 2.0, True, -1, "7"], ids=repr)
+def test_a_seed_the_constructor_refuses_is_named_before_arrays_are_read(tmp_path, monkeypatch, seed):
+    """A list seed passed the file's checks, then the constructor refused it after every array was
+    read, in an error that did not name the field."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["config"]["seed"] = seed
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    _refused_before_any_array_is_read(monkeypatch, bad, "field 'config.seed': must be null or a non-negative integer")
+
+
+def test_a_file_of_cross_entropy_on_one_output_is_refused_naming_the_loss(tmp_path, monkeypatch):
+    """The constructor refuses 'cross_entropy' on one output since it learns nothing; a file saved
+    before that is refused by load with a ValueError naming config.loss, before reading arrays."""
+    with pytest.raises(ValueError, match="at least 2 outputs"):
+        gpubp.MLP([3, 4, 1], loss="cross_entropy", backend="numpy")
+    net = gpubp.MLP([3, 4, 1], loss="binary_cross_entropy", backend="numpy", seed=1)
+    net.fit(np.eye(3), np.array([0, 1, 1]), epochs=1, batch_size=3, optimizer="adam", progress=False)
+    net.save(tmp_path / "old.npz")
+    arrays, meta = read_all(tmp_path / "old.npz")
+    meta["config"]["loss"] = "cross_entropy"      # what an older gpubp wrote for such a network
+    old = write_consistent(tmp_path / "old.npz", arrays, meta)
+    _refused_before_any_array_is_read(monkeypatch, old, r"field 'config.loss': 'cross_entropy' needs at least 2 "
+                                                         r"outputs.*binary_cross_entropy")
