@@ -671,3 +671,112 @@ def test_a_file_of_cross_entropy_on_one_output_is_refused_naming_the_loss(tmp_pa
     old = write_consistent(tmp_path / "old.npz", arrays, meta)
     _refused_before_any_array_is_read(monkeypatch, old, r"field 'config.loss': 'cross_entropy' needs at least 2 "
                                                          r"outputs.*binary_cross_entropy")
+
+
+# ----------------------------------------------------------------- where a save goes
+def test_saving_over_a_private_checkpoint_keeps_it_private(tmp_path):
+    """The temporary file renamed over the target had the default mode: re-saving a 0600
+    checkpoint made it 0644, readable by everyone."""
+    import os
+    import stat
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    path = tmp_path / "private.npz"
+    net.save(path)
+    for mode in (0o600, 0o640, 0o444):
+        os.chmod(path, mode)
+        net.save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+    fresh = tmp_path / "new.npz"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    net.save(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_long_file_name_that_fits_can_be_saved(tmp_path):
+    """The temporary file's name added 18 characters to the target's: a name of 240 characters
+    (the limit is 255) could not be saved."""
+    name = "n" * 236 + ".npz"
+    net = gpubp.MLP([3, 2], backend="numpy", seed=4)
+    net.save(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert same_params(gpubp.MLP.load(tmp_path / name, backend="numpy"), net)
+
+
+def test_save_writes_exactly_the_path_given(tmp_path):
+    net = gpubp.MLP([3, 2], backend="numpy", seed=4)
+    net.save(str(tmp_path / "no_suffix"))
+    net.save(tmp_path / "other.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no_suffix", "other.bin"]
+    for name in ("no_suffix", "other.bin"):
+        assert same_params(gpubp.MLP.load(tmp_path / name, backend="numpy"), net)
+
+
+def test_an_unwritable_folder_is_named_and_the_previous_file_kept(tmp_path, monkeypatch):
+    """The error named the hidden temporary file ('.net.npz.1a2b3c.tmp'), not the file saved."""
+    import builtins
+    import errno
+
+    import gpubp.files
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    path = tmp_path / "net.npz"
+    net.save(path)
+    before = path.read_bytes()
+
+    def read_only(file, mode="r", *a, **k):        # what a read-only folder answers (as root, chmod is not enough)
+        if "x" in mode or "w" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return builtins.open(file, mode, *a, **k)
+    monkeypatch.setattr(gpubp.files, "open", read_only, raising=False)
+    with pytest.raises(PermissionError) as e:
+        gpubp.MLP([3, 2], backend="numpy", seed=1).save(path)
+    assert e.value.filename == str(path) and e.value.errno == errno.EACCES
+    assert "Permission denied" in str(e.value) and str(tmp_path) in str(e.value) and ".tmp" not in str(e.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
+
+
+def test_a_read_only_folder_really_refuses(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    net.save(folder / "net.npz")
+    before = (folder / "net.npz").read_bytes()
+    os.chmod(folder, 0o555)
+    try:
+        with pytest.raises(PermissionError) as e:
+            net.save(folder / "net.npz")
+        assert e.value.filename == str(folder / "net.npz")
+    finally:
+        os.chmod(folder, 0o755)
+    assert (folder / "net.npz").read_bytes() == before and [p.name for p in folder.iterdir()] == ["net.npz"]
+
+
+def test_concurrent_saves_to_one_path_leave_one_whole_file(tmp_path):
+    import threading
+
+    path = tmp_path / "shared.npz"
+    nets = [gpubp.MLP([4, 6, 3], backend="numpy", seed=s) for s in range(4)]
+    errors = []
+
+    def save_many(net):
+        try:
+            for _ in range(15):
+                net.save(path)
+        except Exception as e:      # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=save_many, args=(n,)) for n in nets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.npz"]     # no temporary left
+    back = gpubp.MLP.load(path, backend="numpy")
+    assert back.seed in range(4) and same_params(back, nets[back.seed])
