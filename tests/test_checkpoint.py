@@ -780,3 +780,65 @@ def test_concurrent_saves_to_one_path_leave_one_whole_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.npz"]     # no temporary left
     back = gpubp.MLP.load(path, backend="numpy")
     assert back.seed in range(4) and same_params(back, nets[back.seed])
+
+
+# ----------------------------------------------------------------- exact resumes, every configuration
+RESUMES = [
+    ("sgd-f32", dict(), lambda: gpubp.optim.SGD(0.05)),
+    ("sgd-wd-f64", dict(dtype="float64"), lambda: gpubp.optim.SGD(0.05, momentum=0.8, weight_decay=0.01)),
+    ("adam-tf32", dict(precision="tf32"), lambda: gpubp.optim.Adam(0.01, betas=(0.8, 0.99), eps=1e-6)),
+    ("adamw-bf16", dict(precision="bf16"), lambda: gpubp.optim.AdamW(0.01, weight_decay=0.05)),
+    ("adam-3xtf32", dict(precision="3xtf32", init="kaiming"), lambda: gpubp.optim.Adam(0.01)),
+    ("sgd-xavier-seed0", dict(seed=0, init="xavier"), lambda: gpubp.optim.SGD(0.05, momentum=0.9)),
+    ("adam-bigseed", dict(seed=2 ** 90 + 1), lambda: gpubp.optim.Adam(0.01)),
+]
+
+
+@pytest.mark.parametrize("kw, make_opt", [r[1:] for r in RESUMES], ids=[r[0] for r in RESUMES])
+@pytest.mark.parametrize("task", ["regression-2d", "regression-1d", "multiclass", "binary"])
+def test_fit_save_load_fit_is_one_fit_bitwise(tmp_path, kw, make_opt, task):
+    rng = np.random.default_rng(17)
+    X = rng.standard_normal((37, 4)) * 3 + 1
+    n_out, loss, Y = {"regression-2d": (2, "mse", rng.standard_normal((37, 2))),
+                      "regression-1d": (1, "half_sse", rng.standard_normal(37)),
+                      "multiclass": (3, "cross_entropy", rng.integers(0, 3, 37)),
+                      "binary": (1, "binary_cross_entropy", rng.integers(0, 2, 37))}[task]
+    kw = dict(dict(seed=9), **kw)      # both halves start alike (seed None: test_a_seedless_network_...)
+
+    def fresh():
+        return gpubp.MLP([4, 6, 5, n_out], activation=["silu", "leaky_relu"], loss=loss, backend="numpy", **kw)
+
+    def fit(net, opt, epochs, standardize):
+        net.fit(X, Y, epochs=epochs, batch_size=8, optimizer=opt, shuffle=True, progress=False,
+                standardize=standardize)
+    whole = fresh()
+    fit(whole, make_opt(), 3, True)
+    first = fresh()
+    fit(first, make_opt(), 1, True)
+    first.save(tmp_path / "half.npz", metadata={"task": task, "n": 1, "x": 0.5, "ok": True, "none": None,
+                                                  "list": [1, "a", [2.5]], "nested": {"a": {"b": []}}})
+    back = gpubp.MLP.load(tmp_path / "half.npz", backend="numpy")
+    assert back.config() == first.config() and back.precision == first.precision
+    assert back.target_ndim == (2 if task == "regression-2d" else 1) == whole.target_ndim
+    assert back.metadata == {"task": task, "n": 1, "x": 0.5, "ok": True, "none": None, "list": [1, "a", [2.5]],
+                             "nested": {"a": {"b": []}}}
+    assert type(back.optimizer) is type(whole.optimizer) and back.optimizer.hyper() == whole.optimizer.hyper()
+    fit(back, back.optimizer, 2, False)
+    assert back.optimizer.t == whole.optimizer.t
+    assert same_params(back, whole)
+    for k in whole.optimizer.state:
+        assert np.array_equal(back.optimizer.state[k], whole.optimizer.state[k])
+    assert np.array_equal(back.predict(X), whole.predict(X)) and back.predict(X).shape == whole.predict(X).shape
+
+
+def test_a_seedless_network_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((30, 3)), rng.integers(0, 2, 30)
+    net = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", seed=None)
+    net.fit(X, y, epochs=1, batch_size=7, optimizer="adam", progress=False)
+    net.save(tmp_path / "s.npz")
+    back = gpubp.MLP.load(tmp_path / "s.npz", backend="numpy")
+    assert back.seed is None
+    for n in (net, back):
+        n.fit(X, y, epochs=2, batch_size=7, optimizer=n.optimizer, progress=False)
+    assert same_params(back, net)
