@@ -32,6 +32,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ class Checkpoint:
                     raise ValueError(f"unsupported .npy version {version}")
                 offset = f.tell()
         except (ValueError, TypeError, OSError, EOFError, SyntaxError, RuntimeError, NotImplementedError,
-                zipfile.BadZipFile) as e:
+                zipfile.BadZipFile, zlib.error) as e:
             self.fail(f"array {name!r} has no readable header ({e})")
         if dtype.hasobject or dtype.name not in ARRAY_DTYPES:
             self.fail(f"array {name!r} has dtype {dtype}; a checkpoint holds only {', '.join(ARRAY_DTYPES)}")
@@ -256,7 +257,7 @@ class Checkpoint:
             with self._zip.open(self._members[name]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
-                zipfile.BadZipFile) as e:
+                zipfile.BadZipFile, zlib.error) as e:   # zlib.error: a damaged deflated member
             self.fail(f"array {name!r} cannot be read ({e}; the file is damaged)")
 
     def _read_meta(self) -> dict:

@@ -842,3 +842,217 @@ def test_a_seedless_network_resumes_exactly(tmp_path):
     for n in (net, back):
         n.fit(X, y, epochs=2, batch_size=7, optimizer=n.optimizer, progress=False)
     assert same_params(back, net)
+
+
+# ----------------------------------------------------------------- bounded fuzzing
+ODD_VALUES = [None, True, False, -1, 0, 3, 2 ** 70, -2 ** 70, 1.5, -0.0, 1e308, "x", "", [], {}, [1, "a"],
+              [None], {"a": 1}, ["relu"], [[]], "PCG64"]
+_DELETE = object()
+
+
+def _leaf_paths(obj, prefix=()):
+    """Every key path into dicts and lists of `obj`, the containers' own paths included."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield prefix + (k,)
+        yield from _leaf_paths(v, prefix + (k,))
+
+
+def _set_path(obj, path, value):
+    for k in path[:-1]:
+        obj = obj[k]
+    if value is _DELETE:
+        del obj[path[-1]]
+    else:
+        obj[path[-1]] = value
+
+
+def _loads_sanely_or_value_error(path, X, y):
+    try:
+        net = gpubp.MLP.load(path, backend="numpy")
+    except ValueError:
+        return False
+    # what loaded must also run: a state numpy takes but cannot use would fail (or crash) here
+    assert net.sizes == (5, 7, 3) and net.loss == "cross_entropy"
+    try:
+        with np.errstate(all="ignore"):
+            net.fit(X, y, epochs=1, batch_size=7, optimizer=net.optimizer or "sgd", shuffle=True, progress=False)
+    except FloatingPointError:      # a learning rate of 1e308 is valid, and diverges as documented
+        pass
+    net.save(path.with_name("again.npz"))           # and save again
+    return True
+
+
+def test_every_metadata_field_with_every_odd_value_is_loaded_or_refused_clearly(tmp_path):
+    """Each field of a valid file (nested ones, list items and containers included) replaced by
+    values of every JSON type, or deleted, with consistent checksums: load raises a ValueError or
+    gives a network that trains and saves; never another exception."""
+    import copy
+
+    net, path, X, y = trained(tmp_path, gpubp.optim.Adam(0.01))
+    net.save(path, metadata={"note": "x", "list": [1, 2]})
+    arrays, meta = read_all(path)
+    paths = [p for p in _leaf_paths(meta) if p[0] not in ("sha256", "meta_sha256")]
+    assert len(paths) > 30
+    bad = tmp_path / "fuzz.npz"
+    loaded = 0
+    for p in paths:
+        for value in ODD_VALUES + [_DELETE]:
+            m = copy.deepcopy(meta)
+            _set_path(m, p, value)
+            write_consistent(bad, arrays, m)
+            try:
+                loaded += _loads_sanely_or_value_error(bad, X, y)
+            except Exception as e:
+                raise AssertionError(f"{'.'.join(map(str, p))} = {value!r}: {type(e).__name__}: {e}") from e
+    assert 0 < loaded < len(paths) * len(ODD_VALUES) // 4     # most odd values are refused, a few are fine
+
+
+def _npy(descr, shape, body=b"", fortran=False):
+    h = io.BytesIO()
+    np.lib.format.write_array_header_1_0(h, {"descr": descr, "fortran_order": fortran, "shape": shape})
+    return h.getvalue() + body
+
+
+def _zip(members, compression=zipfile.ZIP_STORED):
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", compression) as z:
+        warnings.simplefilter("ignore")          # "Duplicate name": intended here
+        for name, data, *attr in members:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = compression
+            if attr:
+                info.external_attr = attr[0]
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def _patch_central(data, name, offset, fmt, value):
+    """`data` with the central directory entry of `name` changed at `offset` (struct `fmt`)."""
+    import struct
+
+    b = bytearray(data)
+    i = b.find(b"PK\x01\x02")
+    while i >= 0:
+        n = struct.unpack("<H", b[i + 28:i + 30])[0]
+        if b[i + 46:i + 46 + n] == name.encode():
+            b[i + offset:i + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+            return bytes(b)
+        i = b.find(b"PK\x01\x02", i + 1)
+    raise AssertionError(name)
+
+
+def test_rewritten_archives_are_refused_quickly_and_clearly(tmp_path):
+    """Members missing, extra, twice, directories, symbolic links, other compressions, encrypted,
+    sizes the file cannot hold, a zip bomb, and .npy headers of other dtypes, orders and huge
+    shapes: each a ValueError naming the problem, in well under a second, nothing large allocated."""
+    import time
+    import tracemalloc
+
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    with zipfile.ZipFile(path) as z:
+        ent = {n: z.read(n) for n in z.namelist()}
+    base = list(ent.items())
+    params = np.load(io.BytesIO(ent["params.npy"]))
+    n = params.size
+
+    def with_params(member):
+        return [(k, member if k == "params.npy" else v) for k, v in base]
+    cases = [
+        (_zip([e for e in base if e[0] != "opt.m.npy"]), r"lists arrays .* but holds"),
+        (_zip(base + [("extra.npy", ent["opt.m.npy"])]), r"holds \[.*'extra'"),
+        (_zip(base + [("params.npy", ent["params.npy"])]), "twice"),
+        (_zip(base + [("models/", b"")]), "not a numpy array"),
+        (_zip(base + [("../../etc/x.npy", ent["opt.m.npy"])]), r"'\.\./\.\./etc/x'"),
+        (_zip(base + [("link.npy", b"/etc/passwd", 0o120777 << 16)]), "'link' has no readable header"),
+        (_zip(base, zipfile.ZIP_BZIP2), "unsupported compression"),
+        (_zip(base, zipfile.ZIP_LZMA), "unsupported compression"),
+        (_patch_central(_zip(base), "params.npy", 8, "<H", 1), "'params' has no readable header.*encrypted"),
+        (_patch_central(_zip(base), "params.npy", 24, "<I", 0xFFFFFFF0), "'params.npy' claims 4294967280 bytes"),
+        (_patch_central(_zip(base), "params.npy", 42, "<I", 0xFFFFFFF0), "'params.npy' claims"),
+        (_patch_central(_zip(base, zipfile.ZIP_DEFLATED), "params.npy", 24, "<I", 2 ** 31), "'params.npy' claims"),
+        (_zip(with_params(_npy("<f8", (10 ** 12,)))), r"'params' claims shape \(1000000000000,\)"),
+        (_zip(with_params(_npy("<f8", (10 ** 12,))), zipfile.ZIP_DEFLATED), "'params' claims shape"),
+        (_zip(with_params(_npy("<f8", (-1, -n), params.tobytes()))), r"'params' has shape \(-1, -"),
+        (_zip(with_params(_npy("|O", (n,), params.tobytes()))), "'params' has dtype object"),
+        (_zip(with_params(_npy("<f2", (4 * n,), params.tobytes()))), "'params' has dtype float16"),
+        (_zip(with_params(_npy(">f8", (n,), params.byteswap().tobytes()))), r"'params' has .*dtype >f8"),
+        (_zip(with_params(_npy([("a", "<f8")], (n,), params.tobytes()))), r"'params' has dtype \[\('a'"),
+        (_zip(with_params(_npy("<f8", (n, 1), params.tobytes(), fortran=True))), "Fortran order"),
+        (_zip(with_params(_npy("<c16", (n // 2,), params.tobytes()))), "'params' has dtype complex128"),
+        (_zip(with_params(b"\x93NUMPY\x03\x00" + _npy("<f8", (n,), params.tobytes())[8:])), "npy version"),
+        (_zip(with_params(b"\x93NUMPY\x01\x00\xff\xff{" + b" " * 65534 + params.tobytes())), "no readable header"),
+        (_zip(with_params(_npy("<f8", (n,))[:10] + b"__import__('os').system('false')" + b" " * 90)),
+         "no readable header"),
+    ]
+    bomb = io.BytesIO()                  # 200 MB of zeros in a 200 KB file, under a header of 160 numbers
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for k, v in base:
+            if k != "params.npy":
+                z.writestr(k, v)
+        with z.open("params.npy", "w", force_zip64=True) as f:
+            f.write(_npy("<f8", (n,)))
+            for _ in range(200):
+                f.write(bytes(2 ** 20))
+    cases.append((bomb.getvalue(), r"'params' claims shape .* but its member holds 2097152\d\d bytes"))
+    bad = tmp_path / "bad.npz"
+    for data, why in cases:
+        bad.write_bytes(data)
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=f"not a usable gpubp checkpoint: .*{why}"):
+            gpubp.MLP.load(bad, backend="numpy")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert time.perf_counter() - t0 < 1.0 and peak < 8 * 2 ** 20, why
+
+
+def test_bounded_byte_fuzzing_gives_a_value_error_or_the_same_network(tmp_path):
+    """A few hundred mutations of a valid file (cut, flipped, inserted bytes, 2- and 4-byte fields
+    of the zip records set to extremes): a ValueError or the very same network, never another
+    exception, never other parameters."""
+    import struct
+
+    net, path, _, _ = trained(tmp_path, gpubp.optim.AdamW(0.01))
+    for compressed in (False, True):
+        if compressed:                      # the same members deflated
+            arrays, meta = read_all(path)
+            with open(path, "wb") as f:
+                np.savez_compressed(f, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+            assert same_params(gpubp.MLP.load(path, backend="numpy"), net)
+        data = path.read_bytes()
+        rng = np.random.default_rng(7 + compressed)
+        bad = tmp_path / "fuzzed.npz"
+        outcomes = {"refused": 0, "same": 0}
+        for trial in range(300):
+            b = bytearray(data)
+            kind = trial % 5
+            if kind == 0:
+                b = b[: rng.integers(0, len(b))]
+            elif kind == 1:
+                for _ in range(rng.integers(1, 4)):
+                    b[rng.integers(0, len(b))] = rng.integers(0, 256)
+            elif kind == 2:
+                i = rng.integers(0, len(b))
+                b[i:i] = rng.integers(0, 256, rng.integers(1, 20), dtype=np.uint8).tobytes()
+            elif kind == 3:
+                i = rng.integers(0, len(b) - 4)
+                b[i:i + 4] = struct.pack("<I", int(rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000])))
+            else:
+                i = rng.integers(0, len(b) - 2)
+                b[i:i + 2] = struct.pack("<H", int(rng.choice([0, 8, 12, 99, 0xFFFF])))
+            bad.write_bytes(bytes(b))
+            try:
+                back = gpubp.MLP.load(bad, backend="numpy")
+            except ValueError:
+                outcomes["refused"] += 1
+                continue
+            except Exception as e:
+                raise AssertionError(f"trial {trial} (kind {kind}): {type(e).__name__}: {e}") from e
+            outcomes["same"] += 1
+            assert same_params(back, net) and back.optimizer.t == net.optimizer.t
+            for k in net.optimizer.state:
+                assert np.array_equal(back.optimizer.state[k], net.optimizer.state[k])
+        assert outcomes["refused"] > 200, outcomes
