@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -170,7 +171,11 @@ class Checkpoint:
     def __init__(self, path):
         self.path = path
         self._zip = None
-        with open(path, "rb") as f:   # FileNotFoundError and other OSErrors propagate as they are
+        mode = os.stat(path).st_mode   # FileNotFoundError and other OSErrors propagate as they are
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a directory: open's IsADirectoryError
+            # a FIFO would block open() until a writer came; a pipe or device cannot seek, as zip needs
+            self.fail("it is not a regular file (a pipe, device or socket); a checkpoint is read from a file")
+        with open(path, "rb") as f:
             head = f.read(8)
             f.seek(0, os.SEEK_END)
             self.size = f.tell()

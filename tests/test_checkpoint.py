@@ -1056,3 +1056,31 @@ def test_bounded_byte_fuzzing_gives_a_value_error_or_the_same_network(tmp_path):
             for k in net.optimizer.state:
                 assert np.array_equal(back.optimizer.state[k], net.optimizer.state[k])
         assert outcomes["refused"] > 200, outcomes
+
+
+def test_a_fifo_or_device_is_refused_without_waiting(tmp_path):
+    """A named pipe made load wait forever in open() for a writer; a pipe (`<(cat net.npz)`)
+    raised io.UnsupportedOperation: neither can hold a zip archive, which needs seeking."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "net.npz"
+    os.mkfifo(fifo)
+    code = ("import gpubp, sys\n"
+            "try:\n    gpubp.MLP.load(sys.argv[1], backend='numpy')\n"
+            "except ValueError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    assert "refused:" in out.stdout and "not a regular file" in out.stdout, out
+    with pytest.raises(ValueError, match="not a regular file"):
+        gpubp.MLP.load("/dev/null", backend="numpy")
+    r, w = os.pipe()
+    try:
+        os.write(w, b"PK\x03\x04")
+        with pytest.raises(ValueError, match="not a regular file"):
+            gpubp.MLP.load(f"/dev/fd/{r}", backend="numpy")
+    finally:
+        os.close(r)
+        os.close(w)
+    with pytest.raises(IsADirectoryError):
+        gpubp.MLP.load(tmp_path, backend="numpy")
