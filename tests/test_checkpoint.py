@@ -1084,3 +1084,24 @@ def test_a_fifo_or_device_is_refused_without_waiting(tmp_path):
         os.close(w)
     with pytest.raises(IsADirectoryError):
         gpubp.MLP.load(tmp_path, backend="numpy")
+
+
+# ----------------------------------------------------------------- gpubp predict's loading
+def test_predict_reports_checkpoint_problems_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """A checkpoint whose network does not fit the backend's free memory (the constructor's
+    MemoryError) came out of `gpubp predict` as a traceback; train reports it as a usage error."""
+    from gpubp import cli
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    net = gpubp.MLP([4, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.save(tmp_path / "net.npz")
+    np.save(tmp_path / "x.npy", np.zeros((2, 4)))
+    arrays, meta = read_all(tmp_path / "net.npz")
+    meta["rng"]["buffer_pos"] = 3
+    write_consistent(tmp_path / "bad.npz", arrays, meta)
+    monkeypatch.setattr(NumpyBackend, "free_memory", lambda self: 1000, raising=False)
+    for ckpt, why in (("net.npz", "need [0-9,]+ bytes, but only 1,000 bytes"), ("bad.npz", "field 'rng'")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["predict", str(tmp_path / ckpt), str(tmp_path / "x.npy"), "--backend", "numpy"])
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and re.search(why, err) and "Traceback" not in out + err, err
