@@ -340,11 +340,28 @@ def _short(v) -> str:
 
 
 def json_data(obj):
-    """`obj` (a dict) as plain JSON data, numpy arrays and scalars as lists and numbers; else a TypeError."""
+    """`obj` (a dict) as plain JSON data, numpy arrays and scalars as lists and numbers; else a TypeError.
+
+    Dict keys must be strings: JSON would turn `{0: "cat"}` into `{"0": "cat"}` (and `{1: "a", "1": "b"}`
+    into one key), so what loads would not be what was saved."""
     if obj is None:
         return {}
     if not isinstance(obj, dict):
         raise TypeError(f"metadata must be a dict, got {type(obj).__name__}")
+    stack = [(obj, 1)]
+    while stack:                 # no recursion; deeper than the limit is json.dumps's to refuse below
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            bad = [k for k in o if not isinstance(k, str)][:1]
+            if bad:
+                bad = bad[0]
+                raise TypeError(f"metadata keys must be strings, as JSON's are: got {bad!r} "
+                                f"({type(bad).__name__}); use {str(bad)!r}")
+            o = o.values()
+        elif not isinstance(o, (list, tuple)):
+            continue
+        if d <= MAX_META_DEPTH:
+            stack.extend((v, d + 1) for v in o)
 
     def plain(o):
         if hasattr(o, "tolist"):

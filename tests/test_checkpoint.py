@@ -1105,3 +1105,23 @@ def test_predict_reports_checkpoint_problems_without_a_traceback(tmp_path, capsy
             cli.main(["predict", str(tmp_path / ckpt), str(tmp_path / "x.npy"), "--backend", "numpy"])
         out, err = capsys.readouterr()
         assert e.value.code == 2 and re.search(why, err) and "Traceback" not in out + err, err
+
+
+@pytest.mark.parametrize("metadata, key", [({0: "cat", 1: "dog"}, "0"), ({1: "a", "1": "b"}, "1"),
+                                           ({"classes": {2.5: "x"}}, "2.5"), ({"a": [{None: 1}]}, "None"),
+                                           ({"a": [{True: 1}]}, "True")], ids=["int", "int-and-str", "float",
+                                                                            "none", "bool"])
+def test_metadata_keys_must_be_strings(tmp_path, metadata, key):
+    """JSON turned {0: 'cat'} into {'0': 'cat'} and {1: 'a', '1': 'b'} into {'1': 'b'}: the network
+    loaded with other metadata than it was saved with. Now save says so, and writes nothing."""
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    with pytest.raises(TypeError, match=f"metadata keys must be strings.*use '{re.escape(key)}'"):
+        net.save(tmp_path / "m.npz", metadata=metadata)
+    assert not (tmp_path / "m.npz").exists()
+    net.metadata = metadata
+    with pytest.raises(TypeError, match="metadata keys must be strings"):
+        net.save(tmp_path / "m.npz")
+    cyclic = {"a": []}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(TypeError, match="metadata must"):
+        net.save(tmp_path / "m.npz", metadata=cyclic)
