@@ -714,7 +714,9 @@ class MLP:
         `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
         The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
-        the previous file as it was.  `load` then resumes exactly: training on from the loaded
+        the previous file as it was.  A network whose parameters or optimizer state are not finite
+        (after an update that overflowed) is refused with a ValueError, as `load` would refuse
+        the file.  `load` then resumes exactly: training on from the loaded
         network gives bitwise what training on from this one would.
         """
         from . import checkpoint
@@ -732,6 +734,10 @@ class MLP:
             for name, buf in opt.state.items():
                 arrays[f"opt.{name}"] = self.backend.to_numpy(buf)
             meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
+        for name, a in arrays.items():   # load refuses such a file: do not write it over a good one
+            if not np.isfinite(a).all():
+                raise ValueError(f"cannot save this network: its {name!r} hold NaN or infinite values (an update "
+                                 f"overflowed; see train_step's next error); {str(path)!r} is left as it was")
         checkpoint.write(path, arrays, meta)
 
     @classmethod

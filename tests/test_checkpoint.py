@@ -1125,3 +1125,27 @@ def test_metadata_keys_must_be_strings(tmp_path, metadata, key):
     cyclic["a"].append(cyclic)
     with pytest.raises(TypeError, match="metadata must"):
         net.save(tmp_path / "m.npz", metadata=cyclic)
+
+
+def test_save_refuses_what_load_would_refuse_and_keeps_the_good_file(tmp_path):
+    """An update that overflowed left infinite parameters (train_step reports it at its next call);
+    save wrote them over the last good checkpoint, and load then refused that file."""
+    import warnings
+
+    net = gpubp.MLP([2, 3, 1], backend="numpy", seed=0)
+    X, y = np.full((4, 2), 100.0), np.full(4, 1e3)
+    path = tmp_path / "net.npz"
+    net.save(path)
+    before = path.read_bytes()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        net.train_step(X, y, gpubp.optim.SGD(1e38, momentum=0.5))   # the loss is finite, the update is not
+    assert not all(np.isfinite(W).all() for W, _ in net.get_params())
+    with pytest.raises(ValueError, match="'params' hold NaN or infinite values.*left as it was"):
+        net.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
+    net.set_params(gpubp.MLP([2, 3, 1], backend="numpy", seed=1).get_params())   # finite again
+    net.optimizer.state["velocity"][0] = np.inf
+    with pytest.raises(ValueError, match="'opt.velocity' hold NaN or infinite"):
+        net.save(path)
+    assert path.read_bytes() == before
