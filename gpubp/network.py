@@ -926,11 +926,12 @@ def _checkpoint_spec(ck) -> dict:
     except (TypeError, ValueError):
         bad("config.seed", f"must be null or a non-negative integer, got {_short_repr(seed)}")
     layout = ParamLayout(sizes)
-    shapes = [[o, i] for _, o, i, _ in layout.segments]
+    # properties that recompute the segments: each once (a small file may claim 10**6 layers)
+    shapes, total = [[o, i] for _, o, i, _ in layout.segments], layout.total
     if "shapes" in meta and meta["shapes"] != shapes:
         bad("shapes", f"layer shapes {meta['shapes']} (n_out, n_in) do not fit the network {list(sizes)} "
                       f"of its configuration ({shapes})")
-    arrays = {"params": ((layout.total,), dtype)}
+    arrays = {"params": ((total,), dtype)}
     standardized = ck.field(meta, "standardization", bool) if "standardization" in meta else False
     if standardized:
         arrays.update(input_mean=((sizes[0],), np.float64), input_std=((sizes[0],), np.float64))
@@ -957,7 +958,7 @@ def _checkpoint_spec(ck) -> dict:
         state = ck.field(om, "state", list, "optimizer")
         if not all(isinstance(n, str) for n in state) or sorted(state) != sorted(opt.state_names):
             bad("optimizer.state", f"{state} does not fit {opt!r}, which keeps {sorted(opt.state_names)}")
-        arrays.update({f"opt.{n}": ((layout.total,), dtype) for n in opt.state_names})
+        arrays.update({f"opt.{n}": ((total,), dtype) for n in opt.state_names})
 
     extra = sorted(set(ck.headers) - set(arrays) - {"meta"})
     if extra:
