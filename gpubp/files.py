@@ -62,7 +62,7 @@ def _keep_mode(path: Path, f) -> None:
         return
     if stat.S_ISREG(st.st_mode):
         try:       # best effort: some file systems have no permission bits to set
-            os.chmod(f.fileno() if os.chmod in os.supports_fd else f.name, stat.S_IMODE(st.st_mode))
+            os.chmod(f.fileno() if os.chmod in os.supports_fd else f.name, st.st_mode & 0o777)   # no setuid
         except OSError:
             pass
 

@@ -687,6 +687,9 @@ def test_saving_over_a_private_checkpoint_keeps_it_private(tmp_path):
         os.chmod(path, mode)
         net.save(path)
         assert stat.S_IMODE(path.stat().st_mode) == mode
+    os.chmod(path, 0o4750)                         # read, write and execute bits only: no setuid copied
+    net.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o750
     fresh = tmp_path / "new.npz"
     umask = os.umask(0o022)
     os.umask(umask)
