@@ -937,7 +937,7 @@ def _checkpoint_spec(ck) -> dict:
         arrays.update(input_mean=((sizes[0],), np.float64), input_std=((sizes[0],), np.float64))
     target_ndim = ck.field(meta, "target_ndim", (int, type(None))) if "target_ndim" in meta else None
     if target_ndim not in (None, 1, 2):
-        bad("target_ndim", f"must be null, 1 or 2, got {target_ndim}")
+        bad("target_ndim", f"must be null, 1 or 2, got {_short_repr(target_ndim)}")
 
     om = ck.field(meta, "optimizer", (dict, type(None)))
     opt, t = None, 0
@@ -954,7 +954,7 @@ def _checkpoint_spec(ck) -> dict:
             bad("optimizer.hyper", e)
         t = ck.field(om, "t", int, "optimizer")
         if not 0 <= t < 2 ** 31:
-            bad("optimizer.t", f"the step count must lie in [0, 2**31), got {t}")
+            bad("optimizer.t", f"the step count must lie in [0, 2**31), got {_short_repr(t)}")
         state = ck.field(om, "state", list, "optimizer")
         if not all(isinstance(n, str) for n in state) or sorted(state) != sorted(opt.state_names):
             bad("optimizer.state", f"{state} does not fit {opt!r}, which keeps {sorted(opt.state_names)}")

@@ -263,10 +263,11 @@ def test_non_finite_parameters_are_refused(tmp_path):
 @pytest.mark.parametrize("spoil, field", [
     (lambda a, m: m["optimizer"].__setitem__("t", -1), "optimizer.t"),
     (lambda a, m: m["optimizer"].__setitem__("t", 2 ** 40), "optimizer.t"),
+    (lambda a, m: m["optimizer"].__setitem__("t", 10 ** 400), r"optimizer.t.*got 1000+\.\.\.$"),
     (lambda a, m: a["opt.v"].__setitem__(2, -1e-3), "'opt.v'.*negative"),
     (lambda a, m: a["opt.v"].__setitem__(2, np.nan), "'opt.v'.*NaN"),
     (lambda a, m: a["opt.m"].__setitem__(0, np.inf), "'opt.m'.*NaN or infinite"),
-], ids=["negative-step", "step-overflow", "negative-v", "nan-v", "inf-m"])
+], ids=["negative-step", "step-overflow", "step-400-digits", "negative-v", "nan-v", "inf-m"])
 def test_impossible_optimizer_state_is_refused(tmp_path, spoil, field):
     arrays, meta = _adam_file(tmp_path)
     spoil(arrays, meta)
@@ -471,6 +472,7 @@ STANDARDIZED_MALFORMED = [
     ("std-zero", lambda a, m: a["input_std"].__setitem__(1, 0.0), "'input_std'.*<= 0"),
     ("mean-nan", lambda a, m: a["input_mean"].__setitem__(0, np.nan), "'input_mean'.*NaN"),
     ("target-ndim", lambda a, m: m.__setitem__("target_ndim", 3), "'target_ndim'"),
+    ("target-ndim-400-digits", lambda a, m: m.__setitem__("target_ndim", 10 ** 400), r"'target_ndim'.*0\.\.\.$"),
     ("target-ndim-type", lambda a, m: m.__setitem__("target_ndim", "1"), "'target_ndim'"),
 ]
 
