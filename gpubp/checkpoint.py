@@ -59,8 +59,9 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def _depth(obj) -> int:
-    """How deeply lists and dicts nest in `obj` (a scalar is 0, `{}` and `[]` are 1), without recursion."""
+def _depth(obj, limit: int = MAX_META_DEPTH) -> int:
+    """How deeply lists and dicts nest in `obj` (a scalar is 0, `{}` and `[]` are 1), without recursion;
+    counted up to `limit + 1` only, so a structure that contains itself ends the count too."""
     deepest, stack = 0, [(obj, 1)]
     while stack:
         o, d = stack.pop()
@@ -69,7 +70,8 @@ def _depth(obj) -> int:
         elif not isinstance(o, (list, tuple)):
             continue
         deepest = max(deepest, d)
-        stack.extend((v, d + 1) for v in o)
+        if d <= limit:
+            stack.extend((v, d + 1) for v in o)
     return deepest
 
 

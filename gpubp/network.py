@@ -736,8 +736,8 @@ class MLP:
             meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
         for name, a in arrays.items():   # load refuses such a file: do not write it over a good one
             if not np.isfinite(a).all():
-                raise ValueError(f"cannot save this network: its {name!r} hold NaN or infinite values (an update "
-                                 f"overflowed; see train_step's next error); {str(path)!r} is left as it was")
+                raise ValueError(f"cannot save this network: array {name!r} holds NaN or infinite values (an "
+                                 f"update overflowed; see train_step's next error); {str(path)!r} is left as it was")
         checkpoint.write(path, arrays, meta)
 
     @classmethod
@@ -789,17 +789,12 @@ _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64")
 
 
 def _seed_for_file(seed):
-    """The constructor's seed as JSON data: None, a non-negative integer, or a list of them."""
-    def ok(s):
-        return isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 0
-    if seed is None:
-        return None
-    if ok(seed):
-        return int(seed)
-    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) and all(ok(s) for s in seed):
-        return [int(s) for s in seed]
-    raise ValueError(f"this network's seed {seed!r} cannot be saved: a checkpoint holds None, a "
-                     "non-negative integer or a list of them")
+    """The constructor's seed as JSON data: None or a non-negative integer (what `load` accepts)."""
+    try:
+        return check_seed(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"this network's seed {_short_repr(seed)} cannot be saved: a checkpoint holds None "
+                         "or a non-negative integer, as the constructor takes") from None
 
 
 def _rng_state_for_file(rng):

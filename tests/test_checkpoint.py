@@ -574,6 +574,11 @@ def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
         with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH} levels"):
             net.save(tmp_path / "deep.npz", metadata={"x": nested(n)})
         assert not (tmp_path / "deep.npz").exists()
+    cyclic = {"a": []}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(TypeError, match="deeper than"):     # the format's own writer, given a cycle: no hang
+        gpubp.checkpoint.write(tmp_path / "c.npz", {"x": np.zeros(2)}, {"m": cyclic})
+    assert not (tmp_path / "c.npz").exists()
 
 
 # ----------------------------------------------------------------- the shuffling generator's state
@@ -1146,11 +1151,23 @@ def test_save_refuses_what_load_would_refuse_and_keeps_the_good_file(tmp_path):
         warnings.simplefilter("ignore")
         net.train_step(X, y, gpubp.optim.SGD(1e38, momentum=0.5))   # the loss is finite, the update is not
     assert not all(np.isfinite(W).all() for W, _ in net.get_params())
-    with pytest.raises(ValueError, match="'params' hold NaN or infinite values.*left as it was"):
+    with pytest.raises(ValueError, match="array 'params' holds NaN or infinite values.*left as it was"):
         net.save(path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
     net.set_params(gpubp.MLP([2, 3, 1], backend="numpy", seed=1).get_params())   # finite again
     net.optimizer.state["velocity"][0] = np.inf
-    with pytest.raises(ValueError, match="'opt.velocity' hold NaN or infinite"):
+    with pytest.raises(ValueError, match="array 'opt.velocity' holds NaN or infinite"):
         net.save(path)
     assert path.read_bytes() == before
+
+
+def test_save_writes_only_seeds_that_load_accepts(tmp_path):
+    """save wrote a list seed (set after construction) that load then refused."""
+    net = gpubp.MLP([3, 2], backend="numpy", seed=1)
+    net.seed = [1, 2]
+    with pytest.raises(ValueError, match=r"seed \[1, 2\] cannot be saved"):
+        net.save(tmp_path / "s.npz")
+    assert not (tmp_path / "s.npz").exists()
+    net.seed = np.uint64(2 ** 64 - 1)
+    net.save(tmp_path / "s.npz")
+    assert gpubp.MLP.load(tmp_path / "s.npz", backend="numpy").seed == 2 ** 64 - 1
