@@ -70,8 +70,8 @@ def _depth(obj, limit: int = MAX_META_DEPTH) -> int:
         elif not isinstance(o, (list, tuple)):
             continue
         deepest = max(deepest, d)
-        if d <= limit:
-            stack.extend((v, d + 1) for v in o)
+        if d <= limit:   # only the containers: a list of 10**7 numbers is one step
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list, tuple)))
     return deepest
 
 

@@ -31,7 +31,7 @@ from .checks import (check_dtype, check_positive_int, check_precision, check_see
                      host_array)
 from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
-from .params import ParamLayout
+from .params import ALIGN, ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
 from .training import FitLoop, Reporter, schedule_rate
 
@@ -874,8 +874,15 @@ def _checkpoint_spec(ck) -> dict:
     def bad(field, why):
         ck.fail(f"field {field!r}: {why}")
 
+    sizes = ck.field(c, "layer_sizes", list, "config")
+    # each layer takes at least 2 * ALIGN numbers (its W and b segments): a configuration of more layers
+    # than 'params' can hold is refused first, not after checking (perhaps) millions of layers
+    held = ck.headers.get("params", ((), None))[0]
+    if len(held) == 1 and (len(sizes) - 1) * 2 * ALIGN > held[0]:
+        bad("config.layer_sizes", f"{len(sizes) - 1} layers need at least {(len(sizes) - 1) * 2 * ALIGN} "
+                                  f"numbers, but array 'params' holds {held[0]}")
     try:
-        sizes = check_sizes(ck.field(c, "layer_sizes", list, "config"))
+        sizes = check_sizes(sizes)
     except (TypeError, ValueError) as e:
         bad("config.layer_sizes", e)
     n_hidden = len(sizes) - 2

@@ -1171,3 +1171,20 @@ def test_save_writes_only_seeds_that_load_accepts(tmp_path):
     net.seed = np.uint64(2 ** 64 - 1)
     net.save(tmp_path / "s.npz")
     assert gpubp.MLP.load(tmp_path / "s.npz", backend="numpy").seed == 2 ** 64 - 1
+
+
+def test_a_small_file_claiming_millions_of_layers_is_refused_at_once(tmp_path):
+    """A 6 MB file of layer_sizes [5, 1, 1, ..., 3] (10**6 layers) took seconds to refuse (a 60 MB one,
+    a minute): its layout was worked out, layer by layer, before the parameters' length was compared."""
+    import time
+
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    arrays, meta = read_all(path)
+    meta["config"].update(layer_sizes=[5] + [1] * 10 ** 6 + [3], activation="relu")
+    del meta["shapes"]
+    bad = write_consistent(tmp_path / "deep.npz", arrays, meta)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"field 'config.layer_sizes': 1000001 layers need at least 64000064 "
+                                         r"numbers, but array 'params' holds 160"):
+        gpubp.MLP.load(bad, backend="numpy")
+    assert time.perf_counter() - t0 < 3.0
