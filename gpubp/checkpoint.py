@@ -201,8 +201,10 @@ class Checkpoint:
                 self._members[name[:-4]] = info
             if "meta" not in self._members:
                 self.fail("it has no 'meta' entry (it is not a gpubp checkpoint)")
-            self.headers = {k: self._header(k) for k in self._members}
+            # the metadata first: it lists the arrays, so a file of 10**5 others is refused before their headers
+            self.headers = {"meta": self._header("meta")}
             self.meta = self._read_meta()
+            self.headers.update({k: self._header(k) for k in self._members if k != "meta"})
         except BaseException:
             self.close()
             raise
@@ -288,7 +290,7 @@ class Checkpoint:
         if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
             self.fail("its metadata field 'sha256' must map array names to checksums")
         if sorted(sums) != arrays:
-            self.fail(f"it lists arrays {sorted(sums)} but holds {arrays}")
+            self.fail(f"it lists arrays {_names(sorted(sums))} but holds {_names(arrays)}")
         return meta
 
     # ------------------------------------------------ what readers use
@@ -334,6 +336,13 @@ def _type_names(types) -> str:
     names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object",
              bool: "true or false", type(None): "null"}
     return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _names(names: list, most: int = 8) -> str:
+    """`names` as a list for a message: the first `most` of them and how many there are in all."""
+    if len(names) <= most:
+        return repr(names)
+    return f"{repr(names[:most])[:-1]}, ... ({len(names)} in all)]"
 
 
 def _short(v) -> str:

@@ -964,7 +964,7 @@ def _checkpoint_spec(ck) -> dict:
 
     extra = sorted(set(ck.headers) - set(arrays) - {"meta"})
     if extra:
-        ck.fail(f"it holds arrays {extra} that its configuration does not use")
+        ck.fail(f"it holds arrays {_short_repr(extra)} that its configuration does not use")
     for name, (shape, dt) in arrays.items():
         ck.check_array(name, shape, dt)
 
