@@ -5,7 +5,9 @@ This module knows the container only, not what a network puts in it
 read with `allow_pickle=False`, so loading it never runs code.  It holds:
 - `meta`: UTF-8 JSON (as a 1-D uint8 array) with the format name and version,
   the writer's fields, a SHA-256 of every other array (`sha256`) and of the
-  metadata itself (`meta_sha256`);
+  metadata itself (`meta_sha256`).  It is strict JSON: no NaN or infinity
+  (not even an overflowing literal such as `1e999`), no object with a key
+  twice, no nesting deeper than `MAX_META_DEPTH`;
 - any number of named 1-D or n-D arrays of plain numeric dtypes.
 
 `write` replaces the file atomically: the archive is written to a temporary
@@ -27,8 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,8 @@ READ_VERSIONS = (1, 2)
 
 #: largest metadata member read (bytes)
 MAX_META_BYTES = 64 * 2 ** 20
+#: deepest nesting of lists and objects in the metadata document (its own top-level object is 1)
+MAX_META_DEPTH = 100
 #: dtypes an array in a checkpoint may have
 ARRAY_DTYPES = ("float32", "float64", "int32", "int64", "uint8")
 #: deflate expands at most about 1032 times; a member claiming more is damaged or hostile
@@ -50,6 +57,51 @@ _MAX_DEFLATE_RATIO = 1100
 
 def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _depth(obj, limit: int = MAX_META_DEPTH) -> int:
+    """How deeply lists and dicts nest in `obj` (a scalar is 0, `{}` and `[]` are 1), without recursion;
+    counted up to `limit + 1` only, so a structure that contains itself ends the count too."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        elif not isinstance(o, (list, tuple)):
+            continue
+        deepest = max(deepest, d)
+        if d <= limit:   # only the containers: a list of 10**7 numbers is one step
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list, tuple)))
+    return deepest
+
+
+def _strict_json(text: str):
+    """`text` parsed as strict JSON: no NaN or infinity (not even an overflowing literal such as 1e999),
+    no object with a key twice (parsers differ on which one wins), no nesting deeper than
+    `MAX_META_DEPTH`.  Raises ValueError saying what is wrong."""
+    def no_constant(c):
+        raise ValueError(f"{c} is not JSON data")
+
+    def finite(s):
+        v = float(s)
+        if not math.isfinite(v):
+            raise ValueError(f"the number {s[:40]} is not finite in double precision")
+        return v
+
+    def unique_keys(pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"an object has the key {dup[:60]!r} twice")
+        return obj
+    try:
+        obj = json.loads(text, parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise ValueError(f"it nests lists or objects deeper than {MAX_META_DEPTH} levels") from None
+    if _depth(obj) > MAX_META_DEPTH:
+        raise ValueError(f"it nests lists or objects deeper than {MAX_META_DEPTH} levels")
+    return obj
 
 
 def _meta_digest(meta: dict) -> str:
@@ -72,8 +124,9 @@ def write(path, arrays: dict, meta: dict) -> None:
 
     `meta` must not use the keys `format`, `version`, `sha256` or
     `meta_sha256`, which are added here.  Raises TypeError for metadata that
-    is not strict JSON data (NaN and infinity are not) and the OSError of a
-    failed write, after which the file at `path` is unchanged.
+    is not strict JSON data (NaN and infinity are not) or nests deeper than
+    `MAX_META_DEPTH`, and the OSError of a failed write, after which the file
+    at `path` is unchanged.
     """
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
@@ -85,6 +138,8 @@ def write(path, arrays: dict, meta: dict) -> None:
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are set by the format")
     full = {"format": FORMAT, "version": VERSION, **meta, "sha256": {k: _digest(v) for k, v in arrays.items()}}
+    if _depth(full) > MAX_META_DEPTH:
+        raise TypeError(f"checkpoint metadata must not nest lists or objects deeper than {MAX_META_DEPTH} levels")
     try:
         full["meta_sha256"] = _meta_digest(full)
         text = json.dumps(full, allow_nan=False)
@@ -118,7 +173,11 @@ class Checkpoint:
     def __init__(self, path):
         self.path = path
         self._zip = None
-        with open(path, "rb") as f:   # FileNotFoundError and other OSErrors propagate as they are
+        mode = os.stat(path).st_mode   # FileNotFoundError and other OSErrors propagate as they are
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a directory: open's IsADirectoryError
+            # a FIFO would block open() until a writer came; a pipe or device cannot seek, as zip needs
+            self.fail("it is not a regular file (a pipe, device or socket); a checkpoint is read from a file")
+        with open(path, "rb") as f:
             head = f.read(8)
             f.seek(0, os.SEEK_END)
             self.size = f.tell()
@@ -142,8 +201,10 @@ class Checkpoint:
                 self._members[name[:-4]] = info
             if "meta" not in self._members:
                 self.fail("it has no 'meta' entry (it is not a gpubp checkpoint)")
-            self.headers = {k: self._header(k) for k in self._members}
+            # the metadata first: it lists the arrays, so a file of 10**5 others is refused before their headers
+            self.headers = {"meta": self._header("meta")}
             self.meta = self._read_meta()
+            self.headers.update({k: self._header(k) for k in self._members if k != "meta"})
         except BaseException:
             self.close()
             raise
@@ -188,7 +249,7 @@ class Checkpoint:
                     raise ValueError(f"unsupported .npy version {version}")
                 offset = f.tell()
         except (ValueError, TypeError, OSError, EOFError, SyntaxError, RuntimeError, NotImplementedError,
-                zipfile.BadZipFile) as e:
+                zipfile.BadZipFile, zlib.error) as e:
             self.fail(f"array {name!r} has no readable header ({e})")
         if dtype.hasobject or dtype.name not in ARRAY_DTYPES:
             self.fail(f"array {name!r} has dtype {dtype}; a checkpoint holds only {', '.join(ARRAY_DTYPES)}")
@@ -205,24 +266,22 @@ class Checkpoint:
             with self._zip.open(self._members[name]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError,
-                zipfile.BadZipFile) as e:
+                zipfile.BadZipFile, zlib.error) as e:   # zlib.error: a damaged deflated member
             self.fail(f"array {name!r} cannot be read ({e}; the file is damaged)")
 
     def _read_meta(self) -> dict:
         shape, dtype = self.headers["meta"]
         if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
             self.fail(f"its 'meta' entry is not a JSON text (uint8 of shape {shape} and dtype {dtype})")
-
-        def no_constant(c):
-            raise ValueError(f"{c} is not JSON data")
         try:
-            meta = json.loads(self._read_raw("meta").tobytes().decode(), parse_constant=no_constant)
+            meta = _strict_json(self._read_raw("meta").tobytes().decode())
         except (UnicodeDecodeError, ValueError) as e:
             self.fail(f"its metadata is not valid JSON ({e})")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             self.fail("its metadata does not name the gpubp checkpoint format")
-        if meta.get("version") not in READ_VERSIONS:
-            self.fail(f"format version {meta.get('version')!r}; this gpubp reads versions "
+        version = meta.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
+            self.fail(f"format version {_short(version)}; this gpubp reads versions "
                       f"{', '.join(map(str, READ_VERSIONS))}")
         if meta.get("meta_sha256") != _meta_digest(meta):
             self.fail("its metadata does not match its checksum (the file is damaged)")
@@ -231,7 +290,7 @@ class Checkpoint:
         if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
             self.fail("its metadata field 'sha256' must map array names to checksums")
         if sorted(sums) != arrays:
-            self.fail(f"it lists arrays {sorted(sums)} but holds {arrays}")
+            self.fail(f"it lists arrays {_names(sorted(sums))} but holds {_names(arrays)}")
         return meta
 
     # ------------------------------------------------ what readers use
@@ -279,17 +338,41 @@ def _type_names(types) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
+def _names(names: list, most: int = 8) -> str:
+    """`names` as a list for a message: the first `most` of them and how many there are in all."""
+    if len(names) <= most:
+        return repr(names)
+    return f"{repr(names[:most])[:-1]}, ... ({len(names)} in all)]"
+
+
 def _short(v) -> str:
     r = repr(v)
     return r if len(r) <= 80 else r[:77] + "..."
 
 
 def json_data(obj):
-    """`obj` (a dict) as plain JSON data, numpy arrays and scalars as lists and numbers; else a TypeError."""
+    """`obj` (a dict) as plain JSON data, numpy arrays and scalars as lists and numbers; else a TypeError.
+
+    Dict keys must be strings: JSON would turn `{0: "cat"}` into `{"0": "cat"}` (and `{1: "a", "1": "b"}`
+    into one key), so what loads would not be what was saved."""
     if obj is None:
         return {}
     if not isinstance(obj, dict):
         raise TypeError(f"metadata must be a dict, got {type(obj).__name__}")
+    stack = [(obj, 1)]
+    while stack:                 # no recursion; deeper than the limit is json.dumps's to refuse below
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            bad = [k for k in o if not isinstance(k, str)][:1]
+            if bad:
+                bad = bad[0]
+                raise TypeError(f"metadata keys must be strings, as JSON's are: got {bad!r} "
+                                f"({type(bad).__name__}); use {str(bad)!r}")
+            o = o.values()
+        elif not isinstance(o, (list, tuple)):
+            continue
+        if d <= MAX_META_DEPTH:
+            stack.extend((v, d + 1) for v in o)
 
     def plain(o):
         if hasattr(o, "tolist"):
@@ -297,6 +380,8 @@ def json_data(obj):
         raise TypeError(f"{type(o).__name__} is not JSON data")
     try:
         return json.loads(json.dumps(obj, default=plain, allow_nan=False))
+    except RecursionError:
+        raise TypeError(f"metadata must not nest lists or dicts deeper than {MAX_META_DEPTH} levels") from None
     except (TypeError, ValueError) as e:
         raise TypeError(f"metadata must hold JSON data (numbers, strings, lists, dicts, arrays; no NaN or "
                         f"infinity): {e}") from None

@@ -655,7 +655,7 @@ def cmd_predict(args) -> int:
     X = _read_data(args.data)
     try:
         net = MLP.load(args.checkpoint, backend=backend)
-    except ValueError as e:
+    except (ValueError, MemoryError) as e:   # MemoryError: a network too large for the backend, as in train
         raise UsageError(str(e)) from None
     except OSError as e:           # no permission to read it, an I/O error: the file's, not gpubp's
         raise UsageError(f"CHECKPOINT {args.checkpoint!r} cannot be read: {e.strerror or e}") from None

@@ -5,13 +5,17 @@
 (`os.replace`: a reader sees the old file or the new one, never part of one).
 When the block raises, the temporary file is removed and `path` is left as it
 was.  A file object (not a name) is what numpy and matplotlib write to, so they
-add no suffix of their own.
+add no suffix of their own.  A file replaced keeps its permission bits (a
+private 0600 checkpoint stays private); a new one gets the usual ones (0666
+less the umask).  A symbolic link at `path` is replaced by the new file; the
+file it pointed to is left as it was.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +29,16 @@ def atomic_write(path: str | os.PathLike, durable: bool = False) -> Iterator[Bin
     `durable=True` also flushes the file to disk before the rename and syncs the folder after
     it (where the platform allows), so the new file survives a crash once the block has ended."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # at most 40 characters of the name: the temporary's name must fit where the target's does
+    tmp = path.with_name(f".{path.name[:40]}.{secrets.token_hex(6)}.tmp")
     try:
-        with open(tmp, "xb") as f:
+        f = open(tmp, "xb")
+    except OSError as e:       # name the file being saved, not the temporary one nobody asked for
+        raise type(e)(e.errno, f"{e.strerror} (cannot create a temporary file in {str(path.parent)!r} to write "
+                               "it)", str(path)) from None
+    try:
+        with f:
+            _keep_mode(path, f)
             yield f
             if durable:
                 f.flush()
@@ -41,6 +52,19 @@ def atomic_write(path: str | os.PathLike, durable: bool = False) -> Iterator[Bin
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def _keep_mode(path: Path, f) -> None:
+    """Give the temporary file `f` the permission bits of the regular file it will replace, if any."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        try:       # best effort: some file systems have no permission bits to set
+            os.chmod(f.fileno() if os.chmod in os.supports_fd else f.name, st.st_mode & 0o777)   # no setuid
+        except OSError:
+            pass
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -31,7 +31,7 @@ from .checks import (check_dtype, check_positive_int, check_precision, check_see
                      host_array)
 from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
-from .params import ParamLayout
+from .params import ALIGN, ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
 from .training import FitLoop, Reporter, schedule_rate
 
@@ -756,7 +756,9 @@ class MLP:
         `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
         The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
-        the previous file as it was.  `load` then resumes exactly: training on from the loaded
+        the previous file as it was.  A network whose parameters or optimizer state are not finite
+        (after an update that overflowed) is refused with a ValueError, as `load` would refuse
+        the file.  `load` then resumes exactly: training on from the loaded
         network gives bitwise what training on from this one would.
         """
         from . import checkpoint
@@ -774,6 +776,10 @@ class MLP:
             for name, buf in opt.state.items():
                 arrays[f"opt.{name}"] = self.backend.to_numpy(buf)
             meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
+        for name, a in arrays.items():   # load refuses such a file: do not write it over a good one
+            if not np.isfinite(a).all():
+                raise ValueError(f"cannot save this network: array {name!r} holds NaN or infinite values (an "
+                                 f"update overflowed; see train_step's next error); {str(path)!r} is left as it was")
         checkpoint.write(path, arrays, meta)
 
     @classmethod
@@ -830,17 +836,12 @@ _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64")
 
 
 def _seed_for_file(seed):
-    """The constructor's seed as JSON data: None, a non-negative integer, or a list of them."""
-    def ok(s):
-        return isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 0
-    if seed is None:
-        return None
-    if ok(seed):
-        return int(seed)
-    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) and all(ok(s) for s in seed):
-        return [int(s) for s in seed]
-    raise ValueError(f"this network's seed {seed!r} cannot be saved: a checkpoint holds None, a "
-                     "non-negative integer or a list of them")
+    """The constructor's seed as JSON data: None or a non-negative integer (what `load` accepts)."""
+    try:
+        return check_seed(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"this network's seed {_short_repr(seed)} cannot be saved: a checkpoint holds None "
+                         "or a non-negative integer, as the constructor takes") from None
 
 
 def _rng_state_for_file(rng):
@@ -858,6 +859,57 @@ def _rng_state_for_file(rng):
     return plain(rng.bit_generator.state)
 
 
+_U32, _U64, _U128 = 2 ** 32, 2 ** 64, 2 ** 128
+#: each bit generator's `state` as numpy gives it: key -> the integer bound (a value in [0, bound)), a
+#: list `[bound, length]`, or a nested layout
+_RNG_LAYOUTS = {
+    "PCG64": {"state": {"state": _U128, "inc": _U128}, "has_uint32": 2, "uinteger": _U32},
+    "PCG64DXSM": {"state": {"state": _U128, "inc": _U128}, "has_uint32": 2, "uinteger": _U32},
+    # numpy indexes its 4-word buffer with buffer_pos unchecked: a negative one reads outside it
+    "Philox": {"state": {"counter": [_U64, 4], "key": [_U64, 2]}, "buffer": [_U64, 4], "buffer_pos": 5,
+               "has_uint32": 2, "uinteger": _U32},
+    "SFC64": {"state": {"state": [_U64, 4]}, "has_uint32": 2, "uinteger": _U32},
+}
+
+
+def _rng_from_file(ck, st: dict) -> np.random.Generator:
+    """The shuffling generator from its saved `bit_generator.state`, every field checked first.
+
+    numpy's state setters convert what they are given (a float, `true`) and check few ranges (one
+    Philox field indexes memory), so the state must have exactly the generator's fields, each an
+    integer in its range, and read back from the generator as it was written."""
+    kind = st.get("bit_generator")
+    if kind not in _BIT_GENERATORS:
+        ck.fail(f"field 'rng.bit_generator': must be one of {', '.join(_BIT_GENERATORS)}, got "
+                f"{_short_repr(kind)}")
+
+    def check(obj, layout, where):
+        if not isinstance(obj, dict) or set(obj) != set(layout):
+            ck.fail(f"field {where!r}: not a valid {kind} state: expected the fields {sorted(layout)}, got "
+                    f"{_short_repr(sorted(obj) if isinstance(obj, dict) else obj)}")
+        for key, bound in layout.items():
+            v, name = obj[key], f"{where}.{key}"
+            if isinstance(bound, dict):
+                check(v, bound, name)
+                continue
+            bound, n = bound if isinstance(bound, list) else (bound, None)
+            values = v if n is not None and isinstance(v, list) and len(v) == n else [v]
+            if (n is not None and values is not v) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x < bound for x in values):
+                top = f"2**{bound.bit_length() - 1}" if bound >= _U32 else bound
+                want = f"a list of {n} integers in [0, {top})" if n is not None else f"an integer in [0, {top})"
+                ck.fail(f"field {name!r}: not a valid {kind} state: must be {want}, got {_short_repr(v)}")
+    check({k: v for k, v in st.items() if k != "bit_generator"}, _RNG_LAYOUTS[kind], "rng")
+    try:
+        rng = np.random.Generator(getattr(np.random, kind)())
+        rng.bit_generator.state = st
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        ck.fail(f"field 'rng': not a valid {kind} state ({type(e).__name__}: {e})")
+    if _rng_state_for_file(rng) != st:
+        ck.fail(f"field 'rng': not a valid {kind} state (the generator does not take it as it is)")
+    return rng
+
+
 def _checkpoint_spec(ck) -> dict:
     """Everything the checkpoint's metadata says, checked, and the arrays it must hold (name -> shape).
 
@@ -869,8 +921,15 @@ def _checkpoint_spec(ck) -> dict:
     def bad(field, why):
         ck.fail(f"field {field!r}: {why}")
 
+    sizes = ck.field(c, "layer_sizes", list, "config")
+    # each layer takes at least 2 * ALIGN numbers (its W and b segments): a configuration of more layers
+    # than 'params' can hold is refused first, not after checking (perhaps) millions of layers
+    held = ck.headers.get("params", ((), None))[0]
+    if len(held) == 1 and (len(sizes) - 1) * 2 * ALIGN > held[0]:
+        bad("config.layer_sizes", f"{len(sizes) - 1} layers need at least {(len(sizes) - 1) * 2 * ALIGN} "
+                                  f"numbers, but array 'params' holds {held[0]}")
     try:
-        sizes = check_sizes(ck.field(c, "layer_sizes", list, "config"))
+        sizes = check_sizes(sizes)
     except (TypeError, ValueError) as e:
         bad("config.layer_sizes", e)
     n_hidden = len(sizes) - 2
@@ -894,6 +953,10 @@ def _checkpoint_spec(ck) -> dict:
         bad("config.loss", e)
     if loss in losses.LOGIT_LOSSES and out_act != "identity":
         bad("config.output_activation", f"loss {loss!r} needs 'identity', got {out_act!r}")
+    if loss == "cross_entropy" and sizes[-1] < 2:   # as the constructor (files saved before it refused)
+        bad("config.loss", f"'cross_entropy' needs at least 2 outputs (a softmax over classes), got layer_sizes "
+                           f"ending in {sizes[-1]}: a softmax over one logit is 1, so this network never learned "
+                           "(older gpubp versions allowed it); retrain it with loss='binary_cross_entropy'")
     try:
         dtype = check_dtype(ck.field(c, "dtype", str, "config"))
     except ValueError as e:
@@ -907,23 +970,23 @@ def _checkpoint_spec(ck) -> dict:
     if init not in INITS:
         bad("config.init", f"must be one of {', '.join(INITS)}, got {init!r}")
     seed = c.get("seed")
-    if seed is not None:
-        try:
-            seed = _seed_for_file(seed)
-        except ValueError:
-            bad("config.seed", f"must be null, a non-negative integer or a list of them, got {seed!r}")
+    try:
+        seed = check_seed(seed)
+    except (TypeError, ValueError):
+        bad("config.seed", f"must be null or a non-negative integer, got {_short_repr(seed)}")
     layout = ParamLayout(sizes)
-    shapes = [[o, i] for _, o, i, _ in layout.segments]
+    # properties that recompute the segments: each once (a small file may claim 10**6 layers)
+    shapes, total = [[o, i] for _, o, i, _ in layout.segments], layout.total
     if "shapes" in meta and meta["shapes"] != shapes:
         bad("shapes", f"layer shapes {meta['shapes']} (n_out, n_in) do not fit the network {list(sizes)} "
                       f"of its configuration ({shapes})")
-    arrays = {"params": ((layout.total,), dtype)}
+    arrays = {"params": ((total,), dtype)}
     standardized = ck.field(meta, "standardization", bool) if "standardization" in meta else False
     if standardized:
         arrays.update(input_mean=((sizes[0],), np.float64), input_std=((sizes[0],), np.float64))
     target_ndim = ck.field(meta, "target_ndim", (int, type(None))) if "target_ndim" in meta else None
     if target_ndim not in (None, 1, 2):
-        bad("target_ndim", f"must be null, 1 or 2, got {target_ndim}")
+        bad("target_ndim", f"must be null, 1 or 2, got {_short_repr(target_ndim)}")
 
     om = ck.field(meta, "optimizer", (dict, type(None)))
     opt, t = None, 0
@@ -940,31 +1003,22 @@ def _checkpoint_spec(ck) -> dict:
             bad("optimizer.hyper", e)
         t = ck.field(om, "t", int, "optimizer")
         if not 0 <= t < 2 ** 31:
-            bad("optimizer.t", f"the step count must lie in [0, 2**31), got {t}")
+            bad("optimizer.t", f"the step count must lie in [0, 2**31), got {_short_repr(t)}")
         state = ck.field(om, "state", list, "optimizer")
-        if sorted(state) != sorted(opt.state_names):
+        if not all(isinstance(n, str) for n in state) or sorted(state) != sorted(opt.state_names):
             bad("optimizer.state", f"{state} does not fit {opt!r}, which keeps {sorted(opt.state_names)}")
-        arrays.update({f"opt.{n}": ((layout.total,), dtype) for n in opt.state_names})
+        arrays.update({f"opt.{n}": ((total,), dtype) for n in opt.state_names})
 
     extra = sorted(set(ck.headers) - set(arrays) - {"meta"})
     if extra:
-        ck.fail(f"it holds arrays {extra} that its configuration does not use")
+        ck.fail(f"it holds arrays {_short_repr(extra)} that its configuration does not use")
     for name, (shape, dt) in arrays.items():
         ck.check_array(name, shape, dt)
 
     rng = None
     version = meta["version"]
     if version >= 2 or "rng" in meta:
-        st = ck.field(meta, "rng", dict)
-        kind = st.get("bit_generator")
-        if kind not in _BIT_GENERATORS:
-            bad("rng.bit_generator", f"must be one of {', '.join(_BIT_GENERATORS)}, got {_short_repr(kind)}")
-        try:
-            bitgen = getattr(np.random, kind)()
-            bitgen.state = st
-            rng = np.random.Generator(bitgen)
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
-            bad("rng", f"not a valid {kind} state ({type(e).__name__}: {e})")
+        rng = _rng_from_file(ck, ck.field(meta, "rng", dict))
     metadata = ck.field(meta, "metadata", dict)
     return {"config": {"layer_sizes": list(sizes), "activation": hidden, "output_activation": out_act,
                        "loss": loss, "dtype": dtype.name, "seed": seed, "precision": precision, "init": init},

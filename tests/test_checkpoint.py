@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -262,10 +263,11 @@ def test_non_finite_parameters_are_refused(tmp_path):
 @pytest.mark.parametrize("spoil, field", [
     (lambda a, m: m["optimizer"].__setitem__("t", -1), "optimizer.t"),
     (lambda a, m: m["optimizer"].__setitem__("t", 2 ** 40), "optimizer.t"),
+    (lambda a, m: m["optimizer"].__setitem__("t", 10 ** 400), r"optimizer.t.*got 1000+\.\.\.$"),
     (lambda a, m: a["opt.v"].__setitem__(2, -1e-3), "'opt.v'.*negative"),
     (lambda a, m: a["opt.v"].__setitem__(2, np.nan), "'opt.v'.*NaN"),
     (lambda a, m: a["opt.m"].__setitem__(0, np.inf), "'opt.m'.*NaN or infinite"),
-], ids=["negative-step", "step-overflow", "negative-v", "nan-v", "inf-m"])
+], ids=["negative-step", "step-overflow", "step-400-digits", "negative-v", "nan-v", "inf-m"])
 def test_impossible_optimizer_state_is_refused(tmp_path, spoil, field):
     arrays, meta = _adam_file(tmp_path)
     spoil(arrays, meta)
@@ -470,6 +472,7 @@ STANDARDIZED_MALFORMED = [
     ("std-zero", lambda a, m: a["input_std"].__setitem__(1, 0.0), "'input_std'.*<= 0"),
     ("mean-nan", lambda a, m: a["input_mean"].__setitem__(0, np.nan), "'input_mean'.*NaN"),
     ("target-ndim", lambda a, m: m.__setitem__("target_ndim", 3), "'target_ndim'"),
+    ("target-ndim-400-digits", lambda a, m: m.__setitem__("target_ndim", 10 ** 400), r"'target_ndim'.*0\.\.\.$"),
     ("target-ndim-type", lambda a, m: m.__setitem__("target_ndim", "1"), "'target_ndim'"),
 ]
 
@@ -486,3 +489,724 @@ def test_malformed_standardization_fields_are_named(tmp_path, spoil, field):
     spoil(arrays, meta)
     with pytest.raises(ValueError, match=field):
         gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+# ----------------------------------------------------------------- strict JSON metadata
+def write_meta_text(path, arrays, body):
+    """A checkpoint whose metadata is the JSON text `body` (an object without `meta_sha256`), followed by
+    the checksum a lenient reader computes of it: only a strict parser can tell the file is wrong."""
+    from gpubp.checkpoint import _digest
+
+    assert body.rstrip().endswith("}")
+    try:
+        digest = _meta_digest(json.loads(body))
+    except RecursionError:          # too deep for Python's parser: no reader gets as far as the checksum
+        digest = "0" * 64
+    text = body.rstrip()[:-1] + f', "meta_sha256": "{digest}"}}'
+    if digest != "0" * 64:
+        assert all(json.loads(text)["sha256"][k] == _digest(v) for k, v in arrays.items())
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, meta=np.frombuffer(text.encode(), dtype=np.uint8))
+    return path
+
+
+def _body(arrays, meta):
+    from gpubp.checkpoint import _digest
+
+    meta = dict(meta, sha256={k: _digest(v) for k, v in arrays.items()})
+    meta.pop("meta_sha256", None)
+    return json.dumps(meta)
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda t: t.replace('"scale": 7.5', '"scale": 1e999'), "1e999 is not finite"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": -1e400'), "-1e400 is not finite"),
+    (lambda t: t.replace('"lr": 0.01', '"lr": 1e999'), "1e999 is not finite"),
+    (lambda t: '{"config": {"layer_sizes": [5, 8, 3]}, ' + t[1:], "key 'config' twice"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": 7.5, "scale": 8.5'), "key 'scale' twice"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": ' + "[" * 150 + "]" * 150), "deeper than 100 levels"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": ' + "[" * 100000 + "]" * 100000), "deeper than 100 levels"),
+    (lambda t: t.replace('"scale": 7.5', '"scale": ' + '{"a": ' * 5000 + "1" + "}" * 5000),
+     "deeper than 100 levels"),
+], ids=["overflow-metadata", "overflow-negative", "overflow-lr", "duplicate-config", "duplicate-metadata-key",
+        "nested-150", "nested-100000-lists", "nested-5000-objects"])
+def test_metadata_that_only_a_lenient_parser_reads_is_refused(tmp_path, edit, why):
+    """A number that overflows to infinity would load as inf (and the network could not be saved
+    again); a duplicated key is read differently by different parsers; deep nesting crashed the
+    reader with a RecursionError: each is a ValueError saying what is wrong."""
+    net, path, _, _ = trained(tmp_path, gpubp.optim.Adam(0.01))
+    net.save(path, metadata={"scale": 7.5})
+    arrays, meta = read_all(path)
+    body = _body(arrays, meta)
+    assert '"scale": 7.5' in body and '"lr": 0.01' in body
+    bad = write_meta_text(tmp_path / "bad.npz", arrays, edit(body))
+    with pytest.raises(ValueError, match=f"not valid JSON.*{why}"):
+        gpubp.MLP.load(bad, backend="numpy")
+    # the same text without the edit loads: the helper writes files a strict reader accepts
+    ok = write_meta_text(tmp_path / "ok.npz", arrays, body)
+    assert gpubp.MLP.load(ok, backend="numpy").metadata == {"scale": 7.5}
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 2.0, "2", None, [2]], ids=repr)
+def test_format_version_must_be_an_integer(tmp_path, version):
+    """`true == 1` and `2.0 == 2` in Python: the version field's type is checked, not just its value."""
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    arrays, meta = read_all(path)
+    meta["version"] = version
+    with pytest.raises(ValueError, match=f"format version {re.escape(repr(version))};"):
+        gpubp.MLP.load(write_consistent(tmp_path / "v.npz", arrays, meta), backend="numpy")
+
+
+def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
+    from gpubp.checkpoint import MAX_META_DEPTH
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+
+    def nested(n):
+        d = 1
+        for _ in range(n):
+            d = [d]
+        return d
+    # the metadata sits two levels down in the file: {"metadata": {"x": ...}}
+    net.save(tmp_path / "ok.npz", metadata={"x": nested(MAX_META_DEPTH - 2)})
+    assert gpubp.MLP.load(tmp_path / "ok.npz", backend="numpy").metadata == {"x": nested(MAX_META_DEPTH - 2)}
+    for n in (MAX_META_DEPTH - 1, 5000):          # 5000 levels crashed json.dumps with a RecursionError
+        with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH} levels"):
+            net.save(tmp_path / "deep.npz", metadata={"x": nested(n)})
+        assert not (tmp_path / "deep.npz").exists()
+    cyclic = {"a": []}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(TypeError, match="deeper than"):     # the format's own writer, given a cycle: no hang
+        gpubp.checkpoint.write(tmp_path / "c.npz", {"x": np.zeros(2)}, {"m": cyclic})
+    assert not (tmp_path / "c.npz").exists()
+
+
+# ----------------------------------------------------------------- the shuffling generator's state
+@pytest.mark.parametrize("kind", ["PCG64", "PCG64DXSM", "Philox", "SFC64"])
+def test_every_bit_generator_state_comes_back_whole(tmp_path, kind):
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    net._rng = np.random.Generator(getattr(np.random, kind)(12))
+    net._rng.random(3)
+    net._rng.integers(0, 2 ** 31, dtype=np.uint32)     # a buffered half word (has_uint32) where there is one
+    net.save(tmp_path / "g.npz")
+    back = gpubp.MLP.load(tmp_path / "g.npz", backend="numpy")
+    assert type(back._rng.bit_generator).__name__ == kind
+    from gpubp.network import _rng_state_for_file
+
+    assert _rng_state_for_file(back._rng) == _rng_state_for_file(net._rng)
+    assert np.array_equal(back._rng.permutation(50), net._rng.permutation(50))
+
+
+def _philox_file(tmp_path):
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    net._rng = np.random.Generator(np.random.Philox(5))
+    net.save(tmp_path / "p.npz")
+    return read_all(tmp_path / "p.npz")
+
+
+RNG_MALFORMED = [
+    # numpy takes it and indexes its 4-word buffer with it: the next shuffle read outside memory (a crash)
+    ("philox-buffer-pos-negative", "Philox", lambda r: r.__setitem__("buffer_pos", -10 ** 6), "rng.buffer_pos"),
+    ("philox-buffer-pos-large", "Philox", lambda r: r.__setitem__("buffer_pos", 400), "rng.buffer_pos"),
+    ("philox-counter-short", "Philox", lambda r: r["state"].__setitem__("counter", [1, 2, 3]), "rng.state.counter"),
+    ("philox-key-nested", "Philox", lambda r: r["state"].__setitem__("key", [[1], 2]), "rng.state.key"),
+    ("philox-no-buffer", "Philox", lambda r: _pop(r, "buffer"), "rng"),
+    # numpy converts these without a word: a float or a boolean is not a generator's state
+    ("pcg-state-float", "PCG64", lambda r: r["state"].__setitem__("state", 1.5), "rng.state.state"),
+    ("pcg-state-bool", "PCG64", lambda r: r["state"].__setitem__("state", True), "rng.state.state"),
+    ("pcg-state-negative", "PCG64", lambda r: r["state"].__setitem__("state", -1), "rng.state.state"),
+    ("pcg-inc-huge", "PCG64", lambda r: r["state"].__setitem__("inc", 2 ** 128), "rng.state.inc"),
+    ("pcg-has-uint32", "PCG64", lambda r: r.__setitem__("has_uint32", 5), "rng.has_uint32"),
+    ("pcg-uinteger", "PCG64", lambda r: r.__setitem__("uinteger", 2 ** 32), "rng.uinteger"),
+    ("pcg-extra-field", "PCG64", lambda r: r.__setitem__("extra", 0), "rng"),
+    ("pcg-state-list", "PCG64", lambda r: r.__setitem__("state", [1, 2]), "rng.state"),
+]
+
+
+@pytest.mark.parametrize("kind, spoil, field", [m[1:] for m in RNG_MALFORMED], ids=[m[0] for m in RNG_MALFORMED])
+def test_an_impossible_generator_state_is_refused(tmp_path, kind, spoil, field):
+    if kind == "Philox":
+        arrays, meta = _philox_file(tmp_path)
+    else:
+        arrays, meta = read_all(trained(tmp_path, gpubp.optim.Adam())[1])
+    assert meta["rng"]["bit_generator"] == kind
+    spoil(meta["rng"])
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=f"field '{re.escape(field)}'.*not a valid {kind} state"):
+        gpubp.MLP.load(bad, backend="numpy")
+
+
+# ----------------------------------------------------------------- fields the constructor refuses
+@pytest.mark.parametrize("state", [[1, "m"], [None, None], [{"m": 1}, "v"], [["m"], "v"]], ids=repr)
+def test_optimizer_state_names_of_other_types_are_named(tmp_path, state):
+    """sorted() of a list mixing types raised a TypeError out of load."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["optimizer"]["state"] = state
+    with pytest.raises(ValueError, match="field 'optimizer.state'"):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+def _refused_before_any_array_is_read(monkeypatch, path, match):
+    read = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, *a, **k: (read.append(1), real(f, *a, **k))[1])
+    with pytest.raises(ValueError, match=match):
+        gpubp.MLP.load(path, backend="numpy")
+    assert len(read) == 1                       # the metadata only
+
+
+@pytest.mark.parametrize("seed", [[1, 2], [0], 2.0, True, -1, "7"], ids=repr)
+def test_a_seed_the_constructor_refuses_is_named_before_arrays_are_read(tmp_path, monkeypatch, seed):
+    """A list seed passed the file's checks, then the constructor refused it after every array was
+    read, in an error that did not name the field."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["config"]["seed"] = seed
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    _refused_before_any_array_is_read(monkeypatch, bad, "field 'config.seed': must be null or a non-negative integer")
+
+
+def test_a_file_of_cross_entropy_on_one_output_is_refused_naming_the_loss(tmp_path, monkeypatch):
+    """The constructor refuses 'cross_entropy' on one output since it learns nothing; a file saved
+    before that is refused by load with a ValueError naming config.loss, before reading arrays."""
+    with pytest.raises(ValueError, match="at least 2 outputs"):
+        gpubp.MLP([3, 4, 1], loss="cross_entropy", backend="numpy")
+    net = gpubp.MLP([3, 4, 1], loss="binary_cross_entropy", backend="numpy", seed=1)
+    net.fit(np.eye(3), np.array([0, 1, 1]), epochs=1, batch_size=3, optimizer="adam", progress=False)
+    net.save(tmp_path / "old.npz")
+    arrays, meta = read_all(tmp_path / "old.npz")
+    meta["config"]["loss"] = "cross_entropy"      # what an older gpubp wrote for such a network
+    old = write_consistent(tmp_path / "old.npz", arrays, meta)
+    _refused_before_any_array_is_read(monkeypatch, old, r"field 'config.loss': 'cross_entropy' needs at least 2 "
+                                                         r"outputs.*binary_cross_entropy")
+
+
+# ----------------------------------------------------------------- where a save goes
+def test_saving_over_a_private_checkpoint_keeps_it_private(tmp_path):
+    """The temporary file renamed over the target had the default mode: re-saving a 0600
+    checkpoint made it 0644, readable by everyone."""
+    import os
+    import stat
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    path = tmp_path / "private.npz"
+    net.save(path)
+    for mode in (0o600, 0o640, 0o444):
+        os.chmod(path, mode)
+        net.save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+    os.chmod(path, 0o4750)                         # read, write and execute bits only: no setuid copied
+    net.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o750
+    fresh = tmp_path / "new.npz"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    net.save(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_long_file_name_that_fits_can_be_saved(tmp_path):
+    """The temporary file's name added 18 characters to the target's: a name of 240 characters
+    (the limit is 255) could not be saved."""
+    name = "n" * 236 + ".npz"
+    net = gpubp.MLP([3, 2], backend="numpy", seed=4)
+    net.save(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert same_params(gpubp.MLP.load(tmp_path / name, backend="numpy"), net)
+
+
+def test_save_writes_exactly_the_path_given(tmp_path):
+    net = gpubp.MLP([3, 2], backend="numpy", seed=4)
+    net.save(str(tmp_path / "no_suffix"))
+    net.save(tmp_path / "other.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no_suffix", "other.bin"]
+    for name in ("no_suffix", "other.bin"):
+        assert same_params(gpubp.MLP.load(tmp_path / name, backend="numpy"), net)
+
+
+def test_an_unwritable_folder_is_named_and_the_previous_file_kept(tmp_path, monkeypatch):
+    """The error named the hidden temporary file ('.net.npz.1a2b3c.tmp'), not the file saved."""
+    import builtins
+    import errno
+
+    import gpubp.files
+
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    path = tmp_path / "net.npz"
+    net.save(path)
+    before = path.read_bytes()
+
+    def read_only(file, mode="r", *a, **k):        # what a read-only folder answers (as root, chmod is not enough)
+        if "x" in mode or "w" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return builtins.open(file, mode, *a, **k)
+    monkeypatch.setattr(gpubp.files, "open", read_only, raising=False)
+    with pytest.raises(PermissionError) as e:
+        gpubp.MLP([3, 2], backend="numpy", seed=1).save(path)
+    assert e.value.filename == str(path) and e.value.errno == errno.EACCES
+    assert "Permission denied" in str(e.value) and str(tmp_path) in str(e.value) and ".tmp" not in str(e.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
+
+
+def test_a_read_only_folder_really_refuses(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    net.save(folder / "net.npz")
+    before = (folder / "net.npz").read_bytes()
+    os.chmod(folder, 0o555)
+    try:
+        with pytest.raises(PermissionError) as e:
+            net.save(folder / "net.npz")
+        assert e.value.filename == str(folder / "net.npz")
+    finally:
+        os.chmod(folder, 0o755)
+    assert (folder / "net.npz").read_bytes() == before and [p.name for p in folder.iterdir()] == ["net.npz"]
+
+
+def test_concurrent_saves_to_one_path_leave_one_whole_file(tmp_path):
+    import threading
+
+    path = tmp_path / "shared.npz"
+    nets = [gpubp.MLP([4, 6, 3], backend="numpy", seed=s) for s in range(4)]
+    errors = []
+
+    def save_many(net):
+        try:
+            for _ in range(15):
+                net.save(path)
+        except Exception as e:      # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=save_many, args=(n,)) for n in nets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.npz"]     # no temporary left
+    back = gpubp.MLP.load(path, backend="numpy")
+    assert back.seed in range(4) and same_params(back, nets[back.seed])
+
+
+# ----------------------------------------------------------------- exact resumes, every configuration
+RESUMES = [
+    ("sgd-f32", dict(), lambda: gpubp.optim.SGD(0.05)),
+    ("sgd-wd-f64", dict(dtype="float64"), lambda: gpubp.optim.SGD(0.05, momentum=0.8, weight_decay=0.01)),
+    ("adam-tf32", dict(precision="tf32"), lambda: gpubp.optim.Adam(0.01, betas=(0.8, 0.99), eps=1e-6)),
+    ("adamw-bf16", dict(precision="bf16"), lambda: gpubp.optim.AdamW(0.01, weight_decay=0.05)),
+    ("adam-3xtf32", dict(precision="3xtf32", init="kaiming"), lambda: gpubp.optim.Adam(0.01)),
+    ("sgd-xavier-seed0", dict(seed=0, init="xavier"), lambda: gpubp.optim.SGD(0.05, momentum=0.9)),
+    ("adam-bigseed", dict(seed=2 ** 90 + 1), lambda: gpubp.optim.Adam(0.01)),
+]
+
+
+@pytest.mark.parametrize("kw, make_opt", [r[1:] for r in RESUMES], ids=[r[0] for r in RESUMES])
+@pytest.mark.parametrize("task", ["regression-2d", "regression-1d", "multiclass", "binary"])
+def test_fit_save_load_fit_is_one_fit_bitwise(tmp_path, kw, make_opt, task):
+    rng = np.random.default_rng(17)
+    X = rng.standard_normal((37, 4)) * 3 + 1
+    n_out, loss, Y = {"regression-2d": (2, "mse", rng.standard_normal((37, 2))),
+                      "regression-1d": (1, "half_sse", rng.standard_normal(37)),
+                      "multiclass": (3, "cross_entropy", rng.integers(0, 3, 37)),
+                      "binary": (1, "binary_cross_entropy", rng.integers(0, 2, 37))}[task]
+    kw = dict(dict(seed=9), **kw)      # both halves start alike (seed None: test_a_seedless_network_...)
+
+    def fresh():
+        return gpubp.MLP([4, 6, 5, n_out], activation=["silu", "leaky_relu"], loss=loss, backend="numpy", **kw)
+
+    def fit(net, opt, epochs, standardize):
+        net.fit(X, Y, epochs=epochs, batch_size=8, optimizer=opt, shuffle=True, progress=False,
+                standardize=standardize)
+    whole = fresh()
+    fit(whole, make_opt(), 3, True)
+    first = fresh()
+    fit(first, make_opt(), 1, True)
+    first.save(tmp_path / "half.npz", metadata={"task": task, "n": 1, "x": 0.5, "ok": True, "none": None,
+                                                  "list": [1, "a", [2.5]], "nested": {"a": {"b": []}}})
+    back = gpubp.MLP.load(tmp_path / "half.npz", backend="numpy")
+    assert back.config() == first.config() and back.precision == first.precision
+    assert back.target_ndim == (2 if task == "regression-2d" else 1) == whole.target_ndim
+    assert back.metadata == {"task": task, "n": 1, "x": 0.5, "ok": True, "none": None, "list": [1, "a", [2.5]],
+                             "nested": {"a": {"b": []}}}
+    assert type(back.optimizer) is type(whole.optimizer) and back.optimizer.hyper() == whole.optimizer.hyper()
+    fit(back, back.optimizer, 2, False)
+    assert back.optimizer.t == whole.optimizer.t
+    assert same_params(back, whole)
+    for k in whole.optimizer.state:
+        assert np.array_equal(back.optimizer.state[k], whole.optimizer.state[k])
+    assert np.array_equal(back.predict(X), whole.predict(X)) and back.predict(X).shape == whole.predict(X).shape
+
+
+def test_a_seedless_network_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((30, 3)), rng.integers(0, 2, 30)
+    net = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", seed=None)
+    net.fit(X, y, epochs=1, batch_size=7, optimizer="adam", progress=False)
+    net.save(tmp_path / "s.npz")
+    back = gpubp.MLP.load(tmp_path / "s.npz", backend="numpy")
+    assert back.seed is None
+    for n in (net, back):
+        n.fit(X, y, epochs=2, batch_size=7, optimizer=n.optimizer, progress=False)
+    assert same_params(back, net)
+
+
+# ----------------------------------------------------------------- bounded fuzzing
+ODD_VALUES = [None, True, False, -1, 0, 3, 2 ** 70, -2 ** 70, 1.5, -0.0, 1e308, "x", "", [], {}, [1, "a"],
+              [None], {"a": 1}, ["relu"], [[]], "PCG64"]
+_DELETE = object()
+
+
+def _leaf_paths(obj, prefix=()):
+    """Every key path into dicts and lists of `obj`, the containers' own paths included."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield prefix + (k,)
+        yield from _leaf_paths(v, prefix + (k,))
+
+
+def _set_path(obj, path, value):
+    for k in path[:-1]:
+        obj = obj[k]
+    if value is _DELETE:
+        del obj[path[-1]]
+    else:
+        obj[path[-1]] = value
+
+
+def _loads_sanely_or_value_error(path, X, y):
+    try:
+        net = gpubp.MLP.load(path, backend="numpy")
+    except ValueError:
+        return False
+    # what loaded must also run: a state numpy takes but cannot use would fail (or crash) here
+    assert net.sizes == (5, 7, 3) and net.loss == "cross_entropy"
+    try:
+        with np.errstate(all="ignore"):
+            net.fit(X, y, epochs=1, batch_size=7, optimizer=net.optimizer or "sgd", shuffle=True, progress=False)
+    except FloatingPointError:      # a learning rate of 1e308 is valid, and diverges as documented
+        pass
+    net.save(path.with_name("again.npz"))           # and save again
+    return True
+
+
+def test_every_metadata_field_with_every_odd_value_is_loaded_or_refused_clearly(tmp_path):
+    """Each field of a valid file (nested ones, list items and containers included) replaced by
+    values of every JSON type, or deleted, with consistent checksums: load raises a ValueError or
+    gives a network that trains and saves; never another exception."""
+    import copy
+
+    net, path, X, y = trained(tmp_path, gpubp.optim.Adam(0.01))
+    net.save(path, metadata={"note": "x", "list": [1, 2]})
+    arrays, meta = read_all(path)
+    paths = [p for p in _leaf_paths(meta) if p[0] not in ("sha256", "meta_sha256")]
+    assert len(paths) > 30
+    bad = tmp_path / "fuzz.npz"
+    loaded = 0
+    for p in paths:
+        for value in ODD_VALUES + [_DELETE]:
+            m = copy.deepcopy(meta)
+            _set_path(m, p, value)
+            write_consistent(bad, arrays, m)
+            try:
+                loaded += _loads_sanely_or_value_error(bad, X, y)
+            except Exception as e:
+                raise AssertionError(f"{'.'.join(map(str, p))} = {value!r}: {type(e).__name__}: {e}") from e
+    assert 0 < loaded < len(paths) * len(ODD_VALUES) // 4     # most odd values are refused, a few are fine
+
+
+def _npy(descr, shape, body=b"", fortran=False):
+    h = io.BytesIO()
+    np.lib.format.write_array_header_1_0(h, {"descr": descr, "fortran_order": fortran, "shape": shape})
+    return h.getvalue() + body
+
+
+def _zip(members, compression=zipfile.ZIP_STORED):
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", compression) as z:
+        warnings.simplefilter("ignore")          # "Duplicate name": intended here
+        for name, data, *attr in members:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = compression
+            if attr:
+                info.external_attr = attr[0]
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def _patch_central(data, name, offset, fmt, value):
+    """`data` with the central directory entry of `name` changed at `offset` (struct `fmt`)."""
+    import struct
+
+    b = bytearray(data)
+    i = b.find(b"PK\x01\x02")
+    while i >= 0:
+        n = struct.unpack("<H", b[i + 28:i + 30])[0]
+        if b[i + 46:i + 46 + n] == name.encode():
+            b[i + offset:i + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+            return bytes(b)
+        i = b.find(b"PK\x01\x02", i + 1)
+    raise AssertionError(name)
+
+
+def test_rewritten_archives_are_refused_quickly_and_clearly(tmp_path):
+    """Members missing, extra, twice, directories, symbolic links, other compressions, encrypted,
+    sizes the file cannot hold, a zip bomb, and .npy headers of other dtypes, orders and huge
+    shapes: each a ValueError naming the problem, in well under a second, nothing large allocated."""
+    import time
+    import tracemalloc
+
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    with zipfile.ZipFile(path) as z:
+        ent = {n: z.read(n) for n in z.namelist()}
+    base = list(ent.items())
+    params = np.load(io.BytesIO(ent["params.npy"]))
+    n = params.size
+
+    def with_params(member):
+        return [(k, member if k == "params.npy" else v) for k, v in base]
+    cases = [
+        (_zip([e for e in base if e[0] != "opt.m.npy"]), r"lists arrays .* but holds"),
+        (_zip(base + [("extra.npy", ent["opt.m.npy"])]), r"holds \[.*'extra'"),
+        (_zip(base + [("params.npy", ent["params.npy"])]), "twice"),
+        (_zip(base + [("models/", b"")]), "not a numpy array"),
+        (_zip(base + [("../../etc/x.npy", ent["opt.m.npy"])]), r"'\.\./\.\./etc/x'"),
+        (_zip(base + [("link.npy", b"/etc/passwd", 0o120777 << 16)]), r"holds \['link'"),
+        (_zip(base, zipfile.ZIP_BZIP2), "unsupported compression"),
+        (_zip(base, zipfile.ZIP_LZMA), "unsupported compression"),
+        (_patch_central(_zip(base), "params.npy", 8, "<H", 1), "'params' has no readable header.*encrypted"),
+        (_patch_central(_zip(base), "params.npy", 24, "<I", 0xFFFFFFF0), "'params.npy' claims 4294967280 bytes"),
+        (_patch_central(_zip(base), "params.npy", 42, "<I", 0xFFFFFFF0), "'params.npy' claims"),
+        (_patch_central(_zip(base, zipfile.ZIP_DEFLATED), "params.npy", 24, "<I", 2 ** 31), "'params.npy' claims"),
+        (_zip(with_params(_npy("<f8", (10 ** 12,)))), r"'params' claims shape \(1000000000000,\)"),
+        (_zip(with_params(_npy("<f8", (10 ** 12,))), zipfile.ZIP_DEFLATED), "'params' claims shape"),
+        (_zip(with_params(_npy("<f8", (-1, -n), params.tobytes()))), r"'params' has shape \(-1, -"),
+        (_zip(with_params(_npy("|O", (n,), params.tobytes()))), "'params' has dtype object"),
+        (_zip(with_params(_npy("<f2", (4 * n,), params.tobytes()))), "'params' has dtype float16"),
+        (_zip(with_params(_npy(">f8", (n,), params.byteswap().tobytes()))), r"'params' has .*dtype >f8"),
+        (_zip(with_params(_npy([("a", "<f8")], (n,), params.tobytes()))), r"'params' has dtype \[\('a'"),
+        (_zip(with_params(_npy("<f8", (n, 1), params.tobytes(), fortran=True))), "Fortran order"),
+        (_zip(with_params(_npy("<c16", (n // 2,), params.tobytes()))), "'params' has dtype complex128"),
+        (_zip(with_params(b"\x93NUMPY\x03\x00" + _npy("<f8", (n,), params.tobytes())[8:])), "npy version"),
+        (_zip(with_params(b"\x93NUMPY\x01\x00\xff\xff{" + b" " * 65534 + params.tobytes())), "no readable header"),
+        (_zip(with_params(_npy("<f8", (n,))[:10] + b"__import__('os').system('false')" + b" " * 90)),
+         "no readable header"),
+    ]
+    bomb = io.BytesIO()                  # 200 MB of zeros in a 200 KB file, under a header of 160 numbers
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for k, v in base:
+            if k != "params.npy":
+                z.writestr(k, v)
+        with z.open("params.npy", "w", force_zip64=True) as f:
+            f.write(_npy("<f8", (n,)))
+            for _ in range(200):
+                f.write(bytes(2 ** 20))
+    cases.append((bomb.getvalue(), r"'params' claims shape .* but its member holds 2097152\d\d bytes"))
+    bad = tmp_path / "bad.npz"
+    for data, why in cases:
+        bad.write_bytes(data)
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=f"not a usable gpubp checkpoint: .*{why}"):
+            gpubp.MLP.load(bad, backend="numpy")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert time.perf_counter() - t0 < 1.0 and peak < 8 * 2 ** 20, why
+
+
+def test_bounded_byte_fuzzing_gives_a_value_error_or_the_same_network(tmp_path):
+    """A few hundred mutations of a valid file (cut, flipped, inserted bytes, 2- and 4-byte fields
+    of the zip records set to extremes): a ValueError or the very same network, never another
+    exception, never other parameters."""
+    import struct
+
+    net, path, _, _ = trained(tmp_path, gpubp.optim.AdamW(0.01))
+    for compressed in (False, True):
+        if compressed:                      # the same members deflated
+            arrays, meta = read_all(path)
+            with open(path, "wb") as f:
+                np.savez_compressed(f, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+            assert same_params(gpubp.MLP.load(path, backend="numpy"), net)
+        data = path.read_bytes()
+        rng = np.random.default_rng(7 + compressed)
+        bad = tmp_path / "fuzzed.npz"
+        outcomes = {"refused": 0, "same": 0}
+        for trial in range(300):
+            b = bytearray(data)
+            kind = trial % 5
+            if kind == 0:
+                b = b[: rng.integers(0, len(b))]
+            elif kind == 1:
+                for _ in range(rng.integers(1, 4)):
+                    b[rng.integers(0, len(b))] = rng.integers(0, 256)
+            elif kind == 2:
+                i = rng.integers(0, len(b))
+                b[i:i] = rng.integers(0, 256, rng.integers(1, 20), dtype=np.uint8).tobytes()
+            elif kind == 3:
+                i = rng.integers(0, len(b) - 4)
+                b[i:i + 4] = struct.pack("<I", int(rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000])))
+            else:
+                i = rng.integers(0, len(b) - 2)
+                b[i:i + 2] = struct.pack("<H", int(rng.choice([0, 8, 12, 99, 0xFFFF])))
+            bad.write_bytes(bytes(b))
+            try:
+                back = gpubp.MLP.load(bad, backend="numpy")
+            except ValueError:
+                outcomes["refused"] += 1
+                continue
+            except Exception as e:
+                raise AssertionError(f"trial {trial} (kind {kind}): {type(e).__name__}: {e}") from e
+            outcomes["same"] += 1
+            assert same_params(back, net) and back.optimizer.t == net.optimizer.t
+            for k in net.optimizer.state:
+                assert np.array_equal(back.optimizer.state[k], net.optimizer.state[k])
+        assert outcomes["refused"] > 200, outcomes
+
+
+def test_a_fifo_or_device_is_refused_without_waiting(tmp_path):
+    """A named pipe made load wait forever in open() for a writer; a pipe (`<(cat net.npz)`)
+    raised io.UnsupportedOperation: neither can hold a zip archive, which needs seeking."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "net.npz"
+    os.mkfifo(fifo)
+    code = ("import gpubp, sys\n"
+            "try:\n    gpubp.MLP.load(sys.argv[1], backend='numpy')\n"
+            "except ValueError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    assert "refused:" in out.stdout and "not a regular file" in out.stdout, out
+    with pytest.raises(ValueError, match="not a regular file"):
+        gpubp.MLP.load("/dev/null", backend="numpy")
+    r, w = os.pipe()
+    try:
+        os.write(w, b"PK\x03\x04")
+        with pytest.raises(ValueError, match="not a regular file"):
+            gpubp.MLP.load(f"/dev/fd/{r}", backend="numpy")
+    finally:
+        os.close(r)
+        os.close(w)
+    with pytest.raises(IsADirectoryError):
+        gpubp.MLP.load(tmp_path, backend="numpy")
+
+
+# ----------------------------------------------------------------- gpubp predict's loading
+def test_predict_reports_checkpoint_problems_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """A checkpoint whose network does not fit the backend's free memory (the constructor's
+    MemoryError) came out of `gpubp predict` as a traceback; train reports it as a usage error."""
+    from gpubp import cli
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    net = gpubp.MLP([4, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.save(tmp_path / "net.npz")
+    np.save(tmp_path / "x.npy", np.zeros((2, 4)))
+    arrays, meta = read_all(tmp_path / "net.npz")
+    meta["rng"]["buffer_pos"] = 3
+    write_consistent(tmp_path / "bad.npz", arrays, meta)
+    monkeypatch.setattr(NumpyBackend, "free_memory", lambda self: 1000, raising=False)
+    for ckpt, why in (("net.npz", "need [0-9,]+ bytes, but only 1,000 bytes"), ("bad.npz", "field 'rng'")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["predict", str(tmp_path / ckpt), str(tmp_path / "x.npy"), "--backend", "numpy"])
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and re.search(why, err) and "Traceback" not in out + err, err
+
+
+@pytest.mark.parametrize("metadata, key", [({0: "cat", 1: "dog"}, "0"), ({1: "a", "1": "b"}, "1"),
+                                           ({"classes": {2.5: "x"}}, "2.5"), ({"a": [{None: 1}]}, "None"),
+                                           ({"a": [{True: 1}]}, "True")], ids=["int", "int-and-str", "float",
+                                                                            "none", "bool"])
+def test_metadata_keys_must_be_strings(tmp_path, metadata, key):
+    """JSON turned {0: 'cat'} into {'0': 'cat'} and {1: 'a', '1': 'b'} into {'1': 'b'}: the network
+    loaded with other metadata than it was saved with. Now save says so, and writes nothing."""
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    with pytest.raises(TypeError, match=f"metadata keys must be strings.*use '{re.escape(key)}'"):
+        net.save(tmp_path / "m.npz", metadata=metadata)
+    assert not (tmp_path / "m.npz").exists()
+    net.metadata = metadata
+    with pytest.raises(TypeError, match="metadata keys must be strings"):
+        net.save(tmp_path / "m.npz")
+    cyclic = {"a": []}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(TypeError, match="metadata must"):
+        net.save(tmp_path / "m.npz", metadata=cyclic)
+
+
+def test_save_refuses_what_load_would_refuse_and_keeps_the_good_file(tmp_path):
+    """An update that overflowed left infinite parameters (train_step reports it at its next call);
+    save wrote them over the last good checkpoint, and load then refused that file."""
+    import warnings
+
+    net = gpubp.MLP([2, 3, 1], backend="numpy", seed=0)
+    X, y = np.full((4, 2), 100.0), np.full(4, 1e3)
+    path = tmp_path / "net.npz"
+    net.save(path)
+    before = path.read_bytes()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        net.train_step(X, y, gpubp.optim.SGD(1e38, momentum=0.5))   # the loss is finite, the update is not
+    assert not all(np.isfinite(W).all() for W, _ in net.get_params())
+    with pytest.raises(ValueError, match="array 'params' holds NaN or infinite values.*left as it was"):
+        net.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
+    net.set_params(gpubp.MLP([2, 3, 1], backend="numpy", seed=1).get_params())   # finite again
+    net.optimizer.state["velocity"][0] = np.inf
+    with pytest.raises(ValueError, match="array 'opt.velocity' holds NaN or infinite"):
+        net.save(path)
+    assert path.read_bytes() == before
+
+
+def test_save_writes_only_seeds_that_load_accepts(tmp_path):
+    """save wrote a list seed (set after construction) that load then refused."""
+    net = gpubp.MLP([3, 2], backend="numpy", seed=1)
+    net.seed = [1, 2]
+    with pytest.raises(ValueError, match=r"seed \[1, 2\] cannot be saved"):
+        net.save(tmp_path / "s.npz")
+    assert not (tmp_path / "s.npz").exists()
+    net.seed = np.uint64(2 ** 64 - 1)
+    net.save(tmp_path / "s.npz")
+    assert gpubp.MLP.load(tmp_path / "s.npz", backend="numpy").seed == 2 ** 64 - 1
+
+
+def test_a_small_file_claiming_millions_of_layers_is_refused_at_once(tmp_path):
+    """A 6 MB file of layer_sizes [5, 1, 1, ..., 3] (10**6 layers) took seconds to refuse (a 60 MB one,
+    a minute): its layout was worked out, layer by layer, before the parameters' length was compared."""
+    import time
+
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    arrays, meta = read_all(path)
+    meta["config"].update(layer_sizes=[5] + [1] * 10 ** 6 + [3], activation="relu")
+    del meta["shapes"]
+    bad = write_consistent(tmp_path / "deep.npz", arrays, meta)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"field 'config.layer_sizes': 1000001 layers need at least 64000064 "
+                                         r"numbers, but array 'params' holds 160"):
+        gpubp.MLP.load(bad, backend="numpy")
+    assert time.perf_counter() - t0 < 10.0      # about 0.3 s on an idle machine (the JSON text is parsed)
+
+
+def test_an_archive_of_many_members_is_refused_before_their_headers_with_a_short_message(tmp_path,
+                                                                                          monkeypatch):
+    """Every member's .npy header was read before the metadata's list of arrays was compared (100,000
+    members: 6 s), and the error listed every name (a message of 100,000 names)."""
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    with zipfile.ZipFile(path) as z:
+        base = [(n, z.read(n)) for n in z.namelist()]
+    empty = io.BytesIO()
+    np.save(empty, np.zeros(0, np.uint8))
+    many = _zip(base + [(f"x{i}.npy", empty.getvalue()) for i in range(20000)])
+    (tmp_path / "many.npz").write_bytes(many)
+    import gpubp.checkpoint as ckmod
+
+    headers = []
+    real = ckmod.Checkpoint._header
+    monkeypatch.setattr(ckmod.Checkpoint, "_header", lambda self, name: (headers.append(name), real(self, name))[1])
+    with pytest.raises(ValueError, match=r"lists arrays \['opt.m', 'opt.v', 'params'\] but holds \[.*, \.\.\. "
+                                         r"\(20003 in all\)\]$") as e:
+        gpubp.MLP.load(tmp_path / "many.npz", backend="numpy")
+    assert headers == ["meta"] and len(str(e.value)) < 300
