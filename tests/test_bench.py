@@ -331,6 +331,78 @@ def test_ratios_and_goals_pass_miss_info_and_not_measured():
     assert all(x["result"] == "NOT MEASURED" and "passed" not in x for x in goals.check_goals([], {}))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf"), None])
+def test_a_time_that_is_not_above_zero_never_counts_for_a_goal_or_a_ratio(bad):
+    """A median time that is NaN, zero, negative, infinite or missing is no measurement: the goal is
+    NOT MEASURED saying which row (never MISS or PASS on it, and no ZeroDivisionError that would
+    lose the whole run's files), the other gpubp variant still counts, and no ratio divides by it."""
+    W = list(shapes.WIDE)
+    g32 = _goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="float32")
+    torch_row = _row(peer="torch-eager", precision="float32", sizes=W, batch=4096, median_ms=10.0)
+    rs = [_row(peer="gpubp-cuda", precision="float32", sizes=W, batch=4096, median_ms=bad), dict(torch_row)]
+    rows.add_ratios(rs)
+    assert "speedup_gpubp" not in rs[1] and "speedup_gpubp_same_precision" not in rs[1]
+    got = goals.judge(g32, rs)
+    assert got["result"] == "NOT MEASURED" and "value" not in got and "passed" not in got
+    assert got["failed_checks"] == [f"gpubp-cuda: median time {bad!r} ms, not a number above zero"]
+    # the graph row counts when the plain row's time is bad, wherever the bad row stands
+    graph = _row(peer="gpubp-cuda-graph", precision="float32", sizes=W, batch=4096, median_ms=5.0)
+    for rs in ([rs[0], graph, torch_row], [graph, rs[0], torch_row]):
+        got = goals.judge(g32, rs)
+        assert got["result"] == "PASS" and got["value"] == pytest.approx(2.0)
+    # the peer's bad time: not measured either
+    rs = [graph, dict(torch_row, median_ms=bad)]
+    assert goals.judge(g32, rs)["result"] == "NOT MEASURED"
+    # a GEMM goal and its share of cuBLAS alike
+    shape = (4096, 4096, 4096)
+    gk = _goal(metric="gemm_fraction", kernel="fwd", kernel_shape=shape, precision="float32")
+    ks = [_kernel("gpubp-fused", "fwd", shape, bad), _kernel("cublas-sgemm", "fwd", shape, 1.0)]
+    rows.add_ratios(ks)
+    assert "frac_cublas" not in ks[0] and goals.judge(gk, ks)["result"] == "NOT MEASURED"
+    # information goals too (no samples/s from a bad time)
+    T = shapes.W64x5_OUT64
+    gi = _goal(metric="samples_per_s", precision="bf16")
+    assert goals.judge(gi, [_row(peer="gpubp-cuda-bf16", precision="bf16", sizes=T, batch=2 ** 20,
+                                 median_ms=bad)])["result"] == "NOT MEASURED"
+
+
+def test_two_negative_times_never_pass():
+    W = list(shapes.WIDE)
+    rs = [_row(peer="gpubp-cuda", precision="float32", sizes=W, batch=4096, median_ms=-1.0),
+          _row(peer="torch-eager", precision="float32", sizes=W, batch=4096, median_ms=-10.0)]
+    assert goals.judge(_goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="float32"), rs)["result"] \
+        == "NOT MEASURED"
+
+
+def test_a_row_whose_check_failed_is_no_ratio_or_summary_reference_and_is_marked(tmp_path):
+    """The goals leave out a fast but wrong row (a NaN loss): the ratios, the summary's speed-ups and
+    bench.md must not compare with it either (they did: 'bf16 2.00x' beside a goal NOT MEASURED)."""
+    from gpubp.bench import report
+    W = list(shapes.WIDE)
+    rs = [_row(peer="gpubp-cuda", precision="float32", network="wide", sizes=W, batch=4096, median_ms=1.0,
+               check_error="the final loss is nan"),
+          _row(peer="gpubp-cuda-bf16", precision="bf16", network="wide", sizes=W, batch=4096, median_ms=1.0,
+               check_error="the final loss is nan"),
+          _row(peer="torch-eager", precision="float32", network="wide", sizes=W, batch=4096, median_ms=10.0),
+          _row(peer="torch-autocast-bf16", precision="bf16", network="wide", sizes=W, batch=4096, median_ms=2.0)]
+    ks = [dict(_kernel("gpubp-tc-bf16", "fwd", (8192, 4096, 4096), 1.0, "bf16"), check_error="relative error 1"),
+          _kernel("cublas-bf16", "fwd", (8192, 4096, 4096), 2.0, "bf16")]
+    rows.add_ratios(rs + ks)
+    assert not any("speedup_gpubp" in r or "speedup_gpubp_same_precision" in r for r in rs)
+    assert "speedup_gpubp_same_precision" not in ks[1]
+    table = report.summary_table(rs)
+    assert table[-1] == "| cuda | wide | 4096 | - | - | 10 | 2 |  |"
+    res = dict(meta=dict(versions=dict(cpu="x", cpu_count=2, blas_threads=2, numpy="1", torch="2", sklearn="1",
+                                       python="3", gpubp="0"), notes=[]),
+               config=dict(mode="quick", optimizer="adam", lr=1e-3), ceilings={}, rows=rs + ks,
+               goals=goals.check_goals(rs + ks), wall_s=1.0)
+    report.write_markdown(res, tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text()
+    assert "| wide | 4096 | gpubp-cuda-bf16 (**check failed**: the final loss is nan) |" in md
+    assert "gpubp-tc-bf16 (**check failed**: relative error 1) |" in md
+    assert "bf16 5.00x" not in md and "float32 10.00x" not in md
+
+
 def test_goals_hold_every_target_of_the_tensor_core_and_narrow_work():
     """Each goal as the tensor-core and narrow-network work states it: (what, precision,
     compared peer, threshold)."""

@@ -18,6 +18,7 @@ hoped for).  A goal whose rows are missing is "NOT MEASURED", never passed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 #: gpubp's step rows that count for a goal, per precision (the faster one counts)
@@ -154,18 +155,37 @@ GOALS = (
 )
 
 
+def measured(r) -> bool:
+    """Whether row `r` has a median time that is a finite number above zero."""
+    ms = r.get("median_ms")
+    return isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0
+
+
+def counts(r) -> bool:
+    """Whether row `r` may count for a goal or a ratio: it was `measured` and its result passed
+    its check (a row with a `check_error`, e.g. a non-finite loss or a GEMM far from float32,
+    never counts)."""
+    return measured(r) and "check_error" not in r
+
+
 def _find(rows, **kw):
-    """The first measured row with these fields whose result passed its check (a row with a
-    `check_error`, e.g. a non-finite loss or a GEMM far from float32, never counts)."""
+    """The first row with these fields that `counts`."""
     for r in rows:
-        if all(r.get(k) == v for k, v in kw.items()) and "median_ms" in r and "check_error" not in r:
+        if all(r.get(k) == v for k, v in kw.items()) and counts(r):
             return r
     return None
 
 
 def _failed_checks(rows, peers, **kw):
-    return [f"{r['peer']}: {r['check_error']}" for r in rows
-            if r.get("peer") in peers and "check_error" in r and all(r.get(k) == v for k, v in kw.items())]
+    """What is wrong with each row of `peers` matching `kw` that has a result but does not `count`:
+    its failed check, or a median time that is not a number above zero."""
+    out = []
+    for r in rows:
+        if (r.get("peer") in peers and ("check_error" in r or "median_ms" in r) and not counts(r)
+                and all(r.get(k) == v for k, v in kw.items())):
+            why = r["check_error"] if "check_error" in r else f"median time {r['median_ms']!r} ms, not a number above zero"
+            out.append(f"{r['peer']}: {why}")
+    return out
 
 
 def _best(rows, peers, **where):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .goals import GPUBP_PEERS, TORCH_PEER
+from .goals import GPUBP_PEERS, TORCH_PEER, counts
 from .peers import COMPILE_PEERS, CPU_PEERS, GPU_PEERS
 
 
@@ -165,7 +165,9 @@ def summary_table(rows):
         if k not in keys:
             keys.append(k)
     for k in keys:
-        t = {r["peer"]: r.get("median_ms") for r in steps if (r["device"], r["network"], r["batch"]) == k}
+        # a row that does not count (its check failed) shows "-", as one not measured
+        t = {r["peer"]: r["median_ms"] if counts(r) else None for r in steps
+             if (r["device"], r["network"], r["batch"]) == k}
         mine = [t.get(p) for p in ("gpubp-cuda", "gpubp-cuda-graph", "gpubp-numpy") if t.get(p)]
         ref = t.get("torch-eager") or t.get("torch-cpu")
         sp = f"{ref / min(mine):.2f}x" if mine and ref else ""
@@ -191,6 +193,8 @@ def _row_md(r, what, shape):
         ratio += f" [{_fmt(r['speedup_gpubp_cuda'])}]"
     last = _pct(r.get("frac_cublas")) if r["kind"] == "kernel" else _fmt(r.get("speedup_gpubp_same_precision"))
     peer = r["peer"] + (f" (rel. err {r['rel_err_vs_unfused']:.1e})" if "rel_err_vs_unfused" in r else "")
+    if "check_error" in r:                 # measured but wrong: counted for no goal or ratio
+        peer += f" (**check failed**: {r['check_error'].replace('|', '/')[:120]})"
     return (f"| {what} | {shape} | {peer} | {_fmt(r['median_ms'], 4)} | {_fmt(r['p25_ms'])}-{_fmt(r['p75_ms'])} "
             f"| {r['reps']} | {_fmt(r.get('tflops'))} | {_pct(r.get('frac_gemm'))} | {_fmt(r.get('gbs'))} "
             f"| {_pct(r.get('frac_copy'))} | {ratio} | {last} |")

@@ -458,15 +458,17 @@ def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False,
 def add_ratios(rows):
     """Per row, `speedup_gpubp`: this peer's time over gpubp's on the same shape
     (> 1: gpubp is faster); gpubp-cuda for GPU rows, gpubp-numpy for CPU rows,
-    and `speedup_gpubp_cuda` for CPU rows of a shape also measured on the GPU."""
+    and `speedup_gpubp_cuda` for CPU rows of a shape also measured on the GPU.  As for the
+    goals, a reference row must count (`goals.counts`: a time above zero, its check passed)."""
+    from .goals import counts, measured
     ref = {}
     for r in rows:
-        if "median_ms" in r and r.get("peer") in ("gpubp-cuda", "gpubp-numpy", "gpubp-fused"):
+        if counts(r) and r.get("peer") in ("gpubp-cuda", "gpubp-numpy", "gpubp-fused"):
             key = (r["kind"], r.get("kernel"), tuple(r.get("sizes", ())), r["batch"],
                    r.get("n_out"), r.get("n_in"), r["device"])
             ref[key] = r["median_ms"]
     for r in rows:
-        if "median_ms" not in r or r["kind"] == "ceiling":
+        if not measured(r) or r["kind"] == "ceiling":
             continue
         key = (r["kind"], r.get("kernel"), tuple(r.get("sizes", ())), r["batch"], r.get("n_out"),
                r.get("n_in"))
@@ -487,13 +489,14 @@ def _same_precision_ratios(rows):
     gpubp's rows of that precision on the same shape (`goals.GPUBP_PEERS` for steps,
     `goals.GPUBP_KERNEL_PEERS` for kernels, `fused_runs.GPUBP_RUN_PEERS` for fused runs); per
     gpubp kernel row `frac_cublas`, the time of
-    cuBLAS at its precision (`goals.CUBLAS_PEER`) over its own."""
+    cuBLAS at its precision (`goals.CUBLAS_PEER`) over its own.  Only rows that `goals.counts`
+    are references (a fast row whose check failed is no one's yardstick)."""
     from .fused_runs import GPUBP_RUN_PEERS
-    from .goals import CUBLAS_PEER, GPUBP_KERNEL_PEERS, GPUBP_PEERS
+    from .goals import CUBLAS_PEER, GPUBP_KERNEL_PEERS, GPUBP_PEERS, counts, measured
     mine = {"step": GPUBP_PEERS, "kernel": GPUBP_KERNEL_PEERS, "run": GPUBP_RUN_PEERS}
     best, by_peer = {}, {}
-    for r in rows:
-        if "median_ms" not in r or r["kind"] not in mine or r["device"] != "cuda":
+    for r in rows:            # the references: rows that count, as for the goals
+        if not counts(r) or r["kind"] not in mine or r["device"] != "cuda":
             continue
         key = _shape_key(r)
         by_peer[key + (r["peer"],)] = r["median_ms"]
@@ -502,7 +505,7 @@ def _same_precision_ratios(rows):
             k = key + (prec,)
             best[k] = min(best.get(k, float("inf")), r["median_ms"])
     for r in rows:
-        if "median_ms" not in r or r["kind"] not in mine or r["device"] != "cuda":
+        if not measured(r) or r["kind"] not in mine or r["device"] != "cuda":
             continue
         key, prec = _shape_key(r), r.get("precision")
         if key + (prec,) in best:
