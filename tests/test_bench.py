@@ -631,12 +631,12 @@ def test_kernel_peers_pair_each_gpubp_gemm_with_cublas_at_its_precision():
 # ----------------------------------------------------------------- which rows run, in which order
 def _plan_of(monkeypatch, argv, has_torch_cuda=True):
     """The GPU rows `gpubp bench argv` would run, in order, with the row functions recorded:
-    ("kernel", B, N, K, precisions, tiles, part), ("run", network, batch, part) and
+    ("kernel", B, N, K, precisions, tiles, part, keep), ("run", network, batch, part) and
     ("step", network, batch, peers, reserve_s)."""
     calls = []
     monkeypatch.setattr(cli, "kernel_rows",
-                        lambda suite, B, N, K, precs, tiles, torch_ok, part: calls.append(
-                            ("kernel", B, N, K, precs, tiles, part)))
+                        lambda suite, B, N, K, precs, tiles, torch_ok, part, keep=None: calls.append(
+                            ("kernel", B, N, K, precs, tiles, part, keep)))
     monkeypatch.setattr(cli, "run_rows", lambda suite, sizes, b, t, part: calls.append(
         ("run", shapes.net_name(sizes), b, part)))
     monkeypatch.setattr(cli, "gpu_step_rows",
@@ -663,9 +663,9 @@ def test_gpu_rows_run_goals_first_verified_before_opt_in_and_compile_last(monkey
               ("kernel", 4096, 4096, 4096, ["float32"], True)]                       # every float32 tile there
     n = len(goal_steps)
     # the goals' GEMMs and steps, verified kernels first, then the opt-in ones
-    assert calls[:2] == [k + ("verified",) for k in goal_k]
+    assert calls[:2] == [k + ("verified", None) for k in goal_k]
     assert [(c[1], c[2], c[3]) for c in calls[2:2 + n]] == [g + (VERIFIED,) for g in goal_steps]
-    assert calls[2 + n:4 + n] == [k + ("opt-in",) for k in goal_k]
+    assert calls[2 + n:4 + n] == [k + ("opt-in", None) for k in goal_k]
     assert [(c[1], c[2], c[3]) for c in calls[4 + n:4 + 2 * n]] == [g + (OPT_IN,) for g in goal_steps]
     # then the narrow goal networks' fused runs, before any other step
     runs = [(shapes.net_name(s), b) for s, b in shapes.run_shapes()]
@@ -697,7 +697,9 @@ def test_only_and_peers_select_rows(monkeypatch):
     assert {c[1:4] for c in calls if c[0] == "kernel"} == set(shapes.goal_kernel_shapes())
     goal_names = {(shapes.net_name(s), b) for s, b in shapes.goal_step_shapes()}
     assert {(c[1], c[2]) for c in calls if c[0] == "step"} == goal_names
-    assert any(c[0] == "step" and c[3] == peers.COMPILE_PEERS for c in calls)
+    # no goal judges a torch.compile row: none runs, and none of the budget is kept for them
+    assert not any(c[0] == "step" and set(c[3]) & set(peers.COMPILE_PEERS) for c in calls)
+    assert all(c[4] == 0 for c in calls if c[0] == "step") and not any(c[0] == "run" for c in calls)
     calls, _ = _plan_of(monkeypatch, ["--only", "compile"])
     assert calls and all(c[0] == "step" and c[3] == peers.COMPILE_PEERS for c in calls)
     calls, _ = _plan_of(monkeypatch, ["--only", "fused"])
@@ -716,12 +718,51 @@ def test_only_and_peers_select_rows(monkeypatch):
     assert any("torch.compile" in n for n in meta["notes"])
     # --no-opt-in: the default path's kernels only, and a note says so
     calls, meta = _plan_of(monkeypatch, ["--quick", "--no-opt-in"])
-    assert calls and all(c[-1] == "verified" for c in calls if c[0] in ("kernel", "run"))
+    assert calls and all(c[-1] == "verified" for c in calls if c[0] == "run")
+    assert all(c[6] == "verified" for c in calls if c[0] == "kernel")
     assert all(c[3] == VERIFIED for c in calls if c[0] == "step") and any("--no-opt-in" in n for n in meta["notes"])
     with pytest.raises(SystemExit):
         cli.parse_args(["--peers", "gpubp-cuda,jax"])
     assert cli.picked("narrow w64", "cpu", shapes.narrow(64, 4), 2 ** 14)
     assert not cli.picked("goals", "cpu", shapes.DEFAULT, 32) and not cli.picked("kernel", "step", shapes.WIDE, 256)
+
+
+def test_only_goals_selects_every_row_a_goal_needs_and_no_other(monkeypatch):
+    """`--only goals` (the short GPU session's run) times, at each goal's step, gpubp's rows of the
+    goal's precision and its compared peer, and at each goal's GEMM shape gpubp's variants and
+    cuBLAS for that kernel: every row each goal needs, nothing no goal needs (no cupy-unfused, no
+    torch.compile, no other GEMM kernel), and nothing of the budget kept back."""
+    calls, _ = _plan_of(monkeypatch, ["--only", "goals"])
+    steps = {}
+    for c in (c for c in calls if c[0] == "step"):
+        steps.setdefault((c[1], c[2]), set()).update(c[3])
+        assert c[4] == 0
+    kernel_calls = [c for c in calls if c[0] == "kernel"]
+    timed_k = {}
+    for _, B, N, K, precs, tiles, part, keep in kernel_calls:
+        offered = {(kind, p) for p in rows._part(rows.kernel_peers(precs, tiles), gemms.OPT_IN_VARIANTS, part)
+                   for kind in gemms.KINDS if gemms.variant_applies(p, kind)}
+        timed_k.setdefault((B, N, K), set()).update(offered & keep)
+    want_s, want_k = {}, {}
+    for g in goals.GOALS:
+        if g.sizes is not None:
+            need = {p for p in (*goals.GPUBP_PEERS[g.precision], g.peer) if p in peers.GPU_PEERS}
+            want_s.setdefault((shapes.net_name(g.sizes), g.batch), set()).update(need)
+        else:
+            need = {(g.kernel, p) for p in (*goals.GPUBP_KERNEL_PEERS[g.precision], g.peer)
+                    if gemms.variant_applies(p, g.kernel)}
+            want_k.setdefault(tuple(g.kernel_shape), set()).update(need)
+    assert steps == want_s
+    assert timed_k == want_k
+    assert not any(p == gemms.UNFUSED for rs in timed_k.values() for _, p in rs)
+    # kernel_rows times exactly the kept rows (here skipped: no budget), each once
+    suite = rows.Suite(dict(suite_s=0.0), verbose=False)
+    shape = (8192, 4096, 4096)
+    for part in ("verified", "opt-in"):
+        rows.kernel_rows(suite, *shape, shapes.kernel_precisions(*shape), shapes.kernel_tiles(*shape), True, part,
+                         shapes.goal_kernel_rows(*shape))
+    got = [(r["kernel"], r["peer"]) for r in suite.rows]
+    assert sorted(got) == sorted(want_k[shape]) and all("skipped" in r for r in suite.rows)
 
 
 def test_a_lost_cuda_context_skips_every_later_gpu_row_and_says_why():

@@ -76,8 +76,9 @@ from .peers import COMPILE_PEERS, GPU_PEER_SPECS, GPU_PEERS
 from .report import jsonable, summary_table, write_markdown, write_plot
 from .rows import (Suite, add_ratios, cpu_step_rows, gpu_step_rows, kernel_rows, measure_ceilings_cpu,
                    measure_ceilings_gpu, run_rows)
-from .shapes import (MODES, compile_step_shapes, cpu_step_shapes, goal_kernel_shapes, goal_step_shapes,
-                     gpu_step_shapes, kernel_precisions, kernel_shapes, kernel_tiles, net_name, run_shapes)
+from .shapes import (MODES, compile_step_shapes, cpu_step_shapes, goal_kernel_rows, goal_kernel_shapes,
+                     goal_step_peers, goal_step_shapes, gpu_step_shapes, kernel_precisions, kernel_shapes,
+                     kernel_tiles, net_name, run_shapes)
 
 
 def guarded(suite, rows_fn, *args):
@@ -93,7 +94,8 @@ def guarded(suite, rows_fn, *args):
 
 #: the `--only` words that name a group of rows rather than part of a network's name
 ONLY_GROUPS = {
-    "goals": "the rows the goals judge: their GEMM shapes, their step shapes and the torch.compile rows",
+    "goals": "the rows the goals judge: their GEMM shapes, and at their step shapes the peers they compare "
+             "(no cupy-unfused or torch.compile rows, which no goal judges: none of the budget is kept for them)",
     "kernel": "the GEMM kernel rows only",
     "compile": "the torch.compile step rows only",
     "fused": "the fused-run rows only (narrow networks' forward and backward alone)",
@@ -111,7 +113,7 @@ def picked(only, what, sizes=None, batch=None, shape=None) -> bool:
     if only == "goals":
         if what == "kernel":
             return tuple(shape) in goal_kernel_shapes()
-        return what in ("step", "compile") and (list(sizes), batch) in goal_step_shapes()
+        return what == "step" and (list(sizes), batch) in goal_step_shapes()
     groups = {"kernel": "kernel", "compile": "compile", "fused": "run"}
     if only in groups:
         return what == groups[only]
@@ -188,12 +190,17 @@ def run_gpu_rows(suite, a, cfg, has_torch_cuda, meta):
 
     def kernels(shapes_, part):
         for k in shapes_:
-            guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda, part)
+            keep = goal_kernel_rows(*k) if a.only == "goals" else None     # only the rows a goal compares
+            guarded(suite, kernel_rows, *k, kernel_precisions(*k), kernel_tiles(*k), has_torch_cuda, part, keep)
 
     def step_rows(shapes_, part):
-        if split[part]:
-            for sizes, b in shapes_:
-                guarded(suite, gpu_step_rows, sizes, b, split[part])
+        for sizes, b in shapes_:
+            ps = split[part]
+            if a.only == "goals":               # only the peers a goal at this step compares
+                need = goal_step_peers(sizes, b)
+                ps = [p for p in ps if p in need]
+            if ps:
+                guarded(suite, gpu_step_rows, sizes, b, ps)
 
     parts = ("verified",) if a.no_opt_in else ("verified", "opt-in")
     if a.no_opt_in:

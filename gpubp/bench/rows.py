@@ -390,17 +390,24 @@ def kernel_peers(precisions, tiles=False):
     return list(dict.fromkeys(out))
 
 
-def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False, has_torch_cuda=True, part=None):
+def kernel_rows(suite, batch, n_out, n_in, precisions=("float32",), tiles=False, has_torch_cuda=True, part=None,
+                keep=None):
     """The three GEMMs of a layer (batch x n_out x n_in) alone: gpubp's variants against cuBLAS
     at the same precision and (float32) the unfused pair; see `gpubp.bench.gemms`.  `part`:
     "verified" times only the rows of kernels on the default path (and cuBLAS), "opt-in" only
-    gpubp's opt-in variants (`gemms.OPT_IN_VARIANTS`), None all."""
+    gpubp's opt-in variants (`gemms.OPT_IN_VARIANTS`), None all.  `keep`: a set of `(kernel, peer)`,
+    the only rows timed (`shapes.goal_kernel_rows` for `--only goals`), or None for all."""
     cfg = suite.cfg
     shape = dict(batch=batch, n_out=n_out, n_in=n_in)
     peers = _part(kernel_peers(precisions, tiles), G.OPT_IN_VARIANTS, part)
     if not peers:
         return
-    rows = [(kind, peer) for kind in G.KINDS for peer in peers if G.variant_applies(peer, kind)]
+    rows = [(kind, peer) for kind in G.KINDS for peer in peers if G.variant_applies(peer, kind)
+            and (keep is None or (kind, peer) in keep)]
+    if not rows:
+        return
+    used = {p for _, p in rows}
+    peers = [p for p in peers if p in used]
 
     def base(kind, peer):
         prec = (G.GPUBP_VARIANTS.get(peer) or G.CUBLAS.get(peer) or ("float32",))[0]

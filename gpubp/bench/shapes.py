@@ -64,6 +64,17 @@ def goal_step_shapes():
     return _unique([(list(g.sizes), g.batch) for g in GOALS if g.sizes is not None])
 
 
+def goal_step_peers(sizes, batch):
+    """The step peers the goals at step `(sizes, batch)` judge: gpubp's rows of each goal's precision
+    (`goals.GPUBP_PEERS`) and the peer it is compared with."""
+    from .goals import GPUBP_PEERS
+    out = set()
+    for g in GOALS:
+        if g.sizes is not None and list(g.sizes) == list(sizes) and g.batch == batch:
+            out.update(GPUBP_PEERS[g.precision], (g.peer,))
+    return out
+
+
 def compile_step_shapes():
     """`(sizes, batch)` the `torch.compile` peers run: the wide and the narrow w64 x8 goal steps."""
     return [(WIDE, 4096), (narrow(64, 8), 2 ** 18)]
@@ -107,6 +118,17 @@ def kernel_shapes(mode):
 def goal_kernel_shapes():
     """(batch, n_out, n_in) of the GEMMs the goals judge, in the goals' order."""
     return _unique([tuple(g.kernel_shape) for g in GOALS if g.kernel_shape is not None])
+
+
+def goal_kernel_rows(batch, n_out, n_in):
+    """The `(kernel, peer)` GEMM rows the goals at shape (batch, n_out, n_in) judge: gpubp's variants
+    of each goal's precision (`goals.GPUBP_KERNEL_PEERS`) and the cuBLAS GEMM it is compared with."""
+    from .goals import GPUBP_KERNEL_PEERS
+    out = set()
+    for g in GOALS:
+        if g.kernel_shape == (batch, n_out, n_in):
+            out.update((g.kernel, p) for p in (*GPUBP_KERNEL_PEERS[g.precision], g.peer))
+    return out
 
 
 def kernel_precisions(batch, n_out, n_in):
