@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import gpubp
 from gpubp.bench import cli, cost, fused_runs, gemms, goals, peers, rows, shapes, timing
 
 
@@ -401,6 +402,14 @@ def test_a_row_whose_check_failed_is_no_ratio_or_summary_reference_and_is_marked
     assert "| wide | 4096 | gpubp-cuda-bf16 (**check failed**: the final loss is nan) |" in md
     assert "gpubp-tc-bf16 (**check failed**: relative error 1) |" in md
     assert "bf16 5.00x" not in md and "float32 10.00x" not in md
+    # a goal judged on another gpubp row says which row it left out
+    rs.append(_row(peer="gpubp-cuda-graph", precision="float32", network="wide", sizes=W, batch=4096,
+                   median_ms=5.0))
+    res["goals"] = goals.check_goals(rs + ks)
+    report.write_markdown(res, tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text()
+    line = [x for x in md.splitlines() if x.startswith("| wide 1024-4096x3-10 step, batch 4096, gpubp float32")][0]
+    assert "**PASS**" in line and "left out (check failed): gpubp-cuda: the final loss is nan" in line
 
 
 def test_goals_hold_every_target_of_the_tensor_core_and_narrow_work():
@@ -897,6 +906,9 @@ def test_bench_cpu_path_writes_json_markdown_and_plot(tmp_path, capsys):
     assert res["ceilings"]["cpu"]["gemm_tflops"] > 0 and res["ceilings"]["cpu"]["copy_gbs"] > 0
     md = (tmp_path / "bench.md").read_text()
     assert "GPU rows need CUDA" in md and "| default 64-128-10 | 32 | gpubp-numpy |" in md
+    v = res["meta"]["versions"]       # which code and libraries were measured, in bench.md too
+    assert v["gpubp"] == gpubp.__version__
+    assert f"gpubp {v['gpubp']}, numpy {v['numpy']}, torch {v['torch']}" in md and v["platform"] in md
     assert "every goal is NOT MEASURED" in md and md.count("**NOT MEASURED**") == len(goals.GOALS)
     assert "Published figures of tiny-cuda-nn: no figure recorded" in md
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,8 +29,8 @@ def write_markdown(res, path):
              f"Suite wall time {res['wall_s']:.0f} s.\n")
     v = m["versions"]
     L.append(f"- CPU: {v['cpu']} x{v['cpu_count']}, BLAS threads {v['blas_threads']}, torch threads "
-             f"{m.get('torch_threads')}; numpy {v['numpy']}, torch {v['torch']}, scikit-learn {v['sklearn']}, "
-             f"Python {v['python']}")
+             f"{m.get('torch_threads')}; gpubp {v.get('gpubp', '?')}, numpy {v['numpy']}, torch {v['torch']}, "
+             f"scikit-learn {v['sklearn']}, Python {v['python']}, {v.get('platform', '')}")
     if m.get("gpu"):
         g = m["gpu"]
         L.append(f"- GPU: {g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GiB, {g['sms']} SMs, "
@@ -59,7 +59,11 @@ def write_markdown(res, path):
             L.append("No CUDA GPU in this run: every goal is NOT MEASURED.\n")
         L.append("| goal | measured | result | margin |\n|---|---|---|---|")
         for g in res["goals"]:
-            L.append(f"| {g['goal']} | {g.get('measured', '')} | **{g['result']}** | {g.get('margin', '')} |")
+            measured = g.get("measured", "")
+            if g.get("failed_checks") and "value" in g:      # judged on the others: say which were left out
+                measured += "; left out (check failed): " + "; ".join(g["failed_checks"])
+            measured = measured.replace("|", "/")
+            L.append(f"| {g['goal']} | {measured} | **{g['result']}** | {g.get('margin', '')} |")
         L.append("")
         sources = {g["peer"]: g["published"] for g in res["goals"] if g.get("published")}
         for name, pub in sources.items():
