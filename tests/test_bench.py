@@ -15,9 +15,16 @@ from gpubp.bench import cli, cost, fused_runs, gemms, goals, peers, rows, shapes
 
 
 # ----------------------------------------------------------------- cost model (docs/spec.md, "Cost of a step")
-def test_step_flops_is_6_B_sum_of_layer_products():
-    assert cost.step_flops([2, 3, 4], 5) == 6 * 5 * (2 * 3 + 3 * 4)
-    assert cost.step_flops(shapes.WIDE, 4096) == 6 * 4096 * (1024 * 4096 + 2 * 4096 * 4096 + 4096 * 10)
+def test_step_flops_count_the_gemms_a_step_runs():
+    """Hand counts, 2 FLOPs per multiply-add: the forward product and dW of every layer, delta @ W of
+    every layer but the first (no step computes dLoss/dX; 6 B sum n_(l-1) n_l counted it)."""
+    # [2, 3, 4], B = 5: forward 5*(2*3 + 3*4) = 90 multiply-adds, dW 90, delta_2 @ W_2 5*3*4 = 60
+    assert cost.step_flops([2, 3, 4], 5) == 2 * (90 + 90 + 60)
+    # the digits network [64, 128, 10] at 32: 2 * 32 * (2 * (8192 + 1280) + 1280)
+    assert cost.step_flops(shapes.DEFAULT, 32) == 1_294_336
+    S = 1024 * 4096 + 2 * 4096 * 4096 + 4096 * 10
+    assert cost.step_flops(shapes.WIDE, 4096) == 2 * 4096 * (S + S + (S - 1024 * 4096))
+    assert cost.step_flops([7, 1], 3) == 2 * 3 * 7 * 2                      # one layer: forward and dW
 
 
 def test_step_min_bytes_counts_params_once_and_activations_twice():

@@ -11,8 +11,11 @@ def n_params(sizes) -> int:
 
 
 def step_flops(sizes, batch) -> int:
-    """`6 B sum n_{l-1} n_l`: 2 forward, 2 for dW, 2 for delta @ W."""
-    return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    """The GEMM FLOPs of a step, `2 B (3 sum n_{l-1} n_l - n_0 n_1)`: 2 per multiply-add for the
+    forward product and for dW of every layer, and for delta @ W of every layer but the first
+    (no step or fused run computes dLoss/dX: the input needs no gradient)."""
+    prods = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * batch * (3 * sum(prods) - prods[0])
 
 
 #: optimizer state elements per parameter

@@ -88,7 +88,7 @@ def write_markdown(res, path):
             continue
         ref = "gpubp-cuda" if dev == "cuda" else "gpubp-numpy"
         _section(L, title,
-                 f"FLOPs = 6 B sum n_(l-1) n_l; fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
+                 f"FLOPs = 2 B (3 sum n_(l-1) n_l - n_0 n_1) (the GEMMs; no dLoss/dX); fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
                  f"% cuBLAS GEMM: of the measured cuBLAS GEMM at 4096^3 in the row's precision. "
                  f"Next to last column: this peer's time over {ref}'s (> 1: gpubp faster)"
                  + ("; in brackets over gpubp-cuda's where that shape ran on the GPU." if dev == "cpu" else
