@@ -105,6 +105,49 @@ def test_time_reps_bounds_repetitions_and_rotates_inputs():
     assert 3 <= t["reps"] < 10 ** 9                        # the time budget ends the row
 
 
+class _FakeClock:
+    """A clock of made-up time: each call of the timed function advances it by what it says."""
+    device = "fake"
+
+    def __init__(self):
+        self.now = 0.0
+
+    def sync(self):
+        pass
+
+    def marks(self, n):
+        return [None] * n
+
+    def mark(self, marks, i):
+        marks[i] = self.now
+
+    def elapsed_ms(self, marks):
+        return [b - a for a, b in zip(marks[:-1], marks[1:])]
+
+
+def test_time_reps_statistics_are_of_the_timed_repetitions_only():
+    """With a made-up clock: the warm-up repetitions (1000 ms each) are in no statistic, the
+    timed ones rotate on through the input sets, each timed alone between two marks."""
+    clock, seen, ms = _FakeClock(), [], {0: 5.0, 1: 1.0, 2: 3.0, 3: 2.0}
+
+    def fn(k):
+        seen.append(k)
+        clock.now += 1000.0 if len(seen) <= 3 else ms[k]
+    t = timing.time_reps(fn, [(0,), (1,), (2,), (3,)], clock, warmup=3, reps=10, budget_s=60.0)
+    timed = [ms[k] for k in seen[3:]]
+    assert seen == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0] and len(timed) == 10
+    assert t["reps"] == 10 and t["warmup_reps"] == 3 and t["input_sets"] == 4
+    assert t["median_ms"] == float(np.median(timed)) == 2.5 and t["min_ms"] == 1.0
+    assert t["p25_ms"] == float(np.percentile(timed, 25)) and t["p75_ms"] == float(np.percentile(timed, 75))
+    clock, calls = _FakeClock(), []
+
+    def rep(i):                                   # event_median_ms passes the repetition's index
+        calls.append(i)
+        clock.now += 1000.0 if len(calls) <= 3 else [5.0, 1.0, 3.0, 2.0, 9.0][i]
+    assert timing.event_median_ms(rep, 5, clock, warmup=3) == 3.0      # median of 5, 1, 3, 2, 9
+    assert calls == [0, 1, 2, 0, 1, 2, 3, 4]
+
+
 def test_event_median_ms_warms_up_then_times_each_repetition_alone():
     import time
 
