@@ -908,6 +908,20 @@ def test_report_of_a_gpu_run_from_synthetic_rows(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_bench_json_is_strict_json_when_a_loss_is_nan():
+    """A step whose loss went NaN (the row's check fails) is still written to bench.json, as JSON any
+    reader takes: Python's json.dumps wrote the bare NaN, which JSON has not."""
+    from gpubp.bench import report
+    res = dict(rows=[dict(final_loss=float("nan"), check_error="the final loss is nan", median_ms=np.float64(1.5)),
+                     dict(final_loss=np.float32("inf"), x=[float("-inf"), 1.0, np.float32(2.0)])], wall_s=1.0)
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    back = json.loads(report.to_json(res), parse_constant=refuse)
+    assert back["rows"][0] == dict(final_loss="nan", check_error="the final loss is nan", median_ms=1.5)
+    assert back["rows"][1] == dict(final_loss="inf", x=["-inf", 1.0, 2.0]) and back["wall_s"] == 1.0
+
+
 def test_library_never_imports_from_benchmarks():
     """The suite works from an installed wheel: nothing under gpubp/ reads benchmarks/."""
     root = Path(cli.__file__).resolve().parents[1]

@@ -62,7 +62,6 @@ that caused it; a run stopped by SIGTERM or Ctrl-C writes what it measured.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -73,7 +72,7 @@ from pathlib import Path
 from .environment import blas_threads, cuda_status, free_device_memory, gpu_meta, torch_cuda, versions
 from .goals import PUBLISHED, check_goals
 from .peers import COMPILE_PEERS, GPU_PEER_SPECS, GPU_PEERS
-from .report import jsonable, summary_table, write_markdown, write_plot
+from .report import summary_table, to_json, write_markdown, write_plot
 from .rows import (Suite, add_ratios, cpu_step_rows, gpu_step_rows, kernel_rows, measure_ceilings_cpu,
                    measure_ceilings_gpu, run_rows)
 from .shapes import (MODES, compile_step_shapes, cpu_step_shapes, goal_kernel_rows, goal_kernel_shapes,
@@ -292,7 +291,7 @@ def main(argv=None) -> int:
     res = dict(meta=meta, config=cfg, ceilings=suite.ceilings, rows=suite.rows,
                goals=check_goals(suite.rows, suite.ceilings.get("cuda", {})),
                wall_s=time.perf_counter() - suite.t0)
-    (out / "bench.json").write_text(json.dumps(res, indent=1, default=jsonable))
+    (out / "bench.json").write_text(to_json(res))
     write_markdown(res, out / "bench.md")
     try:
         write_plot(res, out / "bench.png")
