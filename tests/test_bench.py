@@ -847,7 +847,12 @@ def test_a_lost_cuda_context_skips_every_later_gpu_row_and_says_why():
     cpu = suite.run(dict(base, device="cpu", peer="gpubp-numpy"), lambda: {"median_ms": 1.0})
     assert cpu["median_ms"] == 1.0
     for msg in ("CUDA error: an illegal memory access was encountered", "CUDA_ERROR_LAUNCH_FAILED: x",
-                "cudaErrorMisalignedAddress: misaligned address", "CUDA error: unspecified launch failure"):
+                "cudaErrorMisalignedAddress: misaligned address", "CUDA error: unspecified launch failure",
+                # the other sticky errors of the CUDA runtime, as CuPy, the driver API and PyTorch word them
+                "cudaErrorInvalidPc: invalid program counter", "CUDA_ERROR_INVALID_PC",
+                "cudaErrorInvalidAddressSpace: operation not supported on global/shared address space",
+                "CUDA_ERROR_INVALID_ADDRESS_SPACE", "cudaErrorLaunchTimeout: the launch timed out and was terminated",
+                "CUDA error: the launch timed out and was terminated"):
         assert rows.CONTEXT_LOST.search(msg), msg
     assert not rows.CONTEXT_LOST.search("cudaErrorMemoryAllocation: out of memory")
 

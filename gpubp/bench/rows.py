@@ -87,7 +87,9 @@ CONTEXT_LOST = re.compile(r"illegal memory access|ILLEGAL_ADDRESS|IllegalAddress
                           r"MisalignedAddress|unspecified launch failure|LAUNCH_FAILED|LaunchFailure|"
                           r"illegal instruction|ILLEGAL_INSTRUCTION|IllegalInstruction|hardware stack error|"
                           r"HARDWARE_STACK_ERROR|HardwareStackError|device-side assert|ASSERT_TRIGGERED|"
-                          r"AssertTriggered")
+                          r"AssertTriggered|invalid program counter|INVALID_PC|InvalidPc|"
+                          r"not supported on global/shared address space|INVALID_ADDRESS_SPACE|InvalidAddressSpace|"
+                          r"launch timed out|LAUNCH_TIMEOUT|LaunchTimeout")
 
 
 def _what(r):
