@@ -417,6 +417,31 @@ def test_a_time_that_is_not_above_zero_never_counts_for_a_goal_or_a_ratio(bad):
                                  median_ms=bad)])["result"] == "NOT MEASURED"
 
 
+def test_a_goal_not_measured_says_why():
+    """NOT MEASURED names what kept each row it needs from a result: a row skipped for the budget or
+    a lost CUDA context, an error, or no row at all."""
+    W = list(shapes.WIDE)
+    g = _goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="bf16")
+    rs = [_row(peer="gpubp-cuda-bf16", precision="bf16", sizes=W, batch=4096,
+               skipped="the CUDA context was lost earlier (kernel fwd gpubp-tc-bf16)"),
+          _row(peer="torch-autocast-bf16", precision="bf16", sizes=W, batch=4096, error="RuntimeError: x"),
+          _row(peer="gpubp-cuda-bf16", precision="bf16", sizes=W, batch=1024, median_ms=1.0)]   # another batch
+    got = goals.judge(g, rs)
+    assert got["result"] == "NOT MEASURED"
+    assert got["measured"] == ("not measured: gpubp-cuda-bf16: the CUDA context was lost earlier (kernel fwd "
+                               "gpubp-tc-bf16); torch-autocast-bf16: RuntimeError: x")
+    got = goals.judge(g, rs[:1])
+    assert got["measured"].endswith("; no torch-autocast-bf16 row") and "context was lost" in got["measured"]
+    assert goals.judge(g, [])["measured"] == "no row of gpubp bf16 (gpubp-cuda-bf16); no torch-autocast-bf16 row"
+    gi = _goal(metric="samples_per_s", precision="bf16")
+    assert goals.judge(gi, [])["measured"] == "no row of gpubp bf16 (gpubp-cuda-bf16)"
+    gk = _goal(metric="gemm_fraction", kernel="fwd", kernel_shape=(8192, 4096, 4096), precision="bf16")
+    budget = dict(_kernel("gpubp-tc-bf16", "fwd", (8192, 4096, 4096), 1.0, "bf16"), skipped="suite time budget spent")
+    del budget["median_ms"]
+    assert goals.judge(gk, [budget])["measured"] == ("not measured: gpubp-tc-bf16: suite time budget spent; "
+                                                     "no cublas-bf16 row")
+
+
 def test_two_negative_times_never_pass():
     W = list(shapes.WIDE)
     rs = [_row(peer="gpubp-cuda", precision="float32", sizes=W, batch=4096, median_ms=-1.0),

@@ -262,8 +262,21 @@ def judge(goal: Goal, rows, ceilings=None) -> dict:
         out["failed_checks"] = failed          # measured but wrong: left out of the comparison
     if value is None:
         out["result"] = "NOT MEASURED"
-        if failed:
-            out["measured"] = "rows failed their check: " + "; ".join(failed)
+        words = ["rows failed their check: " + "; ".join(failed)] if failed else []
+        # and why the other rows it needs have no result: skipped (budget, memory, a lost CUDA context) or failed
+        peers = (*mine[goal.precision], *((goal.peer,) if goal.peer not in PUBLISHED else ()))
+        unrun = [f"{r['peer']}: {r.get('skipped') or r.get('error')}" for r in rows
+                 if r.get("peer") in peers and ("skipped" in r or "error" in r) and "median_ms" not in r
+                 and all(r.get(k) == v for k, v in where.items())]
+        if unrun:
+            words.append("not measured: " + "; ".join(unrun))
+        here = {r.get("peer") for r in rows if all(r.get(k) == v for k, v in where.items())}
+        if not here & set(mine[goal.precision]):
+            words.append(f"no row of gpubp {goal.precision} ({', '.join(mine[goal.precision])})")
+        if goal.peer not in PUBLISHED and goal.peer not in here:
+            words.append(f"no {goal.peer} row")
+        if words:
+            out["measured"] = "; ".join(words)[:600]
     else:
         out["value"] = value
         if goal.threshold is None:
