@@ -1009,6 +1009,22 @@ def test_bench_cpu_path_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "GPU rows need CUDA" in capsys.readouterr().out
 
 
+def test_an_error_outside_the_rows_still_writes_what_was_measured(tmp_path, monkeypatch, capsys):
+    """An exception outside every row (here the CPU ceilings, which no row guards) ended `main`
+    without a file: it must write bench.json and bench.md with the rows so far and say so, exit 1."""
+    def broken(suite):
+        suite.rows.append(dict(kind="ceiling", ceiling="copy", device="cpu", median_ms=1.0, gbs=1.0))
+        raise RuntimeError("memGetInfo failed")
+    monkeypatch.setattr(cli, "measure_ceilings_cpu", broken)
+    assert cli.main(["--tiny", "--out", str(tmp_path)]) == 1
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["ceiling"] for r in res["rows"]] == ["copy"]
+    assert any("error outside any row" in n and "RuntimeError: memGetInfo failed" in n for n in res["meta"]["notes"])
+    assert "RuntimeError: memGetInfo failed" in (tmp_path / "bench.md").read_text()
+    assert all(g["result"] == "NOT MEASURED" for g in res["goals"])
+    capsys.readouterr()
+
+
 def test_a_run_stopped_by_sigterm_still_writes_what_it_measured(tmp_path):
     """A time limit (`timeout` sends SIGTERM) must not lose the rows measured so far."""
     import os

@@ -66,6 +66,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -262,7 +263,9 @@ def main(argv=None) -> int:
         meta["no_gpu_reason"] = why
         print(f"No CUDA GPU ({why}): the GPU rows need CUDA; measuring the CPU rows only.", flush=True)
 
-    # a run stopped from outside (SIGTERM from a time limit, Ctrl-C) still writes what it measured
+    # a run stopped from outside (SIGTERM from a time limit, Ctrl-C) or by an error outside the rows
+    # still writes what it measured (an error: exit status 1)
+    status = 0
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
         if has_gpu:
@@ -281,6 +284,13 @@ def main(argv=None) -> int:
         meta["notes"].append(f"The run was stopped early ({why}) after {time.perf_counter() - suite.t0:.0f} s: "
                              f"the rows after the last one listed were not measured.")
         print(f"stopped early: {why}; writing what was measured", flush=True)
+    except Exception as e:          # outside every row (rows record their own errors): still write the rows
+        status = 1
+        meta["notes"].append(f"The run stopped on an error outside any row after "
+                             f"{time.perf_counter() - suite.t0:.0f} s ({type(e).__name__}: {e})"[:500]
+                             + ": the rows after the last one listed were not measured.")
+        traceback.print_exc()
+        print("stopped by an error; writing what was measured", flush=True)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -308,7 +318,7 @@ def main(argv=None) -> int:
     n_err = sum("error" in r for r in suite.rows)
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} "
           f"({len(suite.rows)} rows, {n_err} errors, {res['wall_s']:.0f} s)")
-    return 0
+    return status
 
 
 if __name__ == "__main__":
