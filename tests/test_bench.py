@@ -849,6 +849,33 @@ def test_only_goals_selects_every_row_a_goal_needs_and_no_other(monkeypatch):
     assert sorted(got) == sorted(want_k[shape]) and all("skipped" in r for r in suite.rows)
 
 
+def test_only_goals_measures_the_ceilings_the_rows_read_and_not_the_8192_ones(monkeypatch, tmp_path, capsys):
+    """The 8192^3 ceilings are reported only (no goal or row reads them): `--only goals`, the short
+    GPU session's run, leaves them out; the copy and the 4096^3 GEMMs (the '% GEMM' columns) stay."""
+    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace())
+    monkeypatch.setattr(rows, "device_free_bytes", lambda: 2 ** 34)
+    seen = {}
+    for large in (True, False):
+        suite = rows.Suite(dict(suite_s=0.0, mode="full"), verbose=False)        # no budget: rows listed, skipped
+        ceil = rows.measure_ceilings_gpu(suite, large=large)
+        seen[large] = [r["ceiling"] for r in suite.rows]
+        assert all("skipped" in r for r in suite.rows) and set(ceil) >= {"copy_gbs", "gemm_tflops"}
+    assert seen[True] == ["copy", "sgemm", "sgemm-8192", "tf32-gemm", "tf32-gemm-8192", "bf16-gemm", "bf16-gemm-8192"]
+    assert seen[False] == ["copy", "sgemm", "tf32-gemm", "bf16-gemm"]
+    assert set(rows.GEMM_CEILING.values()) <= {"gemm_tflops", "gemm_tflops_tf32", "gemm_tflops_bf16"}
+    # and `gpubp bench` asks for them so (a made-up GPU: no row runs)
+    asked = []
+    monkeypatch.setattr(cli, "cuda_status", lambda: (True, ""))
+    monkeypatch.setattr(cli, "torch_cuda", lambda: True)
+    monkeypatch.setattr(cli, "gpu_meta", lambda: dict(name="H100", compute_capability="9.0", memory_gb=80, sms=132,
+                                                      l2_bytes=50 * 2 ** 20, driver=1, cuda_runtime=1, cupy_tf32="0"))
+    monkeypatch.setattr(cli, "measure_ceilings_gpu", lambda suite, large=True: asked.append(large) or {})
+    monkeypatch.setattr(cli, "run_gpu_rows", lambda *a: None)
+    for argv in (["--only", "goals"], ["--quick"]):
+        assert cli.main(argv + ["--no-cpu", "--out", str(tmp_path)]) == 0
+    assert asked == [False, True]
+
+
 def test_a_lost_cuda_context_skips_every_later_gpu_row_and_says_why():
     """After a GPU row's error leaves the CUDA context unusable (an opt-in kernel that faults),
     every later GPU row is skipped naming the row that lost it; CPU rows still run; an ordinary

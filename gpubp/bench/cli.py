@@ -269,7 +269,8 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
         if has_gpu:
-            suite.ceilings["cuda"] = measure_ceilings_gpu(suite)
+            # --only goals: no 8192^3 ceilings, which no goal and no row reads (the budget is short)
+            suite.ceilings["cuda"] = measure_ceilings_gpu(suite, large=a.only != "goals")
             has_torch_cuda = has_torch and torch_cuda()
             if not has_torch_cuda:
                 meta["notes"].append("PyTorch with CUDA is not importable here: no PyTorch GPU rows.")
