@@ -442,6 +442,20 @@ def test_a_goal_not_measured_says_why():
                                                      "no cublas-bf16 row")
 
 
+@pytest.mark.parametrize("peer_ms, result", [(3.0, "PASS"), (2.997, "MISS")])
+def test_a_goal_passes_at_exactly_its_threshold(peer_ms, result):
+    """At least 3x: 3.0x passes (margin +0%), just under misses; a GEMM share of exactly 75% passes."""
+    N = shapes.narrow(64, 8)
+    rs = [_row(peer="gpubp-cuda", precision="float32", sizes=N, batch=2 ** 18, median_ms=1.0),
+          _row(peer="torch-eager", precision="float32", sizes=N, batch=2 ** 18, median_ms=peer_ms)]
+    got = goals.judge(_goal(metric="speedup", sizes=N64_T, precision="float32"), rs)
+    assert got["result"] == result and got["passed"] == (result == "PASS") and got["threshold"] == 3.0
+    shape = (8192, 4096, 4096)
+    ks = [_kernel("gpubp-tc-bf16", "fwd", shape, 4.0, "bf16"), _kernel("cublas-bf16", "fwd", shape, peer_ms, "bf16")]
+    got = goals.judge(_goal(metric="gemm_fraction", kernel_shape=shape, precision="bf16"), ks)
+    assert got["result"] == result and got["margin"] == ("+0.0 points" if result == "PASS" else "-0.1 points")
+
+
 def test_two_negative_times_never_pass():
     W = list(shapes.WIDE)
     rs = [_row(peer="gpubp-cuda", precision="float32", sizes=W, batch=4096, median_ms=-1.0),
