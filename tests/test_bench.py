@@ -1041,6 +1041,8 @@ def test_bench_cpu_path_writes_json_markdown_and_plot(tmp_path, capsys):
     assert res["ceilings"]["cpu"]["gemm_tflops"] > 0 and res["ceilings"]["cpu"]["copy_gbs"] > 0
     md = (tmp_path / "bench.md").read_text()
     assert "GPU rows need CUDA" in md and "| default 64-128-10 | 32 | gpubp-numpy |" in md
+    cpu_md = md[md.index("## Training steps on the CPU"):]          # its GEMM ceiling is np.matmul's, not cuBLAS's
+    assert "% np.matmul GEMM |" in cpu_md and "cuBLAS" not in cpu_md.split("\n\n")[1]
     v = res["meta"]["versions"]       # which code and libraries were measured, in bench.md too
     assert v["gpubp"] == gpubp.__version__
     assert f"gpubp {v['gpubp']}, numpy {v['numpy']}, torch {v['torch']}" in md and v["platform"] in md

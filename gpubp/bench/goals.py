@@ -183,7 +183,8 @@ def _failed_checks(rows, peers, **kw):
     for r in rows:
         if (r.get("peer") in peers and ("check_error" in r or "median_ms" in r) and not counts(r)
                 and all(r.get(k) == v for k, v in kw.items())):
-            why = r["check_error"] if "check_error" in r else f"median time {r['median_ms']!r} ms, not a number above zero"
+            why = (r["check_error"] if "check_error" in r else
+                   f"median time {r['median_ms']!r} ms, not a number above zero")
             out.append(f"{r['peer']}: {why}")
     return out
 

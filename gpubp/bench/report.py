@@ -89,13 +89,16 @@ def write_markdown(res, path):
         if not rows:
             continue
         ref = "gpubp-cuda" if dev == "cuda" else "gpubp-numpy"
+        # the GEMM ceiling of the device: cuBLAS on the GPU, np.matmul (float32) on the CPU
+        gemm = ("% cuBLAS GEMM: of the measured cuBLAS GEMM at 4096^3 in the row's precision. " if dev == "cuda" else
+                "% np.matmul GEMM: of the measured np.matmul float32 GEMM (the CPU ceiling above). ")
         _section(L, title,
-                 f"FLOPs = 2 B (3 sum n_(l-1) n_l - n_0 n_1) (the GEMMs; no dLoss/dX); fewest bytes per docs/spec.md (`gpubp.bench.cost.step_min_bytes`). "
-                 f"% cuBLAS GEMM: of the measured cuBLAS GEMM at 4096^3 in the row's precision. "
+                 "FLOPs = 2 B (3 sum n_(l-1) n_l - n_0 n_1) (the GEMMs; no dLoss/dX); fewest bytes per docs/spec.md "
+                 "(`gpubp.bench.cost.step_min_bytes`). " + gemm +
                  f"Next to last column: this peer's time over {ref}'s (> 1: gpubp faster)"
                  + ("; in brackets over gpubp-cuda's where that shape ran on the GPU." if dev == "cpu" else
                     "; last column: over the fastest gpubp row of the peer's precision."),
-                 head, rows, _network_batch)
+                 head if dev == "cuda" else head.replace("% cuBLAS GEMM", "% np.matmul GEMM"), rows, _network_batch)
     thr = [r for r in res["rows"] if r["kind"] == "step" and r["device"] == "cuda" and r.get("samples_per_s")
            and any(g["metric"] == "samples_per_s" and g.get("sizes") == r["sizes"] and g.get("batch") == r["batch"]
                    for g in res["goals"])]
