@@ -203,7 +203,7 @@ class Communicator:
                 print(f"gpubp.distributed: rank {base.Get_rank()} of {base.Get_size()} waited {self.timeout:g} s "
                       f"for the other ranks in init(); another rank has stopped before it or hangs: ending the "
                       f"job", file=sys.stderr, flush=True)
-                base.Abort(1)
+                _abort(base)
             spins += 1
             if spins > 200:
                 time.sleep(min(1e-3, 2e-6 * (spins - 200)))
@@ -394,7 +394,7 @@ class Communicator:
             while time.monotonic() < end and not req.Test():
                 time.sleep(1e-3)
             time.sleep(max(0.0, end - time.monotonic()))
-            self.mpi.Abort(1)
+            _abort(self.mpi)
         what = "".join(traceback.format_exception_only(type(exc), exc)).strip() or type(exc).__name__
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         print(f"{tb}{head} failed: {what}\n{head}: ending the job on all {self.size} ranks",
@@ -415,7 +415,7 @@ class Communicator:
                 else:
                     MPI.Request.Testall(reqs)       # moves the notices along
                     time.sleep(1e-3)
-        self.mpi.Abort(1)
+        _abort(self.mpi)
 
     def guard(self):
         """A context manager: an exception inside it on any rank ends the job (`fail`).
@@ -427,7 +427,18 @@ class Communicator:
         return _Guard(self)
 
     def abort(self, code=1):
-        self.mpi.Abort(code)
+        _abort(self.mpi, code)
+
+
+#: seconds a rank leaves the launcher to forward what it has printed before MPI_Abort ends the job
+#: (MPICH's launcher drops output still on its way when it kills the processes)
+ABORT_FLUSH_S = 0.5
+
+
+def _abort(mpi_comm, code=1):
+    """MPI_Abort on `mpi_comm`, after ABORT_FLUSH_S seconds for this rank's last words to get out."""
+    time.sleep(ABORT_FLUSH_S)
+    mpi_comm.Abort(code)
 
 
 class _Guard:
