@@ -30,15 +30,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .activations import GELU_C, GELU_K, LEAKY_SLOPE, NEEDS_Z, check_activation
 from .backends import get_backend
 from .backends.base import Backend
 from .backends.numpy_backend import activation_backward_inplace
 from .checks import check_sizes
+from .optional import require
+
+torch = require("torch", "torch", "gpubp.torch", package="PyTorch")   # an error naming gpubp[torch]
+from torch import nn  # noqa: E402
+from torch.autograd.function import once_differentiable  # noqa: E402
 
 #: the precisions a FusedMLP computes in (as gpubp.MLP's `precision`)
 PRECISIONS = ("float32", "tf32")
