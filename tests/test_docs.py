@@ -291,3 +291,10 @@ def test_explain_md_commands_run(tmp_path):
         finally:
             os.chdir(old)
     assert (tmp_path / "step.png").is_file()
+
+
+def test_readme_layout_lists_the_public_names():
+    import gpubp
+    line = next(ln for ln in _layout_section().splitlines() if ln.startswith("- `__init__.py`"))
+    listed = set(re.findall(r"`([A-Za-z_]+)`", line.split(":", 1)[1]))
+    assert listed == set(gpubp.__all__), (sorted(listed ^ set(gpubp.__all__)))
