@@ -298,3 +298,21 @@ def test_readme_layout_lists_the_public_names():
     line = next(ln for ln in _layout_section().splitlines() if ln.startswith("- `__init__.py`"))
     listed = set(re.findall(r"`([A-Za-z_]+)`", line.split(":", 1)[1]))
     assert listed == set(gpubp.__all__), (sorted(listed ^ set(gpubp.__all__)))
+
+
+def test_explain_md_gradient_ratios_by_activation_and_init():
+    """docs/explain.md's ratios of layer 1's ||dW|| to the output layer's, and the layers warned of."""
+    import gpubp
+    from gpubp import gradflow
+    text = " ".join((ROOT / "docs" / "explain.md").read_text().split())
+    said = text[text.index("The ratio of layer 1's ||dW||"):]
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(64, 8)), rng.normal(size=(64, 1))
+    for act, init, ratio, warned in (("sigmoid", "torch", "5.0e-09", [1, 2, 3]), ("sigmoid", "xavier", "4.3e-07", [1]),
+                                     ("tanh", "xavier", "0.83", []), ("relu", "kaiming", "1.4", [])):
+        assert ratio in said, ratio
+        net = gpubp.MLP([8] + [16] * 10 + [1], activation=act, loss="mse", backend="numpy", dtype="float64",
+                        seed=0, init=init)
+        g = [float(np.linalg.norm(dW)) for dW, _ in net.loss_and_grads(X, Y)[1]]
+        assert f"{g[0] / g[-1]:.2g}" == f"{float(ratio):.2g}", (act, init, g[0] / g[-1])
+        assert [w.layer for w in gradflow.flow_warnings(g)] == warned
