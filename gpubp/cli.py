@@ -209,6 +209,23 @@ def _make_backend(name):
         raise UsageError(f"backend {name!r} is not usable here: {e}") from None
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with each option's default, said once: not added where the help already says
+    it, nor for a flag (`--grad-norms`, `--no-progress`) or an option whose default is None
+    (its help says what happens then); a list default is written as it is typed (`relu`,
+    `4,6,5,3`), not as a Python list."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is argparse.SUPPRESS or not action.option_strings
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        if isinstance(default, (list, tuple)):
+            return f"{text} (default: {','.join(str(v) for v in default)})".replace("%", "%%")
+        return text + " (default: %(default)s)"
+
+
 # ---------------------------------------------------------------- train
 def _add_train(sub):
     from .data import DATASETS
@@ -219,7 +236,7 @@ def _add_train(sub):
                     "printing loss and held-out accuracy per epoch and the final test accuracy. "
                     "With no options: a 64-128-10 ReLU network with softmax cross-entropy and Adam "
                     "on scikit-learn's 8x8 handwritten digits (no download).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="digits", help="the data set")
     g.add_argument("--test-size", type=_fraction, default=0.2, help="fraction held out for the final test")
@@ -496,7 +513,7 @@ def _add_predict(sub):
                     "that is not all numbers is a header; blank lines and '#' comments are skipped). The network "
                     "applies the input standardisation it was trained with. Prints one prediction per line, or "
                     "writes them to --out (.npy or .csv by suffix; the file is replaced only once it is complete).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
     p.add_argument("data", metavar="DATA", help="the samples: a .npy or .csv file, shape (N, n_inputs)")
     p.add_argument("--proba", action="store_true",
@@ -696,7 +713,7 @@ def _add_explain(sub):
                     "values (--activation changes the hidden layers only); with other --layers or a --seed the "
                     "weights are MLP(seed=...)'s initialisation. Numbers may be separated by commas or spaces, "
                     "samples by ';' (write a first negative number as --input=-0.5,0.3).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--example", choices=tuple(EXAMPLES), default=None,
                      help=f"a named example ({DEFAULT_EXAMPLE} when nothing else is given; "
@@ -786,7 +803,7 @@ def _add_gradcheck(sub):
                     "differences and print the relative error of each layer's dW and db "
                     "(||analytic - numeric|| / max(||analytic||, ||numeric||), or the worst entry with "
                     "--kind max). Exits with status 1 when an error exceeds --threshold.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--layers", type=_sizes, default=[4, 6, 5, 3], metavar="N0,...,NL", help="layer sizes")
     p.add_argument("--activation", type=_activations, default=["tanh"], metavar="NAME[,NAME...]",
                    help="hidden activation(s)")

@@ -49,7 +49,7 @@ _LAUNCHER_MODULES = ("cuda_gemm", "cuda_elementwise", "cuda_fused", "cuda_gemm_t
 _CUPY_EXTRA_OPTIONS = ("-ftz=true",)
 
 _MISSING_NVRTC = ("the compile check needs NVRTC and its Python bindings: "
-                  "pip install cuda-bindings nvidia-cuda-nvrtc (or gpubp[cuda12] / gpubp[cuda13])")
+                  "pip install \"gpubp[compile]\" (cuda-bindings and nvidia-cuda-nvrtc)")
 
 _RE_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '([^']+)'")
 _RE_PROPS = re.compile(r"Function properties for (\S+)")

@@ -26,19 +26,21 @@ does not import it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .activations import GELU_C, GELU_K, LEAKY_SLOPE, NEEDS_Z, check_activation
 from .backends import get_backend
 from .backends.base import Backend
 from .backends.numpy_backend import activation_backward_inplace
 from .checks import check_sizes
+from .optional import require
+
+torch = require("torch", "torch", "gpubp.torch", package="PyTorch")   # an error naming gpubp[torch]
+from torch import nn  # noqa: E402
 
 #: the precisions a FusedMLP computes in (as gpubp.MLP's `precision`)
 PRECISIONS = ("float32", "tf32")
@@ -209,6 +211,44 @@ class _Spec:
         return be
 
 
+_DOUBLE_BACKWARD = ("FusedMLP does not support double backward: the gradients it computed under "
+                    "create_graph=True cannot be differentiated again")
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The gradients FusedMLP's backward returns under `create_graph=True`, tied to the forward's
+    inputs by a node whose own backward refuses, so a second derivative through the module raises
+    (torch's `once_differentiable` returns them as constants when `grad_out` needs no grad, and
+    ties its error to nothing: `autograd.grad(gx.sum() + x.pow(2).sum(), x)` gave `2 x`, the module's
+    part silently 0)."""
+
+    @staticmethod
+    def forward(ctx, n_anchors, *tensors):
+        return tuple(t.clone() for t in tensors[n_anchors:])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _first_order_only(backward):
+    """Run `backward` without a graph; under `create_graph=True` pass its gradients through
+    `_FirstOrderOnly`, tied to the saved tensors that require grad (the input and parameters)."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *args):
+        with torch.no_grad():
+            grads = backward(ctx, *args)
+        if not torch.is_grad_enabled():          # a plain backward: nothing to guard
+            return grads
+        anchors = [t for t in ctx.saved_tensors if t.requires_grad]
+        present = [g for g in grads if g is not None]
+        if not anchors or not present:
+            return grads
+        tied = iter(_FirstOrderOnly.apply(len(anchors), *anchors, *present))
+        return tuple(None if g is None else next(tied) for g in grads)
+    return wrapper
+
+
 class _FusedMLPFunction(torch.autograd.Function):
     """y = MLP(x) on gpubp's backend; inputs: spec, keep, x (B, n_0), W1, b1, ..., WL, bL."""
 
@@ -248,7 +288,7 @@ class _FusedMLPFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, grad_out):
         spec = ctx.spec
         L = len(spec.sizes) - 1

@@ -286,3 +286,30 @@ def test_train_same_seed_same_output(capsys, tmp_path):
     assert a == b and a != c
     pa, pb = (gpubp.MLP.load(tmp_path / n, backend="numpy").get_params() for n in ("a.npz", "b.npz"))
     assert all(np.array_equal(x, y) for (Wa, ba), (Wb, bb) in zip(pa, pb) for x, y in ((Wa, Wb), (ba, bb)))
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "explain", "gradcheck"])
+def test_help_states_each_default_once_and_as_typed(command, capsys):
+    """`--help` says each option's default once: never "(default: None)" beside a help that gives
+    the real default, never "(default: True)" on a `--no-...` flag, and a list as it is typed."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "(default: [" not in text and "(default: ['" not in text
+    for option in re.split(r"\s(?=--[a-z])", text):
+        assert option.count("default") <= 1 or "(default: " not in option, option[:200]
+
+
+def test_help_gives_the_defaults_the_code_uses(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for said in ("(default: digits)", "(default: relu)", "(default: 30)", "(default: 32)", "(default: adam)",
+                 f"(default {cli.DEFAULT_LR['adam']:g} for adam/adamw, {cli.DEFAULT_LR['sgd']:g} for sgd)"):
+        assert said in text, said
+    with pytest.raises(SystemExit):
+        cli.main(["gradcheck", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 4,6,5,3)" in text and "(default: tanh)" in text

@@ -72,3 +72,247 @@ def test_readme_layout_names_every_module(folder):
         if f"`{path.name}`" not in layout:
             missing.append(str(path.relative_to(ROOT)))
     assert not missing, f"README.md's layout section does not describe: {missing}"
+
+
+# ---------------------------------------------------------------- the examples, run as written
+
+import importlib  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _fenced_blocks(path, lang):
+    """The ```lang blocks of a Markdown file, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def _docstring_blocks(doc):
+    """The indented (4 spaces) code blocks of a module docstring, dedented."""
+    blocks, cur = [], None
+    lines = (doc or "").splitlines() + [""]
+    for i, line in enumerate(lines):
+        if line.startswith("    ") and (cur is not None or i == 0 or not lines[i - 1].strip()
+                                        or lines[i - 1].rstrip().endswith("::")):
+            cur = (cur or []) + [line]
+        elif not line.strip() and cur is not None and i + 1 < len(lines) and lines[i + 1].startswith("    "):
+            cur.append("")
+        elif cur is not None:
+            blocks.append(textwrap.dedent("\n".join(cur)))
+            cur = None
+    return blocks
+
+
+def _tiny_classification(n_features, n_classes, rows=96, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, n_features)).astype(np.float32)
+    y = rng.integers(0, n_classes, rows)
+    return X, y
+
+
+def _readme_block(marker):
+    found = [b for b in _fenced_blocks(README, "python") if marker in b]
+    assert len(found) == 1, f"README.md has {len(found)} python blocks containing {marker!r}"
+    return found[0]
+
+
+def test_readme_python_blocks_are_all_tested():
+    markers = ("net = gpubp.MLP([64, 128, 10]", "MLPClassifier(hidden_layer_sizes=(128,)",
+               "FusedMLP([64, 128, 128, 10]", "comm = distributed.init()")
+    blocks = _fenced_blocks(README, "python")
+    assert len(blocks) == len(markers), "a new python block in README.md: add it to the tests below"
+    for m in markers:
+        _readme_block(m)
+
+
+def test_readme_using_it_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    X, y = _tiny_classification(64, 10)
+    ns = {"X": X, "y": y, "X_val": X[:16], "y_val": y[:16], "X_test": X[:24]}
+    exec(_readme_block("net = gpubp.MLP([64, 128, 10]"), ns)
+    assert set(ns["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(ns["history"]["loss"]) == 30
+    assert ns["labels"].shape == (24,) and set(ns["labels"]) <= set(range(10))      # class labels
+    assert ns["probs"].shape == (24, 10) and np.allclose(ns["probs"].sum(axis=1), 1, atol=1e-5)
+    assert isinstance(ns["loss"], float)
+    assert [(dW.shape, db.shape) for dW, db in ns["grads"]] == [((128, 64), (128,)), ((10, 128), (10,))]
+    assert (tmp_path / "net.npz").is_file() and ns["net"].config()["layer_sizes"] == [64, 128, 10]
+
+
+def test_readme_sklearn_block_runs_as_written():
+    pytest.importorskip("sklearn")
+    X, yi = _tiny_classification(5, 3)
+    y = np.array(["cat", "dog", "emu"])[yi]                 # "any labels: strings, ..."
+    ns = {"X": X, "y": y, "X_test": X[:10], "y_test": y[:10]}
+    exec(_readme_block("MLPClassifier(hidden_layer_sizes=(128,)").replace(
+        "clf.predict(X_test); clf.predict_proba(X_test); clf.score(X_test, y_test)",
+        "out = (clf.predict(X_test), clf.predict_proba(X_test), clf.score(X_test, y_test))"), ns)
+    pred, proba, score = ns["out"]
+    assert set(pred) <= {"cat", "dog", "emu"} and proba.shape == (10, 3) and 0 <= score <= 1
+    est = ns["clf"][-1]
+    for attr in ("classes_", "n_iter_", "loss_curve_", "best_loss_", "validation_scores_", "coefs_",
+                 "intercepts_", "net_"):
+        assert hasattr(est, attr), attr
+
+
+def test_readme_torch_block_runs_as_written():
+    torch = pytest.importorskip("torch")
+    seq = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    ns = {"x": torch.randn(8, 32), "y": torch.randint(0, 10, (8,)), "seq": seq}
+    exec(_readme_block("FusedMLP([64, 128, 128, 10]"), ns)
+    assert [n for n, _ in ns["mlp"].named_parameters()] == [
+        "weight_1", "bias_1", "weight_2", "bias_2", "weight_3", "bias_3"]
+    assert ns["mlp"].weight_1.shape == (128, 64) and ns["mlp"].bias_3.shape == (10,)
+    back = ns["seq"]
+    assert isinstance(back, torch.nn.Sequential) and isinstance(back[1], torch.nn.Tanh)
+    assert torch.equal(back[0].weight, seq[0].weight) and back[0].weight is not seq[0].weight
+
+
+def test_readme_distributed_block_runs_as_written(tmp_path):
+    """One rank (MPI singleton): the block as written, on tiny data; `tests/test_distributed.py`
+    runs several ranks."""
+    pytest.importorskip("mpi4py")
+    code = ("import numpy as np\nrng = np.random.default_rng(0)\n"
+            "X = rng.normal(size=(32, 784)).astype('float32'); Y = rng.integers(0, 10, 32)\n"
+            + _readme_block("comm = distributed.init()").replace("epochs=10", "epochs=2")
+            + "\nprint('rank', comm.rank, 'of', comm.size, 'loss', hist['loss'][-1])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0 of 1 loss" in r.stdout and (tmp_path / "net.npz").is_file()
+
+
+def test_explain_md_python_block_runs_and_prints_what_it_says(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (block,) = _fenced_blocks(ROOT / "docs" / "explain.md", "python")
+    ns = {}
+    with pytest.warns(Warning) as caught:
+        exec(block, ns)
+    said = re.search(r"# GradientFlowWarning: (layer 1: .*?), below", block).group(1)
+    assert any(str(w.message).startswith(said) for w in caught), [str(w.message) for w in caught]
+    head, tail = re.search(r'# h\["grad_norms"\]\[-1\] = \[(.*?), \.\.\., (.*?)\]', block).groups()
+    got = [f"{v:.1e}" for v in ns["h"]["grad_norms"][-1]]
+    assert got[:len(head.split(", "))] == head.split(", ") and got[-len(tail.split(", ")):] == tail.split(", ")
+    assert (tmp_path / "grad_norms.png").is_file()
+
+
+@pytest.mark.parametrize("module", ["gpubp", "gpubp.sklearn", "gpubp.torch", "gpubp.explain"])
+def test_module_docstring_examples_run(module, tmp_path, monkeypatch):
+    if module in ("gpubp.sklearn", "gpubp.torch"):
+        pytest.importorskip(module.split(".")[1])
+    monkeypatch.chdir(tmp_path)
+    blocks = _docstring_blocks(importlib.import_module(module).__doc__)
+    assert blocks, f"{module}'s docstring has no example"
+    X, y = _tiny_classification(64, 10)
+    ns = {"X": X, "y": y, "X_test": X[:8], "y_test": y[:8]}
+    if module == "gpubp.torch":
+        import torch
+        ns.update(x=torch.randn(8, 64), y=torch.randint(0, 10, (8,)))
+    for block in blocks:
+        exec(block, ns)
+    if module == "gpubp":
+        assert len(ns["history"]["loss"]) == 20
+    if module == "gpubp.sklearn":
+        assert list(ns["clf"].classes_) == list(range(10))
+
+
+def test_distributed_docstring_example_names_exist():
+    """It picks a GPU per rank (`backend="cuda"`): without one, check what it calls exists."""
+    import gpubp
+    import gpubp.distributed as dist
+    (block,) = _docstring_blocks(dist.__doc__)
+    compile(block, "gpubp.distributed docstring", "exec")
+    assert "gpubp.distributed.init()" in block and callable(gpubp.distributed.init)
+    assert "comm" in __import__("inspect").signature(gpubp.MLP.fit).parameters
+
+
+def _commented_commands(block):
+    """(command, [expected output, ...]) for each command of a shell block followed by `# ` lines;
+    a `#   ` line continues the one before, and `...` stands for any text."""
+    out, cmd, expect = [], None, []
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.startswith("#   ") and expect:
+            expect[-1] += " " + line[1:].strip()
+        elif line.startswith("# "):
+            expect.append(line[2:].strip())
+        elif line.strip():
+            if cmd is not None:
+                out.append((cmd, expect))
+            cmd, expect = line.split("#")[0].strip(), []
+    if cmd is not None:
+        out.append((cmd, expect))
+    return out
+
+
+def _in_order(text, expected):
+    """Whether `expected` (with `...` for any text) appears in `text`, whitespace ignored."""
+    norm = lambda s: " ".join(s.split())   # noqa: E731
+    pattern = r".*?".join(re.escape(norm(p)) for p in expected.split("..."))
+    return re.search(pattern, norm(text)) is not None
+
+
+def test_readme_watching_backprop_commands_print_what_the_readme_shows(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    blocks = [b for b in _fenced_blocks(README, "bash") if "--grad-norms" in b]
+    assert len(blocks) == 1
+    commands = _commented_commands(blocks[0])
+    assert len(commands) == 2 and all(cmd.startswith("gpubp train ") and exp for cmd, exp in commands)
+    for cmd, expected in commands:
+        argv = cmd.split()[1:]
+        r = subprocess.run([sys.executable, "-m", "gpubp", *argv], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr[-3000:]
+        for e in expected:
+            assert _in_order(r.stderr + "\n" + r.stdout, e), f"{cmd}: not printed: {e}\n{r.stdout[-2000:]}"
+        plot = Path(argv[argv.index("--plot") + 1])
+        assert (tmp_path / plot).is_file() and (tmp_path / f"{plot.stem}-grad-norms.png").is_file()
+
+
+def test_explain_md_commands_run(tmp_path):
+    (block,) = re.findall(r"^```\n(gpubp explain.*?)^```", (ROOT / "docs" / "explain.md").read_text(),
+                          flags=re.S | re.M)
+    (tmp_path / "my_weights.json").write_text(
+        '{"layers": [{"W": [[0.1, 0.2], [0.3, 0.4]], "b": [0, 0]}, {"W": [[0.5, 0.6]], "b": [0.1]}], '
+        '"input": [1, 2], "target": [1]}')
+    from gpubp import cli
+    for cmd, _ in _commented_commands(block):
+        argv = cmd.split()[1:]
+        if "--plot" in argv:
+            pytest.importorskip("matplotlib")
+        old = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            assert cli.main(argv) == 0, cmd
+        finally:
+            os.chdir(old)
+    assert (tmp_path / "step.png").is_file()
+
+
+def test_readme_layout_lists_the_public_names():
+    import gpubp
+    line = next(ln for ln in _layout_section().splitlines() if ln.startswith("- `__init__.py`"))
+    listed = set(re.findall(r"`([A-Za-z_]+)`", line.split(":", 1)[1]))
+    assert listed == set(gpubp.__all__), (sorted(listed ^ set(gpubp.__all__)))
+
+
+def test_explain_md_gradient_ratios_by_activation_and_init():
+    """docs/explain.md's ratios of layer 1's ||dW|| to the output layer's, and the layers warned of."""
+    import gpubp
+    from gpubp import gradflow
+    text = " ".join((ROOT / "docs" / "explain.md").read_text().split())
+    said = text[text.index("The ratio of layer 1's ||dW||"):]
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(64, 8)), rng.normal(size=(64, 1))
+    for act, init, ratio, warned in (("sigmoid", "torch", "5.0e-09", [1, 2, 3]), ("sigmoid", "xavier", "4.3e-07", [1]),
+                                     ("tanh", "xavier", "0.83", []), ("relu", "kaiming", "1.4", [])):
+        assert ratio in said, ratio
+        net = gpubp.MLP([8] + [16] * 10 + [1], activation=act, loss="mse", backend="numpy", dtype="float64",
+                        seed=0, init=init)
+        g = [float(np.linalg.norm(dW)) for dW, _ in net.loss_and_grads(X, Y)[1]]
+        assert f"{g[0] / g[-1]:.2g}" == f"{float(ratio):.2g}", (act, init, g[0] / g[-1])
+        assert [w.layer for w in gradflow.flow_warnings(g)] == warned

@@ -61,3 +61,38 @@ def test_project_metadata():
     assert (ROOT / "gpubp" / "py.typed").exists()
     assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["gpubp"]
     assert proj["urls"] and proj["classifiers"]
+
+
+def _readme_extras() -> dict[str, str]:
+    """README's extras table: extra name -> what it is for."""
+    text = (ROOT / "README.md").read_text()
+    rows = {}
+    for line in text[text.index("| extra | brings | for |"):].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        name, _, purpose = (c.strip() for c in line.strip("|").split("|"))
+        for extra in name.replace("`", "").split(","):
+            rows[extra.strip()] = purpose
+    return rows
+
+
+# README: "Using a feature whose extra is missing raises an error that names the extra."
+MISSING_EXTRA_CASES = {
+    "torch": (["torch"], "import gpubp.torch"),
+    "sklearn": (["sklearn"], "import gpubp.sklearn"),
+    "plot": (["matplotlib"], "import gpubp.plotting as p, numpy as np\n"
+                             "p.plot_history({'loss': [1.0, 0.5]}, 'c.png')"),
+    "compile": (["cuda", "cuda.bindings"], "from gpubp import cli\nsys.exit(cli.main(['compile-check']))"),
+    "distributed": (["mpi4py"], "from gpubp import distributed\ndistributed.init()"),
+}
+
+
+@pytest.mark.parametrize("extra", sorted(MISSING_EXTRA_CASES))
+def test_a_missing_extra_is_named_as_the_readme_says(extra, tmp_path):
+    assert extra in _readme_extras(), f"README's extras table has no {extra!r}"
+    mods, code = MISSING_EXTRA_CASES[extra]
+    r = subprocess.run([sys.executable, "-c", BLOCK.format(mods=mods) + code], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert f"gpubp[{extra}]" in r.stderr, r.stderr[-2000:]

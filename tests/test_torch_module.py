@@ -296,8 +296,18 @@ def test_double_backward_is_refused():
     net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     (gx,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
         gx.sum().backward()
+    # with another term that does have a second derivative, the module's part was silently 0
+    for out in (lambda x: net(x).sum(), lambda x: net(x).pow(2).sum()):
+        (gx,) = torch.autograd.grad(out(x), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
+            torch.autograd.grad(gx.sum() + x.pow(2).sum(), x)
+    # create_graph=True alone still gives the first-order gradients
+    net.zero_grad()
+    (gx,) = torch.autograd.grad(net(x).pow(2).sum(), x, create_graph=True)
+    (ref,) = torch.autograd.grad(net.to_sequential()(x).pow(2).sum(), x)
+    assert torch.allclose(gx, ref, rtol=1e-12, atol=1e-14)
 
 
 def test_empty_batch():
