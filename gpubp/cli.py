@@ -28,7 +28,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
-from .losses import LOGIT_LOSSES, LOSSES
+from .losses import LOGIT_LOSSES, LOSSES, check_outputs
 from .checks import DTYPES
 from .network import INITS
 from .optional import MissingExtraError, require
@@ -839,10 +839,13 @@ def cmd_gradcheck(args) -> int:
                          "parameter: use a smaller one (at most 20000)")
     acts_list = [[a] for a in ACTIVATIONS] if args.all_activations else [args.activation]
     loss_list = list(LOSSES) if args.all_losses else [args.loss]
-    if sizes[-1] == 1 and "cross_entropy" in loss_list:
-        raise UsageError("--loss cross_entropy needs at least 2 outputs (--layers ...,N with N >= 2): the softmax "
-                         "of one logit is always 1, so its loss and gradients are identically zero and the check "
-                         "would pass whatever the code computes")
+    for loss in loss_list:   # the networks' own rule (losses.check_outputs), said with the flags that set it
+        try:
+            check_outputs(loss, sizes[-1])
+        except ValueError:
+            raise UsageError(f"--loss {loss} needs at least 2 outputs (--layers ...,N with N >= 2): the softmax "
+                             "of one logit is always 1, so its loss and gradients are identically zero and the "
+                             "check would pass whatever the code computes") from None
     backend = _make_backend(args.backend)
     configs = []                   # every network is built (and so checked) before anything is printed
     for loss in loss_list:

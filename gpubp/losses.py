@@ -29,6 +29,14 @@ def check_loss(name) -> str:
     return name
 
 
+def check_outputs(loss: str, n_out: int) -> None:
+    """Refuse `loss` on `n_out` outputs where it cannot train: the softmax of `cross_entropy` over one
+    logit is 1, so its loss and every gradient would be 0 whatever the data."""
+    if loss == "cross_entropy" and n_out < 2:
+        raise ValueError(f"'cross_entropy' needs at least 2 outputs (a softmax over classes), got layer_sizes "
+                         f"ending in {n_out}: for two classes on one output use loss='binary_cross_entropy'")
+
+
 def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y") -> np.ndarray:
     """Check targets `Y` for `batch` samples of a network with `n_out` outputs.
 

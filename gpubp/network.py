@@ -104,11 +104,10 @@ class MLP:
         if self.loss in losses.LOGIT_LOSSES and out_act != "identity":
             raise ValueError(f"loss {self.loss!r} works on logits (softmax/sigmoid are fused into it): "
                              f"output_activation must be 'identity', got {out_act!r}")
-        if self.loss == "cross_entropy" and self.sizes[-1] < 2:
-            # the softmax of one logit is 1: the loss is 0 and every gradient is 0 whatever the data
-            raise ValueError(f"loss 'cross_entropy' needs at least 2 outputs (a softmax over classes), got "
-                             f"layer_sizes ending in {self.sizes[-1]}: for two classes on one output use "
-                             "loss='binary_cross_entropy'")
+        try:
+            losses.check_outputs(self.loss, self.sizes[-1])
+        except ValueError as e:
+            raise ValueError(f"loss {e}") from None
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
@@ -953,10 +952,10 @@ def _checkpoint_spec(ck) -> dict:
         bad("config.loss", e)
     if loss in losses.LOGIT_LOSSES and out_act != "identity":
         bad("config.output_activation", f"loss {loss!r} needs 'identity', got {out_act!r}")
-    if loss == "cross_entropy" and sizes[-1] < 2:   # as the constructor (files saved before it refused)
-        bad("config.loss", f"'cross_entropy' needs at least 2 outputs (a softmax over classes), got layer_sizes "
-                           f"ending in {sizes[-1]}: a softmax over one logit is 1, so this network never learned "
-                           "(older gpubp versions allowed it); retrain it with loss='binary_cross_entropy'")
+    try:   # as the constructor (files saved before it refused one output: such a network never learned)
+        losses.check_outputs(loss, sizes[-1])
+    except ValueError as e:
+        bad("config.loss", e)
     try:
         dtype = check_dtype(ck.field(c, "dtype", str, "config"))
     except ValueError as e:
