@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import math
 
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(x)
-    except OverflowError:      # a Python int beyond float's range
-        return False
+from .checks import real_number
 
 
 class EarlyStopping:
@@ -40,12 +35,12 @@ class EarlyStopping:
             raise TypeError(f"monitor must name a history key, got {monitor!r}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or \
-                not _finite(min_delta) or min_delta < 0:
+        delta = real_number(min_delta)
+        if delta is None or not math.isfinite(delta) or delta < 0:
             raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.monitor, self.patience, self.min_delta = monitor, patience, delta
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
         self.restore_best = bool(restore_best)
 

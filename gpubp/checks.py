@@ -6,9 +6,23 @@ Each check either returns the value in the form gpubp uses or raises a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def real_number(x) -> float | None:
+    """`x` as a float when it is a real number (a Python or numpy int or float, not a bool), else None.
+    A Python int beyond float's range becomes an infinity of its sign, which the callers' range checks
+    refuse (float() would raise OverflowError)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 def check_dtype(dtype):

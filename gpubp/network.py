@@ -28,7 +28,7 @@ from . import activations as acts
 from . import losses
 from .backends import Backend, get_backend
 from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
-                     host_array)
+                     host_array, real_number)
 from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ALIGN, ParamLayout
@@ -311,11 +311,7 @@ class MLP:
                 for k, v in class_weight.items():
                     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
                         raise ValueError(f"class_weight keys must be class indices in [0, {n}), got {k!r}")
-                    try:   # a Python int beyond float's range overflows here: refused like inf
-                        fv = None if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
-                                                                                          np.floating)) else float(v)
-                    except OverflowError:
-                        fv = None
+                    fv = real_number(v)
                     if fv is None or not math.isfinite(fv) or fv < 0:
                         raise ValueError(f"class_weight[{k}] must be a finite non-negative number, got {v!r}")
                     cw[int(k)] = fv

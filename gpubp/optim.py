@@ -11,26 +11,23 @@ import math
 
 import numpy as np
 
+from .checks import real_number
+
 
 def _check_lr(lr) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)):
+    x = real_number(lr)
+    if x is None:
         raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
-    try:
-        x = float(lr)
-    except OverflowError:      # a Python int beyond float's range
-        x = math.inf
     if not math.isfinite(x) or x <= 0:
         raise ValueError(f"learning rate must be a positive finite number, got {lr}")
     return x
 
 
 def _check_range(name, x, lo, hi, lo_open=False, hi_open=True) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+    v = real_number(x)
+    if v is None:
         raise TypeError(f"{name} must be a number, got {type(x).__name__}")
-    try:
-        x = float(x)
-    except OverflowError:      # a Python int beyond float's range
-        x = math.inf if x > 0 else -math.inf
+    x = v
     ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
     if not ok:
         raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {x}")

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import math
 
+from .checks import real_number
+
 
 def _positive(name, x):
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not _finite(x) or x <= 0:
+    v = real_number(x)
+    if v is None or not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a positive number, got {x!r}")
-    return float(x)
-
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(x)
-    except OverflowError:      # a Python int beyond float's range
-        return False
+    return v
 
 
 def _positive_int(name, x):
