@@ -59,20 +59,22 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def _depth(obj, limit: int = MAX_META_DEPTH) -> int:
-    """How deeply lists and dicts nest in `obj` (a scalar is 0, `{}` and `[]` are 1), without recursion;
-    counted up to `limit + 1` only, so a structure that contains itself ends the count too."""
-    deepest, stack = 0, [(obj, 1)]
+def _containers(obj, limit: int = MAX_META_DEPTH):
+    """Every dict, list and tuple in `obj` with its depth (`obj` itself is 1), without recursion; the
+    contents of those deeper than `limit` are not visited, so a structure that contains itself ends."""
+    stack = [(obj, 1)] if isinstance(obj, (dict, list, tuple)) else []
     while stack:
         o, d = stack.pop()
-        if isinstance(o, dict):
-            o = list(o.values())
-        elif not isinstance(o, (list, tuple)):
-            continue
-        deepest = max(deepest, d)
+        yield o, d
         if d <= limit:   # only the containers: a list of 10**7 numbers is one step
-            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list, tuple)))
-    return deepest
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o)
+                         if isinstance(v, (dict, list, tuple)))
+
+
+def _depth(obj) -> int:
+    """How deeply lists and dicts nest in `obj` (a scalar is 0, `{}` and `[]` are 1), counted up to
+    `MAX_META_DEPTH + 1`."""
+    return max((d for _, d in _containers(obj)), default=0)
 
 
 def _strict_json(text: str):
@@ -359,20 +361,11 @@ def json_data(obj):
         return {}
     if not isinstance(obj, dict):
         raise TypeError(f"metadata must be a dict, got {type(obj).__name__}")
-    stack = [(obj, 1)]
-    while stack:                 # no recursion; deeper than the limit is json.dumps's to refuse below
-        o, d = stack.pop()
-        if isinstance(o, dict):
-            bad = [k for k in o if not isinstance(k, str)][:1]
-            if bad:
-                bad = bad[0]
-                raise TypeError(f"metadata keys must be strings, as JSON's are: got {bad!r} "
-                                f"({type(bad).__name__}); use {str(bad)!r}")
-            o = o.values()
-        elif not isinstance(o, (list, tuple)):
-            continue
-        if d <= MAX_META_DEPTH:
-            stack.extend((v, d + 1) for v in o)
+    for o, _ in _containers(obj):   # deeper than the limit is json.dumps's to refuse below
+        bad = [k for k in o if not isinstance(k, str)][:1] if isinstance(o, dict) else []
+        if bad:
+            raise TypeError(f"metadata keys must be strings, as JSON's are: got {bad[0]!r} "
+                            f"({type(bad[0]).__name__}); use {str(bad[0])!r}")
 
     def plain(o):
         if hasattr(o, "tolist"):
