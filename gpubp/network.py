@@ -691,7 +691,16 @@ class MLP:
                     raise ValueError(f"sample_weight has shape {sw.shape}; expected ({n_all},), one weight per "
                                      "sample")
                 sample_weight = sw[:n_all - n_val]
-        saved_std = self.standardization
+        # what the call may change, put back by `undo` when it is refused before training begins
+        saved = (self.standardization, self.target_ndim, self.optimizer, opt.lr, opt.is_bound)
+
+        def undo():
+            std, self.target_ndim, self.optimizer, opt.lr, was_bound = saved
+            if not was_bound:     # bound by this call (a no-op if it was not reached)
+                opt.unbind()
+            if standardize:
+                self.set_standardization(*(std or (None, None)))
+
         if standardize:
             Xr = self._raw_inputs(Xh)
             Xn = self.backend.to_numpy(Xr).astype(np.float64)
@@ -712,11 +721,8 @@ class MLP:
             if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
                 self._plan(min(batch_size, Xd.shape[0]))
         except Exception:
-            if standardize:   # a refused call changes nothing
-                self.set_standardization(*(saved_std or (None, None)))
+            undo()
             raise
-        before = (self.target_ndim, self.optimizer, opt.lr)
-        fresh = not opt.is_bound      # bound by this call: unbound again if the call changes nothing
         self.target_ndim = _target_ndim(Yh)
         opt = self._bind(opt, lr)
         self.stop_training = False
@@ -734,11 +740,7 @@ class MLP:
             # or by a callback's on_train_begin (EarlyStopping monitoring a figure this fit does not
             # record) before the first step: the call changes nothing, as an argument refused here does not
             if isinstance(e, EveryRankError) or not loop.started:
-                self.target_ndim, self.optimizer, opt.lr = before
-                if fresh:
-                    opt.unbind()
-                if standardize:
-                    self.set_standardization(*(saved_std or (None, None)))
+                undo()
             raise
 
     # ------------------------------------------------------------ snapshots
