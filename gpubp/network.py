@@ -454,11 +454,11 @@ class MLP:
         self.optimizer = opt
         return opt
 
-    def _diverged(self, value, step, lr, where=""):
+    def _diverged(self, value, step, lr, where="", note=""):
         return FloatingPointError(
             f"the loss became {value} at step {step}{where} with learning rate {lr:g}: training diverged; "
             f"the parameters and optimizer state are those after step {step - 1}, the last with a finite "
-            f"loss. Try a lower learning rate than {lr:g}")
+            f"loss. Try a lower learning rate than {lr:g}{note}")
 
     def _diverged_update(self, step, lr, where=""):
         return FloatingPointError(
@@ -481,11 +481,9 @@ class MLP:
         plan = self._gradients(X, Yd, plan=plan)
         loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
         if not math.isfinite(loss):
-            err = self._diverged(loss, opt.t + 1, opt.lr)
-            if not bool(self.backend.xp.isfinite(self._params).all()):   # say so: no step can mend them
-                err = FloatingPointError(f"{err} (the parameters are not finite: the update of step {opt.t} "
-                                         "overflowed them; set_params or load to go on)")
-            raise err
+            broken = not bool(self.backend.xp.isfinite(self._params).all())   # say so: no step mends them
+            raise self._diverged(loss, opt.t + 1, opt.lr, note=f" (the parameters are not finite: the update of "
+                                 f"step {opt.t} overflowed them; set_params or load to go on)" if broken else "")
         opt.step(self.backend, self._params, self._grads)
         self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
         return loss
