@@ -264,7 +264,10 @@ NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 def strict_json(obj):
     """`obj` with every non-finite float replaced by a string ("NaN", "Infinity", "-Infinity"),
-    so that `json.dumps(..., allow_nan=False)` writes strict JSON (RFC 8259) any parser reads."""
+    so that `json.dumps(..., allow_nan=False)` writes strict JSON (RFC 8259) any parser reads
+    (numpy scalars become Python numbers first; also what bench.json is written with)."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return NON_FINITE_JSON[repr(obj)]
     if isinstance(obj, dict):

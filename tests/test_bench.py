@@ -989,8 +989,8 @@ def test_bench_json_is_strict_json_when_a_loss_is_nan():
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
     back = json.loads(report.to_json(res), parse_constant=refuse)
-    assert back["rows"][0] == dict(final_loss="nan", check_error="the final loss is nan", median_ms=1.5)
-    assert back["rows"][1] == dict(final_loss="inf", x=["-inf", 1.0, 2.0]) and back["wall_s"] == 1.0
+    assert back["rows"][0] == dict(final_loss="NaN", check_error="the final loss is nan", median_ms=1.5)
+    assert back["rows"][1] == dict(final_loss="Infinity", x=["-Infinity", 1.0, 2.0]) and back["wall_s"] == 1.0
 
 
 def test_library_never_imports_from_benchmarks():

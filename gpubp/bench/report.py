@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from .goals import GPUBP_PEERS, TORCH_PEER, counts
@@ -252,21 +251,11 @@ def jsonable(o):
     return str(o)
 
 
-def _finite(o):
-    """`o` with every float that is not finite (a NaN loss, say) written as its text ("nan", "inf")."""
-    if hasattr(o, "item") and not isinstance(o, (str, bytes)):
-        o = o.item() if getattr(o, "ndim", 0) == 0 else o
-    if isinstance(o, float) and not math.isfinite(o):
-        return repr(o)
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def to_json(res) -> str:
-    """bench.json's text: strict JSON (NaN and infinity, which JSON has not, written as strings), so
-    that any JSON reader reads it."""
-    return json.dumps(_finite(res), indent=1, default=jsonable, allow_nan=False)
+    """bench.json's text: strict JSON (NaN and infinity, which JSON has not, written as the strings
+    "NaN", "Infinity", "-Infinity", as `gpubp explain --json` writes them), so that any JSON reader
+    reads it."""
+    from ..explain import strict_json
+
+    return json.dumps(strict_json(res), indent=1, default=jsonable, allow_nan=False)
 
