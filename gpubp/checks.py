@@ -96,6 +96,9 @@ def finite_after_cast(h: np.ndarray, dtype, name: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         a = np.ascontiguousarray(h, dtype=dtype)
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        bad = "overflows " + np.dtype(dtype).name if np.all(np.isfinite(h)) else "contains NaN or infinity"
-        raise ValueError(f"{name} {bad}" + (" (values beyond its range)" if bad.startswith("over") else ""))
+        if not np.all(np.isfinite(h)):
+            raise ValueError(f"{name} contains NaN or infinity")
+        dt = np.dtype(dtype).name
+        raise ValueError(f"{name} overflows {dt} (values beyond the range of {dt}, largest magnitude "
+                         f"{float(np.abs(h).max()):.3g})")
     return a

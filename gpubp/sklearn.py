@@ -87,7 +87,7 @@ except ImportError as e:   # exercised only without scikit-learn
     raise MissingExtraError(
         f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
-from .checks import DTYPES
+from .checks import DTYPES, finite_after_cast
 from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
 
@@ -348,13 +348,11 @@ class _BaseMLP(BaseEstimator):
 
     def _in_net_dtype(self, X) -> np.ndarray:
         """`X` (validated: finite) as a contiguous array of the network's dtype, refusing values it cannot hold."""
-        with np.errstate(over="ignore"):                 # refused below with a clearer message
-            Xc = np.ascontiguousarray(X, dtype=self.net_.dtype)
-        if Xc.dtype != X.dtype and Xc.size and not np.isfinite(Xc).all():
-            raise ValueError(f"X holds values beyond the range of {Xc.dtype} (largest magnitude "
-                             f"{float(np.abs(X).max()):.3g}), the network's dtype; scale the input (e.g. "
-                             f"StandardScaler) or use dtype='float64'")
-        return Xc
+        try:
+            return finite_after_cast(X, self.net_.dtype, "X")
+        except ValueError as e:
+            raise ValueError(f"{e}, the network's dtype: scale the input (e.g. StandardScaler) or use "
+                             "dtype='float64'") from None
 
     @property
     def coefs_(self) -> list[np.ndarray]:
