@@ -280,37 +280,22 @@ def test_different_learning_rate_schedules_are_refused():
     assert "trained" not in r.stdout
 
 
-def test_a_sharded_batch_smaller_than_the_ranks_is_refused_on_every_rank():
+@pytest.mark.parametrize("n, mode, message", [
     # only the ranks whose share of a batch was empty refused it; the others waited until the timeout
-    r = run_mpi(3, "dp_fault.py", "small_batch", timeout=30)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out
-    for k in range(3):
-        assert (f"rank {k}: refused (EveryRankError, network unchanged): with sharded=True every rank takes a "
-                "share of each batch: batch_size (2) must be at least the number of ranks (3)") in r.stdout, out
-    assert "trained" not in r.stdout and "waited" not in out, out
-
-
-def test_an_option_refused_on_one_rank_only_is_refused_on_every_rank():
+    (3, "small_batch", "with sharded=True every rank takes a share of each batch: batch_size (2) must be at least "
+                       "the number of ranks (3)"),
     # rank 0 alone refused grad_norms=True; the others went on and waited until the timeout
-    r = run_mpi(2, "dp_fault.py", "grad_norms", timeout=30)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out
-    for k in range(2):
-        assert (f"rank {k}: refused (EveryRankError, network unchanged): rank 0: grad_norms=True is not supported "
-                "with comm") in r.stdout, out
-    assert "waited" not in out and "trained" not in r.stdout, out
-
-
-def test_sharded_sample_weights_that_are_all_zero_on_every_rank_are_refused_on_every_rank():
+    (2, "grad_norms", "rank 0: grad_norms=True is not supported with comm"),
     # a rank's own rows may all weigh nothing (the sharded_b6_weightless_shard case trains), not every rank's
-    r = run_mpi(2, "dp_fault.py", "zero_weights", timeout=30)
+    (2, "zero_weights", "the sample weights (in float64) are all zero on every rank"),
+], ids=["sharded-batch-below-ranks", "option-on-one-rank", "zero-weights-on-every-rank"])
+def test_a_refusal_is_made_on_every_rank_alike(n, mode, message):
+    r = run_mpi(n, "dp_fault.py", mode, timeout=30)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    for k in range(2):
-        assert (f"rank {k}: refused (EveryRankError, network unchanged): the sample weights (in float64) are all "
-                "zero on every rank") in r.stdout, out
-    assert "trained" not in r.stdout, out
+    for k in range(n):
+        assert f"rank {k}: refused (EveryRankError, network unchanged): {message}" in r.stdout, out
+    assert "trained" not in r.stdout and "waited" not in out, out
 
 
 def test_an_mpi4py_communicator_is_refused_with_a_clear_error():
