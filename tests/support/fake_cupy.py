@@ -43,7 +43,8 @@ Known gaps: a device array *is* a numpy array here, so code that tests
 `isinstance(x, numpy.ndarray)` or calls `numpy.asarray(x)` on it takes its
 host path without complaint (CuPy would refuse the implicit conversion), and
 gpubp's `CudaBackend.asarray` copies a device array it would pass through;
-what kernels compute is not simulated.
+what kernels compute is not simulated unless `execute=True`, which runs every
+launch through the CPU emulator of tests/support/cuda_emu (slow: small sizes only).
 """
 
 from __future__ import annotations
@@ -226,6 +227,11 @@ class Launch:
         return self.args[[p for _, p in self.signature.params].index(pname)]
 
     signature: KernelSignature | None = None
+    module: object = None     # the RawModule it came from (its `emu` runs it when executing)
+
+    def run(self):
+        """Compute the launch on the CPU (FakeCupy(execute=True)): see tests/support/cuda_emu."""
+        self.module.emu.launch(self.name, self.grid, self.block, self.args, self.shared_mem)
 
 
 class FakeCupy(types.ModuleType):
@@ -243,8 +249,12 @@ class FakeCupy(types.ModuleType):
     and may assert more (e.g. that the grid covers the output).
     """
 
-    def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3"):
+    def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3",
+                 execute=False):
         super().__init__("cupy")
+        #: run every launch on the CPU through tests/support/cuda_emu (kernels compute) instead of
+        #: only checking it; captured launches run when their graph is launched
+        self.execute = bool(execute)
         self.device_name = f"{name} (fake)"
         self.__version__ = "13.0.0+fake"
         self.launches: list[Launch] = []
@@ -456,13 +466,15 @@ class FakeCupy(types.ModuleType):
             self._check_extents(where, rule, sig, targs, args, tuple(int(g) for g in grid) + (1,) * (3 - len(grid)))
         stream = stream if stream is not None else self.current_stream()
         launch = Launch(fn.name, sig.name, tuple(int(g) for g in grid), tuple(int(b) for b in block), args,
-                        int(shared_mem), stream, signature=sig)
+                        int(shared_mem), stream, signature=sig, module=fn.module)
         if self._capturing:
             if stream not in self._capturing:
                 raise CaptureError(f"{where} launched on a stream that is not capturing, during a capture")
             launch.captured = True
             stream._graph_ops.append(launch)
         self.launches.append(launch)
+        if self.execute and not self._capturing:
+            launch.run()
 
     def _check_extents(self, where, rule, sig, targs, args, grid):
         p = types.SimpleNamespace(**{n: a.item() if isinstance(a, np.generic) else a
@@ -548,6 +560,12 @@ class RawModule:
         for expr in self.name_expressions or ():
             self._resolve(expr)       # every instantiation names a kernel with matching template arity
         fake.compiled.extend(self.name_expressions or self.kernels)
+        self.emu = None
+        if fake.execute:
+            from . import cuda_emu
+
+            names = self.name_expressions or [k for k, sig in self.kernels.items() if not sig.template]
+            self.emu = cuda_emu.build_source(code, names, tag="fake")
 
     def _resolve(self, expr):
         kernel, args = split_name_expression(expr)
@@ -581,7 +599,7 @@ class RawModule:
             sig, targs = self.kernels.get(name), {}
             if sig is None or sig.template:
                 raise LaunchError(f"{name!r} is not a non-template kernel of the module")
-        return Function(self._fake, name, sig, targs)
+        return Function(self._fake, name, sig, targs, module=self)
 
 
 class CubinModule(RawModule):
@@ -613,8 +631,9 @@ class CubinModule(RawModule):
 class Function:
     """A fake `cupy.RawKernel`: checks and records launches, computes nothing."""
 
-    def __init__(self, fake, name, signature, template_args):
+    def __init__(self, fake, name, signature, template_args, module=None):
         self._fake = fake
+        self.module = module
         self.name, self.signature, self.template_args = name, signature, template_args
         self._max_dyn = DEFAULT_DYNAMIC_SMEM
         self.shared_size_bytes = 0
@@ -739,7 +758,9 @@ def _make_cuda(fake):
             for op in self.ops:
                 if isinstance(op, Launch):
                     fake.launches.append(Launch(op.name, op.kernel, op.grid, op.block, op.args, op.shared_mem,
-                                                stream, replay=True, signature=op.signature))
+                                                stream, replay=True, signature=op.signature, module=op.module))
+                    if fake.execute:
+                        fake.launches[-1].run()
                 else:
                     _replay_op(op)
 

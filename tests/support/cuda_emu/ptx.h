@@ -1,0 +1,100 @@
+// ptx.h: C++ stand-ins, written from the PTX ISA, for the inline-PTX helpers of kernels/*.cu(h).
+// Each block starts with "// @override NAME..." and replaces every definition of those names in
+// a module's source (tests/support/cuda_emu/__init__.py); a module keeping any other `asm`
+// is refused, so a new PTX helper needs its stand-in here first.
+
+// @override to_tf32 ft_tf32
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; low 13 bits zero.
+// NaN and infinity pass through; a carry out of the largest finite values gives infinity.
+inline unsigned emu_tf32_bits(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7F800000u) == 0x7F800000u) return (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FFFFFFFu : u;
+    return (u + 0x1000u) & 0xFFFFE000u;
+}
+inline unsigned to_tf32(float x) { return emu_tf32_bits(x); }
+inline unsigned ft_tf32(float x) { return emu_tf32_bits(x); }
+
+// @override bf16x2
+// cvt.rn.bf16x2.f32 d, hi, lo: each rounded to nearest even, NaN -> canonical 0x7FFF.
+inline unsigned emu_bf16_bits(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FFFu;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+inline unsigned bf16x2(float lo, float hi) { return emu_bf16_bits(lo) | (emu_bf16_bits(hi) << 16); }
+
+// @override mma_tf32 mma_bf16 ft_mma
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 and m16n8k16 ...bf16: the warp's 32 lanes
+// publish their fragments; each lane then computes its four outputs.  Fragment layouts (PTX ISA,
+// "Matrix Fragments for mma.m16n8k8" / "m16n8k16"), g = lane / 4, t = lane % 4:
+//   tf32 A 16x8:  a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
+//   tf32 B 8x8:   b0 (k=t, n=g)  b1 (k=t+4, n=g)
+//   bf16 A 16x16: a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..), low half first
+//   bf16 B 16x8:  b0 (k=2t..2t+1, n=g)  b1 (k=2t+8.., n=g)
+//   C/D 16x8:     c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
+// A .tf32 operand's low 13 bits are not read.  Products are exact in float32 (11 x 11 and
+// 8 x 8 significand bits); they are added to c in k order in float32.
+inline float emu_tf32_val(unsigned b) { return __uint_as_float(b & 0xFFFFE000u); }
+inline float emu_bf16_val(unsigned h) { return __uint_as_float((h & 0xFFFFu) << 16); }
+
+template <bool BF16>
+inline void emu_mma(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    const unsigned mine[6] = {a0, a1, a2, a3, b0, b1};
+    constexpr int K = BF16 ? 16 : 8;
+    float A[16][16], B[16][8];
+    emu::warp_exchange(0xFFFFFFFFu, mine, 6, [&] {
+        for (int lane = 0; lane < 32; ++lane) {
+            const unsigned* f = emu::slot(lane);
+            const int g = lane / 4, t = lane % 4;
+            if (!BF16) {
+                A[g][t] = emu_tf32_val(f[0]);     A[g + 8][t] = emu_tf32_val(f[1]);
+                A[g][t + 4] = emu_tf32_val(f[2]); A[g + 8][t + 4] = emu_tf32_val(f[3]);
+                B[t][g] = emu_tf32_val(f[4]);     B[t + 4][g] = emu_tf32_val(f[5]);
+            } else {
+                const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+                for (int r = 0; r < 4; ++r) {
+                    A[rows[r]][cols[r]] = emu_bf16_val(f[r]);
+                    A[rows[r]][cols[r] + 1] = emu_bf16_val(f[r] >> 16);
+                }
+                B[2 * t][g] = emu_bf16_val(f[4]);     B[2 * t + 1][g] = emu_bf16_val(f[4] >> 16);
+                B[2 * t + 8][g] = emu_bf16_val(f[5]); B[2 * t + 9][g] = emu_bf16_val(f[5] >> 16);
+            }
+        }
+    });
+    const int lane = emu::S().cur->lane, g = lane / 4, t = lane % 4;
+    const int rr[4] = {g, g, g + 8, g + 8}, cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; ++i) {
+        float acc = d[i];
+        for (int k = 0; k < K; ++k) acc += A[rr[i]][k] * B[k][cc[i]];
+        d[i] = acc;
+    }
+}
+inline void mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    emu_mma<false>(d, a0, a1, a2, a3, b0, b1);
+}
+inline void mma_bf16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    emu_mma<true>(d, a0, a1, a2, a3, b0, b1);
+}
+inline void mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu_mma<false>(d, a[0], a[1], a[2], a[3], b[0], b[1]);
+}
+inline void mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu_mma<true>(d, a[0], a[1], a[2], a[3], b[0], b[1]);
+}
+inline void ft_mma(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    emu_mma<false>(d, a0, a1, a2, a3, b0, b1);
+}
+
+// @override cp_async16 cp_async16_always cp_async4 cp_async_commit cp_async_wait
+// cp.async.{cg,ca}.shared.global [dst], [src], size{, src-size}: src-size 0 zero-fills and reads
+// nothing.  The bytes land when cp.async.wait_group retires the group (emu::cp_wait).
+inline void cp_async16(unsigned dst, const float* src, bool in) { emu::cp_issue(dst, src, 16, in ? 16 : 0); }
+inline void cp_async16(float* dst, const float* src, bool in) { emu::cp_issue(emu::to_shared(dst), src, 16, in ? 16 : 0); }
+inline void cp_async16_always(unsigned dst, const float* src) { emu::cp_issue(dst, src, 16, 16); }
+inline void cp_async4(unsigned dst, const float* src, bool in) { emu::cp_issue(dst, src, 4, in ? 4 : 0); }
+inline void cp_async4(float* dst, const float* src, bool in) { emu::cp_issue(emu::to_shared(dst), src, 4, in ? 4 : 0); }
+inline void cp_async_commit() { emu::cp_commit(); }
+template <int N> inline void cp_async_wait() { emu::cp_wait(N); }
+
+// @override gemm3_tid
+inline int gemm3_tid() { return (int)threadIdx.x; }
