@@ -1,0 +1,15 @@
+"""tests/gpu on a real GPU, or (GPUBP_EMULATE_GPU=1) on the CPU kernel emulator.
+
+With GPUBP_EMULATE_GPU=1 and no CuPy device, `cupy` is the fake of tests/support/fake_cupy.py in
+execute mode: every launch computes on the CPU through tests/support/cuda_emu (slow; a model of
+the hardware, see its docstring).  It lets a session without a GPU run these tests before the
+GPU does; it is never a substitute for them.
+"""
+
+import os
+import sys
+
+if os.environ.get("GPUBP_EMULATE_GPU") == "1":
+    from support.fake_cupy import FakeCupy
+
+    sys.modules["cupy"] = FakeCupy(execute=True)
