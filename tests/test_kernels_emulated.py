@@ -209,3 +209,16 @@ def test_fused_narrow_runs_train_as_the_numpy_backend(emulated, precision):
     tol = 1e-5 if precision == "float32" else 1e-3
     assert _rel(got, ref) < tol
     assert any(k.startswith("fused_mlp") for k in emulated.kernel_names()), emulated.kernel_names()
+
+
+#: emulated CUDA vs the numpy backend's emulation of the mode, after a short fit (relative error of the
+#: predictions): the float32 sums run in another order, and in bf16 that can move a stored value by an ulp
+TC_TOL = {"tf32": 1e-3, "bf16": 2e-2, "3xtf32": 1e-5}
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "3xtf32"])
+def test_tensor_core_gemms_train_as_the_numpy_emulation(emulated, precision):
+    got, ref = _train_both([37, 70, 129, 3], 67, activation="gelu", epochs=1, optimizer="sgd",
+                           precision=precision, tensor_core_gemms=True)
+    assert _rel(got, ref) < TC_TOL[precision]
+    assert {"gemm_tc_fwd", "gemm_tc_bwd_data", "gemm_tc_bwd_weight"} <= emulated.kernel_names()
