@@ -17,8 +17,8 @@ from support.cuda_emu import EmuError
 pytestmark = pytest.mark.skipif(cuda_emu.compiler() is None, reason="no host C++ compiler for the kernel emulator")
 
 
-def _module(src, *names):
-    return cuda_emu.build_source(src, names, tag="selftest")
+def _module(src, *names, race=False):
+    return cuda_emu.build_source(src, names, tag="selftest", race=race)
 
 
 # ---------------------------------------------------------------------------- the emulator itself
@@ -157,6 +157,81 @@ def test_inline_ptx_without_a_stand_in_is_refused():
         __global__ void k(unsigned* o) { o[0] = lane(); }""", "k")
 
 
+# ---------------------------------------------------------------------------- the hazard check (race.h)
+_EXCHANGE = """
+__global__ void k(float* out, int sync) {
+    __shared__ float s[64];
+    s[threadIdx.x] = (float)threadIdx.x;
+    if (sync == 1) __syncthreads();
+    if (sync == 2) __syncwarp();
+    out[threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+}"""
+
+
+@pytest.mark.parametrize("sync, block, hazard", [
+    (0, 64, "(read-after-write|write-after-read) hazard on shared"),   # no barrier between write and read
+    (1, 64, None),                                   # __syncthreads orders them
+    (2, 32, None),                                   # lanes of one warp after __syncwarp
+    (2, 64, "(read-after-write|write-after-read) hazard"),   # __syncwarp does not order two warps
+    (0, 32, "(read-after-write|write-after-read) hazard"),   # a warp is not implicitly synchronous
+])
+def test_shared_memory_hazards_are_found_where_no_barrier_orders_the_accesses(sync, block, hazard):
+    m = _module(_EXCHANGE, "k", race=True)
+    out = np.zeros(64, np.float32)
+    if hazard is None:
+        m.launch("k", (1,), (block,), (out, np.int32(sync)))
+        np.testing.assert_array_equal(out[:block], np.arange(block)[::-1])
+    else:
+        with pytest.raises(EmuError, match=hazard):
+            m.launch("k", (1,), (block,), (out, np.int32(sync)))
+
+
+def test_a_write_over_another_threads_read_in_the_same_interval_is_a_hazard():
+    m = _module("""
+    __global__ void k(float* out) {
+        __shared__ float s[32];
+        s[threadIdx.x] = 1.f;
+        __syncthreads();
+        out[threadIdx.x] = s[(threadIdx.x + 1) % 32];
+        s[threadIdx.x] = 2.f;          // thread t - 1 may not have read it yet
+    }""", "k", race=True)
+    with pytest.raises(EmuError, match="write-after-read hazard on shared"):
+        m.launch("k", (1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_two_blocks_writing_one_output_is_a_hazard():
+    m = _module("""
+    __global__ void k(float* out, int n) {
+        const int i = (blockIdx.x * blockDim.x + threadIdx.x) % n;
+        out[i] = 1.f;
+    }""", "k", race=True)
+    m.launch("k", (2,), (32,), (np.zeros(64, np.float32), np.int32(64)))
+    with pytest.raises(EmuError, match="write-after-write hazard on global .* between block 0 and block 1"):
+        m.launch("k", (2,), (32,), (np.zeros(64, np.float32), np.int32(48)))
+
+
+def test_reading_a_cp_async_destination_before_its_wait_and_barrier_is_a_hazard():
+    from gpubp.backends.cuda_source import kernels_dir
+
+    src = (kernels_dir() / "async_copy.cuh").read_text() + """
+    __global__ void k(const float* x, float* out, int early) {
+        __shared__ __align__(16) float s[64];
+        cp_async16(&s[4 * threadIdx.x], x + 4 * threadIdx.x, true);
+        cp_async_commit();
+        if (early) out[threadIdx.x] = s[(4 * threadIdx.x + 4) % 64];   // another thread's copy, in flight
+        cp_async_wait<0>();
+        __syncthreads();
+        out[16 + threadIdx.x] = s[(4 * threadIdx.x + 4) % 64];
+    }"""
+    m = _module(src, "k", race=True)
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros(32, np.float32)
+    m.launch("k", (1,), (16,), (x, out, np.int32(0)))
+    np.testing.assert_array_equal(out[16:], x[(4 * np.arange(16) + 4) % 64])
+    with pytest.raises(EmuError, match="(read-after-write|write-after-read) hazard on shared"):
+        m.launch("k", (1,), (16,), (x, out, np.int32(1)))
+
+
 # ---------------------------------------------------------------------------- the backend, end to end
 @pytest.fixture
 def emulated(monkeypatch):
@@ -222,3 +297,21 @@ def test_tensor_core_gemms_train_as_the_numpy_emulation(emulated, precision):
                            precision=precision, tensor_core_gemms=True)
     assert _rel(got, ref) < TC_TOL[precision]
     assert {"gemm_tc_fwd", "gemm_tc_bwd_data", "gemm_tc_bwd_weight"} <= emulated.kernel_names()
+
+
+@pytest.mark.parametrize("what, sizes, B, kw", [
+    ("per-layer gemm", [5, 19, 3], 11, {}),
+    ("fused run", [9, 16, 8, 3], 1025, {}),
+    ("fused run tf32", [9, 16, 8, 3], 1025, {"precision": "tf32"}),
+    ("tensor cores tf32", [37, 21, 3], 9, {"precision": "tf32", "tensor_core_gemms": True}),
+    ("tensor cores bf16", [37, 21, 3], 9, {"precision": "bf16", "tensor_core_gemms": True}),
+    ("tensor cores 3xtf32", [37, 21, 3], 9, {"precision": "3xtf32", "tensor_core_gemms": True}),
+])
+def test_a_training_step_has_no_memory_hazards(monkeypatch, what, sizes, B, kw):
+    """Every launch of a fit, checked by race.h (an EmuError names the first hazard)."""
+    from test_cuda_launch_contract import install_fake
+
+    fake = install_fake(monkeypatch, execute=True, race=True)
+    got, ref = _train_both(sizes, B, epochs=1, **kw)
+    assert _rel(got, ref) < TC_TOL.get(kw.get("precision"), 1e-5)
+    assert all(l.module.emu.race for l in fake.launches)

@@ -250,11 +250,14 @@ class FakeCupy(types.ModuleType):
     """
 
     def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3",
-                 execute=False):
+                 execute=False, race=None):
         super().__init__("cupy")
         #: run every launch on the CPU through tests/support/cuda_emu (kernels compute) instead of
         #: only checking it; captured launches run when their graph is launched
         self.execute = bool(execute)
+        #: with execute: also check every launch for memory hazards (cuda_emu's race.h; slow);
+        #: None: GPUBP_EMU_RACE=1 decides
+        self.race = race
         self.device_name = f"{name} (fake)"
         self.__version__ = "13.0.0+fake"
         self.launches: list[Launch] = []
@@ -565,7 +568,7 @@ class RawModule:
             from . import cuda_emu
 
             names = self.name_expressions or [k for k, sig in self.kernels.items() if not sig.template]
-            self.emu = cuda_emu.build_source(code, names, tag="fake")
+            self.emu = cuda_emu.build_source(code, names, tag="fake", race=fake.race)
 
     def _resolve(self, expr):
         kernel, args = split_name_expression(expr)

@@ -37,6 +37,15 @@ HERE = Path(__file__).resolve().parent
 #: compiler flags: optimised enough to run thousands of fibers quickly, no FMA contraction
 CXXFLAGS = ("-std=c++17", "-O1", "-g0", "-fPIC", "-shared", "-fno-strict-aliasing", "-ffp-contract=off",
             "-w", "-D__CUDA_ARCH__=900", "-DGPUBP_CUDA_EMU=1")
+#: the hazard check's build: every load and store calls race.h's callbacks (no sanitizer runtime:
+#: the callbacks are ours); about 10 times slower
+RACE_FLAGS = ("-fsanitize=kernel-address", "--param", "asan-instrumentation-with-call-threshold=0",
+              "--param", "asan-stack=0", "--param", "asan-globals=0")
+
+
+def race_default() -> bool:
+    """Whether modules are built with the hazard check unless told: GPUBP_EMU_RACE=1."""
+    return os.environ.get("GPUBP_EMU_RACE", "0") == "1"
 _PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
@@ -135,8 +144,11 @@ def _cache_dir() -> Path:
     return d
 
 
-def build_source(source: str, name_expressions, tag: str = "module") -> "EmuModule":
-    """Compile `source` (a module's CUDA text) with registrations for `name_expressions`."""
+def build_source(source: str, name_expressions, tag: str = "module", race: bool | None = None) -> "EmuModule":
+    """Compile `source` (a module's CUDA text) with registrations for `name_expressions`; with
+    `race` (default: `race_default()`) every launch is also checked for hazards (race.h)."""
+    race = race_default() if race is None else bool(race)
+    flags = CXXFLAGS + (RACE_FLAGS if race else ())
     cxx = compiler()
     if cxx is None:
         raise EmuError("no host C++ compiler (g++, c++ or clang++) found for the kernel emulator")
@@ -144,25 +156,25 @@ def build_source(source: str, name_expressions, tag: str = "module") -> "EmuModu
     regs = "\n".join(f"static int emu_reg_{i} = emu::reg({ne!r}, &{ne});".replace("'", '"')
                      for i, ne in enumerate(name_expressions))
     text = (f'#include "{HERE / "runtime.h"}"\n{body}\n#include "{HERE / "launch.h"}"\n{regs}\n')
-    key = hashlib.sha256((text + "".join(CXXFLAGS) + cxx
-                          + (HERE / "runtime.h").read_text() + (HERE / "launch.h").read_text()).encode()).hexdigest()[:24]
+    key = hashlib.sha256((text + "".join(flags) + cxx
+                          + "".join((HERE / f).read_text() for f in ("runtime.h", "launch.h", "race.h"))).encode()).hexdigest()[:24]
     d = _cache_dir()
     so = d / f"{tag}-{key}.so"
     if not so.exists():
         cpp = d / f"{tag}-{key}.cpp"
         cpp.write_text(text)
         tmp = d / f"{tag}-{key}.{os.getpid()}.so"
-        r = subprocess.run([cxx, *CXXFLAGS, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
+        r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
         if r.returncode != 0:
             raise EmuError(f"the emulated module {tag} does not compile ({cpp}):\n{r.stderr[-4000:]}")
         os.replace(tmp, so)
-    return EmuModule(so, list(name_expressions))
+    return EmuModule(so, list(name_expressions), race)
 
 
-def build(spec, name_expressions=None) -> "EmuModule":
+def build(spec, name_expressions=None, race: bool | None = None) -> "EmuModule":
     """Compile a ModuleSpec (all its name expressions, or the ones given) for the emulator."""
     names = tuple(name_expressions) if name_expressions is not None else spec.name_expressions
-    return build_source(spec.source(), names, tag=spec.name)
+    return build_source(spec.source(), names, tag=spec.name, race=race)
 
 
 # ---------------------------------------------------------------------------- guarded buffers
@@ -192,8 +204,13 @@ def _span(a: np.ndarray) -> tuple[int, int]:
 class EmuModule:
     """One compiled module; `launch` runs a kernel."""
 
-    def __init__(self, so: Path, name_expressions):
+    def __init__(self, so: Path, name_expressions, race: bool):
+        #: check every launch for shared- and global-memory hazards (race.h; built in)
+        self.race = race
         self.lib = ctypes.CDLL(str(so))
+        self.lib.emu_first_hazard.restype = ctypes.c_char_p
+        self.lib.emu_hazards.restype = ctypes.c_long
+        self.lib.emu_add_global.argtypes = (ctypes.c_void_p, ctypes.c_long)
         self.lib.emu_name.restype = ctypes.c_char_p
         self.lib.emu_error.restype = ctypes.c_char_p
         self.lib.emu_param_size.restype = ctypes.c_long
@@ -254,10 +271,19 @@ class EmuModule:
                     v = ctypes.create_string_buffer(raw, size)
                 values.append(v)
             ptrs = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
+            self.lib.emu_set_race(int(self.race))
+            self.lib.emu_clear_globals()
+            if self.race:
+                for g, _, _ in holders:
+                    self.lib.emu_add_global(g.start, g.nbytes)
             rc = self.lib.emu_launch(i, *[int(x) for x in grid], *[int(x) for x in block], int(shared_mem), ptrs)
             self.launches += 1
+            self.lib.emu_clear_globals()
             if rc != 0:
                 raise EmuError(f"{name}: {self.lib.emu_error().decode()}")
+            if self.race and self.lib.emu_hazards():
+                raise EmuError(f"{name}: {self.lib.emu_hazards()} hazardous accesses; the first: "
+                               f"{self.lib.emu_first_hazard().decode()}")
             for g, lo, hi in holders:
                 ctypes.memmove(lo, g.start, hi - lo)
         finally:

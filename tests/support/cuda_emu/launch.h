@@ -39,6 +39,18 @@ const char* emu_name(int i) { return emu::registry()[i].name.c_str(); }
 int emu_nparams(int i) { return (int)emu::registry()[i].sizes.size(); }
 long emu_param_size(int i, int j) { return (long)emu::registry()[i].sizes[j]; }
 const char* emu_error() { return emu::S().error.c_str(); }
+
+// The hazard check (race.h): on or off, the global buffers of the next launch, what it found.
+void emu_set_race(int on) { emu::R().on = on != 0; }
+void emu_add_global(char* lo, long n) {
+    emu::RaceState& r = emu::R();
+    r.globals.push_back({lo, (size_t)n, std::vector<emu::Shadow>((size_t)n)});
+    if (!r.glo || lo < r.glo) r.glo = lo;
+    if (!r.ghi || lo + n > r.ghi) r.ghi = lo + n;
+}
+void emu_clear_globals() { emu::R().globals.clear(); emu::R().glo = emu::R().ghi = nullptr; }
+long emu_hazards() { return emu::R().hazards; }
+const char* emu_first_hazard() { return emu::R().first.c_str(); }
 long emu_static_smem() { return __start_emu_smem ? (long)(__stop_emu_smem - __start_emu_smem) : 0; }
 
 // Runs kernel i over the grid; 0 when it ran to the end, 1 on a failure (emu_error says which).
@@ -47,6 +59,7 @@ int emu_launch(int i, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsign
     using namespace emu;
     State& s = S();
     s.failed = false; s.error.clear(); s.cur = nullptr;
+    R().hazards = 0; R().first.clear(); R().epoch = 1;
     const emu::Entry& e = registry()[i];
     const int n = (int)(bx * by * bz);
     s.block_dim = {bx, by, bz}; s.grid_dim = {gx, gy, gz};

@@ -132,6 +132,7 @@ struct State {
     std::vector<unsigned> xchg;
     int progress = 0;             // spins since the last change, for spin deadlocks
 };
+inline State& S() __attribute__((no_sanitize("kernel-address"), no_sanitize_address));
 inline State& S() { static State s; return s; }
 
 }  // namespace emu
@@ -224,11 +225,16 @@ inline void warp_exchange(unsigned mask, const unsigned* mine, int words, F&& re
     warp_sync(mask);
 }
 
+}  // namespace emu
+#include "race.h"
+namespace emu {
+
 // ---------------------------------------------------------------- cp.async
 inline void cp_issue(unsigned dst, const void* src, unsigned nbytes, unsigned src_bytes) {
     State& s = S();
     if (dst % nbytes) fail("cp.async: shared destination not aligned to the copy size");
     if (!from_shared(dst, nbytes, "cp.async destination")) return;
+    on_access(from_shared(dst, nbytes, "cp.async destination"), nbytes, true);   // in flight from now on
     PendingCopy c{dst, nbytes, {0}};
     if (src_bytes) {
         if ((uintptr_t)src % nbytes) fail("cp.async: global source not aligned to the copy size");
@@ -246,7 +252,7 @@ inline void cp_wait(int n) {   // retire all committed groups but the newest n
     while ((int)t->groups.size() > n) {
         for (auto& c : t->groups.front()) {
             char* d = from_shared(c.dst, c.nbytes, "cp.async destination");
-            if (d) std::memcpy(d, c.data, c.nbytes);
+            if (d) { on_access(d, c.nbytes, true); std::memcpy(d, c.data, c.nbytes); }
         }
         t->groups.erase(t->groups.begin());
     }
@@ -294,6 +300,7 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
         makecontext(&t.ctx, (void (*)())fiber_main, 2, (unsigned)(pp & 0xFFFFFFFFu), (unsigned)(pp >> 32));
     }
     const int warps = (n + 31) / 32;
+    race_block_start(warps, (int32_t)(s.block_idx.x + s.grid_dim.x * (s.block_idx.y + s.grid_dim.y * s.block_idx.z)));
     int spins = 0;
     for (;;) {
         bool changed = false;
@@ -333,12 +340,14 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
             if ((waiting & mask) == mask) {
                 for (int l = 0; l < 32; ++l)
                     if (waiting >> l & 1u) s.threads[w * 32 + l].wait = RUN;
+                race_warp_sync(w);
                 changed = true;
             }
         }
         if (changed) { spins = 0; continue; }
         if (at_block == live) {   // __syncthreads: every live thread arrived (exited ones count as arrived)
             for (auto& t : s.threads) if (!t.done) t.wait = RUN;
+            race_block_barrier();
             spins = 0;
             continue;
         }
