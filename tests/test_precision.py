@@ -442,6 +442,61 @@ def test_bf16_activation_is_the_float32_epilogue_from_the_kernels_z():
         gc.bf16_activation("relu", Z32.astype(np.float64) + 1e-12)
 
 
+def test_bf16_stored_atol_admits_a_cancelled_sum_and_no_more():
+    """A sum that cancels to far below its |A| |B| scale carries the float32 summation-order noise of
+    the scale (a few ulps of the partial sums, on any device), which is many bfloat16 ulps of the
+    small result: with `atol` (that noise bound) such values pass, a value further off does not."""
+    gc = _gemm_checks()
+    want = P.to_bf16(np.linspace(-1, 1, 101, dtype=np.float32))
+    want[0] = P.to_bf16(np.float32(-6.4373016e-06))
+    got = want.copy()
+    got[0] = P.to_bf16(np.float32(-6.4373016e-06 - 6e-8))     # 1 float32 ulp of an O(1) partial sum
+    assert gc.bf16_ulps(got, want)[0] > 1
+    with pytest.raises(AssertionError, match="more than one bfloat16 ulp"):
+        gc.bf16_stored(got, want, "no atol")             # 1 of 101 differs: under `flips`
+    gc.bf16_stored(got, want, "cancelled", atol=3e-5)
+    got[0] = P.to_bf16(np.float32(-6.4373016e-06 - 1e-4))
+    with pytest.raises(AssertionError, match="more than one bfloat16 ulp and atol"):
+        gc.bf16_stored(got, want, "too far", atol=3e-5)
+    got[0] = np.float32(np.inf)
+    with pytest.raises(AssertionError, match="more than one bfloat16 ulp and atol"):
+        gc.bf16_stored(got, want, "inf", atol=3e-5)
+
+
+def test_bf16_activation_stored_exact_for_exact_activations_float32_accurate_for_the_others():
+    """The bf16 forward's A from its own Z: identity / relu / leaky_relu bit for bit; tanh, sigmoid,
+    gelu and silu (whose float32 values differ by an ulp or more between CUDA and numpy) a bfloat16
+    rounding of g(Z) to float32 accuracy: a float32 evaluation with a few ulps of error passes, one
+    from the unrounded Z or with the wrong constant does not."""
+    gc = _gemm_checks()
+    from gpubp.backends.numpy_backend import activation_forward
+
+    rng = np.random.default_rng(12)
+    Z = P.to_bf16((rng.standard_normal(20000) * 3).astype(np.float32))
+    Zraw = Z + (rng.uniform(-1, 1, Z.size) * np.abs(Z) * 2.0 ** -8).astype(np.float32)   # within half an ulp
+    f32 = np.float32
+    for act in ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu"):
+        g = activation_forward(act, Z, np.empty_like(Z))
+        gc.bf16_activation_stored(P.to_bf16(g), act, Z.astype(np.float64), act)
+        if act not in gc.EXACT_ACTIVATIONS:   # (identity, relu: the same bits from the unrounded Z)
+            off = P.to_bf16(activation_forward(act, Zraw, np.empty_like(Z)))
+            with pytest.raises(AssertionError, match="no bfloat16 rounding"):
+                gc.bf16_activation_stored(off, act, Z.astype(np.float64), act + " of the unrounded Z")
+        if act in gc.EXACT_ACTIVATIONS:       # one value one bfloat16 ulp off: refused
+            flip = P.to_bf16(g)
+            flip[7] = (flip[7:8].view(np.uint32) + np.uint32(0x10000)).view(f32)[0]
+            with pytest.raises(AssertionError, match="exact in float32"):
+                gc.bf16_activation_stored(flip, act, Z.astype(np.float64), act)
+        else:                                 # a few float32 ulps of evaluation error: accepted
+            noisy = (g.astype(np.float64) * (1 + 4 * 2.0 ** -24 * rng.choice([-1, 1], g.size))).astype(f32)
+            gc.bf16_activation_stored(P.to_bf16(noisy), act, Z.astype(np.float64), act)
+    # gelu with the erf form's constant in the tanh: refused
+    c, k = f32(0.7978845608028654), f32(0.0447)
+    wrong = f32(0.5) * Z * (f32(1) + np.tanh(c * (Z + k * Z * Z * Z)))
+    with pytest.raises(AssertionError, match="no bfloat16 rounding of gelu"):
+        gc.bf16_activation_stored(P.to_bf16(wrong), "gelu", Z.astype(np.float64), "gelu, wrong k")
+
+
 # ---------------------------------------------------------------- 3xTF32: the split's bound, the terms' order
 def test_split_3xtf32_error_bound_down_to_the_subnormals():
     """|x - hi - lo| <= 2^-22 |x| for |x| >= 2^-115; below, x - hi is subnormal and lo lies on

@@ -273,6 +273,7 @@ class FakeCupy(types.ModuleType):
         self._stream_stack = []
         self.ndarray = _make_ndarray_class(self)
         self.cuda = _make_cuda(self)
+        self.random = _make_random(self)
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
                      "bool_", "dtype", "newaxis"):
             setattr(self, name, getattr(np, name))
@@ -743,6 +744,41 @@ def _replay_op(op):
 
 
 # ---------------------------------------------------------------------------- cupy.cuda
+def _make_random(fake):
+    """`cupy.random` with `RandomState(seed)` and its `standard_normal`, `normal`, `uniform` and `rand`
+    (`size`, `dtype` float32 or float64, as CuPy's; the result a device array).  The numbers come
+    from numpy's generator: the same for a seed from run to run, not CuPy's stream of numbers."""
+
+    class RandomState:
+        def __init__(self, seed=None, method=None):
+            self._rng = np.random.default_rng(seed)
+
+        def _out(self, values):
+            return fake._to_device(np.ascontiguousarray(values))
+
+        @staticmethod
+        def _float(dtype):
+            dt = np.dtype(dtype)
+            if dt not in (np.float32, np.float64):
+                raise TypeError(f"cupy.random: dtype {dt} is not float32 or float64")
+            return dt
+
+        def standard_normal(self, size=None, dtype=float):
+            return self._out(self._rng.standard_normal(size, dtype=self._float(dtype)))
+
+        def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
+            dt = self._float(dtype)
+            return self._out((self._rng.standard_normal(size) * scale + loc).astype(dt))
+
+        def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
+            return self._out(self._rng.uniform(low, high, size).astype(self._float(dtype)))
+
+        def rand(self, *size, dtype=float):
+            return self._out(self._rng.random(size, dtype=self._float(dtype)))
+
+    return types.SimpleNamespace(RandomState=RandomState)
+
+
 def _make_cuda(fake):
     cuda = types.ModuleType("cupy.cuda")
 
