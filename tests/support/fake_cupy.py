@@ -274,6 +274,7 @@ class FakeCupy(types.ModuleType):
         self._stream_stack = []
         self.ndarray = _make_ndarray_class(self)
         self.cuda = _make_cuda(self)
+        self.random = types.SimpleNamespace(RandomState=lambda seed=None: _RandomState(self, seed))
         #: stand-in for cuda.bindings.driver's tensor maps (TMA), for the emulated Hopper kernels
         self.driver = TensorMapDriver(self)
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
@@ -867,6 +868,20 @@ def _make_cuda(fake):
     cuda.get_current_stream = fake.current_stream
     cuda.is_available = lambda: True
     return cuda
+
+
+class _RandomState:
+    """`cupy.random.RandomState(seed)`: `standard_normal(size, dtype)` as a new device array (numpy's
+    generator seeded alike, so not CuPy's numbers: the tests only need random data)."""
+
+    def __init__(self, fake, seed):
+        self._fake, self._rng = fake, np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=float):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"cupy.random: standard_normal of {dtype} is not supported")
+        return self._fake._to_device(np.asarray(self._rng.standard_normal(size, dtype=dtype)))
 
 
 # ---------------------------------------------------------------------------- cuda.bindings.driver (TMA)
