@@ -33,7 +33,10 @@ inline unsigned bf16x2(float lo, float hi) { return emu_bf16_bits(lo) | (emu_bf1
 //   bf16 B 16x8:  b0 (k=2t..2t+1, n=g)  b1 (k=2t+8.., n=g)
 //   C/D 16x8:     c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
 // A .tf32 operand's low 13 bits are not read.  Products are exact in float32 (11 x 11 and
-// 8 x 8 significand bits); they are added to c in k order in float32.
+// 8 x 8 significand bits).  The PTX ISA leaves the order and rounding of the sum unspecified:
+// modelled as gpubp.precision.matmul models a tensor-core k-step (and as the wgmma stand-in
+// does): the instruction's K products summed exactly (float64), rounded once to float32 and
+// added to c in float32.
 inline float emu_tf32_val(unsigned b) { return __uint_as_float(b & 0xFFFFE000u); }
 inline float emu_bf16_val(unsigned h) { return __uint_as_float((h & 0xFFFFu) << 16); }
 
@@ -64,9 +67,9 @@ inline void emu_mma(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsign
     const int lane = emu::S().cur->lane, g = lane / 4, t = lane % 4;
     const int rr[4] = {g, g, g + 8, g + 8}, cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
     for (int i = 0; i < 4; ++i) {
-        float acc = d[i];
-        for (int k = 0; k < K; ++k) acc += A[rr[i]][k] * B[k][cc[i]];
-        d[i] = acc;
+        double step = 0.0;
+        for (int k = 0; k < K; ++k) step += (double)(A[rr[i]][k] * B[k][cc[i]]);
+        d[i] = d[i] + (float)step;
     }
 }
 inline void mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
