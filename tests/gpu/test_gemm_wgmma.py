@@ -60,6 +60,25 @@ def _build_once():
 
 MODES = tuple(wg.PREC_CODES)
 EMUL_TOL = 3e-6
+#: bf16 A_out: g(Z) is float32 arithmetic in both the kernel and the numpy reference, but in other
+#: operation orders (activations.cuh's 0.5 z (1 + tanh(c (z + k z^3))) vs numpy_backend's) and with
+#: other tanh/exp (CUDA's tanhf/expf are within 2 ulp, not numpy's): values an ulp or two apart,
+#: which bfloat16 rounding makes equal except next to a rounding boundary, so a few elements are
+#: the neighbouring bfloat16 (observed up to 0.035%; g from the unrounded Z, a real epilogue bug,
+#: changes 15-30%)
+A_FLIPS = 0.002
+
+
+def _bf16_activation_stored(got, Z, act, what):
+    """bf16 A_out against to_bf16(g(Z)) in float32 (Z: the stored Z), allowing A_FLIPS one-ulp
+    flips.  Where g cancels (gelu's 1 + tanh, silu's sigmoid, for large negative z) g is tiny next
+    to z, and two float32 implementations of it differ by ulps of z, not of g (-0.0 against
+    -1.6e-07 at z = -5.2): there the values only need to agree to 2^-20 |z| (8 float32 ulps of z)."""
+    want = P.to_bf16(activation_forward(act, Z, np.empty_like(Z)))
+    got = np.asarray(got, np.float32)
+    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
+    near = np.abs(got.astype(np.float64) - want) <= 2.0 ** -20 * np.abs(Z)
+    bf16_stored(np.where(near, want, got), want, what, flips=A_FLIPS)
 
 
 CASES = sparse_cases(21) + [(17, 3, 4097, "relu"),      # a long reduction: 129 k-tiles through 4 stages
@@ -89,8 +108,7 @@ def test_fwd(case, mode):
         if mode == "bf16":   # Z and A stored rounded to bfloat16, A from the rounded Z
             Zk = Zk.astype(np.float32)
             bf16_stored(Zk, P.to_bf16(emul.astype(np.float32) + host(b)), f"Z_out bn {bn}")
-            bf16_stored(written(A_out, "A_out"), P.to_bf16(activation_forward(act, Zk, np.empty_like(Zk))),
-                         f"A_out bn {bn}", flips=0.0)
+            _bf16_activation_stored(written(A_out, "A_out"), Zk, act, f"A_out bn {bn}")
         else:
             Z = Zk - host(b).astype(np.float64)
             e_emul, e_exact = scaled_err(Z, emul, scale), scaled_err(Z, exact, scale)
