@@ -342,7 +342,8 @@ def test_wgmma_multiplies_operands_laid_out_by_hand(kind, kofs):
     """One wgmma.mma_async m64n128k16 (bf16) or k8 (tf32), scale-d 1, of A (64 x K) and B (128 x K)
     written into shared memory by the canonical 128-byte-swizzle layouts, through descriptors
     built from the ISA's bit fields; K-major operands start `kofs` bytes into their rows (a later
-    k-step of a 128-byte row, as a kernel steps through a TMA tile)."""
+    k-step of a 128-byte row, as a kernel steps through a TMA tile).  Shared memory cleared after
+    the issue and before the wait_group is reported."""
     from gpubp.precision import bf16_bits, to_bf16
 
     if kind == "bf16 MN-major" and kofs:
@@ -372,32 +373,36 @@ def test_wgmma_multiplies_operands_laid_out_by_hand(kind, kofs):
     m = _hopper_module(_WG_RUN, name)
     C = rng.standard_normal((128, 64)).astype(np.float32)
     ref = _d_of_fragments(C) + a_val.astype(np.float64) @ b_val.astype(np.float64).T
-    for clobber, want in ((0, ref), (1, _d_of_fragments(C))):
-        out = C.copy()
-        m.launch(name, (1,), (128,), (img, np.int32(img.size), np.uint64(da), np.uint64(db), out,
-                                      np.int32(clobber)), shared_mem=img.size + 1024)
-        # clobbered before the wait: the operands are read when wait_group retires the wgmma
-        np.testing.assert_allclose(_d_of_fragments(out), want, rtol=1e-6, atol=1e-6)
+    out = C.copy()
+    m.launch(name, (1,), (128,), (img, np.int32(img.size), np.uint64(da), np.uint64(db), out, np.int32(0)),
+             shared_mem=img.size + 1024)
+    np.testing.assert_allclose(_d_of_fragments(out), ref, rtol=1e-6, atol=1e-6)
+    # operands cleared after the issue, before the wait_group (a stage released early): caught
+    with pytest.raises(EmuError, match="operands changed between its issue and the wgmma.wait_group"):
+        m.launch(name, (1,), (128,), (img, np.int32(img.size), np.uint64(da), np.uint64(db), C.copy(),
+                                      np.int32(1)), shared_mem=img.size + 1024)
 
 
 def test_wgmma_needs_the_whole_warpgroup_and_a_fence():
     m = _hopper_module("""
     __global__ void k(float* out, int mode) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        const unsigned long long desc = smem_addr(smem) >> 4;   // no swizzle, LBO = SBO = 0: 128 bytes
         float d[64] = {0};
         if (mode != 1) wg_fence();
         if (mode == 2 && threadIdx.x >= 96) return;      // a warp leaves: the others wait forever
-        wg_mma_64x128<2>(d, 0, 0);
+        wg_mma_64x128<2>(d, desc, desc);
         wg_commit();
         wg_wait<0>();
         out[threadIdx.x] = d[0];
     }""", "k")
     out = np.zeros(128, np.float32)
     with pytest.raises(EmuError, match="before any wgmma.fence"):
-        m.launch("k", (1,), (128,), (out, np.int32(1)))
+        m.launch("k", (1,), (128,), (out, np.int32(1)), shared_mem=256)
     with pytest.raises(EmuError, match="deadlock.* 96 at warpgroup collectives"):
-        m.launch("k", (1,), (128,), (out, np.int32(2)))
+        m.launch("k", (1,), (128,), (out, np.int32(2)), shared_mem=256)
     with pytest.raises(EmuError, match="do not fill warpgroup"):
-        m.launch("k", (1,), (64,), (out, np.int32(0)))
+        m.launch("k", (1,), (64,), (out, np.int32(0)), shared_mem=256)
 
 
 # ---------------------------------------------------------------------------- the backend, end to end

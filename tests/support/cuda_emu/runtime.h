@@ -18,7 +18,8 @@
 // - faults (a read past a global buffer's guard page) are caught and reported with the address;
 // - Hopper (see the section below): mbarrier arrivals, transactions and phases, TMA tile loads
 //   (poison at issue, data at the first wait on the barrier), wgmma operands read from shared
-//   memory only when wgmma.wait_group retires them, warpgroup-collective instructions reached by
+//   memory when wgmma.wait_group retires them and required unchanged since the issue (a stage
+//   released early or a wgmma issued before its data is an error), warpgroup-collective instructions reached by
 //   all 128 threads, and a wait on a phase that can never complete reported as a deadlock.
 #pragma once
 #include <algorithm>
@@ -287,6 +288,7 @@ struct WgOp {
     int n = 0, sa = 1, sb = 1;
     unsigned long long da = 0, db = 0;
     float* d[128] = {nullptr};
+    std::vector<float> A0, B0;       // the operands as they were when the first thread issued it
 };
 struct WgState {
     std::vector<WgOp> ops;           // every wgmma.mma_async issued, in program order
@@ -511,9 +513,12 @@ inline void wg_collective(unsigned tag, const char* what) {
 
 inline void wgmma_fence() { wg_state("wgmma.fence").fenced[wg_lane()] = true; }
 
+inline bool wgmma_operands(const WgOp& op, std::vector<float>& A, std::vector<float>& B);
+
 // wgmma.mma_async.sync.aligned.m64nNkK.f32.{bf16,tf32} d, a-desc, b-desc, scale-d, imm-scale-a,
-// imm-scale-b{, imm-trans-a, imm-trans-b}: recorded with this thread's accumulators; it reads
-// shared memory and writes d when the wgmma.wait_group that retires its group runs.
+// imm-scale-b{, imm-trans-a, imm-trans-b}: recorded with this thread's accumulators (and, at the
+// first thread's issue, its operands); it reads shared memory again and writes d when the
+// wgmma.wait_group that retires its group runs.
 inline void wgmma_issue(float* d, int n, bool bf16, unsigned long long da, unsigned long long db, bool ta, bool tb,
                         bool scale_d, int sa, int sb) {
     WgState& w = wg_state("wgmma.mma_async");
@@ -529,7 +534,8 @@ inline void wgmma_issue(float* d, int n, bool bf16, unsigned long long da, unsig
         WgOp op;
         op.bf16 = bf16; op.n = n; op.da = da; op.db = db; op.ta = ta; op.tb = tb; op.scale_d = scale_d;
         op.sa = sa; op.sb = sb;
-        w.ops.push_back(op);
+        if (!wgmma_operands(op, op.A0, op.B0)) return;
+        w.ops.push_back(std::move(op));
     } else {
         const WgOp& o = w.ops[seq];
         if (o.bf16 != bf16 || o.n != n || o.da != da || o.db != db || o.ta != ta || o.tb != tb ||
@@ -615,23 +621,43 @@ inline float wg_value(const char* p, bool bf16) {
 // leaves the accumulation order and rounding unspecified; modelled here as gpubp.precision.matmul
 // models a tensor-core k-step: the instruction's K products (exact in float32) summed exactly
 // (float64), rounded once to float32 and added to D in float32.
-inline void wgmma_run(WgOp& op) {
+// A (64 x K) and B (n x K) of `op` as shared memory holds them now (imm-scale applied).
+inline bool wgmma_operands(const WgOp& op, std::vector<float>& A, std::vector<float>& B) {
     const int K = op.bf16 ? 16 : 8, esize = op.bf16 ? 2 : 4;
     WgDesc a, b;
-    if (!wg_desc(op.da, a, "A") || !wg_desc(op.db, b, "B")) return;
-    std::vector<float> A(64 * K), B((size_t)op.n * K);
+    if (!wg_desc(op.da, a, "A") || !wg_desc(op.db, b, "B")) return false;
+    A.assign(64 * K, 0.f);
+    B.assign((size_t)op.n * K, 0.f);
     for (int m = 0; m < 64; ++m)
         for (int k = 0; k < K; ++k) {
             const char* p = from_shared(wg_addr(a, op.ta, esize, m, k), esize, "wgmma.mma_async A");
-            if (!p) return;
+            if (!p) return false;
             A[m * K + k] = op.sa * wg_value(p, op.bf16);
         }
     for (int n = 0; n < op.n; ++n)
         for (int k = 0; k < K; ++k) {
             const char* p = from_shared(wg_addr(b, op.tb, esize, n, k), esize, "wgmma.mma_async B");
-            if (!p) return;
+            if (!p) return false;
             B[n * K + k] = op.sb * wg_value(p, op.bf16);
         }
+    return true;
+}
+
+// Retires wgmma #seq: reads its operands now (the latest moment) and requires them to be what
+// they were at its issue: shared memory written, or TMA bytes landed, while it was in flight (a
+// stage released before the wait_group, or a wgmma issued before its data arrived) is a race the
+// PTX ISA leaves undefined.
+inline void wgmma_run(WgOp& op, int seq) {
+    const int K = op.bf16 ? 16 : 8;
+    std::vector<float> A, B;
+    if (!wgmma_operands(op, A, B)) return;
+    if (std::memcmp(A.data(), op.A0.data(), A.size() * sizeof(float)) ||
+        std::memcmp(B.data(), op.B0.data(), B.size() * sizeof(float))) {
+        failf("wgmma.mma_async #%d: its shared-memory operands changed between its issue and the wgmma.wait_group "
+              "that retired it (written or landed while in flight: a stage released before the wait, or a wgmma "
+              "issued before its data arrived)", seq);
+        return;
+    }
     for (int t = 0; t < 128; ++t) {
         float* d = op.d[t];
         const int w = t / 32, g = (t % 32) / 4, u = t % 4;
@@ -663,7 +689,7 @@ inline void wgmma_wait(int N) {
     const int C = (int)w.group_end.size();
     while (C - w.retired > N) {
         const int g = w.retired++;
-        for (int i = g ? w.group_end[g - 1] : 0; i < w.group_end[g]; ++i) wgmma_run(w.ops[i]);
+        for (int i = g ? w.group_end[g - 1] : 0; i < w.group_end[g]; ++i) wgmma_run(w.ops[i], i);
     }
 }
 
