@@ -230,6 +230,249 @@ def test_reading_a_cp_async_destination_before_its_wait_and_barrier_is_a_hazard(
     np.testing.assert_array_equal(out[16:], x[(4 * np.arange(16) + 4) % 64])
     with pytest.raises(EmuError, match="(read-after-write|write-after-read) hazard on shared"):
         m.launch("k", (1,), (16,), (x, out, np.int32(1)))
+# ---------------------------------------------------------------------------- Hopper stand-ins
+# mbarriers, TMA and wgmma (tests/support/cuda_emu/ptx.h over kernels/hopper.cuh), checked against
+# layouts written out here from the PTX ISA and the CUDA programming guide, not from the kernels.
+_WG_MMA = """
+// the name of gemm_wgmma.cu's helper, whose body the emulator replaces with its stand-in
+template <int PREC, bool TRANS = false>
+__device__ __forceinline__ void wg_mma_64x128(float (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile("wgmma.mma_async ...;");
+}
+"""
+
+
+def _hopper_module(src, *names):
+    from gpubp.backends.cuda_source import kernels_dir
+
+    return _module((kernels_dir() / "hopper.cuh").read_text() + _WG_MMA + src, *names)
+
+
+def _tensor_map(host, box, cols=None, swizzle=3, elem_dtype=9):
+    """The tensor map of the 2-D row-major host array `host` (uint16 bf16 bits; its first `cols`
+    columns, all by default), from
+    the fake driver's cuTensorMapEncodeTiled (no fake device: any host memory), as the kernel
+    parameter (a 1-element array of 16 uint64)."""
+    from support.fake_cupy import TensorMapDriver
+
+    drv = TensorMapDriver()
+    rows, cols = host.shape[0], cols or host.shape[1]
+    err, tmap = drv.cuTensorMapEncodeTiled(elem_dtype, 2, host.ctypes.data, [cols, rows], [host.strides[0]],
+                                           list(box), [1, 1], 0, swizzle, 0, 0)
+    assert int(err) == 0, err
+    out = np.zeros(1, dtype=[("opaque", "<u8", (16,))])
+    out["opaque"][0] = tmap.opaque
+    return out
+
+
+_TMA_BOX = """
+__global__ void box(const __grid_constant__ TensorMap128 tm, unsigned char* out, int c0, int c1, int bytes,
+                    int shift, int wait) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const unsigned s0 = smem_addr(smem), dst = ((s0 + 1023u) & ~1023u) + 128u * shift;
+    const unsigned bar = dst + bytes;
+    if (threadIdx.x == 0) { mbar_init(bar, 1); mbar_init_fence(); }
+    __syncthreads();
+    if (threadIdx.x == 0) { mbar_arrive_expect_tx(bar, bytes); tma_load_2d(dst, &tm, bar, c0, c1); }
+    if (wait) mbar_wait(bar, 0);
+    __syncthreads();
+    for (int i = threadIdx.x; i < bytes; i += blockDim.x) out[i] = smem[dst - s0 + i];
+}"""
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_tma_box_lands_swizzled_with_zeros_outside_the_tensor(shift):
+    """A 16 x 64 bf16 box at (c0 64, c1 30) of a 37 x 100 tensor (rows padded to 104): columns 100..127
+    and rows 37..45 are zeros; element (r, e) of the box lies in row r (128 bytes) in 16-byte chunk
+    (e / 8) ^ ((r + shift) % 8), the swizzle following shared address bits 7-9 (the programming
+    guide's offset formula for a destination `shift` 128-byte rows past a 1024-byte boundary)."""
+    m = _hopper_module(_TMA_BOX, "box")
+    rng = np.random.default_rng(7)
+    host = np.zeros((37, 104), np.uint16)
+    host[:, :100] = rng.integers(1, 2**16, (37, 100), dtype=np.uint16)
+    c0, c1, rows, cols = 64, 30, 16, 64
+    out = np.zeros(rows * 128, np.uint8)
+    tm = _tensor_map(host, (cols, rows), cols=100)
+    m.launch("box", (1,), (128,), (tm, out, np.int32(c0), np.int32(c1), np.int32(out.size), np.int32(shift),
+                                   np.int32(1)), shared_mem=4096)
+    got = out.view(np.uint16).reshape(rows, cols)
+    for r in range(rows):
+        for e in range(cols):
+            y, x = c1 + r, c0 + e
+            want = host[y, x] if y < 37 and x < 100 else 0
+            chunk = (e // 8) ^ ((r + shift) % 8)
+            assert got[r, chunk * 8 + e % 8] == want, (r, e)
+
+
+def test_tma_bytes_read_before_the_wait_are_poison():
+    m = _hopper_module(_TMA_BOX, "box")
+    host = np.ones((8, 64), np.uint16)
+    out = np.zeros(8 * 128, np.uint8)
+    m.launch("box", (1,), (32,), (_tensor_map(host, (64, 8)), out, np.int32(0), np.int32(0), np.int32(out.size),
+                                  np.int32(0), np.int32(0)), shared_mem=4096)
+    assert (out == 0xFF).all()
+
+
+def test_fake_driver_refuses_what_cuTensorMapEncodeTiled_documents_as_invalid():
+    from support.fake_cupy import TensorMapDriver
+
+    d = TensorMapDriver()
+
+    def enc(ptr=0x1000, dims=(64, 8), strides=(128,), box=(64, 8), swizzle=3, dtype=9):
+        err, _ = d.cuTensorMapEncodeTiled(dtype, 2, ptr, list(dims), list(strides), list(box), [1, 1], 0, swizzle,
+                                          0, 0)
+        return str(err) if int(err) else None
+
+    assert enc() is None
+    assert "16-byte aligned" in enc(ptr=0x1008)
+    assert "multiple of 16" in enc(strides=(120,))
+    assert "less than" in enc(dims=(100, 8), strides=(128,))           # rows shorter than the row
+    assert "at most 256" in enc(box=(64, 300))
+    assert "exceeds the 128-byte swizzle" in enc(dims=(128, 8), strides=(256,), box=(128, 8))
+    assert "multiple of 16" in enc(box=(4, 8))                          # 8 bytes of inner box
+    assert enc(dims=(128, 8), strides=(256,), box=(128, 8), swizzle=0) is None
+
+
+def test_an_mbarrier_phase_that_never_completes_is_a_deadlock():
+    m = _hopper_module("""
+    __global__ void k(float* out, int expect_more) {
+        __shared__ __align__(8) unsigned long long bar_mem[1];
+        const unsigned bar = smem_addr(bar_mem);
+        if (threadIdx.x == 0) mbar_init(bar, 2);     // two arrivals expected
+        __syncthreads();
+        if (threadIdx.x == 0) { if (expect_more) mbar_arrive_expect_tx(bar, 16); else mbar_arrive(bar); }
+        if (threadIdx.x == 1) mbar_arrive(bar);
+        mbar_wait(bar, 0);
+        out[threadIdx.x] = 1.f;
+    }""", "k")
+    out = np.zeros(64, np.float32)
+    m.launch("k", (1,), (64,), (out, np.int32(0)))
+    assert (out == 1).all()
+    with pytest.raises(EmuError, match="deadlock.* 64 waiting on mbarrier phases"):
+        m.launch("k", (1,), (64,), (out, np.int32(1)))       # 16 bytes announced, none arrive
+
+
+def _wg_desc(start, lbo, sbo, swizzle=1):
+    """A matrix descriptor per the PTX ISA's "Matrix Descriptor Format"."""
+    enc = lambda x: (x & 0x3FFFF) >> 4  # noqa: E731
+    return enc(start) | enc(lbo) << 16 | enc(sbo) << 32 | swizzle << 62
+
+
+_WG_RUN = """
+template <int PREC, bool TRANS>
+__global__ void __launch_bounds__(128) run(const unsigned char* img, int nbytes, unsigned long long da,
+                                           unsigned long long db, float* out, int clobber) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const unsigned s0 = smem_addr(smem), base = (s0 + 1023u) & ~1023u, off = base - s0;
+    for (int i = threadIdx.x; i < nbytes; i += 128) smem[off + i] = img[i];
+    __syncthreads();
+    float d[64];
+    for (int i = 0; i < 64; ++i) d[i] = out[threadIdx.x * 64 + i];
+    wg_fence();
+    wg_mma_64x128<PREC, TRANS>(d, da + (base >> 4), db + (base >> 4));   // the start address field
+    wg_commit();
+    __syncthreads();
+    if (clobber) for (int i = threadIdx.x; i < nbytes; i += 128) smem[off + i] = 0;   // before the wait
+    __syncthreads();
+    wg_wait<0>();
+    for (int i = 0; i < 64; ++i) out[threadIdx.x * 64 + i] = d[i];
+}"""
+
+
+def _d_of_fragments(out):
+    """D (64 x 128) from the threads' accumulators by the PTX ISA's .m64nNk16/k8 f32 D fragment
+    layout: thread t, register i holds D(16 (t/32) + (t%32)/4 + 8 ((i/2)%2), 8 (i/4) + 2 (t%4) + i%2)."""
+    D = np.full((64, 128), np.nan)
+    for t in range(128):
+        for i in range(64):
+            D[16 * (t // 32) + (t % 32) // 4 + 8 * ((i // 2) % 2), 8 * (i // 4) + 2 * (t % 4) + i % 2] = out[t, i]
+    return D
+
+
+def _k_major_sw128(img, at, M, K, esize, bits, kofs):
+    """Rows of 128 bytes, 8-row atoms of 1024 bytes (SBO): element (m, k) at byte kofs + k esize of
+    row m, its 16-byte chunk index XORed with m % 8 (a 1024-aligned atom)."""
+    for m in range(M):
+        for k in range(K):
+            b = kofs + k * esize
+            pos = at + (m // 8) * 1024 + (m % 8) * 128 + ((b // 16) ^ (m % 8)) * 16 + b % 16
+            img[pos:pos + esize] = np.frombuffer(bits[m, k].tobytes(), np.uint8)
+
+
+def _mn_major_sw128(img, at, MN, K, bits, lbo):
+    """bf16, MN-major: 64-element (128-byte) rows of MN per k, 8 k-rows a 1024-byte atom (SBO
+    1024), 64-element MN chunks LBO apart; 16-byte chunk index XORed with k % 8."""
+    for n in range(MN):
+        for k in range(K):
+            b = (n % 64) * 2
+            pos = at + (n // 64) * lbo + (k // 8) * 1024 + (k % 8) * 128 + ((b // 16) ^ (k % 8)) * 16 + b % 16
+            img[pos:pos + 2] = np.frombuffer(bits[n, k].tobytes(), np.uint8)
+
+
+@pytest.mark.parametrize("kind, kofs", [("bf16", 0), ("bf16", 32), ("bf16 MN-major", 0), ("tf32", 0), ("tf32", 32)])
+def test_wgmma_multiplies_operands_laid_out_by_hand(kind, kofs):
+    """One wgmma.mma_async m64n128k16 (bf16) or k8 (tf32), scale-d 1, of A (64 x K) and B (128 x K)
+    written into shared memory by the canonical 128-byte-swizzle layouts, through descriptors
+    built from the ISA's bit fields; K-major operands start `kofs` bytes into their rows (a later
+    k-step of a 128-byte row, as a kernel steps through a TMA tile).  Shared memory cleared after
+    the issue and before the wait_group is reported."""
+    from gpubp.precision import bf16_bits, to_bf16
+
+    rng = np.random.default_rng(11)
+    bf16 = kind != "tf32"
+    K, esize = (16, 2) if bf16 else (8, 4)
+    A = rng.standard_normal((64, K)).astype(np.float32)
+    B = rng.standard_normal((128, K)).astype(np.float32)
+    img = np.zeros(8192 + 16384, np.uint8)
+    if bf16:
+        a_bits, b_bits = bf16_bits(A), bf16_bits(B)
+        a_val, b_val = to_bf16(A), to_bf16(B)
+    else:   # raw float32 bits: wgmma .tf32 drops the low 13 bits itself (PTX ISA)
+        a_bits, b_bits = A.view(np.uint32), B.view(np.uint32)
+        a_val = (a_bits & np.uint32(0xFFFFE000)).view(np.float32)
+        b_val = (b_bits & np.uint32(0xFFFFE000)).view(np.float32)
+    if kind == "bf16 MN-major":
+        _mn_major_sw128(img, 0, 64, K, a_bits, 2048)
+        _mn_major_sw128(img, 8192, 128, K, b_bits, 2048)
+        da, db = _wg_desc(0, 2048, 1024), _wg_desc(8192, 2048, 1024)
+    else:
+        _k_major_sw128(img, 0, 64, K, esize, a_bits, kofs)
+        _k_major_sw128(img, 8192, 128, K, esize, b_bits, kofs)
+        da, db = _wg_desc(kofs, 16, 1024), _wg_desc(8192 + kofs, 16, 1024)
+    name = f"run<{2 if bf16 else 0}, {'true' if kind == 'bf16 MN-major' else 'false'}>"
+    m = _hopper_module(_WG_RUN, name)
+    C = rng.standard_normal((128, 64)).astype(np.float32)
+    ref = _d_of_fragments(C) + a_val.astype(np.float64) @ b_val.astype(np.float64).T
+    out = C.copy()
+    m.launch(name, (1,), (128,), (img, np.int32(img.size), np.uint64(da), np.uint64(db), out, np.int32(0)),
+             shared_mem=img.size + 1024)
+    np.testing.assert_allclose(_d_of_fragments(out), ref, rtol=1e-6, atol=1e-6)
+    # operands cleared after the issue, before the wait_group (a stage released early): caught
+    with pytest.raises(EmuError, match="operands changed between its issue and the wgmma.wait_group"):
+        m.launch(name, (1,), (128,), (img, np.int32(img.size), np.uint64(da), np.uint64(db), C.copy(),
+                                      np.int32(1)), shared_mem=img.size + 1024)
+
+
+def test_wgmma_needs_the_whole_warpgroup_and_a_fence():
+    m = _hopper_module("""
+    __global__ void k(float* out, int mode) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        const unsigned long long desc = smem_addr(smem) >> 4;   // no swizzle, LBO = SBO = 0: 128 bytes
+        float d[64] = {0};
+        if (mode != 1) wg_fence();
+        if (mode == 2 && threadIdx.x >= 96) return;      // a warp leaves: the others wait forever
+        wg_mma_64x128<2>(d, desc, desc);
+        wg_commit();
+        wg_wait<0>();
+        out[threadIdx.x] = d[0];
+    }""", "k")
+    out = np.zeros(128, np.float32)
+    with pytest.raises(EmuError, match="before any wgmma.fence"):
+        m.launch("k", (1,), (128,), (out, np.int32(1)), shared_mem=256)
+    with pytest.raises(EmuError, match="deadlock.* 96 at warpgroup collectives"):
+        m.launch("k", (1,), (128,), (out, np.int32(2)), shared_mem=256)
+    with pytest.raises(EmuError, match="do not fill warpgroup"):
+        m.launch("k", (1,), (64,), (out, np.int32(0)), shared_mem=256)
 
 
 # ---------------------------------------------------------------------------- the backend, end to end

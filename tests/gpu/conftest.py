@@ -13,3 +13,9 @@ if os.environ.get("GPUBP_EMULATE_GPU") == "1":
     from support.fake_cupy import FakeCupy
 
     sys.modules["cupy"] = FakeCupy(execute=True)
+
+    # the Hopper kernels' TMA tensor maps: the fake's stand-in for cuda.bindings.driver (there is no
+    # CUDA driver here), which writes the emulator's description of the tensor into each map
+    from gpubp.backends import cuda_gemm_wgmma
+
+    cuda_gemm_wgmma._driver = lambda: sys.modules["cupy"].driver

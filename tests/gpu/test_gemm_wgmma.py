@@ -60,6 +60,25 @@ def _build_once():
 
 MODES = tuple(wg.PREC_CODES)
 EMUL_TOL = 3e-6
+#: bf16 A_out: g(Z) is float32 arithmetic in both the kernel and the numpy reference, but in other
+#: operation orders (activations.cuh's 0.5 z (1 + tanh(c (z + k z^3))) vs numpy_backend's) and with
+#: other tanh/exp (CUDA's tanhf/expf are within 2 ulp, not numpy's): values an ulp or two apart,
+#: which bfloat16 rounding makes equal except next to a rounding boundary, so a few elements are
+#: the neighbouring bfloat16 (observed up to 0.035%; g from the unrounded Z, a real epilogue bug,
+#: changes 15-30%)
+A_FLIPS = 0.002
+
+
+def _bf16_activation_stored(got, Z, act, what):
+    """bf16 A_out against to_bf16(g(Z)) in float32 (Z: the stored Z), allowing A_FLIPS one-ulp
+    flips.  Where g cancels (gelu's 1 + tanh, silu's sigmoid, for large negative z) g is tiny next
+    to z, and two float32 implementations of it differ by ulps of z, not of g (-0.0 against
+    -1.6e-07 at z = -5.2): there the values only need to agree to 2^-20 |z| (8 float32 ulps of z)."""
+    want = P.to_bf16(activation_forward(act, Z, np.empty_like(Z)))
+    got = np.asarray(got, np.float32)
+    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
+    near = np.abs(got.astype(np.float64) - want) <= 2.0 ** -20 * np.abs(Z)
+    bf16_stored(np.where(near, want, got), want, what, flips=A_FLIPS)
 
 
 CASES = sparse_cases(21) + [(17, 3, 4097, "relu"),      # a long reduction: 129 k-tiles through 4 stages
@@ -89,8 +108,7 @@ def test_fwd(case, mode):
         if mode == "bf16":   # Z and A stored rounded to bfloat16, A from the rounded Z
             Zk = Zk.astype(np.float32)
             bf16_stored(Zk, P.to_bf16(emul.astype(np.float32) + host(b)), f"Z_out bn {bn}")
-            bf16_stored(written(A_out, "A_out"), P.to_bf16(activation_forward(act, Zk, np.empty_like(Zk))),
-                         f"A_out bn {bn}", flips=0.0)
+            _bf16_activation_stored(written(A_out, "A_out"), Zk, act, f"A_out bn {bn}")
         else:
             Z = Zk - host(b).astype(np.float64)
             e_emul, e_exact = scaled_err(Z, emul, scale), scaled_err(Z, exact, scale)
@@ -106,6 +124,20 @@ def test_fwd(case, mode):
 
 # ---------------------------------------------------------------- backward, data
 EMUL_TOL_GPRIME = 5e-6
+
+
+def _bf16_delta_stored(got, S, g32, Z, what):
+    """bf16 delta_prev against to_bf16(S g') (S: the emulated product delta W, g' in float32 by
+    numpy), one-ulp flips allowed as for Z.  Near a root of g' (gelu' at z = -0.75, silu' at
+    z = -1.28) and in gelu's negative tail, g' is small next to its terms and two float32
+    implementations of it (other tanh/exp: CUDA's tanhf/expf are within 2 ulp) differ by ulps of
+    the terms, not of g' (-1.207e-06 against -1.222e-06 at z = -0.7525): there the values only
+    need to agree to 2^-20 |S| max(1, |z|)."""
+    want = P.to_bf16(S * g32)
+    got = np.asarray(got, np.float32)
+    assert not (got.view(np.uint32) & np.uint32(0xFFFF)).any(), f"{what}: not bfloat16 values"
+    near = np.abs(got.astype(np.float64) - want) <= 2.0 ** -20 * np.abs(S) * np.maximum(1.0, np.abs(Z))
+    bf16_stored(np.where(near, want, got), want, what)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -130,7 +162,7 @@ def test_bwd_data(case, mode):
         got = written(out, f"delta_prev bn {bn}")
         if mode == "bf16":   # the stored delta: (delta W) g' rounded once to bfloat16
             g32 = activation_backward_inplace(act, np.ones((M, K), np.float32), Ap, Zp)
-            bf16_stored(got, P.to_bf16(P.matmul(d, w, mode) * g32), f"delta_prev bn {bn}")
+            _bf16_delta_stored(got, P.matmul(d, w, mode), g32, Zp, f"delta_prev bn {bn}")
             continue
         e_emul, e_exact = scaled_err(got, emul, scale), scaled_err(got, exact, scale)
         assert e_emul <= EMUL_TOL_GPRIME, f"{mode} bn {bn}: {e_emul:.3g} from the emulation"

@@ -38,6 +38,9 @@ another).  What it checks:
   again, with `replay=True`) and in-place operations.
 - Mixing a host numpy array into a device array operation raises TypeError, as
   CuPy does.
+- TMA tensor maps: `fake.driver` (`TensorMapDriver`) stands for cuda.bindings.driver's
+  `cuTensorMapEncodeTiled`, checking its arguments as the driver API documents and writing the
+  emulator's own description of the tensor into the map's 128 bytes.
 
 Known gaps: a device array *is* a numpy array here, so code that tests
 `isinstance(x, numpy.ndarray)` or calls `numpy.asarray(x)` on it takes its
@@ -49,6 +52,7 @@ launch through the CPU emulator of tests/support/cuda_emu (slow: small sizes onl
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import sys
@@ -274,6 +278,8 @@ class FakeCupy(types.ModuleType):
         self.ndarray = _make_ndarray_class(self)
         self.cuda = _make_cuda(self)
         self.random = _make_random(self)
+        #: stand-in for cuda.bindings.driver's tensor maps (TMA), for the emulated Hopper kernels
+        self.driver = TensorMapDriver(self)
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
                      "bool_", "dtype", "newaxis"):
             setattr(self, name, getattr(np, name))
@@ -743,7 +749,7 @@ def _replay_op(op):
         arr[key] = value
 
 
-# ---------------------------------------------------------------------------- cupy.cuda
+# ---------------------------------------------------------------------------- cupy.random
 def _make_random(fake):
     """`cupy.random` with `RandomState(seed)` and its `standard_normal`, `normal`, `uniform` and `rand`
     (`size`, `dtype` float32 or float64, as CuPy's; the result a device array).  The numbers come
@@ -779,6 +785,7 @@ def _make_random(fake):
     return types.SimpleNamespace(RandomState=RandomState)
 
 
+# ---------------------------------------------------------------------------- cupy.cuda
 def _make_cuda(fake):
     cuda = types.ModuleType("cupy.cuda")
 
@@ -900,3 +907,167 @@ def _make_cuda(fake):
     cuda.get_current_stream = fake.current_stream
     cuda.is_available = lambda: True
     return cuda
+
+
+# ---------------------------------------------------------------------------- cuda.bindings.driver (TMA)
+#: the emulator's tensor-map format (tests/support/cuda_emu/runtime.h, `emu::tmap_read`): 16 words
+TMAP_MAGIC = int.from_bytes(b"EMUTMAP1", "little")
+
+
+def tmap_hash(words) -> int:
+    """FNV-1a over the map's words 0..14 (its word 15), as runtime.h's `emu::tmap_hash`."""
+    h = 0xCBF29CE484222325
+    for w in words[:15]:
+        h = ((h ^ int(w)) * 0x100000001B3) % 2**64
+    return h
+
+
+class EncodeError(int):
+    """A CUresult of CUDA_ERROR_INVALID_VALUE (1) that says which documented requirement failed."""
+
+    def __new__(cls, why: str):
+        e = super().__new__(cls, 1)
+        e.why = why
+        return e
+
+    def __str__(self):
+        return f"CUDA_ERROR_INVALID_VALUE: {self.why}"
+
+    __repr__ = __str__
+
+
+class TensorMapDriver:
+    """The part of `cuda.bindings.driver` that makes TMA tensor maps (`cuTensorMapEncodeTiled`),
+    for a fake device: the arguments are checked against the requirements the CUDA driver API
+    documents for cuTensorMapEncodeTiled (alignment of the address and strides, dimension and box
+    limits, box inner bytes within the swizzle span, element strides, OOB fill), and the map's 128
+    opaque bytes hold the emulator's own description of the tensor (base address, dims, strides,
+    box, element size, swizzle, OOB fill), which `emu::tma_load` reads.  Beyond the driver, the
+    tensor must lie inside one live device array of the fake (`fake.memory_at`).  `calls`
+    records each encode, `errors` each refusal.  The enums carry the values of cuda.h."""
+
+    class CUresult(enum.IntEnum):
+        CUDA_SUCCESS = 0
+        CUDA_ERROR_INVALID_VALUE = 1
+
+    class CUtensorMapDataType(enum.IntEnum):
+        CU_TENSOR_MAP_DATA_TYPE_UINT8 = 0
+        CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1
+        CU_TENSOR_MAP_DATA_TYPE_UINT32 = 2
+        CU_TENSOR_MAP_DATA_TYPE_INT32 = 3
+        CU_TENSOR_MAP_DATA_TYPE_UINT64 = 4
+        CU_TENSOR_MAP_DATA_TYPE_INT64 = 5
+        CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6
+        CU_TENSOR_MAP_DATA_TYPE_FLOAT32 = 7
+        CU_TENSOR_MAP_DATA_TYPE_FLOAT64 = 8
+        CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9
+        CU_TENSOR_MAP_DATA_TYPE_FLOAT32_FTZ = 10
+        CU_TENSOR_MAP_DATA_TYPE_TFLOAT32 = 11
+        CU_TENSOR_MAP_DATA_TYPE_TFLOAT32_FTZ = 12
+
+    class CUtensorMapInterleave(enum.IntEnum):
+        CU_TENSOR_MAP_INTERLEAVE_NONE = 0
+        CU_TENSOR_MAP_INTERLEAVE_16B = 1
+        CU_TENSOR_MAP_INTERLEAVE_32B = 2
+
+    class CUtensorMapSwizzle(enum.IntEnum):
+        CU_TENSOR_MAP_SWIZZLE_NONE = 0
+        CU_TENSOR_MAP_SWIZZLE_32B = 1
+        CU_TENSOR_MAP_SWIZZLE_64B = 2
+        CU_TENSOR_MAP_SWIZZLE_128B = 3
+
+    class CUtensorMapL2promotion(enum.IntEnum):
+        CU_TENSOR_MAP_L2_PROMOTION_NONE = 0
+        CU_TENSOR_MAP_L2_PROMOTION_L2_64B = 1
+        CU_TENSOR_MAP_L2_PROMOTION_L2_128B = 2
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3
+
+    class CUtensorMapFloatOOBfill(enum.IntEnum):
+        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0
+        CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA = 1
+
+    class cuuint64_t(int):
+        pass
+
+    class cuuint32_t(int):
+        pass
+
+    #: bytes of an element of each data type
+    ELEMENT_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 5: 8, 6: 2, 7: 4, 8: 8, 9: 2, 10: 4, 11: 4, 12: 4}
+    _FLOAT_TYPES = {6, 7, 8, 9, 10, 11, 12}
+
+    def __init__(self, fake=None):
+        self.fake = fake
+        self.calls: list[dict] = []
+        self.errors: list[str] = []
+
+    def cuInit(self, flags):
+        return (self.CUresult.CUDA_SUCCESS,)
+
+    def _problem(self, dtype, rank, ptr, dims, strides, box, estrides, interleave, swizzle, l2, oob):
+        for value, enum_type in ((dtype, self.CUtensorMapDataType), (interleave, self.CUtensorMapInterleave),
+                                 (swizzle, self.CUtensorMapSwizzle), (l2, self.CUtensorMapL2promotion),
+                                 (oob, self.CUtensorMapFloatOOBfill)):
+            if int(value) not in {int(m) for m in enum_type}:
+                return f"{value!r} is not a {enum_type.__name__}"
+        esize = self.ELEMENT_BYTES[int(dtype)]
+        if not 1 <= rank <= 5 or (interleave != 0 and rank < 3):
+            return f"tensorRank {rank} (1 to 5; at least 3 with interleave)"
+        if len(dims) != rank or len(strides) != rank - 1 or len(box) != rank or len(estrides) != rank:
+            return "globalDim, boxDim, elementStrides need tensorRank entries, globalStrides tensorRank - 1"
+        align = 32 if interleave == 2 else 16
+        if ptr % align:
+            return f"globalAddress {ptr:#x} must be {align}-byte aligned"
+        if any(not 1 <= d <= 2**32 for d in dims):
+            return f"globalDim {dims}: each non-zero and at most 2^32"
+        prev = dims[0] * esize
+        for i, s in enumerate(strides):
+            if s % align or s >= 2**40:
+                return f"globalStrides {strides}: each a multiple of {align} and below 2^40"
+            if s < prev:       # globalStrides[i] = globalStrides[i-1] * (globalDim[i] + padding[i]), padding >= 0
+                return f"globalStrides[{i}] = {s} is less than the {prev} bytes of the dimensions below it"
+            prev = s * dims[i + 1]
+        if any(not 1 <= b <= 256 for b in box):
+            return f"boxDim {box}: each non-zero and at most 256"
+        if interleave == 0 and (box[0] * esize) % 16:
+            return f"boxDim[0] * elementSize = {box[0] * esize} bytes must be a multiple of 16 without interleave"
+        if any(not 1 <= e <= 8 for e in estrides):
+            return f"elementStrides {estrides}: each non-zero and at most 8"
+        if interleave == 2 and swizzle != 1:
+            return "CU_TENSOR_MAP_INTERLEAVE_32B needs CU_TENSOR_MAP_SWIZZLE_32B"
+        if interleave == 0 and swizzle != 0 and box[0] * esize > 16 << int(swizzle):
+            return (f"the box's inner dimension ({box[0] * esize} bytes) exceeds the "
+                    f"{16 << int(swizzle)}-byte swizzle")
+        if oob == 1 and int(dtype) not in self._FLOAT_TYPES:
+            return "CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA needs a floating-point data type"
+        if self.fake is not None:
+            span = esize + (dims[0] - 1) * esize + sum((d - 1) * s for d, s in zip(dims[1:], strides))
+            if self.fake.memory_at(ptr, span) is None:
+                return (f"(emulator) the tensor at {ptr:#x} ({span} bytes) is not inside one live device "
+                        f"array of the fake")
+        return None
+
+    def cuTensorMapEncodeTiled(self, dtype, rank, ptr, dims, strides, box, estrides, interleave, swizzle, l2, oob):
+        rank, ptr = int(rank), int(ptr)
+        dims, strides = [int(d) for d in dims], [int(s) for s in strides]
+        box, estrides = [int(b) for b in box], [int(e) for e in estrides]
+        call = dict(dtype=dtype, rank=rank, ptr=ptr, dims=dims, strides=strides, box=box, estrides=estrides,
+                    interleave=interleave, swizzle=swizzle, l2=l2, oob=oob)
+        self.calls.append(call)
+        why = self._problem(int(dtype), rank, ptr, dims, strides, box, estrides, int(interleave), int(swizzle),
+                            int(l2), int(oob))
+        if why is not None:
+            self.errors.append(why)
+            return EncodeError(why), None
+        w = [0] * 16
+        w[0], w[1] = TMAP_MAGIC, ptr
+        w[2] = (rank | self.ELEMENT_BYTES[int(dtype)] << 4 | int(dtype) << 8 | int(interleave) << 16
+                | int(swizzle) << 20 | int(l2) << 24 | int(oob) << 28)
+        for i in range(rank):
+            w[2] |= estrides[i] << (32 + 4 * i)
+            w[3] |= box[i] << (12 * i)
+            w[4 + i] = dims[i]
+        for i, s in enumerate(strides):
+            w[9 + i] = s
+        w[15] = tmap_hash(w)
+        return self.CUresult.CUDA_SUCCESS, types.SimpleNamespace(opaque=w)

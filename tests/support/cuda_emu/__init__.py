@@ -14,8 +14,9 @@ the results are copied back into the caller's arrays.  Arguments that overlap in
 buffer.  What runtime.h checks besides is listed at its top.
 
 This is a model, not the hardware: blocks run one after another, warps never run ahead of a
-barrier they do not reach, float arithmetic is the host's (no fused multiply-add), and
-tensor-core sums are taken in k order.  Agreement here is a necessary condition for a kernel,
+barrier they do not reach, float arithmetic is the host's (no fused multiply-add), and each
+tensor-core instruction (mma.sync, wgmma) sums its k products exactly and rounds once, the model of
+gpubp.precision.matmul (the PTX ISA leaves the order and rounding unspecified).  Agreement here is a necessary condition for a kernel,
 never a substitute for running it on a GPU.
 """
 

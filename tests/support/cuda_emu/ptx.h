@@ -33,7 +33,10 @@ inline unsigned bf16x2(float lo, float hi) { return emu_bf16_bits(lo) | (emu_bf1
 //   bf16 B 16x8:  b0 (k=2t..2t+1, n=g)  b1 (k=2t+8.., n=g)
 //   C/D 16x8:     c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
 // A .tf32 operand's low 13 bits are not read.  Products are exact in float32 (11 x 11 and
-// 8 x 8 significand bits); they are added to c in k order in float32.
+// 8 x 8 significand bits).  The PTX ISA leaves the order and rounding of the sum unspecified:
+// modelled as gpubp.precision.matmul models a tensor-core k-step (and as the wgmma stand-in
+// does): the instruction's K products summed exactly (float64), rounded once to float32 and
+// added to c in float32.
 inline float emu_tf32_val(unsigned b) { return __uint_as_float(b & 0xFFFFE000u); }
 inline float emu_bf16_val(unsigned h) { return __uint_as_float((h & 0xFFFFu) << 16); }
 
@@ -64,9 +67,9 @@ inline void emu_mma(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsign
     const int lane = emu::S().cur->lane, g = lane / 4, t = lane % 4;
     const int rr[4] = {g, g, g + 8, g + 8}, cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
     for (int i = 0; i < 4; ++i) {
-        float acc = d[i];
-        for (int k = 0; k < K; ++k) acc += A[rr[i]][k] * B[k][cc[i]];
-        d[i] = acc;
+        double step = 0.0;
+        for (int k = 0; k < K; ++k) step += (double)(A[rr[i]][k] * B[k][cc[i]]);
+        d[i] = d[i] + (float)step;
     }
 }
 inline void mma_tf32(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
@@ -98,3 +101,49 @@ template <int N> inline void cp_async_wait() { emu::cp_wait(N); }
 
 // @override gemm3_tid
 inline int gemm3_tid() { return (int)threadIdx.x; }
+
+// @override mbar_init mbar_init_fence mbar_arrive_expect_tx mbar_arrive mbar_wait
+// mbarrier.init / .arrive / .arrive.expect_tx / .try_wait.parity (hopper.cuh): runtime.h's
+// emu::Mbar side table (phase, pending and expected arrivals, tx-count).  A wait returns once the
+// phase of that parity has completed; one that can never complete ends as a reported deadlock.
+// fence.mbarrier_init.release.cluster orders the inits for other threads and the async proxy;
+// the emulator's barriers are visible at once, so it does nothing here.
+inline void mbar_init(unsigned bar, unsigned count) { emu::mbar_init(bar, count); }
+inline void mbar_init_fence() {}
+inline void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) { emu::mbar_arrive(bar, true, bytes); }
+inline void mbar_arrive(unsigned bar) { emu::mbar_arrive(bar, false, 0); }
+inline void mbar_wait(unsigned bar, unsigned parity) { emu::mbar_wait_parity(bar, parity); }
+
+// @override tma_load_2d
+// cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [map, {c0, c1}], [bar]
+// (emu::tma_load: the box, swizzled as the map says, zero-filled outside the tensor; poison in
+// shared memory until a thread waits on bar, then the bytes land and complete on bar).
+inline void tma_load_2d(unsigned dst, const TensorMap128* map, unsigned bar, int c0, int c1) {
+    const int c[2] = {c0, c1};
+    emu::tma_load(dst, map, bar, c, 2);
+}
+
+// @override wg_fence wg_commit wg_wait wg_fence_acc
+// wgmma.fence / .commit_group / .wait_group N (emu::wgmma_*): the operands of a group's wgmmas are
+// read, and their accumulators written, when a wait_group retires the group.  wg_fence_acc is an
+// empty inline-PTX statement that only pins registers for the compiler: nothing to do here.
+inline void wg_fence() { emu::wgmma_fence(); }
+inline void wg_commit() { emu::wgmma_commit(); }
+template <int N> inline void wg_wait() { emu::wgmma_wait(N); }
+template <int N> inline void wg_fence_acc(float (&)[N]) {}
+
+// @override wg_mma_64x128
+// gemm_wgmma.cu's three wgmma.mma_async statements: PREC 2 (TC_BF16) is m64n128k16.f32.bf16.bf16
+// with scale-d 1, imm-scale-a = imm-scale-b = 1, imm-trans-a = imm-trans-b = TRANS; any other PREC
+// is m64n128k8.f32.tf32.tf32 with scale-d 1, imm-scale-a = imm-scale-b = 1 (K-major only).
+template <int PREC, bool TRANS = false>
+inline void wg_mma_64x128(float (&d)[64], unsigned long long da, unsigned long long db) {
+    static_assert(!TRANS || PREC == 2, "TF32 wgmma reads K-major operands only");
+    emu::wgmma_issue(d, 128, PREC == 2, da, db, TRANS, TRANS, true, 1, 1);
+}
+
+// @override regs_dec regs_inc
+// setmaxnreg.{dec,inc}.sync.aligned.u32 R: a register budget, nothing to emulate; the PTX ISA's
+// range for R is checked.
+template <int R> inline void regs_dec() { static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: 24..256, a multiple of 8"); }
+template <int R> inline void regs_inc() { static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: 24..256, a multiple of 8"); }
