@@ -20,7 +20,7 @@ import pytest
 import gpubp
 from conftest import output_activation_for, random_targets
 from gpubp.activations import ACT_CODES, ACTIVATIONS
-from gpubp.backends import cuda_device, cuda_fused, cuda_fused_family, cuda_gemm, cuda_source
+from gpubp.backends import cubin_cache, cuda_device, cuda_fused, cuda_fused_family, cuda_gemm, cuda_source
 from gpubp.backends.kernel_constants import FM, FM_FIELDS, FM_VEC
 from gpubp.compile_check import all_specs
 from gpubp.losses import LOSSES
@@ -52,6 +52,7 @@ def install_fake(monkeypatch, **kw):
     monkeypatch.setattr(cuda_device, "_attributes", {})
     monkeypatch.setattr(cuda_device, "_ccs", {})
     monkeypatch.setattr(cuda_device, "_functions", {})
+    monkeypatch.setattr(cubin_cache, "_functions", {})       # kernels loaded from cubins (sm_90a)
     monkeypatch.setattr(cuda_fused, "_grids", {})
     monkeypatch.setattr(cuda_fused_family, "_grids", {})
     monkeypatch.setattr(gpubp.backends, "_instances", {})

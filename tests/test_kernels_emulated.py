@@ -479,9 +479,16 @@ def test_wgmma_needs_the_whole_warpgroup_and_a_fence():
 @pytest.fixture
 def emulated(monkeypatch):
     """A fake CuPy whose launches compute (tests/support/cuda_emu)."""
+    return _install_emulated(monkeypatch)
+
+
+def _install_emulated(monkeypatch, race=None):
+    from gpubp.backends import cuda_gemm_wgmma
     from test_cuda_launch_contract import install_fake
 
-    return install_fake(monkeypatch, execute=True)
+    fake = install_fake(monkeypatch, execute=True, race=race)
+    monkeypatch.setattr(cuda_gemm_wgmma, "_driver", lambda: fake.driver)   # TMA maps for the emulator
+    return fake
 
 
 def _train_both(sizes, B, *, activation="tanh", loss="mse", optimizer="adam", epochs=2, batch_size=None,
@@ -542,6 +549,16 @@ def test_tensor_core_gemms_train_as_the_numpy_emulation(emulated, precision):
     assert {"gemm_tc_fwd", "gemm_tc_bwd_data", "gemm_tc_bwd_weight"} <= emulated.kernel_names()
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_hopper_gemms_train_as_the_numpy_emulation(emulated, precision):
+    got, ref = _train_both([37, 70, 129, 3], 67, activation="gelu", epochs=1, optimizer="sgd",
+                           precision=precision, tensor_core_gemms=True, hopper=True)
+    assert _rel(got, ref) < TC_TOL[precision]
+    assert {"gemm_wgmma_fwd", "gemm_wgmma_bwd_data"} <= emulated.kernel_names()
+    if precision == "bf16":
+        assert "gemm_wgmma_bwd_weight" in emulated.kernel_names()
+
+
 @pytest.mark.parametrize("what, sizes, B, kw", [
     ("per-layer gemm", [5, 19, 3], 11, {}),
     ("fused run", [9, 16, 8, 3], 1025, {}),
@@ -549,12 +566,12 @@ def test_tensor_core_gemms_train_as_the_numpy_emulation(emulated, precision):
     ("tensor cores tf32", [37, 21, 3], 9, {"precision": "tf32", "tensor_core_gemms": True}),
     ("tensor cores bf16", [37, 21, 3], 9, {"precision": "bf16", "tensor_core_gemms": True}),
     ("tensor cores 3xtf32", [37, 21, 3], 9, {"precision": "3xtf32", "tensor_core_gemms": True}),
+    ("hopper tf32", [37, 21, 3], 9, {"precision": "tf32", "tensor_core_gemms": True, "hopper": True}),
+    ("hopper bf16", [37, 21, 3], 9, {"precision": "bf16", "tensor_core_gemms": True, "hopper": True}),
 ])
 def test_a_training_step_has_no_memory_hazards(monkeypatch, what, sizes, B, kw):
     """Every launch of a fit, checked by race.h (an EmuError names the first hazard)."""
-    from test_cuda_launch_contract import install_fake
-
-    fake = install_fake(monkeypatch, execute=True, race=True)
+    fake = _install_emulated(monkeypatch, race=True)
     got, ref = _train_both(sizes, B, epochs=1, **kw)
     assert _rel(got, ref) < TC_TOL.get(kw.get("precision"), 1e-5)
     assert all(l.module.emu.race for l in fake.launches)

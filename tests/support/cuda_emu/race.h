@@ -13,6 +13,10 @@
 // launch are a hazard too (blocks run in any order on the device).  The check is exact for these
 // rules, per byte, except that after several threads of one warp read a byte, a write by a third
 // lane of that warp is judged against the latest of those reads.
+// Not modelled: ordering through mbarriers.  TMA writes (the async proxy, runtime.h's memcpy) are
+// not tracked, so the Hopper pipeline's stages are checked by the stand-ins instead (a wgmma's
+// operands must not change between its issue and the wait that retires it; TMA bytes land at the
+// barrier wait).
 #pragma once
 
 #define EMU_NOSAN __attribute__((no_sanitize("kernel-address"), no_sanitize_address))
