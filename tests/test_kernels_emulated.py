@@ -111,6 +111,34 @@ def test_cp_async_lands_only_at_the_wait_that_retires_its_group():
     assert (after[24:] == 0).all()
 
 
+def test_a_cp_async_destination_is_poisoned_from_its_issue():
+    """A copy issued over data other threads still read (no barrier between their reads and the
+    issue: a write-after-read race) is seen: its destination is undefined from the issue on."""
+    src = """
+    __global__ void k(const float* x, float* racing, float* after) {
+        __shared__ __align__(16) float s[64];
+        const int t = threadIdx.x;
+        s[4 * t] = -1.f; s[4 * t + 1] = -1.f; s[4 * t + 2] = -1.f; s[4 * t + 3] = -1.f;
+        __syncthreads();
+        cp_async16(&s[4 * t], x + 4 * t, true);
+        cp_async_commit();
+        racing[t] = s[4 * (15 - t)];                     // another thread's destination, no barrier
+        __syncthreads();
+        cp_async_wait<0>();
+        __syncthreads();
+        after[t] = s[4 * t];
+    }"""
+    from gpubp.backends.cuda_source import kernels_dir
+
+    m = _module((kernels_dir() / "async_copy.cuh").read_text() + src, "k")
+    x = np.arange(64, dtype=np.float32) + 1
+    racing, after = np.zeros(16, np.float32), np.zeros(16, np.float32)
+    m.launch("k", (1,), (16,), (x, racing, after))
+    # the fibers run in thread order: threads 8.. read copies threads ..7 issued, still in flight
+    assert np.isnan(racing[8:]).all() and (racing[:8] == -1).all(), racing
+    np.testing.assert_array_equal(after, x[::4])
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_mma_fragments_in_the_ptx_layouts_multiply(bf16):
     # Each lane loads its fragments by the PTX ISA's layout tables; D must be A B + C.

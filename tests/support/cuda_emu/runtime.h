@@ -13,7 +13,9 @@
 //   NaN as float), the dynamic part ends at a guard page, and every 32-bit shared address the
 //   kernel makes (cvta, cp.async, ldmatrix, TMA, wgmma descriptors) must fall inside it;
 // - cp.async copies land only when a cp.async.wait_group retires their group (the latest moment
-//   the PTX ISA allows), so reading a stage before its wait sees the poison or stale data;
+//   the PTX ISA allows), and their destination is poisoned when they are issued (the earliest),
+//   so reading a stage before its wait, or a copy issued over data other threads still read
+//   (a write-after-read race), sees the poison;
 // - alignment of 16-byte cp.async operands;
 // - faults (a read past a global buffer's guard page) are caught and reported with the address.
 #pragma once
@@ -228,7 +230,12 @@ inline void warp_exchange(unsigned mask, const unsigned* mine, int words, F&& re
 inline void cp_issue(unsigned dst, const void* src, unsigned nbytes, unsigned src_bytes) {
     State& s = S();
     if (dst % nbytes) fail("cp.async: shared destination not aligned to the copy size");
-    if (!from_shared(dst, nbytes, "cp.async destination")) return;
+    char* d = from_shared(dst, nbytes, "cp.async destination");
+    if (!d) return;
+    // From the issue until the wait_group that retires it the destination is being written at a
+    // time the PTX ISA leaves open: poison it now (a read or write of it by any thread before the
+    // copy's wait and barrier, a write-after-read race included, sees or leaves the poison).
+    std::memset(d, 0xFF, nbytes);
     PendingCopy c{dst, nbytes, {0}};
     if (src_bytes) {
         if ((uintptr_t)src % nbytes) fail("cp.async: global source not aligned to the copy size");
