@@ -4,7 +4,10 @@
 // host C++ compiler after this header, with the inline-PTX functions replaced by ptx.h (see
 // tests/support/cuda_emu/__init__.py).  A launch runs the grid's blocks one after another; the
 // threads of a block are fibers (ucontext) on one OS thread, switched only at __syncthreads,
-// warp-collective operations and mbarrier waits, so a run is deterministic.
+// warp-collective operations and mbarrier waits, so a run is deterministic.  Between two
+// barriers each warp runs as far as it can before the next starts, the warps in order and in
+// reverse order on alternate barrier intervals (run_block), so a missing barrier between warps
+// shows as stale or poisoned data.
 //
 // What it checks beyond the results:
 // - __syncthreads reached by some threads of a block but not all, or a warp-collective operation
@@ -302,17 +305,56 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
     }
     const int warps = (n + 31) / 32;
     int spins = 0;
+    // A warp whose lanes named in the mask all wait at a warp collective goes on (false: not yet;
+    // a failure when its lanes wait at collectives with different masks).
+    auto release = [&](int w) {
+        unsigned waiting = 0, mask = 0;
+        bool conflict = false;
+        for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
+            Thread& t = s.threads[w * 32 + l];
+            if (!t.done && t.wait == WARP_BAR) {
+                waiting |= 1u << l;
+                if (mask && mask != t.warp_mask) conflict = true;
+                mask = t.warp_mask;
+            }
+        }
+        if (!waiting) return false;
+        if (conflict) {
+            s.error = "lanes of one warp wait at warp collectives with different masks";
+            s.failed = true;
+            return false;
+        }
+        if ((waiting & mask) != mask) return false;
+        for (int l = 0; l < 32; ++l)
+            if (waiting >> l & 1u) s.threads[w * 32 + l].wait = RUN;
+        return true;
+    };
+    // Between two barriers each warp runs as far as it can (to the barrier, its end, or a wait on
+    // another warp) before the next one starts, in warp order or in reverse, alternating from one
+    // barrier to the next (and starting the other way in every other block): the hardware allows
+    // any such order, and a race between two warps (or two threads) shows in one of the two.
+    unsigned phase = s.block_idx.x + s.grid_dim.x * (s.block_idx.y + s.grid_dim.y * s.block_idx.z);
     for (;;) {
         bool changed = false;
-        for (int i = 0; i < n && !s.failed; ++i) {
-            Thread& t = s.threads[i];
-            if (t.done || (t.wait != RUN && t.wait != SPIN)) continue;
-            if (t.wait == SPIN) ++spins;
-            else changed = true;
-            s.cur = &t;
-            t.wait = RUN;
-            swapcontext(&s.sched, &t.ctx);
-            s.cur = nullptr;
+        for (int wi = 0; wi < warps && !s.failed; ++wi) {
+            const bool rev = phase & 1u;
+            const int w = rev ? warps - 1 - wi : wi;
+            for (;;) {
+                for (int li = 0; li < 32 && !s.failed; ++li) {
+                    const int i = w * 32 + (rev ? 31 - li : li);
+                    if (i >= n) continue;
+                    Thread& t = s.threads[i];
+                    if (t.done || (t.wait != RUN && t.wait != SPIN)) continue;
+                    if (t.wait == SPIN) ++spins;
+                    else changed = true;
+                    s.cur = &t;
+                    t.wait = RUN;
+                    swapcontext(&s.sched, &t.ctx);
+                    s.cur = nullptr;
+                }
+                if (s.failed || !release(w)) break;
+                changed = true;
+            }
         }
         if (s.failed) return false;
         int live = 0, at_block = 0, spinning = 0;
@@ -323,30 +365,13 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
             spinning += t.wait == SPIN;
         }
         if (!live) return true;
-        // warp collectives: a warp whose lanes named in the mask all wait here goes on
-        for (int w = 0; w < warps; ++w) {
-            unsigned waiting = 0, mask = 0;
-            bool conflict = false;
-            for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
-                Thread& t = s.threads[w * 32 + l];
-                if (!t.done && t.wait == WARP_BAR) {
-                    waiting |= 1u << l;
-                    if (mask && mask != t.warp_mask) conflict = true;
-                    mask = t.warp_mask;
-                }
-            }
-            if (!waiting) continue;
-            if (conflict) { s.error = "lanes of one warp wait at warp collectives with different masks"; s.failed = true; return false; }
-            if ((waiting & mask) == mask) {
-                for (int l = 0; l < 32; ++l)
-                    if (waiting >> l & 1u) s.threads[w * 32 + l].wait = RUN;
-                changed = true;
-            }
-        }
+        for (int w = 0; w < warps; ++w) changed = release(w) || changed;
+        if (s.failed) return false;
         if (changed) { spins = 0; continue; }
         if (at_block == live) {   // __syncthreads: every live thread arrived (exited ones count as arrived)
             for (auto& t : s.threads) if (!t.done) t.wait = RUN;
             spins = 0;
+            ++phase;
             continue;
         }
         if (spinning && spins < 100000 * live) continue;
