@@ -111,6 +111,53 @@ def test_cp_async_lands_only_at_the_wait_that_retires_its_group():
     assert (after[24:] == 0).all()
 
 
+def test_a_cp_async_destination_is_poisoned_from_its_issue():
+    """A copy issued over data other threads still read (no barrier between their reads and the
+    issue: a write-after-read race) is seen: its destination is undefined from the issue on."""
+    src = """
+    __global__ void k(const float* x, float* racing, float* after) {
+        __shared__ __align__(16) float s[64];
+        const int t = threadIdx.x;
+        s[4 * t] = -1.f; s[4 * t + 1] = -1.f; s[4 * t + 2] = -1.f; s[4 * t + 3] = -1.f;
+        __syncthreads();
+        cp_async16(&s[4 * t], x + 4 * t, true);
+        cp_async_commit();
+        racing[t] = s[4 * (15 - t)];                     // another thread's destination, no barrier
+        __syncthreads();
+        cp_async_wait<0>();
+        __syncthreads();
+        after[t] = s[4 * t];
+    }"""
+    from gpubp.backends.cuda_source import kernels_dir
+
+    m = _module((kernels_dir() / "async_copy.cuh").read_text() + src, "k")
+    x = np.arange(64, dtype=np.float32) + 1
+    racing, after = np.zeros(16, np.float32), np.zeros(16, np.float32)
+    m.launch("k", (1,), (16,), (x, racing, after))
+    # whichever of each pair of threads runs second reads the other's copy, still in flight
+    assert np.isnan(racing).sum() == 8 and (np.isnan(racing) | (racing == -1)).all(), racing
+    np.testing.assert_array_equal(after, x[::4])
+
+
+def test_warps_run_ahead_of_each_other_between_barriers_in_both_orders():
+    """Warp collectives do not keep the warps in step: warp 1 writing what warp 0 reads with no
+    barrier between (a race) shows, warp 1 first in one block and warp 0 first in the other."""
+    m = _module("""
+    __global__ void k(float* out) {
+        __shared__ float s[32];
+        const int t = threadIdx.x;
+        if (t < 32) s[t] = 0.f;
+        __syncthreads();
+        for (int i = 0; i < 4; ++i) __syncwarp();       // some warp-collective work first
+        if (t >= 32) s[t - 32] = 1.f;                    // warp 1 writes what warp 0 reads
+        else out[blockIdx.x * 32 + t] = s[t];
+    }""", "k")
+    out = np.full(64, -1, np.float32)
+    m.launch("k", (2,), (64,), (out,))
+    b0, b1 = out[:32], out[32:]
+    assert (b0 == b0[0]).all() and (b1 == b1[0]).all() and {float(b0[0]), float(b1[0])} == {0.0, 1.0}, out
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_mma_fragments_in_the_ptx_layouts_multiply(bf16):
     # Each lane loads its fragments by the PTX ISA's layout tables; D must be A B + C.
@@ -195,7 +242,7 @@ def test_a_write_over_another_threads_read_in_the_same_interval_is_a_hazard():
         out[threadIdx.x] = s[(threadIdx.x + 1) % 32];
         s[threadIdx.x] = 2.f;          // thread t - 1 may not have read it yet
     }""", "k", race=True)
-    with pytest.raises(EmuError, match="write-after-read hazard on shared"):
+    with pytest.raises(EmuError, match="(write-after-read|read-after-write) hazard on shared"):
         m.launch("k", (1,), (32,), (np.zeros(32, np.float32),))
 
 

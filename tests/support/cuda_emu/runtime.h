@@ -4,7 +4,10 @@
 // host C++ compiler after this header, with the inline-PTX functions replaced by ptx.h (see
 // tests/support/cuda_emu/__init__.py).  A launch runs the grid's blocks one after another; the
 // threads of a block are fibers (ucontext) on one OS thread, switched only at __syncthreads,
-// warp-collective operations and mbarrier waits, so a run is deterministic.
+// warp-collective operations and mbarrier waits, so a run is deterministic.  Between two
+// barriers each warp runs as far as it can before the next starts, the warps in order and in
+// reverse order on alternate barrier intervals (run_block), so a missing barrier between warps
+// shows as stale or poisoned data.
 //
 // What it checks beyond the results:
 // - __syncthreads reached by some threads of a block but not all, or a warp-collective operation
@@ -13,7 +16,9 @@
 //   NaN as float), the dynamic part ends at a guard page, and every 32-bit shared address the
 //   kernel makes (cvta, cp.async, ldmatrix, TMA, wgmma descriptors) must fall inside it;
 // - cp.async copies land only when a cp.async.wait_group retires their group (the latest moment
-//   the PTX ISA allows), so reading a stage before its wait sees the poison or stale data;
+//   the PTX ISA allows), and their destination is poisoned when they are issued (the earliest),
+//   so reading a stage before its wait, or a copy issued over data other threads still read
+//   (a write-after-read race), sees the poison;
 // - alignment of 16-byte cp.async operands;
 // - faults (a read past a global buffer's guard page) are caught and reported with the address;
 // - Hopper (see the section below): mbarrier arrivals, transactions and phases, TMA tile loads
@@ -243,8 +248,13 @@ namespace emu {
 inline void cp_issue(unsigned dst, const void* src, unsigned nbytes, unsigned src_bytes) {
     State& s = S();
     if (dst % nbytes) fail("cp.async: shared destination not aligned to the copy size");
-    if (!from_shared(dst, nbytes, "cp.async destination")) return;
-    on_access(from_shared(dst, nbytes, "cp.async destination"), nbytes, true);   // in flight from now on
+    char* d = from_shared(dst, nbytes, "cp.async destination");
+    if (!d) return;
+    on_access(d, nbytes, true);   // race.h: in flight from now on
+    // From the issue until the wait_group that retires it the destination is being written at a
+    // time the PTX ISA leaves open: poison it now (a read or write of it by any thread before the
+    // copy's wait and barrier, a write-after-read race included, sees or leaves the poison).
+    std::memset(d, 0xFF, nbytes);
     PendingCopy c{dst, nbytes, {0}};
     if (src_bytes) {
         if ((uintptr_t)src % nbytes) fail("cp.async: global source not aligned to the copy size");
@@ -744,18 +754,58 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
     race_block_start(warps, (int32_t)(s.block_idx.x + s.grid_dim.x * (s.block_idx.y + s.grid_dim.y * s.block_idx.z)));
     hopper_reset();
     int spins = 0;
+    // A warp whose lanes named in the mask all wait at a warp collective goes on (false: not yet;
+    // a failure when its lanes wait at collectives with different masks).
+    auto release = [&](int w) {
+        unsigned waiting = 0, mask = 0;
+        bool conflict = false;
+        for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
+            Thread& t = s.threads[w * 32 + l];
+            if (!t.done && t.wait == WARP_BAR) {
+                waiting |= 1u << l;
+                if (mask && mask != t.warp_mask) conflict = true;
+                mask = t.warp_mask;
+            }
+        }
+        if (!waiting) return false;
+        if (conflict) {
+            s.error = "lanes of one warp wait at warp collectives with different masks";
+            s.failed = true;
+            return false;
+        }
+        if ((waiting & mask) != mask) return false;
+        for (int l = 0; l < 32; ++l)
+            if (waiting >> l & 1u) s.threads[w * 32 + l].wait = RUN;
+        race_warp_sync(w);
+        return true;
+    };
+    // Between two barriers each warp runs as far as it can (to the barrier, its end, or a wait on
+    // another warp) before the next one starts, in warp order or in reverse, alternating from one
+    // barrier to the next (and starting the other way in every other block): the hardware allows
+    // any such order, and a race between two warps (or two threads) shows in one of the two.
+    unsigned phase = s.block_idx.x + s.grid_dim.x * (s.block_idx.y + s.grid_dim.y * s.block_idx.z);
     for (;;) {
         bool changed = false;
-        for (int i = 0; i < n && !s.failed; ++i) {
-            Thread& t = s.threads[i];
-            const bool woken = t.wait == MBAR_WAIT && t.mbar_seen != H().events;   // some mbarrier changed
-            if (t.done || (t.wait != RUN && t.wait != SPIN && !woken)) continue;
-            if (t.wait == SPIN) ++spins;
-            else changed = true;
-            s.cur = &t;
-            t.wait = RUN;
-            swapcontext(&s.sched, &t.ctx);
-            s.cur = nullptr;
+        for (int wi = 0; wi < warps && !s.failed; ++wi) {
+            const bool rev = phase & 1u;
+            const int w = rev ? warps - 1 - wi : wi;
+            for (;;) {
+                for (int li = 0; li < 32 && !s.failed; ++li) {
+                    const int i = w * 32 + (rev ? 31 - li : li);
+                    if (i >= n) continue;
+                    Thread& t = s.threads[i];
+                    const bool woken = t.wait == MBAR_WAIT && t.mbar_seen != H().events;   // some mbarrier changed
+                    if (t.done || (t.wait != RUN && t.wait != SPIN && !woken)) continue;
+                    if (t.wait == SPIN) ++spins;
+                    else changed = true;
+                    s.cur = &t;
+                    t.wait = RUN;
+                    swapcontext(&s.sched, &t.ctx);
+                    s.cur = nullptr;
+                }
+                if (s.failed || !release(w)) break;
+                changed = true;
+            }
         }
         if (s.failed) return false;
         int live = 0, at_block = 0, spinning = 0, at_wg = 0, at_mbar = 0;
@@ -768,27 +818,8 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
             at_mbar += t.wait == MBAR_WAIT;
         }
         if (!live) return true;
-        // warp collectives: a warp whose lanes named in the mask all wait here goes on
-        for (int w = 0; w < warps; ++w) {
-            unsigned waiting = 0, mask = 0;
-            bool conflict = false;
-            for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
-                Thread& t = s.threads[w * 32 + l];
-                if (!t.done && t.wait == WARP_BAR) {
-                    waiting |= 1u << l;
-                    if (mask && mask != t.warp_mask) conflict = true;
-                    mask = t.warp_mask;
-                }
-            }
-            if (!waiting) continue;
-            if (conflict) { s.error = "lanes of one warp wait at warp collectives with different masks"; s.failed = true; return false; }
-            if ((waiting & mask) == mask) {
-                for (int l = 0; l < 32; ++l)
-                    if (waiting >> l & 1u) s.threads[w * 32 + l].wait = RUN;
-                race_warp_sync(w);
-                changed = true;
-            }
-        }
+        for (int w = 0; w < warps; ++w) changed = release(w) || changed;
+        if (s.failed) return false;
         // warpgroup collectives: the 128 threads of a warpgroup all waiting at the same one go on
         for (int g = 0; at_wg && g * 128 < n; ++g) {
             int at = 0;
@@ -816,6 +847,7 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
             for (auto& t : s.threads) if (!t.done) t.wait = RUN;
             race_block_barrier();
             spins = 0;
+            ++phase;
             continue;
         }
         if (spinning && spins < 100000 * live) continue;
