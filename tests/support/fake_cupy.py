@@ -270,6 +270,7 @@ class FakeCupy(types.ModuleType):
         self._stream_stack = []
         self.ndarray = _make_ndarray_class(self)
         self.cuda = _make_cuda(self)
+        self.random = _make_random(self)
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
                      "bool_", "dtype", "newaxis"):
             setattr(self, name, getattr(np, name))
@@ -737,6 +738,62 @@ def _replay_op(op):
     elif isinstance(op, tuple) and op[0] == "setitem":
         _, arr, key, value = op
         arr[key] = value
+
+
+# ---------------------------------------------------------------------------- cupy.random
+def _make_random(fake):
+    """`cupy.random`: `RandomState(seed)` and the module-level functions gpubp's tests and benches
+    use, drawing on the host (numpy's PCG64, so the values differ from CuPy's cuRAND streams but
+    are reproducible per seed) into new device arrays.  As in CuPy, the float samplers take
+    `dtype` float32 or float64 only (TypeError otherwise) and `size=None` gives a 0-d array."""
+    random = types.ModuleType("cupy.random")
+
+    def _float(dtype):
+        dtype = np.dtype(dtype)
+        if dtype.char not in "fd":
+            raise TypeError(f"cupy.random: dtype must be float32 or float64, got {dtype}")
+        return dtype
+
+    class RandomState:
+        def __init__(self, seed=None):
+            self.seed(seed)
+
+        def seed(self, seed=None):
+            self._rng = np.random.default_rng(seed)
+
+        def _out(self, host, dtype):
+            return fake._to_device(np.asarray(host, dtype=dtype))
+
+        def standard_normal(self, size=None, dtype=float):
+            return self._out(self._rng.standard_normal(size), _float(dtype))
+
+        def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
+            return self._out(self._rng.normal(loc, scale, size), _float(dtype))
+
+        def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
+            return self._out(self._rng.uniform(low, high, size), _float(dtype))
+
+        def random_sample(self, size=None, dtype=float):
+            return self._out(self._rng.random(size), _float(dtype))
+
+        def rand(self, *size, dtype=float):
+            return self.random_sample(size or None, dtype)
+
+        def randn(self, *size, dtype=float):
+            return self.standard_normal(size or None, dtype)
+
+        def randint(self, low, high=None, size=None, dtype=int):
+            if high is None:
+                low, high = 0, low
+            return self._out(self._rng.integers(low, high, size), np.dtype(dtype))
+
+    default = RandomState()
+    random.RandomState = RandomState
+    random.seed = default.seed
+    for name in ("standard_normal", "normal", "uniform", "random_sample", "rand", "randn", "randint"):
+        setattr(random, name, getattr(default, name))
+    random.random = default.random_sample
+    return random
 
 
 # ---------------------------------------------------------------------------- cupy.cuda
