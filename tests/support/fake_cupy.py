@@ -398,10 +398,37 @@ class FakeCupy(types.ModuleType):
         self._no_sync("a host-to-device copy")
         if isinstance(a, self.ndarray):
             return a.astype(dtype)
-        if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack_device__") and \
-                getattr(a, "__dlpack_device__")()[0] in (2, 13):
+        cai = getattr(a, "__cuda_array_interface__", None)
+        if cai is not None:
+            # CuPy wraps a __cuda_array_interface__ object's memory without a copy; here that
+            # memory must be one of this fake's live device arrays
+            v = self._device_view(cai["data"][0], cai["shape"], cai["typestr"], cai.get("strides"))
+            if v is None:
+                raise TypeError(f"the fake cupy takes no foreign device objects ({type(a).__name__}): its "
+                                "__cuda_array_interface__ points outside the fake's device arrays")
+            return v if dtype is None or np.dtype(dtype) == v.dtype else v.astype(dtype)
+        if hasattr(a, "__dlpack_device__") and getattr(a, "__dlpack_device__")()[0] in (2, 13):
             raise TypeError(f"the fake cupy takes no foreign device objects ({type(a).__name__})")
         return self._to_device(np.asarray(a, dtype=dtype))
+
+    def _device_view(self, ptr, shape, typestr, strides=None):
+        """A view (no copy, no allocation counted) of the live device array memory at `ptr` with
+        `shape`, dtype `typestr` and byte `strides` (None: C-contiguous), or None when that memory
+        is not inside one of this fake's device arrays."""
+        dtype, shape = np.dtype(typestr), tuple(int(n) for n in shape)
+        if strides is None:
+            strides = tuple(int(dtype.itemsize * np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
+        lo = hi = 0
+        for n, st in zip(shape, strides):
+            if n == 0:
+                lo = hi = 0
+                break
+            lo, hi = (lo + (n - 1) * st, hi) if st < 0 else (lo, hi + (n - 1) * st)
+        owner = self.memory_at(ptr + lo, hi - lo + dtype.itemsize)
+        if owner is None:
+            return None
+        return self.ndarray(shape, dtype, buffer=owner, offset=ptr - owner.__array_interface__["data"][0],
+                            strides=strides)
 
     array = asarray
 
@@ -419,7 +446,22 @@ class FakeCupy(types.ModuleType):
         return np.asarray(a)
 
     def from_dlpack(self, x):
-        return self._to_device(np.from_dlpack(x))
+        """As CuPy's: a CUDA producer's memory without a copy.  Here a capsule of this fake's
+        device memory (a device array's, or a wrapper's passing it on) gives a view of that array;
+        any other capsule (a host array's standing for a foreign CUDA tensor) is copied in."""
+        cap = x.__dlpack__()
+
+        class _Host:                    # numpy reads the capsule as the host memory it is here
+            def __dlpack__(self, *args, **kwargs):
+                return cap
+
+            def __dlpack_device__(self):
+                return (1, 0)
+
+        h = np.from_dlpack(_Host())
+        i = h.__array_interface__
+        v = self._device_view(i["data"][0], h.shape, h.dtype.str, h.strides) if h.size else None
+        return v if v is not None else self._to_device(h)
 
     def get_default_memory_pool(self):
         fake = self
@@ -687,6 +729,9 @@ def _make_ndarray_class(fake):
         @property
         def device(self):
             return fake.cuda.Device(0)
+
+        def __dlpack_device__(self):
+            return (2, 0)               # kDLCUDA, device 0, as a cupy.ndarray reports
 
         @property
         def __cuda_array_interface__(self):
