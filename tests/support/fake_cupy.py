@@ -52,6 +52,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -267,12 +268,12 @@ class FakeCupy(types.ModuleType):
         self.extents = dict(extents or {})
         self.attributes = dict(H100_ATTRIBUTES, **(attributes or {}))
         self._capturing = []          # streams capturing now
-        self._stream_stack = []
+        self._streams = threading.local()   # the current stream is per host thread, as in CuPy
         self.ndarray = _make_ndarray_class(self)
         self.cuda = _make_cuda(self)
         self.random = _make_random(self)
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
-                     "bool_", "dtype", "newaxis"):
+                     "bool_", "dtype", "newaxis", "nan", "inf", "pi", "e"):
             setattr(self, name, getattr(np, name))
         for name in ("isfinite", "isnan", "log", "exp", "log1p", "abs", "maximum", "minimum", "sqrt", "tanh",
                      "negative", "add", "subtract", "multiply", "divide"):
@@ -323,6 +324,14 @@ class FakeCupy(types.ModuleType):
     def _no_sync(self, what):
         if self._capturing:
             raise CaptureError(f"{what} during a CUDA graph capture")
+
+    @property
+    def _stream_stack(self):
+        """This host thread's stack of streams made current (`with stream:`, `stream.use()`)."""
+        stack = getattr(self._streams, "stack", None)
+        if stack is None:
+            stack = self._streams.stack = []
+        return stack
 
     def current_stream(self):
         return self._stream_stack[-1] if self._stream_stack else self.cuda.Stream.null
