@@ -10,6 +10,6 @@ import os
 import sys
 
 if os.environ.get("GPUBP_EMULATE_GPU") == "1":
-    from support.fake_cupy import FakeCupy
+    from support.fake_cupy import UNREAD_POINTERS, FakeCupy
 
-    sys.modules["cupy"] = FakeCupy(execute=True)
+    sys.modules["cupy"] = FakeCupy(execute=True, unread_pointers=UNREAD_POINTERS)

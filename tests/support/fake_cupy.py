@@ -89,6 +89,12 @@ POINTEE_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "l
 #: structs passed by value (`const __grid_constant__ T p`) -> their size in bytes; a launch passes a
 #: 1-element host numpy array of that itemsize (CuPy passes such an array's bytes by value)
 STRUCT_BYTES = {"TensorMap128": 128}
+#: pointers gpubp's launchers pass as placeholders that the kernel never reads, by (kernel, parameter):
+#: a predicate of the launch's template arguments (FakeCupy's `unread_pointers`)
+UNREAD_POINTERS = {
+    # without class labels the targets are dense (Yp); `labels` gets a placeholder
+    ("ce_loss_delta", "labels"): lambda t: t["LABELS"] == "false",
+}
 
 
 class LaunchError(AssertionError):
