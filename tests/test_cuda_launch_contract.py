@@ -25,7 +25,7 @@ from gpubp.backends.kernel_constants import FM, FM_FIELDS, FM_VEC
 from gpubp.compile_check import all_specs
 from gpubp.losses import LOSSES
 from gpubp.optim import SGD, Adam, AdamW
-from support.fake_cupy import CaptureError, FakeCupy, LaunchError, parse_kernels
+from support.fake_cupy import UNREAD_POINTERS, CaptureError, FakeCupy, LaunchError, parse_kernels
 
 
 def _real_gpu() -> bool:
@@ -37,13 +37,6 @@ def _real_gpu() -> bool:
 
 
 pytestmark = pytest.mark.skipif(_real_gpu(), reason="a real GPU is present: tests/gpu checks the backend there")
-
-#: pointers the launchers pass as placeholders, which the kernel never reads (-> when, by template args)
-UNREAD_POINTERS = {
-    # without class labels the targets are dense (Yp); `labels` gets a placeholder
-    ("ce_loss_delta", "labels"): lambda t: t["LABELS"] == "false",
-}
-
 
 def install_fake(monkeypatch, **kw):
     """A fake `cupy` in sys.modules, and gpubp's per-device caches emptied (both undone after the test)."""

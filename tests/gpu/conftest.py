@@ -10,9 +10,9 @@ import os
 import sys
 
 if os.environ.get("GPUBP_EMULATE_GPU") == "1":
-    from support.fake_cupy import FakeCupy
+    from support.fake_cupy import UNREAD_POINTERS, FakeCupy
 
-    sys.modules["cupy"] = FakeCupy(execute=True)
+    sys.modules["cupy"] = FakeCupy(execute=True, unread_pointers=UNREAD_POINTERS)
 
     # the Hopper kernels' TMA tensor maps: the fake's stand-in for cuda.bindings.driver (there is no
     # CUDA driver here), which writes the emulator's description of the tensor into each map

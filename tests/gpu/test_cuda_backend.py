@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.gpu,
 
 from gpubp.activations import ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends.numpy_backend import NumpyBackend, activation_forward  # noqa: E402
+from gpubp.backends.plan import Scratch  # noqa: E402
 from gpubp.losses import LOGIT_LOSSES, LOSSES  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
@@ -282,7 +283,8 @@ def test_adam_update(cu, case, n, offset, dtype):
 # ------------------------------------------------------------------ a whole step in a CUDA graph
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_a_training_step_captures_in_a_cuda_graph(cu, dtype):
-    """Capture fails on any host synchronisation or fresh device allocation inside a method."""
+    """Capture fails on any host synchronisation or fresh device allocation inside a method
+    (given a warm Scratch, as `CudaBackend.capture` requires)."""
     B, n0, n1, n2 = 300, 17, 129, 10
     r = rng_for("graph", dtype)
     X = dev(r.standard_normal((B, n0)).astype(dtype))
@@ -297,15 +299,19 @@ def test_a_training_step_captures_in_a_cuda_graph(cu, dtype):
     m, v = cupy.zeros(4096, dtype), cupy.zeros(4096, dtype)
     loss = cupy.empty(1, dtype)
     t = cupy.ones(1, np.int32)
+    # the step's temporaries (loss partials, split-K workspaces) live in a Scratch the caller owns,
+    # as a StepPlan's do: without one a method allocates a fresh temporary on every call, and a
+    # graph must not hold memory that is freed back to the pool once the capture ends
+    scratch = Scratch(cu)
 
     def step():
-        cu.dense_forward(X, W1, b1, "gelu", A1, Z1)
-        cu.dense_forward(A1, W2, b2, "identity", A2)
-        cu.loss_and_delta(A2, None, Y, "cross_entropy", "identity", loss, d2)
-        cu.dense_backward(d2, A1, W2, dW2, db2, d1, "gelu", Z1)
-        cu.dense_backward(d1, X, W1, dW1, db1)
-        cu.adam_update(flat, gflat, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, t, True)
-        cu.sgd_update(flat, gflat, m, 1e-3, 0.9, 0.01)
+        cu.dense_forward(X, W1, b1, "gelu", A1, Z1, scratch=scratch)
+        cu.dense_forward(A1, W2, b2, "identity", A2, scratch=scratch)
+        cu.loss_and_delta(A2, None, Y, "cross_entropy", "identity", loss, d2, scratch=scratch)
+        cu.dense_backward(d2, A1, W2, dW2, db2, d1, "gelu", Z1, scratch=scratch)
+        cu.dense_backward(d1, X, W1, dW1, db1, scratch=scratch)
+        cu.adam_update(flat, gflat, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01, t, True, scratch=scratch)
+        cu.sgd_update(flat, gflat, m, 1e-3, 0.9, 0.01, scratch=scratch)
 
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:

@@ -23,6 +23,24 @@ def rel_err(out, ref):
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
 
 
+def sum_err(out, ref, scale):
+    """||out - ref|| relative to ||scale||, the sum of the absolute terms of the batch sum `ref`."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(scale), 1e-300))
+
+
+def batch_sum_scales(net, B):
+    """Per layer (sum_b |delta_b| |A_prev_b|^T, sum_b |delta_b|): the sums of absolute terms of dW
+    and db, from the deltas and activations of `net`'s last `loss_and_grads` at batch B (a numpy
+    backend network)."""
+    plan = net._plans[B]
+    out = []
+    for l in range(1, len(net.sizes)):
+        d, a = np.abs(plan.delta[l].astype(np.float64)), np.abs(plan.A[l - 1].astype(np.float64))
+        out.append((d.T @ a, d.sum(0)))
+    return out
+
+
 def targets(rng, loss, B, n):
     if loss == "cross_entropy":
         return rng.integers(0, n, B)
@@ -212,8 +230,12 @@ def test_tf32_networks_against_float64(sizes):
     l_gpu, g_gpu = gpu.loss_and_grads(X, y)
     l_ref, g_ref = ref.loss_and_grads(X.astype(np.float64), y)
     assert l_gpu == pytest.approx(l_ref, rel=5e-3)
-    for (dW, db), (rW, rb) in zip(g_gpu, g_ref):
-        assert rel_err(dW, rW) < 5e-3 and rel_err(db, rb) < 5e-3
+    # dW and db are batch sums of TF32-rounded terms: error against the sum of absolute terms
+    # (a sum whose terms cancel has a larger relative error than its terms; see _check_sum in
+    # test_fused_mlp.py).  Measured so, the error is about 1.5e-4 (w64x8, the emulator): 1e-3
+    # still catches a dW tile missing its last 8 batch rows (6e-3)
+    for (dW, db), (rW, rb), (sW, sb) in zip(g_gpu, g_ref, batch_sum_scales(ref, B)):
+        assert sum_err(dW, rW, sW) < 1e-3 and sum_err(db, rb, sb) < 1e-3
     hist = gpu.fit(X, y, epochs=2, batch_size=2500, optimizer="adam", progress=False)
     assert np.all(np.isfinite(hist["loss"]))
 

@@ -56,6 +56,7 @@ import enum
 import os
 import re
 import sys
+import threading
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ POINTEE_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "l
 #: structs passed by value (`const __grid_constant__ T p`) -> their size in bytes; a launch passes a
 #: 1-element host numpy array of that itemsize (CuPy passes such an array's bytes by value)
 STRUCT_BYTES = {"TensorMap128": 128}
+#: pointers gpubp's launchers pass as placeholders that the kernel never reads, by (kernel, parameter):
+#: a predicate of the launch's template arguments (FakeCupy's `unread_pointers`)
+UNREAD_POINTERS = {
+    # without class labels the targets are dense (Yp); `labels` gets a placeholder
+    ("ce_loss_delta", "labels"): lambda t: t["LABELS"] == "false",
+}
 
 
 class LaunchError(AssertionError):
@@ -274,14 +281,14 @@ class FakeCupy(types.ModuleType):
         self.extents = dict(extents or {})
         self.attributes = dict(H100_ATTRIBUTES, **(attributes or {}))
         self._capturing = []          # streams capturing now
-        self._stream_stack = []
+        self._streams = threading.local()   # the current stream is per host thread, as in CuPy
         self.ndarray = _make_ndarray_class(self)
         self.cuda = _make_cuda(self)
         self.random = _make_random(self)
         #: stand-in for cuda.bindings.driver's tensor maps (TMA), for the emulated Hopper kernels
         self.driver = TensorMapDriver(self)
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
-                     "bool_", "dtype", "newaxis"):
+                     "bool_", "dtype", "newaxis", "nan", "inf", "pi", "e"):
             setattr(self, name, getattr(np, name))
         for name in ("isfinite", "isnan", "log", "exp", "log1p", "abs", "maximum", "minimum", "sqrt", "tanh",
                      "negative", "add", "subtract", "multiply", "divide"):
@@ -332,6 +339,14 @@ class FakeCupy(types.ModuleType):
     def _no_sync(self, what):
         if self._capturing:
             raise CaptureError(f"{what} during a CUDA graph capture")
+
+    @property
+    def _stream_stack(self):
+        """This host thread's stack of streams made current (`with stream:`, `stream.use()`)."""
+        stack = getattr(self._streams, "stack", None)
+        if stack is None:
+            stack = self._streams.stack = []
+        return stack
 
     def current_stream(self):
         return self._stream_stack[-1] if self._stream_stack else self.cuda.Stream.null
@@ -407,10 +422,37 @@ class FakeCupy(types.ModuleType):
         self._no_sync("a host-to-device copy")
         if isinstance(a, self.ndarray):
             return a.astype(dtype)
-        if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack_device__") and \
-                getattr(a, "__dlpack_device__")()[0] in (2, 13):
+        cai = getattr(a, "__cuda_array_interface__", None)
+        if cai is not None:
+            # CuPy wraps a __cuda_array_interface__ object's memory without a copy; here that
+            # memory must be one of this fake's live device arrays
+            v = self._device_view(cai["data"][0], cai["shape"], cai["typestr"], cai.get("strides"))
+            if v is None:
+                raise TypeError(f"the fake cupy takes no foreign device objects ({type(a).__name__}): its "
+                                "__cuda_array_interface__ points outside the fake's device arrays")
+            return v if dtype is None or np.dtype(dtype) == v.dtype else v.astype(dtype)
+        if hasattr(a, "__dlpack_device__") and getattr(a, "__dlpack_device__")()[0] in (2, 13):
             raise TypeError(f"the fake cupy takes no foreign device objects ({type(a).__name__})")
         return self._to_device(np.asarray(a, dtype=dtype))
+
+    def _device_view(self, ptr, shape, typestr, strides=None):
+        """A view (no copy, no allocation counted) of the live device array memory at `ptr` with
+        `shape`, dtype `typestr` and byte `strides` (None: C-contiguous), or None when that memory
+        is not inside one of this fake's device arrays."""
+        dtype, shape = np.dtype(typestr), tuple(int(n) for n in shape)
+        if strides is None:
+            strides = tuple(int(dtype.itemsize * np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
+        lo = hi = 0
+        for n, st in zip(shape, strides):
+            if n == 0:
+                lo = hi = 0
+                break
+            lo, hi = (lo + (n - 1) * st, hi) if st < 0 else (lo, hi + (n - 1) * st)
+        owner = self.memory_at(ptr + lo, hi - lo + dtype.itemsize)
+        if owner is None:
+            return None
+        return self.ndarray(shape, dtype, buffer=owner, offset=ptr - owner.__array_interface__["data"][0],
+                            strides=strides)
 
     array = asarray
 
@@ -428,7 +470,22 @@ class FakeCupy(types.ModuleType):
         return np.asarray(a)
 
     def from_dlpack(self, x):
-        return self._to_device(np.from_dlpack(x))
+        """As CuPy's: a CUDA producer's memory without a copy.  Here a capsule of this fake's
+        device memory (a device array's, or a wrapper's passing it on) gives a view of that array;
+        any other capsule (a host array's standing for a foreign CUDA tensor) is copied in."""
+        cap = x.__dlpack__()
+
+        class _Host:                    # numpy reads the capsule as the host memory it is here
+            def __dlpack__(self, *args, **kwargs):
+                return cap
+
+            def __dlpack_device__(self):
+                return (1, 0)
+
+        h = np.from_dlpack(_Host())
+        i = h.__array_interface__
+        v = self._device_view(i["data"][0], h.shape, h.dtype.str, h.strides) if h.size else None
+        return v if v is not None else self._to_device(h)
 
     def get_default_memory_pool(self):
         fake = self
@@ -697,6 +754,9 @@ def _make_ndarray_class(fake):
         def device(self):
             return fake.cuda.Device(0)
 
+        def __dlpack_device__(self):
+            return (2, 0)               # kDLCUDA, device 0, as a cupy.ndarray reports
+
         @property
         def __cuda_array_interface__(self):
             return {"shape": self.shape, "typestr": self.dtype.str, "version": 3, "strides": None
@@ -751,38 +811,58 @@ def _replay_op(op):
 
 # ---------------------------------------------------------------------------- cupy.random
 def _make_random(fake):
-    """`cupy.random` with `RandomState(seed)` and its `standard_normal`, `normal`, `uniform` and `rand`
-    (`size`, `dtype` float32 or float64, as CuPy's; the result a device array).  The numbers come
-    from numpy's generator: the same for a seed from run to run, not CuPy's stream of numbers."""
+    """`cupy.random`: `RandomState(seed)` and the module-level functions gpubp's tests and benches
+    use, drawing on the host (numpy's PCG64, so the values differ from CuPy's cuRAND streams but
+    are reproducible per seed) into new device arrays.  As in CuPy, the float samplers take
+    `dtype` float32 or float64 only (TypeError otherwise) and `size=None` gives a 0-d array."""
+    random = types.ModuleType("cupy.random")
+
+    def _float(dtype):
+        dtype = np.dtype(dtype)
+        if dtype.char not in "fd":
+            raise TypeError(f"cupy.random: dtype must be float32 or float64, got {dtype}")
+        return dtype
 
     class RandomState:
-        def __init__(self, seed=None, method=None):
+        def __init__(self, seed=None):
+            self.seed(seed)
+
+        def seed(self, seed=None):
             self._rng = np.random.default_rng(seed)
 
-        def _out(self, values):
-            return fake._to_device(np.ascontiguousarray(values))
-
-        @staticmethod
-        def _float(dtype):
-            dt = np.dtype(dtype)
-            if dt not in (np.float32, np.float64):
-                raise TypeError(f"cupy.random: dtype {dt} is not float32 or float64")
-            return dt
+        def _out(self, host, dtype):
+            return fake._to_device(np.asarray(host, dtype=dtype))
 
         def standard_normal(self, size=None, dtype=float):
-            return self._out(self._rng.standard_normal(size, dtype=self._float(dtype)))
+            return self._out(self._rng.standard_normal(size), _float(dtype))
 
         def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
-            dt = self._float(dtype)
-            return self._out((self._rng.standard_normal(size) * scale + loc).astype(dt))
+            return self._out(self._rng.normal(loc, scale, size), _float(dtype))
 
         def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
-            return self._out(self._rng.uniform(low, high, size).astype(self._float(dtype)))
+            return self._out(self._rng.uniform(low, high, size), _float(dtype))
+
+        def random_sample(self, size=None, dtype=float):
+            return self._out(self._rng.random(size), _float(dtype))
 
         def rand(self, *size, dtype=float):
-            return self._out(self._rng.random(size, dtype=self._float(dtype)))
+            return self.random_sample(size or None, dtype)
 
-    return types.SimpleNamespace(RandomState=RandomState)
+        def randn(self, *size, dtype=float):
+            return self.standard_normal(size or None, dtype)
+
+        def randint(self, low, high=None, size=None, dtype=int):
+            if high is None:
+                low, high = 0, low
+            return self._out(self._rng.integers(low, high, size), np.dtype(dtype))
+
+    default = RandomState()
+    random.RandomState = RandomState
+    random.seed = default.seed
+    for name in ("standard_normal", "normal", "uniform", "random_sample", "rand", "randn", "randint"):
+        setattr(random, name, getattr(default, name))
+    random.random = default.random_sample
+    return random
 
 
 # ---------------------------------------------------------------------------- cupy.cuda

@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,11 @@ def race_default() -> bool:
 _PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+#: one launch at a time in the process: a module's state (fibers, shared memory, the fault handler's
+#: jump buffer) is global, and ctypes lets other Python threads run during a launch
+_LAUNCH_LOCK = threading.Lock()
 
 
 class EmuError(RuntimeError):
@@ -228,6 +234,10 @@ class EmuModule:
         raise EmuError(f"{name!r} is not one of the module's name expressions")
 
     def launch(self, name, grid, block, args, shared_mem: int = 0) -> None:
+        with _LAUNCH_LOCK:
+            self._launch(name, grid, block, args, shared_mem)
+
+    def _launch(self, name, grid, block, args, shared_mem: int = 0) -> None:
         i = self._kernel(name)
         grid = tuple(grid) + (1,) * (3 - len(tuple(grid)))
         block = tuple(block) + (1,) * (3 - len(tuple(block)))
