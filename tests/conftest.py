@@ -8,6 +8,28 @@ from gpubp.activations import ACTIVATIONS
 from gpubp.losses import LOGIT_LOSSES, LOSSES
 
 
+def _emulate_gpu():
+    """GPUBP_EMULATE_GPU=1: `cupy` is the fake of tests/support/fake_cupy.py in execute mode, so
+    tests/gpu run on the CPU kernel emulator (tests/support/cuda_emu: every launch computed thread
+    by thread; slow, and a model of the hardware, never a substitute for it), with the fake's
+    stand-in for the CUDA driver's TMA tensor maps.  (Here, not in a tests/gpu/conftest.py: a second
+    module named `conftest` would hide this one from the tests' `from conftest import ...`.)"""
+    import os
+    import sys
+
+    if os.environ.get("GPUBP_EMULATE_GPU") != "1":
+        return
+    from support.fake_cupy import UNREAD_POINTERS, FakeCupy
+
+    from gpubp.backends import cuda_gemm_wgmma
+
+    sys.modules["cupy"] = FakeCupy(execute=True, unread_pointers=UNREAD_POINTERS)
+    cuda_gemm_wgmma._driver = lambda: sys.modules["cupy"].driver
+
+
+_emulate_gpu()
+
+
 def rel_err(out, ref) -> float:
     """||out - ref|| / ||ref|| (NaN never passes a `<` check)."""
     out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
