@@ -67,6 +67,33 @@ def test_a_read_past_a_global_buffer_faults_and_names_the_block():
     assert (y == 2).all()
 
 
+def test_buffers_keep_their_arrays_16_byte_alignment():
+    """16-byte-aligned arrays whose length is no multiple of 16 bytes, read and written in 16-byte
+    packs (copies of an alignas(16) struct: aligned SSE moves on the host, which fault off 16
+    bytes) and the tail one float at a time, as elementwise.cu's updates do."""
+    m = _module("""
+    struct alignas(16) Pack { float v[4]; };
+    __global__ void k(const float* x, float* y, int n) {
+        const int i = threadIdx.x;
+        if (4 * i + 3 < n) {
+            Pack p = reinterpret_cast<const Pack*>(x)[i];
+            for (int e = 0; e < 4; ++e) p.v[e] *= 2.f;
+            reinterpret_cast<Pack*>(y)[i] = p;
+        } else if (i == n / 4) {
+            for (int j = 4 * i; j < n; ++j) y[j] = x[j] * 2.f;
+        }
+    }""", "k")
+    def aligned(n, fill):
+        buf = np.full(n + 4, fill, np.float32)
+        off = (-buf.__array_interface__["data"][0] % 16) // 4    # its first 16-byte aligned element
+        return buf[off:off + n]
+
+    for n in (17, 18, 19, 1001):
+        x, y = aligned(n, 1), aligned(n, 0)
+        m.launch("k", (1,), (n // 4 + 1,), (x, y, np.int32(n)))
+        assert (y == 2).all(), n
+
+
 def test_shared_memory_starts_poisoned_in_every_block_and_dynamic_shared_ends_at_a_guard():
     m = _module("""
     __global__ void k(float* out, int extra) {

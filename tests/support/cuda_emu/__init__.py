@@ -8,9 +8,11 @@ one launch as CuPy's `RawKernel` call would: `name` is one of the spec's name ex
 argument a numpy array (a pointer; C-contiguous), a numpy scalar of the parameter's exact size,
 or a 1-element structured/byte array for a struct passed by value.
 
-Array arguments are copied into fresh buffers that end at a PROT_NONE page, so a read or write
-past a buffer's end faults and is reported (`EmuError`) with the rest of the launch abandoned;
-the results are copied back into the caller's arrays.  Arguments that overlap in memory share one
+Array arguments are copied into fresh buffers that end at a PROT_NONE page (less than 16 bytes
+before it where the end is not 16-byte aligned: a buffer keeps its array's address modulo 16, for
+the kernels' 16-byte vector accesses), so a read or write past a buffer's end faults and is
+reported (`EmuError`) with the rest of the launch abandoned; the results are copied back into the
+caller's arrays.  Arguments that overlap in memory share one
 buffer.  What runtime.h checks besides is listed at its top.
 
 This is a model, not the hardware: blocks run one after another, warps never run ahead of a
@@ -185,17 +187,24 @@ def build(spec, name_expressions=None, race: bool | None = None) -> "EmuModule":
 
 
 # ---------------------------------------------------------------------------- guarded buffers
-class _Guarded:
-    """`nbytes` of anonymous memory ending right below a PROT_NONE page."""
+#: a buffer keeps its caller's address modulo this: the launchers choose 16-byte vector paths from
+#: an array's address (cudaMalloc's are 256-byte aligned), and the host compiles 16-byte vector
+#: types' accesses to aligned SSE loads, which fault where the address is not so aligned
+_ALIGN = 16
 
-    def __init__(self, nbytes: int):
-        self.pages = (nbytes + _PAGE - 1) // _PAGE + 1
+
+class _Guarded:
+    """`nbytes` of anonymous memory starting at an address equal to `like` modulo _ALIGN, ending
+    less than _ALIGN bytes (right, when `like + nbytes` is aligned) below a PROT_NONE page."""
+
+    def __init__(self, nbytes: int, like: int = 0):
+        self.pages = (nbytes + _ALIGN + _PAGE - 1) // _PAGE + 1
         self.map = mmap.mmap(-1, self.pages * _PAGE)
         self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         guard = self.base + (self.pages - 1) * _PAGE
         if _libc.mprotect(guard, _PAGE, 0) != 0:
             raise OSError(ctypes.get_errno(), "mprotect")
-        self.start = guard - nbytes
+        self.start = guard - nbytes - (guard - nbytes - like) % _ALIGN
         self.nbytes = nbytes
 
     def close(self):
@@ -261,7 +270,7 @@ class EmuModule:
         holders, values, where = [], [], {}
         try:
             for lo, hi, ks in groups:
-                g = _Guarded(hi - lo)
+                g = _Guarded(hi - lo, like=lo)
                 ctypes.memmove(g.start, lo, hi - lo)
                 holders.append((g, lo, hi))
                 for k in ks:
