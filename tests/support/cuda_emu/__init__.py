@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fake_cupy import _strip_comments   # one reader of CUDA source comments
+
 HERE = Path(__file__).resolve().parent
 #: compiler flags: optimised enough to run thousands of fibers quickly, no FMA contraction
 CXXFLAGS = ("-std=c++17", "-O1", "-g0", "-fPIC", "-shared", "-fno-strict-aliasing", "-ffp-contract=off",
@@ -73,11 +75,6 @@ def compiler() -> str | None:
 
 
 # ---------------------------------------------------------------------------- source transform
-def _strip_comments(src: str) -> str:
-    src = re.sub(r"/\*.*?\*/", " ", src, flags=re.S)
-    return re.sub(r"//[^\n]*", "", src)
-
-
 def _overrides() -> list[tuple[tuple[str, ...], str]]:
     """ptx.h's blocks: (names, C++ text)."""
     text = (HERE / "ptx.h").read_text()
