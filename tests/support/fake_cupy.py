@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cuda_text import match_close, split_top, strip_comments
+
 #: device attributes of an H100 SXM (sm_90), as CuPy's `Device.attributes` names them
 H100_ATTRIBUTES = {
     "MultiProcessorCount": 132,
@@ -124,39 +126,9 @@ class KernelSignature:
     template_defaults: dict = field(default_factory=dict)
 
 
-def _strip_comments(src: str) -> str:
-    src = re.sub(r"/\*.*?\*/", " ", src, flags=re.S)
-    return re.sub(r"//[^\n]*", "", src)
-
-
-def _balanced(src: str, i: int) -> int:
-    """The index just past the parenthesis closing the one at `src[i]`."""
-    assert src[i] == "("
-    depth = 0
-    for j in range(i, len(src)):
-        depth += {"(": 1, ")": -1}.get(src[j], 0)
-        if depth == 0:
-            return j + 1
-    raise ValueError("unbalanced parentheses in CUDA source")
-
-
-def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += {"(": 1, "<": 1, ")": -1, ">": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        parts.append(cur.strip())
-    return parts
-
-
 def parse_kernels(source: str) -> dict[str, KernelSignature]:
     """Every `__global__` kernel of `source`, by name."""
-    src = _strip_comments(source)
+    src = strip_comments(source)
     macros = {m.group(1): m.group(2)
               for m in re.finditer(r"^\s*#define\s+(\w+)\s+\(?(\w+)\)?\s*$", src, flags=re.M)}
 
@@ -173,7 +145,7 @@ def parse_kernels(source: str) -> dict[str, KernelSignature]:
         tm = re.search(r"template\s*<([^<>]*)>$", head)
         template, defaults = [], {}
         if tm:
-            for p in _split_top(tm.group(1)):
+            for p in split_top(tm.group(1)):
                 p, _, default = p.partition("=")
                 kind, pname = p.rsplit(None, 1)
                 template.append(("typename" if kind in ("typename", "class") else kind, pname))
@@ -187,8 +159,8 @@ def parse_kernels(source: str) -> dict[str, KernelSignature]:
         max_threads = min_blocks = None
         if src.startswith("__launch_bounds__", i):
             j = src.index("(", i)
-            end = _balanced(src, j)
-            bounds = _split_top(src[j + 1:end - 1])
+            end = match_close(src, j)
+            bounds = split_top(src[j + 1:end - 1])
             first = bounds[0].strip()
             max_threads = constant(first)
             min_blocks = bounds[1] if len(bounds) > 1 else None
@@ -196,9 +168,9 @@ def parse_kernels(source: str) -> dict[str, KernelSignature]:
         nm = re.match(r"\s*(\w+)\s*", src[i:])
         name = nm.group(1)
         i += nm.end()
-        end = _balanced(src, i)
+        end = match_close(src, i)
         params = []
-        for p in _split_top(src[i + 1:end - 1]):
+        for p in split_top(src[i + 1:end - 1]):
             p = re.sub(r"\b(__restrict__|__restrict|const|volatile|__grid_constant__)\b", " ", p)
             pm = re.match(r"\s*(.*?)\s*(\**)\s*(\w+)\s*$", p)
             ctype = " ".join(pm.group(1).split()) + pm.group(2)
@@ -212,7 +184,7 @@ def split_name_expression(expr: str) -> tuple[str, list[str]]:
     m = re.fullmatch(r"\s*(\w+)\s*(?:<(.*)>)?\s*", expr)
     if not m:
         raise LaunchError(f"cannot read the kernel name expression {expr!r}")
-    return m.group(1), _split_top(m.group(2)) if m.group(2) is not None else []
+    return m.group(1), split_top(m.group(2)) if m.group(2) is not None else []
 
 
 def _normalise(expr: str) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fake_cupy import _strip_comments   # one reader of CUDA source comments
+from ..cuda_text import match_close, strip_comments
 
 HERE = Path(__file__).resolve().parent
 #: compiler flags: optimised enough to run thousands of fibers quickly, no FMA contraction
@@ -82,18 +82,6 @@ def _overrides() -> list[tuple[tuple[str, ...], str]]:
     return [(tuple(parts[i].split()), parts[i + 1]) for i in range(1, len(parts), 2)]
 
 
-def _match_close(src: str, i: int, open_ch: str, close_ch: str) -> int:
-    depth = 0
-    for j in range(i, len(src)):
-        if src[j] == open_ch:
-            depth += 1
-        elif src[j] == close_ch:
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    raise ValueError(f"unbalanced {open_ch}{close_ch} in the kernel source")
-
-
 def _definitions(src: str, name: str) -> list[tuple[int, int]]:
     """(start, end) of every `__device__` function definition named `name` (with its template head)."""
     spans = []
@@ -107,12 +95,12 @@ def _definitions(src: str, name: str) -> list[tuple[int, int]]:
         head = src[start:m.start()]
         if "__device__" not in head:
             continue
-        close = _match_close(src, m.end() - 1, "(", ")")
+        close = match_close(src, m.end() - 1, "(", ")")
         rest = src[close:]
         bm = re.match(r"[\s\w]*\{", rest)
         if not bm:
             continue          # a declaration or a call, not a definition
-        end = _match_close(src, close + bm.end() - 1, "{", "}")
+        end = match_close(src, close + bm.end() - 1, "{", "}")
         spans.append((start, end))
     return spans
 
@@ -120,7 +108,7 @@ def _definitions(src: str, name: str) -> list[tuple[int, int]]:
 def emulation_source(module_source: str) -> str:
     """The module's source with its PTX helpers replaced and `extern __shared__` arrays made
     pointers into the emulated dynamic shared memory.  Raises EmuError on inline PTX left."""
-    src = _strip_comments(module_source)
+    src = strip_comments(module_source)
     for names, text in _overrides():
         spans = sorted(s for n in names for s in _definitions(src, n))
         if not spans:
