@@ -6,28 +6,13 @@ import pytest
 import gpubp
 from gpubp.activations import ACTIVATIONS
 from gpubp.losses import LOGIT_LOSSES, LOSSES
+from support.emulate import install_if_requested
 
 
-def _emulate_gpu():
-    """GPUBP_EMULATE_GPU=1: `cupy` is the fake of tests/support/fake_cupy.py in execute mode, so
-    tests/gpu run on the CPU kernel emulator (tests/support/cuda_emu: every launch computed thread
-    by thread; slow, and a model of the hardware, never a substitute for it), with the fake's
-    stand-in for the CUDA driver's TMA tensor maps.  (Here, not in a tests/gpu/conftest.py: a second
-    module named `conftest` would hide this one from the tests' `from conftest import ...`.)"""
-    import os
-    import sys
-
-    if os.environ.get("GPUBP_EMULATE_GPU") != "1":
-        return
-    from support.fake_cupy import UNREAD_POINTERS, FakeCupy
-
-    from gpubp.backends import cuda_gemm_wgmma
-
-    sys.modules["cupy"] = FakeCupy(execute=True, unread_pointers=UNREAD_POINTERS)
-    cuda_gemm_wgmma._driver = lambda: sys.modules["cupy"].driver
-
-
-_emulate_gpu()
+# GPUBP_EMULATE_GPU=1: tests/gpu run on the CPU kernel emulator (tests/support/emulate.py).  Here,
+# not in a tests/gpu/conftest.py: a second module named `conftest` would hide this one from the
+# tests' `from conftest import ...`.
+install_if_requested()
 
 
 def rel_err(out, ref) -> float:

@@ -649,3 +649,23 @@ def test_a_training_step_has_no_memory_hazards(monkeypatch, what, sizes, B, kw):
     got, ref = _train_both(sizes, B, epochs=1, **kw)
     assert _rel(got, ref) < TC_TOL.get(kw.get("precision"), 1e-5)
     assert all(l.module.emu.race for l in fake.launches)
+
+
+@pytest.mark.parametrize("devices, transport", [(1, "mpi-host-staging"), (2, "nccl")])
+def test_data_parallel_ranks_on_the_emulator_train_like_one_process(emulated, tmp_path, devices, transport):
+    """tests/gpu/test_distributed_gpu.py's two transports, each rank's CuPy the emulator: two ranks
+    sharing one device sum through host copies over MPI; with a device each, through the fake's
+    `cupy.cuda.nccl` (CuPy's NcclCommunicator calls on device pointers, carried out over MPI).
+    Either way the result equals one emulated process's on the same global batches."""
+    pytest.importorskip("mpi4py")
+    from test_distributed import MPIEXEC, check_against_one_process, dp_train, run_mpi, single_process
+
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec")
+    prefix = str(tmp_path / "res")
+    r = run_mpi(2, "dp_train.py", prefix, "cuda", timeout=600, GPUBP_EMULATE_GPU="1",
+                GPUBP_EMU_DEVICES=str(devices))
+    assert r.returncode == 0, r.stdout + r.stderr
+    refs = {name: single_process(c, "cuda") for name, c in dp_train.cases().items() if not c.get("sharded")}
+    _, used = check_against_one_process(2, prefix, refs, "cuda")
+    assert used == transport

@@ -6,9 +6,16 @@ the transport used.  The cases and the data are shared with the test, which
 trains one process on the same global batches.
 """
 
+import os
 import sys
 
 import numpy as np
+
+if os.environ.get("GPUBP_EMULATE_GPU") == "1":   # tests/gpu on the CPU kernel emulator: each rank's cupy too
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from support.emulate import install_if_requested
+
+    install_if_requested()
 
 N, N_VAL = 23, 7
 SIZES = [5, 7, 6, 3]

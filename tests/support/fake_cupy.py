@@ -233,8 +233,16 @@ class FakeCupy(types.ModuleType):
     """
 
     def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3",
-                 execute=False, race=None):
+                 execute=False, race=None, devices=1):
         super().__init__("cupy")
+        #: how many devices `cupy.cuda.runtime.getDeviceCount()` reports (CUDA_VISIBLE_DEVICES, when
+        #: set, can only lower it); every device shares this process's memory, and the current one
+        #: (`Device(i).use()`) is what device arrays report
+        self.devices = int(devices)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            self.devices = min(self.devices, len([d for d in visible.split(",") if d.strip()]))
+        self.current_device = 0
         #: run every launch on the CPU through tests/support/cuda_emu (kernels compute) instead of
         #: only checking it; captured launches run when their graph is launched
         self.execute = bool(execute)
@@ -709,6 +717,9 @@ def _make_ndarray_class(fake):
 
     class ndarray(np.ndarray):
         def __array_finalize__(self, obj):
+            # the device it lives on: where it was allocated (a view: its base's)
+            self._device_id = fake.current_device if self.flags.owndata else getattr(obj, "_device_id",
+                                                                                     fake.current_device)
             if self.flags.owndata:
                 fake._on_alloc(self)
             else:   # a view: its memory belongs to a device array (never to a host array)
@@ -724,10 +735,10 @@ def _make_ndarray_class(fake):
 
         @property
         def device(self):
-            return fake.cuda.Device(0)
+            return fake.cuda.Device(self._device_id)
 
         def __dlpack_device__(self):
-            return (2, 0)               # kDLCUDA, device 0, as a cupy.ndarray reports
+            return (2, self._device_id)     # kDLCUDA and the device, as a cupy.ndarray reports
 
         @property
         def __cuda_array_interface__(self):
@@ -736,6 +747,16 @@ def _make_ndarray_class(fake):
 
         def get(self, stream=None):
             return fake.asnumpy(self)
+
+        def set(self, arr, stream=None):
+            """Copy the host array `arr` in (CuPy's checks: a numpy array of this shape and dtype)."""
+            if not isinstance(arr, np.ndarray) or isinstance(arr, ndarray):
+                raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray, got {type(arr).__name__}")
+            if arr.dtype != self.dtype:
+                raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+            if arr.shape != self.shape:
+                raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
+            np.ndarray.__setitem__(self.view(np.ndarray), ..., arr)
 
         def __setitem__(self, key, value):
             if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
@@ -865,12 +886,39 @@ def _make_cuda(fake):
         def upload(self, stream=None):
             pass
 
+    class Event:
+        """Work in the fake is done when it is issued, so every event has completed."""
+
+        done = True
+
+        def __init__(self, block=False, disable_timing=False, interprocess=False):
+            pass
+
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            fake._no_sync("an event synchronisation")
+
     class Stream:
         null = None
 
         def __init__(self, null=False, non_blocking=False, ptds=False):
             self.is_null = null
             self._graph_ops = None
+
+        @property
+        def ptr(self):
+            return 0 if self.is_null else id(self)
+
+        def record(self, event=None):
+            event = Event() if event is None else event
+            event.record(self)
+            return event
+
+        def wait_event(self, event):
+            if not isinstance(event, Event):
+                raise TypeError(f"wait_event needs a cupy.cuda.Event, got {type(event).__name__}")
 
         def __enter__(self):
             fake._stream_stack.append(self)
@@ -909,9 +957,9 @@ def _make_cuda(fake):
 
     class Device:
         def __init__(self, device=None):
-            self.id = 0 if device is None else int(device)
-            if self.id != 0:
-                raise CUDARuntimeError(f"cudaErrorInvalidDevice: device {self.id} (the fake has one)")
+            self.id = fake.current_device if device is None else int(device)
+            if not 0 <= self.id < fake.devices:
+                raise CUDARuntimeError(f"cudaErrorInvalidDevice: device {self.id} (the fake has {fake.devices})")
 
         attributes = property(lambda self: dict(fake.attributes))
         compute_capability = property(lambda self: f"{fake.attributes['ComputeCapabilityMajor']}"
@@ -919,16 +967,18 @@ def _make_cuda(fake):
         mem_info = property(lambda self: (MEM_TOTAL - fake.allocated_bytes, MEM_TOTAL))
 
         def use(self):
-            pass
+            fake.current_device = self.id
 
         def synchronize(self):
             fake._no_sync("a device synchronisation")
 
-        def __enter__(self):
+        def __enter__(self):     # current until the block ends, as CuPy's
+            self._previous = getattr(self, "_previous", []) + [fake.current_device]
+            fake.current_device = self.id
             return self
 
         def __exit__(self, *exc):
-            pass
+            fake.current_device = self._previous.pop()
 
         def __eq__(self, other):
             return isinstance(other, Device) and other.id == self.id
@@ -951,14 +1001,89 @@ def _make_cuda(fake):
         fake._no_sync("a device synchronisation")
 
     cuda.runtime = types.SimpleNamespace(
-        getDeviceCount=lambda: 1, getDevice=lambda: 0, getDeviceProperties=getDeviceProperties,
+        getDeviceCount=lambda: fake.devices, getDevice=lambda: fake.current_device, getDeviceProperties=getDeviceProperties,
         memGetInfo=lambda: Device().mem_info, deviceSynchronize=deviceSynchronize,
         CUDARuntimeError=CUDARuntimeError, runtimeGetVersion=lambda: 12040, driverGetVersion=lambda: 12040)
     cuda.memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
-    cuda.Device, cuda.Stream, cuda.Graph = Device, Stream, Graph
+    cuda.Device, cuda.Stream, cuda.Graph, cuda.Event = Device, Stream, Graph, Event
+    cuda.nccl = _make_nccl(fake)
     cuda.get_current_stream = fake.current_stream
     cuda.is_available = lambda: True
     return cuda
+
+
+# ---------------------------------------------------------------------------- cupy.cuda.nccl
+def _make_nccl(fake):
+    """`cupy.cuda.nccl` for ranks of an MPI job that each run a fake: the collectives a
+    `NcclCommunicator` offers (CuPy's signatures: device pointers, an element count, NCCL's enum
+    values for types and operations, a stream pointer) carried out at once over mpi4py's
+    COMM_WORLD on the device memory the pointers name, which must lie inside one live device
+    array of the fake.  The unique id is a tuple of 128 ints, as CuPy's."""
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.available = True
+    # nccl.h: ncclInt8 0, ncclUint8 1, ncclInt32 2, ncclUint32 3, ncclInt64 4, ncclUint64 5,
+    # ncclFloat16 6, ncclFloat32 7, ncclFloat64 8; ncclSum 0, ncclProd 1, ncclMax 2, ncclMin 3
+    types_ = {0: np.int8, 1: np.uint8, 2: np.int32, 3: np.uint32, 4: np.int64, 5: np.uint64, 6: np.float16,
+              7: np.float32, 8: np.float64}
+    for code, t in types_.items():
+        setattr(nccl, f"NCCL_{np.dtype(t).name.upper()}", code)
+    nccl.NCCL_SUM, nccl.NCCL_PROD, nccl.NCCL_MAX, nccl.NCCL_MIN = 0, 1, 2, 3
+
+    def get_unique_id():
+        return tuple(int(b) for b in os.urandom(128))
+
+    def _device_memory(ptr, count, datatype):
+        import ctypes
+
+        if datatype not in types_:
+            raise ValueError(f"ncclInvalidArgument: data type {datatype}")
+        dtype = np.dtype(types_[datatype])
+        nbytes = int(count) * dtype.itemsize
+        if fake.memory_at(int(ptr), nbytes) is None:
+            raise ValueError(f"ncclInvalidArgument: [{ptr:#x}, +{nbytes}) is not inside one device array")
+        return np.frombuffer((ctypes.c_char * nbytes).from_address(int(ptr)), dtype=dtype)
+
+    class NcclCommunicator:
+        def __init__(self, ndev, commId, rank):
+            from mpi4py import MPI
+
+            self._mpi = MPI
+            self._comm = MPI.COMM_WORLD
+            if not (isinstance(commId, tuple) and len(commId) == 128):
+                raise TypeError("commId must be the tuple get_unique_id() returns")
+            if (ndev, rank) != (self._comm.Get_size(), self._comm.Get_rank()):
+                raise ValueError(f"ncclInvalidArgument: ndev {ndev} and rank {rank} are not this MPI job's "
+                                 f"{self._comm.Get_size()} and {self._comm.Get_rank()}")
+            ids = self._comm.allgather(commId)
+            if any(i != ids[0] for i in ids):
+                raise ValueError("ncclInvalidUsage: the ranks passed different unique ids")
+            self.aborted = False
+
+        def _check(self, stream):
+            if self.aborted:
+                raise RuntimeError("ncclInvalidUsage: the communicator was aborted")
+            if not isinstance(stream, int):
+                raise TypeError(f"stream must be a stream pointer (int), got {type(stream).__name__}")
+            fake._no_sync("an NCCL collective (the fake runs it at once)")
+
+        def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+            self._check(stream)
+            ops = {0: self._mpi.SUM, 1: self._mpi.PROD, 2: self._mpi.MAX, 3: self._mpi.MIN}
+            send, recv = _device_memory(sendbuf, count, datatype), _device_memory(recvbuf, count, datatype)
+            self._comm.Allreduce(self._mpi.IN_PLACE if sendbuf == recvbuf else send.copy(), recv, op=ops[op])
+
+        def bcast(self, buff, count, datatype, root, stream):
+            self._check(stream)
+            self._comm.Bcast(_device_memory(buff, count, datatype), root=int(root))
+
+        def abort(self):
+            self.aborted = True
+
+        def destroy(self):
+            pass
+
+    nccl.get_unique_id, nccl.NcclCommunicator = get_unique_id, NcclCommunicator
+    return nccl
 
 
 # ---------------------------------------------------------------------------- cuda.bindings.driver (TMA)

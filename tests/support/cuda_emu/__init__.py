@@ -154,14 +154,15 @@ def build_source(source: str, name_expressions, tag: str = "module", race: bool 
                           + "".join((HERE / f).read_text() for f in ("runtime.h", "launch.h", "race.h"))).encode()).hexdigest()[:24]
     d = _cache_dir()
     so = d / f"{tag}-{key}.so"
-    if not so.exists():
-        cpp = d / f"{tag}-{key}.cpp"
+    if not so.exists():     # per-process file names: ranks of an MPI job may build the same module at once
+        cpp = d / f"{tag}-{key}.{os.getpid()}.cpp"
         cpp.write_text(text)
         tmp = d / f"{tag}-{key}.{os.getpid()}.so"
         r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
         if r.returncode != 0:
             raise EmuError(f"the emulated module {tag} does not compile ({cpp}):\n{r.stderr[-4000:]}")
         os.replace(tmp, so)
+        cpp.unlink()
     return EmuModule(so, list(name_expressions), race)
 
 
