@@ -274,7 +274,7 @@ class FakeCupy(types.ModuleType):
                      "negative", "add", "subtract", "multiply", "divide"):
             setattr(self, name, self._device_ufunc(getattr(np, name)))
         for name in ("take", "take_along_axis", "concatenate", "stack", "where", "sum", "argmax",
-                     "empty_like", "zeros_like", "copy"):
+                     "zeros_like", "copy"):
             setattr(self, name, self._device_function(getattr(np, name)))
 
     # ------------------------------------------------------------------ bookkeeping
@@ -382,7 +382,16 @@ class FakeCupy(types.ModuleType):
         return out
 
     def empty(self, shape, dtype=float, order="C"):
-        return self._new(shape, dtype)   # zeroed, so unwritten outputs read 0, never garbage
+        """Checking launches only: zeroed, so unwritten outputs read 0.  With `execute`: every byte
+        0xFF (NaN in floats, -1 in ints), as stale memory from CuPy's pool would be garbage: a kernel
+        or launcher that reads memory nothing wrote shows up in the results, as initcheck would say."""
+        out = self._new(shape, dtype)
+        if self.execute:
+            out.view(np.ndarray).reshape(-1).view(np.uint8).fill(0xFF)
+        return out
+
+    def empty_like(self, a, dtype=None, order="K", subok=None, shape=None):
+        return self.empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
 
     def zeros(self, shape, dtype=float, order="C"):
         return self._new(shape, dtype)
