@@ -426,3 +426,87 @@ def test_dataframe_feature_names_and_no_warning_from_early_stopping(Est):
         est.predict(X)                       # a plain array after a DataFrame fit still warns, as in sklearn
     with pytest.raises(ValueError, match="feature names"):
         est.predict(df[["b", "a", "c", "d"]])
+
+
+# ---------------------------------------------------------------- refused calls
+def _fitted_state(est, X):
+    """What a refused call must leave as it was: the predictions' bits and the fitted attributes."""
+    out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
+    return (out, est.n_features_in_, est.n_iter_, est.t_, list(est.loss_curve_), [c.copy() for c in est.coefs_],
+            getattr(est, "classes_", None))
+
+
+def _assert_same_state(a, b):
+    for x, y in zip(a, b):
+        if isinstance(x, list) and x and isinstance(x[0], np.ndarray):
+            for p, q in zip(x, y):
+                np.testing.assert_array_equal(p, q)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_refused_fit_changes_nothing():
+    """A fit or partial_fit refused for its input leaves a fitted estimator exactly as it was.
+
+    The checks used to run after the estimator had started to change: validate_data had reset
+    n_features_in_ (so after a refused fit on 3 features the 4-feature model refused 4-feature
+    input), or the network had been rebuilt with fresh random weights before X or y was found to
+    overflow float32 or the validation split to be too small, leaving an untrained model that
+    predicted without complaint.
+    """
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, random_state=0, backend="numpy")
+    clf = _fit_quietly(MLPClassifier(**kw), X, y)
+    before = _fitted_state(clf, X)
+    refusals = [
+        (lambda: clf.fit(X * 1e39, y), r"beyond the range of float32"),
+        (lambda: clf.fit(X[:, :3], y + 0.5), "continuous"),
+        (lambda: clf.fit(X[:, :3], y, sample_weight=-np.ones(60)), "non-negative"),
+        (lambda: clf.partial_fit(X * 1e39, y), r"beyond the range of float32"),
+        (lambda: clf.set_params(early_stopping=True, validation_fraction=0.01).fit(X, y), "validation set"),
+        (lambda: clf.set_params(early_stopping=False, dtype="float64", precision="tf32").fit(X[:, :3], y),
+         "tf32"),
+    ]
+    for call, match in refusals:
+        with pytest.raises(ValueError, match=match):
+            call()
+        _assert_same_state(_fitted_state(clf, X), before)
+    reg = _fit_quietly(MLPRegressor(**kw), X, X[:, 0])
+    before = _fitted_state(reg, X)
+    with pytest.raises(ValueError, match="y overflows float32"):
+        reg.fit(X, X[:, 0] * 1e39)
+    _assert_same_state(_fitted_state(reg, X), before)
+
+
+def test_a_refused_warm_start_fit_does_not_move_the_random_state():
+    """A warm-started fit refused after its early-stopping split had drawn from the estimator's random
+    state: the next fit then split differently from one after no refused call."""
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=3, random_state=0, backend="numpy", dtype="float64",
+              warm_start=True, early_stopping=True)
+    a, b = _fit_quietly(MLPClassifier(**kw), X, y), _fit_quietly(MLPClassifier(**kw), X, y)
+    with pytest.raises(ValueError, match="validation set"):
+        b.set_params(validation_fraction=0.01).fit(X, y)
+    b.set_params(validation_fraction=0.1)
+    _fit_quietly(a, X, y)
+    _fit_quietly(b, X, y)
+    assert a.validation_scores_ == b.validation_scores_
+    for p, q in zip(a.coefs_, b.coefs_):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_early_stopping_training_weights_all_zero_is_a_clear_error():
+    """Weights whose only positive entry the validation split takes: the training rows' weights sum to
+    zero, which raised a bare ZeroDivisionError ("float division by zero") from the weight decay."""
+    X, _ = _blobs(n=30)
+    messages = set()
+    for i in range(30):                      # one positive weight: in the training split or the validation one
+        w = np.zeros(30)
+        w[i] = 1.0
+        est = MLPRegressor((4,), max_iter=1, random_state=0, backend="numpy", early_stopping=True,
+                           validation_fraction=0.2)
+        with pytest.raises(ValueError) as e:  # never another exception
+            est.fit(X, X[:, 0], sample_weight=w)
+        messages.add(str(e.value))
+        assert not hasattr(est, "net_")
+    assert any("sample_weight" in m and "training" in m for m in messages), messages
