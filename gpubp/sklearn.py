@@ -53,7 +53,7 @@ How the hyper-parameters map onto gpubp:
 - The sample order of each epoch comes from the network's own generator
   (seeded from `random_state`), so runs are reproducible but do not visit the
   samples in scikit-learn's order.
-- Sparse inputs are refused (gpubp works on dense arrays); so are
+- Sparse inputs (X or y) are refused (gpubp works on dense arrays); so are
   multiclass-multioutput targets.  Multilabel indicator targets and
   multi-output regression are supported.
 - A `fit` or `partial_fit` refused for its input or settings (before its
@@ -85,6 +85,7 @@ try:
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+    from scipy.sparse import issparse
     from scipy.special import expit, softmax
 except ImportError as e:   # exercised only without scikit-learn
     raise MissingExtraError(
@@ -185,6 +186,13 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {self.dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
+
+    @staticmethod
+    def _check_dense_y(y) -> None:
+        """Refuse a sparse `y` as validate_data refuses a sparse X (it lets one through with multi_output)."""
+        if issparse(y):
+            raise TypeError("Sparse data was passed for y, but dense data is required. Use '.toarray()' to "
+                            "convert to a dense numpy array.")
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
@@ -528,6 +536,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if incremental and first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit: every label the "
                              "classifier will see")
+        self._check_dense_y(y)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         if first:
@@ -609,6 +618,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _prepare_fit(self, X, y, sample_weight, incremental: bool) -> tuple:
         self._check_params()
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
+        self._check_dense_y(y)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])

@@ -146,6 +146,13 @@ def test_refusals_are_clear():
     sp = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match="[Ss]parse"):
         MLPClassifier(backend="numpy").fit(sp.csr_matrix(X), y)
+    # a sparse y (validate_data lets one through with multi_output=True) was refused with "Unknown label
+    # type: unknown" by the classifier and "setting an array element with a sequence" by the regressor
+    Y = np.stack([y == 0, y == 1], axis=1).astype(int)
+    with pytest.raises(TypeError, match="[Ss]parse.*y.*toarray"):
+        MLPClassifier(backend="numpy").fit(X, sp.csr_matrix(Y))
+    with pytest.raises(TypeError, match="[Ss]parse.*y.*toarray"):
+        MLPRegressor(backend="numpy").fit(X, sp.csr_matrix(X[:, :2]))
 
 
 def test_activation_names_of_sklearn_and_gpubp():
