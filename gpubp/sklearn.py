@@ -210,7 +210,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("sample_weight contains NaN or infinity")
         if np.any(w < 0):
             raise ValueError("sample_weight must be non-negative")
-        if not w.sum() > 0:
+        if not w.max() > 0:           # (non-negative: the sum, which 1e308s overflow, is positive)
             raise ValueError("sample_weight sums to zero: at least one sample needs a positive weight")
         return w
 
@@ -309,10 +309,10 @@ class _BaseMLP(BaseEstimator):
         else:
             sw_train, sw_val = sample_weight, None
             X_val = y_val = None
-        if sw_train is not None and not sw_train.sum() > 0:
+        if sw_train is not None and not sw_train.max() > 0:
             raise ValueError("sample_weight is zero on every training sample (the rows left after "
                              "early_stopping's validation split): at least one needs a positive weight")
-        if sw_val is not None and not sw_val.sum() > 0:
+        if sw_val is not None and not sw_val.max() > 0:
             raise ValueError("sample_weight is zero on every sample of early_stopping's validation split: "
                              "the validation score needs a positive weight")
         if not self._shuffle_seeded:
@@ -327,8 +327,15 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; "
                               f"it is clipped to {n}", UserWarning, stacklevel=4)
             batch_size = int(min(self.batch_size, n))
-        # scikit-learn divides a batch's penalty gradient by the batch's weight sum
-        w_mean = 1.0 if sw_train is None else float(sw_train.mean())
+        # scikit-learn divides a batch's penalty gradient by the batch's weight sum; the mean is taken
+        # of the weights over their largest, whose sum cannot overflow (1e308 each would)
+        top = 1.0 if sw_train is None else float(sw_train.max())
+        w_mean = 1.0 if sw_train is None else top * float((sw_train / top).mean())
+        c, _ = self._loss_scales()
+        if not math.isfinite(c * self.alpha / (batch_size * w_mean)):
+            raise ValueError(f"sample_weight is too small for alpha={self.alpha!r}: scikit-learn divides the L2 "
+                             f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
+                             "scale sample_weight up (only its ratios matter to the loss)")
         return X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental
 
     def _run_epochs(self, X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental) -> None:

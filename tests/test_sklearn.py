@@ -396,6 +396,24 @@ def test_sample_weight_changes_the_fit_and_is_checked():
         MLPClassifier(**kw).fit(X, y, sample_weight=-np.ones(60))
 
 
+def test_sample_weight_near_float64s_limits():
+    """Only the weights' ratios enter the loss (docs/spec.md), so uniform weights near float64's largest or
+    smallest numbers train as no weights when alpha is 0.  Their mean was their sum over n: 1e308 each
+    summed to infinity and the weights divided by it became 0 ("the sample weights are all zero").  With
+    alpha > 0, scikit-learn divides the penalty by the weight sum: weights so small that it overflows are
+    refused naming sample_weight (it was "weight_decay must lie in [0.0, inf), got inf")."""
+    X, y = _blobs(n=40)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0, backend="numpy", dtype="float64", alpha=0.0)
+    plain = _fit_quietly(MLPClassifier(**kw), X, y)
+    for w in (1e308, 1e-320):
+        weighted = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=np.full(40, w))
+        for a, b in zip(plain.coefs_, weighted.coefs_):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(weighted.loss_curve_, plain.loss_curve_, rtol=1e-12)
+    with pytest.raises(ValueError, match="sample_weight.*alpha"):
+        MLPClassifier(**dict(kw, alpha=1e-4)).fit(X, y, sample_weight=np.full(40, 1e-320))
+
+
 # ---------------------------------------------------------------- pickling
 def test_pickle_round_trip_keeps_weights_and_optimizer():
     X, y = _blobs()
