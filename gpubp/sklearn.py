@@ -170,16 +170,22 @@ class _BaseMLP(BaseEstimator):
                                  f"{']' if name == 'momentum' else ')'}, got {v!r}")
         if self.solver == "sgd" and self.momentum >= 1:
             raise ValueError(f"momentum must be below 1 for solver='sgd', got {self.momentum!r}")
-        for name, v in (("max_iter", self.max_iter), ("n_iter_no_change", self.n_iter_no_change)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        v = self.n_iter_no_change
+        if not (v == math.inf if _is_number(v) and not isinstance(v, numbers.Integral) else
+                (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1)):
+            raise ValueError(f"n_iter_no_change must be a positive integer or np.inf (never stop on tol), got {v!r}")
         bs = self.batch_size
         if not (bs == "auto" if isinstance(bs, str) else
                 (isinstance(bs, numbers.Integral) and not isinstance(bs, bool) and bs >= 1)):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {bs!r}")
         vf = self.validation_fraction
-        if not (_is_number(vf) and 0 < vf < 1):
-            raise ValueError(f"validation_fraction must be a number in (0, 1), got {vf!r}")
+        if not (_is_number(vf) and 0 <= vf < 1):     # 0 as scikit-learn: unused without early_stopping
+            raise ValueError(f"validation_fraction must be a number in [0, 1), got {vf!r}")
+        if self.early_stopping and vf == 0:
+            raise ValueError("validation_fraction must be above 0 with early_stopping=True: it is the share of "
+                             "the samples held out to score each epoch")
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {self.backend!r}")
         if self.dtype not in DTYPES:

@@ -155,6 +155,24 @@ def test_refusals_are_clear():
         MLPRegressor(backend="numpy").fit(X, sp.csr_matrix(X[:, :2]))
 
 
+def test_values_scikit_learn_accepts_for_n_iter_no_change_and_validation_fraction():
+    """scikit-learn's MLPs take n_iter_no_change=np.inf (never stop on tol) and validation_fraction=0
+    when early_stopping is off (it is unused then); both were refused."""
+    X, y = _blobs(n=40)
+    est = _fit_quietly(MLPClassifier((4,), max_iter=6, tol=1e9, n_iter_no_change=np.inf, random_state=0,
+                                     backend="numpy"), X, y)
+    assert est.n_iter_ == 6                                 # tol alone would stop it: inf never does
+    sk = _fit_quietly(SkMLPClassifier((4,), max_iter=6, tol=1e9, n_iter_no_change=np.inf, random_state=0), X, y)
+    assert sk.n_iter_ == 6
+    _fit_quietly(MLPRegressor((4,), max_iter=2, validation_fraction=0.0, random_state=0, backend="numpy"), X,
+                 X[:, 0])
+    with pytest.raises(ValueError, match="validation_fraction"):
+        MLPRegressor((4,), validation_fraction=0.0, early_stopping=True, backend="numpy").fit(X, X[:, 0])
+    for bad in (0, 2.5, -np.inf, np.nan):
+        with pytest.raises(ValueError, match="n_iter_no_change"):
+            MLPRegressor(n_iter_no_change=bad, backend="numpy").fit(X, X[:, 0])
+
+
 def test_activation_names_of_sklearn_and_gpubp():
     X, y = _blobs()
     assert _fit_quietly(MLPClassifier((4,), activation="logistic", max_iter=2, random_state=0,
