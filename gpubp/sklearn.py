@@ -294,6 +294,14 @@ class _BaseMLP(BaseEstimator):
         n_total = X.shape[0]
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        # a warm start after a fit with the other early_stopping setting: the stopping rule's bookkeeping
+        # starts here (that of the other rule is None, as _build leaves it)
+        if self.early_stopping and self.validation_scores_ is None:
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
+            self._best_params, self._no_improvement_count = None, 0
+        elif not self.early_stopping and self.best_loss_ is None:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_, self._no_improvement_count = min(self.loss_curve_, default=np.inf), 0
         if self.early_stopping:
             # stratified for two classes only, as scikit-learn's MLPs do (they stratify where the network has
             # one output): several classes and multilabel targets get a plain shuffled split, the same

@@ -350,6 +350,25 @@ def test_warm_start_continues():
     assert max(np.abs(a - b).max() for a, b in zip(before, clf.coefs_)) > 0
 
 
+def test_warm_start_may_switch_early_stopping():
+    """A warm-started fit after one with the other early_stopping setting starts that rule's bookkeeping.
+
+    It trained one epoch and then failed on the bookkeeping of the other rule: "unsupported operand
+    type(s) for -: 'NoneType' and 'float'" (best_loss_ is None under early stopping) or "'NoneType'
+    object has no attribute 'append'" (validation_scores_ is None without), as scikit-learn's MLPs do.
+    """
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0, warm_start=True, backend="numpy")
+    on = _fit_quietly(MLPClassifier(early_stopping=False, **kw), X, y)
+    _fit_quietly(on.set_params(early_stopping=True), X, y)
+    assert len(on.validation_scores_) == on.n_iter_ == 3 and on.best_loss_ is None
+    assert on.best_validation_score_ == max(on.validation_scores_) and len(on.loss_curve_) == 6
+    off = _fit_quietly(MLPClassifier(early_stopping=True, **kw), X, y)
+    _fit_quietly(off.set_params(early_stopping=False), X, y)
+    assert off.validation_scores_ is None and off.best_validation_score_ is None
+    assert off.best_loss_ == min(off.loss_curve_) and len(off.loss_curve_) == 6
+
+
 @pytest.mark.parametrize("case", ["multiclass", "regression"])
 def test_warm_start_fits_match_sklearn(case):
     """Each warm-started fit runs max_iter epochs from the fitted weights with a fresh optimizer and warns
