@@ -53,9 +53,12 @@ How the hyper-parameters map onto gpubp:
 - The sample order of each epoch comes from the network's own generator
   (seeded from `random_state`), so runs are reproducible but do not visit the
   samples in scikit-learn's order.
-- Sparse inputs are refused (gpubp works on dense arrays); so are
+- Sparse inputs (X or y) are refused (gpubp works on dense arrays); so are
   multiclass-multioutput targets.  Multilabel indicator targets and
   multi-output regression are supported.
+- A `fit` or `partial_fit` refused for its input or settings (before its
+  first epoch) leaves the estimator as it was, fitted attributes and
+  random state included.
 
 Extra arguments: `backend` ("auto", "numpy", "cuda"), `dtype` ("float32",
 "float64") and `precision` ("float32", "tf32", "bf16", "3xtf32"), as in `gpubp.MLP`.
@@ -82,6 +85,7 @@ try:
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+    from scipy.sparse import issparse
     from scipy.special import expit, softmax
 except ImportError as e:   # exercised only without scikit-learn
     raise MissingExtraError(
@@ -166,22 +170,35 @@ class _BaseMLP(BaseEstimator):
                                  f"{']' if name == 'momentum' else ')'}, got {v!r}")
         if self.solver == "sgd" and self.momentum >= 1:
             raise ValueError(f"momentum must be below 1 for solver='sgd', got {self.momentum!r}")
-        for name, v in (("max_iter", self.max_iter), ("n_iter_no_change", self.n_iter_no_change)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        v = self.n_iter_no_change
+        if not (v == math.inf if _is_number(v) and not isinstance(v, numbers.Integral) else
+                (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1)):
+            raise ValueError(f"n_iter_no_change must be a positive integer or np.inf (never stop on tol), got {v!r}")
         bs = self.batch_size
         if not (bs == "auto" if isinstance(bs, str) else
                 (isinstance(bs, numbers.Integral) and not isinstance(bs, bool) and bs >= 1)):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {bs!r}")
         vf = self.validation_fraction
-        if not (_is_number(vf) and 0 < vf < 1):
-            raise ValueError(f"validation_fraction must be a number in (0, 1), got {vf!r}")
+        if not (_is_number(vf) and 0 <= vf < 1):     # 0 as scikit-learn: unused without early_stopping
+            raise ValueError(f"validation_fraction must be a number in [0, 1), got {vf!r}")
+        if self.early_stopping and vf == 0:
+            raise ValueError("validation_fraction must be above 0 with early_stopping=True: it is the share of "
+                             "the samples held out to score each epoch")
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {self.backend!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {self.dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
+
+    @staticmethod
+    def _check_dense_y(y) -> None:
+        """Refuse a sparse `y` as validate_data refuses a sparse X (it lets one through with multi_output)."""
+        if issparse(y):
+            raise TypeError("Sparse data was passed for y, but dense data is required. Use '.toarray()' to "
+                            "convert to a dense numpy array.")
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
@@ -199,7 +216,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("sample_weight contains NaN or infinity")
         if np.any(w < 0):
             raise ValueError("sample_weight must be non-negative")
-        if not w.sum() > 0:
+        if not w.max() > 0:           # (non-negative: the sum, which 1e308s overflow, is positive)
             raise ValueError("sample_weight sums to zero: at least one sample needs a positive weight")
         return w
 
@@ -243,11 +260,48 @@ class _BaseMLP(BaseEstimator):
             return Adam(self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon * c)
         return SGD(self.learning_rate_init / c, momentum=self.momentum)
 
-    def _fit_loop(self, X, Y, y_orig, sample_weight, incremental: bool) -> None:
-        """Train `net_` on prepared targets `Y`; `y_orig` scores the validation split."""
+    def _fit(self, X, y, sample_weight, incremental: bool, **kw):
+        """Check the call and build the network (`_prepare_fit`), then train it (`_run_epochs`).
+
+        A call refused before its first epoch leaves the estimator as it was: its attributes, and the
+        state of the random generator it had drawn from (a warm-started early-stopping split draws from
+        it), are put back.  Only the attributes are restored, so everything that changes an object the
+        estimator held before the call (the network's weights, the optimizer) happens in the epochs.
+        """
+        saved = dict(self.__dict__)
+        rs = saved.get("_random_state")
+        # numpy's global generator (random_state=None) is shared with everyone: not rewound
+        rs_state = rs.get_state() if isinstance(rs, np.random.RandomState) and rs is not np.random.mtrand._rand \
+            else None
+        try:
+            run = self._prepare_fit(X, y, sample_weight, incremental, **kw)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            if rs_state is not None:
+                rs.set_state(rs_state)
+            raise
+        self._run_epochs(*run)
+        return self
+
+    def _prepare_epochs(self, X, Y, y_orig, sample_weight, incremental: bool) -> tuple:
+        """Everything before the first epoch: the validation split, the batch size, the optimizer's settings.
+
+        `X` is already of the network's dtype, `Y` the prepared targets, `y_orig` the labels that score
+        the validation split.  Returns `_run_epochs`' arguments; changes only attributes of the estimator
+        (`_fit` restores them when a check here refuses the call).
+        """
         n_total = X.shape[0]
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        # a warm start after a fit with the other early_stopping setting: the stopping rule's bookkeeping
+        # starts here (that of the other rule is None, as _build leaves it)
+        if self.early_stopping and self.validation_scores_ is None:
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
+            self._best_params, self._no_improvement_count = None, 0
+        elif not self.early_stopping and self.best_loss_ is None:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_, self._no_improvement_count = min(self.loss_curve_, default=np.inf), 0
         if self.early_stopping:
             # stratified for two classes only, as scikit-learn's MLPs do (they stratify where the network has
             # one output): several classes and multilabel targets get a plain shuffled split, the same
@@ -267,7 +321,14 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
                                  "size of your dataset.")
         else:
-            sw_train = sample_weight
+            sw_train, sw_val = sample_weight, None
+            X_val = y_val = None
+        if sw_train is not None and not sw_train.max() > 0:
+            raise ValueError("sample_weight is zero on every training sample (the rows left after "
+                             "early_stopping's validation split): at least one needs a positive weight")
+        if sw_val is not None and not sw_val.max() > 0:
+            raise ValueError("sample_weight is zero on every sample of early_stopping's validation split: "
+                             "the validation score needs a positive weight")
         if not self._shuffle_seeded:
             # the epochs' sample order: drawn after the weights and the validation split, as scikit-learn does
             self.net_._rng = np.random.default_rng(int(self._random_state.randint(np.iinfo(np.int32).max)))
@@ -278,11 +339,22 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; "
-                              f"it is clipped to {n}", UserWarning, stacklevel=3)
+                              f"it is clipped to {n}", UserWarning, stacklevel=4)
             batch_size = int(min(self.batch_size, n))
+        # scikit-learn divides a batch's penalty gradient by the batch's weight sum; the mean is taken
+        # of the weights over their largest, whose sum cannot overflow (1e308 each would)
+        top = 1.0 if sw_train is None else float(sw_train.max())
+        w_mean = 1.0 if sw_train is None else top * float((sw_train / top).mean())
+        c, _ = self._loss_scales()
+        if not math.isfinite(c * self.alpha / (batch_size * w_mean)):
+            raise ValueError(f"sample_weight is too small for alpha={self.alpha!r}: scikit-learn divides the L2 "
+                             f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
+                             "scale sample_weight up (only its ratios matter to the loss)")
+        return X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental
+
+    def _run_epochs(self, X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental) -> None:
+        """Train `net_` for this call's epochs (`_prepare_epochs` made the arguments)."""
         c, r = self._loss_scales()
-        # scikit-learn divides a batch's penalty gradient by the batch's weight sum
-        w_mean = 1.0 if sw_train is None else float(sw_train.mean())
         if self._optimizer is None or not incremental:
             # fit (warm_start included) starts a fresh optimizer, as scikit-learn's does; partial_fit keeps its state
             self._optimizer = self._make_optimizer(c)
@@ -291,7 +363,8 @@ class _BaseMLP(BaseEstimator):
         if sw_train is not None:
             fit_kw["sample_weight"] = sw_train / w_mean
         net = self.net_
-        Xd = net.backend.asarray(self._in_net_dtype(X), net.dtype)   # one copy to the device
+        n = X.shape[0]
+        Xd = net.backend.asarray(X, net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)
         n_epochs = 1 if incremental else self.max_iter
         self.n_iter_ = 0    # this call's epochs, as scikit-learn counts them
@@ -346,13 +419,18 @@ class _BaseMLP(BaseEstimator):
         net = self.net_
         return net.backend.to_numpy(net.forward(self._in_net_dtype(X))).astype(np.float64)
 
-    def _in_net_dtype(self, X) -> np.ndarray:
-        """`X` (validated: finite) as a contiguous array of the network's dtype, refusing values it cannot hold."""
+    def _in_net_dtype(self, X, dtype=None, name: str = "X") -> np.ndarray:
+        """`X` (validated: finite) as a contiguous array of the network's dtype (or `dtype`: a network
+        about to be built), refusing values it cannot hold."""
         try:
-            return finite_after_cast(X, self.net_.dtype, "X")
+            return finite_after_cast(X, self.net_.dtype if dtype is None else dtype, name)
         except ValueError as e:
-            raise ValueError(f"{e}, the network's dtype: scale the input (e.g. StandardScaler) or use "
-                             "dtype='float64'") from None
+            raise ValueError(f"{e}, the network's dtype: scale the {'input' if name == 'X' else 'targets'} "
+                             "(e.g. StandardScaler) or use dtype='float64'") from None
+
+    def _fit_dtype(self, first: bool) -> np.dtype:
+        """The dtype of the network a fit trains: a fresh one's (`dtype`), or the fitted one's."""
+        return np.dtype(self.dtype) if first else self.net_.dtype
 
     @property
     def coefs_(self) -> list[np.ndarray]:
@@ -469,7 +547,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return enc.astype(np.float64).reshape(-1, 1), y
         return enc.astype(np.int64), y
 
-    def _fit(self, X, y, sample_weight, incremental: bool, classes=None):
+    def _prepare_fit(self, X, y, sample_weight, incremental: bool, classes=None) -> tuple:
         self._check_params()
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
         if incremental and not first and classes is not None and not np.array_equal(
@@ -479,11 +557,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if incremental and first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit: every label the "
                              "classifier will see")
+        self._check_dense_y(y)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         if first:
             self._random_state = check_random_state(self.random_state)
         Y, y_orig = self._prepare_y(y, first, classes)
+        X = self._in_net_dtype(X, self._fit_dtype(first))
         if first:
             if self._multilabel or len(self.classes_) == 2:
                 n_out, loss = (Y.shape[1], "binary_cross_entropy")
@@ -492,8 +572,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 n_out, loss = len(self.classes_), "cross_entropy"
                 self.out_activation_ = "softmax"
             self._build(X.shape[1], n_out, loss)
-        self._fit_loop(X, Y, y_orig, sw, incremental)
-        return self
+        return self._prepare_epochs(X, Y, y_orig, sw, incremental)
 
     def fit(self, X, y, sample_weight=None) -> MLPClassifier:
         """Fit the network to `X` `(n_samples, n_features)` and labels `y` (or a multilabel indicator matrix)."""
@@ -557,23 +636,25 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         # loss averages over the outputs
         return 1.0, 1.0 / self.n_outputs_
 
-    def _fit(self, X, y, sample_weight, incremental: bool):
+    def _prepare_fit(self, X, y, sample_weight, incremental: bool) -> tuple:
         self._check_params()
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
+        self._check_dense_y(y)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         Y = np.asarray(y, dtype=np.float64)
         if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
+        X = self._in_net_dtype(X, self._fit_dtype(first))
+        self._in_net_dtype(Y, self._fit_dtype(first), "y")   # only checked: the network casts the targets
         if first:
             self._random_state = check_random_state(self.random_state)
             self.out_activation_ = "identity"
             self._build(X.shape[1], Y.shape[1], "half_sse")
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} targets; this regressor was fitted on {self.n_outputs_}")
-        self._fit_loop(X, Y, y, sw, incremental)
-        return self
+        return self._prepare_epochs(X, Y, y, sw, incremental)
 
     def fit(self, X, y, sample_weight=None) -> MLPRegressor:
         """Fit the network to `X` `(n_samples, n_features)` and targets `y`."""

@@ -146,6 +146,31 @@ def test_refusals_are_clear():
     sp = pytest.importorskip("scipy.sparse")
     with pytest.raises(TypeError, match="[Ss]parse"):
         MLPClassifier(backend="numpy").fit(sp.csr_matrix(X), y)
+    # a sparse y (validate_data lets one through with multi_output=True) was refused with "Unknown label
+    # type: unknown" by the classifier and "setting an array element with a sequence" by the regressor
+    Y = np.stack([y == 0, y == 1], axis=1).astype(int)
+    with pytest.raises(TypeError, match="[Ss]parse.*y.*toarray"):
+        MLPClassifier(backend="numpy").fit(X, sp.csr_matrix(Y))
+    with pytest.raises(TypeError, match="[Ss]parse.*y.*toarray"):
+        MLPRegressor(backend="numpy").fit(X, sp.csr_matrix(X[:, :2]))
+
+
+def test_values_scikit_learn_accepts_for_n_iter_no_change_and_validation_fraction():
+    """scikit-learn's MLPs take n_iter_no_change=np.inf (never stop on tol) and validation_fraction=0
+    when early_stopping is off (it is unused then); both were refused."""
+    X, y = _blobs(n=40)
+    est = _fit_quietly(MLPClassifier((4,), max_iter=6, tol=1e9, n_iter_no_change=np.inf, random_state=0,
+                                     backend="numpy"), X, y)
+    assert est.n_iter_ == 6                                 # tol alone would stop it: inf never does
+    sk = _fit_quietly(SkMLPClassifier((4,), max_iter=6, tol=1e9, n_iter_no_change=np.inf, random_state=0), X, y)
+    assert sk.n_iter_ == 6
+    _fit_quietly(MLPRegressor((4,), max_iter=2, validation_fraction=0.0, random_state=0, backend="numpy"), X,
+                 X[:, 0])
+    with pytest.raises(ValueError, match="validation_fraction"):
+        MLPRegressor((4,), validation_fraction=0.0, early_stopping=True, backend="numpy").fit(X, X[:, 0])
+    for bad in (0, 2.5, -np.inf, np.nan):
+        with pytest.raises(ValueError, match="n_iter_no_change"):
+            MLPRegressor(n_iter_no_change=bad, backend="numpy").fit(X, X[:, 0])
 
 
 def test_activation_names_of_sklearn_and_gpubp():
@@ -325,6 +350,25 @@ def test_warm_start_continues():
     assert max(np.abs(a - b).max() for a, b in zip(before, clf.coefs_)) > 0
 
 
+def test_warm_start_may_switch_early_stopping():
+    """A warm-started fit after one with the other early_stopping setting starts that rule's bookkeeping.
+
+    It trained one epoch and then failed on the bookkeeping of the other rule: "unsupported operand
+    type(s) for -: 'NoneType' and 'float'" (best_loss_ is None under early stopping) or "'NoneType'
+    object has no attribute 'append'" (validation_scores_ is None without), as scikit-learn's MLPs do.
+    """
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0, warm_start=True, backend="numpy")
+    on = _fit_quietly(MLPClassifier(early_stopping=False, **kw), X, y)
+    _fit_quietly(on.set_params(early_stopping=True), X, y)
+    assert len(on.validation_scores_) == on.n_iter_ == 3 and on.best_loss_ is None
+    assert on.best_validation_score_ == max(on.validation_scores_) and len(on.loss_curve_) == 6
+    off = _fit_quietly(MLPClassifier(early_stopping=True, **kw), X, y)
+    _fit_quietly(off.set_params(early_stopping=False), X, y)
+    assert off.validation_scores_ is None and off.best_validation_score_ is None
+    assert off.best_loss_ == min(off.loss_curve_) and len(off.loss_curve_) == 6
+
+
 @pytest.mark.parametrize("case", ["multiclass", "regression"])
 def test_warm_start_fits_match_sklearn(case):
     """Each warm-started fit runs max_iter epochs from the fitted weights with a fresh optimizer and warns
@@ -389,6 +433,24 @@ def test_sample_weight_changes_the_fit_and_is_checked():
         MLPClassifier(**kw).fit(X, y, sample_weight=-np.ones(60))
 
 
+def test_sample_weight_near_float64s_limits():
+    """Only the weights' ratios enter the loss (docs/spec.md), so uniform weights near float64's largest or
+    smallest numbers train as no weights when alpha is 0.  Their mean was their sum over n: 1e308 each
+    summed to infinity and the weights divided by it became 0 ("the sample weights are all zero").  With
+    alpha > 0, scikit-learn divides the penalty by the weight sum: weights so small that it overflows are
+    refused naming sample_weight (it was "weight_decay must lie in [0.0, inf), got inf")."""
+    X, y = _blobs(n=40)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0, backend="numpy", dtype="float64", alpha=0.0)
+    plain = _fit_quietly(MLPClassifier(**kw), X, y)
+    for w in (1e308, 1e-320):
+        weighted = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=np.full(40, w))
+        for a, b in zip(plain.coefs_, weighted.coefs_):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(weighted.loss_curve_, plain.loss_curve_, rtol=1e-12)
+    with pytest.raises(ValueError, match="sample_weight.*alpha"):
+        MLPClassifier(**dict(kw, alpha=1e-4)).fit(X, y, sample_weight=np.full(40, 1e-320))
+
+
 # ---------------------------------------------------------------- pickling
 def test_pickle_round_trip_keeps_weights_and_optimizer():
     X, y = _blobs()
@@ -426,3 +488,87 @@ def test_dataframe_feature_names_and_no_warning_from_early_stopping(Est):
         est.predict(X)                       # a plain array after a DataFrame fit still warns, as in sklearn
     with pytest.raises(ValueError, match="feature names"):
         est.predict(df[["b", "a", "c", "d"]])
+
+
+# ---------------------------------------------------------------- refused calls
+def _fitted_state(est, X):
+    """What a refused call must leave as it was: the predictions' bits and the fitted attributes."""
+    out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
+    return (out, est.n_features_in_, est.n_iter_, est.t_, list(est.loss_curve_), [c.copy() for c in est.coefs_],
+            getattr(est, "classes_", None))
+
+
+def _assert_same_state(a, b):
+    for x, y in zip(a, b):
+        if isinstance(x, list) and x and isinstance(x[0], np.ndarray):
+            for p, q in zip(x, y):
+                np.testing.assert_array_equal(p, q)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_refused_fit_changes_nothing():
+    """A fit or partial_fit refused for its input leaves a fitted estimator exactly as it was.
+
+    The checks used to run after the estimator had started to change: validate_data had reset
+    n_features_in_ (so after a refused fit on 3 features the 4-feature model refused 4-feature
+    input), or the network had been rebuilt with fresh random weights before X or y was found to
+    overflow float32 or the validation split to be too small, leaving an untrained model that
+    predicted without complaint.
+    """
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=5, random_state=0, backend="numpy")
+    clf = _fit_quietly(MLPClassifier(**kw), X, y)
+    before = _fitted_state(clf, X)
+    refusals = [
+        (lambda: clf.fit(X * 1e39, y), r"beyond the range of float32"),
+        (lambda: clf.fit(X[:, :3], y + 0.5), "continuous"),
+        (lambda: clf.fit(X[:, :3], y, sample_weight=-np.ones(60)), "non-negative"),
+        (lambda: clf.partial_fit(X * 1e39, y), r"beyond the range of float32"),
+        (lambda: clf.set_params(early_stopping=True, validation_fraction=0.01).fit(X, y), "validation set"),
+        (lambda: clf.set_params(early_stopping=False, dtype="float64", precision="tf32").fit(X[:, :3], y),
+         "tf32"),
+    ]
+    for call, match in refusals:
+        with pytest.raises(ValueError, match=match):
+            call()
+        _assert_same_state(_fitted_state(clf, X), before)
+    reg = _fit_quietly(MLPRegressor(**kw), X, X[:, 0])
+    before = _fitted_state(reg, X)
+    with pytest.raises(ValueError, match="y overflows float32"):
+        reg.fit(X, X[:, 0] * 1e39)
+    _assert_same_state(_fitted_state(reg, X), before)
+
+
+def test_a_refused_warm_start_fit_does_not_move_the_random_state():
+    """A warm-started fit refused after its early-stopping split had drawn from the estimator's random
+    state: the next fit then split differently from one after no refused call."""
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=3, random_state=0, backend="numpy", dtype="float64",
+              warm_start=True, early_stopping=True)
+    a, b = _fit_quietly(MLPClassifier(**kw), X, y), _fit_quietly(MLPClassifier(**kw), X, y)
+    with pytest.raises(ValueError, match="validation set"):
+        b.set_params(validation_fraction=0.01).fit(X, y)
+    b.set_params(validation_fraction=0.1)
+    _fit_quietly(a, X, y)
+    _fit_quietly(b, X, y)
+    assert a.validation_scores_ == b.validation_scores_
+    for p, q in zip(a.coefs_, b.coefs_):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_early_stopping_training_weights_all_zero_is_a_clear_error():
+    """Weights whose only positive entry the validation split takes: the training rows' weights sum to
+    zero, which raised a bare ZeroDivisionError ("float division by zero") from the weight decay."""
+    X, _ = _blobs(n=30)
+    messages = set()
+    for i in range(30):                      # one positive weight: in the training split or the validation one
+        w = np.zeros(30)
+        w[i] = 1.0
+        est = MLPRegressor((4,), max_iter=1, random_state=0, backend="numpy", early_stopping=True,
+                           validation_fraction=0.2)
+        with pytest.raises(ValueError) as e:  # never another exception
+            est.fit(X, X[:, 0], sample_weight=w)
+        messages.add(str(e.value))
+        assert not hasattr(est, "net_")
+    assert any("sample_weight" in m and "training" in m for m in messages), messages
