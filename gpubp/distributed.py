@@ -349,7 +349,12 @@ class Communicator:
 
     def check_same(self, name, obj):
         """Refuse, on every rank, when the ranks' `obj` (JSON data) differ."""
-        everyone = self.allgather_json(obj, f"the check of the {name}")
+        self.refuse_if_different(name, self.allgather_json(obj, f"the check of the {name}"))
+
+    @staticmethod
+    def refuse_if_different(name, everyone):
+        """Raise `ConfigMismatch` naming what differs when the gathered `everyone` (one JSON value per
+        rank, the same list on every rank) are not all alike."""
         if all(o == everyone[0] for o in everyone):
             return
         ref = _flatten(everyone[0])
@@ -653,9 +658,13 @@ class DataParallel:
         self.n_local = int(X.shape[0])
         self.batch_size = int(batch_size)
         self.weights = weights
+        # the same collective on every rank whatever its settings (the steps are known before the check);
+        # ranks that disagree on `sharded` are refused here, before they make different collectives
+        gathered = comm.allgather_json({"sharded": self.sharded, "rows": self.n_local}, "the count of rows")
+        comm.refuse_if_different("network configurations and training settings",
+                                 [{"fit": {"sharded": g["sharded"]}} for g in gathered])
         if self.sharded:
-            # the same collective on every rank whatever its settings: the steps are known before the check
-            n_locals = [int(n) for n in comm.allgather_json(self.n_local, "the count of rows")]
+            n_locals = [int(g["rows"]) for g in gathered]
             local_batches = [share(self.batch_size, comm.size, r)[1] - share(self.batch_size, comm.size, r)[0]
                              for r in range(comm.size)]
             self.local_batch = local_batches[comm.rank]

@@ -280,6 +280,20 @@ def test_different_learning_rate_schedules_are_refused():
     assert "trained" not in r.stdout
 
 
+def test_sharded_on_some_ranks_only_is_refused_on_every_rank():
+    # rank 1 alone passed sharded=True: the ranks' first collectives differed, so rank 1 failed with
+    # "TypeError: int() argument must be ... not 'dict'" and ended the job while rank 0 raised a garbled
+    # ConfigMismatch ("rank 1 has (value) = 40 where rank 0 has null, ...")
+    r = run_mpi(2, "dp_fault.py", "sharded", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for k in range(2):
+        assert (f"rank {k}: refused (ConfigMismatch, network unchanged): the ranks' network configurations and "
+                "training settings differ, so they cannot train together: rank 1 has fit.sharded = true where "
+                "rank 0 has false" in r.stdout), out
+    assert "TypeError" not in out and "trained" not in r.stdout, out
+
+
 @pytest.mark.parametrize("n, mode, message", [
     # only the ranks whose share of a batch was empty refused it; the others waited until the timeout
     (3, "small_batch", "with sharded=True every rank takes a share of each batch: batch_size (2) must be at least "

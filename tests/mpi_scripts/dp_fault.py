@@ -13,6 +13,7 @@ Usage: dp_fault.py MODE, MODE one of
   exit_before_init  rank 1 starts MPI (imports mpi4py) and exits with status 0 before init();
   zero_weights  sharded=True with sample weights that are all zero on every rank (refused on every rank);
   grad_norms  rank 0 alone passes grad_norms=True (refused on every rank);
+  sharded   rank 1 alone passes sharded=True (refused on every rank, naming fit.sharded);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
             rank, each keeping its own parameters: the networks' seeds differ).
 """
@@ -73,6 +74,8 @@ def main(mode):
         kw = dict(sharded=True, sample_weight=np.zeros(len(X)))
     if mode == "grad_norms" and comm.rank == 0:
         kw = dict(grad_norms=True)
+    if mode == "sharded" and comm.rank == 1:
+        kw = dict(sharded=True)
     if mode == "small_batch":
         kw = dict(sharded=True, batch_size=comm.size - 1)
     if mode == "schedule" and comm.rank != 1:
