@@ -842,6 +842,9 @@ def guard_fit(fit):
         if type(comm).__module__.split(".")[0] == "mpi4py":   # the same on every rank: nothing to end
             raise TypeError(f"comm must be the communicator of gpubp.distributed.init() (which wraps MPI's), "
                             f"got mpi4py's {type(comm).__name__}")
+        if comm is not None and not all(isinstance(getattr(comm, k, None), int) for k in ("size", "rank")):
+            raise TypeError(f"comm must be the communicator of gpubp.distributed.init() (or None), got "
+                            f"{type(comm).__name__} {comm!r}"[:300])
         if comm is None or comm.size == 1:
             return fit(self, *args, comm=comm, **kwargs)
         with comm.guard():

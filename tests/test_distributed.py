@@ -335,6 +335,19 @@ def test_an_mpi4py_communicator_is_refused_with_a_clear_error():
             "mpi4py's Intracomm True True") in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("comm", ["world", True, 2, object()], ids=["str", "bool", "int", "object"])
+def test_a_comm_that_is_no_communicator_is_refused_with_a_clear_error(comm):
+    # was "AttributeError: 'str' object has no attribute 'size'"
+    X, Y, _, _, _ = dp_train.data()
+    net = dp_train.make_net()
+    before = net._params.copy()
+    with pytest.raises(TypeError, match=r"comm must be the communicator of gpubp.distributed.init\(\) \(or None\), "
+                                        f"got {type(comm).__name__}"):
+        net.fit(X, Y, epochs=1, progress=False, comm=comm)
+    np.testing.assert_array_equal(net._params, before)
+    assert net.optimizer is None
+
+
 class _OneRank:
     """Stands in for a communicator where only the argument checks are reached."""
     size, rank, is_root = 1, 0, True
