@@ -88,18 +88,17 @@ def relative_errors(analytic, numeric, kind: str = "norm", floor: float | None =
     """
     if kind not in ("norm", "max"):
         raise ValueError(f"kind must be 'norm' or 'max', got {kind!r}")
-    analytic, numeric = list(analytic), list(numeric)
-    if len(analytic) != len(numeric):
-        raise ValueError(f"the gradient lists have {len(analytic)} and {len(numeric)} layers")
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float, np.floating,
+                                                                                 np.integer))
+                              or not (np.isfinite(floor) and floor >= 0)):
+        raise ValueError(f"floor must be a non-negative number, got {floor!r}")
+    pairs = _layer_pairs(analytic, numeric)
     if kind == "max" and floor is None:
         floor = max(1e-6 * gradient_scale(analytic, numeric), 1e-12)
     out = []
-    for l, ((aW, ab), (nW, nb)) in enumerate(zip(analytic, numeric), start=1):
+    for layer in pairs:
         pair = []
-        for a, n, what in ((aW, nW, "dW"), (ab, nb, "db")):
-            a, n = _host(a), _host(n)
-            if a.shape != n.shape:
-                raise ValueError(f"layer {l} {what}: shapes {a.shape} and {n.shape} differ")
+        for a, n in layer:
             if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n))):
                 pair.append(float("inf"))
             elif kind == "norm":
@@ -109,15 +108,35 @@ def relative_errors(analytic, numeric, kind: str = "norm", floor: float | None =
                 pair.append(0.0)
             else:
                 den = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
-                pair.append(float(np.max(np.abs(a - n) / den)))
+                # an entry exactly zero in both (possible with floor=0) has no error
+                err = np.divide(np.abs(a - n), den, out=np.zeros_like(den), where=den > 0)
+                pair.append(float(np.max(err)))
         out.append(tuple(pair))
     return out
 
 
 def max_abs_errors(analytic, numeric):
     """Per layer `(max |dW_a - dW_n|, max |db_a - db_n|)`."""
-    return [tuple(float(np.max(np.abs(_host(a) - _host(n)), initial=0.0)) for a, n in ((aW, nW), (ab, nb)))
-            for (aW, ab), (nW, nb) in zip(analytic, numeric)]
+    return [tuple(float(np.max(np.abs(a - n), initial=0.0)) for a, n in layer)
+            for layer in _layer_pairs(analytic, numeric)]
+
+
+def _layer_pairs(analytic, numeric):
+    """Per layer `((dW_a, dW_n), (db_a, db_n))` as float64 host arrays, checked: as many layers in
+    both lists, and each pair of one shape (never broadcast, never cut short)."""
+    analytic, numeric = list(analytic), list(numeric)
+    if len(analytic) != len(numeric):
+        raise ValueError(f"the gradient lists have {len(analytic)} and {len(numeric)} layers")
+    out = []
+    for l, ((aW, ab), (nW, nb)) in enumerate(zip(analytic, numeric), start=1):
+        layer = []
+        for a, n, what in ((aW, nW, "dW"), (ab, nb, "db")):
+            a, n = _host(a), _host(n)
+            if a.shape != n.shape:
+                raise ValueError(f"layer {l} {what}: shapes {a.shape} and {n.shape} differ")
+            layer.append((a, n))
+        out.append(tuple(layer))
+    return out
 
 
 def random_problem(net, batch: int = 5, seed=0):

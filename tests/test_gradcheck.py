@@ -72,6 +72,27 @@ def test_relative_errors_of_zero_gradients_and_bad_input():
         relative_errors(z, z, kind="l1")
 
 
+def test_max_abs_errors_refuse_mismatched_layers_and_shapes():
+    # zip cut the longer list short and numpy broadcast a (3,) dW against a (2, 3) one: both gave
+    # small errors silently where relative_errors refuses
+    z = [(np.zeros((2, 3)), np.zeros(2))]
+    with pytest.raises(ValueError, match="the gradient lists have 1 and 2 layers"):
+        max_abs_errors(z, z + z)
+    with pytest.raises(ValueError, match=r"layer 1 dW: shapes \(2, 3\) and \(3,\) differ"):
+        max_abs_errors(z, [(np.ones(3), np.zeros(2))])
+    assert max_abs_errors(z, [(np.full((2, 3), -0.5), np.zeros(2))]) == [(0.5, 0.0)]
+
+
+def test_max_relative_errors_with_floor_zero():
+    # entries zero in both gave 0 / 0 = NaN (and the layer's error NaN), though the docstring says
+    # gradients that are both exactly zero have error 0; a negative or NaN floor is refused
+    z = [(np.zeros((2, 3)), np.array([0.0, 2.0]))]
+    assert relative_errors(z, [(np.zeros((2, 3)), np.array([0.0, 1.0]))], kind="max", floor=0.0) == [(0.0, 0.5)]
+    for floor in (-1e-6, float("nan"), "1e-6"):
+        with pytest.raises(ValueError, match="floor must be a non-negative number"):
+            relative_errors(z, z, kind="max", floor=floor)
+
+
 def test_cross_entropy_gradcheck_with_one_hot_targets():
     net = _net("gelu", "cross_entropy")
     rng = np.random.default_rng(0)
