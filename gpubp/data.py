@@ -166,11 +166,19 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
                    {"seed": seed, "test_size": test_size, "val_size": val_size})
 
 
+def _class_labels(y, n_classes: int) -> np.ndarray:
+    """`y` as int64 class labels, checked: 1-D, whole numbers (of any numeric dtype), in `[0, n_classes)`."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "iuf" or \
+            (y.size and not (np.all(np.isfinite(y)) and np.all(y == np.floor(y)) and y.min() >= 0 and
+                             y.max() < n_classes)):
+        raise ValueError(f"labels must be a 1-D array of integers in [0, {n_classes})")
+    return y.astype(np.int64)
+
+
 def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
     """Integer labels `(B,)` as one-hot rows `(B, n_classes)`."""
-    y = np.asarray(y)
-    if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= n_classes)):
-        raise ValueError(f"labels must be a 1-D array of integers in [0, {n_classes})")
+    y = _class_labels(y, n_classes)
     out = np.zeros((y.shape[0], n_classes), dtype=dtype)
     out[np.arange(y.shape[0]), y] = 1
     return out
@@ -197,9 +205,9 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     cross_entropy keeps the integer labels; one output gets `(B, 1)` 0/1
     targets; several outputs one-hot rows.
     """
-    y = np.asarray(y)
+    y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
-        return y.astype(np.int64)
+        return y
     if n_out == 1:
         return y.reshape(-1, 1).astype(dtype)
     return one_hot(y, n_out, dtype)
@@ -219,8 +227,11 @@ def labels_from_outputs(out, loss: str) -> np.ndarray:
 def accuracy(net, X, y) -> float:
     """Fraction of `X` whose predicted class (see `labels_from_outputs`) equals `y`."""
     out = net.forward(X)
-    out = net.backend.to_numpy(out)
-    return float(np.mean(labels_from_outputs(out, net.loss) == np.asarray(y)))
+    labels = labels_from_outputs(net.backend.to_numpy(out), net.loss)
+    y = np.asarray(y)
+    if y.shape != labels.shape:      # a (B, 1) column would broadcast to (B, B) comparisons
+        raise ValueError(f"y has shape {y.shape}; expected ({labels.shape[0]},), one class label per row of X")
+    return float(np.mean(labels == y))
 
 
 __all__ = ["DATASETS", "Dataset", "load_dataset", "raw_dataset", "make_xor", "standardize", "one_hot",

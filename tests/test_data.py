@@ -109,3 +109,29 @@ def test_too_few_samples_for_a_stratified_split_say_so(n):
     with pytest.raises(ValueError, match=rf"moons has too few samples \({n}; the smallest class has \d\) for a "
                                          r"stratified split with test_size 0.2 and val_size 0.1.*n_samples"):
         data.load_dataset("moons", test_size=0.2, val_size=0.1, n_samples=n, seed=0)
+
+
+def test_accuracy_refuses_labels_of_another_shape():
+    # a (B, 1) column of labels (what targets_for gives one output) was compared by broadcasting as
+    # (B, B) pairs: 0.5 where the accuracy is 0.65, silently
+    from gpubp.network import MLP
+
+    net = MLP([2, 4, 1], loss="binary_cross_entropy", seed=0, backend="numpy")
+    X, y = data.make_xor(20, seed=0)
+    acc = data.accuracy(net, X, y)
+    assert acc == np.mean((net.forward(X)[:, 0] > 0) == y)
+    for bad in (y.reshape(-1, 1), y[:5]):
+        with pytest.raises(ValueError, match=rf"y has shape \({bad.shape[0]},.*expected \(20,\), one class label"):
+            data.accuracy(net, X, bad)
+
+
+def test_targets_refuse_labels_that_are_not_class_indices():
+    # cross_entropy's astype(int64) truncated 1.7 to 1 and passed 5 of 3 classes on; one_hot failed on
+    # whole-number floats with numpy's "arrays used as indices must be of integer type"
+    for bad in (np.array([0.5, 1.7]), np.array([0, 1, 5]), np.array([0, -1]), np.array([0.0, np.nan])):
+        for loss, n_out in (("cross_entropy", 3), ("mse", 3), ("binary_cross_entropy", 1)):
+            with pytest.raises(ValueError, match="labels must be a 1-D array of integers"):
+                data.targets_for(bad, loss, n_out)
+    assert data.targets_for(np.array([0.0, 2.0]), "cross_entropy", 3).tolist() == [0, 2]
+    assert data.one_hot(np.array([0.0, 2.0]), 3).tolist() == [[1, 0, 0], [0, 0, 1]]
+    assert data.targets_for(np.array([1, 0]), "mse", 1).tolist() == [[1.0], [0.0]]
