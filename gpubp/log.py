@@ -31,7 +31,26 @@ class _DefaultHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LibraryLogger(logging.Logger):
+    """The "gpubp" logger.  With no level of its own (setLevel not called) it is at INFO while the root
+    logger has no handler, so that `_DefaultHandler` writes the informational lines, and once the
+    application has configured logging at the level the root logger gives it, like any library's
+    logger (a fixed INFO level would send INFO records to an application's handlers set at WARNING).
+    The answer is not cached, since a handler can be added to the root logger at any time."""
+
+    def getEffectiveLevel(self):
+        level = super().getEffectiveLevel()
+        if self.level == logging.NOTSET and not logging.getLogger().handlers:
+            return min(level, logging.INFO)
+        return level
+
+    def isEnabledFor(self, level):
+        if self.disabled or self.manager.disable >= level:
+            return False
+        return level >= self.getEffectiveLevel()
+
+
+if type(logger) is logging.Logger:
+    logger.__class__ = _LibraryLogger
 if not any(isinstance(h, _DefaultHandler) for h in logger.handlers):
     logger.addHandler(_DefaultHandler())
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)

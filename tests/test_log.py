@@ -1,0 +1,49 @@
+"""gpubp.log: the "gpubp" logger writes its own lines until the application configures logging, and
+then behaves as any library's logger (each case in a fresh process: pytest configures logging itself)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINE = "backend='auto' chose numpy"
+
+
+def run(setup):
+    code = f"import logging\n{setup}\nimport gpubp\ngpubp.get_backend('auto')\n"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stderr
+
+
+def test_unconfigured_logging_writes_gpubp_lines_to_stderr():
+    err = run("")
+    assert f"gpubp: {LINE}" in err and err.count(LINE) == 1, err
+
+
+@pytest.mark.parametrize("setup", ["logging.basicConfig(level=logging.WARNING)", "logging.basicConfig()"])
+def test_an_application_logging_at_warning_gets_no_info_lines(setup):
+    # the logger's own INFO level sent "INFO:gpubp:backend='auto' chose ..." to the application's
+    # handler though the application logs at WARNING ("like any library's", the module says)
+    assert LINE not in run(setup)
+
+
+def test_an_application_logging_at_info_gets_the_lines_through_its_handlers_only():
+    err = run("logging.basicConfig(level=logging.INFO)")
+    assert f"INFO:gpubp:{LINE}" in err and err.count(LINE) == 1, err
+
+
+@pytest.mark.parametrize("setup", ["logging.getLogger('gpubp').setLevel(logging.WARNING)",
+                                   "logging.basicConfig(level=logging.INFO); "
+                                   "logging.getLogger('gpubp').setLevel(logging.WARNING)"])
+def test_a_level_set_on_the_gpubp_logger_wins(setup):
+    assert LINE not in run(setup)
+
+
+def test_a_level_set_on_the_gpubp_logger_wins_over_the_root_level():
+    err = run("logging.basicConfig(level=logging.WARNING); logging.getLogger('gpubp').setLevel(logging.INFO)")
+    assert f"INFO:gpubp:{LINE}" in err, err
