@@ -825,6 +825,21 @@ def test_only_and_peers_select_rows(monkeypatch):
     assert not cli.picked("goals", "cpu", shapes.DEFAULT, 32) and not cli.picked("kernel", "step", shapes.WIDE, 256)
 
 
+def test_only_text_that_names_nothing_is_refused(tmp_path, capsys):
+    # `--only nonsense` (or a typo) measured nothing, wrote an empty bench.json over the last one and
+    # exited 0
+    for text in ("nonsense", "wdie", "narrow w256"):
+        with pytest.raises(SystemExit) as e:
+            cli.parse_args(["--out", str(tmp_path), "--only", text])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--only {text!r} names no group and is part of no network's name" in err, err
+        assert "goals, kernel, compile, fused" in err and "wide 1024-4096x3-10" in err, err
+    assert not list(tmp_path.iterdir())
+    for text in ("wide", "narrow w64", "out64", "784", "default", "goals", "kernel", "compile", "fused"):
+        assert cli.parse_args(["--out", str(tmp_path), "--only", text]).only == text
+
+
 def test_only_goals_selects_every_row_a_goal_needs_and_no_other(monkeypatch):
     """`--only goals` (the short GPU session's run) times, at each goal's step, gpubp's rows of the
     goal's precision and its compared peer, and at each goal's GEMM shape gpubp's variants and

@@ -120,6 +120,14 @@ def picked(only, what, sizes=None, batch=None, shape=None) -> bool:
     return what != "kernel" and only in net_name(sizes)
 
 
+def network_names() -> list:
+    """The names of every network some row of some mode times (GPU and CPU steps, fused runs, compile
+    rows), sorted: what `--only TEXT` may name a part of."""
+    shapes_ = [s for m in MODES for s, _ in gpu_step_shapes(m) + cpu_step_shapes(m, True) + cpu_step_shapes(m, False)]
+    shapes_ += [s for s, _ in run_shapes() + compile_step_shapes()]
+    return sorted({net_name(s) for s in shapes_})
+
+
 def _peer_list(text):
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in GPU_PEER_SPECS]
@@ -160,6 +168,10 @@ def parse_args(argv):
                    help="only these GPU step peers, comma-separated (e.g. "
                         "'gpubp-cuda-bf16,torch-autocast-bf16'); default: all")
     a = p.parse_args(argv)
+    if a.only is not None and a.only not in ONLY_GROUPS and not any(a.only in n for n in network_names()):
+        # a typo measured nothing and wrote an empty bench.json over the last one, with exit status 0
+        p.error(f"--only {a.only!r} names no group and is part of no network's name: give a group ("
+                f"{', '.join(ONLY_GROUPS)}) or part of a name ({', '.join(network_names())})")
     why = output_dir_problem(a.out)        # before any measuring, so no result is lost to a bad path
     if why is not None:
         p.error(f"--out {a.out!r}: {why}")
