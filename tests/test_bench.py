@@ -840,6 +840,18 @@ def test_only_text_that_names_nothing_is_refused(tmp_path, capsys):
         assert cli.parse_args(["--out", str(tmp_path), "--only", text]).only == text
 
 
+@pytest.mark.parametrize("args, what", [(["--cpu-only", "--no-cpu"], "--cpu-only"),
+                                        (["--tiny", "--no-cpu"], "--tiny (which runs the CPU rows only)")])
+def test_options_that_leave_nothing_to_measure_are_refused(tmp_path, capsys, args, what):
+    # each measured nothing, wrote an empty bench.json over the last one and exited 0
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(["--out", str(tmp_path / "out"), *args])
+    assert e.value.code == 2
+    assert f"--no-cpu with {what} leaves nothing to measure" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert cli.parse_args(["--out", str(tmp_path / "out"), "--no-cpu"]).no_cpu    # the GPU rows alone
+
+
 def test_only_goals_selects_every_row_a_goal_needs_and_no_other(monkeypatch):
     """`--only goals` (the short GPU session's run) times, at each goal's step, gpubp's rows of the
     goal's precision and its compared peer, and at each goal's GEMM shape gpubp's variants and

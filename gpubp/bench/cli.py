@@ -172,6 +172,10 @@ def parse_args(argv):
         # a typo measured nothing and wrote an empty bench.json over the last one, with exit status 0
         p.error(f"--only {a.only!r} names no group and is part of no network's name: give a group ("
                 f"{', '.join(ONLY_GROUPS)}) or part of a name ({', '.join(network_names())})")
+    if a.no_cpu and (a.cpu_only or a.mode == "tiny"):
+        # measured nothing and wrote an empty bench.json over the last one, with exit status 0
+        p.error(f"--no-cpu with {'--cpu-only' if a.cpu_only else '--tiny (which runs the CPU rows only)'} "
+                "leaves nothing to measure")
     why = output_dir_problem(a.out)        # before any measuring, so no result is lost to a bad path
     if why is not None:
         p.error(f"--out {a.out!r}: {why}")
