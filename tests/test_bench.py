@@ -1079,6 +1079,26 @@ def test_bench_cpu_path_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "GPU rows need CUDA" in capsys.readouterr().out
 
 
+def test_a_plot_that_fails_is_not_reported_as_written(tmp_path, monkeypatch, capsys):
+    # the last line said "wrote .../bench.png" though the plot had failed, and a bench.png left by an
+    # earlier run stayed beside the new numbers
+    (tmp_path / "bench.png").write_bytes(b"an earlier run's plot")
+
+    def no_matplotlib(res, path):
+        raise ModuleNotFoundError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(cli, "write_plot", no_matplotlib)
+    monkeypatch.setattr(cli, "cpu_step_shapes", lambda mode, gpu: [])
+    monkeypatch.setattr(cli, "measure_ceilings_cpu", lambda suite: {})
+    assert cli.main(["--tiny", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "plot failed: ModuleNotFoundError: No module named 'matplotlib' (the plot needs matplotlib: pip " \
+           "install 'gpubp[plot]'); no bench.png written (the previous run's bench.png was removed)" in err, err
+    assert f"wrote {tmp_path / 'bench.json'}, {tmp_path / 'bench.md'} (" in out, out
+    assert "bench.png" not in out.splitlines()[-1]
+    assert not (tmp_path / "bench.png").exists() and (tmp_path / "bench.json").exists()
+
+
 def test_an_error_outside_the_rows_still_writes_what_was_measured(tmp_path, monkeypatch, capsys):
     """An exception outside every row (here the CPU ceilings, which no row guards) ended `main`
     without a file: it must write bench.json and bench.md with the rows so far and say so, exit 1."""

@@ -320,10 +320,17 @@ def main(argv=None) -> int:
                wall_s=time.perf_counter() - suite.t0)
     (out / "bench.json").write_text(to_json(res))
     write_markdown(res, out / "bench.md")
+    written = [out / "bench.json", out / "bench.md"]
     try:
         write_plot(res, out / "bench.png")
+        written.append(out / "bench.png")
     except Exception as e:  # the numbers matter more than the picture
-        print(f"plot failed: {type(e).__name__}: {e}", file=sys.stderr)
+        hint = " (the plot needs matplotlib: pip install 'gpubp[plot]')" if isinstance(e, ImportError) else ""
+        stale = (out / "bench.png").exists()
+        if stale:           # another run's picture beside this run's numbers would mislead
+            (out / "bench.png").unlink()
+        print(f"plot failed: {type(e).__name__}: {e}{hint}; no bench.png written"
+              + (" (the previous run's bench.png was removed)" if stale else ""), file=sys.stderr)
     print()
     print("\n".join(summary_table(suite.rows)))
     print()
@@ -333,7 +340,7 @@ def main(argv=None) -> int:
     else:
         print(f"GPU rows need CUDA: none were measured ({len(res['goals'])} goals NOT MEASURED).")
     n_err = sum("error" in r for r in suite.rows)
-    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} "
+    print(f"wrote {', '.join(map(str, written))} "
           f"({len(suite.rows)} rows, {n_err} errors, {res['wall_s']:.0f} s)")
     return status
 
