@@ -116,6 +116,29 @@ def _nvrtc():
     return nvrtc
 
 
+def supported_archs(nvrtc=None) -> tuple[int, ...]:
+    """The compute capabilities (75, 80, 90, ...) this NVRTC compiles for."""
+    nvrtc = nvrtc or _nvrtc()
+    err, archs = nvrtc.nvrtcGetSupportedArchs()
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise NvrtcMissing(f"{_MISSING_NVRTC} (nvrtcGetSupportedArchs: {err})")
+    return tuple(int(a) for a in archs)
+
+
+_RE_ARCH = re.compile(r"sm_(\d+)a?")
+
+
+def arch_problem(arch: str, supported) -> str | None:
+    """Why `--arch ARCH` cannot be built by this NVRTC (None when it can): a name that is not
+    `sm_NN` (or `sm_NNa`), or a compute capability NVRTC does not know."""
+    m = _RE_ARCH.fullmatch(arch)
+    if m is None:
+        return f"{arch!r} is not an architecture name such as sm_90 (one per --arch)"
+    if int(m.group(1)) not in supported:
+        return f"NVRTC {nvrtc_version()} does not compile for {arch}"
+    return None
+
+
 def nvrtc_version() -> str:
     _, major, minor = _nvrtc().nvrtcVersion()
     return f"{major}.{minor}"
@@ -349,8 +372,14 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", action="append", metavar="sm_XX",
                     help=f"target architecture, repeatable (default: {' '.join(DEFAULT_ARCHS)})")
     args = ap.parse_args(argv)
-    archs = tuple(args.arch) if args.arch else DEFAULT_ARCHS
+    archs = tuple(dict.fromkeys(args.arch)) if args.arch else DEFAULT_ARCHS    # each once
     try:
+        supported = supported_archs()
+        # a bad name is the caller's mistake (status 2), not a kernel that failed to build (status 1)
+        bad = [why for why in (arch_problem(a, supported) for a in archs) if why]
+        if bad:
+            ap.error("--arch: " + "; ".join(bad) + "; it compiles for "
+                     + " ".join(f"sm_{a}" for a in supported))
         rows = compile_check(archs)
     except NvrtcMissing as e:
         print(f"gpubp compile-check: {e}", file=sys.stderr)

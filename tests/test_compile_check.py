@@ -178,6 +178,29 @@ def test_main_prints_the_table_and_fails_on_a_problem(monkeypatch, capsys):
     assert cc.main(["--arch", "sm_90"]) == 1
 
 
+@pytest.mark.parametrize("arch, why", [("sm_bogus", "'sm_bogus' is not an architecture name such as sm_90"),
+                                       ("90", "'90' is not an architecture name such as sm_90"),
+                                       ("sm_80,sm_90", "'sm_80,sm_90' is not an architecture name"),
+                                       ("sm_12", f"NVRTC {cc.nvrtc_version()} does not compile for sm_12")])
+def test_an_unknown_arch_is_a_usage_error(monkeypatch, capsys, arch, why):
+    # each module failed with NVRTC_ERROR_INVALID_OPTION and the check exited 1, as for kernels that
+    # do not build, after printing an empty table
+    monkeypatch.setattr(cc, "compile_check", lambda *a, **k: pytest.fail("compiled for a bad --arch"))
+    with pytest.raises(SystemExit) as e:
+        cc.main(["--arch", "sm_80", "--arch", arch])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--arch: {why}" in err and "it compiles for " in err and "sm_90" in err, err
+
+
+def test_an_arch_given_twice_is_built_once(monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(cc, "compile_check", lambda archs, specs=None: asked.append(archs) or [])
+    assert cc.main(["--arch", "sm_90", "--arch", "sm_80", "--arch", "sm_90"]) == 0
+    assert asked == [("sm_90", "sm_80")]
+    assert cc.arch_problem("sm_90a", cc.supported_archs()) is None
+
+
 # ---------------------------------------------------------------- tensor-core kernels, SASS
 def test_tensor_core_module_lists_every_mode_and_activation():
     from gpubp.activations import ACTIVATIONS
