@@ -188,6 +188,9 @@ class Communicator:
         self.transport = "mpi"
         self._nccl = None
         self._nccl_stream = None
+        #: why this communicator can no longer be used (a collective that timed out or saw a failed rank
+        #: is still pending here, so the ranks' next collectives would be matched out of step), or None
+        self.broken = None
         if getattr(backend, "name", backend) == "cuda":
             self._setup_cuda()
 
@@ -262,13 +265,22 @@ class Communicator:
         return _NCCLPending(self._nccl_stream.record())
 
     # -------------------------------------------------------------- starting and waiting
+    def _usable(self):
+        """Refuse to start a collective once one has failed here (`broken`): MPI cannot cancel the one
+        left pending, so another rank's next collective would be matched with it and get its data."""
+        if self.broken is not None:
+            raise DistributedError(f"rank {self.rank}: this communicator cannot be used any more: {self.broken}; "
+                                   f"the ranks' collectives are out of step, so the job must end")
+
     def _iallreduce(self, host_buf, op):
+        self._usable()
         return _MPIPending(self.mpi.Iallreduce(self.MPI.IN_PLACE, host_buf, op))
 
     def start_allreduce(self, buf):
         """Start summing the contiguous buffer `buf` (host or device) across ranks, in place."""
         if self.size == 1:
             return _Done()
+        self._usable()
         if _is_device(buf):
             if self._nccl is not None:
                 return self._nccl_op(buf, "allreduce")
@@ -289,8 +301,13 @@ class Communicator:
             left = [p for p in left if not p.done()]
             if not left:
                 break
-            self._check_notices()
+            try:
+                self._check_notices()
+            except RankFailed as e:
+                self.broken = f"{what} was left unfinished when rank {e.rank} failed"
+                raise
             if time.monotonic() > deadline:
+                self.broken = f"{what} timed out after {self.timeout:g} s and is still pending"
                 raise DistributedTimeout(
                     f"rank {self.rank} waited {self.timeout:g} s for the other ranks in {what}; "
                     f"another rank has stopped or hangs")
@@ -314,6 +331,7 @@ class Communicator:
         """Overwrite `buf` (host or device, contiguous) with rank `root`'s, in place."""
         if self.size == 1:
             return buf
+        self._usable()
         if _is_device(buf):
             if self._nccl is not None:
                 self.wait([self._nccl_op(buf, "bcast", root)], what)

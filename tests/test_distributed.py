@@ -178,6 +178,21 @@ def test_an_uncaught_exception_outside_fit_ends_the_job():
     assert "rank 1 of 2 ended with an uncaught RuntimeError; ending the job" in out, out
 
 
+def test_a_communicator_is_refused_after_one_of_its_collectives_timed_out():
+    # the timed-out reduction stays pending (MPI cannot cancel it): rank 0's next collective went ahead,
+    # so the other ranks' next collectives were matched with the stale one and read its data (in fit:
+    # "Unable to allocate 4.00 EiB" on rank 1, or silently wrong numbers)
+    r = run_mpi(2, "dp_fault.py", "after_timeout", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "rank 0 waited 2 s for the other ranks in a lone reduction" in r.stdout, out
+    assert ("rank 0: refused (DistributedError): rank 0: this communicator cannot be used any more: a lone "
+            "reduction timed out after 2 s and is still pending; the ranks' collectives are out of step, so "
+            "the job must end") in r.stdout, out
+    assert "the second reduction ran" not in r.stdout
+    assert "rank 1: summed 2" in r.stdout, out      # it met rank 0's first reduction, the only one started
+
+
 def test_a_rank_that_exits_before_init_ends_the_job_after_the_timeout():
     # rank 0 waited in init()'s blocking duplicate of the communicator for good
     r = run_mpi(2, "dp_fault.py", "exit_before_init", timeout=30)

@@ -13,6 +13,8 @@ Usage: dp_fault.py MODE, MODE one of
   exit_before_init  rank 1 starts MPI (imports mpi4py) and exits with status 0 before init();
   zero_weights  sharded=True with sample weights that are all zero on every rank (refused on every rank);
   grad_norms  rank 0 alone passes grad_norms=True (refused on every rank);
+  after_timeout  rank 0 times out in a reduction rank 1 joins late, then uses the communicator again
+            (refused: its next collective would be matched with the one left pending);
   sharded   rank 1 alone passes sharded=True (refused on every rank, naming fit.sharded);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
             rank, each keeping its own parameters: the networks' seeds differ).
@@ -34,6 +36,21 @@ def main(mode):
         if MPI.COMM_WORLD.Get_rank() == 1:
             sys.exit(0)
     comm = distributed.init(backend="numpy", timeout=2.0, grace=2.0)
+    if mode == "after_timeout":
+        if comm.rank == 0:
+            try:
+                comm.sum_values([1.0], "a lone reduction")
+            except distributed.DistributedTimeout as e:
+                print(f"rank 0: {e}", flush=True)
+            try:
+                comm.sum_values([2.0], "a second reduction")
+                print("rank 0: the second reduction ran", flush=True)
+            except distributed.DistributedError as e:
+                print(f"rank 0: refused ({type(e).__name__}): {e}", flush=True)
+        else:
+            time.sleep(4.0)                        # past rank 0's deadline, then joins its first reduction
+            print(f"rank 1: summed {comm.sum_values([1.0], 'the late reduction')[0]:g}", flush=True)
+        return
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 4))
     Y = rng.standard_normal((40, 2))
