@@ -34,7 +34,7 @@ def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0,
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 4:
         raise ValueError(f"n_samples must be an integer of at least 4, got {n_samples!r}")
-    if not np.isfinite(noise) or noise < 0:
+    if not _is_number(noise) or not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a non-negative number, got {noise!r}")
     rng = np.random.default_rng(seed)
     X = rng.uniform(-1.0, 1.0, size=(int(n_samples), 2))
@@ -117,8 +117,14 @@ class Dataset:
                 f"{len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} test")
 
 
+def _is_number(v) -> bool:
+    """Whether `v` is a real number (not a bool, a string or None, which numpy's checks reject with
+    errors that do not name the argument)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def _fraction(name, v, allow_zero):
-    if not np.isfinite(v) or v < 0 or v >= 1 or (v == 0 and not allow_zero):
+    if not _is_number(v) or not np.isfinite(v) or v < 0 or v >= 1 or (v == 0 and not allow_zero):
         rng = "[0, 1)" if allow_zero else "(0, 1)"
         raise ValueError(f"{name} must be a fraction in {rng}, got {v!r}")
     return float(v)

@@ -135,3 +135,20 @@ def test_targets_refuse_labels_that_are_not_class_indices():
     assert data.targets_for(np.array([0.0, 2.0]), "cross_entropy", 3).tolist() == [0, 2]
     assert data.one_hot(np.array([0.0, 2.0]), 3).tolist() == [[1, 0, 0], [0, 0, 1]]
     assert data.targets_for(np.array([1, 0]), "mse", 1).tolist() == [[1.0], [0.0]]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(test_size="0.2"), r"test_size must be a fraction in \(0, 1\), got '0.2'"),
+    (dict(val_size=None), r"val_size must be a fraction in \[0, 1\), got None"),
+    (dict(test_size=True), r"test_size must be a fraction in \(0, 1\), got True"),
+])
+def test_fractions_that_are_not_numbers_are_refused_naming_them(kwargs, match):
+    # numpy's "ufunc 'isfinite' not supported for the input types" (a TypeError) named no argument
+    with pytest.raises(ValueError, match=match):
+        data.load_dataset("iris", **kwargs)
+
+
+@pytest.mark.parametrize("noise", [None, "0.1", True])
+def test_xor_noise_that_is_not_a_number_is_refused_naming_it(noise):
+    with pytest.raises(ValueError, match=f"noise must be a non-negative number, got {noise!r}"):
+        data.make_xor(10, noise=noise)
