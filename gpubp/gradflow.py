@@ -142,7 +142,18 @@ def flow_warnings(grad_norms, vanishing: float = VANISHING, exploding: float = E
     """
     if isinstance(grad_norms, (str, bytes)) or not hasattr(grad_norms, "__len__"):
         raise TypeError(f"grad_norms must be a list of per-layer floats, got {type(grad_norms).__name__}")
-    g = [float(v["grad_norm"] if isinstance(v, dict) else v) for v in grad_norms]
+    g = []
+    for l, v in enumerate(grad_norms, start=1):
+        v = v["grad_norm"] if isinstance(v, dict) else v
+        try:
+            if isinstance(v, (str, bytes, bool)) or v is None:
+                raise TypeError
+            g.append(float(v))
+        except (TypeError, ValueError):
+            whole = " (one epoch's entry, e.g. history['grad_norms'][-1], not the whole history)" \
+                if hasattr(v, "__len__") and not isinstance(v, (str, bytes)) else ""
+            raise TypeError(f"grad_norms must hold one number per layer{whole}; layer {l} has "
+                            f"{type(v).__name__} {v!r}"[:300]) from None
     if not g:
         raise ValueError("grad_norms holds no layers")
     if not (0 < vanishing < 1 < exploding):

@@ -108,6 +108,16 @@ def test_exploding_and_non_finite_gradients():
     assert [w.layer for w in gradflow.flow_warnings([{"grad_norm": 1e-9}, {"grad_norm": 1.0}])] == [1]
     with pytest.raises(TypeError, match="list of per-layer floats"):
         gradflow.flow_warnings(3.0)
+    # the whole history (epochs of layers), or an entry that is no number, is refused naming the layer: it
+    # failed with float()'s "argument must be a string or a real number, not 'list'", and True passed as 1.0
+    with pytest.raises(TypeError, match=r"one number per layer \(one epoch's entry, e\.g\. "
+                                        r"history\['grad_norms'\]\[-1\], not the whole history\); layer 1 has list"):
+        gradflow.flow_warnings([[1e-9, 1.0], [1e-9, 1.0]])
+    for bad in (None, "0.5", True):
+        with pytest.raises(TypeError, match=f"grad_norms must hold one number per layer; layer 1 has "
+                                            f"{type(bad).__name__}"):
+            gradflow.flow_warnings([bad, 1.0])
+    assert [w.layer for w in gradflow.flow_warnings(np.array([1e-9, 1.0]))] == [1]
 
 
 def test_record_and_plot_grad_norms(tmp_path):
