@@ -168,13 +168,22 @@ class Communicator:
 
     def __init__(self, mpi_comm=None, backend="numpy", timeout=DEFAULT_TIMEOUT, grace=None,
                  overlap=True, bucket_bytes=DEFAULT_BUCKET_BYTES):
+        def number(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+                and math.isfinite(v)
+
+        if not (number(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if grace is not None and not (number(grace) and grace >= 0):
+            raise ValueError(f"grace must be a non-negative number of seconds (or None), got {grace!r}")
+        if isinstance(bucket_bytes, (bool, np.bool_)) or not isinstance(bucket_bytes, (int, np.integer)) or \
+                bucket_bytes < 1:
+            raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
         MPI = _mpi()
         #: how `fit` sums gradients: buckets of about `bucket_bytes`, started as layers finish (`overlap`)
         self.overlap = bool(overlap)
         self.bucket_bytes = int(bucket_bytes)
         self.MPI = MPI
-        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = float(timeout)
         self.mpi = self._join(mpi_comm if mpi_comm is not None else MPI.COMM_WORLD)
         self._notices = self.mpi.Dup()     # failure notices and their answers, apart from the collectives

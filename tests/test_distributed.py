@@ -363,6 +363,34 @@ def test_a_comm_that_is_no_communicator_is_refused_with_a_clear_error(comm):
     assert net.optimizer is None
 
 
+def test_bad_init_arguments_are_refused_naming_them():
+    # grace="x" failed with float()'s "could not convert string to float: 'x'" and bucket_bytes="1M"
+    # with int()'s "invalid literal"; timeout=True was taken as 1 s and grace=-1 or nan as no grace;
+    # in a process of its own, as one rank (MPI's singleton start), so that this one does not start MPI
+    code = """if True:
+        from gpubp import distributed
+        for kw in (dict(timeout=True), dict(grace="x"), dict(grace=-1.0), dict(grace=float("nan")),
+                   dict(bucket_bytes="1M"), dict(bucket_bytes=0), dict(bucket_bytes=2.5)):
+            try:
+                distributed.init(backend="numpy", **kw)
+                print("accepted", kw)
+            except ValueError as e:
+                print("refused:", e)
+        print("ok:", distributed.init(backend="numpy", timeout=5, grace=0, bucket_bytes=1 << 10).grace)
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    out = r.stdout + r.stderr
+    assert "accepted" not in out, out
+    assert "refused: timeout must be a positive number of seconds, got True" in out, out
+    for bad in ("'x'", "-1.0", "nan"):
+        assert f"refused: grace must be a non-negative number of seconds (or None), got {bad}" in out, out
+    for bad in ("'1M'", "0", "2.5"):
+        assert f"refused: bucket_bytes must be a positive integer, got {bad}" in out, out
+    assert "ok: 0.0" in out, out
+
+
 class _OneRank:
     """Stands in for a communicator where only the argument checks are reached."""
     size, rank, is_root = 1, 0, True
