@@ -428,7 +428,10 @@ def cmd_train(args) -> int:
             raise UsageError("--grad-norms is not supported with --distributed")
         from . import distributed
 
-        comm = distributed.init(backend=args.backend)   # picks this rank's GPU before the backend starts
+        try:
+            comm = distributed.init(backend=args.backend)   # picks this rank's GPU before the backend starts
+        except (RuntimeError, ImportError) as e:    # CuPy missing, no device: as _make_backend says it
+            raise UsageError(f"backend {args.backend!r} is not usable here: {e}") from None
     root = comm is None or comm.is_root
     say = print if root else (lambda *a, **k: None)   # only rank 0 prints
     backend = _make_backend(args.backend)

@@ -179,6 +179,10 @@ class Communicator:
         if isinstance(bucket_bytes, (bool, np.bool_)) or not isinstance(bucket_bytes, (int, np.integer)) or \
                 bucket_bytes < 1:
             raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
+        if getattr(backend, "name", backend) == "cuda":   # before MPI starts: every rank refuses alike
+            from .backends.cuda_backend import _import_cupy
+
+            _import_cupy()      # a missing CuPy is said with the extras that bring it
         MPI = _mpi()
         #: how `fit` sums gradients: buckets of about `bucket_bytes`, started as layers finish (`overlap`)
         self.overlap = bool(overlap)

@@ -5,6 +5,7 @@ this environment with a timeout; they skip only where mpi4py or mpiexec is
 absent (CI installs both through the `distributed` extra).
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -252,6 +253,22 @@ def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
         return [line.split("  (")[0] for line in out.splitlines() if line.startswith(("epoch", "test"))]
 
     assert figures(r.stdout) == figures(one.stdout) and len(figures(one.stdout)) == 4, (r.stdout, one.stdout)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed: the run would train")
+def test_cli_train_distributed_on_a_cuda_backend_without_cupy_is_a_usage_error():
+    # each rank ended with a traceback "ModuleNotFoundError: No module named 'cupy'" (status 1), where the
+    # same command without --distributed says which extra to install (status 2)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    train = [sys.executable, "-m", "gpubp", "train", "--epochs", "1", "--hidden", "8", "--dataset", "moons",
+             "--n-samples", "100", "--backend", "cuda", "--no-progress", "--distributed"]
+    r = subprocess.run(distributed.mpiexec_command(2, MPIEXEC) + train, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("gpubp train: error: backend 'cuda' is not usable here: the cuda backend needs CuPy, "
+                          "which did not import (No module named 'cupy'); install gpubp[cuda12] or "
+                          "gpubp[cuda13]") == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
 
 
 def test_cli_train_distributed_that_diverges_says_so_once_and_fails():
