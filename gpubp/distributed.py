@@ -29,7 +29,10 @@ Semantics (`MLP.fit(..., comm=comm)`):
   tells every other rank (each prints which rank failed and why) and, after
   their answer or `grace` seconds, calls `MPI.Abort`: the whole job ends with
   a non-zero status, never hangs.  `init()` also makes an exception that
-  nobody catches on any rank end the job (as `python -m mpi4py` does).
+  nobody catches on any rank end the job (as `python -m mpi4py` does).  After a
+  `DistributedTimeout` or `RankFailed` caught outside `fit`, the communicator
+  refuses every further collective (`DistributedError`): MPI cannot cancel the
+  one left pending, which the other ranks' next collective would meet.
 
 Transports: host (numpy) buffers go through MPI.  Device (CuPy) buffers go
 through NCCL when each rank of a machine has a GPU of its own; when ranks
