@@ -701,9 +701,7 @@ class MLP:
 
         if standardize:
             Xr = self._raw_inputs(Xh)
-            Xn = self.backend.to_numpy(Xr).astype(np.float64)
-            std = Xn.std(axis=0)
-            self.set_standardization(Xn.mean(axis=0), np.where(std < 1e-12, 1.0, std))   # constant: centred only
+            self.set_standardization(*_input_statistics(self.backend.to_numpy(Xr).astype(np.float64)))
         try:
             Xd = self._inputs(Xh)
             Yd = self._targets(Yh, Xd.shape[0])
@@ -816,6 +814,19 @@ class MLP:
             opt.t = spec["t"]
             net.optimizer = opt
         return net
+
+
+def _input_statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and population standard deviation of `X`'s columns for `standardize=True`, a constant
+    column getting std 1 (centred only).
+
+    A column is constant when its std is within the rounding of its mean (scikit-learn's
+    `_is_constant_feature`: `var <= n eps var + (n eps mean)^2`), a test relative to the column's
+    magnitude: a feature in small units (values near 1e-13) has a std of that size and is scaled."""
+    mean, var = X.mean(axis=0), X.var(axis=0)
+    n_eps = X.shape[0] * np.finfo(np.float64).eps
+    constant = var <= n_eps * var + (n_eps * mean) ** 2
+    return mean, np.where(constant, 1.0, np.sqrt(var))
 
 
 def _target_ndim(Y) -> int:

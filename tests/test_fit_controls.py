@@ -265,6 +265,22 @@ def test_standardize_is_part_of_the_network(tmp_path):
         a.set_standardization(mean, np.zeros(6))
 
 
+@pytest.mark.parametrize("scale", [1e-13, 1e-20])
+def test_standardize_scales_a_feature_of_small_units_and_centres_only_constant_ones(scale):
+    # a feature measured in small units (farads of picofarad capacitors) is not constant: it gets
+    # its own std (spec: only a constant feature gets std 1), so the network sees it at unit scale
+    X, _ = _data(21, n=50, d=3)
+    X[:, 0] *= scale
+    X[:, 1] = 1e8 + 0.0          # constant, at a large magnitude
+    X[:, 2] = 0.0                # constant zero
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    net.fit(X, X[:, :2] * 0, epochs=1, standardize=True, progress=False)
+    mean, std = net.standardization
+    Xn = X.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(std, [Xn[:, 0].std(), 1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(mean, Xn.mean(0), rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype):
     X = np.random.default_rng(14).standard_normal((5, 3))
