@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .checks import real_number
+from .checks import check_flag, real_number
 
 
 class EarlyStopping:
@@ -42,7 +42,7 @@ class EarlyStopping:
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, delta
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
-        self.restore_best = bool(restore_best)
+        self.restore_best = check_flag("restore_best", restore_best)
 
     def _check_monitor(self, logs):
         if self.monitor not in logs:

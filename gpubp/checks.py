@@ -77,6 +77,14 @@ def check_positive_int(name, v):
     return int(v)
 
 
+def check_flag(name, v) -> bool:
+    """A yes/no argument: True or False (numpy's bools too).  Anything else is refused rather than read
+    by its truth value, which would take the string "False" (say, from a configuration file) as yes."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def host_array(x, name: str) -> np.ndarray:
     """`x` as a numpy array of real numbers, with errors naming `name` for ragged, complex or
     non-numeric input."""

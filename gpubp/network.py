@@ -27,8 +27,8 @@ from numpy.typing import ArrayLike
 from . import activations as acts
 from . import losses
 from .backends import Backend, get_backend
-from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
-                     host_array, real_number)
+from .checks import (check_dtype, check_flag, check_positive_int, check_precision, check_seed, check_sizes,
+                     finite_after_cast, host_array, real_number)
 from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ALIGN, ParamLayout
@@ -509,6 +509,7 @@ class MLP:
         again to train with the new values.  The step trains with the optimizer
         it was captured with, whatever optimizer later calls give the network.
         """
+        check_inputs = check_flag("check_inputs", check_inputs)
         opt = self._resolve_optimizer(optimizer)
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
@@ -644,6 +645,8 @@ class MLP:
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable step -> learning rate")
+        shuffle, standardize = check_flag("shuffle", shuffle), check_flag("standardize", standardize)
+        grad_norms, sharded = check_flag("grad_norms", grad_norms), check_flag("sharded", sharded)
         if comm is None and sharded:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
         if comm is not None:

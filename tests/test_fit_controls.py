@@ -64,6 +64,12 @@ def test_early_stopping_checks_its_monitor():
         EarlyStopping(patience=-1)
 
 
+def test_early_stopping_refuses_a_restore_best_that_is_not_a_bool():
+    with pytest.raises(TypeError, match="restore_best must be True or False"):
+        EarlyStopping(restore_best="False")
+    assert EarlyStopping(restore_best=np.False_).restore_best is False
+
+
 def test_early_stopping_refuses_its_monitor_before_any_step():
     # a monitor the fit does not record is refused before training, and the call changes nothing
     # (it used to be refused after the first epoch, with that epoch's updates made)

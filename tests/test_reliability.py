@@ -296,6 +296,9 @@ def test_train_step_divergence_changes_nothing():
     dict(lr=-1.0),
     dict(optimizer=gpubp.optim.SGD(0.1), lr=0.5),                   # conflicting rates
     dict(standardize=True, Y=np.full(300, 9)),
+    dict(standardize="False"),                                      # a flag's text is not read as its truth
+    dict(shuffle="no"),
+    dict(grad_norms=1),
 ])
 def test_refused_fit_changes_nothing(bad):
     X, y = _data(7)
@@ -321,6 +324,17 @@ def test_refused_train_step_binds_no_new_optimizer():
     with pytest.raises(ValueError):
         net.train_step(np.ones((4, 8)), np.array([0, 1, 2, 9]), gpubp.optim.Adam())
     assert net.optimizer is opt
+
+
+def test_a_captured_step_refuses_a_flag_that_is_not_a_bool():
+    net = _net()
+    opt = gpubp.optim.SGD(0.1)
+    X, y = _data(8, n=16)
+    net.train_step(X, y, opt)
+    before, t = _flat(net), opt.t
+    with pytest.raises(TypeError, match="check_inputs must be True or False"):
+        net.capture_train_step(X, y, opt, check_inputs="False")
+    assert np.array_equal(_flat(net), before) and opt.t == t
 
 
 def test_train_step_by_name_keeps_one_optimizer():
