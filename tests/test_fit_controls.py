@@ -154,6 +154,20 @@ def test_schedules():
         step_decay(-1, 3)
 
 
+def test_schedules_and_early_stopping_take_numpy_numbers_as_fit_does():
+    # fit takes epochs=np.int64(...); the step counts computed with numpy must not be refused as
+    # "not a positive integer"
+    n = np.int64(100)
+    assert cosine(0.1, n, min_lr=np.float32(1e-3), warmup_steps=np.int64(10))(50) == \
+        cosine(0.1, 100, min_lr=float(np.float32(1e-3)), warmup_steps=10)(50)
+    assert step_decay(0.1, np.int64(10))(11) == step_decay(0.1, 10)(11)
+    assert EarlyStopping(patience=np.int64(3)).patience == 3
+    for bad in (dict(total_steps=np.bool_(True)), dict(total_steps=10, warmup_steps=np.int64(10)),
+                dict(total_steps=10, min_lr=np.float32(0.1))):
+        with pytest.raises(ValueError):
+            cosine(0.1, **bad)
+
+
 def test_sample_weight_equals_duplicated_samples():
     """Integer weights on a full batch equal repeating each sample that many times."""
     rng = np.random.default_rng(4)
