@@ -639,7 +639,10 @@ class MLP:
         """
         epochs = check_positive_int("epochs", epochs)
         batch_size = check_positive_int("batch_size", batch_size)
-        if progress not in ("auto", True, False):
+        # by identity, not ==: 0 == False, but Reporter tells False (silent) from the rest by `is`
+        if isinstance(progress, (bool, np.bool_)):
+            progress = bool(progress)
+        elif not (isinstance(progress, str) and progress == "auto"):
             raise ValueError(f"progress must be 'auto', True or False, got {progress!r}")
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")

@@ -406,6 +406,18 @@ def test_verbose_2_writes_one_line_per_epoch_on_a_terminal():
     assert Reporter("auto", 2, stream=io.StringIO()).mode == "lines"
 
 
+def test_progress_false_as_a_numpy_bool_is_silent_and_other_falsy_values_are_refused(capsys):
+    X, y = _data(5, n=20)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=2, progress=np.False_)
+    assert capsys.readouterr().err == ""
+    before = _flat(net)
+    for bad in (0, 1, None, "no"):      # 0 == False, but it was taken for "auto" and wrote every epoch
+        with pytest.raises(ValueError, match="progress must be 'auto', True or False"):
+            net.fit(X, y, epochs=1, progress=bad)
+    assert np.array_equal(_flat(net), before) and capsys.readouterr().err == ""
+
+
 def test_fit_writes_one_line_per_epoch_to_a_log(capsys):
     net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
     net.fit(*_data(11), epochs=3, batch_size=20)
