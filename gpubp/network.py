@@ -673,10 +673,10 @@ class MLP:
         n_all = 1 if ndim == 1 and Xh.shape[0] == self.sizes[0] else int(Xh.shape[0]) if ndim >= 1 else 0
         Yh = Y
         if validation_split is not None:
-            if isinstance(validation_split, bool) or not isinstance(validation_split, (float, int)) or \
-                    not 0 < validation_split < 1:
+            fraction = real_number(validation_split)     # numpy's floats too (np.float32(0.2))
+            if fraction is None or not 0 < fraction < 1:
                 raise ValueError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
-            n_val = int(math.floor(n_all * validation_split))
+            n_val = int(math.floor(n_all * fraction))
             if n_val < 1 or n_val >= n_all:
                 raise ValueError(f"validation_split={validation_split} of {n_all} samples leaves no "
                                  "validation or no training samples")

@@ -486,6 +486,18 @@ def test_validation_figures_are_unweighted():
     assert abs(hist["loss"][0] - (cw * per_row).sum() / cw.sum()) < 1e-12
 
 
+def test_validation_split_takes_numpy_fractions():
+    X, y = _data(9, n=40)
+    runs = []
+    for split in (0.25, np.float32(0.25), np.float64(0.25)):
+        net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+        runs.append(net.fit(X, y, epochs=1, validation_split=split, progress=False))
+    assert runs[0] == runs[1] == runs[2]
+    for bad in (np.True_, np.float32(1.0), "0.2"):
+        with pytest.raises(ValueError, match="validation_split must be a fraction"):
+            net.fit(X, y, epochs=1, validation_split=bad, progress=False)
+
+
 def test_validation_split_rows_and_what_the_training_rows_set():
     X, y = _data(15, n=10)
     X = X * 3 + 1
