@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import real_number
+
 
 def _loss(net, X, Y) -> float:
     return float(net.loss_and_grads(X, Y)[0])
@@ -91,7 +93,12 @@ def relative_errors(analytic, numeric, kind: str = "norm", floor: float | None =
     analytic, numeric = list(analytic), list(numeric)
     if len(analytic) != len(numeric):
         raise ValueError(f"the gradient lists have {len(analytic)} and {len(numeric)} layers")
-    if kind == "max" and floor is None:
+    if floor is not None:
+        f = real_number(floor)
+        if f is None or not np.isfinite(f) or f < 0:
+            raise ValueError(f"floor must be a non-negative number, got {floor!r}")
+        floor = f
+    elif kind == "max":
         floor = max(1e-6 * gradient_scale(analytic, numeric), 1e-12)
     out = []
     for l, ((aW, ab), (nW, nb)) in enumerate(zip(analytic, numeric), start=1):
@@ -109,7 +116,8 @@ def relative_errors(analytic, numeric, kind: str = "norm", floor: float | None =
                 pair.append(0.0)
             else:
                 den = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
-                pair.append(float(np.max(np.abs(a - n) / den)))
+                diff = np.abs(a - n)     # where it is > 0, so is den (floor may be 0): no 0 / 0
+                pair.append(float(np.max(np.divide(diff, den, out=np.zeros_like(diff), where=diff > 0))))
         out.append(tuple(pair))
     return out
 
