@@ -1011,6 +1011,7 @@ def _checkpoint_spec(ck) -> dict:
         hyper = ck.field(om, "hyper", dict, "optimizer")
         try:
             opt = OPTIMIZERS[name](**hyper)
+            opt.check_bindable(np.zeros(0, dtype))   # hyper-parameters the network's dtype can hold (eps)
         except (TypeError, ValueError) as e:
             bad("optimizer.hyper", e)
         t = ck.field(om, "t", int, "optimizer")

@@ -393,6 +393,28 @@ def test_numbers_beyond_floats_range_are_value_errors_naming_the_argument(make, 
     assert opt.lr == 1e-3
 
 
+def test_an_adam_eps_that_rounds_to_zero_in_the_networks_dtype_is_refused():
+    # 1e-50 is positive, but 0 in float32: the padding's 0 / 0 made fit stop with a "diverged" error
+    # blaming the learning rate; it is an argument error, refused before anything changes
+    X, y = _data(7)
+    net = _net()
+    adam = gpubp.optim.Adam(1e-2)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=adam, progress=False)
+    before, state = _flat(net), _state(adam)
+    for make in (lambda: gpubp.optim.Adam(1e-3, eps=1e-50), lambda: gpubp.optim.AdamW(eps=1e-50)):
+        with pytest.raises(ValueError, match=r"eps=1e-50 rounds to 0 in float32"):
+            net.fit(X, y, epochs=1, batch_size=64, optimizer=make(), progress=False)
+        assert net.optimizer is adam and np.array_equal(_flat(net), before)
+    with pytest.raises(ValueError, match="eps=1e-50 rounds to 0 in float32"):
+        adam.eps = 1e-50
+    assert adam.eps == 1e-8
+    after = _state(adam)
+    assert after[1] == state[1] and all(np.array_equal(after[0][k], v) for k, v in state[0].items())
+    net64 = _net(dtype="float64")
+    net64.fit(X, y, epochs=1, batch_size=64, optimizer=gpubp.optim.Adam(1e-3, eps=1e-50), progress=False)
+    assert np.all(np.isfinite(_flat(net64)))
+
+
 def test_sgd_momentum_checked_when_assigned():
     opt = gpubp.optim.SGD(0.1, momentum=0.5)
     with pytest.raises(ValueError):
