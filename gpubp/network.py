@@ -151,6 +151,24 @@ class MLP:
         return (f"MLP({list(self.sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, precision={self.precision!r})")
 
+    # ------------------------------------------------------------ copies (copy.deepcopy, pickle)
+    def __getstate__(self):
+        """What a copy holds: the flat buffers, not the per-layer views of them nor the step plans.
+
+        deepcopy and pickle copy each array on its own, so a view of `_params` would come back as a
+        separate array: the copy's passes would read stale weights while its optimizer updated
+        `_params`.  `__setstate__` makes the views again from the copied buffers."""
+        state = dict(self.__dict__)
+        for name in ("_Wb", "_dWb", "_plans"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._Wb = self.layout.views(self._params)
+        self._dWb = self.layout.views(self._grads)
+        self._plans = OrderedDict()
+
     def config(self) -> dict:
         """What `__init__` needs to rebuild this network (JSON-serialisable)."""
         return {"layer_sizes": list(self.sizes), "activation": list(self.activations[:-1]),
