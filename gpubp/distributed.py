@@ -833,6 +833,10 @@ def guard_fit(fit):
         if type(comm).__module__.split(".")[0] == "mpi4py":   # the same on every rank: nothing to end
             raise TypeError(f"comm must be the communicator of gpubp.distributed.init() (which wraps MPI's), "
                             f"got mpi4py's {type(comm).__name__}")
+        size = getattr(comm, "size", None)
+        if comm is not None and (isinstance(size, bool) or not isinstance(size, int)):   # "x", 3, an object
+            raise TypeError(f"comm must be the communicator of gpubp.distributed.init(), got "
+                            f"{type(comm).__name__} {comm!r:.60}")
         if comm is None or comm.size == 1:
             return fit(self, *args, comm=comm, **kwargs)
         with comm.guard():
