@@ -514,8 +514,9 @@ class MLP:
         replays the recorded step: on the CUDA backend that is one CUDA graph
         launch for the whole forward, backward and update, with no launch
         overhead per kernel and no host synchronisation; it returns the
-        batch's loss as a 1-element backend array (read it with
-        `float(loss[0])` when needed).  Each batch must have the first one's
+        batch's loss as a 1-element backend array, the same array on every
+        call, which the next call overwrites: read it (`float(loss[0])`) or
+        copy it before the next step.  Each batch must have the first one's
         shape.  With `check_inputs=False` the NaN scans (a synchronisation
         each) are skipped; class labels are still checked (on the device: integers,
         in range, before their cast to int32), so an out-of-range label never
