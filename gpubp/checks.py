@@ -92,6 +92,13 @@ def host_array(x, name: str) -> np.ndarray:
         h = np.asarray(x)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
+    if h.dtype == object and hasattr(x, "to_numpy"):
+        # a pandas frame of nullable numbers (Int64, Float64 columns) gives objects: as numbers, a missing
+        # value (pd.NA) as NaN, which the callers refuse as such; text stays objects and is refused below
+        try:
+            h = x.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            pass
     if h.dtype.kind == "c":
         raise TypeError(f"{name} is complex ({h.dtype}); gpubp takes real numbers only")
     if h.dtype.kind not in "biuf":
