@@ -152,3 +152,18 @@ def test_pandas_frames_of_nullable_numbers_are_numbers(net):
         net.predict(frame)
     with pytest.raises(TypeError, match="X must be a real numeric array"):
         net.predict(frame.assign(a=["x", "y", "z", "u", "v"]))
+
+
+def test_float_and_missing_class_labels_are_named_as_such(net):
+    # both were "Y has shape (3,); expected (3, 3)", which blames the shape of a vector of labels
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"class labels in Y must be integers, got dtype float64 .*astype\(int\)"):
+        net.fit(X, np.array([0.0, 1.0, 2.0]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="Y contains NaN or infinity"):
+        net.fit(X, np.array([0, 1, np.nan]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="Y_val contains NaN or infinity"):
+        net.fit(X, np.array([0, 1, 2]), epochs=1, progress=False, validation=(X, np.array([0, np.nan, 1])))
+    one = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy")   # one sample: (3,) is its probability row
+    assert np.isfinite(one.loss_and_grads(np.ones(4), np.ones(3) / 3)[0])
+    with pytest.raises(ValueError, match=r"Y has shape \(2,\); expected \(3, 3\)"):
+        one.loss_and_grads(np.ones((3, 4)), np.ones(2) / 2)
