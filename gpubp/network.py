@@ -254,6 +254,7 @@ class MLP:
         if not fits:
             raise ValueError(f"std is too small for a {self.dtype.name} network: 1 / std overflows "
                              f"{self.dtype.name} (smallest std {float(s.min()):.3g})")
+        m.flags.writeable = s.flags.writeable = False   # what is saved must stay what the inputs use
         self.standardization = (m, s)
         self._std_dev = (self.backend.asarray(mean_d, self.dtype),
                          self.backend.asarray(inv.reshape(1, -1), self.dtype))

@@ -320,6 +320,22 @@ def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype
         assert np.array_equal(net.forward(X), out)   # the old standardisation stays
 
 
+def test_the_standardisation_a_network_reports_cannot_be_changed_behind_its_back(tmp_path):
+    # net.standardization is what save writes; the inputs use a copy on the backend: changing the
+    # reported arrays in place made a saved network predict otherwise than the one that saved it
+    X, y = _data(16, n=40)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X * 5 + 2, y, epochs=1, standardize=True, progress=False)
+    mean, std = net.standardization
+    with pytest.raises(ValueError, match="read-only"):
+        mean -= 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        std[0] = 3.0
+    net.save(tmp_path / "n.npz")
+    back = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    assert np.array_equal(back.predict_proba(X), net.predict_proba(X))
+
+
 def test_validation_split_holds_out_the_last_rows():
     X, y = _data(8, n=100)
     a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
