@@ -261,12 +261,40 @@ class MLP:
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):
-        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised)."""
+        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised).
+
+        A host input (numpy array, list, frame) is standardised in float64 and only then rounded to
+        the network's dtype: rounded first, a feature with a large offset (a timestamp near 1.7e9, a
+        value near 1e8 varying by units) would lose its variation to float32's spacing there.  An
+        input already on the device is standardised there, in the network's dtype."""
+        if self._std_dev is not None and not _is_device_array(X):
+            self.backend.check_current(self._params, "network")
+            h = finite_after_cast(self._host_rows(X, name), np.float64, name)
+            return self.backend.asarray(finite_after_cast(self._standardize_host(h), self.dtype,
+                                                          f"{name} (standardised)"), self.dtype)
         a = self._raw_inputs(X, name)
         if self._std_dev is not None:
             mean, inv = self._std_dev
             a = (a - mean) * inv
         return a
+
+    def _standardize_host(self, h: np.ndarray) -> np.ndarray:
+        """`(h - mean) * (1 / std)` in float64 (docs/spec.md, "Training loop")."""
+        mean, std = self.standardization
+        with np.errstate(over="ignore", invalid="ignore"):   # what overflows is refused by the caller
+            return (np.asarray(h, np.float64) - mean) * (1.0 / std)
+
+    def _host_rows(self, X, name="X") -> np.ndarray:
+        """Host `X` as a `(B, n_0)` numpy array of real numbers (any dtype), shape checked."""
+        n0 = self.sizes[0]
+        h = host_array(X, name)
+        if h.ndim == 1 and h.shape[0] == n0:
+            h = h.reshape(1, n0)
+        if h.ndim != 2 or h.shape[1] != n0:
+            raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with {n0} inputs")
+        if h.shape[0] == 0:
+            raise ValueError(f"{name} holds no samples")
+        return h
 
     def _raw_inputs(self, X, name="X"):
         n0 = self.sizes[0]
@@ -283,12 +311,7 @@ class MLP:
             if not bool(self.backend.xp.isfinite(a).all()):
                 raise ValueError(f"{name} contains NaN or infinity (or values beyond {self.dtype.name}'s range)")
         else:
-            h = host_array(X, name)
-            if h.ndim == 1 and h.shape[0] == n0:
-                h = h.reshape(1, n0)
-            if h.ndim != 2 or h.shape[1] != n0:
-                raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with "
-                                 f"{n0} inputs")
+            h = self._host_rows(X, name)
             a = self.backend.asarray(finite_after_cast(h, self.dtype, name), self.dtype)
         if a.shape[0] == 0:
             raise ValueError(f"{name} holds no samples")
@@ -555,9 +578,13 @@ class MLP:
                 Yd = self._targets(Y, Xd.shape[0])
             else:
                 self.backend.check_current(self._params, "network")
-                Xd = self.backend.asarray(X, self.dtype)
-                if self._std_dev is not None:
-                    Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
+                host = not _is_device_array(X)
+                if host and self._std_dev is not None and np.ndim(X) == 2 and np.shape(X)[1] == self.sizes[0]:
+                    Xd = self.backend.asarray(self._standardize_host(X).astype(self.dtype), self.dtype)   # as checked
+                else:
+                    Xd = self.backend.asarray(X, self.dtype)
+                    if self._std_dev is not None:
+                        Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
                 if labels:   # range-checked before the cast to int32, which would wrap or truncate them
                     Y = self.backend.xp.asarray(Y)
                     if Y.shape == Ys.shape and Y.dtype.kind not in "iub":
@@ -725,9 +752,10 @@ class MLP:
             if standardize:
                 self.set_standardization(*(std or (None, None)))
 
-        if standardize:
-            Xr = self._raw_inputs(Xh)
-            self.set_standardization(*_input_statistics(self.backend.to_numpy(Xr).astype(np.float64)))
+        if standardize:   # the statistics of the rows as given (float64 for host rows, as they are used)
+            Xr = self.backend.to_numpy(self._raw_inputs(Xh)) if _is_device_array(Xh) else \
+                finite_after_cast(self._host_rows(Xh), np.float64, "X")
+            self.set_standardization(*_input_statistics(Xr.astype(np.float64)))
         try:
             Xd = self._inputs(Xh)
             Yd = self._targets(Yh, Xd.shape[0])

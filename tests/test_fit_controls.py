@@ -296,9 +296,8 @@ def test_standardize_scales_a_feature_of_small_units_and_centres_only_constant_o
     net = gpubp.MLP([3, 2], backend="numpy", seed=0)
     net.fit(X, X[:, :2] * 0, epochs=1, standardize=True, progress=False)
     mean, std = net.standardization
-    Xn = X.astype(np.float32).astype(np.float64)
-    np.testing.assert_allclose(std, [Xn[:, 0].std(), 1.0, 1.0], rtol=1e-12)
-    np.testing.assert_allclose(mean, Xn.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, [X[:, 0].std(), 1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(mean, X.mean(0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -318,6 +317,29 @@ def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype
         with pytest.raises(ValueError, match=words):
             net.set_standardization(m, s)
         assert np.array_equal(net.forward(X), out)   # the old standardisation stays
+
+
+def test_standardize_keeps_the_variation_of_a_feature_with_a_large_offset():
+    # 1e8 + [0, 4): float32's spacing at 1e8 is 8, so rounding X before standardising made the feature
+    # one constant value and the network could not learn from it (accuracy 0.54, against 0.99 when the
+    # user standardised in float64 first); the network standardises host inputs in float64
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 4, 400)
+    X, y = np.c_[1e8 + t, rng.standard_normal(400)], (t > 2).astype(int)
+    a = gpubp.MLP([2, 16, 2], loss="cross_entropy", backend="numpy", seed=0)
+    a.fit(X, y, epochs=5, batch_size=32, standardize=True, progress=False)
+    mean, std = X.mean(0), X.std(0)
+    np.testing.assert_allclose(a.standardization[1], std, rtol=1e-12)
+    b = gpubp.MLP([2, 16, 2], loss="cross_entropy", backend="numpy", seed=0)
+    b.fit((X - mean) / std, y, epochs=5, batch_size=32, progress=False)
+    assert np.allclose(_flat(a), _flat(b), rtol=1e-5, atol=1e-6)
+    assert np.allclose(a.predict_proba(X), b.predict_proba((X - mean) / std), atol=1e-6)
+    assert a.evaluate(X, y)["accuracy"] > 0.8
+    step = a.capture_train_step(X[:32], y[:32], "adam", check_inputs=False)   # the unchecked path alike
+    c = gpubp.MLP([2, 16, 2], loss="cross_entropy", backend="numpy", seed=0)
+    c.set_params(a.get_params())
+    c.set_standardization(mean, std)
+    assert float(step(X[32:64], y[32:64])[0]) == pytest.approx(c.evaluate(X[32:64], y[32:64])["loss"], rel=1e-2)
 
 
 def test_the_standardisation_a_network_reports_cannot_be_changed_behind_its_back(tmp_path):
