@@ -165,6 +165,8 @@ class MLP:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        for a in self.standardization or ():   # copies come back writeable: read-only as set_standardization's
+            a.flags.writeable = False
         self._Wb = self.layout.views(self._params)
         self._dWb = self.layout.views(self._grads)
         self._plans = OrderedDict()

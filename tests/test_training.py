@@ -127,3 +127,7 @@ def test_a_copied_network_trains_as_the_original(rng, how):
                for (W, b), (W2, b2) in zip(net.get_params(), twin.get_params()))
     assert np.array_equal(twin.forward(X), net.forward(X))
     assert np.array_equal(twin.loss_and_grads(X, y)[1][0][0], net.loss_and_grads(X, y)[1][0][0])
+    net.set_standardization(X.mean(0), X.std(0))
+    twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert np.array_equal(twin.predict_proba(X), net.predict_proba(X))
+    assert not any(a.flags.writeable for a in twin.standardization)   # as the original's
