@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 
-from .checks import real_number
+import numpy as np
+
+from .checks import check_flag, real_number
 
 
 class EarlyStopping:
@@ -33,16 +35,16 @@ class EarlyStopping:
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto", restore_best=True):
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must name a history key, got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, (bool, np.bool_)) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
         delta = real_number(min_delta)
         if delta is None or not math.isfinite(delta) or delta < 0:
             raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, delta
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), delta
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
-        self.restore_best = bool(restore_best)
+        self.restore_best = check_flag("restore_best", restore_best)
 
     def _check_monitor(self, logs):
         if self.monitor not in logs:

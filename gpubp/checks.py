@@ -77,6 +77,14 @@ def check_positive_int(name, v):
     return int(v)
 
 
+def check_flag(name, v) -> bool:
+    """A yes/no argument: True or False (numpy's bools too).  Anything else is refused rather than read
+    by its truth value, which would take the string "False" (say, from a configuration file) as yes."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def host_array(x, name: str) -> np.ndarray:
     """`x` as a numpy array of real numbers, with errors naming `name` for ragged, complex or
     non-numeric input."""
@@ -84,6 +92,13 @@ def host_array(x, name: str) -> np.ndarray:
         h = np.asarray(x)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
+    if h.dtype == object and hasattr(x, "to_numpy"):
+        # a pandas frame of nullable numbers (Int64, Float64 columns) gives objects: as numbers, a missing
+        # value (pd.NA) as NaN, which the callers refuse as such; text stays objects and is refused below
+        try:
+            h = x.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            pass
     if h.dtype.kind == "c":
         raise TypeError(f"{name} is complex ({h.dtype}); gpubp takes real numbers only")
     if h.dtype.kind not in "biuf":

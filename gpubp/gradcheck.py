@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import real_number
+
 
 def _loss(net, X, Y) -> float:
     return float(net.loss_and_grads(X, Y)[0])
@@ -88,10 +90,11 @@ def relative_errors(analytic, numeric, kind: str = "norm", floor: float | None =
     """
     if kind not in ("norm", "max"):
         raise ValueError(f"kind must be 'norm' or 'max', got {kind!r}")
-    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float, np.floating,
-                                                                                 np.integer))
-                              or not (np.isfinite(floor) and floor >= 0)):
-        raise ValueError(f"floor must be a non-negative number, got {floor!r}")
+    if floor is not None:
+        f = real_number(floor)
+        if f is None or not np.isfinite(f) or f < 0:
+            raise ValueError(f"floor must be a non-negative number, got {floor!r}")
+        floor = f
     pairs = _layer_pairs(analytic, numeric)
     if kind == "max" and floor is None:
         floor = max(1e-6 * gradient_scale(analytic, numeric), 1e-12)

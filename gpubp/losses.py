@@ -46,6 +46,11 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y"
     after the conversion to `dtype`, so one that overflows it is refused.
     """
     Y = host_array(Y, name)
+    if Y.dtype.kind == "f" and not np.all(np.isfinite(Y)):   # a missing label (NaN) is named as such, not a shape
+        raise ValueError(f"{name} contains NaN or infinity")
+    if loss == "cross_entropy" and Y.ndim == 1 and Y.dtype.kind == "f" and Y.shape[0] == batch:
+        raise ValueError(f"class labels in {name} must be integers, got dtype {Y.dtype} (pass "
+                         f"{name}.astype(int) if they are whole numbers; (B, {n_out}) rows are probabilities)")
     if loss == "cross_entropy" and Y.ndim == 1 and (np.issubdtype(Y.dtype, np.integer) or Y.dtype == bool):
         if Y.shape[0] != batch:
             raise ValueError(f"{name} has {Y.shape[0]} labels but X has {batch} samples")

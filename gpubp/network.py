@@ -27,8 +27,8 @@ from numpy.typing import ArrayLike
 from . import activations as acts
 from . import losses
 from .backends import Backend, get_backend
-from .checks import (check_dtype, check_positive_int, check_precision, check_seed, check_sizes, finite_after_cast,
-                     host_array, real_number)
+from .checks import (check_dtype, check_flag, check_positive_int, check_precision, check_seed, check_sizes,
+                     finite_after_cast, host_array, real_number)
 from .distributed import DataParallel, EveryRankError, check_fit_options, guard_fit
 from .optim import Optimizer, make_optimizer
 from .params import ALIGN, ParamLayout
@@ -151,6 +151,26 @@ class MLP:
         return (f"MLP({list(self.sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, precision={self.precision!r})")
 
+    # ------------------------------------------------------------ copies (copy.deepcopy, pickle)
+    def __getstate__(self):
+        """What a copy holds: the flat buffers, not the per-layer views of them nor the step plans.
+
+        deepcopy and pickle copy each array on its own, so a view of `_params` would come back as a
+        separate array: the copy's passes would read stale weights while its optimizer updated
+        `_params`.  `__setstate__` makes the views again from the copied buffers."""
+        state = dict(self.__dict__)
+        for name in ("_Wb", "_dWb", "_plans"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for a in self.standardization or ():   # copies come back writeable: read-only as set_standardization's
+            a.flags.writeable = False
+        self._Wb = self.layout.views(self._params)
+        self._dWb = self.layout.views(self._grads)
+        self._plans = OrderedDict()
+
     def config(self) -> dict:
         """What `__init__` needs to rebuild this network (JSON-serialisable)."""
         return {"layer_sizes": list(self.sizes), "activation": list(self.activations[:-1]),
@@ -236,18 +256,47 @@ class MLP:
         if not fits:
             raise ValueError(f"std is too small for a {self.dtype.name} network: 1 / std overflows "
                              f"{self.dtype.name} (smallest std {float(s.min()):.3g})")
+        m.flags.writeable = s.flags.writeable = False   # what is saved must stay what the inputs use
         self.standardization = (m, s)
         self._std_dev = (self.backend.asarray(mean_d, self.dtype),
                          self.backend.asarray(inv.reshape(1, -1), self.dtype))
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):
-        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised)."""
+        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised).
+
+        A host input (numpy array, list, frame) is standardised in float64 and only then rounded to
+        the network's dtype: rounded first, a feature with a large offset (a timestamp near 1.7e9, a
+        value near 1e8 varying by units) would lose its variation to float32's spacing there.  An
+        input already on the device is standardised there, in the network's dtype."""
+        if self._std_dev is not None and not _is_device_array(X):
+            self.backend.check_current(self._params, "network")
+            h = finite_after_cast(self._host_rows(X, name), np.float64, name)
+            return self.backend.asarray(finite_after_cast(self._standardize_host(h), self.dtype,
+                                                          f"{name} (standardised)"), self.dtype)
         a = self._raw_inputs(X, name)
         if self._std_dev is not None:
             mean, inv = self._std_dev
             a = (a - mean) * inv
         return a
+
+    def _standardize_host(self, h: np.ndarray) -> np.ndarray:
+        """`(h - mean) * (1 / std)` in float64 (docs/spec.md, "Training loop")."""
+        mean, std = self.standardization
+        with np.errstate(over="ignore", invalid="ignore"):   # what overflows is refused by the caller
+            return (np.asarray(h, np.float64) - mean) * (1.0 / std)
+
+    def _host_rows(self, X, name="X") -> np.ndarray:
+        """Host `X` as a `(B, n_0)` numpy array of real numbers (any dtype), shape checked."""
+        n0 = self.sizes[0]
+        h = host_array(X, name)
+        if h.ndim == 1 and h.shape[0] == n0:
+            h = h.reshape(1, n0)
+        if h.ndim != 2 or h.shape[1] != n0:
+            raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with {n0} inputs")
+        if h.shape[0] == 0:
+            raise ValueError(f"{name} holds no samples")
+        return h
 
     def _raw_inputs(self, X, name="X"):
         n0 = self.sizes[0]
@@ -264,12 +313,7 @@ class MLP:
             if not bool(self.backend.xp.isfinite(a).all()):
                 raise ValueError(f"{name} contains NaN or infinity (or values beyond {self.dtype.name}'s range)")
         else:
-            h = host_array(X, name)
-            if h.ndim == 1 and h.shape[0] == n0:
-                h = h.reshape(1, n0)
-            if h.ndim != 2 or h.shape[1] != n0:
-                raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with "
-                                 f"{n0} inputs")
+            h = self._host_rows(X, name)
             a = self.backend.asarray(finite_after_cast(h, self.dtype, name), self.dtype)
         if a.shape[0] == 0:
             raise ValueError(f"{name} holds no samples")
@@ -496,8 +540,9 @@ class MLP:
         replays the recorded step: on the CUDA backend that is one CUDA graph
         launch for the whole forward, backward and update, with no launch
         overhead per kernel and no host synchronisation; it returns the
-        batch's loss as a 1-element backend array (read it with
-        `float(loss[0])` when needed).  Each batch must have the first one's
+        batch's loss as a 1-element backend array, the same array on every
+        call, which the next call overwrites: read it (`float(loss[0])`) or
+        copy it before the next step.  Each batch must have the first one's
         shape.  With `check_inputs=False` the NaN scans (a synchronisation
         each) are skipped; class labels are still checked (on the device: integers,
         in range, before their cast to int32), so an out-of-range label never
@@ -509,6 +554,7 @@ class MLP:
         again to train with the new values.  The step trains with the optimizer
         it was captured with, whatever optimizer later calls give the network.
         """
+        check_inputs = check_flag("check_inputs", check_inputs)
         opt = self._resolve_optimizer(optimizer)
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
@@ -534,9 +580,13 @@ class MLP:
                 Yd = self._targets(Y, Xd.shape[0])
             else:
                 self.backend.check_current(self._params, "network")
-                Xd = self.backend.asarray(X, self.dtype)
-                if self._std_dev is not None:
-                    Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
+                host = not _is_device_array(X)
+                if host and self._std_dev is not None and np.ndim(X) == 2 and np.shape(X)[1] == self.sizes[0]:
+                    Xd = self.backend.asarray(self._standardize_host(X).astype(self.dtype), self.dtype)   # as checked
+                else:
+                    Xd = self.backend.asarray(X, self.dtype)
+                    if self._std_dev is not None:
+                        Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
                 if labels:   # range-checked before the cast to int32, which would wrap or truncate them
                     Y = self.backend.xp.asarray(Y)
                     if Y.shape == Ys.shape and Y.dtype.kind not in "iub":
@@ -638,12 +688,17 @@ class MLP:
         """
         epochs = check_positive_int("epochs", epochs)
         batch_size = check_positive_int("batch_size", batch_size)
-        if progress not in ("auto", True, False):
+        # by identity, not ==: 0 == False, but Reporter tells False (silent) from the rest by `is`
+        if isinstance(progress, (bool, np.bool_)):
+            progress = bool(progress)
+        elif not (isinstance(progress, str) and progress == "auto"):
             raise ValueError(f"progress must be 'auto', True or False, got {progress!r}")
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable step -> learning rate")
+        shuffle, standardize = check_flag("shuffle", shuffle), check_flag("standardize", standardize)
+        grad_norms, sharded = check_flag("grad_norms", grad_norms), check_flag("sharded", sharded)
         if comm is None and sharded:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
         if comm is not None:
@@ -667,10 +722,10 @@ class MLP:
         n_all = 1 if ndim == 1 and Xh.shape[0] == self.sizes[0] else int(Xh.shape[0]) if ndim >= 1 else 0
         Yh = Y
         if validation_split is not None:
-            if isinstance(validation_split, bool) or not isinstance(validation_split, (float, int)) or \
-                    not 0 < validation_split < 1:
+            fraction = real_number(validation_split)     # numpy's floats too (np.float32(0.2))
+            if fraction is None or not 0 < fraction < 1:
                 raise ValueError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
-            n_val = int(math.floor(n_all * validation_split))
+            n_val = int(math.floor(n_all * fraction))
             if n_val < 1 or n_val >= n_all:
                 raise ValueError(f"validation_split={validation_split} of {n_all} samples leaves no "
                                  "validation or no training samples")
@@ -699,11 +754,10 @@ class MLP:
             if standardize:
                 self.set_standardization(*(std or (None, None)))
 
-        if standardize:
-            Xr = self._raw_inputs(Xh)
-            Xn = self.backend.to_numpy(Xr).astype(np.float64)
-            std = Xn.std(axis=0)
-            self.set_standardization(Xn.mean(axis=0), np.where(std < 1e-12, 1.0, std))   # constant: centred only
+        if standardize:   # the statistics of the rows as given (float64 for host rows, as they are used)
+            Xr = self.backend.to_numpy(self._raw_inputs(Xh)) if _is_device_array(Xh) else \
+                finite_after_cast(self._host_rows(Xh), np.float64, "X")
+            self.set_standardization(*_input_statistics(Xr.astype(np.float64)))
         try:
             Xd = self._inputs(Xh)
             Yd = self._targets(Yh, Xd.shape[0])
@@ -816,6 +870,19 @@ class MLP:
             opt.t = spec["t"]
             net.optimizer = opt
         return net
+
+
+def _input_statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and population standard deviation of `X`'s columns for `standardize=True`, a constant
+    column getting std 1 (centred only).
+
+    A column is constant when its std is within the rounding of its mean (scikit-learn's
+    `_is_constant_feature`: `var <= n eps var + (n eps mean)^2`), a test relative to the column's
+    magnitude: a feature in small units (values near 1e-13) has a std of that size and is scaled."""
+    mean, var = X.mean(axis=0), X.var(axis=0)
+    n_eps = X.shape[0] * np.finfo(np.float64).eps
+    constant = var <= n_eps * var + (n_eps * mean) ** 2
+    return mean, np.where(constant, 1.0, np.sqrt(var))
 
 
 def _target_ndim(Y) -> int:
@@ -994,6 +1061,7 @@ def _checkpoint_spec(ck) -> dict:
         hyper = ck.field(om, "hyper", dict, "optimizer")
         try:
             opt = OPTIMIZERS[name](**hyper)
+            opt.check_bindable(np.zeros(0, dtype))   # hyper-parameters the network's dtype can hold (eps)
         except (TypeError, ValueError) as e:
             bad("optimizer.hyper", e)
         t = ck.field(om, "t", int, "optimizer")

@@ -63,6 +63,17 @@ def _check_eps(eps):
     return _check_range("eps", eps, 0.0, math.inf, lo_open=True)
 
 
+def _check_eps_fits(eps: float, dtype) -> None:
+    """Refuse an `eps` that rounds to 0 in `dtype`, the dtype the update computes in: it would be
+    eps = 0 there (1e-50 is positive, but 0 in float32), and a parameter whose gradient has always
+    been 0 would get 0 / 0."""
+    dt = np.dtype(dtype)
+    if not dt.type(eps) > 0:
+        raise ValueError(f"eps={eps!r} rounds to 0 in {dt.name}, the dtype of the network's parameters, and "
+                         f"eps must be positive there (a parameter whose gradient has always been 0 would get "
+                         f"0 / 0); use at least {float(np.finfo(dt).tiny):.3g}")
+
+
 class Optimizer:
     """Base class: `bind` allocates state for a network, `step` updates it.
 
@@ -195,7 +206,6 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     decoupled = False
     betas = _hyper("betas", _check_betas)
-    eps = _hyper("eps", _check_eps)
     weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -204,6 +214,23 @@ class Adam(Optimizer):
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
+
+    @property
+    def eps(self) -> float:
+        """eps, validated when assigned: positive, and still positive in the dtype of the network the
+        optimizer is bound to."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value):
+        e = _check_eps(value)
+        if self._params is not None:
+            _check_eps_fits(e, self._params.dtype)
+        self._eps = e
+
+    def check_bindable(self, params) -> None:
+        super().check_bindable(params)
+        _check_eps_fits(self.eps, params.dtype)
 
     def _update(self, backend, params, grads):
         backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr,

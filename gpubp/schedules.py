@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .checks import real_number
 
 
@@ -18,10 +20,15 @@ def _positive(name, x):
     return v
 
 
+def _is_int(x) -> bool:
+    """A Python or numpy integer (not a bool): `fit(epochs=...)` takes both, and so do the schedules."""
+    return not isinstance(x, (bool, np.bool_)) and isinstance(x, (int, np.integer))
+
+
 def _positive_int(name, x):
-    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+    if not _is_int(x) or x < 1:
         raise ValueError(f"{name} must be a positive integer, got {x!r}")
-    return x
+    return int(x)
 
 
 def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
@@ -30,10 +37,13 @@ def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
     after it).  Every rate is positive, as the optimizers require."""
     lr = _positive("lr", lr)
     total_steps = _positive_int("total_steps", total_steps)
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
+    if not _is_int(warmup_steps) or not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be an integer in [0, total_steps), got {warmup_steps!r}")
-    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0 <= min_lr < lr:
+    warmup_steps = int(warmup_steps)
+    low = real_number(min_lr)
+    if low is None or not 0 <= low < lr:
         raise ValueError(f"min_lr must lie in [0, lr), got {min_lr!r}")
+    min_lr = low
 
     def schedule(step):
         if step <= warmup_steps:

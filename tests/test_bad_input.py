@@ -133,3 +133,37 @@ def test_fit_arguments():
         with pytest.raises(TypeError, match="callbacks must be a list"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)
     assert net.optimizer is None
+
+
+def test_pandas_frames_of_nullable_numbers_are_numbers(net):
+    # pandas' nullable dtypes (read_csv(dtype_backend="numpy_nullable")) make np.asarray of a mixed frame
+    # an object array: they are numbers, and a missing value is NaN, refused as such
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).standard_normal((5, 4))
+    frame = pd.DataFrame({"a": pd.array([1, 2, 3, 4, 5], dtype="Int64"),
+                          "b": pd.array(X[:, 1], dtype="Float64"), "c": X[:, 2], "d": X[:, 3]})
+    plain = frame.astype("float64").to_numpy()
+    assert np.array_equal(net.predict_proba(frame), net.predict_proba(plain))
+    reg = gpubp.MLP([4, 1], backend="numpy")
+    y = pd.Series(pd.array([0.5, 1.0, 2.0, 3.0, 4.0], dtype="Float64"))
+    assert reg.loss_and_grads(frame, y)[0] == reg.loss_and_grads(plain, y.to_numpy(float))[0]
+    frame.loc[2, "a"] = pd.NA
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        net.predict(frame)
+    with pytest.raises(TypeError, match="X must be a real numeric array"):
+        net.predict(frame.assign(a=["x", "y", "z", "u", "v"]))
+
+
+def test_float_and_missing_class_labels_are_named_as_such(net):
+    # both were "Y has shape (3,); expected (3, 3)", which blames the shape of a vector of labels
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"class labels in Y must be integers, got dtype float64 .*astype\(int\)"):
+        net.fit(X, np.array([0.0, 1.0, 2.0]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="Y contains NaN or infinity"):
+        net.fit(X, np.array([0, 1, np.nan]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="Y_val contains NaN or infinity"):
+        net.fit(X, np.array([0, 1, 2]), epochs=1, progress=False, validation=(X, np.array([0, np.nan, 1])))
+    one = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy")   # one sample: (3,) is its probability row
+    assert np.isfinite(one.loss_and_grads(np.ones(4), np.ones(3) / 3)[0])
+    with pytest.raises(ValueError, match=r"Y has shape \(2,\); expected \(3, 3\)"):
+        one.loss_and_grads(np.ones((3, 4)), np.ones(2) / 2)

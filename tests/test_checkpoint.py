@@ -251,6 +251,17 @@ def _adam_file(tmp_path):
     return read_all(path)
 
 
+def test_an_adam_eps_that_rounds_to_zero_in_the_files_dtype_is_refused(tmp_path):
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)        # float32
+    net.train_step(np.ones((2, 3)), np.ones((2, 2)), gpubp.optim.Adam(0.01))
+    net.save(tmp_path / "a.npz")
+    arrays, meta = read_all(tmp_path / "a.npz")
+    meta["optimizer"]["hyper"]["eps"] = 1e-50                  # positive, but 0 in float32: 0 / 0 in training
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=r"optimizer\.hyper.*eps=1e-50 rounds to 0 in float32"):
+        gpubp.MLP.load(bad, backend="numpy")
+
+
 def test_non_finite_parameters_are_refused(tmp_path):
     for value in (np.nan, np.inf, -np.inf):
         arrays, meta = _adam_file(tmp_path)

@@ -413,6 +413,18 @@ class _OneRank:
     size, rank, is_root = 1, 0, True
 
 
+@pytest.mark.parametrize("comm", ["rank0", 3, object()])
+def test_a_comm_that_is_no_communicator_is_a_type_error_naming_comm(comm):
+    # was AttributeError: 'str' object has no attribute 'size', from inside the guard
+    X, Y, _, _, _ = dp_train.data()
+    net = dp_train.make_net()
+    before = net._params.copy()
+    with pytest.raises(TypeError, match=r"comm must be the communicator of gpubp\.distributed\.init\(\)"):
+        net.fit(X, Y, epochs=1, progress=False, comm=comm)
+    np.testing.assert_array_equal(net._params, before)
+    assert net.optimizer is None
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(sharded=True), "sharded=True needs comm"),
     (dict(comm=_OneRank(), grad_norms=True), "grad_norms=True is not supported with comm"),

@@ -64,6 +64,12 @@ def test_early_stopping_checks_its_monitor():
         EarlyStopping(patience=-1)
 
 
+def test_early_stopping_refuses_a_restore_best_that_is_not_a_bool():
+    with pytest.raises(TypeError, match="restore_best must be True or False"):
+        EarlyStopping(restore_best="False")
+    assert EarlyStopping(restore_best=np.False_).restore_best is False
+
+
 def test_early_stopping_refuses_its_monitor_before_any_step():
     # a monitor the fit does not record is refused before training, and the call changes nothing
     # (it used to be refused after the first epoch, with that epoch's updates made)
@@ -146,6 +152,20 @@ def test_schedules():
         cosine(0.1, 10, warmup_steps=10)
     with pytest.raises(ValueError):
         step_decay(-1, 3)
+
+
+def test_schedules_and_early_stopping_take_numpy_numbers_as_fit_does():
+    # fit takes epochs=np.int64(...); the step counts computed with numpy must not be refused as
+    # "not a positive integer"
+    n = np.int64(100)
+    assert cosine(0.1, n, min_lr=np.float32(1e-3), warmup_steps=np.int64(10))(50) == \
+        cosine(0.1, 100, min_lr=float(np.float32(1e-3)), warmup_steps=10)(50)
+    assert step_decay(0.1, np.int64(10))(11) == step_decay(0.1, 10)(11)
+    assert EarlyStopping(patience=np.int64(3)).patience == 3
+    for bad in (dict(total_steps=np.bool_(True)), dict(total_steps=10, warmup_steps=np.int64(10)),
+                dict(total_steps=10, min_lr=np.float32(0.1))):
+        with pytest.raises(ValueError):
+            cosine(0.1, **bad)
 
 
 def test_sample_weight_equals_duplicated_samples():
@@ -265,6 +285,21 @@ def test_standardize_is_part_of_the_network(tmp_path):
         a.set_standardization(mean, np.zeros(6))
 
 
+@pytest.mark.parametrize("scale", [1e-13, 1e-20])
+def test_standardize_scales_a_feature_of_small_units_and_centres_only_constant_ones(scale):
+    # a feature measured in small units (farads of picofarad capacitors) is not constant: it gets
+    # its own std (spec: only a constant feature gets std 1), so the network sees it at unit scale
+    X, _ = _data(21, n=50, d=3)
+    X[:, 0] *= scale
+    X[:, 1] = 1e8 + 0.0          # constant, at a large magnitude
+    X[:, 2] = 0.0                # constant zero
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    net.fit(X, X[:, :2] * 0, epochs=1, standardize=True, progress=False)
+    mean, std = net.standardization
+    np.testing.assert_allclose(std, [X[:, 0].std(), 1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(mean, X.mean(0), rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype):
     X = np.random.default_rng(14).standard_normal((5, 3))
@@ -282,6 +317,45 @@ def test_set_standardization_copies_and_refuses_what_the_dtype_cannot_hold(dtype
         with pytest.raises(ValueError, match=words):
             net.set_standardization(m, s)
         assert np.array_equal(net.forward(X), out)   # the old standardisation stays
+
+
+def test_standardize_keeps_the_variation_of_a_feature_with_a_large_offset():
+    # 1e8 + [0, 4): float32's spacing at 1e8 is 8, so rounding X before standardising made the feature
+    # one constant value and the network could not learn from it (accuracy 0.54, against 0.99 when the
+    # user standardised in float64 first); the network standardises host inputs in float64
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 4, 400)
+    X, y = np.c_[1e8 + t, rng.standard_normal(400)], (t > 2).astype(int)
+    a = gpubp.MLP([2, 16, 2], loss="cross_entropy", backend="numpy", seed=0)
+    a.fit(X, y, epochs=5, batch_size=32, standardize=True, progress=False)
+    mean, std = X.mean(0), X.std(0)
+    np.testing.assert_allclose(a.standardization[1], std, rtol=1e-12)
+    b = gpubp.MLP([2, 16, 2], loss="cross_entropy", backend="numpy", seed=0)
+    b.fit((X - mean) / std, y, epochs=5, batch_size=32, progress=False)
+    assert np.allclose(_flat(a), _flat(b), rtol=1e-5, atol=1e-6)
+    assert np.allclose(a.predict_proba(X), b.predict_proba((X - mean) / std), atol=1e-6)
+    assert a.evaluate(X, y)["accuracy"] > 0.8
+    step = a.capture_train_step(X[:32], y[:32], "adam", check_inputs=False)   # the unchecked path alike
+    c = gpubp.MLP([2, 16, 2], loss="cross_entropy", backend="numpy", seed=0)
+    c.set_params(a.get_params())
+    c.set_standardization(mean, std)
+    assert float(step(X[32:64], y[32:64])[0]) == pytest.approx(c.evaluate(X[32:64], y[32:64])["loss"], rel=1e-2)
+
+
+def test_the_standardisation_a_network_reports_cannot_be_changed_behind_its_back(tmp_path):
+    # net.standardization is what save writes; the inputs use a copy on the backend: changing the
+    # reported arrays in place made a saved network predict otherwise than the one that saved it
+    X, y = _data(16, n=40)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X * 5 + 2, y, epochs=1, standardize=True, progress=False)
+    mean, std = net.standardization
+    with pytest.raises(ValueError, match="read-only"):
+        mean -= 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        std[0] = 3.0
+    net.save(tmp_path / "n.npz")
+    back = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    assert np.array_equal(back.predict_proba(X), net.predict_proba(X))
 
 
 def test_validation_split_holds_out_the_last_rows():
@@ -370,6 +444,18 @@ def test_verbose_2_writes_one_line_per_epoch_on_a_terminal():
     assert Reporter("auto", 2, stream=io.StringIO()).mode == "lines"
 
 
+def test_progress_false_as_a_numpy_bool_is_silent_and_other_falsy_values_are_refused(capsys):
+    X, y = _data(5, n=20)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=2, progress=np.False_)
+    assert capsys.readouterr().err == ""
+    before = _flat(net)
+    for bad in (0, 1, None, "no"):      # 0 == False, but it was taken for "auto" and wrote every epoch
+        with pytest.raises(ValueError, match="progress must be 'auto', True or False"):
+            net.fit(X, y, epochs=1, progress=bad)
+    assert np.array_equal(_flat(net), before) and capsys.readouterr().err == ""
+
+
 def test_fit_writes_one_line_per_epoch_to_a_log(capsys):
     net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
     net.fit(*_data(11), epochs=3, batch_size=20)
@@ -436,6 +522,18 @@ def test_validation_figures_are_unweighted():
     counts = np.bincount(y[:70], minlength=3)
     cw = w[:70] * (70 / (3 * counts))[y[:70]]
     assert abs(hist["loss"][0] - (cw * per_row).sum() / cw.sum()) < 1e-12
+
+
+def test_validation_split_takes_numpy_fractions():
+    X, y = _data(9, n=40)
+    runs = []
+    for split in (0.25, np.float32(0.25), np.float64(0.25)):
+        net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+        runs.append(net.fit(X, y, epochs=1, validation_split=split, progress=False))
+    assert runs[0] == runs[1] == runs[2]
+    for bad in (np.True_, np.float32(1.0), "0.2"):
+        with pytest.raises(ValueError, match="validation_split must be a fraction"):
+            net.fit(X, y, epochs=1, validation_split=bad, progress=False)
 
 
 def test_validation_split_rows_and_what_the_training_rows_set():

@@ -93,6 +93,18 @@ def test_max_relative_errors_with_floor_zero():
             relative_errors(z, z, kind="max", floor=floor)
 
 
+def test_max_relative_error_with_floor_zero_ignores_entries_that_agree():
+    # floor=0: the purely relative measure; a dead unit's gradient is exactly 0 in both, which is
+    # no error (the docstring: 0 where both are zero), not 0/0 = NaN spoiling the layer's figure
+    an = [(np.array([[1.0, 0.0]]), np.array([0.0]))]
+    nu = [(np.array([[1.0 + 1e-9, 0.0]]), np.array([0.0]))]
+    (ew, eb), = relative_errors(an, nu, kind="max", floor=0.0)
+    assert ew == pytest.approx(1e-9, rel=1e-6) and eb == 0.0
+    for bad in (-1.0, float("nan"), float("inf"), "0"):
+        with pytest.raises(ValueError, match="floor"):
+            relative_errors(an, nu, kind="max", floor=bad)
+
+
 def test_cross_entropy_gradcheck_with_one_hot_targets():
     net = _net("gelu", "cross_entropy")
     rng = np.random.default_rng(0)

@@ -296,6 +296,9 @@ def test_train_step_divergence_changes_nothing():
     dict(lr=-1.0),
     dict(optimizer=gpubp.optim.SGD(0.1), lr=0.5),                   # conflicting rates
     dict(standardize=True, Y=np.full(300, 9)),
+    dict(standardize="False"),                                      # a flag's text is not read as its truth
+    dict(shuffle="no"),
+    dict(grad_norms=1),
 ])
 def test_refused_fit_changes_nothing(bad):
     X, y = _data(7)
@@ -321,6 +324,17 @@ def test_refused_train_step_binds_no_new_optimizer():
     with pytest.raises(ValueError):
         net.train_step(np.ones((4, 8)), np.array([0, 1, 2, 9]), gpubp.optim.Adam())
     assert net.optimizer is opt
+
+
+def test_a_captured_step_refuses_a_flag_that_is_not_a_bool():
+    net = _net()
+    opt = gpubp.optim.SGD(0.1)
+    X, y = _data(8, n=16)
+    net.train_step(X, y, opt)
+    before, t = _flat(net), opt.t
+    with pytest.raises(TypeError, match="check_inputs must be True or False"):
+        net.capture_train_step(X, y, opt, check_inputs="False")
+    assert np.array_equal(_flat(net), before) and opt.t == t
 
 
 def test_train_step_by_name_keeps_one_optimizer():
@@ -377,6 +391,28 @@ def test_numbers_beyond_floats_range_are_value_errors_naming_the_argument(make, 
     with pytest.raises(ValueError, match="learning rate"):
         opt.lr = HUGE
     assert opt.lr == 1e-3
+
+
+def test_an_adam_eps_that_rounds_to_zero_in_the_networks_dtype_is_refused():
+    # 1e-50 is positive, but 0 in float32: the padding's 0 / 0 made fit stop with a "diverged" error
+    # blaming the learning rate; it is an argument error, refused before anything changes
+    X, y = _data(7)
+    net = _net()
+    adam = gpubp.optim.Adam(1e-2)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=adam, progress=False)
+    before, state = _flat(net), _state(adam)
+    for make in (lambda: gpubp.optim.Adam(1e-3, eps=1e-50), lambda: gpubp.optim.AdamW(eps=1e-50)):
+        with pytest.raises(ValueError, match=r"eps=1e-50 rounds to 0 in float32"):
+            net.fit(X, y, epochs=1, batch_size=64, optimizer=make(), progress=False)
+        assert net.optimizer is adam and np.array_equal(_flat(net), before)
+    with pytest.raises(ValueError, match="eps=1e-50 rounds to 0 in float32"):
+        adam.eps = 1e-50
+    assert adam.eps == 1e-8
+    after = _state(adam)
+    assert after[1] == state[1] and all(np.array_equal(after[0][k], v) for k, v in state[0].items())
+    net64 = _net(dtype="float64")
+    net64.fit(X, y, epochs=1, batch_size=64, optimizer=gpubp.optim.Adam(1e-3, eps=1e-50), progress=False)
+    assert np.all(np.isfinite(_flat(net64)))
 
 
 def test_sgd_momentum_checked_when_assigned():

@@ -105,3 +105,29 @@ def test_predict_proba_of_binary_cross_entropy_is_a_stable_sigmoid(rng):
 
     np.testing.assert_allclose(p, expit(z), rtol=1e-12, atol=1e-300)   # subnormal tails may differ
     np.testing.assert_array_equal(net.predict(X), (z > 0).astype(int))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_network_trains_as_the_original(rng, how):
+    """copy.deepcopy(net) (the usual way to keep a best model) and pickle copy each array on its own:
+    the per-layer (W, b) views the passes use must be views of the copy's own flat buffers, or the
+    copy's forward reads stale weights while its optimizer updates others."""
+    import copy
+    import pickle
+
+    X, y = blobs(rng, n=60)
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=1, batch_size=16, progress=False)
+    twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert twin.optimizer._params is twin._params
+    h_net = net.fit(X, y, epochs=3, batch_size=16, optimizer="adam", progress=False)
+    h_twin = twin.fit(X, y, epochs=3, batch_size=16, optimizer="adam", progress=False)
+    assert h_twin == h_net
+    assert all(np.array_equal(W, W2) and np.array_equal(b, b2)
+               for (W, b), (W2, b2) in zip(net.get_params(), twin.get_params()))
+    assert np.array_equal(twin.forward(X), net.forward(X))
+    assert np.array_equal(twin.loss_and_grads(X, y)[1][0][0], net.loss_and_grads(X, y)[1][0][0])
+    net.set_standardization(X.mean(0), X.std(0))
+    twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert np.array_equal(twin.predict_proba(X), net.predict_proba(X))
+    assert not any(a.flags.writeable for a in twin.standardization)   # as the original's
