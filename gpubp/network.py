@@ -203,7 +203,7 @@ class MLP:
                 Wn, bn = pair
             except (TypeError, ValueError):
                 raise TypeError(f"set_params: layer {l} must be a (W, b) pair") from None
-            Wn, bn = host_array(Wn, f"layer {l} W"), host_array(bn, f"layer {l} b")
+            Wn, bn = self._host(Wn, f"layer {l} W"), self._host(bn, f"layer {l} b")
             if Wn.shape != W.shape or bn.shape != b.shape:
                 raise ValueError(f"layer {l}: expected W {W.shape} and b {b.shape}, got W {Wn.shape} "
                                  f"and b {bn.shape}")
@@ -222,8 +222,8 @@ class MLP:
             return
         n0 = self.sizes[0]
         # copies: the network's standardisation must not change when the caller's arrays do
-        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean").copy()
-        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std").copy()
+        m = finite_after_cast(self._host(mean, "mean").reshape(-1), np.float64, "mean").copy()
+        s = finite_after_cast(self._host(std, "std").reshape(-1), np.float64, "std").copy()
         if m.shape != (n0,) or s.shape != (n0,):
             raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
         if np.any(s <= 0):
@@ -275,11 +275,19 @@ class MLP:
             raise ValueError(f"{name} holds no samples")
         return a
 
+    def _host(self, x, name):
+        """`host_array(x, name)`, with a device array (CuPy, a CUDA tensor) copied to the host first:
+        numpy cannot read device memory (`np.asarray` of one raises TypeError)."""
+        if _is_device_array(x):
+            if self.backend.xp is np:   # the numpy backend says why it takes no device array
+                self.backend.asarray(x, np.float64)
+            x = self.backend.to_numpy(self.backend.xp.asarray(x))
+        return host_array(x, name)
+
     def _targets(self, Y, B, name="Y"):
         """Targets checked against a batch of `B` samples, as a backend array."""
-        if _is_device_array(Y):
-            Y = self.backend.to_numpy(self.backend.xp.asarray(Y))  # checked on the host
-        h = losses.prepare_targets(host_array(Y, name), self.loss, B, self.sizes[-1], self.dtype, name)
+        # checked on the host
+        h = losses.prepare_targets(self._host(Y, name), self.loss, B, self.sizes[-1], self.dtype, name)
         return self.backend.asarray(h, h.dtype)
 
     def _sample_weights(self, w, B, Y=None, class_weight=None, some_positive=True):
@@ -289,7 +297,7 @@ class MLP:
         of all the ranks' rows together are checked by `DataParallel.setup`)."""
         out = None
         if w is not None:
-            h = host_array(w, "sample_weight").astype(np.float64)
+            h = self._host(w, "sample_weight").astype(np.float64)
             if h.shape != (B,):
                 raise ValueError(f"sample_weight has shape {h.shape}; expected ({B},), one weight per sample")
             if not np.all(np.isfinite(h)) or np.any(h < 0):
@@ -684,7 +692,7 @@ class MLP:
             validation = (Xh[n_all - n_val:], Yh[n_all - n_val:])
             Xh, Yh = Xh[:n_all - n_val], Yh[:n_all - n_val]
             if sample_weight is not None:
-                sw = host_array(sample_weight, "sample_weight")
+                sw = self._host(sample_weight, "sample_weight")
                 if sw.shape != (n_all,):
                     raise ValueError(f"sample_weight has shape {sw.shape}; expected ({n_all},), one weight per "
                                      "sample")

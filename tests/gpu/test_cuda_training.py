@@ -291,3 +291,49 @@ def test_two_threads_on_their_own_streams_equal_sequential():
     for net, ref in zip(nets, seq):
         for (W, b), (rW, rb) in zip(net.get_params(), ref):
             assert np.array_equal(W, rW) and np.array_equal(b, rb)
+
+
+class _DeviceOnly:
+    """A device array as CuPy and CUDA tensors present it to numpy: `__cuda_array_interface__`
+    only; `np.asarray` of it raises TypeError (CuPy: "Implicit conversion to a NumPy array is not
+    allowed"; torch: "can't convert cuda:0 device type tensor to numpy")."""
+
+    def __init__(self, a):
+        self._a = a
+        self.__cuda_array_interface__ = a.__cuda_array_interface__
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` "
+                        "to construct a NumPy array explicitly.")
+
+
+@pytest.mark.parametrize("wrap", [lambda a: a, _DeviceOnly], ids=["cupy", "device-object"])
+def test_device_weights_params_and_standardization_are_taken(wrap):
+    """X and Y may live on the device; so may sample_weight (with or without validation_split),
+    set_params' arrays and set_standardization's mean and std: each is copied to the host
+    where it is checked (numpy cannot read device memory)."""
+    import cupy
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((12, 4)), rng.integers(0, 3, 12)
+    w = rng.random(12) + 0.1
+
+    def dev(a):
+        return wrap(cupy.asarray(a))
+
+    host, gpu = (gpubp.MLP([4, 5, 3], loss="cross_entropy", backend="cuda", seed=0, dtype="float64")
+                 for _ in range(2))
+    for kw in ({}, {"validation_split": 0.25}):
+        h = host.fit(X, Y, epochs=1, batch_size=5, shuffle=False, progress=False, sample_weight=w, **kw)
+        g = gpu.fit(X, Y, epochs=1, batch_size=5, shuffle=False, progress=False, sample_weight=dev(w), **kw)
+        assert g["loss"] == h["loss"]
+    params = [(W * 0.5, b + 1) for W, b in host.get_params()]
+    host.set_params(params)
+    gpu.set_params([(dev(W), dev(b)) for W, b in params])
+    host.set_standardization(X.mean(0), X.std(0))
+    gpu.set_standardization(dev(X.mean(0)), dev(X.std(0)))
+    for (W, b), (W2, b2) in zip(host.get_params(), gpu.get_params()):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    np.testing.assert_array_equal(gpu.standardization[1], host.standardization[1])
+    with pytest.raises(ValueError, match="sample_weight must hold finite"):
+        gpu.fit(X, Y, epochs=1, progress=False, sample_weight=dev(np.full(12, np.nan)))
