@@ -793,7 +793,8 @@ class MLP:
         shape and dtype (from the archive's headers, before any data is read), the checksums,
         finite parameters and a possible optimizer state (a step count >= 0, second moments
         >= 0).  A file that fails a check raises a ValueError naming the field or array at
-        fault; a bad `backend` is the argument's error (ValueError naming `backend`).
+        fault; a bad `backend` is the argument's error (ValueError naming `backend`), as is one
+        that cannot run the file's precision mode (ValueError naming both).
         """
         from . import checkpoint
 
@@ -803,6 +804,11 @@ class MLP:
             arrays = {name: ck.array(name, shape, dtype) for name, (shape, dtype) in spec["arrays"].items()}
             _check_checkpoint_values(ck, spec, arrays)
             cfg = spec["config"]
+            try:   # a sound file whose mode this backend cannot run: the backend's fault, not the file's
+                be.check_precision(cfg["precision"])
+            except ValueError as e:
+                raise ValueError(f"{str(path)!r} holds a network of precision {cfg['precision']!r}, which backend "
+                                 f"{be.name!r} cannot run: {e}") from None
             try:
                 net = cls(cfg["layer_sizes"], activation=cfg["activation"],
                           output_activation=cfg["output_activation"], loss=cfg["loss"], backend=be,
