@@ -191,6 +191,7 @@ class MLP:
         The values are written into the network's parameter buffer: a bound optimizer
         (`net.optimizer`) keeps its state (moments, velocity, step count), as a PyTorch
         optimizer does when `load_state_dict` sets its module's parameters."""
+        self.backend.check_current(self._params, "network")   # the write runs on the current device
         try:
             params = list(params)
         except TypeError:
@@ -220,6 +221,8 @@ class MLP:
         if mean is None and std is None:
             self.standardization, self._std_dev = None, None
             return
+        # its device copies are made on the current device, where every forward must find them
+        self.backend.check_current(self._params, "network")
         n0 = self.sizes[0]
         # copies: the network's standardisation must not change when the caller's arrays do
         m = finite_after_cast(self._host(mean, "mean").reshape(-1), np.float64, "mean").copy()

@@ -337,3 +337,34 @@ def test_device_weights_params_and_standardization_are_taken(wrap):
     np.testing.assert_array_equal(gpu.standardization[1], host.standardization[1])
     with pytest.raises(ValueError, match="sample_weight must hold finite"):
         gpu.fit(X, Y, epochs=1, progress=False, sample_weight=dev(np.full(12, np.nan)))
+
+
+def _n_devices():
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+def test_setting_parameters_or_standardization_under_another_device_is_refused():
+    """A network lives on the device it was made on; set_params and set_standardization under
+    another current device are refused, as training and predicting there are, instead of writing
+    through that device (set_standardization kept its buffers there: every later forward on the
+    network's own device then read another device's memory)."""
+    import cupy
+
+    if _n_devices() < 2:
+        pytest.skip("needs two CUDA devices (GPUBP_EMU_DEVICES=2 under the emulator)")
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    with cupy.cuda.Device(1):
+        net = gpubp.MLP([3, 4, 2], backend="cuda", seed=0)
+        before = net.predict(X)
+    params = net.get_params()                               # reading works from anywhere
+    with pytest.raises(ValueError, match="network is on CUDA device 1 but the current device is 0"):
+        net.set_standardization(np.ones(3), np.full(3, 2.0))
+    with pytest.raises(ValueError, match="network is on CUDA device 1 but the current device is 0"):
+        net.set_params([(W * 2, b) for W, b in params])
+    assert net.standardization is None and net._std_dev is None
+    with cupy.cuda.Device(1):
+        np.testing.assert_array_equal(net.predict(X), before)
+        net.set_standardization(np.ones(3), np.full(3, 2.0))
+        assert all(a.device.id == 1 for a in net._std_dev)
