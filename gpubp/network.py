@@ -490,18 +490,27 @@ class MLP:
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
         plan = self._gradients(X, Yd, plan=plan)
-        loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
+        loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
+        opt.step(self.backend, self._params, self._grads)
+        self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
+        return loss
+
+    def _finite_loss(self, loss_out, opt) -> float:
+        """The loss in `loss_out[0]` of the step `opt` is about to take; FloatingPointError (before
+        that step's update) when it is not finite."""
+        loss = float(self.backend.to_numpy(loss_out)[0])
         if not math.isfinite(loss):
             broken = not bool(self.backend.xp.isfinite(self._params).all())   # say so: no step mends them
             raise self._diverged(loss, opt.t + 1, opt.lr, note=f" (the parameters are not finite: the update of "
                                  f"step {opt.t} overflowed them; set_params or load to go on)" if broken else "")
-        opt.step(self.backend, self._params, self._grads)
-        self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
         return loss
 
     def capture_train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str,
                            check_inputs: bool = True) -> Callable[[ArrayLike, ArrayLike], Any]:
         """Train on `(X, Y)` and return a function that trains on further batches of that shape.
+
+        The first step is checked as `train_step`'s: a loss that is not finite raises
+        FloatingPointError before its update, and nothing is captured.
 
         The returned `step(X, Y)` copies the batch into fixed buffers and
         replays the recorded step: on the CUDA backend that is one CUDA graph
@@ -526,9 +535,13 @@ class MLP:
         plan = self._new_plan(Xs.shape[0])       # refused (MemoryError) before the optimizer is bound
         loss_out = self.backend.zeros((1,), self.dtype)
         opt = self._bind(opt)
-        self.target_ndim = _target_ndim(Y)
         hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
-        self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
+        # a real first step, its loss checked before its update as train_step's; it leaves every
+        # buffer allocated
+        self._gradients(Xs, Ys, loss_out, plan=plan)
+        self._finite_loss(loss_out, opt)
+        opt.step(self.backend, self._params, self._grads)
+        self.target_ndim = _target_ndim(Y)
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]

@@ -368,3 +368,15 @@ def test_setting_parameters_or_standardization_under_another_device_is_refused()
         np.testing.assert_array_equal(net.predict(X), before)
         net.set_standardization(np.ones(3), np.full(3, 2.0))
         assert all(a.device.id == 1 for a in net._std_dev)
+
+
+def test_capture_refuses_a_first_batch_whose_loss_is_not_finite():
+    """As train_step: the first captured step's loss is read before its update (it used to update
+    with infinite gradients and return a step over parameters that were no longer finite)."""
+    net = gpubp.MLP([3, 2], backend="cuda", seed=0)
+    before = net.get_params()
+    with pytest.raises(FloatingPointError, match="loss became inf at step 1"):
+        net.capture_train_step(np.full((4, 3), 1e21), np.zeros((4, 2)), "sgd")
+    assert net.optimizer.t == 0
+    for (W, b), (W2, b2) in zip(before, net.get_params()):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
