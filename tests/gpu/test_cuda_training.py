@@ -380,3 +380,17 @@ def test_capture_refuses_a_first_batch_whose_loss_is_not_finite():
     assert net.optimizer.t == 0
     for (W, b), (W2, b2) in zip(before, net.get_params()):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
+
+
+def test_a_device_scalar_is_no_sample_whatever_its_dtype():
+    """A 0-d device array is refused as X, as a 0-d host array is, whatever its dtype: the cast to
+    the network's dtype (CuPy's ascontiguousarray makes 0-d arrays 1-d) made a float64 scalar one
+    sample of a one-input float32 network, and named shape (1,) in the error of a wider one."""
+    import cupy
+
+    for dtype in (cupy.float32, cupy.float64, cupy.int64):
+        x = cupy.asarray(3, dtype=dtype)
+        assert gpubp.MLP([1, 2], backend="cuda").backend.asarray(x, np.float32).shape == ()
+        for n_in in (1, 3):
+            with pytest.raises(ValueError, match=rf"X has shape \(\); expected \(B, {n_in}\)"):
+                gpubp.MLP([n_in, 2], backend="cuda", seed=0).predict(x)
