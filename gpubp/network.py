@@ -211,6 +211,7 @@ class MLP:
         The values are written into the network's parameter buffer: a bound optimizer
         (`net.optimizer`) keeps its state (moments, velocity, step count), as a PyTorch
         optimizer does when `load_state_dict` sets its module's parameters."""
+        self.backend.check_current(self._params, "network")   # the write runs on the current device
         try:
             params = list(params)
         except TypeError:
@@ -223,7 +224,7 @@ class MLP:
                 Wn, bn = pair
             except (TypeError, ValueError):
                 raise TypeError(f"set_params: layer {l} must be a (W, b) pair") from None
-            Wn, bn = host_array(Wn, f"layer {l} W"), host_array(bn, f"layer {l} b")
+            Wn, bn = self._host(Wn, f"layer {l} W"), self._host(bn, f"layer {l} b")
             if Wn.shape != W.shape or bn.shape != b.shape:
                 raise ValueError(f"layer {l}: expected W {W.shape} and b {b.shape}, got W {Wn.shape} "
                                  f"and b {bn.shape}")
@@ -240,10 +241,12 @@ class MLP:
         if mean is None and std is None:
             self.standardization, self._std_dev = None, None
             return
+        # its device copies are made on the current device, where every forward must find them
+        self.backend.check_current(self._params, "network")
         n0 = self.sizes[0]
         # copies: the network's standardisation must not change when the caller's arrays do
-        m = finite_after_cast(host_array(mean, "mean").reshape(-1), np.float64, "mean").copy()
-        s = finite_after_cast(host_array(std, "std").reshape(-1), np.float64, "std").copy()
+        m = finite_after_cast(self._host(mean, "mean").reshape(-1), np.float64, "mean").copy()
+        s = finite_after_cast(self._host(std, "std").reshape(-1), np.float64, "std").copy()
         if m.shape != (n0,) or s.shape != (n0,):
             raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
         if np.any(s <= 0):
@@ -319,11 +322,19 @@ class MLP:
             raise ValueError(f"{name} holds no samples")
         return a
 
+    def _host(self, x, name):
+        """`host_array(x, name)`, with a device array (CuPy, a CUDA tensor) copied to the host first:
+        numpy cannot read device memory (`np.asarray` of one raises TypeError)."""
+        if _is_device_array(x):
+            if self.backend.xp is np:   # the numpy backend says why it takes no device array
+                self.backend.asarray(x, np.float64)
+            x = self.backend.to_numpy(self.backend.xp.asarray(x))
+        return host_array(x, name)
+
     def _targets(self, Y, B, name="Y"):
         """Targets checked against a batch of `B` samples, as a backend array."""
-        if _is_device_array(Y):
-            Y = self.backend.to_numpy(self.backend.xp.asarray(Y))  # checked on the host
-        h = losses.prepare_targets(host_array(Y, name), self.loss, B, self.sizes[-1], self.dtype, name)
+        # checked on the host
+        h = losses.prepare_targets(self._host(Y, name), self.loss, B, self.sizes[-1], self.dtype, name)
         return self.backend.asarray(h, h.dtype)
 
     def _sample_weights(self, w, B, Y=None, class_weight=None, some_positive=True):
@@ -333,7 +344,7 @@ class MLP:
         of all the ranks' rows together are checked by `DataParallel.setup`)."""
         out = None
         if w is not None:
-            h = host_array(w, "sample_weight").astype(np.float64)
+            h = self._host(w, "sample_weight").astype(np.float64)
             if h.shape != (B,):
                 raise ValueError(f"sample_weight has shape {h.shape}; expected ({B},), one weight per sample")
             if not np.all(np.isfinite(h)) or np.any(h < 0):
@@ -523,18 +534,27 @@ class MLP:
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
         plan = self._gradients(X, Yd, plan=plan)
-        loss = float(self.backend.to_numpy(plan.loss)[0])   # read before the update: a sync
+        loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
+        opt.step(self.backend, self._params, self._grads)
+        self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
+        return loss
+
+    def _finite_loss(self, loss_out, opt) -> float:
+        """The loss in `loss_out[0]` of the step `opt` is about to take; FloatingPointError (before
+        that step's update) when it is not finite."""
+        loss = float(self.backend.to_numpy(loss_out)[0])
         if not math.isfinite(loss):
             broken = not bool(self.backend.xp.isfinite(self._params).all())   # say so: no step mends them
             raise self._diverged(loss, opt.t + 1, opt.lr, note=f" (the parameters are not finite: the update of "
                                  f"step {opt.t} overflowed them; set_params or load to go on)" if broken else "")
-        opt.step(self.backend, self._params, self._grads)
-        self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
         return loss
 
     def capture_train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str,
                            check_inputs: bool = True) -> Callable[[ArrayLike, ArrayLike], Any]:
         """Train on `(X, Y)` and return a function that trains on further batches of that shape.
+
+        The first step is checked as `train_step`'s: a loss that is not finite raises
+        FloatingPointError before its update, and nothing is captured.
 
         The returned `step(X, Y)` copies the batch into fixed buffers and
         replays the recorded step: on the CUDA backend that is one CUDA graph
@@ -561,9 +581,13 @@ class MLP:
         plan = self._new_plan(Xs.shape[0])       # refused (MemoryError) before the optimizer is bound
         loss_out = self.backend.zeros((1,), self.dtype)
         opt = self._bind(opt)
-        self.target_ndim = _target_ndim(Y)
         hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
-        self._step(Xs, Ys, opt, loss_out, plan=plan)    # a real first step; leaves every buffer allocated
+        # a real first step, its loss checked before its update as train_step's; it leaves every
+        # buffer allocated
+        self._gradients(Xs, Ys, loss_out, plan=plan)
+        self._finite_loss(loss_out, opt)
+        opt.step(self.backend, self._params, self._grads)
+        self.target_ndim = _target_ndim(Y)
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]
@@ -739,7 +763,7 @@ class MLP:
             validation = (Xh[n_all - n_val:], Yh[n_all - n_val:])
             Xh, Yh = Xh[:n_all - n_val], Yh[:n_all - n_val]
             if sample_weight is not None:
-                sw = host_array(sample_weight, "sample_weight")
+                sw = self._host(sample_weight, "sample_weight")
                 if sw.shape != (n_all,):
                     raise ValueError(f"sample_weight has shape {sw.shape}; expected ({n_all},), one weight per "
                                      "sample")
@@ -839,7 +863,8 @@ class MLP:
         shape and dtype (from the archive's headers, before any data is read), the checksums,
         finite parameters and a possible optimizer state (a step count >= 0, second moments
         >= 0).  A file that fails a check raises a ValueError naming the field or array at
-        fault; a bad `backend` is the argument's error (ValueError naming `backend`).
+        fault; a bad `backend` is the argument's error (ValueError naming `backend`), as is one
+        that cannot run the file's precision mode (ValueError naming both).
         """
         from . import checkpoint
 
@@ -849,6 +874,11 @@ class MLP:
             arrays = {name: ck.array(name, shape, dtype) for name, (shape, dtype) in spec["arrays"].items()}
             _check_checkpoint_values(ck, spec, arrays)
             cfg = spec["config"]
+            try:   # a sound file whose mode this backend cannot run: the backend's fault, not the file's
+                be.check_precision(cfg["precision"])
+            except ValueError as e:
+                raise ValueError(f"{str(path)!r} holds a network of precision {cfg['precision']!r}, which backend "
+                                 f"{be.name!r} cannot run: {e}") from None
             try:
                 net = cls(cfg["layer_sizes"], activation=cfg["activation"],
                           output_activation=cfg["output_activation"], loss=cfg["loss"], backend=be,

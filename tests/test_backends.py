@@ -1,5 +1,6 @@
 """Backend selection, on any machine."""
 
+import numpy as np
 import pytest
 
 import gpubp
@@ -26,5 +27,10 @@ def test_numpy_backend_refuses_device_arrays():
     class FakeDevice:
         __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False), "version": 3}
 
+    net = gpubp.MLP([2, 2], backend="numpy")
     with pytest.raises(TypeError, match="CUDA device"):
-        gpubp.MLP([2, 2], backend="numpy").forward(FakeDevice())
+        net.forward(FakeDevice())
+    with pytest.raises(TypeError, match="CUDA device"):    # every array argument, as X
+        net.fit(np.ones((2, 2)), np.ones((2, 2)), epochs=1, progress=False, sample_weight=FakeDevice())
+    with pytest.raises(TypeError, match="CUDA device"):
+        net.set_standardization(FakeDevice(), FakeDevice())

@@ -363,6 +363,24 @@ def test_a_bad_backend_argument_is_blamed_on_the_argument(tmp_path):
         assert "checkpoint" not in str(e.value) and str(path) not in str(e.value)
 
 
+def test_a_backend_that_cannot_run_the_precision_is_blamed_not_the_file(tmp_path):
+    """A sound bf16 checkpoint loaded onto a backend without bf16 (the default cuda backend, which
+    needs tensor_core_gemms=True) is refused naming the backend and the mode, not as a damaged file."""
+    from gpubp.backends import NumpyBackend
+    from gpubp.checkpoint import CheckpointError
+
+    class Float32Only(NumpyBackend):
+        name = "f32only"
+        precisions = ("float32", "tf32")
+
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0, precision="bf16")
+    net.save(tmp_path / "bf16.npz")
+    with pytest.raises(ValueError, match=r"backend 'f32only'.*'bf16'") as e:
+        gpubp.MLP.load(tmp_path / "bf16.npz", backend=Float32Only())
+    assert not isinstance(e.value, CheckpointError) and "not a usable" not in str(e.value)
+    assert gpubp.MLP.load(tmp_path / "bf16.npz", backend="numpy").precision == "bf16"
+
+
 @pytest.mark.parametrize("content, why", [
     (b"", "empty"),
     (b"layer_sizes = [5, 7, 3]\n", "not a zip archive"),

@@ -282,6 +282,21 @@ def test_train_step_divergence_changes_nothing():
     assert not np.array_equal(before, huge)
 
 
+def test_capture_train_step_refuses_a_first_batch_whose_loss_is_not_finite():
+    """capture_train_step trains on its first batch: like train_step it reads that loss before the
+    update and refuses a loss that is not finite (it used to apply the update and return a step,
+    leaving parameters that were no longer finite)."""
+    net = gpubp.MLP([2, 3, 1], loss="mse", backend="numpy", seed=0)
+    opt = gpubp.optim.Adam(0.1)
+    net.train_step(np.ones((4, 2)), np.ones((4, 1)), opt)
+    before, t = _flat(net), opt.t
+    with pytest.raises(FloatingPointError, match="step 2"):
+        net.capture_train_step(np.full((4, 2), 1e30), np.ones((4, 1)), opt)
+    assert opt.t == t and np.array_equal(_flat(net), before)
+    step = net.capture_train_step(np.ones((4, 2)), np.ones((4, 1)), opt)     # a finite batch: captured
+    assert opt.t == t + 1 and np.isfinite(float(step.first_loss[0]))
+
+
 # ---------------------------------------------------------------- refused calls change nothing
 @pytest.mark.parametrize("bad", [
     dict(Y=np.full(300, 9)),                                       # label out of range

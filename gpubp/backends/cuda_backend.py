@@ -142,7 +142,9 @@ class CudaBackend(Backend):
         self._same_device(x)
         if x.dtype == dtype and x.flags.c_contiguous:
             return x
-        return self._alloc(lambda shape, dtype: cupy.ascontiguousarray(x, dtype=dtype), x.shape, dtype)
+        # the shape kept: CuPy's ascontiguousarray (as numpy's) makes a 0-d array 1-d
+        return self._alloc(lambda shape, dtype: cupy.ascontiguousarray(x, dtype=dtype).reshape(shape), x.shape,
+                           dtype)
 
     def _from_host(self, h: np.ndarray, dtype):
         h = np.ascontiguousarray(h, dtype=dtype)

@@ -291,3 +291,106 @@ def test_two_threads_on_their_own_streams_equal_sequential():
     for net, ref in zip(nets, seq):
         for (W, b), (rW, rb) in zip(net.get_params(), ref):
             assert np.array_equal(W, rW) and np.array_equal(b, rb)
+
+
+class _DeviceOnly:
+    """A device array as CuPy and CUDA tensors present it to numpy: `__cuda_array_interface__`
+    only; `np.asarray` of it raises TypeError (CuPy: "Implicit conversion to a NumPy array is not
+    allowed"; torch: "can't convert cuda:0 device type tensor to numpy")."""
+
+    def __init__(self, a):
+        self._a = a
+        self.__cuda_array_interface__ = a.__cuda_array_interface__
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` "
+                        "to construct a NumPy array explicitly.")
+
+
+@pytest.mark.parametrize("wrap", [lambda a: a, _DeviceOnly], ids=["cupy", "device-object"])
+def test_device_weights_params_and_standardization_are_taken(wrap):
+    """X and Y may live on the device; so may sample_weight (with or without validation_split),
+    set_params' arrays and set_standardization's mean and std: each is copied to the host
+    where it is checked (numpy cannot read device memory)."""
+    import cupy
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((12, 4)), rng.integers(0, 3, 12)
+    w = rng.random(12) + 0.1
+
+    def dev(a):
+        return wrap(cupy.asarray(a))
+
+    host, gpu = (gpubp.MLP([4, 5, 3], loss="cross_entropy", backend="cuda", seed=0, dtype="float64")
+                 for _ in range(2))
+    for kw in ({}, {"validation_split": 0.25}):
+        h = host.fit(X, Y, epochs=1, batch_size=5, shuffle=False, progress=False, sample_weight=w, **kw)
+        g = gpu.fit(X, Y, epochs=1, batch_size=5, shuffle=False, progress=False, sample_weight=dev(w), **kw)
+        assert g["loss"] == h["loss"]
+    params = [(W * 0.5, b + 1) for W, b in host.get_params()]
+    host.set_params(params)
+    gpu.set_params([(dev(W), dev(b)) for W, b in params])
+    host.set_standardization(X.mean(0), X.std(0))
+    gpu.set_standardization(dev(X.mean(0)), dev(X.std(0)))
+    for (W, b), (W2, b2) in zip(host.get_params(), gpu.get_params()):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    np.testing.assert_array_equal(gpu.standardization[1], host.standardization[1])
+    with pytest.raises(ValueError, match="sample_weight must hold finite"):
+        gpu.fit(X, Y, epochs=1, progress=False, sample_weight=dev(np.full(12, np.nan)))
+
+
+def _n_devices():
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+def test_setting_parameters_or_standardization_under_another_device_is_refused():
+    """A network lives on the device it was made on; set_params and set_standardization under
+    another current device are refused, as training and predicting there are, instead of writing
+    through that device (set_standardization kept its buffers there: every later forward on the
+    network's own device then read another device's memory)."""
+    import cupy
+
+    if _n_devices() < 2:
+        pytest.skip("needs two CUDA devices (GPUBP_EMU_DEVICES=2 under the emulator)")
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    with cupy.cuda.Device(1):
+        net = gpubp.MLP([3, 4, 2], backend="cuda", seed=0)
+        before = net.predict(X)
+    params = net.get_params()                               # reading works from anywhere
+    with pytest.raises(ValueError, match="network is on CUDA device 1 but the current device is 0"):
+        net.set_standardization(np.ones(3), np.full(3, 2.0))
+    with pytest.raises(ValueError, match="network is on CUDA device 1 but the current device is 0"):
+        net.set_params([(W * 2, b) for W, b in params])
+    assert net.standardization is None and net._std_dev is None
+    with cupy.cuda.Device(1):
+        np.testing.assert_array_equal(net.predict(X), before)
+        net.set_standardization(np.ones(3), np.full(3, 2.0))
+        assert all(a.device.id == 1 for a in net._std_dev)
+
+
+def test_capture_refuses_a_first_batch_whose_loss_is_not_finite():
+    """As train_step: the first captured step's loss is read before its update (it used to update
+    with infinite gradients and return a step over parameters that were no longer finite)."""
+    net = gpubp.MLP([3, 2], backend="cuda", seed=0)
+    before = net.get_params()
+    with pytest.raises(FloatingPointError, match="loss became inf at step 1"):
+        net.capture_train_step(np.full((4, 3), 1e21), np.zeros((4, 2)), "sgd")
+    assert net.optimizer.t == 0
+    for (W, b), (W2, b2) in zip(before, net.get_params()):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+
+
+def test_a_device_scalar_is_no_sample_whatever_its_dtype():
+    """A 0-d device array is refused as X, as a 0-d host array is, whatever its dtype: the cast to
+    the network's dtype (CuPy's ascontiguousarray makes 0-d arrays 1-d) made a float64 scalar one
+    sample of a one-input float32 network, and named shape (1,) in the error of a wider one."""
+    import cupy
+
+    for dtype in (cupy.float32, cupy.float64, cupy.int64):
+        x = cupy.asarray(3, dtype=dtype)
+        assert gpubp.MLP([1, 2], backend="cuda").backend.asarray(x, np.float32).shape == ()
+        for n_in in (1, 3):
+            with pytest.raises(ValueError, match=rf"X has shape \(\); expected \(B, {n_in}\)"):
+                gpubp.MLP([n_in, 2], backend="cuda", seed=0).predict(x)

@@ -77,12 +77,20 @@ def test_a_step_matches_the_numpy_emulation(prec, sizes, B):
         _close(db, rb, tol, f"layer {l} db")
 
 
-def test_default_backend_refuses_bf16_and_3xtf32():
+def test_default_backend_refuses_bf16_and_3xtf32(tmp_path):
     from gpubp.backends.cuda_backend import CudaBackend
+    from gpubp.checkpoint import CheckpointError
 
     for prec in ("bf16", "3xtf32"):
         with pytest.raises(ValueError, match="not yet available on the cuda backend"):
             gpubp.MLP([8, 4], backend=CudaBackend(), precision=prec)
+        # a sound checkpoint of the mode: the backend is refused, the file is not called unusable
+        gpubp.MLP([8, 4], backend="numpy", precision=prec).save(tmp_path / f"{prec}.npz")
+        with pytest.raises(ValueError, match="tensor_core_gemms=True") as e:
+            gpubp.MLP.load(tmp_path / f"{prec}.npz", backend=CudaBackend())
+        assert not isinstance(e.value, CheckpointError)
+        back = gpubp.MLP.load(tmp_path / f"{prec}.npz", backend=CudaBackend(tensor_core_gemms=True))
+        assert back.precision == prec
 
 
 def test_training_on_digits_in_every_mode():

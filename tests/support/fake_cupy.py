@@ -452,6 +452,18 @@ class FakeCupy(types.ModuleType):
             raise TypeError("cupy.ascontiguousarray takes a device array")
         return self._to_device(np.ascontiguousarray(a.view(np.ndarray), dtype=dtype))
 
+    def asfortranarray(self, a, dtype=None):
+        """A Fortran-ordered device copy of the device array `a` (as CuPy's: no copy when it is one)."""
+        if not isinstance(a, self.ndarray):
+            raise TypeError("cupy.asfortranarray takes a device array")
+        if a.flags.f_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+            return a
+        self._no_sync("cupy.asfortranarray")
+        host = np.asfortranarray(a.view(np.ndarray), dtype=dtype)
+        out = self.ndarray(host.shape, host.dtype, order="F")
+        out.view(np.ndarray)[...] = host
+        return out
+
     def asnumpy(self, a, stream=None):
         self._no_sync("a device-to-host copy (cupy.asnumpy)")
         if isinstance(a, self.ndarray):
