@@ -2,8 +2,9 @@
 
 A backend owns where arrays live (host memory for numpy, device memory for
 CUDA) and how the fused operations of docs/spec.md are computed.  The network code
-(`gpubp.network`) calls only the methods below and never asks which backend it
-has.  Every array argument is an array of the backend's own kind (`xp.ndarray`),
+(`gpubp.network`) calls only the methods below and never branches on which backend
+it has (but for `MLP._host`, which lets a backend whose `xp` is numpy refuse a
+device array with its own message).  Every array argument is an array of the backend's own kind (`xp.ndarray`),
 C-contiguous, of the network's dtype; outputs are written in place into arrays
 the caller allocated.  Temporaries live in a `Scratch` the caller owns (the
 `scratch=` argument: a step plan's, an optimizer's); without one an operation
