@@ -316,3 +316,111 @@ def test_explain_md_gradient_ratios_by_activation_and_init():
         g = [float(np.linalg.norm(dW)) for dW, _ in net.loss_and_grads(X, Y)[1]]
         assert f"{g[0] / g[-1]:.2g}" == f"{float(ratio):.2g}", (act, init, g[0] / g[-1])
         assert [w.layer for w in gradflow.flow_warnings(g)] == warned
+
+
+# ---------------------------------------------------------------- the spec's and README's numbers, pinned
+
+SPEC = ROOT / "docs" / "spec.md"
+
+
+def test_spec_constants_are_the_codes():
+    """Every `NAME = value` the spec states is the library's constant of that name."""
+    from gpubp import activations, checkpoint, network, params, training
+    text = " ".join(SPEC.read_text().split())
+    where = {"ALIGN": params, "CHECK_EVERY": training, "EVAL_CHUNK": network, "LEAKY_SLOPE": activations}
+    stated = dict(re.findall(r"`(?:s = )?([A-Z][A-Z_]+) = ([0-9.e-]+)`", text))
+    assert set(stated) == set(where), stated
+    for name, value in stated.items():
+        assert float(value) == getattr(where[name], name), name
+    depth = re.search(r"`MAX_META_DEPTH` \((\d+)\)", text).group(1)
+    assert int(depth) == checkpoint.MAX_META_DEPTH
+    assert "`c = sqrt(2/pi)`, `k = 0.044715`" in text
+    assert activations.GELU_C == pytest.approx(np.sqrt(2 / np.pi), rel=1e-15) and activations.GELU_K == 0.044715
+
+
+def test_spec_tables_list_the_names_in_the_codes_order():
+    import gpubp
+    text = SPEC.read_text()
+
+    def first_column(heading):
+        section = text[text.index(heading):]
+        section = section[section.index("\n| ---"):]
+        return re.findall(r"^\| `([a-z_]+)` \|", section.split("\n\n")[0], flags=re.M)
+    assert tuple(first_column("## Activations and their derivatives")) == gpubp.ACTIVATIONS   # also ACT_CODES
+    assert tuple(first_column("## Losses and the output delta")) == gpubp.LOSSES
+    from gpubp.precision import PRECISIONS, TOLERANCE
+    modes = re.findall(r'^\| `"([a-z0-9]+)"`.*\| `([0-9.e-]+)` \|$', text, flags=re.M)
+    assert [m for m, _ in modes] == list(PRECISIONS)
+    assert {m: float(t) for m, t in modes} == TOLERANCE
+
+
+def test_readme_optimizer_signatures_are_the_codes():
+    """README's `SGD(lr, momentum=0, weight_decay=0)`, `Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0)` and `AdamW(..., weight_decay=1e-2)` (the spec says the same): the defaults as written."""
+    import ast
+    import inspect
+
+    from gpubp import optim
+    text = " ".join(README.read_text().split()) + " " + " ".join(SPEC.read_text().split())
+    for name in ("SGD", "Adam", "AdamW"):
+        calls = set(re.findall(rf"`(?:gpubp\.optim\.)?({name}\([^`]*\))`", text))
+        assert calls, name
+        params = inspect.signature(getattr(optim, name).__init__).parameters
+        for call in calls:
+            node = ast.parse(call.replace("..., ", ""), mode="eval").body
+            assert node.keywords, call
+            for kw in node.keywords:
+                assert params[kw.arg].default == ast.literal_eval(kw.value), (call, kw.arg)
+
+
+def test_readme_extras_table_is_pyproject():
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = README.read_text()
+    section = text[text.index("| extra | brings | for |"):]
+    listed = []
+    for row in section.split("\n\n")[0].splitlines()[2:]:
+        listed += re.findall(r"`([a-z0-9]+)`", row.split("|")[1])
+    assert sorted(listed) == sorted(extras)
+    everything = set(re.search(r"gpubp\[([a-z0-9,]+)\]", extras["all"][0]).group(1).split(","))
+    assert everything == set(extras) - {"all", "test", "cuda12", "cuda13"}     # "all of the above but CuPy"
+
+
+def test_spec_initialisations_draw_as_written():
+    """init="torch": W then b uniform in ±1/sqrt(n_in); "xavier": W uniform in ±sqrt(6/(n_in+n_out));
+    "kaiming": W normal, std sqrt(2/n_in); b = 0 for both; default_rng(seed), float64, layer by layer."""
+    import gpubp
+    sizes = [5, 7, 3]
+    for init in ("torch", "xavier", "kaiming"):
+        rng = np.random.default_rng(11)
+        want = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            if init == "torch":
+                bound = 1 / np.sqrt(n_in)
+                want.append((rng.uniform(-bound, bound, (n_out, n_in)), rng.uniform(-bound, bound, n_out)))
+            elif init == "xavier":
+                bound = np.sqrt(6 / (n_in + n_out))
+                want.append((rng.uniform(-bound, bound, (n_out, n_in)), np.zeros(n_out)))
+            else:
+                want.append((rng.normal(0, np.sqrt(2 / n_in), (n_out, n_in)), np.zeros(n_out)))
+        for dtype in ("float64", "float32"):
+            net = gpubp.MLP(sizes, backend="numpy", dtype=dtype, seed=11, init=init)
+            for (W, b), (W0, b0) in zip(net.get_params(), want):
+                assert np.array_equal(W, W0.astype(dtype)) and np.array_equal(b, b0.astype(dtype)), (init, dtype)
+
+
+def test_spec_checkpoint_arrays_and_balanced_class_weights(tmp_path):
+    import gpubp
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 3)), np.array([0] * 9 + [1] * 3)
+    net = gpubp.MLP([3, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    # "class c gets the weight N / (n_L count_c)", counted over the N training rows
+    w = net._sample_weights(None, 12, net._targets(y, 12), "balanced")
+    assert np.array_equal(w, np.where(y == 0, 12 / (2 * 9), 12 / (2 * 3)))
+    net.fit(X, y, epochs=1, batch_size=4, standardize=True, progress=False)
+    net.save(tmp_path / "net.npz")
+    with np.load(tmp_path / "net.npz", allow_pickle=False) as f:
+        assert sorted(f.files) == ["input_mean", "input_std", "meta", "opt.m", "opt.v", "params"]
+        assert f["input_mean"].dtype == f["input_std"].dtype == np.float64 and f["input_std"].shape == (3,)
+    text = " ".join(SPEC.read_text().split())
+    assert all(f"`{name}`" in text for name in ("meta", "params", "opt.<name>", "input_mean", "input_std"))
