@@ -356,11 +356,18 @@ def json_data(obj):
     """`obj` (a dict) as plain JSON data, numpy arrays and scalars as lists and numbers; else a TypeError.
 
     Dict keys must be strings: JSON would turn `{0: "cat"}` into `{"0": "cat"}` (and `{1: "a", "1": "b"}`
-    into one key), so what loads would not be what was saved."""
+    into one key), so what loads would not be what was saved.  It may nest `MAX_META_DEPTH - 1` levels
+    of lists and dicts (itself the first, a numpy array's dimensions counted as lists): a checkpoint's
+    metadata document holds it one level down and nests at most `MAX_META_DEPTH`."""
     if obj is None:
         return {}
     if not isinstance(obj, dict):
         raise TypeError(f"metadata must be a dict, got {type(obj).__name__}")
+    too_deep = TypeError(f"metadata must not nest lists or dicts deeper than {MAX_META_DEPTH - 1} levels (the "
+                         f"checkpoint's metadata document holds it one level down and nests at most "
+                         f"{MAX_META_DEPTH})")
+    if _depth(obj) > MAX_META_DEPTH - 1:
+        raise too_deep
     for o, _ in _containers(obj):   # deeper than the limit is json.dumps's to refuse below
         bad = [k for k in o if not isinstance(k, str)][:1] if isinstance(o, dict) else []
         if bad:
@@ -372,9 +379,12 @@ def json_data(obj):
             return o.tolist()
         raise TypeError(f"{type(o).__name__} is not JSON data")
     try:
-        return json.loads(json.dumps(obj, default=plain, allow_nan=False))
+        data = json.loads(json.dumps(obj, default=plain, allow_nan=False))
     except RecursionError:
-        raise TypeError(f"metadata must not nest lists or dicts deeper than {MAX_META_DEPTH} levels") from None
+        raise too_deep from None
     except (TypeError, ValueError) as e:
         raise TypeError(f"metadata must hold JSON data (numbers, strings, lists, dicts, arrays; no NaN or "
                         f"infinity): {e}") from None
+    if _depth(data) > MAX_META_DEPTH - 1:     # a numpy array's dimensions became lists
+        raise too_deep
+    return data

@@ -591,18 +591,25 @@ def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
 
     net = gpubp.MLP([3, 2], backend="numpy", seed=0)
 
-    def nested(n):
-        d = 1
+    def nested(n, leaf=1):
+        d = leaf
         for _ in range(n):
             d = [d]
         return d
     # the metadata sits two levels down in the file: {"metadata": {"x": ...}}
     net.save(tmp_path / "ok.npz", metadata={"x": nested(MAX_META_DEPTH - 2)})
     assert gpubp.MLP.load(tmp_path / "ok.npz", backend="numpy").metadata == {"x": nested(MAX_META_DEPTH - 2)}
+    # the message gives the metadata's own limit, MAX_META_DEPTH - 1: {"x": nested(MAX_META_DEPTH - 1)} is
+    # MAX_META_DEPTH levels deep, one too many, and not "deeper than MAX_META_DEPTH levels"
     for n in (MAX_META_DEPTH - 1, 5000):          # 5000 levels crashed json.dumps with a RecursionError
-        with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH} levels"):
+        with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH - 1} levels"):
             net.save(tmp_path / "deep.npz", metadata={"x": nested(n)})
         assert not (tmp_path / "deep.npz").exists()
+    # a numpy array is saved as nested lists: its dimensions count
+    net.save(tmp_path / "ok.npz", metadata={"x": nested(MAX_META_DEPTH - 5, np.zeros((1, 1, 1)))})
+    with pytest.raises(TypeError, match=f"deeper than {MAX_META_DEPTH - 1} levels"):
+        net.save(tmp_path / "deep.npz", metadata={"x": nested(MAX_META_DEPTH - 5, np.zeros((1, 1, 1, 1)))})
+    assert not (tmp_path / "deep.npz").exists()
     cyclic = {"a": []}
     cyclic["a"].append(cyclic)
     with pytest.raises(TypeError, match="deeper than"):     # the format's own writer, given a cycle: no hang
