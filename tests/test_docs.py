@@ -424,3 +424,19 @@ def test_spec_checkpoint_arrays_and_balanced_class_weights(tmp_path):
         assert f["input_mean"].dtype == f["input_std"].dtype == np.float64 and f["input_std"].shape == (3,)
     text = " ".join(SPEC.read_text().split())
     assert all(f"`{name}`" in text for name in ("meta", "params", "opt.<name>", "input_mean", "input_std"))
+
+
+def test_every_relative_link_and_named_file_of_the_docs_exists():
+    """README.md and docs/*.md link only files of the repository, and every file they name in code
+    spans (`kernels/gemm.cu`, `tc_bench.py`) is one (generated outputs like `sig-grad-norms.png` aside)."""
+    tracked = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts]
+    bad = []
+    for md in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = md.read_text()
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" not in link and not (md.parent / link).exists():
+                bad.append(f"{md.name}: link {link}")
+        for name in set(re.findall(r"`([A-Za-z0-9_./-]+\.(?:py|cu|cuh|sh|md|json|toml))`", text)):
+            if not (ROOT / name).exists() and not any(t == name or t.endswith("/" + name) for t in tracked):
+                bad.append(f"{md.name}: names {name}")
+    assert not bad, bad
