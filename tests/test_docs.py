@@ -440,3 +440,44 @@ def test_every_relative_link_and_named_file_of_the_docs_exists():
             if not (ROOT / name).exists() and not any(t == name or t.endswith("/" + name) for t in tracked):
                 bad.append(f"{md.name}: names {name}")
     assert not bad, bad
+
+
+def test_explain_md_table_is_what_gpubp_explain_prints():
+    """docs/explain.md's 2-2-1 table: its `gpubp explain` column (or "the same": the formulas' column)
+    is exactly the trace's, the two columns differ by at most 2e-16 relative, and the lr 0.5 example's
+    numbers are its trace's too."""
+    import json as _json
+
+    from gpubp import explain
+    text = (ROOT / "docs" / "explain.md").read_text()
+
+    def trace(example):
+        prob = explain.make_problem(weights=explain._example_text(example), weights_is_text=True)
+        return _json.loads(explain.trace_json(explain.trace_step(**prob.trace_args())))
+
+    t = trace("sigmoid-2-2-1")
+    f, b, u = t["forward"], t["backward"], t["updated"]
+    flat = lambda v: list(np.ravel(v))   # noqa: E731
+    want = {"z1": f[0]["z"], "a1": f[0]["a"], "z2": f[1]["z"], "a2": f[1]["a"], "loss": [t["loss"]],
+            "dL/da2": b[0]["dL_da"], "g'(z2)": b[0]["g_prime"], "delta2": b[0]["delta"], "dW2": flat(b[0]["dW"]),
+            "db2": b[0]["db"], "dL/da1": b[1]["dL_da"], "g'(z1)": b[1]["g_prime"], "delta1": b[1]["delta"],
+            "dW1": flat(b[1]["dW"]), "db1": b[1]["db"], "W1 after": flat(u[0]["W"]), "b1 after": u[0]["b"],
+            "W2 after": flat(u[1]["W"]), "b2 after": u[1]["b"], "loss after the step": [t["loss_after"]]}
+    section = text[text.index("| quantity | the visualiser's formulas |"):]
+    rows = [r for r in section.split("\n\n")[0].splitlines()[2:]]
+    seen = set()
+    for row in rows:
+        name, formulas, ours = (c.strip() for c in row.strip("|").split("|"))
+        key = re.sub(r"\*\*|\s*\(published.*\)|\s*=.*", "", name)
+        nums = lambda s: [float(x) for x in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", s)]   # noqa: E731
+        left, right = nums(formulas), (nums(formulas) if ours == "the same" else nums(ours))
+        assert right == want[key], (key, right, want[key])
+        assert np.allclose(left, right, rtol=2.3e-16, atol=0), (key, left, right)
+        seen.add(key)
+    assert seen == set(want)
+    t5 = trace("sigmoid-2-2-1-lr0.5")
+    para = " ".join(text[text.index("The \"higher learning rate\" example"):].split("\n\n")[0].split())
+    stated = [float(x) for x in re.findall(r"-?\d+\.\d{6,}", para)]
+    got = flat(t5["updated"][0]["W"]) + t5["updated"][0]["b"] + flat(t5["updated"][1]["W"]) + t5["updated"][1]["b"]
+    assert stated == got + [t5["loss_after"]]
+    assert f"half_sse would halve its loss, {t['loss'] / 2:.5f}" in " ".join(text.split())
