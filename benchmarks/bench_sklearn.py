@@ -1,7 +1,7 @@
 """gpubp.sklearn's MLPClassifier / MLPRegressor against scikit-learn's own, at the same settings.
 
     python benchmarks/bench_sklearn.py [--backend auto|numpy|cuda] [--dtype float32|float64]
-        [--seeds 3] [--threads 1] [--hidden 100] [--max-iter 200] [--json FILE]
+        [--seeds 2] [--threads 1] [--hidden 100] [--max-iter 200] [--json FILE]
 
 For each of scikit-learn's bundled data sets iris, digits, breast_cancer
 (classification, accuracy) and diabetes (regression, R^2 of the target / 100),
