@@ -796,26 +796,27 @@ class MLP:
                 schedule_rate(lr_schedule, 1)
             if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
                 self._plan(min(batch_size, Xd.shape[0]))
-        except Exception:
+        except BaseException:   # a KeyboardInterrupt during the checks too
             undo()
             raise
-        self.target_ndim = _target_ndim(Yh)
-        opt = self._bind(opt, lr)
-        self.stop_training = False
-        dist = None
-        if comm is not None:
-            dist = DataParallel(comm, self, opt, sharded)
-            progress = progress if comm.is_root else False
-        loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
-                       (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
-                       grad_norms, dist=dist)
+        loop = None
         try:
+            self.target_ndim = _target_ndim(Yh)
+            opt = self._bind(opt, lr)
+            self.stop_training = False
+            dist = None
+            if comm is not None:
+                dist = DataParallel(comm, self, opt, sharded)
+                progress = progress if comm.is_root else False
+            loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
+                           (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
+                           grad_norms, dist=dist)
             return loop.run(epochs)
-        except Exception as e:
+        except BaseException as e:   # a KeyboardInterrupt too
             # refused by every rank together (ConfigMismatch...) before anything was broadcast or trained,
             # or by a callback's on_train_begin (EarlyStopping monitoring a figure this fit does not
             # record) before the first step: the call changes nothing, as an argument refused here does not
-            if isinstance(e, EveryRankError) or not loop.started:
+            if isinstance(e, EveryRankError) or loop is None or not loop.started:
                 undo()
             raise
 

@@ -123,6 +123,11 @@ class FitLoop:
         #: leaves the network as it was and `fit` undoes the call's other changes
         self.started = False
         self.flow_warned: set = set()   # (layer, kind) of the gradient-flow warnings already given
+        #: set when an update begins and cleared once the step counts as done: an exception in between
+        #: may have left the update half made (the step count, some state buffers, not the parameters)
+        self.updating = False
+        #: set when `_roll_back` has left the network as after the last good step and raises
+        self.rolled_back = False
 
     # ---------------------------------------------------------------- one step
     def _batch(self, i):
@@ -141,12 +146,14 @@ class FitLoop:
         X, Y, w = self._batch(i)
         if self.dist is not None and self.dist.skip(i):   # no rows of this batch here: zeros join the sum
             self.dist.empty_step(step_losses[i:i + 1])
+            self.updating = True
             opt.step(net.backend, net._params, net._grads)
             return None
         after_layer = None if self.dist is None else self.dist.after_layer
         plan = net._gradients(X, Y, step_losses[i:i + 1], w, after_layer=after_layer, every_delta=every_delta)
         if self.dist is not None:
             self.dist.finish()
+        self.updating = True    # cleared by the caller once it counts the step as done (see `_settle`)
         opt.step(net.backend, net._params, net._grads)
         return plan
 
@@ -177,12 +184,14 @@ class FitLoop:
                 lr = self.opt.lr
                 self._restore(snap)
                 err = self.net._diverged_update(self.opt.t + 1, lr, f" (epoch {epoch}, batch {j + 1})")
+                self.rolled_back = True
                 raise err if self.dist is None else self.dist.on_every_rank(err)
         if loss is None:   # not reached: the replay repeats the steps that left the state non-finite
             raise RuntimeError("the training state stopped being finite, but replaying the steps did not")
         # the rate step k ran with (the optimizer keeps that of the last finite step)
         lr = self.opt.lr if self.lr_schedule is None else self.lr_schedule(self.epoch_start + k + 1)
         err = self.net._diverged(loss, self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
+        self.rolled_back = True
         raise err if self.dist is None else self.dist.on_every_rank(err)
 
     def _restore(self, snap):
@@ -273,28 +282,63 @@ class FitLoop:
 
     def _epoch(self, epoch, step_losses, snap, hist):
         be = self.net.backend
-        checked = 0
+        checked = done = 0     # steps of this epoch whose losses were checked; whose updates were made
         self._take(snap)
         last = self.n_batches - 1
-        for i in range(self.n_batches):
-            if self.grad_norms and i == last:
-                before = be.to_numpy(self.net._params)
-            plan = self._run_step(i, step_losses, every_delta=self.grad_norms and i == last)
-            if (i + 1) % CHECK_EVERY == 0 or i == last:
-                vals = be.to_numpy(step_losses[checked:i + 1])
-                if self.dist is not None:   # every rank decides on the global batches' losses
-                    vals = self.dist.global_losses(vals, checked)
-                bad = np.flatnonzero(~np.isfinite(vals))
-                # an update can overflow while the loss it followed was finite
-                if bad.size or not self._state_finite():
-                    self._roll_back(snap, checked, checked + int(bad[0]) if bad.size else i + 1,
-                                    vals[bad[0]] if bad.size else None, epoch, step_losses)
-                checked = i + 1
-                if i != last:
-                    self._take(snap)
-            self.reporter.step()
+        try:
+            for i in range(self.n_batches):
+                if self.grad_norms and i == last:
+                    before = be.to_numpy(self.net._params)
+                plan = self._run_step(i, step_losses, every_delta=self.grad_norms and i == last)
+                done = i + 1
+                self.updating = False
+                if (i + 1) % CHECK_EVERY == 0 or i == last:
+                    vals = be.to_numpy(step_losses[checked:i + 1])
+                    if self.dist is not None:   # every rank decides on the global batches' losses
+                        vals = self.dist.global_losses(vals, checked)
+                    bad = np.flatnonzero(~np.isfinite(vals))
+                    # an update can overflow while the loss it followed was finite
+                    if bad.size or not self._state_finite():
+                        self._roll_back(snap, checked, checked + int(bad[0]) if bad.size else i + 1,
+                                        vals[bad[0]] if bad.size else None, epoch, step_losses)
+                    checked = i + 1
+                    if i != last:
+                        self._take(snap)
+                self.reporter.step()
+        except BaseException:
+            # an interrupt (KeyboardInterrupt) or an error of a schedule, a backend call... within the
+            # window: settle the network on its last good step before passing the exception on
+            if not self.rolled_back and self.dist is None:   # ranks: the exception ends the whole job
+                self._settle(snap, checked, done, step_losses)
+            raise
         if self.grad_norms:
             self._record_flow(before, plan, hist)
+
+    def _settle(self, snap, first, done, step_losses):
+        """Leave the network as after the last good step of the window that began at step `first`
+        (snapshot `snap`), of which steps `first .. done - 1` were made, when an exception cut the
+        window short: an update it interrupted is undone (the snapshot restored and the window's made
+        steps replayed), and so is every step from the first whose loss was not finite, or whose
+        update left the state not finite, as the window's check would have.  A second exception while
+        replaying leaves the network as after the steps replayed so far."""
+        be = self.net.backend
+        vals = be.to_numpy(step_losses[first:done])
+        bad = np.flatnonzero(~np.isfinite(vals))
+        good = first + int(bad[0]) if bad.size else done
+        if good == done and not self.updating and self._state_finite():
+            return                        # between two steps, every one of them good: nothing to undo
+        self._restore(snap)
+        try:
+            for j in range(first, good):
+                self._take(snap)
+                self._run_step(j, step_losses)
+                self.updating = False
+                if not self._state_finite():
+                    self._restore(snap)
+                    return
+        except BaseException:
+            self._restore(snap)          # as after step j - 1 (taken before step j)
+            raise
 
     def _record_flow(self, before, plan, hist):
         from .gradflow import GradientFlowWarning, flow_warnings, layer_stats

@@ -297,6 +297,104 @@ def test_capture_train_step_refuses_a_first_batch_whose_loss_is_not_finite():
     assert opt.t == t + 1 and np.isfinite(float(step.first_loss[0]))
 
 
+# ---------------------------------------------------------------- interrupted fit
+def _half_update(monkeypatch, name, at):
+    """Make the numpy backend's `name` update (sgd_update, adam_update) raise KeyboardInterrupt at its
+    `at`-th call, half made: its first state buffer and the parameters already changed."""
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    orig, calls = getattr(NumpyBackend, name), [0]
+
+    def update(self, params, grads, state, *args, **kw):
+        calls[0] += 1
+        if calls[0] == at:
+            state += 1.0
+            params -= 0.5
+            raise KeyboardInterrupt
+        return orig(self, params, grads, state, *args, **kw)
+
+    monkeypatch.setattr(NumpyBackend, name, update)
+
+
+@pytest.mark.parametrize("make_opt, update", [(lambda: gpubp.optim.Adam(1e-2), "adam_update"),
+                                              (lambda: gpubp.optim.SGD(0.05, momentum=0.9), "sgd_update")],
+                         ids=["adam", "sgd"])
+@pytest.mark.parametrize("at", [1, 5, 7], ids=lambda k: f"update{k}")   # 7: the second epoch's window
+def test_an_interrupt_inside_an_update_leaves_the_last_whole_step(monkeypatch, make_opt, update, at):
+    """A KeyboardInterrupt in the middle of an update (the step count, a state buffer and the
+    parameters changed, the rest not) leaves the network, the optimizer's state and its step count
+    bitwise as after the step before: never half an update."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((64, 6)), rng.standard_normal((64, 2))
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    opt = make_opt()
+    _half_update(monkeypatch, update, at)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, epochs=3, batch_size=16, optimizer=opt, shuffle=False, progress=False)
+    monkeypatch.undo()
+    ref = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    ropt = make_opt()
+    for s in range(at - 1):
+        i = s % 4
+        ref.train_step(X[i * 16:(i + 1) * 16], Y[i * 16:(i + 1) * 16], ropt)
+    assert opt.t == at - 1
+    assert np.array_equal(_flat(net), _flat(ref))
+    for k, v in _state(ropt)[0].items():
+        assert np.array_equal(_state(opt)[0][k], v)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_within_a_window_leaves_no_diverged_state(error):
+    """An exception between two steps (here the schedule's, at step 4) comes before the window's
+    check of its losses: fit still leaves the network as after the last good step (the update of
+    step 3 overflowed the parameters), never with parameters that are not finite."""
+    X, Y = _overflowing()
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+
+    def sched(step):
+        if step == 4:
+            raise error("the schedule stops here")
+        return 1e37 if step == 3 else 1e-6
+
+    with pytest.raises(error, match="the schedule stops here"):
+        net.fit(X, Y, epochs=1, batch_size=16, optimizer=gpubp.optim.SGD(1.0), lr_schedule=sched,
+                shuffle=False, progress=False)
+    assert np.all(np.isfinite(_flat(net)))
+    ref, ropt = _plain_steps([1e-6] * 2, X, Y, 16)
+    assert net.optimizer.t == 2 == ropt.t
+    assert np.array_equal(_flat(net), _flat(ref))
+    assert net.optimizer.lr == 1e-6
+
+
+class _Interrupt:
+    def on_train_begin(self, net, logs):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["checks", "on_train_begin"])
+def test_an_interrupt_before_training_begins_changes_nothing(monkeypatch, where):
+    """A KeyboardInterrupt while fit checks its arguments, or in a callback's on_train_begin, is
+    undone as a refused argument is: the standardisation, the optimizer and its state as they were."""
+    X, y = _data(7)
+    net = _net()
+    opt = gpubp.optim.Adam(1e-2)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, progress=False)
+    before, state = _flat(net), _state(opt)
+    kw = dict(epochs=1, batch_size=64, optimizer="sgd", standardize=True, progress=False)
+    if where == "checks":
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(net, "_sample_weights", interrupted)
+    else:
+        kw["callbacks"] = [_Interrupt()]
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, **kw)
+    assert net.optimizer is opt and np.array_equal(_flat(net), before)
+    after = _state(opt)
+    assert after[1] == state[1] and all(np.array_equal(after[0][k], v) for k, v in state[0].items())
+    assert net.standardization is None
+
+
 # ---------------------------------------------------------------- refused calls change nothing
 @pytest.mark.parametrize("bad", [
     dict(Y=np.full(300, 9)),                                       # label out of range
