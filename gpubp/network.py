@@ -1008,10 +1008,14 @@ def _checkpoint_spec(ck) -> dict:
 
     Reads no array data: shapes and dtypes are checked against the archive's headers.
     """
+    from . import checkpoint
+
     meta = ck.meta
     c = ck.field(meta, "config", dict)
 
     def bad(field, why):
+        if isinstance(why, checkpoint.CheckpointError):   # ck.field's own error, which names the field
+            raise why
         ck.fail(f"field {field!r}: {why}")
 
     sizes = ck.field(c, "layer_sizes", list, "config")

@@ -355,6 +355,18 @@ def test_every_malformed_field_is_a_value_error_naming_it(tmp_path, spoil, field
         gpubp.MLP.load(bad, backend="numpy")
 
 
+@pytest.mark.parametrize("field, value", [("dtype", 64), ("loss", None), ("output_activation", 1)])
+def test_a_field_of_the_wrong_type_is_named_once(tmp_path, field, value):
+    """A configuration field of the wrong type is named by one plain message, not one nested in
+    another (the path and "not a usable gpubp checkpoint" twice)."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["config"][field] = value
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=f"field 'config.{field}' must be a string, got {value!r}$") as info:
+        gpubp.MLP.load(bad, backend="numpy")
+    assert str(info.value).count("not a usable gpubp checkpoint") == 1
+
+
 def test_a_bad_backend_argument_is_blamed_on_the_argument(tmp_path):
     _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
     for backend in ("tpu", 3, None):
