@@ -75,6 +75,32 @@ def test_plans_are_bounded_and_reused():
     assert net._plan(64) is p
 
 
+@pytest.mark.parametrize("call", ["fit", "predict", "evaluate", "train_step", "loss_and_grads"])
+def test_kept_plans_do_not_keep_the_callers_data_alive(call):
+    """A kept plan holds buffers of its own batch shape, not the last input it was bound to: after a
+    call no plan refers to the caller's array (a float32 X is used without a copy) or to the
+    network's copy of a whole data set (fit's shuffled rows), which would stay alive, on the
+    device too, for as long as the plan is kept."""
+    import gc
+    import weakref
+
+    net = _net()
+    X, y = _data(9, n=96)
+    X = X.astype(np.float32)
+    kept = weakref.ref(X)
+    if call == "fit":
+        net.fit(X, y, epochs=2, batch_size=32, progress=False, validation=(X[:40], y[:40]))
+    elif call in ("evaluate", "train_step", "loss_and_grads"):
+        getattr(net, call)(X, y, *(["adam"] if call == "train_step" else []))
+    else:
+        net.predict(X)
+    assert net._plans and all(p.A[0] is None for p in net._plans.values())
+    del X
+    gc.collect()
+    assert kept() is None
+    assert net.evaluate(*_data(9, n=96))["loss"] > 0       # and the plans serve the next call
+
+
 def test_captured_step_keeps_its_plan_through_other_batch_sizes():
     """A captured step owns its buffers: evaluations at many other batch sizes in between leave its
     replays equal to plain steps, bitwise."""
