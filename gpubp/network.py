@@ -260,9 +260,9 @@ class MLP:
             raise ValueError(f"std is too small for a {self.dtype.name} network: 1 / std overflows "
                              f"{self.dtype.name} (smallest std {float(s.min()):.3g})")
         m.flags.writeable = s.flags.writeable = False   # what is saved must stay what the inputs use
-        self.standardization = (m, s)
-        self._std_dev = (self.backend.asarray(mean_d, self.dtype),
-                         self.backend.asarray(inv.reshape(1, -1), self.dtype))
+        # the device copies first: a copy that fails (out of device memory) leaves both as they were
+        dev = (self.backend.asarray(mean_d, self.dtype), self.backend.asarray(inv.reshape(1, -1), self.dtype))
+        self.standardization, self._std_dev = (m, s), dev
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):

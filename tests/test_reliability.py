@@ -456,6 +456,31 @@ def test_refused_fit_changes_nothing(bad):
     assert net.standardization is None
 
 
+def test_a_standardization_whose_device_copy_fails_changes_nothing(monkeypatch):
+    """set_standardization makes its backend copies before it sets anything: a copy that fails
+    (out of device memory) leaves the saved statistics and those the inputs use as they were, not
+    new ones saved while inputs are still standardised with the old."""
+    X, y = _data(7)
+    net = _net()
+    net.set_standardization(np.zeros(8), np.ones(8))
+    before = net.predict_proba(X)
+    calls = []
+    orig = net.backend.asarray
+
+    def asarray(x, dtype):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of device memory")
+        return orig(x, dtype)
+
+    monkeypatch.setattr(net.backend, "asarray", asarray)
+    with pytest.raises(MemoryError):
+        net.set_standardization(np.full(8, 3.0), np.full(8, 2.0))
+    monkeypatch.undo()
+    assert np.array_equal(net.standardization[0], np.zeros(8)) and np.array_equal(net.standardization[1], np.ones(8))
+    assert np.array_equal(net.predict_proba(X), before)
+
+
 def test_refused_train_step_binds_no_new_optimizer():
     net = _net()
     opt = gpubp.optim.SGD(0.1)
