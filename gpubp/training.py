@@ -158,10 +158,13 @@ class FitLoop:
         return plan
 
     # ---------------------------------------------------------------- snapshots
-    def _take(self, snap):
+    def _take(self, snap, step):
+        """Copy the state into `snap`: the state before step `step` of the epoch (`snap_at`)."""
+        self.snap_at = None           # while it is being copied the snapshot holds no one step's state
         for dst, src in zip(snap, self.net._state_buffers(self.opt)):
             dst[...] = src
         self.snap_lr = self.opt.lr    # a schedule changes the rate within the window
+        self.snap_at = step
 
     def _state_finite(self) -> bool:
         """Whether every parameter and optimizer value is finite (on every rank)."""
@@ -178,7 +181,7 @@ class FitLoop:
         not finite is undone and named (its own loss was finite)."""
         self._restore(snap)
         for j in range(first, k):      # replay the window's good steps
-            self._take(snap)
+            self._take(snap, j)
             self._run_step(j, step_losses)
             if not self._state_finite():
                 lr = self.opt.lr
@@ -186,6 +189,7 @@ class FitLoop:
                 err = self.net._diverged_update(self.opt.t + 1, lr, f" (epoch {epoch}, batch {j + 1})")
                 self.rolled_back = True
                 raise err if self.dist is None else self.dist.on_every_rank(err)
+            self.updating = False
         if loss is None:   # not reached: the replay repeats the steps that left the state non-finite
             raise RuntimeError("the training state stopped being finite, but replaying the steps did not")
         # the rate step k ran with (the optimizer keeps that of the last finite step)
@@ -195,6 +199,7 @@ class FitLoop:
         raise err if self.dist is None else self.dist.on_every_rank(err)
 
     def _restore(self, snap):
+        self.updating = True     # a mix of two states until the copy ends and the caller counts it done
         for dst, src in zip(self.net._state_buffers(self.opt), snap):
             dst[...] = src
         self.opt.lr = self.snap_lr
@@ -283,7 +288,7 @@ class FitLoop:
     def _epoch(self, epoch, step_losses, snap, hist):
         be = self.net.backend
         checked = done = 0     # steps of this epoch whose losses were checked; whose updates were made
-        self._take(snap)
+        self._take(snap, 0)
         last = self.n_batches - 1
         try:
             for i in range(self.n_batches):
@@ -303,7 +308,7 @@ class FitLoop:
                                         vals[bad[0]] if bad.size else None, epoch, step_losses)
                     checked = i + 1
                     if i != last:
-                        self._take(snap)
+                        self._take(snap, i + 1)
                 self.reporter.step()
         except BaseException:
             # an interrupt (KeyboardInterrupt) or an error of a schedule, a backend call... within the
@@ -315,29 +320,33 @@ class FitLoop:
             self._record_flow(before, plan, hist)
 
     def _settle(self, snap, first, done, step_losses):
-        """Leave the network as after the last good step of the window that began at step `first`
-        (snapshot `snap`), of which steps `first .. done - 1` were made, when an exception cut the
-        window short: an update it interrupted is undone (the snapshot restored and the window's made
-        steps replayed), and so is every step from the first whose loss was not finite, or whose
-        update left the state not finite, as the window's check would have.  A second exception while
-        replaying leaves the network as after the steps replayed so far."""
+        """Leave the network as after the last good step of the window that began at step `first`,
+        of which steps `first .. done - 1` were made, when an exception cut the window short (also
+        within `_roll_back`): an update or a restore it interrupted is undone (the snapshot `snap`,
+        the state before step `snap_at`, restored and the steps from there replayed), and so is every
+        step from the first whose loss was not finite, or whose update left the state not finite, as
+        the window's check would have.  A second exception while replaying leaves the network as
+        after the steps replayed so far."""
         be = self.net.backend
         vals = be.to_numpy(step_losses[first:done])
         bad = np.flatnonzero(~np.isfinite(vals))
         good = first + int(bad[0]) if bad.size else done
-        if good == done and not self.updating and self._state_finite():
-            return                        # between two steps, every one of them good: nothing to undo
+        if self.snap_at is None or (good == done and not self.updating and self._state_finite()):
+            # cut short while the state (whole and checked) was copied into the snapshot, or between two
+            # steps that were all good: nothing to undo
+            return
         self._restore(snap)
         try:
-            for j in range(first, good):
-                self._take(snap)
+            for j in range(self.snap_at, good):
+                self._take(snap, j)
                 self._run_step(j, step_losses)
-                self.updating = False
                 if not self._state_finite():
                     self._restore(snap)
                     return
+                self.updating = False
         except BaseException:
-            self._restore(snap)          # as after step j - 1 (taken before step j)
+            if self.snap_at is not None:     # else the state is the whole one that was being copied
+                self._restore(snap)          # as after step j - 1 (taken before step j)
             raise
 
     def _record_flow(self, before, plan, hist):

@@ -392,6 +392,30 @@ def test_an_error_within_a_window_leaves_no_diverged_state(error):
     assert net.optimizer.lr == 1e-6
 
 
+def test_an_interrupt_while_a_diverged_window_is_replayed_leaves_the_last_good_step():
+    """A KeyboardInterrupt in the middle of the replay that rolls a diverged window back (here the
+    schedule's, when the replay asks for step 3's rate) is settled from where the replay was, each
+    step once: the network ends bitwise as after step 3, the last before the update (step 4's) that
+    overflowed the parameters, as the roll back would have left it."""
+    X, Y = _overflowing()
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    asked = []
+
+    def sched(step):
+        asked.append(step)
+        if step == 3 and asked.count(3) == 2:
+            raise KeyboardInterrupt
+        return 1e37 if step == 4 else 1e-6
+
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, epochs=1, batch_size=8, optimizer=gpubp.optim.SGD(1.0), lr_schedule=sched,
+                shuffle=False, progress=False)
+    assert asked[:12] == [1, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3]   # the check, the window, its replay cut short
+    ref, ropt = _plain_steps([1e-6] * 3, X, Y, 8)
+    assert net.optimizer.t == 3 == ropt.t
+    assert np.array_equal(_flat(net), _flat(ref))
+
+
 class _Interrupt:
     def on_train_begin(self, net, logs):
         raise KeyboardInterrupt
