@@ -833,6 +833,27 @@ def test_concurrent_saves_to_one_path_leave_one_whole_file(tmp_path):
     assert back.seed in range(4) and same_params(back, nets[back.seed])
 
 
+def test_a_save_replacing_the_file_while_it_is_loaded_gives_the_old_network(tmp_path, monkeypatch):
+    """A save lands (os.replace) after load has opened the file and measured it, before it reads the
+    archive: load reads the one file it opened, the old network, not the new file's members checked
+    against the old file's size (which called a whole file damaged)."""
+    path = tmp_path / "net.npz"
+    old = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    old.save(path)
+    gpubp.MLP([3, 64, 2], backend="numpy", seed=1).save(tmp_path / "new.npz")
+    real = zipfile.ZipFile
+
+    def racing(*args, **kw):
+        monkeypatch.setattr(zipfile, "ZipFile", real)
+        (tmp_path / "new.npz").replace(path)       # the concurrent save lands now
+        return real(*args, **kw)
+
+    monkeypatch.setattr(zipfile, "ZipFile", racing)
+    back = gpubp.MLP.load(path, backend="numpy")
+    assert back.sizes == (3, 4, 2) and same_params(back, old)
+    assert gpubp.MLP.load(path, backend="numpy").sizes == (3, 64, 2)
+
+
 # ----------------------------------------------------------------- exact resumes, every configuration
 RESUMES = [
     ("sgd-f32", dict(), lambda: gpubp.optim.SGD(0.05)),
