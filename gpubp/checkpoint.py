@@ -15,7 +15,8 @@ file in the same folder, flushed and fsynced, then moved over the target with
 `os.replace`; if anything fails, the previous file is left as it was and the
 temporary file is removed.
 
-`Checkpoint(path)` opens a file and reads only what is small: the metadata
+`Checkpoint(path)` opens a file once (a save that replaces the path meanwhile
+leaves the reader with the file it opened) and reads only what is small: the metadata
 and each array's header (shape and dtype, from the `.npy` header inside the
 zip), so a reader can check everything against its expectations before any
 array data is read (a 2 KB file that claims terabytes is refused without
@@ -174,23 +175,31 @@ class Checkpoint:
 
     def __init__(self, path):
         self.path = path
-        self._zip = None
+        self._zip = self._file = None
         mode = os.stat(path).st_mode   # FileNotFoundError and other OSErrors propagate as they are
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a directory: open's IsADirectoryError
             # a FIFO would block open() until a writer came; a pipe or device cannot seek, as zip needs
             self.fail("it is not a regular file (a pipe, device or socket); a checkpoint is read from a file")
-        with open(path, "rb") as f:
+        # one open file for everything read: a save replacing the path meanwhile (os.replace) leaves this
+        # reader with the file it opened, never the size of one file and the members of another
+        self._file = open(path, "rb")
+        try:
+            f = self._file
             head = f.read(8)
             f.seek(0, os.SEEK_END)
             self.size = f.tell()
-        if not head.startswith(b"PK"):
-            self.fail(_what_it_is(head))
-        try:
-            self._zip = zipfile.ZipFile(path)
-            infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError,
-                NotImplementedError) as e:
-            self.fail(f"the file cannot be read as a checkpoint archive ({e})")
+            f.seek(0)
+            if not head.startswith(b"PK"):
+                self.fail(_what_it_is(head))
+            try:
+                self._zip = zipfile.ZipFile(f)
+                infos = self._zip.infolist()
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError,
+                    NotImplementedError) as e:
+                self.fail(f"the file cannot be read as a checkpoint archive ({e})")
+        except BaseException:
+            self.close()
+            raise
         try:
             self._members = {}
             for info in infos:
@@ -219,6 +228,9 @@ class Checkpoint:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self):
         return self

@@ -260,9 +260,9 @@ class MLP:
             raise ValueError(f"std is too small for a {self.dtype.name} network: 1 / std overflows "
                              f"{self.dtype.name} (smallest std {float(s.min()):.3g})")
         m.flags.writeable = s.flags.writeable = False   # what is saved must stay what the inputs use
-        self.standardization = (m, s)
-        self._std_dev = (self.backend.asarray(mean_d, self.dtype),
-                         self.backend.asarray(inv.reshape(1, -1), self.dtype))
+        # the device copies first: a copy that fails (out of device memory) leaves both as they were
+        dev = (self.backend.asarray(mean_d, self.dtype), self.backend.asarray(inv.reshape(1, -1), self.dtype))
+        self.standardization, self._std_dev = (m, s), dev
 
     # ------------------------------------------------------------ inputs
     def _inputs(self, X, name="X"):
@@ -400,6 +400,14 @@ class MLP:
             self._plans.move_to_end(B)
         return plan
 
+    def _release_inputs(self):
+        """Unbind the kept plans' inputs (`A[0]`) at the end of a public call: bound, a plan would keep
+        the last batch alive, a view of the caller's array or of the network's copy of a whole data
+        set (fit's shuffled rows, predict's converted input), on the device too, for as long as the
+        plan is kept.  Every pass binds its input again (`_forward`)."""
+        for plan in self._plans.values():
+            plan.A[0] = None
+
     def _new_plan(self, B):
         plan = self.backend.make_plan(self.sizes, self.activations, B, self.dtype, self.precision)
         self.backend.prepare(plan, self.loss)   # the CUDA backend compiles the step's kernels here
@@ -437,7 +445,10 @@ class MLP:
     def forward(self, X: ArrayLike) -> Any:
         """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
         X = self._inputs(X)
-        outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
+        try:
+            outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
+        finally:
+            self._release_inputs()
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
@@ -470,7 +481,10 @@ class MLP:
         """`(loss, [(dW, db), ...])` for the batch, without changing the parameters."""
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        plan = self._gradients(X, Y)
+        try:
+            plan = self._gradients(X, Y)
+        finally:
+            self._release_inputs()
         loss = float(self.backend.to_numpy(plan.loss)[0])
         host = self.backend.to_numpy(self._grads)
         return loss, [(dW.copy(), db.copy()) for dW, db in self.layout.views(host)]
@@ -533,7 +547,10 @@ class MLP:
         ndim = _target_ndim(Y)
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
-        plan = self._gradients(X, Yd, plan=plan)
+        try:
+            plan = self._gradients(X, Yd, plan=plan)
+        finally:
+            self._release_inputs()
         loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
         opt.step(self.backend, self._params, self._grads)
         self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
@@ -639,13 +656,16 @@ class MLP:
             Yd = self._targets(Y, X.shape[0])
         B = X.shape[0]
         total, correct = 0.0, 0.0
-        for i in range(0, B, EVAL_CHUNK):
-            Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
-            plan = self._forward(Xc)
-            self._loss_delta(plan, Yc, want_delta=False)
-            total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]
-            if self.loss in losses.CLASSIFICATION_LOSSES:
-                correct += self._n_correct(self.backend.to_numpy(plan.A[-1]), self.backend.to_numpy(Yc))
+        try:
+            for i in range(0, B, EVAL_CHUNK):
+                Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
+                plan = self._forward(Xc)
+                self._loss_delta(plan, Yc, want_delta=False)
+                total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]
+                if self.loss in losses.CLASSIFICATION_LOSSES:
+                    correct += self._n_correct(self.backend.to_numpy(plan.A[-1]), self.backend.to_numpy(Yc))
+        finally:
+            self._release_inputs()
         out = {"loss": total / B}
         if self.loss in losses.CLASSIFICATION_LOSSES:
             out["accuracy"] = correct / B
@@ -796,28 +816,31 @@ class MLP:
                 schedule_rate(lr_schedule, 1)
             if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
                 self._plan(min(batch_size, Xd.shape[0]))
-        except Exception:
+        except BaseException:   # a KeyboardInterrupt during the checks too
             undo()
             raise
-        self.target_ndim = _target_ndim(Yh)
-        opt = self._bind(opt, lr)
-        self.stop_training = False
-        dist = None
-        if comm is not None:
-            dist = DataParallel(comm, self, opt, sharded)
-            progress = progress if comm.is_root else False
-        loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
-                       (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
-                       grad_norms, dist=dist)
+        loop = None
         try:
+            self.target_ndim = _target_ndim(Yh)
+            opt = self._bind(opt, lr)
+            self.stop_training = False
+            dist = None
+            if comm is not None:
+                dist = DataParallel(comm, self, opt, sharded)
+                progress = progress if comm.is_root else False
+            loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
+                           (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),
+                           grad_norms, dist=dist)
             return loop.run(epochs)
-        except Exception as e:
+        except BaseException as e:   # a KeyboardInterrupt too
             # refused by every rank together (ConfigMismatch...) before anything was broadcast or trained,
             # or by a callback's on_train_begin (EarlyStopping monitoring a figure this fit does not
             # record) before the first step: the call changes nothing, as an argument refused here does not
-            if isinstance(e, EveryRankError) or not loop.started:
+            if isinstance(e, EveryRankError) or loop is None or not loop.started:
                 undo()
             raise
+        finally:
+            self._release_inputs()
 
     # ------------------------------------------------------------ snapshots
     def _state_buffers(self, opt) -> list:
@@ -1007,10 +1030,14 @@ def _checkpoint_spec(ck) -> dict:
 
     Reads no array data: shapes and dtypes are checked against the archive's headers.
     """
+    from . import checkpoint
+
     meta = ck.meta
     c = ck.field(meta, "config", dict)
 
     def bad(field, why):
+        if isinstance(why, checkpoint.CheckpointError):   # ck.field's own error, which names the field
+            raise why
         ck.fail(f"field {field!r}: {why}")
 
     sizes = ck.field(c, "layer_sizes", list, "config")

@@ -123,6 +123,11 @@ class FitLoop:
         #: leaves the network as it was and `fit` undoes the call's other changes
         self.started = False
         self.flow_warned: set = set()   # (layer, kind) of the gradient-flow warnings already given
+        #: set when an update begins and cleared once the step counts as done: an exception in between
+        #: may have left the update half made (the step count, some state buffers, not the parameters)
+        self.updating = False
+        #: set when `_roll_back` has left the network as after the last good step and raises
+        self.rolled_back = False
 
     # ---------------------------------------------------------------- one step
     def _batch(self, i):
@@ -141,20 +146,25 @@ class FitLoop:
         X, Y, w = self._batch(i)
         if self.dist is not None and self.dist.skip(i):   # no rows of this batch here: zeros join the sum
             self.dist.empty_step(step_losses[i:i + 1])
+            self.updating = True
             opt.step(net.backend, net._params, net._grads)
             return None
         after_layer = None if self.dist is None else self.dist.after_layer
         plan = net._gradients(X, Y, step_losses[i:i + 1], w, after_layer=after_layer, every_delta=every_delta)
         if self.dist is not None:
             self.dist.finish()
+        self.updating = True    # cleared by the caller once it counts the step as done (see `_settle`)
         opt.step(net.backend, net._params, net._grads)
         return plan
 
     # ---------------------------------------------------------------- snapshots
-    def _take(self, snap):
+    def _take(self, snap, step):
+        """Copy the state into `snap`: the state before step `step` of the epoch (`snap_at`)."""
+        self.snap_at = None           # while it is being copied the snapshot holds no one step's state
         for dst, src in zip(snap, self.net._state_buffers(self.opt)):
             dst[...] = src
         self.snap_lr = self.opt.lr    # a schedule changes the rate within the window
+        self.snap_at = step
 
     def _state_finite(self) -> bool:
         """Whether every parameter and optimizer value is finite (on every rank)."""
@@ -171,21 +181,25 @@ class FitLoop:
         not finite is undone and named (its own loss was finite)."""
         self._restore(snap)
         for j in range(first, k):      # replay the window's good steps
-            self._take(snap)
+            self._take(snap, j)
             self._run_step(j, step_losses)
             if not self._state_finite():
                 lr = self.opt.lr
                 self._restore(snap)
                 err = self.net._diverged_update(self.opt.t + 1, lr, f" (epoch {epoch}, batch {j + 1})")
+                self.rolled_back = True
                 raise err if self.dist is None else self.dist.on_every_rank(err)
+            self.updating = False
         if loss is None:   # not reached: the replay repeats the steps that left the state non-finite
             raise RuntimeError("the training state stopped being finite, but replaying the steps did not")
         # the rate step k ran with (the optimizer keeps that of the last finite step)
         lr = self.opt.lr if self.lr_schedule is None else self.lr_schedule(self.epoch_start + k + 1)
         err = self.net._diverged(loss, self.opt.t + 1, lr, f" (epoch {epoch}, batch {k + 1})")
+        self.rolled_back = True
         raise err if self.dist is None else self.dist.on_every_rank(err)
 
     def _restore(self, snap):
+        self.updating = True     # a mix of two states until the copy ends and the caller counts it done
         for dst, src in zip(self.net._state_buffers(self.opt), snap):
             dst[...] = src
         self.opt.lr = self.snap_lr
@@ -273,28 +287,67 @@ class FitLoop:
 
     def _epoch(self, epoch, step_losses, snap, hist):
         be = self.net.backend
-        checked = 0
-        self._take(snap)
+        checked = done = 0     # steps of this epoch whose losses were checked; whose updates were made
+        self._take(snap, 0)
         last = self.n_batches - 1
-        for i in range(self.n_batches):
-            if self.grad_norms and i == last:
-                before = be.to_numpy(self.net._params)
-            plan = self._run_step(i, step_losses, every_delta=self.grad_norms and i == last)
-            if (i + 1) % CHECK_EVERY == 0 or i == last:
-                vals = be.to_numpy(step_losses[checked:i + 1])
-                if self.dist is not None:   # every rank decides on the global batches' losses
-                    vals = self.dist.global_losses(vals, checked)
-                bad = np.flatnonzero(~np.isfinite(vals))
-                # an update can overflow while the loss it followed was finite
-                if bad.size or not self._state_finite():
-                    self._roll_back(snap, checked, checked + int(bad[0]) if bad.size else i + 1,
-                                    vals[bad[0]] if bad.size else None, epoch, step_losses)
-                checked = i + 1
-                if i != last:
-                    self._take(snap)
-            self.reporter.step()
+        try:
+            for i in range(self.n_batches):
+                if self.grad_norms and i == last:
+                    before = be.to_numpy(self.net._params)
+                plan = self._run_step(i, step_losses, every_delta=self.grad_norms and i == last)
+                done = i + 1
+                self.updating = False
+                if (i + 1) % CHECK_EVERY == 0 or i == last:
+                    vals = be.to_numpy(step_losses[checked:i + 1])
+                    if self.dist is not None:   # every rank decides on the global batches' losses
+                        vals = self.dist.global_losses(vals, checked)
+                    bad = np.flatnonzero(~np.isfinite(vals))
+                    # an update can overflow while the loss it followed was finite
+                    if bad.size or not self._state_finite():
+                        self._roll_back(snap, checked, checked + int(bad[0]) if bad.size else i + 1,
+                                        vals[bad[0]] if bad.size else None, epoch, step_losses)
+                    checked = i + 1
+                    if i != last:
+                        self._take(snap, i + 1)
+                self.reporter.step()
+        except BaseException:
+            # an interrupt (KeyboardInterrupt) or an error of a schedule, a backend call... within the
+            # window: settle the network on its last good step before passing the exception on
+            if not self.rolled_back and self.dist is None:   # ranks: the exception ends the whole job
+                self._settle(snap, checked, done, step_losses)
+            raise
         if self.grad_norms:
             self._record_flow(before, plan, hist)
+
+    def _settle(self, snap, first, done, step_losses):
+        """Leave the network as after the last good step of the window that began at step `first`,
+        of which steps `first .. done - 1` were made, when an exception cut the window short (also
+        within `_roll_back`): an update or a restore it interrupted is undone (the snapshot `snap`,
+        the state before step `snap_at`, restored and the steps from there replayed), and so is every
+        step from the first whose loss was not finite, or whose update left the state not finite, as
+        the window's check would have.  A second exception while replaying leaves the network as
+        after the steps replayed so far."""
+        be = self.net.backend
+        vals = be.to_numpy(step_losses[first:done])
+        bad = np.flatnonzero(~np.isfinite(vals))
+        good = first + int(bad[0]) if bad.size else done
+        if self.snap_at is None or (good == done and not self.updating and self._state_finite()):
+            # cut short while the state (whole and checked) was copied into the snapshot, or between two
+            # steps that were all good: nothing to undo
+            return
+        self._restore(snap)
+        try:
+            for j in range(self.snap_at, good):
+                self._take(snap, j)
+                self._run_step(j, step_losses)
+                if not self._state_finite():
+                    self._restore(snap)
+                    return
+                self.updating = False
+        except BaseException:
+            if self.snap_at is not None:     # else the state is the whole one that was being copied
+                self._restore(snap)          # as after step j - 1 (taken before step j)
+            raise
 
     def _record_flow(self, before, plan, hist):
         from .gradflow import GradientFlowWarning, flow_warnings, layer_stats

@@ -355,6 +355,18 @@ def test_every_malformed_field_is_a_value_error_naming_it(tmp_path, spoil, field
         gpubp.MLP.load(bad, backend="numpy")
 
 
+@pytest.mark.parametrize("field, value", [("dtype", 64), ("loss", None), ("output_activation", 1)])
+def test_a_field_of_the_wrong_type_is_named_once(tmp_path, field, value):
+    """A configuration field of the wrong type is named by one plain message, not one nested in
+    another (the path and "not a usable gpubp checkpoint" twice)."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["config"][field] = value
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=f"field 'config.{field}' must be a string, got {value!r}$") as info:
+        gpubp.MLP.load(bad, backend="numpy")
+    assert str(info.value).count("not a usable gpubp checkpoint") == 1
+
+
 def test_a_bad_backend_argument_is_blamed_on_the_argument(tmp_path):
     _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
     for backend in ("tpu", 3, None):
@@ -826,6 +838,27 @@ def test_concurrent_saves_to_one_path_leave_one_whole_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.npz"]     # no temporary left
     back = gpubp.MLP.load(path, backend="numpy")
     assert back.seed in range(4) and same_params(back, nets[back.seed])
+
+
+def test_a_save_replacing_the_file_while_it_is_loaded_gives_the_old_network(tmp_path, monkeypatch):
+    """A save lands (os.replace) after load has opened the file and measured it, before it reads the
+    archive: load reads the one file it opened, the old network, not the new file's members checked
+    against the old file's size (which called a whole file damaged)."""
+    path = tmp_path / "net.npz"
+    old = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    old.save(path)
+    gpubp.MLP([3, 64, 2], backend="numpy", seed=1).save(tmp_path / "new.npz")
+    real = zipfile.ZipFile
+
+    def racing(*args, **kw):
+        monkeypatch.setattr(zipfile, "ZipFile", real)
+        (tmp_path / "new.npz").replace(path)       # the concurrent save lands now
+        return real(*args, **kw)
+
+    monkeypatch.setattr(zipfile, "ZipFile", racing)
+    back = gpubp.MLP.load(path, backend="numpy")
+    assert back.sizes == (3, 4, 2) and same_params(back, old)
+    assert gpubp.MLP.load(path, backend="numpy").sizes == (3, 64, 2)
 
 
 # ----------------------------------------------------------------- exact resumes, every configuration

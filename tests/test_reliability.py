@@ -75,6 +75,32 @@ def test_plans_are_bounded_and_reused():
     assert net._plan(64) is p
 
 
+@pytest.mark.parametrize("call", ["fit", "predict", "evaluate", "train_step", "loss_and_grads"])
+def test_kept_plans_do_not_keep_the_callers_data_alive(call):
+    """A kept plan holds buffers of its own batch shape, not the last input it was bound to: after a
+    call no plan refers to the caller's array (a float32 X is used without a copy) or to the
+    network's copy of a whole data set (fit's shuffled rows), which would stay alive, on the
+    device too, for as long as the plan is kept."""
+    import gc
+    import weakref
+
+    net = _net()
+    X, y = _data(9, n=96)
+    X = X.astype(np.float32)
+    kept = weakref.ref(X)
+    if call == "fit":
+        net.fit(X, y, epochs=2, batch_size=32, progress=False, validation=(X[:40], y[:40]))
+    elif call in ("evaluate", "train_step", "loss_and_grads"):
+        getattr(net, call)(X, y, *(["adam"] if call == "train_step" else []))
+    else:
+        net.predict(X)
+    assert net._plans and all(p.A[0] is None for p in net._plans.values())
+    del X
+    gc.collect()
+    assert kept() is None
+    assert net.evaluate(*_data(9, n=96))["loss"] > 0       # and the plans serve the next call
+
+
 def test_captured_step_keeps_its_plan_through_other_batch_sizes():
     """A captured step owns its buffers: evaluations at many other batch sizes in between leave its
     replays equal to plain steps, bitwise."""
@@ -297,6 +323,128 @@ def test_capture_train_step_refuses_a_first_batch_whose_loss_is_not_finite():
     assert opt.t == t + 1 and np.isfinite(float(step.first_loss[0]))
 
 
+# ---------------------------------------------------------------- interrupted fit
+def _half_update(monkeypatch, name, at):
+    """Make the numpy backend's `name` update (sgd_update, adam_update) raise KeyboardInterrupt at its
+    `at`-th call, half made: its first state buffer and the parameters already changed."""
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    orig, calls = getattr(NumpyBackend, name), [0]
+
+    def update(self, params, grads, state, *args, **kw):
+        calls[0] += 1
+        if calls[0] == at:
+            state += 1.0
+            params -= 0.5
+            raise KeyboardInterrupt
+        return orig(self, params, grads, state, *args, **kw)
+
+    monkeypatch.setattr(NumpyBackend, name, update)
+
+
+@pytest.mark.parametrize("make_opt, update", [(lambda: gpubp.optim.Adam(1e-2), "adam_update"),
+                                              (lambda: gpubp.optim.SGD(0.05, momentum=0.9), "sgd_update")],
+                         ids=["adam", "sgd"])
+@pytest.mark.parametrize("at", [1, 5, 7], ids=lambda k: f"update{k}")   # 7: the second epoch's window
+def test_an_interrupt_inside_an_update_leaves_the_last_whole_step(monkeypatch, make_opt, update, at):
+    """A KeyboardInterrupt in the middle of an update (the step count, a state buffer and the
+    parameters changed, the rest not) leaves the network, the optimizer's state and its step count
+    bitwise as after the step before: never half an update."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((64, 6)), rng.standard_normal((64, 2))
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    opt = make_opt()
+    _half_update(monkeypatch, update, at)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, epochs=3, batch_size=16, optimizer=opt, shuffle=False, progress=False)
+    monkeypatch.undo()
+    ref = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    ropt = make_opt()
+    for s in range(at - 1):
+        i = s % 4
+        ref.train_step(X[i * 16:(i + 1) * 16], Y[i * 16:(i + 1) * 16], ropt)
+    assert opt.t == at - 1
+    assert np.array_equal(_flat(net), _flat(ref))
+    for k, v in _state(ropt)[0].items():
+        assert np.array_equal(_state(opt)[0][k], v)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_within_a_window_leaves_no_diverged_state(error):
+    """An exception between two steps (here the schedule's, at step 4) comes before the window's
+    check of its losses: fit still leaves the network as after the last good step (the update of
+    step 3 overflowed the parameters), never with parameters that are not finite."""
+    X, Y = _overflowing()
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+
+    def sched(step):
+        if step == 4:
+            raise error("the schedule stops here")
+        return 1e37 if step == 3 else 1e-6
+
+    with pytest.raises(error, match="the schedule stops here"):
+        net.fit(X, Y, epochs=1, batch_size=16, optimizer=gpubp.optim.SGD(1.0), lr_schedule=sched,
+                shuffle=False, progress=False)
+    assert np.all(np.isfinite(_flat(net)))
+    ref, ropt = _plain_steps([1e-6] * 2, X, Y, 16)
+    assert net.optimizer.t == 2 == ropt.t
+    assert np.array_equal(_flat(net), _flat(ref))
+    assert net.optimizer.lr == 1e-6
+
+
+def test_an_interrupt_while_a_diverged_window_is_replayed_leaves_the_last_good_step():
+    """A KeyboardInterrupt in the middle of the replay that rolls a diverged window back (here the
+    schedule's, when the replay asks for step 3's rate) is settled from where the replay was, each
+    step once: the network ends bitwise as after step 3, the last before the update (step 4's) that
+    overflowed the parameters, as the roll back would have left it."""
+    X, Y = _overflowing()
+    net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)
+    asked = []
+
+    def sched(step):
+        asked.append(step)
+        if step == 3 and asked.count(3) == 2:
+            raise KeyboardInterrupt
+        return 1e37 if step == 4 else 1e-6
+
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, Y, epochs=1, batch_size=8, optimizer=gpubp.optim.SGD(1.0), lr_schedule=sched,
+                shuffle=False, progress=False)
+    assert asked[:12] == [1, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3]   # the check, the window, its replay cut short
+    ref, ropt = _plain_steps([1e-6] * 3, X, Y, 8)
+    assert net.optimizer.t == 3 == ropt.t
+    assert np.array_equal(_flat(net), _flat(ref))
+
+
+class _Interrupt:
+    def on_train_begin(self, net, logs):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["checks", "on_train_begin"])
+def test_an_interrupt_before_training_begins_changes_nothing(monkeypatch, where):
+    """A KeyboardInterrupt while fit checks its arguments, or in a callback's on_train_begin, is
+    undone as a refused argument is: the standardisation, the optimizer and its state as they were."""
+    X, y = _data(7)
+    net = _net()
+    opt = gpubp.optim.Adam(1e-2)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, progress=False)
+    before, state = _flat(net), _state(opt)
+    kw = dict(epochs=1, batch_size=64, optimizer="sgd", standardize=True, progress=False)
+    if where == "checks":
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(net, "_sample_weights", interrupted)
+    else:
+        kw["callbacks"] = [_Interrupt()]
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, **kw)
+    assert net.optimizer is opt and np.array_equal(_flat(net), before)
+    after = _state(opt)
+    assert after[1] == state[1] and all(np.array_equal(after[0][k], v) for k, v in state[0].items())
+    assert net.standardization is None
+
+
 # ---------------------------------------------------------------- refused calls change nothing
 @pytest.mark.parametrize("bad", [
     dict(Y=np.full(300, 9)),                                       # label out of range
@@ -330,6 +478,31 @@ def test_refused_fit_changes_nothing(bad):
     after = _state(opt)
     assert after[1] == state[1] and all(np.array_equal(after[0][k], v) for k, v in state[0].items())
     assert net.standardization is None
+
+
+def test_a_standardization_whose_device_copy_fails_changes_nothing(monkeypatch):
+    """set_standardization makes its backend copies before it sets anything: a copy that fails
+    (out of device memory) leaves the saved statistics and those the inputs use as they were, not
+    new ones saved while inputs are still standardised with the old."""
+    X, y = _data(7)
+    net = _net()
+    net.set_standardization(np.zeros(8), np.ones(8))
+    before = net.predict_proba(X)
+    calls = []
+    orig = net.backend.asarray
+
+    def asarray(x, dtype):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of device memory")
+        return orig(x, dtype)
+
+    monkeypatch.setattr(net.backend, "asarray", asarray)
+    with pytest.raises(MemoryError):
+        net.set_standardization(np.full(8, 3.0), np.full(8, 2.0))
+    monkeypatch.undo()
+    assert np.array_equal(net.standardization[0], np.zeros(8)) and np.array_equal(net.standardization[1], np.ones(8))
+    assert np.array_equal(net.predict_proba(X), before)
 
 
 def test_refused_train_step_binds_no_new_optimizer():
