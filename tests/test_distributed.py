@@ -203,13 +203,21 @@ def test_a_rank_that_exits_before_init_ends_the_job_after_the_timeout():
         in out, out
 
 
-def test_different_networks_are_refused_on_every_rank():
-    r = run_mpi(3, "dp_fault.py", "mismatch", timeout=30)
+def refused_on_every_rank(n, mode, detail=""):
+    """Run dp_fault.py `mode` on `n` ranks; assert that every rank refused the fit with a ConfigMismatch
+    whose message goes on with `detail`, leaving its network unchanged; the run's output."""
+    r = run_mpi(n, "dp_fault.py", mode, timeout=30)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    for k in range(3):
+    for k in range(n):
         assert (f"rank {k}: refused (ConfigMismatch, network unchanged): the ranks' network configurations and "
-                "training settings differ" in r.stdout), out
+                "training settings differ" + detail in r.stdout), out
+    return r
+
+
+def test_different_networks_are_refused_on_every_rank():
+    r = refused_on_every_rank(3, "mismatch")
+    out = r.stdout + r.stderr
     assert "rank 1 has network.layer_sizes = [4, 9, 2] where rank 0 has [4, 8, 2]" in r.stdout, out
     assert "trained" not in r.stdout
 
@@ -316,13 +324,9 @@ def test_sharded_on_some_ranks_only_is_refused_on_every_rank():
     # rank 1 alone passed sharded=True: the ranks' first collectives differed, so rank 1 failed with
     # "TypeError: int() argument must be ... not 'dict'" and ended the job while rank 0 raised a garbled
     # ConfigMismatch ("rank 1 has (value) = 40 where rank 0 has null, ...")
-    r = run_mpi(2, "dp_fault.py", "sharded", timeout=30)
+    r = refused_on_every_rank(2, "sharded", ", so they cannot train together: rank 1 has fit.sharded = true "
+                                           "where rank 0 has false")
     out = r.stdout + r.stderr
-    assert r.returncode != 0, out
-    for k in range(2):
-        assert (f"rank {k}: refused (ConfigMismatch, network unchanged): the ranks' network configurations and "
-                "training settings differ, so they cannot train together: rank 1 has fit.sharded = true where "
-                "rank 0 has false" in r.stdout), out
     assert "TypeError" not in out and "trained" not in r.stdout, out
 
 
