@@ -424,8 +424,8 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     y = pick("target", target)
     if x is None or y is None:
         raise ValueError("give the input and the target (--input, --target) for these weights")
-    x = parse_vector(x, "the input")
-    y = parse_vector(y, "the target")
+    x = np.atleast_1d(parse_vector(x, "the input"))     # a lone number is one sample's one value,
+    y = np.atleast_1d(parse_vector(y, "the target"))    # as "--input 0.5" gives it
     if x.shape[-1] != sizes[0]:
         raise ValueError(f"the input has {x.shape[-1]} values per sample; the network takes {sizes[0]}")
     lr_v = pick("lr", lr)

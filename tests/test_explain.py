@@ -589,3 +589,22 @@ def test_every_number_of_the_trace_against_torch_autograd(loss):
                 l = u["layer"]
                 same(u["W"], r["W"][l - 1] - lr * r["W"][l - 1].grad, f"W{l} after")
                 same(u["b"], r["b"][l - 1] - lr * r["b"][l - 1].grad, f"b{l} after")
+
+
+def test_a_weights_file_may_give_a_single_number_as_input_or_target(capsys, tmp_path):
+    # "input": 0.5 for a one-input network and "target": 1 for a one-output one are one sample's value,
+    # as --input 0.5 and --target 1 are (a scalar input was an IndexError, a scalar target refused)
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.5]], "b": [0.1]}], "input": 0.5, "target": 1,
+                              "activation": "sigmoid"}))
+    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--json")
+    t = strict_json(out)
+    rc2, out2, _ = run(capsys, "explain", "--weights", str(wf), "--input", "0.5", "--target", "1", "--json")
+    assert rc == rc2 == 0 and t["input"] == [0.5] and t["target"] == [1.0]
+    assert t["updated"] == strict_json(out2)["updated"]
+    wf.write_text(json.dumps({"layers": [{"W": [[0.5, 0.2]], "b": [0.1]}], "input": [0.5, 0.1], "target": 1}))
+    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--json")
+    assert rc == 0 and strict_json(out)["target"] == [1.0]
+    wf.write_text(json.dumps({"layers": [{"W": [[0.5, 0.2]], "b": [0.1]}], "input": 0.5, "target": 1}))
+    assert "the input has 1 values per sample; the network takes 2" in usage_error(capsys, "explain", "--weights",
+                                                                                   str(wf))
