@@ -101,12 +101,34 @@ def _as_2d(x, n, what):
 
 
 def _targets(Y, loss, B, n_out):
-    """Targets as the network expects them; a lone integer is a class label for cross_entropy."""
+    """Targets as the network expects them; a lone integer per sample is a class label for cross_entropy.
+
+    A target that does not fit is named in the options' terms (the target's samples and values per
+    sample, the input's samples, the network's outputs), not as the shapes of `fit`'s X and Y.
+    """
+    try:
+        losses.check_outputs(loss, n_out)
+    except ValueError as e:
+        raise ValueError(f"loss {e}") from None
     Y = np.asarray(Y)
-    if loss == "cross_entropy" and n_out > 1 and Y.size == B and (Y.ndim <= 1 or Y.shape == (B, 1)) and \
-            np.all(Y == np.round(Y)):
+    if loss == "cross_entropy" and n_out > 1 and Y.size == B and (Y.ndim <= 1 or Y.shape == (B, 1)):
+        if not np.all(Y == np.round(Y)):
+            raise ValueError(f"a cross_entropy target is a class index (a whole number from 0 to {n_out - 1}) "
+                             f"or {n_out} probabilities per sample; got {Y.reshape(-1).tolist()}")
         Y = Y.reshape(B).astype(np.int64)
-    return losses.prepare_targets(Y, loss, B, n_out, np.float64)
+    else:
+        if Y.ndim <= 1:     # one sample's values, or (one output) one value per sample
+            samples, per = (Y.size, 1) if n_out == 1 and B > 1 else (1, Y.size)
+        else:
+            samples, per = Y.shape[0], int(np.prod(Y.shape[1:]))
+        if per != n_out or Y.ndim > 2:
+            raise ValueError(f"the target has {per} values per sample; the network has {n_out} "
+                             f"output{'s' if n_out != 1 else ''}" +
+                             (" (or give one class index per sample)" if loss == "cross_entropy" else ""))
+        if samples != B:
+            raise ValueError(f"the target gives {samples} sample{'s' if samples != 1 else ''}; the input {B} "
+                             "(';' separates samples)")
+    return losses.prepare_targets(Y, loss, B, n_out, np.float64, name="the target")
 
 
 def check_params(params, layer_sizes=None):

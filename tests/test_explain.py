@@ -608,3 +608,23 @@ def test_a_weights_file_may_give_a_single_number_as_input_or_target(capsys, tmp_
     wf.write_text(json.dumps({"layers": [{"W": [[0.5, 0.2]], "b": [0.1]}], "input": 0.5, "target": 1}))
     assert "the input has 1 values per sample; the network takes 2" in usage_error(capsys, "explain", "--weights",
                                                                                    str(wf))
+
+
+@pytest.mark.parametrize("argv, message", [
+    # cross_entropy on the 2-2-1 example: its one output is the problem, not the target's dtype
+    (["--loss", "cross_entropy"], "'cross_entropy' needs at least 2 outputs"),
+    # one sample of two values for a network with one output: not "Y has shape (2, 1) ... X with 1 samples"
+    (["--target", "1,2"], "the target has 2 values per sample; the network has 1 output"),
+    (["--target", "1;0"], "the target gives 2 samples; the input 1"),
+    (["--input", "0.5,0.8;0.1,0.2", "--target", "1;0;1"], "the target gives 3 samples; the input 2"),
+    (["--layers", "2,3", "--loss", "cross_entropy", "--target", "0.5"],
+     "a cross_entropy target is a class index (a whole number from 0 to 2) or 3 probabilities per sample"),
+    (["--layers", "2,3", "--loss", "cross_entropy", "--target", "0.5,0.5"],
+     "the target has 2 values per sample; the network has 3 outputs"),
+    (["--layers", "2,3", "--loss", "cross_entropy", "--target", "3"], "class labels in the target must lie in [0, 3)"),
+    (["--loss", "binary_cross_entropy", "--output-activation", "identity", "--target", "2"],
+     "the target: binary_cross_entropy targets must lie in [0, 1]"),
+])
+def test_a_target_that_does_not_fit_is_named_in_the_options_terms(capsys, argv, message):
+    err = usage_error(capsys, "explain", *argv)
+    assert message in err and "Y has shape" not in err and "Y.astype" not in err, err
