@@ -514,7 +514,7 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         return "\n".join(out)
 
     lead = [f"network {t['layer_sizes']}, activations {', '.join(t['activations'][:-1]) or '-'} (hidden) / "
-            f"{t['activations'][-1]} (output), loss {t['loss_name']}, plain SGD at learning rate {t['lr']:g}; "
+            f"{t['activations'][-1]} (output), loss {t['loss_name']}, plain SGD at learning rate {_number(t['lr'], digits)}; "
             f"one step of gpubp.MLP in float64 on the numpy backend, batch of {t['batch']}"]
     if t.get("description"):
         lead.insert(0, t["description"])
@@ -554,7 +554,7 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
                                f"{prev}^T) = ", bw["dW"]),
                               (f"db{l} = delta{l}{' summed over the batch' if t['batch'] > 1 else ''} = ", bw["db"]),
                               (f"W{l}^T delta{l} = {passes} = ", bw["W_T_delta"])])))
-    lr = f"{t['lr']:g}"
+    lr = _number(t["lr"], digits)     # the rate the step used, to the digits of the other numbers
     rows = []
     for up in t["updated"]:
         l = up["layer"]

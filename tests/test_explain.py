@@ -628,3 +628,13 @@ def test_a_weights_file_may_give_a_single_number_as_input_or_target(capsys, tmp_
 def test_a_target_that_does_not_fit_is_named_in_the_options_terms(capsys, argv, message):
     err = usage_error(capsys, "explain", *argv)
     assert message in err and "Y has shape" not in err and "Y.astype" not in err, err
+
+
+def test_the_text_prints_the_learning_rate_the_step_used_in_full(capsys):
+    # "{lr:g}" wrote 0.1234567 as 0.123457: the update read "W - 0.123457 dW" while the step used 0.1234567
+    rc, text, _ = run(capsys, "explain", "--lr", "0.1234567")
+    assert rc == 0 and "0.123457" not in text
+    assert "plain SGD at learning rate 0.1234567;" in text
+    assert "W <- W - 0.1234567 dW, b <- b - 0.1234567 db" in text and "W1 <- W1 - 0.1234567 dW1 = " in text
+    rc, text, _ = run(capsys, "explain", "--lr", "0.1234567", "--digits", "3")    # rounded like every number
+    assert "W <- W - 0.123 dW" in text and "learning rate 0.123;" in text
