@@ -476,7 +476,7 @@ def _fmt(x, digits):
     a = np.asarray(x, dtype=np.float64)
     if a.ndim == 0:
         return _number(a, digits)
-    return np.array2string(a, separator=", ", max_line_width=110,
+    return np.array2string(a, separator=", ", max_line_width=110, threshold=a.size + 1,   # never "..."
                            formatter={"float_kind": lambda v: _number(v, digits)})
 
 

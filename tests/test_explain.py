@@ -638,3 +638,17 @@ def test_the_text_prints_the_learning_rate_the_step_used_in_full(capsys):
     assert "W <- W - 0.1234567 dW, b <- b - 0.1234567 db" in text and "W1 <- W1 - 0.1234567 dW1 = " in text
     rc, text, _ = run(capsys, "explain", "--lr", "0.1234567", "--digits", "3")    # rounded like every number
     assert "W <- W - 0.123 dW" in text and "learning rate 0.123;" in text
+
+
+def test_the_text_never_elides_a_large_matrix():
+    # numpy summarises arrays of more than 1000 entries ("[0.1, 0.2, ..., 0.9]"): a 40-30-2 network's
+    # W1 and dW1 (1200 entries) lost 1164 of their numbers, which the text promises in full
+    rng = np.random.default_rng(0)
+    sizes = [40, 30, 2]
+    params = explain.seeded_params(sizes, ["tanh", "identity"], "mse", 0)
+    t = explain.trace_step(params, rng.normal(size=40), [0.5, -0.5], ["tanh", "identity"], "mse", 0.1)
+    for digits in (None, 3):
+        text = explain.format_trace(t, digits)
+        assert "..." not in text
+        W1 = text.split("W1 = ", 1)[1].split("\nb1 = ", 1)[0]
+        assert W1.count(",") == 40 * 30 - 1
