@@ -495,6 +495,18 @@ LOSS_GRADIENT_TEXT = {"mse": "2 (a - y) / (B n)", "half_sse": "(a - y) / B",
                       "binary_cross_entropy": "(sigmoid(z) - y) / (B n)"}
 
 
+def _class_labels(t: dict):
+    """The trace's targets as a list of class indices, or None where they are rows of values."""
+    if t["loss_name"] != "cross_entropy":
+        return None
+    y = t["target"]
+    if isinstance(y, int):
+        return [y]
+    if isinstance(y, list) and y and all(isinstance(v, int) for v in y):
+        return y
+    return None
+
+
 def trace_stages(t: dict, digits: int | None = None) -> list:
     """The trace as `(header, text)` stages: the problem, forward layer by layer, the loss, backward
     layer by layer (output first), the update, and (when the trace holds an example's published
@@ -524,8 +536,16 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         lead.append(f"each row of x, y, z, a, dL/da, g'(z), delta and W^T delta is one of the {t['batch']} "
                     "samples (the formulas are written for one sample, z = W x + b); dW and db add up the "
                     f"samples' terms, and the loss's mean over the batch is already in delta (the 1/B)")
-    stages.append(("Problem", "\n".join(lead) + "\n" + block([("input  x = ", t["input"]),
-                                                              ("target y = ", t["target"])])))
+    labels = _class_labels(t)
+    if labels is None:
+        target = [("target y = ", t["target"])]
+    else:           # class indices: the loss and its gradient take their one-hot rows
+        n = t["layer_sizes"][-1]
+        hot = [[int(j == c) for j in range(n)] for c in labels]
+        target = [(f"target y = {t['target']} (a class index: y below is its one-hot row {hot[0]})"
+                   if t["batch"] == 1 and not isinstance(t["target"], list) else
+                   f"target y = {t['target']} (class indices: y below is their one-hot rows {hot})", None)]
+    stages.append(("Problem", "\n".join(lead) + "\n" + block([("input  x = ", t["input"])] + target)))
     for fw in t["forward"]:
         l = fw["layer"]
         prev = "x" if l == 1 else f"a{l - 1}"
@@ -541,7 +561,10 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         if l == L:
             src = f"dL/da{l} = {LOSS_GRADIENT_TEXT[t['loss_name']]} = "
             if t["loss_name"] in losses.LOGIT_LOSSES:
-                src = f"dL/da{l} = dL/dz{l} (the output is the logits z{l}) = {LOSS_GRADIENT_TEXT[t['loss_name']]} = "
+                grad = LOSS_GRADIENT_TEXT[t["loss_name"]]
+                if labels is not None:
+                    grad = grad.replace(" - y)", " - onehot(y))")
+                src = f"dL/da{l} = dL/dz{l} (the output is the logits z{l}) = {grad} = "
         else:
             src = f"dL/da{l} = W{l + 1}^T delta{l + 1} = "
         passes = "dL/dx (the input's gradient; no weights below)" if l == 1 else f"dL/da{l - 1}"

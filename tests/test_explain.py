@@ -652,3 +652,21 @@ def test_the_text_never_elides_a_large_matrix():
         assert "..." not in text
         W1 = text.split("W1 = ", 1)[1].split("\nb1 = ", 1)[0]
         assert W1.count(",") == 40 * 30 - 1
+
+
+def test_a_class_label_target_reads_as_a_class_index_and_its_one_hot_row(capsys):
+    # the label printed as "target y = 2.0" and the gradient as "(softmax(z) - y) / B", which reads
+    # as softmax(z) - 2.0; the step subtracts the one-hot row of class 2
+    base = ("explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3", "--loss", "cross_entropy")
+    rc, text, _ = run(capsys, *base, "--target", "2")
+    assert rc == 0 and "target y = 2.0" not in text
+    assert "target y = 2 (a class index: y below is its one-hot row [0, 0, 1])" in text
+    assert "= (softmax(z) - onehot(y)) / B = " in text and "(softmax(z) - y)" not in text
+    delta = strict_json(run(capsys, *base, "--target", "2", "--json")[1])["backward"][0]["delta"]
+    assert delta[2] < 0 < min(delta[0], delta[1])
+    rc, text, _ = run(capsys, "explain", "--layers", "3,4,3", "--input", "0.1,0.2,0.3;0.3,0.2,0.1",
+                      "--loss", "cross_entropy", "--target", "0;2")
+    assert "target y = [0, 2] (class indices: y below is their one-hot rows [[1, 0, 0], [0, 0, 1]])" in text
+    # probabilities are y itself
+    rc, text, _ = run(capsys, *base, "--target", "0.25,0.25,0.5")
+    assert "target y = [0.25, 0.25, 0.5]\n" in text and "= (softmax(z) - y) / B = " in text
