@@ -429,7 +429,9 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     if len(hidden) == 1 and L - 1 != 1:
         hidden = hidden * (L - 1)
     if len(hidden) != L - 1:
-        raise ValueError(f"{L - 1} hidden layers need 1 or {L - 1} activations, got {len(hidden)}")
+        need = {0: "no hidden layer to give an activation", 1: "1 hidden layer: give 1 activation"}.get(
+            L - 1, f"{L - 1} hidden layers: give 1 activation for all or {L - 1}, one per hidden layer")
+        raise ValueError(f"the network has {need}, got {len(hidden)} ({', '.join(map(str, hidden))})")
     for a in hidden:
         acts.check_activation(a)
     if output_activation is not None:

@@ -670,3 +670,15 @@ def test_a_class_label_target_reads_as_a_class_index_and_its_one_hot_row(capsys)
     # probabilities are y itself
     rc, text, _ = run(capsys, *base, "--target", "0.25,0.25,0.5")
     assert "target y = [0.25, 0.25, 0.5]\n" in text and "= (softmax(z) - y) / B = " in text
+
+
+@pytest.mark.parametrize("layers, n, message", [
+    ("2,2,1", 2, "the network has 1 hidden layer: give 1 activation, got 2 (relu, tanh)"),
+    ("2,3,3,1", 3, "the network has 2 hidden layers: give 1 activation for all or 2, one per hidden layer, "
+                   "got 3 (relu, tanh, relu)"),
+])
+def test_too_many_hidden_activations_are_counted_in_plain_words(capsys, layers, n, message):
+    # was "1 hidden layers need 1 or 1 activations, got 2"
+    names = ",".join(["relu", "tanh", "relu"][:n])
+    err = usage_error(capsys, "explain", "--layers", layers, "--activation", names)
+    assert message in err, err
