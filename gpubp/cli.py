@@ -840,6 +840,10 @@ def cmd_gradcheck(args) -> int:
     if n_params > 20000:
         raise UsageError(f"the network has {n_params} parameters; finite differences take two passes per "
                          "parameter: use a smaller one (at most 20000)")
+    if args.all_activations and len(sizes) == 2:
+        raise UsageError(f"--all-activations checks each hidden activation, but --layers "
+                         f"{','.join(map(str, sizes))} has no hidden layer (add one, e.g. --layers "
+                         f"{sizes[0]},{max(sizes)},{sizes[1]})")
     acts_list = [[a] for a in ACTIVATIONS] if args.all_activations else [args.activation]
     loss_list = list(LOSSES) if args.all_losses else [args.loss]
     for loss in loss_list:   # the networks' own rule (losses.check_outputs), said with the flags that set it
@@ -869,7 +873,7 @@ def cmd_gradcheck(args) -> int:
         value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
         absd = max_abs_errors(an, nu)
         runs += 1
-        name = ",".join(act)
+        name = ",".join(act) if len(sizes) > 2 else "no hidden layer"   # an activation unused is not named
         print(f"\n{name} (output {out_act}), loss {loss} = {value:.6g}")
         print(f"  {'layer':>5}  {'shape':>9}  {'rel err W':>10}  {'rel err b':>10}  {'max|diff|':>10}")
         for l, ((ew, eb), (dw, db)) in enumerate(zip(errs, absd), start=1):

@@ -196,6 +196,18 @@ def test_gradcheck_bad_options(capsys):
     assert "--activation lists 2 activations but the network has 1 hidden layers" in err and out == ""
 
 
+def test_gradcheck_of_a_network_without_hidden_layers_names_no_activation(capsys):
+    # --layers 3,2 has no hidden layer: "--all-activations" ran the same network 7 times and reported
+    # "OK (7 configurations)", each headed by an activation it never used; one run was headed "tanh"
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,2", "--all-activations",
+                           with_stdout=True)
+    assert "--all-activations checks each hidden activation, but --layers 3,2 has no hidden layer" in err
+    assert out == ""
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,2")
+    assert rc == 0 and "\nno hidden layer (output identity), loss mse = " in out and "tanh" not in out
+    assert "OK (1 configuration)" in out
+
+
 @pytest.mark.parametrize("extra", [["--loss", "cross_entropy"], ["--all-losses"]])
 def test_gradcheck_refuses_a_check_that_cannot_fail(capsys, extra):
     """cross_entropy on one output: softmax of one logit is 1, every gradient is 0, and "OK" proves nothing
