@@ -600,12 +600,19 @@ def _compare_expected(t, exp) -> str:
     for key, want in exp.items():
         if key not in got:
             continue
-        have = got[key]
+        have, prefix = list(_flat(got[key])), f"{key}: published "
         try:
-            diff = max(abs(float(a) - float(b)) for a, b in zip(_flat(have), _flat(want)))
+            want_flat = [float(v) for v in _flat(want)]
         except (TypeError, ValueError):
             continue
-        out.append(f"{key}: published {_fmt(want, None)}; largest difference {diff:.1e}")
+        if len(want_flat) != len(have):      # not compared over the common part only
+            out.append(f"{key}: published {len(want_flat)} number{'s' if len(want_flat) != 1 else ''}, "
+                       f"the trace has {len(have)}")
+            continue
+        diff = max((abs(float(a) - b) for a, b in zip(have, want_flat)), default=0.0)
+        shown = "\n".join(line.rstrip() for line in _fmt(want, None).replace("\n", "\n" + " " * len(prefix))
+                          .split("\n"))       # continuation rows line up under the first
+        out.append(f"{prefix}{shown}; largest difference {diff:.1e}")
     return "\n".join(out) or "(nothing comparable)"
 
 

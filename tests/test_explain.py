@@ -682,3 +682,22 @@ def test_too_many_hidden_activations_are_counted_in_plain_words(capsys, layers, 
     names = ",".join(["relu", "tanh", "relu"][:n])
     err = usage_error(capsys, "explain", "--layers", layers, "--activation", names)
     assert message in err, err
+
+
+def test_the_comparison_with_published_numbers_lines_up_and_counts_them(capsys, tmp_path):
+    rc, text, _ = run(capsys, "explain", "--example", "classic")
+    cmp = text.split("== Against the example's published numbers\n", 1)[1]
+    lines = cmp.splitlines()
+    start = next(i for i, s in enumerate(lines) if s.startswith("W_after: published "))
+    indent = len("W_after: published [")
+    # the matrices' rows line up under the first one (they began in columns 2 and 1)
+    assert all(s.startswith(" " * indent) and s.lstrip().startswith("[") for s in lines[start + 1:] if s.strip())
+    assert lines[start + 1].index("[") == lines[start].index("[[[") + 2 and not any(s.endswith(" ") for s in lines)
+    # a published list of another length is named, not compared over the common part only
+    wf = tmp_path / "w.json"
+    d = json.loads(explain._example_text("sigmoid-2-2-1"))
+    d["expected"] = {"output": [0.22820603151345778, 0.5], "loss": 0.5956659297922058}
+    wf.write_text(json.dumps(d))
+    rc, text, _ = run(capsys, "explain", "--weights", str(wf))
+    assert "output: published 2 numbers, the trace has 1" in text and "loss: published 0.5956659297922058; " \
+        "largest difference 0.0e+00" in text
