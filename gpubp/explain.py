@@ -528,7 +528,8 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         return "\n".join(out)
 
     lead = [f"network {t['layer_sizes']}, activations {', '.join(t['activations'][:-1]) or '-'} (hidden) / "
-            f"{t['activations'][-1]} (output), loss {t['loss_name']}, plain SGD at learning rate {_number(t['lr'], digits)}; "
+            f"{t['activations'][-1]} (output), loss {t['loss_name']}, plain SGD at learning rate "
+            f"{_number(t['lr'], digits)}; "
             f"one step of gpubp.MLP in float64 on the numpy backend, batch of {t['batch']}"]
     if t.get("description"):
         lead.insert(0, t["description"])
