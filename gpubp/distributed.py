@@ -675,6 +675,7 @@ class DataParallel:
         self.n_local = self.n_global = self.n_steps = self.batch_size = 0
         self.weights = None
         self.local_w = self.global_w = None
+        self.w_top = 1.0      # the sample weights' largest value over all ranks (`setup`)
 
     @property
     def is_root(self) -> bool:
@@ -732,6 +733,15 @@ class DataParallel:
                 bool(be.to_numpy((weights > 0).any())), "the check of the sample weights"):
             # a rank's own rows may all weigh nothing (one process on all the rows accepts that), not all rows
             raise EveryRankError(f"the sample weights (in {net.dtype.name}) are all zero on every rank")
+        self.w_top = 1.0
+        if weights is not None:
+            # the steps' weight sums are used by their ratios only: they are summed over the largest weight
+            # of all the ranks, so that weights near float64's largest number do not sum to inf (inf / inf
+            # made every step's loss NaN) and subnormal ones keep their digits, as in one process
+            local_top = float(be.to_numpy(weights.max())) if weights.shape[0] else 0.0
+            top = max(float(t) for t in comm.allgather_json(local_top, "the largest sample weight")) \
+                if self.sharded else local_top     # without sharding every rank holds the same weights
+            self.w_top = top if top > 0 else 1.0
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
@@ -766,7 +776,7 @@ class DataParallel:
         if weights is None:
             local = np.array([b - a for a, b in rows], dtype=np.float64)
         else:
-            w = self.net.backend.to_numpy(weights).astype(np.float64)
+            w = self.net.backend.to_numpy(weights).astype(np.float64) / self.w_top
             local = np.array([w[a:b].sum() for a, b in rows], dtype=np.float64)
         self.local_w = local
         self.global_w = self.comm.sum_values(local, "the reduction of the batch weights")

@@ -47,9 +47,11 @@ How the hyper-parameters map onto gpubp:
   `n_iter_` count the last call's epochs (so `n_iter_` is 1 after a
   `partial_fit`), while `t_` and `loss_curve_` count every epoch since the
   network was built.
-- `sample_weight`: weights are scaled to mean 1 over the training set (which
-  leaves scikit-learn's weighted loss unchanged) and passed to
-  `gpubp.MLP.fit`, which weights each sample's loss in its batch.
+- `sample_weight`: passed to `gpubp.MLP.fit`, which weights each sample's
+  loss in its batch, after scaling within each batch of the epoch to sum to
+  the batch's rows (only the ratios within a batch enter its loss): `fit`'s
+  history averages the batches' losses by their weight sums, scikit-learn's
+  `loss_` by their rows, and so does `loss_curve_` then.
 - The sample order of each epoch comes from the network's own generator
   (seeded from `random_state`), so runs are reproducible but do not visit the
   samples in scikit-learn's order.
@@ -360,8 +362,6 @@ class _BaseMLP(BaseEstimator):
             self._optimizer = self._make_optimizer(c)
         self._optimizer.weight_decay = c * self.alpha / (batch_size * w_mean)
         fit_kw = {}
-        if sw_train is not None:
-            fit_kw["sample_weight"] = sw_train / w_mean
         net = self.net_
         n = X.shape[0]
         Xd = net.backend.asarray(X, net.dtype)   # one copy to the device
@@ -369,6 +369,8 @@ class _BaseMLP(BaseEstimator):
         n_epochs = 1 if incremental else self.max_iter
         self.n_iter_ = 0    # this call's epochs, as scikit-learn counts them
         for epoch in range(1, n_epochs + 1):
+            if sw_train is not None:
+                fit_kw["sample_weight"] = self._epoch_weights(sw_train, batch_size)
             hist = net.fit(Xd, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
                            shuffle=bool(self.shuffle), progress=False, **fit_kw)
             self.n_iter_ += 1
@@ -404,6 +406,28 @@ class _BaseMLP(BaseEstimator):
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         if self.early_stopping and getattr(self, "_best_params", None) is not None:
             net.set_params(self._best_params)
+
+    def _epoch_weights(self, sw, batch_size: int) -> np.ndarray:
+        """The sample weights of the next epoch's `MLP.fit`: `sw` scaled within each of the epoch's batches
+        (in the order `fit` will draw from the network's generator) to sum to the batch's rows.
+
+        A batch's loss and gradient depend only on its weights' ratios, so training is unchanged; but
+        `fit`'s history averages the batches' losses by their weight sums, and scikit-learn's `loss_`
+        by their rows (`batch_loss * len(batch)`): with these weights the two are the same."""
+        import copy
+
+        n = sw.shape[0]
+        order = copy.deepcopy(self.net_._rng).permutation(n) if self.shuffle else np.arange(n)
+        w = np.asarray(sw, np.float64)[order]
+        for s in range(0, n, batch_size):
+            part = w[s:s + batch_size]
+            top = part.max()
+            if top > 0:      # ratios to the largest first: the sum cannot overflow, n / sum stays finite
+                unit = part / top
+                part[...] = unit * (part.shape[0] / unit.sum())
+        out = np.empty_like(w)
+        out[order] = w
+        return out
 
     # ------------------------------------------------------------ shared outputs
     def _outputs(self, X, check_input: bool = True) -> np.ndarray:

@@ -282,7 +282,13 @@ class FitLoop:
             self.dist.begin_epoch(self.We)
 
     def _batch_weights(self):
+        """Each batch's sample weight sum, up to one factor for all (the history uses their ratios only):
+        over the largest weight, so that weights near float64's largest number do not sum to inf (the
+        epoch's loss inf / inf) and subnormal ones do not make subnormal products with the losses."""
         w = self.net.backend.to_numpy(self.We).astype(np.float64)
+        top = w.max()
+        if top > 0:
+            w /= top
         return np.add.reduceat(w, np.arange(0, w.size, self.batch_size))
 
     def _epoch(self, epoch, step_losses, snap, hist):

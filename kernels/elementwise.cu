@@ -236,7 +236,7 @@ sgd_update(T* p, const T* g, T* buf, long long n, T lr, T mom, T wd, int flags, 
 
 // PyTorch Adam (mode 0 no decay, 1 L2: g += wd p) / AdamW (mode 2: p *= decay,
 // decay = 1 - lr wd), in the numpy backend's order of operations:
-// m += (g - m) b1c, v = v b2 + g^2 b2c, p -= m / (sqrt(v) / bc2_sqrt + eps) * step_size
+// m += (g - m) b1c, v = v b2 + (g b2c) g, p -= m / (sqrt(v) / bc2_sqrt + eps) * step_size
 // with b1c = 1 - b1, b2c = 1 - b2, bc2_sqrt = sqrt(1 - b2^t), step_size = lr / (1 - b1^t).
 template <typename T>
 __device__ __forceinline__ void adam_one(T& p, T g, T& m, T& v, T step_size, T b1c, T b2,
@@ -244,7 +244,7 @@ __device__ __forceinline__ void adam_one(T& p, T g, T& m, T& v, T step_size, T b
     if (mode == 2) p = p * decay;
     else if (mode == 1) g = p * wd + g;
     m = m + (g - m) * b1c;
-    v = v * b2 + (g * g) * b2c;
+    v = v * b2 + (g * b2c) * g;     // PyTorch's addcmul order: g * g first overflows sooner
     const T den = sqrt(v) / bc2_sqrt + eps;
     p = p - (m / den) * step_size;
 }

@@ -216,6 +216,21 @@ def test_sample_weights_near_the_ends_of_float32_train_as_their_ratios(scale, lo
     assert np.array_equal(_flat(nets[1]), _flat(nets[0]))
 
 
+@pytest.mark.parametrize("scale", [2.0 ** 1020, 2.0 ** -1070], ids=["near-max", "subnormal"])
+def test_sample_weights_near_the_ends_of_float64_train_and_report_as_their_ratios(scale):
+    """The same in a float64 network, history included: the history weighs each batch's loss by its
+    weight sum, which was summed as given, in float64, and overflowed for weights near float64's
+    largest number: the epoch's loss was inf / inf = NaN while the parameters trained right."""
+    rng = np.random.default_rng(11)
+    X, Y = rng.standard_normal((24, 6)), rng.integers(0, 3, 24)
+    w = rng.integers(1, 4, 24).astype(np.float64)
+    nets = [gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0) for _ in range(2)]
+    hists = [net.fit(X, Y, epochs=2, batch_size=12, optimizer=gpubp.optim.SGD(0.3), shuffle=False,
+                     sample_weight=sw, progress=False) for net, sw in zip(nets, (w, w * scale))]
+    assert np.all(np.isfinite(hists[1]["loss"])) and hists[1]["loss"] == hists[0]["loss"]
+    assert np.array_equal(_flat(nets[1]), _flat(nets[0]))
+
+
 @pytest.mark.parametrize("kw,words", [
     (dict(sample_weight=np.full(40, 1e39)), "sample_weight overflows float32"),
     (dict(sample_weight=np.full(40, 1e-46)), "all zero in float32"),

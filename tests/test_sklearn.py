@@ -231,6 +231,66 @@ def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):
     assert g.n_iter_ == sk.n_iter_ == 5 and g.t_ == sk.t_
 
 
+@pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
+def test_weighted_mini_batch_loss_curve_matches_sklearn(case):
+    """scikit-learn's `loss_` averages each batch's weighted mean loss over the epoch by the batch's
+    rows (`batch_loss * len(batch)`, then over `n`), not by its weight sum.  It took gpubp's history
+    loss as it was (batches weighted by their sample weight sums): with uneven weights over several
+    batches the curve was 0.5 to 4% off scikit-learn's (and `tol` stopped at other epochs) while the
+    weights matched to rounding.  Without alpha and shuffling the updates are scikit-learn's, so the
+    two curves agree to rounding."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    w = np.random.default_rng(4).uniform(0.1, 3.0, len(X))
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.0, batch_size=16, max_iter=4,
+              learning_rate_init=0.05, momentum=0.9, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
+    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y, sample_weight=w)
+    g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y, sample_weight=w)
+    for a, b in zip(sk.coefs_, g.coefs_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-10)
+
+
+def test_weighted_shuffled_epochs_train_as_the_plain_weights():
+    """With shuffling, each epoch's batches are those of the network's own generator: the weights the
+    estimator gives `MLP.fit` (rescaled per batch so that the history averages by rows, as scikit-learn's
+    `loss_`) train as the plain weights do, and `loss_curve_` is the row-weighted mean of the batches'
+    weighted losses."""
+    import copy
+
+    import gpubp
+
+    X, y = _blobs(n=50)
+    w = np.random.default_rng(5).uniform(0.1, 3.0, len(X))
+    est = _fit_quietly(MLPClassifier(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, learning_rate_init=0.1,
+                                     alpha=0.0, batch_size=16, max_iter=1, random_state=0, warm_start=True,
+                                     backend="numpy", dtype="float64"), X, y, sample_weight=w)
+    ref = copy.deepcopy(est.net_)                          # the network and its generator before the epoch
+    params = ref.get_params()
+    order = copy.deepcopy(ref._rng).permutation(len(X))    # the epoch's order, as fit draws it
+    _fit_quietly(est, X, y, sample_weight=w)               # one more epoch (warm start)
+    ref.fit(X, y, epochs=1, batch_size=16, optimizer=gpubp.optim.SGD(0.1), sample_weight=w / w.mean(),
+            shuffle=True, progress=False)
+    for (W, b), (W2, b2) in zip(est.net_.get_params(), ref.get_params()):
+        np.testing.assert_allclose(W, W2, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(b, b2, rtol=0, atol=1e-13)
+    # the epoch's loss the scikit-learn way: each batch's weighted mean loss before its step, times its rows
+    probe = copy.deepcopy(ref)
+    probe.set_params(params)
+    total = 0.0
+    for s in range(0, len(X), 16):
+        rows = order[s:s + 16]
+        logits = probe.forward(X[rows])
+        z = logits - logits.max(axis=1, keepdims=True)
+        li = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(rows)), y[rows]]
+        total += len(rows) * float(np.average(li, weights=w[rows]))
+        probe.fit(X[rows], y[rows], epochs=1, batch_size=16, optimizer=gpubp.optim.SGD(0.1),
+                  sample_weight=w[rows], shuffle=False, progress=False)
+    for (W, b), (W2, b2) in zip(est.net_.get_params(), probe.get_params()):
+        np.testing.assert_allclose(W, W2, rtol=0, atol=1e-13)
+    assert est.loss_curve_[-1] == pytest.approx(total / len(X), rel=1e-12)
+
+
 
 @pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
 def test_early_stopping_matches_sklearn(case):

@@ -123,6 +123,56 @@ def test_optimizer_steps_equal_torch(make, dtype, tol, rng):
             assert rel_err(ours_p, ref) < bound
 
 
+@pytest.mark.parametrize("opt_name", ["adam", "adamw"])
+@pytest.mark.parametrize("dtype,grad", [("float32", 1e20), ("float64", 1e155)])
+def test_adam_second_moment_stays_finite_where_torchs_does(opt_name, dtype, grad):
+    """`v = b2 v + (1 - b2) g^2` in PyTorch's order, `((1 - b2) g) g` (its `addcmul`): `g * g` first
+    overflowed for |g| above the square root of the dtype's largest number (1.8e19 in float32), where
+    PyTorch's `v` is still finite (up to |g| of 5.8e20): `v` became inf, and the parameter froze."""
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    dt, tdt = np.dtype(dtype), {"float32": torch.float32, "float64": torch.float64}[dtype]
+    g = np.array([grad, -grad / 3, 1.0, 0.0], dt)
+    p, m, v = np.ones(4, dt), np.zeros(4, dt), np.zeros(4, dt)
+    tp = torch.ones(4, dtype=tdt, requires_grad=True)
+    topt = (torch.optim.Adam if opt_name == "adam" else torch.optim.AdamW)([tp], 1e-3)
+    for t in (1, 2, 3):
+        NumpyBackend().adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.01 if opt_name == "adamw" else 0.0,
+                                   np.array([t], np.int32), opt_name == "adamw")
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+    tv = topt.state[tp]["exp_avg_sq"].numpy()
+    assert np.all(np.isfinite(v)) and np.all(np.isfinite(p))
+    np.testing.assert_allclose(v, tv, rtol=4 * np.finfo(dt).eps)
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=4 * np.finfo(dt).eps)
+
+
+def test_adam_fit_on_large_inputs_trains_as_torch_in_float32():
+    """Inputs near 1e10 give a float32 linear model weight gradients near 1e20: PyTorch's Adam trains on,
+    gpubp's stopped with a FloatingPointError ("the update of step 1 left ... not finite") when its
+    second moment overflowed."""
+    X = np.array([[1e10], [2e10], [-1.5e10], [3e10]])
+    Y = np.array([[1.0], [-2.0], [0.5], [1.5]])
+    net = gpubp.MLP([1, 1], activation="identity", loss="mse", backend="numpy", dtype="float32", seed=0)
+    layers, fwd = torch_model(net, torch.float32)
+    topt = torch.optim.Adam([p for lin in layers for p in lin.parameters()], 1e-3)
+    hist = net.fit(X, Y, epochs=3, batch_size=2, optimizer=gpubp.optim.Adam(1e-3), shuffle=False, progress=False)
+    losses = []
+    for _ in range(3):
+        total = 0.0
+        for s in range(0, 4, 2):
+            topt.zero_grad()
+            loss = torch_loss("mse", fwd(torch.from_numpy(X[s:s + 2]).float()), torch.from_numpy(Y[s:s + 2]).float())
+            loss.backward()
+            topt.step()
+            total += loss.item() * 2
+        losses.append(total / 4)
+    np.testing.assert_allclose(hist["loss"], losses, rtol=1e-5)
+    (W, b), = net.get_params()
+    np.testing.assert_allclose(W, layers[0].weight.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(b, layers[0].bias.detach().numpy(), rtol=1e-5)
+
+
 def test_fit_with_class_and_sample_weights_equals_torchs_weighted_cross_entropy():
     # class_weight="balanced" (scikit-learn's compute_class_weight) times sample_weight, each batch
     # the weighted mean sum w_i l_i / sum w_i (CrossEntropyLoss(weight=...)'s "mean" with per-sample

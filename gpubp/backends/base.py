@@ -291,6 +291,6 @@ class Backend(ABC):
         (from 1), read by the update itself so that a captured CUDA graph
         counts steps on its own.  Adam adds `weight_decay * params` to the
         gradient; AdamW multiplies params by `1 - lr * weight_decay` first.
-        `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
+        `m = b1 m + (1-b1) g`, `v = b2 v + ((1-b2) g) g` (PyTorch's order: `g g` first overflows sooner),
         `params -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
         """

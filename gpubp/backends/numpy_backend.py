@@ -267,13 +267,14 @@ class NumpyBackend(Backend):
         elif weight_decay:
             g = np.multiply(params, weight_decay, out=scratch_buffer(scratch, "adam_decay", params))
             g += grads
-        # m = m + (1 - b1)(g - m)  (PyTorch's lerp), v = b2 v + (1 - b2) g^2
+        # m = m + (1 - b1)(g - m)  (PyTorch's lerp), v = b2 v + ((1 - b2) g) g  (PyTorch's addcmul: g g
+        # first would overflow for |g| above the square root of the dtype's largest number)
         t = np.subtract(g, m, out=scratch_buffer(scratch, "adam_t", params))
         t *= 1.0 - beta1
         m += t
         v *= beta2
-        np.multiply(g, g, out=t)
-        t *= 1.0 - beta2
+        np.multiply(g, 1.0 - beta2, out=t)
+        t *= g
         v += t
         n = int(step[0])
         bc1 = 1.0 - beta1 ** n

@@ -59,6 +59,14 @@ def cases():
         "sharded_b6_weightless_shard": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2,
                                             shuffle=True, sharded=True, weights="weightless_shard"),
         "diverge_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=0.5)), epochs=3, shuffle=True, diverge="loss"),
+        # weights near float64's largest number (a batch's sum overflows) and subnormal ones train, and report
+        # their losses, as the same ratios near 1 (as in one process)
+        "b6_weights_near_max": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=True,
+                                    weights="near_max"),
+        "sharded_b6_weights_near_max": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2,
+                                            shuffle=True, sharded=True, weights="near_max"),
+        "sharded_b6_weights_subnormal": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.5)), epochs=2,
+                                             shuffle=True, sharded=True, weights="subnormal"),
         # rows 6..11 weigh nothing: the second global batch of 6 has no weight at all (loss 0, as in one process)
         "b6_weightless_batch": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
                                     shuffle=False, weights="weightless_batch"),
@@ -99,6 +107,10 @@ def case_data(c):
     if c.get("weights") == "weightless_shard":
         W = W.copy()
         W[11:] = 0.0
+    if c.get("weights") == "near_max":
+        W = W * 2.0 ** 1023
+    if c.get("weights") == "subnormal":
+        W = W * 2.0 ** -1060
     return X, Y, (W if c.get("weights") else None)
 
 
