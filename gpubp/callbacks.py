@@ -15,6 +15,10 @@ import numpy as np
 from .checks import check_flag, real_number
 
 
+#: history keys (of `fit(grad_norms=True)`) that hold a list per layer each epoch, not one figure
+_PER_LAYER = frozenset({"grad_norms", "delta_norms", "update_ratios"})
+
+
 class EarlyStopping:
     """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights.
 
@@ -50,6 +54,9 @@ class EarlyStopping:
         if self.monitor not in logs:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record "
                              f"(it records {', '.join(sorted(logs))}; val_* needs validation data)")
+        if self.monitor in _PER_LAYER:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which holds a list per layer for each "
+                             "epoch, not one number per epoch: monitor loss, accuracy, val_loss or val_accuracy")
 
     def on_train_begin(self, net, logs):
         # `logs` already holds a list for every figure the fit records: refuse before any step

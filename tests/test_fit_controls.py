@@ -97,6 +97,18 @@ def test_early_stopping_refuses_its_monitor_before_any_step():
     assert len(hist["val_accuracy"]) == 2
 
 
+def test_early_stopping_refuses_a_per_layer_figure_before_any_step():
+    # grad_norms, delta_norms and update_ratios are history keys, but each epoch holds a list per layer:
+    # there is no best to compare with; it used to train an epoch, then fail on `list < float`
+    X, y = _data()
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    before = _flat(net)
+    for key in ("grad_norms", "delta_norms", "update_ratios"):
+        with pytest.raises(ValueError, match=f"{key}.*one number per epoch"):
+            net.fit(X, y, epochs=2, grad_norms=True, callbacks=[EarlyStopping(monitor=key)], progress=False)
+        assert np.array_equal(_flat(net), before) and net.optimizer is None
+
+
 def test_lr_schedule_sets_the_rate_of_every_step():
     X, y = _data(3, n=64)
     sched = step_decay(0.1, step_size=3, gamma=0.5)
