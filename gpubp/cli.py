@@ -595,6 +595,10 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
 
 
 def _is_number(text) -> bool:
+    """Whether a CSV cell is a number as numpy's parser reads one: Python's float() alone also takes
+    underscores ("1_0" is 10) and non-ASCII digits, which np.loadtxt refuses."""
+    if not text.isascii() or "_" in text:
+        return False
     try:
         float(text)
     except ValueError:

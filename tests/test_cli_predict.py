@@ -140,6 +140,21 @@ def test_predict_csv_without_header_keeps_every_line(capsys, tmp_path, classifie
     assert "holds no samples" in err and "comma-separated" in err and "'1;2;3;4'" in err
 
 
+def test_predict_csv_cells_numpy_cannot_read_are_refused_not_read_by_python(capsys, tmp_path, classifier):
+    """A cell numpy's parser refuses ("1_0", non-ASCII digits) is refused, naming its line and column: the
+    fallback that looks for the bad cell used Python's float(), which reads "1_0" as 10 and "\u0661" as 1."""
+    net, ckpt, X = classifier
+    for i, cell in enumerate(("1_0", "\u0661", "2.5_1")):
+        path = tmp_path / f"odd{i}.csv"
+        path.write_text(f"0.5,0.25,1,2\n3,{cell},4,5\n", encoding="utf-8")
+        err = usage_error(capsys, "predict", ckpt, path, "--backend", "numpy")
+        assert f"line 2, column 2 is {cell!r}" in err, err
+    # as a header's cell, it is a name, not a number: the line is a header
+    (tmp_path / "head.csv").write_text("x_1,x_2,x_3,x_4\n1,2,3,4\n")
+    rc, out, _ = run(capsys, "predict", ckpt, tmp_path / "head.csv", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == 1
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".npy"])
 def test_predict_non_finite_data_names_the_file_and_the_sample(capsys, tmp_path, classifier, suffix):
     net, ckpt, X = classifier
