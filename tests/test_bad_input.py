@@ -167,3 +167,49 @@ def test_float_and_missing_class_labels_are_named_as_such(net):
     assert np.isfinite(one.loss_and_grads(np.ones(4), np.ones(3) / 3)[0])
     with pytest.raises(ValueError, match=r"Y has shape \(2,\); expected \(3, 3\)"):
         one.loss_and_grads(np.ones((3, 4)), np.ones(2) / 2)
+
+
+def test_masked_arrays_are_not_read_without_their_mask(net):
+    # np.asarray drops the mask: the values under it were used as data, silently
+    X = np.ma.masked_array(np.ones((3, 4)), mask=np.zeros((3, 4), bool))
+    plain = net.predict_proba(np.ones((3, 4)))
+    assert np.array_equal(net.predict_proba(X), plain)      # nothing masked: its data
+    X.mask[1, 2] = True
+    X.data[1, 2] = 1e30
+    before = net.get_params()
+    with pytest.raises(ValueError, match=r"X is a masked array with 1 masked value.*filled"):
+        net.predict(X)
+    y = np.ma.masked_array([0, 1, 2], mask=[False, True, False])
+    with pytest.raises(ValueError, match="Y is a masked array"):
+        net.fit(np.ones((3, 4)), y, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="sample_weight is a masked array"):
+        net.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False,
+                sample_weight=np.ma.masked_array([1.0, 1.0, 1.0], mask=[0, 0, 1]))
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, net.get_params()))
+    assert net.optimizer is None
+
+
+def test_tensors_that_require_grad_are_named(net):
+    torch = pytest.importorskip("torch")
+    X = torch.ones(3, 4, dtype=torch.float64, requires_grad=True)
+    for call in (lambda: net.predict(X), lambda: net.fit(X, [0, 1, 2], epochs=1, progress=False),
+                 lambda: net.loss_and_grads(X.detach(), torch.ones(3, 3, requires_grad=True) / 3)):
+        with pytest.raises(TypeError, match=r"(X|Y) is a tensor that requires grad.*detach\(\)"):
+            call()
+    assert net.optimizer is None
+    assert np.array_equal(net.predict(X.detach()), net.predict(np.ones((3, 4))))
+
+
+@pytest.mark.parametrize("column", ["datetime", "timedelta", "datetime_tz"])
+def test_pandas_date_columns_are_not_numbers(net, column):
+    # a frame mixing numbers and dates became an object array, which to_numpy(float) read as nanoseconds
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(np.ones((3, 4)), columns=list("abcd"))
+    dates = {"datetime": pd.date_range("2024-01-01", periods=3),
+             "timedelta": pd.to_timedelta([1, 2, 3], unit="s"),
+             "datetime_tz": pd.date_range("2024-01-01", periods=3, tz="UTC")}[column]
+    with pytest.raises(TypeError, match=r"X has a .*(datetime|timedelta).* column"):
+        net.predict(frame.assign(b=dates))
+    reg = gpubp.MLP([4, 1], backend="numpy")
+    with pytest.raises(TypeError, match="Y"):
+        reg.fit(np.ones((3, 4)), pd.DataFrame({"t": dates}), epochs=1, progress=False)
