@@ -737,8 +737,11 @@ class MLP:
             progress = bool(progress)
         elif not (isinstance(progress, str) and progress == "auto"):
             raise ValueError(f"progress must be 'auto', True or False, got {progress!r}")
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        # an integer, not a bool (numpy's either: np.True_ == 1) nor a float (1.0 == 1)
+        if isinstance(verbose, (bool, np.bool_)) or not isinstance(verbose, (int, np.integer)) \
+                or verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        verbose = int(verbose)
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable step -> learning rate")
         shuffle, standardize = check_flag("shuffle", shuffle), check_flag("standardize", standardize)

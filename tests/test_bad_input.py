@@ -127,6 +127,9 @@ def test_fit_arguments():
     for kw in (dict(epochs=0), dict(batch_size=0), dict(epochs=1.5)):
         with pytest.raises(ValueError, match="positive integer"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
+    for verbose in (True, np.True_, 1.0, np.float64(2), 3):   # bools and floats equal to 0, 1 or 2 too
+        with pytest.raises(ValueError, match="verbose must be 0, 1 or 2"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, verbose=verbose)
     with pytest.raises(TypeError, match="validation"):
         net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))
     for cbs in (gpubp.callbacks.EarlyStopping(), 3):
