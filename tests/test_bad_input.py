@@ -216,3 +216,33 @@ def test_pandas_date_columns_are_not_numbers(net, column):
     reg = gpubp.MLP([4, 1], backend="numpy")
     with pytest.raises(TypeError, match="Y"):
         reg.fit(np.ones((3, 4)), pd.DataFrame({"t": dates}), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(shuffle="no"), "shuffle must be True or False"),          # "no" was read as yes
+    (dict(warm_start="no"), "warm_start must be True or False"),
+    (dict(early_stopping="no"), "early_stopping must be True or False"),
+    (dict(verbose="no"), "verbose must be True, False or a non-negative integer"),
+    (dict(activation=["relu"]), "activation must be one of"),          # was TypeError: unhashable type
+    (dict(dtype=["float32"]), "dtype must be one of"),
+])
+def test_sklearn_parameters(kwargs, words):
+    pytest.importorskip("sklearn")
+    from gpubp.sklearn import MLPRegressor
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    with pytest.raises(ValueError, match=words):
+        MLPRegressor((3,), max_iter=2, backend="numpy", **kwargs).fit(X, X[:, 0])
+
+
+def test_sklearn_targets_and_weights_that_are_not_numbers():
+    pytest.importorskip("sklearn")
+    from gpubp.sklearn import MLPRegressor
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    reg = MLPRegressor((3,), max_iter=2, backend="numpy")
+    # dates were read as day counts and numeric strings parsed
+    for y in (np.arange(8).astype("datetime64[D]"), np.array(["1.5"] * 8)):
+        with pytest.raises(ValueError, match="y must hold real numbers"):
+            reg.fit(X, y)
+    with pytest.raises(TypeError, match="sample_weight must be numeric"):   # was float()'s error
+        reg.fit(X, X[:, 0], sample_weight="abc")
+    assert not hasattr(reg, "net_")
