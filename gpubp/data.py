@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import finite_after_cast, host_array
 from .optional import require
 
 #: every data set `load_dataset` knows
@@ -82,12 +83,29 @@ def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
     Constant features (standard deviation below `eps`) are centred and left
     unscaled.  Returns `(mean, std, X_train_scaled, *others_scaled)`.
     """
-    X_train = np.asarray(X_train, np.float64)
+    if not _is_number(eps) or not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
+    # checked as the network checks its inputs: masks, dates, text and NaN are refused, not averaged
+    arrays = [_feature_rows(X, name) for X, name in
+              zip((X_train, *others), ("X_train", *(f"others[{i}]" for i in range(len(others)))))]
+    X_train = arrays[0]
+    if X_train.shape[0] == 0:
+        raise ValueError("X_train holds no samples: its mean and standard deviation are undefined")
+    for X, i in zip(arrays[1:], range(len(others))):
+        if X.shape[1] != X_train.shape[1]:
+            raise ValueError(f"others[{i}] has {X.shape[1]} features; X_train has {X_train.shape[1]}")
     mean = X_train.mean(axis=0)
     std = X_train.std(axis=0)
     std = np.where(std < eps, 1.0, std)
-    out = [(np.asarray(X, np.float64) - mean) / std for X in (X_train, *others)]
+    out = [(X - mean) / std for X in arrays]
     return (mean, std, *out)
+
+
+def _feature_rows(X, name: str) -> np.ndarray:
+    h = host_array(X, name)
+    if h.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (samples, features), got shape {h.shape}")
+    return finite_after_cast(h, np.float64, name)
 
 
 @dataclass
@@ -237,6 +255,11 @@ def accuracy(net, X, y) -> float:
     y = np.asarray(y)
     if y.shape != labels.shape:      # a (B, 1) column would broadcast to (B, B) comparisons
         raise ValueError(f"y has shape {y.shape}; expected ({labels.shape[0]},), one class label per row of X")
+    # labels that no output can give (1.5, "a", 7 of 3 classes) would count as wrong, silently
+    try:
+        y = _class_labels(y, max(2, net.sizes[-1]))
+    except ValueError as e:
+        raise ValueError(f"y: {e}") from None
     return float(np.mean(labels == y))
 
 

@@ -246,3 +246,39 @@ def test_sklearn_targets_and_weights_that_are_not_numbers():
     with pytest.raises(TypeError, match="sample_weight must be numeric"):   # was float()'s error
         reg.fit(X, X[:, 0], sample_weight="abc")
     assert not hasattr(reg, "net_")
+
+
+@pytest.mark.parametrize("args,kwargs,exc,words", [
+    # each was averaged or broadcast silently (NaN statistics, the mask's data, dates as numbers), or
+    # raised numpy's broadcasting error
+    ((np.ones((0, 2)),), {}, ValueError, "X_train holds no samples"),
+    ((np.ones((3, 2)), np.ones((2, 3))), {}, ValueError, r"others\[0\] has 3 features; X_train has 2"),
+    ((np.array([[1.0, np.nan], [2.0, 3.0]]),), {}, ValueError, "X_train contains NaN"),
+    ((np.ones((3, 2)), np.array([[np.inf, 0.0]])), {}, ValueError, r"others\[0\] contains NaN"),
+    ((np.ma.masked_array(np.ones((2, 2)), mask=[[1, 0], [0, 0]]),), {}, ValueError, "X_train is a masked array"),
+    ((np.arange(4).reshape(2, 2).astype("datetime64[D]"),), {}, TypeError, "X_train must be a real numeric"),
+    ((np.ones(3),), {}, ValueError, r"X_train must be a 2-D array .*\(3,\)"),
+    ((np.ones((3, 2)),), dict(eps=True), ValueError, "eps must be a non-negative finite number"),
+    ((np.ones((3, 2)),), dict(eps=-1.0), ValueError, "eps must be a non-negative finite number"),
+])
+def test_data_standardize_refuses(args, kwargs, exc, words):
+    from gpubp import data
+    with pytest.raises(exc, match=words):
+        data.standardize(*args, **kwargs)
+
+
+def test_data_standardize_takes_lists_and_empty_others():
+    from gpubp import data
+    mean, std, Xs, Xe = data.standardize([[1, 2], [3, 4]], np.ones((0, 2)))
+    assert mean.tolist() == [2, 3] and Xs.tolist() == [[-1, -1], [1, 1]] and Xe.shape == (0, 2)
+
+
+def test_data_accuracy_refuses_labels_no_output_gives():
+    # labels 1.5 or "a" never equal a predicted class: they counted as wrong, silently
+    from gpubp import data
+    net = gpubp.MLP([2, 2], loss="cross_entropy", backend="numpy", seed=0)
+    X = np.array([[0.0, 1.0], [1.0, 0.0]])
+    for bad in ([0, 1.5], ["a", "b"], [0, 2]):
+        with pytest.raises(ValueError, match=r"y: labels must be a 1-D array of integers in \[0, 2\)"):
+            data.accuracy(net, X, bad)
+    assert data.accuracy(net, X, [0.0, 1.0]) == data.accuracy(net, X, [0, 1])
