@@ -282,3 +282,16 @@ def test_data_accuracy_refuses_labels_no_output_gives():
         with pytest.raises(ValueError, match=r"y: labels must be a 1-D array of integers in \[0, 2\)"):
             data.accuracy(net, X, bad)
     assert data.accuracy(net, X, [0.0, 1.0]) == data.accuracy(net, X, [0, 1])
+
+
+def test_save_and_load_paths(tmp_path):
+    net = gpubp.MLP([4, 3], backend="numpy", seed=0)
+    for path in (str(tmp_path / "a.npz"), tmp_path / "b.npz", bytes(tmp_path / "c.npz")):   # bytes was refused
+        net.save(path)
+        assert np.array_equal(gpubp.MLP.load(path, backend="numpy").get_params()[0][0], net.get_params()[0][0])
+    for bad in (3, None, 2.5):    # load(3) read file descriptor 3
+        with pytest.raises(TypeError, match=rf"path must be a file name \(str, bytes or os.PathLike\), "
+                                            rf"got {type(bad).__name__}"):
+            net.save(bad)
+        with pytest.raises(TypeError, match="path must be a file name"):
+            gpubp.MLP.load(bad, backend="numpy")
