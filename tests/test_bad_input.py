@@ -295,3 +295,19 @@ def test_save_and_load_paths(tmp_path):
             net.save(bad)
         with pytest.raises(TypeError, match="path must be a file name"):
             gpubp.MLP.load(bad, backend="numpy")
+
+
+@pytest.mark.parametrize("mean,std,words", [
+    (np.zeros((2, 2)), np.ones((2, 2)), r"shape \(4,\) or \(1, 4\).*\(2, 2\)"),   # was reshaped and taken
+    (np.zeros(4), np.ones((4, 1)), r"\(4,\) and \(4, 1\)"),
+    (0.0, 1.0, r"got shapes \(\) and \(\)"),
+    (None, np.ones(4), "give mean and std together.*mean=None"),                # was "dtype object"
+    (np.zeros(4), None, "give mean and std together.*std=None"),
+])
+def test_set_standardization_shapes(net, mean, std, words):
+    net.set_standardization(np.full(4, 0.5), np.full(4, 2.0))
+    with pytest.raises(ValueError, match=words):
+        net.set_standardization(mean, std)
+    assert net.standardization[0].tolist() == [0.5] * 4 and net.standardization[1].tolist() == [2.0] * 4
+    net.set_standardization(np.zeros((1, 4)), np.ones((1, 4)))                  # a keepdims row is one per input
+    assert net.standardization[0].shape == (4,)
