@@ -192,12 +192,20 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
 
 def _class_labels(y, n_classes: int) -> np.ndarray:
     """`y` as int64 class labels, checked: 1-D, whole numbers (of any numeric dtype), in `[0, n_classes)`."""
+    n_classes = _count("n_classes", n_classes)
     y = np.asarray(y)
     if y.ndim != 1 or y.dtype.kind not in "iuf" or \
             (y.size and not (np.all(np.isfinite(y)) and np.all(y == np.floor(y)) and y.min() >= 0 and
                              y.max() < n_classes)):
         raise ValueError(f"labels must be a 1-D array of integers in [0, {n_classes})")
     return y.astype(np.int64)
+
+
+def _count(name, v) -> int:
+    """A positive integer (numpy's too; not a bool, nor a float such as 3.0)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
 
 
 def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
@@ -216,6 +224,7 @@ def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
     squared errors: one output per class on one-hot targets, or one output
     with 0/1 targets for two classes.
     """
+    n_classes = _count("n_classes", n_classes)
     if loss == "cross_entropy":
         return (n_classes,)
     if loss == "binary_cross_entropy":
@@ -229,6 +238,7 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     cross_entropy keeps the integer labels; one output gets `(B, 1)` 0/1
     targets; several outputs one-hot rows.
     """
+    n_out = _count("n_out", n_out)
     y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
         return y
@@ -242,6 +252,8 @@ def labels_from_outputs(out, loss: str) -> np.ndarray:
     out = np.asarray(out)
     if out.ndim == 1:
         out = out.reshape(-1, 1)
+    if out.ndim != 2:   # argmax(axis=1) of (B, n, m) gave (B, m) "labels"
+        raise ValueError(f"out must be a network's outputs of shape (B,) or (B, n_out), got shape {out.shape}")
     if out.shape[1] == 1:
         threshold = 0.0 if loss == "binary_cross_entropy" else 0.5
         return (out[:, 0] > threshold).astype(np.int64)

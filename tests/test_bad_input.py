@@ -311,3 +311,18 @@ def test_set_standardization_shapes(net, mean, std, words):
     assert net.standardization[0].tolist() == [0.5] * 4 and net.standardization[1].tolist() == [2.0] * 4
     net.set_standardization(np.zeros((1, 4)), np.ones((1, 4)))                  # a keepdims row is one per input
     assert net.standardization[0].shape == (4,)
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda d: d.one_hot([0, 1], 2.0), r"n_classes must be a positive integer, got 2.0"),   # numpy's TypeError
+    (lambda d: d.one_hot([0, 1], True), r"n_classes must be a positive integer, got True"),
+    (lambda d: d.output_sizes("mse", True), r"n_classes must be a positive integer, got True"),  # gave (True,)
+    (lambda d: d.output_sizes("cross_entropy", 3.0), r"n_classes must be a positive integer, got 3.0"),
+    (lambda d: d.targets_for([0, 1], "mse", 2.0), r"n_out must be a positive integer, got 2.0"),
+    (lambda d: d.labels_from_outputs(np.ones((2, 2, 2)), "mse"), r"shape \(2, 2, 2\)"),   # gave (2, 2) labels
+])
+def test_data_helpers_check_counts_and_shapes(call, words):
+    from gpubp import data
+    with pytest.raises(ValueError, match=words):
+        call(data)
+    assert data.one_hot([0, 1], np.int64(2)).tolist() == [[1, 0], [0, 1]]
