@@ -122,6 +122,16 @@ def _write_archive(f, arrays: dict) -> None:
     np.savez(f, **arrays)
 
 
+def file_path(path) -> str:
+    """`path` (str, bytes or os.PathLike) as a str file name; anything else is refused with a TypeError
+    naming `path` (an int would be read by `open` and `os.stat` as a file descriptor)."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        p = os.fspath(path)
+        if isinstance(p, (str, bytes)):
+            return os.fsdecode(p)
+    raise TypeError(f"path must be a file name (str, bytes or os.PathLike), got {type(path).__name__}")
+
+
 def write(path, arrays: dict, meta: dict) -> None:
     """Write `arrays` (name -> numpy array) and `meta` (JSON data) to `path`, atomically.
 
@@ -131,6 +141,7 @@ def write(path, arrays: dict, meta: dict) -> None:
     `MAX_META_DEPTH`, and the OSError of a failed write, after which the file
     at `path` is unchanged.
     """
+    path = Path(file_path(path))
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if k == "meta" or not k or "/" in k:
@@ -150,7 +161,6 @@ def write(path, arrays: dict, meta: dict) -> None:
         raise TypeError(f"checkpoint metadata must be strict JSON data: {e}") from None
     arrays["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
 
-    path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot save to {str(path)!r}: it is a directory; give a file name such as "
                                 f"{str(path / 'net.npz')!r}")
@@ -174,8 +184,8 @@ class Checkpoint:
     """
 
     def __init__(self, path):
-        self.path = path
         self._zip = self._file = None
+        self.path = path = file_path(path)
         mode = os.stat(path).st_mode   # FileNotFoundError and other OSErrors propagate as they are
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a directory: open's IsADirectoryError
             # a FIFO would block open() until a writer came; a pipe or device cannot seek, as zip needs

@@ -88,11 +88,26 @@ def check_flag(name, v) -> bool:
 def host_array(x, name: str) -> np.ndarray:
     """`x` as a numpy array of real numbers, with errors naming `name` for ragged, complex or
     non-numeric input."""
+    if np.ma.isMaskedArray(x):
+        # np.asarray drops the mask: the values under it (often fill garbage) would be used as data
+        n_masked = int(np.ma.count_masked(x))
+        if n_masked:
+            raise ValueError(f"{name} is a masked array with {n_masked} masked value(s); gpubp does not read "
+                             f"masks: fill them ({name}.filled(value)) or drop those rows first")
+        x = np.ma.getdata(x)
+    if getattr(x, "requires_grad", False) is True and hasattr(x, "detach"):
+        raise TypeError(f"{name} is a tensor that requires grad; pass {name}.detach() (gpubp computes its own "
+                        "gradients and cannot record into autograd)")
     try:
         h = np.asarray(x)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"{name} is not a rectangular numeric array ({e})") from None
     if h.dtype == object and hasattr(x, "to_numpy"):
+        dts = getattr(x, "dtypes", None)   # a frame's: one per column (a Series of dtypes); a Series's: one
+        for dt in (list(dts.values) if hasattr(dts, "values") else [dts]):
+            if getattr(dt, "kind", None) in ("m", "M"):   # pandas would make them nanoseconds: not numbers
+                raise TypeError(f"{name} has a {dt} column; gpubp takes real numbers only (convert dates and "
+                                "durations to numeric features first)")
         # a pandas frame of nullable numbers (Int64, Float64 columns) gives objects: as numbers, a missing
         # value (pd.NA) as NaN, which the callers refuse as such; text stays objects and is refused below
         try:

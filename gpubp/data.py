@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import finite_after_cast, host_array
 from .optional import require
 
 #: every data set `load_dataset` knows
@@ -82,12 +83,29 @@ def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
     Constant features (standard deviation below `eps`) are centred and left
     unscaled.  Returns `(mean, std, X_train_scaled, *others_scaled)`.
     """
-    X_train = np.asarray(X_train, np.float64)
+    if not _is_number(eps) or not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
+    # checked as the network checks its inputs: masks, dates, text and NaN are refused, not averaged
+    arrays = [_feature_rows(X, name) for X, name in
+              zip((X_train, *others), ("X_train", *(f"others[{i}]" for i in range(len(others)))))]
+    X_train = arrays[0]
+    if X_train.shape[0] == 0:
+        raise ValueError("X_train holds no samples: its mean and standard deviation are undefined")
+    for X, i in zip(arrays[1:], range(len(others))):
+        if X.shape[1] != X_train.shape[1]:
+            raise ValueError(f"others[{i}] has {X.shape[1]} features; X_train has {X_train.shape[1]}")
     mean = X_train.mean(axis=0)
     std = X_train.std(axis=0)
     std = np.where(std < eps, 1.0, std)
-    out = [(np.asarray(X, np.float64) - mean) / std for X in (X_train, *others)]
+    out = [(X - mean) / std for X in arrays]
     return (mean, std, *out)
+
+
+def _feature_rows(X, name: str) -> np.ndarray:
+    h = host_array(X, name)
+    if h.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (samples, features), got shape {h.shape}")
+    return finite_after_cast(h, np.float64, name)
 
 
 @dataclass
@@ -174,12 +192,20 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
 
 def _class_labels(y, n_classes: int) -> np.ndarray:
     """`y` as int64 class labels, checked: 1-D, whole numbers (of any numeric dtype), in `[0, n_classes)`."""
+    n_classes = _count("n_classes", n_classes)
     y = np.asarray(y)
     if y.ndim != 1 or y.dtype.kind not in "iuf" or \
             (y.size and not (np.all(np.isfinite(y)) and np.all(y == np.floor(y)) and y.min() >= 0 and
                              y.max() < n_classes)):
         raise ValueError(f"labels must be a 1-D array of integers in [0, {n_classes})")
     return y.astype(np.int64)
+
+
+def _count(name, v) -> int:
+    """A positive integer (numpy's too; not a bool, nor a float such as 3.0)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
 
 
 def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
@@ -198,6 +224,7 @@ def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
     squared errors: one output per class on one-hot targets, or one output
     with 0/1 targets for two classes.
     """
+    n_classes = _count("n_classes", n_classes)
     if loss == "cross_entropy":
         return (n_classes,)
     if loss == "binary_cross_entropy":
@@ -211,6 +238,7 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     cross_entropy keeps the integer labels; one output gets `(B, 1)` 0/1
     targets; several outputs one-hot rows.
     """
+    n_out = _count("n_out", n_out)
     y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
         return y
@@ -224,6 +252,8 @@ def labels_from_outputs(out, loss: str) -> np.ndarray:
     out = np.asarray(out)
     if out.ndim == 1:
         out = out.reshape(-1, 1)
+    if out.ndim != 2:   # argmax(axis=1) of (B, n, m) gave (B, m) "labels"
+        raise ValueError(f"out must be a network's outputs of shape (B,) or (B, n_out), got shape {out.shape}")
     if out.shape[1] == 1:
         threshold = 0.0 if loss == "binary_cross_entropy" else 0.5
         return (out[:, 0] > threshold).astype(np.int64)
@@ -237,6 +267,11 @@ def accuracy(net, X, y) -> float:
     y = np.asarray(y)
     if y.shape != labels.shape:      # a (B, 1) column would broadcast to (B, B) comparisons
         raise ValueError(f"y has shape {y.shape}; expected ({labels.shape[0]},), one class label per row of X")
+    # labels that no output can give (1.5, "a", 7 of 3 classes) would count as wrong, silently
+    try:
+        y = _class_labels(y, max(2, net.sizes[-1]))
+    except ValueError as e:
+        raise ValueError(f"y: {e}") from None
     return float(np.mean(labels == y))
 
 

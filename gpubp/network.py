@@ -244,11 +244,18 @@ class MLP:
         # its device copies are made on the current device, where every forward must find them
         self.backend.check_current(self._params, "network")
         n0 = self.sizes[0]
+        if mean is None or std is None:
+            raise ValueError("give mean and std together (or both None to stop standardising), got "
+                             f"{'mean' if mean is None else 'std'}=None")
+        hm, hs = self._host(mean, "mean"), self._host(std, "std")
+        # (n_0,) or a row (1, n_0) (X.mean(axis=0, keepdims=True)); another shape of n_0 values, (2, 2) for
+        # 4 inputs, is not one value per input
+        if hm.shape not in ((n0,), (1, n0)) or hs.shape not in ((n0,), (1, n0)):
+            raise ValueError(f"mean and std need {n0} values each (one per input, shape ({n0},) or (1, {n0})), "
+                             f"got shapes {hm.shape} and {hs.shape}")
         # copies: the network's standardisation must not change when the caller's arrays do
-        m = finite_after_cast(self._host(mean, "mean").reshape(-1), np.float64, "mean").copy()
-        s = finite_after_cast(self._host(std, "std").reshape(-1), np.float64, "std").copy()
-        if m.shape != (n0,) or s.shape != (n0,):
-            raise ValueError(f"mean and std need {n0} values each (one per input), got {m.size} and {s.size}")
+        m = finite_after_cast(hm.reshape(-1), np.float64, "mean").copy()
+        s = finite_after_cast(hs.reshape(-1), np.float64, "std").copy()
         if np.any(s <= 0):
             raise ValueError("std must be positive (a constant feature: use std 1)")
         # every input is computed as (X - mean) * (1 / std) in the network's dtype: both must fit it
@@ -737,8 +744,11 @@ class MLP:
             progress = bool(progress)
         elif not (isinstance(progress, str) and progress == "auto"):
             raise ValueError(f"progress must be 'auto', True or False, got {progress!r}")
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        # an integer, not a bool (numpy's either: np.True_ == 1) nor a float (1.0 == 1)
+        if isinstance(verbose, (bool, np.bool_)) or not isinstance(verbose, (int, np.integer)) \
+                or verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        verbose = int(verbose)
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be a callable step -> learning rate")
         shuffle, standardize = check_flag("shuffle", shuffle), check_flag("standardize", standardize)

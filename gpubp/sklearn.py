@@ -156,7 +156,14 @@ class _BaseMLP(BaseEstimator):
                              "solver='adam' or 'sgd'")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {self.solver!r}")
-        if self.activation not in ACTIVATION_NAMES:
+        for name in ("shuffle", "warm_start", "early_stopping"):   # as scikit-learn's: not read by truth value
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {v!r}")
+        v = self.verbose
+        if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Integral) and v >= 0)):
+            raise ValueError(f"verbose must be True, False or a non-negative integer, got {v!r}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATION_NAMES:
             raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))}, "
                              f"got {self.activation!r}")
         self._hidden_sizes()
@@ -190,9 +197,9 @@ class _BaseMLP(BaseEstimator):
                              "the samples held out to score each epoch")
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {self.backend!r}")
-        if self.dtype not in DTYPES:
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {self.dtype!r}")
-        if self.precision not in PRECISIONS:
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
 
     @staticmethod
@@ -207,10 +214,10 @@ class _BaseMLP(BaseEstimator):
         if sample_weight is None:
             return None
         w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf":   # checked first: float() of a 0-d string would parse it
+            raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
         if w.ndim == 0:
             w = np.full(n, float(w))
-        if w.dtype.kind not in "biuf":
-            raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
         w = w.astype(np.float64)
         if w.shape != (n,):
             raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},), one weight per sample")
@@ -666,6 +673,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._check_dense_y(y)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
+        if np.asarray(y).dtype.kind not in "biuf":   # y_numeric converts objects only: np.asarray(y, float64)
+            raise ValueError(f"y must hold real numbers, got dtype {np.asarray(y).dtype}")  # would read dates, text
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         Y = np.asarray(y, dtype=np.float64)
         if Y.ndim == 1:

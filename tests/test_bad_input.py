@@ -127,6 +127,9 @@ def test_fit_arguments():
     for kw in (dict(epochs=0), dict(batch_size=0), dict(epochs=1.5)):
         with pytest.raises(ValueError, match="positive integer"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
+    for verbose in (True, np.True_, 1.0, np.float64(2), 3):   # bools and floats equal to 0, 1 or 2 too
+        with pytest.raises(ValueError, match="verbose must be 0, 1 or 2"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, verbose=verbose)
     with pytest.raises(TypeError, match="validation"):
         net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))
     for cbs in (gpubp.callbacks.EarlyStopping(), 3):
@@ -167,3 +170,159 @@ def test_float_and_missing_class_labels_are_named_as_such(net):
     assert np.isfinite(one.loss_and_grads(np.ones(4), np.ones(3) / 3)[0])
     with pytest.raises(ValueError, match=r"Y has shape \(2,\); expected \(3, 3\)"):
         one.loss_and_grads(np.ones((3, 4)), np.ones(2) / 2)
+
+
+def test_masked_arrays_are_not_read_without_their_mask(net):
+    # np.asarray drops the mask: the values under it were used as data, silently
+    X = np.ma.masked_array(np.ones((3, 4)), mask=np.zeros((3, 4), bool))
+    plain = net.predict_proba(np.ones((3, 4)))
+    assert np.array_equal(net.predict_proba(X), plain)      # nothing masked: its data
+    X.mask[1, 2] = True
+    X.data[1, 2] = 1e30
+    before = net.get_params()
+    with pytest.raises(ValueError, match=r"X is a masked array with 1 masked value.*filled"):
+        net.predict(X)
+    y = np.ma.masked_array([0, 1, 2], mask=[False, True, False])
+    with pytest.raises(ValueError, match="Y is a masked array"):
+        net.fit(np.ones((3, 4)), y, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="sample_weight is a masked array"):
+        net.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False,
+                sample_weight=np.ma.masked_array([1.0, 1.0, 1.0], mask=[0, 0, 1]))
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, net.get_params()))
+    assert net.optimizer is None
+
+
+def test_tensors_that_require_grad_are_named(net):
+    torch = pytest.importorskip("torch")
+    X = torch.ones(3, 4, dtype=torch.float64, requires_grad=True)
+    for call in (lambda: net.predict(X), lambda: net.fit(X, [0, 1, 2], epochs=1, progress=False),
+                 lambda: net.loss_and_grads(X.detach(), torch.ones(3, 3, requires_grad=True) / 3)):
+        with pytest.raises(TypeError, match=r"(X|Y) is a tensor that requires grad.*detach\(\)"):
+            call()
+    assert net.optimizer is None
+    assert np.array_equal(net.predict(X.detach()), net.predict(np.ones((3, 4))))
+
+
+@pytest.mark.parametrize("column", ["datetime", "timedelta", "datetime_tz"])
+def test_pandas_date_columns_are_not_numbers(net, column):
+    # a frame mixing numbers and dates became an object array, which to_numpy(float) read as nanoseconds
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(np.ones((3, 4)), columns=list("abcd"))
+    dates = {"datetime": pd.date_range("2024-01-01", periods=3),
+             "timedelta": pd.to_timedelta([1, 2, 3], unit="s"),
+             "datetime_tz": pd.date_range("2024-01-01", periods=3, tz="UTC")}[column]
+    with pytest.raises(TypeError, match=r"X has a .*(datetime|timedelta).* column"):
+        net.predict(frame.assign(b=dates))
+    reg = gpubp.MLP([4, 1], backend="numpy")
+    with pytest.raises(TypeError, match="Y"):
+        reg.fit(np.ones((3, 4)), pd.DataFrame({"t": dates}), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(shuffle="no"), "shuffle must be True or False"),          # "no" was read as yes
+    (dict(warm_start="no"), "warm_start must be True or False"),
+    (dict(early_stopping="no"), "early_stopping must be True or False"),
+    (dict(verbose="no"), "verbose must be True, False or a non-negative integer"),
+    (dict(activation=["relu"]), "activation must be one of"),          # was TypeError: unhashable type
+    (dict(dtype=["float32"]), "dtype must be one of"),
+])
+def test_sklearn_parameters(kwargs, words):
+    pytest.importorskip("sklearn")
+    from gpubp.sklearn import MLPRegressor
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    with pytest.raises(ValueError, match=words):
+        MLPRegressor((3,), max_iter=2, backend="numpy", **kwargs).fit(X, X[:, 0])
+
+
+def test_sklearn_targets_and_weights_that_are_not_numbers():
+    pytest.importorskip("sklearn")
+    from gpubp.sklearn import MLPRegressor
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    reg = MLPRegressor((3,), max_iter=2, backend="numpy")
+    # dates were read as day counts and numeric strings parsed
+    for y in (np.arange(8).astype("datetime64[D]"), np.array(["1.5"] * 8)):
+        with pytest.raises(ValueError, match="y must hold real numbers"):
+            reg.fit(X, y)
+    with pytest.raises(TypeError, match="sample_weight must be numeric"):   # was float()'s error
+        reg.fit(X, X[:, 0], sample_weight="abc")
+    assert not hasattr(reg, "net_")
+
+
+@pytest.mark.parametrize("args,kwargs,exc,words", [
+    # each was averaged or broadcast silently (NaN statistics, the mask's data, dates as numbers), or
+    # raised numpy's broadcasting error
+    ((np.ones((0, 2)),), {}, ValueError, "X_train holds no samples"),
+    ((np.ones((3, 2)), np.ones((2, 3))), {}, ValueError, r"others\[0\] has 3 features; X_train has 2"),
+    ((np.array([[1.0, np.nan], [2.0, 3.0]]),), {}, ValueError, "X_train contains NaN"),
+    ((np.ones((3, 2)), np.array([[np.inf, 0.0]])), {}, ValueError, r"others\[0\] contains NaN"),
+    ((np.ma.masked_array(np.ones((2, 2)), mask=[[1, 0], [0, 0]]),), {}, ValueError, "X_train is a masked array"),
+    ((np.arange(4).reshape(2, 2).astype("datetime64[D]"),), {}, TypeError, "X_train must be a real numeric"),
+    ((np.ones(3),), {}, ValueError, r"X_train must be a 2-D array .*\(3,\)"),
+    ((np.ones((3, 2)),), dict(eps=True), ValueError, "eps must be a non-negative finite number"),
+    ((np.ones((3, 2)),), dict(eps=-1.0), ValueError, "eps must be a non-negative finite number"),
+])
+def test_data_standardize_refuses(args, kwargs, exc, words):
+    from gpubp import data
+    with pytest.raises(exc, match=words):
+        data.standardize(*args, **kwargs)
+
+
+def test_data_standardize_takes_lists_and_empty_others():
+    from gpubp import data
+    mean, std, Xs, Xe = data.standardize([[1, 2], [3, 4]], np.ones((0, 2)))
+    assert mean.tolist() == [2, 3] and Xs.tolist() == [[-1, -1], [1, 1]] and Xe.shape == (0, 2)
+
+
+def test_data_accuracy_refuses_labels_no_output_gives():
+    # labels 1.5 or "a" never equal a predicted class: they counted as wrong, silently
+    from gpubp import data
+    net = gpubp.MLP([2, 2], loss="cross_entropy", backend="numpy", seed=0)
+    X = np.array([[0.0, 1.0], [1.0, 0.0]])
+    for bad in ([0, 1.5], ["a", "b"], [0, 2]):
+        with pytest.raises(ValueError, match=r"y: labels must be a 1-D array of integers in \[0, 2\)"):
+            data.accuracy(net, X, bad)
+    assert data.accuracy(net, X, [0.0, 1.0]) == data.accuracy(net, X, [0, 1])
+
+
+def test_save_and_load_paths(tmp_path):
+    net = gpubp.MLP([4, 3], backend="numpy", seed=0)
+    for path in (str(tmp_path / "a.npz"), tmp_path / "b.npz", bytes(tmp_path / "c.npz")):   # bytes was refused
+        net.save(path)
+        assert np.array_equal(gpubp.MLP.load(path, backend="numpy").get_params()[0][0], net.get_params()[0][0])
+    for bad in (3, None, 2.5):    # load(3) read file descriptor 3
+        with pytest.raises(TypeError, match=rf"path must be a file name \(str, bytes or os.PathLike\), "
+                                            rf"got {type(bad).__name__}"):
+            net.save(bad)
+        with pytest.raises(TypeError, match="path must be a file name"):
+            gpubp.MLP.load(bad, backend="numpy")
+
+
+@pytest.mark.parametrize("mean,std,words", [
+    (np.zeros((2, 2)), np.ones((2, 2)), r"shape \(4,\) or \(1, 4\).*\(2, 2\)"),   # was reshaped and taken
+    (np.zeros(4), np.ones((4, 1)), r"\(4,\) and \(4, 1\)"),
+    (0.0, 1.0, r"got shapes \(\) and \(\)"),
+    (None, np.ones(4), "give mean and std together.*mean=None"),                # was "dtype object"
+    (np.zeros(4), None, "give mean and std together.*std=None"),
+])
+def test_set_standardization_shapes(net, mean, std, words):
+    net.set_standardization(np.full(4, 0.5), np.full(4, 2.0))
+    with pytest.raises(ValueError, match=words):
+        net.set_standardization(mean, std)
+    assert net.standardization[0].tolist() == [0.5] * 4 and net.standardization[1].tolist() == [2.0] * 4
+    net.set_standardization(np.zeros((1, 4)), np.ones((1, 4)))                  # a keepdims row is one per input
+    assert net.standardization[0].shape == (4,)
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda d: d.one_hot([0, 1], 2.0), r"n_classes must be a positive integer, got 2.0"),   # numpy's TypeError
+    (lambda d: d.one_hot([0, 1], True), r"n_classes must be a positive integer, got True"),
+    (lambda d: d.output_sizes("mse", True), r"n_classes must be a positive integer, got True"),  # gave (True,)
+    (lambda d: d.output_sizes("cross_entropy", 3.0), r"n_classes must be a positive integer, got 3.0"),
+    (lambda d: d.targets_for([0, 1], "mse", 2.0), r"n_out must be a positive integer, got 2.0"),
+    (lambda d: d.labels_from_outputs(np.ones((2, 2, 2)), "mse"), r"shape \(2, 2, 2\)"),   # gave (2, 2) labels
+])
+def test_data_helpers_check_counts_and_shapes(call, words):
+    from gpubp import data
+    with pytest.raises(ValueError, match=words):
+        call(data)
+    assert data.one_hot([0, 1], np.int64(2)).tolist() == [[1, 0], [0, 1]]
