@@ -108,6 +108,23 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _rows_weighted(sw: np.ndarray, batch_size: int) -> np.ndarray:
+    """The sample weights `sw` (in the epoch's order) scaled within each batch of `batch_size` rows to
+    sum to the batch's rows.
+
+    A batch's loss and gradient depend only on its weights' ratios, so training is unchanged; but
+    `fit`'s history averages the batches' losses by their weight sums, and scikit-learn's `loss_`
+    by their rows (`batch_loss * len(batch)`): with these weights the two are the same."""
+    w = np.array(sw, np.float64)
+    for s in range(0, w.shape[0], batch_size):
+        part = w[s:s + batch_size]
+        top = part.max()
+        if top > 0:      # ratios to the largest first: the sum cannot overflow, n / sum stays finite
+            unit = part / top
+            part[...] = unit * (part.shape[0] / unit.sum())
+    return w
+
+
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: checks, the training loop, pickling."""
 
@@ -376,10 +393,18 @@ class _BaseMLP(BaseEstimator):
         n_epochs = 1 if incremental else self.max_iter
         self.n_iter_ = 0    # this call's epochs, as scikit-learn counts them
         for epoch in range(1, n_epochs + 1):
+            Xe, Ye, shuffle = Xd, Y, bool(self.shuffle)
             if sw_train is not None:
-                fit_kw["sample_weight"] = self._epoch_weights(sw_train, batch_size)
-            hist = net.fit(Xd, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
-                           shuffle=bool(self.shuffle), progress=False, **fit_kw)
+                # the epoch's order drawn here, as `fit` would draw it (one permutation from the network's
+                # generator), so that the batches whose weights `_rows_weighted` scales are known
+                order = net._rng.permutation(n) if shuffle else None
+                sw = sw_train
+                if order is not None:
+                    Xe = net.backend.xp.take(Xd, net.backend.asarray(order, np.int64), axis=0)
+                    Ye, sw, shuffle = Y[order], sw_train[order], False
+                fit_kw["sample_weight"] = _rows_weighted(sw, batch_size)
+            hist = net.fit(Xe, Ye, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
+                           shuffle=shuffle, progress=False, **fit_kw)
             self.n_iter_ += 1
             self.t_ += n
             # the L2 penalty of scikit-learn's reported loss, with the weights at the end of the epoch
@@ -413,28 +438,6 @@ class _BaseMLP(BaseEstimator):
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         if self.early_stopping and getattr(self, "_best_params", None) is not None:
             net.set_params(self._best_params)
-
-    def _epoch_weights(self, sw, batch_size: int) -> np.ndarray:
-        """The sample weights of the next epoch's `MLP.fit`: `sw` scaled within each of the epoch's batches
-        (in the order `fit` will draw from the network's generator) to sum to the batch's rows.
-
-        A batch's loss and gradient depend only on its weights' ratios, so training is unchanged; but
-        `fit`'s history averages the batches' losses by their weight sums, and scikit-learn's `loss_`
-        by their rows (`batch_loss * len(batch)`): with these weights the two are the same."""
-        import copy
-
-        n = sw.shape[0]
-        order = copy.deepcopy(self.net_._rng).permutation(n) if self.shuffle else np.arange(n)
-        w = np.asarray(sw, np.float64)[order]
-        for s in range(0, n, batch_size):
-            part = w[s:s + batch_size]
-            top = part.max()
-            if top > 0:      # ratios to the largest first: the sum cannot overflow, n / sum stays finite
-                unit = part / top
-                part[...] = unit * (part.shape[0] / unit.sum())
-        out = np.empty_like(w)
-        out[order] = w
-        return out
 
     # ------------------------------------------------------------ shared outputs
     def _outputs(self, X, check_input: bool = True) -> np.ndarray:
