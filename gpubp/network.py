@@ -330,13 +330,9 @@ class MLP:
         return a
 
     def _host(self, x, name):
-        """`host_array(x, name)`, with a device array (CuPy, a CUDA tensor) copied to the host first:
-        numpy cannot read device memory (`np.asarray` of one raises TypeError)."""
-        if _is_device_array(x):
-            if self.backend.xp is np:   # the numpy backend says why it takes no device array
-                self.backend.asarray(x, np.float64)
-            x = self.backend.to_numpy(self.backend.xp.asarray(x))
-        return host_array(x, name)
+        """`host_array(x, name)`, with a device array (CuPy, a CUDA tensor) copied to the host first by
+        the backend (numpy cannot read device memory; the numpy backend refuses one, saying why)."""
+        return host_array(self.backend.to_numpy(x) if _is_device_array(x) else x, name)
 
     def _targets(self, Y, B, name="Y"):
         """Targets checked against a batch of `B` samples, as a backend array."""

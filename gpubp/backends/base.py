@@ -3,8 +3,7 @@
 A backend owns where arrays live (host memory for numpy, device memory for
 CUDA) and how the fused operations of docs/spec.md are computed.  The network code
 (`gpubp.network`) calls only the methods below and never branches on which backend
-it has (but for `MLP._host`, which lets a backend whose `xp` is numpy refuse a
-device array with its own message).  Every array argument is an array of the backend's own kind (`xp.ndarray`),
+it has.  Every array argument is an array of the backend's own kind (`xp.ndarray`),
 C-contiguous, of the network's dtype; outputs are written in place into arrays
 the caller allocated.  Temporaries live in a `Scratch` the caller owns (the
 `scratch=` argument: a step plan's, an optimizer's); without one an operation
@@ -46,7 +45,8 @@ class Backend(ABC):
 
     @abstractmethod
     def to_numpy(self, a: Any) -> np.ndarray:
-        """A host copy of backend array `a`."""
+        """A host copy of backend array `a`, or of any device array this backend takes (a CUDA tensor);
+        a backend that takes none refuses one with TypeError."""
 
     def empty(self, shape, dtype) -> Any:
         return self.xp.empty(shape, dtype=dtype)

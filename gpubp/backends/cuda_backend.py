@@ -183,9 +183,10 @@ class CudaBackend(Backend):
         return None
 
     def to_numpy(self, a):
-        if isinstance(a, np.ndarray):
+        cupy = self._cupy
+        if isinstance(a, np.ndarray) and not isinstance(a, cupy.ndarray):
             return np.array(a, copy=True)
-        return self._cupy.asnumpy(a)
+        return cupy.asnumpy(a if isinstance(a, cupy.ndarray) else cupy.asarray(a))   # a CUDA tensor: no copy first
 
     def free_memory(self):
         return int(self._cupy.cuda.Device().mem_info[0]) + int(self._cupy.get_default_memory_pool().free_bytes())

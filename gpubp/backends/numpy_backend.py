@@ -126,13 +126,19 @@ class NumpyBackend(Backend):
     precisions = PRECISIONS
 
     # ----------------------------------------------------------- arrays
-    def asarray(self, x, dtype):
-        if hasattr(x, "__cuda_array_interface__") or getattr(x, "is_cuda", False):
+    @staticmethod
+    def _refuse_device(x):
+        # is_cuda first: a CUDA tensor that requires grad raises on __cuda_array_interface__
+        if getattr(x, "is_cuda", False) is True or hasattr(x, "__cuda_array_interface__"):
             raise TypeError("got an array on a CUDA device; the numpy backend takes host arrays "
                             "(use backend='cuda', or copy it to the host first)")
+
+    def asarray(self, x, dtype):
+        self._refuse_device(x)
         return np.ascontiguousarray(x, dtype=dtype)
 
     def to_numpy(self, a):
+        self._refuse_device(a)
         return np.array(a, copy=True)
 
     def describe(self):
