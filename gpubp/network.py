@@ -14,6 +14,7 @@ the last step whose loss was finite.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -55,6 +56,17 @@ def _is_device_array(x) -> bool:
         return hasattr(x, "__cuda_array_interface__")
     except Exception:   # a device object refusing the interface (a CUDA tensor that requires grad): the
         return True     # backend says why (Backend.asarray)
+
+
+def _releases_inputs(method):
+    """A public call that binds plans' inputs unbinds them when it ends (`MLP._release_inputs`)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._release_inputs()
+    return call
 
 
 class MLP:
@@ -404,7 +416,7 @@ class MLP:
         return plan
 
     def _release_inputs(self):
-        """Unbind the kept plans' inputs (`A[0]`) at the end of a public call: bound, a plan would keep
+        """Unbind the kept plans' inputs (`A[0]`) at the end of a public call (`_releases_inputs`): bound, a plan would keep
         the last batch alive, a view of the caller's array or of the network's copy of a whole data
         set (fit's shuffled rows, predict's converted input), on the device too, for as long as the
         plan is kept.  Every pass binds its input again (`_forward`)."""
@@ -445,13 +457,11 @@ class MLP:
         return plan
 
     # ------------------------------------------------------------ public passes
+    @_releases_inputs
     def forward(self, X: ArrayLike) -> Any:
         """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
         X = self._inputs(X)
-        try:
-            outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
-        finally:
-            self._release_inputs()
+        outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
@@ -480,14 +490,12 @@ class MLP:
             p = np.where(z >= 0, 1.0, e) / (1.0 + e)
         return p.astype(self.dtype)
 
+    @_releases_inputs
     def loss_and_grads(self, X: ArrayLike, Y: ArrayLike) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
         """`(loss, [(dW, db), ...])` for the batch, without changing the parameters."""
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        try:
-            plan = self._gradients(X, Y)
-        finally:
-            self._release_inputs()
+        plan = self._gradients(X, Y)
         loss = float(self.backend.to_numpy(plan.loss)[0])
         host = self.backend.to_numpy(self._grads)
         return loss, [(dW.copy(), db.copy()) for dW, db in self.layout.views(host)]
@@ -539,6 +547,7 @@ class MLP:
             f"state are those before that step. Try a lower learning rate than {lr:g}")
 
     # ------------------------------------------------------------ training
+    @_releases_inputs
     def train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str, lr: float | None = None) -> float:
         """Forward, backward and update on one batch; returns the batch's loss before the update.
 
@@ -550,10 +559,7 @@ class MLP:
         ndim = _target_ndim(Y)
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
-        try:
-            plan = self._gradients(X, Yd, plan=plan)
-        finally:
-            self._release_inputs()
+        plan = self._gradients(X, Yd, plan=plan)
         loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
         opt.step(self.backend, self._params, self._grads)
         self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
@@ -650,6 +656,7 @@ class MLP:
         step.first_loss = loss_out.copy()
         return step
 
+    @_releases_inputs
     def evaluate(self, X: ArrayLike, Y: ArrayLike, _checked: bool = False) -> dict[str, float]:
         """Mean loss (and accuracy for the classification losses) over `X`, `Y`."""
         if _checked:       # backend arrays that `fit` has already checked (and standardised)
@@ -659,16 +666,13 @@ class MLP:
             Yd = self._targets(Y, X.shape[0])
         B = X.shape[0]
         total, correct = 0.0, 0.0
-        try:
-            for i in range(0, B, EVAL_CHUNK):
-                Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
-                plan = self._forward(Xc)
-                self._loss_delta(plan, Yc, want_delta=False)
-                total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]
-                if self.loss in losses.CLASSIFICATION_LOSSES:
-                    correct += self._n_correct(self.backend.to_numpy(plan.A[-1]), self.backend.to_numpy(Yc))
-        finally:
-            self._release_inputs()
+        for i in range(0, B, EVAL_CHUNK):
+            Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
+            plan = self._forward(Xc)
+            self._loss_delta(plan, Yc, want_delta=False)
+            total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]
+            if self.loss in losses.CLASSIFICATION_LOSSES:
+                correct += self._n_correct(self.backend.to_numpy(plan.A[-1]), self.backend.to_numpy(Yc))
         out = {"loss": total / B}
         if self.loss in losses.CLASSIFICATION_LOSSES:
             out["accuracy"] = correct / B
@@ -682,6 +686,7 @@ class MLP:
 
     # ------------------------------------------------------------ training loop
     @guard_fit   # with comm=: an exception on one rank ends the whole job instead of leaving the others waiting
+    @_releases_inputs
     def fit(self, X: ArrayLike, Y: ArrayLike, epochs: int = 10, batch_size: int = 32,
             optimizer: Optimizer | str = "adam", validation: tuple[ArrayLike, ArrayLike] | None = None,
             shuffle: bool = True, progress: bool | str = "auto", lr: float | None = None, *,
@@ -845,8 +850,6 @@ class MLP:
             if isinstance(e, EveryRankError) or loop is None or not loop.started:
                 undo()
             raise
-        finally:
-            self._release_inputs()
 
     # ------------------------------------------------------------ snapshots
     def _state_buffers(self, opt) -> list:
