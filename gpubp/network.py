@@ -296,11 +296,14 @@ class MLP:
             h = finite_after_cast(self._host_rows(X, name), np.float64, name)
             return self.backend.asarray(finite_after_cast(self._standardize_host(h), self.dtype,
                                                           f"{name} (standardised)"), self.dtype)
-        a = self._raw_inputs(X, name)
-        if self._std_dev is not None:
-            mean, inv = self._std_dev
-            a = (a - mean) * inv
-        return a
+        return self._standardize_device(self._raw_inputs(X, name))
+
+    def _standardize_device(self, a):
+        """Backend array `a` standardised in the network's dtype (as it is, without a standardisation)."""
+        if self._std_dev is None:
+            return a
+        mean, inv = self._std_dev
+        return (a - mean) * inv
 
     def _standardize_host(self, h: np.ndarray) -> np.ndarray:
         """`(h - mean) * (1 / std)` in float64 (docs/spec.md, "Training loop")."""
@@ -630,13 +633,11 @@ class MLP:
                 Yd = self._targets(Y, Xd.shape[0])
             else:
                 self.backend.check_current(self._params, "network")
-                host = not _is_device_array(X)
-                if host and self._std_dev is not None and np.ndim(X) == 2 and np.shape(X)[1] == self.sizes[0]:
-                    Xd = self.backend.asarray(self._standardize_host(X).astype(self.dtype), self.dtype)   # as checked
+                if self._std_dev is not None and not _is_device_array(X):   # as `_inputs`, without the scans
+                    Xd = self.backend.asarray(self._standardize_host(self._host_rows(X)).astype(self.dtype),
+                                              self.dtype)
                 else:
-                    Xd = self.backend.asarray(X, self.dtype)
-                    if self._std_dev is not None:
-                        Xd = (Xd - self._std_dev[0]) * self._std_dev[1]
+                    Xd = self._standardize_device(self.backend.asarray(X, self.dtype))
                 if labels:   # range-checked before the cast to int32, which would wrap or truncate them
                     Y = self.backend.xp.asarray(Y)
                     if Y.shape == Ys.shape and Y.dtype.kind not in "iub":
