@@ -49,6 +49,7 @@ import traceback
 
 import numpy as np
 
+from .checks import check_positive_int, real_number
 from .losses import CLASSIFICATION_LOSSES
 
 #: seconds a rank waits for the others in one collective before it ends the job
@@ -171,17 +172,12 @@ class Communicator:
 
     def __init__(self, mpi_comm=None, backend="numpy", timeout=DEFAULT_TIMEOUT, grace=None,
                  overlap=True, bucket_bytes=DEFAULT_BUCKET_BYTES):
-        def number(v):
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
-                and math.isfinite(v)
-
-        if not (number(timeout) and timeout > 0):
+        t, g = real_number(timeout), None if grace is None else real_number(grace)
+        if t is None or not (math.isfinite(t) and t > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if grace is not None and not (number(grace) and grace >= 0):
+        if grace is not None and (g is None or not (math.isfinite(g) and g >= 0)):
             raise ValueError(f"grace must be a non-negative number of seconds (or None), got {grace!r}")
-        if isinstance(bucket_bytes, (bool, np.bool_)) or not isinstance(bucket_bytes, (int, np.integer)) or \
-                bucket_bytes < 1:
-            raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
+        bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
         if getattr(backend, "name", backend) == "cuda":   # before MPI starts: every rank refuses alike
             from .backends.cuda_backend import _import_cupy
 
