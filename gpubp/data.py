@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import finite_after_cast, host_array
+from .checks import check_positive_int, finite_after_cast, host_array, real_number
 from .optional import require
 
 #: every data set `load_dataset` knows
@@ -35,7 +35,7 @@ def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0,
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 4:
         raise ValueError(f"n_samples must be an integer of at least 4, got {n_samples!r}")
-    if not _is_number(noise) or not np.isfinite(noise) or noise < 0:
+    if (x := real_number(noise)) is None or not np.isfinite(x) or x < 0:
         raise ValueError(f"noise must be a non-negative number, got {noise!r}")
     rng = np.random.default_rng(seed)
     X = rng.uniform(-1.0, 1.0, size=(int(n_samples), 2))
@@ -83,7 +83,7 @@ def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
     Constant features (standard deviation below `eps`) are centred and left
     unscaled.  Returns `(mean, std, X_train_scaled, *others_scaled)`.
     """
-    if not _is_number(eps) or not np.isfinite(eps) or eps < 0:
+    if (x := real_number(eps)) is None or not np.isfinite(x) or x < 0:
         raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
     # checked as the network checks its inputs: masks, dates, text and NaN are refused, not averaged
     arrays = [_feature_rows(X, name) for X, name in
@@ -135,14 +135,8 @@ class Dataset:
                 f"{len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} test")
 
 
-def _is_number(v) -> bool:
-    """Whether `v` is a real number (not a bool, a string or None, which numpy's checks reject with
-    errors that do not name the argument)."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
 def _fraction(name, v, allow_zero):
-    if not _is_number(v) or not np.isfinite(v) or v < 0 or v >= 1 or (v == 0 and not allow_zero):
+    if (x := real_number(v)) is None or not np.isfinite(x) or x < 0 or x >= 1 or (x == 0 and not allow_zero):
         rng = "[0, 1)" if allow_zero else "(0, 1)"
         raise ValueError(f"{name} must be a fraction in {rng}, got {v!r}")
     return float(v)
@@ -192,20 +186,13 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
 
 def _class_labels(y, n_classes: int) -> np.ndarray:
     """`y` as int64 class labels, checked: 1-D, whole numbers (of any numeric dtype), in `[0, n_classes)`."""
-    n_classes = _count("n_classes", n_classes)
+    n_classes = check_positive_int("n_classes", n_classes)
     y = np.asarray(y)
     if y.ndim != 1 or y.dtype.kind not in "iuf" or \
             (y.size and not (np.all(np.isfinite(y)) and np.all(y == np.floor(y)) and y.min() >= 0 and
                              y.max() < n_classes)):
         raise ValueError(f"labels must be a 1-D array of integers in [0, {n_classes})")
     return y.astype(np.int64)
-
-
-def _count(name, v) -> int:
-    """A positive integer (numpy's too; not a bool, nor a float such as 3.0)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
 
 
 def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
@@ -224,7 +211,7 @@ def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
     squared errors: one output per class on one-hot targets, or one output
     with 0/1 targets for two classes.
     """
-    n_classes = _count("n_classes", n_classes)
+    n_classes = check_positive_int("n_classes", n_classes)
     if loss == "cross_entropy":
         return (n_classes,)
     if loss == "binary_cross_entropy":
@@ -238,7 +225,7 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     cross_entropy keeps the integer labels; one output gets `(B, 1)` 0/1
     targets; several outputs one-hot rows.
     """
-    n_out = _count("n_out", n_out)
+    n_out = check_positive_int("n_out", n_out)
     y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
         return y
