@@ -388,8 +388,6 @@ def json_data(obj):
     too_deep = TypeError(f"metadata must not nest lists or dicts deeper than {MAX_META_DEPTH - 1} levels (the "
                          f"checkpoint's metadata document holds it one level down and nests at most "
                          f"{MAX_META_DEPTH})")
-    if _depth(obj) > MAX_META_DEPTH - 1:
-        raise too_deep
     for o, _ in _containers(obj):   # deeper than the limit is json.dumps's to refuse below
         bad = [k for k in o if not isinstance(k, str)][:1] if isinstance(o, dict) else []
         if bad:
