@@ -34,15 +34,20 @@ def _check_range(name, x, lo, hi, lo_open=False, hi_open=True) -> float:
     return x
 
 
-def _hyper(name, check):
-    """A hyper-parameter checked on every assignment (`opt.lr = -5` raises, `opt` unchanged)."""
+def _hyper(name, check, fits=None):
+    """A hyper-parameter checked on every assignment (`opt.lr = -5` raises, `opt` unchanged); `fits(value,
+    dtype)`, when given, also holds it against the dtype of the parameters the optimizer is bound to (the
+    optimizer's `check_bindable` calls it too, for the network about to be bound)."""
     attr = "_" + name
 
     def get(self):
         return getattr(self, attr)
 
     def set(self, value):
-        setattr(self, attr, check(value))
+        value = check(value)
+        if fits is not None and self._params is not None:
+            fits(value, self._params.dtype)
+        setattr(self, attr, value)
 
     return property(get, set, doc=f"{name}, validated when assigned")
 
@@ -206,6 +211,7 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     decoupled = False
     betas = _hyper("betas", _check_betas)
+    eps = _hyper("eps", _check_eps, fits=_check_eps_fits)
     weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -214,19 +220,6 @@ class Adam(Optimizer):
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
-
-    @property
-    def eps(self) -> float:
-        """eps, validated when assigned: positive, and still positive in the dtype of the network the
-        optimizer is bound to."""
-        return self._eps
-
-    @eps.setter
-    def eps(self, value):
-        e = _check_eps(value)
-        if self._params is not None:
-            _check_eps_fits(e, self._params.dtype)
-        self._eps = e
 
     def check_bindable(self, params) -> None:
         super().check_bindable(params)
