@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .checks import real_number
+from .checks import check_positive_int, real_number
 
 
 def _positive(name, x):
@@ -25,18 +25,12 @@ def _is_int(x) -> bool:
     return not isinstance(x, (bool, np.bool_)) and isinstance(x, (int, np.integer))
 
 
-def _positive_int(name, x):
-    if not _is_int(x) or x < 1:
-        raise ValueError(f"{name} must be a positive integer, got {x!r}")
-    return int(x)
-
-
 def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
     """Linear warm-up over `warmup_steps` (`lr * step / warmup_steps`), then cosine decay from
     `lr` towards `min_lr` over the steps up to `total_steps` (the rate of step `total_steps` is held
     after it).  Every rate is positive, as the optimizers require."""
     lr = _positive("lr", lr)
-    total_steps = _positive_int("total_steps", total_steps)
+    total_steps = check_positive_int("total_steps", total_steps)
     if not _is_int(warmup_steps) or not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be an integer in [0, total_steps), got {warmup_steps!r}")
     warmup_steps = int(warmup_steps)
@@ -57,7 +51,7 @@ def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
 def step_decay(lr, step_size, gamma=0.1):
     """`lr * gamma ** ((step - 1) // step_size)`: PyTorch's StepLR counted in optimizer steps."""
     lr = _positive("lr", lr)
-    step_size = _positive_int("step_size", step_size)
+    step_size = check_positive_int("step_size", step_size)
     gamma = _positive("gamma", gamma)
 
     def schedule(step):
