@@ -94,6 +94,53 @@ def test_buffers_keep_their_arrays_16_byte_alignment():
         assert (y == 2).all(), n
 
 
+@pytest.mark.parametrize("vec, width", [("float2", 2), ("float4", 4)])
+@pytest.mark.parametrize("where", ["global", "shared"])
+def test_a_misaligned_vector_access_is_the_gpus_misaligned_address_fault(vec, width, where):
+    """A float2 / float4 load or store needs an address aligned to its size on the GPU; the host
+    takes a misaligned 8-byte access (and most 16-byte ones) without complaint, so the emulator
+    checks the cast to the vector pointer."""
+    m = _module(f"""
+    __global__ void k(const float* x, float* y, int off) {{
+        __shared__ __align__(16) float s[64];
+        const int i = threadIdx.x;
+        {vec} v;
+        if ({int(where == "shared")}) {{
+            s[i] = x[i]; s[i + 32] = x[i + 32];
+            __syncthreads();
+            v = *reinterpret_cast<const {vec}*>(s + off + {width} * (i % 4));
+        }} else {{
+            v = *reinterpret_cast<const {vec}*>(x + off + {width} * (i % 4));
+        }}
+        *reinterpret_cast<{vec}*>(y + {width} * i) = v;
+    }}""", "k")
+    x = np.arange(64, dtype=np.float32)
+    y = np.zeros(32 * width, np.float32)
+    m.launch("k", (1,), (32,), (x, y, np.int32(width)))          # aligned: runs
+    assert y[0] == width
+    with pytest.raises(EmuError, match=f"misaligned address: a {4 * width}-byte vector access"):
+        m.launch("k", (1,), (32,), (x, y, np.int32(1)))
+
+
+def test_a_cp_async_source_must_be_aligned_even_when_nothing_is_read():
+    from gpubp.backends.cuda_source import kernels_dir
+
+    m = _module((kernels_dir() / "async_copy.cuh").read_text() + """
+    __global__ void k(const float* x, float* y, int off) {
+        __shared__ __align__(16) float s[64];
+        cp_async16(&s[4 * threadIdx.x], x + off, false);     // src-size 0: zero fill
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        y[threadIdx.x] = s[4 * threadIdx.x];
+    }""", "k")
+    x, y = np.ones(8, np.float32), np.ones(16, np.float32)
+    m.launch("k", (1,), (16,), (x, y, np.int32(4)))
+    assert (y == 0).all()
+    with pytest.raises(EmuError, match="cp.async: global source not aligned"):
+        m.launch("k", (1,), (16,), (x, y, np.int32(1)))
+
+
 def test_shared_memory_starts_poisoned_in_every_block_and_dynamic_shared_ends_at_a_guard():
     m = _module("""
     __global__ void k(float* out, int extra) {

@@ -105,9 +105,16 @@ def _definitions(src: str, name: str) -> list[tuple[int, int]]:
     return spans
 
 
+#: a cast to a pointer of a vector type (8- or 16-byte loads and stores), which runtime.h's
+#: emu::vec_cast checks for the alignment the hardware requires
+_VEC_CAST = re.compile(r"reinterpret_cast\s*<\s*((?:const\s+)?(?:float[24]|u?int[24]|double2|longlong2|"
+                       r"Pack(?:\s*<\s*\w+\s*>)?)\s*\*)\s*>\s*\(")
+
+
 def emulation_source(module_source: str) -> str:
-    """The module's source with its PTX helpers replaced and `extern __shared__` arrays made
-    pointers into the emulated dynamic shared memory.  Raises EmuError on inline PTX left."""
+    """The module's source with its PTX helpers replaced, `extern __shared__` arrays made
+    pointers into the emulated dynamic shared memory, and casts to vector pointers checked for
+    alignment (emu::vec_cast).  Raises EmuError on inline PTX left."""
     src = strip_comments(module_source)
     for names, text in _overrides():
         spans = sorted(s for n in names for s in _definitions(src, n))
@@ -123,6 +130,7 @@ def emulation_source(module_source: str) -> str:
         src = "".join(out)
     src = re.sub(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;",
                  r"\1* \2 = reinterpret_cast<\1*>(emu::S().dyn);", src)
+    src = _VEC_CAST.sub(r"emu::vec_cast<\1>(", src)
     left = [m.start() for m in re.finditer(r"\basm\b", src)]
     if left:
         i = left[0]

@@ -19,7 +19,8 @@
 //   the PTX ISA allows), and their destination is poisoned when they are issued (the earliest),
 //   so reading a stage before its wait, or a copy issued over data other threads still read
 //   (a write-after-read race), sees the poison;
-// - alignment of 16-byte cp.async operands;
+// - alignment of cp.async operands (to the copy size, the source also when it is not read) and of
+//   vector loads and stores (emu::vec_cast);
 // - faults (a read past a global buffer's guard page) are caught and reported with the address;
 // - Hopper (see the section below): mbarrier arrivals, transactions and phases, TMA tile loads
 //   (poison at issue, data at the first wait on the barrier), wgmma operands read from shared
@@ -43,6 +44,7 @@
 #include <vector>
 #include <deque>
 #include <map>
+#include <type_traits>
 
 #define __global__
 #define __device__
@@ -229,6 +231,26 @@ inline void warp_sync(unsigned mask) {
     yield(WARP_BAR);
 }
 
+// A vector access (float2/float4/uint4/double2, elementwise.cu's Pack<T>): the kernel's
+// reinterpret_cast to a pointer of such a type becomes emu::vec_cast (tests/support/cuda_emu/
+// __init__.py), which requires the address to be aligned to the type's size, as the hardware
+// does (PTX ISA "Addresses as Operands": ld/st.v2/.v4 addresses naturally aligned to the access
+// size; a misaligned one is the GPU's "misaligned address" fault).  The host would take a
+// misaligned 8-byte access, and most 16-byte ones, without complaint.  Checked at the cast: the
+// kernels cast only pointers they go on to read or write.
+template <typename P, typename Q>
+inline P vec_cast(Q* q) {
+    using E = typename std::remove_cv<typename std::remove_pointer<P>::type>::type;
+    static_assert(sizeof(E) == alignof(E), "a vector type is aligned to its size");
+    if ((uintptr_t)q % alignof(E)) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "misaligned address: a %zu-byte vector access at %p (%zu bytes past a "
+                      "%zu-byte boundary)", sizeof(E), (const void*)q, (size_t)((uintptr_t)q % alignof(E)), alignof(E));
+        fail(buf);
+    }
+    return reinterpret_cast<P>(q);
+}
+
 inline unsigned* slot(int lane) { State& s = S(); return &s.xchg[((size_t)s.cur->warp * 32 + lane) * 64]; }
 
 // Exchange: every lane of `mask` publishes `words` uint32s, all read them, then meet again.
@@ -256,10 +278,10 @@ inline void cp_issue(unsigned dst, const void* src, unsigned nbytes, unsigned sr
     // copy's wait and barrier, a write-after-read race included, sees or leaves the poison).
     std::memset(d, 0xFF, nbytes);
     PendingCopy c{dst, nbytes, {0}};
-    if (src_bytes) {
-        if ((uintptr_t)src % nbytes) fail("cp.async: global source not aligned to the copy size");
-        std::memcpy(c.data, src, src_bytes);
-    }
+    // PTX ISA "Addresses as Operands": the address operands naturally aligned to the access size,
+    // the source too when src-size 0 reads none of it (no exception is documented)
+    if ((uintptr_t)src % nbytes) fail("cp.async: global source not aligned to the copy size");
+    if (src_bytes) std::memcpy(c.data, src, src_bytes);
     s.cur->open.push_back(c);
 }
 inline void cp_commit() {
