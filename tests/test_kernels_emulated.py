@@ -596,6 +596,39 @@ def test_wgmma_needs_the_whole_warpgroup_and_a_fence():
         m.launch("k", (1,), (64,), (out, np.int32(0)), shared_mem=256)
 
 
+@pytest.mark.parametrize("consumer_regs, producer_regs, error", [
+    (232, 40, None),                     # gemm_wgmma.cu's budget: 384 threads start with 168 each
+    (240, 40, "setmaxnreg.inc for registers the block's pool never has"),   # 1024 registers short
+    (232, 56, "setmaxnreg.inc for registers the block's pool never has"),   # the producer keeps too many
+])
+def test_setmaxnreg_inc_waits_for_registers_other_warpgroups_give_back(consumer_regs, producer_regs, error):
+    """setmaxnreg.inc blocks until the block's register pool has the registers (PTX ISA): a budget
+    above what the block was launched with hangs on the GPU, a deadlock here."""
+    m = _hopper_module(f"""
+    __global__ void k(float* out) {{
+        if (threadIdx.x < 128) {{ regs_dec<{producer_regs}>(); return; }}
+        regs_inc<{consumer_regs}>();
+        out[threadIdx.x] = 1.f;
+    }}""", "k")
+    out = np.zeros(384, np.float32)
+    if error is None:
+        m.launch("k", (1,), (384,), (out,))
+        assert (out[128:] == 1).all()
+    else:
+        with pytest.raises(EmuError, match=error):
+            m.launch("k", (1,), (384,), (out,))
+
+
+def test_setmaxnreg_is_executed_by_the_whole_warpgroup():
+    m = _hopper_module("""
+    __global__ void k(float* out) {
+        if (threadIdx.x < 96) regs_dec<40>();     // warp 3 of the warpgroup does not
+        out[threadIdx.x] = 1.f;
+    }""", "k")
+    with pytest.raises(EmuError, match="deadlock.* 96 at warpgroup collectives"):
+        m.launch("k", (1,), (128,), (np.zeros(128, np.float32),))
+
+
 # ---------------------------------------------------------------------------- the backend, end to end
 @pytest.fixture
 def emulated(monkeypatch):

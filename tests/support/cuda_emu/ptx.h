@@ -143,7 +143,13 @@ inline void wg_mma_64x128(float (&d)[64], unsigned long long da, unsigned long l
 }
 
 // @override regs_dec regs_inc
-// setmaxnreg.{dec,inc}.sync.aligned.u32 R: a register budget, nothing to emulate; the PTX ISA's
-// range for R is checked.
-template <int R> inline void regs_dec() { static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: 24..256, a multiple of 8"); }
-template <int R> inline void regs_inc() { static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: 24..256, a multiple of 8"); }
+// setmaxnreg.{dec,inc}.sync.aligned.u32 R: the PTX ISA's range for R checked at compile time; the
+// whole warpgroup executing it and the block's register pool (emu::setmaxnreg) at run time.
+template <int R> inline void regs_dec() {
+    static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: 24..256, a multiple of 8");
+    emu::setmaxnreg(R, false);
+}
+template <int R> inline void regs_inc() {
+    static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: 24..256, a multiple of 8");
+    emu::setmaxnreg(R, true);
+}

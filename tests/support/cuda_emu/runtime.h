@@ -342,9 +342,17 @@ struct Hopper {
     std::vector<WgState> wgs;
     unsigned long long events = 0;   // mbarrier changes so far: a MBAR_WAIT thread wakes on a new one
     unsigned long long next_marker = 0x5241424D00000000ull;
+    // setmaxnreg: each thread's register count and the block's pool of free registers (set up at
+    // the block's first setmaxnreg), and how many threads wait in setmaxnreg.inc for registers
+    std::vector<int> regs;
+    long long reg_pool = 0;
+    int reg_waiters = 0;
 };
 inline Hopper& H() { static Hopper h; return h; }
-inline void hopper_reset() { Hopper& h = H(); h.mbars.clear(); h.wgs.clear(); }
+inline void hopper_reset() {
+    Hopper& h = H();
+    h.mbars.clear(); h.wgs.clear(); h.regs.clear(); h.reg_pool = 0; h.reg_waiters = 0;
+}
 
 inline void failf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 inline void failf(const char* fmt, ...) {
@@ -731,6 +739,38 @@ inline void wgmma_wait(int N) {
     }
 }
 
+// ---- setmaxnreg
+// setmaxnreg.{dec,inc}.sync.aligned.u32 R (PTX ISA "setmaxnreg"): executed by all warps of a
+// warpgroup; .dec returns each thread's registers above R to the block's pool, .inc takes
+// registers up to R from it and blocks until the pool has them (on the GPU a block whose
+// warpgroups ask for more than it was launched with hangs there: reported here as a deadlock).
+// The block starts with the most registers a thread can have at this block size (65536 /
+// threads, rounded down to the allocation granularity of 8, at most 256; what ptxas gives a
+// kernel with __launch_bounds__(threads, 1), e.g. 168 for 384 threads): the most lenient
+// assumption, so a request that fails here fails on the GPU.
+inline void setmaxnreg(int R, bool inc) {
+    const char* what = inc ? "setmaxnreg.inc" : "setmaxnreg.dec";
+    wg_collective(0x200u + 2u * (unsigned)R + (inc ? 1u : 0u), what);
+    State& s = S();
+    Hopper& h = H();
+    if (h.regs.empty()) {
+        const int n = (int)s.threads.size(), per = std::min(256, 65536 / n / 8 * 8);
+        h.regs.assign(n, per);
+        h.reg_pool = 0;
+    }
+    int& mine = h.regs[s.cur->linear];
+    if (inc ? R < mine : R > mine) {
+        failf("%s %d from %d registers a thread (PTX ISA: .inc raises the count, .dec lowers it)", what, R, mine);
+        return;
+    }
+    if (!inc) { h.reg_pool += mine - R; mine = R; return; }
+    ++h.reg_waiters;
+    while (h.reg_pool < R - mine) yield(SPIN);   // until another warpgroup's .dec frees enough
+    --h.reg_waiters;
+    h.reg_pool -= R - mine;
+    mine = R;
+}
+
 // ---------------------------------------------------------------- launching
 struct Fault { sigjmp_buf env; volatile bool armed = false; void* addr = nullptr; int sig = 0; };
 inline Fault& F() { static Fault f; return f; }
@@ -879,6 +919,9 @@ inline bool run_block(Invoker inv, void* fn, void** args) {
                       "128 threads do not all arrive, the rest at warp collectives whose lanes do not all arrive",
                       s.block_idx.x, s.block_idx.y, s.block_idx.z, live, at_block, spinning, at_mbar, at_wg);
         s.error = buf;
+        if (H().reg_waiters)
+            s.error += "; " + std::to_string(H().reg_waiters) + " threads wait in setmaxnreg.inc for registers the "
+                       "block's pool never has (" + std::to_string(H().reg_pool) + " free)";
         s.failed = true;
         return false;
     }
