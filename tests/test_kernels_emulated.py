@@ -122,6 +122,26 @@ def test_a_misaligned_vector_access_is_the_gpus_misaligned_address_fault(vec, wi
         m.launch("k", (1,), (32,), (x, y, np.int32(1)))
 
 
+def test_every_vector_cast_of_the_kernels_is_checked_for_alignment():
+    """Every module's casts to wider types become emu::vec_cast (gemm.cu's gemm_vec<T, N>::type
+    included); what stays a plain reinterpret_cast points to a scalar type, whose accesses the
+    host aligns as the GPU does."""
+    import re
+
+    from gpubp import compile_check
+
+    scalars = {"float", "double", "int", "unsigned", "unsigned int", "unsigned short", "unsigned char", "char"}
+    checked = {}
+    for spec in compile_check.all_specs():
+        src = cuda_emu.emulation_source(spec.source())
+        for m in re.finditer(r"reinterpret_cast\s*<([^;]*?)>\s*\(", src):
+            target = " ".join(m.group(1).split())
+            assert target.endswith("*") and target.removeprefix("const ").rstrip("* ") in scalars, (spec.name, target)
+        checked[spec.name] = src.count("emu::vec_cast<")
+    assert all(checked[m] > 0 for m in ("gemm", "gemm_f32", "gemm_tc", "gemm_wgmma", "elementwise", "fused_mlp",
+                                        "fused_mlp_family")), checked
+
+
 def test_a_cp_async_source_must_be_aligned_even_when_nothing_is_read():
     from gpubp.backends.cuda_source import kernels_dir
 

@@ -105,10 +105,10 @@ def _definitions(src: str, name: str) -> list[tuple[int, int]]:
     return spans
 
 
-#: a cast to a pointer of a vector type (8- or 16-byte loads and stores), which runtime.h's
-#: emu::vec_cast checks for the alignment the hardware requires
+#: a cast to a pointer of a vector type (8- or 16-byte loads and stores; gemm.cu's gemm_vec<T, N>::type
+#: names one, or T itself), which runtime.h's emu::vec_cast checks for the alignment the hardware requires
 _VEC_CAST = re.compile(r"reinterpret_cast\s*<\s*((?:const\s+)?(?:float[24]|u?int[24]|double2|longlong2|"
-                       r"Pack(?:\s*<\s*\w+\s*>)?)\s*\*)\s*>\s*\(")
+                       r"Pack(?:\s*<\s*\w+\s*>)?|typename\s+gemm_vec\s*<[^<>]*>\s*::\s*type)\s*\*)\s*>\s*\(")
 
 
 def emulation_source(module_source: str) -> str:
