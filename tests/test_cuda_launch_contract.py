@@ -96,13 +96,19 @@ EXTENTS = {
     "fused_mlp_bwd": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
     "fused_mlp_bwd_tf32": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
     "fused_mlp_reduce": lambda p, t, g, fake: (_fused_table(p.table, g[1], None, "reduce", t, fake) and
-                                               {"ws": p.G * p.ws_stride}),
+                                               {"ws": _reduce_ws(p, t, g)}),
     # the fused kernel family (kernels/fused_mlp_family.cu): the same table and arguments
     "fused_family_fwd": lambda p, t, g, fake: _fused_fwd(p, t, g, fake),
     "fused_family_bwd": lambda p, t, g, fake: _fused_bwd(p, t, g, fake),
     "fused_family_reduce": lambda p, t, g, fake: (_fused_table(p.table, g[1], None, "reduce", t, fake) and
-                                                  {"ws": p.G * p.ws_stride}),
+                                                  {"ws": _reduce_ws(p, t, g)}),
 }
+
+
+def _reduce_ws(p, t, g):
+    """Floats of the partials a fused reduce reads: G blocks' partials ws_stride apart, of the g[1]
+    layers (grid rows) from the pointer's (a deep run's slices of layers start further in)."""
+    return (p.G - 1) * p.ws_stride + g[1] * (t["WMAX"] * t["WMAX"] + t["WMAX"])
 
 
 def _fused_table(table, L, B, kind, t, fake):
@@ -892,6 +898,37 @@ def test_fused_family_launchers(fake, precision, widths, B, with_scratch):
     assert bwd.grid[0] == min(_cdiv(B, bm), 132 * 1)    # one 130 KB block per H100 SM
     assert red.grid[1] == L and red.arg("G") == bwd.grid[0]
     assert (fake.allocations == 0) == with_scratch, fake.allocation_sites
+
+
+@pytest.mark.parametrize("module", [cuda_fused, cuda_fused_family], ids=["fused", "family"])
+def test_a_run_deeper_than_the_grid_is_high_is_reduced_in_slices_of_layers(monkeypatch, module):
+    """The backward's reduce runs one layer per grid row: a run of more layers than the device's
+    grid height (65535 on an H100; 2 on this fake) is reduced in slices of layers, each launch
+    within the limit, with the same dW and db as one launch (both computed by the emulator)."""
+    rng = np.random.default_rng(3)
+    widths, B = (3, 5, 4, 6, 2, 3), 5
+    L = len(widths) - 1
+    codes = [ACT_CODES["tanh"]] * L
+    host_W = [rng.standard_normal((widths[l + 1], widths[l])).astype(np.float32) for l in range(L)]
+    host_A = [rng.standard_normal((B, n)).astype(np.float32) for n in widths]
+    host_d = rng.standard_normal((B, widths[-1])).astype(np.float32)
+
+    def grads(grid_y):
+        fake = install_fake(monkeypatch, execute=True, attributes={"MaxGridDimY": grid_y})
+        Ws = [fake.asarray(W) for W in host_W]
+        A_in, A = fake.asarray(host_A[0]), [fake.asarray(a) for a in host_A[1:]]
+        dWs = [fake.zeros_like(W) for W in Ws]
+        dbs = [fake.zeros((n,), np.float32) for n in widths[1:]]
+        module.fused_backward(fake.asarray(host_d), Ws, codes, A_in, A, [None] * L, dWs, dbs)
+        reduces = [x for x in fake.launches if "_reduce<" in x.name]
+        return [np.array(x) for x in dWs + dbs], [x.grid[1] for x in reduces]
+
+    tall, rows_tall = grads(65535)
+    low, rows_low = grads(2)
+    assert rows_tall == [L] and rows_low == [2, 2, 1]
+    for a, b in zip(tall, low):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.abs(a).max() > 0 for a in low)
 
 
 def test_fused_family_without_delta_in_passes_a_placeholder_it_never_writes(fake):

@@ -389,9 +389,22 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
       (table, np.int32(L), np.int32(B), delta_last, np.int32(vec_dl),
        din, np.int32(want_din), np.int32(vec_din),
        ws, np.int64(stride), np.int32(n_tiles)), shared_mem=smem)
-    max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(L))
-    function(SPECS[0], _reduce_name(wmax), 0)(
-        (cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))
+    launch_reduce(function(SPECS[0], _reduce_name(wmax), 0), widths, wmax, table, ws, stride, G)
+
+
+def launch_reduce(f, widths, wmax: int, table, ws, stride: int, G: int) -> None:
+    """The reduce of the backward's per-block partials, `f` (fused_mlp_reduce or the family's):
+    one layer per grid row, so at most the device's grid height (`MaxGridDimY`, 65535) layers a
+    launch; a deeper run is reduced in slices of layers, each launch given its first layer's row
+    of the table and its first layer's partials (table[l0:], ws[l0 * LS:]: the kernel indexes
+    both from its grid row)."""
+    L = len(widths) - 1
+    per = int(attributes().get("MaxGridDimY", 65535))
+    LS = wmax * wmax + wmax
+    for l0 in range(0, L, per):
+        n = min(per, L - l0)
+        max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(l0, l0 + n))
+        f((cdiv(max_e, 256), n, 1), (256, 1, 1), (table[l0:], ws[l0 * LS:], np.int64(stride), np.int32(G)))
 
 
 # ------------------------------------------------------------------ what a run launches

@@ -221,9 +221,7 @@ def fused_backward(delta_last, Ws, act_codes, A_in, A_outs, Z_outs, dWs, dbs,
       (table, np.int32(L), np.int32(B), delta_last, np.int32(vec_dl),
        din, np.int32(want_din), np.int32(vec_din),
        ws, np.int64(stride), np.int32(n_tiles)), shared_mem=smem)
-    max_e = max(widths[l + 1] * widths[l] + widths[l + 1] for l in range(L))
-    function(SPECS[0], reduce_name(wmax), 0)(
-        (cdiv(max_e, 256), L, 1), (256, 1, 1), (table, ws, np.int64(stride), np.int32(G)))
+    cuda_fused.launch_reduce(function(SPECS[0], reduce_name(wmax), 0), widths, wmax, table, ws, stride, G)
 
 
 def kernel_names(widths, precision: str = "float32") -> set[str]:

@@ -15,8 +15,9 @@ another).  What it checks:
   C-contiguous device array of the pointee's dtype; `int`: numpy.int32;
   `long long`/`int64_t`/`size_t`: numpy.int64; `float`: numpy.float32;
   `double`: numpy.float64; `bool`: numpy.bool_), a grid and block of 1 to 3
-  positive ints within CUDA's limits (block threads <= 1024 and <= the
-  kernel's `__launch_bounds__`), and dynamic shared memory within the
+  positive ints within the device's limits (`attributes`' MaxGridDim*, MaxBlockDim*,
+  MaxThreadsPerBlock: an H100's 2^31-1 x 65535 x 65535 blocks, 1024 threads) and <= the
+  kernel's `__launch_bounds__`, and dynamic shared memory within the
   kernel's `max_dynamic_shared_size_bytes` (48 KB unless raised) and the
   device's opt-in limit; per-kernel `extents` rules (given by the test) say how
   many elements each pointer must hold for the launch's sizes, and may follow
@@ -507,11 +508,12 @@ class FakeCupy(types.ModuleType):
     def _launch(self, fn, grid, block, args, shared_mem=0, stream=None):
         sig, targs = fn.signature, fn.template_args
         where = fn.name
-        _check_dims(grid, "grid", where, (2**31 - 1, 65535, 65535))
-        _check_dims(block, "block", where, (1024, 1024, 64))
+        a = self.attributes           # the device's limits (an H100's unless the test made another)
+        _check_dims(grid, "grid", where, (a["MaxGridDimX"], a["MaxGridDimY"], a["MaxGridDimZ"]))
+        _check_dims(block, "block", where, (a["MaxBlockDimX"], a["MaxBlockDimY"], a["MaxBlockDimZ"]))
         threads = int(np.prod([int(b) for b in block]))
-        if threads > 1024:
-            raise LaunchError(f"{where}: {threads} threads a block (at most 1024)")
+        if threads > a["MaxThreadsPerBlock"]:
+            raise LaunchError(f"{where}: {threads} threads a block (at most {a['MaxThreadsPerBlock']})")
         if sig.max_threads is not None and threads > sig.max_threads:
             raise LaunchError(f"{where}: {threads} threads a block, __launch_bounds__ allows {sig.max_threads}")
         if not isinstance(shared_mem, (int, np.integer)) or isinstance(shared_mem, bool) or shared_mem < 0:
