@@ -445,6 +445,35 @@ def test_tma_box_lands_swizzled_with_zeros_outside_the_tensor(shift):
             assert got[r, chunk * 8 + e % 8] == want, (r, e)
 
 
+@pytest.mark.parametrize("slack, error", [(0, "not 128-byte aligned"), (1024, None),
+                                          (512, "outside the block's shared memory")])
+def test_dynamic_shared_memory_is_only_16_byte_aligned(slack, error):
+    """Dynamic shared memory starts where the GPU may start it, 16 bytes past a 1024-byte
+    boundary: a TMA box put at its start (slack 0) is not 128-byte aligned; rounded up to the
+    1024-byte swizzle pattern it needs 1008 bytes of slack, which 1024 holds and 512 does not."""
+    m = _hopper_module("""
+    __global__ void k(const __grid_constant__ TensorMap128 tm, unsigned char* out, int slack) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        const unsigned s0 = smem_addr(smem), dst = slack ? (s0 + 1023u) & ~1023u : s0;
+        __shared__ __align__(8) unsigned long long bar_mem[1];
+        const unsigned bar = smem_addr(bar_mem);
+        if (threadIdx.x == 0) { mbar_init(bar, 1); mbar_init_fence(); }
+        __syncthreads();
+        if (threadIdx.x == 0) { mbar_arrive_expect_tx(bar, 1024); tma_load_2d(dst, &tm, bar, 0, 0); }
+        mbar_wait(bar, 0);
+        out[threadIdx.x] = smem[dst - s0 + threadIdx.x];
+    }""", "k")
+    host = np.arange(8 * 64, dtype=np.uint16).reshape(8, 64)
+    out = np.zeros(32, np.uint8)
+    args = (_tensor_map(host, (64, 8)), out, np.int32(slack))
+    if error is None:
+        m.launch("k", (1,), (32,), args, shared_mem=slack + 1024)
+        assert (out == host.view(np.uint8)[0, :32]).all()
+    else:
+        with pytest.raises(EmuError, match=error):
+            m.launch("k", (1,), (32,), args, shared_mem=slack + 1024)
+
+
 def test_tma_bytes_read_before_the_wait_are_poison():
     m = _hopper_module(_TMA_BOX, "box")
     host = np.ones((8, 64), np.uint16)

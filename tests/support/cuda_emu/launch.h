@@ -73,7 +73,11 @@ int emu_launch(int i, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsign
     s.threads.assign(n, Thread());
     s.xchg.assign((size_t)((n + 31) / 32) * 32 * 64, 0u);
     // dynamic shared memory: its last byte just below a PROT_NONE page; its shared addresses
-    // follow the static section's, page-aligned, so address and pointer agree modulo 4096
+    // follow the static section's and start 16 bytes past a 1024-byte boundary: the alignment the
+    // kernels' `extern __shared__ __align__(16)` asks for and no more (on the GPU where it starts
+    // depends on the kernel's static shared memory), so a kernel that rounds its base up to the
+    // 1024 bytes of a 128-byte swizzle pattern needs, and is checked for, the most slack there
+    // is (1008 bytes); address and pointer agree modulo 16
     release_dyn();
     const size_t pages = ((size_t)smem + 15 + 4095) / 4096 + 1;
     s.dyn_map_bytes = pages * 4096;
@@ -83,7 +87,8 @@ int emu_launch(int i, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsign
     s.dyn = (char*)((uintptr_t)(guard - smem) & ~(uintptr_t)15);
     s.dyn_bytes = (size_t)smem;
     const size_t static_span = __start_emu_smem ? (size_t)(__stop_emu_smem - static_lo()) : 0;
-    s.dyn_addr0 = (unsigned)((static_span + 4095) / 4096 * 4096);
+    const unsigned dyn_off = (unsigned)(s.dyn - s.dyn_map);          // a multiple of 16
+    s.dyn_addr0 = (unsigned)((static_span + 4095) / 4096 * 4096) + ((16u - dyn_off) & 1023u);
 
     // faults (including fiber stack overflow) jump back here
     static char altstack[64 * 1024];
