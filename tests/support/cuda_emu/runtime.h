@@ -13,7 +13,8 @@
 // - __syncthreads reached by some threads of a block but not all, or a warp-collective operation
 //   whose mask names a lane that does not take part (exited or waiting elsewhere): "deadlock";
 // - shared memory: each block's static and dynamic shared memory starts poisoned (0xFF bytes:
-//   NaN as float), the dynamic part ends at a guard page, and every 32-bit shared address the
+//   NaN as float), the dynamic part starts 16 bytes past a 1024-byte boundary (no more aligned
+//   than its declaration asks) and ends at a guard page, and every 32-bit shared address the
 //   kernel makes (cvta, cp.async, ldmatrix, TMA, wgmma descriptors) must fall inside it;
 // - cp.async copies land only when a cp.async.wait_group retires their group (the latest moment
 //   the PTX ISA allows), and their destination is poisoned when they are issued (the earliest),
@@ -26,7 +27,8 @@
 //   (poison at issue, data at the first wait on the barrier), wgmma operands read from shared
 //   memory when wgmma.wait_group retires them and required unchanged since the issue (a stage
 //   released early or a wgmma issued before its data is an error), warpgroup-collective instructions reached by
-//   all 128 threads, and a wait on a phase that can never complete reported as a deadlock.
+//   all 128 threads, setmaxnreg's register pool (an .inc the block's registers cannot satisfy
+//   waits forever), and a wait on a phase that can never complete reported as a deadlock.
 #pragma once
 #include <algorithm>
 #include <cmath>
