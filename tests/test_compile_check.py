@@ -95,6 +95,29 @@ def test_every_name_expression_of_every_module_is_built_for_every_arch(rows):
                 assert (spec.name, arch, ne) in built
 
 
+def test_the_hopper_kernels_start_with_the_registers_their_setmaxnreg_budget_shares_out(rows):
+    """gemm_wgmma.cu's warpgroups rebalance the block's registers with setmaxnreg: the producer's
+    .dec to WG_PRODUCER_REGS must free what the two consumers' .inc to WG_CONSUMER_REGS takes from
+    the block's pool, which holds what ptxas gave each thread at launch times 384 (PTX ISA: .inc
+    blocks until the pool has them, a hang on the GPU).  ptxas gives 168 under
+    __launch_bounds__(384, 1): 128 * 40 + 256 * 232 = 64512 = 168 * 384."""
+    import re
+
+    from gpubp.backends import cuda_gemm_wgmma
+    from gpubp.backends.cuda_source import kernels_dir
+
+    src = (kernels_dir() / "gemm_wgmma.cu").read_text()
+    producer = int(re.search(r"#define WG_PRODUCER_REGS (\d+)", src).group(1))
+    consumer = int(re.search(r"#define WG_CONSUMER_REGS (\d+)", src).group(1))
+    threads = cuda_gemm_wgmma.THREADS
+    need = 128 * producer + (threads - 128) * consumer
+    pipelined = [r for r in rows if r["module"] == "gemm_wgmma" and "copy" not in r["kernel"]]
+    assert pipelined
+    for r in pipelined:
+        assert r["registers"] * threads >= need, (r["kernel"], r["registers"], need)
+        assert r["registers"] * threads <= 65536, r
+
+
 KNOWN_LOG = """\
 ptxas info    : 3 bytes gmem
 ptxas info    : Compiling entry function '_Z10sgd_updateIdEvPT_PKS0_S1_xS0_S0_S0_ii' for 'sm_90'
