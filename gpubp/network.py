@@ -122,7 +122,7 @@ class MLP:
             raise ValueError(f"loss {e}") from None
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
         self.dtype = check_dtype(dtype)
-        self.precision = check_precision(precision, self.dtype)
+        self._precision = check_precision(precision, self.dtype)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.init = init
@@ -159,6 +159,21 @@ class MLP:
     def n_params(self) -> int:
         return self.layout.n_params
 
+    @property
+    def precision(self) -> str:
+        """How the matrix products are computed ("float32", "tf32", "bf16", "3xtf32"; docs/spec.md,
+        "Precision modes").  Assigning another mode checks it as the constructor does (a mode the
+        dtype or the backend cannot run is refused, nothing changed) and drops the kept step plans,
+        which were made for the old mode: every later pass, of any batch size, runs the new one."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value) -> None:
+        value = check_precision(value, self.dtype)
+        self.backend.check_precision(value)
+        self._precision = value
+        self._plans = OrderedDict()
+
     def __repr__(self):
         return (f"MLP({list(self.sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, precision={self.precision!r})")
@@ -176,6 +191,9 @@ class MLP:
         return state
 
     def __setstate__(self, state):
+        if "precision" in state:   # pickled before `precision` became a checked property
+            state = dict(state)
+            state["_precision"] = state.pop("precision")
         self.__dict__.update(state)
         for a in self.standardization or ():   # copies come back writeable: read-only as set_standardization's
             a.flags.writeable = False

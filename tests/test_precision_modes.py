@@ -227,6 +227,53 @@ def test_unknown_precision_is_refused(bad, err):
         NumpyBackend().make_plan((3, 2), ("identity",), 4, np.float32, precision=bad)
 
 
+def test_a_numpy_string_is_taken_as_the_plain_name():
+    """numpy's str_ (a str subclass, what indexing an array of names gives) names a mode; it was kept
+    as given, so the network's repr read precision=np.str_('tf32')."""
+    net = _net(np.array(["tf32"])[0])
+    assert type(net.precision) is str and "precision='tf32'" in repr(net)
+
+
+def test_assigning_a_precision_applies_to_every_later_pass():
+    """`net.precision` is the mode of every later pass.  It was a plain attribute: the step plans
+    kept for the batch sizes already seen stayed in the old mode while new batch sizes ran the new
+    one (the same network predicting in float32 on 16 rows and in bf16 on 15), and a bad name was
+    stored without a word."""
+    rng = np.random.default_rng(5)
+    X = rand(rng, 16, 20)
+    net, ref = _net("float32"), _net("bf16")
+    before = net.backend.to_numpy(net.forward(X)).copy()
+    net.precision = "bf16"
+    for rows in (16, 15):
+        got = net.backend.to_numpy(net.forward(X[:rows]))
+        assert np.array_equal(got, ref.backend.to_numpy(ref.forward(X[:rows]))), rows
+    assert not np.array_equal(net.backend.to_numpy(net.forward(X)), before)
+    assert net.config()["precision"] == "bf16"
+    for bad, err in (("TF32", ValueError), (None, TypeError), (3, TypeError), ("fp16", ValueError)):
+        with pytest.raises(err, match="precision"):
+            net.precision = bad
+        assert net.precision == "bf16"
+    n64 = _net("float32", dtype="float64")
+    with pytest.raises(ValueError, match="needs dtype float32"):
+        n64.precision = "tf32"
+    assert n64.precision == "float32"
+
+
+def test_a_network_pickled_with_a_plain_precision_attribute_loads():
+    import pickle
+
+    rng = np.random.default_rng(6)
+    X = rand(rng, 8, 20)
+    net = _net("tf32")
+    state = net.__getstate__()
+    state["precision"] = state.pop("_precision")          # as pickles made before the property
+    back = gpubp.MLP.__new__(gpubp.MLP)
+    back.__setstate__(state)
+    assert back.precision == "tf32"
+    assert np.array_equal(back.backend.to_numpy(back.forward(X)), net.backend.to_numpy(net.forward(X)))
+    assert pickle.loads(pickle.dumps(net)).precision == "tf32"
+
+
 # ---------------------------------------------------------------- the command line
 def test_cli_precision_flag_trains_and_saves_the_mode(capsys, tmp_path):
     ck = tmp_path / "net.npz"
