@@ -283,6 +283,25 @@ def test_cli_precision_flag_trains_and_saves_the_mode(capsys, tmp_path):
     assert gpubp.MLP.load(ck, backend="numpy").precision == "bf16"
 
 
+@pytest.mark.parametrize("prec", MODES)
+def test_cli_predict_runs_in_the_checkpoints_mode(capsys, tmp_path, prec):
+    """`gpubp predict` has no --precision: it predicts in the mode the checkpoint was trained in."""
+    ck, data, out = tmp_path / "net.npz", tmp_path / "x.npy", tmp_path / "p.npy"
+    rc, _, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "2", "--precision", prec,
+                   "--backend", "numpy", "--no-progress", "--save", str(ck))
+    assert rc == 0
+    X = load_dataset("iris", seed=0).X_test
+    np.save(data, X)
+    rc, _, _ = run(capsys, "predict", str(ck), str(data), "--proba", "--backend", "numpy", "--out", str(out))
+    assert rc == 0
+    net = gpubp.MLP.load(ck, backend="numpy")
+    assert net.precision == prec
+    got = np.load(out)
+    assert np.array_equal(got, net.predict_proba(X))
+    net.precision = "float32"                  # the same weights in float32 predict other numbers
+    assert not np.array_equal(got, net.predict_proba(X))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--precision", "bf16", "--dtype", "float64"], "precision='bf16' needs dtype float32"),
     (["--precision", "fp16"], "invalid choice"),
