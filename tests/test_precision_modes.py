@@ -194,6 +194,21 @@ def test_training_on_digits_reaches_float32_accuracy_in_every_mode(digits):
         assert np.abs(p - q).max() < 0.1, prec
 
 
+def test_gpubp_train_on_digits_reaches_float32_test_accuracy_in_every_mode(capsys):
+    """The promise as users meet it: `gpubp train --dataset digits` with its defaults (30 epochs)
+    reaches the float32 test accuracy within half a point in every mode (numpy's emulation)."""
+    import re
+
+    acc = {}
+    for prec in ("float32",) + MODES:
+        rc, out, _ = run(capsys, "train", "--dataset", "digits", "--backend", "numpy", "--precision", prec,
+                         "--no-progress")
+        assert rc == 0
+        acc[prec] = float(re.search(r"^test accuracy ([0-9.]+) ", out, re.M).group(1))
+    assert acc["float32"] > 0.95
+    assert all(abs(a - acc["float32"]) <= 0.005 for a in acc.values()), acc
+
+
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("prec", ("float32",) + MODES)
 def test_checkpoint_round_trip_keeps_the_mode(tmp_path, prec):
