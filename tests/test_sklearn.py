@@ -41,7 +41,10 @@ EXPECTED_FAILED_CHECKS = {
 
 @parametrize_with_checks(
     [MLPClassifier(backend="numpy", max_iter=100, random_state=0),
-     MLPRegressor(backend="numpy", max_iter=100, random_state=0)],
+     MLPRegressor(backend="numpy", max_iter=100, random_state=0),
+     # the coarsest mode too (outputs rounded to bfloat16): the suite holds there as well
+     MLPClassifier(backend="numpy", max_iter=100, random_state=0, precision="bf16"),
+     MLPRegressor(backend="numpy", max_iter=100, random_state=0, precision="bf16")],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
