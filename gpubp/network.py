@@ -618,7 +618,8 @@ class MLP:
         network runs in between.  The optimizer's hyper-parameters (learning
         rate, momentum, betas, eps, weight decay) are recorded too: once one has
         changed the step refuses to run (ValueError), on every backend; capture
-        again to train with the new values.  The step trains with the optimizer
+        again to train with the new values.  So does it once `precision` has
+        been changed.  The step trains with the optimizer
         it was captured with, whatever optimizer later calls give the network.
         """
         check_inputs = check_flag("check_inputs", check_inputs)
@@ -638,8 +639,13 @@ class MLP:
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]
+        precision = self.precision   # the mode its plan (and a CUDA graph's kernels) computes in
 
         def step(X, Y):
+            if self.precision != precision:
+                raise ValueError(f"the network's precision changed since this step was captured ({precision!r} "
+                                 f"-> {self.precision!r}); a captured step replays the mode it recorded: capture "
+                                 "again (net.capture_train_step) to train in the new one")
             now = opt.hyper()
             if now != hyper:
                 changed = ", ".join(f"{k} {hyper[k]!r} -> {now[k]!r}" for k in hyper if now.get(k) != hyper[k])

@@ -274,6 +274,24 @@ def test_assigning_a_precision_applies_to_every_later_pass():
     assert n64.precision == "float32"
 
 
+def test_a_captured_step_refuses_to_run_after_the_precision_changed():
+    """A captured step owns a plan made in the mode of its capture: after `net.precision = ...` it
+    would go on training in the old mode, so it refuses, as it does for changed hyper-parameters."""
+    rng = np.random.default_rng(7)
+    X, Y = rand(rng, 16, 20), rand(rng, 16, 5)
+    net = _net("float32")
+    step = net.capture_train_step(X, Y, "adam")
+    step(X, Y)
+    net.precision = "bf16"
+    before = net.backend.to_numpy(net._params).copy()
+    with pytest.raises(ValueError, match="precision changed since this step was captured .'float32' -> 'bf16'"):
+        step(X, Y)
+    assert np.array_equal(net.backend.to_numpy(net._params), before)
+    net.precision = "float32"
+    step(X, Y)                                  # the mode it recorded again: it runs
+    assert not np.array_equal(net.backend.to_numpy(net._params), before)
+
+
 def test_a_network_pickled_with_a_plain_precision_attribute_loads():
     import pickle
 
