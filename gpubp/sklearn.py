@@ -45,10 +45,10 @@ How the hyper-parameters map onto gpubp:
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
   state.  Both train in the estimator's `precision` as it is at the call
   (a mode changed by `set_params` applies to the fitted network from then
-  on; its dtype stays the one it was built with).  As in scikit-learn, `max_iter`, the `ConvergenceWarning` and
-  `n_iter_` count the last call's epochs (so `n_iter_` is 1 after a
-  `partial_fit`), while `t_` and `loss_curve_` count every epoch since the
-  network was built.
+  on; its dtype stays the one it was built with).  As in scikit-learn,
+  `max_iter`, the `ConvergenceWarning` and `n_iter_` count the last call's
+  epochs (so `n_iter_` is 1 after a `partial_fit`), while `t_` and
+  `loss_curve_` count every epoch since the network was built.
 - `sample_weight`: passed to `gpubp.MLP.fit`, which weights each sample's
   loss in its batch, after scaling within each batch of the epoch to sum to
   the batch's rows (only the ratios within a batch enter its loss): `fit`'s

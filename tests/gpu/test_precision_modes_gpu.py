@@ -109,10 +109,11 @@ def test_training_on_digits_in_every_mode():
 
 @pytest.mark.parametrize("prec, opt_in, B", [("3xtf32", True, 7), ("tf32", False, 1024)])
 def test_a_nan_product_stays_nan_through_relu(prec, opt_in, B):
-    """Finite inputs past the largest TF32 value (3.402e38) round to inf: a sum of their products with
-    weights of both signs is NaN (3xtf32: every such product, hi = inf, lo = -inf), and relu keeps it as the numpy backend
-    and torch.relu do (it made it 0: a finite output on the GPU alone).  The per-layer tensor-core
-    GEMMs (opt-in 3xtf32) and the default backend's fused TF32 narrow runs (B >= 1024)."""
+    """Finite inputs past the largest TF32 value (3.402e38) round to inf: a sum of their products
+    with weights of both signs is NaN (3xtf32: every such product, hi = inf, lo = -inf), and relu
+    keeps it as the numpy backend and torch.relu do (it made it 0: a finite output on the GPU
+    alone).  The per-layer tensor-core GEMMs (opt-in 3xtf32) and the default backend's fused TF32
+    narrow runs (B >= 1024)."""
     from gpubp.backends.cuda_backend import CudaBackend
 
     rng = np.random.default_rng(4)
