@@ -105,3 +105,28 @@ def test_training_on_digits_in_every_mode():
     acc32 = train("float32", "cuda")
     for prec in MODES:
         assert abs(train(prec, _cuda_tc()) - acc32) <= 0.005, prec
+
+
+@pytest.mark.parametrize("prec, opt_in, B", [("3xtf32", True, 7), ("tf32", False, 1024)])
+def test_a_nan_product_stays_nan_through_relu(prec, opt_in, B):
+    """Finite inputs past the largest TF32 value (3.402e38) round to inf: a sum of their products
+    with weights of both signs is NaN (3xtf32: every such product, hi = inf, lo = -inf), and relu
+    keeps it as the numpy backend and torch.relu do (it made it 0: a finite output on the GPU
+    alone).  The per-layer tensor-core GEMMs (opt-in 3xtf32) and the default backend's fused TF32
+    narrow runs (B >= 1024)."""
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((B, 2)).astype(np.float32)
+    X[0] = 3.402e38
+    params = [(np.array([[1.0, -1.0], [-0.25, 1.0]] + [[0.5, 0.5]] * 14, np.float32), np.zeros(16, np.float32)),
+              (np.full((16, 16), 0.1, np.float32), np.zeros(16, np.float32)),
+              (np.full((1, 16), 0.1, np.float32), np.zeros(1, np.float32))]
+    out = {}
+    for name, be in (("numpy", "numpy"), ("cuda", CudaBackend(tensor_core_gemms=opt_in))):
+        net = gpubp.MLP([2, 16, 16, 1], activation="relu", backend=be, seed=0, precision=prec)
+        net.set_params(params)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[name] = np.asarray(net.predict(X), np.float64)
+    assert np.isnan(out["numpy"][0]) and np.isfinite(out["numpy"][1:]).all()
+    assert np.isnan(out["cuda"][0]) and np.isfinite(out["cuda"][1:]).all(), out["cuda"][:3]
