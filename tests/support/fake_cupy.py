@@ -54,6 +54,7 @@ launch through the CPU emulator of tests/support/cuda_emu (slow: small sizes onl
 from __future__ import annotations
 
 import enum
+import importlib.machinery
 import os
 import re
 import sys
@@ -236,6 +237,9 @@ class FakeCupy(types.ModuleType):
     def __init__(self, unread_pointers=None, extents=None, attributes=None, name="NVIDIA H100 80GB HBM3",
                  execute=False, race=None, devices=1):
         super().__init__("cupy")
+        # a module spec as an imported package has one: importlib.util.find_spec("cupy") (tests that
+        # ask whether CuPy is installed) raises ValueError on a sys.modules entry whose __spec__ is None
+        self.__spec__ = importlib.machinery.ModuleSpec("cupy", None, is_package=True)
         #: how many devices `cupy.cuda.runtime.getDeviceCount()` reports (CUDA_VISIBLE_DEVICES, when
         #: set, can only lower it); every device shares this process's memory, and the current one
         #: (`Device(i).use()`) is what device arrays report
