@@ -649,6 +649,36 @@ def test_captured_fused_step_owns_its_plan_through_evictions(fake):
                     assert a is not None and a.dtype == np.float32, f"{l.name}: {field} {ptr:#x} is not live"
 
 
+@pytest.mark.parametrize("make", [lambda: "cuda", lambda: cuda(tile="large")], ids=["default", "own"])
+def test_a_copied_cuda_network_shares_its_backend(fake, make):
+    """copy.deepcopy(net) (keeping a best model) copied the backend too, and the CUDA backend holds
+    the cupy module, which cannot be copied: TypeError "cannot pickle 'module' object".  A backend
+    holds only read-only things, so a copy (of a network, its optimizer, a FusedMLP) shares it; a
+    pickled backend comes back as the default instance of its name, or as one of its settings."""
+    import copy
+    import pickle
+
+    be = make()
+    net = net_for(be, (6, 16, 3), "relu", "cross_entropy")
+    X, Y = data((6, 16, 3), "cross_entropy", 32)
+    net.train_step(X, Y, "adam")
+    twin = copy.deepcopy(net)
+    assert twin.backend is net.backend and twin.optimizer._backend is net.backend
+    assert twin.optimizer._params is twin._params and twin._params is not net._params
+    assert all(np.array_equal(a, b) for p, q in zip(net.get_params(), twin.get_params()) for a, b in zip(p, q))
+    twin.train_step(X, Y, "adam")
+    assert twin.optimizer.t == 2 and net.optimizer.t == 1
+    back = pickle.loads(pickle.dumps(net.backend))
+    if be == "cuda":
+        assert back is net.backend is gpubp.backends.get_backend("cuda")
+    else:
+        assert back is not be and type(back) is type(be) and back.tile == "large" and back.fuse
+        sklearn = pytest.importorskip("sklearn.base")
+        from gpubp.sklearn import MLPClassifier
+
+        assert sklearn.clone(MLPClassifier(backend=be)).backend is be    # clone deep-copies its parameters
+
+
 def test_memory_refusals_come_before_any_allocation(fake, monkeypatch):
     """The constructor and a new step plan refuse what does not fit before allocating: a refused
     network allocates nothing, a refused batch only its own device copies (not the optimizer's
