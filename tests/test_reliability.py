@@ -549,6 +549,54 @@ def test_an_optimizer_serves_one_network():
     assert b.optimizer is None and np.array_equal(_flat(b), before)
 
 
+def test_an_optimizer_bound_from_two_threads_serves_one_network():
+    """One optimizer given to two networks in two threads: both checks ran before either binding,
+    so both passed, and the second binding took the state over from the first network (which had
+    trained with it).  The check and the binding are one step now: the second network is refused,
+    as it is one thread after the other.  The interleaving is forced: thread A stops inside its
+    binding (allocating the state) until thread B's call has ended or a second has passed."""
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    in_bind, b_done = threading.Event(), threading.Event()
+
+    class Pausing(NumpyBackend):
+        armed = False
+
+        def zeros(self, shape, dtype):
+            if self.armed and tuple(shape) == (a.layout.total,):   # only the optimizer's state is that size
+                in_bind.set()
+                b_done.wait(1.0)
+            return super().zeros(shape, dtype)
+
+    be = Pausing()
+    a, b = gpubp.MLP([8, 32, 16, 4], loss="cross_entropy", backend=be, seed=0), _net(1)
+    opt = gpubp.optim.Adam(1e-3)
+    X, y = _data(11, n=16)
+    before = _flat(b)
+    errors = {}
+
+    def run(name, net):
+        try:
+            if name == "b":
+                assert in_bind.wait(5.0)
+            net.train_step(X, y, opt)
+        except ValueError as e:
+            errors[name] = e
+        finally:
+            if name == "b":
+                b_done.set()
+
+    be.armed = True
+    threads = [threading.Thread(target=run, args=(n, net)) for n, net in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list(errors) == ["b"] and "another network" in str(errors["b"])
+    assert opt._params is a._params and a.optimizer is opt and opt.t == 1
+    assert b.optimizer is None and np.array_equal(_flat(b), before)
+
+
 @pytest.mark.parametrize("attr,value", [("lr", -5), ("lr", 0), ("lr", float("nan")), ("eps", 0.0),
                                         ("betas", (0.9, 1.0)), ("weight_decay", -1), ("lr", "fast")])
 def test_hyper_parameters_checked_when_assigned(attr, value):
