@@ -835,6 +835,34 @@ def test_narrow_layers_on_other_devices(monkeypatch, name, attributes, fused_fit
     assert_prepared(fake, net, X, Y)
 
 
+def test_data_parallel_fit_refuses_a_network_off_the_ranks_gpu(monkeypatch):
+    """`distributed.init()` makes the rank's GPU current in the thread that calls it, and CUDA's
+    current device is per thread: a network made in another thread (a background training thread)
+    lands on device 0, whatever the rank's GPU, and its fit handed NCCL (bound to the rank's GPU)
+    buffers of another device.  fit now refuses such a network on every rank, naming both devices.
+    (One rank here, whose GPU is device 0; the fake's current device is one for all threads, so
+    `use()` stands for the other thread's.)"""
+    pytest.importorskip("mpi4py")
+    from gpubp.distributed import Communicator, EveryRankError
+
+    fake = install_fake(monkeypatch, devices=2)
+    comm = Communicator(backend="cuda")
+    assert comm.device == 0
+    X, Y = data((6, 8, 3), "cross_entropy", 32)
+    fake.cuda.Device(1).use()                 # the thread that makes the network has device 1 current
+    net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")
+    before = net.get_params()
+    with pytest.raises(EveryRankError, match=r"network is on CUDA device 1 but this rank's GPU is device 0.*"
+                                             r"cupy\.cuda\.Device\(0\)"):
+        net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)
+    assert net.optimizer is None and all(np.array_equal(a, b) for p, q in zip(before, net.get_params())
+                                         for a, b in zip(p, q))
+    fake.cuda.Device(0).use()
+    net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")
+    net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)      # on the rank's GPU: trains
+    assert net.optimizer.t == 2
+
+
 # ------------------------------------------------------------------ the fused launchers on their own
 @pytest.mark.parametrize("precision", ["float32", "tf32"])
 @pytest.mark.parametrize("with_scratch", [True, False])
