@@ -840,27 +840,58 @@ def test_data_parallel_fit_refuses_a_network_off_the_ranks_gpu(monkeypatch):
     current device is per thread: a network made in another thread (a background training thread)
     lands on device 0, whatever the rank's GPU, and its fit handed NCCL (bound to the rank's GPU)
     buffers of another device.  fit now refuses such a network on every rank, naming both devices.
-    (One rank here, whose GPU is device 0; the fake's current device is one for all threads, so
-    `use()` stands for the other thread's.)"""
+    One rank here, made to stand for rank 1 of a machine with 2 GPUs (its GPU: device 1)."""
+    import threading
+
     pytest.importorskip("mpi4py")
     from gpubp.distributed import Communicator, EveryRankError
 
     fake = install_fake(monkeypatch, devices=2)
     comm = Communicator(backend="cuda")
-    assert comm.device == 0
+    comm.device = 1                           # as init() sets it on local rank 1 ...
+    fake.cuda.Device(1).use()                 # ... and makes it current, in this thread
     X, Y = data((6, 8, 3), "cross_entropy", 32)
-    fake.cuda.Device(1).use()                 # the thread that makes the network has device 1 current
-    net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")
-    before = net.get_params()
-    with pytest.raises(EveryRankError, match=r"network is on CUDA device 1 but this rank's GPU is device 0.*"
-                                             r"cupy\.cuda\.Device\(0\)"):
-        net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)
-    assert net.optimizer is None and all(np.array_equal(a, b) for p, q in zip(before, net.get_params())
-                                         for a, b in zip(p, q))
-    fake.cuda.Device(0).use()
-    net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")
-    net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)      # on the rank's GPU: trains
+    seen = {}
+
+    def background():
+        net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")
+        seen["device"], before = net._params.device.id, net.get_params()
+        try:
+            net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)
+        except EveryRankError as e:
+            seen["error"] = str(e)
+        seen["unchanged"] = net.optimizer is None and all(
+            np.array_equal(a, b) for p, q in zip(before, net.get_params()) for a, b in zip(p, q))
+
+    t = threading.Thread(target=background)
+    t.start()
+    t.join()
+    assert seen["device"] == 0 and seen["unchanged"]
+    assert "network is on CUDA device 0 but this rank's GPU is device 1" in seen["error"]
+    assert "cupy.cuda.Device(1)" in seen["error"]
+    net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")      # in init()'s thread: on the rank's GPU
+    assert net._params.device.id == 1
+    net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)
     assert net.optimizer.t == 2
+
+
+def test_the_fakes_current_device_is_per_thread(monkeypatch):
+    """As CUDA's (cudaSetDevice): another thread starts on device 0 and its choice stays its own."""
+    import threading
+
+    fake = install_fake(monkeypatch, devices=2)
+    fake.cuda.Device(1).use()
+    seen = []
+
+    def other():
+        seen.append(fake.cuda.runtime.getDevice())
+        fake.cuda.Device(0).use()
+        seen.append(fake.zeros(3, np.float32).device.id)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [0, 0] and fake.cuda.runtime.getDevice() == 1 and fake.zeros(3, np.float32).device.id == 1
 
 
 # ------------------------------------------------------------------ the fused launchers on their own
