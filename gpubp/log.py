@@ -50,7 +50,6 @@ class _LibraryLogger(logging.Logger):
         return level >= self.getEffectiveLevel()
 
 
-
 def _ours(cls) -> bool:
     """Whether `cls` is this module's class of that name, or the same class of an earlier import of
     the module (importlib.reload, sys.modules emptied and gpubp imported again): `isinstance` with

@@ -24,8 +24,7 @@ its builds in a temporary folder of its own (with a warning).
 
 Loaded functions are kept per device and kernel (read-only once made, like
 `cuda_device`'s), and the temporary folder's name once made; nothing else is
-module state.  CuPy is imported inside
-functions only.
+module state.  CuPy is imported inside functions only.
 """
 
 from __future__ import annotations
