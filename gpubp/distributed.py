@@ -852,11 +852,13 @@ class DataParallel:
         return out
 
 
-def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False):
+def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False, device=None):
     """Refuse the `fit` options that data-parallel training does not support (`EveryRankError`, a
-    ValueError).  On several ranks the ranks' refusals are gathered first (one collective), so that
-    every rank refuses alike, naming the ranks at fault, even when only some ranks pass the option."""
+    ValueError), and a network on another CUDA device (`device`, or None) than the rank's GPU.  On several
+    ranks the ranks' refusals are gathered first (one collective), so that every rank refuses alike, naming
+    the ranks at fault, even when only some ranks pass the option."""
     reason = None
+    gpu = getattr(comm, "device", None)
     if grad_norms:
         reason = "grad_norms=True is not supported with comm (data-parallel training)"
     elif sharded and isinstance(class_weight, str):
@@ -865,6 +867,12 @@ def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standa
     elif sharded and standardize:
         reason = ("standardize=True with sharded=True would use each rank's own statistics: compute the mean and "
                   "standard deviation over all the data and call set_standardization")
+    elif device is not None and gpu is not None and int(device) != int(gpu):
+        # init() makes the rank's GPU current in the thread that calls it; CUDA's current device is per
+        # thread, so a network made in another thread lands on device 0 (and NCCL would get its buffers)
+        reason = (f"the network is on CUDA device {device} but this rank's GPU is device {gpu}: init() makes it "
+                  f"current only in the thread that calls it; make the network (and train it) under "
+                  f"cupy.cuda.Device({gpu})")
     reasons = [reason] if getattr(comm, "size", 1) == 1 else comm.allgather_json(reason, "the check of fit's options")
     if all(r is None for r in reasons):
         return

@@ -50,7 +50,20 @@ class _LibraryLogger(logging.Logger):
         return level >= self.getEffectiveLevel()
 
 
-if type(logger) is logging.Logger:
-    logger.__class__ = _LibraryLogger
-if not any(isinstance(h, _DefaultHandler) for h in logger.handlers):
+def _ours(cls) -> bool:
+    """Whether `cls` is this module's class of that name, or the same class of an earlier import of
+    the module (importlib.reload, sys.modules emptied and gpubp imported again): `isinstance` with
+    the new class does not recognise those."""
+    return cls.__module__ == __name__ and cls.__name__ in ("_LibraryLogger", "_DefaultHandler")
+
+
+def _install() -> None:
+    if type(logger) is logging.Logger or _ours(type(logger)):
+        logger.__class__ = _LibraryLogger
+    # an earlier import's handler is replaced, not joined by a second one (each line was written twice)
+    for h in [h for h in logger.handlers if _ours(type(h))]:
+        logger.removeHandler(h)
     logger.addHandler(_DefaultHandler())
+
+
+_install()

@@ -782,7 +782,8 @@ class MLP:
         if comm is None and sharded:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
         if comm is not None:
-            check_fit_options(comm, sharded, grad_norms, class_weight, standardize)
+            device = getattr(getattr(self._params, "device", None), "id", None)   # a CUDA network's device
+            check_fit_options(comm, sharded, grad_norms, class_weight, standardize, device)
         if callbacks is not None and any(hasattr(callbacks, h) for h in ("on_train_begin", "on_epoch_end",
                                                                          "on_train_end")):
             raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")

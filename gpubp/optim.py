@@ -8,10 +8,15 @@ parameter in one backend call.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 from .checks import real_number
+
+#: held while an optimizer is checked and bound (`Optimizer.bind`); a module's lock, not the optimizer's,
+#: so optimizers still copy and pickle
+_BIND_LOCK = threading.Lock()
 
 
 def _check_lr(lr) -> float:
@@ -123,14 +128,19 @@ class Optimizer:
 
     def bind(self, backend, params):
         """Allocate (once) the state buffers for `params`, a flat backend array."""
-        self.check_bindable(params)
-        if self._params is None:
-            from .backends.plan import Scratch
+        if self._params is params:
+            return
+        # the check and the binding at once: two threads binding one optimizer to two networks would
+        # otherwise both pass the check, and one network would train with the other's state
+        with _BIND_LOCK:
+            self.check_bindable(params)
+            if self._params is None:
+                from .backends.plan import Scratch
 
-            state = {n: backend.zeros(params.shape, params.dtype) for n in self.state_names}
-            t = backend.asarray(self._t, np.int32)
-            self._params, self._backend, self._t, self.state = params, backend, t, state
-            self._scratch = Scratch(backend)
+                state = {n: backend.zeros(params.shape, params.dtype) for n in self.state_names}
+                t = backend.asarray(self._t, np.int32)
+                self._params, self._backend, self._t, self.state = params, backend, t, state
+                self._scratch = Scratch(backend)
 
     @property
     def is_bound(self) -> bool:

@@ -655,6 +655,32 @@ def test_captured_fused_step_owns_its_plan_through_evictions(fake):
                     assert a is not None and a.dtype == np.float32, f"{l.name}: {field} {ptr:#x} is not live"
 
 
+@pytest.mark.parametrize("make", [lambda: "cuda", lambda: cuda(tile="large")], ids=["default", "own"])
+def test_a_copied_cuda_network_shares_its_backend(fake, make):
+    """copy.deepcopy(net) (keeping a best model) copied the backend too, and the CUDA backend holds
+    the cupy module, which cannot be copied: TypeError "cannot pickle 'module' object".  A backend
+    holds only read-only things, so a copy (of a network, its optimizer) shares it; a pickled backend
+    comes back as the default instance of its name, or as one of its settings."""
+    import copy
+    import pickle
+
+    be = make()
+    net = net_for(be, (6, 16, 3), "relu", "cross_entropy")
+    X, Y = data((6, 16, 3), "cross_entropy", 32)
+    net.train_step(X, Y, "adam")
+    twin = copy.deepcopy(net)
+    assert twin.backend is net.backend and twin.optimizer._backend is net.backend
+    assert twin.optimizer._params is twin._params and twin._params is not net._params
+    assert all(np.array_equal(a, b) for p, q in zip(net.get_params(), twin.get_params()) for a, b in zip(p, q))
+    twin.train_step(X, Y, "adam")
+    assert twin.optimizer.t == 2 and net.optimizer.t == 1
+    back = pickle.loads(pickle.dumps(net.backend))
+    if be == "cuda":
+        assert back is net.backend is gpubp.backends.get_backend("cuda")
+    else:
+        assert back is not be and type(back) is type(be) and back.tile == "large" and back.fuse
+
+
 def test_memory_refusals_come_before_any_allocation(fake, monkeypatch):
     """The constructor and a new step plan refuse what does not fit before allocating: a refused
     network allocates nothing, a refused batch only its own device copies (not the optimizer's
@@ -813,6 +839,65 @@ def test_narrow_layers_on_other_devices(monkeypatch, name, attributes, fused_fit
     if "pipelined" in " ".join(kernels):
         assert attributes["ComputeCapabilityMajor"] >= 8
     assert_prepared(fake, net, X, Y)
+
+
+def test_data_parallel_fit_refuses_a_network_off_the_ranks_gpu(monkeypatch):
+    """`distributed.init()` makes the rank's GPU current in the thread that calls it, and CUDA's
+    current device is per thread: a network made in another thread (a background training thread)
+    lands on device 0, whatever the rank's GPU, and its fit handed NCCL (bound to the rank's GPU)
+    buffers of another device.  fit now refuses such a network on every rank, naming both devices.
+    One rank here, made to stand for rank 1 of a machine with 2 GPUs (its GPU: device 1)."""
+    import threading
+
+    pytest.importorskip("mpi4py")
+    from gpubp.distributed import Communicator, EveryRankError
+
+    fake = install_fake(monkeypatch, devices=2)
+    comm = Communicator(backend="cuda")
+    comm.device = 1                           # as init() sets it on local rank 1 ...
+    fake.cuda.Device(1).use()                 # ... and makes it current, in this thread
+    X, Y = data((6, 8, 3), "cross_entropy", 32)
+    seen = {}
+
+    def background():
+        net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")
+        seen["device"], before = net._params.device.id, net.get_params()
+        try:
+            net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)
+        except EveryRankError as e:
+            seen["error"] = str(e)
+        seen["unchanged"] = net.optimizer is None and all(
+            np.array_equal(a, b) for p, q in zip(before, net.get_params()) for a, b in zip(p, q))
+
+    t = threading.Thread(target=background)
+    t.start()
+    t.join()
+    assert seen["device"] == 0 and seen["unchanged"]
+    assert "network is on CUDA device 0 but this rank's GPU is device 1" in seen["error"]
+    assert "cupy.cuda.Device(1)" in seen["error"]
+    net = net_for(cuda(), (6, 8, 3), "relu", "cross_entropy")      # in init()'s thread: on the rank's GPU
+    assert net._params.device.id == 1
+    net.fit(X, Y, epochs=1, batch_size=16, progress=False, comm=comm)
+    assert net.optimizer.t == 2
+
+
+def test_the_fakes_current_device_is_per_thread(monkeypatch):
+    """As CUDA's (cudaSetDevice): another thread starts on device 0 and its choice stays its own."""
+    import threading
+
+    fake = install_fake(monkeypatch, devices=2)
+    fake.cuda.Device(1).use()
+    seen = []
+
+    def other():
+        seen.append(fake.cuda.runtime.getDevice())
+        fake.cuda.Device(0).use()
+        seen.append(fake.zeros(3, np.float32).device.id)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [0, 0] and fake.cuda.runtime.getDevice() == 1 and fake.zeros(3, np.float32).device.id == 1
 
 
 # ------------------------------------------------------------------ the fused launchers on their own

@@ -5,6 +5,7 @@ this environment with a timeout; they skip only where mpi4py or mpiexec is
 absent (CI installs both through the `distributed` extra).
 """
 
+import importlib.machinery
 import importlib.util
 import os
 import subprocess
@@ -263,7 +264,11 @@ def test_cli_train_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     assert figures(r.stdout) == figures(one.stdout) and len(figures(one.stdout)) == 4, (r.stdout, one.stdout)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed: the run would train")
+# PathFinder, not importlib.util.find_spec: the question is what the ranks' processes import, and under
+# GPUBP_EMULATE_GPU=1 this one holds the emulator's cupy, whose missing __spec__ made find_spec raise
+# ValueError while tests/gpu/test_distributed_gpu.py (which imports this file) was being collected
+@pytest.mark.skipif(importlib.machinery.PathFinder.find_spec("cupy") is not None,
+                    reason="CuPy is installed: the run would train")
 def test_cli_train_distributed_on_a_cuda_backend_without_cupy_is_a_usage_error():
     # each rank ended with a traceback "ModuleNotFoundError: No module named 'cupy'" (status 1), where the
     # same command without --distributed says which extra to install (status 2)

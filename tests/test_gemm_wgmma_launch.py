@@ -9,6 +9,7 @@ large enough for it.  What the kernels compute is checked by tests/gpu/test_gemm
 """
 
 import json
+import os
 import sys
 import types
 
@@ -451,6 +452,77 @@ def test_cubin_path_builds_once_then_reads_the_cache(monkeypatch, tmp_path):
     assert open(p1[:-len(".cubin")] + ".cu").read() == spec.source()
     meta = json.load(open(p1[:-len(".cubin")] + ".json"))
     assert meta["arch"] == "sm_90a" and set(meta["lowered"]) == set(spec.name_expressions)
+
+
+def _counting_build(monkeypatch):
+    """`compile_cubin` replaced by a stand-in that counts its builds (NVRTC's version is still read)."""
+    pytest.importorskip("cuda.bindings.nvrtc")
+    from gpubp.compile_check import NvrtcMissing, _nvrtc
+
+    try:
+        _nvrtc()
+    except NvrtcMissing:
+        pytest.skip("NVRTC is not installed")
+    built = []
+
+    def compile_cubin(spec, arch, nvrtc=None):
+        built.append(arch)
+        return b"CUBIN" * 100, {ne: f"low{i}" for i, ne in enumerate(spec.name_expressions)}, ""
+
+    monkeypatch.setattr(cubin_cache, "compile_cubin", compile_cubin)
+    return built
+
+
+@pytest.mark.parametrize("damage", [
+    ("cubin", b""), ("cubin", b"CUBIN" * 50), ("cubin", b"CUBIX" + b"CUBIN" * 99),
+    ("json", b"[]"), ("json", b"null"), ("json", b'{"lowered": [1, 2]}'), ("json", b'{"lowered": {'),
+    ("json", b'{"lowered": {"a": "b"}}'), ("json", None), ("cubin", None)])
+def test_a_damaged_cache_entry_is_built_again(monkeypatch, tmp_path, damage):
+    """A truncated or altered cubin (a copy cut short, a full disk, a crash before the data reached the
+    disk) was taken as it was whenever its record named the kernels: the driver then refuses the image,
+    in this process and every later one, until someone deletes the cache.  A record that is JSON but not
+    an object (`[]`, `null`) raised TypeError.  Each is now built again, and the files left are whole."""
+    built = _counting_build(monkeypatch)
+    spec = wg.SPECS[0]
+    path, _ = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    which, data = damage
+    target = path if which == "cubin" else path[:-len(".cubin")] + ".json"
+    if data is None:
+        os.unlink(target)
+    else:
+        with open(target, "wb") as f:
+            f.write(data)
+    again, lowered = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    assert built == ["sm_90a", "sm_90a"] and again == path
+    assert open(path, "rb").read() == b"CUBIN" * 100 and set(lowered) == set(spec.name_expressions)
+    cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    assert len(built) == 2                  # whole again: read, not built, from now on
+
+
+def test_a_cache_folder_that_cannot_be_written_keeps_the_build_for_the_process(monkeypatch, tmp_path, caplog):
+    """A read-only cache (or one that cannot be made) failed the first Hopper launch with the
+    PermissionError of a temporary file, after the build.  Now the build goes to a folder of the
+    process's own, with a warning naming CUPY_CACHE_DIR, and later calls find it there."""
+    import logging
+
+    built = _counting_build(monkeypatch)
+    spec = wg.SPECS[0]
+    ro = tmp_path / "ro"
+    write = cubin_cache._write_atomic
+
+    def refuse(path, data):
+        if os.path.dirname(path) == str(ro):
+            raise PermissionError(13, "Permission denied", path)
+        write(path, data)
+
+    monkeypatch.setattr(cubin_cache, "_write_atomic", refuse)
+    monkeypatch.setattr(cubin_cache, "_private", None)
+    with caplog.at_level(logging.WARNING, logger="gpubp"):
+        path, lowered = cubin_cache.cubin_path(spec, "sm_90a", folder=str(ro))
+    assert "CUPY_CACHE_DIR" in caplog.text and str(ro) in caplog.text
+    assert os.path.dirname(path) == cubin_cache._private and open(path, "rb").read() == b"CUBIN" * 100
+    assert cubin_cache.cubin_path(spec, "sm_90a", folder=str(ro)) == (path, lowered) and len(built) == 1
+    assert not any(ro.iterdir())
 
 
 def test_cuda_device_refuses_cubin_modules(fake):

@@ -47,3 +47,19 @@ def test_a_level_set_on_the_gpubp_logger_wins(setup):
 def test_a_level_set_on_the_gpubp_logger_wins_over_the_root_level():
     err = run("logging.basicConfig(level=logging.WARNING); logging.getLogger('gpubp').setLevel(logging.INFO)")
     assert f"INFO:gpubp:{LINE}" in err, err
+
+
+@pytest.mark.parametrize("reload", ["importlib.reload(gpubp.log)",
+                                    "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith('gpubp')]; "
+                                    "import gpubp"])
+def test_a_module_imported_again_keeps_one_line_per_message(reload):
+    """Importing gpubp.log again (importlib.reload, a notebook's autoreload, a test dropping gpubp from
+    sys.modules) added a second default handler, whose class the new module no longer recognised:
+    every line was written twice from then on."""
+    code = (f"import importlib, logging, sys\nimport gpubp\n{reload}\ngpubp.get_backend('auto')\n"
+            "print(len(logging.getLogger('gpubp').handlers))\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(LINE) == 1 and r.stdout.split() == ["1"], (r.stdout, r.stderr)

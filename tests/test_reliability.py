@@ -56,6 +56,65 @@ def test_two_threads_on_the_shared_backend_equal_sequential_training():
         assert np.array_equal(_flat(net), ref)
 
 
+def test_two_threads_in_lockstep_through_every_public_call_equal_sequential(tmp_path):
+    """Two networks of the same shapes, in two threads that meet at a barrier between calls, so that
+    each call of one runs beside the same call of the other: fit (standardising), train_step,
+    captured-step replays with predictions and evaluations between them (other plans made and
+    evicted), save to its own path and to one shared path, load.  Every result equals the one of
+    the same calls made one thread after the other, bitwise."""
+    def calls(k, meet):
+        X, y = _data(20 + k, n=200)
+        net = _net(k, activation=["gelu", "tanh"])
+        out = []
+        meet()
+        out.append(net.fit(X, y, epochs=2, batch_size=16, optimizer="adam", progress=False, standardize=True))
+        meet()
+        out += [net.train_step(X[i:i + 24], y[i:i + 24], "adam") for i in range(0, 96, 24)]
+        meet()
+        step = net.capture_train_step(X[:32], y[:32], gpubp.optim.SGD(0.05, momentum=0.9))
+        for i in range(1, 2 * MAX_PLANS):
+            meet()
+            out.append(float(step(X[32 * (i % 6):32 * (i % 6) + 32], y[32 * (i % 6):32 * (i % 6) + 32])[0]))
+            out.append(net.predict_proba(X[:10 + i]))          # a new batch size each time
+            out.append(net.evaluate(X[i:], y[i:]))
+        meet()
+        net.save(tmp_path / f"own{k}.npz")
+        net.save(tmp_path / "shared.npz")
+        meet()
+        back = gpubp.MLP.load(tmp_path / f"own{k}.npz", backend="numpy")
+        out.append(back.predict_proba(X))
+        out.append(_flat(net))
+        return out
+
+    seq = [calls(k, lambda: None) for k in (0, 1)]
+    barrier = threading.Barrier(2, timeout=60)
+    got = [None, None]
+
+    def run(k):
+        try:
+            got[k] = calls(k, barrier.wait)
+        except BaseException:
+            barrier.abort()          # the other thread stops at its next meeting instead of waiting
+            raise
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    def same(a, b):
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and not isinstance(a, np.ndarray):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return np.array_equal(a, b)
+
+    assert same(got[0], seq[0]) and same(got[1], seq[1])
+    shared = _flat(gpubp.MLP.load(tmp_path / "shared.npz", backend="numpy"))
+    assert any(np.array_equal(shared, s[-1]) for s in seq)      # one whole network, whichever saved last
+
+
 def test_numpy_backend_holds_no_buffers():
     be = get_backend("numpy")
     net = _net()
@@ -546,6 +605,54 @@ def test_an_optimizer_serves_one_network():
     before = _flat(b)
     with pytest.raises(ValueError, match="another network"):
         b.fit(X, y, epochs=1, optimizer=opt, progress=False)
+    assert b.optimizer is None and np.array_equal(_flat(b), before)
+
+
+def test_an_optimizer_bound_from_two_threads_serves_one_network():
+    """One optimizer given to two networks in two threads: both checks ran before either binding,
+    so both passed, and the second binding took the state over from the first network (which had
+    trained with it).  The check and the binding are one step now: the second network is refused,
+    as it is one thread after the other.  The interleaving is forced: thread A stops inside its
+    binding (allocating the state) until thread B's call has ended or a second has passed."""
+    from gpubp.backends.numpy_backend import NumpyBackend
+
+    in_bind, b_done = threading.Event(), threading.Event()
+
+    class Pausing(NumpyBackend):
+        armed = False
+
+        def zeros(self, shape, dtype):
+            if self.armed and tuple(shape) == (a.layout.total,):   # only the optimizer's state is that size
+                in_bind.set()
+                b_done.wait(1.0)
+            return super().zeros(shape, dtype)
+
+    be = Pausing()
+    a, b = gpubp.MLP([8, 32, 16, 4], loss="cross_entropy", backend=be, seed=0), _net(1)
+    opt = gpubp.optim.Adam(1e-3)
+    X, y = _data(11, n=16)
+    before = _flat(b)
+    errors = {}
+
+    def run(name, net):
+        try:
+            if name == "b":
+                assert in_bind.wait(5.0)
+            net.train_step(X, y, opt)
+        except ValueError as e:
+            errors[name] = e
+        finally:
+            if name == "b":
+                b_done.set()
+
+    be.armed = True
+    threads = [threading.Thread(target=run, args=(n, net)) for n, net in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list(errors) == ["b"] and "another network" in str(errors["b"])
+    assert opt._params is a._params and a.optimizer is opt and opt.t == 1
     assert b.optimizer is None and np.array_equal(_flat(b), before)
 
 

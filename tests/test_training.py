@@ -120,6 +120,7 @@ def test_a_copied_network_trains_as_the_original(rng, how):
     net.fit(X, y, epochs=1, batch_size=16, progress=False)
     twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
     assert twin.optimizer._params is twin._params
+    assert twin.backend is net.backend is twin.optimizer._backend    # the one shared instance, not a copy
     h_net = net.fit(X, y, epochs=3, batch_size=16, optimizer="adam", progress=False)
     h_twin = twin.fit(X, y, epochs=3, batch_size=16, optimizer="adam", progress=False)
     assert h_twin == h_net

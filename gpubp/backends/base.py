@@ -61,6 +61,29 @@ class Backend(ABC):
         """One line naming the backend and the device it runs on."""
         return self.name
 
+    # ----------------------------------------------------------- copies
+    def settings(self) -> dict:
+        """The constructor's arguments that made this instance (none for the host backend)."""
+        return {}
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        """A backend holds only read-only things and is shared by the networks using it, so a copied
+        network (`copy.deepcopy`), optimizer or module shares it too (the CUDA backend holds the
+        cupy module, which cannot be copied at all)."""
+        return self
+
+    def __reduce__(self):
+        """Pickled as how to get it again: the default instance of its name (`get_backend`) when it is
+        that instance, else a new one of its class and `settings()`."""
+        from . import _instances, get_backend
+
+        if _instances.get(self.name) is self:
+            return get_backend, (self.name,)
+        return _rebuild, (type(self), self.settings())
+
     def capture(self, fn):
         """A callable that repeats the work of `fn()` (which must allocate nothing).
 
@@ -294,3 +317,8 @@ class Backend(ABC):
         `m = b1 m + (1-b1) g`, `v = b2 v + ((1-b2) g) g` (PyTorch's order: `g g` first overflows sooner),
         `params -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
         """
+
+
+def _rebuild(cls, settings):
+    """A backend of class `cls` made with `settings` (unpickling `Backend.__reduce__`)."""
+    return cls(**settings)

@@ -16,11 +16,15 @@ expression, which is how a cubin's functions are found) and `<key>.cu` (the
 exact source built, for reading).  The key is the SHA-256 of the source, the
 NVRTC version, the architecture and the options, so an edited header or a new
 NVRTC builds anew.  Files are written to a temporary name and renamed, so
-processes sharing the folder never read half a file.
+processes sharing the folder never read half a file; the record (`.json`,
+written last) holds the cubin's SHA-256, and a build whose files do not match
+it (a damaged or truncated cubin, an unreadable record) is built again rather
+than handed to the driver.  Where the folder cannot be written, a process keeps
+its builds in a temporary folder of its own (with a warning).
 
 Loaded functions are kept per device and kernel (read-only once made, like
-`cuda_device`'s); nothing else is module state.  CuPy is imported inside
-functions only.
+`cuda_device`'s), and the temporary folder's name once made; nothing else is
+module state.  CuPy is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ EXTRA_OPTIONS = ("-ftz=true",)
 
 _functions: dict = {}   # (device, module, name expression) -> [function, dynamic smem opted in]
 _lock = threading.Lock()
+_private = None          # this process's own folder for builds the cache folder could not take
 
 
 def cache_dir() -> str:
@@ -92,30 +97,79 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def _cached(base: str, spec: ModuleSpec) -> dict[str, str] | None:
+    """The lowered names of the build at `base` when its files are whole and belong together, else
+    None (then it is built again): the record must be a JSON object whose `lowered` maps every name
+    expression of `spec` to a name, and the cubin's SHA-256 must be the one recorded with it (a
+    truncated or damaged cubin, or a record of another build, would otherwise reach the driver as
+    an invalid image, in this process and in every later one)."""
+    try:
+        with open(base + ".json") as f:
+            meta = json.load(f)
+        with open(base + ".cubin", "rb") as f:
+            cubin = f.read()
+    except (OSError, ValueError):
+        return None
+    lowered = meta.get("lowered") if isinstance(meta, dict) else None
+    if not isinstance(lowered, dict) or not all(isinstance(lowered.get(ne), str) for ne in spec.name_expressions):
+        return None
+    if not cubin or meta.get("sha256") != hashlib.sha256(cubin).hexdigest():
+        return None
+    return lowered
+
+
+def _private_folder() -> str:
+    """A folder of this process's own, removed when it exits (where a cache that cannot be written
+    leaves the cubins of this process)."""
+    global _private
+    if _private is None:
+        import atexit
+        import shutil
+
+        _private = tempfile.mkdtemp(prefix="gpubp-cubin-")
+        atexit.register(shutil.rmtree, _private, True)
+    return _private
+
+
 def cubin_path(spec: ModuleSpec, arch: str, folder: str | None = None) -> tuple[str, dict[str, str]]:
-    """Path of `spec`'s cubin for `arch` in the cache (built now if missing) and its lowered names."""
+    """Path of `spec`'s cubin for `arch` in the cache (built now if missing or damaged) and its
+    lowered names.  A cache folder that cannot be written (read-only, not creatable) gets a warning,
+    and this process keeps its build in a temporary folder of its own."""
     nvrtc = _nvrtc()
     _, major, minor = nvrtc.nvrtcVersion()
     src = spec.source()
     key = cache_key(src, arch, f"{major}.{minor}")
     folder = folder or cache_dir()
-    base = os.path.join(folder, f"{spec.name}-{arch}-{key}")
-    try:
-        with open(base + ".json") as f:
-            lowered = json.load(f)["lowered"]
-        if os.path.isfile(base + ".cubin") and set(lowered) >= set(spec.name_expressions):
-            return base + ".cubin", lowered
-    except (OSError, ValueError, KeyError):
-        pass
+    name = f"{spec.name}-{arch}-{key}"
+    for where in (folder, _private):
+        lowered = _cached(os.path.join(where, name), spec) if where else None
+        if lowered is not None:
+            return os.path.join(where, name) + ".cubin", lowered
     log.info("building %s for %s with NVRTC %d.%d (first use, then cached in %s)", spec.name, arch, major,
              minor, folder)
     cubin, lowered, _ = compile_cubin(spec, arch, nvrtc)
+    meta = json.dumps({"module": spec.name, "arch": arch, "nvrtc": f"{major}.{minor}",
+                       "options": list(options(arch)), "lowered": lowered,
+                       "sha256": hashlib.sha256(cubin).hexdigest()}).encode()
+    try:
+        base = _store(folder, name, src, cubin, meta)
+    except OSError as e:
+        log.warning("cannot write the kernel cache %s (%s): the %s kernels are kept for this process only "
+                    "and built again by the next; set CUPY_CACHE_DIR to a folder you can write", folder, e,
+                    spec.name)
+        base = _store(_private_folder(), name, src, cubin, meta)
+    return base + ".cubin", lowered
+
+
+def _store(folder: str, name: str, src: str, cubin: bytes, meta: bytes) -> str:
+    """Write a build's files into `folder` (the record last: readers take a build only once it is
+    there, and check the cubin against it); returns their path without extension."""
     os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, name)
     _write_atomic(base + ".cu", src.encode())
     _write_atomic(base + ".cubin", cubin)
-    _write_atomic(base + ".json", json.dumps({"module": spec.name, "arch": arch, "nvrtc": f"{major}.{minor}",
-                                              "options": list(options(arch)), "lowered": lowered}).encode())
-    return base + ".cubin", lowered
+    _write_atomic(base + ".json", meta)
+    return base
 
 
 def load(spec: ModuleSpec) -> int:

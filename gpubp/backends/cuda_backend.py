@@ -97,6 +97,10 @@ class CudaBackend(Backend):
         #: tf32 / bf16 forward and input-gradient GEMMs on kernels/gemm_wgmma.cu on sm_90 (unverified: opt-in)
         self.hopper = bool(hopper)
 
+    def settings(self) -> dict:
+        return {"fuse": self.fuse, "tile": self.tile, "tensor_core_gemms": self.tensor_core_gemms,
+                "hopper": self.hopper}
+
     # ----------------------------------------------------------- helpers
     def _oom(self, e, shape, dtype):
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -293,6 +293,70 @@ def test_two_threads_on_their_own_streams_equal_sequential():
             assert np.array_equal(W, rW) and np.array_equal(b, rb)
 
 
+
+@pytest.mark.parametrize("fused", [False, True], ids=["per-layer", "fused"])
+def test_two_threads_replaying_captured_steps_equal_sequential(fused):
+    """Two networks of the same shapes in two threads, each on its own stream, meeting at a barrier
+    between calls: train steps, then (one thread after the other: the emulator's capture, unlike
+    CuPy's relaxed mode, refuses another thread's allocations meanwhile) a captured step each, then
+    replays beside each other with predictions and train steps of other batch sizes between them.
+    Every result equals the one of the same calls made one thread after the other, bitwise."""
+    import threading
+
+    import cupy
+
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    be = CudaBackend()
+    if fused:
+        be.FUSE_MIN_BATCH = 64        # the fused run's pointer tables in each plan, at small batches
+    sizes = [8, 16, 16, 4]
+    assert any(f for _, _, f in be._segments(sizes, 64, np.float32)) == fused
+
+    def calls(k, meet):
+        rng = np.random.default_rng(30 + k)
+        X, y = rng.standard_normal((256, 8)).astype(np.float32), rng.integers(0, 4, 256)
+        out = []
+        with cupy.cuda.Stream(non_blocking=True) as s:
+            net = gpubp.MLP(sizes, loss="cross_entropy", backend=be, seed=k)
+            meet()
+            out += [net.train_step(X[i:i + 64], y[i:i + 64], "adam") for i in (0, 64)]
+            meet()
+            if k == 1:
+                meet()                # thread 1 captures once thread 0 has
+            step = net.capture_train_step(X[:64], y[:64], gpubp.optim.SGD(0.05, momentum=0.9))
+            if k == 0:
+                meet()
+            for i in range(3):
+                meet()
+                out.append(float(step(X[64 * i:64 * i + 64], y[64 * i:64 * i + 64])[0]))
+                out.append(net.predict_proba(X[:70 + i]))
+                out.append(net.train_step(X[:96], y[:96], "sgd"))
+            meet()
+            out += [a for W in net.get_params() for a in W]
+            s.synchronize()
+        return out
+
+    seq = [calls(k, lambda: None) for k in (0, 1)]
+    barrier = threading.Barrier(2, timeout=600)
+    got = [None, None]
+
+    def run(k):
+        try:
+            got[k] = calls(k, barrier.wait)
+        except BaseException:
+            barrier.abort()
+            raise
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out, ref in zip(got, seq):
+        assert out is not None and len(out) == len(ref)
+        assert all(np.array_equal(a, b) for a, b in zip(out, ref))
+
 class _DeviceOnly:
     """A device array as CuPy and CUDA tensors present it to numpy: `__cuda_array_interface__`
     only; `np.asarray` of it raises TypeError (CuPy: "Implicit conversion to a NumPy array is not

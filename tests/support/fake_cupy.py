@@ -242,12 +242,13 @@ class FakeCupy(types.ModuleType):
         self.__spec__ = importlib.machinery.ModuleSpec("cupy", None, is_package=True)
         #: how many devices `cupy.cuda.runtime.getDeviceCount()` reports (CUDA_VISIBLE_DEVICES, when
         #: set, can only lower it); every device shares this process's memory, and the current one
-        #: (`Device(i).use()`) is what device arrays report
+        #: (`Device(i).use()`) is what device arrays report; as in CUDA it is per host thread, and a
+        #: thread starts on device 0
         self.devices = int(devices)
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
             self.devices = min(self.devices, len([d for d in visible.split(",") if d.strip()]))
-        self.current_device = 0
+        self._device_of_thread = threading.local()
         #: run every launch on the CPU through tests/support/cuda_emu (kernels compute) instead of
         #: only checking it; captured launches run when their graph is launched
         self.execute = bool(execute)
@@ -281,6 +282,15 @@ class FakeCupy(types.ModuleType):
         for name in ("take", "take_along_axis", "concatenate", "stack", "where", "sum", "argmax",
                      "zeros_like", "copy"):
             setattr(self, name, self._device_function(getattr(np, name)))
+
+    @property
+    def current_device(self) -> int:
+        """This host thread's current device (cudaSetDevice is per thread; 0 until one is made current)."""
+        return getattr(self._device_of_thread, "id", 0)
+
+    @current_device.setter
+    def current_device(self, device):
+        self._device_of_thread.id = int(device)
 
     # ------------------------------------------------------------------ bookkeeping
     def reset(self):
