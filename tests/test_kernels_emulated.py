@@ -549,6 +549,50 @@ def test_wgmma_needs_the_whole_warpgroup_and_a_fence():
         m.launch("k", (1,), (64,), (out, np.int32(0)), shared_mem=256)
 
 
+# ---------------------------------------------------------------------------- conversions
+def _near_every_rounding_boundary(drop):
+    """float32 patterns: every kept high part (both signs, every exponent, subnormals, inf and NaN)
+    with the dropped low bits 0, half - 1, half (a tie), half + 1 and all ones."""
+    hi = np.arange(1 << (32 - drop), dtype=np.uint64) << np.uint64(drop)
+    half = 1 << (drop - 1)
+    low = np.array([0, half - 1, half, half + 1, (1 << drop) - 1], np.uint64)
+    return (hi[:, None] | low[None, :]).ravel().astype(np.uint32)
+
+
+def test_emulated_conversions_match_the_numpy_emulation_and_ptxas():
+    """ptx.h's cvt.rna.tf32.f32 and cvt.rn.bf16x2.f32 against gpubp.precision (itself checked
+    against arithmetic rounding in test_precision.py) near every rounding boundary: ties, carries,
+    overflow to inf, subnormals, signs.  bf16x2(lo, hi) puts lo in the low half.  NaN: what ptxas
+    (CUDA 13.0, sm_80 and sm_90a) emits for cvt.rna.tf32.f32 is
+        FSETP.GEU.AND P0, PT, |x|, +INF;  @!P0 IADD x, x, 0x1000;  LOP3 d = x & 0xffffe000
+    i.e. finite x: (x + 0x1000) & ~0x1fff, inf and NaN: x & ~0x1fff (a NaN whose payload lies only in
+    the low 13 bits becomes inf)."""
+    from gpubp.backends.cuda_source import kernels_dir
+    from gpubp.precision import bf16_bits, to_tf32
+
+    m = _module((kernels_dir() / "mma.cuh").read_text() + """
+    __global__ void cvt(const float* x, const float* y, unsigned* t, unsigned* b, int n) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) { t[i] = to_tf32(x[i]); b[i] = bf16x2(x[i], y[i]); }
+    }""", "cvt")
+    for drop in (13, 16):
+        xb = _near_every_rounding_boundary(drop)
+        x = xb.view(np.float32)
+        y = np.ascontiguousarray(np.roll(x, 1))
+        t = np.zeros(x.size, np.uint32)
+        b = np.zeros(x.size, np.uint32)
+        m.launch("cvt", (1,), (64,), (x, y, t, b, np.int32(x.size)))
+        nan = np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            want_t = to_tf32(x).view(np.uint32)
+        assert np.array_equal(t[~nan], want_t[~nan])
+        assert np.array_equal(t[nan], xb[nan] & np.uint32(0xFFFFE000))    # ptxas's sequence
+        lo, hi = b & np.uint32(0xFFFF), b >> np.uint32(16)
+        for half, src in ((lo, x), (hi, y)):
+            n = np.isnan(src)
+            assert np.array_equal(half[~n], bf16_bits(src)[~n])
+            assert np.all((half[n] & 0x7F80) == 0x7F80) and np.all(half[n] & 0x7F)   # a bf16 NaN
+
+
 # ---------------------------------------------------------------------------- the backend, end to end
 @pytest.fixture
 def emulated(monkeypatch):
