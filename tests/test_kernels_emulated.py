@@ -678,6 +678,309 @@ def test_setmaxnreg_is_executed_by_the_whole_warpgroup():
         m.launch("k", (1,), (128,), (np.zeros(128, np.float32),))
 
 
+# ---------------------------------------------------------------------------- independently derived
+# The layout tables above were written out by the team that wrote the kernels and ptx.h, from one
+# reading of the PTX ISA.  These tests take the same facts from another source, NVIDIA's CUTLASS:
+# its CuTe (thread, value) -> (row, column) layouts of the instructions, transcribed below as
+# (shape, stride) and evaluated here, its canonical GMMA shared-memory layouts and its
+# GmmaDescriptor bit fields; and from what ptxas itself emits for the conversions.
+#   mma.sync:  include/cute/atom/mma_traits_sm80.hpp (SM80_16x8x8_F32TF32TF32F32_TN;
+#              SM80_16x8x16_F32BF16BF16F32_TN, whose layouts are SM80_16x8x16_F16F16F16F16_TN's)
+#   wgmma:     include/cute/atom/mma_traits_sm90_gmma.hpp (CLayout_64xN; make_gmma_desc's canonical
+#              layouts), include/cute/arch/mma_sm90_desc.hpp (GmmaDescriptor)
+def _cute(shape, stride, i):
+    """CuTe: the offset of flat index `i` in the layout shape:stride (nested tuples), its modes
+    taken colexicographically (the leftmost fastest)."""
+    if not isinstance(shape, tuple):
+        return (i % shape) * stride
+    off = 0
+    for s, d in zip(shape, stride):
+        n = int(np.prod(s)) if isinstance(s, tuple) else s
+        off += _cute(s, d, i % n)
+        i //= n
+    return off
+
+
+def _cute_tv(layout, rows):
+    """{(thread, value): (row, col)} of a CuTe (thread, value) -> (rows x cols, column-major) layout."""
+    (tshape, vshape), (tstride, vstride) = layout
+    nt = int(np.prod(tshape)) if isinstance(tshape, tuple) else tshape
+    nv = int(np.prod(vshape)) if isinstance(vshape, tuple) else vshape
+    out = {}
+    for t in range(nt):
+        for v in range(nv):
+            i = _cute(tshape, tstride, t) + _cute(vshape, vstride, v)
+            out[t, v] = (i % rows, i // rows)
+    return out
+
+
+# (thread, value) layouts; A is (M x K), B is (N x K), C/D is (M x N), each column-major
+_CUTE_MMA = {
+    "tf32": dict(K=8, A=(((4, 8), (2, 2)), ((16, 1), (8, 64))), B=(((4, 8), 2), ((8, 1), 32))),
+    "bf16": dict(K=16, A=(((4, 8), (2, 2, 2)), ((32, 1), (16, 8, 128))), B=(((4, 8), (2, 2)), ((16, 1), (8, 64)))),
+}
+_CUTE_SM80_16x8_ROW = (((4, 8), (2, 2)), ((32, 1), (16, 8)))   # C and D of both
+
+
+@pytest.mark.parametrize("kind", ["tf32", "bf16"])
+def test_mma_fragments_follow_cutlass_cute_layouts(kind):
+    """mma.sync m16n8k8 .tf32 / m16n8k16 .bf16 with every lane's registers filled by CuTe's
+    layouts (a bf16 register holds values 2r (low 16 bits) and 2r + 1): D = A B + C."""
+    from gpubp.backends.cuda_source import kernels_dir
+    from gpubp.precision import to_bf16, to_tf32
+
+    L = _CUTE_MMA[kind]
+    K, bf16 = L["K"], kind == "bf16"
+    ta, tb, tc = _cute_tv(L["A"], 16), _cute_tv(L["B"], 8), _cute_tv(_CUTE_SM80_16x8_ROW, 16)
+    na, nb = (8, 4) if bf16 else (4, 2)
+    # flat indices into the row-major A (16 x K), B^T (8 x K) and C (16 x 8) per lane and value
+    ai = np.array([[ta[t, v][0] * K + ta[t, v][1] for v in range(na)] for t in range(32)], np.int32)
+    bi = np.array([[tb[t, v][0] * K + tb[t, v][1] for v in range(nb)] for t in range(32)], np.int32)
+    ci = np.array([[tc[t, v][0] * 8 + tc[t, v][1] for v in range(4)] for t in range(32)], np.int32)
+    # every element of each matrix is one (lane, value)
+    for idx, n in ((ai, 16 * K), (bi, 8 * K), (ci, 128)):
+        assert sorted(idx.ravel()) == list(range(n))
+    src = """
+    template <bool BF16>
+    __global__ void k(const int* ai, const int* bi, const int* ci, const float* A, const float* Bt, const float* C,
+                      float* D) {
+        const int l = threadIdx.x, NA = BF16 ? 8 : 4, NB = BF16 ? 4 : 2;
+        auto u = [](float x) { return __float_as_uint(x); };   // operands are tf32 / bf16 values already
+        unsigned a[4], b[2];
+        for (int r = 0; r < 4; ++r)
+            a[r] = BF16 ? (u(A[ai[l * NA + 2 * r]]) >> 16) | (u(A[ai[l * NA + 2 * r + 1]]) & 0xFFFF0000u)
+                        : u(A[ai[l * NA + r]]);
+        for (int r = 0; r < 2; ++r)
+            b[r] = BF16 ? (u(Bt[bi[l * NB + 2 * r]]) >> 16) | (u(Bt[bi[l * NB + 2 * r + 1]]) & 0xFFFF0000u)
+                        : u(Bt[bi[l * NB + r]]);
+        float d[4];
+        for (int i = 0; i < 4; ++i) d[i] = C[ci[l * 4 + i]];
+        if (BF16) mma_bf16(d, a, b); else mma_tf32(d, a, b);
+        for (int i = 0; i < 4; ++i) D[ci[l * 4 + i]] = d[i];
+    }"""
+    name = f"k<{'true' if bf16 else 'false'}>"
+    m = _module((kernels_dir() / "mma.cuh").read_text() + src, name)
+    rng = np.random.default_rng(5)
+    r = to_bf16 if bf16 else to_tf32
+    A = r(rng.standard_normal((16, K)).astype(np.float32))
+    Bt = r(rng.standard_normal((8, K)).astype(np.float32))
+    C = rng.standard_normal((16, 8)).astype(np.float32)
+    D = np.full((16, 8), np.nan, np.float32)
+    m.launch(name, (1,), (32,), (ai, bi, ci, A, Bt, C, D))
+    np.testing.assert_allclose(D, A.astype(np.float64) @ Bt.astype(np.float64).T + C, rtol=1e-6, atol=1e-6)
+
+
+def _cute_wgmma_d(n):
+    """{(thread, register): (row, col)} of wgmma's f32 accumulator, CuTe's CLayout_64xN."""
+    return _cute_tv((((4, 8, 4), (2, 2, n // 8)), ((128, 1, 16), (64, 8, 512))), 64)
+
+
+def test_wgmma_accumulator_layout_is_cutlass_clayout_64xN():
+    got = _d_of_fragments(np.arange(128 * 64).reshape(128, 64))
+    for (t, i), (row, col) in _cute_wgmma_d(128).items():
+        assert got[row, col] == t * 64 + i, (t, i)
+
+
+def _gmma_desc_cutlass(start, lbo, sbo, layout_type=1, base_offset=0):
+    """cute::GmmaDescriptor's bit fields: start_address_ (14 bits from bit 0), leading_byte_offset_
+    (14 from 16), stride_byte_offset_ (14 from 32), each a byte value >> 4; base_offset_ (3 from
+    49); layout_type_ (2 from 62; B128 = 1, B64 = 2, B32 = 3)."""
+    f = lambda x: (x >> 4) & 0x3FFF  # noqa: E731
+    return f(start) | f(lbo) << 16 | f(sbo) << 32 | (base_offset & 7) << 49 | (layout_type & 3) << 62
+
+
+def _sw128(byte_address):
+    """CuTe's Swizzle<3,4,3> on a shared-memory byte address: bits [4, 7) ^= bits [7, 10)."""
+    return byte_address ^ ((byte_address & 0x380) >> 3)
+
+
+def _gmma_operand_bytes(major, esize, start, mn_count, lbo, sbo):
+    """{(mn, k): byte address} of one wgmma operand (mn_count rows of A or columns of B, the
+    instruction's K = 32 / esize) at descriptor start `start`, by make_gmma_desc's canonical
+    128-byte-swizzle layouts, in elements (T = 16 / esize):
+      K-major:  Swizzle<3,4,3> o ((8,m),(T,2)) : ((8T,SBO),(1,T))
+      MN-major: Swizzle<3,4,3> o ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))"""
+    T = 16 // esize
+    K = 2 * T
+    out = {}
+    for mn in range(mn_count):
+        for k in range(K):
+            if major == "K":
+                e = _cute((8, mn_count // 8), (8 * T, sbo // esize), mn) + _cute((T, 2), (1, T), k)
+            else:
+                e = (_cute((T, 8, mn_count // (8 * T)), (1, T, lbo // esize), mn)
+                     + _cute((8, 2), (8 * T, sbo // esize), k))
+            out[mn, k] = _sw128(start + e * esize)
+    return out
+
+
+def _tma_sw128_tile(rows, row_bytes=128):
+    """{(row, byte): byte offset} of a box written by TMA with CU_TENSOR_MAP_SWIZZLE_128B at a
+    1024-aligned address (CUDA programming guide: the 16-byte chunk index XOR the row % 8)."""
+    return {(r, b): r * row_bytes + ((b // 16) ^ (r % 8)) * 16 + b % 16
+            for r in range(rows) for b in range(row_bytes)}
+
+
+_WG_DESC_RUN = """
+// one k-step of gemm_wgmma.cu's consumer loop on one stage: the descriptors made by hopper.cuh's
+// helpers exactly as wg_pipeline makes them, written out, and the wgmma run on them
+template <int PREC, bool MN>
+__global__ void __launch_bounds__(128) kstep(const unsigned char* img, int nbytes, int ks, float* out,
+                                            unsigned long long* desc) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const unsigned s0 = smem_addr(smem), base = (s0 + 1023u) & ~1023u, off = base - s0;
+    for (int i = threadIdx.x; i < nbytes; i += 128) smem[off + i] = img[i];
+    __syncthreads();
+    const unsigned tileX = base, tileY = base + 128 * 128;   // WG_BM rows of 128 bytes, then Y
+    unsigned long long da, db;
+    if (MN) {
+        da = wg_desc_mn_sw128(tileX + ks * 2048, 64 * 128);
+        db = wg_desc_mn_sw128(tileY + ks * 2048, 64 * 128);
+    } else {
+        da = wg_desc_sw128(tileX + ks * 32);
+        db = wg_desc_sw128(tileY + ks * 32);
+    }
+    if (threadIdx.x == 0) { desc[0] = da; desc[1] = db; desc[2] = base; }
+    float d[64];
+    for (int i = 0; i < 64; ++i) d[i] = 0.f;
+    wg_fence();
+    wg_mma_64x128<PREC, MN>(d, da, db);
+    wg_commit();
+    wg_wait<0>();
+    for (int i = 0; i < 64; ++i) out[threadIdx.x * 64 + i] = d[i];
+}"""
+
+
+@pytest.mark.parametrize("kind", ["bf16", "tf32", "bf16 MN-major"])
+def test_kernel_descriptors_read_the_tma_tile_by_cutlass_canonical_layouts(kind):
+    """gemm_wgmma.cu's operands, end to end against CUTLASS: a stage laid out as TMA writes it
+    (128-byte swizzle) must be, at each of the 4 k-steps, the canonical GMMA layout at the
+    descriptor the kernel's helpers make (checked here in Python, chunk by chunk); those
+    descriptors must be CUTLASS's GmmaDescriptor of that layout (K-major: LBO 1 (unused), SBO
+    1024; MN-major: LBO the 8 KB step between 64-element chunks, SBO 1024); and the wgmma run on
+    them must give D = A B^T in CuTe's accumulator layout."""
+    from gpubp.precision import bf16_bits, to_bf16, to_tf32
+
+    bf16, mn_major = kind != "tf32", kind == "bf16 MN-major"
+    esize = 2 if bf16 else 4
+    K = 32 // esize                      # one wgmma's k
+    KT = 128 // esize if not mn_major else 64   # the stage's k: a 128-byte row, or 64 k-rows
+    rng = np.random.default_rng(13)
+    r = to_bf16 if bf16 else to_tf32
+    X = r(rng.standard_normal((128, KT)).astype(np.float32))    # X(p, k): rows of the block tile
+    Y = r(rng.standard_normal((128, KT)).astype(np.float32))    # Y(q, k)
+
+    def bits(a):
+        return bf16_bits(a) if bf16 else a.view(np.uint32)
+
+    img = np.zeros(128 * 128 * 2, np.uint8)
+    tile = _tma_sw128_tile(64 if mn_major else 128)
+    # where TMA puts element (mn, k) of X / Y (relative to the stage)
+    if mn_major:   # boxes {64, 64} of the (k x mn) matrices: chunk c = mn // 64, row k, byte 2 (mn % 64)
+        where = lambda t0, mn, k: t0 + (mn // 64) * 8192 + tile[k, 2 * (mn % 64)]  # noqa: E731
+    else:          # boxes {KT, 128}: row mn, byte k esize
+        where = lambda t0, mn, k: t0 + tile[mn, k * esize]  # noqa: E731
+    for t0, M in ((0, X), (16384, Y)):
+        b = bits(M)
+        for mn in range(128):
+            for k in range(KT):
+                p = where(t0, mn, k)
+                img[p:p + esize] = np.frombuffer(b[mn, k].tobytes(), np.uint8)
+
+    name = f"kstep<{2 if bf16 else 0}, {'true' if mn_major else 'false'}>"
+    m = _hopper_module(_WG_DESC_RUN, name)
+    for ks in range(4):
+        out = np.zeros((128, 64), np.float32)
+        desc = np.zeros(3, np.uint64)
+        m.launch(name, (1,), (128,), (img, np.int32(img.size), np.int32(ks), out, desc), shared_mem=img.size + 1024)
+        base = int(desc[2])
+        lbo, sbo, step = (8192, 1024, 2048) if mn_major else (16, 1024, 32)
+        for which, t0, rows in (("A", 0, 64), ("B", 16384, 128)):
+            start = base + t0 + ks * step
+            assert int(desc[0 if which == "A" else 1]) == _gmma_desc_cutlass(start, lbo, sbo), (which, ks)
+            canon = _gmma_operand_bytes("MN" if mn_major else "K", esize, start, rows, lbo, sbo)
+            for (mn, k), a in canon.items():   # the canonical layout reads what TMA wrote
+                assert a - base == where(t0, mn, ks * K + k), (which, ks, mn, k)
+        D = np.full((64, 128), np.nan)
+        for (t, i), (row, col) in _cute_wgmma_d(128).items():
+            D[row, col] = out[t, i]
+        ref = X[:64, ks * K:(ks + 1) * K].astype(np.float64) @ Y[:, ks * K:(ks + 1) * K].astype(np.float64).T
+        np.testing.assert_allclose(D, ref, rtol=1e-6, atol=1e-6, err_msg=f"k-step {ks}")
+
+
+def _near_every_rounding_boundary(drop):
+    """float32 patterns: every kept high part (both signs, every exponent, subnormals, inf and NaN)
+    with the dropped low bits 0, half - 1, half (a tie), half + 1 and all ones."""
+    hi = np.arange(1 << (32 - drop), dtype=np.uint64) << np.uint64(drop)
+    half = 1 << (drop - 1)
+    low = np.array([0, half - 1, half, half + 1, (1 << drop) - 1], np.uint64)
+    return (hi[:, None] | low[None, :]).ravel().astype(np.uint32)
+
+
+def test_emulated_conversions_match_the_numpy_emulation_and_ptxas():
+    """ptx.h's cvt.rna.tf32.f32 and cvt.rn.bf16x2.f32 against gpubp.precision (itself checked
+    against arithmetic rounding in test_precision.py) near every rounding boundary: ties, carries,
+    overflow to inf, subnormals, signs.  bf16x2(lo, hi) puts lo in the low half.  NaN: what ptxas
+    (CUDA 13.0, sm_80 and sm_90a) emits for cvt.rna.tf32.f32 is
+        FSETP.GEU.AND P0, PT, |x|, +INF;  @!P0 IADD x, x, 0x1000;  LOP3 d = x & 0xffffe000
+    i.e. finite x: (x + 0x1000) & ~0x1fff, inf and NaN: x & ~0x1fff (a NaN whose payload lies only in
+    the low 13 bits becomes inf)."""
+    from gpubp.backends.cuda_source import kernels_dir
+    from gpubp.precision import bf16_bits, to_tf32
+
+    m = _module((kernels_dir() / "mma.cuh").read_text() + """
+    __global__ void cvt(const float* x, const float* y, unsigned* t, unsigned* b, int n) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) { t[i] = to_tf32(x[i]); b[i] = bf16x2(x[i], y[i]); }
+    }""", "cvt")
+    for drop in (13, 16):
+        xb = _near_every_rounding_boundary(drop)
+        x = xb.view(np.float32)
+        y = np.ascontiguousarray(np.roll(x, 1))
+        t = np.zeros(x.size, np.uint32)
+        b = np.zeros(x.size, np.uint32)
+        m.launch("cvt", (1,), (64,), (x, y, t, b, np.int32(x.size)))
+        nan = np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            want_t = to_tf32(x).view(np.uint32)
+        assert np.array_equal(t[~nan], want_t[~nan])
+        assert np.array_equal(t[nan], xb[nan] & np.uint32(0xFFFFE000))    # ptxas's sequence
+        lo, hi = b & np.uint32(0xFFFF), b >> np.uint32(16)
+        for half, src in ((lo, x), (hi, y)):
+            n = np.isnan(src)
+            assert np.array_equal(half[~n], bf16_bits(src)[~n])
+            assert np.all((half[n] & 0x7F80) == 0x7F80) and np.all(half[n] & 0x7F)   # a bf16 NaN
+
+
+def test_mma_cuh_conversions_compile_to_the_ptx_the_isa_specifies():
+    """The kernels' own inline PTX (kernels/mma.cuh, which the emulator replaces), through NVRTC:
+    to_tf32 is cvt.rna.tf32.f32 (ties away), and bf16x2(lo, hi) passes hi as the FIRST source of
+    cvt.rn.bf16x2.f32 (PTX ISA: d[31:16] = convert(a), d[15:0] = convert(b)), so lo lands in the low
+    half, the first element of a bf16x2 mma fragment register."""
+    import re
+
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
+    from gpubp.backends import nvrtc_program
+    from gpubp.backends.cuda_source import kernels_dir
+
+    src = (kernels_dir() / "mma.cuh").read_text() + """
+    extern "C" __global__ void k(float lo, float hi, unsigned* o) { o[0] = bf16x2(lo, hi); o[1] = to_tf32(lo); }"""
+    prog = nvrtc_program.check(nvrtc, nvrtc.nvrtcCreateProgram(src.encode(), b"mma_probe.cu", 0, [], []), "create")
+    try:
+        res = nvrtc.nvrtcCompileProgram(prog, 1, [b"--gpu-architecture=compute_80"])
+        assert res[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS, res
+        size = nvrtc_program.check(nvrtc, nvrtc.nvrtcGetPTXSize(prog), "ptx size")
+        buf = b" " * size
+        nvrtc_program.check(nvrtc, nvrtc.nvrtcGetPTX(prog, buf), "ptx")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    ptx = buf.decode(errors="replace")
+    param = {m.group(2): m.group(1) for m in re.finditer(r"ld\.param\.f32\s+(%f\d+),\s*\[k_param_(\d)\]", ptx)}
+    cvt = re.search(r"cvt\.rn\.bf16x2\.f32\s+%r\d+,\s*(%f\d+),\s*(%f\d+);", ptx)
+    assert cvt and param, ptx
+    assert (cvt.group(1), cvt.group(2)) == (param["1"], param["0"]), ptx    # (a, b) = (hi, lo)
+    assert re.search(r"cvt\.rna\.tf32\.f32\s+%r\d+,\s*" + re.escape(param["0"]) + ";", ptx), ptx
+
+
 # ---------------------------------------------------------------------------- the backend, end to end
 @pytest.fixture
 def emulated(monkeypatch):

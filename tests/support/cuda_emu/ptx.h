@@ -4,12 +4,13 @@
 // is refused, so a new PTX helper needs its stand-in here first.
 
 // @override to_tf32 ft_tf32
-// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; low 13 bits zero.
-// NaN and infinity pass through; a carry out of the largest finite values gives infinity.
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; low 13 bits zero; a carry out
+// of the largest finite values gives infinity.  Bit for bit what ptxas (CUDA 13.0, sm_80 and
+// sm_90a) emits for it: FSETP.GEU |x|, +INF; @!P IADD x, 0x1000; LOP3 x & 0xffffe000, so infinity
+// and NaN only lose their low 13 bits (a NaN with its payload only there becomes infinity).
 inline unsigned emu_tf32_bits(float x) {
-    unsigned u = __float_as_uint(x);
-    if ((u & 0x7F800000u) == 0x7F800000u) return (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FFFFFFFu : u;
-    return (u + 0x1000u) & 0xFFFFE000u;
+    const unsigned u = __float_as_uint(x);
+    return ((u & 0x7FFFFFFFu) < 0x7F800000u ? u + 0x1000u : u) & 0xFFFFE000u;
 }
 inline unsigned to_tf32(float x) { return emu_tf32_bits(x); }
 inline unsigned ft_tf32(float x) { return emu_tf32_bits(x); }
