@@ -969,7 +969,7 @@ def test_mma_cuh_conversions_compile_to_the_ptx_the_isa_specifies():
         res = nvrtc.nvrtcCompileProgram(prog, 1, [b"--gpu-architecture=compute_80"])
         assert res[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS, res
         size = nvrtc_program.check(nvrtc, nvrtc.nvrtcGetPTXSize(prog), "ptx size")
-        buf = b" " * size
+        buf = nvrtc_program.out_buffer(size)     # writable: NVRTC writes into it
         nvrtc_program.check(nvrtc, nvrtc.nvrtcGetPTX(prog, buf), "ptx")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)

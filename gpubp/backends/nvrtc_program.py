@@ -34,6 +34,19 @@ def check(nvrtc, result, what):
     return result[1] if len(result) > 1 else None
 
 
+def out_buffer(size: int) -> bytearray:
+    """A buffer of `size` bytes for NVRTC to write into (`nvrtcGetProgramLog`, `nvrtcGetCUBIN`,
+    `nvrtcGetPTX`: the bindings pass its memory to C as `char *`).
+
+    It must be a fresh mutable object.  `b" " * size` handed NVRTC the memory of an immutable
+    `bytes`; for size 1 (an empty log is its NUL alone) that object is CPython's one cached `b" "`
+    itself, which NVRTC then overwrote with `b"\\x00"` for the whole process: every one-byte read
+    of a space (`f.read(1)` returns the cached object) read 0 from then on.  joblib's pure-Python
+    unpickler reads a BINGET's index so, and `joblib.load` of a scikit-learn estimator fetched memo
+    entry 0 instead of 32 (a dict key 'gpubp.sklearn')."""
+    return bytearray(size)
+
+
 def build(nvrtc, source: str, filename: str, name_expressions, options, cubin: bool = True) -> Build:
     """Compile `source` (named `filename` in messages) with `options` (strings), instantiating
     `name_expressions`.  A compile error is returned in `Build.error` with its log; a failing
@@ -46,7 +59,7 @@ def build(nvrtc, source: str, filename: str, name_expressions, options, cubin: b
         opts = [o.encode() for o in options]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        buf = b" " * size
+        buf = out_buffer(size)
         check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
         text = buf.rstrip(b"\x00 ").decode(errors="replace")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -56,8 +69,9 @@ def build(nvrtc, source: str, filename: str, name_expressions, options, cubin: b
         binary = None
         if cubin:
             n = check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-            binary = b" " * n
-            check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, binary), "nvrtcGetCUBIN")
+            out = out_buffer(n)
+            check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, out), "nvrtcGetCUBIN")
+            binary = bytes(out)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
     return Build(error=None, log=text, lowered=lowered, cubin=binary)
