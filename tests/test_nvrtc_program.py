@@ -2,9 +2,11 @@
 
 `build` passed `b" " * size`: NVRTC wrote into an immutable `bytes`, and for an empty log (size 1,
 its NUL alone) that was CPython's cached one-byte object `b" "` itself, so the whole process read
-every space byte as 0 from then on.  The first test run on a cold cubin cache (which builds
-cubins) then failed later in tests/test_sklearn.py: joblib's pure-Python unpickler read a BINGET
-index 32 (a space) as 0 and an MLPClassifier's pickled config came back with a key 'gpubp.sklearn'.
+every space byte as 0 from then on.  The sm_90a cubin (built without `-Xptxas -v`) has an empty
+log: on a cold cubin cache tests/test_kernels_emulated.py's Hopper test built it in the test
+process, and tests/test_sklearn.py's check_estimators_pickle(readonly_memmap=True) failed later
+(joblib's pure-Python unpickler read a BINGET index 32, a space, as 0, and the pickled config came
+back with a key 'gpubp.sklearn'); with a warm cache nothing was built and the suite passed.
 """
 
 import subprocess
