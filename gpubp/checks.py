@@ -40,7 +40,7 @@ def check_precision(precision, dtype):
     every mode but "float32" rounds float32 operands, so it needs dtype float32."""
     from .precision import check_precision as check_name
 
-    check_name(precision)
+    precision = check_name(precision)
     if precision != "float32" and np.dtype(dtype) != np.float32:
         raise ValueError(f"precision={precision!r} needs dtype float32, got {np.dtype(dtype).name}")
     return precision

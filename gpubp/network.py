@@ -122,7 +122,7 @@ class MLP:
             raise ValueError(f"loss {e}") from None
         self.activations = tuple(hidden + [out_act])   # activation of layers 1..L
         self.dtype = check_dtype(dtype)
-        self.precision = check_precision(precision, self.dtype)
+        self._precision = check_precision(precision, self.dtype)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.init = init
@@ -159,6 +159,21 @@ class MLP:
     def n_params(self) -> int:
         return self.layout.n_params
 
+    @property
+    def precision(self) -> str:
+        """How the matrix products are computed ("float32", "tf32", "bf16", "3xtf32"; docs/spec.md,
+        "Precision modes").  Assigning another mode checks it as the constructor does (a mode the
+        dtype or the backend cannot run is refused, nothing changed) and drops the kept step plans,
+        which were made for the old mode: every later pass, of any batch size, runs the new one."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value) -> None:
+        value = check_precision(value, self.dtype)
+        self.backend.check_precision(value)
+        self._precision = value
+        self._plans = OrderedDict()
+
     def __repr__(self):
         return (f"MLP({list(self.sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}, precision={self.precision!r})")
@@ -176,6 +191,9 @@ class MLP:
         return state
 
     def __setstate__(self, state):
+        if "precision" in state:   # pickled before `precision` became a checked property
+            state = dict(state)
+            state["_precision"] = state.pop("precision")
         self.__dict__.update(state)
         for a in self.standardization or ():   # copies come back writeable: read-only as set_standardization's
             a.flags.writeable = False
@@ -600,7 +618,8 @@ class MLP:
         network runs in between.  The optimizer's hyper-parameters (learning
         rate, momentum, betas, eps, weight decay) are recorded too: once one has
         changed the step refuses to run (ValueError), on every backend; capture
-        again to train with the new values.  The step trains with the optimizer
+        again to train with the new values.  So does it once `precision` has
+        been changed.  The step trains with the optimizer
         it was captured with, whatever optimizer later calls give the network.
         """
         check_inputs = check_flag("check_inputs", check_inputs)
@@ -620,8 +639,13 @@ class MLP:
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]
+        precision = self.precision   # the mode its plan (and a CUDA graph's kernels) computes in
 
         def step(X, Y):
+            if self.precision != precision:
+                raise ValueError(f"the network's precision changed since this step was captured ({precision!r} "
+                                 f"-> {self.precision!r}); a captured step replays the mode it recorded: capture "
+                                 "again (net.capture_train_step) to train in the new one")
             now = opt.hyper()
             if now != hyper:
                 changed = ", ".join(f"{k} {hyper[k]!r} -> {now[k]!r}" for k in hyper if now.get(k) != hyper[k])

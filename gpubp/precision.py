@@ -123,7 +123,7 @@ def check_precision(precision, what: str = "precision") -> str:
                         f"got {type(precision).__name__}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown {what} {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return precision
+    return str(precision)   # a str subclass (numpy's str_) as the plain name: reprs, JSON, comparisons
 
 
 def _as_f32(x, name: str) -> np.ndarray:

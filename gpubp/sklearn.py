@@ -43,7 +43,9 @@ How the hyper-parameters map onto gpubp:
   offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
-  state.  As in scikit-learn, `max_iter`, the `ConvergenceWarning` and
+  state.  Both train in the estimator's `precision` as it is at the call
+  (a mode changed by `set_params` applies to the fitted network from then
+  on; its dtype stays the one it was built with).  As in scikit-learn, `max_iter`, the `ConvergenceWarning` and
   `n_iter_` count the last call's epochs (so `n_iter_` is 1 after a
   `partial_fit`), while `t_` and `loss_curve_` count every epoch since the
   network was built.
@@ -93,7 +95,7 @@ except ImportError as e:   # exercised only without scikit-learn
     raise MissingExtraError(
         f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
-from .checks import DTYPES, finite_after_cast
+from .checks import DTYPES, check_precision, finite_after_cast
 from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
 
@@ -320,6 +322,12 @@ class _BaseMLP(BaseEstimator):
         n_total = X.shape[0]
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        if self.net_.precision != self.precision:
+            # a warm start or partial_fit after set_params(precision=...): the fitted network trains in
+            # the estimator's mode from now on (checked here as the constructor would, switched in
+            # _run_epochs, which alone changes the network)
+            check_precision(self.precision, self.net_.dtype)
+            self.net_.backend.check_precision(self.precision)
         # a warm start after a fit with the other early_stopping setting: the stopping rule's bookkeeping
         # starts here (that of the other rule is None, as _build leaves it)
         if self.early_stopping and self.validation_scores_ is None:
@@ -387,6 +395,8 @@ class _BaseMLP(BaseEstimator):
         self._optimizer.weight_decay = c * self.alpha / (batch_size * w_mean)
         fit_kw = {}
         net = self.net_
+        if net.precision != self.precision:
+            net.precision = self.precision      # checked by _prepare_epochs
         n = X.shape[0]
         Xd = net.backend.asarray(X, net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)

@@ -416,8 +416,9 @@ class FusedMLP(nn.Module):
         else:
             hidden = [check_activation(activation)] * n_hidden
         out_act = check_activation(output_activation, "output_activation")
-        if precision not in PRECISIONS:
+        if not isinstance(precision, str) or precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precision = str(precision)
         if not isinstance(backend, Backend) and backend not in ("auto", "numpy", "cuda"):
             raise ValueError(f"backend must be 'auto', 'numpy', 'cuda' or a gpubp Backend, got {backend!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -474,6 +475,10 @@ class FusedMLP(nn.Module):
         if x.device != p.device:
             raise ValueError(f"input x is on {x.device} but FusedMLP's parameters are on {p.device}; move "
                              f"one of them")
+        # checked here too: `precision` is a plain attribute, and the backends run modes (bf16, 3xtf32)
+        # whose stored-value rounding this module's autograd bridge does not follow
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise ValueError(f"FusedMLP's precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "tf32" and p.dtype != torch.float32:
             raise ValueError(f"precision='tf32' needs float32 parameters, got {p.dtype}")
         n0 = self.layer_sizes[0]

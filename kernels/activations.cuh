@@ -25,7 +25,9 @@ template <int ACT, typename T>
 __device__ __forceinline__ T act_forward(T z) {
     if (ACT == ACT_SIGMOID)    return sigmoid_stable(z);
     if (ACT == ACT_TANH)       return tanh(z);
-    if (ACT == ACT_RELU)       return z > T(0) ? z : T(0);
+    // !(z <= 0), not z > 0: a NaN z stays NaN (as np.maximum and torch.relu keep it), never 0;
+    // -0 still gives +0 as np.maximum(-0., 0) does
+    if (ACT == ACT_RELU)       return !(z <= T(0)) ? z : T(0);
     if (ACT == ACT_LEAKY_RELU) return z > T(0) ? z : T(LEAKY_SLOPE) * z;
     if (ACT == ACT_GELU)       return T(0.5) * z * (T(1) + gelu_inner(z));
     if (ACT == ACT_SILU)       return z * sigmoid_stable(z);

@@ -798,3 +798,26 @@ def test_data_parallel_ranks_on_the_emulator_train_like_one_process(emulated, tm
     refs = {name: single_process(c, "cuda") for name, c in dp_train.cases().items() if not c.get("sharded")}
     _, used = check_against_one_process(2, prefix, refs, "cuda")
     assert used == transport
+
+
+def test_relu_lets_a_nan_product_through_as_numpy_and_torch_do(emulated):
+    """A finite input that rounds past the largest TF32 value (here 3.402e38) makes a 3xtf32 product
+    NaN (hi = inf, lo = -inf: docs/spec.md, "Precision modes"), and that NaN reaches relu.  The
+    kernels' relu (z > 0 ? z : 0) made it 0, a finite output where the numpy backend (np.maximum)
+    and torch.relu give NaN: the same network predicted numbers on the GPU and NaN on the CPU, and a
+    NaN the training loop's checks exist to catch was hidden.  relu's g' (a > 0) is 0 for a NaN on
+    both backends."""
+    import gpubp
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    X = np.array([[3.402e38, 1.0], [1.0, -2.0]], np.float32)
+    params = [(np.array([[1.0, 0.5], [0.25, 1.0]], np.float32), np.zeros(2, np.float32)),
+              (np.array([[0.0, 1.0]], np.float32), np.zeros(1, np.float32))]
+    outs = {}
+    for name, be in (("numpy", "numpy"), ("cuda", CudaBackend(tensor_core_gemms=True))):
+        net = gpubp.MLP([2, 2, 1], activation="relu", backend=be, seed=0, precision="3xtf32")
+        net.set_params(params)
+        with np.errstate(over="ignore", invalid="ignore"):
+            outs[name] = np.asarray(net.predict(X), np.float64)
+    assert np.isnan(outs["numpy"][0]) and np.isfinite(outs["numpy"][1])
+    np.testing.assert_array_equal(outs["cuda"], outs["numpy"])

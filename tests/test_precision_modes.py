@@ -194,6 +194,21 @@ def test_training_on_digits_reaches_float32_accuracy_in_every_mode(digits):
         assert np.abs(p - q).max() < 0.1, prec
 
 
+def test_gpubp_train_on_digits_reaches_float32_test_accuracy_in_every_mode(capsys):
+    """The promise as users meet it: `gpubp train --dataset digits` with its defaults (30 epochs)
+    reaches the float32 test accuracy within half a point in every mode (numpy's emulation)."""
+    import re
+
+    acc = {}
+    for prec in ("float32",) + MODES:
+        rc, out, _ = run(capsys, "train", "--dataset", "digits", "--backend", "numpy", "--precision", prec,
+                         "--no-progress")
+        assert rc == 0
+        acc[prec] = float(re.search(r"^test accuracy ([0-9.]+) ", out, re.M).group(1))
+    assert acc["float32"] > 0.95
+    assert all(abs(a - acc["float32"]) <= 0.005 for a in acc.values()), acc
+
+
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("prec", ("float32",) + MODES)
 def test_checkpoint_round_trip_keeps_the_mode(tmp_path, prec):
@@ -227,6 +242,71 @@ def test_unknown_precision_is_refused(bad, err):
         NumpyBackend().make_plan((3, 2), ("identity",), 4, np.float32, precision=bad)
 
 
+def test_a_numpy_string_is_taken_as_the_plain_name():
+    """numpy's str_ (a str subclass, what indexing an array of names gives) names a mode; it was kept
+    as given, so the network's repr read precision=np.str_('tf32')."""
+    net = _net(np.array(["tf32"])[0])
+    assert type(net.precision) is str and "precision='tf32'" in repr(net)
+
+
+def test_assigning_a_precision_applies_to_every_later_pass():
+    """`net.precision` is the mode of every later pass.  It was a plain attribute: the step plans
+    kept for the batch sizes already seen stayed in the old mode while new batch sizes ran the new
+    one (the same network predicting in float32 on 16 rows and in bf16 on 15), and a bad name was
+    stored without a word."""
+    rng = np.random.default_rng(5)
+    X = rand(rng, 16, 20)
+    net, ref = _net("float32"), _net("bf16")
+    before = net.backend.to_numpy(net.forward(X)).copy()
+    net.precision = "bf16"
+    for rows in (16, 15):
+        got = net.backend.to_numpy(net.forward(X[:rows]))
+        assert np.array_equal(got, ref.backend.to_numpy(ref.forward(X[:rows]))), rows
+    assert not np.array_equal(net.backend.to_numpy(net.forward(X)), before)
+    assert net.config()["precision"] == "bf16"
+    for bad, err in (("TF32", ValueError), (None, TypeError), (3, TypeError), ("fp16", ValueError)):
+        with pytest.raises(err, match="precision"):
+            net.precision = bad
+        assert net.precision == "bf16"
+    n64 = _net("float32", dtype="float64")
+    with pytest.raises(ValueError, match="needs dtype float32"):
+        n64.precision = "tf32"
+    assert n64.precision == "float32"
+
+
+def test_a_captured_step_refuses_to_run_after_the_precision_changed():
+    """A captured step owns a plan made in the mode of its capture: after `net.precision = ...` it
+    would go on training in the old mode, so it refuses, as it does for changed hyper-parameters."""
+    rng = np.random.default_rng(7)
+    X, Y = rand(rng, 16, 20), rand(rng, 16, 5)
+    net = _net("float32")
+    step = net.capture_train_step(X, Y, "adam")
+    step(X, Y)
+    net.precision = "bf16"
+    before = net.backend.to_numpy(net._params).copy()
+    with pytest.raises(ValueError, match="precision changed since this step was captured .'float32' -> 'bf16'"):
+        step(X, Y)
+    assert np.array_equal(net.backend.to_numpy(net._params), before)
+    net.precision = "float32"
+    step(X, Y)                                  # the mode it recorded again: it runs
+    assert not np.array_equal(net.backend.to_numpy(net._params), before)
+
+
+def test_a_network_pickled_with_a_plain_precision_attribute_loads():
+    import pickle
+
+    rng = np.random.default_rng(6)
+    X = rand(rng, 8, 20)
+    net = _net("tf32")
+    state = net.__getstate__()
+    state["precision"] = state.pop("_precision")          # as pickles made before the property
+    back = gpubp.MLP.__new__(gpubp.MLP)
+    back.__setstate__(state)
+    assert back.precision == "tf32"
+    assert np.array_equal(back.backend.to_numpy(back.forward(X)), net.backend.to_numpy(net.forward(X)))
+    assert pickle.loads(pickle.dumps(net)).precision == "tf32"
+
+
 # ---------------------------------------------------------------- the command line
 def test_cli_precision_flag_trains_and_saves_the_mode(capsys, tmp_path):
     ck = tmp_path / "net.npz"
@@ -234,6 +314,25 @@ def test_cli_precision_flag_trains_and_saves_the_mode(capsys, tmp_path):
                      "--backend", "numpy", "--no-progress", "--save", str(ck))
     assert rc == 0 and "precision bf16" in out
     assert gpubp.MLP.load(ck, backend="numpy").precision == "bf16"
+
+
+@pytest.mark.parametrize("prec", MODES)
+def test_cli_predict_runs_in_the_checkpoints_mode(capsys, tmp_path, prec):
+    """`gpubp predict` has no --precision: it predicts in the mode the checkpoint was trained in."""
+    ck, data, out = tmp_path / "net.npz", tmp_path / "x.npy", tmp_path / "p.npy"
+    rc, _, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "2", "--precision", prec,
+                   "--backend", "numpy", "--no-progress", "--save", str(ck))
+    assert rc == 0
+    X = load_dataset("iris", seed=0).X_test
+    np.save(data, X)
+    rc, _, _ = run(capsys, "predict", str(ck), str(data), "--proba", "--backend", "numpy", "--out", str(out))
+    assert rc == 0
+    net = gpubp.MLP.load(ck, backend="numpy")
+    assert net.precision == prec
+    got = np.load(out)
+    assert np.array_equal(got, net.predict_proba(X))
+    net.precision = "float32"                  # the same weights in float32 predict other numbers
+    assert not np.array_equal(got, net.predict_proba(X))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -41,7 +41,10 @@ EXPECTED_FAILED_CHECKS = {
 
 @parametrize_with_checks(
     [MLPClassifier(backend="numpy", max_iter=100, random_state=0),
-     MLPRegressor(backend="numpy", max_iter=100, random_state=0)],
+     MLPRegressor(backend="numpy", max_iter=100, random_state=0),
+     # the coarsest mode too (outputs rounded to bfloat16): the suite holds there as well
+     MLPClassifier(backend="numpy", max_iter=100, random_state=0, precision="bf16"),
+     MLPRegressor(backend="numpy", max_iter=100, random_state=0, precision="bf16")],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
@@ -632,3 +635,48 @@ def test_early_stopping_training_weights_all_zero_is_a_clear_error():
         messages.add(str(e.value))
         assert not hasattr(est, "net_")
     assert any("sample_weight" in m and "training" in m for m in messages), messages
+
+
+# ---------------------------------------------------------------- precision modes
+def test_precision_is_a_parameter_clone_and_set_params_keep():
+    est = MLPRegressor(precision="bf16", backend="numpy")
+    assert est.get_params()["precision"] == "bf16" and clone(est).precision == "bf16"
+    assert clone(est.set_params(precision="3xtf32")).get_params()["precision"] == "3xtf32"
+    X, y = _blobs(n=40)
+    reg = _fit_quietly(MLPRegressor(hidden_layer_sizes=(6,), max_iter=2, random_state=0, backend="numpy",
+                                    precision="tf32"), X, X[:, 0])
+    assert reg.net_.precision == "tf32"
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_a_precision_set_after_fitting_is_what_the_next_epochs_train_in(how):
+    """A warm-started fit or a partial_fit after set_params(precision=...) kept training the fitted
+    network in the mode it was built with, while get_params() reported the new one."""
+    from gpubp.precision import to_bf16
+
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=3, random_state=0, backend="numpy", warm_start=True)
+    a, b = (_fit_quietly(MLPRegressor(**kw), X, X[:, 0]) for _ in range(2))
+    b.set_params(precision="bf16")
+    for est in (a, b):
+        if how == "warm_start":
+            _fit_quietly(est, X, X[:, 0])
+        else:
+            est.partial_fit(X, X[:, 0])
+    assert a.net_.precision == "float32" and b.net_.precision == "bf16"
+    out = b.predict(X).astype(np.float32)
+    assert np.array_equal(to_bf16(out), out)            # bf16 outputs: the network runs in bf16
+    assert not np.array_equal(a.coefs_[0], b.coefs_[0])  # and trained in it
+
+
+def test_a_precision_the_fitted_network_cannot_run_is_refused_and_changes_nothing():
+    X, y = _blobs(n=60)
+    reg = _fit_quietly(MLPRegressor(hidden_layer_sizes=(6,), max_iter=2, random_state=0, backend="numpy",
+                                    dtype="float64", warm_start=True), X, X[:, 0])
+    before = _fitted_state(reg, X)
+    for call in (lambda: reg.fit(X, X[:, 0]), lambda: reg.partial_fit(X, X[:, 0])):
+        with pytest.raises(ValueError, match="precision='tf32' needs dtype float32, got float64"):
+            reg.set_params(precision="tf32")
+            call()
+        _assert_same_state(_fitted_state(reg, X), before)
+        assert reg.net_.precision == "float32"

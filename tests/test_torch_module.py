@@ -583,3 +583,50 @@ def test_distributed_data_parallel_gloo_two_processes(tmp_path):
         assert len(grads) == 4
         for name, (gd, p) in zip(("weight_1", "bias_1", "weight_2", "bias_2"), zip(grads, net.parameters())):
             assert_close(gd, p.grad, 1e-12, f"rank {rank} {name}")
+
+
+# ------------------------------------------------------------------ precision
+def test_tf32_on_numpy_is_gpubps_tf32_network_forward_and_backward():
+    """precision="tf32" makes the numpy backend emulate TF32 in every product (the docstring): the
+    forward is gpubp.MLP(precision="tf32")'s bit for bit, the gradients are its, and float32's differ."""
+    import gpubp
+
+    sizes = [20, 33, 17, 5]
+    x = torch.randn(13, 20, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    X = x.detach().numpy()
+    out = {}
+    for prec in ("float32", "tf32"):
+        x.grad = None
+        m = FusedMLP(sizes, activation="tanh", precision=prec, seed=1, backend="numpy", dtype=torch.float32)
+        y = m(x)
+        y.sum().backward()
+        net = gpubp.MLP(sizes, activation="tanh", backend="numpy", precision=prec, seed=0)
+        net.set_params([(W.detach().numpy(), b.detach().numpy()) for W, b in m.layers()])
+        assert np.array_equal(y.detach().numpy(), net.backend.to_numpy(net.forward(X))), prec
+        # the backend's backward in the same mode from dLoss/dZ_L = 1 (the sum's): the module's gradients
+        be, layers = net.backend, net.get_params()
+        plan = be.make_plan(sizes, net.activations, 13, np.float32, precision=prec, input_grad=True)
+        plan.bind_input(X)
+        be.network_forward(plan, layers)
+        plan.delta[-1][...] = 1.0
+        grads = [(np.empty_like(W), np.empty_like(b)) for W, b in layers]
+        be.network_backward(plan, layers, grads)
+        for (W, b), (dW, db) in zip(m.layers(), grads):
+            assert np.array_equal(W.grad.numpy(), dW) and np.array_equal(b.grad.numpy(), db), prec
+        assert np.array_equal(x.grad.numpy(), plan.delta[0]), prec
+        out[prec] = (y.detach().numpy(), [W.grad.numpy().copy() for W, _ in m.layers()])
+    assert not np.array_equal(out["float32"][0], out["tf32"][0])
+    for g32, g in zip(out["float32"][1], out["tf32"][1]):
+        assert not np.array_equal(g32, g)
+        assert np.abs(g32 - g).max() <= 1e-2 * np.abs(g32).max()
+
+
+@pytest.mark.parametrize("bad", ["bf16", "3xtf32", "TF32", None])
+def test_a_precision_assigned_after_construction_is_checked_by_forward(bad):
+    """`precision` is a plain attribute; a mode FusedMLP does not take, assigned later, was run: "bf16"
+    rounded the outputs to bfloat16 on the numpy backend (whose autograd bridge does not round the
+    deltas as that mode stores them), "TF32" failed deep in the backend."""
+    m = FusedMLP([4, 6, 2], seed=0, backend="numpy", dtype=torch.float32)
+    m.precision = bad
+    with pytest.raises(ValueError, match="FusedMLP's precision must be one of float32, tf32"):
+        m(torch.zeros(3, 4))
