@@ -125,3 +125,107 @@ def test_the_numpy_activations_agree_with_torch_but_relus_derivative_at_nan():
                 assert tg[np.isnan(z)] == 1 and d[np.isnan(z)] == 0
                 tg[np.isnan(z)] = 0
             agree(d, tg, f"{act} g' numpy vs torch", rtol=1e-4, atol=1e-37)
+
+
+# ---------------------------------------------------------------------------- the loss kernels
+@pytest.fixture
+def cuda(monkeypatch):
+    """The CUDA backend over a fake CuPy whose launches run on the emulator."""
+    from test_cuda_launch_contract import install_fake
+
+    install_fake(monkeypatch, execute=True)
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    return CudaBackend()
+
+
+def run_loss(be, A, Z, Y, loss, act, want_delta=True):
+    """(loss, delta) of `be.loss_and_delta` on host arrays; outputs start as NaN, so unwritten shows."""
+    xp = be.xp
+    dev = (lambda a: a) if be is NP else (lambda a: None if a is None else xp.asarray(a))
+    lo = xp.asarray(np.full(1, nan, A.dtype))
+    de = xp.asarray(np.full(A.shape, nan, A.dtype)) if want_delta else None
+    with np.errstate(all="ignore"):
+        be.loss_and_delta(dev(A), dev(Z), dev(Y), loss, act, lo, de)
+    return np.asarray(lo).copy(), (None if de is None else np.asarray(de).copy())
+
+
+def compare_loss(cuda, A, Z, Y, loss, act, what):
+    """The whole batch (value and delta), then every row alone (a NaN row would hide the others')."""
+    for rows in [slice(None)] + [slice(i, i + 1) for i in range(A.shape[0])]:
+        args = (A[rows], None if Z is None else Z[rows], Y[rows], loss, act)
+        (l_cu, d_cu), (l_np, d_np) = run_loss(cuda, *args), run_loss(NP, *args)
+        where = f"{what}, rows {rows.start}:{rows.stop} logits/outputs {A[rows].tolist()}"
+        agree(l_cu, l_np, f"loss of {where}")
+        agree(d_cu, d_np, f"delta of {where}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("loss", ["mse", "half_sse"])
+def test_squared_error_losses_agree_with_numpy(cuda, loss, act, dtype):
+    """Outputs A = g(Z) at every probe value (a row each), targets 0.5 and -3."""
+    z = extremes(dtype)
+    with np.errstate(all="ignore"):
+        A = activation_forward(act, z.copy(), np.empty_like(z))
+    A2, Z2 = np.stack([A, A], axis=1), np.stack([z, z], axis=1)
+    Y = np.tile(np.array([0.5, -3.0], dtype), (z.size, 1))
+    compare_loss(cuda, A2, Z2 if act in NEEDS_Z else None, Y, loss, act, f"{loss}/{act}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_binary_cross_entropy_agrees_with_numpy(cuda, dtype):
+    z = extremes(dtype)
+    A = np.stack([z, z, z], axis=1)
+    Y = np.tile(np.array([0.0, 0.5, 1.0], dtype), (z.size, 1))
+    compare_loss(cuda, A, None, Y, "binary_cross_entropy", "identity", "binary_cross_entropy")
+
+
+def ce_rows(dtype):
+    """Rows of logits: huge, infinite, NaN, all equal, past exp's range, subnormal."""
+    big = float(np.finfo(dtype).max)
+    rows = [[1e30, -1e30, 0, 1], [-1e30, 1e30, 0, 1], [inf, 0, 0, 1], [0, inf, 0, 1], [-inf, 0, 0, 1],
+            [0, -inf, 0, 1], [inf, inf, 0, 1], [-inf, -inf, -inf, -inf], [nan, 0, 0, 1], [0, nan, 0, 1],
+            [big, -big, 0, 1], [-big, big, 0, 1], [88.7, -103.0, 0, 1], [200.0, -200.0, 0, 1],
+            [1e-45, -1e-45, 0, 0], [0, 0, 0, 0], [-0.0, 0, 0, 0]]
+    with np.errstate(over="ignore"):
+        return np.array(rows, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("targets", ["labels", "one-hot", "soft"])
+def test_cross_entropy_agrees_with_numpy(cuda, targets, dtype):
+    """Label 0 (at the extreme logit of most rows), as labels or one-hot rows, or soft targets
+    (0.5, 0.25, 0.25, 0: a zero weight on the row's last logit)."""
+    A = ce_rows(dtype)
+    B = A.shape[0]
+    if targets == "labels":
+        Y = np.zeros(B, np.int32)
+    elif targets == "one-hot":
+        Y = np.tile(np.array([1, 0, 0, 0], dtype), (B, 1))
+    else:
+        Y = np.tile(np.array([0.5, 0.25, 0.25, 0], dtype), (B, 1))
+    compare_loss(cuda, A, None, Y, "cross_entropy", "identity", f"cross_entropy/{targets}")
+
+
+@pytest.mark.parametrize("loss, A, Y", [
+    ("mse", [[1.5e19, 1.5e19]], [[0.0, 0.0]]),                     # each square 2.25e38, the sum 4.5e38
+    ("half_sse", [[1.5e19], [1.5e19]], [[0.0], [0.0]]),
+    ("binary_cross_entropy", [[-3e38, -3e38]], [[1.0, 1.0]]),    # each term 3e38
+    ("cross_entropy", [[0.0, -3e38], [0.0, -3e38]], [1, 1]),     # each row's loss 3e38
+    ("cross_entropy", [[0.0, -3e38], [0.0, -3e38]], [[0.0, 1.0], [0.0, 1.0]]),
+])
+def test_a_loss_whose_float32_sum_overflows_but_whose_mean_does_not_is_finite_on_both(cuda, loss, A, Y):
+    """The CUDA kernels sum the loss in double, so their loss of two float32 terms of 3e38 was 3e38;
+    the numpy backend summed in float32, so its was inf: fit stopped with a FloatingPointError on
+    the CPU at a step the GPU took (its delta finite on both).  Both sum in double now.  (PyTorch's
+    float32 losses overflow here too; the mean it computes is the value named in docs/spec.md.)"""
+    A = np.array(A, np.float32)
+    Y = np.array(Y, np.int32 if loss == "cross_entropy" and np.ndim(Y) == 1 else np.float32)
+    l_np, d_np = run_loss(NP, A, None, Y, loss, "identity")
+    l_cu, d_cu = run_loss(cuda, A, None, Y, loss, "identity")
+    assert np.isfinite(l_np[0]) and np.isfinite(d_np).all()
+    expected = {"mse": 2.25e38, "half_sse": 1.125e38, "binary_cross_entropy": 3e38, "cross_entropy": 3e38}[loss]
+    assert l_np[0] == pytest.approx(expected, rel=1e-6)
+    agree(l_cu, l_np, loss)
+    agree(d_cu, d_np, loss)
