@@ -193,18 +193,22 @@ def ce_rows(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("width", [4, 1030])
 @pytest.mark.parametrize("targets", ["labels", "one-hot", "soft"])
-def test_cross_entropy_agrees_with_numpy(cuda, targets, dtype):
+def test_cross_entropy_agrees_with_numpy(cuda, targets, width, dtype):
     """Label 0 (at the extreme logit of most rows), as labels or one-hot rows, or soft targets
-    (0.5, 0.25, 0.25, 0: a zero weight on the row's last logit)."""
-    A = ce_rows(dtype)
-    B = A.shape[0]
+    (0.5, 0.25, 0.25, 0: a zero weight on the row's last logit).  Width 1030: the block-per-row
+    kernel, the four logits spread over its threads among logits of -1."""
+    rows = ce_rows(dtype)
+    B = rows.shape[0]
+    cols = [0, 1, 2, 3] if width == 4 else [0, 300, 701, 1029]
+    A = np.full((B, width), -1, dtype)
+    A[:, cols] = rows
     if targets == "labels":
         Y = np.zeros(B, np.int32)
-    elif targets == "one-hot":
-        Y = np.tile(np.array([1, 0, 0, 0], dtype), (B, 1))
     else:
-        Y = np.tile(np.array([0.5, 0.25, 0.25, 0], dtype), (B, 1))
+        Y = np.zeros((B, width), dtype)
+        Y[:, cols] = [1, 0, 0, 0] if targets == "one-hot" else [0.5, 0.25, 0.25, 0]
     compare_loss(cuda, A, None, Y, "cross_entropy", "identity", f"cross_entropy/{targets}")
 
 
@@ -229,3 +233,160 @@ def test_a_loss_whose_float32_sum_overflows_but_whose_mean_does_not_is_finite_on
     assert l_np[0] == pytest.approx(expected, rel=1e-6)
     agree(l_cu, l_np, loss)
     agree(d_cu, d_np, loss)
+
+
+# ---------------------------------------------------------------------------- the optimizer updates
+def run_update(be, kind, p, g, state, hp, steps):
+    """`steps` updates of `p` by `g`; the parameters and the state after them, on the host."""
+    xp = be.xp
+    dev = (lambda a: a.copy()) if be is NP else xp.asarray
+    p, g, state = dev(p), dev(g), [dev(s) for s in state]
+    with np.errstate(all="ignore"):
+        for t in range(1, steps + 1):
+            if kind == "sgd":
+                be.sgd_update(p, g, state[0] if hp["momentum"] else None, hp["lr"], hp["momentum"], hp["wd"])
+            else:
+                step = xp.asarray(np.array([t], np.int32))
+                be.adam_update(p, g, state[0], state[1], hp["lr"], 0.9, 0.999, hp["eps"], hp["wd"], step,
+                               kind == "adamw")
+    return [np.asarray(a).copy() for a in (p, *state)]
+
+
+UPDATES = [
+    ("sgd", {"lr": 0.1, "momentum": 0.0, "wd": 0.0}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "wd": 0.01}),
+    ("sgd", {"lr": 1e38, "momentum": 0.9, "wd": 0.0}),         # lr near float32's largest
+    ("sgd", {"lr": 1e300, "momentum": 0.0, "wd": 1e-3}),       # float32: lr rounds to inf
+    ("adam", {"lr": 1e-3, "eps": 1e-8, "wd": 0.0}),
+    ("adam", {"lr": 1e-3, "eps": 1e-45, "wd": 0.01}),          # eps subnormal in float32
+    ("adam", {"lr": 3e37, "eps": 1e-8, "wd": 0.0}),            # lr / (1 - beta1) = 3e38, 1.9e38
+    ("adam", {"lr": 1e38, "eps": 1e-8, "wd": 0.0}),            # float32: the step size rounds to inf
+    ("adamw", {"lr": 1e-3, "eps": 1e-8, "wd": 0.01}),
+    ("adamw", {"lr": 1e30, "eps": 1e-8, "wd": 0.1}),           # decay 1 - lr wd = -1e29
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kind, hp", UPDATES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(UPDATES)])
+def test_optimizer_updates_agree_with_numpy(cuda, kind, hp, dtype):
+    """Gradients at every probe value (32 in 16-byte packs, the rest one by one), against parameters
+    and state from 0 to huge; two steps.  A parameter is non-finite exactly where numpy's is, so
+    the training loop's check of the state sees the same steps on both."""
+    g = extremes(dtype)
+    n = g.size
+    cyc = np.array([1.0, -2.0, 0.0, 1e30, -3e38, 1e-45, 0.5], np.float64)
+    with np.errstate(over="ignore"):
+        p = np.resize(cyc, n).astype(dtype)
+        s0 = np.resize(cyc[::-1], n).astype(dtype)
+    state = [s0] if kind == "sgd" else [s0, np.abs(s0)]             # Adam's v is non-negative
+    for steps in (1, 2):
+        got = run_update(cuda, kind, p, g, state, hp, steps)
+        ref = run_update(NP, kind, p, g, state, hp, steps)
+        for name, a, b in zip(("params", "state 0", "state 1"), got, ref):
+            agree(a, b, f"{kind} {hp} after {steps} steps, {name} (grads {g.tolist()})")
+
+
+# ---------------------------------------------------------------------------- the GEMM epilogues
+#: (backend settings, precision) of every kernel family a layer's forward and input gradient run on
+LAYER_KERNELS = [({"tile": "small"}, "float32"), ({"tile": "large"}, "float32"), ({"tile": "pipelined"}, "float32"),
+                 ({"tensor_core_gemms": True}, "tf32"), ({"tensor_core_gemms": True}, "bf16"),
+                 ({"tensor_core_gemms": True}, "3xtf32"),
+                 ({"tensor_core_gemms": True, "hopper": True}, "tf32"),
+                 ({"tensor_core_gemms": True, "hopper": True}, "bf16")]
+
+
+def layer_case(be, act, z, precision):
+    """A layer whose product is z itself (x = [z, 0, 0, 0], W = [1, 0, 0, 0], b = 0): its forward
+    (A, Z), then the input gradient of a delta of ones through W = g'(z) in column 0."""
+    xp = be.xp
+    dev = (lambda a: a) if be is NP else xp.asarray
+    B, dt = z.size, z.dtype
+    X = np.zeros((B, 4), dt)
+    X[:, 0] = z
+    W = np.zeros((1, 4), dt)
+    W[0, 0] = 1
+    opts = {} if precision == "float32" else {"precision": precision}
+    A, Z = dev(np.full((B, 1), nan, dt)), dev(np.full((B, 1), nan, dt))
+    dprev, dW, db = (dev(np.full(s, nan, dt)) for s in ((B, 4), (1, 4), (1,)))
+    with np.errstate(all="ignore"):
+        be.dense_forward(dev(X), dev(W), dev(np.zeros(1, dt)), act, A, Z, **opts)
+        # the input gradient of the layer above reads this layer's stored A and Z as A_prev, Z_prev
+        Xa, Xz = np.zeros((B, 4), dt), np.zeros((B, 4), dt)
+        Xa[:, 0], Xz[:, 0] = np.asarray(A)[:, 0], np.asarray(Z)[:, 0]
+        Xa[:, 1:] = activation_forward(act, np.zeros((B, 3), dt), np.empty((B, 3), dt))
+        be.dense_backward(dev(np.ones((B, 1), dt)), dev(Xa), dev(W), dW, db, dprev, act,
+                          dev(Xz) if act in NEEDS_Z else None, **opts)
+    return [np.asarray(a).copy() for a in (A, Z, dprev)]
+
+
+@pytest.mark.parametrize("settings, precision", LAYER_KERNELS, ids=[f"{p}-{'-'.join(map(str, s.values()))}"
+                                                                    for s, p in LAYER_KERNELS])
+def test_the_gemm_epilogues_apply_g_and_g_prime_as_numpy(monkeypatch, settings, precision):
+    """Every activation through each GEMM family's forward epilogue (z + b, g(z), both stored) and
+    input-gradient epilogue (times g'), float32 (and float64 on gemm.cu), at every probe value: the epilogues call
+    activations.cuh with the right operand (A, or Z for gelu and silu) in every variant."""
+    from test_cuda_launch_contract import install_fake
+
+    fake = install_fake(monkeypatch, execute=True)
+    from gpubp.backends import cuda_gemm_wgmma
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    monkeypatch.setattr(cuda_gemm_wgmma, "_driver", lambda: fake.driver)
+    be = CudaBackend(**settings)
+    for dtype in DTYPES if precision == "float32" else (np.float32,):
+        z = extremes(dtype)
+        for act in ACTIVATIONS:
+            got, ref = layer_case(be, act, z, precision), layer_case(NP, act, z, precision)
+            for name, a, b in zip(("A", "Z", "delta_prev"), got, ref):
+                agree(a, b, f"{act} {precision} {settings} {np.dtype(dtype)}: {name} at z = {z.tolist()}")
+    family = "gemm_wgmma" if settings.get("hopper") else "gemm_tc" if precision != "float32" else "gemm"
+    assert {f"{family}_fwd", f"{family}_bwd_data"} <= fake.kernel_names(), fake.kernel_names()
+
+
+#: the fused narrow-run kernels (fused_mlp.cu, fused_mlp_tf32.cu, fused_mlp_family.cu)
+FUSED_KERNELS = [("cuda_fused", "float32"), ("cuda_fused", "tf32"),
+                 ("cuda_fused_family", "float32"), ("cuda_fused_family", "tf32"), ("cuda_fused_family", "bf16")]
+
+
+@pytest.mark.parametrize("module, precision", FUSED_KERNELS, ids=[f"{m}-{p}" for m, p in FUSED_KERNELS])
+def test_the_fused_runs_apply_g_and_g_prime_as_numpy(monkeypatch, module, precision):
+    """A run of two layers whose first product is z (x = [z, 0, 0, 0], W1 = [1, 0, 0, 0]) and whose
+    second is identity (W2 = [1]): the run's A1, Z1 are layer_case's forward, and its delta_in
+    (identity below the run) is delta_2 W2 g1' W1 = g1'(z) in column 0, at every probe value."""
+    import importlib
+
+    from test_cuda_launch_contract import install_fake
+
+    install_fake(monkeypatch, execute=True)
+    import cupy
+
+    mod = importlib.import_module(f"gpubp.backends.{module}")
+    z = extremes(np.float32)
+    B, dt = z.size, np.float32
+    X = np.zeros((B, 4), dt)
+    X[:, 0] = z
+    W1, W2 = np.zeros((1, 4), dt), np.ones((1, 1), dt)
+    W1[0, 0] = 1
+    for act in ACTIVATIONS:
+        codes = [ACT_CODES[act], ACT_CODES["identity"]]
+        A = [cupy.asarray(np.full((B, 1), nan, dt)) for _ in range(2)]
+        Z = [cupy.asarray(np.full((B, 1), nan, dt)) if act in NEEDS_Z else None, None]
+        Ws = [cupy.asarray(W1), cupy.asarray(W2)]
+        with np.errstate(all="ignore"):
+            mod.fused_forward(cupy.asarray(X), Ws, [cupy.zeros(1, dt), cupy.zeros(1, dt)], codes, A, Z,
+                              precision=precision)
+            dWs = [cupy.asarray(np.full((1, 4), nan, dt)), cupy.asarray(np.full((1, 1), nan, dt))]
+            dbs = [cupy.asarray(np.full(1, nan, dt)) for _ in range(2)]
+            din = cupy.asarray(np.full((B, 4), nan, dt))
+            mod.fused_backward(cupy.ones((B, 1), dt), Ws, codes, cupy.asarray(X), A, Z, dWs, dbs,
+                               delta_in_out=din, act_code_in=ACT_CODES["identity"], precision=precision)
+        rA, rZ, rd = layer_case(NP, act, z, precision)
+        if precision != "float32":   # delta_1 = g1'(z) is the next product's operand: rounded as one
+            from gpubp.precision import round_operand
+
+            with np.errstate(all="ignore"):
+                rd = round_operand(rd, precision)
+        agree(np.asarray(A[0]), rA, f"{module} {precision} {act}: A1 at z = {z.tolist()}")
+        if act in NEEDS_Z:
+            agree(np.asarray(Z[0]), rZ, f"{module} {precision} {act}: Z1")
+        agree(np.asarray(din)[:, 0], rd[:, 0], f"{module} {precision} {act}: delta_in = g1'(z) at z = {z.tolist()}")
