@@ -390,3 +390,37 @@ def test_the_fused_runs_apply_g_and_g_prime_as_numpy(monkeypatch, module, precis
         if act in NEEDS_Z:
             agree(np.asarray(Z[0]), rZ, f"{module} {precision} {act}: Z1")
         agree(np.asarray(din)[:, 0], rd[:, 0], f"{module} {precision} {act}: delta_in = g1'(z) at z = {z.tolist()}")
+
+
+# ---------------------------------------------------------------------------- the training loop
+@pytest.mark.parametrize("activation, loss, optimizer, lr", [
+    ("identity", "mse", "sgd", 1e18),                 # the loss overflows
+    ("gelu", "cross_entropy", "sgd", 1e30),
+    ("silu", "binary_cross_entropy", "adam", 1e37),   # Adam's step size past float32's range
+    ("relu", "half_sse", "sgd", 3e36),
+    ("tanh", "mse", "adam", 1e38),                     # the update overflows after a finite loss
+    ("tanh", "cross_entropy", "adamw", 1e38),
+])
+def test_a_fit_that_diverges_stops_at_the_same_step_with_the_same_state_on_both(cuda, activation, loss,
+                                                                                optimizer, lr):
+    """fit's divergence checks on the emulated GPU: the same FloatingPointError (the same step, loss
+    or update named) as on numpy, and the network left as numpy's is, finite."""
+    import gpubp
+    from conftest import output_activation_for, random_targets
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 3)).astype(np.float32)
+    Y = random_targets(rng, loss, 12, 2, dtype=np.float32)
+    out = {}
+    for name, be in (("numpy", "numpy"), ("cuda", cuda)):
+        net = gpubp.MLP([3, 5, 2], activation=activation, output_activation=output_activation_for(loss, activation),
+                        loss=loss, backend=be, seed=1)
+        with np.errstate(all="ignore"), pytest.raises(FloatingPointError) as e:
+            net.fit(X, Y, epochs=3, batch_size=4, optimizer=optimizer, lr=lr, shuffle=False, verbose=0,
+                    progress=False)
+        params = [np.asarray(a, np.float64) for layer in net.get_params() for a in layer]
+        assert all(np.isfinite(p).all() for p in params)
+        out[name] = (str(e.value), params)
+    assert out["cuda"][0] == out["numpy"][0]
+    for a, b in zip(out["cuda"][1], out["numpy"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(b).max())))
