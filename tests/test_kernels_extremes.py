@@ -139,21 +139,21 @@ def cuda(monkeypatch):
     return CudaBackend()
 
 
-def run_loss(be, A, Z, Y, loss, act, want_delta=True):
+def run_loss(be, A, Z, Y, loss, act, want_delta=True, precision="float32"):
     """(loss, delta) of `be.loss_and_delta` on host arrays; outputs start as NaN, so unwritten shows."""
     xp = be.xp
     dev = (lambda a: a) if be is NP else (lambda a: None if a is None else xp.asarray(a))
     lo = xp.asarray(np.full(1, nan, A.dtype))
     de = xp.asarray(np.full(A.shape, nan, A.dtype)) if want_delta else None
     with np.errstate(all="ignore"):
-        be.loss_and_delta(dev(A), dev(Z), dev(Y), loss, act, lo, de)
+        be.loss_and_delta(dev(A), dev(Z), dev(Y), loss, act, lo, de, precision=precision)
     return np.asarray(lo).copy(), (None if de is None else np.asarray(de).copy())
 
 
-def compare_loss(cuda, A, Z, Y, loss, act, what):
+def compare_loss(cuda, A, Z, Y, loss, act, what, precision="float32"):
     """The whole batch (value and delta), then every row alone (a NaN row would hide the others')."""
     for rows in [slice(None)] + [slice(i, i + 1) for i in range(A.shape[0])]:
-        args = (A[rows], None if Z is None else Z[rows], Y[rows], loss, act)
+        args = (A[rows], None if Z is None else Z[rows], Y[rows], loss, act, True, precision)
         (l_cu, d_cu), (l_np, d_np) = run_loss(cuda, *args), run_loss(NP, *args)
         where = f"{what}, rows {rows.start}:{rows.stop} logits/outputs {A[rows].tolist()}"
         agree(l_cu, l_np, f"loss of {where}")
@@ -210,6 +210,23 @@ def test_cross_entropy_agrees_with_numpy(cuda, targets, width, dtype):
         Y = np.zeros((B, width), dtype)
         Y[:, cols] = [1, 0, 0, 0] if targets == "one-hot" else [0.5, 0.25, 0.25, 0]
     compare_loss(cuda, A, None, Y, "cross_entropy", "identity", f"cross_entropy/{targets}")
+
+
+@pytest.mark.parametrize("loss, act", [("mse", "identity"), ("half_sse", "gelu"), ("binary_cross_entropy", "identity"),
+                                       ("cross_entropy", "identity")])
+def test_the_loss_kernels_rounding_delta_to_bf16_agree_with_numpy(cuda, loss, act):
+    """The "bf16" mode's loss kernels (delta rounded to bfloat16 as stored: inf stays inf, NaN NaN,
+    the largest floats round to inf) at every probe value, next to numpy's emulation of the mode."""
+    z = extremes(np.float32)
+    if loss == "cross_entropy":
+        A, Z, Y = ce_rows(np.float32), None, np.zeros(ce_rows(np.float32).shape[0], np.int32)
+    else:
+        with np.errstate(all="ignore"):
+            a = activation_forward(act, z.copy(), np.empty_like(z))
+        A, Z = np.stack([a, a], axis=1), np.stack([z, z], axis=1)
+        Y = np.tile(np.array([0.0, 1.0] if loss == "binary_cross_entropy" else [0.5, -3.0], np.float32),
+                    (z.size, 1))
+    compare_loss(cuda, A, Z if act in NEEDS_Z else None, Y, loss, act, f"{loss}/{act} bf16", precision="bf16")
 
 
 @pytest.mark.parametrize("loss, A, Y", [
