@@ -441,3 +441,49 @@ def test_a_fit_that_diverges_stops_at_the_same_step_with_the_same_state_on_both(
     assert out["cuda"][0] == out["numpy"][0]
     for a, b in zip(out["cuda"][1], out["numpy"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(b).max())))
+
+
+def gemm_inf_case(be, precision, dtype):
+    """A layer's three products on positive operands with an infinity at the last index of each
+    reduction (and at the first): every sum is finite or +inf, never NaN, unless a kernel multiplies
+    its zero padding past the edge of a tile by a real (clamped, re-read) infinite element."""
+    xp = be.xp
+    dev = (lambda a: a) if be is NP else xp.asarray
+    rng = np.random.default_rng(5)
+    M, K, N = 600, 13, 21                      # a tall batch: the weight gradients split it
+    X = rng.uniform(0.5, 1, (M, K)).astype(dtype)
+    W = rng.uniform(0.5, 1, (N, K)).astype(dtype)
+    delta = rng.uniform(0.5, 1, (M, N)).astype(dtype)
+    X[M - 1, K - 1] = X[0, 0] = inf            # forward: sums over K; weight gradient: over M
+    W[N - 1, 0] = W[0, K - 1] = inf            # input gradient: sums over N
+    delta[M - 1, N - 1] = delta[0, 3] = inf
+    opts = {} if precision == "float32" else {"precision": precision}
+    if be is not NP:                           # the split-K paths' workspaces
+        from gpubp.backends.plan import Scratch
+
+        opts["scratch"] = Scratch(be)
+    A = dev(np.full((M, N), nan, dtype))
+    dW, db, dprev = dev(np.full((N, K), nan, dtype)), dev(np.full(N, nan, dtype)), dev(np.full((M, K), nan, dtype))
+    with np.errstate(all="ignore"):
+        be.dense_forward(dev(X), dev(W), dev(np.zeros(N, dtype)), "identity", A, None, **opts)
+        be.dense_backward(dev(delta), dev(X), dev(W), dW, db, dprev, "identity", None, **opts)
+    return [np.asarray(a).copy() for a in (A, dW, db, dprev)]
+
+
+@pytest.mark.parametrize("settings, precision", LAYER_KERNELS, ids=[f"{p}-{'-'.join(map(str, s.values()))}"
+                                                                    for s, p in LAYER_KERNELS])
+def test_infinities_at_the_edges_of_the_gemm_tiles_sum_as_numpy(monkeypatch, settings, precision):
+    from test_cuda_launch_contract import install_fake
+
+    fake = install_fake(monkeypatch, execute=True)
+    from gpubp.backends import cuda_gemm_wgmma
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    monkeypatch.setattr(cuda_gemm_wgmma, "_driver", lambda: fake.driver)
+    be = CudaBackend(**settings)
+    for dtype in DTYPES if precision == "float32" else (np.float32,):
+        got, ref = gemm_inf_case(be, precision, dtype), gemm_inf_case(NP, precision, dtype)
+        for name, a, b in zip(("A", "dW", "db", "delta_prev"), got, ref):
+            assert precision == "3xtf32" or not np.isnan(b).any(), name
+            agree(a, b, f"{precision} {settings} {np.dtype(dtype)}: {name}", rtol=1e-2 if precision == "bf16" else 1e-3)
+    assert any(k.endswith("splitk_reduce") for k in fake.kernel_names()), fake.kernel_names()
