@@ -487,3 +487,52 @@ def test_infinities_at_the_edges_of_the_gemm_tiles_sum_as_numpy(monkeypatch, set
             assert precision == "3xtf32" or not np.isnan(b).any(), name
             agree(a, b, f"{precision} {settings} {np.dtype(dtype)}: {name}", rtol=1e-2 if precision == "bf16" else 1e-3)
     assert any(k.endswith("splitk_reduce") for k in fake.kernel_names()), fake.kernel_names()
+
+
+@pytest.mark.parametrize("module, precision", FUSED_KERNELS, ids=[f"{m}-{p}" for m, p in FUSED_KERNELS])
+def test_infinities_at_the_edges_of_the_fused_tiles_sum_as_numpy(monkeypatch, module, precision):
+    """gemm_inf_case for a fused run of two identity layers (batch 37: a partial row tile; widths
+    13, 21, 6): infinities at the first and last index of every reduction give inf, never NaN."""
+    import importlib
+
+    from test_cuda_launch_contract import install_fake
+
+    install_fake(monkeypatch, execute=True)
+    import cupy
+
+    mod = importlib.import_module(f"gpubp.backends.{module}")
+    rng = np.random.default_rng(6)
+    B, widths = 37, (13, 21, 6)
+    X = rng.uniform(0.5, 1, (B, widths[0])).astype(np.float32)
+    Ws = [rng.uniform(0.5, 1, (widths[i + 1], widths[i])).astype(np.float32) for i in range(2)]
+    d2 = rng.uniform(0.5, 1, (B, widths[2])).astype(np.float32)
+    X[B - 1, -1] = X[0, 0] = inf
+    Ws[1][-1, 0] = Ws[0][0, -1] = inf
+    d2[B - 1, -1] = inf
+    code = ACT_CODES["identity"]
+    dev = cupy.asarray
+    A = [dev(np.full((B, w), nan, np.float32)) for w in widths[1:]]
+    dWs = [dev(np.full(W.shape, nan, np.float32)) for W in Ws]
+    dbs = [dev(np.full(W.shape[0], nan, np.float32)) for W in Ws]
+    din = dev(np.full((B, widths[0]), nan, np.float32))
+    zeros = [dev(np.zeros(w, np.float32)) for w in widths[1:]]
+    with np.errstate(all="ignore"):
+        mod.fused_forward(dev(X), [dev(W) for W in Ws], zeros, [code, code], A, [None, None], precision=precision)
+        mod.fused_backward(dev(d2), [dev(W) for W in Ws], [code, code], dev(X), A, [None, None], dWs, dbs,
+                           delta_in_out=din, act_code_in=code, precision=precision)
+    # numpy, layer by layer in the same mode
+    opts = {} if precision == "float32" else {"precision": precision}
+    rA = [np.empty((B, w), np.float32) for w in widths[1:]]
+    rdW = [np.empty(W.shape, np.float32) for W in Ws]
+    rdb = [np.empty(W.shape[0], np.float32) for W in Ws]
+    d1, rdin = np.empty((B, widths[1]), np.float32), np.empty((B, widths[0]), np.float32)
+    with np.errstate(all="ignore"):
+        NP.dense_forward(X, Ws[0], np.zeros(widths[1], np.float32), "identity", rA[0], None, **opts)
+        NP.dense_forward(rA[0], Ws[1], np.zeros(widths[2], np.float32), "identity", rA[1], None, **opts)
+        NP.dense_backward(d2, rA[0], Ws[1], rdW[1], rdb[1], d1, "identity", None, **opts)
+        NP.dense_backward(d1, X, Ws[0], rdW[0], rdb[0], rdin, "identity", None, **opts)
+    tol = 1e-2 if precision == "bf16" else 1e-3
+    for name, a, b in [("A1", A[0], rA[0]), ("A2", A[1], rA[1]), ("dW1", dWs[0], rdW[0]), ("dW2", dWs[1], rdW[1]),
+                       ("db1", dbs[0], rdb[0]), ("db2", dbs[1], rdb[1]), ("delta_in", din, rdin)]:
+        assert not np.isnan(b).any(), name
+        agree(np.asarray(a), b, f"{module} {precision}: {name}", rtol=tol)
