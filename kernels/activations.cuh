@@ -42,8 +42,11 @@ __device__ __forceinline__ T act_grad(T a, T z) {
     if (ACT == ACT_RELU)       return a > T(0) ? T(1) : T(0);
     if (ACT == ACT_LEAKY_RELU) return a > T(0) ? T(1) : T(LEAKY_SLOPE);
     if (ACT == ACT_GELU) {
+        // 3k (z z), not (3k z) z: z^2 overflows above sqrt(max) (1.8e19 in float32) as in numpy and
+        // torch, where 0 (1 - t^2 = 0) times inf is NaN; (3k z) z stayed finite up to sqrt(max / 3k)
+        // and gave g' = 1 or 0 where both references give NaN
         T t = gelu_inner(z);
-        return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * T(GELU_C) * (T(1) + T(3.0 * GELU_K) * z * z);
+        return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * T(GELU_C) * (T(1) + T(3.0 * GELU_K) * (z * z));
     }
     if (ACT == ACT_SILU) {
         T s = sigmoid_stable(z);

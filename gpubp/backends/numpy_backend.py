@@ -190,11 +190,14 @@ class NumpyBackend(Backend):
         round_stored(x, precision)
 
     def _loss_and_delta(self, A_L, Z_L, Y, loss, activation, loss_out, delta_out, scratch):
+        # The value's sums over elements and rows are accumulated in double, as the CUDA loss kernels'
+        # are (docs/spec.md, "Precision"): in float32 a sum could overflow to inf where the mean, the
+        # loss, is finite (two outputs of 1.5e19), and the two backends disagreed on a finite step.
         B, n = A_L.shape
         if loss in ("mse", "half_sse"):
             diff = np.subtract(A_L, Y, out=delta_out if delta_out is not None else
                                scratch_buffer(scratch, "loss_diff", A_L))
-            sq = np.einsum("ij,ij->", diff, diff)
+            sq = np.einsum("ij,ij->", diff, diff, dtype=np.float64)   # in double, as the CUDA kernels
             loss_out[0] = sq / (B * n) if loss == "mse" else sq / (2 * B)
             if delta_out is not None:
                 diff *= (2.0 / (B * n)) if loss == "mse" else (1.0 / B)
@@ -206,10 +209,10 @@ class NumpyBackend(Backend):
             logs = np.log(s)
             if Y.ndim == 1:
                 rows = np.arange(B)
-                loss_out[0] = (logs[:, 0] - sh[rows, Y]).sum() / B
+                loss_out[0] = (logs[:, 0] - sh[rows, Y]).sum(dtype=np.float64) / B
             else:
                 # -sum_j y_j (sh_j - log s) = log s - sum_j y_j sh_j  (rows of Y sum to 1)
-                loss_out[0] = (logs[:, 0] - np.einsum("ij,ij->i", Y, sh)).sum() / B
+                loss_out[0] = (logs[:, 0] - np.einsum("ij,ij->i", Y, sh, dtype=np.float64)).sum() / B
             if delta_out is not None:
                 p /= s
                 if Y.ndim == 1:
@@ -226,7 +229,7 @@ class NumpyBackend(Backend):
             np.log1p(t, out=t)
             t += np.maximum(z, 0)
             t -= z * Y
-            loss_out[0] = t.sum() / (B * n)
+            loss_out[0] = t.sum(dtype=np.float64) / (B * n)
             if delta_out is not None:
                 _sigmoid(z, delta_out)
                 delta_out -= Y
