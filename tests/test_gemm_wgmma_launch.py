@@ -429,31 +429,6 @@ def test_cache_key_covers_source_arch_and_nvrtc():
     assert "--gpu-architecture=sm_90a" in cubin_cache.options("sm_90a")
 
 
-def test_cubin_path_builds_once_then_reads_the_cache(monkeypatch, tmp_path):
-    pytest.importorskip("cuda.bindings.nvrtc")
-    from gpubp.compile_check import NvrtcMissing, _nvrtc
-
-    try:
-        _nvrtc()
-    except NvrtcMissing:
-        pytest.skip("NVRTC is not installed")
-    built = []
-
-    def compile_cubin(spec, arch, nvrtc=None):
-        built.append(arch)
-        return b"CUBIN", {ne: f"low{i}" for i, ne in enumerate(spec.name_expressions)}, ""
-
-    monkeypatch.setattr(cubin_cache, "compile_cubin", compile_cubin)
-    spec = wg.SPECS[0]
-    p1, low1 = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
-    p2, low2 = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
-    assert built == ["sm_90a"] and p1 == p2 and low1 == low2
-    assert open(p1, "rb").read() == b"CUBIN"
-    assert open(p1[:-len(".cubin")] + ".cu").read() == spec.source()
-    meta = json.load(open(p1[:-len(".cubin")] + ".json"))
-    assert meta["arch"] == "sm_90a" and set(meta["lowered"]) == set(spec.name_expressions)
-
-
 def _counting_build(monkeypatch):
     """`compile_cubin` replaced by a stand-in that counts its builds (NVRTC's version is still read)."""
     pytest.importorskip("cuda.bindings.nvrtc")
@@ -471,6 +446,18 @@ def _counting_build(monkeypatch):
 
     monkeypatch.setattr(cubin_cache, "compile_cubin", compile_cubin)
     return built
+
+
+def test_cubin_path_builds_once_then_reads_the_cache(monkeypatch, tmp_path):
+    built = _counting_build(monkeypatch)
+    spec = wg.SPECS[0]
+    p1, low1 = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    p2, low2 = cubin_cache.cubin_path(spec, "sm_90a", folder=str(tmp_path))
+    assert built == ["sm_90a"] and p1 == p2 and low1 == low2
+    assert open(p1, "rb").read() == b"CUBIN" * 100
+    assert open(p1[:-len(".cubin")] + ".cu").read() == spec.source()
+    meta = json.load(open(p1[:-len(".cubin")] + ".json"))
+    assert meta["arch"] == "sm_90a" and set(meta["lowered"]) == set(spec.name_expressions)
 
 
 @pytest.mark.parametrize("damage", [

@@ -9,6 +9,7 @@ import pytest
 import gpubp
 from gpubp.backends import get_backend
 from gpubp.network import MAX_PLANS
+from support.lockstep import in_lockstep
 
 
 def _data(seed, n=300, d=8, k=4):
@@ -86,22 +87,7 @@ def test_two_threads_in_lockstep_through_every_public_call_equal_sequential(tmp_
         out.append(_flat(net))
         return out
 
-    seq = [calls(k, lambda: None) for k in (0, 1)]
-    barrier = threading.Barrier(2, timeout=60)
-    got = [None, None]
-
-    def run(k):
-        try:
-            got[k] = calls(k, barrier.wait)
-        except BaseException:
-            barrier.abort()          # the other thread stops at its next meeting instead of waiting
-            raise
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    seq, got = in_lockstep(calls, timeout=60)
 
     def same(a, b):
         if isinstance(a, dict):

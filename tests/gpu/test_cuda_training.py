@@ -301,9 +301,8 @@ def test_two_threads_replaying_captured_steps_equal_sequential(fused):
     CuPy's relaxed mode, refuses another thread's allocations meanwhile) a captured step each, then
     replays beside each other with predictions and train steps of other batch sizes between them.
     Every result equals the one of the same calls made one thread after the other, bitwise."""
-    import threading
-
     import cupy
+    from support.lockstep import in_lockstep
 
     from gpubp.backends.cuda_backend import CudaBackend
 
@@ -337,25 +336,11 @@ def test_two_threads_replaying_captured_steps_equal_sequential(fused):
             s.synchronize()
         return out
 
-    seq = [calls(k, lambda: None) for k in (0, 1)]
-    barrier = threading.Barrier(2, timeout=600)
-    got = [None, None]
-
-    def run(k):
-        try:
-            got[k] = calls(k, barrier.wait)
-        except BaseException:
-            barrier.abort()
-            raise
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    seq, got = in_lockstep(calls, timeout=600)
     for out, ref in zip(got, seq):
         assert out is not None and len(out) == len(ref)
         assert all(np.array_equal(a, b) for a, b in zip(out, ref))
+
 
 class _DeviceOnly:
     """A device array as CuPy and CUDA tensors present it to numpy: `__cuda_array_interface__`
