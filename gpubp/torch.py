@@ -45,6 +45,14 @@ from torch import nn  # noqa: E402
 #: the precisions a FusedMLP computes in (as gpubp.MLP's `precision`)
 PRECISIONS = ("float32", "tf32")
 
+
+def _check_precision(precision) -> str:
+    """`precision` as the plain name of one of this module's PRECISIONS (numpy's str_ taken)."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"FusedMLP's precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return str(precision)
+
+
 _TORCH_DTYPES = (torch.float32, torch.float64)
 
 
@@ -416,9 +424,7 @@ class FusedMLP(nn.Module):
         else:
             hidden = [check_activation(activation)] * n_hidden
         out_act = check_activation(output_activation, "output_activation")
-        if not isinstance(precision, str) or precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        precision = str(precision)
+        precision = _check_precision(precision)
         if not isinstance(backend, Backend) and backend not in ("auto", "numpy", "cuda"):
             raise ValueError(f"backend must be 'auto', 'numpy', 'cuda' or a gpubp Backend, got {backend!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -477,8 +483,7 @@ class FusedMLP(nn.Module):
                              f"one of them")
         # checked here too: `precision` is a plain attribute, and the backends run modes (bf16, 3xtf32)
         # whose stored-value rounding this module's autograd bridge does not follow
-        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
-            raise ValueError(f"FusedMLP's precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check_precision(self.precision)
         if self.precision == "tf32" and p.dtype != torch.float32:
             raise ValueError(f"precision='tf32' needs float32 parameters, got {p.dtype}")
         n0 = self.layer_sizes[0]
