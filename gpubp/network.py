@@ -169,10 +169,15 @@ class MLP:
 
     @precision.setter
     def precision(self, value) -> None:
+        self._precision = self._runnable_precision(value)
+        self._plans = OrderedDict()
+
+    def _runnable_precision(self, value) -> str:
+        """`value` as the name of a precision mode this network can run (its dtype, its backend), or
+        ValueError / TypeError; changes nothing."""
         value = check_precision(value, self.dtype)
         self.backend.check_precision(value)
-        self._precision = value
-        self._plans = OrderedDict()
+        return value
 
     def __repr__(self):
         return (f"MLP({list(self.sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "

@@ -95,7 +95,7 @@ except ImportError as e:   # exercised only without scikit-learn
     raise MissingExtraError(
         f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
-from .checks import DTYPES, check_precision, finite_after_cast
+from .checks import DTYPES, finite_after_cast
 from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
 
@@ -326,8 +326,7 @@ class _BaseMLP(BaseEstimator):
             # a warm start or partial_fit after set_params(precision=...): the fitted network trains in
             # the estimator's mode from now on (checked here as the constructor would, switched in
             # _run_epochs, which alone changes the network)
-            check_precision(self.precision, self.net_.dtype)
-            self.net_.backend.check_precision(self.precision)
+            self.net_._runnable_precision(self.precision)
         # a warm start after a fit with the other early_stopping setting: the stopping rule's bookkeeping
         # starts here (that of the other rule is None, as _build leaves it)
         if self.early_stopping and self.validation_scores_ is None:
