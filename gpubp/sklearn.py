@@ -43,7 +43,9 @@ How the hyper-parameters map onto gpubp:
   offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
-  state.  Both train in the estimator's `precision` as it is at the call
+  state.  A warm-started classifier's `y` must hold the classes it was
+  fitted on, as in scikit-learn (a `partial_fit` batch may hold any of
+  them).  Both train in the estimator's `precision` as it is at the call
   (a mode changed by `set_params` applies to the fitted network from then
   on; its dtype stays the one it was built with).  As in scikit-learn,
   `max_iter`, the `ConvergenceWarning` and `n_iter_` count the last call's
@@ -552,7 +554,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return 1.0 / self.n_outputs_, float(self.n_outputs_)
         return 1.0, 1.0
 
-    def _prepare_y(self, y, first: bool, classes=None):
+    def _prepare_y(self, y, first: bool, classes=None, warm: bool = False):
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -582,6 +584,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self.classes_ = self._label_encoder.classes_
         elif self._multilabel:
             raise ValueError("this classifier was fitted on a multilabel indicator matrix; y is a label vector")
+        elif warm and set(np.unique(y).tolist()) != set(self.classes_.tolist()):
+            # as scikit-learn's: a warm-started fit trains on every class it has (partial_fit's batches,
+            # on any of them)
+            raise ValueError(f"warm_start can only be used where y has the same classes as in the previous "
+                             f"call to fit: classes_ is {self.classes_.tolist()}, y has {np.unique(y).tolist()}; "
+                             "fit with warm_start=False to start a new network on these classes")
         unseen = np.setdiff1d(np.unique(y), self.classes_)
         if unseen.size:
             raise ValueError(f"y holds labels {unseen.tolist()} that are not in classes_ {self.classes_.tolist()}")
@@ -605,7 +613,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         if first:
             self._random_state = check_random_state(self.random_state)
-        Y, y_orig = self._prepare_y(y, first, classes)
+        Y, y_orig = self._prepare_y(y, first, classes, warm=not (first or incremental))
         X = self._in_net_dtype(X, self._fit_dtype(first))
         if first:
             if self._multilabel or len(self.classes_) == 2:

@@ -680,3 +680,23 @@ def test_a_precision_the_fitted_network_cannot_run_is_refused_and_changes_nothin
             call()
         _assert_same_state(_fitted_state(reg, X), before)
         assert reg.net_.precision == "float32"
+
+
+# ---------------------------------------------------------------- warm starts on other data
+def test_a_warm_started_fit_needs_the_classes_it_was_fitted_on():
+    """scikit-learn's MLPClassifier refuses a warm-started fit whose y lacks some of classes_ or has others.
+    Ours trained on a y of fewer classes without a word (the network kept predicting a class the fit
+    never saw).  partial_fit's batches may hold any of the classes (scikit-learn's refuses that too with
+    warm_start=True, though not without it: a batch is not the whole data)."""
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6,), max_iter=3, random_state=0, warm_start=True)
+    for Est, extra in ((SkMLPClassifier, {}), (MLPClassifier, {"backend": "numpy"})):
+        est = _fit_quietly(Est(**kw, **extra), X, y)
+        before = _fitted_state(est, X)
+        for bad in (y % 2, y + 1):          # a class missing; a new class
+            with pytest.raises(ValueError, match="warm_start can only be used where .*y.* has the same classes"):
+                est.fit(X, bad)
+            _assert_same_state(_fitted_state(est, X), before)
+        _fit_quietly(est, X, y[::-1])                    # the same classes in another order: fine
+    est.partial_fit(X[y < 2], y[y < 2])                  # a batch of some classes: fine
+    assert list(est.classes_) == [0, 1, 2]
