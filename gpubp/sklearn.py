@@ -45,9 +45,10 @@ How the hyper-parameters map onto gpubp:
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
   state.  A warm-started classifier's `y` must hold the classes it was
   fitted on, as in scikit-learn (a `partial_fit` batch may hold any of
-  them).  Both train in the estimator's `precision` as it is at the call
-  (a mode changed by `set_params` applies to the fitted network from then
-  on; its dtype stays the one it was built with).  As in scikit-learn,
+  them).  Both train in the estimator's `precision` and `activation` as they
+  are at the call (changed by `set_params`, they apply to the fitted network
+  from then on, as scikit-learn's activation does; its dtype stays the one it
+  was built with, and other `hidden_layer_sizes` are refused).  As in scikit-learn,
   `max_iter`, the `ConvergenceWarning` and `n_iter_` count the last call's
   epochs (so `n_iter_` is 1 after a `partial_fit`), while `t_` and
   `loss_curve_` count every epoch since the network was built.
@@ -329,6 +330,12 @@ class _BaseMLP(BaseEstimator):
             # the estimator's mode from now on (checked here as the constructor would, switched in
             # _run_epochs, which alone changes the network)
             self.net_._runnable_precision(self.precision)
+        hidden = self._hidden_sizes()
+        if list(self.net_.sizes[1:-1]) != hidden:
+            # scikit-learn's keep the fitted weights (and fail on another depth): never silently another shape
+            raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} is not the fitted network's "
+                             f"{tuple(self.net_.sizes[1:-1])}: warm_start and partial_fit continue the fitted "
+                             "network; fit with warm_start=False to build one of the new sizes")
         # a warm start after a fit with the other early_stopping setting: the stopping rule's bookkeeping
         # starts here (that of the other rule is None, as _build leaves it)
         if self.early_stopping and self.validation_scores_ is None:
@@ -398,6 +405,12 @@ class _BaseMLP(BaseEstimator):
         net = self.net_
         if net.precision != self.precision:
             net.precision = self.precision      # checked by _prepare_epochs
+        act = ACTIVATION_NAMES[self.activation]
+        if net.activations[:-1] != (act,) * (net.n_layers - 1):
+            # a warm start or partial_fit after set_params(activation=...): as in scikit-learn, the fitted
+            # weights go on in the new activation (the step plans, made for the old one, are dropped)
+            net.activations = (act,) * (net.n_layers - 1) + net.activations[-1:]
+            net._plans.clear()
         n = X.shape[0]
         Xd = net.backend.asarray(X, net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)

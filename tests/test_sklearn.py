@@ -700,3 +700,47 @@ def test_a_warm_started_fit_needs_the_classes_it_was_fitted_on():
         _fit_quietly(est, X, y[::-1])                    # the same classes in another order: fine
     est.partial_fit(X[y < 2], y[y < 2])                  # a batch of some classes: fine
     assert list(est.classes_) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_an_activation_set_after_fitting_is_what_the_next_epochs_train_in(how):
+    """scikit-learn's MLPs run the estimator's activation at each pass: after set_params(activation=...)
+    a warm-started fit or a partial_fit trains the fitted weights in the new one.  Ours kept training
+    and predicting in the activation the network was built with, while get_params() reported the new
+    one."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases["regression"]
+    kw = dict(hidden_layer_sizes=(7,), activation="relu", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
+              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
+    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    for est in (sk, g):
+        _fit_quietly(est, X, y)
+        est.set_params(activation="tanh")
+        if how == "warm_start":
+            _fit_quietly(est, X, y)
+        else:
+            est.partial_fit(X, y)
+    assert g.net_.activations == ("tanh", "identity")
+    for a, b in zip(sk.coefs_, g.coefs_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.predict(X), sk.predict(X), rtol=0, atol=1e-12)
+    twin = pickle.loads(pickle.dumps(g))                 # the switched network is what a copy holds
+    np.testing.assert_array_equal(twin.predict(X), g.predict(X))
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_other_hidden_layer_sizes_after_fitting_are_refused(how):
+    """A warm-started fit or a partial_fit after set_params(hidden_layer_sizes=...) went on training the
+    fitted network of the old sizes without a word (scikit-learn's do too, and fail with an
+    AttributeError or TypeError on another depth): it is refused, nothing changed."""
+    X, y = _blobs(n=60)
+    est = _fit_quietly(MLPClassifier((6,), max_iter=2, random_state=0, warm_start=True, backend="numpy"), X, y)
+    before = _fitted_state(est, X)
+    for sizes in ((7,), (6, 4), 5):
+        est.set_params(hidden_layer_sizes=sizes)
+        with pytest.raises(ValueError, match=r"hidden_layer_sizes=.* is not the fitted network's \(6,\)"):
+            est.fit(X, y) if how == "warm_start" else est.partial_fit(X, y)
+        _assert_same_state(_fitted_state(est, X), before)
+    est.set_params(hidden_layer_sizes=[6])               # the same sizes, spelled another way: fine
+    _fit_quietly(est, X, y) if how == "warm_start" else est.partial_fit(X, y)
+    assert est.n_layers_ == 3
