@@ -708,6 +708,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                              y_numeric=True)
         if np.asarray(y).dtype.kind not in "biuf":   # y_numeric converts objects only: np.asarray(y, float64)
             raise ValueError(f"y must hold real numbers, got dtype {np.asarray(y).dtype}")  # would read dates, text
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)            # scikit-learn's DataConversionWarning, as its MLPRegressor
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         Y = np.asarray(y, dtype=np.float64)
         if Y.ndim == 1:

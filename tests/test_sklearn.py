@@ -744,3 +744,17 @@ def test_other_hidden_layer_sizes_after_fitting_are_refused(how):
     est.set_params(hidden_layer_sizes=[6])               # the same sizes, spelled another way: fine
     _fit_quietly(est, X, y) if how == "warm_start" else est.partial_fit(X, y)
     assert est.n_layers_ == 3
+
+
+def test_a_column_vector_y_warns_as_in_sklearn():
+    """scikit-learn's MLPRegressor (and both classifiers) warn DataConversionWarning for a y of shape (n, 1)
+    and predict (n,); ours predicted (n,) without the warning."""
+    from sklearn.exceptions import DataConversionWarning
+
+    X, _ = _blobs(n=40)
+    for Est in (SkMLPRegressor, MLPRegressor):
+        est = Est(hidden_layer_sizes=(4,), max_iter=2, random_state=0,
+                  **({"backend": "numpy"} if Est is MLPRegressor else {}))   # (scikit-learn's first is loss)
+        with pytest.warns(DataConversionWarning, match="column-vector y"):
+            _fit_quietly(est, X, X[:, :1])
+        assert est.predict(X).shape == (40,) and est.n_outputs_ == 1
