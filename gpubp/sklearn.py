@@ -66,6 +66,9 @@ How the hyper-parameters map onto gpubp:
 - A `fit` or `partial_fit` refused for its input or settings (before its
   first epoch) leaves the estimator as it was, fitted attributes and
   random state included.
+- Ctrl-C (KeyboardInterrupt) during the epochs ends the training as in
+  scikit-learn: "Training interrupted by user." is warned and the call
+  returns the estimator as trained so far (the epoch cut short not counted).
 
 Extra arguments: `backend` ("auto", "numpy", "cuda"), `dtype` ("float32",
 "float64") and `precision` ("float32", "tf32", "bf16", "3xtf32"), as in `gpubp.MLP`.
@@ -312,8 +315,19 @@ class _BaseMLP(BaseEstimator):
             if rs_state is not None:
                 rs.set_state(rs_state)
             raise
-        self._run_epochs(*run)
+        try:
+            self._run_epochs(*run)
+        except KeyboardInterrupt:
+            # as scikit-learn's MLPs: Ctrl-C ends the training and the call returns the estimator as trained
+            # so far (`MLP.fit` left the network on its last good step; the epoch cut short is not counted)
+            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=3)
+            self._restore_best()
         return self
+
+    def _restore_best(self) -> None:
+        """Early stopping ends on the weights of the epoch with the best validation score."""
+        if self.early_stopping and getattr(self, "_best_params", None) is not None:
+            self.net_.set_params(self._best_params)
 
     def _prepare_epochs(self, X, Y, y_orig, sample_weight, incremental: bool) -> tuple:
         """Everything before the first epoch: the validation split, the batch size, the optimizer's settings.
@@ -460,8 +474,7 @@ class _BaseMLP(BaseEstimator):
             if not incremental and epoch == self.max_iter:    # this call's epochs: a warm-started fit warns too
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
-        if self.early_stopping and getattr(self, "_best_params", None) is not None:
-            net.set_params(self._best_params)
+        self._restore_best()
 
     # ------------------------------------------------------------ shared outputs
     def _outputs(self, X, check_input: bool = True) -> np.ndarray:

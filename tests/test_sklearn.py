@@ -758,3 +758,40 @@ def test_a_column_vector_y_warns_as_in_sklearn():
         with pytest.warns(DataConversionWarning, match="column-vector y"):
             _fit_quietly(est, X, X[:, :1])
         assert est.predict(X).shape == (40,) and est.n_outputs_ == 1
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_ctrl_c_ends_training_and_fit_returns_the_estimator(early_stopping):
+    """scikit-learn's MLPs catch a KeyboardInterrupt during the epochs, warn "Training interrupted by
+    user." and return the estimator as trained so far (restoring early stopping's best epoch), so that
+    `clf = MLPClassifier().fit(X, y)` stopped by Ctrl-C still gives a model.  Ours let the interrupt
+    through: fit raised and nothing was assigned."""
+    X, y = _blobs(n=60)
+    est = MLPClassifier((6,), max_iter=20, random_state=0, backend="numpy", dtype="float64", tol=0,
+                        early_stopping=early_stopping, n_iter_no_change=100)
+    from gpubp.network import MLP
+
+    calls = []
+    real_fit = MLP.fit
+
+    def interrupted_on_the_fourth_epoch(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_fit(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MLP, "fit", interrupted_on_the_fourth_epoch)
+        try:
+            with pytest.warns(UserWarning, match="Training interrupted by user"):
+                assert est.fit(X, y) is est
+        except KeyboardInterrupt:               # (not let through: it would end the test run)
+            pytest.fail("the KeyboardInterrupt came through fit")
+    assert est.n_iter_ == len(est.loss_curve_) == 3 and est.t_ == 3 * (len(X) - (6 if early_stopping else 0))
+    if early_stopping:
+        assert len(est.validation_scores_) == 3
+        best = int(np.argmax(est.validation_scores_)) + 1
+        at_best = _fit_quietly(clone(est).set_params(max_iter=best), X, y)
+        for a, b in zip(at_best.coefs_, est.coefs_):   # the best epoch's weights, restored
+            np.testing.assert_array_equal(b, a)
+    assert est.predict(X).shape == y.shape
