@@ -627,6 +627,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _prepare_fit(self, X, y, sample_weight, incremental: bool, classes=None) -> tuple:
         self._check_params()
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
+        if classes is not None and np.ndim(classes) != 1:   # np.unique would flatten a table of labels
+            raise ValueError(f"classes must be a 1-D list of labels, got an array of shape {np.shape(classes)}")
         if incremental and not first and classes is not None and not np.array_equal(
                 np.unique(np.asarray(classes)), self.classes_):
             raise ValueError(f"classes={classes!r} is not the same as on the first call to partial_fit "

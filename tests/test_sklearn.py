@@ -795,3 +795,15 @@ def test_ctrl_c_ends_training_and_fit_returns_the_estimator(early_stopping):
         for a, b in zip(at_best.coefs_, est.coefs_):   # the best epoch's weights, restored
             np.testing.assert_array_equal(b, a)
     assert est.predict(X).shape == y.shape
+
+
+def test_partial_fit_classes_must_be_a_list_of_labels():
+    """classes=[[0, 1, 2]] (or a scalar) was flattened by np.unique and taken; scikit-learn refuses it."""
+    X, y = _blobs(n=30)
+    for bad in ([[0, 1, 2]], np.array([[0, 1], [2, 3]]), 2):
+        est = MLPClassifier((4,), backend="numpy")
+        with pytest.raises(ValueError, match="classes must be a 1-D list of labels"):
+            est.partial_fit(X, y, classes=bad)
+        assert not hasattr(est, "net_")
+    with pytest.raises(ValueError):
+        SkMLPClassifier((4,)).partial_fit(X, y, classes=[[0, 1, 2]])
