@@ -14,7 +14,9 @@ the validation score with `early_stopping`) and the same fitted attributes
 (`classes_`, `n_iter_`, `loss_`, `loss_curve_`, `best_loss_`,
 `validation_scores_`, `best_validation_score_`, `t_`, `n_features_in_`,
 `n_outputs_`, `n_layers_`, `out_activation_`, `coefs_`, `intercepts_`).  The
-network itself is `net_`, a `gpubp.MLP` (save it with `net_.save(path)`).
+network itself is `net_`, a `gpubp.MLP` (save it with `net_.save(path)`);
+`coefs_` and `intercepts_` are read-only copies of its parameters, and
+assigning a list to either (as scikit-learn allows) sets them.
 
 How the hyper-parameters map onto gpubp:
 - `alpha`: scikit-learn adds `alpha / 2 * ||W||^2 / n_batch` to each batch's
@@ -131,6 +133,11 @@ def _rows_weighted(sw: np.ndarray, batch_size: int) -> np.ndarray:
             unit = part / top
             part[...] = unit * (part.shape[0] / unit.sum())
     return w
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 class _BaseMLP(BaseEstimator):
@@ -505,15 +512,46 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self) -> list[np.ndarray]:
-        """Weights per layer in scikit-learn's layout `(n_in, n_out)` (copies)."""
+        """Weights per layer in scikit-learn's layout `(n_in, n_out)`.
+
+        Read-only copies of the network's weights: writing into one would change nothing, so it is
+        refused ("assignment destination is read-only"); assign a whole list instead
+        (`est.coefs_ = [...]`, as scikit-learn's allow), which sets the network's weights."""
         check_is_fitted(self, "net_")
-        return [W.T.copy() for W, _ in self.net_.get_params()]
+        return [_read_only(W.T.copy()) for W, _ in self.net_.get_params()]
+
+    @coefs_.setter
+    def coefs_(self, coefs) -> None:
+        self._set_layers(coefs, 0, "coefs_")
 
     @property
     def intercepts_(self) -> list[np.ndarray]:
-        """Biases per layer (copies)."""
+        """Biases per layer: read-only copies, set as a whole list (see `coefs_`)."""
         check_is_fitted(self, "net_")
-        return [b.copy() for _, b in self.net_.get_params()]
+        return [_read_only(b.copy()) for _, b in self.net_.get_params()]
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts) -> None:
+        self._set_layers(intercepts, 1, "intercepts_")
+
+    def _set_layers(self, arrays, which: int, name: str) -> None:
+        """Write `arrays` (one per layer, scikit-learn's layout) as the network's weights (`which` 0)
+        or biases (1); all are checked before anything is written."""
+        check_is_fitted(self, "net_")
+        current = self.net_.get_params()
+        try:
+            arrays = [np.asarray(a) for a in arrays]
+        except TypeError:
+            raise TypeError(f"{name} must be a list of arrays, one per layer") from None
+        if len(arrays) != len(current):
+            raise ValueError(f"{name} needs {len(current)} arrays, one per layer, got {len(arrays)}")
+        for l, (a, (W, b)) in enumerate(zip(arrays, current)):
+            want = W.T.shape if which == 0 else b.shape
+            if a.shape != want:
+                raise ValueError(f"{name}[{l}] has shape {a.shape}; expected {want}")
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{name}[{l}] must be numeric, got dtype {a.dtype}")
+        self.net_.set_params([(a.T, b) if which == 0 else (W, a) for a, (W, b) in zip(arrays, current)])
 
     # ------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:

@@ -807,3 +807,30 @@ def test_partial_fit_classes_must_be_a_list_of_labels():
         assert not hasattr(est, "net_")
     with pytest.raises(ValueError):
         SkMLPClassifier((4,)).partial_fit(X, y, classes=[[0, 1, 2]])
+
+
+def test_coefs_and_intercepts_are_set_as_in_sklearn_and_never_written_in_vain():
+    """scikit-learn's coefs_/intercepts_ are the model: assigning a list, or writing into one of its
+    arrays, changes the predictions.  Ours returned fresh copies: `est.coefs_[0][...] = W` changed nothing
+    without a word, and `est.coefs_ = [...]` raised "property 'coefs_' ... has no setter".  Writing into
+    a copy is now refused (read-only), assigning sets the network's parameters: the weights of a
+    scikit-learn MLP assigned to ours predict as it does."""
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(6, 5), activation="tanh", max_iter=5, random_state=0)
+    sk = _fit_quietly(SkMLPClassifier(**kw), X, y)
+    est = _fit_quietly(MLPClassifier(**dict(kw, random_state=1), backend="numpy", dtype="float64"), X, y)
+    before = est.predict_proba(X)
+    with pytest.raises(ValueError, match="read-only"):
+        est.coefs_[0][...] = 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        est.intercepts_[1] += 1.0
+    np.testing.assert_array_equal(est.predict_proba(X), before)
+    for bad, match in (([c.T for c in sk.coefs_], r"coefs_\[0\] has shape \(6, 4\); expected \(4, 6\)"),
+                       (sk.coefs_[:2], "needs 3 arrays")):
+        with pytest.raises(ValueError, match=match):
+            est.coefs_ = bad
+        np.testing.assert_array_equal(est.predict_proba(X), before)
+    est.coefs_, est.intercepts_ = sk.coefs_, sk.intercepts_
+    np.testing.assert_allclose(est.predict_proba(X), sk.predict_proba(X), rtol=1e-12, atol=1e-15)
+    for a, b in zip(est.coefs_, sk.coefs_):
+        np.testing.assert_array_equal(a, b)
