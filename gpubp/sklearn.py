@@ -642,7 +642,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
             if labels.shape[0] < 2:
                 raise ValueError(f"the classifier needs samples of at least 2 classes; got 1 class "
-                                 f"({labels[0]!r})" if labels.shape[0] else "the classifier needs at least 2 classes")
+                                 f"({labels.tolist()[0]!r})" if labels.shape[0] else "the classifier needs at least 2 classes")
             self._multilabel = False
             self._label_encoder = LabelEncoder().fit(labels)
             self.classes_ = self._label_encoder.classes_

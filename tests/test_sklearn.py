@@ -834,3 +834,14 @@ def test_coefs_and_intercepts_are_set_as_in_sklearn_and_never_written_in_vain():
     np.testing.assert_allclose(est.predict_proba(X), sk.predict_proba(X), rtol=1e-12, atol=1e-15)
     for a, b in zip(est.coefs_, sk.coefs_):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_class_is_refused_naming_the_class():
+    """As scikit-learn's LogisticRegression ("... only one class: 0"); the label was shown as numpy's repr
+    ("np.str_('cat')", "np.int64(0)")."""
+    X, _ = _blobs(n=20)
+    for y, shown in ((np.full(20, "cat"), "('cat')"), (np.zeros(20, int), "(0)")):
+        est = MLPClassifier((4,), backend="numpy")
+        with pytest.raises(ValueError) as e:
+            est.fit(X, y)
+        assert str(e.value).endswith(f"at least 2 classes; got 1 class {shown}") and not hasattr(est, "net_")
