@@ -63,7 +63,9 @@ How the hyper-parameters map onto gpubp:
   (seeded from `random_state`), so runs are reproducible but do not visit the
   samples in scikit-learn's order.
 - Sparse inputs (X or y) are refused (gpubp works on dense arrays); so are
-  multiclass-multioutput targets.  Multilabel indicator targets and
+  dates, durations and text in X (and in a regressor's y), which a float
+  conversion would read as day counts or parse, and multiclass-multioutput
+  targets.  Multilabel indicator targets and
   multi-output regression are supported.
 - A `fit` or `partial_fit` refused for its input or settings (before its
   first epoch) leaves the estimator as it was, fitted attributes and
@@ -240,6 +242,20 @@ class _BaseMLP(BaseEstimator):
         if issparse(y):
             raise TypeError("Sparse data was passed for y, but dense data is required. Use '.toarray()' to "
                             "convert to a dense numpy array.")
+
+    @staticmethod
+    def _check_numeric_X(X) -> None:
+        """Refuse dates, durations, text and bytes in `X` (or a DataFrame's columns) before validate_data,
+        whose conversion to float reads dates as day counts and parses numeric strings (the targets are
+        refused alike)."""
+        if issparse(X):
+            return
+        dtypes = list(X.dtypes) if hasattr(X, "dtypes") and hasattr(X, "columns") else \
+            [X.dtype if isinstance(X, np.ndarray) else np.asarray(X).dtype]
+        for dt in dtypes:
+            # pandas' own dtypes have a kind as numpy's; its text columns ("str", "string[python]"...) kind "O"
+            if getattr(dt, "kind", "O") in "MmUS" or str(dt) == "str" or str(dt).startswith("string"):
+                raise ValueError(f"X must hold real numbers, got dtype {dt}: convert it to numbers explicitly")
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
@@ -493,6 +509,7 @@ class _BaseMLP(BaseEstimator):
         """
         check_is_fitted(self, "net_")
         if check_input:
+            self._check_numeric_X(X)
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         net = self.net_
         return net.backend.to_numpy(net.forward(self._in_net_dtype(X))).astype(np.float64)
@@ -675,6 +692,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError("classes must be passed on the first call to partial_fit: every label the "
                              "classifier will see")
         self._check_dense_y(y)
+        self._check_numeric_X(X)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         if first:
@@ -757,6 +775,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._check_params()
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
         self._check_dense_y(y)
+        self._check_numeric_X(X)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
         if np.asarray(y).dtype.kind not in "biuf":   # y_numeric converts objects only: np.asarray(y, float64)

@@ -845,3 +845,34 @@ def test_one_class_is_refused_naming_the_class():
         with pytest.raises(ValueError) as e:
             est.fit(X, y)
         assert str(e.value).endswith(f"at least 2 classes; got 1 class {shown}") and not hasattr(est, "net_")
+
+
+def test_dates_and_text_in_X_are_refused():
+    """validate_data's conversion to float read a datetime64 or timedelta64 X as day counts and parsed
+    numeric text (str, bytes, pandas' text columns): such an X trained and predicted without a word
+    (scikit-learn's MLPs fail on dates and refuse text at predict).  The targets were refused
+    alike already (y must hold real numbers)."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 2)), np.arange(8) % 2
+    days = np.arange(16).astype("datetime64[D]").reshape(8, 2)
+    bad = [days, days - days[0, 0], X.astype(str), X.astype("S8"), X.astype(str).tolist(),
+           pd.DataFrame({"a": X[:, 0], "b": pd.date_range("2020-01-01", periods=8)}),
+           pd.DataFrame({"a": X[:, 0], "b": pd.array(X[:, 1].astype(str), dtype="string")})]
+    for Est in (MLPClassifier, MLPRegressor):
+        fitted = _fit_quietly(Est((3,), max_iter=2, random_state=0, backend="numpy"), X, y)
+        before = _fitted_state(fitted, X)
+        for Xb in bad:
+            with pytest.raises(ValueError, match="X must hold real numbers, got dtype"):
+                Est((3,), max_iter=2, backend="numpy").fit(Xb, y)
+            for call in (lambda: fitted.fit(Xb, y), lambda: fitted.predict(Xb)):
+                with pytest.raises(ValueError, match="X must hold real numbers, got dtype"):
+                    call()
+            _assert_same_state(_fitted_state(fitted, X), before)
+    sk = _fit_quietly(SkMLPRegressor(hidden_layer_sizes=(3,), max_iter=2), days, y)  # scikit-learn's fail on dates at
+    with pytest.raises(TypeError):                                         # predict ("ufunc 'matmul' ...")
+        sk.predict(days)
+    # numbers in object arrays and pandas' nullable columns are numbers
+    df = pd.DataFrame({"a": X[:, 0], "b": pd.array(np.arange(8), dtype="Int64")})
+    _fit_quietly(MLPRegressor((3,), max_iter=2, backend="numpy"), df, y).predict(df)
+    _fit_quietly(MLPRegressor((3,), max_iter=2, backend="numpy"), X.astype(object), y).predict(X.astype(object))
