@@ -49,8 +49,8 @@ How the hyper-parameters map onto gpubp:
   fitted on, as in scikit-learn (a `partial_fit` batch may hold any of
   them).  Both train in the estimator's `precision` and `activation` as they
   are at the call (changed by `set_params`, they apply to the fitted network
-  from then on, as scikit-learn's activation does; its dtype stays the one it
-  was built with, and other `hidden_layer_sizes` are refused).  As in scikit-learn,
+  from then on, as scikit-learn's activation does; its dtype and backend stay
+  the ones it was built with, and other `hidden_layer_sizes` are refused).  As in scikit-learn,
   `max_iter`, the `ConvergenceWarning` and `n_iter_` count the last call's
   epochs (so `n_iter_` is 1 after a `partial_fit`), while `t_` and
   `loss_curve_` count every epoch since the network was built.
