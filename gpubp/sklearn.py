@@ -50,10 +50,10 @@ How the hyper-parameters map onto gpubp:
   them).  Both train in the estimator's `precision` and `activation` as they
   are at the call (changed by `set_params`, they apply to the fitted network
   from then on, as scikit-learn's activation does; its dtype and backend stay
-  the ones it was built with, and other `hidden_layer_sizes` are refused).  As in scikit-learn,
-  `max_iter`, the `ConvergenceWarning` and `n_iter_` count the last call's
-  epochs (so `n_iter_` is 1 after a `partial_fit`), while `t_` and
-  `loss_curve_` count every epoch since the network was built.
+  the ones it was built with, and other `hidden_layer_sizes` are refused).
+  As in scikit-learn, `max_iter`, the `ConvergenceWarning` and `n_iter_`
+  count the last call's epochs (so `n_iter_` is 1 after a `partial_fit`),
+  while `t_` and `loss_curve_` count every epoch since the network was built.
 - `sample_weight`: passed to `gpubp.MLP.fit`, which weights each sample's
   loss in its batch, after scaling within each batch of the epoch to sum to
   the batch's rows (only the ratios within a batch enter its loss): `fit`'s
@@ -659,7 +659,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
             if labels.shape[0] < 2:
                 raise ValueError(f"the classifier needs samples of at least 2 classes; got 1 class "
-                                 f"({labels.tolist()[0]!r})" if labels.shape[0] else "the classifier needs at least 2 classes")
+                                 f"({labels.tolist()[0]!r})" if labels.shape[0] else
+                                 "the classifier needs at least 2 classes")
             self._multilabel = False
             self._label_encoder = LabelEncoder().fit(labels)
             self.classes_ = self._label_encoder.classes_
