@@ -77,21 +77,21 @@ def _backward_pass(backend: Backend, plan, layers, grads) -> None:
     backend.network_backward(plan, layers, grads)
 
 
-def _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, input_grad):
-    """A fresh plan holding a forward's saved state (for a second backward through a retained graph).
+def _bind_saved(plan, spec, bridge, x, hidden_A, Zs):
+    """Point `plan`'s A[0..L-1] and Z at the tensors saved for backward, as unpacked (no copies).
 
-    Its A[1..L-1] and Z are the saved tensors' arrays (no copies); its own A[L] is not read by the
+    Backward reads the forward's state only through these: where a saved-tensor hook
+    (`torch.autograd.graph.saved_tensors_hooks`, `save_on_cpu`) packed a copy, what it unpacks
+    is what PyTorch's own ops would read, and not the live input the user may have changed
+    since; without hooks they are the forward's own arrays.  The plan's A[L] is not read by the
     backward (which starts from delta[L]).
     """
-    plan = backend.make_plan(spec.sizes, spec.activations, x.shape[0], bridge.view(x).dtype,
-                             precision=spec.precision, input_grad=input_grad)
-    plan.bind_input(bridge.view(x))
+    plan.bind_input(bridge.view(x.contiguous()))
     for l, a in enumerate(hidden_A, start=1):
-        plan.A[l] = bridge.view(a)
+        plan.A[l] = bridge.view(a.contiguous())
     Zs = iter(Zs)
     for l, g in enumerate(spec.activations, start=1):
-        if g in NEEDS_Z:
-            plan.Z[l] = bridge.view(next(Zs))
+        plan.Z[l] = bridge.view(next(Zs).contiguous()) if g in NEEDS_Z else None
     return plan
 
 
@@ -281,11 +281,12 @@ class _FusedMLPFunction(torch.autograd.Function):
             out = bridge.tensor(out_a)
             if not keep:
                 return out                  # the plan goes: nothing but the output is kept
-            # Backward uses the plan (its activations and its deltas) and drops it.  The
-            # activations are also saved for backward as zero-copy tensor views: PyTorch then
-            # checks that nothing backward reads was modified in place, and a second backward
-            # through a retained graph (retain_graph=True) rebuilds a plan around them; without
-            # retain_graph PyTorch frees them after the backward.  The output is saved only where
+            # Backward uses the plan (its deltas and scratch) and drops it.  The input and the
+            # activations are saved for backward as zero-copy tensor views, and backward reads them
+            # only through the saved tensors: PyTorch then checks that nothing backward reads was
+            # modified in place, saved-tensor hooks see them, and a second backward through a
+            # retained graph (retain_graph=True) binds them into a fresh plan; without retain_graph
+            # PyTorch frees them after the backward.  The output is saved only where
             # its activation's derivative reads it, so that, as after nn.Linear, an identity (or
             # gelu/silu) output may be changed in place.
             ctx.plan, ctx.bridge, ctx.backend = plan, bridge, backend
@@ -293,6 +294,11 @@ class _FusedMLPFunction(torch.autograd.Function):
             Zs = [bridge.tensor(z) for z in plan.Z[1:] if z is not None]
             out_saved = [out] if _reads_output(spec.activations[-1]) else []
             ctx.save_for_backward(x, *params, *hidden_A, *Zs, *out_saved)
+            # from here on the saved tensors alone hold the input and the activations (backward
+            # binds them again, `_bind_saved`): a hook that packed them elsewhere frees them here
+            plan.A[:L] = [None] * L
+            plan.Z[:] = [None] * len(plan.Z)
+            del hidden_A, Zs
         return out
 
     @staticmethod
@@ -311,12 +317,15 @@ class _FusedMLPFunction(torch.autograd.Function):
         hidden_A, Zs, out_saved = rest[:L - 1], rest[L - 1:L - 1 + n_z], rest[L - 1 + n_z:]
         with bridge.context():
             plan, ctx.plan = ctx.plan, None
-            if plan is None:                 # a second backward through a retained graph
-                plan = _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, need_x)
+            if plan is None:                 # a second backward through a retained graph: fresh deltas
+                plan = backend.make_plan(spec.sizes, spec.activations, x.shape[0], bridge.view(x).dtype,
+                                         precision=spec.precision, input_grad=need_x)
+            _bind_saved(plan, spec, bridge, x, hidden_A, Zs)
+            params = [p.contiguous() for p in params]        # as saved (a hook may unpack any layout)
             layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
             delta_L = plan.delta[L]
             bridge.tensor(delta_L).copy_(grad_out)     # grad_out may be broadcast or shared: a copy
-            A_L = bridge.view(out_saved[0]) if out_saved else None     # read only by g' where it needs A
+            A_L = bridge.view(out_saved[0].contiguous()) if out_saved else None   # read only by g' from A
             Z_L = plan.Z[L]
             bridge.activation_grad(spec.activations[-1], delta_L, A_L, Z_L)
             grads_t = [torch.empty_like(p) for p in params]

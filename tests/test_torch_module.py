@@ -255,6 +255,30 @@ def test_backward_frees_the_activations_and_retain_graph_works(monkeypatch):
         y.sum().backward()
 
 
+def test_backward_reads_what_saved_tensor_hooks_unpack(monkeypatch):
+    """Under `saved_tensors_hooks` that pack copies, backward must read the unpacked copies, as
+    PyTorch's ops do: it read the plan's own view of the input, so an input changed in place
+    after the forward (which the copy hides from the version check) gave wrong weight gradients
+    silently; and the plan kept the activations alive that the hook had moved away."""
+    refs = _spy_on_passes(monkeypatch)
+    net = FusedMLP([3, 6, 5, 2], activation="silu", output_activation="tanh", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    grads = []
+    for m in (net, seq):
+        xi = x.clone().requires_grad_(False)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            y = m(xi)
+        if m is net:
+            assert refs[-1]() is None, "the plan kept an activation that the hook had copied"
+        xi.mul_(10)                              # after the forward: the saved copy is the input
+        y.pow(2).sum().backward(retain_graph=True)
+        y.sum().backward()                       # and again, through the retained graph
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert_close(a, b, 1e-12, "gradient")
+
+
 def test_second_forward_before_backward_keeps_the_first():
     net = FusedMLP([4, 8, 5, 3], activation="gelu", output_activation="sigmoid", seed=2, dtype=torch.float64)
     seq = net.to_sequential()
