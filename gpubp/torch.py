@@ -411,6 +411,9 @@ class FusedMLP(nn.Module):
       same numbers as `torch.manual_seed(seed)` and then the `nn.Linear`s of
       `to_sequential()` built on the CPU.
 
+    `load_state_dict` is `nn.Module`'s, except that one which raises (a missing
+    or unexpected key, a wrong shape) leaves the module as it was.
+
     Values are not checked for NaN (they propagate, as through `nn.Linear`).
     Each forward runs in a step plan of its own (so forwards never share
     buffers).  One that records a graph keeps its plan (activations and room
@@ -502,6 +505,27 @@ class FusedMLP(nn.Module):
         spec = _Spec(self.layer_sizes, self.activations, self.precision, self.backend)
         y = _fused_apply(spec, x.reshape(-1, n0).contiguous(), [q.contiguous() for q in params])
         return y.reshape(*lead, self.layer_sizes[-1])
+
+    # ------------------------------------------------------------ state dict
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, all or nothing: where it raises, the module is as before.
+
+        `nn.Module`'s copies each entry as it goes and raises at the end, so a state dict with
+        a missing or unexpected key (strict) or a wrongly shaped entry left the module half
+        loaded.  Here the parameters and buffers (of this module and any submodule) are kept
+        aside (a copy each, for the duration of the call) and put back when it raises.
+        """
+        kept = [(slots, name, t, t.detach().clone())
+                for m in self.modules() for slots in (m._parameters, m._buffers)
+                for name, t in slots.items() if t is not None]
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            with torch.no_grad():
+                for slots, name, t, data in kept:
+                    slots[name] = t          # assign=True puts the state dict's tensors in their place
+                    t.copy_(data)
+            raise
 
     # ------------------------------------------------------------ nn.Sequential
     @classmethod

@@ -483,6 +483,32 @@ def test_state_dict_round_trip_and_torch_save(tmp_path):
         FusedMLP([3, 6, 2]).load_state_dict(net.state_dict())
 
 
+@pytest.mark.parametrize("assign", [False, True])
+@pytest.mark.parametrize("change, match", [
+    (lambda sd: sd.pop("bias_2"), 'Missing key.*"bias_2"'),
+    (lambda sd: sd.update(extra=torch.zeros(1)), 'Unexpected key.*"extra"'),
+    (lambda sd: sd.update(weight_2=torch.zeros(3, 5)), "size mismatch for weight_2"),
+    (lambda sd: sd.update(bias_2=[0.0, 0.0]), 'parameter named "bias_2"'),
+], ids=["missing", "unexpected", "shape", "not_a_tensor"])
+def test_a_refused_state_dict_changes_nothing(change, match, assign):
+    """nn.Module.load_state_dict copies entry by entry and raises at the end: a state dict with one
+    bad entry (or, strict, a missing or unexpected key) left FusedMLP half loaded."""
+    net = FusedMLP([3, 5, 2], seed=0)
+    before = {n: (p, p.detach().clone()) for n, p in net.named_parameters()}
+    sd = {k: v + 1 for k, v in FusedMLP([3, 5, 2], seed=1).state_dict().items()}
+    change(sd)
+    with pytest.raises(RuntimeError, match=match):
+        net.load_state_dict(sd, assign=assign)
+    for n, p in net.named_parameters():
+        assert p is before[n][0] and torch.equal(p, before[n][1]), f"{n} changed"
+    # strict=False loads the entries present, as nn.Module's (a missing key is no error then)
+    sd = {k: v + 1 for k, v in net.state_dict().items()}
+    del sd["bias_2"]
+    assert net.load_state_dict(sd, strict=False, assign=assign).missing_keys == ["bias_2"]
+    assert torch.equal(net.weight_1, before["weight_1"][1] + 1)
+    assert torch.equal(net.bias_2, before["bias_2"][1])
+
+
 def test_dtype_conversion_of_the_module():
     net = FusedMLP([3, 5, 2], seed=0).double()
     x = torch.randn(4, 3, dtype=torch.float64)
