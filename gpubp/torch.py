@@ -474,10 +474,24 @@ class FusedMLP(nn.Module):
                 f"precision={self.precision!r}, backend={getattr(self.backend, 'name', self.backend)!r}, "
                 f"dtype={p.dtype}, device={p.device}")
 
+    def _check_parameter_shapes(self) -> None:
+        """Refuse parameters that are not tensors of `nn.Linear`'s shapes for `layer_sizes` (one
+        assigned after construction): the backends would fail deep inside with numpy's or the
+        kernels' own words, or broadcast a wrong bias."""
+        for l, (W, b) in enumerate(self.layers(), start=1):
+            n_in, n_out = self.layer_sizes[l - 1], self.layer_sizes[l]
+            for name, t, shape in ((f"weight_{l}", W, (n_out, n_in)), (f"bias_{l}", b, (n_out,))):
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"FusedMLP's {name} must be a tensor, got {type(t).__name__}")
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"FusedMLP's {name} has shape {tuple(t.shape)}; layer {l} of layer_sizes "
+                                     f"{list(self.layer_sizes)} takes {shape}")
+
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"FusedMLP takes a torch.Tensor, got {type(x).__name__}")
+        self._check_parameter_shapes()
         params = [t for Wb in self.layers() for t in Wb]
         p = params[0]
         for name, q in zip(("weight", "bias") * self.n_layers, params):

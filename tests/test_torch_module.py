@@ -362,6 +362,23 @@ def test_bad_inputs_are_refused_clearly():
         net(torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize("name, value, err, match", [
+    ("weight_1", torch.zeros(5, 4), ValueError, r"weight_1 has shape \(5, 4\); layer 1 .* takes \(5, 3\)"),
+    ("weight_2", torch.zeros(10), ValueError, r"weight_2 has shape \(10,\); layer 2 .* takes \(2, 5\)"),
+    ("bias_1", torch.zeros(1), ValueError, r"bias_1 has shape \(1,\); layer 1 .* takes \(5,\)"),
+    ("bias_2", None, TypeError, "bias_2 must be a tensor, got NoneType"),
+])
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_parameter_assigned_with_a_wrong_shape_is_refused(name, value, err, match, grad):
+    """A parameter replaced after construction by one that does not fit `layer_sizes` failed deep
+    in numpy ("matmul: Input operand 1 has a mismatch in its core dimension 0 ...", the kernels'
+    assertions on CUDA), and a (1,)-shaped bias was broadcast over the layer without grad."""
+    net = FusedMLP([3, 5, 2], seed=0)
+    setattr(net, name, None if value is None else nn.Parameter(value))
+    with torch.set_grad_enabled(grad), pytest.raises(err, match=match):
+        net(torch.zeros(4, 3))
+
+
 def test_a_backend_instance_is_used():
     be = NumpyBackend()
     calls = []
