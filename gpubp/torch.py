@@ -409,7 +409,7 @@ class FusedMLP(nn.Module):
       layer by layer), drawn on the CPU from torch's global generator, or from
       a generator seeded with `seed` when given, then moved to `device`: the
       same numbers as `torch.manual_seed(seed)` and then the `nn.Linear`s of
-      `to_sequential()` built on the CPU.
+      `to_sequential()` built on the CPU.  `reset_parameters()` draws them again.
 
     `load_state_dict` is `nn.Module`'s, except that one which raises (a missing
     or unexpected key, a wrong shape) leaves the module as it was.
@@ -451,13 +451,33 @@ class FusedMLP(nn.Module):
         self.precision = precision
         self.seed = seed
         self.backend = backend
-        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        for l, (W, b) in enumerate(self._draw_parameters(dtype), start=1):
+            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(device)))
+            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(device)))
+
+    def _draw_parameters(self, dtype) -> list:
+        """`[(W, b), ...]` for `layer_sizes` as `nn.Linear` initialises them (uniform in
+        ±1/sqrt(fan_in), weight then bias, layer by layer), drawn on the CPU in `dtype` from a
+        generator seeded with `seed`, or from torch's global generator when `seed` is None."""
+        gen = None if self.seed is None else torch.Generator().manual_seed(int(self.seed))
+        out = []
+        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
             bound = 1.0 / math.sqrt(n_in)
             W = torch.empty((n_out, n_in), dtype=dtype).uniform_(-bound, bound, generator=gen)
             b = torch.empty((n_out,), dtype=dtype).uniform_(-bound, bound, generator=gen)
-            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(device)))
-            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(device)))
+            out.append((W, b))
+        return out
+
+    def reset_parameters(self) -> None:
+        """Draw the parameters again, in place, as the constructor did (`nn.Linear`'s
+        `reset_parameters`): from `seed` when set (the constructor's numbers again), else from
+        torch's global generator; dtype and device kept.  Initialisation from the meta device
+        (`FusedMLP(..., device="meta").to_empty(device=d)`, FSDP) calls it."""
+        self._check_parameter_shapes()
+        with torch.no_grad():
+            for (W, b), (W0, b0) in zip(self.layers(), self._draw_parameters(self.weight_1.dtype)):
+                W.copy_(W0)
+                b.copy_(b0)
 
     # ------------------------------------------------------------ basics
     @property

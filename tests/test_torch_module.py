@@ -56,6 +56,28 @@ def test_init_equals_nn_linear_from_the_same_seed():
     assert not torch.equal(FusedMLP([4, 6, 3], seed=124).weight_1, net.weight_1)
 
 
+def test_reset_parameters_draws_the_constructors_numbers_in_place():
+    """nn.Linear's `reset_parameters`, which meta-device initialisation (`to_empty`, FSDP's) calls:
+    FusedMLP had none, so its parameters could not be initialised after `to_empty` (memory left
+    as it was)."""
+    ref = FusedMLP([4, 6, 3], seed=7, dtype=torch.float64)
+    net = FusedMLP([4, 6, 3], seed=7, dtype=torch.float64, device="meta").to_empty(device="cpu")
+    params = list(net.parameters())
+    net.reset_parameters()
+    assert all(p is q for p, q in zip(params, net.parameters()))       # in place: optimizers keep them
+    for p, q in zip(ref.parameters(), net.parameters()):
+        assert torch.equal(p, q)
+    torch.manual_seed(3)                       # seed=None: torch's global generator, as nn.Linear's
+    ref = FusedMLP([4, 6, 3])
+    net = FusedMLP.from_sequential(ref.to_sequential())
+    with torch.no_grad():
+        net.weight_1.zero_()
+    torch.manual_seed(3)
+    net.reset_parameters()
+    for p, q in zip(ref.parameters(), net.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_parameters_in_linear_layout_and_order():
     net = FusedMLP([5, 7, 2], dtype=torch.float64)
     names = [n for n, _ in net.named_parameters()]
