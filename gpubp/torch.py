@@ -335,8 +335,26 @@ class _FusedMLPFunction(torch.autograd.Function):
         return (None, None, dX_t, *(g if n else None for g, n in zip(grads_t, need_p)))
 
 
+_NO_TRANSFORMS = ("FusedMLP does not support torch.func transforms (vmap, grad, jacrev, jacfwd, jvp, "
+                  "hessian) or forward-mode AD: its passes run outside PyTorch's operators. "
+                  "Use reverse mode (loss.backward(), torch.autograd.grad, "
+                  "torch.autograd.functional.jacobian) on ordinary tensors")
+
+
+def _refuse_transforms(tensors) -> None:
+    """Refuse tensors wrapped by a torch.func transform or carrying a forward-mode tangent, in
+    FusedMLP's words (PyTorch's own error asks the author of the function to add a
+    `setup_context` or a `jvp`)."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    from torch.autograd import forward_ad
+    for t in tensors:
+        if (wrapped is not None and wrapped(t)) or forward_ad.unpack_dual(t).tangent is not None:
+            raise RuntimeError(_NO_TRANSFORMS)
+
+
 @torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break")
 def _fused_apply(spec: _Spec, x, params):
+    _refuse_transforms((x, *params))
     keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return _FusedMLPFunction.apply(spec, keep, x, *params)
 
@@ -420,7 +438,8 @@ class FusedMLP(nn.Module):
     for the deltas) until its backward, which frees it (with
     `retain_graph=True` the activations stay for a further backward); under
     `torch.no_grad`, or when nothing requires grad, only the output is kept.
-    Double backward is not supported.
+    Double backward, torch.func transforms (vmap, grad, jacrev, ...) and
+    forward-mode AD are not supported (each raises a RuntimeError saying so).
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", precision="float32",

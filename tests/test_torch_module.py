@@ -356,6 +356,37 @@ def test_double_backward_is_refused():
     assert torch.allclose(gx, ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("transform", [
+    lambda net, x: torch.func.vmap(net)(x[None].expand(3, -1, -1)),
+    lambda net, x: torch.func.grad(lambda t: net(t).sum())(x),
+    lambda net, x: torch.func.jacrev(net)(x),
+    lambda net, x: torch.func.jacfwd(net)(x),
+    lambda net, x: torch.func.hessian(lambda t: net(t).sum())(x),
+    lambda net, x: torch.func.vmap(lambda p, t: torch.func.functional_call(net, p, (t,)), in_dims=(0, None))(
+        {k: v[None].expand(2, *v.shape) for k, v in net.named_parameters()}, x),
+], ids=["vmap", "grad", "jacrev", "jacfwd", "hessian", "vmap_over_parameters"])
+def test_torch_func_transforms_are_refused_in_fusedmlps_words(transform):
+    """PyTorch's own error asked for a `setup_context` staticmethod, words for the author of the
+    autograd.Function, not for its user."""
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support torch.func transforms"):
+        transform(net, x)
+
+
+def test_forward_mode_ad_is_refused_in_fusedmlps_words():
+    import torch.autograd.forward_ad as fwAD
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match="or forward-mode AD"):
+            net(fwAD.make_dual(x, torch.ones_like(x)))
+        net(x)                                   # a forward without tangents still runs at a dual level
+    # reverse mode, what the message points to, works: the Jacobian equals nn.Sequential's
+    ref = torch.autograd.functional.jacobian(net.to_sequential(), x)
+    assert torch.allclose(torch.autograd.functional.jacobian(net, x), ref, rtol=1e-12, atol=1e-14)
+
+
 def test_empty_batch():
     net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
     x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
