@@ -301,6 +301,30 @@ def test_backward_reads_what_saved_tensor_hooks_unpack(monkeypatch):
         assert_close(a, b, 1e-12, "gradient")
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing(monkeypatch, reentrant):
+    """torch.utils.checkpoint: the gradients equal nn.Sequential's, and the non-reentrant form,
+    whose hooks drop the saved tensors, really frees the forward's activations (the plan kept
+    them) and recomputes them for the backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    refs = _spy_on_passes(monkeypatch)
+    net = FusedMLP([3, 6, 5, 2], activation="gelu", output_activation="sigmoid", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    grads = []
+    for m in (net, seq):
+        xi = x.clone().requires_grad_(True)
+        y = checkpoint(m, xi, use_reentrant=reentrant)
+        if m is net:
+            assert refs[-1]() is None, "a checkpointed forward kept its activations"
+        y.pow(2).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert len(refs) == 2                        # the forward, and its recomputation for the backward
+    for a, b in zip(*grads):
+        assert_close(a, b, 1e-12, "gradient")
+
+
 def test_second_forward_before_backward_keeps_the_first():
     net = FusedMLP([4, 8, 5, 3], activation="gelu", output_activation="sigmoid", seed=2, dtype=torch.float64)
     seq = net.to_sequential()
