@@ -54,6 +54,8 @@ def _check_precision(precision) -> str:
 
 
 _TORCH_DTYPES = (torch.float32, torch.float64)
+#: the dtypes torch.autocast computes in, which FusedMLP's forward casts from under autocast
+_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- backend passes
@@ -418,7 +420,9 @@ class FusedMLP(nn.Module):
       emulate TF32's rounding in every product (as `gpubp.MLP`).
     - `dtype` (float32 or float64; default torch's default dtype) and `device`
       of the parameters, as `nn.Linear`'s.  The input must have the
-      parameters' dtype and device; its last dimension is `layer_sizes[0]`
+      parameters' dtype and device (under `torch.autocast` a float16 or
+      bfloat16 input is cast to the parameters' dtype, as for PyTorch's
+      float32-policy ops); its last dimension is `layer_sizes[0]`
       and any leading dimensions are kept, as for `nn.Linear`.
     - `backend`: "auto" (by the input's device), "numpy", "cuda", or a
       `gpubp.backends.Backend` instance.
@@ -539,6 +543,11 @@ class FusedMLP(nn.Module):
                                  f"{p.dtype} on {p.device}, a {name} is {q.dtype} on {q.device}")
         if p.dtype not in _TORCH_DTYPES:
             raise ValueError(f"FusedMLP computes in torch.float32 or torch.float64; its parameters are {p.dtype}")
+        if x.dtype in _AUTOCAST_DTYPES and p.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
+            # under torch.autocast FusedMLP runs as PyTorch's float32-policy ops do (softmax, the
+            # losses): a float16 or bfloat16 input, what the autocast layers before it give, is
+            # cast to the module's dtype (differentiably), and the output stays in that dtype
+            x = x.to(p.dtype)
         if x.dtype != p.dtype:
             module_too = f" or the module with .to({x.dtype})" if x.dtype in _TORCH_DTYPES else ""
             raise ValueError(f"input x has dtype {x.dtype} but FusedMLP's parameters are {p.dtype}; convert "

@@ -456,6 +456,33 @@ def test_a_parameter_assigned_with_a_wrong_shape_is_refused(name, value, err, ma
         net(torch.zeros(4, 3))
 
 
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_under_autocast_a_low_precision_input_is_cast(low):
+    """Under torch.autocast the layers before FusedMLP give float16/bfloat16: it refused them (the
+    input's dtype is not the parameters'), so no model with FusedMLP after a Linear ran under AMP.
+    It now casts them to its dtype, as PyTorch's float32-policy ops do, and the gradients flow back
+    through the cast; outside autocast they are refused as before."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4)
+    fused = FusedMLP([4, 6, 2], activation="tanh", seed=0)
+    x = torch.randn(5, 3)
+    results = []
+    for cast_here in (False, True):
+        lin.zero_grad()
+        fused.zero_grad()
+        with torch.autocast("cpu", dtype=low):
+            h = lin(x)
+            assert h.dtype == low
+            y = fused(h.float() if cast_here else h)
+            assert y.dtype == torch.float32
+            y.pow(2).sum().backward()
+        results.append([y.detach(), lin.weight.grad.clone()] + [p.grad.clone() for p in fused.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=f"dtype {low}"):
+        fused(torch.zeros(2, 4, dtype=low))
+
+
 def test_a_backend_instance_is_used():
     be = NumpyBackend()
     calls = []
