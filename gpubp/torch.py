@@ -606,6 +606,9 @@ class FusedMLP(nn.Module):
         linears, acts = [], []
         for i, m in enumerate(seq):
             if isinstance(m, nn.Linear):
+                if nn.parameter.is_lazy(m.weight):
+                    raise ValueError(f"module {i} ({m!r}) is not initialised yet (a lazy module): run the "
+                                     f"Sequential on an input once first")
                 if m.bias is None:
                     raise ValueError(f"module {i} ({m!r}) has no bias; FusedMLP's layers all have one")
                 if linears and m.in_features != linears[-1].out_features:

@@ -537,6 +537,7 @@ def test_sequential_round_trip():
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), "takes 5 inputs"),
     (lambda: nn.Sequential(nn.Tanh()), "before any"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Softplus()), "Softplus"),
+    (lambda: nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2)), "not initialised yet"),
 ])
 def test_from_sequential_refuses_what_it_cannot_fuse(seq, match):
     with pytest.raises(ValueError, match=match):
