@@ -354,8 +354,15 @@ def _refuse_transforms(tensors) -> None:
             raise RuntimeError(_NO_TRANSFORMS)
 
 
-@torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break")
+_NO_EXPORT = ("FusedMLP cannot be exported (torch.export, the ONNX exporter): its passes run outside "
+              "PyTorch's operators; export the equivalent FusedMLP.to_sequential() instead")
+
+
+@torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break "
+                               "(and torch.export cannot export it: export FusedMLP.to_sequential() instead)")
 def _fused_apply(spec: _Spec, x, params):
+    if torch.compiler.is_exporting():      # non-strict export traces with fake tensors, which have no data
+        raise RuntimeError(_NO_EXPORT)
     _refuse_transforms((x, *params))
     keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return _FusedMLPFunction.apply(spec, keep, x, *params)

@@ -665,6 +665,19 @@ def test_torch_compile_graph_break_aot_eager():
     assert "gpubp" in str(explained.break_reasons[0].reason)
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_is_refused_pointing_to_to_sequential(strict):
+    """Non-strict torch.export traced the module with fake tensors and failed with ".numpy() is not
+    supported for tensor subclasses"; both forms now say that FusedMLP cannot be exported and what
+    can: to_sequential(), which exports."""
+    net = FusedMLP([3, 4, 2], seed=0)
+    x = torch.randn(5, 3)
+    with pytest.raises(Exception, match=r"(?s)cannot.*export.*FusedMLP\.to_sequential\(\) instead"):
+        torch.export.export(net, (x,), strict=strict)
+    exported = torch.export.export(net.to_sequential(), (x,), strict=strict)
+    assert torch.allclose(exported.module()(x), net(x), rtol=1e-5, atol=1e-6)
+
+
 def test_torch_compile_inductor():
     try:                                            # inductor builds C++: skip where it cannot
         torch._dynamo.reset()
