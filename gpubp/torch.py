@@ -584,16 +584,17 @@ class FusedMLP(nn.Module):
         loaded.  Here the parameters and buffers (of this module and any submodule) are kept
         aside (a copy each, for the duration of the call) and put back when it raises.
         """
-        kept = [(slots, name, t, t.detach().clone())
+        kept = [(slots, name, t, t._version, t.detach().clone())
                 for m in self.modules() for slots in (m._parameters, m._buffers)
                 for name, t in slots.items() if t is not None]
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except BaseException:
             with torch.no_grad():
-                for slots, name, t, data in kept:
+                for slots, name, t, version, data in kept:
                     slots[name] = t          # assign=True puts the state dict's tensors in their place
-                    t.copy_(data)
+                    if t._version != version:    # copied into: back (what was not stays as it was)
+                        t.copy_(data)
             raise
 
     # ------------------------------------------------------------ nn.Sequential
