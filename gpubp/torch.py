@@ -243,7 +243,10 @@ class _FirstOrderOnly(torch.autograd.Function):
 
 def _first_order_only(backward):
     """Run `backward` without a graph; under `create_graph=True` pass its gradients through
-    `_FirstOrderOnly`, tied to the saved tensors that require grad (the input and parameters)."""
+    `_FirstOrderOnly`, tied to the saved tensors that require grad (the input and parameters)
+    and to the incoming gradients that do: the gradients depend on both, and a derivative with
+    respect to the incoming gradient (the double-backward trick of
+    `torch.autograd.functional.jvp`) was silently 0."""
     @functools.wraps(backward)
     def wrapper(ctx, *args):
         with torch.no_grad():
@@ -251,6 +254,7 @@ def _first_order_only(backward):
         if not torch.is_grad_enabled():          # a plain backward: nothing to guard
             return grads
         anchors = [t for t in ctx.saved_tensors if t.requires_grad]
+        anchors += [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
         present = [g for g in grads if g is not None]
         if not anchors or not present:
             return grads

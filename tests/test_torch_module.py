@@ -411,6 +411,21 @@ def test_forward_mode_ad_is_refused_in_fusedmlps_words():
     assert torch.allclose(torch.autograd.functional.jacobian(net, x), ref, rtol=1e-12, atol=1e-14)
 
 
+def test_a_derivative_through_the_incoming_gradient_is_refused():
+    """The double-backward trick differentiates the input gradient with respect to the incoming
+    gradient `v`: torch.autograd.functional.jvp returned zeros (FusedMLP's gradients were tied to
+    the input and parameters only), and with another term the module's part was silently 0."""
+    net = FusedMLP([3, 4, 2], activation="tanh", seed=0, dtype=torch.float64)
+    x, u = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
+        torch.autograd.functional.jvp(net, x, u)
+    net.requires_grad_(False)
+    v = torch.zeros(5, 2, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(net(x.requires_grad_(True)), x, grad_outputs=v, create_graph=True)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
+        torch.autograd.grad((gx * u).sum() + v.pow(2).sum(), v)
+
+
 def test_empty_batch():
     net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
     x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
