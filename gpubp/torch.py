@@ -604,7 +604,8 @@ class FusedMLP(nn.Module):
     # ------------------------------------------------------------ nn.Sequential
     @classmethod
     def from_sequential(cls, seq: nn.Sequential, precision: str = "float32", backend="auto") -> "FusedMLP":
-        """A FusedMLP computing what `seq` computes, with copies of its parameters (dtype and device kept).
+        """A FusedMLP computing what `seq` computes, with copies of its parameters (dtype, device and
+        `requires_grad` kept).
 
         `seq` holds `nn.Linear` layers (with bias), each followed by at most one
         supported activation module (`nn.ReLU`, `nn.Sigmoid`, `nn.Tanh`,
@@ -655,17 +656,23 @@ class FusedMLP(nn.Module):
             for (W, b), lin in zip(net.layers(), linears):
                 W.copy_(lin.weight)
                 b.copy_(lin.bias)
+                W.requires_grad_(lin.weight.requires_grad)     # a frozen layer stays frozen
+                b.requires_grad_(lin.bias.requires_grad)
         net.seed = None
         return net
 
     def to_sequential(self) -> nn.Sequential:
-        """An `nn.Sequential` of `nn.Linear` and activation modules computing the same, with copies of the parameters."""
+        """An `nn.Sequential` of `nn.Linear` and activation modules computing the same, with copies
+        of the parameters (each keeping its `requires_grad`).  Torch's random generator is not
+        used (the `nn.Linear`s are made without drawing their initial values)."""
         mods = []
         for (W, b), g in zip(self.layers(), self.activations):
-            lin = nn.Linear(W.shape[1], W.shape[0], dtype=W.dtype, device=W.device)
+            lin = nn.utils.skip_init(nn.Linear, W.shape[1], W.shape[0], dtype=W.dtype, device=W.device)
             with torch.no_grad():
                 lin.weight.copy_(W)
                 lin.bias.copy_(b)
+            lin.weight.requires_grad_(W.requires_grad)
+            lin.bias.requires_grad_(b.requires_grad)
             mods.append(lin)
             act = _activation_module(g)
             if act is not None:

@@ -542,6 +542,26 @@ def test_sequential_round_trip():
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
 
 
+def test_conversions_keep_requires_grad_and_leave_torchs_generator_alone():
+    """A frozen layer stayed trainable after from_sequential/to_sequential (the copies were all
+    requires_grad=True), and to_sequential drew nn.Linear's initial values from torch's global
+    generator before overwriting them, moving the random stream of the caller's program."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    seq[0].weight.requires_grad_(False)
+    net = FusedMLP.from_sequential(seq)
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True, True]
+    net.bias_2.requires_grad_(False)
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    back = net.to_sequential()
+    assert torch.equal(torch.rand(4), expected), "to_sequential drew from torch's generator"
+    assert [p.requires_grad for p in back.parameters()] == [False, True, True, False]
+    for p, q in zip(net.parameters(), back.parameters()):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("seq, match", [
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2)), "Dropout"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), "approximate='tanh'"),
