@@ -475,6 +475,8 @@ class FusedMLP(nn.Module):
             raise ValueError(f"backend must be 'auto', 'numpy', 'cuda' or a gpubp Backend, got {backend!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and not -2 ** 63 <= int(seed) < 2 ** 64:    # what torch.Generator takes
+            raise ValueError(f"seed must be in [-2**63, 2**64) (torch.Generator's seeds), got {seed}")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in _TORCH_DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")

@@ -98,6 +98,7 @@ def test_parameters_in_linear_layout_and_order():
     (dict(layer_sizes=[3, 2], dtype=torch.float16), ValueError, "dtype"),
     (dict(layer_sizes=[3, 2], backend="tpu"), ValueError, "backend"),
     (dict(layer_sizes=[3, 2], seed=1.5), TypeError, "seed"),
+    (dict(layer_sizes=[3, 2], seed=2 ** 64), ValueError, r"seed must be in \[-2\*\*63, 2\*\*64\)"),
 ])
 def test_bad_construction_is_refused(kwargs, err, match):
     with pytest.raises(err, match=match):
