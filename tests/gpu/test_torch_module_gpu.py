@@ -100,7 +100,7 @@ def test_cuda_backward_reads_the_saved_tensors_as_unpacked(dtype):
                    device="cuda")
     seq = net.to_sequential()
     g = torch.Generator(device="cuda").manual_seed(2)
-    x = torch.randn(1100, 9, generator=g, device="cuda", dtype=dtype)      # 1100 rows: the fused kernels
+    x = torch.randn(1100, 9, generator=g, device="cuda", dtype=dtype)      # 1100 rows: float32 runs fused
     grads = []
     for m in (net, seq):
         xi = x.clone().requires_grad_(True)
