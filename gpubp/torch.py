@@ -487,20 +487,27 @@ class FusedMLP(nn.Module):
         self.precision = precision
         self.seed = seed
         self.backend = backend
-        for l, (W, b) in enumerate(self._draw_parameters(dtype), start=1):
-            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(device)))
-            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(device)))
+        # device None: torch's default device (`with torch.device(...)`, set_default_device), as nn.Linear's
+        target = torch.device(device) if device is not None else torch.get_default_device()
+        for l, (W, b) in enumerate(self._draw_parameters(dtype, meta=target.type == "meta"), start=1):
+            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(target)))
+            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(target)))
 
-    def _draw_parameters(self, dtype) -> list:
+    def _draw_parameters(self, dtype, meta: bool = False) -> list:
         """`[(W, b), ...]` for `layer_sizes` as `nn.Linear` initialises them (uniform in
         ±1/sqrt(fan_in), weight then bias, layer by layer), drawn on the CPU in `dtype` from a
-        generator seeded with `seed`, or from torch's global generator when `seed` is None."""
-        gen = None if self.seed is None else torch.Generator().manual_seed(int(self.seed))
+        generator seeded with `seed`, or from torch's global CPU generator when `seed` is None,
+        whatever torch's default device (a CUDA one drew from the CUDA generator, and refused
+        `seed`'s CPU generator).  `meta`: empty meta tensors, nothing drawn (as on the meta device)."""
+        gen = None if self.seed is None or meta else torch.Generator().manual_seed(int(self.seed))
         out = []
         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
             bound = 1.0 / math.sqrt(n_in)
-            W = torch.empty((n_out, n_in), dtype=dtype).uniform_(-bound, bound, generator=gen)
-            b = torch.empty((n_out,), dtype=dtype).uniform_(-bound, bound, generator=gen)
+            W, b = (torch.empty(shape, dtype=dtype, device="meta" if meta else "cpu")
+                    for shape in ((n_out, n_in), (n_out,)))
+            if not meta:
+                W.uniform_(-bound, bound, generator=gen)
+                b.uniform_(-bound, bound, generator=gen)
             out.append((W, b))
         return out
 

@@ -78,6 +78,19 @@ def test_reset_parameters_draws_the_constructors_numbers_in_place():
         assert torch.equal(p, q)
 
 
+def test_default_device_meta_builds_without_drawing():
+    """device=None is torch's default device, as for nn.Linear: under `with torch.device("meta")`
+    the parameters are meta tensors, and nothing is drawn (the global generator does not move)."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        a = FusedMLP([4, 6, 3], seed=1)
+        b = FusedMLP([4, 6, 3])
+    assert torch.equal(torch.rand(3), expected)
+    assert all(p.is_meta for p in [*a.parameters(), *b.parameters()])
+
+
 def test_parameters_in_linear_layout_and_order():
     net = FusedMLP([5, 7, 2], dtype=torch.float64)
     names = [n for n, _ in net.named_parameters()]

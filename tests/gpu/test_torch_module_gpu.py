@@ -126,3 +126,19 @@ def test_cuda_autocast_input_is_cast():
     assert h.dtype == torch.bfloat16 and y.dtype == torch.float32 and torch.equal(y, ref)
     y.sum().backward()
     assert lin.weight.grad is not None and fused.weight_1.grad is not None
+
+
+def test_cuda_default_device_gets_the_cpu_draws():
+    """Under `with torch.device("cuda")` the parameters are drawn on the CPU as documented and land on
+    the GPU: `seed=` raised (its CPU generator for CUDA tensors), and without it the numbers came
+    from the CUDA generator, not those of nn.Linear built on the CPU."""
+    with torch.device("cuda"):
+        net = FusedMLP([4, 6, 3], seed=3)
+        torch.manual_seed(5)
+        net2 = FusedMLP([4, 6, 3])
+    ref = FusedMLP([4, 6, 3], seed=3)
+    torch.manual_seed(5)
+    ref2 = FusedMLP([4, 6, 3])
+    assert net.weight_1.device.type == "cuda" and net2.weight_1.device.type == "cuda"
+    for p, q in zip([*net.parameters(), *net2.parameters()], [*ref.parameters(), *ref2.parameters()]):
+        assert torch.equal(p.cpu(), q)
