@@ -54,6 +54,8 @@ def _check_precision(precision) -> str:
 
 
 _TORCH_DTYPES = (torch.float32, torch.float64)
+#: the dtypes torch.autocast computes in, which FusedMLP's forward casts from under autocast
+_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- backend passes
@@ -77,21 +79,21 @@ def _backward_pass(backend: Backend, plan, layers, grads) -> None:
     backend.network_backward(plan, layers, grads)
 
 
-def _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, input_grad):
-    """A fresh plan holding a forward's saved state (for a second backward through a retained graph).
+def _bind_saved(plan, spec, bridge, x, hidden_A, Zs):
+    """Point `plan`'s A[0..L-1] and Z at the tensors saved for backward, as unpacked (no copies).
 
-    Its A[1..L-1] and Z are the saved tensors' arrays (no copies); its own A[L] is not read by the
+    Backward reads the forward's state only through these: where a saved-tensor hook
+    (`torch.autograd.graph.saved_tensors_hooks`, `save_on_cpu`) packed a copy, what it unpacks
+    is what PyTorch's own ops would read, and not the live input the user may have changed
+    since; without hooks they are the forward's own arrays.  The plan's A[L] is not read by the
     backward (which starts from delta[L]).
     """
-    plan = backend.make_plan(spec.sizes, spec.activations, x.shape[0], bridge.view(x).dtype,
-                             precision=spec.precision, input_grad=input_grad)
-    plan.bind_input(bridge.view(x))
+    plan.bind_input(bridge.view(x.contiguous()))
     for l, a in enumerate(hidden_A, start=1):
-        plan.A[l] = bridge.view(a)
+        plan.A[l] = bridge.view(a.contiguous())
     Zs = iter(Zs)
     for l, g in enumerate(spec.activations, start=1):
-        if g in NEEDS_Z:
-            plan.Z[l] = bridge.view(next(Zs))
+        plan.Z[l] = bridge.view(next(Zs).contiguous()) if g in NEEDS_Z else None
     return plan
 
 
@@ -241,7 +243,10 @@ class _FirstOrderOnly(torch.autograd.Function):
 
 def _first_order_only(backward):
     """Run `backward` without a graph; under `create_graph=True` pass its gradients through
-    `_FirstOrderOnly`, tied to the saved tensors that require grad (the input and parameters)."""
+    `_FirstOrderOnly`, tied to the saved tensors that require grad (the input and parameters)
+    and to the incoming gradients that do: the gradients depend on both, and a derivative with
+    respect to the incoming gradient (the double-backward trick of
+    `torch.autograd.functional.jvp`) was silently 0."""
     @functools.wraps(backward)
     def wrapper(ctx, *args):
         with torch.no_grad():
@@ -249,6 +254,7 @@ def _first_order_only(backward):
         if not torch.is_grad_enabled():          # a plain backward: nothing to guard
             return grads
         anchors = [t for t in ctx.saved_tensors if t.requires_grad]
+        anchors += [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
         present = [g for g in grads if g is not None]
         if not anchors or not present:
             return grads
@@ -281,11 +287,12 @@ class _FusedMLPFunction(torch.autograd.Function):
             out = bridge.tensor(out_a)
             if not keep:
                 return out                  # the plan goes: nothing but the output is kept
-            # Backward uses the plan (its activations and its deltas) and drops it.  The
-            # activations are also saved for backward as zero-copy tensor views: PyTorch then
-            # checks that nothing backward reads was modified in place, and a second backward
-            # through a retained graph (retain_graph=True) rebuilds a plan around them; without
-            # retain_graph PyTorch frees them after the backward.  The output is saved only where
+            # Backward uses the plan (its deltas and scratch) and drops it.  The input and the
+            # activations are saved for backward as zero-copy tensor views, and backward reads them
+            # only through the saved tensors: PyTorch then checks that nothing backward reads was
+            # modified in place, saved-tensor hooks see them, and a second backward through a
+            # retained graph (retain_graph=True) binds them into a fresh plan; without retain_graph
+            # PyTorch frees them after the backward.  The output is saved only where
             # its activation's derivative reads it, so that, as after nn.Linear, an identity (or
             # gelu/silu) output may be changed in place.
             ctx.plan, ctx.bridge, ctx.backend = plan, bridge, backend
@@ -293,6 +300,11 @@ class _FusedMLPFunction(torch.autograd.Function):
             Zs = [bridge.tensor(z) for z in plan.Z[1:] if z is not None]
             out_saved = [out] if _reads_output(spec.activations[-1]) else []
             ctx.save_for_backward(x, *params, *hidden_A, *Zs, *out_saved)
+            # from here on the saved tensors alone hold the input and the activations (backward
+            # binds them again, `_bind_saved`): a hook that packed them elsewhere frees them here
+            plan.A[:L] = [None] * L
+            plan.Z[:] = [None] * len(plan.Z)
+            del hidden_A, Zs
         return out
 
     @staticmethod
@@ -311,12 +323,15 @@ class _FusedMLPFunction(torch.autograd.Function):
         hidden_A, Zs, out_saved = rest[:L - 1], rest[L - 1:L - 1 + n_z], rest[L - 1 + n_z:]
         with bridge.context():
             plan, ctx.plan = ctx.plan, None
-            if plan is None:                 # a second backward through a retained graph
-                plan = _plan_from_saved(backend, spec, bridge, x, hidden_A, Zs, need_x)
+            if plan is None:                 # a second backward through a retained graph: fresh deltas
+                plan = backend.make_plan(spec.sizes, spec.activations, x.shape[0], bridge.view(x).dtype,
+                                         precision=spec.precision, input_grad=need_x)
+            _bind_saved(plan, spec, bridge, x, hidden_A, Zs)
+            params = [p.contiguous() for p in params]        # as saved (a hook may unpack any layout)
             layers = [(bridge.view(params[2 * i]), bridge.view(params[2 * i + 1])) for i in range(L)]
             delta_L = plan.delta[L]
             bridge.tensor(delta_L).copy_(grad_out)     # grad_out may be broadcast or shared: a copy
-            A_L = bridge.view(out_saved[0]) if out_saved else None     # read only by g' where it needs A
+            A_L = bridge.view(out_saved[0].contiguous()) if out_saved else None   # read only by g' from A
             Z_L = plan.Z[L]
             bridge.activation_grad(spec.activations[-1], delta_L, A_L, Z_L)
             grads_t = [torch.empty_like(p) for p in params]
@@ -326,8 +341,33 @@ class _FusedMLPFunction(torch.autograd.Function):
         return (None, None, dX_t, *(g if n else None for g, n in zip(grads_t, need_p)))
 
 
-@torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break")
+_NO_TRANSFORMS = ("FusedMLP does not support torch.func transforms (vmap, grad, jacrev, jacfwd, jvp, "
+                  "hessian) or forward-mode AD: its passes run outside PyTorch's operators. "
+                  "Use reverse mode (loss.backward(), torch.autograd.grad, "
+                  "torch.autograd.functional.jacobian) on ordinary tensors")
+
+
+def _refuse_transforms(tensors) -> None:
+    """Refuse tensors wrapped by a torch.func transform or carrying a forward-mode tangent, in
+    FusedMLP's words (PyTorch's own error asks the author of the function to add a
+    `setup_context` or a `jvp`)."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    from torch.autograd import forward_ad
+    for t in tensors:
+        if (wrapped is not None and wrapped(t)) or forward_ad.unpack_dual(t).tangent is not None:
+            raise RuntimeError(_NO_TRANSFORMS)
+
+
+_NO_EXPORT = ("FusedMLP cannot be exported (torch.export, the ONNX exporter): its passes run outside "
+              "PyTorch's operators; export the equivalent FusedMLP.to_sequential() instead")
+
+
+@torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break "
+                               "(and torch.export cannot export it: export FusedMLP.to_sequential() instead)")
 def _fused_apply(spec: _Spec, x, params):
+    if torch.compiler.is_exporting():      # non-strict export traces with fake tensors, which have no data
+        raise RuntimeError(_NO_EXPORT)
+    _refuse_transforms((x, *params))
     keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return _FusedMLPFunction.apply(spec, keep, x, *params)
 
@@ -391,7 +431,9 @@ class FusedMLP(nn.Module):
       emulate TF32's rounding in every product (as `gpubp.MLP`).
     - `dtype` (float32 or float64; default torch's default dtype) and `device`
       of the parameters, as `nn.Linear`'s.  The input must have the
-      parameters' dtype and device; its last dimension is `layer_sizes[0]`
+      parameters' dtype and device (under `torch.autocast` a float16 or
+      bfloat16 input is cast to the parameters' dtype, as for PyTorch's
+      float32-policy ops); its last dimension is `layer_sizes[0]`
       and any leading dimensions are kept, as for `nn.Linear`.
     - `backend`: "auto" (by the input's device), "numpy", "cuda", or a
       `gpubp.backends.Backend` instance.
@@ -400,7 +442,10 @@ class FusedMLP(nn.Module):
       layer by layer), drawn on the CPU from torch's global generator, or from
       a generator seeded with `seed` when given, then moved to `device`: the
       same numbers as `torch.manual_seed(seed)` and then the `nn.Linear`s of
-      `to_sequential()` built on the CPU.
+      `to_sequential()` built on the CPU.  `reset_parameters()` draws them again.
+
+    `load_state_dict` is `nn.Module`'s, except that one which raises (a missing
+    or unexpected key, a wrong shape) leaves the module as it was.
 
     Values are not checked for NaN (they propagate, as through `nn.Linear`).
     Each forward runs in a step plan of its own (so forwards never share
@@ -408,7 +453,8 @@ class FusedMLP(nn.Module):
     for the deltas) until its backward, which frees it (with
     `retain_graph=True` the activations stay for a further backward); under
     `torch.no_grad`, or when nothing requires grad, only the output is kept.
-    Double backward is not supported.
+    Double backward, torch.func transforms (vmap, grad, jacrev, ...) and
+    forward-mode AD are not supported (each raises a RuntimeError saying so).
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", precision="float32",
@@ -429,6 +475,8 @@ class FusedMLP(nn.Module):
             raise ValueError(f"backend must be 'auto', 'numpy', 'cuda' or a gpubp Backend, got {backend!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and not -2 ** 63 <= int(seed) < 2 ** 64:    # what torch.Generator takes
+            raise ValueError(f"seed must be in [-2**63, 2**64) (torch.Generator's seeds), got {seed}")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in _TORCH_DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -439,13 +487,40 @@ class FusedMLP(nn.Module):
         self.precision = precision
         self.seed = seed
         self.backend = backend
-        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        # device None: torch's default device (`with torch.device(...)`, set_default_device), as nn.Linear's
+        target = torch.device(device) if device is not None else torch.get_default_device()
+        for l, (W, b) in enumerate(self._draw_parameters(dtype, meta=target.type == "meta"), start=1):
+            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(target)))
+            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(target)))
+
+    def _draw_parameters(self, dtype, meta: bool = False) -> list:
+        """`[(W, b), ...]` for `layer_sizes` as `nn.Linear` initialises them (uniform in
+        ±1/sqrt(fan_in), weight then bias, layer by layer), drawn on the CPU in `dtype` from a
+        generator seeded with `seed`, or from torch's global CPU generator when `seed` is None,
+        whatever torch's default device (a CUDA one drew from the CUDA generator, and refused
+        `seed`'s CPU generator).  `meta`: empty meta tensors, nothing drawn (as on the meta device)."""
+        gen = None if self.seed is None or meta else torch.Generator().manual_seed(int(self.seed))
+        out = []
+        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
             bound = 1.0 / math.sqrt(n_in)
-            W = torch.empty((n_out, n_in), dtype=dtype).uniform_(-bound, bound, generator=gen)
-            b = torch.empty((n_out,), dtype=dtype).uniform_(-bound, bound, generator=gen)
-            self.register_parameter(f"weight_{l}", nn.Parameter(W.to(device)))
-            self.register_parameter(f"bias_{l}", nn.Parameter(b.to(device)))
+            W, b = (torch.empty(shape, dtype=dtype, device="meta" if meta else "cpu")
+                    for shape in ((n_out, n_in), (n_out,)))
+            if not meta:
+                W.uniform_(-bound, bound, generator=gen)
+                b.uniform_(-bound, bound, generator=gen)
+            out.append((W, b))
+        return out
+
+    def reset_parameters(self) -> None:
+        """Draw the parameters again, in place, as the constructor did (`nn.Linear`'s
+        `reset_parameters`): from `seed` when set (the constructor's numbers again), else from
+        torch's global generator; dtype and device kept.  Initialisation from the meta device
+        (`FusedMLP(..., device="meta").to_empty(device=d)`, FSDP) calls it."""
+        self._check_parameter_shapes()
+        with torch.no_grad():
+            for (W, b), (W0, b0) in zip(self.layers(), self._draw_parameters(self.weight_1.dtype)):
+                W.copy_(W0)
+                b.copy_(b0)
 
     # ------------------------------------------------------------ basics
     @property
@@ -462,10 +537,24 @@ class FusedMLP(nn.Module):
                 f"precision={self.precision!r}, backend={getattr(self.backend, 'name', self.backend)!r}, "
                 f"dtype={p.dtype}, device={p.device}")
 
+    def _check_parameter_shapes(self) -> None:
+        """Refuse parameters that are not tensors of `nn.Linear`'s shapes for `layer_sizes` (one
+        assigned after construction): the backends would fail deep inside with numpy's or the
+        kernels' own words, or broadcast a wrong bias."""
+        for l, (W, b) in enumerate(self.layers(), start=1):
+            n_in, n_out = self.layer_sizes[l - 1], self.layer_sizes[l]
+            for name, t, shape in ((f"weight_{l}", W, (n_out, n_in)), (f"bias_{l}", b, (n_out,))):
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"FusedMLP's {name} must be a tensor, got {type(t).__name__}")
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"FusedMLP's {name} has shape {tuple(t.shape)}; layer {l} of layer_sizes "
+                                     f"{list(self.layer_sizes)} takes {shape}")
+
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"FusedMLP takes a torch.Tensor, got {type(x).__name__}")
+        self._check_parameter_shapes()
         params = [t for Wb in self.layers() for t in Wb]
         p = params[0]
         for name, q in zip(("weight", "bias") * self.n_layers, params):
@@ -474,6 +563,11 @@ class FusedMLP(nn.Module):
                                  f"{p.dtype} on {p.device}, a {name} is {q.dtype} on {q.device}")
         if p.dtype not in _TORCH_DTYPES:
             raise ValueError(f"FusedMLP computes in torch.float32 or torch.float64; its parameters are {p.dtype}")
+        if x.dtype in _AUTOCAST_DTYPES and p.dtype != x.dtype and torch.is_autocast_enabled(x.device.type):
+            # under torch.autocast FusedMLP runs as PyTorch's float32-policy ops do (softmax, the
+            # losses): a float16 or bfloat16 input, what the autocast layers before it give, is
+            # cast to the module's dtype (differentiably), and the output stays in that dtype
+            x = x.to(p.dtype)
         if x.dtype != p.dtype:
             module_too = f" or the module with .to({x.dtype})" if x.dtype in _TORCH_DTYPES else ""
             raise ValueError(f"input x has dtype {x.dtype} but FusedMLP's parameters are {p.dtype}; convert "
@@ -494,10 +588,33 @@ class FusedMLP(nn.Module):
         y = _fused_apply(spec, x.reshape(-1, n0).contiguous(), [q.contiguous() for q in params])
         return y.reshape(*lead, self.layer_sizes[-1])
 
+    # ------------------------------------------------------------ state dict
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, all or nothing: where it raises, the module is as before.
+
+        `nn.Module`'s copies each entry as it goes and raises at the end, so a state dict with
+        a missing or unexpected key (strict) or a wrongly shaped entry left the module half
+        loaded.  Here the parameters and buffers (of this module and any submodule) are kept
+        aside (a copy each, for the duration of the call) and put back when it raises.
+        """
+        kept = [(slots, name, t, t._version, t.detach().clone())
+                for m in self.modules() for slots in (m._parameters, m._buffers)
+                for name, t in slots.items() if t is not None]
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            with torch.no_grad():
+                for slots, name, t, version, data in kept:
+                    slots[name] = t          # assign=True puts the state dict's tensors in their place
+                    if t._version != version:    # copied into: back (what was not stays as it was)
+                        t.copy_(data)
+            raise
+
     # ------------------------------------------------------------ nn.Sequential
     @classmethod
     def from_sequential(cls, seq: nn.Sequential, precision: str = "float32", backend="auto") -> "FusedMLP":
-        """A FusedMLP computing what `seq` computes, with copies of its parameters (dtype and device kept).
+        """A FusedMLP computing what `seq` computes, with copies of its parameters (dtype, device and
+        `requires_grad` kept).
 
         `seq` holds `nn.Linear` layers (with bias), each followed by at most one
         supported activation module (`nn.ReLU`, `nn.Sigmoid`, `nn.Tanh`,
@@ -511,6 +628,9 @@ class FusedMLP(nn.Module):
         linears, acts = [], []
         for i, m in enumerate(seq):
             if isinstance(m, nn.Linear):
+                if nn.parameter.is_lazy(m.weight):
+                    raise ValueError(f"module {i} ({m!r}) is not initialised yet (a lazy module): run the "
+                                     f"Sequential on an input once first")
                 if m.bias is None:
                     raise ValueError(f"module {i} ({m!r}) has no bias; FusedMLP's layers all have one")
                 if linears and m.in_features != linears[-1].out_features:
@@ -545,17 +665,23 @@ class FusedMLP(nn.Module):
             for (W, b), lin in zip(net.layers(), linears):
                 W.copy_(lin.weight)
                 b.copy_(lin.bias)
+                W.requires_grad_(lin.weight.requires_grad)     # a frozen layer stays frozen
+                b.requires_grad_(lin.bias.requires_grad)
         net.seed = None
         return net
 
     def to_sequential(self) -> nn.Sequential:
-        """An `nn.Sequential` of `nn.Linear` and activation modules computing the same, with copies of the parameters."""
+        """An `nn.Sequential` of `nn.Linear` and activation modules computing the same, with copies
+        of the parameters (each keeping its `requires_grad`).  Torch's random generator is not
+        used (the `nn.Linear`s are made without drawing their initial values)."""
         mods = []
         for (W, b), g in zip(self.layers(), self.activations):
-            lin = nn.Linear(W.shape[1], W.shape[0], dtype=W.dtype, device=W.device)
+            lin = nn.utils.skip_init(nn.Linear, W.shape[1], W.shape[0], dtype=W.dtype, device=W.device)
             with torch.no_grad():
                 lin.weight.copy_(W)
                 lin.bias.copy_(b)
+            lin.weight.requires_grad_(W.requires_grad)
+            lin.bias.requires_grad_(b.requires_grad)
             mods.append(lin)
             act = _activation_module(g)
             if act is not None:

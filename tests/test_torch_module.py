@@ -56,6 +56,41 @@ def test_init_equals_nn_linear_from_the_same_seed():
     assert not torch.equal(FusedMLP([4, 6, 3], seed=124).weight_1, net.weight_1)
 
 
+def test_reset_parameters_draws_the_constructors_numbers_in_place():
+    """nn.Linear's `reset_parameters`, which meta-device initialisation (`to_empty`, FSDP's) calls:
+    FusedMLP had none, so its parameters could not be initialised after `to_empty` (memory left
+    as it was)."""
+    ref = FusedMLP([4, 6, 3], seed=7, dtype=torch.float64)
+    net = FusedMLP([4, 6, 3], seed=7, dtype=torch.float64, device="meta").to_empty(device="cpu")
+    params = list(net.parameters())
+    net.reset_parameters()
+    assert all(p is q for p, q in zip(params, net.parameters()))       # in place: optimizers keep them
+    for p, q in zip(ref.parameters(), net.parameters()):
+        assert torch.equal(p, q)
+    torch.manual_seed(3)                       # seed=None: torch's global generator, as nn.Linear's
+    ref = FusedMLP([4, 6, 3])
+    net = FusedMLP.from_sequential(ref.to_sequential())
+    with torch.no_grad():
+        net.weight_1.zero_()
+    torch.manual_seed(3)
+    net.reset_parameters()
+    for p, q in zip(ref.parameters(), net.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_default_device_meta_builds_without_drawing():
+    """device=None is torch's default device, as for nn.Linear: under `with torch.device("meta")`
+    the parameters are meta tensors, and nothing is drawn (the global generator does not move)."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        a = FusedMLP([4, 6, 3], seed=1)
+        b = FusedMLP([4, 6, 3])
+    assert torch.equal(torch.rand(3), expected)
+    assert all(p.is_meta for p in [*a.parameters(), *b.parameters()])
+
+
 def test_parameters_in_linear_layout_and_order():
     net = FusedMLP([5, 7, 2], dtype=torch.float64)
     names = [n for n, _ in net.named_parameters()]
@@ -76,6 +111,7 @@ def test_parameters_in_linear_layout_and_order():
     (dict(layer_sizes=[3, 2], dtype=torch.float16), ValueError, "dtype"),
     (dict(layer_sizes=[3, 2], backend="tpu"), ValueError, "backend"),
     (dict(layer_sizes=[3, 2], seed=1.5), TypeError, "seed"),
+    (dict(layer_sizes=[3, 2], seed=2 ** 64), ValueError, r"seed must be in \[-2\*\*63, 2\*\*64\)"),
 ])
 def test_bad_construction_is_refused(kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -255,6 +291,54 @@ def test_backward_frees_the_activations_and_retain_graph_works(monkeypatch):
         y.sum().backward()
 
 
+def test_backward_reads_what_saved_tensor_hooks_unpack(monkeypatch):
+    """Under `saved_tensors_hooks` that pack copies, backward must read the unpacked copies, as
+    PyTorch's ops do: it read the plan's own view of the input, so an input changed in place
+    after the forward (which the copy hides from the version check) gave wrong weight gradients
+    silently; and the plan kept the activations alive that the hook had moved away."""
+    refs = _spy_on_passes(monkeypatch)
+    net = FusedMLP([3, 6, 5, 2], activation="silu", output_activation="tanh", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    grads = []
+    for m in (net, seq):
+        xi = x.clone().requires_grad_(False)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            y = m(xi)
+        if m is net:
+            assert refs[-1]() is None, "the plan kept an activation that the hook had copied"
+        xi.mul_(10)                              # after the forward: the saved copy is the input
+        y.pow(2).sum().backward(retain_graph=True)
+        y.sum().backward()                       # and again, through the retained graph
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert_close(a, b, 1e-12, "gradient")
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing(monkeypatch, reentrant):
+    """torch.utils.checkpoint: the gradients equal nn.Sequential's, and the non-reentrant form,
+    whose hooks drop the saved tensors, really frees the forward's activations (the plan kept
+    them) and recomputes them for the backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    refs = _spy_on_passes(monkeypatch)
+    net = FusedMLP([3, 6, 5, 2], activation="gelu", output_activation="sigmoid", seed=0, dtype=torch.float64)
+    seq = net.to_sequential()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    grads = []
+    for m in (net, seq):
+        xi = x.clone().requires_grad_(True)
+        y = checkpoint(m, xi, use_reentrant=reentrant)
+        if m is net:
+            assert refs[-1]() is None, "a checkpointed forward kept its activations"
+        y.pow(2).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert len(refs) == 2                        # the forward, and its recomputation for the backward
+    for a, b in zip(*grads):
+        assert_close(a, b, 1e-12, "gradient")
+
+
 def test_second_forward_before_backward_keeps_the_first():
     net = FusedMLP([4, 8, 5, 3], activation="gelu", output_activation="sigmoid", seed=2, dtype=torch.float64)
     seq = net.to_sequential()
@@ -310,6 +394,52 @@ def test_double_backward_is_refused():
     assert torch.allclose(gx, ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("transform", [
+    lambda net, x: torch.func.vmap(net)(x[None].expand(3, -1, -1)),
+    lambda net, x: torch.func.grad(lambda t: net(t).sum())(x),
+    lambda net, x: torch.func.jacrev(net)(x),
+    lambda net, x: torch.func.jacfwd(net)(x),
+    lambda net, x: torch.func.hessian(lambda t: net(t).sum())(x),
+    lambda net, x: torch.func.vmap(lambda p, t: torch.func.functional_call(net, p, (t,)), in_dims=(0, None))(
+        {k: v[None].expand(2, *v.shape) for k, v in net.named_parameters()}, x),
+], ids=["vmap", "grad", "jacrev", "jacfwd", "hessian", "vmap_over_parameters"])
+def test_torch_func_transforms_are_refused_in_fusedmlps_words(transform):
+    """PyTorch's own error asked for a `setup_context` staticmethod, words for the author of the
+    autograd.Function, not for its user."""
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support torch.func transforms"):
+        transform(net, x)
+
+
+def test_forward_mode_ad_is_refused_in_fusedmlps_words():
+    import torch.autograd.forward_ad as fwAD
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match="or forward-mode AD"):
+            net(fwAD.make_dual(x, torch.ones_like(x)))
+        net(x)                                   # a forward without tangents still runs at a dual level
+    # reverse mode, what the message points to, works: the Jacobian equals nn.Sequential's
+    ref = torch.autograd.functional.jacobian(net.to_sequential(), x)
+    assert torch.allclose(torch.autograd.functional.jacobian(net, x), ref, rtol=1e-12, atol=1e-14)
+
+
+def test_a_derivative_through_the_incoming_gradient_is_refused():
+    """The double-backward trick differentiates the input gradient with respect to the incoming
+    gradient `v`: torch.autograd.functional.jvp returned zeros (FusedMLP's gradients were tied to
+    the input and parameters only), and with another term the module's part was silently 0."""
+    net = FusedMLP([3, 4, 2], activation="tanh", seed=0, dtype=torch.float64)
+    x, u = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
+        torch.autograd.functional.jvp(net, x, u)
+    net.requires_grad_(False)
+    v = torch.zeros(5, 2, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(net(x.requires_grad_(True)), x, grad_outputs=v, create_graph=True)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
+        torch.autograd.grad((gx * u).sum() + v.pow(2).sum(), v)
+
+
 def test_empty_batch():
     net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
     x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
@@ -336,6 +466,50 @@ def test_bad_inputs_are_refused_clearly():
     net = FusedMLP([3, 4, 2], seed=0, backend="cuda")
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
         net(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("name, value, err, match", [
+    ("weight_1", torch.zeros(5, 4), ValueError, r"weight_1 has shape \(5, 4\); layer 1 .* takes \(5, 3\)"),
+    ("weight_2", torch.zeros(10), ValueError, r"weight_2 has shape \(10,\); layer 2 .* takes \(2, 5\)"),
+    ("bias_1", torch.zeros(1), ValueError, r"bias_1 has shape \(1,\); layer 1 .* takes \(5,\)"),
+    ("bias_2", None, TypeError, "bias_2 must be a tensor, got NoneType"),
+])
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_parameter_assigned_with_a_wrong_shape_is_refused(name, value, err, match, grad):
+    """A parameter replaced after construction by one that does not fit `layer_sizes` failed deep
+    in numpy ("matmul: Input operand 1 has a mismatch in its core dimension 0 ...", the kernels'
+    assertions on CUDA), and a (1,)-shaped bias was broadcast over the layer without grad."""
+    net = FusedMLP([3, 5, 2], seed=0)
+    setattr(net, name, None if value is None else nn.Parameter(value))
+    with torch.set_grad_enabled(grad), pytest.raises(err, match=match):
+        net(torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_under_autocast_a_low_precision_input_is_cast(low):
+    """Under torch.autocast the layers before FusedMLP give float16/bfloat16: it refused them (the
+    input's dtype is not the parameters'), so no model with FusedMLP after a Linear ran under AMP.
+    It now casts them to its dtype, as PyTorch's float32-policy ops do, and the gradients flow back
+    through the cast; outside autocast they are refused as before."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4)
+    fused = FusedMLP([4, 6, 2], activation="tanh", seed=0)
+    x = torch.randn(5, 3)
+    results = []
+    for cast_here in (False, True):
+        lin.zero_grad()
+        fused.zero_grad()
+        with torch.autocast("cpu", dtype=low):
+            h = lin(x)
+            assert h.dtype == low
+            y = fused(h.float() if cast_here else h)
+            assert y.dtype == torch.float32
+            y.pow(2).sum().backward()
+        results.append([y.detach(), lin.weight.grad.clone()] + [p.grad.clone() for p in fused.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=f"dtype {low}"):
+        fused(torch.zeros(2, 4, dtype=low))
 
 
 def test_a_backend_instance_is_used():
@@ -382,6 +556,26 @@ def test_sequential_round_trip():
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
 
 
+def test_conversions_keep_requires_grad_and_leave_torchs_generator_alone():
+    """A frozen layer stayed trainable after from_sequential/to_sequential (the copies were all
+    requires_grad=True), and to_sequential drew nn.Linear's initial values from torch's global
+    generator before overwriting them, moving the random stream of the caller's program."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    seq[0].weight.requires_grad_(False)
+    net = FusedMLP.from_sequential(seq)
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True, True]
+    net.bias_2.requires_grad_(False)
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    back = net.to_sequential()
+    assert torch.equal(torch.rand(4), expected), "to_sequential drew from torch's generator"
+    assert [p.requires_grad for p in back.parameters()] == [False, True, True, False]
+    for p, q in zip(net.parameters(), back.parameters()):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("seq, match", [
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2)), "Dropout"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), "approximate='tanh'"),
@@ -392,6 +586,7 @@ def test_sequential_round_trip():
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), "takes 5 inputs"),
     (lambda: nn.Sequential(nn.Tanh()), "before any"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Softplus()), "Softplus"),
+    (lambda: nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2)), "not initialised yet"),
 ])
 def test_from_sequential_refuses_what_it_cannot_fuse(seq, match):
     with pytest.raises(ValueError, match=match):
@@ -459,6 +654,35 @@ def test_state_dict_round_trip_and_torch_save(tmp_path):
         FusedMLP([3, 6, 2]).load_state_dict(net.state_dict())
 
 
+@pytest.mark.parametrize("assign", [False, True])
+@pytest.mark.parametrize("change, match", [
+    (lambda sd: sd.pop("bias_2"), 'Missing key.*"bias_2"'),
+    (lambda sd: sd.update(extra=torch.zeros(1)), 'Unexpected key.*"extra"'),
+    (lambda sd: sd.update(weight_2=torch.zeros(3, 5)), "size mismatch for weight_2"),
+    (lambda sd: sd.update(bias_2=[0.0, 0.0]), 'parameter named "bias_2"'),
+], ids=["missing", "unexpected", "shape", "not_a_tensor"])
+def test_a_refused_state_dict_changes_nothing(change, match, assign):
+    """nn.Module.load_state_dict copies entry by entry and raises at the end: a state dict with one
+    bad entry (or, strict, a missing or unexpected key) left FusedMLP half loaded."""
+    net = FusedMLP([3, 5, 2], seed=0)
+    before = {n: (p, p.detach().clone()) for n, p in net.named_parameters()}
+    sd = {k: v + 1 for k, v in FusedMLP([3, 5, 2], seed=1).state_dict().items()}
+    change(sd)
+    y = net(torch.ones(2, 3))                    # a graph recorded before the refused load
+    with pytest.raises(RuntimeError, match=match):
+        net.load_state_dict(sd, assign=assign)
+    for n, p in net.named_parameters():
+        assert p is before[n][0] and torch.equal(p, before[n][1]), f"{n} changed"
+    if assign:                                   # nothing was written in place: the graph still holds
+        y.sum().backward()
+    # strict=False loads the entries present, as nn.Module's (a missing key is no error then)
+    sd = {k: v + 1 for k, v in net.state_dict().items()}
+    del sd["bias_2"]
+    assert net.load_state_dict(sd, strict=False, assign=assign).missing_keys == ["bias_2"]
+    assert torch.equal(net.weight_1, before["weight_1"][1] + 1)
+    assert torch.equal(net.bias_2, before["bias_2"][1])
+
+
 def test_dtype_conversion_of_the_module():
     net = FusedMLP([3, 5, 2], seed=0).double()
     x = torch.randn(4, 3, dtype=torch.float64)
@@ -491,6 +715,19 @@ def test_torch_compile_graph_break_aot_eager():
     explained = torch._dynamo.explain(model)(torch.randn(5, 3))
     assert explained.graph_break_count == 1 and explained.graph_count == 2
     assert "gpubp" in str(explained.break_reasons[0].reason)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_is_refused_pointing_to_to_sequential(strict):
+    """Non-strict torch.export traced the module with fake tensors and failed with ".numpy() is not
+    supported for tensor subclasses"; both forms now say that FusedMLP cannot be exported and what
+    can: to_sequential(), which exports."""
+    net = FusedMLP([3, 4, 2], seed=0)
+    x = torch.randn(5, 3)
+    with pytest.raises(Exception, match=r"(?s)cannot.*export.*FusedMLP\.to_sequential\(\) instead"):
+        torch.export.export(net, (x,), strict=strict)
+    exported = torch.export.export(net.to_sequential(), (x,), strict=strict)
+    assert torch.allclose(exported.module()(x), net(x), rtol=1e-5, atol=1e-6)
 
 
 def test_torch_compile_inductor():

@@ -89,3 +89,56 @@ def test_cuda_input_on_cpu_module_is_refused():
     net = FusedMLP([3, 2], seed=0)
     with pytest.raises(ValueError, match="cuda"):
         net(torch.zeros(2, 3, device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_backward_reads_the_saved_tensors_as_unpacked(dtype):
+    """Backward binds the input and activations from the saved tensors: under save_on_cpu they come
+    back at new addresses (the fused kernels' input copy and pointer tables are made again), and a
+    second backward through a retained graph binds them into a fresh plan."""
+    net = FusedMLP([9, 32, 17, 5], activation="gelu", output_activation="tanh", seed=0, dtype=dtype,
+                   device="cuda")
+    seq = net.to_sequential()
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(1100, 9, generator=g, device="cuda", dtype=dtype)      # 1100 rows: float32 runs fused
+    grads = []
+    for m in (net, seq):
+        xi = x.clone().requires_grad_(True)
+        with torch.autograd.graph.save_on_cpu():
+            y = m(xi)
+        y.pow(2).sum().backward(retain_graph=True)
+        y.sum().backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert a.device.type == "cuda" and rel(a, b) < TOL[dtype]
+
+
+def test_cuda_autocast_input_is_cast():
+    """Under torch.autocast("cuda") the bfloat16 output of an nn.Linear is cast to FusedMLP's float32."""
+    torch.manual_seed(0)
+    lin = nn.Linear(9, 32, device="cuda")
+    fused = FusedMLP([32, 16, 5], activation="silu", seed=0, device="cuda")
+    x = torch.randn(64, 9, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        h = lin(x)
+        y = fused(h)
+        ref = fused(h.float())
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.float32 and torch.equal(y, ref)
+    y.sum().backward()
+    assert lin.weight.grad is not None and fused.weight_1.grad is not None
+
+
+def test_cuda_default_device_gets_the_cpu_draws():
+    """Under `with torch.device("cuda")` the parameters are drawn on the CPU as documented and land on
+    the GPU: `seed=` raised (its CPU generator for CUDA tensors), and without it the numbers came
+    from the CUDA generator, not those of nn.Linear built on the CPU."""
+    with torch.device("cuda"):
+        net = FusedMLP([4, 6, 3], seed=3)
+        torch.manual_seed(5)
+        net2 = FusedMLP([4, 6, 3])
+    ref = FusedMLP([4, 6, 3], seed=3)
+    torch.manual_seed(5)
+    ref2 = FusedMLP([4, 6, 3])
+    assert net.weight_1.device.type == "cuda" and net2.weight_1.device.type == "cuda"
+    for p, q in zip([*net.parameters(), *net2.parameters()], [*ref.parameters(), *ref2.parameters()]):
+        assert torch.equal(p.cpu(), q)
