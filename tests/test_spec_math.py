@@ -8,6 +8,7 @@ the losses at extreme logits and batch 1.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -87,3 +88,91 @@ def test_cross_entropy_probability_rows_are_normalised_so_value_and_gradient_agr
     assert max(max(e) for e in errs) < 1e-6
     logits = torch.from_numpy(net.forward(X))
     assert value == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.from_numpy(P)).item(), rel=1e-12)
+
+
+# ------------------------------------------------------------------ initialisation
+def _torch_init(init, n_out, n_in, gen):
+    """A weight drawn by PyTorch's own initialiser for `init` (nn.Linear's default for "torch")."""
+    W = torch.empty(n_out, n_in, dtype=torch.float64)
+    if init == "torch":
+        torch.nn.init.kaiming_uniform_(W, a=math.sqrt(5), generator=gen)   # nn.Linear.reset_parameters
+    elif init == "xavier":
+        torch.nn.init.xavier_uniform_(W, generator=gen)
+    else:
+        torch.nn.init.kaiming_normal_(W, generator=gen)   # fan_in, gain sqrt(2) (relu)
+    return W.numpy()
+
+
+@pytest.mark.parametrize("init", ["torch", "xavier", "kaiming"])
+def test_initial_weights_have_the_distribution_of_torch_nn_init(init):
+    """The spec's distributions, checked by their statistics against the formulas and against draws of
+    torch.nn.init: the support (uniform: every |w| <= bound, the largest within a few N-ths of it),
+    the mean and the variance, each within 6 standard errors of the sample size N (uniform: var
+    b^2/3, the variance's standard error var sqrt(0.8 / N); normal: var sqrt(2 / N))."""
+    sizes = [301, 203, 47]
+    net = gpubp.MLP(sizes, activation="relu", init=init, backend="numpy", dtype="float64", seed=5)
+    gen = torch.Generator().manual_seed(5)
+    for (W, b), n_in, n_out in zip(net.get_params(), sizes[:-1], sizes[1:]):
+        N = W.size
+        if init == "torch":
+            bound = 1 / math.sqrt(n_in)
+        elif init == "xavier":
+            bound = math.sqrt(6 / (n_in + n_out))
+        else:
+            bound = None
+        var = bound ** 2 / 3 if bound is not None else 2 / n_in
+        se_var = var * math.sqrt((0.8 if bound is not None else 2.0) / N)
+        ref = _torch_init(init, n_out, n_in, gen)
+        for w in (W, ref):
+            assert abs(w.mean()) < 6 * math.sqrt(var / N)
+            assert abs(w.var() - var) < 6 * se_var
+            if bound is not None:
+                assert np.abs(w).max() <= bound and np.abs(w).max() > bound * (1 - 20 / N)
+        if init == "torch":   # nn.Linear's bias: uniform in ±1/sqrt(fan_in) too
+            assert np.abs(b).max() <= 1 / math.sqrt(n_in) and abs(b.var() - var) < 6 * var * math.sqrt(0.8 / b.size)
+        else:
+            assert not b.any()
+
+
+# ------------------------------------------------------------------ schedules
+def _torch_rates(make, n):
+    """The rate torch.optim gives each of n optimizer steps, the scheduler stepped after each one
+    (gpubp's schedules count optimizer steps from 1, not epochs)."""
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched, out = make(opt), []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return np.array(out)
+
+
+def test_step_decay_is_torchs_steplr_counted_in_optimizer_steps():
+    ours = gpubp.schedules.step_decay(0.1, 3, gamma=0.5)
+    ref = _torch_rates(lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5), 20)
+    np.testing.assert_allclose([ours(k) for k in range(1, 21)], ref, rtol=1e-15)
+
+
+def test_cosine_is_torchs_linear_warmup_then_cosine_annealing_and_then_holds():
+    """warmup w: LinearLR(start_factor=1/w, total_iters=w-1) for w steps, then
+    CosineAnnealingLR(T_max=total_steps - w, eta_min=min_lr), up to step total_steps; after it, the
+    rate of step total_steps (PyTorch's cosine climbs back)."""
+    L = torch.optim.lr_scheduler
+    total = 12
+    for warm, low in ((0, 0.0), (0, 0.01), (4, 0.0), (1, 0.02)):
+        ours = gpubp.schedules.cosine(0.1, total, min_lr=low, warmup_steps=warm)
+        if warm:
+            first = (lambda o, w=warm: L.LinearLR(o, 1 / w, 1.0, w - 1)) if warm > 1 else \
+                    (lambda o: L.ConstantLR(o, 1.0, 0))
+            make = lambda o, first=first, w=warm, low=low: L.SequentialLR(   # noqa: E731
+                o, [first(o), L.CosineAnnealingLR(o, total - w, eta_min=low)], [w])
+        else:
+            make = lambda o, low=low: L.CosineAnnealingLR(o, total, eta_min=low)   # noqa: E731
+        with warnings.catch_warnings():   # SequentialLR's deprecation notices
+            warnings.simplefilter("ignore")
+            ref = _torch_rates(make, total)
+        got = np.array([ours(k) for k in range(1, total + 4)])
+        np.testing.assert_allclose(got[:total], ref, rtol=1e-12, atol=1e-17)
+        assert np.all(got[total:] == got[total - 1]) and np.all(got > 0)
+
