@@ -176,3 +176,84 @@ def test_cosine_is_torchs_linear_warmup_then_cosine_annealing_and_then_holds():
         np.testing.assert_allclose(got[:total], ref, rtol=1e-12, atol=1e-17)
         assert np.all(got[total:] == got[total - 1]) and np.all(got > 0)
 
+
+
+def _torch_sample_losses(loss, out, Y):
+    """Each row's term l_i of the spec's loss table (the unweighted loss is their mean)."""
+    F = torch.nn.functional
+    if loss == "mse":
+        return F.mse_loss(out, Y, reduction="none").mean(dim=1)
+    if loss == "half_sse":
+        return 0.5 * ((out - Y) ** 2).sum(dim=1)
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, Y, reduction="none")
+    return F.binary_cross_entropy_with_logits(out, Y, reduction="none").mean(dim=1)
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "cross_entropy", "binary_cross_entropy"])
+def test_sample_weighted_losses_are_torchs_weighted_mean_of_row_losses(loss):
+    """fit(sample_weight=w): each batch's loss is sum_i w_i l_i / sum_i w_i (zero weights included, a
+    short last batch, probability rows for cross_entropy), and the steps are that loss's gradient."""
+    rng = np.random.default_rng(8)
+    B, sizes = 23, [4, 6, 3]
+    X = rng.standard_normal((B, 4))
+    if loss == "cross_entropy":
+        Y = rng.dirichlet(np.ones(3), B)
+    elif loss == "binary_cross_entropy":
+        Y = rng.uniform(0, 1, (B, 3))
+    else:
+        Y = rng.standard_normal((B, 3))
+    w = rng.uniform(0.0, 3.0, B)
+    w[[2, 11]] = 0.0
+    net = gpubp.MLP(sizes, activation="silu", loss=loss, backend="numpy", dtype="float64", seed=4)
+    from test_torch_parity import torch_model
+
+    layers, forward = torch_model(net)
+    topt = torch.optim.SGD([p for lin in layers for p in lin.parameters()], lr=0.05, momentum=0.5)
+    hist = net.fit(X, Y, epochs=2, batch_size=10, optimizer=optim.SGD(0.05, momentum=0.5), sample_weight=w,
+                   shuffle=False, progress=False)
+    ref = []
+    for _ in range(2):
+        total = weight = 0.0
+        for s in range(0, B, 10):
+            wb = torch.from_numpy(w[s:s + 10])
+            topt.zero_grad()
+            tl = (_torch_sample_losses(loss, forward(torch.from_numpy(X[s:s + 10])), torch.from_numpy(Y[s:s + 10]))
+                  * wb).sum() / wb.sum()
+            tl.backward()
+            topt.step()
+            total, weight = total + tl.item() * float(wb.sum()), weight + float(wb.sum())
+        ref.append(total / weight)
+    np.testing.assert_allclose(hist["loss"], ref, rtol=1e-12)
+    for (W, b), lin in zip(net.get_params(), layers):
+        np.testing.assert_allclose(W, lin.weight.detach().numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(b, lin.bias.detach().numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta1,wd,decoupled", [(0.9, 0.0, False), (0.0, 0.1, False), (0.5, 0.0, False),
+                                                (0.3, 0.2, True)])
+def test_numpy_adam_is_the_cuda_kernels_float32_arithmetic_bit_for_bit(beta1, wd, decoupled):
+    """The spec's order of operations, every one rounded to float32 as kernels/elementwise.cu's adam_one
+    computes it (step_size = T(lr / (1 - b1^t)) and bc2_sqrt = T(sqrt(1 - b2^t)) from doubles): the
+    numpy backend gives the same bits.  (Its bias correction of v divided by a float64 sqrt(1 - b2^t),
+    a double division rounded once, an ulp away from the kernel's float32 one.)"""
+    f = np.float32
+    rng = np.random.default_rng(11)
+    n, lr, beta2, eps = 257, 3e-3, 0.999, 1e-8
+    p, m, v = rng.standard_normal(n).astype(f), np.zeros(n, f), np.zeros(n, f)
+    P, M, V = p.copy(), m.copy(), v.copy()
+    b1c, b2, b2c, T_eps, T_wd, decay = f(1 - beta1), f(beta2), f(1 - beta2), f(eps), f(wd), f(1 - lr * wd)
+    for t in range(1, 30):
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype(f)
+        NP.adam_update(p, g, m, v, lr, beta1, beta2, eps, wd, np.array([t], np.int32), decoupled)
+        step_size, bc2_sqrt = f(lr / (1.0 - beta1 ** t)), f(math.sqrt(1.0 - beta2 ** t))
+        G = g.copy()
+        if wd and decoupled:
+            P = P * decay
+        elif wd:
+            G = P * T_wd + G
+        M = M + (G - M) * b1c if b1c < f(0.5) else G - (G - M) * (f(1) - b1c)
+        V = V * b2 + (G * b2c) * G
+        P = P - (M / (np.sqrt(V) / bc2_sqrt + T_eps)) * step_size
+        assert P.dtype == M.dtype == V.dtype == f
+        assert np.array_equal(p, P) and np.array_equal(m, M) and np.array_equal(v, V), f"step {t}"

@@ -20,6 +20,8 @@ through `layer_options`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
@@ -294,7 +296,7 @@ class NumpyBackend(Backend):
         v += t
         n = int(step[0])
         bc1 = 1.0 - beta1 ** n
-        bc2_sqrt = np.sqrt(1.0 - beta2 ** n)
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** n)   # a Python float: the division below is in the dtype, as T(bc2_sqrt) on CUDA
         np.sqrt(v, out=t)
         t /= bc2_sqrt
         t += eps
