@@ -257,3 +257,27 @@ def test_numpy_adam_is_the_cuda_kernels_float32_arithmetic_bit_for_bit(beta1, wd
         P = P - (M / (np.sqrt(V) / bc2_sqrt + T_eps)) * step_size
         assert P.dtype == M.dtype == V.dtype == f
         assert np.array_equal(p, P) and np.array_equal(m, M) and np.array_equal(v, V), f"step {t}"
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "binary_cross_entropy"])
+def test_one_output_takes_a_target_vector_and_one_sample_takes_a_row(loss):
+    rng = np.random.default_rng(2)
+    net = gpubp.MLP([3, 4, 1], loss=loss, backend="numpy", dtype="float64", seed=0)
+    X, y = rng.standard_normal((5, 3)), rng.uniform(0, 1, 5)
+    assert net.evaluate(X, y)["loss"] == net.evaluate(X, y[:, None])["loss"]
+    wide = gpubp.MLP([3, 4, 2], loss=loss, backend="numpy", dtype="float64", seed=0)
+    assert wide.evaluate(X[0], y[:2])["loss"] == wide.evaluate(X[:1], y[None, :2])["loss"]
+
+
+def test_weight_decay_decays_the_biases_too_as_torchs_optimizers_do():
+    """SGD(weight_decay) and AdamW on a step whose gradients are all zero (a loss of 0): every weight and
+    every bias shrinks by the same factor, as torch.optim's do over `parameters()`."""
+    net = gpubp.MLP([2, 3, 1], activation="identity", loss="mse", backend="numpy", dtype="float64", seed=0)
+    X = np.zeros((1, 2))
+    for opt, factor in ((optim.SGD(0.1, weight_decay=0.5), 1 - 0.1 * 0.5), (optim.AdamW(0.1, weight_decay=0.5), 1 - 0.1 * 0.5)):
+        before = net.get_params()
+        Y = net.forward(X)                       # the loss and every gradient are 0
+        assert net.train_step(X, Y, opt) == 0.0
+        for (W0, b0), (W1, b1) in zip(before, net.get_params()):
+            np.testing.assert_allclose(W1, W0 * factor, rtol=1e-15)
+            np.testing.assert_allclose(b1, b0 * factor, rtol=1e-15)
