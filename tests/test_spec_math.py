@@ -281,3 +281,37 @@ def test_weight_decay_decays_the_biases_too_as_torchs_optimizers_do():
         for (W0, b0), (W1, b1) in zip(before, net.get_params()):
             np.testing.assert_allclose(W1, W0 * factor, rtol=1e-15)
             np.testing.assert_allclose(b1, b0 * factor, rtol=1e-15)
+
+
+def _loss_and_delta(Z, Y, loss):
+    out, delta = np.zeros(1, Z.dtype), np.empty_like(Z)
+    NP.loss_and_delta(Z, Z.copy(), Y, loss, "identity", out, delta)
+    return out[0], delta
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (1, 7), (3, 5), (6, 1), (2, 33)], ids=str)
+def test_losses_at_logits_of_1e4_equal_torch_at_batch_1_and_awkward_shapes(shape, dtype):
+    """Logits of +-1e4 (exp overflows in both dtypes without the max shift / e^-|z|), 0 and O(1): each
+    loss's value and delta equal torch.nn.functional's loss and its gradient (mean reductions)."""
+    F = torch.nn.functional
+    B, n = shape
+    rng = np.random.default_rng(B * 100 + n)
+    Z = rng.choice([-1e4, 1e4, 0.0, 3.0, -2.5], size=shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    cases = [("mse", rng.uniform(0, 1, shape), F.mse_loss),
+             ("half_sse", rng.uniform(0, 1, shape), lambda z, y: 0.5 * ((z - y) ** 2).sum() / z.shape[0]),
+             ("binary_cross_entropy", rng.uniform(0, 1, shape), F.binary_cross_entropy_with_logits)]
+    if n >= 2:
+        cases += [("cross_entropy", rng.integers(0, n, B), F.cross_entropy),
+                  ("cross_entropy", rng.dirichlet(np.ones(n), B), F.cross_entropy)]
+    for loss, Y, ref in cases:
+        Yb = Y.astype(np.int32) if Y.dtype.kind == "i" else Y.astype(dtype)
+        value, delta = _loss_and_delta(Z, Yb, loss)
+        zt = torch.tensor(Z, requires_grad=True)
+        tl = ref(zt, torch.from_numpy(Y if Y.dtype.kind == "i" else Yb).to(torch.long if Y.dtype.kind == "i" else zt.dtype))
+        tl.backward()
+        assert np.isfinite(value) and value == pytest.approx(tl.item(), rel=tol), loss
+        g = zt.grad.numpy()
+        # (softmax - y and sigmoid - y are differences of numbers up to 1/B: that is their rounding's scale)
+        assert np.max(np.abs(delta - g)) <= tol * max(np.max(np.abs(g)), 1 / B), loss
