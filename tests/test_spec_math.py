@@ -315,3 +315,20 @@ def test_losses_at_logits_of_1e4_equal_torch_at_batch_1_and_awkward_shapes(shape
         g = zt.grad.numpy()
         # (softmax - y and sigmoid - y are differences of numbers up to 1/B: that is their rounding's scale)
         assert np.max(np.abs(delta - g)) <= tol * max(np.max(np.abs(g)), 1 / B), loss
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "cross_entropy", "binary_cross_entropy"])
+def test_evaluation_in_chunks_is_the_row_weighted_mean(loss, monkeypatch):
+    """evaluate runs EVAL_CHUNK rows at a time; the loss is the row-weighted mean of the chunks' losses
+    (the chunks here: 7, 7, 7, 2 rows), the accuracy the fraction of all rows: as one pass gives."""
+    rng = np.random.default_rng(6)
+    net = gpubp.MLP([3, 5, 4], activation="tanh", loss=loss, backend="numpy", dtype="float64", seed=2)
+    X = rng.standard_normal((23, 3))
+    Y = rng.integers(0, 4, 23) if loss == "cross_entropy" else rng.uniform(0, 1, (23, 4))
+    whole = net.evaluate(X, Y)
+    monkeypatch.setattr(gpubp.network, "EVAL_CHUNK", 7)
+    chunked = net.evaluate(X, Y)
+    assert chunked.keys() == whole.keys()
+    for k in whole:
+        assert chunked[k] == pytest.approx(whole[k], rel=1e-14)
+    np.testing.assert_array_equal(net.predict(X), net.predict(X[:7]).tolist() + net.predict(X[7:]).tolist())
