@@ -81,7 +81,9 @@ def test_cross_entropy_probability_rows_are_normalised_so_value_and_gradient_agr
     net = gpubp.MLP([3, 5, 4], activation="tanh", loss="cross_entropy", backend="numpy", dtype="float64", seed=1)
     X = rng.standard_normal((6, 3)) * 3
     P = rng.dirichlet(np.ones(4), 6)
-    value, grads = net.loss_and_grads(X, P * scale)
+    given = P * scale
+    value, grads = net.loss_and_grads(X, given)
+    assert np.array_equal(given, P * scale)        # the caller's array is not normalised in place
     assert value == pytest.approx(net.loss_and_grads(X, P)[0], rel=1e-14)
     assert value == pytest.approx(net.evaluate(X, P * scale)["loss"], rel=1e-14)
     errs = relative_errors(grads, finite_difference_grads(net, X, P * scale))
