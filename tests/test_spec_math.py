@@ -334,3 +334,36 @@ def test_evaluation_in_chunks_is_the_row_weighted_mean(loss, monkeypatch):
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-14)
     np.testing.assert_array_equal(net.predict(X), net.predict(X[:7]).tolist() + net.predict(X[7:]).tolist())
+
+
+# ------------------------------------------------------------------ the flat parameter layout
+def test_param_layout_follows_the_spec_formulas_and_training_keeps_the_padding_zero():
+    from gpubp.params import ALIGN, ParamLayout
+
+    def up(n):
+        return -(-n // 32) * 32
+
+    assert ALIGN == 32
+    for sizes in ((1, 1), (3, 5, 2), (33, 31, 1, 64, 7), (100, 1)):
+        lay = ParamLayout(sizes)
+        w = 0
+        for (w_off, n_out, n_in, b_off), (a, b) in zip(lay.segments, zip(sizes[:-1], sizes[1:])):
+            assert (w_off, n_out, n_in) == (w, b, a) and b_off == up(w + a * b)
+            w = up(b_off + b)
+        assert lay.total == w and lay.n_params == sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        flat = np.arange(lay.total, dtype=np.float64)
+        for (W, bias), (w_off, n_out, n_in, b_off) in zip(lay.views(flat), lay.segments):
+            assert W.shape == (n_out, n_in) and W[0, 0] == w_off and bias[0] == b_off and W.base is flat
+    # the padding stays zero through steps of every optimizer (weight decay included)
+    rng = np.random.default_rng(0)
+    for opt in (optim.SGD(0.1, momentum=0.9, weight_decay=0.1), optim.Adam(0.01, weight_decay=0.1), optim.AdamW(0.01)):
+        net = gpubp.MLP([33, 31, 1, 7], activation="gelu", loss="cross_entropy", backend="numpy", seed=1)
+        pad = np.ones(net.layout.total, bool)
+        for w_off, n_out, n_in, b_off in net.layout.segments:
+            pad[w_off:w_off + n_out * n_in] = False
+            pad[b_off:b_off + n_out] = False
+        assert pad.any()
+        for _ in range(3):
+            net.train_step(rng.standard_normal((5, 33)), rng.integers(0, 7, 5), opt)
+        assert not net._params[pad].any() and not net._grads[pad].any()
+        assert all(not s[pad].any() for s in opt.state.values())
