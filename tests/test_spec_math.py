@@ -367,3 +367,14 @@ def test_param_layout_follows_the_spec_formulas_and_training_keeps_the_padding_z
             net.train_step(rng.standard_normal((5, 33)), rng.integers(0, 7, 5), opt)
         assert not net._params[pad].any() and not net._grads[pad].any()
         assert all(not s[pad].any() for s in opt.state.values())
+
+
+def test_cosine_rates_stay_positive_over_a_billion_steps():
+    """0.5 (1 + cos(pi f)) rounded to 0 at the last steps of a long cosine (f within 1e-9 of 1), and a
+    rate of 0 is refused by the optimizers: fit stopped at that step.  Every rate is positive."""
+    for total in (10 ** 9, 10 ** 12):
+        s = gpubp.schedules.cosine(0.1, total)
+        last = s(total)
+        assert last > 0 and last == pytest.approx(0.1 * math.sin(0.5 * math.pi / total) ** 2, rel=1e-12)
+        assert s(total + 5) == last and s(1) == 0.1
+        optim.SGD(0.1).lr = last                    # a learning rate the optimizers take
