@@ -378,3 +378,32 @@ def test_cosine_rates_stay_positive_over_a_billion_steps():
         assert last > 0 and last == pytest.approx(0.1 * math.sin(0.5 * math.pi / total) ** 2, rel=1e-12)
         assert s(total + 5) == last and s(1) == 0.1
         optim.SGD(0.1).lr = last                    # a learning rate the optimizers take
+
+
+# ------------------------------------------------------------------ activations
+TORCH_ACT = {"identity": lambda z: z * 1, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+             "leaky_relu": lambda z: torch.nn.functional.leaky_relu(z, 0.01),
+             "gelu": lambda z: torch.nn.functional.gelu(z, approximate="tanh"), "silu": torch.nn.functional.silu}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", list(TORCH_ACT))
+def test_activation_and_derivative_at_zero_and_its_neighbours_equal_torch(name, dtype):
+    """The convention at the kink (relu: g'(0) = 0, leaky_relu: g'(0) = s, both as PyTorch's backward),
+    at -0, and at the smallest normal and subnormal numbers of either sign: g and g' equal torch's."""
+    from gpubp.backends.numpy_backend import activation_backward_inplace, activation_forward
+
+    fi = np.finfo(dtype)
+    z = np.array([0.0, -0.0, fi.tiny, -fi.tiny, fi.smallest_subnormal, -fi.smallest_subnormal, 1e-3, -1e-3],
+                 dtype)
+    a = activation_forward(name, z.copy(), np.empty_like(z))
+    d = activation_backward_inplace(name, np.ones_like(z), a, z.copy())
+    zt = torch.tensor(z, requires_grad=True)
+    at = TORCH_ACT[name](zt)
+    at.backward(torch.ones_like(at))
+    np.testing.assert_allclose(a, at.detach().numpy(), rtol=4 * fi.eps, atol=0)
+    np.testing.assert_allclose(d, zt.grad.numpy(), rtol=4 * fi.eps, atol=0)
+    if name == "relu":
+        assert d[0] == d[1] == 0
+    if name == "leaky_relu":
+        assert d[0] == d[1] == dtype(0.01)
