@@ -407,3 +407,23 @@ def test_activation_and_derivative_at_zero_and_its_neighbours_equal_torch(name, 
         assert d[0] == d[1] == 0
     if name == "leaky_relu":
         assert d[0] == d[1] == dtype(0.01)
+
+
+def test_adam_eps_subnormal_in_the_networks_dtype_is_refused():
+    """1e-40 is positive in float32 but subnormal, and the CUDA kernels (-ftz=true) flush it to 0: the
+    padding's 0 / 0 then made the parameters NaN on a GPU while the numpy backend trained.  Refused for
+    float32 networks (before anything changes), taken by float64 ones."""
+    X, y = np.random.default_rng(0).standard_normal((8, 3)), np.arange(8) % 2
+    net = gpubp.MLP([3, 4, 2], loss="cross_entropy", backend="numpy", seed=0)
+    before = net.get_params()
+    with pytest.raises(ValueError, match=r"eps=1e-40 is subnormal in float32"):
+        net.fit(X, y, epochs=1, optimizer=optim.Adam(1e-3, eps=1e-40), progress=False)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, net.get_params()))
+    adam = optim.AdamW(1e-3)
+    net.fit(X, y, epochs=1, optimizer=adam, progress=False)
+    with pytest.raises(ValueError, match=r"subnormal in float32"):
+        adam.eps = np.finfo(np.float32).tiny / 2
+    assert adam.eps == 1e-8
+    adam.eps = float(np.finfo(np.float32).tiny)                 # the smallest normal number is taken
+    net64 = gpubp.MLP([3, 4, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    net64.fit(X, y, epochs=1, optimizer=optim.Adam(1e-3, eps=1e-40), progress=False)
