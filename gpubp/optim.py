@@ -78,10 +78,16 @@ def _check_eps_fits(eps: float, dtype) -> None:
     eps = 0 there (1e-50 is positive, but 0 in float32), and a parameter whose gradient has always
     been 0 would get 0 / 0."""
     dt = np.dtype(dtype)
+    tiny = np.finfo(dt).tiny
     if not dt.type(eps) > 0:
         raise ValueError(f"eps={eps!r} rounds to 0 in {dt.name}, the dtype of the network's parameters, and "
                          f"eps must be positive there (a parameter whose gradient has always been 0 would get "
-                         f"0 / 0); use at least {float(np.finfo(dt).tiny):.3g}")
+                         f"0 / 0); use at least {float(tiny):.3g}")
+    if dt.type(eps) < tiny:
+        # the CUDA kernels are compiled with -ftz=true: a subnormal float32 eps is 0 there
+        raise ValueError(f"eps={eps!r} is subnormal in {dt.name}, the dtype of the network's parameters: the "
+                         f"CUDA kernels flush it to 0 (then a parameter whose gradient has always been 0 would "
+                         f"get 0 / 0); use at least {float(tiny):.3g}")
 
 
 class Optimizer:

@@ -39,11 +39,16 @@ def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
         raise ValueError(f"min_lr must lie in [0, lr), got {min_lr!r}")
     min_lr = low
 
+    span = total_steps - warmup_steps
+
     def schedule(step):
         if step <= warmup_steps:
             return lr * step / warmup_steps
-        frac = (min(step, total_steps) - warmup_steps - 1) / (total_steps - warmup_steps)   # in [0, 1)
-        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * frac))
+        # 0.5 (1 + cos(pi f)), f = (step - warmup - 1) / span in [0, 1), written as sin^2(pi (1 - f) / 2)
+        # with 1 - f = left / span: the same number, but 1 + cos(pi f) rounds to 0 near f = 1 once span
+        # passes about 3e8 steps, and a rate of 0 is refused by the optimizers
+        left = total_steps - min(step, total_steps) + 1          # in [1, span]
+        return min_lr + (lr - min_lr) * math.sin(0.5 * math.pi * left / span) ** 2
 
     return schedule
 

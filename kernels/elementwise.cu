@@ -236,14 +236,16 @@ sgd_update(T* p, const T* g, T* buf, long long n, T lr, T mom, T wd, int flags, 
 
 // PyTorch Adam (mode 0 no decay, 1 L2: g += wd p) / AdamW (mode 2: p *= decay,
 // decay = 1 - lr wd), in the numpy backend's order of operations:
-// m += (g - m) b1c, v = v b2 + (g b2c) g, p -= m / (sqrt(v) / bc2_sqrt + eps) * step_size
+// m = lerp(m, g, b1c) as PyTorch computes it (m + (g - m) b1c for b1c < 0.5, else
+// g - (g - m) (1 - b1c): exactly g at b1 = 0), v = v b2 + (g b2c) g,
+// p -= m / (sqrt(v) / bc2_sqrt + eps) * step_size
 // with b1c = 1 - b1, b2c = 1 - b2, bc2_sqrt = sqrt(1 - b2^t), step_size = lr / (1 - b1^t).
 template <typename T>
 __device__ __forceinline__ void adam_one(T& p, T g, T& m, T& v, T step_size, T b1c, T b2,
                                          T b2c, T bc2_sqrt, T eps, T wd, T decay, int mode) {
     if (mode == 2) p = p * decay;
     else if (mode == 1) g = p * wd + g;
-    m = m + (g - m) * b1c;
+    m = b1c < T(0.5) ? m + (g - m) * b1c : g - (g - m) * (T(1) - b1c);   // b1c is uniform
     v = v * b2 + (g * b2c) * g;     // PyTorch's addcmul order: g * g first overflows sooner
     const T den = sqrt(v) / bc2_sqrt + eps;
     p = p - (m / den) * step_size;

@@ -20,6 +20,8 @@ through `layer_options`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
@@ -276,18 +278,25 @@ class NumpyBackend(Backend):
         elif weight_decay:
             g = np.multiply(params, weight_decay, out=scratch_buffer(scratch, "adam_decay", params))
             g += grads
-        # m = m + (1 - b1)(g - m)  (PyTorch's lerp), v = b2 v + ((1 - b2) g) g  (PyTorch's addcmul: g g
-        # first would overflow for |g| above the square root of the dtype's largest number)
+        # m = lerp(m, g, w), w = 1 - b1 in the dtype, as PyTorch's lerp computes it: m + w (g - m) for
+        # w < 0.5, else g - (g - m)(1 - w), which is exactly g at b1 = 0 (m + (g - m) is not where
+        # |g| << |m|); v = b2 v + ((1 - b2) g) g  (PyTorch's addcmul: g g first would overflow for |g|
+        # above the square root of the dtype's largest number)
+        w = params.dtype.type(1.0 - beta1)
         t = np.subtract(g, m, out=scratch_buffer(scratch, "adam_t", params))
-        t *= 1.0 - beta1
-        m += t
+        if w < 0.5:
+            t *= w
+            m += t
+        else:
+            t *= params.dtype.type(1) - w
+            np.subtract(g, t, out=m)
         v *= beta2
         np.multiply(g, 1.0 - beta2, out=t)
         t *= g
         v += t
         n = int(step[0])
         bc1 = 1.0 - beta1 ** n
-        bc2_sqrt = np.sqrt(1.0 - beta2 ** n)
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** n)   # a Python float: the division below is in the dtype, as T(bc2_sqrt) on CUDA
         np.sqrt(v, out=t)
         t /= bc2_sqrt
         t += eps
