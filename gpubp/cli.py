@@ -606,14 +606,33 @@ def _is_number(text) -> bool:
     return True
 
 
+#: the first bytes of a .npy array and of a zip archive (.npz, a checkpoint)
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def _read_npy(path) -> np.ndarray:
+    """The array in the .npy file `path`, read without pickle; a UsageError says what else the file is.
+
+    np.load alone returns an archive for a .npz (a checkpoint named .npy) and, for any other bytes, says
+    the file "contains pickled data" and suggests loading it unsafely: its first bytes decide here."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+            if magic != _NPY_MAGIC:
+                what = ("a zip archive (.npz, such as a checkpoint)" if magic.startswith(_ZIP_MAGIC) else
+                        "the file is empty" if not magic else "it does not begin with the .npy format's magic bytes")
+                raise UsageError(f"DATA {path!r} is not a .npy array: {what}")
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+
+
 def _read_data(path) -> np.ndarray:
     """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong."""
     lines = None
     if _suffix(path, "DATA") == ".npy":
-        try:
-            X = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+        X = _read_npy(path)
         if X.ndim == 1:
             X = X.reshape(1, -1)   # one sample
     else:

@@ -245,3 +245,20 @@ def test_predict_unreadable_checkpoint_is_a_usage_error(capsys, tmp_path, classi
     monkeypatch.setattr(checkpoint.Checkpoint, "__init__", refuse)
     err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
     assert f"CHECKPOINT {str(ckpt)!r} cannot be read: Permission denied" in err
+
+
+def test_predict_npy_data_that_is_no_npy_array_is_a_usage_error(capsys, tmp_path, classifier):
+    """A .npz archive named .npy (the checkpoint passed as DATA, say) ended in a traceback ('NpzFile' object
+    has no attribute 'ndim'); other bytes were said to be "pickled data" to load unsafely."""
+    net, ckpt, X = classifier
+    (tmp_path / "ckpt.npy").write_bytes(ckpt.read_bytes())
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "ckpt.npy", "--backend", "numpy")
+    assert f"DATA {str(tmp_path / 'ckpt.npy')!r} is not a .npy array: a zip archive" in err
+    (tmp_path / "text.npy").write_text("1,2,3,4\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "text.npy", "--backend", "numpy")
+    assert "is not a .npy array" in err and "pickle" not in err
+    (tmp_path / "empty.npy").write_bytes(b"")
+    assert "the file is empty" in usage_error(capsys, "predict", ckpt, tmp_path / "empty.npy")
+    np.save(tmp_path / "x.npy", X)                # a real one still reads
+    rc, out, _ = run(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == len(X)
