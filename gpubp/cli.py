@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
 import math
@@ -512,8 +513,9 @@ def _add_predict(sub):
     p = sub.add_parser(
         "predict", help="predict with a saved checkpoint on data from a .npy or .csv file",
         description="Load a checkpoint written by `gpubp train --save` (or MLP.save) and predict on DATA, "
-                    "a .npy array or a .csv file of numbers (one sample per line, comma-separated; a first line "
-                    "that is not all numbers is a header; blank lines and '#' comments are skipped). The network "
+                    "a .npy array or a .csv file of numbers (one sample per line, comma-separated, cells optionally "
+                    "quoted; a first line that is not all numbers is a header, see --header; blank lines and '#' "
+                    "comments are skipped). The network "
                     "applies the input standardisation it was trained with. Prints one prediction per line, or "
                     "writes them to --out (.npy or .csv by suffix; the file is replaced only once it is complete).",
         formatter_class=_DefaultsHelpFormatter)
@@ -523,6 +525,10 @@ def _add_predict(sub):
                    help="class probabilities instead of labels (networks trained with a cross-entropy loss)")
     p.add_argument("--out", metavar="FILE", default=None,
                    help="write the predictions to FILE (.npy or .csv) instead of printing them")
+    p.add_argument("--header", choices=HEADER_CHOICES, default="auto",
+                   help="whether a .csv file's first line is a header: auto (when it is not all numbers), yes "
+                        "(skipped whatever it holds, e.g. the column numbers 0,1,2,... pandas writes for unnamed "
+                        "columns), no")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
     p.set_defaults(func=cmd_predict)
     return p
@@ -545,15 +551,27 @@ def _suffix(path, what):
 
 
 def _csv_cells(line):
-    """The comma-separated cells of one CSV line, without a '#' comment (as np.savetxt writes headers)."""
-    return [c.strip() for c in line.split("#", 1)[0].split(",")]
+    """The comma-separated cells of one CSV line, without a '#' comment (as np.savetxt writes headers).
+
+    A cell may be quoted, as CSV writers quote (`"5.1"`, `"width, cm"`, a quote inside doubled): the
+    cell is what the quotes hold."""
+    line = line.split("#", 1)[0]
+    if '"' not in line:
+        return [c.strip() for c in line.split(",")]
+    return [c.strip() for c in next(csv.reader([line], skipinitialspace=True))]
 
 
-def _read_csv(path) -> tuple[np.ndarray, list[int]]:
+#: `gpubp predict --header`: whether the first line of a CSV file is a header
+HEADER_CHOICES = ("auto", "yes", "no")
+
+
+def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     """The numbers of a CSV file, one sample per line, and the line number (from 1) of each sample.
 
-    A first line that is not all numbers is a header. Blank lines and '#' comments are skipped.
-    Every error names the line and the column at fault; no line of numbers is ever skipped.
+    `header` "auto": a first line that is not all numbers is a header; "yes": the first line is a
+    header whatever it holds (column numbers, as pandas writes for unnamed columns); "no": there is none.
+    Blank lines and '#' comments are skipped. Every error names the line and the column at fault; no
+    line of numbers is skipped unless `header` is "yes".
     """
     try:
         text = Path(path).read_text(encoding="utf-8-sig")     # -sig: a byte-order mark is not a cell
@@ -563,12 +581,18 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
     except OSError as e:
         raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
     rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.split("#", 1)[0].strip()]
-    if rows and not all(_is_number(c) for c in _csv_cells(rows[0][1])):
-        first, header = rows.pop(0)    # the first line holds names: a header
+    first_cells = _csv_cells(rows[0][1]) if rows else []
+    if rows and (header == "yes" or (header == "auto" and not all(_is_number(c) for c in first_cells))):
+        first, head = rows.pop(0)      # the first line holds names: a header
         if not rows:
+            why = ("--header yes" if header == "yes" else
+                   "it is not comma-separated numbers, so it was taken as a header")
             raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
-                             f"({header.strip()[:60]!r}), is not comma-separated numbers, so it was taken as "
-                             "a header")
+                             f"({head.strip()[:60]!r}), is the header ({why})" + _separator_hint(head))
+    elif header == "auto" and len(first_cells) >= 2 and _column_numbers(first_cells):
+        print(f"gpubp predict: warning: line {rows[0][0]} of DATA {path!r} ({rows[0][1].strip()[:60]!r}) counts "
+              "the columns, as a header of unnamed columns does (pandas' to_csv), but it was read as a sample; "
+              "--header yes skips it, --header no reads it without this warning", file=sys.stderr)
     lines = [n for n, _ in rows]
     if not rows:
         return np.zeros((0, 0)), lines
@@ -582,8 +606,9 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
             cells = _csv_cells(line)
             bad = [i for i, c in enumerate(cells, start=1) if not _is_number(c)]
             if bad:
+                cell = cells[bad[0] - 1]
                 raise UsageError(f"DATA {path!r} is not a CSV file of numbers: line {n}, column {bad[0]} is "
-                                 f"{cells[bad[0] - 1]!r}")
+                                 f"{cell!r}" + _separator_hint(cell))
             if width is None:
                 width = len(cells)
             elif len(cells) != width:
@@ -592,6 +617,19 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
             values.append([float(c) for c in cells])
         X = np.array(values, dtype=np.float64)
     return X, lines
+
+
+def _separator_hint(text) -> str:
+    """A hint for text that separates its numbers by semicolons or tabs, which a CSV file of gpubp's does not."""
+    return "; cells are separated by commas, not semicolons or tabs" if (";" in text or "\t" in text) else ""
+
+
+def _column_numbers(cells) -> bool:
+    """Whether the cells are the integers 0, 1, ..., n-1 or 1, 2, ..., n (written as integers)."""
+    if not all(c.isascii() and c.isdigit() for c in cells):
+        return False
+    values = [int(c) for c in cells]
+    return values in (list(range(len(cells))), list(range(1, len(cells) + 1)))
 
 
 def _is_number(text) -> bool:
@@ -628,15 +666,16 @@ def _read_npy(path) -> np.ndarray:
         raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
 
 
-def _read_data(path) -> np.ndarray:
-    """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong."""
+def _read_data(path, header="auto") -> np.ndarray:
+    """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong.
+    `header`: whether a CSV file's first line is a header (see `_read_csv`)."""
     lines = None
     if _suffix(path, "DATA") == ".npy":
         X = _read_npy(path)
         if X.ndim == 1:
             X = X.reshape(1, -1)   # one sample
     else:
-        X, lines = _read_csv(path)
+        X, lines = _read_csv(path, header)
     if X.dtype.kind not in "biuf" or X.ndim != 2:
         raise UsageError(f"DATA {path!r} must hold a 2-D numeric array (samples x inputs); got "
                          f"shape {X.shape} of {X.dtype}")
@@ -695,7 +734,7 @@ def cmd_predict(args) -> int:
                 raise UsageError(f"--out {args.out!r} is the {what} file: the predictions would replace it; "
                                  "give another file")
     backend = _make_backend(args.backend)
-    X = _read_data(args.data)
+    X = _read_data(args.data, args.header)
     try:
         net = MLP.load(args.checkpoint, backend=backend)
     except (ValueError, MemoryError) as e:   # MemoryError: a network too large for the backend, as in train

@@ -262,3 +262,57 @@ def test_predict_npy_data_that_is_no_npy_array_is_a_usage_error(capsys, tmp_path
     np.save(tmp_path / "x.npy", X)                # a real one still reads
     rc, out, _ = run(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
     assert rc == 0 and len(out.split()) == len(X)
+
+
+def test_predict_csv_cells_may_be_quoted(capsys, tmp_path, classifier):
+    """Quoted cells (csv.QUOTE_ALL, a spreadsheet's export, a header name holding a comma) are what the quotes
+    hold: '"5.1"' was refused as not a number, and a quoted header line taken for the only line of data."""
+    import csv
+
+    net, ckpt, X = classifier
+    with open(tmp_path / "q.csv", "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["width, cm", 'say "hi"', "c", "d"])
+        w.writerows([[repr(float(v)) for v in row] for row in X[:6]])
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "q.csv", "--backend", "numpy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:6]))
+    (tmp_path / "bad.csv").write_text('"1","2","x","4"\n')
+    assert "line 1, column 3 is 'x'" in usage_error(capsys, "predict", ckpt, tmp_path / "bad.csv", "--header", "no")
+
+
+def test_predict_csv_header_of_column_numbers(capsys, tmp_path, classifier):
+    """pandas writes the columns of an unnamed frame as the header "0,1,2,3": a line of numbers, read as a
+    sample, so one prediction more than samples came out, every one after the first a line off, silently.
+    It is still read (it may be data) but with a warning, and --header yes / no decide."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:5]) + "\n"
+    (tmp_path / "p.csv").write_text("0,1,2,3\n" + rows)
+    want = net.predict(X[:5])
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "p.csv", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == 6
+    assert "warning: line 1 of DATA" in err and "'0,1,2,3'" in err and "--header yes" in err
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "p.csv", "--header", "yes", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "p.csv", "--header", "no", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err and len(out.split()) == 6
+    (tmp_path / "one.csv").write_text("1,2,3,4\n" + rows)        # 1, ..., n: counted from 1
+    assert "warning" in run(capsys, "predict", ckpt, tmp_path / "one.csv", "--backend", "numpy")[2]
+    (tmp_path / "data.csv").write_text(rows)                     # ordinary numbers: no warning
+    assert "warning" not in run(capsys, "predict", ckpt, tmp_path / "data.csv", "--backend", "numpy")[2]
+    # --header no: a first line of names is an error, not a header
+    (tmp_path / "named.csv").write_text("a,b,c,d\n" + rows)
+    assert "line 1, column 1 is 'a'" in usage_error(capsys, "predict", ckpt, tmp_path / "named.csv",
+                                                    "--header", "no")
+    (tmp_path / "single.csv").write_text(rows.splitlines()[0] + "\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "single.csv", "--header", "yes")
+    assert "holds no samples" in err and "--header yes" in err
+
+
+def test_predict_csv_separated_by_semicolons_or_tabs_says_so(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    for name, text in (("semi.csv", "1;2;3;4\n5;6;7;8\n"), ("tab.csv", "1\t2\t3\t4\n")):
+        (tmp_path / name).write_text(text)
+        err = usage_error(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert "cells are separated by commas, not semicolons or tabs" in err, err
