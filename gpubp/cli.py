@@ -483,7 +483,7 @@ def cmd_train(args) -> int:
     say(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
     if args.save and root:
         try:
-            net.save(args.save, metadata={"dataset": ds.name})
+            net.save(args.save, metadata={"dataset": ds.name, "task": "classification"})
         except OSError as e:          # e.g. the disk filled up: the previous file is intact
             print(f"gpubp train: could not write the checkpoint {args.save}: {e}", file=sys.stderr)
             return 1
@@ -516,7 +516,9 @@ def _add_predict(sub):
                     "a .npy array or a .csv file of numbers (one sample per line, comma-separated, cells optionally "
                     "quoted; a first line that is not all numbers is a header, see --header; blank lines and '#' "
                     "comments are skipped). The network "
-                    "applies the input standardisation it was trained with. Prints one prediction per line, or "
+                    "applies the input standardisation it was trained with. Prints one prediction per line (a class "
+                    "label for a network trained by `gpubp train`, whatever its loss; MLP.predict's value for "
+                    "other checkpoints), or "
                     "writes them to --out (.npy or .csv by suffix; the file is replaced only once it is complete).",
         formatter_class=_DefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
@@ -719,7 +721,18 @@ def _format_rows(P) -> list[str]:
     return [",".join(fmt(v) for v in row) for row in P]
 
 
+def _predicts_classes(net) -> bool:
+    """Whether `net` is a classifier trained by `gpubp train` (its checkpoint's metadata says so; older ones
+    name one of the bundled data sets), whose predictions are class labels whatever its loss: one-hot
+    targets under mse or binary_cross_entropy decode to the arg-max class, as `gpubp train`'s accuracy did."""
+    from .data import DATASETS
+
+    meta = net.metadata if isinstance(net.metadata, dict) else {}
+    return meta.get("task") == "classification" or ("task" not in meta and meta.get("dataset") in DATASETS)
+
+
 def cmd_predict(args) -> int:
+    from .data import labels_from_outputs
     from .network import MLP
 
     _check_readable(args.checkpoint, "CHECKPOINT")
@@ -748,7 +761,12 @@ def cmd_predict(args) -> int:
         raise UsageError(f"--proba gives class probabilities of a network trained with a cross-entropy loss; "
                          f"this one was trained with {net.loss} (predict_proba is not defined): drop --proba")
     try:
-        P = net.predict_proba(X) if args.proba else net.predict(X)
+        if args.proba:
+            P = net.predict_proba(X)
+        elif _predicts_classes(net):   # the rule `gpubp train` measured its accuracy with, for every loss
+            P = labels_from_outputs(net.backend.to_numpy(net.forward(X)), net.loss)
+        else:
+            P = net.predict(X)
     except (ValueError, TypeError) as e:
         raise UsageError(f"DATA {args.data!r}: {e}") from None
     P = np.asarray(P)

@@ -316,3 +316,29 @@ def test_predict_csv_separated_by_semicolons_or_tabs_says_so(capsys, tmp_path, c
         (tmp_path / name).write_text(text)
         err = usage_error(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
         assert "cells are separated by commas, not semicolons or tabs" in err, err
+
+
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_predict_decodes_a_train_checkpoint_to_class_labels_whatever_its_loss(capsys, tmp_path, loss):
+    """`gpubp train --loss mse` (or binary_cross_entropy) trains on one-hot targets and measures its accuracy
+    on the arg-max class; `gpubp predict` printed the raw outputs (mse) or a 0/1 per class (rows "0,0,0" that
+    name no class) instead of the labels. Now both give the labels whose accuracy `train` printed."""
+    from gpubp.data import load_dataset
+
+    ckpt = tmp_path / "iris.npz"
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--loss", loss, "--epochs", "20", "--no-progress",
+                     "--backend", "numpy", "--save", ckpt)
+    assert rc == 0
+    ds = load_dataset("iris", val_size=0.1, seed=0, standardize_features=False)
+    np.save(tmp_path / "raw.npy", ds.X_test)
+    rc, pred, _ = run(capsys, "predict", ckpt, tmp_path / "raw.npy", "--backend", "numpy")
+    assert rc == 0
+    labels = np.array(pred.split(), dtype=int)
+    assert labels.shape == ds.y_test.shape and set(labels) <= {0, 1, 2}
+    printed = float(out.split("test accuracy ")[1].split()[0])
+    assert float(np.mean(labels == ds.y_test)) == pytest.approx(printed, abs=5e-5)
+    # a checkpoint of MLP.save without that metadata (a regression network) still prints its outputs
+    net = gpubp.MLP.load(ckpt, backend="numpy")
+    net.save(tmp_path / "plain.npz", metadata={})
+    rc, raw, _ = run(capsys, "predict", tmp_path / "plain.npz", tmp_path / "raw.npy", "--backend", "numpy")
+    assert rc == 0 and len(raw.split()) == len(ds.y_test) and "," in raw.split()[0]
