@@ -164,6 +164,8 @@ def output_path_problem(path) -> str | None:
     parent = p.parent
     if str(path) == "" or p.name in ("", ".", ".."):
         return "is not a file name"
+    if str(path).endswith(("/", os.sep)):   # Path drops the slash: "out/" would write a file named "out"
+        return "ends in a slash, which names a directory; give a file name"
     if p.is_dir():
         return "is a directory; give a file name"
     if not parent.exists():
@@ -397,9 +399,9 @@ def cmd_train(args) -> int:
     from .data import accuracy, load_dataset, targets_for
     from .network import MLP
 
-    if args.save:
+    if args.save is not None:          # "" too: refused, not taken for "no checkpoint"
         _check_writable(args.save, "--save")
-    if args.plot:
+    if args.plot is not None:
         _check_writable(args.plot, "--plot")
         if args.grad_norms:
             _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
@@ -835,7 +837,7 @@ def _add_explain(sub):
 def cmd_explain(args) -> int:
     from . import explain
 
-    if args.plot:
+    if args.plot is not None:          # "" too: refused, not taken for "no plot"
         _check_writable(args.plot, "--plot")
         require("matplotlib", "plot", "--plot")   # before the step is traced and printed
     weights, is_text, wname = args.weights, False, None

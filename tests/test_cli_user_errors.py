@@ -66,6 +66,35 @@ def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch
     assert "not writable" in err and "epoch" not in out
 
 
+TRAIN_1 = ["train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy"]
+
+
+@pytest.mark.parametrize("command, option, name, message", [
+    (TRAIN_1, "--save", "", "is not a file name"), (TRAIN_1, "--plot", "", "is not a file name"),
+    (["explain"], "--plot", "", "is not a file name"),
+    (TRAIN_1, "--save", "out/", "ends in a slash"), (TRAIN_1, "--plot", "out.png/", "ends in a slash"),
+    (["explain"], "--plot", "out.png/", "ends in a slash")])
+def test_empty_or_slash_ended_output_paths_are_refused(capsys, tmp_path, monkeypatch, command, option, name,
+                                                       message):
+    """`--save ""` (or --plot) was taken for no option: the run ended with status 0 and wrote nothing;
+    `--save out/` (meaning a folder) wrote a file named "out", as Path drops the slash."""
+    monkeypatch.chdir(tmp_path)
+    out, err = usage_error(capsys, *command, option, name, with_stdout=True)
+    assert message in err and option in err and "epoch" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_out_ending_in_a_slash_is_refused(capsys, tmp_path, monkeypatch):
+    import gpubp
+
+    monkeypatch.chdir(tmp_path)
+    gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", seed=0).save("net.npz")
+    np.save("x.npy", np.ones((3, 2)))
+    out, err = usage_error(capsys, "predict", "net.npz", "x.npy", "--out", "p.csv/", with_stdout=True)
+    assert "ends in a slash" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.npz", "x.npy"]
+
+
 def test_output_path_problem_accepts_new_and_existing_files(tmp_path):
     assert cli.output_path_problem(tmp_path / "new.npz") is None
     (tmp_path / "old.npz").write_bytes(b"")
