@@ -1171,7 +1171,9 @@ def _main(argv) -> int:
     if argv and argv[0] in EXTERNAL:
         return run_external(argv[0], argv[1:])
     parser, subs = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # said by the subcommand, with its usage ("gpubp: error:" and the top usage named no command)
+        (subs[args.command] if args.command else parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
