@@ -757,8 +757,12 @@ def cmd_predict(args) -> int:
     except OSError as e:           # no permission to read it, an I/O error: the file's, not gpubp's
         raise UsageError(f"CHECKPOINT {args.checkpoint!r} cannot be read: {e.strerror or e}") from None
     if X.shape[1] != net.sizes[0]:
+        hint = ""
+        if X.shape[1] == net.sizes[0] + 1 and X.shape[0] > 1 and _column_numbers([f"{v:g}" for v in X[:, 0]]):
+            hint = ("; its first column counts the rows (0, 1, 2, ...), as the index pandas' to_csv writes: "
+                    "write the file with index=False, or drop that column")
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
-                         f"inputs")
+                         f"inputs{hint}")
     if args.proba and net.loss not in LOGIT_LOSSES:
         raise UsageError(f"--proba gives class probabilities of a network trained with a cross-entropy loss; "
                          f"this one was trained with {net.loss} (predict_proba is not defined): drop --proba")

@@ -342,3 +342,16 @@ def test_predict_decodes_a_train_checkpoint_to_class_labels_whatever_its_loss(ca
     net.save(tmp_path / "plain.npz", metadata={})
     rc, raw, _ = run(capsys, "predict", tmp_path / "plain.npz", tmp_path / "raw.npy", "--backend", "numpy")
     assert rc == 0 and len(raw.split()) == len(ds.y_test) and "," in raw.split()[0]
+
+
+def test_predict_names_a_row_index_column(capsys, tmp_path, classifier):
+    """pandas' to_csv writes the row index as a first column by default: the column count error says so."""
+    net, ckpt, X = classifier
+    rows = "".join(f"{i}," + ",".join(repr(float(v)) for v in r) + "\n" for i, r in enumerate(X[:5]))
+    (tmp_path / "idx.csv").write_text(",a,b,c,d\n" + rows)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "idx.csv", "--backend", "numpy")
+    assert "has 5 columns but the network takes 4 inputs; its first column counts the rows" in err
+    assert "index=False" in err
+    np.save(tmp_path / "wide.npy", np.ones((3, 5)))       # another extra column: no such hint
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "wide.npy", "--backend", "numpy")
+    assert err.rstrip().endswith("has 5 columns but the network takes 4 inputs")
