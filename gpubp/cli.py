@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import importlib
 import json
@@ -569,6 +570,27 @@ def _csv_cells(line):
 HEADER_CHOICES = ("auto", "yes", "no")
 
 
+def _csv_text(path, raw: bytes) -> str:
+    """The text of a CSV file: UTF-16 where a byte-order mark says so, else UTF-8 (a byte-order mark is not
+    a cell), else Latin-1. Numbers are ASCII in each, so a header in a spreadsheet's 8-bit encoding
+    ("Temp\xe9rature" in cp1252) is a header still; a byte that is not UTF-8 anywhere else is in a cell
+    that is no number, refused by its line and column."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"DATA {path!r} starts as UTF-16 text but is not ({e.reason} at byte "
+                             f"{e.start})") from None
+    nul = raw.find(b"\0")   # no text file holds one: UTF-16 without its byte-order mark, or binary data
+    if nul >= 0:
+        raise UsageError(f"DATA {path!r} is not a CSV file of numbers: it holds NUL bytes (the first at byte "
+                         f"{nul}), as binary data or UTF-16 text without a byte-order mark do")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     """The numbers of a CSV file, one sample per line, and the line number (from 1) of each sample.
 
@@ -578,12 +600,10 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     line of numbers is skipped unless `header` is "yes".
     """
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")     # -sig: a byte-order mark is not a cell
-    except UnicodeDecodeError as e:
-        raise UsageError(f"DATA {path!r} is not a CSV file of numbers (not UTF-8 text: {e.reason} at byte "
-                         f"{e.start})") from None
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
+    text = _csv_text(path, raw)
     rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.split("#", 1)[0].strip()]
     first_cells = _csv_cells(rows[0][1]) if rows else []
     if rows and (header == "yes" or (header == "auto" and not all(_is_number(c) for c in first_cells))):

@@ -355,3 +355,24 @@ def test_predict_names_a_row_index_column(capsys, tmp_path, classifier):
     np.save(tmp_path / "wide.npy", np.ones((3, 5)))       # another extra column: no such hint
     err = usage_error(capsys, "predict", ckpt, tmp_path / "wide.npy", "--backend", "numpy")
     assert err.rstrip().endswith("has 5 columns but the network takes 4 inputs")
+
+
+def test_predict_csv_encodings(capsys, tmp_path, classifier):
+    """A header in a spreadsheet's 8-bit encoding ("Temp\xe9rature" in cp1252) made the whole file "not UTF-8
+    text"; UTF-16 with a byte-order mark (a spreadsheet's "Unicode text") was refused too. Numbers are ASCII
+    in each, so both read; a non-number cell is still named by its line and column, and NUL bytes (UTF-16
+    without its mark, binary data) are said to be what they are."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:4]) + "\n"
+    want = net.predict(X[:4])
+    (tmp_path / "cp1252.csv").write_bytes(("Temp\xe9rature,b,c,d\n" + rows).encode("cp1252"))
+    (tmp_path / "utf16.csv").write_text("a,b,c,d\n" + rows, encoding="utf-16")
+    for name in ("cp1252.csv", "utf16.csv"):
+        rc, out, err = run(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert rc == 0, err
+        np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
+    (tmp_path / "cell.csv").write_bytes(b"1,2,3,4\n5,6,7\xe9,8\n")
+    assert "line 2, column 3 is '7\xe9'" in usage_error(capsys, "predict", ckpt, tmp_path / "cell.csv")
+    (tmp_path / "nomark.csv").write_bytes(rows.encode("utf-16-le"))
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "nomark.csv")
+    assert "holds NUL bytes (the first at byte 1)" in err
