@@ -204,6 +204,14 @@ def _check_writable(path, what):
     return Path(path)
 
 
+def _check_png(path) -> None:
+    """A --plot file is named as what it gets, a PNG (`curves.pdf` got PNG bytes)."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in ("", ".png"):
+        raise UsageError(f"--plot {str(path)!r}: the plot is written as a PNG, not {suffix!r}; give a name ending "
+                         "in .png")
+
+
 def _make_backend(name):
     from .backends import get_backend
 
@@ -415,6 +423,8 @@ def cmd_train(args) -> int:
             if path == path2:
                 raise UsageError(f"{what} and {other} name the same file {str(path)!r}: one would replace the "
                                  "other; give two files")
+    if args.plot is not None:
+        _check_png(args.plot)
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)
@@ -863,6 +873,7 @@ def cmd_explain(args) -> int:
 
     if args.plot is not None:          # "" too: refused, not taken for "no plot"
         _check_writable(args.plot, "--plot")
+        _check_png(args.plot)
         require("matplotlib", "plot", "--plot")   # before the step is traced and printed
     weights, is_text, wname = args.weights, False, None
     if args.example is not None:

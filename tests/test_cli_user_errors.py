@@ -84,6 +84,15 @@ def test_empty_or_slash_ended_output_paths_are_refused(capsys, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [TRAIN_1, ["explain"]])
+def test_plot_named_as_another_format_is_refused(capsys, tmp_path, monkeypatch, command):
+    """`--plot curves.pdf` wrote PNG bytes into a file named .pdf (the plot is always a PNG)."""
+    monkeypatch.chdir(tmp_path)
+    out, err = usage_error(capsys, *command, "--plot", "curves.pdf", with_stdout=True)
+    assert "written as a PNG, not '.pdf'" in err and "epoch" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_out_ending_in_a_slash_is_refused(capsys, tmp_path, monkeypatch):
     import gpubp
 
