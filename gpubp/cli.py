@@ -614,7 +614,10 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     except OSError as e:
         raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
     text = _csv_text(path, raw)
-    rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.split("#", 1)[0].strip()]
+    # lines end at \n, \r\n or \r only: str.splitlines also breaks at \x85 (an ellipsis in cp1252), \x0c,
+    # \u2028 and more, which split a header in two and put every later line number off
+    lines = re.split(r"\r\n|\n|\r", text)
+    rows = [(n, line) for n, line in enumerate(lines, start=1) if line.split("#", 1)[0].strip()]
     first_cells = _csv_cells(rows[0][1]) if rows else []
     if rows and (header == "yes" or (header == "auto" and not all(_is_number(c) for c in first_cells))):
         first, head = rows.pop(0)      # the first line holds names: a header

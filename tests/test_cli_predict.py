@@ -376,3 +376,19 @@ def test_predict_csv_encodings(capsys, tmp_path, classifier):
     (tmp_path / "nomark.csv").write_bytes(rows.encode("utf-16-le"))
     err = usage_error(capsys, "predict", ckpt, tmp_path / "nomark.csv")
     assert "holds NUL bytes (the first at byte 1)" in err
+
+
+def test_predict_csv_lines_end_only_at_line_ends(capsys, tmp_path, classifier):
+    """str.splitlines also breaks at U+2028, U+0085 (cp1252's ellipsis byte read as Latin-1) and more: a
+    header holding one was cut in two, its second half taken for a line of data (refused), and every later
+    line number was one off."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:3]) + "\n"
+    (tmp_path / "ls.csv").write_text("Temp\u2028x,b,c,d\n" + rows + "1,2,3,y\n", encoding="utf-8")
+    assert "line 5, column 4 is 'y'" in usage_error(capsys, "predict", ckpt, tmp_path / "ls.csv")
+    (tmp_path / "nel.csv").write_bytes(b"Temp\x85,b,c,d\n" + rows.encode())
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "nel.csv", "--backend", "numpy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
+    (tmp_path / "cr.csv").write_bytes(b"a,b,c,d\r" + rows.replace("\n", "\r").encode() + b"1,2,3,z\r")
+    assert "line 5, column 4 is 'z'" in usage_error(capsys, "predict", ckpt, tmp_path / "cr.csv")
