@@ -234,3 +234,27 @@ def test_interrupt_ends_quietly_with_status_130(capsys, tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", np.zeros((1, 2)))
     assert cli.main(["predict", str(tmp_path / "n.npz"), str(tmp_path / "x.npy"), "--backend", "numpy"]) == 130
     assert capsys.readouterr().err == "gpubp predict: interrupted\n"
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_checkpoint_save_leaves_the_previous_file(capsys, tmp_path, monkeypatch, failure):
+    """`gpubp train --save` over an existing checkpoint, the write failing half-way (disk full, Ctrl-C): the
+    previous file stays as it was, no temporary file is left, and the status says so (1, or 130)."""
+    from gpubp import checkpoint
+
+    old = tmp_path / "net.npz"
+    old.write_bytes(b"the previous checkpoint")
+
+    def fail_half_way(f, arrays):
+        f.write(b"PK\x03\x04 partial")
+        raise failure
+    monkeypatch.setattr(checkpoint, "_write_archive", fail_half_way)
+    rc = cli.main([*TRAIN_1, "--save", str(old)])
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+    if isinstance(failure, OSError):
+        assert rc == 1 and "could not write the checkpoint" in err and "No space left" in err
+    else:
+        assert rc == 130 and "interrupted" in err
+    assert old.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]
