@@ -770,6 +770,9 @@ def cmd_predict(args) -> int:
     from .data import labels_from_outputs
     from .network import MLP
 
+    if Path(args.data).suffix.lower() == ".npz" and Path(args.checkpoint).suffix.lower() in DATA_SUFFIXES:
+        raise UsageError(f"DATA {args.data!r} looks like a checkpoint and CHECKPOINT {args.checkpoint!r} like data: "
+                         "the checkpoint comes first (gpubp predict CHECKPOINT DATA)")
     _check_readable(args.checkpoint, "CHECKPOINT")
     _check_readable(args.data, "DATA")
     _suffix(args.data, "DATA")

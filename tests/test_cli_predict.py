@@ -392,3 +392,10 @@ def test_predict_csv_lines_end_only_at_line_ends(capsys, tmp_path, classifier):
     np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
     (tmp_path / "cr.csv").write_bytes(b"a,b,c,d\r" + rows.replace("\n", "\r").encode() + b"1,2,3,z\r")
     assert "line 5, column 4 is 'z'" in usage_error(capsys, "predict", ckpt, tmp_path / "cr.csv")
+
+
+def test_predict_with_checkpoint_and_data_swapped_says_so(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    err = usage_error(capsys, "predict", tmp_path / "x.csv", ckpt, "--backend", "numpy")
+    assert "the checkpoint comes first (gpubp predict CHECKPOINT DATA)" in err    # was: "must end in .npy or .csv"
