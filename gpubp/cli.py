@@ -153,6 +153,19 @@ def _hidden_activation(names, n_hidden):
     return list(names)
 
 
+def _os_problem(check):
+    """`check` made safe: an OSError while looking at a path (a name too long, a loop of symbolic links,
+    which pathlib's is_dir and exists raise) is the problem, in the system's words."""
+    def checked(path) -> str | None:
+        try:
+            return check(path)
+        except OSError as e:
+            return e.strerror or str(e)
+    checked.__doc__, checked.__name__ = check.__doc__, check.__name__
+    return checked
+
+
+@_os_problem
 def output_path_problem(path) -> str | None:
     """Why the file `path` cannot be written (None when it can): checked before any work is done.
 
@@ -180,6 +193,7 @@ def output_path_problem(path) -> str | None:
     return None
 
 
+@_os_problem
 def output_dir_problem(path) -> str | None:
     """Why the folder `path` cannot receive files (None when it can, or can be created)."""
     import os
@@ -549,13 +563,22 @@ def _add_predict(sub):
     return p
 
 
-def _check_readable(path, what):
+@_os_problem
+def _readable_problem(path) -> str | None:
+    """Why `path` cannot be read as a file (None when it can be tried)."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{what} {path!r} does not exist")
+        return "does not exist"
     if not p.is_file():
-        raise UsageError(f"{what} {path!r} is not a file")
-    return p
+        return "is not a file"
+    return None
+
+
+def _check_readable(path, what):
+    why = _readable_problem(path)
+    if why is not None:
+        raise UsageError(f"{what} {path!r} {why}")
+    return Path(path)
 
 
 def _suffix(path, what):

@@ -258,3 +258,22 @@ def test_a_failed_checkpoint_save_leaves_the_previous_file(capsys, tmp_path, mon
         assert rc == 130 and "interrupted" in err
     assert old.read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]
+
+
+def test_a_file_name_too_long_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    """pathlib's is_dir and exists raise ENAMETOOLONG (only "no such file" is False): a name longer than the
+    file system takes ended in a traceback from the path checks of --save, --plot, --out, CHECKPOINT, DATA
+    and bench's --out."""
+    import gpubp
+
+    monkeypatch.chdir(tmp_path)
+    long = "a" * 300
+    gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", seed=0).save("net.npz")
+    np.save("x.npy", np.ones((3, 2)))
+    for argv in ([*TRAIN_1, "--save", long + ".npz"], [*TRAIN_1, "--plot", long + ".png"],
+                 ["predict", "net.npz", "x.npy", "--out", long + ".csv"], ["predict", long + ".npz", "x.npy"],
+                 ["predict", "net.npz", long + ".npy"]):
+        out, err = usage_error(capsys, *argv, with_stdout=True)
+        assert "File name too long" in err and "epoch" not in out, argv
+    assert "File name too long" in cli.output_dir_problem(tmp_path / long)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.npz", "x.npy"]
