@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import csv
 import importlib
 import json
 import math
@@ -151,6 +153,19 @@ def _hidden_activation(names, n_hidden):
     return list(names)
 
 
+def _os_problem(check):
+    """`check` made safe: an OSError while looking at a path (a name too long, a loop of symbolic links,
+    which pathlib's is_dir and exists raise) is the problem, in the system's words."""
+    def checked(path) -> str | None:
+        try:
+            return check(path)
+        except OSError as e:
+            return e.strerror or str(e)
+    checked.__doc__, checked.__name__ = check.__doc__, check.__name__
+    return checked
+
+
+@_os_problem
 def output_path_problem(path) -> str | None:
     """Why the file `path` cannot be written (None when it can): checked before any work is done.
 
@@ -163,6 +178,8 @@ def output_path_problem(path) -> str | None:
     parent = p.parent
     if str(path) == "" or p.name in ("", ".", ".."):
         return "is not a file name"
+    if str(path).endswith(("/", os.sep)):   # Path drops the slash: "out/" would write a file named "out"
+        return "ends in a slash, which names a directory; give a file name"
     if p.is_dir():
         return "is a directory; give a file name"
     if not parent.exists():
@@ -176,6 +193,7 @@ def output_path_problem(path) -> str | None:
     return None
 
 
+@_os_problem
 def output_dir_problem(path) -> str | None:
     """Why the folder `path` cannot receive files (None when it can, or can be created)."""
     import os
@@ -198,6 +216,14 @@ def _check_writable(path, what):
     if why is not None:
         raise UsageError(f"{what} {str(path)!r}: {why}")
     return Path(path)
+
+
+def _check_png(path) -> None:
+    """A --plot file is named as what it gets, a PNG (`curves.pdf` got PNG bytes)."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in ("", ".png"):
+        raise UsageError(f"--plot {str(path)!r}: the plot is written as a PNG, not {suffix!r}; give a name ending "
+                         "in .png")
 
 
 def _make_backend(name):
@@ -396,9 +422,9 @@ def cmd_train(args) -> int:
     from .data import accuracy, load_dataset, targets_for
     from .network import MLP
 
-    if args.save:
+    if args.save is not None:          # "" too: refused, not taken for "no checkpoint"
         _check_writable(args.save, "--save")
-    if args.plot:
+    if args.plot is not None:
         _check_writable(args.plot, "--plot")
         if args.grad_norms:
             _check_writable(_grad_norms_path(args.plot), "--plot (gradient norms)")
@@ -411,6 +437,8 @@ def cmd_train(args) -> int:
             if path == path2:
                 raise UsageError(f"{what} and {other} name the same file {str(path)!r}: one would replace the "
                                  "other; give two files")
+    if args.plot is not None:
+        _check_png(args.plot)
     try:
         ds = load_dataset(args.dataset, test_size=args.test_size, val_size=args.val_size, seed=args.seed,
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)
@@ -482,7 +510,7 @@ def cmd_train(args) -> int:
     say(f"test accuracy {test_acc:.4f} ({int(round(test_acc * n_test))}/{n_test})")
     if args.save and root:
         try:
-            net.save(args.save, metadata={"dataset": ds.name})
+            net.save(args.save, metadata={"dataset": ds.name, "task": "classification"})
         except OSError as e:          # e.g. the disk filled up: the previous file is intact
             print(f"gpubp train: could not write the checkpoint {args.save}: {e}", file=sys.stderr)
             return 1
@@ -512,9 +540,12 @@ def _add_predict(sub):
     p = sub.add_parser(
         "predict", help="predict with a saved checkpoint on data from a .npy or .csv file",
         description="Load a checkpoint written by `gpubp train --save` (or MLP.save) and predict on DATA, "
-                    "a .npy array or a .csv file of numbers (one sample per line, comma-separated; a first line "
-                    "that is not all numbers is a header; blank lines and '#' comments are skipped). The network "
-                    "applies the input standardisation it was trained with. Prints one prediction per line, or "
+                    "a .npy array or a .csv file of numbers (one sample per line, comma-separated, cells optionally "
+                    "quoted; a first line that is not all numbers is a header, see --header; blank lines and '#' "
+                    "comments are skipped). The network "
+                    "applies the input standardisation it was trained with. Prints one prediction per line (a class "
+                    "label for a network trained by `gpubp train`, whatever its loss; MLP.predict's value for "
+                    "other checkpoints), or "
                     "writes them to --out (.npy or .csv by suffix; the file is replaced only once it is complete).",
         formatter_class=_DefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (.npz)")
@@ -523,18 +554,31 @@ def _add_predict(sub):
                    help="class probabilities instead of labels (networks trained with a cross-entropy loss)")
     p.add_argument("--out", metavar="FILE", default=None,
                    help="write the predictions to FILE (.npy or .csv) instead of printing them")
+    p.add_argument("--header", choices=HEADER_CHOICES, default="auto",
+                   help="whether a .csv file's first line is a header: auto (when it is not all numbers), yes "
+                        "(skipped whatever it holds, e.g. the column numbers 0,1,2,... pandas writes for unnamed "
+                        "columns), no")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend")
     p.set_defaults(func=cmd_predict)
     return p
 
 
-def _check_readable(path, what):
+@_os_problem
+def _readable_problem(path) -> str | None:
+    """Why `path` cannot be read as a file (None when it can be tried)."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{what} {path!r} does not exist")
+        return "does not exist"
     if not p.is_file():
-        raise UsageError(f"{what} {path!r} is not a file")
-    return p
+        return "is not a file"
+    return None
+
+
+def _check_readable(path, what):
+    why = _readable_problem(path)
+    if why is not None:
+        raise UsageError(f"{what} {path!r} {why}")
+    return Path(path)
 
 
 def _suffix(path, what):
@@ -545,30 +589,70 @@ def _suffix(path, what):
 
 
 def _csv_cells(line):
-    """The comma-separated cells of one CSV line, without a '#' comment (as np.savetxt writes headers)."""
-    return [c.strip() for c in line.split("#", 1)[0].split(",")]
+    """The comma-separated cells of one CSV line, without a '#' comment (as np.savetxt writes headers).
+
+    A cell may be quoted, as CSV writers quote (`"5.1"`, `"width, cm"`, a quote inside doubled): the
+    cell is what the quotes hold."""
+    line = line.split("#", 1)[0]
+    if '"' not in line:
+        return [c.strip() for c in line.split(",")]
+    return [c.strip() for c in next(csv.reader([line], skipinitialspace=True))]
 
 
-def _read_csv(path) -> tuple[np.ndarray, list[int]]:
+#: `gpubp predict --header`: whether the first line of a CSV file is a header
+HEADER_CHOICES = ("auto", "yes", "no")
+
+
+def _csv_text(path, raw: bytes) -> str:
+    """The text of a CSV file: UTF-16 where a byte-order mark says so, else UTF-8 (a byte-order mark is not
+    a cell), else Latin-1. Numbers are ASCII in each, so a header in a spreadsheet's 8-bit encoding
+    ("Temp\xe9rature" in cp1252) is a header still; a byte that is not UTF-8 anywhere else is in a cell
+    that is no number, refused by its line and column."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"DATA {path!r} starts as UTF-16 text but is not ({e.reason} at byte "
+                             f"{e.start})") from None
+    nul = raw.find(b"\0")   # no text file holds one: UTF-16 without its byte-order mark, or binary data
+    if nul >= 0:
+        raise UsageError(f"DATA {path!r} is not a CSV file of numbers: it holds NUL bytes (the first at byte "
+                         f"{nul}), as binary data or UTF-16 text without a byte-order mark do")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     """The numbers of a CSV file, one sample per line, and the line number (from 1) of each sample.
 
-    A first line that is not all numbers is a header. Blank lines and '#' comments are skipped.
-    Every error names the line and the column at fault; no line of numbers is ever skipped.
+    `header` "auto": a first line that is not all numbers is a header; "yes": the first line is a
+    header whatever it holds (column numbers, as pandas writes for unnamed columns); "no": there is none.
+    Blank lines and '#' comments are skipped. Every error names the line and the column at fault; no
+    line of numbers is skipped unless `header` is "yes".
     """
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")     # -sig: a byte-order mark is not a cell
-    except UnicodeDecodeError as e:
-        raise UsageError(f"DATA {path!r} is not a CSV file of numbers (not UTF-8 text: {e.reason} at byte "
-                         f"{e.start})") from None
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise UsageError(f"DATA {path!r} cannot be read: {e.strerror or e}") from None
-    rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.split("#", 1)[0].strip()]
-    if rows and not all(_is_number(c) for c in _csv_cells(rows[0][1])):
-        first, header = rows.pop(0)    # the first line holds names: a header
+    text = _csv_text(path, raw)
+    # lines end at \n, \r\n or \r only: str.splitlines also breaks at \x85 (an ellipsis in cp1252), \x0c,
+    # \u2028 and more, which split a header in two and put every later line number off
+    lines = re.split(r"\r\n|\n|\r", text)
+    rows = [(n, line) for n, line in enumerate(lines, start=1) if line.split("#", 1)[0].strip()]
+    first_cells = _csv_cells(rows[0][1]) if rows else []
+    if rows and (header == "yes" or (header == "auto" and not all(_is_number(c) for c in first_cells))):
+        first, head = rows.pop(0)      # the first line holds names: a header
         if not rows:
+            why = ("--header yes" if header == "yes" else
+                   "it is not comma-separated numbers, so it was taken as a header")
             raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
-                             f"({header.strip()[:60]!r}), is not comma-separated numbers, so it was taken as "
-                             "a header")
+                             f"({head.strip()[:60]!r}), is the header ({why})" + _separator_hint(head))
+    elif header == "auto" and len(first_cells) >= 2 and _column_numbers(first_cells):
+        print(f"gpubp predict: warning: line {rows[0][0]} of DATA {path!r} ({rows[0][1].strip()[:60]!r}) counts "
+              "the columns, as a header of unnamed columns does (pandas' to_csv), but it was read as a sample; "
+              "--header yes skips it, --header no reads it without this warning", file=sys.stderr)
     lines = [n for n, _ in rows]
     if not rows:
         return np.zeros((0, 0)), lines
@@ -582,8 +666,9 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
             cells = _csv_cells(line)
             bad = [i for i, c in enumerate(cells, start=1) if not _is_number(c)]
             if bad:
+                cell = cells[bad[0] - 1]
                 raise UsageError(f"DATA {path!r} is not a CSV file of numbers: line {n}, column {bad[0]} is "
-                                 f"{cells[bad[0] - 1]!r}")
+                                 f"{cell!r}" + _separator_hint(cell))
             if width is None:
                 width = len(cells)
             elif len(cells) != width:
@@ -592,6 +677,19 @@ def _read_csv(path) -> tuple[np.ndarray, list[int]]:
             values.append([float(c) for c in cells])
         X = np.array(values, dtype=np.float64)
     return X, lines
+
+
+def _separator_hint(text) -> str:
+    """A hint for text that separates its numbers by semicolons or tabs, which a CSV file of gpubp's does not."""
+    return "; cells are separated by commas, not semicolons or tabs" if (";" in text or "\t" in text) else ""
+
+
+def _column_numbers(cells) -> bool:
+    """Whether the cells are the integers 0, 1, ..., n-1 or 1, 2, ..., n (written as integers)."""
+    if not all(c.isascii() and c.isdigit() for c in cells):
+        return False
+    values = [int(c) for c in cells]
+    return values in (list(range(len(cells))), list(range(1, len(cells) + 1)))
 
 
 def _is_number(text) -> bool:
@@ -606,18 +704,38 @@ def _is_number(text) -> bool:
     return True
 
 
-def _read_data(path) -> np.ndarray:
-    """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong."""
+#: the first bytes of a .npy array and of a zip archive (.npz, a checkpoint)
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def _read_npy(path) -> np.ndarray:
+    """The array in the .npy file `path`, read without pickle; a UsageError says what else the file is.
+
+    np.load alone returns an archive for a .npz (a checkpoint named .npy) and, for any other bytes, says
+    the file "contains pickled data" and suggests loading it unsafely: its first bytes decide here."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+            if magic != _NPY_MAGIC:
+                what = ("a zip archive (.npz, such as a checkpoint)" if magic.startswith(_ZIP_MAGIC) else
+                        "the file is empty" if not magic else "it does not begin with the .npy format's magic bytes")
+                raise UsageError(f"DATA {path!r} is not a .npy array: {what}")
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+
+
+def _read_data(path, header="auto") -> np.ndarray:
+    """The samples in `path` (.npy or .csv) as a 2-D float array; a UsageError says what is wrong.
+    `header`: whether a CSV file's first line is a header (see `_read_csv`)."""
     lines = None
     if _suffix(path, "DATA") == ".npy":
-        try:
-            X = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+        X = _read_npy(path)
         if X.ndim == 1:
             X = X.reshape(1, -1)   # one sample
     else:
-        X, lines = _read_csv(path)
+        X, lines = _read_csv(path, header)
     if X.dtype.kind not in "biuf" or X.ndim != 2:
         raise UsageError(f"DATA {path!r} must hold a 2-D numeric array (samples x inputs); got "
                          f"shape {X.shape} of {X.dtype}")
@@ -661,9 +779,23 @@ def _format_rows(P) -> list[str]:
     return [",".join(fmt(v) for v in row) for row in P]
 
 
+def _predicts_classes(net) -> bool:
+    """Whether `net` is a classifier trained by `gpubp train` (its checkpoint's metadata says so; older ones
+    name one of the bundled data sets), whose predictions are class labels whatever its loss: one-hot
+    targets under mse or binary_cross_entropy decode to the arg-max class, as `gpubp train`'s accuracy did."""
+    from .data import DATASETS
+
+    meta = net.metadata if isinstance(net.metadata, dict) else {}
+    return meta.get("task") == "classification" or ("task" not in meta and meta.get("dataset") in DATASETS)
+
+
 def cmd_predict(args) -> int:
+    from .data import labels_from_outputs
     from .network import MLP
 
+    if Path(args.data).suffix.lower() == ".npz" and Path(args.checkpoint).suffix.lower() in DATA_SUFFIXES:
+        raise UsageError(f"DATA {args.data!r} looks like a checkpoint and CHECKPOINT {args.checkpoint!r} like data: "
+                         "the checkpoint comes first (gpubp predict CHECKPOINT DATA)")
     _check_readable(args.checkpoint, "CHECKPOINT")
     _check_readable(args.data, "DATA")
     _suffix(args.data, "DATA")
@@ -676,7 +808,7 @@ def cmd_predict(args) -> int:
                 raise UsageError(f"--out {args.out!r} is the {what} file: the predictions would replace it; "
                                  "give another file")
     backend = _make_backend(args.backend)
-    X = _read_data(args.data)
+    X = _read_data(args.data, args.header)
     try:
         net = MLP.load(args.checkpoint, backend=backend)
     except (ValueError, MemoryError) as e:   # MemoryError: a network too large for the backend, as in train
@@ -684,13 +816,22 @@ def cmd_predict(args) -> int:
     except OSError as e:           # no permission to read it, an I/O error: the file's, not gpubp's
         raise UsageError(f"CHECKPOINT {args.checkpoint!r} cannot be read: {e.strerror or e}") from None
     if X.shape[1] != net.sizes[0]:
+        hint = ""
+        if X.shape[1] == net.sizes[0] + 1 and X.shape[0] > 1 and _column_numbers([f"{v:g}" for v in X[:, 0]]):
+            hint = ("; its first column counts the rows (0, 1, 2, ...), as the index pandas' to_csv writes: "
+                    "write the file with index=False, or drop that column")
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
-                         f"inputs")
+                         f"inputs{hint}")
     if args.proba and net.loss not in LOGIT_LOSSES:
         raise UsageError(f"--proba gives class probabilities of a network trained with a cross-entropy loss; "
                          f"this one was trained with {net.loss} (predict_proba is not defined): drop --proba")
     try:
-        P = net.predict_proba(X) if args.proba else net.predict(X)
+        if args.proba:
+            P = net.predict_proba(X)
+        elif _predicts_classes(net):   # the rule `gpubp train` measured its accuracy with, for every loss
+            P = labels_from_outputs(net.backend.to_numpy(net.forward(X)), net.loss)
+        else:
+            P = net.predict(X)
     except (ValueError, TypeError) as e:
         raise UsageError(f"DATA {args.data!r}: {e}") from None
     P = np.asarray(P)
@@ -759,8 +900,9 @@ def _add_explain(sub):
 def cmd_explain(args) -> int:
     from . import explain
 
-    if args.plot:
+    if args.plot is not None:          # "" too: refused, not taken for "no plot"
         _check_writable(args.plot, "--plot")
+        _check_png(args.plot)
         require("matplotlib", "plot", "--plot")   # before the step is traced and printed
     weights, is_text, wname = args.weights, False, None
     if args.example is not None:
@@ -1093,7 +1235,9 @@ def _main(argv) -> int:
     if argv and argv[0] in EXTERNAL:
         return run_external(argv[0], argv[1:])
     parser, subs = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # said by the subcommand, with its usage ("gpubp: error:" and the top usage named no command)
+        (subs[args.command] if args.command else parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

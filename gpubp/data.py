@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import check_positive_int, finite_after_cast, host_array, real_number
+from .checks import check_flag, check_positive_int, check_seed, finite_after_cast, host_array, real_number
+from .losses import LOSSES
 from .optional import require
 
 #: every data set `load_dataset` knows
@@ -35,14 +36,20 @@ def make_xor(n_samples: int = SYNTHETIC_SAMPLES, noise: float = 0.0,
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 4:
         raise ValueError(f"n_samples must be an integer of at least 4, got {n_samples!r}")
-    if (x := real_number(noise)) is None or not np.isfinite(x) or x < 0:
-        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
-    rng = np.random.default_rng(seed)
+    _check_noise(noise)
+    rng = np.random.default_rng(check_seed(seed))
     X = rng.uniform(-1.0, 1.0, size=(int(n_samples), 2))
     y = ((X[:, 0] > 0) != (X[:, 1] > 0)).astype(np.int64)
     if noise:
         X = X + rng.normal(0.0, noise, size=X.shape)
     return X, y
+
+
+def _check_noise(noise) -> float:
+    """A noise level: a finite number >= 0 (True is not 1.0)."""
+    if (x := real_number(noise)) is None or not np.isfinite(x) or x < 0:
+        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
+    return float(x)
 
 
 def raw_dataset(name: str, seed: int | None = 0, n_samples: int | None = None,
@@ -51,7 +58,12 @@ def raw_dataset(name: str, seed: int | None = 0, n_samples: int | None = None,
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if name in ("moons", "xor"):
-        n = SYNTHETIC_SAMPLES if n_samples is None else n_samples
+        # checked here for both, as make_xor checks them: scikit-learn's make_moons took True for 1 sample
+        # and blamed its own parameters
+        n = SYNTHETIC_SAMPLES if n_samples is None else check_positive_int("n_samples", n_samples)
+        if noise is not None:
+            noise = _check_noise(noise)
+        check_seed(seed)
         if name == "moons":
             make_moons = require("sklearn.datasets", "sklearn", "the moons data set",
                                  "scikit-learn").make_moons
@@ -153,6 +165,7 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
     train_test_split = require("sklearn.model_selection", "sklearn", "splitting the data sets",
                                "scikit-learn").train_test_split
 
+    standardize_features = check_flag("standardize_features", standardize_features)
     test_size = _fraction("test_size", test_size, False)
     val_size = _fraction("val_size", val_size, True)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
@@ -212,6 +225,8 @@ def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
     with 0/1 targets for two classes.
     """
     n_classes = check_positive_int("n_classes", n_classes)
+    if loss not in LOSSES:     # every other name was taken for a squared-error loss
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     if loss == "cross_entropy":
         return (n_classes,)
     if loss == "binary_cross_entropy":
@@ -226,6 +241,8 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     targets; several outputs one-hot rows.
     """
     n_out = check_positive_int("n_out", n_out)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
         return y

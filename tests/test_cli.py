@@ -259,6 +259,15 @@ def test_top_level_help_and_errors(capsys):
     assert "invalid choice" in usage_error(capsys, "frobnicate")
 
 
+@pytest.mark.parametrize("argv, unknown", [(["info", "--bad"], "--bad"), (["train", "--bogus", "3"], "--bogus 3"),
+                                           (["predict", "a.npz", "b.csv", "c"], "c")])
+def test_unknown_arguments_are_the_subcommands_usage_error(capsys, argv, unknown):
+    """An unknown option of a subcommand was reported as "gpubp: error:" under the top-level usage, which
+    names no subcommand's options."""
+    err = usage_error(capsys, *argv)
+    assert f"gpubp {argv[0]}: error: unrecognized arguments: {unknown}" in err and f"usage: gpubp {argv[0]}" in err
+
+
 def test_python_dash_m_gpubp():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "gpubp", "explain", "--example", "classic", "--json"],

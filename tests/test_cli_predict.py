@@ -245,3 +245,157 @@ def test_predict_unreadable_checkpoint_is_a_usage_error(capsys, tmp_path, classi
     monkeypatch.setattr(checkpoint.Checkpoint, "__init__", refuse)
     err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
     assert f"CHECKPOINT {str(ckpt)!r} cannot be read: Permission denied" in err
+
+
+def test_predict_npy_data_that_is_no_npy_array_is_a_usage_error(capsys, tmp_path, classifier):
+    """A .npz archive named .npy (the checkpoint passed as DATA, say) ended in a traceback ('NpzFile' object
+    has no attribute 'ndim'); other bytes were said to be "pickled data" to load unsafely."""
+    net, ckpt, X = classifier
+    (tmp_path / "ckpt.npy").write_bytes(ckpt.read_bytes())
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "ckpt.npy", "--backend", "numpy")
+    assert f"DATA {str(tmp_path / 'ckpt.npy')!r} is not a .npy array: a zip archive" in err
+    (tmp_path / "text.npy").write_text("1,2,3,4\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "text.npy", "--backend", "numpy")
+    assert "is not a .npy array" in err and "pickle" not in err
+    (tmp_path / "empty.npy").write_bytes(b"")
+    assert "the file is empty" in usage_error(capsys, "predict", ckpt, tmp_path / "empty.npy")
+    np.save(tmp_path / "x.npy", X)                # a real one still reads
+    rc, out, _ = run(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == len(X)
+
+
+def test_predict_csv_cells_may_be_quoted(capsys, tmp_path, classifier):
+    """Quoted cells (csv.QUOTE_ALL, a spreadsheet's export, a header name holding a comma) are what the quotes
+    hold: '"5.1"' was refused as not a number, and a quoted header line taken for the only line of data."""
+    import csv
+
+    net, ckpt, X = classifier
+    with open(tmp_path / "q.csv", "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["width, cm", 'say "hi"', "c", "d"])
+        w.writerows([[repr(float(v)) for v in row] for row in X[:6]])
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "q.csv", "--backend", "numpy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:6]))
+    (tmp_path / "bad.csv").write_text('"1","2","x","4"\n')
+    assert "line 1, column 3 is 'x'" in usage_error(capsys, "predict", ckpt, tmp_path / "bad.csv", "--header", "no")
+
+
+def test_predict_csv_header_of_column_numbers(capsys, tmp_path, classifier):
+    """pandas writes the columns of an unnamed frame as the header "0,1,2,3": a line of numbers, read as a
+    sample, so one prediction more than samples came out, every one after the first a line off, silently.
+    It is still read (it may be data) but with a warning, and --header yes / no decide."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:5]) + "\n"
+    (tmp_path / "p.csv").write_text("0,1,2,3\n" + rows)
+    want = net.predict(X[:5])
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "p.csv", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == 6
+    assert "warning: line 1 of DATA" in err and "'0,1,2,3'" in err and "--header yes" in err
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "p.csv", "--header", "yes", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "p.csv", "--header", "no", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err and len(out.split()) == 6
+    (tmp_path / "one.csv").write_text("1,2,3,4\n" + rows)        # 1, ..., n: counted from 1
+    assert "warning" in run(capsys, "predict", ckpt, tmp_path / "one.csv", "--backend", "numpy")[2]
+    (tmp_path / "data.csv").write_text(rows)                     # ordinary numbers: no warning
+    assert "warning" not in run(capsys, "predict", ckpt, tmp_path / "data.csv", "--backend", "numpy")[2]
+    # --header no: a first line of names is an error, not a header
+    (tmp_path / "named.csv").write_text("a,b,c,d\n" + rows)
+    assert "line 1, column 1 is 'a'" in usage_error(capsys, "predict", ckpt, tmp_path / "named.csv",
+                                                    "--header", "no")
+    (tmp_path / "single.csv").write_text(rows.splitlines()[0] + "\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "single.csv", "--header", "yes")
+    assert "holds no samples" in err and "--header yes" in err
+
+
+def test_predict_csv_separated_by_semicolons_or_tabs_says_so(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    for name, text in (("semi.csv", "1;2;3;4\n5;6;7;8\n"), ("tab.csv", "1\t2\t3\t4\n")):
+        (tmp_path / name).write_text(text)
+        err = usage_error(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert "cells are separated by commas, not semicolons or tabs" in err, err
+
+
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_predict_decodes_a_train_checkpoint_to_class_labels_whatever_its_loss(capsys, tmp_path, loss):
+    """`gpubp train --loss mse` (or binary_cross_entropy) trains on one-hot targets and measures its accuracy
+    on the arg-max class; `gpubp predict` printed the raw outputs (mse) or a 0/1 per class (rows "0,0,0" that
+    name no class) instead of the labels. Now both give the labels whose accuracy `train` printed."""
+    from gpubp.data import load_dataset
+
+    ckpt = tmp_path / "iris.npz"
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--loss", loss, "--epochs", "20", "--no-progress",
+                     "--backend", "numpy", "--save", ckpt)
+    assert rc == 0
+    ds = load_dataset("iris", val_size=0.1, seed=0, standardize_features=False)
+    np.save(tmp_path / "raw.npy", ds.X_test)
+    rc, pred, _ = run(capsys, "predict", ckpt, tmp_path / "raw.npy", "--backend", "numpy")
+    assert rc == 0
+    labels = np.array(pred.split(), dtype=int)
+    assert labels.shape == ds.y_test.shape and set(labels) <= {0, 1, 2}
+    printed = float(out.split("test accuracy ")[1].split()[0])
+    assert float(np.mean(labels == ds.y_test)) == pytest.approx(printed, abs=5e-5)
+    # a checkpoint of MLP.save without that metadata (a regression network) still prints its outputs
+    net = gpubp.MLP.load(ckpt, backend="numpy")
+    net.save(tmp_path / "plain.npz", metadata={})
+    rc, raw, _ = run(capsys, "predict", tmp_path / "plain.npz", tmp_path / "raw.npy", "--backend", "numpy")
+    assert rc == 0 and len(raw.split()) == len(ds.y_test) and "," in raw.split()[0]
+
+
+def test_predict_names_a_row_index_column(capsys, tmp_path, classifier):
+    """pandas' to_csv writes the row index as a first column by default: the column count error says so."""
+    net, ckpt, X = classifier
+    rows = "".join(f"{i}," + ",".join(repr(float(v)) for v in r) + "\n" for i, r in enumerate(X[:5]))
+    (tmp_path / "idx.csv").write_text(",a,b,c,d\n" + rows)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "idx.csv", "--backend", "numpy")
+    assert "has 5 columns but the network takes 4 inputs; its first column counts the rows" in err
+    assert "index=False" in err
+    np.save(tmp_path / "wide.npy", np.ones((3, 5)))       # another extra column: no such hint
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "wide.npy", "--backend", "numpy")
+    assert err.rstrip().endswith("has 5 columns but the network takes 4 inputs")
+
+
+def test_predict_csv_encodings(capsys, tmp_path, classifier):
+    """A header in a spreadsheet's 8-bit encoding ("Temp\xe9rature" in cp1252) made the whole file "not UTF-8
+    text"; UTF-16 with a byte-order mark (a spreadsheet's "Unicode text") was refused too. Numbers are ASCII
+    in each, so both read; a non-number cell is still named by its line and column, and NUL bytes (UTF-16
+    without its mark, binary data) are said to be what they are."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:4]) + "\n"
+    want = net.predict(X[:4])
+    (tmp_path / "cp1252.csv").write_bytes(("Temp\xe9rature,b,c,d\n" + rows).encode("cp1252"))
+    (tmp_path / "utf16.csv").write_text("a,b,c,d\n" + rows, encoding="utf-16")
+    for name in ("cp1252.csv", "utf16.csv"):
+        rc, out, err = run(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert rc == 0, err
+        np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
+    (tmp_path / "cell.csv").write_bytes(b"1,2,3,4\n5,6,7\xe9,8\n")
+    assert "line 2, column 3 is '7\xe9'" in usage_error(capsys, "predict", ckpt, tmp_path / "cell.csv")
+    (tmp_path / "nomark.csv").write_bytes(rows.encode("utf-16-le"))
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "nomark.csv")
+    assert "holds NUL bytes (the first at byte 1)" in err
+
+
+def test_predict_csv_lines_end_only_at_line_ends(capsys, tmp_path, classifier):
+    """str.splitlines also breaks at U+2028, U+0085 (cp1252's ellipsis byte read as Latin-1) and more: a
+    header holding one was cut in two, its second half taken for a line of data (refused), and every later
+    line number was one off."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:3]) + "\n"
+    (tmp_path / "ls.csv").write_text("Temp\u2028x,b,c,d\n" + rows + "1,2,3,y\n", encoding="utf-8")
+    assert "line 5, column 4 is 'y'" in usage_error(capsys, "predict", ckpt, tmp_path / "ls.csv")
+    (tmp_path / "nel.csv").write_bytes(b"Temp\x85,b,c,d\n" + rows.encode())
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "nel.csv", "--backend", "numpy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
+    (tmp_path / "cr.csv").write_bytes(b"a,b,c,d\r" + rows.replace("\n", "\r").encode() + b"1,2,3,z\r")
+    assert "line 5, column 4 is 'z'" in usage_error(capsys, "predict", ckpt, tmp_path / "cr.csv")
+
+
+def test_predict_with_checkpoint_and_data_swapped_says_so(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    err = usage_error(capsys, "predict", tmp_path / "x.csv", ckpt, "--backend", "numpy")
+    assert "the checkpoint comes first (gpubp predict CHECKPOINT DATA)" in err    # was: "must end in .npy or .csv"

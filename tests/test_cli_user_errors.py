@@ -66,6 +66,44 @@ def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch
     assert "not writable" in err and "epoch" not in out
 
 
+TRAIN_1 = ["train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy"]
+
+
+@pytest.mark.parametrize("command, option, name, message", [
+    (TRAIN_1, "--save", "", "is not a file name"), (TRAIN_1, "--plot", "", "is not a file name"),
+    (["explain"], "--plot", "", "is not a file name"),
+    (TRAIN_1, "--save", "out/", "ends in a slash"), (TRAIN_1, "--plot", "out.png/", "ends in a slash"),
+    (["explain"], "--plot", "out.png/", "ends in a slash")])
+def test_empty_or_slash_ended_output_paths_are_refused(capsys, tmp_path, monkeypatch, command, option, name,
+                                                       message):
+    """`--save ""` (or --plot) was taken for no option: the run ended with status 0 and wrote nothing;
+    `--save out/` (meaning a folder) wrote a file named "out", as Path drops the slash."""
+    monkeypatch.chdir(tmp_path)
+    out, err = usage_error(capsys, *command, option, name, with_stdout=True)
+    assert message in err and option in err and "epoch" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [TRAIN_1, ["explain"]])
+def test_plot_named_as_another_format_is_refused(capsys, tmp_path, monkeypatch, command):
+    """`--plot curves.pdf` wrote PNG bytes into a file named .pdf (the plot is always a PNG)."""
+    monkeypatch.chdir(tmp_path)
+    out, err = usage_error(capsys, *command, "--plot", "curves.pdf", with_stdout=True)
+    assert "written as a PNG, not '.pdf'" in err and "epoch" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_out_ending_in_a_slash_is_refused(capsys, tmp_path, monkeypatch):
+    import gpubp
+
+    monkeypatch.chdir(tmp_path)
+    gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", seed=0).save("net.npz")
+    np.save("x.npy", np.ones((3, 2)))
+    out, err = usage_error(capsys, "predict", "net.npz", "x.npy", "--out", "p.csv/", with_stdout=True)
+    assert "ends in a slash" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.npz", "x.npy"]
+
+
 def test_output_path_problem_accepts_new_and_existing_files(tmp_path):
     assert cli.output_path_problem(tmp_path / "new.npz") is None
     (tmp_path / "old.npz").write_bytes(b"")
@@ -196,3 +234,46 @@ def test_interrupt_ends_quietly_with_status_130(capsys, tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", np.zeros((1, 2)))
     assert cli.main(["predict", str(tmp_path / "n.npz"), str(tmp_path / "x.npy"), "--backend", "numpy"]) == 130
     assert capsys.readouterr().err == "gpubp predict: interrupted\n"
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_checkpoint_save_leaves_the_previous_file(capsys, tmp_path, monkeypatch, failure):
+    """`gpubp train --save` over an existing checkpoint, the write failing half-way (disk full, Ctrl-C): the
+    previous file stays as it was, no temporary file is left, and the status says so (1, or 130)."""
+    from gpubp import checkpoint
+
+    old = tmp_path / "net.npz"
+    old.write_bytes(b"the previous checkpoint")
+
+    def fail_half_way(f, arrays):
+        f.write(b"PK\x03\x04 partial")
+        raise failure
+    monkeypatch.setattr(checkpoint, "_write_archive", fail_half_way)
+    rc = cli.main([*TRAIN_1, "--save", str(old)])
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+    if isinstance(failure, OSError):
+        assert rc == 1 and "could not write the checkpoint" in err and "No space left" in err
+    else:
+        assert rc == 130 and "interrupted" in err
+    assert old.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]
+
+
+def test_a_file_name_too_long_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    """pathlib's is_dir and exists raise ENAMETOOLONG (only "no such file" is False): a name longer than the
+    file system takes ended in a traceback from the path checks of --save, --plot, --out, CHECKPOINT, DATA
+    and bench's --out."""
+    import gpubp
+
+    monkeypatch.chdir(tmp_path)
+    long = "a" * 300
+    gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", seed=0).save("net.npz")
+    np.save("x.npy", np.ones((3, 2)))
+    for argv in ([*TRAIN_1, "--save", long + ".npz"], [*TRAIN_1, "--plot", long + ".png"],
+                 ["predict", "net.npz", "x.npy", "--out", long + ".csv"], ["predict", long + ".npz", "x.npy"],
+                 ["predict", "net.npz", long + ".npy"]):
+        out, err = usage_error(capsys, *argv, with_stdout=True)
+        assert "File name too long" in err and "epoch" not in out, argv
+    assert "File name too long" in cli.output_dir_problem(tmp_path / long)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.npz", "x.npy"]

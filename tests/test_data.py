@@ -152,3 +152,33 @@ def test_fractions_that_are_not_numbers_are_refused_naming_them(kwargs, match):
 def test_xor_noise_that_is_not_a_number_is_refused_naming_it(noise):
     with pytest.raises(ValueError, match=f"noise must be a non-negative number, got {noise!r}"):
         data.make_xor(10, noise=noise)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    # make_moons took True for one sample (then "too few samples (1 ...)") and blamed its own parameters
+    (dict(n_samples=True), ValueError, "n_samples must be a positive integer, got True"),
+    (dict(n_samples=2.5), ValueError, "n_samples must be a positive integer, got 2.5"),
+    (dict(n_samples=-5), ValueError, "n_samples must be a positive integer, got -5"),
+    (dict(noise=True), ValueError, "noise must be a non-negative number, got True"),
+    (dict(noise=float("nan")), ValueError, "noise must be a non-negative number, got nan"),
+    (dict(noise=-1.0), ValueError, "noise must be a non-negative number, got -1.0"),
+])
+def test_moons_arguments_are_checked_as_xor_s_are(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        data.raw_dataset("moons", **kwargs)
+
+
+def test_generated_data_seeds_and_flags_are_checked():
+    with pytest.raises(ValueError, match="seed must be None or a non-negative integer, got -1"):
+        data.make_xor(10, seed=-1)         # numpy said "expected non-negative integer", naming no argument
+    with pytest.raises(TypeError, match="seed must be None or a non-negative integer, got 1.5"):
+        data.raw_dataset("xor", seed=1.5)
+    # the string "no" was read by its truth value: the features were standardised
+    with pytest.raises(TypeError, match="standardize_features must be True or False, got 'no'"):
+        data.load_dataset("iris", standardize_features="no")
+
+
+def test_unknown_loss_names_are_refused_not_taken_for_squared_error():
+    for call in (lambda: data.output_sizes("crossentropy", 3), lambda: data.targets_for([0, 1], "bce", 2)):
+        with pytest.raises(ValueError, match="unknown loss"):
+            call()
