@@ -742,7 +742,9 @@ class MLP:
         - `standardize=True`: set the network's input standardisation from `X`'s
           mean and standard deviation (see `set_standardization`) before training.
         - `lr_schedule`: a callable `step -> learning rate` (steps counted from 1
-          over this call), e.g. `gpubp.schedules.cosine(...)`.
+          over this call, so each call starts it again: to continue one after `load`,
+          pass `lambda step: schedule(step + done)`, `done` the steps already taken),
+          e.g. `gpubp.schedules.cosine(...)`.
         - `callbacks`: objects with any of `on_train_begin(net, logs)`,
           `on_epoch_end(net, epoch, logs)` and `on_train_end(net, logs)`; one sets
           `net.stop_training = True` to stop after the epoch (see
@@ -761,9 +763,10 @@ class MLP:
           same global batches; losses and metrics are reduced over the ranks and only rank 0
           reports progress.
 
-        The history holds per-epoch lists: `loss` (the mean training loss over the
-        epoch's steps), `accuracy` for classification losses (measured after the
-        epoch), and `val_loss` / `val_accuracy`.  Every argument is checked before
+        The history holds per-epoch lists: `loss` (the mean of the epoch's step
+        losses, each measured before its update, weighted by each batch's size or
+        total sample weight), `accuracy` for classification losses (measured after
+        the epoch), and `val_loss` / `val_accuracy` (measured after the epoch).  Every argument is checked before
         anything changes.  If the loss stops being finite, FloatingPointError is
         raised with the parameters and optimizer state of the last step whose loss
         was finite.

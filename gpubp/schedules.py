@@ -1,7 +1,9 @@
 """Learning-rate schedules for `MLP.fit(..., lr_schedule=...)`: callables `step -> learning rate`.
 
-Steps count from 1 over one `fit` call.  Any callable of that form works
-(`lambda step: 0.1 / step`); these are the usual ones.
+Steps count from 1 over one `fit` call: a second call (one after `MLP.load` too) starts the
+schedule again, and a checkpoint holds no schedule position.  To continue a schedule, offset it
+by the steps already taken: `lambda step: schedule(step + done)`.  Any callable `step -> rate`
+works (`lambda step: 0.1 / step`); these are the usual ones.
 """
 
 from __future__ import annotations

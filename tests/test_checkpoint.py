@@ -923,6 +923,34 @@ def test_a_seedless_network_resumes_exactly(tmp_path):
     assert same_params(back, net)
 
 
+
+def test_a_scheduled_fit_resumes_exactly_with_the_schedule_offset_by_the_steps_taken(tmp_path):
+    """A schedule counts steps from 1 in each fit call (docs/spec.md): the checkpoint holds no schedule
+    position, so a resumed fit restarts it, and the documented recipe (the schedule offset by the steps
+    already taken, `net.optimizer.t`) gives bitwise one uninterrupted fit."""
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((29, 3)), rng.integers(0, 3, 29)
+    sched = gpubp.schedules.cosine(0.05, total_steps=5 * 4, warmup_steps=3)
+
+    def fresh():
+        return gpubp.MLP([3, 6, 3], loss="cross_entropy", backend="numpy", seed=3)
+
+    def fit(net, epochs, schedule):
+        net.fit(X, y, epochs=epochs, batch_size=8, optimizer="adam", lr_schedule=schedule, progress=False)
+    whole = fresh()
+    fit(whole, 5, sched)
+    first = fresh()
+    fit(first, 2, sched)
+    first.save(tmp_path / "half.npz")
+    done = gpubp.MLP.load(tmp_path / "half.npz", backend="numpy").optimizer.t
+    assert done == 2 * 4
+    restarted, resumed = (gpubp.MLP.load(tmp_path / "half.npz", backend="numpy") for _ in range(2))
+    fit(restarted, 3, sched)                                   # the schedule starts again at its warm-up
+    fit(resumed, 3, lambda step: sched(step + done))           # the recipe of the docs
+    assert same_params(resumed, whole) and resumed.optimizer.lr == whole.optimizer.lr
+    assert not same_params(restarted, whole)
+
+
 # ----------------------------------------------------------------- bounded fuzzing
 ODD_VALUES = [None, True, False, -1, 0, 3, 2 ** 70, -2 ** 70, 1.5, -0.0, 1e308, "x", "", [], {}, [1, "a"],
               [None], {"a": 1}, ["relu"], [[]], "PCG64"]
