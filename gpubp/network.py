@@ -726,6 +726,11 @@ class MLP:
             grad_norms: bool = False, comm: Any = None, sharded: bool = False) -> dict[str, list]:
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
+        Each call continues from the network's current parameters and the position of its
+        shuffling generator, and by name (the default) with its optimizer's state: two
+        calls of 5 epochs train as one of 10 (a schedule aside: see `lr_schedule`); a new
+        optimizer instance starts from a fresh state.
+
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
           a name reuses the network's current optimizer of that name (its state
           carries on, and `lr`, when given, becomes its rate; without `lr` it keeps
