@@ -34,7 +34,7 @@ from .distributed import DataParallel, EveryRankError, check_fit_options, guard_
 from .optim import Optimizer, make_optimizer
 from .params import ALIGN, ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
-from .training import FitLoop, Reporter, schedule_rate
+from .training import FitLoop, Reporter, quiet_floats, schedule_rate
 
 #: weight initialisations (`MLP(init=...)`)
 INITS = ("torch", "xavier", "kaiming")
@@ -585,9 +585,10 @@ class MLP:
         ndim = _target_ndim(Y)
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
-        plan = self._gradients(X, Yd, plan=plan)
-        loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
-        opt.step(self.backend, self._params, self._grads)
+        with quiet_floats():   # a loss that is not finite is this call's FloatingPointError, not numpy's
+            plan = self._gradients(X, Yd, plan=plan)
+            loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
+            opt.step(self.backend, self._params, self._grads)
         self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
         return loss
 
@@ -637,9 +638,10 @@ class MLP:
         hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
         # a real first step, its loss checked before its update as train_step's; it leaves every
         # buffer allocated
-        self._gradients(Xs, Ys, loss_out, plan=plan)
-        self._finite_loss(loss_out, opt)
-        opt.step(self.backend, self._params, self._grads)
+        with quiet_floats():   # as train_step's
+            self._gradients(Xs, Ys, loss_out, plan=plan)
+            self._finite_loss(loss_out, opt)
+            opt.step(self.backend, self._params, self._grads)
         self.target_ndim = _target_ndim(Y)
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
@@ -679,7 +681,8 @@ class MLP:
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
             Xs[...] = Xd
             Ys[...] = Yd
-            replay()
+            with quiet_floats():   # the loss it returns says a step diverged, as a CUDA graph's does
+                replay()
             return loss_out
 
         step.plan = plan               # the buffers the recorded step uses, kept alive with it
