@@ -598,6 +598,18 @@ def test_format_version_must_be_an_integer(tmp_path, version):
         gpubp.MLP.load(write_consistent(tmp_path / "v.npz", arrays, meta), backend="numpy")
 
 
+
+@pytest.mark.parametrize("version", [3, 2 ** 70, 0, -1])
+def test_a_file_of_a_future_format_version_says_so(tmp_path, version):
+    """A file written by a newer gpubp (a version above those read) is refused saying to upgrade; one of
+    an impossible version (0, negative) is just refused."""
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    arrays, meta = read_all(path)
+    meta["version"] = version
+    with pytest.raises(ValueError, match=f"format version {version}; this gpubp reads versions 1, 2") as e:
+        gpubp.MLP.load(write_consistent(tmp_path / "v.npz", arrays, meta), backend="numpy")
+    assert ("newer gpubp wrote it: upgrade" in str(e.value)) == (version > 2)
+
 def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
     from gpubp.checkpoint import MAX_META_DEPTH
 
