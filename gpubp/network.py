@@ -905,7 +905,9 @@ class MLP:
         The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
         the previous file as it was.  A network whose parameters or optimizer state are not finite
         (after an update that overflowed) is refused with a ValueError, as `load` would refuse
-        the file.  `load` then resumes exactly: training on from the loaded
+        the file, and so is an optimizer assigned to `net.optimizer` that `load` could not give
+        back (one holding another network's state, or not gpubp's: TypeError); one assigned
+        and never stepped is saved with the zero state its first step would start from.  `load` then resumes exactly: training on from the loaded
         network gives bitwise what training on from this one would.
         """
         from . import checkpoint
@@ -920,9 +922,24 @@ class MLP:
             arrays["input_mean"], arrays["input_std"] = self.standardization
         opt = self.optimizer
         if opt is not None:
-            for name, buf in opt.state.items():
-                arrays[f"opt.{name}"] = self.backend.to_numpy(buf)
-            meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
+            from .optim import OPTIMIZERS
+
+            # `net.optimizer` is a plain attribute: what a caller assigned is checked as `load` checks it
+            if not isinstance(opt, Optimizer) or OPTIMIZERS.get(getattr(opt, "name", None)) is None:
+                raise TypeError(f"cannot save this network: its optimizer {_short_repr(opt)} is not one of gpubp's "
+                                f"({', '.join(OPTIMIZERS)}) or None; {str(path)!r} is left as it was")
+            try:   # bound to another network, or an eps this dtype rounds to 0: `load` would refuse it
+                opt.check_bindable(self._params)
+            except ValueError as e:
+                raise ValueError(f"cannot save this network's optimizer: {e}; {str(path)!r} is left as it was") \
+                    from None
+            # an optimizer not yet bound (assigned, never stepped) has the state binding would give it: zeros
+            for name in opt.state_names:
+                buf = opt.state.get(name)
+                arrays[f"opt.{name}"] = self.backend.to_numpy(buf) if buf is not None else \
+                    np.zeros(self.layout.total, self.dtype)
+            meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t,
+                                 "state": sorted(opt.state_names)}
         for name, a in arrays.items():   # load refuses such a file: do not write it over a good one
             if not np.isfinite(a).all():
                 raise ValueError(f"cannot save this network: array {name!r} holds NaN or infinite values (an "

@@ -1282,6 +1282,41 @@ def test_save_writes_only_seeds_that_load_accepts(tmp_path):
     assert gpubp.MLP.load(tmp_path / "s.npz", backend="numpy").seed == 2 ** 64 - 1
 
 
+
+@pytest.mark.parametrize("make_opt", [lambda: gpubp.optim.Adam(0.01), lambda: gpubp.optim.SGD(0.1, momentum=0.9),
+                                      lambda: gpubp.optim.AdamW(0.02), lambda: gpubp.optim.SGD(0.1)])
+def test_an_assigned_optimizer_not_yet_bound_is_saved_as_a_fresh_one(tmp_path, make_opt):
+    """`net.optimizer` is a plain attribute: one assigned and never stepped has no state buffers yet, and
+    save wrote a file listing none, which load refused ("optimizer.state [] does not fit Adam(...)").
+    It is saved with the state binding would give it (zeros), and trains on as the assigned one."""
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((20, 3)), rng.integers(0, 2, 20)
+    net = gpubp.MLP([3, 4, 2], loss="cross_entropy", backend="numpy", seed=0)
+    net.optimizer = make_opt()
+    net.save(tmp_path / "n.npz")
+    back = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    assert type(back.optimizer) is type(net.optimizer) and back.optimizer.hyper() == net.optimizer.hyper()
+    for n in (net, back):
+        n.fit(X, y, epochs=2, batch_size=6, optimizer=n.optimizer, progress=False)
+    assert same_params(back, net)
+
+
+def test_save_refuses_an_optimizer_load_would_refuse_and_writes_nothing(tmp_path):
+    """An optimizer assigned to `net.optimizer` that holds another network's state (or is not gpubp's, or
+    has an eps the network's dtype rounds to 0) was written (or failed with an AttributeError): load would
+    give this network the other's moments, or refuse the file."""
+    rng = np.random.default_rng(2)
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    other = gpubp.MLP([3, 4, 2], backend="numpy", seed=1)
+    other.train_step(rng.standard_normal((5, 3)), rng.standard_normal((5, 2)), "adam")
+    for opt, exc, words in [(other.optimizer, ValueError, "state of another network"),
+                            (gpubp.optim.Adam(eps=1e-50), ValueError, "rounds to 0 in float32"),
+                            ("adam", TypeError, "not one of gpubp's")]:
+        net.optimizer = opt
+        with pytest.raises(exc, match=f"{words}.*left as it was"):
+            net.save(tmp_path / "n.npz")
+        assert not (tmp_path / "n.npz").exists() and list(tmp_path.iterdir()) == []
+
 def test_a_small_file_claiming_millions_of_layers_is_refused_at_once(tmp_path):
     """A 6 MB file of layer_sizes [5, 1, 1, ..., 3] (10**6 layers) took seconds to refuse (a 60 MB one,
     a minute): its layout was worked out, layer by layer, before the parameters' length was compared."""
