@@ -915,7 +915,8 @@ class MLP:
         meta = {"config": dict(self.config(), seed=_seed_for_file(self.seed)),
                 "shapes": [[o, i] for _, o, i, _ in self.layout.segments],
                 "optimizer": None, "rng": _rng_state_for_file(self._rng),
-                "standardization": self.standardization is not None, "target_ndim": self.target_ndim,
+                "standardization": self.standardization is not None,
+                "target_ndim": _target_ndim_for_file(self.target_ndim),
                 "metadata": checkpoint.json_data(metadata if metadata is not None else self.metadata)}
         arrays = {"params": self.backend.to_numpy(self._params)}
         if self.standardization is not None:
@@ -1025,6 +1026,15 @@ def _seed_for_file(seed):
     except (TypeError, ValueError):
         raise ValueError(f"this network's seed {_short_repr(seed)} cannot be saved: a checkpoint holds None "
                          "or a non-negative integer, as the constructor takes") from None
+
+
+def _target_ndim_for_file(ndim):
+    """`target_ndim` (a plain attribute: None, 1 or 2, what `load` accepts) as JSON data."""
+    if ndim is None or (not isinstance(ndim, (bool, np.bool_)) and isinstance(ndim, (int, np.integer))
+                        and int(ndim) in (1, 2)):
+        return None if ndim is None else int(ndim)
+    raise ValueError(f"this network's target_ndim {_short_repr(ndim)} cannot be saved: it must be None, 1 or 2 "
+                     "(the number of dimensions of the training targets)")
 
 
 def _rng_state_for_file(rng):

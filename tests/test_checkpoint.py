@@ -1317,6 +1317,23 @@ def test_save_refuses_an_optimizer_load_would_refuse_and_writes_nothing(tmp_path
             net.save(tmp_path / "n.npz")
         assert not (tmp_path / "n.npz").exists() and list(tmp_path.iterdir()) == []
 
+
+@pytest.mark.parametrize("ndim, saved", [(np.int64(1), 1), (np.int32(2), 2), (None, None), (3, None), (0, None),
+                                         (True, None), ("1", None), (1.0, None)])
+def test_save_writes_only_a_target_ndim_that_load_accepts(tmp_path, ndim, saved):
+    """`target_ndim` is a plain attribute: a numpy integer failed inside json ("int64 is not JSON
+    serializable") and 3, True or "1" were written into files that load refused."""
+    net = gpubp.MLP([3, 1], backend="numpy", seed=1)
+    net.target_ndim = ndim
+    if ndim is not None and saved is None:
+        with pytest.raises(ValueError, match="target_ndim .* cannot be saved: it must be None, 1 or 2"):
+            net.save(tmp_path / "t.npz")
+        assert not (tmp_path / "t.npz").exists()
+        return
+    net.save(tmp_path / "t.npz")
+    back = gpubp.MLP.load(tmp_path / "t.npz", backend="numpy")
+    assert back.target_ndim == saved and back.predict(np.ones((2, 3))).shape == ((2,) if saved == 1 else (2, 1))
+
 def test_a_small_file_claiming_millions_of_layers_is_refused_at_once(tmp_path):
     """A 6 MB file of layer_sizes [5, 1, 1, ..., 3] (10**6 layers) took seconds to refuse (a 60 MB one,
     a minute): its layout was worked out, layer by layer, before the parameters' length was compared."""
