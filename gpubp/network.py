@@ -487,8 +487,24 @@ class MLP:
     def forward(self, X: ArrayLike) -> Any:
         """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
         X = self._inputs(X)
-        outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
+        rows = self._eval_rows(X.shape[0])
+        outs = [self._forward(X[i:i + rows]).A[-1].copy() for i in range(0, X.shape[0], rows)]
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
+
+    def _eval_rows(self, B: int) -> int:
+        """Rows per pass of `forward` and `evaluate` over `B` rows: `EVAL_CHUNK` (or `B`), fewer only where
+        a plan of that many rows would be refused for the backend's free memory (a wide network on a
+        small device): as many as fit, so that any number of rows is taken whose one-row plan fits."""
+        rows = min(B, EVAL_CHUNK)
+        if rows in self._plans:
+            return rows
+        free = self.backend.free_memory()
+        if free is not None:
+            from .backends.plan import StepPlan
+
+            per_row = StepPlan.nbytes_estimate(self.sizes, self.activations, 1, self.dtype)
+            rows = max(1, min(rows, free // per_row))   # 1 row that does not fit: its plan says why
+        return rows
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
@@ -699,8 +715,9 @@ class MLP:
             Yd = self._targets(Y, X.shape[0])
         B = X.shape[0]
         total, correct = 0.0, 0.0
-        for i in range(0, B, EVAL_CHUNK):
-            Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
+        rows = self._eval_rows(B)
+        for i in range(0, B, rows):
+            Xc, Yc = X[i:i + rows], Yd[i:i + rows]
             plan = self._forward(Xc)
             self._loss_delta(plan, Yc, want_delta=False)
             total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]

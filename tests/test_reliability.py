@@ -814,3 +814,29 @@ def test_a_batch_too_large_is_refused_before_allocating():
     net = gpubp.MLP([4096, 4096, 10], backend="numpy", seed=0)
     with pytest.raises(MemoryError, match="bytes"):
         net._plan(10**9)
+
+
+def test_predict_and_evaluate_take_rows_whose_eval_chunk_plan_would_not_fit(monkeypatch):
+    """forward, predict and evaluate ran EVAL_CHUNK rows per pass whatever the memory: a wide network
+    whose chunk plan did not fit in the free memory refused predict(X) (MemoryError) though it trains
+    on smaller batches.  They now run as many rows per pass as fit, with the same results."""
+    import gpubp.network
+    from gpubp.backends.plan import StepPlan
+
+    monkeypatch.setattr(gpubp.network, "EVAL_CHUNK", 1000)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((2500, 8)), rng.integers(0, 4, 2500)
+    net = _net(seed=3)
+    want_p, want_e, want_f = net.predict(X), net.evaluate(X, y), net.forward(X)
+    net = _net(seed=3)
+    per_row = StepPlan.nbytes_estimate(net.sizes, net.activations, 1, net.dtype)
+    monkeypatch.setattr(net.backend, "free_memory", lambda: 300 * per_row)   # 300 rows fit, not 1000
+    with pytest.raises(MemoryError):
+        net._plan(1000)
+    assert np.array_equal(net.predict(X), want_p) and np.array_equal(net.forward(X), want_f)
+    got = net.evaluate(X, y)
+    assert got["accuracy"] == want_e["accuracy"] and got["loss"] == pytest.approx(want_e["loss"], rel=1e-6)
+    assert max(net._plans) == 300
+    monkeypatch.setattr(net.backend, "free_memory", lambda: per_row - 1)      # not even one row
+    with pytest.raises(MemoryError, match="a batch of 1 rows"):
+        net.predict(X[:5])
