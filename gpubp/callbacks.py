@@ -8,7 +8,7 @@ called for the callbacks in the order of the list, after the epoch's figures are
 callback may change the network between epochs (`set_params`, `net.optimizer.lr`, which an
 `lr_schedule` sets again before each step); `on_train_end` is not called when `fit` raises
 (a diverged step, an interrupt).  Callbacks keep their state in themselves: a checkpoint
-does not hold it, and `on_train_begin` starts it again in each `fit`.
+does not hold it (`EarlyStopping` starts its count and best value again in each `fit`).
 """
 
 from __future__ import annotations
