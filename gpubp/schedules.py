@@ -9,6 +9,7 @@ works (`lambda step: 0.1 / step`); these are the usual ones.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -51,12 +52,20 @@ def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
 
 
 def step_decay(lr, step_size, gamma=0.1):
-    """`lr * gamma ** ((step - 1) // step_size)`: PyTorch's StepLR counted in optimizer steps."""
+    """`lr * gamma ** ((step - 1) // step_size)`: PyTorch's StepLR counted in optimizer steps.
+
+    Every rate is positive, as the optimizers require: one that underflows to 0 (`0.1 * 0.1 ** 323`
+    is 0.0 in floats) is held at the smallest positive normal float, `sys.float_info.min`; one beyond
+    float's range (gamma > 1) is `inf`, which `fit` refuses naming the step."""
     lr = _positive("lr", lr)
     step_size = check_positive_int("step_size", step_size)
     gamma = _positive("gamma", gamma)
 
     def schedule(step):
-        return lr * gamma ** ((step - 1) // step_size)
+        try:
+            rate = lr * gamma ** ((step - 1) // step_size)
+        except OverflowError:   # Python's float power raises where numpy's gives inf
+            return math.inf
+        return max(rate, sys.float_info.min)
 
     return schedule
