@@ -62,10 +62,14 @@ def step_decay(lr, step_size, gamma=0.1):
     gamma = _positive("gamma", gamma)
 
     def schedule(step):
+        k = (step - 1) // step_size
         try:
-            rate = lr * gamma ** ((step - 1) // step_size)
-        except OverflowError:   # Python's float power raises where numpy's gives inf
-            return math.inf
+            rate = lr * gamma ** k
+        except OverflowError:   # gamma ** k past float's range (Python raises where numpy gives inf)
+            try:                # lr * gamma ** k may still be a float (lr 1e-300)
+                rate = math.exp(math.log(lr) + k * math.log(gamma))
+            except OverflowError:
+                return math.inf
         return max(rate, sys.float_info.min)
 
     return schedule
