@@ -791,8 +791,8 @@ class MLP:
         The history holds per-epoch lists: `loss` (the mean of the epoch's step
         losses, each measured before its update, weighted by each batch's size or
         total sample weight), `accuracy` for classification losses (measured after
-        the epoch), and `val_loss` / `val_accuracy` (measured after the epoch).  Every argument is checked before
-        anything changes.  If the loss stops being finite, FloatingPointError is
+        the epoch), and `val_loss` / `val_accuracy` (measured after the epoch).
+        Every argument is checked before anything changes.  If the loss stops being finite, FloatingPointError is
         raised with the parameters and optimizer state of the last step whose loss
         was finite.
         """
@@ -924,8 +924,9 @@ class MLP:
         (after an update that overflowed) is refused with a ValueError, as `load` would refuse
         the file, and so is an optimizer assigned to `net.optimizer` that `load` could not give
         back (one holding another network's state, or not gpubp's: TypeError); one assigned
-        and never stepped is saved with the zero state its first step would start from.  `load` then resumes exactly: training on from the loaded
-        network gives bitwise what training on from this one would.
+        and never stepped is saved with the zero state its first step would start from.  `load`
+        then resumes exactly: training on from the loaded network gives bitwise what training on
+        from this one would (an `lr_schedule` restarts in each `fit`: see `fit`).
         """
         from . import checkpoint
 
