@@ -792,9 +792,9 @@ class MLP:
         losses, each measured before its update, weighted by each batch's size or
         total sample weight), `accuracy` for classification losses (measured after
         the epoch), and `val_loss` / `val_accuracy` (measured after the epoch).
-        Every argument is checked before anything changes.  If the loss stops being finite, FloatingPointError is
-        raised with the parameters and optimizer state of the last step whose loss
-        was finite.
+        Every argument is checked before anything changes.  If the loss stops being
+        finite, FloatingPointError is raised with the parameters and optimizer state of
+        the last step whose loss was finite.
         """
         epochs = check_positive_int("epochs", epochs)
         batch_size = check_positive_int("batch_size", batch_size)
