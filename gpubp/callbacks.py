@@ -1,9 +1,14 @@
 """Callbacks of `MLP.fit`: objects told when training begins, after each epoch, and when it ends.
 
 A callback has any of `on_train_begin(net, logs)`, `on_epoch_end(net, epoch,
-logs)` (epoch counted from 1; `logs` is the history so far, one list per
-figure) and `on_train_end(net, logs)`.  Setting `net.stop_training = True`
-ends `fit` after the current epoch.
+logs)` (epoch counted from 1 in each `fit` call; `logs` is the history so far, one list per
+figure: the dict `fit` returns, not a copy) and `on_train_end(net, logs)`.  Each hook is
+called for the callbacks in the order of the list, after the epoch's figures are recorded
+(and shown).  Setting `net.stop_training = True` ends `fit` after the current epoch.  A
+callback may change the network between epochs (`set_params`, `net.optimizer.lr`, which an
+`lr_schedule` sets again before each step); `on_train_end` is not called when `fit` raises
+(a diverged step, an interrupt).  Callbacks keep their state in themselves: a checkpoint
+does not hold it (`EarlyStopping` starts its count and best value again in each `fit`).
 """
 
 from __future__ import annotations

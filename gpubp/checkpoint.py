@@ -305,8 +305,10 @@ class Checkpoint:
             self.fail("its metadata does not name the gpubp checkpoint format")
         version = meta.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
+            newer = not isinstance(version, bool) and isinstance(version, int) and version > max(READ_VERSIONS)
             self.fail(f"format version {_short(version)}; this gpubp reads versions "
-                      f"{', '.join(map(str, READ_VERSIONS))}")
+                      f"{', '.join(map(str, READ_VERSIONS))}"
+                      + (" (a newer gpubp wrote it: upgrade gpubp to load it)" if newer else ""))
         if meta.get("meta_sha256") != _meta_digest(meta):
             self.fail("its metadata does not match its checksum (the file is damaged)")
         sums = meta.get("sha256")

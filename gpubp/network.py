@@ -34,7 +34,7 @@ from .distributed import DataParallel, EveryRankError, check_fit_options, guard_
 from .optim import Optimizer, make_optimizer
 from .params import ALIGN, ParamLayout
 from .precision import PRECISIONS  # noqa: F401  (the modes `MLP(precision=...)` takes)
-from .training import FitLoop, Reporter, schedule_rate
+from .training import FitLoop, Reporter, quiet_floats, schedule_rate
 
 #: weight initialisations (`MLP(init=...)`)
 INITS = ("torch", "xavier", "kaiming")
@@ -487,8 +487,24 @@ class MLP:
     def forward(self, X: ArrayLike) -> Any:
         """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
         X = self._inputs(X)
-        outs = [self._forward(X[i:i + EVAL_CHUNK]).A[-1].copy() for i in range(0, X.shape[0], EVAL_CHUNK)]
+        rows = self._eval_rows(X.shape[0])
+        outs = [self._forward(X[i:i + rows]).A[-1].copy() for i in range(0, X.shape[0], rows)]
         return outs[0] if len(outs) == 1 else self.backend.xp.concatenate(outs)
+
+    def _eval_rows(self, B: int) -> int:
+        """Rows per pass of `forward` and `evaluate` over `B` rows: `EVAL_CHUNK` (or `B`), fewer only where
+        a plan of that many rows would be refused for the backend's free memory (a wide network on a
+        small device): as many as fit, so that any number of rows is taken whose one-row plan fits."""
+        rows = min(B, EVAL_CHUNK)
+        if rows in self._plans:
+            return rows
+        free = self.backend.free_memory()
+        if free is not None:
+            from .backends.plan import StepPlan
+
+            per_row = StepPlan.nbytes_estimate(self.sizes, self.activations, 1, self.dtype)
+            rows = max(1, min(rows, free // per_row))   # 1 row that does not fit: its plan says why
+        return rows
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
@@ -585,9 +601,10 @@ class MLP:
         ndim = _target_ndim(Y)
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
         opt = self._bind(opt, lr)
-        plan = self._gradients(X, Yd, plan=plan)
-        loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
-        opt.step(self.backend, self._params, self._grads)
+        with quiet_floats():   # a loss that is not finite is this call's FloatingPointError, not numpy's
+            plan = self._gradients(X, Yd, plan=plan)
+            loss = self._finite_loss(plan.loss, opt)   # read before the update: a sync
+            opt.step(self.backend, self._params, self._grads)
         self.target_ndim = ndim       # as fit: `predict` gives (N,) after training on (N,) targets
         return loss
 
@@ -637,9 +654,10 @@ class MLP:
         hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
         # a real first step, its loss checked before its update as train_step's; it leaves every
         # buffer allocated
-        self._gradients(Xs, Ys, loss_out, plan=plan)
-        self._finite_loss(loss_out, opt)
-        opt.step(self.backend, self._params, self._grads)
+        with quiet_floats():   # as train_step's
+            self._gradients(Xs, Ys, loss_out, plan=plan)
+            self._finite_loss(loss_out, opt)
+            opt.step(self.backend, self._params, self._grads)
         self.target_ndim = _target_ndim(Y)
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
@@ -679,7 +697,8 @@ class MLP:
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
             Xs[...] = Xd
             Ys[...] = Yd
-            replay()
+            with quiet_floats():   # the loss it returns says a step diverged, as a CUDA graph's does
+                replay()
             return loss_out
 
         step.plan = plan               # the buffers the recorded step uses, kept alive with it
@@ -696,8 +715,9 @@ class MLP:
             Yd = self._targets(Y, X.shape[0])
         B = X.shape[0]
         total, correct = 0.0, 0.0
-        for i in range(0, B, EVAL_CHUNK):
-            Xc, Yc = X[i:i + EVAL_CHUNK], Yd[i:i + EVAL_CHUNK]
+        rows = self._eval_rows(B)
+        for i in range(0, B, rows):
+            Xc, Yc = X[i:i + rows], Yd[i:i + rows]
             plan = self._forward(Xc)
             self._loss_delta(plan, Yc, want_delta=False)
             total += float(self.backend.to_numpy(plan.loss)[0]) * Xc.shape[0]
@@ -726,6 +746,11 @@ class MLP:
             grad_norms: bool = False, comm: Any = None, sharded: bool = False) -> dict[str, list]:
         """Train for `epochs` passes over `X`, `Y` in batches; returns the history.
 
+        Each call continues from the network's current parameters and the position of its
+        shuffling generator, and by name (the default) with its optimizer's state: two
+        calls of 5 epochs train as one of 10 (a schedule aside: see `lr_schedule`); a new
+        optimizer instance starts from a fresh state.
+
         - `optimizer`: an Optimizer, or a name ("sgd", "adam", "adamw") with `lr`;
           a name reuses the network's current optimizer of that name (its state
           carries on, and `lr`, when given, becomes its rate; without `lr` it keeps
@@ -742,7 +767,9 @@ class MLP:
         - `standardize=True`: set the network's input standardisation from `X`'s
           mean and standard deviation (see `set_standardization`) before training.
         - `lr_schedule`: a callable `step -> learning rate` (steps counted from 1
-          over this call), e.g. `gpubp.schedules.cosine(...)`.
+          over this call, so each call starts it again: to continue one after `load`,
+          pass `lambda step: schedule(step + done)`, `done` the steps already taken),
+          e.g. `gpubp.schedules.cosine(...)`.
         - `callbacks`: objects with any of `on_train_begin(net, logs)`,
           `on_epoch_end(net, epoch, logs)` and `on_train_end(net, logs)`; one sets
           `net.stop_training = True` to stop after the epoch (see
@@ -761,12 +788,13 @@ class MLP:
           same global batches; losses and metrics are reduced over the ranks and only rank 0
           reports progress.
 
-        The history holds per-epoch lists: `loss` (the mean training loss over the
-        epoch's steps), `accuracy` for classification losses (measured after the
-        epoch), and `val_loss` / `val_accuracy`.  Every argument is checked before
-        anything changes.  If the loss stops being finite, FloatingPointError is
-        raised with the parameters and optimizer state of the last step whose loss
-        was finite.
+        The history holds per-epoch lists: `loss` (the mean of the epoch's step
+        losses, each measured before its update, weighted by each batch's size or
+        total sample weight), `accuracy` for classification losses (measured after
+        the epoch), and `val_loss` / `val_accuracy` (measured after the epoch).
+        Every argument is checked before anything changes.  If the loss stops being
+        finite, FloatingPointError is raised with the parameters and optimizer state of
+        the last step whose loss was finite.
         """
         epochs = check_positive_int("epochs", epochs)
         batch_size = check_positive_int("batch_size", batch_size)
@@ -894,24 +922,43 @@ class MLP:
         The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
         the previous file as it was.  A network whose parameters or optimizer state are not finite
         (after an update that overflowed) is refused with a ValueError, as `load` would refuse
-        the file.  `load` then resumes exactly: training on from the loaded
-        network gives bitwise what training on from this one would.
+        the file, and so is an optimizer assigned to `net.optimizer` that `load` could not give
+        back (one holding another network's state, or not gpubp's: TypeError); one assigned
+        and never stepped is saved with the zero state its first step would start from.  `load`
+        then resumes exactly: training on from the loaded network gives bitwise what training on
+        from this one would (an `lr_schedule` restarts in each `fit`: see `fit`).
         """
         from . import checkpoint
 
         meta = {"config": dict(self.config(), seed=_seed_for_file(self.seed)),
                 "shapes": [[o, i] for _, o, i, _ in self.layout.segments],
                 "optimizer": None, "rng": _rng_state_for_file(self._rng),
-                "standardization": self.standardization is not None, "target_ndim": self.target_ndim,
+                "standardization": self.standardization is not None,
+                "target_ndim": _target_ndim_for_file(self.target_ndim),
                 "metadata": checkpoint.json_data(metadata if metadata is not None else self.metadata)}
         arrays = {"params": self.backend.to_numpy(self._params)}
         if self.standardization is not None:
             arrays["input_mean"], arrays["input_std"] = self.standardization
         opt = self.optimizer
         if opt is not None:
-            for name, buf in opt.state.items():
-                arrays[f"opt.{name}"] = self.backend.to_numpy(buf)
-            meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t, "state": sorted(opt.state)}
+            from .optim import OPTIMIZERS
+
+            # `net.optimizer` is a plain attribute: what a caller assigned is checked as `load` checks it
+            if not isinstance(opt, Optimizer) or OPTIMIZERS.get(getattr(opt, "name", None)) is None:
+                raise TypeError(f"cannot save this network: its optimizer {_short_repr(opt)} is not one of gpubp's "
+                                f"({', '.join(OPTIMIZERS)}) or None; {str(path)!r} is left as it was")
+            try:   # bound to another network, or an eps this dtype rounds to 0: `load` would refuse it
+                opt.check_bindable(self._params)
+            except ValueError as e:
+                raise ValueError(f"cannot save this network's optimizer: {e}; {str(path)!r} is left as it was") \
+                    from None
+            # an optimizer not yet bound (assigned, never stepped) has the state binding would give it: zeros
+            for name in opt.state_names:
+                buf = opt.state.get(name)
+                arrays[f"opt.{name}"] = self.backend.to_numpy(buf) if buf is not None else \
+                    np.zeros(self.layout.total, self.dtype)
+            meta["optimizer"] = {"name": opt.name, "hyper": opt.hyper(), "t": opt.t,
+                                 "state": sorted(opt.state_names)}
         for name, a in arrays.items():   # load refuses such a file: do not write it over a good one
             if not np.isfinite(a).all():
                 raise ValueError(f"cannot save this network: array {name!r} holds NaN or infinite values (an "
@@ -997,6 +1044,15 @@ def _seed_for_file(seed):
     except (TypeError, ValueError):
         raise ValueError(f"this network's seed {_short_repr(seed)} cannot be saved: a checkpoint holds None "
                          "or a non-negative integer, as the constructor takes") from None
+
+
+def _target_ndim_for_file(ndim):
+    """`target_ndim` (a plain attribute: None, 1 or 2, what `load` accepts) as JSON data."""
+    if ndim is None or (not isinstance(ndim, (bool, np.bool_)) and isinstance(ndim, (int, np.integer))
+                        and int(ndim) in (1, 2)):
+        return None if ndim is None else int(ndim)
+    raise ValueError(f"this network's target_ndim {_short_repr(ndim)} cannot be saved: it must be None, 1 or 2 "
+                     "(the number of dimensions of the training targets)")
 
 
 def _rng_state_for_file(rng):

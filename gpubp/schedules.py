@@ -1,12 +1,15 @@
 """Learning-rate schedules for `MLP.fit(..., lr_schedule=...)`: callables `step -> learning rate`.
 
-Steps count from 1 over one `fit` call.  Any callable of that form works
-(`lambda step: 0.1 / step`); these are the usual ones.
+Steps count from 1 over one `fit` call: a second call (one after `MLP.load` too) starts the
+schedule again, and a checkpoint holds no schedule position.  To continue a schedule, offset it
+by the steps already taken: `lambda step: schedule(step + done)`.  Any callable `step -> rate`
+works (`lambda step: 0.1 / step`); these are the usual ones.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -54,12 +57,24 @@ def cosine(lr, total_steps, min_lr=0.0, warmup_steps=0):
 
 
 def step_decay(lr, step_size, gamma=0.1):
-    """`lr * gamma ** ((step - 1) // step_size)`: PyTorch's StepLR counted in optimizer steps."""
+    """`lr * gamma ** ((step - 1) // step_size)`: PyTorch's StepLR counted in optimizer steps.
+
+    Every rate is positive, as the optimizers require: one that underflows to 0 (`0.1 * 0.1 ** 323`
+    is 0.0 in floats) is held at the smallest positive normal float, `sys.float_info.min`; one beyond
+    float's range (gamma > 1) is `inf`, which `fit` refuses naming the step."""
     lr = _positive("lr", lr)
     step_size = check_positive_int("step_size", step_size)
     gamma = _positive("gamma", gamma)
 
     def schedule(step):
-        return lr * gamma ** ((step - 1) // step_size)
+        k = (step - 1) // step_size
+        try:
+            rate = lr * gamma ** k
+        except OverflowError:   # gamma ** k past float's range (Python raises where numpy gives inf)
+            try:                # lr * gamma ** k may still be a float (lr 1e-300)
+                rate = math.exp(math.log(lr) + k * math.log(gamma))
+            except OverflowError:
+                return math.inf
+        return max(rate, sys.float_info.min)
 
     return schedule

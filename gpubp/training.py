@@ -23,6 +23,15 @@ from .optim import _check_lr
 CHECK_EVERY = 64
 
 
+def quiet_floats():
+    """numpy's floating-point error handling off, for the steps of a training call: the loop checks
+    every loss and the state itself and raises its own FloatingPointError naming the step, so the
+    overflows of a diverging step must neither warn (a RuntimeWarning per op) nor, under the caller's
+    `np.seterr(all="raise")` or `warnings.simplefilter("error")`, raise numpy's exception from inside
+    the step in its place.  (Thread-local in numpy; CuPy's kernels ignore it.)"""
+    return np.errstate(all="ignore")
+
+
 def _caller_level() -> int:
     """The `stacklevel` of a warning raised here that points at the first frame outside gpubp."""
     import os
@@ -235,17 +244,20 @@ class FitLoop:
             for epoch in range(1, epochs + 1):
                 self._shuffle()
                 self.epoch_start = self.steps_done
-                self._epoch(epoch, step_losses, snap, hist)
+                with quiet_floats():
+                    self._epoch(epoch, step_losses, snap, hist)
                 self.steps_done += self.n_batches
                 if self.dist is not None:
                     hist["loss"].append(self.dist.epoch_loss(be.to_numpy(step_losses)))
                 else:
                     batch_w = sizes if self.We is None else self._batch_weights()
                     hist["loss"].append(float(be.to_numpy(step_losses).astype(np.float64) @ batch_w / batch_w.sum()))
+                with quiet_floats():   # a validation loss that overflows is recorded as it is (inf)
+                    acc = evaluate(self.X, self.Y, _checked=True)["accuracy"] if classify else None
+                    ev = evaluate(*self.validation, _checked=True) if self.validation is not None else None
                 if classify:
-                    hist["accuracy"].append(evaluate(self.X, self.Y, _checked=True)["accuracy"])
+                    hist["accuracy"].append(acc)
                 if self.validation is not None:
-                    ev = evaluate(*self.validation, _checked=True)
                     hist["val_loss"].append(ev["loss"])
                     if classify:
                         hist["val_accuracy"].append(ev["accuracy"])

@@ -598,6 +598,18 @@ def test_format_version_must_be_an_integer(tmp_path, version):
         gpubp.MLP.load(write_consistent(tmp_path / "v.npz", arrays, meta), backend="numpy")
 
 
+
+@pytest.mark.parametrize("version", [3, 2 ** 70, 0, -1])
+def test_a_file_of_a_future_format_version_says_so(tmp_path, version):
+    """A file written by a newer gpubp (a version above those read) is refused saying to upgrade; one of
+    an impossible version (0, negative) is just refused."""
+    _, path, _, _ = trained(tmp_path, gpubp.optim.Adam())
+    arrays, meta = read_all(path)
+    meta["version"] = version
+    with pytest.raises(ValueError, match=f"format version {version}; this gpubp reads versions 1, 2") as e:
+        gpubp.MLP.load(write_consistent(tmp_path / "v.npz", arrays, meta), backend="numpy")
+    assert ("newer gpubp wrote it: upgrade" in str(e.value)) == (version > 2)
+
 def test_metadata_nesting_is_limited_when_saving_as_when_loading(tmp_path):
     from gpubp.checkpoint import MAX_META_DEPTH
 
@@ -923,6 +935,34 @@ def test_a_seedless_network_resumes_exactly(tmp_path):
     assert same_params(back, net)
 
 
+
+def test_a_scheduled_fit_resumes_exactly_with_the_schedule_offset_by_the_steps_taken(tmp_path):
+    """A schedule counts steps from 1 in each fit call (docs/spec.md): the checkpoint holds no schedule
+    position, so a resumed fit restarts it, and the documented recipe (the schedule offset by the steps
+    already taken, `net.optimizer.t`) gives bitwise one uninterrupted fit."""
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((29, 3)), rng.integers(0, 3, 29)
+    sched = gpubp.schedules.cosine(0.05, total_steps=5 * 4, warmup_steps=3)
+
+    def fresh():
+        return gpubp.MLP([3, 6, 3], loss="cross_entropy", backend="numpy", seed=3)
+
+    def fit(net, epochs, schedule):
+        net.fit(X, y, epochs=epochs, batch_size=8, optimizer="adam", lr_schedule=schedule, progress=False)
+    whole = fresh()
+    fit(whole, 5, sched)
+    first = fresh()
+    fit(first, 2, sched)
+    first.save(tmp_path / "half.npz")
+    done = gpubp.MLP.load(tmp_path / "half.npz", backend="numpy").optimizer.t
+    assert done == 2 * 4
+    restarted, resumed = (gpubp.MLP.load(tmp_path / "half.npz", backend="numpy") for _ in range(2))
+    fit(restarted, 3, sched)                                   # the schedule starts again at its warm-up
+    fit(resumed, 3, lambda step: sched(step + done))           # the recipe of the docs
+    assert same_params(resumed, whole) and resumed.optimizer.lr == whole.optimizer.lr
+    assert not same_params(restarted, whole)
+
+
 # ----------------------------------------------------------------- bounded fuzzing
 ODD_VALUES = [None, True, False, -1, 0, 3, 2 ** 70, -2 ** 70, 1.5, -0.0, 1e308, "x", "", [], {}, [1, "a"],
               [None], {"a": 1}, ["relu"], [[]], "PCG64"]
@@ -1241,6 +1281,58 @@ def test_save_writes_only_seeds_that_load_accepts(tmp_path):
     net.save(tmp_path / "s.npz")
     assert gpubp.MLP.load(tmp_path / "s.npz", backend="numpy").seed == 2 ** 64 - 1
 
+
+
+@pytest.mark.parametrize("make_opt", [lambda: gpubp.optim.Adam(0.01), lambda: gpubp.optim.SGD(0.1, momentum=0.9),
+                                      lambda: gpubp.optim.AdamW(0.02), lambda: gpubp.optim.SGD(0.1)])
+def test_an_assigned_optimizer_not_yet_bound_is_saved_as_a_fresh_one(tmp_path, make_opt):
+    """`net.optimizer` is a plain attribute: one assigned and never stepped has no state buffers yet, and
+    save wrote a file listing none, which load refused ("optimizer.state [] does not fit Adam(...)").
+    It is saved with the state binding would give it (zeros), and trains on as the assigned one."""
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((20, 3)), rng.integers(0, 2, 20)
+    net = gpubp.MLP([3, 4, 2], loss="cross_entropy", backend="numpy", seed=0)
+    net.optimizer = make_opt()
+    net.save(tmp_path / "n.npz")
+    back = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    assert type(back.optimizer) is type(net.optimizer) and back.optimizer.hyper() == net.optimizer.hyper()
+    for n in (net, back):
+        n.fit(X, y, epochs=2, batch_size=6, optimizer=n.optimizer, progress=False)
+    assert same_params(back, net)
+
+
+def test_save_refuses_an_optimizer_load_would_refuse_and_writes_nothing(tmp_path):
+    """An optimizer assigned to `net.optimizer` that holds another network's state (or is not gpubp's, or
+    has an eps the network's dtype rounds to 0) was written (or failed with an AttributeError): load would
+    give this network the other's moments, or refuse the file."""
+    rng = np.random.default_rng(2)
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    other = gpubp.MLP([3, 4, 2], backend="numpy", seed=1)
+    other.train_step(rng.standard_normal((5, 3)), rng.standard_normal((5, 2)), "adam")
+    for opt, exc, words in [(other.optimizer, ValueError, "state of another network"),
+                            (gpubp.optim.Adam(eps=1e-50), ValueError, "rounds to 0 in float32"),
+                            ("adam", TypeError, "not one of gpubp's")]:
+        net.optimizer = opt
+        with pytest.raises(exc, match=f"{words}.*left as it was"):
+            net.save(tmp_path / "n.npz")
+        assert not (tmp_path / "n.npz").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ndim, saved", [(np.int64(1), 1), (np.int32(2), 2), (None, None), (3, None), (0, None),
+                                         (True, None), ("1", None), (1.0, None)])
+def test_save_writes_only_a_target_ndim_that_load_accepts(tmp_path, ndim, saved):
+    """`target_ndim` is a plain attribute: a numpy integer failed inside json ("int64 is not JSON
+    serializable") and 3, True or "1" were written into files that load refused."""
+    net = gpubp.MLP([3, 1], backend="numpy", seed=1)
+    net.target_ndim = ndim
+    if ndim is not None and saved is None:
+        with pytest.raises(ValueError, match="target_ndim .* cannot be saved: it must be None, 1 or 2"):
+            net.save(tmp_path / "t.npz")
+        assert not (tmp_path / "t.npz").exists()
+        return
+    net.save(tmp_path / "t.npz")
+    back = gpubp.MLP.load(tmp_path / "t.npz", backend="numpy")
+    assert back.target_ndim == saved and back.predict(np.ones((2, 3))).shape == ((2,) if saved == 1 else (2, 1))
 
 def test_a_small_file_claiming_millions_of_layers_is_refused_at_once(tmp_path):
     """A 6 MB file of layer_sizes [5, 1, 1, ..., 3] (10**6 layers) took seconds to refuse (a 60 MB one,

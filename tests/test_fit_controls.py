@@ -166,6 +166,30 @@ def test_schedules():
         step_decay(-1, 3)
 
 
+
+def test_a_long_step_decay_keeps_a_positive_rate_and_a_growing_one_is_refused_naming_its_step():
+    """step_decay(0.1, 1, 0.1) underflowed to a rate of 0.0 after 324 decays, which the optimizers refuse:
+    a long fit stopped there with a ValueError (and gamma > 1 raised Python's OverflowError from inside
+    fit).  The decay holds the smallest positive normal float; a rate past float's range is inf, which
+    fit refuses naming the step."""
+    import sys
+
+    s = step_decay(0.1, 1, 0.1)
+    assert s(2) == 0.1 * 0.1 and s(300) == 0.1 * 0.1 ** 299 > sys.float_info.min
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((400, 3)), rng.standard_normal(400)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=0)
+    net.fit(X, y, epochs=1, batch_size=1, optimizer="sgd", lr_schedule=s, shuffle=False, progress=False)
+    assert net.optimizer.t == 400 and net.optimizer.lr == sys.float_info.min == s(10 ** 6)
+    grow = step_decay(0.1, 1, 2.0)
+    assert grow(1024) == 0.1 * 2.0 ** 1023 and grow(1025) == pytest.approx(0.2 * 2.0 ** 1023, rel=1e-12)
+    assert grow(1100) == grow(10 ** 6) == float("inf")
+    assert step_decay(1e-300, 1, 2.0)(1100) == pytest.approx(1e-300 * 2.0 ** 99 * 2.0 ** 1000, rel=1e-12)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"lr_schedule\(1\) gave inf, which is not a learning rate"):
+        net.fit(X, y, optimizer="sgd", lr_schedule=lambda k: grow(k + 1100), progress=False)
+    assert net.optimizer is None
+
 def test_schedules_and_early_stopping_take_numpy_numbers_as_fit_does():
     # fit takes epochs=np.int64(...); the step counts computed with numpy must not be refused as
     # "not a positive integer"

@@ -260,6 +260,39 @@ def test_fit_divergence_restores_the_last_finite_step(make_opt):
         assert np.array_equal(v, _state(ropt)[0][k])
 
 
+
+@pytest.mark.parametrize("strict", ["warnings-as-errors", "seterr-raise"])
+@pytest.mark.parametrize("call", ["fit", "train_step", "capture_train_step"])
+def test_divergence_is_the_documented_error_under_strict_float_settings(strict, call):
+    """A diverging step overflows inside numpy: the training calls check the loss themselves and raise
+    their FloatingPointError naming the step, with nothing of numpy's in between (no RuntimeWarning per
+    op; under `-W error` or `np.seterr(all="raise")` numpy's own exception used to escape from inside
+    the step in place of the documented one, which says what to do)."""
+    import warnings
+
+    X, Y = _diverging()
+    net = gpubp.MLP([8, 64, 4], activation="relu", loss="mse", backend="numpy", seed=0)
+    opt = gpubp.optim.SGD(5.0)
+    if call != "fit":     # a first step that leaves parameters whose next loss overflows
+        net.train_step(X[:8], Y[:8], gpubp.optim.SGD(0.1))
+        W = net.get_params()
+        net.set_params([(W[0][0] * 1e30, W[0][1])] + W[1:])
+    before = _flat(net)
+    old = np.seterr(all="raise" if strict == "seterr-raise" else "warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(FloatingPointError, match=r"at step \d+.*training diverged.*Try a lower"):
+                if call == "fit":
+                    net.fit(X, Y, epochs=50, batch_size=8, optimizer=opt, shuffle=False, progress=False)
+                else:
+                    getattr(net, call)(X[:8] * 1e30, Y[:8], net.optimizer)
+    finally:
+        np.seterr(**old)
+    assert np.all(np.isfinite(_flat(net)))
+    if call != "fit":
+        assert np.array_equal(_flat(net), before)
+
 def test_fit_divergence_names_the_rate_of_the_failing_step_under_a_schedule():
     """With a schedule the error gives the rate the failing step ran with (not that of the last step
     run in the window), and the optimizer keeps the rate of the last finite step."""
@@ -781,3 +814,29 @@ def test_a_batch_too_large_is_refused_before_allocating():
     net = gpubp.MLP([4096, 4096, 10], backend="numpy", seed=0)
     with pytest.raises(MemoryError, match="bytes"):
         net._plan(10**9)
+
+
+def test_predict_and_evaluate_take_rows_whose_eval_chunk_plan_would_not_fit(monkeypatch):
+    """forward, predict and evaluate ran EVAL_CHUNK rows per pass whatever the memory: a wide network
+    whose chunk plan did not fit in the free memory refused predict(X) (MemoryError) though it trains
+    on smaller batches.  They now run as many rows per pass as fit, with the same results."""
+    import gpubp.network
+    from gpubp.backends.plan import StepPlan
+
+    monkeypatch.setattr(gpubp.network, "EVAL_CHUNK", 1000)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((2500, 8)), rng.integers(0, 4, 2500)
+    net = _net(seed=3)
+    want_p, want_e, want_f = net.predict(X), net.evaluate(X, y), net.forward(X)
+    net = _net(seed=3)
+    per_row = StepPlan.nbytes_estimate(net.sizes, net.activations, 1, net.dtype)
+    monkeypatch.setattr(net.backend, "free_memory", lambda: 300 * per_row)   # 300 rows fit, not 1000
+    with pytest.raises(MemoryError):
+        net._plan(1000)
+    assert np.array_equal(net.predict(X), want_p) and np.array_equal(net.forward(X), want_f)
+    got = net.evaluate(X, y)
+    assert got["accuracy"] == want_e["accuracy"] and got["loss"] == pytest.approx(want_e["loss"], rel=1e-6)
+    assert max(net._plans) == 300
+    monkeypatch.setattr(net.backend, "free_memory", lambda: per_row - 1)      # not even one row
+    with pytest.raises(MemoryError, match="a batch of 1 rows"):
+        net.predict(X[:5])

@@ -47,6 +47,29 @@ def test_same_seed_same_bits(rng):
     assert not np.array_equal(other[0][0], gpubp.MLP([6, 9, 3], backend="numpy", seed=42).get_params()[0][0])
 
 
+
+def test_two_fits_train_as_one_whatever_else_draws_random_numbers_in_between(rng):
+    """fit's docstring: a second call continues (parameters, shuffling generator, optimizer by name), so
+    two calls of 2 epochs give bitwise one of 4; other networks, numpy's global generator and Python's
+    `random` drawn from in between change nothing (each network draws from its own generator)."""
+    import random
+
+    X, y = blobs(rng)
+
+    def make():
+        return gpubp.MLP([6, 9, 3], loss="cross_entropy", backend="numpy", seed=7)
+    whole = make()
+    whole.fit(X, y, epochs=4, batch_size=13, progress=False)
+    split = make()
+    np.random.seed(0)
+    split.fit(X, y, epochs=2, batch_size=13, progress=False)
+    gpubp.MLP([6, 9, 3], loss="cross_entropy", backend="numpy", seed=None).fit(X, y, epochs=1, progress=False)
+    np.random.rand(5), random.random(), np.random.seed(1)
+    split.fit(X, y, epochs=2, batch_size=13, progress=False)
+    for (W, b), (W2, b2) in zip(whole.get_params(), split.get_params()):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    assert split.optimizer.t == whole.optimizer.t == 4 * -(-len(X) // 13)
+
 def test_init_is_pytorch_linear_uniform():
     net = gpubp.MLP([400, 300, 2], backend="numpy", dtype="float64", seed=0)
     (W1, b1), (W2, b2) = net.get_params()
