@@ -24,8 +24,11 @@ Semantics (`MLP.fit(..., comm=comm)`):
   layer down) is all-reduced, without blocking, as soon as the backward pass
   has finished its layers, while the earlier layers are still computing
   (`overlap=True`); the step waits for every bucket before the update.
+- Arguments `fit` refuses on some rank (bad data, say) are refused on every
+  rank: the first collective of `fit` gathers every rank's refusal
+  (`check_fit_options`, `guard_fit`); each network stays as it was.
 - Faults: every wait polls for a notice from a failed rank and has a
-  deadline (`timeout`).  A rank that raises inside `fit` prints its error,
+  deadline (`timeout`).  A rank that raises inside `fit` after that prints its error,
   tells every other rank (each prints which rank failed and why) and, after
   their answer or `grace` seconds, calls `MPI.Abort`: the whole job ends with
   a non-zero status, never hangs.  `init()` also makes an exception that
@@ -852,11 +855,18 @@ class DataParallel:
         return out
 
 
+#: what the first collective of a data-parallel `fit` is called (`check_fit_options`, `guard_fit`)
+_CHECKS_GATHER = "the check of fit's arguments"
+
+
 def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False, device=None):
     """Refuse the `fit` options that data-parallel training does not support (`EveryRankError`, a
     ValueError), and a network on another CUDA device (`device`, or None) than the rank's GPU.  On several
     ranks the ranks' refusals are gathered first (one collective), so that every rank refuses alike, naming
-    the ranks at fault, even when only some ranks pass the option."""
+    the ranks at fault, even when only some ranks pass the option.
+
+    `fit` calls it once its own checks of the arguments have passed, as the first collective of the
+    call: a rank whose checks raised joins this gather from `guard_fit` with its error instead."""
     reason = None
     gpu = getattr(comm, "device", None)
     if grad_norms:
@@ -873,7 +883,11 @@ def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standa
         reason = (f"the network is on CUDA device {device} but this rank's GPU is device {gpu}: init() makes it "
                   f"current only in the thread that calls it; make the network (and train it) under "
                   f"cupy.cuda.Device({gpu})")
-    reasons = [reason] if getattr(comm, "size", 1) == 1 else comm.allgather_json(reason, "the check of fit's options")
+    if getattr(comm, "size", 1) == 1:
+        reasons = [reason]
+    else:
+        comm._fit_checks_gathered = True      # `guard_fit`: this rank has joined the gather (see there)
+        reasons = comm.allgather_json(reason, _CHECKS_GATHER)
     if all(r is None for r in reasons):
         return
     if all(r == reasons[0] for r in reasons):
@@ -882,7 +896,11 @@ def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standa
 
 
 def guard_fit(fit):
-    """Decorator of `MLP.fit`: with `comm=`, an exception on any rank ends the whole job (`Communicator.guard`)."""
+    """Decorator of `MLP.fit`: with `comm=`, an exception on any rank ends the whole job (`Communicator.guard`),
+    except an argument refused by `fit`'s checks: those end in the ranks' first collective
+    (`check_fit_options`), which a rank whose checks raised joins here with its error, so that every
+    rank refuses the call (that rank with its own error, the others with an `EveryRankError` naming it),
+    each leaving its network as it was, as one process refuses bad input; the job goes on."""
     import functools
 
     @functools.wraps(fit)
@@ -896,7 +914,17 @@ def guard_fit(fit):
         if comm is None or comm.size == 1:
             return fit(self, *args, comm=comm, **kwargs)
         with comm.guard():
-            return fit(self, *args, comm=comm, **kwargs)
+            comm._fit_checks_gathered = False
+            try:
+                return fit(self, *args, comm=comm, **kwargs)
+            except Exception as e:
+                if comm._fit_checks_gathered or isinstance(e, EveryRankError):
+                    raise          # raised on every rank together, or after the checks: the guard decides
+                # refused by this rank's checks, before the ranks' first collective: the others wait in it
+                what = "".join(traceback.format_exception_only(type(e), e)).strip() or type(e).__name__
+                comm._fit_checks_gathered = True
+                comm.allgather_json(what, _CHECKS_GATHER)
+                raise DataParallel.on_every_rank(e)
 
     return wrapper
 

@@ -786,9 +786,6 @@ class MLP:
         grad_norms, sharded = check_flag("grad_norms", grad_norms), check_flag("sharded", sharded)
         if comm is None and sharded:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
-        if comm is not None:
-            device = getattr(getattr(self._params, "device", None), "id", None)   # a CUDA network's device
-            check_fit_options(comm, sharded, grad_norms, class_weight, standardize, device)
         if callbacks is not None and any(hasattr(callbacks, h) for h in ("on_train_begin", "on_epoch_end",
                                                                          "on_train_end")):
             raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")
@@ -858,6 +855,9 @@ class MLP:
                 schedule_rate(lr_schedule, 1)
             if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
                 self._plan(min(batch_size, Xd.shape[0]))
+            else:   # the ranks' first collective, once the checks passed: a refusal on any rank is one on all
+                device = getattr(getattr(self._params, "device", None), "id", None)   # a CUDA network's device
+                check_fit_options(comm, sharded, grad_norms, class_weight, standardize, device)
         except BaseException:   # a KeyboardInterrupt during the checks too
             undo()
             raise

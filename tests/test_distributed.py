@@ -448,3 +448,29 @@ def test_unsupported_fit_options_are_refused_before_anything_changes(kwargs, mat
         net.fit(X, Y, epochs=1, progress=False, **kwargs)
     np.testing.assert_array_equal(net._params, before)
     assert net.optimizer is None
+
+
+def test_bad_input_on_one_rank_is_refused_on_every_rank_and_the_job_goes_on():
+    # rank 1's NaN was its own ValueError inside the guard: it ended the whole job (MPI_Abort) where
+    # one process refuses such data with a ValueError and nothing changed
+    r = run_mpi(3, "dp_fault.py", "bad_input", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out         # each rank exits with 3 after the refusal
+    assert "rank 1: refused (ValueError, network unchanged): X contains NaN or infinity" in r.stdout, out
+    for k in (0, 2):
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): rank 1: ValueError: X contains NaN or "
+                "infinity") in r.stdout, out
+    for k in range(3):      # the communicator is still in step: a later collective works
+        assert f"rank {k}: then summed 3" in r.stdout, out
+    assert "ending the job" not in out and "Abort" not in out, out
+
+
+def test_bad_input_on_every_rank_raises_ones_own_error_on_every_rank():
+    # the same refusal on every rank ended the job too; now each rank raises what one process raises
+    r = run_mpi(2, "dp_fault.py", "bad_input_everywhere", timeout=30)
+    out = r.stdout + r.stderr
+    for k in range(2):
+        assert (f"rank {k}: refused (ValueError, network unchanged): class_weight keys must be class indices in "
+                "[0, 2), got 5") in r.stdout, out
+        assert f"rank {k}: then summed 2" in r.stdout, out
+    assert "ending the job" not in out and "Abort" not in out, out

@@ -17,7 +17,11 @@ Usage: dp_fault.py MODE, MODE one of
             (refused: its next collective would be matched with the one left pending);
   sharded   rank 1 alone passes sharded=True (refused on every rank, naming fit.sharded);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
-            rank, each keeping its own parameters: the networks' seeds differ).
+            rank, each keeping its own parameters: the networks' seeds differ);
+  bad_input  sharded=True, rank 1's rows hold a NaN (rank 1 refuses them with its ValueError, the
+            others with an EveryRankError naming it; nobody ends the job);
+  bad_input_everywhere  every rank passes the same bad class_weight (each raises the ValueError one
+            process raises, and goes on).
 """
 
 import sys
@@ -56,6 +60,8 @@ def main(mode):
     Y = rng.standard_normal((40, 2))
     if mode == "data" and comm.rank == 1:
         X[17, 2] += 1.0
+    if mode == "bad_input" and comm.rank == 1:
+        X[5, 1] = np.nan
     hidden = 9 if (mode == "mismatch" and comm.rank == 1) else 8
     net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=comm.rank if mode == "small_batch" else 0,
               backend="numpy")
@@ -95,15 +101,26 @@ def main(mode):
         kw = dict(sharded=True)
     if mode == "small_batch":
         kw = dict(sharded=True, batch_size=comm.size - 1)
+    if mode == "bad_input":
+        kw = dict(sharded=True, standardize=False)
+    if mode == "bad_input_everywhere":
+        Y = rng.integers(0, 2, len(X))
+        net = MLP([4, hidden, 2], loss="cross_entropy", dtype="float64", seed=0, backend="numpy")
+        before = net._params.copy()
+        kw = dict(class_weight={0: 1.0, 5: 2.0})
     if mode == "schedule" and comm.rank != 1:
         kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
     try:
         net.fit(X, Y, **{**dict(epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm,
                                 callbacks=callbacks), **kw})
-    except distributed.EveryRankError as e:      # ConfigMismatch among them
+    except (ValueError, TypeError) as e:      # ConfigMismatch among them; in bad_input*, a rank's own refusal
+        if not (isinstance(e, distributed.EveryRankError) or mode.startswith("bad_input")):
+            raise
         same = np.array_equal(net._params, before) and net.optimizer is None and net.standardization is None
         print(f"rank {comm.rank}: refused ({type(e).__name__}, network {'unchanged' if same else 'changed'}): {e}",
               flush=True)
+        if mode.startswith("bad_input"):     # the job goes on: the communicator still works
+            print(f"rank {comm.rank}: then summed {comm.sum_values([1.0], 'a later reduction')[0]:g}", flush=True)
         sys.exit(3)
     print(f"rank {comm.rank}: trained", flush=True)
 
