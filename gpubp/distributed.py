@@ -24,6 +24,10 @@ Semantics (`MLP.fit(..., comm=comm)`):
   layer down) is all-reduced, without blocking, as soon as the backward pass
   has finished its layers, while the earlier layers are still computing
   (`overlap=True`); the step waits for every bucket before the update.
+- After each epoch's callbacks and after `on_train_end`, one gather decides
+  whether any rank stops and compares digests of the ranks' training state:
+  where a callback changed it on some ranks only, rank 0's is broadcast
+  (`DataParallel.after_callbacks`).
 - Arguments `fit` refuses on some rank (bad data, say) are refused on every
   rank: the first collective of `fit` gathers every rank's refusal
   (`check_fit_options`, `guard_fit`); each network stays as it was.
@@ -824,6 +828,56 @@ class DataParallel:
         g = self.global_w[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(g > 0, tot / np.where(g > 0, g, 1.0), 0.0)
+
+    # -------------------------------------------------------------- callbacks
+    def _state_digest(self) -> list:
+        """A digest of this rank's training state (parameters, optimizer state, shuffling generator):
+        per buffer its float64 sum and sum of magnitudes (every value counts) and the exact bytes of up
+        to 1024 values spread over it; equal on every rank that holds the same state (the same
+        reductions of the same values on the same kind of device)."""
+        import hashlib
+
+        be = self.net.backend
+        out = []
+        for buf in self.net._state_buffers(self.optimizer):
+            flat = buf.reshape(-1)
+            sums = be.to_numpy(be.xp.stack([flat.sum(dtype=np.float64), be.xp.abs(flat).sum(dtype=np.float64)]))
+            out.append([_fingerprint(be, flat, 1024)] + [repr(float(v)) for v in sums])
+        out.append(hashlib.sha256(json.dumps(self.net._rng.bit_generator.state, sort_keys=True,
+                                             default=str).encode()).hexdigest()[:16])
+        return out
+
+    def before_callbacks(self):
+        """Note this rank's state before the callbacks of an epoch's end (or of the training's) run."""
+        self._digest_before = self._state_digest()
+
+    def after_callbacks(self, stop: bool, epoch: int | None = None) -> bool:
+        """After the callbacks (`before_callbacks` first): whether any rank stops, decided alike on every
+        rank (one gather), and rank 0's state on every rank when a callback changed it on some ranks only.
+
+        `EarlyStopping(restore_best=True)` given to rank 0 alone put the best epoch's parameters back on
+        rank 0 and left the others with the last epoch's, silently; so does any callback that changes the
+        network (or draws from its generator) on some ranks: the ranks then hold rank 0's state, as they
+        do at the start of `fit`.  A rank whose own callback's change is so replaced warns.  `epoch`: the
+        epoch whose `on_epoch_end` callbacks ran, or None for `on_train_end`."""
+        what = "the end of fit" if epoch is None else f"the decision to stop after epoch {epoch}"
+        where = "on_train_end" if epoch is None else f"on_epoch_end of epoch {epoch}"
+        mine = self._state_digest()
+        everyone = self.comm.allgather_json({"stop": bool(stop), "state": mine}, what)
+        if any(o["state"] != everyone[0]["state"] for o in everyone):
+            for buf in self.net._state_buffers(self.optimizer):
+                self.comm.broadcast(buf, 0, f"the broadcast of rank 0's training state after {what}")
+            rng = self.net._rng.bit_generator
+            rng.state = self.comm.broadcast_json(rng.state, 0, f"the broadcast of rank 0's generator after {what}")
+            if mine != everyone[0]["state"] and mine != self._digest_before:
+                import warnings
+
+                from .training import _caller_level
+
+                warnings.warn(f"rank {self.comm.rank}: a callback ({where}) changed the network or drew from its "
+                              f"generator on this rank, not alike on rank 0; every rank now holds rank 0's state: "
+                              f"give every rank the same callbacks", RuntimeWarning, stacklevel=_caller_level())
+        return any(o["stop"] for o in everyone)
 
     def on_all_ranks(self, ok: bool, what: str) -> bool:
         """Whether `ok` holds on every rank (one reduction), so that every rank decides alike."""

@@ -474,3 +474,17 @@ def test_bad_input_on_every_rank_raises_ones_own_error_on_every_rank():
                 "[0, 2), got 5") in r.stdout, out
         assert f"rank {k}: then summed 2" in r.stdout, out
     assert "ending the job" not in out and "Abort" not in out, out
+
+
+def test_a_callback_that_changes_the_network_on_one_rank_leaves_rank_0s_on_every_rank():
+    # rank 1's callback halved its parameters: the ranks then trained on from different parameters
+    # (the summed gradients applied to each), and ended with different networks, silently
+    r = run_mpi(3, "dp_fault.py", "callback_rank1", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    digests = {line.split()[-1] for line in r.stdout.splitlines() if ": parameters " in line}
+    assert len(digests) == 1 and r.stdout.count(": parameters ") == 3, out
+    assert ("rank 1 warned: RuntimeWarning: rank 1: a callback (on_epoch_end of epoch 2) changed the network or "
+            "drew from its generator on this rank, not alike on rank 0; every rank now holds rank 0's state") \
+        in r.stdout, out
+    assert "rank 0 warned" not in r.stdout and "rank 2 warned" not in r.stdout, out

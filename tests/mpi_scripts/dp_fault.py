@@ -21,7 +21,9 @@ Usage: dp_fault.py MODE, MODE one of
   bad_input  sharded=True, rank 1's rows hold a NaN (rank 1 refuses them with its ValueError, the
             others with an EveryRankError naming it; nobody ends the job);
   bad_input_everywhere  every rank passes the same bad class_weight (each raises the ValueError one
-            process raises, and goes on).
+            process raises, and goes on);
+  callback_rank1  rank 1's callback halves its parameters after epoch 2 (every rank goes on with rank
+            0's, rank 1 warns; each rank prints a digest of its parameters).
 """
 
 import sys
@@ -81,6 +83,14 @@ def main(mode):
 
         net._forward = bad_forward
     callbacks = []
+    if mode == "callback_rank1" and comm.rank == 1:
+        from gpubp.callbacks import LambdaCallback
+
+        def halve(net, epoch, logs):
+            if epoch == 2:
+                net._params *= 0.5
+
+        callbacks.append(LambdaCallback(on_epoch_end=halve))
     if mode == "train_end" and comm.rank == 1:
         from gpubp.callbacks import LambdaCallback
 
@@ -110,6 +120,17 @@ def main(mode):
         kw = dict(class_weight={0: 1.0, 5: 2.0})
     if mode == "schedule" and comm.rank != 1:
         kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
+    if mode == "callback_rank1":
+        import hashlib
+        import warnings
+
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=callbacks)
+        for w in seen:
+            print(f"rank {comm.rank} warned: {w.category.__name__}: {w.message}", flush=True)
+        print(f"rank {comm.rank}: parameters {hashlib.sha256(net._params.tobytes()).hexdigest()[:16]}", flush=True)
+        return
     try:
         net.fit(X, Y, **{**dict(epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm,
                                 callbacks=callbacks), **kw})

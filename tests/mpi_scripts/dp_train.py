@@ -75,7 +75,8 @@ def cases():
                                    shuffle=True, diverge="update", schedule="overflow"),
         "b4_schedule_early_stop": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
                                        validation=True, schedule="decay", early_stop="every rank"),
-        # a stopping rule on rank 0 alone stops every rank (restore_best=False: it changes nothing else)
+        # a stopping rule on rank 0 alone stops every rank, and its restore_best puts the best epoch's
+        # parameters back on every rank (rank 0 alone had them, the others kept the last epoch's)
         "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
                                     validation=True, early_stop="rank 0"),
     }
@@ -125,7 +126,7 @@ def fit_kwargs(c, rank=0):
     elif c.get("schedule") == "decay":
         kw["lr_schedule"] = lambda step: 0.3 / (1.0 + 0.2 * step)
     if c.get("early_stop") == "every rank" or (c.get("early_stop") == "rank 0" and rank == 0):
-        kw["callbacks"] = [EarlyStopping(patience=0, restore_best=c["early_stop"] == "every rank")]
+        kw["callbacks"] = [EarlyStopping(patience=0)]
     if c.get("validation"):
         kw["validation"] = (Xv, Yv)
     if c.get("validation_split"):
