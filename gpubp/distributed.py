@@ -346,6 +346,11 @@ class Communicator:
         buf = np.array(values, dtype=np.float64).reshape(-1)
         return self.allreduce_sum(buf, what)
 
+    def barrier(self, what="a barrier"):
+        """Wait until every rank has come here (with the deadline and the watch for failed ranks of every
+        collective): e.g. after rank 0 saves a checkpoint, before the other ranks load it."""
+        self.sum_values([0.0], what)
+
     def broadcast(self, buf, root=0, what="a broadcast"):
         """Overwrite `buf` (host or device, contiguous) with rank `root`'s, in place."""
         if self.size == 1:

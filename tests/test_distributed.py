@@ -488,3 +488,16 @@ def test_a_callback_that_changes_the_network_on_one_rank_leaves_rank_0s_on_every
             "drew from its generator on this rank, not alike on rank 0; every rank now holds rank 0's state") \
         in r.stdout, out
     assert "rank 0 warned" not in r.stdout and "rank 2 warned" not in r.stdout, out
+
+
+def test_a_checkpoint_saved_by_rank_0_loads_on_every_rank_after_a_barrier(tmp_path):
+    # the communicator had no barrier (only MPI's own, blocking with no deadline): ranks that loaded the
+    # file rank 0 was still writing found none
+    ckpt = tmp_path / "net.npz"
+    r = run_mpi(3, "dp_fault.py", "checkpoint", str(ckpt), timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    lines = [line for line in r.stdout.splitlines() if ": trained " in line]
+    assert len(lines) == 3, out
+    digests = {d for line in lines for d in line.split()[3::2]}
+    assert len(digests) == 1, out       # every rank loaded what every rank trained

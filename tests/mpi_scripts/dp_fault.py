@@ -22,6 +22,8 @@ Usage: dp_fault.py MODE, MODE one of
             others with an EveryRankError naming it; nobody ends the job);
   bad_input_everywhere  every rank passes the same bad class_weight (each raises the ValueError one
             process raises, and goes on);
+  checkpoint  rank 0 saves the trained network (late), every rank loads it after comm.barrier() and
+            prints a digest of its parameters (argument 2: the file);
   callback_rank1  rank 1's callback halves its parameters after epoch 2 (every rank goes on with rank
             0's, rank 1 warns; each rank prints a digest of its parameters).
 """
@@ -120,6 +122,18 @@ def main(mode):
         kw = dict(class_weight={0: 1.0, 5: 2.0})
     if mode == "schedule" and comm.rank != 1:
         kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
+    if mode == "checkpoint":
+        import hashlib
+
+        net.fit(X, Y, epochs=2, batch_size=8, optimizer="adam", progress=False, comm=comm)
+        if comm.is_root:
+            time.sleep(1.0)                    # a slow file system: the others must not read before the write
+            net.save(sys.argv[2])
+        comm.barrier("the save of the checkpoint")
+        loaded = MLP.load(sys.argv[2], backend="numpy")
+        print(f"rank {comm.rank}: trained {hashlib.sha256(net._params.tobytes()).hexdigest()[:16]} loaded "
+              f"{hashlib.sha256(loaded._params.tobytes()).hexdigest()[:16]}", flush=True)
+        return
     if mode == "callback_rank1":
         import hashlib
         import warnings
