@@ -30,7 +30,8 @@ Semantics (`MLP.fit(..., comm=comm)`):
   (`DataParallel.after_callbacks`).
 - Arguments `fit` refuses on some rank (bad data, say) are refused on every
   rank: the first collective of `fit` gathers every rank's refusal
-  (`check_fit_options`, `guard_fit`); each network stays as it was.
+  (`check_fit_options`, `guard_fit`); each network stays as it was.  So are
+  the callbacks' refusals in `on_train_begin` (`DataParallel.start_together`).
 - Faults: every wait polls for a notice from a failed rank and has a
   deadline (`timeout`).  A rank that raises inside `fit` after that prints its error,
   tells every other rank (each prints which rank failed and why) and, after
@@ -684,6 +685,7 @@ class DataParallel:
         self.weights = None
         self.local_w = self.global_w = None
         self.w_top = 1.0      # the sample weights' largest value over all ranks (`setup`)
+        self._own_state = None    # this rank's state before rank 0's was broadcast (`setup`, `start_together`)
 
     @property
     def is_root(self) -> bool:
@@ -750,12 +752,36 @@ class DataParallel:
             top = max(float(t) for t in comm.allgather_json(local_top, "the largest sample weight")) \
                 if self.sharded else local_top     # without sharding every rank holds the same weights
             self.w_top = top if top > 0 else 1.0
+        rng = net._rng.bit_generator
+        # this rank's own state, put back if training is refused before its first step (`start_together`)
+        self._own_state = None if comm.is_root else \
+            ([b.copy() for b in net._state_buffers(opt)], rng.state)
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
-        rng = net._rng.bit_generator
         rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
         return self.n_steps
+
+    def start_together(self, error=None):
+        """After the callbacks' `on_train_begin` on every rank, before the first step (one gather): when
+        any rank's raised (`error`, say an `EarlyStopping` monitoring a figure the fit does not record),
+        every rank refuses the call, as one process does: each puts back its own state (its parameters,
+        optimizer state and generator before rank 0's were broadcast) and raises, the failed ranks their
+        error, the others an `EveryRankError` naming it.  A callback's refusal used to end the job."""
+        what = None if error is None else \
+            ("".join(traceback.format_exception_only(type(error), error)).strip() or type(error).__name__)
+        everyone = self.comm.allgather_json(what, "the callbacks' on_train_begin")
+        own, self._own_state = self._own_state, None
+        if all(w is None for w in everyone):
+            return
+        if own is not None:
+            for dst, src in zip(self.net._state_buffers(self.optimizer), own[0]):
+                dst[...] = src
+            self.net._rng.bit_generator.state = own[1]
+        if error is not None:
+            raise self.on_every_rank(error)
+        raise EveryRankError("the callbacks' on_train_begin refused the call: " +
+                             "; ".join(f"rank {k}: {w}" for k, w in enumerate(everyone) if w is not None))
 
     # -------------------------------------------------------------- per epoch and step
     def epoch_order(self, shuffle):

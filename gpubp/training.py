@@ -226,9 +226,17 @@ class FitLoop:
         snap = [b.copy() for b in net._state_buffers(opt)]
         sizes = np.full(self.n_batches, self.batch_size, dtype=np.float64)
         sizes[-1] = B - (self.n_batches - 1) * self.batch_size
-        for cb in self.callbacks:
-            if hasattr(cb, "on_train_begin"):
-                cb.on_train_begin(net, hist)
+        failed = None
+        try:
+            for cb in self.callbacks:
+                if hasattr(cb, "on_train_begin"):
+                    cb.on_train_begin(net, hist)
+        except Exception as e:
+            if self.dist is None:
+                raise
+            failed = e
+        if self.dist is not None:   # a refusal on any rank is one on every rank, each network as it was
+            self.dist.start_together(failed)
         self.reporter.begin(epochs, self.n_batches)
         self.started = True
         try:

@@ -22,6 +22,8 @@ Usage: dp_fault.py MODE, MODE one of
             others with an EveryRankError naming it; nobody ends the job);
   bad_input_everywhere  every rank passes the same bad class_weight (each raises the ValueError one
             process raises, and goes on);
+  begin_refused  rank 1 alone passes an EarlyStopping monitoring val_loss, which the fit does not
+            record (refused on every rank, each network as it was: the networks' seeds differ);
   checkpoint  rank 0 saves the trained network (late), every rank loads it after comm.barrier() and
             prints a digest of its parameters (argument 2: the file);
   callback_rank1  rank 1's callback halves its parameters after epoch 2 (every rank goes on with rank
@@ -67,9 +69,9 @@ def main(mode):
     if mode == "bad_input" and comm.rank == 1:
         X[5, 1] = np.nan
     hidden = 9 if (mode == "mismatch" and comm.rank == 1) else 8
-    net = MLP([4, hidden, 2], loss="mse", dtype="float64", seed=comm.rank if mode == "small_batch" else 0,
-              backend="numpy")
-    before = net._params.copy()
+    net = MLP([4, hidden, 2], loss="mse", dtype="float64",
+              seed=comm.rank if mode in ("small_batch", "begin_refused") else 0, backend="numpy")
+    before, rng_before = net._params.copy(), net._rng.bit_generator.state
     if mode == "uncaught" and comm.rank == 1:
         raise RuntimeError("a failure outside fit on rank 1")
     if comm.rank == 1 and mode in ("raise", "hang"):
@@ -93,6 +95,10 @@ def main(mode):
                 net._params *= 0.5
 
         callbacks.append(LambdaCallback(on_epoch_end=halve))
+    if mode == "begin_refused" and comm.rank == 1:
+        from gpubp.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping())
     if mode == "train_end" and comm.rank == 1:
         from gpubp.callbacks import LambdaCallback
 
@@ -118,7 +124,7 @@ def main(mode):
     if mode == "bad_input_everywhere":
         Y = rng.integers(0, 2, len(X))
         net = MLP([4, hidden, 2], loss="cross_entropy", dtype="float64", seed=0, backend="numpy")
-        before = net._params.copy()
+        before, rng_before = net._params.copy(), net._rng.bit_generator.state
         kw = dict(class_weight={0: 1.0, 5: 2.0})
     if mode == "schedule" and comm.rank != 1:
         kw["lr_schedule"] = (lambda step: 0.01 / step) if comm.rank == 0 else (lambda step: 0.01 / max(step - 5, 1))
@@ -149,12 +155,13 @@ def main(mode):
         net.fit(X, Y, **{**dict(epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm,
                                 callbacks=callbacks), **kw})
     except (ValueError, TypeError) as e:      # ConfigMismatch among them; in bad_input*, a rank's own refusal
-        if not (isinstance(e, distributed.EveryRankError) or mode.startswith("bad_input")):
+        if not (isinstance(e, distributed.EveryRankError) or mode.startswith("bad_input") or mode == "begin_refused"):
             raise
-        same = np.array_equal(net._params, before) and net.optimizer is None and net.standardization is None
+        same = np.array_equal(net._params, before) and net.optimizer is None and net.standardization is None \
+            and net._rng.bit_generator.state == rng_before
         print(f"rank {comm.rank}: refused ({type(e).__name__}, network {'unchanged' if same else 'changed'}): {e}",
               flush=True)
-        if mode.startswith("bad_input"):     # the job goes on: the communicator still works
+        if mode.startswith("bad_input") or mode == "begin_refused":     # the job goes on: the communicator works
             print(f"rank {comm.rank}: then summed {comm.sum_values([1.0], 'a later reduction')[0]:g}", flush=True)
         sys.exit(3)
     print(f"rank {comm.rank}: trained", flush=True)
