@@ -705,7 +705,9 @@ class DataParallel:
         self.weights = weights
         # the same collective on every rank whatever its settings (the steps are known before the check);
         # ranks that disagree on `sharded` are refused here, before they make different collectives
-        gathered = comm.allgather_json({"sharded": self.sharded, "rows": self.n_local}, "the count of rows")
+        val_rows = int(validation[0].shape[0]) if isinstance(validation, (tuple, list)) else 0
+        gathered = comm.allgather_json({"sharded": self.sharded, "rows": self.n_local, "val_rows": val_rows},
+                                       "the count of rows")
         comm.refuse_if_different("network configurations and training settings",
                                  [{"fit": {"sharded": g["sharded"]}} for g in gathered])
         if self.sharded:
@@ -736,6 +738,10 @@ class DataParallel:
                 plan["data"]["validation"] = {"X": _fingerprint(be, validation[0]),
                                               "Y": _fingerprint(be, validation[1])}
         comm.check_same("network configurations and training settings", plan)
+        if self.sharded and self.n_global == 0:     # a rank's shard may hold no rows, not every rank's
+            raise EveryRankError("with sharded=True the ranks' shards hold no rows at all")
+        if self.sharded and has_validation and sum(int(g["val_rows"]) for g in gathered) == 0:
+            raise EveryRankError("with sharded=True the ranks' validation shards hold no rows at all")
         if self.sharded and min(local_batches) == 0:   # decided alike on every rank, before anything changes
             raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
                                  f"({batch_size}) must be at least the number of ranks ({comm.size})")

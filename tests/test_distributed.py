@@ -65,7 +65,7 @@ def sharded_reference(c, size, backend="numpy"):
     """One process training on the concatenations of the ranks' local batches, one `fit` call per
     batch (the ranks' row orders rebuilt from the shared generator)."""
     X, Y, W = dp_train.case_data(c)
-    shards = [dp_train.shard_rows(dp_train.N, size, r) for r in range(size)]
+    shards = [dp_train.shard_rows(dp_train.N, size, r, c) for r in range(size)]
     lbs = [share(c["batch_size"], size, r)[1] - share(c["batch_size"], size, r)[0] for r in range(size)]
     n_steps = max(-(-len(s) // lb) for s, lb in zip(shards, lbs))
 
@@ -344,7 +344,11 @@ def test_sharded_on_some_ranks_only_is_refused_on_every_rank():
     (2, "grad_norms", "rank 0: grad_norms=True is not supported with comm"),
     # a rank's own rows may all weigh nothing (the sharded_b6_weightless_shard case trains), not every rank's
     (2, "zero_weights", "the sample weights (in float64) are all zero on every rank"),
-], ids=["sharded-batch-below-ranks", "option-on-one-rank", "zero-weights-on-every-rank"])
+    # one rank's shard may hold no rows (the sharded_b6_empty_rank case trains), not every rank's
+    (2, "no_rows", "with sharded=True the ranks' shards hold no rows at all"),
+    (2, "no_val_rows", "with sharded=True the ranks' validation shards hold no rows at all"),
+], ids=["sharded-batch-below-ranks", "option-on-one-rank", "zero-weights-on-every-rank", "no-rows-on-any-rank",
+        "no-validation-rows-on-any-rank"])
 def test_a_refusal_is_made_on_every_rank_alike(n, mode, message):
     r = run_mpi(n, "dp_fault.py", mode, timeout=30)
     out = r.stdout + r.stderr

@@ -51,6 +51,9 @@ def cases():
         "b6_weights_split": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=False,
                                  weights=True, validation_split=0.25),
         "sharded_b6": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True, sharded=True),
+        # the last rank's shard holds no rows (on 2 and 3 ranks): it joins every step with an empty batch
+        "sharded_b6_empty_rank": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=True,
+                                      sharded=True, empty_rank=True),
         "sharded_b7_noshuffle": dict(batch_size=7, optimizer=("sgd", dict(lr=0.1)), epochs=2, shuffle=False,
                                      sharded=True),
         "sharded_b6_weights": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.5)), epochs=2,
@@ -134,10 +137,15 @@ def fit_kwargs(c, rank=0):
     return kw
 
 
-def shard_rows(n, size, rank):
-    """The rows of an `n`-row set that rank `rank` of `size` holds in the sharded cases (uneven shards)."""
+def shard_rows(n, size, rank, c=None):
+    """The rows of an `n`-row set that rank `rank` of `size` holds in the sharded case `c` (uneven shards;
+    with `empty_rank`, on several ranks, the last holds none)."""
     from gpubp.distributed import share
 
+    if c is not None and c.get("empty_rank") and size > 1:
+        if rank == size - 1:
+            return np.arange(0)
+        size -= 1
     a, b = share(n, size, rank)
     return np.arange(a, b)
 
@@ -154,7 +162,7 @@ def main(out, backend="numpy"):
         comm.bucket_bytes = c.get("bucket_bytes", distributed.DEFAULT_BUCKET_BYTES)
         X, Y, W = case_data(c)
         if c.get("sharded"):
-            rows = shard_rows(N, comm.size, comm.rank)
+            rows = shard_rows(N, comm.size, comm.rank, c)
             X, Y, W = X[rows], Y[rows], (None if W is None else W[rows])
         try:
             hist = net.fit(X, Y, optimizer=opt, sample_weight=W, comm=comm, sharded=c.get("sharded", False),
