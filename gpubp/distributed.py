@@ -675,8 +675,11 @@ class DataParallel:
     global batch, weighted by the sample weights when there are some.
     """
 
-    def __init__(self, comm: Communicator, net, optimizer, sharded=False):
+    def __init__(self, comm: Communicator, net, optimizer, sharded=False, class_weight=None):
         self.comm = comm
+        #: `fit`'s class_weight (checked), compared across the ranks in `setup`: with `sharded` the
+        #: weights are each rank's own, so a dict computed from one rank's shard would pass unseen
+        self.class_weight = class_weight
         self.net = net
         self.optimizer = optimizer
         self.sharded = bool(sharded)
@@ -726,6 +729,8 @@ class DataParallel:
                 "fit": {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
                         "sharded": self.sharded, "validation": bool(has_validation),
                         "sample_weights": weights is not None,
+                        "class_weight": self.class_weight if not isinstance(self.class_weight, dict) else
+                        {str(int(k)): float(v) for k, v in sorted(self.class_weight.items(), key=lambda kv: int(kv[0]))},
                         "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}

@@ -871,7 +871,7 @@ class MLP:
             self.stop_training = False
             dist = None
             if comm is not None:
-                dist = DataParallel(comm, self, opt, sharded)
+                dist = DataParallel(comm, self, opt, sharded, class_weight)
                 progress = progress if comm.is_root else False
             loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
                            (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),

@@ -520,3 +520,11 @@ def test_a_callback_refusing_the_fit_on_one_rank_is_a_refusal_on_every_rank():
     for k in range(3):
         assert f"rank {k}: then summed 3" in r.stdout, out
     assert "ending the job" not in out and "trained" not in r.stdout, out
+
+
+def test_sharded_class_weights_that_differ_between_ranks_are_refused():
+    # with sharded=True each rank weighs its own rows: class weights each rank computed from its own shard
+    # (what class_weight="balanced" is refused for) trained each rank's share with other weights, silently
+    r = refused_on_every_rank(2, "class_weight", ", so they cannot train together: rank 1 has fit.class_weight.1 = "
+                                                 "3.0 where rank 0 has 2.0")
+    assert "trained" not in r.stdout

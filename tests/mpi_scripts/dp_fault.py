@@ -18,6 +18,7 @@ Usage: dp_fault.py MODE, MODE one of
   sharded   rank 1 alone passes sharded=True (refused on every rank, naming fit.sharded);
   small_batch  sharded=True with a batch_size smaller than the number of ranks (refused on every
             rank, each keeping its own parameters: the networks' seeds differ);
+  class_weight  sharded=True, each rank passes class weights of its own shard (refused on every rank);
   no_rows   sharded=True, no rank holds a row (refused on every rank; one rank's empty shard trains);
   no_val_rows  sharded=True, no rank holds a validation row (refused on every rank);
   bad_input  sharded=True, rank 1's rows hold a NaN (rank 1 refuses them with its ValueError, the
@@ -123,6 +124,11 @@ def main(mode):
         kw = dict(sharded=True, batch_size=comm.size - 1)
     if mode == "bad_input":
         kw = dict(sharded=True, standardize=False)
+    if mode == "class_weight":
+        Y = rng.integers(0, 2, len(X))
+        net = MLP([4, hidden, 2], loss="cross_entropy", dtype="float64", seed=0, backend="numpy")
+        before, rng_before = net._params.copy(), net._rng.bit_generator.state
+        kw = dict(sharded=True, class_weight={0: 1.0, 1: 2.0 + comm.rank})
     if mode == "no_rows":
         X, Y = X[:0], Y[:0]
         kw = dict(sharded=True)
