@@ -78,6 +78,11 @@ def cases():
                                    shuffle=True, diverge="update", schedule="overflow"),
         "b4_schedule_early_stop": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
                                        validation=True, schedule="decay", early_stop="every rank"),
+        # the other losses: multi-label binary cross-entropy, half the summed squares (with sample weights)
+        "b5_bce": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=True,
+                       loss="binary_cross_entropy"),
+        "b4_half_sse_weights": dict(batch_size=4, optimizer=("sgd", dict(lr=0.05, momentum=0.5)), epochs=2,
+                                    shuffle=True, loss="half_sse", weights=True),
         # a stopping rule on rank 0 alone stops every rank, and its restore_best puts the best epoch's
         # parameters back on every rank (rank 0 alone had them, the others kept the last epoch's)
         "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
@@ -90,6 +95,8 @@ def make_net(backend="numpy", c=None):
 
     if c is not None and c.get("diverge"):
         return MLP(SIZES, activation="relu", loss="mse", dtype="float64", seed=1, backend=backend)
+    if c is not None and c.get("loss"):
+        return MLP(SIZES, activation="tanh", loss=c["loss"], dtype="float64", seed=1, backend=backend)
     return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend=backend)
 
 
@@ -105,6 +112,10 @@ def case_data(c):
     X, Y, _, _, W = data()
     if c.get("diverge"):
         Y = np.eye(SIZES[-1])[Y] * (1e10 if c["diverge"] == "loss" else 100.0)
+    if c.get("loss") == "binary_cross_entropy":     # several labels per row
+        Y = (np.random.default_rng(7).random((N, SIZES[-1])) < 0.4).astype(np.float64)
+    if c.get("loss") == "half_sse":
+        Y = np.random.default_rng(7).standard_normal((N, SIZES[-1]))
     if c.get("weights") == "weightless_batch":
         W = W.copy()
         W[6:12] = 0.0
