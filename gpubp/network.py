@@ -760,7 +760,8 @@ class MLP:
           batch, or with `sharded=True` rows of its own (see
           `gpubp.distributed.DataParallel`).  The result equals one process training on the
           same global batches; losses and metrics are reduced over the ranks and only rank 0
-          reports progress.
+          reports progress.  Arguments refused on any rank are refused on every rank (each
+          network unchanged); after the callbacks every rank holds rank 0's network.
 
         The history holds per-epoch lists: `loss` (the mean training loss over the
         epoch's steps), `accuracy` for classification losses (measured after the
