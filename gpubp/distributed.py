@@ -730,7 +730,7 @@ class DataParallel:
                         "sharded": self.sharded, "validation": bool(has_validation),
                         "sample_weights": weights is not None,
                         "class_weight": self.class_weight if not isinstance(self.class_weight, dict) else
-                        {str(int(k)): float(v) for k, v in sorted(self.class_weight.items(), key=lambda kv: int(kv[0]))},
+                        {str(int(k)): float(self.class_weight[k]) for k in sorted(self.class_weight, key=int)},
                         "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
