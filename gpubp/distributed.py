@@ -94,6 +94,19 @@ class ConfigMismatch(EveryRankError):
     """Ranks were asked to train different networks or in different ways (raised on every rank)."""
 
 
+def _backend_name(backend) -> str:
+    """"numpy" or "cuda" for a backend or its name ("auto": "cuda" where a GPU is visible); any other name
+    is refused (a misspelt "gpu" or "CUDA" set up neither the rank's GPU nor NCCL, silently)."""
+    from .backends import BACKENDS, cuda_available
+
+    name = getattr(backend, "name", backend)
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "cuda" if cuda_available() else "numpy"
+    return name
+
+
 def _mpi():
     try:
         from mpi4py import MPI
@@ -186,7 +199,8 @@ class Communicator:
         if grace is not None and (g is None or not (math.isfinite(g) and g >= 0)):
             raise ValueError(f"grace must be a non-negative number of seconds (or None), got {grace!r}")
         bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
-        if getattr(backend, "name", backend) == "cuda":   # before MPI starts: every rank refuses alike
+        backend = _backend_name(backend)
+        if backend == "cuda":   # before MPI starts: every rank refuses alike
             from .backends.cuda_backend import _import_cupy
 
             _import_cupy()      # a missing CuPy is said with the extras that bring it
@@ -211,7 +225,7 @@ class Communicator:
         #: why this communicator can no longer be used (a collective that timed out or saw a failed rank
         #: is still pending here, so the ranks' next collectives would be matched out of step), or None
         self.broken = None
-        if getattr(backend, "name", backend) == "cuda":
+        if backend == "cuda":
             self._setup_cuda()
 
     def _join(self, base):
@@ -528,11 +542,7 @@ def init(backend="auto", timeout=DEFAULT_TIMEOUT, grace=None, abort_on_uncaught=
     `abort_on_uncaught`, an exception that nobody catches ends the whole job
     (`MPI.Abort`) instead of leaving the other ranks waiting.
     """
-    name = getattr(backend, "name", backend)
-    if name == "auto":
-        from .backends import cuda_available
-        name = "cuda" if cuda_available() else "numpy"
-    comm = Communicator(backend=name, timeout=timeout, grace=grace, overlap=overlap, bucket_bytes=bucket_bytes)
+    comm = Communicator(backend=backend, timeout=timeout, grace=grace, overlap=overlap, bucket_bytes=bucket_bytes)
     if abort_on_uncaught and comm.size > 1:
         previous = sys.excepthook
 

@@ -401,9 +401,10 @@ def test_bad_init_arguments_are_refused_naming_them():
     code = """if True:
         from gpubp import distributed
         for kw in (dict(timeout=True), dict(grace="x"), dict(grace=-1.0), dict(grace=float("nan")),
-                   dict(bucket_bytes="1M"), dict(bucket_bytes=0), dict(bucket_bytes=2.5)):
+                   dict(bucket_bytes="1M"), dict(bucket_bytes=0), dict(bucket_bytes=2.5), dict(backend="gpu"),
+                   dict(backend="CUDA"), dict(backend=None)):
             try:
-                distributed.init(backend="numpy", **kw)
+                distributed.init(**{"backend": "numpy", **kw})
                 print("accepted", kw)
             except ValueError as e:
                 print("refused:", e)
@@ -419,6 +420,9 @@ def test_bad_init_arguments_are_refused_naming_them():
         assert f"refused: grace must be a non-negative number of seconds (or None), got {bad}" in out, out
     for bad in ("'1M'", "0", "2.5"):
         assert f"refused: bucket_bytes must be a positive integer, got {bad}" in out, out
+    # a misspelt backend was taken for numpy: no GPU picked per rank, no NCCL, silently
+    for bad in ("'gpu'", "'CUDA'", "None"):
+        assert f"refused: unknown backend {bad}; choose one of auto, numpy, cuda" in out, out
     assert "ok: 0.0" in out, out
 
 
