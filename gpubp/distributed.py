@@ -57,7 +57,7 @@ import traceback
 
 import numpy as np
 
-from .checks import check_positive_int, real_number
+from .checks import check_flag, check_positive_int, real_number
 from .losses import CLASSIFICATION_LOSSES
 
 #: seconds a rank waits for the others in one collective before it ends the job
@@ -199,6 +199,7 @@ class Communicator:
         if grace is not None and (g is None or not (math.isfinite(g) and g >= 0)):
             raise ValueError(f"grace must be a non-negative number of seconds (or None), got {grace!r}")
         bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
+        overlap = check_flag("overlap", overlap)      # not by truth value: "False" would be yes
         backend = _backend_name(backend)
         if backend == "cuda":   # before MPI starts: every rank refuses alike
             from .backends.cuda_backend import _import_cupy
@@ -542,6 +543,7 @@ def init(backend="auto", timeout=DEFAULT_TIMEOUT, grace=None, abort_on_uncaught=
     `abort_on_uncaught`, an exception that nobody catches ends the whole job
     (`MPI.Abort`) instead of leaving the other ranks waiting.
     """
+    abort_on_uncaught = check_flag("abort_on_uncaught", abort_on_uncaught)
     comm = Communicator(backend=backend, timeout=timeout, grace=grace, overlap=overlap, bucket_bytes=bucket_bytes)
     if abort_on_uncaught and comm.size > 1:
         previous = sys.excepthook

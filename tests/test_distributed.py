@@ -408,6 +408,12 @@ def test_bad_init_arguments_are_refused_naming_them():
                 print("accepted", kw)
             except ValueError as e:
                 print("refused:", e)
+        for kw in (dict(overlap="False"), dict(overlap=0), dict(abort_on_uncaught="no")):
+            try:
+                distributed.init(backend="numpy", **kw)
+                print("accepted", kw)
+            except TypeError as e:
+                print("refused:", e)
         print("ok:", distributed.init(backend="numpy", timeout=5, grace=0, bucket_bytes=1 << 10).grace)
     """
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -423,6 +429,9 @@ def test_bad_init_arguments_are_refused_naming_them():
     # a misspelt backend was taken for numpy: no GPU picked per rank, no NCCL, silently
     for bad in ("'gpu'", "'CUDA'", "None"):
         assert f"refused: unknown backend {bad}; choose one of auto, numpy, cuda" in out, out
+    # overlap="False" was read by its truth value (yes)
+    for name, bad in (("overlap", "'False'"), ("overlap", "0"), ("abort_on_uncaught", "'no'")):
+        assert f"refused: {name} must be True or False, got {bad}" in out, out
     assert "ok: 0.0" in out, out
 
 
