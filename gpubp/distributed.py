@@ -24,8 +24,16 @@ Semantics (`MLP.fit(..., comm=comm)`):
   layer down) is all-reduced, without blocking, as soon as the backward pass
   has finished its layers, while the earlier layers are still computing
   (`overlap=True`); the step waits for every bucket before the update.
+- After each epoch's callbacks and after `on_train_end`, one gather decides
+  whether any rank stops and compares digests of the ranks' training state:
+  where a callback changed it on some ranks only, rank 0's is broadcast
+  (`DataParallel.after_callbacks`).
+- Arguments `fit` refuses on some rank (bad data, say) are refused on every
+  rank: the first collective of `fit` gathers every rank's refusal
+  (`check_fit_options`, `guard_fit`); each network stays as it was.  So are
+  the callbacks' refusals in `on_train_begin` (`DataParallel.start_together`).
 - Faults: every wait polls for a notice from a failed rank and has a
-  deadline (`timeout`).  A rank that raises inside `fit` prints its error,
+  deadline (`timeout`).  A rank that raises inside `fit` after that prints its error,
   tells every other rank (each prints which rank failed and why) and, after
   their answer or `grace` seconds, calls `MPI.Abort`: the whole job ends with
   a non-zero status, never hangs.  `init()` also makes an exception that
@@ -49,7 +57,7 @@ import traceback
 
 import numpy as np
 
-from .checks import check_positive_int, real_number
+from .checks import check_flag, check_positive_int, real_number
 from .losses import CLASSIFICATION_LOSSES
 
 #: seconds a rank waits for the others in one collective before it ends the job
@@ -84,6 +92,19 @@ class EveryRankError(DistributedError, ValueError):
 
 class ConfigMismatch(EveryRankError):
     """Ranks were asked to train different networks or in different ways (raised on every rank)."""
+
+
+def _backend_name(backend) -> str:
+    """"numpy" or "cuda" for a backend or its name ("auto": "cuda" where a GPU is visible); any other name
+    is refused (a misspelt "gpu" or "CUDA" set up neither the rank's GPU nor NCCL, silently)."""
+    from .backends import BACKENDS, cuda_available
+
+    name = getattr(backend, "name", backend)
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "cuda" if cuda_available() else "numpy"
+    return name
 
 
 def _mpi():
@@ -178,7 +199,9 @@ class Communicator:
         if grace is not None and (g is None or not (math.isfinite(g) and g >= 0)):
             raise ValueError(f"grace must be a non-negative number of seconds (or None), got {grace!r}")
         bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
-        if getattr(backend, "name", backend) == "cuda":   # before MPI starts: every rank refuses alike
+        overlap = check_flag("overlap", overlap)      # not by truth value: "False" would be yes
+        backend = _backend_name(backend)
+        if backend == "cuda":   # before MPI starts: every rank refuses alike
             from .backends.cuda_backend import _import_cupy
 
             _import_cupy()      # a missing CuPy is said with the extras that bring it
@@ -203,7 +226,7 @@ class Communicator:
         #: why this communicator can no longer be used (a collective that timed out or saw a failed rank
         #: is still pending here, so the ranks' next collectives would be matched out of step), or None
         self.broken = None
-        if getattr(backend, "name", backend) == "cuda":
+        if backend == "cuda":
             self._setup_cuda()
 
     def _join(self, base):
@@ -338,6 +361,11 @@ class Communicator:
         """The element-wise sums across ranks of a few numbers (float64)."""
         buf = np.array(values, dtype=np.float64).reshape(-1)
         return self.allreduce_sum(buf, what)
+
+    def barrier(self, what="a barrier"):
+        """Wait until every rank has come here (with the deadline and the watch for failed ranks of every
+        collective): e.g. after rank 0 saves a checkpoint, before the other ranks load it."""
+        self.sum_values([0.0], what)
 
     def broadcast(self, buf, root=0, what="a broadcast"):
         """Overwrite `buf` (host or device, contiguous) with rank `root`'s, in place."""
@@ -515,11 +543,8 @@ def init(backend="auto", timeout=DEFAULT_TIMEOUT, grace=None, abort_on_uncaught=
     `abort_on_uncaught`, an exception that nobody catches ends the whole job
     (`MPI.Abort`) instead of leaving the other ranks waiting.
     """
-    name = getattr(backend, "name", backend)
-    if name == "auto":
-        from .backends import cuda_available
-        name = "cuda" if cuda_available() else "numpy"
-    comm = Communicator(backend=name, timeout=timeout, grace=grace, overlap=overlap, bucket_bytes=bucket_bytes)
+    abort_on_uncaught = check_flag("abort_on_uncaught", abort_on_uncaught)
+    comm = Communicator(backend=backend, timeout=timeout, grace=grace, overlap=overlap, bucket_bytes=bucket_bytes)
     if abort_on_uncaught and comm.size > 1:
         previous = sys.excepthook
 
@@ -662,8 +687,11 @@ class DataParallel:
     global batch, weighted by the sample weights when there are some.
     """
 
-    def __init__(self, comm: Communicator, net, optimizer, sharded=False):
+    def __init__(self, comm: Communicator, net, optimizer, sharded=False, class_weight=None):
         self.comm = comm
+        #: `fit`'s class_weight (checked), compared across the ranks in `setup`: with `sharded` the
+        #: weights are each rank's own, so a dict computed from one rank's shard would pass unseen
+        self.class_weight = class_weight
         self.net = net
         self.optimizer = optimizer
         self.sharded = bool(sharded)
@@ -672,6 +700,7 @@ class DataParallel:
         self.weights = None
         self.local_w = self.global_w = None
         self.w_top = 1.0      # the sample weights' largest value over all ranks (`setup`)
+        self._own_state = None    # this rank's state before rank 0's was broadcast (`setup`, `start_together`)
 
     @property
     def is_root(self) -> bool:
@@ -691,7 +720,9 @@ class DataParallel:
         self.weights = weights
         # the same collective on every rank whatever its settings (the steps are known before the check);
         # ranks that disagree on `sharded` are refused here, before they make different collectives
-        gathered = comm.allgather_json({"sharded": self.sharded, "rows": self.n_local}, "the count of rows")
+        val_rows = int(validation[0].shape[0]) if isinstance(validation, (tuple, list)) else 0
+        gathered = comm.allgather_json({"sharded": self.sharded, "rows": self.n_local, "val_rows": val_rows},
+                                       "the count of rows")
         comm.refuse_if_different("network configurations and training settings",
                                  [{"fit": {"sharded": g["sharded"]}} for g in gathered])
         if self.sharded:
@@ -710,6 +741,8 @@ class DataParallel:
                 "fit": {"epochs": int(epochs), "batch_size": int(batch_size), "shuffle": bool(shuffle),
                         "sharded": self.sharded, "validation": bool(has_validation),
                         "sample_weights": weights is not None,
+                        "class_weight": self.class_weight if not isinstance(self.class_weight, dict) else
+                        {str(int(k)): float(self.class_weight[k]) for k in sorted(self.class_weight, key=int)},
                         "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
@@ -722,6 +755,10 @@ class DataParallel:
                 plan["data"]["validation"] = {"X": _fingerprint(be, validation[0]),
                                               "Y": _fingerprint(be, validation[1])}
         comm.check_same("network configurations and training settings", plan)
+        if self.sharded and self.n_global == 0:     # a rank's shard may hold no rows, not every rank's
+            raise EveryRankError("with sharded=True the ranks' shards hold no rows at all")
+        if self.sharded and has_validation and sum(int(g["val_rows"]) for g in gathered) == 0:
+            raise EveryRankError("with sharded=True the ranks' validation shards hold no rows at all")
         if self.sharded and min(local_batches) == 0:   # decided alike on every rank, before anything changes
             raise EveryRankError(f"with sharded=True every rank takes a share of each batch: batch_size "
                                  f"({batch_size}) must be at least the number of ranks ({comm.size})")
@@ -738,12 +775,36 @@ class DataParallel:
             top = max(float(t) for t in comm.allgather_json(local_top, "the largest sample weight")) \
                 if self.sharded else local_top     # without sharding every rank holds the same weights
             self.w_top = top if top > 0 else 1.0
+        rng = net._rng.bit_generator
+        # this rank's own state, put back if training is refused before its first step (`start_together`)
+        self._own_state = None if comm.is_root else \
+            ([b.copy() for b in net._state_buffers(opt)], rng.state)
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
-        rng = net._rng.bit_generator
         rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
         return self.n_steps
+
+    def start_together(self, error=None):
+        """After the callbacks' `on_train_begin` on every rank, before the first step (one gather): when
+        any rank's raised (`error`, say an `EarlyStopping` monitoring a figure the fit does not record),
+        every rank refuses the call, as one process does: each puts back its own state (its parameters,
+        optimizer state and generator before rank 0's were broadcast) and raises, the failed ranks their
+        error, the others an `EveryRankError` naming it.  A callback's refusal used to end the job."""
+        what = None if error is None else \
+            ("".join(traceback.format_exception_only(type(error), error)).strip() or type(error).__name__)
+        everyone = self.comm.allgather_json(what, "the callbacks' on_train_begin")
+        own, self._own_state = self._own_state, None
+        if all(w is None for w in everyone):
+            return
+        if own is not None:
+            for dst, src in zip(self.net._state_buffers(self.optimizer), own[0]):
+                dst[...] = src
+            self.net._rng.bit_generator.state = own[1]
+        if error is not None:
+            raise self.on_every_rank(error)
+        raise EveryRankError("the callbacks' on_train_begin refused the call: " +
+                             "; ".join(f"rank {k}: {w}" for k, w in enumerate(everyone) if w is not None))
 
     # -------------------------------------------------------------- per epoch and step
     def epoch_order(self, shuffle):
@@ -822,6 +883,56 @@ class DataParallel:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(g > 0, tot / np.where(g > 0, g, 1.0), 0.0)
 
+    # -------------------------------------------------------------- callbacks
+    def _state_digest(self) -> list:
+        """A digest of this rank's training state (parameters, optimizer state, shuffling generator):
+        per buffer its float64 sum and sum of magnitudes (every value counts) and the exact bytes of up
+        to 1024 values spread over it; equal on every rank that holds the same state (the same
+        reductions of the same values on the same kind of device)."""
+        import hashlib
+
+        be = self.net.backend
+        out = []
+        for buf in self.net._state_buffers(self.optimizer):
+            flat = buf.reshape(-1)
+            sums = be.to_numpy(be.xp.stack([flat.sum(dtype=np.float64), be.xp.abs(flat).sum(dtype=np.float64)]))
+            out.append([_fingerprint(be, flat, 1024)] + [repr(float(v)) for v in sums])
+        out.append(hashlib.sha256(json.dumps(self.net._rng.bit_generator.state, sort_keys=True,
+                                             default=str).encode()).hexdigest()[:16])
+        return out
+
+    def before_callbacks(self):
+        """Note this rank's state before the callbacks of an epoch's end (or of the training's) run."""
+        self._digest_before = self._state_digest()
+
+    def after_callbacks(self, stop: bool, epoch: int | None = None) -> bool:
+        """After the callbacks (`before_callbacks` first): whether any rank stops, decided alike on every
+        rank (one gather), and rank 0's state on every rank when a callback changed it on some ranks only.
+
+        `EarlyStopping(restore_best=True)` given to rank 0 alone put the best epoch's parameters back on
+        rank 0 and left the others with the last epoch's, silently; so does any callback that changes the
+        network (or draws from its generator) on some ranks: the ranks then hold rank 0's state, as they
+        do at the start of `fit`.  A rank whose own callback's change is so replaced warns.  `epoch`: the
+        epoch whose `on_epoch_end` callbacks ran, or None for `on_train_end`."""
+        what = "the end of fit" if epoch is None else f"the decision to stop after epoch {epoch}"
+        where = "on_train_end" if epoch is None else f"on_epoch_end of epoch {epoch}"
+        mine = self._state_digest()
+        everyone = self.comm.allgather_json({"stop": bool(stop), "state": mine}, what)
+        if any(o["state"] != everyone[0]["state"] for o in everyone):
+            for buf in self.net._state_buffers(self.optimizer):
+                self.comm.broadcast(buf, 0, f"the broadcast of rank 0's training state after {what}")
+            rng = self.net._rng.bit_generator
+            rng.state = self.comm.broadcast_json(rng.state, 0, f"the broadcast of rank 0's generator after {what}")
+            if mine != everyone[0]["state"] and mine != self._digest_before:
+                import warnings
+
+                from .training import _caller_level
+
+                warnings.warn(f"rank {self.comm.rank}: a callback ({where}) changed the network or drew from its "
+                              f"generator on this rank, not alike on rank 0; every rank now holds rank 0's state: "
+                              f"give every rank the same callbacks", RuntimeWarning, stacklevel=_caller_level())
+        return any(o["stop"] for o in everyone)
+
     def on_all_ranks(self, ok: bool, what: str) -> bool:
         """Whether `ok` holds on every rank (one reduction), so that every rank decides alike."""
         return float(self.comm.sum_values(np.array([0.0 if ok else 1.0]), what)[0]) == 0.0
@@ -852,11 +963,18 @@ class DataParallel:
         return out
 
 
+#: what the first collective of a data-parallel `fit` is called (`check_fit_options`, `guard_fit`)
+_CHECKS_GATHER = "the check of fit's arguments"
+
+
 def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standardize=False, device=None):
     """Refuse the `fit` options that data-parallel training does not support (`EveryRankError`, a
     ValueError), and a network on another CUDA device (`device`, or None) than the rank's GPU.  On several
     ranks the ranks' refusals are gathered first (one collective), so that every rank refuses alike, naming
-    the ranks at fault, even when only some ranks pass the option."""
+    the ranks at fault, even when only some ranks pass the option.
+
+    `fit` calls it once its own checks of the arguments have passed, as the first collective of the
+    call: a rank whose checks raised joins this gather from `guard_fit` with its error instead."""
     reason = None
     gpu = getattr(comm, "device", None)
     if grad_norms:
@@ -873,7 +991,11 @@ def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standa
         reason = (f"the network is on CUDA device {device} but this rank's GPU is device {gpu}: init() makes it "
                   f"current only in the thread that calls it; make the network (and train it) under "
                   f"cupy.cuda.Device({gpu})")
-    reasons = [reason] if getattr(comm, "size", 1) == 1 else comm.allgather_json(reason, "the check of fit's options")
+    if getattr(comm, "size", 1) == 1:
+        reasons = [reason]
+    else:
+        comm._fit_checks_gathered = True      # `guard_fit`: this rank has joined the gather (see there)
+        reasons = comm.allgather_json(reason, _CHECKS_GATHER)
     if all(r is None for r in reasons):
         return
     if all(r == reasons[0] for r in reasons):
@@ -882,7 +1004,11 @@ def check_fit_options(comm, sharded, grad_norms=False, class_weight=None, standa
 
 
 def guard_fit(fit):
-    """Decorator of `MLP.fit`: with `comm=`, an exception on any rank ends the whole job (`Communicator.guard`)."""
+    """Decorator of `MLP.fit`: with `comm=`, an exception on any rank ends the whole job (`Communicator.guard`),
+    except an argument refused by `fit`'s checks: those end in the ranks' first collective
+    (`check_fit_options`), which a rank whose checks raised joins here with its error, so that every
+    rank refuses the call (that rank with its own error, the others with an `EveryRankError` naming it),
+    each leaving its network as it was, as one process refuses bad input; the job goes on."""
     import functools
 
     @functools.wraps(fit)
@@ -896,7 +1022,17 @@ def guard_fit(fit):
         if comm is None or comm.size == 1:
             return fit(self, *args, comm=comm, **kwargs)
         with comm.guard():
-            return fit(self, *args, comm=comm, **kwargs)
+            comm._fit_checks_gathered = False
+            try:
+                return fit(self, *args, comm=comm, **kwargs)
+            except Exception as e:
+                if comm._fit_checks_gathered or isinstance(e, EveryRankError):
+                    raise          # raised on every rank together, or after the checks: the guard decides
+                # refused by this rank's checks, before the ranks' first collective: the others wait in it
+                what = "".join(traceback.format_exception_only(type(e), e)).strip() or type(e).__name__
+                comm._fit_checks_gathered = True
+                comm.allgather_json(what, _CHECKS_GATHER)
+                raise DataParallel.on_every_rank(e)
 
     return wrapper
 

@@ -307,8 +307,9 @@ class MLP:
         self.standardization, self._std_dev = (m, s), dev
 
     # ------------------------------------------------------------ inputs
-    def _inputs(self, X, name="X"):
-        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised).
+    def _inputs(self, X, name="X", allow_empty=False):
+        """`X` as a `(B, n_0)` backend array of the network's dtype, after checks (and standardised);
+        no rows are refused unless `allow_empty` (a rank's shard in a sharded fit may hold none).
 
         A host input (numpy array, list, frame) is standardised in float64 and only then rounded to
         the network's dtype: rounded first, a feature with a large offset (a timestamp near 1.7e9, a
@@ -316,10 +317,10 @@ class MLP:
         input already on the device is standardised there, in the network's dtype."""
         if self._std_dev is not None and not _is_device_array(X):
             self.backend.check_current(self._params, "network")
-            h = finite_after_cast(self._host_rows(X, name), np.float64, name)
+            h = finite_after_cast(self._host_rows(X, name, allow_empty), np.float64, name)
             return self.backend.asarray(finite_after_cast(self._standardize_host(h), self.dtype,
                                                           f"{name} (standardised)"), self.dtype)
-        return self._standardize_device(self._raw_inputs(X, name))
+        return self._standardize_device(self._raw_inputs(X, name, allow_empty))
 
     def _standardize_device(self, a):
         """Backend array `a` standardised in the network's dtype (as it is, without a standardisation)."""
@@ -334,7 +335,7 @@ class MLP:
         with np.errstate(over="ignore", invalid="ignore"):   # what overflows is refused by the caller
             return (np.asarray(h, np.float64) - mean) * (1.0 / std)
 
-    def _host_rows(self, X, name="X") -> np.ndarray:
+    def _host_rows(self, X, name="X", allow_empty=False) -> np.ndarray:
         """Host `X` as a `(B, n_0)` numpy array of real numbers (any dtype), shape checked."""
         n0 = self.sizes[0]
         h = host_array(X, name)
@@ -342,11 +343,11 @@ class MLP:
             h = h.reshape(1, n0)
         if h.ndim != 2 or h.shape[1] != n0:
             raise ValueError(f"{name} has shape {h.shape}; expected (B, {n0}) for a network with {n0} inputs")
-        if h.shape[0] == 0:
+        if h.shape[0] == 0 and not allow_empty:
             raise ValueError(f"{name} holds no samples")
         return h
 
-    def _raw_inputs(self, X, name="X"):
+    def _raw_inputs(self, X, name="X", allow_empty=False):
         n0 = self.sizes[0]
         self.backend.check_current(self._params, "network")   # kernels read its parameters where they run
         if _is_device_array(X):
@@ -361,9 +362,9 @@ class MLP:
             if not bool(self.backend.xp.isfinite(a).all()):
                 raise ValueError(f"{name} contains NaN or infinity (or values beyond {self.dtype.name}'s range)")
         else:
-            h = self._host_rows(X, name)
+            h = self._host_rows(X, name, allow_empty)
             a = self.backend.asarray(finite_after_cast(h, self.dtype, name), self.dtype)
-        if a.shape[0] == 0:
+        if a.shape[0] == 0 and not allow_empty:
             raise ValueError(f"{name} holds no samples")
         return a
 
@@ -786,7 +787,8 @@ class MLP:
           batch, or with `sharded=True` rows of its own (see
           `gpubp.distributed.DataParallel`).  The result equals one process training on the
           same global batches; losses and metrics are reduced over the ranks and only rank 0
-          reports progress.
+          reports progress.  Arguments refused on any rank are refused on every rank (each
+          network unchanged); after the callbacks every rank holds rank 0's network.
 
         The history holds per-epoch lists: `loss` (the mean of the epoch's step
         losses, each measured before its update, weighted by each batch's size or
@@ -814,9 +816,6 @@ class MLP:
         grad_norms, sharded = check_flag("grad_norms", grad_norms), check_flag("sharded", sharded)
         if comm is None and sharded:
             raise ValueError("sharded=True needs comm (from gpubp.distributed.init())")
-        if comm is not None:
-            device = getattr(getattr(self._params, "device", None), "id", None)   # a CUDA network's device
-            check_fit_options(comm, sharded, grad_norms, class_weight, standardize, device)
         if callbacks is not None and any(hasattr(callbacks, h) for h in ("on_train_begin", "on_epoch_end",
                                                                          "on_train_end")):
             raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")
@@ -835,12 +834,15 @@ class MLP:
         # a 1-D X of n_0 values is one sample (as everywhere)
         n_all = 1 if ndim == 1 and Xh.shape[0] == self.sizes[0] else int(Xh.shape[0]) if ndim >= 1 else 0
         Yh = Y
+        # a rank's shard of a sharded fit may hold no rows (no training or no validation rows): the
+        # ranks' rows together are checked by `DataParallel.setup`
+        empty_ok = comm is not None and sharded
         if validation_split is not None:
             fraction = real_number(validation_split)     # numpy's floats too (np.float32(0.2))
             if fraction is None or not 0 < fraction < 1:
                 raise ValueError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
             n_val = int(math.floor(n_all * fraction))
-            if n_val < 1 or n_val >= n_all:
+            if (n_val < 1 or n_val >= n_all) and not empty_ok:
                 raise ValueError(f"validation_split={validation_split} of {n_all} samples leaves no "
                                  "validation or no training samples")
             Yh = Y if _is_device_array(Y) else host_array(Y, "Y")
@@ -873,19 +875,21 @@ class MLP:
                 finite_after_cast(self._host_rows(Xh), np.float64, "X")
             self.set_standardization(*_input_statistics(Xr.astype(np.float64)))
         try:
-            Xd = self._inputs(Xh)
+            Xd = self._inputs(Xh, allow_empty=empty_ok)
             Yd = self._targets(Yh, Xd.shape[0])
             if validation is not None:
                 if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                     raise TypeError("validation must be an (X_val, Y_val) pair")
-                Xv = self._inputs(validation[0], "X_val")
+                Xv = self._inputs(validation[0], "X_val", allow_empty=empty_ok)
                 Yv = self._targets(validation[1], Xv.shape[0], "Y_val")
-            weights = self._sample_weights(sample_weight, Xd.shape[0], Yd, class_weight,
-                                           some_positive=not (comm is not None and sharded))
+            weights = self._sample_weights(sample_weight, Xd.shape[0], Yd, class_weight, some_positive=not empty_ok)
             if lr_schedule is not None:   # the first step's rate, checked before anything is bound
                 schedule_rate(lr_schedule, 1)
             if comm is None:   # the first batch's plan: a batch too large is refused (MemoryError) here
                 self._plan(min(batch_size, Xd.shape[0]))
+            else:   # the ranks' first collective, once the checks passed: a refusal on any rank is one on all
+                device = getattr(getattr(self._params, "device", None), "id", None)   # a CUDA network's device
+                check_fit_options(comm, sharded, grad_norms, class_weight, standardize, device)
         except BaseException:   # a KeyboardInterrupt during the checks too
             undo()
             raise
@@ -896,7 +900,7 @@ class MLP:
             self.stop_training = False
             dist = None
             if comm is not None:
-                dist = DataParallel(comm, self, opt, sharded)
+                dist = DataParallel(comm, self, opt, sharded, class_weight)
                 progress = progress if comm.is_root else False
             loop = FitLoop(self, opt, Xd, Yd, weights, batch_size, shuffle, lr_schedule,
                            (Xv, Yv) if validation is not None else None, callbacks, Reporter(progress, verbose),

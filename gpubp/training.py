@@ -235,9 +235,17 @@ class FitLoop:
         snap = [b.copy() for b in net._state_buffers(opt)]
         sizes = np.full(self.n_batches, self.batch_size, dtype=np.float64)
         sizes[-1] = B - (self.n_batches - 1) * self.batch_size
-        for cb in self.callbacks:
-            if hasattr(cb, "on_train_begin"):
-                cb.on_train_begin(net, hist)
+        failed = None
+        try:
+            for cb in self.callbacks:
+                if hasattr(cb, "on_train_begin"):
+                    cb.on_train_begin(net, hist)
+        except Exception as e:
+            if self.dist is None:
+                raise
+            failed = e
+        if self.dist is not None:   # a refusal on any rank is one on every rank, each network as it was
+            self.dist.start_together(failed)
         self.reporter.begin(epochs, self.n_batches)
         self.started = True
         try:
@@ -262,21 +270,24 @@ class FitLoop:
                     if classify:
                         hist["val_accuracy"].append(ev["accuracy"])
                 self.reporter.epoch(epoch, hist)
+                if self.dist is not None:
+                    self.dist.before_callbacks()
                 for cb in self.callbacks:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(net, epoch, hist)
                 if self.dist is not None:   # a rank that stops (e.g. a callback on rank 0 alone) stops every rank
-                    net.stop_training = self.dist.any_rank(net.stop_training,
-                                                           f"the decision to stop after epoch {epoch}")
+                    net.stop_training = self.dist.after_callbacks(net.stop_training, epoch)
                 if net.stop_training:
                     break
         finally:
             self.reporter.close()
+        if self.dist is not None:
+            self.dist.before_callbacks()
         for cb in self.callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(net, hist)
-        if self.dist is not None:   # no rank leaves fit before every rank is through its callbacks
-            self.dist.any_rank(False, "the end of fit")
+        if self.dist is not None:   # no rank leaves fit before every rank is through its callbacks (and
+            self.dist.after_callbacks(False)     # all hold rank 0's network)
         return hist
 
     def _shuffle(self):

@@ -8,6 +8,7 @@ absent (CI installs both through the `distributed` extra).
 import importlib.machinery
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -64,7 +65,7 @@ def sharded_reference(c, size, backend="numpy"):
     """One process training on the concatenations of the ranks' local batches, one `fit` call per
     batch (the ranks' row orders rebuilt from the shared generator)."""
     X, Y, W = dp_train.case_data(c)
-    shards = [dp_train.shard_rows(dp_train.N, size, r) for r in range(size)]
+    shards = [dp_train.shard_rows(dp_train.N, size, r, c) for r in range(size)]
     lbs = [share(c["batch_size"], size, r)[1] - share(c["batch_size"], size, r)[0] for r in range(size)]
     n_steps = max(-(-len(s) // lb) for s, lb in zip(shards, lbs))
 
@@ -343,7 +344,11 @@ def test_sharded_on_some_ranks_only_is_refused_on_every_rank():
     (2, "grad_norms", "rank 0: grad_norms=True is not supported with comm"),
     # a rank's own rows may all weigh nothing (the sharded_b6_weightless_shard case trains), not every rank's
     (2, "zero_weights", "the sample weights (in float64) are all zero on every rank"),
-], ids=["sharded-batch-below-ranks", "option-on-one-rank", "zero-weights-on-every-rank"])
+    # one rank's shard may hold no rows (the sharded_b6_empty_rank case trains), not every rank's
+    (2, "no_rows", "with sharded=True the ranks' shards hold no rows at all"),
+    (2, "no_val_rows", "with sharded=True the ranks' validation shards hold no rows at all"),
+], ids=["sharded-batch-below-ranks", "option-on-one-rank", "zero-weights-on-every-rank", "no-rows-on-any-rank",
+        "no-validation-rows-on-any-rank"])
 def test_a_refusal_is_made_on_every_rank_alike(n, mode, message):
     r = run_mpi(n, "dp_fault.py", mode, timeout=30)
     out = r.stdout + r.stderr
@@ -396,11 +401,18 @@ def test_bad_init_arguments_are_refused_naming_them():
     code = """if True:
         from gpubp import distributed
         for kw in (dict(timeout=True), dict(grace="x"), dict(grace=-1.0), dict(grace=float("nan")),
-                   dict(bucket_bytes="1M"), dict(bucket_bytes=0), dict(bucket_bytes=2.5)):
+                   dict(bucket_bytes="1M"), dict(bucket_bytes=0), dict(bucket_bytes=2.5), dict(backend="gpu"),
+                   dict(backend="CUDA"), dict(backend=None)):
+            try:
+                distributed.init(**{"backend": "numpy", **kw})
+                print("accepted", kw)
+            except ValueError as e:
+                print("refused:", e)
+        for kw in (dict(overlap="False"), dict(overlap=0), dict(abort_on_uncaught="no")):
             try:
                 distributed.init(backend="numpy", **kw)
                 print("accepted", kw)
-            except ValueError as e:
+            except TypeError as e:
                 print("refused:", e)
         print("ok:", distributed.init(backend="numpy", timeout=5, grace=0, bucket_bytes=1 << 10).grace)
     """
@@ -414,6 +426,12 @@ def test_bad_init_arguments_are_refused_naming_them():
         assert f"refused: grace must be a non-negative number of seconds (or None), got {bad}" in out, out
     for bad in ("'1M'", "0", "2.5"):
         assert f"refused: bucket_bytes must be a positive integer, got {bad}" in out, out
+    # a misspelt backend was taken for numpy: no GPU picked per rank, no NCCL, silently
+    for bad in ("'gpu'", "'CUDA'", "None"):
+        assert f"refused: unknown backend {bad}; choose one of auto, numpy, cuda" in out, out
+    # overlap="False" was read by its truth value (yes)
+    for name, bad in (("overlap", "'False'"), ("overlap", "0"), ("abort_on_uncaught", "'no'")):
+        assert f"refused: {name} must be True or False, got {bad}" in out, out
     assert "ok: 0.0" in out, out
 
 
@@ -448,3 +466,78 @@ def test_unsupported_fit_options_are_refused_before_anything_changes(kwargs, mat
         net.fit(X, Y, epochs=1, progress=False, **kwargs)
     np.testing.assert_array_equal(net._params, before)
     assert net.optimizer is None
+
+
+def test_bad_input_on_one_rank_is_refused_on_every_rank_and_the_job_goes_on():
+    # rank 1's NaN was its own ValueError inside the guard: it ended the whole job (MPI_Abort) where
+    # one process refuses such data with a ValueError and nothing changed
+    r = run_mpi(3, "dp_fault.py", "bad_input", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out         # each rank exits with 3 after the refusal
+    assert "rank 1: refused (ValueError, network unchanged): X contains NaN or infinity" in r.stdout, out
+    for k in (0, 2):
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): rank 1: ValueError: X contains NaN or "
+                "infinity") in r.stdout, out
+    for k in range(3):      # the communicator is still in step: a later collective works
+        assert f"rank {k}: then summed 3" in r.stdout, out
+    assert "ending the job" not in out and "Abort" not in out, out
+
+
+def test_bad_input_on_every_rank_raises_ones_own_error_on_every_rank():
+    # the same refusal on every rank ended the job too; now each rank raises what one process raises
+    r = run_mpi(2, "dp_fault.py", "bad_input_everywhere", timeout=30)
+    out = r.stdout + r.stderr
+    for k in range(2):
+        assert (f"rank {k}: refused (ValueError, network unchanged): class_weight keys must be class indices in "
+                "[0, 2), got 5") in r.stdout, out
+        assert f"rank {k}: then summed 2" in r.stdout, out
+    assert "ending the job" not in out and "Abort" not in out, out
+
+
+def test_a_callback_that_changes_the_network_on_one_rank_leaves_rank_0s_on_every_rank():
+    # rank 1's callback halved its parameters: the ranks then trained on from different parameters
+    # (the summed gradients applied to each), and ended with different networks, silently
+    r = run_mpi(3, "dp_fault.py", "callback_rank1", timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    found = re.findall(r"rank (\d): parameters (\w{16})", r.stdout)    # the ranks' lines may run together
+    assert sorted(k for k, _ in found) == ["0", "1", "2"] and len({d for _, d in found}) == 1, out
+    assert ("rank 1 warned: RuntimeWarning: rank 1: a callback (on_epoch_end of epoch 2) changed the network or "
+            "drew from its generator on this rank, not alike on rank 0; every rank now holds rank 0's state") \
+        in r.stdout, out
+    assert "rank 0 warned" not in r.stdout and "rank 2 warned" not in r.stdout, out
+
+
+def test_a_checkpoint_saved_by_rank_0_loads_on_every_rank_after_a_barrier(tmp_path):
+    # the communicator had no barrier (only MPI's own, blocking with no deadline): ranks that loaded the
+    # file rank 0 was still writing found none
+    ckpt = tmp_path / "net.npz"
+    r = run_mpi(3, "dp_fault.py", "checkpoint", str(ckpt), timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    found = re.findall(r"rank (\d): trained (\w{16}) loaded (\w{16})", r.stdout)   # the ranks' lines may run together
+    assert sorted(k for k, _, _ in found) == ["0", "1", "2"], out
+    assert len({d for _, a, b in found for d in (a, b)}) == 1, out    # every rank loaded what every rank trained
+
+
+def test_a_callback_refusing_the_fit_on_one_rank_is_a_refusal_on_every_rank():
+    # rank 1's EarlyStopping monitoring val_loss (not recorded) raised in on_train_begin after rank 0's
+    # state was broadcast: the job ended, where one process refuses the call and changes nothing
+    r = run_mpi(3, "dp_fault.py", "begin_refused", timeout=30)
+    out = r.stdout + r.stderr
+    said = "EarlyStopping monitors 'val_loss', which this fit does not record (it records loss; val_* needs"
+    assert f"rank 1: refused (ValueError, network unchanged): {said}" in r.stdout, out
+    for k in (0, 2):      # rank 2 holds its own parameters, optimizer state and generator again
+        assert (f"rank {k}: refused (EveryRankError, network unchanged): the callbacks' on_train_begin refused the "
+                f"call: rank 1: ValueError: {said}") in r.stdout, out
+    for k in range(3):
+        assert f"rank {k}: then summed 3" in r.stdout, out
+    assert "ending the job" not in out and "trained" not in r.stdout, out
+
+
+def test_sharded_class_weights_that_differ_between_ranks_are_refused():
+    # with sharded=True each rank weighs its own rows: class weights each rank computed from its own shard
+    # (what class_weight="balanced" is refused for) trained each rank's share with other weights, silently
+    r = refused_on_every_rank(2, "class_weight", ", so they cannot train together: rank 1 has fit.class_weight.1 = "
+                                                 "3.0 where rank 0 has 2.0")
+    assert "trained" not in r.stdout

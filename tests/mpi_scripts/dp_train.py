@@ -51,6 +51,9 @@ def cases():
         "b6_weights_split": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=False,
                                  weights=True, validation_split=0.25),
         "sharded_b6": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=3, shuffle=True, sharded=True),
+        # the last rank's shard holds no rows (on 2 and 3 ranks): it joins every step with an empty batch
+        "sharded_b6_empty_rank": dict(batch_size=6, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=True,
+                                      sharded=True, empty_rank=True),
         "sharded_b7_noshuffle": dict(batch_size=7, optimizer=("sgd", dict(lr=0.1)), epochs=2, shuffle=False,
                                      sharded=True),
         "sharded_b6_weights": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.5)), epochs=2,
@@ -75,7 +78,13 @@ def cases():
                                    shuffle=True, diverge="update", schedule="overflow"),
         "b4_schedule_early_stop": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
                                        validation=True, schedule="decay", early_stop="every rank"),
-        # a stopping rule on rank 0 alone stops every rank (restore_best=False: it changes nothing else)
+        # the other losses: multi-label binary cross-entropy, half the summed squares (with sample weights)
+        "b5_bce": dict(batch_size=5, optimizer=("adam", dict(lr=0.02)), epochs=2, shuffle=True,
+                       loss="binary_cross_entropy"),
+        "b4_half_sse_weights": dict(batch_size=4, optimizer=("sgd", dict(lr=0.05, momentum=0.5)), epochs=2,
+                                    shuffle=True, loss="half_sse", weights=True),
+        # a stopping rule on rank 0 alone stops every rank, and its restore_best puts the best epoch's
+        # parameters back on every rank (rank 0 alone had them, the others kept the last epoch's)
         "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
                                     validation=True, early_stop="rank 0"),
     }
@@ -86,6 +95,8 @@ def make_net(backend="numpy", c=None):
 
     if c is not None and c.get("diverge"):
         return MLP(SIZES, activation="relu", loss="mse", dtype="float64", seed=1, backend=backend)
+    if c is not None and c.get("loss"):
+        return MLP(SIZES, activation="tanh", loss=c["loss"], dtype="float64", seed=1, backend=backend)
     return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend=backend)
 
 
@@ -101,6 +112,10 @@ def case_data(c):
     X, Y, _, _, W = data()
     if c.get("diverge"):
         Y = np.eye(SIZES[-1])[Y] * (1e10 if c["diverge"] == "loss" else 100.0)
+    if c.get("loss") == "binary_cross_entropy":     # several labels per row
+        Y = (np.random.default_rng(7).random((N, SIZES[-1])) < 0.4).astype(np.float64)
+    if c.get("loss") == "half_sse":
+        Y = np.random.default_rng(7).standard_normal((N, SIZES[-1]))
     if c.get("weights") == "weightless_batch":
         W = W.copy()
         W[6:12] = 0.0
@@ -125,7 +140,7 @@ def fit_kwargs(c, rank=0):
     elif c.get("schedule") == "decay":
         kw["lr_schedule"] = lambda step: 0.3 / (1.0 + 0.2 * step)
     if c.get("early_stop") == "every rank" or (c.get("early_stop") == "rank 0" and rank == 0):
-        kw["callbacks"] = [EarlyStopping(patience=0, restore_best=c["early_stop"] == "every rank")]
+        kw["callbacks"] = [EarlyStopping(patience=0)]
     if c.get("validation"):
         kw["validation"] = (Xv, Yv)
     if c.get("validation_split"):
@@ -133,10 +148,15 @@ def fit_kwargs(c, rank=0):
     return kw
 
 
-def shard_rows(n, size, rank):
-    """The rows of an `n`-row set that rank `rank` of `size` holds in the sharded cases (uneven shards)."""
+def shard_rows(n, size, rank, c=None):
+    """The rows of an `n`-row set that rank `rank` of `size` holds in the sharded case `c` (uneven shards;
+    with `empty_rank`, on several ranks, the last holds none)."""
     from gpubp.distributed import share
 
+    if c is not None and c.get("empty_rank") and size > 1:
+        if rank == size - 1:
+            return np.arange(0)
+        size -= 1
     a, b = share(n, size, rank)
     return np.arange(a, b)
 
@@ -153,7 +173,7 @@ def main(out, backend="numpy"):
         comm.bucket_bytes = c.get("bucket_bytes", distributed.DEFAULT_BUCKET_BYTES)
         X, Y, W = case_data(c)
         if c.get("sharded"):
-            rows = shard_rows(N, comm.size, comm.rank)
+            rows = shard_rows(N, comm.size, comm.rank, c)
             X, Y, W = X[rows], Y[rows], (None if W is None else W[rows])
         try:
             hist = net.fit(X, Y, optimizer=opt, sample_weight=W, comm=comm, sharded=c.get("sharded", False),
