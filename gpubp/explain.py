@@ -90,7 +90,7 @@ def seeded_params(layer_sizes, activations, loss, seed):
 
 
 def _as_2d(x, n, what):
-    a = np.asarray(x, dtype=np.float64)
+    a = _real_array(x, what)
     if a.ndim == 1:
         a = a.reshape(1, -1)
     if a.ndim != 2 or a.shape[1] != n:
@@ -110,7 +110,7 @@ def _targets(Y, loss, B, n_out):
         losses.check_outputs(loss, n_out)
     except ValueError as e:
         raise ValueError(f"loss {e}") from None
-    Y = np.asarray(Y)
+    Y = _real_array(Y, "the target")
     if loss == "cross_entropy" and n_out > 1 and Y.size == B and (Y.ndim <= 1 or Y.shape == (B, 1)):
         if not np.all(Y == np.round(Y)):
             raise ValueError(f"a cross_entropy target is a class index (a whole number from 0 to {n_out - 1}) "
@@ -128,7 +128,20 @@ def _targets(Y, loss, B, n_out):
         if samples != B:
             raise ValueError(f"the target gives {samples} sample{'s' if samples != 1 else ''}; the input {B} "
                              "(';' separates samples)")
+        Y = Y.reshape(B, n_out)     # a lone number (one sample, one output) included, as counted above
     return losses.prepare_targets(Y, loss, B, n_out, np.float64, name="the target")
+
+
+def _real_array(value, what):
+    """`value` as a float64 array; text, rows of different lengths or complex numbers (whose imaginary
+    part a cast would drop) are refused naming `what`."""
+    try:
+        a = np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            raise TypeError
+        return np.array(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must hold real numbers (rows of equal length), got {value!r}"[:300]) from None
 
 
 def check_params(params, layer_sizes=None):
@@ -137,8 +150,7 @@ def check_params(params, layer_sizes=None):
     for l, pair in enumerate(params, start=1):
         if len(pair) != 2:
             raise ValueError(f"layer {l}: expected a (W, b) pair")
-        W = np.array(pair[0], dtype=np.float64)
-        b = np.array(pair[1], dtype=np.float64).reshape(-1)
+        W, b = _real_array(pair[0], f"layer {l}: W"), _real_array(pair[1], f"layer {l}: b").reshape(-1)
         if W.ndim != 2 or b.shape != (W.shape[0],):
             raise ValueError(f"layer {l}: W must be (n_out, n_in) and b (n_out,); got W {W.shape}, b {b.shape}")
         if out and W.shape[1] != out[-1][0].shape[0]:
@@ -424,6 +436,9 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     L = len(sizes) - 1
 
     loss_name = losses.check_loss(pick("loss", loss) or "mse")
+    if activation is not None and L == 1:     # nothing it could set: refused, never dropped unseen
+        raise ValueError(f"the network {sizes} has no hidden layer to give an activation (--activation sets the "
+                         "hidden layers; --output-activation the output)")
     act = pick("activation", activation) or "sigmoid"
     hidden = list(act) if isinstance(act, (list, tuple)) else [act] * (L - 1)
     if len(hidden) == 1 and L - 1 != 1:

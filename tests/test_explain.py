@@ -701,3 +701,41 @@ def test_the_comparison_with_published_numbers_lines_up_and_counts_them(capsys, 
     rc, text, _ = run(capsys, "explain", "--weights", str(wf))
     assert "output: published 2 numbers, the trace has 1" in text and "loss: published 0.5956659297922058; " \
         "largest difference 0.0e+00" in text
+
+
+# ---------------------------------------------------------------- trace_step's inputs, the plot of a wide layer
+@pytest.mark.parametrize("loss, y", [("mse", 1.0), ("half_sse", np.float64(-0.5)), ("binary_cross_entropy", 0.25)])
+def test_trace_step_takes_a_lone_number_as_the_target_of_one_sample_and_one_output(loss, y):
+    # Y=1.0 for one sample of a one-output network was refused with "the target has shape (); expected
+    # (1, 1) for X with 1 samples", although the check before it had counted it as 1 sample of 1 value
+    params = [(np.array([[0.3, -0.2]]), np.array([0.1]))]
+    t = explain.trace_step(params, [0.5, 0.8], y, ["identity"], loss, 0.1)
+    assert t == explain.trace_step(params, [0.5, 0.8], [y], ["identity"], loss, 0.1)
+    assert t["target"] == [float(y)]
+
+
+@pytest.mark.parametrize("activation", ["relu", ["relu"], ["relu", "tanh"]])
+def test_an_activation_for_a_network_without_hidden_layers_is_refused(capsys, activation):
+    # `--layers 2,1 --activation relu` (or ["relu"]) traced an identity network, the activation dropped unseen
+    with pytest.raises(ValueError, match=r"the network \[2, 1\] has no hidden layer to give an activation"):
+        explain.make_problem(layer_sizes=[2, 1], input=[0.5, 0.8], target=[1], activation=activation)
+    names = activation if isinstance(activation, str) else ",".join(activation)
+    err = usage_error(capsys, "explain", "--layers", "2,1", "--activation", names)
+    assert "has no hidden layer to give an activation" in err and "--output-activation" in err
+    # the output's activation is still set by --output-activation, and the example's hidden one is not "given"
+    assert explain.make_problem(layer_sizes=[2, 1], output_activation="relu").activations == ["relu"]
+    assert explain.make_problem(layer_sizes=[2, 1]).activations == ["identity"]
+
+
+@pytest.mark.parametrize("where, bad", [("W", np.array([[0.3 + 1j, -0.2]])), ("W", [[0.3, -0.2], [0.1]]),
+                                        ("b", ["x"]), ("input", [0.5 + 0.5j, 0.8]), ("input", ["a", "b"]),
+                                        ("target", ["one"])])
+def test_values_that_are_not_real_numbers_are_refused_by_name(where, bad):
+    # a complex W lost its imaginary part with a ComplexWarning and was traced; text or ragged rows gave
+    # numpy's "could not convert string to float" / "inhomogeneous shape" / "float() argument" messages
+    W, b, x, y = np.array([[0.3, -0.2]]), np.array([0.1]), [0.5, 0.8], [1.0]
+    args = {"W": (bad, b, x, y), "b": (W, bad, x, y), "input": (W, b, bad, y), "target": (W, b, x, bad)}[where]
+    name = {"W": "layer 1: W", "b": "layer 1: b", "input": "the input", "target": "the target"}[where]
+    with pytest.raises(ValueError, match=f"^{name} must hold real numbers"):
+        explain.trace_step([args[:2]], args[2], args[3], ["identity"], "mse", 0.1)
+
