@@ -739,3 +739,25 @@ def test_values_that_are_not_real_numbers_are_refused_by_name(where, bad):
     with pytest.raises(ValueError, match=f"^{name} must hold real numbers"):
         explain.trace_step([args[:2]], args[2], args[3], ["identity"], "mse", 0.1)
 
+
+def test_shown_units_keep_the_first_and_last_of_a_wide_layer():
+    from gpubp.plotting import shown_units
+    assert shown_units(5, 12) == [0, 1, 2, 3, 4] and shown_units(12, 12) == list(range(12))
+    assert shown_units(784, 12) == [0, 1, 2, 3, 4, 5, None, 779, 780, 781, 782, 783]
+    assert shown_units(4, 3) == [0, None, 3]
+
+
+def test_the_plot_of_a_wide_layer_is_of_ordinary_size(tmp_path):
+    # a 300-input network was drawn 300 nodes tall: a 1060 x 47000 pixel PNG of 2400 edges that took
+    # seconds per hundred inputs (784 inputs: 122000 pixels); now its first and last units and a marker
+    pytest.importorskip("matplotlib")
+    from gpubp.plotting import plot_trace
+    rng = np.random.default_rng(0)
+    params = explain.seeded_params([300, 4, 1], ["tanh", "identity"], "mse", 0)
+    t = explain.trace_step(params, rng.normal(size=300), [0.5], ["tanh", "identity"], "mse", 0.1)
+    png = plot_trace(t, tmp_path / "wide.png").read_bytes()
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")   # the IHDR chunk
+    assert png[12:16] == b"IHDR" and height < 2500 and width < 2000, (width, height)
+    with pytest.raises(ValueError, match="max_nodes"):
+        plot_trace(t, tmp_path / "x.png", max_nodes=2)
+    assert not (tmp_path / "x.png").exists()
