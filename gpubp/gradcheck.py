@@ -1,5 +1,7 @@
 """Gradient checks: a network's analytic gradients against central finite differences.
 
+    from gpubp.gradcheck import finite_difference_grads, relative_errors
+
     fd = finite_difference_grads(net, X, Y)          # [(dW, db)] by (L(p+e) - L(p-e)) / 2e
     loss, an = net.loss_and_grads(X, Y)
     errs = relative_errors(an, fd)                   # [(W error, b error)] per layer
