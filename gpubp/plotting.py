@@ -9,9 +9,15 @@ matplotlib backend.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 from .optional import require
+
+
+def _check_dict(value, what: str, source: str) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict (what {source} returns), got {type(value).__name__}")
 
 
 def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) -> Path:
@@ -24,6 +30,7 @@ def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) 
     FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plot", "plotting").FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    _check_dict(history, "history", "MLP.fit")
     if not history.get("loss"):
         raise ValueError("the history holds no epochs to plot")
     has_acc = bool(history.get("accuracy") or history.get("val_accuracy"))
@@ -94,9 +101,16 @@ def plot_grad_norms(history: dict, path, title: str | None = None, dpi: int = 12
     `grad_norms`, `delta_norms`, `update_ratios` (see `gpubp.gradflow`); one
     panel per key present, one line per layer.  Returns the path written.
     """
+    _check_dict(history, "history", "MLP.fit(..., grad_norms=True)")
     keys = [(k, label) for k, label in GRAD_NORM_KEYS if history.get(k)]
     if not keys:
         raise ValueError("the history holds no gradient norms to plot (grad_norms, delta_norms or update_ratios)")
+    for key, _ in keys:
+        for e, row in enumerate(history[key], start=1):
+            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+                raise TypeError(f"history[{key!r}] must hold one list per epoch, of one value per layer (the "
+                                f"history fit returns, not one epoch's entry); epoch {e} has "
+                                f"{type(row).__name__} {row!r}")
     fig = _new_figure((4.8 * len(keys), 4))
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, (key, label) in zip(axes, keys):
@@ -144,6 +158,7 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12, 
     """
     if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 3:
         raise ValueError(f"max_nodes must be an integer of at least 3, got {max_nodes!r}")
+    _check_dict(trace, "trace", "gpubp.explain.trace_step")
     Circle = require("matplotlib.patches", "plot", "plotting").Circle   # the extra named, if missing
 
     sizes = trace["layer_sizes"]
