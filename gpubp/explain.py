@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import activations as acts
+from .checks import real_number
 from . import losses
 
 #: the named examples `gpubp explain --example NAME` knows, and their files in gpubp/examples
@@ -212,6 +213,14 @@ def output_loss_gradient(loss, a, y, delta_out):
     return np.array(delta_out, copy=True)
 
 
+def _check_lr(lr) -> float:
+    """`lr` as a float: a real number (not a bool or text), positive and finite."""
+    v = real_number(lr)
+    if v is None or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"the learning rate must be a positive number, got {lr!r}")
+    return v
+
+
 def trace_step(params, X, Y, activations, loss, lr):
     """One forward pass, backward pass and plain SGD update of an `MLP`, in float64, with every intermediate.
 
@@ -233,10 +242,7 @@ def trace_step(params, X, Y, activations, loss, lr):
     if loss in losses.LOGIT_LOSSES and activations[-1] != "identity":
         raise ValueError(f"loss {loss!r} works on logits: output_activation must be 'identity', "
                          f"got {activations[-1]!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)) or \
-            not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"the learning rate must be a positive number, got {lr!r}")
-    lr = float(lr)
+    lr = _check_lr(lr)
     single = np.asarray(X).ndim == 1
     A0 = _as_2d(X, sizes[0], "the input")
     B = A0.shape[0]
@@ -468,7 +474,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     if x.shape[-1] != sizes[0]:
         raise ValueError(f"the input has {x.shape[-1]} values per sample; the network takes {sizes[0]}")
     lr_v = pick("lr", lr)
-    lr_v = 0.1 if lr_v is None else float(lr_v)
+    lr_v = 0.1 if lr_v is None else _check_lr(lr_v)    # True or "0.1" is no rate (float() read them as 1, 0.1)
 
     if weights is not None and seed is None:
         params, weights_from = wf["params"], weights_name or f"file {weights}"

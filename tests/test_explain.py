@@ -761,3 +761,15 @@ def test_the_plot_of_a_wide_layer_is_of_ordinary_size(tmp_path):
     with pytest.raises(ValueError, match="max_nodes"):
         plot_trace(t, tmp_path / "x.png", max_nodes=2)
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("lr", [True, "0.1", None, -0.1, math.inf])
+def test_make_problem_refuses_a_learning_rate_that_is_not_a_positive_number(lr):
+    # make_problem read lr=True as 1.0 and lr="0.1" as 0.1 with float() (trace_step refused both)
+    if lr is None:
+        assert explain.make_problem(lr=lr).lr == 0.1          # None: the example's rate
+        return
+    with pytest.raises(ValueError, match="the learning rate must be a positive number"):
+        explain.make_problem(lr=lr)
+    with pytest.raises(ValueError, match="the learning rate must be a positive number"):
+        explain.trace_step(**{**explain.load_example("classic").trace_args(), "lr": lr})
