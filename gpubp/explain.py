@@ -535,6 +535,9 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
     layer by layer (output first), the update, and (when the trace holds an example's published
     numbers) the comparison with them.  `digits` None prints every number in full (shortest
     round-trip form); an integer rounds to that many significant digits."""
+    if digits is not None and (isinstance(digits, (bool, np.bool_)) or not isinstance(digits, (int, np.integer))
+                               or digits < 1):
+        raise ValueError(f"digits must be None (every digit) or a positive integer, got {digits!r}")
     stages = []
     L = len(t["forward"])
 

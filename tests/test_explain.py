@@ -773,3 +773,12 @@ def test_make_problem_refuses_a_learning_rate_that_is_not_a_positive_number(lr):
         explain.make_problem(lr=lr)
     with pytest.raises(ValueError, match="the learning rate must be a positive number"):
         explain.trace_step(**{**explain.load_example("classic").trace_args(), "lr": lr})
+
+
+@pytest.mark.parametrize("digits", [0, -1, 2.5, True, "3"])
+def test_the_text_refuses_digits_that_are_not_a_positive_integer(digits):
+    # digits=0 printed one digit, "3" three, and -1, 2.5 or True failed in a format specifier
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    for f in (explain.format_trace, explain.trace_stages, explain.print_stages):
+        with pytest.raises(ValueError, match="digits must be None .every digit. or a positive integer"):
+            f(t, digits)
