@@ -59,6 +59,9 @@ class FlowWarning(str):
         self.layer, self.kind, self.ratio = layer, kind, ratio
         return self
 
+    def __getnewargs__(self):      # pickle and copy rebuild it with its attributes (str's would pass one)
+        return self.layer, self.kind, self.ratio, str(self)
+
     @property
     def message(self) -> str:
         return str(self)

@@ -202,3 +202,14 @@ def test_the_plots_leave_no_figure_behind_and_the_users_backend_alone(tmp_path):
     assert matplotlib.get_backend() == backend
     if "matplotlib.pyplot" in __import__("sys").modules:
         assert __import__("matplotlib.pyplot").pyplot.get_fignums() == []
+
+
+def test_a_flow_warning_survives_pickle_and_copy():
+    # FlowWarning.__new__ takes four arguments and str's pickling passed one: pickle.loads and
+    # copy.deepcopy of a finding raised "missing 3 required positional arguments"
+    import copy
+    import pickle
+    w = gradflow.flow_warnings([1e-9, 1.0])[0]
+    for back in (pickle.loads(pickle.dumps(w)), copy.deepcopy(w), copy.copy(w)):
+        assert isinstance(back, gradflow.FlowWarning) and back == w
+        assert (back.layer, back.kind, back.ratio) == (w.layer, w.kind, w.ratio)
