@@ -359,6 +359,12 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     d["layer_sizes"] = sizes
+    # the text prints these as they are: a wrong type was a traceback after the whole trace
+    if "expected" in d and not isinstance(d["expected"], dict):
+        raise ValueError(f'{where}: "expected" must be an object of published numbers, e.g. '
+                         f'{{"loss": 0.5, "output": [0.2]}}, got {type(d["expected"]).__name__}')
+    if "description" in d and not isinstance(d["description"], str):
+        raise ValueError(f'{where}: "description" must be a string, got {type(d["description"]).__name__}')
     if "lr" in d:                      # a rate the file gives is used as it is, never replaced
         lr = d["lr"]
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):

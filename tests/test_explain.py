@@ -782,3 +782,20 @@ def test_the_text_refuses_digits_that_are_not_a_positive_integer(digits):
     for f in (explain.format_trace, explain.trace_stages, explain.print_stages):
         with pytest.raises(ValueError, match="digits must be None .every digit. or a positive integer"):
             f(t, digits)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("expected", [0.2, 0.5], '"expected" must be an object of published numbers'),
+    ("expected", "0.5", '"expected" must be an object of published numbers'),
+    ("description", ["a", "list"], '"description" must be a string, got list'),
+])
+def test_a_weights_file_with_an_expected_or_description_of_the_wrong_type_is_a_usage_error(
+        capsys, tmp_path, key, value, message):
+    # the whole trace was printed and then a traceback: AttributeError 'list' object has no attribute
+    # 'items' (expected) or TypeError 'sequence item 0: expected str instance' (description)
+    d = json.loads(explain._example_text("sigmoid-2-2-1"))
+    d[key] = value
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps(d))
+    out, err = usage_error(capsys, "explain", "--weights", str(wf), with_stdout=True)
+    assert message in err and out == "", err
