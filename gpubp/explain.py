@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from . import activations as acts
-from .checks import real_number
 from . import losses
+from .checks import real_number
 
 #: the named examples `gpubp explain --example NAME` knows, and their files in gpubp/examples
 EXAMPLES = {

@@ -165,7 +165,8 @@ def test_the_plots_refuse_what_is_not_a_history_or_a_trace(tmp_path):
         for bad in (None, [1.0, 0.5], "loss"):
             with pytest.raises(TypeError, match=f"^{what} must be a dict .* got {type(bad).__name__}$"):
                 f(bad, out)
-    with pytest.raises(TypeError, match=r"history\['grad_norms'\] must hold one list per epoch.*epoch 1 has float 0.001"):
+    with pytest.raises(TypeError,
+                       match=r"history\['grad_norms'\] must hold one list per epoch.*epoch 1 has float 0.001"):
         plot_grad_norms({"grad_norms": [1e-3, 2e-3]}, out)
     assert not out.exists()
 
