@@ -233,6 +233,9 @@ def trace_step(params, X, Y, activations, loss, lr):
     """
     params, sizes = check_params(params)
     L = len(params)
+    if isinstance(activations, str):      # list("sigmoid") would be 7 names of one letter
+        raise ValueError(f"activations must be a list of {L} names, one per layer (the last is the output's), "
+                         f"got the string {activations!r}")
     activations = list(activations)
     if len(activations) != L:
         raise ValueError(f"{L} layers need {L} activations, got {len(activations)}")

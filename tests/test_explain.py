@@ -799,3 +799,9 @@ def test_a_weights_file_with_an_expected_or_description_of_the_wrong_type_is_a_u
     wf.write_text(json.dumps(d))
     out, err = usage_error(capsys, "explain", "--weights", str(wf), with_stdout=True)
     assert message in err and out == "", err
+
+
+def test_trace_step_refuses_one_string_as_the_activations():
+    # "identity" for a one-layer network was read as 8 names of one letter: "1 layers need 1 activations, got 8"
+    with pytest.raises(ValueError, match="activations must be a list of 1 names, one per layer .* got the string"):
+        explain.trace_step([([[0.3, -0.2]], [0.1])], [0.5, 0.8], [1.0], "identity", "mse", 0.1)
