@@ -234,7 +234,7 @@ def trace_step(params, X, Y, activations, loss, lr):
     params, sizes = check_params(params)
     L = len(params)
     if isinstance(activations, str):      # list("sigmoid") would be 7 names of one letter
-        raise ValueError(f"activations must be a list of {L} names, one per layer (the last is the output's), "
+        raise ValueError(f"activations must be a list with one name per layer ({L}; the last is the output's), "
                          f"got the string {activations!r}")
     activations = list(activations)
     if len(activations) != L:

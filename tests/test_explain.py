@@ -803,5 +803,5 @@ def test_a_weights_file_with_an_expected_or_description_of_the_wrong_type_is_a_u
 
 def test_trace_step_refuses_one_string_as_the_activations():
     # "identity" for a one-layer network was read as 8 names of one letter: "1 layers need 1 activations, got 8"
-    with pytest.raises(ValueError, match="activations must be a list of 1 names, one per layer .* got the string"):
+    with pytest.raises(ValueError, match=r"activations must be a list with one name per layer \(1; .* got the string"):
         explain.trace_step([([[0.3, -0.2]], [0.1])], [0.5, 0.8], [1.0], "identity", "mse", 0.1)
