@@ -35,6 +35,7 @@ import numpy as np
 
 from . import activations as acts
 from . import losses
+from .checks import real_number
 
 #: the named examples `gpubp explain --example NAME` knows, and their files in gpubp/examples
 EXAMPLES = {
@@ -90,7 +91,7 @@ def seeded_params(layer_sizes, activations, loss, seed):
 
 
 def _as_2d(x, n, what):
-    a = np.asarray(x, dtype=np.float64)
+    a = _real_array(x, what)
     if a.ndim == 1:
         a = a.reshape(1, -1)
     if a.ndim != 2 or a.shape[1] != n:
@@ -110,7 +111,7 @@ def _targets(Y, loss, B, n_out):
         losses.check_outputs(loss, n_out)
     except ValueError as e:
         raise ValueError(f"loss {e}") from None
-    Y = np.asarray(Y)
+    Y = _real_array(Y, "the target")
     if loss == "cross_entropy" and n_out > 1 and Y.size == B and (Y.ndim <= 1 or Y.shape == (B, 1)):
         if not np.all(Y == np.round(Y)):
             raise ValueError(f"a cross_entropy target is a class index (a whole number from 0 to {n_out - 1}) "
@@ -128,7 +129,20 @@ def _targets(Y, loss, B, n_out):
         if samples != B:
             raise ValueError(f"the target gives {samples} sample{'s' if samples != 1 else ''}; the input {B} "
                              "(';' separates samples)")
+        Y = Y.reshape(B, n_out)     # a lone number (one sample, one output) included, as counted above
     return losses.prepare_targets(Y, loss, B, n_out, np.float64, name="the target")
+
+
+def _real_array(value, what):
+    """`value` as a float64 array; text, rows of different lengths or complex numbers (whose imaginary
+    part a cast would drop) are refused naming `what`."""
+    try:
+        a = np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            raise TypeError
+        return np.array(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must hold real numbers (rows of equal length), got {value!r}"[:300]) from None
 
 
 def check_params(params, layer_sizes=None):
@@ -137,8 +151,7 @@ def check_params(params, layer_sizes=None):
     for l, pair in enumerate(params, start=1):
         if len(pair) != 2:
             raise ValueError(f"layer {l}: expected a (W, b) pair")
-        W = np.array(pair[0], dtype=np.float64)
-        b = np.array(pair[1], dtype=np.float64).reshape(-1)
+        W, b = _real_array(pair[0], f"layer {l}: W"), _real_array(pair[1], f"layer {l}: b").reshape(-1)
         if W.ndim != 2 or b.shape != (W.shape[0],):
             raise ValueError(f"layer {l}: W must be (n_out, n_in) and b (n_out,); got W {W.shape}, b {b.shape}")
         if out and W.shape[1] != out[-1][0].shape[0]:
@@ -200,6 +213,14 @@ def output_loss_gradient(loss, a, y, delta_out):
     return np.array(delta_out, copy=True)
 
 
+def _check_lr(lr) -> float:
+    """`lr` as a float: a real number (not a bool or text), positive and finite."""
+    v = real_number(lr)
+    if v is None or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"the learning rate must be a positive number, got {lr!r}")
+    return v
+
+
 def trace_step(params, X, Y, activations, loss, lr):
     """One forward pass, backward pass and plain SGD update of an `MLP`, in float64, with every intermediate.
 
@@ -212,6 +233,9 @@ def trace_step(params, X, Y, activations, loss, lr):
     """
     params, sizes = check_params(params)
     L = len(params)
+    if isinstance(activations, str):      # list("sigmoid") would be 7 names of one letter
+        raise ValueError(f"activations must be a list with one name per layer ({L}; the last is the output's), "
+                         f"got the string {activations!r}")
     activations = list(activations)
     if len(activations) != L:
         raise ValueError(f"{L} layers need {L} activations, got {len(activations)}")
@@ -221,10 +245,7 @@ def trace_step(params, X, Y, activations, loss, lr):
     if loss in losses.LOGIT_LOSSES and activations[-1] != "identity":
         raise ValueError(f"loss {loss!r} works on logits: output_activation must be 'identity', "
                          f"got {activations[-1]!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)) or \
-            not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"the learning rate must be a positive number, got {lr!r}")
-    lr = float(lr)
+    lr = _check_lr(lr)
     single = np.asarray(X).ndim == 1
     A0 = _as_2d(X, sizes[0], "the input")
     B = A0.shape[0]
@@ -341,6 +362,12 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     d["layer_sizes"] = sizes
+    # the text prints these as they are: a wrong type was a traceback after the whole trace
+    if "expected" in d and not isinstance(d["expected"], dict):
+        raise ValueError(f'{where}: "expected" must be an object of published numbers, e.g. '
+                         f'{{"loss": 0.5, "output": [0.2]}}, got {type(d["expected"]).__name__}')
+    if "description" in d and not isinstance(d["description"], str):
+        raise ValueError(f'{where}: "description" must be a string, got {type(d["description"]).__name__}')
     if "lr" in d:                      # a rate the file gives is used as it is, never replaced
         lr = d["lr"]
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
@@ -424,6 +451,9 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     L = len(sizes) - 1
 
     loss_name = losses.check_loss(pick("loss", loss) or "mse")
+    if activation is not None and L == 1:     # nothing it could set: refused, never dropped unseen
+        raise ValueError(f"the network {sizes} has no hidden layer to give an activation (--activation sets the "
+                         "hidden layers; --output-activation the output)")
     act = pick("activation", activation) or "sigmoid"
     hidden = list(act) if isinstance(act, (list, tuple)) else [act] * (L - 1)
     if len(hidden) == 1 and L - 1 != 1:
@@ -453,7 +483,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     if x.shape[-1] != sizes[0]:
         raise ValueError(f"the input has {x.shape[-1]} values per sample; the network takes {sizes[0]}")
     lr_v = pick("lr", lr)
-    lr_v = 0.1 if lr_v is None else float(lr_v)
+    lr_v = 0.1 if lr_v is None else _check_lr(lr_v)    # True or "0.1" is no rate (float() read them as 1, 0.1)
 
     if weights is not None and seed is None:
         params, weights_from = wf["params"], weights_name or f"file {weights}"
@@ -514,6 +544,9 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
     layer by layer (output first), the update, and (when the trace holds an example's published
     numbers) the comparison with them.  `digits` None prints every number in full (shortest
     round-trip form); an integer rounds to that many significant digits."""
+    if digits is not None and (isinstance(digits, (bool, np.bool_)) or not isinstance(digits, (int, np.integer))
+                               or digits < 1):
+        raise ValueError(f"digits must be None (every digit) or a positive integer, got {digits!r}")
     stages = []
     L = len(t["forward"])
 

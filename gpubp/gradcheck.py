@@ -1,5 +1,7 @@
 """Gradient checks: a network's analytic gradients against central finite differences.
 
+    from gpubp.gradcheck import finite_difference_grads, relative_errors
+
     fd = finite_difference_grads(net, X, Y)          # [(dW, db)] by (L(p+e) - L(p-e)) / 2e
     loss, an = net.loss_and_grads(X, Y)
     errs = relative_errors(an, fd)                   # [(W error, b error)] per layer
@@ -18,11 +20,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import real_number
+from .checks import check_positive_int, real_number
 
 
 def _loss(net, X, Y) -> float:
     return float(net.loss_and_grads(X, Y)[0])
+
+
+def _check_eps(eps) -> float:
+    """`eps` as a float: a real number (not a bool, text or None), positive and finite."""
+    e = real_number(eps)
+    if e is None or not (e > 0 and np.isfinite(e)):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    return e
 
 
 def finite_difference_grads(net, X, Y, eps: float = 1e-6):
@@ -31,8 +41,7 @@ def finite_difference_grads(net, X, Y, eps: float = 1e-6):
     Returns `[(dW, db), ...]` like `net.loss_and_grads`, as float64 numpy
     arrays.  The network's parameters are restored afterwards.
     """
-    if not (eps > 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    eps = _check_eps(eps)
     original = net.get_params()
     work = [(np.array(W, np.float64), np.array(b, np.float64)) for W, b in original]
     grads = [(np.zeros_like(W), np.zeros_like(b)) for W, b in work]
@@ -144,6 +153,7 @@ def _layer_pairs(analytic, numeric):
 
 def random_problem(net, batch: int = 5, seed=0):
     """A random input batch and fitting targets for `net`'s loss (for checks and demos)."""
+    batch = check_positive_int("batch", batch)
     rng = np.random.default_rng(seed)
     n_in, n_out = net.sizes[0], net.sizes[-1]
     X = rng.normal(size=(batch, n_in))
@@ -158,6 +168,9 @@ def random_problem(net, batch: int = 5, seed=0):
 
 def check(net, X, Y, eps: float = 1e-6, kind: str = "norm"):
     """`(loss, relative_errors(analytic, numeric, kind), analytic, numeric)` for `net` on `X`, `Y`."""
+    if kind not in ("norm", "max"):      # before the finite differences' two passes per parameter
+        raise ValueError(f"kind must be 'norm' or 'max', got {kind!r}")
+    _check_eps(eps)
     loss, analytic = net.loss_and_grads(X, Y)
     numeric = finite_difference_grads(net, X, Y, eps)
     return loss, relative_errors(analytic, numeric, kind), analytic, numeric

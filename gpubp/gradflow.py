@@ -6,7 +6,12 @@ anyone else can call it.  Arrays are numpy arrays or any array type with
 numpy's elementwise methods (CuPy's included: the norms are reduced on the
 array's own device and only the scalar comes back).
 
-At the last step of each epoch `fit(..., grad_norms=True)` is meant to call
+At the last step of each epoch `fit(..., grad_norms=True)` does what this does
+(with the step's weights before and after it, its weight gradients and its deltas,
+one array per layer; fit warns of each finding once per call)
+
+    import warnings
+    from gpubp.gradflow import GradientFlowWarning, flow_warnings, layer_stats, record
 
     stats = layer_stats(W_before, W_after, dW, delta)   # one dict per layer
     record(history, stats)                              # append to history[key] for each key
@@ -53,6 +58,9 @@ class FlowWarning(str):
         self = super().__new__(cls, message)
         self.layer, self.kind, self.ratio = layer, kind, ratio
         return self
+
+    def __getnewargs__(self):      # pickle and copy rebuild it with its attributes (str's would pass one)
+        return self.layer, self.kind, self.ratio, str(self)
 
     @property
     def message(self) -> str:

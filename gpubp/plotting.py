@@ -8,9 +8,16 @@ matplotlib backend.
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 from .optional import require
+
+
+def _check_dict(value, what: str, source: str) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict (what {source} returns), got {type(value).__name__}")
 
 
 def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) -> Path:
@@ -23,6 +30,7 @@ def plot_history(history: dict, path, title: str | None = None, dpi: int = 120) 
     FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plot", "plotting").FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    _check_dict(history, "history", "MLP.fit")
     if not history.get("loss"):
         raise ValueError("the history holds no epochs to plot")
     has_acc = bool(history.get("accuracy") or history.get("val_accuracy"))
@@ -93,9 +101,16 @@ def plot_grad_norms(history: dict, path, title: str | None = None, dpi: int = 12
     `grad_norms`, `delta_norms`, `update_ratios` (see `gpubp.gradflow`); one
     panel per key present, one line per layer.  Returns the path written.
     """
+    _check_dict(history, "history", "MLP.fit(..., grad_norms=True)")
     keys = [(k, label) for k, label in GRAD_NORM_KEYS if history.get(k)]
     if not keys:
         raise ValueError("the history holds no gradient norms to plot (grad_norms, delta_norms or update_ratios)")
+    for key, _ in keys:
+        for e, row in enumerate(history[key], start=1):
+            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+                raise TypeError(f"history[{key!r}] must hold one list per epoch, of one value per layer (the "
+                                f"history fit returns, not one epoch's entry); epoch {e} has "
+                                f"{type(row).__name__} {row!r}")
     fig = _new_figure((4.8 * len(keys), 4))
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, (key, label) in zip(axes, keys):
@@ -118,25 +133,45 @@ def _short(v) -> str:
     return "nan" if v is None else f"{float(v):.4g}"
 
 
-def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) -> Path:
+def shown_units(n: int, max_nodes: int) -> list:
+    """The units (0-based) `plot_trace` draws of a layer of `n`: all of them when `n <= max_nodes`,
+    else the first and the last ones, `max_nodes - 1` in all, with `None` for the slot of the
+    elided ones between them."""
+    if n <= max_nodes:
+        return list(range(n))
+    head = max_nodes // 2
+    tail = max_nodes - 1 - head
+    return list(range(head)) + [None] + list(range(n - tail, n))
+
+
+def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12, max_nodes: int = 12) -> Path:
     """Draw the network of a traced step (`gpubp.explain.trace_step`) with its values to `path`.
 
     Nodes show z and a (the first sample's, for a batch) and the bias b;
     input nodes their value.  Edges are drawn with a width that grows with
     |W| (blue positive, red negative) and labelled with W and dW, unless
-    the network has more than `max_labelled_edges` edges.  Returns the path
-    written.
+    the network has more than `max_labelled_edges` edges.  A layer of more
+    than `max_nodes` units is drawn with its first and last units and a
+    marker counting the ones between (`shown_units`), so that a wide layer
+    (784 inputs) gives a readable picture of ordinary size.  Returns the
+    path written.
     """
+    if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 3:
+        raise ValueError(f"max_nodes must be an integer of at least 3, got {max_nodes!r}")
+    _check_dict(trace, "trace", "gpubp.explain.trace_step")
     Circle = require("matplotlib.patches", "plot", "plotting").Circle   # the extra named, if missing
 
     sizes = trace["layer_sizes"]
     L = len(sizes) - 1
+    shown = [shown_units(n, max_nodes) for n in sizes]
+    # the slot (row) each shown unit takes in its layer's column
+    slot = [{u: k for k, u in enumerate(units) if u is not None} for units in shown]
     first = lambda v: v[0] if trace["batch"] > 1 else v  # noqa: E731  (the first sample of a batch)
     fwd = {f["layer"]: f for f in trace["forward"]}
     bwd = {b["layer"]: b for b in trace["backward"]}
     n_edges = sum(sizes[l] * sizes[l - 1] for l in range(1, L + 1))
     label_edges = n_edges <= max_labelled_edges
-    tallest = max(sizes)
+    tallest = max(len(units) for units in shown)
     gap = 2.6                                   # between layers, in units of the node spacing
     inch = 1.3
     fig = _new_figure((inch * (gap * L + 1.6), inch * (tallest + 1.6)))
@@ -147,13 +182,14 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) 
     ax.axis("off")
 
     def pos(layer, i):
-        return gap * layer, (sizes[layer] - 1) / 2 - i
+        k = slot[layer][i] if i is not None else shown[layer].index(None)
+        return gap * layer, (len(shown[layer]) - 1) / 2 - k
 
     wmax = max((abs(w) for f in trace["forward"] for row in f["W"] for w in row), default=1.0) or 1.0
     for l in range(1, L + 1):
         W, dW = fwd[l]["W"], bwd[l]["dW"]
-        for j in range(sizes[l]):
-            for i in range(sizes[l - 1]):
+        for j in slot[l]:
+            for i in slot[l - 1]:
                 (x0, y0), (x1, y1) = pos(l - 1, i), pos(l, j)
                 w = W[j][i]
                 ax.plot([x0, x1], [y0, y1], color="tab:blue" if w >= 0 else "tab:red",
@@ -165,7 +201,10 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) 
                             va="center", zorder=3,
                             bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="0.8", alpha=0.9))
     for l in range(L + 1):
-        for i in range(sizes[l]):
+        if None in shown[l]:
+            x, y = pos(l, None)
+            ax.text(x, y, f"...\n{sizes[l] - len(slot[l])} more", fontsize=7, ha="center", va="center", zorder=4)
+        for i in slot[l]:
             x, y = pos(l, i)
             ax.add_patch(Circle((x, y), 0.36, fc="0.92" if l == 0 else "#fff6d5", ec="0.3", zorder=2))
             if l == 0:
@@ -184,8 +223,11 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12) 
         head += f"; z and a of sample 1 of {trace['batch']}, dW summed over the batch"
     if not label_edges:
         head += f"; {n_edges} edges: W and dW not labelled"
-    fig.suptitle(head, fontsize=10)
+    if any(None in units for units in shown):
+        head += f"; layers of more than {max_nodes} units: their first and last units drawn"
+    # wrapped to the figure's width (about 12 characters of 10-point text per inch), never cut off
+    fig.suptitle(textwrap.fill(head, max(40, int(fig.get_figwidth() * 12))), fontsize=10)
     return _save(fig, path, dpi, tight=False)
 
 
-__all__ = ["plot_history", "plot_grad_norms", "plot_trace", "GRAD_NORM_KEYS"]
+__all__ = ["plot_history", "plot_grad_norms", "plot_trace", "shown_units", "GRAD_NORM_KEYS"]

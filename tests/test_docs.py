@@ -374,7 +374,7 @@ def test_readme_optimizer_signatures_are_the_codes():
 
 
 def test_readme_extras_table_is_pyproject():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")      # Python 3.11+; pyproject allows 3.10
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     text = README.read_text()
     section = text[text.index("| extra | brings | for |"):]
@@ -481,3 +481,58 @@ def test_explain_md_table_is_what_gpubp_explain_prints():
     got = flat(t5["updated"][0]["W"]) + t5["updated"][0]["b"] + flat(t5["updated"][1]["W"]) + t5["updated"][1]["b"]
     assert stated == got + [t5["loss_after"]]
     assert f"half_sse would halve its loss, {t['loss'] / 2:.5f}" in " ".join(text.split())
+
+
+# ---------------------------------------------------------------- the other modules' docstring examples
+def test_gradcheck_docstring_example_runs():
+    import gpubp
+    import gpubp.gradcheck as gc
+    (block,) = _docstring_blocks(gc.__doc__)
+    net = gpubp.MLP([3, 5, 2], activation="tanh", loss="mse", backend="numpy", dtype="float64", seed=0)
+    X, Y = gc.random_problem(net, batch=4)
+    ns = {"net": net, "X": X, "Y": Y}
+    exec(block, ns)
+    assert len(ns["errs"]) == 2 and max(max(e) for e in ns["errs"]) < 1e-6, ns["errs"]
+
+
+def test_gradflow_docstring_example_is_what_fit_records():
+    """The block in gpubp.gradflow's docstring, given one step's arrays, appends to the history
+    what `fit(..., grad_norms=True)` records for that step, and warns of the same layers."""
+    import warnings
+
+    import gpubp
+    import gpubp.gradflow as gf
+    (block,) = _docstring_blocks(gf.__doc__)
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(6, 3)), rng.normal(size=(6, 1))
+    net = gpubp.MLP([3, 4, 1], activation="tanh", loss="mse", backend="numpy", dtype="float64", seed=0)
+    (W1, b1), (W2, b2) = before = net.get_params()
+    _, grads = net.loss_and_grads(X, Y)
+    # the step's deltas by hand (one batch of all 6 rows): mse 2 (a - y) / (B n), tanh' = 1 - a^2
+    a1 = np.tanh(X @ W1.T + b1)
+    d2 = 2 * (a1 @ W2.T + b2 - Y) / 6
+    d1 = (d2 @ W2) * (1 - a1 ** 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = net.fit(X, Y, epochs=1, batch_size=6, optimizer="sgd", lr=0.1, shuffle=False, grad_norms=True,
+                    progress=False)
+    ns = {"W_before": [W for W, _ in before], "W_after": [W for W, _ in net.get_params()],
+          "dW": [dW for dW, _ in grads], "delta": [d1, d2], "history": {}}
+    exec(block, ns)
+    for key in gf.HISTORY_KEYS:
+        np.testing.assert_allclose(ns["history"][key], h[key], rtol=1e-12)
+
+
+def test_cli_docstring_commands_parse_and_the_quick_ones_run(tmp_path, capsys, monkeypatch):
+    from gpubp import cli
+    commands = _docstring_blocks(cli.__doc__)[0].splitlines()
+    monkeypatch.chdir(tmp_path)
+    parser, _ = cli.build_parser()
+    for line in commands:
+        for cmd in line.split("#")[0].split("&&"):
+            argv = cmd.split()
+            assert argv[0] == "gpubp", line
+            parser.parse_args(argv[1:])          # every option it shows exists (exits 2 if not)
+            if argv[1] in ("explain", "gradcheck", "info"):
+                assert cli.main(argv[1:]) == 0, cmd
+    assert "worst relative error" in capsys.readouterr().out    # gradcheck printed its verdict

@@ -701,3 +701,107 @@ def test_the_comparison_with_published_numbers_lines_up_and_counts_them(capsys, 
     rc, text, _ = run(capsys, "explain", "--weights", str(wf))
     assert "output: published 2 numbers, the trace has 1" in text and "loss: published 0.5956659297922058; " \
         "largest difference 0.0e+00" in text
+
+
+# ---------------------------------------------------------------- trace_step's inputs, the plot of a wide layer
+@pytest.mark.parametrize("loss, y", [("mse", 1.0), ("half_sse", np.float64(-0.5)), ("binary_cross_entropy", 0.25)])
+def test_trace_step_takes_a_lone_number_as_the_target_of_one_sample_and_one_output(loss, y):
+    # Y=1.0 for one sample of a one-output network was refused with "the target has shape (); expected
+    # (1, 1) for X with 1 samples", although the check before it had counted it as 1 sample of 1 value
+    params = [(np.array([[0.3, -0.2]]), np.array([0.1]))]
+    t = explain.trace_step(params, [0.5, 0.8], y, ["identity"], loss, 0.1)
+    assert t == explain.trace_step(params, [0.5, 0.8], [y], ["identity"], loss, 0.1)
+    assert t["target"] == [float(y)]
+
+
+@pytest.mark.parametrize("activation", ["relu", ["relu"], ["relu", "tanh"]])
+def test_an_activation_for_a_network_without_hidden_layers_is_refused(capsys, activation):
+    # `--layers 2,1 --activation relu` (or ["relu"]) traced an identity network, the activation dropped unseen
+    with pytest.raises(ValueError, match=r"the network \[2, 1\] has no hidden layer to give an activation"):
+        explain.make_problem(layer_sizes=[2, 1], input=[0.5, 0.8], target=[1], activation=activation)
+    names = activation if isinstance(activation, str) else ",".join(activation)
+    err = usage_error(capsys, "explain", "--layers", "2,1", "--activation", names)
+    assert "has no hidden layer to give an activation" in err and "--output-activation" in err
+    # the output's activation is still set by --output-activation, and the example's hidden one is not "given"
+    assert explain.make_problem(layer_sizes=[2, 1], output_activation="relu").activations == ["relu"]
+    assert explain.make_problem(layer_sizes=[2, 1]).activations == ["identity"]
+
+
+@pytest.mark.parametrize("where, bad", [("W", np.array([[0.3 + 1j, -0.2]])), ("W", [[0.3, -0.2], [0.1]]),
+                                        ("b", ["x"]), ("input", [0.5 + 0.5j, 0.8]), ("input", ["a", "b"]),
+                                        ("target", ["one"])])
+def test_values_that_are_not_real_numbers_are_refused_by_name(where, bad):
+    # a complex W lost its imaginary part with a ComplexWarning and was traced; text or ragged rows gave
+    # numpy's "could not convert string to float" / "inhomogeneous shape" / "float() argument" messages
+    W, b, x, y = np.array([[0.3, -0.2]]), np.array([0.1]), [0.5, 0.8], [1.0]
+    args = {"W": (bad, b, x, y), "b": (W, bad, x, y), "input": (W, b, bad, y), "target": (W, b, x, bad)}[where]
+    name = {"W": "layer 1: W", "b": "layer 1: b", "input": "the input", "target": "the target"}[where]
+    with pytest.raises(ValueError, match=f"^{name} must hold real numbers"):
+        explain.trace_step([args[:2]], args[2], args[3], ["identity"], "mse", 0.1)
+
+
+def test_shown_units_keep_the_first_and_last_of_a_wide_layer():
+    from gpubp.plotting import shown_units
+    assert shown_units(5, 12) == [0, 1, 2, 3, 4] and shown_units(12, 12) == list(range(12))
+    assert shown_units(784, 12) == [0, 1, 2, 3, 4, 5, None, 779, 780, 781, 782, 783]
+    assert shown_units(4, 3) == [0, None, 3]
+
+
+def test_the_plot_of_a_wide_layer_is_of_ordinary_size(tmp_path):
+    # a 300-input network was drawn 300 nodes tall: a 1060 x 47000 pixel PNG of 2400 edges that took
+    # seconds per hundred inputs (784 inputs: 122000 pixels); now its first and last units and a marker
+    pytest.importorskip("matplotlib")
+    from gpubp.plotting import plot_trace
+    rng = np.random.default_rng(0)
+    params = explain.seeded_params([300, 4, 1], ["tanh", "identity"], "mse", 0)
+    t = explain.trace_step(params, rng.normal(size=300), [0.5], ["tanh", "identity"], "mse", 0.1)
+    png = plot_trace(t, tmp_path / "wide.png").read_bytes()
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")   # the IHDR chunk
+    assert png[12:16] == b"IHDR" and height < 2500 and width < 2000, (width, height)
+    with pytest.raises(ValueError, match="max_nodes"):
+        plot_trace(t, tmp_path / "x.png", max_nodes=2)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("lr", [True, "0.1", None, -0.1, math.inf])
+def test_make_problem_refuses_a_learning_rate_that_is_not_a_positive_number(lr):
+    # make_problem read lr=True as 1.0 and lr="0.1" as 0.1 with float() (trace_step refused both)
+    if lr is None:
+        assert explain.make_problem(lr=lr).lr == 0.1          # None: the example's rate
+        return
+    with pytest.raises(ValueError, match="the learning rate must be a positive number"):
+        explain.make_problem(lr=lr)
+    with pytest.raises(ValueError, match="the learning rate must be a positive number"):
+        explain.trace_step(**{**explain.load_example("classic").trace_args(), "lr": lr})
+
+
+@pytest.mark.parametrize("digits", [0, -1, 2.5, True, "3"])
+def test_the_text_refuses_digits_that_are_not_a_positive_integer(digits):
+    # digits=0 printed one digit, "3" three, and -1, 2.5 or True failed in a format specifier
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    for f in (explain.format_trace, explain.trace_stages, explain.print_stages):
+        with pytest.raises(ValueError, match="digits must be None .every digit. or a positive integer"):
+            f(t, digits)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("expected", [0.2, 0.5], '"expected" must be an object of published numbers'),
+    ("expected", "0.5", '"expected" must be an object of published numbers'),
+    ("description", ["a", "list"], '"description" must be a string, got list'),
+])
+def test_a_weights_file_with_an_expected_or_description_of_the_wrong_type_is_a_usage_error(
+        capsys, tmp_path, key, value, message):
+    # the whole trace was printed and then a traceback: AttributeError 'list' object has no attribute
+    # 'items' (expected) or TypeError 'sequence item 0: expected str instance' (description)
+    d = json.loads(explain._example_text("sigmoid-2-2-1"))
+    d[key] = value
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps(d))
+    out, err = usage_error(capsys, "explain", "--weights", str(wf), with_stdout=True)
+    assert message in err and out == "", err
+
+
+def test_trace_step_refuses_one_string_as_the_activations():
+    # "identity" for a one-layer network was read as 8 names of one letter: "1 layers need 1 activations, got 8"
+    with pytest.raises(ValueError, match=r"activations must be a list with one name per layer \(1; .* got the string"):
+        explain.trace_step([([[0.3, -0.2]], [0.1])], [0.5, 0.8], [1.0], "identity", "mse", 0.1)

@@ -1,5 +1,7 @@
 """gpubp.gradcheck, and the explain trace against the network's own gradients."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,24 @@ def test_classic_example_published_numbers():
     # and not by luck: the weights before the step do not
     assert not agrees_to_published_digits(t["forward"][1]["W"][0][0], PUBLISHED_W2[0])
     assert t["loss_after"] < t["loss"]
+
+
+def test_bad_eps_batch_and_kind_are_refused_by_name_before_any_pass():
+    # eps=True ran with eps 1 and eps="1e-6" or None gave "'>' not supported between instances of ...";
+    # random_problem(net, 0) gave an empty batch and -1 numpy's "negative dimensions"; check(kind="Max")
+    # ran every finite-difference pass (two per parameter) before refusing the kind
+    net = gpubp.MLP([3, 4, 2], activation="tanh", backend="numpy", dtype="float64", seed=0)
+    X, Y = random_problem(net, 4)
+    for eps in (True, "1e-6", None, 0, -1e-6, math.nan, math.inf):
+        with pytest.raises(ValueError, match="eps must be a positive number"):
+            finite_difference_grads(net, X, Y, eps)
+    for batch in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch must be a positive integer"):
+            random_problem(net, batch)
+    calls = []
+    original = net.loss_and_grads
+    net.loss_and_grads = lambda *a, **k: calls.append(1) or original(*a, **k)
+    for bad in ({"kind": "Max"}, {"eps": True}):
+        with pytest.raises(ValueError, match="kind must be|eps must be"):
+            check(net, X, Y, **bad)
+    assert calls == []
