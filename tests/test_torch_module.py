@@ -291,15 +291,20 @@ def test_backward_frees_the_activations_and_retain_graph_works(monkeypatch):
         y.sum().backward()
 
 
+def _fused_and_sequential(activation, output_activation):
+    """A float64 FusedMLP, its nn.Sequential twin and an input batch for both."""
+    net = FusedMLP([3, 6, 5, 2], activation=activation, output_activation=output_activation, seed=0,
+                   dtype=torch.float64)
+    return net, net.to_sequential(), torch.randn(4, 3, dtype=torch.float64)
+
+
 def test_backward_reads_what_saved_tensor_hooks_unpack(monkeypatch):
     """Under `saved_tensors_hooks` that pack copies, backward must read the unpacked copies, as
     PyTorch's ops do: it read the plan's own view of the input, so an input changed in place
     after the forward (which the copy hides from the version check) gave wrong weight gradients
     silently; and the plan kept the activations alive that the hook had moved away."""
     refs = _spy_on_passes(monkeypatch)
-    net = FusedMLP([3, 6, 5, 2], activation="silu", output_activation="tanh", seed=0, dtype=torch.float64)
-    seq = net.to_sequential()
-    x = torch.randn(4, 3, dtype=torch.float64)
+    net, seq, x = _fused_and_sequential("silu", "tanh")
     grads = []
     for m in (net, seq):
         xi = x.clone().requires_grad_(False)
@@ -323,9 +328,7 @@ def test_activation_checkpointing(monkeypatch, reentrant):
     from torch.utils.checkpoint import checkpoint
 
     refs = _spy_on_passes(monkeypatch)
-    net = FusedMLP([3, 6, 5, 2], activation="gelu", output_activation="sigmoid", seed=0, dtype=torch.float64)
-    seq = net.to_sequential()
-    x = torch.randn(4, 3, dtype=torch.float64)
+    net, seq, x = _fused_and_sequential("gelu", "sigmoid")
     grads = []
     for m in (net, seq):
         xi = x.clone().requires_grad_(True)
