@@ -1138,3 +1138,27 @@ def test_a_run_stopped_by_sigterm_still_writes_what_it_measured(tmp_path):
     assert any(r["kind"] == "step" and "median_ms" in r for r in res["rows"])
     assert "stopped early" in (tmp_path / "bench.md").read_text()
 
+
+
+def test_a_run_killed_while_writing_leaves_the_previous_bench_json_and_md_whole(tmp_path, monkeypatch, capsys):
+    """bench.json and bench.md were written in place: a run killed mid-write (the session's `timeout`
+    SIGTERM, which after the rows is no longer turned into an exception) left a truncated bench.json,
+    which no reader can load, over the last good one.  Now each is written whole or not at all."""
+    before = {"bench.json": '{"an earlier run": 1}', "bench.md": "# an earlier run\n"}
+    for name, text in before.items():
+        (tmp_path / name).write_text(text)
+    real = Path.write_text
+
+    def killed_midway(self, text, *a, **k):      # half the text reaches the disk, then the signal
+        real(self, text[:len(text) // 2], *a, **k)
+        raise KeyboardInterrupt("signal SIGTERM")
+
+    monkeypatch.setattr(cli, "cpu_step_shapes", lambda mode, gpu: [])
+    monkeypatch.setattr(cli, "measure_ceilings_cpu", lambda suite: {})
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--tiny", "--out", str(tmp_path)])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before      # and no temporary file left
+    assert json.loads((tmp_path / "bench.json").read_text()) == {"an earlier run": 1}

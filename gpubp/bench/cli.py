@@ -73,7 +73,7 @@ from pathlib import Path
 from .environment import blas_threads, cuda_status, free_device_memory, gpu_meta, torch_cuda, versions
 from .goals import PUBLISHED, check_goals
 from .peers import COMPILE_PEERS, GPU_PEER_SPECS, GPU_PEERS
-from .report import summary_table, to_json, write_markdown, write_plot
+from .report import summary_table, to_json, write_markdown, write_plot, write_text_atomic
 from .rows import (Suite, add_ratios, cpu_step_rows, gpu_step_rows, kernel_rows, measure_ceilings_cpu,
                    measure_ceilings_gpu, run_rows)
 from .shapes import (MODES, compile_step_shapes, cpu_step_shapes, goal_kernel_rows, goal_kernel_shapes,
@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     res = dict(meta=meta, config=cfg, ceilings=suite.ceilings, rows=suite.rows,
                goals=check_goals(suite.rows, suite.ceilings.get("cuda", {})),
                wall_s=time.perf_counter() - suite.t0)
-    (out / "bench.json").write_text(to_json(res))
+    write_text_atomic(out / "bench.json", to_json(res))      # whole or not at all: never a truncated file
     write_markdown(res, out / "bench.md")
     written = [out / "bench.json", out / "bench.md"]
     try:

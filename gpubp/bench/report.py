@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .goals import GPUBP_PEERS, TORCH_PEER, counts
@@ -127,7 +128,21 @@ def write_markdown(res, path):
                  rows, lambda r: (r["kernel"], f"{r['batch']}x{r['n_out']}x{r['n_in']}"))
     L.append("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times after warm-up, rotating among "
              "several random input sets; `skipped`/`error` rows say why. Full figures: bench.json.\n")
-    Path(path).write_text("\n".join(L))
+    write_text_atomic(path, "\n".join(L))
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: into a temporary file beside it, then renamed over
+    it, so that a run killed while writing (the session's `timeout` sends SIGTERM, after which Python
+    no longer turns it into an exception) leaves the previous file, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _network_batch(r):
