@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp.bench import cli, cost, fused_runs, gemms, goals, peers, rows, shapes, timing
+from gpubp.bench import cli, cost, fused_runs, gemms, goals, peers, report, rows, shapes, timing
 
 
 # ----------------------------------------------------------------- cost model (docs/spec.md, "Cost of a step")
@@ -1162,3 +1162,16 @@ def test_a_run_killed_while_writing_leaves_the_previous_bench_json_and_md_whole(
     capsys.readouterr()
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before      # and no temporary file left
     assert json.loads((tmp_path / "bench.json").read_text()) == {"an earlier run": 1}
+
+
+def test_a_cpu_step_without_pytorch_records_the_torch_peer_as_not_importable(capsys):
+    """Without PyTorch the torch-cpu peer silently vanished from the CPU rows (no row, no note), so a
+    report could not tell "not measured" from "never meant"; it is now a skipped row saying why, as a
+    missing scikit-learn is, and the other peers still run."""
+    suite = rows.Suite(dict(shapes.MODES["tiny"], mode="tiny", optimizer="sgd", lr=1e-2), verbose=False)
+    suite.ceilings["cpu"] = {}
+    rows.cpu_step_rows(suite, [4, 5, 3], 8, False)
+    by_peer = {r["peer"]: r for r in suite.rows}
+    assert by_peer["torch-cpu"]["skipped"] == "PyTorch is not importable" and "median_ms" not in by_peer["torch-cpu"]
+    assert by_peer["gpubp-numpy"]["median_ms"] > 0
+    assert "| - |" in "\n".join(report.summary_table(suite.rows))    # shown as not measured

@@ -314,7 +314,10 @@ def cpu_step_rows(suite, sizes, batch, has_torch):
                 optimizer=opt, flops=flops, min_bytes=nbytes)
     params = suite.host_params(sizes)
     batches = P.random_batches(np, sizes[0], sizes[-1], batch, 4, seed=batch)
-    peers = [p for p in P.CPU_PEERS if has_torch or not p.startswith("torch")]
+    peers = list(P.CPU_PEERS)
+    if not has_torch:            # a missing peer is a row saying so, as for scikit-learn below
+        peers.remove("torch-cpu")
+        suite.rows.append(dict(base, peer="torch-cpu", skipped="PyTorch is not importable"))
     if importlib.util.find_spec("sklearn") is None:
         peers.remove("sklearn")
         suite.rows.append(dict(base, peer="sklearn", skipped="scikit-learn is not installed"))
