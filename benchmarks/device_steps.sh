@@ -16,7 +16,7 @@
 #                                    (a .tgz: the device tool brings back at most 8 files from $OUT, two
 #                                    folders deep), and exit 1 if any step failed or was not run
 #
-# DEADLINE (optional, seconds since the epoch, `$(( $(date +%s) + 480 ))`): no step runs past it.  A
+# DEADLINE (optional, seconds since the epoch, `$(( $(date +%s) + 540 ))`): no step runs past it.  A
 # step's limit is cut to the time left (less RESERVE_S, kept for packing; its summary line then says
 # cut_from=ITS_LIMIT); a step with under MIN_STEP_S seconds left is not run, and its line says
 # rc=skipped.  A step run in the background (`step ... &`, then `wait`) writes its line as usual;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one call of a GPU task: a task is lent 15 minutes of device time in all (the machine's start,
-# each call, idle time and the give-back included), which leaves room for one call of about 8
+# each call, idle time and the give-back included), which leaves room for one call of about 9
 # minutes and, on the still-warm machine, a short rerun.  This script spends its call in the order
 # the developers' guide sets: re-verify every GPU kernel (default path and opt-in), then the
 # sanitizers, then measure the goals.
@@ -9,8 +9,8 @@
 #
 # (no argument: all four, in that order; PACK is named before OUT so that it lands in the device
 # tool's $OUT and comes back.)  Run from the repository root on the GPU machine, PYTHONPATH=.
-# The whole run ends by DEADLINE (seconds since the epoch; default: SESSION_S seconds, 480, after
-# the start): each step's limit is cut to the time left and a step with too little left is not run
+# The whole run ends by DEADLINE (seconds since the epoch; default: SESSION_S seconds, 540, after
+# the start: the steps' limits, 240 + 100 + 100 and the bench's least 90, and the 10 s kept for packing): each step's limit is cut to the time left and a step with too little left is not run
 # (device_steps.sh).  Writes under $OUT (default benchmarks/results/session-<UTC date>):
 #   env.txt              GPU, driver, package versions, tools, commit
 #   gpu_tests.log        pytest -m gpu over every file in tests/gpu (the default path and every opt-in
@@ -27,7 +27,7 @@
 #   summary.txt          one line per step: exit status, seconds, limit (rc=skipped: out of time)
 # A failing step does not stop the next.  Exits 1 if any step failed or was not run.
 set -u
-SESSION_S="${SESSION_S:-480}"
+SESSION_S="${SESSION_S:-540}"
 export DEADLINE="${DEADLINE:-$(( $(date +%s) + SESSION_S ))}"
 source "$(dirname "$0")/device_steps.sh" session "$@"
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(tests memcheck racecheck bench)
