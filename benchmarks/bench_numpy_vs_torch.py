@@ -161,6 +161,8 @@ def main(argv=None):
     import torch
     from threadpoolctl import threadpool_limits
 
+    from gpubp.bench.cost import step_flops
+
     sizes = [int(s) for s in a.sizes.split(",")]
     torch.set_num_threads(a.threads)
     limits = threadpool_limits(a.threads, user_api="blas")
@@ -180,7 +182,8 @@ def main(argv=None):
         tn += time_steps(numpy_step, batches, a.warmup, a.steps)
         tt += time_steps(torch_step, tbatches, a.warmup, a.steps)
     mn, mt = np.median(tn) * 1e3, np.median(tt) * 1e3
-    flops = 6 * a.batch * sum(x * y for x, y in zip(sizes[:-1], sizes[1:]))
+    # the GEMMs both sides run: no dLoss/dX (the input needs no gradient), as `gpubp bench` counts
+    flops = step_flops(sizes, a.batch)
     print(f"train step {sizes}, batch {a.batch}, float32, SGD lr {a.lr}, cross-entropy; "
           f"{a.threads} threads each (numpy BLAS: {limits.get_original_num_threads().get('blas')} "
           f"-> {a.threads}; torch {torch.get_num_threads()}); {a.rounds} rounds x {a.steps} steps")

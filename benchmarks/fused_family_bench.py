@@ -13,8 +13,8 @@ no loss, no optimizer), the same work for every entry:
 The runs are those of `gpubp bench`'s fused-run rows (`gpubp.bench.fused_runs`; each gpubp run
 keeps its tables and workspaces in a Scratch between calls, as a step plan does).
 CUDA events around each repetition after 3 warm-ups, median of `reps`.  Writes
-fused_family_bench.json and fused_family_bench.md into DIR, with TFLOP/s (6 B sum n_in n_out)
-and each entry's ratio to the torch entry of its precision.
+fused_family_bench.json and fused_family_bench.md into DIR, with TFLOP/s (`gpubp.bench.cost.step_flops`:
+2 B (3 sum n_in n_out - n_0 n_1), no dLoss/dX) and each entry's ratio to the torch entry of its precision.
 """
 
 import argparse
@@ -29,6 +29,7 @@ import cupy
 from gpubp.backends import cuda_device, cuda_fused
 from gpubp.backends import cuda_fused_family as ff
 from gpubp.bench import fused_runs, timing
+from gpubp.bench.cost import step_flops
 
 #: name -> (widths, batch or None for --batch)
 NETS = {"w64x8": ([64] * 9, None), "w128x8": ([128] * 9, None), "w64x5-2^20": ([64] * 7, 1 << 20)}
@@ -55,7 +56,7 @@ def main(argv=None):
     rows = []
     for net, (widths, batch) in NETS.items():
         batch = batch or args.batch
-        flops = 6.0 * batch * sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
+        flops = step_flops(widths, batch)      # forward, dW and delta @ W of every layer but the first
         entries = [(f"family-{p}", p, lambda p=p: fused_runs.gpubp_run(f"family-{p}", widths, batch))
                    for p in ff.PRECISIONS]
         entries += [(f"fused-{p}", p, lambda p=p: fused_runs.gpubp_run(f"fused-{p}", widths, batch))

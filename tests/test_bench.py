@@ -1175,3 +1175,54 @@ def test_a_cpu_step_without_pytorch_records_the_torch_peer_as_not_importable(cap
     assert by_peer["torch-cpu"]["skipped"] == "PyTorch is not importable" and "median_ms" not in by_peer["torch-cpu"]
     assert by_peer["gpubp-numpy"]["median_ms"] > 0
     assert "| - |" in "\n".join(report.summary_table(suite.rows))    # shown as not measured
+
+
+def _script(name):
+    """benchmarks/NAME.py imported as a module (its `main` not run)."""
+    import importlib.util
+    path = Path(cli.__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_script_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_numpy_vs_torch_script_counts_the_flops_of_the_step_it_times(monkeypatch, capsys):
+    """benchmarks/bench_numpy_vs_torch.py counted 6 B sum n_in n_out FLOPs per step, dLoss/dX of the
+    first layer included, which neither side computes (the input needs no gradient): its GFLOP/s
+    were 25% high on [784, 512, 512, 10].  It counts `cost.step_flops` now, as `gpubp bench` does."""
+    pytest.importorskip("torch")
+    pytest.importorskip("threadpoolctl")
+    mod = _script("bench_numpy_vs_torch")
+    monkeypatch.setattr(mod, "time_steps", lambda step, batches, warmup, steps: [1e-3] * steps)  # 1 ms a step
+    sizes, B = [784, 512, 512, 10], 64
+    assert mod.main(["--sizes", ",".join(map(str, sizes)), "--batch", str(B), "--steps", "2", "--rounds", "1",
+                     "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    gflops = f"{cost.step_flops(sizes, B) / 1e-3 / 1e9:6.1f} GFLOP/s"
+    assert out.count(gflops) == 2, out
+
+
+def test_fused_family_script_counts_the_flops_of_the_run_it_times(monkeypatch, tmp_path, capsys):
+    """benchmarks/fused_family_bench.py counted 6 B sum n_in n_out FLOPs per fused run, though a run
+    computes no dLoss/dX (its docstring says so): TFLOP/s 4% high on w64x8, 6% on w64x5.  Timed here with every
+    device call replaced (1 ms a run): its TFLOP/s are `cost.step_flops` over the time."""
+    import types
+    cupy = types.SimpleNamespace(
+        get_default_memory_pool=lambda: types.SimpleNamespace(free_all_blocks=lambda: None),
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"stub"})))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    mod = _script("fused_family_bench")
+    monkeypatch.setattr(mod.cuda_device, "load_kernels", lambda specs: None)
+    monkeypatch.setattr(mod.fused_runs, "gpubp_run", lambda peer, widths, batch: (lambda: None))
+    monkeypatch.setattr(mod, "_torch_run", lambda peer, widths, batch: (lambda: None))
+    monkeypatch.setattr(mod.timing, "event_median_ms", lambda fn, reps, clock, warmup=3: 1.0)
+    monkeypatch.setattr(mod.timing, "TorchClock", lambda: None)
+    monkeypatch.setattr(mod.timing, "CupyClock", lambda: None)
+    mod.main(["--out", str(tmp_path), "--batch", "1024", "--reps", "1"])
+    capsys.readouterr()
+    res = json.loads((tmp_path / "fused_family_bench.json").read_text())
+    widths = dict(mod.NETS)
+    assert res["rows"] and all("error" not in r for r in res["rows"])
+    for r in res["rows"]:
+        assert r["tflops"] == pytest.approx(cost.step_flops(widths[r["net"]][0], r["batch"]) / 1e-3 / 1e12)
