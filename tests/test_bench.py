@@ -1226,3 +1226,23 @@ def test_fused_family_script_counts_the_flops_of_the_run_it_times(monkeypatch, t
     assert res["rows"] and all("error" not in r for r in res["rows"])
     for r in res["rows"]:
         assert r["tflops"] == pytest.approx(cost.step_flops(widths[r["net"]][0], r["batch"]) / 1e-3 / 1e12)
+
+
+@pytest.mark.torch
+def test_torch_autocast_run_casts_its_delta_once_not_in_every_timed_call(monkeypatch):
+    """The bf16 PyTorch run cast the given float32 delta to bfloat16 in every call (`delta.to(out.dtype)`),
+    timing a cast kernel and an allocation that gpubp's runs do not have; it is cast once, on the first
+    (warm-up) call, and the gradient is unchanged."""
+    torch = pytest.importorskip("torch")
+    run = fused_runs.torch_run("torch-autocast-bf16", [8, 16, 16, 4], 32, device="cpu")
+    run()
+    first = [p.grad.clone() for p in run.model.parameters()]
+    casts = []
+    real = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: casts.append(a) or real(self, *a, **k))
+    run()
+    run()
+    monkeypatch.undo()
+    assert casts == []
+    for g, p in zip(first, run.model.parameters()):
+        assert torch.equal(g, p.grad)
