@@ -8,7 +8,11 @@ waiting for the device (no host sync inside), built from the same initial
 parameters (`init_params`) so that their results can be compared.
 
 - `GpubpStep`: gpubp's `MLP._step` on the numpy or the fused CUDA backend,
-  or the CUDA graph that `MLP.capture_train_step` records.
+  or the CUDA graph that `MLP.capture_train_step` records.  The graph's
+  `step(X, y)` is timed as users call it, and it is the one exception to "no
+  host sync inside": even with `check_inputs=False` it range-checks the class
+  labels on the device and reads the answer back (one synchronisation per
+  step), so `gpubp-cuda-graph` rows include that round trip.
 - `UnfusedStep`: the same math with `xp.matmul` (cuBLAS under CuPy) and one
   separate elementwise kernel per operation (bias add, ReLU, loss gradient,
   Hadamard with g', db sum, the optimizer update one tensor at a time).
