@@ -1246,3 +1246,35 @@ def test_torch_autocast_run_casts_its_delta_once_not_in_every_timed_call(monkeyp
     assert casts == []
     for g, p in zip(first, run.model.parameters()):
         assert torch.equal(g, p.grad)
+
+
+def test_a_gemm_module_that_does_not_compile_up_front_costs_no_other_variants_rows(monkeypatch):
+    """`kernel_rows` compiled every opt-in GEMM module in one `preload` outside the rows: one module's
+    NVRTC error (gemm_f32, say) escaped the shape, so the tensor-core rows at that shape, and with them
+    the 8192x4096x4096 goals, were lost to a "shape" error row.  Now each row still runs, compiling
+    its own kernels, and a variant that cannot compile fails in its own row only."""
+    def no_nvrtc(peers):
+        raise RuntimeError("NVRTC_ERROR_COMPILATION in gemm_f32.cu")
+
+    def launcher(peer, kind, ops):
+        if peer == "gpubp-gemm-f32":
+            no_nvrtc([peer])
+        return lambda *a: None
+    ops = SimpleNamespace(sets=[()], release=lambda: None)
+    monkeypatch.setattr(rows, "device_free_bytes", lambda: 2 ** 40)
+    monkeypatch.setattr(rows, "free_device_memory", lambda: None)
+    monkeypatch.setattr(rows, "CupyClock", lambda: None)
+    monkeypatch.setattr(rows, "timed", lambda fn, inputs, clock, cfg: dict(median_ms=1.0, reps=3))
+    monkeypatch.setattr(gemms, "random_sets", lambda *a, **k: None)
+    monkeypatch.setattr(gemms, "GemmOperands", lambda sets: ops)
+    monkeypatch.setattr(gemms, "preload", no_nvrtc)
+    monkeypatch.setattr(gemms, "gpubp_gemm", launcher)
+    monkeypatch.setattr(gemms, "rel_err", lambda kind, ops, fn: 0.0)
+    suite = rows.Suite(dict(suite_s=100.0), verbose=False)
+    suite.ceilings["cuda"] = {}
+    rows.kernel_rows(suite, 64, 32, 16, ("float32", "tf32"), True, True, "opt-in")
+    got = {(r["kernel"], r["peer"]): r for r in suite.rows}
+    assert set(got) == {(k, p) for k in gemms.KINDS for p in ("gpubp-gemm-f32", "gpubp-tc-tf32")}
+    for k in gemms.KINDS:
+        assert got[k, "gpubp-tc-tf32"]["median_ms"] == 1.0
+        assert "NVRTC_ERROR_COMPILATION" in got[k, "gpubp-gemm-f32"]["error"]
