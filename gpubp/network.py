@@ -924,8 +924,11 @@ class MLP:
         `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
         The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
-        the previous file as it was.  A network whose parameters or optimizer state are not finite
-        (after an update that overflowed) is refused with a ValueError, as `load` would refuse
+        the previous file as it was.  A `path` naming a directory (an existing one, or a name
+        ending in a path separator such as "out/", which would otherwise write a file named
+        `out`) is refused with an IsADirectoryError, nothing written.  A network whose
+        parameters or optimizer state are not finite (after an update that overflowed) is
+        refused with a ValueError, as `load` would refuse
         the file, and so is an optimizer assigned to `net.optimizer` that `load` could not give
         back (one holding another network's state, or not gpubp's: TypeError); one assigned
         and never stepped is saved with the zero state its first step would start from.  `load`

@@ -160,6 +160,23 @@ def test_saving_to_a_directory_is_refused_and_writes_nothing(tmp_path):
     assert list(target.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["out/", "out/.", "sub/out/", "./"])
+def test_saving_to_a_name_ending_in_a_separator_is_refused_and_writes_nothing(tmp_path, monkeypatch, name):
+    """`Path` drops a trailing "/" (and a last "."): `save("out/")` wrote a file named `out`, and over an
+    existing file `out` replaced it; `gpubp train --save out/` is refused, and so is this now."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "out").write_bytes(b"keep")
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    for path in (name, name.encode()):
+        with pytest.raises(IsADirectoryError, match="directory; give a file name"):
+            net.save(path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["sub", "sub/out"]
+    assert (tmp_path / "sub" / "out").read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="not a file name"):
+        net.save("")
+
+
 def test_save_writes_a_synced_temporary_then_replaces(tmp_path, monkeypatch):
     import os
 
