@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, file_to_write
 
 FORMAT = "gpubp-checkpoint"
 #: the version `write` writes; `READ_VERSIONS` are the versions `Checkpoint` reads
@@ -132,25 +132,6 @@ def file_path(path) -> str:
     raise TypeError(f"path must be a file name (str, bytes or os.PathLike), got {type(path).__name__}")
 
 
-def _file_to_write(path) -> Path:
-    """`path` as the Path of the file `write` writes, or an error when it names a directory.
-
-    `Path` drops a trailing separator and a last `.` component ("out/" and "out/." become
-    "out"): without this check a file named `out` would be written, or replace one.  As
-    `open(path, "w")` does, a path ending in a separator is an IsADirectoryError even when
-    no such directory exists yet."""
-    raw = file_path(path)
-    if raw == "":
-        raise ValueError("cannot save to '': it is not a file name")
-    p = Path(raw)
-    seps = tuple(s for s in (os.sep, os.altsep) if s)
-    if p.is_dir() or raw.endswith(seps) or os.path.basename(raw) in (".", ".."):
-        what = "is a directory" if p.is_dir() else "names a directory"
-        raise IsADirectoryError(f"cannot save to {raw!r}: it {what}; give a file name such as "
-                                f"{str(p / 'net.npz')!r}")
-    return p
-
-
 def write(path, arrays: dict, meta: dict) -> None:
     """Write `arrays` (name -> numpy array) and `meta` (JSON data) to `path`, atomically.
 
@@ -160,7 +141,7 @@ def write(path, arrays: dict, meta: dict) -> None:
     `MAX_META_DEPTH`, and the OSError of a failed write, after which the file
     at `path` is unchanged.
     """
-    path = _file_to_write(path)    # refused before anything is done
+    path = file_to_write(file_path(path), "net.npz")    # a directory is refused before anything is done
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if k == "meta" or not k or "/" in k:

@@ -455,11 +455,11 @@ def _imports(module):
 
 
 def test_checkpoint_module_does_not_import_the_network():
-    """The file format stands alone: of gpubp it imports only the atomic file writer, which imports
-    nothing of gpubp."""
+    """The file format stands alone: of gpubp it imports only the atomic file writer (and its check of
+    the name), which imports nothing of gpubp."""
     imports = _imports("checkpoint")
     assert imports and not any("network" in l for l in imports)
-    assert [l for l in imports if l.startswith("from .")] == ["from .files import atomic_write"]
+    assert [l for l in imports if l.startswith("from .")] == ["from .files import atomic_write, file_to_write"]
     assert not any(l.startswith("from .") or "gpubp" in l for l in _imports("files"))
 
 
