@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, file_to_write
 
 FORMAT = "gpubp-checkpoint"
 #: the version `write` writes; `READ_VERSIONS` are the versions `Checkpoint` reads
@@ -141,7 +141,7 @@ def write(path, arrays: dict, meta: dict) -> None:
     `MAX_META_DEPTH`, and the OSError of a failed write, after which the file
     at `path` is unchanged.
     """
-    path = Path(file_path(path))
+    path = file_to_write(file_path(path), "net.npz")    # a directory is refused before anything is done
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if k == "meta" or not k or "/" in k:
@@ -161,7 +161,7 @@ def write(path, arrays: dict, meta: dict) -> None:
         raise TypeError(f"checkpoint metadata must be strict JSON data: {e}") from None
     arrays["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
 
-    if path.is_dir():
+    if path.is_dir():   # checked again: it may have been made since
         raise IsADirectoryError(f"cannot save to {str(path)!r}: it is a directory; give a file name such as "
                                 f"{str(path / 'net.npz')!r}")
     with atomic_write(path, durable=True) as f:   # a file object keeps numpy from appending ".npz"

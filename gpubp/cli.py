@@ -957,7 +957,8 @@ def _add_gradcheck(sub):
     p.add_argument("--activation", type=_activations, default=["tanh"], metavar="NAME[,NAME...]",
                    help="hidden activation(s)")
     p.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
-                   help="output activation (forced to identity for the cross-entropy losses)")
+                   help="output activation (must be identity with the cross-entropy losses, which take "
+                        "logits, and so with --all-losses)")
     p.add_argument("--loss", choices=LOSSES, default="mse", help="loss")
     p.add_argument("--all-activations", action="store_true", help="check every hidden activation in turn")
     p.add_argument("--all-losses", action="store_true", help="check every loss in turn")
@@ -999,11 +1000,20 @@ def cmd_gradcheck(args) -> int:
             raise UsageError(f"--loss {loss} needs at least 2 outputs (--layers ...,N with N >= 2): the softmax "
                              "of one logit is always 1, so its loss and gradients are identically zero and the "
                              "check would pass whatever the code computes") from None
+    if args.output_activation != "identity":   # refused as `gpubp train` refuses it, not replaced silently
+        logit = [l for l in loss_list if l in LOGIT_LOSSES]
+        if logit:
+            what = (f"--all-losses checks {' and '.join(logit)}, which take" if args.all_losses
+                    else f"--loss {logit[0]} takes")
+            raise UsageError(f"{what} logits (the softmax/sigmoid is fused into the loss): --output-activation "
+                             f"must be identity, not {args.output_activation}"
+                             + (" (check that output activation with --loss mse or half_sse)"
+                                if args.all_losses else ""))
     backend = _make_backend(args.backend)
     configs = []                   # every network is built (and so checked) before anything is printed
     for loss in loss_list:
         for act in acts_list:
-            out_act = "identity" if loss in LOGIT_LOSSES else args.output_activation
+            out_act = args.output_activation
             activation = _hidden_activation(act, len(sizes) - 2)
             try:
                 net = MLP(sizes, activation=activation, output_activation=out_act, loss=loss, backend=backend,

@@ -22,6 +22,25 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def file_to_write(path: str | os.PathLike, example: str = "out") -> Path:
+    """`path` as the Path of a file to write, or an error when it names a directory.
+
+    `Path` drops a trailing separator and a last `.` component ("out/" and "out/." become
+    "out"): without this check a file named `out` would be written, or replace one.  As
+    `open(path, "w")` does, a path ending in a separator is an IsADirectoryError even when
+    no such directory exists yet; `example` is the file name the message suggests in it."""
+    raw = os.fsdecode(os.fspath(path))
+    if raw == "":
+        raise ValueError("cannot save to '': it is not a file name")
+    p = Path(raw)
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    if p.is_dir() or raw.endswith(seps) or os.path.basename(raw) in (".", ".."):
+        what = "is a directory" if p.is_dir() else "names a directory"
+        raise IsADirectoryError(f"cannot save to {raw!r}: it {what}; give a file name such as "
+                                f"{str(p / example)!r}")
+    return p
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, durable: bool = False) -> Iterator[BinaryIO]:
     """Write `path` through a temporary file renamed over it at the end (see the module's text).

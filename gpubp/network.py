@@ -601,6 +601,7 @@ class MLP:
         Yd = self._targets(Y, X.shape[0])
         ndim = _target_ndim(Y)
         plan = self._plan(X.shape[0])      # a batch too large is refused here, before the optimizer is bound
+        opt.check_steps(1)                 # its int32 step count would wrap: refused, nothing changed
         opt = self._bind(opt, lr)
         with quiet_floats():   # a loss that is not finite is this call's FloatingPointError, not numpy's
             plan = self._gradients(X, Yd, plan=plan)
@@ -650,6 +651,7 @@ class MLP:
         Xs = self._inputs(X).copy()
         Ys = self._targets(Y, Xs.shape[0]).copy()
         plan = self._new_plan(Xs.shape[0])       # refused (MemoryError) before the optimizer is bound
+        opt.check_steps(1)
         loss_out = self.backend.zeros((1,), self.dtype)
         opt = self._bind(opt)
         hyper = opt.hyper()          # what the recorded update uses (a CUDA graph holds the values)
@@ -660,7 +662,9 @@ class MLP:
             self._finite_loss(loss_out, opt)
             opt.step(self.backend, self._params, self._grads)
         self.target_ndim = _target_ndim(Y)
+        counted = opt._t_host
         replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
+        opt._t_host = counted        # a CUDA graph's recording counted a step that did not run
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]
         precision = self.precision   # the mode its plan (and a CUDA graph's kernels) computes in
@@ -676,6 +680,7 @@ class MLP:
                 raise ValueError(f"the optimizer's hyper-parameters changed since this step was captured "
                                  f"({changed}); a captured step replays the values it recorded: capture again "
                                  "(net.capture_train_step) to train with the new ones")
+            opt.check_steps(1)   # the count's wrap refused on the host, as train_step's
             if check_inputs:
                 Xd = self._inputs(X)
                 Yd = self._targets(Y, Xd.shape[0])
@@ -698,8 +703,10 @@ class MLP:
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
             Xs[...] = Xd
             Ys[...] = Yd
+            counted = opt._t_host
             with quiet_floats():   # the loss it returns says a step diverged, as a CUDA graph's does
                 replay()
+            opt._t_host = None if counted is None else counted + 1   # a CUDA graph's step is not counted by opt.step
             return loss_out
 
         step.plan = plan               # the buffers the recorded step uses, kept alive with it
@@ -924,8 +931,11 @@ class MLP:
         `metadata` (JSON data, default `self.metadata`) to one `.npz` file that loads without pickle.
 
         The file is replaced atomically (see `gpubp.checkpoint.write`): a save that fails leaves
-        the previous file as it was.  A network whose parameters or optimizer state are not finite
-        (after an update that overflowed) is refused with a ValueError, as `load` would refuse
+        the previous file as it was.  A `path` naming a directory (an existing one, or a name
+        ending in a path separator such as "out/", which would otherwise write a file named
+        `out`) is refused with an IsADirectoryError, nothing written.  A network whose
+        parameters or optimizer state are not finite (after an update that overflowed) is
+        refused with a ValueError, as `load` would refuse
         the file, and so is an optimizer assigned to `net.optimizer` that `load` could not give
         back (one holding another network's state, or not gpubp's: TypeError); one assigned
         and never stepped is saved with the zero state its first step would start from.  `load`

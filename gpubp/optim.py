@@ -90,6 +90,10 @@ def _check_eps_fits(eps: float, dtype) -> None:
                          f"get 0 / 0); use at least {float(tiny):.3g}")
 
 
+#: the most steps an optimizer counts: its step count `t` is an int32 on the backend
+MAX_STEPS = 2**31 - 1
+
+
 class Optimizer:
     """Base class: `bind` allocates state for a network, `step` updates it.
 
@@ -110,11 +114,16 @@ class Optimizer:
         self._backend = None
         self._scratch = None  # temporaries of the update (the numpy backend's)
         self._t = np.zeros(1, dtype=np.int32)   # steps taken; a backend array once bound
+        #: `t` as last read or set, plus the steps taken since: the host's copy, so that `check_steps`
+        #: needs no device read; None once someone may have written `_t` (see `buffers`)
+        self._t_host: int | None = 0
 
     @property
     def t(self) -> int:
         """Steps taken (kept on the backend, so a captured CUDA graph can count them)."""
-        return int(self._backend.to_numpy(self._t)[0]) if self._backend is not None else int(self._t[0])
+        t = int(self._backend.to_numpy(self._t)[0]) if self._backend is not None else int(self._t[0])
+        self._t_host = t
+        return t
 
     @t.setter
     def t(self, value: int):
@@ -125,6 +134,20 @@ class Optimizer:
             self._t[...] = self._backend.asarray(host, np.int32)
         else:
             self._t = host
+        self._t_host = int(value)
+
+    def check_steps(self, n: int) -> None:
+        """Raise a ValueError, changing nothing, if `n` more steps would pass `MAX_STEPS`.
+
+        The step count is an int32 on the backend: past 2**31 - 1 it would wrap to a negative
+        number without a word (Adam's bias correction then divides by 1 - beta**t of a negative t,
+        and `save` would write a count `load` refuses).  Reads the count from the device only
+        when the host's copy is unknown (after `buffers` was handed out)."""
+        t = self._t_host if self._t_host is not None else self.t
+        if t + n > MAX_STEPS:
+            raise ValueError(f"this optimizer has taken {t} steps and {n} more would pass its step count's limit "
+                             f"{MAX_STEPS} (2**31 - 1, an int32 on the device, which would wrap); make a new "
+                             "optimizer, or set optimizer.t, to train on")
 
     def check_bindable(self, params) -> None:
         """Raise unless `bind(backend, params)` would succeed (it changes nothing)."""
@@ -163,6 +186,8 @@ class Optimizer:
     def step(self, backend, params, grads):
         self.bind(backend, params)
         self._t += 1          # in place, on the backend: no host round trip
+        if self._t_host is not None:
+            self._t_host += 1
         self._update(backend, params, grads)
 
     def _update(self, backend, params, grads):
@@ -171,6 +196,7 @@ class Optimizer:
     # ------------------------------------------------------------ snapshots
     def buffers(self) -> list:
         """The step count and every state buffer, in a fixed order (for snapshots)."""
+        self._t_host = None   # the caller may write the count (a restore, a broadcast): read it again
         return [self._t] + [self.state[n] for n in sorted(self.state)]
 
     def hyper(self) -> dict:

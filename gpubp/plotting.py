@@ -73,9 +73,9 @@ def _save(fig, path, dpi, title=None, tight=True) -> Path:
         fig.suptitle(title)
     if tight:
         fig.tight_layout()
-    from .files import atomic_write
+    from .files import atomic_write, file_to_write
 
-    path = Path(path)
+    path = file_to_write(path, "plot.png")   # "out/" would be written as a file named "out"
     with atomic_write(path) as f:    # a failed write leaves no partial PNG
         fig.savefig(f, dpi=dpi, format="png")
     return path

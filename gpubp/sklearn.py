@@ -51,6 +51,10 @@ How the hyper-parameters map onto gpubp:
   are at the call (changed by `set_params`, they apply to the fitted network
   from then on, as scikit-learn's activation does; its dtype and backend stay
   the ones it was built with, and other `hidden_layer_sizes` are refused).
+  An `activation` changed by `set_params` on a fitted estimator applies from
+  the next `predict` (`predict_proba`, `score`) on, without a refit, as in
+  scikit-learn, whose predict reads `self.activation`; a changed `precision`
+  applies from the next fit or partial_fit.
   As in scikit-learn, `max_iter`, the `ConvergenceWarning` and `n_iter_`
   count the last call's epochs (so `n_iter_` is 1 after a `partial_fit`),
   while `t_` and `loss_curve_` count every epoch since the network was built.
@@ -442,12 +446,7 @@ class _BaseMLP(BaseEstimator):
         net = self.net_
         if net.precision != self.precision:
             net.precision = self.precision      # checked by _prepare_epochs
-        act = ACTIVATION_NAMES[self.activation]
-        if net.activations[:-1] != (act,) * (net.n_layers - 1):
-            # a warm start or partial_fit after set_params(activation=...): as in scikit-learn, the fitted
-            # weights go on in the new activation (the step plans, made for the old one, are dropped)
-            net.activations = (act,) * (net.n_layers - 1) + net.activations[-1:]
-            net._plans.clear()
+        self._sync_activation()
         n = X.shape[0]
         Xd = net.backend.asarray(X, net.dtype)   # one copy to the device
         n_batches = -(-n // batch_size)
@@ -499,6 +498,20 @@ class _BaseMLP(BaseEstimator):
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         self._restore_best()
 
+    def _sync_activation(self) -> None:
+        """The fitted network's hidden activation set to `self.activation` as it is now.
+
+        After `set_params(activation=...)` on a fitted estimator, scikit-learn's MLPs read the new
+        activation at the next predict, warm start or partial_fit and apply it to the fitted
+        weights; so does this (the step plans, made for the old one, are dropped)."""
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))}, "
+                             f"got {self.activation!r}")
+        net, act = self.net_, ACTIVATION_NAMES[self.activation]
+        if net.activations[:-1] != (act,) * (net.n_layers - 1):
+            net.activations = (act,) * (net.n_layers - 1) + net.activations[-1:]
+            net._plans.clear()
+
     # ------------------------------------------------------------ shared outputs
     def _outputs(self, X, check_input: bool = True) -> np.ndarray:
         """The network's raw outputs (logits for the classifier) as float64, after the input checks.
@@ -511,6 +524,7 @@ class _BaseMLP(BaseEstimator):
         if check_input:
             self._check_numeric_X(X)
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        self._sync_activation()   # set_params(activation=...) applies from the next predict on, as in scikit-learn
         net = self.net_
         return net.backend.to_numpy(net.forward(self._in_net_dtype(X))).astype(np.float64)
 

@@ -237,6 +237,8 @@ class FitLoop:
         sizes[-1] = B - (self.n_batches - 1) * self.batch_size
         failed = None
         try:
+            # the int32 step count would wrap (every rank has rank 0's count and the same steps)
+            opt.check_steps(epochs * self.n_batches)
             for cb in self.callbacks:
                 if hasattr(cb, "on_train_begin"):
                     cb.on_train_begin(net, hist)

@@ -160,6 +160,23 @@ def test_saving_to_a_directory_is_refused_and_writes_nothing(tmp_path):
     assert list(target.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["out/", "out/.", "sub/out/", "./"])
+def test_saving_to_a_name_ending_in_a_separator_is_refused_and_writes_nothing(tmp_path, monkeypatch, name):
+    """`Path` drops a trailing "/" (and a last "."): `save("out/")` wrote a file named `out`, and over an
+    existing file `out` replaced it; `gpubp train --save out/` is refused, and so is this now."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "out").write_bytes(b"keep")
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    for path in (name, name.encode()):
+        with pytest.raises(IsADirectoryError, match="directory; give a file name"):
+            net.save(path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["sub", "sub/out"]
+    assert (tmp_path / "sub" / "out").read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="not a file name"):
+        net.save("")
+
+
 def test_save_writes_a_synced_temporary_then_replaces(tmp_path, monkeypatch):
     import os
 
@@ -438,11 +455,11 @@ def _imports(module):
 
 
 def test_checkpoint_module_does_not_import_the_network():
-    """The file format stands alone: of gpubp it imports only the atomic file writer, which imports
-    nothing of gpubp."""
+    """The file format stands alone: of gpubp it imports only the atomic file writer (and its check of
+    the name), which imports nothing of gpubp."""
     imports = _imports("checkpoint")
     assert imports and not any("network" in l for l in imports)
-    assert [l for l in imports if l.startswith("from .")] == ["from .files import atomic_write"]
+    assert [l for l in imports if l.startswith("from .")] == ["from .files import atomic_write, file_to_write"]
     assert not any(l.startswith("from .") or "gpubp" in l for l in _imports("files"))
 
 

@@ -217,6 +217,23 @@ def test_gradcheck_refuses_a_check_that_cannot_fail(capsys, extra):
     assert "--loss cross_entropy needs at least 2 outputs" in err and out == ""
 
 
+@pytest.mark.parametrize("extra, said", [
+    (["--loss", "cross_entropy"], "--loss cross_entropy takes logits"),
+    (["--loss", "binary_cross_entropy"], "--loss binary_cross_entropy takes logits"),
+    (["--all-losses"], "--all-losses checks cross_entropy and binary_cross_entropy, which take logits")])
+def test_gradcheck_refuses_an_output_activation_on_logits_as_train_does(capsys, extra, said):
+    """`--output-activation sigmoid` with a logit loss was replaced by identity without a word (the check
+    then ran, and passed, on a network other than the one asked for); `gpubp train` refuses it."""
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--output-activation", "sigmoid", *extra,
+                           with_stdout=True)
+    assert said in err and "--output-activation must be identity, not sigmoid" in err and out == ""
+    assert "must be identity, not sigmoid" in usage_error(capsys, "train", "--backend", "numpy", "--epochs", "1",
+                                                          "--output-activation", "sigmoid", "--loss",
+                                                          "cross_entropy")
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--output-activation", "sigmoid", "--loss", "mse")
+    assert rc == 0 and "(output sigmoid), loss mse" in out
+
+
 # ---------------------------------------------------------------- info, dispatch, python -m
 def test_info_names_versions_and_backends(capsys):
     rc, out, _ = run(capsys, "info")

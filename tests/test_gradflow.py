@@ -205,6 +205,19 @@ def test_the_plots_leave_no_figure_behind_and_the_users_backend_alone(tmp_path):
         assert __import__("matplotlib.pyplot").pyplot.get_fignums() == []
 
 
+def test_a_plot_to_a_name_ending_in_a_separator_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    """`Path` drops a trailing "/": plot_history(h, "out/") wrote a PNG named `out` (as MLP.save did a
+    checkpoint); refused now as `gpubp train --plot out/` is, nothing written."""
+    pytest.importorskip("matplotlib")
+    from gpubp.plotting import plot_history
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("out/", "out/.", b"out/"):
+        with pytest.raises(IsADirectoryError, match="names a directory; give a file name such as 'out/plot.png'"):
+            plot_history({"loss": [1.0, 0.5]}, name)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_flow_warning_survives_pickle_and_copy():
     # FlowWarning.__new__ takes four arguments and str's pickling passed one: pickle.loads and
     # copy.deepcopy of a finding raised "missing 3 required positional arguments"

@@ -830,13 +830,15 @@ def test_predict_and_evaluate_take_rows_whose_eval_chunk_plan_would_not_fit(monk
     want_p, want_e, want_f = net.predict(X), net.evaluate(X, y), net.forward(X)
     net = _net(seed=3)
     per_row = StepPlan.nbytes_estimate(net.sizes, net.activations, 1, net.dtype)
-    monkeypatch.setattr(net.backend, "free_memory", lambda: 300 * per_row)   # 300 rows fit, not 1000
+    # patched on the class: monkeypatch undoes an instance's patch by setting the bound method on the shared
+    # backend instance, which then hid later tests' class patches (test_checkpoint's predict test failed after this)
+    monkeypatch.setattr(type(net.backend), "free_memory", lambda self: 300 * per_row)   # 300 rows fit, not 1000
     with pytest.raises(MemoryError):
         net._plan(1000)
     assert np.array_equal(net.predict(X), want_p) and np.array_equal(net.forward(X), want_f)
     got = net.evaluate(X, y)
     assert got["accuracy"] == want_e["accuracy"] and got["loss"] == pytest.approx(want_e["loss"], rel=1e-6)
     assert max(net._plans) == 300
-    monkeypatch.setattr(net.backend, "free_memory", lambda: per_row - 1)      # not even one row
+    monkeypatch.setattr(type(net.backend), "free_memory", lambda self: per_row - 1)      # not even one row
     with pytest.raises(MemoryError, match="a batch of 1 rows"):
         net.predict(X[:5])

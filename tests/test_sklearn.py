@@ -728,6 +728,30 @@ def test_an_activation_set_after_fitting_is_what_the_next_epochs_train_in(how):
     np.testing.assert_array_equal(twin.predict(X), g.predict(X))
 
 
+@pytest.mark.parametrize("case", ["multiclass", "regression"])
+def test_an_activation_set_after_fitting_is_what_predict_runs_without_a_refit(case):
+    """scikit-learn's predict reads `self.activation`: after set_params(activation="tanh") on a fitted
+    estimator it predicts with the fitted weights in tanh.  Ours went on predicting in the activation the
+    network was built with (until the next fit) while get_params() reported the new one."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7,), activation="relu", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
+              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100)
+    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y)
+    g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
+    for act in ("tanh", "logistic", "identity", "relu"):
+        sk.set_params(activation=act)
+        g.set_params(activation=act)
+        assert g.get_params()["activation"] == act
+        np.testing.assert_allclose(g.predict(X), sk.predict(X), rtol=0, atol=1e-12)
+        if case == "multiclass":
+            np.testing.assert_allclose(g.predict_proba(X), sk.predict_proba(X), rtol=0, atol=1e-12)
+    g.set_params(activation="softmax")   # not one of ours: said, as fit says it, nothing changed
+    with pytest.raises(ValueError, match="activation must be one of"):
+        g.predict(X)
+    assert g.net_.activations == ("relu", "identity")
+
+
 @pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
 def test_other_hidden_layer_sizes_after_fitting_are_refused(how):
     """A warm-started fit or a partial_fit after set_params(hidden_layer_sizes=...) went on training the

@@ -247,6 +247,26 @@ def test_activation_grad_formulas_equal_the_numpy_backend():
         assert rel_err(out, ref) < 1e-14, act
 
 
+def test_activation_grad_formulas_run_on_the_emulated_cupy():
+    """The same formulas with the fake CuPy of GPUBP_EMULATE_GPU=1 (tests/support/fake_cupy.py), as
+    FusedMLP's CUDA bridge calls them for the output activation: silu's `xp.ones_like` was missing from
+    the fake (real CuPy has it), so the emulated CUDA path failed with an AttributeError."""
+    from support.fake_cupy import FakeCupy
+
+    cp = FakeCupy(execute=True)
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((7, 5)) * 4
+    z[0, :3] = [0.0, 40.0, -40.0]
+    from gpubp.backends.numpy_backend import activation_forward
+    for act in ACTIVATIONS:
+        a = activation_forward(act, z, np.empty_like(z))
+        d = rng.standard_normal(z.shape)
+        ref = activation_backward_inplace(act, d.copy(), a, z)
+        out = gtorch.activation_grad_xp(cp, act, cp.asarray(d), cp.asarray(a), cp.asarray(z))
+        assert isinstance(out, cp.ndarray), act
+        assert rel_err(cp.asnumpy(out), ref) < 1e-14, act
+
+
 # ------------------------------------------------------------------ graph state
 def _spy_on_passes(monkeypatch):
     """Weak references to the hidden activation arrays of every forward pass."""

@@ -163,3 +163,33 @@ def test_a_copied_network_trains_as_the_original(rng, how):
     twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
     assert np.array_equal(twin.predict_proba(X), net.predict_proba(X))
     assert not any(a.flags.writeable for a in twin.standardization)   # as the original's
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "sgd"])
+def test_a_step_count_that_would_wrap_is_refused_with_nothing_changed(rng, opt_name):
+    """The step count is an int32 on the backend: step 2**31 wrapped it to -2**31 without a word (Adam's
+    bias correction then went wrong, and `save` wrote a count `load` refuses).  fit, train_step and a
+    captured step refuse a step past 2**31 - 1 on the host, before anything changes."""
+    from gpubp.optim import MAX_STEPS, make_optimizer
+
+    X, Y = rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    opt = make_optimizer(opt_name, lr=1e-3)
+    opt.t = MAX_STEPS - 4
+    net.fit(X, Y, epochs=1, batch_size=5, optimizer=opt, verbose=0)   # 2 steps: to MAX_STEPS - 2
+    assert opt.t == MAX_STEPS - 2
+    before = [(W.copy(), b.copy()) for W, b in net.get_params()]
+    with pytest.raises(ValueError, match=r"has taken 2147483645 steps and 4 more would pass .* 2147483647"):
+        net.fit(X, Y, epochs=2, batch_size=5, optimizer=opt, verbose=0)
+    assert opt.t == MAX_STEPS - 2
+    assert all(np.array_equal(W, W0) and np.array_equal(b, b0) for (W, b), (W0, b0) in zip(net.get_params(), before))
+    net.train_step(X, Y, opt)
+    step = net.capture_train_step(X, Y, opt)          # its first step is the last the count holds
+    assert opt.t == MAX_STEPS
+    for call in (lambda: net.train_step(X, Y, opt), lambda: step(X, Y), lambda: net.capture_train_step(X, Y, opt)):
+        with pytest.raises(ValueError, match="more would pass its step count's limit"):
+            call()
+        assert opt.t == MAX_STEPS
+    opt.t = 0                                         # as the message says: set the count (or a new optimizer)
+    step(X, Y)
+    assert opt.t == 1

@@ -467,3 +467,32 @@ def test_a_device_scalar_is_no_sample_whatever_its_dtype():
         for n_in in (1, 3):
             with pytest.raises(ValueError, match=rf"X has shape \(\); expected \(B, {n_in}\)"):
                 gpubp.MLP([n_in, 2], backend="cuda", seed=0).predict(x)
+
+
+def test_a_step_count_that_would_wrap_is_refused_on_the_host_as_numpys():
+    """The device's int32 step count: a fit, train_step or captured step (a CUDA graph replay, which
+    opt.step does not count on the host) past 2**31 - 1 is refused before anything runs, as on numpy."""
+    from gpubp.optim import MAX_STEPS
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
+    net = gpubp.MLP([3, 4, 2], backend="cuda", seed=0)
+    opt = gpubp.optim.Adam(1e-3)
+    opt.t = MAX_STEPS - 4
+    net.fit(X, Y, epochs=1, batch_size=5, optimizer=opt, verbose=0)
+    with pytest.raises(ValueError, match="has taken 2147483645 steps and 4 more would pass"):
+        net.fit(X, Y, epochs=2, batch_size=5, optimizer=opt, verbose=0)
+    net.train_step(X, Y, opt)
+    step = net.capture_train_step(X, Y, opt)
+    assert opt.t == MAX_STEPS
+    params = net.backend.to_numpy(net._params).copy()
+    for call in (lambda: net.train_step(X, Y, opt), lambda: step(X, Y)):
+        with pytest.raises(ValueError, match="more would pass its step count's limit"):
+            call()
+    assert opt.t == MAX_STEPS and np.array_equal(net.backend.to_numpy(net._params), params)
+    opt.t = MAX_STEPS - 2
+    step(X, Y)
+    step(X, Y)                     # counted on the host without a device read: the third is refused
+    with pytest.raises(ValueError, match="has taken 2147483647 steps and 1 more"):
+        step(X, Y)
+    assert opt.t == MAX_STEPS

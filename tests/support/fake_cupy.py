@@ -280,7 +280,7 @@ class FakeCupy(types.ModuleType):
                      "negative", "add", "subtract", "multiply", "divide"):
             setattr(self, name, self._device_ufunc(getattr(np, name)))
         for name in ("take", "take_along_axis", "concatenate", "stack", "where", "sum", "argmax",
-                     "zeros_like", "copy"):
+                     "zeros_like", "ones_like", "copy"):
             setattr(self, name, self._device_function(getattr(np, name)))
 
     @property
