@@ -217,6 +217,9 @@ class MLP:
         """Bytes of parameters, gradients, two optimizer state buffers and one step plan of `batch` rows."""
         from .backends.plan import StepPlan
 
+        # a positive integer: int() would take "3", truncate 2.5, read True as 1 and give a negative
+        # size for -1
+        batch = check_positive_int("batch", batch)
         flat = 4 * self.layout.total * self.dtype.itemsize
         return flat + StepPlan.nbytes_estimate(self.sizes, self.activations, batch, self.dtype)
 

@@ -326,3 +326,12 @@ def test_data_helpers_check_counts_and_shapes(call, words):
     with pytest.raises(ValueError, match=words):
         call(data)
     assert data.one_hot([0, 1], np.int64(2)).tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("batch", [True, 0, -1, 2.5, "3", None, float("nan"), float("inf")])
+def test_memory_estimate_batch_is_a_positive_integer(net, batch):
+    # each was taken by int(): "3" parsed, 2.5 truncated, True as 1, -1 a negative size (None, NaN and
+    # inf were int()'s own errors)
+    with pytest.raises(ValueError, match="batch must be a positive integer"):
+        net.memory_estimate(batch)
+    assert net.memory_estimate(np.int64(3)) == net.memory_estimate(3) > net.memory_estimate(1)
