@@ -253,7 +253,11 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
 
 def labels_from_outputs(out, loss: str) -> np.ndarray:
     """Class labels from a network's raw outputs (logits, or the squared-error outputs)."""
-    out = np.asarray(out)
+    # the loss picks the threshold of one output (0 for logits, 0.5 for squared errors): an unknown
+    # name ("bce", a typo) was taken for a squared-error loss, and text outputs were argmax'ed as text
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    out = host_array(out, "out")
     if out.ndim == 1:
         out = out.reshape(-1, 1)
     if out.ndim != 2:   # argmax(axis=1) of (B, n, m) gave (B, m) "labels"

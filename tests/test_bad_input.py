@@ -335,3 +335,23 @@ def test_memory_estimate_batch_is_a_positive_integer(net, batch):
     with pytest.raises(ValueError, match="batch must be a positive integer"):
         net.memory_estimate(batch)
     assert net.memory_estimate(np.int64(3)) == net.memory_estimate(3) > net.memory_estimate(1)
+
+
+@pytest.mark.parametrize("out,loss,exc,words", [
+    # an unknown name was taken for a squared-error loss: one logit of 0.3 became class 0 (threshold 0.5)
+    (np.array([[0.3], [-0.2]]), "bce", ValueError, "unknown loss 'bce'"),
+    (np.array([[0.3], [-0.2]]), None, ValueError, "unknown loss None"),
+    (np.array([["a", "b"], ["d", "c"]]), "mse", TypeError, "out must be a real numeric array"),   # argmax'ed as text
+    (np.ones((2, 2), complex), "cross_entropy", TypeError, "out is complex"),
+])
+def test_labels_from_outputs_refuses_unknown_losses_and_non_numbers(out, loss, exc, words):
+    from gpubp import data
+    with pytest.raises(exc, match=words):
+        data.labels_from_outputs(out, loss)
+    assert data.labels_from_outputs(np.array([[0.3], [-0.2]]), "binary_cross_entropy").tolist() == [1, 0]
+
+
+def test_early_stopping_mode_must_be_a_name():
+    # an array was numpy's "truth value of an array ... is ambiguous"
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
+        gpubp.callbacks.EarlyStopping(mode=np.array(["min", "max"]))
