@@ -356,7 +356,7 @@ class MLP:
         if _is_device_array(X):
             if "complex" in str(getattr(X, "dtype", "")):
                 raise TypeError(f"{name} is complex ({X.dtype}); gpubp takes real numbers only")
-            a = self.backend.asarray(X, self.dtype)
+            a = self._device_input(X, name)
             if a.ndim == 1 and a.shape[0] == n0:
                 a = a.reshape(1, n0)
             if a.ndim != 2 or a.shape[1] != n0:
@@ -371,10 +371,18 @@ class MLP:
             raise ValueError(f"{name} holds no samples")
         return a
 
+    def _device_input(self, x, name, to_host=False):
+        """Device array `x` as a backend array of the network's dtype (or, `to_host`, a numpy copy); the
+        backend's refusal (the numpy backend's of any device array) names the argument."""
+        try:
+            return self.backend.to_numpy(x) if to_host else self.backend.asarray(x, self.dtype)
+        except TypeError as e:
+            raise TypeError(f"{name}: {e}") from None
+
     def _host(self, x, name):
         """`host_array(x, name)`, with a device array (CuPy, a CUDA tensor) copied to the host first by
         the backend (numpy cannot read device memory; the numpy backend refuses one, saying why)."""
-        return host_array(self.backend.to_numpy(x) if _is_device_array(x) else x, name)
+        return host_array(self._device_input(x, name, to_host=True) if _is_device_array(x) else x, name)
 
     def _targets(self, Y, B, name="Y"):
         """Targets checked against a batch of `B` samples, as a backend array."""

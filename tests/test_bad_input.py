@@ -355,3 +355,27 @@ def test_early_stopping_mode_must_be_a_name():
     # an array was numpy's "truth value of an array ... is ambiguous"
     with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
         gpubp.callbacks.EarlyStopping(mode=np.array(["min", "max"]))
+
+
+class _OnDevice:
+    """Stands for a CuPy array (what `_is_device_array` recognises), without a GPU."""
+    __cuda_array_interface__ = {"shape": (3, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+    shape, ndim = (3, 4), 2
+
+
+@pytest.mark.parametrize("name,call", [
+    ("X", lambda n, d: n.predict(d)),
+    ("X", lambda n, d: n.fit(d, [0, 1, 2], epochs=1, progress=False)),
+    ("Y", lambda n, d: n.fit(np.ones((3, 4)), d, epochs=1, progress=False)),
+    ("sample_weight", lambda n, d: n.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, sample_weight=d)),
+    ("X_val", lambda n, d: n.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, validation=(d, [0, 1, 2]))),
+    ("mean", lambda n, d: n.set_standardization(d, np.ones(4))),
+    ("layer 1 W", lambda n, d: n.set_params([(d, np.ones(6)), (np.ones((3, 6)), np.ones(3))])),
+])
+def test_device_arrays_given_to_a_numpy_network_are_named(net, name, call):
+    # the numpy backend's refusal said "got an array on a CUDA device" without saying which argument
+    before = net.get_params()
+    with pytest.raises(TypeError, match=rf"^{name}: got an array on a CUDA device; the numpy backend takes host"):
+        call(net, _OnDevice())
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, net.get_params()))
+    assert net.optimizer is None and net.standardization is None
