@@ -704,6 +704,12 @@ class MLP:
                     if Y.shape == Ys.shape and bool(((Y < 0) | (Y >= n_out)).any()):
                         raise ValueError(f"class labels in Y must lie in [0, {n_out})")
                 Yd = self.backend.asarray(Y, Ys.dtype)
+                # the shapes `_inputs` and `_targets` take as well: one sample as (n_0,), the targets of
+                # one output as (B,) (and one sample's as (n_out,)); (B,) targets were refused here
+                if Xd.ndim == 1 and Xs.shape[0] == 1 and Xd.shape[0] == Xs.shape[1]:
+                    Xd = Xd.reshape(Xs.shape)
+                if Yd.ndim == 1 and Ys.ndim == 2 and 1 in Ys.shape and Yd.shape[0] == Ys.size:
+                    Yd = Yd.reshape(Ys.shape)
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
                 raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")

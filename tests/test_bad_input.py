@@ -379,3 +379,20 @@ def test_device_arrays_given_to_a_numpy_network_are_named(net, name, call):
         call(net, _OnDevice())
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, net.get_params()))
     assert net.optimizer is None and net.standardization is None
+
+
+@pytest.mark.parametrize("B,n_out", [(6, 1), (1, 3), (1, 1)])
+def test_captured_step_without_checks_takes_the_shapes_the_checked_one_takes(B, n_out):
+    # check_inputs=False refused (B,) targets of a one-output network (and a (n_0,) sample), which the
+    # first step and check_inputs=True take: "a captured step trains on batches shaped like the first one"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, 4))
+    Y = rng.standard_normal(B * n_out)        # (B,) for one output, (n_out,) for one sample
+    Xs = X[0] if B == 1 else X
+    steps = []
+    for check in (True, False):
+        net = gpubp.MLP([4, 5, n_out], backend="numpy", seed=0)
+        step = net.capture_train_step(Xs, Y, gpubp.optim.SGD(0.1), check_inputs=check)
+        steps.append((float(step(Xs, Y)[0]), float(step(Xs, Y)[0]), net.get_params()))
+    assert steps[0][:2] == steps[1][:2]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(steps[0][2], steps[1][2]))
