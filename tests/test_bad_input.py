@@ -396,3 +396,14 @@ def test_captured_step_without_checks_takes_the_shapes_the_checked_one_takes(B, 
         steps.append((float(step(Xs, Y)[0]), float(step(Xs, Y)[0]), net.get_params()))
     assert steps[0][:2] == steps[1][:2]
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(steps[0][2], steps[1][2]))
+
+
+@pytest.mark.parametrize("dtype", [str, "U3", object, complex, "datetime64[D]", "abc"])
+def test_one_hot_and_targets_for_take_numeric_dtypes_only(dtype):
+    # str gave ['1', ''] rows, dates gave dates, complex and object were taken; "abc" was numpy's own error
+    from gpubp import data
+    for call in (lambda: data.one_hot([0, 1], 2, dtype=dtype), lambda: data.targets_for([0, 1], "mse", 2, dtype=dtype)):
+        with pytest.raises(TypeError, match="dtype must be a real numeric dtype"):
+            call()
+    assert data.one_hot([0, 1], 2, dtype=np.float32).dtype == np.float32
+    assert data.one_hot([0, 1], 2, dtype=int).tolist() == [[1, 0], [0, 1]]
