@@ -407,3 +407,28 @@ def test_one_hot_and_targets_for_take_numeric_dtypes_only(dtype):
             call()
     assert data.one_hot([0, 1], 2, dtype=np.float32).dtype == np.float32
     assert data.one_hot([0, 1], 2, dtype=int).tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("sizes", [{4, 3}, frozenset({4, 3}), {4: 1, 3: 1}])
+def test_layer_sizes_must_be_ordered(sizes):
+    # a set was taken in its iteration order ({4, 3} gave layers (3, 4)), a dict by its keys
+    with pytest.raises(TypeError, match="layer_sizes must be a sequence of integers"):
+        gpubp.MLP(sizes, backend="numpy")
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_dtype_is_native_whatever_the_byte_order_asked(dtype):
+    # ">f4" (named float32) was kept: the network's buffers were big-endian
+    net = gpubp.MLP([4, 3], backend="numpy", seed=0, dtype=dtype)
+    assert net.dtype.isnative and net.dtype.name == np.dtype(dtype).name
+    assert net._params.dtype.isnative
+    ref = gpubp.MLP([4, 3], backend="numpy", seed=0, dtype=np.dtype(dtype).name)
+    assert np.array_equal(net.forward(np.ones((2, 4))), ref.forward(np.ones((2, 4))))
+
+
+def test_callbacks_as_an_array(net):
+    # `callbacks or []` asked an array of callbacks for its truth value: numpy's "ambiguous" error
+    cbs = np.array([gpubp.callbacks.EarlyStopping(monitor="loss"), 
+                    gpubp.callbacks.LambdaCallback(on_epoch_end=lambda *a: None)], dtype=object)
+    hist = net.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, callbacks=cbs)
+    assert len(hist["loss"]) == 1
