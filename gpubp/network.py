@@ -837,7 +837,7 @@ class MLP:
                                                                          "on_train_end")):
             raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")
         try:
-            callbacks = list(callbacks or [])
+            callbacks = [] if callbacks is None else list(callbacks)   # not `or`: an array has no truth value
         except TypeError:
             raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}") from None
         for cb in callbacks:
