@@ -432,3 +432,17 @@ def test_callbacks_as_an_array(net):
                     gpubp.callbacks.LambdaCallback(on_epoch_end=lambda *a: None)], dtype=object)
     hist = net.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, callbacks=cbs)
     assert len(hist["loss"]) == 1
+
+
+@pytest.mark.parametrize("c,a,b,exc,words", [
+    # c was broadcast against a @ b: one row compared with every row, silently
+    (np.ones(2), np.ones((2, 3)), np.ones((3, 2)), ValueError, r"c \(2,\), a \(2, 3\) and b \(3, 2\)"),
+    (np.ones((1, 2)), np.ones((2, 3)), np.ones((3, 2)), ValueError, r"c \(1, 2\)"),
+    (np.ones((2, 2)), np.ones((2, 3)), np.ones((2, 2)), ValueError, "not \\(M, N\\)"),
+    ("a", np.ones((2, 3)), np.ones((3, 2)), TypeError, "c must be a real numeric array"),   # float()'s error
+])
+def test_precision_relative_error_checks_shapes(c, a, b, exc, words):
+    from gpubp import precision
+    with pytest.raises(exc, match=words):
+        precision.relative_error(c, a, b)
+    assert precision.relative_error(np.full((2, 2), 3.0), np.ones((2, 3)), np.ones((3, 2))) == 0.0
