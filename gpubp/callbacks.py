@@ -49,7 +49,7 @@ class EarlyStopping:
         delta = real_number(min_delta)
         if delta is None or not math.isfinite(delta) or delta < 0:
             raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
-        if mode not in ("auto", "min", "max"):
+        if not isinstance(mode, str) or mode not in ("auto", "min", "max"):   # an array: numpy's "truth value"
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), delta
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode

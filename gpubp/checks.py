@@ -32,7 +32,9 @@ def check_dtype(dtype):
         dt = None
     if dt is None or dt.name not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dt
+    # the native byte order: ">f4" is named float32 too, but kept it gave a byte-swapped network
+    # (its buffers, checkpoints and what device kernels would read)
+    return np.dtype(DTYPES[dt.name])
 
 
 def check_precision(precision, dtype):
@@ -47,7 +49,8 @@ def check_precision(precision, dtype):
 
 
 def check_sizes(layer_sizes):
-    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+    # a set or a dict has a length, but no order of its own: {784, 10} gave layers (10, 784)
+    if isinstance(layer_sizes, (str, bytes, set, frozenset, dict)) or not hasattr(layer_sizes, "__len__"):
         raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")
     sizes = list(layer_sizes)
     if len(sizes) < 2:

@@ -208,8 +208,21 @@ def _class_labels(y, n_classes: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _numeric_dtype(dtype) -> np.dtype:
+    """`dtype` as a numpy dtype of real numbers (bool, integers or floats), or a TypeError naming `dtype`:
+    a text dtype made the zeros of one-hot rows empty strings, a date dtype made them dates."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "biuf":
+        raise TypeError(f"dtype must be a real numeric dtype (a float, integer or bool type), got {dtype!r}")
+    return dt
+
+
 def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
     """Integer labels `(B,)` as one-hot rows `(B, n_classes)`."""
+    dtype = _numeric_dtype(dtype)
     y = _class_labels(y, n_classes)
     out = np.zeros((y.shape[0], n_classes), dtype=dtype)
     out[np.arange(y.shape[0]), y] = 1
@@ -243,6 +256,7 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     n_out = check_positive_int("n_out", n_out)
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    dtype = _numeric_dtype(dtype)
     y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
         return y
@@ -253,7 +267,11 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
 
 def labels_from_outputs(out, loss: str) -> np.ndarray:
     """Class labels from a network's raw outputs (logits, or the squared-error outputs)."""
-    out = np.asarray(out)
+    # the loss picks the threshold of one output (0 for logits, 0.5 for squared errors): an unknown
+    # name ("bce", a typo) was taken for a squared-error loss, and text outputs were argmax'ed as text
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    out = host_array(out, "out")
     if out.ndim == 1:
         out = out.reshape(-1, 1)
     if out.ndim != 2:   # argmax(axis=1) of (B, n, m) gave (B, m) "labels"

@@ -217,6 +217,9 @@ class MLP:
         """Bytes of parameters, gradients, two optimizer state buffers and one step plan of `batch` rows."""
         from .backends.plan import StepPlan
 
+        # a positive integer: int() would take "3", truncate 2.5, read True as 1 and give a negative
+        # size for -1
+        batch = check_positive_int("batch", batch)
         flat = 4 * self.layout.total * self.dtype.itemsize
         return flat + StepPlan.nbytes_estimate(self.sizes, self.activations, batch, self.dtype)
 
@@ -353,7 +356,7 @@ class MLP:
         if _is_device_array(X):
             if "complex" in str(getattr(X, "dtype", "")):
                 raise TypeError(f"{name} is complex ({X.dtype}); gpubp takes real numbers only")
-            a = self.backend.asarray(X, self.dtype)
+            a = self._device_input(X, name)
             if a.ndim == 1 and a.shape[0] == n0:
                 a = a.reshape(1, n0)
             if a.ndim != 2 or a.shape[1] != n0:
@@ -368,10 +371,18 @@ class MLP:
             raise ValueError(f"{name} holds no samples")
         return a
 
+    def _device_input(self, x, name, to_host=False):
+        """Device array `x` as a backend array of the network's dtype (or, `to_host`, a numpy copy); the
+        backend's refusal (the numpy backend's of any device array) names the argument."""
+        try:
+            return self.backend.to_numpy(x) if to_host else self.backend.asarray(x, self.dtype)
+        except TypeError as e:
+            raise TypeError(f"{name}: {e}") from None
+
     def _host(self, x, name):
         """`host_array(x, name)`, with a device array (CuPy, a CUDA tensor) copied to the host first by
         the backend (numpy cannot read device memory; the numpy backend refuses one, saying why)."""
-        return host_array(self.backend.to_numpy(x) if _is_device_array(x) else x, name)
+        return host_array(self._device_input(x, name, to_host=True) if _is_device_array(x) else x, name)
 
     def _targets(self, Y, B, name="Y"):
         """Targets checked against a batch of `B` samples, as a backend array."""
@@ -698,6 +709,12 @@ class MLP:
                     if Y.shape == Ys.shape and bool(((Y < 0) | (Y >= n_out)).any()):
                         raise ValueError(f"class labels in Y must lie in [0, {n_out})")
                 Yd = self.backend.asarray(Y, Ys.dtype)
+                # the shapes `_inputs` and `_targets` take as well: one sample as (n_0,), the targets of
+                # one output as (B,) (and one sample's as (n_out,)); (B,) targets were refused here
+                if Xd.ndim == 1 and Xs.shape[0] == 1 and Xd.shape[0] == Xs.shape[1]:
+                    Xd = Xd.reshape(Xs.shape)
+                if Yd.ndim == 1 and Ys.ndim == 2 and 1 in Ys.shape and Yd.shape[0] == Ys.size:
+                    Yd = Yd.reshape(Ys.shape)
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
                 raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
@@ -827,7 +844,7 @@ class MLP:
                                                                          "on_train_end")):
             raise TypeError(f"callbacks must be a list of callbacks, got one ({callbacks!r}): pass [callback]")
         try:
-            callbacks = list(callbacks or [])
+            callbacks = [] if callbacks is None else list(callbacks)   # not `or`: an array has no truth value
         except TypeError:
             raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}") from None
         for cb in callbacks:

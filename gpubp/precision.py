@@ -250,10 +250,15 @@ def matmul(a, b, precision: str = "float32") -> np.ndarray:
 
 def relative_error(c, a, b) -> float:
     """max |c - a @ b| / max (|a| @ |b|), with a @ b and |a| @ |b| in float64."""
-    a64 = np.asarray(a, np.float64)
-    b64 = np.asarray(b, np.float64)
+    from .checks import host_array
+
+    a64, b64, c64 = (host_array(v, n).astype(np.float64) for v, n in ((a, "a"), (b, "b"), (c, "c")))
+    # c of another shape was broadcast against a @ b: a row (N,) or (1, N) compared with every row
+    if a64.ndim != 2 or b64.ndim != 2 or a64.shape[1] != b64.shape[0] or c64.shape != (a64.shape[0], b64.shape[1]):
+        raise ValueError(f"relative_error shapes: c {c64.shape}, a {a64.shape} and b {b64.shape} are not (M, N), "
+                         f"(M, K) and (K, N)")
     scale = float((np.abs(a64) @ np.abs(b64)).max(initial=0.0))
-    err = float(np.abs(np.asarray(c, np.float64) - a64 @ b64).max(initial=0.0))
+    err = float(np.abs(c64 - a64 @ b64).max(initial=0.0))
     return err / scale if scale > 0 else err
 
 

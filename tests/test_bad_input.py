@@ -326,3 +326,123 @@ def test_data_helpers_check_counts_and_shapes(call, words):
     with pytest.raises(ValueError, match=words):
         call(data)
     assert data.one_hot([0, 1], np.int64(2)).tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("batch", [True, 0, -1, 2.5, "3", None, float("nan"), float("inf")])
+def test_memory_estimate_batch_is_a_positive_integer(net, batch):
+    # each was taken by int(): "3" parsed, 2.5 truncated, True as 1, -1 a negative size (None, NaN and
+    # inf were int()'s own errors)
+    with pytest.raises(ValueError, match="batch must be a positive integer"):
+        net.memory_estimate(batch)
+    assert net.memory_estimate(np.int64(3)) == net.memory_estimate(3) > net.memory_estimate(1)
+
+
+@pytest.mark.parametrize("out,loss,exc,words", [
+    # an unknown name was taken for a squared-error loss: one logit of 0.3 became class 0 (threshold 0.5)
+    (np.array([[0.3], [-0.2]]), "bce", ValueError, "unknown loss 'bce'"),
+    (np.array([[0.3], [-0.2]]), None, ValueError, "unknown loss None"),
+    (np.array([["a", "b"], ["d", "c"]]), "mse", TypeError, "out must be a real numeric array"),   # argmax'ed as text
+    (np.ones((2, 2), complex), "cross_entropy", TypeError, "out is complex"),
+])
+def test_labels_from_outputs_refuses_unknown_losses_and_non_numbers(out, loss, exc, words):
+    from gpubp import data
+    with pytest.raises(exc, match=words):
+        data.labels_from_outputs(out, loss)
+    assert data.labels_from_outputs(np.array([[0.3], [-0.2]]), "binary_cross_entropy").tolist() == [1, 0]
+
+
+def test_early_stopping_mode_must_be_a_name():
+    # an array was numpy's "truth value of an array ... is ambiguous"
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
+        gpubp.callbacks.EarlyStopping(mode=np.array(["min", "max"]))
+
+
+class _OnDevice:
+    """Stands for a CuPy array (what `_is_device_array` recognises), without a GPU."""
+    __cuda_array_interface__ = {"shape": (3, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+    shape, ndim = (3, 4), 2
+
+
+@pytest.mark.parametrize("name,call", [
+    ("X", lambda n, d: n.predict(d)),
+    ("X", lambda n, d: n.fit(d, [0, 1, 2], epochs=1, progress=False)),
+    ("Y", lambda n, d: n.fit(np.ones((3, 4)), d, epochs=1, progress=False)),
+    ("sample_weight", lambda n, d: n.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, sample_weight=d)),
+    ("X_val", lambda n, d: n.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, validation=(d, [0, 1, 2]))),
+    ("mean", lambda n, d: n.set_standardization(d, np.ones(4))),
+    ("layer 1 W", lambda n, d: n.set_params([(d, np.ones(6)), (np.ones((3, 6)), np.ones(3))])),
+])
+def test_device_arrays_given_to_a_numpy_network_are_named(net, name, call):
+    # the numpy backend's refusal said "got an array on a CUDA device" without saying which argument
+    before = net.get_params()
+    with pytest.raises(TypeError, match=rf"^{name}: got an array on a CUDA device; the numpy backend takes host"):
+        call(net, _OnDevice())
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(before, net.get_params()))
+    assert net.optimizer is None and net.standardization is None
+
+
+@pytest.mark.parametrize("B,n_out", [(6, 1), (1, 3), (1, 1)])
+def test_captured_step_without_checks_takes_the_shapes_the_checked_one_takes(B, n_out):
+    # check_inputs=False refused (B,) targets of a one-output network (and a (n_0,) sample), which the
+    # first step and check_inputs=True take: "a captured step trains on batches shaped like the first one"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, 4))
+    Y = rng.standard_normal(B * n_out)        # (B,) for one output, (n_out,) for one sample
+    Xs = X[0] if B == 1 else X
+    steps = []
+    for check in (True, False):
+        net = gpubp.MLP([4, 5, n_out], backend="numpy", seed=0)
+        step = net.capture_train_step(Xs, Y, gpubp.optim.SGD(0.1), check_inputs=check)
+        steps.append((float(step(Xs, Y)[0]), float(step(Xs, Y)[0]), net.get_params()))
+    assert steps[0][:2] == steps[1][:2]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(steps[0][2], steps[1][2]))
+
+
+@pytest.mark.parametrize("dtype", [str, "U3", object, complex, "datetime64[D]", "abc"])
+def test_one_hot_and_targets_for_take_numeric_dtypes_only(dtype):
+    # str gave ['1', ''] rows, dates gave dates, complex and object were taken; "abc" was numpy's own error
+    from gpubp import data
+    for call in (lambda: data.one_hot([0, 1], 2, dtype=dtype), lambda: data.targets_for([0, 1], "mse", 2, dtype=dtype)):
+        with pytest.raises(TypeError, match="dtype must be a real numeric dtype"):
+            call()
+    assert data.one_hot([0, 1], 2, dtype=np.float32).dtype == np.float32
+    assert data.one_hot([0, 1], 2, dtype=int).tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("sizes", [{4, 3}, frozenset({4, 3}), {4: 1, 3: 1}])
+def test_layer_sizes_must_be_ordered(sizes):
+    # a set was taken in its iteration order ({4, 3} gave layers (3, 4)), a dict by its keys
+    with pytest.raises(TypeError, match="layer_sizes must be a sequence of integers"):
+        gpubp.MLP(sizes, backend="numpy")
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_dtype_is_native_whatever_the_byte_order_asked(dtype):
+    # ">f4" (named float32) was kept: the network's buffers were big-endian
+    net = gpubp.MLP([4, 3], backend="numpy", seed=0, dtype=dtype)
+    assert net.dtype.isnative and net.dtype.name == np.dtype(dtype).name
+    assert net._params.dtype.isnative
+    ref = gpubp.MLP([4, 3], backend="numpy", seed=0, dtype=np.dtype(dtype).name)
+    assert np.array_equal(net.forward(np.ones((2, 4))), ref.forward(np.ones((2, 4))))
+
+
+def test_callbacks_as_an_array(net):
+    # `callbacks or []` asked an array of callbacks for its truth value: numpy's "ambiguous" error
+    cbs = np.array([gpubp.callbacks.EarlyStopping(monitor="loss"), 
+                    gpubp.callbacks.LambdaCallback(on_epoch_end=lambda *a: None)], dtype=object)
+    hist = net.fit(np.ones((3, 4)), [0, 1, 2], epochs=1, progress=False, callbacks=cbs)
+    assert len(hist["loss"]) == 1
+
+
+@pytest.mark.parametrize("c,a,b,exc,words", [
+    # c was broadcast against a @ b: one row compared with every row, silently
+    (np.ones(2), np.ones((2, 3)), np.ones((3, 2)), ValueError, r"c \(2,\), a \(2, 3\) and b \(3, 2\)"),
+    (np.ones((1, 2)), np.ones((2, 3)), np.ones((3, 2)), ValueError, r"c \(1, 2\)"),
+    (np.ones((2, 2)), np.ones((2, 3)), np.ones((2, 2)), ValueError, "not \\(M, N\\)"),
+    ("a", np.ones((2, 3)), np.ones((3, 2)), TypeError, "c must be a real numeric array"),   # float()'s error
+])
+def test_precision_relative_error_checks_shapes(c, a, b, exc, words):
+    from gpubp import precision
+    with pytest.raises(exc, match=words):
+        precision.relative_error(c, a, b)
+    assert precision.relative_error(np.full((2, 2), 3.0), np.ones((2, 3)), np.ones((3, 2))) == 0.0
