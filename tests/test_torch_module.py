@@ -233,38 +233,29 @@ def test_only_what_requires_grad_gets_a_gradient():
     assert net.weight_2.grad is not None
 
 
-def test_activation_grad_formulas_equal_the_numpy_backend():
-    """The elementwise formulas the cuda path uses for the output activation, run with numpy."""
+@pytest.mark.parametrize("where", ["numpy", "emulated cupy"])
+def test_activation_grad_formulas_equal_the_numpy_backend(where):
+    """The elementwise formulas the cuda path uses for the output activation, run with numpy and with
+    the fake CuPy of GPUBP_EMULATE_GPU=1 (tests/support/fake_cupy.py), as FusedMLP's CUDA bridge calls
+    them: silu's `xp.ones_like` was missing from the fake (real CuPy has it), so the emulated CUDA path
+    failed with an AttributeError."""
+    from gpubp.backends.numpy_backend import activation_forward
+    if where == "numpy":
+        xp, to_xp, to_np = np, np.copy, np.asarray
+    else:
+        from support.fake_cupy import FakeCupy
+        xp = FakeCupy(execute=True)
+        to_xp, to_np = xp.asarray, xp.asnumpy
     rng = np.random.default_rng(0)
     z = rng.standard_normal((7, 5)) * 4
     z[0, :3] = [0.0, 40.0, -40.0]
-    from gpubp.backends.numpy_backend import activation_forward
     for act in ACTIVATIONS:
         a = activation_forward(act, z, np.empty_like(z))
         d = rng.standard_normal(z.shape)
         ref = activation_backward_inplace(act, d.copy(), a, z)
-        out = gtorch.activation_grad_xp(np, act, d.copy(), a, z)
-        assert rel_err(out, ref) < 1e-14, act
-
-
-def test_activation_grad_formulas_run_on_the_emulated_cupy():
-    """The same formulas with the fake CuPy of GPUBP_EMULATE_GPU=1 (tests/support/fake_cupy.py), as
-    FusedMLP's CUDA bridge calls them for the output activation: silu's `xp.ones_like` was missing from
-    the fake (real CuPy has it), so the emulated CUDA path failed with an AttributeError."""
-    from support.fake_cupy import FakeCupy
-
-    cp = FakeCupy(execute=True)
-    rng = np.random.default_rng(1)
-    z = rng.standard_normal((7, 5)) * 4
-    z[0, :3] = [0.0, 40.0, -40.0]
-    from gpubp.backends.numpy_backend import activation_forward
-    for act in ACTIVATIONS:
-        a = activation_forward(act, z, np.empty_like(z))
-        d = rng.standard_normal(z.shape)
-        ref = activation_backward_inplace(act, d.copy(), a, z)
-        out = gtorch.activation_grad_xp(cp, act, cp.asarray(d), cp.asarray(a), cp.asarray(z))
-        assert isinstance(out, cp.ndarray), act
-        assert rel_err(cp.asnumpy(out), ref) < 1e-14, act
+        out = gtorch.activation_grad_xp(xp, act, to_xp(d), to_xp(a), to_xp(z))
+        assert isinstance(out, xp.ndarray), act
+        assert rel_err(to_np(out), ref) < 1e-14, act
 
 
 # ------------------------------------------------------------------ graph state
