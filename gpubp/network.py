@@ -673,9 +673,8 @@ class MLP:
             self._finite_loss(loss_out, opt)
             opt.step(self.backend, self._params, self._grads)
         self.target_ndim = _target_ndim(Y)
-        counted = opt._t_host
-        replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
-        opt._t_host = counted        # a CUDA graph's recording counted a step that did not run
+        with opt.host_count_advances(0):   # a CUDA graph's recording runs no step
+            replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
         n_out = self.sizes[-1]
         precision = self.precision   # the mode its plan (and a CUDA graph's kernels) computes in
@@ -720,10 +719,10 @@ class MLP:
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")
             Xs[...] = Xd
             Ys[...] = Yd
-            counted = opt._t_host
-            with quiet_floats():   # the loss it returns says a step diverged, as a CUDA graph's does
+            # the loss it returns says a step diverged, as a CUDA graph's does; one step counted, which a
+            # CUDA graph's replay takes without `opt.step`
+            with quiet_floats(), opt.host_count_advances(1):
                 replay()
-            opt._t_host = None if counted is None else counted + 1   # a CUDA graph's step is not counted by opt.step
             return loss_out
 
         step.plan = plan               # the buffers the recorded step uses, kept alive with it

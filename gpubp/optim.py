@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -148,6 +149,19 @@ class Optimizer:
             raise ValueError(f"this optimizer has taken {t} steps and {n} more would pass its step count's limit "
                              f"{MAX_STEPS} (2**31 - 1, an int32 on the device, which would wrap); make a new "
                              "optimizer, or set optimizer.t, to train on")
+
+    @contextmanager
+    def host_count_advances(self, steps: int):
+        """The host's copy of `t` after the block is its value before plus `steps`, whatever `step` calls
+        the block made: a CUDA graph's recording runs no step (0), its replay one that `step` does not
+        see (1).  If the block raises, the copy is dropped (the next `check_steps` reads the device)."""
+        before = self._t_host
+        try:
+            yield
+        except BaseException:
+            self._t_host = None
+            raise
+        self._t_host = None if before is None else before + steps
 
     def check_bindable(self, params) -> None:
         """Raise unless `bind(backend, params)` would succeed (it changes nothing)."""
