@@ -229,6 +229,12 @@ def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
     return out
 
 
+def _check_loss_name(loss) -> None:
+    """A ValueError for a name not in `LOSSES` (None included; losses.check_loss says TypeError for it)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+
+
 def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
     """The output-layer sizes that fit `n_classes` classes under `loss`, preferred first.
 
@@ -238,8 +244,7 @@ def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:
     with 0/1 targets for two classes.
     """
     n_classes = check_positive_int("n_classes", n_classes)
-    if loss not in LOSSES:     # every other name was taken for a squared-error loss
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    _check_loss_name(loss)     # every other name was taken for a squared-error loss
     if loss == "cross_entropy":
         return (n_classes,)
     if loss == "binary_cross_entropy":
@@ -254,8 +259,7 @@ def targets_for(y, loss: str, n_out: int, dtype=np.float64) -> np.ndarray:
     targets; several outputs one-hot rows.
     """
     n_out = check_positive_int("n_out", n_out)
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    _check_loss_name(loss)
     dtype = _numeric_dtype(dtype)
     y = _class_labels(y, 2 if n_out == 1 else n_out)      # a label 1.7 is not truncated to 1
     if loss == "cross_entropy":
@@ -269,8 +273,7 @@ def labels_from_outputs(out, loss: str) -> np.ndarray:
     """Class labels from a network's raw outputs (logits, or the squared-error outputs)."""
     # the loss picks the threshold of one output (0 for logits, 0.5 for squared errors): an unknown
     # name ("bce", a typo) was taken for a squared-error loss, and text outputs were argmax'ed as text
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    _check_loss_name(loss)
     out = host_array(out, "out")
     if out.ndim == 1:
         out = out.reshape(-1, 1)
