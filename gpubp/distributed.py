@@ -107,6 +107,11 @@ def _backend_name(backend) -> str:
     return name
 
 
+def _error_line(exc) -> str:
+    """`exc` as one line for the other ranks ("ValueError: ..."), or its type's name when that is empty."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip() or type(exc).__name__
+
+
 def _mpi():
     try:
         from mpi4py import MPI
@@ -458,7 +463,7 @@ class Communicator:
                 time.sleep(1e-3)
             time.sleep(max(0.0, end - time.monotonic()))
             _abort(self.mpi)
-        what = "".join(traceback.format_exception_only(type(exc), exc)).strip() or type(exc).__name__
+        what = _error_line(exc)
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         print(f"{tb}{head} failed: {what}\n{head}: ending the job on all {self.size} ranks",
               file=sys.stderr, flush=True)
@@ -791,8 +796,7 @@ class DataParallel:
         every rank refuses the call, as one process does: each puts back its own state (its parameters,
         optimizer state and generator before rank 0's were broadcast) and raises, the failed ranks their
         error, the others an `EveryRankError` naming it.  A callback's refusal used to end the job."""
-        what = None if error is None else \
-            ("".join(traceback.format_exception_only(type(error), error)).strip() or type(error).__name__)
+        what = None if error is None else _error_line(error)
         everyone = self.comm.allgather_json(what, "the callbacks' on_train_begin")
         own, self._own_state = self._own_state, None
         if all(w is None for w in everyone):
@@ -1029,9 +1033,8 @@ def guard_fit(fit):
                 if comm._fit_checks_gathered or isinstance(e, EveryRankError):
                     raise          # raised on every rank together, or after the checks: the guard decides
                 # refused by this rank's checks, before the ranks' first collective: the others wait in it
-                what = "".join(traceback.format_exception_only(type(e), e)).strip() or type(e).__name__
                 comm._fit_checks_gathered = True
-                comm.allgather_json(what, _CHECKS_GATHER)
+                comm.allgather_json(_error_line(e), _CHECKS_GATHER)
                 raise DataParallel.on_every_rank(e)
 
     return wrapper

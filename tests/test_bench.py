@@ -1147,15 +1147,26 @@ def test_a_run_killed_while_writing_leaves_the_previous_bench_json_and_md_whole(
     before = {"bench.json": '{"an earlier run": 1}', "bench.md": "# an earlier run\n"}
     for name, text in before.items():
         (tmp_path / name).write_text(text)
-    real = Path.write_text
+    class KilledMidway:                          # half the text reaches the disk, then the signal
+        def __init__(self, *a):
+            self.f = open(*a)
 
-    def killed_midway(self, text, *a, **k):      # half the text reaches the disk, then the signal
-        real(self, text[:len(text) // 2], *a, **k)
-        raise KeyboardInterrupt("signal SIGTERM")
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise KeyboardInterrupt("signal SIGTERM")
 
     monkeypatch.setattr(cli, "cpu_step_shapes", lambda mode, gpu: [])
     monkeypatch.setattr(cli, "measure_ceilings_cpu", lambda suite: {})
-    monkeypatch.setattr(Path, "write_text", killed_midway)
+    monkeypatch.setattr(gpubp.files, "open", KilledMidway, raising=False)     # what `atomic_write` opens
     with pytest.raises(KeyboardInterrupt):
         cli.main(["--tiny", "--out", str(tmp_path)])
     monkeypatch.undo()

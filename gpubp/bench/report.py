@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
+from ..files import atomic_write
 from .goals import GPUBP_PEERS, TORCH_PEER, counts
 from .peers import COMPILE_PEERS, CPU_PEERS, GPU_PEERS
 
@@ -132,17 +131,10 @@ def write_markdown(res, path):
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write `text` to `path` whole or not at all: into a temporary file beside it, then renamed over
-    it, so that a run killed while writing (the session's `timeout` sends SIGTERM, after which Python
-    no longer turns it into an exception) leaves the previous file, never a truncated one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` whole or not at all (`gpubp.files.atomic_write`), so that a run killed while
+    writing (the session's `timeout` sends SIGTERM) leaves the previous file, never a truncated one."""
+    with atomic_write(path) as f:
+        f.write(text.encode())
 
 
 def _network_batch(r):
