@@ -94,19 +94,6 @@ class ConfigMismatch(EveryRankError):
     """Ranks were asked to train different networks or in different ways (raised on every rank)."""
 
 
-def _backend_name(backend) -> str:
-    """"numpy" or "cuda" for a backend or its name ("auto": "cuda" where a GPU is visible); any other name
-    is refused (a misspelt "gpu" or "CUDA" set up neither the rank's GPU nor NCCL, silently)."""
-    from .backends import BACKENDS, cuda_available
-
-    name = getattr(backend, "name", backend)
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "auto":
-        name = "cuda" if cuda_available() else "numpy"
-    return name
-
-
 def _error_line(exc) -> str:
     """`exc` as one line for the other ranks ("ValueError: ..."), or its type's name when that is empty."""
     return "".join(traceback.format_exception_only(type(exc), exc)).strip() or type(exc).__name__
@@ -205,7 +192,10 @@ class Communicator:
             raise ValueError(f"grace must be a non-negative number of seconds (or None), got {grace!r}")
         bucket_bytes = check_positive_int("bucket_bytes", bucket_bytes)
         overlap = check_flag("overlap", overlap)      # not by truth value: "False" would be yes
-        backend = _backend_name(backend)
+        # a backend or its name as "numpy" or "cuda"; a misspelt "gpu" or "CUDA" is refused (it set up
+        # neither the rank's GPU nor NCCL, silently)
+        from .backends import backend_name
+        backend = backend_name(getattr(backend, "name", backend))
         if backend == "cuda":   # before MPI starts: every rank refuses alike
             from .backends.cuda_backend import _import_cupy
 

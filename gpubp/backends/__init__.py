@@ -36,15 +36,22 @@ def available_backends() -> list[str]:
     return ["numpy"] + (["cuda"] if cuda_available() else [])
 
 
+def backend_name(name) -> str:
+    """"numpy" or "cuda" for a backend's name ("auto": "cuda" where a GPU is visible), without making
+    the backend (nor importing CuPy); any other value is refused with a ValueError."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "cuda" if cuda_available() else "numpy"
+    return name
+
+
 def get_backend(name="auto") -> Backend:
     """The backend called `name` (an instance is returned as it is)."""
     if isinstance(name, Backend):
         return name
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     auto = name == "auto"
-    if auto:
-        name = "cuda" if cuda_available() else "numpy"
+    name = backend_name(name)
     with _lock:
         be = _instances.get(name)
         if be is None:
@@ -59,4 +66,4 @@ def get_backend(name="auto") -> Backend:
     return be
 
 
-__all__ = ["Backend", "NumpyBackend", "get_backend", "available_backends", "cuda_available", "BACKENDS"]
+__all__ = ["Backend", "NumpyBackend", "get_backend", "backend_name", "available_backends", "cuda_available", "BACKENDS"]
