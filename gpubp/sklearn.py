@@ -188,6 +188,13 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}")
         return [int(s) for s in sizes]
 
+    def _activation(self) -> str:
+        """gpubp's name for `self.activation`, refused unless one of ACTIVATION_NAMES."""
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))}, "
+                             f"got {self.activation!r}")
+        return ACTIVATION_NAMES[self.activation]
+
     def _check_params(self) -> None:
         if self.solver == "lbfgs":
             raise ValueError("solver='lbfgs' is not supported: gpubp trains by mini-batch steps; use "
@@ -201,9 +208,7 @@ class _BaseMLP(BaseEstimator):
         v = self.verbose
         if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Integral) and v >= 0)):
             raise ValueError(f"verbose must be True, False or a non-negative integer, got {v!r}")
-        if not isinstance(self.activation, str) or self.activation not in ACTIVATION_NAMES:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))}, "
-                             f"got {self.activation!r}")
+        self._activation()
         self._hidden_sizes()
         checks = [("alpha", self.alpha, 0.0, math.inf, True), ("learning_rate_init", self.learning_rate_init, 0.0,
                   math.inf, False), ("tol", self.tol, 0.0, math.inf, True),
@@ -504,10 +509,7 @@ class _BaseMLP(BaseEstimator):
         After `set_params(activation=...)` on a fitted estimator, scikit-learn's MLPs read the new
         activation at the next predict, warm start or partial_fit and apply it to the fitted
         weights; so does this (the step plans, made for the old one, are dropped)."""
-        if not isinstance(self.activation, str) or self.activation not in ACTIVATION_NAMES:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_NAMES))}, "
-                             f"got {self.activation!r}")
-        net, act = self.net_, ACTIVATION_NAMES[self.activation]
+        net, act = self.net_, self._activation()
         if net.activations[:-1] != (act,) * (net.n_layers - 1):
             net.activations = (act,) * (net.n_layers - 1) + net.activations[-1:]
             net._plans.clear()

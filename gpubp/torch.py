@@ -41,6 +41,7 @@ from .optional import require
 
 torch = require("torch", "torch", "gpubp.torch", package="PyTorch")   # an error naming gpubp[torch]
 from torch import nn  # noqa: E402
+from torch.autograd import forward_ad  # noqa: E402
 
 #: the precisions a FusedMLP computes in (as gpubp.MLP's `precision`)
 PRECISIONS = ("float32", "tf32")
@@ -94,7 +95,6 @@ def _bind_saved(plan, spec, bridge, x, hidden_A, Zs):
     Zs = iter(Zs)
     for l, g in enumerate(spec.activations, start=1):
         plan.Z[l] = bridge.view(next(Zs).contiguous()) if g in NEEDS_Z else None
-    return plan
 
 
 # --------------------------------------------------------------------------- output activation
@@ -347,14 +347,16 @@ _NO_TRANSFORMS = ("FusedMLP does not support torch.func transforms (vmap, grad, 
                   "torch.autograd.functional.jacobian) on ordinary tensors")
 
 
+#: torch's test for a tensor wrapped by a torch.func transform (None where this torch has none)
+_IS_FUNCTORCH_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
 def _refuse_transforms(tensors) -> None:
     """Refuse tensors wrapped by a torch.func transform or carrying a forward-mode tangent, in
     FusedMLP's words (PyTorch's own error asks the author of the function to add a
     `setup_context` or a `jvp`)."""
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    from torch.autograd import forward_ad
     for t in tensors:
-        if (wrapped is not None and wrapped(t)) or forward_ad.unpack_dual(t).tangent is not None:
+        if (_IS_FUNCTORCH_WRAPPED is not None and _IS_FUNCTORCH_WRAPPED(t)) or forward_ad.unpack_dual(t).tangent is not None:
             raise RuntimeError(_NO_TRANSFORMS)
 
 
