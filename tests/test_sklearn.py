@@ -234,8 +234,9 @@ def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):
     assert g.n_iter_ == sk.n_iter_ == 5 and g.t_ == sk.t_
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])   # weights all below 1 too: only their ratios matter
 @pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
-def test_weighted_mini_batch_loss_curve_matches_sklearn(case):
+def test_weighted_mini_batch_loss_curve_matches_sklearn(case, scale):
     """scikit-learn's `loss_` averages each batch's weighted mean loss over the epoch by the batch's
     rows (`batch_loss * len(batch)`, then over `n`), not by its weight sum.  It took gpubp's history
     loss as it was (batches weighted by their sample weight sums): with uneven weights over several
@@ -244,7 +245,7 @@ def test_weighted_mini_batch_loss_curve_matches_sklearn(case):
     two curves agree to rounding."""
     X, cases = _parity_cases()
     Sk, G, y = cases[case]
-    w = np.random.default_rng(4).uniform(0.1, 3.0, len(X))
+    w = np.random.default_rng(4).uniform(0.1, 3.0, len(X)) * scale
     kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.0, batch_size=16, max_iter=4,
               learning_rate_init=0.05, momentum=0.9, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
     sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y, sample_weight=w)
@@ -670,9 +671,12 @@ def test_a_precision_set_after_fitting_is_what_the_next_epochs_train_in(how):
 
 
 def test_a_precision_the_fitted_network_cannot_run_is_refused_and_changes_nothing():
+    """A warm-started fit or partial_fit refused for a precision the network cannot run leaves the
+    estimator as it was, its optimizer's state included: a partial_fit after them continues as one
+    without them."""
     X, y = _blobs(n=60)
-    reg = _fit_quietly(MLPRegressor(hidden_layer_sizes=(6,), max_iter=2, random_state=0, backend="numpy",
-                                    dtype="float64", warm_start=True), X, X[:, 0])
+    reg, twin = (_fit_quietly(MLPRegressor(hidden_layer_sizes=(6,), max_iter=2, random_state=0, backend="numpy",
+                                           dtype="float64", warm_start=True), X, X[:, 0]) for _ in range(2))
     before = _fitted_state(reg, X)
     for call in (lambda: reg.fit(X, X[:, 0]), lambda: reg.partial_fit(X, X[:, 0])):
         with pytest.raises(ValueError, match="precision='tf32' needs dtype float32, got float64"):
@@ -680,6 +684,9 @@ def test_a_precision_the_fitted_network_cannot_run_is_refused_and_changes_nothin
             call()
         _assert_same_state(_fitted_state(reg, X), before)
         assert reg.net_.precision == "float32"
+    for est in (reg.set_params(precision="float32"), twin):
+        est.partial_fit(X, X[:, 0])
+    _assert_same_state(_fitted_state(reg, X), _fitted_state(twin, X))
 
 
 # ---------------------------------------------------------------- warm starts on other data
@@ -900,3 +907,165 @@ def test_dates_and_text_in_X_are_refused():
     df = pd.DataFrame({"a": X[:, 0], "b": pd.array(np.arange(8), dtype="Int64")})
     _fit_quietly(MLPRegressor((3,), max_iter=2, backend="numpy"), df, y).predict(df)
     _fit_quietly(MLPRegressor((3,), max_iter=2, backend="numpy"), X.astype(object), y).predict(X.astype(object))
+
+
+@pytest.mark.parametrize("bad, err, words", [
+    (["1", "2"], TypeError, "numeric"),             # text is not parsed as numbers
+    (np.inf, ValueError, "infinity"),               # scikit-learn: "contains infinity"
+    ("inf_in_one", ValueError, "infinity"),
+    ("nan_in_one", ValueError, "NaN"),
+    (0.0, ValueError, "sums to zero"),              # scikit-learn: "must contain at least one non-zero number"
+])
+def test_sample_weight_refusals_as_in_sklearn(bad, err, words):
+    X, y = _blobs(n=40)
+    w = {"inf_in_one": np.r_[np.inf, np.ones(39)], "nan_in_one": np.r_[np.nan, np.ones(39)]}.get(
+        bad if isinstance(bad, str) else None, bad)
+    if isinstance(bad, list):
+        w = np.array(bad * 20)
+    with pytest.raises(err, match=words):
+        MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy").fit(X, y, sample_weight=w)
+
+
+def test_a_batch_of_zero_weights_trains_as_if_it_were_dropped():
+    """A whole batch of weight 0 adds nothing to the loss and its gradient is 0 (scikit-learn's own MLPs
+    divide by its weight sum and fail): plain SGD over the other batches gives the weights and the loss
+    curve of fitting without those rows."""
+    X, y = _blobs(n=40)
+    w = np.ones(40)
+    w[:10] = 0
+    kw = dict(hidden_layer_sizes=(4,), batch_size=10, shuffle=False, max_iter=3, random_state=0, solver="sgd",
+              momentum=0.0, alpha=0.0, backend="numpy", dtype="float64")
+    a = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=w)
+    b = _fit_quietly(MLPClassifier(**kw), X[10:], y[10:])
+    for wa, wb in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_allclose(wa, wb, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-12)
+
+
+def test_the_epochs_sample_order_comes_from_random_state():
+    """The module's documentation: each epoch's sample order comes from the network's generator, seeded
+    from `random_state`.  Two estimators of other random states given the same weights then train
+    differently (they visit the samples in other orders), and alike without shuffling."""
+    X, y = _blobs(n=60)
+    for shuffle in (True, False):
+        kw = dict(hidden_layer_sizes=(5,), batch_size=10, max_iter=1, shuffle=shuffle, solver="sgd",
+                  backend="numpy", dtype="float64", warm_start=True)
+        a = _fit_quietly(MLPClassifier(random_state=0, **kw), X, y)
+        b = _fit_quietly(MLPClassifier(random_state=1, **kw), X, y)
+        b.coefs_, b.intercepts_ = a.coefs_, a.intercepts_
+        a, b = _fit_quietly(a, X, y), _fit_quietly(b, X, y)
+        diff = max(np.abs(p - q).max() for p, q in zip(a.coefs_, b.coefs_))
+        assert diff > 1e-6 if shuffle else diff == 0
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("n_iter_no_change", [1, 3])
+def test_tol_stops_after_the_epochs_sklearn_stops_after(early_stopping, n_iter_no_change):
+    """With a tol no epoch can beat, scikit-learn's MLPs stop after the first epoch and
+    n_iter_no_change + 1 more (the count starts at 0 on a fresh network)."""
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=50, random_state=0, tol=1e3, n_iter_no_change=n_iter_no_change,
+              early_stopping=early_stopping)
+    sk = SkMLPClassifier(**kw).fit(X, y)
+    g = MLPClassifier(backend="numpy", **kw).fit(X, y)
+    assert g.n_iter_ == sk.n_iter_ == n_iter_no_change + 2
+
+
+@pytest.mark.parametrize("activation", ["logistic", "tanh", "relu", "identity"])
+def test_initial_weights_are_sklearns_glorot_for_each_activation(activation):
+    """scikit-learn draws Glorot-uniform weights with bound sqrt(2 / (fan_in + fan_out)) for the logistic
+    activation and sqrt(6 / (fan_in + fan_out)) for the others, from random_state; one step of a vanishing
+    learning rate leaves them as drawn, so both estimators hold the same numbers."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 3, 30)
+    kw = dict(hidden_layer_sizes=(5, 4), activation=activation, solver="sgd", learning_rate_init=1e-12,
+              max_iter=1, random_state=7, batch_size=30)
+    sk = _fit_quietly(SkMLPClassifier(**kw), X, y)
+    g = _fit_quietly(MLPClassifier(backend="numpy", dtype="float64", **kw), X, y)
+    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_batch_size_warns_exactly_when_above_the_samples_as_in_sklearn(Est):
+    """scikit-learn warns that a batch_size larger than the samples is clipped; one equal to them is a
+    plain full batch, without a warning."""
+    X, y = _blobs(n=30)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)     # a UserWarning too
+        Est(batch_size=30, backend="numpy", **kw).fit(X, y)
+        SkMLPClassifier(batch_size=30, **kw).fit(X, y)
+    for est in (Est(batch_size=31, backend="numpy", **kw), SkMLPClassifier(batch_size=31, **kw)):
+        with pytest.warns(UserWarning, match="batch_size"):
+            _fit_quietly(est, X, y)
+
+
+def test_loss_curve_penalty_counts_every_batch_of_an_uneven_split_as_sklearn():
+    """scikit-learn adds alpha / 2 * ||W||^2 / len(batch) to each batch's loss and averages by rows:
+    an epoch of 40 rows in batches of 16 adds the penalty three times (the last batch of 8 too).
+    With a tiny learning rate the weights barely move within an epoch, so the curves agree closely."""
+    X, cases = _parity_cases()
+    y = cases["multiclass"][2]
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.5, batch_size=16, max_iter=3,
+              learning_rate_init=1e-4, momentum=0.0, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
+    sk = _fit_quietly(SkMLPClassifier(nesterovs_momentum=False, **kw), X, y)
+    g = _fit_quietly(MLPClassifier(backend="numpy", dtype="float64", **kw), X, y)
+    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-4)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_verbose_prints_sklearns_lines_per_epoch(early_stopping, capsys):
+    """One line per epoch (two with early stopping), and the reason when tol stops the training."""
+    X, y = _blobs(n=60)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=9, random_state=0, verbose=True, early_stopping=early_stopping,
+              tol=1e3, n_iter_no_change=1)
+    printed = []
+    for est in (SkMLPClassifier(**kw), MLPClassifier(backend="numpy", **kw)):
+        _fit_quietly(est, X, y)
+        lines = capsys.readouterr().out.splitlines()
+        printed.append([line.split(",")[0].split(":")[0] for line in lines])
+    assert printed[1] == printed[0]
+    assert printed[0].count("Iteration 3") == 1 and "Iteration 4" not in printed[0]
+    assert printed[0].count("Validation score") == 3 * early_stopping
+    assert printed[0][-1].endswith("did not improve more than tol=1000.000000 for 1 consecutive epochs. Stopping.")
+
+
+@pytest.mark.parametrize("switch_to", [True, False])
+@pytest.mark.parametrize("n_iter_no_change", [1, 3])
+def test_a_warm_start_switching_early_stopping_counts_from_zero(switch_to, n_iter_no_change):
+    """The new stopping rule's bookkeeping starts at the switch (no epoch without improvement yet): with
+    a tol no epoch can beat, early stopping stops after the first epoch and n_iter_no_change + 1 more, as
+    a fresh fit does; the training-loss rule, whose best loss is the curve's so far, after
+    n_iter_no_change + 1 epochs."""
+    X, y = _blobs(n=60)
+    est = MLPClassifier((4,), max_iter=2, random_state=0, warm_start=True, early_stopping=not switch_to,
+                        backend="numpy")
+    _fit_quietly(est, X, y)
+    _fit_quietly(est.set_params(early_stopping=switch_to, tol=1e3, n_iter_no_change=n_iter_no_change,
+                                max_iter=50), X, y)
+    assert est.n_iter_ == n_iter_no_change + (2 if switch_to else 1)
+
+
+def test_early_stopping_that_cannot_split_is_a_value_error_as_in_sklearn():
+    """A stratified validation split of a class with one sample fails in scikit-learn's MLPs with a
+    ValueError; ours says so naming early_stopping, and changes nothing."""
+    X = np.random.default_rng(0).normal(size=(10, 3))
+    y = np.array([0] * 9 + [1])
+    with pytest.raises(ValueError, match="least populated"):
+        SkMLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="early_stopping cannot split.*least populated"):
+        MLPClassifier(early_stopping=True, max_iter=2, backend="numpy").fit(X, y)
+
+
+def test_batch_size_auto_is_min_200_n_samples():
+    """scikit-learn's batch_size='auto' is min(200, n_samples): 250 samples train in batches of 200."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(250, 3))
+    kw = dict(hidden_layer_sizes=(3,), max_iter=1, shuffle=False, random_state=0, solver="sgd", backend="numpy",
+              dtype="float64")
+    auto = _fit_quietly(MLPRegressor(**kw), X, X[:, 0])
+    for bs, same in ((200, True), (201, False)):
+        other = _fit_quietly(MLPRegressor(batch_size=bs, **kw), X, X[:, 0])
+        assert all(np.array_equal(a, b) for a, b in zip(auto.coefs_, other.coefs_)) == same
