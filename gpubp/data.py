@@ -92,8 +92,9 @@ def raw_dataset(name: str, seed: int | None = 0, n_samples: int | None = None,
 def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
     """Scale features to zero mean and unit variance using `X_train`'s statistics only.
 
-    Constant features (standard deviation below `eps`) are centred and left
-    unscaled.  Returns `(mean, std, X_train_scaled, *others_scaled)`.
+    Constant features (standard deviation 0, or below `eps`) are centred and
+    left unscaled (their `std` is returned as 1).  Returns
+    `(mean, std, X_train_scaled, *others_scaled)`.
     """
     if (x := real_number(eps)) is None or not np.isfinite(x) or x < 0:
         raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
@@ -108,7 +109,7 @@ def standardize(X_train, *others, eps: float = 1e-12) -> tuple[np.ndarray, ...]:
             raise ValueError(f"others[{i}] has {X.shape[1]} features; X_train has {X_train.shape[1]}")
     mean = X_train.mean(axis=0)
     std = X_train.std(axis=0)
-    std = np.where(std < eps, 1.0, std)
+    std = np.where((std < eps) | (std == 0), 1.0, std)     # eps=0: a constant feature is not 0 / 0
     out = [(X - mean) / std for X in arrays]
     return (mean, std, *out)
 
@@ -173,7 +174,7 @@ def load_dataset(name: str, test_size: float = 0.2, val_size: float = 0.0, seed=
         raise ValueError(f"seed must be None or an integer from 0 to 2**32 - 1 (scikit-learn's split takes no "
                          f"other), got {seed!r}")
     if test_size + val_size >= 0.9:
-        raise ValueError(f"test_size + val_size must leave at least 10% for training, got "
+        raise ValueError(f"test_size + val_size must leave more than 10% for training, got "
                          f"{test_size} + {val_size}")
     X, y, desc = raw_dataset(name, seed, n_samples, noise)
     n_classes = int(y.max()) + 1

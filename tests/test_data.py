@@ -182,3 +182,64 @@ def test_unknown_loss_names_are_refused_not_taken_for_squared_error():
     for call in (lambda: data.output_sizes("crossentropy", 3), lambda: data.targets_for([0, 1], "bce", 2)):
         with pytest.raises(ValueError, match="unknown loss"):
             call()
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-12, 0.5])
+def test_a_constant_feature_is_centred_whatever_eps(eps):
+    """standardize's eps may be 0: a constant feature (standard deviation 0) is still centred and left
+    unscaled, not divided 0 / 0 into NaN."""
+    X = np.array([[1.0, 5.0], [3.0, 5.0]])
+    mean, std, Xs = data.standardize(X, eps=eps)
+    assert std.tolist() == [1.0, 1.0] and Xs.tolist() == [[-1.0, 0.0], [1.0, 0.0]]
+
+
+def test_a_standard_deviation_equal_to_eps_is_scaled():
+    """Only features whose standard deviation is below eps are left unscaled."""
+    X = np.array([[0.0], [4.0]])                      # standard deviation 2
+    mean, std, Xs = data.standardize(X, eps=2.0)
+    assert std.tolist() == [2.0] and Xs.tolist() == [[-1.0], [1.0]]
+    mean, std, Xs = data.standardize(X, eps=2.0 + 1e-9)
+    assert std.tolist() == [1.0] and Xs.tolist() == [[-2.0], [2.0]]
+    with pytest.raises(ValueError, match="eps must be a non-negative finite number"):
+        data.standardize(X, eps=-1e-12)
+
+
+@pytest.mark.parametrize("kwargs, ok", [
+    (dict(test_size=0.89), True), (dict(test_size=0.9), False), (dict(test_size=0.45, val_size=0.45), False),
+    (dict(test_size=0.5, val_size=0.39), True),
+    (dict(test_size=0.0), False), (dict(test_size=1.0), False), (dict(val_size=0.0), True),
+    (dict(val_size=1.0), False), (dict(val_size=-0.1), False),
+])
+def test_split_fractions_at_their_limits(kwargs, ok):
+    """test_size in (0, 1), val_size in [0, 1), and together they leave more than 10% for training."""
+    if ok:
+        ds = data.load_dataset("iris", **kwargs)
+        n_train = len(ds.y_train)
+        assert n_train == 150 - len(ds.y_test) - len(ds.y_val) and n_train > 15
+    else:
+        with pytest.raises(ValueError, match="test_size|val_size"):
+            data.load_dataset("iris", **kwargs)
+
+
+def test_xor_needs_four_samples():
+    X, y = data.make_xor(4, seed=0)
+    assert X.shape == (4, 2) and y.shape == (4,)
+    with pytest.raises(ValueError, match="n_samples must be an integer of at least 4, got 3"):
+        data.make_xor(3)
+
+
+def test_outputs_at_the_threshold_are_class_0():
+    """One output gives class 1 only above the threshold: a logit above 0 (probability above 1/2, as
+    scikit-learn's binary MLPClassifier), a squared-error output above 0.5; a 1-D row of outputs is one
+    output per sample."""
+    assert data.labels_from_outputs(np.array([[0.0], [1e-12]]), "binary_cross_entropy").tolist() == [0, 1]
+    assert data.labels_from_outputs(np.array([0.5, 0.5 + 1e-12]), "mse").tolist() == [0, 1]
+    assert data.labels_from_outputs(np.array([-0.1, 0.1]), "binary_cross_entropy").tolist() == [0, 1]
+    with pytest.raises(ValueError, match="out must be a network's outputs"):
+        data.labels_from_outputs(np.zeros((2, 2, 2)), "mse")
+
+
+def test_no_labels_give_no_rows():
+    assert data.one_hot(np.array([], np.int64), 3).shape == (0, 3)
+    assert data.targets_for(np.array([], np.int64), "binary_cross_entropy", 1).shape == (0, 1)
+    assert data.targets_for(np.array([], np.int64), "cross_entropy", 3).shape == (0,)
