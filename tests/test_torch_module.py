@@ -258,6 +258,17 @@ def test_activation_grad_formulas_equal_the_numpy_backend(where):
         assert rel_err(to_np(out), ref) < 1e-14, act
 
 
+
+def test_activation_grad_refuses_an_unknown_name():
+    """activation_grad_xp (public) takes gpubp's activation names only, as the numpy backend does: any
+    other name is a ValueError, not the incoming gradient returned unchanged (the identity's)."""
+    d = np.ones((2, 3))
+    with pytest.raises(ValueError, match="softplus"):
+        activation_backward_inplace("softplus", d.copy(), d, d)
+    with pytest.raises(ValueError, match="unknown activation 'softplus'"):
+        gtorch.activation_grad_xp(np, "softplus", d.copy(), d, d)
+
+
 # ------------------------------------------------------------------ graph state
 def _spy_on_passes(monkeypatch):
     """Weak references to the hidden activation arrays of every forward pass."""
@@ -480,6 +491,40 @@ def test_bad_inputs_are_refused_clearly():
     net = FusedMLP([3, 4, 2], seed=0, backend="cuda")
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
         net(torch.zeros(2, 3))
+
+
+
+def test_an_input_on_another_device_than_the_parameters_is_refused():
+    """As nn.Linear refuses an input on another device: here parameters on the meta device, x on the CPU."""
+    net = FusedMLP([3, 4, 2], seed=0, device="meta")
+    with pytest.raises(ValueError, match="input x is on cpu but FusedMLP's parameters are on meta"):
+        net(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("name", ["weight_1", "bias_2"])
+def test_parameters_of_mixed_dtypes_are_refused(name):
+    """One parameter replaced by one of another dtype: the backend computes in one dtype, so forward
+    refuses (nn.Linear's matmul refuses mixed dtypes too), naming weight_1's and the odd one's."""
+    net = FusedMLP([3, 4, 2], seed=0)
+    setattr(net, name, nn.Parameter(getattr(net, name).detach().double()))
+    first, other = ("torch.float64", "torch.float32") if name == "weight_1" else ("torch.float32", "torch.float64")
+    with pytest.raises(ValueError, match=f"must share one dtype and device; weight_1 is {first} on cpu, "
+                                         f"a (weight|bias) is {other}"):
+        net(torch.ones(5, 3))
+
+
+def test_a_0d_input_is_refused_naming_its_shape():
+    """A scalar tensor has no feature dimension (nn.Linear refuses it too): a ValueError, not an IndexError."""
+    with pytest.raises(ValueError, match=r"input x has shape \(\); FusedMLP expects \(\.\.\., 3\)"):
+        FusedMLP([3, 4, 2], seed=0)(torch.tensor(1.0))
+
+
+def test_tf32_parameters_converted_to_float64_are_refused_by_forward():
+    """precision='tf32' rounds float32 products; the constructor refuses it with float64, and so does
+    forward once the module was converted (`.double()`) after construction."""
+    net = FusedMLP([3, 4, 2], precision="tf32", seed=0).double()
+    with pytest.raises(ValueError, match="precision='tf32' needs float32 parameters, got torch.float64"):
+        net(torch.zeros(2, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name, value, err, match", [
