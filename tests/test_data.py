@@ -204,20 +204,22 @@ def test_a_standard_deviation_equal_to_eps_is_scaled():
         data.standardize(X, eps=-1e-12)
 
 
-@pytest.mark.parametrize("kwargs, ok", [
-    (dict(test_size=0.89), True), (dict(test_size=0.9), False), (dict(test_size=0.45, val_size=0.45), False),
-    (dict(test_size=0.5, val_size=0.39), True),
-    (dict(test_size=0.0), False), (dict(test_size=1.0), False), (dict(val_size=0.0), True),
-    (dict(val_size=1.0), False), (dict(val_size=-0.1), False),
+@pytest.mark.parametrize("kwargs, refused", [
+    (dict(test_size=0.89), None), (dict(test_size=0.5, val_size=0.39), None), (dict(val_size=0.0), None),
+    (dict(test_size=0.9), "leave more than 10%"), (dict(test_size=0.45, val_size=0.45), "leave more than 10%"),
+    (dict(test_size=0.0), r"test_size must be a fraction in \(0, 1\)"),
+    (dict(test_size=1.0), r"test_size must be a fraction in \(0, 1\)"),
+    (dict(val_size=1.0), r"val_size must be a fraction in \[0, 1\)"),
+    (dict(val_size=-0.1), r"val_size must be a fraction in \[0, 1\)"),
 ])
-def test_split_fractions_at_their_limits(kwargs, ok):
+def test_split_fractions_at_their_limits(kwargs, refused):
     """test_size in (0, 1), val_size in [0, 1), and together they leave more than 10% for training."""
-    if ok:
+    if refused is None:
         ds = data.load_dataset("iris", **kwargs)
         n_train = len(ds.y_train)
         assert n_train == 150 - len(ds.y_test) - len(ds.y_val) and n_train > 15
     else:
-        with pytest.raises(ValueError, match="test_size|val_size"):
+        with pytest.raises(ValueError, match=refused):
             data.load_dataset("iris", **kwargs)
 
 
@@ -243,3 +245,59 @@ def test_no_labels_give_no_rows():
     assert data.one_hot(np.array([], np.int64), 3).shape == (0, 3)
     assert data.targets_for(np.array([], np.int64), "binary_cross_entropy", 1).shape == (0, 1)
     assert data.targets_for(np.array([], np.int64), "cross_entropy", 3).shape == (0,)
+
+
+def test_generated_data_take_the_noise_given():
+    """The noise reaches the generator (moons' default is 0.2, xor's 0), and the description says it."""
+    from sklearn.datasets import make_moons
+
+    for noise in (0.0, 0.3):
+        X, y, desc = data.raw_dataset("moons", seed=0, noise=noise)
+        Xs, ys = make_moons(n_samples=data.SYNTHETIC_SAMPLES, noise=noise, random_state=0)
+        assert np.array_equal(X, Xs) and np.array_equal(y, ys) and f"noise {noise}" in desc
+        X, y, desc = data.raw_dataset("xor", seed=0, noise=noise)
+        Xx, yx = data.make_xor(data.SYNTHETIC_SAMPLES, noise, 0)
+        assert np.array_equal(X, Xx) and np.array_equal(y, yx) and f"noise {noise}" in desc
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, bool])
+def test_targets_have_the_dtype_asked_for(dtype):
+    y = np.array([0, 2, 1])
+    assert data.one_hot(y, 3, dtype=dtype).dtype == np.dtype(dtype)
+    assert data.targets_for(y, "mse", 3, dtype=dtype).dtype == np.dtype(dtype)
+    assert data.targets_for(np.array([0, 1]), "binary_cross_entropy", 1, dtype=dtype).dtype == np.dtype(dtype)
+
+
+def test_labels_from_outputs_refuses_an_unknown_loss():
+    with pytest.raises(ValueError, match="unknown loss 'bce'"):
+        data.labels_from_outputs(np.array([[0.2], [0.7]]), "bce")
+
+
+def test_standardize_default_eps_and_no_training_samples():
+    """The default eps is 1e-12: a feature of standard deviation 1.5e-12 is still scaled.  No training
+    samples: no statistics, refused."""
+    mean, std, Xs = data.standardize(np.array([[0.0], [3e-12]]))
+    assert std[0] == pytest.approx(1.5e-12) and np.allclose(Xs, [[-1.0], [1.0]])
+    with pytest.raises(ValueError, match="X_train holds no samples"):
+        data.standardize(np.zeros((0, 3)))
+
+
+def test_load_dataset_default_seed_is_0():
+    a, b = data.load_dataset("wine"), data.load_dataset("wine", seed=0)
+    assert np.array_equal(a.X_train, b.X_train) and np.array_equal(a.y_test, b.y_test)
+
+
+@pytest.mark.parametrize("dtype", [str, "datetime64[s]", object, "no such dtype"])
+def test_targets_refuse_a_dtype_that_is_not_a_real_number(dtype):
+    with pytest.raises(TypeError, match="dtype must be a real numeric dtype"):
+        data.one_hot(np.array([0, 1]), 2, dtype=dtype)
+    with pytest.raises(TypeError, match="dtype must be a real numeric dtype"):
+        data.targets_for(np.array([0, 1]), "mse", 2, dtype=dtype)
+
+
+
+def test_standardize_refuses_others_of_another_width():
+    """A part with one feature would broadcast against the training statistics of three."""
+    X = np.arange(6.0).reshape(2, 3)
+    with pytest.raises(ValueError, match="others\\[0\\] has 1 features; X_train has 3"):
+        data.standardize(X, X[:, :1])
