@@ -48,10 +48,11 @@ def test_shape_mismatches(net):
     X0, y0 = np.ones((0, 4)), np.zeros(0, dtype=int)
     for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.predict_proba(X0),
                  lambda: net.evaluate(X0, y0), lambda: net.loss_and_grads(X0, y0),
-                 lambda: net.train_step(X0, y0, "sgd"), lambda: net.fit(X0, y0, progress=False)):
+                 lambda: net.train_step(X0, y0, "sgd"), lambda: net.fit(X0, y0, progress=False),
+                 lambda: net.fit(X0, y0, progress=False, standardize=True)):
         with pytest.raises(ValueError, match="X holds no samples"):
             call()
-    assert net.optimizer is None
+    assert net.optimizer is None and net.standardization is None
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
         net.forward(np.ones((2, 2, 4)))
 
