@@ -1143,3 +1143,18 @@ def test_host_inputs_to_a_network_on_another_device_are_refused(monkeypatch, sta
     fake.cuda.Device(0).use()
     net.train_step(X, Y, "sgd", lr=0.1)
     assert net.optimizer.t == 1
+
+
+def test_empty_device_inputs_are_refused(fake):
+    """A device X with no rows is refused as a host one is ("X holds no samples"), by the passes and
+    by fit (with standardize=True too, which reads X's statistics first), nothing changed."""
+    sizes = (6, 8, 3)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X0, y0 = fake.zeros((0, 6), np.float32), np.zeros(0, dtype=np.int64)
+    for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.evaluate(X0, y0),
+                 lambda: net.loss_and_grads(X0, y0), lambda: net.train_step(X0, y0, "sgd"),
+                 lambda: net.fit(X0, y0, progress=False),
+                 lambda: net.fit(X0, y0, progress=False, standardize=True)):
+        with pytest.raises(ValueError, match="X holds no samples"):
+            call()
+    assert net.optimizer is None and net.standardization is None
