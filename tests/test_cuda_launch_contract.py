@@ -1145,9 +1145,11 @@ def test_host_inputs_to_a_network_on_another_device_are_refused(monkeypatch, sta
     assert net.optimizer.t == 1
 
 
-def test_empty_device_inputs_are_refused(fake):
+def test_device_inputs_are_checked_as_host_ones(fake):
     """A device X with no rows is refused as a host one is ("X holds no samples"), by the passes and
-    by fit (with standardize=True too, which reads X's statistics first), nothing changed."""
+    by fit (with standardize=True too, which reads X's statistics first), nothing changed; one of
+    the network's n_0 columns predicts as the host copy (a vector of n_0 as one row); other shapes
+    are refused naming (B, n_0)."""
     sizes = (6, 8, 3)
     net = net_for(cuda(), sizes, "relu", "cross_entropy")
     X0, y0 = fake.zeros((0, 6), np.float32), np.zeros(0, dtype=np.int64)
@@ -1158,3 +1160,10 @@ def test_empty_device_inputs_are_refused(fake):
         with pytest.raises(ValueError, match="X holds no samples"):
             call()
     assert net.optimizer is None and net.standardization is None
+    X, _ = data(sizes, "cross_entropy", 4)
+    Xd = fake.asarray(X.astype(np.float32))
+    assert np.array_equal(net.predict(Xd), net.predict(X))
+    assert np.array_equal(net.predict(Xd[1]), net.predict(X[1:2]))     # one sample as a vector: one row
+    for bad in (fake.zeros((4, 8), np.float32), fake.zeros((8,), np.float32), fake.zeros((2, 4, 6), np.float32)):
+        with pytest.raises(ValueError, match=r"X has shape .*expected \(B, 6\)"):
+            net.predict(bad)
