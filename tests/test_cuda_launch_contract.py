@@ -1167,3 +1167,5 @@ def test_device_inputs_are_checked_as_host_ones(fake):
     for bad in (fake.zeros((4, 8), np.float32), fake.zeros((8,), np.float32), fake.zeros((2, 4, 6), np.float32)):
         with pytest.raises(ValueError, match=r"X has shape .*expected \(B, 6\)"):
             net.predict(bad)
+    with pytest.raises(TypeError, match="X is complex .*real numbers only"):     # not its real part
+        net.predict(fake.asarray(X.astype(np.complex64)))
