@@ -190,6 +190,10 @@ def test_a_step_count_that_would_wrap_is_refused_with_nothing_changed(rng, opt_n
         with pytest.raises(ValueError, match="more would pass its step count's limit"):
             call()
         assert opt.t == MAX_STEPS
+    for call in (lambda: net.train_step(X, Y, opt), lambda: step(X, Y)):   # the last step the count holds
+        opt.t = MAX_STEPS - 1
+        call()
+        assert opt.t == MAX_STEPS
     opt.t = 0                                         # as the message says: set the count (or a new optimizer)
     step(X, Y)
     assert opt.t == 1
