@@ -1169,3 +1169,8 @@ def test_device_inputs_are_checked_as_host_ones(fake):
             net.predict(bad)
     with pytest.raises(TypeError, match="X is complex .*real numbers only"):     # not its real part
         net.predict(fake.asarray(X.astype(np.complex64)))
+    for bad in (np.nan, np.inf):
+        Xb = X.astype(np.float32)
+        Xb[2, 3] = bad
+        with pytest.raises(ValueError, match="X contains NaN or infinity"):
+            net.predict(fake.asarray(Xb))
