@@ -596,3 +596,54 @@ def test_validation_split_rows_and_what_the_training_rows_set():
     mean, std = net.standardization
     assert np.allclose(mean, X[:8].mean(axis=0), rtol=1e-12) and np.allclose(std, X[:8].std(axis=0), rtol=1e-12)
     assert hist["val_loss"] == [net.evaluate(X[8:], y[8:])["loss"]]
+
+
+class _Net:
+    """What EarlyStopping touches of a network: stop_training and its parameters (one number here)."""
+
+    def __init__(self):
+        self.stop_training, self.params, self.restored = False, 0, []
+
+    def get_params(self):
+        return self.params
+
+    def set_params(self, p):
+        self.restored.append(p)
+
+
+@pytest.mark.parametrize("kwargs, values, best_epoch, stopped", [
+    # an epoch improves when it beats the best by MORE than min_delta (Keras's `value - min_delta < best`)
+    (dict(monitor="loss", patience=1, min_delta=0.25), [1.0, 0.75, 0.5, 0.4, 0.9], 3, 5),
+    (dict(monitor="loss", patience=0), [1.0, 0.5, 0.5], 2, 3),                         # equal is no improvement
+    (dict(monitor="loss", patience=2), [3.0, 2.0, 2.5, 2.1, 1.9, 2.0, 2.0, 2.0], 5, 8),  # patience + 1 in a row
+    (dict(monitor="loss", patience=2), [3.0, 2.0, 2.5, 2.1], 2, 0),                      # not yet: no stop
+    (dict(monitor="val_accuracy", patience=1, min_delta=0.25), [0.25, 0.5, 0.75, 0.5], 3, 0),   # auto: max
+    (dict(monitor="val_accuracy", patience=0, min_delta=0.25), [0.25, 0.5], 1, 2),
+    (dict(monitor="val_loss", mode="max", patience=0), [1.0, 2.0, 2.0], 2, 3),
+    (dict(monitor="accuracy", mode="min", patience=0), [0.5, 0.25, 0.5], 2, 3),
+])
+def test_early_stopping_counts_as_documented(kwargs, values, best_epoch, stopped):
+    """EarlyStopping's rule on scripted figures (docs: counted as scikit-learn's n_iter_no_change,
+    `patience + 1` epochs in a row without improvement stop; mode "auto" is max for accuracies);
+    restore_best puts back the best epoch's parameters at the end unless the best is the last."""
+    es = EarlyStopping(**kwargs)
+    net, logs = _Net(), {"loss": [], kwargs["monitor"]: []}
+    es.on_train_begin(net, logs)
+    assert es.stopped_epoch == es.best_epoch == 0
+    for epoch, v in enumerate(values, start=1):
+        assert not net.stop_training
+        for key in logs:
+            logs[key].append(v)
+        net.params = epoch
+        es.on_epoch_end(net, epoch, logs)
+    assert net.stop_training == (stopped != 0) and es.stopped_epoch == stopped
+    assert es.best_epoch == best_epoch and es.best == values[best_epoch - 1]
+    es.on_train_end(net, logs)
+    assert net.restored == ([best_epoch] if best_epoch != len(values) else [])
+    es = EarlyStopping(**kwargs, restore_best=False)
+    net = _Net()
+    es.on_train_begin(net, logs)
+    for epoch, v in enumerate(values, start=1):
+        es.on_epoch_end(net, epoch, {k: l[:epoch] for k, l in logs.items()})
+    es.on_train_end(net, logs)
+    assert net.restored == [] and es.best_epoch == best_epoch
