@@ -621,6 +621,9 @@ class _Net:
     (dict(monitor="val_accuracy", patience=0, min_delta=0.25), [0.25, 0.5], 1, 2),
     (dict(monitor="val_loss", mode="max", patience=0), [1.0, 2.0, 2.0], 2, 3),
     (dict(monitor="accuracy", mode="min", patience=0), [0.5, 0.25, 0.5], 2, 3),
+    # a first figure that is not finite (an overflowing validation loss) is no improvement on inf: it counts
+    (dict(monitor="val_loss", patience=1), [np.inf, 1.0, 2.0, 2.0], 2, 4),
+    (dict(monitor="val_loss", patience=1), [np.inf, np.inf], 0, 2),
 ])
 def test_early_stopping_counts_as_documented(kwargs, values, best_epoch, stopped):
     """EarlyStopping's rule on scripted figures (docs: counted as scikit-learn's n_iter_no_change,
@@ -637,9 +640,9 @@ def test_early_stopping_counts_as_documented(kwargs, values, best_epoch, stopped
         net.params = epoch
         es.on_epoch_end(net, epoch, logs)
     assert net.stop_training == (stopped != 0) and es.stopped_epoch == stopped
-    assert es.best_epoch == best_epoch and es.best == values[best_epoch - 1]
+    assert es.best_epoch == best_epoch and es.best == (values[best_epoch - 1] if best_epoch else np.inf)
     es.on_train_end(net, logs)
-    assert net.restored == ([best_epoch] if best_epoch != len(values) else [])
+    assert net.restored == ([best_epoch] if best_epoch not in (0, len(values)) else [])
     es = EarlyStopping(**kwargs, restore_best=False)
     net = _Net()
     es.on_train_begin(net, logs)
@@ -647,3 +650,19 @@ def test_early_stopping_counts_as_documented(kwargs, values, best_epoch, stopped
         es.on_epoch_end(net, epoch, {k: l[:epoch] for k, l in logs.items()})
     es.on_train_end(net, logs)
     assert net.restored == [] and es.best_epoch == best_epoch
+
+
+def test_early_stopping_and_lambda_callback_defaults_and_refusals():
+    """The defaults the signature documents (monitor val_loss, patience 5, min_delta 0, mode auto:
+    min for a loss, restore_best); a monitor that is not a name and a hook that is not callable are
+    refused when the callback is made."""
+    es = EarlyStopping()
+    assert (es.monitor, es.patience, es.min_delta, es.mode, es.restore_best) == ("val_loss", 5, 0.0, "min", True)
+    for monitor in (None, ["val_loss"], 3):
+        with pytest.raises(TypeError, match="monitor must name a history key"):
+            EarlyStopping(monitor=monitor)
+    for hook in ("on_train_begin", "on_epoch_end", "on_train_end"):
+        with pytest.raises(TypeError, match=f"{hook} must be callable"):
+            LambdaCallback(**{hook: 3})
+        assert not hasattr(LambdaCallback(), hook)
+        assert getattr(LambdaCallback(**{hook: print}), hook) is print
