@@ -447,3 +447,67 @@ def test_precision_relative_error_checks_shapes(c, a, b, exc, words):
     with pytest.raises(exc, match=words):
         precision.relative_error(c, a, b)
     assert precision.relative_error(np.full((2, 2), 3.0), np.ones((2, 3)), np.ones((3, 2))) == 0.0
+
+
+# ------------------------------------------------------------------ gpubp.checks, one by one
+def test_real_number_takes_ints_and_floats_but_not_bools():
+    from gpubp.checks import real_number
+
+    for x, want in ((3, 3.0), (np.int64(-2), -2.0), (0.5, 0.5), (np.float32(0.25), 0.25), (10 ** 400, np.inf),
+                    (-10 ** 400, -np.inf), (np.inf, np.inf)):
+        got = real_number(x)
+        assert type(got) is float and got == want, x
+    for x in (True, False, np.True_, "1", None, 1j, np.array(1.0), [1.0]):
+        assert real_number(x) is None, x
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    # (the check, value -> what it returns, values refused -> the exception)
+    ("check_seed", [(None, None), (0, 0), (np.uint64(2 ** 63), 2 ** 63), (10 ** 30, 10 ** 30)],
+     [(-1, ValueError), (True, TypeError), (1.0, TypeError), ("3", TypeError)]),
+    ("check_positive_int", [(1, 1), (np.int32(7), 7)],
+     [(0, ValueError), (-3, ValueError), (True, ValueError), (2.0, ValueError), (None, ValueError)]),
+    ("check_flag", [(True, True), (False, False), (np.True_, True), (np.False_, False)],
+     [(1, TypeError), (0, TypeError), ("False", TypeError), (None, TypeError)]),
+    ("check_sizes", [([4, 1], (4, 1)), ((np.int64(3), 2, 5), (3, 2, 5)), (range(2, 4), (2, 3))],
+     [([4], ValueError), ([4, 0], ValueError), ([0, 4], ValueError), ([4, True], TypeError),
+      ([4, 2.0], TypeError), ({4, 2}, TypeError), ("42", TypeError), (42, TypeError)]),
+    ("check_dtype", [("float32", np.dtype(np.float32)), (np.float64, np.dtype(np.float64)),
+                     (">f4", np.dtype(np.float32))],
+     [(None, ValueError), ("float16", ValueError), ("int64", ValueError), ("nonsense", ValueError)]),
+])
+def test_argument_checks(check, good, bad):
+    """Each check returns the value in gpubp's form (plain ints, native dtypes) or refuses it."""
+    from gpubp import checks
+
+    fn = getattr(checks, check)
+    call = (lambda v: fn("n", v)) if check in ("check_positive_int", "check_flag") else fn
+    for v, want in good:
+        got = call(v)
+        assert got == want and type(got) is type(want), (v, got)
+        if isinstance(want, np.dtype):
+            assert got.isnative
+    for v, exc in bad:
+        with pytest.raises(exc):
+            call(v)
+
+
+def test_host_array_and_finite_after_cast():
+    from gpubp.checks import finite_after_cast, host_array
+
+    for x in ([[1, 2]], np.array([True, False]), np.arange(3, dtype=np.uint8), [[0.5]]):
+        assert np.array_equal(host_array(x, "X"), np.asarray(x))
+    for x, exc, words in (([1j], TypeError, "X is complex"), (["a"], TypeError, "real numeric array"),
+                          ([[1, 2], [3]], ValueError, "not a rectangular"),
+                          (np.ma.masked_array([1.0, 2.0], mask=[0, 1]), ValueError, "1 masked value")):
+        with pytest.raises(exc, match=words):
+            host_array(x, "X")
+    assert np.array_equal(host_array(np.ma.masked_array([1.0, 2.0], mask=[0, 0]), "X"), [1.0, 2.0])
+    a = finite_after_cast(np.array([[1, 2]], dtype=np.int64), np.float32, "X")
+    assert a.dtype == np.float32 and a.flags.c_contiguous and a.tolist() == [[1.0, 2.0]]
+    assert finite_after_cast(np.array([3.4e38, -3.4e38]), np.float32, "X").dtype == np.float32   # within range
+    with pytest.raises(ValueError, match=r"X overflows float32 .*largest magnitude 3.5e\+38"):
+        finite_after_cast(np.array([1.0, -3.5e38]), np.float32, "X")
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="X contains NaN or infinity"):
+            finite_after_cast(np.array([1.0, bad]), np.float64, "X")
