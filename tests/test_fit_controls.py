@@ -293,6 +293,7 @@ def test_validation_split_needs_a_row_of_y_and_a_weight_per_sample():
                       (dict(sample_weight=1.0), r"sample_weight has shape \(\); expected \(20,\)"),
                       (dict(Y=np.concatenate([y, y])), "Y has 40 rows but X has 20 samples"),
                       (dict(Y=y[:18]), "Y has 18 rows but X has 20 samples"),
+                      (dict(Y=1), "Y has no rows but X has 20 samples"),
                       (dict(X=X[0], Y=y[:1]), "of 1 samples leaves no validation")]:
         Xb, yb = kw.pop("X", X), kw.pop("Y", y)
         with pytest.raises(ValueError, match=words):
@@ -582,9 +583,15 @@ def test_validation_split_takes_numpy_fractions():
         net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
         runs.append(net.fit(X, y, epochs=1, validation_split=split, progress=False))
     assert runs[0] == runs[1] == runs[2]
-    for bad in (np.True_, np.float32(1.0), "0.2"):
+    for bad in (np.True_, np.float32(1.0), "0.2", 0, 0.0, 1.0, -0.25, np.nan):
         with pytest.raises(ValueError, match="validation_split must be a fraction"):
             net.fit(X, y, epochs=1, validation_split=bad, progress=False)
+    # floor(n * fraction) rows held out: at least one (4 * 0.25), and at least one left to train on
+    hist = net.fit(X[:4], y[:4], epochs=1, validation_split=0.25, progress=False)
+    assert hist["val_loss"] == [net.evaluate(X[3:4], y[3:4])["loss"]]
+    for n, split in ((3, 0.3), (1, 0.5)):
+        with pytest.raises(ValueError, match=f"validation_split={split} of {n} samples leaves no validation"):
+            net.fit(X[:n], y[:n], epochs=1, validation_split=split, progress=False)
 
 
 def test_validation_split_rows_and_what_the_training_rows_set():
