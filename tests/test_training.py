@@ -197,3 +197,21 @@ def test_a_step_count_that_would_wrap_is_refused_with_nothing_changed(rng, opt_n
     opt.t = 0                                         # as the message says: set the count (or a new optimizer)
     step(X, Y)
     assert opt.t == 1
+
+
+@pytest.mark.parametrize("B, batch_size", [(7, 3), (7, 7), (1, 4), (9, 3)])
+def test_history_loss_is_the_batch_size_weighted_mean_of_the_step_losses(rng, B, batch_size):
+    """fit's docstring: `loss` is the mean of the epoch's step losses, each measured before its
+    update, weighted by each batch's size (7 rows in batches of 3: 3, 3 and 1).  A twin network
+    takes the same batches (shuffle=False) with train_step, which returns each loss before its
+    update; `accuracy` is measured after the epoch, as `evaluate` gives it."""
+    X, y = rng.standard_normal((B, 3)), rng.integers(0, 2, B)
+    a = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = a.fit(X, y, epochs=1, batch_size=batch_size, optimizer="sgd", lr=0.5, shuffle=False, progress=False)
+    steps = [(b.train_step(X[i:i + batch_size], y[i:i + batch_size], "sgd", lr=0.5), len(y[i:i + batch_size]))
+             for i in range(0, B, batch_size)]
+    want = sum(l * n for l, n in steps) / B
+    assert hist["loss"] == [pytest.approx(want, rel=1e-14)]
+    assert hist["accuracy"] == [b.evaluate(X, y)["accuracy"]]
+    assert a.optimizer.t == len(steps)
