@@ -673,3 +673,36 @@ def test_early_stopping_and_lambda_callback_defaults_and_refusals():
             LambdaCallback(**{hook: 3})
         assert not hasattr(LambdaCallback(), hook)
         assert getattr(LambdaCallback(**{hook: print}), hook) is print
+
+
+def test_class_weight_keys_and_values_at_their_bounds():
+    """class_weight's keys are class indices in [0, n_out) (the last, n_out - 1, taken; n_out, -1, a bool
+    or a float refused) and its values finite numbers >= 0 (0 taken: that class's rows are dropped,
+    as sample_weight 0 drops a row); classes left out weigh 1; a sample weight of 0 is taken."""
+    X, y = _data(14, n=30)
+    y[:3] = [0, 1, 2]
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    before = _flat(net)
+    for cw, words in [({3: 1.0}, r"keys must be class indices in \[0, 3\), got 3"), ({-1: 1.0}, "got -1"),
+                      ({True: 1.0}, "got True"), ({1.0: 1.0}, "got 1.0"), ({"0": 1.0}, "got '0'"),
+                      ({2: -0.5}, r"class_weight\[2\] must be a finite non-negative number"),
+                      ({2: np.nan}, r"class_weight\[2\]"), ({2: np.inf}, r"class_weight\[2\]"),
+                      ({0: 0, 1: 0, 2: 0}, "the sample weights are all zero"),
+                      ("Balanced", "class_weight must be a dict or 'balanced'")]:
+        with pytest.raises(ValueError, match=words):
+            net.fit(X, y, epochs=1, class_weight=cw, progress=False)
+    with pytest.raises(TypeError, match="class_weight must be a dict"):
+        net.fit(X, y, epochs=1, class_weight=[1.0, 2.0, 3.0], progress=False)
+    with pytest.raises(ValueError, match="sample_weight must hold finite, non-negative numbers"):
+        net.fit(X, y, epochs=1, sample_weight=np.r_[-1e-300, np.ones(29)], progress=False)
+    assert np.array_equal(_flat(net), before) and net.optimizer is None
+    kept = y != 2
+    runs = []
+    for kw in (dict(class_weight={np.int64(2): 0.0, 0: 1.0}), dict(sample_weight=kept.astype(float)),
+               dict(X=X[kept], Y=y[kept])):
+        n = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+        n.fit(kw.pop("X", X), kw.pop("Y", y), epochs=1, batch_size=64, optimizer="sgd", lr=0.5,
+              shuffle=False, progress=False, **kw)
+        runs.append(_flat(n))
+    np.testing.assert_allclose(runs[0], runs[2], rtol=1e-13, atol=1e-15)
+    assert np.array_equal(runs[0], runs[1])
