@@ -681,7 +681,7 @@ def test_class_weight_keys_and_values_at_their_bounds():
     as sample_weight 0 drops a row); classes left out weigh 1; a sample weight of 0 is taken."""
     X, y = _data(14, n=30)
     y[:3] = [0, 1, 2]
-    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    net = gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
     before = _flat(net)
     for cw, words in [({3: 1.0}, r"keys must be class indices in \[0, 3\), got 3"), ({-1: 1.0}, "got -1"),
                       ({True: 1.0}, "got True"), ({1.0: 1.0}, "got 1.0"), ({"0": 1.0}, "got '0'"),
@@ -695,12 +695,19 @@ def test_class_weight_keys_and_values_at_their_bounds():
         net.fit(X, y, epochs=1, class_weight=[1.0, 2.0, 3.0], progress=False)
     with pytest.raises(ValueError, match="sample_weight must hold finite, non-negative numbers"):
         net.fit(X, y, epochs=1, sample_weight=np.r_[-1e-300, np.ones(29)], progress=False)
+    for w in (np.ones(31), np.ones((30, 1)), np.ones(29)):
+        with pytest.raises(ValueError, match=rf"sample_weight has shape \({w.shape[0]},.*; expected \(30,\)"):
+            net.fit(X, y, epochs=1, sample_weight=w, progress=False)
+    bce = gpubp.MLP([6, 5, 1], loss="binary_cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match="class_weight applies to cross_entropy networks"):
+        bce.fit(X, (y > 0).astype(float), epochs=1, class_weight={0: 1.0}, progress=False)
+    assert bce.optimizer is None
     assert np.array_equal(_flat(net), before) and net.optimizer is None
     kept = y != 2
     runs = []
     for kw in (dict(class_weight={np.int64(2): 0.0, 0: 1.0}), dict(sample_weight=kept.astype(float)),
                dict(X=X[kept], Y=y[kept])):
-        n = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+        n = gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
         n.fit(kw.pop("X", X), kw.pop("Y", y), epochs=1, batch_size=64, optimizer="sgd", lr=0.5,
               shuffle=False, progress=False, **kw)
         runs.append(_flat(n))
