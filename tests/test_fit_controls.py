@@ -713,3 +713,23 @@ def test_class_weight_keys_and_values_at_their_bounds():
         runs.append(_flat(n))
     np.testing.assert_allclose(runs[0], runs[2], rtol=1e-13, atol=1e-15)
     assert np.array_equal(runs[0], runs[1])
+
+
+def test_progress_bar_counts_every_step_and_is_closed(capsys):
+    """progress=True: a bar of epochs x steps per epoch that advances once per step (6/6 at the end of
+    2 epochs of 3 batches), closed when fit returns (its last line ended); progress="auto" on a
+    stream that is not a terminal writes one line per epoch instead."""
+    pytest.importorskip("tqdm")
+    X, y = _data(16, n=30)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=2, batch_size=10, progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and err.endswith("\n")
+    stop = LambdaCallback(on_epoch_end=lambda n, e, l: 1 / 0)
+    with pytest.raises(ZeroDivisionError) as info:      # closed when fit raises too (info keeps its frames)
+        net.fit(X, y, epochs=2, batch_size=10, progress=True, callbacks=[stop])
+    err = capsys.readouterr().err
+    assert "3/6" in err and err.endswith("\n") and info.traceback
+    net.fit(X, y, epochs=2, batch_size=10, progress="auto")
+    lines = capsys.readouterr().err.splitlines()
+    assert [l.split("  ")[0] for l in lines] == ["epoch 1/2", "epoch 2/2"] and "train loss" in lines[0]
