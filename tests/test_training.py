@@ -215,3 +215,23 @@ def test_history_loss_is_the_batch_size_weighted_mean_of_the_step_losses(rng, B,
     assert hist["loss"] == [pytest.approx(want, rel=1e-14)]
     assert hist["accuracy"] == [b.evaluate(X, y)["accuracy"]]
     assert a.optimizer.t == len(steps)
+
+
+def test_history_loss_with_sample_weights_weighs_each_batch_by_its_weight_sum(rng):
+    """With sample weights each batch's loss (its weighted mean) counts by the batch's weight sum
+    (docs/spec.md): the epoch's loss is sum_b W_b L_b / sum_b W_b.  A twin takes the same batches one
+    fit of one batch at a time, whose history is that batch's loss."""
+    X, y = rng.standard_normal((8, 3)), rng.integers(0, 2, 8)
+    w = np.array([1.0, 3.0, 0.5, 2.0, 0.0, 4.0, 1.0, 6.0])
+    a = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = a.fit(X, y, epochs=1, batch_size=3, optimizer="sgd", lr=0.5, shuffle=False, sample_weight=w,
+                 progress=False)
+    losses, sums = [], []
+    for i in range(0, 8, 3):
+        h = b.fit(X[i:i + 3], y[i:i + 3], epochs=1, batch_size=3, optimizer="sgd", lr=0.5, sample_weight=w[i:i + 3],
+                  progress=False)
+        losses.append(h["loss"][0])
+        sums.append(w[i:i + 3].sum())
+    assert hist["loss"] == [pytest.approx(np.dot(losses, sums) / sum(sums), rel=1e-13)]
+    np.testing.assert_array_equal(a.get_params()[0][0], b.get_params()[0][0])
