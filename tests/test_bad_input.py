@@ -498,6 +498,7 @@ def test_host_array_and_finite_after_cast():
     for x in ([[1, 2]], np.array([True, False]), np.arange(3, dtype=np.uint8), [[0.5]]):
         assert np.array_equal(host_array(x, "X"), np.asarray(x))
     for x, exc, words in (([1j], TypeError, "X is complex"), (["a"], TypeError, "real numeric array"),
+                          (np.array([1.0, "a"], dtype=object), TypeError, "real numeric array, got dtype object"),
                           ([[1, 2], [3]], ValueError, "not a rectangular"),
                           (np.ma.masked_array([1.0, 2.0], mask=[0, 1]), ValueError, "1 masked value")):
         with pytest.raises(exc, match=words):
