@@ -334,6 +334,9 @@ def test_evaluation_in_chunks_is_the_row_weighted_mean(loss, monkeypatch):
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-14)
     np.testing.assert_array_equal(net.predict(X), net.predict(X[:7]).tolist() + net.predict(X[7:]).tolist())
+    two = net.forward(X[:10])                      # two chunks (7 and 3 rows): every row's output
+    assert two.shape == (10, 4)
+    np.testing.assert_array_equal(two, np.concatenate([net.forward(X[:7]), net.forward(X[7:10])]))
 
 
 # ------------------------------------------------------------------ the flat parameter layout
