@@ -136,7 +136,28 @@ def test_fit_arguments():
     for cbs in (gpubp.callbacks.EarlyStopping(), 3):
         with pytest.raises(TypeError, match="callbacks must be a list"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)
+    with pytest.raises(TypeError, match=r"got one .*: pass \[callback\]"):
+        net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False,
+                callbacks=gpubp.callbacks.LambdaCallback(on_epoch_end=print))
+    for kw, exc, words in ((dict(lr_schedule=0.1), TypeError, "lr_schedule must be a callable"),
+                           (dict(sharded=True), ValueError, r"sharded=True needs comm"),
+                           (dict(validation=(np.ones((2, 2)), np.ones((2, 2))), validation_split=0.5), ValueError,
+                            "give validation or validation_split, not both")):
+        with pytest.raises(exc, match=words):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
     assert net.optimizer is None
+
+
+def test_fit_defaults_are_the_signatures():
+    """fit's documented defaults: 10 epochs of batches of 32 (65 rows: 3 steps an epoch), shuffled."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((65, 2)), rng.standard_normal((65, 2))
+    nets = [gpubp.MLP([2, 2], backend="numpy", seed=0) for _ in range(3)]
+    hists = [nets[0].fit(X, Y, progress=False), nets[1].fit(X, Y, epochs=10, batch_size=32, shuffle=True,
+                                                             progress=False),
+             nets[2].fit(X, Y, shuffle=False, progress=False)]
+    assert nets[0].optimizer.t == 30 and len(hists[0]["loss"]) == 10
+    assert hists[0] == hists[1] and hists[0] != hists[2]
 
 
 def test_pandas_frames_of_nullable_numbers_are_numbers(net):

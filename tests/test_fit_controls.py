@@ -733,3 +733,22 @@ def test_progress_bar_counts_every_step_and_is_closed(capsys):
     net.fit(X, y, epochs=2, batch_size=10, progress="auto")
     lines = capsys.readouterr().err.splitlines()
     assert [l.split("  ")[0] for l in lines] == ["epoch 1/2", "epoch 2/2"] and "train loss" in lines[0]
+
+
+def test_fit_on_a_terminal_draws_a_bar_by_default_and_lines_at_verbose_2(monkeypatch):
+    """progress="auto" and verbose=1 (the defaults) draw the bar on a terminal; verbose=2 writes one line
+    per epoch there (as Keras's)."""
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    X, y = _data(17, n=20)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    for kw, bar in ((dict(), True), (dict(verbose=2), False)):
+        err = Terminal()
+        monkeypatch.setattr("sys.stderr", err)
+        net.fit(X, y, epochs=2, batch_size=10, **kw)
+        text = err.getvalue()
+        assert ("4/4" in text) == bar and ("epoch 2/2" in text) == (not bar), (kw, text)
