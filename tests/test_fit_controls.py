@@ -586,6 +586,9 @@ def test_validation_split_takes_numpy_fractions():
     for bad in (np.True_, np.float32(1.0), "0.2", 0, 0.0, 1.0, -0.25, np.nan):
         with pytest.raises(ValueError, match="validation_split must be a fraction"):
             net.fit(X, y, epochs=1, validation_split=bad, progress=False)
+    # as many rows as inputs (6 x 6) is 6 samples, not one: 3 held out
+    hist = net.fit(X[:6], y[:6], epochs=1, validation_split=0.5, progress=False)
+    assert hist["val_loss"] == [net.evaluate(X[3:6], y[3:6])["loss"]]
     # floor(n * fraction) rows held out: at least one (4 * 0.25), and at least one left to train on
     hist = net.fit(X[:4], y[:4], epochs=1, validation_split=0.25, progress=False)
     assert hist["val_loss"] == [net.evaluate(X[3:4], y[3:4])["loss"]]
