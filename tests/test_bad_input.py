@@ -157,6 +157,7 @@ def test_fit_defaults_are_the_signatures():
                                                              progress=False),
              nets[2].fit(X, Y, shuffle=False, progress=False)]
     assert nets[0].optimizer.t == 30 and len(hists[0]["loss"]) == 10
+    assert set(hists[0]) == {"loss"} and nets[0].standardization is None   # no grad_norms, no standardize
     assert hists[0] == hists[1] and hists[0] != hists[2]
 
 
