@@ -78,7 +78,7 @@ class EarlyStopping:
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, net, epoch, logs):
-        self._check_monitor(logs)
+        # `logs` is the dict on_train_begin checked: fit records the same figures every epoch
         value = logs[self.monitor][-1]
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0

@@ -48,10 +48,11 @@ def test_shape_mismatches(net):
     X0, y0 = np.ones((0, 4)), np.zeros(0, dtype=int)
     for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.predict_proba(X0),
                  lambda: net.evaluate(X0, y0), lambda: net.loss_and_grads(X0, y0),
-                 lambda: net.train_step(X0, y0, "sgd"), lambda: net.fit(X0, y0, progress=False)):
+                 lambda: net.train_step(X0, y0, "sgd"), lambda: net.fit(X0, y0, progress=False),
+                 lambda: net.fit(X0, y0, progress=False, standardize=True)):
         with pytest.raises(ValueError, match="X holds no samples"):
             call()
-    assert net.optimizer is None
+    assert net.optimizer is None and net.standardization is None
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
         net.forward(np.ones((2, 2, 4)))
 
@@ -135,7 +136,29 @@ def test_fit_arguments():
     for cbs in (gpubp.callbacks.EarlyStopping(), 3):
         with pytest.raises(TypeError, match="callbacks must be a list"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)
+    with pytest.raises(TypeError, match=r"got one .*: pass \[callback\]"):
+        net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False,
+                callbacks=gpubp.callbacks.LambdaCallback(on_epoch_end=print))
+    for kw, exc, words in ((dict(lr_schedule=0.1), TypeError, "lr_schedule must be a callable"),
+                           (dict(sharded=True), ValueError, r"sharded=True needs comm"),
+                           (dict(validation=(np.ones((2, 2)), np.ones((2, 2))), validation_split=0.5), ValueError,
+                            "give validation or validation_split, not both")):
+        with pytest.raises(exc, match=words):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
     assert net.optimizer is None
+
+
+def test_fit_defaults_are_the_signatures():
+    """fit's documented defaults: 10 epochs of batches of 32 (65 rows: 3 steps an epoch), shuffled."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((65, 2)), rng.standard_normal((65, 2))
+    nets = [gpubp.MLP([2, 2], backend="numpy", seed=0) for _ in range(3)]
+    hists = [nets[0].fit(X, Y, progress=False), nets[1].fit(X, Y, epochs=10, batch_size=32, shuffle=True,
+                                                             progress=False),
+             nets[2].fit(X, Y, shuffle=False, progress=False)]
+    assert nets[0].optimizer.t == 30 and len(hists[0]["loss"]) == 10
+    assert set(hists[0]) == {"loss"} and nets[0].standardization is None   # no grad_norms, no standardize
+    assert hists[0] == hists[1] and hists[0] != hists[2]
 
 
 def test_pandas_frames_of_nullable_numbers_are_numbers(net):
@@ -446,3 +469,68 @@ def test_precision_relative_error_checks_shapes(c, a, b, exc, words):
     with pytest.raises(exc, match=words):
         precision.relative_error(c, a, b)
     assert precision.relative_error(np.full((2, 2), 3.0), np.ones((2, 3)), np.ones((3, 2))) == 0.0
+
+
+# ------------------------------------------------------------------ gpubp.checks, one by one
+def test_real_number_takes_ints_and_floats_but_not_bools():
+    from gpubp.checks import real_number
+
+    for x, want in ((3, 3.0), (np.int64(-2), -2.0), (0.5, 0.5), (np.float32(0.25), 0.25), (10 ** 400, np.inf),
+                    (-10 ** 400, -np.inf), (np.inf, np.inf)):
+        got = real_number(x)
+        assert type(got) is float and got == want, x
+    for x in (True, False, np.True_, "1", None, 1j, np.array(1.0), [1.0]):
+        assert real_number(x) is None, x
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    # (the check, value -> what it returns, values refused -> the exception)
+    ("check_seed", [(None, None), (0, 0), (np.uint64(2 ** 63), 2 ** 63), (10 ** 30, 10 ** 30)],
+     [(-1, ValueError), (True, TypeError), (1.0, TypeError), ("3", TypeError)]),
+    ("check_positive_int", [(1, 1), (np.int32(7), 7)],
+     [(0, ValueError), (-3, ValueError), (True, ValueError), (2.0, ValueError), (None, ValueError)]),
+    ("check_flag", [(True, True), (False, False), (np.True_, True), (np.False_, False)],
+     [(1, TypeError), (0, TypeError), ("False", TypeError), (None, TypeError)]),
+    ("check_sizes", [([4, 1], (4, 1)), ((np.int64(3), 2, 5), (3, 2, 5)), (range(2, 4), (2, 3))],
+     [([4], ValueError), ([4, 0], ValueError), ([0, 4], ValueError), ([4, True], TypeError),
+      ([4, 2.0], TypeError), ({4, 2}, TypeError), ("42", TypeError), (42, TypeError)]),
+    ("check_dtype", [("float32", np.dtype(np.float32)), (np.float64, np.dtype(np.float64)),
+                     (">f4", np.dtype(np.float32))],
+     [(None, ValueError), ("float16", ValueError), ("int64", ValueError), ("nonsense", ValueError)]),
+])
+def test_argument_checks(check, good, bad):
+    """Each check returns the value in gpubp's form (plain ints, native dtypes) or refuses it."""
+    from gpubp import checks
+
+    fn = getattr(checks, check)
+    call = (lambda v: fn("n", v)) if check in ("check_positive_int", "check_flag") else fn
+    for v, want in good:
+        got = call(v)
+        assert got == want and type(got) is type(want), (v, got)
+        if isinstance(want, np.dtype):
+            assert got.isnative
+    for v, exc in bad:
+        with pytest.raises(exc):
+            call(v)
+
+
+def test_host_array_and_finite_after_cast():
+    from gpubp.checks import finite_after_cast, host_array
+
+    for x in ([[1, 2]], np.array([True, False]), np.arange(3, dtype=np.uint8), [[0.5]]):
+        assert np.array_equal(host_array(x, "X"), np.asarray(x))
+    for x, exc, words in (([1j], TypeError, "X is complex"), (["a"], TypeError, "real numeric array"),
+                          (np.array([1.0, "a"], dtype=object), TypeError, "real numeric array, got dtype object"),
+                          ([[1, 2], [3]], ValueError, "not a rectangular"),
+                          (np.ma.masked_array([1.0, 2.0], mask=[0, 1]), ValueError, "1 masked value")):
+        with pytest.raises(exc, match=words):
+            host_array(x, "X")
+    assert np.array_equal(host_array(np.ma.masked_array([1.0, 2.0], mask=[0, 0]), "X"), [1.0, 2.0])
+    a = finite_after_cast(np.array([[1, 2]], dtype=np.int64), np.float32, "X")
+    assert a.dtype == np.float32 and a.flags.c_contiguous and a.tolist() == [[1.0, 2.0]]
+    assert finite_after_cast(np.array([3.4e38, -3.4e38]), np.float32, "X").dtype == np.float32   # within range
+    with pytest.raises(ValueError, match=r"X overflows float32 .*largest magnitude 3.5e\+38"):
+        finite_after_cast(np.array([1.0, -3.5e38]), np.float32, "X")
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="X contains NaN or infinity"):
+            finite_after_cast(np.array([1.0, bad]), np.float64, "X")

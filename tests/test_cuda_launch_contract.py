@@ -1113,3 +1113,64 @@ def test_fused_family_grid_blocks_sets_the_persistent_grid(fake, grid_blocks, wa
                                      grid_blocks=grid_blocks)
     bwd, red = fake.launches
     assert bwd.grid == (want, 1, 1) and bwd.arg("n_tiles") == 9 and red.arg("G") == want
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_host_inputs_to_a_network_on_another_device_are_refused(monkeypatch, standardized):
+    """Kernels launch on the current device (`CudaBackend.check_current`): a network made on
+    device 0, used under `cupy.cuda.Device(1)` with host inputs (which the backend would copy to
+    device 1), is refused by every public pass with a ValueError naming both devices, before any
+    launch, its parameters unchanged; back on device 0 it works."""
+    fake = install_fake(monkeypatch, devices=2)
+    sizes = (6, 8, 3)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 16)
+    if standardized:
+        net.set_standardization(X.mean(axis=0), X.std(axis=0))
+    before = net.get_params()
+    fake.cuda.Device(1).use()
+    calls = {"forward": lambda: net.forward(X), "predict": lambda: net.predict(X),
+             "predict_proba": lambda: net.predict_proba(X), "evaluate": lambda: net.evaluate(X, Y),
+             "loss_and_grads": lambda: net.loss_and_grads(X, Y),
+             "train_step": lambda: net.train_step(X, Y, "sgd", lr=0.1)}
+    for name, call in calls.items():
+        fake.reset()
+        with pytest.raises(ValueError, match="network is on CUDA device 0 but the current device is 1"):
+            call()
+        assert not fake.launches, name
+    assert net.optimizer is None
+    assert all(np.array_equal(a, b) for p, q in zip(before, net.get_params()) for a, b in zip(p, q))
+    fake.cuda.Device(0).use()
+    net.train_step(X, Y, "sgd", lr=0.1)
+    assert net.optimizer.t == 1
+
+
+def test_device_inputs_are_checked_as_host_ones(fake):
+    """A device X with no rows is refused as a host one is ("X holds no samples"), by the passes and
+    by fit (with standardize=True too, which reads X's statistics first), nothing changed; one of
+    the network's n_0 columns predicts as the host copy (a vector of n_0 as one row); other shapes
+    are refused naming (B, n_0)."""
+    sizes = (6, 8, 3)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X0, y0 = fake.zeros((0, 6), np.float32), np.zeros(0, dtype=np.int64)
+    for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.evaluate(X0, y0),
+                 lambda: net.loss_and_grads(X0, y0), lambda: net.train_step(X0, y0, "sgd"),
+                 lambda: net.fit(X0, y0, progress=False),
+                 lambda: net.fit(X0, y0, progress=False, standardize=True)):
+        with pytest.raises(ValueError, match="X holds no samples"):
+            call()
+    assert net.optimizer is None and net.standardization is None
+    X, _ = data(sizes, "cross_entropy", 4)
+    Xd = fake.asarray(X.astype(np.float32))
+    assert np.array_equal(net.predict(Xd), net.predict(X))
+    assert np.array_equal(net.predict(Xd[1]), net.predict(X[1:2]))     # one sample as a vector: one row
+    for bad in (fake.zeros((4, 8), np.float32), fake.zeros((8,), np.float32), fake.zeros((2, 4, 6), np.float32)):
+        with pytest.raises(ValueError, match=r"X has shape .*expected \(B, 6\)"):
+            net.predict(bad)
+    with pytest.raises(TypeError, match="X is complex .*real numbers only"):     # not its real part
+        net.predict(fake.asarray(X.astype(np.complex64)))
+    for bad in (np.nan, np.inf):
+        Xb = X.astype(np.float32)
+        Xb[2, 3] = bad
+        with pytest.raises(ValueError, match="X contains NaN or infinity"):
+            net.predict(fake.asarray(Xb))

@@ -293,6 +293,7 @@ def test_validation_split_needs_a_row_of_y_and_a_weight_per_sample():
                       (dict(sample_weight=1.0), r"sample_weight has shape \(\); expected \(20,\)"),
                       (dict(Y=np.concatenate([y, y])), "Y has 40 rows but X has 20 samples"),
                       (dict(Y=y[:18]), "Y has 18 rows but X has 20 samples"),
+                      (dict(Y=1), "Y has no rows but X has 20 samples"),
                       (dict(X=X[0], Y=y[:1]), "of 1 samples leaves no validation")]:
         Xb, yb = kw.pop("X", X), kw.pop("Y", y)
         with pytest.raises(ValueError, match=words):
@@ -582,9 +583,18 @@ def test_validation_split_takes_numpy_fractions():
         net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
         runs.append(net.fit(X, y, epochs=1, validation_split=split, progress=False))
     assert runs[0] == runs[1] == runs[2]
-    for bad in (np.True_, np.float32(1.0), "0.2"):
+    for bad in (np.True_, np.float32(1.0), "0.2", 0, 0.0, 1.0, -0.25, np.nan):
         with pytest.raises(ValueError, match="validation_split must be a fraction"):
             net.fit(X, y, epochs=1, validation_split=bad, progress=False)
+    # as many rows as inputs (6 x 6) is 6 samples, not one: 3 held out
+    hist = net.fit(X[:6], y[:6], epochs=1, validation_split=0.5, progress=False)
+    assert hist["val_loss"] == [net.evaluate(X[3:6], y[3:6])["loss"]]
+    # floor(n * fraction) rows held out: at least one (4 * 0.25), and at least one left to train on
+    hist = net.fit(X[:4], y[:4], epochs=1, validation_split=0.25, progress=False)
+    assert hist["val_loss"] == [net.evaluate(X[3:4], y[3:4])["loss"]]
+    for n, split in ((3, 0.3), (1, 0.5)):
+        with pytest.raises(ValueError, match=f"validation_split={split} of {n} samples leaves no validation"):
+            net.fit(X[:n], y[:n], epochs=1, validation_split=split, progress=False)
 
 
 def test_validation_split_rows_and_what_the_training_rows_set():
@@ -596,3 +606,152 @@ def test_validation_split_rows_and_what_the_training_rows_set():
     mean, std = net.standardization
     assert np.allclose(mean, X[:8].mean(axis=0), rtol=1e-12) and np.allclose(std, X[:8].std(axis=0), rtol=1e-12)
     assert hist["val_loss"] == [net.evaluate(X[8:], y[8:])["loss"]]
+
+
+class _Net:
+    """What EarlyStopping touches of a network: stop_training and its parameters (one number here)."""
+
+    def __init__(self):
+        self.stop_training, self.params, self.restored = False, 0, []
+
+    def get_params(self):
+        return self.params
+
+    def set_params(self, p):
+        self.restored.append(p)
+
+
+@pytest.mark.parametrize("kwargs, values, best_epoch, stopped", [
+    # an epoch improves when it beats the best by MORE than min_delta (Keras's `value - min_delta < best`)
+    (dict(monitor="loss", patience=1, min_delta=0.25), [1.0, 0.75, 0.5, 0.4, 0.9], 3, 5),
+    (dict(monitor="loss", patience=0), [1.0, 0.5, 0.5], 2, 3),                         # equal is no improvement
+    (dict(monitor="loss", patience=2), [3.0, 2.0, 2.5, 2.1, 1.9, 2.0, 2.0, 2.0], 5, 8),  # patience + 1 in a row
+    (dict(monitor="loss", patience=2), [3.0, 2.0, 2.5, 2.1], 2, 0),                      # not yet: no stop
+    (dict(monitor="val_accuracy", patience=1, min_delta=0.25), [0.25, 0.5, 0.75, 0.5], 3, 0),   # auto: max
+    (dict(monitor="val_accuracy", patience=0, min_delta=0.25), [0.25, 0.5], 1, 2),
+    (dict(monitor="val_loss", mode="max", patience=0), [1.0, 2.0, 2.0], 2, 3),
+    (dict(monitor="accuracy", mode="min", patience=0), [0.5, 0.25, 0.5], 2, 3),
+    # a first figure that is not finite (an overflowing validation loss) is no improvement on inf: it counts
+    (dict(monitor="val_loss", patience=1), [np.inf, 1.0, 2.0, 2.0], 2, 4),
+    (dict(monitor="val_loss", patience=1), [np.inf, np.inf], 0, 2),
+])
+def test_early_stopping_counts_as_documented(kwargs, values, best_epoch, stopped):
+    """EarlyStopping's rule on scripted figures (docs: counted as scikit-learn's n_iter_no_change,
+    `patience + 1` epochs in a row without improvement stop; mode "auto" is max for accuracies);
+    restore_best puts back the best epoch's parameters at the end unless the best is the last."""
+    es = EarlyStopping(**kwargs)
+    net, logs = _Net(), {"loss": [], kwargs["monitor"]: []}
+    es.on_train_begin(net, logs)
+    assert es.stopped_epoch == es.best_epoch == 0
+    for epoch, v in enumerate(values, start=1):
+        assert not net.stop_training
+        for key in logs:
+            logs[key].append(v)
+        net.params = epoch
+        es.on_epoch_end(net, epoch, logs)
+    assert net.stop_training == (stopped != 0) and es.stopped_epoch == stopped
+    assert es.best_epoch == best_epoch and es.best == (values[best_epoch - 1] if best_epoch else np.inf)
+    es.on_train_end(net, logs)
+    assert net.restored == ([best_epoch] if best_epoch not in (0, len(values)) else [])
+    es = EarlyStopping(**kwargs, restore_best=False)
+    net = _Net()
+    es.on_train_begin(net, logs)
+    for epoch, v in enumerate(values, start=1):
+        es.on_epoch_end(net, epoch, {k: l[:epoch] for k, l in logs.items()})
+    es.on_train_end(net, logs)
+    assert net.restored == [] and es.best_epoch == best_epoch
+
+
+def test_early_stopping_and_lambda_callback_defaults_and_refusals():
+    """The defaults the signature documents (monitor val_loss, patience 5, min_delta 0, mode auto:
+    min for a loss, restore_best); a monitor that is not a name and a hook that is not callable are
+    refused when the callback is made."""
+    es = EarlyStopping()
+    assert (es.monitor, es.patience, es.min_delta, es.mode, es.restore_best) == ("val_loss", 5, 0.0, "min", True)
+    for monitor in (None, ["val_loss"], 3):
+        with pytest.raises(TypeError, match="monitor must name a history key"):
+            EarlyStopping(monitor=monitor)
+    for hook in ("on_train_begin", "on_epoch_end", "on_train_end"):
+        with pytest.raises(TypeError, match=f"{hook} must be callable"):
+            LambdaCallback(**{hook: 3})
+        assert not hasattr(LambdaCallback(), hook)
+        assert getattr(LambdaCallback(**{hook: print}), hook) is print
+
+
+def test_class_weight_keys_and_values_at_their_bounds():
+    """class_weight's keys are class indices in [0, n_out) (the last, n_out - 1, taken; n_out, -1, a bool
+    or a float refused) and its values finite numbers >= 0 (0 taken: that class's rows are dropped,
+    as sample_weight 0 drops a row); classes left out weigh 1; a sample weight of 0 is taken."""
+    X, y = _data(14, n=30)
+    y[:3] = [0, 1, 2]
+    net = gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    before = _flat(net)
+    for cw, words in [({3: 1.0}, r"keys must be class indices in \[0, 3\), got 3"), ({-1: 1.0}, "got -1"),
+                      ({True: 1.0}, "got True"), ({1.0: 1.0}, "got 1.0"), ({"0": 1.0}, "got '0'"),
+                      ({2: -0.5}, r"class_weight\[2\] must be a finite non-negative number"),
+                      ({2: np.nan}, r"class_weight\[2\]"), ({2: np.inf}, r"class_weight\[2\]"),
+                      ({0: 0, 1: 0, 2: 0}, "the sample weights are all zero"),
+                      ("Balanced", "class_weight must be a dict or 'balanced'")]:
+        with pytest.raises(ValueError, match=words):
+            net.fit(X, y, epochs=1, class_weight=cw, progress=False)
+    with pytest.raises(TypeError, match="class_weight must be a dict"):
+        net.fit(X, y, epochs=1, class_weight=[1.0, 2.0, 3.0], progress=False)
+    with pytest.raises(ValueError, match="sample_weight must hold finite, non-negative numbers"):
+        net.fit(X, y, epochs=1, sample_weight=np.r_[-1e-300, np.ones(29)], progress=False)
+    for w in (np.ones(31), np.ones((30, 1)), np.ones(29)):
+        with pytest.raises(ValueError, match=rf"sample_weight has shape \({w.shape[0]},.*; expected \(30,\)"):
+            net.fit(X, y, epochs=1, sample_weight=w, progress=False)
+    bce = gpubp.MLP([6, 5, 1], loss="binary_cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match="class_weight applies to cross_entropy networks"):
+        bce.fit(X, (y > 0).astype(float), epochs=1, class_weight={0: 1.0}, progress=False)
+    assert bce.optimizer is None
+    assert np.array_equal(_flat(net), before) and net.optimizer is None
+    kept = y != 2
+    runs = []
+    for kw in (dict(class_weight={np.int64(2): 0.0, 0: 1.0}), dict(sample_weight=kept.astype(float)),
+               dict(X=X[kept], Y=y[kept])):
+        n = gpubp.MLP([6, 5, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+        n.fit(kw.pop("X", X), kw.pop("Y", y), epochs=1, batch_size=64, optimizer="sgd", lr=0.5,
+              shuffle=False, progress=False, **kw)
+        runs.append(_flat(n))
+    np.testing.assert_allclose(runs[0], runs[2], rtol=1e-13, atol=1e-15)
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_progress_bar_counts_every_step_and_is_closed(capsys):
+    """progress=True: a bar of epochs x steps per epoch that advances once per step (6/6 at the end of
+    2 epochs of 3 batches), closed when fit returns (its last line ended); progress="auto" on a
+    stream that is not a terminal writes one line per epoch instead."""
+    pytest.importorskip("tqdm")
+    X, y = _data(16, n=30)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.fit(X, y, epochs=2, batch_size=10, progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and err.endswith("\n")
+    stop = LambdaCallback(on_epoch_end=lambda n, e, l: 1 / 0)
+    with pytest.raises(ZeroDivisionError) as info:      # closed when fit raises too (info keeps its frames)
+        net.fit(X, y, epochs=2, batch_size=10, progress=True, callbacks=[stop])
+    err = capsys.readouterr().err
+    assert "3/6" in err and err.endswith("\n") and info.traceback
+    net.fit(X, y, epochs=2, batch_size=10, progress="auto")
+    lines = capsys.readouterr().err.splitlines()
+    assert [l.split("  ")[0] for l in lines] == ["epoch 1/2", "epoch 2/2"] and "train loss" in lines[0]
+
+
+def test_fit_on_a_terminal_draws_a_bar_by_default_and_lines_at_verbose_2(monkeypatch):
+    """progress="auto" and verbose=1 (the defaults) draw the bar on a terminal; verbose=2 writes one line
+    per epoch there (as Keras's)."""
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    X, y = _data(17, n=20)
+    net = gpubp.MLP([6, 3], loss="cross_entropy", backend="numpy", seed=0)
+    for kw, bar in ((dict(), True), (dict(verbose=2), False)):
+        err = Terminal()
+        monkeypatch.setattr("sys.stderr", err)
+        net.fit(X, y, epochs=2, batch_size=10, **kw)
+        text = err.getvalue()
+        assert ("4/4" in text) == bar and ("epoch 2/2" in text) == (not bar), (kw, text)

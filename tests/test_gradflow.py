@@ -227,3 +227,25 @@ def test_a_flow_warning_survives_pickle_and_copy():
     for back in (pickle.loads(pickle.dumps(w)), copy.deepcopy(w), copy.copy(w)):
         assert isinstance(back, gradflow.FlowWarning) and back == w
         assert (back.layer, back.kind, back.ratio) == (w.layer, w.kind, w.ratio)
+
+
+@pytest.mark.parametrize("B", [4, 12])     # one batch; three batches of 4
+def test_fit_grad_norms_are_those_of_each_epochs_last_step(B):
+    """history["grad_norms"] and ["update_ratios"] are ||dW|| of the epoch's last step and
+    ||W_after - W_before|| / ||W_before|| of its update (docs: "of the epoch's last step"), against
+    a twin that takes the same batches with train_step and loss_and_grads."""
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((B, 3)), rng.integers(0, 2, B)
+    a = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = a.fit(X, y, epochs=1, batch_size=4, optimizer="sgd", lr=0.5, shuffle=False, grad_norms=True,
+                 progress=False)
+    for i in range(0, B - 4, 4):
+        b.train_step(X[i:i + 4], y[i:i + 4], "sgd", lr=0.5)
+    before = [W for W, _ in b.get_params()]
+    _, grads = b.loss_and_grads(X[B - 4:], y[B - 4:])
+    b.train_step(X[B - 4:], y[B - 4:], "sgd", lr=0.5)
+    after = [W for W, _ in b.get_params()]
+    np.testing.assert_allclose(hist["grad_norms"][0], [np.linalg.norm(dW) for dW, _ in grads], rtol=1e-12)
+    want = [np.linalg.norm(w1 - w0) / np.linalg.norm(w0) for w0, w1 in zip(before, after)]
+    np.testing.assert_allclose(hist["update_ratios"][0], want, rtol=1e-9)

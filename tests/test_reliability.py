@@ -424,10 +424,15 @@ def _half_update(monkeypatch, name, at):
                                               (lambda: gpubp.optim.SGD(0.05, momentum=0.9), "sgd_update")],
                          ids=["adam", "sgd"])
 @pytest.mark.parametrize("at", [1, 5, 7], ids=lambda k: f"update{k}")   # 7: the second epoch's window
-def test_an_interrupt_inside_an_update_leaves_the_last_whole_step(monkeypatch, make_opt, update, at):
+@pytest.mark.parametrize("check_every", [64, 2])     # 2: the losses checked (and a snapshot taken) every 2 steps
+def test_an_interrupt_inside_an_update_leaves_the_last_whole_step(monkeypatch, make_opt, update, at, check_every):
     """A KeyboardInterrupt in the middle of an update (the step count, a state buffer and the
     parameters changed, the rest not) leaves the network, the optimizer's state and its step count
-    bitwise as after the step before: never half an update."""
+    bitwise as after the step before: never half an update; also where the interrupt comes in a
+    later window of the epoch than its first."""
+    import gpubp.training
+
+    monkeypatch.setattr(gpubp.training, "CHECK_EVERY", check_every)
     rng = np.random.default_rng(4)
     X, Y = rng.standard_normal((64, 6)), rng.standard_normal((64, 2))
     net = gpubp.MLP([6, 8, 2], loss="mse", backend="numpy", seed=0)

@@ -334,6 +334,9 @@ def test_evaluation_in_chunks_is_the_row_weighted_mean(loss, monkeypatch):
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-14)
     np.testing.assert_array_equal(net.predict(X), net.predict(X[:7]).tolist() + net.predict(X[7:]).tolist())
+    two = net.forward(X[:10])                      # two chunks (7 and 3 rows): every row's output
+    assert two.shape == (10, 4)
+    np.testing.assert_array_equal(two, np.concatenate([net.forward(X[:7]), net.forward(X[7:10])]))
 
 
 # ------------------------------------------------------------------ the flat parameter layout
@@ -427,3 +430,39 @@ def test_adam_eps_subnormal_in_the_networks_dtype_is_refused():
     adam.eps = float(np.finfo(np.float32).tiny)                 # the smallest normal number is taken
     net64 = gpubp.MLP([3, 4, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
     net64.fit(X, y, epochs=1, optimizer=optim.Adam(1e-3, eps=1e-40), progress=False)
+
+
+def test_predictions_and_accuracy_at_the_decision_boundary():
+    """docs/spec.md: binary_cross_entropy predicts `z > 0` (so 0 at z = 0, where sigmoid is 0.5, as
+    scikit-learn's threshold `p > 0.5`), and its accuracy is the mean over outputs of
+    `(z > 0) == (y > 0.5)` (a soft target of 0.5 counts as class 0).  Zero parameters give z = 0
+    exactly; the bias then sets the logits' signs."""
+    net = gpubp.MLP([2, 3], loss="binary_cross_entropy", backend="numpy", dtype="float64", seed=0)
+    net.set_params([(np.zeros((3, 2)), np.zeros(3))])
+    X = np.ones((4, 2))
+    np.testing.assert_array_equal(net.predict(X), np.zeros((4, 3), dtype=np.int64))
+    np.testing.assert_array_equal(net.predict_proba(X), np.full((4, 3), 0.5))
+    Y = np.array([[0, 0.5, 1]] * 4)
+    assert net.evaluate(X, Y)["accuracy"] == pytest.approx(2 / 3, rel=1e-15)
+    net.set_params([(np.zeros((3, 2)), np.array([-1.0, 0.0, 0.5]))])
+    np.testing.assert_array_equal(net.predict(X), [[0, 0, 1]] * 4)
+    np.testing.assert_allclose(net.predict_proba(X), [[1 / (1 + math.e), 0.5, 1 / (1 + math.exp(-0.5))]] * 4,
+                               rtol=1e-15)
+    assert net.evaluate(X, Y)["accuracy"] == 1.0
+    assert net.evaluate(X, np.array([[1, 1, 0]] * 2 + [[0, 0.5, 1]] * 2))["accuracy"] == 0.5
+    # one output trained on (N,) targets predicts (N,), as it was given
+    one = gpubp.MLP([2, 1], loss="binary_cross_entropy", backend="numpy", dtype="float64", seed=0)
+    assert one.predict(X).shape == (4, 1)       # before any training call: as the outputs are
+    one.train_step(X, np.ones(4), "sgd", lr=0.1)
+    one.set_params([(np.zeros((1, 2)), np.array([0.0]))])
+    np.testing.assert_array_equal(one.predict(X), np.zeros(4, dtype=np.int64))
+    # cross_entropy: the arg-max class, the first of equal logits (numpy's argmax), softmax probabilities
+    ce = gpubp.MLP([2, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    ce.set_params([(np.zeros((3, 2)), np.array([0.0, 1.0, 1.0]))])
+    np.testing.assert_array_equal(ce.predict(X), [1, 1, 1, 1])
+    e = math.e
+    np.testing.assert_allclose(ce.predict_proba(X), [[1 / (1 + 2 * e), e / (1 + 2 * e), e / (1 + 2 * e)]] * 4,
+                               rtol=1e-15)
+    assert ce.evaluate(X, np.array([1, 2, 1, 0]))["accuracy"] == 0.5
+    probs = np.array([[0, 0.6, 0.4], [0, 0.4, 0.6], [1, 0, 0], [0.2, 0.5, 0.3]])
+    assert ce.evaluate(X, probs)["accuracy"] == 0.5      # probability targets compared by their arg-max

@@ -190,6 +190,48 @@ def test_a_step_count_that_would_wrap_is_refused_with_nothing_changed(rng, opt_n
         with pytest.raises(ValueError, match="more would pass its step count's limit"):
             call()
         assert opt.t == MAX_STEPS
+    for call in (lambda: net.train_step(X, Y, opt), lambda: step(X, Y)):   # the last step the count holds
+        opt.t = MAX_STEPS - 1
+        call()
+        assert opt.t == MAX_STEPS
     opt.t = 0                                         # as the message says: set the count (or a new optimizer)
     step(X, Y)
     assert opt.t == 1
+
+
+@pytest.mark.parametrize("B, batch_size", [(7, 3), (7, 7), (1, 4), (9, 3)])
+def test_history_loss_is_the_batch_size_weighted_mean_of_the_step_losses(rng, B, batch_size):
+    """fit's docstring: `loss` is the mean of the epoch's step losses, each measured before its
+    update, weighted by each batch's size (7 rows in batches of 3: 3, 3 and 1).  A twin network
+    takes the same batches (shuffle=False) with train_step, which returns each loss before its
+    update; `accuracy` is measured after the epoch, as `evaluate` gives it."""
+    X, y = rng.standard_normal((B, 3)), rng.integers(0, 2, B)
+    a = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = a.fit(X, y, epochs=1, batch_size=batch_size, optimizer="sgd", lr=0.5, shuffle=False, progress=False)
+    steps = [(b.train_step(X[i:i + batch_size], y[i:i + batch_size], "sgd", lr=0.5), len(y[i:i + batch_size]))
+             for i in range(0, B, batch_size)]
+    want = sum(l * n for l, n in steps) / B
+    assert hist["loss"] == [pytest.approx(want, rel=1e-14)]
+    assert hist["accuracy"] == [b.evaluate(X, y)["accuracy"]]
+    assert a.optimizer.t == len(steps)
+
+
+def test_history_loss_with_sample_weights_weighs_each_batch_by_its_weight_sum(rng):
+    """With sample weights each batch's loss (its weighted mean) counts by the batch's weight sum
+    (docs/spec.md): the epoch's loss is sum_b W_b L_b / sum_b W_b.  A twin takes the same batches one
+    fit of one batch at a time, whose history is that batch's loss."""
+    X, y = rng.standard_normal((8, 3)), rng.integers(0, 2, 8)
+    w = np.array([1.0, 3.0, 0.5, 2.0, 0.0, 4.0, 1.0, 6.0])
+    a = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    b = gpubp.MLP([3, 5, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    hist = a.fit(X, y, epochs=1, batch_size=3, optimizer="sgd", lr=0.5, shuffle=False, sample_weight=w,
+                 progress=False)
+    losses, sums = [], []
+    for i in range(0, 8, 3):
+        h = b.fit(X[i:i + 3], y[i:i + 3], epochs=1, batch_size=3, optimizer="sgd", lr=0.5, sample_weight=w[i:i + 3],
+                  progress=False)
+        losses.append(h["loss"][0])
+        sums.append(w[i:i + 3].sum())
+    assert hist["loss"] == [pytest.approx(np.dot(losses, sums) / sum(sums), rel=1e-13)]
+    np.testing.assert_array_equal(a.get_params()[0][0], b.get_params()[0][0])
