@@ -173,8 +173,10 @@ def test_the_plots_refuse_what_is_not_a_history_or_a_trace(tmp_path):
 
 def test_the_plots_leave_no_figure_behind_and_the_users_backend_alone(tmp_path):
     """Each plot function's figures are freed: 8 more calls keep fewer than 4 more figures alive (a
-    leak keeps all 8; matplotlib's caches keep the last few, so the count is taken after a first 8)
-    and none goes through pyplot's registry; matplotlib's backend is the one the user had."""
+    leak keeps all 8) and none goes through pyplot's registry; matplotlib's backend is the one the
+    user had.  matplotlib's caches keep up to 8 recent figures alive (how many depends on what ran
+    before in the process: after some test files 8 calls left 4, 16 calls 8), so the count is
+    compared after 16 and after 24 calls."""
     import gc
 
     matplotlib = pytest.importorskip("matplotlib")
@@ -195,11 +197,11 @@ def test_the_plots_leave_no_figure_behind_and_the_users_backend_alone(tmp_path):
 
     for f, arg in ((plot_history, history), (plot_grad_norms, history), (plot_trace, trace)):
         counts = []
-        for _ in range(2):
+        for _ in range(3):
             for _ in range(8):
                 assert f(arg, tmp_path / "p.png") == tmp_path / "p.png"
             counts.append(live())
-        assert counts[1] - counts[0] < 4, (f.__name__, counts)
+        assert counts[2] - counts[1] < 4, (f.__name__, counts)
     assert matplotlib.get_backend() == backend
     if "matplotlib.pyplot" in __import__("sys").modules:
         assert __import__("matplotlib.pyplot").pyplot.get_fignums() == []
