@@ -21,6 +21,8 @@ def net():
     (dict(layer_sizes=[4, 3], activation="softplus"), ValueError, "softplus"),
     (dict(layer_sizes=[4, 5, 3], activation=["relu", "tanh"]), ValueError, "one name per hidden layer"),
     (dict(layer_sizes=[4, 3], output_activation="swish"), ValueError, "swish"),
+    (dict(layer_sizes=[4, 5, 3], activation=None), TypeError, "activation must be a string"),
+    (dict(layer_sizes=[4, 3], output_activation=0), TypeError, "output_activation must be a string"),
     (dict(layer_sizes=[4, 3], loss="hinge"), ValueError, "hinge"),
     (dict(layer_sizes=[4, 3], loss=None), TypeError, "loss must be a string"),
     (dict(layer_sizes=[4, 3], loss=2), TypeError, "loss must be a string"),
