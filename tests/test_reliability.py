@@ -719,6 +719,17 @@ def test_betas_are_a_pair(betas):
         gpubp.optim.Adam(betas=betas)
 
 
+@pytest.mark.parametrize("make,words", [
+    (lambda: gpubp.optim.SGD("fast"), "learning rate must be a number, got str"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=None), "momentum must be a number, got NoneType"),
+    (lambda: gpubp.optim.Adam(betas=("a", 0.9)), r"betas\[0\] must be a number, got str"),
+    (lambda: gpubp.optim.Adam(eps=[1e-8]), "eps must be a number, got list"),
+])
+def test_hyper_parameters_that_are_not_numbers_are_type_errors_naming_them(make, words):
+    with pytest.raises(TypeError, match=words):
+        make()
+
+
 def test_optimizer_names_take_their_default_rates():
     """MLP.fit's docstring: lr defaults to 0.01 for sgd and 1e-3 for adam and adamw; names in any case."""
     from gpubp.optim import make_optimizer
