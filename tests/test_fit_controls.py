@@ -2,6 +2,7 @@
 initialisation and output."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -170,11 +171,17 @@ def test_schedules():
 def test_schedule_arguments_at_and_past_the_edges_of_their_ranges():
     """cosine: lr positive, warmup_steps an integer in [0, total_steps), min_lr in [0, lr); step_decay:
     lr, gamma positive, step_size a positive integer."""
+    plain = cosine(0.1, 10)                          # no warm-up, down to 0: min_lr=0, warmup_steps=0
+    assert [plain(k) for k in (1, 10, 11)] == [0.1, pytest.approx(0.1 * math.sin(math.pi / 20) ** 2, rel=1e-15),
+                                              pytest.approx(0.1 * math.sin(math.pi / 20) ** 2, rel=1e-15)]
+    assert plain(6) == pytest.approx(0.05, rel=1e-15)     # half-way: 0.5 (1 + cos(pi 5 / 10)) = 0.5
     last = cosine(0.1, 10, warmup_steps=9)          # the longest warm-up: one cosine step, at the full rate
     assert [last(k) for k in (1, 9, 10, 11)] == [pytest.approx(0.1 / 9, rel=1e-15), 0.1, 0.1, 0.1]
     below = float(np.nextafter(0.1, 0))
     assert cosine(0.1, 4, min_lr=below)(4) == pytest.approx(0.1, rel=1e-15)   # min_lr just below lr is taken
     assert cosine(5e-324, 3)(1) == 5e-324
+    default = step_decay(0.1, 2)                    # gamma=0.1, as PyTorch's StepLR
+    assert [default(k) for k in (1, 2, 3, 5)] == [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1 ** 2]
     flat = step_decay(0.1, 1, gamma=1.0)
     assert flat(1) == flat(10 ** 6) == 0.1
     for bad in (dict(warmup_steps=-1), dict(warmup_steps=True), dict(warmup_steps=2.0), dict(min_lr=0.1),
