@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import host_array
+from .checks import finite_after_cast, host_array
 
 #: every loss
 LOSSES = ("mse", "half_sse", "cross_entropy", "binary_cross_entropy")
@@ -67,12 +67,8 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y"
         hint = " (cross_entropy also takes (B,) integer class labels)" if loss == "cross_entropy" else ""
         raise ValueError(f"{name} has shape {Y.shape}; expected ({batch}, {n_out}) for X with {batch} "
                          f"samples and a network with {n_out} outputs{hint}")
-    finite_before = bool(np.all(np.isfinite(Y)))
-    with np.errstate(over="ignore", invalid="ignore"):
-        Y = Y.astype(dtype, copy=False)
-    if not np.all(np.isfinite(Y)):
-        raise ValueError(f"{name} contains NaN or infinity" if not finite_before else
-                         f"{name} overflows {np.dtype(dtype).name} (values beyond its range)")
+    # NaN and infinity were refused above (integers and booleans are finite): what is not finite now overflowed
+    Y = finite_after_cast(Y, dtype, name)
     if loss == "binary_cross_entropy" and Y.size and (Y.min() < 0 or Y.max() > 1):
         raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1]; got values from "
                          f"{float(Y.min())} to {float(Y.max())}")

@@ -29,14 +29,15 @@ def _check_lr(lr) -> float:
     return x
 
 
-def _check_range(name, x, lo, hi, lo_open=False, hi_open=True) -> float:
+def _check_range(name, x, lo, hi, lo_open=False) -> float:
+    """`x` as a float in `[lo, hi)` (`(lo, hi)` with `lo_open`); every range here is open at `hi`."""
     v = real_number(x)
     if v is None:
         raise TypeError(f"{name} must be a number, got {type(x).__name__}")
     x = v
-    ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+    ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and x < hi
     if not ok:
-        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {x}")
+        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}), got {x}")
     return x
 
 

@@ -21,7 +21,11 @@ def net():
     (dict(layer_sizes=[4, 3], activation="softplus"), ValueError, "softplus"),
     (dict(layer_sizes=[4, 5, 3], activation=["relu", "tanh"]), ValueError, "one name per hidden layer"),
     (dict(layer_sizes=[4, 3], output_activation="swish"), ValueError, "swish"),
+    (dict(layer_sizes=[4, 5, 3], activation=None), TypeError, "activation must be a string"),
+    (dict(layer_sizes=[4, 3], output_activation=0), TypeError, "output_activation must be a string"),
     (dict(layer_sizes=[4, 3], loss="hinge"), ValueError, "hinge"),
+    (dict(layer_sizes=[4, 3], loss=None), TypeError, "loss must be a string"),
+    (dict(layer_sizes=[4, 3], loss=2), TypeError, "loss must be a string"),
     (dict(layer_sizes=[4, 3], loss="cross_entropy", output_activation="sigmoid"), ValueError, "logits"),
     # a softmax over one logit is 1: loss and gradients would be 0 whatever the data
     (dict(layer_sizes=[4, 5, 1], loss="cross_entropy"), ValueError, "at least 2 outputs.*binary_cross_entropy"),
@@ -43,8 +47,10 @@ def test_shape_mismatches(net):
         net.loss_and_grads(np.ones((5, 3)), y)
     with pytest.raises(ValueError, match="4 labels but X has 5"):
         net.loss_and_grads(X, y[:4])
-    with pytest.raises(ValueError, match=r"shape \(5, 2\).*\(5, 3\)"):
+    with pytest.raises(ValueError, match=r"shape \(5, 2\).*\(5, 3\).*\(B,\) integer class labels"):
         net.loss_and_grads(X, np.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"shape \(5, 2\).*\(5, 3\) for X with 5 samples and a network with 3 outputs$"):
+        gpubp.MLP([4, 3], backend="numpy").loss_and_grads(X, np.ones((5, 2)))   # no labels hint but for cross_entropy
     X0, y0 = np.ones((0, 4)), np.zeros(0, dtype=int)
     for call in (lambda: net.forward(X0), lambda: net.predict(X0), lambda: net.predict_proba(X0),
                  lambda: net.evaluate(X0, y0), lambda: net.loss_and_grads(X0, y0),
@@ -71,6 +77,43 @@ def test_bad_probability_targets(net):
     bce = gpubp.MLP([2, 2], loss="binary_cross_entropy", backend="numpy")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         bce.loss_and_grads(np.ones((2, 2)), np.full((2, 2), 2.0))
+
+
+@pytest.mark.parametrize("row_sum", [1.0011, 0.9989, 1.002, 0.998])
+def test_probability_rows_beyond_the_1e_3_tolerance_are_refused(net, row_sum):
+    """docs/spec.md: rows summing to 1 within 1e-3 (1.0009 and 0.9992 are accepted, test_spec_math.py)."""
+    Y = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]) * row_sum
+    with pytest.raises(ValueError, match="sum to 1 per row"):
+        net.loss_and_grads(np.ones((2, 4)), Y)
+
+
+def test_probability_rows_must_be_non_negative_even_summing_to_1(net):
+    with pytest.raises(ValueError, match="must be non-negative"):
+        net.loss_and_grads(np.ones((2, 4)), np.array([[1.5, -0.5, 0.0], [0.0, 1.0, 0.0]]))
+
+
+def test_one_hot_rows_and_binary_targets_at_0_and_1_are_taken():
+    """The bounds are inclusive: a one-hot row (zeros) for cross_entropy, 0 and 1 for binary_cross_entropy
+    (PyTorch's BCEWithLogitsLoss: max(z, 0) - z y + log(1 + e^-|z|)); just outside [0, 1] is refused."""
+    rng = np.random.default_rng(0)
+    X, labels = rng.standard_normal((4, 4)), np.array([0, 2, 1, 2])
+    ce = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    assert ce.loss_and_grads(X, np.eye(3)[labels])[0] == pytest.approx(ce.loss_and_grads(X, labels)[0], rel=1e-14)
+    bce = gpubp.MLP([4, 2], loss="binary_cross_entropy", backend="numpy", dtype="float64", seed=0)
+    Y = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    z = bce.forward(X)
+    expect = np.mean(np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z))))
+    assert bce.loss_and_grads(X, Y)[0] == pytest.approx(expect, rel=1e-14)
+    for bad in (-1e-3, 1.001):
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+            bce.loss_and_grads(X, np.where(Y == 1, bad, Y) if bad > 1 else np.where(Y == 0, bad, Y))
+
+
+def test_targets_beyond_float32_are_refused_as_overflow_not_as_nan():
+    X, Y = np.ones((2, 4)), np.array([[1.0, 0.0], [2.0, 1e39]])   # 1e39 > float32's largest, 3.4e38
+    with pytest.raises(ValueError, match="Y overflows float32"):
+        gpubp.MLP([4, 2], backend="numpy", dtype="float32").loss_and_grads(X, Y)
+    assert np.isfinite(gpubp.MLP([4, 2], backend="numpy", dtype="float64").loss_and_grads(X, Y)[0])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -2,6 +2,7 @@
 initialisation and output."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -165,6 +166,33 @@ def test_schedules():
     with pytest.raises(ValueError):
         step_decay(-1, 3)
 
+
+
+def test_schedule_arguments_at_and_past_the_edges_of_their_ranges():
+    """cosine: lr positive, warmup_steps an integer in [0, total_steps), min_lr in [0, lr); step_decay:
+    lr, gamma positive, step_size a positive integer."""
+    plain = cosine(0.1, 10)                          # no warm-up, down to 0: min_lr=0, warmup_steps=0
+    assert [plain(k) for k in (1, 10, 11)] == [0.1, pytest.approx(0.1 * math.sin(math.pi / 20) ** 2, rel=1e-15),
+                                              pytest.approx(0.1 * math.sin(math.pi / 20) ** 2, rel=1e-15)]
+    assert plain(6) == pytest.approx(0.05, rel=1e-15)     # half-way: 0.5 (1 + cos(pi 5 / 10)) = 0.5
+    last = cosine(0.1, 10, warmup_steps=9)          # the longest warm-up: one cosine step, at the full rate
+    assert [last(k) for k in (1, 9, 10, 11)] == [pytest.approx(0.1 / 9, rel=1e-15), 0.1, 0.1, 0.1]
+    below = float(np.nextafter(0.1, 0))
+    assert cosine(0.1, 4, min_lr=below)(4) == pytest.approx(0.1, rel=1e-15)   # min_lr just below lr is taken
+    assert cosine(5e-324, 3)(1) == 5e-324
+    default = step_decay(0.1, 2)                    # gamma=0.1, as PyTorch's StepLR
+    assert [default(k) for k in (1, 2, 3, 5)] == [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1 ** 2]
+    flat = step_decay(0.1, 1, gamma=1.0)
+    assert flat(1) == flat(10 ** 6) == 0.1
+    for bad in (dict(warmup_steps=-1), dict(warmup_steps=True), dict(warmup_steps=2.0), dict(min_lr=0.1),
+                dict(min_lr=-5e-324), dict(min_lr=float("nan")), dict(min_lr="0"), dict(lr=0.0),
+                dict(lr=float("inf")), dict(lr=float("nan")), dict(total_steps=0)):
+        with pytest.raises((ValueError, TypeError)):
+            cosine(**{"lr": 0.1, "total_steps": 10, **bad})
+    for bad in (dict(gamma=0.0), dict(gamma=float("inf")), dict(gamma=-0.5), dict(lr=-5e-324),
+                dict(step_size=0), dict(step_size=True), dict(step_size=1.0)):
+        with pytest.raises((ValueError, TypeError)):
+            step_decay(**{"lr": 0.1, "step_size": 3, **bad})
 
 
 def test_a_long_step_decay_keeps_a_positive_rate_and_a_growing_one_is_refused_naming_its_step():

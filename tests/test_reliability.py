@@ -690,6 +690,68 @@ def test_hyper_parameters_checked_when_assigned(attr, value):
     assert getattr(opt, attr) == old
 
 
+@pytest.mark.parametrize("make", [
+    lambda: gpubp.optim.SGD(5e-324), lambda: gpubp.optim.SGD(0.1, momentum=0.0, weight_decay=0.0),
+    lambda: gpubp.optim.SGD(0.1, momentum=np.nextafter(1.0, 0.0)), lambda: gpubp.optim.Adam(betas=[0.0, 0.0]),
+    lambda: gpubp.optim.Adam(betas=(np.nextafter(1.0, 0.0), np.nextafter(1.0, 0.0)), eps=5e-324),
+    lambda: gpubp.optim.AdamW(weight_decay=0)])
+def test_hyper_parameters_at_the_edges_of_their_ranges_are_taken(make):
+    """docs/spec.md: lr positive, momentum and betas in [0, 1), eps positive, weight_decay non-negative."""
+    make()
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: gpubp.optim.SGD(-5e-324), "learning rate must be a positive"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=1.0), r"momentum must lie in \[0.0, 1.0\)"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=-5e-324), r"momentum must lie in \[0.0, 1.0\)"),
+    (lambda: gpubp.optim.SGD(0.1, weight_decay=-5e-324), r"weight_decay must lie in \[0.0, inf\)"),
+    (lambda: gpubp.optim.SGD(0.1, weight_decay=float("inf")), r"weight_decay must lie in \[0.0, inf\)"),
+    (lambda: gpubp.optim.Adam(betas=(1.0, 0.9)), r"betas\[0\] must lie in \[0.0, 1.0\)"),
+    (lambda: gpubp.optim.Adam(betas=(0.9, 1.0)), r"betas\[1\] must lie in \[0.0, 1.0\)"),
+    (lambda: gpubp.optim.Adam(betas=(0.9, -5e-324)), r"betas\[1\] must lie in \[0.0, 1.0\)"),
+    (lambda: gpubp.optim.Adam(eps=0.0), r"eps must lie in \(0.0, inf\)"),
+    (lambda: gpubp.optim.Adam(eps=float("inf")), r"eps must lie in \(0.0, inf\)"),
+    (lambda: gpubp.optim.AdamW(weight_decay=-5e-324), r"weight_decay must lie in \[0.0, inf\)"),
+])
+def test_hyper_parameters_just_outside_their_ranges_are_refused(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+@pytest.mark.parametrize("betas", [(0.9,), (0.9, 0.99, 0.999), 0.9, "ab"])
+def test_betas_are_a_pair(betas):
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        gpubp.optim.Adam(betas=betas)
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: gpubp.optim.SGD("fast"), "learning rate must be a number, got str"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=None), "momentum must be a number, got NoneType"),
+    (lambda: gpubp.optim.Adam(betas=("a", 0.9)), r"betas\[0\] must be a number, got str"),
+    (lambda: gpubp.optim.Adam(eps=[1e-8]), "eps must be a number, got list"),
+])
+def test_hyper_parameters_that_are_not_numbers_are_type_errors_naming_them(make, words):
+    with pytest.raises(TypeError, match=words):
+        make()
+
+
+def test_optimizer_names_take_their_default_rates():
+    """MLP.fit's docstring: lr defaults to 0.01 for sgd and 1e-3 for adam and adamw; names in any case."""
+    from gpubp.optim import make_optimizer
+
+    got = {name: make_optimizer(name) for name in ("sgd", "Adam", "ADAMW")}
+    assert [(type(o), o.lr) for o in got.values()] == [(gpubp.optim.SGD, 0.01), (gpubp.optim.Adam, 1e-3),
+                                                        (gpubp.optim.AdamW, 1e-3)]
+    assert got["ADAMW"].weight_decay == 0.01 and got["Adam"].weight_decay == 0
+    assert make_optimizer("sgd", 0.5, momentum=0.9).hyper() == {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0}
+    opt = gpubp.optim.SGD(0.2)
+    assert make_optimizer(opt, 0.7) is opt and opt.lr == 0.2
+    with pytest.raises(TypeError, match="optimizer must be an Optimizer or a name"):
+        make_optimizer(3)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer("rmsprop")
+
+
 HUGE = 10 ** 400   # a Python int beyond float's range: float(HUGE) raises OverflowError
 
 

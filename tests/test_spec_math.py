@@ -354,6 +354,10 @@ def test_param_layout_follows_the_spec_formulas_and_training_keeps_the_padding_z
             assert (w_off, n_out, n_in) == (w, b, a) and b_off == up(w + a * b)
             w = up(b_off + b)
         assert lay.total == w and lay.n_params == sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        assert lay.n_layers == len(sizes) - 1
+        assert lay == ParamLayout(tuple(sizes)) and hash(lay) == hash(ParamLayout(tuple(sizes)))   # a value
+        with pytest.raises(AttributeError):
+            lay.sizes = (1, 1)                                   # frozen: a layout never changes under its buffers
         flat = np.arange(lay.total, dtype=np.float64)
         for (W, bias), (w_off, n_out, n_in, b_off) in zip(lay.views(flat), lay.segments):
             assert W.shape == (n_out, n_in) and W[0, 0] == w_off and bias[0] == b_off and W.base is flat

@@ -165,6 +165,55 @@ def test_a_copied_network_trains_as_the_original(rng, how):
     assert not any(a.flags.writeable for a in twin.standardization)   # as the original's
 
 
+def test_the_step_count_limit_holds_from_a_new_optimizer_and_after_steps_not_read_back(rng):
+    """A new optimizer has taken 0 steps: MAX_STEPS more are allowed, not one more.  The host's copy of
+    the count follows each step, so the step past the limit is refused with no read of the count."""
+    from gpubp.optim import MAX_STEPS
+
+    opt = gpubp.optim.SGD(0.1)
+    opt.check_steps(MAX_STEPS)
+    with pytest.raises(ValueError, match="has taken 0 steps and 2147483648 more"):
+        opt.check_steps(MAX_STEPS + 1)
+    X, Y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    net = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    opt.t = MAX_STEPS - 1
+    net.train_step(X, Y, opt)
+    with pytest.raises(ValueError, match=r"has taken 2147483647 steps and 1 more"):
+        net.train_step(X, Y, opt)
+    assert opt.t == MAX_STEPS
+
+
+@pytest.mark.parametrize("value", [-1, 2 ** 31, True, 1.0, "3", None])
+def test_the_step_count_is_an_integer_in_its_int32_range(value):
+    opt = gpubp.optim.Adam()
+    opt.t = 2 ** 31 - 1
+    with pytest.raises(ValueError, match=r"step count t must be an integer in \[0, 2\*\*31\)"):
+        opt.t = value
+    assert opt.t == 2 ** 31 - 1
+
+
+def test_momentum_is_switched_on_or_off_only_before_the_state_exists(rng):
+    X, Y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    for first, other in ((0.0, 0.9), (0.9, 0.0)):
+        opt = gpubp.optim.SGD(0.1, momentum=first)
+        opt.momentum = other                          # before binding: anything in range
+        opt.momentum = first
+        gpubp.MLP([3, 4, 2], backend="numpy", seed=0).train_step(X, Y, opt)
+        with pytest.raises(ValueError, match="momentum cannot be switched on or off"):
+            opt.momentum = other
+        assert opt.momentum == first
+    opt.momentum = 0.5                                # bound with momentum 0.9: a new value is taken
+    assert opt.momentum == 0.5
+
+
+def test_optimizer_defaults_are_docs_specs():
+    """docs/spec.md: Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0), AdamW(..., weight_decay=1e-2),
+    SGD(lr, momentum=0, weight_decay=0)."""
+    assert gpubp.optim.Adam().hyper() == {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+    assert gpubp.optim.AdamW().hyper() == {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+    assert gpubp.optim.SGD(0.3).hyper() == {"lr": 0.3, "momentum": 0.0, "weight_decay": 0.0}
+
+
 @pytest.mark.parametrize("opt_name", ["adam", "sgd"])
 def test_a_step_count_that_would_wrap_is_refused_with_nothing_changed(rng, opt_name):
     """The step count is an int32 on the backend: step 2**31 wrapped it to -2**31 without a word (Adam's
