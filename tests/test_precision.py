@@ -578,3 +578,29 @@ def test_3xtf32_keeps_its_5e6_on_same_signed_and_wide_range_operands_at_k_4097(M
     a, b = a.astype(np.float32), b.astype(np.float32)
     assert P.relative_error(P.matmul(a, b, "3xtf32"), a, b) <= P.TOLERANCE["3xtf32"]
     assert P.relative_error(P.matmul(a, b, "tf32"), a, b) > P.TOLERANCE["3xtf32"]
+
+
+def test_round_operand_per_mode():
+    """What each mode's tensor cores see: float32 unchanged, tf32 and 3xtf32's hi part to_tf32,
+    bf16 to_bf16 (torch's bfloat16 rounding); an unknown mode refused."""
+    x = _operands(5, 7, 1, seed=11)[0]
+    np.testing.assert_array_equal(P.round_operand(x, "float32"), x)
+    np.testing.assert_array_equal(P.round_operand(x, "tf32"), P.to_tf32(x))
+    np.testing.assert_array_equal(P.round_operand(x, "3xtf32"), P.split_3xtf32(x)[0])
+    np.testing.assert_array_equal(P.round_operand(x, "bf16"), P.to_bf16(x))
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(P.round_operand(x, "bf16"), torch.from_numpy(x).bfloat16().float().numpy())
+    with pytest.raises(ValueError, match="precision"):
+        P.round_operand(x, "fp16")
+
+
+def test_relative_error_values():
+    """max |c - a @ b| / max (|a| @ |b|), by hand: operands below 1 (the scale is not floored at 1)
+    and all-zero operands (scale 0: the absolute error, not 0/0)."""
+    a = np.full((2, 3), 0.1)
+    b = np.full((3, 2), 0.1)
+    c = a @ b + np.array([[0.0, 0.003], [0.0, 0.0]])
+    assert P.relative_error(c, a, b) == pytest.approx(0.003 / 0.03)
+    z = np.zeros((2, 3))
+    assert P.relative_error(np.full((2, 2), 0.5), z, z.T) == 0.5
+    assert P.relative_error(np.zeros((2, 2)), z, z.T) == 0.0
