@@ -137,6 +137,142 @@ def test_the_text_prints_the_page_numbers_in_full(capsys):
     assert "a2 = [0.2282]" in short and "loss = 0.5957" in short
 
 
+def printed_values(text):
+    """`{label: value}` of every "label = value" line of a trace's text (a matrix's continuation rows
+    joined to its first), the label being all that precedes the last " = " (the formula included);
+    the target line and the comparison with published numbers are left out."""
+    text = text.split("== Against")[0]
+    lines, out = text.splitlines(), {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if " = " not in line or line.startswith(("==", "target y = ")):
+            continue
+        label, value = line.rsplit(" = ", 1)
+        while value.count("[") > value.count("]"):        # a matrix's further rows
+            value += lines[i].strip()
+            i += 1
+        assert label.strip() not in out, f"{label!r} printed twice"
+        out[label.strip()] = json.loads(value)
+    return out
+
+
+def text_headers(text):
+    return [line[3:] for line in text.splitlines() if line.startswith("== ")]
+
+
+def assert_printed(text, want, digits=None):
+    """Every "label = value" line of `text` is one of `want`'s, each printed once, with `want`'s value
+    (to float64 rounding), or that value rounded to `digits` significant digits."""
+    got = printed_values(text)
+    assert list(got) == list(want)
+    for label, value in want.items():
+        value = np.asarray(value, np.float64)
+        if digits is None:
+            np.testing.assert_allclose(np.asarray(got[label], np.float64), value, rtol=1e-12, atol=1e-15,
+                                       err_msg=label)
+        else:
+            rounded = [float(f"{v:.{digits}g}") for v in np.ravel(value)]
+            assert np.ravel(np.asarray(got[label], np.float64)).tolist() == rounded, label
+
+
+def test_every_number_the_text_prints_is_the_pages(capsys):
+    """Each number of the default example's text (not its JSON), under its formula, against the page's
+    formulas computed here with plain numpy; every line is there once and in order, and `--digits 4`
+    rounds each to 4 significant digits of the same value."""
+    p = page_step(0.1)
+    want = {"input  x": X, "W1": W1, "b1": B1, "z1": p["z1"], "a1": p["a1"], "W2": W2, "b2": B2,
+            "z2": p["z2"], "a2": p["a2"], "output a2": p["a2"], "loss": p["loss"],
+            "dL/da2 = 2 (a - y) / (B n)": p["dL_da2"], "g'(z2) = a (1 - a)": p["g2"],
+            "delta2 = dL/da2 * g'(z2)": p["delta2"], "dW2 = delta2 a1^T": p["dW2"], "db2 = delta2": p["db2"],
+            "W2^T delta2 = dL/da1": p["dL_da1"],
+            "dL/da1 = W2^T delta2": p["dL_da1"], "g'(z1) = a (1 - a)": p["g1"],
+            "delta1 = dL/da1 * g'(z1)": p["delta1"], "dW1 = delta1 x^T": p["dW1"], "db1 = delta1": p["db1"],
+            "W1^T delta1 = dL/dx (the input's gradient; no weights below)": p["dx"],
+            "W1 <- W1 - 0.1 dW1": p["W1_after"], "b1 <- b1 - 0.1 db1": p["b1_after"],
+            "W2 <- W2 - 0.1 dW2": p["W2_after"], "b2 <- b2 - 0.1 db2": p["b2_after"],
+            "loss after the step": p["loss_after"], "loss before the step": p["loss"]}
+    rc, out, _ = run(capsys, "explain")
+    assert rc == 0
+    assert_printed(out, want)
+    assert "target y = [1.0]" in out.splitlines()
+    assert text_headers(out) == [
+        "Problem", "Forward, layer 1 (sigmoid): z1 = W1 x + b1, a1 = g(z1)",
+        "Forward, layer 2 (sigmoid): z2 = W2 a1 + b2, a2 = g(z2)", "Loss (mse: mean over all B n outputs of (a - y)^2)",
+        "Backward, layer 2 (sigmoid): delta2 = dL/dz2 = dL/da2 * g'(z2)",
+        "Backward, layer 1 (sigmoid): delta1 = dL/dz1 = dL/da1 * g'(z1)",
+        "Update (plain SGD): W <- W - 0.1 dW, b <- b - 0.1 db", "Against the example's published numbers"]
+    # the example's description leads the problem, as the weights file gives it
+    description = json.loads(explain._example_text("sigmoid-2-2-1"))["description"]
+    assert out.splitlines()[1] == description
+    rc, short, _ = run(capsys, "explain", "--digits", "4")
+    assert_printed(short, want, digits=4)
+    # one significant digit is a positive number of digits too
+    assert_printed(explain.format_trace(explain.trace_step(**explain.load_example("sigmoid-2-2-1").trace_args()),
+                                        digits=1), want, digits=1)
+
+
+def test_every_number_the_text_prints_for_three_mixed_layers_and_a_class_label():
+    """A 2-3-2-3 network (tanh, relu, logits), cross_entropy on a class index: each printed number under
+    its formula against the step written out here in numpy (softmax, one-hot row, relu's [z > 0] with one
+    unit off); the one-hot row is as long as the output layer."""
+    W = [np.array([[0.5, -0.3], [0.8, 0.2], [-0.6, 0.9]]), np.array([[0.7, -0.4, 0.3], [-0.5, 0.6, -0.8]]),
+         np.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.4]])]
+    b = [np.array([0.1, -0.2, 0.05]), np.array([0.02, -0.4]), np.array([0.0, 0.1, -0.1])]
+    x, label, lr = np.array([0.4, -0.9]), 2, 0.25
+    z1 = W[0] @ x + b[0]; a1 = np.tanh(z1)
+    z2 = W[1] @ a1 + b[1]; a2 = np.maximum(z2, 0.0)
+    z3 = W[2] @ a2 + b[2]
+    assert z2[0] > 0 > z2[1]
+    softmax = np.exp(z3 - z3.max()) / np.exp(z3 - z3.max()).sum()
+    loss = -np.log(softmax[label])
+    d3 = softmax - np.eye(3)[label]
+    g2, g1 = (z2 > 0).astype(float), 1 - a1 ** 2
+    d2 = (W[2].T @ d3) * g2
+    d1 = (W[1].T @ d2) * g1
+    dW = [np.outer(d1, x), np.outer(d2, a1), np.outer(d3, a2)]
+    db = [d1, d2, d3]
+    new_W = [w - lr * g for w, g in zip(W, dW)]
+    new_b = [c - lr * g for c, g in zip(b, db)]
+    z = np.tanh(new_W[0] @ x + new_b[0])
+    z = new_W[2] @ np.maximum(new_W[1] @ z + new_b[1], 0.0) + new_b[2]
+    loss_after = np.log(np.exp(z).sum()) - z[label]
+    want = {"input  x": x, "W1": W[0], "b1": b[0], "z1": z1, "a1": a1, "W2": W[1], "b2": b[1], "z2": z2, "a2": a2,
+            "W3": W[2], "b3": b[2], "z3": z3, "a3": z3, "output a3": z3, "loss": loss,
+            "dL/da3 = dL/dz3 (the output is the logits z3) = (softmax(z) - onehot(y)) / B": d3,
+            "g'(z3) = 1": np.ones(3), "delta3 = dL/da3 * g'(z3)": d3, "dW3 = delta3 a2^T": dW[2],
+            "db3 = delta3": d3, "W3^T delta3 = dL/da2": W[2].T @ d3,
+            "dL/da2 = W3^T delta3": W[2].T @ d3, "g'(z2) = [z > 0]": g2, "delta2 = dL/da2 * g'(z2)": d2,
+            "dW2 = delta2 a1^T": dW[1], "db2 = delta2": d2, "W2^T delta2 = dL/da1": W[1].T @ d2,
+            "dL/da1 = W2^T delta2": W[1].T @ d2, "g'(z1) = 1 - a^2": g1, "delta1 = dL/da1 * g'(z1)": d1,
+            "dW1 = delta1 x^T": dW[0], "db1 = delta1": d1,
+            "W1^T delta1 = dL/dx (the input's gradient; no weights below)": W[0].T @ d1}
+    for l in (1, 2, 3):
+        want[f"W{l} <- W{l} - 0.25 dW{l}"] = new_W[l - 1]
+        want[f"b{l} <- b{l} - 0.25 db{l}"] = new_b[l - 1]
+    want.update({"loss after the step": loss_after, "loss before the step": loss})
+    t = explain.trace_step(list(zip(W, b)), x, label, ["tanh", "relu", "identity"], "cross_entropy", lr)
+    text = explain.format_trace(t)
+    assert_printed(text, want)
+    assert "target y = 2 (a class index: y below is its one-hot row [0, 0, 1])" in text.splitlines()
+    assert text_headers(text) == [
+        "Problem", "Forward, layer 1 (tanh): z1 = W1 x + b1, a1 = g(z1)",
+        "Forward, layer 2 (relu): z2 = W2 a1 + b2, a2 = g(z2)",
+        "Forward, layer 3 (identity): z3 = W3 a2 + b3, a3 = g(z3)",
+        "Loss (cross_entropy: softmax cross-entropy of the logits, mean over the batch)",
+        "Backward, layer 3 (identity): delta3 = dL/dz3 = dL/da3 * g'(z3)",
+        "Backward, layer 2 (relu): delta2 = dL/dz2 = dL/da2 * g'(z2)",
+        "Backward, layer 1 (tanh): delta1 = dL/dz1 = dL/da1 * g'(z1)",
+        "Update (plain SGD): W <- W - 0.25 dW, b <- b - 0.25 db"]
+    assert "activations tanh, relu (hidden) / identity (output), loss cross_entropy" in text
+    # the same sample as a batch of one row: its targets are a list of class indices, printed as such
+    t = explain.trace_step(list(zip(W, b)), [x], [label], ["tanh", "relu", "identity"], "cross_entropy", lr)
+    text = explain.format_trace(t)
+    assert "target y = [2] (class indices: y below is their one-hot rows [[0, 0, 1]])" in text.splitlines()
+    per_sample = re.compile(r"(input|[za]\d|output|dL/da|g'|delta|W\d\^T)")       # one row per sample
+    assert_printed(text, {k: np.atleast_2d(v) if per_sample.match(k) else v for k, v in want.items()})
+
 def test_mse_is_the_loss_that_reproduces_the_page():
     # half_sse halves the loss and the gradients: it would not reproduce the page
     prob = explain.load_example("sigmoid-2-2-1")
@@ -805,3 +941,16 @@ def test_trace_step_refuses_one_string_as_the_activations():
     # "identity" for a one-layer network was read as 8 names of one letter: "1 layers need 1 activations, got 8"
     with pytest.raises(ValueError, match=r"activations must be a list with one name per layer \(1; .* got the string"):
         explain.trace_step([([[0.3, -0.2]], [0.1])], [0.5, 0.8], [1.0], "identity", "mse", 0.1)
+
+
+@pytest.mark.parametrize("activations, loss, message", [
+    (["tanhh", "sigmoid"], "mse", "unknown activation 'tanhh'"),
+    (["sigmoid", "sigmoidd"], "mse", "unknown output_activation 'sigmoidd'"),
+    (["sigmoid", "sigmoid"], "msee", "unknown loss 'msee'"),
+])
+def test_trace_step_names_a_misspelt_activation_or_loss_before_the_data(activations, loss, message):
+    # the names are the options' to check: a typo among them is reported as itself, not as whatever
+    # an input that does not fit the network (here 3 values for 2 inputs) makes of it
+    params = [(W1, B1), (W2, B2)]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        explain.trace_step(params, [0.5, 0.8, 0.1], Y, activations, loss, 0.1)
