@@ -251,3 +251,94 @@ def test_fit_grad_norms_are_those_of_each_epochs_last_step(B):
     np.testing.assert_allclose(hist["grad_norms"][0], [np.linalg.norm(dW) for dW, _ in grads], rtol=1e-12)
     want = [np.linalg.norm(w1 - w0) / np.linalg.norm(w0) for w0, w1 in zip(before, after)]
     np.testing.assert_allclose(hist["update_ratios"][0], want, rtol=1e-9)
+
+
+def test_flow_warning_thresholds_are_strict_and_a_zero_norm_vanishes():
+    # "below vanishing times the output layer's" and "past exploding times it": a ratio exactly at a
+    # threshold is no finding; a layer whose ||dW|| is exactly 0 (a dead layer) has ratio 0, which vanishes
+    assert gradflow.flow_warnings([1e-6, 1.0]) == []
+    assert gradflow.flow_warnings([1e3, 1.0]) == []
+    assert gradflow.flow_warnings([0.25, 0.5, 1.0], vanishing=0.5, exploding=4.0)[0].layer == 1
+    assert gradflow.flow_warnings([0.5, 4.0, 1.0], vanishing=0.5, exploding=4.0) == []
+    (w,) = gradflow.flow_warnings([0.0, 2.0])
+    assert (w.layer, w.kind, w.ratio) == (1, "vanishing", 0.0)
+    (w,) = gradflow.flow_warnings([2.5e-7, 0.5])
+    assert (w.layer, w.kind) == (1, "vanishing") and w.ratio == pytest.approx(5e-7, rel=1e-15)
+    (w,) = gradflow.flow_warnings([3e3, 2.0])
+    assert (w.layer, w.kind) == (1, "exploding") and w.ratio == pytest.approx(1.5e3, rel=1e-15)
+    assert "layer 1: ||dW|| = 3e+03 is 1.5e+03 times the output layer's (2), above 1000" in w
+    # a non-finite norm below the output: exploding, ratio inf; a non-finite output norm: "diverged", ratio NaN
+    (w,) = gradflow.flow_warnings([math.nan, 1.0, 1.0])
+    assert (w.layer, w.kind, w.ratio) == (1, "exploding", math.inf)
+    (w,) = gradflow.flow_warnings([1.0, math.inf])
+    assert (w.layer, w.kind) == (2, "exploding") and math.isnan(w.ratio) and "diverged" in w
+    # the thresholds must straddle 1, strictly; a norm cannot be negative
+    for vanishing, exploding in ((0.0, 1e3), (1.0, 1e3), (1e-6, 1.0), (-1e-6, 1e3)):
+        with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
+            gradflow.flow_warnings([1.0, 1.0], vanishing=vanishing, exploding=exploding)
+    for g in ([-1e-9, 1.0], [1.0, -1.0]):
+        with pytest.raises(ValueError, match="cannot be negative"):
+            gradflow.flow_warnings(g)
+    with pytest.raises(ValueError, match="holds no layers"):
+        gradflow.flow_warnings([])
+
+
+def test_norm_of_empty_infinite_and_integer_arrays():
+    # an empty array's norm is 0; an infinite entry's is inf (not inf/inf = NaN); integers are exact
+    assert gradflow.norm(np.zeros((0, 3))) == 0.0
+    assert gradflow.norm(np.array([1.0, -np.inf])) == math.inf
+    assert gradflow.norm(np.array([[3, -4]])) == 5.0
+    assert gradflow.norm(np.array([-2.0])) == 2.0
+    assert isinstance(gradflow.norm(np.array([3.0, 4.0], np.float32)), float)
+
+
+def test_record_appends_one_list_per_key_and_returns_the_history():
+    # record works without matplotlib: it appends each stat, layer 1 first, and returns the dict it was given
+    stats = [{"layer": 1, "grad_norm": 0.5, "delta_norm": None, "update_ratio": 1e-3},
+             {"layer": 2, "grad_norm": 2.0, "delta_norm": 3.0, "update_ratio": 0.0}]
+    history = {"loss": [1.0]}
+    assert gradflow.record(history, stats) is history
+    gradflow.record(history, stats[::-1])
+    assert history == {"loss": [1.0], "grad_norms": [[0.5, 2.0], [2.0, 0.5]], "delta_norms": [[None, 3.0], [3.0, None]],
+                       "update_ratios": [[1e-3, 0.0], [0.0, 1e-3]]}
+
+
+def test_layer_stats_refuses_what_is_not_one_real_array_per_layer():
+    import types
+    rng = np.random.default_rng(1)
+    Wb, Wa, dW, delta = random_layers(rng, [3, 4, 2])
+    for bad in (3.0, "W", None):
+        with pytest.raises(TypeError, match=f"W_before must be a list with one array per layer, got "
+                                            f"{type(bad).__name__}"):
+            gradflow.layer_stats(bad, Wa, dW, delta)
+    # None is allowed for a delta that was not kept, and nowhere else
+    with pytest.raises(TypeError, match=r"W_after\[1\] \(layer 2\) must be an array, got NoneType"):
+        gradflow.layer_stats(Wb, [Wa[0], None], dW, delta)
+    with pytest.raises(TypeError, match=r"delta\[0\] \(layer 1\) must be an array, got list"):
+        gradflow.layer_stats(Wb, Wa, dW, [[[0.0] * 4], delta[1]])
+    with pytest.raises(TypeError, match=r"dW\[0\] \(layer 1\) must be an array, got SimpleNamespace"):
+        gradflow.layer_stats(Wb, Wa, [types.SimpleNamespace(shape=(4, 3))] + dW[1:], delta)
+    for dtype in (bool, complex, object):
+        with pytest.raises(TypeError, match=r"dW\[1\] \(layer 2\) must hold real numbers, got dtype"):
+            gradflow.layer_stats(Wb, Wa, [dW[0], dW[1].astype(dtype)], delta)
+    # integer weights are real numbers
+    ints = [W.round().astype(np.int64) for W in Wb]
+    assert gradflow.layer_stats(ints, ints, ints, delta)[0]["grad_norm"] == pytest.approx(np.linalg.norm(ints[0]))
+
+
+def test_layer_stats_take_one_samples_delta_and_weights_of_any_size():
+    rng = np.random.default_rng(1)
+    Wb, Wa, dW, delta = random_layers(rng, [3, 4, 2])
+    # a delta is (batch, n_out), or one sample's (n_out,); a scalar is no delta
+    s = gradflow.layer_stats(Wb, Wa, dW, [np.array([3.0, 0.0, 0.0, -4.0]), delta[1]])
+    assert s[0]["delta_norm"] == 5.0
+    with pytest.raises(ValueError, match=r"layer 1: delta has shape \(\); expected \(batch, 4\)"):
+        gradflow.layer_stats(Wb, Wa, dW, [np.array(1.0), delta[1]])
+    # update ratio ||W_after - W_before|| / ||W_before||, whatever the size of W_before; all-zero weights
+    # that did not move have ratio 0, that moved inf
+    small = [np.array([[0.3, 0.4]])]
+    s = gradflow.layer_stats(small, [np.array([[0.3, 0.45]])], small, [np.ones((1, 1))])
+    assert s[0]["update_ratio"] == pytest.approx(0.1, rel=1e-12)
+    zero = [np.zeros((1, 2))]
+    assert gradflow.layer_stats(zero, zero, small, [np.ones((1, 1))])[0]["update_ratio"] == 0.0
+    assert gradflow.layer_stats(zero, small, small, [np.ones((1, 1))])[0]["update_ratio"] == math.inf
