@@ -8,7 +8,8 @@ import pytest
 import gpubp
 from gpubp.activations import ACTIVATIONS
 from gpubp.explain import load_example, trace_step
-from gpubp.gradcheck import check, finite_difference_grads, max_abs_errors, random_problem, relative_errors
+from gpubp.gradcheck import (check, finite_difference_grads, gradient_scale, max_abs_errors, random_problem,
+                             relative_errors)
 from gpubp.losses import LOGIT_LOSSES, LOSSES
 
 
@@ -176,3 +177,119 @@ def test_bad_eps_batch_and_kind_are_refused_by_name_before_any_pass():
         with pytest.raises(ValueError, match="kind must be|eps must be"):
             check(net, X, Y, **bad)
     assert calls == []
+
+
+class _CubicNet:
+    """A stand-in with a network's get_params / set_params / loss_and_grads: L = sum over every parameter
+    p of p^3, whose central difference is exactly 3 p^2 + eps^2; it records each loss evaluation's
+    parameters."""
+
+    def __init__(self):
+        self.params = [(np.array([[0.5, -1.0, 2.0]]), np.array([0.25]))]
+        self.seen = []
+
+    def get_params(self):
+        return [(W.copy(), b.copy()) for W, b in self.params]
+
+    def set_params(self, params):
+        self.params = [(np.array(W, copy=True), np.array(b, copy=True)) for W, b in params]
+
+    def loss_and_grads(self, X, Y):
+        self.seen.append(np.concatenate([np.ravel(a) for pair in self.params for a in pair]))
+        return float(sum(np.sum(a ** 3) for pair in self.params for a in pair)), \
+            [(3 * W ** 2, 3 * b ** 2) for W, b in self.params]
+
+
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_finite_differences_are_central_at_eps_with_the_documented_default(eps):
+    # (L(p + eps e_i) - L(p - eps e_i)) / (2 eps), one parameter at a time, eps = 1e-6 when not given
+    net = _CubicNet()
+    p0 = np.array([0.5, -1.0, 2.0, 0.25])
+    (dW, db), = finite_difference_grads(net, None, None) if eps is None else finite_difference_grads(net, None, None, eps)
+    e = 1e-6 if eps is None else eps
+    want = []
+    for i in range(4):
+        for sign in (1, -1):
+            p = p0.copy()
+            p[i] += sign * e
+            want.append(p)
+    np.testing.assert_array_equal(np.array(net.seen), np.array(want))
+    np.testing.assert_allclose(np.append(dW.ravel(), db), 3 * p0 ** 2 + e ** 2, rtol=1e-8 if eps is None else 1e-12)
+    assert dW.shape == (1, 3) and db.shape == (1,)
+    np.testing.assert_array_equal(net.params[0][0], [[0.5, -1.0, 2.0]])        # restored
+    # check() uses the same default eps and returns (loss, errors, analytic, numeric)
+    net = _CubicNet()
+    loss, errs, an, nu = check(net, None, None) if eps is None else check(net, None, None, eps)
+    assert loss == 0.5 ** 3 - 1 + 8 + 0.25 ** 3
+    assert len(net.seen) == 1 + 8 and net.seen[1][0] == 0.5 + e and net.seen[2][0] == 0.5 - e
+    np.testing.assert_allclose(nu[0][0], 3 * p0[:3][None] ** 2 + e ** 2, rtol=1e-8 if eps is None else 1e-12)
+    assert errs == relative_errors(an, nu)
+
+
+def test_relative_errors_against_hand_computed_values():
+    # norm: ||a - n|| / max(||a||, ||n||) over the layer's dW (or db)
+    (ew, eb), = relative_errors([(np.array([[3.0, 4.0]]), np.array([1.0]))],
+                                [(np.zeros((1, 2)), np.array([3.0]))])
+    assert ew == 1.0 and eb == pytest.approx(2 / 3, rel=1e-15)
+    (ew, eb), = relative_errors([(np.array([[1.0, 0.0]]), np.array([2.0, 2.0]))],
+                                [(np.array([[1.0, 1.0]]), np.array([2.0, 2.0]))])
+    assert ew == pytest.approx(1 / math.sqrt(2), rel=1e-15) and eb == 0.0
+    # max: max_i |a_i - n_i| / max(|a_i|, |n_i|, floor); floor by default 1e-6 times the largest entry of
+    # either list (here 4), at least 1e-12; a one-entry db is an entry like any other
+    an = [(np.array([[4.0, 1e-9]]), np.array([-1.0]))]
+    nu = [(np.array([[4.0, 3e-9]]), np.array([-0.5]))]
+    (ew, eb), = relative_errors(an, nu, kind="max")
+    assert ew == pytest.approx(2e-9 / 4e-6, rel=1e-12) and eb == 0.5
+    (ew, eb), = relative_errors([(np.array([[1e-20]]), np.array([0.0]))], [(np.array([[3e-20]]), np.array([0.0]))],
+                                kind="max")
+    assert ew == pytest.approx(2e-20 / 1e-12, rel=1e-12) and eb == 0.0
+    # a floor given is the floor, for kind="max"
+    (ew, eb), = relative_errors(an, nu, kind="max", floor=1.0)
+    assert ew == pytest.approx(2e-9, rel=1e-12) and eb == 0.5
+    (ew, eb), = relative_errors(an, nu, kind="max", floor=10.0)
+    assert ew == pytest.approx(2e-10, rel=1e-12) and eb == 0.05
+    # an empty layer (no weights) has no error in either measure; an infinity is inf
+    empty = [(np.zeros((2, 0)), np.zeros(2))]
+    assert relative_errors(empty, empty, kind="max") == [(0.0, 0.0)] == relative_errors(empty, empty)
+    assert relative_errors(an, [(np.array([[4.0, math.inf]]), np.array([-0.5]))], kind="max")[0][0] == math.inf
+
+
+def test_gradient_scale_and_max_abs_errors_by_hand():
+    assert gradient_scale([(np.array([[1e-3, -2e-3]]), np.array([5e-4]))]) == 2e-3
+    assert gradient_scale([(np.zeros((1, 0)), np.array([-0.25]))], [(np.zeros((1, 0)), np.array([0.125]))]) == 0.25
+    assert gradient_scale([(np.zeros((2, 0)), np.zeros(2))]) == 0.0
+    assert max_abs_errors([(np.array([[1.0, -2.0]]), np.array([0.5]))],
+                          [(np.array([[1.5, 1.0]]), np.array([0.5]))]) == [(3.0, 0.0)]
+    assert max_abs_errors([(np.zeros((2, 0)), np.zeros(2))], [(np.zeros((2, 0)), np.ones(2))]) == [(0.0, 1.0)]
+
+
+def test_gradients_given_as_nested_lists_are_compared_like_arrays():
+    # the explain trace's dW and db are lists: they compare against finite differences as they are
+    net = _net("tanh", "half_sse", sizes=(2, 3, 1), seed=4)
+    X, Y = random_problem(net, 3, 4)
+    t = trace_step(net.get_params(), X, Y, ["tanh", "identity"], "half_sse", 0.1)
+    traced = [(bw["dW"], bw["db"]) for bw in reversed(t["backward"])]
+    numeric = finite_difference_grads(net, X, Y, 1e-5)
+    assert max(max(e) for e in relative_errors(traced, numeric)) < 1e-7
+    assert max(max(e) for e in max_abs_errors(traced, numeric)) < 1e-8
+    assert gradient_scale(traced) == max(np.max(np.abs(np.asarray(a))) for pair in traced for a in pair)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_random_problem_fits_each_loss(loss):
+    # X normal, (batch, n_in); cross_entropy: class indices covering 0 .. n_out - 1; binary_cross_entropy:
+    # probabilities in [0, 1]; the regression losses: normal targets (batch, n_out); batch 5 and seed 0 by default
+    net = _net("tanh", loss, sizes=(3, 4, 3))
+    X, Y = random_problem(net, 400, 1)
+    assert X.shape == (400, 3) and X.min() < -2 and X.max() > 2
+    if loss == "cross_entropy":
+        assert Y.shape == (400,) and Y.dtype.kind == "i" and sorted(set(Y.tolist())) == [0, 1, 2]
+    elif loss == "binary_cross_entropy":
+        assert Y.shape == (400, 3) and 0 <= Y.min() < 0.05 and 0.95 < Y.max() <= 1
+    else:
+        assert Y.shape == (400, 3) and Y.min() < -2 and Y.max() > 2
+    X5, Y5 = random_problem(net)
+    assert X5.shape[0] == 5 and len(Y5) == 5
+    X0, Y0 = random_problem(net, 5, 0)
+    assert np.array_equal(X5, X0) and np.array_equal(Y5, Y0)
+    assert not np.array_equal(random_problem(net, 5, 1)[0], X0)
