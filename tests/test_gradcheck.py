@@ -205,7 +205,8 @@ def test_finite_differences_are_central_at_eps_with_the_documented_default(eps):
     # (L(p + eps e_i) - L(p - eps e_i)) / (2 eps), one parameter at a time, eps = 1e-6 when not given
     net = _CubicNet()
     p0 = np.array([0.5, -1.0, 2.0, 0.25])
-    (dW, db), = finite_difference_grads(net, None, None) if eps is None else finite_difference_grads(net, None, None, eps)
+    given = {} if eps is None else {"eps": eps}
+    (dW, db), = finite_difference_grads(net, None, None, **given)
     e = 1e-6 if eps is None else eps
     want = []
     for i in range(4):
@@ -219,7 +220,7 @@ def test_finite_differences_are_central_at_eps_with_the_documented_default(eps):
     np.testing.assert_array_equal(net.params[0][0], [[0.5, -1.0, 2.0]])        # restored
     # check() uses the same default eps and returns (loss, errors, analytic, numeric)
     net = _CubicNet()
-    loss, errs, an, nu = check(net, None, None) if eps is None else check(net, None, None, eps)
+    loss, errs, an, nu = check(net, None, None, **given)
     assert loss == 0.5 ** 3 - 1 + 8 + 0.25 ** 3
     assert len(net.seen) == 1 + 8 and net.seen[1][0] == 0.5 + e and net.seen[2][0] == 0.5 - e
     np.testing.assert_allclose(nu[0][0], 3 * p0[:3][None] ** 2 + e ** 2, rtol=1e-8 if eps is None else 1e-12)
