@@ -954,3 +954,265 @@ def test_trace_step_names_a_misspelt_activation_or_loss_before_the_data(activati
     params = [(W1, B1), (W2, B2)]
     with pytest.raises(ValueError, match=re.escape(message)):
         explain.trace_step(params, [0.5, 0.8, 0.1], Y, activations, loss, 0.1)
+
+
+def test_trace_step_refuses_inputs_weights_and_targets_that_do_not_fit_in_its_own_words():
+    P = [([[0.3, -0.2]], [0.1])]
+    for x, message in (([0.5, 0.8, 0.1], "the input has shape (3,); expected 2 values per sample"),
+                       ([[[0.5, 0.8]]], "the input has shape (1, 1, 2); expected 2 values per sample"),
+                       ([0.5, math.inf], "the input contains NaN or infinity"),
+                       ([[0.5, 0.8], [math.nan, 0.0]], "the input contains NaN or infinity")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            explain.trace_step(P, x, [1.0], ["identity"], "mse", 0.1)
+    # one output cannot be a softmax over classes: refused as the loss's, not as the target's
+    with pytest.raises(ValueError, match="^loss 'cross_entropy' needs at least 2 outputs"):
+        explain.trace_step(P, [0.5, 0.8], [0], ["identity"], "cross_entropy", 0.1)
+    for params in ([], ()):
+        with pytest.raises(ValueError, match="^no layers given$"):
+            explain.check_params(params)
+        with pytest.raises(ValueError, match="^no layers given$"):
+            explain.trace_step(params, [0.5], [1.0], [], "mse", 0.1)
+    with pytest.raises(ValueError, match=re.escape("the weights give layer sizes [2, 1], not [2, 3, 1]")):
+        explain.check_params(P, [2, 3, 1])
+    assert explain.check_params(P, (2, 1))[1] == [2, 1]
+
+
+def test_read_weights_file_reads_a_path_and_refuses_what_has_no_layers(tmp_path):
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": W1, "b": B1}, {"W": W2, "b": B2}], "lr": 0.25}))
+    d = explain.read_weights_file(str(wf))             # a path, not text, unless is_text is given
+    assert d["layer_sizes"] == [2, 2, 1] and d["lr"] == 0.25
+    assert [(W.tolist(), b.tolist()) for W, b in d["params"]] == [(W1, B1), (W2, B2)]
+    assert explain.read_weights_file(wf)["layer_sizes"] == [2, 2, 1]
+    # a bare list of layers is the "layers"
+    assert explain.read_weights_file(json.dumps([{"W": W2, "b": B2}]), is_text=True)["layer_sizes"] == [2, 1]
+    for text in ('{"layers": 3}', '"layers"', '{"W": [[1.0]], "b": [0.0]}', "3", '{"layers": {"W": [[1]]}}'):
+        with pytest.raises(ValueError, match=re.escape('the example: expected an object with "layers": [{"W": [[...]], '
+                                                       '"b": [...]}, ...]')):
+            explain.read_weights_file(text, is_text=True)
+    # "layer_sizes" in the file must be the weights' sizes
+    wf.write_text(json.dumps({"layers": [{"W": W2, "b": B2}], "layer_sizes": [2, 3, 1]}))
+    with pytest.raises(ValueError, match=re.escape(f"{wf}: the weights give layer sizes [2, 1], not [2, 3, 1]")):
+        explain.read_weights_file(str(wf))
+
+
+def test_make_problem_checks_the_output_activation_of_options_and_files(tmp_path):
+    with pytest.raises(ValueError, match="unknown output_activation 'sigmoidd'"):
+        explain.make_problem(output_activation="sigmoidd")
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": W1, "b": B1}, {"W": W2, "b": B2}], "input": X, "target": Y,
+                              "output_activation": "softmaxx"}))
+    with pytest.raises(ValueError, match="unknown output_activation 'softmaxx'"):
+        explain.make_problem(weights=str(wf))
+
+
+def test_a_problem_without_weights_starts_from_mlp_seed_0():
+    import gpubp
+    p = explain.Problem([2, 3, 1], np.array([0.5, 0.8]), np.array([1.0]), ["tanh", "identity"], "mse", 0.1)
+    want = gpubp.MLP([2, 3, 1], activation="tanh", output_activation="identity", loss="mse", backend="numpy",
+                     dtype="float64", seed=0).get_params()
+    for (W, b), (Ww, bw) in zip(p.trace_args()["params"], want):
+        assert np.array_equal(W, Ww) and np.array_equal(b, bw)
+
+
+def test_trace_json_is_indented_by_two_unless_told():
+    t = {"loss": 0.5, "a": [1.0, float("nan")]}
+    assert explain.trace_json(t) == json.dumps({"loss": 0.5, "a": [1.0, "NaN"]}, indent=2)
+    assert explain.trace_json(t, indent=None) == '{"loss": 0.5, "a": [1.0, "NaN"]}'
+
+
+def test_check_params_refuses_what_is_not_a_pair_of_fitting_finite_arrays():
+    for params, message in (
+            ([([[0.3, -0.2]], [0.1], [0.0])], "layer 1: expected a (W, b) pair"),
+            ([([0.3, -0.2], [0.1])], "layer 1: W must be (n_out, n_in) and b (n_out,); got W (2,), b (1,)"),
+            ([([[0.3, -0.2]], [0.1, 0.2])], "layer 1: W must be (n_out, n_in) and b (n_out,); got W (1, 2), b (2,)"),
+            ([([[0.3, -0.2]], [0.1]), ([[1.0, 2.0]], [0.0])], "layer 2: W takes 2 inputs but layer 1 has 1 outputs"),
+            ([([[0.3, math.nan]], [0.1])], "layer 1: weights contain NaN or infinity"),
+            ([([[0.3, -0.2]], [0.1]), ([[1.0]], [-math.inf])], "layer 2: weights contain NaN or infinity")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            explain.check_params(params)
+    out, sizes = explain.check_params([([[0.3, -0.2]], [[0.1]])])      # b as a column reads as (n_out,)
+    assert sizes == [2, 1] and out[0][1].shape == (1,) and out[0][0].dtype == np.float64
+
+
+def test_weights_file_layers_and_rate_are_checked(tmp_path):
+    for layers in ([[1.0]], [{"W": [[1.0]]}], [{"b": [0.0]}], ["W"]):
+        with pytest.raises(ValueError, match=re.escape('the example: layer 1 must be an object with "W" and "b"')):
+            explain.read_weights_file(json.dumps({"layers": layers}), is_text=True)
+    layer = {"W": [[1.0]], "b": [0.0]}
+    for lr in (True, "0.1", 0, -0.5, None, [0.1], 1e400):
+        with pytest.raises(ValueError, match=re.escape('the example: "lr" must be a positive finite number, got')):
+            explain.read_weights_file(json.dumps({"layers": [layer], "lr": lr}), is_text=True)
+    for lr in (0.25, 2):
+        assert explain.read_weights_file(json.dumps({"layers": [layer], "lr": lr}), is_text=True)["lr"] == lr
+
+
+def test_load_example_and_make_problem_refuse_what_they_cannot_trace(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("unknown example 'nope'; choose one of sigmoid-2-2-1, "
+                                                   "sigmoid-2-2-1-lr0.5, classic")):
+        explain.load_example("nope")
+    for sizes in ([2], [2, 0, 1], [2, 3, -1]):
+        with pytest.raises(ValueError, match=re.escape(f"layer sizes must be at least two positive integers, "
+                                                       f"got {sizes}")):
+            explain.make_problem(layer_sizes=sizes)
+    with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
+        explain.make_problem(layer_sizes=[2, 3, 1], activation="tanhh")
+    with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
+        explain.make_problem(layer_sizes=[2, 3, 3, 1], activation=["relu", "tanhh"])
+    wf = tmp_path / "w.json"
+    for given in ({}, {"input": X}, {"target": Y}):
+        wf.write_text(json.dumps({"layers": [{"W": W1, "b": B1}, {"W": W2, "b": B2}], **given}))
+        with pytest.raises(ValueError, match=re.escape("give the input and the target (--input, --target) "
+                                                       "for these weights")):
+            explain.make_problem(weights=str(wf))
+    p = explain.make_problem(weights=str(wf), input="0.5,0.8")
+    assert p.input.tolist() == X and p.target.tolist() == Y
+
+
+def test_parse_vector_reads_samples_and_refuses_ragged_or_empty_text():
+    assert explain.parse_vector("0.5, 0.8").tolist() == [0.5, 0.8]
+    assert explain.parse_vector("0.5 0.8").tolist() == [0.5, 0.8]
+    assert explain.parse_vector("0.1,0.2; 0.3,0.4;").tolist() == [[0.1, 0.2], [0.3, 0.4]]
+    assert explain.parse_vector(["0.5", "0.8"]).tolist() == [0.5, 0.8]
+    assert explain.parse_vector([[1, 2], [3, 4]]).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    for text in ("1,2;3", ";", "", " ; "):
+        with pytest.raises(ValueError, match="the input must hold the same number of values for every sample"):
+            explain.parse_vector(text, "the input")
+
+
+def test_format_trace_separates_stages_and_print_stages_waits_only_when_interactive():
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    text = explain.format_trace(t, title="TITLE")
+    lines = text.split("\n")
+    assert lines[0] == "TITLE" and text.endswith("\n") and not text.endswith("\n\n")
+    heads = [i for i, line in enumerate(lines) if line.startswith("== ")]
+    assert len(heads) == len(explain.trace_stages(t)) and heads[0] == 1
+    assert all(lines[i - 1] == "" for i in heads[1:])          # one empty line before every later stage
+    written, asked = [], []
+    assert explain.print_stages(t, write=written.append, wait=asked.append) == len(heads)
+    assert asked == [] and written[0].startswith(f"== stage 1/{len(heads)}: Problem")
+
+
+def test_make_problem_defaults_one_hidden_activation_for_all_rate_and_seed(tmp_path):
+    # one activation in a list serves every hidden layer, as a lone name does
+    for act in (["relu"], ("relu",), "relu"):
+        p = explain.make_problem(layer_sizes=[2, 3, 3, 1], activation=act)
+        assert p.activations == ["relu", "relu", "relu"]
+    assert explain.make_problem(layer_sizes=[2, 3, 1], activation=["relu"]).activations == ["relu", "relu"]
+    # other layers and no seed: MLP(seed=0)'s weights
+    p = explain.make_problem(layer_sizes=[2, 3, 1])
+    assert p.seed == 0 and p.params is None and "MLP(seed=0)" in p.weights_from
+    # a weights file without a rate: 0.1
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": W1, "b": B1}, {"W": W2, "b": B2}], "input": X, "target": Y}))
+    assert explain.make_problem(weights=str(wf)).lr == 0.1
+
+
+def test_class_indices_of_a_batch_as_a_list_or_column_and_of_two_classes():
+    import gpubp
+    params = gpubp.MLP([2, 3, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=2).get_params()
+    X2 = [[0.5, -0.2], [0.1, 0.9]]
+    for y in ([2, 0], [[2], [0]], np.array([2, 0])):
+        t = explain.trace_step(params, X2, y, ["tanh", "identity"], "cross_entropy", 0.1)
+        assert t["target"] == [2, 0]
+    # a row of two values for two samples is one sample's row, not two class indices
+    with pytest.raises(ValueError, match="the target has 2 values per sample; the network has 3 outputs"):
+        explain.trace_step(params, X2, [[2, 0]], ["tanh", "identity"], "cross_entropy", 0.1)
+    # two outputs: a class index is still a class index (its one-hot row has two entries)
+    params2 = gpubp.MLP([2, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=2).get_params()
+    t = explain.trace_step(params2, [0.5, -0.2], 1, ["identity"], "cross_entropy", 0.1)
+    assert t["target"] == 1 and "one-hot row [0, 1])" in explain.format_trace(t)
+    z = np.array(t["forward"][0]["z"])
+    assert t["loss"] == pytest.approx(np.log(np.exp(z).sum()) - z[1], rel=1e-14)
+    # a target of more than two dimensions is refused, whatever its size
+    P = [([[0.3, -0.2]], [0.1])]
+    with pytest.raises(ValueError, match="the target has 1 values per sample"):
+        explain.trace_step(P, [0.5, 0.8], [[[1.0]]], ["identity"], "mse", 0.1)
+
+
+def test_print_stages_returns_the_stages_printed_and_separates_them():
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    n = len(explain.trace_stages(t))
+    written = []
+    assert explain.print_stages(t, write=written.append) == n
+    assert len(written) == 3 * n and written[2::3] == [""] * n          # header, text, an empty line
+    # interactive: "q" at the second prompt stops after stage 2; end of input after stage 1
+    answers = iter(["", "q"])
+    assert explain.print_stages(t, interactive=True, write=lambda s: None, wait=lambda p: next(answers)) == 2
+
+    def eof(prompt):
+        raise EOFError
+    assert explain.print_stages(t, interactive=True, write=lambda s: None, wait=eof) == 1
+
+
+@pytest.mark.parametrize("lr", [0, 0.0, -0.0, -1e-300])
+def test_a_zero_learning_rate_is_no_step(lr):
+    # "positive": a rate of 0 (or below) would trace a step that changes nothing
+    with pytest.raises(ValueError, match="the learning rate must be a positive number"):
+        explain.trace_step([(W1, B1), (W2, B2)], X, Y, ["sigmoid", "sigmoid"], "mse", lr)
+    with pytest.raises(ValueError, match="the learning rate must be a positive number"):
+        explain.make_problem(lr=lr)
+    assert explain.trace_step([(W1, B1), (W2, B2)], X, Y, ["sigmoid", "sigmoid"], "mse", 5e-324)["lr"] == 5e-324
+
+
+def test_a_flat_target_is_one_value_per_sample_for_one_output_only():
+    import gpubp
+    one = gpubp.MLP([2, 1], loss="mse", backend="numpy", dtype="float64", seed=3).get_params()
+    two = gpubp.MLP([2, 2], loss="mse", backend="numpy", dtype="float64", seed=3).get_params()
+    X2 = [[0.5, -0.2], [0.1, 0.9]]
+    for y in ([1.0, 0.0], [[1.0], [0.0]]):
+        t = explain.trace_step(one, X2, y, ["identity"], "mse", 0.1)
+        assert t["target"] == [[1.0], [0.0]]
+        a = np.ravel(t["output"])
+        assert t["loss"] == pytest.approx(((a - [1.0, 0.0]) ** 2).mean(), rel=1e-14)
+    assert explain.trace_step(one, X2[0], [1.0], ["identity"], "mse", 0.1)["target"] == [1.0]
+    # two outputs: a flat target is one sample's two values, which two samples do not fit
+    with pytest.raises(ValueError, match=re.escape("the target gives 1 sample; the input 2")):
+        explain.trace_step(two, X2, [1.0, 0.0], ["identity"], "mse", 0.1)
+    assert explain.trace_step(two, X2[0], [1.0, 0.0], ["identity"], "mse", 0.1)["target"] == [1.0, 0.0]
+
+
+def test_print_stages_ends_the_prompt_line_at_the_end_of_input():
+    t = explain.trace_step(**explain.load_example("classic").trace_args())
+    written = []
+
+    def eof(prompt):
+        raise EOFError
+    assert explain.print_stages(t, interactive=True, write=written.append, wait=eof) == 1
+    assert len(written) == 3 and written[0].startswith("== stage 1/") and written[2] == ""
+
+
+def test_the_output_activation_follows_the_hidden_one_only_when_they_all_share_it():
+    # docstring: the one given, identity for the logit losses, the file's, the hidden one when all hidden
+    # layers share it, identity
+    assert explain.make_problem(layer_sizes=[2, 3, 3, 1], activation=["tanh", "tanh"]).activations[-1] == "tanh"
+    assert explain.make_problem(layer_sizes=[2, 3, 3, 1], activation=["relu", "tanh"]).activations == \
+        ["relu", "tanh", "identity"]
+    assert explain.make_problem(layer_sizes=[2, 1]).activations == ["identity"]
+    assert explain.make_problem(layer_sizes=[2, 3, 1], activation="tanh", output_activation="relu").activations == \
+        ["tanh", "relu"]
+    assert explain.make_problem(layer_sizes=[2, 3, 2], activation="tanh", loss="cross_entropy",
+                                target="1").activations == ["tanh", "identity"]
+
+
+def test_a_target_of_the_wrong_width_offers_class_indices_for_cross_entropy_only():
+    import gpubp
+    two = gpubp.MLP([2, 2], loss="mse", backend="numpy", dtype="float64", seed=3).get_params()
+    with pytest.raises(ValueError, match=re.escape("the target has 3 values per sample; the network has 2 outputs")
+                       + "$"):
+        explain.trace_step(two, [0.5, -0.2], [1.0, 0.0, 0.5], ["identity"], "mse", 0.1)
+    with pytest.raises(ValueError, match=re.escape("the target has 3 values per sample; the network has 2 outputs "
+                                                   "(or give one class index per sample)") + "$"):
+        explain.trace_step(two, [0.5, -0.2], [1.0, 0.0, 0.0], ["identity"], "cross_entropy", 0.1)
+
+
+def test_a_one_layer_weights_file_with_a_hidden_activation_traces_without_one(tmp_path):
+    # the file's "activation" is for hidden layers: a network without any takes none of it (a name and a
+    # one-name list alike, as "1 activation for all" hidden layers); --activation itself is refused
+    wf = tmp_path / "w.json"
+    for act in ("relu", ["relu"]):
+        wf.write_text(json.dumps({"layers": [{"W": W2, "b": B2}], "input": [0.5, 0.8], "target": Y,
+                                  "activation": act}))
+        assert explain.make_problem(weights=str(wf)).activations == ["identity"]
+    with pytest.raises(ValueError, match=re.escape("the network [2, 1] has no hidden layer to give an activation")):
+        explain.make_problem(weights=str(wf), activation="relu")
