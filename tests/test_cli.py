@@ -1,5 +1,6 @@
 """The `gpubp` command line, run in-process through `gpubp.cli.main` (and once as `python -m gpubp`)."""
 
+import argparse
 import json
 import os
 import re
@@ -79,6 +80,47 @@ def test_sizes_may_be_separated_by_commas_or_spaces():
     assert cli._activations("relu, tanh") == ["relu", "tanh"]
 
 
+# every argument type at its bounds: what it returns, and what it refuses as a usage error (never another
+# exception, which argparse would show as a traceback)
+_FRACTION_0 = lambda t: cli._fraction(t, True)   # noqa: E731  (--val-size: 0 allowed)
+
+
+@pytest.mark.parametrize("parse, text, value", [
+    (cli._positive_int, "1", 1), (cli._positive_int, " 7 ", 7),
+    (cli._positive_float, "5e-324", 5e-324), (cli._positive_float, "1e308", 1e308),
+    (cli._nonneg_float, "0", 0.0), (cli._nonneg_float, "2.5", 2.5),
+    (cli._fraction, "1e-9", 1e-9), (cli._fraction, "0.999999", 0.999999),
+    (_FRACTION_0, "0", 0.0), (_FRACTION_0, "0.5", 0.5),
+    (cli._momentum, "0", 0.0), (cli._momentum, "0.999", 0.999),
+    (cli._seed, "0", 0), (cli._seed, str(2**32 - 1), 2**32 - 1),
+    (cli._sizes, "1", [1]), (cli._sizes, "3, 1", [3, 1]),
+    (cli._activations, "tanh", ["tanh"]), (cli._activations, "relu,sigmoid", ["relu", "sigmoid"]),
+])
+def test_argument_types_accept_their_bounds(parse, text, value):
+    got = parse(text)
+    assert got == value and type(got) is type(value), (text, got)
+
+
+@pytest.mark.parametrize("parse, text", [
+    (cli._positive_int, "0"), (cli._positive_int, "-1"), (cli._positive_int, "1.5"), (cli._positive_int, "x"),
+    (cli._positive_float, "0"), (cli._positive_float, "-1e-9"), (cli._positive_float, "inf"),
+    (cli._positive_float, "nan"), (cli._positive_float, "x"),
+    (cli._nonneg_float, "-1e-9"), (cli._nonneg_float, "inf"), (cli._nonneg_float, "nan"), (cli._nonneg_float, "x"),
+    (cli._fraction, "0"), (cli._fraction, "1"), (cli._fraction, "-0.1"), (cli._fraction, "nan"),
+    (cli._fraction, "inf"), (cli._fraction, "x"),
+    (_FRACTION_0, "1"), (_FRACTION_0, "-0.1"), (_FRACTION_0, "nan"), (_FRACTION_0, "x"),
+    (cli._momentum, "1"), (cli._momentum, "-0.1"), (cli._momentum, "nan"), (cli._momentum, "x"),
+    (cli._seed, "-1"), (cli._seed, str(2**32)), (cli._seed, "1.0"), (cli._seed, "x"),
+    (cli._sizes, ""), (cli._sizes, "0"), (cli._sizes, "4,0,2"), (cli._sizes, "4,-1"), (cli._sizes, ",4"),
+    (cli._sizes, "4,,2"), (cli._sizes, "4,2,"), (cli._sizes, "4,x"),
+    (cli._activations, ""), (cli._activations, "swish"), (cli._activations, "relu,swish"),
+    (cli._activations, "relu,,tanh"), (cli._activations, ",relu"),
+])
+def test_argument_types_refuse_outside_their_bounds(parse, text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse(text)
+
+
 def test_train_other_losses_and_inferred_sizes(capsys):
     rc, out, _ = run(capsys, "train", "--dataset", "breast_cancer", "--loss", "binary_cross_entropy",
                      "--hidden", "8", "--epochs", "2", "--optimizer", "adamw", "--no-progress", "--val-size", "0",
@@ -87,6 +129,16 @@ def test_train_other_losses_and_inferred_sizes(capsys):
     rc, out, _ = run(capsys, "train", "--dataset", "xor", "--layers", "2,8,1", "--loss", "mse",
                      "--output-activation", "sigmoid", "--epochs", "2", "--no-progress", "--backend", "numpy")
     assert rc == 0 and "[2, 8, 1]" in out and re.search(r"^test accuracy", out, re.M)
+
+
+@pytest.mark.parametrize("layers, printed", [
+    ("64,10", "[64, 10]"),                 # input and output only: a network without a hidden layer
+    ("64, 12, 10", "[64, 12, 10]"),
+])
+def test_train_layers_that_match_the_data_are_used_as_given(capsys, layers, printed):
+    rc, out, _ = run(capsys, "train", "--layers", layers, "--epochs", "1", "--val-size", "0", "--no-progress",
+                     "--backend", "numpy")
+    assert rc == 0 and f"network: {printed}," in out
 
 
 def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
