@@ -141,6 +141,22 @@ def test_train_layers_that_match_the_data_are_used_as_given(capsys, layers, prin
     assert rc == 0 and f"network: {printed}," in out
 
 
+def test_train_prints_the_test_loss_and_accuracy_of_the_network_it_saves(capsys, tmp_path):
+    from gpubp.data import accuracy, load_dataset, targets_for
+
+    rc, out, _ = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--no-progress", "--backend", "numpy",
+                     "--seed", "3", "--save", str(tmp_path / "n.npz"))
+    assert rc == 0
+    net = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    ds = load_dataset("wine", val_size=0.1, seed=3, standardize_features=False)
+    loss = net.evaluate(ds.X_test, targets_for(ds.y_test, "cross_entropy", 3, np.float64))["loss"]
+    acc = accuracy(net, ds.X_test, ds.y_test)
+    assert re.search(r"^test loss (\d+\.\d{4})$", out, re.M).group(1) == f"{loss:.4f}"
+    n = len(ds.y_test)
+    assert f"test accuracy {acc:.4f} ({round(acc * n)}/{n})" in out
+    assert re.search(r"^trained 2 epochs in \d+\.\d s$", out, re.M)
+
+
 def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy")

@@ -112,6 +112,35 @@ def test_output_path_problem_accepts_new_and_existing_files(tmp_path):
     assert "not a directory" in cli.output_dir_problem(tmp_path / "old.npz")
 
 
+
+@pytest.mark.parametrize("name", ["", ".", "..", "missing/..", "sub/.."])
+def test_output_path_problem_refuses_names_that_name_no_file(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    assert cli.output_path_problem(name) == "is not a file name"
+
+
+def test_output_problems_of_unwritable_files_and_folders(tmp_path, monkeypatch):
+    """A folder to create is refused when its nearest existing ancestor is a file or is not writable."""
+    (tmp_path / "f").write_text("x")
+    assert cli.output_dir_problem(tmp_path / "f" / "a" / "b") == f"{str(tmp_path / 'f')!r} is not a directory"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access          # root may write anywhere: make this folder read-only to os.access
+
+    def access(path, mode, *a, **k):
+        if Path(path) == ro and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+    monkeypatch.setattr(os, "access", access)
+    assert cli.output_dir_problem(ro) == "is not writable"
+    (tmp_path / "ro-file.npz").write_bytes(b"")
+    ro = tmp_path / "ro-file.npz"
+    assert cli.output_path_problem(ro) == "exists and is not writable"
+    ro = tmp_path / "ro"
+    assert cli.output_dir_problem(ro / "a" / "b") == f"the directory {str(ro)!r} is not writable"
+    assert cli.output_dir_problem(tmp_path / "a" / "b") is None
+
 # ---------------------------------------------------------------- a closed pipe
 def test_output_into_a_closed_pipe_ends_quietly():
     n = 100                                      # about a megabyte of JSON: more than a pipe holds
