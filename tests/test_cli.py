@@ -162,6 +162,53 @@ def test_train_prints_the_test_loss_and_accuracy_of_the_network_it_saves(capsys,
     assert 0 <= float(re.search(r"^trained 2 epochs in (\d+\.\d) s$", out, re.M).group(1)) <= elapsed + 0.05
 
 
+@pytest.mark.parametrize("plot, grad_norms", [("c.png", "c-grad-norms.png"), ("c", "c-grad-norms.png"),
+                                              ("d/c.PNG", "d/c-grad-norms.PNG")])
+def test_grad_norms_plot_is_named_after_the_plot_and_is_a_png(plot, grad_norms):
+    assert cli._grad_norms_path(plot) == Path(grad_norms)
+
+
+def test_train_checks_the_grad_norms_plot_path_before_training(capsys, tmp_path):
+    (tmp_path / "c-grad-norms.png").mkdir()
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend",
+                           "numpy", "--grad-norms", "--plot", str(tmp_path / "c.png"), with_stdout=True)
+    assert "--plot (gradient norms)" in err and "is a directory" in err and "epoch" not in out
+
+
+def test_train_distributed_refusals_are_usage_errors(capsys, monkeypatch):
+    from gpubp import distributed
+
+    err = usage_error(capsys, "train", "--distributed", "--grad-norms", "--backend", "numpy")
+    assert "--grad-norms is not supported with --distributed" in err
+
+    def no_mpi(**k):
+        raise RuntimeError("no MPI here")
+    monkeypatch.setattr(distributed, "init", no_mpi)
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--distributed",
+                           "--backend", "numpy", with_stdout=True)
+    assert "backend 'numpy' is not usable here: no MPI here" in err and "epoch" not in out
+
+
+def test_train_network_the_backend_refuses_is_a_usage_error(capsys):
+    err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                      "--dtype", "float64", "--precision", "tf32")
+    assert "precision='tf32' needs dtype float32" in err
+
+
+def test_train_interrupted_in_fit_exits_130(capsys, monkeypatch):
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gpubp.MLP, "fit", interrupt)
+    rc, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy")
+    assert rc == 130 and err == "gpubp train: interrupted\n" and "test accuracy" not in out
+
+
+def test_train_no_progress_shows_no_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy", "--no-progress")
+    assert rc == 0 and err == "" and "epoch 2/2" in out
+
+
 def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy")
