@@ -209,6 +209,31 @@ def test_train_no_progress_shows_no_bar_on_a_terminal(capsys, monkeypatch):
     assert rc == 0 and err == "" and "epoch 2/2" in out
 
 
+def test_train_is_mlp_fit_with_its_documented_defaults_and_prints_each_epochs_values(capsys, tmp_path):
+    """`gpubp train` = MLP.fit with Adam at 2e-3, batches of 32 shuffled by --seed, inputs standardised and the
+    validation split held out; each epoch's line shows that epoch's values of fit's history."""
+    from gpubp import optim
+    from gpubp.data import load_dataset, targets_for
+
+    rc, out, _ = run(capsys, "train", "--dataset", "wine", "--epochs", "3", "--no-progress", "--backend", "numpy",
+                     "--seed", "5", "--hidden", "8", "--save", str(tmp_path / "n.npz"))
+    assert rc == 0
+    ds = load_dataset("wine", val_size=0.1, seed=5, standardize_features=False)
+    net = gpubp.MLP([13, 8, 3], loss="cross_entropy", backend="numpy", dtype="float32", seed=5)
+    h = net.fit(ds.X_train, ds.y_train, epochs=3, batch_size=32, optimizer=optim.make_optimizer("adam", 2e-3),
+                shuffle=True, standardize=True, validation=(ds.X_val, targets_for(ds.y_val, "cross_entropy", 3)),
+                verbose=0, progress=False)
+    saved = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    for (W, b), (W2, b2) in zip(saved.get_params(), net.get_params()):
+        np.testing.assert_array_equal(W, W2)
+        np.testing.assert_array_equal(b, b2)
+    lines = re.findall(r"^epoch (\d)/3  train loss (\S+)  train acc (\S+)  validation loss (\S+)  "
+                       r"validation acc (\S+)  ", out, re.M)
+    assert [int(e) for e, *_ in lines] == [1, 2, 3]
+    for i, (_, loss, acc, vloss, vacc) in enumerate(lines):
+        assert [loss, acc, vloss, vacc] == [f"{h[k][i]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")]
+
+
 def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy")
