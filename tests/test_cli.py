@@ -1,10 +1,12 @@
 """The `gpubp` command line, run in-process through `gpubp.cli.main` (and once as `python -m gpubp`)."""
 
+import argparse
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -57,6 +59,8 @@ def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
                      "--dtype", "float64", "--seed", "4", "--save", str(ck), "--plot", str(png), "--no-progress",
                      "--backend", "numpy")
     assert rc == 0 and "[2, 16, 16, 2]" in out and "momentum=0.9" in out
+    assert f"saved checkpoint to {ck} (the network keeps its input standardisation" in out
+    assert f"saved curves to {png}\n" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
     net = gpubp.MLP.load(ck, backend="numpy")
     assert list(net.sizes) == [2, 16, 16, 2] and net.dtype == np.float64
@@ -79,6 +83,47 @@ def test_sizes_may_be_separated_by_commas_or_spaces():
     assert cli._activations("relu, tanh") == ["relu", "tanh"]
 
 
+# every argument type at its bounds: what it returns, and what it refuses as a usage error (never another
+# exception, which argparse would show as a traceback)
+_FRACTION_0 = lambda t: cli._fraction(t, True)   # noqa: E731  (--val-size: 0 allowed)
+
+
+@pytest.mark.parametrize("parse, text, value", [
+    (cli._positive_int, "1", 1), (cli._positive_int, " 7 ", 7),
+    (cli._positive_float, "5e-324", 5e-324), (cli._positive_float, "1e308", 1e308),
+    (cli._nonneg_float, "0", 0.0), (cli._nonneg_float, "2.5", 2.5),
+    (cli._fraction, "1e-9", 1e-9), (cli._fraction, "0.999999", 0.999999),
+    (_FRACTION_0, "0", 0.0), (_FRACTION_0, "0.5", 0.5),
+    (cli._momentum, "0", 0.0), (cli._momentum, "0.999", 0.999),
+    (cli._seed, "0", 0), (cli._seed, str(2**32 - 1), 2**32 - 1),
+    (cli._sizes, "1", [1]), (cli._sizes, "3, 1", [3, 1]),
+    (cli._activations, "tanh", ["tanh"]), (cli._activations, "relu,sigmoid", ["relu", "sigmoid"]),
+])
+def test_argument_types_accept_their_bounds(parse, text, value):
+    got = parse(text)
+    assert got == value and type(got) is type(value), (text, got)
+
+
+@pytest.mark.parametrize("parse, text", [
+    (cli._positive_int, "0"), (cli._positive_int, "-1"), (cli._positive_int, "1.5"), (cli._positive_int, "x"),
+    (cli._positive_float, "0"), (cli._positive_float, "-1e-9"), (cli._positive_float, "inf"),
+    (cli._positive_float, "nan"), (cli._positive_float, "x"),
+    (cli._nonneg_float, "-1e-9"), (cli._nonneg_float, "inf"), (cli._nonneg_float, "nan"), (cli._nonneg_float, "x"),
+    (cli._fraction, "0"), (cli._fraction, "1"), (cli._fraction, "-0.1"), (cli._fraction, "nan"),
+    (cli._fraction, "inf"), (cli._fraction, "x"),
+    (_FRACTION_0, "1"), (_FRACTION_0, "-0.1"), (_FRACTION_0, "nan"), (_FRACTION_0, "x"),
+    (cli._momentum, "1"), (cli._momentum, "-0.1"), (cli._momentum, "nan"), (cli._momentum, "x"),
+    (cli._seed, "-1"), (cli._seed, str(2**32)), (cli._seed, "1.0"), (cli._seed, "x"),
+    (cli._sizes, ""), (cli._sizes, "0"), (cli._sizes, "4,0,2"), (cli._sizes, "4,-1"), (cli._sizes, ",4"),
+    (cli._sizes, "4,,2"), (cli._sizes, "4,2,"), (cli._sizes, "4,x"),
+    (cli._activations, ""), (cli._activations, "swish"), (cli._activations, "relu,swish"),
+    (cli._activations, "relu,,tanh"), (cli._activations, ",relu"),
+])
+def test_argument_types_refuse_outside_their_bounds(parse, text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse(text)
+
+
 def test_train_other_losses_and_inferred_sizes(capsys):
     rc, out, _ = run(capsys, "train", "--dataset", "breast_cancer", "--loss", "binary_cross_entropy",
                      "--hidden", "8", "--epochs", "2", "--optimizer", "adamw", "--no-progress", "--val-size", "0",
@@ -87,6 +132,106 @@ def test_train_other_losses_and_inferred_sizes(capsys):
     rc, out, _ = run(capsys, "train", "--dataset", "xor", "--layers", "2,8,1", "--loss", "mse",
                      "--output-activation", "sigmoid", "--epochs", "2", "--no-progress", "--backend", "numpy")
     assert rc == 0 and "[2, 8, 1]" in out and re.search(r"^test accuracy", out, re.M)
+
+
+@pytest.mark.parametrize("layers, printed", [
+    ("64,10", "[64, 10]"),                 # input and output only: a network without a hidden layer
+    ("64, 12, 10", "[64, 12, 10]"),
+])
+def test_train_layers_that_match_the_data_are_used_as_given(capsys, layers, printed):
+    rc, out, _ = run(capsys, "train", "--layers", layers, "--epochs", "1", "--val-size", "0", "--no-progress",
+                     "--backend", "numpy")
+    assert rc == 0 and f"network: {printed}," in out
+
+
+def test_train_prints_the_test_loss_and_accuracy_of_the_network_it_saves(capsys, tmp_path):
+    from gpubp.data import accuracy, load_dataset, targets_for
+
+    t0 = time.perf_counter()
+    rc, out, _ = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--no-progress", "--backend", "numpy",
+                     "--seed", "3", "--save", str(tmp_path / "n.npz"))
+    elapsed = time.perf_counter() - t0
+    assert rc == 0
+    net = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    ds = load_dataset("wine", val_size=0.1, seed=3, standardize_features=False)
+    loss = net.evaluate(ds.X_test, targets_for(ds.y_test, "cross_entropy", 3, np.float64))["loss"]
+    acc = accuracy(net, ds.X_test, ds.y_test)
+    assert re.search(r"^test loss (\d+\.\d{4})$", out, re.M).group(1) == f"{loss:.4f}"
+    n = len(ds.y_test)
+    assert f"test accuracy {acc:.4f} ({round(acc * n)}/{n})" in out
+    assert 0 <= float(re.search(r"^trained 2 epochs in (\d+\.\d) s$", out, re.M).group(1)) <= elapsed + 0.05
+
+
+@pytest.mark.parametrize("plot, grad_norms", [("c.png", "c-grad-norms.png"), ("c", "c-grad-norms.png"),
+                                              ("d/c.PNG", "d/c-grad-norms.PNG")])
+def test_grad_norms_plot_is_named_after_the_plot_and_is_a_png(plot, grad_norms):
+    assert cli._grad_norms_path(plot) == Path(grad_norms)
+
+
+def test_train_checks_the_grad_norms_plot_path_before_training(capsys, tmp_path):
+    (tmp_path / "c-grad-norms.png").mkdir()
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend",
+                           "numpy", "--grad-norms", "--plot", str(tmp_path / "c.png"), with_stdout=True)
+    assert "--plot (gradient norms)" in err and "is a directory" in err and "epoch" not in out
+
+
+def test_train_distributed_refusals_are_usage_errors(capsys, monkeypatch):
+    from gpubp import distributed
+
+    err = usage_error(capsys, "train", "--distributed", "--grad-norms", "--backend", "numpy")
+    assert "--grad-norms is not supported with --distributed" in err
+
+    def no_mpi(**k):
+        raise RuntimeError("no MPI here")
+    monkeypatch.setattr(distributed, "init", no_mpi)
+    out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--distributed",
+                           "--backend", "numpy", with_stdout=True)
+    assert "backend 'numpy' is not usable here: no MPI here" in err and "epoch" not in out
+
+
+def test_train_network_the_backend_refuses_is_a_usage_error(capsys):
+    err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                      "--dtype", "float64", "--precision", "tf32")
+    assert "precision='tf32' needs dtype float32" in err
+
+
+def test_train_interrupted_in_fit_exits_130(capsys, monkeypatch):
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gpubp.MLP, "fit", interrupt)
+    rc, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy")
+    assert rc == 130 and err == "gpubp train: interrupted\n" and "test accuracy" not in out
+
+
+def test_train_no_progress_shows_no_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, out, err = run(capsys, "train", "--dataset", "wine", "--epochs", "2", "--backend", "numpy", "--no-progress")
+    assert rc == 0 and err == "" and "epoch 2/2" in out
+
+
+def test_train_is_mlp_fit_with_its_documented_defaults_and_prints_each_epochs_values(capsys, tmp_path):
+    """`gpubp train` = MLP.fit with Adam at 2e-3, batches of 32 shuffled by --seed, inputs standardised and the
+    validation split held out; each epoch's line shows that epoch's values of fit's history."""
+    from gpubp import optim
+    from gpubp.data import load_dataset, targets_for
+
+    rc, out, _ = run(capsys, "train", "--dataset", "wine", "--epochs", "3", "--no-progress", "--backend", "numpy",
+                     "--seed", "5", "--hidden", "8", "--save", str(tmp_path / "n.npz"))
+    assert rc == 0
+    ds = load_dataset("wine", val_size=0.1, seed=5, standardize_features=False)
+    net = gpubp.MLP([13, 8, 3], loss="cross_entropy", backend="numpy", dtype="float32", seed=5)
+    h = net.fit(ds.X_train, ds.y_train, epochs=3, batch_size=32, optimizer=optim.make_optimizer("adam", 2e-3),
+                shuffle=True, standardize=True, validation=(ds.X_val, targets_for(ds.y_val, "cross_entropy", 3)),
+                verbose=0, progress=False)
+    saved = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
+    for (W, b), (W2, b2) in zip(saved.get_params(), net.get_params()):
+        np.testing.assert_array_equal(W, W2)
+        np.testing.assert_array_equal(b, b2)
+    lines = re.findall(r"^epoch (\d)/3  train loss (\S+)  train acc (\S+)  validation loss (\S+)  "
+                       r"validation acc (\S+)  ", out, re.M)
+    assert [int(e) for e, *_ in lines] == [1, 2, 3]
+    for i, (_, loss, acc, vloss, vacc) in enumerate(lines):
+        assert [loss, acc, vloss, vacc] == [f"{h[k][i]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")]
 
 
 def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):

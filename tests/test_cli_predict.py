@@ -399,3 +399,206 @@ def test_predict_with_checkpoint_and_data_swapped_says_so(capsys, tmp_path, clas
     np.savetxt(tmp_path / "x.csv", X, delimiter=",")
     err = usage_error(capsys, "predict", tmp_path / "x.csv", ckpt, "--backend", "numpy")
     assert "the checkpoint comes first (gpubp predict CHECKPOINT DATA)" in err    # was: "must end in .npy or .csv"
+
+
+# ---------------------------------------------------------------- the edges of DATA: one sample, none, one
+# column, files that are no data, and which checkpoints give class labels
+def _save_net(tmp_path, sizes, name="n.npz", dtype="float64", metadata=None, loss="mse"):
+    net = gpubp.MLP(sizes, loss=loss, backend="numpy", dtype=dtype, seed=0)
+    path = tmp_path / name
+    net.save(path, **({} if metadata is None else {"metadata": metadata}))
+    return net, path
+
+
+def test_predict_one_sample_from_a_1d_npy_or_a_single_line(capsys, tmp_path, classifier):
+    """A 1-D .npy array is one sample; a file of one sample predicts that one sample."""
+    net, ckpt, X = classifier
+    want = net.predict(X[:1])
+    np.save(tmp_path / "one.npy", X[0])
+    (tmp_path / "one.csv").write_text(",".join(repr(float(v)) for v in X[0]) + "\n")
+    np.save(tmp_path / "row.npy", X[:1])
+    for name in ("one.npy", "one.csv", "row.npy"):
+        rc, out, err = run(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert rc == 0, (name, err)
+        np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
+
+
+@pytest.mark.parametrize("name, write", [
+    ("empty.csv", lambda p: p.write_bytes(b"")),
+    ("blank.csv", lambda p: p.write_text("\n  \n# only a comment\n\n")),
+    ("empty.npy", lambda p: np.save(p, np.zeros((0, 4)))),
+])
+def test_predict_data_without_samples_is_a_usage_error(capsys, tmp_path, classifier, name, write):
+    net, ckpt, X = classifier
+    write(tmp_path / name)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+    assert f"DATA {str(tmp_path / name)!r} holds no samples" in err
+
+
+@pytest.mark.parametrize("array", [np.zeros((2, 2, 4)), np.float64(1.5), np.ones((3, 4), dtype=complex),
+                                   np.array([["1", "2", "3", "4"]])], ids=["3d", "0d", "complex", "strings"])
+def test_predict_npy_that_is_no_2d_array_of_real_numbers_is_a_usage_error(capsys, tmp_path, classifier, array):
+    net, ckpt, X = classifier
+    np.save(tmp_path / "x.npy", array)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert "must hold a 2-D numeric array (samples x inputs)" in err
+
+
+def test_predict_npy_that_numpy_cannot_read_is_a_usage_error(capsys, tmp_path, classifier):
+    """The .npy magic followed by a damaged header, or an object array (which needs pickle)."""
+    net, ckpt, X = classifier
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    for name in ("bad.npy",):
+        err = usage_error(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
+        assert f"DATA {str(tmp_path / name)!r} cannot be read as a .npy array" in err, err
+
+
+class _Touch:
+    """Unpickling it creates the file `path`: a stand-in for code that a pickle runs when it is loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+        return Path.touch, (Path(self.path),)
+
+
+def test_predict_never_unpickles_npy_data(capsys, tmp_path, classifier):
+    """An object array in a .npy file is a pickle, which runs code when loaded: it is refused unread."""
+    net, ckpt, X = classifier
+    np.save(tmp_path / "obj.npy", np.array([_Touch(tmp_path / "ran")], dtype=object), allow_pickle=True)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "obj.npy", "--backend", "numpy")
+    assert f"DATA {str(tmp_path / 'obj.npy')!r} cannot be read as a .npy array" in err, err
+    assert not (tmp_path / "ran").exists()
+
+
+def test_predict_data_that_is_not_a_file_or_cannot_be_read(capsys, tmp_path, classifier, monkeypatch):
+    from pathlib import Path
+
+    net, ckpt, X = classifier
+    (tmp_path / "dir.csv").mkdir()
+    (tmp_path / "dir.npz").mkdir()
+    np.save(tmp_path / "x.npy", X)
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    assert "DATA" in (err := usage_error(capsys, "predict", ckpt, tmp_path / "dir.csv")) and "is not a file" in err
+    err = usage_error(capsys, "predict", tmp_path / "dir.npz", tmp_path / "x.npy")
+    assert "CHECKPOINT" in err and "is not a file" in err
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.csv", "--backend", "numpy")
+    assert f"DATA {str(tmp_path / 'x.csv')!r} cannot be read: Permission denied" in err
+    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert f"DATA {str(tmp_path / 'x.npy')!r} cannot be read as a .npy array" in err and "Permission denied" in err
+
+
+def test_predict_data_of_the_wrong_kind_is_refused_before_a_backend_starts(capsys, tmp_path, classifier,
+                                                                         monkeypatch):
+    net, ckpt, X = classifier
+    (tmp_path / "x.txt").write_text("1,2,3,4\n")
+
+    def no_backend(name):
+        raise AssertionError("a backend was started before DATA was checked")
+    monkeypatch.setattr(cli, "_make_backend", no_backend)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.txt")
+    assert f"DATA {str(tmp_path / 'x.txt')!r} must end in .npy or .csv" in err
+
+
+def test_predict_with_two_checkpoints_is_not_taken_for_swapped_arguments(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    err = usage_error(capsys, "predict", ckpt, ckpt)
+    assert "must end in .npy or .csv" in err and "comes first" not in err
+
+
+def test_predict_csv_encoding_edges(capsys, tmp_path, classifier):
+    """UTF-16 without its byte-order mark, big-endian: the first NUL is byte 0; a byte-order mark followed by
+    bytes that are no UTF-16 is said to be so."""
+    net, ckpt, X = classifier
+    (tmp_path / "be.csv").write_bytes("1,2,3,4\n".encode("utf-16-be"))
+    assert "holds NUL bytes (the first at byte 0)" in usage_error(capsys, "predict", ckpt, tmp_path / "be.csv")
+    (tmp_path / "odd.csv").write_bytes(b"\xff\xfe1\x00,")     # an odd number of bytes after the mark
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "odd.csv")
+    assert f"DATA {str(tmp_path / 'odd.csv')!r} starts as UTF-16 text but is not" in err
+
+
+def test_predict_csv_first_sample_with_a_trailing_comment_is_a_sample(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    rows = [",".join(repr(float(v)) for v in r) for r in X[:3]]
+    (tmp_path / "c.csv").write_text(rows[0] + "  # the first sample\n# a comment line\n" + rows[1] + "\n\n"
+                                    "  # another\n" + rows[2] + "\n")
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "c.csv", "--backend", "numpy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
+
+
+def test_predict_csv_quoted_cells_after_a_space(capsys, tmp_path, classifier):
+    """'"5.1", "3.5"': a space before an opening quote, as people type it, still quotes the cell."""
+    net, ckpt, X = classifier
+    (tmp_path / "q.csv").write_text("\n".join(", ".join(f'"{v!r}"' for v in map(float, r)) for r in X[:3]) + "\n")
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "q.csv", "--backend", "numpy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
+
+
+def test_predict_csv_column_numbers_warning_from_two_columns(capsys, tmp_path):
+    """A first line "0,1" counts two columns (warned of); a first line "0" of a one-input network is a value."""
+    net2, ck2 = _save_net(tmp_path, [2, 3, 2], "two.npz")
+    (tmp_path / "two.csv").write_text("0,1\n0.5,0.25\n")
+    rc, out, err = run(capsys, "predict", ck2, tmp_path / "two.csv", "--backend", "numpy")
+    assert rc == 0 and "warning: line 1 of DATA" in err and len(out.split()) == 2
+    net1, ck1 = _save_net(tmp_path, [1, 3, 2], "one.npz")
+    (tmp_path / "one.csv").write_text("0\n0.5\n-2\n")
+    rc, out, err = run(capsys, "predict", ck1, tmp_path / "one.csv", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err
+    got = np.array([r.split(",") for r in out.split()], dtype=float)
+    np.testing.assert_allclose(got, net1.predict(np.array([[0.0], [0.5], [-2.0]])), rtol=1e-15)
+
+
+def test_predict_row_index_hint_needs_two_rows(capsys, tmp_path, classifier):
+    net, ckpt, X = classifier
+    (tmp_path / "two.csv").write_text("0,1,2,3,4\n1,5,6,7,8\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "two.csv", "--backend", "numpy")
+    assert "its first column counts the rows" in err
+    (tmp_path / "one.csv").write_text("0,1,2,3,4\n")       # one row starting at 0 is no index column
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "one.csv", "--header", "no", "--backend", "numpy")
+    assert err.rstrip().endswith("has 5 columns but the network takes 4 inputs")
+
+
+def test_predict_values_beyond_the_networks_dtype_are_a_usage_error(capsys, tmp_path):
+    """1e39 is a finite float64 but no float32: the float32 network's refusal is a usage error naming DATA."""
+    net, ck = _save_net(tmp_path, [2, 3, 1], dtype="float32")
+    (tmp_path / "x.csv").write_text("1e39,0\n")
+    err = usage_error(capsys, "predict", ck, tmp_path / "x.csv", "--backend", "numpy")
+    assert f"DATA {str(tmp_path / 'x.csv')!r}: X overflows float32" in err
+
+
+def test_float32_predictions_are_printed_with_9_significant_digits(capsys, tmp_path):
+    """9 significant digits read a float32 back exactly; more only print float64 noise."""
+    net, ck = _save_net(tmp_path, [2, 3, 2], dtype="float32")
+    np.save(tmp_path / "x.npy", np.random.default_rng(3).standard_normal((10, 2)))
+    rc, out, _ = run(capsys, "predict", ck, tmp_path / "x.npy", "--backend", "numpy")
+    cells = [c for row in out.split() for c in row.split(",")]
+    digits = [len(c.lstrip("-").split("e")[0].replace(".", "").lstrip("0")) for c in cells]
+    assert rc == 0 and max(digits) <= 9 and max(digits) >= 8, cells
+
+
+@pytest.mark.parametrize("metadata, labels", [
+    ({"dataset": "iris"}, True),                              # an older `gpubp train` checkpoint: no "task"
+    ({"task": "classification"}, True),
+    ({"task": "regression", "dataset": "iris"}, False),       # a task said otherwise wins over the data set
+    ({"dataset": "my-own"}, False),
+])
+def test_predict_labels_for_classifier_checkpoints_only(capsys, tmp_path, metadata, labels):
+    net, ck = _save_net(tmp_path, [4, 5, 3], metadata=metadata)
+    X = np.random.default_rng(4).standard_normal((6, 4))
+    np.save(tmp_path / "x.npy", X)
+    rc, out, _ = run(capsys, "predict", ck, tmp_path / "x.npy", "--backend", "numpy")
+    assert rc == 0
+    if labels:
+        np.testing.assert_array_equal(np.array(out.split(), dtype=int), np.argmax(net.predict(X), axis=1))
+    else:
+        np.testing.assert_allclose(np.array([r.split(",") for r in out.split()], dtype=float), net.predict(X),
+                                   rtol=1e-15)

@@ -112,6 +112,36 @@ def test_output_path_problem_accepts_new_and_existing_files(tmp_path):
     assert "not a directory" in cli.output_dir_problem(tmp_path / "old.npz")
 
 
+
+@pytest.mark.parametrize("name", ["", ".", "..", "missing/..", "sub/.."])
+def test_output_path_problem_refuses_names_that_name_no_file(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    assert cli.output_path_problem(name) == "is not a file name"
+
+
+def test_output_problems_of_unwritable_files_and_folders(tmp_path, monkeypatch):
+    """A folder to create is refused when its nearest existing ancestor is a file or is not writable."""
+    (tmp_path / "f").write_text("x")
+    assert cli.output_dir_problem(tmp_path / "f" / "a" / "b") == f"{str(tmp_path / 'f')!r} is not a directory"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access          # root may write anywhere: make this folder read-only to os.access
+
+    def access(path, mode, *a, **k):
+        if Path(path) == ro and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+    monkeypatch.setattr(os, "access", access)
+    assert cli.output_dir_problem(ro) == "is not writable"
+    (tmp_path / "ro-file.npz").write_bytes(b"")
+    ro = tmp_path / "ro-file.npz"
+    assert cli.output_path_problem(ro) == "exists and is not writable"
+    ro = tmp_path / "ro"
+    assert cli.output_dir_problem(ro / "a" / "b") == f"the directory {str(ro)!r} is not writable"
+    assert cli.output_dir_problem(tmp_path / "a" / "b") is None
+
+
 # ---------------------------------------------------------------- a closed pipe
 def test_output_into_a_closed_pipe_ends_quietly():
     n = 100                                      # about a megabyte of JSON: more than a pipe holds
@@ -126,6 +156,33 @@ def test_output_into_a_closed_pipe_ends_quietly():
     assert rc == 0, err
     assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
 
+
+
+def test_output_into_a_pipe_closed_before_any_output_ends_quietly():
+    """A short output, still buffered when the reader has gone: main's flush meets the closed pipe, and
+    the interpreter's final flush must not meet it again ("Exception ignored ... BrokenPipeError", 120)."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}     # stdout buffered, as by default
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "gpubp", "gradcheck", "--layers", "2,2", "--backend", "numpy"],
+                           stdout=w, stderr=subprocess.PIPE, cwd=ROOT, env=env, timeout=120)
+    finally:
+        os.close(w)
+    err = p.stderr.decode()
+    assert p.returncode == 0 and err == "", err
+
+
+def test_main_returns_0_when_the_reader_has_gone(monkeypatch):
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(sys, "stdout", Gone())
+    rc = cli.main(["explain"])
+    assert rc == 0 and type(rc) is int
 
 # ---------------------------------------------------------------- strict JSON
 def test_explain_json_is_strict_for_overflowing_values(capsys, tmp_path):

@@ -63,3 +63,29 @@ def test_a_module_imported_again_keeps_one_line_per_message(reload):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count(LINE) == 1 and r.stdout.split() == ["1"], (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("setup", ["logging.disable(logging.INFO)", "logging.disable(logging.WARNING)",
+                                   "logging.getLogger('gpubp').disabled = True"])
+def test_logging_disabled_silences_the_gpubp_lines(setup):
+    """logging.disable(level) silences that level and below, as it does every logger's; so does .disabled."""
+    assert LINE not in run(setup)
+
+
+def test_logging_disabled_below_info_keeps_the_gpubp_lines():
+    err = run("logging.disable(logging.DEBUG)")
+    assert f"gpubp: {LINE}" in err, err
+
+
+def test_importing_gpubp_again_keeps_an_application_handler_of_the_same_class_name():
+    """Only gpubp's own default handler is replaced on a second import, not another module's class that happens
+    to share its name."""
+    code = ("import importlib, logging\nimport gpubp\n"
+            "class _DefaultHandler(logging.Handler):\n    def emit(self, record): print('app:', record.getMessage())\n"
+            "logging.getLogger('gpubp').addHandler(_DefaultHandler())\n"
+            "importlib.reload(gpubp.log)\ngpubp.get_backend('auto')\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"app: {LINE}" in r.stdout and r.stderr.count(LINE) == 1, (r.stdout, r.stderr)
