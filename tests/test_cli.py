@@ -211,18 +211,23 @@ def test_train_no_progress_shows_no_bar_on_a_terminal(capsys, monkeypatch):
 
 def test_train_is_mlp_fit_with_its_documented_defaults_and_prints_each_epochs_values(capsys, tmp_path):
     """`gpubp train` = MLP.fit with Adam at 2e-3, batches of 32 shuffled by --seed, inputs standardised and the
-    validation split held out; each epoch's line shows that epoch's values of fit's history."""
+    validation split held out; each epoch's line shows that epoch's values of fit's history, and with
+    --grad-norms that epoch's ||dW|| per layer."""
     from gpubp import optim
     from gpubp.data import load_dataset, targets_for
 
     rc, out, _ = run(capsys, "train", "--dataset", "wine", "--epochs", "3", "--no-progress", "--backend", "numpy",
-                     "--seed", "5", "--hidden", "8", "--save", str(tmp_path / "n.npz"))
+                     "--seed", "2", "--hidden", "8", "--save", str(tmp_path / "n.npz"), "--grad-norms")
     assert rc == 0
-    ds = load_dataset("wine", val_size=0.1, seed=5, standardize_features=False)
-    net = gpubp.MLP([13, 8, 3], loss="cross_entropy", backend="numpy", dtype="float32", seed=5)
+    ds = load_dataset("wine", val_size=0.1, seed=2, standardize_features=False)
+    net = gpubp.MLP([13, 8, 3], loss="cross_entropy", backend="numpy", dtype="float32", seed=2)
     h = net.fit(ds.X_train, ds.y_train, epochs=3, batch_size=32, optimizer=optim.make_optimizer("adam", 2e-3),
                 shuffle=True, standardize=True, validation=(ds.X_val, targets_for(ds.y_val, "cross_entropy", 3)),
-                verbose=0, progress=False)
+                verbose=0, progress=False, grad_norms=True)
+    # every printed figure changes from epoch to epoch, so a line showing another epoch's value is noticed
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len({f"{v:.4f}" for v in h[k]}) == 3, (k, h[k])
+    assert len({f"{g[0]:.2e}" for g in h["grad_norms"]}) == 3
     saved = gpubp.MLP.load(tmp_path / "n.npz", backend="numpy")
     for (W, b), (W2, b2) in zip(saved.get_params(), net.get_params()):
         np.testing.assert_array_equal(W, W2)
@@ -232,6 +237,8 @@ def test_train_is_mlp_fit_with_its_documented_defaults_and_prints_each_epochs_va
     assert [int(e) for e, *_ in lines] == [1, 2, 3]
     for i, (_, loss, acc, vloss, vacc) in enumerate(lines):
         assert [loss, acc, vloss, vacc] == [f"{h[k][i]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")]
+    norms = re.findall(r"^epoch \d/3  .*  \|\|dW\|\| (.*)$", out, re.M)
+    assert norms == [" ".join(f"{g:.2e}" for g in h["grad_norms"][i]) for i in range(3)]
 
 
 def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
