@@ -194,6 +194,40 @@ def test_save_writes_a_synced_temporary_then_replaces(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc/self/fd")
+def test_a_durable_write_syncs_the_whole_file_then_its_folder_and_a_plain_one_syncs_nothing(tmp_path, monkeypatch):
+    """gpubp.files.atomic_write(durable=True): the temporary file is flushed and synced with every byte
+    written, renamed, then its folder synced (the rename survives a crash), leaving no descriptor open;
+    without `durable` (the default: plots, CLI outputs) nothing is synced."""
+    import os
+    import stat
+
+    from gpubp.files import atomic_write
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_size if stat.S_ISREG(st.st_mode)
+                       else None))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with atomic_write(tmp_path / "d.bin", durable=True) as f:
+        for _ in range(1000):
+            f.write(b"x" * 99)              # small writes: the last ones sit in the file object's buffer
+    assert events == [("file", 99000), ("replace", None), ("folder", None)]
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    events.clear()
+    with atomic_write(tmp_path / "p.bin") as f:
+        f.write(b"y" * 10)
+    assert events == [("replace", None)] and (tmp_path / "p.bin").read_bytes() == b"y" * 10
+    assert (tmp_path / "d.bin").stat().st_size == 99000 and len(os.listdir("/proc/self/fd")) == open_fds
+
+
 # ----------------------------------------------------------------- exact resume
 @pytest.mark.parametrize("make_opt", [lambda: gpubp.optim.Adam(0.01), lambda: gpubp.optim.SGD(0.05, momentum=0.9)],
                          ids=["adam", "sgd-momentum"])
