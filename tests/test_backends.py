@@ -187,3 +187,144 @@ def test_a_step_plan_binds_only_an_input_of_its_shape_and_dtype():
         assert plan.A[0] is None
     X = np.zeros((4, 3), np.float32)
     assert plan.bind_input(X) is plan and plan.A[0] is X
+
+
+# ---------------------------------------------------------------- the interface's default passes (gpubp.backends.base)
+def _torch_sample_losses(A, Y, loss):
+    import torch
+    import torch.nn.functional as F
+
+    a, y = torch.tensor(A, dtype=torch.float64), torch.tensor(Y)
+    if loss == "mse":
+        return F.mse_loss(a, y.double(), reduction="none").mean(1).numpy()
+    if loss == "half_sse":
+        return (0.5 * F.mse_loss(a, y.double(), reduction="none").sum(1)).numpy()
+    if loss == "cross_entropy":
+        return F.cross_entropy(a, y.long() if y.ndim == 1 else y.double(), reduction="none").numpy()
+    return F.binary_cross_entropy_with_logits(a, y.double(), reduction="none").mean(1).numpy()
+
+
+@pytest.mark.parametrize("loss, labels", [("mse", False), ("half_sse", False), ("cross_entropy", True),
+                                          ("cross_entropy", False), ("binary_cross_entropy", False)])
+def test_sample_losses_are_pytorchs_unreduced_losses(loss, labels):
+    """`Backend.sample_losses` (the weighted loss's per-sample values) is PyTorch's `reduction="none"`
+    loss per row (mse and bce averaged over the outputs, half_sse half the row's sum), also for logits of
+    several hundred, where exp overflows unless shifted."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((5, 3)) * 3
+    A[0] = [800.0, -700.0, 750.0]
+    if labels:
+        Y = rng.integers(0, 3, 5)
+    elif loss == "cross_entropy":
+        Y = rng.dirichlet(np.ones(3), 5)
+    else:
+        Y = rng.uniform(0, 1, (5, 3))
+    got = get_backend("numpy").sample_losses(A, Y, loss)
+    assert got.shape == (5,)
+    np.testing.assert_allclose(got, _torch_sample_losses(A, Y, loss), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("weights", [[1.0, 3.0, 0.0, 2.0], [3e38, 1e38, 0.0, 2e38], [1e-45, 3e-45, 0.0, 2e-45],
+                                     [0.0] * 4, [2.0] * 4], ids=["plain", "huge", "subnormal", "zero", "equal"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_network_loss_with_weights_is_the_weighted_mean_and_scales_each_delta_row(loss, weights, dtype):
+    """docs: the loss is `sum_i w_i l_i / sum_i w_i` and a sample's delta row is the unweighted one times
+    `B w_i / sum w`, for weights near float32's largest or smallest numbers alike, without a warning; all-zero
+    weights give 0 and no delta."""
+    import warnings
+
+    from gpubp.backends.plan import StepPlan
+
+    be = get_backend("numpy")
+    rng = np.random.default_rng(2)
+    plan = StepPlan(be, [3, 4], ["identity"], 4, dtype)
+    plan.A[1][...] = rng.standard_normal((4, 4))
+    Y = rng.integers(0, 4, 4) if loss == "cross_entropy" else rng.standard_normal((4, 4)).astype(dtype)
+    w = np.array(weights, dtype)
+    plain = plan.delta[1].copy()
+    be.loss_and_delta(plan.A[1], None, Y, loss, "identity", np.zeros(1), plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        be.network_loss(plan, Y, loss, weights=w)
+    w64 = w.astype(np.float64) / max(float(w.max()), 1e-300)     # the weights as stored, at a scale float64 sums
+    l = be.sample_losses(plan.A[1], Y, loss).astype(np.float64)
+    s, rtol = w64.sum(), 1e-12 if dtype == np.float64 else 1e-5
+    assert plan.loss[0] == pytest.approx((w64 * l).sum() / s if s > 0 else 0.0, rel=rtol)
+    np.testing.assert_allclose(plan.delta[1], plain * (4 * w64 / s if s > 0 else 0 * w64)[:, None], rtol=rtol)
+    out = np.zeros(1, dtype)
+    be.network_loss(plan, Y, loss, want_delta=False, loss_out=out, weights=w)   # into loss_out, delta untouched
+    assert out[0] == plan.loss[0]
+
+
+def test_check_memory_refuses_only_more_than_is_free():
+    from gpubp.backends import NumpyBackend
+
+    class Small(NumpyBackend):
+        def free_memory(self):
+            return 1000
+
+    Small().check_memory(1000, "exactly what is free")
+    with pytest.raises(MemoryError, match="x need 1,001 bytes, but only 1,000 bytes of numpy memory are free"):
+        Small().check_memory(1001, "x")
+    with pytest.raises(MemoryError):
+        get_backend("numpy").check_memory(2 ** 62, "4 EiB")   # the host's free memory is known
+
+    class Unknown(NumpyBackend):
+        def free_memory(self):
+            return None
+
+    Unknown().check_memory(2 ** 62, "anything: nothing known")
+
+
+def test_make_plan_refuses_a_mode_the_dtype_or_the_backend_cannot_run():
+    from gpubp.backends import NumpyBackend
+
+    class Float32Only(NumpyBackend):
+        name = "f32only"
+        precisions = ("float32", "tf32")
+
+    with pytest.raises(ValueError, match="bf16"):
+        get_backend("numpy").make_plan([3, 2], ["identity"], 4, np.float64, "bf16")
+    with pytest.raises(ValueError, match=r"precision='bf16' is not available on the f32only backend"):
+        Float32Only().make_plan([3, 2], ["identity"], 4, np.float32, "bf16")
+    with pytest.raises(ValueError, match="not available on the f32only backend"):
+        Float32Only().check_precision("3xtf32")
+    plan = Float32Only().make_plan([3, 2], ["identity"], 4, np.float32, "tf32")
+    assert plan.precision == "tf32" and plan.batch == 4
+
+
+def test_a_pickled_backend_comes_back_as_the_shared_instance_or_an_equal_new_one():
+    import pickle
+
+    from gpubp.backends import NumpyBackend
+
+    shared = get_backend("numpy")
+    assert pickle.loads(pickle.dumps(shared)) is shared
+    own = NumpyBackend()
+    back = pickle.loads(pickle.dumps(own))
+    assert type(back) is NumpyBackend and back is not own and back is not shared
+
+
+def test_the_default_backward_gives_dloss_dx_with_input_grad():
+    """`layer_backward` of layer 1 in a plan with input_grad writes delta[0] = delta_1 W_1 (the input has no
+    activation), with dW_1 = delta_1^T X and db_1 = the column sums, as numpy computes them."""
+    from gpubp.backends.plan import StepPlan
+
+    be = get_backend("numpy")
+    rng = np.random.default_rng(3)
+    W1, b1, W2, b2 = (rng.standard_normal(s) for s in ((4, 3), (4,), (2, 4), (2,)))
+    X = rng.standard_normal((5, 3))
+    plan = be.make_plan([3, 4, 2], ["tanh", "sigmoid"], 5, np.float64, input_grad=True).bind_input(X)
+    be.network_forward(plan, [(W1, b1), (W2, b2)])
+    plan.delta[2][...] = rng.standard_normal((5, 2))
+    grads = [(np.empty_like(W1), np.empty_like(b1)), (np.empty_like(W2), np.empty_like(b2))]
+    seen = []
+    be.network_backward(plan, [(W1, b1), (W2, b2)], grads, after_layer=seen.append)
+    d1 = (plan.delta[2] @ W2) * (1 - np.tanh(X @ W1.T + b1) ** 2)
+    np.testing.assert_allclose(plan.delta[1], d1, rtol=1e-12)
+    np.testing.assert_allclose(plan.delta[0], d1 @ W1, rtol=1e-12)
+    np.testing.assert_allclose(grads[0][0], d1.T @ X, rtol=1e-12)
+    np.testing.assert_allclose(grads[0][1], d1.sum(0), rtol=1e-12)
+    assert seen == [2, 1]
