@@ -194,6 +194,40 @@ def test_save_writes_a_synced_temporary_then_replaces(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc/self/fd")
+def test_a_durable_write_syncs_the_whole_file_then_its_folder_and_a_plain_one_syncs_nothing(tmp_path, monkeypatch):
+    """gpubp.files.atomic_write(durable=True): the temporary file is flushed and synced with every byte
+    written, renamed, then its folder synced (the rename survives a crash), leaving no descriptor open;
+    without `durable` (the default: plots, CLI outputs) nothing is synced."""
+    import os
+    import stat
+
+    from gpubp.files import atomic_write
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_size if stat.S_ISREG(st.st_mode)
+                       else None))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with atomic_write(tmp_path / "d.bin", durable=True) as f:
+        for _ in range(1000):
+            f.write(b"x" * 99)              # small writes: the last ones sit in the file object's buffer
+    assert events == [("file", 99000), ("replace", None), ("folder", None)]
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    events.clear()
+    with atomic_write(tmp_path / "p.bin") as f:
+        f.write(b"y" * 10)
+    assert events == [("replace", None)] and (tmp_path / "p.bin").read_bytes() == b"y" * 10
+    assert (tmp_path / "d.bin").stat().st_size == 99000 and len(os.listdir("/proc/self/fd")) == open_fds
+
+
 # ----------------------------------------------------------------- exact resume
 @pytest.mark.parametrize("make_opt", [lambda: gpubp.optim.Adam(0.01), lambda: gpubp.optim.SGD(0.05, momentum=0.9)],
                          ids=["adam", "sgd-momentum"])
@@ -711,6 +745,55 @@ def test_an_impossible_generator_state_is_refused(tmp_path, kind, spoil, field):
     bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
     with pytest.raises(ValueError, match=f"field '{re.escape(field)}'.*not a valid {kind} state"):
         gpubp.MLP.load(bad, backend="numpy")
+
+
+@pytest.mark.parametrize("kind, spoil, want", [
+    ("PCG64", lambda r: r.__setitem__("uinteger", 2 ** 32), "an integer in [0, 2**32)"),   # numpy's uint32
+    ("PCG64", lambda r: r.__setitem__("has_uint32", 2), "an integer in [0, 2)"),
+    ("PCG64", lambda r: r["state"].__setitem__("inc", -1), "an integer in [0, 2**128)"),
+    ("Philox", lambda r: r.__setitem__("buffer_pos", 5), "an integer in [0, 5)"),
+    ("Philox", lambda r: r["state"].__setitem__("counter", [1, 2, 3]), "a list of 4 integers in [0, 2**64)"),
+    ("Philox", lambda r: r["state"].__setitem__("key", 7), "a list of 2 integers in [0, 2**64)"),
+], ids=["uinteger", "has_uint32", "inc", "buffer_pos", "counter", "key"])
+def test_a_refused_generator_field_says_what_it_must_be(tmp_path, kind, spoil, want):
+    """The range each field of numpy's bit generator state holds (uint32, a flag, uint128, Philox's
+    index into its 4-word buffer, uint64 words), written as powers of two from 2**32 up."""
+    arrays, meta = _philox_file(tmp_path) if kind == "Philox" else read_all(trained(tmp_path, "adam")[1])
+    spoil(meta["rng"])
+    with pytest.raises(ValueError, match=f"must be {re.escape(want)}, got"):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+_PCG64 = np.random.PCG64
+
+
+def _set_converting(self, value):
+    _PCG64.state.__set__(self, dict(value, uinteger=value["uinteger"] // 2))
+
+
+def _refuse(self, value):
+    raise ValueError("numpy says no")
+
+
+# numpys whose PCG64 state setter refuses what it is given, or converts it (takes another number)
+_NumpyRefuses = type("PCG64", (_PCG64,), {"state": property(_PCG64.state.__get__, _refuse)})
+_NumpyConverts = type("PCG64", (_PCG64,), {"state": property(_PCG64.state.__get__, _set_converting)})
+
+
+@pytest.mark.parametrize("fake, words", [(_NumpyRefuses, r"\(ValueError: numpy says no\)"),
+                                         (_NumpyConverts, r"\(the generator does not take it as it is\)")],
+                         ids=["refuses", "converts"])
+def test_a_generator_state_numpy_refuses_or_changes_is_refused(tmp_path, monkeypatch, fake, words):
+    """The generator state is given to numpy's own setter, then read back: a state the setter refuses, or
+    one it takes as something else, is the file's error naming 'rng', never a generator other than the
+    one saved (numpy's setters convert and check too little: docs/spec.md, "Checkpoints")."""
+    arrays, meta = read_all(trained(tmp_path, "adam")[1])
+    meta["rng"]["uinteger"] = 7
+    path = write_consistent(tmp_path / "n.npz", arrays, meta)
+    assert gpubp.MLP.load(path, backend="numpy")._rng.bit_generator.state["uinteger"] == 7
+    monkeypatch.setattr(np.random, "PCG64", fake)
+    with pytest.raises(ValueError, match=f"field 'rng': not a valid PCG64 state {words}"):
+        gpubp.MLP.load(path, backend="numpy")
 
 
 # ----------------------------------------------------------------- fields the constructor refuses
@@ -1388,3 +1471,105 @@ def test_an_archive_of_many_members_is_refused_before_their_headers_with_a_short
                                          r"\(20003 in all\)\]$") as e:
         gpubp.MLP.load(tmp_path / "many.npz", backend="numpy")
     assert headers == ["meta"] and len(str(e.value)) < 300
+
+
+def test_fields_an_older_file_lacks_load_as_their_defaults(tmp_path):
+    """A file written before `standardization`, `target_ndim`, `precision`, `init` and `shapes` were
+    saved loads as a network without standardisation, of unknown target shape, in "float32" (docs/spec.md,
+    "Checkpoints") and with the default "torch" init."""
+    rng = np.random.default_rng(4)
+    net = gpubp.MLP([3, 4, 2], backend="numpy", dtype="float64", seed=1, init="xavier")
+    net.fit(rng.standard_normal((12, 3)), rng.standard_normal((12, 2)), epochs=1, batch_size=4,
+            optimizer="adam", progress=False)
+    net.save(tmp_path / "new.npz")
+    arrays, meta = read_all(tmp_path / "new.npz")
+    assert meta["config"]["init"] == "xavier" and meta["target_ndim"] == 2
+    for key in ("standardization", "target_ndim", "shapes"):
+        del meta[key]
+    for key in ("precision", "init"):
+        del meta["config"][key]
+    back = gpubp.MLP.load(write_consistent(tmp_path / "old.npz", arrays, meta), backend="numpy")
+    assert back.standardization is None and back.target_ndim is None
+    assert back.precision == "float32" and back.init == "torch"
+    assert same_params(back, net) and back.optimizer.t == net.optimizer.t == 3
+
+
+@pytest.mark.parametrize("t, ok", [(0, True), (2 ** 31 - 1, True), (2 ** 31, False), (-1, False)])
+def test_the_optimizer_step_count_must_lie_in_int32(tmp_path, t, ok):
+    """The step count is kept as an int32 on the device (`adam_update`'s `step`): [0, 2**31) loads,
+    and comes back as it was; one more is refused naming the field."""
+    arrays, meta = _adam_file(tmp_path)
+    meta["optimizer"]["t"] = t
+    path = write_consistent(tmp_path / "t.npz", arrays, meta)
+    if ok:
+        assert gpubp.MLP.load(path, backend="numpy").optimizer.t == t
+    else:
+        with pytest.raises(ValueError, match=r"field 'optimizer.t'.*\[0, 2\*\*31\)"):
+            gpubp.MLP.load(path, backend="numpy")
+
+
+@pytest.mark.parametrize("name, value, words", [("input_std", 1e-300, "std is too small for a float32"),
+                                                ("input_mean", 1e300, "mean")])
+def test_a_standardization_the_network_refuses_is_refused_not_dropped(tmp_path, name, value, words):
+    """input_mean / input_std are float64 in the file: finite and positive there, but a float32 network
+    cannot use every such value (set_standardization refuses them); such a file is refused, not loaded
+    without its standardisation."""
+    rng = np.random.default_rng(8)
+    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2)
+    net.fit(rng.standard_normal((20, 3)), rng.standard_normal(20), epochs=1, batch_size=10, optimizer="sgd",
+            progress=False, standardize=True)
+    net.save(tmp_path / "s.npz")
+    arrays, meta = read_all(tmp_path / "s.npz")
+    arrays[name][1] = value
+    with pytest.raises(ValueError, match=f"configuration is refused.*{words}"):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+@pytest.mark.parametrize("name, bad", [("opt.v", lambda a: a[:-1]), ("opt.m", lambda a: a.astype(np.float32))])
+def test_every_array_header_is_checked_before_any_array_is_read(tmp_path, monkeypatch, name, bad):
+    """load's promise: every array's shape and dtype from the archive's headers, before any data is read
+    (not `params` read, then the optimizer state's header found wrong)."""
+    arrays, meta = _adam_file(tmp_path)
+    arrays[name] = bad(arrays[name])
+    path = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    read = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, *a, **k: (read.append(1), real(f, *a, **k))[1])
+    with pytest.raises(ValueError, match=f"array '{name}' has shape"):
+        gpubp.MLP.load(path, backend="numpy")
+    assert len(read) == 1                       # the metadata only
+
+
+def test_the_quick_layer_count_check_is_exact_at_its_bound(tmp_path):
+    """Each layer takes at least 2 * ALIGN numbers (its W and b segments, each padded to ALIGN): a
+    [1, 1, 1] network fills exactly 4 * ALIGN and loads; a file of it claiming a third layer is refused at
+    once naming `config.layer_sizes` (not later by the shapes or the length of `params`)."""
+    from gpubp.params import ALIGN
+
+    net = gpubp.MLP([1, 1, 1], backend="numpy", seed=0)
+    net.save(tmp_path / "n.npz")
+    arrays, meta = read_all(tmp_path / "n.npz")
+    assert arrays["params"].shape == (4 * ALIGN,)
+    assert same_params(gpubp.MLP.load(tmp_path / "n.npz", backend="numpy"), net)
+    meta["config"]["layer_sizes"] = [1, 1, 1, 1]
+    with pytest.raises(ValueError, match=rf"field 'config.layer_sizes': 3 layers need at least {6 * ALIGN} "
+                                         rf"numbers, but array 'params' holds {4 * ALIGN}"):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
+
+
+def _lion():
+    class Lion(gpubp.optim.SGD):     # a user's optimizer: gpubp's class, a name load does not know
+        name = "lion"
+    return Lion(0.1)
+
+
+@pytest.mark.parametrize("make", [_lion, lambda: type("Duck", (), {"name": "adam", "state_names": ()})()],
+                         ids=["unknown-name", "not-an-optimizer"])
+def test_save_refuses_an_optimizer_that_is_not_gpubps_on_either_count(tmp_path, make):
+    """Either is enough: an Optimizer whose name load does not know, or an object of another class that
+    calls itself "adam"; nothing is written."""
+    net = gpubp.MLP([3, 2], backend="numpy", seed=0)
+    net.optimizer = make()
+    with pytest.raises(TypeError, match="is not one of gpubp's.*left as it was"):
+        net.save(tmp_path / "n.npz")
+    assert list(tmp_path.iterdir()) == []

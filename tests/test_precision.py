@@ -604,3 +604,29 @@ def test_relative_error_values():
     z = np.zeros((2, 3))
     assert P.relative_error(np.full((2, 2), 0.5), z, z.T) == 0.5
     assert P.relative_error(np.zeros((2, 2)), z, z.T) == 0.0
+
+
+@pytest.mark.parametrize("prec", ["tf32", "3xtf32", "bf16"])
+def test_matmul_does_not_depend_on_how_its_steps_are_grouped(prec):
+    """`_stepped_sum` sums several mma steps at a time, as many as ~64 MB of partials allow: a product
+    large enough to take several groups (2048 x 1024 outputs) gives, row for row, the bits of the same rows
+    multiplied alone (one group), including a last step that K fills only in part."""
+    rng = np.random.default_rng(5)
+    K = 5 * P.MMA_K[prec] + 3
+    a = rng.standard_normal((2048, K)).astype(np.float32)
+    b = rng.standard_normal((K, 1024)).astype(np.float32)
+    full = P.matmul(a, b, prec)
+    for rows in (slice(0, 3), slice(1500, 1501), slice(2045, 2048)):
+        assert np.array_equal(full[rows], P.matmul(a[rows], b, prec))
+
+
+@pytest.mark.parametrize("prec", ["float32", "bf16"])
+def test_fused_reference_without_act_in_gives_every_layers_gradients(prec):
+    """Without `act_in` no delta entering the run is computed (delta_in None), and every layer's dW and db
+    are those computed with it."""
+    X, layers, acts, delta, act_in, Z_in = _family_case(1)
+    with_in = P.fused_reference(X, layers, acts, delta, prec, act_in=act_in, Z_in=Z_in)
+    alone = P.fused_reference(X, layers, acts, delta, prec)
+    assert alone["delta_in"] is None and with_in["delta_in"] is not None
+    for key in ("dW", "db"):
+        assert all(x is not None and np.array_equal(x, y) for x, y in zip(alone[key], with_in[key]))

@@ -229,6 +229,77 @@ def test_captured_step_refuses_to_run_after_its_optimizer_changed(make_opt, chan
     assert opt.t == t + 3
 
 
+def test_a_captured_step_checks_its_inputs_by_default():
+    """check_inputs defaults to True: a NaN in a later batch is refused, nothing trained."""
+    X, y = _data(6, n=32)
+    net = _net()
+    step = net.capture_train_step(X, y, gpubp.optim.SGD(0.1))
+    before, t = _flat(net), net.optimizer.t
+    bad = X.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        step(bad, y)
+    assert np.array_equal(_flat(net), before) and net.optimizer.t == t
+
+
+@pytest.mark.parametrize("loss, standardize", [("mse", False), ("one-hot", False), ("cross_entropy", True),
+                                            ("mse", True)])
+def test_a_captured_step_without_checks_trains_as_the_checked_one(loss, standardize):
+    """check_inputs=False skips the NaN scans only: on a regression network and on cross-entropy over
+    one-hot (probability) targets (neither are class labels), and on a standardised float32 network fed
+    host inputs with a large offset (standardised in float64 before the cast to float32, as every host
+    input is: see `MLP._inputs`), it trains bitwise as check_inputs=True does."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((96, 8))
+    if standardize:
+        X[:, 0] = 1e8 + rng.integers(0, 8, 96)      # varies by units: float32's spacing there is 8
+    Y = {"cross_entropy": rng.integers(0, 4, 96), "one-hot": np.eye(4)[rng.integers(0, 4, 96)],
+         "mse": rng.standard_normal((96, 4))}[loss]
+    params = []
+    for check in (True, False):
+        net = _net(loss="cross_entropy" if loss == "one-hot" else loss)
+        if standardize:
+            net.set_standardization(X.mean(0), X.std(0))
+        step = net.capture_train_step(X[:32], Y[:32], gpubp.optim.Adam(1e-2), check_inputs=check)
+        losses = [float(step(X[i:i + 32], Y[i:i + 32])[0]) for i in (32, 64)]
+        params.append((_flat(net), losses))
+    assert np.array_equal(params[0][0], params[1][0]) and params[0][1] == params[1][1]
+
+
+@pytest.mark.parametrize("check_inputs", [True, False])
+def test_a_captured_step_refuses_a_batch_of_the_same_size_in_another_shape(check_inputs):
+    """A batch of one sample (1, 4) is not (2, 2), and (4, 2) targets are not (2, 4): with or without
+    the input checks the step refuses them (no reshape of what merely has as many numbers)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((4, 4)), rng.standard_normal((4, 2))
+    for Xs, Ys, Xb, Yb in [(X[:1], Y[:1], X[:1].reshape(2, 2), Y[:1]), (X, Y, X, Y.reshape(2, 4))]:
+        net = gpubp.MLP([4, 3, 2], backend="numpy", seed=0)
+        step = net.capture_train_step(Xs, Ys, gpubp.optim.SGD(0.1), check_inputs=check_inputs)
+        before = _flat(net)
+        with pytest.raises(ValueError, match="shaped like the first one" if not check_inputs else "shape"):
+            step(Xb, Yb)
+        assert np.array_equal(_flat(net), before) and net.optimizer.t == 1
+
+
+def test_a_captured_step_returns_one_loss_in_the_same_array_each_call():
+    X, y = _data(6, n=64)
+    net = _net()
+    step = net.capture_train_step(X[:32], y[:32], gpubp.optim.SGD(0.1))
+    assert step.first_loss.shape == (1,)
+    first = step(X[32:], y[32:])
+    assert first.shape == (1,) and step(X[:32], y[:32]) is first
+    assert float(first[0]) == pytest.approx(net.evaluate(X[:32], y[:32])["loss"], rel=0.2)
+
+
+def test_a_captured_step_refused_for_a_changed_optimizer_names_what_changed():
+    X, y = _data(7, n=32)
+    opt = gpubp.optim.Adam(1e-2)
+    step = _net().capture_train_step(X, y, opt)
+    opt.lr = 1e-3
+    with pytest.raises(ValueError, match=r"changed since this step was captured \(lr 0\.01 -> 0\.001\);"):
+        step(X, y)
+
+
 # ---------------------------------------------------------------- divergence
 def _diverging(seed=0):
     rng = np.random.default_rng(seed)

@@ -214,6 +214,24 @@ def test_optimizer_defaults_are_docs_specs():
     assert gpubp.optim.SGD(0.3).hyper() == {"lr": 0.3, "momentum": 0.0, "weight_decay": 0.0}
 
 
+def test_a_captured_step_counts_one_step_per_call_up_to_the_limit(rng):
+    """A captured step's replays are counted on the host (a CUDA graph's replay runs no `opt.step`
+    the host sees): from MAX_STEPS - 2, two calls are taken and the third is refused.  The count is
+    not read in between (reading `opt.t` refreshes the host's copy from the device)."""
+    from gpubp.optim import MAX_STEPS
+
+    X, Y = rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
+    net, opt = gpubp.MLP([3, 4, 2], backend="numpy", seed=0), gpubp.optim.SGD(0.01)
+    step = net.capture_train_step(X, Y, opt)
+    opt.t = MAX_STEPS - 2
+    step(X, Y)
+    step(X, Y)
+    before = [W.copy() for W, _ in net.get_params()]
+    with pytest.raises(ValueError, match="more would pass its step count's limit"):
+        step(X, Y)
+    assert opt.t == MAX_STEPS and all(np.array_equal(W, W0) for (W, _), W0 in zip(net.get_params(), before))
+
+
 @pytest.mark.parametrize("opt_name", ["adam", "sgd"])
 def test_a_step_count_that_would_wrap_is_refused_with_nothing_changed(rng, opt_name):
     """The step count is an int32 on the backend: step 2**31 wrapped it to -2**31 without a word (Adam's
