@@ -176,6 +176,62 @@ def test_values_scikit_learn_accepts_for_n_iter_no_change_and_validation_fractio
             MLPRegressor(n_iter_no_change=bad, backend="numpy").fit(X, X[:, 0])
 
 
+#: parameter values at the edges of scikit-learn's own constraints (each accepted or refused there)
+PARAM_EDGES = {
+    "alpha": [0.0, -0.0, 1, -1e-300, np.inf, np.nan],
+    "learning_rate_init": [1e-300, 1, 0.0, -1.0, np.inf],
+    "tol": [0.0, -1e-300, np.inf, np.nan],
+    "momentum": [0.0, 1.0, 1.0000001, -1e-300, np.nan],
+    "beta_1": [0.0, 0.999999, 1.0, -1e-300],
+    "beta_2": [0.0, 0.999999, 1.0, -1e-300],
+    "epsilon": [1e-30, 0.0, -1.0, np.inf],
+    "max_iter": [1, np.int64(1), 0, -1, 1.0],
+    "n_iter_no_change": [1, np.int64(1), np.inf, 0, 1.0, -np.inf],
+    "batch_size": ["auto", 1, np.int64(1), 0, 1.0, "full"],
+    "validation_fraction": [0.0, 0, 0.999, 1.0, -1e-300, True, np.nan],
+    "shuffle": [True, np.True_, 1, 0, None, "yes"],
+    "warm_start": [False, np.False_, 1, 0],
+    "early_stopping": [False, 1, 0],
+    "verbose": [0, 1, True, 2, np.int64(3), -1, 1.0],
+    "solver": ["adam", "sgd", "ADAM", None],
+    "hidden_layer_sizes": [(2,), 2, [3, 2], (), np.int64(2), (0,), (2, 0), -1],
+    "activation": ["relu", "logistic", "tanh", "identity", "RELU", None],
+}
+
+
+@pytest.mark.parametrize("name, value", [(k, v) for k, vs in PARAM_EDGES.items() for v in vs],
+                         ids=lambda v: repr(v))
+def test_parameter_edges_accepted_and_refused_as_sklearn(name, value):
+    """Each value is accepted exactly where scikit-learn's MLPClassifier accepts it (asked, not copied)."""
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    params = {"max_iter": 1, "random_state": 0, "verbose": False, name: value}
+
+    def accepted(est):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                est.fit(X, y)
+        except ValueError:
+            return False
+        return True
+
+    assert accepted(MLPClassifier(backend="numpy", **params)) == accepted(SkMLPClassifier(**params))
+
+
+def test_parameter_refusals_beyond_sklearns():
+    """gpubp's own limits (docs/spec.md, optimizers): SGD's momentum below 1; Adam's eps positive once rounded to
+    the network's dtype."""
+    X, y = _blobs(n=20)
+    _fit_quietly(MLPClassifier((2,), solver="adam", momentum=1.0, max_iter=1, backend="numpy"), X, y)
+    _fit_quietly(MLPClassifier((2,), solver="sgd", momentum=0.999, max_iter=1, backend="numpy"), X, y)
+    with pytest.raises(ValueError, match="momentum must be below 1"):
+        MLPClassifier((2,), solver="sgd", momentum=1.0, backend="numpy").fit(X, y)
+    _fit_quietly(MLPClassifier((2,), epsilon=1e-300, dtype="float64", max_iter=1, backend="numpy"), X, y)
+    with pytest.raises(ValueError, match="eps"):
+        MLPClassifier((2,), epsilon=1e-300, backend="numpy").fit(X, y)
+
+
 def test_activation_names_of_sklearn_and_gpubp():
     X, y = _blobs()
     assert _fit_quietly(MLPClassifier((4,), activation="logistic", max_iter=2, random_state=0,
