@@ -232,6 +232,21 @@ def test_parameter_refusals_beyond_sklearns():
         MLPClassifier((2,), epsilon=1e-300, backend="numpy").fit(X, y)
 
 
+@pytest.mark.parametrize("name, good, bad", [
+    ("backend", ["auto", "numpy"], ["gpu", "NUMPY", None]),
+    ("dtype", ["float32", "float64"], ["float16", np.float32, "FLOAT32", None]),
+    ("precision", ["float32", "tf32", "bf16", "3xtf32"], ["fp16", "TF32", "bfloat16", None])])
+def test_gpubp_parameters_take_their_documented_names_only(name, good, bad):
+    """backend, dtype and precision (README) take the names listed there, spelled as there; the rest are a
+    ValueError naming the parameter, before any training."""
+    X, y = _blobs(n=20)
+    for v in good:
+        _fit_quietly(MLPClassifier((2,), max_iter=1, **{"backend": "numpy", name: v}), X, y)
+    for v in bad:
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            MLPClassifier((2,), max_iter=1, **{"backend": "numpy", name: v}).fit(X, y)
+
+
 def test_activation_names_of_sklearn_and_gpubp():
     X, y = _blobs()
     assert _fit_quietly(MLPClassifier((4,), activation="logistic", max_iter=2, random_state=0,
