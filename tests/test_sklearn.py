@@ -675,6 +675,22 @@ def test_a_refused_fit_changes_nothing():
     _assert_same_state(_fitted_state(reg, X), before)
 
 
+@pytest.mark.parametrize("bad", [
+    dict(learning_rate_init=0.0), dict(epsilon=0.0), dict(beta_1=1.0), dict(beta_2=1.0), dict(momentum=1.5),
+    dict(alpha=-1.0), dict(tol=-1.0), dict(activation="RELU"), dict(solver="sgd", learning_rate_init=0.0),
+    dict(batch_size=0), dict(max_iter=0), dict(n_iter_no_change=0), dict(early_stopping=True, validation_fraction=0)],
+    ids=repr)
+def test_a_fit_refused_for_a_parameter_changes_nothing(bad):
+    """A refit (warm_start off) with a parameter out of range is a ValueError naming it, and the fitted network
+    stays as it was: the optimizers refuse such values too, but only after the network was rebuilt."""
+    X, y = _blobs(n=60)
+    clf = _fit_quietly(MLPClassifier((6,), max_iter=3, random_state=0, backend="numpy"), X, y)
+    before, params = _fitted_state(clf, X), clf.get_params()
+    with pytest.raises(ValueError, match=list(bad)[-1]):
+        clf.set_params(**bad).fit(X, y)
+    _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
+
+
 def test_a_refused_warm_start_fit_does_not_move_the_random_state():
     """A warm-started fit refused after its early-stopping split had drawn from the estimator's random
     state: the next fit then split differently from one after no refused call."""
@@ -897,6 +913,55 @@ def test_ctrl_c_ends_training_and_fit_returns_the_estimator(early_stopping):
         for a, b in zip(at_best.coefs_, est.coefs_):   # the best epoch's weights, restored
             np.testing.assert_array_equal(b, a)
     assert est.predict(X).shape == y.shape
+
+
+_Y3 = np.arange(30) % 3
+_Y01 = np.arange(30) % 2
+_YML = np.stack([_Y3 == 0, _Y3 != 1, _Y3 == 2], axis=1).astype(int)
+
+#: sequences of calls (method, y, classes) on one estimator; after each, both must refuse or both accept
+#: and agree on classes_
+CLASS_SEQUENCES = {
+    "partial_fit classes reordered later": [("partial_fit", _Y3, [2, 0, 1]), ("partial_fit", _Y3, [1, 2, 0])],
+    "partial_fit classes changed later": [("partial_fit", _Y3, [0, 1, 2]), ("partial_fit", _Y3, [0, 1])],
+    "partial_fit classes beyond y": [("partial_fit", _Y01, [0, 1, 2]), ("partial_fit", _Y3, None)],
+    "partial_fit y beyond classes": [("partial_fit", _Y3, [0, 1])],
+    "partial_fit a new label later": [("partial_fit", _Y01, [0, 1]), ("partial_fit", _Y3, None)],
+    "partial_fit one class of two": [("partial_fit", np.zeros(30, int), [0, 1])],
+    "partial_fit binary then fewer": [("partial_fit", _Y01, [0, 1]), ("partial_fit", np.ones(30, int), None)],
+    "warm fit same classes": [("warm", _Y3, None), ("warm", _Y3[::-1], None)],
+    "warm fit fewer classes": [("warm", _Y3, None), ("warm", _Y01, None)],
+    "warm fit more classes": [("warm", _Y01, None), ("warm", _Y3, None)],
+    "cold fit other classes": [("fit", _Y3, None), ("fit", _Y01, None), ("fit", _Y3 + 5, None)],
+    "warm labels then multilabel": [("warm", _Y3, None), ("warm", _YML, None)],
+    "warm multilabel fewer columns": [("warm", _YML, None), ("warm", _YML[:, :2], None)],
+    "cold multilabel then labels": [("fit", _YML, None), ("fit", _Y01, None)],
+}
+
+
+@pytest.mark.parametrize("name", list(CLASS_SEQUENCES))
+def test_classes_across_fits_as_sklearn(name):
+    """partial_fit's classes, a warm-started fit's classes, and a cold refit on new ones: refused or accepted,
+    and classes_ after, as scikit-learn's MLPClassifier (asked, not copied).  (One class and a label vector
+    warm-starting a multilabel network are refused by gpubp only: test_one_class_is_refused_naming_the_class.)"""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    ours = MLPClassifier((3,), max_iter=1, random_state=0, backend="numpy")
+    theirs = SkMLPClassifier((3,), max_iter=1, random_state=0)
+    for step, (how, y, classes) in enumerate(CLASS_SEQUENCES[name]):
+        outcome = []
+        for est in (ours, theirs):
+            est.set_params(warm_start=how == "warm")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    if how == "partial_fit":
+                        est.partial_fit(X, y, classes=classes)
+                    else:
+                        est.fit(X, y)
+                outcome.append(est.classes_.tolist())
+            except ValueError:
+                outcome.append("refused")
+        assert outcome[0] == outcome[1], (step, outcome)
 
 
 def test_partial_fit_classes_must_be_a_list_of_labels():
