@@ -876,6 +876,13 @@ def test_a_column_vector_y_warns_as_in_sklearn():
         with pytest.warns(DataConversionWarning, match="column-vector y"):
             _fit_quietly(est, X, X[:, :1])
         assert est.predict(X).shape == (40,) and est.n_outputs_ == 1
+    for Est in (SkMLPClassifier, MLPClassifier):
+        for labels in (np.arange(40) % 3, np.arange(40) % 2 + 5):
+            est = Est(hidden_layer_sizes=(4,), max_iter=2, random_state=0,
+                      **({"backend": "numpy"} if Est is MLPClassifier else {}))
+            with pytest.warns(DataConversionWarning, match="column-vector y"):
+                _fit_quietly(est, X, labels[:, None])
+            assert est.predict(X).shape == (40,) and est.classes_.tolist() == np.unique(labels).tolist()
 
 
 @pytest.mark.parametrize("early_stopping", [False, True])
@@ -936,6 +943,8 @@ CLASS_SEQUENCES = {
     "warm labels then multilabel": [("warm", _Y3, None), ("warm", _YML, None)],
     "warm multilabel fewer columns": [("warm", _YML, None), ("warm", _YML[:, :2], None)],
     "cold multilabel then labels": [("fit", _YML, None), ("fit", _Y01, None)],
+    "partial_fit multilabel fewer columns": [("partial_fit", _YML, [0, 1, 2]), ("partial_fit", _YML[:, :2], None)],
+    "partial_fit labels then multilabel": [("partial_fit", _Y3, [0, 1, 2]), ("partial_fit", _YML, None)],
 }
 
 
@@ -962,6 +971,19 @@ def test_classes_across_fits_as_sklearn(name):
             except ValueError:
                 outcome.append("refused")
         assert outcome[0] == outcome[1], (step, outcome)
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_a_label_vector_after_a_multilabel_fit_is_refused(how):
+    """gpubp only (scikit-learn trains on when the labels happen to number the columns): a network fitted on a
+    multilabel indicator matrix refuses a label vector with a ValueError saying so, and stays as it was."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    est = MLPClassifier((3,), max_iter=1, random_state=0, backend="numpy", warm_start=how == "warm_start")
+    _fit_quietly(est, X, _YML) if how == "warm_start" else est.partial_fit(X, _YML, classes=[0, 1, 2])
+    before = _fitted_state(est, X)
+    with pytest.raises(ValueError, match="multilabel indicator matrix; y is a label vector"):
+        _fit_quietly(est, X, _Y3) if how == "warm_start" else est.partial_fit(X, _Y3)
+    _assert_same_state(_fitted_state(est, X), before)
 
 
 def test_partial_fit_classes_must_be_a_list_of_labels():
