@@ -202,7 +202,7 @@ PARAM_EDGES = {
 @pytest.mark.parametrize("name, value", [(k, v) for k, vs in PARAM_EDGES.items() for v in vs],
                          ids=lambda v: repr(v))
 def test_parameter_edges_accepted_and_refused_as_sklearn(name, value):
-    """Each value is accepted exactly where scikit-learn's MLPClassifier accepts it (asked, not copied)."""
+    """Each value is accepted exactly where scikit-learn's MLPClassifier (MLPRegressor) accepts it (asked, not copied)."""
     X = np.random.default_rng(0).normal(size=(20, 3))
     y = np.arange(20) % 2
     params = {"max_iter": 1, "random_state": 0, "verbose": False, name: value}
@@ -217,6 +217,8 @@ def test_parameter_edges_accepted_and_refused_as_sklearn(name, value):
         return True
 
     assert accepted(MLPClassifier(backend="numpy", **params)) == accepted(SkMLPClassifier(**params))
+    y = X[:, 0]                                        # the regressor checks them too
+    assert accepted(MLPRegressor(backend="numpy", **params)) == accepted(SkMLPRegressor(**params))
 
 
 def test_parameter_refusals_beyond_sklearns():
