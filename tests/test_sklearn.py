@@ -176,6 +176,79 @@ def test_values_scikit_learn_accepts_for_n_iter_no_change_and_validation_fractio
             MLPRegressor(n_iter_no_change=bad, backend="numpy").fit(X, X[:, 0])
 
 
+#: parameter values at the edges of scikit-learn's own constraints (each accepted or refused there)
+PARAM_EDGES = {
+    "alpha": [0.0, -0.0, 1, -1e-300, np.inf, np.nan],
+    "learning_rate_init": [1e-300, 1, 0.0, -1.0, np.inf],
+    "tol": [0.0, -1e-300, np.inf, np.nan],
+    "momentum": [0.0, 1.0, 1.0000001, -1e-300, np.nan],
+    "beta_1": [0.0, 0.999999, 1.0, -1e-300],
+    "beta_2": [0.0, 0.999999, 1.0, -1e-300],
+    "epsilon": [1e-30, 0.0, -1.0, np.inf],
+    "max_iter": [1, np.int64(1), 0, -1, 1.0],
+    "n_iter_no_change": [1, np.int64(1), np.inf, 0, 1.0, -np.inf],
+    "batch_size": ["auto", 1, np.int64(1), 0, 1.0, "full"],
+    "validation_fraction": [0.0, 0, 0.999, 1.0, -1e-300, True, np.nan],
+    "shuffle": [True, np.True_, 1, 0, None, "yes"],
+    "warm_start": [False, np.False_, 1, 0],
+    "early_stopping": [False, 1, 0],
+    "verbose": [0, 1, True, 2, np.int64(3), -1, 1.0],
+    "solver": ["adam", "sgd", "ADAM", None],
+    "hidden_layer_sizes": [(2,), 2, [3, 2], (), np.int64(2), (0,), (2, 0), -1],
+    "activation": ["relu", "logistic", "tanh", "identity", "RELU", None],
+}
+
+
+@pytest.mark.parametrize("name, value", [(k, v) for k, vs in PARAM_EDGES.items() for v in vs],
+                         ids=lambda v: repr(v))
+def test_parameter_edges_accepted_and_refused_as_sklearn(name, value):
+    """Each value is accepted exactly where scikit-learn's MLPClassifier (MLPRegressor) accepts it (asked, not copied)."""
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    params = {"max_iter": 1, "random_state": 0, "verbose": False, name: value}
+
+    def accepted(est):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                est.fit(X, y)
+        except ValueError:
+            return False
+        return True
+
+    assert accepted(MLPClassifier(backend="numpy", **params)) == accepted(SkMLPClassifier(**params))
+    y = X[:, 0]                                        # the regressor checks them too
+    assert accepted(MLPRegressor(backend="numpy", **params)) == accepted(SkMLPRegressor(**params))
+
+
+def test_parameter_refusals_beyond_sklearns():
+    """gpubp's own limits (docs/spec.md, optimizers): SGD's momentum below 1; Adam's eps positive once rounded to
+    the network's dtype."""
+    X, y = _blobs(n=20)
+    _fit_quietly(MLPClassifier((2,), solver="adam", momentum=1.0, max_iter=1, backend="numpy"), X, y)
+    _fit_quietly(MLPClassifier((2,), solver="sgd", momentum=0.999, max_iter=1, backend="numpy"), X, y)
+    with pytest.raises(ValueError, match="momentum must be below 1"):
+        MLPClassifier((2,), solver="sgd", momentum=1.0, backend="numpy").fit(X, y)
+    _fit_quietly(MLPClassifier((2,), epsilon=1e-300, dtype="float64", max_iter=1, backend="numpy"), X, y)
+    with pytest.raises(ValueError, match="eps"):
+        MLPClassifier((2,), epsilon=1e-300, backend="numpy").fit(X, y)
+
+
+@pytest.mark.parametrize("name, good, bad", [
+    ("backend", ["auto", "numpy"], ["gpu", "NUMPY", None]),
+    ("dtype", ["float32", "float64"], ["float16", np.float32, "FLOAT32", None]),
+    ("precision", ["float32", "tf32", "bf16", "3xtf32"], ["fp16", "TF32", "bfloat16", None])])
+def test_gpubp_parameters_take_their_documented_names_only(name, good, bad):
+    """backend, dtype and precision (README) take the names listed there, spelled as there; the rest are a
+    ValueError naming the parameter, before any training."""
+    X, y = _blobs(n=20)
+    for v in good:
+        _fit_quietly(MLPClassifier((2,), max_iter=1, **{"backend": "numpy", name: v}), X, y)
+    for v in bad:
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            MLPClassifier((2,), max_iter=1, **{"backend": "numpy", name: v}).fit(X, y)
+
+
 def test_activation_names_of_sklearn_and_gpubp():
     X, y = _blobs()
     assert _fit_quietly(MLPClassifier((4,), activation="logistic", max_iter=2, random_state=0,
@@ -604,6 +677,22 @@ def test_a_refused_fit_changes_nothing():
     _assert_same_state(_fitted_state(reg, X), before)
 
 
+@pytest.mark.parametrize("bad", [
+    dict(learning_rate_init=0.0), dict(epsilon=0.0), dict(beta_1=1.0), dict(beta_2=1.0), dict(momentum=1.5),
+    dict(alpha=-1.0), dict(tol=-1.0), dict(activation="RELU"), dict(solver="sgd", learning_rate_init=0.0),
+    dict(batch_size=0), dict(max_iter=0), dict(n_iter_no_change=0), dict(early_stopping=True, validation_fraction=0)],
+    ids=repr)
+def test_a_fit_refused_for_a_parameter_changes_nothing(bad):
+    """A refit (warm_start off) with a parameter out of range is a ValueError naming it, and the fitted network
+    stays as it was: the optimizers refuse such values too, but only after the network was rebuilt."""
+    X, y = _blobs(n=60)
+    clf = _fit_quietly(MLPClassifier((6,), max_iter=3, random_state=0, backend="numpy"), X, y)
+    before, params = _fitted_state(clf, X), clf.get_params()
+    with pytest.raises(ValueError, match=list(bad)[-1]):
+        clf.set_params(**bad).fit(X, y)
+    _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
+
+
 def test_a_refused_warm_start_fit_does_not_move_the_random_state():
     """A warm-started fit refused after its early-stopping split had drawn from the estimator's random
     state: the next fit then split differently from one after no refused call."""
@@ -789,6 +878,13 @@ def test_a_column_vector_y_warns_as_in_sklearn():
         with pytest.warns(DataConversionWarning, match="column-vector y"):
             _fit_quietly(est, X, X[:, :1])
         assert est.predict(X).shape == (40,) and est.n_outputs_ == 1
+    for Est in (SkMLPClassifier, MLPClassifier):
+        for labels in (np.arange(40) % 3, np.arange(40) % 2 + 5):
+            est = Est(hidden_layer_sizes=(4,), max_iter=2, random_state=0,
+                      **({"backend": "numpy"} if Est is MLPClassifier else {}))
+            with pytest.warns(DataConversionWarning, match="column-vector y"):
+                _fit_quietly(est, X, labels[:, None])
+            assert est.predict(X).shape == (40,) and est.classes_.tolist() == np.unique(labels).tolist()
 
 
 @pytest.mark.parametrize("early_stopping", [False, True])
@@ -826,6 +922,70 @@ def test_ctrl_c_ends_training_and_fit_returns_the_estimator(early_stopping):
         for a, b in zip(at_best.coefs_, est.coefs_):   # the best epoch's weights, restored
             np.testing.assert_array_equal(b, a)
     assert est.predict(X).shape == y.shape
+
+
+_Y3 = np.arange(30) % 3
+_Y01 = np.arange(30) % 2
+_YML = np.stack([_Y3 == 0, _Y3 != 1, _Y3 == 2], axis=1).astype(int)
+
+#: sequences of calls (method, y, classes) on one estimator; after each, both must refuse or both accept
+#: and agree on classes_
+CLASS_SEQUENCES = {
+    "partial_fit classes reordered later": [("partial_fit", _Y3, [2, 0, 1]), ("partial_fit", _Y3, [1, 2, 0])],
+    "partial_fit classes changed later": [("partial_fit", _Y3, [0, 1, 2]), ("partial_fit", _Y3, [0, 1])],
+    "partial_fit classes beyond y": [("partial_fit", _Y01, [0, 1, 2]), ("partial_fit", _Y3, None)],
+    "partial_fit y beyond classes": [("partial_fit", _Y3, [0, 1])],
+    "partial_fit a new label later": [("partial_fit", _Y01, [0, 1]), ("partial_fit", _Y3, None)],
+    "partial_fit one class of two": [("partial_fit", np.zeros(30, int), [0, 1])],
+    "partial_fit binary then fewer": [("partial_fit", _Y01, [0, 1]), ("partial_fit", np.ones(30, int), None)],
+    "warm fit same classes": [("warm", _Y3, None), ("warm", _Y3[::-1], None)],
+    "warm fit fewer classes": [("warm", _Y3, None), ("warm", _Y01, None)],
+    "warm fit more classes": [("warm", _Y01, None), ("warm", _Y3, None)],
+    "cold fit other classes": [("fit", _Y3, None), ("fit", _Y01, None), ("fit", _Y3 + 5, None)],
+    "warm labels then multilabel": [("warm", _Y3, None), ("warm", _YML, None)],
+    "warm multilabel fewer columns": [("warm", _YML, None), ("warm", _YML[:, :2], None)],
+    "cold multilabel then labels": [("fit", _YML, None), ("fit", _Y01, None)],
+    "partial_fit multilabel fewer columns": [("partial_fit", _YML, [0, 1, 2]), ("partial_fit", _YML[:, :2], None)],
+    "partial_fit labels then multilabel": [("partial_fit", _Y3, [0, 1, 2]), ("partial_fit", _YML, None)],
+}
+
+
+@pytest.mark.parametrize("name", list(CLASS_SEQUENCES))
+def test_classes_across_fits_as_sklearn(name):
+    """partial_fit's classes, a warm-started fit's classes, and a cold refit on new ones: refused or accepted,
+    and classes_ after, as scikit-learn's MLPClassifier (asked, not copied).  (One class and a label vector
+    warm-starting a multilabel network are refused by gpubp only: test_one_class_is_refused_naming_the_class.)"""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    ours = MLPClassifier((3,), max_iter=1, random_state=0, backend="numpy")
+    theirs = SkMLPClassifier((3,), max_iter=1, random_state=0)
+    for step, (how, y, classes) in enumerate(CLASS_SEQUENCES[name]):
+        outcome = []
+        for est in (ours, theirs):
+            est.set_params(warm_start=how == "warm")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    if how == "partial_fit":
+                        est.partial_fit(X, y, classes=classes)
+                    else:
+                        est.fit(X, y)
+                outcome.append(est.classes_.tolist())
+            except ValueError:
+                outcome.append("refused")
+        assert outcome[0] == outcome[1], (step, outcome)
+
+
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_a_label_vector_after_a_multilabel_fit_is_refused(how):
+    """gpubp only (scikit-learn trains on when the labels happen to number the columns): a network fitted on a
+    multilabel indicator matrix refuses a label vector with a ValueError saying so, and stays as it was."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    est = MLPClassifier((3,), max_iter=1, random_state=0, backend="numpy", warm_start=how == "warm_start")
+    _fit_quietly(est, X, _YML) if how == "warm_start" else est.partial_fit(X, _YML, classes=[0, 1, 2])
+    before = _fitted_state(est, X)
+    with pytest.raises(ValueError, match="multilabel indicator matrix; y is a label vector"):
+        _fit_quietly(est, X, _Y3) if how == "warm_start" else est.partial_fit(X, _Y3)
+    _assert_same_state(_fitted_state(est, X), before)
 
 
 def test_partial_fit_classes_must_be_a_list_of_labels():
