@@ -569,15 +569,20 @@ STANDARDIZED_MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("spoil, field", [m[1:] for m in STANDARDIZED_MALFORMED],
-                         ids=[m[0] for m in STANDARDIZED_MALFORMED])
-def test_malformed_standardization_fields_are_named(tmp_path, spoil, field):
+def _standardized_file(tmp_path):
+    """The arrays and metadata of a small regression network saved with its input standardisation."""
     rng = np.random.default_rng(8)
     net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2)
     net.fit(rng.standard_normal((20, 3)), rng.standard_normal(20), epochs=1, batch_size=10, optimizer="sgd",
             progress=False, standardize=True)
     net.save(tmp_path / "s.npz")
-    arrays, meta = read_all(tmp_path / "s.npz")
+    return read_all(tmp_path / "s.npz")
+
+
+@pytest.mark.parametrize("spoil, field", [m[1:] for m in STANDARDIZED_MALFORMED],
+                         ids=[m[0] for m in STANDARDIZED_MALFORMED])
+def test_malformed_standardization_fields_are_named(tmp_path, spoil, field):
+    arrays, meta = _standardized_file(tmp_path)
     spoil(arrays, meta)
     with pytest.raises(ValueError, match=field):
         gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
@@ -1514,12 +1519,7 @@ def test_a_standardization_the_network_refuses_is_refused_not_dropped(tmp_path, 
     """input_mean / input_std are float64 in the file: finite and positive there, but a float32 network
     cannot use every such value (set_standardization refuses them); such a file is refused, not loaded
     without its standardisation."""
-    rng = np.random.default_rng(8)
-    net = gpubp.MLP([3, 4, 1], backend="numpy", seed=2)
-    net.fit(rng.standard_normal((20, 3)), rng.standard_normal(20), epochs=1, batch_size=10, optimizer="sgd",
-            progress=False, standardize=True)
-    net.save(tmp_path / "s.npz")
-    arrays, meta = read_all(tmp_path / "s.npz")
+    arrays, meta = _standardized_file(tmp_path)
     arrays[name][1] = value
     with pytest.raises(ValueError, match=f"configuration is refused.*{words}"):
         gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")

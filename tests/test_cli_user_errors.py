@@ -51,16 +51,22 @@ def test_train_refuses_two_outputs_in_one_file(capsys, tmp_path, save, plot, mon
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    real_access = os.access          # root may write anywhere: make this folder read-only to os.access
+def _unwritable(monkeypatch, *paths):
+    """`paths` made unwritable to os.access (root may write anywhere, so chmod is not enough)."""
+    paths = {Path(p) for p in paths}
+    real_access = os.access
 
     def access(path, mode, *a, **k):
-        if Path(path) == ro and mode & os.W_OK:
+        if Path(path) in paths and mode & os.W_OK:
             return False
         return real_access(path, mode, *a, **k)
     monkeypatch.setattr(os, "access", access)
+
+
+def test_train_refuses_an_unwritable_output_folder(capsys, tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _unwritable(monkeypatch, ro)
     out, err = usage_error(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress",
                            "--backend", "numpy", "--save", str(ro / "net.npz"), with_stdout=True)
     assert "not writable" in err and "epoch" not in out
@@ -124,20 +130,12 @@ def test_output_problems_of_unwritable_files_and_folders(tmp_path, monkeypatch):
     """A folder to create is refused when its nearest existing ancestor is a file or is not writable."""
     (tmp_path / "f").write_text("x")
     assert cli.output_dir_problem(tmp_path / "f" / "a" / "b") == f"{str(tmp_path / 'f')!r} is not a directory"
-    ro = tmp_path / "ro"
+    ro, ro_file = tmp_path / "ro", tmp_path / "ro-file.npz"
     ro.mkdir()
-    real_access = os.access          # root may write anywhere: make this folder read-only to os.access
-
-    def access(path, mode, *a, **k):
-        if Path(path) == ro and mode & os.W_OK:
-            return False
-        return real_access(path, mode, *a, **k)
-    monkeypatch.setattr(os, "access", access)
+    ro_file.write_bytes(b"")
+    _unwritable(monkeypatch, ro, ro_file)
     assert cli.output_dir_problem(ro) == "is not writable"
-    (tmp_path / "ro-file.npz").write_bytes(b"")
-    ro = tmp_path / "ro-file.npz"
-    assert cli.output_path_problem(ro) == "exists and is not writable"
-    ro = tmp_path / "ro"
+    assert cli.output_path_problem(ro_file) == "exists and is not writable"
     assert cli.output_dir_problem(ro / "a" / "b") == f"the directory {str(ro)!r} is not writable"
     assert cli.output_dir_problem(tmp_path / "a" / "b") is None
 
