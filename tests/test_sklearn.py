@@ -988,6 +988,25 @@ def test_a_label_vector_after_a_multilabel_fit_is_refused(how):
     _assert_same_state(_fitted_state(est, X), before)
 
 
+def test_a_continued_regressor_fit_needs_the_number_of_targets_it_was_fitted_on():
+    """partial_fit and a warm-started fit continue the fitted network: a y of another number of targets is
+    refused (scikit-learn's MLPRegressor refuses it too, with numpy's matmul error, after resetting n_iter_);
+    ours says why and changes nothing."""
+    X, y = _blobs(n=40)
+    Y2 = np.column_stack([X[:, 0], X[:, 1] * y])
+    for Est, extra in ((SkMLPRegressor, {}), (MLPRegressor, {"backend": "numpy"})):
+        est = _fit_quietly(Est(hidden_layer_sizes=(5,), max_iter=3, random_state=0, warm_start=True, **extra), X,
+                           X[:, 0])
+        before = _fitted_state(est, X)
+        for call in (est.partial_fit, est.fit):
+            with pytest.raises(ValueError, match="" if Est is SkMLPRegressor else
+                               "y has 2 targets; this regressor was fitted on 1"):
+                call(X, Y2)
+            if Est is MLPRegressor:
+                _assert_same_state(_fitted_state(est, X), before)
+                assert est.n_outputs_ == 1
+
+
 def test_partial_fit_classes_must_be_a_list_of_labels():
     """classes=[[0, 1, 2]] (or a scalar) was flattened by np.unique and taken; scikit-learn refuses it."""
     X, y = _blobs(n=30)
