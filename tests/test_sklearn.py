@@ -1234,7 +1234,7 @@ def test_early_stopping_that_cannot_split_is_a_value_error_as_in_sklearn():
     y = np.array([0] * 9 + [1])
     with pytest.raises(ValueError, match="least populated"):
         SkMLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
-    with pytest.raises(ValueError, match="early_stopping cannot split.*least populated"):
+    with pytest.raises(ValueError, match="early_stopping cannot split.* from 10 samples: .*least populated"):
         MLPClassifier(early_stopping=True, max_iter=2, backend="numpy").fit(X, y)
 
 
