@@ -11,6 +11,10 @@ import pytest
 
 import gpubp
 from gpubp.checkpoint import _meta_digest
+from support.archives import npy as _npy
+from support.archives import patch_central as _patch_central
+from support.archives import write_meta
+from support.archives import zip_members as _zip
 
 
 def trained(tmp_path, opt):
@@ -114,11 +118,7 @@ def write_consistent(path, arrays, meta):
     """A checkpoint whose checksums all agree with its (possibly wrong) content."""
     from gpubp.checkpoint import _digest
 
-    meta = dict(meta, sha256={k: _digest(v) for k, v in arrays.items()})
-    meta["meta_sha256"] = _meta_digest(meta)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-    return path
+    return write_meta(path, arrays, dict(meta, sha256={k: _digest(v) for k, v in arrays.items()}))
 
 
 def same_params(a, b):
@@ -1130,42 +1130,6 @@ def test_every_metadata_field_with_every_odd_value_is_loaded_or_refused_clearly(
             except Exception as e:
                 raise AssertionError(f"{'.'.join(map(str, p))} = {value!r}: {type(e).__name__}: {e}") from e
     assert 0 < loaded < len(paths) * len(ODD_VALUES) // 4     # most odd values are refused, a few are fine
-
-
-def _npy(descr, shape, body=b"", fortran=False):
-    h = io.BytesIO()
-    np.lib.format.write_array_header_1_0(h, {"descr": descr, "fortran_order": fortran, "shape": shape})
-    return h.getvalue() + body
-
-
-def _zip(members, compression=zipfile.ZIP_STORED):
-    import warnings
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", compression) as z:
-        warnings.simplefilter("ignore")          # "Duplicate name": intended here
-        for name, data, *attr in members:
-            info = zipfile.ZipInfo(name)
-            info.compress_type = compression
-            if attr:
-                info.external_attr = attr[0]
-            z.writestr(info, data)
-    return buf.getvalue()
-
-
-def _patch_central(data, name, offset, fmt, value):
-    """`data` with the central directory entry of `name` changed at `offset` (struct `fmt`)."""
-    import struct
-
-    b = bytearray(data)
-    i = b.find(b"PK\x01\x02")
-    while i >= 0:
-        n = struct.unpack("<H", b[i + 28:i + 30])[0]
-        if b[i + 46:i + 46 + n] == name.encode():
-            b[i + offset:i + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
-            return bytes(b)
-        i = b.find(b"PK\x01\x02", i + 1)
-    raise AssertionError(name)
 
 
 def test_rewritten_archives_are_refused_quickly_and_clearly(tmp_path):

@@ -2,9 +2,6 @@
 checks and closes, and the messages readers build from it.  Network-level save/load is in
 test_checkpoint.py."""
 
-import io
-import json
-import struct
 import zipfile
 
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 
 from gpubp import checkpoint
 from gpubp.checkpoint import ARRAY_DTYPES, Checkpoint, CheckpointError, json_data, write
+from support.archives import npy, patch_central, write_meta, zip_members
 
 
 def _arrays():
@@ -31,21 +29,7 @@ def _members(path):
 
 
 def _rezip(path, members, compression=zipfile.ZIP_STORED):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    path.write_bytes(buf.getvalue())
-    return path
-
-
-def _meta_file(path, arrays, meta_obj):
-    """A checkpoint of `arrays` whose metadata is `meta_obj` as JSON, with a correct `meta_sha256` where
-    `meta_obj` is a dict (so only the check under test can refuse it)."""
-    if isinstance(meta_obj, dict):
-        meta_obj = dict(meta_obj, meta_sha256=checkpoint._meta_digest(meta_obj))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays, meta=np.frombuffer(json.dumps(meta_obj).encode(), dtype=np.uint8))
+    path.write_bytes(zip_members(list(members.items()), compression))
     return path
 
 
@@ -157,7 +141,7 @@ def test_a_refused_file_is_closed(tmp_path, monkeypatch, content):
     """Every refusal, before or after the archive is opened, closes the file it opened."""
     path = tmp_path / "c.npz"
     if content == "meta-list":
-        _meta_file(path, {"a": np.zeros(2)}, [1, 2])
+        write_meta(path, {"a": np.zeros(2)}, [1, 2])
     else:
         path.write_bytes(content)
     tracked = _Tracked()
@@ -182,7 +166,7 @@ def test_metadata_of_another_shape_is_refused_naming_what_is_wrong(tmp_path, met
         meta_obj = dict(_good_meta(arrays), sha256=[checkpoint._digest(arrays["a"])])
     elif meta_obj == "sha256-number":
         meta_obj = dict(_good_meta(arrays), sha256={"a": 12345})
-    path = _meta_file(tmp_path / "c.npz", arrays, meta_obj)
+    path = write_meta(tmp_path / "c.npz", arrays, meta_obj)
     with pytest.raises(CheckpointError, match=f"not a usable gpubp checkpoint: {why}"):
         Checkpoint(path)
 
@@ -190,7 +174,7 @@ def test_metadata_of_another_shape_is_refused_naming_what_is_wrong(tmp_path, met
 def test_a_consistent_handmade_file_is_read(tmp_path):
     """The control for the refusals above: the same construction with nothing wrong is accepted."""
     arrays = {"a": np.arange(3.0)}
-    with Checkpoint(_meta_file(tmp_path / "c.npz", arrays, _good_meta(arrays, x=1))) as c:
+    with Checkpoint(write_meta(tmp_path / "c.npz", arrays, _good_meta(arrays, x=1))) as c:
         assert c.meta["x"] == 1 and np.array_equal(c.array("a", (3,), "float64"), arrays["a"])
 
 
@@ -200,7 +184,7 @@ def test_the_array_list_in_a_message_shows_at_most_eight_names(tmp_path):
         meta = _good_meta(arrays)
         meta["sha256"]["extra"] = "0" * 64
         with pytest.raises(CheckpointError) as e:
-            Checkpoint(_meta_file(tmp_path / f"c{n}.npz", arrays, meta))
+            Checkpoint(write_meta(tmp_path / f"c{n}.npz", arrays, meta))
         return str(e.value).split(": ", 2)[2]
     eight = [f"a{i}" for i in range(8)]
     assert refusal(8) == f"it lists arrays {sorted(eight + ['extra'])[:8]!r}"[:-1] + \
@@ -217,7 +201,7 @@ def test_the_metadata_size_limit_is_inclusive(tmp_path, monkeypatch):
     more is refused before it is read."""
     arrays = {"a": np.arange(3.0)}
     meta = _good_meta(arrays)
-    path = _meta_file(tmp_path / "c.npz", arrays, meta)
+    path = write_meta(tmp_path / "c.npz", arrays, meta)
     with Checkpoint(path) as c:
         size = c.headers["meta"][0][0]
     monkeypatch.setattr(checkpoint, "MAX_META_BYTES", size)
@@ -276,9 +260,7 @@ def test_a_one_dimensional_array_marked_fortran_order_is_read(tmp_path):
     a = np.arange(5.0)
     path = _saved(tmp_path, {"a": a})
     members = _members(path)
-    h = io.BytesIO()
-    np.lib.format.write_array_header_1_0(h, {"descr": "<f8", "fortran_order": True, "shape": (5,)})
-    members["a.npy"] = h.getvalue() + a.tobytes()
+    members["a.npy"] = npy("<f8", (5,), a.tobytes(), fortran=True)
     with Checkpoint(_rezip(path, members)) as c:
         assert np.array_equal(c.array("a", (5,), "float64"), a)
 
@@ -304,27 +286,15 @@ def test_a_damaged_deflated_member_is_a_checkpoint_error_when_read(tmp_path):
 
 
 # ----------------------------------------------------------------- Checkpoint: member sizes
-def _central(data, name):
-    """Offset of `name`'s central directory record in the zip bytes `data`."""
-    i = data.find(b"PK\x01\x02")
-    while i >= 0:
-        n = struct.unpack("<H", data[i + 28:i + 30])[0]
-        if data[i + 46:i + 46 + n] == name.encode():
-            return i
-        i = data.find(b"PK\x01\x02", i + 1)
-    raise AssertionError(name)
-
-
 def _claiming(path, name, compress_size=None, file_size=None):
     """`path` with `name`'s central directory record claiming other sizes."""
-    data = bytearray(path.read_bytes())
-    i = _central(data, name)
+    data = path.read_bytes()
     if compress_size is not None:
-        data[i + 20:i + 24] = struct.pack("<I", compress_size)
+        data = patch_central(data, name, 20, "<I", compress_size)
     if file_size is not None:
-        data[i + 24:i + 28] = struct.pack("<I", file_size)
+        data = patch_central(data, name, 24, "<I", file_size)
     out = path.with_name("claiming.npz")
-    out.write_bytes(bytes(data))
+    out.write_bytes(data)
     return out
 
 
