@@ -11,13 +11,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = "backend='auto' chose numpy"
 
 
-def run(setup):
-    code = f"import logging\n{setup}\nimport gpubp\ngpubp.get_backend('auto')\n"
+def python(code):
+    """`code` run by a fresh Python on this tree's gpubp, without a GPU; its completed process."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                CUDA_VISIBLE_DEVICES="")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    return r.stderr
+    return r
+
+
+def run(setup):
+    """stderr of a process that runs `setup`, imports gpubp and has it log which backend 'auto' chose."""
+    return python(f"import logging\n{setup}\nimport gpubp\ngpubp.get_backend('auto')\n").stderr
 
 
 def test_unconfigured_logging_writes_gpubp_lines_to_stderr():
@@ -58,10 +63,7 @@ def test_a_module_imported_again_keeps_one_line_per_message(reload):
     every line was written twice from then on."""
     code = (f"import importlib, logging, sys\nimport gpubp\n{reload}\ngpubp.get_backend('auto')\n"
             "print(len(logging.getLogger('gpubp').handlers))\n")
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = python(code)
     assert r.stderr.count(LINE) == 1 and r.stdout.split() == ["1"], (r.stdout, r.stderr)
 
 
@@ -84,8 +86,5 @@ def test_importing_gpubp_again_keeps_an_application_handler_of_the_same_class_na
             "class _DefaultHandler(logging.Handler):\n    def emit(self, record): print('app:', record.getMessage())\n"
             "logging.getLogger('gpubp').addHandler(_DefaultHandler())\n"
             "importlib.reload(gpubp.log)\ngpubp.get_backend('auto')\n")
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = python(code)
     assert f"app: {LINE}" in r.stdout and r.stderr.count(LINE) == 1, (r.stdout, r.stderr)
