@@ -406,7 +406,7 @@ def test_predict_with_checkpoint_and_data_swapped_says_so(capsys, tmp_path, clas
 def _save_net(tmp_path, sizes, name="n.npz", dtype="float64", metadata=None, loss="mse"):
     net = gpubp.MLP(sizes, loss=loss, backend="numpy", dtype=dtype, seed=0)
     path = tmp_path / name
-    net.save(path, **({} if metadata is None else {"metadata": metadata}))
+    net.save(path, metadata=metadata)
     return net, path
 
 
