@@ -1246,8 +1246,8 @@ def _main(argv) -> int:
         return run_external(argv[0], argv[1:])
     parser, subs = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:       # said by the subcommand, with its usage ("gpubp: error:" and the top usage named no command)
-        (subs[args.command] if args.command else parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:       # said by the subcommand, with its usage (an external one, `gpubp --foo bench`: the top's)
+        subs.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
