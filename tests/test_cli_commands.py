@@ -4,6 +4,7 @@ defaults `--help` states."""
 
 import argparse
 import json
+import os
 import sys
 import types
 
@@ -20,3 +21,194 @@ def test_an_unknown_option_before_an_external_subcommand_is_a_usage_error(capsys
     subcommands' (a KeyError, shown as a traceback): the unknown option is the top-level parser's usage error."""
     err = usage_error(capsys, "--foo", name)
     assert "gpubp: error: unrecognized arguments: --foo" in err and "usage: gpubp" in err
+
+
+def _external(monkeypatch, module):
+    """`gpubp bench` runs `module` (a module object put in sys.modules, or a name to import)."""
+    if isinstance(module, types.ModuleType):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        module = module.__name__
+    monkeypatch.setitem(cli.EXTERNAL, "bench", (module, "a stand-in"))
+
+
+def test_an_external_subcommand_gets_its_arguments_and_its_status_is_the_exit_status(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("gpubp_fake_external")
+    fake.main = lambda argv: seen.append(argv)          # returns None: success
+    _external(monkeypatch, fake)
+    assert cli.main(["bench", "--tiny"]) == 0 and seen == [["--tiny"]]
+    fake.main = lambda argv: 0
+    assert cli.main(["bench"]) == 0
+    fake.main = lambda argv: True                        # a status as int() reads it
+    assert cli.main(["bench"]) == 1
+
+
+def test_an_external_module_without_main_is_reported_not_run(capsys, monkeypatch):
+    _external(monkeypatch, types.ModuleType("gpubp_fake_external"))
+    assert cli.main(["bench", "--tiny"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "gpubp bench: gpubp_fake_external has no main(argv)\n" and out == ""
+
+
+def test_an_external_module_missing_is_reported_but_its_own_missing_import_is_raised(capsys, monkeypatch, tmp_path):
+    """Only the subcommand's own module missing means "not available in this installation"; a module it
+    imports that is missing is an error of that module, raised as it is."""
+    _external(monkeypatch, "gpubp_no_such_external_module")
+    assert cli.main(["bench"]) == 2
+    assert capsys.readouterr().err == ("gpubp bench: not available in this installation (the module "
+                                       "gpubp_no_such_external_module is missing)\n")
+    (tmp_path / "gpubp_fake_broken_external.py").write_text("import gpubp_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _external(monkeypatch, "gpubp_fake_broken_external")
+    with pytest.raises(ModuleNotFoundError) as e:
+        cli.main(["bench"])
+    assert e.value.name == "gpubp_no_such_dependency"
+
+
+def test_main_reads_sys_argv_when_given_no_argv(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gpubp", "gradcheck", "--layers", "2,2", "--backend", "numpy"])
+    assert cli.main() == 0
+    assert capsys.readouterr().out.startswith("gradcheck: layers [2, 2], backend numpy")
+
+
+# ---------------------------------------------------------------- info
+def _no_cupy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)        # import cupy raises ImportError
+
+
+def _nvidia_smi(monkeypatch, tmp_path, stdout):
+    """An `nvidia-smi` first on PATH that prints `stdout` (and records its arguments)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nvidia-smi").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\ncat <<"EOF"\n' + stdout
+                                       + "EOF\n")
+    (bindir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ.get("PATH", ""))
+    return bindir / "args"
+
+
+def _fake_cupy(monkeypatch, count=1, error=None):
+    """A CuPy whose runtime reports `count` H100s (driver 12.4, runtime 12.2), or raises `error`."""
+    props = {"name": b"NVIDIA H100 80GB HBM3", "totalGlobalMem": 85_520_809_984, "major": 9, "minor": 0,
+             "multiProcessorCount": 132}
+
+    def count_devices():
+        if error is not None:
+            raise error
+        return count
+    runtime = types.SimpleNamespace(getDeviceCount=count_devices, driverGetVersion=lambda: 12040,
+                                    runtimeGetVersion=lambda: 12020, getDeviceProperties=lambda i: dict(props))
+    fake = types.ModuleType("cupy")
+    fake.__version__ = "13.3.0"
+    fake.cuda = types.SimpleNamespace(runtime=runtime)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+
+def test_gpu_info_reads_cupys_device_properties(monkeypatch):
+    _fake_cupy(monkeypatch, count=2)
+    gpus, note = cli._gpu_info()
+    assert note == "via CuPy"
+    assert gpus == [{"index": i, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.65, "compute_capability": "9.0",
+                     "multiprocessors": 132, "driver": "CUDA 12.4", "runtime": "CUDA 12.2"} for i in range(2)]
+
+
+def test_gpu_info_says_why_cupy_sees_no_gpu(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    _fake_cupy(monkeypatch, error=RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected\ndetails"))
+    assert cli._gpu_info() == ([], "CuPy sees no GPU (RuntimeError: cudaErrorNoDevice: no CUDA-capable device is "
+                                   "detected)")
+
+
+def test_gpu_info_asks_nvidia_smi_when_cupy_is_absent(monkeypatch, tmp_path):
+    """Each line of `nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version` (MiB, no units) is a GPU,
+    its index the line's; a memory it cannot tell ([N/A]) is None, a line of other fields is skipped."""
+    _no_cupy(monkeypatch)
+    args = _nvidia_smi(monkeypatch, tmp_path, "NVIDIA H100 80GB HBM3, 81559, 9.0, 550.54.15\n"
+                                              "Tesla T4, [N/A], 7.5, 535.104.05\n"
+                                              "a line without the four fields\n"
+                                              "NVIDIA A100-SXM4-40GB, 40960.5, 8.0, 550.54.15\n")
+    gpus, note = cli._gpu_info()
+    assert note == "CuPy is not installed; found by nvidia-smi"
+    assert gpus == [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.65, "compute_capability": "9.0",
+         "driver": "550.54.15"},
+        {"index": 1, "name": "Tesla T4", "memory_gib": None, "compute_capability": "7.5", "driver": "535.104.05"},
+        {"index": 3, "name": "NVIDIA A100-SXM4-40GB", "memory_gib": 40.0, "compute_capability": "8.0",
+         "driver": "550.54.15"}]
+    assert args.read_text().split() == ["--query-gpu=name,memory.total,compute_cap,driver_version",
+                                        "--format=csv,noheader,nounits"]
+
+
+@pytest.mark.parametrize("script", ["", "exit 9\n"])
+def test_gpu_info_finds_none_when_nvidia_smi_lists_none(monkeypatch, tmp_path, script):
+    _no_cupy(monkeypatch)
+    _nvidia_smi(monkeypatch, tmp_path, "")
+    if script:
+        (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\n" + script)
+    assert cli._gpu_info() == ([], "CuPy is not installed")
+
+
+def test_info_prints_each_version_or_not_installed(capsys, monkeypatch):
+    from importlib import metadata
+    import platform
+
+    _no_cupy(monkeypatch)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    rc, out, err = run(capsys, "info")
+    assert rc == 0 and err == ""
+    lines = dict(line.strip().split(": ", 1) for line in out.splitlines())
+    for name in ("torch", "scikit-learn", "tqdm", "matplotlib"):
+        assert lines[name] == metadata.version(name), name
+    assert lines["cupy"] == "not installed"
+    assert lines["platform"] == platform.platform()
+    assert lines["backends"] == "numpy  (cuda: no usable GPU)" and lines["gpu"] == "none found (CuPy is not installed)"
+    assert all(line[13:15] == ": " for line in out.splitlines())        # names right-aligned in 13 columns
+    real = cli._dist_version
+    monkeypatch.setattr(cli, "_dist_version", lambda *names: None if names[0] in ("torch", "tqdm") else real(*names))
+    lines = dict(line.strip().split(": ", 1) for line in run(capsys, "info")[1].splitlines())
+    assert lines["torch"] == lines["tqdm"] == "not installed" and lines["matplotlib"] == metadata.version("matplotlib")
+
+
+def test_info_json_is_the_same_indented_by_two(capsys, monkeypatch):
+    _no_cupy(monkeypatch)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    rc, out, _ = run(capsys, "info", "--json")
+    d = json.loads(out)
+    assert rc == 0 and out == json.dumps(d, indent=2) + "\n"
+    assert d["gpus"] == [] and d["gpu_note"] == "CuPy is not installed" and d["versions"]["cupy"] == "not installed"
+
+
+def test_info_shows_the_gpus_cupy_finds_and_its_version(capsys, monkeypatch):
+    import gpubp.backends
+
+    _fake_cupy(monkeypatch)
+    monkeypatch.setattr(cli, "_dist_version", lambda *names: None)     # a CuPy without package metadata
+    monkeypatch.setattr(gpubp.backends, "available_backends", lambda: ["numpy", "cuda"])
+    rc, out, _ = run(capsys, "info")
+    lines = dict(line.strip().split(": ", 1) for line in out.splitlines())
+    assert rc == 0 and lines["cupy"] == "13.3.0" and lines["backends"] == "numpy, cuda"
+    assert lines["gpu 0"] == ("NVIDIA H100 80GB HBM3, 79.65 GiB, compute capability 9.0, 132 SMs, driver CUDA 12.4, "
+                              "runtime CUDA 12.2")
+    d = json.loads(run(capsys, "info", "--json")[1])
+    assert d["gpu_note"] == "via CuPy" and d["versions"]["cupy"] == "13.3.0" and len(d["gpus"]) == 1
+
+
+def test_info_shows_the_gpus_nvidia_smi_finds(capsys, monkeypatch, tmp_path):
+    _no_cupy(monkeypatch)
+    _nvidia_smi(monkeypatch, tmp_path, "NVIDIA H100 80GB HBM3, 81559, 9.0, 550.54.15\n")
+    rc, out, _ = run(capsys, "info")
+    lines = dict(line.strip().split(": ", 1) for line in out.splitlines())
+    assert rc == 0 and lines["gpu 0"] == "NVIDIA H100 80GB HBM3, 79.65 GiB, compute capability 9.0, driver 550.54.15"
+
+
+def test_info_reports_a_failed_cuda_check_and_lists_numpy(capsys, monkeypatch):
+    import gpubp.backends
+
+    def broken():
+        raise RuntimeError("the driver is too old")
+    _no_cupy(monkeypatch)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr(gpubp.backends, "available_backends", broken)
+    rc, out, err = run(capsys, "info", "--json")
+    assert rc == 0 and json.loads(out)["backends"] == ["numpy"]
+    assert err == "gpubp info: checking the CUDA backend failed: the driver is too old\n"
