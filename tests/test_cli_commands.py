@@ -212,3 +212,79 @@ def test_info_reports_a_failed_cuda_check_and_lists_numpy(capsys, monkeypatch):
     rc, out, err = run(capsys, "info", "--json")
     assert rc == 0 and json.loads(out)["backends"] == ["numpy"]
     assert err == "gpubp info: checking the CUDA backend failed: the driver is too old\n"
+
+
+# ---------------------------------------------------------------- gradcheck
+def test_gradcheck_reports_its_settings_and_each_layer_by_number_and_shape(capsys):
+    """The defaults `--help` states (float64, batch 5, eps 1e-5, norm, threshold 1e-6) are the ones printed, and
+    the table has one row per layer: its number from 1 and its W's shape (outputs x inputs)."""
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("gradcheck: layers [3, 4, 2], backend numpy")
+    assert lines[0].endswith(", float64, batch 5, eps 1e-05, norm relative error, threshold 1e-06")
+    assert lines[1] == "" and lines[2].startswith("tanh (output identity), loss mse = ")
+    assert lines[3].split() == ["layer", "shape", "rel", "err", "W", "rel", "err", "b", "max|diff|"]
+    assert [l.split()[:2] for l in lines[4:6]] == [["1", "4x3"], ["2", "2x4"]]
+    assert lines[6] == "" and lines[7].startswith("worst relative error ") and len(lines) == 8
+
+
+def test_gradcheck_default_seed_is_0(capsys):
+    def loss_line(*argv):
+        rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2", *argv)
+        assert rc == 0
+        return out.splitlines()[2]
+    assert loss_line() == loss_line("--seed", "0") != loss_line("--seed", "1")
+
+
+@pytest.mark.parametrize("threshold, rc", [("1e-6", 0), ("9.99e-7", 1)])
+def test_gradcheck_fails_only_an_error_that_exceeds_the_threshold(capsys, monkeypatch, threshold, rc):
+    """"Exits with status 1 when an error exceeds --threshold": an error equal to it passes."""
+    from gpubp import gradcheck
+
+    real = gradcheck.check
+
+    def errors_of_1e_6(net, X, Y, eps, kind):
+        value, errs, an, nu = real(net, X, Y, eps, kind)
+        return value, [(1e-6, 5e-7) for _ in errs], an, nu
+    monkeypatch.setattr(gradcheck, "check", errors_of_1e_6)
+    got, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2", "--threshold", threshold)
+    assert got == rc
+    assert ("FAIL" in out) == bool(rc) and out.count("  FAIL\n") == 2 * rc
+    if rc:
+        assert "FAILED in 1 of 1: tanh/mse (1.00e-06)" in out
+    else:
+        assert "worst relative error 1.000e-06 <= threshold 1e-06: OK (1 configuration)" in out
+
+
+def test_gradcheck_allows_up_to_20000_parameters(capsys, monkeypatch):
+    """--layers 199,100 has 100 * 199 + 100 = 20000 parameters, the most allowed; 176,113 has 20001."""
+    from gpubp import gradcheck
+
+    checked = []
+
+    def no_differences(net, X, Y, eps, kind):   # the limit, not 40000 passes
+        checked.append(net.n_params)
+        value, grads = net.loss_and_grads(X, Y)
+        return value, [(0.0, 0.0) for _ in grads], grads, grads
+    monkeypatch.setattr(gradcheck, "check", no_differences)
+    assert run(capsys, "gradcheck", "--backend", "numpy", "--layers", "199,100")[0] == 0 and checked == [20000]
+    err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "176,113")
+    assert "the network has 20001 parameters" in err and checked == [20000]
+
+
+def test_gradcheck_all_activations_without_a_hidden_layer_suggests_one(capsys):
+    err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,2", "--all-activations")
+    assert "has no hidden layer (add one, e.g. --layers 3,3,2)" in err
+    err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "2,5", "--all-activations")
+    assert "(add one, e.g. --layers 2,5,5)" in err
+
+
+def test_gradcheck_interrupted_exits_130(capsys, monkeypatch):
+    from gpubp import gradcheck
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gradcheck, "check", interrupted)
+    rc, out, err = run(capsys, "gradcheck", "--backend", "numpy")
+    assert rc == 130 and err == "gpubp gradcheck: interrupted\n"
