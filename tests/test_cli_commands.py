@@ -5,6 +5,7 @@ defaults `--help` states."""
 import argparse
 import json
 import os
+import re
 import sys
 import types
 
@@ -288,3 +289,52 @@ def test_gradcheck_interrupted_exits_130(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check", interrupted)
     rc, out, err = run(capsys, "gradcheck", "--backend", "numpy")
     assert rc == 130 and err == "gpubp gradcheck: interrupted\n"
+
+
+# ---------------------------------------------------------------- train's options and the defaults its help states
+def _help(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_train_runs_with_the_defaults_its_help_states(capsys):
+    """--n-samples 1000, --noise moons 0.2 / xor 0, --hidden 128, --test-size 0.2, --val-size 0.1, --weight-decay
+    0 (adamw 0.01), --seed 0: what the help says is what a run without the options prints."""
+    text = _help(capsys, "train")
+    for said in ("samples to generate for moons and xor (default 1000)", "(moons 0.2, xor 0 by default)",
+                 "from the data (default 128)", "weight decay (default 0; adamw 0.01)", "(default: 0.2)",
+                 "(default: 0.1)", "shuffling (default: 0)", "momentum of sgd (default: 0.0)"):
+        assert said in text, said
+    rc, out, _ = run(capsys, "train", "--dataset", "moons", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                     "--optimizer", "adamw")
+    assert rc == 0 and "(sklearn make_moons, noise 0.2)" in out and "700 train / 100 validation / 200 test" in out
+    assert "network: [2, 128, 2]," in out and "weight_decay=0.01)" in out and "seed 0;" in out
+    rc, out2, _ = run(capsys, "train", "--dataset", "moons", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                      "--optimizer", "adamw", "--seed", "0")
+    strip = lambda s: re.sub(r"\(\d+\.\d+ s\)|in \d+\.\d+ s", "", s)   # noqa: E731
+    assert rc == 0 and strip(out2) == strip(out)
+    rc, out, _ = run(capsys, "train", "--dataset", "xor", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                     "--optimizer", "sgd")
+    assert rc == 0 and "(noise 0.0)" in out and "SGD(lr=0.05, momentum=0.0, weight_decay=0.0)" in out
+
+
+def test_train_weight_decay_and_no_standardize(capsys, tmp_path):
+    import gpubp
+
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy",
+                     "--optimizer", "sgd", "--weight-decay", "0.5", "--no-standardize", "--save", str(tmp_path / "n.npz"))
+    assert rc == 0 and "SGD(lr=0.05, momentum=0.0, weight_decay=0.5)" in out
+    assert "standardis" not in out and f"saved checkpoint to {tmp_path / 'n.npz'}\n" in out
+    assert gpubp.MLP.load(tmp_path / "n.npz", backend="numpy").standardization is None
+
+
+def test_train_each_epoch_line_gives_that_epochs_seconds(capsys):
+    import time
+
+    t0 = time.perf_counter()
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--no-progress", "--backend", "numpy")
+    elapsed = time.perf_counter() - t0
+    seconds = [float(s) for s in re.findall(r"^epoch \d/3 .*  \((\d+\.\d{3}) s\)$", out, re.M)]
+    assert rc == 0 and len(seconds) == 3 and sum(seconds) <= elapsed + 0.002
