@@ -89,7 +89,8 @@ def _nvidia_smi(monkeypatch, tmp_path, stdout):
 
 
 def _fake_cupy(monkeypatch, count=1, error=None):
-    """A CuPy whose runtime reports `count` H100s (driver 12.4, runtime 12.2), or raises `error`."""
+    """A CuPy whose runtime reports `count` H100s (driver 13.1, runtime 12.1: 1000 * major + 10 * minor), or raises
+    `error`."""
     props = {"name": b"NVIDIA H100 80GB HBM3", "totalGlobalMem": 85_520_809_984, "major": 9, "minor": 0,
              "multiProcessorCount": 132}
 
@@ -97,8 +98,8 @@ def _fake_cupy(monkeypatch, count=1, error=None):
         if error is not None:
             raise error
         return count
-    runtime = types.SimpleNamespace(getDeviceCount=count_devices, driverGetVersion=lambda: 12040,
-                                    runtimeGetVersion=lambda: 12020, getDeviceProperties=lambda i: dict(props))
+    runtime = types.SimpleNamespace(getDeviceCount=count_devices, driverGetVersion=lambda: 13010,
+                                    runtimeGetVersion=lambda: 12010, getDeviceProperties=lambda i: dict(props))
     fake = types.ModuleType("cupy")
     fake.__version__ = "13.3.0"
     fake.cuda = types.SimpleNamespace(runtime=runtime)
@@ -110,7 +111,7 @@ def test_gpu_info_reads_cupys_device_properties(monkeypatch):
     gpus, note = cli._gpu_info()
     assert note == "via CuPy"
     assert gpus == [{"index": i, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.65, "compute_capability": "9.0",
-                     "multiprocessors": 132, "driver": "CUDA 12.4", "runtime": "CUDA 12.2"} for i in range(2)]
+                     "multiprocessors": 132, "driver": "CUDA 13.1", "runtime": "CUDA 12.1"} for i in range(2)]
 
 
 def test_gpu_info_says_why_cupy_sees_no_gpu(monkeypatch):
@@ -188,8 +189,8 @@ def test_info_shows_the_gpus_cupy_finds_and_its_version(capsys, monkeypatch):
     rc, out, _ = run(capsys, "info")
     lines = dict(line.strip().split(": ", 1) for line in out.splitlines())
     assert rc == 0 and lines["cupy"] == "13.3.0" and lines["backends"] == "numpy, cuda"
-    assert lines["gpu 0"] == ("NVIDIA H100 80GB HBM3, 79.65 GiB, compute capability 9.0, 132 SMs, driver CUDA 12.4, "
-                              "runtime CUDA 12.2")
+    assert lines["gpu 0"] == ("NVIDIA H100 80GB HBM3, 79.65 GiB, compute capability 9.0, 132 SMs, driver CUDA 13.1, "
+                              "runtime CUDA 12.1")
     d = json.loads(run(capsys, "info", "--json")[1])
     assert d["gpu_note"] == "via CuPy" and d["versions"]["cupy"] == "13.3.0" and len(d["gpus"]) == 1
 
