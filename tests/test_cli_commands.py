@@ -339,3 +339,30 @@ def test_train_each_epoch_line_gives_that_epochs_seconds(capsys):
     elapsed = time.perf_counter() - t0
     seconds = [float(s) for s in re.findall(r"^epoch \d/3 .*  \((\d+\.\d{3}) s\)$", out, re.M)]
     assert rc == 0 and len(seconds) == 3 and sum(seconds) <= elapsed + 0.002
+
+
+def test_gradcheck_network_the_library_refuses_is_a_usage_error(capsys, monkeypatch):
+    import gpubp.network
+
+    def refuse(*a, **k):
+        raise ValueError("no such network here")
+    monkeypatch.setattr(gpubp.network, "MLP", refuse)
+    out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", with_stdout=True)
+    assert "gpubp gradcheck: error: no such network here" in err and out == ""
+
+
+# ---------------------------------------------------------------- warnings
+def test_a_warning_is_printed_as_gpubp_category_message(tmp_path):
+    """As README shows it: `gpubp: GradientFlowWarning: layer 1: ...`, not a source file and line."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "gpubp", "train", "--dataset", "iris", "--hidden", "32,32,32,32,32,32,32,32",
+                        "--activation", "sigmoid", "--optimizer", "sgd", "--lr", "0.1", "--epochs", "1", "--grad-norms",
+                        "--backend", "numpy", "--no-progress"], capture_output=True, text=True, timeout=120, cwd=root,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("gpubp: GradientFlowWarning: layer 1: ||dW|| = "), r.stderr
+    assert ".py:" not in r.stderr and "warnings.warn" not in r.stderr
