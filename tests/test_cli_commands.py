@@ -366,3 +366,18 @@ def test_a_warning_is_printed_as_gpubp_category_message(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("gpubp: GradientFlowWarning: layer 1: ||dW|| = "), r.stderr
     assert ".py:" not in r.stderr and "warnings.warn" not in r.stderr
+
+
+# ---------------------------------------------------------------- explain
+@pytest.mark.parametrize("error, said", [(OSError(28, "No space left on device"), "No space left on device"),
+                                         (OSError("the disk went away"), "the disk went away")])
+def test_explain_plot_that_cannot_be_written_says_why_in_the_systems_words(capsys, tmp_path, monkeypatch, error,
+                                                                           said):
+    import gpubp.plotting
+
+    def fail(trace, path):
+        raise error
+    monkeypatch.setattr(gpubp.plotting, "plot_trace", fail)
+    png = tmp_path / "net.png"
+    out, err = usage_error(capsys, "explain", "--plot", str(png), with_stdout=True)
+    assert err.rstrip().endswith(f"gpubp explain: error: cannot write the plot {png}: {said}") and out == ""
