@@ -88,9 +88,9 @@ def _nvidia_smi(monkeypatch, tmp_path, stdout):
     return bindir / "args"
 
 
-def _fake_cupy(monkeypatch, count=1, error=None):
-    """A CuPy whose runtime reports `count` H100s (driver 13.1, runtime 12.1: 1000 * major + 10 * minor), or raises
-    `error`."""
+def _fake_cupy(monkeypatch, count=1, error=None, driver=13010, runtime=12010):
+    """A CuPy whose runtime reports `count` H100s (CUDA versions as 1000 * major + 10 * minor: driver 13.1, runtime
+    12.1 unless told), or raises `error`."""
     props = {"name": b"NVIDIA H100 80GB HBM3", "totalGlobalMem": 85_520_809_984, "major": 9, "minor": 0,
              "multiProcessorCount": 132}
 
@@ -98,20 +98,22 @@ def _fake_cupy(monkeypatch, count=1, error=None):
         if error is not None:
             raise error
         return count
-    runtime = types.SimpleNamespace(getDeviceCount=count_devices, driverGetVersion=lambda: 13010,
-                                    runtimeGetVersion=lambda: 12010, getDeviceProperties=lambda i: dict(props))
+    rt = types.SimpleNamespace(getDeviceCount=count_devices, driverGetVersion=lambda: driver,
+                               runtimeGetVersion=lambda: runtime, getDeviceProperties=lambda i: dict(props))
     fake = types.ModuleType("cupy")
     fake.__version__ = "13.3.0"
-    fake.cuda = types.SimpleNamespace(runtime=runtime)
+    fake.cuda = types.SimpleNamespace(runtime=rt)
     monkeypatch.setitem(sys.modules, "cupy", fake)
 
 
-def test_gpu_info_reads_cupys_device_properties(monkeypatch):
-    _fake_cupy(monkeypatch, count=2)
+@pytest.mark.parametrize("driver, runtime, said", [(13010, 12010, ("13.1", "12.1")), (12080, 11080, ("12.8", "11.8"))])
+def test_gpu_info_reads_cupys_device_properties(monkeypatch, driver, runtime, said):
+    _fake_cupy(monkeypatch, count=2, driver=driver, runtime=runtime)
     gpus, note = cli._gpu_info()
     assert note == "via CuPy"
     assert gpus == [{"index": i, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.65, "compute_capability": "9.0",
-                     "multiprocessors": 132, "driver": "CUDA 13.1", "runtime": "CUDA 12.1"} for i in range(2)]
+                     "multiprocessors": 132, "driver": f"CUDA {said[0]}", "runtime": f"CUDA {said[1]}"}
+                    for i in range(2)]
 
 
 def test_gpu_info_says_why_cupy_sees_no_gpu(monkeypatch):
@@ -260,7 +262,8 @@ def test_gradcheck_fails_only_an_error_that_exceeds_the_threshold(capsys, monkey
 
 
 def test_gradcheck_allows_up_to_20000_parameters(capsys, monkeypatch):
-    """--layers 199,100 has 100 * 199 + 100 = 20000 parameters, the most allowed; 176,113 has 20001."""
+    """--layers 199,100 has 100 * 199 + 100 = 20000 parameters, the most allowed; 176,113 has 20001, and 100,100,100
+    has 20200 in its two layers."""
     from gpubp import gradcheck
 
     checked = []
@@ -273,6 +276,8 @@ def test_gradcheck_allows_up_to_20000_parameters(capsys, monkeypatch):
     assert run(capsys, "gradcheck", "--backend", "numpy", "--layers", "199,100")[0] == 0 and checked == [20000]
     err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "176,113")
     assert "the network has 20001 parameters" in err and checked == [20000]
+    err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "100,100,100")   # 10100 per layer
+    assert "the network has 20200 parameters" in err and checked == [20000]
 
 
 def test_gradcheck_all_activations_without_a_hidden_layer_suggests_one(capsys):
