@@ -386,3 +386,11 @@ def test_explain_plot_that_cannot_be_written_says_why_in_the_systems_words(capsy
     png = tmp_path / "net.png"
     out, err = usage_error(capsys, "explain", "--plot", str(png), with_stdout=True)
     assert err.rstrip().endswith(f"gpubp explain: error: cannot write the plot {png}: {said}") and out == ""
+
+
+def test_gradcheck_backend_is_auto_by_default(capsys):
+    from gpubp.backends import get_backend
+
+    assert "backend {auto,numpy,cuda} backend (default: auto)" in _help(capsys, "gradcheck")
+    rc, out, _ = run(capsys, "gradcheck", "--layers", "2,2")
+    assert rc == 0 and out.startswith(f"gradcheck: layers [2, 2], backend {get_backend('auto').describe()}, float64")
