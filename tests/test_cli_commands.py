@@ -22,6 +22,9 @@ def test_an_unknown_option_before_an_external_subcommand_is_a_usage_error(capsys
     subcommands' (a KeyError, shown as a traceback): the unknown option is the top-level parser's usage error."""
     err = usage_error(capsys, "--foo", name)
     assert "gpubp: error: unrecognized arguments: --foo" in err and "usage: gpubp" in err
+    # its -h is its module's: this parser only lists it, and has no help of its own for it to print
+    err = usage_error(capsys, "--foo", name, "-h")
+    assert "gpubp: error: unrecognized arguments: --foo -h" in err
 
 
 def _external(monkeypatch, module):
