@@ -397,3 +397,9 @@ def test_gradcheck_backend_is_auto_by_default(capsys):
     assert "backend {auto,numpy,cuda} backend (default: auto)" in _help(capsys, "gradcheck")
     rc, out, _ = run(capsys, "gradcheck", "--layers", "2,2")
     assert rc == 0 and out.startswith(f"gradcheck: layers [2, 2], backend {get_backend('auto').describe()}, float64")
+
+
+@pytest.mark.parametrize("kind", ["norm", "max"])
+def test_gradcheck_kind_may_be_given_either_way(capsys, kind):
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--layers", "2,2", "--kind", kind)
+    assert rc == 0 and out.splitlines()[0].endswith(f", {kind} relative error, threshold 1e-06")
