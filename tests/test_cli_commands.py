@@ -403,3 +403,23 @@ def test_gradcheck_backend_is_auto_by_default(capsys):
 def test_gradcheck_kind_may_be_given_either_way(capsys, kind):
     rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--layers", "2,2", "--kind", kind)
     assert rc == 0 and out.splitlines()[0].endswith(f", {kind} relative error, threshold 1e-06")
+
+
+def test_train_plots_every_gradient_statistic_fit_recorded(capsys, tmp_path, monkeypatch):
+    """--grad-norms --plot draws fit's per-epoch ||dW||, ||delta|| and update ratios of every layer (one panel each
+    in the -grad-norms.png); the ||dW|| are those printed per epoch."""
+    import gpubp.plotting
+
+    seen = {}
+
+    def capture(history, path, title=None):
+        seen.update(history)
+        return path
+    monkeypatch.setattr(gpubp.plotting, "plot_grad_norms", capture)
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--hidden", "8,8", "--epochs", "2", "--grad-norms", "--plot",
+                     str(tmp_path / "c.png"), "--no-progress", "--backend", "numpy")
+    assert rc == 0
+    for key in ("grad_norms", "delta_norms", "update_ratios"):
+        assert len(seen[key]) == 2 and all(len(row) == 3 for row in seen[key]), key
+    printed = re.findall(r"^epoch \d/2  .*  \|\|dW\|\| (.*)$", out, re.M)
+    assert printed == [" ".join(f"{g:.2e}" for g in row) for row in seen["grad_norms"]]
