@@ -2,7 +2,6 @@
 (and the GPUs it finds), `gradcheck`'s report and refusals, `explain`'s plot and interruption handling, and the
 defaults `--help` states."""
 
-import argparse
 import json
 import os
 import re
