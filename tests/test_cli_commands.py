@@ -1,6 +1,6 @@
-"""The `gpubp` command line around the commands: dispatch (`main`, `_main`, the external subcommands), `info`
-(and the GPUs it finds), `gradcheck`'s report and refusals, `explain`'s plot and interruption handling, and the
-defaults `--help` states."""
+"""The `gpubp` command line around the commands: dispatch (`main`, `_main`, the external subcommands, warnings),
+`info` (and the GPUs CuPy or nvidia-smi report), `gradcheck`'s report, limits and refusals, `explain`'s unwritable
+plot, and `train`'s options, per-epoch lines and the defaults its `--help` states."""
 
 import json
 import os
