@@ -50,6 +50,16 @@ def test_warnings_point_at_the_callers_line():
     kinds = sorted((w.category.__name__, w.filename) for w in caught)
     assert kinds == sorted([("UserWarning", __file__), ("ConvergenceWarning", __file__),
                             ("UserWarning", __file__)]), kinds
+    from gpubp.network import MLP
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.setattr(MLP, "fit", interrupted)
+        MLPClassifier((3,), max_iter=5, random_state=0, backend="numpy").fit(X, y)
+    assert [(str(w.message), w.filename) for w in caught] == [("Training interrupted by user.", __file__)]
 
 
 # ---------------------------------------------------------------- stopping rules, side by side with scikit-learn
@@ -129,3 +139,140 @@ def test_weights_near_float64s_largest_train_without_overflowing():
     for a, b in zip(plain.coefs_ + plain.intercepts_, big.coefs_ + big.intercepts_):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(big.loss_curve_, plain.loss_curve_, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the estimators' interface
+@pytest.mark.parametrize("G, Sk", [(MLPClassifier, SkMLPClassifier), (MLPRegressor, SkMLPRegressor)])
+def test_default_parameters_are_sklearns_and_gpubp_mlps(G, Sk):
+    """The constructor's defaults: scikit-learn's for the arguments they share (same names, same meaning),
+    gpubp.MLP's for backend, dtype and precision ("as in gpubp.MLP")."""
+    import inspect
+
+    from gpubp import MLP
+
+    ours, theirs = G().get_params(), Sk().get_params()
+    shared = set(ours) & set(theirs)
+    assert shared == set(ours) - {"backend", "dtype", "precision"}
+    assert {k: ours[k] for k in shared} == {k: theirs[k] for k in shared}
+    mlp = inspect.signature(MLP).parameters
+    assert {k: ours[k] for k in ("backend", "dtype", "precision")} == \
+        {k: mlp[k].default for k in ("backend", "dtype", "precision")}
+
+
+def test_tags_as_sklearns_where_the_estimators_agree():
+    """scikit-learn's tags: a multilabel-capable classifier, regressors not of poor score; gpubp's
+    regressor takes several targets (multi-output), and neither takes sparse input (documented)."""
+    clf, reg = MLPClassifier().__sklearn_tags__(), MLPRegressor().__sklearn_tags__()
+    assert clf.classifier_tags.multi_label is SkMLPClassifier().__sklearn_tags__().classifier_tags.multi_label is True
+    assert reg.regressor_tags.poor_score is SkMLPRegressor().__sklearn_tags__().regressor_tags.poor_score is False
+    assert reg.target_tags.multi_output is True
+    assert clf.input_tags.sparse is False and reg.input_tags.sparse is False
+
+
+@pytest.mark.parametrize("sizes", [1, (1,), (1, 1)])
+def test_hidden_layers_of_one_unit_are_accepted_as_in_sklearn(sizes):
+    X, y = _blobs(n=20)
+    g = _fit_quietly(MLPClassifier(sizes, max_iter=2, random_state=0, backend="numpy"), X, y)
+    sk = _fit_quietly(SkMLPClassifier(sizes, max_iter=2, random_state=0), X, y)
+    assert [c.shape for c in g.coefs_] == [c.shape for c in sk.coefs_]
+
+
+@pytest.mark.parametrize("case", ["binary", "multilabel"])
+def test_a_logit_of_exactly_zero_predicts_the_negative_label_as_sklearn(case):
+    """scikit-learn predicts a logistic output's positive label for a probability above 0.5 only: with all
+    weights and biases zero every probability is 0.5 exactly and both predict classes_[0] (binary), and
+    0 for every label (multilabel)."""
+    X, cases = _parity_cases()
+    _, _, y = cases[case]
+    kw = dict(hidden_layer_sizes=(3,), max_iter=1, random_state=0)
+    sk = _fit_quietly(SkMLPClassifier(**kw), X, y + 1 if case == "binary" else y)
+    g = _fit_quietly(MLPClassifier(backend="numpy", dtype="float64", **kw), X, y + 1 if case == "binary" else y)
+    for est in (sk, g):
+        est.coefs_ = [np.zeros_like(c) for c in est.coefs_]
+        est.intercepts_ = [np.zeros_like(b) for b in est.intercepts_]
+    np.testing.assert_array_equal(g.predict_proba(X), sk.predict_proba(X))
+    np.testing.assert_array_equal(g.predict(X), sk.predict(X))
+    assert (g.predict(X) == (1 if case == "binary" else 0)).all()
+
+
+def test_coefs_and_intercepts_of_an_unfitted_estimator_are_not_fitted_errors():
+    """Before fit, reading or assigning coefs_ / intercepts_ is scikit-learn's NotFittedError (an
+    AttributeError, as scikit-learn's unfitted MLPs raise), not a bare AttributeError about net_."""
+    from sklearn.exceptions import NotFittedError
+
+    est = MLPClassifier()
+    for name in ("coefs_", "intercepts_"):
+        with pytest.raises(NotFittedError):
+            getattr(est, name)
+        with pytest.raises(NotFittedError):
+            setattr(est, name, [np.zeros((2, 2))])
+        assert not hasattr(est, name) and not hasattr(SkMLPClassifier(), name)
+
+
+def test_coefs_and_intercepts_refuse_what_is_not_a_list_of_numeric_arrays():
+    """Assigning a non-list, or arrays of text, is a TypeError naming the attribute, and writes nothing."""
+    X, y = _blobs(n=30)
+    est = _fit_quietly(MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy"), X, y)
+    before = est.predict_proba(X)
+    with pytest.raises(TypeError, match=r"coefs_ must be a list of arrays, one per layer"):
+        est.coefs_ = 5
+    with pytest.raises(TypeError, match=r"intercepts_\[1\] must be numeric, got dtype <U"):
+        est.intercepts_ = [b.astype(str) if i == 1 else b for i, b in enumerate(est.intercepts_)]
+    with pytest.raises(TypeError, match=r"coefs_\[0\] must be numeric"):
+        est.coefs_ = [c.astype(str) for c in est.coefs_]
+    np.testing.assert_array_equal(est.predict_proba(X), before)
+    est.intercepts_ = [b + 1.0 for b in est.intercepts_]        # biases only: the weights stay
+    np.testing.assert_array_equal(est.coefs_[0], _fit_quietly(MLPClassifier((4,), max_iter=2, random_state=0,
+                                                                            backend="numpy"), X, y).coefs_[0])
+
+
+# ---------------------------------------------------------------- warm starts
+@pytest.mark.parametrize("case", ["multiclass", "regression"])
+def test_a_warm_start_after_early_stopping_trains_on_from_its_best_epoch(case):
+    """An early-stopping fit ends on its best epoch's weights; a warm-started fit with early_stopping=False
+    then trains on from them and ends on its own last epoch (only early stopping restores a best epoch, as
+    in scikit-learn, whose MLPs fail on this switch): it trains as a warm-started fit without early
+    stopping given those weights does (no shuffling: the same batches, and a fresh optimizer each)."""
+    X, cases = _parity_cases()
+    _, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=32, max_iter=12,
+              learning_rate_init=0.05, random_state=3, tol=1e-3, n_iter_no_change=2, validation_fraction=0.2,
+              shuffle=False, warm_start=True, backend="numpy", dtype="float64")
+    es = _fit_quietly(G(early_stopping=True, **kw), X, y)
+    best = [p.copy() for p in es.coefs_ + es.intercepts_]
+    plain = _fit_quietly(G(**dict(kw, max_iter=1)), X, y)
+    plain.coefs_, plain.intercepts_ = best[:2], best[2:]
+    for est in (es, plain):
+        _fit_quietly(est.set_params(early_stopping=False, max_iter=4, tol=0.0, n_iter_no_change=100), X, y)
+    assert es.n_iter_ == plain.n_iter_ == 4
+    np.testing.assert_allclose(es.loss_curve_[-4:], plain.loss_curve_[-4:], rtol=1e-12)
+    for a, b in zip(plain.coefs_ + plain.intercepts_, es.coefs_ + es.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-13)
+    assert max(np.abs(a - b).max() for a, b in zip(best, es.coefs_ + es.intercepts_)) > 1e-4
+
+
+@pytest.mark.parametrize("how", ["predict", "warm_start"])
+def test_an_activation_set_after_fitting_applies_to_every_hidden_layer(how):
+    """scikit-learn applies self.activation to each hidden layer; with two hidden layers both switch, and the
+    output layer stays the identity (logits)."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases["multiclass"]
+    kw = dict(hidden_layer_sizes=(6, 5), activation="relu", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
+              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
+    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    for est in (sk, g):
+        _fit_quietly(est, X, y)
+        est.set_params(activation="tanh")
+        if how == "warm_start":
+            _fit_quietly(est, X, y)
+    np.testing.assert_allclose(g.predict_proba(X), sk.predict_proba(X), rtol=0, atol=1e-12)
+    assert g.net_.activations == ("tanh", "tanh", "identity")
+
+
+def test_values_the_network_cannot_hold_name_input_or_targets():
+    """X or y beyond float32's range is refused naming which to scale."""
+    X, y = _blobs(n=30)
+    with pytest.raises(ValueError, match="beyond the range of float32.*scale the input"):
+        MLPRegressor((3,), backend="numpy").fit(X * 1e39, y)
+    with pytest.raises(ValueError, match="overflows float32.*scale the targets"):
+        MLPRegressor((3,), backend="numpy").fit(X, y * 1e39)
