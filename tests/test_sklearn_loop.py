@@ -276,3 +276,22 @@ def test_values_the_network_cannot_hold_name_input_or_targets():
         MLPRegressor((3,), backend="numpy").fit(X * 1e39, y)
     with pytest.raises(ValueError, match="overflows float32.*scale the targets"):
         MLPRegressor((3,), backend="numpy").fit(X, y * 1e39)
+
+
+def test_a_one_dimensional_X_is_refused_as_in_sklearn():
+    """A pandas Series, a 1-D array or a flat list as X is scikit-learn's ValueError ("Expected a
+    2-dimensional container" / "Expected 2D array"), at fit and at predict, in both estimators."""
+    pd = pytest.importorskip("pandas")
+    X, y = _blobs(n=20)
+    flat = [pd.Series(X[:, 0]), X[:, 0], X[:, 0].tolist()]
+    for G, Sk in ((MLPClassifier, SkMLPClassifier), (MLPRegressor, SkMLPRegressor)):
+        fitted = _fit_quietly(G((3,), max_iter=1, random_state=0, backend="numpy"), X[:, :1], y)
+        for Xb in flat:
+            msgs = []
+            for call in (lambda: Sk(hidden_layer_sizes=(3,), max_iter=1).fit(Xb, y),
+                         lambda: G((3,), backend="numpy").fit(Xb, y),
+                         lambda: fitted.predict(Xb)):
+                with pytest.raises(ValueError, match="Expected (a )?2") as e:
+                    call()
+                msgs.append(str(e.value).split(":")[0].split(" but")[0])
+            assert len(set(msgs)) == 1, msgs
