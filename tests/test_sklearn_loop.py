@@ -295,3 +295,18 @@ def test_a_one_dimensional_X_is_refused_as_in_sklearn():
                     call()
                 msgs.append(str(e.value).split(":")[0].split(" but")[0])
             assert len(set(msgs)) == 1, msgs
+
+
+@pytest.mark.parametrize("case", ["multiclass", "regression"])
+def test_weighted_loss_curve_with_alpha_matches_sklearn(case):
+    """With sample_weight, scikit-learn divides each batch's L2 penalty by the batch's weight sum (not its
+    rows): a full batch of weights averaging 1.6 reports alpha / 2 * ||W||^2 / (1.6 n).  A tiny learning
+    rate keeps the weights (and the biases gpubp also decays) close, so the curves agree closely."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    w = np.random.default_rng(4).uniform(0.2, 3.0, len(X))
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.5, batch_size=40, max_iter=3,
+              learning_rate_init=1e-4, momentum=0.0, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
+    sk = _fit_quietly(Sk(nesterovs_momentum=False, **kw), X, y, sample_weight=w)
+    g = _fit_quietly(G(backend="numpy", dtype="float64", **kw), X, y, sample_weight=w)
+    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-4)
