@@ -310,3 +310,16 @@ def test_weighted_loss_curve_with_alpha_matches_sklearn(case):
     sk = _fit_quietly(Sk(nesterovs_momentum=False, **kw), X, y, sample_weight=w)
     g = _fit_quietly(G(backend="numpy", dtype="float64", **kw), X, y, sample_weight=w)
     np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["alpha", "learning_rate_init", "tol", "momentum", "beta_1", "beta_2", "epsilon",
+                                  "validation_fraction"])
+@pytest.mark.parametrize("bad", [None, "0.1", [0.1]])
+def test_a_real_parameter_given_a_non_number_is_a_value_error_as_in_sklearn(name, bad):
+    """A real-valued parameter given None, text or a list is a ValueError naming it (scikit-learn's
+    InvalidParameterError is one), not a TypeError from comparing or testing it."""
+    X, y = _blobs(n=20)
+    with pytest.raises(ValueError):
+        SkMLPClassifier(max_iter=1, **{name: bad}).fit(X, y)
+    with pytest.raises(ValueError, match=f"{name} must be a number"):
+        MLPClassifier(max_iter=1, backend="numpy", **{name: bad}).fit(X, y)
