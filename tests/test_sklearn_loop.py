@@ -323,3 +323,17 @@ def test_a_real_parameter_given_a_non_number_is_a_value_error_as_in_sklearn(name
         SkMLPClassifier(max_iter=1, **{name: bad}).fit(X, y)
     with pytest.raises(ValueError, match=f"{name} must be a number"):
         MLPClassifier(max_iter=1, backend="numpy", **{name: bad}).fit(X, y)
+
+
+@pytest.mark.parametrize("sizes", [(2.5,), (2.0,), (True,), True, "3", ("3",), None, (0,), (2, 0), -1])
+def test_hidden_layer_sizes_other_than_positive_integers_are_refused_naming_it(sizes):
+    """scikit-learn's MLPs refuse them all (with a TypeError for floats and bools, which would otherwise
+    be truncated or read as 1); gpubp's say so with a ValueError naming hidden_layer_sizes, before any
+    network is built."""
+    X, y = _blobs(n=20)
+    with pytest.raises((TypeError, ValueError)):
+        SkMLPClassifier(sizes, max_iter=1).fit(X, y)
+    est = MLPClassifier(sizes, max_iter=1, backend="numpy")
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes must hold positive integers, got "):
+        est.fit(X, y)
+    assert not hasattr(est, "net_")
