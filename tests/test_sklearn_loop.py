@@ -337,3 +337,21 @@ def test_hidden_layer_sizes_other_than_positive_integers_are_refused_naming_it(s
     with pytest.raises(ValueError, match=r"hidden_layer_sizes must hold positive integers, got "):
         est.fit(X, y)
     assert not hasattr(est, "net_")
+
+
+@pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
+def test_adam_with_beta_2_zero_matches_sklearn_for_any_epsilon(case):
+    """Adam's eps is added to sqrt(v_hat) by PyTorch (gpubp) and to sqrt(v) by scikit-learn, a factor
+    sqrt(1 - beta_2^t) apart: with beta_2=0 the two are the same update for any epsilon.  A large epsilon
+    then shows the module's adjustment for the multilabel loss (gpubp averages it over the outputs, a
+    gradient c = 1 / n_outputs times scikit-learn's, so eps is multiplied by c): full-batch Adam
+    reproduces scikit-learn's weights."""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="adam", alpha=0.0, batch_size=40, max_iter=5,
+              learning_rate_init=0.05, beta_2=0.0, epsilon=0.05, random_state=3, tol=0, n_iter_no_change=100)
+    sk = _fit_quietly(Sk(**kw), X, y)
+    g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
+    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-10)
