@@ -427,7 +427,7 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; "
-                              f"it is clipped to {n}", UserWarning, stacklevel=4)
+                              f"it is clipped to {n}", UserWarning, stacklevel=5)
             batch_size = int(min(self.batch_size, n))
         # scikit-learn divides a batch's penalty gradient by the batch's weight sum; the mean is taken
         # of the weights over their largest, whose sum cannot overflow (1e308 each would)
@@ -500,7 +500,7 @@ class _BaseMLP(BaseEstimator):
                 break
             if not incremental and epoch == self.max_iter:    # this call's epochs: a warm-started fit warns too
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         self._restore_best()
 
     def _sync_activation(self) -> None:
