@@ -178,3 +178,34 @@ def test_a_no_grad_forward_hands_out_the_output_alone_not_the_buffer_it_views():
     assert torch.allclose(xg.grad, xs.grad, rtol=1e-12, atol=1e-15)
     for p, q in zip(net.parameters(), seq.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------ work asked of the backend
+class _SpyBackend(NumpyBackend):
+    """A numpy backend recording, for each backward, whether its plan has room for dLoss/dX."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_grads = []
+
+    def network_backward(self, plan, layers, grads):
+        self.input_grads.append(plan.delta[0] is not None)
+        return super().network_backward(plan, layers, grads)
+
+
+def test_the_input_gradient_is_computed_only_when_the_input_requires_grad():
+    """As autograd skips what `needs_input_grad` says is not needed: training on data that does not
+    require grad (the usual case) does not compute dLoss/dX (a (batch, n_0) product of the first
+    layer); an input that requires grad gets it, equal to nn.Sequential's."""
+    be = _SpyBackend()
+    net = FusedMLP([4, 6, 3], activation="tanh", seed=0, dtype=torch.float64, backend=be)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    net(x).pow(2).sum().backward()
+    assert be.input_grads == [False]
+    assert net.weight_1.grad is not None
+    xg = x.clone().requires_grad_(True)
+    net(xg).pow(2).sum().backward()
+    assert be.input_grads == [False, True]
+    xs = x.clone().requires_grad_(True)
+    net.to_sequential()(xs).pow(2).sum().backward()
+    assert torch.allclose(xg.grad, xs.grad, rtol=1e-12, atol=1e-15)
