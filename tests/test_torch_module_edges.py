@@ -209,3 +209,15 @@ def test_the_input_gradient_is_computed_only_when_the_input_requires_grad():
     xs = x.clone().requires_grad_(True)
     net.to_sequential()(xs).pow(2).sum().backward()
     assert torch.allclose(xg.grad, xs.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_from_sequential_takes_nn_identity_anywhere_as_the_no_op_it_is():
+    """nn.Identity before or after a layer's activation changes nothing in the Sequential, so the
+    layer keeps that activation (it is not taken for a second activation of the layer)."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Identity(), nn.Linear(5, 4), nn.Identity(), nn.Tanh(),
+                        nn.Linear(4, 2), nn.Identity()).double()
+    net = FusedMLP.from_sequential(seq)
+    assert net.activations == ("relu", "tanh", "identity")
+    x = torch.randn(6, 3, dtype=torch.float64)
+    assert torch.allclose(net(x), seq(x), rtol=1e-12, atol=1e-15)
