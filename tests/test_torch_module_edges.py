@@ -221,3 +221,16 @@ def test_from_sequential_takes_nn_identity_anywhere_as_the_no_op_it_is():
     assert net.activations == ("relu", "tanh", "identity")
     x = torch.randn(6, 3, dtype=torch.float64)
     assert torch.allclose(net(x), seq(x), rtol=1e-12, atol=1e-15)
+
+
+def test_from_sequential_keeps_each_frozen_bias_frozen():
+    """requires_grad is kept per tensor: a frozen bias (a weight left trainable) stays frozen, and
+    training then moves only what nn.Sequential's own optimizer step would move."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    seq[0].bias.requires_grad_(False)
+    seq[2].bias.requires_grad_(False)
+    net = FusedMLP.from_sequential(seq)
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, False]
+    net(torch.randn(4, 3)).sum().backward()
+    assert net.bias_1.grad is None and net.bias_2.grad is None and net.weight_2.grad is not None
