@@ -234,3 +234,18 @@ def test_from_sequential_keeps_each_frozen_bias_frozen():
     assert [p.requires_grad for p in net.parameters()] == [True, False, True, False]
     net(torch.randn(4, 3)).sum().backward()
     assert net.bias_1.grad is None and net.bias_2.grad is None and net.weight_2.grad is not None
+
+
+# ------------------------------------------------------------------ repr
+def test_repr_names_the_network_as_built():
+    """print(model) shows what nn.Linear's repr would not: the sizes, activations, precision, backend
+    (a Backend instance by its name) and the parameters' dtype and device."""
+    assert repr(FusedMLP([3, 4, 2], seed=0)) == (
+        "FusedMLP(layer_sizes=[3, 4, 2], activations=['relu', 'identity'], precision='float32', "
+        "backend='auto', dtype=torch.float32, device=cpu)")
+    net = FusedMLP([3, 4, 5, 2], activation=["tanh", "gelu"], output_activation="sigmoid", precision="tf32",
+                   seed=0, backend=NumpyBackend())
+    assert net.extra_repr() == ("layer_sizes=[3, 4, 5, 2], activations=['tanh', 'gelu', 'sigmoid'], "
+                                "precision='tf32', backend='numpy', dtype=torch.float32, device=cpu")
+    assert net.double().extra_repr().endswith("dtype=torch.float64, device=cpu")
+    assert "device=meta" in repr(FusedMLP([3, 2], seed=0, device="meta"))
