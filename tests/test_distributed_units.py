@@ -322,3 +322,400 @@ def test_thread_ranks_refuse_and_fail_as_under_mpiexec(name, args, td):
 
 def test_thread_ranks_load_rank_0s_checkpoint_after_a_barrier(tmp_path, td):
     td.test_a_checkpoint_saved_by_rank_0_loads_on_every_rank_after_a_barrier(tmp_path)
+
+
+def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_that_rank_warns(monkeypatch):
+    """`DataParallel.after_callbacks`: rank 1's callback halves its parameters after epoch 2; every rank
+    ends with the same parameters (rank 0's, trained on), and rank 1 alone warns, naming the epoch."""
+    import warnings
+
+    from gpubp.callbacks import LambdaCallback
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((40, 4)), rng.standard_normal((40, 2))
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = MLP([4, 8, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+
+        def halve(net, epoch, logs):
+            if epoch == 2:
+                net._params *= 0.5
+
+        cbs = [LambdaCallback(on_epoch_end=halve)] if comm.rank == 1 else []
+        hist = net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
+        return net._params.copy(), hist
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        codes, outs, errs, results = on_ranks(3, body, monkeypatch)
+    assert codes == [0, 0, 0], errs
+    ref = MLP([4, 8, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+    ref_hist = ref.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False)
+    for params, hist in results:
+        np.testing.assert_array_equal(params, results[0][0])
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-12)
+    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and said[0].startswith(
+        "rank 1: a callback (on_epoch_end of epoch 2) changed the network or drew from its generator on this "
+        "rank, not alike on rank 0; every rank now holds rank 0's state"), said
+
+
+def test_a_stop_decided_on_one_rank_stops_every_rank_after_that_epoch(monkeypatch):
+    """`after_callbacks` returns whether any rank stops: rank 2 alone sets `stop_training` at the end of
+    epoch 2 (epochs count from 1), and every rank trains exactly 2 epochs, as one process whose callback
+    stops there."""
+    from gpubp.callbacks import LambdaCallback
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
+
+    def stop_after_2(net, epoch, logs):
+        if epoch == 2:
+            net.stop_training = True
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = MLP([3, 5, 2], loss="mse", dtype="float64", seed=3, backend="numpy")
+        cbs = [LambdaCallback(on_epoch_end=stop_after_2)] if comm.rank == 2 else []
+        return net.fit(X, Y, epochs=6, batch_size=7, optimizer="adam", progress=False, comm=comm,
+                       callbacks=cbs), net._params.copy()
+
+    codes, _, errs, results = on_ranks(3, body, monkeypatch)
+    assert codes == [0, 0, 0], errs
+    ref = MLP([3, 5, 2], loss="mse", dtype="float64", seed=3, backend="numpy")
+    ref_hist = ref.fit(X, Y, epochs=6, batch_size=7, optimizer="adam", progress=False,
+                       callbacks=[LambdaCallback(on_epoch_end=stop_after_2)])
+    assert len(ref_hist["loss"]) == 2
+    for hist, params in results:
+        assert len(hist["loss"]) == 2
+        np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-12)
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ helpers
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_share_cuts_rows_into_contiguous_shares_differing_by_at_most_one(size):
+    for n in range(0, 40):
+        shares = [share(n, size, r) for r in range(size)]
+        assert shares[0][0] == 0 and shares[-1][1] == n
+        assert all(shares[r][1] == shares[r + 1][0] for r in range(size - 1))
+        lens = [b - a for a, b in shares]
+        assert min(lens) >= 0 and max(lens) - min(lens) <= 1 and sum(lens) == n
+    assert [share(10, 3, r) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
+
+
+def test_flatten_gives_dotted_keys():
+    assert _flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None, 3: "x"}) == \
+        {"a.b": 1, "a.c.d": [2], "e": None, "3": "x"}
+    assert _flatten(5) == {"(value)": 5}
+    assert _flatten([1, 2]) == {"(value)": [1, 2]}
+    assert _flatten({}) == {}
+    assert _flatten({"k": 1}, "p") == {"p.k": 1}
+
+
+def test_short_keeps_json_up_to_n_characters():
+    assert _short([1, 2]) == "[1, 2]" and _short(None) == "null" and _short("a") == '"a"'
+    s = "x" * 78                       # its JSON has 80 characters: kept
+    assert _short(s) == json.dumps(s)
+    long = _short("y" * 79)            # 81: cut to 80, ending in "..."
+    assert len(long) == 80 and long == json.dumps("y" * 79)[:77] + "..."
+    assert _short(list(range(100)), n=10) == "[0, 1, ..."
+
+
+def test_error_line_is_type_and_message():
+    assert _error_line(ValueError("bad X")) == "ValueError: bad X"
+    assert _error_line(KeyError("k")) == "KeyError: 'k'"
+    assert _error_line(RuntimeError()) == "RuntimeError"
+    assert _error_line(distributed.RankFailed(2, "boom")) == "gpubp.distributed.RankFailed: rank 2 failed: boom"
+
+
+def test_schedule_rates_sample_the_schedule_over_the_run():
+    assert _schedule_rates(None, 100) is None
+    got = _schedule_rates(lambda s: 1.0 / s, 100)
+    steps = [s for s, _ in got]
+    assert steps == sorted(set(steps)) and steps[:3] == [1, 2, 3] and steps[-1] == 100
+    assert all(rate == 1.0 / s for s, rate in got)
+    expected = {1, 2, 3, 100} | {int(round(x)) for x in np.linspace(1, 100, 16)} | \
+        {int(round(x)) for x in np.geomspace(1, 100, 16)}
+    assert set(steps) == expected
+    assert [s for s, _ in _schedule_rates(lambda s: 0.1, 1000, n=4)] == [1, 2, 3, 10, 100, 334, 667, 1000]
+    assert _schedule_rates(lambda s: 0.5, 0) == [[1, 0.5]]       # a run of no steps: step 1 still
+    assert _schedule_rates(lambda s: 0.5, 2) == [[1, 0.5], [2, 0.5]]
+
+    def odd(step):
+        if step == 2:
+            raise ZeroDivisionError("no")
+        return float("nan") if step == 3 else np.float32(0.25)
+
+    got = _schedule_rates(odd, 3)
+    assert got == [[1, 0.25], [2, "raises ZeroDivisionError"], [3, "nan"]]
+    assert type(got[0][1]) is float
+
+
+def test_fingerprint_tells_shapes_dtypes_and_sampled_rows_apart():
+    from gpubp.backends import get_backend
+
+    be = get_backend("numpy")
+    X = np.random.default_rng(0).standard_normal((200, 3))
+    f = _fingerprint(be, X)
+    assert len(f) == 16 and int(f, 16) >= 0
+    assert _fingerprint(be, X.copy()) == f and _fingerprint(None, X) == f
+    assert _fingerprint(be, X.astype(np.float32)) != f
+    assert _fingerprint(be, X.reshape(300, 2)) != f
+    for row in (0, 199):               # the first and the last rows are always read
+        Z = X.copy()
+        Z[row, 1] += 1.0
+        assert _fingerprint(be, Z) != f
+    Z = X.copy()
+    Z[101, 0] = -Z[101, 0]             # with n_rows=200 every row counts
+    assert _fingerprint(be, Z, 200) != _fingerprint(be, X, 200)
+    small = X[:5]
+    for row in range(5):               # fewer rows than n_rows: each of them
+        Z = small.copy()
+        Z[row, 2] += 1.0
+        assert _fingerprint(be, Z) != _fingerprint(be, small)
+
+
+def test_refuse_if_different_names_each_differing_field_per_rank():
+    Communicator.refuse_if_different("x", [{"a": 1}, {"a": 1}])
+    Communicator.refuse_if_different("x", [5])
+    with pytest.raises(ConfigMismatch) as e:
+        Communicator.refuse_if_different("settings", [{"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 2}},
+                                                      {"a": {"b": 3, "c": 2, "d": "z"}}, {"a": {"b": 1}}])
+    assert str(e.value) == ("the ranks' settings differ, so they cannot train together: "
+                            "rank 2 has a.b = 3 where rank 0 has 1, a.d = \"z\" where rank 0 has null; "
+                            "rank 3 has a.c = null where rank 0 has 2")
+    assert isinstance(e.value, EveryRankError) and isinstance(e.value, ValueError)
+    with pytest.raises(ConfigMismatch, match=r"rank 1 has \(value\) = 4 where rank 0 has 3$"):
+        Communicator.refuse_if_different("counts", [3, 4])
+
+
+def test_nccl_dtypes():
+    from types import SimpleNamespace
+
+    nccl = SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_INT32=2)
+    assert distributed._nccl_dtype(nccl, np.float32) == 7
+    assert distributed._nccl_dtype(nccl, "float64") == 8
+    assert distributed._nccl_dtype(nccl, np.dtype(np.int32)) == 2
+    for bad in (np.float16, np.int64, np.uint8):
+        with pytest.raises(TypeError, match="NCCL transport takes float32, float64 or int32 buffers, got"):
+            distributed._nccl_dtype(nccl, bad)
+
+
+# ------------------------------------------------------------------ GradientBuckets
+class _Recorder:
+    """A communicator that records the gradient all-reduces: each started view (a copy, at its start)
+    and the `wait` calls."""
+
+    def __init__(self):
+        self.started, self.waits = [], []
+
+    def start_allreduce(self, view):
+        self.started.append((view.copy(), view))
+        return distributed._Done()
+
+    def wait(self, pending, what):
+        self.waits.append((len(pending), what))
+
+
+def _buckets(overlap, bucket_bytes=1):
+    from gpubp.params import ParamLayout
+
+    layout = ParamLayout((5, 7, 6, 3))
+    grads = np.arange(1.0, layout.total + 1.0)
+    comm = _Recorder()
+    return GradientBuckets(comm, layout, grads, overlap=overlap, bucket_bytes=bucket_bytes), comm, layout, grads
+
+
+def test_buckets_start_as_their_layers_finish_scaled_once():
+    b, comm, layout, grads = _buckets(True)
+    orig = grads.copy()
+    starts = [w for w, _, _, _ in layout.segments] + [layout.total]
+    assert b.buckets == [(3, starts[2], starts[3]), (2, starts[1], starts[2]), (1, 0, starts[1])]
+    b.begin(0.25)
+    assert comm.started == []
+    b.after_layer(3)
+    assert len(comm.started) == 1
+    np.testing.assert_array_equal(comm.started[0][0], orig[starts[2]:] * 0.25)
+    assert np.shares_memory(comm.started[0][1], grads)
+    b.after_layer(2)
+    b.after_layer(1)
+    assert len(comm.started) == 3 and comm.waits == []
+    b.finish()
+    assert comm.waits == [(3, "the gradient all-reduce of step 1")]
+    np.testing.assert_array_equal(grads, orig * 0.25)      # every bucket scaled, once
+    np.testing.assert_array_equal(np.concatenate([v for v, _ in reversed(comm.started)]), orig * 0.25)
+    # the next step: every bucket again, nothing carried over
+    b.begin(1.0)
+    b.finish()
+    assert len(comm.started) == 6 and comm.waits[-1] == (3, "the gradient all-reduce of step 2")
+    np.testing.assert_array_equal(grads, orig * 0.25)      # a scale of 1 leaves the values as they are
+
+
+def test_a_bucket_of_several_layers_starts_with_its_lowest_layer_and_finish_starts_the_rest():
+    from gpubp.params import ParamLayout
+
+    layout = ParamLayout((5, 7, 6, 3))
+    starts = [w for w, _, _, _ in layout.segments] + [layout.total]
+    # at least the top two layers' bytes: layers 3 and 2 together, layer 1 alone
+    nbytes = (starts[3] - starts[1]) * 8
+    b, comm, _, grads = _buckets(True, bucket_bytes=nbytes)
+    assert b.buckets == [(2, starts[1], starts[3]), (1, 0, starts[1])]
+    b.begin(2.0)
+    b.after_layer(3)
+    assert comm.started == []           # its bucket holds layer 2 too
+    b.after_layer(2)
+    assert len(comm.started) == 1 and comm.started[0][0].size == starts[3] - starts[1]
+    b.finish()                          # layer 1's bucket had not started: finish starts it
+    assert len(comm.started) == 2 and comm.waits == [(2, "the gradient all-reduce of step 1")]
+    b.begin(1.0)
+    b.after_layer(1)                    # layer 1 finishing first starts every bucket above it too
+    assert len(comm.started) == 4
+
+
+def test_without_overlap_the_whole_buffer_is_summed_at_the_end():
+    b, comm, layout, grads = _buckets(False)
+    orig = grads.copy()
+    b.begin(0.5)
+    for l in (3, 2, 1):
+        b.after_layer(l)
+    assert comm.started == []
+    b.finish()
+    assert len(comm.started) == 1 and comm.started[0][1] is grads
+    np.testing.assert_array_equal(comm.started[0][0], orig * 0.5)
+    np.testing.assert_array_equal(grads, orig * 0.5)
+    assert comm.waits == [(1, "the gradient all-reduce of step 1")]
+
+
+def test_after_layer_between_buckets_lets_the_started_ones_progress():
+    """A layer that closes no bucket polls the last started bucket (MPI progresses non-blocking
+    collectives inside its calls); with nothing started it polls nothing."""
+    from gpubp.params import ParamLayout
+
+    layout = ParamLayout((5, 7, 6, 3, 4))
+    starts = [w for w, _, _, _ in layout.segments] + [layout.total]
+    polls = []
+
+    class Pending:
+        def done(self):
+            polls.append(1)
+            return False
+
+    comm = _Recorder()
+    comm.start_allreduce = lambda view: Pending()
+    b = GradientBuckets(comm, layout, np.zeros(layout.total), bucket_bytes=(starts[4] - starts[2]) * 8)
+    assert [lo for lo, _, _ in b.buckets] == [3, 1]
+    b.begin(1.0)
+    b.after_layer(4)                    # nothing started yet
+    assert polls == [] and b._pending == []
+    b.after_layer(3)                    # layers 4 and 3: the first bucket starts
+    assert len(b._pending) == 1 and polls == []
+    b.after_layer(2)
+    assert polls == [1] and len(b._pending) == 1
+
+
+# ------------------------------------------------------------------ Communicator on one rank
+@pytest.fixture(scope="module")
+def one():
+    return Communicator(MPI.COMM_SELF, backend="numpy", timeout=5.0, overlap=False, bucket_bytes=100)
+
+
+def test_one_rank_communicator(one):
+    assert (one.rank, one.size, one.local_rank, one.local_size) == (0, 1, 0, 1)
+    assert one.is_root and one.device is None and one.transport == "mpi" and one.broken is None
+    assert repr(one) == "Communicator(rank=0, size=1, transport='mpi')"
+    assert one.overlap is False and one.bucket_bytes == 100 and one.timeout == 5.0 and one.grace == 5.0
+    got = one.sum_values([[1.5, 2], [3, 4]])
+    assert got.dtype == np.float64 and got.tolist() == [1.5, 2.0, 3.0, 4.0]
+    assert one.allgather_json({"b": [1, 2], "a": None}) == [{"a": None, "b": [1, 2]}]
+    assert one.broadcast_json({"x": [1, "y"]}) == {"x": [1, "y"]}
+    buf = np.arange(3.0)
+    assert one.broadcast(buf) is buf and buf.tolist() == [0.0, 1.0, 2.0]
+    assert one.allreduce_sum(buf) is buf and buf.tolist() == [0.0, 1.0, 2.0]
+    one.check_same("settings", {"a": 1})
+    one.barrier()
+    with one.guard() as c:
+        assert c is one
+    with pytest.raises(KeyError):       # on one rank the guard lets every exception through
+        with one.guard():
+            raise KeyError("k")
+
+
+@pytest.mark.parametrize("timeout, grace, want", [(2.0, None, 2.0), (600, None, 5.0), (0.5, 0, 0.0),
+                                                  (1, 7.5, 7.5), (np.float32(3), None, 3.0)])
+def test_grace_defaults_to_five_seconds_or_the_timeout(timeout, grace, want):
+    c = Communicator(MPI.COMM_SELF, backend="numpy", timeout=timeout, grace=grace)
+    assert c.grace == want and type(c.grace) is float and c.timeout == float(timeout)
+
+
+@pytest.mark.parametrize("kw", [dict(timeout=0), dict(timeout=-1.0), dict(timeout=float("nan")),
+                                dict(timeout=float("inf")), dict(timeout=None), dict(timeout="5"),
+                                dict(grace=-0.5), dict(grace=float("inf")), dict(grace="1")])
+def test_bad_timeouts_are_refused(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{name} must be a "):
+        Communicator(MPI.COMM_SELF, backend="numpy", **kw)
+
+
+def test_a_wait_that_times_out_breaks_the_communicator():
+    c = Communicator(MPI.COMM_SELF, backend="numpy", timeout=0.2)
+
+    class Never:
+        def done(self):
+            return False
+
+        def complete(self):
+            raise AssertionError("completed")
+
+    t0 = time.monotonic()
+    with pytest.raises(DistributedTimeout, match=r"^rank 0 waited 0.2 s for the other ranks in the sum of X; "
+                                                 r"another rank has stopped or hangs$"):
+        c.wait([distributed._Done(), Never()], "the sum of X")
+    assert 0.2 <= time.monotonic() - t0 < 5
+    assert c.broken == "the sum of X timed out after 0.2 s and is still pending"
+    with pytest.raises(DistributedError, match=r"^rank 0: this communicator cannot be used any more: the sum of X "
+                                               r"timed out after 0.2 s and is still pending; the ranks' collectives"):
+        c._iallreduce(np.zeros(1), MPI.SUM)
+
+
+def test_wait_completes_every_operation_once_all_are_done():
+    c = Communicator(MPI.COMM_SELF, backend="numpy", timeout=5.0)
+    log = []
+
+    class Later:
+        def __init__(self, k, polls):
+            self.k, self.polls = k, polls
+
+        def done(self):
+            self.polls -= 1
+            return self.polls <= 0
+
+        def complete(self):
+            log.append(self.k)
+
+    ops = [Later(0, 300), Later(1, 2), Later(2, 1)]
+    c.wait(ops, "x")
+    assert log == [0, 1, 2] and c.broken is None
+    c.wait([], "nothing")
+
+
+def test_a_failure_notice_during_a_wait_is_rank_failed_and_breaks_the_communicator():
+    c = Communicator(MPI.COMM_SELF, backend="numpy", timeout=30.0)
+
+    class Never:
+        def done(self):
+            return False
+
+    req = c._notices.Isend([b"ValueError: bad rows", MPI.BYTE], 0, distributed._TAG_NOTICE)
+    with pytest.raises(RankFailed) as e:
+        c.wait([Never()], "the reduction of Y")
+    req.Wait()
+    assert e.value.rank == 0 and e.value.message == "ValueError: bad rows"
+    assert str(e.value) == "rank 0 failed: ValueError: bad rows"
+    assert c.broken == "the reduction of Y was left unfinished when rank 0 failed"
+    with pytest.raises(DistributedError, match="cannot be used any more"):
+        c._usable()
