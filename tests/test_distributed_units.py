@@ -719,3 +719,130 @@ def test_a_failure_notice_during_a_wait_is_rank_failed_and_breaks_the_communicat
     assert c.broken == "the reduction of Y was left unfinished when rank 0 failed"
     with pytest.raises(DistributedError, match="cannot be used any more"):
         c._usable()
+
+
+# ------------------------------------------------------------------ fit's checks, init, mpiexec
+class _Fake1:
+    size, rank, is_root = 1, 0, True
+
+    def __init__(self, device=None):
+        self.device = device
+
+
+def test_check_fit_options_on_one_rank():
+    cfo = distributed.check_fit_options
+    cfo(_Fake1(), False)
+    cfo(_Fake1(), True, class_weight={0: 1.0}, standardize=False)
+    cfo(_Fake1(), False, class_weight="balanced", standardize=True)     # without sharding: fine
+    cfo(_Fake1(device=1), False, device=1)
+    cfo(_Fake1(device=None), False, device=3)       # a numpy rank: no GPU to compare with
+    cfo(_Fake1(device=2), False, device=None)       # a numpy network
+    for kw, said in [
+        (dict(sharded=False, grad_norms=True), "grad_norms=True is not supported with comm (data-parallel training)"),
+        (dict(sharded=True, grad_norms=True, class_weight="balanced"), "grad_norms=True is not supported"),
+        (dict(sharded=True, class_weight="balanced", standardize=True),
+         "class_weight='balanced' with sharded=True would count each rank's classes alone"),
+        (dict(sharded=True, standardize=True), "standardize=True with sharded=True would use each rank's own"),
+    ]:
+        with pytest.raises(EveryRankError) as e:
+            cfo(_Fake1(), **kw)
+        assert str(e.value).startswith(said), str(e.value)
+    with pytest.raises(EveryRankError, match=r"^the network is on CUDA device 0 but this rank's GPU is device 1: "
+                                             r".*cupy\.cuda\.Device\(1\)"):
+        cfo(_Fake1(device=1), False, device=0)
+
+
+def test_check_fit_options_gathers_the_ranks_reasons(monkeypatch):
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        out = []
+        for on in ((0, 1, 2), (1,), (0, 2), ()):
+            comm._fit_checks_gathered = False
+            try:
+                distributed.check_fit_options(comm, False, grad_norms=comm.rank in on)
+                out.append(None)
+            except EveryRankError as e:
+                out.append(str(e))
+            assert comm._fit_checks_gathered is True
+        return out
+
+    codes, _, errs, results = on_ranks(3, body, monkeypatch)
+    assert codes == [0, 0, 0], errs
+    said = "grad_norms=True is not supported with comm (data-parallel training)"
+    assert results == [[said, f"rank 1: {said}", f"rank 0: {said}; rank 2: {said}", None]] * 3
+
+
+def test_init_makes_an_uncaught_exception_end_the_job_on_several_ranks(monkeypatch, capsys):
+    original = sys.excepthook
+    ready = [threading.Event() for _ in range(2)]
+
+    def body(r):
+        if r:
+            ready[0].wait(10)           # rank 1's hook wraps rank 0's: the order is known
+        comm = distributed.init(backend="numpy", timeout=30.0, grace=1.0)
+        ready[r].set()
+        return comm
+
+    codes, _, errs, comms = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    hook = sys.excepthook
+    assert hook is not original
+    try:
+        raise RuntimeError("boom outside fit")
+    except RuntimeError as e:
+        exc = e
+    with pytest.raises(FakeAbort, match=r"rank 0 called Abort\(1\)"):
+        hook(RuntimeError, exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom outside fit" in err
+    assert "gpubp.distributed: rank 0 of 2 ended with an uncaught RuntimeError; ending the job" in err
+    assert err.index("RuntimeError: boom outside fit") < err.index("ended with an uncaught")
+
+
+@pytest.mark.parametrize("size, kw", [(1, {}), (2, dict(abort_on_uncaught=False))])
+def test_init_leaves_the_excepthook_alone_on_one_rank_or_when_asked(size, kw, monkeypatch):
+    original = sys.excepthook
+    codes, _, errs, comms = on_ranks(size, lambda r: distributed.init(backend="numpy", **kw), monkeypatch)
+    assert codes == [0] * size, errs
+    assert sys.excepthook is original
+    assert [c.size for c in comms] == [size] * size and [c.rank for c in comms] == list(range(size))
+    assert all(isinstance(c, Communicator) and c.timeout == distributed.DEFAULT_TIMEOUT for c in comms)
+    assert all(c.overlap is True and c.bucket_bytes == distributed.DEFAULT_BUCKET_BYTES for c in comms)
+
+
+def _exe(path, text, code=0):
+    path.write_text(f"#!/bin/sh\necho '{text}'\nexit {code}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_mpiexec_command_adds_open_mpis_options(tmp_path):
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    for text in ("mpiexec (OpenRTE) 4.1.2", "mpiexec (Open MPI) 5.0.0"):
+        exe = _exe(tmp_path / "ompi", text)
+        assert distributed.mpiexec_command(3, exe) == \
+            [exe] + (["--allow-run-as-root"] if root else []) + ["--oversubscribe", "-n", "3"]
+    exe = _exe(tmp_path / "hydra", "HYDRA build details: Version: 4.1.2")
+    assert distributed.mpiexec_command(2.0, exe) == [exe, "-n", "2"]
+    exe = _exe(tmp_path / "broken", "", code=1)
+    assert distributed.mpiexec_command(1, exe) == [exe, "-n", "1"]
+    missing = str(tmp_path / "nowhere" / "mpiexec")
+    assert distributed.mpiexec_command(4, missing) == [missing, "-n", "4"]
+
+
+def test_find_mpiexec_prefers_the_one_next_to_the_interpreter(tmp_path, monkeypatch):
+    env, path = tmp_path / "env", tmp_path / "path"
+    env.mkdir()
+    path.mkdir()
+    monkeypatch.setattr(sys, "executable", str(env / "python"))
+    monkeypatch.setenv("PATH", str(path))
+    assert distributed.find_mpiexec() is None
+    with pytest.raises(FileNotFoundError, match=r"no mpiexec found: pip install 'gpubp\[distributed\]'"):
+        distributed.mpiexec_command(2)
+    on_path = _exe(path / "mpiexec", "x")
+    assert distributed.find_mpiexec() == on_path
+    (env / "mpiexec").write_text("not executable")
+    assert distributed.find_mpiexec() == on_path
+    here = _exe(env / "mpiexec", "x")
+    assert distributed.find_mpiexec() == here
+    assert distributed.mpiexec_command(2)[0] == here
