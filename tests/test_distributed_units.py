@@ -846,3 +846,32 @@ def test_find_mpiexec_prefers_the_one_next_to_the_interpreter(tmp_path, monkeypa
     here = _exe(env / "mpiexec", "x")
     assert distributed.find_mpiexec() == here
     assert distributed.mpiexec_command(2)[0] == here
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_sharded_validation_metrics_are_over_every_ranks_rows(n, monkeypatch):
+    """`DataParallel.evaluate` with sharded=True: each rank evaluates its own validation shard (uneven
+    here, one of them empty on 3 ranks) and the last epoch's val_loss / val_accuracy are those of the
+    trained network on all the shards' rows together, as `net.evaluate` in one process gives them."""
+    from gpubp.network import MLP
+
+    X, Y, Xv, Yv, _ = dp_train.data()
+    cuts = [0, 3, 7, 7][:n] + [len(Xv)]          # 3/4 rows; on 3 ranks 3/4/0
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        a, b = share(len(X), n, r)
+        net = dp_train.make_net()
+        hist = net.fit(X[a:b], Y[a:b], epochs=2, batch_size=6, optimizer="adam", progress=False, comm=comm,
+                       sharded=True, validation=(Xv[cuts[r]:cuts[r + 1]], Yv[cuts[r]:cuts[r + 1]]))
+        return hist, net
+
+    codes, _, errs, results = on_ranks(n, body, monkeypatch)
+    assert codes == [0] * n, errs
+    hist, net = results[0]
+    want = MLP.evaluate(net, Xv, Yv)
+    assert set(want) == {"loss", "accuracy"}
+    for h, _ in results:
+        assert len(h["val_loss"]) == 2 and h["val_loss"] == hist["val_loss"]
+        assert h["val_loss"][-1] == pytest.approx(want["loss"], rel=1e-12)
+        assert h["val_accuracy"][-1] == pytest.approx(want["accuracy"], rel=1e-12)
