@@ -94,6 +94,7 @@ class FakeMPI:
         pass
 
     def Abort(self, code=1):
+        self.group.world.setdefault("aborts", []).append((self.rank, code, time.monotonic()))
         self.group.world["aborted"] = f"rank {self.rank} called Abort({code})"
         raise FakeAbort(self.group.world["aborted"])
 
@@ -206,13 +207,13 @@ class _MPIShim:
         return getattr(MPI, name)
 
 
-def on_ranks(size, body, monkeypatch, timeout=120.0):
+def on_ranks(size, body, monkeypatch, timeout=120.0, world=None):
     """Run `body(r)` on `size` ranks (threads) of a fake world: there `distributed.init()` (and
     `Communicator()`) make the library's communicator over the rank's `FakeMPI`.  Returns
     `(codes, stdout, stderr, results)`: per rank its exit status as a process's (0 when `body`
     returned, SystemExit's code, 1 for an abort or an exception, whose traceback goes to its stderr),
-    what it printed to each stream, what `body` returned or raised."""
-    world = fake_world(size)
+    what it printed to each stream, what `body` returned or raised.  `world`: the `fake_world` to use."""
+    world = world or fake_world(size)
     shim = _MPIShim()
     monkeypatch.setattr(distributed, "_mpi", lambda: shim)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)     # init() chains a hook of its own
@@ -875,3 +876,50 @@ def test_sharded_validation_metrics_are_over_every_ranks_rows(n, monkeypatch):
         assert len(h["val_loss"]) == 2 and h["val_loss"] == hist["val_loss"]
         assert h["val_loss"][-1] == pytest.approx(want["loss"], rel=1e-12)
         assert h["val_accuracy"][-1] == pytest.approx(want["accuracy"], rel=1e-12)
+
+
+def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monkeypatch):
+    """`Communicator.fail`: rank 1 raises inside fit at its second step; it prints its error, tells
+    every other rank, and calls MPI_Abort once both answered (not after `grace`); each other rank
+    stops its wait with `RankFailed`, prints which rank failed and why, answers, and waits `grace` + 1 s
+    for the failed rank to end the job before it aborts too."""
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((24, 3)), rng.standard_normal((24, 2))
+    grace, when = 1.5, {}
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0, grace=grace)
+        net = MLP([3, 4, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+        if r == 1:
+            forward, calls = net._forward, []
+
+            def bad_forward(*a, **k):
+                calls.append(1)
+                if len(calls) == 2:
+                    when["raised"] = time.monotonic()
+                    raise RuntimeError("an injected failure")
+                return forward(*a, **k)
+
+            net._forward = bad_forward
+        net.fit(X, Y, epochs=2, batch_size=6, optimizer="sgd", progress=False, comm=comm)
+
+    world = fake_world(3)
+    codes, outs, errs, results = on_ranks(3, body, monkeypatch, world=world)
+    assert codes == [1, 1, 1] and all(isinstance(e, FakeAbort) for e in results), results
+    aborts = world[0].group.world["aborts"]
+    assert sorted(r for r, _, _ in aborts) == [0, 1, 2] and all(code == 1 for _, code, _ in aborts)
+    first = min(aborts, key=lambda a: a[2])
+    assert first[0] == 1                                   # the failed rank ends the job
+    t1 = first[2] - when["raised"]
+    assert distributed.ABORT_FLUSH_S <= t1 < distributed.ABORT_FLUSH_S + 0.5 * grace, t1
+    for r, _, t in aborts:
+        if r != 1:
+            assert t - when["raised"] >= grace + 1.0 + distributed.ABORT_FLUSH_S - 0.05, (r, t - when["raised"])
+    assert "RuntimeError: an injected failure" in errs[1]
+    assert "gpubp.distributed: rank 1 of 3 failed: RuntimeError: an injected failure\n" \
+           "gpubp.distributed: rank 1 of 3: ending the job on all 3 ranks" in errs[1]
+    for r in (0, 2):
+        assert errs[r] == (f"gpubp.distributed: rank {r} of 3: stopping, because rank 1 failed: RuntimeError: an "
+                           "injected failure\n"), errs[r]
