@@ -923,3 +923,20 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
     for r in (0, 2):
         assert errs[r] == (f"gpubp.distributed: rank {r} of 3: stopping, because rank 1 failed: RuntimeError: an "
                            "injected failure\n"), errs[r]
+
+
+def test_a_missing_mpi4py_is_an_import_error_saying_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ImportError, match=r"gpubp.distributed needs mpi4py and an MPI library: pip install "
+                                          r"'gpubp\[distributed\]'"):
+        distributed._mpi()
+    with pytest.raises(ImportError, match="needs mpi4py"):
+        distributed.init(backend="numpy")
+
+
+def test_communicator_defaults():
+    """README: buckets of about 1 MiB, a deadline of 600 s per wait (`init(timeout=600)`)."""
+    c = Communicator(MPI.COMM_SELF)
+    assert c.timeout == distributed.DEFAULT_TIMEOUT == 600.0
+    assert c.overlap is True and c.bucket_bytes == distributed.DEFAULT_BUCKET_BYTES == 1 << 20
+    assert c.timeout == distributed.DEFAULT_TIMEOUT and c.grace == 5.0 and c.transport == "mpi"
