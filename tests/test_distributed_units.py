@@ -940,3 +940,32 @@ def test_communicator_defaults():
     assert c.timeout == distributed.DEFAULT_TIMEOUT == 600.0
     assert c.overlap is True and c.bucket_bytes == distributed.DEFAULT_BUCKET_BYTES == 1 << 20
     assert c.timeout == distributed.DEFAULT_TIMEOUT and c.grace == 5.0 and c.transport == "mpi"
+
+
+class _SlowJoin(FakeMPI):
+    """Rank 0 of a 2-rank world whose other rank joins `init()`'s duplicate after `polls` tests (never
+    when None)."""
+
+    def __init__(self, polls):
+        super().__init__(_Group(2, {"lock": threading.Lock(), "aborted": None}), 0)
+        self.polls, self.tests = polls, 0
+
+    def Idup(self):
+        def test():
+            self.tests += 1
+            return self.polls is not None and self.tests > self.polls
+
+        return self.Dup(), _Req(test)
+
+
+def test_init_waits_for_every_rank_to_join_within_the_timeout(capsys):
+    late = _SlowJoin(polls=400)
+    c = Communicator(late, backend="numpy", timeout=30.0)
+    assert late.tests == 401 and c.size == 2 and c.rank == 0
+    never = _SlowJoin(polls=None)
+    t0 = time.monotonic()
+    with pytest.raises(FakeAbort, match=r"rank 0 called Abort\(1\)"):
+        Communicator(never, backend="numpy", timeout=0.3)
+    assert 0.3 <= time.monotonic() - t0 < 5
+    assert capsys.readouterr().err == ("gpubp.distributed: rank 0 of 2 waited 0.3 s for the other ranks in init(); "
+                                       "another rank has stopped before it or hangs: ending the job\n")
