@@ -578,18 +578,30 @@ def test_a_bucket_of_several_layers_starts_with_its_lowest_layer_and_finish_star
     assert len(comm.started) == 4
 
 
-def test_without_overlap_the_whole_buffer_is_summed_at_the_end():
+@pytest.mark.parametrize("scale", [0.5, 2.0, 1.0])
+def test_without_overlap_the_whole_buffer_is_summed_at_the_end(scale):
     b, comm, layout, grads = _buckets(False)
     orig = grads.copy()
-    b.begin(0.5)
+    b.begin(scale)
     for l in (3, 2, 1):
         b.after_layer(l)
     assert comm.started == []
     b.finish()
     assert len(comm.started) == 1 and comm.started[0][1] is grads
-    np.testing.assert_array_equal(comm.started[0][0], orig * 0.5)
-    np.testing.assert_array_equal(grads, orig * 0.5)
+    np.testing.assert_array_equal(comm.started[0][0], orig * scale)
+    np.testing.assert_array_equal(grads, orig * scale)
     assert comm.waits == [(1, "the gradient all-reduce of step 1")]
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.0, 3.0])
+def test_each_bucket_is_scaled_before_its_sum_starts(scale):
+    b, comm, layout, grads = _buckets(True)
+    orig = grads.copy()
+    b.begin(scale)
+    b.finish()
+    assert len(comm.started) == 3
+    np.testing.assert_array_equal(grads, orig * scale)
+    np.testing.assert_array_equal(np.concatenate([v for v, _ in reversed(comm.started)]), orig * scale)
 
 
 def test_after_layer_between_buckets_lets_the_started_ones_progress():
