@@ -746,6 +746,7 @@ def test_check_fit_options_on_one_rank():
     cfo = distributed.check_fit_options
     cfo(_Fake1(), False)
     cfo(_Fake1(), True, class_weight={0: 1.0}, standardize=False)
+    cfo(_Fake1(), True)                             # the defaults: no grad_norms, no standardize
     cfo(_Fake1(), False, class_weight="balanced", standardize=True)     # without sharding: fine
     cfo(_Fake1(device=1), False, device=1)
     cfo(_Fake1(device=None), False, device=3)       # a numpy rank: no GPU to compare with
@@ -981,3 +982,16 @@ def test_init_waits_for_every_rank_to_join_within_the_timeout(capsys):
     assert 0.3 <= time.monotonic() - t0 < 5
     assert capsys.readouterr().err == ("gpubp.distributed: rank 0 of 2 waited 0.3 s for the other ranks in init(); "
                                        "another rank has stopped before it or hangs: ending the job\n")
+
+
+def test_collectives_default_to_rank_0_as_root(monkeypatch):
+    """`broadcast(buf)` and `broadcast_json(obj)` without `root` give rank 0's (their signatures' root=0)."""
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        buf = np.full(3, float(r))
+        comm.broadcast(buf)
+        return buf.tolist(), comm.broadcast_json({"r": r}), comm.broadcast_json([r], 2)
+
+    codes, _, errs, results = on_ranks(3, body, monkeypatch)
+    assert codes == [0, 0, 0], errs
+    assert results == [([0.0, 0.0, 0.0], {"r": 0}, [2])] * 3
