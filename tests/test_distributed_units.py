@@ -995,3 +995,11 @@ def test_collectives_default_to_rank_0_as_root(monkeypatch):
     codes, _, errs, results = on_ranks(3, body, monkeypatch)
     assert codes == [0, 0, 0], errs
     assert results == [([0.0, 0.0, 0.0], {"r": 0}, [2])] * 3
+
+
+def test_a_cuda_communicator_without_cupy_says_what_to_install(monkeypatch):
+    """`backend="cuda"` without CuPy is refused before MPI is used, with the backend's own error (which
+    names the extras that bring CuPy), not a bare ModuleNotFoundError from the GPU set-up."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(RuntimeError, match="the cuda backend needs CuPy, which did not import"):
+        Communicator(MPI.COMM_SELF, backend="cuda")
