@@ -1003,3 +1003,44 @@ def test_a_cuda_communicator_without_cupy_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(RuntimeError, match="the cuda backend needs CuPy, which did not import"):
         Communicator(MPI.COMM_SELF, backend="cuda")
+
+
+def test_every_rank_starts_from_rank_0s_parameters(monkeypatch):
+    """Ranks whose networks were made with different seeds train from rank 0's parameters (broadcast at
+    the start of fit) and end as one process whose network has rank 0's seed."""
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(2)
+    X, Y = rng.standard_normal((20, 3)), rng.standard_normal((20, 2))
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = MLP([3, 4, 2], loss="mse", dtype="float64", seed=10 + r, backend="numpy")
+        net.fit(X, Y, epochs=2, batch_size=5, optimizer="adam", progress=False, comm=comm)
+        return net._params.copy()
+
+    codes, _, errs, results = on_ranks(3, body, monkeypatch)
+    assert codes == [0, 0, 0], errs
+    ref = MLP([3, 4, 2], loss="mse", dtype="float64", seed=10, backend="numpy")
+    ref.fit(X, Y, epochs=2, batch_size=5, optimizer="adam", progress=False)
+    for p in results:
+        np.testing.assert_allclose(p, ref._params, rtol=1e-12, atol=1e-14)
+
+
+def test_other_validation_targets_on_one_rank_are_refused(monkeypatch):
+    X, Y, Xv, Yv, _ = dp_train.data()
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        yv = Yv.copy()
+        if r == 1:
+            yv[3] = (yv[3] + 1) % 3
+        try:
+            dp_train.make_net().fit(X, Y, epochs=1, batch_size=5, progress=False, comm=comm, validation=(Xv, yv))
+        except ConfigMismatch as e:
+            return str(e)
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    for said in results:
+        assert "rank 1 has data.validation.Y = " in said and "validation.X" not in said, said
