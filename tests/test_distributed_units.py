@@ -900,7 +900,7 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
 
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((24, 3)), rng.standard_normal((24, 2))
-    grace, when = 1.5, {}
+    grace, when = 3.0, {}
 
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0, grace=grace)
@@ -926,7 +926,9 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
     first = min(aborts, key=lambda a: a[2])
     assert first[0] == 1                                   # the failed rank ends the job
     t1 = first[2] - when["raised"]
-    assert distributed.ABORT_FLUSH_S <= t1 < distributed.ABORT_FLUSH_S + 0.8 * grace, t1
+    # once both answered, not after `grace` (which would put it at grace + ABORT_FLUSH_S or later);
+    # grace is long enough that a loaded machine's scheduling delays cannot blur the two
+    assert distributed.ABORT_FLUSH_S <= t1 < distributed.ABORT_FLUSH_S + 0.7 * grace, t1
     for r, _, t in aborts:
         if r != 1:
             assert t - when["raised"] >= grace + 1.0 + distributed.ABORT_FLUSH_S - 0.05, (r, t - when["raised"])
