@@ -21,6 +21,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
 
 from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from support.sklearn_parity import parity_cases as _parity_cases  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -277,15 +278,6 @@ def test_pipeline_clone_cross_val_score_grid_search():
 
 
 # ---------------------------------------------------------------- parity with scikit-learn's updates
-def _parity_cases():
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((40, 5))
-    return X, {"multiclass": (SkMLPClassifier, MLPClassifier, rng.integers(0, 3, 40)),
-               "binary": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, 40)),
-               "multilabel": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, (40, 3))),
-               "regression": (SkMLPRegressor, MLPRegressor, rng.standard_normal((40, 2)))}
-
-
 @pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
 @pytest.mark.parametrize("solver,alpha,tol_w", [("sgd", 0.0, 1e-12), ("sgd", 0.01, 1e-4), ("adam", 0.0, 1e-3)])
 def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):

@@ -15,6 +15,7 @@ from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from support.sklearn_parity import parity_cases as _parity_cases  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -63,15 +64,6 @@ def test_warnings_point_at_the_callers_line():
 
 
 # ---------------------------------------------------------------- stopping rules, side by side with scikit-learn
-def _parity_cases():
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((40, 5))
-    return X, {"multiclass": (SkMLPClassifier, MLPClassifier, rng.integers(0, 3, 40)),
-               "binary": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, 40)),
-               "multilabel": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, (40, 3))),
-               "regression": (SkMLPRegressor, MLPRegressor, rng.standard_normal((40, 2)))}
-
-
 @pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
 def test_early_stopping_with_sample_weight_matches_sklearn(case):
     """With early stopping, scikit-learn splits sample_weight with the samples and scores the validation
