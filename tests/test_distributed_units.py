@@ -734,6 +734,36 @@ def test_a_failure_notice_during_a_wait_is_rank_failed_and_breaks_the_communicat
         c._usable()
 
 
+def test_a_broken_communicator_of_several_ranks_starts_no_collective(monkeypatch):
+    """Once a collective failed on a rank (`broken`), every further one there is refused before it
+    starts, so no rank's next collective is matched with the one MPI could not cancel: broadcast,
+    all-reduce, barrier and the JSON ones, on each of two ranks, with their buffers untouched."""
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=5.0)
+        comm.broken = "a broadcast timed out after 5 s and is still pending"
+        calls = []
+        for name in ("Ibcast", "Iallreduce"):
+            monkeypatch.setattr(comm.mpi, name, lambda *a, _n=name, **k: calls.append(_n), raising=False)
+        buf = np.arange(3.0) + r
+        refused = []
+        for op in (lambda: comm.broadcast(buf), lambda: comm.broadcast(buf, root=1),
+                   lambda: comm.allreduce_sum(buf), lambda: comm.sum_values([1.0]), lambda: comm.barrier(),
+                   lambda: comm.broadcast_json({"a": 1}), lambda: comm.allgather_json([r])):
+            with pytest.raises(DistributedError) as e:
+                op()
+            refused.append(str(e.value))
+        return refused, calls, buf
+
+    codes, outs, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    for r, (refused, calls, buf) in enumerate(results):
+        assert calls == []
+        np.testing.assert_array_equal(buf, np.arange(3.0) + r)
+        assert refused == [f"rank {r}: this communicator cannot be used any more: a broadcast timed out after "
+                           "5 s and is still pending; the ranks' collectives are out of step, so the job must "
+                           "end"] * 7
+
+
 # ------------------------------------------------------------------ fit's checks, init, mpiexec
 class _Fake1:
     size, rank, is_root = 1, 0, True
