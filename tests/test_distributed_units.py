@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -734,6 +735,18 @@ def test_a_failure_notice_during_a_wait_is_rank_failed_and_breaks_the_communicat
         c._usable()
 
 
+def test_abort_ends_the_job_with_status_1_unless_told_otherwise(monkeypatch):
+    """`Communicator.abort(code=1)`: MPI_Abort with that status, after ABORT_FLUSH_S seconds for the
+    rank's last words (what an uncaught error on one rank ends the job with)."""
+    c = Communicator(MPI.COMM_SELF, backend="numpy", timeout=5.0)
+    calls, slept = [], []
+    monkeypatch.setattr(c, "mpi", types.SimpleNamespace(Abort=calls.append))
+    monkeypatch.setattr(distributed.time, "sleep", slept.append)
+    c.abort()
+    c.abort(3)
+    assert calls == [1, 3] and slept == [distributed.ABORT_FLUSH_S] * 2
+
+
 def test_a_broken_communicator_of_several_ranks_starts_no_collective(monkeypatch):
     """Once a collective failed on a rank (`broken`), every further one there is refused before it
     starts, so no rank's next collective is matched with the one MPI could not cancel: broadcast,
@@ -919,6 +932,38 @@ def test_sharded_validation_metrics_are_over_every_ranks_rows(n, monkeypatch):
         assert len(h["val_loss"]) == 2 and h["val_loss"] == hist["val_loss"]
         assert h["val_loss"][-1] == pytest.approx(want["loss"], rel=1e-12)
         assert h["val_accuracy"][-1] == pytest.approx(want["accuracy"], rel=1e-12)
+
+
+def test_sharded_local_batches_of_one_row_train_every_row(monkeypatch):
+    """batch_size equal to the number of ranks: each rank's local batch is one row, global batch i is
+    the ranks' i-th rows together, and an epoch takes as many steps as the longest shard has rows
+    (5 and 4 rows here: the last step has rank 0's row alone) -- one process fitting the rows in that
+    interleaved order with batch_size 2 ends with the same parameters and losses."""
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((9, 3)), rng.standard_normal((9, 2))
+
+    def make():
+        return MLP([3, 4, 2], activation="tanh", loss="mse", dtype="float64", seed=0, backend="numpy")
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        a, b = (0, 5) if r == 0 else (5, 9)
+        net = make()
+        hist = net.fit(X[a:b], Y[a:b], epochs=2, batch_size=2, optimizer="sgd", shuffle=False,
+                       progress=False, comm=comm, sharded=True)
+        return net._params.copy(), hist["loss"]
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    order = [0, 5, 1, 6, 2, 7, 3, 8, 4]
+    ref = make()
+    ref_loss = ref.fit(X[order], Y[order], epochs=2, batch_size=2, optimizer="sgd", shuffle=False,
+                       progress=False)["loss"]
+    for params, loss in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
 
 
 def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monkeypatch):
