@@ -365,6 +365,46 @@ def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_tha
         "rank, not alike on rank 0; every rank now holds rank 0's state"), said
 
 
+def test_a_callback_drawing_from_one_ranks_generator_leaves_rank_0s_everywhere(monkeypatch):
+    """The state compared after the callbacks includes the shuffling generator: rank 1's callback draws
+    from it after epoch 1 (the parameters untouched); every rank then shuffles the later epochs as rank 0
+    does and ends with the parameters of one process (shuffled, the same seed), and rank 1 warns."""
+    import warnings
+
+    from gpubp.callbacks import LambdaCallback
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((30, 4)), rng.standard_normal((30, 2))
+
+    def make():
+        return MLP([4, 6, 2], activation="tanh", loss="mse", dtype="float64", seed=0, backend="numpy")
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = make()
+
+        def draw(net, epoch, logs):
+            if epoch == 1:
+                net._rng.random()
+
+        cbs = [LambdaCallback(on_epoch_end=draw)] if comm.rank == 1 else []
+        net.fit(X, Y, epochs=3, batch_size=7, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
+        return net._params.copy()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        codes, outs, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    ref = make()
+    ref.fit(X, Y, epochs=3, batch_size=7, optimizer="sgd", progress=False)
+    for params in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and said[0].startswith("rank 1: a callback (on_epoch_end of epoch 1) changed the network "
+                                                 "or drew from its generator on this rank"), said
+
+
 def test_a_stop_decided_on_one_rank_stops_every_rank_after_that_epoch(monkeypatch):
     """`after_callbacks` returns whether any rank stops: rank 2 alone sets `stop_training` at the end of
     epoch 2 (epochs count from 1), and every rank trains exactly 2 epochs, as one process whose callback
