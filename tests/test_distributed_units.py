@@ -1006,6 +1006,32 @@ def test_sharded_local_batches_of_one_row_train_every_row(monkeypatch):
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
 
 
+def test_validation_rows_fewer_than_the_ranks_are_evaluated_once_each(monkeypatch):
+    """Without sharding each rank evaluates its share of the validation pair: 2 rows on 4 ranks leave
+    ranks 0 and 2 with none (rank 2's empty share starts at row 1), and the epoch's val_loss and
+    val_accuracy are still those of the trained network on the 2 rows, as `net.evaluate` gives them."""
+    from gpubp.network import MLP
+
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((12, 3)), rng.integers(0, 3, 12)
+    Xv, yv = rng.standard_normal((2, 3)), np.array([0, 2])
+    assert [share(2, 4, r) for r in range(4)] == [(0, 0), (0, 1), (1, 1), (1, 2)]
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = MLP([3, 5, 3], loss="cross_entropy", dtype="float64", seed=0, backend="numpy")
+        hist = net.fit(X, y, epochs=2, batch_size=4, optimizer="sgd", progress=False, comm=comm,
+                       validation=(Xv, yv))
+        return hist, net
+
+    codes, _, errs, results = on_ranks(4, body, monkeypatch)
+    assert codes == [0] * 4, errs
+    want = MLP.evaluate(results[0][1], Xv, yv)
+    for hist, _ in results:
+        assert hist["val_loss"][-1] == pytest.approx(want["loss"], rel=1e-12)
+        assert hist["val_accuracy"][-1] == want["accuracy"]
+
+
 def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monkeypatch):
     """`Communicator.fail`: rank 1 raises inside fit at its second step; it prints its error, tells
     every other rank, and calls MPI_Abort once both answered (not after `grace`); each other rank
