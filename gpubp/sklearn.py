@@ -112,6 +112,7 @@ except ImportError as e:   # exercised only without scikit-learn
 from .checks import DTYPES, finite_after_cast
 from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
+from .training import _caller_level
 
 #: scikit-learn's activation names and gpubp's own, as gpubp names
 ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh",
@@ -352,7 +353,7 @@ class _BaseMLP(BaseEstimator):
         except KeyboardInterrupt:
             # as scikit-learn's MLPs: Ctrl-C ends the training and the call returns the estimator as trained
             # so far (`MLP.fit` left the network on its last good step; the epoch cut short is not counted)
-            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=3)
+            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=_caller_level())
             self._restore_best()
         return self
 
@@ -427,7 +428,7 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn(f"batch_size={self.batch_size} is larger than the {n} training samples; "
-                              f"it is clipped to {n}", UserWarning, stacklevel=5)
+                              f"it is clipped to {n}", UserWarning, stacklevel=_caller_level())
             batch_size = int(min(self.batch_size, n))
         # scikit-learn divides a batch's penalty gradient by the batch's weight sum; the mean is taken
         # of the weights over their largest, whose sum cannot overflow (1e308 each would)
@@ -500,7 +501,7 @@ class _BaseMLP(BaseEstimator):
                 break
             if not incremental and epoch == self.max_iter:    # this call's epochs: a warm-started fit warns too
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=_caller_level())
         self._restore_best()
 
     def _sync_activation(self) -> None:
