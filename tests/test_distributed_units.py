@@ -36,6 +36,13 @@ import dp_fault  # noqa: E402
 import dp_train  # noqa: E402
 
 
+def small_net(sizes, seed=0, loss="mse", **kw):
+    """The float64 network on the numpy backend that the fits on thread ranks below train."""
+    from gpubp.network import MLP
+
+    return MLP(sizes, loss=loss, dtype="float64", seed=seed, backend="numpy", **kw)
+
+
 # ------------------------------------------------------------------ ranks played by threads
 class FakeAbort(BaseException):
     """`MPI_Abort` on a fake communicator: the whole (pretend) job ends."""
@@ -332,14 +339,13 @@ def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_tha
     import warnings
 
     from gpubp.callbacks import LambdaCallback
-    from gpubp.network import MLP
 
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((40, 4)), rng.standard_normal((40, 2))
 
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        net = MLP([4, 8, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+        net = small_net([4, 8, 2])
 
         def halve(net, epoch, logs):
             if epoch == 2:
@@ -353,7 +359,7 @@ def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_tha
         warnings.simplefilter("always")
         codes, outs, errs, results = on_ranks(3, body, monkeypatch)
     assert codes == [0, 0, 0], errs
-    ref = MLP([4, 8, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+    ref = small_net([4, 8, 2])
     ref_hist = ref.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False)
     for params, hist in results:
         np.testing.assert_array_equal(params, results[0][0])
@@ -372,17 +378,13 @@ def test_a_callback_drawing_from_one_ranks_generator_leaves_rank_0s_everywhere(m
     import warnings
 
     from gpubp.callbacks import LambdaCallback
-    from gpubp.network import MLP
 
     rng = np.random.default_rng(1)
     X, Y = rng.standard_normal((30, 4)), rng.standard_normal((30, 2))
 
-    def make():
-        return MLP([4, 6, 2], activation="tanh", loss="mse", dtype="float64", seed=0, backend="numpy")
-
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        net = make()
+        net = small_net([4, 6, 2], activation="tanh")
 
         def draw(net, epoch, logs):
             if epoch == 1:
@@ -396,7 +398,7 @@ def test_a_callback_drawing_from_one_ranks_generator_leaves_rank_0s_everywhere(m
         warnings.simplefilter("always")
         codes, outs, errs, results = on_ranks(2, body, monkeypatch)
     assert codes == [0, 0], errs
-    ref = make()
+    ref = small_net([4, 6, 2], activation="tanh")
     ref.fit(X, Y, epochs=3, batch_size=7, optimizer="sgd", progress=False)
     for params in results:
         np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
@@ -410,7 +412,6 @@ def test_a_stop_decided_on_one_rank_stops_every_rank_after_that_epoch(monkeypatc
     epoch 2 (epochs count from 1), and every rank trains exactly 2 epochs, as one process whose callback
     stops there."""
     from gpubp.callbacks import LambdaCallback
-    from gpubp.network import MLP
 
     rng = np.random.default_rng(1)
     X, Y = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
@@ -421,14 +422,14 @@ def test_a_stop_decided_on_one_rank_stops_every_rank_after_that_epoch(monkeypatc
 
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        net = MLP([3, 5, 2], loss="mse", dtype="float64", seed=3, backend="numpy")
+        net = small_net([3, 5, 2], seed=3)
         cbs = [LambdaCallback(on_epoch_end=stop_after_2)] if comm.rank == 2 else []
         return net.fit(X, Y, epochs=6, batch_size=7, optimizer="adam", progress=False, comm=comm,
                        callbacks=cbs), net._params.copy()
 
     codes, _, errs, results = on_ranks(3, body, monkeypatch)
     assert codes == [0, 0, 0], errs
-    ref = MLP([3, 5, 2], loss="mse", dtype="float64", seed=3, backend="numpy")
+    ref = small_net([3, 5, 2], seed=3)
     ref_hist = ref.fit(X, Y, epochs=6, batch_size=7, optimizer="adam", progress=False,
                        callbacks=[LambdaCallback(on_epoch_end=stop_after_2)])
     assert len(ref_hist["loss"]) == 2
@@ -979,18 +980,14 @@ def test_sharded_local_batches_of_one_row_train_every_row(monkeypatch):
     the ranks' i-th rows together, and an epoch takes as many steps as the longest shard has rows
     (5 and 4 rows here: the last step has rank 0's row alone) -- one process fitting the rows in that
     interleaved order with batch_size 2 ends with the same parameters and losses."""
-    from gpubp.network import MLP
 
     rng = np.random.default_rng(3)
     X, Y = rng.standard_normal((9, 3)), rng.standard_normal((9, 2))
 
-    def make():
-        return MLP([3, 4, 2], activation="tanh", loss="mse", dtype="float64", seed=0, backend="numpy")
-
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
         a, b = (0, 5) if r == 0 else (5, 9)
-        net = make()
+        net = small_net([3, 4, 2], activation="tanh")
         hist = net.fit(X[a:b], Y[a:b], epochs=2, batch_size=2, optimizer="sgd", shuffle=False,
                        progress=False, comm=comm, sharded=True)
         return net._params.copy(), hist["loss"]
@@ -998,7 +995,7 @@ def test_sharded_local_batches_of_one_row_train_every_row(monkeypatch):
     codes, _, errs, results = on_ranks(2, body, monkeypatch)
     assert codes == [0, 0], errs
     order = [0, 5, 1, 6, 2, 7, 3, 8, 4]
-    ref = make()
+    ref = small_net([3, 4, 2], activation="tanh")
     ref_loss = ref.fit(X[order], Y[order], epochs=2, batch_size=2, optimizer="sgd", shuffle=False,
                        progress=False)["loss"]
     for params, loss in results:
@@ -1019,7 +1016,7 @@ def test_validation_rows_fewer_than_the_ranks_are_evaluated_once_each(monkeypatc
 
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        net = MLP([3, 5, 3], loss="cross_entropy", dtype="float64", seed=0, backend="numpy")
+        net = small_net([3, 5, 3], loss="cross_entropy")
         hist = net.fit(X, y, epochs=2, batch_size=4, optimizer="sgd", progress=False, comm=comm,
                        validation=(Xv, yv))
         return hist, net
@@ -1037,7 +1034,6 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
     every other rank, and calls MPI_Abort once both answered (not after `grace`); each other rank
     stops its wait with `RankFailed`, prints which rank failed and why, answers, and waits `grace` + 1 s
     for the failed rank to end the job before it aborts too."""
-    from gpubp.network import MLP
 
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((24, 3)), rng.standard_normal((24, 2))
@@ -1045,7 +1041,7 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
 
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0, grace=grace)
-        net = MLP([3, 4, 2], loss="mse", dtype="float64", seed=0, backend="numpy")
+        net = small_net([3, 4, 2])
         if r == 1:
             forward, calls = net._forward, []
 
@@ -1151,20 +1147,19 @@ def test_a_cuda_communicator_without_cupy_says_what_to_install(monkeypatch):
 def test_every_rank_starts_from_rank_0s_parameters(monkeypatch):
     """Ranks whose networks were made with different seeds train from rank 0's parameters (broadcast at
     the start of fit) and end as one process whose network has rank 0's seed."""
-    from gpubp.network import MLP
 
     rng = np.random.default_rng(2)
     X, Y = rng.standard_normal((20, 3)), rng.standard_normal((20, 2))
 
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        net = MLP([3, 4, 2], loss="mse", dtype="float64", seed=10 + r, backend="numpy")
+        net = small_net([3, 4, 2], seed=10 + r)
         net.fit(X, Y, epochs=2, batch_size=5, optimizer="adam", progress=False, comm=comm)
         return net._params.copy()
 
     codes, _, errs, results = on_ranks(3, body, monkeypatch)
     assert codes == [0, 0, 0], errs
-    ref = MLP([3, 4, 2], loss="mse", dtype="float64", seed=10, backend="numpy")
+    ref = small_net([3, 4, 2], seed=10)
     ref.fit(X, Y, epochs=2, batch_size=5, optimizer="adam", progress=False)
     for p in results:
         np.testing.assert_allclose(p, ref._params, rtol=1e-12, atol=1e-14)
