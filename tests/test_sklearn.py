@@ -21,7 +21,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
 
 from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from support.sklearn_parity import fit_quietly as _fit_quietly  # noqa: E402
 from support.sklearn_parity import parity_cases as _parity_cases  # noqa: E402
+from support.sklearn_parity import switch_activation  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -70,12 +72,6 @@ def _blobs(n=120, n_features=4, n_classes=3, seed=0):
     y = np.arange(n) % n_classes
     X = centers[y] + rng.normal(0, 1, (n, n_features))
     return X, y
-
-
-def _fit_quietly(est, X, y, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(X, y, **kw)
 
 
 # ---------------------------------------------------------------- labels and shapes
@@ -796,18 +792,7 @@ def test_an_activation_set_after_fitting_is_what_the_next_epochs_train_in(how):
     a warm-started fit or a partial_fit trains the fitted weights in the new one.  Ours kept training
     and predicting in the activation the network was built with, while get_params() reported the new
     one."""
-    X, cases = _parity_cases()
-    Sk, G, y = cases["regression"]
-    kw = dict(hidden_layer_sizes=(7,), activation="relu", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
-              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
-    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
-    for est in (sk, g):
-        _fit_quietly(est, X, y)
-        est.set_params(activation="tanh")
-        if how == "warm_start":
-            _fit_quietly(est, X, y)
-        else:
-            est.partial_fit(X, y)
+    X, _, sk, g = switch_activation("regression", (7,), how)
     assert g.net_.activations == ("tanh", "identity")
     for a, b in zip(sk.coefs_, g.coefs_):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)

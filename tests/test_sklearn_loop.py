@@ -15,7 +15,9 @@ from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from support.sklearn_parity import fit_quietly as _fit_quietly  # noqa: E402
 from support.sklearn_parity import parity_cases as _parity_cases  # noqa: E402
+from support.sklearn_parity import switch_activation  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -29,12 +31,6 @@ def _blobs(n=60, n_features=4, n_classes=3, seed=0):
     centers = rng.normal(0, 3, (n_classes, n_features))
     y = np.arange(n) % n_classes
     return centers[y] + rng.normal(0, 1, (n, n_features)), y
-
-
-def _fit_quietly(est, X, y, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(X, y, **kw)
 
 
 # ---------------------------------------------------------------- warnings point at the caller
@@ -247,16 +243,7 @@ def test_a_warm_start_after_early_stopping_trains_on_from_its_best_epoch(case):
 def test_an_activation_set_after_fitting_applies_to_every_hidden_layer(how):
     """scikit-learn applies self.activation to each hidden layer; with two hidden layers both switch, and the
     output layer stays the identity (logits)."""
-    X, cases = _parity_cases()
-    Sk, G, y = cases["multiclass"]
-    kw = dict(hidden_layer_sizes=(6, 5), activation="relu", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
-              learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
-    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
-    for est in (sk, g):
-        _fit_quietly(est, X, y)
-        est.set_params(activation="tanh")
-        if how == "warm_start":
-            _fit_quietly(est, X, y)
+    X, _, sk, g = switch_activation("multiclass", (6, 5), how)
     np.testing.assert_allclose(g.predict_proba(X), sk.predict_proba(X), rtol=0, atol=1e-12)
     assert g.net_.activations == ("tanh", "tanh", "identity")
 

@@ -1,7 +1,10 @@
 """The data sets on which gpubp's scikit-learn estimators are fitted side by side with scikit-learn's.
 
 Imported by the scikit-learn test modules only after their `pytest.importorskip("sklearn")`."""
+import warnings
+
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor
 
@@ -17,3 +20,30 @@ def parity_cases():
                "binary": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, 40)),
                "multilabel": (SkMLPClassifier, MLPClassifier, rng.integers(0, 2, (40, 3))),
                "regression": (SkMLPRegressor, MLPRegressor, rng.standard_normal((40, 2)))}
+
+
+def fit_quietly(est, X, y, **kw):
+    """`est.fit` without the ConvergenceWarning of a deliberately short run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **kw)
+
+
+def switch_activation(case, hidden_layer_sizes, how):
+    """scikit-learn's and gpubp's estimators for `case` of `parity_cases`, fitted alike in relu (float64,
+    SGD with momentum, full batches), switched to tanh by set_params, then taken on by `how`: "predict"
+    (nothing more), "warm_start" (a warm-started fit) or "partial_fit".  Returns X, y, sk, g."""
+    X, cases = parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=hidden_layer_sizes, activation="relu", solver="sgd", alpha=0.0, batch_size=40,
+              max_iter=3, learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100,
+              warm_start=True)
+    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    for est in (sk, g):
+        fit_quietly(est, X, y)
+        est.set_params(activation="tanh")
+        if how == "warm_start":
+            fit_quietly(est, X, y)
+        elif how == "partial_fit":
+            est.partial_fit(X, y)
+    return X, y, sk, g
