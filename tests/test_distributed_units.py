@@ -1077,6 +1077,146 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
                            "injected failure\n"), errs[r]
 
 
+class _Clock:
+    """`distributed.time` on a fake clock: `sleep` moves it on and runs the events due by then (a rank's
+    answer arriving, say); `monotonic` reads it.  A wait that never ends fails instead of hanging."""
+
+    def __init__(self, events=()):
+        self.t, self.slept, self.events = 100.0, [], sorted(events, key=lambda e: e[0])
+
+    def monotonic(self):
+        return self.t
+
+    def sleep(self, s):
+        assert s >= 0 and len(self.slept) < 100_000, "the rank never stopped waiting"
+        self.slept.append(s)
+        self.t += s
+        while self.events and self.events[0][0] <= self.t - 100.0:
+            self.events.pop(0)[1]()
+
+    def poll(self):
+        """A request's Test: counted as a poll, so a loop that polls without sleeping cannot spin forever."""
+        self.slept.append(0.0)
+        assert len(self.slept) < 100_000, "the rank polls without yielding the core"
+
+
+class _LateReq:
+    """A request that MPI finishes only while it is tested (it needs progress), at or after `at` s."""
+
+    def __init__(self, clock, at, then=None):
+        self.clock, self.at, self.then, self.done = clock, at, then, False
+
+    def Test(self):
+        self.clock.poll()
+        if not self.done and self.clock.t - 100.0 >= self.at:
+            self.done = True
+            if self.then:
+                self.then()
+        return self.done
+
+
+def _failing_rank(monkeypatch, size, rank, grace, clock, notices_at=0.0):
+    """Rank `rank`'s communicator of a `size`-rank fake world, on `clock`; its notices and answers reach the
+    other ranks' mailboxes only once their requests were tested (`notices_at` s on)."""
+    world = fake_world(size)
+    shim = _MPIShim()
+    shim.local.world = world[rank]
+    monkeypatch.setattr(distributed, "_mpi", lambda: shim)
+    c = Communicator(world[rank], backend="numpy", timeout=30.0, grace=grace)
+    monkeypatch.setattr(distributed, "time", clock)
+    mail, sent = c._notices.group.mail, []
+
+    def isend(spec, dest, tag):
+        data = bytes(spec[0])
+        sent.append((dest, tag))
+        return _LateReq(clock, notices_at, lambda: mail[dest].append((rank, tag, data)))
+
+    monkeypatch.setattr(c._notices, "Isend", isend)
+    return c, world, mail, sent
+
+
+class _NCCL:
+    def __init__(self, log, fails=False):
+        self.log, self.fails = log, fails
+
+    def abort(self):
+        self.log.append("nccl abort")
+        if self.fails:
+            raise RuntimeError("NCCL error")
+
+
+@pytest.mark.parametrize("answered_at, nccl_fails", [(0.0, False), (0.4, True), (None, False)])
+def test_a_rank_told_of_a_failure_answers_and_aborts_grace_plus_1_s_later(answered_at, nccl_fails, monkeypatch,
+                                                                          capsys):
+    """`Communicator.fail(RankFailed)`: the NCCL communicator is aborted first (an error there is no matter),
+    the rank prints which rank failed, answers it (testing the answer until MPI sent it, yielding the core
+    meanwhile), and calls MPI_Abort `grace` + 1 s after it began, whenever the answer went (or if it never
+    did): the failed rank ends the job before that."""
+    grace = 0.25
+    clock = _Clock()
+    c, world, mail, sent = _failing_rank(monkeypatch, 3, 2, grace, clock,
+                                         notices_at=1e9 if answered_at is None else answered_at)
+    log = []
+    c._nccl = _NCCL(log, fails=nccl_fails)
+    with pytest.raises(FakeAbort, match=r"rank 2 called Abort\(1\)"):
+        c.fail(RankFailed(0, "ValueError: bad rows"))
+    assert log == ["nccl abort"]
+    assert capsys.readouterr().err == "gpubp.distributed: rank 2 of 3: stopping, because rank 0 failed: " \
+                                      "ValueError: bad rows\n"
+    assert sent == [(0, distributed._TAG_ACK)]
+    assert mail[0] == ([] if answered_at is None else [(2, distributed._TAG_ACK, b"")])
+    assert clock.slept[-1] == distributed.ABORT_FLUSH_S
+    assert clock.t - 100.0 - distributed.ABORT_FLUSH_S == pytest.approx(grace + 1.0, abs=1e-9)
+    assert [a[0] for a in world[0].group.world["aborts"]] == [2]
+
+
+@pytest.mark.parametrize("size, answers, want", [
+    (3, [(0.3, 0, "ack"), (0.6, 2, "notice")], 0.6),   # both answered (rank 2 failed too): abort at once
+    (3, [(0.3, 0, "ack")], 2.0),                        # rank 2 never answers: abort after `grace`
+    (2, [], 2.0),
+    (2, [(0.5, 0, "ack")], 0.5),
+])
+def test_a_failed_rank_tells_the_others_and_aborts_once_all_answered_or_after_grace(size, answers, want, monkeypatch,
+                                                                                   capsys):
+    """`Communicator.fail(exc)` for the rank's own error: it prints the traceback and what failed, sends the
+    error line to every other rank (testing the sends so that MPI moves them along), takes each answer
+    (an answer or another rank's own notice) and calls MPI_Abort as soon as every other rank answered, or
+    `grace` s after it began."""
+    grace = 2.0
+    clock = _Clock()
+    c, world, mail, sent = _failing_rank(monkeypatch, size, 1, grace, clock)
+    tag = {"ack": distributed._TAG_ACK, "notice": distributed._TAG_NOTICE}
+    clock.events = [(t, lambda src=src, k=k: mail[1].append((src, tag[k], b"" if k == "ack" else b"OSError: x")))
+                    for t, src, k in answers]
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as e:
+        exc = e
+    with pytest.raises(FakeAbort, match=r"rank 1 called Abort\(1\)"):
+        c.fail(exc)
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n") and err.endswith(
+        f"RuntimeError: boom\ngpubp.distributed: rank 1 of {size} failed: RuntimeError: boom\n"
+        f"gpubp.distributed: rank 1 of {size}: ending the job on all {size} ranks\n")
+    others = [r for r in range(size) if r != 1]
+    assert sent == [(r, distributed._TAG_NOTICE) for r in others]
+    for r in others:
+        assert mail[r] == [(1, distributed._TAG_NOTICE, b"RuntimeError: boom")]
+    assert mail[1] == []                                   # every answer was taken
+    assert clock.slept[-1] == distributed.ABORT_FLUSH_S
+    assert want - 1e-9 <= clock.t - 100.0 - distributed.ABORT_FLUSH_S <= want + 0.0011
+    assert [a[0] for a in world[0].group.world["aborts"]] == [1]
+
+
+def test_a_failed_rank_alone_aborts_at_once(monkeypatch, capsys):
+    clock = _Clock()
+    c, world, mail, sent = _failing_rank(monkeypatch, 1, 0, 2.0, clock)
+    with pytest.raises(FakeAbort):
+        c.fail(KeyError("k"))
+    assert sent == [] and clock.slept == [distributed.ABORT_FLUSH_S]
+    assert capsys.readouterr().err.endswith("gpubp.distributed: rank 0 of 1: ending the job on all 1 ranks\n")
+
+
 def test_a_missing_mpi4py_is_an_import_error_saying_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ImportError, match=r"gpubp.distributed needs mpi4py and an MPI library: pip install "
