@@ -928,6 +928,21 @@ def test_mpiexec_command_adds_open_mpis_options(tmp_path):
     assert distributed.mpiexec_command(4, missing) == [missing, "-n", "4"]
 
 
+
+@pytest.mark.parametrize("euid, want", [(0, ["--allow-run-as-root", "--oversubscribe"]), (1000, ["--oversubscribe"]),
+                                        (None, ["--oversubscribe"])])
+def test_mpiexec_command_lets_open_mpi_run_as_root_only_for_root(euid, want, tmp_path, monkeypatch):
+    """Open MPI refuses to start as root without `--allow-run-as-root`: it is added for root alone (and
+    where there are no user ids, as on Windows, never); MPICH's hydra gets neither option."""
+    if euid is None:
+        monkeypatch.delattr(os, "geteuid", raising=False)
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: euid, raising=False)
+    exe = _exe(tmp_path / "ompi", "mpiexec (Open MPI) 5.0.0")
+    assert distributed.mpiexec_command(2, exe) == [exe] + want + ["-n", "2"]
+    exe = _exe(tmp_path / "hydra", "HYDRA build details: Version: 4.1.2")
+    assert distributed.mpiexec_command(2, exe) == [exe, "-n", "2"]
+
 def test_find_mpiexec_prefers_the_one_next_to_the_interpreter(tmp_path, monkeypatch):
     env, path = tmp_path / "env", tmp_path / "path"
     env.mkdir()
