@@ -1283,13 +1283,42 @@ def test_collectives_default_to_rank_0_as_root(monkeypatch):
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
         buf = np.full(3, float(r))
-        comm.broadcast(buf)
+        assert comm.broadcast(buf) is buf          # in place, and returned (as on one rank)
         return buf.tolist(), comm.broadcast_json({"r": r}), comm.broadcast_json([r], 2)
 
     codes, _, errs, results = on_ranks(3, body, monkeypatch)
     assert codes == [0, 0, 0], errs
     assert results == [([0.0, 0.0, 0.0], {"r": 0}, [2])] * 3
 
+
+
+class _DeviceBuf:
+    """A device array as `Communicator` sees one (`__cuda_array_interface__`, `get`, `set`), in host memory."""
+
+    def __init__(self, a):
+        self.a = np.array(a)
+        self.__cuda_array_interface__ = {"shape": self.a.shape, "typestr": self.a.dtype.str, "version": 3,
+                                         "data": (self.a.ctypes.data, False), "strides": None}
+
+    def get(self):
+        return self.a.copy()
+
+    def set(self, host):
+        self.a[...] = host
+
+
+def test_device_buffers_without_nccl_are_broadcast_through_host_copies(monkeypatch):
+    """Ranks sharing a GPU (no NCCL) broadcast a device buffer through a host copy over MPI: every rank's
+    buffer holds the root's values afterwards and is returned, as a host buffer's is."""
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        buf = _DeviceBuf(np.full(4, float(r)))
+        got = comm.broadcast(buf, 1)
+        return got is buf, buf.a.tolist()
+
+    codes, _, errs, results = on_ranks(3, body, monkeypatch)
+    assert codes == [0, 0, 0], errs
+    assert results == [(True, [1.0] * 4)] * 3
 
 def test_a_cuda_communicator_without_cupy_says_what_to_install(monkeypatch):
     """`backend="cuda"` without CuPy is refused before MPI is used, with the backend's own error (which
@@ -1319,6 +1348,43 @@ def test_every_rank_starts_from_rank_0s_parameters(monkeypatch):
     for p in results:
         np.testing.assert_allclose(p, ref._params, rtol=1e-12, atol=1e-14)
 
+
+
+def _weighted_ranks(local_w):
+    """Rank r's `DataParallel` (the `small_net` of 3-4-2, SGD) with its steps' weights `local_w[r]` and their
+    sums over the ranks, as `begin_epoch` leaves them."""
+    from gpubp.distributed import DataParallel
+
+    comm = distributed.init(backend="numpy", timeout=30.0)
+    dp = DataParallel(comm, small_net([3, 4, 2]), None)
+    dp.local_w = np.array(local_w[comm.rank], dtype=np.float64)
+    dp.global_w = np.sum(local_w, axis=0, dtype=np.float64)
+    return dp
+
+
+def test_global_losses_are_the_weighted_means_over_the_ranks(monkeypatch):
+    """`DataParallel.global_losses`: step i's loss over the global batch is the ranks' losses weighted by
+    their share of the batch (rows or weight sums); a rank's loss counts not where its share weighs
+    nothing (its loss there is NaN, an empty mean), a step weighing nothing on every rank has loss 0,
+    a non-finite loss of a rank that counts makes the step's not finite; `start` picks the steps.  `epoch_loss`
+    is the mean over the epoch, weighted alike."""
+    # weights as `begin_epoch` makes them: rows, or sample weight sums over the largest weight (below 1)
+    local_w = [[2.0, 1.0, 0.0, 3.0, 0.0, 0.25, 1.0], [2.0, 0.0, 0.0, 1.0, 1.0, 0.125, 1.0]]
+    losses = [[1.0, 4.0, np.nan, 2.0, np.nan, 2.0, np.inf], [3.0, np.nan, np.nan, 6.0, 5.0, 8.0, 1.0]]
+
+    def body(r):
+        dp = _weighted_ranks(local_w)
+        return dp.global_losses(losses[r], 0), dp.global_losses(losses[r][3:], 3), dp.epoch_loss(losses[r][:6] + [1.0])
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    want = [(1 * 2 + 3 * 2) / 4, 4.0, 0.0, (2 * 3 + 6 * 1) / 4, 5.0, (2 * 0.25 + 8 * 0.125) / 0.375]
+    for got, tail, epoch in results:
+        assert got.shape == (7,) and tail.shape == (4,) and not np.isfinite(got[6]) and not np.isfinite(tail[3])
+        np.testing.assert_allclose(got[:6], want, rtol=1e-15)
+        np.testing.assert_allclose(tail[:3], want[3:], rtol=1e-15)
+        # the whole epoch's mean
+        assert epoch == pytest.approx((2 + 4 + 6 + 0.5 + 1 + 6 + 6 + 5 + 1 + 1) / 12.375, rel=1e-15)
 
 def test_other_validation_targets_on_one_rank_are_refused(monkeypatch):
     X, Y, Xv, Yv, _ = dp_train.data()
