@@ -1309,18 +1309,17 @@ class _DeviceBuf:
         self.a[...] = host
 
 
-def test_device_buffers_without_nccl_are_broadcast_through_host_copies(monkeypatch):
-    """Ranks sharing a GPU (no NCCL) broadcast a device buffer through a host copy over MPI: every rank's
-    buffer holds the root's values afterwards and is returned, as a host buffer's is."""
+def test_device_buffers_without_nccl_go_through_host_copies(monkeypatch):
+    """Ranks sharing a GPU (no NCCL) broadcast and sum a device buffer through a host copy over MPI: every
+    rank's buffer holds the root's values (the sums) afterwards and is returned, as a host buffer's is."""
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        buf = _DeviceBuf(np.full(4, float(r)))
-        got = comm.broadcast(buf, 1)
-        return got is buf, buf.a.tolist()
+        buf, summed = _DeviceBuf(np.full(4, float(r))), _DeviceBuf(np.arange(3.0) * 10 ** r)
+        return comm.broadcast(buf, 1) is buf, buf.a.tolist(), comm.allreduce_sum(summed) is summed, summed.a.tolist()
 
     codes, _, errs, results = on_ranks(3, body, monkeypatch)
     assert codes == [0, 0, 0], errs
-    assert results == [(True, [1.0] * 4)] * 3
+    assert results == [(True, [1.0] * 4, True, [0.0, 111.0, 222.0])] * 3
 
 def test_a_cuda_communicator_without_cupy_says_what_to_install(monkeypatch):
     """`backend="cuda"` without CuPy is refused before MPI is used, with the backend's own error (which
