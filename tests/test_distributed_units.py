@@ -1387,6 +1387,53 @@ def test_global_losses_are_the_weighted_means_over_the_ranks(monkeypatch):
         # the whole epoch's mean
         assert epoch == pytest.approx((2 + 4 + 6 + 0.5 + 1 + 6 + 6 + 5 + 1 + 1) / 12.375, rel=1e-15)
 
+
+def test_sample_weights_on_some_ranks_only_are_refused_naming_who_has_them(monkeypatch):
+    """A fit where rank 1 alone passes sample weights is refused on every rank (`ConfigMismatch`), the
+    message saying that rank 1 has them and rank 0 has not."""
+    X, Y, _, _, _ = dp_train.data()
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        w = np.linspace(0.5, 2.0, X.shape[0]) if r == 1 else None
+        with pytest.raises(ConfigMismatch) as e:
+            dp_train.make_net().fit(X, Y, epochs=1, batch_size=5, progress=False, comm=comm, sample_weight=w)
+        return str(e.value)
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    for said in results:
+        assert said.startswith("the ranks' network configurations and training settings differ") and \
+            "fit.sample_weights = true where rank 0 has false" in said, said
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_setup_takes_a_bool_validation_as_whether_there_is_one(sharded, monkeypatch):
+    """`DataParallel.setup(validation=...)`: None and False both say there is no validation pair (so ranks
+    passing one or the other agree, and a sharded fit does not look for validation rows); True says there
+    is one (a sharded fit then finds no validation rows on any rank and refuses)."""
+    from gpubp.distributed import DataParallel
+    from gpubp.optim import make_optimizer
+
+    X, Y = np.arange(24.0).reshape(8, 3), np.arange(16.0).reshape(8, 2)
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = small_net([3, 4, 2])
+        opt = make_optimizer("sgd")
+        opt.bind(net.backend, net._params)
+        dp = DataParallel(comm, net, opt, sharded=sharded)
+        steps = dp.setup(X, Y, None, 1, 4, False, validation=[None, False][r])
+        if not sharded:
+            return steps
+        with pytest.raises(EveryRankError, match="validation shards hold no rows at all"):
+            dp.setup(X, Y, None, 1, 4, False, validation=True)
+        return steps
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    assert results == [4 if sharded else 2] * 2
+
 def test_other_validation_targets_on_one_rank_are_refused(monkeypatch):
     X, Y, Xv, Yv, _ = dp_train.data()
 
