@@ -1018,6 +1018,33 @@ def test_sharded_local_batches_of_one_row_train_every_row(monkeypatch):
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
 
 
+
+def test_sharded_subnormal_sample_weights_with_an_empty_shard_train_as_one_process(monkeypatch):
+    """Sample weights far below float64's smallest normal number, all on rank 0 (rank 1's shard is empty):
+    the batches' weight sums are taken over the largest weight of the ranks that hold rows, so the losses and
+    the parameters are one process's (fitting rank 0's rows with its local batch), to rounding -- not the
+    few digits left in products of subnormal weights."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((8, 3)), rng.standard_normal((8, 2))
+    w = np.linspace(1.0, 3.0, 8) * 1e-318
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        rows = slice(0, 8) if r == 0 else slice(0, 0)
+        net = small_net([3, 4, 2])
+        hist = net.fit(X[rows], Y[rows], epochs=2, batch_size=4, optimizer="sgd", shuffle=False, progress=False,
+                       comm=comm, sharded=True, sample_weight=w[rows])
+        return net._params.copy(), hist["loss"]
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    ref = small_net([3, 4, 2])
+    ref_loss = ref.fit(X, Y, epochs=2, batch_size=2, optimizer="sgd", shuffle=False, progress=False,
+                       sample_weight=w)["loss"]
+    for params, loss in results:
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+
 def test_validation_rows_fewer_than_the_ranks_are_evaluated_once_each(monkeypatch):
     """Without sharding each rank evaluates its share of the validation pair: 2 rows on 4 ranks leave
     ranks 0 and 2 with none (rank 2's empty share starts at row 1), and the epoch's val_loss and
