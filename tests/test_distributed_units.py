@@ -371,6 +371,39 @@ def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_tha
         "rank, not alike on rank 0; every rank now holds rank 0's state"), said
 
 
+
+def test_a_callback_changing_rank_0s_network_alone_is_kept_everywhere_without_a_warning(monkeypatch):
+    """`DataParallel.after_callbacks`: when rank 0's own callback changes its network, rank 0's state (the
+    changed one) is broadcast and nobody warns: no rank's own change was replaced."""
+    import warnings
+
+    from gpubp.callbacks import LambdaCallback
+
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((16, 3)), rng.standard_normal((16, 2))
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = small_net([3, 4, 2])
+
+        def halve(net, epoch, logs):
+            net._params *= 0.5
+
+        cbs = [LambdaCallback(on_epoch_end=halve)] if comm.rank == 0 else []
+        net.fit(X, Y, epochs=2, batch_size=4, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
+        return net._params.copy()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        codes, outs, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    ref = small_net([3, 4, 2])
+    ref.fit(X, Y, epochs=2, batch_size=4, optimizer="sgd", progress=False,
+            callbacks=[LambdaCallback(on_epoch_end=lambda net, epoch, logs: net._params.__imul__(0.5))])
+    for params in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+    assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
+
 def test_a_callback_drawing_from_one_ranks_generator_leaves_rank_0s_everywhere(monkeypatch):
     """The state compared after the callbacks includes the shuffling generator: rank 1's callback draws
     from it after epoch 1 (the parameters untouched); every rank then shuffles the later epochs as rank 0
