@@ -404,6 +404,42 @@ def test_a_callback_changing_rank_0s_network_alone_is_kept_everywhere_without_a_
         np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
     assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
 
+
+def test_a_callback_swapping_two_of_one_ranks_parameters_is_seen_and_undone(monkeypatch):
+    """The digest of the training state compared after the callbacks sees the values themselves, not only
+    their sums: rank 1's callback swaps two of its parameters (sum and sum of magnitudes unchanged); every
+    rank ends with rank 0's parameters and rank 1 warns."""
+    import warnings
+
+    from gpubp.callbacks import LambdaCallback
+
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((12, 3)), rng.standard_normal((12, 2))
+
+    def swap(net, epoch, logs):
+        p = net._params      # 0 and 8: numpy's sum adds them first, in either order (the sums stay the same)
+        p[0], p[8] = float(p[8]), float(p[0])
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = small_net([3, 4, 2])
+        cbs = [LambdaCallback(on_epoch_end=swap)] if comm.rank == 1 else []
+        net.fit(X, Y, epochs=1, batch_size=4, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
+        return net._params.copy()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        codes, outs, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    ref = small_net([3, 4, 2])
+    ref.fit(X, Y, epochs=1, batch_size=4, optimizer="sgd", progress=False)
+    assert ref._params[0] != ref._params[8]
+    for params in results:
+        np.testing.assert_array_equal(params, results[0])
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and said[0].startswith("rank 1: a callback (on_epoch_end of epoch 1) changed"), said
+
 def test_a_callback_drawing_from_one_ranks_generator_leaves_rank_0s_everywhere(monkeypatch):
     """The state compared after the callbacks includes the shuffling generator: rank 1's callback draws
     from it after epoch 1 (the parameters untouched); every rank then shuffles the later epochs as rank 0
@@ -1294,6 +1330,37 @@ def test_a_failed_rank_alone_aborts_at_once(monkeypatch, capsys):
     assert capsys.readouterr().err.endswith("gpubp.distributed: rank 0 of 1: ending the job on all 1 ranks\n")
 
 
+
+def test_on_two_ranks_an_error_inside_fit_ends_the_job(monkeypatch):
+    """`guard_fit` guards every fit of several ranks, two included: rank 1's error at its second step is
+    printed and told to rank 0, and both end with MPI_Abort (here `grace=0`: the failed rank does not wait
+    for the answer)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((12, 3)), rng.standard_normal((12, 2))
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0, grace=0)
+        net = small_net([3, 4, 2])
+        if r == 1:
+            forward, calls = net._forward, []
+
+            def bad_forward(*a, **k):
+                calls.append(1)
+                if len(calls) == 2:
+                    raise RuntimeError("an injected failure")
+                return forward(*a, **k)
+
+            net._forward = bad_forward
+        net.fit(X, Y, epochs=1, batch_size=4, optimizer="sgd", progress=False, comm=comm)
+
+    world = fake_world(2)
+    codes, outs, errs, results = on_ranks(2, body, monkeypatch, world=world)
+    assert codes == [1, 1] and all(isinstance(e, FakeAbort) for e in results), results
+    assert sorted(r for r, _, _ in world[0].group.world["aborts"]) == [0, 1]
+    assert "gpubp.distributed: rank 1 of 2 failed: RuntimeError: an injected failure\n" in errs[1]
+    assert errs[0] == "gpubp.distributed: rank 0 of 2: stopping, because rank 1 failed: RuntimeError: an " \
+                      "injected failure\n", errs[0]
+
 def test_a_missing_mpi4py_is_an_import_error_saying_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ImportError, match=r"gpubp.distributed needs mpi4py and an MPI library: pip install "
@@ -1381,6 +1448,30 @@ def test_device_buffers_without_nccl_go_through_host_copies(monkeypatch):
     assert codes == [0, 0, 0], errs
     assert results == [(True, [1.0] * 4, True, [0.0, 111.0, 222.0])] * 3
 
+
+def test_a_broadcast_through_nccl_waits_for_it_and_returns_the_buffer(monkeypatch):
+    """With NCCL (each rank its own GPU), `broadcast` hands the device buffer to NCCL on the root given,
+    waits for the operation and returns the buffer, as the other transports do."""
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        comm._nccl, calls = object(), []
+
+        class Pending(distributed._Done):
+            def complete(self):
+                calls.append("waited")
+
+        def nccl_op(buf, op, *args):
+            calls.append((op, args))
+            return Pending()
+
+        monkeypatch.setattr(comm, "_nccl_op", nccl_op)
+        buf = _DeviceBuf(np.full(2, float(r)))
+        return comm.broadcast(buf, 1) is buf, calls
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    assert results == [(True, [("bcast", (1,)), "waited"])] * 2
+
 def test_a_cuda_communicator_without_cupy_says_what_to_install(monkeypatch):
     """`backend="cuda"` without CuPy is refused before MPI is used, with the backend's own error (which
     names the extras that bring CuPy), not a bare ModuleNotFoundError from the GPU set-up."""
@@ -1420,6 +1511,7 @@ def _weighted_ranks(local_w):
     dp = DataParallel(comm, small_net([3, 4, 2]), None)
     dp.local_w = np.array(local_w[comm.rank], dtype=np.float64)
     dp.global_w = np.sum(local_w, axis=0, dtype=np.float64)
+    assert dp.is_root is (comm.rank == 0)
     return dp
 
 
