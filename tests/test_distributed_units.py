@@ -1140,6 +1140,21 @@ def test_validation_rows_fewer_than_the_ranks_are_evaluated_once_each(monkeypatc
         assert hist["val_accuracy"][-1] == want["accuracy"]
 
 
+
+def _fail_at_second_step(net, when):
+    """Make `net`'s forward pass raise RuntimeError("an injected failure") at its second call (the time in
+    `when["raised"]`)."""
+    forward, calls = net._forward, []
+
+    def bad_forward(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            when["raised"] = time.monotonic()
+            raise RuntimeError("an injected failure")
+        return forward(*a, **k)
+
+    net._forward = bad_forward
+
 def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monkeypatch):
     """`Communicator.fail`: rank 1 raises inside fit at its second step; it prints its error, tells
     every other rank, and calls MPI_Abort once both answered (not after `grace`); each other rank
@@ -1154,16 +1169,7 @@ def test_a_failed_rank_tells_the_others_and_ends_the_job_once_they_answered(monk
         comm = distributed.init(backend="numpy", timeout=30.0, grace=grace)
         net = small_net([3, 4, 2])
         if r == 1:
-            forward, calls = net._forward, []
-
-            def bad_forward(*a, **k):
-                calls.append(1)
-                if len(calls) == 2:
-                    when["raised"] = time.monotonic()
-                    raise RuntimeError("an injected failure")
-                return forward(*a, **k)
-
-            net._forward = bad_forward
+            _fail_at_second_step(net, when)
         net.fit(X, Y, epochs=2, batch_size=6, optimizer="sgd", progress=False, comm=comm)
 
     world = fake_world(3)
@@ -1342,15 +1348,7 @@ def test_on_two_ranks_an_error_inside_fit_ends_the_job(monkeypatch):
         comm = distributed.init(backend="numpy", timeout=30.0, grace=0)
         net = small_net([3, 4, 2])
         if r == 1:
-            forward, calls = net._forward, []
-
-            def bad_forward(*a, **k):
-                calls.append(1)
-                if len(calls) == 2:
-                    raise RuntimeError("an injected failure")
-                return forward(*a, **k)
-
-            net._forward = bad_forward
+            _fail_at_second_step(net, {})
         net.fit(X, Y, epochs=1, batch_size=4, optimizer="sgd", progress=False, comm=comm)
 
     world = fake_world(2)
