@@ -867,8 +867,9 @@ class DataParallel:
     def global_losses(self, local_losses, start) -> np.ndarray:
         """The global batches' losses of steps `start, start+1, ...` from this rank's (one reduction).
 
-        NaN where any rank's loss is not finite; 0 where a global batch weighs nothing (all its
-        sample weights are 0), as one process computes it (its gradient is 0 too)."""
+        Not finite where any rank's loss is not finite, as one process computes it: NaN where a
+        loss is NaN (or infinities of both signs meet), +-inf where a loss is infinite; 0 where a
+        global batch weighs nothing (all its sample weights are 0; its gradient is 0 too)."""
         idx = slice(start, start + len(local_losses))
         vals = np.asarray(local_losses, dtype=np.float64) * self.local_w[idx]
         vals[self.local_w[idx] == 0] = 0.0
