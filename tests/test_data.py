@@ -301,3 +301,24 @@ def test_standardize_refuses_others_of_another_width():
     X = np.arange(6.0).reshape(2, 3)
     with pytest.raises(ValueError, match="others\\[0\\] has 1 features; X_train has 3"):
         data.standardize(X, X[:, :1])
+
+
+def test_generated_data_sets_default_to_1000_samples():
+    """The command line's --n-samples help says moons and xor have 1000 samples unless told otherwise."""
+    assert data.make_xor()[0].shape == (1000, 2)
+    for name in ("moons", "xor"):
+        X, y, _ = data.raw_dataset(name)
+        assert X.shape == (1000, 2) and y.shape == (1000,)
+
+
+@pytest.mark.parametrize("seed, error", [(1.5, TypeError), (True, TypeError), (-1, ValueError)])
+def test_moons_seed_is_checked_as_xor_s_is(seed, error):
+    """scikit-learn's make_moons took True for seed 1 and blamed its own random_state for the rest."""
+    with pytest.raises(error, match=f"seed must be None or a non-negative integer, got {seed!r}"):
+        data.raw_dataset("moons", seed=seed)
+
+
+def test_raw_dataset_default_seed_is_0():
+    for name in ("moons", "xor"):
+        a, b = data.raw_dataset(name), data.raw_dataset(name, seed=0)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
