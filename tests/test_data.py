@@ -322,3 +322,9 @@ def test_raw_dataset_default_seed_is_0():
     for name in ("moons", "xor"):
         a, b = data.raw_dataset(name), data.raw_dataset(name, seed=0)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_summary_names_the_set_its_shape_and_its_parts():
+    ds = data.load_dataset("iris", test_size=0.2, val_size=0.1, seed=0)
+    assert ds.summary() == ("iris: Fisher's iris measurements; 4 features, 3 classes; "
+                            "105 train / 15 validation / 30 test")
