@@ -867,6 +867,21 @@ def test_an_adam_eps_that_rounds_to_zero_in_the_networks_dtype_is_refused():
     assert np.all(np.isfinite(_flat(net64)))
 
 
+def test_an_adam_eps_subnormal_in_the_networks_dtype_is_refused_and_its_smallest_normal_taken():
+    """The CUDA kernels flush subnormals to 0: a float32 eps of 1e-40 is 0 there; float32's smallest
+    normal number (the "use at least" of the message) is taken."""
+    X, y = _data(7, n=64)
+    tiny = float(np.finfo(np.float32).tiny)
+    net = _net()
+    with pytest.raises(ValueError, match=r"eps=1e-40 is subnormal in float32.*use at least 1.18e-38"):
+        net.fit(X, y, epochs=1, batch_size=64, optimizer=gpubp.optim.Adam(1e-3, eps=1e-40), progress=False)
+    adam = gpubp.optim.Adam(1e-3, eps=tiny)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=adam, progress=False)
+    assert adam.eps == tiny and np.all(np.isfinite(_flat(net)))
+    with pytest.raises(ValueError, match="eps=1e-40 is subnormal in float32"):
+        adam.eps = 1e-40
+    assert adam.eps == tiny
+
 def test_sgd_momentum_checked_when_assigned():
     opt = gpubp.optim.SGD(0.1, momentum=0.5)
     with pytest.raises(ValueError):
