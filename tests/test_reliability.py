@@ -703,6 +703,24 @@ def test_an_optimizer_serves_one_network():
     assert b.optimizer is None and np.array_equal(_flat(b), before)
 
 
+def test_a_refused_fit_keeps_a_bound_optimizer_bound_with_its_state():
+    """`is_bound` says whether the optimizer holds state; a fit refused after its optimizer was bound
+    by an earlier call leaves it bound with its moments and step count (only a binding made by the
+    refused call itself is undone)."""
+    X, y = _data(11, n=32)
+    net, adam = _net(), gpubp.optim.Adam(1e-2)
+    assert not adam.is_bound
+    net.fit(X, y, epochs=1, batch_size=16, optimizer=adam, progress=False)
+    assert adam.is_bound is True
+    moments, t = _state(adam)
+    with pytest.raises(TypeError, match="validation must be an"):
+        net.fit(X, y, epochs=1, batch_size=16, optimizer=adam, validation=X, progress=False)
+    assert adam.is_bound and net.optimizer is adam and t == 2
+    after, t_after = _state(adam)
+    assert t_after == t and all(np.array_equal(after[k], v) for k, v in moments.items())
+    adam.unbind()
+    assert not adam.is_bound and adam.t == 2
+
 def test_an_optimizer_bound_from_two_threads_serves_one_network():
     """One optimizer given to two networks in two threads: both checks ran before either binding,
     so both passed, and the second binding took the state over from the first network (which had
