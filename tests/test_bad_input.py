@@ -182,6 +182,10 @@ def test_fit_arguments():
     with pytest.raises(TypeError, match=r"got one .*: pass \[callback\]"):
         net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False,
                 callbacks=gpubp.callbacks.LambdaCallback(on_epoch_end=print))
+    # a list holding something that is no callback (a function, a name) would be skipped silently
+    for cb in (print, "early_stopping"):
+        with pytest.raises(TypeError, match="has none of on_train_begin, on_epoch_end, on_train_end"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=[gpubp.callbacks.EarlyStopping(), cb])
     for kw, exc, words in ((dict(lr_schedule=0.1), TypeError, "lr_schedule must be a callable"),
                            (dict(sharded=True), ValueError, r"sharded=True needs comm"),
                            (dict(validation=(np.ones((2, 2)), np.ones((2, 2))), validation_split=0.5), ValueError,
