@@ -721,6 +721,18 @@ def test_a_refused_fit_keeps_a_bound_optimizer_bound_with_its_state():
     adam.unbind()
     assert not adam.is_bound and adam.t == 2
 
+def test_the_optimizer_base_class_updates_nothing_and_names_no_hyper_parameters():
+    """`Optimizer` is the base of SGD, Adam and AdamW: its `step` and `hyper` say they are abstract
+    rather than counting a step that changed nothing."""
+    from gpubp.backends import get_backend
+
+    opt, p = gpubp.optim.Optimizer(0.1), np.ones(4)
+    with pytest.raises(NotImplementedError):
+        opt.step(get_backend("numpy"), p, np.ones(4))
+    with pytest.raises(NotImplementedError):
+        opt.hyper()
+    assert np.array_equal(p, np.ones(4))
+
 def test_an_optimizer_bound_from_two_threads_serves_one_network():
     """One optimizer given to two networks in two threads: both checks ran before either binding,
     so both passed, and the second binding took the state over from the first network (which had
