@@ -581,3 +581,31 @@ def test_host_array_and_finite_after_cast():
     for bad in (np.nan, np.inf, -np.inf):
         with pytest.raises(ValueError, match="X contains NaN or infinity"):
             finite_after_cast(np.array([1.0, bad]), np.float64, "X")
+
+
+@pytest.mark.parametrize("params, exc, words", [
+    (5, TypeError, "set_params needs a list of \\(W, b\\) pairs"),
+    ([(np.ones((3, 2)), np.ones(3))], ValueError, "set_params needs 2 \\(W, b\\) pairs, got 1"),
+    ([(np.ones((3, 2)), np.ones(3)), 7], TypeError, "set_params: layer 2 must be a \\(W, b\\) pair"),
+    ([(np.ones((3, 2)), np.ones(3)), (np.ones((1, 3)),)], TypeError, "set_params: layer 2 must be a \\(W, b\\) pair"),
+])
+def test_set_params_refuses_what_is_not_one_w_b_pair_per_layer(params, exc, words):
+    net = gpubp.MLP([2, 3, 1], backend="numpy", seed=0)
+    before = net.get_params()
+    with pytest.raises(exc, match=words):
+        net.set_params(params)
+    assert all(np.array_equal(W, W0) and np.array_equal(b, b0) for (W, b), (W0, b0) in zip(net.get_params(), before))
+
+
+def test_an_error_inside_host_count_advances_propagates():
+    """The optimizer's host step count is dropped when the block raises; the error is not swallowed."""
+    opt = gpubp.optim.SGD(0.1)
+    with pytest.raises(RuntimeError, match="inside"):
+        with opt.host_count_advances(1):
+            raise RuntimeError("inside")
+    assert opt.t == 0
+    with opt.host_count_advances(3):
+        pass
+    opt.check_steps(gpubp.optim.MAX_STEPS - 3)
+    with pytest.raises(ValueError, match="has taken 3 steps"):
+        opt.check_steps(gpubp.optim.MAX_STEPS - 2)
