@@ -999,6 +999,19 @@ def test_a_batch_too_large_is_refused_before_allocating():
         net._plan(10**9)
 
 
+def test_fit_refuses_a_first_batch_too_large_for_memory_before_anything_changes(monkeypatch):
+    """fit makes its first batch's plan among its checks: refused for memory, the optimizer is not
+    bound, the standardisation not set and the parameters not trained."""
+    X, y = _data(12, n=64)
+    net, opt = _net(), gpubp.optim.Adam(1e-2)
+    before = _flat(net)
+    monkeypatch.setattr(net.backend, "free_memory", lambda: 2000)
+    with pytest.raises(MemoryError, match="buffers for a batch of 64 rows need"):
+        net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, standardize=True, progress=False)
+    assert net.optimizer is None and not opt.is_bound and opt.t == 0 and net.standardization is None
+    assert np.array_equal(_flat(net), before)
+
+
 def test_predict_and_evaluate_take_rows_whose_eval_chunk_plan_would_not_fit(monkeypatch):
     """forward, predict and evaluate ran EVAL_CHUNK rows per pass whatever the memory: a wide network
     whose chunk plan did not fit in the free memory refused predict(X) (MemoryError) though it trains
