@@ -174,8 +174,9 @@ def test_fit_arguments():
     for verbose in (True, np.True_, 1.0, np.float64(2), 3):   # bools and floats equal to 0, 1 or 2 too
         with pytest.raises(ValueError, match="verbose must be 0, 1 or 2"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, verbose=verbose)
-    with pytest.raises(TypeError, match="validation"):
-        net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))
+    for validation in (np.ones((4, 2)), np.ones((2, 2)), (np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2)))):
+        with pytest.raises(TypeError, match="validation must be an \\(X_val, Y_val\\) pair"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=validation)
     for cbs in (gpubp.callbacks.EarlyStopping(), 3):
         with pytest.raises(TypeError, match="callbacks must be a list"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)

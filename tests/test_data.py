@@ -328,3 +328,28 @@ def test_summary_names_the_set_its_shape_and_its_parts():
     ds = data.load_dataset("iris", test_size=0.2, val_size=0.1, seed=0)
     assert ds.summary() == ("iris: Fisher's iris measurements; 4 features, 3 classes; "
                             "105 train / 15 validation / 30 test")
+
+
+def test_one_output_takes_labels_0_and_1_only():
+    """One output: 0/1 targets of two classes; a label 2 is no class of it."""
+    with pytest.raises(ValueError, match=r"labels must be a 1-D array of integers in \[0, 2\)"):
+        data.targets_for(np.array([0, 2]), "binary_cross_entropy", 1)
+    assert data.targets_for(np.array([0, 1]), "mse", 1).tolist() == [[0.0], [1.0]]
+
+
+def test_several_outputs_give_each_row_its_largest_output():
+    out = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])   # 2 rows of 3 outputs: one label per row
+    assert data.labels_from_outputs(out, "cross_entropy").tolist() == [1, 0]
+
+
+def test_generated_data_default_noise():
+    """moons' default noise is 0.2 (scikit-learn's make_moons with it); xor's noise is centred."""
+    from sklearn.datasets import make_moons
+
+    X, y, desc = data.raw_dataset("moons", seed=0)
+    Xs, ys = make_moons(n_samples=1000, noise=0.2, random_state=0)
+    assert np.array_equal(X, Xs) and np.array_equal(y, ys) and "noise 0.2" in desc
+    X0, _ = data.make_xor(1000, 0.0, 3)
+    X1, _ = data.make_xor(1000, 0.1, 3)
+    d = X1 - X0
+    assert abs(d.mean()) < 0.02 and 0.09 < d.std() < 0.11
