@@ -349,6 +349,8 @@ def test_generated_data_default_noise():
     X, y, desc = data.raw_dataset("moons", seed=0)
     Xs, ys = make_moons(n_samples=1000, noise=0.2, random_state=0)
     assert np.array_equal(X, Xs) and np.array_equal(y, ys) and "noise 0.2" in desc
+    X, y, desc = data.raw_dataset("xor", seed=0)     # xor's default: none
+    assert np.array_equal(X, data.make_xor(1000, 0.0, 0)[0]) and "noise 0.0" in desc
     X0, _ = data.make_xor(1000, 0.0, 3)
     X1, _ = data.make_xor(1000, 0.1, 3)
     d = X1 - X0
