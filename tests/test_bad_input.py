@@ -196,6 +196,18 @@ def test_fit_arguments():
     assert net.optimizer is None
 
 
+@pytest.mark.parametrize("X, Y, words", [
+    (np.ones(4), np.ones((1, 1)), "validation_split=0.5 of 1 samples leaves no validation"),   # one sample
+    (np.ones(6), np.ones((6, 1)), r"X has shape \(3,\); expected \(B, 4\)"),   # 6 values: 6 rows of no width
+    (np.float64(1.0), np.ones((1, 1)), "validation_split=0.5 of 0 samples leaves no validation"),
+])
+def test_validation_split_counts_the_samples_of_x_as_every_call_does(X, Y, words):
+    """A 1-D X of n_0 values is one sample; another 1-D X is rows of the wrong shape; a scalar none."""
+    net = gpubp.MLP([4, 1], backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=words):
+        net.fit(X, Y, epochs=1, validation_split=0.5, progress=False)
+    assert net.optimizer is None
+
 def test_fit_defaults_are_the_signatures():
     """fit's documented defaults: 10 epochs of batches of 32 (65 rows: 3 steps an epoch), shuffled."""
     rng = np.random.default_rng(0)
