@@ -1005,7 +1005,8 @@ def test_fit_refuses_a_first_batch_too_large_for_memory_before_anything_changes(
     X, y = _data(12, n=64)
     net, opt = _net(), gpubp.optim.Adam(1e-2)
     before = _flat(net)
-    monkeypatch.setattr(net.backend, "free_memory", lambda: 2000)
+    # on the class, as below: an instance's patch, undone, would hide later tests' class patches
+    monkeypatch.setattr(type(net.backend), "free_memory", lambda self: 2000)
     with pytest.raises(MemoryError, match="buffers for a batch of 64 rows need"):
         net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, standardize=True, progress=False)
     assert net.optimizer is None and not opt.is_bound and opt.t == 0 and net.standardization is None
