@@ -355,3 +355,14 @@ def test_generated_data_default_noise():
     X1, _ = data.make_xor(1000, 0.1, 3)
     d = X1 - X0
     assert abs(d.mean()) < 0.02 and 0.09 < d.std() < 0.11
+
+
+def test_accuracy_refuses_labels_beyond_the_output_layer_of_a_deep_network():
+    """The classes are the last layer's outputs (3 here), not the hidden layer's 8 units."""
+    import gpubp
+
+    net = gpubp.MLP([2, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    X = np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"y: labels must be a 1-D array of integers in \[0, 3\)"):
+        data.accuracy(net, X, [0, 5])
+    assert data.accuracy(net, X, [0, 2]) in (0.0, 0.5, 1.0)
