@@ -174,14 +174,19 @@ def test_fit_arguments():
     for verbose in (True, np.True_, 1.0, np.float64(2), 3):   # bools and floats equal to 0, 1 or 2 too
         with pytest.raises(ValueError, match="verbose must be 0, 1 or 2"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, verbose=verbose)
-    with pytest.raises(TypeError, match="validation"):
-        net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=np.ones((4, 2)))
+    for validation in (np.ones((4, 2)), np.ones((2, 2)), (np.ones((4, 2)), np.ones((4, 2)), np.ones((4, 2)))):
+        with pytest.raises(TypeError, match="validation must be an \\(X_val, Y_val\\) pair"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, validation=validation)
     for cbs in (gpubp.callbacks.EarlyStopping(), 3):
         with pytest.raises(TypeError, match="callbacks must be a list"):
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=cbs)
     with pytest.raises(TypeError, match=r"got one .*: pass \[callback\]"):
         net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False,
                 callbacks=gpubp.callbacks.LambdaCallback(on_epoch_end=print))
+    # a list holding something that is no callback (a function, a name) would be skipped silently
+    for cb in (print, "early_stopping"):
+        with pytest.raises(TypeError, match="has none of on_train_begin, on_epoch_end, on_train_end"):
+            net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, callbacks=[gpubp.callbacks.EarlyStopping(), cb])
     for kw, exc, words in ((dict(lr_schedule=0.1), TypeError, "lr_schedule must be a callable"),
                            (dict(sharded=True), ValueError, r"sharded=True needs comm"),
                            (dict(validation=(np.ones((2, 2)), np.ones((2, 2))), validation_split=0.5), ValueError,
@@ -190,6 +195,18 @@ def test_fit_arguments():
             net.fit(np.ones((4, 2)), np.ones((4, 2)), progress=False, **kw)
     assert net.optimizer is None
 
+
+@pytest.mark.parametrize("X, Y, words", [
+    (np.ones(4), np.ones((1, 1)), "validation_split=0.5 of 1 samples leaves no validation"),   # one sample
+    (np.ones(6), np.ones((6, 1)), r"X has shape \(3,\); expected \(B, 4\)"),   # 6 values: 6 rows of no width
+    (np.float64(1.0), np.ones((1, 1)), "validation_split=0.5 of 0 samples leaves no validation"),
+])
+def test_validation_split_counts_the_samples_of_x_as_every_call_does(X, Y, words):
+    """A 1-D X of n_0 values is one sample; another 1-D X is rows of the wrong shape; a scalar none."""
+    net = gpubp.MLP([4, 1], backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=words):
+        net.fit(X, Y, epochs=1, validation_split=0.5, progress=False)
+    assert net.optimizer is None
 
 def test_fit_defaults_are_the_signatures():
     """fit's documented defaults: 10 epochs of batches of 32 (65 rows: 3 steps an epoch), shuffled."""
@@ -577,3 +594,31 @@ def test_host_array_and_finite_after_cast():
     for bad in (np.nan, np.inf, -np.inf):
         with pytest.raises(ValueError, match="X contains NaN or infinity"):
             finite_after_cast(np.array([1.0, bad]), np.float64, "X")
+
+
+@pytest.mark.parametrize("params, exc, words", [
+    (5, TypeError, "set_params needs a list of \\(W, b\\) pairs"),
+    ([(np.ones((3, 2)), np.ones(3))], ValueError, "set_params needs 2 \\(W, b\\) pairs, got 1"),
+    ([(np.ones((3, 2)), np.ones(3)), 7], TypeError, "set_params: layer 2 must be a \\(W, b\\) pair"),
+    ([(np.ones((3, 2)), np.ones(3)), (np.ones((1, 3)),)], TypeError, "set_params: layer 2 must be a \\(W, b\\) pair"),
+])
+def test_set_params_refuses_what_is_not_one_w_b_pair_per_layer(params, exc, words):
+    net = gpubp.MLP([2, 3, 1], backend="numpy", seed=0)
+    before = net.get_params()
+    with pytest.raises(exc, match=words):
+        net.set_params(params)
+    assert all(np.array_equal(W, W0) and np.array_equal(b, b0) for (W, b), (W0, b0) in zip(net.get_params(), before))
+
+
+def test_an_error_inside_host_count_advances_propagates():
+    """The optimizer's host step count is dropped when the block raises; the error is not swallowed."""
+    opt = gpubp.optim.SGD(0.1)
+    with pytest.raises(RuntimeError, match="inside"):
+        with opt.host_count_advances(1):
+            raise RuntimeError("inside")
+    assert opt.t == 0
+    with opt.host_count_advances(3):
+        pass
+    opt.check_steps(gpubp.optim.MAX_STEPS - 3)
+    with pytest.raises(ValueError, match="has taken 3 steps"):
+        opt.check_steps(gpubp.optim.MAX_STEPS - 2)

@@ -301,3 +301,68 @@ def test_standardize_refuses_others_of_another_width():
     X = np.arange(6.0).reshape(2, 3)
     with pytest.raises(ValueError, match="others\\[0\\] has 1 features; X_train has 3"):
         data.standardize(X, X[:, :1])
+
+
+def test_generated_data_sets_default_to_1000_samples():
+    """The command line's --n-samples help says moons and xor have 1000 samples unless told otherwise."""
+    assert data.make_xor()[0].shape == (1000, 2)
+    for name in ("moons", "xor"):
+        X, y, _ = data.raw_dataset(name)
+        assert X.shape == (1000, 2) and y.shape == (1000,)
+
+
+@pytest.mark.parametrize("seed, error", [(1.5, TypeError), (True, TypeError), (-1, ValueError)])
+def test_moons_seed_is_checked_as_xor_s_is(seed, error):
+    """scikit-learn's make_moons took True for seed 1 and blamed its own random_state for the rest."""
+    with pytest.raises(error, match=f"seed must be None or a non-negative integer, got {seed!r}"):
+        data.raw_dataset("moons", seed=seed)
+
+
+def test_raw_dataset_default_seed_is_0():
+    for name in ("moons", "xor"):
+        a, b = data.raw_dataset(name), data.raw_dataset(name, seed=0)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_summary_names_the_set_its_shape_and_its_parts():
+    ds = data.load_dataset("iris", test_size=0.2, val_size=0.1, seed=0)
+    assert ds.summary() == ("iris: Fisher's iris measurements; 4 features, 3 classes; "
+                            "105 train / 15 validation / 30 test")
+
+
+def test_one_output_takes_labels_0_and_1_only():
+    """One output: 0/1 targets of two classes; a label 2 is no class of it."""
+    with pytest.raises(ValueError, match=r"labels must be a 1-D array of integers in \[0, 2\)"):
+        data.targets_for(np.array([0, 2]), "binary_cross_entropy", 1)
+    assert data.targets_for(np.array([0, 1]), "mse", 1).tolist() == [[0.0], [1.0]]
+
+
+def test_several_outputs_give_each_row_its_largest_output():
+    out = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])   # 2 rows of 3 outputs: one label per row
+    assert data.labels_from_outputs(out, "cross_entropy").tolist() == [1, 0]
+
+
+def test_generated_data_default_noise():
+    """moons' default noise is 0.2 (scikit-learn's make_moons with it); xor's noise is centred."""
+    from sklearn.datasets import make_moons
+
+    X, y, desc = data.raw_dataset("moons", seed=0)
+    Xs, ys = make_moons(n_samples=1000, noise=0.2, random_state=0)
+    assert np.array_equal(X, Xs) and np.array_equal(y, ys) and "noise 0.2" in desc
+    X, y, desc = data.raw_dataset("xor", seed=0)     # xor's default: none
+    assert np.array_equal(X, data.make_xor(1000, 0.0, 0)[0]) and "noise 0.0" in desc
+    X0, _ = data.make_xor(1000, 0.0, 3)
+    X1, _ = data.make_xor(1000, 0.1, 3)
+    d = X1 - X0
+    assert abs(d.mean()) < 0.02 and 0.09 < d.std() < 0.11
+
+
+def test_accuracy_refuses_labels_beyond_the_output_layer_of_a_deep_network():
+    """The classes are the last layer's outputs (3 here), not the hidden layer's 8 units."""
+    import gpubp
+
+    net = gpubp.MLP([2, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    X = np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"y: labels must be a 1-D array of integers in \[0, 3\)"):
+        data.accuracy(net, X, [0, 5])
+    assert data.accuracy(net, X, [0, 2]) in (0.0, 0.5, 1.0)

@@ -1601,3 +1601,19 @@ def test_other_validation_targets_on_one_rank_are_refused(monkeypatch):
     assert codes == [0, 0], errs
     for said in results:
         assert "rank 1 has data.validation.Y = " in said and "validation.X" not in said, said
+
+
+def test_a_validation_split_leaving_no_rows_is_refused_without_sharding(monkeypatch):
+    """Only a sharded fit lets a rank's part hold no rows: without sharding every rank holds the
+    whole data set, and a split of 40 rows into 0 validation rows is refused as in one process."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((40, 3)), rng.standard_normal((40, 2))
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = small_net([3, 4, 2])
+        with pytest.raises(ValueError, match="validation_split=0.02 of 40 samples leaves no validation"):
+            net.fit(X, Y, epochs=1, batch_size=8, validation_split=0.02, progress=False, comm=comm)
+
+    codes, _, errs, _ = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs

@@ -449,6 +449,16 @@ def test_validation_split_holds_out_the_last_rows():
         a.fit(X, y, validation_split=1.5, progress=False)
 
 
+def test_validation_split_of_lists_holds_out_the_last_rows():
+    """X and Y as nested lists (array-likes, as everywhere) split as the arrays do."""
+    X, y = _data(8, n=40)
+    a = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    b = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    ha = a.fit(X.tolist(), y.tolist(), epochs=1, batch_size=16, validation_split=0.25, progress=False)
+    hb = b.fit(X[:30], y[:30], epochs=1, batch_size=16, validation=(X[30:], y[30:]), progress=False)
+    assert ha == hb
+
+
 def test_predict_keeps_the_target_shape():
     rng = np.random.default_rng(9)
     X = rng.standard_normal((30, 3))

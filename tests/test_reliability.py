@@ -703,6 +703,36 @@ def test_an_optimizer_serves_one_network():
     assert b.optimizer is None and np.array_equal(_flat(b), before)
 
 
+def test_a_refused_fit_keeps_a_bound_optimizer_bound_with_its_state():
+    """`is_bound` says whether the optimizer holds state; a fit refused after its optimizer was bound
+    by an earlier call leaves it bound with its moments and step count (only a binding made by the
+    refused call itself is undone)."""
+    X, y = _data(11, n=32)
+    net, adam = _net(), gpubp.optim.Adam(1e-2)
+    assert not adam.is_bound
+    net.fit(X, y, epochs=1, batch_size=16, optimizer=adam, progress=False)
+    assert adam.is_bound is True
+    moments, t = _state(adam)
+    with pytest.raises(TypeError, match="validation must be an"):
+        net.fit(X, y, epochs=1, batch_size=16, optimizer=adam, validation=X, progress=False)
+    assert adam.is_bound and net.optimizer is adam and t == 2
+    after, t_after = _state(adam)
+    assert t_after == t and all(np.array_equal(after[k], v) for k, v in moments.items())
+    adam.unbind()
+    assert not adam.is_bound and adam.t == 2
+
+def test_the_optimizer_base_class_updates_nothing_and_names_no_hyper_parameters():
+    """`Optimizer` is the base of SGD, Adam and AdamW: its `step` and `hyper` say they are abstract
+    rather than counting a step that changed nothing."""
+    from gpubp.backends import get_backend
+
+    opt, p = gpubp.optim.Optimizer(0.1), np.ones(4)
+    with pytest.raises(NotImplementedError):
+        opt.step(get_backend("numpy"), p, np.ones(4))
+    with pytest.raises(NotImplementedError):
+        opt.hyper()
+    assert np.array_equal(p, np.ones(4))
+
 def test_an_optimizer_bound_from_two_threads_serves_one_network():
     """One optimizer given to two networks in two threads: both checks ran before either binding,
     so both passed, and the second binding took the state over from the first network (which had
@@ -867,6 +897,21 @@ def test_an_adam_eps_that_rounds_to_zero_in_the_networks_dtype_is_refused():
     assert np.all(np.isfinite(_flat(net64)))
 
 
+def test_an_adam_eps_subnormal_in_the_networks_dtype_is_refused_and_its_smallest_normal_taken():
+    """The CUDA kernels flush subnormals to 0: a float32 eps of 1e-40 is 0 there; float32's smallest
+    normal number (the "use at least" of the message) is taken."""
+    X, y = _data(7, n=64)
+    tiny = float(np.finfo(np.float32).tiny)
+    net = _net()
+    with pytest.raises(ValueError, match=r"eps=1e-40 is subnormal in float32.*use at least 1.18e-38"):
+        net.fit(X, y, epochs=1, batch_size=64, optimizer=gpubp.optim.Adam(1e-3, eps=1e-40), progress=False)
+    adam = gpubp.optim.Adam(1e-3, eps=tiny)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer=adam, progress=False)
+    assert adam.eps == tiny and np.all(np.isfinite(_flat(net)))
+    with pytest.raises(ValueError, match="eps=1e-40 is subnormal in float32"):
+        adam.eps = 1e-40
+    assert adam.eps == tiny
+
 def test_sgd_momentum_checked_when_assigned():
     opt = gpubp.optim.SGD(0.1, momentum=0.5)
     with pytest.raises(ValueError):
@@ -952,6 +997,20 @@ def test_a_batch_too_large_is_refused_before_allocating():
     net = gpubp.MLP([4096, 4096, 10], backend="numpy", seed=0)
     with pytest.raises(MemoryError, match="bytes"):
         net._plan(10**9)
+
+
+def test_fit_refuses_a_first_batch_too_large_for_memory_before_anything_changes(monkeypatch):
+    """fit makes its first batch's plan among its checks: refused for memory, the optimizer is not
+    bound, the standardisation not set and the parameters not trained."""
+    X, y = _data(12, n=64)
+    net, opt = _net(), gpubp.optim.Adam(1e-2)
+    before = _flat(net)
+    # on the class, as below: an instance's patch, undone, would hide later tests' class patches
+    monkeypatch.setattr(type(net.backend), "free_memory", lambda self: 2000)
+    with pytest.raises(MemoryError, match="buffers for a batch of 64 rows need"):
+        net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, standardize=True, progress=False)
+    assert net.optimizer is None and not opt.is_bound and opt.t == 0 and net.standardization is None
+    assert np.array_equal(_flat(net), before)
 
 
 def test_predict_and_evaluate_take_rows_whose_eval_chunk_plan_would_not_fit(monkeypatch):
