@@ -1,6 +1,8 @@
 """Unit checks of `gpubp bench`'s CPU-side logic with hand-computed values: the cost model, the
 timing loop on a made-up clock, the shapes, the goals' verdicts and the report's tables."""
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -277,3 +279,112 @@ def test_why_a_goal_is_not_measured_is_cut_at_600_characters():
     got = goals.judge(_goal(sizes=W, batch=4096, precision="float32"), rs)
     assert got["result"] == "NOT MEASURED"
     assert got["measured"] == ("not measured: gpubp-cuda: " + "x" * 400 + "; torch-eager: " + "x" * 400)[:600]
+
+
+# ----------------------------------------------------------------- report
+H100 = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "h100-2026-11-22" / "bench.json"
+
+
+def test_numbers_in_the_tables():
+    from gpubp.bench import report
+    assert report._fmt(None) == "" and report._fmt(7) == "7" and report._fmt("x") == "x"
+    assert report._fmt(1.23456) == "1.23" and report._fmt(1.23456, 4) == "1.235"
+    assert report._fmt(9999.0) == "1e+04" and report._fmt(10000.0) == "1.000e+04"
+    assert report._fmt(-20000.0) == "-2.000e+04" and report._fmt(-9999.0) == "-1e+04"
+    assert report._pct(None) == "" and report._pct(0.756) == "76%" and report._pct(0.0) == "0%"
+
+
+def test_summary_of_the_h100_run_compares_gpubps_faster_path_with_pytorch():
+    """The real H100 run's rows (benchmarks/results): per shape the median of each peer, and the
+    faster of gpubp-cuda / gpubp-cuda-graph over torch-eager (on the CPU gpubp-numpy over torch-cpu)."""
+    from gpubp.bench import report
+    table = report.summary_table(json.loads(H100.read_text())["rows"])
+    assert table[0] == ("| device | network | batch | gpubp-cuda | gpubp-cuda-graph | cupy-unfused | torch-eager | "
+                        "torch-eager-tf32 | torch-compile | gpubp-numpy | torch-cpu | sklearn | "
+                        "gpubp speed-up over torch |")
+    assert table[1] == "|---" * 13 + "|"
+    assert "| cuda | wide 1024-4096x3-10 | 4096 | 22.85 | 22.84 | 19.12 | 19.11 | 4.194 | 19.04 |  |  |  | " \
+           "float32 0.84x |" in table                                          # 19.11 / 22.84
+    assert "| cpu | default 64-128-10 | 32 |  |  |  |  |  |  | 0.1628 | 2.089 | 2.43 | 12.83x |" in table
+    assert len(table) == 2 + len({(r["device"], r["network"], r["batch"]) for r in
+                                  json.loads(H100.read_text())["rows"] if r["kind"] == "step"})
+
+
+def test_summary_per_precision_and_a_row_that_does_not_count():
+    from gpubp.bench import report
+    rs = [dict(kind="step", device="cuda", network="n", batch=8, peer=p, median_ms=ms, **kw) for p, ms, kw in (
+        ("gpubp-cuda", 9.0, {}), ("gpubp-cuda-graph", 8.0, {}), ("torch-eager", 10.0, {}),
+        ("gpubp-cuda-tf32", 1.0, dict(check_error="nan")), ("torch-eager-tf32", 4.0, {}),
+        ("gpubp-cuda-bf16", 2.0, {}), ("torch-autocast-bf16", 3.0, {}))]
+    rs += [dict(kind="step", device="cpu", network="n", batch=8, peer="gpubp-numpy", median_ms=2.0),
+           dict(kind="step", device="cpu", network="n", batch=8, peer="torch-cpu", median_ms=3.0),
+           dict(kind="step", device="cpu", network="n", batch=8, peer="sklearn", error="x"),
+           dict(kind="ceiling", device="cpu", peer="x", median_ms=1.0)]
+    assert report.summary_table(rs)[2:] == [
+        "| cuda | n | 8 | 9 | 8 | - | 2 | 10 | 4 | 3 |  |  |  | float32 1.25x, bf16 1.50x |",
+        "| cpu | n | 8 |  |  |  |  |  |  |  | 2 | 3 | - | 1.50x |"]
+    assert report.summary_table([]) == [] and report.summary_table(rs[-1:]) == []
+
+
+def test_a_table_row_in_markdown():
+    from gpubp.bench import report
+    base = dict(kind="step", peer="gpubp-numpy", median_ms=1.23456, p25_ms=1.0, p75_ms=2.0, reps=5)
+    assert report._row_md(base, "n", 8) == "| n | 8 | gpubp-numpy | 1.235 | 1-2 | 5 |  |  |  |  |  |  |"
+    r = dict(base, peer="torch-cpu", tflops=0.5, frac_gemm=0.25, gbs=3.0, frac_copy=0.5, speedup_gpubp=2.0,
+             speedup_gpubp_cuda=4.0, rel_err_vs_unfused=1.5e-7, check_error="a|b")
+    assert report._row_md(r, "n", 8) == ("| n | 8 | torch-cpu (rel. err 1.5e-07) (**check failed**: a/b) | 1.235 | "
+                                         "1-2 | 5 | 0.5 | 25% | 3 | 50% | 2 [4] |  |")
+    k = dict(base, kind="kernel", peer="gpubp-fused", frac_cublas=0.8, speedup_gpubp_same_precision=3.0)
+    assert report._row_md(k, "fwd", "1x2x3").endswith("|  | 80% |")
+    s = dict(kind="step", peer="gpubp-cuda", speedup_gpubp_same_precision=3.0, median_ms=1.0, p25_ms=1.0,
+             p75_ms=1.0, reps=1)
+    assert report._row_md(s, "n", 8).endswith("|  | 3 |")
+    assert report._row_md(dict(peer="x", skipped="budget|spent"), "n", 8) == "| n | 8 | x | budget/spent | | | | | | | | |"
+    assert report._row_md(dict(peer="x", error="E" * 200), "n", 8) == "| n | 8 | x | " + "E" * 160 + " | | | | | | | | |"
+
+
+def test_rows_of_a_shape_stay_together_in_the_order_first_measured():
+    from gpubp.bench import report
+    rs = [dict(network="a", batch=1, i=0), dict(network="b", batch=1, i=1), dict(network="a", batch=2, i=2),
+          dict(network="a", batch=1, i=3), dict(network="b", batch=1, i=4)]
+    assert [r["i"] for r in report._by_shape(rs)] == [0, 3, 1, 4, 2]
+    ks = [dict(kernel="fwd", batch=1, n_out=2, n_in=3, i=0), dict(kernel="fwd", batch=1, n_out=2, n_in=4, i=1),
+          dict(kernel="fwd", batch=1, n_out=2, n_in=3, i=2)]
+    assert [r["i"] for r in report._by_shape(ks)] == [0, 2, 1]
+
+
+def _meta(**kw):
+    return dict(versions=dict(cpu="cpu0", cpu_count=2, blas_threads=1, numpy="1", torch="2", sklearn="3",
+                              python="3.11", gpubp="0.1", platform="linux"), torch_threads=4, **kw)
+
+
+def test_markdown_of_a_cpu_run(tmp_path):
+    from gpubp.bench import report
+    step = dict(kind="step", device="cpu", network="n", batch=8, median_ms=2.0, p25_ms=1.0, p75_ms=3.0, reps=4)
+    rs = [dict(kind="shape", what="step n 8", error="MemoryError"),
+          dict(kind="ceiling", device="cpu", ceiling="copy", median_ms=1.0, gbs=12.34),
+          dict(kind="ceiling", device="cpu", ceiling="gemm", what="np.matmul 1024^3", median_ms=2.0, tflops=0.5),
+          dict(kind="ceiling", device="cpu", ceiling="bf16", skipped="no bf16"),
+          dict(step, peer="gpubp-numpy"), dict(step, peer="torch-cpu", median_ms=3.0, speedup_gpubp=1.5)]
+    res = dict(meta=_meta(no_gpu_reason="no CUDA", notes=["note one"]), rows=rs, goals=[], wall_s=12.4,
+               config=dict(mode="tiny", optimizer="sgd", lr=0.1))
+    report.write_markdown(res, tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text().splitlines()
+    assert md[2] == ("Mode `tiny`, optimizer sgd (lr 0.1), step = forward, softmax cross-entropy, backward, update; "
+                     "float32 unless a peer's name gives its precision mode (tf32, bf16, 3xtf32). Suite wall time 12 s.")
+    assert md[4:8] == [
+        "- CPU: cpu0 x2, BLAS threads 1, torch threads 4; gpubp 0.1, numpy 1, torch 2, scikit-learn 3, Python 3.11, "
+        "linux",
+        "- **No CUDA GPU: the GPU rows need CUDA** (no CUDA). Only the CPU rows were measured.",
+        "- note one", "- error in step n 8: MemoryError"]
+    i = md.index("| device | what | median ms | rate |")
+    assert md[i + 2:i + 5] == ["| cpu | copy | 1 | 12.3 GB/s |", "| cpu | np.matmul 1024^3 | 2 | 0.50 TFLOP/s |",
+                               "| cpu | bf16 |  | no bf16 |"]
+    assert "## Goals" not in "\n".join(md) and "## Training steps on the GPU" not in md
+    i = md.index("## Training steps on the CPU")
+    assert "in brackets over gpubp-cuda's where that shape ran on the GPU" in md[i + 2]
+    assert "Next to last column: this peer's time over gpubp-numpy's" in md[i + 2]
+    assert md[i + 4].startswith("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % np.matmul GEMM |")
+    assert md[i + 6:i + 8] == ["| n | 8 | gpubp-numpy | 2 | 1-3 | 4 |  |  |  |  |  |  |",
+                               "| n | 8 | torch-cpu | 3 | 1-3 | 4 |  |  |  |  | 1.5 |  |"]
+    assert md[-1].startswith("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times")
