@@ -37,6 +37,8 @@ def test_input_sets_are_at_least_twice_the_l2_within_the_cap():
     assert cost.n_sets(1000, 10 ** 6, cap_bytes=5000) == 5      # the cap bounds the sets' total bytes
     assert cost.n_sets(1000, 10 ** 6, cap_bytes=2500) == 2      # never fewer than two
     assert cost.n_sets(1000, 10 ** 6, cap_bytes=999) == 2       # even when one set is above the cap
+    assert cost.n_sets(1, 100, cap_bytes=3) == 3
+    assert cost.n_sets(2 ** 30, 2 ** 32) == 2           # two 1 GiB sets reach the default 2 GiB cap
 
 
 # ----------------------------------------------------------------- timing loop on a made-up clock
@@ -377,9 +379,9 @@ def test_markdown_of_a_cpu_run(tmp_path):
         "linux",
         "- **No CUDA GPU: the GPU rows need CUDA** (no CUDA). Only the CPU rows were measured.",
         "- note one", "- error in step n 8: MemoryError"]
-    i = md.index("| device | what | median ms | rate |")
-    assert md[i + 2:i + 5] == ["| cpu | copy | 1 | 12.3 GB/s |", "| cpu | np.matmul 1024^3 | 2 | 0.50 TFLOP/s |",
-                               "| cpu | bf16 |  | no bf16 |"]
+    assert md[8:12] == ["", "## Ceilings (measured in this run)", "", "| device | what | median ms | rate |"]
+    assert md[13:18] == ["| cpu | copy | 1 | 12.3 GB/s |", "| cpu | np.matmul 1024^3 | 2 | 0.50 TFLOP/s |",
+                         "| cpu | bf16 |  | no bf16 |", "", "## Summary: median step time (ms) per peer"]
     assert "## Goals" not in "\n".join(md) and "## Training steps on the GPU" not in md
     i = md.index("## Training steps on the CPU")
     assert "in brackets over gpubp-cuda's where that shape ran on the GPU" in md[i + 2]
@@ -387,4 +389,30 @@ def test_markdown_of_a_cpu_run(tmp_path):
     assert md[i + 4].startswith("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % np.matmul GEMM |")
     assert md[i + 6:i + 8] == ["| n | 8 | gpubp-numpy | 2 | 1-3 | 4 |  |  |  |  |  |  |",
                                "| n | 8 | torch-cpu | 3 | 1-3 | 4 |  |  |  |  | 1.5 |  |"]
-    assert md[-1].startswith("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times")
+    assert md[i + 8] == "" and md[i + 9].startswith("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times")
+
+
+def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path):
+    from gpubp.bench import goals, report
+    gpu = dict(name="H100", compute_capability="9.0", memory_gb=80, sms=132, l2_bytes=50 * 2 ** 20, driver="d1",
+               cuda_runtime="r1", cupy_tf32="0", torch_cuda="12.4")
+    meta = _meta(gpu=gpu)
+    meta["versions"]["cupy"] = "13.1"
+    res = dict(meta=meta, rows=[], goals=goals.check_goals([])[:1], wall_s=1.0,
+               config=dict(mode="quick", optimizer="adam", lr=1e-3))
+    report.write_markdown(res, tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text().splitlines()
+    assert md[5] == ("- GPU: H100 (cc 9.0, 80 GiB, 132 SMs, L2 50 MiB); driver d1, CUDA runtime r1, CuPy 13.1 "
+                     "(CUPY_TF32=0), torch CUDA 12.4")
+    i = md.index("## Goals")
+    assert md[i + 2:i + 5] == ["| goal | measured | result | margin |", "|---|---|---|---|",
+                               f"| {goals.GOALS[0].describe()} | no row of gpubp float32 (gpubp-cuda, "
+                               "gpubp-cuda-graph); no torch-eager row | **NOT MEASURED** |  |"]
+
+
+def test_bench_json_writes_numpy_scalars_as_numbers_and_other_objects_as_text():
+    import numpy as np
+    from gpubp.bench import report
+    assert report.jsonable(np.int64(3)) == 3 and type(report.jsonable(np.float32(0.5))) is float
+    assert report.jsonable(Path("a")) == "a"
+    assert json.loads(report.to_json(dict(p=Path("a"), n=np.int32(4)))) == dict(p="a", n=4)
