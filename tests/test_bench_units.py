@@ -392,7 +392,7 @@ def test_markdown_of_a_cpu_run(tmp_path):
     assert md[i + 8] == "" and md[i + 9].startswith("Rows are medians of CUDA-event (GPU) or host-clock (CPU) times")
 
 
-def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path):
+def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path, monkeypatch):
     from gpubp.bench import goals, report
     gpu = dict(name="H100", compute_capability="9.0", memory_gb=80, sms=132, l2_bytes=50 * 2 ** 20, driver="d1",
                cuda_runtime="r1", cupy_tf32="0", torch_cuda="12.4")
@@ -405,9 +405,18 @@ def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path):
     assert md[5] == ("- GPU: H100 (cc 9.0, 80 GiB, 132 SMs, L2 50 MiB); driver d1, CUDA runtime r1, CuPy 13.1 "
                      "(CUPY_TF32=0), torch CUDA 12.4")
     i = md.index("## Goals")
-    assert md[i + 2:i + 5] == ["| goal | measured | result | margin |", "|---|---|---|---|",
+    assert md[i + 2:i + 6] == ["| goal | measured | result | margin |", "|---|---|---|---|",
                                f"| {goals.GOALS[0].describe()} | no row of gpubp float32 (gpubp-cuda, "
-                               "gpubp-cuda-graph); no torch-eager row | **NOT MEASURED** |  |"]
+                               "gpubp-cuda-graph); no torch-eager row | **NOT MEASURED** |  |", ""]
+    # a figure the compared project publishes, and a "|" in what was measured (it would split the cell)
+    monkeypatch.setitem(goals.PUBLISHED["tiny-cuda-nn"], "samples_per_s", 5e8)
+    T = (64,) * 7
+    rs = [dict(kind="step", device="cuda", peer="gpubp-cuda-bf16", sizes=list(T), batch=2 ** 20, skipped="a|b")]
+    res["goals"] = [goals.judge(_goal(metric="samples_per_s", precision="bf16"), rs)]
+    report.write_markdown(res, tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text()
+    assert "| not measured: gpubp-cuda-bf16: a/b | **NOT MEASURED** |" in md
+    assert f"Published figures of tiny-cuda-nn: 5e+08 samples/s. Source: {goals.PUBLISHED['tiny-cuda-nn']['source']}" in md
 
 
 def test_bench_json_writes_numpy_scalars_as_numbers_and_other_objects_as_text():
