@@ -384,6 +384,7 @@ def test_markdown_of_a_cpu_run(tmp_path):
                          "| cpu | bf16 |  | no bf16 |", "", "## Summary: median step time (ms) per peer"]
     assert "## Goals" not in "\n".join(md) and "## Training steps on the GPU" not in md
     i = md.index("## Training steps on the CPU")
+    assert md[i - 2:i] == ["| cpu | n | 8 | 2 | 3 | 1.50x |", ""]           # the summary, then a blank line
     assert "in brackets over gpubp-cuda's where that shape ran on the GPU" in md[i + 2]
     assert "Next to last column: this peer's time over gpubp-numpy's" in md[i + 2]
     assert md[i + 4].startswith("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % np.matmul GEMM |")
