@@ -426,3 +426,63 @@ def test_bench_json_writes_numpy_scalars_as_numbers_and_other_objects_as_text():
     assert report.jsonable(np.int64(3)) == 3 and type(report.jsonable(np.float32(0.5))) is float
     assert report.jsonable(Path("a")) == "a"
     assert json.loads(report.to_json(dict(p=Path("a"), n=np.int32(4)))) == dict(p="a", n=4)
+
+
+# ----------------------------------------------------------------- rows: rates and ratios (CPU-side)
+def test_rates_of_a_row_against_the_ceilings_of_its_precision():
+    from gpubp.bench import rows
+    ceil = dict(gemm_tflops=4.0, gemm_tflops_bf16=8.0, copy_gbs=6.0)
+    r = rows._rates(dict(median_ms=500.0), 1e12, 1.5e9, ceil, "bf16")          # 2 TFLOP/s, 3 GB/s
+    assert r == dict(median_ms=500.0, tflops=2.0, gbs=3.0, frac_gemm=0.25, frac_gemm_of="gemm_tflops_bf16",
+                     frac_copy=0.5)
+    r = rows._rates(dict(median_ms=500.0), 1e12, 1.5e9, dict(gemm_tflops=4.0), "3xtf32")      # 3xTF32: SGEMM's
+    assert r["frac_gemm"] == 0.5 and r["frac_gemm_of"] == "gemm_tflops" and "frac_copy" not in r
+    assert rows._rates(dict(median_ms=500.0), 1e12, 1.5e9, {}) == dict(median_ms=500.0, tflops=2.0, gbs=3.0)
+    assert rows._rates(dict(skipped="x"), 1, 1, dict(gemm_tflops=1.0)) == dict(skipped="x")
+
+
+def test_cpu_rows_compare_with_gpubp_numpy_and_with_gpubp_cuda_on_the_same_shape():
+    from gpubp.bench import rows
+    step = dict(kind="step", sizes=[2, 3], batch=8)
+    rs = [dict(step, device="cuda", peer="gpubp-cuda", median_ms=0.5),
+          dict(step, device="cpu", peer="gpubp-numpy", median_ms=2.0),
+          dict(step, device="cpu", peer="torch-cpu", median_ms=3.0),
+          dict(step, device="cpu", peer="sklearn", median_ms=4.0, batch=16),        # another shape
+          dict(kind="ceiling", device="cpu", peer="gpubp-numpy", batch=8, median_ms=1.0)]
+    rows.add_ratios(rs)
+    assert rs[2]["speedup_gpubp"] == 1.5 and rs[2]["speedup_gpubp_cuda"] == 6.0
+    assert rs[1]["speedup_gpubp"] == 1.0 and rs[1]["speedup_gpubp_cuda"] == 4.0
+    assert rs[0]["speedup_gpubp"] == 1.0 and "speedup_gpubp_cuda" not in rs[0]
+    assert "speedup_gpubp" not in rs[3] and "speedup_gpubp" not in rs[4]
+
+
+def test_fused_runs_and_kernels_compare_within_their_precision():
+    from gpubp.bench import rows
+    run = dict(kind="run", device="cuda", sizes=[64, 64, 10], batch=8)
+    rs = [dict(run, peer="family-tf32", precision="tf32", median_ms=2.0),
+          dict(run, peer="fused-tf32", precision="tf32", median_ms=1.0),
+          dict(run, peer="torch-eager-tf32", precision="tf32", median_ms=3.0),
+          dict(run, peer="family-bf16", precision="bf16", median_ms=0.5, check_error="nan"),
+          dict(run, peer="torch-autocast-bf16", precision="bf16", median_ms=1.0)]
+    rows.add_ratios(rs)
+    assert [r.get("speedup_gpubp_same_precision") for r in rs] == [2.0, 1.0, 3.0, None, None]
+    k = dict(kind="kernel", device="cuda", kernel="fwd", batch=4, n_out=2, n_in=3)
+    ks = [dict(k, peer="gpubp-fused", precision="float32", median_ms=2.0),
+          dict(k, peer="gpubp-gemm-v1", precision="float32", median_ms=4.0),
+          dict(k, peer="cublas-sgemm", precision="float32", median_ms=1.0),
+          dict(k, peer="cupy-unfused", precision="float32", median_ms=3.0),
+          dict(k, peer="gpubp-fused", precision="float32", median_ms=1.0, n_in=5)]      # no cuBLAS at its shape
+    rows.add_ratios(ks)
+    assert [r.get("frac_cublas") for r in ks] == [0.5, 0.25, None, None, None]
+    assert [r.get("speedup_gpubp") for r in ks] == [1.0, 2.0, 0.5, 1.5, 1.0]           # over gpubp-fused's
+    assert ks[3]["speedup_gpubp_same_precision"] == 1.5
+
+
+def test_a_rows_progress_line_and_name():
+    from gpubp.bench import rows
+    assert rows._progress(dict(kind="step", network="n", batch=8, peer="p", median_ms=1.23456, reps=3)) == (
+        "  step    n" + " " * 23 + " B=8" + " " * 7 + " p" + " " * 17 + " 1.235 ms (3 reps)")
+    assert rows._progress(dict(kind="ceiling", ceiling="copy", error="E")).endswith(" " * 19 + " E")
+    assert rows._progress(dict(kind="kernel", kernel="fwd", batch=4)).endswith(" ?")
+    assert rows._what(dict(kind="kernel", kernel="fwd", batch=4, peer="x", network=None)) == "kernel fwd 4 x"
+    assert rows._what(dict(kind="ceiling", ceiling="copy")) == "ceiling copy"
