@@ -418,6 +418,16 @@ def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path, monke
     md = (tmp_path / "bench.md").read_text()
     assert "| not measured: gpubp-cuda-bf16: a/b | **NOT MEASURED** |" in md
     assert f"Published figures of tiny-cuda-nn: 5e+08 samples/s. Source: {goals.PUBLISHED['tiny-cuda-nn']['source']}" in md
+    # the throughput of the step an information goal judges, in its own table (other batches left out)
+    thr = dict(kind="step", device="cuda", network="t", sizes=list(T), batch=2 ** 20, peer="gpubp-cuda-bf16",
+               median_ms=1.0, p25_ms=1.0, p75_ms=1.0, reps=1, samples_per_s=1.048576e9)
+    res["rows"] = [thr, dict(thr, batch=8, samples_per_s=8e3)]
+    res["goals"] = [goals.judge(_goal(metric="samples_per_s", precision="bf16"), res["rows"])]
+    report.write_markdown(res, tmp_path / "bench.md")
+    md = (tmp_path / "bench.md").read_text().splitlines()
+    i = md.index("## Training throughput, samples per second")
+    assert md[i + 1:i + 6] == ["", "| network | batch | peer | samples/s |", "|---|---|---|---|",
+                               "| t | 1048576 | gpubp-cuda-bf16 | 1.05e+09 |", ""]
 
 
 def test_bench_json_writes_numpy_scalars_as_numbers_and_other_objects_as_text():
