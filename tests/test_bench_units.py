@@ -2,6 +2,7 @@
 timing loop on a made-up clock, the shapes, the goals' verdicts and the report's tables."""
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -496,3 +497,52 @@ def test_a_rows_progress_line_and_name():
     assert rows._progress(dict(kind="kernel", kernel="fwd", batch=4)).endswith(" ?")
     assert rows._what(dict(kind="kernel", kernel="fwd", batch=4, peer="x", network=None)) == "kernel fwd 4 x"
     assert rows._what(dict(kind="ceiling", ceiling="copy")) == "ceiling copy"
+
+
+def test_time_reps_waits_for_earlier_work_before_timing_and_never_inside_a_chunk(clock):
+    c, log = clock(0.125), []
+    c.sync = lambda: log.append("sync")
+    c.mark = lambda marks, i: (log.append(f"mark{i}"), marks.__setitem__(i, c.now))
+    fn = lambda: (log.append("fn"), c.fn())                             # noqa: E731
+    timing.time_reps(fn, [()], c, warmup=0, reps=2, budget_s=10.0)
+    assert log == ["sync", "mark0", "fn", "mark1", "fn", "mark2"]      # queued work done before the first mark
+    log.clear()
+    timing.time_reps(fn, [()], c, warmup=2, reps=1, budget_s=10.0)
+    assert log[:log.index("mark0")] == ["fn", "fn", "sync", "sync"]
+
+
+def test_cuda_clocks_mark_with_events_and_wait_for_the_last_one(monkeypatch):
+    """CupyClock and TorchClock on stand-in modules: one event per mark, the stream synchronised
+    by sync, the elapsed times read after waiting for the last event."""
+    log = []
+
+    class Event:
+        def __init__(self, **kw):
+            self.kw, self.t = kw, None
+
+        def record(self):
+            self.t = len(log)
+            log.append("record")
+
+        def synchronize(self):
+            log.append("wait")
+
+        def elapsed_time(self, other):
+            return float(other.t - self.t)
+
+    stream = SimpleNamespace(synchronize=lambda: log.append("stream sync"))
+    cuda = SimpleNamespace(Event=Event, get_current_stream=lambda: stream,
+                           get_elapsed_time=lambda a, b: a.elapsed_time(b), synchronize=lambda: log.append("sync"))
+    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace(cuda=cuda))
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    for clk, synced in ((timing.CupyClock(), "stream sync"), (timing.TorchClock(), "sync")):
+        log.clear()
+        clk.sync()
+        marks = clk.marks(3)
+        assert len(marks) == 3 and len({id(m) for m in marks}) == 3 and all(isinstance(m, Event) for m in marks)
+        for i in range(3):
+            clk.mark(marks, i)
+            log.append("work")
+        assert clk.elapsed_ms(marks) == [2.0, 2.0] and log == [synced, "record", "work", "record", "work", "record",
+                                                                "work", "wait"]
+    assert timing.TorchClock().marks(1)[0].kw == dict(enable_timing=True)
