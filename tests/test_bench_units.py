@@ -140,7 +140,7 @@ def test_net_names():
     assert shapes.net_name([4, 4, 3, 10]) == "4-4-3-10"             # hidden layers of two widths
 
 
-def test_goal_step_shapes_and_the_peers_each_goal_step_needs():
+def test_goal_step_shapes_and_the_peers_each_goal_step_needs(monkeypatch):
     from gpubp.bench import shapes
     W, N64, N128, T = shapes.WIDE, shapes.narrow(64, 8), shapes.narrow(128, 8), shapes.W64x5_OUT64
     assert shapes.goal_step_shapes() == [(W, 4096), (W, 1024), (W, 256), (N64, 2 ** 18), (N128, 2 ** 18),
@@ -153,8 +153,12 @@ def test_goal_step_shapes_and_the_peers_each_goal_step_needs():
     assert shapes.goal_step_peers(N64, 2 ** 18) == f32 | tf32 | bf16 | torch
     assert shapes.goal_step_peers(T, 2 ** 20) == f32 | tf32 | bf16 | {"tiny-cuda-nn"}
     assert shapes.goal_step_peers(W, 8192) == set() and shapes.goal_step_peers(N64, 2 ** 14) == set()
-    # the fused runs: the narrow goal networks
+    # the fused runs: the narrow goal networks (one width up to 128), not a goal step of two widths
     assert shapes.run_shapes() == [(N64, 2 ** 18), (N128, 2 ** 18), (T, 2 ** 20)]
+    from gpubp.bench import goals
+    mixed = goals.Goal("d", "speedup", "torch-eager", "float32", 1.0, sizes=(64, 128, 10), batch=32)
+    monkeypatch.setattr(shapes, "GOALS", (*goals.GOALS, mixed))
+    assert ([64, 128, 10], 32) in shapes.goal_step_shapes() and ([64, 128, 10], 32) not in shapes.run_shapes()
 
 
 def test_gpu_and_cpu_step_shapes_per_mode():
@@ -387,6 +391,7 @@ def test_markdown_of_a_cpu_run(tmp_path):
     i = md.index("## Training steps on the CPU")
     assert md[i - 2:i] == ["| cpu | n | 8 | 2 | 3 | 1.50x |", ""]           # the summary, then a blank line
     assert "in brackets over gpubp-cuda's where that shape ran on the GPU" in md[i + 2]
+    assert "% np.matmul GEMM: of the measured np.matmul float32 GEMM (the CPU ceiling above). " in md[i + 2]
     assert "Next to last column: this peer's time over gpubp-numpy's" in md[i + 2]
     assert md[i + 4].startswith("| network | batch | peer | median ms | p25-p75 ms | reps | TFLOP/s | % np.matmul GEMM |")
     assert md[i + 6:i + 8] == ["| n | 8 | gpubp-numpy | 2 | 1-3 | 4 |  |  |  |  |  |  |",
