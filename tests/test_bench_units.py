@@ -44,12 +44,12 @@ def test_input_sets_are_at_least_twice_the_l2_within_the_cap():
 
 # ----------------------------------------------------------------- timing loop on a made-up clock
 class _Clock:
-    """Made-up time in seconds (binary fractions: exact sums): `perf_counter` reads it, each
+    """Made-up time in seconds from 1 (binary fractions: exact sums): `perf_counter` reads it, each
     call of the timed function advances it by `step`; `chunks` records each chunk's marks."""
     device = "fake"
 
     def __init__(self, step):
-        self.now, self.step, self.chunks, self.calls = 0.0, step, [], 0
+        self.now, self.step, self.chunks, self.calls = 1.0, step, [], 0
 
     def fn(self, *args):
         self.calls += 1
@@ -110,6 +110,15 @@ def test_time_reps_warms_up_for_warm_s_within_ten_budgets_and_a_thousand_calls(c
     assert t["warmup_reps"] == 8                        # the warm-up repetitions asked for all run
     c = clock(0.0)
     assert timing.time_reps(c.fn, [()], c, warmup=0, reps=1, budget_s=1.0, warm_s=1.0)["warmup_reps"] == 1000
+
+
+def test_event_median_ms_warms_up_three_times_unless_told(clock):
+    c, seen = clock(0.125), []
+
+    def fn(i):
+        seen.append(i)
+        c.fn()
+    assert timing.event_median_ms(fn, 2, c) == 125.0 and seen == [0, 1, 2, 0, 1]
 
 
 def test_timed_takes_the_modes_settings(clock):
