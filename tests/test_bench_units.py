@@ -144,7 +144,7 @@ def test_net_names():
     assert shapes.net_name(tuple(shapes.DEFAULT)) == "default 64-128-10"
     assert shapes.net_name(shapes.MNIST_SIZED) == "784-512-512-10"
     assert shapes.net_name(shapes.narrow(128, 4)) == "narrow w128 x4"
-    assert shapes.net_name([8, 8, 8, 8]) == "narrow w8 x2 out8"
+    assert shapes.net_name([8, 8, 8, 3]) == "narrow w8 x2 out3"
     assert shapes.net_name([5, 5, 10]) == "5-5-10"                  # one hidden layer: no narrow network
     assert shapes.net_name([4, 4, 3, 10]) == "4-4-3-10"             # hidden layers of two widths
 
@@ -166,8 +166,10 @@ def test_goal_step_shapes_and_the_peers_each_goal_step_needs(monkeypatch):
     assert shapes.run_shapes() == [(N64, 2 ** 18), (N128, 2 ** 18), (T, 2 ** 20)]
     from gpubp.bench import goals
     mixed = goals.Goal("d", "speedup", "torch-eager", "float32", 1.0, sizes=(64, 128, 10), batch=32)
-    monkeypatch.setattr(shapes, "GOALS", (*goals.GOALS, mixed))
+    w129 = goals.Goal("w", "speedup", "torch-eager", "float32", 1.0, sizes=(129,) * 5 + (10,), batch=32)
+    monkeypatch.setattr(shapes, "GOALS", (*goals.GOALS, mixed, w129))
     assert ([64, 128, 10], 32) in shapes.goal_step_shapes() and ([64, 128, 10], 32) not in shapes.run_shapes()
+    assert shapes.run_shapes() == [(N64, 2 ** 18), (N128, 2 ** 18), (T, 2 ** 20)]      # nor one wider than 128
 
 
 def test_gpu_and_cpu_step_shapes_per_mode():
