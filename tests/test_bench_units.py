@@ -103,13 +103,16 @@ def test_time_reps_warms_up_for_warm_s_within_ten_budgets_and_a_thousand_calls(c
     t = timing.time_reps(c.fn, [()], c, warmup=1, reps=1, budget_s=10.0, warm_s=0.5)
     assert t["warmup_reps"] == 4 and t["warmup_s"] == 0.5 and t["reps"] == 1      # 0.5 s of 0.125 s calls
     c = clock(0.125)
-    t = timing.time_reps(c.fn, [()], c, warmup=1, reps=1, budget_s=0.0625, warm_s=60.0)
-    assert t["warmup_reps"] == 6                        # past 10 budgets (0.625 s) after 0.75 s
+    t = timing.time_reps(c.fn, [()], c, warmup=1, reps=1, budget_s=0.125, warm_s=60.0)
+    assert t["warmup_reps"] == 11                       # past 10 budgets (1.25 s) after 1.375 s
     c = clock(0.125)
     t = timing.time_reps(c.fn, [()], c, warmup=8, reps=1, budget_s=0.0625, warm_s=60.0)
     assert t["warmup_reps"] == 8                        # the warm-up repetitions asked for all run
     c = clock(0.0)
     assert timing.time_reps(c.fn, [()], c, warmup=0, reps=1, budget_s=1.0, warm_s=1.0)["warmup_reps"] == 1000
+    c = clock(2.0 ** -7)
+    assert timing.time_reps(c.fn, [()], c, warmup=1, reps=1, budget_s=1.0)["warmup_s"] == 0.008    # to the ms
+    assert timing.CpuClock().elapsed_ms([1.0, 1.5, 3.0]) == [500.0, 1500.0]
 
 
 def test_event_median_ms_warms_up_three_times_unless_told(clock):
@@ -383,6 +386,7 @@ def test_markdown_of_a_cpu_run(tmp_path):
           dict(kind="ceiling", device="cpu", ceiling="copy", median_ms=1.0, gbs=12.34),
           dict(kind="ceiling", device="cpu", ceiling="gemm", what="np.matmul 1024^3", median_ms=2.0, tflops=0.5),
           dict(kind="ceiling", device="cpu", ceiling="bf16", skipped="no bf16"),
+          dict(kind="ceiling", device="cpu", ceiling="fp16", error="E"),
           dict(step, peer="gpubp-numpy"), dict(step, peer="torch-cpu", median_ms=3.0, speedup_gpubp=1.5)]
     res = dict(meta=_meta(no_gpu_reason="no CUDA", notes=["note one"]), rows=rs, goals=[], wall_s=12.4,
                config=dict(mode="tiny", optimizer="sgd", lr=0.1))
@@ -396,8 +400,9 @@ def test_markdown_of_a_cpu_run(tmp_path):
         "- **No CUDA GPU: the GPU rows need CUDA** (no CUDA). Only the CPU rows were measured.",
         "- note one", "- error in step n 8: MemoryError"]
     assert md[8:12] == ["", "## Ceilings (measured in this run)", "", "| device | what | median ms | rate |"]
-    assert md[13:18] == ["| cpu | copy | 1 | 12.3 GB/s |", "| cpu | np.matmul 1024^3 | 2 | 0.50 TFLOP/s |",
-                         "| cpu | bf16 |  | no bf16 |", "", "## Summary: median step time (ms) per peer"]
+    assert md[13:19] == ["| cpu | copy | 1 | 12.3 GB/s |", "| cpu | np.matmul 1024^3 | 2 | 0.50 TFLOP/s |",
+                         "| cpu | bf16 |  | no bf16 |", "| cpu | fp16 |  | E |", "",
+                         "## Summary: median step time (ms) per peer"]
     assert "## Goals" not in "\n".join(md) and "## Training steps on the GPU" not in md
     i = md.index("## Training steps on the CPU")
     assert md[i - 2:i] == ["| cpu | n | 8 | 2 | 3 | 1.50x |", ""]           # the summary, then a blank line
@@ -511,6 +516,8 @@ def test_a_rows_progress_line_and_name():
         "  step    n" + " " * 23 + " B=8" + " " * 7 + " p" + " " * 17 + " 1.235 ms (3 reps)")
     assert rows._progress(dict(kind="ceiling", ceiling="copy", error="E")).endswith(" " * 19 + " E")
     assert rows._progress(dict(kind="kernel", kernel="fwd", batch=4)).endswith(" ?")
+    assert rows._progress(dict(kind="kernel", kernel="fwd", batch=4)).startswith("  kernel  fwd ")
+    assert rows._progress(dict(kind="ceiling", ceiling="copy", error="E")).startswith("  ceiling copy ")
     assert rows._what(dict(kind="kernel", kernel="fwd", batch=4, peer="x", network=None)) == "kernel fwd 4 x"
     assert rows._what(dict(kind="ceiling", ceiling="copy")) == "ceiling copy"
 
@@ -541,7 +548,7 @@ def test_cuda_clocks_mark_with_events_and_wait_for_the_last_one(monkeypatch):
             log.append("record")
 
         def synchronize(self):
-            log.append("wait")
+            log.append(f"wait for {self.t}")
 
         def elapsed_time(self, other):
             return float(other.t - self.t)
@@ -560,5 +567,5 @@ def test_cuda_clocks_mark_with_events_and_wait_for_the_last_one(monkeypatch):
             clk.mark(marks, i)
             log.append("work")
         assert clk.elapsed_ms(marks) == [2.0, 2.0] and log == [synced, "record", "work", "record", "work", "record",
-                                                                "work", "wait"]
+                                                                "work", "wait for 5"]
     assert timing.TorchClock().marks(1)[0].kw == dict(enable_timing=True)
