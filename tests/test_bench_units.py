@@ -113,6 +113,10 @@ def test_time_reps_warms_up_for_warm_s_within_ten_budgets_and_a_thousand_calls(c
     c = clock(2.0 ** -7)
     assert timing.time_reps(c.fn, [()], c, warmup=1, reps=1, budget_s=1.0)["warmup_s"] == 0.008    # to the ms
     assert timing.CpuClock().elapsed_ms([1.0, 1.5, 3.0]) == [500.0, 1500.0]
+    c, ms = clock(0.0), iter([0.0, 0.5, 0.25, 0.125, 1.0, 0.0625])        # one warm-up, then 5 timed
+    c.fn = lambda: setattr(c, "now", c.now + next(ms))
+    t = timing.time_reps(c.fn, [()], c, warmup=1, reps=5, budget_s=100.0)
+    assert (t["min_ms"], t["p25_ms"], t["median_ms"], t["p75_ms"]) == (62.5, 125.0, 250.0, 500.0)
 
 
 def test_event_median_ms_warms_up_three_times_unless_told(clock):
@@ -360,6 +364,7 @@ def test_a_table_row_in_markdown():
     s = dict(kind="step", peer="gpubp-cuda", speedup_gpubp_same_precision=3.0, median_ms=1.0, p25_ms=1.0,
              p75_ms=1.0, reps=1)
     assert report._row_md(s, "n", 8).endswith("|  | 3 |")
+    assert "(**check failed**: " + "E" * 120 + ") |" in report._row_md(dict(base, check_error="E" * 200), "n", 8)
     assert report._row_md(dict(peer="x", skipped="budget|spent"), "n", 8) == "| n | 8 | x | budget/spent | | | | | | | | |"
     assert report._row_md(dict(peer="x", error="E" * 200), "n", 8) == "| n | 8 | x | " + "E" * 160 + " | | | | | | | | |"
 
