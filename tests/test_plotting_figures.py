@@ -28,6 +28,10 @@ def _lines(ax):
     return [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()]
 
 
+def _gridded(ax):
+    return all(g.get_visible() for g in ax.xaxis.get_gridlines() + ax.yaxis.get_gridlines())
+
+
 def _texts(fig):
     return [t.get_text() for ax in fig.axes for t in ax.texts]
 
@@ -47,6 +51,7 @@ def test_plot_history_draws_loss_and_accuracy_panels(drawn, tmp_path):
     assert _lines(acc) == [("train", [1, 2, 3], [0.5, 0.7, 0.9]), ("held out", [1], [0.4])]
     assert acc.get_ylim()[1] == 1.0 and acc.get_title() == "accuracy" and acc.get_ylabel() == "accuracy"
     assert acc.get_yscale() == "linear"
+    assert _gridded(loss) and _gridded(acc) and acc.get_legend() is not None
 
 
 @pytest.mark.parametrize("h, log", [({"loss": [1.0, 0.0]}, False), ({"loss": [1.0, 0.5], "val_loss": [-1.0]}, False),
@@ -80,6 +85,7 @@ def test_plot_grad_norms_draws_one_log_panel_per_key_and_one_line_per_layer(draw
     assert [ax.get_yscale() for ax in fig.axes] == ["log", "log"]
     assert (g.get_ylabel(), g.get_xlabel(), g.get_title()) == ("||dW||", "epoch", "||dW|| per layer")
     assert u.get_ylabel() == "||W' - W|| / ||W||"
+    assert all(_gridded(ax) and ax.get_legend() is not None for ax in fig.axes)
     lines = _lines(g)
     assert [name for name, _, _ in lines] == ["layer 1", "layer 2", "layer 3 (output)"]
     assert all(xs == [1, 2] for _, xs, _ in lines)
