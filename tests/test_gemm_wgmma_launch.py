@@ -529,12 +529,17 @@ def test_cache_key_is_the_sha256_of_source_nvrtc_arch_and_options():
     assert cubin_cache.cache_key("src", "sm_90a", "13.5") == want
 
 
-def test_the_default_cache_folder_is_under_cupys_and_is_made(monkeypatch, tmp_path):
+def test_the_default_cache_folder_is_under_cupys_and_is_made(monkeypatch, tmp_path, caplog):
+    import logging
+
     built = _counting_build(monkeypatch)
     monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "cupy" / "cache"))
     monkeypatch.setattr(cubin_cache, "_private", None)
     assert cubin_cache.cache_dir() == os.path.join(str(tmp_path / "cupy" / "cache"), "gpubp-cubin")
-    path, lowered = cubin_cache.cubin_path(wg.SPECS[0], "sm_90a")        # folder made, with its parents
+    with caplog.at_level(logging.INFO, logger="gpubp"):
+        path, lowered = cubin_cache.cubin_path(wg.SPECS[0], "sm_90a")    # folder made, with its parents
+    assert f"building {wg.SPECS[0].name} for sm_90a with NVRTC " in caplog.text
+    assert f"then cached in {cubin_cache.cache_dir()}" in caplog.text
     assert os.path.dirname(path) == cubin_cache.cache_dir() and path.endswith(".cubin") and built == ["sm_90a"]
     assert sorted(os.listdir(cubin_cache.cache_dir())) == sorted(
         os.path.basename(path)[:-len("cubin")] + ext for ext in ("cu", "cubin", "json"))

@@ -1,6 +1,7 @@
 """What gpubp.plotting draws: the panels, lines, scales and labels of each figure, read off the
 `Figure` before it is written (the other plot tests check that a PNG is written and refused)."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_plot_history_draws_loss_and_accuracy_panels(drawn, tmp_path):
     assert acc.get_ylim()[1] == 1.0 and acc.get_title() == "accuracy" and acc.get_ylabel() == "accuracy"
     assert acc.get_yscale() == "linear"
     assert _gridded(loss) and _gridded(acc) and acc.get_legend() is not None
+    assert fig.subplotpars.right > 0.95 and fig.subplotpars.left < 0.11    # laid out tight, not the defaults
 
 
 @pytest.mark.parametrize("h, log", [({"loss": [1.0, 0.0]}, False), ({"loss": [1.0, 0.5], "val_loss": [-1.0]}, False),
@@ -86,6 +88,7 @@ def test_plot_grad_norms_draws_one_log_panel_per_key_and_one_line_per_layer(draw
     assert (g.get_ylabel(), g.get_xlabel(), g.get_title()) == ("||dW||", "epoch", "||dW|| per layer")
     assert u.get_ylabel() == "||W' - W|| / ||W||"
     assert all(_gridded(ax) and ax.get_legend() is not None for ax in fig.axes)
+    assert fig.subplotpars.right > 0.95
     lines = _lines(g)
     assert [name for name, _, _ in lines] == ["layer 1", "layer 2", "layer 3 (output)"]
     assert all(xs == [1, 2] for _, xs, _ in lines)
@@ -105,7 +108,9 @@ def _trace(sizes, X, Y, loss="mse"):
 
 def test_plot_trace_draws_every_edge_by_sign_and_size_and_labels_a_small_network(drawn, tmp_path):
     t = _trace([2, 3, 1], [0.5, -1.0], [0.25])
-    plotting.plot_trace(t, tmp_path / "t.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # a tight layout of its free-placed axes would warn
+        plotting.plot_trace(t, tmp_path / "t.png")
     fig, = drawn
     ax, = fig.axes
     W = [w for f in t["forward"] for row in f["W"] for w in row]
