@@ -183,3 +183,178 @@ def test_main_refuses_a_bad_arch_naming_what_it_compiles_for(monkeypatch, capsys
     assert ("--arch: NVRTC 13.5 does not compile for sm_75; 'bogus' is not an architecture name such as "
             "sm_90 (one per --arch); it compiles for sm_80 sm_90") in capsys.readouterr().err
 
+
+
+# ---------------------------------------------------------------- compile_spec and compile_check, NVRTC faked
+class _Spec:
+    def __init__(self, names, sass_expect=(), archs=(), src="SRC", name="fake"):
+        self.name, self.name_expressions, self.sass_expect, self.archs, self._src = name, tuple(names), \
+            tuple(sass_expect), tuple(archs), src
+
+    def source(self):
+        if isinstance(self._src, Exception):
+            raise self._src
+        return self._src
+
+
+def _log(*entries):
+    """A ptxas log of (mangled, arch, registers, spill stores) entries."""
+    return "".join(f"ptxas info    : Compiling entry function '{m}' for '{a}'\n"
+                   f"ptxas info    : Function properties for {m}\n"
+                   f"ptxas         .     0 bytes stack frame, {s} bytes spill stores, 0 bytes spill loads\n"
+                   f"ptxas info    : Used {r} registers\n" for m, a, r, s in entries)
+
+
+def _fake_build(monkeypatch, log, lowered, error=None, sass=None):
+    from gpubp.backends.nvrtc_program import Build
+
+    calls = []
+
+    def build(nvrtc, src, filename, names, opts, cubin=True):
+        calls.append(dict(nvrtc=nvrtc, src=src, filename=filename, names=names, opts=opts, cubin=cubin))
+        return Build(error=error, log=log, lowered={} if error else dict(lowered), cubin=b"BIN" if cubin else None)
+
+    monkeypatch.setattr(cc.nvrtc_program, "build", build)
+    if isinstance(sass, Exception):
+        def dump(cubin):
+            raise sass
+    else:
+        def dump(cubin):
+            assert cubin == b"BIN"
+            return sass
+    monkeypatch.setattr(cc, "dump_sass", dump)
+    return calls
+
+
+def test_compile_spec_builds_with_cupys_options_and_reads_one_row_per_kernel(monkeypatch):
+    lowered = {"k<float>": "_Zkf", "k<double>": "_Zkd", "ghost": "_Zghost"}
+    calls = _fake_build(monkeypatch, _log(("_Zkf", "sm_80", 30, 0), ("_Zkd", "sm_80", 40, 8),
+                                          ("_Zother", "sm_75", 99, 0)), lowered)
+    rows = cc.compile_spec(_Spec(lowered), "sm_80", nvrtc="NV")
+    assert calls == [dict(nvrtc="NV", src="SRC", filename="fake.cu", names=tuple(lowered),
+                          opts=("--gpu-architecture=sm_80",) + cc.cuda_source.NVRTC_OPTIONS
+                          + ("-ftz=true", "-Xptxas", "-v"), cubin=False)]
+    assert [(r["kernel"], r["mangled"], r["registers"], r["spill_stores"], r["error"]) for r in rows] == [
+        ("ghost", "_Zghost", None, None, "no ptxas report for this kernel (not a __global__ function?)"),
+        ("k<double>", "_Zkd", 40, 8, None), ("k<float>", "_Zkf", 30, 0, None)]
+    assert all(r["module"] == "fake" and r["arch"] == "sm_80" and r["sass_op"] is None for r in rows)
+
+
+def test_compile_spec_turns_a_failed_build_or_source_into_one_error_row(monkeypatch):
+    _fake_build(monkeypatch, "k.cu(1): error", {}, error="NVRTC_ERROR_COMPILATION")
+    (row,) = cc.compile_spec(_Spec(["k"]), "sm_90", nvrtc="NV")
+    assert (row["kernel"], row["error"]) == (None, "NVRTC_ERROR_COMPILATION:\nk.cu(1): error")
+    (row,) = cc.compile_spec(_Spec(["k"], src=OSError("gone")), "sm_90", nvrtc="NV")
+    assert row["error"] == "cannot read the sources: OSError: gone" and row["module"] == "fake"
+
+
+SASS = ("\t\tFunction : _Zk\n"
+        "        /*0000*/   HMMA.1688 R4 ;   /* 0x00 */\n"
+        "        /*0010*/   UTMALDG R4 ;   /* 0x00 */\n"
+        "\t\tFunction : _Zf\n"
+        "        /*0000*/   FFMA R4 ;   /* 0x00 */\n"
+        "        /*0010*/   FFMA R4 ;   /* 0x00 */\n")
+
+
+def test_compile_spec_counts_the_expected_instructions_of_each_kernel(monkeypatch):
+    lowered = {"k": "_Zk", "f": "_Zf", "p": "_Zp"}
+    calls = _fake_build(monkeypatch, _log(("_Zk", "sm_80", 30, 0), ("_Zf", "sm_80", 30, 0), ("_Zp", "sm_80", 9, 0)),
+                        lowered, sass=SASS)
+    spec = _Spec(lowered, sass_expect=(("k", "HMMA.1688"), ("k", "UTMALDG"), ("k", "LDSM"), ("f", "FFMA")))
+    rows = {r["kernel"]: r for r in cc.compile_spec(spec, "sm_80", nvrtc="NV")}
+    assert calls[0]["cubin"] is True
+    k, f, p = rows["k"], rows["f"], rows["p"]
+    assert (k["sass_op"], k["sass_count"], k["sass_hmma"], k["sass_more"]) == ("HMMA.1688", 1, 1,
+                                                                                {"UTMALDG": 1, "LDSM": 0})
+    assert (f["sass_op"], f["sass_count"], f["sass_hmma"], f["sass_more"]) == ("FFMA", 2, 0, None)
+    assert (p["sass_op"], p["sass_count"], p["sass_hmma"]) == (None, None, None)
+    assert cc.problems(rows.values()) == ["fake sm_80 k: no LDSM instruction in its SASS"]
+
+
+def test_compile_spec_without_its_sass_marks_the_checked_kernels(monkeypatch):
+    lowered = {"k": "_Zk", "p": "_Zp"}
+    _fake_build(monkeypatch, _log(("_Zk", "sm_80", 30, 0), ("_Zp", "sm_80", 9, 0)), lowered,
+                sass=RuntimeError("no cuobjdump"))
+    rows = {r["kernel"]: r for r in cc.compile_spec(_Spec(lowered, sass_expect=(("k", "HMMA"),)), "sm_80", "NV")}
+    assert rows["k"]["error"] == "SASS not checked: no cuobjdump" and rows["k"]["sass_count"] is None
+    assert rows["p"]["error"] is None
+
+
+def test_compile_check_builds_each_spec_for_its_targets_and_rows_a_crash(monkeypatch):
+    monkeypatch.setattr(cc, "_nvrtc", lambda: "NV")
+    built = []
+
+    def compile_spec(spec, arch, nvrtc):
+        built.append((spec.name, arch, nvrtc))
+        if spec.name == "crash":
+            raise ValueError("bad spec")
+        return [cc._row(spec.name, arch, "k")]
+
+    monkeypatch.setattr(cc, "compile_spec", compile_spec)
+    specs = [_Spec([], name="a"), _Spec([], name="hopper", archs=("sm_90a",)), _Spec([], name="crash")]
+    rows = cc.compile_check(("sm_80", "sm_90"), specs=specs)
+    assert sorted(built) == [("a", "sm_80", "NV"), ("a", "sm_90", "NV"), ("crash", "sm_80", "NV"),
+                             ("crash", "sm_90", "NV"), ("hopper", "sm_90a", "NV")]
+    assert [(r["module"], r["arch"], r["kernel"], r["error"]) for r in rows] == [
+        ("a", "sm_80", "k", None), ("a", "sm_90", "k", None), ("hopper", "sm_90a", "k", None),
+        ("crash", "sm_80", None, "ValueError: bad spec"), ("crash", "sm_90", None, "ValueError: bad spec")]
+    monkeypatch.setattr(cc, "_gather_specs", lambda: ([_Spec([], name="a")], [cc._row("gone", None, None, error="x")]))
+    assert [r["module"] for r in cc.compile_check(("sm_80",))] == ["gone", "a"]
+    assert cc.compile_check(("sm_80",), specs=[]) == []
+
+
+def test_gather_specs_rows_each_launcher_module_that_does_not_import(monkeypatch):
+    def broken():
+        raise ImportError("one of them")
+
+    monkeypatch.setattr(cc, "all_specs", broken)
+    monkeypatch.setattr(cc, "_LAUNCHER_MODULES", ("cuda_missing", "cuda_elementwise"))
+    specs, errors = cc._gather_specs()
+    from gpubp.backends import cuda_elementwise
+    assert specs == list(cuda_elementwise.SPECS)
+    assert [(e["module"], e["error"].split(":")[0:2]) for e in errors] == [
+        ("cuda_missing", ["cannot import gpubp.backends.cuda_missing", " ModuleNotFoundError"])]
+    monkeypatch.setattr(cc, "all_specs", lambda: iter(["s"]))
+    assert cc._gather_specs() == (["s"], [])
+
+
+class _Nvrtc:
+    class nvrtcResult:
+        NVRTC_SUCCESS = 0
+
+    def __init__(self, version=(0, 13, 5), archs=(0, [75, 80, 90])):
+        self.version, self.archs = version, archs
+
+    def nvrtcVersion(self):
+        if isinstance(self.version, Exception):
+            raise self.version
+        return self.version
+
+    def nvrtcGetSupportedArchs(self):
+        return self.archs
+
+
+def _with_bindings(monkeypatch, nv):
+    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    bindings.nvrtc, cuda.bindings = nv, bindings
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", nv)
+
+
+def test_nvrtc_that_cannot_run_is_missing_in_words(monkeypatch):
+    nv = _Nvrtc()
+    _with_bindings(monkeypatch, nv)
+    assert cc._nvrtc() is nv and cc.nvrtc_version() == "13.5" and cc.supported_archs() == (75, 80, 90)
+    assert cc.supported_archs(_Nvrtc(archs=(0, ["90"]))) == (90,)
+    with pytest.raises(cc.NvrtcMissing, match=r"gpubp\[compile\].*\(nvrtcGetSupportedArchs: 7\)$"):
+        cc.supported_archs(_Nvrtc(archs=(7, [])))
+    nv.version = (6, 0, 0)
+    with pytest.raises(cc.NvrtcMissing, match=r"\(nvrtcVersion: 6\)$"):
+        cc._nvrtc()
+    nv.version = OSError("libnvrtc.so.13: cannot open")
+    with pytest.raises(cc.NvrtcMissing, match=r"\(libnvrtc.so.13: cannot open\)$"):
+        cc._nvrtc()
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(cc.NvrtcMissing, match=r'^the compile check needs NVRTC .*pip install "gpubp\[compile\]"'):
+        cc._nvrtc()
