@@ -156,6 +156,7 @@ def test_main_says_how_many_builds_passed_and_how_many_had_their_sass_checked(mo
     out = capsys.readouterr().out.split("\n")
     assert out[0].startswith("NVRTC 13.5, options ") and out[0].endswith(", archs sm_80 sm_90")
     assert "-ftz=true" in out[0]
+    assert out[1:5] == cc.format_table(rows).split("\n")
     assert out[-2] == "2 kernel builds, no errors, no spills; 1 with their matrix instructions checked in SASS"
 
 
@@ -358,3 +359,12 @@ def test_nvrtc_that_cannot_run_is_missing_in_words(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     with pytest.raises(cc.NvrtcMissing, match=r'^the compile check needs NVRTC .*pip install "gpubp\[compile\]"'):
         cc._nvrtc()
+
+
+def test_all_specs_gathers_every_launcher_modules_specs():
+    from gpubp.backends.cuda_source import ModuleSpec
+
+    specs = cc.all_specs()
+    names = [s.name for s in specs]
+    assert all(isinstance(s, ModuleSpec) for s in specs) and len(set(names)) == len(names)
+    assert {"elementwise", "gemm_tc", "gemm_wgmma", "fused_mlp_family"} <= set(names)

@@ -29,6 +29,13 @@ def _lines(ax):
     return [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()]
 
 
+def _png_size(path):
+    """(width, height) in pixels, from the PNG's IHDR chunk."""
+    png = path.read_bytes()
+    assert png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
 def _gridded(ax):
     return all(g.get_visible() for g in ax.xaxis.get_gridlines() + ax.yaxis.get_gridlines())
 
@@ -41,7 +48,9 @@ def test_plot_history_draws_loss_and_accuracy_panels(drawn, tmp_path):
     h = {"loss": [1.0, 0.5, 0.25], "val_loss": [1.2, 0.6], "accuracy": [0.5, 0.7, 0.9], "val_accuracy": [0.4]}
     assert plotting.plot_history(h, tmp_path / "h.png", title="run 1") == tmp_path / "h.png"
     fig, = drawn
-    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert _png_size(tmp_path / "h.png") == (1200, 480)             # 10 x 4 inches at 120 dpi
+    plotting.plot_history(h, tmp_path / "h50.png", dpi=50)
+    assert _png_size(tmp_path / "h50.png") == (500, 200)
     assert tuple(fig.get_size_inches()) == (10, 4) and len(fig.axes) == 2
     assert fig._suptitle.get_text() == "run 1"
     loss, acc = fig.axes
@@ -81,6 +90,7 @@ def test_plot_grad_norms_draws_one_log_panel_per_key_and_one_line_per_layer(draw
          "update_ratios": [[1e-3, 2e-3], [3e-3]]}
     plotting.plot_grad_norms(h, tmp_path / "g.png", title="flow")
     fig, = drawn
+    assert _png_size(tmp_path / "g.png") == (1152, 480)             # 2 x 4.8 x 4 inches at 120 dpi
     assert tuple(fig.get_size_inches()) == (9.6, 4) and len(fig.axes) == 2
     assert fig._suptitle.get_text() == "flow"
     g, u = fig.axes
@@ -113,6 +123,10 @@ def test_plot_trace_draws_every_edge_by_sign_and_size_and_labels_a_small_network
         plotting.plot_trace(t, tmp_path / "t.png")
     fig, = drawn
     ax, = fig.axes
+    w_in, h_in = fig.get_size_inches()
+    assert _png_size(tmp_path / "t.png") == (int(w_in * 120), int(h_in * 120))
+    assert (w_in, h_in) == pytest.approx((1.3 * (2.6 * 2 + 1.6), 1.3 * (3 + 1.6)))
+    assert ax.get_aspect() == 1.0 and not ax.axison            # equal scales, no axes drawn
     W = [w for f in t["forward"] for row in f["W"] for w in row]
     wmax = max(abs(w) for w in W)
     edges = ax.get_lines()
