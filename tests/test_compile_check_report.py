@@ -3,6 +3,7 @@ rows are problems and in what words, the table, the targets a module is built fo
 names, the ptxas and SASS parsers' edge lines, where cuobjdump is found and how it is run, and
 `main`'s exit statuses."""
 import os
+import re
 import stat
 import sys
 import types
@@ -258,18 +259,23 @@ SASS = ("\t\tFunction : _Zk\n"
 
 
 def test_compile_spec_counts_the_expected_instructions_of_each_kernel(monkeypatch):
-    lowered = {"k": "_Zk", "f": "_Zf", "p": "_Zp"}
-    calls = _fake_build(monkeypatch, _log(("_Zk", "sm_80", 30, 0), ("_Zf", "sm_80", 30, 0), ("_Zp", "sm_80", 9, 0)),
-                        lowered, sass=SASS)
-    spec = _Spec(lowered, sass_expect=(("k", "HMMA.1688"), ("k", "UTMALDG"), ("k", "LDSM"), ("f", "FFMA")))
-    rows = {r["kernel"]: r for r in cc.compile_spec(spec, "sm_80", nvrtc="NV")}
-    assert calls[0]["cubin"] is True
+    lowered = {"k": "_Zk", "f": "_Zf", "p": "_Zp", "q": "_Zq"}
+    calls = _fake_build(monkeypatch, _log(("_Zk", "sm_80", 30, 0), ("_Zf", "sm_80", 30, 0), ("_Zp", "sm_80", 9, 0),
+                                          ("_Zq", "sm_80", 9, 0)), lowered, sass=SASS)
+    spec = _Spec(lowered, sass_expect=(("k", "HMMA.1688"), ("k", "UTMALDG"), ("k", "LDSM"), ("f", "FFMA"),
+                                       ("q", "HMMA.1688"), ("q", "LDSM")))
+    monkeypatch.setattr(cc, "_nvrtc", lambda: "bindings")
+    rows = {r["kernel"]: r for r in cc.compile_spec(spec, "sm_80")}
+    assert calls[0]["cubin"] is True and calls[0]["nvrtc"] == "bindings"
+    q = rows["q"]                                       # a function its SASS listing does not hold: none counted
+    assert (q["sass_count"], q["sass_hmma"], q["sass_more"]) == (0, 0, {"LDSM": 0})
     k, f, p = rows["k"], rows["f"], rows["p"]
     assert (k["sass_op"], k["sass_count"], k["sass_hmma"], k["sass_more"]) == ("HMMA.1688", 1, 1,
                                                                                 {"UTMALDG": 1, "LDSM": 0})
     assert (f["sass_op"], f["sass_count"], f["sass_hmma"], f["sass_more"]) == ("FFMA", 2, 0, None)
     assert (p["sass_op"], p["sass_count"], p["sass_hmma"]) == (None, None, None)
-    assert cc.problems(rows.values()) == ["fake sm_80 k: no LDSM instruction in its SASS"]
+    assert cc.problems(rows.values()) == ["fake sm_80 k: no LDSM instruction in its SASS",
+                                          "fake sm_80 q: no HMMA.1688 instruction in its SASS"]
 
 
 def test_compile_spec_without_its_sass_marks_the_checked_kernels(monkeypatch):
@@ -357,7 +363,7 @@ def test_nvrtc_that_cannot_run_is_missing_in_words(monkeypatch):
     with pytest.raises(cc.NvrtcMissing, match=r"\(libnvrtc.so.13: cannot open\)$"):
         cc._nvrtc()
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
-    with pytest.raises(cc.NvrtcMissing, match=r'^the compile check needs NVRTC .*pip install "gpubp\[compile\]"'):
+    with pytest.raises(cc.NvrtcMissing, match=f"^{re.escape(cc._MISSING_NVRTC)}$"):
         cc._nvrtc()
 
 

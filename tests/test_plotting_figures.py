@@ -60,6 +60,7 @@ def test_plot_history_draws_loss_and_accuracy_panels(drawn, tmp_path):
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "held out"]
     assert _lines(acc) == [("train", [1, 2, 3], [0.5, 0.7, 0.9]), ("held out", [1], [0.4])]
     assert acc.get_ylim()[1] == 1.0 and acc.get_title() == "accuracy" and acc.get_ylabel() == "accuracy"
+    assert acc.get_xlabel() == "epoch"
     assert acc.get_yscale() == "linear"
     assert _gridded(loss) and _gridded(acc) and acc.get_legend() is not None
     assert fig.subplotpars.right > 0.95 and fig.subplotpars.left < 0.11    # laid out tight, not the defaults
