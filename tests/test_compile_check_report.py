@@ -32,6 +32,8 @@ def _ok(**kw):
     (_ok(sass_op="HGMMA", sass_count=2, sass_more={"UTMALDG": 0, "X": 1, "Y": 0}),
      "m sm_90 k: no UTMALDG, Y instruction in its SASS"),
     (_ok(sass_op="HGMMA", sass_count=2, sass_more={"UTMALDG": 3}), None),
+    (_ok(sass_op="HGMMA", sass_count=2, sass_more={"UTMALDG": 1}), None),
+    (_ok(sass_op="HGMMA", sass_count=2, sass_more={"UTMALDG": 0}), "m sm_90 k: no UTMALDG instruction in its SASS"),
     (_ok(sass_op="FFMA", sass_count=9, sass_hmma=2), "m sm_90 k: 2 HMMA instructions in a float32 (FFMA-only) kernel"),
     (_ok(sass_op="FFMA", sass_count=9, sass_hmma=0), None),
     (_ok(sass_op="HMMA.1688.F32.TF32", sass_count=9, sass_hmma=9), None),
@@ -134,6 +136,10 @@ def test_dump_sass_runs_the_tool_on_the_cubin_with_its_folder_on_path(tmp_path):
     bad = _tool(tmp_path / "bin2", "cuobjdump", 'echo "  no such file  " >&2; exit 3\n')
     with pytest.raises(RuntimeError, match=r"^cuobjdump failed \(3\): no such file$"):
         cc.dump_sass(b"CUBIN", str(bad))
+    chatty = _tool(tmp_path / "bin3", "cuobjdump", 'head -c 5000 /dev/zero | tr "\\0" x >&2; exit 1\n')
+    with pytest.raises(RuntimeError) as e:
+        cc.dump_sass(b"CUBIN", str(chatty))
+    assert str(e.value) == "cuobjdump failed (1): " + "x" * 2000        # its first 2000 characters
 
 
 def test_dump_sass_without_cuobjdump_says_what_to_install(monkeypatch):

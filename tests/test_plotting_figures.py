@@ -152,6 +152,8 @@ def test_plot_trace_draws_every_edge_by_sign_and_size_and_labels_a_small_network
     assert head.startswith("[2, 3, 1], loss mse ") and "after one SGD step at lr 0.1" in head
     assert "sample 1" not in head and "not labelled" not in head and "first and last" not in head
     assert len(ax.patches) == 6
+    names = {tx.get_text(): tx.get_position() for tx in ax.texts if tx.get_text() in ("input", "output (identity)")}
+    assert names == {"input": (0.0, 0.5 * 3 + 0.1), "output (identity)": (5.2, 0.5 * 3 + 0.1)}   # above the nodes
 
 
 def test_plot_trace_of_a_batch_and_many_edges_says_so_and_labels_no_edge(drawn, tmp_path):
@@ -189,3 +191,22 @@ def test_plot_trace_of_a_wide_layer_draws_its_ends_and_counts_the_rest(drawn, tm
             plotting.plot_trace(t, tmp_path / "x.png", max_nodes=bad)
     plotting.plot_trace(t, tmp_path / "t.png", max_nodes=9)     # 9 units fit in 9 slots: all drawn
     assert "...\n" not in "".join(_texts(drawn[1]))
+
+
+def test_plot_trace_defaults_label_at_most_12_edges_and_draw_12_units_a_layer(drawn, tmp_path):
+    t = _trace([13, 1], np.linspace(-1, 1, 13), [0.5])
+    plotting.plot_trace(t, tmp_path / "t.png")
+    head = drawn[0]._suptitle.get_text().replace("\n", " ")
+    assert "13 edges: W and dW not labelled" in head and "layers of more than 12 units" in head
+    assert "...\n2 more" in _texts(drawn[0])
+    t = _trace([12, 1], np.linspace(-1, 1, 12), [0.5])
+    plotting.plot_trace(t, tmp_path / "t.png")
+    head = drawn[1]._suptitle.get_text().replace("\n", " ")
+    assert "not labelled" not in head and "more than" not in head
+
+
+def test_plot_trace_of_zero_weights_draws_thin_edges(drawn, tmp_path):
+    params = [(np.zeros((2, 2)), np.zeros(2)), (np.zeros((1, 2)), np.zeros(1))]
+    t = explain.trace_step(params, [0.5, -1.0], [0.25], ["tanh", "identity"], "mse", 0.1)
+    plotting.plot_trace(t, tmp_path / "t.png")
+    assert [e.get_linewidth() for e in drawn[0].axes[0].get_lines()] == [0.6] * 6
