@@ -191,6 +191,8 @@ def test_plot_trace_of_a_wide_layer_draws_its_ends_and_counts_the_rest(drawn, tm
             plotting.plot_trace(t, tmp_path / "x.png", max_nodes=bad)
     plotting.plot_trace(t, tmp_path / "t.png", max_nodes=9)     # 9 units fit in 9 slots: all drawn
     assert "...\n" not in "".join(_texts(drawn[1]))
+    plotting.plot_trace(t, tmp_path / "t.png", max_nodes=3)     # the least: first, marker, last
+    assert "...\n7 more" in _texts(drawn[2])
 
 
 def test_plot_trace_defaults_label_at_most_12_edges_and_draw_12_units_a_layer(drawn, tmp_path):
