@@ -517,6 +517,102 @@ def test_cuda_device_refuses_cubin_modules(fake):
         cuda_device.load_kernels({wg.SPECS[0]: ["gemm_wgmma_copy_tf32"]})
 
 
+def test_cache_key_is_the_sha256_of_source_nvrtc_arch_and_options():
+    """The key the module's docstring names: SHA-256 over source, NVRTC version, architecture and
+    options (each ended by a NUL), its first 40 hex digits."""
+    import hashlib
+
+    opts = cubin_cache.options("sm_90a")
+    assert opts[0] == "--gpu-architecture=sm_90a" and opts[-1] == "-ftz=true" and len(opts) >= 3
+    parts = ["src", "13.5", "sm_90a", " ".join(opts)]
+    want = hashlib.sha256("".join(p + "\0" for p in parts).encode()).hexdigest()[:40]
+    assert cubin_cache.cache_key("src", "sm_90a", "13.5") == want
+
+
+def test_the_default_cache_folder_is_under_cupys_and_is_made(monkeypatch, tmp_path, caplog):
+    import logging
+
+    built = _counting_build(monkeypatch)
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "cupy" / "cache"))
+    monkeypatch.setattr(cubin_cache, "_private", None)
+    assert cubin_cache.cache_dir() == os.path.join(str(tmp_path / "cupy" / "cache"), "gpubp-cubin")
+    with caplog.at_level(logging.INFO, logger="gpubp"):
+        path, lowered = cubin_cache.cubin_path(wg.SPECS[0], "sm_90a")    # folder made, with its parents
+    assert f"building {wg.SPECS[0].name} for sm_90a with NVRTC " in caplog.text
+    assert f"then cached in {cubin_cache.cache_dir()}" in caplog.text
+    assert os.path.dirname(path) == cubin_cache.cache_dir() and path.endswith(".cubin") and built == ["sm_90a"]
+    assert sorted(os.listdir(cubin_cache.cache_dir())) == sorted(
+        os.path.basename(path)[:-len("cubin")] + ext for ext in ("cu", "cubin", "json"))
+    assert cubin_cache._private is None                                  # no private folder was needed
+
+
+def test_compile_cubin_builds_the_modules_source_and_names_a_failed_build(monkeypatch):
+    from gpubp.backends.nvrtc_program import Build
+
+    spec, calls = wg.SPECS[0], []
+    result = Build(error=None, log="the log", lowered={"k": "_Zk"}, cubin=b"BIN")
+
+    def build(*args):
+        calls.append(args)
+        return result
+
+    monkeypatch.setattr(cubin_cache, "build", build)
+    monkeypatch.setattr(cubin_cache, "_nvrtc", lambda: "bindings")
+    assert cubin_cache.compile_cubin(spec, "sm_90a") == (b"BIN", {"k": "_Zk"}, "the log")
+    assert calls == [("bindings", spec.source(), f"{spec.name}.cu", spec.name_expressions,
+                      cubin_cache.options("sm_90a"))]
+    assert cubin_cache.compile_cubin(spec, "sm_90a", nvrtc="given")[0] == b"BIN" and calls[-1][0] == "given"
+    result = Build(error="NVRTC_ERROR_COMPILATION", log="k.cu(3): error", lowered={})
+    with pytest.raises(RuntimeError, match=rf"^NVRTC could not build {spec.name} for sm_90a "
+                                           r"\(NVRTC_ERROR_COMPILATION\):\nk.cu\(3\): error$"):
+        cubin_cache.compile_cubin(spec, "sm_90a")
+
+
+def test_without_the_nvrtc_bindings_the_build_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", None)
+    with pytest.raises(RuntimeError, match="pip install cuda-bindings nvidia-cuda-nvrtc"):
+        cubin_cache._nvrtc()
+
+
+def test_an_atomic_write_that_fails_leaves_no_file_and_raises(monkeypatch, tmp_path):
+    cubin_cache._write_atomic(str(tmp_path / "a.bin"), b"data")
+    assert os.listdir(tmp_path) == ["a.bin"] and (tmp_path / "a.bin").read_bytes() == b"data"
+
+    def replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cubin_cache.os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        cubin_cache._write_atomic(str(tmp_path / "b.bin"), b"data")
+    assert os.listdir(tmp_path) == ["a.bin"]          # no temporary file left behind
+
+
+def test_the_private_folder_is_made_once_and_removed_at_exit(monkeypatch):
+    import atexit
+    import shutil
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda *a: registered.append(a))
+    monkeypatch.setattr(cubin_cache, "_private", None)
+    folder = cubin_cache._private_folder()
+    try:
+        assert os.path.isdir(folder) and cubin_cache._private_folder() == folder
+        assert registered == [(shutil.rmtree, folder, True)]
+    finally:
+        shutil.rmtree(folder, True)
+
+
+def test_load_counts_the_kernels_it_loads_and_function_refuses_an_unknown_one(fake):
+    spec = wg.SPECS[0]
+    assert cubin_cache.load(spec) == len(spec.name_expressions) > 1
+    assert cubin_cache.load(spec) == 0 and fake.builds == [(spec.name, spec.archs[0])]
+    del cubin_cache._functions[(cuda_device.device_id(), spec.name, spec.name_expressions[0])]
+    assert cubin_cache.load(spec) == 1 and len(fake.builds) == 2
+    with pytest.raises(ValueError, match=rf"module {spec.name!r} has no kernel 'nope'"):
+        cubin_cache.function(spec, "nope")
+
+
 # ----------------------------------------------------------------- the backend's opt-in
 def _backend(monkeypatch, **kw):
     import gpubp.backends

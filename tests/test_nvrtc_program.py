@@ -95,3 +95,85 @@ def test_a_real_build_with_an_empty_log_leaves_the_cached_space_byte_alone():
         pytest.skip(f"libnvrtc not usable: {e}")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+class _Err:
+    """A failing NVRTC result, named as the bindings' enum members are."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"<nvrtcResult.{self.name}>"
+
+
+class _RecordingNvrtc(_FakeNvrtc):
+    """`_FakeNvrtc` that also lowers name expressions, records the calls and can fail the compile
+    (`compile_error`) or one call (`fail`, the name of the method that returns an error)."""
+
+    def __init__(self, log=b"", cubin=b"CUBIN", compile_error=None, fail=None):
+        super().__init__(log, cubin)
+        self.compile_error, self.fail, self.calls = compile_error, fail, []
+
+    def __getattribute__(self, name):
+        attr = object.__getattribute__(self, name)
+        if name.startswith("nvrtc") and name != "nvrtcResult":
+            def call(*args):
+                self.calls.append((name, args))
+                return (_Err("NVRTC_ERROR_INVALID_INPUT"), None) if name == self.fail else attr(*args)
+            return call
+        return attr
+
+    def nvrtcAddNameExpression(self, prog, ne):
+        return (0,)
+
+    def nvrtcCompileProgram(self, prog, n, opts):
+        return (self.compile_error or 0,)
+
+    def nvrtcGetLoweredName(self, prog, ne):
+        return 0, b"_Z" + ne
+
+    def names(self):
+        return [n for n, _ in self.calls]
+
+
+def test_build_passes_source_options_and_name_expressions_and_lowers_each():
+    nv = _RecordingNvrtc(log=b"ptxas info  \0\0")
+    b = nvrtc_program.build(nv, "src", "k.cu", ["a<1>", "b"], ["-O3", "--x=y"])
+    assert b == nvrtc_program.Build(error=None, log="ptxas info", lowered={"a<1>": "_Za<1>", "b": "_Zb"},
+                                    cubin=b"CUBIN")
+    args = dict(nv.calls)
+    assert args["nvrtcCreateProgram"] == (b"src", b"k.cu", 0, [], [])
+    assert args["nvrtcCompileProgram"] == ("prog", 2, [b"-O3", b"--x=y"])
+    assert [a for n, a in nv.calls if n == "nvrtcAddNameExpression"] == [("prog", b"a<1>"), ("prog", b"b")]
+    assert nv.names()[-1] == "nvrtcDestroyProgram"
+    nv = _RecordingNvrtc()
+    assert nvrtc_program.build(nv, "src", "k.cu", [], [], cubin=False).cubin is None
+    assert "nvrtcGetCUBIN" not in nv.names() and "nvrtcGetCUBINSize" not in nv.names()
+
+
+def test_a_compile_error_is_returned_with_its_log_and_the_program_destroyed():
+    nv = _RecordingNvrtc(log=b"k.cu(1): error: bad", compile_error=_Err("NVRTC_ERROR_COMPILATION"))
+    b = nvrtc_program.build(nv, "src", "k.cu", ["a"], [])
+    assert b == nvrtc_program.Build(error="NVRTC_ERROR_COMPILATION", log="k.cu(1): error: bad", lowered={})
+    assert "nvrtcGetLoweredName" not in nv.names() and nv.names()[-1] == "nvrtcDestroyProgram"
+
+
+@pytest.mark.parametrize("fail", ["nvrtcAddNameExpression", "nvrtcGetProgramLogSize", "nvrtcGetProgramLog",
+                                  "nvrtcGetLoweredName", "nvrtcGetCUBINSize", "nvrtcGetCUBIN"])
+def test_a_failing_nvrtc_call_raises_naming_it_and_destroys_the_program(fail):
+    nv = _RecordingNvrtc(fail=fail)
+    with pytest.raises(RuntimeError, match=rf"^{fail}(\(a\))?: <nvrtcResult.NVRTC_ERROR_INVALID_INPUT>$"):
+        nvrtc_program.build(nv, "src", "k.cu", ["a"], [])
+    assert nv.names()[-1] == "nvrtcDestroyProgram"
+    nv = _RecordingNvrtc(fail="nvrtcCreateProgram")
+    with pytest.raises(RuntimeError, match="^nvrtcCreateProgram: "):
+        nvrtc_program.build(nv, "src", "k.cu", ["a"], [])
+    assert "nvrtcDestroyProgram" not in nv.names()
+
+
+def test_check_returns_the_value_or_none():
+    nv = _FakeNvrtc(b"", b"")
+    assert nvrtc_program.check(nv, (0, 7), "x") == 7 and nvrtc_program.check(nv, (0,), "x") is None
+    with pytest.raises(RuntimeError, match="^what: 3$"):
+        nvrtc_program.check(nv, (3, 7), "what")
