@@ -333,86 +333,76 @@ def test_thread_ranks_load_rank_0s_checkpoint_after_a_barrier(tmp_path, td):
     td.test_a_checkpoint_saved_by_rank_0_loads_on_every_rank_after_a_barrier(tmp_path)
 
 
-def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_that_rank_warns(monkeypatch):
-    """`DataParallel.after_callbacks`: rank 1's callback halves its parameters after epoch 2; every rank
-    ends with the same parameters (rank 0's, trained on), and rank 1 alone warns, naming the epoch."""
+def fit_with_a_callback_on_one_rank(monkeypatch, n_ranks, cb_rank, on_epoch_end, X, Y, sizes, fit_kw, **net_kw):
+    """Fit `small_net(sizes, **net_kw)` with SGD on `n_ranks` thread ranks, rank `cb_rank` alone with the
+    callback `on_epoch_end(net, epoch, logs)`.  Returns per rank (its parameters, its history) and the
+    texts of the RuntimeWarnings said."""
     import warnings
 
     from gpubp.callbacks import LambdaCallback
 
-    rng = np.random.default_rng(0)
-    X, Y = rng.standard_normal((40, 4)), rng.standard_normal((40, 2))
-
     def body(r):
         comm = distributed.init(backend="numpy", timeout=30.0)
-        net = small_net([4, 8, 2])
-
-        def halve(net, epoch, logs):
-            if epoch == 2:
-                net._params *= 0.5
-
-        cbs = [LambdaCallback(on_epoch_end=halve)] if comm.rank == 1 else []
-        hist = net.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
+        net = small_net(sizes, **net_kw)
+        cbs = [LambdaCallback(on_epoch_end=on_epoch_end)] if comm.rank == cb_rank else []
+        hist = net.fit(X, Y, optimizer="sgd", progress=False, comm=comm, callbacks=cbs, **fit_kw)
         return net._params.copy(), hist
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        codes, outs, errs, results = on_ranks(3, body, monkeypatch)
-    assert codes == [0, 0, 0], errs
+        codes, outs, errs, results = on_ranks(n_ranks, body, monkeypatch)
+    assert codes == [0] * n_ranks, errs
+    return results, [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_callback_changing_one_ranks_network_leaves_rank_0s_everywhere_and_that_rank_warns(monkeypatch):
+    """`DataParallel.after_callbacks`: rank 1's callback halves its parameters after epoch 2; every rank
+    ends with the same parameters (rank 0's, trained on), and rank 1 alone warns, naming the epoch."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((40, 4)), rng.standard_normal((40, 2))
+
+    def halve(net, epoch, logs):
+        if epoch == 2:
+            net._params *= 0.5
+
+    results, said = fit_with_a_callback_on_one_rank(monkeypatch, 3, 1, halve, X, Y, [4, 8, 2],
+                                                    dict(epochs=3, batch_size=8))
     ref = small_net([4, 8, 2])
     ref_hist = ref.fit(X, Y, epochs=3, batch_size=8, optimizer="sgd", progress=False)
     for params, hist in results:
         np.testing.assert_array_equal(params, results[0][0])
         np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(hist["loss"], ref_hist["loss"], rtol=1e-12)
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert len(said) == 1 and said[0].startswith(
         "rank 1: a callback (on_epoch_end of epoch 2) changed the network or drew from its generator on this "
         "rank, not alike on rank 0; every rank now holds rank 0's state"), said
 
 
-
 def test_a_callback_changing_rank_0s_network_alone_is_kept_everywhere_without_a_warning(monkeypatch):
     """`DataParallel.after_callbacks`: when rank 0's own callback changes its network, rank 0's state (the
     changed one) is broadcast and nobody warns: no rank's own change was replaced."""
-    import warnings
-
     from gpubp.callbacks import LambdaCallback
 
     rng = np.random.default_rng(1)
     X, Y = rng.standard_normal((16, 3)), rng.standard_normal((16, 2))
 
-    def body(r):
-        comm = distributed.init(backend="numpy", timeout=30.0)
-        net = small_net([3, 4, 2])
+    def halve(net, epoch, logs):
+        net._params *= 0.5
 
-        def halve(net, epoch, logs):
-            net._params *= 0.5
-
-        cbs = [LambdaCallback(on_epoch_end=halve)] if comm.rank == 0 else []
-        net.fit(X, Y, epochs=2, batch_size=4, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
-        return net._params.copy()
-
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        codes, outs, errs, results = on_ranks(2, body, monkeypatch)
-    assert codes == [0, 0], errs
+    results, said = fit_with_a_callback_on_one_rank(monkeypatch, 2, 0, halve, X, Y, [3, 4, 2],
+                                                    dict(epochs=2, batch_size=4))
     ref = small_net([3, 4, 2])
     ref.fit(X, Y, epochs=2, batch_size=4, optimizer="sgd", progress=False,
-            callbacks=[LambdaCallback(on_epoch_end=lambda net, epoch, logs: net._params.__imul__(0.5))])
-    for params in results:
+            callbacks=[LambdaCallback(on_epoch_end=halve)])
+    for params, _ in results:
         np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
-    assert [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)] == []
+    assert said == []
 
 
 def test_a_callback_swapping_two_of_one_ranks_parameters_is_seen_and_undone(monkeypatch):
     """The digest of the training state compared after the callbacks sees the values themselves, not only
     their sums: rank 1's callback swaps two of its parameters (sum and sum of magnitudes unchanged); every
     rank ends with rank 0's parameters and rank 1 warns."""
-    import warnings
-
-    from gpubp.callbacks import LambdaCallback
-
     rng = np.random.default_rng(5)
     X, Y = rng.standard_normal((12, 3)), rng.standard_normal((12, 2))
 
@@ -420,58 +410,34 @@ def test_a_callback_swapping_two_of_one_ranks_parameters_is_seen_and_undone(monk
         p = net._params      # 0 and 8: numpy's sum adds them first, in either order (the sums stay the same)
         p[0], p[8] = float(p[8]), float(p[0])
 
-    def body(r):
-        comm = distributed.init(backend="numpy", timeout=30.0)
-        net = small_net([3, 4, 2])
-        cbs = [LambdaCallback(on_epoch_end=swap)] if comm.rank == 1 else []
-        net.fit(X, Y, epochs=1, batch_size=4, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
-        return net._params.copy()
-
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        codes, outs, errs, results = on_ranks(2, body, monkeypatch)
-    assert codes == [0, 0], errs
+    results, said = fit_with_a_callback_on_one_rank(monkeypatch, 2, 1, swap, X, Y, [3, 4, 2],
+                                                    dict(epochs=1, batch_size=4))
     ref = small_net([3, 4, 2])
     ref.fit(X, Y, epochs=1, batch_size=4, optimizer="sgd", progress=False)
     assert ref._params[0] != ref._params[8]
-    for params in results:
-        np.testing.assert_array_equal(params, results[0])
+    for params, _ in results:
+        np.testing.assert_array_equal(params, results[0][0])
         np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert len(said) == 1 and said[0].startswith("rank 1: a callback (on_epoch_end of epoch 1) changed"), said
+
 
 def test_a_callback_drawing_from_one_ranks_generator_leaves_rank_0s_everywhere(monkeypatch):
     """The state compared after the callbacks includes the shuffling generator: rank 1's callback draws
     from it after epoch 1 (the parameters untouched); every rank then shuffles the later epochs as rank 0
     does and ends with the parameters of one process (shuffled, the same seed), and rank 1 warns."""
-    import warnings
-
-    from gpubp.callbacks import LambdaCallback
-
     rng = np.random.default_rng(1)
     X, Y = rng.standard_normal((30, 4)), rng.standard_normal((30, 2))
 
-    def body(r):
-        comm = distributed.init(backend="numpy", timeout=30.0)
-        net = small_net([4, 6, 2], activation="tanh")
+    def draw(net, epoch, logs):
+        if epoch == 1:
+            net._rng.random()
 
-        def draw(net, epoch, logs):
-            if epoch == 1:
-                net._rng.random()
-
-        cbs = [LambdaCallback(on_epoch_end=draw)] if comm.rank == 1 else []
-        net.fit(X, Y, epochs=3, batch_size=7, optimizer="sgd", progress=False, comm=comm, callbacks=cbs)
-        return net._params.copy()
-
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        codes, outs, errs, results = on_ranks(2, body, monkeypatch)
-    assert codes == [0, 0], errs
+    results, said = fit_with_a_callback_on_one_rank(monkeypatch, 2, 1, draw, X, Y, [4, 6, 2],
+                                                    dict(epochs=3, batch_size=7), activation="tanh")
     ref = small_net([4, 6, 2], activation="tanh")
     ref.fit(X, Y, epochs=3, batch_size=7, optimizer="sgd", progress=False)
-    for params in results:
+    for params, _ in results:
         np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
-    said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
     assert len(said) == 1 and said[0].startswith("rank 1: a callback (on_epoch_end of epoch 1) changed the network "
                                                  "or drew from its generator on this rank"), said
 
