@@ -707,3 +707,30 @@ def test_kernel_peers_force_no_tiles_unless_asked():
     from gpubp.bench import rows
     assert rows.kernel_peers(["float32"]) == ["gpubp-fused", "cupy-unfused", "cublas-sgemm"]
     assert rows.kernel_peers(["bf16"]) == ["gpubp-tc-bf16", "cublas-bf16"]
+
+
+# ----------------------------------------------------------------- `gpubp bench` options (cli.main's config)
+@pytest.mark.parametrize("argv, want", [
+    (["--tiny"], dict(mode="tiny", optimizer="adam", lr=1e-3, compile=False)),
+    (["--tiny", "--optimizer", "sgd"], dict(mode="tiny", optimizer="sgd", lr=1e-2, compile=False)),
+    (["--cpu-only", "--quick"], dict(mode="quick", compile=False)),
+    (["--cpu-only", "--lr", "0.5", "--row-seconds", "0.25", "--reps", "7", "--suite-seconds", "9"],
+     dict(mode="full", lr=0.5, row_s=0.25, reps=7, suite_s=9.0, compile=True)),
+    (["--cpu-only", "--no-compile"], dict(mode="full", compile=False)),
+])
+def test_bench_options_set_the_runs_config(monkeypatch, tmp_path, argv, want):
+    """The mode's settings with the options' overrides; the learning rate defaults to 1e-3 for Adam and
+    1e-2 for SGD; torch.compile rows only in the full mode without --no-compile (no row is measured here)."""
+    from gpubp.bench import cli, shapes
+    monkeypatch.setattr(cli, "cuda_status", lambda: (False, "made up"))
+    monkeypatch.setattr(cli, "measure_ceilings_cpu", lambda suite: {})
+    monkeypatch.setattr(cli, "cpu_step_rows", lambda suite, sizes, b, has_torch: None)
+    monkeypatch.setattr(cli, "write_plot", lambda res, path: None)
+    assert cli.main(argv + ["--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    cfg = res["config"]
+    assert {k: cfg[k] for k in want} == want
+    for k in set(shapes.MODES[cfg["mode"]]) - set(want):
+        assert cfg[k] == shapes.MODES[cfg["mode"]][k], k
+    assert res["meta"]["no_gpu_reason"] == ("--cpu-only" if "--cpu-only" in argv else "--tiny runs the CPU rows only")
+    assert res["meta"]["argv"] == argv + ["--out", str(tmp_path)]
