@@ -679,8 +679,28 @@ def test_cpu_step_rows_without_pytorch_or_scikit_learn_say_so_and_time_gpubp_num
     from gpubp.bench import rows
     real = importlib.util.find_spec
     monkeypatch.setattr(rows.importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    from gpubp.bench import peers as P
+    made, real_step = [], P.GpubpStep
+    monkeypatch.setattr(P, "GpubpStep", lambda *a: made.append(a[0]) or real_step(*a))
+    class Stub:
+        def __init__(self, name):
+            made.append(name)
+
+        def __call__(self, *a):
+            pass
+
+        def loss_value(self):
+            return 0.5
+    monkeypatch.setattr(P, "TorchStep", lambda *a: Stub("torch"))
+    monkeypatch.setattr(P, "SklearnStep", lambda *a, **k: Stub("sklearn"))
+    monkeypatch.setattr(P, "torch_batches", lambda batches, device: batches)
     timed = []
-    monkeypatch.setattr(rows, "timed", lambda step, inputs, clock, cfg: timed.append(inputs) or dict(median_ms=2.0, reps=3))
+
+    def fake_timed(step, inputs, clock, cfg):          # one real step on the first input set
+        timed.append(inputs)
+        step(*inputs[0])
+        return dict(median_ms=2.0, reps=3)
+    monkeypatch.setattr(rows, "timed", fake_timed)
     suite = rows.Suite(dict(suite_s=100.0, optimizer="sgd", lr=1e-2, row_s=0.0), verbose=False)
     suite.ceilings["cpu"] = {}
     rows.cpu_step_rows(suite, [4, 5, 3], 8, False)
@@ -691,7 +711,12 @@ def test_cpu_step_rows_without_pytorch_or_scikit_learn_say_so_and_time_gpubp_num
     r = got["gpubp-numpy"]
     assert (r["kind"], r["device"], r["sizes"], r["batch"], r["optimizer"]) == ("step", "cpu", [4, 5, 3], 8, "sgd")
     assert r["median_ms"] == 2.0 and r["tflops"] == pytest.approx(cost.step_flops([4, 5, 3], 8) / 2e-3 / 1e12)
-    assert np.isfinite(r["final_loss"]) and len(timed) == 1
+    assert np.isfinite(r["final_loss"]) and "error" not in r and len(timed) == 1 and made == ["numpy"]
+    X, y = timed[0][0]
+    assert X.shape == (8, 4) and X.dtype == np.float32 and y.shape == (8,) and 0 <= y.min() <= y.max() < 3
+    made.clear()
+    rows.cpu_step_rows(suite, [4, 5, 3], 8, True)                 # with PyTorch: its CPU step too
+    assert made == ["numpy", "torch"] and suite.rows[-1]["peer"] == "torch-cpu" and suite.rows[-1]["final_loss"] == 0.5
 
 
 def test_a_part_of_the_peers_is_verified_opt_in_or_all():
@@ -717,6 +742,7 @@ def test_kernel_peers_force_no_tiles_unless_asked():
     (["--cpu-only", "--lr", "0.5", "--row-seconds", "0.25", "--reps", "7", "--suite-seconds", "9"],
      dict(mode="full", lr=0.5, row_s=0.25, reps=7, suite_s=9.0, compile=True)),
     (["--cpu-only", "--no-compile"], dict(mode="full", compile=False)),
+    (["--tiny", "--cpu-only"], dict(mode="tiny", compile=False)),
 ])
 def test_bench_options_set_the_runs_config(monkeypatch, tmp_path, argv, want):
     """The mode's settings with the options' overrides; the learning rate defaults to 1e-3 for Adam and
@@ -726,11 +752,12 @@ def test_bench_options_set_the_runs_config(monkeypatch, tmp_path, argv, want):
     monkeypatch.setattr(cli, "measure_ceilings_cpu", lambda suite: {})
     monkeypatch.setattr(cli, "cpu_step_rows", lambda suite, sizes, b, has_torch: None)
     monkeypatch.setattr(cli, "write_plot", lambda res, path: None)
-    assert cli.main(argv + ["--out", str(tmp_path)]) == 0
-    res = json.loads((tmp_path / "bench.json").read_text())
+    out = tmp_path / "new" / "out"                     # made, with its parents
+    assert cli.main(argv + ["--out", str(out)]) == 0
+    res = json.loads((out / "bench.json").read_text())
     cfg = res["config"]
     assert {k: cfg[k] for k in want} == want
     for k in set(shapes.MODES[cfg["mode"]]) - set(want):
         assert cfg[k] == shapes.MODES[cfg["mode"]][k], k
     assert res["meta"]["no_gpu_reason"] == ("--cpu-only" if "--cpu-only" in argv else "--tiny runs the CPU rows only")
-    assert res["meta"]["argv"] == argv + ["--out", str(tmp_path)]
+    assert res["meta"]["argv"] == argv + ["--out", str(out)]
