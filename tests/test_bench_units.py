@@ -703,19 +703,19 @@ def test_cpu_step_rows_without_pytorch_or_scikit_learn_say_so_and_time_gpubp_num
     monkeypatch.setattr(rows, "timed", fake_timed)
     suite = rows.Suite(dict(suite_s=100.0, optimizer="sgd", lr=1e-2, row_s=0.0), verbose=False)
     suite.ceilings["cpu"] = {}
-    rows.cpu_step_rows(suite, [4, 5, 3], 8, False)
+    rows.cpu_step_rows(suite, [4, 5, 3], 64, False)
     got = {r["peer"]: r for r in suite.rows}
     assert list(got) == ["torch-cpu", "sklearn", "gpubp-numpy"]
     assert got["torch-cpu"]["skipped"] == "PyTorch is not importable" and "median_ms" not in got["torch-cpu"]
     assert got["sklearn"]["skipped"] == "scikit-learn is not installed" and "median_ms" not in got["sklearn"]
     r = got["gpubp-numpy"]
-    assert (r["kind"], r["device"], r["sizes"], r["batch"], r["optimizer"]) == ("step", "cpu", [4, 5, 3], 8, "sgd")
-    assert r["median_ms"] == 2.0 and r["tflops"] == pytest.approx(cost.step_flops([4, 5, 3], 8) / 2e-3 / 1e12)
+    assert (r["kind"], r["device"], r["sizes"], r["batch"], r["optimizer"]) == ("step", "cpu", [4, 5, 3], 64, "sgd")
+    assert r["median_ms"] == 2.0 and r["tflops"] == pytest.approx(cost.step_flops([4, 5, 3], 64) / 2e-3 / 1e12)
     assert np.isfinite(r["final_loss"]) and "error" not in r and len(timed) == 1 and made == ["numpy"]
     X, y = timed[0][0]
-    assert X.shape == (8, 4) and X.dtype == np.float32 and y.shape == (8,) and 0 <= y.min() <= y.max() < 3
+    assert X.shape == (64, 4) and X.dtype == np.float32 and y.shape == (64,) and set(np.unique(y)) == {0, 1, 2}
     made.clear()
-    rows.cpu_step_rows(suite, [4, 5, 3], 8, True)                 # with PyTorch: its CPU step too
+    rows.cpu_step_rows(suite, [4, 5, 3], 64, True)                 # with PyTorch: its CPU step too
     assert made == ["numpy", "torch"] and suite.rows[-1]["peer"] == "torch-cpu" and suite.rows[-1]["final_loss"] == 0.5
 
 
