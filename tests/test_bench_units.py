@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from gpubp.bench import cost, timing
@@ -574,3 +575,189 @@ def test_cuda_clocks_mark_with_events_and_wait_for_the_last_one(monkeypatch):
         assert clk.elapsed_ms(marks) == [2.0, 2.0] and log == [synced, "record", "work", "record", "work", "record",
                                                                 "work", "wait for 5"]
     assert timing.TorchClock().marks(1)[0].kw == dict(enable_timing=True)
+
+
+# ----------------------------------------------------------------- the suite's bookkeeping (rows.Suite)
+def test_suite_defaults_and_the_shared_initial_parameters_of_the_last_network():
+    """A new suite keeps nothing back, knows of no lost context, rotates past a 50 MiB L2 unless told;
+    `host_params` is PyTorch's nn.Linear initialisation with seed 0, the same object for the same
+    network, and keeps only the last network's."""
+    from gpubp.bench import peers as P
+    from gpubp.bench import rows
+    suite = rows.Suite(dict(suite_s=10.0))
+    assert suite.verbose is True and suite.rows == [] and suite.ceilings == {}
+    assert suite.l2_bytes == 50 * 2 ** 20 and suite.reserve_s == 0.0 and suite.device_lost is None
+    assert 9.0 < suite.left_s() <= 10.0
+    a = suite.host_params([3, 4, 2])
+    want = P.init_params([3, 4, 2], seed=0)
+    assert len(a) == 2 and all(np.array_equal(x, y) for (w, b), (v, c) in zip(a, want) for x, y in ((w, v), (b, c)))
+    assert suite.host_params((3, 4, 2)) is a
+    b = suite.host_params([5, 2])
+    assert b[0][0].shape == (2, 5) and list(suite._params) == [(5, 2)]      # the first network's are let go
+    assert suite.host_params([3, 4, 2]) is not a
+
+
+def test_suite_run_records_results_errors_and_out_of_memory_cut_to_length(monkeypatch, capsys):
+    """A row's result updates its base (None: the base alone); an out-of-memory error is a skipped row
+    (300 characters at most), any other error an error row (500 at most); a GPU row frees the device
+    memory afterwards unless the context was lost; `verbose` prints each row's progress line."""
+    from gpubp.bench import rows
+    freed = []
+    monkeypatch.setattr(rows, "free_device_memory", lambda: freed.append(1))
+    suite = rows.Suite(dict(suite_s=100.0), verbose=False)
+    base = dict(kind="step", device="cuda", network="wide", batch=256, peer="p")
+    assert suite.run(base, lambda: None) == base and not freed
+    assert suite.run(base, lambda: {"median_ms": 2.0}, gpu=True) == dict(base, median_ms=2.0) and freed == [1]
+
+    class OutOfMemoryError(Exception):
+        pass
+
+    def oom():
+        raise OutOfMemoryError("x" * 1000)
+
+    def bad():
+        raise ValueError("y" * 1000)
+    r = suite.run(base, oom, gpu=True)
+    assert r["skipped"].startswith("out of memory: xxx") and len(r["skipped"]) == 300 and "error" not in r
+    r = suite.run(base, bad)
+    assert r["error"].startswith("ValueError: yyy") and len(r["error"]) == 500 and "skipped" not in r
+    assert suite.device_lost is None and len(freed) == 2
+    r = suite.run(base, lambda: (_ for _ in ()).throw(RuntimeError("illegal memory access " + "z" * 1000)), gpu=True)
+    assert len(suite.device_lost) == 300 and len(freed) == 2           # a lost context is not touched again
+    r = suite.run(base, lambda: {"median_ms": 1.0}, gpu=True)
+    assert r["skipped"] == f"the CUDA context was lost earlier ({suite.device_lost})"
+    assert suite.run(base, lambda: {"median_ms": 1.0})["median_ms"] == 1.0      # a CPU row still runs
+    assert len(suite.rows) == 7 and capsys.readouterr().out == ""
+    suite.verbose = True
+    r = suite.run(base, lambda: {"median_ms": 3.0, "reps": 5})
+    assert capsys.readouterr().out == rows._progress(r) + "\n"
+
+
+def test_suite_run_skips_a_row_that_needs_more_than_the_budget_left(monkeypatch):
+    """`left_s` is the budget less `reserve_s` less the time since the suite began; a row runs only
+    while more than its `need_s` (default none) is left: a budget of 0 runs nothing."""
+    from gpubp.bench import rows
+    now = [1000.0]
+    monkeypatch.setattr(rows.time, "perf_counter", lambda: now[0])
+    suite = rows.Suite(dict(suite_s=50.0), verbose=False)
+    now[0] += 20.0
+    suite.reserve_s = 4.0
+    assert suite.left_s() == 26.0
+    base = dict(kind="step", device="cpu", peer="p", batch=1)
+    assert suite.run(base, lambda: {"median_ms": 1.0}, need_s=25.5)["median_ms"] == 1.0
+    for need in (26.0, 60.0):
+        r = suite.run(base, lambda: {"median_ms": 1.0}, need_s=need)
+        assert r["skipped"] == "suite time budget spent (less 4 s kept for later rows)" and "median_ms" not in r
+    suite.reserve_s = 0.0
+    now[0] += 29.5                                         # half a second left: enough for a row needing none
+    assert suite.run(base, lambda: {"median_ms": 1.0})["median_ms"] == 1.0
+    now[0] += 0.5
+    assert suite.run(base, lambda: {"median_ms": 1.0})["skipped"] == "suite time budget spent"
+
+
+def test_cpu_ceilings_copy_and_gemm_sizes_per_mode_and_their_rates(monkeypatch):
+    """The CPU ceilings: an np.copyto of 8 MiB (--tiny) or 128 MiB and a float32 np.matmul of 256^3
+    (--tiny) or 1024^3; GB/s counts the read and the write, TFLOP/s 2 m^3 (the timing made up: 2 ms)."""
+    from gpubp.bench import rows
+    monkeypatch.setattr(rows, "timed", lambda fn, inputs, clock, cfg: dict(median_ms=2.0, reps=3))
+    for mode, mib, m in (("tiny", 8, 256), ("quick", 128, 1024)):
+        suite = rows.Suite(dict(suite_s=100.0, mode=mode), verbose=False)
+        ceil = rows.measure_ceilings_cpu(suite)
+        copy, gemm = suite.rows
+        assert (copy["ceiling"], copy["device"], copy["what"]) == ("copy", "cpu", f"np.copyto {mib} MiB")
+        assert copy["bytes"] == 2 * mib * 2 ** 20 and copy["gbs"] == pytest.approx(2 * mib * 2 ** 20 / 2e-3 / 1e9)
+        assert (gemm["ceiling"], gemm["what"]) == ("sgemm", f"np.matmul float32 {m}^3")
+        assert gemm["flops"] == 2 * m ** 3 and gemm["tflops"] == pytest.approx(2 * m ** 3 / 2e-3 / 1e12)
+        assert ceil == dict(copy_gbs=copy["gbs"], gemm_tflops=gemm["tflops"])
+
+
+def test_cpu_step_rows_without_pytorch_or_scikit_learn_say_so_and_time_gpubp_numpy(monkeypatch):
+    """A missing CPU peer is a row saying why, not a missing row; the rest are timed from the
+    suite's shared initial parameters."""
+    import importlib.util
+
+    from gpubp.bench import rows
+    real = importlib.util.find_spec
+    monkeypatch.setattr(rows.importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    from gpubp.bench import peers as P
+    made, real_step = [], P.GpubpStep
+    monkeypatch.setattr(P, "GpubpStep", lambda *a: made.append(a[0]) or real_step(*a))
+    class Stub:
+        def __init__(self, name):
+            made.append(name)
+
+        def __call__(self, *a):
+            pass
+
+        def loss_value(self):
+            return 0.5
+    monkeypatch.setattr(P, "TorchStep", lambda *a: Stub("torch"))
+    monkeypatch.setattr(P, "SklearnStep", lambda *a, **k: Stub("sklearn"))
+    monkeypatch.setattr(P, "torch_batches", lambda batches, device: batches)
+    timed = []
+
+    def fake_timed(step, inputs, clock, cfg):          # one real step on the first input set
+        timed.append(inputs)
+        step(*inputs[0])
+        return dict(median_ms=2.0, reps=3)
+    monkeypatch.setattr(rows, "timed", fake_timed)
+    suite = rows.Suite(dict(suite_s=100.0, optimizer="sgd", lr=1e-2, row_s=0.0), verbose=False)
+    suite.ceilings["cpu"] = {}
+    rows.cpu_step_rows(suite, [4, 5, 3], 64, False)
+    got = {r["peer"]: r for r in suite.rows}
+    assert list(got) == ["torch-cpu", "sklearn", "gpubp-numpy"]
+    assert got["torch-cpu"]["skipped"] == "PyTorch is not importable" and "median_ms" not in got["torch-cpu"]
+    assert got["sklearn"]["skipped"] == "scikit-learn is not installed" and "median_ms" not in got["sklearn"]
+    r = got["gpubp-numpy"]
+    assert (r["kind"], r["device"], r["sizes"], r["batch"], r["optimizer"]) == ("step", "cpu", [4, 5, 3], 64, "sgd")
+    assert r["median_ms"] == 2.0 and r["tflops"] == pytest.approx(cost.step_flops([4, 5, 3], 64) / 2e-3 / 1e12)
+    assert np.isfinite(r["final_loss"]) and "error" not in r and len(timed) == 1 and made == ["numpy"]
+    X, y = timed[0][0]
+    assert X.shape == (64, 4) and X.dtype == np.float32 and y.shape == (64,) and set(np.unique(y)) == {0, 1, 2}
+    made.clear()
+    rows.cpu_step_rows(suite, [4, 5, 3], 64, True)                 # with PyTorch: its CPU step too
+    assert made == ["numpy", "torch"] and suite.rows[-1]["peer"] == "torch-cpu" and suite.rows[-1]["final_loss"] == 0.5
+
+
+def test_a_part_of_the_peers_is_verified_opt_in_or_all():
+    from gpubp.bench import rows
+    peers, opt_in = ["a", "b", "c"], {"b"}
+    assert rows._part(peers, opt_in, None) == peers
+    assert rows._part(peers, opt_in, "verified") == ["a", "c"] and rows._part(peers, opt_in, "opt-in") == ["b"]
+    with pytest.raises(ValueError, match="part must be None, 'verified' or 'opt-in', got 'all'"):
+        rows._part(peers, opt_in, "all")
+
+
+def test_kernel_peers_force_no_tiles_unless_asked():
+    from gpubp.bench import rows
+    assert rows.kernel_peers(["float32"]) == ["gpubp-fused", "cupy-unfused", "cublas-sgemm"]
+    assert rows.kernel_peers(["bf16"]) == ["gpubp-tc-bf16", "cublas-bf16"]
+
+
+# ----------------------------------------------------------------- `gpubp bench` options (cli.main's config)
+@pytest.mark.parametrize("argv, want", [
+    (["--tiny"], dict(mode="tiny", optimizer="adam", lr=1e-3, compile=False)),
+    (["--tiny", "--optimizer", "sgd"], dict(mode="tiny", optimizer="sgd", lr=1e-2, compile=False)),
+    (["--cpu-only", "--quick"], dict(mode="quick", compile=False)),
+    (["--cpu-only", "--lr", "0.5", "--row-seconds", "0.25", "--reps", "7", "--suite-seconds", "9"],
+     dict(mode="full", lr=0.5, row_s=0.25, reps=7, suite_s=9.0, compile=True)),
+    (["--cpu-only", "--no-compile"], dict(mode="full", compile=False)),
+    (["--tiny", "--cpu-only"], dict(mode="tiny", compile=False)),
+])
+def test_bench_options_set_the_runs_config(monkeypatch, tmp_path, argv, want):
+    """The mode's settings with the options' overrides; the learning rate defaults to 1e-3 for Adam and
+    1e-2 for SGD; torch.compile rows only in the full mode without --no-compile (no row is measured here)."""
+    from gpubp.bench import cli, shapes
+    monkeypatch.setattr(cli, "cuda_status", lambda: (False, "made up"))
+    monkeypatch.setattr(cli, "measure_ceilings_cpu", lambda suite: {})
+    monkeypatch.setattr(cli, "cpu_step_rows", lambda suite, sizes, b, has_torch: None)
+    monkeypatch.setattr(cli, "write_plot", lambda res, path: None)
+    out = tmp_path / "new" / "out"                     # made, with its parents
+    assert cli.main(argv + ["--out", str(out)]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    cfg = res["config"]
+    assert {k: cfg[k] for k in want} == want
+    for k in set(shapes.MODES[cfg["mode"]]) - set(want):
+        assert cfg[k] == shapes.MODES[cfg["mode"]][k], k
+    assert res["meta"]["no_gpu_reason"] == ("--cpu-only" if "--cpu-only" in argv else "--tiny runs the CPU rows only")
+    assert res["meta"]["argv"] == argv + ["--out", str(out)]
