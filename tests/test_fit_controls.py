@@ -365,6 +365,19 @@ def test_standardize_is_part_of_the_network(tmp_path):
         a.set_standardization(mean, np.zeros(6))
 
 
+def test_the_device_copies_of_a_standardisation_compute_x_minus_mean_over_std():
+    """An input already on the device is standardised there, `(X - mean) * (1 / std)` in the network's
+    dtype, from the copies `set_standardization` makes (the numpy backend's arrays stand in for the
+    device's; the fake CUDA backend's forward computes nothing to compare)."""
+    X, _ = _data(7)
+    X = X * [1, 10, 100, 0.1, 5, 1] + [3, -2, 50, 0, 1, 1]
+    mean, std = X.mean(0), X.std(0)
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.set_standardization(mean, std)
+    got = net._standardize_device(net.backend.asarray(X, net.dtype))
+    np.testing.assert_allclose(got, (X - mean) / std, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("scale", [1e-13, 1e-20])
 def test_standardize_scales_a_feature_of_small_units_and_centres_only_constant_ones(scale):
     # a feature measured in small units (farads of picofarad capacitors) is not constant: it gets
