@@ -365,6 +365,23 @@ def test_standardize_is_part_of_the_network(tmp_path):
         a.set_standardization(mean, np.zeros(6))
 
 
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_class_weights_match_sklearn_with_a_class_of_one_sample_and_one_hot_targets(one_hot):
+    """'balanced' gives each sample n_samples / (n_classes * count of its class), as scikit-learn's
+    compute_sample_weight, a class of a single sample included; one-hot targets name their classes
+    by their largest column, as labels do (the dict's weights too)."""
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    y = np.array([1, 2, 0, 1, 1, 2, 1, 2, 1, 2])          # class 0 once
+    Y = np.eye(3)[y] if one_hot else y
+    net = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    T = net._targets(Y, len(y))
+    np.testing.assert_allclose(net._sample_weights(None, len(y), T, "balanced"),
+                               compute_sample_weight("balanced", y), rtol=1e-12)
+    cw = {0: 3.0, 1: 0.5, 2: 2.0}
+    np.testing.assert_array_equal(net._sample_weights(None, len(y), T, cw), [cw[c] for c in y])
+
+
 def test_the_device_copies_of_a_standardisation_compute_x_minus_mean_over_std():
     """An input already on the device is standardised there, `(X - mean) * (1 / std)` in the network's
     dtype, from the copies `set_standardization` makes (the numpy backend's arrays stand in for the
