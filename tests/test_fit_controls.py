@@ -382,6 +382,24 @@ def test_class_weights_match_sklearn_with_a_class_of_one_sample_and_one_hot_targ
     np.testing.assert_array_equal(net._sample_weights(None, len(y), T, cw), [cw[c] for c in y])
 
 
+def test_all_zero_weights_are_refused_as_zero_and_an_absent_class_weighs_nothing_quietly():
+    """Weights that are all 0 are refused as such (not as too small for the dtype, which is said only of
+    positive weights that round to 0); 'balanced' with a class absent from the targets gives no
+    warning (its weight, never used, is 0, not a division by its zero count)."""
+    import warnings
+
+    net = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"^the sample weights are all zero$"):
+        net._sample_weights(np.zeros(5), 5)
+    with pytest.raises(ValueError, match=r"^the sample weights are all zero in float32"):
+        net._sample_weights(np.full(5, 1e-46), 5)
+    y = np.array([0, 2, 2, 0, 2])                        # class 1 absent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = net._sample_weights(None, 5, net._targets(y, 5), "balanced")
+    np.testing.assert_allclose(w, [5 / 6, 5 / 9, 5 / 9, 5 / 6, 5 / 9])
+
+
 def test_the_device_copies_of_a_standardisation_compute_x_minus_mean_over_std():
     """An input already on the device is standardised there, `(X - mean) * (1 / std)` in the network's
     dtype, from the copies `set_standardization` makes (the numpy backend's arrays stand in for the
