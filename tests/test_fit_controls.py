@@ -400,6 +400,23 @@ def test_all_zero_weights_are_refused_as_zero_and_an_absent_class_weighs_nothing
     np.testing.assert_allclose(w, [5 / 6, 5 / 9, 5 / 9, 5 / 6, 5 / 9])
 
 
+def test_the_constant_feature_rule_matches_sklearn_near_its_threshold():
+    """A column is constant (std 1) when var <= n eps var + (n eps mean)^2, n the number of rows, as
+    scikit-learn's StandardScaler decides: 1e4 +- 2**-36 (var 2.1e-22, under (10 eps 1e4)^2 = 4.9e-22)
+    is constant, 1 +- 1e-10 (var 1e-20, far above (10 eps)^2) is scaled."""
+    from sklearn.preprocessing import StandardScaler
+
+    from gpubp.network import _input_statistics
+
+    s = np.tile([1.0, -1.0], 5)
+    X = np.stack([1e4 + s * 2.0 ** -36, 1 + s * 1e-10, np.arange(10.0)], axis=1)
+    mean, std = _input_statistics(X)
+    sk = StandardScaler().fit(X)
+    assert std[0] == 1.0 and std[1] < 1e-9
+    np.testing.assert_allclose(std, sk.scale_, rtol=1e-6)
+    np.testing.assert_allclose(mean, sk.mean_, rtol=1e-12)
+
+
 def test_the_device_copies_of_a_standardisation_compute_x_minus_mean_over_std():
     """An input already on the device is standardised there, `(X - mean) * (1 / std)` in the network's
     dtype, from the copies `set_standardization` makes (the numpy backend's arrays stand in for the
