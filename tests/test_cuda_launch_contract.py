@@ -775,6 +775,25 @@ def test_a_network_used_under_another_current_device_is_refused(fake, monkeypatc
     assert not fake.launches and fake.allocations == 0, fake.allocation_sites
 
 
+def test_set_standardization_under_another_current_device_is_refused(fake, monkeypatch):
+    """set_standardization makes device copies of mean and 1/std that every forward reads where the
+    kernels launch: under device 1 for a network on device 0 it is refused (naming both devices)
+    before anything is copied, the standardisation unchanged; (None, None) still stops it."""
+    from gpubp.backends import cuda_backend
+
+    sizes = (6, 8, 3)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, _ = data(sizes, "cross_entropy", 16)
+    monkeypatch.setattr(cuda_backend, "device_id", lambda: 1)
+    fake.reset()
+    with pytest.raises(ValueError, match="the network is on CUDA device 0 but the current device is 1"):
+        net.set_standardization(X.mean(axis=0), X.std(axis=0))
+    assert net.standardization is None and net._std_dev is None
+    assert fake.allocations == 0, fake.allocation_sites
+    net.set_standardization(None, None)
+    assert net.standardization is None
+
+
 def test_train_step_allocates_only_the_batch_copies(fake):
     """On the per-layer path a step on a new host batch allocates its device copies and nothing else."""
     net = net_for(cuda(), (12, 40, 5), "relu", "cross_entropy")

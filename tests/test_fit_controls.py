@@ -365,6 +365,71 @@ def test_standardize_is_part_of_the_network(tmp_path):
         a.set_standardization(mean, np.zeros(6))
 
 
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_class_weights_match_sklearn_with_a_class_of_one_sample_and_one_hot_targets(one_hot):
+    """'balanced' gives each sample n_samples / (n_classes * count of its class), as scikit-learn's
+    compute_sample_weight, a class of a single sample included; one-hot targets name their classes
+    by their largest column, as labels do (the dict's weights too)."""
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    y = np.array([1, 2, 0, 1, 1, 2, 1, 2, 1, 2])          # class 0 once
+    Y = np.eye(3)[y] if one_hot else y
+    net = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    T = net._targets(Y, len(y))
+    np.testing.assert_allclose(net._sample_weights(None, len(y), T, "balanced"),
+                               compute_sample_weight("balanced", y), rtol=1e-12)
+    cw = {0: 3.0, 1: 0.5, 2: 2.0}
+    np.testing.assert_array_equal(net._sample_weights(None, len(y), T, cw), [cw[c] for c in y])
+
+
+def test_all_zero_weights_are_refused_as_zero_and_an_absent_class_weighs_nothing_quietly():
+    """Weights that are all 0 are refused as such (not as too small for the dtype, which is said only of
+    positive weights that round to 0); 'balanced' with a class absent from the targets gives no
+    warning (its weight, never used, is 0, not a division by its zero count)."""
+    import warnings
+
+    net = gpubp.MLP([4, 3], loss="cross_entropy", backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"^the sample weights are all zero$"):
+        net._sample_weights(np.zeros(5), 5)
+    with pytest.raises(ValueError, match=r"^the sample weights are all zero in float32"):
+        net._sample_weights(np.full(5, 1e-46), 5)
+    y = np.array([0, 2, 2, 0, 2])                        # class 1 absent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = net._sample_weights(None, 5, net._targets(y, 5), "balanced")
+    np.testing.assert_allclose(w, [5 / 6, 5 / 9, 5 / 9, 5 / 6, 5 / 9])
+
+
+def test_the_constant_feature_rule_matches_sklearn_near_its_threshold():
+    """A column is constant (std 1) when var <= n eps var + (n eps mean)^2, n the number of rows, as
+    scikit-learn's StandardScaler decides: 1e4 +- 2**-36 (var 2.1e-22, under (10 eps 1e4)^2 = 4.9e-22)
+    is constant, 1 +- 1e-10 (var 1e-20, far above (10 eps)^2) is scaled."""
+    from sklearn.preprocessing import StandardScaler
+
+    from gpubp.network import _input_statistics
+
+    s = np.tile([1.0, -1.0], 5)
+    X = np.stack([1e4 + s * 2.0 ** -36, 1 + s * 1e-10, np.arange(10.0)], axis=1)
+    mean, std = _input_statistics(X)
+    sk = StandardScaler().fit(X)
+    assert std[0] == 1.0 and std[1] < 1e-9
+    np.testing.assert_allclose(std, sk.scale_, rtol=1e-6)
+    np.testing.assert_allclose(mean, sk.mean_, rtol=1e-12)
+
+
+def test_the_device_copies_of_a_standardisation_compute_x_minus_mean_over_std():
+    """An input already on the device is standardised there, `(X - mean) * (1 / std)` in the network's
+    dtype, from the copies `set_standardization` makes (the numpy backend's arrays stand in for the
+    device's; the fake CUDA backend's forward computes nothing to compare)."""
+    X, _ = _data(7)
+    X = X * [1, 10, 100, 0.1, 5, 1] + [3, -2, 50, 0, 1, 1]
+    mean, std = X.mean(0), X.std(0)
+    net = gpubp.MLP([6, 8, 3], loss="cross_entropy", backend="numpy", seed=0)
+    net.set_standardization(mean, std)
+    got = net._standardize_device(net.backend.asarray(X, net.dtype))
+    np.testing.assert_allclose(got, (X - mean) / std, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("scale", [1e-13, 1e-20])
 def test_standardize_scales_a_feature_of_small_units_and_centres_only_constant_ones(scale):
     # a feature measured in small units (farads of picofarad capacitors) is not constant: it gets
