@@ -12,6 +12,7 @@ import pytest
 
 import gpubp
 from gpubp.bench import cli, cost, fused_runs, gemms, goals, peers, report, rows, shapes, timing
+from support.bench_rows import find_goal, kernel_row
 
 
 # ----------------------------------------------------------------- cost model (docs/spec.md, "Cost of a step")
@@ -283,16 +284,8 @@ def _row(**kw):
 
 
 def _kernel(peer, kernel, shape, median_ms, precision="float32"):
-    B, N, K = shape
-    return dict(kind="kernel", device="cuda", kernel=kernel, peer=peer, precision=precision, batch=B, n_out=N,
-                n_in=K, median_ms=median_ms, reps=10, p25_ms=median_ms, p75_ms=median_ms, min_ms=median_ms)
-
-
-def _goal(**kw):
-    """The one goal of GOALS with these fields."""
-    found = [g for g in goals.GOALS if all(getattr(g, k) == v for k, v in kw.items())]
-    assert len(found) == 1, (kw, found)
-    return found[0]
+    return kernel_row(peer, kernel, shape, median_ms, precision=precision, reps=10, p25_ms=median_ms,
+                      p75_ms=median_ms, min_ms=median_ms)
 
 
 WIDE_T, N64_T = tuple(shapes.WIDE), tuple(shapes.narrow(64, 8))
@@ -388,7 +381,7 @@ def test_a_time_that_is_not_above_zero_never_counts_for_a_goal_or_a_ratio(bad):
     NOT MEASURED saying which row (never MISS or PASS on it, and no ZeroDivisionError that would
     lose the whole run's files), the other gpubp variant still counts, and no ratio divides by it."""
     W = list(shapes.WIDE)
-    g32 = _goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="float32")
+    g32 = find_goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="float32")
     torch_row = _row(peer="torch-eager", precision="float32", sizes=W, batch=4096, median_ms=10.0)
     rs = [_row(peer="gpubp-cuda", precision="float32", sizes=W, batch=4096, median_ms=bad), dict(torch_row)]
     rows.add_ratios(rs)
@@ -406,13 +399,13 @@ def test_a_time_that_is_not_above_zero_never_counts_for_a_goal_or_a_ratio(bad):
     assert goals.judge(g32, rs)["result"] == "NOT MEASURED"
     # a GEMM goal and its share of cuBLAS alike
     shape = (4096, 4096, 4096)
-    gk = _goal(metric="gemm_fraction", kernel="fwd", kernel_shape=shape, precision="float32")
+    gk = find_goal(metric="gemm_fraction", kernel="fwd", kernel_shape=shape, precision="float32")
     ks = [_kernel("gpubp-fused", "fwd", shape, bad), _kernel("cublas-sgemm", "fwd", shape, 1.0)]
     rows.add_ratios(ks)
     assert "frac_cublas" not in ks[0] and goals.judge(gk, ks)["result"] == "NOT MEASURED"
     # information goals too (no samples/s from a bad time)
     T = shapes.W64x5_OUT64
-    gi = _goal(metric="samples_per_s", precision="bf16")
+    gi = find_goal(metric="samples_per_s", precision="bf16")
     assert goals.judge(gi, [_row(peer="gpubp-cuda-bf16", precision="bf16", sizes=T, batch=2 ** 20,
                                  median_ms=bad)])["result"] == "NOT MEASURED"
 
@@ -421,7 +414,7 @@ def test_a_goal_not_measured_says_why():
     """NOT MEASURED names what kept each row it needs from a result: a row skipped for the budget or
     a lost CUDA context, an error, or no row at all."""
     W = list(shapes.WIDE)
-    g = _goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="bf16")
+    g = find_goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="bf16")
     rs = [_row(peer="gpubp-cuda-bf16", precision="bf16", sizes=W, batch=4096,
                skipped="the CUDA context was lost earlier (kernel fwd gpubp-tc-bf16)"),
           _row(peer="torch-autocast-bf16", precision="bf16", sizes=W, batch=4096, error="RuntimeError: x"),
@@ -433,9 +426,9 @@ def test_a_goal_not_measured_says_why():
     got = goals.judge(g, rs[:1])
     assert got["measured"].endswith("; no torch-autocast-bf16 row") and "context was lost" in got["measured"]
     assert goals.judge(g, [])["measured"] == "no row of gpubp bf16 (gpubp-cuda-bf16); no torch-autocast-bf16 row"
-    gi = _goal(metric="samples_per_s", precision="bf16")
+    gi = find_goal(metric="samples_per_s", precision="bf16")
     assert goals.judge(gi, [])["measured"] == "no row of gpubp bf16 (gpubp-cuda-bf16)"
-    gk = _goal(metric="gemm_fraction", kernel="fwd", kernel_shape=(8192, 4096, 4096), precision="bf16")
+    gk = find_goal(metric="gemm_fraction", kernel="fwd", kernel_shape=(8192, 4096, 4096), precision="bf16")
     budget = dict(_kernel("gpubp-tc-bf16", "fwd", (8192, 4096, 4096), 1.0, "bf16"), skipped="suite time budget spent")
     del budget["median_ms"]
     assert goals.judge(gk, [budget])["measured"] == ("not measured: gpubp-tc-bf16: suite time budget spent; "
@@ -448,11 +441,11 @@ def test_a_goal_passes_at_exactly_its_threshold(peer_ms, result):
     N = shapes.narrow(64, 8)
     rs = [_row(peer="gpubp-cuda", precision="float32", sizes=N, batch=2 ** 18, median_ms=1.0),
           _row(peer="torch-eager", precision="float32", sizes=N, batch=2 ** 18, median_ms=peer_ms)]
-    got = goals.judge(_goal(metric="speedup", sizes=N64_T, precision="float32"), rs)
+    got = goals.judge(find_goal(metric="speedup", sizes=N64_T, precision="float32"), rs)
     assert got["result"] == result and got["passed"] == (result == "PASS") and got["threshold"] == 3.0
     shape = (8192, 4096, 4096)
     ks = [_kernel("gpubp-tc-bf16", "fwd", shape, 4.0, "bf16"), _kernel("cublas-bf16", "fwd", shape, peer_ms, "bf16")]
-    got = goals.judge(_goal(metric="gemm_fraction", kernel_shape=shape, precision="bf16"), ks)
+    got = goals.judge(find_goal(metric="gemm_fraction", kernel_shape=shape, precision="bf16"), ks)
     assert got["result"] == result and got["margin"] == ("+0.0 points" if result == "PASS" else "-0.1 points")
 
 
@@ -460,7 +453,7 @@ def test_two_negative_times_never_pass():
     W = list(shapes.WIDE)
     rs = [_row(peer="gpubp-cuda", precision="float32", sizes=W, batch=4096, median_ms=-1.0),
           _row(peer="torch-eager", precision="float32", sizes=W, batch=4096, median_ms=-10.0)]
-    assert goals.judge(_goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="float32"), rs)["result"] \
+    assert goals.judge(find_goal(metric="speedup", sizes=WIDE_T, batch=4096, precision="float32"), rs)["result"] \
         == "NOT MEASURED"
 
 

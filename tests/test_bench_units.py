@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gpubp.bench import cost, timing
+from support.bench_rows import find_goal, kernel_row
 
 
 # ----------------------------------------------------------------- cost model (docs/spec.md, "Cost of a step")
@@ -212,28 +213,21 @@ def test_kernel_shapes_rows_precisions_and_tiles():
 
 
 # ----------------------------------------------------------------- goals
-def _goal(**kw):
-    from gpubp.bench import goals
-    found = [g for g in goals.GOALS if all(getattr(g, k) == v for k, v in kw.items())]
-    assert len(found) == 1, (kw, found)
-    return found[0]
-
-
 def test_each_kind_of_goal_describes_itself():
     wide, sq = (1024, 4096, 4096, 4096, 10), (4096, 4096, 4096)
-    assert _goal(sizes=wide, batch=4096, precision="float32").describe() == (
+    assert find_goal(sizes=wide, batch=4096, precision="float32").describe() == (
         "wide 1024-4096x3-10 step, batch 4096, gpubp float32: at least as fast as PyTorch eager float32 (TF32 off)")
-    assert _goal(sizes=wide, batch=4096, precision="3xtf32").describe() == (
+    assert find_goal(sizes=wide, batch=4096, precision="3xtf32").describe() == (
         "wide 1024-4096x3-10 step, batch 4096, gpubp 3xtf32: at least 1.3x faster than "
         "PyTorch eager float32 (TF32 off)")
-    assert _goal(kernel="bwd_data", kernel_shape=sq).describe() == (
+    assert find_goal(kernel="bwd_data", kernel_shape=sq).describe() == (
         "input-gradient GEMM (with g') at 4096x4096x4096, gpubp float32: at least 90% of "
         "cuBLAS SGEMM on the same operands (float32, TF32 off)")
     name = "narrow w64 x5 (64 in, 64 out) step, batch 1048576"
-    assert _goal(metric="samples_per_s", precision="bf16").describe() == (
+    assert find_goal(metric="samples_per_s", precision="bf16").describe() == (
         f"(information) {name}, samples/s, gpubp bf16, against tiny-cuda-nn's published fully fused MLP figures"
         " (aim above 1e+09 samples/s)")
-    assert _goal(metric="samples_per_s", precision="tf32").describe() == (
+    assert find_goal(metric="samples_per_s", precision="tf32").describe() == (
         f"(information) {name}, samples/s, gpubp tf32, against tiny-cuda-nn's published fully fused MLP figures")
 
 
@@ -254,27 +248,22 @@ def _step_row(peer, sizes, batch, ms, **kw):
     return dict(kind="step", device="cuda", peer=peer, sizes=list(sizes), batch=batch, median_ms=ms, **kw)
 
 
-def _kernel_row(peer, kernel, shape, ms):
-    B, N, K = shape
-    return dict(kind="kernel", device="cuda", kernel=kernel, peer=peer, batch=B, n_out=N, n_in=K, median_ms=ms)
-
-
 def test_judge_writes_each_metric_in_its_own_words():
     from gpubp.bench import goals
     sq = (4096, 4096, 4096)
-    ks = [_kernel_row("gpubp-fused", "fwd", sq, 4.0), _kernel_row("gpubp-gemm-f32", "fwd", sq, 5.0),
-          _kernel_row("cublas-sgemm", "fwd", sq, 3.0)]
-    got = goals.judge(_goal(kernel="fwd", kernel_shape=sq), ks)
+    ks = [kernel_row("gpubp-fused", "fwd", sq, 4.0), kernel_row("gpubp-gemm-f32", "fwd", sq, 5.0),
+          kernel_row("cublas-sgemm", "fwd", sq, 3.0)]
+    got = goals.judge(find_goal(kernel="fwd", kernel_shape=sq), ks)
     assert got["measured"] == ("75.0% (gpubp-fused 4.000 ms vs cublas-sgemm 3.000 ms); gpubp-gemm-f32 60.0%")
     assert got["margin"] == "-15.0 points" and got["result"] == "MISS" and got["kernel_shape"] == list(sq)
     W = (1024, 4096, 4096, 4096, 10)
     rs = [_step_row("gpubp-cuda-bf16", W, 1024, 2.0), _step_row("torch-autocast-bf16", W, 1024, 5.0)]
-    got = goals.judge(_goal(sizes=W, batch=1024, precision="bf16"), rs)
+    got = goals.judge(find_goal(sizes=W, batch=1024, precision="bf16"), rs)
     assert got["measured"] == "2.50x (gpubp-cuda-bf16 2.000 ms vs torch-autocast-bf16 5.000 ms)"
     assert got["margin"] == "+150%" and got["result"] == "PASS" and got["sizes"] == list(W) and got["batch"] == 1024
     N = (64,) * 9 + (10,)
     rs = [_step_row("gpubp-cuda", N, 2 ** 18, 1.0), _step_row("torch-eager", N, 2 ** 18, 4.5)]
-    got = goals.judge(_goal(sizes=N, precision="float32"), rs)           # 4.5x against at least 3x
+    got = goals.judge(find_goal(sizes=N, precision="float32"), rs)           # 4.5x against at least 3x
     assert got["margin"] == "+50%" and got["value"] == 4.5 and got["result"] == "PASS"
 
 
@@ -282,17 +271,17 @@ def test_judge_of_a_throughput_goal_against_its_aim_and_a_published_figure(monke
     from gpubp.bench import goals
     T, B = (64,) * 7, 2 ** 20
     rs = [_step_row(p, T, B, 1.0) for p in ("gpubp-cuda-bf16", "gpubp-cuda", "gpubp-cuda-graph")]
-    got = goals.judge(_goal(metric="samples_per_s", precision="bf16"), rs)
+    got = goals.judge(find_goal(metric="samples_per_s", precision="bf16"), rs)
     assert got["value"] == B / 1e-3 and got["result"] == "INFO" and "passed" not in got
     assert got["margin"] == "+5% of the aim"                            # 1.049e9 over 1e9
     assert got["measured"] == ("1.05e+09 samples/s (gpubp-cuda-bf16 1.000 ms per step); "
                                "tiny-cuda-nn publishes no figure in words (plots only)")
     fast = [_step_row("gpubp-cuda-bf16", T, B, 0.25)]
-    assert goals.judge(_goal(metric="samples_per_s", precision="bf16"), fast)["margin"] == "+319% of the aim"
-    got = goals.judge(_goal(metric="samples_per_s", precision="float32"), rs)     # no aim: no margin
+    assert goals.judge(find_goal(metric="samples_per_s", precision="bf16"), fast)["margin"] == "+319% of the aim"
+    got = goals.judge(find_goal(metric="samples_per_s", precision="float32"), rs)     # no aim: no margin
     assert got["result"] == "INFO" and "margin" not in got and "aim" not in got
     monkeypatch.setitem(goals.PUBLISHED["tiny-cuda-nn"], "samples_per_s", 5e8)
-    got = goals.judge(_goal(metric="samples_per_s", precision="bf16"), rs)
+    got = goals.judge(find_goal(metric="samples_per_s", precision="bf16"), rs)
     assert got["measured"].endswith("; tiny-cuda-nn publishes 5e+08 samples/s")
     assert got["published"]["samples_per_s"] == 5e8
 
@@ -302,7 +291,7 @@ def test_why_a_goal_is_not_measured_is_cut_at_600_characters():
     W = (1024, 4096, 4096, 4096, 10)
     rs = [dict(kind="step", device="cuda", peer=p, sizes=list(W), batch=4096, skipped="x" * 400)
           for p in ("gpubp-cuda", "torch-eager")]
-    got = goals.judge(_goal(sizes=W, batch=4096, precision="float32"), rs)
+    got = goals.judge(find_goal(sizes=W, batch=4096, precision="float32"), rs)
     assert got["result"] == "NOT MEASURED"
     assert got["measured"] == ("not measured: gpubp-cuda: " + "x" * 400 + "; torch-eager: " + "x" * 400)[:600]
 
@@ -441,7 +430,7 @@ def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path, monke
     monkeypatch.setitem(goals.PUBLISHED["tiny-cuda-nn"], "samples_per_s", 5e8)
     T = (64,) * 7
     rs = [dict(kind="step", device="cuda", peer="gpubp-cuda-bf16", sizes=list(T), batch=2 ** 20, skipped="a|b")]
-    res["goals"] = [goals.judge(_goal(metric="samples_per_s", precision="bf16"), rs)]
+    res["goals"] = [goals.judge(find_goal(metric="samples_per_s", precision="bf16"), rs)]
     report.write_markdown(res, tmp_path / "bench.md")
     md = (tmp_path / "bench.md").read_text()
     assert "| not measured: gpubp-cuda-bf16: a/b | **NOT MEASURED** |" in md
@@ -450,7 +439,7 @@ def test_markdown_of_a_gpu_run_names_the_gpu_and_lists_the_goals(tmp_path, monke
     thr = dict(kind="step", device="cuda", network="t", sizes=list(T), batch=2 ** 20, peer="gpubp-cuda-bf16",
                median_ms=1.0, p25_ms=1.0, p75_ms=1.0, reps=1, samples_per_s=1.048576e9)
     res["rows"] = [thr, dict(thr, batch=8, samples_per_s=8e3)]
-    res["goals"] = [goals.judge(_goal(metric="samples_per_s", precision="bf16"), res["rows"])]
+    res["goals"] = [goals.judge(find_goal(metric="samples_per_s", precision="bf16"), res["rows"])]
     report.write_markdown(res, tmp_path / "bench.md")
     md = (tmp_path / "bench.md").read_text().splitlines()
     i = md.index("## Training throughput, samples per second")
