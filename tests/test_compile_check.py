@@ -17,6 +17,7 @@ pytest.importorskip("cuda.bindings.nvrtc", reason="needs cuda-bindings and nvidi
 
 from gpubp import compile_check as cc  # noqa: E402
 from gpubp.backends.cuda_source import ModuleSpec  # noqa: E402
+from support.compile_specs import FakeSpec  # noqa: E402
 
 ARCHS = ("sm_80", "sm_90")
 
@@ -155,25 +156,15 @@ def test_spills_are_problems():
     assert cc.problems([row]) and "spill" in cc.problems([row])[0]
 
 
-class _Spec:
-    """A ModuleSpec look-alike with its source given as text."""
-
-    def __init__(self, src, names=()):
-        self.name, self._src, self.name_expressions = "fake", src, tuple(names)
-
-    def source(self):
-        return self._src
-
-
 def test_a_compile_error_is_a_row_not_a_crash():
-    rows = cc.compile_check(("sm_90",), specs=[_Spec("__global__ void k() { this is not C++; }")])
+    rows = cc.compile_check(("sm_90",), specs=[FakeSpec("__global__ void k() { this is not C++; }")])
     assert len(rows) == 1 and rows[0]["error"] and "NVRTC_ERROR" in rows[0]["error"]
     assert cc.problems(rows)
 
 
 def test_a_template_kernel_is_named_by_its_name_expression():
     src = "template <typename T> __global__ void k(T* p) { p[threadIdx.x] += T(1); }"
-    rows = cc.compile_check(("sm_80",), specs=[_Spec(src, ["k<float>", "k<double>"])])
+    rows = cc.compile_check(("sm_80",), specs=[FakeSpec(src, ["k<float>", "k<double>"])])
     assert sorted(r["kernel"] for r in rows) == ["k<double>", "k<float>"]
     assert all(r["error"] is None and r["registers"] > 0 for r in rows)
 
@@ -197,7 +188,7 @@ def test_main_prints_the_table_and_fails_on_a_problem(monkeypatch, capsys):
     assert cc.main(["--arch", "sm_90"]) == 0
     out = capsys.readouterr().out
     assert "loss_finalize<float>" in out and "regs" in out and "sm_90" in out
-    monkeypatch.setattr(cc, "all_specs", lambda: [spec, _Spec("__global__ void k() { x; }")])
+    monkeypatch.setattr(cc, "all_specs", lambda: [spec, FakeSpec("__global__ void k() { x; }")])
     assert cc.main(["--arch", "sm_90"]) == 1
 
 
@@ -307,9 +298,7 @@ _MMA = """__global__ void mma(float* p) {
 
 
 def _sass_spec(src, kernel, op="HMMA.1688.F32.TF32"):
-    spec = _Spec(src, [kernel])
-    spec.sass_expect = ((kernel, op),)
-    return spec
+    return FakeSpec(src, [kernel], sass_expect=((kernel, op),))
 
 
 def test_a_kernel_without_its_matrix_instruction_fails_the_check():

@@ -11,6 +11,7 @@ import types
 import pytest
 
 from gpubp import compile_check as cc
+from support.compile_specs import FakeSpec
 
 
 def _ok(**kw):
@@ -194,17 +195,6 @@ def test_main_refuses_a_bad_arch_naming_what_it_compiles_for(monkeypatch, capsys
 
 
 # ---------------------------------------------------------------- compile_spec and compile_check, NVRTC faked
-class _Spec:
-    def __init__(self, names, sass_expect=(), archs=(), src="SRC", name="fake"):
-        self.name, self.name_expressions, self.sass_expect, self.archs, self._src = name, tuple(names), \
-            tuple(sass_expect), tuple(archs), src
-
-    def source(self):
-        if isinstance(self._src, Exception):
-            raise self._src
-        return self._src
-
-
 def _log(*entries):
     """A ptxas log of (mangled, arch, registers, spill stores) entries."""
     return "".join(f"ptxas info    : Compiling entry function '{m}' for '{a}'\n"
@@ -238,7 +228,7 @@ def test_compile_spec_builds_with_cupys_options_and_reads_one_row_per_kernel(mon
     lowered = {"k<float>": "_Zkf", "k<double>": "_Zkd", "ghost": "_Zghost"}
     calls = _fake_build(monkeypatch, _log(("_Zkf", "sm_80", 30, 0), ("_Zkd", "sm_80", 40, 8),
                                           ("_Zother", "sm_75", 99, 0)), lowered)
-    rows = cc.compile_spec(_Spec(lowered), "sm_80", nvrtc="NV")
+    rows = cc.compile_spec(FakeSpec(names=lowered), "sm_80", nvrtc="NV")
     assert calls == [dict(nvrtc="NV", src="SRC", filename="fake.cu", names=tuple(lowered),
                           opts=("--gpu-architecture=sm_80",) + cc.cuda_source.NVRTC_OPTIONS
                           + ("-ftz=true", "-Xptxas", "-v"), cubin=False)]
@@ -250,9 +240,9 @@ def test_compile_spec_builds_with_cupys_options_and_reads_one_row_per_kernel(mon
 
 def test_compile_spec_turns_a_failed_build_or_source_into_one_error_row(monkeypatch):
     _fake_build(monkeypatch, "k.cu(1): error", {}, error="NVRTC_ERROR_COMPILATION")
-    (row,) = cc.compile_spec(_Spec(["k"]), "sm_90", nvrtc="NV")
+    (row,) = cc.compile_spec(FakeSpec(names=["k"]), "sm_90", nvrtc="NV")
     assert (row["kernel"], row["error"]) == (None, "NVRTC_ERROR_COMPILATION:\nk.cu(1): error")
-    (row,) = cc.compile_spec(_Spec(["k"], src=OSError("gone")), "sm_90", nvrtc="NV")
+    (row,) = cc.compile_spec(FakeSpec(OSError("gone"), ["k"]), "sm_90", nvrtc="NV")
     assert row["error"] == "cannot read the sources: OSError: gone" and row["module"] == "fake"
 
 
@@ -268,7 +258,7 @@ def test_compile_spec_counts_the_expected_instructions_of_each_kernel(monkeypatc
     lowered = {"k": "_Zk", "f": "_Zf", "p": "_Zp", "q": "_Zq"}
     calls = _fake_build(monkeypatch, _log(("_Zk", "sm_80", 30, 0), ("_Zf", "sm_80", 30, 0), ("_Zp", "sm_80", 9, 0),
                                           ("_Zq", "sm_80", 9, 0)), lowered, sass=SASS)
-    spec = _Spec(lowered, sass_expect=(("k", "HMMA.1688"), ("k", "UTMALDG"), ("k", "LDSM"), ("f", "FFMA"),
+    spec = FakeSpec(names=lowered, sass_expect=(("k", "HMMA.1688"), ("k", "UTMALDG"), ("k", "LDSM"), ("f", "FFMA"),
                                        ("q", "HMMA.1688"), ("q", "LDSM")))
     monkeypatch.setattr(cc, "_nvrtc", lambda: "bindings")
     rows = {r["kernel"]: r for r in cc.compile_spec(spec, "sm_80")}
@@ -288,7 +278,8 @@ def test_compile_spec_without_its_sass_marks_the_checked_kernels(monkeypatch):
     lowered = {"k": "_Zk", "p": "_Zp"}
     _fake_build(monkeypatch, _log(("_Zk", "sm_80", 30, 0), ("_Zp", "sm_80", 9, 0)), lowered,
                 sass=RuntimeError("no cuobjdump"))
-    rows = {r["kernel"]: r for r in cc.compile_spec(_Spec(lowered, sass_expect=(("k", "HMMA"),)), "sm_80", "NV")}
+    spec = FakeSpec(names=lowered, sass_expect=(("k", "HMMA"),))
+    rows = {r["kernel"]: r for r in cc.compile_spec(spec, "sm_80", "NV")}
     assert rows["k"]["error"] == "SASS not checked: no cuobjdump" and rows["k"]["sass_count"] is None
     assert rows["p"]["error"] is None
 
@@ -304,14 +295,14 @@ def test_compile_check_builds_each_spec_for_its_targets_and_rows_a_crash(monkeyp
         return [cc._row(spec.name, arch, "k")]
 
     monkeypatch.setattr(cc, "compile_spec", compile_spec)
-    specs = [_Spec([], name="a"), _Spec([], name="hopper", archs=("sm_90a",)), _Spec([], name="crash")]
+    specs = [FakeSpec(name="a"), FakeSpec(name="hopper", archs=("sm_90a",)), FakeSpec(name="crash")]
     rows = cc.compile_check(("sm_80", "sm_90"), specs=specs)
     assert sorted(built) == [("a", "sm_80", "NV"), ("a", "sm_90", "NV"), ("crash", "sm_80", "NV"),
                              ("crash", "sm_90", "NV"), ("hopper", "sm_90a", "NV")]
     assert [(r["module"], r["arch"], r["kernel"], r["error"]) for r in rows] == [
         ("a", "sm_80", "k", None), ("a", "sm_90", "k", None), ("hopper", "sm_90a", "k", None),
         ("crash", "sm_80", None, "ValueError: bad spec"), ("crash", "sm_90", None, "ValueError: bad spec")]
-    monkeypatch.setattr(cc, "_gather_specs", lambda: ([_Spec([], name="a")], [cc._row("gone", None, None, error="x")]))
+    monkeypatch.setattr(cc, "_gather_specs", lambda: ([FakeSpec(name="a")], [cc._row("gone", None, None, error="x")]))
     assert [r["module"] for r in cc.compile_check(("sm_80",))] == ["gone", "a"]
     assert cc.compile_check(("sm_80",), specs=[]) == []
 
