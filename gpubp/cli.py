@@ -292,6 +292,7 @@ def _add_train(sub):
     g.add_argument("--lr", type=_positive_float, default=None,
                    help=f"learning rate (default {DEFAULT_LR['adam']:g} for adam/adamw, {DEFAULT_LR['sgd']:g} for sgd)")
     g.add_argument("--momentum", type=_momentum, default=0.0, help="momentum of sgd")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for sgd (needs --momentum)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="weight decay (default 0; adamw 0.01)")
     g.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set")
@@ -351,9 +352,12 @@ def _make_optimizer(args):
     if args.momentum and args.optimizer != "sgd":
         raise UsageError(f"--momentum applies to --optimizer sgd, not {args.optimizer} "
                          "(Adam's moments are its betas)")
+    if args.nesterov and (args.optimizer != "sgd" or not args.momentum):
+        raise UsageError("--nesterov is Nesterov momentum of --optimizer sgd: give it with --optimizer sgd "
+                         "and a --momentum above 0")
     kw = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     if args.optimizer == "sgd":
-        return optim.SGD(lr, momentum=args.momentum, **kw)
+        return optim.SGD(lr, momentum=args.momentum, nesterov=args.nesterov, **kw)
     return optim.make_optimizer(args.optimizer, lr, **kw)
 
 

@@ -1,4 +1,4 @@
-"""Optimizers: SGD (with momentum), Adam and AdamW, each equal to PyTorch's.
+"""Optimizers: SGD (with momentum, Nesterov's too), Adam and AdamW, each equal to PyTorch's.
 
 An optimizer holds its hyper-parameters and, once bound to a network, its
 state in flat buffers of the network's parameter layout; `step` updates every
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .checks import real_number
+from .checks import check_flag, real_number
 
 #: held while an optimizer is checked and bound (`Optimizer.bind`); a module's lock, not the optimizer's,
 #: so optimizers still copy and pickle
@@ -224,21 +224,27 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """`torch.optim.SGD(lr, momentum, weight_decay)` with dampening 0, not Nesterov."""
+    """`torch.optim.SGD(lr, momentum, weight_decay, nesterov)` with dampening 0.
+
+    `nesterov=True` (PyTorch's Nesterov momentum) needs a momentum above 0, as PyTorch's does."""
 
     name = "sgd"
     weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
-    def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(lr)
-        self._momentum = _check_range("momentum", momentum, 0.0, 1.0)
+        momentum = _check_range("momentum", momentum, 0.0, 1.0)
+        nesterov = check_flag("nesterov", nesterov)
+        _check_nesterov(nesterov, momentum)
+        self._momentum, self._nesterov = momentum, nesterov
         self.weight_decay = weight_decay
         self.state_names = ("velocity",) if self._momentum else ()
 
     @property
     def momentum(self) -> float:
         """Momentum, validated when assigned; it can change between 0 and non-zero only before
-        the optimizer is bound (the velocity buffer exists only with momentum)."""
+        the optimizer is bound (the velocity buffer exists only with momentum), and not to 0 with
+        Nesterov momentum on."""
         return self._momentum
 
     @momentum.setter
@@ -247,15 +253,35 @@ class SGD(Optimizer):
         if self._params is not None and bool(m) != bool(self._momentum):
             raise ValueError("momentum cannot be switched on or off once the optimizer has state; "
                              "make a new optimizer")
+        _check_nesterov(self._nesterov, m)
         self._momentum = m
         self.state_names = ("velocity",) if m else ()
 
+    @property
+    def nesterov(self) -> bool:
+        """Nesterov momentum (PyTorch's): the step is `g + momentum * velocity` rather than `velocity`.
+        Validated when assigned (True or False; True needs a momentum above 0)."""
+        return self._nesterov
+
+    @nesterov.setter
+    def nesterov(self, value):
+        value = check_flag("nesterov", value)
+        _check_nesterov(value, self._momentum)
+        self._nesterov = value
+
     def _update(self, backend, params, grads):
         backend.sgd_update(params, grads, self.state.get("velocity"), self.lr, self.momentum,
-                           self.weight_decay, scratch=self._scratch)
+                           self.weight_decay, nesterov=self.nesterov, scratch=self._scratch)
 
     def hyper(self):
-        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
+
+
+def _check_nesterov(nesterov: bool, momentum: float) -> None:
+    if nesterov and not momentum:
+        raise ValueError("Nesterov momentum needs a momentum above 0 (as PyTorch's SGD): set momentum, "
+                         "or nesterov=False")
 
 
 class Adam(Optimizer):

@@ -188,11 +188,15 @@ template <typename T>
 struct alignas(16) Pack { T v[16 / sizeof(T)]; };
 
 // PyTorch SGD (dampening 0), in the numpy backend's order of operations.
-// flags: bit 0 weight decay (g += wd p), bit 1 momentum (buf = mom buf + g; g = buf).
+// flags: bit 0 weight decay (g += wd p), bit 1 momentum (buf = mom buf + g; g = buf),
+// bit 2 Nesterov, with bit 1 (g = g + mom buf, the buf just updated).
 template <typename T>
 __device__ __forceinline__ void sgd_one(T& p, T g, T& buf, T lr, T mom, T wd, int flags) {
     if (flags & 1) g = p * wd + g;
-    if (flags & 2) { buf = buf * mom + g; g = buf; }
+    if (flags & 2) {
+        buf = buf * mom + g;
+        g = (flags & 4) ? buf * mom + g : buf;
+    }
     p = p - g * lr;
 }
 

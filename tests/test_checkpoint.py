@@ -29,11 +29,14 @@ def trained(tmp_path, opt):
 
 
 @pytest.mark.parametrize("opt", [gpubp.optim.SGD(0.1, momentum=0.9), gpubp.optim.Adam(0.01),
-                                 gpubp.optim.AdamW(0.01, weight_decay=0.1)], ids=["momentum", "adam", "adamw"])
+                                 gpubp.optim.AdamW(0.01, weight_decay=0.1),
+                                 gpubp.optim.SGD(0.1, momentum=0.8, weight_decay=0.01, nesterov=True)],
+                         ids=["momentum", "adam", "adamw", "nesterov"])
 def test_round_trip_resumes_training_identically(tmp_path, opt):
     net, path, X, y = trained(tmp_path, opt)
     back = gpubp.MLP.load(path, backend="numpy")
     assert back.config() == net.config()
+    assert back.optimizer.hyper() == opt.hyper()
     for (W, b), (W2, b2) in zip(net.get_params(), back.get_params()):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
     assert type(back.optimizer) is type(opt) and back.optimizer.t == opt.t
@@ -508,6 +511,28 @@ def test_version_1_files_without_generator_state_still_load(tmp_path):
     meta["version"] = 3
     with pytest.raises(ValueError, match="format version 3"):
         gpubp.MLP.load(write_consistent(tmp_path / "v3.npz", arrays, meta), backend="numpy")
+
+
+def test_an_sgd_file_from_before_nesterov_loads_as_classical_momentum(tmp_path):
+    """Files written before SGD had `nesterov` hold no such hyper-parameter: they trained with classical
+    momentum, and load so."""
+    net, path, X, y = trained(tmp_path, gpubp.optim.SGD(0.1, momentum=0.9))
+    arrays, meta = read_all(path)
+    del meta["optimizer"]["hyper"]["nesterov"]
+    back = gpubp.MLP.load(write_consistent(tmp_path / "old.npz", arrays, meta), backend="numpy")
+    assert back.optimizer.nesterov is False
+    assert net.train_step(X, y, net.optimizer) == back.train_step(X, y, back.optimizer)
+    assert same_params(back, net)
+
+
+@pytest.mark.parametrize("nesterov, momentum, words", [("yes", 0.9, "nesterov must be True or False"),
+                                                       (True, 0.0, "Nesterov momentum needs a momentum")])
+def test_an_impossible_nesterov_setting_is_refused_naming_the_field(tmp_path, nesterov, momentum, words):
+    _, path, _, _ = trained(tmp_path, gpubp.optim.SGD(0.1, momentum=0.9))
+    arrays, meta = read_all(path)
+    meta["optimizer"]["hyper"].update(nesterov=nesterov, momentum=momentum)
+    with pytest.raises(ValueError, match=f"optimizer.hyper.*{words}"):
+        gpubp.MLP.load(write_consistent(tmp_path / "bad.npz", arrays, meta), backend="numpy")
 
 
 def test_random_damage_gives_a_value_error_or_the_same_network(tmp_path):
@@ -986,6 +1011,7 @@ RESUMES = [
     ("adamw-bf16", dict(precision="bf16"), lambda: gpubp.optim.AdamW(0.01, weight_decay=0.05)),
     ("adam-3xtf32", dict(precision="3xtf32", init="kaiming"), lambda: gpubp.optim.Adam(0.01)),
     ("sgd-xavier-seed0", dict(seed=0, init="xavier"), lambda: gpubp.optim.SGD(0.05, momentum=0.9)),
+    ("sgd-nesterov", dict(seed=4), lambda: gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True)),
     ("adam-bigseed", dict(seed=2 ** 90 + 1), lambda: gpubp.optim.Adam(0.01)),
 ]
 

@@ -58,7 +58,7 @@ def test_train_saves_checkpoint_and_plot(capsys, tmp_path):
                      "--epochs", "3", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
                      "--dtype", "float64", "--seed", "4", "--save", str(ck), "--plot", str(png), "--no-progress",
                      "--backend", "numpy")
-    assert rc == 0 and "[2, 16, 16, 2]" in out and "momentum=0.9" in out
+    assert rc == 0 and "[2, 16, 16, 2]" in out and "momentum=0.9" in out and "nesterov=False" in out
     assert f"saved checkpoint to {ck} (the network keeps its input standardisation" in out
     assert f"saved curves to {png}\n" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
@@ -272,6 +272,9 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--optimizer", "rmsprop"], "invalid choice"),
     (["--momentum", "0.9"], "applies to --optimizer sgd"),
     (["--momentum", "1.5", "--optimizer", "sgd"], "momentum must lie in"),
+    (["--nesterov"], "--nesterov is Nesterov momentum of --optimizer sgd"),
+    (["--nesterov", "--optimizer", "sgd"], "a --momentum above 0"),
+    (["--nesterov", "--optimizer", "adam", "--momentum", "0.9"], "applies to --optimizer sgd"),
     (["--dtype", "float16"], "invalid choice"),
     (["--backend", "tpu"], "invalid choice"),
     (["--test-size", "1.5"], "fraction"),

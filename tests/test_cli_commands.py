@@ -325,7 +325,17 @@ def test_train_runs_with_the_defaults_its_help_states(capsys):
     assert rc == 0 and strip(out2) == strip(out)
     rc, out, _ = run(capsys, "train", "--dataset", "xor", "--epochs", "1", "--no-progress", "--backend", "numpy",
                      "--optimizer", "sgd")
-    assert rc == 0 and "(noise 0.0)" in out and "SGD(lr=0.05, momentum=0.0, weight_decay=0.0)" in out
+    assert rc == 0 and "(noise 0.0)" in out and "SGD(lr=0.05, momentum=0.0, weight_decay=0.0, nesterov=False)" in out
+
+
+def test_train_with_nesterov_momentum_saves_it(capsys, tmp_path):
+    import gpubp
+
+    ck = tmp_path / "n.npz"
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "2", "--no-progress", "--backend", "numpy",
+                     "--optimizer", "sgd", "--momentum", "0.8", "--nesterov", "--save", str(ck))
+    assert rc == 0 and "SGD(lr=0.05, momentum=0.8, weight_decay=0.0, nesterov=True)" in out
+    assert gpubp.MLP.load(ck, backend="numpy").optimizer.nesterov is True
 
 
 def test_train_weight_decay_and_no_standardize(capsys, tmp_path):
@@ -333,7 +343,7 @@ def test_train_weight_decay_and_no_standardize(capsys, tmp_path):
 
     rc, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "1", "--no-progress", "--backend", "numpy",
                      "--optimizer", "sgd", "--weight-decay", "0.5", "--no-standardize", "--save", str(tmp_path / "n.npz"))
-    assert rc == 0 and "SGD(lr=0.05, momentum=0.0, weight_decay=0.5)" in out
+    assert rc == 0 and "SGD(lr=0.05, momentum=0.0, weight_decay=0.5, nesterov=False)" in out
     assert "standardis" not in out and f"saved checkpoint to {tmp_path / 'n.npz'}\n" in out
     assert gpubp.MLP.load(tmp_path / "n.npz", backend="numpy").standardization is None
 

@@ -261,7 +261,8 @@ def run_update(be, kind, p, g, state, hp, steps):
     with np.errstate(all="ignore"):
         for t in range(1, steps + 1):
             if kind == "sgd":
-                be.sgd_update(p, g, state[0] if hp["momentum"] else None, hp["lr"], hp["momentum"], hp["wd"])
+                be.sgd_update(p, g, state[0] if hp["momentum"] else None, hp["lr"], hp["momentum"], hp["wd"],
+                              hp.get("nesterov", False))
             else:
                 step = xp.asarray(np.array([t], np.int32))
                 be.adam_update(p, g, state[0], state[1], hp["lr"], 0.9, 0.999, hp["eps"], hp["wd"], step,
@@ -274,6 +275,8 @@ UPDATES = [
     ("sgd", {"lr": 0.1, "momentum": 0.9, "wd": 0.01}),
     ("sgd", {"lr": 1e38, "momentum": 0.9, "wd": 0.0}),         # lr near float32's largest
     ("sgd", {"lr": 1e300, "momentum": 0.0, "wd": 1e-3}),       # float32: lr rounds to inf
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "wd": 0.01, "nesterov": True}),
+    ("sgd", {"lr": 1e38, "momentum": 0.5, "wd": 0.0, "nesterov": True}),
     ("adam", {"lr": 1e-3, "eps": 1e-8, "wd": 0.0}),
     ("adam", {"lr": 1e-3, "eps": 1e-45, "wd": 0.01}),          # eps subnormal in float32
     ("adam", {"lr": 3e37, "eps": 1e-8, "wd": 0.0}),            # lr / (1 - beta1) = 3e38, 1.9e38

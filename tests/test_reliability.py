@@ -202,6 +202,7 @@ def test_captured_step_without_checks_refuses_labels_before_their_cast(wide, mes
     (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "lr", 1e-3)),
     (lambda: gpubp.optim.Adam(1e-2), lambda o: setattr(o, "betas", (0.8, 0.99))),
     (lambda: gpubp.optim.SGD(0.1, momentum=0.9), lambda o: setattr(o, "momentum", 0.5)),
+    (lambda: gpubp.optim.SGD(0.1, momentum=0.9), lambda o: setattr(o, "nesterov", True)),
     (lambda: gpubp.optim.AdamW(1e-2), lambda o: setattr(o, "weight_decay", 0.1)),
 ])
 @pytest.mark.parametrize("check_inputs", [True, False])
@@ -791,6 +792,30 @@ def test_hyper_parameters_checked_when_assigned(attr, value):
     assert getattr(opt, attr) == old
 
 
+@pytest.mark.parametrize("start, attr, value, words", [
+    (dict(momentum=0.9, nesterov=True), "momentum", 0.0, "Nesterov momentum needs a momentum above 0"),
+    (dict(momentum=0.0), "nesterov", True, "Nesterov momentum needs a momentum above 0"),
+    (dict(momentum=0.9), "nesterov", None, "nesterov must be True or False"),
+])
+def test_nesterov_is_checked_with_the_momentum_when_either_is_assigned(start, attr, value, words):
+    """PyTorch's rule: Nesterov momentum needs a momentum; an assignment breaking it changes nothing."""
+    opt = gpubp.optim.SGD(0.1, **start)
+    before = opt.hyper()
+    with pytest.raises((ValueError, TypeError), match=words):
+        setattr(opt, attr, value)
+    assert opt.hyper() == before
+
+
+def test_nesterov_is_a_hyper_parameter_and_can_be_switched():
+    opt = gpubp.optim.SGD(0.1, momentum=0.9)
+    assert opt.hyper() == {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
+    opt.nesterov = np.True_
+    assert opt.nesterov is True and "nesterov=True" in repr(opt)
+    opt.nesterov = False
+    opt.momentum = 0.0             # allowed again once Nesterov is off (before the optimizer is bound)
+    assert opt.hyper()["momentum"] == 0.0
+
+
 @pytest.mark.parametrize("make", [
     lambda: gpubp.optim.SGD(5e-324), lambda: gpubp.optim.SGD(0.1, momentum=0.0, weight_decay=0.0),
     lambda: gpubp.optim.SGD(0.1, momentum=np.nextafter(1.0, 0.0)), lambda: gpubp.optim.Adam(betas=[0.0, 0.0]),
@@ -813,6 +838,8 @@ def test_hyper_parameters_at_the_edges_of_their_ranges_are_taken(make):
     (lambda: gpubp.optim.Adam(eps=0.0), r"eps must lie in \(0.0, inf\)"),
     (lambda: gpubp.optim.Adam(eps=float("inf")), r"eps must lie in \(0.0, inf\)"),
     (lambda: gpubp.optim.AdamW(weight_decay=-5e-324), r"weight_decay must lie in \[0.0, inf\)"),
+    (lambda: gpubp.optim.SGD(0.1, nesterov=True), "Nesterov momentum needs a momentum above 0"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=0.0, nesterov=True), "Nesterov momentum needs a momentum above 0"),
 ])
 def test_hyper_parameters_just_outside_their_ranges_are_refused(make, words):
     with pytest.raises(ValueError, match=words):
@@ -830,6 +857,8 @@ def test_betas_are_a_pair(betas):
     (lambda: gpubp.optim.SGD(0.1, momentum=None), "momentum must be a number, got NoneType"),
     (lambda: gpubp.optim.Adam(betas=("a", 0.9)), r"betas\[0\] must be a number, got str"),
     (lambda: gpubp.optim.Adam(eps=[1e-8]), "eps must be a number, got list"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=0.9, nesterov=1), "nesterov must be True or False, got 1"),
+    (lambda: gpubp.optim.SGD(0.1, momentum=0.9, nesterov="False"), "nesterov must be True or False"),
 ])
 def test_hyper_parameters_that_are_not_numbers_are_type_errors_naming_them(make, words):
     with pytest.raises(TypeError, match=words):
@@ -844,7 +873,8 @@ def test_optimizer_names_take_their_default_rates():
     assert [(type(o), o.lr) for o in got.values()] == [(gpubp.optim.SGD, 0.01), (gpubp.optim.Adam, 1e-3),
                                                         (gpubp.optim.AdamW, 1e-3)]
     assert got["ADAMW"].weight_decay == 0.01 and got["Adam"].weight_decay == 0
-    assert make_optimizer("sgd", 0.5, momentum=0.9).hyper() == {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0}
+    assert make_optimizer("sgd", 0.5, momentum=0.9).hyper() == {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0,
+                                                                      "nesterov": False}
     opt = gpubp.optim.SGD(0.2)
     assert make_optimizer(opt, 0.7) is opt and opt.lr == 0.2
     with pytest.raises(TypeError, match="optimizer must be an Optimizer or a name"):

@@ -77,6 +77,10 @@ OPTIMIZERS = [
     (lambda: gpubp.optim.SGD(0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
     (lambda: gpubp.optim.SGD(0.05, momentum=0.5, weight_decay=0.1),
      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, weight_decay=0.1)),
+    (lambda: gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+    (lambda: gpubp.optim.SGD(0.05, momentum=0.5, weight_decay=0.1, nesterov=True),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, weight_decay=0.1, nesterov=True)),
     (lambda: gpubp.optim.Adam(0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
     (lambda: gpubp.optim.Adam(0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05),
      lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
@@ -85,7 +89,7 @@ OPTIMIZERS = [
 ]
 
 
-@pytest.mark.parametrize("make", OPTIMIZERS, ids=["sgd", "momentum", "momentum_wd", "adam", "adam_wd",
+@pytest.mark.parametrize("make", OPTIMIZERS, ids=["sgd", "momentum", "momentum_wd", "nesterov", "nesterov_wd", "adam", "adam_wd",
                                                   "adamw", "adamw_wd"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
 def test_optimizer_steps_equal_torch(make, dtype, tol, rng):

@@ -208,10 +208,10 @@ def test_momentum_is_switched_on_or_off_only_before_the_state_exists(rng):
 
 def test_optimizer_defaults_are_docs_specs():
     """docs/spec.md: Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0), AdamW(..., weight_decay=1e-2),
-    SGD(lr, momentum=0, weight_decay=0)."""
+    SGD(lr, momentum=0, weight_decay=0, nesterov=False)."""
     assert gpubp.optim.Adam().hyper() == {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
     assert gpubp.optim.AdamW().hyper() == {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
-    assert gpubp.optim.SGD(0.3).hyper() == {"lr": 0.3, "momentum": 0.0, "weight_decay": 0.0}
+    assert gpubp.optim.SGD(0.3).hyper() == {"lr": 0.3, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
 
 
 def test_a_captured_step_counts_one_step_per_call_up_to_the_limit(rng):

@@ -296,13 +296,14 @@ class Backend(ABC):
     # ----------------------------------------------------------- updates
     @abstractmethod
     def sgd_update(self, params, grads, velocity, lr: float, momentum: float,
-                   weight_decay: float = 0.0, scratch=None) -> None:
-        """PyTorch's SGD (dampening 0, not Nesterov) over flat buffers, in place.
+                   weight_decay: float = 0.0, nesterov: bool = False, scratch=None) -> None:
+        """PyTorch's SGD (dampening 0) over flat buffers, in place.
 
         `g = grads + weight_decay * params`; with momentum
         `velocity = momentum * velocity + g` and `params -= lr * velocity`
-        (`velocity` starts at zero, which equals PyTorch's first-step copy);
-        without, `params -= lr * g` and `velocity` may be None.
+        (`velocity` starts at zero, which equals PyTorch's first-step copy),
+        or with `nesterov` `params -= lr * (g + momentum * velocity)`;
+        without momentum, `params -= lr * g` and `velocity` may be None.
         """
 
     @abstractmethod

@@ -465,8 +465,8 @@ class CudaBackend(Backend):
                     after_layer(l)
 
     # ----------------------------------------------------------- updates
-    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):
-        cuda_elementwise.sgd_update(params, grads, velocity, lr, momentum, weight_decay)
+    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, nesterov=False, scratch=None):
+        cuda_elementwise.sgd_update(params, grads, velocity, lr, momentum, weight_decay, nesterov)
 
     def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
                     scratch=None):

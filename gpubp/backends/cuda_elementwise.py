@@ -165,8 +165,10 @@ def _update_grid(n: int, dtype) -> int:
     return max(1, min(65535, -(-n // (per_thread * THREADS))))
 
 
-def sgd_update(params, grads, velocity, lr: float, momentum: float, weight_decay: float = 0.0) -> None:
-    """PyTorch's SGD over a flat buffer in one launch; `velocity` is used only with momentum."""
+def sgd_update(params, grads, velocity, lr: float, momentum: float, weight_decay: float = 0.0,
+               nesterov: bool = False) -> None:
+    """PyTorch's SGD over a flat buffer in one launch; `velocity` is used only with momentum (and
+    `nesterov` only with it too)."""
     dtype = params.dtype
     ctype = _ctype(params)
     T = _NP_SCALAR[dtype]
@@ -178,7 +180,9 @@ def sgd_update(params, grads, velocity, lr: float, momentum: float, weight_decay
     n = params.size
     if grads.size != n or buf.size != n:
         raise ValueError("params, grads and velocity must have the same length")
-    flags = np.int32((1 if weight_decay else 0) | (2 if use_mom else 0))
+    if nesterov and not use_mom:
+        raise ValueError("Nesterov momentum needs a momentum above 0")
+    flags = np.int32((1 if weight_decay else 0) | (2 if use_mom else 0) | (4 if nesterov else 0))
     vec = np.int32(_aligned(params, grads, buf))
     _fn(f"sgd_update<{ctype}>")((_update_grid(n, dtype),), (THREADS,),
                                 (params, grads, buf, np.int64(n), T(lr), T(momentum),

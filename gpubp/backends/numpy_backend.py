@@ -258,16 +258,20 @@ class NumpyBackend(Backend):
                 round_stored(delta_prev_out, precision)   # bf16: the delta as stored, after g'
 
     # ----------------------------------------------------------- updates
-    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, scratch=None):
+    def sgd_update(self, params, grads, velocity, lr, momentum, weight_decay=0.0, nesterov=False, scratch=None):
         g = grads
         if weight_decay:
             g = np.multiply(params, weight_decay, out=scratch_buffer(scratch, "sgd_decay", params))
             g += grads
+        step = scratch_buffer(scratch, "sgd_step", params)
         if momentum:
             velocity *= momentum
             velocity += g
-            g = velocity
-        step = np.multiply(g, lr, out=scratch_buffer(scratch, "sgd_step", params))
+            if nesterov:        # PyTorch's g + momentum * velocity (the velocity just updated)
+                g = np.add(np.multiply(velocity, momentum, out=step), g, out=step)
+            else:
+                g = velocity
+        np.multiply(g, lr, out=step)
         params -= step
 
     def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,

@@ -222,8 +222,8 @@ def test_dense_backward_is_bitwise_reproducible(cu, dtype):
 
 
 # ------------------------------------------------------------------ updates
-SGD_CASES = {"plain": (0.0, 0.0), "momentum": (0.9, 0.0), "weight_decay": (0.0, 0.01),
-             "momentum+wd": (0.9, 0.01)}
+SGD_CASES = {"plain": (0.0, 0.0, False), "momentum": (0.9, 0.0, False), "weight_decay": (0.0, 0.01, False),
+             "momentum+wd": (0.9, 0.01, False), "nesterov": (0.9, 0.0, True), "nesterov+wd": (0.5, 0.01, True)}
 ADAM_CASES = {"adam": (0.0, False, 0.9), "adam+l2": (0.01, False, 0.9), "adamw": (0.01, True, 0.9),
               "adamw-no-wd": (0.0, True, 0.9), "adam-beta1-0": (0.0, False, 0.0),
               "adam-beta1-0.5": (0.0, False, 0.5)}
@@ -240,7 +240,7 @@ def _flat(r, n, dtype, offset):
 @pytest.mark.parametrize("case", list(SGD_CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_sgd_update(cu, case, n, offset, dtype):
-    momentum, wd = SGD_CASES[case]
+    momentum, wd, nesterov = SGD_CASES[case]
     r = rng_for("sgd", case, n, offset, dtype)
     p = _flat(r, n, dtype, offset)
     vel = _flat(r, n, dtype, offset)
@@ -250,8 +250,8 @@ def test_sgd_update(cu, case, n, offset, dtype):
         g_ref = r.standard_normal(n).astype(dtype)
         g = _flat(r, n, dtype, offset)
         g[...] = dev(g_ref)
-        NP.sgd_update(p_ref, g_ref, vel_ref if momentum else None, 0.05, momentum, wd)
-        cu.sgd_update(p, g, vel if momentum else None, 0.05, momentum, wd)
+        NP.sgd_update(p_ref, g_ref, vel_ref if momentum else None, 0.05, momentum, wd, nesterov)
+        cu.sgd_update(p, g, vel if momentum else None, 0.05, momentum, wd, nesterov)
     close(p, p_ref, dtype, "params")
     if momentum:
         close(vel, vel_ref, dtype, "velocity")
