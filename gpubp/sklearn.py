@@ -38,11 +38,26 @@ How the hyper-parameters map onto gpubp:
   epsilon)`.  PyTorch's Adam (used here) adds `eps` to `sqrt(v_hat)`,
   scikit-learn's to `sqrt(v)`: `eps` differs by `sqrt(1 - beta_2^t)`, which
   matters only while `v` is of order `eps^2`.
-- `solver="sgd"`: `gpubp.optim.SGD(learning_rate_init, momentum)` with a
-  constant learning rate and classical momentum, the same updates as
-  scikit-learn's `learning_rate="constant", nesterovs_momentum=False`.
-  Nesterov momentum and the `invscaling` / `adaptive` schedules are not
-  offered.  `solver="lbfgs"` is refused: gpubp trains by mini-batch steps.
+- `solver="sgd"`: `gpubp.optim.SGD(learning_rate_init, momentum,
+  nesterov=nesterovs_momentum)` (Nesterov's only with a momentum above 0,
+  as scikit-learn's, whose Nesterov step with no momentum is plain SGD), the
+  same updates as scikit-learn's.  `learning_rate` sets the rate between
+  epochs as scikit-learn's does: `"invscaling"` to
+  `learning_rate_init / (t_ + 1) ** power_t` after each epoch,
+  `"adaptive"` divided by 5 where scikit-learn's stopping rule (`tol`,
+  `n_iter_no_change`) would stop, stopping once the rate is at or below 1e-6.
+  scikit-learn's velocity holds steps, PyTorch's (gpubp's) gradients, so at
+  each change of rate gpubp rescales its velocity by old / new rate: the
+  updates stay scikit-learn's (tested to rounding).  The schedule belongs to
+  the optimizer, as in scikit-learn: `partial_fit` keeps it (and the rate)
+  from call to call, a fit makes it anew.  An `invscaling` rate that would
+  fall below the dtype's smallest normal number within the call is refused
+  before training.  Adam ignores `learning_rate` and `power_t`, as
+  scikit-learn's does.  `solver="lbfgs"` is refused: gpubp trains by
+  mini-batch steps (`max_fun`, its budget, is checked and unused).
+- `MLPRegressor(loss=...)`: `"squared_error"` only; `"poisson"` is refused.
+  It is keyword-only here (scikit-learn's first positional argument), so
+  `MLPRegressor((64,))` still means the hidden layers.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
   state.  A warm-started classifier's `y` must hold the classes it was
@@ -118,6 +133,8 @@ from .training import _caller_level
 ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh",
                     "relu": "relu", "leaky_relu": "leaky_relu", "gelu": "gelu", "silu": "silu"}
 SOLVERS = ("adam", "sgd")
+#: scikit-learn's learning-rate schedules of solver="sgd" (Adam ignores them, as scikit-learn's does)
+LEARNING_RATES = ("constant", "invscaling", "adaptive")
 BACKEND_NAMES = ("auto", "numpy", "cuda")
 
 
@@ -151,18 +168,21 @@ class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: checks, the training loop, pickling."""
 
     def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, solver: str = "adam",
-                 alpha: float = 0.0001, batch_size: int | str = "auto", learning_rate_init: float = 0.001,
-                 max_iter: int = 200, shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
-                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
-                 early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
-                 beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 alpha: float = 0.0001, batch_size: int | str = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Any = None, tol: float = 1e-4, verbose: bool = False, warm_start: bool = False,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
                  backend: str = "auto", dtype: str = "float32", precision: str = "float32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
@@ -170,12 +190,14 @@ class _BaseMLP(BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
         self.precision = precision
@@ -202,7 +224,7 @@ class _BaseMLP(BaseEstimator):
                              "solver='adam' or 'sgd'")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {self.solver!r}")
-        for name in ("shuffle", "warm_start", "early_stopping"):   # as scikit-learn's: not read by truth value
+        for name in ("shuffle", "warm_start", "early_stopping", "nesterovs_momentum"):   # not read by truth value
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {v!r}")
@@ -221,6 +243,15 @@ class _BaseMLP(BaseEstimator):
             if not ok:
                 raise ValueError(f"{name} must be a number in {'[' if lo_closed else '('}{lo}, {hi}"
                                  f"{']' if name == 'momentum' else ')'}, got {v!r}")
+        if not isinstance(self.learning_rate, str) or self.learning_rate not in LEARNING_RATES:
+            raise ValueError(f"learning_rate must be one of {', '.join(map(repr, LEARNING_RATES))}, "
+                             f"got {self.learning_rate!r}")
+        v = self.power_t
+        if not (_is_number(v) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"power_t must be a number in [0, inf), got {v!r}")
+        v = self.max_fun     # scikit-learn's lbfgs budget: checked as there, unused (lbfgs is refused)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"max_fun must be a positive integer, got {v!r}")
         if self.solver == "sgd" and self.momentum >= 1:
             raise ValueError(f"momentum must be below 1 for solver='sgd', got {self.momentum!r}")
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
@@ -322,10 +353,35 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = None
 
     def _make_optimizer(self, c: float) -> Optimizer:
-        """The optimizer of `solver`, adjusted for a loss `c` times scikit-learn's (weight decay set per fit)."""
+        """The optimizer of `solver`, adjusted for a loss `c` times scikit-learn's (weight decay set per fit).
+
+        SGD's schedule is the optimizer's, as scikit-learn's: taken from `learning_rate` and `power_t`
+        here (`_sgd_schedule`, `_sgd_power_t`), kept by partial_fit's later calls; its learning rate on
+        scikit-learn's scale (before the division by `c`) is `_sgd_lr`, from `learning_rate_init`
+        (`_sgd_lr_init`, which `invscaling` scales from)."""
         if self.solver == "adam":
             return Adam(self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon * c)
-        return SGD(self.learning_rate_init / c, momentum=self.momentum)
+        self._sgd_lr = self._sgd_lr_init = float(self.learning_rate_init)
+        self._sgd_schedule, self._sgd_power_t = self.learning_rate, float(self.power_t)
+        return SGD(self.learning_rate_init / c, momentum=self.momentum,
+                   nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
+
+    def _set_sgd_lr(self, lr: float) -> None:
+        """SGD's learning rate set to `lr` (scikit-learn's scale), as scikit-learn's schedules set it
+        between epochs.
+
+        scikit-learn keeps its velocity as steps (`v = momentum v - lr g`), so a new rate applies to new
+        gradients only; gpubp's SGD (PyTorch's) keeps it as gradients (`v = momentum v + g`, a step of
+        `-lr v`), where a new rate would rescale the whole velocity.  Multiplying the velocity by
+        `old / new` at the change makes the two the same steps, Nesterov's included."""
+        opt = self._optimizer
+        c, _ = self._loss_scales()
+        old, new = opt.lr, lr / c
+        velocity = opt.state.get("velocity")
+        if velocity is not None:
+            velocity *= old / new
+        opt.lr = new
+        self._sgd_lr = lr
 
     def _fit(self, X, y, sample_weight, incremental: bool, **kw):
         """Check the call and build the network (`_prepare_fit`), then train it (`_run_epochs`).
@@ -439,6 +495,18 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"sample_weight is too small for alpha={self.alpha!r}: scikit-learn divides the L2 "
                              f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
                              "scale sample_weight up (only its ratios matter to the loss)")
+        fresh = self._optimizer is None or not incremental      # as _run_epochs decides
+        if (self.solver == "sgd" and self.learning_rate == "invscaling") if fresh else \
+                (isinstance(self._optimizer, SGD) and self._sgd_schedule == "invscaling"):
+            # the rate after this call's last epoch, which the velocity's rescaling divides by, must stay
+            # a normal number of the network's dtype (a large power_t drives it to 0)
+            lr0, power = (self.learning_rate_init, self.power_t) if fresh else (self._sgd_lr_init, self._sgd_power_t)
+            seen = self.t_ + (1 if incremental else self.max_iter) * n
+            last = lr0 / (seen + 1) ** power / c
+            if not last >= np.finfo(self.net_.dtype).tiny:
+                raise ValueError(f"learning_rate='invscaling' with power_t={power!r} takes the learning rate to "
+                                 f"{last:.3g} after {seen} samples, below the smallest normal {self.net_.dtype} "
+                                 "number: lower power_t or max_iter")
         return X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental
 
     def _run_epochs(self, X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental) -> None:
@@ -493,12 +561,26 @@ class _BaseMLP(BaseEstimator):
                 self._no_improvement_count = (self._no_improvement_count + 1
                                               if self.loss_ > self.best_loss_ - self.tol else 0)
                 self.best_loss_ = min(self.best_loss_, self.loss_)
+            schedule = self._sgd_schedule if isinstance(self._optimizer, SGD) else None
+            if schedule == "invscaling":
+                # scikit-learn's rate after each epoch: learning_rate_init / (samples seen + 1) ** power_t
+                self._set_sgd_lr(self._sgd_lr_init / (self.t_ + 1) ** self._sgd_power_t)
             if self._no_improvement_count > self.n_iter_no_change:
+                what = "Validation score" if self.early_stopping else "Training loss"
+                msg = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+                if schedule != "adaptive":
+                    if self.verbose:
+                        print(msg + " Stopping.")
+                    break
+                if self._sgd_lr <= 1e-6:
+                    if self.verbose:
+                        print(msg + " Learning rate too small. Stopping.")
+                    break
+                # adaptive: the rate divided by 5, and the count starts again (scikit-learn's trigger_stopping)
+                self._set_sgd_lr(self._sgd_lr / 5.0)
                 if self.verbose:
-                    what = "Validation score" if self.early_stopping else "Training loss"
-                    print(f"{what} did not improve more than tol={self.tol:f} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-                break
+                    print(msg + f" Setting learning rate to {self._sgd_lr:f}")
+                self._no_improvement_count = 0
             if not incremental and epoch == self.max_iter:    # this call's epochs: a warm-started fit warns too
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=_caller_level())
@@ -604,6 +686,14 @@ class _BaseMLP(BaseEstimator):
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
         saved = state.pop("_net_state", None)
+        # estimators pickled before these parameters existed trained as they now do with these values
+        for k, v in (("learning_rate", "constant"), ("power_t", 0.5), ("nesterovs_momentum", False),
+                     ("max_fun", 15000), ("_sgd_schedule", "constant"), ("_sgd_power_t", 0.5)):
+            state.setdefault(k, v)
+        if not self._is_classifier():
+            state.setdefault("loss", "squared_error")
+        for k in ("_sgd_lr", "_sgd_lr_init"):
+            state.setdefault(k, float(state.get("learning_rate_init", 0.001)))
         super().__setstate__(state)
         self._optimizer = None
         if saved is None:
@@ -781,8 +871,33 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     documentation for how each argument maps onto gpubp.
     """
 
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, loss: str = "squared_error",
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 0.001, power_t: float = 0.5,
+                 max_iter: int = 200, shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 max_fun: int = 15000, backend: str = "auto", dtype: str = "float32", precision: str = "float32"):
+        super().__init__(
+            hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+            learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
+            momentum=momentum, nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change, max_fun=max_fun, backend=backend, dtype=dtype, precision=precision)
+        self.loss = loss
+
     def _is_classifier(self) -> bool:
         return False
+
+    def _check_params(self) -> None:
+        if self.loss == "poisson":
+            raise ValueError("loss='poisson' is not supported: gpubp's regressor minimises the squared error "
+                             "(loss='squared_error')")
+        if not isinstance(self.loss, str) or self.loss != "squared_error":
+            raise ValueError(f"loss must be 'squared_error', got {self.loss!r}")
+        super()._check_params()
 
     def _loss_scales(self) -> tuple[float, float]:
         # gpubp's half_sse is 1/2 sum over the outputs, the gradient scikit-learn uses; its reported

@@ -275,19 +275,21 @@ def test_pipeline_clone_cross_val_score_grid_search():
 
 # ---------------------------------------------------------------- parity with scikit-learn's updates
 @pytest.mark.parametrize("case", ["multiclass", "binary", "multilabel", "regression"])
-@pytest.mark.parametrize("solver,alpha,tol_w", [("sgd", 0.0, 1e-12), ("sgd", 0.01, 1e-4), ("adam", 0.0, 1e-3)])
-def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w):
+@pytest.mark.parametrize("solver,alpha,tol_w,nesterov", [("sgd", 0.0, 1e-12, False), ("sgd", 0.0, 1e-12, True),
+                                                         ("sgd", 0.01, 1e-4, True), ("adam", 0.0, 1e-3, True)])
+def test_full_batch_training_matches_sklearn(case, solver, alpha, tol_w, nesterov):
     """Same init (Glorot from random_state, drawn as scikit-learn draws it), same loss, same updates.
 
-    Full batches make the sample order irrelevant.  Plain SGD matches to rounding; with alpha the
-    biases are decayed too (scikit-learn penalises weights only); Adam adds eps where PyTorch does.
+    Full batches make the sample order irrelevant.  SGD, with classical or (scikit-learn's default)
+    Nesterov momentum, matches to rounding; with alpha the biases are decayed too (scikit-learn
+    penalises weights only); Adam adds eps where PyTorch does.
     """
     X, cases = _parity_cases()
     Sk, G, y = cases[case]
     kw = dict(hidden_layer_sizes=(7, 6), activation="tanh", solver=solver, alpha=alpha, batch_size=40,
-              max_iter=5, learning_rate_init=0.05, random_state=3, tol=0, n_iter_no_change=100)
-    extra = {"nesterovs_momentum": False} if solver == "sgd" else {}
-    sk = _fit_quietly(Sk(**kw, **extra), X, y)
+              max_iter=5, learning_rate_init=0.05, random_state=3, tol=0, n_iter_no_change=100,
+              nesterovs_momentum=nesterov)
+    sk = _fit_quietly(Sk(**kw), X, y)
     g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
     for a, b in zip(sk.coefs_, g.coefs_):
         np.testing.assert_allclose(b, a, rtol=0, atol=tol_w)
@@ -309,7 +311,7 @@ def test_weighted_mini_batch_loss_curve_matches_sklearn(case, scale):
     w = np.random.default_rng(4).uniform(0.1, 3.0, len(X)) * scale
     kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.0, batch_size=16, max_iter=4,
               learning_rate_init=0.05, momentum=0.9, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
-    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y, sample_weight=w)
+    sk = _fit_quietly(Sk(**kw), X, y, sample_weight=w)
     g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y, sample_weight=w)
     for a, b in zip(sk.coefs_, g.coefs_):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
@@ -369,7 +371,7 @@ def test_early_stopping_matches_sklearn(case):
     kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=32, max_iter=40,
               learning_rate_init=0.05, random_state=3, tol=1e-3, n_iter_no_change=3, early_stopping=True,
               validation_fraction=0.2)
-    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y)
+    sk = _fit_quietly(Sk(**kw), X, y)
     g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
     assert g.n_iter_ == sk.n_iter_ < 40
     np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9, atol=1e-12)
@@ -503,7 +505,7 @@ def test_warm_start_fits_match_sklearn(case):
     Sk, G, y = cases[case]
     kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
               learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100, warm_start=True)
-    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    sk, g = Sk(**kw), G(**kw, backend="numpy", dtype="float64")
     for _ in range(3):
         for est in (sk, g):
             with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
@@ -810,7 +812,7 @@ def test_an_activation_set_after_fitting_is_what_predict_runs_without_a_refit(ca
     Sk, G, y = cases[case]
     kw = dict(hidden_layer_sizes=(7,), activation="relu", solver="sgd", alpha=0.0, batch_size=40, max_iter=3,
               learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100)
-    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y)
+    sk = _fit_quietly(Sk(**kw), X, y)
     g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y)
     for act in ("tanh", "logistic", "identity", "relu"):
         sk.set_params(activation=act)
@@ -1166,7 +1168,7 @@ def test_loss_curve_penalty_counts_every_batch_of_an_uneven_split_as_sklearn():
     y = cases["multiclass"][2]
     kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.5, batch_size=16, max_iter=3,
               learning_rate_init=1e-4, momentum=0.0, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
-    sk = _fit_quietly(SkMLPClassifier(nesterovs_momentum=False, **kw), X, y)
+    sk = _fit_quietly(SkMLPClassifier(**kw), X, y)
     g = _fit_quietly(MLPClassifier(backend="numpy", dtype="float64", **kw), X, y)
     np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-4)
 

@@ -72,7 +72,7 @@ def test_early_stopping_with_sample_weight_matches_sklearn(case):
     kw = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.0, batch_size=32, max_iter=30,
               learning_rate_init=0.05, random_state=3, tol=1e-3, n_iter_no_change=3, early_stopping=True,
               validation_fraction=0.2)
-    sk = _fit_quietly(Sk(**kw, nesterovs_momentum=False), X, y, sample_weight=w)
+    sk = _fit_quietly(Sk(**kw), X, y, sample_weight=w)
     g = _fit_quietly(G(**kw, backend="numpy", dtype="float64"), X, y, sample_weight=w)
     assert g.n_iter_ == sk.n_iter_
     np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9, atol=1e-12)
@@ -286,7 +286,7 @@ def test_weighted_loss_curve_with_alpha_matches_sklearn(case):
     w = np.random.default_rng(4).uniform(0.2, 3.0, len(X))
     kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.5, batch_size=40, max_iter=3,
               learning_rate_init=1e-4, momentum=0.0, shuffle=False, random_state=0, tol=0, n_iter_no_change=100)
-    sk = _fit_quietly(Sk(nesterovs_momentum=False, **kw), X, y, sample_weight=w)
+    sk = _fit_quietly(Sk(**kw), X, y, sample_weight=w)
     g = _fit_quietly(G(backend="numpy", dtype="float64", **kw), X, y, sample_weight=w)
     np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-4)
 

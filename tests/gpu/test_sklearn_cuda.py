@@ -48,6 +48,22 @@ def test_cuda_estimator_follows_numpy(Est):
     np.testing.assert_allclose(twin.coefs_[0], gpu.coefs_[0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("schedule", ["invscaling", "adaptive"])
+def test_cuda_sgd_schedules_with_nesterov_follow_numpy(schedule):
+    """solver="sgd" with Nesterov momentum (scikit-learn's default) and a changing rate: the sgd_update
+    kernel's Nesterov flag, and the velocity rescaled on the device at each change of rate."""
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300] / 16.0, y[:300]
+    kw = dict(hidden_layer_sizes=(32,), solver="sgd", learning_rate=schedule, learning_rate_init=0.05,
+              max_iter=8, batch_size=64, tol=10.0, n_iter_no_change=1, random_state=0, dtype="float64")
+    ref = _fit(MLPClassifier(backend="numpy", **kw), X, y)
+    gpu = _fit(MLPClassifier(backend="cuda", **kw), X, y)
+    assert gpu.net_.optimizer.nesterov and gpu._sgd_lr == ref._sgd_lr < 0.05
+    for a, b in zip(ref.coefs_, gpu.coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gpu.loss_curve_, ref.loss_curve_, rtol=1e-9)
+
+
 def test_cuda_float32_scores_like_numpy():
     X, y = load_digits(return_X_y=True)
     X = X / 16.0

@@ -38,7 +38,7 @@ def switch_activation(case, hidden_layer_sizes, how):
     kw = dict(hidden_layer_sizes=hidden_layer_sizes, activation="relu", solver="sgd", alpha=0.0, batch_size=40,
               max_iter=3, learning_rate_init=0.05, momentum=0.9, random_state=3, tol=0, n_iter_no_change=100,
               warm_start=True)
-    sk, g = Sk(**kw, nesterovs_momentum=False), G(**kw, backend="numpy", dtype="float64")
+    sk, g = Sk(**kw), G(**kw, backend="numpy", dtype="float64")
     for est in (sk, g):
         fit_quietly(est, X, y)
         est.set_params(activation="tanh")
