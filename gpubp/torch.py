@@ -312,6 +312,8 @@ class _FusedMLPFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         spec = ctx.spec
         L = len(spec.sizes) - 1
+        if _IS_LEGACY_BATCHED is not None and _IS_LEGACY_BATCHED(grad_out):
+            raise RuntimeError(_NO_BATCHED_GRADS)   # vmap's own error came from inside, about aten::copy_
         saved = ctx.saved_tensors           # raises if any was modified in place or already freed
         x, params, rest = saved[0], saved[1:1 + 2 * L], saved[1 + 2 * L:]
         need_x, need_p = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
@@ -347,8 +349,14 @@ _NO_TRANSFORMS = ("FusedMLP does not support torch.func transforms (vmap, grad, 
                   "torch.autograd.functional.jacobian) on ordinary tensors")
 
 
+_NO_BATCHED_GRADS = (_NO_TRANSFORMS + "; nor batched incoming gradients (torch.autograd.grad(..., "
+                     "is_grads_batched=True), torch.autograd.functional.jacobian(..., vectorize=True)): "
+                     "leave them unbatched (vectorize=False)")
+
 #: torch's test for a tensor wrapped by a torch.func transform (None where this torch has none)
 _IS_FUNCTORCH_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+#: torch's test for the batched incoming gradients of `is_grads_batched=True` (its legacy vmap)
+_IS_LEGACY_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
 
 
 def _refuse_transforms(tensors) -> None:
@@ -455,8 +463,10 @@ class FusedMLP(nn.Module):
     for the deltas) until its backward, which frees it (with
     `retain_graph=True` the activations stay for a further backward); under
     `torch.no_grad`, or when nothing requires grad, only the output is kept.
-    Double backward, torch.func transforms (vmap, grad, jacrev, ...) and
-    forward-mode AD are not supported (each raises a RuntimeError saying so).
+    Double backward, torch.func transforms (vmap, grad, jacrev, ...),
+    batched incoming gradients (`is_grads_batched=True`, `jacobian(...,
+    vectorize=True)`) and forward-mode AD are not supported (each raises a
+    RuntimeError saying so).
     """
 
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", precision="float32",

@@ -437,6 +437,20 @@ def test_torch_func_transforms_are_refused_in_fusedmlps_words(transform):
         transform(net, x)
 
 
+@pytest.mark.parametrize("batched", [
+    lambda net, x: torch.autograd.functional.jacobian(net, x, vectorize=True),
+    lambda net, x: torch.autograd.grad(net(x.requires_grad_(True)), x, torch.ones(2, 5, 2, dtype=x.dtype),
+                                       is_grads_batched=True),
+], ids=["jacobian_vectorize", "is_grads_batched"])
+def test_batched_incoming_gradients_are_refused_in_fusedmlps_words(batched):
+    """`jacobian(vectorize=True)` and `autograd.grad(is_grads_batched=True)` vmap the backward over
+    the incoming gradients: it failed with vmap's words about `aten::copy_` from inside it."""
+    net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="FusedMLP does not support torch.func transforms.*is_grads_batched"):
+        batched(net, x)
+
+
 def test_forward_mode_ad_is_refused_in_fusedmlps_words():
     import torch.autograd.forward_ad as fwAD
     net = FusedMLP([3, 4, 2], seed=0, dtype=torch.float64)
