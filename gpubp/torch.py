@@ -133,7 +133,9 @@ def _reads_output(activation: str) -> bool:
 
 # --------------------------------------------------------------------------- devices
 class _HostBridge:
-    """CPU tensors <-> numpy arrays, sharing memory."""
+    """CPU tensors <-> numpy arrays, sharing memory; the passes run with numpy's floating-point
+    error handling off (`context`): inf and NaN propagate silently, as through `nn.Linear`, with
+    no RuntimeWarning, nor numpy's FloatingPointError under the caller's `np.seterr(all="raise")`."""
 
     backend_name = "numpy"
 
@@ -149,7 +151,7 @@ class _HostBridge:
         return torch.from_numpy(a)
 
     def context(self):
-        return contextlib.nullcontext()
+        return np.errstate(all="ignore")
 
     @staticmethod
     def activation_grad(name, delta, a, z):

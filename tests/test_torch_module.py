@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -477,6 +478,24 @@ def test_a_derivative_through_the_incoming_gradient_is_refused():
     (gx,) = torch.autograd.grad(net(x.requires_grad_(True)), x, grad_outputs=v, create_graph=True)
     with pytest.raises(RuntimeError, match="FusedMLP does not support double backward"):
         torch.autograd.grad((gx * u).sum() + v.pow(2).sum(), v)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+def test_values_that_are_not_finite_propagate_as_through_nn_linear_without_numpys_warnings(activation):
+    """As nn.Linear, the CPU module gives inf and NaN silently: numpy's warnings ('invalid value
+    encountered in matmul'), and under np.seterr(all="raise") its FloatingPointError, came from
+    inside the passes."""
+    net = FusedMLP([3, 4, 2], activation=activation, seed=0, dtype=torch.float64)
+    x = torch.tensor([[float("inf"), 1.0, 0.0], [1e200, -1e200, 1.0], [0.5, -0.5, 1.0]], dtype=torch.float64)
+    w = torch.randn(3, 2, dtype=torch.float64)
+    ref_out, ref_gx, ref_gp = grads_of(net.to_sequential(), x, w)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, gx, gp = grads_of(net, x, w)
+    assert torch.equal(out.isnan(), ref_out.isnan()) and torch.allclose(out, ref_out, equal_nan=True)
+    assert torch.equal(gx.isnan(), ref_gx.isnan()) and torch.allclose(gx, ref_gx, equal_nan=True)
+    assert all(torch.equal(g.isnan(), r.isnan()) for g, r in zip(gp, ref_gp))
+    assert np.geterr()["invalid"] != "ignore"        # numpy's settings are the caller's again
 
 
 def test_empty_batch():
