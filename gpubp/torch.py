@@ -568,6 +568,10 @@ class FusedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"FusedMLP takes a torch.Tensor, got {type(x).__name__}")
+        if x.is_nested or x.layout != torch.strided:     # nn.Linear takes them; the backends take dense arrays
+            kind, to = ("nested", "x.to_padded_tensor(0.0)") if x.is_nested else ("sparse", "x.to_dense()")
+            raise ValueError(f"input x is a {kind} tensor (layout {x.layout}); FusedMLP takes a dense one: "
+                             f"convert it with {to}")
         self._check_parameter_shapes()
         params = [t for Wb in self.layers() for t in Wb]
         p = params[0]

@@ -527,6 +527,22 @@ def test_bad_inputs_are_refused_clearly():
 
 
 
+@pytest.mark.filterwarnings("ignore:(Sparse CSR|The PyTorch API of nested):UserWarning")
+@pytest.mark.parametrize("make", [
+    lambda x: x.to_sparse(),
+    lambda x: x.to_sparse_csr(),
+    lambda x: torch.nested.nested_tensor([x[:1], x[1:]], layout=torch.jagged),
+    lambda x: torch.nested.nested_tensor([x[:1], x[1:]]),
+], ids=["sparse_coo", "sparse_csr", "nested_jagged", "nested_strided"])
+def test_a_sparse_or_nested_input_is_refused_naming_x(make):
+    """nn.Linear takes these; FusedMLP's passes take a dense array, and it failed with torch's
+    words from inside ('reshape is not implemented for sparse tensors', 'cannot view shape')."""
+    net = FusedMLP([3, 4, 2], seed=0)
+    x = make(torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"input x is a (sparse|nested) tensor.*dense"):
+        net(x)
+
+
 def test_an_input_on_another_device_than_the_parameters_is_refused():
     """As nn.Linear refuses an input on another device: here parameters on the meta device, x on the CPU."""
     net = FusedMLP([3, 4, 2], seed=0, device="meta")
