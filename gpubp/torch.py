@@ -520,8 +520,10 @@ class FusedMLP(nn.Module):
             W, b = (torch.empty(shape, dtype=dtype, device="meta" if meta else "cpu")
                     for shape in ((n_out, n_in), (n_out,)))
             if not meta:
-                W.uniform_(-bound, bound, generator=gen)
-                b.uniform_(-bound, bound, generator=gen)
+                # nn.Linear's own calls: kaiming_uniform_'s bound is 1/sqrt(fan_in) up to rounding only,
+                # which changed the last bit of float64 weights
+                nn.init.kaiming_uniform_(W, a=math.sqrt(5), generator=gen)
+                nn.init.uniform_(b, -bound, bound, generator=gen)
             out.append((W, b))
         return out
 

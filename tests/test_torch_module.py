@@ -57,6 +57,19 @@ def test_init_equals_nn_linear_from_the_same_seed():
     assert not torch.equal(FusedMLP([4, 6, 3], seed=124).weight_1, net.weight_1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_init_equals_nn_linear_of_the_dtype_bit_for_bit(dtype):
+    """nn.Linear draws its weight with kaiming_uniform_(a=sqrt(5)), whose bound
+    sqrt(3) * sqrt(2 / (1 + a**2)) / sqrt(fan_in) is 1/sqrt(fan_in) only up to rounding: FusedMLP
+    drew within 1/sqrt(fan_in), and its float64 weights differed from nn.Linear's in the last bit
+    for most fan_in (here 5 and 8)."""
+    net = FusedMLP([5, 8, 3, 2], seed=42, dtype=dtype)
+    torch.manual_seed(42)
+    ref = [nn.Linear(5, 8, dtype=dtype), nn.Linear(8, 3, dtype=dtype), nn.Linear(3, 2, dtype=dtype)]
+    for (W, b), lin in zip(net.layers(), ref):
+        assert torch.equal(W, lin.weight) and torch.equal(b, lin.bias)
+
+
 def test_reset_parameters_draws_the_constructors_numbers_in_place():
     """nn.Linear's `reset_parameters`, which meta-device initialisation (`to_empty`, FSDP's) calls:
     FusedMLP had none, so its parameters could not be initialised after `to_empty` (memory left
