@@ -374,11 +374,18 @@ _NO_EXPORT = ("FusedMLP cannot be exported (torch.export, the ONNX exporter): it
               "PyTorch's operators; export the equivalent FusedMLP.to_sequential() instead")
 
 
+_NO_JIT = ("FusedMLP cannot be compiled to TorchScript (torch.jit.trace, torch.jit.script): its passes run "
+           "outside PyTorch's operators, as a Python call a TorchScript module can neither check nor save; "
+           "trace or script the equivalent FusedMLP.to_sequential() instead (or use torch.compile)")
+
+
 @torch.compiler.disable(reason="gpubp runs its own kernels: torch.compile treats FusedMLP as a graph break "
                                "(and torch.export cannot export it: export FusedMLP.to_sequential() instead)")
 def _fused_apply(spec: _Spec, x, params):
     if torch.compiler.is_exporting():      # non-strict export traces with fake tensors, which have no data
         raise RuntimeError(_NO_EXPORT)
+    if torch.jit.is_tracing():             # a trace replays `keep` as traced (under no_grad: record nothing)
+        raise RuntimeError(_NO_JIT)
     _refuse_transforms((x, *params))
     keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return _FusedMLPFunction.apply(spec, keep, x, *params)
@@ -467,7 +474,8 @@ class FusedMLP(nn.Module):
     `torch.no_grad`, or when nothing requires grad, only the output is kept.
     Double backward, torch.func transforms (vmap, grad, jacrev, ...),
     batched incoming gradients (`is_grads_batched=True`, `jacobian(...,
-    vectorize=True)`) and forward-mode AD are not supported (each raises a
+    vectorize=True)`), forward-mode AD and TorchScript (`torch.jit.trace`,
+    `torch.jit.script`: use `to_sequential()`) are not supported (each raises a
     RuntimeError saying so).
     """
 
@@ -565,6 +573,11 @@ class FusedMLP(nn.Module):
                 if tuple(t.shape) != shape:
                     raise ValueError(f"FusedMLP's {name} has shape {tuple(t.shape)}; layer {l} of layer_sizes "
                                      f"{list(self.layer_sizes)} takes {shape}")
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: refuse in FusedMLP's words (the compiler's own error was
+        about the forward's source)."""
+        raise RuntimeError(_NO_JIT)
 
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """gpubp.torch.FusedMLP: gradients, training, serialisation, compile and DDP equal PyTorch's own modules."""
 
+import contextlib
 import datetime
 import io
 import socket
@@ -849,6 +850,25 @@ def test_torch_export_is_refused_pointing_to_to_sequential(strict):
         torch.export.export(net, (x,), strict=strict)
     exported = torch.export.export(net.to_sequential(), (x,), strict=strict)
     assert torch.allclose(exported.module()(x), net(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.parametrize("jit", ["trace", "trace_under_no_grad", "script"])
+def test_torchscript_is_refused_pointing_to_to_sequential(jit):
+    """torch.jit.trace failed its own check ('Graphs differed across invocations'); traced under
+    torch.no_grad, the trace kept 'record nothing' and its backward failed with an IndexError;
+    torch.jit.script failed on the forward's source ('Only a single generator is currently
+    supported').  A TorchScript module could not hold gpubp's Python passes anyway (it cannot be
+    saved): each now says so and names what can be scripted or traced, to_sequential()."""
+    net = FusedMLP([3, 4, 2], seed=0)
+    x = torch.randn(5, 3)
+    script = {"trace": lambda m: torch.jit.trace(m, x), "script": torch.jit.script,
+              "trace_under_no_grad": lambda m: torch.jit.trace(m, x, check_trace=False)}[jit]
+    with torch.no_grad() if jit == "trace_under_no_grad" else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match=r"(?s)TorchScript.*FusedMLP\.to_sequential\(\) instead"):
+            script(net)
+        scripted = script(net.to_sequential())
+    assert torch.allclose(scripted(x), net(x), rtol=1e-5, atol=1e-6)
 
 
 def test_torch_compile_inductor():
