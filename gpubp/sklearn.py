@@ -687,13 +687,12 @@ class _BaseMLP(BaseEstimator):
         state = dict(state)
         saved = state.pop("_net_state", None)
         # estimators pickled before these parameters existed trained as they now do with these values
+        # (and their SGD optimizer a constant rate, the only schedule state such a one reads)
         for k, v in (("learning_rate", "constant"), ("power_t", 0.5), ("nesterovs_momentum", False),
-                     ("max_fun", 15000), ("_sgd_schedule", "constant"), ("_sgd_power_t", 0.5)):
+                     ("max_fun", 15000), ("_sgd_schedule", "constant")):
             state.setdefault(k, v)
         if not self._is_classifier():
             state.setdefault("loss", "squared_error")
-        for k in ("_sgd_lr", "_sgd_lr_init"):
-            state.setdefault(k, float(state.get("learning_rate_init", 0.001)))
         super().__setstate__(state)
         self._optimizer = None
         if saved is None:

@@ -82,6 +82,17 @@ def test_adaptive_divides_the_rate_by_5_then_stops_below_1e_6_as_sklearn(case, n
     assert g.n_iter_ == 17 and g._sgd_lr == pytest.approx(0.05 / 5 ** 7)
 
 
+@pytest.mark.parametrize("lr, epochs", [(1e-6, 3), (0.025, 17)])
+def test_adaptive_stops_at_a_rate_of_1e_6_and_cuts_above_it(lr, epochs):
+    """A rate of exactly 1e-6 stops at the first trigger; 1.6e-6 (0.025 / 5**6) is cut once more."""
+    X, y, sk, g = _pair("multiclass", learning_rate="adaptive", learning_rate_init=lr, tol=10.0,
+                        n_iter_no_change=1, max_iter=100)
+    sk.fit(X, y)
+    g.fit(X, y)
+    _same(sk, g)
+    assert g.n_iter_ == epochs
+
+
 def test_adaptive_with_early_stopping_cuts_on_the_validation_score_as_sklearn():
     X, y, sk, g = _pair("multiclass", learning_rate="adaptive", early_stopping=True, validation_fraction=0.25,
                         tol=0.5, n_iter_no_change=2, max_iter=60)
@@ -153,6 +164,14 @@ def test_verbose_reports_the_cuts_and_the_stop_as_sklearn(capsys):
     assert pick(ours)[-1].endswith("Learning rate too small. Stopping.")
 
 
+def test_invscaling_with_power_t_0_is_a_constant_rate():
+    X, y, sk, g = _pair("multiclass", learning_rate="invscaling", power_t=0.0)
+    fit_quietly(sk, X, y)
+    fit_quietly(g, X, y)
+    _same(sk, g)
+    assert g._sgd_lr == 0.05
+
+
 def test_a_rate_that_invscaling_would_take_below_the_dtypes_range_is_refused_before_training():
     X, y, _, g = _pair("multiclass", learning_rate="invscaling", power_t=40.0)
     g.set_params(dtype="float32")
@@ -162,6 +181,35 @@ def test_a_rate_that_invscaling_would_take_below_the_dtypes_range_is_refused_bef
     g.set_params(power_t=5.0)          # 0.05 / 481**5 = 1.9e-15: trains
     fit_quietly(g, X, y)
     assert g._sgd_lr == pytest.approx(0.05 / 481 ** 5)
+
+
+def test_partial_fit_refuses_the_call_that_would_take_invscalings_rate_out_of_range():
+    """Each partial_fit is one epoch of 40 samples: with power_t 22 in float32 the rate after the first is
+    0.05 / 41**22 = 1.7e-37 (a normal number), after the second 0.05 / 81**22 = 5e-44 (not): the second is
+    refused, the estimator kept.  The bound uses the optimizer's power_t, not one set since."""
+    X, y, _, g = _pair("multiclass", learning_rate="invscaling", power_t=22.0)
+    g.set_params(dtype="float32")
+    g.partial_fit(X, y, classes=[0, 1, 2])
+    before = [c.copy() for c in g.coefs_]
+    with pytest.raises(ValueError, match="after 80 samples, below the smallest normal float32"):
+        g.partial_fit(X, y)
+    assert g.t_ == 40 and all(np.array_equal(a, b) for a, b in zip(before, g.coefs_))
+    X, y, _, g = _pair("multiclass", learning_rate="invscaling", power_t=0.5)
+    g.set_params(dtype="float32")
+    g.partial_fit(X, y, classes=[0, 1, 2])
+    g.set_params(power_t=40.0)         # the optimizer's schedule keeps 0.5 until the next fit
+    g.partial_fit(X, y)
+    assert g._sgd_lr == pytest.approx(0.05 / 81 ** 0.5) and g.t_ == 80
+
+
+def test_the_range_is_checked_on_the_rate_the_network_trains_with():
+    """Multilabel on 3 outputs: gpubp's loss is a third of scikit-learn's, its rate 3 times scikit-learn's.
+    With power_t 22.7 the rate after 40 samples is 0.05 / 41**22.7 = 5.6e-39 on scikit-learn's scale (below
+    float32's smallest normal, 1.18e-38) and 1.7e-38 on the network's: it trains."""
+    X, y, _, g = _pair("multilabel", learning_rate="invscaling", power_t=22.7, max_iter=1)
+    g.set_params(dtype="float32")
+    fit_quietly(g, X, y)
+    assert g.net_.optimizer.lr == pytest.approx(3 * 0.05 / 41 ** 22.7)
 
 
 # ---------------------------------------------------------------- Nesterov momentum
@@ -255,21 +303,27 @@ def test_a_pickled_estimator_carries_its_rate_and_schedule_on():
     assert all(np.array_equal(a, b) for a, b in zip(g.coefs_, ref.coefs_))
 
 
-def test_an_estimator_pickled_before_these_parameters_trains_on_as_it_did():
+@pytest.mark.parametrize("case", ["multiclass", "regression"])
+def test_an_estimator_pickled_before_these_parameters_trains_on_as_it_did(case):
     """One pickled before gpubp had nesterovs_momentum and the schedules trained with classical momentum at a
-    constant rate: unpickled, it says so and partial_fit goes on that way."""
-    X, y, _, g = _pair("multiclass", nesterovs_momentum=False)
-    g.partial_fit(X, y, classes=[0, 1, 2])
+    constant rate: unpickled, it says so (scikit-learn's defaults for the rest) and partial_fit goes on
+    that way."""
+    X, y, _, g = _pair(case, nesterovs_momentum=False)
+    g.partial_fit(X, y, **({"classes": [0, 1, 2]} if case == "multiclass" else {}))
     state = g.__getstate__()
-    for k in ("learning_rate", "power_t", "nesterovs_momentum", "max_fun", "_sgd_schedule", "_sgd_power_t",
-              "_sgd_lr", "_sgd_lr_init"):
+    new = ["learning_rate", "power_t", "nesterovs_momentum", "max_fun", "_sgd_schedule", "_sgd_power_t",
+           "_sgd_lr", "_sgd_lr_init"] + (["loss"] if case == "regression" else [])
+    for k in new:
         del state[k]
     state["_net_state"]["optimizer"]["hyper"].pop("nesterov")
-    old = MLPClassifier.__new__(MLPClassifier)
+    old = type(g).__new__(type(g))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         old.__setstate__(state)
-    assert old.get_params()["nesterovs_momentum"] is False and old.learning_rate == "constant"
+    params = old.get_params()
+    assert {k: params[k] for k in ("learning_rate", "power_t", "nesterovs_momentum", "max_fun")} == \
+        {"learning_rate": "constant", "power_t": 0.5, "nesterovs_momentum": False, "max_fun": 15000}
+    assert case == "multiclass" or params["loss"] == "squared_error"
     for est in (g, old):
         est.partial_fit(X, y)
     assert all(np.array_equal(a, b) for a, b in zip(g.coefs_, old.coefs_))
