@@ -362,7 +362,7 @@ def _make_optimizer(args):
 
 
 def _say(msg, bar):
-    if bar is not None:
+    if bar is not None and sys.stdout is not None:
         bar.write(msg, file=sys.stdout)
     else:
         print(msg, flush=True)
@@ -840,7 +840,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"DATA {args.data!r}: {e}") from None
     P = np.asarray(P)
     if args.out is None:
-        sys.stdout.write("\n".join(_format_rows(P)) + "\n")
+        print("\n".join(_format_rows(P)))   # print: discarded, not an error, when stdout is closed (None)
         return 0
     try:
         _write_predictions(args.out, P, out_suffix)
@@ -1218,7 +1218,8 @@ def main(argv=None) -> int:
             rc = _main(argv)
         finally:                   # also after --help and usage errors (SystemExit)
             warnings.formatwarning = shown
-            sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
+            if sys.stdout is not None:   # None: started with stdout closed, where print() discards
+                sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
         return rc
     except BrokenPipeError:
         _discard_stdout()
