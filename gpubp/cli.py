@@ -653,6 +653,16 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
                    "it is not comma-separated numbers, so it was taken as a header")
             raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
                              f"({head.strip()[:60]!r}), is the header ({why})" + _separator_hint(head))
+        numbers = [c for c in first_cells if _is_number(c)]
+        if header == "auto" and numbers and not _column_numbers(numbers):
+            # numbers beside a cell that is none ("5.1,,1.4", "5.1,NA,1.4", a trailing comma): a sample with a
+            # value missing rather than names; a header of names (or of column numbers, as pandas writes) has none
+            col = next(i for i, c in enumerate(first_cells, start=1) if not _is_number(c))
+            print(f"gpubp predict: warning: line {first} of DATA {path!r} ({head.strip()[:60]!r}) was taken as a "
+                  f"header, as column {col} is {first_cells[col - 1]!r}, not a number, but {len(numbers)} of its "
+                  f"{len(first_cells)} cells are numbers: if it is a sample with a value missing, it was skipped; "
+                  "--header no reads it (and reports the missing value), --header yes skips it without this "
+                  "warning", file=sys.stderr)
     elif header == "auto" and len(first_cells) >= 2 and _column_numbers(first_cells):
         print(f"gpubp predict: warning: line {rows[0][0]} of DATA {path!r} ({rows[0][1].strip()[:60]!r}) counts "
               "the columns, as a header of unnamed columns does (pandas' to_csv), but it was read as a sample; "

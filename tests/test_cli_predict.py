@@ -543,6 +543,28 @@ def test_predict_csv_quoted_cells_after_a_space(capsys, tmp_path, classifier):
     np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
 
 
+@pytest.mark.parametrize("first", ["5.1,,1.4,0.2", "5.1,NA,1.4,0.2", "5.1,3.5,1.4,0.2,"])
+def test_predict_csv_first_sample_with_a_missing_value_is_not_skipped_silently(capsys, tmp_path, classifier, first):
+    """A first line of numbers with a cell missing (empty, NA, a trailing comma) is not all numbers, so it is
+    taken as a header: one prediction fewer, every one a line off. The same line anywhere else is an error;
+    first it is warned of, naming the cell, and --header no reports it as the error it is."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:3]) + "\n"
+    (tmp_path / "m.csv").write_text(first + "\n" + rows)
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "m.csv", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == 3
+    assert "warning: line 1 of DATA" in err and "taken as a header" in err and "--header no" in err, err
+    assert "usage" not in err and "Traceback" not in err
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "m.csv", "--header", "no")
+    assert "line 1, column" in err
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "m.csv", "--header", "yes", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err and len(out.split()) == 3
+    # headers: names, pandas' ",a,b,c,d" and ",0,1,2,3" (an index column, unnamed columns): no warning
+    for head in ("a,b,c,d", ",a,b,c,d", ",0,1,2,3", "id,0,1,2"):
+        (tmp_path / "h.csv").write_text(head + "\n" + rows)
+        assert "warning" not in run(capsys, "predict", ckpt, tmp_path / "h.csv", "--backend", "numpy")[2], head
+
+
 def test_predict_csv_column_numbers_warning_from_two_columns(capsys, tmp_path):
     """A first line "0,1" counts two columns (warned of); a first line "0" of a one-input network is a value."""
     net2, ck2 = _save_net(tmp_path, [2, 3, 2], "two.npz")
