@@ -448,6 +448,9 @@ def cmd_train(args) -> int:
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except MemoryError:          # --n-samples beyond the memory: no numpy traceback
+        raise UsageError(f"{args.dataset} of {args.n_samples} samples does not fit in memory: give a smaller "
+                         "--n-samples") from None
     sizes = _resolve_layers(args, ds)
     if args.loss in LOGIT_LOSSES and args.output_activation != "identity":
         raise UsageError(f"--loss {args.loss} takes logits (the softmax/sigmoid is fused into it): "
@@ -494,6 +497,8 @@ def cmd_train(args) -> int:
         net.fit(ds.X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                 shuffle=True, validation=(X_held, Y_held), standardize=args.standardize, callbacks=[report], verbose=0,
                 grad_norms=args.grad_norms, comm=comm)
+    except ValueError as e:      # data fit refuses, e.g. features beyond the dtype's range (a huge --noise)
+        raise UsageError(f"the {ds.name} data cannot be trained on: {e}") from None
     except FloatingPointError as e:
         if root:     # with --distributed every rank raises the same error (decided on the summed losses)
             print(f"gpubp train: {e}", file=sys.stderr)

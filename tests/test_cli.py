@@ -283,6 +283,10 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--dataset", "moons", "--n-samples", "5"], "moons has too few samples (5;"),
     (["--save", "/nonexistent-dir/x.npz"], "does not exist"),
     (["--noise", "0.1"], "n_samples and noise apply"),
+    (["--dataset", "xor", "--n-samples", str(10**15)], "does not fit in memory"),
+    (["--dataset", "moons", "--n-samples", str(10**15)], "does not fit in memory"),
+    (["--dataset", "moons", "--noise", "1e40", "--hidden", "2", "--epochs", "1", "--backend", "numpy"],
+     "the moons data cannot be trained on: mean overflows float32"),
     (["--frobnicate"], "unrecognized arguments"),
 ])
 def test_train_bad_options_are_usage_errors(capsys, argv, message):
