@@ -938,7 +938,7 @@ def cmd_explain(args) -> int:
                                     lr=args.lr, seed=args.seed, weights=weights, weights_is_text=is_text,
                                     weights_name=wname)
         trace = explain.trace_step(**prob.trace_args())
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, MemoryError) as e:   # MemoryError: a network too large, said by MLP
         raise UsageError(str(e)) from None
     trace["weights_from"] = prob.weights_from
     trace["description"] = prob.description
@@ -1044,8 +1044,11 @@ def cmd_gradcheck(args) -> int:
           f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
     worst, failures, runs = 0.0, [], 0
     for loss, act, out_act, net in configs:
-        X, Y = random_problem(net, args.batch, args.seed)
-        value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+        try:
+            X, Y = random_problem(net, args.batch, args.seed)
+            value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+        except MemoryError:
+            raise UsageError(f"--batch {args.batch} does not fit in memory: give a smaller one") from None
         absd = max_abs_errors(an, nu)
         runs += 1
         name = ",".join(act) if len(sizes) > 2 else "no hidden layer"   # an activation unused is not named

@@ -349,6 +349,7 @@ def test_gradcheck_bad_options(capsys):
     assert "at least the input and output" in usage_error(capsys, "gradcheck", "--layers", "5")
     assert "smaller one" in usage_error(capsys, "gradcheck", "--layers", "200,200")
     assert "invalid choice" in usage_error(capsys, "gradcheck", "--kind", "mean")
+    assert "does not fit in memory" in usage_error(capsys, "gradcheck", "--backend", "numpy", "--batch", str(10**15))
     # refused before anything is printed (the header line used to come first)
     out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2", "--activation",
                            "relu,tanh", with_stdout=True)

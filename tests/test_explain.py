@@ -558,6 +558,7 @@ def test_the_text_of_a_batch_writes_dW_with_the_spec_transpose(capsys):
     (["--input", "a,b"], "must be numbers"),
     (["--lr", "0"], "positive number"),
     (["--json", "--step"], "not allowed with"),
+    (["--layers", f"2,{10**12},1", "--seed", "0"], "bytes of numpy memory are free"),
 ])
 def test_bad_options_are_usage_errors(capsys, argv, message):
     assert message in usage_error(capsys, "explain", *argv)
