@@ -253,6 +253,10 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # ---------------------------------------------------------------- train
+#: `gpubp train`'s default hidden activation: this very list when --activation was not given
+_TRAIN_ACTIVATION = ["relu"]
+
+
 def _add_train(sub):
     from .data import DATASETS
 
@@ -282,7 +286,7 @@ def _add_train(sub):
     sz.add_argument("--hidden", type=_sizes, default=None, metavar="H1,...",
                     help="hidden layer sizes only; inputs and outputs are taken from the data "
                          "(default 128)")
-    g.add_argument("--activation", type=_activations, default=["relu"], metavar="NAME[,NAME...]",
+    g.add_argument("--activation", type=_activations, default=_TRAIN_ACTIVATION, metavar="NAME[,NAME...]",
                    help=f"hidden activation, or one per hidden layer: {', '.join(ACTIVATIONS)}")
     g.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
                    help="output activation (identity for the cross-entropy losses, which take logits)")
@@ -455,6 +459,9 @@ def cmd_train(args) -> int:
     if args.loss in LOGIT_LOSSES and args.output_activation != "identity":
         raise UsageError(f"--loss {args.loss} takes logits (the softmax/sigmoid is fused into it): "
                          f"--output-activation must be identity, not {args.output_activation}")
+    if len(sizes) == 2 and args.activation is not _TRAIN_ACTIVATION:   # given, and it would be dropped unseen
+        raise UsageError(f"--layers {','.join(map(str, sizes))} has no hidden layer to give --activation "
+                         f"{','.join(args.activation)}; the output's activation is --output-activation")
     activation = _hidden_activation(args.activation, len(sizes) - 2)
     opt = _make_optimizer(args)
     comm = None
@@ -482,7 +489,8 @@ def cmd_train(args) -> int:
     X_held, y_held = (ds.X_val, ds.y_val) if len(ds.y_val) else (ds.X_test, ds.y_test)
     Y_held = targets_for(y_held, args.loss, n_out, np.float64)
     say(f"data: {ds.summary()}")
-    say(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
+    acts = activation if isinstance(activation, str) else ','.join(activation)
+    say(f"network: {sizes}, {'no hidden layer' if len(sizes) == 2 else 'activation ' + acts}, "
         f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
         + (f"precision {args.precision}, " if args.precision != "float32" else "") + f"init {args.init}"
         + (", inputs standardised by the network" if args.standardize else ""))

@@ -144,6 +144,16 @@ def test_train_layers_that_match_the_data_are_used_as_given(capsys, layers, prin
     assert rc == 0 and f"network: {printed}," in out
 
 
+def test_train_without_hidden_layers_names_no_activation_and_refuses_one(capsys):
+    """--layers 4,3 has no hidden layer: the summary said "activation relu" (or the --activation given, which
+    was dropped unseen); explain refuses such an activation, and so does train."""
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--layers", "4,3", "--epochs", "1", "--no-progress",
+                     "--backend", "numpy")
+    assert rc == 0 and "network: [4, 3], no hidden layer, output identity," in out and "relu" not in out
+    err = usage_error(capsys, "train", "--dataset", "iris", "--layers", "4,3", "--activation", "tanh")
+    assert "--layers 4,3 has no hidden layer to give --activation tanh" in err and "--output-activation" in err
+
+
 def test_train_prints_the_test_loss_and_accuracy_of_the_network_it_saves(capsys, tmp_path):
     from gpubp.data import accuracy, load_dataset, targets_for
 
