@@ -747,10 +747,33 @@ def _read_npy(path) -> np.ndarray:
                 what = ("a zip archive (.npz, such as a checkpoint)" if magic.startswith(_ZIP_MAGIC) else
                         "the file is empty" if not magic else "it does not begin with the .npy format's magic bytes")
                 raise UsageError(f"DATA {path!r} is not a .npy array: {what}")
+            _check_npy_size(path, f)
             f.seek(0)
             return np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+    except MemoryError:
+        raise UsageError(f"DATA {path!r} does not fit in memory") from None
+
+
+def _check_npy_size(path, f) -> None:
+    """Refuse a .npy file whose header declares more data than the file holds (cut short or damaged), before
+    numpy allocates the declared shape (a MemoryError for a large one)."""
+    import os
+
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:                   # another version: np.load says what it makes of it
+        return
+    shape, _, dtype = read(f)
+    if dtype.hasobject:                # a pickle: np.load refuses it
+        return
+    need = math.prod(shape) * dtype.itemsize
+    have = os.fstat(f.fileno()).st_size - f.tell()
+    if have < need:
+        raise UsageError(f"DATA {path!r} is cut short: its header declares shape {shape} of {dtype} ({need} bytes) "
+                         f"but only {have} follow")
 
 
 def _read_data(path, header="auto") -> np.ndarray:

@@ -453,6 +453,27 @@ def test_predict_npy_that_numpy_cannot_read_is_a_usage_error(capsys, tmp_path, c
         assert f"DATA {str(tmp_path / name)!r} cannot be read as a .npy array" in err, err
 
 
+def test_predict_npy_larger_than_its_file_or_the_memory_is_a_usage_error(capsys, tmp_path, classifier, monkeypatch):
+    """A damaged or cut .npy whose header declares more data than follows: said so, nothing allocated (numpy
+    tried to allocate the declared shape, and a MemoryError came out as a traceback)."""
+    from numpy.lib import format as npformat
+
+    net, ckpt, X = classifier
+    for shape in ((10**12, 4), (10, 4)):
+        with open(tmp_path / "cut.npy", "wb") as f:
+            npformat.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            f.write(b"\0" * 64)
+        err = usage_error(capsys, "predict", ckpt, tmp_path / "cut.npy", "--backend", "numpy")
+        assert f"is cut short: its header declares shape {shape} of float64" in err and "only 64 follow" in err, err
+    np.save(tmp_path / "x.npy", X)           # an array larger than the memory: one line, no traceback
+
+    def too_large(*a, **k):
+        raise MemoryError("Unable to allocate 29.1 TiB")
+    monkeypatch.setattr(np, "load", too_large)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert "does not fit in memory" in err
+
+
 class _Touch:
     """Unpickling it creates the file `path`: a stand-in for code that a pickle runs when it is loaded."""
 
