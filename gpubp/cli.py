@@ -366,7 +366,7 @@ def _make_optimizer(args):
 
 
 def _say(msg, bar):
-    if bar is not None and sys.stdout is not None:
+    if bar is not None:
         bar.write(msg, file=sys.stdout)
     else:
         print(msg, flush=True)
