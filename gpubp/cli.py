@@ -870,6 +870,9 @@ def cmd_predict(args) -> int:
         if X.shape[1] == net.sizes[0] + 1 and X.shape[0] > 1 and _column_numbers([f"{v:g}" for v in X[:, 0]]):
             hint = ("; its first column counts the rows (0, 1, 2, ...), as the index pandas' to_csv writes: "
                     "write the file with index=False, or drop that column")
+        elif X.shape[0] == 1 and net.sizes[0] == 1:   # a 1-D .npy (or one line) of values: one sample
+            hint = (f"; that is one sample of {X.shape[1]} values: for {X.shape[1]} samples of one input give one "
+                    "value per line, or save a column (np.save(FILE, x.reshape(-1, 1)))")
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
                          f"inputs{hint}")
     if args.proba and net.loss not in LOGIT_LOSSES:

@@ -423,6 +423,15 @@ def test_predict_one_sample_from_a_1d_npy_or_a_single_line(capsys, tmp_path, cla
         np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
 
 
+def test_predict_1d_npy_for_a_one_input_network_says_how_to_give_samples(capsys, tmp_path):
+    """A 1-D .npy of N values is one sample of N inputs: for a network of one input the error says how to
+    give N samples (one per row), not only that the "columns" do not match."""
+    _, ck = _save_net(tmp_path, [1, 3, 1])
+    np.save(tmp_path / "x.npy", np.linspace(0, 1, 5))
+    err = usage_error(capsys, "predict", ck, tmp_path / "x.npy", "--backend", "numpy")
+    assert "has 5 columns but the network takes 1 inputs" in err and "x.reshape(-1, 1)" in err, err
+
+
 @pytest.mark.parametrize("name, write", [
     ("empty.csv", lambda p: p.write_bytes(b"")),
     ("blank.csv", lambda p: p.write_text("\n  \n# only a comment\n\n")),
