@@ -311,7 +311,8 @@ def _add_train(sub):
                    help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
     g = p.add_argument_group("output")
-    g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
+    g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training (none when training is interrupted, e.g. by Ctrl-C: the "
+                        "command ends with status 130)")
     g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG "
                    "(with --grad-norms also PATH's name + '-grad-norms.png')")
     g.add_argument("--grad-norms", action="store_true",
