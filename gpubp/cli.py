@@ -660,6 +660,7 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     lines = re.split(r"\r\n|\n|\r", text)
     rows = [(n, line) for n, line in enumerate(lines, start=1) if line.split("#", 1)[0].strip()]
     first_cells = _csv_cells(rows[0][1]) if rows else []
+    warning = None                     # said once the samples are read: an error in them says enough
     if rows and (header == "yes" or (header == "auto" and not all(_is_number(c) for c in first_cells))):
         first, head = rows.pop(0)      # the first line holds names: a header
         if not rows:
@@ -672,11 +673,11 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
             # numbers beside a cell that is none ("5.1,,1.4", "5.1,NA,1.4", a trailing comma): a sample with a
             # value missing rather than names; a header of names (or of column numbers, as pandas writes) has none
             col = next(i for i, c in enumerate(first_cells, start=1) if not _is_number(c))
-            print(f"gpubp predict: warning: line {first} of DATA {path!r} ({head.strip()[:60]!r}) was taken as a "
-                  f"header, as column {col} is {first_cells[col - 1]!r}, not a number, but {len(numbers)} of its "
-                  f"{len(first_cells)} cells are numbers: if it is a sample with a value missing, it was skipped; "
-                  "--header no reads it (and reports the missing value), --header yes skips it without this "
-                  "warning", file=sys.stderr)
+            warning = (f"gpubp predict: warning: line {first} of DATA {path!r} ({head.strip()[:60]!r}) was taken as "
+                       f"a header, as column {col} is {first_cells[col - 1]!r}, not a number, but {len(numbers)} of "
+                       f"its {len(first_cells)} cells are numbers: if it is a sample with a value missing, it was "
+                       "skipped; --header no reads it (and reports the missing value), --header yes skips it "
+                       "without this warning")
     elif header == "auto" and len(first_cells) >= 2 and _column_numbers(first_cells):
         print(f"gpubp predict: warning: line {rows[0][0]} of DATA {path!r} ({rows[0][1].strip()[:60]!r}) counts "
               "the columns, as a header of unnamed columns does (pandas' to_csv), but it was read as a sample; "
@@ -704,6 +705,8 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
                                  f"{width}; every sample needs the same number of values")
             values.append([float(c) for c in cells])
         X = np.array(values, dtype=np.float64)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     return X, lines
 
 

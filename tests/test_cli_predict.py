@@ -593,6 +593,10 @@ def test_predict_csv_first_sample_with_a_missing_value_is_not_skipped_silently(c
     for head in ("a,b,c,d", ",a,b,c,d", ",0,1,2,3", "id,0,1,2"):
         (tmp_path / "h.csv").write_text(head + "\n" + rows)
         assert "warning" not in run(capsys, "predict", ckpt, tmp_path / "h.csv", "--backend", "numpy")[2], head
+    # a column of names in every line: the error of line 2 says it, without the warning before it
+    (tmp_path / "named.csv").write_text("5.1,3.5,1.4,0.2,setosa\n4.9,3.0,1.4,0.2,setosa\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "named.csv", "--backend", "numpy")
+    assert "line 2, column 5 is 'setosa'" in err and "warning" not in err
 
 
 def test_predict_csv_column_numbers_warning_from_two_columns(capsys, tmp_path):
