@@ -20,6 +20,7 @@ import csv
 import importlib
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -1269,11 +1270,17 @@ def main(argv=None) -> int:
 
     shown = warnings.formatwarning
     warnings.formatwarning = _format_warning    # "gpubp: Category: message", not a source location
+    stderr = sys.stderr
+    if stderr is None:             # started with stderr closed: print(..., file=None) would write into stdout
+        sys.stderr = open(os.devnull, "w")
     try:
         try:
             rc = _main(argv)
         finally:                   # also after --help and usage errors (SystemExit)
             warnings.formatwarning = shown
+            if stderr is None:
+                sys.stderr.close()
+                sys.stderr = stderr
             if sys.stdout is not None:   # None: started with stdout closed, where print() discards
                 sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
         return rc

@@ -199,6 +199,23 @@ def test_a_closed_stdout_discards_the_output(monkeypatch, tmp_path, argv):
         rc = e.code
     assert rc == 0
 
+def test_a_closed_stderr_keeps_its_messages_out_of_the_output(monkeypatch, capsys, tmp_path):
+    """Started with stderr closed (`2>&-`), sys.stderr is None, and print(..., file=None) writes to stdout: a
+    warning and "wrote N predictions" went into the predictions."""
+    import gpubp
+
+    net = gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    net.save(tmp_path / "net.npz")
+    (tmp_path / "x.csv").write_text("0,1\n0.5,0.25\n")      # a first line counting the columns: a warning
+    monkeypatch.setattr(sys, "stderr", None)
+    assert cli.main(["predict", str(tmp_path / "net.npz"), str(tmp_path / "x.csv"), "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert out.split() == [str(v) for v in net.predict(np.array([[0, 1], [0.5, 0.25]]))], out
+    assert cli.main(["predict", str(tmp_path / "net.npz"), str(tmp_path / "x.csv"), "--backend", "numpy",
+                     "--out", str(tmp_path / "p.csv")]) == 0
+    assert capsys.readouterr().out == ""
+
+
 # ---------------------------------------------------------------- strict JSON
 def test_explain_json_is_strict_for_overflowing_values(capsys, tmp_path):
     wf = tmp_path / "big.json"
