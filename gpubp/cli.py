@@ -312,8 +312,9 @@ def _add_train(sub):
                    help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
     g = p.add_argument_group("output")
-    g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training (none when training is interrupted, e.g. by Ctrl-C: the "
-                        "command ends with status 130)")
+    g.add_argument("--save", metavar="PATH", default=None,
+                   help="write a checkpoint (.npz) after training (none when training is interrupted, e.g. by "
+                        "Ctrl-C: the command ends with status 130)")
     g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG "
                    "(with --grad-norms also PATH's name + '-grad-norms.png')")
     g.add_argument("--grad-norms", action="store_true",
@@ -764,8 +765,6 @@ def _read_npy(path) -> np.ndarray:
 def _check_npy_size(path, f) -> None:
     """Refuse a .npy file whose header declares more data than the file holds (cut short or damaged), before
     numpy allocates the declared shape (a MemoryError for a large one)."""
-    import os
-
     f.seek(0)
     version = np.lib.format.read_magic(f)
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
