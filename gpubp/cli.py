@@ -20,6 +20,7 @@ import csv
 import importlib
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -253,6 +254,10 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # ---------------------------------------------------------------- train
+#: `gpubp train`'s default hidden activation: this very list when --activation was not given
+_TRAIN_ACTIVATION = ["relu"]
+
+
 def _add_train(sub):
     from .data import DATASETS
 
@@ -282,7 +287,7 @@ def _add_train(sub):
     sz.add_argument("--hidden", type=_sizes, default=None, metavar="H1,...",
                     help="hidden layer sizes only; inputs and outputs are taken from the data "
                          "(default 128)")
-    g.add_argument("--activation", type=_activations, default=["relu"], metavar="NAME[,NAME...]",
+    g.add_argument("--activation", type=_activations, default=_TRAIN_ACTIVATION, metavar="NAME[,NAME...]",
                    help=f"hidden activation, or one per hidden layer: {', '.join(ACTIVATIONS)}")
     g.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
                    help="output activation (identity for the cross-entropy losses, which take logits)")
@@ -307,7 +312,9 @@ def _add_train(sub):
                    help="weight initialisation: torch (nn.Linear's), xavier (Glorot uniform), kaiming (He normal)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the split, the weights and the shuffling")
     g = p.add_argument_group("output")
-    g.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.npz) after training")
+    g.add_argument("--save", metavar="PATH", default=None,
+                   help="write a checkpoint (.npz) after training (none when training is interrupted, e.g. by "
+                        "Ctrl-C: the command ends with status 130)")
     g.add_argument("--plot", metavar="PATH", default=None, help="write the loss and accuracy curves as a PNG "
                    "(with --grad-norms also PATH's name + '-grad-norms.png')")
     g.add_argument("--grad-norms", action="store_true",
@@ -448,10 +455,16 @@ def cmd_train(args) -> int:
                           standardize_features=False, n_samples=args.n_samples, noise=args.noise)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except MemoryError:          # --n-samples beyond the memory: no numpy traceback
+        raise UsageError(f"{args.dataset} of {args.n_samples} samples does not fit in memory: give a smaller "
+                         "--n-samples") from None
     sizes = _resolve_layers(args, ds)
     if args.loss in LOGIT_LOSSES and args.output_activation != "identity":
         raise UsageError(f"--loss {args.loss} takes logits (the softmax/sigmoid is fused into it): "
                          f"--output-activation must be identity, not {args.output_activation}")
+    if len(sizes) == 2 and args.activation is not _TRAIN_ACTIVATION:   # given, and it would be dropped unseen
+        raise UsageError(f"--layers {','.join(map(str, sizes))} has no hidden layer to give --activation "
+                         f"{','.join(args.activation)}; the output's activation is --output-activation")
     activation = _hidden_activation(args.activation, len(sizes) - 2)
     opt = _make_optimizer(args)
     comm = None
@@ -479,7 +492,8 @@ def cmd_train(args) -> int:
     X_held, y_held = (ds.X_val, ds.y_val) if len(ds.y_val) else (ds.X_test, ds.y_test)
     Y_held = targets_for(y_held, args.loss, n_out, np.float64)
     say(f"data: {ds.summary()}")
-    say(f"network: {sizes}, activation {activation if isinstance(activation, str) else ','.join(activation)}, "
+    acts = activation if isinstance(activation, str) else ','.join(activation)
+    say(f"network: {sizes}, {'no hidden layer' if len(sizes) == 2 else 'activation ' + acts}, "
         f"output {args.output_activation}, loss {args.loss}, {net.n_params} parameters, {args.dtype}, "
         + (f"precision {args.precision}, " if args.precision != "float32" else "") + f"init {args.init}"
         + (", inputs standardised by the network" if args.standardize else ""))
@@ -494,6 +508,8 @@ def cmd_train(args) -> int:
         net.fit(ds.X_train, Y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                 shuffle=True, validation=(X_held, Y_held), standardize=args.standardize, callbacks=[report], verbose=0,
                 grad_norms=args.grad_norms, comm=comm)
+    except ValueError as e:      # data fit refuses, e.g. features beyond the dtype's range (a huge --noise)
+        raise UsageError(f"the {ds.name} data cannot be trained on: {e}") from None
     except FloatingPointError as e:
         if root:     # with --distributed every rank raises the same error (decided on the summed losses)
             print(f"gpubp train: {e}", file=sys.stderr)
@@ -646,6 +662,7 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
     lines = re.split(r"\r\n|\n|\r", text)
     rows = [(n, line) for n, line in enumerate(lines, start=1) if line.split("#", 1)[0].strip()]
     first_cells = _csv_cells(rows[0][1]) if rows else []
+    warning = None                     # said once the samples are read: an error in them says enough
     if rows and (header == "yes" or (header == "auto" and not all(_is_number(c) for c in first_cells))):
         first, head = rows.pop(0)      # the first line holds names: a header
         if not rows:
@@ -653,6 +670,16 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
                    "it is not comma-separated numbers, so it was taken as a header")
             raise UsageError(f"DATA {path!r} holds no samples: its only line of values, line {first} "
                              f"({head.strip()[:60]!r}), is the header ({why})" + _separator_hint(head))
+        numbers = [c for c in first_cells if _is_number(c)]
+        if header == "auto" and numbers and not _column_numbers(numbers):
+            # numbers beside a cell that is none ("5.1,,1.4", "5.1,NA,1.4", a trailing comma): a sample with a
+            # value missing rather than names; a header of names (or of column numbers, as pandas writes) has none
+            col = next(i for i, c in enumerate(first_cells, start=1) if not _is_number(c))
+            warning = (f"gpubp predict: warning: line {first} of DATA {path!r} ({head.strip()[:60]!r}) was taken as "
+                       f"a header, as column {col} is {first_cells[col - 1]!r}, not a number, but {len(numbers)} of "
+                       f"its {len(first_cells)} cells are numbers: if it is a sample with a value missing, it was "
+                       "skipped; --header no reads it (and reports the missing value), --header yes skips it "
+                       "without this warning")
     elif header == "auto" and len(first_cells) >= 2 and _column_numbers(first_cells):
         print(f"gpubp predict: warning: line {rows[0][0]} of DATA {path!r} ({rows[0][1].strip()[:60]!r}) counts "
               "the columns, as a header of unnamed columns does (pandas' to_csv), but it was read as a sample; "
@@ -680,6 +707,8 @@ def _read_csv(path, header="auto") -> tuple[np.ndarray, list[int]]:
                                  f"{width}; every sample needs the same number of values")
             values.append([float(c) for c in cells])
         X = np.array(values, dtype=np.float64)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     return X, lines
 
 
@@ -724,10 +753,31 @@ def _read_npy(path) -> np.ndarray:
                 what = ("a zip archive (.npz, such as a checkpoint)" if magic.startswith(_ZIP_MAGIC) else
                         "the file is empty" if not magic else "it does not begin with the .npy format's magic bytes")
                 raise UsageError(f"DATA {path!r} is not a .npy array: {what}")
+            _check_npy_size(path, f)
             f.seek(0)
             return np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise UsageError(f"DATA {path!r} cannot be read as a .npy array ({e})") from None
+    except MemoryError:
+        raise UsageError(f"DATA {path!r} does not fit in memory") from None
+
+
+def _check_npy_size(path, f) -> None:
+    """Refuse a .npy file whose header declares more data than the file holds (cut short or damaged), before
+    numpy allocates the declared shape (a MemoryError for a large one)."""
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:                   # another version: np.load says what it makes of it
+        return
+    shape, _, dtype = read(f)
+    if dtype.hasobject:                # a pickle: np.load refuses it
+        return
+    need = math.prod(shape) * dtype.itemsize
+    have = os.fstat(f.fileno()).st_size - f.tell()
+    if have < need:
+        raise UsageError(f"DATA {path!r} is cut short: its header declares shape {shape} of {dtype} ({need} bytes) "
+                         f"but only {have} follow")
 
 
 def _read_data(path, header="auto") -> np.ndarray:
@@ -824,6 +874,9 @@ def cmd_predict(args) -> int:
         if X.shape[1] == net.sizes[0] + 1 and X.shape[0] > 1 and _column_numbers([f"{v:g}" for v in X[:, 0]]):
             hint = ("; its first column counts the rows (0, 1, 2, ...), as the index pandas' to_csv writes: "
                     "write the file with index=False, or drop that column")
+        elif X.shape[0] == 1 and net.sizes[0] == 1:   # a 1-D .npy (or one line) of values: one sample
+            hint = (f"; that is one sample of {X.shape[1]} values: for {X.shape[1]} samples of one input give one "
+                    "value per line, or save a column (np.save(FILE, x.reshape(-1, 1)))")
         raise UsageError(f"DATA {args.data!r} has {X.shape[1]} columns but the network takes {net.sizes[0]} "
                          f"inputs{hint}")
     if args.proba and net.loss not in LOGIT_LOSSES:
@@ -840,7 +893,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"DATA {args.data!r}: {e}") from None
     P = np.asarray(P)
     if args.out is None:
-        sys.stdout.write("\n".join(_format_rows(P)) + "\n")
+        print("\n".join(_format_rows(P)))   # print: discarded, not an error, when stdout is closed (None)
         return 0
     try:
         _write_predictions(args.out, P, out_suffix)
@@ -923,7 +976,7 @@ def cmd_explain(args) -> int:
                                     lr=args.lr, seed=args.seed, weights=weights, weights_is_text=is_text,
                                     weights_name=wname)
         trace = explain.trace_step(**prob.trace_args())
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, MemoryError) as e:   # MemoryError: a network too large, said by MLP
         raise UsageError(str(e)) from None
     trace["weights_from"] = prob.weights_from
     trace["description"] = prob.description
@@ -1029,8 +1082,11 @@ def cmd_gradcheck(args) -> int:
           f"eps {args.eps:g}, {args.kind} relative error, threshold {args.threshold:g}")
     worst, failures, runs = 0.0, [], 0
     for loss, act, out_act, net in configs:
-        X, Y = random_problem(net, args.batch, args.seed)
-        value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+        try:
+            X, Y = random_problem(net, args.batch, args.seed)
+            value, errs, an, nu = check(net, X, Y, args.eps, args.kind)
+        except MemoryError:
+            raise UsageError(f"--batch {args.batch} does not fit in memory: give a smaller one") from None
         absd = max_abs_errors(an, nu)
         runs += 1
         name = ",".join(act) if len(sizes) > 2 else "no hidden layer"   # an activation unused is not named
@@ -1213,12 +1269,19 @@ def main(argv=None) -> int:
 
     shown = warnings.formatwarning
     warnings.formatwarning = _format_warning    # "gpubp: Category: message", not a source location
+    stderr = sys.stderr
+    if stderr is None:             # started with stderr closed: print(..., file=None) would write into stdout
+        sys.stderr = open(os.devnull, "w")
     try:
         try:
             rc = _main(argv)
         finally:                   # also after --help and usage errors (SystemExit)
             warnings.formatwarning = shown
-            sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
+            if stderr is None:
+                sys.stderr.close()
+                sys.stderr = stderr
+            if sys.stdout is not None:   # None: started with stdout closed, where print() discards
+                sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
         return rc
     except BrokenPipeError:
         _discard_stdout()

@@ -335,6 +335,11 @@ def example_path(name: str) -> str:
     return f"gpubp/examples/{EXAMPLES[name]}"
 
 
+#: the keys a weights file (and an example) may hold
+WEIGHTS_FILE_KEYS = ("layers", "layer_sizes", "input", "target", "activation", "output_activation", "loss", "lr",
+                     "description", "expected")
+
+
 def read_weights_file(path_or_text, *, is_text=False) -> dict:
     """A weights file: JSON with `"layers": [{"W": [[...]], "b": [...]}, ...]` and optionally
     `layer_sizes`, `input`, `target`, `activation`, `output_activation`, `loss`, `lr`,
@@ -344,14 +349,22 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
         text = path_or_text if is_text else Path(path_or_text).read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"cannot read the weights file {where}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:    # its message alone named no file
+        raise ValueError(f"{where} is not UTF-8 text (byte {e.start}), so no JSON weights file") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{where} is not valid JSON: {e}") from None
+    except RecursionError:             # arrays nested thousands deep: json's C decoder gives up
+        raise ValueError(f"{where} is not valid JSON for weights: it nests too deeply") from None
     if isinstance(d, list):
         d = {"layers": d}
     if not isinstance(d, dict) or not isinstance(d.get("layers"), list):
         raise ValueError(f'{where}: expected an object with "layers": [{{"W": [[...]], "b": [...]}}, ...]')
+    unknown = [k for k in d if k not in WEIGHTS_FILE_KEYS]
+    if unknown:                        # a misspelt key ("learning_rate") was dropped unseen, its default used
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; a weights file holds "
+                         f"{', '.join(WEIGHTS_FILE_KEYS)}")
     pairs = []
     for l, layer in enumerate(d["layers"], start=1):
         if not isinstance(layer, dict) or "W" not in layer or "b" not in layer:

@@ -144,6 +144,16 @@ def test_train_layers_that_match_the_data_are_used_as_given(capsys, layers, prin
     assert rc == 0 and f"network: {printed}," in out
 
 
+def test_train_without_hidden_layers_names_no_activation_and_refuses_one(capsys):
+    """--layers 4,3 has no hidden layer: the summary said "activation relu" (or the --activation given, which
+    was dropped unseen); explain refuses such an activation, and so does train."""
+    rc, out, _ = run(capsys, "train", "--dataset", "iris", "--layers", "4,3", "--epochs", "1", "--no-progress",
+                     "--backend", "numpy")
+    assert rc == 0 and "network: [4, 3], no hidden layer, output identity," in out and "relu" not in out
+    err = usage_error(capsys, "train", "--dataset", "iris", "--layers", "4,3", "--activation", "tanh")
+    assert "--layers 4,3 has no hidden layer to give --activation tanh" in err and "--output-activation" in err
+
+
 def test_train_prints_the_test_loss_and_accuracy_of_the_network_it_saves(capsys, tmp_path):
     from gpubp.data import accuracy, load_dataset, targets_for
 
@@ -283,6 +293,10 @@ def test_train_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
     (["--dataset", "moons", "--n-samples", "5"], "moons has too few samples (5;"),
     (["--save", "/nonexistent-dir/x.npz"], "does not exist"),
     (["--noise", "0.1"], "n_samples and noise apply"),
+    (["--dataset", "xor", "--n-samples", str(10**15)], "does not fit in memory"),
+    (["--dataset", "moons", "--n-samples", str(10**15)], "does not fit in memory"),
+    (["--dataset", "moons", "--noise", "1e40", "--hidden", "2", "--epochs", "1", "--backend", "numpy"],
+     "the moons data cannot be trained on: mean overflows float32"),
     (["--frobnicate"], "unrecognized arguments"),
 ])
 def test_train_bad_options_are_usage_errors(capsys, argv, message):
@@ -345,6 +359,7 @@ def test_gradcheck_bad_options(capsys):
     assert "at least the input and output" in usage_error(capsys, "gradcheck", "--layers", "5")
     assert "smaller one" in usage_error(capsys, "gradcheck", "--layers", "200,200")
     assert "invalid choice" in usage_error(capsys, "gradcheck", "--kind", "mean")
+    assert "does not fit in memory" in usage_error(capsys, "gradcheck", "--backend", "numpy", "--batch", str(10**15))
     # refused before anything is printed (the header line used to come first)
     out, err = usage_error(capsys, "gradcheck", "--backend", "numpy", "--layers", "3,4,2", "--activation",
                            "relu,tanh", with_stdout=True)

@@ -423,6 +423,15 @@ def test_predict_one_sample_from_a_1d_npy_or_a_single_line(capsys, tmp_path, cla
         np.testing.assert_array_equal(np.array(out.split(), dtype=int), want)
 
 
+def test_predict_1d_npy_for_a_one_input_network_says_how_to_give_samples(capsys, tmp_path):
+    """A 1-D .npy of N values is one sample of N inputs: for a network of one input the error says how to
+    give N samples (one per row), not only that the "columns" do not match."""
+    _, ck = _save_net(tmp_path, [1, 3, 1])
+    np.save(tmp_path / "x.npy", np.linspace(0, 1, 5))
+    err = usage_error(capsys, "predict", ck, tmp_path / "x.npy", "--backend", "numpy")
+    assert "has 5 columns but the network takes 1 inputs" in err and "x.reshape(-1, 1)" in err, err
+
+
 @pytest.mark.parametrize("name, write", [
     ("empty.csv", lambda p: p.write_bytes(b"")),
     ("blank.csv", lambda p: p.write_text("\n  \n# only a comment\n\n")),
@@ -451,6 +460,27 @@ def test_predict_npy_that_numpy_cannot_read_is_a_usage_error(capsys, tmp_path, c
     for name in ("bad.npy",):
         err = usage_error(capsys, "predict", ckpt, tmp_path / name, "--backend", "numpy")
         assert f"DATA {str(tmp_path / name)!r} cannot be read as a .npy array" in err, err
+
+
+def test_predict_npy_larger_than_its_file_or_the_memory_is_a_usage_error(capsys, tmp_path, classifier, monkeypatch):
+    """A damaged or cut .npy whose header declares more data than follows: said so, nothing allocated (numpy
+    tried to allocate the declared shape, and a MemoryError came out as a traceback)."""
+    from numpy.lib import format as npformat
+
+    net, ckpt, X = classifier
+    for shape in ((10**12, 4), (10, 4)):
+        with open(tmp_path / "cut.npy", "wb") as f:
+            npformat.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            f.write(b"\0" * 64)
+        err = usage_error(capsys, "predict", ckpt, tmp_path / "cut.npy", "--backend", "numpy")
+        assert f"is cut short: its header declares shape {shape} of float64" in err and "only 64 follow" in err, err
+    np.save(tmp_path / "x.npy", X)           # an array larger than the memory: one line, no traceback
+
+    def too_large(*a, **k):
+        raise MemoryError("Unable to allocate 29.1 TiB")
+    monkeypatch.setattr(np, "load", too_large)
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "x.npy", "--backend", "numpy")
+    assert "does not fit in memory" in err
 
 
 class _Touch:
@@ -541,6 +571,32 @@ def test_predict_csv_quoted_cells_after_a_space(capsys, tmp_path, classifier):
     rc, out, err = run(capsys, "predict", ckpt, tmp_path / "q.csv", "--backend", "numpy")
     assert rc == 0, err
     np.testing.assert_array_equal(np.array(out.split(), dtype=int), net.predict(X[:3]))
+
+
+@pytest.mark.parametrize("first", ["5.1,,1.4,0.2", "5.1,NA,1.4,0.2", "5.1,3.5,1.4,0.2,"])
+def test_predict_csv_first_sample_with_a_missing_value_is_not_skipped_silently(capsys, tmp_path, classifier, first):
+    """A first line of numbers with a cell missing (empty, NA, a trailing comma) is not all numbers, so it is
+    taken as a header: one prediction fewer, every one a line off. The same line anywhere else is an error;
+    first it is warned of, naming the cell, and --header no reports it as the error it is."""
+    net, ckpt, X = classifier
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in X[:3]) + "\n"
+    (tmp_path / "m.csv").write_text(first + "\n" + rows)
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "m.csv", "--backend", "numpy")
+    assert rc == 0 and len(out.split()) == 3
+    assert "warning: line 1 of DATA" in err and "taken as a header" in err and "--header no" in err, err
+    assert "usage" not in err and "Traceback" not in err
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "m.csv", "--header", "no")
+    assert "line 1, column" in err
+    rc, out, err = run(capsys, "predict", ckpt, tmp_path / "m.csv", "--header", "yes", "--backend", "numpy")
+    assert rc == 0 and "warning" not in err and len(out.split()) == 3
+    # headers: names, pandas' ",a,b,c,d" and ",0,1,2,3" (an index column, unnamed columns): no warning
+    for head in ("a,b,c,d", ",a,b,c,d", ",0,1,2,3", "id,0,1,2"):
+        (tmp_path / "h.csv").write_text(head + "\n" + rows)
+        assert "warning" not in run(capsys, "predict", ckpt, tmp_path / "h.csv", "--backend", "numpy")[2], head
+    # a column of names in every line: the error of line 2 says it, without the warning before it
+    (tmp_path / "named.csv").write_text("5.1,3.5,1.4,0.2,setosa\n4.9,3.0,1.4,0.2,setosa\n")
+    err = usage_error(capsys, "predict", ckpt, tmp_path / "named.csv", "--backend", "numpy")
+    assert "line 2, column 5 is 'setosa'" in err and "warning" not in err
 
 
 def test_predict_csv_column_numbers_warning_from_two_columns(capsys, tmp_path):

@@ -182,6 +182,40 @@ def test_main_returns_0_when_the_reader_has_gone(monkeypatch):
     rc = cli.main(["explain"])
     assert rc == 0 and type(rc) is int
 
+@pytest.mark.parametrize("argv", [["explain"], ["--version"], ["predict", "NET", "X", "--backend", "numpy"]])
+def test_a_closed_stdout_discards_the_output(monkeypatch, tmp_path, argv):
+    """Started with stdout closed (`gpubp ... >&-`, a daemon), Python's sys.stdout is None: print() discards
+    the output, and so must every other write, with status 0 as for a reader that has gone."""
+    import gpubp
+
+    net = gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    net.save(tmp_path / "net.npz")
+    np.save(tmp_path / "x.npy", np.ones((3, 2)))
+    argv = [str(tmp_path / "net.npz") if a == "NET" else str(tmp_path / "x.npy") if a == "X" else a for a in argv]
+    monkeypatch.setattr(sys, "stdout", None)
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:      # --version exits through argparse, as it does with an open stdout
+        rc = e.code
+    assert rc == 0
+
+def test_a_closed_stderr_keeps_its_messages_out_of_the_output(monkeypatch, capsys, tmp_path):
+    """Started with stderr closed (`2>&-`), sys.stderr is None, and print(..., file=None) writes to stdout: a
+    warning and "wrote N predictions" went into the predictions."""
+    import gpubp
+
+    net = gpubp.MLP([2, 3, 2], loss="cross_entropy", backend="numpy", dtype="float64", seed=0)
+    net.save(tmp_path / "net.npz")
+    (tmp_path / "x.csv").write_text("0,1\n0.5,0.25\n")      # a first line counting the columns: a warning
+    monkeypatch.setattr(sys, "stderr", None)
+    assert cli.main(["predict", str(tmp_path / "net.npz"), str(tmp_path / "x.csv"), "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert out.split() == [str(v) for v in net.predict(np.array([[0, 1], [0.5, 0.25]]))], out
+    assert cli.main(["predict", str(tmp_path / "net.npz"), str(tmp_path / "x.csv"), "--backend", "numpy",
+                     "--out", str(tmp_path / "p.csv")]) == 0
+    assert capsys.readouterr().out == ""
+
+
 # ---------------------------------------------------------------- strict JSON
 def test_explain_json_is_strict_for_overflowing_values(capsys, tmp_path):
     wf = tmp_path / "big.json"

@@ -558,6 +558,7 @@ def test_the_text_of_a_batch_writes_dW_with_the_spec_transpose(capsys):
     (["--input", "a,b"], "must be numbers"),
     (["--lr", "0"], "positive number"),
     (["--json", "--step"], "not allowed with"),
+    (["--layers", f"2,{10**12},1", "--seed", "0"], "bytes of numpy memory are free"),
 ])
 def test_bad_options_are_usage_errors(capsys, argv, message):
     assert message in usage_error(capsys, "explain", *argv)
@@ -993,6 +994,22 @@ def test_read_weights_file_reads_a_path_and_refuses_what_has_no_layers(tmp_path)
     # "layer_sizes" in the file must be the weights' sizes
     wf.write_text(json.dumps({"layers": [{"W": W2, "b": B2}], "layer_sizes": [2, 3, 1]}))
     with pytest.raises(ValueError, match=re.escape(f"{wf}: the weights give layer sizes [2, 1], not [2, 3, 1]")):
+        explain.read_weights_file(str(wf))
+
+
+def test_read_weights_file_refuses_unknown_keys_text_that_is_not_utf8_and_deep_nesting(tmp_path):
+    """A key the file does not know ("learning_rate" for "lr") was dropped unseen: the trace ran at lr 0.1. A file
+    that is not UTF-8 was refused without its name, and a deeply nested one was a RecursionError traceback."""
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": W2, "b": B2}], "learning_rate": 0.5, "input": X}))
+    with pytest.raises(ValueError, match=re.escape(f"{wf}: unknown key 'learning_rate'")) as e:
+        explain.read_weights_file(str(wf))
+    assert "lr" in str(e.value)
+    wf.write_bytes(b'{"layers": [], "description": "caf\xe9"}')
+    with pytest.raises(ValueError, match=re.escape(f"{wf} is not UTF-8 text")):
+        explain.read_weights_file(str(wf))
+    wf.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match=re.escape(f"{wf} is not valid JSON")):
         explain.read_weights_file(str(wf))
 
 
