@@ -183,6 +183,46 @@ def test_a_rate_that_invscaling_would_take_below_the_dtypes_range_is_refused_bef
     assert g._sgd_lr == pytest.approx(0.05 / 481 ** 5)
 
 
+@pytest.mark.parametrize("power_t, ok", [(22.65, True), (22.8, False)])
+def test_the_range_check_is_on_the_rate_after_the_last_epoch(power_t, ok):
+    """One epoch of 40 samples ends at 0.05 / 41**power_t: 2.1e-38 for 22.65 (above float32's smallest normal,
+    1.18e-38: trains), 6.9e-39 for 22.8 (refused)."""
+    X, y, _, g = _pair("multiclass", learning_rate="invscaling", power_t=power_t, max_iter=1)
+    g.set_params(dtype="float32")
+    if ok:
+        fit_quietly(g, X, y)
+        assert g._sgd_lr == pytest.approx(0.05 / 41 ** power_t)
+    else:
+        with pytest.raises(ValueError, match="after 40 samples"):
+            g.fit(X, y)
+
+
+@pytest.mark.parametrize("over", [dict(solver="sgd", learning_rate="constant"),
+                                  dict(solver="sgd", learning_rate="adaptive"),
+                                  dict(solver="adam", learning_rate="invscaling")])
+def test_power_t_is_not_checked_against_the_range_where_no_schedule_reads_it(over):
+    X, y, _, g = _pair("multiclass", power_t=40.0, max_iter=2, **over)
+    g.set_params(dtype="float32")
+    fit_quietly(g, X, y)
+    assert g.n_iter_ == 2
+
+
+def test_the_first_partial_fit_and_a_warm_start_check_the_range_with_the_estimators_power_t():
+    """A first partial_fit and every fit make a new optimizer from the estimator's parameters: their bound
+    uses them (a later partial_fit, the optimizer's own)."""
+    X, y, _, g = _pair("multiclass", learning_rate="invscaling", power_t=23.0)
+    g.set_params(dtype="float32")
+    with pytest.raises(ValueError, match="after 40 samples"):
+        g.partial_fit(X, y, classes=[0, 1, 2])
+    X, y, _, g = _pair("multiclass", learning_rate="invscaling", warm_start=True, max_iter=1)
+    g.set_params(dtype="float32")
+    fit_quietly(g, X, y)
+    g.set_params(power_t=23.0)
+    with pytest.raises(ValueError, match="after 80 samples"):
+        g.fit(X, y)
+    assert g.t_ == 40
+
+
 def test_partial_fit_refuses_the_call_that_would_take_invscalings_rate_out_of_range():
     """Each partial_fit is one epoch of 40 samples: with power_t 22 in float32 the rate after the first is
     0.05 / 41**22 = 1.7e-37 (a normal number), after the second 0.05 / 81**22 = 5e-44 (not): the second is
