@@ -812,6 +812,8 @@ class MLP:
           the weighted mean `sum w_i l_i / sum w_i` of its samples' losses.
         - `standardize=True`: set the network's input standardisation from `X`'s
           mean and standard deviation (see `set_standardization`) before training.
+          Each such call sets it again, from its own `X`: to train on in further calls
+          (chunks of a data set), pass it to the first only; the others keep it.
         - `lr_schedule`: a callable `step -> learning rate` (steps counted from 1
           over this call, so each call starts it again: to continue one after `load`,
           pass `lambda step: schedule(step + done)`, `done` the steps already taken),
