@@ -7,7 +7,9 @@ called for the callbacks in the order of the list, after the epoch's figures are
 (and shown).  Setting `net.stop_training = True` ends `fit` after the current epoch.  A
 callback may change the network between epochs (`set_params`, `net.optimizer.lr`, which an
 `lr_schedule` sets again before each step); `on_train_end` is not called when `fit` raises
-(a diverged step, an interrupt).  Callbacks keep their state in themselves: a checkpoint
+(a diverged step, an interrupt).  A callback runs in `fit`'s thread, which holds the network's
+lock (README, "Thread safety"): it may call the network itself, but another thread's call waits
+for `fit` to end, so a callback that waits for such a thread never returns.  Callbacks keep their state in themselves: a checkpoint
 does not hold it (`EarlyStopping` starts its count and best value again in each `fit`).
 """
 

@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,13 +60,27 @@ def _is_device_array(x) -> bool:
 
 
 def _releases_inputs(method):
-    """A public call that binds plans' inputs unbinds them when it ends (`MLP._release_inputs`)."""
+    """A public call that binds plans' inputs unbinds them when it ends (`MLP._release_inputs`).
+
+    It holds the network's lock (re-entrant) throughout: its step plans and gradient buffer serve
+    one pass at a time, so two threads calling one network (a server's `predict`) run one after
+    the other instead of writing each other's activations."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        try:
+        with self._lock:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._release_inputs()
+    return call
+
+
+def _locked(method):
+    """A public call that holds the network's lock (as `_releases_inputs`), binding no plan's input."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
             return method(self, *args, **kwargs)
-        finally:
-            self._release_inputs()
     return call
 
 
@@ -103,6 +118,7 @@ class MLP:
     def __init__(self, layer_sizes, activation="relu", output_activation="identity", loss="mse",
                  backend="auto", dtype="float32", seed=None, precision="float32", init="torch"):
         self.sizes = check_sizes(layer_sizes)
+        self._lock = threading.RLock()   # one pass at a time on the plans and `_grads` (`_releases_inputs`)
         n_hidden = len(self.sizes) - 2
         if isinstance(activation, (list, tuple)):
             if len(activation) != n_hidden:
@@ -191,7 +207,7 @@ class MLP:
         separate array: the copy's passes would read stale weights while its optimizer updated
         `_params`.  `__setstate__` makes the views again from the copied buffers."""
         state = dict(self.__dict__)
-        for name in ("_Wb", "_dWb", "_plans"):
+        for name in ("_Wb", "_dWb", "_plans", "_lock"):
             state.pop(name, None)
         return state
 
@@ -205,6 +221,7 @@ class MLP:
         self._Wb = self.layout.views(self._params)
         self._dWb = self.layout.views(self._grads)
         self._plans = OrderedDict()
+        self._lock = threading.RLock()
 
     def config(self) -> dict:
         """What `__init__` needs to rebuild this network (JSON-serialisable)."""
@@ -631,6 +648,7 @@ class MLP:
                                  f"step {opt.t} overflowed them; set_params or load to go on)" if broken else "")
         return loss
 
+    @_locked
     def capture_train_step(self, X: ArrayLike, Y: ArrayLike, optimizer: Optimizer | str,
                            check_inputs: bool = True) -> Callable[[ArrayLike, ArrayLike], Any]:
         """Train on `(X, Y)` and return a function that trains on further batches of that shape.
@@ -680,6 +698,10 @@ class MLP:
         precision = self.precision   # the mode its plan (and a CUDA graph's kernels) computes in
 
         def step(X, Y):
+            with self._lock:   # its plan is its own, but `_params` and `_grads` are the network's
+                return replay_checked(X, Y)
+
+        def replay_checked(X, Y):
             if self.precision != precision:
                 raise ValueError(f"the network's precision changed since this step was captured ({precision!r} "
                                  f"-> {self.precision!r}); a captured step replays the mode it recorded: capture "
@@ -790,6 +812,8 @@ class MLP:
           the weighted mean `sum w_i l_i / sum w_i` of its samples' losses.
         - `standardize=True`: set the network's input standardisation from `X`'s
           mean and standard deviation (see `set_standardization`) before training.
+          Each such call sets it again, from its own `X`: to train on in further calls
+          (chunks of a data set), pass it to the first only; the others keep it.
         - `lr_schedule`: a callable `step -> learning rate` (steps counted from 1
           over this call, so each call starts it again: to continue one after `load`,
           pass `lambda step: schedule(step + done)`, `done` the steps already taken),

@@ -366,3 +366,15 @@ def test_accuracy_refuses_labels_beyond_the_output_layer_of_a_deep_network():
     with pytest.raises(ValueError, match=r"y: labels must be a 1-D array of integers in \[0, 3\)"):
         data.accuracy(net, X, [0, 5])
     assert data.accuracy(net, X, [0, 2]) in (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("value", [123456.789, 1.7e9 + 0.3])
+def test_a_constant_feature_with_a_large_offset_is_centred_and_left_unscaled(value):
+    """A constant column whose float64 mean is off by its rounding (a standard deviation near 1e-5 for
+    1000 rows near 1e9, far above eps) is constant all the same, as for `fit(standardize=True)`
+    (scikit-learn's rule): centred and left unscaled, not blown up to +-1 with a test value one unit
+    away sent to 1e5."""
+    X = np.column_stack([np.full(1000, value), np.arange(1000.0)])
+    mean, std, Xs, Xt = data.standardize(X, np.array([[value + 1.0, 0.0]]))
+    assert std[0] == 1.0 and np.abs(Xs[:, 0]).max() < 1e-3
+    assert Xt[0, 0] == pytest.approx(1.0, abs=1e-3)

@@ -101,6 +101,42 @@ def test_two_threads_in_lockstep_through_every_public_call_equal_sequential(tmp_
     assert any(np.array_equal(shared, s[-1]) for s in seq)      # one whole network, whichever saved last
 
 
+@pytest.mark.parametrize("first, second", [("predict_proba", "predict_proba"), ("loss_and_grads", "loss_and_grads"),
+                                           ("loss_and_grads", "captured step")])
+def test_one_network_called_from_two_threads_runs_one_pass_at_a_time(monkeypatch, first, second):
+    """A server calling `predict` of one network from several threads: its step plans and gradient
+    buffer serve one pass at a time.  Thread A is paused right after its forward pass until thread
+    B's whole call is over (or 0.3 s): B must wait for A, not write its activations into A's plan
+    (A returned B's probabilities) nor its gradients or update into A's backward."""
+    net = _net(1)
+    X, y = _data(2, n=64)
+    step = net.capture_train_step(X[32:48], y[32:48], "sgd") if second == "captured step" else None
+    calls = {"predict_proba": lambda rows: net.predict_proba(X[rows]),
+             "loss_and_grads": lambda rows: net.loss_and_grads(X[rows], y[rows]),
+             "captured step": lambda rows: step(X[rows], y[rows])}
+    ref = calls[first](slice(0, 16))
+    a_paused, b_done = threading.Event(), threading.Event()
+    forward = net.backend.network_forward
+
+    def paused(plan, Wb):
+        forward(plan, Wb)
+        if threading.current_thread().name == "A":
+            a_paused.set()
+            b_done.wait(0.3)
+
+    monkeypatch.setattr(net.backend, "network_forward", paused)
+    out = {}
+    a = threading.Thread(target=lambda: out.update(a=calls[first](slice(0, 16))), name="A")
+    a.start()
+    assert a_paused.wait(10)
+    calls[second](slice(16, 32))
+    b_done.set()
+    a.join()
+    got = out["a"] if first == "predict_proba" else [out["a"][0]] + [g for pair in out["a"][1] for g in pair]
+    want = ref if first == "predict_proba" else [ref[0]] + [g for pair in ref[1] for g in pair]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
 def test_numpy_backend_holds_no_buffers():
     be = get_backend("numpy")
     net = _net()
