@@ -478,6 +478,7 @@ def test_input_gradient_plan(fake, sizes, fused):
 
 # ------------------------------------------------------------------ optimizers, fit, capture
 OPTIMIZERS = [lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9, weight_decay=1e-4),
+              lambda: SGD(0.1, momentum=0.5, nesterov=True),
               lambda: Adam(1e-3), lambda: Adam(1e-3, weight_decay=1e-2), lambda: AdamW(1e-3)]
 
 
@@ -492,7 +493,7 @@ def test_optimizers(fake, make_opt, dtype):
     ct = "float" if dtype == "float32" else "double"
     if isinstance(opt, SGD):
         (u,) = fake.launched(f"sgd_update<{ct}>")
-        assert u.arg("flags") == (1 if opt.weight_decay else 0) | (2 if opt.momentum else 0)
+        assert u.arg("flags") == (1 if opt.weight_decay else 0) | (2 if opt.momentum else 0) | (4 if opt.nesterov else 0)
         assert u.arg("buf") is (opt.state["velocity"] if opt.momentum else net._params)
     else:
         (u,) = fake.launched(f"adam_update<{ct}>")
@@ -502,6 +503,20 @@ def test_optimizers(fake, make_opt, dtype):
     assert_prepared(fake, net, X, Y, make_opt())
     Xd, Yd, opt, plan = warm_step(net, X, Y, opt)
     assert_no_allocation(fake, net, Xd, Yd, opt, plan)
+
+
+@pytest.mark.parametrize("velocity, nesterov, words", [(None, False, "needs a velocity buffer"),
+                                                       ("buffer", True, "Nesterov momentum needs a momentum")])
+def test_sgd_update_refuses_momentum_settings_it_cannot_run_and_launches_nothing(fake, velocity, nesterov, words):
+    """The kernel reads the velocity only with momentum (flag 2) and applies Nesterov (flag 4) only with it."""
+    from gpubp.backends import cuda_elementwise
+
+    p, g, v = (fake.asarray(np.zeros(8, np.float32)) for _ in range(3))
+    fake.reset()
+    with pytest.raises(ValueError, match=words):
+        cuda_elementwise.sgd_update(p, g, v if velocity else None, 0.1, 0.9 if velocity is None else 0.0,
+                                    nesterov=nesterov)
+    assert not fake.launched("sgd_update<float>")
 
 
 @pytest.mark.parametrize("sizes, B, dtype, precision", [
