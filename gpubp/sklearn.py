@@ -945,7 +945,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return out.ravel() if out.shape[1] == 1 else out
 
     def _score_on(self, X, y, sample_weight) -> float:
-        return float(r2_score(y, self._predict(X, check_input=False), sample_weight=sample_weight))
+        # as scikit-learn's: predictions that overflowed score NaN (r2_score would raise on them)
+        pred = self._predict(X, check_input=False)
+        if not np.isfinite(pred).all():
+            return math.nan
+        return float(r2_score(y, pred, sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -81,6 +81,24 @@ def test_early_stopping_with_sample_weight_matches_sklearn(case):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
 
 
+def test_a_validation_prediction_that_overflows_scores_nan_as_in_sklearn():
+    """A diverging regressor whose validation predictions overflow float64 (the training loss still
+    finite): scikit-learn scores the epoch NaN and ends on the best epoch's weights; r2_score raised
+    "Input contains infinity" from inside scikit-learn instead (full batches, so the same epochs)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    y = X @ rng.normal(size=5) * 1e5
+    kw = dict(hidden_layer_sizes=(8,), max_iter=4, random_state=0, solver="sgd", learning_rate_init=10.0, alpha=0.0,
+              early_stopping=True, batch_size=80, shuffle=False)
+    sk = _fit_quietly(SkMLPRegressor(**kw), X, y)
+    g = _fit_quietly(MLPRegressor(**kw, backend="numpy", dtype="float64"), X, y)
+    assert np.isnan(sk.validation_scores_[-1]) and np.isfinite(sk.validation_scores_[:-1]).all()
+    np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9)   # NaN where NaN
+    assert g.best_validation_score_ == pytest.approx(sk.best_validation_score_, rel=1e-9)
+    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("Est", ["classifier", "regressor"])
 def test_an_unchanged_loss_or_score_is_not_counted_against_tol_0(early_stopping, Est):
