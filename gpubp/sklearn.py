@@ -60,7 +60,9 @@ How the hyper-parameters map onto gpubp:
   `MLPRegressor((64,))` still means the hidden layers.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
-  state.  A warm-started classifier's `y` must hold the classes it was
+  state.  As in scikit-learn, each call makes its generator anew from
+  `random_state`: with an int, every warm-started fit draws the same
+  early-stopping split.  A warm-started classifier's `y` must hold the classes it was
   fitted on, as in scikit-learn (a `partial_fit` batch may hold any of
   them).  Both train in the estimator's `precision` and `activation` as they
   are at the call (changed by `set_params`, they apply to the fitted network
@@ -802,8 +804,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self._check_numeric_X(X)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])
-        if first:
-            self._random_state = check_random_state(self.random_state)
+        # made anew at each call, as scikit-learn's: a warm-started fit with an int random_state draws
+        # its early-stopping split from that seed again (the epochs' order has its own generator)
+        self._random_state = check_random_state(self.random_state)
         Y, y_orig = self._prepare_y(y, first, classes, warm=not (first or incremental))
         X = self._in_net_dtype(X, self._fit_dtype(first))
         if first:
@@ -920,8 +923,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Y = Y.reshape(-1, 1)
         X = self._in_net_dtype(X, self._fit_dtype(first))
         self._in_net_dtype(Y, self._fit_dtype(first), "y")   # only checked: the network casts the targets
+        self._random_state = check_random_state(self.random_state)     # at each call, as the classifier's
         if first:
-            self._random_state = check_random_state(self.random_state)
             self.out_activation_ = "identity"
             self._build(X.shape[1], Y.shape[1], "half_sse")
         elif Y.shape[1] != self.n_outputs_:

@@ -522,6 +522,25 @@ def test_warm_start_fits_match_sklearn(case):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["binary", "regression"])
+def test_a_warm_started_fit_draws_its_early_stopping_split_from_random_state_anew_as_sklearn(case):
+    """scikit-learn makes its generator anew from an int random_state at each fit: a warm-started fit
+    splits off the validation set drawn from the seed again.  gpubp's went on drawing from the first fit's
+    generator, another split and other validation scores.  (Only the second fit's scores are compared:
+    scikit-learn's restored best weights alias its parameters from then on, a bug of its own.)"""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", alpha=0.0, batch_size="auto", max_iter=3,
+              learning_rate_init=0.05, random_state=3, tol=0, n_iter_no_change=100, warm_start=True,
+              early_stopping=True, validation_fraction=0.25, shuffle=False)
+    sk, g = Sk(**kw), G(**kw, backend="numpy", dtype="float64")
+    for _ in range(2):
+        _fit_quietly(sk, X, y)
+        _fit_quietly(g, X, y)
+    assert len(g.validation_scores_) == 6
+    np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------- sample_weight
 def test_sample_weight_zero_equals_dropping_samples():
     X, y = _blobs(n=60)

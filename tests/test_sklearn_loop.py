@@ -81,6 +81,7 @@ def test_early_stopping_with_sample_weight_matches_sklearn(case):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_a_validation_prediction_that_overflows_scores_nan_as_in_sklearn():
     """A diverging regressor whose validation predictions overflow float64 (the training loss still
     finite): scikit-learn scores the epoch NaN and ends on the best epoch's weights; r2_score raised
@@ -89,7 +90,7 @@ def test_a_validation_prediction_that_overflows_scores_nan_as_in_sklearn():
     X = rng.normal(size=(80, 5))
     y = X @ rng.normal(size=5) * 1e5
     kw = dict(hidden_layer_sizes=(8,), max_iter=4, random_state=0, solver="sgd", learning_rate_init=10.0, alpha=0.0,
-              early_stopping=True, batch_size=80, shuffle=False)
+              early_stopping=True, batch_size="auto", shuffle=False)
     sk = _fit_quietly(SkMLPRegressor(**kw), X, y)
     g = _fit_quietly(MLPRegressor(**kw, backend="numpy", dtype="float64"), X, y)
     assert np.isnan(sk.validation_scores_[-1]) and np.isfinite(sk.validation_scores_[:-1]).all()
