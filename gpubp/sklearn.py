@@ -161,6 +161,11 @@ def _rows_weighted(sw: np.ndarray, batch_size: int) -> np.ndarray:
     return w
 
 
+def _holds_text(a) -> bool:
+    """Whether `a` is an object array holding a string or bytes, which a float conversion would parse."""
+    return isinstance(a, np.ndarray) and a.dtype == object and any(isinstance(v, (str, bytes)) for v in a.flat)
+
+
 def _read_only(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
@@ -293,12 +298,19 @@ class _BaseMLP(BaseEstimator):
         refused alike)."""
         if issparse(X):
             return
-        dtypes = list(X.dtypes) if hasattr(X, "dtypes") and hasattr(X, "columns") else \
-            [X.dtype if isinstance(X, np.ndarray) else np.asarray(X).dtype]
+        frame = hasattr(X, "dtypes") and hasattr(X, "columns")
+        a = None if frame else X if isinstance(X, np.ndarray) else np.asarray(X)
+        dtypes = list(X.dtypes) if frame else [a.dtype]
         for dt in dtypes:
             # pandas' own dtypes have a kind as numpy's; its text columns ("str", "string[python]"...) kind "O"
             if getattr(dt, "kind", "O") in "MmUS" or str(dt) == "str" or str(dt).startswith("string"):
                 raise ValueError(f"X must hold real numbers, got dtype {dt}: convert it to numbers explicitly")
+        if frame:     # object columns (pandas' text columns before pandas 3) are read as an object array
+            cols = [i for i, dt in enumerate(dtypes) if getattr(dt, "kind", None) == "O"]
+            a = X.iloc[:, cols].to_numpy() if cols else None
+        if _holds_text(a):
+            raise ValueError("X must hold real numbers, got dtype object holding text: convert it to numbers "
+                             "explicitly")
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
@@ -911,6 +923,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
         self._check_dense_y(y)
         self._check_numeric_X(X)
+        if _holds_text(np.asarray(y) if not isinstance(y, np.ndarray) else y):   # y_numeric would parse it
+            raise ValueError("y must hold real numbers, got dtype object holding text")
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
         if np.asarray(y).dtype.kind not in "biuf":   # y_numeric converts objects only: np.asarray(y, float64)

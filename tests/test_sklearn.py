@@ -1066,7 +1066,10 @@ def test_dates_and_text_in_X_are_refused():
     days = np.arange(16).astype("datetime64[D]").reshape(8, 2)
     bad = [days, days - days[0, 0], X.astype(str), X.astype("S8"), X.astype(str).tolist(),
            pd.DataFrame({"a": X[:, 0], "b": pd.date_range("2020-01-01", periods=8)}),
-           pd.DataFrame({"a": X[:, 0], "b": pd.array(X[:, 1].astype(str), dtype="string")})]
+           pd.DataFrame({"a": X[:, 0], "b": pd.array(X[:, 1].astype(str), dtype="string")}),
+           # text in object arrays (pandas' text columns before pandas 3) was parsed too
+           X.astype(str).astype(object),
+           pd.DataFrame({"a": X[:, 0], "b": pd.Series(X[:, 1].astype(str), dtype=object)})]
     for Est in (MLPClassifier, MLPRegressor):
         fitted = _fit_quietly(Est((3,), max_iter=2, random_state=0, backend="numpy"), X, y)
         before = _fitted_state(fitted, X)
