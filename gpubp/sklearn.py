@@ -766,6 +766,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              "a 0/1 indicator matrix for multilabel classification")
         if kind == "multilabel-indicator":
             Y = np.asarray(y, dtype=np.float64)
+            if not np.isin(Y, (0.0, 1.0)).all():      # type_of_target takes any two integers ({-1, 1}, {0, 2})
+                raise ValueError(f"a multilabel indicator matrix y must hold 0 and 1 only, got values "
+                                 f"{np.unique(Y).tolist()}")
             if first:
                 self._multilabel = True
                 self.classes_ = np.arange(Y.shape[1])

@@ -986,6 +986,25 @@ def test_a_label_vector_after_a_multilabel_fit_is_refused(how):
     _assert_same_state(_fitted_state(est, X), before)
 
 
+def test_an_indicator_matrix_of_other_values_than_0_and_1_is_refused_before_training():
+    """type_of_target calls any matrix of two integers multilabel ({-1, 1}, {0, 2}): gpubp's loss refused
+    it from inside the first epoch ("Y: binary_cross_entropy targets must lie in [0, 1]"), leaving a first
+    fit looking fitted (net_, classes_, predictions from its initial weights) and a refused partial_fit
+    with n_iter_ reset.  Refused before training now, naming y, and nothing changes."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    for bad in (_YML * 2, _YML * 2 - 1, _YML - 1):
+        est = MLPClassifier((3,), max_iter=1, random_state=0, backend="numpy")
+        with pytest.raises(ValueError, match="multilabel indicator matrix y must hold 0 and 1 only"):
+            est.fit(X, bad)
+        assert not hasattr(est, "net_") and not hasattr(est, "classes_")
+        est = _fit_quietly(est, X, _YML)
+        before = _fitted_state(est, X)
+        with pytest.raises(ValueError, match="must hold 0 and 1 only"):
+            est.partial_fit(X, bad)
+        _assert_same_state(_fitted_state(est, X), before)
+    _fit_quietly(MLPClassifier((3,), max_iter=1, backend="numpy"), X, _YML.astype(bool))   # True/False are 1/0
+
+
 def test_a_continued_regressor_fit_needs_the_number_of_targets_it_was_fitted_on():
     """partial_fit and a warm-started fit continue the fitted network: a y of another number of targets is
     refused (scikit-learn's MLPRegressor refuses it too, with numpy's matmul error, after resetting n_iter_);
