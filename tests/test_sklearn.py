@@ -1102,6 +1102,9 @@ def test_dates_and_text_in_X_are_refused():
     sk = _fit_quietly(SkMLPRegressor(hidden_layer_sizes=(3,), max_iter=2), days, y)  # scikit-learn's fail on dates at
     with pytest.raises(TypeError):                                         # predict ("ufunc 'matmul' ...")
         sk.predict(days)
+    for yb in (pd.Series(X[:, 0].astype(str)), pd.DataFrame({"a": X[:, 0].astype(str), "b": X[:, 1]})):
+        with pytest.raises(ValueError, match="y must hold real numbers"):   # pandas' text as targets: parsed
+            MLPRegressor((3,), max_iter=2, backend="numpy").fit(X, yb)
     # numbers in object arrays and pandas' nullable columns are numbers
     df = pd.DataFrame({"a": X[:, 0], "b": pd.array(np.arange(8), dtype="Int64")})
     _fit_quietly(MLPRegressor((3,), max_iter=2, backend="numpy"), df, y).predict(df)
