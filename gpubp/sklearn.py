@@ -401,12 +401,13 @@ class _BaseMLP(BaseEstimator):
         """Check the call and build the network (`_prepare_fit`), then train it (`_run_epochs`).
 
         A call refused before its first epoch leaves the estimator as it was: its attributes, and the
-        state of the random generator it had drawn from (a warm-started early-stopping split draws from
-        it), are put back.  Only the attributes are restored, so everything that changes an object the
+        state of the random generator it had drawn from (a RandomState given as `random_state`, which
+        the weights and the early-stopping split draw from; an int makes a fresh one at each call), are
+        put back.  Only the attributes are restored, so everything that changes an object the
         estimator held before the call (the network's weights, the optimizer) happens in the epochs.
         """
         saved = dict(self.__dict__)
-        rs = saved.get("_random_state")
+        rs = self.random_state
         # numpy's global generator (random_state=None) is shared with everyone: not rewound
         rs_state = rs.get_state() if isinstance(rs, np.random.RandomState) and rs is not np.random.mtrand._rand \
             else None

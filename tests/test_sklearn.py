@@ -719,6 +719,27 @@ def test_a_refused_warm_start_fit_does_not_move_the_random_state():
         np.testing.assert_array_equal(p, q)
 
 
+def test_a_refused_first_fit_does_not_move_a_random_state_given_as_a_generator():
+    """random_state=RandomState(0): a first fit refused after drawing the initial weights (its validation
+    split too small) left the caller's generator advanced, so the next fit started from other weights
+    than a fit that had not been refused."""
+    X, y = _blobs(n=30)
+    rs = np.random.RandomState(0)
+    est = MLPClassifier((4,), max_iter=2, random_state=rs, backend="numpy", early_stopping=True,
+                        validation_fraction=0.01)
+    with pytest.raises(ValueError, match="validation set"):
+        est.fit(X, y)
+    assert rs.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)
+    rs.seed(0)
+    with pytest.raises(ValueError, match="validation set"):
+        est.fit(X, y)
+    _fit_quietly(est.set_params(validation_fraction=0.2), X, y)
+    fresh = _fit_quietly(MLPClassifier((4,), max_iter=2, random_state=np.random.RandomState(0), backend="numpy",
+                                       early_stopping=True, validation_fraction=0.2), X, y)
+    for p, q in zip(est.coefs_, fresh.coefs_):
+        np.testing.assert_array_equal(p, q)
+
+
 def test_early_stopping_training_weights_all_zero_is_a_clear_error():
     """Weights whose only positive entry the validation split takes: the training rows' weights sum to
     zero, which raised a bare ZeroDivisionError ("float division by zero") from the weight decay."""
