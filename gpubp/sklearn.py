@@ -305,12 +305,12 @@ class _BaseMLP(BaseEstimator):
             # pandas' own dtypes have a kind as numpy's; its text columns ("str", "string[python]"...) kind "O"
             if getattr(dt, "kind", "O") in "MmUS" or str(dt) == "str" or str(dt).startswith("string"):
                 raise ValueError(f"X must hold real numbers, got dtype {dt}: convert it to numbers explicitly")
-        if frame:     # object columns (pandas' text columns before pandas 3) are read as an object array
-            cols = [i for i, dt in enumerate(dtypes) if getattr(dt, "kind", None) == "O"]
-            a = X.iloc[:, cols].to_numpy() if cols else None
-        if _holds_text(a):
-            raise ValueError("X must hold real numbers, got dtype object holding text: convert it to numbers "
-                             "explicitly")
+        # object arrays and columns (pandas' text columns before pandas 3, categories) holding text
+        for dt, col in ([(dt, X.iloc[:, i].to_numpy()) for i, dt in enumerate(dtypes) if getattr(dt, "kind", None)
+                         == "O"] if frame else [(a.dtype, a)]):
+            if _holds_text(col):
+                raise ValueError(f"X must hold real numbers, got dtype {dt} holding text: convert it to numbers "
+                                 "explicitly")
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:

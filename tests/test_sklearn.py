@@ -1109,7 +1109,8 @@ def test_dates_and_text_in_X_are_refused():
            pd.DataFrame({"a": X[:, 0], "b": pd.array(X[:, 1].astype(str), dtype="string")}),
            # text in object arrays (pandas' text columns before pandas 3) was parsed too
            X.astype(str).astype(object),
-           pd.DataFrame({"a": X[:, 0], "b": pd.Series(X[:, 1].astype(str), dtype=object)})]
+           pd.DataFrame({"a": X[:, 0], "b": pd.Series(X[:, 1].astype(str), dtype=object)}),
+           pd.DataFrame({"a": X[:, 0], "b": pd.Categorical(np.arange(8).astype(str))})]
     for Est in (MLPClassifier, MLPRegressor):
         fitted = _fit_quietly(Est((3,), max_iter=2, random_state=0, backend="numpy"), X, y)
         before = _fitted_state(fitted, X)
