@@ -212,7 +212,7 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------ checks
     def _hidden_sizes(self) -> list[int]:
         h = self.hidden_layer_sizes
-        sizes = [h] if not hasattr(h, "__iter__") or isinstance(h, str) else list(h)
+        sizes = [h] if not hasattr(h, "__iter__") or isinstance(h, str) or getattr(h, "ndim", None) == 0 else list(h)
         for s in sizes:
             if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
                 raise ValueError(f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}")

@@ -323,7 +323,8 @@ def test_a_real_parameter_given_a_non_number_is_a_value_error_as_in_sklearn(name
         MLPClassifier(max_iter=1, backend="numpy", **{name: bad}).fit(X, y)
 
 
-@pytest.mark.parametrize("sizes", [(2.5,), (2.0,), (True,), True, "3", ("3",), None, (0,), (2, 0), -1])
+@pytest.mark.parametrize("sizes", [(2.5,), (2.0,), (True,), True, "3", ("3",), None, (0,), (2, 0), -1,
+                                   np.array(3)])   # a 0-d array: numpy's "iteration over a 0-d array"
 def test_hidden_layer_sizes_other_than_positive_integers_are_refused_naming_it(sizes):
     """scikit-learn's MLPs refuse them all (with a TypeError for floats and bools, which would otherwise
     be truncated or read as 1); gpubp's say so with a ValueError naming hidden_layer_sizes, before any
