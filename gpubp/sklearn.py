@@ -552,8 +552,11 @@ class _BaseMLP(BaseEstimator):
                     Xe = net.backend.xp.take(Xd, net.backend.asarray(order, np.int64), axis=0)
                     Ye, sw, shuffle = Y[order], sw_train[order], False
                 fit_kw["sample_weight"] = _rows_weighted(sw, batch_size)
-            hist = net.fit(Xe, Ye, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
-                           shuffle=shuffle, progress=False, **fit_kw)
+            try:
+                hist = net.fit(Xe, Ye, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
+                               shuffle=shuffle, progress=False, **fit_kw)
+            except FloatingPointError as e:   # a diverged step: net.fit ran one epoch, named as this call's
+                raise FloatingPointError(str(e).replace(" (epoch 1, batch ", f" (epoch {epoch}, batch ", 1)) from None
             self.n_iter_ += 1
             self.t_ += n
             # the L2 penalty of scikit-learn's reported loss, with the weights at the end of the epoch

@@ -100,6 +100,21 @@ def test_a_validation_prediction_that_overflows_scores_nan_as_in_sklearn():
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_diverged_step_is_named_by_the_epoch_of_the_call():
+    """Each epoch is one call of MLP.fit, whose divergence error named every epoch "epoch 1": full-batch
+    steps diverging at step k are the call's epoch k."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    y = X @ rng.normal(size=5) * 1e5
+    est = MLPRegressor((8,), max_iter=20, random_state=0, solver="sgd", learning_rate_init=10.0, alpha=0.0,
+                       batch_size="auto", shuffle=False, backend="numpy", dtype="float64")
+    with pytest.raises(FloatingPointError) as e:
+        est.fit(X, y)
+    step = int(str(e.value).split(" at step ")[1].split()[0])
+    assert step > 1 and f"at step {step} (epoch {step}, batch 1)" in str(e.value)
+
+
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("Est", ["classifier", "regressor"])
 def test_an_unchanged_loss_or_score_is_not_counted_against_tol_0(early_stopping, Est):
