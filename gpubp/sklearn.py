@@ -317,6 +317,11 @@ class _BaseMLP(BaseEstimator):
         if sample_weight is None:
             return None
         w = np.asarray(sample_weight)
+        if w.dtype == object and not _holds_text(w):    # numbers held as objects (a pandas object column)
+            try:
+                w = w.astype(np.float64)
+            except (TypeError, ValueError):
+                pass                                     # refused below
         if w.dtype.kind not in "biuf":   # checked first: float() of a 0-d string would parse it
             raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
         if w.ndim == 0:

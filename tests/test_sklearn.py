@@ -1135,6 +1135,9 @@ def test_dates_and_text_in_X_are_refused():
 
 @pytest.mark.parametrize("bad, err, words", [
     (["1", "2"], TypeError, "numeric"),             # text is not parsed as numbers
+    (np.array(["1", 2], dtype=object), TypeError, "numeric"),
+    (np.array([object(), 1.0], dtype=object), TypeError, "numeric"),   # (pandas' NA alike)
+    (np.array([None] + [1.0] * 39, dtype=object), ValueError, "NaN"),
     (np.inf, ValueError, "infinity"),               # scikit-learn: "contains infinity"
     ("inf_in_one", ValueError, "infinity"),
     ("nan_in_one", ValueError, "NaN"),
@@ -1148,6 +1151,18 @@ def test_sample_weight_refusals_as_in_sklearn(bad, err, words):
         w = np.array(bad * 20)
     with pytest.raises(err, match=words):
         MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy").fit(X, y, sample_weight=w)
+
+
+def test_sample_weight_of_numbers_held_as_objects_is_accepted_as_in_sklearn():
+    """Numbers in an object array (a pandas object column) were refused ("sample_weight must be numeric,
+    got dtype object"), where scikit-learn's MLPs, and gpubp's X, take them as numbers."""
+    X, y = _blobs(n=40)
+    w = np.random.default_rng(1).uniform(0.5, 2, 40)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=2, random_state=0, backend="numpy", dtype="float64")
+    a = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=w)
+    b = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=w.astype(object))
+    for p, q in zip(a.coefs_, b.coefs_):
+        np.testing.assert_array_equal(p, q)
 
 
 def test_a_batch_of_zero_weights_trains_as_if_it_were_dropped():
