@@ -60,7 +60,9 @@ How the hyper-parameters map onto gpubp:
   `MLPRegressor((64,))` still means the hidden layers.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
-  state.  A warm-started classifier's `y` must hold the classes it was
+  state.  As in scikit-learn, each call makes its generator anew from
+  `random_state`: with an int, every warm-started fit draws the same
+  early-stopping split.  A warm-started classifier's `y` must hold the classes it was
   fitted on, as in scikit-learn (a `partial_fit` batch may hold any of
   them).  Both train in the estimator's `precision` and `activation` as they
   are at the call (changed by `set_params`, they apply to the fitted network
@@ -159,6 +161,11 @@ def _rows_weighted(sw: np.ndarray, batch_size: int) -> np.ndarray:
     return w
 
 
+def _holds_text(a) -> bool:
+    """Whether `a` is an object array holding a string or bytes, which a float conversion would parse."""
+    return isinstance(a, np.ndarray) and a.dtype == object and any(isinstance(v, (str, bytes)) for v in a.flat)
+
+
 def _read_only(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
@@ -205,7 +212,7 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------ checks
     def _hidden_sizes(self) -> list[int]:
         h = self.hidden_layer_sizes
-        sizes = [h] if not hasattr(h, "__iter__") or isinstance(h, str) else list(h)
+        sizes = [h] if not hasattr(h, "__iter__") or isinstance(h, str) or getattr(h, "ndim", None) == 0 else list(h)
         for s in sizes:
             if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
                 raise ValueError(f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}")
@@ -291,18 +298,30 @@ class _BaseMLP(BaseEstimator):
         refused alike)."""
         if issparse(X):
             return
-        dtypes = list(X.dtypes) if hasattr(X, "dtypes") and hasattr(X, "columns") else \
-            [X.dtype if isinstance(X, np.ndarray) else np.asarray(X).dtype]
+        frame = hasattr(X, "dtypes") and hasattr(X, "columns")
+        a = None if frame else X if isinstance(X, np.ndarray) else np.asarray(X)
+        dtypes = list(X.dtypes) if frame else [a.dtype]
         for dt in dtypes:
             # pandas' own dtypes have a kind as numpy's; its text columns ("str", "string[python]"...) kind "O"
             if getattr(dt, "kind", "O") in "MmUS" or str(dt) == "str" or str(dt).startswith("string"):
                 raise ValueError(f"X must hold real numbers, got dtype {dt}: convert it to numbers explicitly")
+        # object arrays and columns (pandas' text columns before pandas 3, categories) holding text
+        for dt, col in ([(dt, X.iloc[:, i].to_numpy()) for i, dt in enumerate(dtypes) if getattr(dt, "kind", None)
+                         == "O"] if frame else [(a.dtype, a)]):
+            if _holds_text(col):
+                raise ValueError(f"X must hold real numbers, got dtype {dt} holding text: convert it to numbers "
+                                 "explicitly")
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
         if sample_weight is None:
             return None
         w = np.asarray(sample_weight)
+        if w.dtype == object and not _holds_text(w):    # numbers held as objects (a pandas object column)
+            try:
+                w = w.astype(np.float64)
+            except (TypeError, ValueError):
+                pass                                     # refused below
         if w.dtype.kind not in "biuf":   # checked first: float() of a 0-d string would parse it
             raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
         if w.ndim == 0:
@@ -387,12 +406,13 @@ class _BaseMLP(BaseEstimator):
         """Check the call and build the network (`_prepare_fit`), then train it (`_run_epochs`).
 
         A call refused before its first epoch leaves the estimator as it was: its attributes, and the
-        state of the random generator it had drawn from (a warm-started early-stopping split draws from
-        it), are put back.  Only the attributes are restored, so everything that changes an object the
+        state of the random generator it had drawn from (a RandomState given as `random_state`, which
+        the weights and the early-stopping split draw from; an int makes a fresh one at each call), are
+        put back.  Only the attributes are restored, so everything that changes an object the
         estimator held before the call (the network's weights, the optimizer) happens in the epochs.
         """
         saved = dict(self.__dict__)
-        rs = saved.get("_random_state")
+        rs = self.random_state
         # numpy's global generator (random_state=None) is shared with everyone: not rewound
         rs_state = rs.get_state() if isinstance(rs, np.random.RandomState) and rs is not np.random.mtrand._rand \
             else None
@@ -537,8 +557,11 @@ class _BaseMLP(BaseEstimator):
                     Xe = net.backend.xp.take(Xd, net.backend.asarray(order, np.int64), axis=0)
                     Ye, sw, shuffle = Y[order], sw_train[order], False
                 fit_kw["sample_weight"] = _rows_weighted(sw, batch_size)
-            hist = net.fit(Xe, Ye, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
-                           shuffle=shuffle, progress=False, **fit_kw)
+            try:
+                hist = net.fit(Xe, Ye, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
+                               shuffle=shuffle, progress=False, **fit_kw)
+            except FloatingPointError as e:   # a diverged step: net.fit ran one epoch, named as this call's
+                raise FloatingPointError(str(e).replace(" (epoch 1, batch ", f" (epoch {epoch}, batch ", 1)) from None
             self.n_iter_ += 1
             self.t_ += n
             # the L2 penalty of scikit-learn's reported loss, with the weights at the end of the epoch
@@ -752,6 +775,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              "a 0/1 indicator matrix for multilabel classification")
         if kind == "multilabel-indicator":
             Y = np.asarray(y, dtype=np.float64)
+            if not np.isin(Y, (0.0, 1.0)).all():      # type_of_target takes any two integers ({-1, 1}, {0, 2})
+                raise ValueError(f"a multilabel indicator matrix y must hold 0 and 1 only, got values "
+                                 f"{np.unique(Y).tolist()}")
             if first:
                 self._multilabel = True
                 self.classes_ = np.arange(Y.shape[1])
@@ -802,8 +828,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self._check_numeric_X(X)
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True)
         sw = self._check_sample_weight(sample_weight, X.shape[0])
-        if first:
-            self._random_state = check_random_state(self.random_state)
+        # made anew at each call, as scikit-learn's: a warm-started fit with an int random_state draws
+        # its early-stopping split from that seed again (the epochs' order has its own generator)
+        self._random_state = check_random_state(self.random_state)
         Y, y_orig = self._prepare_y(y, first, classes, warm=not (first or incremental))
         X = self._in_net_dtype(X, self._fit_dtype(first))
         if first:
@@ -908,6 +935,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
         self._check_dense_y(y)
         self._check_numeric_X(X)
+        if _holds_text(np.asarray(y) if not isinstance(y, np.ndarray) else y):   # y_numeric would parse it
+            raise ValueError("y must hold real numbers, got dtype object holding text")
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
         if np.asarray(y).dtype.kind not in "biuf":   # y_numeric converts objects only: np.asarray(y, float64)
@@ -920,8 +949,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Y = Y.reshape(-1, 1)
         X = self._in_net_dtype(X, self._fit_dtype(first))
         self._in_net_dtype(Y, self._fit_dtype(first), "y")   # only checked: the network casts the targets
+        self._random_state = check_random_state(self.random_state)     # at each call, as the classifier's
         if first:
-            self._random_state = check_random_state(self.random_state)
             self.out_activation_ = "identity"
             self._build(X.shape[1], Y.shape[1], "half_sse")
         elif Y.shape[1] != self.n_outputs_:
@@ -945,7 +974,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return out.ravel() if out.shape[1] == 1 else out
 
     def _score_on(self, X, y, sample_weight) -> float:
-        return float(r2_score(y, self._predict(X, check_input=False), sample_weight=sample_weight))
+        # as scikit-learn's: predictions that overflowed score NaN (r2_score would raise on them)
+        pred = self._predict(X, check_input=False)
+        if not np.isfinite(pred).all():
+            return math.nan
+        return float(r2_score(y, pred, sample_weight=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -323,7 +323,7 @@ def test_sklearn_targets_and_weights_that_are_not_numbers():
     X = np.random.default_rng(0).standard_normal((8, 3))
     reg = MLPRegressor((3,), max_iter=2, backend="numpy")
     # dates were read as day counts and numeric strings parsed
-    for y in (np.arange(8).astype("datetime64[D]"), np.array(["1.5"] * 8)):
+    for y in (np.arange(8).astype("datetime64[D]"), np.array(["1.5"] * 8), np.array(["1.5"] * 8, dtype=object)):
         with pytest.raises(ValueError, match="y must hold real numbers"):
             reg.fit(X, y)
     with pytest.raises(TypeError, match="sample_weight must be numeric"):   # was float()'s error

@@ -522,6 +522,25 @@ def test_warm_start_fits_match_sklearn(case):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["binary", "regression"])
+def test_a_warm_started_fit_draws_its_early_stopping_split_from_random_state_anew_as_sklearn(case):
+    """scikit-learn makes its generator anew from an int random_state at each fit: a warm-started fit
+    splits off the validation set drawn from the seed again.  gpubp's went on drawing from the first fit's
+    generator, another split and other validation scores.  (Only the second fit's scores are compared:
+    scikit-learn's restored best weights alias its parameters from then on, a bug of its own.)"""
+    X, cases = _parity_cases()
+    Sk, G, y = cases[case]
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", alpha=0.0, batch_size="auto", max_iter=3,
+              learning_rate_init=0.05, random_state=3, tol=0, n_iter_no_change=100, warm_start=True,
+              early_stopping=True, validation_fraction=0.25, shuffle=False)
+    sk, g = Sk(**kw), G(**kw, backend="numpy", dtype="float64")
+    for _ in range(2):
+        _fit_quietly(sk, X, y)
+        _fit_quietly(g, X, y)
+    assert len(g.validation_scores_) == 6
+    np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------- sample_weight
 def test_sample_weight_zero_equals_dropping_samples():
     X, y = _blobs(n=60)
@@ -697,6 +716,27 @@ def test_a_refused_warm_start_fit_does_not_move_the_random_state():
     _fit_quietly(b, X, y)
     assert a.validation_scores_ == b.validation_scores_
     for p, q in zip(a.coefs_, b.coefs_):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_a_refused_first_fit_does_not_move_a_random_state_given_as_a_generator():
+    """random_state=RandomState(0): a first fit refused after drawing the initial weights (its validation
+    split too small) left the caller's generator advanced, so the next fit started from other weights
+    than a fit that had not been refused."""
+    X, y = _blobs(n=30)
+    rs = np.random.RandomState(0)
+    est = MLPClassifier((4,), max_iter=2, random_state=rs, backend="numpy", early_stopping=True,
+                        validation_fraction=0.01)
+    with pytest.raises(ValueError, match="validation set"):
+        est.fit(X, y)
+    assert rs.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)
+    rs.seed(0)
+    with pytest.raises(ValueError, match="validation set"):
+        est.fit(X, y)
+    _fit_quietly(est.set_params(validation_fraction=0.2), X, y)
+    fresh = _fit_quietly(MLPClassifier((4,), max_iter=2, random_state=np.random.RandomState(0), backend="numpy",
+                                       early_stopping=True, validation_fraction=0.2), X, y)
+    for p, q in zip(est.coefs_, fresh.coefs_):
         np.testing.assert_array_equal(p, q)
 
 
@@ -967,6 +1007,25 @@ def test_a_label_vector_after_a_multilabel_fit_is_refused(how):
     _assert_same_state(_fitted_state(est, X), before)
 
 
+def test_an_indicator_matrix_of_other_values_than_0_and_1_is_refused_before_training():
+    """type_of_target calls any matrix of two integers multilabel ({-1, 1}, {0, 2}): gpubp's loss refused
+    it from inside the first epoch ("Y: binary_cross_entropy targets must lie in [0, 1]"), leaving a first
+    fit looking fitted (net_, classes_, predictions from its initial weights) and a refused partial_fit
+    with n_iter_ reset.  Refused before training now, naming y, and nothing changes."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    for bad in (_YML * 2, _YML * 2 - 1, _YML - 1):
+        est = MLPClassifier((3,), max_iter=1, random_state=0, backend="numpy")
+        with pytest.raises(ValueError, match="multilabel indicator matrix y must hold 0 and 1 only"):
+            est.fit(X, bad)
+        assert not hasattr(est, "net_") and not hasattr(est, "classes_")
+        est = _fit_quietly(est, X, _YML)
+        before = _fitted_state(est, X)
+        with pytest.raises(ValueError, match="must hold 0 and 1 only"):
+            est.partial_fit(X, bad)
+        _assert_same_state(_fitted_state(est, X), before)
+    _fit_quietly(MLPClassifier((3,), max_iter=1, backend="numpy"), X, _YML.astype(bool))   # True/False are 1/0
+
+
 def test_a_continued_regressor_fit_needs_the_number_of_targets_it_was_fitted_on():
     """partial_fit and a warm-started fit continue the fitted network: a y of another number of targets is
     refused (scikit-learn's MLPRegressor refuses it too, with numpy's matmul error, after resetting n_iter_);
@@ -1047,7 +1106,11 @@ def test_dates_and_text_in_X_are_refused():
     days = np.arange(16).astype("datetime64[D]").reshape(8, 2)
     bad = [days, days - days[0, 0], X.astype(str), X.astype("S8"), X.astype(str).tolist(),
            pd.DataFrame({"a": X[:, 0], "b": pd.date_range("2020-01-01", periods=8)}),
-           pd.DataFrame({"a": X[:, 0], "b": pd.array(X[:, 1].astype(str), dtype="string")})]
+           pd.DataFrame({"a": X[:, 0], "b": pd.array(X[:, 1].astype(str), dtype="string")}),
+           # text in object arrays (pandas' text columns before pandas 3) was parsed too
+           X.astype(str).astype(object),
+           pd.DataFrame({"a": X[:, 0], "b": pd.Series(X[:, 1].astype(str), dtype=object)}),
+           pd.DataFrame({"a": X[:, 0], "b": pd.Categorical(np.arange(8).astype(str))})]
     for Est in (MLPClassifier, MLPRegressor):
         fitted = _fit_quietly(Est((3,), max_iter=2, random_state=0, backend="numpy"), X, y)
         before = _fitted_state(fitted, X)
@@ -1061,6 +1124,9 @@ def test_dates_and_text_in_X_are_refused():
     sk = _fit_quietly(SkMLPRegressor(hidden_layer_sizes=(3,), max_iter=2), days, y)  # scikit-learn's fail on dates at
     with pytest.raises(TypeError):                                         # predict ("ufunc 'matmul' ...")
         sk.predict(days)
+    for yb in (pd.Series(X[:, 0].astype(str)), pd.DataFrame({"a": X[:, 0].astype(str), "b": X[:, 1]})):
+        with pytest.raises(ValueError, match="y must hold real numbers"):   # pandas' text as targets: parsed
+            MLPRegressor((3,), max_iter=2, backend="numpy").fit(X, yb)
     # numbers in object arrays and pandas' nullable columns are numbers
     df = pd.DataFrame({"a": X[:, 0], "b": pd.array(np.arange(8), dtype="Int64")})
     _fit_quietly(MLPRegressor((3,), max_iter=2, backend="numpy"), df, y).predict(df)
@@ -1069,6 +1135,9 @@ def test_dates_and_text_in_X_are_refused():
 
 @pytest.mark.parametrize("bad, err, words", [
     (["1", "2"], TypeError, "numeric"),             # text is not parsed as numbers
+    (np.array(["1", 2], dtype=object), TypeError, "numeric"),
+    (np.array([object(), 1.0], dtype=object), TypeError, "numeric"),   # (pandas' NA alike)
+    (np.array([None] + [1.0] * 39, dtype=object), ValueError, "NaN"),
     (np.inf, ValueError, "infinity"),               # scikit-learn: "contains infinity"
     ("inf_in_one", ValueError, "infinity"),
     ("nan_in_one", ValueError, "NaN"),
@@ -1082,6 +1151,18 @@ def test_sample_weight_refusals_as_in_sklearn(bad, err, words):
         w = np.array(bad * 20)
     with pytest.raises(err, match=words):
         MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy").fit(X, y, sample_weight=w)
+
+
+def test_sample_weight_of_numbers_held_as_objects_is_accepted_as_in_sklearn():
+    """Numbers in an object array (a pandas object column) were refused ("sample_weight must be numeric,
+    got dtype object"), where scikit-learn's MLPs, and gpubp's X, take them as numbers."""
+    X, y = _blobs(n=40)
+    w = np.random.default_rng(1).uniform(0.5, 2, 40)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=2, random_state=0, backend="numpy", dtype="float64")
+    a = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=w)
+    b = _fit_quietly(MLPClassifier(**kw), X, y, sample_weight=w.astype(object))
+    for p, q in zip(a.coefs_, b.coefs_):
+        np.testing.assert_array_equal(p, q)
 
 
 def test_a_batch_of_zero_weights_trains_as_if_it_were_dropped():

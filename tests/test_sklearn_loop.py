@@ -81,6 +81,40 @@ def test_early_stopping_with_sample_weight_matches_sklearn(case):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_validation_prediction_that_overflows_scores_nan_as_in_sklearn():
+    """A diverging regressor whose validation predictions overflow float64 (the training loss still
+    finite): scikit-learn scores the epoch NaN and ends on the best epoch's weights; r2_score raised
+    "Input contains infinity" from inside scikit-learn instead (full batches, so the same epochs)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    y = X @ rng.normal(size=5) * 1e5
+    kw = dict(hidden_layer_sizes=(8,), max_iter=4, random_state=0, solver="sgd", learning_rate_init=10.0, alpha=0.0,
+              early_stopping=True, batch_size="auto", shuffle=False)
+    sk = _fit_quietly(SkMLPRegressor(**kw), X, y)
+    g = _fit_quietly(MLPRegressor(**kw, backend="numpy", dtype="float64"), X, y)
+    assert np.isnan(sk.validation_scores_[-1]) and np.isfinite(sk.validation_scores_[:-1]).all()
+    np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-9)   # NaN where NaN
+    assert g.best_validation_score_ == pytest.approx(sk.best_validation_score_, rel=1e-9)
+    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_diverged_step_is_named_by_the_epoch_of_the_call():
+    """Each epoch is one call of MLP.fit, whose divergence error named every epoch "epoch 1": full-batch
+    steps diverging at step k are the call's epoch k."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    y = X @ rng.normal(size=5) * 1e5
+    est = MLPRegressor((8,), max_iter=20, random_state=0, solver="sgd", learning_rate_init=10.0, alpha=0.0,
+                       batch_size="auto", shuffle=False, backend="numpy", dtype="float64")
+    with pytest.raises(FloatingPointError) as e:
+        est.fit(X, y)
+    step = int(str(e.value).split(" at step ")[1].split()[0])
+    assert step > 1 and f"at step {step} (epoch {step}, batch 1)" in str(e.value)
+
+
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("Est", ["classifier", "regressor"])
 def test_an_unchanged_loss_or_score_is_not_counted_against_tol_0(early_stopping, Est):
@@ -304,7 +338,8 @@ def test_a_real_parameter_given_a_non_number_is_a_value_error_as_in_sklearn(name
         MLPClassifier(max_iter=1, backend="numpy", **{name: bad}).fit(X, y)
 
 
-@pytest.mark.parametrize("sizes", [(2.5,), (2.0,), (True,), True, "3", ("3",), None, (0,), (2, 0), -1])
+@pytest.mark.parametrize("sizes", [(2.5,), (2.0,), (True,), True, "3", ("3",), None, (0,), (2, 0), -1,
+                                   np.array(3)])   # a 0-d array: numpy's "iteration over a 0-d array"
 def test_hidden_layer_sizes_other_than_positive_integers_are_refused_naming_it(sizes):
     """scikit-learn's MLPs refuse them all (with a TypeError for floats and bools, which would otherwise
     be truncated or read as 1); gpubp's say so with a ValueError naming hidden_layer_sizes, before any
