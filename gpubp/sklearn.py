@@ -91,6 +91,9 @@ How the hyper-parameters map onto gpubp:
 - A `fit` or `partial_fit` refused for its input or settings (before its
   first epoch) leaves the estimator as it was, fitted attributes and
   random state included.
+- A step whose loss is not finite raises FloatingPointError (naming the epoch and batch), where
+  scikit-learn's trains on through the overflow; the network is left on its last finite step, or
+  with `early_stopping` on the best epoch's weights, which scikit-learn's ends on too.
 - Ctrl-C (KeyboardInterrupt) during the epochs ends the training as in
   scikit-learn: "Training interrupted by user." is warned and the call
   returns the estimator as trained so far (the epoch cut short not counted).
@@ -431,6 +434,11 @@ class _BaseMLP(BaseEstimator):
             # so far (`MLP.fit` left the network on its last good step; the epoch cut short is not counted)
             warnings.warn("Training interrupted by user.", UserWarning, stacklevel=_caller_level())
             self._restore_best()
+        except FloatingPointError:
+            # a diverged step (the error says where): with early stopping the estimator is left on the best
+            # epoch's weights, where scikit-learn's, training on through the overflow, ends too
+            self._restore_best()
+            raise
         return self
 
     def _restore_best(self) -> None:

@@ -115,6 +115,26 @@ def test_a_diverged_step_is_named_by_the_epoch_of_the_call():
     assert step > 1 and f"at step {step} (epoch {step}, batch 1)" in str(e.value)
 
 
+def test_a_fit_diverging_with_early_stopping_leaves_the_best_epochs_weights():
+    """scikit-learn's early stopping ends on the best epoch's weights whatever came after; gpubp raises at the
+    diverged step (FloatingPointError) and leaves the estimator on those weights too, not on the last
+    finite step's."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    y = X @ rng.normal(size=5) * 1e5
+    kw = dict(hidden_layer_sizes=(8,), random_state=0, solver="sgd", learning_rate_init=2.0, alpha=0.0,
+              batch_size=64, shuffle=False, early_stopping=True, validation_fraction=0.2, tol=0.0,
+              n_iter_no_change=1000, backend="numpy", dtype="float64")
+    est = MLPRegressor(max_iter=50, **kw)
+    with pytest.raises(FloatingPointError):
+        est.fit(X, y)
+    best = int(np.argmax(est.validation_scores_)) + 1
+    assert 1 <= best < est.n_iter_ + 1 and len(est.validation_scores_) >= 2
+    ref = _fit_quietly(MLPRegressor(max_iter=best, **kw), X, y)
+    for a, b in zip(ref.coefs_ + ref.intercepts_, est.coefs_ + est.intercepts_):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("Est", ["classifier", "regressor"])
 def test_an_unchanged_loss_or_score_is_not_counted_against_tol_0(early_stopping, Est):
