@@ -741,6 +741,12 @@ class DataParallel:
                         "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
+        # the all-reduces each step makes, as the layers each sums (`GradientBuckets`): ranks whose init()
+        # cut them otherwise (bucket_bytes, overlap) would have MPI match one rank's bucket with another's
+        lows = [lo for lo, _, _ in self.buckets.buckets] if self.buckets.overlap else [1]
+        tops = [len(net.layout.segments)] + [lo - 1 for lo in lows[:-1]]
+        plan["comm"] = {"gradient all-reduces (init's overlap, bucket_bytes)":
+                        [f"layers {lo}-{top}" if lo < top else f"layer {lo}" for lo, top in zip(lows, tops)]}
         plan["network"].pop("seed", None)      # rank 0's parameters and generator are broadcast
         if not self.sharded:
             plan["data"] = {"rows": self.n_local, "X": _fingerprint(be, X), "Y": _fingerprint(be, Y)}

@@ -1523,6 +1523,30 @@ def test_sample_weights_on_some_ranks_only_are_refused_naming_who_has_them(monke
             "fit.sample_weights = true where rank 0 has false" in said, said
 
 
+@pytest.mark.parametrize("rank1", [dict(bucket_bytes=1 << 20), dict(bucket_bytes=8, overlap=False)])
+def test_ranks_summing_the_gradient_in_different_all_reduces_are_refused(rank1, monkeypatch):
+    """Ranks whose `init(bucket_bytes=..., overlap=...)` cut the gradient sum into other all-reduces
+    (rank 0: three buckets, one per layer; rank 1: one) are refused on every rank before any step,
+    each network as it was.  Their collectives were matched out of step: MPI summed rank 0's output
+    layer with rank 1's whole buffer, and the garbage was reported as a diverged training."""
+    X, Y, _, _, _ = dp_train.data()
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0, **(rank1 if r == 1 else dict(bucket_bytes=8)))
+        net = dp_train.make_net()
+        before = net._params.copy()
+        with pytest.raises(ConfigMismatch) as e:
+            net.fit(X, Y, epochs=1, batch_size=5, progress=False, comm=comm)
+        np.testing.assert_array_equal(net._params, before)
+        return str(e.value)
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    for said in results:
+        assert """rank 1 has comm.gradient all-reduces (init's overlap, bucket_bytes) = ["layers 1-3"] where """ \
+            """rank 0 has ["layer 3", "layer 2", "layer 1"]""" in said, said
+
+
 @pytest.mark.parametrize("sharded", [False, True])
 def test_setup_takes_a_bool_validation_as_whether_there_is_one(sharded, monkeypatch):
     """`DataParallel.setup(validation=...)`: None and False both say there is no validation pair (so ranks
