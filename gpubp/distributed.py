@@ -886,8 +886,8 @@ class DataParallel:
 
     # -------------------------------------------------------------- callbacks
     def _state_digest(self) -> list:
-        """A digest of this rank's training state (parameters, optimizer state, shuffling generator):
-        per buffer its float64 sum and sum of magnitudes (every value counts) and the exact bytes of up
+        """A digest of this rank's training state (parameters, optimizer state and hyper-parameters, shuffling
+        generator): per buffer its float64 sum and sum of magnitudes (every value counts) and the exact bytes of up
         to 1024 values spread over it; equal on every rank that holds the same state (the same
         reductions of the same values on the same kind of device)."""
         import hashlib
@@ -900,7 +900,13 @@ class DataParallel:
             out.append([_fingerprint(be, flat, 1024)] + [repr(float(v)) for v in sums])
         out.append(hashlib.sha256(json.dumps(self.net._rng.bit_generator.state, sort_keys=True,
                                              default=str).encode()).hexdigest()[:16])
+        out.append(self._hyper())
         return out
+
+    def _hyper(self) -> dict:
+        """The optimizer's hyper-parameters (its learning rate...) as JSON data: a callback may change them."""
+        hyper = {} if self.optimizer is None else self.optimizer.hyper()
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in hyper.items()}
 
     def before_callbacks(self):
         """Note this rank's state before the callbacks of an epoch's end (or of the training's) run."""
@@ -912,9 +918,10 @@ class DataParallel:
 
         `EarlyStopping(restore_best=True)` given to rank 0 alone put the best epoch's parameters back on
         rank 0 and left the others with the last epoch's, silently; so does any callback that changes the
-        network (or draws from its generator) on some ranks: the ranks then hold rank 0's state, as they
-        do at the start of `fit`.  A rank whose own callback's change is so replaced warns.  `epoch`: the
-        epoch whose `on_epoch_end` callbacks ran, or None for `on_train_end`."""
+        network, its optimizer's settings (a learning-rate decay) or draws from its generator on some
+        ranks: the ranks then hold rank 0's state, as they do at the start of `fit`.  A rank whose own
+        callback's change is so replaced warns.  `epoch`: the epoch whose `on_epoch_end` callbacks ran, or
+        None for `on_train_end`."""
         what = "the end of fit" if epoch is None else f"the decision to stop after epoch {epoch}"
         where = "on_train_end" if epoch is None else f"on_epoch_end of epoch {epoch}"
         mine = self._state_digest()
@@ -924,6 +931,11 @@ class DataParallel:
                 self.comm.broadcast(buf, 0, f"the broadcast of rank 0's training state after {what}")
             rng = self.net._rng.bit_generator
             rng.state = self.comm.broadcast_json(rng.state, 0, f"the broadcast of rank 0's generator after {what}")
+            # a learning-rate decay in a callback of rank 0 alone: every rank goes on with rank 0's rate
+            for k, v in self.comm.broadcast_json(self._hyper(), 0, f"the broadcast of rank 0's optimizer "
+                                                                   f"settings after {what}").items():
+                if v != self._hyper()[k]:
+                    setattr(self.optimizer, k, v)
             if mine != everyone[0]["state"] and mine != self._digest_before:
                 import warnings
 

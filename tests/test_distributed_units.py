@@ -399,6 +399,32 @@ def test_a_callback_changing_rank_0s_network_alone_is_kept_everywhere_without_a_
     assert said == []
 
 
+@pytest.mark.parametrize("cb_rank", [0, 1])
+def test_a_callback_changing_one_ranks_learning_rate_leaves_rank_0s_everywhere(cb_rank, monkeypatch):
+    """A learning-rate decay in a callback of one rank only (as `EarlyStopping` on rank 0 alone): every rank
+    goes on with rank 0's rate, as one process with rank 0's callbacks.  The rate was no part of the state
+    compared after the callbacks: each rank stepped with its own and the sum mixed gradients taken at
+    parameters that had drifted apart, silently (rank 0's decay on 2 ranks ended 1e-2 off)."""
+    from gpubp.callbacks import LambdaCallback
+
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((32, 4)), rng.standard_normal((32, 2))
+
+    def decay(net, epoch, logs):
+        net.optimizer.lr = net.optimizer.lr * 0.1
+
+    fit_kw = dict(epochs=3, batch_size=8, lr=0.5)
+    results, said = fit_with_a_callback_on_one_rank(monkeypatch, 2, cb_rank, decay, X, Y, [4, 8, 2], fit_kw)
+    ref = small_net([4, 8, 2])
+    ref.fit(X, Y, optimizer="sgd", progress=False, callbacks=[LambdaCallback(on_epoch_end=decay)] if cb_rank == 0
+            else None, **fit_kw)
+    for params, _ in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+    # rank 1, whose own decay is replaced after each epoch, warns each time; rank 0's is kept without a word
+    assert len(said) == 3 * cb_rank, said
+    assert all(s.startswith(f"rank 1: a callback (on_epoch_end of epoch {e}) changed") for e, s in zip((1, 2, 3), said))
+
+
 def test_a_callback_swapping_two_of_one_ranks_parameters_is_seen_and_undone(monkeypatch):
     """The digest of the training state compared after the callbacks sees the values themselves, not only
     their sums: rank 1's callback swaps two of its parameters (sum and sum of magnitudes unchanged); every
