@@ -640,6 +640,13 @@ def _fingerprint(backend, X, n_rows=64) -> str:
     return h.hexdigest()[:16]
 
 
+def _rng_json(net):
+    """The network's shuffling generator's state as JSON data (a Philox or SFC64 one holds numpy arrays)."""
+    from .network import _rng_state_for_file
+
+    return _rng_state_for_file(net._rng)
+
+
 def _schedule_rates(lr_schedule, total_steps, n=16):
     """`[[step, rate], ...]` of `lr_schedule` at steps 1, 2, 3 and up to `2 n` more spread over
     `1..total_steps` (linearly and geometrically), for comparing the ranks' schedules; None without one.
@@ -783,7 +790,7 @@ class DataParallel:
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
-        rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
+        rng.state = comm.broadcast_json(_rng_json(net), 0, "the broadcast of the shuffling generator")
         return self.n_steps
 
     def start_together(self, error=None):
@@ -930,7 +937,8 @@ class DataParallel:
             for buf in self.net._state_buffers(self.optimizer):
                 self.comm.broadcast(buf, 0, f"the broadcast of rank 0's training state after {what}")
             rng = self.net._rng.bit_generator
-            rng.state = self.comm.broadcast_json(rng.state, 0, f"the broadcast of rank 0's generator after {what}")
+            rng.state = self.comm.broadcast_json(_rng_json(self.net), 0,
+                                                 f"the broadcast of rank 0's generator after {what}")
             # a learning-rate decay in a callback of rank 0 alone: every rank goes on with rank 0's rate
             for k, v in self.comm.broadcast_json(self._hyper(), 0, f"the broadcast of rank 0's optimizer "
                                                                    f"settings after {what}").items():

@@ -1492,6 +1492,44 @@ def test_every_rank_starts_from_rank_0s_parameters(monkeypatch):
 
 
 
+@pytest.mark.parametrize("kind", ["Philox", "SFC64"])
+def test_a_network_whose_generator_state_holds_arrays_trains_on_several_ranks(kind, monkeypatch):
+    """A network loaded from a checkpoint whose shuffling generator is a Philox or an SFC64 (kinds `load`
+    accepts, whose `bit_generator.state` holds numpy arrays) trains on several ranks as in one process.
+    Its state went to `json.dumps` as it was: "TypeError: Object of type ndarray is not JSON
+    serializable" on every rank, which ended the job."""
+    from gpubp.callbacks import LambdaCallback
+
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((20, 3)), rng.standard_normal((20, 2))
+
+    def make():
+        net = small_net([3, 4, 2])
+        net._rng = np.random.Generator(getattr(np.random, kind)(7))
+        return net
+
+    def draw(net, epoch, logs):        # on rank 1 alone: rank 0's generator is broadcast after the epoch
+        net._rng.random()
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = make()
+        net.fit(X, Y, epochs=2, batch_size=5, optimizer="sgd", progress=False, comm=comm,
+                callbacks=[LambdaCallback(on_epoch_end=draw)] if r == 1 else None)
+        return net._params.copy(), net._rng.bit_generator.state
+
+    with pytest.warns(RuntimeWarning, match="rank 1: a callback .* drew from its generator"):
+        codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    ref = make()
+    ref.fit(X, Y, epochs=2, batch_size=5, optimizer="sgd", progress=False)
+    for params, state in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+        assert type(ref._rng.bit_generator)(0).state.keys() == state.keys()
+        assert json.dumps(state, default=lambda a: a.tolist()) == \
+            json.dumps(ref._rng.bit_generator.state, default=lambda a: a.tolist())
+
+
 def _weighted_ranks(local_w):
     """Rank r's `DataParallel` (the `small_net` of 3-4-2, SGD) with its steps' weights `local_w[r]` and their
     sums over the ranks, as `begin_epoch` leaves them."""
