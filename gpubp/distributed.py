@@ -893,10 +893,10 @@ class DataParallel:
 
     # -------------------------------------------------------------- callbacks
     def _state_digest(self) -> list:
-        """A digest of this rank's training state (parameters, optimizer state and hyper-parameters, shuffling
-        generator): per buffer its float64 sum and sum of magnitudes (every value counts) and the exact bytes of up
-        to 1024 values spread over it; equal on every rank that holds the same state (the same
-        reductions of the same values on the same kind of device)."""
+        """A digest of this rank's training state (parameters, optimizer state and hyper-parameters,
+        shuffling generator): per buffer its float64 sum and sum of magnitudes (every value counts) and
+        the exact bytes of up to 1024 values spread over it; equal on every rank that holds the same
+        state (the same reductions of the same values on the same kind of device)."""
         import hashlib
 
         be = self.net.backend
