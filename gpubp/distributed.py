@@ -640,6 +640,13 @@ def _fingerprint(backend, X, n_rows=64) -> str:
     return h.hexdigest()[:16]
 
 
+def _rng_json(net):
+    """The network's shuffling generator's state as JSON data (a Philox or SFC64 one holds numpy arrays)."""
+    from .network import _rng_state_for_file
+
+    return _rng_state_for_file(net._rng)
+
+
 def _schedule_rates(lr_schedule, total_steps, n=16):
     """`[[step, rate], ...]` of `lr_schedule` at steps 1, 2, 3 and up to `2 n` more spread over
     `1..total_steps` (linearly and geometrically), for comparing the ranks' schedules; None without one.
@@ -741,6 +748,12 @@ class DataParallel:
                         "lr_schedule": _schedule_rates(lr_schedule, int(epochs) * self.n_steps)},
                 "standardization": None if net.standardization is None else
                 _fingerprint(None, np.stack([np.asarray(a, dtype=np.float64) for a in net.standardization]))}
+        # the all-reduces each step makes, as the layers each sums (`GradientBuckets`): ranks whose init()
+        # cut them otherwise (bucket_bytes, overlap) would have MPI match one rank's bucket with another's
+        lows = [lo for lo, _, _ in self.buckets.buckets] if self.buckets.overlap else [1]
+        tops = [len(net.layout.segments)] + [lo - 1 for lo in lows[:-1]]
+        plan["comm"] = {"gradient all-reduces (init's overlap, bucket_bytes)":
+                        [f"layers {lo}-{top}" if lo < top else f"layer {lo}" for lo, top in zip(lows, tops)]}
         plan["network"].pop("seed", None)      # rank 0's parameters and generator are broadcast
         if not self.sharded:
             plan["data"] = {"rows": self.n_local, "X": _fingerprint(be, X), "Y": _fingerprint(be, Y)}
@@ -777,7 +790,7 @@ class DataParallel:
         for i, buf in enumerate(net._state_buffers(opt)):     # parameters, step count, optimizer state
             comm.broadcast(buf, 0, "the broadcast of the parameters and optimizer state" if i == 0 else
                            "the broadcast of the optimizer state")
-        rng.state = comm.broadcast_json(rng.state, 0, "the broadcast of the shuffling generator")
+        rng.state = comm.broadcast_json(_rng_json(net), 0, "the broadcast of the shuffling generator")
         return self.n_steps
 
     def start_together(self, error=None):
@@ -880,10 +893,10 @@ class DataParallel:
 
     # -------------------------------------------------------------- callbacks
     def _state_digest(self) -> list:
-        """A digest of this rank's training state (parameters, optimizer state, shuffling generator):
-        per buffer its float64 sum and sum of magnitudes (every value counts) and the exact bytes of up
-        to 1024 values spread over it; equal on every rank that holds the same state (the same
-        reductions of the same values on the same kind of device)."""
+        """A digest of this rank's training state (parameters, optimizer state and hyper-parameters,
+        shuffling generator): per buffer its float64 sum and sum of magnitudes (every value counts) and
+        the exact bytes of up to 1024 values spread over it; equal on every rank that holds the same
+        state (the same reductions of the same values on the same kind of device)."""
         import hashlib
 
         be = self.net.backend
@@ -894,7 +907,13 @@ class DataParallel:
             out.append([_fingerprint(be, flat, 1024)] + [repr(float(v)) for v in sums])
         out.append(hashlib.sha256(json.dumps(self.net._rng.bit_generator.state, sort_keys=True,
                                              default=str).encode()).hexdigest()[:16])
+        out.append(self._hyper())
         return out
+
+    def _hyper(self) -> dict:
+        """The optimizer's hyper-parameters (its learning rate...) as JSON data: a callback may change them."""
+        hyper = {} if self.optimizer is None else self.optimizer.hyper()
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in hyper.items()}
 
     def before_callbacks(self):
         """Note this rank's state before the callbacks of an epoch's end (or of the training's) run."""
@@ -906,9 +925,10 @@ class DataParallel:
 
         `EarlyStopping(restore_best=True)` given to rank 0 alone put the best epoch's parameters back on
         rank 0 and left the others with the last epoch's, silently; so does any callback that changes the
-        network (or draws from its generator) on some ranks: the ranks then hold rank 0's state, as they
-        do at the start of `fit`.  A rank whose own callback's change is so replaced warns.  `epoch`: the
-        epoch whose `on_epoch_end` callbacks ran, or None for `on_train_end`."""
+        network, its optimizer's settings (a learning-rate decay) or draws from its generator on some
+        ranks: the ranks then hold rank 0's state, as they do at the start of `fit`.  A rank whose own
+        callback's change is so replaced warns.  `epoch`: the epoch whose `on_epoch_end` callbacks ran, or
+        None for `on_train_end`."""
         what = "the end of fit" if epoch is None else f"the decision to stop after epoch {epoch}"
         where = "on_train_end" if epoch is None else f"on_epoch_end of epoch {epoch}"
         mine = self._state_digest()
@@ -917,7 +937,13 @@ class DataParallel:
             for buf in self.net._state_buffers(self.optimizer):
                 self.comm.broadcast(buf, 0, f"the broadcast of rank 0's training state after {what}")
             rng = self.net._rng.bit_generator
-            rng.state = self.comm.broadcast_json(rng.state, 0, f"the broadcast of rank 0's generator after {what}")
+            rng.state = self.comm.broadcast_json(_rng_json(self.net), 0,
+                                                 f"the broadcast of rank 0's generator after {what}")
+            # a learning-rate decay in a callback of rank 0 alone: every rank goes on with rank 0's rate
+            for k, v in self.comm.broadcast_json(self._hyper(), 0, f"the broadcast of rank 0's optimizer "
+                                                                   f"settings after {what}").items():
+                if v != self._hyper()[k]:
+                    setattr(self.optimizer, k, v)
             if mine != everyone[0]["state"] and mine != self._digest_before:
                 import warnings
 

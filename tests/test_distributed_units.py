@@ -399,6 +399,32 @@ def test_a_callback_changing_rank_0s_network_alone_is_kept_everywhere_without_a_
     assert said == []
 
 
+@pytest.mark.parametrize("cb_rank", [0, 1])
+def test_a_callback_changing_one_ranks_learning_rate_leaves_rank_0s_everywhere(cb_rank, monkeypatch):
+    """A learning-rate decay in a callback of one rank only (as `EarlyStopping` on rank 0 alone): every rank
+    goes on with rank 0's rate, as one process with rank 0's callbacks.  The rate was no part of the state
+    compared after the callbacks: each rank stepped with its own and the sum mixed gradients taken at
+    parameters that had drifted apart, silently (rank 0's decay on 2 ranks ended 1e-2 off)."""
+    from gpubp.callbacks import LambdaCallback
+
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((32, 4)), rng.standard_normal((32, 2))
+
+    def decay(net, epoch, logs):
+        net.optimizer.lr = net.optimizer.lr * 0.1
+
+    fit_kw = dict(epochs=3, batch_size=8, lr=0.5)
+    results, said = fit_with_a_callback_on_one_rank(monkeypatch, 2, cb_rank, decay, X, Y, [4, 8, 2], fit_kw)
+    ref = small_net([4, 8, 2])
+    ref.fit(X, Y, optimizer="sgd", progress=False, callbacks=[LambdaCallback(on_epoch_end=decay)] if cb_rank == 0
+            else None, **fit_kw)
+    for params, _ in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+    # rank 1, whose own decay is replaced after each epoch, warns each time; rank 0's is kept without a word
+    assert len(said) == 3 * cb_rank, said
+    assert all(s.startswith(f"rank 1: a callback (on_epoch_end of epoch {e}) changed") for e, s in zip((1, 2, 3), said))
+
+
 def test_a_callback_swapping_two_of_one_ranks_parameters_is_seen_and_undone(monkeypatch):
     """The digest of the training state compared after the callbacks sees the values themselves, not only
     their sums: rank 1's callback swaps two of its parameters (sum and sum of magnitudes unchanged); every
@@ -1466,6 +1492,44 @@ def test_every_rank_starts_from_rank_0s_parameters(monkeypatch):
 
 
 
+@pytest.mark.parametrize("kind", ["Philox", "SFC64"])
+def test_a_network_whose_generator_state_holds_arrays_trains_on_several_ranks(kind, monkeypatch):
+    """A network loaded from a checkpoint whose shuffling generator is a Philox or an SFC64 (kinds `load`
+    accepts, whose `bit_generator.state` holds numpy arrays) trains on several ranks as in one process.
+    Its state went to `json.dumps` as it was: "TypeError: Object of type ndarray is not JSON
+    serializable" on every rank, which ended the job."""
+    from gpubp.callbacks import LambdaCallback
+
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((20, 3)), rng.standard_normal((20, 2))
+
+    def make():
+        net = small_net([3, 4, 2])
+        net._rng = np.random.Generator(getattr(np.random, kind)(7))
+        return net
+
+    def draw(net, epoch, logs):        # on rank 1 alone: rank 0's generator is broadcast after the epoch
+        net._rng.random()
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0)
+        net = make()
+        net.fit(X, Y, epochs=2, batch_size=5, optimizer="sgd", progress=False, comm=comm,
+                callbacks=[LambdaCallback(on_epoch_end=draw)] if r == 1 else None)
+        return net._params.copy(), net._rng.bit_generator.state
+
+    with pytest.warns(RuntimeWarning, match="rank 1: a callback .* drew from its generator"):
+        codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    ref = make()
+    ref.fit(X, Y, epochs=2, batch_size=5, optimizer="sgd", progress=False)
+    for params, state in results:
+        np.testing.assert_allclose(params, ref._params, rtol=1e-12, atol=1e-14)
+        assert type(ref._rng.bit_generator)(0).state.keys() == state.keys()
+        assert json.dumps(state, default=lambda a: a.tolist()) == \
+            json.dumps(ref._rng.bit_generator.state, default=lambda a: a.tolist())
+
+
 def _weighted_ranks(local_w):
     """Rank r's `DataParallel` (the `small_net` of 3-4-2, SGD) with its steps' weights `local_w[r]` and their
     sums over the ranks, as `begin_epoch` leaves them."""
@@ -1521,6 +1585,30 @@ def test_sample_weights_on_some_ranks_only_are_refused_naming_who_has_them(monke
     for said in results:
         assert said.startswith("the ranks' network configurations and training settings differ") and \
             "fit.sample_weights = true where rank 0 has false" in said, said
+
+
+@pytest.mark.parametrize("rank1", [dict(bucket_bytes=1 << 20), dict(bucket_bytes=8, overlap=False)])
+def test_ranks_summing_the_gradient_in_different_all_reduces_are_refused(rank1, monkeypatch):
+    """Ranks whose `init(bucket_bytes=..., overlap=...)` cut the gradient sum into other all-reduces
+    (rank 0: three buckets, one per layer; rank 1: one) are refused on every rank before any step,
+    each network as it was.  Their collectives were matched out of step: MPI summed rank 0's output
+    layer with rank 1's whole buffer, and the garbage was reported as a diverged training."""
+    X, Y, _, _, _ = dp_train.data()
+
+    def body(r):
+        comm = distributed.init(backend="numpy", timeout=30.0, **(rank1 if r == 1 else dict(bucket_bytes=8)))
+        net = dp_train.make_net()
+        before = net._params.copy()
+        with pytest.raises(ConfigMismatch) as e:
+            net.fit(X, Y, epochs=1, batch_size=5, progress=False, comm=comm)
+        np.testing.assert_array_equal(net._params, before)
+        return str(e.value)
+
+    codes, _, errs, results = on_ranks(2, body, monkeypatch)
+    assert codes == [0, 0], errs
+    for said in results:
+        assert """rank 1 has comm.gradient all-reduces (init's overlap, bucket_bytes) = ["layers 1-3"] where """ \
+            """rank 0 has ["layer 3", "layer 2", "layer 1"]""" in said, said
 
 
 @pytest.mark.parametrize("sharded", [False, True])
