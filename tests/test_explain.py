@@ -759,6 +759,9 @@ def test_a_weights_file_may_give_a_single_number_as_input_or_target(capsys, tmp_
     (["--layers", "2,3", "--loss", "cross_entropy", "--target", "0.5,0.5"],
      "the target has 2 values per sample; the network has 3 outputs"),
     (["--layers", "2,3", "--loss", "cross_entropy", "--target", "3"], "class labels in the target must lie in [0, 3)"),
+    # a whole number past int64 wrapped in the cast to a label: "got labels from -9223372036854775808"
+    (["--layers", "2,3", "--loss", "cross_entropy", "--target", "1e20"],
+     "class labels in the target must lie in [0, 3) for a network with 3 outputs; got labels from 1e+20 to 1e+20"),
     (["--loss", "binary_cross_entropy", "--output-activation", "identity", "--target", "2"],
      "the target: binary_cross_entropy targets must lie in [0, 1]"),
 ])
@@ -925,6 +928,12 @@ def test_the_text_refuses_digits_that_are_not_a_positive_integer(digits):
     ("expected", [0.2, 0.5], '"expected" must be an object of published numbers'),
     ("expected", "0.5", '"expected" must be an object of published numbers'),
     ("description", ["a", "list"], '"description" must be a string, got list'),
+    # a published number under a key the comparison does not know, or one that is no number, was
+    # dropped unseen: the comparison read "(nothing comparable)" or left the key out
+    ("expected", {"los": 0.5}, '"expected": unknown key \'los\'; the comparison takes loss, output, '
+                               'loss_after, W_after, b_after'),
+    ("expected", {"loss": 0.5, "output": "0.2"}, '"expected": "output" must be a number or a list of numbers'),
+    ("expected", {"output": [0.2, None]}, '"expected": "output" must be a number or a list of numbers'),
 ])
 def test_a_weights_file_with_an_expected_or_description_of_the_wrong_type_is_a_usage_error(
         capsys, tmp_path, key, value, message):
