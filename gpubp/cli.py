@@ -1008,7 +1008,10 @@ def _add_gradcheck(sub):
         description="Compare the backend's analytic gradients (MLP.loss_and_grads) with central finite "
                     "differences and print the relative error of each layer's dW and db "
                     "(||analytic - numeric|| / max(||analytic||, ||numeric||), or the worst entry with "
-                    "--kind max). Exits with status 1 when an error exceeds --threshold.",
+                    "--kind max). Exits with status 1 when an error exceeds --threshold. A layer whose gradient "
+                    "vanishes next to the loss (the first layers of a deep sigmoid network) can fail although "
+                    "its gradient is right: its differences are the finite differences' rounding, about "
+                    "1e-16 |loss| / eps (the max|diff| column); a larger --eps (1e-3) lowers it.",
         formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--layers", type=_sizes, default=[4, 6, 5, 3], metavar="N0,...,NL", help="layer sizes")
     p.add_argument("--activation", type=_activations, default=["tanh"], metavar="NAME[,NAME...]",
