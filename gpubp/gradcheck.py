@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .checks import check_positive_int, real_number
+from .checks import check_positive_int, check_seed, real_number
 from .gradflow import norm
 
 
@@ -165,7 +165,7 @@ def _layer_pairs(analytic, numeric):
 def random_problem(net, batch: int = 5, seed=0):
     """A random input batch and fitting targets for `net`'s loss (for checks and demos)."""
     batch = check_positive_int("batch", batch)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     n_in, n_out = net.sizes[0], net.sizes[-1]
     X = rng.normal(size=(batch, n_in))
     if net.loss == "cross_entropy":

@@ -170,6 +170,10 @@ def test_bad_eps_batch_and_kind_are_refused_by_name_before_any_pass():
     for batch in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="batch must be a positive integer"):
             random_problem(net, batch)
+    # numpy's "SeedSequence expects int or sequence of ints for entropy not abc", and seed=True a batch
+    for seed in (-1, "abc", 1.5, True):
+        with pytest.raises((TypeError, ValueError), match="seed must be None or a non-negative integer"):
+            random_problem(net, 4, seed)
     calls = []
     original = net.loss_and_grads
     net.loss_and_grads = lambda *a, **k: calls.append(1) or original(*a, **k)
