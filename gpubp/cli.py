@@ -1107,6 +1107,10 @@ def cmd_gradcheck(args) -> int:
     if failures:
         print(f"worst relative error {worst:.3e} > threshold {args.threshold:g}: FAILED in "
               f"{len(failures)} of {runs}: {', '.join(failures)}")
+        if args.dtype == "float32" and args.eps < 1e-2:    # a correct network fails too: said, as in the help
+            print(f"(float32 resolves the loss to about 1e-7 of itself, so differences over eps {args.eps:g} are "
+                  "mostly its rounding: check in float64, or give float32 a larger step and threshold, "
+                  "e.g. --eps 1e-2 --threshold 1e-2)")
         return 1
     print(f"worst relative error {worst:.3e} <= threshold {args.threshold:g}: OK ({runs} "
           f"configuration{'s' if runs > 1 else ''})")
