@@ -480,6 +480,16 @@ def test_plot_writes_a_png_of_the_network(capsys, tmp_path):
     assert "does not exist" in usage_error(capsys, "explain", "--plot", str(tmp_path / "no" / "x.png"))
 
 
+def test_plot_of_one_sample_given_as_a_row_draws_it(capsys, tmp_path):
+    # a weights file's "input": [[0.5, 0.1]] traces a batch of 1 whose vectors are rows: plot_trace took
+    # row [0.5, 0.1] for the first unit's value (the first sample only for batch > 1): TypeError from float()
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.5, 0.2]], "b": [0.1]}], "input": [[0.5, 0.1]], "target": [[1]]}))
+    path = tmp_path / "row.png"
+    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--plot", str(path), "--json")
+    assert rc == 0 and strict_json(out)["batch"] == 1 and path.read_bytes()[:4] == b"\x89PNG"
+
+
 def _without_matplotlib(monkeypatch):
     import sys
     for name in list(sys.modules):
