@@ -1008,7 +1008,10 @@ def _add_gradcheck(sub):
         description="Compare the backend's analytic gradients (MLP.loss_and_grads) with central finite "
                     "differences and print the relative error of each layer's dW and db "
                     "(||analytic - numeric|| / max(||analytic||, ||numeric||), or the worst entry with "
-                    "--kind max). Exits with status 1 when an error exceeds --threshold.",
+                    "--kind max). Exits with status 1 when an error exceeds --threshold. A layer whose gradient "
+                    "vanishes next to the loss (the first layers of a deep sigmoid network) can fail although "
+                    "its gradient is right: its differences are the finite differences' rounding, about "
+                    "1e-16 |loss| / eps (the max|diff| column); a larger --eps (1e-3) lowers it.",
         formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--layers", type=_sizes, default=[4, 6, 5, 3], metavar="N0,...,NL", help="layer sizes")
     p.add_argument("--activation", type=_activations, default=["tanh"], metavar="NAME[,NAME...]",
@@ -1104,6 +1107,10 @@ def cmd_gradcheck(args) -> int:
     if failures:
         print(f"worst relative error {worst:.3e} > threshold {args.threshold:g}: FAILED in "
               f"{len(failures)} of {runs}: {', '.join(failures)}")
+        if args.dtype == "float32" and args.eps < 1e-2:    # a correct network fails too: said, as in the help
+            print(f"(float32 resolves the loss to about 1e-7 of itself, so differences over eps {args.eps:g} are "
+                  "mostly its rounding: check in float64, or give float32 a larger step and threshold, "
+                  "e.g. --eps 1e-2 --threshold 1e-2)")
         return 1
     print(f"worst relative error {worst:.3e} <= threshold {args.threshold:g}: OK ({runs} "
           f"configuration{'s' if runs > 1 else ''})")

@@ -116,6 +116,9 @@ def _targets(Y, loss, B, n_out):
         if not np.all(Y == np.round(Y)):
             raise ValueError(f"a cross_entropy target is a class index (a whole number from 0 to {n_out - 1}) "
                              f"or {n_out} probabilities per sample; got {Y.reshape(-1).tolist()}")
+        if not np.all((Y >= 0) & (Y < n_out)):    # before the cast: 1e20 wrapped to a negative int64
+            raise ValueError(f"class labels in the target must lie in [0, {n_out}) for a network with {n_out} "
+                             f"outputs; got labels from {Y.min():g} to {Y.max():g}")
         Y = Y.reshape(B).astype(np.int64)
     else:
         if Y.ndim <= 1:     # one sample's values, or (one output) one value per sample
@@ -335,6 +338,9 @@ def example_path(name: str) -> str:
     return f"gpubp/examples/{EXAMPLES[name]}"
 
 
+#: the quantities a weights file's "expected" may give, which the text compares with the trace's
+EXPECTED_KEYS = ("loss", "output", "loss_after", "W_after", "b_after")
+
 #: the keys a weights file (and an example) may hold
 WEIGHTS_FILE_KEYS = ("layers", "layer_sizes", "input", "target", "activation", "output_activation", "loss", "lr",
                      "description", "expected")
@@ -379,6 +385,12 @@ def read_weights_file(path_or_text, *, is_text=False) -> dict:
     if "expected" in d and not isinstance(d["expected"], dict):
         raise ValueError(f'{where}: "expected" must be an object of published numbers, e.g. '
                          f'{{"loss": 0.5, "output": [0.2]}}, got {type(d["expected"]).__name__}')
+    for key, want in d.get("expected", {}).items():    # else dropped unseen by the comparison
+        if key not in EXPECTED_KEYS:
+            raise ValueError(f'{where}: "expected": unknown key {key!r}; the comparison takes '
+                             f'{", ".join(EXPECTED_KEYS)}')
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in _flat(want)):
+            raise ValueError(f'{where}: "expected": "{key}" must be a number or a list of numbers, got {want!r}'[:300])
     if "description" in d and not isinstance(d["description"], str):
         raise ValueError(f'{where}: "description" must be a string, got {type(d["description"]).__name__}')
     if "lr" in d:                      # a rate the file gives is used as it is, never replaced

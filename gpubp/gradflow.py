@@ -35,6 +35,7 @@ entry a list with one float per layer (layer 1 first):
 from __future__ import annotations
 
 import math
+import numbers
 
 #: a layer whose ||dW|| is below this fraction of the output layer's has a vanishing gradient
 VANISHING = 1e-6
@@ -164,6 +165,9 @@ def flow_warnings(grad_norms, vanishing: float = VANISHING, exploding: float = E
                             f"{type(v).__name__} {v!r}"[:300]) from None
     if not g:
         raise ValueError("grad_norms holds no layers")
+    for name, v in (("vanishing", vanishing), ("exploding", exploding)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {v!r}")
     if not (0 < vanishing < 1 < exploding):
         raise ValueError(f"need 0 < vanishing < 1 < exploding, got vanishing={vanishing}, exploding={exploding}")
     if any(v < 0 for v in g if not math.isnan(v)):

@@ -166,7 +166,8 @@ def plot_trace(trace: dict, path, dpi: int = 120, max_labelled_edges: int = 12, 
     shown = [shown_units(n, max_nodes) for n in sizes]
     # the slot (row) each shown unit takes in its layer's column
     slot = [{u: k for k, u in enumerate(units) if u is not None} for units in shown]
-    first = lambda v: v[0] if trace["batch"] > 1 else v  # noqa: E731  (the first sample of a batch)
+    # the first sample's row where vectors are rows (a batch, one sample given as a row included)
+    first = lambda v: v[0] if len(v) and hasattr(v[0], "__len__") and not isinstance(v[0], str) else v  # noqa: E731
     fwd = {f["layer"]: f for f in trace["forward"]}
     bwd = {b["layer"]: b for b in trace["backward"]}
     n_edges = sum(sizes[l] * sizes[l - 1] for l in range(1, L + 1))

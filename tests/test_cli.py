@@ -342,6 +342,23 @@ def test_gradcheck_fails_above_the_threshold(capsys):
     assert rc == 1 and "FAILED in 4 of 4" in out
 
 
+def test_gradcheck_in_float32_that_fails_says_why_a_correct_network_can(capsys):
+    # a correct float32 network FAILED at the defaults with nothing but the errors: the help's "finite
+    # differences need float64" was never shown; a failure in float64 gets no such note
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--dtype", "float32")
+    assert rc == 1 and "FAILED" in out
+    assert "float32 resolves the loss to about 1e-7 of itself" in out and "--eps 1e-2 --threshold 1e-2" in out
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--dtype", "float32", "--eps", "1e-2",
+                     "--threshold", "1e-2")
+    assert rc == 0 and "float32 resolves" not in out
+    # at that step a failure is not the rounding (relu's kink within eps here): no note
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--dtype", "float32", "--eps", "1e-2",
+                     "--threshold", "1e-2", "--activation", "relu")
+    assert rc == 1 and "float32 resolves" not in out
+    rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--threshold", "1e-14")
+    assert rc == 1 and "float32 resolves" not in out
+
+
 def test_gradcheck_detects_a_broken_gradient(capsys, monkeypatch):
     orig = gpubp.MLP.loss_and_grads
 

@@ -480,6 +480,16 @@ def test_plot_writes_a_png_of_the_network(capsys, tmp_path):
     assert "does not exist" in usage_error(capsys, "explain", "--plot", str(tmp_path / "no" / "x.png"))
 
 
+def test_plot_of_one_sample_given_as_a_row_draws_it(capsys, tmp_path):
+    # a weights file's "input": [[0.5, 0.1]] traces a batch of 1 whose vectors are rows: plot_trace took
+    # row [0.5, 0.1] for the first unit's value (the first sample only for batch > 1): TypeError from float()
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps({"layers": [{"W": [[0.5, 0.2]], "b": [0.1]}], "input": [[0.5, 0.1]], "target": [[1]]}))
+    path = tmp_path / "row.png"
+    rc, out, _ = run(capsys, "explain", "--weights", str(wf), "--plot", str(path), "--json")
+    assert rc == 0 and strict_json(out)["batch"] == 1 and path.read_bytes()[:4] == b"\x89PNG"
+
+
 def _without_matplotlib(monkeypatch):
     import sys
     for name in list(sys.modules):
@@ -759,6 +769,9 @@ def test_a_weights_file_may_give_a_single_number_as_input_or_target(capsys, tmp_
     (["--layers", "2,3", "--loss", "cross_entropy", "--target", "0.5,0.5"],
      "the target has 2 values per sample; the network has 3 outputs"),
     (["--layers", "2,3", "--loss", "cross_entropy", "--target", "3"], "class labels in the target must lie in [0, 3)"),
+    # a whole number past int64 wrapped in the cast to a label: "got labels from -9223372036854775808"
+    (["--layers", "2,3", "--loss", "cross_entropy", "--target", "1e20"],
+     "class labels in the target must lie in [0, 3) for a network with 3 outputs; got labels from 1e+20 to 1e+20"),
     (["--loss", "binary_cross_entropy", "--output-activation", "identity", "--target", "2"],
      "the target: binary_cross_entropy targets must lie in [0, 1]"),
 ])
@@ -925,6 +938,12 @@ def test_the_text_refuses_digits_that_are_not_a_positive_integer(digits):
     ("expected", [0.2, 0.5], '"expected" must be an object of published numbers'),
     ("expected", "0.5", '"expected" must be an object of published numbers'),
     ("description", ["a", "list"], '"description" must be a string, got list'),
+    # a published number under a key the comparison does not know, or one that is no number, was
+    # dropped unseen: the comparison read "(nothing comparable)" or left the key out
+    ("expected", {"los": 0.5}, '"expected": unknown key \'los\'; the comparison takes loss, output, '
+                               'loss_after, W_after, b_after'),
+    ("expected", {"loss": 0.5, "output": "0.2"}, '"expected": "output" must be a number or a list of numbers'),
+    ("expected", {"output": [0.2, None]}, '"expected": "output" must be a number or a list of numbers'),
 ])
 def test_a_weights_file_with_an_expected_or_description_of_the_wrong_type_is_a_usage_error(
         capsys, tmp_path, key, value, message):

@@ -170,6 +170,10 @@ def test_bad_eps_batch_and_kind_are_refused_by_name_before_any_pass():
     for batch in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="batch must be a positive integer"):
             random_problem(net, batch)
+    # numpy's "SeedSequence expects int or sequence of ints for entropy not abc", and seed=True a batch
+    for seed in (-1, "abc", 1.5, True):
+        with pytest.raises((TypeError, ValueError), match="seed must be None or a non-negative integer"):
+            random_problem(net, 4, seed)
     calls = []
     original = net.loss_and_grads
     net.loss_and_grads = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -253,6 +257,21 @@ def test_relative_errors_against_hand_computed_values():
     empty = [(np.zeros((2, 0)), np.zeros(2))]
     assert relative_errors(empty, empty, kind="max") == [(0.0, 0.0)] == relative_errors(empty, empty)
     assert relative_errors(an, [(np.array([[4.0, math.inf]]), np.array([-0.5]))], kind="max")[0][0] == math.inf
+
+
+def test_the_norm_relative_error_of_huge_and_tiny_gradients_neither_overflows_nor_underflows():
+    # ||a|| squared the entries: 1.5e200 overflowed (inf / inf, a NaN the CLI's max() skipped, so a wrong
+    # layer printed no FAIL) and 2e-200 underflowed to 0 (read as "both zero": error 0 for a factor 2)
+    for scale in (1e200, 1e-200, 1e-310):
+        (ew, eb), = relative_errors([(np.array([[1.0, 0.0]]) * scale, np.array([4.0]) * scale)],
+                                    [(np.array([[1.5, 0.0]]) * scale, np.array([2.0]) * scale)])
+        assert ew == pytest.approx(1 / 3, rel=1e-12) and eb == pytest.approx(0.5, rel=1e-12), scale
+    (ew, eb), = relative_errors([(np.array([[3e200, 4e200]]), np.array([1e-200]))],
+                                [(np.array([[3e200, 4e200]]), np.array([1e-200]))])
+    assert ew == 0.0 and eb == 0.0
+    # entries so large that even the scaled norms overflow: infinitely wrong, not NaN
+    big = np.full((1, 4), 1.7e308)
+    assert relative_errors([(big, np.ones(1))], [(-big, np.ones(1))]) == [(math.inf, 0.0)]
 
 
 def test_gradient_scale_and_max_abs_errors_by_hand():

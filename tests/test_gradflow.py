@@ -276,6 +276,10 @@ def test_flow_warning_thresholds_are_strict_and_a_zero_norm_vanishes():
     for vanishing, exploding in ((0.0, 1e3), (1.0, 1e3), (1e-6, 1.0), (-1e-6, 1e3)):
         with pytest.raises(ValueError, match="vanishing < 1 < exploding"):
             gradflow.flow_warnings([1.0, 1.0], vanishing=vanishing, exploding=exploding)
+    # a threshold that is no number: "'<' not supported between instances of 'int' and 'str'"
+    for kw in ({"vanishing": "1e-6"}, {"exploding": None}, {"vanishing": True}):
+        with pytest.raises(TypeError, match=f"{next(iter(kw))} must be a number, got {next(iter(kw.values()))!r}"):
+            gradflow.flow_warnings([1.0, 1.0], **kw)
     for g in ([-1e-9, 1.0], [1.0, -1.0]):
         with pytest.raises(ValueError, match="cannot be negative"):
             gradflow.flow_warnings(g)
