@@ -940,9 +940,10 @@ class DataParallel:
             rng.state = self.comm.broadcast_json(_rng_json(self.net), 0,
                                                  f"the broadcast of rank 0's generator after {what}")
             # a learning-rate decay in a callback of rank 0 alone: every rank goes on with rank 0's rate
-            for k, v in self.comm.broadcast_json(self._hyper(), 0, f"the broadcast of rank 0's optimizer "
-                                                                   f"settings after {what}").items():
-                if v != self._hyper()[k]:
+            own = self._hyper()
+            for k, v in self.comm.broadcast_json(own, 0, f"the broadcast of rank 0's optimizer settings after "
+                                                         f"{what}").items():
+                if v != own[k]:
                     setattr(self.optimizer, k, v)
             if mine != everyone[0]["state"] and mine != self._digest_before:
                 import warnings

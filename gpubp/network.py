@@ -67,12 +67,11 @@ def _releases_inputs(method):
     the other instead of writing each other's activations."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        with self._lock:
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                self._release_inputs()
-    return call
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._release_inputs()
+    return _locked(call)
 
 
 def _locked(method):
