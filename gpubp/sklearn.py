@@ -388,6 +388,11 @@ class _BaseMLP(BaseEstimator):
         return SGD(self.learning_rate_init / c, momentum=self.momentum,
                    nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
 
+    def _new_optimizer(self, incremental: bool) -> bool:
+        """Whether this call trains with a new optimizer: every fit (warm_start included) does, as
+        scikit-learn's; partial_fit keeps the one it has."""
+        return self._optimizer is None or not incremental
+
     def _set_sgd_lr(self, lr: float) -> None:
         """SGD's learning rate set to `lr` (scikit-learn's scale), as scikit-learn's schedules set it
         between epochs.
@@ -523,7 +528,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"sample_weight is too small for alpha={self.alpha!r}: scikit-learn divides the L2 "
                              f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
                              "scale sample_weight up (only its ratios matter to the loss)")
-        fresh = self._optimizer is None or not incremental      # as _run_epochs decides
+        fresh = self._new_optimizer(incremental)
         if (self.solver == "sgd" and self.learning_rate == "invscaling") if fresh else \
                 (isinstance(self._optimizer, SGD) and self._sgd_schedule == "invscaling"):
             # the rate after this call's last epoch, which the velocity's rescaling divides by, must stay
@@ -540,8 +545,7 @@ class _BaseMLP(BaseEstimator):
     def _run_epochs(self, X, Y, X_val, y_val, sw_train, sw_val, w_mean, batch_size, incremental) -> None:
         """Train `net_` for this call's epochs (`_prepare_epochs` made the arguments)."""
         c, r = self._loss_scales()
-        if self._optimizer is None or not incremental:
-            # fit (warm_start included) starts a fresh optimizer, as scikit-learn's does; partial_fit keeps its state
+        if self._new_optimizer(incremental):
             self._optimizer = self._make_optimizer(c)
         self._optimizer.weight_decay = c * self.alpha / (batch_size * w_mean)
         fit_kw = {}
