@@ -31,7 +31,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
-from .losses import LOGIT_LOSSES, LOSSES, check_outputs
+from .losses import FUSED_OUTPUT, LABEL_LOSSES, LOGIT_LOSSES, LOSSES, check_outputs
 from .checks import DTYPES
 from .network import INITS
 from .optional import MissingExtraError, require
@@ -291,7 +291,8 @@ def _add_train(sub):
                    help=f"hidden activation, or one per hidden layer: {', '.join(ACTIVATIONS)}")
     g.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
                    help="output activation (identity for the cross-entropy losses, which take logits)")
-    g.add_argument("--loss", choices=LOSSES, default="cross_entropy", help="loss")
+    g.add_argument("--loss", choices=LABEL_LOSSES, default="cross_entropy",
+                   help="loss (the data sets are classification tasks: every loss but the regression loss poisson)")
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam", help="optimizer")
     g.add_argument("--lr", type=_positive_float, default=None,
@@ -459,8 +460,8 @@ def cmd_train(args) -> int:
         raise UsageError(f"{args.dataset} of {args.n_samples} samples does not fit in memory: give a smaller "
                          "--n-samples") from None
     sizes = _resolve_layers(args, ds)
-    if args.loss in LOGIT_LOSSES and args.output_activation != "identity":
-        raise UsageError(f"--loss {args.loss} takes logits (the softmax/sigmoid is fused into it): "
+    if args.loss in FUSED_OUTPUT and args.output_activation != "identity":
+        raise UsageError(f"--loss {args.loss} takes {_fused_output_text(args.loss)}: "
                          f"--output-activation must be identity, not {args.output_activation}")
     if len(sizes) == 2 and args.activation is not _TRAIN_ACTIVATION:   # given, and it would be dropped unseen
         raise UsageError(f"--layers {','.join(map(str, sizes))} has no hidden layer to give --activation "
@@ -833,6 +834,12 @@ def _format_rows(P) -> list[str]:
     return [",".join(fmt(v) for v in row) for row in P]
 
 
+def _fused_output_text(loss: str) -> str:
+    """What a loss of `FUSED_OUTPUT` takes as the network's outputs, said for a flag's error."""
+    fn, outputs = FUSED_OUTPUT[loss]
+    return f"{outputs} (the {fn} is fused into it)"
+
+
 def _predicts_classes(net) -> bool:
     """Whether `net` is a classifier trained by `gpubp train` (its checkpoint's metadata says so; older ones
     name one of the bundled data sets), whose predictions are class labels whatever its loss: one-hot
@@ -934,7 +941,7 @@ def _add_explain(sub):
     p.add_argument("--activation", type=_activations, default=None, metavar="NAME[,NAME...]",
                    help="hidden activation(s) (default sigmoid)")
     p.add_argument("--output-activation", choices=ACTIVATIONS, default=None,
-                   help="output activation (default: identity for the cross-entropy losses, else the "
+                   help="output activation (default: identity for the cross-entropy losses and poisson, else the "
                         "example's, else the hidden one)")
     p.add_argument("--loss", choices=LOSSES, default=None, help="loss (default mse)")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 0.1)")
@@ -1018,7 +1025,7 @@ def _add_gradcheck(sub):
                    help="hidden activation(s)")
     p.add_argument("--output-activation", choices=ACTIVATIONS, default="identity",
                    help="output activation (must be identity with the cross-entropy losses, which take "
-                        "logits, and so with --all-losses)")
+                        "logits, with poisson, which takes log-rates, and so with --all-losses)")
     p.add_argument("--loss", choices=LOSSES, default="mse", help="loss")
     p.add_argument("--all-activations", action="store_true", help="check every hidden activation in turn")
     p.add_argument("--all-losses", action="store_true", help="check every loss in turn")
@@ -1061,12 +1068,12 @@ def cmd_gradcheck(args) -> int:
                              "of one logit is always 1, so its loss and gradients are identically zero and the "
                              "check would pass whatever the code computes") from None
     if args.output_activation != "identity":   # refused as `gpubp train` refuses it, not replaced silently
-        logit = [l for l in loss_list if l in LOGIT_LOSSES]
-        if logit:
-            what = (f"--all-losses checks {' and '.join(logit)}, which take" if args.all_losses
-                    else f"--loss {logit[0]} takes")
-            raise UsageError(f"{what} logits (the softmax/sigmoid is fused into the loss): --output-activation "
-                             f"must be identity, not {args.output_activation}"
+        fused = [l for l in loss_list if l in FUSED_OUTPUT]
+        if fused:
+            what = (f"--all-losses checks {', '.join(fused[:-1])} and {fused[-1]}, which take their outputs "
+                    f"raw ({'; '.join(f'{l}: {_fused_output_text(l)}' for l in fused)})" if args.all_losses
+                    else f"--loss {fused[0]} takes {_fused_output_text(fused[0])}")
+            raise UsageError(f"{what}: --output-activation must be identity, not {args.output_activation}"
                              + (" (check that output activation with --loss mse or half_sse)"
                                 if args.all_losses else ""))
     backend = _make_backend(args.backend)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checks import check_flag, check_positive_int, check_seed, finite_after_cast, host_array, real_number
-from .losses import LOSSES
+from .losses import LABEL_LOSSES, LOSSES, REGRESSION_ONLY_LOSSES
 from .optional import require
 
 #: every data set `load_dataset` knows
@@ -235,9 +235,13 @@ def one_hot(y, n_classes: int, dtype=np.float64) -> np.ndarray:
 
 
 def _check_loss_name(loss) -> None:
-    """A ValueError for a name not in `LOSSES` (None included; losses.check_loss says TypeError for it)."""
+    """A ValueError for a name not in `LOSSES` (None included; losses.check_loss says TypeError for it),
+    or for a regression loss: these helpers are about class labels."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if loss in REGRESSION_ONLY_LOSSES:
+        raise ValueError(f"loss {loss!r} is a regression loss: class labels are targets of "
+                         f"{', '.join(LABEL_LOSSES)}")
 
 
 def output_sizes(loss: str, n_classes: int) -> tuple[int, ...]:

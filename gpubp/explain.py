@@ -11,8 +11,8 @@ own are derived from what it did form, with gpubp's own functions:
   `W a_prev + b`, the layer's affine map;
 - `g'(z)`: the backend's `activation_backward_inplace` applied to ones;
 - `dL/da` of the output layer: the loss's derivative (`mse`: 2 (a - y) / (B n),
-  `half_sse`: (a - y) / B; for the logit losses the output is `z` itself and
-  `dL/da` is the network's delta);
+  `half_sse`: (a - y) / B; for the logit losses and `poisson` the output is `z`
+  itself and `dL/da` is the network's delta);
 - `W^T delta` (= dL/da of the layer below, dL/dx for layer 1): `delta W`.
 
 The tests check that delta = dL/da * g'(z) holds for the network's deltas.
@@ -205,8 +205,8 @@ def activation_derivative(name, a, z):
 def output_loss_gradient(loss, a, y, delta_out):
     """dL/da of the output layer for a batch: `a` (B, n), `y` the prepared targets.
 
-    For the logit losses the output activation is the identity, so dL/da is
-    dL/dz, which is the network's own `delta_out`.
+    For the logit losses and `poisson` the output activation is the identity,
+    so dL/da is dL/dz, which is the network's own `delta_out`.
     """
     B, n = a.shape
     if loss == "mse":
@@ -245,9 +245,7 @@ def trace_step(params, X, Y, activations, loss, lr):
     for i, a in enumerate(activations):
         acts.check_activation(a, "output_activation" if i == L - 1 else "activation")
     losses.check_loss(loss)
-    if loss in losses.LOGIT_LOSSES and activations[-1] != "identity":
-        raise ValueError(f"loss {loss!r} works on logits: output_activation must be 'identity', "
-                         f"got {activations[-1]!r}")
+    losses.check_output_activation(loss, activations[-1])
     lr = _check_lr(lr)
     single = np.asarray(X).ndim == 1
     A0 = _as_2d(X, sizes[0], "the input")
@@ -449,7 +447,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
     weights, which are again `MLP(..., seed=seed)`'s (for its layer sizes, or
     `layer_sizes`).  `activation` is a name or a
     list (one per hidden layer).  The output activation is, in order: the one
-    given, identity for the logit losses, the weights file's, the hidden one
+    given, identity for the logit losses and poisson, the weights file's, the hidden one
     when all hidden layers share it, identity.
     """
     default = read_weights_file(_example_text(DEFAULT_EXAMPLE), is_text=True)
@@ -491,7 +489,7 @@ def make_problem(layer_sizes=None, input=None, target=None, activation=None, out
         acts.check_activation(a)
     if output_activation is not None:
         out_act = output_activation
-    elif loss_name in losses.LOGIT_LOSSES:
+    elif loss_name in losses.FUSED_OUTPUT:
         out_act = "identity"
     elif wf.get("output_activation") is not None:
         out_act = wf["output_activation"]
@@ -545,11 +543,13 @@ DERIVATIVE_TEXT = {"identity": "1", "sigmoid": "a (1 - a)", "tanh": "1 - a^2", "
 LOSS_TEXT = {"mse": "mean over all B n outputs of (a - y)^2",
              "half_sse": "mean over the B samples of 1/2 sum_j (a_j - y_j)^2",
              "cross_entropy": "softmax cross-entropy of the logits, mean over the batch",
-             "binary_cross_entropy": "sigmoid binary cross-entropy of the logits, mean over all outputs"}
+             "binary_cross_entropy": "sigmoid binary cross-entropy of the logits, mean over all outputs",
+             "poisson": "half the Poisson deviance at the rates e^z of the log-rates z, e^z - y - y (z - log y), "
+                        "mean over all outputs"}
 #: dL/da of the output layer, as a formula
 LOSS_GRADIENT_TEXT = {"mse": "2 (a - y) / (B n)", "half_sse": "(a - y) / B",
                       "cross_entropy": "(softmax(z) - y) / B",
-                      "binary_cross_entropy": "(sigmoid(z) - y) / (B n)"}
+                      "binary_cross_entropy": "(sigmoid(z) - y) / (B n)", "poisson": "(e^z - y) / (B n)"}
 
 
 def _class_labels(t: dict):
@@ -621,11 +621,12 @@ def trace_stages(t: dict, digits: int | None = None) -> list:
         prev = "x" if l == 1 else f"a{l - 1}"
         if l == L:
             src = f"dL/da{l} = {LOSS_GRADIENT_TEXT[t['loss_name']]} = "
-            if t["loss_name"] in losses.LOGIT_LOSSES:
+            if t["loss_name"] in losses.FUSED_OUTPUT:
                 grad = LOSS_GRADIENT_TEXT[t["loss_name"]]
                 if labels is not None:
                     grad = grad.replace(" - y)", " - onehot(y))")
-                src = f"dL/da{l} = dL/dz{l} (the output is the logits z{l}) = {grad} = "
+                outputs = losses.FUSED_OUTPUT[t["loss_name"]][1]
+                src = f"dL/da{l} = dL/dz{l} (the output is the {outputs} z{l}) = {grad} = "
         else:
             src = f"dL/da{l} = W{l + 1}^T delta{l + 1} = "
         passes = "dL/dx (the input's gradient; no weights below)" if l == 1 else f"dL/da{l - 1}"

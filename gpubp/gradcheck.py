@@ -172,6 +172,8 @@ def random_problem(net, batch: int = 5, seed=0):
         Y = rng.integers(0, n_out, size=batch)
     elif net.loss == "binary_cross_entropy":
         Y = rng.uniform(0.0, 1.0, size=(batch, n_out))
+    elif net.loss == "poisson":
+        Y = rng.poisson(1.5, size=(batch, n_out)).astype(np.float64)   # counts, zeros among them
     else:
         Y = rng.normal(size=(batch, n_out))
     return X, Y

@@ -12,13 +12,24 @@ import numpy as np
 from .checks import finite_after_cast, host_array
 
 #: every loss
-LOSSES = ("mse", "half_sse", "cross_entropy", "binary_cross_entropy")
+LOSSES = ("mse", "half_sse", "cross_entropy", "binary_cross_entropy", "poisson")
 
 #: losses whose output layer gives logits (the output activation must be identity)
 LOGIT_LOSSES = frozenset({"cross_entropy", "binary_cross_entropy"})
 
 #: losses of classifiers (accuracy is reported for them)
 CLASSIFICATION_LOSSES = LOGIT_LOSSES
+
+#: losses that fuse the output's nonlinearity into themselves, the name of that function, and what
+#: the network's raw outputs then are; their output activation must be identity
+FUSED_OUTPUT = {"cross_entropy": ("softmax", "logits"), "binary_cross_entropy": ("sigmoid", "logits"),
+                "poisson": ("exp", "log-rates")}
+
+#: losses of regression only (the helpers that turn class labels into targets refuse them)
+REGRESSION_ONLY_LOSSES = frozenset({"poisson"})
+
+#: losses that train on class labels turned into targets (`gpubp.data.targets_for`, `gpubp train`)
+LABEL_LOSSES = tuple(name for name in LOSSES if name not in REGRESSION_ONLY_LOSSES)
 
 
 def check_loss(name) -> str:
@@ -27,6 +38,15 @@ def check_loss(name) -> str:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return name
+
+
+def check_output_activation(loss: str, out_act: str) -> None:
+    """Refuse an output activation other than identity for a loss that fuses its own (`FUSED_OUTPUT`):
+    the network would apply a nonlinearity the loss applies again."""
+    if loss in FUSED_OUTPUT and out_act != "identity":
+        fn, outputs = FUSED_OUTPUT[loss]
+        raise ValueError(f"loss {loss!r} works on {outputs} (the {fn} is fused into it): output_activation "
+                         f"must be 'identity', got {out_act!r}")
 
 
 def check_outputs(loss: str, n_out: int) -> None:
@@ -41,7 +61,8 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y"
     """Check targets `Y` for `batch` samples of a network with `n_out` outputs.
 
     Returns a host array: `(batch,)` int32 class indices for `cross_entropy`
-    given labels, else `(batch, n_out)` of `dtype`.  Raises ValueError or
+    given labels, else `(batch, n_out)` of `dtype` (`poisson`: counts or
+    rates, non-negative).  Raises ValueError or
     TypeError naming the problem (and the argument, `name`).  Values are checked
     after the conversion to `dtype`, so one that overflows it is refused.
     """
@@ -72,6 +93,9 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y"
     if loss == "binary_cross_entropy" and Y.size and (Y.min() < 0 or Y.max() > 1):
         raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1]; got values from "
                          f"{float(Y.min())} to {float(Y.max())}")
+    if loss == "poisson" and Y.size and Y.min() < 0:
+        raise ValueError(f"{name}: poisson targets are counts or rates and must be non-negative; got values "
+                         f"from {float(Y.min())} to {float(Y.max())}")
     if loss == "cross_entropy" and Y.size:
         if Y.min() < 0:
             raise ValueError(f"{name}: cross_entropy probability targets must be non-negative")

@@ -87,8 +87,9 @@ class MLP:
     """A dense network `layer_sizes[0] -> ... -> layer_sizes[-1]` trained by backprop.
 
     `activation` is the hidden layers' activation (or a list, one per hidden
-    layer); `output_activation` the last layer's (identity for the logit
-    losses `cross_entropy` and `binary_cross_entropy`).  `init` chooses the
+    layer); `output_activation` the last layer's (identity for the losses
+    that fuse their own: `cross_entropy`, `binary_cross_entropy` on logits and
+    `poisson` on log-rates).  `init` chooses the
     weights' start: "torch" (PyTorch's `nn.Linear`: W and b uniform in
     `±1/sqrt(fan_in)`), "xavier" (Glorot uniform, `±sqrt(6/(fan_in+fan_out))`,
     b = 0) or "kaiming" (He normal, std `sqrt(2/fan_in)`, b = 0), reproducibly
@@ -128,9 +129,7 @@ class MLP:
             hidden = [acts.check_activation(activation)] * n_hidden
         out_act = acts.check_activation(output_activation, "output_activation")
         self.loss = losses.check_loss(loss)
-        if self.loss in losses.LOGIT_LOSSES and out_act != "identity":
-            raise ValueError(f"loss {self.loss!r} works on logits (softmax/sigmoid are fused into it): "
-                             f"output_activation must be 'identity', got {out_act!r}")
+        losses.check_output_activation(self.loss, out_act)
         try:
             losses.check_outputs(self.loss, self.sizes[-1])
         except ValueError as e:
@@ -513,7 +512,8 @@ class MLP:
     # ------------------------------------------------------------ public passes
     @_releases_inputs
     def forward(self, X: ArrayLike) -> Any:
-        """The network's raw outputs for `X` (logits for the logit losses), as a backend array."""
+        """The network's raw outputs for `X` (logits for the logit losses, log-rates for `poisson`), as a
+        backend array."""
         X = self._inputs(X)
         rows = self._eval_rows(X.shape[0])
         outs = [self._forward(X[i:i + rows]).A[-1].copy() for i in range(0, X.shape[0], rows)]
@@ -535,14 +535,17 @@ class MLP:
         return rows
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, else outputs
-        (shaped `(N,)` when the network's last training call, `fit`, `train_step` or
-        `capture_train_step`, took `(N,)` targets for its one output)."""
+        """Class labels for `cross_entropy`, 0/1 per output for `binary_cross_entropy`, the rates
+        `exp(outputs)` for `poisson`, else outputs (shaped `(N,)` when the network's last training
+        call, `fit`, `train_step` or `capture_train_step`, took `(N,)` targets for its one output)."""
         out = self.backend.to_numpy(self.forward(X))
         if self.loss == "cross_entropy":
             return out.argmax(axis=1)
         if self.loss == "binary_cross_entropy":
             out = (out > 0).astype(np.int64)
+        elif self.loss == "poisson":
+            with np.errstate(over="ignore"):          # a rate beyond the dtype's range is inf, as the loss's
+                out = np.exp(out)
         if self.target_ndim == 1 and out.shape[1] == 1:
             return out[:, 0]
         return out
@@ -1219,8 +1222,10 @@ def _checkpoint_spec(ck) -> dict:
         loss = losses.check_loss(ck.field(c, "loss", str, "config"))
     except ValueError as e:
         bad("config.loss", e)
-    if loss in losses.LOGIT_LOSSES and out_act != "identity":
-        bad("config.output_activation", f"loss {loss!r} needs 'identity', got {out_act!r}")
+    try:
+        losses.check_output_activation(loss, out_act)
+    except ValueError as e:
+        bad("config.output_activation", e)
     try:   # as the constructor (files saved before it refused one output: such a network never learned)
         losses.check_outputs(loss, sizes[-1])
     except ValueError as e:

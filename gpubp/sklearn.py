@@ -55,9 +55,15 @@ How the hyper-parameters map onto gpubp:
   before training.  Adam ignores `learning_rate` and `power_t`, as
   scikit-learn's does.  `solver="lbfgs"` is refused: gpubp trains by
   mini-batch steps (`max_fun`, its budget, is checked and unused).
-- `MLPRegressor(loss=...)`: `"squared_error"` only; `"poisson"` is refused.
-  It is keyword-only here (scikit-learn's first positional argument), so
-  `MLPRegressor((64,))` still means the hidden layers.
+- `MLPRegressor(loss=...)`: `"squared_error"` (gpubp's `half_sse`) or
+  `"poisson"` (gpubp's `poisson`: half the Poisson deviance on log-rates, the
+  exp fused into the loss; `out_activation_` is `"exp"` as scikit-learn's,
+  and `predict` gives the rates).  gpubp averages the deviance over the
+  outputs where scikit-learn sums it (`c = 1 / n_outputs` below).  Negative
+  targets are refused (scikit-learn trains on them to a NaN loss).  A fitted
+  regressor continues (`partial_fit`, `warm_start`) only with the loss it was
+  fitted with.  `loss` is keyword-only here (scikit-learn's first positional
+  argument), so `MLPRegressor((64,))` still means the hidden layers.
 - `warm_start=True`: `fit` continues from the fitted weights with a fresh
   optimizer, as scikit-learn's does; `partial_fit` keeps the optimizer's
   state.  As in scikit-learn, each call makes its generator anew from
@@ -900,11 +906,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return tags
 
 
+#: scikit-learn's regression losses and the gpubp loss each trains (`poisson`: on log-rates, the exp
+#: fused into the loss as scikit-learn's log link)
+_REGRESSION_LOSSES = {"squared_error": "half_sse", "poisson": "poisson"}
+#: scikit-learn's `out_activation_` for each gpubp loss
+_OUT_ACTIVATIONS = {"half_sse": "identity", "poisson": "exp"}
+
+
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """A multilayer perceptron regressor trained by gpubp, with scikit-learn's `MLPRegressor` interface.
 
-    Minimises half the squared error (identity output); `y` may be
-    `(n_samples,)` or `(n_samples, n_targets)`.  `predict` returns
+    Minimises half the squared error (identity output) or, with
+    `loss="poisson"`, half the Poisson deviance (log link: the network
+    outputs log-rates and `predict` their exponential; `y` non-negative);
+    `y` may be `(n_samples,)` or `(n_samples, n_targets)`.  `predict` returns
     `(n_samples,)` for one target, as scikit-learn's does.  See the module's
     documentation for how each argument maps onto gpubp.
     """
@@ -930,14 +945,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return False
 
     def _check_params(self) -> None:
-        if self.loss == "poisson":
-            raise ValueError("loss='poisson' is not supported: gpubp's regressor minimises the squared error "
-                             "(loss='squared_error')")
-        if not isinstance(self.loss, str) or self.loss != "squared_error":
-            raise ValueError(f"loss must be 'squared_error', got {self.loss!r}")
+        if not isinstance(self.loss, str) or self.loss not in _REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(map(repr, _REGRESSION_LOSSES))}, got {self.loss!r}")
         super()._check_params()
 
     def _loss_scales(self) -> tuple[float, float]:
+        if self.net_.loss == "poisson":
+            # gpubp's poisson averages half the deviance over the outputs, scikit-learn's sums it (for
+            # the gradient and the reported loss alike)
+            return 1.0 / self.n_outputs_, float(self.n_outputs_)
         # gpubp's half_sse is 1/2 sum over the outputs, the gradient scikit-learn uses; its reported
         # loss averages over the outputs
         return 1.0, 1.0 / self.n_outputs_
@@ -962,11 +978,20 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         X = self._in_net_dtype(X, self._fit_dtype(first))
         self._in_net_dtype(Y, self._fit_dtype(first), "y")   # only checked: the network casts the targets
         self._random_state = check_random_state(self.random_state)     # at each call, as the classifier's
+        loss = _REGRESSION_LOSSES[self.loss]
+        if loss == "poisson" and Y.size and Y.min() < 0:     # scikit-learn's would train to a NaN loss
+            raise ValueError(f"loss='poisson' needs non-negative targets (counts or rates); y holds values "
+                             f"from {Y.min():g} to {Y.max():g}")
         if first:
-            self.out_activation_ = "identity"
-            self._build(X.shape[1], Y.shape[1], "half_sse")
+            self.out_activation_ = _OUT_ACTIVATIONS[loss]
+            self._build(X.shape[1], Y.shape[1], loss)
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} targets; this regressor was fitted on {self.n_outputs_}")
+        elif self.net_.loss != loss:      # set_params(loss=...) after a fit: its network has the other output
+            fitted = next(k for k, v in _REGRESSION_LOSSES.items() if v == self.net_.loss)
+            call = "partial_fit" if incremental else "warm-started fit"
+            raise ValueError(f"this regressor was fitted with loss={fitted!r}; a {call} cannot continue it "
+                             f"with loss={self.loss!r}: fit it anew (warm_start=False)")
         return self._prepare_epochs(X, Y, y, sw, incremental)
 
     def fit(self, X, y, sample_weight=None) -> MLPRegressor:
@@ -983,6 +1008,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _predict(self, X, check_input: bool = True) -> np.ndarray:
         out = self._outputs(X, check_input)
+        if self.net_.loss == "poisson":       # the network outputs log-rates; the prediction is the rate
+            with np.errstate(over="ignore"):
+                out = np.exp(out)
         return out.ravel() if out.shape[1] == 1 else out
 
     def _score_on(self, X, y, sample_weight) -> float:

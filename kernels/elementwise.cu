@@ -67,12 +67,14 @@ __device__ __forceinline__ T block_max(T v, T* sm) {
 }
 
 // ------------------------------------------------------------------ losses
-// mse / half_sse / binary_cross_entropy: one element per thread-iteration.
+// mse / half_sse / binary_cross_entropy / poisson: one element per thread-iteration.
 // Launch: block EW_THREADS, grid = min(ceil(total / EW_THREADS), MAX_PARTIALS),
 // grid-stride over the total = B * n elements.  partials[blockIdx.x] = the block's
-// sum of the per-element loss ((a-y)^2, or max(z,0) - z y + log(1 + e^-|z|)).
+// sum of the per-element loss ((a-y)^2, or max(z,0) - z y + log(1 + e^-|z|), or half the
+// Poisson deviance e^z - y - y (z - log y)).
 // delta (written when write_delta) = (a - y) * grad_scale * g'(.) for mse/half_sse
-// (grad_scale = 2/(B n) or 1/B), = (sigmoid(z) - y) * grad_scale for BCE (1/(B n)).
+// (grad_scale = 2/(B n) or 1/B), = (sigmoid(z) - y) * grad_scale for BCE (1/(B n)),
+// = (e^z - y) * grad_scale for poisson (1/(B n)).
 // Z is read only when the activation's derivative needs it (gelu, silu).
 // BF16 (T = float only; the "bf16" precision mode): delta is rounded to bfloat16 as it is stored
 // (epilogue.cuh's round_bf16, once, after g'); the loss stays float32 from the stored A.
@@ -93,6 +95,15 @@ loss_pointwise(const T* A, const T* Z, const T* Y, T* delta, double* partials,
                 const T s = a >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
                 delta[i] = epi_stored<BF16>((s - y) * grad_scale);
             }
+        } else if (LOSS == LOSS_POISSON) {
+            // a is the log-rate z.  The value in double (base.py's half_poisson_deviance):
+            // y (expm1(d) - d) with d = z - log y where y > 0 (no cancellation near e^z = y),
+            // e^z where y = 0; inf where the rate overflows T, as the delta made of it does.
+            const T mu = exp(a);
+            const double zd = (double)a, yd = (double)y;
+            const double d = zd - log(yd > 0.0 ? yd : 1.0);
+            acc += isinf(mu) ? -neg_inf<double>() : (yd > 0.0 ? yd * (expm1(d) - d) : exp(zd));
+            if (write_delta) delta[i] = epi_stored<BF16>((mu - y) * grad_scale);
         } else {
             const T d = a - y;
             acc += (double)d * (double)d;

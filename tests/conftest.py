@@ -5,7 +5,7 @@ import pytest
 
 import gpubp
 from gpubp.activations import ACTIVATIONS
-from gpubp.losses import LOGIT_LOSSES, LOSSES
+from gpubp.losses import FUSED_OUTPUT, LOSSES
 from support.emulate import install_if_requested
 
 
@@ -31,11 +31,14 @@ def random_targets(rng, loss, B, n_out, dtype=np.float64, labels=True):
         return (p / p.sum(axis=1, keepdims=True)).astype(dtype)
     if loss == "binary_cross_entropy":
         return rng.random((B, n_out)).astype(dtype)
+    if loss == "poisson":   # counts: zeros among them (the deviance's y = 0 branch), and rates between
+        counts = rng.poisson(rng.uniform(0.2, 4.0, (B, n_out))).astype(dtype)
+        return np.where(rng.random((B, n_out)) < 0.2, rng.uniform(0, 3, (B, n_out)), counts).astype(dtype)
     return rng.standard_normal((B, n_out)).astype(dtype)
 
 
 def output_activation_for(loss, act):
-    return "identity" if loss in LOGIT_LOSSES else act
+    return "identity" if loss in FUSED_OUTPUT else act
 
 
 @pytest.fixture

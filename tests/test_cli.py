@@ -339,7 +339,7 @@ def test_gradcheck_passes_in_float64(capsys):
 
 def test_gradcheck_fails_above_the_threshold(capsys):
     rc, out, _ = run(capsys, "gradcheck", "--backend", "numpy", "--all-losses", "--threshold", "1e-14")
-    assert rc == 1 and "FAILED in 4 of 4" in out
+    assert rc == 1 and "FAILED in 5 of 5" in out
 
 
 def test_gradcheck_in_float32_that_fails_says_why_a_correct_network_can(capsys):
@@ -407,7 +407,10 @@ def test_gradcheck_refuses_a_check_that_cannot_fail(capsys, extra):
 @pytest.mark.parametrize("extra, said", [
     (["--loss", "cross_entropy"], "--loss cross_entropy takes logits"),
     (["--loss", "binary_cross_entropy"], "--loss binary_cross_entropy takes logits"),
-    (["--all-losses"], "--all-losses checks cross_entropy and binary_cross_entropy, which take logits")])
+    (["--loss", "poisson"], "--loss poisson takes log-rates (the exp is fused into it)"),
+    (["--all-losses"], "--all-losses checks cross_entropy, binary_cross_entropy and poisson, which take their "
+                       "outputs raw (cross_entropy: logits (the softmax is fused into it); binary_cross_entropy: "
+                       "logits (the sigmoid is fused into it); poisson: log-rates (the exp is fused into it))")])
 def test_gradcheck_refuses_an_output_activation_on_logits_as_train_does(capsys, extra, said):
     """`--output-activation sigmoid` with a logit loss was replaced by identity without a word (the check
     then ran, and passed, on a network other than the one asked for); `gpubp train` refuses it."""

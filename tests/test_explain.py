@@ -659,7 +659,7 @@ def _torch_step(torch, params, X, Y, acts, loss):
         a.retain_grad()
         zs.append(z)
         As.append(a)
-    if loss in ("mse", "half_sse", "binary_cross_entropy"):
+    if loss in ("mse", "half_sse", "binary_cross_entropy", "poisson"):
         y = torch.tensor(np.reshape(Y, a.shape), dtype=torch.float64)
     if loss == "mse":
         L = F.mse_loss(a, y)
@@ -667,6 +667,8 @@ def _torch_step(torch, params, X, Y, acts, loss):
         L = ((a - y) ** 2).sum() / (2 * a.shape[0])
     elif loss == "cross_entropy":
         L = F.cross_entropy(a, torch.tensor(np.atleast_1d(Y), dtype=torch.long))
+    elif loss == "poisson":     # PyTorch's e^z - y z, plus y log y - y (of the targets alone): half the deviance
+        L = F.poisson_nll_loss(a, y, log_input=True, full=False) + (torch.xlogy(y, y) - y).mean()
     else:
         L = F.binary_cross_entropy_with_logits(a, y)
     L.backward()
@@ -678,7 +680,7 @@ def _torch_step(torch, params, X, Y, acts, loss):
     return {"loss": L.item(), "W": Ws, "b": bs, "z": zs, "a": As, "g": gprime}
 
 
-@pytest.mark.parametrize("loss", ["mse", "half_sse", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "cross_entropy", "binary_cross_entropy", "poisson"])
 def test_every_number_of_the_trace_against_torch_autograd(loss):
     """z, a, the loss, dL/da, g'(z), delta, dW, db, W^T delta and the SGD update of every layer, for every
     activation, on tiny and awkward networks (1 input and 1 output, batch 1, three layers, batches), each
@@ -692,7 +694,7 @@ def test_every_number_of_the_trace_against_torch_autograd(loss):
         if loss == "cross_entropy" and sizes[-1] == 1:
             continue
         for act in ACTIVATIONS:
-            out = "identity" if loss in ("cross_entropy", "binary_cross_entropy") else act
+            out = "identity" if loss in ("cross_entropy", "binary_cross_entropy", "poisson") else act
             acts = [act] * (len(sizes) - 2) + [out]
             params = [(rng.normal(size=(n, m)), rng.normal(size=n)) for m, n in zip(sizes[:-1], sizes[1:])]
             X = rng.normal(size=(B, sizes[0])) if B > 1 else rng.normal(size=sizes[0])
@@ -701,6 +703,8 @@ def test_every_number_of_the_trace_against_torch_autograd(loss):
                 Y = rng.integers(0, sizes[-1], size=B) if B > 1 else int(rng.integers(0, sizes[-1]))
             elif loss == "binary_cross_entropy":
                 Y = rng.uniform(size=shape)
+            elif loss == "poisson":
+                Y = rng.poisson(2.0, size=shape).astype(float)
             else:
                 Y = rng.normal(size=shape)
             t = explain.trace_step(params, X, Y, acts, loss, lr)
@@ -725,8 +729,8 @@ def test_every_number_of_the_trace_against_torch_autograd(loss):
                 same(bw["delta"], r["z"][l - 1].grad, f"delta{l}")              # dL/dz
                 same(bw["g_prime"], r["g"][l - 1], f"g'(z{l})")
                 same(np.multiply(bw["dL_da"], bw["g_prime"]), r["z"][l - 1].grad, f"dL/da{l} * g'(z{l})")
-                if not (l == L and loss in ("cross_entropy", "binary_cross_entropy")):
-                    same(bw["dL_da"], r["a"][l - 1].grad, f"dL/da{l}")          # the logit losses: dL/dz
+                if not (l == L and loss in ("cross_entropy", "binary_cross_entropy", "poisson")):
+                    same(bw["dL_da"], r["a"][l - 1].grad, f"dL/da{l}")          # the fused losses: dL/dz
                 same(bw["dW"], r["W"][l - 1].grad, f"dW{l}")
                 same(bw["db"], r["b"][l - 1].grad, f"db{l}")
                 same(bw["W_T_delta"], r["z"][l - 1].grad @ r["W"][l - 1], f"W{l}^T delta{l}")

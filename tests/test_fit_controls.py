@@ -248,7 +248,7 @@ def test_sample_weight_equals_duplicated_samples():
     assert np.allclose(_flat(a), _flat(b), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("loss", ["mse", "half_sse", "binary_cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse", "half_sse", "binary_cross_entropy", "poisson"])
 def test_sample_weight_other_losses(loss):
     rng = np.random.default_rng(5)
     X = rng.standard_normal((10, 4))
@@ -534,7 +534,7 @@ def test_predict_keeps_the_target_shape():
     assert net.predict(X).shape == (30, 1)
 
 
-@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy", "poisson"])
 def test_predict_keeps_the_target_shape_of_train_step_and_captured_steps(loss):
     # every training call records the targets' shape, as fit does (train_step used to leave it,
     # so predict gave (N, 1) after training on (N,) targets)

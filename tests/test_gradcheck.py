@@ -10,11 +10,11 @@ from gpubp.activations import ACTIVATIONS
 from gpubp.explain import load_example, trace_step
 from gpubp.gradcheck import (check, finite_difference_grads, gradient_scale, max_abs_errors, random_problem,
                              relative_errors)
-from gpubp.losses import LOGIT_LOSSES, LOSSES
+from gpubp.losses import FUSED_OUTPUT, LOSSES
 
 
 def _net(act, loss, sizes=(4, 6, 5, 3), seed=0, out=None):
-    out = "identity" if loss in LOGIT_LOSSES else (out or "identity")
+    out = "identity" if loss in FUSED_OUTPUT else (out or "identity")
     return gpubp.MLP(list(sizes), activation=act, output_activation=out, loss=loss, backend="numpy",
                      dtype="float64", seed=seed)
 
@@ -120,7 +120,7 @@ def test_cross_entropy_gradcheck_with_one_hot_targets():
 @pytest.mark.parametrize("loss", LOSSES)
 def test_explain_trace_equals_the_network(loss):
     """The explain trace (backend ops called one by one) gives the network's loss and gradients."""
-    acts = ["tanh", "silu", "identity" if loss in LOGIT_LOSSES else "sigmoid"]
+    acts = ["tanh", "silu", "identity" if loss in FUSED_OUTPUT else "sigmoid"]
     net = gpubp.MLP([3, 4, 5, 2], activation=acts[:2], output_activation=acts[2], loss=loss, backend="numpy",
                     dtype="float64", seed=7)
     X, Y = random_problem(net, 3, 7)
@@ -298,7 +298,8 @@ def test_gradients_given_as_nested_lists_are_compared_like_arrays():
 @pytest.mark.parametrize("loss", LOSSES)
 def test_random_problem_fits_each_loss(loss):
     # X normal, (batch, n_in); cross_entropy: class indices covering 0 .. n_out - 1; binary_cross_entropy:
-    # probabilities in [0, 1]; the regression losses: normal targets (batch, n_out); batch 5 and seed 0 by default
+    # probabilities in [0, 1]; poisson: counts; the squared errors: normal targets (batch, n_out); batch 5 and
+    # seed 0 by default
     net = _net("tanh", loss, sizes=(3, 4, 3))
     X, Y = random_problem(net, 400, 1)
     assert X.shape == (400, 3) and X.min() < -2 and X.max() > 2
@@ -306,6 +307,9 @@ def test_random_problem_fits_each_loss(loss):
         assert Y.shape == (400,) and Y.dtype.kind == "i" and sorted(set(Y.tolist())) == [0, 1, 2]
     elif loss == "binary_cross_entropy":
         assert Y.shape == (400, 3) and 0 <= Y.min() < 0.05 and 0.95 < Y.max() <= 1
+    elif loss == "poisson":     # counts of mean 1.5: zeros among them, whole numbers, none negative
+        assert Y.shape == (400, 3) and Y.min() == 0 and Y.max() >= 5 and np.array_equal(Y, np.round(Y))
+        assert 1.3 < Y.mean() < 1.7
     else:
         assert Y.shape == (400, 3) and Y.min() < -2 and Y.max() > 2
     X5, Y5 = random_problem(net)

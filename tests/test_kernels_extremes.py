@@ -181,6 +181,18 @@ def test_binary_cross_entropy_agrees_with_numpy(cuda, dtype):
     compare_loss(cuda, A, None, Y, "binary_cross_entropy", "identity", "binary_cross_entropy")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_poisson_agrees_with_numpy(cuda, dtype):
+    """Log-rates at every probe value against targets 0 (the deviance's e^z branch), a rate, a count,
+    a huge count and the dtype's largest number: the same NaNs, the same infinities (the loss inf
+    exactly where the rate e^z overflows the dtype, as the delta is), the same finite values."""
+    z = extremes(dtype)
+    targets = np.array([0.0, 0.5, 3.0, 1e30, float(np.finfo(dtype).max)], dtype)
+    A = np.repeat(z, targets.size).reshape(-1, 1)        # every (log-rate, target) pair a row of its own
+    Y = np.tile(targets, z.size).reshape(-1, 1)
+    compare_loss(cuda, A, None, Y, "poisson", "identity", "poisson")
+
+
 def ce_rows(dtype):
     """Rows of logits: huge, infinite, NaN, all equal, past exp's range, subnormal."""
     big = float(np.finfo(dtype).max)
@@ -213,7 +225,7 @@ def test_cross_entropy_agrees_with_numpy(cuda, targets, width, dtype):
 
 
 @pytest.mark.parametrize("loss, act", [("mse", "identity"), ("half_sse", "gelu"), ("binary_cross_entropy", "identity"),
-                                       ("cross_entropy", "identity")])
+                                       ("cross_entropy", "identity"), ("poisson", "identity")])
 def test_the_loss_kernels_rounding_delta_to_bf16_agree_with_numpy(cuda, loss, act):
     """The "bf16" mode's loss kernels (delta rounded to bfloat16 as stored: inf stays inf, NaN NaN,
     the largest floats round to inf) at every probe value, next to numpy's emulation of the mode."""
@@ -224,7 +236,7 @@ def test_the_loss_kernels_rounding_delta_to_bf16_agree_with_numpy(cuda, loss, ac
         with np.errstate(all="ignore"):
             a = activation_forward(act, z.copy(), np.empty_like(z))
         A, Z = np.stack([a, a], axis=1), np.stack([z, z], axis=1)
-        Y = np.tile(np.array([0.0, 1.0] if loss == "binary_cross_entropy" else [0.5, -3.0], np.float32),
+        Y = np.tile(np.array([0.0, 1.0] if loss in ("binary_cross_entropy", "poisson") else [0.5, -3.0], np.float32),
                     (z.size, 1))
     compare_loss(cuda, A, Z if act in NEEDS_Z else None, Y, loss, act, f"{loss}/{act} bf16", precision="bf16")
 

@@ -1,6 +1,6 @@
 """scikit-learn's SGD settings in gpubp.sklearn: Nesterov momentum (`nesterovs_momentum`, on by default as
 in scikit-learn), the `invscaling` and `adaptive` learning rates (`learning_rate`, `power_t`), and the
-parameters accepted for the interface's sake (`max_fun`, the regressor's `loss`), side by side with
+parameters accepted for the interface's sake (`max_fun`) and the regressor's `loss`, side by side with
 scikit-learn's MLPs."""
 
 import pickle
@@ -315,13 +315,19 @@ def test_max_fun_is_accepted_and_unused():
     assert all(np.array_equal(p, q) for p, q in zip(a.coefs_, b.coefs_))
 
 
-def test_the_regressors_loss_is_squared_error_and_poisson_is_refused():
+def test_the_regressors_loss_is_squared_error_or_poisson():
+    """Each trains its gpubp loss (tests/test_sklearn_poisson.py compares poisson with scikit-learn's);
+    other names are refused, as scikit-learn refuses them."""
     X, cases = parity_cases()
     _, _, y = cases["regression"]
     a = fit_quietly(MLPRegressor(**_sgd(max_iter=3), loss="squared_error", backend="numpy"), X, y)
-    assert a.loss == "squared_error" and a.net_.loss == "half_sse"
-    for loss, words in (("poisson", "loss='poisson' is not supported"), ("absolute_error", "loss must be"),
-                        (None, "loss must be")):
+    assert a.loss == "squared_error" and a.net_.loss == "half_sse" and a.out_activation_ == "identity"
+    p = fit_quietly(MLPRegressor(**_sgd(max_iter=3), loss="poisson", backend="numpy"), X, np.abs(y))
+    assert p.net_.loss == "poisson" and p.out_activation_ == "exp"
+    for loss, words in (("absolute_error", "loss must be one of 'squared_error', 'poisson'"),
+                        ("Poisson", "loss must be"), (None, "loss must be")):
+        with pytest.raises(ValueError):
+            SkMLPRegressor(max_iter=3, loss=loss).fit(X, y)
         with pytest.raises(ValueError, match=words):
             MLPRegressor(**_sgd(max_iter=3), loss=loss, backend="numpy").fit(X, y)
     assert "loss" not in MLPClassifier().get_params()

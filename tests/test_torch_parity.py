@@ -28,6 +28,9 @@ def torch_loss(loss, out, Y):
         return 0.5 * ((out - Y) ** 2).sum() / out.shape[0]
     if loss == "cross_entropy":
         return torch.nn.CrossEntropyLoss()(out, Y)
+    if loss == "poisson":
+        # PyTorch's e^z - y z on log-rates, plus y log y - y (a constant of Y alone): half the deviance
+        return torch.nn.PoissonNLLLoss(log_input=True, full=False)(out, Y) + (torch.xlogy(Y, Y) - Y).mean()
     return torch.nn.BCEWithLogitsLoss()(out, Y)
 
 

@@ -30,6 +30,23 @@ import numpy as np
 from ..precision import ROUNDED_STORAGE
 
 
+def half_poisson_deviance(xp, Z, Y, rates=None):
+    """The `poisson` loss of each element, in float64 (docs/spec.md, "Losses"): half the Poisson
+    deviance of the targets `Y` at the rates `e^Z`, `e^z - y - y (z - log y)` (`y log y = 0` at
+    `y = 0`).  Written `y (expm1(d) - d)` with `d = z - log y` where `y > 0`, which does not cancel
+    near the optimum `e^z = y`, and `e^z` where `y = 0`.  `rates`, the rates `e^Z` as the network's
+    dtype holds them (what the delta `e^z - y` is made of): where a rate overflowed to inf the
+    element's loss is inf too, so a loss that is finite never comes with an infinite gradient."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        z, y = Z.astype(xp.float64), Y.astype(xp.float64)
+        pos = y > 0
+        d = z - xp.log(xp.where(pos, y, 1.0))
+        out = xp.where(pos, y * (xp.expm1(d) - d), xp.exp(z))
+        if rates is None:
+            rates = xp.exp(Z)
+        return xp.where(xp.isinf(rates), xp.inf, out)
+
+
 class Backend(ABC):
     """Array operations of a training step; see the module docstring."""
 
@@ -110,7 +127,7 @@ class Backend(ABC):
         `A_L` is the output layer's activation, `Z_L` its pre-activation (or
         None when the activation does not need it).  For `cross_entropy` and
         `binary_cross_entropy` the output activation is identity and `A_L` is
-        the logits.  `Y` is `(B, n_L)` of the network's dtype, or for
+        the logits; for `poisson` it is identity and `A_L` the log-rates.  `Y` is `(B, n_L)` of the network's dtype, or for
         `cross_entropy` optionally `(B,)` int32 class indices.  With
         `delta_out=None` only the value is computed.  `precision="bf16"` (passed
         by `network_loss` for "bf16" plans) rounds `delta_out` to bfloat16 as
@@ -244,6 +261,8 @@ class Backend(ABC):
         if loss == "binary_cross_entropy":
             z = A_L
             return (xp.maximum(z, 0) - z * Y + xp.log1p(xp.exp(-xp.abs(z)))).sum(axis=1) / n
+        if loss == "poisson":
+            return (half_poisson_deviance(xp, A_L, Y).sum(axis=1) / n).astype(A_L.dtype)
         raise ValueError(f"unknown loss {loss!r}")
 
     def network_backward(self, plan, layers, grads, after_layer=None) -> None:

@@ -36,6 +36,8 @@ CE_WARP_MAX_WIDTH = 1024
 
 _NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 _LOSS_CODES = LOSS_CODES
+#: pointwise losses on an identity output that apply their own nonlinearity (sigmoid, exp)
+_FUSED_POINTWISE = ("binary_cross_entropy", "poisson")
 
 
 def _flag(bf16: bool) -> str:
@@ -58,7 +60,8 @@ def _loss_names(ctype: str, bf16: bool) -> list[str]:
     for loss in ("mse", "half_sse"):
         for act in ACT_CODES.values():
             out.append(_pointwise_name(ctype, _LOSS_CODES[loss], act, bf16))
-    out.append(_pointwise_name(ctype, _LOSS_CODES["binary_cross_entropy"], ACT_CODES["identity"], bf16))
+    for loss in _FUSED_POINTWISE:     # identity outputs only: the loss applies the nonlinearity
+        out.append(_pointwise_name(ctype, _LOSS_CODES[loss], ACT_CODES["identity"], bf16))
     for labels in (True, False):
         for block_row in (False, True):
             out.append(_ce_name(ctype, labels, block_row, bf16))
@@ -99,7 +102,7 @@ def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, p
     """The loss of the batch into `loss_out[0]` and, when `delta_out` is given, delta[L].
 
     `A_L` is the output activation (the logits for cross_entropy and
-    binary_cross_entropy), `Z_L` the pre-activation or None (read only for
+    binary_cross_entropy, the log-rates for poisson), `Z_L` the pre-activation or None (read only for
     gelu/silu), `Y` `(B, n)` of the dtype or, for cross_entropy, `(B,)` int32
     class indices.  `partials` is a float64 scratch of `MAX_PARTIALS` elements.
     `bf16` (float32 arrays only: the "bf16" precision mode) rounds delta[L] to
@@ -139,7 +142,7 @@ def loss_and_delta(A_L, Z_L, Y, loss: str, act_code: int, loss_out, delta_out, p
         denom = float(B)
     else:
         code = _LOSS_CODES[loss]
-        if loss == "binary_cross_entropy":
+        if loss in _FUSED_POINTWISE:
             act_code, scale, denom = ACT_CODES["identity"], 1.0 / (B * n), float(B * n)
         elif loss == "mse":
             scale, denom = 2.0 / (B * n), float(B * n)
@@ -221,7 +224,7 @@ def kernel_names(dtype, loss: str, act_code: int, n_out: int, bf16: bool = False
     if loss == "cross_entropy":
         block_row = n_out > CE_WARP_MAX_WIDTH
         names = {_ce_name(ctype, True, block_row, bf16), _ce_name(ctype, False, block_row, bf16)}
-    elif loss == "binary_cross_entropy":
+    elif loss in _FUSED_POINTWISE:
         names = {_pointwise_name(ctype, _LOSS_CODES[loss], ACT_CODES["identity"], bf16)}
     else:
         names = {_pointwise_name(ctype, _LOSS_CODES[loss], act_code, bf16)}

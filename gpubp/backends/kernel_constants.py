@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..activations import ACT_CODES, GELU_C, GELU_K, LEAKY_SLOPE
 
 #: loss codes of the pointwise loss kernels (cross-entropy has kernels of its own)
-LOSS_CODES = {"mse": 0, "half_sse": 1, "binary_cross_entropy": 3}
+LOSS_CODES = {"mse": 0, "half_sse": 1, "binary_cross_entropy": 3, "poisson": 4}
 
 #: block size of every kernel in elementwise.cu
 EW_THREADS = 256
@@ -67,7 +67,8 @@ def header() -> str:
         lines.append(f"#define ACT_{name.upper()} {code}")
     lines += [f"#define LEAKY_SLOPE {LEAKY_SLOPE!r}", f"#define GELU_C {GELU_C!r}", f"#define GELU_K {GELU_K!r}"]
     lines += [f"#define LOSS_MSE {LOSS_CODES['mse']}", f"#define LOSS_HALF_SSE {LOSS_CODES['half_sse']}",
-              f"#define LOSS_BCE {LOSS_CODES['binary_cross_entropy']}"]
+              f"#define LOSS_BCE {LOSS_CODES['binary_cross_entropy']}",
+              f"#define LOSS_POISSON {LOSS_CODES['poisson']}"]
     lines += [f"#define EW_THREADS {EW_THREADS}", f"#define MAX_PARTIALS {MAX_PARTIALS}",
               f"#define GEMM_THREADS {GEMM_THREADS}", f"#define GEMM_BK {GEMM_BK}", f"#define GEMM_PAD {GEMM_PAD}",
               f"#define GEMM2_BM {GEMM2_BM}", f"#define FM_NT {FM_NT}", f"#define FM_FIELDS {FM_FIELDS}",

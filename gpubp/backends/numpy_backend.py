@@ -28,7 +28,7 @@ from ..activations import GELU_C, GELU_K, LEAKY_SLOPE
 from ..precision import PRECISIONS
 from ..precision import matmul as emulated_matmul
 from ..precision import round_stored
-from .base import Backend
+from .base import Backend, half_poisson_deviance
 from .plan import scratch_buffer
 
 
@@ -236,6 +236,14 @@ class NumpyBackend(Backend):
                 _sigmoid(z, delta_out)
                 delta_out -= Y
                 delta_out *= 1.0 / (B * n)
+        elif loss == "poisson":
+            # on the log-rates z: half the Poisson deviance (in double), delta = (e^z - y) / (B n)
+            with np.errstate(over="ignore"):       # a rate beyond the dtype: inf, and so is the loss
+                mu = np.exp(A_L, out=delta_out if delta_out is not None else scratch_buffer(scratch, "loss_diff", A_L))
+            loss_out[0] = half_poisson_deviance(np, A_L, Y, rates=mu).sum() / (B * n)
+            if delta_out is not None:
+                mu -= Y
+                mu *= 1.0 / (B * n)
         else:
             raise ValueError(f"unknown loss {loss!r}")
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu,
 from gpubp.activations import ACTIVATIONS, NEEDS_Z  # noqa: E402
 from gpubp.backends.numpy_backend import NumpyBackend, activation_forward  # noqa: E402
 from gpubp.backends.plan import Scratch  # noqa: E402
-from gpubp.losses import LOGIT_LOSSES, LOSSES  # noqa: E402
+from gpubp.losses import FUSED_OUTPUT, LOSSES  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -99,7 +99,7 @@ def _loss_cases():
     for loss in LOSSES:
         if loss == "cross_entropy":
             out += [(loss, "identity", "labels"), (loss, "identity", "probs")]
-        elif loss in LOGIT_LOSSES:
+        elif loss in FUSED_OUTPUT:
             out.append((loss, "identity", None))
         else:
             out += [(loss, act, None) for act in ACTIVATIONS]
@@ -117,6 +117,8 @@ def _loss_inputs(loss, act, target_kind, B, n, dtype):
         Y = (p / p.sum(axis=1, keepdims=True)).astype(dtype)
     elif loss == "binary_cross_entropy":
         Y = r.random((B, n)).astype(dtype)
+    elif loss == "poisson":      # counts, zeros among them
+        Y = r.poisson(2.0, (B, n)).astype(dtype)
     else:
         Y = r.standard_normal((B, n)).astype(dtype)
     return A, (Z if act in NEEDS_Z else None), Y

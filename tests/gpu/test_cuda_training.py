@@ -47,6 +47,8 @@ def targets(rng, loss, B, n):
         return rng.integers(0, n, B)
     if loss == "binary_cross_entropy":
         return rng.random((B, n))
+    if loss == "poisson":
+        return rng.poisson(2.0, (B, n)).astype(np.float64)
     return rng.standard_normal((B, n))
 
 
@@ -77,7 +79,7 @@ def float64_backward_of(gpu, X, Y):
 
 
 def pair(sizes, act, loss, dtype, seed):
-    out_act = "identity" if loss in ("cross_entropy", "binary_cross_entropy") else act
+    out_act = "identity" if loss in gpubp.losses.FUSED_OUTPUT else act
     return [gpubp.MLP(sizes, activation=act, output_activation=out_act, loss=loss, backend=be,
                       dtype=dtype, seed=seed) for be in ("numpy", "cuda")]
 

@@ -48,6 +48,23 @@ def test_cuda_estimator_follows_numpy(Est):
     np.testing.assert_allclose(twin.coefs_[0], gpu.coefs_[0], rtol=1e-12)
 
 
+def test_cuda_poisson_regressor_follows_numpy():
+    """loss="poisson": the poisson loss kernel (value in double, delta e^z - y) under sample weights and
+    two targets, and the rates predicted from the device's log-rates."""
+    X, y = load_digits(return_X_y=True)
+    X = X[:400] / 16.0
+    counts = np.stack([y[:400] % 4, y[:400] // 3], axis=1).astype(np.float64)
+    w = np.where(y[:400] % 2 == 0, 2.0, 1.0)
+    kw = dict(hidden_layer_sizes=(32,), loss="poisson", max_iter=3, random_state=0, dtype="float64", tol=0)
+    ref = _fit(MLPRegressor(backend="numpy", **kw), X, counts, sample_weight=w)
+    gpu = _fit(MLPRegressor(backend="cuda", **kw), X, counts, sample_weight=w)
+    assert gpu.net_.backend.name == "cuda" and gpu.out_activation_ == "exp"
+    for a, b in zip(ref.coefs_, gpu.coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gpu.loss_curve_, ref.loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(gpu.predict(X), ref.predict(X), rtol=1e-7)
+
+
 @pytest.mark.parametrize("schedule", ["invscaling", "adaptive"])
 def test_cuda_sgd_schedules_with_nesterov_follow_numpy(schedule):
     """solver="sgd" with Nesterov momentum (scikit-learn's default) and a changing rate: the sgd_update

@@ -276,8 +276,8 @@ class FakeCupy(types.ModuleType):
         for name in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64",
                      "bool_", "dtype", "newaxis", "nan", "inf", "pi", "e"):
             setattr(self, name, getattr(np, name))
-        for name in ("isfinite", "isnan", "log", "exp", "log1p", "abs", "maximum", "minimum", "sqrt", "tanh",
-                     "negative", "add", "subtract", "multiply", "divide"):
+        for name in ("isfinite", "isnan", "isinf", "log", "exp", "expm1", "log1p", "abs", "maximum", "minimum",
+                     "sqrt", "tanh", "negative", "add", "subtract", "multiply", "divide"):
             setattr(self, name, self._device_ufunc(getattr(np, name)))
         for name in ("take", "take_along_axis", "concatenate", "stack", "where", "sum", "argmax",
                      "zeros_like", "ones_like", "copy"):
