@@ -21,14 +21,20 @@ def requested() -> bool:
 
 
 def install_if_requested() -> bool:
-    """Install the emulated `cupy` when `GPUBP_EMULATE_GPU=1`; whether it did."""
+    """Install the emulated `cupy` when `GPUBP_EMULATE_GPU=1`; whether it is installed.  Once per process:
+    a second call (tests/mpi_scripts/dp_train.py installs it for each rank, and the pytest process that
+    imports it for tests/test_distributed.py's helpers has it from tests/conftest.py already) keeps the
+    first fake, whose arrays the test modules collected before hold (a new one took them for host arrays)."""
     if not requested():
         return False
+    if getattr(sys.modules.get("cupy"), "_gpubp_emulated", False):
+        return True
     from gpubp.backends import cuda_gemm_wgmma
 
     from .fake_cupy import UNREAD_POINTERS, FakeCupy
 
     fake = FakeCupy(execute=True, unread_pointers=UNREAD_POINTERS, devices=int(os.environ.get("GPUBP_EMU_DEVICES", "1")))
+    fake._gpubp_emulated = True
     sys.modules["cupy"] = fake
     sys.modules["cupy.cuda"] = fake.cuda            # `from cupy.cuda import nccl`
     sys.modules["cupy.cuda.nccl"] = fake.cuda.nccl
