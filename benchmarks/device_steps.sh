@@ -35,12 +35,13 @@ RESERVE_S="${RESERVE_S:-10}"
 : > "$OUT/summary.txt"
 failed=0
 
-# The test plugins the device machine lacks (it has no network): the wheels in .whl/ (downloaded here by
-# benchmarks/device_wheels.sh; the device call names .whl in `carry`) go into a folder on PYTHONPATH, so
-# pytest -n and --timeout work there (gpu_session_run.sh uses them only where they import).
-PLUGINS=/tmp/gpubp-test-plugins
-if [ -d .whl ] && ! $PY -c "import xdist, pytest_timeout" > /dev/null 2>&1; then
-    if timeout 60 $PY -m pip install -q --no-index --no-deps --find-links .whl --target "$PLUGINS" \
+# The test plugins the device machine lacks (it has no network): the wheels in WHEELS (default .whl/,
+# downloaded here by benchmarks/device_wheels.sh; the device call names .whl in `carry`) go into a folder
+# on PYTHONPATH, so pytest -n and --timeout work there (gpu_session_run.sh uses them only where they import).
+WHEELS="${WHEELS:-.whl}"
+PLUGINS="${PLUGINS:-/tmp/gpubp-test-plugins}"
+if [ -d "$WHEELS" ] && ! $PY -c "import xdist, pytest_timeout" > /dev/null 2>&1; then
+    if timeout 60 $PY -m pip install -q --no-index --no-deps --find-links "$WHEELS" --target "$PLUGINS" \
             pytest-xdist execnet pytest-timeout > "$OUT/plugins.log" 2>&1; then
         export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PLUGINS"
     fi

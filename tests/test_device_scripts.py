@@ -51,7 +51,7 @@ def _run_with_stubs(tmp_path, script: Path, *steps, stub="exit 0", env_extra=Non
         p.chmod(0o755)
     out = tmp_path / "out"
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python-stub"), "OUT": str(out),
-           "HOME": str(tmp_path), **(env_extra or {})}
+           "HOME": str(tmp_path), "WHEELS": str(tmp_path / "no-wheels"), **(env_extra or {})}
     res = subprocess.run(["bash", str(script), *steps], capture_output=True, text=True, env=env,
                          timeout=timeout)
     summary = out / "summary.txt"
@@ -200,3 +200,36 @@ def test_session_steps_limits_add_up_within_its_deadline_and_the_documented_call
     assert f"deadline, {session_s} s after it" in " ".join(docs.split())
     for limit in limits[:3]:                                # the table gives the same limits
         assert f"| {limit} s |" in docs
+
+
+def test_carried_wheels_give_the_tests_their_plugins(tmp_path):
+    """Where pytest-xdist and pytest-timeout do not import (the device machine) and wheels were carried,
+    they are installed offline into a folder put on PYTHONPATH, and the tests step runs with -n 8 and
+    --timeout; where they do import, nothing is installed."""
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and timeout")
+    wheels, log = tmp_path / "wheels", tmp_path / "calls.log"
+    wheels.mkdir()
+    for plugins_import in (False, True):
+        # the plugins import where the machine has them, or once their folder is on PYTHONPATH
+        stub = (f'echo "$PYTHONPATH|$*" >> {log}\n'
+                f'case "$*" in "-c import"*) case "$PYTHONPATH" in *{tmp_path / "plugins"}*) exit 0;; esac; '
+                f'exit {0 if plugins_import else 1};; esac\nexit 0')
+        run_dir = tmp_path / f"run-{plugins_import}"
+        run_dir.mkdir()
+        log.write_text("")
+        res, lines = _run_with_stubs(run_dir, SESSION_SCRIPT, "tests", stub=stub,
+                                     env_extra={"WHEELS": str(wheels), "PLUGINS": str(tmp_path / "plugins")})
+        assert res.returncode == 0, res.stdout + res.stderr
+        calls = log.read_text().splitlines()
+        pip = [c for c in calls if " pip install " in f" {c.split('|', 1)[1]} "]
+        tests = [c for c in calls if "pytest tests/gpu" in c]
+        assert len(tests) == 1, calls
+        if plugins_import:
+            assert not pip and str(tmp_path / "plugins") not in tests[0].split("|")[0]
+        else:
+            assert len(pip) == 1 and all(a in pip[0] for a in ("--no-index", f"--find-links {wheels}",
+                                                                  f"--target {tmp_path / 'plugins'}",
+                                                                  "pytest-xdist", "execnet", "pytest-timeout"))
+            assert str(tmp_path / "plugins") in tests[0].split("|")[0].split(":")
+        assert "-n 8 --dist load" in tests[0] and "--timeout 150" in tests[0]
