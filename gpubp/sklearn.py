@@ -1023,6 +1023,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.target_tags.positive_only = self.loss == "poisson"   # negative targets are refused
         tags.regressor_tags.poor_score = False
         return tags
 
