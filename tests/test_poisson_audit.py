@@ -1,0 +1,38 @@
+"""Edge cases of the `poisson` loss found by auditing a5909e6 (mutation testing and review)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gpubp.backends.base import half_poisson_deviance
+from gpubp.backends.numpy_backend import NumpyBackend
+
+NP = NumpyBackend()
+
+
+def run(A, Y, dtype=np.float64):
+    A, Y = np.asarray(A, dtype), np.asarray(Y, dtype)
+    loss, delta = np.empty(1, dtype), np.empty_like(A)
+    NP.loss_and_delta(A, None, Y, "poisson", "identity", loss, delta)
+    return loss[0], delta
+
+
+@pytest.mark.parametrize("y", [1e-300, 1e-10, 0.5])
+def test_a_finite_rate_far_above_a_small_target_has_a_finite_loss(y):
+    """e^z - y - y (z - log y) at z = 700 is about e^700 = 1.01e304, finite in double (scikit-learn's
+    HalfPoissonLoss says so too), whatever y's size: y (expm1(d) - d) with d = z - log y overflows in
+    expm1 once d passes 709.8, which must not turn the finite value into inf."""
+    z = 700.0
+    expected = math.exp(z) - y - y * (z - math.log(y))
+    loss, delta = run([[z]], [[y]])
+    assert math.isfinite(loss) and loss == pytest.approx(expected, rel=1e-12)
+    assert delta[0, 0] == pytest.approx(math.exp(z) - y, rel=1e-12)
+    assert half_poisson_deviance(np, np.array([[z]]), np.array([[y]]))[0, 0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_value_is_continuous_in_y_at_zero_for_a_large_rate():
+    z = 705.0
+    at_zero = half_poisson_deviance(np, np.array([[z]]), np.array([[0.0]]))[0, 0]
+    near_zero = half_poisson_deviance(np, np.array([[z]]), np.array([[1e-300]]))[0, 0]
+    assert near_zero == pytest.approx(at_zero, rel=1e-12)
