@@ -44,3 +44,21 @@ def test_a_subnormal_target_at_an_ordinary_rate_has_its_finite_loss():
     y, z = float(np.finfo(np.float64).smallest_subnormal), -10.0
     loss, _ = run([[z]], [[y]])
     assert loss == pytest.approx(math.exp(z), rel=1e-12)
+
+
+def test_the_loss_kernels_a_step_wants_are_the_ones_it_launches():
+    """`kernel_names` (what cuda_backend compiles ahead of a step) names the pointwise loss kernel of the
+    output's own activation for the squared-error losses, and the identity one for the losses that fuse
+    their nonlinearity (binary_cross_entropy, poisson); every one is among those the module builds."""
+    from gpubp.activations import ACT_CODES
+    from gpubp.backends import cuda_elementwise as ew
+    from gpubp.backends.kernel_constants import LOSS_CODES
+
+    for dtype, ctype in ((np.float32, "float"), (np.float64, "double")):
+        built = set(ew._loss_names(ctype, False))
+        for loss, code in LOSS_CODES.items():
+            acts = ACT_CODES.values() if loss in ("mse", "half_sse") else [ACT_CODES["identity"]]
+            for act in acts:
+                names = {n for n in ew.kernel_names(dtype, loss, act, 3) if n.startswith("loss_pointwise")}
+                want = act if loss in ("mse", "half_sse") else ACT_CODES["identity"]
+                assert names == {f"loss_pointwise<{ctype}, {code}, {want}>"} and names <= built, (loss, act)
