@@ -102,7 +102,9 @@ loss_pointwise(const T* A, const T* Z, const T* Y, T* delta, double* partials,
             const T mu = exp(a);
             const double zd = (double)a, yd = (double)y;
             const double d = zd - log(yd > 0.0 ? yd : 1.0);
-            acc += isinf(mu) ? -neg_inf<double>() : (yd > 0.0 ? yd * (expm1(d) - d) : exp(zd));
+            // beyond d = 700 the value is e^z to the last bit (y (1 + d) = (1 + d) e^-d e^z), where
+            // y expm1(d) would overflow for a tiny y though e^z need not
+            acc += isinf(mu) ? -neg_inf<double>() : (yd > 0.0 && d <= 700.0 ? yd * (expm1(d) - d) : exp(zd));
             if (write_delta) delta[i] = epi_stored<BF16>((mu - y) * grad_scale);
         } else {
             const T d = a - y;

@@ -1563,3 +1563,16 @@ def test_save_refuses_an_optimizer_that_is_not_gpubps_on_either_count(tmp_path, 
     with pytest.raises(TypeError, match="is not one of gpubp's.*left as it was"):
         net.save(tmp_path / "n.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out_act", ["relu", "sigmoid"])
+def test_a_poisson_checkpoint_with_an_output_activation_is_refused(tmp_path, out_act):
+    """poisson fuses the exp into the loss (losses.FUSED_OUTPUT), so a file whose config gives it an
+    output activation is refused on loading, naming the field and why, as the constructor refuses it."""
+    net = gpubp.MLP([2, 3, 1], loss="poisson", backend="numpy", seed=0, dtype="float64")
+    net.save(tmp_path / "p.npz")
+    arrays, meta = read_all(tmp_path / "p.npz")
+    meta["config"]["output_activation"] = out_act
+    bad = write_consistent(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=r"config\.output_activation.*log-rates \(the exp is fused into it\)"):
+        gpubp.MLP.load(bad, backend="numpy")

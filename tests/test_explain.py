@@ -1256,3 +1256,21 @@ def test_a_one_layer_weights_file_with_a_hidden_activation_traces_without_one(tm
         assert explain.make_problem(weights=str(wf)).activations == ["identity"]
     with pytest.raises(ValueError, match=re.escape("the network [2, 1] has no hidden layer to give an activation")):
         explain.make_problem(weights=str(wf), activation="relu")
+
+
+def test_poisson_takes_an_identity_output_and_names_the_log_rates(capsys):
+    """poisson fuses the exp into its loss (losses.FUSED_OUTPUT): the example's sigmoid output becomes
+    identity, the output's gradient is said to be on the log-rates, and an output activation is refused."""
+    rc, out, _ = run(capsys, "explain", "--loss", "poisson")
+    assert rc == 0 and "activations sigmoid (hidden) / identity (output), loss poisson" in out
+    assert "dL/da2 = dL/dz2 (the output is the log-rates z2) = (e^z - y) / (B n) = " in out
+    err = usage_error(capsys, "explain", "--loss", "poisson", "--output-activation", "sigmoid")
+    assert "loss 'poisson' works on log-rates (the exp is fused into it): output_activation must be 'identity'" in err
+
+
+def test_trace_step_refuses_an_output_activation_on_poisson_before_reading_the_data():
+    """The network's description is checked before its input and targets (a negative target, wrong for
+    poisson too, is not what is reported): the fused exp and an output activation cannot go together."""
+    params = [(np.full((2, 2), 0.1), np.zeros(2)), (np.full((1, 2), 0.1), np.zeros(1))]
+    with pytest.raises(ValueError, match=r"loss 'poisson' works on log-rates \(the exp is fused into it\)"):
+        explain.trace_step(params, [0.5, 0.8], [-1.0], ["sigmoid", "sigmoid"], "poisson", 0.1)

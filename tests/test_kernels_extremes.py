@@ -551,3 +551,17 @@ def test_infinities_at_the_edges_of_the_fused_tiles_sum_as_numpy(monkeypatch, mo
                        ("db1", dbs[0], rdb[0]), ("db2", dbs[1], rdb[1]), ("delta_in", din, rdin)]:
         assert not np.isnan(b).any(), name
         agree(np.asarray(a), b, f"{module} {precision}: {name}", rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_poisson_agrees_with_numpy_at_tiny_targets(cuda, dtype):
+    """Tiny positive targets (the dtype's smallest subnormal and normal, 1e-300) at every probe
+    log-rate: d = z - log y passes 709.8 at large finite rates in float64, where y expm1(d) would
+    overflow to inf while the value e^z - y - y d is finite; both backends give the finite value."""
+    z = np.concatenate([extremes(dtype), np.array([700.0, 705.0, 709.0, 88.0], dtype)])
+    fi = np.finfo(dtype)
+    targets = np.array([float(fi.smallest_subnormal), float(fi.tiny), 1e-300 if dtype == np.float64 else 1e-40],
+                       dtype)
+    A = np.repeat(z, targets.size).reshape(-1, 1)
+    Y = np.tile(targets, z.size).reshape(-1, 1)
+    compare_loss(cuda, A, None, Y, "poisson", "identity", "poisson")

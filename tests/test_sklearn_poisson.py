@@ -158,7 +158,9 @@ def test_a_fitted_regressor_continues_only_with_its_own_loss(how):
         g = fit_quietly(MLPRegressor(**_kw(max_iter=2, loss=first), backend="numpy", dtype="float64"), X, y)
         before = [c.copy() for c in g.coefs_]
         g.set_params(loss=then, warm_start=how == "warm_start")
-        with pytest.raises(ValueError, match=f"fitted with loss='{first}'.*cannot continue it with loss='{then}'"):
+        call = "partial_fit" if how == "partial_fit" else "warm-started fit"     # the call refused is named
+        with pytest.raises(ValueError, match=f"fitted with loss='{first}'; a {call} cannot continue it with "
+                                             f"loss='{then}'"):
             g.partial_fit(X, y) if how == "partial_fit" else g.fit(X, y)
         assert all(np.array_equal(a, b) for a, b in zip(before, g.coefs_)) and g.net_.loss != then
         g.set_params(warm_start=False)

@@ -34,14 +34,17 @@ def half_poisson_deviance(xp, Z, Y, rates=None):
     """The `poisson` loss of each element, in float64 (docs/spec.md, "Losses"): half the Poisson
     deviance of the targets `Y` at the rates `e^Z`, `e^z - y - y (z - log y)` (`y log y = 0` at
     `y = 0`).  Written `y (expm1(d) - d)` with `d = z - log y` where `y > 0`, which does not cancel
-    near the optimum `e^z = y`, and `e^z` where `y = 0`.  `rates`, the rates `e^Z` as the network's
+    near the optimum `e^z = y`, and `e^z` where `y = 0` or `d > 700` (there `y (1 + d)` is below the
+    rounding of `e^z`, and `expm1(d)` would overflow where `e^z` need not).  `rates`, the rates `e^Z` as the network's
     dtype holds them (what the delta `e^z - y` is made of): where a rate overflowed to inf the
     element's loss is inf too, so a loss that is finite never comes with an infinite gradient."""
     with np.errstate(over="ignore", invalid="ignore"):
         z, y = Z.astype(xp.float64), Y.astype(xp.float64)
         pos = y > 0
         d = z - xp.log(xp.where(pos, y, 1.0))
-        out = xp.where(pos, y * (xp.expm1(d) - d), xp.exp(z))
+        # beyond d = 700, y (1 + d) is (1 + d) e^-d < 1e-301 of e^z = y e^d: the value is e^z to the
+        # last bit, where y expm1(d) would overflow (y tiny) though e^z need not
+        out = xp.where(pos & (d <= 700.0), y * (xp.expm1(d) - d), xp.exp(z))
         if rates is None:
             rates = xp.exp(Z)
         return xp.where(xp.isinf(rates), xp.inf, out)
