@@ -326,8 +326,10 @@ SPEC = ROOT / "docs" / "spec.md"
 def test_spec_constants_are_the_codes():
     """Every `NAME = value` the spec states is the library's constant of that name."""
     from gpubp import activations, checkpoint, network, params, training
+    from gpubp.backends import numpy_backend
     text = " ".join(SPEC.read_text().split())
-    where = {"ALIGN": params, "CHECK_EVERY": training, "EVAL_CHUNK": network, "LEAKY_SLOPE": activations}
+    where = {"ALIGN": params, "CHECK_EVERY": training, "EVAL_CHUNK": network, "LEAKY_SLOPE": activations,
+             "DB_BLOCK": numpy_backend}
     stated = dict(re.findall(r"`(?:s = )?([A-Z][A-Z_]+) = ([0-9.e-]+)`", text))
     assert set(stated) == set(where), stated
     for name, value in stated.items():

@@ -35,9 +35,10 @@ def half_poisson_deviance(xp, Z, Y, rates=None):
     deviance of the targets `Y` at the rates `e^Z`, `e^z - y - y (z - log y)` (`y log y = 0` at
     `y = 0`).  Written `y (expm1(d) - d)` with `d = z - log y` where `y > 0`, which does not cancel
     near the optimum `e^z = y`, and `e^z` where `y = 0` or `d > 700` (there `y (1 + d)` is below the
-    rounding of `e^z`, and `expm1(d)` would overflow where `e^z` need not).  `rates`, the rates `e^Z` as the network's
-    dtype holds them (what the delta `e^z - y` is made of): where a rate overflowed to inf the
-    element's loss is inf too, so a loss that is finite never comes with an infinite gradient."""
+    rounding of `e^z`, and `expm1(d)` would overflow where `e^z` need not).  `rates`, the rates `e^Z`
+    as the network's dtype holds them (what the delta `e^z - y` is made of): where a rate overflowed
+    to inf the element's loss is inf too, so a loss that is finite never comes with an infinite
+    gradient."""
     with np.errstate(over="ignore", invalid="ignore"):
         z, y = Z.astype(xp.float64), Y.astype(xp.float64)
         pos = y > 0
@@ -130,8 +131,9 @@ class Backend(ABC):
         `A_L` is the output layer's activation, `Z_L` its pre-activation (or
         None when the activation does not need it).  For `cross_entropy` and
         `binary_cross_entropy` the output activation is identity and `A_L` is
-        the logits; for `poisson` it is identity and `A_L` the log-rates.  `Y` is `(B, n_L)` of the network's dtype, or for
-        `cross_entropy` optionally `(B,)` int32 class indices.  With
+        the logits; for `poisson` it is identity and `A_L` the log-rates.
+        `Y` is `(B, n_L)` of the network's dtype, or for `cross_entropy`
+        optionally `(B,)` int32 class indices.  With
         `delta_out=None` only the value is computed.  `precision="bf16"` (passed
         by `network_loss` for "bf16" plans) rounds `delta_out` to bfloat16 as
         it is written (docs/spec.md, "Precision modes"); the loss value is
