@@ -16,7 +16,7 @@ from sklearn.neural_network._base import poisson_loss  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from gpubp.sklearn import MLPRegressor  # noqa: E402
-from support.sklearn_parity import fit_quietly  # noqa: E402
+from support.sklearn_parity import assert_same_run, fit_quietly, sgd_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +35,8 @@ def _counts(n_out=2, n=40, seed=0):
 
 
 def _kw(**over):
-    """Mini-batches in order (scikit-learn's batches), float64, no penalty (gpubp's decays the biases too)."""
-    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.0, batch_size=16, max_iter=12,
-              learning_rate_init=0.05, momentum=0.9, shuffle=False, random_state=1, tol=0, n_iter_no_change=100,
-              loss="poisson")
-    kw.update(over)
-    return kw
+    """scikit-learn's and gpubp's runs alike (`sgd_settings`), with the poisson loss."""
+    return sgd_settings(**{"loss": "poisson", **over})
 
 
 def _pair(n_out=2, **over):
@@ -49,11 +45,7 @@ def _pair(n_out=2, **over):
     return X, y, SkMLPRegressor(**kw), MLPRegressor(**kw, backend="numpy", dtype="float64")
 
 
-def _same(sk, g, atol=1e-10):
-    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
-        np.testing.assert_allclose(b, a, rtol=0, atol=atol)
-    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-9)
-    assert g.n_iter_ == sk.n_iter_ and g.t_ == sk.t_
+_same = assert_same_run
 
 
 @pytest.mark.parametrize("n_out", [1, 3])
@@ -197,3 +189,9 @@ def test_rates_are_the_exp_of_the_log_rates_in_float64():
             with pytest.raises(ValueError, match="infinity"):
                 g.score(X, y)
             assert np.isnan(g._score_on(X, y, None))
+
+
+def test_the_tags_say_the_targets_must_not_be_negative():
+    """scikit-learn's estimator checks read positive_only to draw targets this regressor takes."""
+    assert MLPRegressor(loss="poisson").__sklearn_tags__().target_tags.positive_only
+    assert not MLPRegressor().__sklearn_tags__().target_tags.positive_only

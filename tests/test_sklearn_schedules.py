@@ -18,8 +18,7 @@ from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from gpubp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
-from support.sklearn_parity import fit_quietly  # noqa: E402
-from support.sklearn_parity import parity_cases  # noqa: E402
+from support.sklearn_parity import assert_same_run, fit_quietly, parity_cases, sgd_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -28,12 +27,8 @@ def _one_blas_thread():
         yield
 
 
-def _sgd(**over):
-    """Mini-batches in order (shuffle=False: the same batches as scikit-learn's), float64, SGD."""
-    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.0, batch_size=16, max_iter=12,
-              learning_rate_init=0.05, momentum=0.9, shuffle=False, random_state=1, tol=0, n_iter_no_change=100)
-    kw.update(over)
-    return kw
+_sgd = sgd_settings
+_same = assert_same_run
 
 
 def _pair(case, **over):
@@ -43,11 +38,6 @@ def _pair(case, **over):
     return X, y, Sk(**kw), G(**kw, backend="numpy", dtype="float64")
 
 
-def _same(sk, g, atol=1e-10):
-    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
-        np.testing.assert_allclose(b, a, rtol=0, atol=atol)
-    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-9)
-    assert g.n_iter_ == sk.n_iter_ and g.t_ == sk.t_
 
 
 # ---------------------------------------------------------------- the schedules, as scikit-learn's

@@ -22,6 +22,25 @@ def parity_cases():
                "regression": (SkMLPRegressor, MLPRegressor, rng.standard_normal((40, 2)))}
 
 
+def sgd_settings(**over):
+    """Estimator arguments that make scikit-learn's run and gpubp's the same (with `over` changed): SGD
+    with momentum, mini-batches in order (shuffle=False: the same batches), no penalty (gpubp's weight
+    decay also decays the biases), no early stop."""
+    kw = dict(hidden_layer_sizes=(6,), activation="tanh", solver="sgd", alpha=0.0, batch_size=16, max_iter=12,
+              learning_rate_init=0.05, momentum=0.9, shuffle=False, random_state=1, tol=0, n_iter_no_change=100)
+    kw.update(over)
+    return kw
+
+
+def assert_same_run(sk, g, atol=1e-10):
+    """scikit-learn's fitted `sk` and gpubp's `g` have the same weights (to `atol`), loss curve, epochs
+    and steps."""
+    for a, b in zip(sk.coefs_ + sk.intercepts_, g.coefs_ + g.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=atol)
+    np.testing.assert_allclose(g.loss_curve_, sk.loss_curve_, rtol=1e-9)
+    assert g.n_iter_ == sk.n_iter_ and g.t_ == sk.t_
+
+
 def fit_quietly(est, X, y, **kw):
     """`est.fit` without the ConvergenceWarning of a deliberately short run."""
     with warnings.catch_warnings():
