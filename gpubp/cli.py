@@ -31,7 +31,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 from .backends import BACKENDS
-from .losses import FUSED_OUTPUT, LABEL_LOSSES, LOGIT_LOSSES, LOSSES, check_outputs
+from .losses import FUSED_OUTPUT, LABEL_LOSSES, LOGIT_LOSSES, LOSSES, check_outputs, fused_output_text
 from .checks import DTYPES
 from .network import INITS
 from .optional import MissingExtraError, require
@@ -461,7 +461,7 @@ def cmd_train(args) -> int:
                          "--n-samples") from None
     sizes = _resolve_layers(args, ds)
     if args.loss in FUSED_OUTPUT and args.output_activation != "identity":
-        raise UsageError(f"--loss {args.loss} takes {_fused_output_text(args.loss)}: "
+        raise UsageError(f"--loss {args.loss} takes {fused_output_text(args.loss)}: "
                          f"--output-activation must be identity, not {args.output_activation}")
     if len(sizes) == 2 and args.activation is not _TRAIN_ACTIVATION:   # given, and it would be dropped unseen
         raise UsageError(f"--layers {','.join(map(str, sizes))} has no hidden layer to give --activation "
@@ -834,12 +834,6 @@ def _format_rows(P) -> list[str]:
     return [",".join(fmt(v) for v in row) for row in P]
 
 
-def _fused_output_text(loss: str) -> str:
-    """What a loss of `FUSED_OUTPUT` takes as the network's outputs, said for a flag's error."""
-    fn, outputs = FUSED_OUTPUT[loss]
-    return f"{outputs} (the {fn} is fused into it)"
-
-
 def _predicts_classes(net) -> bool:
     """Whether `net` is a classifier trained by `gpubp train` (its checkpoint's metadata says so; older ones
     name one of the bundled data sets), whose predictions are class labels whatever its loss: one-hot
@@ -1071,8 +1065,8 @@ def cmd_gradcheck(args) -> int:
         fused = [l for l in loss_list if l in FUSED_OUTPUT]
         if fused:
             what = (f"--all-losses checks {', '.join(fused[:-1])} and {fused[-1]}, which take their outputs "
-                    f"raw ({'; '.join(f'{l}: {_fused_output_text(l)}' for l in fused)})" if args.all_losses
-                    else f"--loss {fused[0]} takes {_fused_output_text(fused[0])}")
+                    f"raw ({'; '.join(f'{l}: {fused_output_text(l)}' for l in fused)})" if args.all_losses
+                    else f"--loss {fused[0]} takes {fused_output_text(fused[0])}")
             raise UsageError(f"{what}: --output-activation must be identity, not {args.output_activation}"
                              + (" (check that output activation with --loss mse or half_sse)"
                                 if args.all_losses else ""))

@@ -40,13 +40,26 @@ def check_loss(name) -> str:
     return name
 
 
+def fused_output_text(loss: str) -> str:
+    """What a loss of `FUSED_OUTPUT` takes as the network's outputs, in words ("logits (the softmax is
+    fused into it)"), for the errors that refuse another output activation."""
+    fn, outputs = FUSED_OUTPUT[loss]
+    return f"{outputs} (the {fn} is fused into it)"
+
+
 def check_output_activation(loss: str, out_act: str) -> None:
     """Refuse an output activation other than identity for a loss that fuses its own (`FUSED_OUTPUT`):
     the network would apply a nonlinearity the loss applies again."""
     if loss in FUSED_OUTPUT and out_act != "identity":
-        fn, outputs = FUSED_OUTPUT[loss]
-        raise ValueError(f"loss {loss!r} works on {outputs} (the {fn} is fused into it): output_activation "
-                         f"must be 'identity', got {out_act!r}")
+        raise ValueError(f"loss {loss!r} works on {fused_output_text(loss)}: output_activation must be "
+                         f"'identity', got {out_act!r}")
+
+
+def poisson_rates(z: np.ndarray) -> np.ndarray:
+    """The rates `e^z` of `poisson`'s log-rate outputs, in `z`'s dtype; inf (no warning) where they
+    overflow it, as the loss's."""
+    with np.errstate(over="ignore"):
+        return np.exp(z)
 
 
 def check_outputs(loss: str, n_out: int) -> None:

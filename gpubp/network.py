@@ -544,8 +544,7 @@ class MLP:
         if self.loss == "binary_cross_entropy":
             out = (out > 0).astype(np.int64)
         elif self.loss == "poisson":
-            with np.errstate(over="ignore"):          # a rate beyond the dtype's range is inf, as the loss's
-                out = np.exp(out)
+            out = losses.poisson_rates(out)
         if self.target_ndim == 1 and out.shape[1] == 1:
             return out[:, 0]
         return out

@@ -136,6 +136,7 @@ except ImportError as e:   # exercised only without scikit-learn
         f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
 from .checks import DTYPES, finite_after_cast
+from .losses import poisson_rates
 from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
 from .training import _caller_level
@@ -315,8 +316,11 @@ class _BaseMLP(BaseEstimator):
             if getattr(dt, "kind", "O") in "MmUS" or str(dt) == "str" or str(dt).startswith("string"):
                 raise ValueError(f"X must hold real numbers, got dtype {dt}: convert it to numbers explicitly")
         # object arrays and columns (pandas' text columns before pandas 3, categories) holding text
-        for dt, col in ([(dt, X.iloc[:, i].to_numpy()) for i, dt in enumerate(dtypes) if getattr(dt, "kind", None)
-                         == "O"] if frame else [(a.dtype, a)]):
+        if frame:
+            columns = [(dt, X.iloc[:, i].to_numpy()) for i, dt in enumerate(dtypes) if getattr(dt, "kind", None) == "O"]
+        else:
+            columns = [(a.dtype, a)]
+        for dt, col in columns:
             if _holds_text(col):
                 raise ValueError(f"X must hold real numbers, got dtype {dt} holding text: convert it to numbers "
                                  "explicitly")
@@ -963,7 +967,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         first = not (incremental or self.warm_start) or not hasattr(self, "net_")
         self._check_dense_y(y)
         self._check_numeric_X(X)
-        if _holds_text(np.asarray(y) if not isinstance(y, np.ndarray) else y):   # y_numeric would parse it
+        if _holds_text(np.asarray(y)):                # y_numeric would parse it
             raise ValueError("y must hold real numbers, got dtype object holding text")
         X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True)
@@ -1009,8 +1013,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _predict(self, X, check_input: bool = True) -> np.ndarray:
         out = self._outputs(X, check_input)
         if self.net_.loss == "poisson":       # the network outputs log-rates; the prediction is the rate
-            with np.errstate(over="ignore"):
-                out = np.exp(out)
+            out = poisson_rates(out)          # in float64, as scikit-learn's predictions
         return out.ravel() if out.shape[1] == 1 else out
 
     def _score_on(self, X, y, sample_weight) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import ACT_CODES, NEEDS_Z
+from ..losses import FUSED_OUTPUT
 from .cuda_device import function
 from .cuda_launch import SCALARS as _NP_SCALAR
 from .cuda_launch import aligned, check_arrays, grid_1d
@@ -37,7 +38,7 @@ CE_WARP_MAX_WIDTH = 1024
 _NEEDS_Z_CODES = frozenset(ACT_CODES[a] for a in NEEDS_Z)
 _LOSS_CODES = LOSS_CODES
 #: pointwise losses on an identity output that apply their own nonlinearity (sigmoid, exp)
-_FUSED_POINTWISE = ("binary_cross_entropy", "poisson")
+_FUSED_POINTWISE = tuple(loss for loss in FUSED_OUTPUT if loss in LOSS_CODES)
 
 
 def _flag(bf16: bool) -> str:
