@@ -70,6 +70,17 @@ def check_outputs(loss: str, n_out: int) -> None:
                          f"ending in {n_out}: for two classes on one output use loss='binary_cross_entropy'")
 
 
+def check_target_range(Y: np.ndarray, loss: str, name: str = "Y") -> None:
+    """Refuse target values outside `loss`'s range, naming `name`: `binary_cross_entropy`'s lie in
+    [0, 1], `poisson`'s (counts or rates) are non-negative."""
+    if loss == "binary_cross_entropy" and Y.size and (Y.min() < 0 or Y.max() > 1):
+        raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1]; got values from "
+                         f"{float(Y.min())} to {float(Y.max())}")
+    if loss == "poisson" and Y.size and Y.min() < 0:
+        raise ValueError(f"{name}: poisson targets are counts or rates and must be non-negative; got values "
+                         f"from {float(Y.min())} to {float(Y.max())}")
+
+
 def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y") -> np.ndarray:
     """Check targets `Y` for `batch` samples of a network with `n_out` outputs.
 
@@ -103,12 +114,7 @@ def prepare_targets(Y, loss: str, batch: int, n_out: int, dtype, name: str = "Y"
                          f"samples and a network with {n_out} outputs{hint}")
     # NaN and infinity were refused above (integers and booleans are finite): what is not finite now overflowed
     Y = finite_after_cast(Y, dtype, name)
-    if loss == "binary_cross_entropy" and Y.size and (Y.min() < 0 or Y.max() > 1):
-        raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1]; got values from "
-                         f"{float(Y.min())} to {float(Y.max())}")
-    if loss == "poisson" and Y.size and Y.min() < 0:
-        raise ValueError(f"{name}: poisson targets are counts or rates and must be non-negative; got values "
-                         f"from {float(Y.min())} to {float(Y.max())}")
+    check_target_range(Y, loss, name)
     if loss == "cross_entropy" and Y.size:
         if Y.min() < 0:
             raise ValueError(f"{name}: cross_entropy probability targets must be non-negative")

@@ -136,7 +136,7 @@ except ImportError as e:   # exercised only without scikit-learn
         f"gpubp.sklearn needs scikit-learn 1.6 or newer ({e}): pip install \"gpubp[sklearn]\"") from e
 
 from .checks import DTYPES, finite_after_cast
-from .losses import poisson_rates
+from .losses import check_target_range, poisson_rates
 from .network import MLP, PRECISIONS
 from .optim import SGD, Adam, Optimizer
 from .training import _caller_level
@@ -983,9 +983,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._in_net_dtype(Y, self._fit_dtype(first), "y")   # only checked: the network casts the targets
         self._random_state = check_random_state(self.random_state)     # at each call, as the classifier's
         loss = _REGRESSION_LOSSES[self.loss]
-        if loss == "poisson" and Y.size and Y.min() < 0:     # scikit-learn's would train to a NaN loss
-            raise ValueError(f"loss='poisson' needs non-negative targets (counts or rates); y holds values "
-                             f"from {Y.min():g} to {Y.max():g}")
+        check_target_range(Y, loss, "y")    # before any change (poisson: scikit-learn's trains to a NaN loss)
         if first:
             self.out_activation_ = _OUT_ACTIVATIONS[loss]
             self._build(X.shape[1], Y.shape[1], loss)

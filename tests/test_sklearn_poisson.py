@@ -129,7 +129,8 @@ def test_negative_targets_are_refused_and_nothing_changes():
     X, y = _counts(2)
     bad = y.copy()
     bad[5, 1] = -1.0
-    with pytest.raises(ValueError, match=r"loss='poisson' needs non-negative targets.*from -1 to"):
+    with pytest.raises(ValueError, match=r"^y: poisson targets are counts or rates and must be non-negative; "
+                                         r"got values from -1\.0 to"):
         MLPRegressor(**_kw(), backend="numpy").fit(X, bad)
     g = fit_quietly(MLPRegressor(**_kw(max_iter=2), backend="numpy", dtype="float64"), X, y)
     before, curve = [c.copy() for c in g.coefs_], list(g.loss_curve_)
