@@ -13,6 +13,7 @@ capture needs).  Skipped where a real CuPy with a GPU is present.
 """
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -641,6 +642,25 @@ def test_cuda_tensor_inputs_through_dlpack(fake):
     assert net.optimizer.t == 1
 
 
+class _ManagedTensorLike(_CudaTensorLike):
+    """DLPack on CUDA managed memory (kDLCUDAManaged), as a tensor in unified memory reports."""
+
+    def __dlpack_device__(self):
+        return (13, self._device)
+
+
+def test_cuda_managed_memory_inputs_through_dlpack(fake):
+    """A DLPack object in CUDA managed memory is a device input as a kDLCUDA one is: taken through
+    DLPack (a managed tensor on another device is refused naming it)."""
+    sizes = (12, 40, 5)
+    net = net_for(cuda(), sizes, "relu", "cross_entropy")
+    X, Y = data(sizes, "cross_entropy", 64)
+    X32 = X.astype(np.float32)
+    assert np.array_equal(net.predict(_ManagedTensorLike(X32)), net.predict(X32))
+    with pytest.raises(ValueError, match="CUDA device 1 but the current device is 0"):
+        net.predict(_ManagedTensorLike(X32, device=1))
+
+
 def test_captured_fused_step_owns_its_plan_through_evictions(fake):
     """A fused run's pointer table holds its plan's buffer addresses, which nothing else keeps:
     after evaluations at more batch sizes than MAX_PLANS (plans made and evicted) and a garbage
@@ -1208,3 +1228,398 @@ def test_device_inputs_are_checked_as_host_ones(fake):
         Xb[2, 3] = bad
         with pytest.raises(ValueError, match="X contains NaN or infinity"):
             net.predict(fake.asarray(Xb))
+
+
+# ------------------------------------------------------------------ the backend's own checks and array plumbing
+def test_the_backend_refuses_no_gpu_and_settings_it_cannot_run(monkeypatch):
+    """No device (or a runtime that cannot count them) is a RuntimeError saying to use the numpy
+    backend; an unknown tile and hopper without the tensor-core GEMMs are ValueErrors."""
+    fake = install_fake(monkeypatch, devices=0)
+    with pytest.raises(RuntimeError, match="found no CUDA GPU; use backend='numpy'"):
+        cuda()
+
+    def no_driver():
+        raise fake.cuda.runtime.CUDARuntimeError("cudaErrorInsufficientDriver")
+
+    fake = install_fake(monkeypatch)
+    monkeypatch.setattr(fake.cuda.runtime, "getDeviceCount", no_driver)
+    with pytest.raises(RuntimeError, match="found no usable CUDA GPU .*cudaErrorInsufficientDriver"):
+        cuda()
+    install_fake(monkeypatch)
+    with pytest.raises(ValueError, match="tile must be one of"):
+        cuda(tile="huge")
+    with pytest.raises(ValueError, match="hopper=True needs tensor_core_gemms=True"):
+        cuda(hopper=True)
+    assert cuda(hopper=True, tensor_core_gemms=True).settings() == {
+        "fuse": True, "tile": None, "tensor_core_gemms": True, "hopper": True}
+
+
+def test_asarray_keeps_a_device_array_and_copies_only_what_the_kernels_cannot_read(fake):
+    """A C-contiguous device array of the dtype is returned as it is (no copy); a strided view or
+    another dtype becomes a contiguous copy of the values (a 0-d one stays 0-d); host data is copied in."""
+    be = cuda()
+    h = np.arange(12, dtype=np.float32).reshape(3, 4)
+    d = fake.asarray(h)
+    fake.reset()
+    assert be.asarray(d, np.float32) is d and fake.allocations == 0
+    t = be.asarray(d.T, np.float32)
+    assert t.flags.c_contiguous and np.array_equal(fake.asnumpy(t), h.T)
+    w = be.asarray(d, np.float64)
+    assert w.dtype == np.float64 and np.array_equal(fake.asnumpy(w), h)
+    z = be.asarray(fake.asarray(np.array(5.0, np.float32)), np.float64)      # a 0-d device array
+    assert z.shape == () and float(fake.asnumpy(z)) == 5.0
+    for host in ([[1.0, 2.0], [3.0, 4.0]], np.array([[1, 2], [3, 4]])):
+        a = be.asarray(host, np.float32)
+        assert isinstance(a, fake.ndarray) and a.dtype == np.float32
+        assert np.array_equal(fake.asnumpy(a), [[1, 2], [3, 4]])
+
+
+def test_asarray_refuses_a_device_array_of_another_device(monkeypatch):
+    fake = install_fake(monkeypatch, devices=2)
+    be = cuda()
+    fake.cuda.Device(1).use()
+    d = fake.zeros((2, 3), np.float32)
+    fake.cuda.Device(0).use()
+    with pytest.raises(ValueError, match="on CUDA device 1 but the current device is 0"):
+        be.asarray(d, np.float32)
+
+
+class _CudaArrayInterfaceLike:
+    """A foreign device array (numba's, say) that exposes only `__cuda_array_interface__`."""
+
+    def __init__(self, d):
+        self.__cuda_array_interface__ = d.__cuda_array_interface__
+
+
+class _CpuTensorLike:
+    """A stand-in for a CPU tensor: DLPack says host memory (kDLCPU); it exports through __array__
+    only (its __dlpack__ refuses, as a CUDA consumer's import of host memory would)."""
+
+    def __init__(self, a):
+        self._a = np.asarray(a)
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __dlpack__(self, *args, **kwargs):
+        raise RuntimeError("not a CUDA tensor")
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+class _RaisingInterface:
+    """An object whose `__cuda_array_interface__` raises (as torch's does for a tensor that requires grad)."""
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad.")
+
+
+def test_foreign_device_and_host_objects_reach_the_backend(fake):
+    """`__cuda_array_interface__` objects are read where they are (no copy, and `to_numpy` reads
+    them too); a host DLPack object (a CPU tensor) is copied in through the host; an interface that
+    raises is a TypeError naming the object; `to_numpy` of a host array is a copy."""
+    be = cuda()
+    h = np.arange(6, dtype=np.float32).reshape(2, 3)
+    d = fake.asarray(h)
+    fake.reset()
+    v = be.asarray(_CudaArrayInterfaceLike(d), np.float32)
+    assert fake.allocations == 0 and v.data.ptr == d.data.ptr and np.array_equal(fake.asnumpy(v), h)
+    assert np.array_equal(be.to_numpy(_CudaArrayInterfaceLike(d)), h)
+    c = be.asarray(_CpuTensorLike(h), np.float32)
+    assert isinstance(c, fake.ndarray) and np.array_equal(fake.asnumpy(c), h)
+    with pytest.raises(TypeError, match="could not take the _RaisingInterface through __cuda_array_interface__"):
+        be.asarray(_RaisingInterface(), np.float32)
+    out = be.to_numpy(h)
+    assert type(out) is np.ndarray and out is not h and np.array_equal(out, h)
+    out[0, 0] = 7
+    assert h[0, 0] == 0
+
+
+def test_out_of_memory_names_the_array_and_free_memory_counts_the_pool(fake, monkeypatch):
+    """CuPy's OutOfMemoryError becomes a MemoryError naming the shape, dtype, bytes and device;
+    free memory is the device's free bytes plus what CuPy's pool holds free."""
+    be = cuda()
+    held = fake.zeros((1000,), np.float32)          # the device's free bytes are below its total
+
+    def oom(shape, dtype=None):
+        raise fake.cuda.memory.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(fake, "empty", oom)
+    monkeypatch.setattr(fake, "zeros", oom)
+    with pytest.raises(MemoryError, match=r"shape \(1000, 10\) and dtype float32 \(40,000 bytes\) on device 0"):
+        be.empty((1000, 10), np.float32)
+    with pytest.raises(MemoryError, match=r"shape \(7,\) and dtype float64 \(56 bytes\)"):
+        be.zeros(7, np.float64)
+    assert fake.cuda.Device().mem_info[0] < fake.cuda.Device().mem_info[1] and held.size
+    pool = types.SimpleNamespace(free_bytes=lambda: 1000)
+    monkeypatch.setattr(fake, "get_default_memory_pool", lambda: pool)
+    assert be.free_memory() == fake.cuda.Device().mem_info[0] + 1000
+
+
+def test_a_fused_run_from_layer_1_reads_the_forwards_copy_of_its_input(fake):
+    """Layer 1's input is copied into a plan buffer whose address the fused tables hold; the
+    backward of the same step reads the forward's copy (no second copy, even if the input array
+    changed since), and a backward after a new input was bound copies that one."""
+    be = cuda()
+    net = net_for(be, FUSED_SIZES, "relu", "mse")
+    X, Y = data(FUSED_SIZES, "mse", 1024)
+    plan = be.make_plan(net.sizes, net.activations, 1024, net.dtype)
+    Xd = net._inputs(X)
+    plan.bind_input(Xd)
+    Yd = net._targets(Y, 1024)
+    be.prepare(plan, net.loss)
+    assert fake.compiled and all(n.startswith(("fused_mlp", "loss_", "sgd_", "adam_")) for n in fake.compiled), \
+        fake.compiled                               # a fused run compiles no per-layer GEMM
+    fake.reset()
+    be.network_forward(plan, net._Wb)
+    buf = plan.scratch.get("fused_input", Xd.shape, Xd.dtype)
+    want = fake.asnumpy(Xd)
+    assert buf.data.ptr != Xd.data.ptr and np.array_equal(fake.asnumpy(buf), want)
+
+    def table_x(kernel):
+        rows = np.asarray(fake.launched(kernel)[-1].args[0].view(np.ndarray)).reshape(-1, FM_FIELDS)
+        return int(rows[0, FM["X"]])
+
+    assert table_x("fused_mlp_fwd") == buf.data.ptr
+    Xd[...] = 0                                     # the input array changes after the forward
+    be.network_loss(plan, Yd, net.loss)
+    be.network_backward(plan, net._Wb, net._dWb)
+    assert np.array_equal(fake.asnumpy(buf), want), "the backward copied the input again"
+    assert table_x("fused_mlp_bwd") == buf.data.ptr
+    other = net._inputs(2 * X)
+    plan.bind_input(other)                          # a backward with no forward of this input
+    be.network_backward(plan, net._Wb, net._dWb)
+    assert np.array_equal(fake.asnumpy(buf), fake.asnumpy(other))
+
+
+def test_precisions_the_device_or_the_settings_cannot_run_are_refused(monkeypatch):
+    """Without `tensor_core_gemms`, "bf16" and "3xtf32" and any tensor-core GEMM called directly are
+    refused; with it, a device below compute capability 8.0 refuses them naming its capability, and
+    one of 8.0 runs them."""
+    fake = install_fake(monkeypatch)
+    be = cuda()
+    for p in ("bf16", "3xtf32"):
+        with pytest.raises(ValueError, match="is not yet available on the cuda backend"):
+            be.check_precision(p)
+    with pytest.raises(ValueError, match=r"precision='fp16' is not available on the cuda backend \(it runs float32, tf32\)"):
+        be.check_precision("fp16")
+    d, a, w = fake.zeros((8, 4), np.float32), fake.zeros((8, 3), np.float32), fake.zeros((4, 3), np.float32)
+    dW, db, out = fake.zeros((4, 3), np.float32), fake.zeros((4,), np.float32), fake.zeros((8, 4), np.float32)
+    with pytest.raises(ValueError, match="precision='tf32' is not yet available"):
+        be.dense_forward(a, w, db, "relu", out, precision="tf32")
+    with pytest.raises(ValueError, match="precision='tf32' is not yet available"):
+        be.dense_backward(d, a, w, dW, db, precision="tf32")
+    assert not fake.launches
+    attrs = {d[0]: d[1] for d in DEVICES}
+    t4, a100 = attrs["T4"], attrs["A100"]
+    install_fake(monkeypatch, attributes=t4, name="T4")
+    be = cuda(tensor_core_gemms=True)
+    with pytest.raises(ValueError, match=r"compute capability 8.0 or newer on the cuda backend; this device is 7\.5$"):
+        be.check_precision("bf16")
+    assert be._precision("tf32") == "float32"
+    install_fake(monkeypatch, attributes=a100, name="A100")
+    be = cuda(tensor_core_gemms=True)
+    be.check_precision("bf16")
+    be.check_precision("3xtf32")
+    assert be._precision("tf32") == "tf32"
+
+
+def test_the_elementwise_launchers_refuse_what_their_kernels_would_misread(fake):
+    """Raw kernels ignore dtypes, strides and lengths: the loss and update launchers refuse arrays
+    of another dtype, strided ones, mismatched shapes or lengths, a short or non-float64 partials
+    scratch, bf16 storage of float64, labels that are not (B,) int32, and a missing Z for gelu,
+    each before any launch."""
+    from gpubp.backends import cuda_elementwise as ew
+
+    def f32(*shape):
+        return fake.zeros(shape, np.float32)
+
+    A, Y, d, out = f32(4, 3), f32(4, 3), f32(4, 3), f32(1)
+    parts = fake.zeros((ew.MAX_PARTIALS,), np.float64)
+    ident, gelu = ACT_CODES["identity"], ACT_CODES["gelu"]
+    ew.loss_and_delta(A, None, Y, "mse", ident, out, d, parts)             # the right arguments pass
+    ew.loss_and_delta(A, None, fake.zeros((4,), np.int32), "cross_entropy", ident, out, d, parts)
+    ew.sgd_update(f32(8), f32(8), None, 0.1, 0.0)                          # no weight decay, no momentum
+    assert [l.name for l in fake.launches] == [
+        f"loss_pointwise<float, {ew.LOSS_CODES['mse']}, {ident}>", "loss_finalize<float>",
+        "ce_loss_delta<float, true, false>", "loss_finalize<float>", "sgd_update<float>"]
+    assert fake.launches[-1].arg("flags") == 0
+    assert fake.launches[0].arg("write_delta") == 1 and fake.launches[2].arg("write_delta") == 1
+    fake.reset()
+    ew.loss_and_delta(A, None, Y, "mse", ident, out, None, parts)          # the loss alone: delta unwritten
+    assert fake.launches[0].arg("write_delta") == 0
+    fake.reset()
+    bad = [
+        (lambda: ew.loss_and_delta(A, None, fake.zeros((4, 3), np.float64), "mse", ident, out, d, parts),
+         TypeError, "gpubp's CUDA kernels: expected arrays of float32, got float64"),
+        (lambda: ew.loss_and_delta(A, None, f32(3, 4).T, "mse", ident, out, d, parts),
+         ValueError, "gpubp's CUDA kernels need C-contiguous arrays"),
+        (lambda: ew.loss_and_delta(A, None, Y, "mse", ident, fake.zeros((1,), np.float64), d, parts),
+         TypeError, "expected arrays of float32, got float64"),
+        (lambda: ew.loss_and_delta(A, None, Y, "mse", ident, out, f32(4, 2), parts),
+         ValueError, r"delta_out has shape \(4, 2\), the outputs \(4, 3\)"),
+        (lambda: ew.loss_and_delta(A, None, Y, "mse", ident, out, d, fake.zeros((ew.MAX_PARTIALS,), np.float32)),
+         ValueError, "partials must be a float64 array"),
+        (lambda: ew.loss_and_delta(A, None, Y, "mse", ident, out, d, fake.zeros((ew.MAX_PARTIALS - 1,), np.float64)),
+         ValueError, "partials must be a float64 array of at least"),
+        (lambda: ew.loss_and_delta(fake.zeros((4, 3), np.float64), None, fake.zeros((4, 3), np.float64), "mse",
+                                   ident, fake.zeros((1,), np.float64), None, parts, bf16=True),
+         TypeError, "bf16 storage of delta needs float32 arrays"),
+        (lambda: ew.loss_and_delta(A, None, fake.zeros((4,), np.int32), "cross_entropy", ident, out,
+                                   fake.zeros((4, 3), np.float64), parts),
+         TypeError, "expected arrays of float32, got float64"),
+        (lambda: ew.loss_and_delta(A, None, fake.zeros((4,), np.int64), "cross_entropy", ident, out, d, parts),
+         TypeError, r"class labels must be a C-contiguous \(4,\) int32 array"),
+        (lambda: ew.loss_and_delta(A, None, f32(4, 2), "mse", ident, out, d, parts),
+         ValueError, r"targets of shape \(4, 2\) for outputs of shape \(4, 3\)"),
+        (lambda: ew.loss_and_delta(A, None, Y, "mse", gelu, out, d, parts),
+         ValueError, "needs Z_L"),
+        (lambda: ew.sgd_update(f32(8), fake.zeros((8,), np.float64), None, 0.1, 0.0),
+         TypeError, "expected arrays of float32, got float64"),
+        (lambda: ew.sgd_update(f32(8), f32(7), None, 0.1, 0.0),
+         ValueError, "params, grads and velocity must have the same length"),
+        (lambda: ew.sgd_update(f32(8), f32(8), f32(7), 0.1, 0.9),
+         ValueError, "params, grads and velocity must have the same length"),
+        (lambda: ew.adam_update(f32(8), f32(8), f32(8), fake.zeros((8,), np.float64), 1e-3, 0.9, 0.999, 1e-8, 0.0,
+                                fake.zeros((1,), np.int32), False),
+         TypeError, "expected arrays of float32, got float64"),
+        (lambda: ew.adam_update(f32(8), f32(8), f32(7), f32(8), 1e-3, 0.9, 0.999, 1e-8, 0.0,
+                                fake.zeros((1,), np.int32), False),
+         ValueError, "params, grads, m and v must have the same length"),
+        (lambda: ew.adam_update(f32(8), f32(8), f32(8), f32(8), 1e-3, 0.9, 0.999, 1e-8, 0.0,
+                                fake.zeros((1,), np.int64), False),
+         ValueError, "Adam's step must be a 1-element int32 device array"),
+    ]
+    for call, error, words in bad:
+        with pytest.raises(error, match=words):
+            call()
+    assert not fake.launches, [l.name for l in fake.launches]
+
+
+@pytest.mark.parametrize("n, block_row", [(1024, False), (1025, True)])
+def test_cross_entropy_rows_wider_than_1024_get_a_block_each(fake, n, block_row):
+    """Rows up to CE_WARP_MAX_WIDTH (1024) get a warp each (8 rows a block), wider ones a block
+    each; `kernel_names` (what `prepare` compiles) names the kernel the launcher takes."""
+    from gpubp.backends import cuda_elementwise as ew
+
+    B = 100
+    flag = "true" if block_row else "false"
+    A, d, out = fake.zeros((B, n), np.float32), fake.zeros((B, n), np.float32), fake.zeros((1,), np.float32)
+    ew.loss_and_delta(A, None, fake.zeros((B,), np.int32), "cross_entropy", ACT_CODES["identity"], out, d,
+                      fake.zeros((ew.MAX_PARTIALS,), np.float64))
+    (ce,) = fake.launched("ce_loss_delta")
+    assert ce.name == f"ce_loss_delta<float, true, {flag}>"
+    assert ce.grid[0] == (B if block_row else _cdiv(B, ew.THREADS // 32))
+    assert fake.launched("loss_finalize")[0].arg("count") == ce.grid[0]
+    names = ew.kernel_names(np.float32, "cross_entropy", ACT_CODES["identity"], n)
+    assert {f"ce_loss_delta<float, true, {flag}>", f"ce_loss_delta<float, false, {flag}>"} <= names
+
+
+def test_load_kernels_compiles_each_kernel_once_and_logs_one_line(fake, caplog, monkeypatch):
+    """`load_kernels` returns how many kernels were new (0 once loaded), logs one line naming how
+    many, the architecture, the modules and CuPy's cache directory (CUPY_CACHE_DIR, else
+    ~/.cupy/kernel_cache), and refuses a name its module does not declare."""
+    import logging
+    import os
+
+    from gpubp.backends import cuda_elementwise as ew
+
+    spec = ew.SPECS[0]
+    monkeypatch.setenv("CUPY_CACHE_DIR", "/somewhere/cache")
+    assert cuda_device.kernel_cache_dir() == "/somewhere/cache"
+    with caplog.at_level(logging.INFO, logger="gpubp"):
+        assert cuda_device.load_kernels({spec: ["sgd_update<float>", "adam_update<float>"]}) == 2
+        assert cuda_device.load_kernels({spec: ["sgd_update<float>", "adam_update<float>"]}) == 0
+        assert cuda_device.load_kernels({spec: ["sgd_update<float>", "loss_finalize<float>"]}) == 1
+    lines = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
+    assert lines == ["compiling 2 CUDA kernels for sm_90 (elementwise; first use, then cached in /somewhere/cache)",
+                     "compiling 1 CUDA kernel for sm_90 (elementwise; first use, then cached in /somewhere/cache)"]
+    assert fake.compiled == ["adam_update<float>", "sgd_update<float>", "loss_finalize<float>"]
+    monkeypatch.delenv("CUPY_CACHE_DIR")
+    assert cuda_device.kernel_cache_dir() == os.path.join(os.path.expanduser("~"), ".cupy", "kernel_cache")
+    with pytest.raises(ValueError, match="module 'elementwise' has no kernel 'no_such_kernel<float>'"):
+        cuda_device.load_kernels({spec: ["no_such_kernel<float>"]})
+
+
+def test_a_kernel_may_opt_in_to_exactly_the_devices_shared_memory(fake):
+    """`function(spec, name, smem)` raises a kernel's dynamic shared-memory limit up to the device's
+    opt-in maximum, that maximum included, and refuses one byte more naming both."""
+    from gpubp.backends import cuda_elementwise as ew
+
+    optin = int(fake.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+    f = cuda_device.function(ew.SPECS[0], "sgd_update<float>")
+    assert f.max_dynamic_shared_size_bytes == cuda_device.DEFAULT_SMEM == 48 * 1024
+    assert cuda_device.function(ew.SPECS[0], "sgd_update<float>", optin) is f
+    assert f.max_dynamic_shared_size_bytes == optin
+    with pytest.raises(RuntimeError, match=f"adam_update<float> needs {optin + 1} bytes of shared memory; "
+                                           f"this device allows {optin}"):
+        cuda_device.function(ew.SPECS[0], "adam_update<float>", optin + 1)
+
+
+def test_prepare_compiles_only_the_gemms_a_tensor_core_plan_launches(fake):
+    """With `tensor_core_gemms`, a tf32 plan's per-layer GEMMs are the tensor-core ones: `prepare`
+    compiles those (and the loss and updates), none of the float32 GEMMs; and `describe` names the
+    device, its compute capability and its memory."""
+    from support.fake_cupy import MEM_TOTAL
+
+    be = cuda(tensor_core_gemms=True)
+    sizes = (37, 70, 3)
+    net = net_for(be, sizes, "gelu", "mse", precision="tf32")
+    X, Y = data(sizes, "mse", 67)
+    plan = be.make_plan(net.sizes, net.activations, 67, net.dtype, precision="tf32")
+    be.prepare(plan, net.loss)
+    assert any(n.startswith("gemm_tc_fwd") for n in fake.compiled), fake.compiled
+    assert not any(n.startswith(("gemm_fwd", "gemm_bwd")) for n in fake.compiled), fake.compiled
+    assert_prepared(fake, net, X, Y)
+    free = MEM_TOTAL - fake.allocated_bytes
+    assert be.describe() == (f"cuda: NVIDIA H100 80GB HBM3 (fake) (device 0, compute capability 9.0, "
+                             f"{MEM_TOTAL / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free), CuPy {fake.__version__}")
+
+
+
+def test_describe_spells_a_two_digit_major_compute_capability(monkeypatch):
+    fake = install_fake(monkeypatch, attributes=dict(ComputeCapabilityMajor=12, ComputeCapabilityMinor=1),
+                        name="NVIDIA GB10")
+    assert "cuda: NVIDIA GB10 (fake) (device 0, compute capability 12.1, " in cuda().describe()
+
+
+def test_prepare_names_the_loss_kernels_of_the_output_layer(fake):
+    """A bf16 plan whose input and hidden layer are wider than CE_WARP_MAX_WIDTH and whose output is not: the
+    loss kernels `prepare` compiles (float32-storing and delta-rounding) are the output's."""
+    be = cuda(tensor_core_gemms=True)
+    sizes = (1030, 1100, 4)
+    net = net_for(be, sizes, "relu", "cross_entropy", precision="bf16")
+    X, Y = data(sizes, "cross_entropy", 16)
+    assert_prepared(fake, net, X, Y)
+    assert {"ce_loss_delta<float, true, false, true>", "ce_loss_delta<float, true, false>"} <= set(fake.compiled)
+
+
+def test_a_fused_run_after_layer_1_reads_the_previous_layers_output(fake):
+    """A run from layer 2 reads A[1] (no copy): its forward and backward tables hold A[1]'s address."""
+    sizes = (200, 64, 64, 10)
+    net = net_for(cuda(), sizes, "silu", "mse")
+    X, Y = data(sizes, "mse", 1024)
+    net.loss_and_grads(X, Y)
+    plan = net._plans[1024]
+    for kernel in ("fused_mlp_fwd", "fused_mlp_bwd"):
+        rows = np.asarray(fake.launched(kernel)[-1].args[0].view(np.ndarray)).reshape(-1, FM_FIELDS)
+        assert int(rows[0, FM["X"]]) == plan.A[1].data.ptr, kernel
+
+
+def test_segments_fuse_only_runs_of_at_least_two_narrow_layers(fake):
+    """`_segments`: a run is fused only with FUSE_MIN_LAYERS (2) consecutive narrow layers, at a
+    batch of FUSE_MIN_BATCH (1024) rows or more; a lone narrow layer goes through the per-layer GEMMs."""
+    be = cuda()
+    seg = be._segments
+    assert (be.FUSE_MIN_BATCH, be.FUSE_MIN_LAYERS) == (1024, 2)
+    assert seg((32, 64, 48, 16), 1024, np.float32) == [(1, 3, True)]
+    assert seg((32, 64, 48, 16), 1023, np.float32) == [(1, 1, False), (2, 2, False), (3, 3, False)]
+    assert seg((200, 64, 64, 10), 1024, np.float32) == [(1, 1, False), (2, 3, True)]
+    assert seg((32, 64, 200, 16), 1024, np.float32) == [(1, 1, False), (2, 2, False), (3, 3, False)]
+    assert seg((200, 64, 300, 64, 16), 1024, np.float32) == [(k, k, False) for k in range(1, 5)]
+    assert seg((16, 64, 65, 16, 8, 4), 1024, np.float32) == [(1, 1, False), (2, 2, False), (3, 3, False),
+                                                             (4, 5, True)]
+    assert seg((32, 64, 48, 16), 1024, np.float64) == [(1, 1, False), (2, 2, False), (3, 3, False)]
+

@@ -173,6 +173,16 @@ def test_squared_error_losses_agree_with_numpy(cuda, loss, act, dtype):
     compare_loss(cuda, A2, Z2 if act in NEEDS_Z else None, Y, loss, act, f"{loss}/{act}")
 
 
+@pytest.mark.parametrize("loss", ["mse", "half_sse"])
+def test_squared_error_losses_scale_by_the_output_width(cuda, loss):
+    """mse averages over B * n, half_sse halves the sum over B: at n = 2 (the probe above) the two
+    coincide, so a width of 3 tells them apart."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, 3)).astype(np.float32)
+    Y = rng.standard_normal((4, 3)).astype(np.float32)
+    compare_loss(cuda, A, None, Y, loss, "identity", f"{loss}, width 3")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_binary_cross_entropy_agrees_with_numpy(cuda, dtype):
     z = extremes(dtype)
