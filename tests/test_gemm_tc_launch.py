@@ -325,3 +325,11 @@ def test_launch_helpers_argument_checks():
     with pytest.raises(ValueError, match="k need C-contiguous arrays"):
         cl.check_arrays(np.float32, a, np.zeros((3, 2), np.float32).T, what="k")
 
+
+def test_even_slices_of_nothing_is_one_slice_not_a_division_by_zero():
+    """The docstring's "(or n too short for two slices): (1, max(n, 1))" holds for n = 0 too: the
+    split came out as per = 0 and then divided by it (ZeroDivisionError)."""
+    from gpubp.backends import cuda_launch as cl
+
+    assert cl.even_slices(0, 4, 16) == (1, 1)
+    assert cl.even_slices(0, 2, 1) == (1, 1)
