@@ -68,7 +68,7 @@ def even_slices(n: int, S: int, step: int) -> tuple[int, int]:
     """`(S', per_slice)`: `n` cut into at most `S` contiguous slices of `per_slice` elements (a
     multiple of `step`; the last slice may be shorter), `S' = cdiv(n, per_slice)` so no slice is
     empty.  `S <= 1` (or n too short for two slices): `(1, max(n, 1))`."""
-    if S <= 1:
+    if S <= 1 or n <= 0:
         return 1, max(n, 1)
     per = cdiv(cdiv(n, S), step) * step
     S = cdiv(n, per)
