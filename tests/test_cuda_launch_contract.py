@@ -1622,4 +1622,11 @@ def test_segments_fuse_only_runs_of_at_least_two_narrow_layers(fake):
     assert seg((16, 64, 65, 16, 8, 4), 1024, np.float32) == [(1, 1, False), (2, 2, False), (3, 3, False),
                                                              (4, 5, True)]
     assert seg((32, 64, 48, 16), 1024, np.float64) == [(1, 1, False), (2, 2, False), (3, 3, False)]
+    # tf32 fuses the same widths (64 the last one), with kernels of its own; bf16 and 3xtf32 have no fused kernels
+    assert be.FUSE_MAX_WIDTH == {"float32": 64, "tf32": 64}
+    assert seg((32, 64, 48, 16), 1024, np.float32, "tf32") == [(1, 3, True)]
+    assert seg((16, 64, 65, 16, 8, 4), 1024, np.float32, "tf32") == [(1, 1, False), (2, 2, False), (3, 3, False),
+                                                                     (4, 5, True)]
+    for p in ("bf16", "3xtf32"):
+        assert seg((32, 64, 48, 16), 1024, np.float32, p) == [(1, 1, False), (2, 2, False), (3, 3, False)]
 

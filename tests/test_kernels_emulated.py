@@ -1042,6 +1042,23 @@ def test_fused_narrow_runs_train_as_the_numpy_backend(emulated, precision):
     assert any(k.startswith("fused_mlp") for k in emulated.kernel_names()), emulated.kernel_names()
 
 
+@pytest.mark.parametrize("activation", [["gelu", "tanh", "relu", "silu"], ["tanh", "silu", "gelu", "relu"]])
+def test_a_fused_run_between_per_layer_gemms_trains_as_the_numpy_backend(emulated, activation):
+    """A fused run (layers 2-3) that starts after a per-layer layer and ends before one: its forward
+    reads layer 1's A, its backward hands layer 1 the delta times layer 1's own g' (from Z for gelu,
+    from A for tanh), and the per-layer GEMMs on both sides read and write the run's buffers; every
+    layer has another activation, so one read from the wrong layer shows."""
+    from gpubp.backends.cuda_backend import CudaBackend
+
+    sizes, B = [70, 32, 24, 17, 100, 3], 1031
+    assert CudaBackend()._segments(sizes, B, np.float32) == [
+        (1, 1, False), (2, 3, True), (4, 4, False), (5, 5, False)]
+    got, ref = _train_both(sizes, B, activation=activation, loss="cross_entropy", epochs=1)
+    assert _rel(got, ref) < 1e-5
+    assert any(k.startswith("fused_mlp") for k in emulated.kernel_names()), emulated.kernel_names()
+    assert {"gemm_fwd", "gemm_bwd_data", "gemm_bwd_weight"} <= emulated.kernel_names()
+
+
 #: emulated CUDA vs the numpy backend's emulation of the mode, after a short fit (relative error of the
 #: predictions): the float32 sums run in another order, and in bf16 that can move a stored value by an ulp
 TC_TOL = {"tf32": 1e-3, "bf16": 2e-2, "3xtf32": 1e-5}
