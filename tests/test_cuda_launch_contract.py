@@ -149,7 +149,6 @@ def _fused_fwd(p, t, grid, fake):
     return {}
 
 
-
 def _tiles_of_rows(B, bm, grid):
     assert grid[0] == _cdiv(B, bm), f"grid {grid} for {B} rows in tiles of {bm}"
 
@@ -1576,7 +1575,6 @@ def test_prepare_compiles_only_the_gemms_a_tensor_core_plan_launches(fake):
     free = MEM_TOTAL - fake.allocated_bytes
     assert be.describe() == (f"cuda: NVIDIA H100 80GB HBM3 (fake) (device 0, compute capability 9.0, "
                              f"{MEM_TOTAL / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free), CuPy {fake.__version__}")
-
 
 
 def test_describe_spells_a_two_digit_major_compute_capability(monkeypatch):

@@ -45,9 +45,6 @@ def _pair(n_out=2, **over):
     return X, y, SkMLPRegressor(**kw), MLPRegressor(**kw, backend="numpy", dtype="float64")
 
 
-_same = assert_same_run
-
-
 @pytest.mark.parametrize("n_out", [1, 3])
 @pytest.mark.parametrize("sgd", [dict(nesterovs_momentum=True), dict(nesterovs_momentum=False),
                                  dict(momentum=0.0), dict(learning_rate="invscaling", power_t=0.3)],
@@ -59,7 +56,7 @@ def test_sgd_trains_as_sklearn(sgd, n_out):
     X, y, sk, g = _pair(n_out, **sgd)
     fit_quietly(sk, X, y)
     fit_quietly(g, X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g.out_activation_ == sk.out_activation_ == "exp" and g.net_.loss == "poisson"
     pred = g.predict(X)
     assert pred.shape == y.shape and (pred > 0).all()
@@ -112,7 +109,7 @@ def test_sample_weight_trains_as_sklearn():
     w = np.random.default_rng(3).uniform(0.2, 3.0, 40)
     fit_quietly(sk, X, y, sample_weight=w)
     fit_quietly(g, X, y, sample_weight=w)
-    _same(sk, g)
+    assert_same_run(sk, g)
 
 
 def test_partial_fit_and_warm_start_continue_as_sklearn():
@@ -121,7 +118,7 @@ def test_partial_fit_and_warm_start_continue_as_sklearn():
         fit_quietly(est, X, y)
         fit_quietly(est, X, y)
         est.partial_fit(X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
 
 
 def test_negative_targets_are_refused_and_nothing_changes():

@@ -27,17 +27,11 @@ def _one_blas_thread():
         yield
 
 
-_sgd = sgd_settings
-_same = assert_same_run
-
-
 def _pair(case, **over):
     X, cases = parity_cases()
     Sk, G, y = cases[case]
-    kw = _sgd(**over)
+    kw = sgd_settings(**over)
     return X, y, Sk(**kw), G(**kw, backend="numpy", dtype="float64")
-
-
 
 
 # ---------------------------------------------------------------- the schedules, as scikit-learn's
@@ -52,7 +46,7 @@ def test_invscaling_matches_sklearn(case, nesterov, power_t):
     X, y, sk, g = _pair(case, learning_rate="invscaling", power_t=power_t, nesterovs_momentum=nesterov)
     fit_quietly(sk, X, y)
     fit_quietly(g, X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g._sgd_lr == pytest.approx(sk._optimizer.learning_rate, rel=1e-15)
     assert g._sgd_lr == pytest.approx(0.05 / (12 * 40 + 1) ** power_t, rel=1e-15)
 
@@ -66,7 +60,7 @@ def test_adaptive_divides_the_rate_by_5_then_stops_below_1e_6_as_sklearn(case, n
                         nesterovs_momentum=nesterov)
     sk.fit(X, y)
     g.fit(X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     # the first epoch sets best_loss_ (no count); then every 2 epochs a cut (epochs 3, 5, ..., 15), until
     # 0.05 / 5**7 = 6.4e-7, the first rate at or below 1e-6, stops the training at epoch 17
     assert g.n_iter_ == 17 and g._sgd_lr == pytest.approx(0.05 / 5 ** 7)
@@ -79,7 +73,7 @@ def test_adaptive_stops_at_a_rate_of_1e_6_and_cuts_above_it(lr, epochs):
                         n_iter_no_change=1, max_iter=100)
     sk.fit(X, y)
     g.fit(X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g.n_iter_ == epochs
 
 
@@ -88,7 +82,7 @@ def test_adaptive_with_early_stopping_cuts_on_the_validation_score_as_sklearn():
                         tol=0.5, n_iter_no_change=2, max_iter=60)
     sk.fit(X, y)
     g.fit(X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     np.testing.assert_allclose(g.validation_scores_, sk.validation_scores_, rtol=1e-12)
     assert g._sgd_lr == pytest.approx(sk._optimizer.learning_rate, rel=1e-15) and g.n_iter_ < 60
 
@@ -98,12 +92,12 @@ def test_a_constant_rate_never_changes_and_adam_ignores_the_schedule():
     exactly as constant does."""
     X, cases = parity_cases()
     _, G, y = cases["multiclass"]
-    fits = [fit_quietly(G(**_sgd(solver="adam", learning_rate=lr), backend="numpy", dtype="float64"), X, y)
+    fits = [fit_quietly(G(**sgd_settings(solver="adam", learning_rate=lr), backend="numpy", dtype="float64"), X, y)
             for lr in ("constant", "invscaling", "adaptive")]
     for other in fits[1:]:
         for a, b in zip(fits[0].coefs_, other.coefs_):
             assert np.array_equal(a, b)
-    g = fit_quietly(G(**_sgd(), backend="numpy", dtype="float64"), X, y)
+    g = fit_quietly(G(**sgd_settings(), backend="numpy", dtype="float64"), X, y)
     assert g._sgd_lr == 0.05 and g.net_.optimizer.lr == 0.05
 
 
@@ -115,7 +109,7 @@ def test_partial_fit_carries_the_rate_on_as_sklearn(schedule):
     for _ in range(7):
         for est in (sk, g):
             est.partial_fit(X, y, classes=[0, 1, 2])
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g._sgd_lr == pytest.approx(sk._optimizer.learning_rate, rel=1e-15) and g._sgd_lr < 0.05
 
 
@@ -126,7 +120,7 @@ def test_a_warm_start_starts_the_rate_again_but_not_the_sample_count():
     for _ in range(3):
         fit_quietly(sk, X, y)
         fit_quietly(g, X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
 
 
 def test_the_schedule_is_the_optimizers_until_the_next_fit():
@@ -137,7 +131,7 @@ def test_the_schedule_is_the_optimizers_until_the_next_fit():
         est.partial_fit(X, y, classes=[0, 1, 2])
         est.set_params(learning_rate="constant", power_t=3.0)
         est.partial_fit(X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g._sgd_lr == pytest.approx(0.05 / 81 ** 0.5)
 
 
@@ -158,7 +152,7 @@ def test_invscaling_with_power_t_0_is_a_constant_rate():
     X, y, sk, g = _pair("multiclass", learning_rate="invscaling", power_t=0.0)
     fit_quietly(sk, X, y)
     fit_quietly(g, X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g._sgd_lr == 0.05
 
 
@@ -246,8 +240,8 @@ def test_the_range_is_checked_on_the_rate_the_network_trains_with():
 def test_nesterov_is_the_default_and_trains_otherwise_than_classical_momentum():
     X, cases = parity_cases()
     _, G, y = cases["regression"]
-    a = fit_quietly(G(**_sgd(), backend="numpy", dtype="float64"), X, y)
-    b = fit_quietly(G(**_sgd(nesterovs_momentum=False), backend="numpy", dtype="float64"), X, y)
+    a = fit_quietly(G(**sgd_settings(), backend="numpy", dtype="float64"), X, y)
+    b = fit_quietly(G(**sgd_settings(nesterovs_momentum=False), backend="numpy", dtype="float64"), X, y)
     assert a.nesterovs_momentum is True and a.net_.optimizer.nesterov is True
     assert b.net_.optimizer.nesterov is False
     assert not np.allclose(a.coefs_[0], b.coefs_[0], rtol=0, atol=1e-6)
@@ -257,7 +251,7 @@ def test_nesterov_without_momentum_is_plain_sgd_as_in_sklearn():
     X, y, sk, g = _pair("multiclass", momentum=0.0, nesterovs_momentum=True)
     fit_quietly(sk, X, y)
     fit_quietly(g, X, y)
-    _same(sk, g)
+    assert_same_run(sk, g)
     assert g.net_.optimizer.nesterov is False and g.net_.optimizer.momentum == 0
 
 
@@ -286,7 +280,7 @@ def test_every_sklearn_parameter_is_accepted_with_its_default(G, Sk):
 def test_bad_sgd_parameters_are_refused_and_the_estimator_kept(name, bad, words):
     X, cases = parity_cases()
     _, G, y = cases["multiclass"]
-    g = fit_quietly(G(**_sgd(max_iter=2), backend="numpy"), X, y)
+    g = fit_quietly(G(**sgd_settings(max_iter=2), backend="numpy"), X, y)
     before = [c.copy() for c in g.coefs_]
     curve = list(g.loss_curve_)
     g.set_params(**{name: bad})
@@ -294,14 +288,14 @@ def test_bad_sgd_parameters_are_refused_and_the_estimator_kept(name, bad, words)
         g.fit(X, y)
     assert all(np.array_equal(a, b) for a, b in zip(before, g.coefs_)) and g.loss_curve_ == curve
     with pytest.raises(ValueError):      # scikit-learn refuses each too
-        SkMLPClassifier(**_sgd(max_iter=2), **{name: bad}).fit(X, y)
+        SkMLPClassifier(**sgd_settings(max_iter=2), **{name: bad}).fit(X, y)
 
 
 def test_max_fun_is_accepted_and_unused():
     """max_fun bounds scikit-learn's lbfgs, which gpubp does not offer: any valid value trains the same."""
     X, cases = parity_cases()
     _, G, y = cases["multiclass"]
-    a, b = (fit_quietly(G(**_sgd(max_iter=3), max_fun=m, backend="numpy", dtype="float64"), X, y) for m in (1, 15000))
+    a, b = (fit_quietly(G(**sgd_settings(max_iter=3), max_fun=m, backend="numpy", dtype="float64"), X, y) for m in (1, 15000))
     assert all(np.array_equal(p, q) for p, q in zip(a.coefs_, b.coefs_))
 
 
@@ -310,16 +304,16 @@ def test_the_regressors_loss_is_squared_error_or_poisson():
     other names are refused, as scikit-learn refuses them."""
     X, cases = parity_cases()
     _, _, y = cases["regression"]
-    a = fit_quietly(MLPRegressor(**_sgd(max_iter=3), loss="squared_error", backend="numpy"), X, y)
+    a = fit_quietly(MLPRegressor(**sgd_settings(max_iter=3), loss="squared_error", backend="numpy"), X, y)
     assert a.loss == "squared_error" and a.net_.loss == "half_sse" and a.out_activation_ == "identity"
-    p = fit_quietly(MLPRegressor(**_sgd(max_iter=3), loss="poisson", backend="numpy"), X, np.abs(y))
+    p = fit_quietly(MLPRegressor(**sgd_settings(max_iter=3), loss="poisson", backend="numpy"), X, np.abs(y))
     assert p.net_.loss == "poisson" and p.out_activation_ == "exp"
     for loss, words in (("absolute_error", "loss must be one of 'squared_error', 'poisson'"),
                         ("Poisson", "loss must be"), (None, "loss must be")):
         with pytest.raises(ValueError):
             SkMLPRegressor(max_iter=3, loss=loss).fit(X, y)
         with pytest.raises(ValueError, match=words):
-            MLPRegressor(**_sgd(max_iter=3), loss=loss, backend="numpy").fit(X, y)
+            MLPRegressor(**sgd_settings(max_iter=3), loss=loss, backend="numpy").fit(X, y)
     assert "loss" not in MLPClassifier().get_params()
 
 
