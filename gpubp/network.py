@@ -667,7 +667,8 @@ class MLP:
         shape.  With `check_inputs=False` the NaN scans (a synchronisation
         each) are skipped; class labels are still checked (on the device: integers,
         in range, before their cast to int32), so an out-of-range label never
-        reaches a kernel.  The step
+        reaches a kernel, and probability rows are divided by their sums as
+        on the checked path (docs/spec.md, "Losses").  The step
         owns its buffers (its own step plan), which stay valid whatever else the
         network runs in between.  The optimizer's hyper-parameters (learning
         rate, momentum, betas, eps, weight decay) are recorded too: once one has
@@ -695,6 +696,7 @@ class MLP:
         with opt.host_count_advances(0):   # a CUDA graph's recording runs no step
             replay = self.backend.capture(lambda: self._step(Xs, Ys, opt, loss_out, plan=plan))
         labels = self.loss == "cross_entropy" and Ys.ndim == 1
+        probabilities = self.loss == "cross_entropy" and Ys.ndim == 2   # rows divided by their sums
         n_out = self.sizes[-1]
         precision = self.precision   # the mode its plan (and a CUDA graph's kernels) computes in
 
@@ -737,6 +739,13 @@ class MLP:
                     Xd = Xd.reshape(Xs.shape)
                 if Yd.ndim == 1 and Ys.ndim == 2 and 1 in Ys.shape and Yd.shape[0] == Ys.size:
                     Yd = Yd.reshape(Ys.shape)
+                if probabilities and Yd.shape == Ys.shape:
+                    # each row divided by its sum, as `losses.prepare_targets` does on the checked path
+                    # (the same bits: sums in float64, rounded to the dtype; a row summing to 1 is
+                    # divided by 1), into a new array (Y may be the caller's); no host read
+                    xp = self.backend.xp
+                    sums = Yd.sum(axis=1, dtype=xp.float64).astype(Yd.dtype)
+                    Yd = Yd / xp.where(sums > 0, sums, 1)[:, None]
             if Xd.shape != Xs.shape or Yd.shape != Ys.shape or Yd.dtype != Ys.dtype:
                 raise ValueError(f"a captured step trains on batches shaped like the first one: X {Xs.shape}, "
                                  f"Y {Ys.shape} of {Ys.dtype}; got X {Xd.shape}, Y {Yd.shape} of {Yd.dtype}")

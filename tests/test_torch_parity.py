@@ -215,3 +215,42 @@ def test_fit_with_class_and_sample_weights_equals_torchs_weighted_cross_entropy(
     for (W, b), lin in zip(net.get_params(), layers):
         assert np.allclose(W, lin.weight.detach().numpy(), rtol=0, atol=1e-12)
         assert np.allclose(b, lin.bias.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_shuffled_fits_with_sample_weights_continue_as_a_torch_loop_drawing_the_specs_permutations():
+    # shuffle=True: one permutation per epoch from the network's generator, drawn after the initial
+    # parameters (docs/spec.md, "Initial parameters"), carried on by a second fit; each sample's weight
+    # goes with its row (a batch's loss sum w_i l_i / sum w_i), the last batch short, the history's
+    # loss weighted by the batches' weight sums; SGD with Nesterov momentum and weight decay
+    rng = np.random.default_rng(8)
+    X, Y, w = rng.standard_normal((11, 4)), rng.standard_normal((11, 2)), rng.uniform(0.2, 2.0, 11)
+    net = gpubp.MLP([4, 5, 2], activation="gelu", loss="mse", backend="numpy", dtype="float64", seed=3)
+    layers, forward = torch_model(net)
+    gen = np.random.default_rng(3)
+    for n_in, n_out in [(4, 5), (5, 2)]:       # the initial draws: W then b per layer, torch's bounds
+        gen.uniform(-n_in ** -0.5, n_in ** -0.5, (n_out, n_in)), gen.uniform(-n_in ** -0.5, n_in ** -0.5, n_out)
+    opt = gpubp.optim.SGD(0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    topt = torch.optim.SGD([p for lin in layers for p in lin.parameters()], 0.1, momentum=0.9, weight_decay=0.01,
+                           nesterov=True)
+    for epochs in (2, 1):
+        hist = net.fit(X, Y, epochs=epochs, batch_size=4, optimizer=opt, shuffle=True, sample_weight=w,
+                       progress=False)
+        losses = []
+        for _ in range(epochs):
+            order = gen.permutation(11)
+            total = weight = 0.0
+            for s in range(0, 11, 4):
+                rows = order[s:s + 4]
+                wb = torch.from_numpy(w[rows])
+                topt.zero_grad()
+                per = ((forward(torch.from_numpy(X[rows])) - torch.from_numpy(Y[rows])) ** 2).mean(dim=1)
+                loss = (per * wb).sum() / wb.sum()
+                loss.backward()
+                topt.step()
+                total += loss.item() * float(wb.sum())
+                weight += float(wb.sum())
+            losses.append(total / weight)
+        np.testing.assert_allclose(hist["loss"], losses, rtol=1e-12, atol=0)
+        for (W, b), lin in zip(net.get_params(), layers):
+            np.testing.assert_allclose(W, lin.weight.detach().numpy(), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(b, lin.bias.detach().numpy(), rtol=0, atol=1e-12)
