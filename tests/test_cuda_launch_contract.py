@@ -853,6 +853,35 @@ def test_fused_steps_upload_their_pointer_tables_once(fake):
     assert not tables, tables
 
 
+def test_random_networks_are_prepared_and_a_warm_step_allocates_nothing(monkeypatch, rng):
+    """Random networks (fused runs or not, every loss, per-layer activations, both dtypes, every
+    precision with and without the tensor-core and Hopper GEMMs): `prepare` compiles every kernel
+    the first step launches, and a warm step allocates nothing."""
+    from gpubp.backends import cuda_gemm_wgmma
+    from support.random_networks import random_network
+
+    for _ in range(40):
+        c = random_network(rng, max_width=300, batches=(1, 300), fused_batches=(1024, 2500))
+        precision = str(rng.choice(["float32", "tf32", "bf16", "3xtf32"]))
+        tc = precision in ("bf16", "3xtf32") or bool(rng.random() < 0.5)
+        hopper = tc and precision != "3xtf32" and bool(rng.random() < 0.5)
+        dtype = "float64" if precision == "float32" and rng.random() < 0.3 else "float32"
+        opt = str(rng.choice(["sgd", "adam", "adamw"]))
+        with monkeypatch.context() as m:
+            fake = install_fake(m)
+            m.setattr(cuda_gemm_wgmma, "_driver", lambda: fake.driver)
+            net = gpubp.MLP(c["sizes"], activation=c["activations"], output_activation=c["output_activation"],
+                            loss=c["loss"], backend=cuda(tensor_core_gemms=tc, hopper=hopper), dtype=dtype,
+                            seed=0, precision=precision)
+            X, Y = data(c["sizes"], c["loss"], c["B"])
+            where = f"{c}, {precision}, tensor_core_gemms={tc}, hopper={hopper}, {dtype}, {opt}"
+            try:
+                assert_prepared(fake, net, X, Y, opt)
+                assert_no_allocation(fake, net, *warm_step(net, X, Y, opt))
+            except AssertionError as e:
+                raise AssertionError(f"{where}: {e}") from None
+
+
 # ------------------------------------------------------------------ other devices
 #: (name, attributes that differ from the H100's, fused float32 fits, TF32 kernels run)
 DEVICES = [

@@ -1034,6 +1034,41 @@ def test_default_kernels_train_as_the_numpy_backend(emulated, sizes, B, activati
     assert {"gemm_fwd", "gemm_bwd_data", "gemm_bwd_weight"} <= emulated.kernel_names()
 
 
+def test_random_networks_train_as_the_numpy_backend(emulated, rng):
+    """Random networks on the default kernels (fused runs or not, per-layer activations, every loss,
+    every optimizer, sample weights, a schedule, several batches of two epochs): the parameters,
+    outputs and loss history equal the numpy backend's.  float64: to 1e-9.  float32: SGD's variants
+    only, to 2e-5 (Adam's first steps are about lr * sign(g), so a gradient near zero whose sign the
+    summation order decides moves a weight by 2 lr: float32 noise, not a kernel's error)."""
+    import gpubp
+    from conftest import random_targets
+    from gpubp import schedules
+    from gpubp.backends import get_backend
+    from gpubp.backends.cuda_backend import CudaBackend
+    from support.random_networks import OPTIMIZERS, random_network
+
+    for _ in range(8):
+        c = random_network(rng)
+        dtype = "float64" if rng.random() < 0.4 else "float32"
+        opt = str(rng.choice(list(OPTIMIZERS) if dtype == "float64" else ["sgd", "momentum", "nesterov"]))
+        B, bs = c["B"], max(1, int(rng.choice([c["B"], c["B"] // 2, c["B"] // 3 + 1])))
+        X = rng.standard_normal((B, c["sizes"][0])).astype(dtype)
+        Y = random_targets(rng, c["loss"], B, c["sizes"][-1], dtype=np.dtype(dtype))
+        w = rng.uniform(0, 2, B).astype(dtype) if rng.random() < 0.5 else None
+        got = {}
+        for name, be in (("numpy", get_backend("numpy")), ("cuda", CudaBackend())):
+            net = gpubp.MLP(c["sizes"], activation=c["activations"], output_activation=c["output_activation"],
+                            loss=c["loss"], backend=be, dtype=dtype, seed=0)
+            h = net.fit(X, Y, epochs=2, batch_size=bs, optimizer=OPTIMIZERS[opt](), sample_weight=w,
+                        lr_schedule=schedules.step_decay(0.01, 2, 0.5), verbose=0, progress=False)
+            got[name] = (np.concatenate([np.ravel(p) for layer in net.get_params() for p in layer]),
+                         be.to_numpy(net.forward(X)), np.asarray(h["loss"]))
+        tol = 1e-9 if dtype == "float64" else 2e-5
+        for what, a, b in zip(("parameters", "outputs", "loss history"), got["cuda"], got["numpy"]):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)     # (a relu output may be all zeros)
+            assert np.linalg.norm(a - b) <= tol * np.linalg.norm(b), (what, c, dtype, opt, bs)
+
+
 @pytest.mark.parametrize("precision", ["float32", "tf32"])
 def test_fused_narrow_runs_train_as_the_numpy_backend(emulated, precision):
     got, ref = _train_both([9, 32, 24, 17, 3], 1031, activation="relu", epochs=1, precision=precision)
