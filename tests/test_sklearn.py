@@ -716,6 +716,24 @@ def test_a_fit_refused_for_a_parameter_changes_nothing(bad):
     _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
 
 
+@pytest.mark.parametrize("bad", [dict(solver="adam", epsilon=5e-324), dict(solver="sgd", learning_rate_init=1e308)],
+                         ids=repr)
+@pytest.mark.parametrize("how", ["fit", "partial_fit"])
+def test_a_value_the_loss_scaling_takes_out_of_the_optimizers_range_is_refused_before_anything_changes(bad, how):
+    """Multilabel targets scale Adam's eps by 1/n_outputs and SGD's rate by n_outputs: in range alone, such a
+    value became 0 or inf, which the optimizer refused only after the network had been rebuilt (a refit left
+    an untrained network, no loss_curve_)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((12, 3)), rng.integers(0, 2, (12, 3))
+    clf = _fit_quietly(MLPClassifier((2,), max_iter=2, random_state=0, backend="numpy"), X, Y)
+    before, params = _fitted_state(clf, X), clf.get_params()
+    fresh = MLPClassifier((2,), random_state=0, backend="numpy", **bad)
+    with pytest.raises(ValueError, match=list(bad)[-1]):
+        clf.set_params(**bad).fit(X, Y) if how == "fit" else fresh.partial_fit(X, Y, classes=[0, 1])
+    _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
+    assert not hasattr(fresh, "net_")
+
+
 def test_a_refused_warm_start_fit_does_not_move_the_random_state():
     """A warm-started fit refused after its early-stopping split had drawn from the estimator's random
     state: the next fit then split differently from one after no refused call."""
