@@ -33,7 +33,8 @@ How the hyper-parameters map onto gpubp:
   `c = 1 / n_outputs`), the gradient is `c` times scikit-learn's; the
   optimizer is adjusted so that the updates are the same: Adam's `eps` is
   multiplied by `c`, SGD's learning rate divided by `c`, and the weight decay
-  multiplied by `c`.
+  multiplied by `c` (an `epsilon` or `learning_rate_init` this takes to 0 or
+  infinity is refused before training).
 - `solver="adam"`: `gpubp.optim.Adam(learning_rate_init, (beta_1, beta_2),
   epsilon)`.  PyTorch's Adam (used here) adds `eps` to `sqrt(v_hat)`,
   scikit-learn's to `sqrt(v)`: `eps` differs by `sqrt(1 - beta_2^t)`, which
@@ -539,6 +540,15 @@ class _BaseMLP(BaseEstimator):
                              f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
                              "scale sample_weight up (only its ratios matter to the loss)")
         fresh = self._new_optimizer(incremental)
+        if fresh and c != 1:
+            # the optimizer's settings scaled for a loss c times scikit-learn's (`_make_optimizer`) must stay
+            # in the optimizer's range: refused here, before the epochs, where the estimator is put back
+            scaled = ("epsilon", self.epsilon * c, "rounds to 0") if self.solver == "adam" else \
+                ("learning_rate_init", self.learning_rate_init / c, "overflows")
+            if not (0 < scaled[1] < math.inf):
+                raise ValueError(f"{scaled[0]}={getattr(self, scaled[0])!r} is out of the optimizer's range for "
+                                 f"this loss: the loss is {c:.3g} times scikit-learn's, and the {scaled[0]} "
+                                 f"scaled for it {scaled[2]}")
         if (self.solver == "sgd" and self.learning_rate == "invscaling") if fresh else \
                 (isinstance(self._optimizer, SGD) and self._sgd_schedule == "invscaling"):
             # the rate after this call's last epoch, which the velocity's rescaling divides by, must stay
