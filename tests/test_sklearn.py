@@ -1089,6 +1089,20 @@ def test_partial_fit_classes_must_be_a_list_of_labels():
         SkMLPClassifier((4,)).partial_fit(X, y, classes=[[0, 1, 2]])
 
 
+def test_a_first_multilabel_partial_fit_takes_only_the_classes_of_its_indicator_columns():
+    """classes=[0, 1] for a 3-label indicator matrix was ignored (classes_ [0, 1, 2]), and the same classes
+    then refused by the next call as "not the same as on the first call"; scikit-learn refuses the first."""
+    X, Y = np.random.default_rng(0).standard_normal((12, 3)), np.eye(3, dtype=int)[np.arange(12) % 3]
+    for bad in ([0, 1], ["a", "b", "c"]):
+        est = MLPClassifier((2,), backend="numpy")
+        with pytest.raises(ValueError, match="indicator"):
+            est.partial_fit(X, Y, classes=bad)
+        assert not hasattr(est, "net_")
+    est = MLPClassifier((2,), backend="numpy").partial_fit(X, Y, classes=[2, 0, 1])
+    est.partial_fit(X, Y, classes=[0, 1, 2])
+    np.testing.assert_array_equal(est.classes_, [0, 1, 2])
+
+
 def test_coefs_and_intercepts_are_set_as_in_sklearn_and_never_written_in_vain():
     """scikit-learn's coefs_/intercepts_ are the model: assigning a list, or writing into one of its
     arrays, changes the predictions.  Ours returned fresh copies: `est.coefs_[0][...] = W` changed nothing
