@@ -811,6 +811,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(f"a multilabel indicator matrix y must hold 0 and 1 only, got values "
                                  f"{np.unique(Y).tolist()}")
             if first:
+                if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), np.arange(Y.shape[1])):
+                    # as the later calls check them: a multilabel classifier's classes are its columns
+                    raise ValueError(f"y is a multilabel indicator matrix of {Y.shape[1]} labels, whose classes "
+                                     f"are {list(range(Y.shape[1]))}; got classes={classes!r}")
                 self._multilabel = True
                 self.classes_ = np.arange(Y.shape[1])
                 self._label_encoder = None

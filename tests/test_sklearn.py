@@ -729,7 +729,7 @@ def test_a_value_the_loss_scaling_takes_out_of_the_optimizers_range_is_refused_b
     before, params = _fitted_state(clf, X), clf.get_params()
     fresh = MLPClassifier((2,), random_state=0, backend="numpy", **bad)
     with pytest.raises(ValueError, match=list(bad)[-1]):
-        clf.set_params(**bad).fit(X, Y) if how == "fit" else fresh.partial_fit(X, Y, classes=[0, 1])
+        clf.set_params(**bad).fit(X, Y) if how == "fit" else fresh.partial_fit(X, Y, classes=[0, 1, 2])
     _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
     assert not hasattr(fresh, "net_")
 
