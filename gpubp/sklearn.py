@@ -33,8 +33,9 @@ How the hyper-parameters map onto gpubp:
   `c = 1 / n_outputs`), the gradient is `c` times scikit-learn's; the
   optimizer is adjusted so that the updates are the same: Adam's `eps` is
   multiplied by `c`, SGD's learning rate divided by `c`, and the weight decay
-  multiplied by `c` (an `epsilon` or `learning_rate_init` this takes to 0 or
-  infinity is refused before training).
+  multiplied by `c`.  An `epsilon` whose Adam `eps` is 0 or subnormal in the
+  network's dtype, or a `learning_rate_init` whose SGD rate overflows, is
+  refused before training (the estimator kept as it was).
 - `solver="adam"`: `gpubp.optim.Adam(learning_rate_init, (beta_1, beta_2),
   epsilon)`.  PyTorch's Adam (used here) adds `eps` to `sqrt(v_hat)`,
   scikit-learn's to `sqrt(v)`: `eps` differs by `sqrt(1 - beta_2^t)`, which
@@ -139,7 +140,7 @@ except ImportError as e:   # exercised only without scikit-learn
 from .checks import DTYPES, finite_after_cast
 from .losses import check_target_range, poisson_rates
 from .network import MLP, PRECISIONS
-from .optim import SGD, Adam, Optimizer
+from .optim import SGD, Adam, Optimizer, _check_eps_fits
 from .training import _caller_level
 
 #: scikit-learn's activation names and gpubp's own, as gpubp names
@@ -540,15 +541,19 @@ class _BaseMLP(BaseEstimator):
                              f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
                              "scale sample_weight up (only its ratios matter to the loss)")
         fresh = self._new_optimizer(incremental)
-        if fresh and c != 1:
-            # the optimizer's settings scaled for a loss c times scikit-learn's (`_make_optimizer`) must stay
-            # in the optimizer's range: refused here, before the epochs, where the estimator is put back
-            scaled = ("epsilon", self.epsilon * c, "rounds to 0") if self.solver == "adam" else \
-                ("learning_rate_init", self.learning_rate_init / c, "overflows")
-            if not (0 < scaled[1] < math.inf):
-                raise ValueError(f"{scaled[0]}={getattr(self, scaled[0])!r} is out of the optimizer's range for "
-                                 f"this loss: the loss is {c:.3g} times scikit-learn's, and the {scaled[0]} "
-                                 f"scaled for it {scaled[2]}")
+        if fresh:
+            # the optimizer's settings as `_make_optimizer` gives them (scaled for a loss c times scikit-learn's)
+            # must be in the optimizer's range for the network's dtype: refused here, before the epochs, where
+            # the estimator is put back (the optimizer refused them in the epochs, after the network was rebuilt)
+            if self.solver == "adam":
+                try:
+                    _check_eps_fits(self.epsilon * c, self.net_.dtype)
+                except ValueError as e:
+                    scaled = f" (times {c:.3g}: this loss is {c:.3g} times scikit-learn's)" if c != 1 else ""
+                    raise ValueError(f"epsilon={self.epsilon!r} is too small for the optimizer{scaled}: {e}") from None
+            elif not self.learning_rate_init / c < math.inf:
+                raise ValueError(f"learning_rate_init={self.learning_rate_init!r} is too large: SGD's rate is it "
+                                 f"divided by {c:.3g} (this loss is {c:.3g} times scikit-learn's), which overflows")
         if (self.solver == "sgd" and self.learning_rate == "invscaling") if fresh else \
                 (isinstance(self._optimizer, SGD) and self._sgd_schedule == "invscaling"):
             # the rate after this call's last epoch, which the velocity's rescaling divides by, must stay
