@@ -187,6 +187,17 @@ def test_values_scikit_learn_accepts_for_n_iter_no_change_and_validation_fractio
             MLPRegressor(n_iter_no_change=bad, backend="numpy").fit(X, X[:, 0])
 
 
+def test_a_numpy_float32_validation_fraction_is_taken_with_early_stopping_as_in_sklearn():
+    """np.float32(0.25) passes the parameter checks (a Real), and scikit-learn's MLPs split with it; gpubp handed
+    it to train_test_split, whose own check refuses numpy floats other than float64."""
+    X, y = _blobs(n=40)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, early_stopping=True, random_state=0)
+    _fit_quietly(SkMLPClassifier(**kw, validation_fraction=np.float32(0.25)), X, y)
+    est = _fit_quietly(MLPClassifier(**kw, validation_fraction=np.float32(0.25), backend="numpy"), X, y)
+    ref = _fit_quietly(MLPClassifier(**kw, validation_fraction=0.25, backend="numpy"), X, y)
+    assert est.validation_scores_ == ref.validation_scores_
+
+
 #: parameter values at the edges of scikit-learn's own constraints (each accepted or refused there)
 PARAM_EDGES = {
     "alpha": [0.0, -0.0, 1, -1e-300, np.inf, np.nan],
