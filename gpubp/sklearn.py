@@ -500,8 +500,10 @@ class _BaseMLP(BaseEstimator):
                 else None
             parts = [X, Y, y_orig] + ([sample_weight] if sample_weight is not None else [])
             try:
+                # test_size a Python float: train_test_split's own check refuses np.float32 (which the
+                # parameter check takes, as scikit-learn's, whose MLPs skip that nested check)
                 split = train_test_split(*parts, random_state=self._random_state,
-                                         test_size=self.validation_fraction, stratify=stratify)
+                                         test_size=float(self.validation_fraction), stratify=stratify)
             except ValueError as e:
                 raise ValueError(f"early_stopping cannot split off a validation set of "
                                  f"validation_fraction={self.validation_fraction} from {n_total} samples: {e}") from None
