@@ -33,7 +33,9 @@ How the hyper-parameters map onto gpubp:
   `c = 1 / n_outputs`), the gradient is `c` times scikit-learn's; the
   optimizer is adjusted so that the updates are the same: Adam's `eps` is
   multiplied by `c`, SGD's learning rate divided by `c`, and the weight decay
-  multiplied by `c`.
+  multiplied by `c`.  An `epsilon` whose Adam `eps` is 0 or subnormal in the
+  network's dtype, or a `learning_rate_init` whose SGD rate overflows, is
+  refused before training (the estimator kept as it was).
 - `solver="adam"`: `gpubp.optim.Adam(learning_rate_init, (beta_1, beta_2),
   epsilon)`.  PyTorch's Adam (used here) adds `eps` to `sqrt(v_hat)`,
   scikit-learn's to `sqrt(v)`: `eps` differs by `sqrt(1 - beta_2^t)`, which
@@ -138,7 +140,7 @@ except ImportError as e:   # exercised only without scikit-learn
 from .checks import DTYPES, finite_after_cast
 from .losses import check_target_range, poisson_rates
 from .network import MLP, PRECISIONS
-from .optim import SGD, Adam, Optimizer
+from .optim import SGD, Adam, Optimizer, _check_eps_fits
 from .training import _caller_level
 
 #: scikit-learn's activation names and gpubp's own, as gpubp names
@@ -498,8 +500,10 @@ class _BaseMLP(BaseEstimator):
                 else None
             parts = [X, Y, y_orig] + ([sample_weight] if sample_weight is not None else [])
             try:
+                # test_size a Python float: train_test_split's own check refuses np.float32 (which the
+                # parameter check takes, as scikit-learn's, whose MLPs skip that nested check)
                 split = train_test_split(*parts, random_state=self._random_state,
-                                         test_size=self.validation_fraction, stratify=stratify)
+                                         test_size=float(self.validation_fraction), stratify=stratify)
             except ValueError as e:
                 raise ValueError(f"early_stopping cannot split off a validation set of "
                                  f"validation_fraction={self.validation_fraction} from {n_total} samples: {e}") from None
@@ -539,6 +543,19 @@ class _BaseMLP(BaseEstimator):
                              f"penalty by the weight sum, which overflows at a mean weight of {w_mean:.3g}; "
                              "scale sample_weight up (only its ratios matter to the loss)")
         fresh = self._new_optimizer(incremental)
+        if fresh:
+            # the optimizer's settings as `_make_optimizer` gives them (scaled for a loss c times scikit-learn's)
+            # must be in the optimizer's range for the network's dtype: refused here, before the epochs, where
+            # the estimator is put back (the optimizer refused them in the epochs, after the network was rebuilt)
+            if self.solver == "adam":
+                try:
+                    _check_eps_fits(self.epsilon * c, self.net_.dtype)
+                except ValueError as e:
+                    scaled = f" (times {c:.3g}: this loss is {c:.3g} times scikit-learn's)" if c != 1 else ""
+                    raise ValueError(f"epsilon={self.epsilon!r} is too small for the optimizer{scaled}: {e}") from None
+            elif not self.learning_rate_init / c < math.inf:
+                raise ValueError(f"learning_rate_init={self.learning_rate_init!r} is too large: SGD's rate is it "
+                                 f"divided by {c:.3g} (this loss is {c:.3g} times scikit-learn's), which overflows")
         if (self.solver == "sgd" and self.learning_rate == "invscaling") if fresh else \
                 (isinstance(self._optimizer, SGD) and self._sgd_schedule == "invscaling"):
             # the rate after this call's last epoch, which the velocity's rescaling divides by, must stay
@@ -801,6 +818,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(f"a multilabel indicator matrix y must hold 0 and 1 only, got values "
                                  f"{np.unique(Y).tolist()}")
             if first:
+                if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), np.arange(Y.shape[1])):
+                    # as the later calls check them: a multilabel classifier's classes are its columns
+                    raise ValueError(f"y is a multilabel indicator matrix of {Y.shape[1]} labels, whose classes "
+                                     f"are {list(range(Y.shape[1]))}; got classes={classes!r}")
                 self._multilabel = True
                 self.classes_ = np.arange(Y.shape[1])
                 self._label_encoder = None

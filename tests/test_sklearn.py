@@ -187,6 +187,17 @@ def test_values_scikit_learn_accepts_for_n_iter_no_change_and_validation_fractio
             MLPRegressor(n_iter_no_change=bad, backend="numpy").fit(X, X[:, 0])
 
 
+def test_a_numpy_float32_validation_fraction_is_taken_with_early_stopping_as_in_sklearn():
+    """np.float32(0.25) passes the parameter checks (a Real), and scikit-learn's MLPs split with it; gpubp handed
+    it to train_test_split, whose own check refuses numpy floats other than float64."""
+    X, y = _blobs(n=40)
+    kw = dict(hidden_layer_sizes=(4,), max_iter=3, early_stopping=True, random_state=0)
+    _fit_quietly(SkMLPClassifier(**kw, validation_fraction=np.float32(0.25)), X, y)
+    est = _fit_quietly(MLPClassifier(**kw, validation_fraction=np.float32(0.25), backend="numpy"), X, y)
+    ref = _fit_quietly(MLPClassifier(**kw, validation_fraction=0.25, backend="numpy"), X, y)
+    assert est.validation_scores_ == ref.validation_scores_
+
+
 #: parameter values at the edges of scikit-learn's own constraints (each accepted or refused there)
 PARAM_EDGES = {
     "alpha": [0.0, -0.0, 1, -1e-300, np.inf, np.nan],
@@ -703,7 +714,8 @@ def test_a_refused_fit_changes_nothing():
 @pytest.mark.parametrize("bad", [
     dict(learning_rate_init=0.0), dict(epsilon=0.0), dict(beta_1=1.0), dict(beta_2=1.0), dict(momentum=1.5),
     dict(alpha=-1.0), dict(tol=-1.0), dict(activation="RELU"), dict(solver="sgd", learning_rate_init=0.0),
-    dict(batch_size=0), dict(max_iter=0), dict(n_iter_no_change=0), dict(early_stopping=True, validation_fraction=0)],
+    dict(batch_size=0), dict(max_iter=0), dict(n_iter_no_change=0), dict(early_stopping=True, validation_fraction=0),
+    dict(epsilon=1e-40)],     # positive, but subnormal in the network's float32 (Adam's check, in the epochs)
     ids=repr)
 def test_a_fit_refused_for_a_parameter_changes_nothing(bad):
     """A refit (warm_start off) with a parameter out of range is a ValueError naming it, and the fitted network
@@ -714,6 +726,24 @@ def test_a_fit_refused_for_a_parameter_changes_nothing(bad):
     with pytest.raises(ValueError, match=list(bad)[-1]):
         clf.set_params(**bad).fit(X, y)
     _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
+
+
+@pytest.mark.parametrize("bad", [dict(solver="adam", epsilon=5e-324), dict(solver="sgd", learning_rate_init=1e308)],
+                         ids=repr)
+@pytest.mark.parametrize("how", ["fit", "partial_fit"])
+def test_a_value_the_loss_scaling_takes_out_of_the_optimizers_range_is_refused_before_anything_changes(bad, how):
+    """Multilabel targets scale Adam's eps by 1/n_outputs and SGD's rate by n_outputs: in range alone, such a
+    value became 0 or inf, which the optimizer refused only after the network had been rebuilt (a refit left
+    an untrained network, no loss_curve_)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((12, 3)), rng.integers(0, 2, (12, 3))
+    clf = _fit_quietly(MLPClassifier((2,), max_iter=2, random_state=0, backend="numpy"), X, Y)
+    before, params = _fitted_state(clf, X), clf.get_params()
+    fresh = MLPClassifier((2,), random_state=0, backend="numpy", **bad)
+    with pytest.raises(ValueError, match=list(bad)[-1]):
+        clf.set_params(**bad).fit(X, Y) if how == "fit" else fresh.partial_fit(X, Y, classes=[0, 1, 2])
+    _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
+    assert not hasattr(fresh, "net_")
 
 
 def test_a_refused_warm_start_fit_does_not_move_the_random_state():
@@ -1069,6 +1099,20 @@ def test_partial_fit_classes_must_be_a_list_of_labels():
         assert not hasattr(est, "net_")
     with pytest.raises(ValueError):
         SkMLPClassifier((4,)).partial_fit(X, y, classes=[[0, 1, 2]])
+
+
+def test_a_first_multilabel_partial_fit_takes_only_the_classes_of_its_indicator_columns():
+    """classes=[0, 1] for a 3-label indicator matrix was ignored (classes_ [0, 1, 2]), and the same classes
+    then refused by the next call as "not the same as on the first call"; scikit-learn refuses the first."""
+    X, Y = np.random.default_rng(0).standard_normal((12, 3)), np.eye(3, dtype=int)[np.arange(12) % 3]
+    for bad in ([0, 1], ["a", "b", "c"]):
+        est = MLPClassifier((2,), backend="numpy")
+        with pytest.raises(ValueError, match="indicator"):
+            est.partial_fit(X, Y, classes=bad)
+        assert not hasattr(est, "net_")
+    est = MLPClassifier((2,), backend="numpy").partial_fit(X, Y, classes=[2, 0, 1])
+    est.partial_fit(X, Y, classes=[0, 1, 2])
+    np.testing.assert_array_equal(est.classes_, [0, 1, 2])
 
 
 def test_coefs_and_intercepts_are_set_as_in_sklearn_and_never_written_in_vain():
