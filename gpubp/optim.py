@@ -75,7 +75,7 @@ def _check_eps(eps):
     return _check_range("eps", eps, 0.0, math.inf, lo_open=True)
 
 
-def _check_eps_fits(eps: float, dtype) -> None:
+def check_eps_fits(eps: float, dtype) -> None:
     """Refuse an `eps` that rounds to 0 in `dtype`, the dtype the update computes in: it would be
     eps = 0 there (1e-50 is positive, but 0 in float32), and a parameter whose gradient has always
     been 0 would get 0 / 0."""
@@ -294,7 +294,7 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     decoupled = False
     betas = _hyper("betas", _check_betas)
-    eps = _hyper("eps", _check_eps, fits=_check_eps_fits)
+    eps = _hyper("eps", _check_eps, fits=check_eps_fits)
     weight_decay = _hyper("weight_decay", _nonneg("weight_decay"))
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -306,7 +306,7 @@ class Adam(Optimizer):
 
     def check_bindable(self, params) -> None:
         super().check_bindable(params)
-        _check_eps_fits(self.eps, params.dtype)
+        check_eps_fits(self.eps, params.dtype)
 
     def _update(self, backend, params, grads):
         backend.adam_update(params, grads, self.state["m"], self.state["v"], self.lr,

@@ -140,7 +140,7 @@ except ImportError as e:   # exercised only without scikit-learn
 from .checks import DTYPES, finite_after_cast
 from .losses import check_target_range, poisson_rates
 from .network import MLP, PRECISIONS
-from .optim import SGD, Adam, Optimizer, _check_eps_fits
+from .optim import SGD, Adam, Optimizer, check_eps_fits
 from .training import _caller_level
 
 #: scikit-learn's activation names and gpubp's own, as gpubp names
@@ -549,7 +549,7 @@ class _BaseMLP(BaseEstimator):
             # the estimator is put back (the optimizer refused them in the epochs, after the network was rebuilt)
             if self.solver == "adam":
                 try:
-                    _check_eps_fits(self.epsilon * c, self.net_.dtype)
+                    check_eps_fits(self.epsilon * c, self.net_.dtype)
                 except ValueError as e:
                     scaled = f" (times {c:.3g}: this loss is {c:.3g} times scikit-learn's)" if c != 1 else ""
                     raise ValueError(f"epsilon={self.epsilon!r} is too small for the optimizer{scaled}: {e}") from None
