@@ -83,6 +83,10 @@ def cases():
                        loss="binary_cross_entropy"),
         "b4_half_sse_weights": dict(batch_size=4, optimizer=("sgd", dict(lr=0.05, momentum=0.5)), epochs=2,
                                     shuffle=True, loss="half_sse", weights=True),
+        # row 3 weighs nothing and its loss overflows to inf: it counts for nothing, in one process as on
+        # ranks (a rank whose rows of a batch all weigh nothing skips them; one process made 0 * inf NaN)
+        "b6_weightless_row_overflows": dict(batch_size=6, optimizer=("sgd", dict(lr=0.05)), epochs=2,
+                                            shuffle=False, loss="half_sse", weights="weightless_overflow"),
         # a stopping rule on rank 0 alone stops every rank, and its restore_best puts the best epoch's
         # parameters back on every rank (rank 0 alone had them, the others kept the last epoch's)
         "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
@@ -116,6 +120,8 @@ def case_data(c):
         Y = (np.random.default_rng(7).random((N, SIZES[-1])) < 0.4).astype(np.float64)
     if c.get("loss") == "half_sse":
         Y = np.random.default_rng(7).standard_normal((N, SIZES[-1]))
+    if c.get("weights") == "weightless_overflow":     # W[3] is 0 (`data`)
+        Y[3] = 1e200
     if c.get("weights") == "weightless_batch":
         W = W.copy()
         W[6:12] = 0.0
