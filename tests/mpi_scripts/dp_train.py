@@ -73,6 +73,10 @@ def cases():
         # rows 6..11 weigh nothing: the second global batch of 6 has no weight at all (loss 0, as in one process)
         "b6_weightless_batch": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
                                     shuffle=False, weights="weightless_batch"),
+        # ... and row 8 of that weightless batch overflows the activations (inf - inf is NaN): its gradient
+        # is still 0, as on ranks (which skip a weightless share), where one process made 0 * NaN NaN
+        "b6_weightless_batch_overflows": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
+                                              shuffle=False, weights="weightless_batch", act="relu"),
         # the schedule jumps to 1e308 at step 4: that update overflows the parameters after a finite loss
         "overflow_update_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=1e-3, momentum=0.9)), epochs=2,
                                    shuffle=True, diverge="update", schedule="overflow"),
@@ -99,6 +103,8 @@ def make_net(backend="numpy", c=None):
 
     if c is not None and c.get("diverge"):
         return MLP(SIZES, activation="relu", loss="mse", dtype="float64", seed=1, backend=backend)
+    if c is not None and c.get("act"):
+        return MLP(SIZES, activation=c["act"], loss="cross_entropy", dtype="float64", seed=1, backend=backend)
     if c is not None and c.get("loss"):
         return MLP(SIZES, activation="tanh", loss=c["loss"], dtype="float64", seed=1, backend=backend)
     return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend=backend)
@@ -125,6 +131,9 @@ def case_data(c):
     if c.get("weights") == "weightless_batch":
         W = W.copy()
         W[6:12] = 0.0
+    if c.get("act"):      # row 8 (of the weightless batch, rows 6..11) overflows the first layer's unit 0
+        X = X.copy()
+        X[8] = 1.5e308 * np.sign(make_net("numpy", c)._Wb[0][0][0])
     if c.get("weights") == "weightless_shard":
         W = W.copy()
         W[11:] = 0.0
