@@ -247,7 +247,7 @@ class Backend(ABC):
             loss_out[0] = xp.where(w > 0, self.sample_losses(plan.A[L], Y, loss) * w, 0).sum() / plan.batch
             if delta is not None:
                 delta *= w[:, None]
-                delta[w == 0] = 0
+                delta[...] = xp.where(w[:, None] > 0, delta, 0)    # no boolean indexing: no device sync
                 if rounded:
                     self.round_stored(delta, plan.precision)
 
