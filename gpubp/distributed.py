@@ -417,7 +417,8 @@ class Communicator:
                 mine = _flatten(o)
                 keys = sorted(k for k in set(mine) | set(ref) if mine.get(k) != ref.get(k))
                 lines.append(f"rank {r} has " + ", ".join(
-                    f"{k} = {_short(mine.get(k))} where rank 0 has {_short(ref.get(k))}" for k in keys))
+                    f"{k} = {_short(mine.get(k))} where rank 0 has {_short(ref.get(k))}"
+                    + _first_difference(k, mine.get(k), ref.get(k)) for k in keys))
         raise ConfigMismatch(f"the ranks' {name} differ, so they cannot train together: " + "; ".join(lines))
 
     # -------------------------------------------------------------- faults
@@ -521,6 +522,18 @@ def _flatten(obj, prefix="") -> dict:
     for k, v in obj.items():
         out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
+
+
+def _first_difference(key, mine, ref, n=80) -> str:
+    """` (first at KEY[i]: ... where rank 0 has ...)` for two lists of one length whose JSON `_short` cuts
+    (an `lr_schedule`'s rates differing at a late step read the same in their first `n` characters); else ''."""
+    if not (isinstance(mine, list) and isinstance(ref, list) and len(mine) == len(ref)) or \
+            len(json.dumps(mine)) <= n and len(json.dumps(ref)) <= n:
+        return ""
+    i = next((i for i, (a, b) in enumerate(zip(mine, ref)) if a != b), None)
+    if i is None:
+        return ""
+    return f" (first at {key}[{i}]: {_short(mine[i])} where rank 0 has {_short(ref[i])})"
 
 
 def _short(v, n=80) -> str:

@@ -137,6 +137,8 @@ class FitLoop:
         self.updating = False
         #: set when `_roll_back` has left the network as after the last good step and raises
         self.rolled_back = False
+        #: per step of the epoch, whether its batch weighs nothing (one process with sample weights; `_shuffle`)
+        self.weightless = None
 
     # ---------------------------------------------------------------- one step
     def _batch(self, i):
@@ -162,6 +164,10 @@ class FitLoop:
         plan = net._gradients(X, Y, step_losses[i:i + 1], w, after_layer=after_layer, every_delta=every_delta)
         if self.dist is not None:
             self.dist.finish()
+        elif self.weightless is not None and self.weightless[i]:
+            # a batch that weighs nothing has gradient 0 (and loss 0), also where a row's activations
+            # overflow (0 * inf is NaN), as on several ranks, where a rank whose share weighs nothing skips it
+            net._grads[...] = 0
         self.updating = True    # cleared by the caller once it counts the step as done (see `_settle`)
         opt.step(net.backend, net._params, net._grads)
         return plan
@@ -305,6 +311,9 @@ class FitLoop:
             self.Xe, self.Ye, self.We = self.X, self.Y, self.weights
         if self.dist is not None:
             self.dist.begin_epoch(self.We)
+        elif self.We is not None:   # the epoch's batches that weigh nothing (`_run_step`), one copy per epoch
+            w = be.to_numpy(self.We)
+            self.weightless = np.maximum.reduceat(w, np.arange(0, w.size, self.batch_size)) <= 0
 
     def _batch_weights(self):
         """Each batch's sample weight sum, up to one factor for all (the history uses their ratios only):

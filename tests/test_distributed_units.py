@@ -598,6 +598,18 @@ def test_refuse_if_different_names_each_differing_field_per_rank():
         Communicator.refuse_if_different("counts", [3, 4])
 
 
+def test_refuse_if_different_names_the_first_differing_item_of_lists_cut_short():
+    # two schedules differing at step 9 only were named by their first 80 characters, the same on both
+    # ranks ("... where rank 0 has ...") : the message hid what differs
+    a = [[k, 0.01] for k in range(1, 17)]
+    b = [list(x) for x in a]
+    b[8][1] = "raises ZeroDivisionError"
+    with pytest.raises(ConfigMismatch) as e:
+        Communicator.refuse_if_different("settings", [{"fit": {"lr_schedule": a}}, {"fit": {"lr_schedule": b}}])
+    assert ('(first at fit.lr_schedule[8]: [9, "raises ZeroDivisionError"] where rank 0 has [9, 0.01])'
+            in str(e.value)), str(e.value)
+
+
 def test_nccl_dtypes():
     from types import SimpleNamespace
 

@@ -242,9 +242,12 @@ class Backend(ABC):
             total = unit.sum()
             scale = xp.where(total > 0, plan.batch / xp.where(total > 0, total, 1), 0).astype(weights.dtype)
             w = unit * scale                          # sums to B (or all zero)
-            loss_out[0] = (self.sample_losses(plan.A[L], Y, loss) * w).sum() / plan.batch
+            # a row that weighs nothing counts for nothing, also where its loss or delta is not finite
+            # (0 * inf is NaN): as on several ranks, where a rank whose rows all weigh nothing skips them
+            loss_out[0] = xp.where(w > 0, self.sample_losses(plan.A[L], Y, loss) * w, 0).sum() / plan.batch
             if delta is not None:
                 delta *= w[:, None]
+                delta[...] = xp.where(w[:, None] > 0, delta, 0)    # no boolean indexing: no device sync
                 if rounded:
                     self.round_stored(delta, plan.precision)
 

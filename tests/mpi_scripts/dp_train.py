@@ -73,6 +73,10 @@ def cases():
         # rows 6..11 weigh nothing: the second global batch of 6 has no weight at all (loss 0, as in one process)
         "b6_weightless_batch": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
                                     shuffle=False, weights="weightless_batch"),
+        # ... and row 8 of that weightless batch overflows the activations (inf - inf is NaN): its gradient
+        # is still 0, as on ranks (which skip a weightless share), where one process made 0 * NaN NaN
+        "b6_weightless_batch_overflows": dict(batch_size=6, optimizer=("sgd", dict(lr=0.1, momentum=0.9)), epochs=2,
+                                              shuffle=False, weights="weightless_batch", act="relu"),
         # the schedule jumps to 1e308 at step 4: that update overflows the parameters after a finite loss
         "overflow_update_b5": dict(batch_size=5, optimizer=("sgd", dict(lr=1e-3, momentum=0.9)), epochs=2,
                                    shuffle=True, diverge="update", schedule="overflow"),
@@ -83,6 +87,10 @@ def cases():
                        loss="binary_cross_entropy"),
         "b4_half_sse_weights": dict(batch_size=4, optimizer=("sgd", dict(lr=0.05, momentum=0.5)), epochs=2,
                                     shuffle=True, loss="half_sse", weights=True),
+        # row 3 weighs nothing and its loss overflows to inf: it counts for nothing, in one process as on
+        # ranks (a rank whose rows of a batch all weigh nothing skips them; one process made 0 * inf NaN)
+        "b6_weightless_row_overflows": dict(batch_size=6, optimizer=("sgd", dict(lr=0.05)), epochs=2,
+                                            shuffle=False, loss="half_sse", weights="weightless_overflow"),
         # a stopping rule on rank 0 alone stops every rank, and its restore_best puts the best epoch's
         # parameters back on every rank (rank 0 alone had them, the others kept the last epoch's)
         "b4_early_stop_rank0": dict(batch_size=4, optimizer=("adam", dict(lr=0.3)), epochs=30, shuffle=True,
@@ -95,6 +103,8 @@ def make_net(backend="numpy", c=None):
 
     if c is not None and c.get("diverge"):
         return MLP(SIZES, activation="relu", loss="mse", dtype="float64", seed=1, backend=backend)
+    if c is not None and c.get("act"):
+        return MLP(SIZES, activation=c["act"], loss="cross_entropy", dtype="float64", seed=1, backend=backend)
     if c is not None and c.get("loss"):
         return MLP(SIZES, activation="tanh", loss=c["loss"], dtype="float64", seed=1, backend=backend)
     return MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=1, backend=backend)
@@ -116,9 +126,14 @@ def case_data(c):
         Y = (np.random.default_rng(7).random((N, SIZES[-1])) < 0.4).astype(np.float64)
     if c.get("loss") == "half_sse":
         Y = np.random.default_rng(7).standard_normal((N, SIZES[-1]))
+    if c.get("weights") == "weightless_overflow":     # W[3] is 0 (`data`)
+        Y[3] = 1e200
     if c.get("weights") == "weightless_batch":
         W = W.copy()
         W[6:12] = 0.0
+    if c.get("act"):      # row 8 (of the weightless batch, rows 6..11) overflows the first layer's unit 0
+        X = X.copy()
+        X[8] = 1.5e308 * np.sign(make_net("numpy", c)._Wb[0][0][0])
     if c.get("weights") == "weightless_shard":
         W = W.copy()
         W[11:] = 0.0
