@@ -552,7 +552,9 @@ class _BaseMLP(BaseEstimator):
                     check_eps_fits(self.epsilon * c, self.net_.dtype)
                 except ValueError as e:
                     scaled = f" (times {c:.3g}: this loss is {c:.3g} times scikit-learn's)" if c != 1 else ""
-                    raise ValueError(f"epsilon={self.epsilon!r} is too small for the optimizer{scaled}: {e}") from None
+                    least = float(np.finfo(self.net_.dtype).tiny) / c     # the smallest epsilon whose eps fits
+                    raise ValueError(f"epsilon={self.epsilon!r} is too small for the optimizer{scaled}: {e}; "
+                                     f"here epsilon must be at least {least:.3g}") from None
             elif not self.learning_rate_init / c < math.inf:
                 raise ValueError(f"learning_rate_init={self.learning_rate_init!r} is too large: SGD's rate is it "
                                  f"divided by {c:.3g} (this loss is {c:.3g} times scikit-learn's), which overflows")

@@ -740,8 +740,10 @@ def test_a_value_the_loss_scaling_takes_out_of_the_optimizers_range_is_refused_b
     clf = _fit_quietly(MLPClassifier((2,), max_iter=2, random_state=0, backend="numpy"), X, Y)
     before, params = _fitted_state(clf, X), clf.get_params()
     fresh = MLPClassifier((2,), random_state=0, backend="numpy", **bad)
-    with pytest.raises(ValueError, match=list(bad)[-1]):
+    with pytest.raises(ValueError, match=list(bad)[-1]) as e:
         clf.set_params(**bad).fit(X, Y) if how == "fit" else fresh.partial_fit(X, Y, classes=[0, 1, 2])
+    if "epsilon" in bad:     # the least epsilon the user can pass: float32's tiny over the loss's c = 1/3
+        assert f"epsilon must be at least {float(np.finfo(np.float32).tiny) * 3:.3g}" in str(e.value), str(e.value)
     _assert_same_state(_fitted_state(clf.set_params(**params), X), before)
     assert not hasattr(fresh, "net_")
 
