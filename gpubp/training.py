@@ -139,6 +139,8 @@ class FitLoop:
         self.rolled_back = False
         #: per step of the epoch, whether its batch weighs nothing (one process with sample weights; `_shuffle`)
         self.weightless = None
+        #: the epoch's sample weights on the host (one process with sample weights; `_shuffle`)
+        self.We_host = None
 
     # ---------------------------------------------------------------- one step
     def _batch(self, i):
@@ -311,15 +313,15 @@ class FitLoop:
             self.Xe, self.Ye, self.We = self.X, self.Y, self.weights
         if self.dist is not None:
             self.dist.begin_epoch(self.We)
-        elif self.We is not None:   # the epoch's batches that weigh nothing (`_run_step`), one copy per epoch
-            w = be.to_numpy(self.We)
-            self.weightless = np.maximum.reduceat(w, np.arange(0, w.size, self.batch_size)) <= 0
+        elif self.We is not None:   # one host copy per epoch: its weightless batches (`_run_step`), the history's
+            self.We_host = be.to_numpy(self.We)           # batch weights (`_batch_weights`)
+            self.weightless = np.maximum.reduceat(self.We_host, np.arange(0, self.We_host.size, self.batch_size)) <= 0
 
     def _batch_weights(self):
         """Each batch's sample weight sum, up to one factor for all (the history uses their ratios only):
         over the largest weight, so that weights near float64's largest number do not sum to inf (the
         epoch's loss inf / inf) and subnormal ones do not make subnormal products with the losses."""
-        w = self.net.backend.to_numpy(self.We).astype(np.float64)
+        w = self.We_host.astype(np.float64)      # a copy: divided in place below
         top = w.max()
         if top > 0:
             w /= top
